@@ -1,0 +1,27 @@
+"""Errors natgrad raises. Each message names the layer, unit or file and says what to do."""
+
+from __future__ import annotations
+
+
+class NatgradError(Exception):
+    """Base class of every error natgrad raises on purpose."""
+
+
+class InputError(NatgradError, ValueError):
+    """Bad user input: wrong shapes, empty data, NaN/Inf, missing targets."""
+
+
+class UnsupportedLayerError(NatgradError, TypeError):
+    """A layer natgrad cannot compute unit Fishers for (not Linear/Conv2d, or without bias)."""
+
+
+class SingularBlockError(NatgradError, ArithmeticError):
+    """A unit Fisher block is singular or too ill-conditioned to invert."""
+
+
+class DataFileError(NatgradError, OSError):
+    """A data file is missing, corrupt or not in the expected format."""
+
+
+class CheckpointError(NatgradError, OSError):
+    """A checkpoint is missing, corrupt, or is a pickle (refused)."""

@@ -1,0 +1,34 @@
+"""Shared pytest configuration: float64 by default and the opt-in Monte-Carlo marker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-montecarlo",
+        action="store_true",
+        default=False,
+        help="also run the slow statistical Monte-Carlo convergence tests",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-montecarlo"):
+        return
+    skip = pytest.mark.skip(reason="Monte-Carlo convergence test: opt in with --run-montecarlo")
+    for item in items:
+        if "montecarlo" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _float64_and_seed():
+    """Correctness tests run in float64 with a fixed seed; restore the defaults afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(old)
