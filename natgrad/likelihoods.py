@@ -1,0 +1,178 @@
+r"""The three likelihoods natgrad supports, in the form the Fisher engine needs.
+
+For model output o (per input) and label y, the error signal of unit i is
+δ = ∂ ln p(y | z) / ∂net_i = J_iᵀ (∂ ln p / ∂o), with J_i = ∂o/∂net_i. The exact Fisher
+averages over y ~ p(y | z) in closed form through the output-space Fisher
+H = E_y[(∂ ln p/∂o)(∂ ln p/∂o)ᵀ] (THEORY.md, "Closed forms of δ̄²"):
+
+=============  ===============  ==================  =========================
+likelihood     output o         ∂ ln p / ∂o         H
+=============  ===============  ==================  =========================
+categorical    logits [N, C]    e_y − p             diag(p) − p pᵀ
+bernoulli      logits [N, D]    y − σ(o)            diag(σ(o)(1 − σ(o)))
+gaussian       mean   [N, D]    y − o               I
+=============  ===============  ==================  =========================
+
+Every estimator is expressed as K "columns" M [K, N, D] of output-space vectors, so that the
+unit Fisher is (1/N) Σ_n Σ_k g_nk g_nkᵀ with g_nk the gradient obtained by back-propagating
+column k of sample n:
+
+- exact: the columns of a square root L of H (L Lᵀ = H), K = C or D;
+- mc: the scores of S sampled labels, scaled by 1/√S, K = S;
+- empirical: the score of the observed label, K = 1.
+
+Outputs with more than two dimensions are flattened to [N, D] (bernoulli/gaussian only).
+
+Example:
+    >>> import torch
+    >>> o = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    >>> L = sqrt_output_fisher("categorical", o)   # [K=2, N=1, C=2]
+    >>> (L[:, 0, :].T @ L[:, 0, :])                 # diag(p) − p pᵀ with p = (½, ½)
+    tensor([[ 0.2500, -0.2500],
+            [-0.2500,  0.2500]], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from natgrad.errors import InputError
+
+LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
+KINDS = ("exact", "mc", "empirical")
+
+
+def check_likelihood(likelihood: str) -> str:
+    if likelihood not in LIKELIHOODS:
+        raise InputError(
+            f"unknown likelihood {likelihood!r}: choose one of {', '.join(LIKELIHOODS)} "
+            "('categorical' for softmax cross-entropy logits, 'bernoulli' for sigmoid logits, "
+            "'gaussian' for a unit-variance mean)"
+        )
+    return likelihood
+
+
+def flatten_output(likelihood: str, output: torch.Tensor) -> torch.Tensor:
+    r"""The model output as ``[N, D]`` (``[N, C]`` for categorical)."""
+    if output.ndim < 2:
+        raise InputError(
+            f"the model output has shape {tuple(output.shape)}; natgrad needs a batch "
+            "dimension and at least one output per input ([N, C] logits or [N, D])"
+        )
+    if likelihood == "categorical" and output.ndim != 2:
+        raise InputError(
+            f"likelihood 'categorical' needs logits of shape [N, C]; the model output has "
+            f"shape {tuple(output.shape)}. Flatten it in the model, or use 'bernoulli'/'gaussian'."
+        )
+    return output.reshape(output.shape[0], -1)
+
+
+def check_targets(likelihood: str, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r"""Validate observed targets against the ``[N, D]`` output and return them as the
+    engine uses them: ``[N]`` class indices (categorical) or ``[N, D]`` floats."""
+    n = output.shape[0]
+    if targets.shape[0] != n:
+        raise InputError(
+            f"targets have {targets.shape[0]} rows but the inputs have {n}: give one target per input"
+        )
+    if likelihood == "categorical":
+        if targets.ndim != 1 or targets.dtype.is_floating_point:
+            raise InputError(
+                f"categorical targets must be class indices of shape [N] and integer dtype; "
+                f"got shape {tuple(targets.shape)} and dtype {targets.dtype}"
+            )
+        c = output.shape[1]
+        if targets.numel() and (targets.min() < 0 or targets.max() >= c):
+            raise InputError(
+                f"categorical targets must lie in [0, {c - 1}] for {c} logits; got values in "
+                f"[{int(targets.min())}, {int(targets.max())}]"
+            )
+        return targets
+    t = targets.reshape(n, -1).to(output.dtype)
+    if t.shape != output.shape:
+        raise InputError(
+            f"{likelihood} targets must have one value per output ({output.shape[1]} per input); "
+            f"got shape {tuple(targets.shape)}"
+        )
+    if not torch.isfinite(t).all():
+        raise InputError(f"{likelihood} targets contain NaN/Inf")
+    if likelihood == "bernoulli" and ((t < 0) | (t > 1)).any():
+        raise InputError("bernoulli targets must lie in [0, 1]")
+    return t
+
+
+def score(likelihood: str, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r"""∂ ln p(y | z) / ∂o for targets ``[..., N]`` (categorical) or ``[..., N, D]``;
+    output ``[N, D]``; returns ``[..., N, D]``."""
+    if likelihood == "categorical":
+        p = torch.softmax(output, dim=-1)
+        onehot = torch.nn.functional.one_hot(targets, output.shape[-1]).to(output.dtype)
+        return onehot - p
+    if likelihood == "bernoulli":
+        return targets - torch.sigmoid(output)
+    return targets - output
+
+
+def sample_targets(
+    likelihood: str,
+    output: torch.Tensor,
+    mc_samples: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Draw S labels per input from the model, y ~ p(y | z): ``[S, N]`` class indices
+    (categorical) or ``[S, N, D]``. Deterministic given ``generator``."""
+    s = int(mc_samples)
+    if likelihood == "categorical":
+        p = torch.softmax(output.detach(), dim=-1)
+        return torch.multinomial(p, s, replacement=True, generator=generator).T  # [S, N]
+    if likelihood == "bernoulli":
+        prob = torch.sigmoid(output.detach()).expand(s, *output.shape)
+        return torch.bernoulli(prob, generator=generator)  # [S, N, D]
+    noise = torch.randn(
+        (s, *output.shape), generator=generator, dtype=output.dtype, device=output.device
+    )
+    return output.detach() + noise  # [S, N, D]
+
+
+def sqrt_output_fisher(likelihood: str, output: torch.Tensor) -> torch.Tensor:
+    r"""Columns of L with L Lᵀ = H(o) per input: ``[K, N, D]``.
+
+    categorical: L = diag(√p) − p √pᵀ (K = C); bernoulli: diag(√(σ(1−σ))) (K = D);
+    gaussian: I (K = D).
+    """
+    o = output.detach()
+    n, d = o.shape
+    if likelihood == "categorical":
+        p = torch.softmax(o, dim=-1)  # [N, C]
+        sp = p.sqrt()
+        # L[n, j, k] = δ_jk √p_k − p_j √p_k ; column k is L[n, :, k]
+        L = torch.diag_embed(sp) - p.unsqueeze(-1) * sp.unsqueeze(-2)  # [N, C, C]
+        return L.permute(2, 0, 1)  # [K=C, N, C]
+    if likelihood == "bernoulli":
+        sig = torch.sigmoid(o)
+        diag = (sig * (1 - sig)).sqrt()  # [N, D]
+    else:
+        diag = torch.ones_like(o)
+    eye = torch.eye(d, dtype=o.dtype, device=o.device)
+    return eye.unsqueeze(1) * diag.unsqueeze(0)  # [K=D, N, D]
+
+
+def columns(
+    likelihood: str,
+    kind: str,
+    output: torch.Tensor,
+    targets: torch.Tensor | None,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""The output-space columns ``[K, N, D]`` whose back-propagation gives the estimator
+    ``kind`` of the unit Fisher (see the module docstring)."""
+    if kind == "exact":
+        return sqrt_output_fisher(likelihood, output)
+    o = output.detach()
+    if kind == "empirical":
+        return score(likelihood, o, targets).unsqueeze(0)  # [1, N, D]
+    y = sample_targets(likelihood, o, mc_samples, generator)
+    return score(likelihood, o, y) / math.sqrt(mc_samples)  # [S, N, D]
