@@ -25,3 +25,12 @@ class DataFileError(NatgradError, OSError):
 
 class CheckpointError(NatgradError, OSError):
     """A checkpoint is missing, corrupt, or is a pickle (refused)."""
+
+
+class NatgradWarning(UserWarning):
+    """Base class of every warning natgrad issues on purpose."""
+
+
+class NearlySingularWarning(NatgradWarning):
+    """A unit Fisher block is positive definite but so ill-conditioned that its solves lose
+    most of their digits (see ``natgrad.linalg.COND_WARN``); the message names the units."""
