@@ -1,0 +1,296 @@
+r"""The brute-force route: unit Fishers by per-sample, per-label autograd in float64.
+
+This module is natgrad's ground truth. It computes every block the slow, obvious way and
+shares no code path with the fast engine (:mod:`natgrad.fisher`) beyond label sampling
+(:func:`natgrad.likelihoods.sample_targets`, so that both routes see the same MC labels).
+
+For input z_n and label y, let g_{n,y,i} ∈ R^{d+1} be the gradient of ln p(y | z_n) w.r.t.
+the parameters of unit i, (weight row ``weight.view(U, -1)[i]``, then bias): for a Linear
+unit g = δ ã, for a Conv2d unit g = Σ_pos δ_pos ã_pos (weight sharing). The three
+estimators of the unit Fisher F_i ``[d+1, d+1]`` (THEORY.md, "Unit Fisher information
+matrix") are
+
+.. math::
+
+    F_i^{\text{exact}} = \frac1N \sum_n \mathbb{E}_{y\sim p(y|z_n)}[g_{n,y,i} g_{n,y,i}^\top],
+    \qquad
+    F_i^{\text{mc}} = \frac1N \sum_n \frac1S \sum_{s} g_{n,y_{ns},i} g_{n,y_{ns},i}^\top,
+    \qquad
+    F_i^{\text{emp}} = \frac1N \sum_n g_{n,y_n,i} g_{n,y_n,i}^\top .
+
+The exact expectation is formed two independent ways:
+
+- categorical: enumerate all C labels, Σ_y p(y | z_n) g_y g_yᵀ;
+- bernoulli / gaussian: J_iᵀ H J_i with J_i = ∂o/∂θ_i ``[D, d+1]`` the per-sample Jacobian
+  of the flattened output (``torch.func.jacrev``) and H ``[D, D]`` the Hessian of the
+  negative log-likelihood w.r.t. the output (``torch.func.hessian``). For these exponential
+  families with their canonical links the Hessian equals the output Fisher and does not
+  depend on y.
+
+Example:
+    >>> import torch
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
+    >>> F = reference_unit_fisher(model, "0", torch.randn(8, 3))
+    >>> F.matrix.shape, F.matrix.dtype, F.kind, F.layer
+    (torch.Size([4, 4, 4]), torch.float64, 'exact', '0')
+    >>> bool((torch.linalg.eigvalsh(F.matrix) > -1e-12).all())   # positive semidefinite
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from natgrad.errors import InputError, UnsupportedLayerError
+from natgrad.likelihoods import sample_targets
+from natgrad.unitfisher import UnitFisher
+
+__all__ = ["reference_natural_gradient", "reference_unit_fisher"]
+
+_KINDS = ("exact", "mc", "empirical")
+_LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
+
+
+def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
+    modules = dict(model.named_modules())
+    if isinstance(layer, str):
+        if layer not in modules:
+            raise UnsupportedLayerError(f"layer {layer!r} is not in the model")
+        name = layer
+    else:
+        names = [n for n, m in model.named_modules() if m is layer]
+        if not names:
+            raise UnsupportedLayerError(
+                f"the given {type(layer).__name__} is not a submodule of the model"
+            )
+        name = names[0]
+    module = modules[name]
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        raise UnsupportedLayerError(
+            f"layer {name!r} is a {type(module).__name__}; only nn.Linear and nn.Conv2d have units"
+        )
+    if module.bias is None:
+        raise UnsupportedLayerError(f"layer {name!r} has no bias; the theory needs one")
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise UnsupportedLayerError(f"layer {name!r}: grouped Conv2d is not supported")
+    return name
+
+
+def _as_tensors(
+    inputs, targets
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # ([N, ...], [N, ...] or None)
+    if isinstance(inputs, torch.Tensor):
+        return inputs, targets
+    xs, ys = [], []
+    for batch in inputs:
+        x, y = batch
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise InputError("no data: the iterable of (inputs, targets) batches is empty")
+    y = None if any(t is None for t in ys) else torch.cat(ys)
+    return torch.cat(xs), y
+
+
+def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    r"""Incoming activations of the layer input ``x`` as ``[N, P, d]`` (P positions)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+    kh, kw = module.kernel_size
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            pad = (0, 0, 0, 0)
+        else:  # "same" (stride 1): total padding dilation·(k − 1), the extra one on the right
+            th, tw = module.dilation[0] * (kh - 1), module.dilation[1] * (kw - 1)
+            pad = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    else:
+        ph, pw = module.padding
+        pad = (pw, pw, ph, ph)
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x, pad, mode=mode)
+    cols = F.unfold(x, (kh, kw), dilation=module.dilation, stride=module.stride)  # [N, d, P]
+    return cols.transpose(1, 2)  # [N, P, d]
+
+
+def _log_likelihood(likelihood: str, o: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""ln p(y | o) up to a constant for one input: o ``[D]``; y a class index or ``[D]``."""
+    if likelihood == "categorical":
+        return -F.cross_entropy(o.unsqueeze(0), y.reshape(1), reduction="sum")
+    if likelihood == "bernoulli":
+        return -F.binary_cross_entropy_with_logits(o, y, reduction="sum")
+    return -0.5 * ((y - o) ** 2).sum()
+
+
+def reference_unit_fisher(
+    model: nn.Module,
+    layer: str | nn.Module,
+    inputs,
+    targets: torch.Tensor | None = None,
+    *,
+    kind: str = "exact",
+    likelihood: str = "categorical",
+    mc_samples: int = 1,
+    units: Sequence[int] | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> UnitFisher:
+    r"""Unit Fisher blocks ``[U, d+1, d+1]`` (bias last) of ``layer`` by brute force.
+
+    A float64 deep copy of ``model`` is evaluated one input at a time (as given: call
+    ``.eval()`` first for dropout/batch norm). For each input z_n, ``torch.autograd`` gives
+    the gradient of ln p(y | z_n) w.r.t. the layer's weight and bias, reshaped to one
+    vector per unit g_i = (``weight.grad.view(U, -1)[i]``, ``bias.grad[i]``) ∈ R^{d+1}, and
+
+    - ``kind="exact"``: categorical Σ_y p(y|z_n) g_y g_yᵀ over all C labels;
+      bernoulli/gaussian J_iᵀ H J_i (Jacobian by ``torch.func.jacrev``, H = ∇²_o(−ln p) by
+      ``torch.func.hessian``);
+    - ``kind="mc"``: (1/S) Σ_s g_{y_s} g_{y_s}ᵀ, the S = ``mc_samples`` labels drawn by
+      :func:`natgrad.likelihoods.sample_targets` called once on the whole ``[N, D]`` output
+      with ``generator``;
+    - ``kind="empirical"``: g_y g_yᵀ at the observed label ``targets[n]``.
+
+    The blocks are averaged over the N inputs. ``mean_p`` ``[d]`` is E_p(a), the layer input
+    captured by a forward hook (for Conv2d unfolded into patches and averaged over inputs
+    and positions).
+
+    Args:
+        model: the network; its output is ``[N, C]`` logits (categorical), or ``[N, *]``
+            logits (bernoulli) / means (gaussian, unit variance) flattened to ``[N, D]``.
+        layer: an ``nn.Linear``/``nn.Conv2d`` with bias inside ``model``, or its name.
+        inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches.
+        targets: ``[N]`` class indices or ``[N, *]`` values; needed for ``"empirical"``.
+        units: indices of the units to return (default all U).
+
+    Returns:
+        A float64 :class:`~natgrad.unitfisher.UnitFisher`.
+    """
+    if kind not in _KINDS:
+        raise InputError(f"unknown kind {kind!r}: choose one of {', '.join(_KINDS)}")
+    if likelihood not in _LIKELIHOODS:
+        raise InputError(
+            f"unknown likelihood {likelihood!r}: choose one of {', '.join(_LIKELIHOODS)}"
+        )
+    name = _layer_name(model, layer)
+    x, y_obs = _as_tensors(inputs, targets)
+    n = x.shape[0]
+    if n == 0:
+        raise InputError("no data: the inputs are empty")
+    if kind == "empirical" and y_obs is None:
+        raise InputError("kind='empirical' needs the observed targets")
+    if kind == "mc" and int(mc_samples) < 1:
+        raise InputError(f"mc_samples must be >= 1, got {mc_samples}")
+    x = x.to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise InputError("the inputs contain NaN/Inf")
+
+    model64 = copy.deepcopy(model).to(torch.float64)
+    module = dict(model64.named_modules())[name]
+    weight, bias = module.weight, module.bias
+    n_units = weight.shape[0]
+
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, args, out: captured.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            output = model64(x)  # [N, *]
+        mean_p = _patches(module, captured[0]).mean(dim=(0, 1))  # [d]
+    finally:
+        handle.remove()
+    if likelihood == "categorical" and output.ndim != 2:
+        raise InputError(f"categorical needs [N, C] logits, got {tuple(output.shape)}")
+    output = output.reshape(n, -1)  # [N, D]
+
+    if kind == "mc":
+        sampled = sample_targets(likelihood, output, int(mc_samples), generator)  # [S, N(, D)]
+    if y_obs is not None and likelihood != "categorical":
+        y_obs = y_obs.reshape(n, -1).to(torch.float64)  # [N, D]
+
+    def unit_grads(o: torch.Tensor, y: torch.Tensor, retain: bool) -> torch.Tensor:
+        gw, gb = torch.autograd.grad(
+            _log_likelihood(likelihood, o, y), (weight, bias), retain_graph=retain
+        )
+        return torch.cat([gw.reshape(n_units, -1), gb.unsqueeze(-1)], dim=-1)  # [U, d+1]
+
+    def outer(g: torch.Tensor) -> torch.Tensor:
+        return g.unsqueeze(-1) * g.unsqueeze(-2)  # [U, d+1, d+1]
+
+    params = {f"{name}.weight": weight, f"{name}.bias": bias}
+    total = torch.zeros(n_units, weight[0].numel() + 1, weight[0].numel() + 1, dtype=torch.float64)
+    for i in range(n):
+        xi = x[i : i + 1]
+        if kind == "exact" and likelihood != "categorical":
+
+            def flat_out(p, xi=xi):
+                return torch.func.functional_call(model64, p, (xi,)).reshape(-1)  # [D]
+
+            o = flat_out(params).detach()
+            jac = torch.func.jacrev(flat_out)(params)
+            J = torch.cat(
+                [
+                    jac[f"{name}.weight"].reshape(o.numel(), n_units, -1),
+                    jac[f"{name}.bias"].unsqueeze(-1),
+                ],
+                dim=-1,
+            ).transpose(0, 1)  # [U, D, d+1]
+            y_any = torch.sigmoid(o) if likelihood == "bernoulli" else o.clone()
+            H = torch.func.hessian(lambda oo, y_any=y_any: -_log_likelihood(likelihood, oo, y_any))(
+                o
+            )  # [D, D]
+            total += J.transpose(-1, -2) @ H @ J
+            continue
+        o = model64(xi).reshape(-1)  # [D]
+        if kind == "exact":  # categorical: enumerate the C labels
+            p = torch.softmax(o.detach(), dim=-1)
+            for c in range(o.numel()):
+                g = unit_grads(o, torch.tensor(c), retain=True)
+                total += p[c] * outer(g)
+        elif kind == "mc":
+            s_total = len(sampled)
+            for s in range(s_total):
+                g = unit_grads(o, sampled[s, i], retain=s + 1 < s_total)
+                total += outer(g) / s_total
+        else:
+            total += outer(unit_grads(o, y_obs[i], retain=False))
+    matrix = total.detach() / n  # [U, d+1, d+1]
+
+    unit_idx = torch.arange(n_units)
+    if units is not None:
+        unit_idx = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+        matrix = matrix[unit_idx]
+    return UnitFisher(
+        matrix=matrix,
+        mean_p=mean_p,
+        n=n,
+        kind=kind,
+        likelihood=likelihood,
+        layer=name,
+        units=unit_idx,
+        mc_samples=int(mc_samples) if kind == "mc" else None,
+    )
+
+
+def reference_natural_gradient(matrix, grad: torch.Tensor) -> torch.Tensor:
+    r"""Unit natural gradient F_i⁻¹ (g_i, g0_i) by a direct solve (Theorem 1's left side).
+
+    Args:
+        matrix: ``[U, d+1, d+1]`` blocks (bias last) or a :class:`UnitFisher`.
+        grad: ``[U, d+1]`` gradients (weight row, then bias) of each unit.
+
+    Returns:
+        ``[U, d+1]`` the solution of F_i x_i = g_i per unit.
+
+    Example:
+        >>> import torch
+        >>> F = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+        >>> reference_natural_gradient(F, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+        tensor([[ 1., -1.]], dtype=torch.float64)
+    """
+    m = matrix.matrix if isinstance(matrix, UnitFisher) else torch.as_tensor(matrix)
+    g = torch.as_tensor(grad, dtype=m.dtype)
+    return torch.linalg.solve(m, g.unsqueeze(-1)).squeeze(-1)
