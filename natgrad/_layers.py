@@ -1,0 +1,91 @@
+r"""Which layers natgrad handles, and how their units see the data.
+
+A *unit* is one output feature of an ``nn.Linear`` or one output channel of an ``nn.Conv2d``.
+Its incoming activations at position p are a_p ∈ R^d and its net input is
+net_p = wᵀ a_p + w0 (bias ordered last). Linear layers have P = 1 position per input unless
+their input has extra leading dimensions ([N, *, d]: P = ∏*); a Conv2d unit has one position
+per output pixel and a_p is the unfolded input patch, ``d = C_in·kh·kw`` in
+``weight.view(U, -1)`` order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from natgrad.errors import UnsupportedLayerError
+
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def supported_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """All Linear/Conv2d layers of ``model`` by name, in ``named_modules()`` order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, SUPPORTED)}
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """``(name, module)`` of ``layer`` (a module inside ``model`` or its name), checked."""
+    if isinstance(layer, str):
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            known = ", ".join(repr(n) for n in supported_layers(model)) or "none"
+            raise UnsupportedLayerError(
+                f"layer {layer!r} is not in the model; its Linear/Conv2d layers are: {known}"
+            )
+        name, module = layer, modules[layer]
+    elif isinstance(layer, nn.Module):
+        matches = [n for n, m in model.named_modules() if m is layer]
+        if not matches:
+            raise UnsupportedLayerError(
+                f"the given {type(layer).__name__} is not a submodule of the model; pass a layer "
+                "taken from the model itself (e.g. model[2] or its name from named_modules())"
+            )
+        name, module = matches[0], layer
+    else:
+        raise UnsupportedLayerError(
+            f"layer must be an nn.Module inside the model or its name, got {type(layer).__name__}"
+        )
+    check_layer(name, module)
+    return name, module
+
+
+def check_layer(name: str, module: nn.Module) -> None:
+    """Raise a clear error unless ``module`` is a Linear/Conv2d with a bias."""
+    if not isinstance(module, SUPPORTED):
+        raise UnsupportedLayerError(
+            f"layer {name!r} is a {type(module).__name__}; natgrad computes unit Fishers of "
+            "nn.Linear and nn.Conv2d layers only"
+        )
+    if module.bias is None:
+        raise UnsupportedLayerError(
+            f"layer {name!r} has no bias; the unit Fisher of Theorems 1-2 is the block of "
+            "(weights, bias) of a unit, so the theory needs one. Build the layer with bias=True."
+        )
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise UnsupportedLayerError(
+            f"layer {name!r} is a grouped Conv2d (groups={module.groups}); natgrad supports "
+            "groups=1 only"
+        )
+
+
+def incoming(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    r"""Incoming activations of every unit: ``[N, P, d]`` from the layer input ``x``."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(x.shape[0], -1, x.shape[-1])  # [N, P, d]
+    if module.padding_mode == "zeros":
+        x = F.pad(x, module._reversed_padding_repeated_twice)
+    else:
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+    patches = F.unfold(
+        x, module.kernel_size, dilation=module.dilation, padding=0, stride=module.stride
+    )  # [N, d, P]
+    return patches.transpose(1, 2)  # [N, P, d]
+
+
+def net_positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    r"""Gradients w.r.t. the layer output, ``[K, N, *out]``, as ``[K, N, P, U]``."""
+    k, n = g.shape[:2]
+    if isinstance(module, nn.Linear):
+        return g.reshape(k, n, -1, g.shape[-1])  # [K, N, P, U]
+    return g.reshape(k, n, g.shape[2], -1).transpose(-1, -2)  # [K, N, P, U]

@@ -1,0 +1,409 @@
+r"""The unit Fisher engine: exact, Monte-Carlo and empirical unit Fisher blocks.
+
+For unit i of a Linear or Conv2d layer with incoming activations ã = (a, 1) ∈ R^{d+1} (bias
+last) the unit Fisher information matrix is (THEORY.md, "Unit Fisher information matrix")
+
+.. math::
+
+    F_i = \frac{1}{N}\sum_n \sum_k g_{nki}\, g_{nki}^\top,\qquad
+    g_{nki} = \sum_{p} v_{nkpi}\, \tilde a_{np},\qquad v_{nk\cdot} = J_{n}^\top M_{nk}
+
+where J_n = ∂o/∂net (o the model output of input n, net the layer's net inputs at every
+position p) and M_nk are output-space columns (``natgrad.likelihoods.columns``): the columns
+of a square root of the output Fisher H for ``kind="exact"``, the scores of S sampled labels
+divided by √S for ``"mc"``, and the score of the observed label for ``"empirical"``.
+
+How it is computed, per batch:
+
+1. one forward pass, with hooks capturing each requested layer's input and output;
+2. one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``) of all K
+   columns at once, giving v for every unit of every requested layer (never J per unit);
+3. for a layer with one position per input (Linear), sum over the columns BEFORE the outer
+   product: δ̄²_ni = Σ_k v_nki², and F_i = (1/N) Σ_n δ̄²_ni ã_n ã_nᵀ for all units as one
+   GEMM ``[U·(d+1), N] @ [N, d+1]`` of cost 2·N·U·(d+1)²;
+4. for weight-shared units (Conv2d, or Linear applied along extra dimensions) the block does
+   not factor: per-sample gradients g = Σ_p v_p ã_p come from one ``bmm`` over samples and
+   the block from one ``bmm`` over units, in chunks that bound memory.
+
+Shapes: N inputs, K columns, P positions, U units, d fan-in, D model outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from natgrad import likelihoods as lik
+from natgrad._batches import iter_batches
+from natgrad._layers import check_layer, incoming, net_positions, resolve_layer, supported_layers
+from natgrad.errors import InputError, UnsupportedLayerError
+from natgrad.unitfisher import UnitFisher
+
+# Largest temporary a chunk may allocate, in elements (2**25 floats = 128 MiB in float32).
+MEMORY_BUDGET = 2**25
+
+
+def unit_fisher(
+    model: nn.Module,
+    layer: str | nn.Module,
+    inputs: torch.Tensor | Iterable,
+    targets: torch.Tensor | None = None,
+    *,
+    kind: str = "exact",
+    likelihood: str = "categorical",
+    mc_samples: int = 1,
+    units: Sequence[int] | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> UnitFisher:
+    r"""Unit Fisher information matrices of every unit of one Linear/Conv2d layer.
+
+    .. math::
+
+        F_i = E_p\big[E_y[(\textstyle\sum_p \delta_p \tilde a_p)
+              (\textstyle\sum_p \delta_p \tilde a_p)^\top]\big]
+            = \begin{pmatrix} A & b \\ b^\top & c \end{pmatrix}
+
+    which for a Linear unit is E_p[δ̄² ã ãᵀ] with δ̄² = E_y[δ²] (ELU paper, Section 2).
+
+    Args:
+        model: any ``nn.Module``; its output is the logits ``[N, C]`` (categorical), logits
+            ``[N, *]`` (bernoulli) or unit-variance means ``[N, *]`` (gaussian). It is run as
+            given: call ``model.eval()`` first for dropout or batch-norm nets.
+        layer: an ``nn.Linear``/``nn.Conv2d`` inside ``model`` (with a bias), or its name.
+        inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches (e.g. a
+            DataLoader). Streaming gives the same matrix as one big batch.
+        targets: observed labels, needed for ``kind="empirical"``: ``[N]`` class indices or
+            ``[N, *]`` floats shaped like the output.
+        kind: ``"exact"`` (closed-form expectation over the model's y ~ p(y|z)), ``"mc"``
+            (``mc_samples`` labels drawn from the model per input) or ``"empirical"``
+            (observed labels; the biased "empirical Fisher").
+        likelihood: ``"categorical"``, ``"bernoulli"`` or ``"gaussian"``.
+        mc_samples: S, labels sampled per input for ``kind="mc"``.
+        units: indices of the units to compute (default all); the backward pass is shared.
+        generator: ``torch.Generator`` for the labels of ``kind="mc"``.
+        batch_size: split a tensor ``inputs`` into batches of this size (default: all at once).
+
+    Returns:
+        :class:`~natgrad.UnitFisher` with ``matrix`` ``[U, d+1, d+1]`` (bias last; Conv2d:
+        d = C_in·kh·kw in ``weight.view(U, -1)`` order), ``mean_p`` ``[d]`` and the moments.
+        The dtype and device are the model's.
+
+    Example:
+        >>> import torch
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
+        >>> F = unit_fisher(net, net[0], torch.randn(8, 3))
+        >>> F.matrix.shape, F.mean_q.shape
+        (torch.Size([4, 4, 4]), torch.Size([4, 3]))
+    """
+    name, module = resolve_layer(model, layer)
+    return _compute(
+        model, {name: (module, units)}, inputs, targets, kind, likelihood, mc_samples,
+        generator, batch_size,
+    )[name]
+
+
+def unit_fishers(
+    model: nn.Module,
+    inputs: torch.Tensor | Iterable,
+    targets: torch.Tensor | None = None,
+    *,
+    layers: Sequence[str | nn.Module] | None = None,
+    kind: str = "exact",
+    likelihood: str = "categorical",
+    mc_samples: int = 1,
+    units: dict[str, Sequence[int] | torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> dict[str, UnitFisher]:
+    r"""Unit Fishers of every Linear/Conv2d layer (or of ``layers``) from ONE pass over the
+    data: one forward and one batched backward per batch serve all layers.
+
+    Arguments are those of :func:`unit_fisher`; ``units`` maps layer names to unit indices.
+    Returns ``{name: UnitFisher}`` in ``named_modules()`` order.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> {k: v.matrix.shape for k, v in unit_fishers(net, torch.randn(8, 3)).items()}
+        {'0': torch.Size([4, 4, 4]), '2': torch.Size([2, 5, 5])}
+    """
+    if layers is None:
+        chosen = supported_layers(model)
+        if not chosen:
+            raise UnsupportedLayerError("the model has no nn.Linear or nn.Conv2d layer")
+        no_bias = [n for n, m in chosen.items() if m.bias is None]
+        if no_bias:
+            raise UnsupportedLayerError(
+                f"layers {no_bias} have no bias, which the unit Fisher of Theorems 1-2 needs; "
+                "pass layers=[...] naming only layers with a bias"
+            )
+        for n, m in chosen.items():
+            check_layer(n, m)
+    else:
+        chosen = dict(resolve_layer(model, layer) for layer in layers)
+    units = units or {}
+    unknown = set(units) - set(chosen)
+    if unknown:
+        raise InputError(f"units= names layers that are not computed: {sorted(unknown)}")
+    spec = {n: (m, units.get(n)) for n, m in chosen.items()}
+    return _compute(
+        model, spec, inputs, targets, kind, likelihood, mc_samples, generator, batch_size
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The pass over the data.
+
+
+def _compute(model, spec, inputs, targets, kind, likelihood, mc_samples, generator, batch_size):
+    lik.check_likelihood(likelihood)
+    if kind not in lik.KINDS:
+        raise InputError(f"unknown kind {kind!r}: choose one of {', '.join(lik.KINDS)}")
+    if kind == "mc" and (not isinstance(mc_samples, int) or mc_samples < 1):
+        raise InputError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    if kind == "empirical" and targets is None and isinstance(inputs, torch.Tensor):
+        raise InputError(
+            "kind='empirical' uses the observed labels: pass targets=, or use kind='exact' "
+            "(the true Fisher) or kind='mc'"
+        )
+    accs = {name: _LayerAccumulator(name, module, u) for name, (module, u) in spec.items()}
+    n_total = 0
+    with _Capture(model, accs) as capture:
+        for b, (x, y) in enumerate(iter_batches(inputs, targets, batch_size)):
+            out = capture.forward(x)
+            o = lik.flatten_output(likelihood, out)  # [N, D]
+            if y is not None:
+                y = lik.check_targets(likelihood, o, y)
+            elif kind == "empirical":
+                raise InputError(
+                    f"kind='empirical' needs observed targets, but batch {b} has none; "
+                    "pass (inputs, targets) batches or use kind='exact'/'mc'"
+                )
+            cols = lik.columns(likelihood, kind, o, y, mc_samples, generator)  # [K, N, D]
+            nets = [capture.outputs[name] for name in accs]
+            for acc in accs.values():
+                acc.begin_batch(capture.inputs[acc.name])
+            width = sum(a.width for a in accs.values())  # Σ_layers P·U
+            chunk = max(1, MEMORY_BUDGET // max(1, o.shape[0] * width))
+            for k0 in range(0, cols.shape[0], chunk):
+                grad_out = cols[k0 : k0 + chunk].reshape(-1, *out.shape)  # [K_c, *out]
+                grads = _batched_grad(out, nets, grad_out)
+                for acc, g in zip(accs.values(), grads, strict=True):
+                    acc.add_columns(g)
+            for acc in accs.values():
+                acc.end_batch()
+            n_total += x.shape[0]
+    if n_total == 0:
+        raise InputError("no inputs: the data is empty; pass at least one input")
+    return {
+        name: acc.result(n_total, kind, likelihood, mc_samples if kind == "mc" else None)
+        for name, acc in accs.items()
+    }
+
+
+def _batched_grad(out, nets, grad_out):
+    r"""Vector-Jacobian products of K output columns at once: ``[K, *net]`` per layer."""
+    try:
+        with warnings.catch_warnings():
+            # A missing vmap batching rule falls back to a loop inside torch; that is slower
+            # but still correct, so it is not an error for natgrad's users.
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            return torch.autograd.grad(
+                out, nets, grad_out, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+    except RuntimeError:
+        # Some ops have no batched backward at all: one backward per column (K of them).
+        per_column = [
+            torch.autograd.grad(out, nets, go, retain_graph=True, allow_unused=True)
+            for go in grad_out
+        ]
+        return tuple(
+            None if cols[0] is None else torch.stack(cols) for cols in zip(*per_column, strict=True)
+        )
+
+
+class _Capture(contextlib.AbstractContextManager):
+    """Forward hooks that capture each requested layer's input and output, name the first
+    module whose output is non-finite, and let gradients reach the layers' outputs."""
+
+    def __init__(self, model: nn.Module, accs: dict):
+        self.model, self.accs = model, accs
+        self.targets = {id(acc.module): acc.name for acc in accs.values()}
+        self.handles: list = []
+        self.saved_grad: list[tuple[torch.Tensor, bool]] = []
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        self._stack.enter_context(torch.enable_grad())
+        for acc in self.accs.values():
+            for p in (acc.module.weight, acc.module.bias):
+                self.saved_grad.append((p, p.requires_grad))
+                p.requires_grad_(True)
+        for name, module in self.model.named_modules():
+            if id(module) in self.targets:
+                self.handles.append(module.register_forward_hook(self._capture_hook(name)))
+            elif not any(True for _ in module.children()):
+                self.handles.append(module.register_forward_hook(self._finite_hook(name)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        for p, flag in self.saved_grad:
+            p.requires_grad_(flag)
+        self._stack.close()
+        return False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.first_bad: str | None = None
+        out = self.model(x)
+        if not isinstance(out, torch.Tensor):
+            raise InputError(
+                f"the model returned a {type(out).__name__}; natgrad needs a single output tensor"
+            )
+        missing = [n for n in self.targets.values() if n not in self.outputs]
+        if missing:
+            raise InputError(f"layers {missing} were not called in the model's forward pass")
+        if self.first_bad is not None or not torch.isfinite(out).all():
+            where = f"layer {self.first_bad!r}" if self.first_bad else "the model output"
+            raise InputError(
+                f"non-finite activations (NaN/Inf) first appear in the output of {where}; "
+                "check that layer's weights and the input scale"
+            )
+        return out
+
+    def _note_bad(self, name: str, out) -> None:
+        if (
+            self.first_bad is None
+            and isinstance(out, torch.Tensor)
+            and out.is_floating_point()
+            and not torch.isfinite(out).all()
+        ):
+            self.first_bad = name
+
+    def _finite_hook(self, name):
+        def hook(module, args, out):
+            self._note_bad(name, out)
+
+        return hook
+
+    def _capture_hook(self, name):
+        def hook(module, args, out):
+            if name in self.outputs:
+                raise InputError(
+                    f"layer {name!r} is called more than once in one forward pass; natgrad's "
+                    "unit Fisher needs each layer to be applied once per input"
+                )
+            self._note_bad(name, out)
+            self.inputs[name] = args[0].detach()
+            self.outputs[name] = out
+            # A clone, so that an in-place activation after the layer cannot overwrite the
+            # net inputs whose gradients we take.
+            return out.clone()
+
+        return hook
+
+
+class _LayerAccumulator:
+    r"""Sums Σ_n Σ_k g gᵀ ``[U, d+1, d+1]`` and Σ a ``[d]`` for one layer over batches."""
+
+    def __init__(self, name: str, module: nn.Module, units):
+        self.name, self.module = name, module
+        n_units = module.weight.shape[0]
+        if units is None:
+            self.units = None
+        else:
+            u = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+            if u.numel() == 0 or u.min() < 0 or u.max() >= n_units:
+                raise InputError(
+                    f"units= for layer {name!r} must be indices in [0, {n_units - 1}], got "
+                    f"{u.tolist() if u.numel() <= 10 else 'values out of range'}"
+                )
+            self.units = u
+        self.n_units = n_units if self.units is None else self.units.numel()
+        self.total: torch.Tensor | None = None  # [U, d+1, d+1]
+        self.sum_a: torch.Tensor | None = None  # [d]
+        self.count = 0
+        self.width = n_units
+
+    def begin_batch(self, x: torch.Tensor) -> None:
+        a = incoming(self.module, x)  # [N, P, d]
+        n, p, d = a.shape
+        self.width = p * self.module.weight.shape[0]
+        ones = torch.ones(n, p, 1, dtype=a.dtype, device=a.device)
+        self.a_tilde = torch.cat([a, ones], dim=-1)  # [N, P, d+1]
+        self.sum_a = a.sum((0, 1)) if self.sum_a is None else self.sum_a + a.sum((0, 1))
+        self.count += n * p
+        if self.total is None:
+            self.total = torch.zeros(self.n_units, d + 1, d + 1, dtype=a.dtype, device=a.device)
+        self.delta2 = torch.zeros(n, self.n_units, dtype=a.dtype, device=a.device)  # [N, U]
+
+    def add_columns(self, g: torch.Tensor | None) -> None:
+        if g is None:
+            raise InputError(
+                f"layer {self.name!r} does not influence the model output, so its unit Fisher "
+                "is zero; pick a layer on the path to the output"
+            )
+        if not torch.isfinite(g).all():
+            raise InputError(
+                f"the back-propagated error signals of layer {self.name!r} contain NaN/Inf; "
+                "check the layers above it and the output scale"
+            )
+        v = net_positions(self.module, g)  # [K, N, P, U]
+        if self.units is not None:
+            v = v.index_select(-1, self.units.to(v.device))
+        if v.shape[2] == 1:  # one position: sum over columns before any outer product
+            self.delta2 += v.squeeze(2).square().sum(0)  # [N, U]
+        else:
+            self._add_shared(v)
+
+    def _add_shared(self, v: torch.Tensor) -> None:
+        r"""Weight-shared units: g_nku = Σ_p v_nkpu ã_np, F_u += Σ_nk g gᵀ."""
+        k, n, p, u_all = v.shape
+        d1 = self.a_tilde.shape[-1]
+        step = max(1, MEMORY_BUDGET // max(1, n * k * d1))
+        for u0 in range(0, u_all, step):
+            vc = v[..., u0 : u0 + step]  # [K, N, P, Uc]
+            uc = vc.shape[-1]
+            vt = vc.permute(1, 0, 3, 2).reshape(n, k * uc, p)  # [N, K·Uc, P]
+            g = torch.bmm(vt, self.a_tilde)  # [N, K·Uc, d+1]
+            g = g.reshape(n, k, uc, d1).permute(2, 0, 1, 3).reshape(uc, n * k, d1)
+            self.total[u0 : u0 + uc].baddbmm_(g.transpose(1, 2), g)  # [Uc, d+1, d+1]
+
+    def end_batch(self) -> None:
+        a_tilde = self.a_tilde
+        if a_tilde.shape[1] == 1:
+            at = a_tilde.squeeze(1)  # [N, d+1]
+            n, d1 = at.shape
+            w = self.delta2.T  # [U, N]
+            step = max(1, MEMORY_BUDGET // max(1, n * d1))
+            for u0 in range(0, w.shape[0], step):
+                wc = w[u0 : u0 + step]
+                scaled = (wc.unsqueeze(1) * at.T.unsqueeze(0)).reshape(-1, n)  # [Uc·(d+1), N]
+                block = self.total[u0 : u0 + wc.shape[0]].view(-1, d1)  # [Uc·(d+1), d+1]
+                block.addmm_(scaled, at)
+        self.a_tilde = self.delta2 = None
+
+    def result(self, n_total: int, kind: str, likelihood: str, mc: int | None) -> UnitFisher:
+        matrix = self.total / n_total
+        matrix = 0.5 * (matrix + matrix.transpose(-1, -2))  # exact symmetry after round-off
+        units = self.units if self.units is not None else torch.arange(self.n_units)
+        return UnitFisher(
+            matrix=matrix,
+            mean_p=self.sum_a / self.count,
+            n=n_total,
+            kind=kind,
+            likelihood=likelihood,
+            layer=self.name,
+            units=units,
+            mc_samples=mc,
+        )
