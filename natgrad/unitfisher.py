@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from natgrad import linalg, theorems
 from natgrad.errors import InputError
 
 
@@ -144,6 +145,139 @@ class UnitFisher:
     def cov_p(self) -> torch.Tensor:
         r"""``[U, d]`` Cov_p(δ̄², a) = b − c E_p(a)."""
         return self.b - self.c.unsqueeze(-1) * self.mean_p
+
+    # --- Theorems 1–2 (natgrad.theorems); damping λ adds λI to F, bias entry included ---------
+    def _context(self) -> dict:
+        return {"layer": self.layer, "units": self.units}
+
+    def _damped_blocks(self, damping: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        F = linalg.damped(self.matrix, damping)
+        return F[:, :-1, :-1], F[:, :-1, -1], F[:, -1, -1]
+
+    def _damped_moments(self, damping: float):
+        """E_q(a) [U, d], Var_q(a) [U, d, d], Cov_p(δ̄², a) [U, d] of the damped block F + λI."""
+        A, b, c = self._damped_blocks(damping)
+        mean_q = b / c.unsqueeze(-1)
+        var_q = A / c[:, None, None] - mean_q.unsqueeze(-1) * mean_q.unsqueeze(-2)
+        return mean_q, var_q, b - c.unsqueeze(-1) * self.mean_p
+
+    def condition_number(self, damping: float = 0.0) -> torch.Tensor:
+        r"""``[U]`` 2-norm condition number of each block F + λI (float64; inf if not PD)."""
+        return linalg.condition_number(linalg.damped(self.matrix, damping))
+
+    def inverse(self, damping: float = 0.0) -> torch.Tensor:
+        r"""``[U, d+1, d+1]`` (F + λI)⁻¹ by Lemma 1 (:func:`natgrad.theorems.lemma1_inverse`)."""
+        return theorems.lemma1_inverse(*self._damped_blocks(damping), **self._context())
+
+    def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor:
+        r"""``[U]`` s = 1/(c − bᵀA⁻¹b) (``form="schur"``) or, equal by Lemma 2(i),
+        E_p(δ̄²)⁻¹(1 + E_q(a)ᵀVar_q(a)⁻¹E_q(a)) (``form="paper"``), of F + λI (Theorem 1).
+
+        Example:
+            >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
+            >>> F.s(), F.s("paper")
+            (tensor([2.]), tensor([2.]))
+        """
+        if form == "schur":
+            return theorems.schur_complement(*self._damped_blocks(damping), **self._context())
+        if form == "paper":
+            c = self._damped_blocks(damping)[2]
+            mean_q, var_q, _ = self._damped_moments(damping)
+            return theorems.schur_complement_paper(c, mean_q, var_q, **self._context())
+        raise InputError(
+            f"UnitFisher.s of layer {self.layer!r}: form must be 'schur' or 'paper', got {form!r}"
+        )
+
+    def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
+        r"""``[U]`` Theorem 2's k = (E_q(a) − E_p(a))ᵀVar_q(a)⁻¹E_q(a) (``form="closed"``) or
+        s·E_p(δ̄²)·Cov_p(δ̄², a)ᵀA⁻¹E_q(a) (``form="paper"``), of F + λI.
+
+        Example:
+            >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
+            >>> F.k(), F.k("paper")
+            (tensor([0.]), tensor([0.]))
+        """
+        mean_q, var_q, cov_p = self._damped_moments(damping)
+        if form == "closed":
+            return theorems.k_closed(self.mean_p, mean_q, var_q, **self._context())
+        if form == "paper":
+            A, _, c = self._damped_blocks(damping)
+            s = self.s("schur", damping)
+            return theorems.k_paper(A, c, s, cov_p, mean_q, **self._context())
+        raise InputError(
+            f"UnitFisher.k of layer {self.layer!r}: form must be 'closed' or 'paper', got {form!r}"
+        )
+
+    def natural_gradient(
+        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Unit natural gradient (Δw ``[U, d]``, Δw0 ``[U]``) = (F + λI)⁻¹(g, g0) by Theorem 1.
+
+        ``grad_weight`` is ``[U, d]`` or the layer's own weight shape (e.g. Conv2d
+        ``[U, C_in, kh, kw]``, flattened as ``weight.view(U, -1)``); ``grad_bias`` is ``[U]``.
+        Gradients of the *whole* layer (more rows than ``num_units``) are sliced by
+        ``self.units``. Results are in the promoted dtype of the gradients and the blocks.
+
+        Example:
+            >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
+            >>> F.natural_gradient(torch.tensor([[1.0]]), torch.tensor([0.0]))
+            (tensor([[1.]]), tensor([-1.]))
+        """
+        g, g0 = self._grads(grad_weight, grad_bias)
+        return theorems.natural_gradient(*self._damped_blocks(damping), g, g0, **self._context())
+
+    def bias_shift(
+        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
+    ) -> theorems.BiasShift:
+        r"""Theorem 2's :class:`~natgrad.theorems.BiasShift` per unit (shift_natural,
+        shift_blockdiag, shift_plain, k, corrected_mean) for the gradient (g, g0); gradients
+        are accepted as in :meth:`natural_gradient`.
+
+        Example:
+            >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
+            >>> r = F.bias_shift(torch.tensor([[1.0]]), torch.tensor([0.0]))
+            >>> r.shift_natural, r.shift_blockdiag, r.shift_plain
+            (tensor([0.]), tensor([0.5000]), tensor([1.]))
+        """
+        g, g0 = self._grads(grad_weight, grad_bias)
+        A, b, c = self._damped_blocks(damping)
+        return theorems.bias_shift(A, b, c, self.mean_p, g, g0, **self._context())
+
+    def cosine(
+        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
+    ) -> torch.Tensor:
+        r"""``[U]`` cosine between the plain gradient (g, g0) and the unit natural gradient
+        (Δw, Δw0) of each unit; 1 means the plain gradient already is the natural direction.
+
+        Example:
+            >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
+            >>> F.cosine(torch.tensor([[1.0]]), torch.tensor([0.0]))
+            tensor([0.7071])
+        """
+        g, g0 = self._grads(grad_weight, grad_bias)
+        dw, dw0 = theorems.natural_gradient(*self._damped_blocks(damping), g, g0, **self._context())
+        return theorems.cosine(g, g0, dw, dw0)
+
+    def _grads(self, grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g [U, d], g0 [U]) from unit- or layer-shaped gradients, sliced by ``units`` if needed."""
+        U, d = self.num_units, self.fan_in
+        gw = torch.as_tensor(grad_weight, device=self.matrix.device)
+        gb = torch.as_tensor(grad_bias, device=self.matrix.device)
+        expected = (
+            f"layer {self.layer!r}: expected grad_weight [U, d] = [{U}, {d}] (or the layer's weight "
+            f"shape with {d} entries per unit, or the whole layer's rows, sliced by "
+            f"UnitFisher.units) and grad_bias [U] = [{U}]; got grad_weight {tuple(gw.shape)}, "
+            f"grad_bias {tuple(gb.shape)}"
+        )
+        if gw.ndim < 2 or gw[0].numel() != d or gb.ndim != 1 or gb.shape[0] != gw.shape[0]:
+            raise InputError(expected)
+        gw = gw.reshape(gw.shape[0], d)
+        if gw.shape[0] != U:
+            if gw.shape[0] < U or int(self.units.max()) >= gw.shape[0]:
+                raise InputError(expected)
+            units = self.units.to(gw.device)
+            gw, gb = gw[units], gb[units]
+        return gw, gb
 
     def __repr__(self) -> str:
         return (
