@@ -1,0 +1,384 @@
+r"""The ELU paper's networks (``/work/shared/PAPER.md``), built for any unit.
+
+==============  ===================================================================
+name            architecture (paper notation "layers × units × receptive field")
+==============  ===================================================================
+``mnist-fc``    d → 8 hidden × 128 → C, fully connected (d = 784; 64 for 8×8 digits)
+``mnist-ae``    d-1000-500-250-30, mirrored decoder 30-250-500-1000-d; the 30-d code is
+                linear; the output is d *logits* for a Bernoulli likelihood (sigmoid +
+                binary cross-entropy against pixels in [0, 1]). The paper does not state
+                the loss: this is natgrad's choice, named ``loss="bce_logits"`` in the
+                training config.
+``cifar-11``    [1×192×5] [1×192×1, 1×240×3] [1×240×1, 1×260×2] [1×260×1, 1×280×2]
+                [1×280×1, 1×300×2] [1×300×1] [1×C×1]; dropout per stack
+                (0, .1, .2, .3, .4, .5, 0)
+``cifar-18``    [1×384×3] [1×384×1, 1×384×2, 2×640×2] [1×640×1, 3×768×2]
+                [1×768×1, 2×896×2] [1×896×3, 2×1024×2] [1×1024×1, 1×1152×2] [1×1152×1]
+                [1×C×1]; dropout per stack (0, .1, .2, .3, .4, .5, .5, 0)
+``imagenet-15`` 1×96×6, 3×512×3, 5×768×3, 3×1024×3, SPP(1, 2, 4), 2×4096×FC, 1×C×FC;
+                dropout 0.5 after both 4096 FC layers
+==============  ===================================================================
+
+Readings of the paper, where it leaves room (each is a keyword argument):
+
+- Conv layers use ``same`` padding with stride 1. Even kernels (2, 6) pad one more pixel
+  on the right/bottom (an explicit :class:`torch.nn.ZeroPad2d` before the
+  :class:`torch.nn.Conv2d`, so every conv layer sees the tensor it convolves).
+- "2×2 max-pool, stride 2, after each stack": after every stack whose output is at least
+  2×2 and that is not the output stack. For 32×32 CIFAR inputs that is stacks 1–5
+  (32 → 1); for 224×224 ImageNet inputs all four conv stacks (224 → 14).
+- Per-stack dropout is applied after the stack's pooling. ``cifar-18``'s bracket list has
+  19 conv layers (the paper calls the net 18-layer); natgrad builds the list as written.
+  Its per-stack dropout is the paper's "as cifar-11" read as a ramp capped at 0.5.
+- The CIFAR output layer is the last [1×C×1] conv (no unit), followed by global average
+  pooling to ``[N, C]`` logits.
+- ``imagenet-15``: the first conv's stride is not stated; ``stem_stride=1`` by default.
+  SPP is three adaptive max-pool levels (1×1, 2×2, 4×4), so the net accepts any input
+  size (tests use 64×64) and its parameter count does not depend on the input size.
+- Batch norm (Fig 5), when asked for, sits after every hidden Linear/Conv2d and before
+  its unit; never after an output layer. Every Linear/Conv2d keeps its bias (the unit
+  Fisher of :mod:`natgrad.fisher` needs one).
+- He initialisation (Kaiming normal, fan_in, gain √2) for every weight, zero biases.
+  Weights are drawn from a generator seeded by ``seed`` in module order, and only
+  Linear/Conv2d layers draw, so **the initial weights depend only on (net, seed, input
+  shape)**: run j starts from the same weights for every unit and with or without batch
+  norm (paper, Fig 4).
+
+Example:
+    >>> net = build_model("mnist-fc", "elu", in_features=64, seed=0)
+    >>> net(torch.zeros(5, 1, 8, 8)).shape
+    torch.Size([5, 10])
+    >>> count_parameters(build_model("mnist-fc", device="meta"))
+    217354
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from natgrad.errors import InputError
+from natgrad.units import UNIT_TYPES, make_unit
+
+__all__ = [
+    "NETWORKS",
+    "NetSpec",
+    "PaperNet",
+    "SpatialPyramidPool",
+    "build_model",
+    "count_parameters",
+    "weight_layers",
+]
+
+Stack = Sequence[tuple[int, int, int]]  # (layers, units, receptive field)
+
+CIFAR11: tuple[Stack, ...] = (
+    ((1, 192, 5),),
+    ((1, 192, 1), (1, 240, 3)),
+    ((1, 240, 1), (1, 260, 2)),
+    ((1, 260, 1), (1, 280, 2)),
+    ((1, 280, 1), (1, 300, 2)),
+    ((1, 300, 1),),
+)
+CIFAR11_DROPOUT = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0)
+CIFAR18: tuple[Stack, ...] = (
+    ((1, 384, 3),),
+    ((1, 384, 1), (1, 384, 2), (2, 640, 2)),
+    ((1, 640, 1), (3, 768, 2)),
+    ((1, 768, 1), (2, 896, 2)),
+    ((1, 896, 3), (2, 1024, 2)),
+    ((1, 1024, 1), (1, 1152, 2)),
+    ((1, 1152, 1),),
+)
+CIFAR18_DROPOUT = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.0)
+IMAGENET15: tuple[Stack, ...] = (((1, 96, 6),), ((3, 512, 3),), ((5, 768, 3),), ((3, 1024, 3),))
+SPP_LEVELS = (1, 2, 4)
+
+
+class SpatialPyramidPool(nn.Module):
+    r"""Spatial pyramid pooling: adaptive max pooling to l×l for each level l, concatenated.
+
+    ``[N, C, H, W] → [N, C·Σ l²]`` (level-major, then channel, then row-major position).
+
+    Example:
+        >>> SpatialPyramidPool((1, 2, 4))(torch.zeros(2, 3, 16, 16)).shape
+        torch.Size([2, 63])
+    """
+
+    def __init__(self, levels: Sequence[int] = SPP_LEVELS) -> None:
+        super().__init__()
+        self.levels = tuple(int(level) for level in levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = [nn.functional.adaptive_max_pool2d(x, lv).flatten(1) for lv in self.levels]
+        return torch.cat(pooled, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+
+class PaperNet(nn.Sequential):
+    """An ``nn.Sequential`` that remembers how it was built (``net``, ``unit``, ``build_kwargs``)
+    so a checkpoint can rebuild it: ``build_model(net, unit, **build_kwargs)``."""
+
+    def __init__(self, layers: OrderedDict, *, net: str, unit: str, build_kwargs: dict) -> None:
+        super().__init__(layers)
+        self.net = net
+        self.unit = unit
+        self.build_kwargs = dict(build_kwargs)
+
+
+def _hidden(layer: nn.Module, width: int, unit: str, alpha, bn: bool, conv: bool) -> list:
+    """``[(name, module)]`` for one hidden layer: layer, optional batch norm, unit."""
+    out = [("layer", layer)]
+    if bn:
+        out.append(("bn", nn.BatchNorm2d(width) if conv else nn.BatchNorm1d(width)))
+    out.append(("act", make_unit(unit, alpha)))
+    return out
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> list:
+    """A stride-``stride`` conv with ``same`` padding (explicit pad for even ``k``)."""
+    if k % 2:
+        return [("conv", nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2))]
+    lo, hi = (k - 1) // 2, k // 2
+    return [("pad", nn.ZeroPad2d((lo, hi, lo, hi))), ("conv", nn.Conv2d(cin, cout, k, stride))]
+
+
+def _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn, *, stem_stride=1, pool_last=True):
+    """Named conv stacks; returns (OrderedDict of stacks, channels, spatial size)."""
+    c, h, w = in_shape
+    out: OrderedDict = OrderedDict()
+    for s, stack in enumerate(stacks, start=1):
+        mods: list = []
+        i = 0
+        for n_layers, width, k in stack:
+            for _ in range(n_layers):
+                i += 1
+                stride = stem_stride if (s == 1 and i == 1) else 1
+                pad_conv = _conv(c, width, k, stride)
+                for name, mod in pad_conv[:-1]:
+                    mods.append((f"{name}{i}", mod))
+                h, w = -(-h // stride), -(-w // stride)
+                for name, mod in _hidden(pad_conv[-1][1], width, unit, alpha, bn, conv=True):
+                    mods.append((f"{'conv' if name == 'layer' else name}{i}", mod))
+                c = width
+        if (pool_last or s < len(stacks)) and h >= 2 and w >= 2:
+            mods.append(("pool", nn.MaxPool2d(2, 2)))
+            h, w = h // 2, w // 2
+        if dropout[s - 1] > 0:
+            mods.append(("drop", nn.Dropout(dropout[s - 1])))
+        out[f"stack{s}"] = nn.Sequential(OrderedDict(mods))
+    return out, c, (h, w)
+
+
+def _mlp(sizes, unit, alpha, bn) -> list:
+    """``fc1, act1, …`` for consecutive ``sizes``; the last layer has no unit."""
+    mods: list = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes), start=1):
+        if i == len(sizes) - 1:
+            mods.append((f"fc{i}", nn.Linear(a, b)))
+            break
+        for name, mod in _hidden(nn.Linear(a, b), b, unit, alpha, bn, conv=False):
+            mods.append((f"{'fc' if name == 'layer' else name}{i}", mod))
+    return mods
+
+
+def _mnist_fc(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
+    d = math.prod(in_shape)
+    sizes = [d] + [kw.get("width", 128)] * kw.get("depth", 8) + [num_classes]
+    return OrderedDict([("flatten", nn.Flatten())] + _mlp(sizes, unit, alpha, bn))
+
+
+def _mnist_ae(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
+    d = math.prod(in_shape)
+    code = kw.get("code", (1000, 500, 250, 30))
+    enc = nn.Sequential(OrderedDict(_mlp([d, *code], unit, alpha, bn)))
+    dec = nn.Sequential(OrderedDict(_mlp([*code[::-1], d], unit, alpha, bn)))
+    return OrderedDict([("flatten", nn.Flatten()), ("encoder", enc), ("decoder", dec)])
+
+
+def _cifar(stacks, default_dropout):
+    def build(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
+        dropout = tuple(kw.get("dropout", default_dropout))
+        if len(dropout) != len(stacks) + 1:
+            raise InputError(
+                f"dropout needs {len(stacks) + 1} rates (one per stack), got {dropout}"
+            )
+        layers, c, _ = _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn)
+        head = [("conv1", nn.Conv2d(c, num_classes, 1))]
+        layers[f"stack{len(stacks) + 1}"] = nn.Sequential(OrderedDict(head))
+        layers["gap"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return layers
+
+    return build
+
+
+def _imagenet(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
+    levels = tuple(kw.get("spp_levels", SPP_LEVELS))
+    drop = (0.0,) * len(IMAGENET15)
+    layers, c, _ = _conv_stacks(
+        IMAGENET15, drop, in_shape, unit, alpha, bn, stem_stride=kw.get("stem_stride", 1)
+    )
+    layers["spp"] = SpatialPyramidPool(levels)
+    sizes = [c * sum(lv * lv for lv in levels), 4096, 4096, num_classes]
+    fc = _mlp(sizes, unit, alpha, bn)
+    for i in (2, 1):  # dropout 0.5 after each 4096-unit hidden layer (insert back to front)
+        pos = [n for n, _ in fc].index(f"act{i}") + 1
+        fc.insert(pos, (f"drop{i}", nn.Dropout(0.5)))
+    layers["classifier"] = nn.Sequential(OrderedDict(fc))
+    return layers
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A registered network: its builder, default input shape and number of outputs."""
+
+    name: str
+    description: str
+    in_shape: tuple[int, int, int]
+    num_classes: int
+    builder: Callable[..., OrderedDict]
+
+
+NETWORKS: dict[str, NetSpec] = {
+    s.name: s
+    for s in (
+        NetSpec("mnist-fc", "784 → 8×128 → 10 fully connected (Fig 2)", (1, 28, 28), 10, _mnist_fc),
+        NetSpec("mnist-ae", "784-1000-500-250-30 autoencoder, logits out (Fig 3)", (1, 28, 28), 784, _mnist_ae),
+        NetSpec("cifar-11", "11 conv layers, 7 stacks (Fig 4, 5)", (3, 32, 32), 100, _cifar(CIFAR11, CIFAR11_DROPOUT)),
+        NetSpec("cifar-18", "18(19) conv layers, 8 stacks (Table 1)", (3, 32, 32), 100, _cifar(CIFAR18, CIFAR18_DROPOUT)),
+        NetSpec("imagenet-15", "15 layers, SPP before the FC layers (Fig 6)", (3, 224, 224), 1000, _imagenet),
+    )
+}  # fmt: skip
+
+
+def build_model(
+    name: str,
+    unit: str = "elu",
+    *,
+    alpha: float | None = None,
+    batch_norm: bool = False,
+    num_classes: int | None = None,
+    in_shape: Sequence[int] | None = None,
+    in_features: int | None = None,
+    seed: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    **options,
+) -> PaperNet:
+    r"""Build the paper's network ``name`` with unit ``unit``, He-initialised from ``seed``.
+
+    Args:
+        name: a key of :data:`NETWORKS`.
+        unit, alpha: see :func:`natgrad.units.make_unit`.
+        batch_norm: batch norm after every hidden Linear/Conv2d, before the unit (Fig 5).
+        num_classes: outputs C (default: the net's; ``mnist-ae`` outputs its input size).
+        in_shape: input ``(channels, height, width)``; for ``mnist-*`` only the product
+            matters, or give ``in_features`` (64 for the 8×8 digits).
+        seed: weight seed; ``None`` draws one from torch's global generator.
+        dtype: parameter dtype (default: torch's default dtype).
+        device: where the parameters live; ``"meta"`` builds without memory or init
+            (parameter counting).
+        options: per-net extras: ``width``, ``depth`` (mnist-fc); ``dropout`` (cifar-*, one
+            rate per stack); ``stem_stride``, ``spp_levels`` (imagenet-15).
+
+    Returns:
+        A :class:`PaperNet` mapping ``[N, *in_shape]`` (or ``[N, d]``) to ``[N, C]``.
+
+    Raises:
+        InputError: unknown net or unit, or inconsistent options.
+    """
+    if name not in NETWORKS:
+        raise InputError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
+    spec = NETWORKS[name]
+    if in_features is not None:
+        if in_shape is not None:
+            raise InputError("give in_shape or in_features, not both")
+        in_shape = (1, 1, int(in_features))
+    shape = tuple(int(v) for v in (in_shape or spec.in_shape))
+    if len(shape) != 3 and not name.startswith("mnist"):
+        raise InputError(f"{name} needs in_shape=(channels, height, width), got {shape}")
+    if name == "mnist-ae" and num_classes is not None:
+        raise InputError("mnist-ae reconstructs its input; num_classes is not an option")
+    classes = int(num_classes or (math.prod(shape) if name == "mnist-ae" else spec.num_classes))
+    kwargs = dict(
+        alpha=alpha, batch_norm=batch_norm, num_classes=num_classes, in_shape=shape, seed=seed
+    )
+    kwargs.update(options)
+    with torch.device("meta"):
+        layers = spec.builder(unit, alpha, batch_norm, shape, classes, **options)
+    model = PaperNet(layers, net=name, unit=unit.lower(), build_kwargs=kwargs)
+    if torch.device(device).type == "meta":
+        return model.to(dtype=dtype or torch.get_default_dtype())
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        model.build_kwargs["seed"] = seed
+    model.to_empty(device="cpu").to(dtype=dtype or torch.get_default_dtype())
+    _he_init(model, torch.Generator().manual_seed(int(seed)), alpha)
+    return model.to(device)
+
+
+@torch.no_grad()
+def _he_init(model: nn.Module, gen: torch.Generator, alpha: float | None) -> None:
+    """Kaiming-normal (fan_in, gain √2) weights from ``gen`` in module order, zero biases;
+    batch norm to (γ=1, β=0, running stats reset); PReLU slopes to their initial α."""
+    for mod in model.modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu", generator=gen)
+            nn.init.zeros_(mod.bias)
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.reset_parameters()
+        elif isinstance(mod, nn.PReLU):
+            mod.weight.fill_(0.25 if alpha is None else alpha)
+        elif isinstance(mod, UNIT_TYPES) or not any(True for _ in mod.parameters(recurse=False)):
+            continue
+        else:  # pragma: no cover - a builder added a layer type this function does not know
+            raise TypeError(f"no initialisation rule for {type(mod).__name__}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters (trainable or not) of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every Linear/Conv2d layer, in order (the unit-Fisher layers)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+# --- `natgrad models` -------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unit", default="elu", help="unit of the hidden layers (default elu)")
+    parser.add_argument("--batch-norm", action="store_true", help="add batch norm (Fig 5)")
+    parser.add_argument("--num-classes", type=int, default=None, help="override the outputs C")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print every registered net with its weight layers, unit layers and parameters."""
+    from natgrad.units import hidden_units
+
+    print(
+        f"{'net':<12} {'input':<12} {'out':>5} {'layers':>6} {'units':>5} {'params':>12}  description"
+    )
+    for name, spec in NETWORKS.items():
+        nc = None if name == "mnist-ae" else args.num_classes
+        net = build_model(
+            name, args.unit, batch_norm=args.batch_norm, num_classes=nc, device="meta"
+        )
+        out = nc or spec.num_classes
+        shape = "×".join(map(str, spec.in_shape))
+        print(
+            f"{name:<12} {shape:<12} {out:>5} {len(weight_layers(net)):>6} "
+            f"{len(hidden_units(net)):>5} {count_parameters(net):>12,}  {spec.description}"
+        )
+    return 0

@@ -1,0 +1,61 @@
+"""Units of Fig 1: formulas against the paper's definitions, and the factory's errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from natgrad.errors import InputError
+from natgrad.testing import assert_close
+from natgrad.units import UNIT_NAMES, SReLU, hidden_units, make_unit
+
+X = torch.linspace(-4.0, 3.0, 57, dtype=torch.float64)
+
+FORMULAS = {
+    "elu": lambda x, a: torch.where(x > 0, x, a * (torch.exp(x) - 1)),
+    "relu": lambda x, a: torch.where(x > 0, x, torch.zeros_like(x)),
+    "lrelu": lambda x, a: torch.where(x > 0, x, a * x),
+    "srelu": lambda x, a: torch.where(x > -1, x, -torch.ones_like(x)),
+    "prelu": lambda x, a: torch.where(x > 0, x, a * x),
+}
+DEFAULTS = {"elu": 1.0, "relu": None, "lrelu": 0.1, "srelu": None, "prelu": 0.25}
+
+
+@pytest.mark.parametrize("name", UNIT_NAMES)
+def test_default_formula(name):
+    unit = make_unit(name).to(torch.float64)
+    assert_close(unit(X).detach(), FORMULAS[name](X, DEFAULTS[name]), what=name)
+
+
+@pytest.mark.parametrize("name", ["elu", "lrelu", "prelu"])
+def test_alpha(name):
+    unit = make_unit(name, alpha=0.37).to(torch.float64)
+    assert_close(unit(X).detach(), FORMULAS[name](X, 0.37), what=name)
+
+
+def test_torch_builtins_and_srelu_module():
+    assert isinstance(make_unit("ELU"), nn.ELU)
+    assert isinstance(make_unit("relu"), nn.ReLU)
+    assert isinstance(make_unit("lrelu"), nn.LeakyReLU)
+    assert isinstance(make_unit("prelu"), nn.PReLU)
+    assert isinstance(make_unit("srelu"), SReLU)
+    assert make_unit("elu") is not make_unit("elu")
+
+
+def test_srelu_gradient_is_indicator():
+    x = X.clone().requires_grad_(True)
+    SReLU()(x).sum().backward()
+    assert_close(x.grad, (X >= -1).to(X.dtype))  # clamp: slope 1 at the kink
+
+
+def test_unknown_unit_and_bad_alpha():
+    with pytest.raises(InputError, match="unknown unit 'tanh'"):
+        make_unit("tanh")
+    with pytest.raises(InputError, match="relu"):
+        make_unit("relu", alpha=0.2)
+
+
+def test_hidden_units_in_order():
+    net = nn.Sequential(nn.Linear(2, 3), make_unit("elu"), nn.Linear(3, 3), SReLU())
+    assert [n for n, _ in hidden_units(net)] == ["1", "3"]
