@@ -74,7 +74,7 @@ def test_singular_block_error_names_unit_layer_and_condition(position):
     with pytest.raises(SingularBlockError) as info:
         linalg.cholesky(_with_singular(position), layer="fc2", units=units)
     msg = str(info.value)
-    assert f"layer 'fc2'" in msg
+    assert "layer 'fc2'" in msg
     assert f"unit {10 + position} (UnitFisher.units[{position}])" in msg
     assert re.search(r"condition number (inf|\d[\d.e+]*)", msg)
     assert "1 of 3 units" in msg
