@@ -23,7 +23,7 @@ The exact expectation is formed two independent ways:
 - categorical: enumerate all C labels, Σ_y p(y | z_n) g_y g_yᵀ;
 - bernoulli / gaussian: J_iᵀ H J_i with J_i = ∂o/∂θ_i ``[D, d+1]`` the per-sample Jacobian
   of the flattened output (``torch.func.jacrev``) and H ``[D, D]`` the Hessian of the
-  negative log-likelihood w.r.t. the output (``torch.func.hessian``). For these exponential
+  negative log-likelihood w.r.t. the output (``jacrev`` of ``jacrev``). For these exponential
   families with their canonical links the Hessian equals the output Fisher and does not
   depend on y.
 
@@ -149,7 +149,7 @@ def reference_unit_fisher(
 
     - ``kind="exact"``: categorical Σ_y p(y|z_n) g_y g_yᵀ over all C labels;
       bernoulli/gaussian J_iᵀ H J_i (Jacobian by ``torch.func.jacrev``, H = ∇²_o(−ln p) by
-      ``torch.func.hessian``);
+      ``jacrev`` of ``jacrev``, a Hessian that never sees the Fisher's closed form);
     - ``kind="mc"``: (1/S) Σ_s g_{y_s} g_{y_s}ᵀ, the S = ``mc_samples`` labels drawn by
       :func:`natgrad.likelihoods.sample_targets` called once on the whole ``[N, D]`` output
       with ``generator``;
@@ -239,9 +239,9 @@ def reference_unit_fisher(
                 dim=-1,
             ).transpose(0, 1)  # [U, D, d+1]
             y_any = torch.sigmoid(o) if likelihood == "bernoulli" else o.clone()
-            H = torch.func.hessian(lambda oo, y_any=y_any: -_log_likelihood(likelihood, oo, y_any))(
-                o
-            )  # [D, D]
+            nll = lambda oo, y_any=y_any: -_log_likelihood(likelihood, oo, y_any)  # noqa: E731
+            # Hessian by reverse-over-reverse (torch.func.hessian would use forward AD)
+            H = torch.func.jacrev(torch.func.jacrev(nll))(o)  # [D, D]
             total += J.transpose(-1, -2) @ H @ J
             continue
         o = model64(xi).reshape(-1)  # [D]

@@ -1,0 +1,158 @@
+"""The fast engine (:mod:`natgrad.fisher`) against the brute-force reference, and its
+consistency properties: all layers at once, streaming, unit subsets, dtypes, fields."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import CASES, LAYER_CASES, case_id, layer_case_id
+from torch.utils.data import DataLoader, TensorDataset
+
+from natgrad.fisher import unit_fisher, unit_fishers
+from natgrad.reference import reference_unit_fisher
+from natgrad.testing import assert_close
+
+KINDS = ("exact", "mc", "empirical")
+MC_SAMPLES = 3
+
+
+def _fisher(fn, case, model, layer, x, y, kind, **kw):
+    return fn(
+        model,
+        layer,
+        x,
+        y,
+        kind=kind,
+        likelihood=case.likelihood,
+        mc_samples=MC_SAMPLES,
+        generator=case.generator(),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case_layer", LAYER_CASES, ids=layer_case_id)
+def test_engine_matches_reference(case_layer, kind):
+    case, layer = case_layer
+    model, x, y = case.make()
+    got = _fisher(unit_fisher, case, model, layer, x, y, kind)
+    ref = _fisher(reference_unit_fisher, case, model, layer, x, y, kind)
+    assert_close(got.matrix, ref.matrix, what=f"{case.name}/{layer} {kind} matrix")
+    assert_close(got.mean_p, ref.mean_p, what=f"{case.name}/{layer} mean_p")
+    assert got.matrix.dtype == torch.float64
+    assert (got.n, got.kind, got.likelihood, got.layer) == (case.n, kind, case.likelihood, layer)
+    assert torch.equal(got.units, torch.arange(ref.matrix.shape[0]))
+    assert got.mc_samples == (MC_SAMPLES if kind == "mc" else None)
+
+
+@pytest.mark.parametrize("case_layer", LAYER_CASES, ids=layer_case_id)
+def test_blocks_symmetric_psd_and_shaped(case_layer):
+    case, layer = case_layer
+    model, x, _ = case.make()
+    module = dict(model.named_modules())[layer]
+    got = unit_fisher(model, module, x, likelihood=case.likelihood)
+    d = module.weight[0].numel()
+    assert got.matrix.shape == (module.weight.shape[0], d + 1, d + 1)
+    assert got.mean_p.shape == (d,)
+    assert got.layer == layer  # the module was resolved to its name
+    assert_close(got.matrix, got.matrix.transpose(-1, -2), what="symmetry")
+    scale = got.matrix.abs().amax()
+    assert (torch.linalg.eigvalsh(got.matrix) >= -1e-12 * scale).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_unit_fishers_equal_per_layer_calls(case, kind):
+    model, x, y = case.make()
+    everything = unit_fishers(
+        model,
+        x,
+        y,
+        kind=kind,
+        likelihood=case.likelihood,
+        mc_samples=MC_SAMPLES,
+        generator=case.generator(),
+    )
+    expected = [
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
+    ]
+    assert list(everything) == expected
+    for name in case.layers:  # the layers the case exercises; the rest ride along
+        one = _fisher(unit_fisher, case, model, name, x, y, kind)
+        assert_close(everything[name].matrix, one.matrix, what=f"{name} {kind}")
+        assert_close(everything[name].mean_p, one.mean_p, what=f"{name} mean_p")
+        assert everything[name].layer == name
+
+
+def _batches(form: str, x: torch.Tensor, y: torch.Tensor):
+    if form == "list":
+        sizes = [5, 1, x.shape[0] - 6]  # uneven batches, one of size 1
+        return list(zip(x.split(sizes), y.split(sizes), strict=True)), {}
+    if form == "dataloader":
+        return DataLoader(TensorDataset(x, y), batch_size=7, shuffle=False), {}
+    return x, {"batch_size": 6}  # a tensor split by the engine
+
+
+@pytest.mark.parametrize("form", ["list", "dataloader", "batch_size"])
+@pytest.mark.parametrize("kind", ["exact", "empirical"])
+@pytest.mark.parametrize("case_layer", LAYER_CASES[::2], ids=layer_case_id)
+def test_streaming_equals_one_batch(case_layer, kind, form):
+    case, layer = case_layer
+    model, x, y = case.make()
+    whole = unit_fisher(model, layer, x, y, kind=kind, likelihood=case.likelihood)
+    data, kw = _batches(form, x, y)
+    targets = y if form == "batch_size" else None
+    streamed = unit_fisher(model, layer, data, targets, kind=kind, likelihood=case.likelihood, **kw)
+    assert_close(streamed.matrix, whole.matrix, what=f"{form} {kind}")
+    assert_close(streamed.mean_p, whole.mean_p, what=f"{form} mean_p")
+    assert streamed.n == whole.n == case.n
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case_layer", LAYER_CASES[1::2], ids=layer_case_id)
+def test_unit_subset_equals_slice(case_layer, kind):
+    case, layer = case_layer
+    model, x, y = case.make()
+    full = _fisher(unit_fisher, case, model, layer, x, y, kind)
+    units = [full.num_units - 1, 0]  # out of order on purpose
+    sub = _fisher(unit_fisher, case, model, layer, x, y, kind, units=units)
+    assert_close(sub.matrix, full.matrix[units], what=f"units={units}")
+    assert_close(sub.mean_p, full.mean_p)
+    assert sub.units.tolist() == units
+
+
+@pytest.mark.parametrize("case_layer", LAYER_CASES[::3], ids=layer_case_id)
+def test_float32_in_float32_out(case_layer):
+    case, layer = case_layer
+    model, x, y = case.make()
+    f64 = unit_fisher(model, layer, x, likelihood=case.likelihood)
+    f32 = unit_fisher(model.float(), layer, x.float(), likelihood=case.likelihood)
+    assert f32.matrix.dtype == f32.mean_p.dtype == torch.float32
+    # float32 round-off relative to the block's scale (small entries carry absolute error)
+    scale = f64.matrix.abs().amax().item()
+    assert_close(f32.matrix, f64.matrix, rtol=1e-4, atol=1e-5 * scale, what="float32 vs float64")
+    assert_close(f32.mean_p, f64.mean_p, rtol=1e-4, atol=1e-5)
+
+
+def test_model_left_as_found():
+    """No hooks, gradients or requires_grad changes survive a call; weights unchanged."""
+    case = CASES[0]
+    model, x, y = case.make()
+    model[2].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    unit_fishers(model, x, y, kind="empirical")
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not m._forward_hooks for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_mc_deterministic_given_generator():
+    case = CASES[0]
+    model, x, _ = case.make()
+    a = unit_fisher(model, "2", x, kind="mc", mc_samples=4, generator=case.generator())
+    b = unit_fisher(model, "2", x, kind="mc", mc_samples=4, generator=case.generator())
+    assert torch.equal(a.matrix, b.matrix)
+    assert a.mc_samples == 4
