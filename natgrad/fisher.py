@@ -380,22 +380,17 @@ class _LayerAccumulator:
             self.total[u0 : u0 + uc].baddbmm_(g.transpose(1, 2), g)  # [Uc, d+1, d+1]
 
     def end_batch(self) -> None:
-        a_tilde = self.a_tilde
-        if a_tilde.shape[1] == 1:
-            at = a_tilde.squeeze(1)  # [N, d+1]
-            n, d1 = at.shape
-            w = self.delta2.T  # [U, N]
-            step = max(1, MEMORY_BUDGET // max(1, n * d1))
-            for u0 in range(0, w.shape[0], step):
-                wc = w[u0 : u0 + step]
-                scaled = (wc.unsqueeze(1) * at.T.unsqueeze(0)).reshape(-1, n)  # [Uc·(d+1), N]
-                block = self.total[u0 : u0 + wc.shape[0]].view(-1, d1)  # [Uc·(d+1), d+1]
-                block.addmm_(scaled, at)
+        if self.a_tilde.shape[1] == 1:
+            _add_weighted_outer(self.total, self.delta2, self.a_tilde.squeeze(1))
+            self.upper_only = True
         self.a_tilde = self.delta2 = None
 
     def result(self, n_total: int, kind: str, likelihood: str, mc: int | None) -> UnitFisher:
-        matrix = self.total / n_total
-        matrix = 0.5 * (matrix + matrix.transpose(-1, -2))  # exact symmetry after round-off
+        matrix = self.total.div_(n_total)
+        if getattr(self, "upper_only", False):
+            _mirror_upper(matrix)
+        else:
+            matrix = 0.5 * (matrix + matrix.transpose(-1, -2))  # exact symmetry
         units = self.units if self.units is not None else torch.arange(self.n_units)
         return UnitFisher(
             matrix=matrix,
@@ -407,3 +402,40 @@ class _LayerAccumulator:
             units=units,
             mc_samples=mc,
         )
+
+
+# Rows per block of the symmetric product: small enough that skipping the blocks below the
+# diagonal saves most of the lower triangle, large enough for efficient GEMMs.
+_ROW_BLOCK = 64
+
+
+def _add_weighted_outer(total: torch.Tensor, w: torch.Tensor, at: torch.Tensor) -> None:
+    r"""total[u] += Σ_n w[n, u] ã_n ã_nᵀ on and above the diagonal blocks only.
+
+    ``total`` ``[U, d+1, d+1]``, ``w`` ``[N, U]``, ``at`` ``[N, d+1]``. For the row block
+    r of every unit in a chunk of units, one GEMM ``[U_c·h, N] @ [N, d+1−r0]`` computes
+    the rows r0..r1 from column r0 on, so the total cost is about (B+1)/(2B) of the full
+    2·N·U·(d+1)² for B row blocks. :func:`_mirror_upper` fills the rest.
+    """
+    n, d1 = at.shape
+    w_t = w.T.contiguous()  # [U, N]
+    at_t = at.T.contiguous()  # [d+1, N]
+    step = max(1, MEMORY_BUDGET // (_ROW_BLOCK * n))
+    for u0 in range(0, w_t.shape[0], step):
+        wc = w_t[u0 : u0 + step]  # [U_c, N]
+        uc = wc.shape[0]
+        for r0 in range(0, d1, _ROW_BLOCK):
+            r1 = min(d1, r0 + _ROW_BLOCK)
+            scaled = wc.unsqueeze(1) * at_t[r0:r1].unsqueeze(0)  # [U_c, h, N]
+            rows = torch.mm(scaled.view(-1, n), at[:, r0:])  # [U_c·h, d+1−r0]
+            total[u0 : u0 + uc, r0:r1, r0:] += rows.view(uc, r1 - r0, d1 - r0)
+
+
+def _mirror_upper(total: torch.Tensor) -> None:
+    r"""Copy the blocks above the diagonal blocks to below them (exact symmetry)."""
+    d1 = total.shape[-1]
+    for r0 in range(0, d1, _ROW_BLOCK):
+        r1 = min(d1, r0 + _ROW_BLOCK)
+        total[:, r1:, r0:r1] = total[:, r0:r1, r1:].transpose(-1, -2)
+        diag = total[:, r0:r1, r0:r1]
+        diag.copy_(0.5 * (diag + diag.transpose(-1, -2)))
