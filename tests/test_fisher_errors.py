@@ -1,0 +1,146 @@
+"""Bad input to the unit Fisher engine gets a clear error: the right class, and a message
+that names the layer (or what is wrong) and says what to do."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from natgrad.errors import InputError, UnsupportedLayerError
+from natgrad.fisher import unit_fisher, unit_fishers
+
+
+def _net(**extra) -> nn.Module:
+    layers = OrderedDict(fc1=nn.Linear(3, 4), act=nn.ELU(), fc2=nn.Linear(4, 2))
+    layers.update(extra)
+    return nn.Sequential(layers)
+
+
+def _data(n: int = 6):
+    return torch.randn(n, 3), torch.randint(0, 2, (n,))
+
+
+def test_layer_name_not_in_model():
+    x, _ = _data()
+    with pytest.raises(UnsupportedLayerError, match=r"'fc3'.*not in the model.*'fc1'"):
+        unit_fisher(_net(), "fc3", x)
+
+
+def test_layer_module_not_in_model():
+    x, _ = _data()
+    with pytest.raises(UnsupportedLayerError, match=r"not a submodule of the model"):
+        unit_fisher(_net(), nn.Linear(3, 4), x)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [nn.Conv1d(1, 1, 1), nn.BatchNorm1d(2), nn.ELU()],
+    ids=["conv1d", "batchnorm", "activation"],
+)
+def test_unsupported_layer_type(module):
+    model = _net(extra=module)
+    x, _ = _data()
+    with pytest.raises(UnsupportedLayerError, match=r"'extra'.*Linear.*Conv2d"):
+        unit_fisher(model, "extra", x)
+
+
+def test_layer_without_bias():
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(3, 4, bias=False), fc2=nn.Linear(4, 2)))
+    x, _ = _data()
+    with pytest.raises(UnsupportedLayerError, match=r"'fc1'.*no bias.*bias=True"):
+        unit_fisher(model, "fc1", x)
+    with pytest.raises(UnsupportedLayerError, match=r"fc1.*bias"):
+        unit_fishers(model, x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=str)
+def test_non_finite_inputs(bad):
+    x, y = _data()
+    x[2, 1] = bad
+    with pytest.raises(InputError, match=r"NaN/Inf"):
+        unit_fisher(_net(), "fc1", x)
+    with pytest.raises(InputError, match=r"batch 1.*NaN/Inf"):  # streamed: names the batch
+        unit_fisher(_net(), "fc1", [(x[:2], y[:2]), (x[2:], y[2:])])
+
+
+def test_inf_in_activations_names_the_layer():
+    model = _net()
+    with torch.no_grad():
+        model.fc1.weight.fill_(1e308)  # finite weights, but fc1's output overflows
+    x, _ = _data()
+    with pytest.raises(InputError, match=r"NaN/Inf.*'fc1'.*weights"):
+        unit_fisher(model, "fc2", x)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [torch.zeros(0, 3), [], (b for b in [])],
+    ids=["empty-tensor", "empty-list", "empty-generator"],
+)
+def test_empty_data(data):
+    with pytest.raises(InputError, match=r"empty|no inputs"):
+        unit_fisher(_net(), "fc1", data)
+
+
+def test_empirical_without_targets():
+    x, _ = _data()
+    with pytest.raises(InputError, match=r"empirical.*targets"):
+        unit_fisher(_net(), "fc1", x, kind="empirical")
+    with pytest.raises(InputError, match=r"empirical.*targets"):  # batches without labels
+        unit_fisher(_net(), "fc1", [x[:3], x[3:]], kind="empirical")
+
+
+def test_targets_rows_mismatch():
+    x, y = _data()
+    with pytest.raises(InputError, match=r"6 rows.*5|5.*6 rows|one target per input"):
+        unit_fisher(_net(), "fc1", x, y[:5], kind="empirical")
+    with pytest.raises(InputError, match=r"batch 0.*one target per input"):
+        unit_fisher(_net(), "fc1", [(x, y[:5])], kind="empirical")
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "targets", "message"),
+    [
+        ("categorical", torch.rand(6, 2), r"class indices"),
+        ("categorical", torch.full((6,), 2), r"\[0, 1\]"),
+        ("bernoulli", torch.rand(6, 3), r"one value per output"),
+        ("bernoulli", torch.full((6, 2), 2.0), r"\[0, 1\]"),
+    ],
+    ids=["categorical-float", "categorical-range", "bernoulli-shape", "bernoulli-range"],
+)
+def test_targets_wrong_kind(likelihood, targets, message):
+    x, _ = _data()
+    with pytest.raises(InputError, match=message):
+        unit_fisher(_net(), "fc1", x, targets, kind="empirical", likelihood=likelihood)
+
+
+def test_unknown_kind_and_likelihood():
+    x, _ = _data()
+    with pytest.raises(InputError, match=r"unknown kind 'fisher'.*exact"):
+        unit_fisher(_net(), "fc1", x, kind="fisher")
+    with pytest.raises(InputError, match=r"unknown likelihood 'poisson'.*categorical"):
+        unit_fisher(_net(), "fc1", x, likelihood="poisson")
+
+
+@pytest.mark.parametrize("mc_samples", [0, -1, 2.5], ids=str)
+def test_bad_mc_samples(mc_samples):
+    x, _ = _data()
+    with pytest.raises(InputError, match=r"mc_samples"):
+        unit_fisher(_net(), "fc1", x, kind="mc", mc_samples=mc_samples)
+
+
+@pytest.mark.parametrize("units", [[4], [-1], []], ids=["too-large", "negative", "empty"])
+def test_bad_units(units):
+    x, _ = _data()
+    with pytest.raises(InputError, match=r"units.*'fc1'"):
+        unit_fisher(_net(), "fc1", x, units=units)
+
+
+def test_categorical_needs_two_dimensional_logits():
+    model = nn.Sequential(nn.Linear(3, 6), nn.Unflatten(1, (2, 3)))
+    x, _ = _data()
+    with pytest.raises(InputError, match=r"categorical.*\[N, C\].*bernoulli"):
+        unit_fisher(model, "0", x)
