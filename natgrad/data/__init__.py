@@ -1,0 +1,32 @@
+r"""Data: MNIST-format IDX files, CIFAR python batches, scikit-learn digits, preprocessing.
+
+No torchvision: every loader returns plain tensors in a :class:`Dataset`. Missing or
+corrupt files raise :class:`natgrad.errors.DataFileError` naming the file, the expected
+format and the folder searched.
+"""
+
+from __future__ import annotations
+
+from natgrad.data.cifar import load_cifar, read_cifar_batch
+from natgrad.data.dataset import DATASETS, Dataset, default_data_dir, load_dataset
+from natgrad.data.digits import load_digits
+from natgrad.data.idx import read_idx, write_idx
+from natgrad.data.mnist import load_mnist
+from natgrad.data.preprocess import ZCA, gcn, gcn_zca, random_crop_flip
+
+__all__ = [
+    "DATASETS",
+    "ZCA",
+    "Dataset",
+    "default_data_dir",
+    "gcn",
+    "gcn_zca",
+    "load_cifar",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "random_crop_flip",
+    "read_cifar_batch",
+    "read_idx",
+    "write_idx",
+]

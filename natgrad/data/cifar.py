@@ -1,0 +1,131 @@
+r"""CIFAR-10 and CIFAR-100, "python version" batches (Krizhevsky's official format).
+
+Each batch file is a Python pickle of a dict with ``b"data"``: uint8 ``[N, 3072]`` (1024
+red, 1024 green, 1024 blue values of a 32×32 image, row-major) and ``b"labels"``
+(CIFAR-10) or ``b"fine_labels"`` (CIFAR-100), a list of N ints.
+
+=============  ===========================================  =========================
+set            files                                        label key
+=============  ===========================================  =========================
+CIFAR-10       ``data_batch_1`` … ``data_batch_5``, ``test_batch``  ``b"labels"``
+CIFAR-100      ``train``, ``test``                          ``b"fine_labels"``
+=============  ===========================================  =========================
+
+These files ARE pickles, so they are read the way the format requires, but only from the
+folder the user names, and through an unpickler that refuses every global except the few
+numpy array constructors the official files use: a file that tries to call anything else
+fails with a :class:`~natgrad.errors.DataFileError` instead of running code.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from natgrad.data.dataset import Dataset
+from natgrad.errors import DataFileError
+
+__all__ = ["load_cifar", "read_cifar_batch"]
+
+_FILES = {
+    10: ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
+    100: (["train"], ["test"]),
+}
+_LABEL_KEY = {10: b"labels", 100: b"fine_labels"}
+_SUBDIR = {10: "cifar-10-batches-py", 100: "cifar-100-python"}
+_ALLOWED = {
+    ("_codecs", "encode"),  # bytes in Python 3 protocol-2 pickles
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes, numbers and numpy arrays; refuses any other global."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        if module.startswith("numpy.core") and int(np.__version__.split(".")[0]) >= 2:
+            module = "numpy._core" + module[len("numpy.core") :]  # no DeprecationWarning
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    r"""Read one batch file: images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]``.
+
+    Raises:
+        DataFileError: missing file, not a CIFAR pickle, or wrong keys/shapes/dtypes.
+    """
+    fmt = (
+        f"a CIFAR 'python version' batch: pickled dict with b'data' uint8 [N, 3072] and "
+        f"{label_key!r} (list of N ints)"
+    )
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: file not found; expected {fmt} in {path.parent}") from None
+    try:
+        batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # any unpickling failure means a corrupt file
+        raise DataFileError(
+            f"{path}: cannot read ({type(exc).__name__}: {exc}); expected {fmt}"
+        ) from None
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise DataFileError(f"{path}: found {keys}; expected {fmt}")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataFileError(f"{path}: b'data' is {data.dtype} {data.shape}; expected {fmt}")
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataFileError(
+            f"{path}: {label_key!r} has shape {labels.shape}, expected ({data.shape[0]},)"
+        )
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def load_cifar(
+    folder: Path, *, num_classes: int = 10, dtype: torch.dtype = torch.float32
+) -> Dataset:
+    r"""CIFAR-10 (``num_classes=10``) or CIFAR-100 (fine labels) from ``folder``.
+
+    ``folder`` may be the extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder
+    itself or its parent. Images are ``[N, 3, 32, 32]`` in ``[0, 1]`` (``dtype``); apply
+    :func:`natgrad.data.preprocess.gcn_zca` for the paper's preprocessing.
+    """
+    if num_classes not in _FILES:
+        raise DataFileError(f"CIFAR has 10 or 100 classes, not {num_classes}")
+    folder = Path(folder)
+    if (
+        not (folder / _FILES[num_classes][1][0]).exists()
+        and (folder / _SUBDIR[num_classes]).is_dir()
+    ):
+        folder = folder / _SUBDIR[num_classes]
+    out, files = {}, {}
+    for split, names in zip(("train", "test"), _FILES[num_classes], strict=True):
+        parts = [read_cifar_batch(folder / n, _LABEL_KEY[num_classes]) for n in names]
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise DataFileError(f"{folder}: {split} labels outside 0..{num_classes - 1}")
+        out[f"{split}_x"] = torch.from_numpy(x).to(dtype).div_(255.0)
+        out[f"{split}_y"] = torch.from_numpy(y)
+        files[split] = [str(folder / n) for n in names]
+    return Dataset(
+        name=f"cifar{num_classes}",
+        num_classes=num_classes,
+        input_shape=(3, 32, 32),
+        meta={"files": files},
+        **out,
+    )

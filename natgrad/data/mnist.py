@@ -1,0 +1,67 @@
+r"""MNIST and Fashion-MNIST from their four IDX files.
+
+``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` with or without ``.gz`` in one folder
+(the Debian package ``dataset-fashion-mnist`` installs them in
+``/usr/share/datasets/fashion-mnist``). Images become ``[N, 1, 28, 28]`` in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from natgrad.data.dataset import Dataset
+from natgrad.data.idx import read_idx
+from natgrad.errors import DataFileError
+
+__all__ = ["find_idx_file", "load_mnist"]
+
+
+def find_idx_file(folder: Path, stem: str) -> Path:
+    """``folder/stem.gz`` or ``folder/stem``; a :class:`DataFileError` naming both if absent."""
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    hint = ""
+    if "fashion" in str(folder):
+        hint = " (on Debian: apt-get install dataset-fashion-mnist)"
+    raise DataFileError(
+        f"{folder / stem}[.gz]: file not found; expected the IDX file {stem} (gzip or raw) "
+        f"in {folder}. Pass --data-dir to the folder holding it{hint}."
+    )
+
+
+def load_mnist(folder: Path, *, name: str = "mnist", dtype: torch.dtype = torch.float32) -> Dataset:
+    r"""Read the four IDX files of MNIST/Fashion-MNIST in ``folder``.
+
+    Returns:
+        A :class:`Dataset` with images ``[N, 1, H, W]`` (``dtype``, ``/255``) and int64
+        labels ``[N]``, 10 classes.
+
+    Raises:
+        DataFileError: a file is missing or corrupt, or images and labels disagree.
+    """
+    folder = Path(folder)
+    out, meta = {}, {"files": {}}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img_path = find_idx_file(folder, f"{prefix}-images-idx3-ubyte")
+        lab_path = find_idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+        images, labels = read_idx(img_path), read_idx(lab_path)
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataFileError(
+                f"{img_path}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}"
+            )
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise DataFileError(
+                f"{lab_path}: expected {images.shape[0]} labels (one per image in "
+                f"{img_path.name}), got shape {labels.shape}"
+            )
+        if labels.size and labels.max() > 9:
+            raise DataFileError(f"{lab_path}: labels must lie in 0..9, found {labels.max()}")
+        out[f"{split}_x"] = torch.from_numpy(images).to(dtype).div_(255.0).unsqueeze(1)
+        out[f"{split}_y"] = torch.from_numpy(labels.astype(np.int64))
+        meta["files"][split] = [str(img_path), str(lab_path)]
+    h, w = out["train_x"].shape[2:]
+    return Dataset(name=name, num_classes=10, input_shape=(1, h, w), meta=meta, **out)
