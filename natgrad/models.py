@@ -194,7 +194,12 @@ def _mlp(sizes, unit, alpha, bn) -> list:
 def _mnist_fc(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
     d = math.prod(in_shape)
     sizes = [d] + [kw.get("width", 128)] * kw.get("depth", 8) + [num_classes]
-    return OrderedDict([("flatten", nn.Flatten())] + _mlp(sizes, unit, alpha, bn))
+    mods = _mlp(sizes, unit, alpha, bn)
+    p = float(kw.get("dropout", (0.0,))[0])  # not in the paper; off by default
+    if p > 0:
+        for i in range(len(sizes) - 2, 0, -1):
+            mods.insert([n for n, _ in mods].index(f"act{i}") + 1, (f"drop{i}", nn.Dropout(p)))
+    return OrderedDict([("flatten", nn.Flatten())] + mods)
 
 
 def _mnist_ae(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
@@ -287,7 +292,8 @@ def build_model(
         dtype: parameter dtype (default: torch's default dtype).
         device: where the parameters live; ``"meta"`` builds without memory or init
             (parameter counting).
-        options: per-net extras: ``width``, ``depth`` (mnist-fc); ``dropout`` (cifar-*, one
+        options: per-net extras: ``width``, ``depth``, ``dropout=(p,)`` after every hidden
+            unit (mnist-fc; not in the paper, off by default); ``dropout`` (cifar-*, one
             rate per stack); ``stem_stride``, ``spp_levels`` (imagenet-15).
 
     Returns:

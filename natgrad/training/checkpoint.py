@@ -1,0 +1,239 @@
+r"""Checkpoints as safetensors + JSON, written atomically; loading never unpickles.
+
+``checkpoints/epoch_XXXX.safetensors`` holds tensors only::
+
+    model.<state_dict key>            parameters and buffers
+    optim.<param index>.<key>         optimizer state tensors (e.g. momentum_buffer)
+    rng.torch                         torch.get_rng_state(), uint8
+    rng.cuda.<i>                      CUDA generator states, uint8 (when on a GPU)
+    rng.numpy                         numpy MT19937 key, int64 [624]
+
+``checkpoints/epoch_XXXX.json`` holds the rest: ``format``, ``epoch``, ``iteration``,
+``config``, ``metrics`` (every row so far), ``net``/``unit``/``build_kwargs`` (to rebuild
+the model), the optimizer's param groups and scalar state, python/numpy RNG scalars,
+``git_commit``, ``torch_version``, ``device`` and the SHA-256 of the safetensors file.
+
+Both files are written to a temporary file in the same folder, fsynced and moved into
+place with :func:`os.replace`, the JSON last: a checkpoint exists exactly when its JSON
+does, and a process killed at any moment leaves either the old or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from natgrad.errors import CheckpointError
+
+__all__ = [
+    "FORMAT",
+    "atomic_write",
+    "checkpoint_paths",
+    "latest_epoch",
+    "load_checkpoint",
+    "read_checkpoint",
+    "restore_state",
+    "write_checkpoint",
+]
+
+FORMAT = "natgrad-checkpoint/1"
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
+_NAME = re.compile(r"epoch_(\d{4,})\.json$")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file in the same folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_paths(run_dir: Path, epoch: int) -> tuple[Path, Path]:
+    """``(safetensors, json)`` paths of the checkpoint at ``epoch``."""
+    base = Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}"
+    return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+
+def latest_epoch(run_dir: Path) -> int | None:
+    """The largest epoch with a complete checkpoint (its JSON exists), or ``None``."""
+    folder = Path(run_dir) / "checkpoints"
+    epochs = [int(m.group(1)) for p in folder.glob("epoch_*.json") if (m := _NAME.search(p.name))]
+    return max(epochs, default=None)
+
+
+def write_checkpoint(run_dir: Path, epoch: int, model, optimizer, info: dict) -> Path:
+    """Save model, optimizer and RNG state at ``epoch``; ``info`` goes into the JSON."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.ndim > 0:
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = (
+                    float(value) if torch.is_tensor(value) else value
+                )
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global state is what we save
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    blob = st_save(tensors)
+    st_path, json_path = checkpoint_paths(run_dir, epoch)
+    st_path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(
+        info,
+        format=FORMAT,
+        epoch=epoch,
+        net=model.net,
+        unit=model.unit,
+        build_kwargs=model.build_kwargs,
+        optimizer={"param_groups": opt["param_groups"], "state": scalars},
+        rng={"python": [py_version, list(py_state), py_gauss], "numpy": list(np_state[2:])},
+        safetensors_sha256=hashlib.sha256(blob).hexdigest(),
+    )
+    atomic_write(st_path, blob)
+    atomic_write(json_path, json.dumps(meta, indent=1, default=_json_default).encode())
+    return json_path
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in checkpoint JSON")
+
+
+def _refuse_pickle(path: Path) -> None:
+    head = path.read_bytes()[:4] if path.is_file() else b""
+    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:1] == b"\x80" or head[:2] == b"PK":
+        raise CheckpointError(
+            f"{path}: refusing to load a pickle/torch.save file: unpickling executes "
+            "arbitrary code from the file. natgrad checkpoints are a .safetensors + .json "
+            "pair written by `natgrad train`; convert a trusted file yourself with "
+            "safetensors.torch.save_file(torch.load(path, weights_only=True), ...)."
+        )
+
+
+def _resolve(path: Path, epoch: int | None) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.is_dir():
+        run_dir = path.parent if path.name == "checkpoints" else path
+        if epoch is None:
+            epoch = latest_epoch(run_dir)
+            if epoch is None:
+                raise CheckpointError(
+                    f"{run_dir / 'checkpoints'}: no checkpoint (epoch_XXXX.json + "
+                    ".safetensors) found; train with `natgrad train --run-dir {run_dir}`"
+                )
+        return checkpoint_paths(run_dir, epoch)
+    _refuse_pickle(path)
+    if path.suffix not in (".json", ".safetensors"):
+        raise CheckpointError(f"{path}: expected a run dir or an epoch_XXXX.json/.safetensors file")
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def read_checkpoint(path, epoch: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, info)`` of a checkpoint (run dir, its ``checkpoints/`` or a file).
+
+    Raises:
+        CheckpointError: missing, corrupt (checksum or format) or pickle files.
+    """
+    st_path, json_path = _resolve(Path(path), epoch)
+    for p in (json_path, st_path):
+        if not p.is_file():
+            raise CheckpointError(f"{p}: checkpoint file not found; list {p.parent} for epochs")
+    try:
+        info = json.loads(json_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{json_path}: corrupt checkpoint JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{json_path}: not a {FORMAT} file")
+    blob = st_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != info.get("safetensors_sha256"):
+        raise CheckpointError(
+            f"{st_path}: SHA-256 does not match {json_path.name}; the file is corrupt or was "
+            "modified. Resume from an earlier epoch or retrain."
+        )
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError) as exc:
+        raise CheckpointError(f"{st_path}: corrupt safetensors file ({exc})") from None
+    return tensors, info
+
+
+def load_checkpoint(path, epoch: int | None = None, *, device: str = "cpu"):
+    r"""Rebuild the model of a checkpoint from its JSON and load its weights.
+
+    Args:
+        path: a run dir (latest or ``epoch``), its ``checkpoints/`` folder, or an
+            ``epoch_XXXX.json`` / ``.safetensors`` file.
+        epoch: which epoch of a run dir (default: the latest).
+        device: where the model's tensors go.
+
+    Returns:
+        ``(model, info)``: a :class:`natgrad.models.PaperNet` in eval mode and the JSON.
+
+    Raises:
+        CheckpointError: see :func:`read_checkpoint`; never calls ``torch.load``.
+    """
+    from natgrad.models import build_model
+
+    tensors, info = read_checkpoint(path, epoch)
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    kwargs = dict(info["build_kwargs"])
+    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    model = build_model(info["net"], info["unit"], **kwargs, dtype=dtype, device="meta")
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {info['net']}: {exc}") from None
+    return model.to(device).eval(), info
+
+
+def restore_state(tensors: dict, info: dict, optimizer) -> None:
+    """Load optimizer state and every RNG state saved by :func:`write_checkpoint`."""
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in info["optimizer"]["state"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": info["optimizer"]["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    pos, has_gauss, gauss = info["rng"]["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        ("MT19937", tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss)
+    )
+    version, py_state, py_gauss = info["rng"]["python"]
+    random.setstate((version, tuple(py_state), py_gauss))

@@ -1,0 +1,91 @@
+r"""``natgrad train``: train a paper network, recording activations and checkpoints.
+
+Example::
+
+    natgrad train --net mnist-fc --unit elu --dataset digits --epochs 3
+    natgrad train --net cifar-11 --unit relu --batch-norm --data-dir ~/data --set lr=0.02
+
+Settings start from the paper's preset for ``--net`` (:mod:`natgrad.training.config`);
+explicit flags and then ``--set key=value`` override it. Outputs go to ``--run-dir``
+(default ``runs/<net>-<unit>[-bn]-<dataset>-s<seed>``); an interrupted run started again
+with the same command resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from natgrad.errors import NatgradError
+
+_FLAGS = {  # flag -> config key
+    "unit": "unit",
+    "alpha": "alpha",
+    "dataset": "dataset",
+    "data_dir": "data_dir",
+    "epochs": "epochs",
+    "seed": "seed",
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "checkpoint_every": "checkpoint_every",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from natgrad.models import NETWORKS
+    from natgrad.units import UNIT_NAMES
+
+    parser.add_argument("--net", required=True, choices=list(NETWORKS))
+    parser.add_argument("--unit", choices=UNIT_NAMES, default=None, help="default elu")
+    parser.add_argument("--alpha", type=float, default=None, help="ELU/LReLU/PReLU alpha")
+    parser.add_argument("--batch-norm", action="store_true", help="batch norm before each unit")
+    parser.add_argument(
+        "--dataset", default=None, help="mnist, fashion-mnist, digits, cifar10, cifar100"
+    )
+    parser.add_argument("--data-dir", default=None, help="folder holding the data files")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="K")
+    parser.add_argument("--device", default="auto", help="auto (GPU if any), cpu or cuda")
+    parser.add_argument("--run-dir", default=None, help="output folder")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field (repeatable), e.g. lr_schedule=0:0.1,100:0.01")  # fmt: skip
+    parser.add_argument("--no-resume", action="store_true", help="start over in --run-dir")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from natgrad.training.config import apply_overrides, default_config
+    from natgrad.training.loop import train
+
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        flags = {key: getattr(args, f) for f, key in _FLAGS.items() if getattr(args, f) is not None}
+        if args.batch_norm:
+            flags["batch_norm"] = True
+        config = apply_overrides(default_config(args.net, **flags), args.set)
+        result = train(
+            config,
+            args.run_dir,
+            device=args.device,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+        )
+    except NatgradError as exc:
+        print(f"natgrad train: error: {exc}", file=sys.stderr)
+        return 2
+    last = result.metrics[-1]
+    err = last["test_error"]
+    err_text = "" if err is None else f", test error {100 * err:.2f} %"
+    print(
+        f"{config.net}/{config.unit} on {config.dataset}: epoch {last['epoch']}, "
+        f"train loss {last['train_loss']:.4f}, test loss {last['test_loss']:.4f}{err_text}; "
+        f"outputs in {result.run_dir}"
+    )
+    return 0

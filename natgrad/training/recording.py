@@ -1,0 +1,104 @@
+r"""Activation recording: each hidden unit's mean activation on a fixed probe set (Fig 2a).
+
+Forward hooks on every unit module (:func:`natgrad.units.hidden_units`) see the unit
+outputs ``o`` of shape ``[n, U]`` (fully connected) or ``[n, C, H, W]`` (conv: unit = output
+channel) while the probe set runs through the model in eval mode, in chunks. Per unit:
+
+    mean_u = E_{samples[, positions]} o_u                      # [U]
+
+and per layer: ``median`` of the unit means (the average of the two middle values),
+``frac_negative`` and ``frac_zero`` (fractions of all recorded values, samples × units ×
+positions, that are < 0 and exactly 0), ``units``. ``median_all`` is the median over
+every unit of the net: the curve of the paper's Fig 2a.
+
+Stored under ``<run>/activations/``: ``probe.safetensors`` (the probe indices into the
+training set), ``epoch_XXXX.safetensors`` (``<layer>.mean`` float64 ``[U]`` per layer) and
+``summary.jsonl`` (one line per epoch: ``epoch``, ``median_all``, ``layers``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from natgrad.training.checkpoint import atomic_write
+from natgrad.units import hidden_units
+
+__all__ = ["load_activations", "probe_indices", "record_activations", "save_activations"]
+
+
+def probe_indices(n_train: int, size: int, seed: int) -> torch.Tensor:
+    """A fixed, sorted subset of ``min(size, n_train)`` training indices chosen by ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed) * 7919 + 17)
+    return torch.randperm(n_train, generator=gen)[: min(size, n_train)].sort().values
+
+
+@torch.no_grad()
+def record_activations(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> dict:
+    r"""Mean activation of every hidden unit of ``model`` on ``x`` ``[n, …]``.
+
+    Returns:
+        ``{"means": {layer: float64 [U]}, "summary": {"median_all", "layers": {...}}}``.
+    """
+    units = hidden_units(model)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, list[int]] = {name: [0, 0, 0, 0] for name, _ in units}  # n, total, <0, ==0
+
+    def hook(name):
+        def fn(_module, _inputs, out):
+            dims = [0] + list(range(2, out.ndim))  # samples and positions
+            s = out.to(torch.float64).sum(dim=dims)  # [U]
+            sums[name] = s if name not in sums else sums[name] + s
+            c = counts[name]
+            c[0] += out.numel() // out.shape[1]
+            c[1] += out.numel()
+            c[2] += int((out < 0).sum())
+            c[3] += int((out == 0).sum())
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in units]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            model(x[start : start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    means = {name: (sums[name] / counts[name][0]).cpu() for name, _ in units}
+    layers = {
+        name: {
+            "units": int(means[name].numel()),
+            "median": float(means[name].quantile(0.5)),
+            "mean": float(means[name].mean()),
+            "frac_negative": counts[name][2] / counts[name][1],
+            "frac_zero": counts[name][3] / counts[name][1],
+        }
+        for name, _ in units
+    }
+    every = torch.cat(list(means.values())) if means else torch.zeros(0, dtype=torch.float64)
+    median_all = float(every.quantile(0.5)) if every.numel() else float("nan")
+    return {"means": means, "summary": {"median_all": median_all, "layers": layers}}
+
+
+def save_activations(run_dir: Path, epoch: int, record: dict) -> None:
+    """Write ``epoch_XXXX.safetensors`` and append the summary line (atomic per file)."""
+    folder = Path(run_dir) / "activations"
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{name}.mean": m.contiguous() for name, m in record["means"].items()}
+    atomic_write(folder / f"epoch_{epoch:04d}.safetensors", save(tensors, {"epoch": str(epoch)}))
+    line = json.dumps({"epoch": epoch, **record["summary"]})
+    with open(folder / "summary.jsonl", "a") as fh:
+        fh.write(line + "\n")
+
+
+def load_activations(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
+    """``{layer: mean [U]}`` recorded at ``epoch``."""
+    path = Path(run_dir) / "activations" / f"epoch_{epoch:04d}.safetensors"
+    tensors = load_file(path)
+    return {k[: -len(".mean")]: v for k, v in tensors.items()}
