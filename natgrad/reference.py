@@ -217,8 +217,9 @@ def reference_unit_fisher(
         )
         return torch.cat([gw.reshape(n_units, -1), gb.unsqueeze(-1)], dim=-1)  # [U, d+1]
 
-    def outer(g: torch.Tensor) -> torch.Tensor:
-        return g.unsqueeze(-1) * g.unsqueeze(-2)  # [U, d+1, d+1]
+    def add_outer(g: torch.Tensor, weight: float | torch.Tensor = 1.0) -> None:
+        # total += weight · g gᵀ per unit, in place (no [U, d+1, d+1] temporary)
+        total.baddbmm_(g.unsqueeze(-1), g.unsqueeze(-2), alpha=float(weight))
 
     params = {f"{name}.weight": weight, f"{name}.bias": bias}
     total = torch.zeros(n_units, weight[0].numel() + 1, weight[0].numel() + 1, dtype=torch.float64)
@@ -242,21 +243,21 @@ def reference_unit_fisher(
             nll = lambda oo, y_any=y_any: -_log_likelihood(likelihood, oo, y_any)  # noqa: E731
             # Hessian by reverse-over-reverse (torch.func.hessian would use forward AD)
             H = torch.func.jacrev(torch.func.jacrev(nll))(o)  # [D, D]
-            total += J.transpose(-1, -2) @ H @ J
+            total.baddbmm_(J.transpose(-1, -2) @ H, J)  # += Jᵀ H J per unit
             continue
         o = model64(xi).reshape(-1)  # [D]
         if kind == "exact":  # categorical: enumerate the C labels
             p = torch.softmax(o.detach(), dim=-1)
             for c in range(o.numel()):
                 g = unit_grads(o, torch.tensor(c), retain=True)
-                total += p[c] * outer(g)
+                add_outer(g, p[c])
         elif kind == "mc":
             s_total = len(sampled)
             for s in range(s_total):
                 g = unit_grads(o, sampled[s, i], retain=s + 1 < s_total)
-                total += outer(g) / s_total
+                add_outer(g, 1.0 / s_total)
         else:
-            total += outer(unit_grads(o, y_obs[i], retain=False))
+            add_outer(unit_grads(o, y_obs[i], retain=False))
     matrix = total.detach() / n  # [U, d+1, d+1]
 
     unit_idx = torch.arange(n_units)
