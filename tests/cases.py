@@ -151,6 +151,14 @@ CASES = [
     FisherCase("mlp-srelu-categorical", _mlp(SReLU), (5,), "categorical", ("0", "2"), seed=3),
     FisherCase("mlp-tanh-categorical", _mlp(nn.Tanh), (5,), "categorical", ("2", "4"), seed=4),
     FisherCase(
+        "mlp-inplace-relu-categorical",
+        _mlp(lambda: nn.ReLU(inplace=True)),
+        (5,),
+        "categorical",
+        ("0",),
+        seed=13,
+    ),
+    FisherCase(
         "mlp-elu-bernoulli", _mlp(nn.ELU, d_out=3), (5,), "bernoulli", ("0", "4"), n=24, seed=5
     ),
     FisherCase(

@@ -144,3 +144,26 @@ def test_categorical_needs_two_dimensional_logits():
     x, _ = _data()
     with pytest.raises(InputError, match=r"categorical.*\[N, C\].*bernoulli"):
         unit_fisher(model, "0", x)
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(3, 3)
+        self.unused = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+
+def test_layer_called_twice():
+    x, _ = _data()
+    with pytest.raises(InputError, match=r"'shared'.*more than once"):
+        unit_fisher(_Twice(), "shared", x)
+
+
+def test_layer_not_called_or_not_on_path_to_output():
+    x, _ = _data()
+    with pytest.raises(InputError, match=r"unused.*not called"):
+        unit_fisher(_Twice(), "unused", x)
