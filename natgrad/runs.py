@@ -1,0 +1,249 @@
+r"""Run directories (written by :func:`natgrad.training.train`) → tidy tables.
+
+Every table has the run's identity columns ``run`` (the folder name), ``net``,
+``unit_type``, ``dataset``, ``seed`` and then one row per:
+
+===========================  ===========================================================
+function                     rows × columns
+===========================  ===========================================================
+:func:`curve_table`          run × epoch: ``train_loss``, ``test_loss``, ``test_error``
+                             (metrics.jsonl; epoch 0 is before training) and
+                             ``median_all``, the median over all hidden units of each
+                             unit's mean activation on the probe set (Fig 2a)
+:func:`activation_table`     run × epoch × layer: ``median``, ``mean``,
+                             ``frac_negative``, ``frac_zero`` of the layer's activations
+:func:`unit_table`           run × epoch × layer × unit: the columns of
+                             :data:`natgrad.unitstats.COLUMNS` (Theorems 1–2 per unit)
+===========================  ===========================================================
+
+Notes on what is read:
+
+- ``train_loss`` of epoch e ≥ 1 is the running mean of the mini-batch losses during epoch e
+  (epoch 0: the loss of the initial net on the whole training set); ``test_loss`` is the
+  loss on the held-out split, the paper's "validation" curve.
+- The unit table is computed on the run's own probe set (``activations/probe.safetensors``:
+  ``probe_size`` training inputs drawn by the run's seed, so all unit types of one seed
+  share it) from the checkpoints. Epoch 0 has no checkpoint; it is rebuilt from
+  ``config.json`` (the initial weights depend only on net, seed and input shape).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from natgrad.errors import CheckpointError, DataFileError
+from natgrad.tables import Table, concat
+from natgrad.unitstats import COND_LIMIT, DAMPING, unit_statistics
+
+__all__ = [
+    "activation_table",
+    "checkpoint_epochs",
+    "curve_table",
+    "find_runs",
+    "load_model",
+    "probe_set",
+    "run_config",
+    "unit_table",
+]
+
+PathLike = str | os.PathLike
+
+
+def find_runs(root: PathLike) -> list[Path]:
+    """Every run directory (a folder with ``config.json``) at or below ``root``, sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise DataFileError(f"{root}: no such folder (expected run directories of `natgrad train`)")
+    runs = sorted({p.parent for p in root.rglob("config.json")})
+    if not runs:
+        raise DataFileError(f"{root}: no run directory (a folder holding config.json) below it")
+    return runs
+
+
+def run_config(run_dir: PathLike) -> dict:
+    """The ``config`` dict of ``<run_dir>/config.json``."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())["config"]
+    except FileNotFoundError:
+        raise DataFileError(
+            f"{path}: missing; is {run_dir} a run directory of `natgrad train`?"
+        ) from None
+    except (ValueError, KeyError) as exc:
+        raise DataFileError(f"{path}: not a natgrad run config ({exc})") from None
+
+
+def _identity(run_dir: Path) -> dict:
+    cfg = run_config(run_dir)
+    return {
+        "run": run_dir.name,
+        "net": cfg["net"],
+        "unit_type": cfg["unit"],
+        "dataset": cfg["dataset"],
+        "seed": int(cfg["seed"]),
+    }
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataFileError(f"{path}: missing; the run in {path.parent} did not record it")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise DataFileError(f"{path}:{i}: not a JSON line") from None
+    return rows
+
+
+def checkpoint_epochs(run_dir: PathLike, *, include_initial: bool = True) -> list[int]:
+    """Sorted epochs with a checkpoint in ``<run_dir>/checkpoints`` (plus 0, rebuilt from
+    the config, when ``include_initial``)."""
+    folder = Path(run_dir) / "checkpoints"
+    epochs = {int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.json")}
+    if include_initial:
+        epochs.add(0)
+    return sorted(epochs)
+
+
+def load_model(run_dir: PathLike, epoch: int) -> torch.nn.Module:
+    """The run's model at ``epoch`` (eval mode): its checkpoint, or for epoch 0 without one
+    the initial weights rebuilt from ``config.json``."""
+    from natgrad.training import load_checkpoint
+    from natgrad.training.checkpoint import checkpoint_paths
+
+    run_dir = Path(run_dir)
+    if checkpoint_paths(run_dir, epoch)[1].is_file() or epoch != 0:
+        return load_checkpoint(run_dir, epoch)[0]
+    from natgrad.models import build_model
+
+    cfg = run_config(run_dir)
+    ds = _dataset(run_dir)
+    extra = {} if cfg.get("dropout") is None else {"dropout": tuple(cfg["dropout"])}
+    model = build_model(
+        cfg["net"], cfg["unit"], alpha=cfg.get("alpha"), batch_norm=cfg.get("batch_norm", False),
+        num_classes=ds.num_classes, in_shape=ds.input_shape, seed=cfg["seed"],
+        dtype=getattr(torch, cfg.get("dtype", "float32")), **extra,
+    )  # fmt: skip
+    return model.eval()
+
+
+_DATASETS: dict = {}
+
+
+def _dataset(run_dir: Path):
+    from natgrad.data import load_dataset
+
+    cfg = run_config(run_dir)
+    key = (cfg["dataset"], cfg.get("data_dir"), int(cfg["seed"]), cfg.get("dtype", "float32"))
+    if key not in _DATASETS:
+        _DATASETS.clear()  # keep one data set in memory
+        _DATASETS[key] = load_dataset(
+            cfg["dataset"], cfg.get("data_dir"), seed=int(cfg["seed"]), dtype=getattr(torch, key[3])
+        )
+    return _DATASETS[key]
+
+
+def probe_set(run_dir: PathLike, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs [n, ...], labels [n])``: the run's probe set (its first ``size`` entries)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    path = run_dir / "activations" / "probe.safetensors"
+    if not path.is_file():
+        raise DataFileError(f"{path}: missing; the run did not record its probe set")
+    idx = load_file(path)["indices"]
+    if size is not None:
+        idx = idx[:size]
+    ds = _dataset(run_dir)
+    return ds.train_x[idx], ds.train_y[idx]
+
+
+def curve_table(run_dirs: Iterable[PathLike]) -> Table:
+    """Per run × epoch: losses, test error and ``median_all`` (Fig 2); see the module doc."""
+    tables = []
+    for run in map(Path, run_dirs):
+        metrics = {r["epoch"]: r for r in _jsonl(run / "metrics.jsonl")}
+        acts = {r["epoch"]: r for r in _jsonl(run / "activations" / "summary.jsonl")}
+        epochs = sorted(metrics)
+        nan = float("nan")
+        tables.append(
+            Table({
+                **{k: np.full(len(epochs), v) for k, v in _identity(run).items()},
+                "epoch": epochs,
+                "train_loss": [metrics[e]["train_loss"] for e in epochs],
+                "test_loss": [metrics[e]["test_loss"] for e in epochs],
+                "test_error": [_num(metrics[e].get("test_error")) for e in epochs],
+                "median_all": [acts[e]["median_all"] if e in acts else nan for e in epochs],
+            })
+        )  # fmt: skip
+    return concat(tables)
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def activation_table(run_dirs: Iterable[PathLike]) -> Table:
+    """Per run × epoch × hidden layer: the activation summary of ``activations/summary.jsonl``."""
+    rows: list[dict] = []
+    for run in map(Path, run_dirs):
+        ident = _identity(run)
+        for rec in _jsonl(run / "activations" / "summary.jsonl"):
+            for layer, s in rec["layers"].items():
+                rows.append({**ident, "epoch": rec["epoch"], "layer": layer,
+                             **{k: s[k] for k in ("units", "median", "mean", "frac_negative", "frac_zero")}})  # fmt: skip
+    if not rows:
+        return Table()
+    return Table({k: [r[k] for r in rows] for k in rows[0]})
+
+
+def unit_table(
+    run_dirs: Iterable[PathLike],
+    *,
+    epochs: Sequence[int] | None = None,
+    probe_size: int | None = None,
+    damping: float = DAMPING,
+    cond_limit: float = COND_LIMIT,
+    progress: bool = False,
+) -> Table:
+    r"""Per run × epoch × layer × unit: Theorems 1–2 from the run's checkpoints.
+
+    Args:
+        run_dirs: run directories.
+        epochs: which epochs (default: every checkpoint, plus 0); epochs without a
+            checkpoint raise :class:`~natgrad.errors.CheckpointError` naming the run.
+        probe_size: use the first ``probe_size`` inputs of each run's probe set (default all).
+        damping, cond_limit: see :mod:`natgrad.unitstats`.
+        progress: show a tqdm bar over (run, epoch).
+    """
+    from tqdm.auto import tqdm
+
+    jobs = []
+    for run in map(Path, run_dirs):
+        have = checkpoint_epochs(run)
+        chosen = have if epochs is None else list(epochs)
+        missing = sorted(set(chosen) - set(have))
+        if missing:
+            raise CheckpointError(
+                f"{run}: no checkpoint for epochs {missing}; it has {have} "
+                "(set checkpoint_every so the epochs you ask for are written)"
+            )
+        jobs += [(run, e) for e in chosen]
+    tables = []
+    for run, epoch in tqdm(jobs, disable=not progress, desc="unit Fishers", unit="ckpt"):
+        x, y = probe_set(run, probe_size)
+        stats = unit_statistics(
+            load_model(run, epoch), x, y, damping=damping, cond_limit=cond_limit
+        )
+        head = {**_identity(run), "epoch": epoch}
+        tables.append(Table({**{k: np.full(len(stats), v) for k, v in head.items()},
+                             **{c: stats[c] for c in stats.columns}}))  # fmt: skip
+    return concat(tables)
