@@ -28,7 +28,7 @@ import torch
 
 from natgrad.models import build_model
 from natgrad.training import default_config, train
-from natgrad.training.loop import _git_commit, _resolve_device, describe_device
+from natgrad.training.loop import describe_device, git_commit, resolve_device
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = _resolve_device(args.device or ("auto" if args.paper else "cpu"))
+    device = resolve_device(args.device or ("auto" if args.paper else "cpu"))
     epochs = 300 if args.paper else args.epochs
     results = {}
     for unit in ("elu", "relu"):
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "interleaved_benchmark": bench,
         "command": "python " + shlex.join([str(Path(sys.argv[0])), *(argv if argv is not None else sys.argv[1:])]),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "device": describe_device(device),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,

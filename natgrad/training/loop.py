@@ -40,7 +40,14 @@ from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, lr_at
 from natgrad.training.recording import probe_indices, record_activations, save_activations
 
-__all__ = ["TrainResult", "default_run_dir", "describe_device", "train"]
+__all__ = [
+    "TrainResult",
+    "default_run_dir",
+    "describe_device",
+    "git_commit",
+    "resolve_device",
+    "train",
+]
 
 
 @dataclass
@@ -71,7 +78,8 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The checkout's ``HEAD`` commit, or ``None`` outside a git checkout."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -160,7 +168,8 @@ def _append(path: Path, row: dict) -> None:
         fh.flush()
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA if torch sees a GPU, else CPU; ``"cuda"`` without a GPU is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -188,7 +197,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
     run.mkdir(parents=True, exist_ok=True)
     ds, model, optimizer = _setup(config, dev)
@@ -218,7 +227,7 @@ def train(
             p.unlink()
         start, history = 0, []
     meta = {"config": config.to_dict(), "device": describe_device(dev),
-            "git_commit": _git_commit(), "torch_version": torch.__version__}  # fmt: skip
+            "git_commit": git_commit(), "torch_version": torch.__version__}  # fmt: skip
     ckpt.atomic_write(run / "config.json", json.dumps(meta, indent=1).encode())
     if start == 0:
         (run / "activations").mkdir(exist_ok=True)
