@@ -105,6 +105,11 @@ def load_dataset(
     """
     from natgrad.data import cifar, digits, mnist
 
+    if name == "imagenet":
+        raise InputError(
+            "natgrad has no ImageNet loader yet (imagenet-15 can be built and its config "
+            "read, not trained); use a DATASETS name"
+        )
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     folder = Path(data_dir) if data_dir is not None else default_data_dir(name)

@@ -199,8 +199,8 @@ def train(
 
     dev = resolve_device(device)
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    ds, model, optimizer = _setup(config, dev)  # data errors before any output is written
     run.mkdir(parents=True, exist_ok=True)
-    ds, model, optimizer = _setup(config, dev)
     loss_fn = _loss_fn(config)
     train_x, train_y = ds.train_x.to(dev), ds.train_y.to(dev)
     test_x, test_y = ds.test_x.to(dev), ds.test_y.to(dev)
