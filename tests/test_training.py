@@ -225,7 +225,7 @@ def _train_cmd(run: Path, epochs: int) -> list[str]:
 def test_killed_run_resumes_bit_identical(tmp_path):
     """SIGKILL a real training process after its first checkpoint; resume; compare bits."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    epochs = 12
+    epochs = 8
     log = tmp_path / "whole.log"
     with open(log, "w") as fh:
         whole = subprocess.Popen(_train_cmd(tmp_path / "whole", epochs), cwd=ROOT, env=env,
