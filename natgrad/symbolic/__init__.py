@@ -55,6 +55,7 @@ __all__ = [
     "add_arguments",
     "continuity_fact",
     "derivative_fact",
+    "format_table",
     "gaussian_mean_fact",
     "jumps_fact",
     "lemma1",
