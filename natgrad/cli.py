@@ -15,8 +15,14 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("natgrad.symbolic", "run every SymPy proof and print a table (exit 0 iff all hold)"),
     "models": ("natgrad.models", "list the paper's networks with parameter counts"),
-    "train": ("natgrad.training.cli", "train a paper network, recording activations and checkpoints"),
-    "demo": ("natgrad.demo", "the main job: train ELU/ReLU/LReLU/SReLU nets and write the bias-shift report"),
+    "train": (
+        "natgrad.training.cli",
+        "train a paper network, recording activations and checkpoints",
+    ),
+    "demo": (
+        "natgrad.demo",
+        "the main job: train ELU/ReLU/LReLU/SReLU nets and write the bias-shift report",
+    ),
 }
 
 

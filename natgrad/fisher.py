@@ -104,8 +104,15 @@ def unit_fisher(
     """
     name, module = resolve_layer(model, layer)
     return _compute(
-        model, {name: (module, units)}, inputs, targets, kind, likelihood, mc_samples,
-        generator, batch_size,
+        model,
+        {name: (module, units)},
+        inputs,
+        targets,
+        kind,
+        likelihood,
+        mc_samples,
+        generator,
+        batch_size,
     )[name]
 
 
