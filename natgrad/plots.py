@@ -39,9 +39,9 @@ UNIT_COLORS = {
     "prelu": "#66a61e",
 }
 UNIT_LABELS = {
-    "elu": "ELU (α=1)",
+    "elu": r"ELU ($\alpha=1$)",
     "relu": "ReLU",
-    "lrelu": "LReLU (α=0.1)",
+    "lrelu": r"LReLU ($\alpha=0.1$)",
     "srelu": "SReLU",
     "prelu": "PReLU",
 }

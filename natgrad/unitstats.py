@@ -42,7 +42,9 @@ they are NaN in the table and counted in the report, never silently replaced. A 
 whose block is singular or ill-conditioned (condition number above ``cond_limit``, e.g.
 because a *previous* layer has dead units, which zeroes rows of A) is solved with the
 damped block F + λ_i I, λ_i = ``damping`` · tr(F_i)/(d+1) (relative to the block's mean
-diagonal entry), and its ``damping`` column records λ_i. Every other unit is solved exactly.
+diagonal entry), and its ``damping`` column records λ_i; its s, k, shifts, corrected mean
+and cosine are those of F + λ_i I, while c, E_q(a) and ‖E_p(a)‖ are always the undamped
+moments of the data. Every other unit is solved exactly.
 """
 
 from __future__ import annotations
@@ -119,9 +121,13 @@ def layer_statistics(
     g_full = torch.cat([g, g0.unsqueeze(-1)], -1).to(torch.float64)  # [U, d+1]
 
     nan = torch.full((U,), float("nan"), dtype=torch.float64)
-    names = ("s", "k", "shift_natural", "shift_blockdiag", "cosine", "mean_q_norm",
-             "mean_q_avg", "corrected_mean_norm")  # fmt: skip
+    names = ("s", "k", "shift_natural", "shift_blockdiag", "cosine", "corrected_mean_norm")
     out = {k: nan.clone() for k in names}
+    live = ~dead
+    mean_q = fisher.b[live] / c[live].unsqueeze(-1)  # [u, d] E_q(a) of the undamped block
+    out["mean_q_norm"], out["mean_q_avg"] = nan.clone(), nan.clone()
+    out["mean_q_norm"][live] = mean_q.norm(dim=-1).detach().to(torch.float64)
+    out["mean_q_avg"][live] = mean_q.mean(dim=-1).detach().to(torch.float64)
     for mask, is_damped in ((~dead & ~needs, False), (needs, True)):
         if not mask.any():
             continue
@@ -131,15 +137,12 @@ def layer_statistics(
         sub = dataclasses.replace(fisher, matrix=block, units=fisher.units[idx])
         shift = sub.bias_shift(g[idx], g0[idx])  # Theorem 2
         natural = torch.cholesky_solve(g_full[idx].unsqueeze(-1), Li).squeeze(-1)  # F⁻¹(g, g0)
-        mean_q = sub.mean_q  # [u, d]
         values = {
             "s": 1.0 / torch.diagonal(Li, dim1=-2, dim2=-1)[:, -1] ** 2,  # 1/(c − bᵀA⁻¹b) = 1/L_dd²
             "k": shift.k,
             "shift_natural": shift.shift_natural,
             "shift_blockdiag": shift.shift_blockdiag,
             "cosine": theorems.cosine(g[idx], g0[idx], natural[:, :-1], natural[:, -1]),
-            "mean_q_norm": mean_q.norm(dim=-1),
-            "mean_q_avg": mean_q.mean(dim=-1),
             "corrected_mean_norm": shift.corrected_mean.norm(dim=-1),
         }
         for name, v in values.items():
