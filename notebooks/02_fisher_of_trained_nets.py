@@ -1,0 +1,141 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The unit Fisher of a trained network
+#
+# We train a small `mnist-fc` net (8 hidden ELU layers × 128 units) on the 8×8 digits for
+# three epochs, keep a checkpoint per epoch, and look at one unit of one layer: its unit
+# Fisher block F = [[A, b], [bᵀ, c]] (bias last), the incoming means E_p(a) and
+# E_q(a) = b/c, and the terms of Theorems 1–2 — s, k, the bias shifts and the cosine
+# between the plain gradient and the unit natural gradient — and how they change with
+# training. `make demo` does the same for every unit of four unit types and several seeds.
+
+# %%
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from torch.nn import functional as F
+
+from natgrad.fisher import unit_fisher
+from natgrad.runs import checkpoint_epochs, load_model, probe_set
+from natgrad.testing import assert_close
+from natgrad.training import default_config, train
+from natgrad.unitstats import unit_statistics
+
+workdir = Path(tempfile.mkdtemp(prefix="natgrad-nb02-"))
+config = default_config(
+    "mnist-fc", dataset="digits", unit="elu", seed=0, epochs=3, checkpoint_every=1, probe_size=256
+)
+run = train(config, workdir / "elu", device="cpu", progress=False).run_dir
+epochs = checkpoint_epochs(run)
+print(run, "epochs with a model:", epochs)
+assert epochs == [0, 1, 2, 3]
+
+# %% [markdown]
+# ## One layer, one unit, at the last epoch
+#
+# The exact unit Fisher (an expectation over the model's own labels) on the run's probe set,
+# computed in float64. We pick the unit of layer `fc4` whose reweighted mean E_q(a) is
+# furthest from zero.
+
+# %%
+layer = "fc4"
+model = load_model(run, 3).to(torch.float64)
+x, y = probe_set(run)
+x = x.to(torch.float64)
+fisher = unit_fisher(model, layer, x)
+unit = int(fisher.mean_q.norm(dim=-1).argmax())
+block = fisher.matrix[unit]  # [d+1, d+1], bias last
+print(fisher, "unit", unit)
+assert block.shape == (129, 129)
+assert_close(block, block.T, what="symmetry")
+assert torch.linalg.eigvalsh(block).min() > 0
+
+fig, ax = plt.subplots(figsize=(4.2, 3.6))
+im = ax.imshow(block.abs().clamp_min(1e-12).log10(), cmap="viridis")
+ax.set_title(f"log10 |F| of {layer} unit {unit} (bias last)")
+fig.colorbar(im, ax=ax)
+plt.show()
+
+# %% [markdown]
+# ## E_p(a) and E_q(a)
+#
+# E_p(a) is the plain mean of the incoming activations (the outputs of layer `fc3`'s ELUs);
+# E_q(a) = b/c is the mean under q(z) ∝ δ̄²(z) p(z), the inputs weighted by how strongly
+# this unit's error signal reacts to them. Theorem 2's k is zero exactly when the two agree.
+
+# %%
+mean_p, mean_q = fisher.mean_p, fisher.mean_q[unit]
+fig, ax = plt.subplots(figsize=(3.6, 3.4))
+ax.scatter(mean_p.numpy(), mean_q.numpy(), s=8)
+lim = float(torch.cat([mean_p, mean_q]).abs().max()) * 1.05
+ax.plot([-lim, lim], [-lim, lim], color="0.6", lw=0.8)
+ax.set(xlabel="E_p(a)", ylabel="E_q(a)", title=f"{layer} unit {unit}: incoming means")
+plt.show()
+print(f"|E_p(a)| = {mean_p.norm():.3f}, |E_q(a)| = {mean_q.norm():.3f}")
+assert mean_p.shape == mean_q.shape == (128,)
+
+# %% [markdown]
+# ## Theorems 1 and 2 for this unit
+#
+# The gradient g is that of the probe set's mean log-likelihood (minus the loss gradient).
+
+# %%
+module = dict(model.named_modules())[layer]
+gw, gb = torch.autograd.grad(-F.cross_entropy(model(x), y), [module.weight, module.bias])
+s_schur, s_paper = fisher.s()[unit], fisher.s("paper")[unit]
+k_closed, k_paper = fisher.k()[unit], fisher.k("paper")[unit]
+shift = fisher.bias_shift(gw, gb)
+dw, dw0 = fisher.natural_gradient(gw, gb)
+cosine = fisher.cosine(gw, gb)[unit]
+print(f"s = {s_schur:.4g} (paper form {s_paper:.4g}); s·c = {s_schur * fisher.c[unit]:.4g}")
+print(f"k = {k_closed:.4g} (paper form {k_paper:.4g})")
+print(
+    f"shift: natural {shift.shift_natural[unit]:.4g}, block-diagonal "
+    f"{shift.shift_blockdiag[unit]:.4g}, plain {shift.shift_plain[unit]:.4g}"
+)
+print(f"cos(g, F⁻¹g) = {cosine:.4g}")
+assert_close(s_schur, s_paper, rtol=1e-6, what="Lemma 2(i)")
+assert_close(k_closed, k_paper, rtol=1e-6, atol=1e-9, what="two forms of k")
+assert s_schur * fisher.c[unit] >= 1.0
+# Theorem 2: the natural gradient's bias shift is E_p(a)ᵀΔw + Δw0.
+assert_close(shift.shift_natural[unit], mean_p @ dw[unit] + dw0[unit], rtol=1e-6, atol=1e-9)
+assert 0.0 < cosine <= 1.0
+
+# %% [markdown]
+# ## Over training
+#
+# The same quantities for every unit of the layer at each checkpoint (epoch 0 is the
+# initial net), from `natgrad.unitstats.unit_statistics` — the function behind the demo's
+# tables.
+
+# %%
+rows = {e: unit_statistics(load_model(run, e), x, y, layers=[layer]) for e in epochs}
+fig, axes = plt.subplots(1, 3, figsize=(9, 2.8))
+for ax, col in zip(axes, ("mean_q_norm", "k", "cosine"), strict=True):
+    ax.boxplot([rows[e][col][rows[e]["dead"] == 0] for e in epochs])
+    ax.set_xticks(range(1, len(epochs) + 1), [str(e) for e in epochs])
+    ax.plot(
+        range(1, len(epochs) + 1), [rows[e][col][unit] for e in epochs], "o-", label=f"unit {unit}"
+    )
+    ax.set(xlabel="epoch", title=col)
+axes[0].legend()
+fig.tight_layout()
+plt.show()
+for e in epochs:
+    t = rows[e]
+    assert len(t) == 128 and t.unique("layer") == [layer]
+assert_close(torch.tensor(rows[3]["s"][unit]), s_schur, rtol=1e-6, what="table vs UnitFisher.s")

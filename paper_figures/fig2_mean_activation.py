@@ -1,0 +1,68 @@
+"""Fig 2 of the ELU paper (mnist-fc): (a) the median over all hidden units of each unit's
+mean activation per epoch, (b) training (solid) and validation (dotted) cross-entropy;
+mean ± sd over seeds, one colour per unit type.
+
+    python paper_figures/fig2_mean_activation.py [--runs DIR] [--small] [--out DIR]
+
+Reads the run directories below ``--runs`` (default ``reports/demo/runs``, written by
+``make demo``). In small mode without ``--runs`` it first trains ELU, ReLU and LReLU for
+two epochs on the digits (one seed) into ``<out>/small_runs``. Writes
+``fig2_mean_activation.pdf`` and ``.png``. The curves are :func:`natgrad.plots.plot_curves`,
+the same function the HTML report uses; the data are :func:`natgrad.runs.curve_table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from _common import OUT, setup_matplotlib, small_mode
+
+from natgrad.plots import plot_curves, save_figure
+from natgrad.runs import curve_table, find_runs
+
+
+def _small_runs(folder: Path) -> Path:
+    from natgrad.training import default_config, train
+
+    for unit in ("elu", "relu", "lrelu"):
+        cfg = default_config(
+            "mnist-fc", dataset="digits", unit=unit, seed=0, epochs=2, probe_size=128
+        )
+        train(cfg, folder / f"mnist-fc-{unit}-digits-s0", device="cpu", progress=False)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=None, help="folder of run directories")
+    parser.add_argument("--small", action="store_true", help="quick mode (also NATGRAD_SMALL=1)")
+    parser.add_argument("--out", type=Path, default=OUT, help="output folder")
+    args = parser.parse_args(argv)
+    small = small_mode(args.small)
+    runs_root = args.runs
+    if runs_root is None:
+        runs_root = _small_runs(args.out / "small_runs") if small else Path("reports/demo/runs")
+    curves = curve_table(find_runs(runs_root))
+    usetex = setup_matplotlib()
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(7.0, 2.8))
+    plot_curves(curves, "median_all", ax=a, ylabel="median of unit mean activations")
+    a.axhline(0.0, color="0.5", lw=0.6)
+    a.set_title("(a) mean activation")
+    plot_curves(curves, "train_loss", ax=b, label_suffix=" train")
+    plot_curves(
+        curves, "test_loss", ax=b, style=":", label_suffix=" validation", ylabel="cross-entropy"
+    )
+    b.set_yscale("log")
+    b.set_title("(b) train (solid), validation (dotted)")
+    a.legend(fontsize="small")
+    paths = save_figure(fig, args.out / "fig2_mean_activation", dpi=100 if small else 300)
+    print(f"LaTeX: {usetex}; runs: {runs_root}; wrote", *map(str, paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
