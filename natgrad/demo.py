@@ -18,7 +18,7 @@ Output layout (default ``reports/demo/``)::
     summary.txt                            the summary table printed on the terminal
     demo.json                              the DemoConfig, wall times, device
 
-The default (``digits``, 3 seeds, 12 epochs, probe 512) takes a few minutes on a 2-core CPU.
+The default (``digits``, 3 seeds, 20 epochs, probe 512) takes a few minutes on a 2-core CPU.
 ``--paper`` is the paper's setting (MNIST, 5 seeds, 300 epochs; GPU recommended).
 Rerunning reuses finished runs (training resumes from their checkpoints); ``--fresh``
 retrains.
@@ -53,8 +53,8 @@ class DemoConfig:
     data_dir: str | None = None
     units: tuple[str, ...] = UNITS
     seeds: int = 3
-    epochs: int = 12
-    checkpoint_every: int = 4
+    epochs: int = 20
+    checkpoint_every: int = 5
     probe_size: int = 512
     lr: float = 0.01
     batch_size: int = 64

@@ -154,7 +154,8 @@ def plot_layer_metric(
                 epochs, q[:, 1], color=color, marker="o", ms=3, label=UNIT_LABELS.get(unit, unit)
             )
             ax.fill_between(epochs, q[:, 0], q[:, 2], color=color, alpha=0.2, lw=0)
-        ax.set_title(layer, fontsize="small")
+        fed_by_data = "input_from" in sub and "data" in sub["input_from"].tolist()
+        ax.set_title(f"{layer} (input: data)" if fed_by_data else layer, fontsize="small")
         if log:
             ax.set_yscale("log")
     for ax in axes.flat[len(layers) :]:

@@ -5,10 +5,11 @@ Conventions (stated once, used by the report's text):
 - *Analysed units* are the live units (``dead == 0``) of the layers fed by hidden units
   (``input_from == "units"``): the first layer sees the data, identical for every unit
   type, so it says nothing about the units; dead units have no Fisher (NaN).
-- "mean ± sd" is over seeds: first the mean over a run's analysed units, then mean and
-  sample sd (ddof 1) over the runs of a unit type (:func:`natgrad.tables.summarize`).
+- "mean ± sd" is over seeds: first the MEDIAN over a run's analysed units (robust: k and
+  s·c are heavy-tailed), then mean and sample sd (ddof 1) over the runs of a unit type
+  (:func:`natgrad.tables.summarize`). Fractions (dead, damped) are per-run means.
 - The paired test compares ELU with each other unit type at one epoch, on pairs that share
-  their initial weights: the per-(seed, layer) mean of a metric (n = seeds × layers), and,
+  their initial weights: the per-(seed, layer) median of a metric (n = seeds × layers), and,
   as a finer but not independent view, per (seed, layer, unit). Two-sided Wilcoxon
   signed-rank test (:func:`natgrad.tables.paired_wilcoxon`).
 
@@ -32,6 +33,7 @@ import numpy as np
 from natgrad.tables import Table, concat, paired_wilcoxon, summarize, write_csv
 
 __all__ = [
+    "COMPARED",
     "SUMMARY_METRICS",
     "analysed_units",
     "epoch_summary",
@@ -40,9 +42,13 @@ __all__ = [
     "write_tables",
 ]
 
-#: Unit-table columns summarised per unit type (mean over analysed units, then ± over seeds).
-SUMMARY_METRICS = ("cosine", "mean_q_norm", "mean_q_avg", "k", "s_c", "mean_p_norm",
-                   "corrected_mean_norm")  # fmt: skip
+#: Unit-table columns summarised per unit type (median over analysed units, then ± over seeds).
+SUMMARY_METRICS = ("cosine", "cosine_common", "mean_q_norm", "mean_q_avg", "k", "s_c",
+                   "mean_p_norm", "corrected_mean_norm")  # fmt: skip
+
+
+#: Metrics of the paired ELU-vs-others tests in ``comparison.csv``.
+COMPARED = ("cosine", "cosine_common", "mean_q_norm", "k")
 
 
 def analysed_units(units: Table) -> Table:
@@ -56,7 +62,8 @@ def _last_epoch(table: Table) -> int:
 
 def unit_type_summary(units: Table, curves: Table, *, epoch: int | None = None) -> Table:
     r"""One row per unit type at ``epoch`` (default: the last analysed): ``n_seeds``,
-    ``<metric>_mean``/``_sd`` for :data:`SUMMARY_METRICS` over analysed units, the per-run
+    ``<metric>_mean``/``_sd`` for :data:`SUMMARY_METRICS` (per-run medians over analysed
+    units), the per-run
     fractions ``dead_frac`` (dead units of layers fed by units) and ``damped_frac``
     (analysed units solved with damping), and from the curves ``test_error``,
     ``train_loss``, ``test_loss`` and ``median_all`` at that epoch."""
@@ -67,7 +74,7 @@ def unit_type_summary(units: Table, curves: Table, *, epoch: int | None = None) 
         dead_frac=fed["dead"].astype(np.float64),
         damped_frac=np.where(fed["dead"] == 1, np.nan, (fed["damping"] > 0).astype(np.float64)),
     )
-    a = summarize(analysed_units(u), by=("unit_type",), values=SUMMARY_METRICS)
+    a = summarize(analysed_units(u), by=("unit_type",), values=SUMMARY_METRICS, within="median")
     d = summarize(fed, by=("unit_type",), values=("dead_frac", "damped_frac"))
     c = summarize(
         curves.where(epoch=epoch), by=("unit_type",),
@@ -86,10 +93,12 @@ def unit_type_summary(units: Table, curves: Table, *, epoch: int | None = None) 
 
 
 def epoch_summary(units: Table) -> Table:
-    """Per unit type × epoch × layer: mean ± sd over seeds of :data:`SUMMARY_METRICS` over
-    the layer's live units (all layers, the first included)."""
+    """Per unit type × epoch × layer: mean ± sd over seeds of the median of
+    :data:`SUMMARY_METRICS` over the layer's live units (all layers, the first included)."""
     live = units.where(dead=0)
-    return summarize(live, by=("unit_type", "epoch", "layer"), values=SUMMARY_METRICS)
+    return summarize(
+        live, by=("unit_type", "epoch", "layer"), values=SUMMARY_METRICS, within="median"
+    )
 
 
 def paired_comparison(
@@ -98,7 +107,7 @@ def paired_comparison(
     r"""ELU (``reference``) against each other unit type on ``metric`` at ``epoch``.
 
     Rows: one per (other unit type, level) with level ``"seed×layer"`` (pairs of per-run,
-    per-layer means of analysed units) and ``"seed×layer×unit"`` (pairs of units with the
+    per-layer medians over analysed units) and ``"seed×layer×unit"`` (pairs of units with the
     same initial weights, both live). Columns ``other``, ``level``, ``n``, ``median_diff``
     (reference − other), ``frac_reference_higher``, ``statistic``, ``p``.
     """
@@ -128,7 +137,7 @@ def paired_comparison(
 def _paired(
     a: Table, b: Table, keys: tuple[str, ...], metric: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Means of ``metric`` (NaN for dead units) per key tuple, aligned on common keys."""
+    """Medians of ``metric`` (NaN for dead units) per key tuple, aligned on common keys."""
 
     def means(t: Table) -> dict:
         vals = np.where(t["dead"] == 1, np.nan, t[metric].astype(np.float64))
@@ -139,7 +148,7 @@ def _paired(
         for k, v in groups.items():
             v = np.asarray(v)
             v = v[np.isfinite(v)]
-            out[k] = float(v.mean()) if v.size else math.nan
+            out[k] = float(np.median(v)) if v.size else math.nan
         return out
 
     ma, mb = means(a), means(b)
@@ -161,7 +170,7 @@ def write_tables(
     ``units.csv`` (run × epoch × layer × unit), ``curves.csv`` (run × epoch),
     ``activations.csv`` (run × epoch × layer), ``epoch_summary.csv``,
     ``summary.csv`` (per unit type, last epoch) and ``comparison.csv`` (paired tests on
-    ``cosine``, ``mean_q_norm`` and ``k``). ``units`` skips recomputing the unit table.
+    ``cosine``, ``cosine_common``, ``mean_q_norm`` and ``k``). ``units`` skips recomputing the unit table.
     Returns ``{name: path}``.
     """
     from natgrad.runs import activation_table, curve_table, unit_table
@@ -174,7 +183,7 @@ def write_tables(
     if epochs is not None:
         curves = curves.take(curves["epoch"] <= max(epochs))
     acts = activation_table(run_dirs)
-    comparison = concat([paired_comparison(units, m) for m in ("cosine", "mean_q_norm", "k")])
+    comparison = concat([paired_comparison(units, m) for m in COMPARED])
     tables = {
         "units": units,
         "curves": curves,

@@ -174,17 +174,21 @@ def summarize(
     values: Sequence[str],
     *,
     run: str = "seed",
+    within: str = "mean",
 ) -> Table:
     r"""Mean ± sd over runs, per group.
 
     For each group (distinct values of the ``by`` columns, in order of appearance) and each
-    value column: first the NaN-ignoring mean over the rows of each run (distinct ``run``
-    values), then the mean and sample standard deviation (ddof = 1; NaN for one run) of
-    those run means. Returns the ``by`` columns, ``n_seeds``, and ``<value>_mean``,
+    value column: first the NaN-ignoring ``within`` (``"mean"`` or ``"median"``) over the
+    rows of each run (distinct ``run`` values), then the mean and sample standard deviation
+    (ddof = 1; NaN for one run) of those per-run values. Returns the ``by`` columns, ``n_seeds``, and ``<value>_mean``,
     ``<value>_sd`` for each value.
     """
     if not len(table):
         raise InputError("summarize: the table is empty")
+    if within not in ("mean", "median"):
+        raise InputError(f"summarize: within must be 'mean' or 'median', got {within!r}")
+    reduce = _nanmean if within == "mean" else _nanmedian
     keys = list(zip(*(table[b].tolist() for b in by), strict=True)) if by else [()] * len(table)
     groups: dict[tuple, list[int]] = {}
     for i, key in enumerate(keys):
@@ -202,7 +206,7 @@ def summarize(
         out["n_seeds"].append(len(run_ids))
         for v in values:
             col = table[v][idx].astype(np.float64)
-            means = np.array([_nanmean(col[runs[idx] == r]) for r in run_ids])
+            means = np.array([reduce(col[runs[idx] == r]) for r in run_ids])
             means = means[np.isfinite(means)]
             out[f"{v}_mean"].append(float(means.mean()) if means.size else math.nan)
             out[f"{v}_sd"].append(float(means.std(ddof=1)) if means.size > 1 else math.nan)
@@ -212,6 +216,11 @@ def summarize(
 def _nanmean(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
     return float(x.mean()) if x.size else math.nan
+
+
+def _nanmedian(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else math.nan
 
 
 def paired_wilcoxon(x: np.ndarray, y: np.ndarray) -> dict:

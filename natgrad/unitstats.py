@@ -29,6 +29,9 @@ shift_natural          E_p(a)ᵀΔw + Δw0 of the unit natural gradient (Theorem
 shift_blockdiag        E_p(a)ᵀA⁻¹g + g0/c (the Fisher with b := 0)
 shift_plain            E_p(a)ᵀg + g0 (the plain gradient step)
 cosine                 cos∠((g, g0), F⁻¹(g, g0)); 1 = the plain gradient is the natural one
+cosine_common          the same with F + λ_i I for EVERY live unit (λ_i as below): a
+                       like-for-like comparison across unit types, whose singular blocks
+                       (ReLU layers after dead units) are damped while others are not
 grad_norm              ‖(g, g0)‖₂
 cond                   condition number estimate (max L_jj / min L_jj)² of the undamped
                        block from its Cholesky factor L (a lower bound; inf if singular)
@@ -74,7 +77,7 @@ COND_LIMIT = 1e10
 COLUMNS = (
     "layer", "layer_index", "input_from", "unit", "fan_in", "c", "s", "s_c", "k",
     "mean_p_norm", "mean_p_avg", "mean_q_norm", "mean_q_avg", "corrected_mean_norm",
-    "shift_natural", "shift_blockdiag", "shift_plain", "cosine", "grad_norm", "cond",
+    "shift_natural", "shift_blockdiag", "shift_plain", "cosine", "cosine_common", "grad_norm", "cond",
     "damping", "dead",
 )  # fmt: skip
 
@@ -147,6 +150,16 @@ def layer_statistics(
         }
         for name, v in values.items():
             out[name][idx] = v.detach().to(torch.float64)
+    # The same relative damping for every live unit: a like-for-like cosine across unit types.
+    out["cosine_common"] = nan.clone()
+    if live.any():
+        idx = live.nonzero().flatten()
+        lam_all = damping * torch.diagonal(M[idx], dim1=-2, dim2=-1).sum(-1) / (d + 1)
+        block = (M[idx] + lam_all[:, None, None] * torch.eye(d + 1, dtype=dtype)).to(torch.float64)
+        Lc = torch.linalg.cholesky(block)
+        natural = torch.cholesky_solve(g_full[idx].unsqueeze(-1), Lc).squeeze(-1)
+        cos = theorems.cosine(g[idx], g0[idx], natural[:, :-1], natural[:, -1])
+        out["cosine_common"][idx] = cos.to(torch.float64)
 
     mean_p = fisher.mean_p.to(torch.float64)
     cols = {
@@ -166,6 +179,7 @@ def layer_statistics(
     shift_plain = (g.to(torch.float64) @ mean_p) + g0.to(torch.float64)
     cols["shift_plain"] = shift_plain.detach().cpu().numpy()
     cols["cosine"] = out["cosine"].numpy()
+    cols["cosine_common"] = out["cosine_common"].numpy()
     cols["grad_norm"] = torch.cat([g, g0[:, None]], -1).norm(dim=-1).to(torch.float64).numpy()
     cols["cond"] = cond.cpu().numpy()
     cols["damping"] = lam.to(torch.float64).cpu().numpy()
