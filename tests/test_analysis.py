@@ -1,0 +1,113 @@
+"""The tidy tables: agreement with direct unit Fisher calls, CSV round trip, summaries."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from _demo_small import small_demo
+from torch.nn import functional as F
+
+import analysis
+from natgrad.fisher import unit_fisher
+from natgrad.runs import curve_table, find_runs, load_model, probe_set
+from natgrad.tables import Table, read_csv, summarize, write_csv
+from natgrad.testing import assert_close
+from natgrad.unitstats import COND_LIMIT
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    return small_demo(tmp_path_factory)
+
+
+@pytest.mark.parametrize(("unit", "layer"), [("elu", "fc3"), ("relu", "fc5"), ("elu", "fc9")])
+def test_table_agrees_with_direct_unit_fisher(demo_dir, unit, layer):
+    run = demo_dir / "runs" / f"mnist-fc-{unit}-digits-s0"
+    table = read_csv(demo_dir / "tables" / "units.csv").where(unit_type=unit, epoch=1, layer=layer)
+    model = load_model(run, 1).to(torch.float64)
+    x, y = probe_set(run)
+    x = x.to(torch.float64)
+    fisher = unit_fisher(model, layer, x)
+    module = dict(model.named_modules())[layer]
+    gw, gb = torch.autograd.grad(-F.cross_entropy(model(x), y), [module.weight, module.bias])
+
+    assert_close(torch.from_numpy(table["c"]), fisher.c, what="c")
+    assert_close(torch.from_numpy(table["mean_q_norm"]), fisher.mean_q.norm(dim=-1), what="|E_q|")
+    assert_close(torch.from_numpy(table["mean_p_norm"]), fisher.mean_p.norm().expand(len(table)))
+    plain = gw @ fisher.mean_p + gb
+    assert_close(torch.from_numpy(table["shift_plain"]), plain, what="shift_plain")
+
+    # Live units: the table's theorem terms are UnitFisher's on F + λI, λ from the table
+    # (0 for most ELU units; the ReLU layers after dead units are all damped).
+    live = torch.from_numpy(table["dead"] == 0).nonzero().flatten()
+    lam = torch.from_numpy(table["damping"])[live]
+    eye = torch.eye(fisher.fan_in + 1, dtype=torch.float64)
+    sub = dataclasses.replace(
+        fisher, matrix=fisher.matrix[live] + lam[:, None, None] * eye, units=fisher.units[live]
+    )
+    shift = sub.bias_shift(gw[live], gb[live])
+    loose = {"rtol": 1e-6, "atol": 1e-9}  # two float64 solve routes on blocks with cond <= 1e10
+    for column, expected in (
+        ("s", sub.s()),
+        ("k", shift.k),
+        ("cosine", sub.cosine(gw[live], gb[live])),
+        ("shift_natural", shift.shift_natural),
+        ("shift_blockdiag", shift.shift_blockdiag),
+        ("corrected_mean_norm", shift.corrected_mean.norm(dim=-1)),
+    ):
+        assert_close(torch.from_numpy(table[column])[live], expected, what=column, **loose)
+    undamped = (lam == 0).nonzero().flatten()  # k by its closed form (Lemma 2(ii)) as well
+    k_closed = dataclasses.replace(sub, matrix=sub.matrix[undamped], units=sub.units[undamped]).k(
+        "closed"
+    )
+    assert_close(torch.from_numpy(table["k"])[live][undamped], k_closed, rtol=1e-5, atol=1e-8)
+
+
+def test_singular_and_dead_units_are_reported_not_hidden(demo_dir):
+    units = read_csv(demo_dir / "tables" / "units.csv")
+    damped = units.take(units["damping"] > 0)
+    assert len(damped) > 0  # fc1 sees constant-zero border pixels of the digits
+    assert (damped["cond"] > COND_LIMIT).all()
+    assert np.isfinite(damped["cosine"]).all()
+    dead = units.take(units["dead"] == 1)
+    assert (dead["c"] == 0).all() and np.isnan(dead["cosine"]).all() and np.isnan(dead["k"]).all()
+    live = units.take(units["dead"] == 0)
+    assert np.isfinite(live["cosine"]).all() and (live["cosine"] > 0).all()
+
+
+def test_curves_match_the_run_records(demo_dir):
+    runs = find_runs(demo_dir / "runs")
+    curves = curve_table(runs)
+    assert len(curves) == 2 * len(runs)
+    import json
+
+    for run in runs:
+        rows = [
+            json.loads(line)
+            for line in (run / "activations" / "summary.jsonl").read_text().splitlines()
+        ]
+        got = curves.where(run=run.name)["median_all"]
+        assert got.tolist() == [r["median_all"] for r in rows]
+
+
+def test_csv_round_trip_is_exact(tmp_path):
+    t = Table({"a": ["x", "y"], "n": [1, 2], "v": [0.1 + 0.2, math.nan]})
+    back = read_csv(write_csv(t, tmp_path / "t.csv"))
+    assert back["a"].tolist() == ["x", "y"] and back["n"].dtype == np.int64
+    assert back["v"][0] == 0.1 + 0.2 and math.isnan(back["v"][1])
+
+
+def test_summarize_averages_runs_first_then_seeds():
+    t = Table({"unit_type": ["elu"] * 4, "seed": [0, 0, 1, 1], "v": [1.0, 3.0, 6.0, math.nan]})
+    s = summarize(t, by=("unit_type",), values=("v",))
+    assert s["v_mean"][0] == 4.0  # run means 2 and 6
+    assert s["v_sd"][0] == pytest.approx(math.sqrt(8.0))
+
+
+def test_analysis_package_reexports_the_table_functions():
+    assert analysis.unit_table is not None and analysis.write_tables is not None
+    assert set(analysis.__all__) >= {"unit_table", "curve_table", "summarize", "paired_comparison"}
