@@ -111,3 +111,19 @@ def test_summarize_averages_runs_first_then_seeds():
 def test_analysis_package_reexports_the_table_functions():
     assert analysis.unit_table is not None and analysis.write_tables is not None
     assert set(analysis.__all__) >= {"unit_table", "curve_table", "summarize", "paired_comparison"}
+
+
+def test_epoch_zero_is_rebuilt_exactly(demo_dir):
+    """Epoch 0 has no checkpoint: the rebuilt initial net reproduces the activations the
+    training loop recorded before its first step, and is shared by the unit types."""
+    from natgrad.training import load_activations, record_activations
+
+    runs = {u: demo_dir / "runs" / f"mnist-fc-{u}-digits-s0" for u in ("elu", "relu")}
+    models = {u: load_model(r, 0) for u, r in runs.items()}
+    for a, b in zip(models["elu"].parameters(), models["relu"].parameters(), strict=True):
+        assert torch.equal(a, b)
+    x, _ = probe_set(runs["elu"])
+    recorded = load_activations(runs["elu"], 0)
+    again = record_activations(models["elu"], x)["means"]
+    for layer, mean in recorded.items():
+        assert_close(again[layer], mean, what=layer)
