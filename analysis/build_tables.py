@@ -30,8 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probe-size", type=int, default=None, help="first N probe inputs (default: all)"
     )
-    parser.add_argument("--report", action="store_true", help="also write <out>/../report.html")
+    parser.add_argument("--report", action="store_true", help="also write <out>/report.html")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's)"
+    )
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     runs = [run for root in args.roots for run in find_runs(root)]
     epochs = None if args.epochs is None else [int(e) for e in args.epochs.split(",")]
     paths = write_tables(runs, args.out, epochs=epochs, probe_size=args.probe_size, progress=True)
@@ -40,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         from natgrad.report import render_report
 
-        print(f"{'report':>14}: {render_report(args.out)}")
+        print(f"{'report':>14}: {render_report(args.out, args.out / 'report.html')}")
     return 0
 
 
