@@ -249,5 +249,15 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    main(config_from_args(args), progress=not args.no_progress)
+    """``natgrad demo``: exit 0, or 2 with the error's message (which names the file, run
+    dir or setting at fault) for natgrad's own errors."""
+    import sys
+
+    from natgrad.errors import NatgradError
+
+    try:
+        main(config_from_args(args), progress=not args.no_progress)
+    except NatgradError as exc:
+        print(f"natgrad demo: error: {exc}", file=sys.stderr)
+        return 2
     return 0

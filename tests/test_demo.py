@@ -63,3 +63,13 @@ def test_cli_arguments_and_paper_mode():
     assert demo.analysed_epochs(paper)[:3] == [0, 25, 50] and demo.analysed_epochs(paper)[-1] == 300
     with pytest.raises(InputError, match="seeds"):
         demo.DemoConfig(seeds=0)
+
+
+def test_cli_errors_name_the_missing_file(tmp_path, capsys):
+    from natgrad.cli import main as cli_main
+
+    code = cli_main(["demo", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"),
+                     "--seeds", "1", "--epochs", "1", "--out", str(tmp_path / "out"),
+                     "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert str(tmp_path / "none") in capsys.readouterr().err
