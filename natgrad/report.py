@@ -211,7 +211,7 @@ def _figures(tables: dict[str, Table]) -> list[tuple[str, str]]:
         (
             "mean_q_norm",
             "‖E_q(a)‖₂",
-            True,
+            False,
             "‖E_q(a)‖₂, the norm of the δ̄²-reweighted incoming mean",
         ),
         ("k", "k", False, "Theorem 2's k"),
