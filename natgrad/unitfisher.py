@@ -223,7 +223,7 @@ class UnitFisher:
             >>> F.natural_gradient(torch.tensor([[1.0]]), torch.tensor([0.0]))
             (tensor([[1.]]), tensor([-1.]))
         """
-        g, g0 = self._grads(grad_weight, grad_bias)
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
         return theorems.natural_gradient(*self._damped_blocks(damping), g, g0, **self._context())
 
     def bias_shift(
@@ -239,7 +239,7 @@ class UnitFisher:
             >>> r.shift_natural, r.shift_blockdiag, r.shift_plain
             (tensor([0.]), tensor([0.5000]), tensor([1.]))
         """
-        g, g0 = self._grads(grad_weight, grad_bias)
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
         A, b, c = self._damped_blocks(damping)
         return theorems.bias_shift(A, b, c, self.mean_p, g, g0, **self._context())
 
@@ -254,12 +254,14 @@ class UnitFisher:
             >>> F.cosine(torch.tensor([[1.0]]), torch.tensor([0.0]))
             tensor([0.7071])
         """
-        g, g0 = self._grads(grad_weight, grad_bias)
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
         dw, dw0 = theorems.natural_gradient(*self._damped_blocks(damping), g, g0, **self._context())
         return theorems.cosine(g, g0, dw, dw0)
 
-    def _grads(self, grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g [U, d], g0 [U]) from unit- or layer-shaped gradients, sliced by ``units`` if needed."""
+    def unit_grads(self, grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(g [U, d], g0 [U])`` from gradients of the layer's weight and bias: ``[U, d]``, the
+        layer's own weight shape (flattened as ``weight.view(U, -1)``), or the whole layer's rows
+        (sliced by :attr:`units`). Errors name the layer and the expected shapes."""
         U, d = self.num_units, self.fan_in
         gw = torch.as_tensor(grad_weight, device=self.matrix.device)
         gb = torch.as_tensor(grad_bias, device=self.matrix.device)

@@ -111,7 +111,7 @@ def layer_statistics(
         >>> [round(float(cols[k][0]), 12) for k in ("s", "k", "shift_natural", "cosine")]
         [2.0, 0.0, 0.0, 0.707106781187]
     """
-    g, g0 = fisher._grads(grad_weight, grad_bias)  # [U, d], [U]
+    g, g0 = fisher.unit_grads(grad_weight, grad_bias)  # [U, d], [U]
     dtype = torch.promote_types(fisher.matrix.dtype, g.dtype)
     M, g, g0 = fisher.matrix.to(dtype), g.to(dtype), g0.to(dtype)
     fisher = dataclasses.replace(fisher, matrix=M, mean_p=fisher.mean_p.to(dtype))
