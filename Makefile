@@ -35,7 +35,7 @@ format: .installed
 bench: .installed
 	$(PY) bench/unit_fisher.py
 
-figures: .installed
+figures: demo  # fig 2 reads the demo's runs (a finished demo is reused, not retrained)
 	$(PY) paper_figures/fig1_units.py
 	$(PY) paper_figures/fig2_mean_activation.py
 
