@@ -30,6 +30,11 @@ Readings of the paper, where it leaves room (each is a keyword argument):
 - Per-stack dropout is applied after the stack's pooling. ``cifar-18``'s bracket list has
   19 conv layers (the paper calls the net 18-layer); natgrad builds the list as written.
   Its per-stack dropout is the paper's "as cifar-11" read as a ramp capped at 0.5.
+- For cifar-18's late "dropout on every layer of a stack" phases, every layer but the last
+  of a stack with dropout is followed by a ``drop<i>`` module (after its unit) with p=0;
+  :func:`set_dropout_mode` switches them on. p=0 dropout is the identity and draws no
+  random numbers, and dropout has no parameters: initial weights, outputs and the RNG
+  stream are those of the net without these modules.
 - The CIFAR output layer is the last [1×C×1] conv (no unit), followed by global average
   pooling to ``[N, C]`` logits.
 - ``imagenet-15``: the first conv's stride is not stated; ``stem_stride=1`` by default.
@@ -68,12 +73,14 @@ from natgrad.errors import InputError
 from natgrad.units import UNIT_TYPES, make_unit
 
 __all__ = [
+    "DROPOUT_MODES",
     "NETWORKS",
     "NetSpec",
     "PaperNet",
     "SpatialPyramidPool",
     "build_model",
     "count_parameters",
+    "set_dropout_mode",
     "weight_layers",
 ]
 
@@ -158,7 +165,7 @@ def _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn, *, stem_stride=1, p
     out: OrderedDict = OrderedDict()
     for s, stack in enumerate(stacks, start=1):
         mods: list = []
-        i = 0
+        i, n_stack = 0, sum(n for n, _, _ in stack)
         for n_layers, width, k in stack:
             for _ in range(n_layers):
                 i += 1
@@ -169,6 +176,8 @@ def _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn, *, stem_stride=1, p
                 h, w = -(-h // stride), -(-w // stride)
                 for name, mod in _hidden(pad_conv[-1][1], width, unit, alpha, bn, conv=True):
                     mods.append((f"{'conv' if name == 'layer' else name}{i}", mod))
+                if dropout[s - 1] > 0 and i < n_stack:  # p=0 until a dropout phase sets it
+                    mods.append((f"drop{i}", nn.Dropout(0.0)))
                 c = width
         if (pool_last or s < len(stacks)) and h >= 2 and w >= 2:
             mods.append(("pool", nn.MaxPool2d(2, 2)))
@@ -348,6 +357,44 @@ def _he_init(model: nn.Module, gen: torch.Generator, alpha: float | None) -> Non
             continue
         else:  # pragma: no cover - a builder added a layer type this function does not know
             raise TypeError(f"no initialisation rule for {type(mod).__name__}")
+
+
+STACK_DROPOUT = {"cifar-11": CIFAR11_DROPOUT, "cifar-18": CIFAR18_DROPOUT}
+DROPOUT_MODES = ("per_stack", "every_layer", "every_layer_x1.5")
+DROPOUT_CAP = 0.9  # the x1.5 phase scales p to min(1.5 p, 0.9) (never below p)
+
+
+def set_dropout_mode(model: PaperNet, mode: str) -> dict[str, float]:
+    r"""Set the ``p`` of every dropout module of a cifar net for a dropout phase.
+
+    With stack rates p_s (``build_kwargs["dropout"]`` or the net's default):
+
+    - ``per_stack``: p_s after stack s's pooling only (``drop``); ``drop<i>`` off (p=0).
+    - ``every_layer``: also p_s after the unit of every other layer of stack s
+      (``drop<i>``), so each of the stack's layers is followed by one dropout.
+    - ``every_layer_x1.5``: as ``every_layer`` with ``max(p_s, min(1.5 p_s, 0.9))``.
+
+    Returns ``{module name: p}`` of the dropout modules.
+
+    Example:
+        >>> net = build_model("cifar-11", device="meta")
+        >>> set_dropout_mode(net, "every_layer_x1.5")["stack6.drop"]
+        0.75
+    """
+    if mode not in DROPOUT_MODES:
+        raise InputError(f"dropout mode {mode!r}: choose one of {', '.join(DROPOUT_MODES)}")
+    if model.net not in STACK_DROPOUT:
+        raise InputError(f"{model.net}: dropout phases exist for {', '.join(STACK_DROPOUT)} only")
+    rates = tuple(model.build_kwargs.get("dropout", STACK_DROPOUT[model.net]))
+    out = {}
+    for s, rate in enumerate(rates, start=1):
+        if mode == "every_layer_x1.5":
+            rate = max(rate, min(1.5 * rate, DROPOUT_CAP))
+        for name, mod in getattr(model, f"stack{s}").named_children():
+            if isinstance(mod, nn.Dropout):
+                mod.p = rate if (name == "drop" or mode != "per_stack") else 0.0
+                out[f"stack{s}.{name}"] = mod.p
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,7 +23,8 @@ Notes on what is read:
   loss on the held-out split, the paper's "validation" curve.
 - The unit table is computed on the run's own probe set (``activations/probe.safetensors``:
   ``probe_size`` training inputs drawn by the run's seed, so all unit types of one seed
-  share it) from the checkpoints. Epoch 0 has no checkpoint; it is rebuilt from
+  share it) from the checkpoints. Epoch 0 is the run's ``epoch_0000`` checkpoint (written
+  when ``checkpoint_initial``, the default); runs without one (older runs) rebuild it from
   ``config.json`` (the initial weights depend only on net, seed and input shape).
 """
 
@@ -104,8 +105,8 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def checkpoint_epochs(run_dir: PathLike, *, include_initial: bool = True) -> list[int]:
-    """Sorted epochs with a checkpoint in ``<run_dir>/checkpoints`` (plus 0, rebuilt from
-    the config, when ``include_initial``)."""
+    """Sorted epochs with a checkpoint in ``<run_dir>/checkpoints`` (plus 0 when
+    ``include_initial``: its checkpoint, or without one rebuilt from the config)."""
     folder = Path(run_dir) / "checkpoints"
     epochs = {int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.json")}
     if include_initial:

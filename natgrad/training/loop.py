@@ -12,12 +12,14 @@ Run directory (see also ``docs/run_layout.md``)::
         activations/epoch_XXXX.safetensors   per-unit mean activations, per layer
         activations/summary.jsonl      per-epoch medians, fractions negative / zero
         checkpoints/epoch_XXXX.safetensors + .json   model, optimizer, RNG; config, metrics
+                                       (epoch 0 = the initial weights, if checkpoint_initial)
 
 Reproducibility: the epoch-e data order and augmentation come from generators seeded by
 ``(seed, e)``; dropout draws from torch's global generator, whose state is checkpointed
 with numpy's and Python's. A run killed at any moment resumes from its last checkpoint
 (metrics and activation summaries past it are dropped) and ends, on CPU with the same
-thread count, bit-identical to an uninterrupted run.
+thread count, bit-identical to an uninterrupted run. Dropout phases
+(``config.dropout_phases``) set the dropout rates from the iteration count before each step.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torch import nn
 
 from natgrad.errors import InputError
 from natgrad.training import checkpoint as ckpt
-from natgrad.training.config import TrainConfig, lr_at
+from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
 from natgrad.training.recording import probe_indices, record_activations, save_activations
 
 __all__ = [
@@ -208,6 +210,7 @@ def train(
     n, bs = train_x.shape[0], config.batch_size
     per_epoch = math.ceil(n / bs)
     start = ckpt.latest_epoch(run) if resume else None
+    fresh = start is None
     if start is not None:
         tensors, info = ckpt.read_checkpoint(run, start)
         saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
@@ -229,7 +232,7 @@ def train(
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__}  # fmt: skip
     ckpt.atomic_write(run / "config.json", json.dumps(meta, indent=1).encode())
-    if start == 0:
+    if fresh:
         (run / "activations").mkdir(exist_ok=True)
         ckpt.atomic_write(run / "activations" / "probe.safetensors", st_save({"indices": probe}))
         save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
@@ -243,9 +246,14 @@ def train(
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2**32)  # noqa: NPY002 - seed the legacy global state
         random.seed(config.seed)
+        if config.checkpoint_initial:  # after seeding: resuming from it is exact
+            ckpt.write_checkpoint(
+                run, 0, model, optimizer, dict(meta, iteration=0, metrics=history)
+            )
     bar = tqdm(total=(config.epochs - start) * per_epoch, disable=not progress, unit="it",
                desc=f"{config.net}/{config.unit}", dynamic_ncols=True)  # fmt: skip
     model.train()
+    dropout_mode = None
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch, 0)).to(dev)
@@ -256,6 +264,11 @@ def train(
             lr = lr_at(config, iteration=it, epoch=epoch - 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
+                from natgrad.models import set_dropout_mode
+
+                dropout_mode = dropout_mode_at(config, it)
+                set_dropout_mode(model, dropout_mode)
             idx = perm[b * bs : (b + 1) * bs]
             xb, yb = train_x[idx], train_y[idx]
             if config.augment:
