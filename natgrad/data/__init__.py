@@ -1,4 +1,5 @@
-r"""Data: MNIST-format IDX files, CIFAR python batches, scikit-learn digits, preprocessing.
+r"""Data: MNIST-format IDX files, CIFAR python batches, ImageNet folder trees, scikit-learn
+digits, preprocessing.
 
 No torchvision: every loader returns plain tensors in a :class:`Dataset`. Missing or
 corrupt files raise :class:`natgrad.errors.DataFileError` naming the file, the expected
@@ -11,22 +12,36 @@ from natgrad.data.cifar import load_cifar, read_cifar_batch
 from natgrad.data.dataset import DATASETS, Dataset, default_data_dir, load_dataset
 from natgrad.data.digits import load_digits
 from natgrad.data.idx import read_idx, write_idx
+from natgrad.data.imagenet import (
+    IMAGE_EXTENSIONS,
+    ImageNetSplit,
+    imagenet_eval_transform,
+    imagenet_train_transform,
+    load_imagenet,
+    scan_image_folder,
+)
 from natgrad.data.mnist import load_mnist
 from natgrad.data.preprocess import ZCA, gcn, gcn_zca, random_crop_flip
 
 __all__ = [
     "DATASETS",
+    "IMAGE_EXTENSIONS",
     "ZCA",
     "Dataset",
+    "ImageNetSplit",
     "default_data_dir",
     "gcn",
     "gcn_zca",
+    "imagenet_eval_transform",
+    "imagenet_train_transform",
     "load_cifar",
     "load_dataset",
     "load_digits",
+    "load_imagenet",
     "load_mnist",
     "random_crop_flip",
     "read_cifar_batch",
     "read_idx",
+    "scan_image_folder",
     "write_idx",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from natgrad.data.dataset import Dataset
+from natgrad.errors import InputError
 
 __all__ = ["ZCA", "gcn", "gcn_zca", "random_crop_flip"]
 
@@ -85,26 +86,38 @@ def gcn_zca(ds: Dataset, *, scale: float = 55.0, eps: float = 0.1) -> Dataset:
 
 
 def random_crop_flip(
-    x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flip: bool = True
+    x: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    padding: int = 4,
+    flip: bool = True,
+    size: int | tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    r"""Zero-pad by ``padding``, crop a random ``H×W`` window, flip half the images.
+    r"""Zero-pad by ``padding``, crop a random ``h×w`` window, flip half the images.
 
     ``x``: ``[N, C, H, W]``; offsets and flips are drawn from ``generator`` (on CPU).
-    Returns ``[N, C, H, W]`` on ``x``'s device.
+    ``size``: the crop ``(h, w)`` (an int for a square; default ``(H, W)``, the CIFAR
+    setting). ImageNet's random 224×224 crops of 256×256 images are ``padding=0,
+    size=224``. Returns ``[N, C, h, w]`` on ``x``'s device and in ``x``'s dtype.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> random_crop_flip(torch.ones(5, 3, 32, 32), g).shape
         torch.Size([5, 3, 32, 32])
     """
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)  # [N, C, H+2p, W+2p]
-    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    n, _, H, W = x.shape
+    h, w = (H, W) if size is None else (size, size) if isinstance(size, int) else size
+    if not (0 < h <= H + 2 * padding and 0 < w <= W + 2 * padding):
+        raise InputError(
+            f"random_crop_flip: crop {h}×{w} does not fit images {H}×{W} padded by {padding}"
+        )
+    padded = torch.nn.functional.pad(x, (padding,) * 4) if padding else x  # [N, C, H+2p, W+2p]
+    oy = torch.randint(0, H + 2 * padding - h + 1, (n,), generator=generator).to(x.device)
+    ox = torch.randint(0, W + 2 * padding - w + 1, (n,), generator=generator).to(x.device)
     flips = (torch.rand(n, generator=generator) < 0.5).to(x.device) & flip
-    rows = oy[:, None] + torch.arange(h, device=x.device)  # [N, H]
-    cols = ox[:, None] + torch.arange(w, device=x.device)  # [N, W]
+    rows = oy[:, None] + torch.arange(h, device=x.device)  # [N, h]
+    cols = ox[:, None] + torch.arange(w, device=x.device)  # [N, w]
     cols = torch.where(flips[:, None], cols.flip(1), cols)
     idx = torch.arange(n, device=x.device)[:, None, None]
-    out = padded[idx, :, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
+    out = padded[idx, :, rows[:, :, None], cols[:, None, :]]  # [N, h, w, C]
     return out.permute(0, 3, 1, 2).contiguous()
