@@ -173,7 +173,8 @@ PRESETS: dict[str, dict] = {
         schedule_unit=_IT, checkpoint_every=1,
         notes="paper: L2 5e-4, dropout 0.5 in the 4096 FC layers, 256 resize, random 224 "
         "crops + flips; batch, lr and length not stated (natgrad: 128, 0.01 /10 every "
-        "100k it); no ImageNet loader here",
+        "100k it). Data: natgrad.data.load_imagenet reads the train/val folder tree eagerly "
+        "(small subsets via limit_per_class); full-scale ImageNet training is not wired up",
     ),
 }  # fmt: skip
 
