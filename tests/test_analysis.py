@@ -114,8 +114,8 @@ def test_analysis_package_reexports_the_table_functions():
 
 
 def test_epoch_zero_is_rebuilt_exactly(demo_dir):
-    """Epoch 0 has no checkpoint: the rebuilt initial net reproduces the activations the
-    training loop recorded before its first step, and is shared by the unit types."""
+    """The epoch-0 net (its checkpoint, or the rebuild from config.json for older runs)
+    reproduces the activations recorded before the first step and is shared by the unit types."""
     from natgrad.training import load_activations, record_activations
 
     runs = {u: demo_dir / "runs" / f"mnist-fc-{u}-digits-s0" for u in ("elu", "relu")}
