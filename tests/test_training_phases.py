@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pickle
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from test_training import write_cifar10
 from torch import nn
 
 import natgrad.models as models
@@ -177,20 +175,9 @@ def test_inner_dropout_modules_change_nothing_at_p0():
     assert torch.equal(a, b) and torch.equal(state_a, state_b)
 
 
-def _write_cifar10(folder: Path, n: int = 6) -> None:
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"labels": [1, 2] * (n // 2),
-        }
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-
-
 def test_loop_applies_phases_by_iteration_and_resumes_exactly(tmp_path):
     """cifar-11 on 30 fake images, batch 10 → 3 iterations per epoch; phases at it 2 and 4."""
-    _write_cifar10(tmp_path / "cifar")
+    write_cifar10(tmp_path / "cifar")
     cfg = default_config(
         "cifar-11", dataset="cifar10", data_dir=str(tmp_path / "cifar"), epochs=2,
         batch_size=10, preprocess="none", probe_size=8, checkpoint_every=1,
