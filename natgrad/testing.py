@@ -23,6 +23,14 @@ _TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+# Two float64 routes through solves of ill-conditioned blocks (condition number up to 1e10,
+# the demo's damping limit, see natgrad.unitstats.COND_LIMIT): agreement to ~cond·eps.
+SOLVE_ROUTES: dict[str, float] = {"rtol": 1e-6, "atol": 1e-9}
+# Routes through Var_q(a)⁻¹ (k's closed form), whose condition number exceeds the block's by
+# up to the factor s·c = 1 + E_q(a)ᵀVar_q(a)⁻¹E_q(a).
+MOMENT_ROUTES: dict[str, float] = {"rtol": 1e-5, "atol": 1e-8}
+
+
 def tolerances(dtype: torch.dtype) -> tuple[float, float]:
     """``(rtol, atol)`` for comparing two exact routes computed in ``dtype``."""
     return _TOLERANCES.get(dtype, _TOLERANCES[torch.float32])

@@ -15,7 +15,7 @@ import analysis
 from natgrad.fisher import unit_fisher
 from natgrad.runs import curve_table, find_runs, load_model, probe_set
 from natgrad.tables import Table, read_csv, summarize, write_csv
-from natgrad.testing import assert_close
+from natgrad.testing import MOMENT_ROUTES, SOLVE_ROUTES, assert_close
 from natgrad.unitstats import COND_LIMIT
 
 
@@ -50,7 +50,6 @@ def test_table_agrees_with_direct_unit_fisher(demo_dir, unit, layer):
         fisher, matrix=fisher.matrix[live] + lam[:, None, None] * eye, units=fisher.units[live]
     )
     shift = sub.bias_shift(gw[live], gb[live])
-    loose = {"rtol": 1e-6, "atol": 1e-9}  # two float64 solve routes on blocks with cond <= 1e10
     for column, expected in (
         ("s", sub.s()),
         ("k", shift.k),
@@ -59,12 +58,12 @@ def test_table_agrees_with_direct_unit_fisher(demo_dir, unit, layer):
         ("shift_blockdiag", shift.shift_blockdiag),
         ("corrected_mean_norm", shift.corrected_mean.norm(dim=-1)),
     ):
-        assert_close(torch.from_numpy(table[column])[live], expected, what=column, **loose)
+        assert_close(torch.from_numpy(table[column])[live], expected, what=column, **SOLVE_ROUTES)
     undamped = (lam == 0).nonzero().flatten()  # k by its closed form (Lemma 2(ii)) as well
     k_closed = dataclasses.replace(sub, matrix=sub.matrix[undamped], units=sub.units[undamped]).k(
         "closed"
     )
-    assert_close(torch.from_numpy(table["k"])[live][undamped], k_closed, rtol=1e-5, atol=1e-8)
+    assert_close(torch.from_numpy(table["k"])[live][undamped], k_closed, **MOMENT_ROUTES)
 
 
 def test_singular_and_dead_units_are_reported_not_hidden(demo_dir):
