@@ -20,8 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train a paper network, recording activations and checkpoints",
     ),
     "demo": (
-        "natgrad.demo",
+        "natgrad.analysis.demo",
         "the main job: train ELU/ReLU/LReLU/SReLU nets and write the bias-shift report",
+    ),
+    "tables": (
+        "natgrad.analysis.build",
+        "rebuild the tidy tables (and --report) from run directories",
     ),
 }
 

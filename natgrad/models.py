@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from natgrad.errors import InputError
-from natgrad.units import UNIT_TYPES, make_unit
+from natgrad.units import CATALOGUE, UNIT_TYPES, make_unit
 
 __all__ = [
     "DROPOUT_MODES",
@@ -337,17 +337,21 @@ def build_model(
         seed = int(torch.randint(0, 2**62, (1,)).item())
         model.build_kwargs["seed"] = seed
     model.to_empty(device="cpu").to(dtype=dtype or torch.get_default_dtype())
-    _he_init(model, torch.Generator().manual_seed(int(seed)), alpha)
+    _he_init(
+        model, torch.Generator().manual_seed(int(seed)), alpha, CATALOGUE[unit.lower()].init_gain
+    )
     return model.to(device)
 
 
 @torch.no_grad()
-def _he_init(model: nn.Module, gen: torch.Generator, alpha: float | None) -> None:
-    """Kaiming-normal (fan_in, gain √2) weights from ``gen`` in module order, zero biases;
-    batch norm to (γ=1, β=0, running stats reset); PReLU slopes to their initial α."""
+def _he_init(model: nn.Module, gen: torch.Generator, alpha: float | None, gain: float) -> None:
+    """Kaiming-normal (fan_in) weights with ``gain`` (√2: He; 1: LeCun normal, for SELU) from
+    ``gen`` in module order, zero biases; batch norm to (γ=1, β=0, running stats reset);
+    PReLU slopes to their initial α. The same normal draws for every gain."""
     for mod in model.modules():
         if isinstance(mod, (nn.Linear, nn.Conv2d)):
-            nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu", generator=gen)
+            nn.init.normal_(mod.weight, 0.0, 1.0, generator=gen)
+            mod.weight.mul_(gain / math.sqrt(mod.weight[0].numel()))
             nn.init.zeros_(mod.bias)
         elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
             mod.reset_parameters()

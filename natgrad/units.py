@@ -8,7 +8,15 @@ name       f(x)                                            module
 ``lrelu``  x if x > 0, else α x; α = 0.1 (the paper's)     :class:`torch.nn.LeakyReLU`
 ``srelu``  max(−1, x): x if x > −1, else −1                :class:`SReLU`
 ``prelu``  x if x > 0, else a x; a learned, init α = 0.25  :class:`torch.nn.PReLU`
+``selu``   λ(x if x > 0, else α(exp(x) − 1)), λ≈1.0507,    :class:`torch.nn.SELU`
+           α≈1.6733 (Klambauer et al. 2017; not in the
+           ELU paper; LeCun-normal init)
 =========  ==============================================  ===========================
+
+:data:`CATALOGUE` is the one list of unit types: name, label, colour, factory and weight
+initialisation. Plots, reports, summaries, the demo and the training CLI read it; nothing
+else keeps its own list. A *unit type* of a study may add batch norm (``"relu-bn"``:
+:func:`unit_type_key`, :func:`unit_type_label`).
 
 Every unit acts elementwise, so shapes are unchanged: ``[N, U]`` for a fully connected
 layer, ``[N, C, H, W]`` for a conv layer. Each call of :func:`make_unit` returns a new
@@ -26,18 +34,32 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from natgrad.errors import InputError
 
-__all__ = ["DEFAULT_ALPHA", "SReLU", "UNIT_NAMES", "UNIT_TYPES", "hidden_units", "make_unit"]
+__all__ = [
+    "CATALOGUE",
+    "DEFAULT_ALPHA",
+    "SReLU",
+    "UNIT_NAMES",
+    "UNIT_TYPES",
+    "UnitType",
+    "hidden_units",
+    "make_unit",
+    "unit_type_colour",
+    "unit_type_key",
+    "unit_type_label",
+    "unit_type_order",
+]
 
 #: The default α of each unit that has one (ELU: saturation value −α; LReLU: slope; PReLU:
 #: initial slope, torch's default).
 DEFAULT_ALPHA: dict[str, float] = {"elu": 1.0, "lrelu": 0.1, "prelu": 0.25}
-
-UNIT_NAMES: tuple[str, ...] = ("elu", "relu", "lrelu", "srelu", "prelu")
 
 
 class SReLU(nn.Module):
@@ -59,17 +81,104 @@ class SReLU(nn.Module):
         return "f(x) = max(-1, x)"
 
 
+@dataclass(frozen=True)
+class UnitType:
+    r"""One unit type of the catalogue.
+
+    Attributes:
+        name: the key (``"elu"``); label: for figures and tables; colour: for every figure.
+        module: the module class :func:`make_unit` returns (finds a net's hidden units).
+        factory: ``alpha -> nn.Module`` (``alpha`` is ``None`` for the default).
+        init_gain: gain of the Kaiming-normal (fan_in) weight initialisation: √2 (He) for the
+            paper's units, 1 (LeCun normal) for SELU. All unit types draw the same normal
+            numbers from a seed, so their initial weights differ only by this factor.
+        in_paper: run in the ELU paper (Fig 2/4).
+    """
+
+    name: str
+    label: str
+    colour: str
+    module: type[nn.Module]
+    factory: Callable[[float | None], nn.Module]
+    init_gain: float = 2.0**0.5
+    in_paper: bool = True
+
+
+def _alpha(name: str, alpha: float | None) -> float:
+    return float(DEFAULT_ALPHA[name] if alpha is None else alpha)
+
+
+#: The one list of unit types, in the order figures and tables show them.
+CATALOGUE: dict[str, UnitType] = {
+    u.name: u
+    for u in (
+        UnitType("elu", r"ELU ($\alpha=1$)", "#1b9e77", nn.ELU,
+                 lambda a: nn.ELU(alpha=_alpha("elu", a))),
+        UnitType("relu", "ReLU", "#d95f02", nn.ReLU, lambda a: nn.ReLU()),
+        UnitType("lrelu", r"LReLU ($\alpha=0.1$)", "#7570b3", nn.LeakyReLU,
+                 lambda a: nn.LeakyReLU(negative_slope=_alpha("lrelu", a))),
+        UnitType("srelu", "SReLU", "#e7298a", SReLU, lambda a: SReLU()),
+        UnitType("selu", "SELU", "#a6761d", nn.SELU, lambda a: nn.SELU(), init_gain=1.0,
+                 in_paper=False),
+        UnitType("prelu", "PReLU", "#66a61e", nn.PReLU,
+                 lambda a: nn.PReLU(num_parameters=1, init=_alpha("prelu", a))),
+    )
+}  # fmt: skip
+
+UNIT_NAMES: tuple[str, ...] = tuple(CATALOGUE)
+
 #: Module classes that :func:`make_unit` can return; used to find the hidden units of a net.
-UNIT_TYPES: tuple[type[nn.Module], ...] = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU, nn.PReLU)
+UNIT_TYPES: tuple[type[nn.Module], ...] = tuple(u.module for u in CATALOGUE.values())
+
+
+def unit_type_key(unit: str, batch_norm: bool = False) -> str:
+    """The unit type of a run: ``"relu"``, or ``"relu-bn"`` with batch norm."""
+    return f"{unit}-bn" if batch_norm else unit
+
+
+def _split(key: str) -> tuple[UnitType | None, bool]:
+    base, bn = (key[:-3], True) if key.endswith("-bn") else (key, False)
+    return CATALOGUE.get(base), bn
+
+
+def unit_type_label(key: str, *, tex: bool = True) -> str:
+    r"""Label of a unit type key: ``"ReLU+BN"`` for ``"relu-bn"``; ``tex=False`` drops LaTeX.
+
+    Example:
+        >>> unit_type_label("relu-bn"), unit_type_label("elu", tex=False)
+        ('ReLU+BN', 'ELU (α=1)')
+    """
+    unit, bn = _split(key)
+    label = key if unit is None else unit.label
+    if not tex:
+        label = label.replace(r"$\alpha=", "α=").replace("$", "")
+    return label + ("+BN" if bn else "")
+
+
+def unit_type_colour(key: str) -> str | None:
+    """Colour of a unit type key (batch-norm variants share the unit's colour)."""
+    unit, _ = _split(key)
+    return None if unit is None else unit.colour
+
+
+def unit_type_order(keys) -> list[str]:
+    """``keys`` sorted by the catalogue (each unit before its ``-bn`` variant), unknown last."""
+    order = {k: i for i, k in enumerate(CATALOGUE)}
+
+    def rank(key: str):
+        unit, bn = _split(key)
+        return (order.get(unit.name, len(order)) if unit else len(order), bn, key)
+
+    return sorted(set(keys), key=rank)
 
 
 def make_unit(name: str, alpha: float | None = None) -> nn.Module:
     r"""A fresh activation module for the unit ``name`` (see the module table).
 
     Args:
-        name: one of ``elu``, ``relu``, ``lrelu``, ``srelu``, ``prelu`` (case-insensitive).
+        name: a key of :data:`CATALOGUE` (case-insensitive).
         alpha: ELU's α (saturation −α, default 1), LReLU's negative slope (default 0.1) or
-            PReLU's initial slope (default 0.25). Refused for ``relu`` and ``srelu``.
+            PReLU's initial slope (default 0.25). Refused for ``relu``, ``srelu``, ``selu``.
 
     Raises:
         InputError: unknown name, or an α for a unit that has none.
@@ -79,20 +188,11 @@ def make_unit(name: str, alpha: float | None = None) -> nn.Module:
         ELU(alpha=0.5)
     """
     key = name.lower()
-    if key not in UNIT_NAMES:
+    if key not in CATALOGUE:
         raise InputError(f"unknown unit {name!r}; choose one of {', '.join(UNIT_NAMES)}")
     if alpha is not None and key not in DEFAULT_ALPHA:
         raise InputError(f"unit {key!r} has no alpha parameter (got alpha={alpha}); drop it")
-    a = float(DEFAULT_ALPHA.get(key, 0.0) if alpha is None else alpha)
-    if key == "elu":
-        return nn.ELU(alpha=a)
-    if key == "relu":
-        return nn.ReLU()
-    if key == "lrelu":
-        return nn.LeakyReLU(negative_slope=a)
-    if key == "srelu":
-        return SReLU()
-    return nn.PReLU(num_parameters=1, init=a)
+    return CATALOGUE[key].factory(alpha)
 
 
 def hidden_units(model: nn.Module) -> list[tuple[str, nn.Module]]:

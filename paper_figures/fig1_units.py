@@ -3,7 +3,7 @@
     python paper_figures/fig1_units.py [--small] [--out DIR]
 
 Writes ``fig1_units.pdf`` and ``.png`` to ``paper_figures/out/`` (or ``--out``). The plot is
-:func:`natgrad.plots.plot_units`, the same function the HTML report uses.
+:func:`natgrad.analysis.plots.plot_units`, the same function the HTML report uses.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from _common import OUT, setup_matplotlib, small_mode
 
-from natgrad.plots import plot_units, save_figure
+from natgrad.analysis.plots import plot_units, save_figure
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ mean ± sd over seeds, one colour per unit type.
 Reads the run directories below ``--runs`` (default ``reports/demo/runs``, written by
 ``make demo``). In small mode without ``--runs`` it first trains ELU, ReLU and LReLU for
 two epochs on the digits (one seed) into ``<out>/small_runs``. Writes
-``fig2_mean_activation.pdf`` and ``.png``. The curves are :func:`natgrad.plots.plot_curves`,
-the same function the HTML report uses; the data are :func:`natgrad.runs.curve_table`.
+``fig2_mean_activation.pdf`` and ``.png``. The curves are :func:`natgrad.analysis.plots.plot_curves`,
+the same function the HTML report uses; the data are :func:`natgrad.analysis.runs.curve_table`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from _common import OUT, setup_matplotlib, small_mode
 
-from natgrad.plots import plot_curves, save_figure
-from natgrad.runs import curve_table, find_runs
+from natgrad.analysis.plots import plot_curves, save_figure
+from natgrad.analysis.runs import curve_table, find_runs
 
 
 def _small_runs(folder: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from natgrad.demo import DemoConfig, main
+from natgrad.analysis.demo import DemoConfig, main
 
 #: ELU and ReLU, one seed, epochs 0 and 1, 160 probe inputs (> fan-in + 1 = 129, so blocks
 #: of live units with live inputs are nonsingular).

@@ -11,12 +11,12 @@ import torch
 from _demo_small import small_demo
 from torch.nn import functional as F
 
-import analysis
+from natgrad.analysis.runs import curve_table, find_runs, load_model, probe_set
+from natgrad.analysis.tables import Table, read_csv, summarize, write_csv
+from natgrad.analysis.unitstats import COND_LIMIT
 from natgrad.fisher import unit_fisher
-from natgrad.runs import curve_table, find_runs, load_model, probe_set
-from natgrad.tables import Table, read_csv, summarize, write_csv
-from natgrad.testing import MOMENT_ROUTES, SOLVE_ROUTES, assert_close
-from natgrad.unitstats import COND_LIMIT
+from natgrad.testing import COND_CONSTANT, assert_close, conditioned_rtol
+from natgrad.training.rundir import RunDir
 
 
 @pytest.fixture(scope="session")
@@ -50,20 +50,46 @@ def test_table_agrees_with_direct_unit_fisher(demo_dir, unit, layer):
         fisher, matrix=fisher.matrix[live] + lam[:, None, None] * eye, units=fisher.units[live]
     )
     shift = sub.bias_shift(gw[live], gb[live])
+    # Two float64 routes through solves with these blocks agree to C·κ·ε (exact κ). k and
+    # the corrected mean go through Var_q(a)⁻¹, whose condition number is up to κ·s·c: on
+    # the damped ReLU blocks that exceeds 1e14, so k is not determined to any digit there
+    # (a 1e-14 relative change of F moves it by 1e-3). Those units are checked by the
+    # residual of their solve instead.
+    kappa = sub.condition_number()
+    rtol = conditioned_rtol(kappa)
     for column, expected in (
         ("s", sub.s()),
-        ("k", shift.k),
         ("cosine", sub.cosine(gw[live], gb[live])),
         ("shift_natural", shift.shift_natural),
         ("shift_blockdiag", shift.shift_blockdiag),
+    ):
+        assert_close(torch.from_numpy(table[column])[live], expected, what=column, rtol=rtol)
+    rtol_q = conditioned_rtol(kappa * sub.s() * sub.c)
+    determined = rtol_q < 1e-2  # at least two digits
+    assert determined.any(), "some live unit has a determined k (else this compares nothing)"
+    for column, expected in (
+        ("k", shift.k),
         ("corrected_mean_norm", shift.corrected_mean.norm(dim=-1)),
     ):
-        assert_close(torch.from_numpy(table[column])[live], expected, what=column, **SOLVE_ROUTES)
-    undamped = (lam == 0).nonzero().flatten()  # k by its closed form (Lemma 2(ii)) as well
-    k_closed = dataclasses.replace(sub, matrix=sub.matrix[undamped], units=sub.units[undamped]).k(
-        "closed"
+        got = torch.from_numpy(table[column])[live]
+        assert_close(got[determined], expected[determined], what=column, rtol=rtol_q[determined])
+    undamped = ((lam == 0) & determined).nonzero().flatten()  # k's closed form (Lemma 2(ii))
+    und = dataclasses.replace(sub, matrix=sub.matrix[undamped], units=sub.units[undamped])
+    assert_close(
+        torch.from_numpy(table["k"])[live][undamped], und.k("closed"), rtol=rtol_q[undamped]
     )
-    assert_close(torch.from_numpy(table["k"])[live][undamped], k_closed, **MOMENT_ROUTES)
+    # The rest: the natural gradient solves F x = g to a backward-stable residual.
+    rest = (~determined).nonzero().flatten()
+    if rest.numel():
+        bad = dataclasses.replace(sub, matrix=sub.matrix[rest], units=sub.units[rest])
+        g = torch.cat([gw[live][rest], gb[live][rest, None]], -1)
+        dw, dw0 = bad.natural_gradient(gw[live][rest], gb[live][rest])
+        x_ = torch.cat([dw, dw0[:, None]], -1)
+        residual = (bad.matrix @ x_.unsqueeze(-1)).squeeze(-1) - g
+        scale = torch.linalg.matrix_norm(bad.matrix, 2) * x_.norm(dim=-1)
+        assert (
+            residual.norm(dim=-1) <= COND_CONSTANT * torch.finfo(torch.float64).eps * scale
+        ).all()
 
 
 def test_singular_and_dead_units_are_reported_not_hidden(demo_dir):
@@ -82,13 +108,8 @@ def test_curves_match_the_run_records(demo_dir):
     runs = find_runs(demo_dir / "runs")
     curves = curve_table(runs)
     assert len(curves) == 2 * len(runs)
-    import json
-
     for run in runs:
-        rows = [
-            json.loads(line)
-            for line in (run / "activations" / "summary.jsonl").read_text().splitlines()
-        ]
+        rows = RunDir(run).read_activation_summary()
         got = curves.where(run=run.name)["median_all"]
         assert got.tolist() == [r["median_all"] for r in rows]
 
@@ -105,11 +126,6 @@ def test_summarize_averages_runs_first_then_seeds():
     s = summarize(t, by=("unit_type",), values=("v",))
     assert s["v_mean"][0] == 4.0  # run means 2 and 6
     assert s["v_sd"][0] == pytest.approx(math.sqrt(8.0))
-
-
-def test_analysis_package_reexports_the_table_functions():
-    assert analysis.unit_table is not None and analysis.write_tables is not None
-    assert set(analysis.__all__) >= {"unit_table", "curve_table", "summarize", "paired_comparison"}
 
 
 def test_epoch_zero_is_rebuilt_exactly(demo_dir):

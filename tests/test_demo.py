@@ -8,10 +8,10 @@ import json
 import pytest
 from _demo_small import SMALL, small_demo
 
-from natgrad import demo
+from natgrad.analysis import demo
+from natgrad.analysis.report import summary_text
+from natgrad.analysis.tables import read_csv
 from natgrad.errors import InputError
-from natgrad.report import summary_text
-from natgrad.tables import read_csv
 
 TABLES = ("units", "curves", "activations", "epoch_summary", "summary", "comparison")
 

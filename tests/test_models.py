@@ -12,7 +12,7 @@ from natgrad import models
 from natgrad.errors import InputError
 from natgrad.models import NETWORKS, build_model, count_parameters, weight_layers
 from natgrad.testing import assert_close
-from natgrad.units import UNIT_NAMES, hidden_units
+from natgrad.units import CATALOGUE, UNIT_NAMES, hidden_units
 
 
 def fc(a, b):
@@ -114,12 +114,18 @@ def test_cifar_pooling_and_padding_reading():
 
 @pytest.mark.parametrize("name", list(NETWORKS)[:3])
 def test_same_initial_weights_for_every_unit(name):
+    """Run j of every unit type starts from the same weights; SELU's (LeCun normal, gain 1)
+    are the same draws scaled by 1/√2 (He's gain is √2)."""
     ref = build_model(name, "elu", seed=3).state_dict()
     for unit in UNIT_NAMES:
+        scale = CATALOGUE[unit].init_gain / CATALOGUE["elu"].init_gain
         for bn in (False, True):
             sd = build_model(name, unit, seed=3, batch_norm=bn).state_dict()
             for key, _ in weight_layers(build_model(name, unit, device="meta")):
-                assert torch.equal(sd[f"{key}.weight"], ref[f"{key}.weight"]), (unit, bn, key)
+                expected = ref[f"{key}.weight"] * scale if scale != 1 else ref[f"{key}.weight"]
+                assert_close(
+                    sd[f"{key}.weight"], expected, rtol=1e-6, atol=0.0, what=f"{unit} {bn} {key}"
+                )
     other = build_model(name, "elu", seed=4).state_dict()
     assert not torch.equal(other[f"{key}.weight"], ref[f"{key}.weight"])
 

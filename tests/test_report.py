@@ -10,8 +10,8 @@ import sys
 import pytest
 from _demo_small import small_demo
 
-from natgrad.report import SUMMARY_COLUMNS, fmt, fmt_pm, render_report
-from natgrad.tables import read_csv, write_csv
+from natgrad.analysis.report import SUMMARY_COLUMNS, fmt, fmt_pm, render_report
+from natgrad.analysis.tables import read_csv, write_csv
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ def test_report_follows_an_edited_table(demo_dir, tmp_path):
 def test_library_imports_without_matplotlib():
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "import natgrad, natgrad.demo, natgrad.report, natgrad.plots, natgrad.summary, "
-        "natgrad.runs, natgrad.unitstats, analysis\n"
+        "import natgrad, natgrad.analysis.demo, natgrad.analysis.report, natgrad.analysis.plots, natgrad.analysis.summary, "
+        "natgrad.analysis.runs, natgrad.analysis.unitstats, analysis\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,9 +10,9 @@ from test_training import write_cifar10
 from torch import nn
 
 import natgrad.models as models
+from natgrad.analysis.runs import checkpoint_epochs, load_model
 from natgrad.errors import InputError
 from natgrad.models import build_model, set_dropout_mode
-from natgrad.runs import checkpoint_epochs, load_model
 from natgrad.training import (
     apply_overrides,
     default_config,

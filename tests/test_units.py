@@ -18,8 +18,12 @@ FORMULAS = {
     "lrelu": lambda x, a: torch.where(x > 0, x, a * x),
     "srelu": lambda x, a: torch.where(x > -1, x, -torch.ones_like(x)),
     "prelu": lambda x, a: torch.where(x > 0, x, a * x),
+    # Klambauer et al. (2017): λ and α to the digits torch uses.
+    "selu": lambda x, a: (
+        1.0507009873554805 * torch.where(x > 0, x, 1.6732632423543772 * (torch.exp(x) - 1))
+    ),
 }
-DEFAULTS = {"elu": 1.0, "relu": None, "lrelu": 0.1, "srelu": None, "prelu": 0.25}
+DEFAULTS = {"elu": 1.0, "relu": None, "lrelu": 0.1, "srelu": None, "prelu": 0.25, "selu": None}
 
 
 @pytest.mark.parametrize("name", UNIT_NAMES)

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import random
-import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from natgrad.errors import CheckpointError
+from natgrad.training.rundir import RunDir
 
 __all__ = [
     "FORMAT",
@@ -48,7 +48,6 @@ __all__ = [
 
 FORMAT = "natgrad-checkpoint/1"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
-_NAME = re.compile(r"epoch_(\d{4,})\.json$")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -71,16 +70,13 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def checkpoint_paths(run_dir: Path, epoch: int) -> tuple[Path, Path]:
-    """``(safetensors, json)`` paths of the checkpoint at ``epoch``."""
-    base = Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}"
-    return base.with_suffix(".safetensors"), base.with_suffix(".json")
+    """``(safetensors, json)`` paths of the checkpoint at ``epoch`` (:class:`RunDir`)."""
+    return RunDir(run_dir).checkpoint_paths(epoch)
 
 
 def latest_epoch(run_dir: Path) -> int | None:
     """The largest epoch with a complete checkpoint (its JSON exists), or ``None``."""
-    folder = Path(run_dir) / "checkpoints"
-    epochs = [int(m.group(1)) for p in folder.glob("epoch_*.json") if (m := _NAME.search(p.name))]
-    return max(epochs, default=None)
+    return RunDir(run_dir).latest_epoch()
 
 
 def write_checkpoint(run_dir: Path, epoch: int, model, optimizer, info: dict) -> Path:

@@ -1,18 +1,9 @@
 r"""The training loop: seeded, resumable bit-for-bit on CPU, recording as it goes.
 
-Run directory (see also ``docs/run_layout.md``)::
-
-    runs/<net>-<unit>[-bn]-<dataset>-s<seed>/
-        config.json                    the TrainConfig (plus device, git commit, torch)
-        metrics.jsonl                  one JSON line per epoch (epoch 0 = before training):
-                                       epoch, iterations, lr, train_loss, test_loss,
-                                       test_error, seconds, train_seconds,
-                                       seconds_per_iteration
-        activations/probe.safetensors  the probe indices into the training set
-        activations/epoch_XXXX.safetensors   per-unit mean activations, per layer
-        activations/summary.jsonl      per-epoch medians, fractions negative / zero
-        checkpoints/epoch_XXXX.safetensors + .json   model, optimizer, RNG; config, metrics
-                                       (epoch 0 = the initial weights, if checkpoint_initial)
+The run directory's layout is owned by :mod:`natgrad.training.rundir` (``docs/run_layout.md``).
+``metrics.jsonl`` holds one JSON line per epoch (epoch 0 = before training): epoch,
+iterations, lr, train_loss, test_loss, test_error, seconds, train_seconds,
+seconds_per_iteration. Epoch 0's checkpoint holds the initial weights (``checkpoint_initial``).
 
 Reproducibility: the epoch-e data order and augmentation come from generators seeded by
 ``(seed, e)``; dropout draws from torch's global generator, whose state is checkpointed
@@ -41,6 +32,7 @@ from natgrad.errors import InputError
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
 from natgrad.training.recording import probe_indices, record_activations, save_activations
+from natgrad.training.rundir import RunDir, default_run_dir
 
 __all__ = [
     "TrainResult",
@@ -59,12 +51,6 @@ class TrainResult:
     run_dir: Path
     model: nn.Module
     metrics: list[dict]
-
-
-def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<net>-<unit>[-bn]-<dataset>-s<seed>``."""
-    bn = "-bn" if config.batch_norm else ""
-    return Path("runs") / f"{config.net}-{config.unit}{bn}-{config.dataset}-s{config.seed}"
 
 
 def describe_device(device: torch.device) -> str:
@@ -201,6 +187,7 @@ def train(
 
     dev = resolve_device(device)
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    rd = RunDir(run)
     ds, model, optimizer = _setup(config, dev)  # data errors before any output is written
     run.mkdir(parents=True, exist_ok=True)
     loss_fn = _loss_fn(config)
@@ -221,20 +208,20 @@ def train(
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ckpt.restore_state(tensors, info, optimizer)
         history = info["metrics"]
-        _rewrite_jsonl(run / "metrics.jsonl", start)
-        _rewrite_jsonl(run / "activations" / "summary.jsonl", start)
+        _rewrite_jsonl(rd.metrics_path, start)
+        _rewrite_jsonl(rd.activation_summary_path, start)
     else:
-        for p in [run / "metrics.jsonl", run / "activations" / "summary.jsonl"]:
+        for p in [rd.metrics_path, rd.activation_summary_path]:
             p.unlink(missing_ok=True)
-        for p in (run / "checkpoints").glob("epoch_*"):
+        for p in rd.checkpoint_files():
             p.unlink()
         start, history = 0, []
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__}  # fmt: skip
-    ckpt.atomic_write(run / "config.json", json.dumps(meta, indent=1).encode())
+    ckpt.atomic_write(rd.config_path, json.dumps(meta, indent=1).encode())
     if fresh:
-        (run / "activations").mkdir(exist_ok=True)
-        ckpt.atomic_write(run / "activations" / "probe.safetensors", st_save({"indices": probe}))
+        rd.activations_dir.mkdir(exist_ok=True)
+        ckpt.atomic_write(rd.probe_path, st_save({"indices": probe}))
         save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
         tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
         te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
@@ -242,7 +229,7 @@ def train(
                    test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
                    seconds_per_iteration=None)  # fmt: skip
         history.append(row)
-        _append(run / "metrics.jsonl", row)
+        _append(rd.metrics_path, row)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2**32)  # noqa: NPY002 - seed the legacy global state
         random.seed(config.seed)
@@ -291,7 +278,7 @@ def train(
                    test_loss=te_loss, test_error=te_err, seconds=time.perf_counter() - t0,
                    train_seconds=t_train, seconds_per_iteration=t_train / per_epoch)  # fmt: skip
         history.append(row)
-        _append(run / "metrics.jsonl", row)
+        _append(rd.metrics_path, row)
         bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", test_loss=f"{te_loss:.4f}")
         if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
             info = dict(meta, iteration=epoch * per_epoch, metrics=history)

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from natgrad.training.checkpoint import atomic_write
+from natgrad.training.rundir import RunDir
 from natgrad.units import hidden_units
 
 __all__ = ["load_activations", "probe_indices", "record_activations", "save_activations"]
@@ -88,17 +89,16 @@ def record_activations(model: torch.nn.Module, x: torch.Tensor, *, batch_size: i
 
 def save_activations(run_dir: Path, epoch: int, record: dict) -> None:
     """Write ``epoch_XXXX.safetensors`` and append the summary line (atomic per file)."""
-    folder = Path(run_dir) / "activations"
-    folder.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(run_dir)
+    rd.activations_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.mean": m.contiguous() for name, m in record["means"].items()}
-    atomic_write(folder / f"epoch_{epoch:04d}.safetensors", save(tensors, {"epoch": str(epoch)}))
+    atomic_write(rd.activation_path(epoch), save(tensors, {"epoch": str(epoch)}))
     line = json.dumps({"epoch": epoch, **record["summary"]})
-    with open(folder / "summary.jsonl", "a") as fh:
+    with open(rd.activation_summary_path, "a") as fh:
         fh.write(line + "\n")
 
 
 def load_activations(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
     """``{layer: mean [U]}`` recorded at ``epoch``."""
-    path = Path(run_dir) / "activations" / f"epoch_{epoch:04d}.safetensors"
-    tensors = load_file(path)
+    tensors = load_file(RunDir(run_dir).activation_path(epoch))
     return {k[: -len(".mean")]: v for k, v in tensors.items()}

@@ -1,7 +1,7 @@
 r"""The figures of the report and of ``paper_figures/``, written once.
 
 matplotlib is imported inside each function, so ``import natgrad`` never needs it. Every
-function draws from tidy tables (:mod:`natgrad.tables`) and returns the ``Figure``; callers
+function draws from tidy tables (:mod:`natgrad.analysis.tables`) and returns the ``Figure``; callers
 choose where it goes (base64 PNG in the HTML report, PDF + PNG for the paper figures).
 
 =========================  =============================================================
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from natgrad.tables import Table
+from natgrad.analysis.tables import Table
 
 __all__ = [
     "UNIT_COLORS",
@@ -92,12 +92,12 @@ def plot_curves(
     r"""Mean ± sd over seeds of column ``y`` against ``x``, one line and band per unit type.
 
     ``table`` has columns ``unit_type``, ``seed``, ``x`` and ``y`` (one row per run and
-    epoch, e.g. :func:`natgrad.runs.activation_table`). ``style`` is a matplotlib linestyle
+    epoch, e.g. :func:`natgrad.analysis.runs.activation_table`). ``style`` is a matplotlib linestyle
     (Fig 2b: training solid, validation dotted).
     """
     import matplotlib.pyplot as plt
 
-    from natgrad.tables import summarize
+    from natgrad.analysis.tables import summarize
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.0, 3.2))
@@ -130,7 +130,7 @@ def plot_layer_metric(
     r"""One panel per layer: median (line) and 25–75 % band over the units of every seed of
     ``metric`` per epoch, one colour per unit type. Dead units (NaN) are left out.
 
-    ``table`` is a unit table (:func:`natgrad.runs.unit_table`: columns ``unit_type``,
+    ``table`` is a unit table (:func:`natgrad.analysis.runs.unit_table`: columns ``unit_type``,
     ``epoch``, ``layer``, ``layer_index`` and ``metric``).
     """
     import matplotlib.pyplot as plt

@@ -5,9 +5,9 @@ r"""The main job (``natgrad demo`` = ``make demo``): from training to a bias-shi
    same initial weights (:func:`natgrad.models.build_model` draws them from the seed).
    Checkpoints every ``checkpoint_every`` epochs and at the last (:func:`natgrad.training.train`).
 2. At epoch 0 and every checkpoint, compute for every layer and unit the exact unit Fisher
-   on the run's probe set and Theorems 1–2 (:func:`natgrad.runs.unit_table`).
-3. Write the tables (:func:`natgrad.summary.write_tables`) and the HTML report
-   (:func:`natgrad.report.render_report`), and print the summary table.
+   on the run's probe set and Theorems 1–2 (:func:`natgrad.analysis.runs.unit_table`).
+3. Write the tables (:func:`natgrad.analysis.summary.write_tables`) and the HTML report
+   (:func:`natgrad.analysis.report.render_report`), and print the summary table.
 
 Output layout (default ``reports/demo/``)::
 
@@ -119,10 +119,9 @@ def _main(config: DemoConfig, progress: bool, echo) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from natgrad.report import load_tables, render_report, summary_text
-    from natgrad.summary import write_tables
-    from natgrad.training import train
-    from natgrad.training.loop import describe_device
+    from natgrad.analysis.report import load_tables, render_report, summary_text
+    from natgrad.analysis.summary import write_tables
+    from natgrad.training import default_run_dir, describe_device, train
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +132,7 @@ def _main(config: DemoConfig, progress: bool, echo) -> dict:
     for unit, seed in bar:
         bar.set_postfix(unit=unit, seed=seed)
         cfg = _train_config(config, unit, seed)
-        run_dir = out / "runs" / f"{cfg.net}-{unit}-{cfg.dataset}-s{seed}"
+        run_dir = default_run_dir(cfg, out / "runs")
         res = train(cfg, run_dir, device=config.device, resume=not config.fresh, progress=False)
         runs.append(res.run_dir)
     t_train = time.perf_counter() - t0

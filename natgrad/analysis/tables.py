@@ -142,7 +142,9 @@ def read_csv(path: str | os.PathLike) -> Table:
     """Read a CSV written by :func:`write_csv`; columns that parse as int/float become numeric."""
     path = Path(path)
     if not path.is_file():
-        raise DataFileError(f"table {path} does not exist (write it with natgrad.tables.write_csv)")
+        raise DataFileError(
+            f"table {path} does not exist (write it with natgrad.analysis.tables.write_csv)"
+        )
     with path.open(newline="") as fh:
         reader = csv.reader(fh)
         try:

@@ -1,4 +1,4 @@
-r"""Summaries of the tidy tables of :mod:`natgrad.runs`: what the report prints, as tables.
+r"""Summaries of the tidy tables of :mod:`natgrad.analysis.runs`: what the report prints, as tables.
 
 Conventions (stated once, used by the report's text):
 
@@ -7,11 +7,11 @@ Conventions (stated once, used by the report's text):
   type, so it says nothing about the units; dead units have no Fisher (NaN).
 - "mean ± sd" is over seeds: first the MEDIAN over a run's analysed units (robust: k and
   s·c are heavy-tailed), then mean and sample sd (ddof 1) over the runs of a unit type
-  (:func:`natgrad.tables.summarize`). Fractions (dead, damped) are per-run means.
+  (:func:`natgrad.analysis.tables.summarize`). Fractions (dead, damped) are per-run means.
 - The paired test compares ELU with each other unit type at one epoch, on pairs that share
   their initial weights: the per-(seed, layer) median of a metric (n = seeds × layers), and,
   as a finer but not independent view, per (seed, layer, unit). Two-sided Wilcoxon
-  signed-rank test (:func:`natgrad.tables.paired_wilcoxon`).
+  signed-rank test (:func:`natgrad.analysis.tables.paired_wilcoxon`).
 
 Example:
     >>> t = Table({"unit_type": ["elu", "elu", "relu", "relu"], "seed": [0, 1, 0, 1],
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad.tables import Table, concat, paired_wilcoxon, summarize, write_csv
+from natgrad.analysis.tables import Table, concat, paired_wilcoxon, summarize, write_csv
 
 __all__ = [
     "COMPARED",
@@ -173,7 +173,7 @@ def write_tables(
     ``cosine``, ``cosine_common``, ``mean_q_norm`` and ``k``). ``units`` skips recomputing the unit table.
     Returns ``{name: path}``.
     """
-    from natgrad.runs import activation_table, curve_table, unit_table
+    from natgrad.analysis.runs import activation_table, curve_table, unit_table
 
     run_dirs = [Path(r) for r in run_dirs]
     out = Path(out_dir)

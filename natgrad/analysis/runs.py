@@ -13,7 +13,7 @@ function                     rows × columns
 :func:`activation_table`     run × epoch × layer: ``median``, ``mean``,
                              ``frac_negative``, ``frac_zero`` of the layer's activations
 :func:`unit_table`           run × epoch × layer × unit: the columns of
-                             :data:`natgrad.unitstats.COLUMNS` (Theorems 1–2 per unit)
+                             :data:`natgrad.analysis.unitstats.COLUMNS` (Theorems 1–2 per unit)
 ===========================  ===========================================================
 
 Notes on what is read:
@@ -30,7 +30,6 @@ Notes on what is read:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from natgrad.errors import CheckpointError, DataFileError
-from natgrad.tables import Table, concat
-from natgrad.unitstats import COND_LIMIT, DAMPING, unit_statistics
+from natgrad.analysis.tables import Table, concat
+from natgrad.analysis.unitstats import COND_LIMIT, DAMPING, unit_statistics
+from natgrad.errors import CheckpointError
+from natgrad.training.rundir import RunDir, find_runs
 
 __all__ = [
     "activation_table",
@@ -56,59 +56,19 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-def find_runs(root: PathLike) -> list[Path]:
-    """Every run directory (a folder with ``config.json``) at or below ``root``, sorted."""
-    root = Path(root)
-    if not root.exists():
-        raise DataFileError(f"{root}: no such folder (expected run directories of `natgrad train`)")
-    runs = sorted({p.parent for p in root.rglob("config.json")})
-    if not runs:
-        raise DataFileError(f"{root}: no run directory (a folder holding config.json) below it")
-    return runs
-
-
 def run_config(run_dir: PathLike) -> dict:
-    """The ``config`` dict of ``<run_dir>/config.json``."""
-    path = Path(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())["config"]
-    except FileNotFoundError:
-        raise DataFileError(
-            f"{path}: missing; is {run_dir} a run directory of `natgrad train`?"
-        ) from None
-    except (ValueError, KeyError) as exc:
-        raise DataFileError(f"{path}: not a natgrad run config ({exc})") from None
+    """The ``config`` dict of the run's ``config.json``."""
+    return RunDir(run_dir).read_config()
 
 
 def _identity(run_dir: Path) -> dict:
-    cfg = run_config(run_dir)
-    return {
-        "run": run_dir.name,
-        "net": cfg["net"],
-        "unit_type": cfg["unit"],
-        "dataset": cfg["dataset"],
-        "seed": int(cfg["seed"]),
-    }
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataFileError(f"{path}: missing; the run in {path.parent} did not record it")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise DataFileError(f"{path}:{i}: not a JSON line") from None
-    return rows
+    return RunDir(run_dir).identity()
 
 
 def checkpoint_epochs(run_dir: PathLike, *, include_initial: bool = True) -> list[int]:
     """Sorted epochs with a checkpoint in ``<run_dir>/checkpoints`` (plus 0 when
     ``include_initial``: its checkpoint, or without one rebuilt from the config)."""
-    folder = Path(run_dir) / "checkpoints"
-    epochs = {int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.json")}
+    epochs = set(RunDir(run_dir).checkpoint_epochs())
     if include_initial:
         epochs.add(0)
     return sorted(epochs)
@@ -118,10 +78,9 @@ def load_model(run_dir: PathLike, epoch: int) -> torch.nn.Module:
     """The run's model at ``epoch`` (eval mode): its checkpoint, or for epoch 0 without one
     the initial weights rebuilt from ``config.json``."""
     from natgrad.training import load_checkpoint
-    from natgrad.training.checkpoint import checkpoint_paths
 
     run_dir = Path(run_dir)
-    if checkpoint_paths(run_dir, epoch)[1].is_file() or epoch != 0:
+    if RunDir(run_dir).checkpoint_paths(epoch)[1].is_file() or epoch != 0:
         return load_checkpoint(run_dir, epoch)[0]
     from natgrad.models import build_model
 
@@ -154,13 +113,8 @@ def _dataset(run_dir: Path):
 
 def probe_set(run_dir: PathLike, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs [n, ...], labels [n])``: the run's probe set (its first ``size`` entries)."""
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
-    path = run_dir / "activations" / "probe.safetensors"
-    if not path.is_file():
-        raise DataFileError(f"{path}: missing; the run did not record its probe set")
-    idx = load_file(path)["indices"]
+    idx = RunDir(run_dir).read_probe_indices()
     if size is not None:
         idx = idx[:size]
     ds = _dataset(run_dir)
@@ -171,8 +125,8 @@ def curve_table(run_dirs: Iterable[PathLike]) -> Table:
     """Per run × epoch: losses, test error and ``median_all`` (Fig 2); see the module doc."""
     tables = []
     for run in map(Path, run_dirs):
-        metrics = {r["epoch"]: r for r in _jsonl(run / "metrics.jsonl")}
-        acts = {r["epoch"]: r for r in _jsonl(run / "activations" / "summary.jsonl")}
+        metrics = {r["epoch"]: r for r in RunDir(run).read_metrics()}
+        acts = {r["epoch"]: r for r in RunDir(run).read_activation_summary()}
         epochs = sorted(metrics)
         nan = float("nan")
         tables.append(
@@ -197,7 +151,7 @@ def activation_table(run_dirs: Iterable[PathLike]) -> Table:
     rows: list[dict] = []
     for run in map(Path, run_dirs):
         ident = _identity(run)
-        for rec in _jsonl(run / "activations" / "summary.jsonl"):
+        for rec in RunDir(run).read_activation_summary():
             for layer, s in rec["layers"].items():
                 rows.append({**ident, "epoch": rec["epoch"], "layer": layer,
                              **{k: s[k] for k in ("units", "median", "mean", "frac_negative", "frac_zero")}})  # fmt: skip
@@ -222,7 +176,7 @@ def unit_table(
         epochs: which epochs (default: every checkpoint, plus 0); epochs without a
             checkpoint raise :class:`~natgrad.errors.CheckpointError` naming the run.
         probe_size: use the first ``probe_size`` inputs of each run's probe set (default all).
-        damping, cond_limit: see :mod:`natgrad.unitstats`.
+        damping, cond_limit: see :mod:`natgrad.analysis.unitstats`.
         progress: show a tqdm bar over (run, epoch).
     """
     from tqdm.auto import tqdm

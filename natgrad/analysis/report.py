@@ -1,8 +1,8 @@
 r"""The bias-shift report: one self-contained HTML file and a terminal summary, from tables.
 
-Everything shown is read from the CSV tables written by :func:`natgrad.summary.write_tables`
+Everything shown is read from the CSV tables written by :func:`natgrad.analysis.summary.write_tables`
 (``summary.csv``, ``comparison.csv``, ``curves.csv``, ``units.csv``); no number is typed
-here. Figures are embedded as base64 PNG (:mod:`natgrad.plots`), so the file can be mailed.
+here. Figures are embedded as base64 PNG (:mod:`natgrad.analysis.plots`), so the file can be mailed.
 
 Sections: the summary table (per unit type, last analysed epoch, mean ± sd over seeds), the
 findings (sentences generated from ``summary.csv`` and ``comparison.csv``), Fig 1, Fig 2
@@ -17,7 +17,7 @@ import math
 import os
 from pathlib import Path
 
-from natgrad.tables import Table, read_csv
+from natgrad.analysis.tables import Table, read_csv
 
 __all__ = ["SUMMARY_COLUMNS", "fmt", "fmt_pm", "load_tables", "render_report", "summary_text"]
 
@@ -192,7 +192,7 @@ def _figures(tables: dict[str, Table]) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from natgrad import plots
+    from natgrad.analysis import plots
 
     curves, units = tables["curves"], tables["units"]
     figs = [("Fig 1. The units compared: ELU (α=1), ReLU, LReLU (α=0.1), SReLU.",

@@ -61,9 +61,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from natgrad import theorems
+from natgrad.analysis.tables import Table
 from natgrad.errors import InputError
 from natgrad.fisher import unit_fishers
-from natgrad.tables import Table
 from natgrad.unitfisher import UnitFisher
 
 __all__ = ["COLUMNS", "COND_LIMIT", "DAMPING", "layer_statistics", "unit_statistics"]
@@ -225,7 +225,7 @@ def unit_statistics(
         batch_size: stream the probe set through the Fisher engine in batches of this size.
 
     Returns:
-        A :class:`~natgrad.tables.Table` with ``Σ_layers U`` rows.
+        A :class:`~natgrad.analysis.tables.Table` with ``Σ_layers U`` rows.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
@@ -260,6 +260,6 @@ def unit_statistics(
             "input_from": "data" if index == 0 else "units",
         }
         tables.append(Table({**{k: np.full(fisher.num_units, v) for k, v in head.items()}, **cols}))
-    from natgrad.tables import concat
+    from natgrad.analysis.tables import concat
 
     return concat(tables)

@@ -1,0 +1,57 @@
+r"""``natgrad tables RUNS... --out DIR [--report]``: tidy tables (and the report) from runs.
+
+Reads every run directory below the given folders (``config.json`` marks one), computes the
+per-unit table at the chosen epochs (default: 0 and every checkpoint) and writes the CSV
+tables of :func:`natgrad.analysis.summary.write_tables` into ``DIR``; ``--report`` also
+writes ``DIR/report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments", "build", "run"]
+
+
+def build(
+    roots, out, *, epochs=None, probe_size=None, report=False, progress=True, echo=print
+) -> dict:
+    """Tables (and the report) from every run below ``roots``; returns ``{name: path}``."""
+    from natgrad.analysis.summary import write_tables
+    from natgrad.training.rundir import find_runs
+
+    runs = [run for root in roots for run in find_runs(root)]
+    paths = write_tables(runs, out, epochs=epochs, probe_size=probe_size, progress=progress)
+    if report:
+        from natgrad.analysis.report import render_report
+
+        paths["report"] = render_report(out, Path(out) / "report.html")
+    for name, path in paths.items():
+        echo(f"{name:>14}: {path}")
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("roots", nargs="+", type=Path, help="folders holding run directories")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the CSV tables")
+    parser.add_argument(
+        "--epochs", default=None, help="comma-separated epochs (default: all checkpoints and 0)"
+    )
+    parser.add_argument(
+        "--probe-size", type=int, default=None, help="first N probe inputs (default: all)"
+    )
+    parser.add_argument("--report", action="store_true", help="also write <out>/report.html")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    epochs = None if args.epochs is None else [int(e) for e in args.epochs.split(",")]
+    build(args.roots, args.out, epochs=epochs, probe_size=args.probe_size, report=args.report)
+    return 0

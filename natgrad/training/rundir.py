@@ -1,0 +1,198 @@
+r"""The run directory: its name, its paths and the readers of its files — the one owner.
+
+Nothing else in natgrad builds a run directory's name or opens its files by path; the
+training loop writes through these paths and the analysis reads through these readers.
+
+Layout (``docs/run_layout.md``)::
+
+    <root>/<net>-<unit>[-bn]-<dataset>-s<seed>[-<tag>]/
+        config.json                          {"config": TrainConfig, device, git_commit, torch}
+        metrics.jsonl                        one JSON object per epoch (epoch 0 = before training)
+        activations/probe.safetensors        the probe indices into the training set
+        activations/epoch_XXXX.safetensors   per-unit mean activations, per layer
+        activations/summary.jsonl            per-epoch medians, fractions negative / zero
+        checkpoints/epoch_XXXX.safetensors   model, optimizer and RNG tensors
+        checkpoints/epoch_XXXX.json          config, metrics so far, scalars
+
+Example:
+    >>> from natgrad.training.config import default_config
+    >>> import dataclasses
+    >>> cfg = dataclasses.replace(default_config("mnist-fc"), dataset="digits", seed=3)
+    >>> run_name(cfg)
+    'mnist-fc-elu-digits-s3'
+    >>> RunDir("runs/x").checkpoint_paths(7)[1].as_posix()
+    'runs/x/checkpoints/epoch_0007.json'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from natgrad.errors import DataFileError
+
+__all__ = ["RunDir", "default_run_dir", "find_runs", "run_name"]
+
+PathLike = str | os.PathLike
+
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.(json|safetensors)$")
+
+
+def run_name(config, tag: str | None = None) -> str:
+    """``<net>-<unit>[-bn]-<dataset>-s<seed>[-<tag>]`` for a :class:`TrainConfig`."""
+    bn = "-bn" if config.batch_norm else ""
+    suffix = f"-{tag}" if tag else ""
+    return f"{config.net}-{config.unit}{bn}-{config.dataset}-s{config.seed}{suffix}"
+
+
+def default_run_dir(config, root: PathLike = "runs", tag: str | None = None) -> Path:
+    """``<root>/<run_name(config)>``."""
+    return Path(root) / run_name(config, tag)
+
+
+def find_runs(root: PathLike) -> list[Path]:
+    """Every run directory (a folder with ``config.json``) at or below ``root``, sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise DataFileError(f"{root}: no such folder (expected run directories of `natgrad train`)")
+    runs = sorted({p.parent for p in root.rglob(RunDir.CONFIG)})
+    if not runs:
+        raise DataFileError(f"{root}: no run directory (a folder holding config.json) below it")
+    return runs
+
+
+class RunDir:
+    """Paths and readers of one run directory (it need not exist yet)."""
+
+    CONFIG = "config.json"
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    # --- paths -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def activations_dir(self) -> Path:
+        return self.path / "activations"
+
+    @property
+    def probe_path(self) -> Path:
+        return self.activations_dir / "probe.safetensors"
+
+    @property
+    def activation_summary_path(self) -> Path:
+        return self.activations_dir / "summary.jsonl"
+
+    def activation_path(self, epoch: int) -> Path:
+        return self.activations_dir / f"epoch_{epoch:04d}.safetensors"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint_paths(self, epoch: int) -> tuple[Path, Path]:
+        """``(safetensors, json)`` of the checkpoint at ``epoch``."""
+        base = self.checkpoints_dir / f"epoch_{epoch:04d}"
+        return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+    def checkpoint_files(self) -> list[Path]:
+        """The checkpoint files natgrad wrote (``epoch_XXXX.safetensors`` / ``.json``)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints_dir.iterdir() if _EPOCH_FILE.match(p.name))
+
+    # --- readers -----------------------------------------------------------------------
+    def read_meta(self) -> dict:
+        """The whole ``config.json`` (config, device, git commit, torch version)."""
+        path = self.config_path
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataFileError(
+                f"{path}: missing; is {self.path} a run directory of `natgrad train`?"
+            ) from None
+        except ValueError as exc:
+            raise DataFileError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise DataFileError(f"{path}: not a natgrad run config (no 'config' object)")
+        return meta
+
+    def read_config(self) -> dict:
+        """The ``config`` dict of ``config.json``."""
+        return self.read_meta()["config"]
+
+    def identity(self) -> dict:
+        """``run``, ``net``, ``unit_type``, ``batch_norm``, ``dataset``, ``seed``, ``optimizer``."""
+        cfg = self.read_config()
+        return {
+            "run": self.name,
+            "net": cfg["net"],
+            "unit_type": cfg["unit"] + ("-bn" if cfg.get("batch_norm") else ""),
+            "dataset": cfg["dataset"],
+            "seed": int(cfg["seed"]),
+        }
+
+    def read_metrics(self) -> list[dict]:
+        """The rows of ``metrics.jsonl`` (one per epoch)."""
+        return _jsonl(self.metrics_path)
+
+    def read_activation_summary(self) -> list[dict]:
+        """The rows of ``activations/summary.jsonl`` (one per recorded epoch)."""
+        return _jsonl(self.activation_summary_path)
+
+    def read_probe_indices(self):
+        """``[n]`` int64 indices of the probe set into the training split."""
+        from safetensors.torch import load_file
+
+        path = self.probe_path
+        if not path.is_file():
+            raise DataFileError(f"{path}: missing; the run did not record its probe set")
+        try:
+            return load_file(path)["indices"]
+        except Exception as exc:  # safetensors raises its own error types
+            raise DataFileError(f"{path}: not a readable safetensors probe file ({exc})") from None
+
+    def checkpoint_epochs(self) -> list[int]:
+        """Sorted epochs with a complete checkpoint (its JSON exists)."""
+        return sorted(
+            int(m.group(1))
+            for p in self.checkpoint_files()
+            if (m := _EPOCH_FILE.match(p.name)) and m.group(2) == "json"
+        )
+
+    def latest_epoch(self) -> int | None:
+        """The largest epoch with a complete checkpoint, or ``None``."""
+        epochs = self.checkpoint_epochs()
+        return epochs[-1] if epochs else None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataFileError(f"{path}: missing; the run in {path.parent} did not record it")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise DataFileError(f"{path}:{i}: not a JSON line") from None
+    return rows
