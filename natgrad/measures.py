@@ -379,8 +379,9 @@ def measures(
       the output: no metric, so every other entry is NaN there), else 0.0.
 
     Cost per unit: one Cholesky of F_λ ((d+1)³/3 flops), whose leading d×d block is the
-    factor of A_λ (serving ``blockdiag``), two triangular solves, and one batched product
-    F_λ·[u_1 … u_K]; the other directions are O(d). Warns
+    factor of A_λ (serving ``blockdiag``), one forward and one backward triangular solve
+    (natural and blockdiag together), and one batched product F_λ·[u_1 … u_K]; the other
+    directions are O(d). Warns
     (:class:`~natgrad.errors.NearlySingularWarning`) on blocks whose Cholesky estimate of
     the condition number exceeds :data:`natgrad.linalg.COND_WARN`.
 
@@ -409,8 +410,10 @@ def measures(
         context = {**context, "units": None if units is None else units[live]}
         M, g, g0, mu = M[live], g[live], g0[live], mu[live]
         m = m[live] if m.ndim == 2 else m
-    eye = torch.eye(n, dtype=torch.float64, device=M.device)
-    F = M + mu[:, None, None] * eye if bool((mu != 0).any()) else M
+    F = M
+    if bool((mu != 0).any()):
+        F = M.clone()
+        F.diagonal(dim1=-2, dim2=-1).add_(mu.unsqueeze(-1))
     diag = torch.diagonal(F, dim1=-2, dim2=-1)
     b, c = F[:, :-1, -1], F[:, -1, -1]
     L = linalg.cholesky(F, what="unit Fisher block F_λ", **context)  # the one factorisation
@@ -424,12 +427,17 @@ def measures(
     dirs["quasidiagonal"] = torch.cat([u, u0.unsqueeze(-1)], -1)
     u, u0 = arrowhead_solve(diag[:, :-1], b, c, g, g0, **context)
     dirs["arrowhead"] = torch.cat([u, u0.unsqueeze(-1)], -1)
-    u = linalg.cho_solve(L[:, :d, :d], g)  # A_λ⁻¹g: L's leading block is chol(A_λ)
-    dirs["blockdiag"] = torch.cat([u, (g0 / c).unsqueeze(-1)], -1)
-    dirs["natural"] = linalg.cho_solve(L, G)
+    # One forward and one backward triangular solve serve natural and blockdiag: with
+    # L = [[L_A, 0], [lᵀ, σ]] (L_A = chol(A_λ)), y = L⁻¹G has y_w = L_A⁻¹g_w, and
+    # Lᵀz = (y_w, 0) gives z = (A_λ⁻¹g_w, 0).
+    y = torch.linalg.solve_triangular(L, G.unsqueeze(-1), upper=False)  # [u, d+1, 1]
+    rhs = torch.cat([y, torch.cat([y[:, :d], torch.zeros_like(y[:, d:])], 1)], -1)
+    z = torch.linalg.solve_triangular(L.mT, rhs, upper=True)  # [u, d+1, 2]
+    dirs["blockdiag"] = torch.cat([z[:, :d, 1], (g0 / c).unsqueeze(-1)], -1)
+    dirs["natural"] = z[..., 0]
 
     V = torch.stack([dirs[k] for k in DIRECTIONS], -1)  # [u, d+1, K]
-    gFg = _dot(G, dirs["natural"])  # gᵀF_λ⁻¹g
+    gFg = y.squeeze(-1).square().sum(-1)  # gᵀF_λ⁻¹g = ‖L⁻¹g‖²
     uFu = (V * (F @ V)).sum(-2)  # [u, K]
     gu = (G.unsqueeze(-1) * V).sum(-2)  # [u, K]
     rho = gu / torch.sqrt(uFu * gFg.unsqueeze(-1))
