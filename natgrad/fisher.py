@@ -392,7 +392,7 @@ class _LayerAccumulator:
             self.total[u0 : u0 + uc].baddbmm_(g.transpose(1, 2), g)  # [Uc, d+1, d+1]
 
     def end_batch(self) -> None:
-        c_n = self.delta2  # [N, U]
+        c_n = self.delta2.to(torch.float64)  # [N, U]; the sums are float64 across batches
         self.c_sum = c_n.sum(0) if self.c_sum is None else self.c_sum + c_n.sum(0)
         c2 = c_n.square().sum(0)
         self.c_sq_sum = c2 if self.c_sq_sum is None else self.c_sq_sum + c2

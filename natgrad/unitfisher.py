@@ -43,7 +43,8 @@ class UnitFisher:
         mc_samples: labels sampled per input for ``kind="mc"``.
         c_sum, c_sq_sum: ``[U]`` Σ_n c_n and Σ_n c_n² over the inputs, c_n the bias entry of
             input n's own block (δ̄²_n for a Linear unit; for Conv2d Σ_k (Σ_pos v_nk,pos)²);
-            sums, so blocks computed on shards add up. ``None`` for :meth:`from_matrix`.
+            float64 sums, so blocks computed on shards add up. ``None`` for
+            :meth:`from_matrix`.
 
     Example:
         >>> import torch
@@ -182,6 +183,12 @@ class UnitFisher:
         """
         if self.c_sum is None or self.c_sq_sum is None:
             return None
+        if self.c_sum.shape != (self.num_units,) or self.c_sq_sum.shape != (self.num_units,):
+            raise InputError(
+                f"UnitFisher of layer {self.layer!r}: c_sum and c_sq_sum must have shape "
+                f"[U] = [{self.num_units}], got {tuple(self.c_sum.shape)} and "
+                f"{tuple(self.c_sq_sum.shape)}; slice them with the blocks"
+            )
         s, s2 = self.c_sum.to(torch.float64), self.c_sq_sum.to(torch.float64)
         return torch.where(s2 > 0, s.square() / torch.where(s2 > 0, s2, 1.0), torch.nan)
 
