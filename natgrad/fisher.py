@@ -321,7 +321,8 @@ class _Capture(contextlib.AbstractContextManager):
 
 
 class _LayerAccumulator:
-    r"""Sums Σ_n Σ_k g gᵀ ``[U, d+1, d+1]`` and Σ a ``[d]`` for one layer over batches."""
+    r"""Sums Σ_n Σ_k g gᵀ ``[U, d+1, d+1]``, Σ a ``[d]`` and, for n_eff, Σ_n c_n and Σ_n c_n²
+    ``[U]`` (c_n = Σ_k g_nk,bias², the bias entry of input n's own block) over batches."""
 
     def __init__(self, name: str, module: nn.Module, units):
         self.name, self.module = name, module
@@ -339,6 +340,8 @@ class _LayerAccumulator:
         self.n_units = n_units if self.units is None else self.units.numel()
         self.total: torch.Tensor | None = None  # [U, d+1, d+1]
         self.sum_a: torch.Tensor | None = None  # [d]
+        self.c_sum: torch.Tensor | None = None  # [U] Σ_n c_n
+        self.c_sq_sum: torch.Tensor | None = None  # [U] Σ_n c_n²
         self.count = 0
         self.width = n_units
 
@@ -352,7 +355,8 @@ class _LayerAccumulator:
         self.count += n * p
         if self.total is None:
             self.total = torch.zeros(self.n_units, d + 1, d + 1, dtype=a.dtype, device=a.device)
-        self.delta2 = torch.zeros(n, self.n_units, dtype=a.dtype, device=a.device)  # [N, U]
+        # [N, U] c_n: δ̄²_n for one position, else Σ_k (Σ_p v_nkp)² (bias entry of n's block)
+        self.delta2 = torch.zeros(n, self.n_units, dtype=a.dtype, device=a.device)
 
     def add_columns(self, g: torch.Tensor | None) -> None:
         if g is None:
@@ -384,9 +388,14 @@ class _LayerAccumulator:
             vt = vc.permute(1, 0, 3, 2).reshape(n, k * uc, p)  # [N, K·Uc, P]
             g = torch.bmm(vt, self.a_tilde)  # [N, K·Uc, d+1]
             g = g.reshape(n, k, uc, d1).permute(2, 0, 1, 3).reshape(uc, n * k, d1)
+            self.delta2[:, u0 : u0 + uc] += g[..., -1].reshape(uc, n, k).square().sum(-1).T
             self.total[u0 : u0 + uc].baddbmm_(g.transpose(1, 2), g)  # [Uc, d+1, d+1]
 
     def end_batch(self) -> None:
+        c_n = self.delta2.to(torch.float64)  # [N, U]; the sums are float64 across batches
+        self.c_sum = c_n.sum(0) if self.c_sum is None else self.c_sum + c_n.sum(0)
+        c2 = c_n.square().sum(0)
+        self.c_sq_sum = c2 if self.c_sq_sum is None else self.c_sq_sum + c2
         if self.a_tilde.shape[1] == 1:
             _add_weighted_outer(self.total, self.delta2, self.a_tilde.squeeze(1))
             self.upper_only = True
@@ -408,6 +417,8 @@ class _LayerAccumulator:
             layer=self.name,
             units=units,
             mc_samples=mc,
+            c_sum=self.c_sum,
+            c_sq_sum=self.c_sq_sum,
         )
 
 

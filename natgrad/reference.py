@@ -52,7 +52,13 @@ from natgrad.errors import InputError, UnsupportedLayerError
 from natgrad.likelihoods import sample_targets
 from natgrad.unitfisher import UnitFisher
 
-__all__ = ["reference_natural_gradient", "reference_unit_fisher"]
+__all__ = [
+    "reference_bias_shift_error",
+    "reference_direction",
+    "reference_efficiency",
+    "reference_natural_gradient",
+    "reference_unit_fisher",
+]
 
 _KINDS = ("exact", "mc", "empirical")
 _LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
@@ -223,7 +229,14 @@ def reference_unit_fisher(
 
     params = {f"{name}.weight": weight, f"{name}.bias": bias}
     total = torch.zeros(n_units, weight[0].numel() + 1, weight[0].numel() + 1, dtype=torch.float64)
+    c_sum = torch.zeros(n_units, dtype=torch.float64)
+    c_sq_sum = torch.zeros(n_units, dtype=torch.float64)
+    bias_before = torch.zeros(n_units, dtype=torch.float64)
     for i in range(n):
+        if i:  # c_n: the bias entry of input n's own block, what this input added to it
+            c_n = total[:, -1, -1].detach() - bias_before
+            c_sum, c_sq_sum = c_sum + c_n, c_sq_sum + c_n**2
+        bias_before = total[:, -1, -1].detach().clone()
         xi = x[i : i + 1]
         if kind == "exact" and likelihood != "categorical":
 
@@ -258,12 +271,14 @@ def reference_unit_fisher(
                 add_outer(g, 1.0 / s_total)
         else:
             add_outer(unit_grads(o, y_obs[i], retain=False))
+    c_n = total[:, -1, -1].detach() - bias_before  # the last input's
+    c_sum, c_sq_sum = c_sum + c_n, c_sq_sum + c_n**2
     matrix = total.detach() / n  # [U, d+1, d+1]
 
     unit_idx = torch.arange(n_units)
     if units is not None:
         unit_idx = torch.as_tensor(units, dtype=torch.long).reshape(-1)
-        matrix = matrix[unit_idx]
+        matrix, c_sum, c_sq_sum = matrix[unit_idx], c_sum[unit_idx], c_sq_sum[unit_idx]
     return UnitFisher(
         matrix=matrix,
         mean_p=mean_p,
@@ -273,6 +288,8 @@ def reference_unit_fisher(
         layer=name,
         units=unit_idx,
         mc_samples=int(mc_samples) if kind == "mc" else None,
+        c_sum=c_sum,
+        c_sq_sum=c_sq_sum,
     )
 
 
@@ -295,3 +312,124 @@ def reference_natural_gradient(matrix, grad: torch.Tensor) -> torch.Tensor:
     m = matrix.matrix if isinstance(matrix, UnitFisher) else torch.as_tensor(matrix)
     g = torch.as_tensor(grad, dtype=m.dtype)
     return torch.linalg.solve(m, g.unsqueeze(-1)).squeeze(-1)
+
+
+# --- update directions and their measures, by explicit dense matrices (THEORY.md, "Measuring …")
+
+
+def _blocks(matrix) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(matrix, UnitFisher):
+        return matrix.matrix.to(torch.float64), matrix.mean_p.to(torch.float64)
+    return torch.as_tensor(matrix, dtype=torch.float64), None
+
+
+def _damped_dense(F: torch.Tensor, rel_damping: float) -> torch.Tensor:
+    """F + λ·(tr F/(d+1))·I for one block ``[d+1, d+1]``, built explicitly."""
+    n = F.shape[-1]
+    return F + rel_damping * torch.trace(F) / n * torch.eye(n, dtype=F.dtype)
+
+
+def reference_direction(
+    matrix, mean_p, grad: torch.Tensor, kind: str, rel_damping: float = 0.0
+) -> torch.Tensor:
+    r"""``[U, d+1]`` the update of ``kind`` for the gradients ``grad`` ``[U, d+1]`` (weight row,
+    then bias), one unit at a time from explicit matrices of the metric
+    F_λ = F + λ·(tr F/(d+1))·I and ``torch.linalg.solve``:
+
+    - ``plain`` g; ``centred`` T Tᵀ g with the matrix T = [[I, 0], [−E_p(a)ᵀ, 1]];
+    - ``diagonal`` solve(diag(F_λ), g); ``arrowhead`` solve(M, g), M = F_λ with its weight
+      block's off-diagonal entries zeroed; ``blockdiag`` solve(D, g), D = F_λ with b zeroed;
+      ``natural`` solve(F_λ, g);
+    - ``quasidiagonal`` (Ollivier 2015, arXiv 1303.0818): for each weight j the 2×2 system
+      [[A_jj, b_j], [b_j, c]] (x_j, y_j) = (g_j, g0) is solved, u_j = x_j, and the bias is
+      u_0 = (g0 − Σ_j b_j u_j)/c.
+
+    Example:
+        >>> F = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+        >>> reference_direction(F, torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]), "blockdiag")
+        tensor([[0.5000, 0.0000]], dtype=torch.float64)
+    """
+    blocks, _ = _blocks(matrix)
+    mp = torch.as_tensor(mean_p, dtype=torch.float64)
+    grad = torch.as_tensor(grad, dtype=torch.float64)
+    out = []
+    for i in range(blocks.shape[0]):
+        F = _damped_dense(blocks[i], rel_damping)
+        g = grad[i]
+        n = F.shape[-1]
+        m = mp if mp.ndim == 1 else mp[i]
+        if kind == "plain":
+            u = g.clone()
+        elif kind == "centred":
+            T = torch.eye(n, dtype=torch.float64)
+            T[-1, :-1] = -m
+            u = T @ T.T @ g
+        elif kind == "diagonal":
+            u = torch.linalg.solve(torch.diag(torch.diagonal(F)), g)
+        elif kind == "arrowhead":
+            M = torch.diag(torch.diagonal(F))
+            M[:-1, -1], M[-1, :-1] = F[:-1, -1], F[-1, :-1]
+            u = torch.linalg.solve(M, g)
+        elif kind == "blockdiag":
+            D = F.clone()
+            D[:-1, -1] = 0.0
+            D[-1, :-1] = 0.0
+            u = torch.linalg.solve(D, g)
+        elif kind == "natural":
+            u = torch.linalg.solve(F, g)
+        elif kind == "quasidiagonal":
+            u = torch.zeros(n, dtype=torch.float64)
+            for j in range(n - 1):
+                pair = torch.tensor([[F[j, j], F[j, -1]], [F[-1, j], F[-1, -1]]])
+                u[j] = torch.linalg.solve(pair, torch.stack([g[j], g[-1]]))[0]
+            u[-1] = (g[-1] - F[-1, :-1] @ u[:-1]) / F[-1, -1]
+        else:
+            raise InputError(f"unknown direction {kind!r}")
+        out.append(u)
+    return torch.stack(out)
+
+
+def reference_efficiency(
+    matrix, grad: torch.Tensor, update: torch.Tensor, rel_damping: float = 0.0
+) -> torch.Tensor:
+    r"""``[U]`` ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) per unit by an explicit F_λ and a solve;
+    ``grad`` and ``update`` are ``[U, d+1]`` (bias last).
+
+    Example:
+        >>> F = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+        >>> reference_efficiency(F, torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, -1.0]]))
+        tensor([1.], dtype=torch.float64)
+    """
+    blocks, _ = _blocks(matrix)
+    grad = torch.as_tensor(grad, dtype=torch.float64)
+    update = torch.as_tensor(update, dtype=torch.float64)
+    out = []
+    for i in range(blocks.shape[0]):
+        F = _damped_dense(blocks[i], rel_damping)
+        g, u = grad[i], update[i]
+        out.append(g @ u / torch.sqrt((u @ F @ u) * (g @ torch.linalg.solve(F, g))))
+    return torch.stack(out)
+
+
+def reference_bias_shift_error(
+    matrix, mean_p, grad: torch.Tensor, update: torch.Tensor, rel_damping: float = 0.0
+) -> torch.Tensor:
+    r"""``[U]`` |shift(u) − shift_natural| / |shift_natural| per unit, shift(u) = E_p(a)ᵀu_w
+    + u_0 and shift_natural that of solve(F_λ, g).
+
+    Example:
+        >>> F = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]], dtype=torch.float64)
+        >>> reference_bias_shift_error(F, torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]),
+        ...                            torch.tensor([[1.0, 0.0]]))
+        tensor([1.], dtype=torch.float64)
+    """
+    blocks, _ = _blocks(matrix)
+    mp = torch.as_tensor(mean_p, dtype=torch.float64)
+    grad = torch.as_tensor(grad, dtype=torch.float64)
+    update = torch.as_tensor(update, dtype=torch.float64)
+    out = []
+    for i in range(blocks.shape[0]):
+        m = torch.cat([mp if mp.ndim == 1 else mp[i], torch.ones(1, dtype=torch.float64)])
+        natural = m @ torch.linalg.solve(_damped_dense(blocks[i], rel_damping), grad[i])
+        out.append((m @ update[i] - natural).abs() / natural.abs())
+    return torch.stack(out)

@@ -47,14 +47,7 @@ def _inv_schur(
     bad = ~(denom > 0)
     if bad.any():
         pos = bad.nonzero().flatten()
-        F = torch.cat(
-            [
-                torch.cat([A, b.unsqueeze(-1)], -1),
-                torch.cat([b, c.unsqueeze(-1)], -1).unsqueeze(-2),
-            ],
-            -2,
-        )
-        cond = linalg.condition_number(F[pos])
+        cond = linalg.condition_number(_full(A, b, c)[pos])
         names = ", ".join(
             f"{linalg._name(int(p), context.get('units'))}: c − bᵀA⁻¹b = {v:.3g}, condition number {k:.3g}"
             for p, v, k in zip(pos.tolist(), denom[pos].tolist(), cond.tolist(), strict=False)
@@ -65,7 +58,37 @@ def _inv_schur(
         )
         err.positions, err.condition_numbers = pos, cond
         raise err
-    return 1.0 / denom
+    s = 1.0 / denom
+    # κ(F) >= λ_max/λ_min >= max_j F_jj · (F⁻¹)_dd = max_j F_jj · s: a rigorous lower bound
+    # that sees an ill-conditioned Schur complement, which A's own Cholesky cannot.
+    bound = torch.maximum(torch.diagonal(A, dim1=-2, dim2=-1).amax(-1), c) * s
+    if (bound > linalg.COND_WARN).any():
+        linalg.warn_nearly_singular(bound, _full(A, b, c), **_names_only(context))
+    return s
+
+
+def _full(A: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``[U, d+1, d+1]`` the block [[A, b], [bᵀ, c]] (bias last)."""
+    return torch.cat(
+        [
+            torch.cat([A, b.unsqueeze(-1)], -1),
+            torch.cat([b, c.unsqueeze(-1)], -1).unsqueeze(-2),
+        ],
+        -2,
+    )
+
+
+def _names_only(context) -> dict:
+    return {"layer": context.get("layer"), "units": context.get("units")}
+
+
+def _warn_from_moments(mean_q: torch.Tensor, var_q: torch.Tensor, x: torch.Tensor, context):
+    r"""Warn for the routes through Var_q(a): with x = Var_q(a)⁻¹E_q(a), s·c = 1 + E_q(a)ᵀx
+    and F/c = [[Var_q + E_q E_qᵀ, E_q], [E_qᵀ, 1]], so κ(F) >= max(1, max_j E_q(a_j²))·s·c."""
+    second = torch.diagonal(var_q, dim1=-2, dim2=-1) + mean_q.square()  # E_q(a_j²)
+    bound = second.amax(-1).clamp_min(1.0) * (1.0 + _dot(mean_q, x))
+    if (bound > linalg.COND_WARN).any():
+        linalg.warn_nearly_singular(bound, **_names_only(context))
 
 
 def schur_complement(A: torch.Tensor, b: torch.Tensor, c: torch.Tensor, **context) -> torch.Tensor:
@@ -91,8 +114,9 @@ def schur_complement_paper(
         tensor([2.])
     """
     out, (c, m, V) = _f64(c, mean_q, var_q)
-    t = _dot(m, linalg.solve(V, m, what="Var_q(a)", **context))
-    return ((1.0 + t) / c).to(out)
+    x = linalg.solve(V, m, what="Var_q(a)", **context)
+    _warn_from_moments(m, V, x, context)
+    return ((1.0 + _dot(m, x)) / c).to(out)
 
 
 def lemma1_inverse(A: torch.Tensor, b: torch.Tensor, c: torch.Tensor, **context) -> torch.Tensor:
@@ -181,7 +205,9 @@ def k_closed(
         tensor([0.])
     """
     out, (mp, m, V) = _f64(mean_p, mean_q, var_q)
-    return _dot(m - mp, linalg.solve(V, m, what="Var_q(a)", **context)).to(out)
+    x = linalg.solve(V, m, what="Var_q(a)", **context)
+    _warn_from_moments(m, V, x, context)
+    return _dot(m - mp, x).to(out)
 
 
 def natural_gradient(

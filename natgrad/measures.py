@@ -1,0 +1,451 @@
+r"""How close is an update to the unit natural gradient: directions, Fisher efficiency and
+bias-shift error, batched over units (THEORY.md, "Measuring …").
+
+Every quantity lives in ONE metric per unit, the relatively damped block
+
+.. math::
+
+    F_\lambda = F + \mu I,\qquad \mu = \lambda\,\frac{\operatorname{tr} F}{d+1}
+    = \begin{pmatrix} A_\lambda & b \\ b^\top & c_\lambda \end{pmatrix}
+
+(λ = ``rel_damping``, the same for every unit and unit type; μ is per unit, bias last).
+For the gradient g = (g_w, g0) of the mean log-likelihood the update directions u are
+
+- ``plain``: u = g;
+- ``centred`` (LeCun et al. 1998; Schraudolph 1998; Raiko, Valpola & LeCun 2012): the plain
+  step in the coordinates net = wᵀ(a − m) + v0, m = E_p(a): u = T Tᵀ g with
+  T = [[I, 0], [−mᵀ, 1]], i.e. u_w = g_w − m g0, u_0 = g0 − mᵀu_w;
+- ``diagonal``: u = diag(F_λ)⁻¹ g;
+- ``quasidiagonal``: Ollivier's quasi-diagonal reduction (Ollivier, "Riemannian metrics
+  for neural networks I: feedforward networks", 2015, arXiv 1303.0818, Sect. 3), which keeps
+  the diagonal and the bias row/column of F_λ and solves each (w_j, w0) pair exactly:
+  u_j = (c g_j − b_j g0)/(c A_jj − b_j²), u_0 = (g0 − Σ_j b_j u_j)/c
+  (:func:`quasidiagonal_solve`, O(d));
+- ``arrowhead``: u = M⁻¹g with M the arrowhead matrix (the diagonal and the bias row/column
+  of F_λ, every other entry 0; :func:`arrowhead_solve`, O(d)). It is NOT Ollivier's metric:
+  M can be indefinite (Σ_j b_j²/(A_jj c) > 1 happens whenever d is large and the incoming
+  means are not small) and M⁻¹g is not invariant under shifts a_j → a_j + β_j, while the
+  quasi-diagonal update is invariant under every a_j → α_j a_j + β_j;
+- ``blockdiag``: u = D_λ⁻¹g with the weight–bias coupling b set to 0: u_w = A_λ⁻¹g_w,
+  u_0 = g0/c_λ (Theorem 2's comparison);
+- ``natural``: u = F_λ⁻¹g (Theorem 1; Ollivier's unit-wise natural gradient).
+
+The **Fisher efficiency** of u is the cosine between u and F_λ⁻¹g in the metric F_λ,
+
+.. math::
+
+    \rho(u) = \frac{g^\top u}{\sqrt{u^\top F_\lambda u \; g^\top F_\lambda^{-1} g}} \in [-1, 1],
+    \qquad \rho(F_\lambda^{-1} g) = 1,
+
+invariant under any invertible linear reparametrisation of the unit. The **relative
+bias-shift error** of u is |shift(u) − shift_natural| / |shift_natural| with
+shift(u) = E_p(a)ᵀu_w + u_0 (the change of the unit's mean net input, Theorem 2).
+
+Shapes: U units, d fan-in; ``matrix`` ``[U, d+1, d+1]``, ``mean_p`` ``[d]`` or ``[U, d]``,
+``g`` ``[U, d]``, ``g0`` ``[U]``. Everything is computed in float64 and returned in the
+promoted dtype of the inputs. :func:`measures` computes every ρ and bias-shift error from
+ONE Cholesky factorisation of F_λ per unit (the leading d×d block of that factor is the
+Cholesky factor of A_λ, which serves ``blockdiag``).
+
+Example (THEORY.md's hand case, F = [[2, 1], [1, 1]], E_p(a) = 1, g = (1, 0)):
+    >>> import torch
+    >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
+    >>> g, g0 = torch.tensor([[1.0]]), torch.tensor([0.0])
+    >>> r = measures(F, m, g, g0)
+    >>> [round(float(r["rho_" + k]), 4) for k in ("plain", "blockdiag", "natural")]
+    [0.7071, 0.7071, 1.0]
+    >>> float(r["shift_natural"]), float(r["shift_error_plain"])
+    (0.0, inf)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from natgrad import linalg
+from natgrad.errors import InputError, SingularBlockError
+
+DIRECTIONS = ("plain", "centred", "diagonal", "quasidiagonal", "arrowhead", "blockdiag", "natural")
+"""The update directions :func:`direction` and :func:`measures` know, cheapest first."""
+
+
+def _f64(*xs: torch.Tensor) -> tuple[torch.dtype, list[torch.Tensor]]:
+    out = xs[0].dtype
+    for x in xs[1:]:
+        out = torch.promote_types(out, x.dtype)
+    return out, [x.to(torch.float64) for x in xs]
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x * y).sum(-1)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in DIRECTIONS:
+        raise InputError(f"unknown direction {kind!r}: choose one of {', '.join(DIRECTIONS)}")
+
+
+def _check_rel_damping(rel_damping: float) -> float:
+    try:
+        lam = float(rel_damping)
+    except (TypeError, ValueError):
+        lam = math.nan
+    if not (math.isfinite(lam) and lam >= 0.0):
+        raise InputError(f"rel_damping must be a finite number >= 0, got {rel_damping!r}")
+    return lam
+
+
+def damping_of(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:
+    r"""``[U]`` the absolute damping μ = λ · tr(F)/(d+1) of each block (its mean diagonal
+    entry times λ = ``rel_damping``), float64.
+
+    Example:
+        >>> damping_of(torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), 0.1)
+        tensor([0.1500], dtype=torch.float64)
+    """
+    lam = _check_rel_damping(rel_damping)
+    diag = torch.diagonal(matrix.to(torch.float64), dim1=-2, dim2=-1)
+    return lam * diag.mean(-1)
+
+
+def relative_damped(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:
+    r"""``[U, d+1, d+1]`` F_λ = F + λ·(tr F/(d+1))·I per unit, in float64.
+
+    Example:
+        >>> relative_damped(torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), 0.1)
+        tensor([[[2.1500, 1.0000],
+                 [1.0000, 1.1500]]], dtype=torch.float64)
+    """
+    mu = damping_of(matrix, rel_damping)
+    m64 = matrix.to(torch.float64)
+    if not bool((mu != 0).any()):
+        return m64
+    eye = torch.eye(m64.shape[-1], dtype=torch.float64, device=m64.device)
+    return m64 + mu[:, None, None] * eye
+
+
+def _singular(what: str, bad: torch.Tensor, context) -> SingularBlockError:
+    pos = bad.nonzero().flatten()
+    units = context.get("units")
+    names = ", ".join(
+        f"unit {int(units[p]) if units is not None else int(p)}" for p in pos[:5].tolist()
+    )
+    more = f" and {pos.numel() - 5} more" if pos.numel() > 5 else ""
+    layer = context.get("layer")
+    where = f"layer {layer!r}: " if layer is not None else ""
+    err = SingularBlockError(
+        f"{where}{what} for {pos.numel()} of {bad.numel()} units ({names}{more}); "
+        "the block is not positive definite there: pass rel_damping > 0 or drop these units"
+    )
+    err.positions = pos
+    return err
+
+
+def quasidiagonal_solve(
+    diag_A: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    g: torch.Tensor,
+    g0: torch.Tensor,
+    **context,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Ollivier's quasi-diagonal update (u_w ``[U, d]``, u_0 ``[U]``) from the diagonal of
+    the weight block ``diag_A`` ``[U, d]``, the weight–bias coupling ``b`` ``[U, d]``, the bias
+    entry ``c`` ``[U]`` and the gradient (``g`` ``[U, d]``, ``g0`` ``[U]``):
+
+    .. math::
+
+        u_j = \frac{c\,g_j - b_j\,g_0}{c\,A_{jj} - b_j^2},\qquad
+        u_0 = \frac{g_0 - \sum_j b_j u_j}{c}
+
+    Each u_j solves the 2×2 system of the pair (w_j, w0) exactly; u_0 then corrects the bias
+    for every weight's move (Ollivier, "Riemannian metrics for neural networks I", 2015,
+    arXiv 1303.0818, Sect. 3, the quasi-diagonal reduction). Cost O(U·d), no dense solve;
+    only diag(A), b and c are read, so a quasi-diagonal or diagonal+bias storage of the
+    metric suffices. The update is invariant under every per-coordinate affine map
+    a_j → α_j a_j + β_j of the incoming activations, it equals F⁻¹g for d = 1, and the
+    operator g ↦ u is symmetric positive definite whenever every 2×2 block
+    [[A_jj, b_j], [b_j, c]] is (so gᵀu > 0 for g ≠ 0). Computed in float64.
+
+    Raises:
+        SingularBlockError: c ≤ 0 or c·A_jj − b_j² ≤ 0 for some unit (named via
+            ``layer=``, ``units=`` in ``context``).
+
+    Example:
+        >>> quasidiagonal_solve(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([1.0]),
+        ...                     torch.tensor([[1.0]]), torch.tensor([0.0]))  # = F⁻¹g for d = 1
+        (tensor([[1.]]), tensor([-1.]))
+    """
+    out, (a, b, c, g, g0) = _f64(diag_A, b, c, g, g0)
+    det = c.unsqueeze(-1) * a - b.square()  # [U, d]
+    bad = ~(c > 0) | ~(det > 0).all(-1)
+    if bad.any():
+        raise _singular(
+            "quasi-diagonal 2×2 blocks [[A_jj, b_j], [b_j, c]] are singular", bad, context
+        )
+    u = (c.unsqueeze(-1) * g - b * g0.unsqueeze(-1)) / det
+    u0 = (g0 - _dot(b, u)) / c
+    return u.to(out), u0.to(out)
+
+
+def arrowhead_solve(
+    diag_A: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    g: torch.Tensor,
+    g0: torch.Tensor,
+    **context,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""u = M⁻¹g for the arrowhead matrix M = [[diag(A), b], [bᵀ, c]] (every off-diagonal
+    entry of the weight block set to 0), in O(U·d):
+
+    .. math::
+
+        u_0 = \frac{g_0 - \sum_j b_j g_j / A_{jj}}{c - \sum_j b_j^2 / A_{jj}},\qquad
+        u_j = \frac{g_j - b_j u_0}{A_{jj}}.
+
+    M need not be positive definite (its Schur complement c − Σ_j b_j²/A_jj can be < 0)
+    and u is not invariant under shifts of the incoming activations; see
+    :func:`quasidiagonal_solve` for Ollivier's metric, which is both. Computed in float64.
+
+    Raises:
+        SingularBlockError: some A_jj ≤ 0 or the Schur complement is 0 (M singular).
+
+    Example:
+        >>> arrowhead_solve(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([1.0]),
+        ...                 torch.tensor([[1.0]]), torch.tensor([0.0]))
+        (tensor([[1.]]), tensor([-1.]))
+    """
+    out, (a, b, c, g, g0) = _f64(diag_A, b, c, g, g0)
+    bad = ~(a > 0).all(-1)
+    if bad.any():
+        raise _singular("a diagonal entry of the weight block is <= 0", bad, context)
+    schur = c - _dot(b, b / a)
+    bad = ~(schur != 0) | ~torch.isfinite(schur)
+    if bad.any():
+        raise _singular("the arrowhead matrix is singular (Schur complement 0)", bad, context)
+    u0 = (g0 - _dot(b, g / a)) / schur
+    u = (g - b * u0.unsqueeze(-1)) / a
+    return u.to(out), u0.to(out)
+
+
+def centred_direction(
+    mean_p: torch.Tensor, g: torch.Tensor, g0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The plain step taken where the unit sees centred inputs: u = T Tᵀ g with
+    T = [[I, 0], [−mᵀ, 1]], m = E_p(a) (θ = Tθ′ maps the centred parameters (w, v0) of
+    net = wᵀ(a − m) + v0 to (w, w0)):
+
+    .. math::
+
+        u_w = g_w - m\,g_0,\qquad u_0 = g_0 - m^\top u_w .
+
+    Example:
+        >>> centred_direction(torch.tensor([1.0]), torch.tensor([[1.0]]), torch.tensor([0.0]))
+        (tensor([[1.]]), tensor([-1.]))
+    """
+    out, (m, g, g0) = _f64(mean_p, g, g0)
+    u = g - m * g0.unsqueeze(-1)
+    return u.to(out), (g0 - _dot(m, u)).to(out)
+
+
+def direction(
+    matrix: torch.Tensor,
+    mean_p: torch.Tensor,
+    g: torch.Tensor,
+    g0: torch.Tensor,
+    kind: str,
+    rel_damping: float = 0.0,
+    **context,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The update direction (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` (one of
+    :data:`DIRECTIONS`, defined in the module docstring) in the metric F_λ. Only
+    ``blockdiag`` and ``natural`` factorise (A_λ and F_λ by Cholesky); the others are O(d).
+
+    Example:
+        >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
+        >>> direction(F, m, torch.tensor([[1.0]]), torch.tensor([0.0]), "blockdiag")
+        (tensor([[0.5000]]), tensor([0.]))
+    """
+    _check_kind(kind)
+    out, (M, m, g, g0) = _f64(matrix, mean_p, g, g0)
+    if kind == "plain":
+        return g.to(out), g0.to(out)
+    if kind == "centred":
+        u, u0 = centred_direction(m, g, g0)
+        return u.to(out), u0.to(out)
+    F = relative_damped(M, rel_damping)
+    A_diag, b, c = torch.diagonal(F, dim1=-2, dim2=-1)[:, :-1], F[:, :-1, -1], F[:, -1, -1]
+    if kind == "diagonal":
+        diag = torch.diagonal(F, dim1=-2, dim2=-1)
+        bad = ~(diag > 0).all(-1)
+        if bad.any():
+            raise _singular("a diagonal entry of F_λ is <= 0", bad, context)
+        return (g / diag[:, :-1]).to(out), (g0 / diag[:, -1]).to(out)
+    if kind == "quasidiagonal":
+        u, u0 = quasidiagonal_solve(A_diag, b, c, g, g0, **context)
+        return u.to(out), u0.to(out)
+    if kind == "arrowhead":
+        u, u0 = arrowhead_solve(A_diag, b, c, g, g0, **context)
+        return u.to(out), u0.to(out)
+    if kind == "blockdiag":
+        u = linalg.solve(F[:, :-1, :-1], g, what="weight block A_λ", **context)
+        bad = ~(c > 0)
+        if bad.any():
+            raise _singular("the bias entry c_λ is <= 0", bad, context)
+        return u.to(out), (g0 / c).to(out)
+    x = linalg.solve(
+        F, torch.cat([g, g0.unsqueeze(-1)], -1), what="unit Fisher block F_λ", **context
+    )
+    return x[:, :-1].to(out), x[:, -1].to(out)
+
+
+def efficiency(
+    matrix: torch.Tensor,
+    g: torch.Tensor,
+    g0: torch.Tensor,
+    u: torch.Tensor,
+    u0: torch.Tensor,
+    rel_damping: float = 0.0,
+    **context,
+) -> torch.Tensor:
+    r"""``[U]`` Fisher efficiency ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) of the update
+    (``u`` ``[U, d]``, ``u0`` ``[U]``) for the gradient (``g``, ``g0``): the cosine between u
+    and the natural gradient F_λ⁻¹g in the metric F_λ. NaN where g = 0 or u = 0 (no
+    direction to compare).
+
+    Example:
+        >>> F = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]])
+        >>> efficiency(F, torch.tensor([[1.0]]), torch.tensor([0.0]), torch.tensor([[1.0]]),
+        ...            torch.tensor([0.0]))  # the plain gradient: 1/√2
+        tensor([0.7071])
+    """
+    out, (M, g, g0, u, u0) = _f64(matrix, g, g0, u, u0)
+    F = relative_damped(M, rel_damping)
+    G = torch.cat([g, g0.unsqueeze(-1)], -1)
+    V = torch.cat([u, u0.unsqueeze(-1)], -1)
+    L = linalg.cholesky(F, what="unit Fisher block F_λ", **context)
+    gFg = _dot(G, linalg.cho_solve(L, G))
+    uFu = _dot(V, (F @ V.unsqueeze(-1)).squeeze(-1))
+    return (_dot(G, V) / torch.sqrt(uFu * gFg)).to(out)
+
+
+def bias_shift_error(
+    matrix: torch.Tensor,
+    mean_p: torch.Tensor,
+    g: torch.Tensor,
+    g0: torch.Tensor,
+    u: torch.Tensor,
+    u0: torch.Tensor,
+    rel_damping: float = 0.0,
+    **context,
+) -> torch.Tensor:
+    r"""``[U]`` relative bias-shift error |shift(u) − shift_natural| / |shift_natural| of the
+    update (``u``, ``u0``), shift(u) = E_p(a)ᵀu + u_0, shift_natural that of F_λ⁻¹g
+    (inf where shift_natural = 0 ≠ shift(u), NaN where both are 0).
+
+    Example:
+        >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
+        >>> g, g0 = torch.tensor([[1.0]]), torch.tensor([0.0])
+        >>> bias_shift_error(F, m, g, g0, torch.tensor([[1.0]]), torch.tensor([-0.5]))
+        tensor([inf])
+    """
+    out, (M, m, g, g0, u, u0) = _f64(matrix, mean_p, g, g0, u, u0)
+    nat, nat0 = direction(M, m, g, g0, "natural", rel_damping, **context)
+    natural = _dot(m, nat) + nat0
+    return (((_dot(m, u) + u0) - natural).abs() / natural.abs()).to(out)
+
+
+def measures(
+    matrix: torch.Tensor,
+    mean_p: torch.Tensor,
+    g: torch.Tensor,
+    g0: torch.Tensor,
+    rel_damping: float = 0.0,
+    **context,
+) -> dict[str, torch.Tensor]:
+    r"""Every measure of every direction from ONE Cholesky factorisation of F_λ per unit.
+
+    Returns ``{name: [U] tensor}`` (float64):
+
+    - ``rho_<kind>`` for every kind in :data:`DIRECTIONS`: the Fisher efficiency ρ(u);
+    - ``shift_<kind>``: shift(u) = E_p(a)ᵀu_w + u_0 (``shift_natural`` is Theorem 2's);
+    - ``shift_error_<kind>`` for every kind but ``natural``: |shift(u) − shift_natural| /
+      |shift_natural|;
+    - ``damping``: the absolute damping μ = λ·tr(F)/(d+1) of each unit;
+    - ``dead``: 1.0 where the block is zero (c = E_p(δ̄²) = 0, a unit that never influences
+      the output: no metric, so every other entry is NaN there), else 0.0.
+
+    Cost per unit: one Cholesky of F_λ ((d+1)³/3 flops), whose leading d×d block is the
+    factor of A_λ (serving ``blockdiag``), one forward and one backward triangular solve
+    (natural and blockdiag together), and one batched product F_λ·[u_1 … u_K]; the other
+    directions are O(d). Warns
+    (:class:`~natgrad.errors.NearlySingularWarning`) on blocks whose Cholesky estimate of
+    the condition number exceeds :data:`natgrad.linalg.COND_WARN`.
+
+    Example:
+        >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
+        >>> r = measures(F, m, torch.tensor([[1.0]]), torch.tensor([0.0]))
+        >>> [round(float(r[k]), 12) for k in ("shift_blockdiag", "rho_quasidiagonal", "dead")]
+        [0.5, 1.0, 0.0]
+    """
+    _, (M, m, g, g0) = _f64(matrix, mean_p, g, g0)
+    U, n = M.shape[0], M.shape[-1]
+    d = n - 1
+    mu = damping_of(M, rel_damping)
+    dead = ~(M[:, -1, -1] > 0)
+    nan = torch.full((U,), math.nan, dtype=torch.float64, device=M.device)
+    keys = [f"rho_{k}" for k in DIRECTIONS] + [f"shift_{k}" for k in DIRECTIONS]
+    keys += [f"shift_error_{k}" for k in DIRECTIONS if k != "natural"]
+    result = {k: nan.clone() for k in keys}
+    result["damping"] = mu
+    result["dead"] = dead.to(torch.float64)
+    live = (~dead).nonzero().flatten()
+    if live.numel() == 0:
+        return result
+    if live.numel() < U:
+        units = context.get("units")
+        context = {**context, "units": None if units is None else units[live]}
+        M, g, g0, mu = M[live], g[live], g0[live], mu[live]
+        m = m[live] if m.ndim == 2 else m
+    F = M
+    if bool((mu != 0).any()):
+        F = M.clone()
+        F.diagonal(dim1=-2, dim2=-1).add_(mu.unsqueeze(-1))
+    diag = torch.diagonal(F, dim1=-2, dim2=-1)
+    b, c = F[:, :-1, -1], F[:, -1, -1]
+    L = linalg.cholesky(F, what="unit Fisher block F_λ", **context)  # the one factorisation
+    G = torch.cat([g, g0.unsqueeze(-1)], -1)  # [u, d+1]
+
+    dirs = {"plain": G}
+    u, u0 = centred_direction(m, g, g0)
+    dirs["centred"] = torch.cat([u, u0.unsqueeze(-1)], -1)
+    dirs["diagonal"] = G / diag
+    u, u0 = quasidiagonal_solve(diag[:, :-1], b, c, g, g0, **context)
+    dirs["quasidiagonal"] = torch.cat([u, u0.unsqueeze(-1)], -1)
+    u, u0 = arrowhead_solve(diag[:, :-1], b, c, g, g0, **context)
+    dirs["arrowhead"] = torch.cat([u, u0.unsqueeze(-1)], -1)
+    # One forward and one backward triangular solve serve natural and blockdiag: with
+    # L = [[L_A, 0], [lᵀ, σ]] (L_A = chol(A_λ)), y = L⁻¹G has y_w = L_A⁻¹g_w, and
+    # Lᵀz = (y_w, 0) gives z = (A_λ⁻¹g_w, 0).
+    y = torch.linalg.solve_triangular(L, G.unsqueeze(-1), upper=False)  # [u, d+1, 1]
+    rhs = torch.cat([y, torch.cat([y[:, :d], torch.zeros_like(y[:, d:])], 1)], -1)
+    z = torch.linalg.solve_triangular(L.mT, rhs, upper=True)  # [u, d+1, 2]
+    dirs["blockdiag"] = torch.cat([z[:, :d, 1], (g0 / c).unsqueeze(-1)], -1)
+    dirs["natural"] = z[..., 0]
+
+    V = torch.stack([dirs[k] for k in DIRECTIONS], -1)  # [u, d+1, K]
+    gFg = y.squeeze(-1).square().sum(-1)  # gᵀF_λ⁻¹g = ‖L⁻¹g‖²
+    uFu = (V * (F @ V)).sum(-2)  # [u, K]
+    gu = (G.unsqueeze(-1) * V).sum(-2)  # [u, K]
+    rho = gu / torch.sqrt(uFu * gFg.unsqueeze(-1))
+    shift = (m.unsqueeze(-1) * V[:, :-1]).sum(-2) + V[:, -1]  # [u, K] E_p(a)ᵀu_w + u_0
+    natural = shift[:, DIRECTIONS.index("natural")]
+    for i, k in enumerate(DIRECTIONS):
+        result[f"rho_{k}"][live] = rho[:, i]
+        result[f"shift_{k}"][live] = shift[:, i]
+        if k != "natural":
+            result[f"shift_error_{k}"][live] = (shift[:, i] - natural).abs() / natural.abs()
+    return result
