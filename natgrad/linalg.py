@@ -99,13 +99,15 @@ def cholesky(
     """
     if matrix.ndim != 3 or matrix.shape[-1] != matrix.shape[-2]:
         raise InputError(
-            f"{_where(layer)}{what}s must have shape [U, n, n], got {tuple(matrix.shape)}"
+            f"{layer_prefix(layer)}{what}s must have shape [U, n, n], got {tuple(matrix.shape)}"
         )
     m64 = damped(matrix.to(torch.float64), damping)
     bad = ~torch.isfinite(m64).flatten(1).all(dim=1)
     if bad.any():
         pos = bad.nonzero().flatten()
-        raise InputError(f"{_where(layer)}{what} has NaN/Inf entries for {_names(pos, units)}")
+        raise InputError(
+            f"{layer_prefix(layer)}{what} has NaN/Inf entries for {_names(pos, units)}"
+        )
     L, info = torch.linalg.cholesky_ex(m64)
     failed = (info > 0).nonzero().flatten()
     if failed.numel():
@@ -113,12 +115,12 @@ def cholesky(
         cond = condition_number(sub)
         low = torch.linalg.eigvalsh(sub)[:, 0]
         details = ", ".join(
-            f"{_name(int(p), units)}: smallest eigenvalue {lo:.3g}, condition number {k:.3g}"
+            f"{unit_name(int(p), units)}: smallest eigenvalue {lo:.3g}, condition number {k:.3g}"
             for p, lo, k in zip(failed[:_SHOW].tolist(), low.tolist(), cond.tolist(), strict=False)
         )
         more = f" and {failed.numel() - _SHOW} more" if failed.numel() > _SHOW else ""
         err = SingularBlockError(
-            f"{_where(layer)}{what} is not positive definite (damping {damping:g}) for "
+            f"{layer_prefix(layer)}{what} is not positive definite (damping {damping:g}) for "
             f"{failed.numel()} of {m64.shape[0]} units — {details}{more}. "
             "Pass damping > 0 (it adds λ to the diagonal), or drop these units."
         )
@@ -187,13 +189,13 @@ def warn_nearly_singular(
     else:
         cond, sign = estimate[ill], ">= "
     details = ", ".join(
-        f"{_name(int(p), units)}: condition number {sign}{k:.3g}"
+        f"{unit_name(int(p), units)}: condition number {sign}{k:.3g}"
         for p, k in zip(ill[:_SHOW].tolist(), cond.tolist(), strict=False)
     )
     more = f" and {ill.numel() - _SHOW} more" if ill.numel() > _SHOW else ""
     damped_by = "" if damping is None else f", damping {damping:g}"
     warnings.warn(
-        f"{_where(layer)}{what} is nearly singular (condition number > {warn_cond:g}"
+        f"{layer_prefix(layer)}{what} is nearly singular (condition number > {warn_cond:g}"
         f"{damped_by}) for {ill.numel()} of {estimate.shape[0]} units — "
         f"{details}{more}. Solves keep few digits; consider damping > 0.",
         NearlySingularWarning,
@@ -231,17 +233,23 @@ def inverse(matrix: torch.Tensor, *, damping: float = 0.0, **context) -> torch.T
     return torch.cholesky_inverse(L).to(matrix.dtype)
 
 
-def _where(layer: str | None) -> str:
+def layer_prefix(layer: str | None) -> str:
+    """``"layer 'fc3': "`` (or ``""``): how messages name a layer."""
     return f"layer {layer!r}: " if layer is not None else ""
 
 
-def _name(position: int, units: torch.Tensor | None) -> str:
+def unit_name(position: int, units: torch.Tensor | None) -> str:
+    """``"unit 7 (UnitFisher.units[2])"``: how messages name the unit at ``position``."""
     if units is None:
         return f"unit {position}"
     return f"unit {int(units[position])} (UnitFisher.units[{position}])"
 
 
 def _names(positions: torch.Tensor, units: torch.Tensor | None) -> str:
-    names = ", ".join(_name(int(p), units) for p in positions[:_SHOW].tolist())
+    names = ", ".join(unit_name(int(p), units) for p in positions[:_SHOW].tolist())
     more = f" and {positions.numel() - _SHOW} more" if positions.numel() > _SHOW else ""
     return names + more
+
+
+# Older private names, kept for code written against them.
+_where, _name = layer_prefix, unit_name

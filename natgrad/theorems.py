@@ -49,11 +49,11 @@ def _inv_schur(
         pos = bad.nonzero().flatten()
         cond = linalg.condition_number(_full(A, b, c)[pos])
         names = ", ".join(
-            f"{linalg._name(int(p), context.get('units'))}: c − bᵀA⁻¹b = {v:.3g}, condition number {k:.3g}"
+            f"{linalg.unit_name(int(p), context.get('units'))}: c − bᵀA⁻¹b = {v:.3g}, condition number {k:.3g}"
             for p, v, k in zip(pos.tolist(), denom[pos].tolist(), cond.tolist(), strict=False)
         )
         err = SingularBlockError(
-            f"{linalg._where(context.get('layer'))}unit Fisher block is not positive definite "
+            f"{linalg.layer_prefix(context.get('layer'))}unit Fisher block is not positive definite "
             f"(its Schur complement is <= 0) for {names}. Pass damping > 0."
         )
         err.positions, err.condition_numbers = pos, cond
@@ -239,7 +239,7 @@ def _solve_pair(A, b, c, g, context):
     """A⁻¹g, A⁻¹b (one Cholesky, two right-hand sides) and s, in float64."""
     if g.shape != b.shape:
         raise InputError(
-            f"{linalg._where(context.get('layer'))}g must have shape {tuple(b.shape)}, got {tuple(g.shape)}"
+            f"{linalg.layer_prefix(context.get('layer'))}g must have shape {tuple(b.shape)}, got {tuple(g.shape)}"
         )
     x = linalg.solve(A, torch.stack([g, b], -1), what="weight block A", **context)  # [U, d, 2]
     Ainv_g, Ainv_b = x[..., 0], x[..., 1]

@@ -20,8 +20,10 @@
 # three epochs, keep a checkpoint per epoch, and look at one unit of one layer: its unit
 # Fisher block F = [[A, b], [bᵀ, c]] (bias last), the incoming means E_p(a) and
 # E_q(a) = b/c, and the terms of Theorems 1–2 — s, k, the bias shifts and the cosine
-# between the plain gradient and the unit natural gradient — and how they change with
-# training. `make demo` does the same for every unit of four unit types and several seeds.
+# between the plain gradient and the unit natural gradient — then the invariant measure of how
+# close an update is to the unit natural gradient (the Fisher efficiency ρ), the effective
+# sample size behind the block, and how they change with training. `make demo` does the same
+# for every unit of seven unit types and eight seeds.
 
 # %%
 import tempfile
@@ -35,7 +37,7 @@ from natgrad.fisher import unit_fisher
 from natgrad.analysis.runs import checkpoint_epochs, load_model, probe_set
 from natgrad.testing import assert_close, conditioned_rtol
 from natgrad.training import default_config, train
-from natgrad.analysis.unitstats import unit_statistics
+from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
 
 workdir = Path(tempfile.mkdtemp(prefix="natgrad-nb02-"))
 config = default_config(
@@ -49,14 +51,14 @@ assert epochs == [0, 1, 2, 3]
 # %% [markdown]
 # ## One layer, one unit, at the last epoch
 #
-# The exact unit Fisher (an expectation over the model's own labels) on the run's probe set,
-# computed in float64. We pick the unit of layer `fc4` whose reweighted mean E_q(a) is
+# The exact unit Fisher (an expectation over the model's own labels) on a held-out probe (the
+# first 256 test inputs), computed in float64. We pick the unit of layer `fc4` whose reweighted mean E_q(a) is
 # furthest from zero.
 
 # %%
 layer = "fc4"
 model = load_model(run, 3).to(torch.float64)
-x, y = probe_set(run)
+x, y = probe_set(run, 256)  # held out: the test split
 x = x.to(torch.float64)
 fisher = unit_fisher(model, layer, x)
 unit = int(fisher.mean_q.norm(dim=-1).argmax())
@@ -120,16 +122,39 @@ assert_close(shift.shift_natural[unit], mean_p @ dw[unit] + dw0[unit], rtol=rtol
 assert 0.0 < cosine <= 1.0
 
 # %% [markdown]
+# ## How close is the plain gradient to the unit natural gradient?
+#
+# The Euclidean cosine above is not invariant: rescale an incoming activation and it changes.
+# The **Fisher efficiency** ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) is the cosine between an update u
+# and the natural gradient in the Fisher metric (ρ = 1 for the natural gradient). It is judged
+# in F_λ = F + λ·tr(F)/(d+1)·I with one stated relative damping λ. We compare the plain
+# gradient, the plain step on centred inputs, Ollivier's quasi-diagonal update and the
+# block-diagonal update (the weight–bias coupling b set to 0, Theorem 2's comparison). n_eff is
+# the number of probe inputs the δ̄²-weighted moments really rest on.
+
+# %%
+lam = REL_DAMPING
+rho = {
+    k: fisher.efficiency(gw, gb, k, rel_damping=lam)[unit]
+    for k in ("plain", "centred", "quasidiagonal", "blockdiag", "natural")
+}
+print({k: round(float(v), 4) for k, v in rho.items()}, f"λ = {lam:g}")
+print(f"n_eff = {fisher.n_eff[unit]:.1f} for d + 1 = {fisher.fan_in + 1}")
+assert_close(rho["natural"], torch.tensor(1.0, dtype=torch.float64))
+assert all(-1.0 <= float(v) <= 1.0 + 1e-12 for v in rho.values())
+assert 1.0 <= fisher.n_eff[unit] <= x.shape[0]
+
+# %% [markdown]
 # ## Over training
 #
 # The same quantities for every unit of the layer at each checkpoint (epoch 0 is the
-# initial net), from `natgrad.analysis.unitstats.unit_statistics` — the function behind the demo's
-# tables.
+# initial net), from `natgrad.analysis.unitstats.unit_statistics` — the function behind the
+# demo's tables (a pandas DataFrame, one row per unit).
 
 # %%
 rows = {e: unit_statistics(load_model(run, e), x, y, layers=[layer]) for e in epochs}
 fig, axes = plt.subplots(1, 3, figsize=(9, 2.8))
-for ax, col in zip(axes, ("mean_q_norm", "k", "cosine"), strict=True):
+for ax, col in zip(axes, ("mean_q_norm", "rho_plain", "rho_centred"), strict=True):
     ax.boxplot([rows[e][col][rows[e]["dead"] == 0] for e in epochs])
     ax.set_xticks(range(1, len(epochs) + 1), [str(e) for e in epochs])
     ax.plot(
@@ -141,5 +166,11 @@ fig.tight_layout()
 plt.show()
 for e in epochs:
     t = rows[e]
-    assert len(t) == 128 and t.unique("layer") == [layer]
-assert_close(torch.tensor(rows[3]["s"][unit]), s_schur, what="table vs UnitFisher.s", rtol=rtol)
+    assert len(t) == 128 and t["layer"].unique().tolist() == [layer]
+rtol_l = conditioned_rtol(fisher.condition_number(rel_damping=lam)[unit])
+assert_close(
+    torch.tensor(rows[3]["rho_plain"][unit]),
+    rho["plain"],
+    what="table vs UnitFisher.efficiency",
+    rtol=rtol_l,
+)

@@ -1,21 +1,26 @@
-"""The tidy tables: agreement with direct unit Fisher calls, CSV round trip, summaries."""
+"""The unit table against direct UnitFisher calls, the cache, and seeds-as-replicates statistics."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _demo_small import small_demo
 from torch.nn import functional as F
 
-from natgrad.analysis.runs import curve_table, find_runs, load_model, probe_set
-from natgrad.analysis.tables import Table, read_csv, summarize, write_csv
-from natgrad.analysis.unitstats import COND_LIMIT
+from natgrad import measures as ms
+from natgrad.analysis import stats
+from natgrad.analysis.runs import curve_table, find_runs, load_model, probe_set, unit_table
+from natgrad.analysis.summary import read_tables
+from natgrad.analysis.unitstats import REL_DAMPING
 from natgrad.fisher import unit_fisher
-from natgrad.testing import COND_CONSTANT, assert_close, conditioned_rtol
+from natgrad.testing import assert_close, conditioned_rtol
 from natgrad.training.rundir import RunDir
 
 
@@ -24,84 +29,62 @@ def demo_dir(tmp_path_factory):
     return small_demo(tmp_path_factory)
 
 
-@pytest.mark.parametrize(("unit", "layer"), [("elu", "fc3"), ("relu", "fc5"), ("elu", "fc9")])
+@pytest.mark.parametrize(("unit", "layer"), [("elu", "fc3"), ("relu", "fc5"), ("relu-bn", "fc9")])
 def test_table_agrees_with_direct_unit_fisher(demo_dir, unit, layer):
-    run = demo_dir / "runs" / f"mnist-fc-{unit}-digits-s0"
-    table = read_csv(demo_dir / "tables" / "units.csv").where(unit_type=unit, epoch=1, layer=layer)
+    units = read_tables(demo_dir / "tables")["units"]
+    table = units[(units["unit_type"] == unit) & (units["epoch"] == 1) & (units["layer"] == layer)]
+    table = table[table["seed"] == 0].sort_values("unit")
+    run = demo_dir / "runs" / table["run"].iloc[0]
     model = load_model(run, 1).to(torch.float64)
-    x, y = probe_set(run)
+    x, y = probe_set(run, 160)  # held out: the run's test split
     x = x.to(torch.float64)
     fisher = unit_fisher(model, layer, x)
     module = dict(model.named_modules())[layer]
     gw, gb = torch.autograd.grad(-F.cross_entropy(model(x), y), [module.weight, module.bias])
+    numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+    col = {c: torch.tensor(table[c].to_numpy(dtype=np.float64)) for c in numeric}
 
-    assert_close(torch.from_numpy(table["c"]), fisher.c, what="c")
-    assert_close(torch.from_numpy(table["mean_q_norm"]), fisher.mean_q.norm(dim=-1), what="|E_q|")
-    assert_close(torch.from_numpy(table["mean_p_norm"]), fisher.mean_p.norm().expand(len(table)))
-    plain = gw @ fisher.mean_p + gb
-    assert_close(torch.from_numpy(table["shift_plain"]), plain, what="shift_plain")
-
-    # Live units: the table's theorem terms are UnitFisher's on F + λI, λ from the table
-    # (0 for most ELU units; the ReLU layers after dead units are all damped).
-    live = torch.from_numpy(table["dead"] == 0).nonzero().flatten()
-    lam = torch.from_numpy(table["damping"])[live]
-    eye = torch.eye(fisher.fan_in + 1, dtype=torch.float64)
+    assert_close(col["c"], fisher.c, what="c")
+    assert_close(col["n_eff"], fisher.n_eff, what="n_eff")
+    assert_close(col["cond"], fisher.condition_number(exact=True), what="cond", rtol=1e-6)
+    live = (fisher.c > 0).nonzero().flatten()
+    assert (col["dead"][live] == 0).all()
     sub = dataclasses.replace(
-        fisher, matrix=fisher.matrix[live] + lam[:, None, None] * eye, units=fisher.units[live]
+        fisher,
+        matrix=fisher.matrix[live],
+        units=fisher.units[live],
+        c_sum=None,
+        c_sq_sum=None,
     )
-    shift = sub.bias_shift(gw[live], gb[live])
-    # Two float64 routes through solves with these blocks agree to C·κ·ε (exact κ). k and
-    # the corrected mean go through Var_q(a)⁻¹, whose condition number is up to κ·s·c: on
-    # the damped ReLU blocks that exceeds 1e14, so k is not determined to any digit there
-    # (a 1e-14 relative change of F moves it by 1e-3). Those units are checked by the
-    # residual of their solve instead.
-    kappa = sub.condition_number()
+    g, g0 = gw[live], gb[live]
+    # Every solve is in F_λ, κ(F_λ) <= (d+1)/λ + 1: round-off tolerances follow it.
+    kappa = sub.condition_number(rel_damping=REL_DAMPING)
     rtol = conditioned_rtol(kappa)
-    for column, expected in (
-        ("s", sub.s()),
-        ("cosine", sub.cosine(gw[live], gb[live])),
-        ("shift_natural", shift.shift_natural),
-        ("shift_blockdiag", shift.shift_blockdiag),
-    ):
-        assert_close(torch.from_numpy(table[column])[live], expected, what=column, rtol=rtol)
-    rtol_q = conditioned_rtol(kappa * sub.s() * sub.c)
-    determined = rtol_q < 1e-2  # at least two digits
-    assert determined.any(), "some live unit has a determined k (else this compares nothing)"
-    for column, expected in (
-        ("k", shift.k),
-        ("corrected_mean_norm", shift.corrected_mean.norm(dim=-1)),
-    ):
-        got = torch.from_numpy(table[column])[live]
-        assert_close(got[determined], expected[determined], what=column, rtol=rtol_q[determined])
-    undamped = ((lam == 0) & determined).nonzero().flatten()  # k's closed form (Lemma 2(ii))
-    und = dataclasses.replace(sub, matrix=sub.matrix[undamped], units=sub.units[undamped])
-    assert_close(
-        torch.from_numpy(table["k"])[live][undamped], und.k("closed"), rtol=rtol_q[undamped]
-    )
-    # The rest: the natural gradient solves F x = g to a backward-stable residual.
-    rest = (~determined).nonzero().flatten()
-    if rest.numel():
-        bad = dataclasses.replace(sub, matrix=sub.matrix[rest], units=sub.units[rest])
-        g = torch.cat([gw[live][rest], gb[live][rest, None]], -1)
-        dw, dw0 = bad.natural_gradient(gw[live][rest], gb[live][rest])
-        x_ = torch.cat([dw, dw0[:, None]], -1)
-        residual = (bad.matrix @ x_.unsqueeze(-1)).squeeze(-1) - g
-        scale = torch.linalg.matrix_norm(bad.matrix, 2) * x_.norm(dim=-1)
-        assert (
-            residual.norm(dim=-1) <= COND_CONSTANT * torch.finfo(torch.float64).eps * scale
-        ).all()
+    for direction in ("plain", "centred", "quasidiagonal", "blockdiag", "diagonal"):
+        expected = sub.efficiency(g, g0, direction, rel_damping=REL_DAMPING)
+        assert_close(col[f"rho_{direction}"][live], expected, rtol=rtol, what=direction)
+    err = sub.bias_shift_error(g, g0, "plain", rel_damping=REL_DAMPING)
+    assert_close(col["shift_error_plain"][live], err, rtol=rtol, what="shift error")
+    # Theorem 2 on F_λ: k goes through Var_q(a)⁻¹ (condition number up to κ·s·c).
+    damped = dataclasses.replace(sub, matrix=ms.relative_damped(sub.matrix, REL_DAMPING))
+    s_c = damped.s() * damped.c
+    assert_close(col["s_c"][live], s_c, rtol=rtol, what="s·c")
+    rtol_q = conditioned_rtol(kappa * s_c)
+    determined = rtol_q < 1e-2
+    assert determined.any(), "some unit has a determined k (else this compares nothing)"
+    k = damped.k("closed")
+    assert_close(col["k"][live][determined], k[determined], rtol=rtol_q[determined], what="k")
 
 
-def test_singular_and_dead_units_are_reported_not_hidden(demo_dir):
-    units = read_csv(demo_dir / "tables" / "units.csv")
-    damped = units.take(units["damping"] > 0)
-    assert len(damped) > 0  # fc1 sees constant-zero border pixels of the digits
-    assert (damped["cond"] > COND_LIMIT).all()
-    assert np.isfinite(damped["cosine"]).all()
-    dead = units.take(units["dead"] == 1)
-    assert (dead["c"] == 0).all() and np.isnan(dead["cosine"]).all() and np.isnan(dead["k"]).all()
-    live = units.take(units["dead"] == 0)
-    assert np.isfinite(live["cosine"]).all() and (live["cosine"] > 0).all()
+def test_dead_units_are_counted_not_hidden(demo_dir):
+    units = read_tables(demo_dir / "tables")["units"]
+    dead = units[units["dead"] == 1]
+    assert (dead["c"] == 0).all() and dead["rho_plain"].isna().all() and dead["k"].isna().all()
+    live = units[units["dead"] == 0]
+    assert np.isfinite(live["rho_plain"]).all()
+    assert ((live["rho_natural"] - 1).abs() < 1e-8).all()
+    # the stated damping is the same relative λ for every unit
+    assert (units["rel_damping"] == REL_DAMPING).all()
 
 
 def test_curves_match_the_run_records(demo_dir):
@@ -110,35 +93,127 @@ def test_curves_match_the_run_records(demo_dir):
     assert len(curves) == 2 * len(runs)
     for run in runs:
         rows = RunDir(run).read_activation_summary()
-        got = curves.where(run=run.name)["median_all"]
+        got = curves[curves["run"] == run.name]["median_all"]
         assert got.tolist() == [r["median_all"] for r in rows]
 
 
-def test_csv_round_trip_is_exact(tmp_path):
-    t = Table({"a": ["x", "y"], "n": [1, 2], "v": [0.1 + 0.2, math.nan]})
-    back = read_csv(write_csv(t, tmp_path / "t.csv"))
-    assert back["a"].tolist() == ["x", "y"] and back["n"].dtype == np.int64
-    assert back["v"][0] == 0.1 + 0.2 and math.isnan(back["v"][1])
+def test_unit_tables_are_reused_until_the_checkpoint_changes(demo_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(find_runs(demo_dir / "runs")[0], run)
+    shutil.rmtree(run / "analysis", ignore_errors=True)
+    counts: dict = {}
+    first = unit_table([run], epochs=[1], probe_size=32, layers=["fc9"], stats=counts)
+    assert counts == {"computed": 1, "cached": 0}
+    again = unit_table([run], epochs=[1], probe_size=32, layers=["fc9"], stats=counts)
+    assert counts == {"computed": 0, "cached": 1}
+    pd.testing.assert_frame_equal(first, again)
+    unit_table([run], epochs=[1], probe_size=33, layers=["fc9"], stats=counts)  # new settings
+    assert counts == {"computed": 1, "cached": 0}
+    st_path = RunDir(run).checkpoint_paths(1)[0]
+    st_path.write_bytes(st_path.read_bytes())  # same bytes: still current
+    unit_table([run], epochs=[1], probe_size=33, layers=["fc9"], stats=counts)
+    assert counts["cached"] == 1
+    from natgrad.training import load_checkpoint
+    from natgrad.training.checkpoint import read_checkpoint, write_checkpoint
 
-
-def test_summarize_averages_runs_first_then_seeds():
-    t = Table({"unit_type": ["elu"] * 4, "seed": [0, 0, 1, 1], "v": [1.0, 3.0, 6.0, math.nan]})
-    s = summarize(t, by=("unit_type",), values=("v",))
-    assert s["v_mean"][0] == 4.0  # run means 2 and 6
-    assert s["v_sd"][0] == pytest.approx(math.sqrt(8.0))
+    model, info = load_checkpoint(run, 1)
+    with torch.no_grad():
+        model.fc9.bias.add_(1.0)
+    _, full = read_checkpoint(run, 1)
+    write_checkpoint(run, 1, model, torch.optim.SGD(model.parameters(), lr=0.1), full)
+    unit_table([run], epochs=[1], probe_size=33, layers=["fc9"], stats=counts)
+    assert counts == {"computed": 1, "cached": 0}
 
 
 def test_epoch_zero_is_rebuilt_exactly(demo_dir):
-    """The epoch-0 net (its checkpoint, or the rebuild from config.json for older runs)
-    reproduces the activations recorded before the first step and is shared by the unit types."""
+    """The epoch-0 net reproduces the activations recorded before the first step and is
+    shared by the unit types of one seed."""
     from natgrad.training import load_activations, record_activations
 
     runs = {u: demo_dir / "runs" / f"mnist-fc-{u}-digits-s0" for u in ("elu", "relu")}
     models = {u: load_model(r, 0) for u, r in runs.items()}
     for a, b in zip(models["elu"].parameters(), models["relu"].parameters(), strict=True):
         assert torch.equal(a, b)
-    x, _ = probe_set(runs["elu"])
+    x, _ = probe_set(runs["elu"], split="train")
     recorded = load_activations(runs["elu"], 0)
     again = record_activations(models["elu"], x)["means"]
     for layer, mean in recorded.items():
         assert_close(again[layer], mean, what=layer)
+
+
+# --- statistics: seeds are the replicates ---------------------------------------------
+
+
+def _pairs(diffs, *, base=1.0):
+    n = len(diffs)
+    return pd.DataFrame({
+        "unit_type": ["elu"] * n + ["relu"] * n,
+        "seed": list(range(n)) * 2,
+        "rho_plain": [base + d for d in diffs] + [base] * n,
+    })  # fmt: skip
+
+
+def test_permutation_p_is_the_exact_sign_flip_p():
+    diffs = [0.3, -0.1, 0.2, 0.25, 0.05]
+    row = stats.paired_comparison(_pairs(diffs), "rho_plain").iloc[0]
+    d = np.array(diffs)
+    flips = [abs(np.mean(d * np.array(s))) for s in itertools.product([1, -1], repeat=len(d))]
+    exact = np.mean(np.array(flips) >= abs(d.mean()) - 1e-12)
+    assert row["p"] == pytest.approx(exact)
+    assert row["n"] == 5 and row["p_min"] == pytest.approx(2 / 2**5)
+    assert row["lo"] <= row["diff"] <= row["hi"]
+
+
+def test_sentences_follow_the_confidence_interval():
+    clear = stats.paired_comparison(
+        _pairs([0.30, 0.32, 0.29, 0.31, 0.33, 0.30, 0.28, 0.31]), "rho_plain"
+    )
+    assert clear["lo"].iloc[0] > 0
+    assert (
+        "ELU (α=1) higher than ReLU" in clear["text"].iloc[0] and "better" in clear["text"].iloc[0]
+    )
+    unclear = stats.paired_comparison(
+        _pairs([0.3, -0.3, 0.1, -0.2, 0.05, -0.1, 0.2, -0.05]), "rho_plain"
+    )
+    assert unclear["lo"].iloc[0] < 0 < unclear["hi"].iloc[0]
+    assert "no difference resolved" in unclear["text"].iloc[0]
+
+
+def test_seed_values_summarise_units_per_run_before_any_comparison(demo_dir):
+    t = read_tables(demo_dir / "tables")
+    seeds, comparison = t["seeds"], t["comparison"]
+    assert len(seeds) == 3 * 2  # unit types × seeds: the replicates
+    # every test pairs seeds (2 here), never layers or units; a metric undefined for a run
+    # (the variance over one epoch) drops that seed from its pairs
+    assert comparison["n"].max() == 2 and (comparison["n"] <= 2).all()
+    assert (comparison[comparison["metric"].str.startswith("rho_")]["n"] == 2).all()
+    units = t["units"]
+    last = units[(units["epoch"] == 1) & (units["input_from"] == "units") & (units["dead"] == 0)]
+    for _, row in seeds.iterrows():
+        sub = last[(last["unit_type"] == row["unit_type"]) & (last["seed"] == row["seed"])]
+        assert row["rho_plain"] == pytest.approx(sub["rho_plain"].median())
+        est = sub[sub["estimable"] == 1]["k"]
+        assert (math.isnan(row["k"]) and est.empty) or row["k"] == pytest.approx(est.median())
+
+
+def test_claims_per_seed_from_curves():
+    curves = pd.DataFrame({
+        "run": ["a"] * 4 + ["b"] * 4, "unit_type": ["elu"] * 4 + ["relu"] * 4, "seed": [0] * 8,
+        "epoch": [0, 1, 2, 3] * 2,
+        "train_loss": [2.0, 1.0, 0.5, 0.4, 2.0, 1.5, 1.0, 0.8],
+        "test_error": [0.9, 0.5, 0.3, 0.2, 0.9, 0.6, 0.5, 0.4],
+        "median_all": [0.1, 0.2, -0.1, 0.05, 0.1, 0.3, 0.4, 0.5],
+    })  # fmt: skip
+    claims, threshold = stats.claims_per_seed(curves, last=2)
+    assert threshold == pytest.approx(0.8)  # the worst unit type's final loss
+    a = claims[claims["run"] == "a"].iloc[0]
+    b = claims[claims["run"] == "b"].iloc[0]
+    assert b["epochs_to_loss"] == 3 and b["epochs_reached"] == 1
+    claims, _ = stats.claims_per_seed(curves, last=2, threshold=0.45)
+    assert claims[claims["run"] == "b"].iloc[0]["epochs_to_loss"] == 4  # censored at E + 1
+    assert claims[claims["run"] == "b"].iloc[0]["epochs_reached"] == 0
+    claims, _ = stats.claims_per_seed(curves, last=2)
+    assert a["epochs_to_loss"] == 2 and a["train_loss_auc"] == pytest.approx((1.0 + 0.5 + 0.4) / 3)
+    assert a["abs_median_activation"] == pytest.approx(0.05)
+    assert a["test_error"] == pytest.approx(0.25)
+    assert a["median_activation_var"] == pytest.approx(np.var([0.2, -0.1, 0.05], ddof=1))

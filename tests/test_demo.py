@@ -10,10 +10,11 @@ from _demo_small import SMALL, small_demo
 
 from natgrad.analysis import demo
 from natgrad.analysis.report import summary_text
-from natgrad.analysis.tables import read_csv
+from natgrad.analysis.summary import read_tables
 from natgrad.errors import InputError
 
-TABLES = ("units", "curves", "activations", "epoch_summary", "summary", "comparison")
+TABLES = ("units", "sweep", "curves", "activations", "seeds", "seed_epochs", "sweep_seeds",
+          "summary", "comparison")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -22,31 +23,39 @@ def demo_dir(tmp_path_factory):
 
 
 def test_demo_writes_runs_tables_and_report(demo_dir):
-    for unit in SMALL.units:
-        run = demo_dir / "runs" / f"mnist-fc-{unit}-digits-s0"
-        assert (run / "checkpoints" / "epoch_0001.json").is_file(), run
+    for key in SMALL.units:
+        unit, bn = (key[:-3], "-bn") if key.endswith("-bn") else (key, "")
+        for seed in range(SMALL.seeds):
+            run = demo_dir / "runs" / f"mnist-fc-{unit}{bn}-digits-s{seed}"
+            assert (run / "checkpoints" / "epoch_0001.json").is_file(), run
+    tables = read_tables(demo_dir / "tables")
     for name in TABLES:
-        assert len(read_csv(demo_dir / "tables" / f"{name}.csv")) > 0, name
+        assert len(tables[name]) > 0, name
     html = (demo_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 7  # Fig 1, Fig 2, five per-layer figures
-    assert '<table id="summary">' in html and "Wilcoxon" in html
+    # headline, sweep, n_eff, Fig 2, Fig 1 and three per-layer figures
+    assert html.count("data:image/png;base64,") == 8
+    assert '<table id="summary">' in html and "The question" in html
+    assert "Wilcoxon" not in html  # no test over units or layers
     meta = json.loads((demo_dir / "demo.json").read_text())
     assert meta["config"]["epochs"] == 1 and meta["seconds"]["total"] > 0
 
 
 def test_unit_table_covers_every_layer_unit_and_epoch(demo_dir):
-    units = read_csv(demo_dir / "tables" / "units.csv")
-    # 8 hidden layers of 128 units, the output layer of 10; epochs 0 and 1; two unit types.
-    assert len(units) == (8 * 128 + 10) * 2 * 2
-    assert units.unique("epoch") == demo.analysed_epochs(SMALL) == [0, 1]
-    assert units.unique("unit_type") == ["elu", "relu"]
-    assert units.where(layer="fc1").unique("input_from") == ["data"]
+    units = read_tables(demo_dir / "tables")["units"]
+    # 8 hidden layers of 128 units, the output layer of 10; epochs 0 and 1; 3 types × 2 seeds.
+    assert len(units) == (8 * 128 + 10) * 2 * 3 * 2
+    assert sorted(units["epoch"].unique()) == demo.analysed_epochs(SMALL) == [0, 1]
+    assert sorted(units["unit_type"].unique()) == ["elu", "relu", "relu-bn"]
+    assert set(units[units["layer"] == "fc1"]["input_from"]) == {"data"}
+    sweep = read_tables(demo_dir / "tables")["sweep"]
+    assert sorted(sweep["rel_damping"].unique()) == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert set(sweep["epoch"]) == {1}
 
 
 def test_terminal_summary_is_the_summary_table(demo_dir):
-    summary = read_csv(demo_dir / "tables" / "summary.csv")
+    summary = read_tables(demo_dir / "tables")["summary"]
     assert (demo_dir / "summary.txt").read_text() == summary_text(summary) + "\n"
-    assert summary["unit_type"].tolist() == ["elu", "relu"]
+    assert summary["unit_type"].tolist() == ["elu", "relu", "relu-bn"]
 
 
 def _args(*argv):
@@ -58,6 +67,9 @@ def _args(*argv):
 def test_cli_arguments_and_paper_mode():
     cfg = demo.config_from_args(_args("--epochs", "1", "--seeds", "2", "--units", "elu,ReLU"))
     assert (cfg.epochs, cfg.seeds, cfg.units, cfg.dataset) == (1, 2, ("elu", "relu"), "digits")
+    assert demo.DemoConfig().seeds >= 8  # seeds are the replicates: enough to resolve effects
+    with pytest.raises(InputError, match="unknown unit type"):
+        demo.DemoConfig(units=("elu", "tanh"))
     paper = demo.config_from_args(_args("--paper", "--data-dir", "d"))
     assert (paper.dataset, paper.epochs, paper.seeds, paper.data_dir) == ("mnist", 300, 5, "d")
     assert demo.analysed_epochs(paper)[:3] == [0, 25, 50] and demo.analysed_epochs(paper)[-1] == 300

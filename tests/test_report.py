@@ -7,11 +7,12 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from _demo_small import small_demo
 
-from natgrad.analysis.report import SUMMARY_COLUMNS, fmt, fmt_pm, render_report
-from natgrad.analysis.tables import read_csv, write_csv
+from natgrad.analysis.report import SUMMARY_COLUMNS, fmt_ci, render_report
+from natgrad.analysis.summary import read_tables
 
 
 @pytest.fixture(scope="session")
@@ -30,40 +31,42 @@ def _cells(html: str) -> dict[tuple[str, str], str]:
 
 
 def test_summary_cells_equal_the_summary_table(demo_dir):
-    summary = read_csv(demo_dir / "tables" / "summary.csv")
+    summary = read_tables(demo_dir / "tables")["summary"]
     cells = _cells((demo_dir / "report.html").read_text())
-    assert len(cells) == len(summary) * len(SUMMARY_COLUMNS)
-    for row in summary.rows():
-        for col, _ in SUMMARY_COLUMNS:
-            assert cells[(row["unit_type"], col)] == fmt_pm(row[f"{col}_mean"], row[f"{col}_sd"])
+    assert len(cells) == len(summary) * (len(SUMMARY_COLUMNS) + 2)
+    for _, row in summary.iterrows():
+        for col in SUMMARY_COLUMNS:
+            assert cells[(row["unit_type"], col)] == fmt_ci(row.to_dict(), col)
 
 
-def test_findings_quote_the_comparison_table(demo_dir):
+def test_findings_are_the_comparison_sentences(demo_dir):
     html = (demo_dir / "report.html").read_text()
-    comparison = read_csv(demo_dir / "tables" / "comparison.csv").where(
-        metric="cosine", level="seed×layer"
-    )
-    for row in comparison.rows():
-        assert f"Wilcoxon p = {fmt(row['p'])}" in html
-        assert f"(n = {row['n']})" in html
+    comparison = read_tables(demo_dir / "tables")["comparison"]
+    headline = comparison[comparison["metric"].isin(["rho_plain", "rho_centred"])]
+    assert len(headline) == 4  # two metrics × (ELU vs ReLU, ELU vs ReLU+BN)
+    for text in headline["text"]:
+        assert text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in html
+    # With two seeds nothing can be resolved at p < 0.5, and the page says how few seeds.
+    paired = comparison[comparison["n"] > 0]
+    assert (paired["p_min"] == 2.0 / 2 ** paired["n"]).all() and (paired["p_min"] >= 0.5).all()
 
 
-def test_report_follows_an_edited_table(demo_dir, tmp_path):
+def test_report_follows_an_edited_table_and_keeps_its_header(demo_dir, tmp_path):
     tables = tmp_path / "tables"
     shutil.copytree(demo_dir / "tables", tables)
-    summary = read_csv(tables / "summary.csv")
-    cos = summary["cosine_mean"].copy()
-    cos[0] = 0.4242
-    write_csv(summary.with_columns(cosine_mean=cos), tables / "summary.csv")
+    summary = pd.read_csv(tables / "summary.csv")
+    summary.loc[0, "rho_plain_mean"] = 0.4242
+    summary.to_csv(tables / "summary.csv", index=False)
     html = render_report(tables, figures=False).read_text()
-    assert _cells(html)[(summary["unit_type"][0], "cosine")].startswith("0.4242")
+    assert _cells(html)[(summary["unit_type"][0], "rho_plain")].startswith("0.4242")
     assert "data:image/png" not in html
+    assert "relative damping λ" in html and "command" in html  # the run header survives
 
 
 def test_library_imports_without_matplotlib():
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
         "import natgrad, natgrad.analysis.demo, natgrad.analysis.report, natgrad.analysis.plots, natgrad.analysis.summary, "
-        "natgrad.analysis.runs, natgrad.analysis.unitstats, analysis\n"
+        "natgrad.analysis.runs, natgrad.analysis.unitstats, natgrad.analysis.stats\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

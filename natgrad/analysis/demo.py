@@ -28,52 +28,81 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from natgrad.analysis.unitstats import REL_DAMPING
 from natgrad.errors import InputError
+from natgrad.units import CATALOGUE
 
 __all__ = ["DemoConfig", "add_arguments", "analysed_epochs", "main", "run"]
 
-UNITS = ("elu", "relu", "lrelu", "srelu")
+#: The unit types compared by default: the paper's four, SELU, and ReLU/ELU with batch norm
+#: (the paper's Fig 5 question). Keys of :func:`natgrad.units.unit_type_key`.
+UNITS = ("elu", "relu", "lrelu", "srelu", "selu", "relu-bn", "elu-bn")
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of the main job; the defaults are the quick CPU run.
+    """Settings of the main job; the defaults are the CPU run on the digits.
 
-    ``threads``: torch's CPU threads while the demo runs (restored afterwards). One thread
-    is the fastest for these small nets on a shared 2-core CPU (2–4× faster than two
-    threads fighting other processes, measured); 0 keeps torch's setting.
+    ``probe_size``: held-out test inputs of the unit Fisher probe (``None``: the whole test
+    split, 360 digits). ``layers``: ``"hidden"`` analyses the layers fed by hidden units (the
+    first layer's incoming activations are the data, the same for every unit type), ``"all"``
+    every layer. ``workers``: parallel processes for training and analysis (one torch thread
+    each; 0 = the number of CPUs, at most 2 per the machine this ships on).
     """
 
     net: str = "mnist-fc"
     dataset: str = "digits"
     data_dir: str | None = None
     units: tuple[str, ...] = UNITS
-    seeds: int = 3
+    seeds: int = 8
     epochs: int = 20
-    checkpoint_every: int = 5
-    probe_size: int = 512
+    checkpoint_every: int = 10
+    probe_size: int | None = None
+    layers: str = "hidden"
+    rel_damping: float = REL_DAMPING
     lr: float = 0.01
     batch_size: int = 64
     device: str = "cpu"
     threads: int = 1
+    workers: int = 0
     out: str = "reports/demo"
     fresh: bool = False
 
     def __post_init__(self) -> None:
-        if self.seeds < 1 or self.epochs < 1 or self.checkpoint_every < 1 or self.probe_size < 2:
+        if (
+            self.seeds < 1
+            or self.epochs < 1
+            or self.checkpoint_every < 1
+            or (self.probe_size is not None and self.probe_size < 2)
+        ):
             raise InputError(
                 f"demo: seeds, epochs, checkpoint_every must be >= 1 and probe_size >= 2; got "
                 f"seeds={self.seeds}, epochs={self.epochs}, checkpoint_every="
                 f"{self.checkpoint_every}, probe_size={self.probe_size}"
             )
+        if self.layers not in ("hidden", "all"):
+            raise InputError(f"demo: layers must be 'hidden' or 'all', got {self.layers!r}")
+        for key in self.units:
+            base = key[:-3] if key.endswith("-bn") else key
+            if base not in CATALOGUE:
+                raise InputError(f"demo: unknown unit type {key!r}; choose from "
+                                 f"{', '.join(CATALOGUE)} (add -bn for batch norm)")  # fmt: skip
 
 
 #: The paper's setting of Fig 2 (PAPER.md): MNIST, 300 epochs, 5 seeds, lr 0.01, batch 64.
-PAPER = dict(dataset="mnist", seeds=5, epochs=300, checkpoint_every=25, device="auto")
+PAPER = dict(
+    dataset="mnist",
+    seeds=5,
+    epochs=300,
+    checkpoint_every=25,
+    device="auto",
+    units=("elu", "relu", "lrelu", "srelu"),
+)
 
 
 def analysed_epochs(config: DemoConfig) -> list[int]:
@@ -92,13 +121,15 @@ def analysed_epochs(config: DemoConfig) -> list[int]:
     )
 
 
-def _train_config(config: DemoConfig, unit: str, seed: int):
+def _train_config(config: DemoConfig, key: str, seed: int):
     from natgrad.training import default_config
 
+    unit, bn = (key[:-3], True) if key.endswith("-bn") else (key, False)
     return default_config(
         config.net, dataset=config.dataset, data_dir=config.data_dir, unit=unit, seed=seed,
+        batch_norm=bn,
         epochs=config.epochs, checkpoint_every=config.checkpoint_every,
-        probe_size=config.probe_size, lr=config.lr, batch_size=config.batch_size,
+        lr=config.lr, batch_size=config.batch_size,
     )  # fmt: skip
 
 
@@ -115,46 +146,86 @@ def main(config: DemoConfig, *, progress: bool = True, echo=print) -> dict:
         torch.set_num_threads(threads)
 
 
+def _train_one(job):
+    cfg, run_dir, device, resume, threads = job
+    import torch
+
+    from natgrad.training import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    return train(cfg, run_dir, device=device, resume=resume, progress=False).run_dir
+
+
+def workers_of(config: DemoConfig) -> int:
+    """Processes to use: ``workers``, or (0) the CPUs this process may use, at most 2."""
+    if config.workers > 0:
+        return config.workers
+    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
 def _main(config: DemoConfig, progress: bool, echo) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from natgrad.analysis.report import load_tables, render_report, summary_text
-    from natgrad.analysis.summary import write_tables
-    from natgrad.training import default_run_dir, describe_device, train
+    from natgrad.analysis.report import render_report, summary_text
+    from natgrad.analysis.summary import read_tables, write_tables
+    from natgrad.training import default_run_dir, describe_device
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = [(unit, seed) for seed in range(config.seeds) for unit in config.units]
+    workers = workers_of(config) if config.device == "cpu" else 1
+    jobs = []
+    for seed in range(config.seeds):
+        for key in config.units:
+            cfg = _train_config(config, key, seed)
+            jobs.append((cfg, default_run_dir(cfg, out / "runs"), config.device,
+                         not config.fresh, config.threads))  # fmt: skip
+    bar = tqdm(
+        total=len(jobs), desc="training", unit="run", disable=not progress, dynamic_ncols=True
+    )
     runs = []
-    bar = tqdm(jobs, desc="training", unit="run", disable=not progress, dynamic_ncols=True)
-    for unit, seed in bar:
-        bar.set_postfix(unit=unit, seed=seed)
-        cfg = _train_config(config, unit, seed)
-        run_dir = default_run_dir(cfg, out / "runs")
-        res = train(cfg, run_dir, device=config.device, resume=not config.fresh, progress=False)
-        runs.append(res.run_dir)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for run_dir in pool.map(_train_one, jobs):
+                runs.append(run_dir)
+                bar.update(1)
+    else:
+        for job in jobs:
+            runs.append(_train_one(job))
+            bar.update(1)
+    bar.close()
     t_train = time.perf_counter() - t0
-    tables = write_tables(runs, out / "tables", epochs=analysed_epochs(config), progress=progress)
-    t_tables = time.perf_counter() - t0 - t_train
+    layers = None if config.layers == "all" else _hidden_layers(runs[0])
     device = describe_device(torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
                                           (config.device if config.device != "auto" else "cpu")))  # fmt: skip
     context = {
         "command": "python -m natgrad demo " + " ".join(_cli_args(config)),
         "device": device,
         "runs": f"{len(runs)} ({', '.join(config.units)} × {config.seeds} seeds), {config.net} on {config.dataset}",
-        "analysed epochs": analysed_epochs(config),
-        "probe set": f"{config.probe_size} training inputs per seed",
-        "wall time": f"training {t_train:.1f} s, unit Fishers and tables {t_tables:.1f} s",
-    }
-    report = render_report(out / "tables", out / "report.html", context=context)
+        "layers analysed": "all" if layers is None else f"fed by hidden units ({', '.join(layers)})",
+    }  # fmt: skip
+    tables = write_tables(runs, out / "tables", epochs=analysed_epochs(config),
+                          probe_size=config.probe_size, rel_damping=config.rel_damping,
+                          layers=layers, workers=workers, progress=progress,
+                          context=context)  # fmt: skip
+    t_tables = time.perf_counter() - t0 - t_train
+    seconds_so_far = time.perf_counter() - t0
+    wall = {"wall time": f"training {t_train:.1f} s, unit Fishers and tables {t_tables:.1f} s, "
+                         f"{workers} worker process(es)"}  # fmt: skip
+    report = render_report(out / "tables", out / "report.html", context=wall)
     seconds = time.perf_counter() - t0
-    summary = summary_text(load_tables(out / "tables")["summary"])
-    meta = {"config": asdict(config), "seconds": {"train": t_train, "tables": t_tables, "total": seconds},
-            "device": device}  # fmt: skip
-    (out / "demo.json").write_text(json.dumps(meta, indent=1))
-    (out / "summary.txt").write_text(summary + "\n")
+    summary = summary_text(read_tables(out / "tables")["summary"])
+    meta = {"config": asdict(config), "seconds": {"train": t_train, "tables": t_tables,
+            "report": seconds - seconds_so_far, "total": seconds}, "device": device}  # fmt: skip
+    from natgrad.training.checkpoint import atomic_write
+
+    atomic_write(out / "demo.json", json.dumps(meta, indent=1).encode())
+    atomic_write(out / "summary.txt", (summary + "\n").encode())
     echo(summary)
     echo(f"report: {report}  (tables in {out / 'tables'}; {seconds:.1f} s)")
     return {
@@ -164,6 +235,17 @@ def _main(config: DemoConfig, progress: bool, echo) -> dict:
         "summary": summary,
         "seconds": seconds,
     }
+
+
+def _hidden_layers(run_dir) -> list[str]:
+    """The Linear/Conv2d layers of a run's net fed by hidden units (all but the first)."""
+    from torch import nn
+
+    from natgrad.analysis.runs import load_model
+
+    model = load_model(run_dir, 0)
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return names[1:]
 
 
 def _cli_args(config: DemoConfig) -> list[str]:
@@ -176,9 +258,12 @@ def _cli_args(config: DemoConfig) -> list[str]:
         "epochs",
         "checkpoint_every",
         "probe_size",
+        "layers",
+        "rel_damping",
         "lr",
         "device",
         "threads",
+        "workers",
         "out",
     ):
         v = getattr(config, f)
@@ -213,8 +298,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--probe-size",
         type=int,
         default=None,
-        help=f"probe inputs per seed (default {d.probe_size})",
+        help="held-out test inputs in the unit Fisher probe (default: the whole test split)",
     )
+    parser.add_argument("--layers", choices=("hidden", "all"), default=None,
+                        help="layers analysed: fed by hidden units (default) or all")  # fmt: skip
+    parser.add_argument("--rel-damping", type=float, default=None,
+                        help=f"relative damping λ of the metric F_λ (default {d.rel_damping:g})")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel processes for training and analysis (default: CPUs, at most 2)")  # fmt: skip
     parser.add_argument(
         "--units", default=None, help=f"comma-separated units (default {','.join(d.units)})"
     )
@@ -239,7 +330,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     """The :class:`DemoConfig` of parsed arguments (``--paper`` first, then explicit flags)."""
     config = replace(DemoConfig(), **PAPER) if args.paper else DemoConfig()
     changes = {k: getattr(args, k) for k in ("dataset", "data_dir", "epochs", "seeds", "checkpoint_every",
-                                             "probe_size", "lr", "device", "threads", "out") if getattr(args, k) is not None}  # fmt: skip
+                                             "probe_size", "layers", "rel_damping", "lr", "device",
+                                             "threads", "workers", "out") if getattr(args, k) is not None}  # fmt: skip
     if args.units:
         changes["units"] = tuple(u.strip().lower() for u in args.units.split(",") if u.strip())
     if args.fresh:

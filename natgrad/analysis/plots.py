@@ -1,7 +1,7 @@
 r"""The figures of the report and of ``paper_figures/``, written once.
 
 matplotlib is imported inside each function, so ``import natgrad`` never needs it. Every
-function draws from tidy tables (:mod:`natgrad.analysis.tables`) and returns the ``Figure``; callers
+function draws from tidy pandas tables and returns the ``Figure``; callers
 choose where it goes (base64 PNG in the HTML report, PDF + PNG for the paper figures).
 
 =========================  =============================================================
@@ -18,38 +18,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from natgrad.analysis.tables import Table
+from natgrad.units import unit_type_colour, unit_type_label, unit_type_order
 
 __all__ = [
-    "UNIT_COLORS",
-    "UNIT_LABELS",
     "figure_png_base64",
     "plot_curves",
+    "plot_damping_sweep",
+    "plot_efficiencies",
     "plot_layer_metric",
+    "plot_n_eff",
     "plot_units",
     "save_figure",
 ]
 
-#: One colour and label per unit, shared by every figure.
-UNIT_COLORS = {
-    "elu": "#1b9e77",
-    "relu": "#d95f02",
-    "lrelu": "#7570b3",
-    "srelu": "#e7298a",
-    "prelu": "#66a61e",
-}
-UNIT_LABELS = {
-    "elu": r"ELU ($\alpha=1$)",
-    "relu": "ReLU",
-    "lrelu": r"LReLU ($\alpha=0.1$)",
-    "srelu": "SReLU",
-    "prelu": "PReLU",
-}
+
+def _units_in(table, column: str = "unit_type") -> list[str]:
+    return unit_type_order(table[column].unique())
 
 
-def _units_in(table: Table, column: str = "unit_type") -> list[str]:
-    present = table.unique(column)
-    return [u for u in UNIT_COLORS if u in present] + [u for u in present if u not in UNIT_COLORS]
+def _style(key: str) -> dict:
+    """Colour from the catalogue; batch-norm variants dashed."""
+    return {"color": unit_type_colour(key), "ls": "--" if key.endswith("-bn") else "-"}
 
 
 def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0)):
@@ -67,10 +56,14 @@ def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0)):
     else:
         fig = ax.figure
     x = torch.linspace(*xlim, 501, dtype=torch.float64)
-    for name in ("elu", "relu", "lrelu", "srelu"):
+    from natgrad.units import CATALOGUE
+
+    for name, unit in CATALOGUE.items():
+        if not unit.in_paper or name == "prelu":
+            continue
         with torch.no_grad():
             y = make_unit(name)(x)
-        ax.plot(x.numpy(), y.numpy(), color=UNIT_COLORS[name], label=UNIT_LABELS[name])
+        ax.plot(x.numpy(), y.numpy(), color=unit.colour, label=unit_type_label(name))
     ax.axhline(0.0, color="0.7", lw=0.6, zorder=0)
     ax.axvline(0.0, color="0.7", lw=0.6, zorder=0)
     ax.set(xlabel="x", ylabel="f(x)", xlim=xlim, ylim=(-1.5, xlim[1]))
@@ -79,7 +72,7 @@ def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0)):
 
 
 def plot_curves(
-    table: Table,
+    table,
     y: str,
     *,
     ax=None,
@@ -91,27 +84,24 @@ def plot_curves(
 ):
     r"""Mean ± sd over seeds of column ``y`` against ``x``, one line and band per unit type.
 
-    ``table`` has columns ``unit_type``, ``seed``, ``x`` and ``y`` (one row per run and
-    epoch, e.g. :func:`natgrad.analysis.runs.activation_table`). ``style`` is a matplotlib linestyle
-    (Fig 2b: training solid, validation dotted).
+    ``table`` is a DataFrame with columns ``unit_type``, ``seed``, ``x`` and ``y`` (one row per
+    run and epoch, e.g. :func:`natgrad.analysis.runs.curve_table`). ``style`` overrides the
+    line style (Fig 2b: training solid, validation dotted).
     """
     import matplotlib.pyplot as plt
-
-    from natgrad.analysis.tables import summarize
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.0, 3.2))
     else:
         fig = ax.figure
     for unit in _units_in(table):
-        s = summarize(table.where(unit_type=unit), by=(x,), values=(y,))
-        order = np.argsort(s[x])
-        xs, m, sd = s[x][order], s[f"{y}_mean"][order], np.nan_to_num(s[f"{y}_sd"][order])
-        color = UNIT_COLORS.get(unit)
-        ax.plot(
-            xs, m, color=color, ls=style or "-", label=UNIT_LABELS.get(unit, unit) + label_suffix
-        )
-        ax.fill_between(xs, m - sd, m + sd, color=color, alpha=0.2, lw=0)
+        g = table[table["unit_type"] == unit].groupby(x)[y]
+        m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
+        st = _style(unit)
+        if style:
+            st["ls"] = style
+        ax.plot(m.index, m.values, label=unit_type_label(unit) + label_suffix, **st)
+        ax.fill_between(m.index, m - sd, m + sd, color=st["color"], alpha=0.15, lw=0)
     ax.set(xlabel=x, ylabel=ylabel or y)
     if title:
         ax.set_title(title)
@@ -119,7 +109,7 @@ def plot_curves(
 
 
 def plot_layer_metric(
-    table: Table,
+    table,
     metric: str,
     *,
     ylabel: str | None = None,
@@ -128,33 +118,27 @@ def plot_layer_metric(
     ncols: int = 4,
 ):
     r"""One panel per layer: median (line) and 25–75 % band over the units of every seed of
-    ``metric`` per epoch, one colour per unit type. Dead units (NaN) are left out.
-
-    ``table`` is a unit table (:func:`natgrad.analysis.runs.unit_table`: columns ``unit_type``,
-    ``epoch``, ``layer``, ``layer_index`` and ``metric``).
-    """
+    ``metric`` per epoch, one colour per unit type. Dead units (NaN) are left out. A
+    descriptive figure: the replicates of any test are seeds, never these units."""
     import matplotlib.pyplot as plt
 
     if layers is None:
-        order = np.argsort(table["layer_index"], kind="stable")
-        layers = list(dict.fromkeys(table["layer"][order].tolist()))
+        layers = list(table.sort_values("layer_index", kind="stable")["layer"].unique())
     nrows = -(-len(layers) // ncols)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), squeeze=False, sharex=True
     )
     units = _units_in(table)
     for ax, layer in zip(axes.flat, layers, strict=False):
-        sub = table.where(layer=layer)
+        sub = table[table["layer"] == layer]
         for unit in units:
-            su = sub.where(unit_type=unit)
-            epochs = sorted(set(su["epoch"].tolist()))
-            q = np.array([_quartiles(su.where(epoch=e)[metric]) for e in epochs]).reshape(-1, 3)
-            color = UNIT_COLORS.get(unit)
-            ax.plot(
-                epochs, q[:, 1], color=color, marker="o", ms=3, label=UNIT_LABELS.get(unit, unit)
-            )
-            ax.fill_between(epochs, q[:, 0], q[:, 2], color=color, alpha=0.2, lw=0)
-        fed_by_data = "input_from" in sub and "data" in sub["input_from"].tolist()
+            su = sub[sub["unit_type"] == unit]
+            epochs = sorted(su["epoch"].unique())
+            q = np.array([_quartiles(su[su["epoch"] == e][metric]) for e in epochs]).reshape(-1, 3)
+            st = _style(unit)
+            ax.plot(epochs, q[:, 1], marker="o", ms=3, label=unit_type_label(unit), **st)
+            ax.fill_between(epochs, q[:, 0], q[:, 2], color=st["color"], alpha=0.15, lw=0)
+        fed_by_data = "input_from" in sub and (sub["input_from"] == "data").any()
         ax.set_title(f"{layer} (input: data)" if fed_by_data else layer, fontsize="small")
         if log:
             ax.set_yscale("log")
@@ -167,6 +151,89 @@ def plot_layer_metric(
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(units), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.4 * nrows)))
+    return fig
+
+
+def plot_efficiencies(summary, metrics: list[str], *, ax=None, title: str | None = None):
+    r"""The headline figure: per metric (group of points) and unit type (colour), the mean over
+    seeds with its bootstrap 95 % CI (``summary`` from :func:`natgrad.analysis.stats.group_summary`)."""
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.metrics import label
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.9 * len(metrics) + 1.5, 3.4))
+    else:
+        fig = ax.figure
+    units = unit_type_order(summary["unit_type"])
+    width = 0.8 / max(1, len(units))
+    for j, unit in enumerate(units):
+        row = summary[summary["unit_type"] == unit].iloc[0]
+        xs = np.arange(len(metrics)) - 0.4 + width * (j + 0.5)
+        m = np.array([row[f"{k}_mean"] for k in metrics], dtype=float)
+        lo = np.array([row[f"{k}_lo"] for k in metrics], dtype=float)
+        hi = np.array([row[f"{k}_hi"] for k in metrics], dtype=float)
+        err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])
+        st = _style(unit)
+        ax.errorbar(xs, m, yerr=err, fmt="o" if st["ls"] == "-" else "s", color=st["color"],
+                    capsize=2, ms=4, label=unit_type_label(unit) + f" (n={int(row['n_seeds'])})")  # fmt: skip
+    ax.set_xticks(np.arange(len(metrics)), [label(k) for k in metrics])
+    ax.set_ylabel("Fisher efficiency ρ (mean over seeds, 95 % CI)")
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", frameon=False, ncol=2)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_damping_sweep(sweep_seeds, metrics=("rho_plain", "rho_centred", "rho_quasidiagonal")):
+    r"""Efficiency against the relative damping λ: mean over seeds (of per-run medians) ± sd,
+    one panel per update direction, one line per unit type."""
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.metrics import label
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=True):
+        for unit in _units_in(sweep_seeds):
+            g = sweep_seeds[sweep_seeds["unit_type"] == unit].groupby("rel_damping")[metric]
+            m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
+            st = _style(unit)
+            ax.plot(m.index, m.values, marker="o", ms=3, label=unit_type_label(unit), **st)
+            ax.fill_between(m.index, m - sd, m + sd, color=st["color"], alpha=0.12, lw=0)
+        ax.set_xscale("log")
+        ax.set(xlabel="relative damping λ", ylabel=label(metric), title=label(metric))
+    axes.flat[0].legend(fontsize="x-small", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_n_eff(units):
+    r"""n_eff/(d+1) of every analysed unit at the last epoch, per unit type (box plots), with
+    the estimability line n_eff = 2(d+1)."""
+    import matplotlib.pyplot as plt
+
+    last = units[units["epoch"] == units["epoch"].max()]
+    live = last[(last["input_from"] == "units") & (last["dead"] == 0)]
+    keys = _units_in(live)
+    fig, ax = plt.subplots(figsize=(1.1 * len(keys) + 2.0, 3.0))
+    data = [
+        (
+            live[live["unit_type"] == k]["n_eff"] / (live[live["unit_type"] == k]["fan_in"] + 1)
+        ).to_numpy()
+        for k in keys
+    ]
+    bp = ax.boxplot(data, showfliers=False, patch_artist=True)
+    for patch, k in zip(bp["boxes"], keys, strict=True):
+        patch.set_facecolor(unit_type_colour(k) or "0.8")
+        patch.set_alpha(0.5)
+    ax.set_xticks(range(1, len(keys) + 1), [unit_type_label(k) for k in keys], rotation=20)
+    ax.axhline(2.0, color="k", ls=":", lw=1, label="n_eff = 2(d+1)")
+    ax.set_yscale("log")
+    ax.set_ylabel("n_eff / (d+1)")
+    ax.legend(frameon=False, fontsize="small")
+    fig.tight_layout()
     return fig
 
 

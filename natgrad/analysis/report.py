@@ -1,13 +1,16 @@
-r"""The bias-shift report: one self-contained HTML file and a terminal summary, from tables.
+r"""The report: one self-contained HTML file and a terminal summary, from the tables.
 
-Everything shown is read from the CSV tables written by :func:`natgrad.analysis.summary.write_tables`
-(``summary.csv``, ``comparison.csv``, ``curves.csv``, ``units.csv``); no number is typed
-here. Figures are embedded as base64 PNG (:mod:`natgrad.analysis.plots`), so the file can be mailed.
+Every number shown is read from the tables of :func:`natgrad.analysis.summary.write_tables`
+(no number is typed here) and every sentence is generated from a paired comparison's
+bootstrap CI over seeds (:func:`natgrad.analysis.stats.sentence`). Figures are embedded as
+base64 PNG, so the file can be mailed.
 
-Sections: the summary table (per unit type, last analysed epoch, mean ± sd over seeds), the
-findings (sentences generated from ``summary.csv`` and ``comparison.csv``), Fig 1, Fig 2
-(median unit mean activation; training and validation loss), and per layer over training the
-distributions of ‖E_q(a)‖, k and the cosine between the plain and the unit natural gradient.
+Sections: the question and how the numbers were made (the run header, kept when tables are
+rebuilt); the headline — Fisher efficiency of plain, centred, quasi-diagonal and
+block-diagonal updates per unit type with seed CIs, and what the comparisons resolve; one
+summary table; the paired comparisons; the damping sweep; estimability (n_eff against d+1,
+and s·c, k only over estimable units); the paper's own claims (Fig 2, Appendix C, test
+error); the descriptive per-layer figures; and the meaning of every column.
 """
 
 from __future__ import annotations
@@ -17,176 +20,134 @@ import math
 import os
 from pathlib import Path
 
-from natgrad.analysis.tables import Table, read_csv
+from natgrad.analysis import metrics as mt
+from natgrad.analysis.summary import read_tables
+from natgrad.units import unit_type_label, unit_type_order
 
-__all__ = ["SUMMARY_COLUMNS", "fmt", "fmt_pm", "load_tables", "render_report", "summary_text"]
+__all__ = ["SUMMARY_COLUMNS", "fmt", "fmt_ci", "render_report", "summary_text"]
 
-#: (column stem in summary.csv, heading) of the summary table, in order.
+#: Columns of the summary table (metric names of :mod:`natgrad.analysis.metrics`).
 SUMMARY_COLUMNS = (
-    ("cosine", "cos(g, F⁻¹g)"),
-    ("cosine_common", "cos, common λ"),
-    ("mean_q_norm", "‖E_q(a)‖₂"),
-    ("mean_q_avg", "avg E_q(a)"),
-    ("k", "k"),
-    ("s_c", "s·c"),
-    ("mean_p_norm", "‖E_p(a)‖₂"),
-    ("corrected_mean_norm", "‖E_p−(1+k)E_q‖₂"),
-    ("dead_frac", "dead"),
-    ("damped_frac", "damped"),
-    ("median_all", "median act."),
-    ("test_error", "test error"),
+    "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "estimable",
+    "abs_median_activation", "train_loss_auc", "test_error",
+)  # fmt: skip
+
+HEADLINE = ("rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag")
+QUESTION = (
+    "Does ELU bring plain SGD closer to the unit natural gradient (Theorems 1–2), and does "
+    "it make the net learn faster?"
 )
 
-_TABLES = ("summary", "comparison", "curves", "units")
+
+def fmt(x) -> str:
+    """A number in 4 significant digits (``nan``/``inf`` spelled out)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.4g}"
 
 
-def fmt(x: float) -> str:
-    """A number as the report prints it (4 significant digits; ``nan`` as "–").
-
-    Example:
-        >>> fmt(0.123456), fmt(float("nan")), fmt(1234567.0)
-        ('0.1235', '–', '1.235e+06')
-    """
-    x = float(x)
-    return "–" if not math.isfinite(x) else f"{x:.4g}"
+def fmt_ci(row, metric: str) -> str:
+    """``mean [lo, hi]`` of ``metric`` in a summary row."""
+    m, lo, hi = row.get(f"{metric}_mean"), row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return fmt(m)
+    return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
 
 
-def fmt_pm(mean: float, sd: float) -> str:
-    """``"mean ± sd"`` (sd omitted when it is NaN, e.g. one seed).
-
-    Example:
-        >>> fmt_pm(0.5, 0.01), fmt_pm(0.5, float("nan"))
-        ('0.5 ± 0.01', '0.5')
-    """
-    return fmt(mean) if not math.isfinite(float(sd)) else f"{fmt(mean)} ± {fmt(sd)}"
-
-
-def load_tables(tables_dir: str | os.PathLike) -> dict[str, Table]:
-    """``{name: Table}`` of the report's CSVs in ``tables_dir`` (errors name the file)."""
-    return {name: read_csv(Path(tables_dir) / f"{name}.csv") for name in _TABLES}
+def summary_text(summary, columns=SUMMARY_COLUMNS) -> str:
+    """The summary table as fixed-width text (terminal, ``summary.txt``)."""
+    rows = [["unit", "n"] + [mt.label(c) for c in columns]]
+    for key in unit_type_order(summary["unit_type"]):
+        r = summary[summary["unit_type"] == key].iloc[0].to_dict()
+        rows.append([unit_type_label(key, tex=False), str(int(r["n_seeds"]))] +
+                    [fmt_ci(r, c) for c in columns])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
 
 
-def summary_text(summary: Table) -> str:
-    """The summary table as fixed-width text for the terminal."""
-    cols = [("unit_type", "unit")] + [(c, h) for c, h in SUMMARY_COLUMNS]
-    rows = [[h for _, h in cols]]
-    for r in summary.rows():
-        rows.append(
-            [r["unit_type"]] + [fmt_pm(r[f"{c}_mean"], r[f"{c}_sd"]) for c, _ in SUMMARY_COLUMNS]
-        )
-    widths = [max(len(row[j]) for row in rows) for j in range(len(cols))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
-    epoch = int(summary["epoch"][0]) if len(summary) else -1
-    n = int(summary["n_seeds"].max()) if len(summary) else 0
-    head = (f"epoch {epoch}; mean ± sd over {n} seed(s); analysed units: live units of layers "
-            "fed by hidden units; dead/damped: fractions of units")  # fmt: skip
-    return head + "\n" + "\n".join(lines)
+def _table_html(frame, columns, *, fmt_cell=None, table_id: str = "", row_key: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in columns)
+    body = []
+    for _, r in frame.iterrows():
+        cells = []
+        for key, _ in columns:
+            v = fmt_cell(r, key) if fmt_cell else r[key]
+            text = html.escape(v if isinstance(v, str) else fmt(v))
+            cells.append(f'<td data-col="{html.escape(key)}">{text}</td>')
+        attr = f' data-unit="{html.escape(str(r[row_key]))}"' if row_key else ""
+        body.append(f"<tr{attr}>" + "".join(cells) + "</tr>")
+    return f'<table id="{table_id}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
-_VERDICTS = {
-    "cosine": ("ELU's plain gradient is measurably {dir} its unit natural gradient than {other}'s",
-               ("closer to", "further from")),
-    "cosine_common": ("with the same damping for all, ELU's plain gradient is measurably {dir} its "
-                      "unit natural gradient than {other}'s", ("closer to", "further from")),
-    "mean_q_norm": ("ELU's ‖E_q(a)‖₂ is measurably {dir} {other}'s", ("larger than", "smaller than")),
-}  # fmt: skip
+def _summary_html(summary) -> str:
+    frame = summary.copy()
+    frame["unit"] = [unit_type_label(k, tex=False) for k in frame["unit_type"]]
+    order = {k: i for i, k in enumerate(unit_type_order(frame["unit_type"]))}
+    frame = frame.sort_values("unit_type", key=lambda s: s.map(order))
+    cols = [("unit", "unit"), ("n_seeds", "seeds")] + [(c, mt.label(c)) for c in SUMMARY_COLUMNS]
+
+    def cell(r, key):
+        if key in ("unit",):
+            return r[key]
+        if key == "n_seeds":
+            return str(int(r[key]))
+        return fmt_ci(r.to_dict(), key)
+
+    return _table_html(frame, cols, fmt_cell=cell, table_id="summary", row_key="unit_type")
 
 
-def _findings(summary: Table, comparison: Table) -> list[str]:
-    """Sentences stating what the tables show, every number read from them."""
+def _comparison_html(comparison) -> str:
+    frame = comparison.copy()
+    frame["metric_label"] = [mt.label(m) for m in frame["metric"]]
+    frame["pair"] = [f"{unit_type_label(a, tex=False)} − {unit_type_label(b, tex=False)}"
+                     for a, b in zip(frame["reference"], frame["other"], strict=True)]  # fmt: skip
+    frame["ci"] = [
+        f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(frame["lo"], frame["hi"], strict=True)
+    ]
+    cols = [("metric_label", "metric"), ("pair", "difference"), ("n", "seeds"), ("diff", "mean"),
+            ("ci", "95 % CI"), ("p", "p (sign flips)"), ("p_min", "smallest possible p")]  # fmt: skip
+    return _table_html(frame, cols, table_id="comparison")
+
+
+def findings(comparison, metrics) -> list[str]:
+    """The generated sentences of ``comparison`` for ``metrics``, in order."""
     out = []
-    by = {r["unit_type"]: r for r in summary.rows()}
-
-    def listing(col: str, order) -> str:
-        return ", ".join(f"{t}: {fmt_pm(by[t][f'{col}_mean'], by[t][f'{col}_sd'])}" for t in order)
-
-    if by:
-        epoch = int(next(iter(by.values()))["epoch"])
-        ranking = sorted(
-            by,
-            key=lambda t: (
-                -by[t]["cosine_mean"] if math.isfinite(by[t]["cosine_mean"]) else math.inf
-            ),
-        )
-        out.append(
-            f"At epoch {epoch}, the cosine between the plain gradient and the unit natural gradient "
-            f"(median over analysed units, mean ± sd over seeds) is {listing('cosine', ranking)} "
-            f"(highest first); with the same relative damping for every unit it is "
-            f"{listing('cosine_common', by)}."
-        )
-        out.append(
-            f"‖E_q(a)‖₂, the norm of the δ̄²-reweighted incoming mean that Theorems 1–2 turn on, "
-            f"is {listing('mean_q_norm', by)}; the median unit mean activation is "
-            f"{listing('median_all', by)}; the test error is {listing('test_error', by)}."
-        )
-        top = max(
-            by.values(), key=lambda r: r["cosine_mean"] if math.isfinite(r["cosine_mean"]) else -1
-        )
-        out.append(
-            f"In absolute terms every net's plain gradient is far from its unit natural gradient: "
-            f"the largest cosine above is {fmt(top['cosine_mean'])} ({top['unit_type']}), and s·c "
-            f"= 1 + E_q(a)ᵀVar_q(a)⁻¹E_q(a) (1 for a block-diagonal Fisher) is "
-            f"{listing('s_c', by)}: the blocks are strongly coupled and ill-conditioned. The "
-            f"differences between unit types below are small next to that. With "
-            f"{int(max(r['n_seeds'] for r in by.values()))} seed(s) the paired tests pool the "
-            "layers of each net, which are not independent: read the p-values as descriptive."
-        )
-        for t, r in by.items():
-            if r["damped_frac_mean"] > 0 or r["dead_frac_mean"] > 0:
-                out.append(
-                    f"{t}: {fmt(100 * r['dead_frac_mean'])} % of the units of layers fed by hidden "
-                    f"units are dead (no gradient, left out), and "
-                    f"{fmt(100 * r['damped_frac_mean'])} % of the live ones have a singular or "
-                    "ill-conditioned block solved with damping — compare the common-λ cosine."
-                )
-    for r in comparison.rows():
-        if r["metric"] not in _VERDICTS or r["level"] != "seed×layer":
-            continue
-        template, (up, down) = _VERDICTS[r["metric"]]
-        if not math.isfinite(r["p"]):
-            verdict = "the test could not be run (too few pairs)"
-        elif r["p"] < 0.05:
-            verdict = template.format(dir=up if r["median_diff"] > 0 else down, other=r["other"])
-        else:
-            verdict = f"no measurable difference between ELU and {r['other']} (p ≥ 0.05)"
-        out.append(
-            f"{r['metric']}, ELU vs {r['other']}, pairs by {r['level']} (n = {int(r['n'])}): median "
-            f"difference (ELU − {r['other']}) {fmt(r['median_diff'])}, ELU higher in "
-            f"{fmt(100 * r['frac_reference_higher'])} % of pairs, Wilcoxon p = {fmt(r['p'])}: "
-            f"{verdict}."
-        )
+    for m in metrics:
+        sub = comparison[comparison["metric"] == m]
+        out += list(sub["text"])
     return out
 
 
-def _table_html(summary: Table) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["unit", *(h for _, h in SUMMARY_COLUMNS)])
-    body = []
-    for r in summary.rows():
-        cells = "".join(
-            f'<td data-col="{c}">{html.escape(fmt_pm(r[f"{c}_mean"], r[f"{c}_sd"]))}</td>'
-            for c, _ in SUMMARY_COLUMNS
-        )
-        body.append(
-            f'<tr data-unit="{html.escape(r["unit_type"])}"><td>{html.escape(r["unit_type"])}</td>{cells}</tr>'
-        )
-    return f'<table id="summary"><tr>{head}</tr>{"".join(body)}</table>'
+def _estimability_html(summary) -> str:
+    frame = summary.copy()
+    order = {k: i for i, k in enumerate(unit_type_order(frame["unit_type"]))}
+    frame = frame.sort_values("unit_type", key=lambda s: s.map(order))
+    frame["unit"] = [unit_type_label(k, tex=False) for k in frame["unit_type"]]
+    cols = [("unit", "unit"), ("n_eff_over_d1", "median n_eff/(d+1)"), ("estimable", "estimable"),
+            ("s_c", "s·c (estimable units)"), ("k", "k (estimable units)"),
+            ("corrected_mean_norm", "‖E_p − (1+k)E_q‖ (estimable)"), ("cond", "median κ(F)")]  # fmt: skip
+
+    def cell(r, key):
+        return r[key] if key == "unit" else fmt_ci(r.to_dict(), key)
+
+    return _table_html(frame, cols, fmt_cell=cell, table_id="estimability")
 
 
-def _comparison_html(comparison: Table) -> str:
-    cols = ("metric", "other", "level", "n", "median_diff", "frac_reference_higher", "p")
-    head = "".join(f"<th>{c}</th>" for c in cols)
-    body = []
-    for r in comparison.rows():
-        cells = "".join(
-            f"<td>{html.escape(fmt(r[c]) if isinstance(r[c], float) else str(r[c]))}</td>"
-            for c in cols
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return f'<table id="comparison"><tr>{head}</tr>{"".join(body)}</table>'
+def _figure(fig) -> str:
+    from natgrad.analysis import plots
+
+    return plots.figure_png_base64(fig)
 
 
-def _figures(tables: dict[str, Table]) -> list[tuple[str, str]]:
-    """``[(caption, base64 png)]``; matplotlib is imported here only."""
+def _figures(t: dict) -> dict[str, tuple[str, str]]:
+    """``{section: (caption, png)}``; matplotlib is imported here only."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,98 +155,135 @@ def _figures(tables: dict[str, Table]) -> list[tuple[str, str]]:
 
     from natgrad.analysis import plots
 
-    curves, units = tables["curves"], tables["units"]
-    figs = [("Fig 1. The units compared: ELU (α=1), ReLU, LReLU (α=0.1), SReLU.",
-             plots.figure_png_base64(plots.plot_units()))]  # fmt: skip
+    figs = {}
+    figs["headline"] = (
+        "Fisher efficiency ρ of four update directions at the last analysed epoch: per run the "
+        "median over the live units of the layers fed by hidden units, then the mean over seeds "
+        "with its bootstrap 95 % CI. ρ = 1 is the unit natural gradient.",
+        _figure(plots.plot_efficiencies(t["summary"], list(HEADLINE))),
+    )
+    if "sweep_seeds" in t and len(t["sweep_seeds"]):
+        figs["sweep"] = (
+            "Efficiency against the relative damping λ of the metric F_λ = F + λ·tr(F)/(d+1)·I "
+            "(mean ± sd over seeds of per-run medians, last epoch).",
+            _figure(plots.plot_damping_sweep(t["sweep_seeds"])),
+        )
+    figs["n_eff"] = (
+        "Estimability: n_eff/(d+1) of every analysed unit at the last epoch (box: quartiles). "
+        "Below the dotted line (n_eff < 2(d+1)) the δ̄²-weighted moments, s, k and the "
+        "corrected mean are not estimable from the probe.",
+        _figure(plots.plot_n_eff(t["units"])),
+    )
+    curves = t["curves"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.4))
     plots.plot_curves(curves, "median_all", ax=a, ylabel="median unit mean activation",
                       title="(a) median over units of the mean activation")  # fmt: skip
+    a.axhline(0.0, color="0.6", lw=0.6)
     plots.plot_curves(curves, "train_loss", ax=b, label_suffix=" train")
     plots.plot_curves(curves, "test_loss", ax=b, style=":", label_suffix=" validation",
                       ylabel="cross-entropy", title="(b) train (solid), validation (dotted)")  # fmt: skip
-    a.legend(frameon=False, fontsize="small")
+    a.legend(frameon=False, fontsize="x-small")
     b.set_yscale("log")
-    figs.append(("Fig 2. Mean ± sd over seeds per epoch (validation = the held-out split).",
-                 plots.figure_png_base64(fig)))  # fmt: skip
-    for metric, label, log, caption in (
-        (
-            "mean_q_norm",
-            "‖E_q(a)‖₂",
-            False,
-            "‖E_q(a)‖₂, the norm of the δ̄²-reweighted incoming mean",
-        ),
-        ("k", "k", False, "Theorem 2's k"),
-        (
-            "cosine",
-            "cos(g, F⁻¹g)",
-            False,
-            "cosine between the plain gradient and the unit natural gradient",
-        ),
-        (
-            "cosine_common",
-            "cos, common λ",
-            False,
-            "the same cosine with the same relative damping for every unit",
-        ),
-        ("s_c", "s·c", True, "s·c = 1 + E_q(a)ᵀVar_q(a)⁻¹E_q(a) (1: block-diagonal Fisher)"),
-    ):
-        fig = plots.plot_layer_metric(units, metric, ylabel=label, log=log, ncols=3)
-        figs.append((f"Per layer over training: {caption}. Median (line) and 25–75 % band over the "
-                     "live units of all seeds; the first layer sees the data.",
-                     plots.figure_png_base64(fig)))  # fmt: skip
+    figs["fig2"] = ("Fig 2 (the paper's): mean ± sd over seeds per epoch; validation = the "
+                    "held-out split.", _figure(fig))  # fmt: skip
+    figs["fig1"] = ("Fig 1: the units compared.", _figure(plots.plot_units()))
+    units = t["units"]
+    layers = []
+    for metric, log in (("rho_plain", False), ("rho_centred", False), ("n_eff", True)):
+        fig = plots.plot_layer_metric(units, metric, ylabel=mt.label(metric), log=log, ncols=3)
+        layers.append(_figure(fig))
+    figs["layers"] = ("Per layer over training (descriptive; units of one net are not "
+                      "replicates): median and 25–75 % band over the live units of all seeds.",
+                      layers)  # fmt: skip
     return figs
 
 
-_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px}
-img{max-width:100%}figcaption{font-size:90%;color:#444}code{background:#f4f4f4}"""
+_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
+table{border-collapse:collapse;font-size:85%}td,th{border:1px solid #ccc;padding:3px 6px}
+img{max-width:100%}figcaption{font-size:90%;color:#444}code{background:#f4f4f4}
+.q{font-size:110%;background:#f6f8fa;padding:.6em;border-left:4px solid #1b9e77}"""
+
+
+def _img(caption: str, png) -> str:
+    pngs = png if isinstance(png, list) else [png]
+    imgs = "".join(f'<img src="data:image/png;base64,{p}">' for p in pngs)
+    return f"<figure>{imgs}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def render_report(
     tables_dir: str | os.PathLike,
     out_path: str | os.PathLike | None = None,
     *,
-    title: str = "natgrad: bias shift and the unit natural gradient in trained nets",
+    title: str = "natgrad: does ELU bring SGD closer to the unit natural gradient?",
     context: dict | None = None,
     figures: bool = True,
 ) -> Path:
     r"""Write the HTML report for the tables in ``tables_dir`` (default
-    ``<tables_dir>/../report.html``) and return its path. ``context`` (command, device,
-    wall time, …) is listed verbatim under the title. ``figures=False`` leaves the figures out
+    ``<tables_dir>/../report.html``) atomically and return its path. The run header is the
+    tables' ``context.json`` updated by ``context``. ``figures=False`` leaves the figures out
     (fast; for tests of the text)."""
-    tables = load_tables(tables_dir)
+    t = read_tables(tables_dir)
     out = Path(out_path) if out_path is not None else Path(tables_dir).parent / "report.html"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
-    if context:
-        items = "".join(f"<li><b>{html.escape(str(k))}</b>: <code>{html.escape(str(v))}</code></li>"
-                        for k, v in context.items())  # fmt: skip
-        parts.append(f"<ul>{items}</ul>")
-    parts.append(
-        "<p>For every unit of every layer, at each analysed epoch, the exact unit Fisher "
-        "F = [[A, b], [bᵀ, c]] (bias last) is computed on the run's fixed probe set, and the "
-        "gradient g is the gradient of the probe set's mean log-likelihood (minus the loss "
-        "gradient). <i>Analysed units</i> are the live units of the layers fed by hidden "
-        "units; dead units (c = 0) have no Fisher and are counted, not hidden; blocks with "
-        "condition number estimate above the limit are solved with a small relative damping "
-        "(fraction shown as <i>damped</i>); <i>cos, common λ</i> applies that damping to every "
-        "unit. Each number is the median over a run's analysed units, then mean ± sd over "
-        "seeds; paired tests compare per-(seed, layer) medians of nets with the same initial "
-        "weights. Tables: <code>tables/*.csv</code>.</p>"
+    ctx = {**t["context"], **(context or {})}
+    summary, comparison = t["summary"], t["comparison"]
+    figs = _figures(t) if figures else {}
+    esc = html.escape
+    p = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+         f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
+         f"<p class='q'><b>The question.</b> {esc(QUESTION)}</p>"]  # fmt: skip
+    if ctx:
+        items = "".join(f"<li><b>{esc(str(k))}</b>: <code>{esc(str(v))}</code></li>"
+                        for k, v in ctx.items())  # fmt: skip
+        p.append(f"<ul id='context'>{items}</ul>")
+    p.append(
+        "<p><b>How the numbers are made.</b> For every unit of every layer the exact unit Fisher "
+        "F = [[A, b], [bᵀ, c]] (bias last) is computed on a held-out probe; g is the gradient of "
+        "the probe's mean log-likelihood. Every direction is judged in ONE metric per unit, "
+        "F_λ = F + λ·tr(F)/(d+1)·I, with the same stated λ for every unit and unit type. The "
+        "measure is the <i>Fisher efficiency</i> ρ(u) = gᵀu/√(uᵀF_λu·gᵀF_λ⁻¹g), the cosine "
+        "between u and the unit natural gradient in the Fisher metric (1 = the natural "
+        "gradient; invariant to reparametrising the unit) — not the Euclidean cosine, which "
+        "reads out the spread of A's eigenvalues. Per run, each metric is the median over the "
+        "live units of the layers fed by hidden units; the <b>replicate is the seed</b> (run j "
+        "of every unit type starts from the same weights): unit types are compared paired by "
+        "seed, with bootstrap 95 % CIs of the mean difference and exact sign-flip permutation "
+        "tests. No test uses layers or units as replicates. Sentences state a direction only "
+        "where the CI excludes 0.</p>"
     )
-    parts.append("<h2>Summary</h2><pre>" + html.escape(summary_text(tables["summary"])) + "</pre>")
-    parts.append(_table_html(tables["summary"]))
-    parts.append("<h2>Findings</h2><ul>" + "".join(
-        f"<li>{html.escape(s)}</li>" for s in _findings(tables["summary"], tables["comparison"])) + "</ul>")  # fmt: skip
-    parts.append(
-        "<h3>Paired tests (ELU vs each unit type)</h3>" + _comparison_html(tables["comparison"])
-    )
-    parts.append("<h2>Figures</h2>")
-    for caption, png in _figures(tables) if figures else []:
-        parts.append(
-            f'<figure><img src="data:image/png;base64,{png}"><figcaption>{html.escape(caption)}</figcaption></figure>'
-        )
-    parts.append("</body></html>")
+    p.append("<h2>Headline: how close is each update to the unit natural gradient?</h2>")
+    if "headline" in figs:
+        p.append(_img(*figs["headline"]))
+    p.append("<ul id='findings'>" + "".join(f"<li>{esc(s)}</li>" for s in
+             findings(comparison, ["rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "coupling_cost"])) + "</ul>")  # fmt: skip
+    p.append("<h2>Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])</h2>")
+    p.append(_summary_html(summary))
+    p.append("<h2>Paired comparisons (ELU minus each unit type, per seed)</h2>")
+    p.append(_comparison_html(comparison))
+    if "sweep" in figs:
+        p.append("<h2>Damping sweep</h2>" + _img(*figs["sweep"]))
+    p.append("<h2>Estimability</h2><p>n_eff = (Σ c_n)²/Σ c_n² is the effective number of probe "
+             "inputs behind each unit's block. s·c, k and the corrected mean are δ̄²-weighted "
+             "moments: they are shown only as medians over units with n_eff ≥ 2(d+1), and never "
+             "as a headline.</p>")  # fmt: skip
+    p.append(_estimability_html(summary))
+    if "n_eff" in figs:
+        p.append(_img(*figs["n_eff"]))
+    p.append("<h2>The paper's own claims</h2><p>Fig 2a: median unit mean activation closest to "
+             "0; Fig 2b: training loss falls fastest (mean training loss over the epochs, and "
+             "epochs to reach the threshold in the header); Appendix C: smaller variance of the "
+             "median activation; test error (mean of the last epochs).</p>")  # fmt: skip
+    claims = [m.name for m in mt.paper_claims()]
+    p.append("<ul id='claims'>" + "".join(f"<li>{esc(s)}</li>" for s in findings(comparison, claims)) + "</ul>")  # fmt: skip
+    for key in ("fig2", "fig1", "layers"):
+        if key in figs:
+            p.append(_img(*figs[key]))
+    p.append("<h2>Columns</h2><dl>" + "".join(
+        f"<dt><b>{esc(m.label)}</b> (<code>{esc(m.name)}</code>)</dt><dd>{esc(m.meaning)}"
+        + (f" Better: {esc(m.better.replace('_', ' '))}." if m.better else "") + "</dd>"
+        for m in mt.METRICS.values()) + "</dl>")  # fmt: skip
+    p.append("</body></html>")
+    from natgrad.training.checkpoint import atomic_write
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write(out, "\n".join(p).encode("utf-8"))
     return out

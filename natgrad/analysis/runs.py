@@ -1,7 +1,7 @@
-r"""Run directories (written by :func:`natgrad.training.train`) → tidy tables.
+r"""Run directories (written by :func:`natgrad.training.train`) → tidy pandas tables.
 
 Every table has the run's identity columns ``run`` (the folder name), ``net``,
-``unit_type``, ``dataset``, ``seed`` and then one row per:
+``unit_type`` (``"relu"``, ``"relu-bn"``, …), ``dataset``, ``seed`` and then one row per:
 
 ===========================  ===========================================================
 function                     rows × columns
@@ -9,36 +9,38 @@ function                     rows × columns
 :func:`curve_table`          run × epoch: ``train_loss``, ``test_loss``, ``test_error``
                              (metrics.jsonl; epoch 0 is before training) and
                              ``median_all``, the median over all hidden units of each
-                             unit's mean activation on the probe set (Fig 2a)
+                             unit's mean activation on the training probe (Fig 2a)
 :func:`activation_table`     run × epoch × layer: ``median``, ``mean``,
                              ``frac_negative``, ``frac_zero`` of the layer's activations
 :func:`unit_table`           run × epoch × layer × unit: the columns of
-                             :data:`natgrad.analysis.unitstats.COLUMNS` (Theorems 1–2 per unit)
+                             :mod:`natgrad.analysis.unitstats` (Theorems 1–2 and the measures)
 ===========================  ===========================================================
 
-Notes on what is read:
+**The probe of the unit table is held out**: the first ``probe_size`` inputs of the run's
+test split (all of it by default), never the training inputs the net was fitted to
+(their δ̄² is shrunk by the fit, which makes n_eff small). Every run of one data set and
+seed shares it.
 
-- ``train_loss`` of epoch e ≥ 1 is the running mean of the mini-batch losses during epoch e
-  (epoch 0: the loss of the initial net on the whole training set); ``test_loss`` is the
-  loss on the held-out split, the paper's "validation" curve.
-- The unit table is computed on the run's own probe set (``activations/probe.safetensors``:
-  ``probe_size`` training inputs drawn by the run's seed, so all unit types of one seed
-  share it) from the checkpoints. Epoch 0 is the run's ``epoch_0000`` checkpoint (written
-  when ``checkpoint_initial``, the default); runs without one (older runs) rebuild it from
-  ``config.json`` (the initial weights depend only on net, seed and input shape).
+**Reuse.** A unit table of one (run, epoch) is cached in the run directory
+(:meth:`natgrad.training.rundir.RunDir.analysis_path`), keyed by the SHA-256 of the
+checkpoint file and the analysis settings (probe, damping, sweep, layers): a re-run
+recomputes only what changed. ``workers`` analyses runs in parallel processes (one torch
+thread each).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from natgrad.analysis.tables import Table, concat
-from natgrad.analysis.unitstats import COND_LIMIT, DAMPING, unit_statistics
+from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
 from natgrad.errors import CheckpointError
 from natgrad.training.rundir import RunDir, find_runs
 
@@ -111,53 +113,132 @@ def _dataset(run_dir: Path):
     return _DATASETS[key]
 
 
-def probe_set(run_dir: PathLike, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs [n, ...], labels [n])``: the run's probe set (its first ``size`` entries)."""
+def probe_set(
+    run_dir: PathLike, size: int | None = None, *, split: str = "test"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs [n, ...], labels [n])``: the run's held-out probe (``split="test"``: the first
+    ``size`` test inputs, all by default) or its recorded training probe (``split="train"``)."""
     run_dir = Path(run_dir)
-    idx = RunDir(run_dir).read_probe_indices()
-    if size is not None:
-        idx = idx[:size]
     ds = _dataset(run_dir)
-    return ds.train_x[idx], ds.train_y[idx]
+    if split == "train":
+        idx = RunDir(run_dir).read_probe_indices()
+        if size is not None:
+            idx = idx[:size]
+        return ds.train_x[idx], ds.train_y[idx]
+    if split != "test":
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    n = ds.test_x.shape[0] if size is None else min(int(size), ds.test_x.shape[0])
+    return ds.test_x[:n], ds.test_y[:n]
 
 
-def curve_table(run_dirs: Iterable[PathLike]) -> Table:
+def curve_table(run_dirs: Iterable[PathLike]):
     """Per run × epoch: losses, test error and ``median_all`` (Fig 2); see the module doc."""
-    tables = []
+    import pandas as pd
+
+    frames = []
     for run in map(Path, run_dirs):
-        metrics = {r["epoch"]: r for r in RunDir(run).read_metrics()}
-        acts = {r["epoch"]: r for r in RunDir(run).read_activation_summary()}
+        rd = RunDir(run)
+        metrics = {r["epoch"]: r for r in rd.read_metrics()}
+        acts = {r["epoch"]: r for r in rd.read_activation_summary()}
         epochs = sorted(metrics)
-        nan = float("nan")
-        tables.append(
-            Table({
-                **{k: np.full(len(epochs), v) for k, v in _identity(run).items()},
-                "epoch": epochs,
-                "train_loss": [metrics[e]["train_loss"] for e in epochs],
-                "test_loss": [metrics[e]["test_loss"] for e in epochs],
-                "test_error": [_num(metrics[e].get("test_error")) for e in epochs],
-                "median_all": [acts[e]["median_all"] if e in acts else nan for e in epochs],
-            })
-        )  # fmt: skip
-    return concat(tables)
+        frame = pd.DataFrame({
+            "epoch": epochs,
+            "train_loss": [_num(metrics[e].get("train_loss")) for e in epochs],
+            "test_loss": [_num(metrics[e].get("test_loss")) for e in epochs],
+            "test_error": [_num(metrics[e].get("test_error")) for e in epochs],
+            "seconds_per_iteration": [_num(metrics[e].get("seconds_per_iteration")) for e in epochs],
+            "median_all": [_num(acts[e]["median_all"]) if e in acts else np.nan for e in epochs],
+        })  # fmt: skip
+        frames.append(_with_identity(frame, run))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def activation_table(run_dirs: Iterable[PathLike]) -> Table:
-    """Per run × epoch × hidden layer: the activation summary of ``activations/summary.jsonl``."""
+def _with_identity(frame, run: Path):
+    ident = RunDir(run).identity()
+    for i, (k, v) in enumerate(ident.items()):
+        frame.insert(i, k, v)
+    return frame
+
+
+def activation_table(run_dirs: Iterable[PathLike]):
+    """Per run × epoch × hidden layer: the activation summary the run recorded."""
+    import pandas as pd
+
     rows: list[dict] = []
     for run in map(Path, run_dirs):
-        ident = _identity(run)
-        for rec in RunDir(run).read_activation_summary():
+        rd = RunDir(run)
+        ident = rd.identity()
+        for rec in rd.read_activation_summary():
             for layer, s in rec["layers"].items():
                 rows.append({**ident, "epoch": rec["epoch"], "layer": layer,
                              **{k: s[k] for k in ("units", "median", "mean", "frac_negative", "frac_zero")}})  # fmt: skip
-    if not rows:
-        return Table()
-    return Table({k: [r[k] for r in rows] for k in rows[0]})
+    return pd.DataFrame(rows)
+
+
+def _settings(probe_size, rel_damping, sweep, layers) -> dict:
+    return {"probe": "test", "probe_size": probe_size, "rel_damping": rel_damping,
+            "sweep": list(sweep or ()), "layers": layers, "version": 2}  # fmt: skip
+
+
+def _cache_key(run: Path, epoch: int, settings: dict) -> str:
+    rd = RunDir(run)
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    # The run's config (unit, data, …; not the device or commit of the last resume) and the
+    # checkpoint's bytes (an epoch-0 net without one is rebuilt from the config).
+    h.update(json.dumps(rd.read_config(), sort_keys=True).encode())
+    st_path = rd.checkpoint_paths(epoch)[0]
+    if st_path.is_file():
+        h.update(st_path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _analyse(job) -> tuple:
+    """One (run, epoch): the unit table (and sweep), from the cache when it is current."""
+    import pandas as pd
+
+    run, epoch, settings, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    rd = RunDir(run)
+    key = _cache_key(run, epoch, settings)
+    paths = {k: rd.analysis_path(f"{k}-e{epoch:04d}-{key}.csv") for k in ("units", "sweep")}
+    want_sweep = bool(settings["sweep"])
+    if paths["units"].is_file() and (not want_sweep or paths["sweep"].is_file()):
+        units = pd.read_csv(paths["units"])
+        sweep = pd.read_csv(paths["sweep"]) if want_sweep else None
+        return units, sweep, True
+    x, y = probe_set(run, settings["probe_size"])
+    out = unit_statistics(load_model(run, epoch), x, y, layers=settings["layers"],
+                          rel_damping=settings["rel_damping"],
+                          sweep=tuple(settings["sweep"]) or None)  # fmt: skip
+    units, sweep = out if want_sweep else (out, None)
+    head = {**rd.identity(), "epoch": epoch}
+    units = _prepend(units, head)
+    sweep = None if sweep is None else _prepend(sweep, head)
+    for old in rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []:
+        if key not in old.name:
+            old.unlink(missing_ok=True)  # a stale cache entry of this epoch
+    _write_csv(units, paths["units"])
+    if sweep is not None:
+        _write_csv(sweep, paths["sweep"])
+    return units, sweep, False
+
+
+def _prepend(frame, head: dict):
+    for i, (k, v) in enumerate(head.items()):
+        frame.insert(i, k, v)
+    return frame
+
+
+def _write_csv(frame, path: Path) -> None:
+    from natgrad.training.checkpoint import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, frame.to_csv(index=False, float_format="%.17g").encode())
 
 
 def unit_table(
@@ -165,20 +246,33 @@ def unit_table(
     *,
     epochs: Sequence[int] | None = None,
     probe_size: int | None = None,
-    damping: float = DAMPING,
-    cond_limit: float = COND_LIMIT,
+    rel_damping: float = REL_DAMPING,
+    sweep: Sequence[float] | None = None,
+    sweep_epochs: Sequence[int] | None = None,
+    layers: Sequence[str] | None = None,
+    workers: int = 1,
     progress: bool = False,
-) -> Table:
-    r"""Per run × epoch × layer × unit: Theorems 1–2 from the run's checkpoints.
+    stats: dict | None = None,
+):
+    r"""Per run × epoch × layer × unit: the unit statistics from the runs' checkpoints.
 
     Args:
         run_dirs: run directories.
-        epochs: which epochs (default: every checkpoint, plus 0); epochs without a
-            checkpoint raise :class:`~natgrad.errors.CheckpointError` naming the run.
-        probe_size: use the first ``probe_size`` inputs of each run's probe set (default all).
-        damping, cond_limit: see :mod:`natgrad.analysis.unitstats`.
+        epochs: which epochs (default: every checkpoint, plus 0); a missing checkpoint raises
+            :class:`~natgrad.errors.CheckpointError` naming the run.
+        probe_size: the first ``probe_size`` held-out test inputs (default: all of them).
+        rel_damping: λ of F_λ for every unit (:data:`~natgrad.analysis.unitstats.REL_DAMPING`).
+        sweep: relative dampings of the damping sweep, computed at ``sweep_epochs``
+            (default: the last epoch of each run).
+        layers: layer names (default all Linear/Conv2d layers).
+        workers: parallel processes (one torch thread each); 1 computes in this process.
         progress: show a tqdm bar over (run, epoch).
+        stats: if a dict, receives ``{"computed": n, "cached": n}``.
+
+    Returns:
+        ``units`` (a DataFrame), or ``(units, sweep)`` when ``sweep`` is given.
     """
+    import pandas as pd
     from tqdm.auto import tqdm
 
     jobs = []
@@ -191,14 +285,32 @@ def unit_table(
                 f"{run}: no checkpoint for epochs {missing}; it has {have} "
                 "(set checkpoint_every so the epochs you ask for are written)"
             )
-        jobs += [(run, e) for e in chosen]
-    tables = []
-    for run, epoch in tqdm(jobs, disable=not progress, desc="unit Fishers", unit="ckpt"):
-        x, y = probe_set(run, probe_size)
-        stats = unit_statistics(
-            load_model(run, epoch), x, y, damping=damping, cond_limit=cond_limit
-        )
-        head = {**_identity(run), "epoch": epoch}
-        tables.append(Table({**{k: np.full(len(stats), v) for k, v in head.items()},
-                             **{c: stats[c] for c in stats.columns}}))  # fmt: skip
-    return concat(tables)
+        last = max(chosen)
+        for e in chosen:
+            at = (e == last) if sweep_epochs is None else (e in sweep_epochs)
+            settings = _settings(probe_size, rel_damping, sweep if (sweep and at) else None,
+                                 None if layers is None else list(layers))  # fmt: skip
+            jobs.append((run, e, settings, 1 if workers > 1 else 0))
+    bar = tqdm(total=len(jobs), disable=not progress, desc="unit Fishers", unit="ckpt")
+    results = []
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for res in pool.map(_analyse, jobs):
+                results.append(res)
+                bar.update(1)
+    else:
+        for job in jobs:
+            results.append(_analyse(job))
+            bar.update(1)
+    bar.close()
+    if stats is not None:
+        stats["cached"] = sum(r[2] for r in results)
+        stats["computed"] = len(results) - stats["cached"]
+    units = pd.concat([r[0] for r in results], ignore_index=True)
+    if sweep:
+        sweeps = [r[1] for r in results if r[1] is not None]
+        return units, (pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame())
+    return units

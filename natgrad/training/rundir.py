@@ -13,6 +13,7 @@ Layout (``docs/run_layout.md``)::
         activations/summary.jsonl            per-epoch medians, fractions negative / zero
         checkpoints/epoch_XXXX.safetensors   model, optimizer and RNG tensors
         checkpoints/epoch_XXXX.json          config, metrics so far, scalars
+        analysis/units-eXXXX-<key>.csv       cached unit tables (key: checkpoint + settings)
 
 Example:
     >>> from natgrad.training.config import default_config
@@ -119,6 +120,14 @@ class RunDir:
         if not self.checkpoints_dir.is_dir():
             return []
         return sorted(p for p in self.checkpoints_dir.iterdir() if _EPOCH_FILE.match(p.name))
+
+    @property
+    def analysis_dir(self) -> Path:
+        """Cached analysis results of this run (``natgrad.analysis.runs``)."""
+        return self.path / "analysis"
+
+    def analysis_path(self, name: str) -> Path:
+        return self.analysis_dir / name
 
     # --- readers -----------------------------------------------------------------------
     def read_meta(self) -> dict:

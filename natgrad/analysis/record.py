@@ -1,0 +1,79 @@
+r"""Record a finished study: its summary tables, figures and provenance, in a folder to commit.
+
+:func:`record_study` copies from a study's output folder (``natgrad demo --out DIR``) the
+seed-level tables (``summary``, ``comparison``, ``seeds``, ``seed_epochs``, ``sweep_seeds``,
+``curves``), ``context.json`` and ``summary.txt``, draws the headline, damping-sweep,
+estimability and Fig 2 figures as PNG, and writes a ``README.md`` stating the command, the
+commit, the device and the wall time, the headline table and the generated findings. The
+per-unit tables and run directories stay out (they are large and can be rebuilt).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["record_study"]
+
+KEPT = ("summary", "comparison", "seeds", "seed_epochs", "sweep_seeds", "curves")
+
+
+def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title: str) -> Path:
+    """Copy the study in ``study_dir`` to ``dest`` (see the module docstring); returns the
+    README's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from natgrad.analysis import plots
+    from natgrad.analysis.report import HEADLINE, findings, summary_text
+    from natgrad.analysis.summary import read_tables
+    from natgrad.training import git_commit
+    from natgrad.training.checkpoint import atomic_write
+
+    study, out = Path(study_dir), Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    t = read_tables(study / "tables")
+    for name in KEPT:
+        src = study / "tables" / f"{name}.csv"
+        if src.is_file():
+            shutil.copyfile(src, out / f"{name}.csv")
+    shutil.copyfile(study / "tables" / "context.json", out / "context.json")
+    figs = {"headline": plots.plot_efficiencies(t["summary"], list(HEADLINE)),
+            "n_eff": plots.plot_n_eff(t["units"])}  # fmt: skip
+    if len(t.get("sweep_seeds", [])):
+        figs["damping_sweep"] = plots.plot_damping_sweep(t["sweep_seeds"])
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    plots.plot_curves(t["curves"], "median_all", ax=a, ylabel="median unit mean activation")
+    plots.plot_curves(t["curves"], "train_loss", ax=b, label_suffix=" train")
+    plots.plot_curves(t["curves"], "test_loss", ax=b, style=":", label_suffix=" test",
+                      ylabel="cross-entropy")  # fmt: skip
+    a.legend(frameon=False, fontsize="x-small")
+    figs["fig2"] = fig
+    for name, f in figs.items():
+        plots.save_figure(f, out / name, formats=("png",), dpi=110)
+    meta = json.loads((study / "demo.json").read_text()) if (study / "demo.json").is_file() else {}
+    ctx = t["context"]
+    lines = [f"# {title}", "", f"Command: `{ctx.get('command', '?')}`  ",
+             f"Commit: `{git_commit()}` (code that made it: see context.json)  ",
+             f"Device: {ctx.get('device', '?')}  ",
+             f"Wall time: {meta.get('seconds', {}).get('total', float('nan')):.0f} s "
+             f"({json.dumps({k: round(v) for k, v in meta.get('seconds', {}).items()})})", "",
+             "## Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])", "", "```",
+             summary_text(t["summary"]), "```", "", "## Findings (generated from the CIs)", ""]  # fmt: skip
+    claims = ["rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "coupling_cost",
+              "abs_median_activation", "train_loss_auc", "epochs_to_loss", "median_activation_var",
+              "test_error"]  # fmt: skip
+    lines += [f"- {s}" for s in findings(t["comparison"], claims)]
+    lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in ctx.items()]
+    lines += [
+        "",
+        "Figures: headline.png (ρ per unit type), damping_sweep.png, n_eff.png, fig2.png.",
+    ]
+    readme = out / "README.md"
+    atomic_write(readme, ("\n".join(lines) + "\n").encode())
+    return readme

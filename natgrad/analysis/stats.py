@@ -1,0 +1,240 @@
+r"""Seeds as replicates: per-seed summaries, paired comparisons with CIs, generated sentences.
+
+The replicate is the training seed (an independent initial net; run j of every unit type
+shares its initial weights). Layers and units of one net are not independent, so every
+unit-level metric is first summarised PER RUN (the median over the run's analysed units),
+and only those per-seed values are compared (``docs/theory.md``, "Statistics"):
+
+- :func:`seed_values`: one row per (unit type, seed[, epoch]) — the replicates;
+- :func:`group_summary`: per unit type, the mean over seeds and a bootstrap 95 % CI of it
+  (:func:`scipy.stats.bootstrap`, BCa, falling back to the percentile method);
+- :func:`paired_comparison`: for a reference unit type against every other, the per-seed
+  differences paired by seed, their mean, a bootstrap 95 % CI of the mean difference and
+  an exact sign-flip permutation test (:func:`scipy.stats.permutation_test`,
+  ``permutation_type="samples"``). With n seeds the smallest two-sided p is 2/2ⁿ
+  (0.25 for n = 3), which the table reports as ``p_min``;
+- :func:`sentence`: the text of a comparison, generated from its CI: a direction is stated
+  only where the CI excludes 0, otherwise "no difference resolved".
+
+Example:
+    >>> import pandas as pd
+    >>> v = pd.DataFrame({"unit_type": ["elu"] * 4 + ["relu"] * 4, "seed": [0, 1, 2, 3] * 2,
+    ...                   "x": [2.0, 2.1, 2.2, 2.05, 1.0, 1.2, 1.1, 1.05]})
+    >>> c = paired_comparison(v, "x", reference="elu")
+    >>> round(float(c["diff"][0]), 3), float(c["p_min"][0])
+    (1.0, 0.125)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from natgrad.analysis import metrics as mt
+from natgrad.units import unit_type_label, unit_type_order
+
+__all__ = [
+    "analysed_units",
+    "claims_per_seed",
+    "group_summary",
+    "paired_comparison",
+    "seed_values",
+    "sentence",
+]
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000
+SEED = 0  # of the bootstrap's generator: tables are reproducible
+
+
+def analysed_units(units):
+    """The units a summary is over: live units (c > 0) of layers fed by hidden units (the
+    first layer's incoming activations are the data, the same for every unit type)."""
+    return units[(units["input_from"] == "units") & (units["dead"] == 0)]
+
+
+def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch")):
+    r"""Per run (and epoch): the median over its analysed units of each metric, the fraction
+    of dead units and the fraction of estimable units (n_eff ≥ 2(d+1)).
+
+    ``estimable_only`` metrics (s·c, k, corrected mean) are medians over the estimable units
+    only (NaN where a run has none)."""
+    import pandas as pd
+
+    fed = units[units["input_from"] == "units"]
+    live = fed[fed["dead"] == 0]
+    keys = list(by)
+    out = live.groupby(keys)[[m for m in metrics if not _estimable_only(m)]].median()
+    est = [m for m in metrics if _estimable_only(m)]
+    if est:
+        sub = live[live["estimable"] == 1]
+        out = out.join(sub.groupby(keys)[est].median(), how="left")
+    out["dead"] = fed.groupby(keys)["dead"].mean()
+    out["estimable"] = live.groupby(keys)["estimable"].mean()
+    out["n_eff_over_d1"] = (
+        (live["n_eff"] / (live["fan_in"] + 1)).groupby([live[k] for k in keys]).median()
+    )
+    return pd.DataFrame(out).reset_index()
+
+
+def _estimable_only(name: str) -> bool:
+    return name in mt.METRICS and mt.METRICS[name].estimable_only
+
+
+def _bootstrap_ci(x: np.ndarray) -> tuple[float, float]:
+    from scipy import stats
+
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return (math.nan, math.nan)
+    if np.ptp(x) == 0:
+        return (float(x[0]), float(x[0]))
+    rng = np.random.default_rng(SEED)
+    for method in ("BCa", "percentile"):
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # BCa's degenerate-sample warning: fall back
+                res = stats.bootstrap((x,), np.mean, confidence_level=CONFIDENCE,
+                                      n_resamples=N_RESAMPLES, method=method, random_state=rng)  # fmt: skip
+            lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+            if math.isfinite(lo) and math.isfinite(hi):
+                return lo, hi
+        except ValueError:
+            continue
+    return (math.nan, math.nan)
+
+
+def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
+    r"""Per unit type: ``<metric>_mean``, ``<metric>_lo``, ``<metric>_hi`` (bootstrap 95 % CI
+    of the mean over seeds) and ``n_seeds``; ``values`` has one row per seed."""
+    import pandas as pd
+
+    rows = []
+    for key in unit_type_order(values[group].unique()):
+        sub = values[values[group] == key]
+        row = {group: key, "n_seeds": int(sub["seed"].nunique())}
+        for m in metrics:
+            x = sub[m].to_numpy(dtype=np.float64)
+            row[f"{m}_mean"] = float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
+            row[f"{m}_lo"], row[f"{m}_hi"] = _bootstrap_ci(x)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_comparison(values, metric: str, *, reference: str = "elu", group: str = "unit_type"):
+    r"""``reference`` against every other unit type on ``metric``, paired by seed.
+
+    Returns one row per other unit type: ``metric``, ``reference``, ``other``, ``n`` (paired
+    seeds), ``diff`` = mean over seeds of (reference − other), ``lo``/``hi`` (bootstrap 95 %
+    CI of that mean), ``p`` (exact two-sided sign-flip permutation test of the paired
+    differences), ``p_min`` (the smallest p n pairs allow), ``better`` (the registry's
+    direction) and ``text`` (:func:`sentence`). For ``closer_to_zero`` metrics the absolute
+    values are compared.
+    """
+    import pandas as pd
+    from scipy import stats
+
+    better = mt.METRICS[metric].better if metric in mt.METRICS else None
+    v = values[[group, "seed", metric]].copy()
+    if better == "closer_to_zero":
+        v[metric] = v[metric].abs()
+    wide = v.pivot_table(index="seed", columns=group, values=metric, aggfunc="first")
+    rows = []
+    if reference not in wide.columns:
+        return pd.DataFrame(rows)
+    for other in unit_type_order(c for c in wide.columns if c != reference):
+        pair = wide[[reference, other]].replace([np.inf, -np.inf], np.nan).dropna()
+        n = len(pair)
+        a, b = pair[reference].to_numpy(), pair[other].to_numpy()
+        diff = a - b
+        row = {"metric": metric, "reference": reference, "other": other, "n": n,
+               "diff": float(diff.mean()) if n else math.nan, "better": better}  # fmt: skip
+        row["lo"], row["hi"] = _bootstrap_ci(diff)
+        if n >= 2 and bool(np.any(diff != 0)):
+            res = stats.permutation_test((a, b), lambda x, y: np.mean(x - y),
+                                         permutation_type="samples", n_resamples=np.inf)  # fmt: skip
+            row["p"] = float(res.pvalue)
+        else:
+            row["p"] = math.nan if n < 2 else 1.0
+        row["p_min"] = 2.0 / 2**n if n else math.nan
+        row["text"] = sentence(row)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sentence(row: dict) -> str:
+    r"""The finding of one paired comparison, from its CI (never from a p-value alone).
+
+    Example:
+        >>> sentence({"metric": "rho_plain", "reference": "elu", "other": "relu", "n": 8,
+        ...           "diff": 0.05, "lo": 0.01, "hi": 0.09, "better": "higher"})
+        'ρ(plain): ELU (α=1) higher than ReLU by 0.05 [0.01, 0.09] (8 seeds) — better.'
+    """
+    ref = unit_type_label(row["reference"], tex=False)
+    other = unit_type_label(row["other"], tex=False)
+    lab = mt.label(row["metric"])
+    lo, hi, n = row["lo"], row["hi"], row["n"]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{lab}: {ref} vs {other}: too few seeds to compare ({n})."
+    ci = f"[{_g(lo)}, {_g(hi)}]"
+    if lo <= 0 <= hi:
+        return f"{lab}: no difference resolved between {ref} and {other} (difference {_g(row['diff'])} {ci}, {n} seeds)."
+    higher = lo > 0
+    better = row.get("better")
+    word = "higher" if higher else "lower"
+    if better == "closer_to_zero":
+        word = "farther from 0" if higher else "closer to 0"
+    verdict = ""
+    if better in ("higher", "lower", "closer_to_zero"):
+        good = (higher and better == "higher") or (
+            not higher and better in ("lower", "closer_to_zero")
+        )
+        verdict = " — better." if good else " — worse."
+    return f"{lab}: {ref} {word} than {other} by {_g(abs(row['diff']))} {ci} ({n} seeds){verdict}"
+
+
+def _g(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None):
+    r"""The paper's own claims per run (one row per unit type × seed), from its curves:
+
+    - ``abs_median_activation``: |median_all| at the last epoch (Fig 2a);
+    - ``train_loss_auc``: the mean training loss over epochs 1..E (Fig 2b's speed);
+    - ``epochs_to_loss``: the first epoch with training loss ≤ ``threshold`` (default: the
+      largest over unit types of their mean final training loss, a level most runs reach);
+      a run that never reaches it is censored at E + 1 (``epochs_reached`` = 0), so that
+      every seed stays paired;
+    - ``median_activation_var``: the variance over epochs ≥ 1 of median_all (Appendix C);
+    - ``test_error``: the mean test error of the last ``last`` epochs.
+
+    Returns ``(table, threshold)``.
+    """
+    import pandas as pd
+
+    trained = curves[curves["epoch"] >= 1]
+    final_epoch = trained.groupby("run")["epoch"].transform("max")
+    final = trained[trained["epoch"] == final_epoch]
+    if threshold is None:
+        threshold = float(final.groupby("unit_type")["train_loss"].mean().max())
+    rows = []
+    for run, sub in trained.groupby("run"):
+        sub = sub.sort_values("epoch")
+        below = sub[sub["train_loss"] <= threshold]["epoch"]
+        rows.append({
+            "run": run, "unit_type": sub["unit_type"].iloc[0], "seed": int(sub["seed"].iloc[0]),
+            "abs_median_activation": abs(float(sub["median_all"].iloc[-1])),
+            "train_loss_auc": float(sub["train_loss"].mean()),
+            "epochs_to_loss": float(below.iloc[0]) if len(below) else float(sub["epoch"].max() + 1),
+            "epochs_reached": int(len(below) > 0),
+            "median_activation_var": float(sub["median_all"].var(ddof=1)) if len(sub) > 1 else math.nan,
+            "test_error": float(sub["test_error"].tail(last).mean()),
+        })  # fmt: skip
+    return pd.DataFrame(rows), threshold
