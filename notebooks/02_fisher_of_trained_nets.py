@@ -36,14 +36,14 @@ from torch.nn import functional as F
 from natgrad.fisher import unit_fisher
 from natgrad.analysis.runs import checkpoint_epochs, load_model, probe_set
 from natgrad.testing import assert_close, conditioned_rtol
-from natgrad.training import default_config, train
+from natgrad.training import default_config, default_run_dir, train
 from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
 
 workdir = Path(tempfile.mkdtemp(prefix="natgrad-nb02-"))
 config = default_config(
     "mnist-fc", dataset="digits", unit="elu", seed=0, epochs=3, checkpoint_every=1, probe_size=256
 )
-run = train(config, workdir / "elu", device="cpu", progress=False).run_dir
+run = train(config, default_run_dir(config, workdir), device="cpu", progress=False).run_dir
 epochs = checkpoint_epochs(run)
 print(run, "epochs with a model:", epochs)
 assert epochs == [0, 1, 2, 3]

@@ -1,6 +1,7 @@
 """Fig 2 of the ELU paper (mnist-fc): (a) the median over all hidden units of each unit's
 mean activation per epoch, (b) training (solid) and validation (dotted) cross-entropy;
-mean ± sd over seeds, one colour per unit type.
+mean ± sd over seeds, one colour per unit type (the paper's three: ELU, ReLU, LReLU, plus any
+other unit type found in the runs).
 
     python paper_figures/fig2_mean_activation.py [--runs DIR] [--small] [--out DIR]
 
@@ -24,13 +25,13 @@ from natgrad.analysis.runs import curve_table, find_runs
 
 
 def _small_runs(folder: Path) -> Path:
-    from natgrad.training import default_config, train
+    from natgrad.training import default_config, default_run_dir, train
 
     for unit in ("elu", "relu", "lrelu"):
         cfg = default_config(
             "mnist-fc", dataset="digits", unit=unit, seed=0, epochs=2, probe_size=128
         )
-        train(cfg, folder / f"mnist-fc-{unit}-digits-s0", device="cpu", progress=False)
+        train(cfg, default_run_dir(cfg, folder), device="cpu", progress=False)
     return folder
 
 
