@@ -73,7 +73,7 @@ class StructuredAccumulator(_LayerAccumulator):
 
     def _reduce_factors(self, u0: int, g: torch.Tensor) -> None:
         uc = g.shape[0]
-        self.diag[u0 : u0 + uc] += g.square().sum(1)  # [Uc, d+1]
+        self.diag[u0 : u0 + uc] += torch.linalg.vecdot(g, g, dim=1)  # Σ_r g_r∘g_r [Uc, d+1]
         if self.cross is not None:  # Σ_r g_r,w · g_r,0 as one bmm: [Uc, 1, R] @ [Uc, R, d]
             self.cross[u0 : u0 + uc] += torch.bmm(g[..., -1:].transpose(1, 2), g[..., :-1])[:, 0]
 
