@@ -115,6 +115,9 @@ def sharded_unit_fisher(
         )[name]
         file = f"{name or 'layer'}.units_{int(chunk[0]):06d}-{int(chunk[-1]):06d}.safetensors"
         tensors = {"units": chunk.clone(), "mean_p": F.mean_p.contiguous()}
+        for key in ("c_sum", "c_sq_sum"):  # for n_eff
+            if getattr(F, key) is not None:
+                tensors[key] = getattr(F, key).contiguous()
         if structure == "dense":
             tensors["matrix"] = F.matrix.contiguous()
         else:
@@ -212,6 +215,8 @@ class ShardedUnitFisher:
             layer=self.layer,
             units=t["units"],
             mc_samples=self.mc_samples,
+            c_sum=t.get("c_sum"),
+            c_sq_sum=t.get("c_sq_sum"),
         )
         if self.structure == "dense":
             return UnitFisher(matrix=t["matrix"], **kw)
@@ -289,6 +294,19 @@ class ShardedUnitFisher:
     @property
     def c(self) -> torch.Tensor:
         return torch.cat([F.c for F in self])
+
+    @property
+    def n_eff(self) -> torch.Tensor | None:
+        parts = [F.n_eff for F in self]
+        return None if any(p is None for p in parts) else torch.cat(parts)
+
+    def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
+        r"""``natgrad.measures`` of every unit, shard by shard (keys as for one shard)."""
+        outs = [
+            F.measures(gw, gb, rel_damping)
+            for F, (gw, gb) in zip(self, self._rows(grad_weight, grad_bias), strict=True)
+        ]
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     @property
     def mean_q(self) -> torch.Tensor:

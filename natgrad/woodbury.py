@@ -133,7 +133,8 @@ class WoodburyUnitFisher:
         rows: ``[U, R, d+1]`` per-unit factor rows, or ``[1, R, d+1]`` rows shared by all
             units (then scaled per unit by ``scales``), already divided by √N.
         scales: ``[U, R]`` per-unit row scales √(δ̄²) for shared rows, else ``None``.
-        mean_p, n, kind, likelihood, layer, units, mc_samples: as in :class:`~natgrad.UnitFisher`.
+        mean_p, n, kind, likelihood, layer, units, mc_samples, c_sum, c_sq_sum: as in
+            :class:`~natgrad.UnitFisher`.
     """
 
     rows: torch.Tensor
@@ -145,7 +146,11 @@ class WoodburyUnitFisher:
     layer: str
     units: torch.Tensor = field(default=None)  # type: ignore[assignment]
     mc_samples: int | None = None
+    c_sum: torch.Tensor | None = None
+    c_sq_sum: torch.Tensor | None = None
     structure: str = "dense"  # the exact dense block, held as a factor
+
+    n_eff = UnitFisher.n_eff
 
     def __post_init__(self) -> None:
         if self.units is None:
@@ -188,6 +193,8 @@ class WoodburyUnitFisher:
             layer=self.layer,
             units=self.units,
             mc_samples=self.mc_samples,
+            c_sum=self.c_sum,
+            c_sq_sum=self.c_sq_sum,
         )
 
     # --- Woodbury solves, in chunks of units --------------------------------------------
