@@ -4,7 +4,10 @@ Parts (each measurement in a fresh subprocess, one torch thread, float32, CPU; p
 is the subprocess's peak resident set size ``ru_maxrss``, i.e. everything it touched):
 
 - ``layers``: every Conv2d of ``cifar-11`` and ``cifar-18`` (natgrad.models.build_model,
-  ELU, 10 classes, He init, eval mode), 32×32 inputs, N = ``--n`` (256),
+  ELU, 10 classes, He init, eval mode), 32×32 inputs, N = ``--n`` (256), all conv layers of
+  a net in ONE subprocess and one pass (``unit_fishers``; its peak bounds every layer's;
+  ``--per-layer`` adds one subprocess per layer, which repeats the net's forward/backward
+  per layer and takes far longer),
   ``structure="quasidiagonal"``, ``--kind`` (default ``mc`` with one sampled label, K = 1
   backward column: the time of ``exact`` is about K = 10 times that, its peak memory the
   same, since the columns are processed in budgeted chunks). Target: peak ≤ 4 GB each.
@@ -77,6 +80,28 @@ def child_layer(cfg: dict) -> dict:
     return dict(seconds=dt, peak=_peak(), setup=setup, shards=shards)
 
 
+def child_net(cfg: dict) -> dict:
+    """Every conv layer of one net in ONE pass (one forward and batched backward per
+    sub-batch shared by all layers)."""
+    import torch
+
+    from natgrad import unit_fishers
+    from natgrad.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg["net"], "elu", num_classes=10, in_shape=(3, 32, 32), seed=0).eval()
+    x = torch.randn(cfg["n"], 3, 32, 32)
+    layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    setup = _rss()
+    t = time.perf_counter()
+    out = unit_fishers(
+        model, x, layers=layers, kind=cfg["kind"], mc_samples=1, structure=cfg["structure"]
+    )
+    dt = time.perf_counter() - t
+    assert all(torch.isfinite(F.diagonal).all() for F in out.values())
+    return dict(seconds=dt, peak=_peak(), setup=setup, layers=len(out))
+
+
 def _peer_model(n: int):
     import torch
     from torch import nn
@@ -117,10 +142,11 @@ def child_peer(cfg: dict) -> dict:
         maker.setup_model_call(model, x)
         maker.forward_and_backward()
         out = model[0].fisher.unit.data[:4]
-    elif method == "natgrad-quasi":
+    elif method.startswith("natgrad-quasi"):
         from natgrad import unit_fisher
 
-        F = unit_fisher(model, "0", x, structure="quasidiagonal")
+        budget = 2**26 if method.endswith("64MiB") else None  # temporaries ~ 64 MiB
+        F = unit_fisher(model, "0", x, structure="quasidiagonal", max_memory=budget)
         out = torch.cat([F.diagonal.flatten(), F.bias_column.flatten()])
     elif method == "nngeometry":
         from nngeometry.layercollection import LayerCollection
@@ -186,6 +212,30 @@ def _k(args) -> int:
 
 
 def part_layers(args) -> None:
+    print(
+        f"\n## quasi-diagonal unit Fishers of ALL conv layers of a net in one pass, N={args.n}, kind={args.kind} (K={_k(args)}), float32"
+    )
+    for net in args.nets:
+        layers = conv_layers(net)
+        cfg = dict(net=net, n=args.n, structure="quasidiagonal", kind=args.kind)
+        r = spawn("net", cfg, args.timeout)
+        res = sum(U * (2 * d + 1) for _, U, d, _ in layers) * 4 / MIB
+        if "error" in r:
+            print(f"{net}: ERROR {r['error']}")
+            continue
+        print(
+            f"{net}: {len(layers)} conv layers (U {min(u for _, u, _, _ in layers)}-{max(u for _, u, _, _ in layers)}, "
+            f"d {min(d for _, _, d, _ in layers)}-{max(d for _, _, d, _ in layers)}), results {res:.1f} MiB, "
+            f"time {r['seconds']:.0f} s, peak RSS {r['peak'] / GB:.2f} GB (setup {r['setup'] / GB:.2f} GB): "
+            f"target 4 GB per layer {'met (all layers at once)' if r['peak'] <= 4 * GB else 'MISSED'}"
+        )
+    if not args.per_layer:
+        return
+    print("\n## the same, one layer per subprocess")
+    part_layers_each(args)
+
+
+def part_layers_each(args) -> None:
     print(
         f"\n## quasi-diagonal unit Fisher of every conv layer, N={args.n}, kind={args.kind} (K={_k(args)}), float32"
     )
@@ -261,9 +311,15 @@ def part_peers(args) -> None:
     )
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ("natgrad-dense", "asdl", "natgrad-quasi", "nngeometry"):
+        for method in (
+            "natgrad-dense",
+            "asdl",
+            "natgrad-quasi",
+            "natgrad-quasi-64MiB",
+            "nngeometry",
+        ):
             cfg = dict(method=method, n=args.peer_n, batch=args.peer_batch, tmp=tmp)
-            r = spawn("peer", cfg, args.timeout)
+            r = spawn("peer", cfg, args.peer_timeout)
             res[method] = r
             if "error" in r:
                 print(f"{method:14} ERROR {r['error']}")
@@ -273,7 +329,11 @@ def part_peers(args) -> None:
                 f"{method:14} time {r['seconds']:7.2f} s   peak RSS {r['peak'] / GB:6.2f} GB   (setup {r['setup'] / GB:.2f} GB)"
             )
     print("ratios (measured in this run):")
-    for peer, ours in (("asdl", "natgrad-dense"), ("nngeometry", "natgrad-quasi")):
+    for peer, ours in (
+        ("asdl", "natgrad-dense"),
+        ("nngeometry", "natgrad-quasi"),
+        ("nngeometry", "natgrad-quasi-64MiB"),
+    ):
         a, b = res.get(peer, {}), res.get(ours, {})
         if "out" not in a or "out" not in b:
             print(f"  {peer}/{ours}: not measured ({a.get('error') or b.get('error')})")
@@ -289,24 +349,26 @@ def part_peers(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    p.add_argument("--parts", default="peers,layers,dense")
+    p.add_argument("--parts", default="layers,dense,peers")
     p.add_argument("--nets", nargs="+", default=["cifar-11", "cifar-18"])
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--kind", default="mc", choices=["mc", "exact"])
-    p.add_argument("--peer-n", type=int, default=32)
-    p.add_argument("--peer-batch", type=int, default=32)
+    p.add_argument("--peer-n", type=int, default=16)
+    p.add_argument("--peer-batch", type=int, default=16)
+    p.add_argument("--peer-timeout", type=float, default=600)
+    p.add_argument("--per-layer", action="store_true", help="also one subprocess per layer")
     p.add_argument(
         "--dense-layers", nargs="+", default=["stack2.conv1", "stack3.conv1", "stack4.conv2"]
     )
     p.add_argument("--dense-budget", type=float, default=1e9)
-    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--timeout", type=float, default=480)
     args = p.parse_args()
     if args.child:
         kind, cfg = args.child[0], json.loads(args.child[1])
         import torch
 
         torch.set_num_threads(1)
-        print(json.dumps((child_layer if kind == "layer" else child_peer)(cfg)))
+        print(json.dumps({"layer": child_layer, "net": child_net, "peer": child_peer}[kind](cfg)))
         return
     import platform
 
