@@ -37,12 +37,13 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
 from natgrad import memory, theorems
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError
@@ -124,7 +125,7 @@ def sharded_unit_fisher(
             tensors["diagonal"] = F.diagonal.contiguous()
             if F.bias_column is not None:
                 tensors["bias_column"] = F.bias_column.contiguous()
-        _atomic_write(folder / file, save(tensors))
+        _atomic_save(folder / file, tensors)
         shards.append({"file": file, "units": chunk.tolist()})
         meta = {"n": F.n, "kind": F.kind, "likelihood": F.likelihood, "mc_samples": F.mc_samples}
         del F, tensors
@@ -141,6 +142,16 @@ def sharded_unit_fisher(
     }
     _atomic_write(folder / INDEX, json.dumps(index, indent=1).encode())
     return ShardedUnitFisher.load(folder)
+
+
+def _atomic_save(path: Path, tensors: dict) -> None:
+    """safetensors straight to a temporary file in the same folder (no in-memory copy of the
+    blocks), fsynced, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
