@@ -297,7 +297,10 @@ def part_dense(args) -> None:
         X = np.array([[p, g] for p, g, _ in points])
         t_pass, inv_rate = np.linalg.lstsq(X, np.array([t for _, _, t in points]), rcond=None)[0]
         t_pass, inv_rate = max(t_pass, 0.0), max(inv_rate, 1e-12)
-        print(f"fit: {t_pass:.1f} s per data pass + {1 / inv_rate:.0f} GFLOP/s for the blocks")
+        print(
+            f"fit: {t_pass:.1f} s per data pass + {1 / inv_rate:.0f} GFLOP/s for the blocks "
+            "(the per-GFLOP term also carries zeroing, mirroring and writing each shard to disk)"
+        )
         total = 0.0
         for n, U, d, g in rows:
             passes = max(1, -(-U * (d + 1) ** 2 * 4 // int(0.8 * 0.75 * args.dense_budget)))
