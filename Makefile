@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	@echo "natgrad: [2/3] natgrad (editable) with its extras: dev, notebooks, plots, data, compare"
 	$(PY) -m pip install -q -e ".[dev,notebooks,plots,data,compare]"
-	@echo "natgrad: [3/3] comparison libraries (curvlinops, BackPACK, ASDL) without their torchvision pin"
-	$(PY) -m pip install -q --no-deps curvlinops-for-pytorch backpack-for-pytorch asdfghjkl
+	@echo "natgrad: [3/3] comparison libraries (curvlinops, BackPACK, ASDL, nngeometry) without their torchvision pin"
+	$(PY) -m pip install -q --no-deps curvlinops-for-pytorch backpack-for-pytorch asdfghjkl nngeometry==0.4
 	@touch $(STAMP)
 	@echo "natgrad: installed into $(VENV)"
 

@@ -15,10 +15,12 @@ from natgrad.errors import (
     CheckpointError,
     DataFileError,
     InputError,
+    MemoryBudgetError,
     NatgradError,
     NatgradWarning,
     NearlySingularWarning,
     SingularBlockError,
+    StructureError,
     UnsupportedLayerError,
 )
 
@@ -26,6 +28,9 @@ from natgrad.errors import (
 from natgrad.fisher import unit_fisher, unit_fishers
 from natgrad.reference import reference_natural_gradient, reference_unit_fisher
 from natgrad.unitfisher import UnitFisher
+from natgrad.structures import StructuredUnitFisher
+from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fisher
+from natgrad.planner import ShardedUnitFisher
 
 # --- Lemmas 1-2 and Theorems 1-2 on raw blocks ------------------------------------------
 from natgrad.theorems import BiasShift, bias_shift, lemma1_inverse, natural_gradient
@@ -45,13 +50,19 @@ __all__ = [
     "CheckpointError",
     "DataFileError",
     "InputError",
+    "MemoryBudgetError",
     "NatgradError",
     "NatgradWarning",
     "NearlySingularWarning",
     "SingularBlockError",
+    "StructureError",
     "UnsupportedLayerError",
     # unit Fisher
     "UnitFisher",
+    "StructuredUnitFisher",
+    "WoodburyUnitFisher",
+    "ShardedUnitFisher",
+    "woodbury_unit_fisher",
     "reference_natural_gradient",
     "reference_unit_fisher",
     "unit_fisher",

@@ -34,3 +34,14 @@ class NatgradWarning(UserWarning):
 class NearlySingularWarning(NatgradWarning):
     """A unit Fisher block is positive definite but so ill-conditioned that its solves lose
     most of their digits (see ``natgrad.linalg.COND_WARN``); the message names the units."""
+
+
+class MemoryBudgetError(NatgradError, MemoryError):
+    """A requested result (or its temporaries) cannot fit in the memory budget; the message
+    names the bytes needed and the budget, and the ``units=``/``structure=``/``out_dir=``
+    that would fit."""
+
+
+class StructureError(NatgradError, ValueError):
+    """A quantity is not defined for a structured (non-dense) unit Fisher; the message says
+    why and which structure provides it."""

@@ -45,6 +45,8 @@ class UnitFisher:
             input n's own block (δ̄²_n for a Linear unit; for Conv2d Σ_k (Σ_pos v_nk,pos)²);
             float64 sums, so blocks computed on shards add up. ``None`` for
             :meth:`from_matrix`.
+        structure: ``"dense"``, always, for this class; the O(U·d) structures are
+            :class:`natgrad.structures.StructuredUnitFisher` (``unit_fisher(structure=...)``).
 
     Example:
         >>> import torch
@@ -63,9 +65,15 @@ class UnitFisher:
     mc_samples: int | None = None
     c_sum: torch.Tensor | None = None
     c_sq_sum: torch.Tensor | None = None
+    structure: str = "dense"
 
     def __post_init__(self) -> None:
         m = self.matrix
+        if self.structure != "dense":
+            raise InputError(
+                f"UnitFisher of layer {self.layer!r} holds dense blocks (structure='dense'), got "
+                f"structure={self.structure!r}; structured results are StructuredUnitFisher"
+            )
         if m.ndim != 3 or m.shape[-1] != m.shape[-2] or m.shape[-1] < 2:
             raise InputError(
                 f"UnitFisher of layer {self.layer!r}: matrix must have shape [U, d+1, d+1] "
@@ -407,8 +415,8 @@ class UnitFisher:
         layer's own weight shape (flattened as ``weight.view(U, -1)``), or the whole layer's rows
         (sliced by :attr:`units`). Errors name the layer and the expected shapes."""
         U, d = self.num_units, self.fan_in
-        gw = torch.as_tensor(grad_weight, device=self.matrix.device)
-        gb = torch.as_tensor(grad_bias, device=self.matrix.device)
+        gw = torch.as_tensor(grad_weight, device=self.mean_p.device)
+        gb = torch.as_tensor(grad_bias, device=self.mean_p.device)
         expected = (
             f"layer {self.layer!r}: expected grad_weight [U, d] = [{U}, {d}] (or the layer's weight "
             f"shape with {d} entries per unit, or the whole layer's rows, sliced by "

@@ -1,0 +1,160 @@
+r"""Memory budgets of the unit Fisher engine: what a result costs, what is free, what fits.
+
+The result of :func:`natgrad.unit_fisher` for U units of fan-in d costs, in elements of the
+model's dtype (itemsize bytes each),
+
+=================  ==========================  ==========================================
+structure          stored                       elements
+=================  ==========================  ==========================================
+``dense``          F ``[U, d+1, d+1]``          U·(d+1)²
+``quasidiagonal``  diag(F) ``[U, d+1]``, b      U·(2d+1)
+``diagonal``       diag(F) ``[U, d+1]``         U·(d+1)
+=================  ==========================  ==========================================
+
+and the temporaries of one data pass are bounded separately (:data:`TEMP_FLOOR` bytes or a
+quarter of the result, whichever is larger): the engine splits a batch into sub-batches and the
+units into chunks so that no temporary exceeds that bound. Before the pass,
+:func:`check_budget` compares the result with ``max_memory`` (default
+:data:`DEFAULT_FRACTION` of the memory the kernel reports as available) and raises
+:class:`~natgrad.errors.MemoryBudgetError` naming the bytes needed and the ``units=``,
+``structure=`` or ``out_dir=`` that would fit.
+
+Example:
+    >>> result_elements("dense", units=4, fan_in=3), result_elements("quasidiagonal", 4, 3)
+    (64, 28)
+    >>> format_bytes(3 * 2**30)
+    '3.00 GiB'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from natgrad.errors import InputError, MemoryBudgetError
+
+STRUCTURES = ("dense", "quasidiagonal", "diagonal")
+
+DEFAULT_FRACTION = 0.5
+"""Default ``max_memory``: this fraction of ``MemAvailable`` (``/proc/meminfo``) at call time."""
+
+TEMP_FLOOR = 256 * 2**20
+"""Bytes the temporaries of a data pass may always use (sub-batches, unit chunks), even when
+the result is smaller than that."""
+
+
+def check_structure(structure: str) -> str:
+    if structure not in STRUCTURES:
+        raise InputError(
+            f"unknown structure {structure!r}: choose one of {', '.join(STRUCTURES)} ('dense': "
+            "the full (d+1)² block per unit; 'quasidiagonal': Ollivier's diag(A), b, c; "
+            "'diagonal': diag(F) only)"
+        )
+    return structure
+
+
+def result_elements(structure: str, units: int, fan_in: int) -> int:
+    r"""Elements of a result of ``units`` units of fan-in d = ``fan_in`` (table above)."""
+    d1 = fan_in + 1
+    if structure == "dense":
+        return units * d1 * d1
+    if structure == "quasidiagonal":
+        return units * (2 * fan_in + 1)
+    return units * d1
+
+
+def available_memory() -> int:
+    """Bytes the kernel reports as available (``MemAvailable`` of ``/proc/meminfo``; psutil's
+    ``virtual_memory().available`` where there is no ``/proc``)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # pragma: no cover - platforms without /proc
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def resolve_max_memory(max_memory: int | float | None) -> int:
+    """``max_memory`` in bytes: as given, or :data:`DEFAULT_FRACTION` of :func:`available_memory`."""
+    if max_memory is None:
+        return int(DEFAULT_FRACTION * available_memory())
+    if not (isinstance(max_memory, int | float) and math.isfinite(max_memory) and max_memory > 0):
+        raise InputError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    return int(max_memory)
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable bytes (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"  # pragma: no cover
+
+
+def temp_budget(result_bytes: int, max_memory: int) -> int:
+    """Bytes the temporaries of a pass may use: the larger of :data:`TEMP_FLOOR` and a quarter
+    of the result, but never more than what ``max_memory`` leaves beside the result (or 1/8
+    of ``max_memory`` where that is less)."""
+    wanted = max(TEMP_FLOOR, result_bytes // 4)
+    return min(wanted, max(max_memory - result_bytes, max_memory // 8))
+
+
+def check_budget(layers: dict, structure: str, itemsize: int, max_memory: int, *, sharded: bool):
+    r"""Raise :class:`~natgrad.errors.MemoryBudgetError` unless the results fit.
+
+    ``layers`` maps a layer name to ``(units, fan_in)``. The results must fit in
+    ``max_memory`` less :data:`TEMP_FLOOR` (their temporaries); with ``sharded`` (an
+    ``out_dir``) only the largest single unit's block must fit. The message names the bytes
+    needed, the budget, and per layer the ``units=`` count and the structures that would fit.
+    """
+    room = max_memory - min(TEMP_FLOOR, max_memory // 4)
+    need = {n: result_elements(structure, u, d) * itemsize for n, (u, d) in layers.items()}
+    if sharded:
+        worst = max(result_elements(structure, 1, d) * itemsize for _, d in layers.values())
+        if worst <= room:
+            return
+        total = worst
+    else:
+        total = sum(need.values())
+        if total <= room:
+            return
+    fixes = []
+    for name, (u, d) in layers.items():
+        per_unit = result_elements(structure, 1, d) * itemsize
+        fit = min(u, max(0, room // per_unit))
+        cheaper = [
+            f"structure={s!r} ({format_bytes(result_elements(s, u, d) * itemsize)})"
+            for s in STRUCTURES
+            if s != structure and result_elements(s, u, d) * itemsize <= room
+        ]
+        fixes.append(
+            f"layer {name!r} ({u} units, fan-in {d}: {format_bytes(need[name])}): "
+            + (
+                "fits on its own"
+                if fit == u
+                else f"units= with at most {fit} units fits"
+                if fit
+                else "not even one unit fits"
+            )
+            + (", or " + " or ".join(cheaper) if cheaper else "")
+        )
+    hint = (
+        ""
+        if sharded
+        else "; or pass out_dir= to stream units in chunks to safetensors shards on disk"
+    )
+    raise MemoryBudgetError(
+        f"the {structure} unit Fisher needs {format_bytes(total)} ({total} bytes) but the budget "
+        f"leaves {format_bytes(room)} (max_memory={max_memory} bytes less temporaries). "
+        + "; ".join(fixes)
+        + hint
+        + "."
+    )

@@ -1,0 +1,331 @@
+r"""The memory planner: unit Fishers larger than memory, streamed in unit chunks to disk.
+
+``unit_fisher(..., out_dir=folder, max_memory=bytes)`` splits the requested units into
+chunks whose result fits ``max_memory`` (less the temporaries of a pass, see
+:mod:`natgrad.memory`), makes **one data pass per chunk** (the forward and batched backward
+are repeated; only the chunk's units are reduced), and writes each chunk's blocks to a
+safetensors shard in ``folder``::
+
+    folder/
+      index.json                       layer, structure, kind, likelihood, n, fan_in, shards
+      <layer>.units_000000-000127.safetensors   matrix [U_c, d+1, d+1] (or diagonal,
+                                                bias_column), units [U_c], mean_p [d]
+
+Files are written to a temporary in the same folder and renamed into place, the index last,
+so a folder with an ``index.json`` is complete. The result is a
+:class:`ShardedUnitFisher`, which loads one shard at a time: its theorem methods run shard by
+shard and concatenate the per-unit results (O(U·d)), so a layer whose blocks do not fit in
+memory still gets its natural gradients, s, k and bias shifts. When not even one unit's
+block fits, :class:`~natgrad.errors.MemoryBudgetError` names the bytes and the structures
+that would.
+
+``inputs`` must be iterable more than once (a tensor, a list of batches, a DataLoader) when
+there is more than one chunk. For ``kind="mc"`` the generator's state is restored before
+each pass, so every chunk sees the same sampled labels when its (sub-)batches are the same:
+pass ``batch_size=`` to pin them.
+
+Example:
+    >>> import tempfile, torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
+    >>> from natgrad import unit_fisher
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     F = unit_fisher(net, "0", torch.randn(8, 6), out_dir=d, max_memory=700)
+    ...     len(F.shards), F.num_units, F.natural_gradient(torch.ones(4, 6), torch.ones(4), 0.1)[1].shape
+    (2, 4, torch.Size([4]))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from natgrad import memory, theorems
+from natgrad.errors import CheckpointError, InputError, MemoryBudgetError
+from natgrad.unitfisher import UnitFisher
+
+INDEX = "index.json"
+FORMAT = "natgrad-unit-fisher-shards/1"
+
+
+def sharded_unit_fisher(
+    model,
+    name,
+    module,
+    units,
+    inputs,
+    targets,
+    out_dir,
+    *,
+    kind,
+    likelihood,
+    mc_samples,
+    generator,
+    batch_size,
+    structure,
+    conv_moments,
+    max_memory,
+) -> ShardedUnitFisher:
+    r"""Plan unit chunks that fit ``max_memory``, one data pass per chunk, shards in
+    ``out_dir``; returns the lazily loading :class:`ShardedUnitFisher`."""
+    from natgrad.fisher import _compute
+
+    memory.check_structure(structure)
+    budget = memory.resolve_max_memory(max_memory)
+    n_units, d = module.weight.shape[0], module.weight[0].numel()
+    all_units = torch.arange(n_units) if units is None else torch.as_tensor(units).reshape(-1)
+    itemsize = module.weight.element_size()
+    memory.check_budget({name: (1, d)}, structure, itemsize, budget, sharded=True)
+    room = budget - min(memory.TEMP_FLOOR, budget // 4)
+    per_unit = memory.result_elements(structure, 1, d) * itemsize
+    step = max(1, int(0.8 * room) // per_unit)
+    chunks = [all_units[i : i + step] for i in range(0, all_units.numel(), step)]
+    if len(chunks) > 1 and not isinstance(inputs, torch.Tensor) and iter(inputs) is inputs:
+        raise InputError(
+            f"layer {name!r}: the planner needs {len(chunks)} passes over the data (unit chunks "
+            f"of {step} that fit max_memory={budget} bytes), but inputs is a one-shot iterator; "
+            "pass a tensor, a list of batches or a DataLoader"
+        )
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / INDEX).exists():
+        (folder / INDEX).unlink()  # the folder is rewritten: no stale index over new shards
+    state = generator.get_state() if generator is not None else None
+    shards = []
+    for chunk in chunks:
+        if generator is not None:
+            generator.set_state(state)
+        F = _compute(
+            model,
+            {name: (module, chunk)},
+            inputs,
+            targets,
+            kind,
+            likelihood,
+            mc_samples,
+            generator,
+            batch_size,
+            structure=structure,
+            conv_moments=conv_moments,
+            max_memory=budget,
+        )[name]
+        file = f"{name or 'layer'}.units_{int(chunk[0]):06d}-{int(chunk[-1]):06d}.safetensors"
+        tensors = {"units": chunk.clone(), "mean_p": F.mean_p.contiguous()}
+        for key in ("c_sum", "c_sq_sum"):  # for n_eff
+            if getattr(F, key) is not None:
+                tensors[key] = getattr(F, key).contiguous()
+        if structure == "dense":
+            tensors["matrix"] = F.matrix.contiguous()
+        else:
+            tensors["diagonal"] = F.diagonal.contiguous()
+            if F.bias_column is not None:
+                tensors["bias_column"] = F.bias_column.contiguous()
+        _atomic_save(folder / file, tensors)
+        shards.append({"file": file, "units": chunk.tolist()})
+        meta = {"n": F.n, "kind": F.kind, "likelihood": F.likelihood, "mc_samples": F.mc_samples}
+        del F, tensors
+    index = {
+        "format": FORMAT,
+        "layer": name,
+        "structure": structure,
+        "conv_moments": conv_moments,
+        "fan_in": d,
+        "dtype": str(module.weight.dtype).removeprefix("torch."),
+        "max_memory": budget,
+        **meta,
+        "shards": shards,
+    }
+    _atomic_write(folder / INDEX, json.dumps(index, indent=1).encode())
+    return ShardedUnitFisher.load(folder)
+
+
+def _atomic_save(path: Path, tensors: dict) -> None:
+    """safetensors straight to a temporary file in the same folder (no in-memory copy of the
+    blocks), fsynced, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    from natgrad.training.checkpoint import atomic_write
+
+    atomic_write(path, data)
+
+
+class ShardedUnitFisher:
+    r"""A unit Fisher kept in safetensors shards, loaded one shard at a time.
+
+    ``shard(i)`` is a :class:`~natgrad.UnitFisher` (dense) or
+    :class:`~natgrad.structures.StructuredUnitFisher`; the theorem methods
+    (:meth:`natural_gradient`, :meth:`bias_shift`, :meth:`s`, :meth:`k`, :meth:`cosine`) and
+    the per-unit entries (:attr:`c`, :attr:`mean_q`) are computed shard by shard and
+    concatenated in :attr:`units` order. Gradients are the whole layer's (``[U_layer, d]`` or
+    the weight's shape) or one row per held unit (``[num_units, d]``). :attr:`matrix` loads
+    everything (refused with :class:`~natgrad.errors.MemoryBudgetError` when it does not fit
+    in the available memory).
+    """
+
+    def __init__(self, folder: Path, index: dict):
+        self.folder, self.index = Path(folder), index
+        self.layer, self.structure = index["layer"], index["structure"]
+        self.kind, self.likelihood, self.n = index["kind"], index["likelihood"], index["n"]
+        self.mc_samples, self.fan_in = index["mc_samples"], index["fan_in"]
+        self.shards = index["shards"]
+        self.units = torch.tensor([u for s in self.shards for u in s["units"]])
+        self._mean_p = None
+
+    @classmethod
+    def load(cls, folder) -> ShardedUnitFisher:
+        """Open a folder written by the planner (``index.json`` and its shards)."""
+        path = Path(folder) / INDEX
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(
+                f"{path}: no readable unit-Fisher shard index ({e}); the folder is incomplete "
+                "or not written by natgrad's planner: recompute with unit_fisher(out_dir=...)"
+            ) from None
+        if index.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+        missing = [s["file"] for s in index["shards"] if not (Path(folder) / s["file"]).is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: shards missing: {missing[:3]}; recompute the folder")
+        return cls(folder, index)
+
+    @property
+    def num_units(self) -> int:
+        return self.units.numel()
+
+    @property
+    def mean_p(self) -> torch.Tensor:
+        if self._mean_p is None:
+            self._mean_p = self.shard(0).mean_p
+        return self._mean_p
+
+    def shard(self, i: int):
+        r"""The i-th shard as a UnitFisher / StructuredUnitFisher (read from disk)."""
+        info = self.shards[i]
+        path = self.folder / info["file"]
+        try:
+            t = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: unreadable shard ({e}); recompute the folder") from None
+        kw = dict(
+            mean_p=t["mean_p"],
+            n=self.n,
+            kind=self.kind,
+            likelihood=self.likelihood,
+            layer=self.layer,
+            units=t["units"],
+            mc_samples=self.mc_samples,
+            c_sum=t.get("c_sum"),
+            c_sq_sum=t.get("c_sq_sum"),
+        )
+        if self.structure == "dense":
+            return UnitFisher(matrix=t["matrix"], **kw)
+        from natgrad.structures import StructuredUnitFisher
+
+        return StructuredUnitFisher(
+            diagonal=t["diagonal"],
+            bias_column=t.get("bias_column"),
+            structure=self.structure,
+            **kw,
+        )
+
+    def __iter__(self) -> Iterator:
+        return (self.shard(i) for i in range(len(self.shards)))
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        r"""``[U, d+1, d+1]`` every block, loaded (dense shards only; checked against memory)."""
+        if self.structure != "dense":
+            raise InputError(f"layer {self.layer!r}: {self.structure} shards hold no dense blocks")
+        need = (
+            self.num_units * (self.fan_in + 1) ** 2 * getattr(torch, self.index["dtype"]).itemsize
+        )
+        if need > memory.available_memory():
+            raise MemoryBudgetError(
+                f"layer {self.layer!r}: loading all {self.num_units} blocks needs {need} bytes "
+                f"({memory.format_bytes(need)}), more than is available; iterate the shards "
+                "(for F in sharded: ...) or use the shard-wise methods"
+            )
+        return torch.cat([F.matrix for F in self])
+
+    # --- shard-wise maps ----------------------------------------------------------------
+    def _rows(self, grad_weight, grad_bias):
+        """Per-shard gradient pairs: whole-layer gradients pass through (each shard slices
+        its units); one row per held unit is split by position."""
+        gw, gb = torch.as_tensor(grad_weight), torch.as_tensor(grad_bias)
+        if gw.shape[0] != self.num_units or gw.shape[0] == int(self.units.max()) + 1:
+            return [(gw, gb)] * len(self.shards)
+        sizes = [len(s["units"]) for s in self.shards]
+        return list(zip(gw.split(sizes), gb.split(sizes), strict=True))
+
+    def _map(self, method: str, grads=None, *args, **kwargs):
+        outs = []
+        pairs = self._rows(*grads) if grads is not None else [()] * len(self.shards)
+        for F, pair in zip(self, pairs, strict=True):
+            outs.append(getattr(F, method)(*pair, *args, **kwargs))
+        if isinstance(outs[0], theorems.BiasShift):
+            return theorems.BiasShift(
+                *(torch.cat([getattr(o, f.name) for o in outs]) for f in fields(theorems.BiasShift))
+            )
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(p) for p in zip(*outs, strict=True))
+        return torch.cat(outs)
+
+    def natural_gradient(self, grad_weight, grad_bias, damping: float = 0.0):
+        r"""(Δw ``[U, d]``, Δw0 ``[U]``), shard by shard."""
+        return self._map("natural_gradient", (grad_weight, grad_bias), damping)
+
+    def bias_shift(self, grad_weight, grad_bias, damping: float = 0.0) -> theorems.BiasShift:
+        r"""Theorem 2's shifts, shard by shard."""
+        return self._map("bias_shift", (grad_weight, grad_bias), damping)
+
+    def cosine(self, grad_weight, grad_bias, damping: float = 0.0) -> torch.Tensor:
+        return self._map("cosine", (grad_weight, grad_bias), damping)
+
+    def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor:
+        return self._map("s", None, form, damping)
+
+    def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
+        return self._map("k", None, form, damping)
+
+    @property
+    def c(self) -> torch.Tensor:
+        return torch.cat([F.c for F in self])
+
+    @property
+    def n_eff(self) -> torch.Tensor | None:
+        parts = [F.n_eff for F in self]
+        return None if any(p is None for p in parts) else torch.cat(parts)
+
+    def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
+        r"""``natgrad.measures`` of every unit, shard by shard (keys as for one shard)."""
+        outs = [
+            F.measures(gw, gb, rel_damping)
+            for F, (gw, gb) in zip(self, self._rows(grad_weight, grad_bias), strict=True)
+        ]
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+    @property
+    def mean_q(self) -> torch.Tensor:
+        return torch.cat([F.mean_q for F in self])
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardedUnitFisher(layer={self.layer!r}, structure={self.structure!r}, "
+            f"units={self.num_units}, fan_in={self.fan_in}, shards={len(self.shards)}, "
+            f"folder={str(self.folder)!r})"
+        )

@@ -1,0 +1,517 @@
+r"""Structured unit Fishers: quasi-diagonal (Ollivier) and diagonal, in O(U·d) memory.
+
+For one unit the dense block is F = [[A, b], [bᵀ, c]] (bias last). The structures keep
+
+- ``"quasidiagonal"``: diag(A), b and c (Ollivier 2015, "Riemannian metrics for neural
+  networks I", arXiv 1303.0818, Sect. 3);
+- ``"diagonal"``: diag(F) only (b dropped).
+
+Both are computed by the engine (:func:`natgrad.unit_fisher` with ``structure=``) from the
+same single backward as the dense block, without forming it: for a Linear unit
+diag(F) = (1/N) Σ_n δ̄²_n ã_n∘ã_n and b = (1/N) Σ_n δ̄²_n a_n (two GEMMs ``[U, N] @ [N, d+1]``);
+for a weight-shared (Conv2d) unit the per-sample, per-column gradients g = Σ_p v_p ã_p are
+formed in chunks of units (:func:`natgrad.fisher.shared_factors`) and only g∘g and g·g_bias
+are summed. Memory: U·(2d+1) (quasi-diagonal) or U·(d+1) (diagonal) numbers.
+
+**The structure's metric.** The stored numbers define one positive definite metric per unit,
+Ollivier's quasi-diagonal metric
+
+.. math::
+
+    Q = \begin{pmatrix} A_Q & b \\ b^\top & c \end{pmatrix},\qquad
+    A_Q = \operatorname{diag}(A_{jj} - b_j^2/c) + b b^\top / c,
+
+the matrix with F's diagonal, bias row and bias entry whose weight coordinates are coupled
+only through the bias: its q-covariance Var_q(a) = A_Q/c − E_q(a)E_q(a)ᵀ is DIAGONAL with the
+exact q-variances A_jj/c − E_q(a_j)². Its inverse is Ollivier's quasi-diagonal update
+(:func:`natgrad.measures.quasidiagonal_solve`): u_j = (c g_j − b_j g0)/(c A_jj − b_j²),
+u_0 = (g0 − bᵀu)/c. Q is positive definite exactly when every 2×2 block [[A_jj, b_j], [b_j, c]]
+is, so always for a positive definite F. (The *arrowhead* [[diag(A), b], [bᵀ, c]] shares the
+numbers but can be indefinite and is not invariant to shifts of the inputs; it is available
+as the ``"arrowhead"`` direction.) Theorems 1–2 are block algebra that holds for any positive
+definite block, so with A → A_Q (inverted by Sherman–Morrison in O(d)) they hold exactly for
+Q: s = (1 + Σ_j b_j²/(c A_jj − b_j²))/c = (1 + E_qᵀVar_q⁻¹E_q)/c, k = Σ_j (E_q − E_p)_j E_q,j /
+Var_q,j, and shift_natural = E_p(a)ᵀΔw + Δw0 of the update above. Damping λ is applied to F
+before the structure is taken: the metric is Q(F + λI), as in :mod:`natgrad.measures`.
+For ``"diagonal"`` b = 0, so s = 1/c and k = 0; E_q(a), Var_q(a) and Cov_p are *not* stored
+(the coupling b is what the structure drops) and raise :class:`~natgrad.errors.StructureError`.
+
+**matrix.** ``StructuredUnitFisher.matrix`` materialises Q densely ``[U, d+1, d+1]`` on demand
+(it costs what the dense block costs; use it for small layers and tests).
+
+Example:
+    >>> import torch
+    >>> F = torch.tensor([[[2.0, 0.5, 1.0], [0.5, 3.0, 0.0], [1.0, 0.0, 1.0]]])
+    >>> Q = StructuredUnitFisher.from_dense(F, torch.tensor([1.0, 0.0]), "quasidiagonal")
+    >>> Q.diagonal, Q.bias_column
+    (tensor([[2., 3., 1.]]), tensor([[1., 0.]]))
+    >>> Q.natural_gradient(torch.tensor([[1.0, 0.0]]), torch.tensor([0.0]))  # Q⁻¹(g, g0)
+    (tensor([[1., 0.]]), tensor([-1.]))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from natgrad import linalg, theorems
+from natgrad.errors import InputError, SingularBlockError, StructureError
+from natgrad.fisher import _LayerAccumulator
+from natgrad.unitfisher import UnitFisher
+
+STRUCTURED = ("quasidiagonal", "diagonal")
+
+
+class StructuredAccumulator(_LayerAccumulator):
+    r"""Sums diag(Σ g gᵀ) ``[U, d+1]`` and, for ``"quasidiagonal"``, Σ g_w g_0 ``[U, d]``."""
+
+    def _allocate(self, dtype, device) -> None:
+        d1 = self.fan_in + 1
+        self.diag = torch.zeros(self.n_units, d1, dtype=dtype, device=device)
+        self.cross = (
+            torch.zeros(self.n_units, d1 - 1, dtype=dtype, device=device)
+            if self.structure == "quasidiagonal"
+            else None
+        )
+        self.total = self.diag  # marks "allocated" for the base class
+
+    def _reduce_factors(self, u0: int, g: torch.Tensor) -> None:
+        uc = g.shape[0]
+        self.diag[u0 : u0 + uc] += torch.linalg.vecdot(g, g, dim=1)  # Σ_r g_r∘g_r [Uc, d+1]
+        if self.cross is not None:  # Σ_r g_r,w · g_r,0 as one bmm: [Uc, 1, R] @ [Uc, R, d]
+            self.cross[u0 : u0 + uc] += torch.bmm(g[..., -1:].transpose(1, 2), g[..., :-1])[:, 0]
+
+    def _reduce_weighted(self, w: torch.Tensor, at: torch.Tensor) -> None:
+        self.diag += w.T @ at.square()  # [U, M] @ [M, d+1]
+        if self.cross is not None:
+            self.cross += w.T @ at[:, :-1]  # the bias entry of ã is 1
+
+    def result(self, n_total: int, kind: str, likelihood: str, mc) -> StructuredUnitFisher:
+        diag = self.diag.div_(n_total)
+        cross = None if self.cross is None else self.cross.div_(n_total)
+        return StructuredUnitFisher(
+            diagonal=diag,
+            bias_column=cross,
+            structure=self.structure,
+            **self.fields(n_total, kind, likelihood, mc),
+        )
+
+
+@dataclass(frozen=True)
+class StructuredUnitFisher:
+    r"""A quasi-diagonal or diagonal unit Fisher of U units of one layer (bias last).
+
+    Attributes:
+        diagonal: ``[U, d+1]`` diag(F) = (diag(A), c).
+        bias_column: ``[U, d]`` b = E_p(δ̄² a) (``"quasidiagonal"``), ``None`` for ``"diagonal"``.
+        structure: ``"quasidiagonal"`` or ``"diagonal"``.
+        mean_p, n, kind, likelihood, layer, units, mc_samples, c_sum, c_sq_sum: as in
+            :class:`~natgrad.UnitFisher`.
+
+    The theorem methods solve exactly in the structure's metric M (module docstring); damping
+    λ adds λ to every diagonal entry of M, the bias entry included, as for dense blocks.
+    """
+
+    diagonal: torch.Tensor
+    bias_column: torch.Tensor | None
+    structure: str
+    mean_p: torch.Tensor
+    n: int
+    kind: str
+    likelihood: str
+    layer: str
+    units: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    mc_samples: int | None = None
+    c_sum: torch.Tensor | None = None
+    c_sq_sum: torch.Tensor | None = None
+
+    n_eff = UnitFisher.n_eff
+
+    def __post_init__(self) -> None:
+        if self.structure not in STRUCTURED:
+            raise InputError(
+                f"StructuredUnitFisher of layer {self.layer!r}: structure must be one of "
+                f"{STRUCTURED}, got {self.structure!r} (dense blocks are natgrad.UnitFisher)"
+            )
+        d = self.diagonal.shape[-1] - 1
+        if self.diagonal.ndim != 2 or d < 1 or self.mean_p.shape != (d,):
+            raise InputError(
+                f"StructuredUnitFisher of layer {self.layer!r}: diagonal must be [U, d+1] and "
+                f"mean_p [d]; got {tuple(self.diagonal.shape)} and {tuple(self.mean_p.shape)}"
+            )
+        want = self.diagonal.shape[:1] + (d,)
+        if (self.structure == "quasidiagonal") != (self.bias_column is not None) or (
+            self.bias_column is not None and self.bias_column.shape != want
+        ):
+            raise InputError(
+                f"StructuredUnitFisher of layer {self.layer!r}: a quasidiagonal structure needs "
+                f"bias_column [U, d] = {list(want)}, a diagonal one none"
+            )
+        if self.units is None:
+            object.__setattr__(self, "units", torch.arange(self.diagonal.shape[0]))
+
+    @classmethod
+    def from_dense(
+        cls, matrix: torch.Tensor, mean_p: torch.Tensor, structure: str, **fields
+    ) -> StructuredUnitFisher:
+        r"""The structure ``structure`` of dense blocks ``[U, d+1, d+1]`` (or a UnitFisher's)."""
+        if isinstance(matrix, UnitFisher):
+            src = matrix
+            fields = (
+                dict(
+                    n=src.n,
+                    kind=src.kind,
+                    likelihood=src.likelihood,
+                    layer=src.layer,
+                    units=src.units,
+                    mc_samples=src.mc_samples,
+                )
+                | fields
+            )
+            matrix = src.matrix
+        matrix = torch.as_tensor(matrix)
+        if matrix.ndim == 2:
+            matrix = matrix.unsqueeze(0)
+        fields = dict(n=0, kind="given", likelihood="given", layer="given") | fields
+        return cls(
+            diagonal=torch.diagonal(matrix, dim1=-2, dim2=-1).clone(),
+            bias_column=matrix[:, :-1, -1].clone() if structure == "quasidiagonal" else None,
+            structure=structure,
+            mean_p=torch.as_tensor(mean_p, dtype=matrix.dtype),
+            **fields,
+        )
+
+    # --- sizes and entries ---------------------------------------------------------------
+    @property
+    def num_units(self) -> int:
+        """U, the number of units held."""
+        return self.diagonal.shape[0]
+
+    @property
+    def fan_in(self) -> int:
+        """d, the fan-in of each unit (without the bias)."""
+        return self.diagonal.shape[-1] - 1
+
+    @property
+    def diag_A(self) -> torch.Tensor:
+        r"""``[U, d]`` diag(A) = E_p(δ̄² a∘a) (Conv2d: the weight-shared block's diagonal)."""
+        return self.diagonal[:, :-1]
+
+    @property
+    def c(self) -> torch.Tensor:
+        r"""``[U]`` c = E_p(δ̄²)."""
+        return self.diagonal[:, -1]
+
+    @property
+    def b(self) -> torch.Tensor:
+        r"""``[U, d]`` b = E_p(δ̄² a) (quasi-diagonal only)."""
+        return self._need_b("b")
+
+    def _need_b(self, what: str) -> torch.Tensor:
+        if self.bias_column is None:
+            raise StructureError(
+                f"layer {self.layer!r}: {what} needs the weight-bias coupling b = E_p(δ̄² a), "
+                "which the diagonal structure does not keep; compute the unit Fisher with "
+                "structure='quasidiagonal' (O(U·d) memory) or 'dense'"
+            )
+        return self.bias_column
+
+    @property
+    def mean_q(self) -> torch.Tensor:
+        r"""``[U, d]`` E_q(a) = b / c (exact: b and c are entries of the true block)."""
+        return self._need_b("E_q(a) = b/c") / self.c.unsqueeze(-1)
+
+    @property
+    def cov_p(self) -> torch.Tensor:
+        r"""``[U, d]`` Cov_p(δ̄², a) = b − c E_p(a)."""
+        return self._need_b("Cov_p(δ̄², a)") - self.c.unsqueeze(-1) * self.mean_p
+
+    @property
+    def var_q(self) -> torch.Tensor:
+        raise StructureError(
+            f"layer {self.layer!r}: Var_q(a) needs the full A block, which the {self.structure} "
+            "structure does not keep (its metric's Var_q is diag(A)/c − E_q E_qᵀ, used inside "
+            "s('paper') and k('closed') by Sherman–Morrison); use structure='dense'"
+        )
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        r"""``[U, d+1, d+1]`` the structure's metric Q(F) (module docstring), materialised
+        densely on demand: diag(F) and b exact, weight off-diagonals b_i b_j / c."""
+        D, c = self.diag_A, self.c
+        if self.bias_column is None:
+            return torch.diag_embed(self.diagonal)
+        b = self.bias_column
+        cs = torch.where(c > 0, c, torch.ones_like(c))[:, None, None]
+        A = torch.diag_embed(D - b.square() / cs[..., 0]) + b.unsqueeze(-1) * b.unsqueeze(-2) / cs
+        A = torch.where(c[:, None, None] > 0, A, torch.diag_embed(D))
+        top = torch.cat([A, b.unsqueeze(-1)], -1)
+        return torch.cat([top, torch.cat([b, c.unsqueeze(-1)], -1).unsqueeze(-2)], -2)
+
+    def to_unit_fisher(self, damping: float = 0.0) -> UnitFisher:
+        r"""The metric Q(F + λI) as a dense :class:`~natgrad.UnitFisher` (same fields): its
+        theorem methods (undamped) give this object's results at damping λ."""
+        return UnitFisher(
+            matrix=self.matrix if damping == 0 else self.metric(damping),
+            mean_p=self.mean_p,
+            n=self.n,
+            kind=self.kind,
+            likelihood=self.likelihood,
+            layer=self.layer,
+            units=self.units,
+            mc_samples=self.mc_samples,
+            c_sum=self.c_sum,
+            c_sq_sum=self.c_sq_sum,
+        )
+
+    unit_grads = UnitFisher.unit_grads
+
+    # --- the metric Q(F + λI) in float64 --------------------------------------------------
+    def _context(self) -> dict:
+        return {"layer": self.layer, "units": self.units}
+
+    def _metric(self, damping: float):
+        r"""Δ ``[U, d]``, b ``[U, d]``, c ``[U]`` of Q(F + λI) in float64: A_Q = diag(Δ) + bbᵀ/c,
+        Δ_j = A_jj + λ − b_j²/(c + λ); raises unless every 2×2 block [[A_jj, b_j], [b_j, c]]
+        of F + λI is positive definite (then Q is)."""
+        linalg.damped(torch.zeros(1, 1, 1), damping)  # validates λ (finite, >= 0)
+        D = self.diag_A.double() + damping
+        c = self.c.double() + damping
+        b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()
+        cpos = torch.where(c > 0, c, 1.0)
+        delta = D - b.square() / cpos.unsqueeze(-1)
+        bad = ~(c > 0) | ~(delta > 0).all(-1)
+        if bad.any():
+            raise SingularBlockError(
+                f"layer {self.layer!r}: the {self.structure} unit Fisher is singular for "
+                f"{linalg._names(bad.nonzero().flatten(), self.units)}: c <= 0 or a 2×2 block "
+                "[[A_jj, b_j], [b_j, c]] is singular (a dead unit, or an input coordinate that "
+                "never varies). Pass damping > 0."
+            )
+        return delta, b, c
+
+    def _damping_of(self, rel_damping: float) -> float | torch.Tensor:
+        r"""μ = λ·tr(F)/(d+1) per unit ``[U, 1]`` for a relative damping λ (natgrad.measures)."""
+        if not (math.isfinite(float(rel_damping)) and float(rel_damping) >= 0):
+            raise InputError(f"rel_damping must be a finite number >= 0, got {rel_damping!r}")
+        return rel_damping * self.diagonal.double().sum(-1) / (self.fan_in + 1)
+
+    @staticmethod
+    def _A_inv(delta, b, c, x):
+        r"""A_Q⁻¹x for A_Q = diag(Δ) + bbᵀ/c (Sherman–Morrison), ``x`` ``[U, d]`` or ``[U, d, k]``."""
+        vec = x.ndim == 2
+        x = x.unsqueeze(-1) if vec else x
+        Dx, Db = x / delta.unsqueeze(-1), b / delta  # [U, d, k], [U, d]
+        t = (b * Db).sum(-1)  # bᵀΔ⁻¹b
+        coef = (b.unsqueeze(-1) * Dx).sum(1) / (c + t).unsqueeze(-1)  # [U, k]
+        y = Dx - Db.unsqueeze(-1) * coef.unsqueeze(1)
+        return y.squeeze(-1) if vec else y
+
+    def _solve(self, delta, b, c, g, g0):
+        r"""Q⁻¹(g, g0) by Theorem 1 with A → A_Q (equal to Ollivier's quasi-diagonal update)."""
+        both = self._A_inv(delta, b, c, torch.stack([g, b], -1))
+        Ainv_g, Ainv_b = both[..., 0], both[..., 1]
+        s = 1.0 / (c - (b * Ainv_b).sum(-1))
+        dw0 = s * (g0 - (b * Ainv_g).sum(-1))
+        return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0, Ainv_g, Ainv_b, s
+
+    def _out(self, x, dtype=None):
+        return x.to(dtype or self.diagonal.dtype)
+
+    def metric(self, damping: float = 0.0) -> torch.Tensor:
+        r"""``[U, d+1, d+1]`` the structure's metric Q(F + λI), materialised densely."""
+        delta, b, c = self._metric(damping)
+        A = torch.diag_embed(delta) + b.unsqueeze(-1) * b.unsqueeze(-2) / c[:, None, None]
+        top = torch.cat([A, b.unsqueeze(-1)], -1)
+        return torch.cat([top, torch.cat([b, c.unsqueeze(-1)], -1).unsqueeze(-2)], -2).to(
+            self.diagonal.dtype
+        )
+
+    @property
+    def var_q_diagonal(self) -> torch.Tensor:
+        r"""``[U, d]`` Var_q(a_j) = A_jj/c − E_q(a_j)², the q-variances (Q's Var_q is diagonal)."""
+        return self.diag_A / self.c.unsqueeze(-1) - self.mean_q.square()
+
+    # --- Theorems 1-2 in the metric Q ----------------------------------------------------------
+    def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor:
+        r"""``[U]`` s = 1/(c − bᵀA_Q⁻¹b) (``"schur"``) or (1 + E_qᵀVar_q⁻¹E_q)/c with Q's
+        diagonal Var_q (``"paper"``), of Q(F + λI); both equal (1 + Σ_j b_j²/(cΔ_j))/c."""
+        delta, b, c = self._metric(damping)
+        if form == "schur":
+            Ainv_b = self._A_inv(delta, b, c, b)
+            return self._out(1.0 / (c - (b * Ainv_b).sum(-1)))
+        if form == "paper":
+            m = b / c.unsqueeze(-1)
+            return self._out((1.0 + (m.square() * c.unsqueeze(-1) / delta).sum(-1)) / c)
+        raise InputError(f"layer {self.layer!r}: form must be 'schur' or 'paper', got {form!r}")
+
+    def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
+        r"""``[U]`` Theorem 2's k of Q(F + λI): Σ_j (E_q − E_p)_j E_q,j / Var_q,j (``"closed"``,
+        Q's Var_q is diagonal) or s·(b − c E_p(a))ᵀA_Q⁻¹b (``"paper"``); 0 for ``diagonal``."""
+        delta, b, c = self._metric(damping)
+        mp = self.mean_p.double()
+        if form == "paper":
+            Ainv_b = self._A_inv(delta, b, c, b)
+            s = 1.0 / (c - (b * Ainv_b).sum(-1))
+            return self._out(s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1))
+        if form == "closed":
+            m = b / c.unsqueeze(-1)
+            return self._out(((m - mp) * m * c.unsqueeze(-1) / delta).sum(-1))
+        raise InputError(f"layer {self.layer!r}: form must be 'closed' or 'paper', got {form!r}")
+
+    def natural_gradient(
+        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""(Δw ``[U, d]``, Δw0 ``[U]``) = Q(F + λI)⁻¹(g, g0): Ollivier's quasi-diagonal update
+        u_j = (c g_j − b_j g0)/(c A_jj − b_j²), u_0 = (g0 − bᵀu)/c (Theorem 1 with A → A_Q),
+        O(U·d); g/diag(F) for ``diagonal``. Gradients as in :meth:`natgrad.UnitFisher.natural_gradient`."""
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
+        out = torch.promote_types(g.dtype, self.diagonal.dtype)
+        delta, b, c = self._metric(damping)
+        dw, dw0, *_ = self._solve(delta, b, c, g.double(), g0.double())
+        return dw.to(out), dw0.to(out)
+
+    def bias_shift(
+        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
+    ) -> theorems.BiasShift:
+        r"""Theorem 2's :class:`~natgrad.theorems.BiasShift` in the metric Q(F + λI):
+        shift_natural = (E_p − (1+k)E_q)ᵀA_Q⁻¹g + (1+k)g0/c, shift_blockdiag = E_pᵀA_Q⁻¹g + g0/c."""
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
+        out = torch.promote_types(g.dtype, self.diagonal.dtype)
+        delta, b, c = self._metric(damping)
+        g, g0, mp = g.double(), g0.double(), self.mean_p.double()
+        _, _, Ainv_g, Ainv_b, s = self._solve(delta, b, c, g, g0)
+        k = s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1)
+        corrected = mp - (1.0 + k).unsqueeze(-1) * (b / c.unsqueeze(-1))
+        return theorems.BiasShift(
+            shift_natural=((corrected * Ainv_g).sum(-1) + (1.0 + k) * g0 / c).to(out),
+            shift_blockdiag=((mp * Ainv_g).sum(-1) + g0 / c).to(out),
+            shift_plain=((mp * g).sum(-1) + g0).to(out),
+            k=k.to(out),
+            corrected_mean=corrected.to(out),
+        )
+
+    def cosine(
+        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
+    ) -> torch.Tensor:
+        r"""``[U]`` Euclidean cosine between (g, g0) and Q(F + λI)⁻¹(g, g0)."""
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
+        dw, dw0 = self.natural_gradient(g, g0, damping)
+        return theorems.cosine(g, g0, dw, dw0)
+
+    # --- natgrad.measures in the metric Q(F_λ), F_λ = F + λ·tr(F)/(d+1)·I -------------------
+    def _metric_rel(self, rel_damping: float):
+        mu = self._damping_of(rel_damping)  # [U]
+        D = self.diag_A.double() + mu.unsqueeze(-1)
+        c = self.c.double() + mu
+        b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()
+        cpos = torch.where(c > 0, c, 1.0)
+        delta = D - b.square() / cpos.unsqueeze(-1)
+        bad = ~(c > 0) | ~(delta > 0).all(-1)
+        if bad.any():
+            raise SingularBlockError(
+                f"layer {self.layer!r}: Q(F_λ) of the {self.structure} unit Fisher is singular "
+                f"for {linalg._names(bad.nonzero().flatten(), self.units)}; pass rel_damping > 0"
+            )
+        return delta, b, c, D
+
+    def direction(self, grad_weight, grad_bias, kind: str, rel_damping: float = 0.0):
+        r"""The update (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` (:data:`natgrad.measures.DIRECTIONS`)
+        in the structure's metric Q(F_λ): ``plain``, ``centred`` as for dense blocks;
+        ``diagonal`` diag(F_λ)⁻¹g; ``quasidiagonal`` and ``natural`` Q⁻¹g (equal: Q is the
+        quasi-diagonal metric); ``blockdiag`` (A_Q⁻¹g, g0/c_λ); ``arrowhead`` M⁻¹g with
+        M = [[diag(A_λ), b], [bᵀ, c_λ]] (:func:`natgrad.measures.arrowhead_solve`)."""
+        from natgrad import measures as _m
+
+        if kind not in _m.DIRECTIONS:
+            raise InputError(
+                f"layer {self.layer!r}: unknown direction {kind!r}; choose one of {_m.DIRECTIONS}"
+            )
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
+        out = torch.promote_types(g.dtype, self.diagonal.dtype)
+        g, g0 = g.double(), g0.double()
+        if kind == "plain":
+            return g.to(out), g0.to(out)
+        if kind == "centred":
+            u, u0 = _m.centred_direction(self.mean_p.double(), g, g0)
+            return u.to(out), u0.to(out)
+        delta, b, c, D = self._metric_rel(rel_damping)
+        if kind == "diagonal":
+            return (g / D).to(out), (g0 / c).to(out)
+        if kind == "arrowhead":
+            u, u0 = _m.arrowhead_solve(D, b, c, g, g0, **self._context())
+            return u.to(out), u0.to(out)
+        dw, dw0, Ainv_g, _, _ = self._solve(delta, b, c, g, g0)
+        if kind == "blockdiag":
+            return Ainv_g.to(out), (g0 / c).to(out)
+        return dw.to(out), dw0.to(out)
+
+    def _Q_apply(self, delta, b, c, u, u0):
+        """Q(u, u0) ``([U, d], [U])`` for A_Q = diag(Δ) + bbᵀ/c."""
+        bu = (b * u).sum(-1)
+        return delta * u + b * (bu / c + u0).unsqueeze(-1), bu + c * u0
+
+    def _pair(self, direction, g, g0, rel_damping):
+        if isinstance(direction, str):
+            return tuple(x.double() for x in self.direction(g, g0, direction, rel_damping))
+        if not isinstance(direction, (tuple, list)) or len(direction) != 2:
+            raise InputError(
+                f"layer {self.layer!r}: direction must be a kind name or a pair (u_w, u_0)"
+            )
+        return tuple(x.double() for x in self.unit_grads(*direction))
+
+    def efficiency(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
+        r"""``[U]`` ρ(u) = gᵀu / √(uᵀQu · gᵀQ⁻¹g) in the structure's metric Q(F_λ); 1 for
+        ``natural``. ``direction``: a kind name or a pair (u_w, u_0)."""
+        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
+        u, u0 = self._pair(direction, g, g0, rel_damping)
+        delta, b, c, _ = self._metric_rel(rel_damping)
+        n, n0, *_ = self._solve(delta, b, c, g, g0)
+        Qu, Qu0 = self._Q_apply(delta, b, c, u, u0)
+        num = (g * u).sum(-1) + g0 * u0
+        den = ((u * Qu).sum(-1) + u0 * Qu0) * ((g * n).sum(-1) + g0 * n0)
+        return self._out(torch.where(den > 0, num / den.clamp_min(1e-300).sqrt(), torch.nan))
+
+    def bias_shift_error(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
+        r"""``[U]`` |shift(u) − shift_natural| / |shift_natural| in the metric Q(F_λ)."""
+        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
+        u, u0 = self._pair(direction, g, g0, rel_damping)
+        delta, b, c, _ = self._metric_rel(rel_damping)
+        n, n0, *_ = self._solve(delta, b, c, g, g0)
+        mp = self.mean_p.double()
+        nat = (mp * n).sum(-1) + n0
+        return self._out(((mp * u).sum(-1) + u0 - nat).abs() / nat.abs())
+
+    def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
+        r"""``rho_<kind>``, ``shift_<kind>``, ``shift_error_<kind>`` for every direction, ``damping``
+        (μ) and ``n_eff`` where known, all ``[U]`` float64, in the metric Q(F_λ)."""
+        from natgrad import measures as _m
+
+        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
+        mp = self.mean_p.double()
+        out = {}
+        for kind in _m.DIRECTIONS:
+            if kind == "arrowhead" and self.bias_column is None:
+                continue
+            try:
+                u, u0 = self._pair(kind, g, g0, rel_damping)
+            except SingularBlockError:
+                if kind != "arrowhead":
+                    raise
+                continue  # the arrowhead can be singular where Q is not
+            out[f"rho_{kind}"] = self.efficiency(g, g0, (u, u0), rel_damping).double()
+            out[f"shift_{kind}"] = (mp * u).sum(-1) + u0
+            out[f"shift_error_{kind}"] = self.bias_shift_error(g, g0, (u, u0), rel_damping).double()
+        out["damping"] = self._damping_of(rel_damping)
+        if self.n_eff is not None:
+            out["n_eff"] = self.n_eff
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"StructuredUnitFisher(layer={self.layer!r}, structure={self.structure!r}, "
+            f"kind={self.kind!r}, likelihood={self.likelihood!r}, units={self.num_units}, "
+            f"fan_in={self.fan_in}, n={self.n}, dtype={self.diagonal.dtype})"
+        )

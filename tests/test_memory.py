@@ -1,0 +1,73 @@
+"""Memory budgets: the up-front size check names bytes and fixes; sub-batches and unit chunks
+chosen for a small budget give the same blocks; the in-place symmetrisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import CASES
+
+from natgrad import memory
+from natgrad.errors import InputError, MemoryBudgetError, NatgradError
+from natgrad.fisher import _symmetrise_, unit_fisher, unit_fishers
+from natgrad.testing import assert_close
+
+CNN = next(c for c in CASES if c.name == "cnn-categorical")
+MLP = next(c for c in CASES if c.name == "mlp-elu-categorical")
+
+
+def test_error_names_bytes_units_and_structure():
+    model, x, _ = CNN.make()
+    # conv "2": 4 units, fan-in 27, dense block 4·28²·8 = 25088 bytes
+    with pytest.raises(MemoryBudgetError) as err:
+        unit_fisher(model, "2", x, max_memory=20_000)
+    msg = str(err.value)
+    assert isinstance(err.value, NatgradError)
+    assert "25088 bytes" in msg and "layer '2'" in msg
+    assert "units= with at most" in msg and "structure='quasidiagonal'" in msg
+    assert "out_dir=" in msg
+
+
+def test_units_named_in_the_error_fit():
+    model, x, _ = CNN.make()
+    budget = 20_000
+    msg = str(pytest.raises(MemoryBudgetError, unit_fisher, model, "2", x, max_memory=budget).value)
+    fit = int(msg.split("units= with at most ")[1].split()[0])
+    assert fit >= 1
+    F = unit_fisher(model, "2", x, units=list(range(fit)), max_memory=budget)
+    assert F.num_units == fit
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), "1GB"])
+def test_bad_max_memory(bad):
+    model, x, _ = MLP.make()
+    with pytest.raises(InputError, match="max_memory"):
+        unit_fisher(model, "0", x, max_memory=bad)
+
+
+@pytest.mark.parametrize("case", [CNN, MLP], ids=lambda c: c.name)
+def test_small_budget_same_blocks(case):
+    """A budget so small that batches split into single inputs and units into chunks of one."""
+    model, x, _ = case.make()
+    big = unit_fishers(model, x, likelihood=case.likelihood)
+    need = sum(F.matrix.numel() * 8 for F in big.values())
+    small = unit_fishers(model, x, likelihood=case.likelihood, max_memory=int(1.5 * need))
+    for name in big:
+        assert_close(small[name].matrix, big[name].matrix, what=name)
+        assert_close(small[name].mean_p, big[name].mean_p, what=name)
+
+
+def test_temp_budget_bounds():
+    mib = 2**20
+    assert memory.temp_budget(4000 * mib, 64000 * mib) == 1000 * mib  # a quarter of the result
+    assert memory.temp_budget(1 * mib, 64000 * mib) == memory.TEMP_FLOOR
+    assert memory.temp_budget(100 * mib, 128 * mib) == 28 * mib  # what is left
+
+
+def test_symmetrise_in_place_chunked():
+    m = torch.randn(7, 5, 5)
+    expected = 0.5 * (m + m.transpose(-1, -2))
+    ptr = m.data_ptr()
+    _symmetrise_(m, budget=2 * 25)  # two units per chunk
+    assert m.data_ptr() == ptr
+    assert_close(m, expected)

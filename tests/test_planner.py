@@ -1,0 +1,106 @@
+"""The memory planner: unit chunks that fit max_memory, one pass each, safetensors shards,
+a lazily loading result equal to the in-memory one; errors that name bytes and fixes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from cases import CASES
+
+from natgrad.errors import CheckpointError, InputError, MemoryBudgetError
+from natgrad.fisher import unit_fisher
+from natgrad.planner import ShardedUnitFisher
+from natgrad.testing import assert_close, conditioned
+
+CNN = next(c for c in CASES if c.name == "cnn-categorical")
+MLP = next(c for c in CASES if c.name == "mlp-relu-gaussian")
+
+
+def _budget_for(units_per_shard: int, d: int, per=None) -> int:
+    # room = 3/4 of max_memory (tiny budgets), chunks use 80 % of it
+    per = per or (d + 1) ** 2 * 8
+    return int((units_per_shard * per + 1) / 0.8 / 0.75) + 1
+
+
+@pytest.mark.parametrize("case,layer", [(CNN, "2"), (MLP, "0")], ids=["conv", "linear"])
+@pytest.mark.parametrize("kind", ["exact", "empirical"])
+def test_shards_equal_the_in_memory_result(tmp_path, case, layer, kind):
+    model, x, y = case.make()
+    kw = dict(kind=kind, likelihood=case.likelihood)
+    dense = unit_fisher(model, layer, x, y, **kw)
+    budget = _budget_for(2, dense.fan_in)
+    S = unit_fisher(model, layer, x, y, out_dir=tmp_path, max_memory=budget, **kw)
+    assert isinstance(S, ShardedUnitFisher)
+    assert len(S) == -(-dense.num_units // 2) and len(S) > 1
+    assert_close(S.matrix, dense.matrix)
+    assert_close(S.mean_p, dense.mean_p)
+    assert torch.equal(S.units, dense.units)
+    lam = 1e-2 * float(dense.c.mean())
+    tol = conditioned(dense.condition_number(lam), dense.fan_in + 1)
+    g, g0 = torch.randn(dense.num_units, dense.fan_in), torch.randn(dense.num_units)
+    for a, b in zip(
+        S.natural_gradient(g, g0, lam), dense.natural_gradient(g, g0, lam), strict=True
+    ):
+        assert_close(a, b, **tol)
+    assert_close(S.s("schur", lam), dense.s("schur", lam), **tol)
+    assert_close(S.k("closed", lam), dense.k("closed", lam), **tol)
+    assert_close(
+        S.bias_shift(g, g0, lam).shift_natural,
+        dense.bias_shift(g, g0, lam).shift_natural,
+        **tol,
+    )
+    assert_close(S.c, dense.c)
+    again = ShardedUnitFisher.load(tmp_path)
+    assert_close(again.matrix, dense.matrix)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["layer"] == layer and index["n"] == case.n and index["structure"] == "dense"
+
+
+def test_structured_shards_and_units(tmp_path):
+    model, x, _ = CNN.make()
+    Q = unit_fisher(model, "2", x, structure="quasidiagonal", units=[3, 0, 2])
+    S = unit_fisher(
+        model,
+        "2",
+        x,
+        structure="quasidiagonal",
+        units=[3, 0, 2],
+        out_dir=tmp_path,
+        max_memory=_budget_for(1, 27, per=(2 * 27 + 1) * 8),
+    )
+    assert len(S) == 3 and torch.equal(S.units, torch.tensor([3, 0, 2]))
+    assert_close(torch.cat([F.diagonal for F in S]), Q.diagonal)
+    assert_close(S.mean_q, Q.mean_q)
+    gw, gb = torch.randn(4, 3, 3, 3), torch.randn(4)  # the whole layer's gradients
+    lam = float(Q.bias_column.norm(dim=-1).max())
+    for a, b in zip(S.natural_gradient(gw, gb, lam), Q.natural_gradient(gw, gb, lam), strict=True):
+        assert_close(a, b)
+
+
+def test_one_shot_iterator_refused(tmp_path):
+    model, x, _ = CNN.make()
+    batches = iter([x[:8], x[8:]])
+    with pytest.raises(InputError, match="one-shot iterator"):
+        unit_fisher(model, "2", batches, out_dir=tmp_path, max_memory=_budget_for(2, 27))
+
+
+def test_not_one_unit_fits(tmp_path):
+    model, x, _ = CNN.make()
+    with pytest.raises(
+        MemoryBudgetError, match=r"not even one unit fits.*structure='quasidiagonal'"
+    ):
+        unit_fisher(model, "2", x, out_dir=tmp_path, max_memory=2000)
+
+
+def test_broken_folder_is_named(tmp_path):
+    model, x, _ = MLP.make()
+    S = unit_fisher(
+        model, "0", x, likelihood="gaussian", out_dir=tmp_path, max_memory=_budget_for(3, 5)
+    )
+    (tmp_path / S.shards[0]["file"]).unlink()
+    with pytest.raises(CheckpointError, match="shards missing"):
+        ShardedUnitFisher.load(tmp_path)
+    with pytest.raises(CheckpointError, match="index"):
+        ShardedUnitFisher.load(tmp_path / "nowhere")

@@ -1,0 +1,231 @@
+"""Structured unit Fishers (quasi-diagonal, diagonal) and the two conv q-moment definitions,
+against the dense route, natgrad.reference and a per-sample, per-position autograd loop."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from cases import CASES, LAYER_CASES, layer_case_id
+from torch.nn import functional as F
+
+from natgrad import UnitFisher
+from natgrad._layers import incoming
+from natgrad.errors import InputError, StructureError
+from natgrad.fisher import unit_fisher, unit_fishers
+from natgrad.measures import quasidiagonal_solve
+from natgrad.reference import reference_unit_fisher
+from natgrad.structures import StructuredUnitFisher
+from natgrad.testing import assert_close, conditioned
+
+MOMENTS = ("shared", "positions")
+CONV_CASES = [c for c in CASES if c.name.startswith("cnn")]
+
+
+def _diag(m: torch.Tensor) -> torch.Tensor:
+    return torch.diagonal(m, dim1=-2, dim2=-1)
+
+
+@pytest.mark.parametrize("case_layer", LAYER_CASES, ids=layer_case_id)
+def test_structures_are_the_dense_blocks_entries(case_layer):
+    case, layer = case_layer
+    model, x, y = case.make()
+    for kind in ("exact", "empirical"):
+        kw = dict(kind=kind, likelihood=case.likelihood)
+        ref = reference_unit_fisher(model, layer, x, y, **kw)
+        for moments in MOMENTS:
+            dense = unit_fisher(model, layer, x, y, conv_moments=moments, **kw)
+            Q = unit_fisher(
+                model, layer, x, y, structure="quasidiagonal", conv_moments=moments, **kw
+            )
+            D = unit_fisher(model, layer, x, y, structure="diagonal", conv_moments=moments, **kw)
+            assert (Q.structure, D.structure, dense.structure) == (
+                "quasidiagonal",
+                "diagonal",
+                "dense",
+            )
+            assert_close(Q.diagonal, _diag(dense.matrix), what=f"{layer} {moments} diag")
+            assert_close(Q.bias_column, dense.b, what=f"{layer} {moments} b")
+            assert_close(D.diagonal, Q.diagonal, what=f"{layer} {moments} diagonal")
+            assert_close(Q.mean_p, dense.mean_p)
+            assert D.bias_column is None
+        ref_q = StructuredUnitFisher.from_dense(ref, ref.mean_p, "quasidiagonal")
+        Q = unit_fisher(model, layer, x, y, structure="quasidiagonal", **kw)
+        assert_close(Q.diagonal, ref_q.diagonal, what=f"{layer} {kind} vs reference")
+        assert_close(Q.bias_column, ref_q.bias_column, what=f"{layer} {kind} b vs reference")
+        assert (Q.n, Q.kind, Q.layer) == (case.n, kind, layer)
+
+
+def test_unit_fishers_structure_and_units():
+    case = CONV_CASES[0]
+    model, x, _ = case.make()
+    allq = unit_fishers(model, x, structure="quasidiagonal", units={"2": [3, 1]})
+    dense = unit_fisher(model, "2", x, units=[3, 1])
+    assert torch.equal(allq["2"].units, torch.tensor([3, 1]))
+    assert_close(allq["2"].diagonal, _diag(dense.matrix))
+    assert_close(allq["2"].bias_column, dense.b)
+
+
+@pytest.mark.parametrize("structure", ("quasidiagonal", "diagonal"))
+@pytest.mark.parametrize("case_layer", LAYER_CASES, ids=layer_case_id)
+def test_theorems_exact_in_the_structures_metric(case_layer, structure):
+    """The O(d) routes equal the dense theorems on the materialised metric Q(F + λI)."""
+    case, layer = case_layer
+    model, x, y = case.make()
+    S = unit_fisher(model, layer, x, likelihood=case.likelihood, structure=structure)
+    torch.manual_seed(1)
+    g, g0 = torch.randn(S.num_units, S.fan_in), torch.randn(S.num_units)
+    damping = 1e-3 * float(S.diagonal.mean())
+    M = S.to_unit_fisher(damping)  # dense Q(F + λI)
+    assert_close(M.matrix.diagonal(dim1=-2, dim2=-1), S.diagonal + damping)
+    tol = conditioned(M.condition_number(), S.fan_in + 1)
+    for what, got, want in _theorem_pairs(S, M, g, g0, damping):
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b, what=f"{layer} {structure} {what}", **tol)
+
+
+def _theorem_pairs(S, M: UnitFisher, g, g0, damping):
+    yield "natural_gradient", S.natural_gradient(g, g0, damping), M.natural_gradient(g, g0)
+    for form in ("schur", "paper"):
+        yield f"s[{form}]", S.s(form, damping), M.s(form)
+    for form in ("closed", "paper"):
+        yield f"k[{form}]", S.k(form, damping), M.k(form)
+    a, b = S.bias_shift(g, g0, damping), M.bias_shift(g, g0)
+    for f in ("shift_natural", "shift_blockdiag", "shift_plain", "k", "corrected_mean"):
+        yield f, getattr(a, f), getattr(b, f)
+    yield "cosine", S.cosine(g, g0, damping), M.cosine(g, g0)
+
+
+@pytest.mark.parametrize("structure", ("quasidiagonal", "diagonal"))
+@pytest.mark.parametrize("case_layer", LAYER_CASES[::3], ids=layer_case_id)
+def test_measures_in_the_structures_metric(case_layer, structure):
+    """direction / efficiency / bias_shift_error / measures equal natgrad.measures on the dense
+    metric Q(F_λ), F_λ = F + λ·tr(F)/(d+1)·I."""
+    case, layer = case_layer
+    model, x, y = case.make()
+    S = unit_fisher(model, layer, x, likelihood=case.likelihood, structure=structure)
+    rel = 1e-3
+    mu = rel * S.diagonal.sum(-1) / (S.fan_in + 1)
+    M = dataclasses.replace(S, diagonal=S.diagonal + mu[:, None]).to_unit_fisher()  # Q(F_λ)
+    torch.manual_seed(3)
+    g, g0 = torch.randn(S.num_units, S.fan_in), torch.randn(S.num_units)
+    tol = conditioned(M.condition_number(), S.fan_in + 1)
+    got = S.measures(g, g0, rel)
+    for kind in ("plain", "centred", "diagonal", "quasidiagonal", "blockdiag", "natural"):
+        u = S.direction(g, g0, kind, rel)
+        want = M.direction(g, g0, kind)
+        for a, b in zip(u, want, strict=True):
+            assert_close(a, b, what=f"{layer} {structure} {kind}", **tol)
+        assert_close(S.efficiency(g, g0, kind, rel), M.efficiency(g, g0, want), **tol)
+        assert_close(got[f"rho_{kind}"], M.efficiency(g, g0, want), **tol)
+        assert_close(got[f"shift_error_{kind}"], M.bias_shift_error(g, g0, want), **tol)
+    assert_close(got["rho_natural"], torch.ones(S.num_units), **tol)
+    assert_close(S.n_eff, unit_fisher(model, layer, x, likelihood=case.likelihood).n_eff)
+
+
+def test_quasidiagonal_is_ollivier_and_positive_definite():
+    """Q⁻¹g is Ollivier's update (natgrad.measures.quasidiagonal_solve) and Q is positive
+    definite even where the arrowhead [[diag(A), b], [bᵀ, c]] is indefinite."""
+    case = CASES[0]
+    model, x, _ = case.make()
+    Q = unit_fisher(model, "0", x, structure="quasidiagonal")
+    arrow_schur = Q.c - (Q.b**2 / Q.diag_A).sum(-1)
+    assert (arrow_schur < 0).any()  # this case has an indefinite arrowhead
+    assert (torch.linalg.eigvalsh(Q.matrix) > 0).all()
+    g, g0 = torch.randn(8, 5), torch.randn(8)
+    want = quasidiagonal_solve(Q.diag_A, Q.b, Q.c, g, g0)
+    for a, b in zip(Q.natural_gradient(g, g0), want, strict=True):
+        assert_close(a, b)
+    assert_close(Q.var_q_diagonal, Q.diag_A / Q.c[:, None] - Q.mean_q**2)
+    u, u0 = Q.direction(g, g0, "arrowhead")  # M⁻¹g exists (M indefinite, not singular)
+    assert torch.isfinite(u).all() and torch.isfinite(u0).all()
+
+
+def test_diagonal_structure_refuses_q_moments():
+    case = CONV_CASES[0]
+    model, x, _ = case.make()
+    D = unit_fisher(model, "2", x, structure="diagonal")
+    for attr in ("mean_q", "cov_p", "b", "var_q"):
+        with pytest.raises(StructureError, match="quasidiagonal|dense"):
+            getattr(D, attr)
+    assert_close(D.s(), 1.0 / D.c)
+    assert_close(D.k(), torch.zeros(D.num_units))
+    Q = unit_fisher(model, "2", x, structure="quasidiagonal")
+    with pytest.raises(StructureError, match="Var_q"):
+        _ = Q.var_q
+    assert_close(Q.mean_q, unit_fisher(model, "2", x).mean_q)
+
+
+def test_bad_structure_and_moments():
+    case = CONV_CASES[0]
+    model, x, _ = case.make()
+    with pytest.raises(InputError, match="structure"):
+        unit_fisher(model, "2", x, structure="kfac")
+    with pytest.raises(InputError, match="conv_moments"):
+        unit_fisher(model, "2", x, conv_moments="pixels")
+
+
+# --- the "positions" definition against a per-sample, per-position loop ----------------------
+
+
+def _log_lik(likelihood, o, y):
+    if likelihood == "categorical":
+        return torch.log_softmax(o, -1)[0, y]
+    o, y = o.flatten(), y.flatten()
+    if likelihood == "bernoulli":
+        return -F.binary_cross_entropy_with_logits(o, y, reduction="sum")
+    return -0.5 * (y - o).square().sum()
+
+
+def _positions_loop(model, layer, x, y, likelihood, kind):
+    r"""(1/N) Σ_n Σ_p E_y[δ_np²] ã_np ã_npᵀ, one input and one label at a time."""
+    module = dict(model.named_modules())[layer]
+    seen = {}
+    h = module.register_forward_hook(lambda m, a, out: seen.update(a=a[0], net=out))
+    total = 0
+    for n in range(x.shape[0]):
+        o = model(x[n : n + 1])
+        labels = (
+            [(y[n], 1.0)]
+            if kind == "empirical"
+            else [(c, p) for c, p in enumerate(torch.softmax(o, -1)[0].tolist())]
+        )
+        at = incoming(module, seen["a"].detach())[0]  # [P, d]
+        at = torch.cat([at, torch.ones(at.shape[0], 1)], -1)  # [P, d+1]
+        for label, prob in labels:
+            (delta,) = torch.autograd.grad(
+                _log_lik(likelihood, o, label), seen["net"], retain_graph=True
+            )
+            d2 = delta[0].reshape(delta.shape[1], -1).square()  # [U, P]
+            total = total + float(prob) * torch.einsum("up,pi,pj->uij", d2, at, at)
+    h.remove()
+    return total / x.shape[0]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name)
+def test_positions_moments_match_the_loop(case):
+    model, x, y = case.make()
+    kinds = ("empirical", "exact") if case.likelihood == "categorical" else ("empirical",)
+    for layer in case.layers:
+        if not isinstance(dict(model.named_modules())[layer], torch.nn.Conv2d):
+            continue
+        for kind in kinds:
+            got = unit_fisher(
+                model, layer, x, y, kind=kind, likelihood=case.likelihood, conv_moments="positions"
+            )
+            want = _positions_loop(model, layer, x, y, case.likelihood, kind)
+            assert_close(got.matrix, want, what=f"{case.name}/{layer} {kind} positions")
+            shared = unit_fisher(model, layer, x, y, kind=kind, likelihood=case.likelihood)
+            assert not torch.allclose(got.matrix, shared.matrix)  # the definitions differ
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.name.startswith("mlp-")][:3], ids=lambda c: c.name
+)
+def test_positions_equal_shared_for_one_position(case):
+    model, x, y = case.make()
+    a = unit_fisher(model, case.layers[0], x, likelihood=case.likelihood, conv_moments="positions")
+    b = unit_fisher(model, case.layers[0], x, likelihood=case.likelihood)
+    assert_close(a.matrix, b.matrix)

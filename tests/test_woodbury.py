@@ -1,0 +1,74 @@
+"""The Woodbury route (factor rows, R×R solves) against the dense route and the reference:
+float64, Linear and Conv2d, three likelihoods, damped (λ > 0 is required)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import CASES, LAYER_CASES, layer_case_id
+
+from natgrad.errors import InputError
+from natgrad.fisher import unit_fisher
+from natgrad.reference import reference_natural_gradient, reference_unit_fisher
+from natgrad.testing import assert_close, conditioned
+from natgrad.woodbury import woodbury_unit_fisher
+
+
+def _damping(F) -> float:
+    return 1e-2 * float(torch.diagonal(F.matrix, dim1=-2, dim2=-1).mean())
+
+
+@pytest.mark.parametrize("case_layer", LAYER_CASES, ids=layer_case_id)
+def test_woodbury_matches_dense_and_reference(case_layer):
+    case, layer = case_layer
+    model, x, y = case.make()
+    for kind in ("exact", "empirical"):
+        kw = dict(kind=kind, likelihood=case.likelihood)
+        W = woodbury_unit_fisher(model, layer, x, y, **kw)
+        dense = unit_fisher(model, layer, x, y, **kw)
+        assert_close(W.matrix, dense.matrix, what=f"{layer} {kind} VᵀV")
+        lam = _damping(dense)
+        tol = conditioned(dense.condition_number(lam), dense.fan_in + 1)
+        torch.manual_seed(2)
+        g, g0 = torch.randn(W.num_units, W.fan_in), torch.randn(W.num_units)
+        got = W.natural_gradient(g, g0, lam)
+        for a, b in zip(got, dense.natural_gradient(g, g0, lam), strict=True):
+            assert_close(a, b, what=f"{layer} {kind} natural gradient", **tol)
+        ref = reference_unit_fisher(model, layer, x, y, **kw).matrix
+        eye = torch.eye(ref.shape[-1])
+        want = reference_natural_gradient(ref + lam * eye, torch.cat([g, g0[:, None]], -1))
+        assert_close(torch.cat([got[0], got[1][:, None]], -1), want, **tol)
+        for form in ("schur", "paper"):
+            assert_close(W.s(form, lam), dense.s(form, lam), what=f"s {form}", **tol)
+        for form in ("closed", "paper"):
+            assert_close(W.k(form, lam), dense.k(form, lam), what=f"k {form}", **tol)
+        a, b = W.bias_shift(g, g0, lam), dense.bias_shift(g, g0, lam)
+        for f in ("shift_natural", "shift_blockdiag", "shift_plain", "k", "corrected_mean"):
+            assert_close(getattr(a, f), getattr(b, f), what=f"{layer} {f}", **tol)
+        assert_close(W.cosine(g, g0, lam), dense.cosine(g, g0, lam), **tol)
+
+
+def test_rank_is_n_for_linear_and_nk_for_conv():
+    mlp = next(c for c in CASES if c.name == "mlp-elu-categorical")
+    model, x, _ = mlp.make()
+    W = woodbury_unit_fisher(model, "0", x)
+    assert (W.rank, W.scales.shape) == (mlp.n, (8, mlp.n))  # rows shared, scaled per unit
+    cnn = next(c for c in CASES if c.name == "cnn-categorical")
+    model, x, _ = cnn.make()
+    W = woodbury_unit_fisher(model, "2", x, batch_size=5)  # streaming: rows concatenated
+    assert W.rank == cnn.n * 4 and W.scales is None  # N·K rows, K = 4 classes
+    assert_close(W.matrix, unit_fisher(model, "2", x).matrix)
+    P = woodbury_unit_fisher(model, "2", x, conv_moments="positions", units=[2, 0])
+    assert P.rank == cnn.n * 9  # N·P rows
+    assert_close(
+        P.matrix, unit_fisher(model, "2", x, conv_moments="positions", units=[2, 0]).matrix
+    )
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_damping_required(bad):
+    mlp = next(c for c in CASES if c.name == "mlp-elu-categorical")
+    model, x, _ = mlp.make()
+    W = woodbury_unit_fisher(model, "0", x)
+    with pytest.raises(InputError, match="damping > 0.*rank"):
+        W.natural_gradient(torch.zeros(8, 5), torch.zeros(8), bad)
