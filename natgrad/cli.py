@@ -1,8 +1,15 @@
-"""The ``natgrad`` command line: one sub-command per task, each in the module that owns it.
+r"""The ``natgrad`` command line: one sub-command per task, each in the module that owns it.
 
 Each sub-command module provides ``add_arguments(parser)`` and ``run(args) -> int``; they
 are imported only when their sub-command runs, so ``natgrad verify`` does not import torch
-training code and ``natgrad --help`` stays fast.
+training code and ``natgrad --help`` stays fast. ``natgrad --help`` is the user's overview
+(:data:`OVERVIEW`, the commands of :data:`COMMANDS` with their one-line help, examples and
+where the documentation is); ``natgrad --version`` prints ``natgrad <version>``.
+
+Example:
+    >>> main(["--version"])  # doctest: +ELLIPSIS
+    natgrad ...
+    0
 """
 
 from __future__ import annotations
@@ -10,6 +17,31 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from natgrad import __version__
+
+OVERVIEW = """\
+natgrad computes the theory of the ELU paper (Clevert, Unterthiner & Hochreiter, ICLR 2016)
+on real networks: the exact, Monte-Carlo and empirical unit Fisher information of every unit
+of Linear and Conv2d layers, the unit natural gradient (Theorem 1, Ollivier's unit-wise
+natural gradient), the bias-shift correction (Theorem 2), and invariant measures of how
+close the plain gradient is to the natural one. It trains the paper's networks with any
+unit (ELU, ReLU, LReLU, SReLU, PReLU, SELU) and writes tables and an HTML report with
+per-seed statistics. Every fast path is checked against a brute-force float64 reference
+and SymPy."""
+
+EXAMPLES = """\
+examples:
+  natgrad demo                              # ELU/ReLU/LReLU/SReLU on digits -> reports/demo/
+  natgrad train --net mnist-fc --unit elu --dataset fashion-mnist --epochs 20
+  natgrad tables reports/demo/runs --out tables --report
+  natgrad COMMAND --help                    # the options of one command
+
+documentation (in the source repository):
+  README.md        installation, the main job, the Python API
+  docs/theory.md   the mathematics: unit Fisher, Lemmas 1-2, Theorems 1-2, measures,
+                   damping, statistics
+  docs/paper.md    the paper's networks, settings and numbers; what natgrad chose"""
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,18 +63,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="natgrad", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    """The top-level parser: the overview, ``--version`` and one entry per command."""
+    parser = argparse.ArgumentParser(
+        prog="natgrad",
+        description=OVERVIEW,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-V", "--version", action="store_true", help="print natgrad's version and exit"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``natgrad ARGV``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"natgrad {__version__}")
         return 0
     name = argv[0]
     if name not in COMMANDS:

@@ -1,7 +1,7 @@
 r"""The unit Fisher engine: exact, Monte-Carlo and empirical unit Fisher blocks.
 
 For unit i of a Linear or Conv2d layer with incoming activations ã = (a, 1) ∈ R^{d+1} (bias
-last) the unit Fisher information matrix is (THEORY.md, "Unit Fisher information matrix")
+last) the unit Fisher information matrix is (``docs/theory.md``, "The unit Fisher block")
 
 .. math::
 

@@ -3,7 +3,7 @@ r"""The three likelihoods natgrad supports, in the form the Fisher engine needs.
 For model output o (per input) and label y, the error signal of unit i is
 δ = ∂ ln p(y | z) / ∂net_i = J_iᵀ (∂ ln p / ∂o), with J_i = ∂o/∂net_i. The exact Fisher
 averages over y ~ p(y | z) in closed form through the output-space Fisher
-H = E_y[(∂ ln p/∂o)(∂ ln p/∂o)ᵀ] (THEORY.md, "Closed forms of δ̄²"):
+H = E_y[(∂ ln p/∂o)(∂ ln p/∂o)ᵀ] (``docs/theory.md``, "Closed forms of δ̄²"):
 
 =============  ===============  ==================  =========================
 likelihood     output o         ∂ ln p / ∂o         H

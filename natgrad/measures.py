@@ -1,5 +1,5 @@
 r"""How close is an update to the unit natural gradient: directions, Fisher efficiency and
-bias-shift error, batched over units (THEORY.md, "Measuring …").
+bias-shift error, batched over units (``docs/theory.md``, "Measures").
 
 Every quantity lives in ONE metric per unit, the relatively damped block
 
@@ -47,7 +47,7 @@ promoted dtype of the inputs. :func:`measures` computes every ρ and bias-shift 
 ONE Cholesky factorisation of F_λ per unit (the leading d×d block of that factor is the
 Cholesky factor of A_λ, which serves ``blockdiag``).
 
-Example (THEORY.md's hand case, F = [[2, 1], [1, 1]], E_p(a) = 1, g = (1, 0)):
+Example (the hand-checkable case of ``docs/theory.md``, F = [[2, 1], [1, 1]], E_p(a) = 1, g = (1, 0)):
     >>> import torch
     >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
     >>> g, g0 = torch.tensor([[1.0]]), torch.tensor([0.0])

@@ -1,4 +1,4 @@
-r"""The ELU paper's networks (``/work/shared/PAPER.md``), built for any unit.
+r"""The ELU paper's networks (``docs/paper.md``, "Networks"), built for any unit.
 
 ==============  ===================================================================
 name            architecture (paper notation "layers × units × receptive field")

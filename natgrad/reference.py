@@ -7,8 +7,8 @@ shares no code path with the fast engine (:mod:`natgrad.fisher`) beyond label sa
 For input z_n and label y, let g_{n,y,i} ∈ R^{d+1} be the gradient of ln p(y | z_n) w.r.t.
 the parameters of unit i, (weight row ``weight.view(U, -1)[i]``, then bias): for a Linear
 unit g = δ ã, for a Conv2d unit g = Σ_pos δ_pos ã_pos (weight sharing). The three
-estimators of the unit Fisher F_i ``[d+1, d+1]`` (THEORY.md, "Unit Fisher information
-matrix") are
+estimators of the unit Fisher F_i ``[d+1, d+1]`` (``docs/theory.md``, "The unit Fisher
+block") are
 
 .. math::
 
@@ -314,7 +314,7 @@ def reference_natural_gradient(matrix, grad: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(m, g.unsqueeze(-1)).squeeze(-1)
 
 
-# --- update directions and their measures, by explicit dense matrices (THEORY.md, "Measuring …")
+# --- update directions and their measures, by explicit dense matrices (``docs/theory.md``, "Measures")
 
 
 def _blocks(matrix) -> tuple[torch.Tensor, torch.Tensor | None]:

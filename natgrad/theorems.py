@@ -1,5 +1,11 @@
 r"""Lemmas 1–2 and Theorems 1–2 of Clevert et al. (ICLR 2016), batched over units.
 
+Theorem 1 is the unit-wise natural gradient of Ollivier ("Riemannian metrics for neural
+networks I: feedforward networks", 2015, arXiv 1303.0818) — each unit's (w, w0)
+preconditioned by the inverse of its own Fisher block — written out with Lemma 1 so that
+the weight–bias coupling b and the incoming mean appear explicitly; Theorem 2 follows from
+it (``docs/theory.md``, "Theorem 1" and "Theorem 2").
+
 Pure functions on tensors. Shapes: U units, d fan-in; bias LAST, so a unit Fisher block is
 
 .. math::
@@ -14,7 +20,7 @@ explicit inverse except in :func:`lemma1_inverse`) and returns the promoted dtyp
 inputs. Keyword ``context`` (``layer=``, ``units=``) only names failing units in
 :class:`~natgrad.errors.SingularBlockError` messages.
 
-The hand-checkable case of THEORY.md runs through every docstring below: one input
+The hand-checkable case of ``docs/theory.md`` ("A case to check by hand") runs through every docstring below: one input
 a ∈ {0, 2}, δ̄² ≡ 1, so F = [[2, 1], [1, 1]], E_p(a) = 1, and the gradient g = 1, g0 = 0.
 """
 
@@ -213,7 +219,8 @@ def k_closed(
 def natural_gradient(
     A: torch.Tensor, b: torch.Tensor, c: torch.Tensor, g: torch.Tensor, g0: torch.Tensor, **context
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Unit natural gradient (Δw ``[U, d]``, Δw0 ``[U]``) = F⁻¹ (g, g0) by Theorem 1:
+    r"""Unit natural gradient (Δw ``[U, d]``, Δw0 ``[U]``) = F⁻¹ (g, g0) by Theorem 1 (Ollivier's
+    unit-wise natural gradient, arXiv 1303.0818, for one unit's (w, w0) block):
 
     .. math::
 

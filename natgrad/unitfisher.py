@@ -14,7 +14,8 @@ For each unit i the block is
 
 and the reweighted distribution q(z) = δ̄²(z) p(z) / E_p(δ̄²) has
 E_q(a) = b / c and Var_q(a) = A / c − E_q(a) E_q(a)ᵀ. For weight-shared units (Conv2d) the
-block is the true weight-shared block and these moments are *defined* by the same formulas.
+block is the true weight-shared block and these moments are *defined* by the same formulas
+(``docs/theory.md``, "The unit Fisher block").
 """
 
 from __future__ import annotations
@@ -268,6 +269,11 @@ class UnitFisher:
         self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Unit natural gradient (Δw ``[U, d]``, Δw0 ``[U]``) = (F + λI)⁻¹(g, g0) by Theorem 1.
+
+        This is Ollivier's unit-wise natural gradient (Ollivier, "Riemannian metrics for
+        neural networks I: feedforward networks", 2015, arXiv 1303.0818) for each unit's
+        (w, w0) block, computed by the paper's block formulas (``docs/theory.md``,
+        "Theorem 1"): Δw0 = s(g0 − bᵀA⁻¹g), Δw = A⁻¹(g − Δw0 b), s = 1/(c − bᵀA⁻¹b).
 
         ``grad_weight`` is ``[U, d]`` or the layer's own weight shape (e.g. Conv2d
         ``[U, C_in, kh, kw]``, flattened as ``weight.view(U, -1)``); ``grad_bias`` is ``[U]``.

@@ -121,7 +121,7 @@ def test_efficiency_and_shift_error_accept_a_pair(data):
 
 # --- hand cases ------------------------------------------------------------------------------
 HAND_CASES = {
-    # THEORY.md: F = [[2, 1], [1, 1]], E_p(a) = 1, g = (1, 0): F⁻¹g = (1, −1), shift 0
+    # docs/theory.md, hand case: F = [[2, 1], [1, 1]], E_p(a) = 1, g = (1, 0): F⁻¹g = (1, −1), shift 0
     "natural": (lambda: _flat(*HAND.direction(HAND_G, HAND_G0, "natural")), [[1.0, -1.0]]),
     "blockdiag": (lambda: _flat(*HAND.direction(HAND_G, HAND_G0, "blockdiag")), [[0.5, 0.0]]),
     "diagonal": (lambda: _flat(*HAND.direction(HAND_G, HAND_G0, "diagonal")), [[0.5, 0.0]]),

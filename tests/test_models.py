@@ -1,4 +1,4 @@
-"""The paper's networks: shapes, parameter counts computed by hand from PAPER.md, init."""
+"""The paper's networks: shapes, parameter counts computed by hand from docs/paper.md, init."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ IMAGENET = [[(1, 96, 6)], [(3, 512, 3)], [(5, 768, 3)], [(3, 1024, 3)]]
 
 
 def expected(name, classes):
-    """(parameters, weight layers) by hand from PAPER.md's table."""
+    """(parameters, weight layers) by hand from docs/paper.md's table."""
     if name == "mnist-fc":
         return fc(784, 128) + 7 * fc(128, 128) + fc(128, classes), 9
     if name == "mnist-ae":

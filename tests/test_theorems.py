@@ -67,7 +67,7 @@ def _direct(pop: Population) -> torch.Tensor:
     return torch.linalg.solve(F, torch.cat([pop.g, pop.g0.unsqueeze(-1)], -1))
 
 
-# --- the hand-checkable case of THEORY.md ------------------------------------------------
+# --- the hand-checkable case of docs/theory.md ----------------------------------------------
 HAND = UnitFisher.from_matrix(
     torch.tensor([[2.0, 1.0], [1.0, 1.0]], dtype=torch.float64),
     torch.tensor([1.0], dtype=torch.float64),

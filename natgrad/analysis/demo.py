@@ -94,7 +94,7 @@ class DemoConfig:
                                  f"{', '.join(CATALOGUE)} (add -bn for batch norm)")  # fmt: skip
 
 
-#: The paper's setting of Fig 2 (PAPER.md): MNIST, 300 epochs, 5 seeds, lr 0.01, batch 64.
+#: The paper's setting of Fig 2 (docs/paper.md): MNIST, 300 epochs, 5 seeds, lr 0.01, batch 64.
 PAPER = dict(
     dataset="mnist",
     seeds=5,

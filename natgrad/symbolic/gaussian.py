@@ -1,6 +1,6 @@
 r"""Mean activation E[f(x)] of each unit for a Gaussian pre-activation x ~ N(μ, σ²).
 
-With Φ, φ the standard normal cdf and pdf and r = μ/σ, the building blocks of THEORY.md
+With Φ, φ the standard normal cdf and pdf and r = μ/σ, the building blocks of ``docs/theory.md`` ("Units")
 
 .. math::
 

@@ -1,4 +1,4 @@
-r"""Typed training configurations, one per paper experiment (PAPER.md), overridable by
+r"""Typed training configurations, one per paper experiment (``docs/paper.md``), overridable by
 ``key=value`` strings (``natgrad train --set lr=0.1``).
 
 ======================  ========  ========  ========  =========  ============
@@ -19,7 +19,7 @@ preprocess / augment    —         —         GCN+ZCA, pad-crop-flip          
 [*] the paper is silent; natgrad's choice, named here and in ``notes``. [†] the paper
 sweeps lr ∈ {1e-2, 1e-3, 1e-4, 1e-5}; pick one with ``--set lr=…``.
 
-[‡] cifar-18, PAPER.md: "last 50k it dropout on every layer of a stack, then ×1.5 for
+[‡] cifar-18, ``docs/paper.md`` ("Training settings"): "last 50k it dropout on every layer of a stack, then ×1.5 for
 40k more". natgrad's reading: the main run is 165k iterations (as cifar-11); its last
 50k (from 115k) put a dropout of the stack's rate after every layer of a stack
 (``every_layer``: after the unit of each layer but the last, whose dropout is the stack's
