@@ -1,25 +1,29 @@
 r"""The main job (``natgrad demo`` = ``make demo``): from training to a bias-shift report.
 
-1. Train ``mnist-fc`` (8 hidden × 128, input size adapted to the data) with ELU (α=1),
-   ReLU, LReLU (α=0.1) and SReLU for each seed; run j of every unit type starts from the
-   same initial weights (:func:`natgrad.models.build_model` draws them from the seed).
+1. Train ``mnist-fc`` (8 hidden × 128, input size adapted to the data) with each unit type
+   of :data:`UNITS` (ELU, ReLU, LReLU, SReLU, SELU, ReLU+BN, ELU+BN) for each seed; run j of
+   every unit type starts from the same initial weights (:func:`natgrad.models.build_model`
+   draws them from the seed).
    Checkpoints every ``checkpoint_every`` epochs and at the last (:func:`natgrad.training.train`).
-2. At epoch 0 and every checkpoint, compute for every layer and unit the exact unit Fisher
-   on the run's probe set and Theorems 1–2 (:func:`natgrad.analysis.runs.unit_table`).
+2. At epoch 0, every checkpoint and the last epoch, compute for every unit of the layers fed
+   by hidden units the exact unit Fisher on the held-out probe, the measures in F_λ and
+   Theorems 1–2 (:func:`natgrad.analysis.runs.unit_table`, cached per checkpoint), and the
+   damping sweep at the last epoch.
 3. Write the tables (:func:`natgrad.analysis.summary.write_tables`) and the HTML report
    (:func:`natgrad.analysis.report.render_report`), and print the summary table.
 
 Output layout (default ``reports/demo/``)::
 
     runs/<net>-<unit>-<dataset>-s<seed>/   run directories (docs/run_layout.md)
-    tables/units.csv, curves.csv, activations.csv, epoch_summary.csv, summary.csv,
-           comparison.csv
+    tables/units.csv, sweep.csv, curves.csv, activations.csv, seeds.csv,
+           seed_epochs.csv, sweep_seeds.csv, summary.csv, comparison.csv, context.json
     report.html                            self-contained, figures embedded
     summary.txt                            the summary table printed on the terminal
     demo.json                              the DemoConfig, wall times, device
 
-The default (``digits``, 3 seeds, 20 epochs, probe 512) takes a few minutes on a 2-core CPU.
-``--paper`` is the paper's setting (MNIST, 5 seeds, 300 epochs; GPU recommended).
+The default is ``digits``, 8 seeds, 20 epochs, the held-out test digits as the probe and
+λ = 1e-3 (``docs/paper.md``, "What natgrad runs"). ``--paper`` is the paper's Fig 2 setting
+(MNIST, ELU/ReLU/LReLU/SReLU, 5 seeds, 300 epochs; GPU recommended).
 Rerunning reuses finished runs (training resumes from their checkpoints); ``--fresh``
 retrains.
 """
