@@ -99,7 +99,7 @@ def unit_fisher(
             or ``"diagonal"`` (diag(F)); the last two cost O(U·d) memory, are computed from
             the same backward without forming a block, and return a
             :class:`~natgrad.structures.StructuredUnitFisher`.
-        conv_moments: ``"shared"`` (the true weight-shared block of THEORY.md) or
+        conv_moments: ``"shared"`` (the true weight-shared block of ``docs/theory.md``) or
             ``"positions"`` (positions treated as separate samples, K-FAC-for-conv style:
             F = (1/N) Σ_n Σ_p δ̄²_np ã_np ã_npᵀ, the cross-position terms dropped); the same
             for units with one position (Linear). See :mod:`natgrad.structures`.

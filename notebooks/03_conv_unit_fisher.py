@@ -25,7 +25,7 @@
 # 2. Ollivier's **quasi-diagonal** approximation M = [[diag(A), b], [bᵀ, c]] (O(d) memory and
 #    solves, `structure="quasidiagonal"`) against it;
 # 3. the two definitions of the conv q-moments: E_q(a) := b/c of the weight-shared block
-#    (`conv_moments="shared"`, THEORY.md) and of the block with the positions treated as
+#    (`conv_moments="shared"`, docs/theory.md) and of the block with the positions treated as
 #    separate samples (`conv_moments="positions"`, K-FAC-for-conv style:
 #    F = (1/N) Σ_n Σ_p δ̄²_np ã_np ã_npᵀ, the cross-position terms dropped).
 
