@@ -9,7 +9,7 @@ format and the folder searched.
 from __future__ import annotations
 
 from natgrad.data.cifar import load_cifar, read_cifar_batch
-from natgrad.data.dataset import DATASETS, Dataset, default_data_dir, load_dataset
+from natgrad.data.dataset import Dataset
 from natgrad.data.digits import load_digits
 from natgrad.data.idx import read_idx, write_idx
 from natgrad.data.imagenet import (
@@ -22,6 +22,7 @@ from natgrad.data.imagenet import (
 )
 from natgrad.data.mnist import load_mnist
 from natgrad.data.preprocess import ZCA, gcn, gcn_zca, random_crop_flip
+from natgrad.data.registry import DATASETS, default_data_dir, load_dataset
 
 __all__ = [
     "DATASETS",
