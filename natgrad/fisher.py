@@ -41,6 +41,7 @@ from torch import nn
 from natgrad import likelihoods as lik
 from natgrad import memory
 from natgrad._batches import iter_batches
+from natgrad._distributed import all_reduce_accumulators
 from natgrad._layers import check_layer, incoming, net_positions, resolve_layer, supported_layers
 from natgrad.errors import InputError, UnsupportedLayerError
 from natgrad.unitfisher import UnitFisher
@@ -297,6 +298,7 @@ def _compute(
                     capture, accs, x, y, b, kind, likelihood, mc_samples, generator, temp_elems
                 )
                 n_total += x.shape[0]
+    n_total = all_reduce_accumulators(accs.values(), n_total)  # sums over ranks, if any
     if n_total == 0:
         raise InputError("no inputs: the data is empty; pass at least one input")
     return {

@@ -1,0 +1,125 @@
+r"""Data-parallel unit Fisher: sum the accumulators over a ``torch.distributed`` group.
+
+Every accumulator of the engine (:mod:`natgrad.fisher`) is a plain sum over inputs, so a
+pass split across R processes ("ranks"), rank r seeing the inputs n ∈ S_r, gives the same
+blocks as one pass over all the data once the sums are added across ranks:
+
+.. math::
+
+    F_i = \frac{1}{N}\sum_{r}\sum_{n\in S_r}\sum_k g_{nki} g_{nki}^\top,\qquad
+    E_p(a) = \frac{\sum_r \sum_{n \in S_r} \sum_p a_{np}}{\sum_r |S_r|\, P},\qquad
+    N = \sum_r |S_r|
+
+When ``torch.distributed`` is initialised with more than one process,
+:func:`~natgrad.unit_fisher` and :func:`~natgrad.unit_fishers` all-reduce (``SUM``) the
+block sums ``[U, d+1, d+1]``, Σa ``[d]``, the position count and N of every layer, in the
+order of the layers (the same on every rank, as every rank runs the same model), and every
+rank returns the same :class:`~natgrad.UnitFisher`: that of one process on the
+concatenated shards, up to the order of floating-point additions. Any further summed
+accumulator an accumulator lists in its ``summed`` attribute is reduced too.
+
+Each rank passes its own shard (``inputs``, a tensor or a DataLoader over a
+``DistributedSampler``). Works with any backend whose ``all_reduce`` handles the
+accumulators' device: gloo (CPU tensors) and NCCL (CUDA tensors; put the model on
+``cuda:<local_rank>``).
+
+Kinds:
+
+- ``"exact"`` and ``"empirical"`` are deterministic: the result equals the single-process
+  one on the concatenated data up to round-off.
+- ``"mc"`` samples labels from each rank's ``generator``. Seed it differently on every
+  rank (e.g. ``torch.Generator().manual_seed(seed + rank)``): with the same seed on every
+  rank the shards' labels are drawn from the same stream, which is correlated across
+  ranks. The result then has the distribution of a single-process Monte-Carlo estimate
+  (S labels per input, independent draws), not its exact value.
+
+Every rank must call the function (it is a collective). A rank with no inputs makes every
+rank raise the same :class:`~natgrad.InputError`, instead of hanging the others.
+
+Example:
+    >>> import torch
+    >>> process_group() is None  # no torch.distributed group in this process
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from natgrad.errors import InputError
+
+__all__ = ["all_reduce_accumulators", "process_group", "rank_and_world"]
+
+#: Attributes of an accumulator that are sums over inputs (reduced with SUM).
+SUMMED = ("total", "sum_a")
+
+
+def process_group():
+    """The default process group if ``torch.distributed`` is initialised with more than one
+    process, else ``None`` (a single process: nothing to reduce)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return dist.group.WORLD if dist.get_world_size() > 1 else None
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside ``torch.distributed``."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _count_device(accs: list) -> torch.device:
+    """NCCL reduces CUDA tensors only: counts live where the accumulators do."""
+    for acc in accs:
+        if getattr(acc, "total", None) is not None:
+            return acc.total.device
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
+    r"""Sum the accumulators of every layer over the process group, in place.
+
+    Args:
+        accs: the engine's layer accumulators, in the same order on every rank; their
+            :data:`SUMMED` tensors (and any named in their ``summed`` attribute) and their
+            integer ``count`` are replaced by the sums over ranks.
+        n_local: the number of inputs this rank passed.
+
+    Returns:
+        N, the number of inputs over all ranks (``n_local`` without a process group).
+
+    Raises:
+        InputError: on every rank, when some rank passed no inputs.
+    """
+    group = process_group()
+    if group is None:
+        return n_local
+    dist = torch.distributed
+    accs = list(accs)
+    device = _count_device(accs)
+    # One int64 all-reduce for the counts; a MIN reduce finds a rank without inputs first,
+    # since its accumulators were never allocated (their shapes come from the data).
+    least = torch.tensor([n_local], dtype=torch.int64, device=device)
+    dist.all_reduce(least, op=dist.ReduceOp.MIN, group=group)
+    if int(least) == 0:
+        raise InputError(
+            f"distributed unit Fisher: some rank passed no inputs (this is rank "
+            f"{dist.get_rank()} of {dist.get_world_size()}, with {n_local}); give every rank "
+            "a non-empty shard of the data"
+        )
+    counts = torch.tensor([n_local] + [acc.count for acc in accs], dtype=torch.int64, device=device)
+    dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+    for acc, count in zip(accs, counts[1:].tolist(), strict=True):
+        acc.count = int(count)
+        for name in SUMMED + tuple(getattr(acc, "summed", ())):
+            tensor = getattr(acc, name)
+            if tensor is not None:
+                dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return int(counts[0])
