@@ -1,0 +1,486 @@
+r"""Train a grid of runs (unit types × seeds × settings) as ONE batched model.
+
+A study is a grid of small nets that share an architecture: trained one at a time, each
+step is a handful of small GEMMs and dozens of tiny kernel launches. :func:`train_grid`
+stacks the R runs' parameters along a leading run axis and takes every step of every run
+at once, with batched GEMMs:
+
+.. math::
+
+    h^{(l)}_{r} = f_{r}\big(h^{(l-1)}_{r} W^{(l)\top}_{r} + b^{(l)}_{r}\big),\qquad
+    L = \sum_{r} L_r(\theta_r)
+
+``[R, B, d_in] @ [R, d_in, d_out]`` per layer (``torch.baddbmm``). The runs do not interact:
+∂L/∂θ_r = ∂L_r/∂θ_r, so one backward gives every run its own gradient. Each run keeps
+
+- its seed: the initial weights, the data split (digits) and the probe set come from the
+  same :func:`natgrad.training.loop` code as a sequential run;
+- its data order: the epoch-e permutation of run r is drawn from the generator seeded by
+  ``(seed_r, e)``, exactly as the sequential loop draws it;
+- its unit type: runs are ordered by unit so that each unit type acts on a contiguous
+  slice of the run axis (one kernel per unit type and layer, no masks);
+- its optimizer: SGD with momentum and weight decay (weights of Linear layers only), with
+  per-run lr, momentum and decay, in the arithmetic of ``torch.optim.SGD``:
+  g ← g + λ_r θ (decayed weights), v ← μ_r v + g (v = g at the first step),
+  θ ← θ − η_r v.
+
+Every run writes the run directory of a sequential run (:mod:`natgrad.training.loop`):
+``config.json``, ``metrics.jsonl``, ``activations/`` and ``checkpoints/``, in the same format,
+with its own model, its own momentum buffers and the RNG states a sequential run would hold
+(the global generators seeded by ``seed_r``: these nets draw nothing from them). Epoch 0,
+activation recordings and checkpoints go through the sequential code on a per-run
+``PaperNet`` holding the run's slice. A grid-trained run can therefore be resumed by
+:func:`~natgrad.training.train`, and the other way round. The one difference: ``seconds``,
+``train_seconds`` and ``seconds_per_iteration`` are the grid's wall time divided by R (the
+runs trained together), and ``config.json`` records ``trainer: {"name": "grid", "runs": R}``.
+
+Results equal the sequential trainer's up to float round-off (batched and single GEMMs sum
+in different orders), not bit for bit.
+
+What is batched: fully connected nets (``mnist-fc``, ``mnist-ae``: Flatten, Linear, the
+units ELU/ReLU/LReLU/SReLU, dropout with p = 0) without batch norm, augmentation or dropout
+phases, grouped by (net, data set, batch size, epochs, dtype, loss) and by the epoch each
+run resumes from. Any other config, and any group of one, is trained by
+:func:`~natgrad.training.train`, so ``train_grid(configs)`` always means "``train`` each".
+
+Example:
+    >>> from natgrad.training import default_config
+    >>> cfgs = [default_config("mnist-fc", dataset="digits", unit=u) for u in ("elu", "relu")]
+    >>> [grid_key(c) is not None for c in cfgs]
+    [True, True]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+from torch import nn
+
+from natgrad.errors import InputError
+from natgrad.training import checkpoint as ckpt
+from natgrad.training.config import TrainConfig, lr_at
+from natgrad.training.loop import (
+    TrainResult,
+    _append,
+    _epoch_generator,
+    _evaluate,
+    _loss_fn,
+    _rewrite_jsonl,
+    _setup,
+    default_run_dir,
+    describe_device,
+    git_commit,
+    resolve_device,
+    train,
+)
+from natgrad.training.recording import probe_indices, record_activations, save_activations
+from natgrad.units import SReLU
+
+__all__ = ["grid_key", "train_grid"]
+
+#: Unit modules the batched forward applies (PReLU has a parameter per run: not batched).
+_BATCHED_UNITS = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU)
+
+
+def grid_key(config: TrainConfig) -> tuple | None:
+    """What runs must share to train as one batched model, or ``None`` when ``config`` is
+    trained sequentially (conv nets, batch norm, PReLU, dropout, augmentation)."""
+    dropout_off = config.dropout is None or all(p == 0 for p in config.dropout)
+    if (
+        not config.net.startswith("mnist-")
+        or config.batch_norm
+        or config.unit == "prelu"
+        or config.augment
+        or config.dropout_phases
+        or not dropout_off
+    ):
+        return None
+    return (config.net, config.dataset, config.data_dir, config.preprocess, config.dtype,
+            config.batch_size, config.epochs, config.loss, config.eval_batch_size)  # fmt: skip
+
+
+def train_grid(
+    configs: Sequence[TrainConfig],
+    run_dirs: Sequence[str | Path | None] | None = None,
+    *,
+    device: str = "auto",
+    resume: bool = True,
+    progress: bool = True,
+) -> list[TrainResult]:
+    r"""Train every config, batching those that share an architecture; same contract as
+    ``[train(c, d, device=device, resume=resume, progress=progress) for c, d in …]``.
+
+    Args:
+        configs: the runs.
+        run_dirs: one output folder per config (``None`` entries or no list:
+            :func:`~natgrad.training.default_run_dir`); they must differ.
+        device, resume, progress: as for :func:`~natgrad.training.train`.
+
+    Returns:
+        One :class:`~natgrad.training.TrainResult` per config, in the order given.
+
+    Raises:
+        InputError: two configs share a run dir, or a run dir holds checkpoints of a
+            different config (with ``resume``).
+    """
+    configs = list(configs)
+    dirs = list(run_dirs) if run_dirs is not None else [None] * len(configs)
+    if len(dirs) != len(configs):
+        raise InputError(f"train_grid: {len(configs)} configs but {len(dirs)} run dirs")
+    runs = [
+        default_run_dir(c) if d is None else Path(d) for c, d in zip(configs, dirs, strict=True)
+    ]
+    seen: dict[Path, int] = {}
+    for i, run in enumerate(runs):
+        j = seen.setdefault(run.resolve(), i)
+        if j != i:
+            raise InputError(
+                f"train_grid: configs {j} and {i} both write {run}; give each its own run dir"
+            )
+    dev = resolve_device(device)
+    cohorts: dict[tuple, list[int]] = {}
+    for i, (config, run) in enumerate(zip(configs, runs, strict=True)):
+        key = grid_key(config)
+        start = ckpt.latest_epoch(run) if resume else None
+        cohorts.setdefault((i,) if key is None else (key, start), []).append(i)
+    results: list[TrainResult | None] = [None] * len(configs)
+    for members in cohorts.values():
+        if len(members) == 1:
+            i = members[0]
+            results[i] = train(configs[i], runs[i], device=device, resume=resume, progress=progress)
+            continue
+        trainer = {"name": "grid", "runs": len(members)}
+        opened = [_open_run(configs[i], runs[i], dev, resume, trainer) for i in members]
+        grid = _Grid(opened, dev)
+        for i, res in zip(members, grid.train(progress), strict=True):
+            results[i] = res
+    return results  # type: ignore[return-value]
+
+
+@dataclass
+class _Run:
+    """One run of a grid: its config and folder, data, per-run model and optimizer."""
+
+    config: TrainConfig
+    dir: Path
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train x, y; test x, y
+    model: nn.Module
+    optimizer: torch.optim.SGD
+    probe: torch.Tensor
+    start: int
+    history: list[dict]
+    meta: dict
+
+
+def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) -> _Run:
+    """Everything :func:`~natgrad.training.train` does before its first epoch, for one run:
+    set up, resume or start over, and (fresh) epoch 0 and the initial checkpoint."""
+    ds, model, optimizer = _setup(config, dev)
+    run.mkdir(parents=True, exist_ok=True)
+    loss_fn = _loss_fn(config)
+    data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev))
+    train_x, train_y, test_x, test_y = data
+    probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
+    start = ckpt.latest_epoch(run) if resume else None
+    fresh = start is None
+    if start is not None:
+        tensors, info = ckpt.read_checkpoint(run, start)
+        saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
+        if saved != config.to_dict():
+            diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
+            raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
+                             "pick another --run-dir or pass --no-resume")  # fmt: skip
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ckpt.restore_state(tensors, info, optimizer)
+        history = info["metrics"]
+        _rewrite_jsonl(run / "metrics.jsonl", start)
+        _rewrite_jsonl(run / "activations" / "summary.jsonl", start)
+    else:
+        for p in [run / "metrics.jsonl", run / "activations" / "summary.jsonl"]:
+            p.unlink(missing_ok=True)
+        for p in (run / "checkpoints").glob("epoch_*"):
+            p.unlink()
+        start, history = 0, []
+    meta = {"config": config.to_dict(), "device": describe_device(dev),
+            "git_commit": git_commit(), "torch_version": torch.__version__,
+            "trainer": trainer}  # fmt: skip
+    ckpt.atomic_write(run / "config.json", json.dumps(meta, indent=1).encode())
+    if fresh:
+        (run / "activations").mkdir(exist_ok=True)
+        ckpt.atomic_write(run / "activations" / "probe.safetensors", st_save({"indices": probe}))
+        save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
+        tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
+        te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
+        row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
+                   test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
+                   seconds_per_iteration=None)  # fmt: skip
+        history.append(row)
+        _append(run / "metrics.jsonl", row)
+        if config.checkpoint_initial:
+            _seed_globals(config.seed)
+            ckpt.write_checkpoint(
+                run, 0, model, optimizer, dict(meta, iteration=0, metrics=history)
+            )
+    return _Run(config, run, data, model, optimizer, probe, start, history, meta)
+
+
+def _seed_globals(seed: int) -> None:
+    """The global RNG states a sequential run holds after epoch 0 (and, as these nets draw
+    nothing from them, at every checkpoint): what its checkpoints store."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global state is what is saved
+    random.seed(seed)
+
+
+def _unit_signature(module: nn.Module) -> tuple:
+    return type(module), module.extra_repr()
+
+
+def _plan(model: nn.Module) -> list[tuple[str, str]]:
+    """``[(kind, name)]`` of the leaf modules in forward order: flatten, linear, unit, skip;
+    ``None`` when the model has a module the batched forward does not implement."""
+    steps = []
+    for name, mod in model.named_modules():
+        if any(True for _ in mod.children()):
+            if not isinstance(mod, nn.Sequential):
+                return None
+            continue
+        if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
+            steps.append(("flatten", name))
+        elif isinstance(mod, nn.Linear):
+            steps.append(("linear", name))
+        elif isinstance(mod, _BATCHED_UNITS):
+            steps.append(("unit", name))
+        elif isinstance(mod, nn.Dropout) and mod.p == 0:
+            steps.append(("skip", name))
+        else:
+            return None
+    return steps
+
+
+def _shared_or_stacked(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """One tensor if every run has the same data (``shared``), else the ``[R, ...]`` stack."""
+    if all(t is tensors[0] or torch.equal(t, tensors[0]) for t in tensors[1:]):
+        return tensors[0], True
+    return torch.stack(tensors), False
+
+
+class _Grid:
+    r"""R runs with one architecture and one start epoch, trained as one batched model."""
+
+    def __init__(self, runs: list[_Run], dev: torch.device):
+        plans = [_plan(r.model) for r in runs]
+        if any(p is None or p != plans[0] for p in plans):  # pragma: no cover - grid_key guards
+            raise InputError("train_grid: these runs do not share a batchable architecture")
+        # Order the runs by unit type, so that each unit acts on one slice of the run axis.
+        order = sorted(range(len(runs)), key=lambda i: repr(_unit_signature(_units(runs[i])[0])))
+        self.order = order
+        self.runs = [runs[i] for i in order]
+        self.dev, self.plan = dev, plans[0]
+        self.R = len(self.runs)
+        first = self.runs[0]
+        self.start, self.epochs = first.start, first.config.epochs
+        self.n, self.bs = first.data[0].shape[0], first.config.batch_size
+        if any(r.data[0].shape[0] != self.n for r in self.runs):
+            raise InputError("train_grid: runs of one grid have different training set sizes")
+        self.data = [_shared_or_stacked([r.data[k] for r in self.runs]) for k in range(4)]
+        # Parameters [R, ...], per-run SGD settings [R], momentum buffers (None until step 1).
+        self.names = [n for n, _ in first.model.named_parameters()]
+        params = [dict(r.model.named_parameters()) for r in self.runs]
+        self.params = {
+            n: torch.stack([p[n].detach() for p in params]).requires_grad_() for n in self.names
+        }
+        decayed = {id(p) for p in first.optimizer.param_groups[0]["params"]}
+        self.decayed = {n: id(params[0][n]) in decayed for n in self.names}
+        dtype = self.params[self.names[0]].dtype
+        self.wd = torch.tensor([r.config.weight_decay for r in self.runs], dtype=dtype, device=dev)
+        self.momentum = torch.tensor(
+            [r.config.momentum for r in self.runs], dtype=dtype, device=dev
+        )
+        self.use_momentum = any(r.config.momentum != 0 for r in self.runs)
+        self.bufs: dict[str, torch.Tensor] | None = None
+        if self.use_momentum and self.start > 0:
+            self.bufs = {}
+            for n in self.names:
+                per = []
+                for r, p in zip(self.runs, params, strict=True):
+                    buf = r.optimizer.state.get(p[n], {}).get("momentum_buffer")
+                    per.append(torch.zeros_like(p[n]) if buf is None else buf.detach())
+                self.bufs[n] = torch.stack(per)
+        # The unit slices of each unit layer: [(start, stop, module)] over the run axis.
+        self.units = {}
+        for kind, name in self.plan:
+            if kind == "unit":
+                mods = [r.model.get_submodule(name) for r in self.runs]
+                segs: list[list] = []
+                for i, m in enumerate(mods):
+                    if segs and _unit_signature(segs[-1][2]) == _unit_signature(m):
+                        segs[-1][1] = i + 1
+                    else:
+                        segs.append([i, i + 1, m])
+                self.units[name] = [tuple(s) for s in segs]
+
+    # --- the batched model --------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[R, B, ...]`` inputs → ``[R, B, C]`` outputs of every run."""
+        h = x
+        for kind, name in self.plan:
+            if kind == "flatten":
+                h = h.flatten(2)
+            elif kind == "linear":
+                w, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # [R, B, d_out]
+            elif kind == "unit":
+                segs = self.units[name]
+                h = segs[0][2](h) if len(segs) == 1 else torch.cat([m(h[s:e]) for s, e, m in segs])
+        return h
+
+    def losses(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[R]`` the mean loss of each run on its batch (as the sequential loss_fn)."""
+        r, b = out.shape[:2]
+        if self.runs[0].config.loss == "bce_logits":
+            target = x.flatten(2)
+            loss = nn.functional.binary_cross_entropy_with_logits(out, target, reduction="none")
+            return loss.flatten(1).mean(1)
+        loss = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+        return loss.view(r, b).mean(1)
+
+    def _gather(self, which: int, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` ``[R, B]`` of data tensor ``which`` (0 train x, 1 train y) per run."""
+        t, shared = self.data[which]
+        if shared:
+            return t[idx]
+        return t[torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
+
+    @torch.no_grad()
+    def _step(self, grads, lr: torch.Tensor) -> None:
+        r"""``torch.optim.SGD`` (dampening 0, no Nesterov) with per-run η, μ, λ."""
+        first = self.use_momentum and self.bufs is None
+        if first:
+            self.bufs = {}
+        for n, g in zip(self.names, grads, strict=True):
+            p = self.params[n]
+            shape = (self.R,) + (1,) * (p.ndim - 1)
+            if self.decayed[n]:
+                g = g + self.wd.view(shape) * p
+            if self.use_momentum:
+                if first:
+                    self.bufs[n] = g.clone()
+                else:
+                    self.bufs[n].mul_(self.momentum.view(shape)).add_(g)
+                g = self.bufs[n]
+            p.sub_(lr.view(shape) * g)
+
+    @torch.no_grad()
+    def _test_metrics(self) -> list[tuple[float, float | None]]:
+        """Per run: mean test loss and error rate, batched over runs (``_evaluate``'s sums)."""
+        (tx, shared), (ty, _) = self.data[2], self.data[3]
+        nt = tx.shape[0] if shared else tx.shape[1]
+        ebs = self.runs[0].config.eval_batch_size
+        total = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
+        wrong = torch.zeros(self.R, dtype=torch.long, device=self.dev)
+        ce = self.runs[0].config.loss == "cross_entropy"
+        for s in range(0, nt, ebs):
+            if shared:
+                xb = tx[s : s + ebs].expand(self.R, *tx[s : s + ebs].shape)
+                yb = ty[s : s + ebs].expand(self.R, -1)
+            else:
+                xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
+            out = self.forward(xb)
+            total += self.losses(out, xb, yb).double() * xb.shape[1]
+            if ce:
+                wrong += (out.argmax(-1) != yb).sum(1)
+        n = max(nt, 1)
+        return [
+            (float(t) / n, int(w) / n if ce else None) for t, w in zip(total, wrong, strict=True)
+        ]
+
+    @torch.no_grad()
+    def _materialise(self, i: int, lr: float) -> None:
+        """Copy run i's slice into its ``PaperNet`` and its momentum into its optimizer."""
+        run = self.runs[i]
+        params = dict(run.model.named_parameters())
+        for n in self.names:
+            params[n].copy_(self.params[n][i])
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        if run.config.momentum != 0 and self.bufs is not None:
+            for n in self.names:
+                run.optimizer.state[params[n]]["momentum_buffer"] = self.bufs[n][i].clone()
+
+    # --- the loop -----------------------------------------------------------------------
+    def train(self, progress: bool) -> list[TrainResult]:
+        """Train every run to its last epoch; results in the order the runs were given."""
+        from tqdm.auto import tqdm
+
+        per_epoch = math.ceil(self.n / self.bs)
+        bar = tqdm(total=(self.epochs - self.start) * per_epoch, disable=not progress, unit="it",
+                   desc=f"grid of {self.R} runs", dynamic_ncols=True)  # fmt: skip
+        leaves = [self.params[n] for n in self.names]
+        for epoch in range(self.start + 1, self.epochs + 1):
+            t0 = time.perf_counter()
+            perm = torch.stack([
+                torch.randperm(self.n, generator=_epoch_generator(r.config.seed, epoch, 0))
+                for r in self.runs
+            ]).to(self.dev)  # fmt: skip
+            loss_sum = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
+            lrs = None
+            for b in range(per_epoch):
+                it = (epoch - 1) * per_epoch + b
+                lrs = [lr_at(r.config, iteration=it, epoch=epoch - 1) for r in self.runs]
+                idx = perm[:, b * self.bs : (b + 1) * self.bs]  # [R, B]
+                xb, yb = self._gather(0, idx), self._gather(1, idx)
+                loss = self.losses(self.forward(xb), xb, yb)  # [R]
+                grads = torch.autograd.grad(loss.sum(), leaves)
+                self._step(grads, torch.tensor(lrs, dtype=loss.dtype, device=self.dev))
+                loss_sum += loss.detach().double() * idx.shape[1]
+                bar.update(1)
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize(self.dev)
+            t_train = time.perf_counter() - t0
+            tests = self._test_metrics()
+            saves = []
+            for i, run in enumerate(self.runs):
+                cfg = run.config
+                record = epoch % cfg.record_every == 0 or epoch == cfg.epochs
+                saves.append(epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
+                if record or saves[i]:
+                    self._materialise(i, lrs[i])
+                if record:
+                    probe_x = run.data[0][run.probe.to(self.dev)]
+                    save_activations(run.dir, epoch, record_activations(run.model, probe_x))
+            seconds = (time.perf_counter() - t0) / self.R
+            for i, run in enumerate(self.runs):
+                te_loss, te_err = tests[i]
+                row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lrs[i],
+                           train_loss=float(loss_sum[i]) / self.n, test_loss=te_loss,
+                           test_error=te_err, seconds=seconds, train_seconds=t_train / self.R,
+                           seconds_per_iteration=t_train / self.R / per_epoch)  # fmt: skip
+                run.history.append(row)
+                _append(run.dir / "metrics.jsonl", row)
+                if saves[i]:
+                    info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
+                    _seed_globals(run.config.seed)
+                    ckpt.write_checkpoint(run.dir, epoch, run.model, run.optimizer, info)
+            bar.set_postfix(epoch=epoch)
+        bar.close()
+        for i in range(self.R):  # the final weights, also when no epoch was left to train
+            self._materialise(i, self.runs[i].optimizer.param_groups[0]["lr"])
+        by_input = [None] * self.R
+        for pos, i in enumerate(self.order):
+            run = self.runs[pos]
+            by_input[i] = TrainResult(run_dir=run.dir, model=run.model, metrics=run.history)
+        return by_input
+
+
+def _units(run: _Run) -> list[nn.Module]:
+    return [m for m in run.model.modules() if isinstance(m, _BATCHED_UNITS)]
