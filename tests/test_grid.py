@@ -14,7 +14,7 @@ import torch
 
 from natgrad.errors import InputError
 from natgrad.testing import assert_close
-from natgrad.training import default_config, read_checkpoint, train
+from natgrad.training import default_config, load_activations, read_checkpoint, train
 from natgrad.training.grid import grid_key, train_grid
 
 UNITS = ("elu", "srelu")
@@ -73,6 +73,19 @@ def _assert_runs_close(a, b, what):
         rows = [[json.loads(line) for line in (r.run_dir / name).read_text().splitlines()]
                 for r in (a, b)]  # fmt: skip
         assert [r["epoch"] for r in rows[0]] == [r["epoch"] for r in rows[1]], f"{what} {name}"
+    summaries = [[json.loads(line) for line in (r.run_dir / "activations/summary.jsonl")
+                  .read_text().splitlines()] for r in (a, b)]  # fmt: skip
+    for sa, sb in zip(*summaries, strict=True):
+        values = [(sa["median_all"], sb["median_all"])] + [
+            (la[k], sb["layers"][layer][k])
+            for layer, la in sa["layers"].items()
+            for k in ("median", "mean", "frac_negative", "frac_zero", "units")
+        ]
+        va, vb = torch.tensor(values, dtype=torch.float64).T
+        assert_close(vb, va, what=f"{what} activation summary, epoch {sa['epoch']}")
+        means = [load_activations(r.run_dir, sa["epoch"]) for r in (a, b)]
+        for layer, m in means[0].items():
+            assert_close(means[1][layer], m, what=f"{what} {layer} means, epoch {sa['epoch']}")
     sa, sb = a.model.state_dict(), b.model.state_dict()
     for key in sa:
         assert_close(sb[key], sa[key], what=f"{what} final {key}")

@@ -57,6 +57,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,13 @@ from natgrad.training.loop import (
     resolve_device,
     train,
 )
-from natgrad.training.recording import probe_indices, record_activations, save_activations
-from natgrad.units import SReLU
+from natgrad.training.recording import (
+    probe_indices,
+    record_activations,
+    save_activations,
+    summarise,
+)
+from natgrad.units import SReLU, hidden_units
 
 __all__ = ["grid_key", "train_grid"]
 
@@ -301,11 +307,8 @@ class _Grid:
         }
         decayed = {id(p) for p in first.optimizer.param_groups[0]["params"]}
         self.decayed = {n: id(params[0][n]) in decayed for n in self.names}
-        dtype = self.params[self.names[0]].dtype
-        self.wd = torch.tensor([r.config.weight_decay for r in self.runs], dtype=dtype, device=dev)
-        self.momentum = torch.tensor(
-            [r.config.momentum for r in self.runs], dtype=dtype, device=dev
-        )
+        self.wd = [r.config.weight_decay for r in self.runs]
+        self.momentum = [r.config.momentum for r in self.runs]
         self.use_momentum = any(r.config.momentum != 0 for r in self.runs)
         self.bufs: dict[str, torch.Tensor] | None = None
         if self.use_momentum and self.start > 0:
@@ -316,6 +319,10 @@ class _Grid:
                     buf = r.optimizer.state.get(p[n], {}).get("momentum_buffer")
                     per.append(torch.zeros_like(p[n]) if buf is None else buf.detach())
                 self.bufs[n] = torch.stack(per)
+        probes = [r.data[0][r.probe.to(dev)] for r in self.runs]
+        same = len({p.shape for p in probes}) == 1
+        self.probe_x = torch.stack(probes) if same else None  # [R, n_probe, ...]
+        self.unit_names = [name for name, _ in hidden_units(first.model)]
         # The unit slices of each unit layer: [(start, stop, module)] over the run axis.
         self.units = {}
         for kind, name in self.plan:
@@ -330,8 +337,9 @@ class _Grid:
                 self.units[name] = [tuple(s) for s in segs]
 
     # --- the batched model --------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[R, B, ...]`` inputs → ``[R, B, C]`` outputs of every run."""
+    def forward(self, x: torch.Tensor, capture: dict | None = None) -> torch.Tensor:
+        """``[R, B, ...]`` inputs → ``[R, B, C]`` outputs of every run; ``capture`` receives
+        the unit outputs ``[R, B, U]`` by layer name."""
         h = x
         for kind, name in self.plan:
             if kind == "flatten":
@@ -341,7 +349,13 @@ class _Grid:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # [R, B, d_out]
             elif kind == "unit":
                 segs = self.units[name]
-                h = segs[0][2](h) if len(segs) == 1 else torch.cat([m(h[s:e]) for s, e, m in segs])
+                if len(segs) == 1:
+                    h = segs[0][2](h)
+                else:  # split, not slices: its backward is one cat, not a zero-fill per slice
+                    parts = h.split([e - s for s, e, _ in segs])
+                    h = torch.cat([m(p) for p, (_, _, m) in zip(parts, segs, strict=True)])
+                if capture is not None:
+                    capture[name] = h
         return h
 
     def losses(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -362,23 +376,46 @@ class _Grid:
         return t[torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
 
     @torch.no_grad()
-    def _step(self, grads, lr: torch.Tensor) -> None:
-        r"""``torch.optim.SGD`` (dampening 0, no Nesterov) with per-run η, μ, λ."""
-        first = self.use_momentum and self.bufs is None
-        if first:
-            self.bufs = {}
-        for n, g in zip(self.names, grads, strict=True):
-            p = self.params[n]
-            shape = (self.R,) + (1,) * (p.ndim - 1)
-            if self.decayed[n]:
-                g = g + self.wd.view(shape) * p
-            if self.use_momentum:
-                if first:
-                    self.bufs[n] = g.clone()
+    def _step(self, grads, lrs: list[float]) -> None:
+        r"""``torch.optim.SGD`` (dampening 0, no Nesterov) with per-run η, μ, λ.
+
+        A setting shared by every run is applied as torch's foreach SGD applies it (same
+        ops, same rounding); one that differs between runs as a ``[R, 1, ...]`` tensor.
+        """
+        params = [self.params[n] for n in self.names]
+        grads = list(grads)
+        decayed = [i for i, n in enumerate(self.names) if self.decayed[n]]
+        if decayed and any(self.wd):
+            for i in decayed:
+                grads[i] = self._per_run(self.wd, params[i], grads[i])
+        if self.use_momentum:
+            if self.bufs is None:
+                self.bufs = {n: g.clone() for n, g in zip(self.names, grads, strict=True)}
+            else:
+                bufs = [self.bufs[n] for n in self.names]
+                if len(set(self.momentum)) == 1:
+                    torch._foreach_mul_(bufs, self.momentum[0])
                 else:
-                    self.bufs[n].mul_(self.momentum.view(shape)).add_(g)
-                g = self.bufs[n]
-            p.sub_(lr.view(shape) * g)
+                    for buf in bufs:
+                        buf.mul_(self._column(self.momentum, buf))
+                torch._foreach_add_(bufs, grads)
+            grads = [self.bufs[n] for n in self.names]
+        if len(set(lrs)) == 1:
+            torch._foreach_add_(params, grads, alpha=-lrs[0])
+        else:
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(self._column(lrs, p) * g)
+
+    def _column(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
+        """Per-run ``values`` as a ``[R, 1, ...]`` tensor that broadcasts against ``like``."""
+        t = torch.tensor(values, dtype=like.dtype, device=like.device)
+        return t.view((self.R,) + (1,) * (like.ndim - 1))
+
+    def _per_run(self, coef: list[float], p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """g + coef_r · p; torch's ``add(alpha=)`` when coef is the same for every run."""
+        if len(set(coef)) == 1:
+            return g.add(p, alpha=coef[0])
+        return g + self._column(coef, p) * p
 
     @torch.no_grad()
     def _test_metrics(self) -> list[tuple[float, float | None]]:
@@ -405,6 +442,31 @@ class _Grid:
         ]
 
     @torch.no_grad()
+    def _records(self) -> list[dict]:
+        r"""Per run, :func:`~natgrad.training.recording.record_activations` of its probe set,
+        from one batched forward: the unit means E_probe(o_u) and the counts of o < 0, o = 0."""
+        if self.probe_x is None:  # probe sets of different sizes: one run at a time
+            out = []
+            for i, run in enumerate(self.runs):
+                self._materialise(i, run.optimizer.param_groups[0]["lr"])
+                out.append(record_activations(run.model, run.data[0][run.probe.to(self.dev)]))
+            return out
+        captured: dict[str, torch.Tensor] = {}
+        self.forward(self.probe_x, captured)
+        means, counts = {}, {}
+        for name in self.unit_names:
+            h = captured[name]  # [R, n, U]
+            means[name] = (h.to(torch.float64).sum(1) / h.shape[1]).cpu()  # [R, U]
+            neg = (h < 0).flatten(1).sum(1).tolist()
+            zero = (h == 0).flatten(1).sum(1).tolist()
+            counts[name] = [[h[0].numel(), a, b] for a, b in zip(neg, zero, strict=True)]
+        return [
+            summarise({n: means[n][i] for n in self.unit_names},
+                      {n: counts[n][i] for n in self.unit_names})
+            for i in range(self.R)
+        ]  # fmt: skip
+
+    @torch.no_grad()
     def _materialise(self, i: int, lr: float) -> None:
         """Copy run i's slice into its ``PaperNet`` and its momentum into its optimizer."""
         run = self.runs[i]
@@ -426,6 +488,18 @@ class _Grid:
         bar = tqdm(total=(self.epochs - self.start) * per_epoch, disable=not progress, unit="it",
                    desc=f"grid of {self.R} runs", dynamic_ncols=True)  # fmt: skip
         leaves = [self.params[n] for n in self.names]
+        with ThreadPoolExecutor(max_workers=min(self.R, 16)) as pool:
+            self._epochs(per_epoch, leaves, bar, pool)
+        bar.close()
+        for i in range(self.R):  # the final weights, also when no epoch was left to train
+            self._materialise(i, self.runs[i].optimizer.param_groups[0]["lr"])
+        by_input = [None] * self.R
+        for pos, i in enumerate(self.order):
+            run = self.runs[pos]
+            by_input[i] = TrainResult(run_dir=run.dir, model=run.model, metrics=run.history)
+        return by_input
+
+    def _epochs(self, per_epoch: int, leaves: list, bar, pool: ThreadPoolExecutor) -> None:
         for epoch in range(self.start + 1, self.epochs + 1):
             t0 = time.perf_counter()
             perm = torch.stack([
@@ -441,45 +515,47 @@ class _Grid:
                 xb, yb = self._gather(0, idx), self._gather(1, idx)
                 loss = self.losses(self.forward(xb), xb, yb)  # [R]
                 grads = torch.autograd.grad(loss.sum(), leaves)
-                self._step(grads, torch.tensor(lrs, dtype=loss.dtype, device=self.dev))
+                self._step(grads, lrs)
                 loss_sum += loss.detach().double() * idx.shape[1]
                 bar.update(1)
             if self.dev.type == "cuda":
                 torch.cuda.synchronize(self.dev)
             t_train = time.perf_counter() - t0
             tests = self._test_metrics()
-            saves = []
+            records = self._records() if any(
+                epoch % r.config.record_every == 0 or epoch == r.config.epochs for r in self.runs
+            ) else None  # fmt: skip
+            seconds = (time.perf_counter() - t0) / self.R
+            jobs = []
             for i, run in enumerate(self.runs):
                 cfg = run.config
                 record = epoch % cfg.record_every == 0 or epoch == cfg.epochs
-                saves.append(epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
-                if record or saves[i]:
-                    self._materialise(i, lrs[i])
-                if record:
-                    probe_x = run.data[0][run.probe.to(self.dev)]
-                    save_activations(run.dir, epoch, record_activations(run.model, probe_x))
-            seconds = (time.perf_counter() - t0) / self.R
-            for i, run in enumerate(self.runs):
                 te_loss, te_err = tests[i]
                 row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lrs[i],
                            train_loss=float(loss_sum[i]) / self.n, test_loss=te_loss,
                            test_error=te_err, seconds=seconds, train_seconds=t_train / self.R,
                            seconds_per_iteration=t_train / self.R / per_epoch)  # fmt: skip
                 run.history.append(row)
-                _append(run.dir / "metrics.jsonl", row)
-                if saves[i]:
+                jobs.append((run.dir, epoch, records[i] if record else None, row))
+            # Each run's files in the sequential order (activations, metrics, checkpoint); the
+            # runs' writes in parallel, as their fsyncs then share the file system's commits.
+            for future in [pool.submit(_write, *job) for job in jobs]:
+                future.result()
+            for i, run in enumerate(self.runs):  # checkpoints read the global RNG: one by one
+                cfg = run.config
+                if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                    self._materialise(i, lrs[i])
                     info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
-                    _seed_globals(run.config.seed)
+                    _seed_globals(cfg.seed)
                     ckpt.write_checkpoint(run.dir, epoch, run.model, run.optimizer, info)
             bar.set_postfix(epoch=epoch)
-        bar.close()
-        for i in range(self.R):  # the final weights, also when no epoch was left to train
-            self._materialise(i, self.runs[i].optimizer.param_groups[0]["lr"])
-        by_input = [None] * self.R
-        for pos, i in enumerate(self.order):
-            run = self.runs[pos]
-            by_input[i] = TrainResult(run_dir=run.dir, model=run.model, metrics=run.history)
-        return by_input
+
+
+def _write(run_dir: Path, epoch: int, record: dict | None, row: dict) -> None:
+    """An epoch's activation record (if any) and metrics row, as the sequential loop writes."""
+    if record is not None:
+        save_activations(run_dir, epoch, record)
+    _append(run_dir / "metrics.jsonl", row)
 
 
 def _units(run: _Run) -> list[nn.Module]:

@@ -28,7 +28,13 @@ from natgrad.training.checkpoint import atomic_write
 from natgrad.training.rundir import RunDir
 from natgrad.units import hidden_units
 
-__all__ = ["load_activations", "probe_indices", "record_activations", "save_activations"]
+__all__ = [
+    "load_activations",
+    "probe_indices",
+    "record_activations",
+    "save_activations",
+    "summarise",
+]
 
 
 def probe_indices(n_train: int, size: int, seed: int) -> torch.Tensor:
@@ -72,15 +78,29 @@ def record_activations(model: torch.nn.Module, x: torch.Tensor, *, batch_size: i
             h.remove()
         model.train(was_training)
     means = {name: (sums[name] / counts[name][0]).cpu() for name, _ in units}
+    return summarise(means, {name: counts[name][1:] for name, _ in units})
+
+
+def summarise(means: dict[str, torch.Tensor], counts: dict[str, list[int]]) -> dict:
+    r"""The record of :func:`record_activations` from the unit means ``{layer: float64 [U]}``
+    and ``{layer: [values, values < 0, values == 0]}`` (counts over samples × units ×
+    positions).
+
+    Example:
+        >>> means = {"act1": torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)}
+        >>> r = summarise(means, {"act1": [6, 0, 2]})
+        >>> r["summary"]["median_all"], r["summary"]["layers"]["act1"]["frac_zero"]
+        (1.0, 0.3333333333333333)
+    """
     layers = {
         name: {
             "units": int(means[name].numel()),
             "median": float(means[name].quantile(0.5)),
             "mean": float(means[name].mean()),
-            "frac_negative": counts[name][2] / counts[name][1],
-            "frac_zero": counts[name][3] / counts[name][1],
+            "frac_negative": counts[name][1] / counts[name][0],
+            "frac_zero": counts[name][2] / counts[name][0],
         }
-        for name, _ in units
+        for name in means
     }
     every = torch.cat(list(means.values())) if means else torch.zeros(0, dtype=torch.float64)
     median_all = float(every.quantile(0.5)) if every.numel() else float("nan")
