@@ -7,14 +7,12 @@ input-weighted mean of the per-shard MC estimates drawn with the same generators
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _fisher_ranks import MC_SAMPLES, MC_SEED, SHARDS, build, shard
+from _torchrun import torchrun
 from safetensors import safe_open
 
 from natgrad import unit_fishers
@@ -22,34 +20,13 @@ from natgrad._distributed import process_group, rank_and_world
 from natgrad.testing import assert_close
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-TIMEOUT = 180  # seconds for the whole torchrun job (two fresh interpreters importing torch)
-
-
-def torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = TIMEOUT):
-    """Run ``script`` under ``torchrun --standalone`` (its rendezvous store on a free port,
-    so parallel pytest-xdist workers never clash) with one thread per process."""
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
-        GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-    )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", str(script), *args]  # fmt: skip
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """What each of the two ranks computed: ``[{key: tensor}, ...]`` and their metadata."""
     out = tmp_path_factory.mktemp("fisher_ranks")
-    torchrun(HERE / "_fisher_ranks.py", str(out))
+    torchrun(str(HERE / "_fisher_ranks.py"), str(out))
     results = []
     for r in range(2):
         with safe_open(out / f"rank{r}.safetensors", "pt") as fh:

@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from natgrad.training.config import apply_overrides, default_config
+    from natgrad.training.ddp import launched_by_torchrun, train_ddp
     from natgrad.training.loop import train
+
+    distributed = launched_by_torchrun()  # under torchrun: data-parallel (training/ddp.py)
 
     try:
         if args.threads:
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_norm:
             flags["batch_norm"] = True
         config = apply_overrides(default_config(args.net, **flags), args.set)
-        result = train(
+        result = (train_ddp if distributed else train)(
             config,
             args.run_dir,
             device=args.device,
@@ -80,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     except NatgradError as exc:
         print(f"natgrad train: error: {exc}", file=sys.stderr)
         return 2
+    if distributed:
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     last = result.metrics[-1]
     err = last["test_error"]
     err_text = "" if err is None else f", test error {100 * err:.2f} %"

@@ -1,0 +1,247 @@
+r"""Data-parallel training under ``torchrun``: DistributedDataParallel, one data shard per rank.
+
+``natgrad train`` started by ``torchrun --nproc-per-node=W …`` (``WORLD_SIZE`` > 1 in the
+environment) runs :func:`train_ddp`: W processes ("ranks"), each with a replica of the net,
+split every batch of ``config.batch_size`` inputs between them. ``batch_size`` stays the
+GLOBAL batch, so a W-process run trains the same model as a one-process run of the same
+config: for global batch k of epoch e (the rows ``perm[kB:(k+1)B]`` of the permutation
+drawn from ``(seed, e)``, augmented as one batch) rank r takes the rows ``r, r+W, r+2W, …``
+(``DistributedSampler``'s interleaving) and back-propagates
+
+.. math::
+
+    L_r = \frac{W}{|B_k|}\sum_{n \in B_{k,r}} \ell_n,\qquad
+    \frac{1}{W}\sum_r \nabla L_r = \nabla \frac{1}{|B_k|}\sum_{n\in B_k} \ell_n
+
+(DDP averages the ranks' gradients), the gradient of the one-process batch mean, also for a
+last batch that does not split evenly. The optimizer steps agree up to the order of the
+additions (float tolerance, not bit for bit).
+
+Rank 0 alone evaluates, records activations and writes the run directory (the format of
+:mod:`natgrad.training.loop`); the others wait at a barrier. Resume reads the last
+checkpoint on every rank, so the run directory must be visible to every rank (one machine,
+or a shared file system across machines). Backends: NCCL with one GPU per rank
+(``cuda:<LOCAL_RANK>``) when ``device`` allows CUDA, else gloo on CPU.
+
+Not equal to one process, by nature: dropout draws its masks on each rank from that rank's
+generator (the same distribution, not the same masks), and batch norm normalises with the
+statistics of each rank's shard (plain DDP; no SyncBatchNorm).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+from torch import nn
+
+from natgrad.errors import InputError
+from natgrad.training import checkpoint as ckpt
+from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
+from natgrad.training.loop import (
+    TrainResult,
+    _append,
+    _epoch_generator,
+    _evaluate,
+    _loss_fn,
+    _rewrite_jsonl,
+    _setup,
+    default_run_dir,
+    describe_device,
+    git_commit,
+    resolve_device,
+)
+from natgrad.training.recording import probe_indices, record_activations, save_activations
+
+__all__ = ["launched_by_torchrun", "shard_rows", "train_ddp"]
+
+
+def launched_by_torchrun() -> bool:
+    """``True`` when the environment names more than one process (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def shard_rows(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s rows of a global batch of ``n``: ``rank, rank+world, …``.
+
+    Example:
+        >>> [list(range(5))[shard_rows(5, r, 2)] for r in (0, 1)]
+        [[0, 2, 4], [1, 3]]
+    """
+    return slice(rank, n, world)
+
+
+def _summed_loss(config: TrainConfig):
+    """Σ_n ℓ_n over a shard, each ℓ_n as in the sequential (batch-mean) loss."""
+    if config.loss == "bce_logits":
+
+        def bce(out, x, y):
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                out, x.flatten(1), reduction="none"
+            )
+            return loss.flatten(1).mean(1).sum()
+
+        return bce
+    return lambda out, x, y: nn.functional.cross_entropy(out, y, reduction="sum")
+
+
+def _init_group(device: str) -> tuple[torch.device, int, int]:
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dev, dist.get_rank(), dist.get_world_size()
+
+
+def train_ddp(
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    *,
+    device: str = "auto",
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    r"""Train like :func:`~natgrad.training.train`, split over the ranks of ``torchrun``.
+
+    Every rank calls it with the same arguments; it initialises the default process group
+    if needed (NCCL on GPUs, gloo on CPU). Returns the same :class:`TrainResult` on every
+    rank (the metrics are rank 0's, broadcast).
+    """
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm.auto import tqdm
+
+    dev, rank, world = _init_group(device)
+    lead = rank == 0
+    run = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    ds, model, optimizer = _setup(config, dev)
+    if lead:
+        run.mkdir(parents=True, exist_ok=True)
+    loss_fn, summed = _loss_fn(config), _summed_loss(config)
+    train_x, train_y = ds.train_x.to(dev), ds.train_y.to(dev)
+    test_x, test_y = ds.test_x.to(dev), ds.test_y.to(dev)
+    probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
+    n, bs = train_x.shape[0], config.batch_size
+    per_epoch = math.ceil(n / bs)
+    found = [ckpt.latest_epoch(run) if (resume and lead) else None]
+    dist.broadcast_object_list(found, src=0)  # every rank resumes from rank 0's epoch
+    start = found[0]
+    fresh = start is None
+    history: list[dict] = []
+    if start is not None:
+        tensors, info = ckpt.read_checkpoint(run, start)
+        saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
+        if saved != config.to_dict():
+            diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
+            raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
+                             "pick another --run-dir or pass --no-resume")  # fmt: skip
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ckpt.restore_state(tensors, info, optimizer)
+        history = info["metrics"]
+        if lead:
+            _rewrite_jsonl(run / "metrics.jsonl", start)
+            _rewrite_jsonl(run / "activations" / "summary.jsonl", start)
+    else:
+        start = 0
+        if lead:
+            for p in [run / "metrics.jsonl", run / "activations" / "summary.jsonl"]:
+                p.unlink(missing_ok=True)
+            for p in (run / "checkpoints").glob("epoch_*"):
+                p.unlink()
+    meta = {"config": config.to_dict(), "device": describe_device(dev),
+            "git_commit": git_commit(), "torch_version": torch.__version__,
+            "trainer": {"name": "ddp", "world_size": world,
+                        "backend": dist.get_backend()}}  # fmt: skip
+    if lead:
+        ckpt.atomic_write(run / "config.json", json.dumps(meta, indent=1).encode())
+    if fresh:
+        if lead:
+            (run / "activations").mkdir(exist_ok=True)
+            ckpt.atomic_write(run / "activations" / "probe.safetensors", st_save({"indices": probe}))  # fmt: skip
+            save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
+            tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
+            te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
+            row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
+                       test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
+                       seconds_per_iteration=None)  # fmt: skip
+            history.append(row)
+            _append(run / "metrics.jsonl", row)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed % 2**32)  # noqa: NPY002 - seed the legacy global state
+        random.seed(config.seed)
+        if lead and config.checkpoint_initial:
+            ckpt.write_checkpoint(
+                run, 0, model, optimizer, dict(meta, iteration=0, metrics=history)
+            )
+    if rank > 0:  # dropout: a stream of its own per rank (rank 0's is the checkpointed one)
+        torch.manual_seed((config.seed * 1_000_003 + start) * 1024 + rank)
+    ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    bar = tqdm(total=(config.epochs - start) * per_epoch, disable=not (progress and lead),
+               unit="it", desc=f"{config.net}/{config.unit} x{world}", dynamic_ncols=True)  # fmt: skip
+    model.train()
+    dropout_mode = None
+    for epoch in range(start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch, 0)).to(dev)
+        aug = _epoch_generator(config.seed, epoch, 1)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        for b in range(per_epoch):
+            it = (epoch - 1) * per_epoch + b
+            lr = lr_at(config, iteration=it, epoch=epoch - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
+                from natgrad.models import set_dropout_mode
+
+                dropout_mode = dropout_mode_at(config, it)
+                set_dropout_mode(model, dropout_mode)
+            idx = perm[b * bs : (b + 1) * bs]  # the global batch
+            xb, yb = train_x[idx], train_y[idx]
+            if config.augment:  # the whole global batch, as one process augments it
+                from natgrad.data import random_crop_flip
+
+                xb = random_crop_flip(xb, aug)
+            mine = shard_rows(idx.shape[0], rank, world)
+            xb, yb = xb[mine], yb[mine]
+            optimizer.zero_grad(set_to_none=True)
+            local = summed(ddp(xb), xb, yb)
+            (local * (world / idx.shape[0])).backward()
+            optimizer.step()
+            loss_sum += local.detach().double()
+            bar.update(1)
+        dist.all_reduce(loss_sum)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t_train = time.perf_counter() - t0
+        if lead:
+            te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
+            if epoch % config.record_every == 0 or epoch == config.epochs:
+                save_activations(run, epoch, record_activations(model, train_x[probe.to(dev)]))
+            row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lr, train_loss=float(loss_sum) / n,
+                       test_loss=te_loss, test_error=te_err, seconds=time.perf_counter() - t0,
+                       train_seconds=t_train, seconds_per_iteration=t_train / per_epoch)  # fmt: skip
+            history.append(row)
+            _append(run / "metrics.jsonl", row)
+            bar.set_postfix(
+                epoch=epoch, loss=f"{row['train_loss']:.4f}", test_loss=f"{te_loss:.4f}"
+            )
+            if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+                info = dict(meta, iteration=epoch * per_epoch, metrics=history)
+                ckpt.write_checkpoint(run, epoch, model, optimizer, info)
+        dist.barrier()
+    bar.close()
+    shared = [history]
+    dist.broadcast_object_list(shared, src=0)
+    return TrainResult(run_dir=run, model=model, metrics=shared[0])

@@ -1,0 +1,72 @@
+"""``natgrad train`` under ``torchrun --nproc-per-node=2`` (gloo, CPU): DistributedDataParallel
+with the global batch split between the ranks equals one process with the whole batch, and
+an interrupted run resumes (float64, digits, 2 epochs of 23 steps; the last batch of 29
+splits 15/14)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _torchrun import torchrun
+
+from natgrad.testing import assert_close
+from natgrad.training import default_config, read_checkpoint, train
+from natgrad.training.ddp import shard_rows
+
+SETTINGS = ["dtype=float64", "probe_size=64", "checkpoint_every=1", "momentum=0.5",
+            "weight_decay=1e-3"]  # fmt: skip
+
+
+def _cli(run_dir, epochs: int) -> list[str]:
+    sets = [a for s in SETTINGS for a in ("--set", s)]
+    return ["-m", "natgrad", "train", "--net", "mnist-fc", "--dataset", "digits",
+            "--epochs", str(epochs), "--run-dir", str(run_dir), "--no-progress",
+            "--device", "cpu", "--threads", "1", *sets]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 2-rank run stopped after epoch 1 and resumed to epoch 2, and one process."""
+    root = tmp_path_factory.mktemp("ddp")
+    torchrun(*_cli(root / "ddp", 1))
+    with open(root / "ddp" / "metrics.jsonl", "a") as fh:  # a line cut by the interruption
+        fh.write('{"epoch": 2, "train_lo')
+    proc = torchrun(*_cli(root / "ddp", 2))
+    config = default_config("mnist-fc", dataset="digits", epochs=2, probe_size=64,
+                            checkpoint_every=1, dtype="float64", momentum=0.5,
+                            weight_decay=1e-3)  # fmt: skip
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = train(config, root / "one", device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(old)
+    return root / "ddp", single, proc.stdout
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_with_the_whole_batch(runs):
+    ddp, single, stdout = runs
+    assert stdout.count("mnist-fc/elu on digits") == 1  # rank 0 alone reports
+    for epoch in (1, 2):
+        a, ia = read_checkpoint(ddp, epoch)
+        b, _ = read_checkpoint(single.run_dir, epoch)
+        for key, value in b.items():
+            if key.startswith(("model.", "optim.")):
+                assert_close(a[key], value, what=f"epoch {epoch} {key}")
+        assert ia["trainer"] == {"name": "ddp", "world_size": 2, "backend": "gloo"}
+    rows = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # resumed: the cut line is gone
+    for got, want in zip(rows, single.metrics, strict=True):
+        assert got["iterations"] == want["iterations"]
+        for key in ("train_loss", "test_loss", "test_error"):
+            assert_close(torch.tensor(got[key]), torch.tensor(want[key]), what=key)
+
+
+def test_shards_cover_the_batch_once():
+    rows = torch.arange(29)
+    parts = [rows[shard_rows(29, r, 2)] for r in range(2)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(29))
+    assert [len(p) for p in parts] == [15, 14]
