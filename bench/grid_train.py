@@ -153,9 +153,9 @@ def bench_step(args) -> None:
 
     # The GEMM floor: the step's three matrix products per layer (forward, both backward
     # products), as bare batched matmuls over the R runs: what no batching can go below.
-    shapes = [grid.params[n].shape for n in grid.names if n.endswith("weight")]
+    shapes = [grid.params[n].shape for n in grid.names if n in grid.transposed]  # [R, in, out]
     mats = [(torch.randn(r_all, b, k), torch.randn(r_all, k, m), torch.randn(r_all, b, m))
-            for m, k in (s[1:] for s in shapes)]  # fmt: skip
+            for k, m in (s[1:] for s in shapes)]  # fmt: skip
     flops = sum(3 * 2 * r_all * b * a.shape[2] * w.shape[2] for a, w, _ in mats)
 
     def floor():

@@ -300,10 +300,13 @@ class _Grid:
             raise InputError("train_grid: runs of one grid have different training set sizes")
         self.data = [_shared_or_stacked([r.data[k] for r in self.runs]) for k in range(4)]
         # Parameters [R, ...], per-run SGD settings [R], momentum buffers (None until step 1).
+        # Linear weights are held transposed, [R, d_in, d_out]: the batched products then
+        # read and write contiguous memory (their gradients too, which the SGD step adds).
         self.names = [n for n, _ in first.model.named_parameters()]
+        self.transposed = {f"{name}.weight" for kind, name in self.plan if kind == "linear"}
         params = [dict(r.model.named_parameters()) for r in self.runs]
         self.params = {
-            n: torch.stack([p[n].detach() for p in params]).requires_grad_() for n in self.names
+            n: self._stack(n, [p[n].detach() for p in params]).requires_grad_() for n in self.names
         }
         decayed = {id(p) for p in first.optimizer.param_groups[0]["params"]}
         self.decayed = {n: id(params[0][n]) in decayed for n in self.names}
@@ -318,7 +321,7 @@ class _Grid:
                 for r, p in zip(self.runs, params, strict=True):
                     buf = r.optimizer.state.get(p[n], {}).get("momentum_buffer")
                     per.append(torch.zeros_like(p[n]) if buf is None else buf.detach())
-                self.bufs[n] = torch.stack(per)
+                self.bufs[n] = self._stack(n, per)
         probes = [r.data[0][r.probe.to(dev)] for r in self.runs]
         same = len({p.shape for p in probes}) == 1
         self.probe_x = torch.stack(probes) if same else None  # [R, n_probe, ...]
@@ -336,6 +339,16 @@ class _Grid:
                         segs.append([i, i + 1, m])
                 self.units[name] = [tuple(s) for s in segs]
 
+    def _stack(self, name: str, per_run: list[torch.Tensor]) -> torch.Tensor:
+        """``[R, ...]`` from the runs' tensors, Linear weights as ``[R, d_in, d_out]``."""
+        if name in self.transposed:
+            return torch.stack([t.T for t in per_run])
+        return torch.stack(per_run)
+
+    def _slice(self, name: str, stacked: torch.Tensor, i: int) -> torch.Tensor:
+        """Run i's tensor in its module's layout (a view)."""
+        return stacked[i].T if name in self.transposed else stacked[i]
+
     # --- the batched model --------------------------------------------------------------
     def forward(self, x: torch.Tensor, capture: dict | None = None) -> torch.Tensor:
         """``[R, B, ...]`` inputs → ``[R, B, C]`` outputs of every run; ``capture`` receives
@@ -345,8 +358,8 @@ class _Grid:
             if kind == "flatten":
                 h = h.flatten(2)
             elif kind == "linear":
-                w, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
-                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # [R, B, d_out]
+                wt, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
+                h = torch.baddbmm(b.unsqueeze(1), h, wt)  # [R, B, d_in] @ [R, d_in, d_out]
             elif kind == "unit":
                 segs = self.units[name]
                 if len(segs) == 1:
@@ -472,12 +485,13 @@ class _Grid:
         run = self.runs[i]
         params = dict(run.model.named_parameters())
         for n in self.names:
-            params[n].copy_(self.params[n][i])
+            params[n].copy_(self._slice(n, self.params[n], i))
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         if run.config.momentum != 0 and self.bufs is not None:
             for n in self.names:
-                run.optimizer.state[params[n]]["momentum_buffer"] = self.bufs[n][i].clone()
+                buf = self._slice(n, self.bufs[n], i).clone(memory_format=torch.contiguous_format)
+                run.optimizer.state[params[n]]["momentum_buffer"] = buf
 
     # --- the loop -----------------------------------------------------------------------
     def train(self, progress: bool) -> list[TrainResult]:
