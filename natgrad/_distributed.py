@@ -12,14 +12,16 @@ blocks as one pass over all the data once the sums are added across ranks:
 
 When ``torch.distributed`` is initialised with more than one process,
 :func:`~natgrad.unit_fisher` and :func:`~natgrad.unit_fishers` all-reduce (``SUM``) the
-block sums ``[U, d+1, d+1]``, Σa ``[d]``, the position count and N of every layer, in the
-order of the layers (the same on every rank, as every rank runs the same model), and every
-rank returns the same :class:`~natgrad.UnitFisher`: that of one process on the
-concatenated shards, up to the order of floating-point additions. Any further summed
-accumulator an accumulator lists in its ``summed`` attribute is reduced too.
+block sums ``[U, d+1, d+1]``, Σa ``[d]``, Σc_n and Σc_n² ``[U]`` (for n_eff), the position
+count and N of every layer, in the order of the layers (the same on every rank, as every
+rank runs the same model), and every rank returns the same :class:`~natgrad.UnitFisher`:
+that of one process on the concatenated shards, up to the order of floating-point
+additions. Any further summed accumulator an accumulator lists in its ``summed`` attribute
+is reduced too.
 
-Each rank passes its own shard (``inputs``, a tensor or a DataLoader over a
-``DistributedSampler``). Works with any backend whose ``all_reduce`` handles the
+Each rank passes its own shard (``inputs``: a tensor, or an iterable of batches; every
+input on exactly one rank: ``DistributedSampler`` pads an uneven last shard with repeated
+inputs, which would count them twice). Works with any backend whose ``all_reduce`` handles the
 accumulators' device: gloo (CPU tensors) and NCCL (CUDA tensors; put the model on
 ``cuda:<local_rank>``).
 
@@ -52,8 +54,9 @@ from natgrad.errors import InputError
 
 __all__ = ["all_reduce_accumulators", "process_group", "rank_and_world"]
 
-#: Attributes of an accumulator that are sums over inputs (reduced with SUM).
-SUMMED = ("total", "sum_a")
+#: Attributes of an accumulator that are sums over inputs (reduced with SUM): the blocks'
+#: Σ g gᵀ, Σ a, and n_eff's Σ c_n, Σ c_n² (float64).
+SUMMED = ("total", "sum_a", "c_sum", "c_sq_sum")
 
 
 def process_group():

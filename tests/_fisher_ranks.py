@@ -68,6 +68,8 @@ def main(out: Path) -> None:
             tensors[f"{tag}.{name}.matrix"] = F.matrix
             tensors[f"{tag}.{name}.mean_p"] = F.mean_p
             tensors[f"{tag}.{name}.n"] = torch.tensor(F.n)
+            tensors[f"{tag}.{name}.c_sum"] = F.c_sum
+            tensors[f"{tag}.{name}.c_sq_sum"] = F.c_sq_sum
     metadata = {}
     try:
         unit_fishers(model, [] if rank == 1 else [(mine, None)])

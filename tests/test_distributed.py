@@ -47,6 +47,8 @@ def test_two_ranks_equal_one_process_on_all_data(ranks, tag):
             what = f"rank {r} {tag} layer {name}"
             assert_close(tensors[f"{tag}.{name}.matrix"], F.matrix, what=what)
             assert_close(tensors[f"{tag}.{name}.mean_p"], F.mean_p, what=what)
+            assert_close(tensors[f"{tag}.{name}.c_sum"], F.c_sum, what=what)
+            assert_close(tensors[f"{tag}.{name}.c_sq_sum"], F.c_sq_sum, what=what)
             assert int(tensors[f"{tag}.{name}.n"]) == F.n == sum(SHARDS)
 
 

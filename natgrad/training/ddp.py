@@ -53,12 +53,12 @@ from natgrad.training.loop import (
     _loss_fn,
     _rewrite_jsonl,
     _setup,
-    default_run_dir,
     describe_device,
     git_commit,
     resolve_device,
 )
 from natgrad.training.recording import probe_indices, record_activations, save_activations
+from natgrad.training.rundir import RunDir, default_run_dir
 
 __all__ = ["launched_by_torchrun", "shard_rows", "train_ddp"]
 
@@ -126,6 +126,7 @@ def train_ddp(
     dev, rank, world = _init_group(device)
     lead = rank == 0
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    rd = RunDir(run)
     ds, model, optimizer = _setup(config, dev)
     if lead:
         run.mkdir(parents=True, exist_ok=True)
@@ -151,25 +152,25 @@ def train_ddp(
         ckpt.restore_state(tensors, info, optimizer)
         history = info["metrics"]
         if lead:
-            _rewrite_jsonl(run / "metrics.jsonl", start)
-            _rewrite_jsonl(run / "activations" / "summary.jsonl", start)
+            _rewrite_jsonl(rd.metrics_path, start)
+            _rewrite_jsonl(rd.activation_summary_path, start)
     else:
         start = 0
         if lead:
-            for p in [run / "metrics.jsonl", run / "activations" / "summary.jsonl"]:
+            for p in [rd.metrics_path, rd.activation_summary_path]:
                 p.unlink(missing_ok=True)
-            for p in (run / "checkpoints").glob("epoch_*"):
+            for p in rd.checkpoint_files():
                 p.unlink()
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
             "trainer": {"name": "ddp", "world_size": world,
                         "backend": dist.get_backend()}}  # fmt: skip
     if lead:
-        ckpt.atomic_write(run / "config.json", json.dumps(meta, indent=1).encode())
+        ckpt.atomic_write(rd.config_path, json.dumps(meta, indent=1).encode())
     if fresh:
         if lead:
-            (run / "activations").mkdir(exist_ok=True)
-            ckpt.atomic_write(run / "activations" / "probe.safetensors", st_save({"indices": probe}))  # fmt: skip
+            rd.activations_dir.mkdir(exist_ok=True)
+            ckpt.atomic_write(rd.probe_path, st_save({"indices": probe}))
             save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
             tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
             te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
@@ -177,7 +178,7 @@ def train_ddp(
                        test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
                        seconds_per_iteration=None)  # fmt: skip
             history.append(row)
-            _append(run / "metrics.jsonl", row)
+            _append(rd.metrics_path, row)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2**32)  # noqa: NPY002 - seed the legacy global state
         random.seed(config.seed)
@@ -233,7 +234,7 @@ def train_ddp(
                        test_loss=te_loss, test_error=te_err, seconds=time.perf_counter() - t0,
                        train_seconds=t_train, seconds_per_iteration=t_train / per_epoch)  # fmt: skip
             history.append(row)
-            _append(run / "metrics.jsonl", row)
+            _append(rd.metrics_path, row)
             bar.set_postfix(
                 epoch=epoch, loss=f"{row['train_loss']:.4f}", test_loss=f"{te_loss:.4f}"
             )

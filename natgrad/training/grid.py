@@ -38,7 +38,7 @@ Results equal the sequential trainer's up to float round-off (batched and single
 in different orders), not bit for bit.
 
 What is batched: fully connected nets (``mnist-fc``, ``mnist-ae``: Flatten, Linear, the
-units ELU/ReLU/LReLU/SReLU, dropout with p = 0) without batch norm, augmentation or dropout
+units ELU/ReLU/LReLU/SReLU/SELU, dropout with p = 0) without batch norm, augmentation or dropout
 phases, grouped by (net, data set, batch size, epochs, dtype, loss) and by the epoch each
 run resumes from. Any other config, and any group of one, is trained by
 :func:`~natgrad.training.train`, so ``train_grid(configs)`` always means "``train`` each".
@@ -77,7 +77,6 @@ from natgrad.training.loop import (
     _loss_fn,
     _rewrite_jsonl,
     _setup,
-    default_run_dir,
     describe_device,
     git_commit,
     resolve_device,
@@ -89,12 +88,13 @@ from natgrad.training.recording import (
     save_activations,
     summarise,
 )
+from natgrad.training.rundir import RunDir, default_run_dir
 from natgrad.units import SReLU, hidden_units
 
 __all__ = ["grid_key", "train_grid"]
 
 #: Unit modules the batched forward applies (PReLU has a parameter per run: not batched).
-_BATCHED_UNITS = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU)
+_BATCHED_UNITS = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU, nn.SELU)
 
 
 def grid_key(config: TrainConfig) -> tuple | None:
@@ -192,6 +192,7 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
     set up, resume or start over, and (fresh) epoch 0 and the initial checkpoint."""
     ds, model, optimizer = _setup(config, dev)
     run.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(run)
     loss_fn = _loss_fn(config)
     data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev))
     train_x, train_y, test_x, test_y = data
@@ -208,21 +209,21 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ckpt.restore_state(tensors, info, optimizer)
         history = info["metrics"]
-        _rewrite_jsonl(run / "metrics.jsonl", start)
-        _rewrite_jsonl(run / "activations" / "summary.jsonl", start)
+        _rewrite_jsonl(rd.metrics_path, start)
+        _rewrite_jsonl(rd.activation_summary_path, start)
     else:
-        for p in [run / "metrics.jsonl", run / "activations" / "summary.jsonl"]:
+        for p in [rd.metrics_path, rd.activation_summary_path]:
             p.unlink(missing_ok=True)
-        for p in (run / "checkpoints").glob("epoch_*"):
+        for p in rd.checkpoint_files():
             p.unlink()
         start, history = 0, []
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
             "trainer": trainer}  # fmt: skip
-    ckpt.atomic_write(run / "config.json", json.dumps(meta, indent=1).encode())
+    ckpt.atomic_write(rd.config_path, json.dumps(meta, indent=1).encode())
     if fresh:
-        (run / "activations").mkdir(exist_ok=True)
-        ckpt.atomic_write(run / "activations" / "probe.safetensors", st_save({"indices": probe}))
+        rd.activations_dir.mkdir(exist_ok=True)
+        ckpt.atomic_write(rd.probe_path, st_save({"indices": probe}))
         save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
         tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
         te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
@@ -230,7 +231,7 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
                    test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
                    seconds_per_iteration=None)  # fmt: skip
         history.append(row)
-        _append(run / "metrics.jsonl", row)
+        _append(rd.metrics_path, row)
         if config.checkpoint_initial:
             _seed_globals(config.seed)
             ckpt.write_checkpoint(
@@ -569,7 +570,7 @@ def _write(run_dir: Path, epoch: int, record: dict | None, row: dict) -> None:
     """An epoch's activation record (if any) and metrics row, as the sequential loop writes."""
     if record is not None:
         save_activations(run_dir, epoch, record)
-    _append(run_dir / "metrics.jsonl", row)
+    _append(RunDir(run_dir).metrics_path, row)
 
 
 def _units(run: _Run) -> list[nn.Module]:
