@@ -55,6 +55,9 @@ def _assert_runs_close(a, b, what):
     for ma, mb in zip(a.metrics, b.metrics, strict=True):
         assert (ma["lr"], ma["iterations"]) == (mb["lr"], mb["iterations"]), what
         for key in ("train_loss", "test_loss", "test_error"):
+            if ma[key] is None:  # the autoencoder's test error
+                assert mb[key] is None, what
+                continue
             assert_close(torch.tensor(mb[key]), torch.tensor(ma[key]), what=f"{what} {key}")
     for epoch in range(a.metrics[-1]["epoch"] + 1):
         ta, ia = read_checkpoint(a.run_dir, epoch)
@@ -138,3 +141,17 @@ def test_grid_refuses_shared_run_dirs(tmp_path):
     configs = _configs()[:2]
     with pytest.raises(InputError, match="both write"):
         train_grid(configs, [tmp_path / "x", tmp_path / "x"], device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_autoencoder_grid_equals_sequential(tmp_path):
+    """mnist-ae (nested encoder/decoder, a linear code layer, Bernoulli loss on pixels)."""
+    small = {**SMALL, "epochs": 1, "checkpoint_every": 1}
+    configs = [default_config("mnist-ae", unit=u, **small) for u in ("elu", "relu")]
+    seq = [
+        train(c, tmp_path / f"s{i}", device="cpu", progress=False) for i, c in enumerate(configs)
+    ]
+    grid = train_grid(configs, [tmp_path / f"g{i}" for i in range(2)], device="cpu", progress=False)
+    for c, a, b in zip(configs, seq, grid, strict=True):
+        assert a.metrics[-1]["test_error"] is None
+        _assert_runs_close(a, b, f"mnist-ae {c.unit}")
