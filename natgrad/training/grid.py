@@ -165,7 +165,11 @@ def train_grid(
             results[i] = train(configs[i], runs[i], device=device, resume=resume, progress=progress)
             continue
         trainer = {"name": "grid", "runs": len(members)}
-        opened = [_open_run(configs[i], runs[i], dev, resume, trainer) for i in members]
+        opened, unique = [], []
+        for i in members:
+            run = _open_run(configs[i], runs[i], dev, resume, trainer)
+            run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
+            opened.append(run)
         grid = _Grid(opened, dev)
         for i, res in zip(members, grid.train(progress), strict=True):
             results[i] = res
@@ -274,9 +278,18 @@ def _plan(model: nn.Module) -> list[tuple[str, str]]:
     return steps
 
 
+def _dedupe(t: torch.Tensor, unique: list[torch.Tensor]) -> torch.Tensor:
+    """An equal tensor already in ``unique`` (appending ``t`` if none is)."""
+    for u in unique:
+        if u.shape == t.shape and u.dtype == t.dtype and torch.equal(u, t):
+            return u
+    unique.append(t)
+    return t
+
+
 def _shared_or_stacked(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:
     """One tensor if every run has the same data (``shared``), else the ``[R, ...]`` stack."""
-    if all(t is tensors[0] or torch.equal(t, tensors[0]) for t in tensors[1:]):
+    if all(t is tensors[0] for t in tensors[1:]):
         return tensors[0], True
     return torch.stack(tensors), False
 
