@@ -151,14 +151,17 @@ def main(config: DemoConfig, *, progress: bool = True, echo=print) -> dict:
 
 
 def _train_one(job):
-    cfg, run_dir, device, resume, threads = job
+    """Train a job's runs: one run, or a grid trained as one batched model (training/grid.py,
+    which trains any run it cannot batch with ``train``); returns their run dirs in order."""
+    cfgs, run_dirs, device, resume, threads = job
     import torch
 
-    from natgrad.training import train
+    from natgrad.training.grid import train_grid
 
     if threads:
         torch.set_num_threads(threads)
-    return train(cfg, run_dir, device=device, resume=resume, progress=False).run_dir
+    results = train_grid(cfgs, run_dirs, device=device, resume=resume, progress=False)
+    return [r.run_dir for r in results]
 
 
 def workers_of(config: DemoConfig) -> int:
@@ -175,34 +178,40 @@ def _main(config: DemoConfig, progress: bool, echo) -> dict:
     from natgrad.analysis.report import render_report, summary_text
     from natgrad.analysis.summary import read_tables, write_tables
     from natgrad.training import default_run_dir, describe_device
+    from natgrad.training.grid import grid_key
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     workers = workers_of(config) if config.device == "cpu" else 1
-    jobs = []
-    for seed in range(config.seeds):
-        for key in config.units:
-            cfg = _train_config(config, key, seed)
-            jobs.append((cfg, default_run_dir(cfg, out / "runs"), config.device,
-                         not config.fresh, config.threads))  # fmt: skip
+    cfgs = [
+        _train_config(config, key, seed) for seed in range(config.seeds) for key in config.units
+    ]
+    # The runs that can share one batched model (training/grid.py) form one grid per worker,
+    # queued first (the longest jobs); every other run (batch norm, PReLU) is a job of its own.
+    batched = [i for i, cfg in enumerate(cfgs) if grid_key(cfg) is not None]
+    groups = [g for g in (batched[w::workers] for w in range(workers)) if g]
+    groups += [[i] for i in range(len(cfgs)) if i not in set(batched)]
+    jobs = [([cfgs[i] for i in g], [default_run_dir(cfgs[i], out / "runs") for i in g],
+             config.device, not config.fresh, config.threads) for g in groups]  # fmt: skip
     bar = tqdm(
-        total=len(jobs), desc="training", unit="run", disable=not progress, dynamic_ncols=True
+        total=len(cfgs), desc="training", unit="run", disable=not progress, dynamic_ncols=True
     )
-    runs = []
+    done: dict[int, Path] = {}
     if workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for run_dir in pool.map(_train_one, jobs):
-                runs.append(run_dir)
-                bar.update(1)
+            for g, run_dirs in zip(groups, pool.map(_train_one, jobs), strict=True):
+                done.update(zip(g, run_dirs, strict=True))
+                bar.update(len(g))
     else:
-        for job in jobs:
-            runs.append(_train_one(job))
-            bar.update(1)
+        for g, job in zip(groups, jobs, strict=True):
+            done.update(zip(g, _train_one(job), strict=True))
+            bar.update(len(g))
     bar.close()
+    runs = [done[i] for i in range(len(cfgs))]
     t_train = time.perf_counter() - t0
     layers = None if config.layers == "all" else _hidden_layers(runs[0])
     device = describe_device(torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
