@@ -55,8 +55,9 @@ from natgrad.errors import InputError
 __all__ = ["all_reduce_accumulators", "process_group", "rank_and_world"]
 
 #: Attributes of an accumulator that are sums over inputs (reduced with SUM): the blocks'
-#: Σ g gᵀ, Σ a, and n_eff's Σ c_n, Σ c_n² (float64).
-SUMMED = ("total", "sum_a", "c_sum", "c_sq_sum")
+#: Σ g gᵀ (dense) or their diagonal and bias column (structured), Σ a, and n_eff's Σ c_n,
+#: Σ c_n² (float64). A tensor held under two names is reduced once.
+SUMMED = ("total", "diag", "cross", "sum_a", "c_sum", "c_sq_sum")
 
 
 def process_group():
@@ -79,11 +80,17 @@ def rank_and_world() -> tuple[int, int]:
 def _count_device(accs: list) -> torch.device:
     """NCCL reduces CUDA tensors only: counts live where the accumulators do."""
     for acc in accs:
-        if getattr(acc, "total", None) is not None:
+        if isinstance(getattr(acc, "total", None), torch.Tensor):
             return acc.total.device
     if torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def _keeps_rows(acc) -> bool:
+    """An accumulator whose ``total`` is allocated but not a tensor of sums (Woodbury rows)."""
+    total = getattr(acc, "total", None)
+    return total is not None and not isinstance(total, torch.Tensor)
 
 
 def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
@@ -99,7 +106,8 @@ def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
         N, the number of inputs over all ranks (``n_local`` without a process group).
 
     Raises:
-        InputError: on every rank, when some rank passed no inputs.
+        InputError: on every rank, when some rank passed no inputs, or for accumulators
+            that keep factor rows instead of sums (``woodbury_unit_fisher``).
     """
     group = process_group()
     if group is None:
@@ -107,11 +115,19 @@ def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
     dist = torch.distributed
     accs = list(accs)
     device = _count_device(accs)
-    # One int64 all-reduce for the counts; a MIN reduce finds a rank without inputs first,
-    # since its accumulators were never allocated (their shapes come from the data).
-    least = torch.tensor([n_local], dtype=torch.int64, device=device)
-    dist.all_reduce(least, op=dist.ReduceOp.MIN, group=group)
-    if int(least) == 0:
+    # One MIN all-reduce first, so that every rank raises the same error or none does: a
+    # rank without inputs never allocated its sums (their shapes come from the data), and an
+    # accumulator that keeps per-input factor rows (Woodbury) has no sums to add.
+    rows = [acc.name for acc in accs if _keeps_rows(acc)]
+    flags = torch.tensor([n_local, -int(bool(rows))], dtype=torch.int64, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=group)
+    if int(flags[1]) < 0:
+        raise InputError(
+            f"distributed unit Fisher: the accumulator of layer(s) {rows or '(on another rank)'} "
+            "keeps per-input factor rows, not sums, so ranks cannot add them; compute it on one "
+            "process (outside torch.distributed, or before init_process_group)"
+        )
+    if int(flags[0]) == 0:
         raise InputError(
             f"distributed unit Fisher: some rank passed no inputs (this is rank "
             f"{dist.get_rank()} of {dist.get_world_size()}, with {n_local}); give every rank "
@@ -121,8 +137,10 @@ def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
     dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
     for acc, count in zip(accs, counts[1:].tolist(), strict=True):
         acc.count = int(count)
+        seen: set[int] = set()
         for name in SUMMED + tuple(getattr(acc, "summed", ())):
-            tensor = getattr(acc, name)
-            if tensor is not None:
+            tensor = getattr(acc, name, None)
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
                 dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return int(counts[0])

@@ -1,7 +1,7 @@
 r"""Worker of the 2-process unit Fisher test (``tests/test_distributed.py``), run by torchrun.
 
 Each rank takes its shard of the same seeded data (uneven: rank r gets ``SHARDS[r]`` rows),
-computes ``unit_fishers`` of a small conv + fully connected net with the process group
+computes ``unit_fishers`` (dense and quasi-diagonal) of a small conv + fully connected net with the process group
 initialised (gloo) and writes every layer's result to ``<out>/rank<r>.safetensors``:
 ``exact.<layer>.matrix``/``.mean_p`` from a tensor, ``loader.<layer>.matrix`` from an
 iterable of batches, ``mc.<layer>.matrix`` with a generator seeded ``MC_SEED + rank``, and
@@ -50,7 +50,7 @@ def main(out: Path) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from natgrad import unit_fishers
+    from natgrad import unit_fishers, woodbury_unit_fisher
     from natgrad.errors import InputError
 
     dist.init_process_group("gloo")
@@ -63,6 +63,10 @@ def main(out: Path) -> None:
     loader = unit_fishers(model, [(xb, None) for xb in mine.split(3)])
     gen = torch.Generator().manual_seed(MC_SEED + rank)
     mc = unit_fishers(model, mine, kind="mc", mc_samples=MC_SAMPLES, generator=gen)
+    quasi = unit_fishers(model, mine, structure="quasidiagonal")
+    for name, F in quasi.items():
+        tensors[f"quasi.{name}.diagonal"] = F.diagonal
+        tensors[f"quasi.{name}.bias_column"] = F.bias_column
     for tag, result in (("exact", exact), ("loader", loader), ("mc", mc)):
         for name, F in result.items():
             tensors[f"{tag}.{name}.matrix"] = F.matrix
@@ -71,6 +75,10 @@ def main(out: Path) -> None:
             tensors[f"{tag}.{name}.c_sum"] = F.c_sum
             tensors[f"{tag}.{name}.c_sq_sum"] = F.c_sq_sum
     metadata = {}
+    try:
+        woodbury_unit_fisher(model, "3", mine)
+    except InputError as exc:
+        metadata["woodbury"] = str(exc)
     try:
         unit_fishers(model, [] if rank == 1 else [(mine, None)])
     except InputError as exc:

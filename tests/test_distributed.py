@@ -52,6 +52,14 @@ def test_two_ranks_equal_one_process_on_all_data(ranks, tag):
             assert int(tensors[f"{tag}.{name}.n"]) == F.n == sum(SHARDS)
 
 
+def test_structured_blocks_are_reduced_too(ranks):
+    model, x = build()
+    for name, F in unit_fishers(model, x, structure="quasidiagonal").items():
+        for r, (tensors, _) in enumerate(ranks):
+            assert_close(tensors[f"quasi.{name}.diagonal"], F.diagonal, what=f"rank {r} {name}")
+            assert_close(tensors[f"quasi.{name}.bias_column"], F.bias_column, what=f"rank {r}")
+
+
 def test_mc_with_per_rank_generators_is_the_weighted_shard_mean(ranks):
     model, x = build()
     parts = [
@@ -72,3 +80,8 @@ def test_mc_with_per_rank_generators_is_the_weighted_shard_mean(ranks):
 def test_a_rank_without_inputs_fails_on_every_rank(ranks):
     for _, meta in ranks:
         assert "some rank passed no inputs" in meta["empty"]
+
+
+def test_factor_rows_are_refused_on_every_rank(ranks):
+    for _, meta in ranks:
+        assert "factor rows, not sums" in meta["woodbury"]
