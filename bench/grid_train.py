@@ -179,7 +179,7 @@ def bench_step(args) -> None:
 
 
 def fashion_dir(args, tmp: Path) -> tuple[Path, str]:
-    from natgrad.data.dataset import default_data_dir
+    from natgrad.data import default_data_dir
     from natgrad.data.idx import write_idx
 
     folder = Path(args.fashion_dir) if args.fashion_dir else default_data_dir("fashion-mnist")
