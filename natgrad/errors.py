@@ -27,6 +27,16 @@ class CheckpointError(NatgradError, OSError):
     """A checkpoint is missing, corrupt, or is a pickle (refused)."""
 
 
+class RunDirError(NatgradError, OSError):
+    """A run or output directory cannot be used: another process holds it (the message names
+    its pid), it holds files natgrad did not write, it is a file, or it is read-only."""
+
+
+class DivergedError(NatgradError, ArithmeticError):
+    """Training produced a non-finite loss; the message names the run, epoch and step and
+    the last good checkpoint."""
+
+
 class NatgradWarning(UserWarning):
     """Base class of every warning natgrad issues on purpose."""
 
@@ -45,3 +55,8 @@ class MemoryBudgetError(NatgradError, MemoryError):
 class StructureError(NatgradError, ValueError):
     """A quantity is not defined for a structured (non-dense) unit Fisher; the message says
     why and which structure provides it."""
+
+
+class TrainModeWarning(NatgradWarning):
+    """A model with batch-norm layers in training mode was passed where natgrad evaluates
+    per-input quantities; the message says which layers and what natgrad did."""

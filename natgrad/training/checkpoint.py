@@ -14,15 +14,15 @@ the model), the optimizer's param groups and scalar state, python/numpy RNG scal
 ``git_commit``, ``torch_version``, ``device`` and the SHA-256 of the safetensors file.
 
 Both files are written to a temporary file in the same folder, fsynced and moved into
-place with :func:`os.replace`, the JSON last: a checkpoint exists exactly when its JSON
-does, and a process killed at any moment leaves either the old or the new one.
+place with :func:`os.replace` (:mod:`natgrad._atomic`), the JSON last: a checkpoint exists
+exactly when its JSON does, and a process killed at any moment leaves either the old or
+the new one. The JSON is strict (non-finite numbers are ``null``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from natgrad._atomic import dumps_json, write_bytes
 from natgrad.errors import CheckpointError
 from natgrad.training.rundir import RunDir
 
@@ -51,22 +52,9 @@ _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file in the same folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``data`` to ``path`` via a fsynced temporary file in the same folder
+    (:func:`natgrad._atomic.write_bytes`)."""
+    write_bytes(path, data)
 
 
 def checkpoint_paths(run_dir: Path, epoch: int) -> tuple[Path, Path]:
@@ -114,16 +102,8 @@ def write_checkpoint(run_dir: Path, epoch: int, model, optimizer, info: dict) ->
         safetensors_sha256=hashlib.sha256(blob).hexdigest(),
     )
     atomic_write(st_path, blob)
-    atomic_write(json_path, json.dumps(meta, indent=1, default=_json_default).encode())
+    atomic_write(json_path, dumps_json(meta, indent=1).encode())
     return json_path
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in checkpoint JSON")
 
 
 def _refuse_pickle(path: Path) -> None:

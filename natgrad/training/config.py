@@ -53,6 +53,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 
@@ -113,9 +114,44 @@ class TrainConfig:
         if self.dropout_phases and self.net not in STACK_DROPOUT:
             raise InputError(f"config dropout_phases: {self.net} has no dropout phases; "
                              f"they exist for {', '.join(STACK_DROPOUT)}")  # fmt: skip
-        for key in ("epochs", "batch_size", "probe_size", "record_every", "checkpoint_every"):
-            if getattr(self, key) < (0 if key in ("epochs", "probe_size") else 1):
-                raise InputError(f"config {key}={getattr(self, key)} must be positive")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every numeric setting: type, finiteness and range, named as ``--set`` names it."""
+
+        def bad(key, value, need):
+            return InputError(f"config {key}={value!r}: must be {need} (--set {key}=...)")
+
+        minimum = {"epochs": 0, "batch_size": 1, "probe_size": 1, "record_every": 1,
+                   "checkpoint_every": 1, "eval_batch_size": 1, "seed": 0}  # fmt: skip
+        for key, lo in minimum.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad(key, value, f"an integer >= {lo}")
+            if value < lo:
+                raise bad(key, value, f">= {lo}")
+        if self.seed >= 2**32:
+            raise bad("seed", self.seed, "< 2**32")
+        for key, ok, need in (
+            ("lr", lambda v: v > 0, "a finite number > 0"),
+            ("momentum", lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
+            ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
+            ("alpha", lambda v: True, "a finite number or none"),
+        ):
+            value = getattr(self, key)
+            if key == "alpha" and value is None:
+                continue
+            if not _finite_number(value) or not ok(value):
+                raise bad(key, value, need)
+        for start, lr in self.lr_schedule:
+            if not _finite_number(lr) or lr <= 0 or start < 0:
+                raise bad(
+                    "lr_schedule", self.lr_schedule, "start:lr pairs with start >= 0 and lr > 0"
+                )
+        if self.dropout is not None and not all(
+            _finite_number(p) and 0 <= p < 1 for p in self.dropout
+        ):
+            raise bad("dropout", self.dropout, "rates in [0, 1)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,6 +168,10 @@ class TrainConfig:
         if data.get("dropout") is not None:
             data["dropout"] = tuple(float(p) for p in data["dropout"])
         return cls(**data)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _IT = "iteration"

@@ -15,7 +15,6 @@ thread count, bit-identical to an uninterrupted run. Dropout phases
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import subprocess
@@ -25,10 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
-from natgrad.errors import InputError
+from natgrad._atomic import (
+    append_jsonl,
+    dumps_json,
+    read_jsonl,
+    write_json,
+    write_safetensors,
+    write_text,
+)
+from natgrad.errors import DivergedError, InputError
+from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
 from natgrad.training.recording import probe_indices, record_activations, save_activations
@@ -137,32 +144,45 @@ def _evaluate(model, x, y, loss_fn, config: TrainConfig) -> tuple[float, float |
 
 
 def _rewrite_jsonl(path: Path, max_epoch: int) -> None:
-    """Keep only the complete lines with ``epoch <= max_epoch`` (a killed run's tail)."""
+    """Keep only the rows with ``epoch <= max_epoch`` (a killed run's tail, a torn last
+    line included, is dropped), rewritten atomically."""
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["epoch"] <= max_epoch:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    ckpt.atomic_write(path, "".join(k + "\n" for k in keep).encode())
+    keep = [
+        r for r in read_jsonl(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= max_epoch
+    ]
+    write_text(path, "".join(dumps_json(r) + "\n" for r in keep))
 
 
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-        fh.flush()
+def _diverged(
+    run: Path, epoch: int, step: int, per_epoch: int, lr: float, what: str, value
+) -> DivergedError:
+    last = ckpt.latest_epoch(run)
+    where = (f"the last good checkpoint is {ckpt.checkpoint_paths(run, last)[1]} (epoch {last})"
+             if last is not None else "no checkpoint was written before it")  # fmt: skip
+    return DivergedError(
+        f"run {run}: training diverged at epoch {epoch}, step {step} of {per_epoch} "
+        f"(iteration {(epoch - 1) * per_epoch + step - 1 if epoch else 0}): the {what} is "
+        f"{float(value)} with lr {lr}; {where}; metrics.jsonl ends at the last finite epoch. "
+        "Lower the learning rate (--lr / --set lr=...) and rerun with --no-resume"
+    )
 
 
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` → CUDA if torch sees a GPU, else CPU; ``"cuda"`` without a GPU is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"--device {device!r}: not a device; use auto, cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r}: natgrad trains on cpu or cuda[:N] (or auto)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' asked for but torch sees no GPU; use --device cpu or auto")
-    return torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device!r}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return dev
 
 
 def train(
@@ -180,16 +200,32 @@ def train(
         run_dir: output folder (default :func:`default_run_dir`).
         device: ``"auto"`` (GPU if any), ``"cpu"`` or ``"cuda"``.
         resume: continue from the last checkpoint in ``run_dir`` (its config must match,
-            up to ``epochs``); ``False`` starts over and replaces earlier outputs.
+            up to ``epochs``); ``False`` starts over and replaces natgrad's earlier outputs
+            there (only files named as natgrad names them, see
+            :func:`natgrad.training._owner.remove_own_outputs`).
         progress: show a tqdm bar on stderr.
+
+    The run directory is owned by this call while it runs (an OS lock,
+    :class:`natgrad._lock.DirLock`: a second process gets a :class:`~natgrad.errors.RunDirError`
+    naming this one's pid); a non-empty folder that natgrad did not create is refused, never
+    emptied. Training stops at the first non-finite loss with a
+    :class:`~natgrad.errors.DivergedError` naming the run, epoch, step and the last good
+    checkpoint.
     """
+    dev = resolve_device(device)
+    if run_dir is not None:
+        _owner.check_usable(run_dir)
+    run = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    _owner.check_usable(run)
+    ds, model, optimizer = _setup(config, dev)  # data errors before any output is written
+    with _owner.claim(run):
+        return _train(config, run, dev, ds, model, optimizer, resume, progress)
+
+
+def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainResult:
     from tqdm.auto import tqdm
 
-    dev = resolve_device(device)
-    run = Path(run_dir) if run_dir is not None else default_run_dir(config)
     rd = RunDir(run)
-    ds, model, optimizer = _setup(config, dev)  # data errors before any output is written
-    run.mkdir(parents=True, exist_ok=True)
     loss_fn = _loss_fn(config)
     train_x, train_y = ds.train_x.to(dev), ds.train_y.to(dev)
     test_x, test_y = ds.test_x.to(dev), ds.test_y.to(dev)
@@ -211,25 +247,25 @@ def train(
         _rewrite_jsonl(rd.metrics_path, start)
         _rewrite_jsonl(rd.activation_summary_path, start)
     else:
-        for p in [rd.metrics_path, rd.activation_summary_path]:
-            p.unlink(missing_ok=True)
-        for p in rd.checkpoint_files():
-            p.unlink()
+        _owner.remove_own_outputs(run)
         start, history = 0, []
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__}  # fmt: skip
-    ckpt.atomic_write(rd.config_path, json.dumps(meta, indent=1).encode())
+    write_json(rd.config_path, meta)
     if fresh:
         rd.activations_dir.mkdir(exist_ok=True)
-        ckpt.atomic_write(rd.probe_path, st_save({"indices": probe}))
+        write_safetensors(rd.probe_path, {"indices": probe})
         save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
         tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
         te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
+        for what, value in (("initial training loss", tr_loss), ("initial test loss", te_loss)):
+            if not math.isfinite(value):
+                raise _diverged(run, 0, 0, per_epoch, config.lr, what, value)
         row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
                    test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
                    seconds_per_iteration=None)  # fmt: skip
         history.append(row)
-        _append(rd.metrics_path, row)
+        append_jsonl(rd.metrics_path, row)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2**32)  # noqa: NPY002 - seed the legacy global state
         random.seed(config.seed)
@@ -246,6 +282,7 @@ def train(
         perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch, 0)).to(dev)
         aug = _epoch_generator(config.seed, epoch, 1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        bad_step = torch.full((), -1, dtype=torch.long, device=dev)  # first non-finite (GPU)
         for b in range(per_epoch):
             it = (epoch - 1) * per_epoch + b
             lr = lr_at(config, iteration=it, epoch=epoch - 1)
@@ -264,6 +301,12 @@ def train(
                 xb = random_crop_flip(xb, aug)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), xb, yb)
+            finite = torch.isfinite(loss.detach())
+            if dev.type != "cuda":  # free on the CPU; a GPU checks once per epoch (no sync)
+                if not finite:
+                    raise _diverged(run, epoch, b + 1, per_epoch, lr, "training loss", loss.item())
+            else:
+                bad_step = torch.where((bad_step < 0) & ~finite, b, bad_step)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach().double() * idx.shape[0]
@@ -271,14 +314,19 @@ def train(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t_train = time.perf_counter() - t0
+        if int(bad_step) >= 0:
+            step = int(bad_step) + 1
+            raise _diverged(run, epoch, step, per_epoch, lr, "training loss", float("nan"))
         te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
+        if not math.isfinite(te_loss):
+            raise _diverged(run, epoch, per_epoch, per_epoch, lr, "test loss", te_loss)
         if epoch % config.record_every == 0 or epoch == config.epochs:
             save_activations(run, epoch, record_activations(model, train_x[probe.to(dev)]))
         row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lr, train_loss=float(loss_sum) / n,
                    test_loss=te_loss, test_error=te_err, seconds=time.perf_counter() - t0,
                    train_seconds=t_train, seconds_per_iteration=t_train / per_epoch)  # fmt: skip
         history.append(row)
-        _append(rd.metrics_path, row)
+        append_jsonl(rd.metrics_path, row)
         bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", test_loss=f"{te_loss:.4f}")
         if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
             info = dict(meta, iteration=epoch * per_epoch, metrics=history)

@@ -18,13 +18,14 @@ training set), ``epoch_XXXX.safetensors`` (``<layer>.mean`` float64 ``[U]`` per 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from natgrad.training.checkpoint import atomic_write
+from natgrad._atomic import append_jsonl, write_safetensors
+from natgrad.errors import DataFileError
 from natgrad.training.rundir import RunDir
 from natgrad.units import hidden_units
 
@@ -108,17 +109,23 @@ def summarise(means: dict[str, torch.Tensor], counts: dict[str, list[int]]) -> d
 
 
 def save_activations(run_dir: Path, epoch: int, record: dict) -> None:
-    """Write ``epoch_XXXX.safetensors`` and append the summary line (atomic per file)."""
+    """Write ``epoch_XXXX.safetensors`` atomically and append the summary line (strict JSON,
+    fsynced; a torn last line of a killed run is dropped by readers and by the next append,
+    see :mod:`natgrad._atomic`)."""
     rd = RunDir(run_dir)
     rd.activations_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.mean": m.contiguous() for name, m in record["means"].items()}
-    atomic_write(rd.activation_path(epoch), save(tensors, {"epoch": str(epoch)}))
-    line = json.dumps({"epoch": epoch, **record["summary"]})
-    with open(rd.activation_summary_path, "a") as fh:
-        fh.write(line + "\n")
+    write_safetensors(rd.activation_path(epoch), tensors, {"epoch": str(epoch)})
+    append_jsonl(rd.activation_summary_path, {"epoch": epoch, **record["summary"]})
 
 
 def load_activations(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
     """``{layer: mean [U]}`` recorded at ``epoch``."""
-    tensors = load_file(RunDir(run_dir).activation_path(epoch))
+    path = RunDir(run_dir).activation_path(epoch)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no activations recorded at epoch {epoch} in {run_dir}")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise DataFileError(f"{path}: corrupt activation file ({exc}); retrain the run") from None
     return {k[: -len(".mean")]: v for k, v in tensors.items()}

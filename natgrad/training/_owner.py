@@ -1,0 +1,118 @@
+r"""Who may write a run directory, and which of its files are natgrad's.
+
+- :func:`check_usable` (before anything is loaded or written): ``run_dir`` must be a
+  non-empty path, not a file, and writable (or creatable).
+- :func:`claim` (a context manager held for the whole run): refuses a non-empty folder
+  natgrad did not create, creates the folder, takes its :class:`natgrad._lock.DirLock`
+  (a second process gets a :class:`RunDirError` naming the holder's pid) and removes the
+  temporaries a killed run left (:func:`natgrad._atomic.clean_stale`).
+- :func:`remove_own_outputs` (a fresh start, ``--no-resume``): deletes only the files
+  natgrad writes, matched by their exact names (:data:`OWN_OUTPUTS`); anything else in
+  the folder (another tool's ``checkpoints/epoch_10.pt``) is left alone.
+
+A folder counts as natgrad's when it holds the lock file ``.natgrad.lock`` (every run
+since this module) or a ``config.json`` with a natgrad ``config`` (older runs).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> with claim(run):
+    ...     is_natgrad_run(run)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from natgrad._atomic import clean_stale
+from natgrad._lock import LOCK_NAME, DirLock
+from natgrad.errors import RunDirError
+
+__all__ = ["OWN_OUTPUTS", "check_usable", "claim", "is_natgrad_run", "remove_own_outputs"]
+
+#: Files natgrad writes in a run directory, as (folder, exact-name pattern).
+OWN_OUTPUTS: tuple[tuple[str, re.Pattern], ...] = (
+    (".", re.compile(r"^(config\.json|metrics\.jsonl)$")),
+    ("activations", re.compile(r"^(summary\.jsonl|probe\.safetensors|epoch_\d{4,}\.safetensors)$")),
+    ("checkpoints", re.compile(r"^epoch_\d{4,}\.(json|safetensors)$")),
+)
+
+
+def check_usable(run: str | os.PathLike) -> None:
+    r"""Raise :class:`RunDirError` if ``run`` cannot be a run directory: an empty string
+    (which ``Path`` would turn into the current directory), a file (or a path through
+    one), or a read-only folder."""
+    if isinstance(run, str) and not run.strip():
+        raise RunDirError(
+            f"--run-dir {run!r} is empty: give a folder for the run's outputs, or leave "
+            "--run-dir out for runs/<net>-<unit>-<dataset>-s<seed>"
+        )
+    run = Path(run)
+    for p in (run, *run.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise RunDirError(
+                    f"run directory {run}: {p} is a file, not a folder; pick another --run-dir"
+                )
+            if not os.access(p, os.W_OK | os.X_OK):
+                what = "is" if p == run else f"would be created inside {p}, which is"
+                raise RunDirError(
+                    f"run directory {run} {what} not writable; pick another --run-dir or fix "
+                    "its permissions"
+                )
+            return
+
+
+def is_natgrad_run(run: Path) -> bool:
+    """Whether ``run`` was created by natgrad (lock file, or a natgrad ``config.json``)."""
+    run = Path(run)
+    if (run / LOCK_NAME).is_file():
+        return True
+    try:
+        meta = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return (
+        isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "net" in meta["config"]
+    )
+
+
+@contextlib.contextmanager
+def claim(run: Path, what: str = "run directory") -> Iterator[DirLock]:
+    r"""Own ``run`` for the duration of the ``with`` block (see the module docstring)."""
+    run = Path(run)
+    check_usable(run)
+    if run.is_dir() and any(run.iterdir()) and not is_natgrad_run(run):
+        shown = sorted(p.name for p in run.iterdir())[:5]
+        raise RunDirError(
+            f"{what} {run} is not empty ({', '.join(shown)}, ...) and was not created by "
+            "natgrad; natgrad does not write into or delete from other folders. Pick a new or "
+            "empty --run-dir"
+        )
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"{what} {run}: cannot create it ({exc.strerror})") from None
+    with DirLock(run, what) as lock:
+        clean_stale(run, recursive=True)
+        yield lock
+
+
+def remove_own_outputs(run: Path) -> list[Path]:
+    """Delete natgrad's own outputs in ``run`` (:data:`OWN_OUTPUTS`); returns them."""
+    removed = []
+    for sub, pattern in OWN_OUTPUTS:
+        folder = Path(run) / sub
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and pattern.match(p.name):
+                p.unlink()
+                removed.append(p)
+    return removed
