@@ -10,11 +10,15 @@ per output pixel and a_p is the unfolded input patch, ``d = C_in·kh·kw`` in
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from natgrad.errors import UnsupportedLayerError
+from natgrad.errors import InputError, TrainModeWarning, UnsupportedLayerError
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -89,3 +93,73 @@ def net_positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return g.reshape(k, n, -1, g.shape[-1])  # [K, N, P, U]
     return g.reshape(k, n, g.shape[2], -1).transpose(-1, -2)  # [K, N, P, U]
+
+
+def check_units(name: str, units, n_units: int) -> torch.Tensor:
+    r"""``units=`` of layer ``name`` as int64 indices ``[U]``: integers in ``[0, n_units)``;
+    floats (``[0.7, 2.9]`` is not silently ``[0, 2]``), bools and empty lists are errors.
+
+    Example:
+        >>> check_units("fc1", [2, 0], 4)
+        tensor([2, 0])
+    """
+    try:
+        u = torch.as_tensor(units)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(
+            f"units= for layer {name!r} must be a list of integer indices ({exc})"
+        ) from None
+    if u.dtype.is_floating_point or u.dtype.is_complex or u.dtype == torch.bool:
+        raise InputError(
+            f"units= for layer {name!r} must be integer indices, got "
+            f"{units if isinstance(units, (list, tuple)) and len(units) <= 10 else u.dtype}; "
+            "pass e.g. units=[0, 2]"
+        )
+    u = u.to(torch.long).reshape(-1)
+    if u.numel() == 0 or u.min() < 0 or u.max() >= n_units:
+        raise InputError(
+            f"units= for layer {name!r} must be indices in [0, {n_units - 1}], got "
+            f"{u.tolist() if u.numel() <= 10 else 'values out of range'}"
+        )
+    return u
+
+
+@contextlib.contextmanager
+def batchnorm_guard(model: nn.Module) -> Iterator[None]:
+    r"""Run ``model`` as given, but warn (:class:`TrainModeWarning`) if batch-norm layers
+    are in training mode, and restore their running statistics afterwards.
+
+    In training mode a batch-norm layer normalises with the statistics of the current
+    batch, so the outputs of one input depend on the others in its batch (the per-input
+    Fisher then depends on how the data are batched) and every forward pass updates the
+    running statistics. natgrad keeps the mode the caller chose (call ``model.eval()``
+    first for the usual per-input Fisher) but never lets its own passes change the
+    model's buffers.
+    """
+    bns = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+    if bns:
+        names = [n for n, _ in bns]
+        warnings.warn(
+            f"batch-norm layers {names[:5]}{' ...' if len(names) > 5 else ''} are in training "
+            "mode: they normalise with each batch's statistics, so the unit Fisher depends on "
+            "the batching; call model.eval() first for the per-input Fisher (natgrad restores "
+            "their running statistics afterwards)",
+            TrainModeWarning,
+            stacklevel=4,
+        )
+    saved = [
+        (buf, buf.detach().clone())
+        for _, m in bns
+        for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buf is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)

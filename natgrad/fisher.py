@@ -42,7 +42,15 @@ from natgrad import likelihoods as lik
 from natgrad import memory
 from natgrad._batches import iter_batches
 from natgrad._distributed import all_reduce_accumulators
-from natgrad._layers import check_layer, incoming, net_positions, resolve_layer, supported_layers
+from natgrad._layers import (
+    batchnorm_guard,
+    check_layer,
+    check_units,
+    incoming,
+    net_positions,
+    resolve_layer,
+    supported_layers,
+)
 from natgrad.errors import InputError, UnsupportedLayerError
 from natgrad.unitfisher import UnitFisher
 
@@ -80,7 +88,9 @@ def unit_fisher(
     Args:
         model: any ``nn.Module``; its output is the logits ``[N, C]`` (categorical), logits
             ``[N, *]`` (bernoulli) or unit-variance means ``[N, *]`` (gaussian). It is run as
-            given: call ``model.eval()`` first for dropout or batch-norm nets.
+            given: call ``model.eval()`` first for dropout or batch-norm nets (batch-norm
+            layers in training mode get a :class:`~natgrad.errors.TrainModeWarning`; their
+            running statistics are restored afterwards).
         layer: an ``nn.Linear``/``nn.Conv2d`` inside ``model`` (with a bias), or its name.
         inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches (e.g. a
             DataLoader). Streaming gives the same matrix as one big batch.
@@ -91,7 +101,8 @@ def unit_fisher(
             (observed labels; the biased "empirical Fisher").
         likelihood: ``"categorical"``, ``"bernoulli"`` or ``"gaussian"``.
         mc_samples: S, labels sampled per input for ``kind="mc"``.
-        units: indices of the units to compute (default all); the backward pass is shared.
+        units: integer indices of the units to compute (default all); the backward pass is
+            shared. Floats and bools are an :class:`~natgrad.errors.InputError`.
         generator: ``torch.Generator`` for the labels of ``kind="mc"``.
         batch_size: split a tensor ``inputs`` into batches of this size (default: all at once;
             a batch whose temporaries would exceed the memory budget is split further, which
@@ -411,6 +422,7 @@ class _Capture(contextlib.AbstractContextManager):
         self._stack = contextlib.ExitStack()
 
     def __enter__(self):
+        self._stack.enter_context(batchnorm_guard(self.model))
         self._stack.enter_context(torch.enable_grad())
         for acc in self.accs.values():
             for p in (acc.module.weight, acc.module.bias):
@@ -500,16 +512,7 @@ class _LayerAccumulator:
         self.name, self.module = name, module
         self.structure, self.conv_moments = structure, conv_moments
         n_units = module.weight.shape[0]
-        if units is None:
-            self.units = None
-        else:
-            u = torch.as_tensor(units, dtype=torch.long).reshape(-1)
-            if u.numel() == 0 or u.min() < 0 or u.max() >= n_units:
-                raise InputError(
-                    f"units= for layer {name!r} must be indices in [0, {n_units - 1}], got "
-                    f"{u.tolist() if u.numel() <= 10 else 'values out of range'}"
-                )
-            self.units = u
+        self.units = None if units is None else check_units(name, units, n_units)
         self.n_units = n_units if self.units is None else self.units.numel()
         self.fan_in = module.weight[0].numel()
         self.total: torch.Tensor | None = None  # [U, d+1, d+1]

@@ -71,18 +71,27 @@ def flatten_output(likelihood: str, output: torch.Tensor) -> torch.Tensor:
 
 def check_targets(likelihood: str, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     r"""Validate observed targets against the ``[N, D]`` output and return them as the
-    engine uses them: ``[N]`` class indices (categorical) or ``[N, D]`` floats."""
+    engine uses them: ``[N]`` int64 class indices (categorical; any integer dtype is
+    accepted, bool and floats are refused) or ``[N, D]`` floats."""
     n = output.shape[0]
     if targets.shape[0] != n:
         raise InputError(
             f"targets have {targets.shape[0]} rows but the inputs have {n}: give one target per input"
         )
     if likelihood == "categorical":
-        if targets.ndim != 1 or targets.dtype.is_floating_point:
+        integer = not (
+            targets.dtype.is_floating_point
+            or targets.dtype.is_complex
+            or targets.dtype == torch.bool
+        )
+        if targets.ndim != 1 or not integer:
             raise InputError(
-                f"categorical targets must be class indices of shape [N] and integer dtype; "
-                f"got shape {tuple(targets.shape)} and dtype {targets.dtype}"
+                f"categorical targets must be class indices of shape [N] and an integer dtype "
+                f"(any of int8..int64, uint8..); got shape {tuple(targets.shape)} and dtype "
+                f"{targets.dtype}. Convert with targets.long() (bool: targets.long() for 0/1 "
+                "classes, or use likelihood='bernoulli')"
             )
+        targets = targets.to(device=output.device, dtype=torch.long)
         c = output.shape[1]
         if targets.numel() and (targets.min() < 0 or targets.max() >= c):
             raise InputError(

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from natgrad._layers import check_units
 from natgrad.errors import InputError, UnsupportedLayerError
 from natgrad.likelihoods import sample_targets
 from natgrad.unitfisher import UnitFisher
@@ -216,6 +217,8 @@ def reference_unit_fisher(
         sampled = sample_targets(likelihood, output, int(mc_samples), generator)  # [S, N(, D)]
     if y_obs is not None and likelihood != "categorical":
         y_obs = y_obs.reshape(n, -1).to(torch.float64)  # [N, D]
+    elif y_obs is not None and not (y_obs.dtype.is_floating_point or y_obs.dtype == torch.bool):
+        y_obs = y_obs.long()  # class indices of any integer dtype
 
     def unit_grads(o: torch.Tensor, y: torch.Tensor, retain: bool) -> torch.Tensor:
         gw, gb = torch.autograd.grad(
@@ -277,7 +280,7 @@ def reference_unit_fisher(
 
     unit_idx = torch.arange(n_units)
     if units is not None:
-        unit_idx = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+        unit_idx = check_units(name, units, n_units)
         matrix, c_sum, c_sq_sum = matrix[unit_idx], c_sum[unit_idx], c_sq_sum[unit_idx]
     return UnitFisher(
         matrix=matrix,

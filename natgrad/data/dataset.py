@@ -61,6 +61,15 @@ class Dataset:
                     f"{self.name} {split}: images {tuple(x.shape)} and labels "
                     f"{tuple(y.shape)} do not match input shape {self.input_shape}"
                 )
+            if y.dtype != torch.int64:
+                raise InputError(f"{self.name} {split}: labels must be int64, got {y.dtype}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise InputError(
+                    f"{self.name} {split}: labels must lie in [0, {self.num_classes - 1}], got "
+                    f"values in [{int(y.min())}, {int(y.max())}]"
+                )
+        if self.train_x.shape[0] == 0:
+            raise InputError(f"{self.name}: the training set is empty; check the data files")
 
     def with_(self, **changes) -> Dataset:
         """A copy with some fields replaced (e.g. preprocessed images)."""

@@ -58,8 +58,15 @@ def load_mnist(folder: Path, *, name: str = "mnist", dtype: torch.dtype = torch.
                 f"{lab_path}: expected {images.shape[0]} labels (one per image in "
                 f"{img_path.name}), got shape {labels.shape}"
             )
-        if labels.size and labels.max() > 9:
-            raise DataFileError(f"{lab_path}: labels must lie in 0..9, found {labels.max()}")
+        if images.shape[0] == 0:
+            raise DataFileError(f"{img_path}: holds no images (0 × {images.shape[1:]}); the "
+                                f"{split} set must not be empty. Download it again.")  # fmt: skip
+        if labels.dtype.kind not in "iu":
+            raise DataFileError(f"{lab_path}: labels must be integers (IDX type uint8), got "
+                                f"{labels.dtype}; this is not an MNIST label file")  # fmt: skip
+        if labels.min() < 0 or labels.max() > 9:
+            raise DataFileError(f"{lab_path}: labels must lie in 0..9, found values in "
+                                f"[{labels.min()}, {labels.max()}]")  # fmt: skip
         out[f"{split}_x"] = torch.from_numpy(images).to(dtype).div_(255.0).unsqueeze(1)
         out[f"{split}_y"] = torch.from_numpy(labels.astype(np.int64))
         meta["files"][split] = [str(img_path), str(lab_path)]
