@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -96,6 +97,11 @@ class DemoConfig:
             if base not in CATALOGUE:
                 raise InputError(f"demo: unknown unit type {key!r}; choose from "
                                  f"{', '.join(CATALOGUE)} (add -bn for batch norm)")  # fmt: skip
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"demo --lr {self.lr!r}: must be a finite number > 0")
+        if self.batch_size < 1 or self.threads < 0 or not self.units:
+            raise InputError(f"demo: batch_size must be >= 1, threads >= 0 and units non-empty; got "
+                             f"batch_size={self.batch_size}, threads={self.threads}, units={self.units}")  # fmt: skip
 
 
 #: The paper's setting of Fig 2 (docs/paper.md): MNIST, 300 epochs, 5 seeds, lr 0.01, batch 64.

@@ -102,6 +102,10 @@ class TrainConfig:
             "preprocess": (self.preprocess, ("none", "gcn-zca")),
             "dtype": (self.dtype, ("float32", "float64", "bfloat16")),
         }
+        from natgrad.units import UNIT_NAMES
+
+        checks["unit"] = (self.unit, UNIT_NAMES)
+        checks["net"] = (self.net, tuple(PRESETS))
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise InputError(f"config {key}={value!r}: choose one of {', '.join(allowed)}")
