@@ -51,7 +51,7 @@ from natgrad._layers import (
     resolve_layer,
     supported_layers,
 )
-from natgrad.errors import InputError, UnsupportedLayerError
+from natgrad.errors import InputError, NatgradError, UnsupportedLayerError
 from natgrad.unitfisher import UnitFisher
 
 # Largest temporary a chunk may allocate, in elements (2**25 floats = 128 MiB in float32).
@@ -447,7 +447,15 @@ class _Capture(contextlib.AbstractContextManager):
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self.first_bad: str | None = None
-        out = self.model(x)
+        try:
+            out = self.model(x)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, NatgradError):
+                raise
+            raise InputError(
+                f"the model's forward pass failed on inputs of shape {tuple(x.shape)} and dtype "
+                f"{x.dtype} ({type(exc).__name__}: {exc}); check the input shape and dtype"
+            ) from exc
         if not isinstance(out, torch.Tensor):
             raise InputError(
                 f"the model returned a {type(out).__name__}; natgrad needs a single output tensor"

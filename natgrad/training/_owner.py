@@ -55,7 +55,14 @@ def check_usable(run: str | os.PathLike) -> None:
         )
     run = Path(run)
     for p in (run, *run.parents):
-        if p.exists():
+        try:
+            exists = p.exists()
+        except OSError as exc:  # a parent the user may not enter
+            raise RunDirError(
+                f"run directory {run}: cannot access {p} ({exc.strerror}); it is not "
+                "writable for this user. Pick another --run-dir or fix its permissions"
+            ) from None
+        if exists:
             if not p.is_dir():
                 raise RunDirError(
                     f"run directory {run}: {p} is a file, not a folder; pick another --run-dir"

@@ -109,6 +109,12 @@ class TrainConfig:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise InputError(f"config {key}={value!r}: choose one of {', '.join(allowed)}")
+        if (self.loss == "bce_logits") != (self.net == "mnist-ae"):
+            raise InputError(
+                f"config loss={self.loss!r} does not fit net {self.net!r}: the autoencoder "
+                "mnist-ae trains with bce_logits (it reconstructs its input), the classifiers "
+                "with cross_entropy"
+            )
         from natgrad.models import DROPOUT_MODES, STACK_DROPOUT
 
         for start, mode in self.dropout_phases:

@@ -1,0 +1,152 @@
+"""Issue 10, items 6-8: every bad input gets a named error (exit code 2 and one line on the
+command line), never a traceback; integer class labels of any dtype work."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from natgrad import cli, unit_fisher
+from natgrad.data import load_dataset, write_idx
+from natgrad.errors import DataFileError, InputError, TrainModeWarning
+from natgrad.testing import assert_close
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["train", "--net", "mnist-fc", "--dataset", "digits", "--epochs", "1", "--no-progress",
+         "--device", "cpu"]  # fmt: skip
+
+# (extra arguments of `natgrad train`, text the one-line error must contain)
+CLI_CASES = [
+    (["--lr", "-1"], "lr=-1.0"),
+    (["--lr", "nan"], "lr=nan"),
+    (["--set", "lr=inf"], "lr=inf"),
+    (["--set", "momentum=2"], "momentum=2.0"),
+    (["--alpha", "nan"], "alpha=nan"),
+    (["--seed", "-1"], "seed=-1"),
+    (["--set", "probe_size=0"], "probe_size=0"),
+    (["--set", "dropout=1.5"], "dropout=(1.5,)"),
+    (["--set", "lr_schedule=0:nan"], "lr_schedule"),
+    (["--set", "unit=bogus"], "unit='bogus'"),
+    (["--device", "bogus"], "--device 'bogus'"),
+    (["--device", "tpu"], "--device 'tpu'"),
+]
+
+
+@pytest.mark.parametrize(("extra", "named"), CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
+def test_train_cli_bad_settings_exit_2_naming_them(tmp_path, capsys, extra, named):
+    code = cli.main([*TRAIN, "--run-dir", str(tmp_path / "run"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and named in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_dir_that_is_a_file(tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("x")
+    assert cli.main([*TRAIN, "--run-dir", str(path / "run")]) == 2
+    assert f"{path} is a file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
+def test_read_only_run_dir():
+    """A folder the user cannot write (root can write anything, so run as nobody)."""
+    top = Path(tempfile.mkdtemp())
+    top.chmod(0o755)  # others may enter, as the unprivileged user must
+    folder = top / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    as_nobody = {"user": 65534} if os.geteuid() == 0 else {}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HOME=str(top))
+    proc = subprocess.run(
+        [sys.executable, "-m", "natgrad", *TRAIN, "--run-dir", str(folder / "run")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, **as_nobody,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "not writable" in proc.stderr and str(folder) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    folder.chmod(0o755)
+    shutil.rmtree(top)
+
+
+def test_demo_lr_nan_fails_before_training(tmp_path, capsys):
+    assert cli.main(["demo", "--lr", "nan", "--out", str(tmp_path / "demo")]) == 2
+    assert "--lr nan" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+# --- IDX loader (item 8) --------------------------------------------------------------
+
+IDX_CASES = {
+    "negative": np.array([1, -3, 2], dtype=np.int8),
+    "float": np.array([1.0, 2.5, 3.0], dtype=np.float32),
+    "nan": np.array([1.0, np.nan, 3.0], dtype=np.float64),
+    "too-large": np.array([1, 12, 3], dtype=np.uint8),
+}
+
+
+@pytest.mark.parametrize("labels", IDX_CASES.values(), ids=IDX_CASES.keys())
+def test_idx_labels_must_be_integers_in_range(tmp_path, labels):
+    n = labels.shape[0]
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((n, 4, 4), np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
+    with pytest.raises(DataFileError, match="train-labels-idx1-ubyte: labels must"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_idx_empty_set_is_an_error(tmp_path):
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((0, 4, 4), np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(DataFileError, match="train-images-idx3-ubyte: holds no images"):
+        load_dataset("mnist", tmp_path)
+
+
+# --- the unit Fisher (items 6 and 8) --------------------------------------------------
+
+
+def _net(batch_norm: bool = False) -> torch.nn.Module:
+    layers = [torch.nn.Linear(3, 4)]
+    layers += [torch.nn.BatchNorm1d(4)] if batch_norm else []
+    return torch.nn.Sequential(*layers, torch.nn.ELU(), torch.nn.Linear(4, 3))
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.int8, torch.int16, torch.int32, torch.uint8], ids=lambda d: str(d)[6:]
+)
+def test_integer_labels_of_any_dtype(dtype):
+    net, x, y = _net(), torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    want = unit_fisher(net, "0", x, y, kind="empirical")
+    got = unit_fisher(net, "0", x, y.to(dtype), kind="empirical")
+    assert_close(got.matrix, want.matrix)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float64], ids=["bool", "float64"])
+def test_bool_and_float_labels_are_refused(dtype):
+    net, x = _net(), torch.randn(4, 3)
+    with pytest.raises(InputError, match=f"integer dtype.*{dtype}"):
+        unit_fisher(net, "0", x, torch.tensor([0, 1, 1, 0]).to(dtype), kind="empirical")
+
+
+def test_units_must_be_integers():
+    with pytest.raises(InputError, match=r"units= for layer '0' must be integer.*\[0.7, 2.9\]"):
+        unit_fisher(_net(), "0", torch.randn(4, 3), units=[0.7, 2.9])
+
+
+def test_batchnorm_in_train_mode_warns_and_keeps_running_stats():
+    net = _net(batch_norm=True)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.warns(TrainModeWarning, match=r"batch-norm layers \['1'\] are in training mode"):
+        unit_fisher(net, "0", torch.randn(8, 3) + 3)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    net.eval()
+    unit_fisher(net, "0", torch.randn(8, 3))  # eval mode: no warning (warnings are errors)
