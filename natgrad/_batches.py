@@ -20,7 +20,9 @@ def iter_batches(
     an iterable of batches, each ``(x, y)``, ``[x, y]`` (as a DataLoader yields) or ``x``.
     Inputs with NaN/Inf are refused with the batch index.
     """
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(inputs, torch.Tensor):
         if targets is not None and not isinstance(targets, torch.Tensor):

@@ -261,7 +261,9 @@ def _compute(
     lik.check_likelihood(likelihood)
     if kind not in lik.KINDS:
         raise InputError(f"unknown kind {kind!r}: choose one of {', '.join(lik.KINDS)}")
-    if kind == "mc" and (not isinstance(mc_samples, int) or mc_samples < 1):
+    if kind == "mc" and (
+        isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1
+    ):
         raise InputError(f"mc_samples must be a positive integer, got {mc_samples!r}")
     if kind == "empirical" and targets is None and isinstance(inputs, torch.Tensor):
         raise InputError(

@@ -150,6 +150,8 @@ def test_unit_fisher_named_error_or_the_reference(inputs, targets, **kwargs):
         got = unit_fisher(net, layer, x, y, generator=torch.Generator().manual_seed(0), **kwargs)
     except NatgradError:
         return
+    assert not isinstance(kwargs["batch_size"], bool)  # True is not a batch size
+    assert kwargs["kind"] != "mc" or not isinstance(kwargs["mc_samples"], bool)
     assert got.matrix.shape[-1] == (3 if layer == "0" else 4) + 1
     assert torch.isfinite(got.matrix).all()
     if kwargs["kind"] == "mc" or kwargs["batch_size"] not in (None, N):
