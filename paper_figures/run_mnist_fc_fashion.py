@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from natgrad._atomic import write_json, write_text
 from natgrad.models import build_model
 from natgrad.training import default_config, train
 from natgrad.training.loop import describe_device, git_commit, resolve_device
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     stem = Path(args.out) if args.out else HERE / "results" / f"mnist_fc_fashion_{device.type}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(_markdown(out))
+    write_json(stem.with_suffix(".json"), out)
+    write_text(stem.with_suffix(".md"), _markdown(out))
     print(f"wrote {stem.with_suffix('.json')} and .md")
     return 0
 
