@@ -51,6 +51,10 @@ __all__ = [
 ]
 
 
+#: Device types whose non-finite-loss check runs once per epoch (no per-step host sync).
+DEFERRED_LOSS_CHECK = ("cuda",)
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the run dir, the trained model and every metrics row."""
@@ -302,7 +306,7 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), xb, yb)
             finite = torch.isfinite(loss.detach())
-            if dev.type != "cuda":  # free on the CPU; a GPU checks once per epoch (no sync)
+            if dev.type not in DEFERRED_LOSS_CHECK:  # per step on the CPU, where it is free
                 if not finite:
                     raise _diverged(run, epoch, b + 1, per_epoch, lr, "training loss", loss.item())
             else:
