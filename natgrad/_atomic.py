@@ -54,12 +54,14 @@ __all__ = [
     "SUFFIX",
     "append_jsonl",
     "atomic_open",
+    "carry_over",
     "clean_stale",
     "commit_dir",
     "dumps_json",
     "json_safe",
     "read_checked",
     "read_jsonl",
+    "staging_dir",
     "temp_path",
     "write_bytes",
     "write_json",
@@ -336,6 +338,39 @@ def commit_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     _fsync_dir(target.parent)
     shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def carry_over(target: str | os.PathLike, staging: str | os.PathLike) -> list[Path]:
+    r"""Hard-link (or copy) into ``staging`` every file of ``target`` that ``staging`` does
+    not replace (e.g. a report next to the tables), so :func:`commit_dir` drops nothing.
+
+    Raises:
+        RunDirError: ``target`` holds a folder: it is not a folder of files that natgrad
+            may replace as a whole.
+    """
+    from natgrad.errors import RunDirError
+
+    target, staging = Path(target), Path(staging)
+    if not target.is_dir():
+        return []
+    entries = [p for p in target.iterdir() if not (_TEMP.match(p.name) or _LEGACY.match(p.name))]
+    folders = sorted(p.name for p in entries if p.is_dir() and not p.is_symlink())
+    if folders:
+        raise RunDirError(
+            f"{target} holds folders ({', '.join(folders[:5])}); natgrad replaces a tables "
+            "folder as a whole, so it must hold only files. Pick a new or empty --out"
+        )
+    kept = []
+    for p in entries:
+        dest = staging / p.name
+        if dest.exists() or dest.is_symlink():
+            continue
+        try:
+            os.link(p, dest, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(p, dest, follow_symlinks=False)
+        kept.append(dest)
+    return kept
 
 
 def staging_dir(target: str | os.PathLike) -> Path:

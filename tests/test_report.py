@@ -7,12 +7,11 @@ import shutil
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 from _demo_small import small_demo
 
 from natgrad.analysis.report import SUMMARY_COLUMNS, fmt_ci, render_report
-from natgrad.analysis.summary import read_tables
+from natgrad.analysis.summary import read_csv, read_tables, write_csv
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +53,9 @@ def test_findings_are_the_comparison_sentences(demo_dir):
 def test_report_follows_an_edited_table_and_keeps_its_header(demo_dir, tmp_path):
     tables = tmp_path / "tables"
     shutil.copytree(demo_dir / "tables", tables)
-    summary = pd.read_csv(tables / "summary.csv")
+    summary = read_csv(tables / "summary.csv")
     summary.loc[0, "rho_plain_mean"] = 0.4242
-    summary.to_csv(tables / "summary.csv", index=False)
+    write_csv(summary, tables / "summary.csv")  # with its checksum: a hand edit is refused
     html = render_report(tables, figures=False).read_text()
     assert _cells(html)[(summary["unit_type"][0], "rho_plain")].startswith("0.4242")
     assert "data:image/png" not in html

@@ -31,15 +31,17 @@ retrains.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from natgrad._atomic import write_json, write_text
+from natgrad._lock import LOCK_NAME
 from natgrad.analysis.unitstats import REL_DAMPING
 from natgrad.errors import InputError
+from natgrad.training._owner import claim
 from natgrad.units import CATALOGUE
 
 __all__ = ["DemoConfig", "add_arguments", "analysed_epochs", "main", "run"]
@@ -178,6 +180,19 @@ def workers_of(config: DemoConfig) -> int:
 
 
 def _main(config: DemoConfig, progress: bool, echo) -> dict:
+    out = Path(config.out)
+    with claim(out, "demo output folder", natgrads=_is_demo_folder):
+        return _run_locked(config, out, progress, echo)
+
+
+def _is_demo_folder(folder: Path) -> bool:
+    """A folder natgrad's demo made: it holds the lock file or ``demo.json``."""
+    return (folder / LOCK_NAME).is_file() or (folder / "demo.json").is_file()
+
+
+def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
+    r"""The demo with ``out`` owned by this process (:func:`natgrad.training._owner.claim`:
+    a second demo on the same folder stops at once, naming this one's pid)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -186,8 +201,6 @@ def _main(config: DemoConfig, progress: bool, echo) -> dict:
     from natgrad.training import default_run_dir, describe_device
     from natgrad.training.grid import grid_key
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     workers = workers_of(config) if config.device == "cpu" else 1
     cfgs = [
@@ -241,10 +254,8 @@ def _main(config: DemoConfig, progress: bool, echo) -> dict:
     summary = summary_text(read_tables(out / "tables")["summary"])
     meta = {"config": asdict(config), "seconds": {"train": t_train, "tables": t_tables,
             "report": seconds - seconds_so_far, "total": seconds}, "device": device}  # fmt: skip
-    from natgrad.training.checkpoint import atomic_write
-
-    atomic_write(out / "demo.json", json.dumps(meta, indent=1).encode())
-    atomic_write(out / "summary.txt", (summary + "\n").encode())
+    write_json(out / "demo.json", meta)
+    write_text(out / "summary.txt", summary + "\n")
     echo(summary)
     echo(f"report: {report}  (tables in {out / 'tables'}; {seconds:.1f} s)")
     return {

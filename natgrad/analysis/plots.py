@@ -265,12 +265,15 @@ def save_figure(fig, stem, *, formats: tuple[str, ...] = ("pdf", "png"), dpi: in
 
     import matplotlib.pyplot as plt
 
+    from natgrad._atomic import atomic_open
+
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        with atomic_open(path, "wb") as fh:  # a kill leaves the old figure or the new
+            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
         paths.append(path)
     plt.close(fig)
     return paths

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 __all__ = ["record_study"]
@@ -27,20 +26,20 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
 
     matplotlib.use("Agg")
 
+    from natgrad._atomic import read_checked, write_bytes, write_table, write_text
     from natgrad.analysis import plots
     from natgrad.analysis.report import HEADLINE, findings, summary_text
     from natgrad.analysis.summary import read_tables
     from natgrad.training import git_commit
-    from natgrad.training.checkpoint import atomic_write
 
     study, out = Path(study_dir), Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     t = read_tables(study / "tables")
-    for name in KEPT:
+    for name in KEPT:  # checked against their checksums, written with them, atomically
         src = study / "tables" / f"{name}.csv"
         if src.is_file():
-            shutil.copyfile(src, out / f"{name}.csv")
-    shutil.copyfile(study / "tables" / "context.json", out / "context.json")
+            write_table(out / f"{name}.csv", read_checked(src))
+    write_bytes(out / "context.json", (study / "tables" / "context.json").read_bytes())
     figs = {"headline": plots.plot_efficiencies(t["summary"], list(HEADLINE)),
             "n_eff": plots.plot_n_eff(t["units"])}  # fmt: skip
     if len(t.get("sweep_seeds", [])):
@@ -75,5 +74,5 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
         "Figures: headline.png (ρ per unit type), damping_sweep.png, n_eff.png, fig2.png.",
     ]
     readme = out / "README.md"
-    atomic_write(readme, ("\n".join(lines) + "\n").encode())
+    write_text(readme, "\n".join(lines) + "\n")
     return readme

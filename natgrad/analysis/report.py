@@ -282,8 +282,6 @@ def render_report(
         + (f" Better: {esc(m.better.replace('_', ' '))}." if m.better else "") + "</dd>"
         for m in mt.METRICS.values()) + "</dl>")  # fmt: skip
     p.append("</body></html>")
-    from natgrad.training.checkpoint import atomic_write
+    from natgrad._atomic import write_text
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, "\n".join(p).encode("utf-8"))
-    return out
+    return write_text(out, "\n".join(p))  # atomic: a kill leaves the old report or the new

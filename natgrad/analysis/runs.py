@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
-from natgrad.errors import CheckpointError
+from natgrad.errors import CheckpointError, DataFileError
 from natgrad.training.rundir import RunDir, find_runs
 
 __all__ = [
@@ -198,8 +198,6 @@ def _cache_key(run: Path, epoch: int, settings: dict) -> str:
 
 def _analyse(job) -> tuple:
     """One (run, epoch): the unit table (and sweep), from the cache when it is current."""
-    import pandas as pd
-
     run, epoch, settings, threads = job
     if threads:
         torch.set_num_threads(threads)
@@ -208,9 +206,14 @@ def _analyse(job) -> tuple:
     paths = {k: rd.analysis_path(f"{k}-e{epoch:04d}-{key}.csv") for k in ("units", "sweep")}
     want_sweep = bool(settings["sweep"])
     if paths["units"].is_file() and (not want_sweep or paths["sweep"].is_file()):
-        units = pd.read_csv(paths["units"])
-        sweep = pd.read_csv(paths["sweep"]) if want_sweep else None
-        return units, sweep, True
+        from natgrad.analysis.summary import read_csv
+
+        try:  # a cache entry that does not match its checksum is recomputed
+            units = read_csv(paths["units"])
+            sweep = read_csv(paths["sweep"]) if want_sweep else None
+            return units, sweep, True
+        except DataFileError:
+            pass
     x, y = probe_set(run, settings["probe_size"])
     out = unit_statistics(load_model(run, epoch), x, y, layers=settings["layers"],
                           rel_damping=settings["rel_damping"],
@@ -235,10 +238,9 @@ def _prepend(frame, head: dict):
 
 
 def _write_csv(frame, path: Path) -> None:
-    from natgrad.training.checkpoint import atomic_write
+    from natgrad._atomic import write_table
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, frame.to_csv(index=False, float_format="%.17g").encode())
+    write_table(path, frame.to_csv(index=False, float_format="%.17g"))
 
 
 def unit_table(

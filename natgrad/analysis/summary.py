@@ -18,21 +18,45 @@ file                       rows
 ``context.json``           how the tables were made (command, device, damping, threshold, …)
 =========================  ==========================================================
 
-Every file is written atomically; ``context.json`` travels with the tables so that a
-report rebuilt from them keeps its header.
+The tables are written into a new folder next to ``out_dir`` and swapped in whole
+(:func:`save_tables`), so a reader or a killed writer sees the complete old set or the
+complete new set, never a mix; each CSV carries a checksum file ``<name>.csv.sha256``
+(SHA-256 and row count) that :func:`read_tables` checks, so a cut or edited table is refused.
+``context.json`` (strict JSON) travels with the tables so that a report rebuilt from them
+keeps its header.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 from pathlib import Path
 
+from natgrad._atomic import (
+    carry_over,
+    clean_stale,
+    commit_dir,
+    dumps_json,
+    read_checked,
+    staging_dir,
+    write_json,
+    write_table,
+)
 from natgrad.analysis import metrics as mt
 from natgrad.analysis import stats
 from natgrad.analysis.unitstats import REL_DAMPING, SWEEP
 
-__all__ = ["COMPARED", "UNIT_METRICS", "read_tables", "write_tables"]
+__all__ = [
+    "COMPARED",
+    "UNIT_METRICS",
+    "read_csv",
+    "read_tables",
+    "save_tables",
+    "write_csv",
+    "write_tables",
+]
 
 #: Unit-level metrics summarised per seed.
 UNIT_METRICS = [
@@ -52,12 +76,51 @@ TABLES = ("units", "sweep", "curves", "activations", "seeds", "seed_epochs", "sw
           "summary", "comparison")  # fmt: skip
 
 
-def _write_csv(frame, path: Path) -> Path:
-    from natgrad.training.checkpoint import atomic_write
+def write_csv(frame, path: str | os.PathLike) -> Path:
+    """``frame`` as CSV (exact floats), atomically, with its checksum file."""
+    return write_table(path, frame.to_csv(index=False, float_format="%.17g"))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, frame.to_csv(index=False, float_format="%.17g").encode())
-    return path
+
+def read_csv(path: str | os.PathLike):
+    """A table written by natgrad, as a DataFrame, after checking its checksum file
+    (:func:`natgrad._atomic.read_checked`: a truncated or mismatched table is a
+    :class:`~natgrad.errors.DataFileError` naming it)."""
+    import pandas as pd
+
+    from natgrad.errors import DataFileError
+
+    data = read_checked(path)
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataFileError(f"{path}: not a readable CSV table ({exc})") from None
+
+
+def save_tables(frames: dict, out_dir: str | os.PathLike, context: dict | None = None) -> dict:
+    r"""Write ``{name: DataFrame}`` as ``<out_dir>/<name>.csv`` (each with its checksum
+    file) and ``context`` as ``context.json``, in one atomic step: everything goes into a
+    new folder next to ``out_dir``, the other files of ``out_dir`` (a report) are
+    hard-linked into it, and the two folders are swapped (:func:`natgrad._atomic.commit_dir`).
+    Temporaries a killed writer left next to ``out_dir`` are removed first. Returns
+    ``{name: path}``."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out.parent)
+    stage = staging_dir(out)
+    try:
+        for name, frame in frames.items():
+            write_csv(frame, stage / f"{name}.csv")
+        if context is not None:
+            write_json(stage / "context.json", context)
+        carry_over(out, stage)
+        commit_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    paths = {name: out / f"{name}.csv" for name in frames}
+    if context is not None:
+        paths["context"] = out / "context.json"
+    return paths
 
 
 def summarise(units, sweep, curves, *, reference: str = "elu", last: int = 3) -> dict:
@@ -125,7 +188,6 @@ def write_tables(
     if sw is not None:
         frames["sweep"] = sw
         frames["sweep_seeds"] = summ["sweep_seeds"]
-    paths = {name: _write_csv(f, out / f"{name}.csv") for name, f in frames.items()}
     ctx = dict(context or {})
     ctx.update({
         "relative damping λ": rel_damping,
@@ -136,18 +198,21 @@ def write_tables(
         "test error": f"mean of the last {last} epochs",
         "unit tables": f"{counts.get('computed', 0)} computed, {counts.get('cached', 0)} reused",
     })  # fmt: skip
-    from natgrad.training.checkpoint import atomic_write
+    return save_tables(frames, out, {k: _jsonable(v) for k, v in ctx.items()})
 
-    paths["context"] = out / "context.json"
-    atomic_write(paths["context"], json.dumps(ctx, indent=1, default=str).encode())
-    return paths
+
+def _jsonable(value):
+    """``value`` if strict JSON can hold it (non-finite numbers become null), else its text."""
+    try:
+        dumps_json(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
 
 
 def read_tables(tables_dir: str | os.PathLike) -> dict:
     """``{name: DataFrame}`` of the tables in ``tables_dir`` (missing ones skipped) and
     ``"context"``: the dict of ``context.json`` (empty if absent)."""
-    import pandas as pd
-
     from natgrad.errors import DataFileError
 
     folder = Path(tables_dir)
@@ -155,10 +220,7 @@ def read_tables(tables_dir: str | os.PathLike) -> dict:
     for name in TABLES:
         path = folder / f"{name}.csv"
         if path.is_file():
-            try:
-                out[name] = pd.read_csv(path)
-            except (ValueError, pd.errors.ParserError) as exc:
-                raise DataFileError(f"{path}: not a readable CSV table ({exc})") from None
+            out[name] = read_csv(path)
     if "units" not in out and "summary" not in out:
         raise DataFileError(f"{folder}: no natgrad tables (summary.csv, units.csv) in it")
     ctx = folder / "context.json"

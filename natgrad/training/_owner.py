@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from natgrad._atomic import clean_stale
@@ -91,11 +91,14 @@ def is_natgrad_run(run: Path) -> bool:
 
 
 @contextlib.contextmanager
-def claim(run: Path, what: str = "run directory") -> Iterator[DirLock]:
-    r"""Own ``run`` for the duration of the ``with`` block (see the module docstring)."""
+def claim(
+    run: Path, what: str = "run directory", *, natgrads: Callable[[Path], bool] = is_natgrad_run
+) -> Iterator[DirLock]:
+    r"""Own ``run`` for the duration of the ``with`` block (see the module docstring);
+    ``natgrads(folder)`` tells a folder natgrad created (default :func:`is_natgrad_run`)."""
     run = Path(run)
     check_usable(run)
-    if run.is_dir() and any(run.iterdir()) and not is_natgrad_run(run):
+    if run.is_dir() and any(run.iterdir()) and not natgrads(run):
         shown = sorted(p.name for p in run.iterdir())[:5]
         raise RunDirError(
             f"{what} {run} is not empty ({', '.join(shown)}, ...) and was not created by "

@@ -195,13 +195,10 @@ class RunDir:
 
 
 def _jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; a torn last line (a killed writer) is dropped, a bad
+    line before it is a :class:`DataFileError` (:func:`natgrad._atomic.read_jsonl`)."""
+    from natgrad._atomic import read_jsonl
+
     if not path.is_file():
         raise DataFileError(f"{path}: missing; the run in {path.parent} did not record it")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise DataFileError(f"{path}:{i}: not a JSON line") from None
-    return rows
+    return read_jsonl(path)
