@@ -7,8 +7,8 @@ r"""Who may write a run directory, and which of its files are natgrad's.
   (a second process gets a :class:`RunDirError` naming the holder's pid) and removes the
   temporaries a killed run left (:func:`natgrad._atomic.clean_stale`).
 - :func:`remove_own_outputs` (a fresh start, ``--no-resume``): deletes only the files
-  natgrad writes, matched by their exact names (:data:`OWN_OUTPUTS`); anything else in
-  the folder (another tool's ``checkpoints/epoch_10.pt``) is left alone.
+  natgrad writes, matched by their exact names (:meth:`RunDir.own_files`); anything else
+  in the folder (another tool's ``checkpoints/epoch_10.pt``) is left alone.
 
 A folder counts as natgrad's when it holds the lock file ``.natgrad.lock`` (every run
 since this module) or a ``config.json`` with a natgrad ``config`` (older runs).
@@ -24,24 +24,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from natgrad._atomic import clean_stale
 from natgrad._lock import LOCK_NAME, DirLock
-from natgrad.errors import RunDirError
+from natgrad.errors import DataFileError, RunDirError
+from natgrad.training.rundir import RunDir
 
-__all__ = ["OWN_OUTPUTS", "check_usable", "claim", "is_natgrad_run", "remove_own_outputs"]
-
-#: Files natgrad writes in a run directory, as (folder, exact-name pattern).
-OWN_OUTPUTS: tuple[tuple[str, re.Pattern], ...] = (
-    (".", re.compile(r"^(config\.json|metrics\.jsonl)$")),
-    ("activations", re.compile(r"^(summary\.jsonl|probe\.safetensors|epoch_\d{4,}\.safetensors)$")),
-    ("checkpoints", re.compile(r"^epoch_\d{4,}\.(json|safetensors)$")),
-)
+__all__ = ["check_usable", "claim", "is_natgrad_run", "remove_own_outputs"]
 
 
 def check_usable(run: str | os.PathLike) -> None:
@@ -78,16 +70,12 @@ def check_usable(run: str | os.PathLike) -> None:
 
 def is_natgrad_run(run: Path) -> bool:
     """Whether ``run`` was created by natgrad (lock file, or a natgrad ``config.json``)."""
-    run = Path(run)
-    if (run / LOCK_NAME).is_file():
+    if (Path(run) / LOCK_NAME).is_file():
         return True
     try:
-        meta = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        return "net" in RunDir(run).read_config()
+    except (DataFileError, OSError, UnicodeDecodeError):
         return False
-    return (
-        isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "net" in meta["config"]
-    )
 
 
 @contextlib.contextmanager
@@ -115,14 +103,8 @@ def claim(
 
 
 def remove_own_outputs(run: Path) -> list[Path]:
-    """Delete natgrad's own outputs in ``run`` (:data:`OWN_OUTPUTS`); returns them."""
-    removed = []
-    for sub, pattern in OWN_OUTPUTS:
-        folder = Path(run) / sub
-        if not folder.is_dir():
-            continue
-        for p in sorted(folder.iterdir()):
-            if p.is_file() and pattern.match(p.name):
-                p.unlink()
-                removed.append(p)
+    """Delete natgrad's own outputs in ``run`` (:meth:`RunDir.own_files`); returns them."""
+    removed = RunDir(run).own_files()
+    for p in removed:
+        p.unlink()
     return removed

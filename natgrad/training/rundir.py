@@ -39,6 +39,7 @@ __all__ = ["RunDir", "default_run_dir", "find_runs", "run_name"]
 PathLike = str | os.PathLike
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.(json|safetensors)$")
+_ACTIVATION_FILE = re.compile(r"^epoch_\d+\.safetensors$")
 
 
 def run_name(config, tag: str | None = None) -> str:
@@ -114,6 +115,16 @@ class RunDir:
         """``(safetensors, json)`` of the checkpoint at ``epoch``."""
         base = self.checkpoints_dir / f"epoch_{epoch:04d}"
         return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+    def own_files(self) -> list[Path]:
+        """Every file of this run that natgrad wrote, matched by its exact name (what a fresh
+        start may delete; another tool's ``checkpoints/epoch_10.pt`` is not among them)."""
+        fixed = [self.config_path, self.metrics_path, self.probe_path, self.activation_summary_path]
+        acts = []
+        if self.activations_dir.is_dir():
+            acts = [p for p in self.activations_dir.iterdir() if _ACTIVATION_FILE.match(p.name)]
+        files = [p for p in fixed if p.is_file()] + acts + self.checkpoint_files()
+        return sorted(p for p in files if p.is_file())
 
     def checkpoint_files(self) -> list[Path]:
         """The checkpoint files natgrad wrote (``epoch_XXXX.safetensors`` / ``.json``)."""
