@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import json
 import math
@@ -300,21 +301,30 @@ def read_checked(path: str | os.PathLike) -> bytes:
 # Whole folders and stale temporaries.
 
 
+@functools.cache
+def _renameat2():
+    """libc's ``renameat2`` (Linux, glibc >= 2.28), or ``None``."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        name = ctypes.util.find_library("c")
+        try:
+            fn = ctypes.CDLL(name, use_errno=True).renameat2 if name else None
+        except (OSError, AttributeError):
+            fn = None
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``; False if the
-    platform cannot."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
+    platform or the file system cannot."""
+    fn = _renameat2()
+    if fn is None:
         return False
     at_fdcwd, rename_exchange = -100, 2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return rc == 0
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def commit_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
