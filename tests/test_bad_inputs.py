@@ -82,6 +82,17 @@ def test_demo_lr_nan_fails_before_training(tmp_path, capsys):
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_refuses_a_foreign_output_folder(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    code = cli.main(["demo", "--out", str(out), "--epochs", "1", "--seeds", "1", "--units", "elu",
+                     "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "demo output folder" in err and "not created by natgrad" in err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
 # --- IDX loader (item 8) --------------------------------------------------------------
 
 IDX_CASES = {
