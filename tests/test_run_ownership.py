@@ -102,7 +102,12 @@ def test_fresh_run_keeps_foreign_files_and_refuses_foreign_folders(tmp_path):
     foreign.write_bytes(b"another tool's checkpoint")
     notes = run / "notes.txt"
     notes.write_text("mine")
+    stale = [run / "checkpoints" / f".epoch_0001.safetensors.tmp{os.getpid()}",  # natgrad 0.1's
+             run / f".metrics.jsonl.{os.getpid()}.0123abcd.natgrad-tmp"]  # fmt: skip
+    for p in stale:  # what a run killed before its rename left (this pid: not alive as a writer)
+        p.write_bytes(b"\0" * 1000)
     result = train(config, run, device="cpu", resume=False, progress=False)
+    assert not any(p.exists() for p in stale)
     assert foreign.read_bytes() == b"another tool's checkpoint" and notes.read_text() == "mine"
     assert [r["epoch"] for r in result.metrics] == [0, 1]
     other = tmp_path / "other"
