@@ -5,11 +5,11 @@ mix, and the next run removes its temporaries.
 The writer runs in a forked child that SIGKILLs itself just before its k-th file operation
 (``write`` on a file natgrad opened, ``fsync``, ``link``, ``replace``, ``rename``,
 ``unlink``, the folder exchange or ``rmtree``). The child writes what the demo writes after
-training, in the demo's order (:mod:`natgrad.analysis.demo`), with new numbers: the unit
-table of the previous outputs (one layer, to stay fast) with one column changed, so that
-every file differs between the two. By default k runs over a seeded sample of the
-operations that always holds the first, the last and those around the folder swap;
-``NATGRAD_KILL_ALL=1`` kills at every one (76 operations on this demo).
+training, in the demo's order (:mod:`natgrad.analysis.demo`): the small demo's tables (cut
+to 200 rows each, to stay fast), tagged "old" or "new" in an extra column and in the
+context, so that every file differs between the two. By default k runs over a seeded
+sample of the operations that always holds the first, the last and those around the
+folder swap; ``NATGRAD_KILL_ALL=1`` kills at every one.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import pytest
 from natgrad import _atomic
 from natgrad.analysis import summary
 from natgrad.analysis.demo import analysed_epochs
-from natgrad.analysis.report import load_tables, render_report, summary_text
-from natgrad.analysis.summary import write_tables
-from natgrad.analysis.tables import read_csv
+from natgrad.analysis.report import render_report, summary_text
+from natgrad.analysis.summary import read_tables, write_tables
+from natgrad.errors import DataFileError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _demo_small import SMALL, small_demo  # noqa: E402
@@ -40,30 +40,36 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 OUTPUTS = ("report.html", "summary.txt", "demo.json")
 
 
-def _new_tables(runs: list[Path], units) -> dict:
-    """The tables :func:`write_tables` builds from ``runs`` and ``units`` (not written)."""
+def _demo_tables(runs: list[Path]) -> tuple[dict, dict]:
+    """The frames and context :func:`write_tables` builds from the demo's runs (the unit
+    tables come from the runs' cache), each frame cut to 200 rows; nothing is written."""
     built = {}
 
-    def capture(tables, out_dir):
-        built.update(tables)
+    def capture(frames, out_dir, context=None):
+        built.update(frames=frames, context=context)
         return {}
 
     real = summary.save_tables
     summary.save_tables = capture
     try:
-        write_tables(runs, "unused", epochs=analysed_epochs(SMALL), units=units)
+        write_tables(runs, "unused", epochs=analysed_epochs(SMALL), probe_size=SMALL.probe_size,
+                     rel_damping=SMALL.rel_damping)  # fmt: skip
     finally:
         summary.save_tables = real
-    return built
+    return {k: f.head(200) for k, f in built["frames"].items()}, built["context"]
 
 
-def _write_outputs(out: Path, tables: dict, tag: str = "new") -> None:
+def _tagged(frames: dict, context: dict, tag: str) -> tuple[dict, dict]:
+    return {k: f.assign(version=tag) for k, f in frames.items()}, dict(context, version=tag)
+
+
+def _write_outputs(out: Path, tables: tuple[dict, dict], tag: str) -> None:
     """The demo's writes after training (natgrad.analysis.demo), in its order."""
-    summary.save_tables(tables, out / "tables")  # what write_tables ends with
+    summary.save_tables(tables[0], out / "tables", tables[1])  # how write_tables ends
     render_report(out / "tables", out / "report.html", context={"run": tag}, figures=False)
-    text = summary_text(load_tables(out / "tables")["summary"])
+    text = summary_text(read_tables(out / "tables")["summary"])
     _atomic.write_json(out / "demo.json", {"outputs": tag})
-    _atomic.write_text(out / "summary.txt", text + "\n")
+    _atomic.write_text(out / "summary.txt", f"{tag}\n{text}\n")  # tagged: old != new
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -116,7 +122,7 @@ class _Killer:
 
 
 def _run_child(
-    out: Path, tables: dict, kill_at: int | None, tag: str = "new"
+    out: Path, tables: tuple, kill_at: int | None, tag: str = "new"
 ) -> tuple[int, list[str]]:
     """Fork; the child writes the outputs under the killer. Returns (exit signal, the
     names of the operations of a child that finished)."""
@@ -146,23 +152,16 @@ def _run_child(
 
 @pytest.fixture(scope="module")
 def before_and_after(tmp_path_factory):
-    """The previous outputs (the small demo's), the new ones, the runs and the new units."""
+    """Snapshots of the old and new outputs, the new tables, the operations, the folder."""
     demo = small_demo(tmp_path_factory)
     runs = sorted(p for p in (demo / "runs").iterdir() if p.is_dir())
+    frames, context = _demo_tables(runs)
     base = tmp_path_factory.mktemp("kill")
-    old = base / "old"
+    old, new = base / "old", base / "new"
     old.mkdir()
-    shutil.copytree(demo / "tables", old / "tables")
-    for name in OUTPUTS:
-        shutil.copy2(demo / name, old / name)
-    units = read_csv(old / "tables" / "units.csv")
-    units = units.take(units["layer"] == units["layer"][-1])  # one layer: small, fast tables
-    units = units.with_columns(cosine=units["cosine"] * 0.5)  # new numbers in every table
-    old_tables = _new_tables(runs, units.with_columns(cosine=units["cosine"] * 2))
-    _run_child(old, old_tables, kill_at=None, tag="old")
-    tables = _new_tables(runs, units)
-    new = base / "new"
+    assert _run_child(old, _tagged(frames, context, "old"), kill_at=None, tag="old")[0] == 0
     shutil.copytree(old, new)
+    tables = _tagged(frames, context, "new")
     signal_, ops = _run_child(new, tables, kill_at=None)
     assert signal_ == 0 and len(ops) > 20, "the uninterrupted writer failed"
     return _snapshot(old), _snapshot(new), tables, ops, base
@@ -170,10 +169,10 @@ def before_and_after(tmp_path_factory):
 
 def test_kill_at_every_write_leaves_old_or_new_outputs(before_and_after):
     old, new, tables, ops, base = before_and_after
-    assert (
-        all(old[k] != new[k] for k in OUTPUTS)
-        and old["tables/units.csv"] != new["tables/units.csv"]
-    )
+    assert old.keys() == new.keys()
+    assert [k for k in new if old[k] == new[k]] == []
+    old_tables = {k: v for k, v in old.items() if k.startswith("tables/")}
+    new_tables = {k: v for k, v in new.items() if k.startswith("tables/")}
     swap = ops.index("_exchange") + 1
     points = range(1, len(ops) + 1)
     if not os.environ.get("NATGRAD_KILL_ALL"):
@@ -185,13 +184,9 @@ def test_kill_at_every_write_leaves_old_or_new_outputs(before_and_after):
         shutil.copytree(base / "old", out)
         sig, _ = _run_child(out, tables, kill_at=k)
         assert sig == signal.SIGKILL, f"kill point {k} of {len(ops)} was not reached"
-        load_tables(out / "tables")  # natgrad's reader accepts what is there ...
+        read_tables(out / "tables")  # natgrad's reader accepts what is there ...
         found = {k_: v for k_, v in _snapshot(out).items() if k_.startswith("tables/")}
-        state = [
-            "old" if found == {k_: v for k_, v in old.items() if k_.startswith("tables/")}
-            else "new" if found == {k_: v for k_, v in new.items() if k_.startswith("tables/")}
-            else "MIXED"
-        ]  # fmt: skip
+        state = ["old" if found == old_tables else "new" if found == new_tables else "MIXED"]
         for name in OUTPUTS:  # ... and every other output is the old or the new file
             data = (out / name).read_bytes()
             state.append("old" if data == old[name] else "new" if data == new[name] else "BAD")
@@ -211,8 +206,6 @@ def test_truncated_table_is_refused_by_the_report(before_and_after, tmp_path):
     path = tmp_path / "tables" / "units.csv"
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[: len(lines) // 3]))
-    from natgrad.errors import DataFileError
-
     with pytest.raises(DataFileError, match="units.csv does not match its checksum"):
         render_report(tmp_path / "tables", tmp_path / "report.html", figures=False)
     assert not (tmp_path / "report.html").exists()
