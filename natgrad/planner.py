@@ -46,6 +46,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from natgrad import memory, theorems
+from natgrad._atomic import dumps_json, temp_path
+from natgrad._layers import check_units
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError
 from natgrad.unitfisher import UnitFisher
 
@@ -78,7 +80,7 @@ def sharded_unit_fisher(
     memory.check_structure(structure)
     budget = memory.resolve_max_memory(max_memory)
     n_units, d = module.weight.shape[0], module.weight[0].numel()
-    all_units = torch.arange(n_units) if units is None else torch.as_tensor(units).reshape(-1)
+    all_units = torch.arange(n_units) if units is None else check_units(name, units, n_units)
     itemsize = module.weight.element_size()
     memory.check_budget({name: (1, d)}, structure, itemsize, budget, sharded=True)
     room = budget - min(memory.TEMP_FLOOR, budget // 4)
@@ -140,18 +142,22 @@ def sharded_unit_fisher(
         **meta,
         "shards": shards,
     }
-    _atomic_write(folder / INDEX, json.dumps(index, indent=1).encode())
+    _atomic_write(folder / INDEX, dumps_json(index, indent=1).encode())
     return ShardedUnitFisher.load(folder)
 
 
 def _atomic_save(path: Path, tensors: dict) -> None:
     """safetensors straight to a temporary file in the same folder (no in-memory copy of the
     blocks), fsynced, then renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)  # removed by natgrad._atomic.clean_stale if this process dies
+    try:
+        save_file(tensors, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
