@@ -30,7 +30,6 @@ statistics of each rank's shard (plain DDP; no SyncBatchNorm).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -39,15 +38,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
+from natgrad._atomic import append_jsonl, write_json, write_safetensors
 from natgrad.errors import InputError
+from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
 from natgrad.training.loop import (
     TrainResult,
-    _append,
     _epoch_generator,
     _evaluate,
     _loss_fn,
@@ -157,20 +156,17 @@ def train_ddp(
     else:
         start = 0
         if lead:
-            for p in [rd.metrics_path, rd.activation_summary_path]:
-                p.unlink(missing_ok=True)
-            for p in rd.checkpoint_files():
-                p.unlink()
+            _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
             "trainer": {"name": "ddp", "world_size": world,
                         "backend": dist.get_backend()}}  # fmt: skip
     if lead:
-        ckpt.atomic_write(rd.config_path, json.dumps(meta, indent=1).encode())
+        write_json(rd.config_path, meta)
     if fresh:
         if lead:
             rd.activations_dir.mkdir(exist_ok=True)
-            ckpt.atomic_write(rd.probe_path, st_save({"indices": probe}))
+            write_safetensors(rd.probe_path, {"indices": probe})
             save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
             tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
             te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
@@ -178,7 +174,7 @@ def train_ddp(
                        test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
                        seconds_per_iteration=None)  # fmt: skip
             history.append(row)
-            _append(rd.metrics_path, row)
+            append_jsonl(rd.metrics_path, row)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2**32)  # noqa: NPY002 - seed the legacy global state
         random.seed(config.seed)
@@ -234,7 +230,7 @@ def train_ddp(
                        test_loss=te_loss, test_error=te_err, seconds=time.perf_counter() - t0,
                        train_seconds=t_train, seconds_per_iteration=t_train / per_epoch)  # fmt: skip
             history.append(row)
-            _append(rd.metrics_path, row)
+            append_jsonl(rd.metrics_path, row)
             bar.set_postfix(
                 epoch=epoch, loss=f"{row['train_loss']:.4f}", test_loss=f"{te_loss:.4f}"
             )

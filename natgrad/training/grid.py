@@ -52,7 +52,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import random
 import time
@@ -63,15 +63,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
+from natgrad._atomic import append_jsonl, write_json, write_safetensors
 from natgrad.errors import InputError
+from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, lr_at
 from natgrad.training.loop import (
     TrainResult,
-    _append,
+    _diverged,
     _epoch_generator,
     _evaluate,
     _loss_fn,
@@ -166,13 +167,16 @@ def train_grid(
             continue
         trainer = {"name": "grid", "runs": len(members)}
         opened, unique = [], []
-        for i in members:
-            run = _open_run(configs[i], runs[i], dev, resume, trainer)
-            run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
-            opened.append(run)
-        grid = _Grid(opened, dev)
-        for i, res in zip(members, grid.train(progress), strict=True):
-            results[i] = res
+        with contextlib.ExitStack() as owned:  # every run dir of the cohort, as train() does
+            for i in members:
+                owned.enter_context(_owner.claim(runs[i]))
+            for i in members:
+                run = _open_run(configs[i], runs[i], dev, resume, trainer)
+                run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
+                opened.append(run)
+            grid = _Grid(opened, dev)
+            for i, res in zip(members, grid.train(progress), strict=True):
+                results[i] = res
     return results  # type: ignore[return-value]
 
 
@@ -216,18 +220,15 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
         _rewrite_jsonl(rd.metrics_path, start)
         _rewrite_jsonl(rd.activation_summary_path, start)
     else:
-        for p in [rd.metrics_path, rd.activation_summary_path]:
-            p.unlink(missing_ok=True)
-        for p in rd.checkpoint_files():
-            p.unlink()
+        _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
         start, history = 0, []
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
             "trainer": trainer}  # fmt: skip
-    ckpt.atomic_write(rd.config_path, json.dumps(meta, indent=1).encode())
+    write_json(rd.config_path, meta)
     if fresh:
         rd.activations_dir.mkdir(exist_ok=True)
-        ckpt.atomic_write(rd.probe_path, st_save({"indices": probe}))
+        write_safetensors(rd.probe_path, {"indices": probe})
         save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
         tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
         te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
@@ -235,7 +236,7 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
                    test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
                    seconds_per_iteration=None)  # fmt: skip
         history.append(row)
-        _append(rd.metrics_path, row)
+        append_jsonl(rd.metrics_path, row)
         if config.checkpoint_initial:
             _seed_globals(config.seed)
             ckpt.write_checkpoint(
@@ -563,6 +564,10 @@ class _Grid:
                            train_loss=float(loss_sum[i]) / self.n, test_loss=te_loss,
                            test_error=te_err, seconds=seconds, train_seconds=t_train / self.R,
                            seconds_per_iteration=t_train / self.R / per_epoch)  # fmt: skip
+                for what in ("train_loss", "test_loss"):  # checked once per epoch, as on a GPU
+                    if not math.isfinite(row[what]):
+                        raise _diverged(run.dir, epoch, per_epoch, per_epoch, lrs[i],
+                                        what.replace("_", " "), row[what])  # fmt: skip
                 run.history.append(row)
                 jobs.append((run.dir, epoch, records[i] if record else None, row))
             # Each run's files in the sequential order (activations, metrics, checkpoint); the
@@ -583,7 +588,7 @@ def _write(run_dir: Path, epoch: int, record: dict | None, row: dict) -> None:
     """An epoch's activation record (if any) and metrics row, as the sequential loop writes."""
     if record is not None:
         save_activations(run_dir, epoch, record)
-    _append(RunDir(run_dir).metrics_path, row)
+    append_jsonl(RunDir(run_dir).metrics_path, row)
 
 
 def _units(run: _Run) -> list[nn.Module]:
