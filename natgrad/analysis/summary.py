@@ -53,6 +53,7 @@ __all__ = [
     "UNIT_METRICS",
     "read_csv",
     "read_tables",
+    "resummarise",
     "save_tables",
     "write_csv",
     "write_tables",
@@ -149,6 +150,23 @@ def summarise(units, sweep, curves, *, reference: str = "elu", last: int = 3) ->
     return {"seeds": seeds, "seed_epochs": seed_epochs, "summary": summary,
             "comparison": comparison, "sweep_seeds": sweep_seeds,
             "threshold": threshold, "last_epoch": last_epoch}  # fmt: skip
+
+
+def resummarise(tables_dir: str | os.PathLike, *, last: int = 3) -> dict:
+    r"""Recompute the seed-level tables (seeds, seed_epochs, summary, comparison,
+    sweep_seeds) of ``tables_dir`` from its unit, sweep and curve tables, without touching
+    a checkpoint; the other tables and ``context.json`` (its threshold updated) are kept.
+    For summaries made by an older natgrad. Returns ``{name: path}``."""
+    t = read_tables(tables_dir)
+    summ = summarise(t["units"], t.get("sweep"), t["curves"], last=last)
+    frames = {k: v for k, v in t.items() if k != "context"}
+    frames.update({k: summ[k] for k in ("seeds", "seed_epochs", "summary", "comparison")})
+    if "sweep" in t:
+        frames["sweep_seeds"] = summ["sweep_seeds"]
+    ctx = dict(t["context"])
+    ctx["loss threshold (epochs_to_loss)"] = summ["threshold"]
+    ctx["test error"] = f"mean of the last {last} epochs"
+    return save_tables(frames, tables_dir, ctx)
 
 
 def write_tables(
