@@ -1,0 +1,162 @@
+r"""Per-unit preconditioners of the optimizers: unit, quasi-diagonal and diagonal solves.
+
+Each function works on all U units of a layer at once (no loop over units). The metric is the
+relatively damped unit Fisher (THEORY.md, "Measuring ...")
+
+.. math::
+
+    F_\lambda = F + \mu I,\qquad \mu = \lambda\,\frac{\operatorname{tr} F}{d+1}
+
+with one stated λ for every unit and unit type. Bias last: F = [[A, b], [bᵀ, c]].
+
+- ``unit``: u = F_λ⁻¹ g by batched Cholesky (:mod:`natgrad.linalg`).
+- ``quasidiagonal``: Ollivier's quasi-diagonal inverse (Ollivier 2015, "Riemannian metrics
+  for neural networks I", Section 3; Marceau-Caron & Ollivier 2016), from the diagonal of
+  F_λ and its bias column only, O(d) per unit:
+
+  .. math::
+
+      u_i = \frac{g_i M_{00} - g_0 M_{0i}}{M_{00} M_{ii} - M_{0i}^2},\qquad
+      u_0 = \frac{g_0}{M_{00}} - \sum_i \frac{M_{0i}}{M_{00}} u_i
+
+  with M_00 = c + μ (bias), M_ii = A_ii + μ, M_0i = b_i. Each u_i solves the 2×2 system of
+  (w_i, w_0) alone; the bias then absorbs the weights' shift. This is NOT the inverse of the
+  arrowhead matrix (diag(F) plus the bias row and column) that THEORY.md's ``quasidiagonal``
+  direction names: the two differ for d > 1, and only Ollivier's form is invariant under an
+  affine change of each incoming activation (a_i → α_i a_i + β_i), the property that makes it
+  the cheap relative of the unit natural gradient (``tests/test_optim.py`` shows both facts).
+- ``diagonal``: u = diag(F_λ)⁻¹ g.
+
+A unit whose block is zero (a ReLU unit dead on every input of the batches averaged) has no
+curvature to precondition with: its block is taken as s·I, s the mean of the layer's other
+units' tr F/(d+1) (the scale of its peers), so a gradient it receives later gets a step of
+the layer's usual size instead of a division by zero.
+
+Shapes: U units, d fan-in; ``g`` is ``[U, d+1]`` (bias last).
+
+Example:
+    >>> import torch
+    >>> F = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+    >>> u = unit_direction(unit_factor(F, 0.0), torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    >>> u.round(decimals=12)
+    tensor([[ 1., -1.]], dtype=torch.float64)
+    >>> diag, col = quasidiagonal_parts(F)
+    >>> quasidiagonal_direction(diag, col, torch.tensor([[1.0, 0.0]], dtype=torch.float64), 0.0)
+    tensor([[ 1., -1.]], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from natgrad import linalg
+from natgrad.errors import InputError, SingularBlockError
+
+__all__ = [
+    "diagonal_direction",
+    "quasidiagonal_direction",
+    "quasidiagonal_parts",
+    "relative_shift",
+    "unit_direction",
+    "unit_factor",
+]
+
+
+def relative_shift(diag: torch.Tensor, rel_damping: float) -> torch.Tensor:
+    r"""``[U]`` μ = λ·tr F/(d+1) from the diagonals ``[U, d+1]`` of the blocks."""
+    if not (math.isfinite(float(rel_damping)) and float(rel_damping) >= 0.0):
+        raise InputError(f"rel_damping must be a finite number >= 0, got {rel_damping!r}")
+    return rel_damping * diag.sum(-1) / diag.shape[-1]
+
+
+def _peer_scale(diag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(dead [U] bool, s)``: units with a zero block and the peers' mean tr F/(d+1)."""
+    trace = diag.sum(-1)  # [U]
+    dead = ~(trace > 0)
+    alive = trace[~dead]
+    s = alive.mean() / diag.shape[-1] if alive.numel() else torch.ones((), dtype=diag.dtype)
+    return dead, s
+
+
+def quasidiagonal_parts(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(diag [U, d+1], bias column [U, d])`` of dense blocks ``[U, d+1, d+1]``: all that
+    the quasi-diagonal and diagonal preconditioners read."""
+    return torch.diagonal(matrix, dim1=-2, dim2=-1), matrix[:, :-1, -1]
+
+
+def unit_factor(
+    matrix: torch.Tensor, rel_damping: float, *, layer: str | None = None
+) -> torch.Tensor:
+    r"""``[U, d+1, d+1]`` float64 Cholesky factors of F_λ = F + μI (μ per unit, see above).
+
+    Raises :class:`~natgrad.errors.SingularBlockError` naming the layer and units whose
+    damped block is not positive definite.
+    """
+    m64 = matrix.to(torch.float64)
+    dead, s = _peer_scale(torch.diagonal(m64, dim1=-2, dim2=-1))
+    if dead.any():
+        eye = torch.eye(m64.shape[-1], dtype=m64.dtype, device=m64.device)
+        m64 = torch.where(dead[:, None, None], s * eye, m64)
+    mu = relative_shift(torch.diagonal(m64, dim1=-2, dim2=-1), rel_damping)  # [U]
+    eye = torch.eye(m64.shape[-1], dtype=m64.dtype, device=m64.device)
+    return linalg.cholesky(m64 + mu[:, None, None] * eye, layer=layer, warn_cond=math.inf,
+                           what=f"unit Fisher block (relative damping {rel_damping:g})")  # fmt: skip
+
+
+def unit_direction(factor: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    r"""``[U, d+1]`` u = F_λ⁻¹ g from the factors of :func:`unit_factor`, in ``g``'s dtype."""
+    return linalg.cho_solve(factor, g).to(g.dtype)
+
+
+def quasidiagonal_direction(
+    diag: torch.Tensor,
+    bias_column: torch.Tensor,
+    g: torch.Tensor,
+    rel_damping: float,
+    *,
+    layer: str | None = None,
+) -> torch.Tensor:
+    r"""``[U, d+1]`` Ollivier's quasi-diagonal inverse of F_λ applied to ``g`` (module
+    docstring), from ``diag`` ``[U, d+1]`` and ``bias_column`` ``[U, d]`` of F; float64
+    inside, ``g``'s dtype out."""
+    d64, b64, g64 = (t.to(torch.float64) for t in (diag, bias_column, g))
+    dead, s = _peer_scale(d64)
+    d64 = torch.where(dead[:, None], s, d64)
+    b64 = torch.where(dead[:, None], 0.0, b64)
+    mu = relative_shift(d64, rel_damping).unsqueeze(-1)  # [U, 1]
+    m = d64 + mu  # [U, d+1]
+    m00, mii = m[:, -1:], m[:, :-1]  # [U, 1], [U, d]
+    det = m00 * mii - b64.square()  # [U, d], > 0 for a PSD F with μ > 0 (2×2 minors)
+    _check_positive(det, m00, layer, "2x2 (weight, bias) minors of the quasi-diagonal metric")
+    u_w = (g64[:, :-1] * m00 - g64[:, -1:] * b64) / det  # [U, d]
+    u_0 = (g64[:, -1] - (b64 * u_w).sum(-1)) / m00.squeeze(-1)  # [U]
+    return torch.cat([u_w, u_0.unsqueeze(-1)], dim=-1).to(g.dtype)
+
+
+def diagonal_direction(
+    diag: torch.Tensor, g: torch.Tensor, rel_damping: float, *, layer: str | None = None
+) -> torch.Tensor:
+    r"""``[U, d+1]`` u = diag(F_λ)⁻¹ g from ``diag`` ``[U, d+1]``; ``g``'s dtype out."""
+    d64 = diag.to(torch.float64)
+    dead, s = _peer_scale(d64)
+    d64 = torch.where(dead[:, None], s, d64)
+    m = d64 + relative_shift(d64, rel_damping).unsqueeze(-1)
+    _check_positive(m, m, layer, "diagonal entries of the damped unit Fisher")
+    return (g.to(torch.float64) / m).to(g.dtype)
+
+
+def _check_positive(det: torch.Tensor, scale: torch.Tensor, layer, what: str) -> None:
+    r"""Raise naming the units whose ``det`` ``[U, k]`` is not positive (finite)."""
+    bad = ~(det > 0).all(-1) | ~torch.isfinite(det).all(-1) | ~(scale > 0).all(-1)
+    if bad.any():
+        units = bad.nonzero().flatten()
+        shown = ", ".join(str(int(u)) for u in units[:5])
+        more = f" and {units.numel() - 5} more" if units.numel() > 5 else ""
+        where = f"layer {layer!r}: " if layer is not None else ""
+        raise SingularBlockError(
+            f"{where}the {what} are not positive for units {shown}{more} (an input that is "
+            "constant, e.g. an always-zero pixel, has a zero Fisher entry). "
+            "Pass rel_damping > 0."
+        )

@@ -1,0 +1,299 @@
+r"""``UnitNaturalGradient``: SGD whose step for each Linear/Conv2d unit is preconditioned by
+that unit's own (damped) Fisher block.
+
+For unit i with loss gradient ∇ = (∇_w, ∇_{w0}) (``.grad`` holds the gradient of the LOSS,
+the negative mean log-likelihood, so F⁻¹∇ is the descent direction) the step is
+
+.. math::
+
+    \theta_i \leftarrow \theta_i - \eta\, P_i^{-1} \nabla_i,\qquad
+    P_i \in \{F_{\lambda,i},\ \text{Ollivier's quasi-diagonal } F_{\lambda,i},\
+              \operatorname{diag}(F_{\lambda,i})\}
+
+with F_λ = F + λ·(tr F/(d+1))·I (THEORY.md; :mod:`natgrad.optim.solves`), ``momentum`` as
+in ``torch.optim.SGD`` (a buffer of the preconditioned direction) and weight decay added to
+the Linear/Conv2d weights' gradient before preconditioning. ``structure="unit"`` is the unit
+natural gradient of Theorem 1 (Ollivier 2015's unit-wise natural gradient);
+``"quasidiagonal"`` is Ollivier's quasi-diagonal reduction; ``"diagonal"`` the diagonal one.
+
+F is a running average of the unit Fisher of the training batches: every ``refresh_every``
+steps the optimizer runs natgrad's engine (:func:`natgrad.fisher.unit_fishers`: one forward
+and one batched backward for all layers) on the current batch, and sets
+F ← ema·F + (1 − ema)·F_batch (the first refresh sets F = F_batch). Only the parts each
+structure reads are kept: the dense blocks for ``unit`` (Cholesky factors are cached until the
+next refresh), the diagonal and the bias column for the others.
+
+Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes) and layers without a bias
+take the plain SGD step. Model buffers (batch-norm running statistics) are restored after the
+refresh pass, so it does not count as a training forward; dropout in train mode draws its
+masks from torch's global generator as usual. Layers whose dense blocks U·(d+1)² exceed
+``memory_budget`` elements fall back to ``quasidiagonal`` (a warning names them).
+
+Usage::
+
+    opt = UnitNaturalGradient(model, lr=0.1, structure="unit", kind="mc")
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step(x)          # or opt.step(x, closure=...)
+
+Example:
+    >>> import torch
+    >>> torch.manual_seed(0)
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
+    >>> opt = UnitNaturalGradient(net, lr=0.1, kind="exact", refresh_every=1, ema=0.0)
+    >>> x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    >>> torch.nn.functional.cross_entropy(net(x), y).backward()
+    >>> opt.step(x)
+    >>> sorted(opt.structures.items())
+    [('0', 'unit'), ('2', 'unit')]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from natgrad._layers import SUPPORTED
+from natgrad.errors import InputError, NatgradWarning
+from natgrad.fisher import unit_fishers
+from natgrad.likelihoods import KINDS, check_likelihood
+from natgrad.optim import solves
+
+__all__ = ["STRUCTURES", "UnitNaturalGradient"]
+
+STRUCTURES = ("unit", "quasidiagonal", "diagonal")
+
+DENSE_BUDGET = 2**28
+"""Default largest dense Fisher state of one layer, in elements (1 GiB in float32)."""
+
+
+class UnitNaturalGradient(torch.optim.Optimizer):
+    r"""Unit-wise natural-gradient SGD (module docstring has the formulas).
+
+    Args:
+        model: the network; its Linear/Conv2d layers with a bias are preconditioned.
+        lr: learning rate η.
+        structure: ``"unit"`` (dense F_λ⁻¹), ``"quasidiagonal"`` (Ollivier) or ``"diagonal"``.
+        kind: Fisher estimator of the engine: ``"mc"`` (labels sampled from the model),
+            ``"exact"`` or ``"empirical"`` (needs ``targets`` in :meth:`step`).
+        rel_damping: λ in F_λ = F + λ·(tr F/(d+1))·I, the same for every unit.
+        refresh_every: recompute the batch Fisher every this many steps (1: every step).
+        ema: weight of the old average, F ← ema·F + (1 − ema)·F_batch, in [0, 1).
+        momentum: SGD momentum on the preconditioned direction.
+        weight_decay: L2 on Linear/Conv2d weights, added to the gradient before preconditioning.
+        likelihood: ``"categorical"``, ``"bernoulli"`` or ``"gaussian"`` (the loss's model).
+        mc_samples: labels sampled per input for ``kind="mc"``.
+        seed: seed of the optimizer's own generator for the sampled labels (checkpointed).
+        memory_budget: largest dense state U·(d+1)² of a layer, in elements; larger layers
+            use ``quasidiagonal`` (with a :class:`~natgrad.errors.NatgradWarning`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        *,
+        structure: str = "unit",
+        kind: str = "mc",
+        rel_damping: float = 0.1,
+        refresh_every: int = 10,
+        ema: float = 0.9,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        likelihood: str = "categorical",
+        mc_samples: int = 1,
+        seed: int = 0,
+        memory_budget: int = DENSE_BUDGET,
+    ) -> None:
+        if structure not in STRUCTURES:
+            raise InputError(f"structure={structure!r}: choose one of {', '.join(STRUCTURES)}")
+        if kind not in KINDS:
+            raise InputError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
+        check_likelihood(likelihood)
+        if not (isinstance(refresh_every, int) and refresh_every >= 1):
+            raise InputError(f"refresh_every must be a positive integer, got {refresh_every!r}")
+        if not (0.0 <= ema < 1.0):
+            raise InputError(f"ema must be in [0, 1), got {ema!r}")
+        if not (math.isfinite(rel_damping) and rel_damping >= 0.0):
+            raise InputError(f"rel_damping must be a finite number >= 0, got {rel_damping!r}")
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise InputError(f"lr, momentum, weight_decay must be >= 0, got {lr}, {momentum}, "
+                             f"{weight_decay}")  # fmt: skip
+        from natgrad.optim.centring import is_centred
+
+        self.model = model
+        self.layers: dict[str, nn.Module] = {}
+        self.structures: dict[str, str] = {}
+        too_big = []
+        for name, m in model.named_modules():
+            if not isinstance(m, SUPPORTED) or m.bias is None:
+                continue
+            if is_centred(m):
+                raise InputError(
+                    f"layer {name!r} is centred (natgrad.optim.centre); the unit Fisher engine "
+                    "sees the uncentred parametrisation. Centring is meant for plain SGD: use "
+                    "torch.optim.SGD on the centred model, or UnitNaturalGradient on the original"
+                )
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                continue
+            self.layers[name] = m
+            dense = m.weight.shape[0] * (m.weight[0].numel() + 1) ** 2
+            if structure == "unit" and dense > memory_budget:
+                too_big.append(f"{name} ({dense:,} elements)")
+                self.structures[name] = "quasidiagonal"
+            else:
+                self.structures[name] = structure
+        if too_big:
+            warnings.warn(
+                f"dense unit Fisher blocks of layers {', '.join(too_big)} exceed the memory "
+                f"budget of {memory_budget:,} elements; they use the quasidiagonal structure. "
+                "Raise memory_budget= to keep them dense.",
+                NatgradWarning,
+                stacklevel=2,
+            )
+        weights = {id(m.weight) for m in model.modules() if isinstance(m, SUPPORTED)}
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if id(p) in weights], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in weights], "weight_decay": 0.0},
+        ]
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        super().__init__([g for g in groups if g["params"]], defaults)
+        self.structure, self.kind, self.likelihood = structure, kind, likelihood
+        self.rel_damping, self.refresh_every, self.ema = rel_damping, refresh_every, ema
+        self.mc_samples = mc_samples
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._factors: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    # --- state: the running Fisher lives in the state of each layer's weight ---------------
+    def state_dict(self) -> dict:
+        """``torch.optim`` state plus the step count and the label generator (as tensors)."""
+        first = self.param_groups[0]["params"][0]
+        self.state[first]["natgrad_steps"] = self.steps
+        self.state[first]["natgrad_generator"] = self.generator.get_state()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        first = self.param_groups[0]["params"][0]
+        st = self.state[first]
+        if "natgrad_steps" in st:
+            self.steps = int(st["natgrad_steps"])
+        if "natgrad_generator" in st:  # load_state_dict casts it to the param dtype
+            self.generator.set_state(st["natgrad_generator"].to(torch.uint8).cpu())
+        self._factors = {}
+
+    # --- the step ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(
+        self,
+        inputs: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        closure: Callable[[], torch.Tensor] | None = None,
+    ):
+        r"""One preconditioned step. ``inputs`` (and ``targets`` for ``kind="empirical"``) is
+        the current batch, needed on refresh steps; ``closure`` re-evaluates the loss and
+        calls ``backward`` (its loss is returned)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.steps % self.refresh_every == 0 or not self._has_fisher():
+            if inputs is None:
+                raise InputError(
+                    f"step {self.steps} refreshes the unit Fisher: call opt.step(inputs) with "
+                    "the current batch (and targets= for kind='empirical')"
+                )
+            self._refresh(inputs, targets)
+        directions = self._directions()
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                d_p = directions.get(p)
+                if d_p is None:
+                    if p.grad is None:
+                        continue
+                    d_p = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                if mom:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = d_p.detach().clone()
+                    else:
+                        buf.mul_(mom).add_(d_p)
+                    d_p = buf
+                p.add_(d_p, alpha=-lr)
+        self.steps += 1
+        return loss
+
+    def _has_fisher(self) -> bool:
+        return all(_FISHER_KEYS[0] in self.state[m.weight] or
+                   _FISHER_KEYS[1] in self.state[m.weight] for m in self.layers.values())  # fmt: skip
+
+    def _refresh(self, inputs, targets) -> None:
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        try:
+            fishers = unit_fishers(
+                self.model, inputs, targets, layers=list(self.layers), kind=self.kind,
+                likelihood=self.likelihood, mc_samples=self.mc_samples, generator=self.generator,
+            )  # fmt: skip
+        finally:
+            for b, saved in buffers:
+                b.copy_(saved)
+        for name, fisher in fishers.items():
+            state = self.state[self.layers[name].weight]
+            new = _stored_parts(fisher.matrix, self.structures[name])
+            for key, value in new.items():
+                old = state.get(key)
+                if old is None or self.ema == 0.0:
+                    state[key] = value.clone()
+                else:
+                    old.mul_(self.ema).add_(value, alpha=1.0 - self.ema)
+        self._factors = {}
+
+    def _directions(self) -> dict[torch.Tensor, torch.Tensor]:
+        r"""{param: preconditioned direction} for the weights and biases of every layer."""
+        out = {}
+        wd = self.param_groups[0]["weight_decay"] if self.param_groups else 0.0
+        for name, m in self.layers.items():
+            if m.weight.grad is None or m.bias.grad is None:
+                continue
+            gw = m.weight.grad.reshape(m.weight.shape[0], -1)  # [U, d]
+            if wd:
+                gw = gw + wd * m.weight.reshape(gw.shape)
+            g = torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1)  # [U, d+1]
+            state = self.state[m.weight]
+            structure = self.structures[name]
+            if structure == "unit":
+                if name not in self._factors:
+                    self._factors[name] = solves.unit_factor(
+                        state["fisher"], self.rel_damping, layer=name
+                    )
+                u = solves.unit_direction(self._factors[name], g)
+            elif structure == "quasidiagonal":
+                u = solves.quasidiagonal_direction(
+                    state["fisher_diag"], state["fisher_bias"], g, self.rel_damping, layer=name
+                )
+            else:
+                u = solves.diagonal_direction(state["fisher_diag"], g, self.rel_damping, layer=name)
+            out[m.weight] = u[:, :-1].reshape(m.weight.shape)
+            out[m.bias] = u[:, -1]
+        return out
+
+
+_FISHER_KEYS = ("fisher", "fisher_diag")
+
+
+def _stored_parts(matrix: torch.Tensor, structure: str) -> dict[str, torch.Tensor]:
+    r"""What a structure keeps of the batch blocks ``[U, d+1, d+1]``."""
+    if structure == "unit":
+        return {"fisher": matrix}
+    diag, col = solves.quasidiagonal_parts(matrix)
+    if structure == "quasidiagonal":
+        return {"fisher_diag": diag, "fisher_bias": col}
+    return {"fisher_diag": diag}

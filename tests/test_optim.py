@@ -1,0 +1,408 @@
+r"""natgrad.optim: the optimizers' steps against direct per-unit solves, Ollivier's closed
+form, invariance under x → 1 − x, centring's T Tᵀ g, and ASDL's unit-wise natural gradient.
+
+Ground truth is the brute-force Fisher (:func:`natgrad.reference.reference_unit_fisher`,
+per-sample per-label autograd) and a dense ``torch.linalg.solve`` per unit, in float64.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from natgrad.errors import InputError, NatgradWarning, SingularBlockError
+from natgrad.optim import UnitNaturalGradient, centre, solves, uncentre, update_centres
+from natgrad.reference import reference_unit_fisher
+from natgrad.testing import assert_close
+from tests.cases import CASES, case_id
+
+STEP_CASES = [
+    c
+    for c in CASES
+    if c.name
+    in ("mlp-elu-categorical", "mlp-relu-gaussian", "cnn-categorical", "tokens-categorical",
+        "mlp-elu-bernoulli")
+]  # fmt: skip
+STRUCTURES = ("unit", "quasidiagonal", "diagonal")
+LR, LAMBDA = 0.3, 0.05
+
+
+def _loss(likelihood: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""−(1/N) Σ_n ln p(y_n | z_n) up to a constant: the loss whose gradient is −g."""
+    if likelihood == "categorical":
+        return F.cross_entropy(out, y)
+    o = out.reshape(out.shape[0], -1)
+    t = y.reshape(o.shape)
+    if likelihood == "bernoulli":
+        return F.binary_cross_entropy_with_logits(o, t, reduction="sum") / o.shape[0]
+    return 0.5 * (o - t).square().sum() / o.shape[0]
+
+
+def _layers(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def _direct_direction(structure: str, matrix: torch.Tensor, g: torch.Tensor, lam: float):
+    r"""[U, d+1] by one dense solve per unit (a Python loop: the slow, obvious route)."""
+    out = []
+    for F_u, g_u in zip(matrix, g, strict=True):
+        d1 = F_u.shape[0]
+        M = F_u + lam * torch.trace(F_u) / d1 * torch.eye(d1)
+        if structure == "unit":
+            out.append(torch.linalg.solve(M, g_u))
+        elif structure == "diagonal":
+            out.append(torch.linalg.solve(torch.diag(torch.diagonal(M)), g_u))
+        else:  # Ollivier: a 2×2 solve of (w_i, w0) per input i, then the bias absorbs
+            u_w = torch.stack([
+                torch.linalg.solve(M[[i, -1]][:, [i, -1]], g_u[[i, -1]])[0] for i in range(d1 - 1)
+            ])  # fmt: skip
+            u_0 = (g_u[-1] - M[:-1, -1] @ u_w) / M[-1, -1]
+            out.append(torch.cat([u_w, u_0.reshape(1)]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("case", STEP_CASES, ids=case_id)
+def test_step_equals_direct_solve(case, structure):
+    r"""One step moves every unit by −lr·P_λ⁻¹∇ with P from the brute-force Fisher."""
+    model, x, y = case.make()
+    layers = _layers(model)
+    ref = {n: reference_unit_fisher(model, n, x, kind="exact", likelihood=case.likelihood)
+           for n in layers}  # fmt: skip
+    _loss(case.likelihood, model(x), y).backward()
+    before = {n: (m.weight.detach().clone(), m.bias.detach().clone()) for n, m in layers.items()}
+    grads = {n: torch.cat([m.weight.grad.reshape(m.weight.shape[0], -1), m.bias.grad[:, None]], 1)
+             for n, m in layers.items()}  # fmt: skip
+    opt = UnitNaturalGradient(model, LR, structure=structure, kind="exact",
+                              likelihood=case.likelihood, rel_damping=LAMBDA, ema=0.0)  # fmt: skip
+    opt.step(x)
+    for n, m in layers.items():
+        u = _direct_direction(structure, ref[n].matrix, grads[n], LAMBDA)
+        w0, b0 = before[n]
+        assert_close(m.weight.reshape(w0.shape[0], -1), w0.reshape(w0.shape[0], -1) - LR * u[:, :-1],
+                     what=f"{case.name}/{n} weights ({structure})")  # fmt: skip
+        assert_close(m.bias, b0 - LR * u[:, -1], what=f"{case.name}/{n} bias ({structure})")
+
+
+def _data_block(shift: float, n: int = 40, d: int = 4, seed: int = 0):
+    r"""A Linear unit's Fisher E[w ã ãᵀ] from inputs with mean ``shift``, and a gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=gen) + shift
+    w = torch.rand(n, generator=gen)
+    at = torch.cat([a, torch.ones(n, 1)], 1)
+    return a, w, (w[:, None, None] * at[:, :, None] * at[:, None, :]).mean(0, keepdim=True)
+
+
+def _affine_map(d: int) -> torch.Tensor:
+    r"""T with θ = Tθ′ for a′ = 1 − a: w = −w′, w0 = w0′ + Σ w′ (bias last)."""
+    T = torch.eye(d + 1)
+    T[:-1, :-1] *= -1.0
+    T[-1, :-1] = 1.0
+    return T
+
+
+def test_quasidiagonal_is_ollivier_not_arrowhead_inverse():
+    r"""Ollivier's quasi-diagonal inverse is invariant under a′ = 1 − a (T u′ = u); the
+    inverse of the arrowhead matrix (diag + bias row/column) is a different direction and
+    is not invariant."""
+    _, _, F1 = _data_block(1.5)
+    g = torch.randn(1, 5)
+    T = _affine_map(4)
+    F2, g2 = T.T @ F1 @ T, g @ T  # the same unit seeing 1 − a: F′ = TᵀFT, g′ = Tᵀg
+    qd = solves.quasidiagonal_direction(*solves.quasidiagonal_parts(F1), g, 0.0)
+    qd2 = solves.quasidiagonal_direction(*solves.quasidiagonal_parts(F2), g2, 0.0)
+    assert_close(qd2 @ T.T, qd, what="quasi-diagonal step mapped back")
+    arrow = torch.diag_embed(torch.diagonal(F1, dim1=-2, dim2=-1))
+    arrow[:, :-1, -1] = arrow[:, -1, :-1] = F1[:, :-1, -1]
+    u_arrow = torch.linalg.solve(arrow, g)
+    assert (u_arrow - qd).abs().max() > 0.1 * qd.abs().max()
+    arrow2 = torch.diag_embed(torch.diagonal(F2, dim1=-2, dim2=-1))
+    arrow2[:, :-1, -1] = arrow2[:, -1, :-1] = F2[:, :-1, -1]
+    u_arrow2 = torch.linalg.solve(arrow2, g2) @ T.T
+    assert (u_arrow2 - u_arrow).abs().max() > 0.1 * u_arrow.abs().max()
+
+
+def test_quasidiagonal_equals_unit_for_one_input():
+    r"""d = 1: the quasi-diagonal metric is the whole block (hand-checkable case of THEORY.md)."""
+    F1 = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]])
+    g = torch.tensor([[1.0, 0.0]])
+    assert_close(solves.quasidiagonal_direction(*solves.quasidiagonal_parts(F1), g, 0.0),
+                 torch.tensor([[1.0, -1.0]]))  # fmt: skip
+
+
+@pytest.mark.parametrize("structure", ("unit", "quasidiagonal"))
+def test_step_invariant_to_input_flip(structure):
+    r"""Training on x or on 1 − x (first layer compensated: w′ = −w, w0′ = w0 + Σw) gives the
+    same function after one step, for the unit natural gradient and Ollivier's QD."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ELU(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.rand(48, 4), torch.randint(0, 3, (48,))
+    flip = copy.deepcopy(net)
+    with torch.no_grad():
+        flip[0].bias.add_(net[0].weight.sum(1))
+        flip[0].weight.neg_()
+    assert_close(flip(1 - x), net(x), what="compensated net")
+    for model, inputs in ((net, x), (flip, 1 - x)):
+        opt = UnitNaturalGradient(model, 0.5, structure=structure, kind="exact",
+                                  rel_damping=0.0, ema=0.0)  # fmt: skip
+        F.cross_entropy(model(inputs), y).backward()
+        opt.step(inputs)
+    probe = torch.rand(10, 4)
+    assert (net(probe) - probe.new_zeros(1)).abs().max() > 0  # the step did something
+    assert_close(flip(1 - probe), net(probe), what=f"function after one {structure} step")
+
+
+def test_diagonal_step_is_not_invariant_to_input_flip():
+    r"""The control: the diagonal preconditioner sees the flip (else the test above is moot)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ELU(), nn.Linear(6, 3))
+    x, y = torch.rand(48, 4), torch.randint(0, 3, (48,))
+    flip = copy.deepcopy(net)
+    with torch.no_grad():
+        flip[0].bias.add_(net[0].weight.sum(1))
+        flip[0].weight.neg_()
+    for model, inputs in ((net, x), (flip, 1 - x)):
+        opt = UnitNaturalGradient(model, 0.5, structure="diagonal", kind="exact",
+                                  rel_damping=0.0, ema=0.0)  # fmt: skip
+        F.cross_entropy(model(inputs), y).backward()
+        opt.step(inputs)
+    probe = torch.rand(10, 4)
+    assert (flip(1 - probe) - net(probe)).abs().max() > 1e-3
+
+
+# --- centring ------------------------------------------------------------------------------
+
+
+def _cnn():
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ELU(), nn.Conv2d(3, 2, 2, stride=2),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))  # fmt: skip
+
+
+CENTRE_CASES = {
+    "mlp": (lambda: nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)), (5,)),
+    "cnn": (_cnn, (2, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", CENTRE_CASES)
+def test_centred_net_same_function_and_sgd_step_is_TTt_g(name):
+    r"""centre() and update_centres() keep the function; one SGD step of the centred net moves
+    (w, w0) by −lr·T Tᵀ∇, T = [[I, 0], [−mᵀ, 1]] (THEORY.md, the ``centred`` direction)."""
+    build, shape = CENTRE_CASES[name]
+    torch.manual_seed(1)
+    net = build()
+    x, y = torch.rand(12, *shape) + 0.5, torch.randint(0, 3, (12,))
+    cnet = centre(net)
+    assert_close(cnet(x), net(x), what="centred net, m = 0")
+    update_centres(cnet, rate=1.0)  # m := the incoming means of this batch
+    assert_close(cnet(x), net(x), what="centred net after moving m")
+    assert all(m.centre.abs().max() > 0 for m in cnet.modules() if hasattr(m, "centre"))
+    F.cross_entropy(net(x), y).backward()
+    cnet.zero_grad()
+    F.cross_entropy(cnet(x), y).backward()
+    torch.optim.SGD(cnet.parameters(), lr=LR).step()
+    after = uncentre(cnet)
+    for (n, m), m_after in zip(_layers(net).items(), _layers(after).values(), strict=True):
+        mean = dict(cnet.named_modules())[n].centre  # [d]
+        U = m.weight.shape[0]
+        gw, g0 = m.weight.grad.reshape(U, -1), m.bias.grad
+        tg_w = gw - g0[:, None] * mean  # Tᵀg: (g_w − m g0, g0)
+        step_w, step_0 = tg_w, g0 - tg_w @ mean  # T(Tᵀg)
+        assert_close(m_after.weight.reshape(U, -1), m.weight.reshape(U, -1) - LR * step_w,
+                     what=f"{name}/{n} weights")  # fmt: skip
+        assert_close(m_after.bias, m.bias - LR * step_0, what=f"{name}/{n} bias")
+
+
+def test_centred_layers_rejected_by_unit_natural_gradient():
+    net = centre(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(InputError, match="centred"):
+        UnitNaturalGradient(net, 0.1)
+
+
+# --- the peer: ASDL's unit-wise natural gradient -------------------------------------------
+
+
+PEER_CASES = {  # smooth units only: undamped blocks must be positive definite
+    "mlp-elu": (lambda: nn.Sequential(nn.Linear(5, 8), nn.ELU(), nn.Linear(8, 6), nn.ELU(),
+                                      nn.Linear(6, 4)), (5,)),
+    "cnn-elu": (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ELU(),
+                                      nn.Conv2d(3, 2, 3, padding=1), nn.Tanh(), nn.Flatten(),
+                                      nn.Linear(18, 4)), (2, 6, 6)),
+}  # fmt: skip
+
+
+def _peer_case(name: str):
+    build, shape = PEER_CASES[name]
+    torch.manual_seed(2)
+    n = 40  # > d+1 of every layer: positive definite blocks without damping
+    return build(), torch.randn(n, *shape), torch.randint(0, 4, (n,))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # ASDL's non-full backward hooks
+@pytest.mark.parametrize("name", PEER_CASES)
+def test_unit_fisher_blocks_agree_with_asdl(name):
+    r"""ASDL's unit-wise exact Fisher (``fisher_shapes=["unit_wise"]``, bias last, the batch
+    sum over ``data_size``) equals natgrad's blocks, Conv2d (weight-shared) included."""
+    pytest.importorskip("asdl")
+    from asdl.fisher import FisherConfig, get_fisher_maker
+
+    model, x, y = _peer_case(name)
+    cfg = FisherConfig(fisher_type="fisher_exact", fisher_shapes=["unit_wise"],
+                       data_size=x.shape[0], loss_type="cross_entropy")  # fmt: skip
+    maker = get_fisher_maker(model, cfg)
+    dummy = maker.setup_model_call(model, x)
+    maker.setup_loss_call(F.cross_entropy, dummy, y)
+    maker.forward_and_backward()
+    from natgrad.fisher import unit_fishers
+
+    ours = unit_fishers(model, x, kind="exact")
+    for n, m in _layers(model).items():
+        assert_close(maker.get_fisher_tensor(m, "unit", "data"), ours[n].matrix, what=n)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # ASDL's non-full backward hooks
+def test_unit_step_agrees_with_asdl():
+    r"""ASDL (``asdfghjkl``) ``UnitWiseNaturalGradientMaker`` with the exact Fisher: its
+    preconditioned gradient equals natgrad's unit step where the definitions match —
+    no damping (ASDL adds an ABSOLUTE λI, natgrad λ·tr F/(d+1)·I per unit), ASDL's
+    ``data_size`` = batch size (its Fisher is the batch SUM divided by data_size; natgrad's
+    is the mean), and a mean-reduced loss. Both order the bias last (ASDL appends a ones
+    column to the input) and refresh every step without an average (ema = 0 here). ASDL's
+    unit-wise step fails on Conv2d (``UnitWise.mvp`` hstacks the 4-d weight gradient with the
+    bias), so conv layers are compared on the blocks above."""
+    pytest.importorskip("asdl")
+    from asdl.precondition import PreconditioningConfig
+    from asdl.precondition.natural_gradient import UnitWiseNaturalGradientMaker
+
+    name = "mlp-elu"
+    model, x, y = _peer_case(name)
+    cfg = PreconditioningConfig(damping=0.0, data_size=x.shape[0])
+    maker = UnitWiseNaturalGradientMaker(model, cfg, fisher_type="fisher_exact")
+    dummy = maker.setup_model_call(model, x)
+    maker.setup_loss_call(F.cross_entropy, dummy, y)
+    maker.forward_and_backward()
+    peer = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    UnitNaturalGradient(model, 1.0, kind="exact", rel_damping=0.0, ema=0.0).step(x)
+    for k, p in model.named_parameters():
+        assert_close(before[k] - p.detach(), peer[k], rtol=1e-7, atol=1e-9, what=f"{name}/{k}")
+
+
+# --- the optimizer's bookkeeping -----------------------------------------------------------
+
+
+def _tiny(bn: bool = False):
+    torch.manual_seed(0)
+    mods = [nn.Linear(4, 6)] + ([nn.BatchNorm1d(6)] if bn else []) + [nn.ELU(), nn.Linear(6, 3)]
+    return nn.Sequential(*mods), torch.randn(20, 4), torch.randint(0, 3, (20,))
+
+
+def _train(model, opt, x, y, steps, start=0):
+    for t in range(start, start + steps):
+        xb, yb = x[(t * 5) % 20 :][:10], y[(t * 5) % 20 :][:10]
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step(xb)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_state_dict_resume_is_bit_identical(structure):
+    r"""EMA Fisher, momentum, step count and the MC label generator survive state_dict():
+    3 + 4 steps from a reloaded optimizer equal 7 uninterrupted steps bit for bit."""
+    kw = dict(structure=structure, kind="mc", refresh_every=2, ema=0.8, momentum=0.9)
+    model, x, y = _tiny()
+    twin = copy.deepcopy(model)
+    opt = UnitNaturalGradient(model, 0.1, **kw)
+    _train(model, opt, x, y, 7)
+    opt2 = UnitNaturalGradient(twin, 0.1, **kw)
+    _train(twin, opt2, x, y, 3)
+    state = copy.deepcopy(opt2.state_dict())
+    opt3 = UnitNaturalGradient(twin, 0.1, **dict(kw, seed=99))
+    opt3.load_state_dict(state)
+    _train(twin, opt3, x, y, 4, start=3)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_ema_averages_refreshed_fishers():
+    r"""F ← ema·F + (1 − ema)·F_batch across refreshes (kind exact: no sampling)."""
+    model, x, y = _tiny()
+    opt = UnitNaturalGradient(model, 0.0, kind="exact", refresh_every=1, ema=0.25)
+    expected = None
+    for xb in (x[:10], x[10:]):
+        batch = reference_unit_fisher(model, "0", xb).matrix
+        expected = batch if expected is None else 0.25 * expected + 0.75 * batch
+        opt.zero_grad()
+        F.cross_entropy(model(xb), y[:10]).backward()
+        opt.step(xb)
+    assert_close(opt.state[model[0].weight]["fisher"], expected)
+
+
+def test_batch_norm_gets_plain_step_and_keeps_running_stats():
+    model, x, y = _tiny(bn=True)
+    bn = model[1]
+    F.cross_entropy(model(x), y).backward()
+    stats = (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+    w, g = bn.weight.detach().clone(), bn.weight.grad.clone()
+    UnitNaturalGradient(model, 0.1, kind="exact", rel_damping=0.1).step(x)
+    assert_close(bn.weight, w - 0.1 * g)
+    for before, now in zip(stats, (bn.running_mean, bn.running_var, bn.num_batches_tracked),
+                           strict=True):  # fmt: skip
+        assert torch.equal(before, now)
+
+
+def test_refresh_step_needs_inputs_and_bad_settings_are_named():
+    model, x, y = _tiny()
+    opt = UnitNaturalGradient(model, 0.1)
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(InputError, match="opt.step\\(inputs\\)"):
+        opt.step()
+    for bad in (dict(structure="kfac"), dict(ema=1.0), dict(refresh_every=0),
+                dict(rel_damping=-1.0), dict(kind="fisher")):  # fmt: skip
+        with pytest.raises(InputError):
+            UnitNaturalGradient(model, 0.1, **bad)
+
+
+def test_memory_budget_falls_back_to_quasidiagonal_with_a_warning():
+    model, x, y = _tiny()
+    with pytest.warns(NatgradWarning, match="layers 0 "):
+        opt = UnitNaturalGradient(model, 0.1, memory_budget=6 * 5**2 - 1)
+    assert opt.structures == {"0": "quasidiagonal", "2": "unit"}
+    F.cross_entropy(model(x), y).backward()
+    opt.step(x)
+    assert set(opt.state[model[0].weight]) >= {"fisher_diag", "fisher_bias"}
+
+
+def test_undamped_constant_input_is_named():
+    r"""An always-zero input (an MNIST border pixel) makes the QD minors zero at λ = 0."""
+    model, x, y = _tiny()
+    x[:, 1] = 0.0
+    F.cross_entropy(model(x), y).backward()
+    opt = UnitNaturalGradient(model, 0.1, structure="quasidiagonal", kind="exact",
+                              rel_damping=0.0)  # fmt: skip
+    with pytest.raises(SingularBlockError, match="layer '0'.*rel_damping > 0"):
+        opt.step(x)
+    assert torch.isfinite(model[0].weight).all()  # the failed step changed nothing
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_dead_unit_block_uses_the_peers_scale(structure):
+    r"""A zero block (a dead ReLU unit) is preconditioned by s·I, s = the other units' mean
+    tr F/(d+1): finite, and g/(s(1 + λ)) exactly."""
+    _, _, F1 = _data_block(0.5)
+    matrix = torch.cat([F1, torch.zeros_like(F1)])  # [2, 5, 5]: unit 1 is dead
+    g = torch.randn(2, 5)
+    s = torch.trace(F1[0]) / 5
+    diag, col = solves.quasidiagonal_parts(matrix)
+    u = {
+        "unit": lambda: solves.unit_direction(solves.unit_factor(matrix, LAMBDA), g),
+        "quasidiagonal": lambda: solves.quasidiagonal_direction(diag, col, g, LAMBDA),
+        "diagonal": lambda: solves.diagonal_direction(diag, g, LAMBDA),
+    }[structure]()
+    assert_close(u[1], g[1] / (s * (1 + LAMBDA)), what="dead unit")
