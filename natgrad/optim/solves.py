@@ -55,7 +55,10 @@ from natgrad import linalg
 from natgrad.errors import InputError, SingularBlockError
 
 __all__ = [
+    "diagonal_coefficients",
     "diagonal_direction",
+    "quasidiagonal_apply",
+    "quasidiagonal_coefficients",
     "quasidiagonal_direction",
     "quasidiagonal_parts",
     "relative_shift",
@@ -110,6 +113,32 @@ def unit_direction(factor: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return linalg.cho_solve(factor, g).to(g.dtype)
 
 
+def quasidiagonal_coefficients(
+    diag: torch.Tensor, bias_column: torch.Tensor, rel_damping: float, *, layer: str | None = None
+) -> tuple[torch.Tensor, ...]:
+    r"""``(p, q, r [U, d], t [U])`` with u_w = p∘g_w − q·g0 and u_0 = t·g0 − Σ_i r_i u_i: the
+    quasi-diagonal inverse of F_λ (module docstring) computed once per refresh, in float64,
+    from ``diag`` ``[U, d+1]`` and ``bias_column`` ``[U, d]`` of F."""
+    d64, b64 = diag.to(torch.float64), bias_column.to(torch.float64)
+    dead, s = _peer_scale(d64)
+    d64 = torch.where(dead[:, None], s, d64)
+    b64 = torch.where(dead[:, None], 0.0, b64)
+    m = d64 + relative_shift(d64, rel_damping).unsqueeze(-1)  # [U, d+1]
+    m00, mii = m[:, -1:], m[:, :-1]  # [U, 1], [U, d]
+    det = m00 * mii - b64.square()  # [U, d], > 0 for a PSD F with μ > 0 (2×2 minors)
+    _check_positive(det, m00, layer, "2x2 (weight, bias) minors of the quasi-diagonal metric")
+    return m00 / det, b64 / det, b64 / m00, 1.0 / m00.squeeze(-1)
+
+
+def quasidiagonal_apply(coefficients: tuple[torch.Tensor, ...], g: torch.Tensor) -> torch.Tensor:
+    r"""``[U, d+1]`` the quasi-diagonal direction from :func:`quasidiagonal_coefficients`
+    (in their dtype) and ``g`` ``[U, d+1]``."""
+    p, q, r, t = coefficients
+    u_w = p * g[:, :-1] - q * g[:, -1:]  # [U, d]
+    u_0 = t * g[:, -1] - (r * u_w).sum(-1)  # [U]
+    return torch.cat([u_w, u_0.unsqueeze(-1)], dim=-1)
+
+
 def quasidiagonal_direction(
     diag: torch.Tensor,
     bias_column: torch.Tensor,
@@ -121,30 +150,27 @@ def quasidiagonal_direction(
     r"""``[U, d+1]`` Ollivier's quasi-diagonal inverse of F_λ applied to ``g`` (module
     docstring), from ``diag`` ``[U, d+1]`` and ``bias_column`` ``[U, d]`` of F; float64
     inside, ``g``'s dtype out."""
-    d64, b64, g64 = (t.to(torch.float64) for t in (diag, bias_column, g))
+    coef = quasidiagonal_coefficients(diag, bias_column, rel_damping, layer=layer)
+    return quasidiagonal_apply(coef, g.to(torch.float64)).to(g.dtype)
+
+
+def diagonal_coefficients(
+    diag: torch.Tensor, rel_damping: float, *, layer: str | None = None
+) -> torch.Tensor:
+    r"""``[U, d+1]`` 1 / diag(F_λ), float64 (u = g∘coefficients)."""
+    d64 = diag.to(torch.float64)
     dead, s = _peer_scale(d64)
     d64 = torch.where(dead[:, None], s, d64)
-    b64 = torch.where(dead[:, None], 0.0, b64)
-    mu = relative_shift(d64, rel_damping).unsqueeze(-1)  # [U, 1]
-    m = d64 + mu  # [U, d+1]
-    m00, mii = m[:, -1:], m[:, :-1]  # [U, 1], [U, d]
-    det = m00 * mii - b64.square()  # [U, d], > 0 for a PSD F with μ > 0 (2×2 minors)
-    _check_positive(det, m00, layer, "2x2 (weight, bias) minors of the quasi-diagonal metric")
-    u_w = (g64[:, :-1] * m00 - g64[:, -1:] * b64) / det  # [U, d]
-    u_0 = (g64[:, -1] - (b64 * u_w).sum(-1)) / m00.squeeze(-1)  # [U]
-    return torch.cat([u_w, u_0.unsqueeze(-1)], dim=-1).to(g.dtype)
+    m = d64 + relative_shift(d64, rel_damping).unsqueeze(-1)
+    _check_positive(m, m, layer, "diagonal entries of the damped unit Fisher")
+    return 1.0 / m
 
 
 def diagonal_direction(
     diag: torch.Tensor, g: torch.Tensor, rel_damping: float, *, layer: str | None = None
 ) -> torch.Tensor:
     r"""``[U, d+1]`` u = diag(F_λ)⁻¹ g from ``diag`` ``[U, d+1]``; ``g``'s dtype out."""
-    d64 = diag.to(torch.float64)
-    dead, s = _peer_scale(d64)
-    d64 = torch.where(dead[:, None], s, d64)
-    m = d64 + relative_shift(d64, rel_damping).unsqueeze(-1)
-    _check_positive(m, m, layer, "diagonal entries of the damped unit Fisher")
-    return (g.to(torch.float64) / m).to(g.dtype)
+    return (g.to(torch.float64) * diagonal_coefficients(diag, rel_damping, layer=layer)).to(g.dtype)
 
 
 def _check_positive(det: torch.Tensor, scale: torch.Tensor, layer, what: str) -> None:

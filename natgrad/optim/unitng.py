@@ -21,7 +21,8 @@ steps the optimizer runs natgrad's engine (:func:`natgrad.fisher.unit_fishers`: 
 and one batched backward for all layers) on the current batch, and sets
 F ← ema·F + (1 − ema)·F_batch (the first refresh sets F = F_batch). Only the parts each
 structure reads are kept: the dense blocks for ``unit`` (Cholesky factors are cached until the
-next refresh), the diagonal and the bias column for the others.
+next refresh), the diagonal and the bias column for the others, which the engine computes
+without forming dense blocks where it offers ``unit_fishers(..., structure=)``.
 
 Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes) and layers without a bias
 take the plain SGD step. Model buffers (batch-norm running statistics) are restored after the
@@ -50,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -167,7 +169,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         self.rel_damping, self.refresh_every, self.ema = rel_damping, refresh_every, ema
         self.mc_samples = mc_samples
         self.generator = torch.Generator().manual_seed(int(seed))
-        self._factors: dict[str, torch.Tensor] = {}
+        self._factors: dict[str, object] = {}  # per-refresh preconditioners, by layer
         self.steps = 0
 
     # --- state: the running Fisher lives in the state of each layer's weight ---------------
@@ -237,17 +239,25 @@ class UnitNaturalGradient(torch.optim.Optimizer):
 
     def _refresh(self, inputs, targets) -> None:
         buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        options = dict(kind=self.kind, likelihood=self.likelihood, mc_samples=self.mc_samples,
+                       generator=self.generator)  # fmt: skip
+        fishers = {}
         try:
-            fishers = unit_fishers(
-                self.model, inputs, targets, layers=list(self.layers), kind=self.kind,
-                likelihood=self.likelihood, mc_samples=self.mc_samples, generator=self.generator,
-            )  # fmt: skip
+            if _ENGINE_STRUCTURES:  # one pass per structure (one pass unless some fell back)
+                for structure in dict.fromkeys(self.structures.values()):
+                    names = [n for n, s in self.structures.items() if s == structure]
+                    engine = "dense" if structure == "unit" else structure
+                    fishers.update(unit_fishers(self.model, inputs, targets, layers=names,
+                                                structure=engine, **options))  # fmt: skip
+            else:  # an engine without structure=: extract the parts from the dense blocks
+                fishers = unit_fishers(self.model, inputs, targets, layers=list(self.layers),
+                                       **options)  # fmt: skip
         finally:
             for b, saved in buffers:
                 b.copy_(saved)
         for name, fisher in fishers.items():
             state = self.state[self.layers[name].weight]
-            new = _stored_parts(fisher.matrix, self.structures[name])
+            new = _stored_parts(fisher, self.structures[name])
             for key, value in new.items():
                 old = state.get(key)
                 if old is None or self.ema == 0.0:
@@ -267,33 +277,54 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             if wd:
                 gw = gw + wd * m.weight.reshape(gw.shape)
             g = torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1)  # [U, d+1]
-            state = self.state[m.weight]
+            if name not in self._factors:
+                self._factors[name] = self._preconditioner(name, m)
+            pre = self._factors[name]
             structure = self.structures[name]
             if structure == "unit":
-                if name not in self._factors:
-                    self._factors[name] = solves.unit_factor(
-                        state["fisher"], self.rel_damping, layer=name
-                    )
-                u = solves.unit_direction(self._factors[name], g)
+                u = solves.unit_direction(pre, g)
             elif structure == "quasidiagonal":
-                u = solves.quasidiagonal_direction(
-                    state["fisher_diag"], state["fisher_bias"], g, self.rel_damping, layer=name
-                )
+                u = solves.quasidiagonal_apply(pre, g)
             else:
-                u = solves.diagonal_direction(state["fisher_diag"], g, self.rel_damping, layer=name)
+                u = g * pre
             out[m.weight] = u[:, :-1].reshape(m.weight.shape)
             out[m.bias] = u[:, -1]
         return out
+
+    def _preconditioner(self, name: str, m: nn.Module):
+        r"""Per-refresh factors of layer ``name``: Cholesky factors (float64) for ``unit``,
+        the solve's coefficients in the weight's dtype for the others."""
+        state, structure = self.state[m.weight], self.structures[name]
+        lam = self.rel_damping
+        if structure == "unit":
+            return solves.unit_factor(state["fisher"], lam, layer=name)
+        if structure == "quasidiagonal":
+            coef = solves.quasidiagonal_coefficients(
+                state["fisher_diag"], state["fisher_bias"], lam, layer=name
+            )
+            return tuple(c.to(m.weight.dtype) for c in coef)
+        return solves.diagonal_coefficients(state["fisher_diag"], lam, layer=name).to(
+            m.weight.dtype
+        )
 
 
 _FISHER_KEYS = ("fisher", "fisher_diag")
 
 
-def _stored_parts(matrix: torch.Tensor, structure: str) -> dict[str, torch.Tensor]:
-    r"""What a structure keeps of the batch blocks ``[U, d+1, d+1]``."""
+# Whether natgrad's engine computes structured (quasi-diagonal / diagonal) unit Fishers
+# without forming the dense blocks (``unit_fishers(..., structure=)``).
+_ENGINE_STRUCTURES = "structure" in inspect.signature(unit_fishers).parameters
+
+
+def _stored_parts(fisher, structure: str) -> dict[str, torch.Tensor]:
+    r"""What a structure keeps of a batch's unit Fisher: the dense blocks ``[U, d+1, d+1]``,
+    or the diagonal ``[U, d+1]`` and bias column ``[U, d]``."""
     if structure == "unit":
-        return {"fisher": matrix}
-    diag, col = solves.quasidiagonal_parts(matrix)
+        return {"fisher": fisher.matrix}
+    if hasattr(fisher, "diagonal"):  # a structured unit Fisher from the engine
+        diag, col = fisher.diagonal, fisher.bias_column
+    else:
+        diag, col = solves.quasidiagonal_parts(fisher.matrix)
     if structure == "quasidiagonal":
         return {"fisher_diag": diag, "fisher_bias": col}
     return {"fisher_diag": diag}

@@ -1,0 +1,163 @@
+r"""Benchmark: time per training step of natgrad's optimizers relative to plain SGD.
+
+Every method runs with learning rate 0: the weights stay at their initial values, so each
+method times the same finite computation (a tuned step diverges on some of these random
+inputs; the time of a step does not depend on the learning rate). One training step = forward, loss, backward and the optimizer's update (for the
+preconditioned optimizers the refresh pass of the unit Fisher every ``refresh_every`` steps,
+amortised: the time is the mean over whole refresh periods). Models (float32, CPU, batch 64,
+random inputs shaped like the data, 10 classes):
+
+- ``mnist-fc``: the paper's 784 → 8×128 → 10 ReLU net (``natgrad.models``);
+- ``cnn``: a small CNN, conv(1→16, 3×3) → ReLU → conv(16→32, 3×3, stride 2) → ReLU →
+  conv(32→32, 3×3, stride 2) → ReLU → flatten → Linear(1568→10), on 1×28×28.
+
+Methods, measured side by side in one process (rounds interleave the methods so that drift
+of the machine hits them alike; the median over rounds is reported):
+
+- ``sgd``: ``torch.optim.SGD``, the baseline every ratio divides by;
+- ``centred-sgd``: SGD on ``natgrad.optim.centre(model)`` with ``update_centres`` per step;
+- ``diag-ng``, ``qd-ng``: ``UnitNaturalGradient(structure="diagonal"/"quasidiagonal")``,
+  refresh every 1 and every 10 steps;
+- ``unit-ng``: ``UnitNaturalGradient(structure="unit")``, refresh every 10 (and every 1);
+- ``asdl-unit``: ASDL's ``UnitWiseNaturalGradientMaker`` (exact Fisher is its default
+  peer here: ``fisher_mc``, 1 sample, as natgrad's ``kind="mc"``) with curvature and inverse
+  updated every 10 steps, then ``torch.optim.SGD``. ASDL's unit-wise step fails on Conv2d
+  weights (``UnitWise.mvp``), so it runs on mnist-fc only.
+
+Targets (issue 11): QD ≤ 2.5× SGD per step; unit-NG with refresh_every=10 ≤ 3× SGD on
+mnist-fc. Run ``python bench/optim_step.py`` (``--quick`` for a smoke run); results in
+``bench/results/optim_step_cpu.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+BATCH = 64
+LR = 0.0  # see the module docstring
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "mnist-fc":
+        from natgrad.models import build_model
+
+        return build_model("mnist-fc", "relu", num_classes=10, in_shape=(1, 28, 28), seed=0)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+    )  # fmt: skip
+
+
+def make_stepper(method: str, model: nn.Module):
+    r"""``step(x, y)`` doing one full training step of ``method`` on ``model``."""
+    from natgrad.optim import UnitNaturalGradient, centre, update_centres
+
+    if method == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+
+        def step(x, y):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        return step
+    if method == "centred-sgd":
+        net = centre(model)
+        opt = torch.optim.SGD(net.parameters(), lr=LR)
+
+        def step(x, y):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            update_centres(net)
+
+        return step
+    if method.startswith("asdl"):
+        from asdl.precondition import PreconditioningConfig
+        from asdl.precondition.natural_gradient import UnitWiseNaturalGradientMaker
+
+        cfg = PreconditioningConfig(data_size=BATCH, damping=1e-3, curvature_upd_interval=10,
+                                    preconditioner_upd_interval=10)  # fmt: skip
+        maker = UnitWiseNaturalGradientMaker(model, cfg, fisher_type="fisher_mc")
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+
+        def step(x, y):
+            opt.zero_grad()
+            dummy = maker.setup_model_call(model, x)
+            maker.setup_loss_call(F.cross_entropy, dummy, y)
+            maker.forward_and_backward()
+            opt.step()
+
+        return step
+    name, _, refresh = method.rpartition("/r")
+    structure = {"unit-ng": "unit", "qd-ng": "quasidiagonal", "diag-ng": "diagonal"}[name]
+    opt = UnitNaturalGradient(model, LR, structure=structure, kind="mc",
+                              refresh_every=int(refresh), rel_damping=0.1)  # fmt: skip
+
+    def step(x, y):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step(x)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="steps per round (x10)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="1 round of 10 steps, no unit/r1")
+    parser.add_argument("--nets", default="mnist-fc,cnn", help="comma-separated")
+    parser.add_argument("--methods", default=None, help="comma-separated subset (sgd always)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 1, 10
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", FutureWarning)  # ASDL's non-full backward hooks
+    methods = ["sgd", "centred-sgd", "diag-ng/r1", "diag-ng/r10", "qd-ng/r1", "qd-ng/r10",
+               "unit-ng/r10", "unit-ng/r1", "asdl-unit/r10"]  # fmt: skip
+    if args.quick:
+        methods.remove("unit-ng/r1")
+    if args.methods:
+        methods = ["sgd"] + [m for m in args.methods.split(",") if m != "sgd"]
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {BATCH}, float32, "
+          f"{args.rounds} rounds x {args.steps} steps, median over rounds")  # fmt: skip
+    for net in args.nets.split(","):
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(BATCH * 4, 1, 28, 28, generator=gen)
+        y = torch.randint(0, 10, (BATCH * 4,), generator=gen)
+        use = [m for m in methods if not (net == "cnn" and m.startswith("asdl"))]
+        steppers = {m: make_stepper(m, build(net)) for m in use}
+        times: dict[str, list[float]] = {m: [] for m in use}
+        for m in use:  # warm-up: the first refresh and allocations
+            for _ in range(2):
+                steppers[m](x[:BATCH], y[:BATCH])
+        for _ in range(args.rounds):
+            for m in use:
+                t0 = time.perf_counter()
+                for t in range(args.steps):
+                    b = t % 4
+                    steppers[m](x[b * BATCH : (b + 1) * BATCH], y[b * BATCH : (b + 1) * BATCH])
+                times[m].append((time.perf_counter() - t0) / args.steps)
+        base = statistics.median(times["sgd"])
+        print(f"\n{net}: SGD {1e3 * base:.2f} ms/step")
+        print(f"{'method':<16} {'ms/step':>9} {'x SGD':>7}")
+        for m in use:
+            med = statistics.median(times[m])
+            print(f"{m:<16} {1e3 * med:9.2f} {med / base:7.2f}")
+    print("\ntargets: qd-ng/r* <= 2.5x SGD; unit-ng/r10 <= 3x SGD on mnist-fc")
+
+
+if __name__ == "__main__":
+    main()
