@@ -28,7 +28,7 @@ STEP_CASES = [
         "mlp-elu-bernoulli")
 ]  # fmt: skip
 STRUCTURES = ("unit", "quasidiagonal", "diagonal")
-LR, LAMBDA = 0.3, 0.05
+LR, LAMBDA, LAYER_LAMBDA = 0.3, 0.05, 0.2
 
 
 def _loss(likelihood: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -46,12 +46,14 @@ def _layers(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
-def _direct_direction(structure: str, matrix: torch.Tensor, g: torch.Tensor, lam: float):
-    r"""[U, d+1] by one dense solve per unit (a Python loop: the slow, obvious route)."""
+def _direct_direction(structure: str, matrix, g, lam: float, layer_lam: float = 0.0):
+    r"""[U, d+1] by one dense solve per unit (a Python loop: the slow, obvious route), of
+    F + (λ tr F + λ_layer mean_units tr F)/(d+1)·I."""
     out = []
+    mean_trace = torch.diagonal(matrix, dim1=-2, dim2=-1).sum(-1).mean()
     for F_u, g_u in zip(matrix, g, strict=True):
         d1 = F_u.shape[0]
-        M = F_u + lam * torch.trace(F_u) / d1 * torch.eye(d1)
+        M = F_u + (lam * torch.trace(F_u) + layer_lam * mean_trace) / d1 * torch.eye(d1)
         if structure == "unit":
             out.append(torch.linalg.solve(M, g_u))
         elif structure == "diagonal":
@@ -65,9 +67,10 @@ def _direct_direction(structure: str, matrix: torch.Tensor, g: torch.Tensor, lam
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("layer_lam", (0.0, LAYER_LAMBDA), ids=("unit-damping", "layer-damping"))
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("case", STEP_CASES, ids=case_id)
-def test_step_equals_direct_solve(case, structure):
+def test_step_equals_direct_solve(case, structure, layer_lam):
     r"""One step moves every unit by −lr·P_λ⁻¹∇ with P from the brute-force Fisher."""
     model, x, y = case.make()
     layers = _layers(model)
@@ -78,10 +81,11 @@ def test_step_equals_direct_solve(case, structure):
     grads = {n: torch.cat([m.weight.grad.reshape(m.weight.shape[0], -1), m.bias.grad[:, None]], 1)
              for n, m in layers.items()}  # fmt: skip
     opt = UnitNaturalGradient(model, LR, structure=structure, kind="exact",
-                              likelihood=case.likelihood, rel_damping=LAMBDA, ema=0.0)  # fmt: skip
+                              likelihood=case.likelihood, rel_damping=LAMBDA, ema=0.0,
+                              layer_damping=layer_lam)  # fmt: skip
     opt.step(x)
     for n, m in layers.items():
-        u = _direct_direction(structure, ref[n].matrix, grads[n], LAMBDA)
+        u = _direct_direction(structure, ref[n].matrix, grads[n], LAMBDA, layer_lam)
         w0, b0 = before[n]
         assert_close(m.weight.reshape(w0.shape[0], -1), w0.reshape(w0.shape[0], -1) - LR * u[:, :-1],
                      what=f"{case.name}/{n} weights ({structure})")  # fmt: skip

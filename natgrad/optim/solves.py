@@ -67,11 +67,16 @@ __all__ = [
 ]
 
 
-def relative_shift(diag: torch.Tensor, rel_damping: float) -> torch.Tensor:
-    r"""``[U]`` μ = λ·tr F/(d+1) from the diagonals ``[U, d+1]`` of the blocks."""
-    if not (math.isfinite(float(rel_damping)) and float(rel_damping) >= 0.0):
-        raise InputError(f"rel_damping must be a finite number >= 0, got {rel_damping!r}")
-    return rel_damping * diag.sum(-1) / diag.shape[-1]
+def relative_shift(
+    diag: torch.Tensor, rel_damping: float, layer_damping: float = 0.0
+) -> torch.Tensor:
+    r"""``[U]`` μ = λ·tr F/(d+1) + λ_layer·mean_units(tr F)/(d+1) from the diagonals
+    ``[U, d+1]`` of a layer's blocks (λ_layer = 0: THEORY.md's F_λ exactly)."""
+    for name, value in (("rel_damping", rel_damping), ("layer_damping", layer_damping)):
+        if not (math.isfinite(float(value)) and float(value) >= 0.0):
+            raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+    trace = diag.sum(-1)  # [U]
+    return (rel_damping * trace + layer_damping * trace.mean()) / diag.shape[-1]
 
 
 def _peer_scale(diag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +95,11 @@ def quasidiagonal_parts(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def unit_factor(
-    matrix: torch.Tensor, rel_damping: float, *, layer: str | None = None
+    matrix: torch.Tensor,
+    rel_damping: float,
+    *,
+    layer_damping: float = 0.0,
+    layer: str | None = None,
 ) -> torch.Tensor:
     r"""``[U, d+1, d+1]`` float64 Cholesky factors of F_λ = F + μI (μ per unit, see above).
 
@@ -102,7 +111,7 @@ def unit_factor(
     if dead.any():
         eye = torch.eye(m64.shape[-1], dtype=m64.dtype, device=m64.device)
         m64 = torch.where(dead[:, None, None], s * eye, m64)
-    mu = relative_shift(torch.diagonal(m64, dim1=-2, dim2=-1), rel_damping)  # [U]
+    mu = relative_shift(torch.diagonal(m64, dim1=-2, dim2=-1), rel_damping, layer_damping)
     eye = torch.eye(m64.shape[-1], dtype=m64.dtype, device=m64.device)
     return linalg.cholesky(m64 + mu[:, None, None] * eye, layer=layer, warn_cond=math.inf,
                            what=f"unit Fisher block (relative damping {rel_damping:g})")  # fmt: skip
@@ -114,7 +123,12 @@ def unit_direction(factor: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def quasidiagonal_coefficients(
-    diag: torch.Tensor, bias_column: torch.Tensor, rel_damping: float, *, layer: str | None = None
+    diag: torch.Tensor,
+    bias_column: torch.Tensor,
+    rel_damping: float,
+    *,
+    layer_damping: float = 0.0,
+    layer: str | None = None,
 ) -> tuple[torch.Tensor, ...]:
     r"""``(p, q, r [U, d], t [U])`` with u_w = p∘g_w − q·g0 and u_0 = t·g0 − Σ_i r_i u_i: the
     quasi-diagonal inverse of F_λ (module docstring) computed once per refresh, in float64,
@@ -123,7 +137,7 @@ def quasidiagonal_coefficients(
     dead, s = _peer_scale(d64)
     d64 = torch.where(dead[:, None], s, d64)
     b64 = torch.where(dead[:, None], 0.0, b64)
-    m = d64 + relative_shift(d64, rel_damping).unsqueeze(-1)  # [U, d+1]
+    m = d64 + relative_shift(d64, rel_damping, layer_damping).unsqueeze(-1)  # [U, d+1]
     m00, mii = m[:, -1:], m[:, :-1]  # [U, 1], [U, d]
     det = m00 * mii - b64.square()  # [U, d], > 0 for a PSD F with μ > 0 (2×2 minors)
     _check_positive(det, m00, layer, "2x2 (weight, bias) minors of the quasi-diagonal metric")
@@ -155,13 +169,13 @@ def quasidiagonal_direction(
 
 
 def diagonal_coefficients(
-    diag: torch.Tensor, rel_damping: float, *, layer: str | None = None
+    diag: torch.Tensor, rel_damping: float, *, layer_damping: float = 0.0, layer: str | None = None
 ) -> torch.Tensor:
     r"""``[U, d+1]`` 1 / diag(F_λ), float64 (u = g∘coefficients)."""
     d64 = diag.to(torch.float64)
     dead, s = _peer_scale(d64)
     d64 = torch.where(dead[:, None], s, d64)
-    m = d64 + relative_shift(d64, rel_damping).unsqueeze(-1)
+    m = d64 + relative_shift(d64, rel_damping, layer_damping).unsqueeze(-1)
     _check_positive(m, m, layer, "diagonal entries of the damped unit Fisher")
     return 1.0 / m
 

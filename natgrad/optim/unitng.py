@@ -83,6 +83,11 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         kind: Fisher estimator of the engine: ``"mc"`` (labels sampled from the model),
             ``"exact"`` or ``"empirical"`` (needs ``targets`` in :meth:`step`).
         rel_damping: λ in F_λ = F + λ·(tr F/(d+1))·I, the same for every unit.
+        layer_damping: λ_layer, adding λ_layer·(mean over the layer's units of tr F)/(d+1)
+            to every unit's diagonal (0: THEORY.md's F_λ exactly). A unit whose Fisher on
+            the refresh batches was near zero (a ReLU unit active on few inputs) but that
+            gets a gradient on a later batch is otherwise stepped by ~g/(λ·tr F_u), which
+            diverges when the Fisher is refreshed less than every step.
         refresh_every: recompute the batch Fisher every this many steps (1: every step).
         ema: weight of the old average, F ← ema·F + (1 − ema)·F_batch, in [0, 1).
         momentum: SGD momentum on the preconditioned direction.
@@ -102,6 +107,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         structure: str = "unit",
         kind: str = "mc",
         rel_damping: float = 0.1,
+        layer_damping: float = 0.0,
         refresh_every: int = 10,
         ema: float = 0.9,
         momentum: float = 0.0,
@@ -120,8 +126,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             raise InputError(f"refresh_every must be a positive integer, got {refresh_every!r}")
         if not (0.0 <= ema < 1.0):
             raise InputError(f"ema must be in [0, 1), got {ema!r}")
-        if not (math.isfinite(rel_damping) and rel_damping >= 0.0):
-            raise InputError(f"rel_damping must be a finite number >= 0, got {rel_damping!r}")
+        for key, value in (("rel_damping", rel_damping), ("layer_damping", layer_damping)):
+            if not (math.isfinite(value) and value >= 0.0):
+                raise InputError(f"{key} must be a finite number >= 0, got {value!r}")
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise InputError(f"lr, momentum, weight_decay must be >= 0, got {lr}, {momentum}, "
                              f"{weight_decay}")  # fmt: skip
@@ -167,6 +174,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         super().__init__([g for g in groups if g["params"]], defaults)
         self.structure, self.kind, self.likelihood = structure, kind, likelihood
         self.rel_damping, self.refresh_every, self.ema = rel_damping, refresh_every, ema
+        self.layer_damping = float(layer_damping)
         self.mc_samples = mc_samples
         self.generator = torch.Generator().manual_seed(int(seed))
         self._factors: dict[str, object] = {}  # per-refresh preconditioners, by layer
@@ -295,17 +303,15 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         r"""Per-refresh factors of layer ``name``: Cholesky factors (float64) for ``unit``,
         the solve's coefficients in the weight's dtype for the others."""
         state, structure = self.state[m.weight], self.structures[name]
-        lam = self.rel_damping
+        lam, kw = self.rel_damping, dict(layer_damping=self.layer_damping, layer=name)
         if structure == "unit":
-            return solves.unit_factor(state["fisher"], lam, layer=name)
+            return solves.unit_factor(state["fisher"], lam, **kw)
         if structure == "quasidiagonal":
             coef = solves.quasidiagonal_coefficients(
-                state["fisher_diag"], state["fisher_bias"], lam, layer=name
+                state["fisher_diag"], state["fisher_bias"], lam, **kw
             )
             return tuple(c.to(m.weight.dtype) for c in coef)
-        return solves.diagonal_coefficients(state["fisher_diag"], lam, layer=name).to(
-            m.weight.dtype
-        )
+        return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(m.weight.dtype)
 
 
 _FISHER_KEYS = ("fisher", "fisher_diag")
