@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "natgrad.training.cli",
         "train a paper network, recording activations and checkpoints",
     ),
+    "compare": (
+        "natgrad.compare",
+        "train ReLU/ELU nets with SGD, centring, quasi-diagonal and unit natural gradient",
+    ),
     "demo": (
         "natgrad.analysis.demo",
         "the main job: train ELU/ReLU/LReLU/SReLU nets and write the bias-shift report",

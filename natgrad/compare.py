@@ -1,0 +1,492 @@
+r"""``natgrad compare``: test the ELU paper's mechanism by training.
+
+The paper's argument is causal: ELU speeds learning *because* near-zero incoming means bring
+plain SGD closer to the unit natural gradient. If so, the corrections the argument says ELU
+gets for free should recover ReLU's gap. The experiment trains ``mnist-fc`` (784 → 8×128 → 10,
+or 64 → 8×128 → 10 on digits) with seven arms that share their initial weights per seed:
+
+==================  ======  =========================================================
+arm                 unit    optimizer
+==================  ======  =========================================================
+``relu-sgd``        ReLU    SGD
+``elu-sgd``         ELU     SGD
+``relu-centred``    ReLU    SGD on the centred net (:func:`natgrad.optim.centre`)
+``relu-qd``         ReLU    Ollivier's quasi-diagonal natural gradient
+``relu-unit-ng``    ReLU    unit natural gradient (Theorem 1), :class:`UnitNaturalGradient`
+``elu-unit-ng``     ELU     unit natural gradient
+``relu-bn``         ReLU    SGD with batch norm before each unit
+==================  ======  =========================================================
+
+Per seed and epoch it records the training loss (on the whole training set, eval mode, with
+epoch 0 = the initial net), the test loss and error, and the training wall time. Summaries:
+training-loss area under the curve AUC_e = mean over epochs 0..e (trapezoid), test error as
+the mean of the last ``last_epochs`` epochs, seconds per epoch. Effects are paired by seed
+(arm − relu-sgd), with percentile bootstrap CIs over seeds (``scipy.stats.bootstrap``).
+
+**The question.** What fraction of the gap between ReLU+SGD and ReLU+unit-NG does ELU+SGD
+close, per epoch budget e?
+
+.. math::
+
+    f_e = \frac{\overline{AUC_e(\text{relu-sgd}) - AUC_e(\text{elu-sgd})}}
+               {\overline{AUC_e(\text{relu-sgd}) - AUC_e(\text{relu-unit-ng})}}
+
+(means over seeds; the bootstrap resamples seeds jointly). f = 1: ELU+SGD trains as fast as
+the unit natural gradient; f = 0: ELU does not help; f is undefined (reported as such) when
+the unit natural gradient does not beat ReLU+SGD.
+
+Outputs in ``--out``: ``curves.csv`` (seed, arm, epoch, losses, error, seconds),
+``summary.csv`` (per arm), ``effects.csv`` (paired effects vs relu-sgd), ``gap.csv`` (f_e
+with its CI), ``answer.md`` (the question, the answer, the settings, the command, commit and
+wall time) and ``curves.png``/``.pdf``.
+
+Example::
+
+    natgrad compare                                    # digits, small: < 10 min on one CPU
+    natgrad compare --dataset fashion-mnist --seeds 5 --epochs 6 --train-size 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from natgrad.errors import InputError, NatgradError
+
+__all__ = ["ARMS", "CompareConfig", "add_arguments", "run", "run_compare", "summarise"]
+
+ARMS: dict[str, tuple[str, str, bool]] = {  # name: (unit, optimizer, batch norm)
+    "relu-sgd": ("relu", "sgd", False),
+    "elu-sgd": ("elu", "sgd", False),
+    "relu-centred": ("relu", "centred", False),
+    "relu-qd": ("relu", "qd", False),
+    "relu-unit-ng": ("relu", "unit-ng", False),
+    "elu-unit-ng": ("elu", "unit-ng", False),
+    "relu-bn": ("relu", "sgd", True),
+}
+BASELINE, CLOSER, TARGET = "relu-sgd", "elu-sgd", "relu-unit-ng"
+_LR_FLAG = {"sgd": "sgd", "centred": "sgd", "qd": "qd", "unit-ng": "ng"}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    r"""Settings of one comparison (the defaults are the small digits mode).
+
+    The learning rates come from a one-epoch pilot on digits, seed 0 (SGD: the best of
+    0.01/0.03/0.1 for ReLU, 0.1 diverges for ELU; natural gradients: the largest stable of
+    1e-4..1e-2). The natural-gradient rates are far below SGD's: each unit takes a natural
+    step of its own, and the 8×128 units of a layer add their effects on the output.
+    ``layer_damping`` (λ_layer, see :class:`~natgrad.optim.UnitNaturalGradient`) keeps the
+    Fisher refreshed every ``refresh_every`` = 10 steps from diverging: with λ_layer = 0
+    every natural-gradient arm diverged within 4 steps in the pilot.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    seeds: int = 5
+    epochs: int = 12
+    batch_size: int = 64
+    train_size: int | None = None  # first n training images (stratification: none)
+    lr_sgd: float = 0.03
+    lr_ng: float = 1e-3
+    lr_qd: float = 3e-4
+    rel_damping: float = 0.1
+    layer_damping: float = 0.3
+    refresh_every: int = 10
+    ema: float = 0.9
+    centre_rate: float = 0.1
+    last_epochs: int = 3
+    arms: tuple[str, ...] = tuple(ARMS)
+    bootstrap_resamples: int = 2000
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise InputError(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+        for key in ("seeds", "epochs", "batch_size", "last_epochs", "refresh_every"):
+            if getattr(self, key) < 1:
+                raise InputError(f"compare: {key}={getattr(self, key)} must be >= 1")
+
+
+# --- one training run ---------------------------------------------------------------------
+
+
+def _models(config: CompareConfig, ds, seed: int) -> dict[str, nn.Module]:
+    r"""Every arm's net, all with the Linear weights of one He-initialised net of ``seed``."""
+    from natgrad.models import build_model
+
+    kw = dict(num_classes=ds.num_classes, in_shape=ds.input_shape, seed=seed)
+    base = build_model("mnist-fc", "relu", **kw)
+    base_linear = [m for m in base.modules() if isinstance(m, nn.Linear)]
+    out = {}
+    for arm in config.arms:
+        unit, _, bn = ARMS[arm]
+        model = build_model("mnist-fc", unit, batch_norm=bn, **kw)
+        linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for dst, src in zip(linear, base_linear, strict=True):
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+        out[arm] = model
+    return out
+
+
+def _optimizer(config: CompareConfig, arm: str, model: nn.Module, seed: int):
+    from natgrad.optim import UnitNaturalGradient, centre
+
+    kind = ARMS[arm][1]
+    if kind in ("sgd", "centred"):
+        net = centre(model) if kind == "centred" else model
+        return net, torch.optim.SGD(net.parameters(), lr=config.lr_sgd)
+    structure = "unit" if kind == "unit-ng" else "quasidiagonal"
+    lr = config.lr_ng if kind == "unit-ng" else config.lr_qd
+    opt = UnitNaturalGradient(model, lr, structure=structure, kind="mc",
+                              rel_damping=config.rel_damping, layer_damping=config.layer_damping,
+                              refresh_every=config.refresh_every,
+                              ema=config.ema, seed=seed)  # fmt: skip
+    return model, opt
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    was = model.training
+    model.eval()
+    loss, wrong = 0.0, 0
+    for s in range(0, x.shape[0], 2000):
+        out = model(x[s : s + 2000])
+        loss += float(F.cross_entropy(out, y[s : s + 2000], reduction="sum"))
+        wrong += int((out.argmax(1) != y[s : s + 2000]).sum())
+    model.train(was)
+    return loss / x.shape[0], wrong / x.shape[0]
+
+
+def train_arm(config: CompareConfig, arm: str, model: nn.Module, ds, seed: int) -> list[dict]:
+    r"""Train one arm; rows ``{seed, arm, epoch, train_loss, test_loss, test_error, seconds}``
+    (``seconds``: cumulative training time, evaluation excluded). Batches: the same order
+    for every arm of a seed."""
+    from natgrad.optim import update_centres
+
+    net, opt = _optimizer(config, arm, model, seed)
+    natural = ARMS[arm][1] in ("qd", "unit-ng")
+    centred = ARMS[arm][1] == "centred"
+    x, y = ds.train_x, ds.train_y
+    rows, elapsed = [], 0.0
+
+    def record(epoch: int) -> None:
+        tr, _ = _evaluate(net, x, y)
+        te, err = _evaluate(net, ds.test_x, ds.test_y)
+        rows.append(dict(seed=seed, arm=arm, epoch=epoch, train_loss=tr, test_loss=te,
+                         test_error=err, seconds=elapsed))  # fmt: skip
+
+    record(0)
+    net.train()
+    torch.manual_seed(seed)  # batch-norm nets draw nothing; kept for any future dropout
+    for epoch in range(1, config.epochs + 1):
+        perm = torch.randperm(
+            x.shape[0], generator=torch.Generator().manual_seed(seed * 1000 + epoch)
+        )
+        t0 = time.perf_counter()
+        for s in range(0, x.shape[0], config.batch_size):
+            idx = perm[s : s + config.batch_size]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(xb), yb)
+            if not torch.isfinite(loss):
+                raise InputError(
+                    f"compare: arm {arm!r}, seed {seed}, epoch {epoch}: the loss is not finite; "
+                    f"lower its learning rate (--lr-{_LR_FLAG[ARMS[arm][1]]} ...)"
+                )
+            loss.backward()
+            opt.step(xb) if natural else opt.step()
+            if centred:
+                update_centres(net, rate=config.centre_rate)
+        elapsed += time.perf_counter() - t0
+        record(epoch)
+    return rows
+
+
+def run_compare(config: CompareConfig, *, progress=None):
+    r"""Train every arm for every seed; returns the curves as a pandas DataFrame."""
+    import pandas as pd
+
+    from natgrad.data import load_dataset
+
+    ds = load_dataset(config.dataset, config.data_dir, seed=0)
+    if config.train_size is not None:
+        n = config.train_size
+        ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
+    rows = []
+    for seed in range(config.seeds):
+        models = _models(config, ds, seed)
+        for arm, model in models.items():
+            t0 = time.perf_counter()
+            rows += train_arm(config, arm, model, ds, seed)
+            if progress:
+                progress(f"seed {seed} {arm}: {time.perf_counter() - t0:.1f} s, "
+                         f"final train loss {rows[-1]['train_loss']:.4f}")  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def _auc(curves):
+    r"""AUC_e per (seed, arm, epoch e >= 1): trapezoid mean of the training loss over 0..e."""
+    import pandas as pd
+
+    out = []
+    for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"]):
+        loss = g["train_loss"].to_numpy()
+        for e in range(1, len(loss)):
+            out.append(dict(seed=seed, arm=arm, epoch=e,
+                            auc=float(np.trapezoid(loss[: e + 1]) / e)))  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _ci(samples: tuple, statistic, config: CompareConfig) -> tuple[float, float]:
+    r"""Percentile bootstrap CI (95 %) over seeds of ``statistic`` of paired samples."""
+    import warnings
+
+    from scipy import stats
+
+    if len(samples[0]) < 3:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples (ties, 0/0) give NaN bounds
+        res = stats.bootstrap(samples, statistic, paired=True, vectorized=False,
+                              n_resamples=config.bootstrap_resamples, method="percentile",
+                              rng=np.random.default_rng(0))  # fmt: skip
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _gap_fraction(a, b, c) -> float:
+    den = np.mean(a) - np.mean(c)
+    return float((np.mean(a) - np.mean(b)) / den) if den > 0 else math.nan
+
+
+def summarise(curves, config: CompareConfig) -> dict:
+    r"""``{"summary", "effects", "gap"}`` DataFrames from the curves (see module docstring)."""
+    import pandas as pd
+
+    auc = _auc(curves)
+    last = curves[curves["epoch"] > config.epochs - config.last_epochs]
+    final = last.groupby(["seed", "arm"])["test_error"].mean().rename("test_error_last")
+    per_epoch = curves[curves["epoch"] == config.epochs].set_index(["seed", "arm"])["seconds"]
+    per_seed = pd.concat(
+        [auc[auc["epoch"] == config.epochs].set_index(["seed", "arm"])["auc"], final,
+         (per_epoch / config.epochs).rename("seconds_per_epoch")], axis=1,
+    ).reset_index()  # fmt: skip
+    summary = per_seed.groupby("arm").agg(
+        auc=("auc", "mean"), auc_sd=("auc", "std"), test_error_last=("test_error_last", "mean"),
+        test_error_sd=("test_error_last", "std"), seconds_per_epoch=("seconds_per_epoch", "mean"),
+    ).reindex([a for a in config.arms])  # fmt: skip
+    effects = []
+    wide = per_seed.pivot(index="seed", columns="arm")
+    if BASELINE in config.arms:
+        for arm in config.arms:
+            if arm == BASELINE:
+                continue
+            for metric in ("auc", "test_error_last"):
+                d = (wide[metric][arm] - wide[metric][BASELINE]).to_numpy()
+                lo, hi = _ci((d,), np.mean, config)
+                effects.append(dict(arm=arm, metric=metric, effect=float(d.mean()), ci_low=lo,
+                                    ci_high=hi, seeds=len(d)))  # fmt: skip
+    gap = []
+    if {BASELINE, CLOSER, TARGET} <= set(config.arms):
+        aw = auc.pivot_table(index=["epoch", "seed"], columns="arm", values="auc")
+        for e, g in aw.groupby(level="epoch"):
+            a, b, c = (g[k].to_numpy() for k in (BASELINE, CLOSER, TARGET))
+            lo, hi = _ci((a, b, c), _gap_fraction, config)
+            gap.append(dict(epoch=int(e), relu_sgd=a.mean(), elu_sgd=b.mean(),
+                            relu_unit_ng=c.mean(), gap=float(a.mean() - c.mean()),
+                            fraction_closed=_gap_fraction(a, b, c), ci_low=lo, ci_high=hi,
+                            seeds=len(a)))  # fmt: skip
+    return {
+        "summary": summary.reset_index(),
+        "effects": pd.DataFrame(effects),
+        "gap": pd.DataFrame(gap),
+    }
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _answer(tables: dict, config: CompareConfig) -> str:
+    gap = tables["gap"]
+    lines = [
+        "## Question",
+        "",
+        "What fraction of the gap between ReLU+SGD and ReLU+unit-NG (training-loss area under "
+        "the curve up to epoch e) does ELU+SGD close, per epoch budget e?",
+        "",
+        "## Answer",
+        "",
+    ]
+    if gap.empty:
+        lines.append("Not computed: the arms relu-sgd, elu-sgd and relu-unit-ng are all needed.")
+        return "\n".join(lines)
+    for row in gap.itertuples():
+        if math.isnan(row.fraction_closed):
+            text = f"undefined: ReLU+unit-NG does not beat ReLU+SGD (gap {row.gap:+.4f})"
+        else:
+            ci = (
+                ""
+                if math.isnan(row.ci_low)
+                else f" (95 % bootstrap CI over {row.seeds} seeds: {row.ci_low:.2f} to {row.ci_high:.2f})"
+            )
+            text = f"{row.fraction_closed:.2f} of the gap {row.gap:.4f}{ci}"  # fmt: skip
+        lines.append(f"- epoch budget {row.epoch}: ELU+SGD closes {text}")
+    return "\n".join(lines)
+
+
+def _figure(curves, tables: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    mean = curves.groupby(["arm", "epoch"]).mean(numeric_only=True).reset_index()
+    for arm in curves["arm"].unique():
+        g = mean[mean["arm"] == arm]
+        axes[0].plot(g["epoch"], g["train_loss"], label=arm)
+        axes[1].plot(g["epoch"], 100 * g["test_error"], label=arm)
+    axes[0].set(yscale="log", xlabel="epoch", ylabel="training loss (mean over seeds)")
+    axes[1].set(xlabel="epoch", ylabel="test error %")
+    axes[0].legend(fontsize=7)
+    gap = tables["gap"]
+    if not gap.empty:
+        axes[2].errorbar(gap["epoch"], gap["fraction_closed"],
+                         yerr=[(gap["fraction_closed"] - gap["ci_low"]).abs(),
+                               (gap["ci_high"] - gap["fraction_closed"]).abs()], marker="o")  # fmt: skip
+        axes[2].axhline(0, color="grey", lw=0.5)
+        axes[2].axhline(1, color="grey", lw=0.5, ls="--")
+    axes[2].set(xlabel="epoch budget", ylabel="fraction of the gap ELU+SGD closes")
+    fig.tight_layout()
+    paths = [out / "curves.png", out / "curves.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _markdown(table) -> str:
+    r"""A pipe table of a DataFrame, numbers to 4 significant digits."""
+
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
+    r"""Write the CSV tables, ``answer.md`` and the figure into ``out``; return the tables."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables = summarise(curves, config)
+    curves.to_csv(out / "curves.csv", index=False)
+    for name, table in tables.items():
+        table.to_csv(out / f"{name}.csv", index=False)
+    _figure(curves, tables, out)
+    settings = json.dumps(dataclasses.asdict(config), indent=1)
+    text = [
+        "# natgrad compare: does ELU + SGD recover the unit natural gradient's speed?",
+        "",
+        _answer(tables, config),
+        "",
+        "## Per arm",
+        "",
+        "AUC: training-loss area under the curve over epochs 0..E (mean over seeds); test "
+        f"error: mean of the last {config.last_epochs} epochs; seconds per training epoch.",
+        "",
+        _markdown(tables["summary"]),
+        "",
+        "## Effects paired by seed (arm − relu-sgd, 95 % percentile bootstrap CI over seeds)",
+        "",
+        _markdown(tables["effects"]) if not tables["effects"].empty else "(no baseline arm)",
+        "",
+        "## Fraction of the gap closed, per epoch budget",
+        "",
+        _markdown(tables["gap"]) if not tables["gap"].empty else "(not computed)",
+        "",
+        "## Run",
+        "",
+        f"- command: `{meta.get('command', '')}`",
+        f"- commit: {meta.get('commit')}",
+        f"- wall time: {meta.get('wall_seconds', math.nan):.0f} s, torch threads "
+        f"{torch.get_num_threads()}, {meta.get('device', '')}",
+        "",
+        "```json",
+        settings,
+        "```",
+    ]  # fmt: skip
+    (out / "answer.md").write_text("\n".join(text) + "\n")
+    return tables
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = CompareConfig()
+    parser.add_argument(
+        "--dataset", default=d.dataset, help="digits (default), fashion-mnist, mnist"
+    )
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seeds", type=int, default=d.seeds)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--train-size", type=int, default=None, help="first N training images")
+    parser.add_argument("--lr-sgd", type=float, default=d.lr_sgd)
+    parser.add_argument("--lr-ng", type=float, default=d.lr_ng)
+    parser.add_argument("--lr-qd", type=float, default=d.lr_qd)
+    parser.add_argument("--rel-damping", type=float, default=d.rel_damping)
+    parser.add_argument("--layer-damping", type=float, default=d.layer_damping)
+    parser.add_argument("--refresh-every", type=int, default=d.refresh_every)
+    parser.add_argument("--ema", type=float, default=d.ema)
+    parser.add_argument("--last-epochs", type=int, default=d.last_epochs)
+    parser.add_argument("--arms", default=",".join(d.arms), help="comma-separated subset")
+    parser.add_argument("--out", default="runs/compare", help="output folder")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from natgrad.training.loop import describe_device, git_commit
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    try:
+        config = CompareConfig(
+            dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds, epochs=args.epochs,
+            batch_size=args.batch_size, train_size=args.train_size, lr_sgd=args.lr_sgd,
+            lr_ng=args.lr_ng, lr_qd=args.lr_qd, rel_damping=args.rel_damping, layer_damping=args.layer_damping,
+            refresh_every=args.refresh_every, ema=args.ema, last_epochs=args.last_epochs,
+            arms=tuple(a for a in args.arms.split(",") if a),
+        )  # fmt: skip
+        say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+        curves = run_compare(config, progress=say)
+    except NatgradError as exc:
+        print(f"natgrad compare: error: {exc}", file=sys.stderr)
+        return 2
+    meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=git_commit(),
+                wall_seconds=time.perf_counter() - t0,
+                device=describe_device(torch.device("cpu")))  # fmt: skip
+    out = Path(args.out)
+    write_outputs(curves, config, out, meta)
+    print((out / "answer.md").read_text().split("## Per arm")[0].strip())
+    print(f"\noutputs in {out}")
+    return 0
