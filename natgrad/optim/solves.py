@@ -10,7 +10,8 @@ relatively damped unit Fisher (THEORY.md, "Measuring ...")
 with one stated λ for every unit and unit type. Bias last: F = [[A, b], [bᵀ, c]].
 
 - ``unit``: u = F_λ⁻¹ g by batched Cholesky (:mod:`natgrad.linalg`).
-- ``quasidiagonal``: Ollivier's quasi-diagonal inverse (Ollivier 2015, "Riemannian metrics
+- ``quasidiagonal``: Ollivier's quasi-diagonal inverse, solved by
+  :func:`natgrad.measures.quasidiagonal_solve` (Ollivier 2015, "Riemannian metrics
   for neural networks I", Section 3; Marceau-Caron & Ollivier 2016), from the diagonal of
   F_λ and its bias column only, O(d) per unit:
 
@@ -53,13 +54,13 @@ import torch
 
 from natgrad import linalg
 from natgrad.errors import InputError, SingularBlockError
+from natgrad.measures import quasidiagonal_solve
 
 __all__ = [
     "diagonal_coefficients",
     "diagonal_direction",
-    "quasidiagonal_apply",
-    "quasidiagonal_coefficients",
     "quasidiagonal_direction",
+    "quasidiagonal_metric",
     "quasidiagonal_parts",
     "relative_shift",
     "unit_direction",
@@ -122,35 +123,22 @@ def unit_direction(factor: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return linalg.cho_solve(factor, g).to(g.dtype)
 
 
-def quasidiagonal_coefficients(
+def quasidiagonal_metric(
     diag: torch.Tensor,
     bias_column: torch.Tensor,
     rel_damping: float,
     *,
     layer_damping: float = 0.0,
-    layer: str | None = None,
-) -> tuple[torch.Tensor, ...]:
-    r"""``(p, q, r [U, d], t [U])`` with u_w = p∘g_w − q·g0 and u_0 = t·g0 − Σ_i r_i u_i: the
-    quasi-diagonal inverse of F_λ (module docstring) computed once per refresh, in float64,
-    from ``diag`` ``[U, d+1]`` and ``bias_column`` ``[U, d]`` of F."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""``(diag(A_λ) [U, d], b [U, d], c_λ [U])`` in float64: what Ollivier's quasi-diagonal
+    solve (:func:`natgrad.measures.quasidiagonal_solve`) reads of F_λ, from ``diag``
+    ``[U, d+1]`` and ``bias_column`` ``[U, d]`` of F (zero blocks filled, see above)."""
     d64, b64 = diag.to(torch.float64), bias_column.to(torch.float64)
     dead, s = _peer_scale(d64)
     d64 = torch.where(dead[:, None], s, d64)
     b64 = torch.where(dead[:, None], 0.0, b64)
     m = d64 + relative_shift(d64, rel_damping, layer_damping).unsqueeze(-1)  # [U, d+1]
-    m00, mii = m[:, -1:], m[:, :-1]  # [U, 1], [U, d]
-    det = m00 * mii - b64.square()  # [U, d], > 0 for a PSD F with μ > 0 (2×2 minors)
-    _check_positive(det, m00, layer, "2x2 (weight, bias) minors of the quasi-diagonal metric")
-    return m00 / det, b64 / det, b64 / m00, 1.0 / m00.squeeze(-1)
-
-
-def quasidiagonal_apply(coefficients: tuple[torch.Tensor, ...], g: torch.Tensor) -> torch.Tensor:
-    r"""``[U, d+1]`` the quasi-diagonal direction from :func:`quasidiagonal_coefficients`
-    (in their dtype) and ``g`` ``[U, d+1]``."""
-    p, q, r, t = coefficients
-    u_w = p * g[:, :-1] - q * g[:, -1:]  # [U, d]
-    u_0 = t * g[:, -1] - (r * u_w).sum(-1)  # [U]
-    return torch.cat([u_w, u_0.unsqueeze(-1)], dim=-1)
+    return m[:, :-1], b64, m[:, -1]
 
 
 def quasidiagonal_direction(
@@ -159,13 +147,14 @@ def quasidiagonal_direction(
     g: torch.Tensor,
     rel_damping: float,
     *,
+    layer_damping: float = 0.0,
     layer: str | None = None,
 ) -> torch.Tensor:
-    r"""``[U, d+1]`` Ollivier's quasi-diagonal inverse of F_λ applied to ``g`` (module
-    docstring), from ``diag`` ``[U, d+1]`` and ``bias_column`` ``[U, d]`` of F; float64
-    inside, ``g``'s dtype out."""
-    coef = quasidiagonal_coefficients(diag, bias_column, rel_damping, layer=layer)
-    return quasidiagonal_apply(coef, g.to(torch.float64)).to(g.dtype)
+    r"""``[U, d+1]`` Ollivier's quasi-diagonal inverse of F_λ applied to ``g`` ``[U, d+1]``
+    (module docstring), by :func:`natgrad.measures.quasidiagonal_solve`; ``g``'s dtype out."""
+    metric = quasidiagonal_metric(diag, bias_column, rel_damping, layer_damping=layer_damping)
+    u, u0 = quasidiagonal_solve(*metric, g[:, :-1], g[:, -1], layer=layer)
+    return torch.cat([u, u0.unsqueeze(-1)], dim=-1).to(g.dtype)
 
 
 def diagonal_coefficients(

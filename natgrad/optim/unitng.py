@@ -63,6 +63,7 @@ from natgrad._layers import SUPPORTED
 from natgrad.errors import InputError, NatgradWarning
 from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import KINDS, check_likelihood
+from natgrad.measures import quasidiagonal_solve
 from natgrad.optim import solves
 
 __all__ = ["STRUCTURES", "UnitNaturalGradient"]
@@ -292,7 +293,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             if structure == "unit":
                 u = solves.unit_direction(pre, g)
             elif structure == "quasidiagonal":
-                u = solves.quasidiagonal_apply(pre, g)
+                u_w, u_0 = quasidiagonal_solve(*pre, g[:, :-1], g[:, -1], layer=name)
+                u = torch.cat([u_w, u_0.unsqueeze(-1)], dim=-1).to(g.dtype)
             else:
                 u = g * pre
             out[m.weight] = u[:, :-1].reshape(m.weight.shape)
@@ -300,17 +302,15 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         return out
 
     def _preconditioner(self, name: str, m: nn.Module):
-        r"""Per-refresh factors of layer ``name``: Cholesky factors (float64) for ``unit``,
-        the solve's coefficients in the weight's dtype for the others."""
+        r"""Per-refresh factors of layer ``name``: Cholesky factors (float64) for ``unit``, the
+        damped quasi-diagonal metric (float64), or 1/diag(F_λ) in the weight's dtype."""
         state, structure = self.state[m.weight], self.structures[name]
         lam, kw = self.rel_damping, dict(layer_damping=self.layer_damping, layer=name)
         if structure == "unit":
             return solves.unit_factor(state["fisher"], lam, **kw)
         if structure == "quasidiagonal":
-            coef = solves.quasidiagonal_coefficients(
-                state["fisher_diag"], state["fisher_bias"], lam, **kw
-            )
-            return tuple(c.to(m.weight.dtype) for c in coef)
+            return solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
+                                               layer_damping=self.layer_damping)  # fmt: skip
         return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(m.weight.dtype)
 
 
