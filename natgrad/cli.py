@@ -52,7 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train a paper network, recording activations and checkpoints",
     ),
     "compare": (
-        "natgrad.compare",
+        "natgrad.analysis.compare",
         "train ReLU/ELU nets with SGD, centring, quasi-diagonal and unit natural gradient",
     ),
     "demo": (

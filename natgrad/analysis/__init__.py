@@ -11,6 +11,7 @@ module                 what it computes
 ``plots``              every figure, drawn from the tables (matplotlib imported lazily)
 ``build``              ``natgrad tables RUNS --out DIR``: tables (and report) from runs
 ``demo``               ``natgrad demo``: the main job, training → tables → report
+``compare``            ``natgrad compare``: ReLU/ELU × SGD/centring/QD/unit-NG training runs
 =====================  ==============================================================
 
 The core library (:mod:`natgrad.fisher`, :mod:`natgrad.theorems`) imports nothing from

@@ -107,14 +107,14 @@ def unit_factor(
     Raises :class:`~natgrad.errors.SingularBlockError` naming the layer and units whose
     damped block is not positive definite.
     """
-    m64 = matrix.to(torch.float64)
-    dead, s = _peer_scale(torch.diagonal(m64, dim1=-2, dim2=-1))
+    m64 = matrix.to(torch.float64, copy=True)  # modified in place below
+    diag = torch.diagonal(m64, dim1=-2, dim2=-1)  # a view
+    dead, s = _peer_scale(diag)
     if dead.any():
-        eye = torch.eye(m64.shape[-1], dtype=m64.dtype, device=m64.device)
-        m64 = torch.where(dead[:, None, None], s * eye, m64)
-    mu = relative_shift(torch.diagonal(m64, dim1=-2, dim2=-1), rel_damping, layer_damping)
-    eye = torch.eye(m64.shape[-1], dtype=m64.dtype, device=m64.device)
-    return linalg.cholesky(m64 + mu[:, None, None] * eye, layer=layer, warn_cond=math.inf,
+        m64[dead] = 0.0
+        diag[dead] = s
+    diag.add_(relative_shift(diag, rel_damping, layer_damping).unsqueeze(-1))
+    return linalg.cholesky(m64, layer=layer, warn_cond=math.inf,
                            what=f"unit Fisher block (relative damping {rel_damping:g})")  # fmt: skip
 
 

@@ -3,7 +3,10 @@ r"""Checkpoints as safetensors + JSON, written atomically; loading never unpickl
 ``checkpoints/epoch_XXXX.safetensors`` holds tensors only::
 
     model.<state_dict key>            parameters and buffers
-    optim.<param index>.<key>         optimizer state tensors (e.g. momentum_buffer)
+    optim.<param index>.<key>         optimizer state tensors (e.g. momentum_buffer; the
+                                      natural-gradient optimizers' running unit Fisher
+                                      ``fisher``/``fisher_diag``/``fisher_bias`` and their
+                                      label generator ``natgrad_generator``)
     rng.torch                         torch.get_rng_state(), uint8
     rng.cuda.<i>                      CUDA generator states, uint8 (when on a GPU)
     rng.numpy                         numpy MT19937 key, int64 [624]
@@ -174,7 +177,9 @@ def load_checkpoint(path, epoch: int | None = None, *, device: str = "cpu"):
         device: where the model's tensors go.
 
     Returns:
-        ``(model, info)``: a :class:`natgrad.models.PaperNet` in eval mode and the JSON.
+        ``(model, info)``: a :class:`natgrad.models.PaperNet` in eval mode and the JSON. A
+        net trained centred (``centre=true``) comes back with plain Linear/Conv2d layers
+        holding w and w0 = v0 − wᵀm: the same function in the original parametrisation.
 
     Raises:
         CheckpointError: see :func:`read_checkpoint`; never calls ``torch.load``.
@@ -186,11 +191,21 @@ def load_checkpoint(path, epoch: int | None = None, *, device: str = "cpu"):
     kwargs = dict(info["build_kwargs"])
     dtype = next(v.dtype for v in state.values() if v.is_floating_point())
     model = build_model(info["net"], info["unit"], **kwargs, dtype=dtype, device="meta")
+    centred = any(k.endswith(".centre") for k in state)
+    if centred:  # trained with config centre=true: load as centred, hand back plain layers
+        from natgrad.optim import centre
+
+        model = centre(model, inplace=True)
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {info['net']}: {exc}") from None
-    return model.to(device).eval(), info
+    model = model.to(device).eval()
+    if centred:
+        from natgrad.optim import uncentre
+
+        model = uncentre(model)
+    return model, info
 
 
 def restore_state(tensors: dict, info: dict, optimizer) -> None:

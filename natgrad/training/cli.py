@@ -28,11 +28,13 @@ _FLAGS = {  # flag -> config key
     "lr": "lr",
     "batch_size": "batch_size",
     "checkpoint_every": "checkpoint_every",
+    "optimizer": "optimizer",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from natgrad.models import NETWORKS
+    from natgrad.training.config import OPTIMIZERS
     from natgrad.units import UNIT_NAMES
 
     parser.add_argument("--net", required=True, choices=list(NETWORKS))
@@ -48,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="K")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                        help="sgd (default) or a unit natural gradient (natgrad.optim); its "
+                        "settings: --set ng_kind=, rel_damping=, layer_damping=, "
+                        "refresh_every=, fisher_ema=")  # fmt: skip
+    parser.add_argument("--centre", action="store_true",
+                        help="centred units (Schraudolph; Raiko et al.), plain SGD")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (GPU if any), cpu or cuda")
     parser.add_argument("--run-dir", default=None, help="output folder")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -72,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         flags = {key: getattr(args, f) for f, key in _FLAGS.items() if getattr(args, f) is not None}
         if args.batch_norm:
             flags["batch_norm"] = True
+        if args.centre:
+            flags["centre"] = True
         config = apply_overrides(default_config(args.net, **flags), args.set)
         result = (train_ddp if distributed else train)(
             config,

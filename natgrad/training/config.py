@@ -59,7 +59,19 @@ from dataclasses import dataclass
 
 from natgrad.errors import InputError
 
-__all__ = ["TrainConfig", "apply_overrides", "default_config", "dropout_mode_at", "lr_at"]
+__all__ = [
+    "OPTIMIZERS",
+    "TrainConfig",
+    "apply_overrides",
+    "default_config",
+    "dropout_mode_at",
+    "lr_at",
+]
+
+OPTIMIZERS = ("sgd", "unit-ng", "qd-ng", "diag-ng")
+"""``sgd`` (torch), or :class:`natgrad.optim.UnitNaturalGradient` with structure ``unit``,
+``quasidiagonal`` or ``diagonal`` (settings ``ng_kind``, ``rel_damping``, ``layer_damping``,
+``refresh_every``, ``fisher_ema``; ``momentum`` and ``weight_decay`` as for SGD)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,14 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 300
     batch_size: int = 64
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # or unit-ng / qd-ng / diag-ng (natgrad.optim.UnitNaturalGradient)
+    centre: bool = False  # centred Linear/Conv2d units (natgrad.optim.centre), m updated per step
+    centre_rate: float = 0.1  # m <- m + rate·(batch mean − m)
+    ng_kind: str = "mc"  # the natural-gradient optimizers' Fisher: mc, exact or empirical
+    rel_damping: float = 0.1  # λ: F + (λ tr F + λ_layer mean_layer tr F)/(d+1)·I
+    layer_damping: float = 0.3  # λ_layer
+    refresh_every: int = 10  # steps between refreshes of the running unit Fisher
+    fisher_ema: float = 0.9  # F <- ema·F + (1 − ema)·F_batch
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -96,7 +115,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "optimizer": (self.optimizer, ("sgd",)),
+            "optimizer": (self.optimizer, OPTIMIZERS),
+            "ng_kind": (self.ng_kind, ("mc", "exact", "empirical")),
             "schedule_unit": (self.schedule_unit, ("iteration", "epoch")),
             "loss": (self.loss, ("cross_entropy", "bce_logits")),
             "preprocess": (self.preprocess, ("none", "gcn-zca")),
@@ -124,6 +144,9 @@ class TrainConfig:
         if self.dropout_phases and self.net not in STACK_DROPOUT:
             raise InputError(f"config dropout_phases: {self.net} has no dropout phases; "
                              f"they exist for {', '.join(STACK_DROPOUT)}")  # fmt: skip
+        if self.centre and self.optimizer != "sgd":
+            raise InputError(f"config centre=true goes with optimizer=sgd (centring is the plain "
+                             f"step in centred coordinates), not {self.optimizer!r}")  # fmt: skip
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -133,7 +156,8 @@ class TrainConfig:
             return InputError(f"config {key}={value!r}: must be {need} (--set {key}=...)")
 
         minimum = {"epochs": 0, "batch_size": 1, "probe_size": 1, "record_every": 1,
-                   "checkpoint_every": 1, "eval_batch_size": 1, "seed": 0}  # fmt: skip
+                   "checkpoint_every": 1, "eval_batch_size": 1, "seed": 0,
+                   "refresh_every": 1}  # fmt: skip
         for key, lo in minimum.items():
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -147,6 +171,10 @@ class TrainConfig:
             ("momentum", lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
             ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
             ("alpha", lambda v: True, "a finite number or none"),
+            ("centre_rate", lambda v: 0 < v <= 1, "a finite number in (0, 1]"),
+            ("fisher_ema", lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
+            ("rel_damping", lambda v: v >= 0, "a finite number >= 0"),
+            ("layer_damping", lambda v: v >= 0, "a finite number >= 0"),
         ):
             value = getattr(self, key)
             if key == "alpha" and value is None:

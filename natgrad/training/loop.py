@@ -111,6 +111,10 @@ def _setup(config: TrainConfig, device: torch.device):
         num_classes=None if ae else ds.num_classes, in_shape=ds.input_shape,
         seed=config.seed, dtype=dtype, **extra,
     ).to(device)  # fmt: skip
+    if config.centre:  # before the parameter groups: centring replaces the layers
+        from natgrad.optim import centre
+
+        model = centre(model, inplace=True)
     decay = [
         p for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in [m.weight]
     ]
@@ -120,7 +124,19 @@ def _setup(config: TrainConfig, device: torch.device):
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": rest, "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    else:
+        from natgrad.optim import UnitNaturalGradient
+
+        structure = {"unit-ng": "unit", "qd-ng": "quasidiagonal", "diag-ng": "diagonal"}
+        optimizer = UnitNaturalGradient(
+            model, config.lr, structure=structure[config.optimizer], kind=config.ng_kind,
+            rel_damping=config.rel_damping, layer_damping=config.layer_damping,
+            refresh_every=config.refresh_every, ema=config.fisher_ema,
+            momentum=config.momentum, weight_decay=config.weight_decay,
+            likelihood="bernoulli" if ae else "categorical", seed=config.seed,
+        )  # fmt: skip
     return ds, model, optimizer
 
 
@@ -312,7 +328,14 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
             else:
                 bad_step = torch.where((bad_step < 0) & ~finite, b, bad_step)
             loss.backward()
-            optimizer.step()
+            if config.optimizer == "sgd":
+                optimizer.step()
+            else:  # the natural-gradient optimizers refresh their Fisher from the batch
+                optimizer.step(xb)
+            if config.centre:
+                from natgrad.optim import update_centres
+
+                update_centres(model, rate=config.centre_rate)
             loss_sum += loss.detach().double() * idx.shape[0]
             bar.update(1)
         if dev.type == "cuda":

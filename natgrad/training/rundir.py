@@ -5,7 +5,7 @@ training loop writes through these paths and the analysis reads through these re
 
 Layout (``docs/run_layout.md``)::
 
-    <root>/<net>-<unit>[-bn]-<dataset>-s<seed>[-<tag>]/
+    <root>/<net>-<unit>[-bn][-centred|-<optimizer>]-<dataset>-s<seed>[-<tag>]/
         config.json                          {"config": TrainConfig, device, git_commit, torch}
         metrics.jsonl                        one JSON object per epoch (epoch 0 = before training)
         activations/probe.safetensors        the probe indices into the training set
@@ -43,10 +43,13 @@ _ACTIVATION_FILE = re.compile(r"^epoch_\d+\.safetensors$")
 
 
 def run_name(config, tag: str | None = None) -> str:
-    """``<net>-<unit>[-bn]-<dataset>-s<seed>[-<tag>]`` for a :class:`TrainConfig`."""
+    """``<net>-<unit>[-bn][-centred|-<optimizer>]-<dataset>-s<seed>[-<tag>]`` for a
+    :class:`TrainConfig` (the optimizer is named unless it is plain SGD)."""
     bn = "-bn" if config.batch_norm else ""
+    opt = getattr(config, "optimizer", "sgd")
+    how = "-centred" if getattr(config, "centre", False) else ("" if opt == "sgd" else f"-{opt}")
     suffix = f"-{tag}" if tag else ""
-    return f"{config.net}-{config.unit}{bn}-{config.dataset}-s{config.seed}{suffix}"
+    return f"{config.net}-{config.unit}{bn}{how}-{config.dataset}-s{config.seed}{suffix}"
 
 
 def default_run_dir(config, root: PathLike = "runs", tag: str | None = None) -> Path:

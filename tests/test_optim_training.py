@@ -1,0 +1,70 @@
+"""``natgrad train --optimizer unit-ng|qd-ng|diag-ng [--centre]``: config, run names,
+checkpointed optimizer state and bit-identical resume (in process, on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from natgrad.errors import InputError
+from natgrad.testing import assert_close
+from natgrad.training import default_config, load_checkpoint, read_checkpoint, run_name, train
+
+DIGITS = dict(dataset="digits", probe_size=32, checkpoint_every=1, refresh_every=4, batch_size=256)
+SETTINGS = {  # optimizer settings: a Fisher refresh that does not align with the epochs
+    "unit-ng": dict(optimizer="unit-ng", lr=1e-3, momentum=0.5),
+    "qd-ng": dict(optimizer="qd-ng", lr=1e-3),
+    "diag-ng": dict(optimizer="diag-ng", lr=1e-3, ng_kind="exact"),
+    "centred": dict(centre=True, lr=0.1),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_resume_is_bit_identical(tmp_path, name):
+    r"""2 epochs in one go == 1 epoch, then a resumed second epoch: every tensor of the final
+    checkpoint (model, running unit Fisher, momentum, label generator, RNG) is equal."""
+    config = default_config("mnist-fc", unit="relu", epochs=2, **DIGITS, **SETTINGS[name])
+    whole = train(config, tmp_path / "whole", device="cpu", progress=False)
+    train(default_config("mnist-fc", unit="relu", epochs=1, **DIGITS, **SETTINGS[name]),
+          tmp_path / "parts", device="cpu", progress=False)  # fmt: skip
+    parts = train(config, tmp_path / "parts", device="cpu", progress=False)
+    a, info_a = read_checkpoint(tmp_path / "whole", 2)
+    b, info_b = read_checkpoint(tmp_path / "parts", 2)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    if name != "centred":
+        assert any(k.startswith("optim.") and ".fisher" in k for k in a)
+        assert info_a["optimizer"]["state"] == info_b["optimizer"]["state"]
+    losses = [r["train_loss"] for r in whole.metrics]
+    assert losses[-1] < losses[0]
+    assert [r["train_loss"] for r in parts.metrics] == losses
+
+
+def test_centred_checkpoint_loads_as_the_same_plain_function(tmp_path):
+    config = default_config("mnist-fc", unit="relu", epochs=1, **DIGITS, **SETTINGS["centred"])
+    result = train(config, tmp_path, device="cpu", progress=False)
+    model, _ = load_checkpoint(tmp_path)
+    assert not any(hasattr(m, "centre") for m in model.modules())
+    x = torch.rand(5, 1, 8, 8, dtype=torch.float32)
+    assert_close(model(x), result.model.eval()(x), what="uncentred checkpoint")
+
+
+def test_optimizer_config_names_and_errors():
+    cfg = default_config("mnist-fc", dataset="digits", optimizer="qd-ng")
+    assert run_name(cfg) == "mnist-fc-elu-qd-ng-digits-s0"
+    assert run_name(default_config("mnist-fc", dataset="digits", centre=True)).endswith(
+        "-centred-digits-s0"
+    )
+    with pytest.raises(InputError, match="optimizer"):
+        default_config("mnist-fc", optimizer="adam")
+    with pytest.raises(InputError, match="centre"):
+        default_config("mnist-fc", optimizer="unit-ng", centre=True)
