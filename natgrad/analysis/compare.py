@@ -19,8 +19,9 @@ arm                 unit    optimizer
 
 Per seed and epoch it records the training loss (on the whole training set, eval mode, with
 epoch 0 = the initial net), the test loss and error, and the training wall time. Summaries:
-training-loss area under the curve AUC_e = mean over epochs 0..e (trapezoid), test error as
-the mean of the last ``last_epochs`` epochs, seconds per epoch. Effects are paired by seed
+training-loss area under the curve AUC_e = mean training loss over epochs 1..e, test error
+as the mean of the last ``last_epochs`` epochs, seconds per epoch. An arm whose loss becomes
+non-finite stops; its remaining epochs are NaN and ``answer.md`` names it. Effects are paired by seed
 (arm − relu-sgd), with percentile bootstrap CIs over seeds (``scipy.stats.bootstrap``).
 
 **The question.** What fraction of the gap between ReLU+SGD and ReLU+unit-NG does ELU+SGD
@@ -76,7 +77,6 @@ ARMS: dict[str, tuple[str, str, bool]] = {  # name: (unit, optimizer, batch norm
     "relu-bn": ("relu", "sgd", True),
 }
 BASELINE, CLOSER, TARGET = "relu-sgd", "elu-sgd", "relu-unit-ng"
-_LR_FLAG = {"sgd": "sgd", "centred": "sgd", "qd": "qd", "unit-ng": "ng"}
 
 
 @dataclass(frozen=True)
@@ -203,15 +203,17 @@ def train_arm(config: CompareConfig, arm: str, model: nn.Module, ds, seed: int) 
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(net(xb), yb)
             if not torch.isfinite(loss):
-                raise InputError(
-                    f"compare: arm {arm!r}, seed {seed}, epoch {epoch}: the loss is not finite; "
-                    f"lower its learning rate (--lr-{_LR_FLAG[ARMS[arm][1]]} ...)"
-                )
+                break
             loss.backward()
             opt.step(xb) if natural else opt.step()
             if centred:
                 update_centres(net, rate=config.centre_rate)
         elapsed += time.perf_counter() - t0
+        if not torch.isfinite(loss):  # diverged: the remaining epochs are NaN, said in answer.md
+            nan = math.nan
+            rows += [dict(seed=seed, arm=arm, epoch=e, train_loss=nan, test_loss=nan,
+                          test_error=nan, seconds=nan) for e in range(epoch, config.epochs + 1)]  # fmt: skip
+            return rows
         record(epoch)
     return rows
 
@@ -242,15 +244,16 @@ def run_compare(config: CompareConfig, *, progress=None):
 
 
 def _auc(curves):
-    r"""AUC_e per (seed, arm, epoch e >= 1): trapezoid mean of the training loss over 0..e."""
+    r"""AUC_e per (seed, arm, epoch e >= 1): the mean training loss over epochs 1..e (epoch 0,
+    the initial net, is left out: ELU and ReLU nets with the same weights start at different
+    losses, and the question is how fast each one learns)."""
     import pandas as pd
 
     out = []
     for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"]):
         loss = g["train_loss"].to_numpy()
         for e in range(1, len(loss)):
-            out.append(dict(seed=seed, arm=arm, epoch=e,
-                            auc=float(np.trapezoid(loss[: e + 1]) / e)))  # fmt: skip
+            out.append(dict(seed=seed, arm=arm, epoch=e, auc=float(loss[1 : e + 1].mean())))
     return pd.DataFrame(out)
 
 
@@ -312,7 +315,11 @@ def summarise(curves, config: CompareConfig) -> dict:
                             relu_unit_ng=c.mean(), gap=float(a.mean() - c.mean()),
                             fraction_closed=_gap_fraction(a, b, c), ci_low=lo, ci_high=hi,
                             seeds=len(a)))  # fmt: skip
+    bad = curves[curves["train_loss"].isna()]
     return {
+        "diverged": sorted(
+            {f"{a} (seed {s})" for a, s in zip(bad["arm"], bad["seed"], strict=True)}
+        ),
         "summary": summary.reset_index(),
         "effects": pd.DataFrame(effects),
         "gap": pd.DataFrame(gap),
@@ -328,11 +335,14 @@ def _answer(tables: dict, config: CompareConfig) -> str:
         "## Question",
         "",
         "What fraction of the gap between ReLU+SGD and ReLU+unit-NG (training-loss area under "
-        "the curve up to epoch e) does ELU+SGD close, per epoch budget e?",
+        "the curve: mean training loss over epochs 1..e) does ELU+SGD close, per epoch budget e?",
         "",
         "## Answer",
         "",
     ]
+    diverged = sorted(tables.get("diverged", ()))
+    if diverged:
+        lines += [f"Diverged (NaN loss; lower their learning rate): {', '.join(diverged)}", ""]
     if gap.empty:
         lines.append("Not computed: the arms relu-sgd, elu-sgd and relu-unit-ng are all needed.")
         return "\n".join(lines)
@@ -398,8 +408,8 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tables = summarise(curves, config)
     curves.to_csv(out / "curves.csv", index=False)
-    for name, table in tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
+    for name in ("summary", "effects", "gap"):
+        tables[name].to_csv(out / f"{name}.csv", index=False)
     _figure(curves, tables, out)
     settings = json.dumps(dataclasses.asdict(config), indent=1)
     text = [
@@ -409,7 +419,7 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
         "",
         "## Per arm",
         "",
-        "AUC: training-loss area under the curve over epochs 0..E (mean over seeds); test "
+        "AUC: mean training loss over epochs 1..E (mean over seeds); test "
         f"error: mean of the last {config.last_epochs} epochs; seconds per training epoch.",
         "",
         _markdown(tables["summary"]),

@@ -1,0 +1,76 @@
+"""``natgrad compare`` in a small form: every arm trains, shares its initial weights, and the
+tables answer the question (the statistics checked against a second route from the curves)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from natgrad import cli
+from natgrad.analysis import compare
+from natgrad.testing import assert_close
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    r"""3 seeds x 2 epochs of every arm on 128 digits (2 steps per epoch), via the CLI."""
+    out = tmp_path_factory.mktemp("compare")
+    old = torch.get_num_threads()
+    try:
+        rc = cli.main(["compare", "--seeds", "3", "--epochs", "2", "--train-size", "128",
+                       "--out", str(out), "--quiet", "--last-epochs", "1"])  # fmt: skip
+    finally:
+        torch.set_num_threads(old)
+    assert rc == 0
+    return out
+
+
+def test_outputs_and_the_stated_question(small_run):
+    for name in ("curves.csv", "summary.csv", "effects.csv", "gap.csv", "answer.md",
+                 "curves.png", "curves.pdf"):  # fmt: skip
+        assert (small_run / name).stat().st_size > 0, name
+    text = (small_run / "answer.md").read_text()
+    assert "What fraction of the gap between ReLU+SGD and ReLU+unit-NG" in text
+    assert "epoch budget 2: ELU+SGD closes" in text
+    assert "commit:" in text and "wall time:" in text
+
+
+def test_arms_share_initial_weights(small_run):
+    r"""Epoch 0: every ReLU arm without batch norm is the same net (same loss, bit for bit)."""
+    import pandas as pd
+
+    c = pd.read_csv(small_run / "curves.csv")
+    start = c[c["epoch"] == 0].pivot(index="seed", columns="arm", values="train_loss")
+    for arm in ("relu-centred", "relu-qd", "relu-unit-ng"):
+        assert (start[arm] == start["relu-sgd"]).all(), arm
+    assert (start["elu-unit-ng"] == start["elu-sgd"]).all()
+    assert set(c["arm"]) == set(compare.ARMS) and c["seed"].nunique() == 3
+
+
+def test_effects_and_gap_from_the_curves(small_run):
+    r"""Paired effects and the gap fraction recomputed from curves.csv by hand."""
+    import pandas as pd
+
+    c = pd.read_csv(small_run / "curves.csv")
+    c = c[c["epoch"] >= 1]
+    auc = c.groupby(["arm", "seed"])["train_loss"].mean().unstack("seed")  # epochs 1..2
+    eff = pd.read_csv(small_run / "effects.csv").set_index(["arm", "metric"])
+    for arm in ("elu-sgd", "relu-unit-ng", "relu-bn"):
+        assert_close(eff.loc[(arm, "auc"), "effect"], (auc.loc[arm] - auc.loc["relu-sgd"]).mean(),
+                     what=arm)  # fmt: skip
+        lo, hi = eff.loc[(arm, "auc"), ["ci_low", "ci_high"]]
+        assert lo <= eff.loc[(arm, "auc"), "effect"] <= hi
+    gap = pd.read_csv(small_run / "gap.csv").set_index("epoch")
+    a, b, t = (auc.loc[k].to_numpy() for k in ("relu-sgd", "elu-sgd", "relu-unit-ng"))
+    expected = (a.mean() - b.mean()) / (a.mean() - t.mean())
+    got = gap.loc[2, "fraction_closed"]
+    assert (math.isnan(got) and a.mean() <= t.mean()) or abs(got - expected) < 1e-9
+
+
+def test_gap_fraction_by_hand():
+    a, b, c = np.array([3.0, 3.2]), np.array([2.0, 2.2]), np.array([1.0, 1.2])
+    assert compare._gap_fraction(a, b, c) == pytest.approx(0.5)
+    assert math.isnan(compare._gap_fraction(a, b, a + 1))  # NG no better: undefined
