@@ -14,7 +14,7 @@ DIGITS = dict(dataset="digits", probe_size=32, checkpoint_every=1, refresh_every
 SETTINGS = {  # optimizer settings: a Fisher refresh that does not align with the epochs
     "unit-ng": dict(optimizer="unit-ng", lr=1e-3, momentum=0.5),
     "qd-ng": dict(optimizer="qd-ng", lr=1e-3),
-    "diag-ng": dict(optimizer="diag-ng", lr=1e-3, ng_kind="exact"),
+    "diag-ng": dict(optimizer="diag-ng", lr=1e-3, ng_kind="empirical"),
     "centred": dict(centre=True, lr=0.1),
 }
 

@@ -331,7 +331,7 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
             if config.optimizer == "sgd":
                 optimizer.step()
             else:  # the natural-gradient optimizers refresh their Fisher from the batch
-                optimizer.step(xb)
+                optimizer.step(xb, yb if config.loss == "cross_entropy" else xb.flatten(1))
             if config.centre:
                 from natgrad.optim import update_centres
 
