@@ -134,7 +134,7 @@ def test_quasidiagonal_is_ollivier_not_arrowhead_inverse():
 
 
 def test_quasidiagonal_equals_unit_for_one_input():
-    r"""d = 1: the quasi-diagonal metric is the whole block (hand-checkable case of THEORY.md)."""
+    r"""d = 1: the quasi-diagonal metric is the whole block (hand-checkable case of docs/theory.md)."""
     F1 = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]])
     g = torch.tensor([[1.0, 0.0]])
     assert_close(solves.quasidiagonal_direction(*solves.quasidiagonal_parts(F1), g, 0.0),
@@ -198,7 +198,7 @@ CENTRE_CASES = {
 @pytest.mark.parametrize("name", CENTRE_CASES)
 def test_centred_net_same_function_and_sgd_step_is_TTt_g(name):
     r"""centre() and update_centres() keep the function; one SGD step of the centred net moves
-    (w, w0) by −lr·T Tᵀ∇, T = [[I, 0], [−mᵀ, 1]] (THEORY.md, the ``centred`` direction)."""
+    (w, w0) by −lr·T Tᵀ∇, T = [[I, 0], [−mᵀ, 1]] (docs/theory.md, the ``centred`` direction)."""
     build, shape = CENTRE_CASES[name]
     torch.manual_seed(1)
     net = build()

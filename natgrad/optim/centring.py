@@ -10,7 +10,7 @@ factors"; Raiko, Valpola & LeCun 2012, AISTATS; LeCun et al. 1998, "Efficient Ba
 with m a running mean of the layer's incoming activations a (a buffer, shared by the units
 of a layer: the mean patch for Conv2d). The parameters are θ′ = (w, v0); the original ones
 are θ = Tθ′ with T = [[I, 0], [−mᵀ, 1]], so the loss gradient in θ′ is Tᵀ∇ and a plain SGD
-step in θ′ moves θ by −η·T Tᵀ∇: the ``centred`` direction of THEORY.md. The gradient of w
+step in θ′ moves θ by −η·T Tᵀ∇: the ``centred`` direction of docs/theory.md. The gradient of w
 is Σ δ (a − m), centred by construction.
 
 m is updated with the function kept fixed: when m moves by Δm, v0 absorbs wᵀΔm, so the net

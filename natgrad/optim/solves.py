@@ -1,7 +1,7 @@
 r"""Per-unit preconditioners of the optimizers: unit, quasi-diagonal and diagonal solves.
 
 Each function works on all U units of a layer at once (no loop over units). The metric is the
-relatively damped unit Fisher (THEORY.md, "Measuring ...")
+relatively damped unit Fisher (docs/theory.md, "Measuring ...")
 
 .. math::
 
@@ -22,10 +22,10 @@ with one stated λ for every unit and unit type. Bias last: F = [[A, b], [bᵀ, 
 
   with M_00 = c + μ (bias), M_ii = A_ii + μ, M_0i = b_i. Each u_i solves the 2×2 system of
   (w_i, w_0) alone; the bias then absorbs the weights' shift. This is NOT the inverse of the
-  arrowhead matrix (diag(F) plus the bias row and column) that THEORY.md's ``quasidiagonal``
-  direction names: the two differ for d > 1, and only Ollivier's form is invariant under an
-  affine change of each incoming activation (a_i → α_i a_i + β_i), the property that makes it
-  the cheap relative of the unit natural gradient (``tests/test_optim.py`` shows both facts).
+  arrowhead matrix (diag(F) plus the bias row and column; docs/theory.md's ``arrowhead``
+  contrast): the two differ for d > 1, and only Ollivier's form is invariant under an affine
+  change of each incoming activation (a_i → α_i a_i + β_i), the property that makes it the
+  cheap relative of the unit natural gradient (``tests/test_optim.py`` shows both facts).
 - ``diagonal``: u = diag(F_λ)⁻¹ g.
 
 A unit whose block is zero (a ReLU unit dead on every input of the batches averaged) has no
@@ -72,7 +72,7 @@ def relative_shift(
     diag: torch.Tensor, rel_damping: float, layer_damping: float = 0.0
 ) -> torch.Tensor:
     r"""``[U]`` μ = λ·tr F/(d+1) + λ_layer·mean_units(tr F)/(d+1) from the diagonals
-    ``[U, d+1]`` of a layer's blocks (λ_layer = 0: THEORY.md's F_λ exactly)."""
+    ``[U, d+1]`` of a layer's blocks (λ_layer = 0: docs/theory.md's F_λ exactly)."""
     for name, value in (("rel_damping", rel_damping), ("layer_damping", layer_damping)):
         if not (math.isfinite(float(value)) and float(value) >= 0.0):
             raise InputError(f"{name} must be a finite number >= 0, got {value!r}")

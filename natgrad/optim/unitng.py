@@ -10,7 +10,7 @@ the negative mean log-likelihood, so F⁻¹∇ is the descent direction) the ste
     P_i \in \{F_{\lambda,i},\ \text{Ollivier's quasi-diagonal } F_{\lambda,i},\
               \operatorname{diag}(F_{\lambda,i})\}
 
-with F_λ = F + λ·(tr F/(d+1))·I (THEORY.md; :mod:`natgrad.optim.solves`), ``momentum`` as
+with F_λ = F + λ·(tr F/(d+1))·I (docs/theory.md; :mod:`natgrad.optim.solves`), ``momentum`` as
 in ``torch.optim.SGD`` (a buffer of the preconditioned direction) and weight decay added to
 the Linear/Conv2d weights' gradient before preconditioning. ``structure="unit"`` is the unit
 natural gradient of Theorem 1 (Ollivier 2015's unit-wise natural gradient);
@@ -85,7 +85,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             ``"exact"`` or ``"empirical"`` (needs ``targets`` in :meth:`step`).
         rel_damping: λ in F_λ = F + λ·(tr F/(d+1))·I, the same for every unit.
         layer_damping: λ_layer, adding λ_layer·(mean over the layer's units of tr F)/(d+1)
-            to every unit's diagonal (0: THEORY.md's F_λ exactly). A unit whose Fisher on
+            to every unit's diagonal (0: docs/theory.md's F_λ exactly). A unit whose Fisher on
             the refresh batches was near zero (a ReLU unit active on few inputs) but that
             gets a gradient on a later batch is otherwise stepped by ~g/(λ·tr F_u), which
             diverges when the Fisher is refreshed less than every step.
