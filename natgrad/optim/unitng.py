@@ -22,7 +22,7 @@ and one batched backward for all layers) on the current batch, and sets
 F ← ema·F + (1 − ema)·F_batch (the first refresh sets F = F_batch). Only the parts each
 structure reads are kept: the dense blocks for ``unit`` (Cholesky factors are cached until the
 next refresh), the diagonal and the bias column for the others, which the engine computes
-without forming dense blocks where it offers ``unit_fishers(..., structure=)``.
+without forming dense blocks (``unit_fishers(..., structure=)``, :mod:`natgrad.structures`).
 
 Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes) and layers without a bias
 take the plain SGD step. Model buffers (batch-norm running statistics) are restored after the
@@ -51,7 +51,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -60,7 +59,7 @@ import torch
 from torch import nn
 
 from natgrad._layers import SUPPORTED
-from natgrad.errors import InputError, NatgradWarning
+from natgrad.errors import InputError, NatgradWarning, TrainModeWarning
 from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import KINDS, check_likelihood
 from natgrad.measures import quasidiagonal_solve
@@ -252,15 +251,15 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                        generator=self.generator)  # fmt: skip
         fishers = {}
         try:
-            if _ENGINE_STRUCTURES:  # one pass per structure (one pass unless some fell back)
-                for structure in dict.fromkeys(self.structures.values()):
-                    names = [n for n, s in self.structures.items() if s == structure]
+            with warnings.catch_warnings():
+                # The step preconditions the gradient of the function being trained: with
+                # batch norm in training mode that is the batch-statistics Fisher.
+                warnings.simplefilter("ignore", TrainModeWarning)
+                for structure in dict.fromkeys(self.structures.values()):  # one pass, unless
+                    names = [n for n, s in self.structures.items() if s == structure]  # fallback
                     engine = "dense" if structure == "unit" else structure
                     fishers.update(unit_fishers(self.model, inputs, targets, layers=names,
                                                 structure=engine, **options))  # fmt: skip
-            else:  # an engine without structure=: extract the parts from the dense blocks
-                fishers = unit_fishers(self.model, inputs, targets, layers=list(self.layers),
-                                       **options)  # fmt: skip
         finally:
             for b, saved in buffers:
                 b.copy_(saved)
@@ -317,20 +316,12 @@ class UnitNaturalGradient(torch.optim.Optimizer):
 _FISHER_KEYS = ("fisher", "fisher_diag")
 
 
-# Whether natgrad's engine computes structured (quasi-diagonal / diagonal) unit Fishers
-# without forming the dense blocks (``unit_fishers(..., structure=)``).
-_ENGINE_STRUCTURES = "structure" in inspect.signature(unit_fishers).parameters
-
-
 def _stored_parts(fisher, structure: str) -> dict[str, torch.Tensor]:
     r"""What a structure keeps of a batch's unit Fisher: the dense blocks ``[U, d+1, d+1]``,
     or the diagonal ``[U, d+1]`` and bias column ``[U, d]``."""
     if structure == "unit":
         return {"fisher": fisher.matrix}
-    if hasattr(fisher, "diagonal"):  # a structured unit Fisher from the engine
-        diag, col = fisher.diagonal, fisher.bias_column
-    else:
-        diag, col = solves.quasidiagonal_parts(fisher.matrix)
+    diag, col = fisher.diagonal, fisher.bias_column  # natgrad.structures.StructuredUnitFisher
     if structure == "quasidiagonal":
         return {"fisher_diag": diag, "fisher_bias": col}
     return {"fisher_diag": diag}

@@ -100,11 +100,14 @@ _BATCHED_UNITS = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU, nn.SELU)
 
 def grid_key(config: TrainConfig) -> tuple | None:
     """What runs must share to train as one batched model, or ``None`` when ``config`` is
-    trained sequentially (conv nets, batch norm, PReLU, dropout, augmentation)."""
+    trained sequentially (conv nets, batch norm, PReLU, dropout, augmentation, the natural-
+    gradient optimizers and centring of natgrad.optim)."""
     dropout_off = config.dropout is None or all(p == 0 for p in config.dropout)
     if (
         not config.net.startswith("mnist-")
         or config.batch_norm
+        or config.optimizer != "sgd"
+        or config.centre
         or config.unit == "prelu"
         or config.augment
         or config.dropout_phases
