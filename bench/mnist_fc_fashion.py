@@ -3,8 +3,8 @@
 The paper's Fig 2 setting is 300 epochs of SGD (lr 0.01, batch 64) on MNIST; MNIST is not
 obtainable here, so this runs the same net on Fashion-MNIST (same IDX format and size).
 
-    python paper_figures/run_mnist_fc_fashion.py            # short CPU run (10 epochs)
-    python paper_figures/run_mnist_fc_fashion.py --paper    # 300 epochs, GPU if any
+    python bench/mnist_fc_fashion.py            # short CPU run (10 epochs)
+    python bench/mnist_fc_fashion.py --paper    # 300 epochs, GPU if any
 
 Writes ``paper_figures/results/mnist_fc_fashion_<device>.json`` and ``.md`` (summary
 metrics only; the full runs, with activations and checkpoints, stay under ``runs/``). The
@@ -16,7 +16,6 @@ same batches), which is robust to other load on a shared machine.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import statistics
@@ -28,10 +27,17 @@ import torch
 
 from natgrad._atomic import write_json, write_text
 from natgrad.models import build_model
-from natgrad.training import default_config, train
-from natgrad.training.loop import describe_device, git_commit, resolve_device
+from natgrad.training import (
+    RunDir,
+    default_config,
+    default_run_dir,
+    describe_device,
+    git_commit,
+    resolve_device,
+    train,
+)
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "paper_figures"
 
 
 def interleaved_ratio(device, *, blocks: int = 7, steps: int = 100, batch: int = 64) -> dict:
@@ -84,14 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = default_config("mnist-fc", unit=unit, dataset="fashion-mnist", data_dir=args.data_dir,
                              epochs=epochs, seed=args.seed, checkpoint_every=max(epochs // 5, 1))  # fmt: skip
         t0 = time.perf_counter()
-        res = train(cfg, Path(args.runs) / f"mnist-fc-{unit}-s{args.seed}", device=str(device),
+        res = train(cfg, default_run_dir(cfg, args.runs), device=str(device),
                     resume=False, progress=sys.stderr.isatty())  # fmt: skip
         wall = time.perf_counter() - t0
         rows = res.metrics[1:]
-        summary = [
-            json.loads(s)
-            for s in (res.run_dir / "activations/summary.jsonl").read_text().splitlines()
-        ]
+        summary = RunDir(res.run_dir).read_activation_summary()
         results[unit] = {
             "final_test_error": rows[-1]["test_error"],
             "best_test_error": min(r["test_error"] for r in rows),
