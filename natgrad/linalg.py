@@ -233,6 +233,20 @@ def inverse(matrix: torch.Tensor, *, damping: float = 0.0, **context) -> torch.T
     return torch.cholesky_inverse(L).to(matrix.dtype)
 
 
+def float64_of(*xs: torch.Tensor) -> tuple[torch.dtype, list[torch.Tensor]]:
+    """``(promoted dtype of xs, [x in float64 for x in xs])``: compute in float64, return in the
+    inputs' own precision."""
+    out = xs[0].dtype
+    for x in xs[1:]:
+        out = torch.promote_types(out, x.dtype)
+    return out, [x.to(torch.float64) for x in xs]
+
+
+def rowdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[U]`` the dot products of matching rows of ``x``, ``y`` ``[U, n]``."""
+    return (x * y).sum(-1)
+
+
 def layer_prefix(layer: str | None) -> str:
     """``"layer 'fc3': "`` (or ``""``): how messages name a layer."""
     return f"layer {layer!r}: " if layer is not None else ""

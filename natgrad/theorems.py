@@ -32,17 +32,8 @@ import torch
 
 from natgrad import linalg
 from natgrad.errors import InputError, SingularBlockError
-
-
-def _f64(*xs: torch.Tensor) -> tuple[torch.dtype, list[torch.Tensor]]:
-    out = xs[0].dtype
-    for x in xs[1:]:
-        out = torch.promote_types(out, x.dtype)
-    return out, [x.to(torch.float64) for x in xs]
-
-
-def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (x * y).sum(-1)
+from natgrad.linalg import float64_of as _f64
+from natgrad.linalg import rowdot as _dot
 
 
 def _inv_schur(

@@ -63,7 +63,9 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
              f"Wall time: {meta.get('seconds', {}).get('total', float('nan')):.0f} s "
              f"({json.dumps({k: round(v) for k, v in meta.get('seconds', {}).items()})})", "",
              "## Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])", "", "```",
-             summary_text(t["summary"]), "```", "", "## Findings (generated from the CIs)", ""]  # fmt: skip
+             summary_text(t["summary"]), "```", "", "## Findings (generated from paired 95 % CIs over "
+             f"{int(t['summary']['n_seeds'].max())} seeds; relative damping λ = "
+             f"{ctx.get('relative damping λ', '?')}; ELU minus each unit type)", ""]  # fmt: skip
     claims = ["rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "coupling_cost",
               "abs_median_activation", "train_loss_auc", "epochs_to_loss", "median_activation_var",
               "test_error"]  # fmt: skip
