@@ -18,7 +18,11 @@ of the machine hits them alike; the median over rounds is reported):
 - ``centred-sgd``: SGD on ``natgrad.optim.centre(model)`` with ``update_centres`` per step;
 - ``diag-ng``, ``qd-ng``: ``UnitNaturalGradient(structure="diagonal"/"quasidiagonal")``,
   refresh every 1 and every 10 steps;
-- ``unit-ng``: ``UnitNaturalGradient(structure="unit")``, refresh every 10 (and every 1);
+- ``unit-ng``: ``UnitNaturalGradient(structure="unit")``, refresh every 10 (and every 1):
+  the dense running average of (d+1)×(d+1) blocks, solved by Cholesky;
+- ``unit-ng-wK``: the same unit natural gradient with ``window=K``: the Fisher of the last K
+  refresh batches held as factor rows and solved exactly by Woodbury
+  (:mod:`natgrad.optim.lowrank`), refresh every 10;
 - ``asdl-unit``: ASDL's ``UnitWiseNaturalGradientMaker`` (exact Fisher is its default
   peer here: ``fisher_mc``, 1 sample, as natgrad's ``kind="mc"``) with curvature and inverse
   updated every 10 steps, then ``torch.optim.SGD``. ASDL's unit-wise step fails on Conv2d
@@ -100,9 +104,11 @@ def make_stepper(method: str, model: nn.Module):
 
         return step
     name, _, refresh = method.rpartition("/r")
+    name, _, window = name.partition("-w")
     structure = {"unit-ng": "unit", "qd-ng": "quasidiagonal", "diag-ng": "diagonal"}[name]
     opt = UnitNaturalGradient(model, LR, structure=structure, kind="mc",
-                              refresh_every=int(refresh), rel_damping=0.1)  # fmt: skip
+                              refresh_every=int(refresh), rel_damping=0.1,
+                              window=int(window) if window else None)  # fmt: skip
 
     def step(x, y):
         opt.zero_grad()
@@ -126,7 +132,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", FutureWarning)  # ASDL's non-full backward hooks
     methods = ["sgd", "centred-sgd", "diag-ng/r1", "diag-ng/r10", "qd-ng/r1", "qd-ng/r10",
-               "unit-ng/r10", "unit-ng/r1", "asdl-unit/r10"]  # fmt: skip
+               "unit-ng-w1/r10", "unit-ng-w2/r10", "unit-ng-w4/r10", "unit-ng/r10", "unit-ng/r1",
+               "asdl-unit/r10"]  # fmt: skip
     if args.quick:
         methods.remove("unit-ng/r1")
     if args.methods:

@@ -29,7 +29,7 @@ from natgrad.fisher import unit_fisher, unit_fishers
 from natgrad.reference import reference_natural_gradient, reference_unit_fisher
 from natgrad.unitfisher import UnitFisher
 from natgrad.structures import StructuredUnitFisher
-from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fisher
+from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fisher, woodbury_unit_fishers
 from natgrad.planner import ShardedUnitFisher
 
 # --- Lemmas 1-2 and Theorems 1-2 on raw blocks ------------------------------------------
@@ -63,6 +63,7 @@ __all__ = [
     "WoodburyUnitFisher",
     "ShardedUnitFisher",
     "woodbury_unit_fisher",
+    "woodbury_unit_fishers",
     "reference_natural_gradient",
     "reference_unit_fisher",
     "unit_fisher",

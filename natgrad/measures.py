@@ -61,6 +61,7 @@ Example (the hand-checkable case of ``docs/theory.md``, F = [[2, 1], [1, 1]], E_
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -170,15 +171,47 @@ def quasidiagonal_solve(
         (tensor([[1.]]), tensor([-1.]))
     """
     out, (a, b, c, g, g0) = _f64(diag_A, b, c, g, g0)
+    u, u0 = quasidiagonal_apply(quasidiagonal_factor(a, b, c, **context), g, g0)
+    return u.to(out), u0.to(out)
+
+
+class QuasidiagonalFactor(NamedTuple):
+    r"""What :func:`quasidiagonal_apply` needs of a quasi-diagonal metric, computed once:
+    α = c/det ``[U, d]``, β = b/det ``[U, d]``, b ``[U, d]`` and 1/c ``[U]``, with
+    det_j = c·A_jj − b_j² (so u_j = α_j g_j − β_j g0 and u_0 = (g0 − Σ_j b_j u_j)/c)."""
+
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    b: torch.Tensor
+    inv_c: torch.Tensor
+
+    def to(self, dtype: torch.dtype) -> QuasidiagonalFactor:
+        return QuasidiagonalFactor(*(t.to(dtype) for t in self))
+
+
+def quasidiagonal_factor(
+    diag_A: torch.Tensor, b: torch.Tensor, c: torch.Tensor, **context
+) -> QuasidiagonalFactor:
+    r"""The per-metric part of :func:`quasidiagonal_solve` (float64), with its singularity
+    check: an optimizer computes it once per Fisher refresh and applies it every step."""
+    _, (a, b, c) = _f64(diag_A, b, c)
     det = c.unsqueeze(-1) * a - b.square()  # [U, d]
     bad = ~(c > 0) | ~(det > 0).all(-1)
     if bad.any():
         raise _singular(
             "quasi-diagonal 2×2 blocks [[A_jj, b_j], [b_j, c]] are singular", bad, context
         )
-    u = (c.unsqueeze(-1) * g - b * g0.unsqueeze(-1)) / det
-    u0 = (g0 - _dot(b, u)) / c
-    return u.to(out), u0.to(out)
+    return QuasidiagonalFactor(c.unsqueeze(-1) / det, b / det, b, 1.0 / c)
+
+
+def quasidiagonal_apply(
+    factor: QuasidiagonalFactor, g: torch.Tensor, g0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""(u_w ``[U, d]``, u_0 ``[U]``) of :func:`quasidiagonal_solve` from a precomputed
+    ``factor``, in the factor's dtype: O(U·d) elementwise work, no check."""
+    u = factor.alpha * g - factor.beta * g0.unsqueeze(-1)
+    u0 = (g0 - _dot(factor.b, u)) * factor.inv_c
+    return u, u0
 
 
 def arrowhead_solve(

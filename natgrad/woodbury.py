@@ -125,6 +125,39 @@ def woodbury_unit_fisher(
     )[name]
 
 
+def woodbury_unit_fishers(
+    model: nn.Module,
+    inputs: torch.Tensor | Iterable,
+    targets: torch.Tensor | None = None,
+    *,
+    layers: Sequence[str | nn.Module],
+    kind: str = "exact",
+    likelihood: str = "categorical",
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    conv_moments: str = "shared",
+) -> dict[str, WoodburyUnitFisher]:
+    r"""The factors of several layers from ONE pass (one forward, one batched backward per
+    batch serve all layers), as :func:`natgrad.unit_fishers` does for dense blocks; arguments
+    as in :func:`woodbury_unit_fisher`. Returns ``{name: WoodburyUnitFisher}``."""
+    spec = dict(resolve_layer(model, layer) for layer in layers)
+    return _compute(
+        model,
+        {name: (module, None) for name, module in spec.items()},
+        inputs,
+        targets,
+        kind,
+        likelihood,
+        mc_samples,
+        generator,
+        batch_size,
+        structure="diagonal",  # the size check, as above
+        conv_moments=conv_moments,
+        accumulator=WoodburyAccumulator,
+    )
+
+
 @dataclass(frozen=True)
 class WoodburyUnitFisher:
     r"""Unit Fishers F_u = V_uᵀV_u held as their factors (bias last).

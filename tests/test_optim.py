@@ -413,3 +413,91 @@ def test_dead_unit_block_uses_the_peers_scale(structure):
         "diagonal": lambda: solves.diagonal_direction(diag, g, LAMBDA),
     }[structure]()
     assert_close(u[1], g[1] / (s * (1 + LAMBDA)), what="dead unit")
+
+
+# --- the windowed unit natural gradient (Woodbury on the factor rows) ----------------------
+
+
+@pytest.mark.parametrize("layer_lam", (0.0, LAYER_LAMBDA), ids=("unit-damping", "layer-damping"))
+@pytest.mark.parametrize("case", STEP_CASES, ids=case_id)
+def test_windowed_step_equals_direct_solve(case, layer_lam):
+    r"""``window=1``: the Woodbury step is −lr·F_λ⁻¹∇ with F the brute-force block of the
+    batch, solved densely per unit (Linear layers: shared rows; Conv2d: per-unit rows)."""
+    model, x, y = case.make()
+    layers = _layers(model)
+    ref = {n: reference_unit_fisher(model, n, x, kind="exact", likelihood=case.likelihood)
+           for n in layers}  # fmt: skip
+    _loss(case.likelihood, model(x), y).backward()
+    before = {n: (m.weight.detach().clone(), m.bias.detach().clone()) for n, m in layers.items()}
+    grads = {n: torch.cat([m.weight.grad.reshape(m.weight.shape[0], -1), m.bias.grad[:, None]], 1)
+             for n, m in layers.items()}  # fmt: skip
+    opt = UnitNaturalGradient(model, LR, kind="exact", likelihood=case.likelihood,
+                              rel_damping=LAMBDA, layer_damping=layer_lam, window=1)  # fmt: skip
+    opt.step(x)
+    for n, m in layers.items():
+        u = _direct_direction("unit", ref[n].matrix, grads[n], LAMBDA, layer_lam)
+        w0, b0 = before[n]
+        assert_close(m.weight.reshape(w0.shape[0], -1), w0.reshape(w0.shape[0], -1) - LR * u[:, :-1],
+                     what=f"{case.name}/{n} weights (window)")  # fmt: skip
+        assert_close(m.bias, b0 - LR * u[:, -1], what=f"{case.name}/{n} bias (window)")
+
+
+def test_window_weights_the_last_batches_by_ema():
+    r"""``window=2``, ema = 0.5: the metric is (F_new + 0.5·F_old)/1.5, and a third refresh
+    drops the oldest batch."""
+    model, x, y = _tiny()
+    model.double()
+    x = x.double()
+    opt = UnitNaturalGradient(model, 0.0, kind="exact", refresh_every=1, ema=0.5, window=2,
+                              rel_damping=LAMBDA)  # fmt: skip
+    batches = (x[:7], x[7:14], x[14:])
+    for t, xb in enumerate(batches):
+        opt.zero_grad()
+        F.cross_entropy(model(xb), y[: xb.shape[0]]).backward()
+        if t == 2:  # lr = 0 so far: the blocks of batches 1 and 2 are those of these weights
+            old, new = (reference_unit_fisher(model, "0", b).matrix for b in batches[1:])
+            opt.param_groups[0]["lr"] = LR
+            w0 = model[0].weight.detach().clone()
+            g = torch.cat([model[0].weight.grad, model[0].bias.grad[:, None]], 1)
+        opt.step(xb)
+    metric = (new + 0.5 * old) / 1.5
+    u = _direct_direction("unit", metric, g, LAMBDA)
+    assert_close(model[0].weight, w0 - LR * u[:, :-1], what="windowed metric")
+    assert "window_rows_2" not in opt.state[model[0].weight]
+
+
+def test_windowed_dead_unit_uses_the_peers_scale():
+    from natgrad.optim.lowrank import lowrank_apply, lowrank_factor
+
+    rows = torch.randn(1, 6, 5, dtype=torch.float64)
+    scales = torch.rand(2, 6, dtype=torch.float64)
+    scales[1] = 0.0  # unit 1 is dead on every row
+    g = torch.randn(2, 5, dtype=torch.float64)
+    u = lowrank_apply(lowrank_factor([rows], [scales], [1.0], LAMBDA), g)
+    V = rows[0] * scales[0, :, None]
+    s = V.square().sum() / 5
+    assert_close(u[1], g[1] / (s * (1 + LAMBDA)), what="dead unit (window)")
+
+
+def test_window_settings_are_checked():
+    model, _, _ = _tiny()
+    for bad in (dict(window=0), dict(window=2.0), dict(window=2, structure="diagonal"),
+                dict(window=2, rel_damping=0.0, layer_damping=0.0)):  # fmt: skip
+        with pytest.raises(InputError, match="window"):
+            UnitNaturalGradient(model, 0.1, **bad)
+
+
+def test_windowed_state_dict_resume_is_bit_identical():
+    kw = dict(kind="mc", refresh_every=2, ema=0.8, momentum=0.9, window=3)
+    model, x, y = _tiny()
+    twin = copy.deepcopy(model)
+    opt = UnitNaturalGradient(model, 0.1, **kw)
+    _train(model, opt, x, y, 9)
+    opt2 = UnitNaturalGradient(twin, 0.1, **kw)
+    _train(twin, opt2, x, y, 5)
+    state = copy.deepcopy(opt2.state_dict())
+    opt3 = UnitNaturalGradient(twin, 0.1, **dict(kw, seed=99))
+    opt3.load_state_dict(state)
+    _train(twin, opt3, x, y, 4, start=5)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -58,11 +58,13 @@ from natgrad.measures import quasidiagonal_solve
 
 __all__ = [
     "diagonal_coefficients",
+    "peer_filled_traces",
     "diagonal_direction",
     "quasidiagonal_direction",
     "quasidiagonal_metric",
     "quasidiagonal_parts",
     "relative_shift",
+    "shift_of_traces",
     "unit_direction",
     "unit_factor",
 ]
@@ -73,19 +75,33 @@ def relative_shift(
 ) -> torch.Tensor:
     r"""``[U]`` μ = λ·tr F/(d+1) + λ_layer·mean_units(tr F)/(d+1) from the diagonals
     ``[U, d+1]`` of a layer's blocks (λ_layer = 0: docs/theory.md's F_λ exactly)."""
+    return shift_of_traces(diag.sum(-1), diag.shape[-1], rel_damping, layer_damping)
+
+
+def shift_of_traces(
+    trace: torch.Tensor, d1: int, rel_damping: float, layer_damping: float = 0.0
+) -> torch.Tensor:
+    r"""``[U]`` μ of :func:`relative_shift` from the traces ``[U]`` of blocks of size d+1 = d1."""
     for name, value in (("rel_damping", rel_damping), ("layer_damping", layer_damping)):
         if not (math.isfinite(float(value)) and float(value) >= 0.0):
             raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-    trace = diag.sum(-1)  # [U]
-    return (rel_damping * trace + layer_damping * trace.mean()) / diag.shape[-1]
+    return (rel_damping * trace + layer_damping * trace.mean()) / d1
+
+
+def peer_filled_traces(
+    trace: torch.Tensor, d1: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""``(traces with zero blocks filled [U], dead [U] bool, s)``: a unit whose block is zero
+    is taken as s·I, s = the other units' mean tr F/(d+1) (module docstring)."""
+    dead = ~(trace > 0)
+    alive = trace[~dead]
+    s = alive.mean() / d1 if alive.numel() else torch.ones((), dtype=trace.dtype)
+    return torch.where(dead, s * d1, trace), dead, s
 
 
 def _peer_scale(diag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(dead [U] bool, s)``: units with a zero block and the peers' mean tr F/(d+1)."""
-    trace = diag.sum(-1)  # [U]
-    dead = ~(trace > 0)
-    alive = trace[~dead]
-    s = alive.mean() / diag.shape[-1] if alive.numel() else torch.ones((), dtype=diag.dtype)
+    _, dead, s = peer_filled_traces(diag.sum(-1), diag.shape[-1])
     return dead, s
 
 

@@ -62,8 +62,10 @@ from natgrad._layers import SUPPORTED
 from natgrad.errors import InputError, NatgradWarning, TrainModeWarning
 from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import KINDS, check_likelihood
-from natgrad.measures import quasidiagonal_solve
+from natgrad.measures import quasidiagonal_apply, quasidiagonal_factor
 from natgrad.optim import solves
+from natgrad.optim.lowrank import LowRankFactor, lowrank_apply, lowrank_factor, window_weights
+from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fishers
 
 __all__ = ["STRUCTURES", "UnitNaturalGradient"]
 
@@ -97,6 +99,12 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         seed: seed of the optimizer's own generator for the sampled labels (checkpointed).
         memory_budget: largest dense state U·(d+1)² of a layer, in elements; larger layers
             use ``quasidiagonal`` (with a :class:`~natgrad.errors.NatgradWarning`).
+        window: ``None`` (default): ``unit`` keeps the dense running average above. An
+            integer K: ``unit`` keeps the factor rows of the last K refresh batches instead,
+            weighted ∝ ema^age, and solves F_λ⁻¹g exactly for that windowed Fisher by
+            Woodbury (:mod:`natgrad.optim.lowrank`): U·R·(d+1) work per step with R = K·N
+            rows instead of U·(d+1)², the route for wide layers (mnist-fc's 785-wide input
+            units). Needs rel_damping or layer_damping > 0.
     """
 
     def __init__(
@@ -116,6 +124,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         mc_samples: int = 1,
         seed: int = 0,
         memory_budget: int = DENSE_BUDGET,
+        window: int | None = None,
     ) -> None:
         if structure not in STRUCTURES:
             raise InputError(f"structure={structure!r}: choose one of {', '.join(STRUCTURES)}")
@@ -129,6 +138,16 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         for key, value in (("rel_damping", rel_damping), ("layer_damping", layer_damping)):
             if not (math.isfinite(value) and value >= 0.0):
                 raise InputError(f"{key} must be a finite number >= 0, got {value!r}")
+        if window is not None:
+            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+                raise InputError(f"window must be a positive integer or None, got {window!r}")
+            if structure != "unit":
+                raise InputError(f"window={window} is a form of structure='unit' (the windowed "
+                                 f"unit Fisher); structure={structure!r} keeps no window")  # fmt: skip
+            if not (rel_damping > 0 or layer_damping > 0):
+                raise InputError(f"window={window} needs rel_damping > 0 or layer_damping > 0: "
+                                 "the windowed unit Fisher has rank <= K·N and is singular "
+                                 "when that is below d+1")  # fmt: skip
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise InputError(f"lr, momentum, weight_decay must be >= 0, got {lr}, {momentum}, "
                              f"{weight_decay}")  # fmt: skip
@@ -151,7 +170,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 continue
             self.layers[name] = m
             dense = m.weight.shape[0] * (m.weight[0].numel() + 1) ** 2
-            if structure == "unit" and dense > memory_budget:
+            if structure == "unit" and window is None and dense > memory_budget:
                 too_big.append(f"{name} ({dense:,} elements)")
                 self.structures[name] = "quasidiagonal"
             else:
@@ -176,6 +195,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         self.rel_damping, self.refresh_every, self.ema = rel_damping, refresh_every, ema
         self.layer_damping = float(layer_damping)
         self.mc_samples = mc_samples
+        self.window = window
         self.generator = torch.Generator().manual_seed(int(seed))
         self._factors: dict[str, object] = {}  # per-refresh preconditioners, by layer
         self.steps = 0
@@ -242,8 +262,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         return loss
 
     def _has_fisher(self) -> bool:
-        return all(_FISHER_KEYS[0] in self.state[m.weight] or
-                   _FISHER_KEYS[1] in self.state[m.weight] for m in self.layers.values())  # fmt: skip
+        return all(any(k in self.state[m.weight] for k in _FISHER_KEYS)
+                   for m in self.layers.values())  # fmt: skip
 
     def _refresh(self, inputs, targets) -> None:
         buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
@@ -257,12 +277,22 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 warnings.simplefilter("ignore", TrainModeWarning)
                 for structure in dict.fromkeys(self.structures.values()):  # one pass, unless
                     names = [n for n, s in self.structures.items() if s == structure]  # fallback
+                    if structure == "unit" and self.window is not None:
+                        fishers.update(woodbury_unit_fishers(self.model, inputs, targets,
+                                                             layers=names, **options))  # fmt: skip
+                        continue
                     engine = "dense" if structure == "unit" else structure
                     fishers.update(unit_fishers(self.model, inputs, targets, layers=names,
                                                 structure=engine, **options))  # fmt: skip
         finally:
             for b, saved in buffers:
                 b.copy_(saved)
+        self._factors = {}
+        if self.window is not None:
+            for name, fisher in fishers.items():
+                if isinstance(fisher, WoodburyUnitFisher):
+                    self._push_window(self.state[self.layers[name].weight], fisher)
+            fishers = {n: f for n, f in fishers.items() if not isinstance(f, WoodburyUnitFisher)}
         for name, fisher in fishers.items():
             state = self.state[self.layers[name].weight]
             new = _stored_parts(fisher, self.structures[name])
@@ -272,7 +302,19 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                     state[key] = value.clone()
                 else:
                     old.mul_(self.ema).add_(value, alpha=1.0 - self.ema)
-        self._factors = {}
+
+    def _push_window(self, state: dict, fisher: WoodburyUnitFisher) -> None:
+        r"""Age the window's batches by one and store the newest as batch 0 (state keys
+        ``window_rows_k``, ``window_scales_k``; at most ``window`` batches)."""
+        for k in range(self.window - 1, 0, -1):
+            for key in ("window_rows", "window_scales"):
+                if f"{key}_{k - 1}" in state:
+                    state[f"{key}_{k}"] = state[f"{key}_{k - 1}"]
+        state["window_rows_0"] = fisher.rows
+        if fisher.scales is not None:
+            state["window_scales_0"] = fisher.scales
+        else:
+            state.pop("window_scales_0", None)
 
     def _directions(self) -> dict[torch.Tensor, torch.Tensor]:
         r"""{param: preconditioned direction} for the weights and biases of every layer."""
@@ -284,36 +326,49 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             gw = m.weight.grad.reshape(m.weight.shape[0], -1)  # [U, d]
             if wd:
                 gw = gw + wd * m.weight.reshape(gw.shape)
-            g = torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1)  # [U, d+1]
             if name not in self._factors:
                 self._factors[name] = self._preconditioner(name, m)
             pre = self._factors[name]
             structure = self.structures[name]
-            if structure == "unit":
-                u = solves.unit_direction(pre, g)
-            elif structure == "quasidiagonal":
-                u_w, u_0 = quasidiagonal_solve(*pre, g[:, :-1], g[:, -1], layer=name)
-                u = torch.cat([u_w, u_0.unsqueeze(-1)], dim=-1).to(g.dtype)
-            else:
+            if structure == "quasidiagonal":  # O(U·d) elementwise, no concatenation
+                u_w, u_0 = quasidiagonal_apply(pre, gw, m.bias.grad)
+                out[m.weight], out[m.bias] = u_w.reshape(m.weight.shape), u_0
+                continue
+            g = torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1)  # [U, d+1]
+            if structure == "diagonal":
                 u = g * pre
+            elif isinstance(pre, LowRankFactor):
+                u = lowrank_apply(pre, g)
+            else:
+                u = solves.unit_direction(pre, g)
             out[m.weight] = u[:, :-1].reshape(m.weight.shape)
             out[m.bias] = u[:, -1]
         return out
 
     def _preconditioner(self, name: str, m: nn.Module):
         r"""Per-refresh factors of layer ``name``: Cholesky factors (float64) for ``unit``, the
-        damped quasi-diagonal metric (float64), or 1/diag(F_λ) in the weight's dtype."""
+        windowed Woodbury factor, Ollivier's quasi-diagonal coefficients or 1/diag(F_λ); the
+        last three in the weight's dtype, so that a step is a few tensor operations."""
         state, structure = self.state[m.weight], self.structures[name]
         lam, kw = self.rel_damping, dict(layer_damping=self.layer_damping, layer=name)
+        dtype = m.weight.dtype
+        if structure == "unit" and "window_rows_0" in state:
+            count = sum(f"window_rows_{k}" in state for k in range(self.window))
+            return lowrank_factor(
+                [state[f"window_rows_{k}"] for k in range(count)],
+                [state.get(f"window_scales_{k}") for k in range(count)],
+                window_weights(count, self.ema), lam, dtype=dtype, **kw,
+            )  # fmt: skip
         if structure == "unit":
             return solves.unit_factor(state["fisher"], lam, **kw)
         if structure == "quasidiagonal":
-            return solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
-                                               layer_damping=self.layer_damping)  # fmt: skip
-        return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(m.weight.dtype)
+            metric = solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
+                                                 layer_damping=self.layer_damping)  # fmt: skip
+            return quasidiagonal_factor(*metric, layer=name).to(dtype)
+        return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(dtype)
 
 
-_FISHER_KEYS = ("fisher", "fisher_diag")
+_FISHER_KEYS = ("fisher", "fisher_diag", "window_rows_0")
 
 
 def _stored_parts(fisher, structure: str) -> dict[str, torch.Tensor]:
