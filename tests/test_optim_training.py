@@ -13,6 +13,7 @@ from natgrad.training import default_config, load_checkpoint, read_checkpoint, r
 DIGITS = dict(dataset="digits", probe_size=32, checkpoint_every=1, refresh_every=4, batch_size=256)
 SETTINGS = {  # optimizer settings: a Fisher refresh that does not align with the epochs
     "unit-ng": dict(optimizer="unit-ng", lr=1e-3, momentum=0.5),
+    "unit-ng-window": dict(optimizer="unit-ng", lr=1e-3, momentum=0.5, fisher_window=3),
     "qd-ng": dict(optimizer="qd-ng", lr=1e-3),
     "diag-ng": dict(optimizer="diag-ng", lr=1e-3, ng_kind="empirical"),
     "centred": dict(centre=True, lr=0.1),
@@ -42,7 +43,8 @@ def test_resume_is_bit_identical(tmp_path, name):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     if name != "centred":
-        assert any(k.startswith("optim.") and ".fisher" in k for k in a)
+        kept = ".window_rows" if name.endswith("window") else ".fisher"
+        assert any(k.startswith("optim.") and kept in k for k in a)
         assert info_a["optimizer"]["state"] == info_b["optimizer"]["state"]
     losses = [r["train_loss"] for r in whole.metrics]
     assert losses[-1] < losses[0]
@@ -68,3 +70,10 @@ def test_optimizer_config_names_and_errors():
         default_config("mnist-fc", optimizer="adam")
     with pytest.raises(InputError, match="centre"):
         default_config("mnist-fc", optimizer="unit-ng", centre=True)
+    window = default_config("mnist-fc", dataset="digits", optimizer="unit-ng", fisher_window=2)
+    assert run_name(window) == "mnist-fc-elu-unit-ng-w2-digits-s0"
+    with pytest.raises(InputError, match="fisher_window"):
+        default_config("mnist-fc", optimizer="qd-ng", fisher_window=2)
+    with pytest.raises(InputError, match="fisher_window"):
+        default_config("mnist-fc", optimizer="unit-ng", fisher_window=2, rel_damping=0.0,
+                       layer_damping=0.0)  # fmt: skip

@@ -71,7 +71,9 @@ __all__ = [
 OPTIMIZERS = ("sgd", "unit-ng", "qd-ng", "diag-ng")
 """``sgd`` (torch), or :class:`natgrad.optim.UnitNaturalGradient` with structure ``unit``,
 ``quasidiagonal`` or ``diagonal`` (settings ``ng_kind``, ``rel_damping``, ``layer_damping``,
-``refresh_every``, ``fisher_ema``; ``momentum`` and ``weight_decay`` as for SGD)."""
+``refresh_every``, ``fisher_ema``, ``fisher_window`` (``unit-ng`` only: 0 keeps the dense running
+unit Fisher, K ≥ 1 the factor rows of the last K refreshes, solved by Woodbury,
+:mod:`natgrad.optim.lowrank`); ``momentum`` and ``weight_decay`` as for SGD)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class TrainConfig:
     layer_damping: float = 0.3  # λ_layer
     refresh_every: int = 10  # steps between refreshes of the running unit Fisher
     fisher_ema: float = 0.9  # F <- ema·F + (1 − ema)·F_batch
+    fisher_window: int = 0  # unit-ng: 0 the dense running F; K the last K refreshes (Woodbury)
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -157,13 +160,21 @@ class TrainConfig:
 
         minimum = {"epochs": 0, "batch_size": 1, "probe_size": 1, "record_every": 1,
                    "checkpoint_every": 1, "eval_batch_size": 1, "seed": 0,
-                   "refresh_every": 1}  # fmt: skip
+                   "refresh_every": 1, "fisher_window": 0}  # fmt: skip
         for key, lo in minimum.items():
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad(key, value, f"an integer >= {lo}")
             if value < lo:
                 raise bad(key, value, f">= {lo}")
+        if self.fisher_window and self.optimizer != "unit-ng":
+            raise bad("fisher_window", self.fisher_window, "0 unless optimizer=unit-ng")
+        if self.fisher_window and self.optimizer == "unit-ng" and not (
+            _finite_number(self.rel_damping) and _finite_number(self.layer_damping)
+            and (self.rel_damping > 0 or self.layer_damping > 0)
+        ):  # fmt: skip
+            raise bad("fisher_window", self.fisher_window,
+                      "0 when rel_damping = layer_damping = 0 (the window's Fisher is singular)")  # fmt: skip
         if self.seed >= 2**32:
             raise bad("seed", self.seed, "< 2**32")
         for key, ok, need in (

@@ -134,6 +134,7 @@ def _setup(config: TrainConfig, device: torch.device):
             model, config.lr, structure=structure[config.optimizer], kind=config.ng_kind,
             rel_damping=config.rel_damping, layer_damping=config.layer_damping,
             refresh_every=config.refresh_every, ema=config.fisher_ema,
+            window=config.fisher_window or None,
             momentum=config.momentum, weight_decay=config.weight_decay,
             likelihood="bernoulli" if ae else "categorical", seed=config.seed,
         )  # fmt: skip

@@ -43,11 +43,14 @@ _ACTIVATION_FILE = re.compile(r"^epoch_\d+\.safetensors$")
 
 
 def run_name(config, tag: str | None = None) -> str:
-    """``<net>-<unit>[-bn][-centred|-<optimizer>]-<dataset>-s<seed>[-<tag>]`` for a
-    :class:`TrainConfig` (the optimizer is named unless it is plain SGD)."""
+    """``<net>-<unit>[-bn][-centred|-<optimizer>[-w<K>]]-<dataset>-s<seed>[-<tag>]`` for a
+    :class:`TrainConfig` (the optimizer is named unless it is plain SGD; ``-w<K>``: the unit
+    natural gradient's Fisher window, ``fisher_window``)."""
     bn = "-bn" if config.batch_norm else ""
     opt = getattr(config, "optimizer", "sgd")
     how = "-centred" if getattr(config, "centre", False) else ("" if opt == "sgd" else f"-{opt}")
+    if opt == "unit-ng" and getattr(config, "fisher_window", 0):
+        how += f"-w{config.fisher_window}"
     suffix = f"-{tag}" if tag else ""
     return f"{config.net}-{config.unit}{bn}{how}-{config.dataset}-s{config.seed}{suffix}"
 
