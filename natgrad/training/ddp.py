@@ -32,25 +32,23 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from natgrad._atomic import append_jsonl, write_json, write_safetensors
-from natgrad.errors import InputError
+from natgrad._atomic import append_jsonl, write_json
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
 from natgrad.training.loop import (
     TrainResult,
     _epoch_generator,
+    _epoch_zero,
     _evaluate,
     _loss_fn,
-    _rewrite_jsonl,
+    _resume,
     _setup,
     describe_device,
     git_commit,
@@ -141,18 +139,7 @@ def train_ddp(
     fresh = start is None
     history: list[dict] = []
     if start is not None:
-        tensors, info = ckpt.read_checkpoint(run, start)
-        saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
-        if saved != config.to_dict():
-            diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
-            raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
-                             "pick another --run-dir or pass --no-resume")  # fmt: skip
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ckpt.restore_state(tensors, info, optimizer)
-        history = info["metrics"]
-        if lead:
-            _rewrite_jsonl(rd.metrics_path, start)
-            _rewrite_jsonl(rd.activation_summary_path, start)
+        history = _resume(config, run, model, optimizer, start, records=lead)
     else:
         start = 0
         if lead:
@@ -164,24 +151,8 @@ def train_ddp(
     if lead:
         write_json(rd.config_path, meta)
     if fresh:
-        if lead:
-            rd.activations_dir.mkdir(exist_ok=True)
-            write_safetensors(rd.probe_path, {"indices": probe})
-            save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
-            tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
-            te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
-            row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
-                       test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
-                       seconds_per_iteration=None)  # fmt: skip
-            history.append(row)
-            append_jsonl(rd.metrics_path, row)
-        torch.manual_seed(config.seed)
-        np.random.seed(config.seed % 2**32)  # noqa: NPY002 - seed the legacy global state
-        random.seed(config.seed)
-        if lead and config.checkpoint_initial:
-            ckpt.write_checkpoint(
-                run, 0, model, optimizer, dict(meta, iteration=0, metrics=history)
-            )
+        history = _epoch_zero(config, run, model, optimizer, (train_x, train_y, test_x, test_y),
+                              probe, meta, write=lead)  # fmt: skip
     if rank > 0:  # dropout: a stream of its own per rank (rank 0's is the checkpointed one)
         torch.manual_seed((config.seed * 1_000_003 + start) * 1024 + rank)
     ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)

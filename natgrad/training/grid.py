@@ -54,18 +54,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from natgrad._atomic import append_jsonl, write_json, write_safetensors
+from natgrad._atomic import append_jsonl, write_json
 from natgrad.errors import InputError
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
@@ -74,13 +72,13 @@ from natgrad.training.loop import (
     TrainResult,
     _diverged,
     _epoch_generator,
-    _evaluate,
-    _loss_fn,
-    _rewrite_jsonl,
+    _epoch_zero,
+    _resume,
     _setup,
     describe_device,
     git_commit,
     resolve_device,
+    seed_globals,
     train,
 )
 from natgrad.training.recording import (
@@ -204,24 +202,13 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
     ds, model, optimizer = _setup(config, dev)
     run.mkdir(parents=True, exist_ok=True)
     rd = RunDir(run)
-    loss_fn = _loss_fn(config)
     data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev))
     train_x, train_y, test_x, test_y = data
     probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
     start = ckpt.latest_epoch(run) if resume else None
     fresh = start is None
     if start is not None:
-        tensors, info = ckpt.read_checkpoint(run, start)
-        saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
-        if saved != config.to_dict():
-            diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
-            raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
-                             "pick another --run-dir or pass --no-resume")  # fmt: skip
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ckpt.restore_state(tensors, info, optimizer)
-        history = info["metrics"]
-        _rewrite_jsonl(rd.metrics_path, start)
-        _rewrite_jsonl(rd.activation_summary_path, start)
+        history = _resume(config, run, model, optimizer, start)
     else:
         _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
         start, history = 0, []
@@ -230,30 +217,8 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
             "trainer": trainer}  # fmt: skip
     write_json(rd.config_path, meta)
     if fresh:
-        rd.activations_dir.mkdir(exist_ok=True)
-        write_safetensors(rd.probe_path, {"indices": probe})
-        save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
-        tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
-        te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
-        row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
-                   test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
-                   seconds_per_iteration=None)  # fmt: skip
-        history.append(row)
-        append_jsonl(rd.metrics_path, row)
-        if config.checkpoint_initial:
-            _seed_globals(config.seed)
-            ckpt.write_checkpoint(
-                run, 0, model, optimizer, dict(meta, iteration=0, metrics=history)
-            )
+        history = _epoch_zero(config, run, model, optimizer, data, probe, meta)
     return _Run(config, run, data, model, optimizer, probe, start, history, meta)
-
-
-def _seed_globals(seed: int) -> None:
-    """The global RNG states a sequential run holds after epoch 0 (and, as these nets draw
-    nothing from them, at every checkpoint): what its checkpoints store."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global state is what is saved
-    random.seed(seed)
 
 
 def _unit_signature(module: nn.Module) -> tuple:
@@ -582,7 +547,7 @@ class _Grid:
                 if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
                     self._materialise(i, lrs[i])
                     info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
-                    _seed_globals(cfg.seed)
+                    seed_globals(cfg.seed)
                     ckpt.write_checkpoint(run.dir, epoch, run.model, run.optimizer, info)
             bar.set_postfix(epoch=epoch)
 

@@ -175,6 +175,64 @@ def _rewrite_jsonl(path: Path, max_epoch: int) -> None:
     write_text(path, "".join(dumps_json(r) + "\n" for r in keep))
 
 
+def _resume(config: TrainConfig, run: Path, model, optimizer, start: int, *, records=True):
+    """Load epoch ``start``'s checkpoint of ``run`` into ``model`` and ``optimizer`` after
+    checking that it was made with ``config`` (up to ``epochs``), cut the run's JSON-lines
+    records back to that epoch (``records``) and return its metrics history."""
+    tensors, info = ckpt.read_checkpoint(run, start)
+    saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
+    if saved != config.to_dict():
+        diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
+        raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
+                         "pick another --run-dir or pass --no-resume")  # fmt: skip
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ckpt.restore_state(tensors, info, optimizer)
+    if records:
+        rd = RunDir(run)
+        _rewrite_jsonl(rd.metrics_path, start)
+        _rewrite_jsonl(rd.activation_summary_path, start)
+    return info["metrics"]
+
+
+def _epoch_zero(config: TrainConfig, run: Path, model, optimizer, data, probe, meta, *,
+                write: bool = True) -> list[dict]:  # fmt: skip
+    """A fresh run's epoch 0: the probe's indices and activations, the initial losses (a
+    non-finite one is a :class:`DivergedError`) as the first metrics row, the global seeds
+    and the initial checkpoint. ``write=False`` (a DDP rank other than 0) only seeds.
+    Returns the metrics history."""
+    history: list[dict] = []
+    if write:
+        rd = RunDir(run)
+        train_x, train_y, test_x, test_y = data
+        loss_fn = _loss_fn(config)
+        rd.activations_dir.mkdir(exist_ok=True)
+        write_safetensors(rd.probe_path, {"indices": probe})
+        save_activations(run, 0, record_activations(model, train_x[probe.to(train_x.device)]))
+        tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
+        te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
+        per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
+        for what, value in (("initial training loss", tr_loss), ("initial test loss", te_loss)):
+            if not math.isfinite(value):
+                raise _diverged(run, 0, 0, per_epoch, config.lr, what, value)
+        row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
+                   test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
+                   seconds_per_iteration=None)  # fmt: skip
+        history.append(row)
+        append_jsonl(rd.metrics_path, row)
+    seed_globals(config.seed)
+    if write and config.checkpoint_initial:  # after seeding: resuming from it is exact
+        ckpt.write_checkpoint(run, 0, model, optimizer, dict(meta, iteration=0, metrics=history))
+    return history
+
+
+def seed_globals(seed: int) -> None:
+    """The global RNG states a run holds after epoch 0 (and, as these nets draw nothing from
+    them, at every checkpoint): what its checkpoints store."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global state is what is saved
+    random.seed(seed)
+
+
 def _diverged(
     run: Path, epoch: int, step: int, per_epoch: int, lr: float, what: str, value
 ) -> DivergedError:
@@ -256,17 +314,7 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
     start = ckpt.latest_epoch(run) if resume else None
     fresh = start is None
     if start is not None:
-        tensors, info = ckpt.read_checkpoint(run, start)
-        saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
-        if saved != config.to_dict():
-            diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
-            raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
-                             "pick another --run-dir or pass --no-resume")  # fmt: skip
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ckpt.restore_state(tensors, info, optimizer)
-        history = info["metrics"]
-        _rewrite_jsonl(rd.metrics_path, start)
-        _rewrite_jsonl(rd.activation_summary_path, start)
+        history = _resume(config, run, model, optimizer, start)
     else:
         _owner.remove_own_outputs(run)
         start, history = 0, []
@@ -274,26 +322,8 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
             "git_commit": git_commit(), "torch_version": torch.__version__}  # fmt: skip
     write_json(rd.config_path, meta)
     if fresh:
-        rd.activations_dir.mkdir(exist_ok=True)
-        write_safetensors(rd.probe_path, {"indices": probe})
-        save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
-        tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
-        te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
-        for what, value in (("initial training loss", tr_loss), ("initial test loss", te_loss)):
-            if not math.isfinite(value):
-                raise _diverged(run, 0, 0, per_epoch, config.lr, what, value)
-        row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
-                   test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
-                   seconds_per_iteration=None)  # fmt: skip
-        history.append(row)
-        append_jsonl(rd.metrics_path, row)
-        torch.manual_seed(config.seed)
-        np.random.seed(config.seed % 2**32)  # noqa: NPY002 - seed the legacy global state
-        random.seed(config.seed)
-        if config.checkpoint_initial:  # after seeding: resuming from it is exact
-            ckpt.write_checkpoint(
-                run, 0, model, optimizer, dict(meta, iteration=0, metrics=history)
-            )
+        history = _epoch_zero(config, run, model, optimizer,
+                              (train_x, train_y, test_x, test_y), probe, meta)  # fmt: skip
     bar = tqdm(total=(config.epochs - start) * per_epoch, disable=not progress, unit="it",
                desc=f"{config.net}/{config.unit}", dynamic_ncols=True)  # fmt: skip
     model.train()
