@@ -108,21 +108,12 @@ def woodbury_unit_fisher(
     pass with the engine's forward and batched backward; arguments as in
     :func:`natgrad.unit_fisher`. Memory: U·R·(d+1) (conv) or R·(d+1+U) (Linear) numbers.
     """
-    name, module = resolve_layer(model, layer)
-    return _compute(
-        model,
-        {name: (module, units)},
-        inputs,
-        targets,
-        kind,
-        likelihood,
-        mc_samples,
-        generator,
-        batch_size,
-        structure="diagonal",  # the size check: the factor is never smaller than diag(F)
-        conv_moments=conv_moments,
-        accumulator=WoodburyAccumulator,
-    )[name]
+    name, _ = resolve_layer(model, layer)
+    return woodbury_unit_fishers(
+        model, inputs, targets, layers=[layer], kind=kind, likelihood=likelihood,
+        mc_samples=mc_samples, units={name: units}, generator=generator,
+        batch_size=batch_size, conv_moments=conv_moments,
+    )[name]  # fmt: skip
 
 
 def woodbury_unit_fishers(
@@ -134,17 +125,20 @@ def woodbury_unit_fishers(
     kind: str = "exact",
     likelihood: str = "categorical",
     mc_samples: int = 1,
+    units: dict[str, Sequence[int] | torch.Tensor | None] | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     conv_moments: str = "shared",
 ) -> dict[str, WoodburyUnitFisher]:
     r"""The factors of several layers from ONE pass (one forward, one batched backward per
     batch serve all layers), as :func:`natgrad.unit_fishers` does for dense blocks; arguments
-    as in :func:`woodbury_unit_fisher`. Returns ``{name: WoodburyUnitFisher}``."""
+    as in :func:`woodbury_unit_fisher` (``units`` maps layer names to unit indices).
+    Returns ``{name: WoodburyUnitFisher}``."""
     spec = dict(resolve_layer(model, layer) for layer in layers)
+    units = units or {}
     return _compute(
         model,
-        {name: (module, None) for name, module in spec.items()},
+        {name: (module, units.get(name)) for name, module in spec.items()},
         inputs,
         targets,
         kind,

@@ -69,10 +69,14 @@ def _direct_direction(structure: str, matrix, g, lam: float, layer_lam: float = 
 
 
 @pytest.mark.parametrize("layer_lam", (0.0, LAYER_LAMBDA), ids=("unit-damping", "layer-damping"))
-@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("structure", (*STRUCTURES, "unit-window"))
 @pytest.mark.parametrize("case", STEP_CASES, ids=case_id)
 def test_step_equals_direct_solve(case, structure, layer_lam):
-    r"""One step moves every unit by −lr·P_λ⁻¹∇ with P from the brute-force Fisher."""
+    r"""One step moves every unit by −lr·P_λ⁻¹∇ with P from the brute-force Fisher
+    (``unit-window``: ``window=1``, the Woodbury route on the batch's factor rows; Linear
+    layers share their rows, Conv2d units have their own)."""
+    window = 1 if structure == "unit-window" else None
+    structure = structure.removesuffix("-window")
     model, x, y = case.make()
     layers = _layers(model)
     ref = {n: reference_unit_fisher(model, n, x, kind="exact", likelihood=case.likelihood)
@@ -83,7 +87,7 @@ def test_step_equals_direct_solve(case, structure, layer_lam):
              for n, m in layers.items()}  # fmt: skip
     opt = UnitNaturalGradient(model, LR, structure=structure, kind="exact",
                               likelihood=case.likelihood, rel_damping=LAMBDA, ema=0.0,
-                              layer_damping=layer_lam)  # fmt: skip
+                              layer_damping=layer_lam, window=window)  # fmt: skip
     opt.step(x)
     for n, m in layers.items():
         u = _direct_direction(structure, ref[n].matrix, grads[n], LAMBDA, layer_lam)
@@ -318,11 +322,14 @@ def _train(model, opt, x, y, steps, start=0):
         opt.step(xb)
 
 
-@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("structure", (*STRUCTURES, "unit-window"))
 def test_state_dict_resume_is_bit_identical(structure):
-    r"""EMA Fisher, momentum, step count and the MC label generator survive state_dict():
-    3 + 4 steps from a reloaded optimizer equal 7 uninterrupted steps bit for bit."""
-    kw = dict(structure=structure, kind="mc", refresh_every=2, ema=0.8, momentum=0.9)
+    r"""EMA Fisher (or the window of factor rows), momentum, step count and the MC label
+    generator survive state_dict(): 3 + 4 steps from a reloaded optimizer equal 7
+    uninterrupted steps bit for bit."""
+    window = 3 if structure == "unit-window" else None
+    kw = dict(structure=structure.removesuffix("-window"), kind="mc", refresh_every=2, ema=0.8,
+              momentum=0.9, window=window)  # fmt: skip
     model, x, y = _tiny()
     twin = copy.deepcopy(model)
     opt = UnitNaturalGradient(model, 0.1, **kw)
@@ -418,30 +425,6 @@ def test_dead_unit_block_uses_the_peers_scale(structure):
 # --- the windowed unit natural gradient (Woodbury on the factor rows) ----------------------
 
 
-@pytest.mark.parametrize("layer_lam", (0.0, LAYER_LAMBDA), ids=("unit-damping", "layer-damping"))
-@pytest.mark.parametrize("case", STEP_CASES, ids=case_id)
-def test_windowed_step_equals_direct_solve(case, layer_lam):
-    r"""``window=1``: the Woodbury step is −lr·F_λ⁻¹∇ with F the brute-force block of the
-    batch, solved densely per unit (Linear layers: shared rows; Conv2d: per-unit rows)."""
-    model, x, y = case.make()
-    layers = _layers(model)
-    ref = {n: reference_unit_fisher(model, n, x, kind="exact", likelihood=case.likelihood)
-           for n in layers}  # fmt: skip
-    _loss(case.likelihood, model(x), y).backward()
-    before = {n: (m.weight.detach().clone(), m.bias.detach().clone()) for n, m in layers.items()}
-    grads = {n: torch.cat([m.weight.grad.reshape(m.weight.shape[0], -1), m.bias.grad[:, None]], 1)
-             for n, m in layers.items()}  # fmt: skip
-    opt = UnitNaturalGradient(model, LR, kind="exact", likelihood=case.likelihood,
-                              rel_damping=LAMBDA, layer_damping=layer_lam, window=1)  # fmt: skip
-    opt.step(x)
-    for n, m in layers.items():
-        u = _direct_direction("unit", ref[n].matrix, grads[n], LAMBDA, layer_lam)
-        w0, b0 = before[n]
-        assert_close(m.weight.reshape(w0.shape[0], -1), w0.reshape(w0.shape[0], -1) - LR * u[:, :-1],
-                     what=f"{case.name}/{n} weights (window)")  # fmt: skip
-        assert_close(m.bias, b0 - LR * u[:, -1], what=f"{case.name}/{n} bias (window)")
-
-
 def test_window_weights_the_last_batches_by_ema():
     r"""``window=2``, ema = 0.5: the metric is (F_new + 0.5·F_old)/1.5, and a third refresh
     drops the oldest batch."""
@@ -485,19 +468,3 @@ def test_window_settings_are_checked():
                 dict(window=2, rel_damping=0.0, layer_damping=0.0)):  # fmt: skip
         with pytest.raises(InputError, match="window"):
             UnitNaturalGradient(model, 0.1, **bad)
-
-
-def test_windowed_state_dict_resume_is_bit_identical():
-    kw = dict(kind="mc", refresh_every=2, ema=0.8, momentum=0.9, window=3)
-    model, x, y = _tiny()
-    twin = copy.deepcopy(model)
-    opt = UnitNaturalGradient(model, 0.1, **kw)
-    _train(model, opt, x, y, 9)
-    opt2 = UnitNaturalGradient(twin, 0.1, **kw)
-    _train(twin, opt2, x, y, 5)
-    state = copy.deepcopy(opt2.state_dict())
-    opt3 = UnitNaturalGradient(twin, 0.1, **dict(kw, seed=99))
-    opt3.load_state_dict(state)
-    _train(twin, opt3, x, y, 4, start=5)
-    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
-        assert torch.equal(p, q)
