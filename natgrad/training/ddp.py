@@ -41,7 +41,7 @@ from torch import nn
 from natgrad._atomic import append_jsonl, write_json
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
-from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
+from natgrad.training.config import TrainConfig
 from natgrad.training.loop import (
     TrainResult,
     _epoch_generator,
@@ -49,6 +49,7 @@ from natgrad.training.loop import (
     _evaluate,
     _loss_fn,
     _resume,
+    _schedule_step,
     _setup,
     describe_device,
     git_commit,
@@ -167,14 +168,7 @@ def train_ddp(
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         for b in range(per_epoch):
             it = (epoch - 1) * per_epoch + b
-            lr = lr_at(config, iteration=it, epoch=epoch - 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
-                from natgrad.models import set_dropout_mode
-
-                dropout_mode = dropout_mode_at(config, it)
-                set_dropout_mode(model, dropout_mode)
+            lr, dropout_mode = _schedule_step(config, model, optimizer, it, epoch, dropout_mode)
             idx = perm[b * bs : (b + 1) * bs]  # the global batch
             xb, yb = train_x[idx], train_y[idx]
             if config.augment:  # the whole global batch, as one process augments it

@@ -175,6 +175,20 @@ def _rewrite_jsonl(path: Path, max_epoch: int) -> None:
     write_text(path, "".join(dumps_json(r) + "\n" for r in keep))
 
 
+def _schedule_step(config: TrainConfig, model, optimizer, it: int, epoch: int, dropout_mode):
+    """Set iteration ``it``'s learning rate in every param group and, with dropout phases,
+    the dropout mode; returns ``(lr, dropout_mode)``."""
+    lr = lr_at(config, iteration=it, epoch=epoch - 1)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
+        from natgrad.models import set_dropout_mode
+
+        dropout_mode = dropout_mode_at(config, it)
+        set_dropout_mode(model, dropout_mode)
+    return lr, dropout_mode
+
+
 def _resume(config: TrainConfig, run: Path, model, optimizer, start: int, *, records=True):
     """Load epoch ``start``'s checkpoint of ``run`` into ``model`` and ``optimizer`` after
     checking that it was made with ``config`` (up to ``epochs``), cut the run's JSON-lines
@@ -336,14 +350,7 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
         bad_step = torch.full((), -1, dtype=torch.long, device=dev)  # first non-finite (GPU)
         for b in range(per_epoch):
             it = (epoch - 1) * per_epoch + b
-            lr = lr_at(config, iteration=it, epoch=epoch - 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
-                from natgrad.models import set_dropout_mode
-
-                dropout_mode = dropout_mode_at(config, it)
-                set_dropout_mode(model, dropout_mode)
+            lr, dropout_mode = _schedule_step(config, model, optimizer, it, epoch, dropout_mode)
             idx = perm[b * bs : (b + 1) * bs]
             xb, yb = train_x[idx], train_y[idx]
             if config.augment:
