@@ -74,3 +74,25 @@ def test_gap_fraction_by_hand():
     a, b, c = np.array([3.0, 3.2]), np.array([2.0, 2.2]), np.array([1.0, 1.2])
     assert compare._gap_fraction(a, b, c) == pytest.approx(0.5)
     assert math.isnan(compare._gap_fraction(a, b, a + 1))  # NG no better: undefined
+
+
+def test_unit_ng_arms_take_the_window_and_the_memory_budget():
+    r"""``--window`` and ``--memory-budget`` reach the unit-NG arms' optimizer (and only them):
+    a layer over the budget takes the quasi-diagonal step, with a warning naming it."""
+    from natgrad.errors import InputError, NatgradWarning
+    from natgrad.models import build_model
+
+    def model():
+        return build_model("mnist-fc", "relu", num_classes=10, in_shape=(1, 28, 28), seed=0)
+
+    _, opt = compare._optimizer(compare.CompareConfig(window=2), "relu-unit-ng", model(), 0)
+    assert opt.window == 2 and set(opt.structures.values()) == {"unit"}
+    _, opt = compare._optimizer(compare.CompareConfig(window=2), "relu-qd", model(), 0)
+    assert opt.window is None and set(opt.structures.values()) == {"quasidiagonal"}
+    budget = compare.CompareConfig(memory_budget=10_000_000)  # 128·785² > 1e7 > 128·129²
+    with pytest.warns(NatgradWarning, match="exceed the memory budget"):
+        _, opt = compare._optimizer(budget, "elu-unit-ng", model(), 0)
+    first, *hidden = opt.structures.values()
+    assert first == "quasidiagonal" and set(hidden) == {"unit"}
+    with pytest.raises(InputError, match="window"):
+        compare.CompareConfig(window=-1)

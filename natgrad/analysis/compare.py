@@ -106,6 +106,8 @@ class CompareConfig:
     layer_damping: float = 0.3
     refresh_every: int = 10
     ema: float = 0.9
+    window: int = 0  # unit-NG arms: 0 the dense running Fisher; K the last K refresh batches
+    memory_budget: int | None = None  # unit-NG arms: larger dense layers take the QD step
     centre_rate: float = 0.1
     last_epochs: int = 3
     arms: tuple[str, ...] = tuple(ARMS)
@@ -118,6 +120,8 @@ class CompareConfig:
         for key in ("seeds", "epochs", "batch_size", "last_epochs", "refresh_every"):
             if getattr(self, key) < 1:
                 raise InputError(f"compare: {key}={getattr(self, key)} must be >= 1")
+        if self.window < 0:
+            raise InputError(f"compare: window={self.window} must be >= 0 (0: the dense Fisher)")
 
 
 # --- one training run ---------------------------------------------------------------------
@@ -151,11 +155,13 @@ def _optimizer(config: CompareConfig, arm: str, model: nn.Module, seed: int):
         net = centre(model) if kind == "centred" else model
         return net, torch.optim.SGD(net.parameters(), lr=config.lr_sgd)
     structure = "unit" if kind == "unit-ng" else "quasidiagonal"
+    budget = {} if config.memory_budget is None else {"memory_budget": config.memory_budget}
     lr = config.lr_ng if kind == "unit-ng" else config.lr_qd
     opt = UnitNaturalGradient(model, lr, structure=structure, kind="mc",
                               rel_damping=config.rel_damping, layer_damping=config.layer_damping,
-                              refresh_every=config.refresh_every,
-                              ema=config.ema, seed=seed)  # fmt: skip
+                              refresh_every=config.refresh_every, ema=config.ema, seed=seed,
+                              window=(config.window or None) if kind == "unit-ng" else None,
+                              **budget)  # fmt: skip
     return model, opt
 
 
@@ -468,6 +474,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-damping", type=float, default=d.layer_damping)
     parser.add_argument("--refresh-every", type=int, default=d.refresh_every)
     parser.add_argument("--ema", type=float, default=d.ema)
+    parser.add_argument(
+        "--window", type=int, default=d.window,
+        help="unit-NG arms: precondition with the Fisher of the last K refresh batches, solved "
+        "exactly by Woodbury (cheap when K x batch < d+1); 0 (default): the dense running Fisher",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory-budget", type=int, default=None,
+        help="unit-NG arms: largest dense unit Fisher state U*(d+1)^2 of a layer, in elements; "
+        "a larger layer takes Ollivier's quasi-diagonal step (with a warning naming it). "
+        "mnist-fc on 28x28 images: 10000000 keeps the 8 hidden-fed layers dense and sends the "
+        "784-input layer to QD (default: natgrad.optim's budget, every layer dense)",
+    )  # fmt: skip
     parser.add_argument("--last-epochs", type=int, default=d.last_epochs)
     parser.add_argument("--arms", default=",".join(d.arms), help="comma-separated subset")
     parser.add_argument("--out", default="runs/compare", help="output folder")
@@ -485,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
             dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds, epochs=args.epochs,
             batch_size=args.batch_size, train_size=args.train_size, lr_sgd=args.lr_sgd,
             lr_ng=args.lr_ng, lr_qd=args.lr_qd, rel_damping=args.rel_damping, layer_damping=args.layer_damping,
-            refresh_every=args.refresh_every, ema=args.ema, last_epochs=args.last_epochs,
+            refresh_every=args.refresh_every, ema=args.ema, window=args.window, memory_budget=args.memory_budget, last_epochs=args.last_epochs,
             arms=tuple(a for a in args.arms.split(",") if a),
         )  # fmt: skip
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
