@@ -6,6 +6,8 @@ Pixels (0..16) are scaled to ``[0, 1]``; a stratified split with a seed holds ou
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -31,9 +33,9 @@ def load_digits(*, seed: int = 0, test_fraction: float = 0.2, dtype=torch.float3
             "the digits data set ships with scikit-learn, which is not installed; "
             "pip install 'natgrad[data]'"
         ) from None
-    bunch = sk_load_digits()
-    x = (bunch.data / 16.0).reshape(-1, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
+    data, target = _sklearn_digits(sk_load_digits)
+    x = (data / 16.0).reshape(-1, 1, 8, 8)  # new arrays: the cached ones stay read-only
+    y = target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
@@ -47,3 +49,13 @@ def load_digits(*, seed: int = 0, test_fraction: float = 0.2, dtype=torch.float3
         input_shape=(1, 8, 8),
         meta={"split_seed": seed, "test_fraction": test_fraction},
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits(loader) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's pixels and labels, parsed once per process (the CSV parse is ~30 ms, paid
+    by every run of a grid or a demo otherwise); read-only, so no caller can change them."""
+    bunch = loader()
+    data, target = bunch.data.copy(), bunch.target.copy()
+    data.flags.writeable = target.flags.writeable = False
+    return data, target
