@@ -1,17 +1,22 @@
 r"""Benchmark: a grid of runs trained as one batched model against the same runs one by one.
 
-1. **Demo grid** (``natgrad demo``'s default): mnist-fc on the 8×8 digits, units
-   ELU/ReLU/LReLU/SReLU × ``--seeds`` seeds, ``--epochs`` epochs, SGD lr 0.01, batch 64,
+1. **A 12-run grid** (the paper's four units of ``natgrad demo``, 3 seeds): mnist-fc on the
+   8×8 digits, units ELU/ReLU/LReLU/SReLU × ``--seeds`` seeds, ``--epochs`` epochs, SGD lr 0.01, batch 64,
    probe 512, checkpoint every 5 epochs; float32, CPU, ``--threads`` torch threads. Timed:
    ``[train(c) for c in configs]`` and ``train_grid(configs)``, each writing its run
    directories (records, metrics, checkpoints: the whole job, not only the steps), in the
    same process after a warm-up run, alternating ``--repeats`` times; median wall times and
    their ratio. Agreement: the largest difference of the final test losses.
-2. **One step** of all R runs (forward, backward, SGD) on the demo grid's shapes: R
+2. **The training phase of ``natgrad demo`` with its defaults** (7 unit types × 8 seeds =
+   56 runs, 20 epochs, 2 worker processes of one thread; the 16 batch-norm runs are not
+   batchable): the demo's own jobs (:func:`natgrad.analysis.demo.train_runs`: one grid per
+   worker, then the other runs one by one) against every run a job of its own in the same
+   pool (the sequential trainer), alternating ``--repeats`` times.
+3. **One step** of all R runs (forward, backward, SGD) on the demo grid's shapes: R
    separate modules, the grid's batched model (``torch.baddbmm``), and ``torch.func``
    (``stack_module_state`` + ``functional_call`` + ``vmap(grad)``, one vmap per unit type,
    as vmap cannot vary the activation). Median of ``--step-repeats``.
-3. **Projection of the paper's Fig 2 protocol** on Fashion-MNIST (mnist-fc, 300 epochs,
+4. **Projection of the paper's Fig 2 protocol** on Fashion-MNIST (mnist-fc, 300 epochs,
    5 seeds, ELU/ReLU/LReLU/SReLU, SGD lr 0.01, batch 64): a timed grid of the 20 runs for
    ``--projection-epochs`` epochs and one sequential run for as many epochs, scaled to 300
    epochs (and 20 runs for the sequential one). The cost depends on the shapes only
@@ -89,6 +94,39 @@ def bench_demo(args) -> None:
     print(f"  train_grid():              {g:8.2f} s   (all: {', '.join(f'{v:.2f}' for v in grid_t)})")  # fmt: skip
     print(f"  speed-up grid vs sequential: {s / g:.2f}x   (target >= 3x)")
     print(f"  agreement: max |final test loss grid - sequential| = {diff:.2e} (float32)")
+
+
+def bench_demo_default(args) -> None:
+    r"""The training phase of ``natgrad demo`` with its default settings (7 unit types × 8
+    seeds of mnist-fc on digits, 20 epochs, 2 worker processes of 1 torch thread): the demo's
+    own jobs (one grid per worker for the batchable runs, batch-norm runs one by one) against
+    every run a job of its own (the sequential trainer), same pool, alternating."""
+    from natgrad.analysis.demo import DemoConfig, train_configs, train_runs, workers_of
+
+    config = DemoConfig(fresh=True) if args.demo_seeds is None else DemoConfig(
+        fresh=True, seeds=args.demo_seeds)  # fmt: skip
+    cfgs = train_configs(config)
+    from natgrad.training.grid import grid_key
+
+    batchable = sum(grid_key(c) is not None for c in cfgs)
+    seq_t, grid_t = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            for batched, acc in ((False, seq_t), (True, grid_t)):
+                dirs = [Path(tmp) / f"{rep}-{batched}-{i}" for i in range(len(cfgs))]
+                t0 = time.perf_counter()
+                train_runs(config, cfgs, dirs, batched=batched)
+                acc.append(time.perf_counter() - t0)
+    s, g = statistics.median(seq_t), statistics.median(grid_t)
+    print(f"natgrad demo's default training: {len(config.units)} unit types x {config.seeds} "
+          f"seeds = {len(cfgs)} runs ({batchable} batchable; batch norm is not) x "
+          f"{config.epochs} epochs, {workers_of(config)} worker processes x "
+          f"{config.threads} thread(s)")  # fmt: skip
+    print(f"  every run a job of its own (sequential): {s:8.2f} s   (all: "
+          f"{', '.join(f'{v:.2f}' for v in seq_t)})")  # fmt: skip
+    print(f"  the demo's jobs (one grid per worker):   {g:8.2f} s   (all: "
+          f"{', '.join(f'{v:.2f}' for v in grid_t)})")  # fmt: skip
+    print(f"  speed-up: {s / g:.2f}x   (target >= 3x)")
 
 
 def bench_step(args) -> None:
@@ -238,11 +276,19 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (demo default 1)")
     p.add_argument("--projection-epochs", type=int, default=1)
     p.add_argument("--fashion-dir", default=None)
-    p.add_argument("--skip", nargs="*", default=[], choices=["demo", "step", "projection"])
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["demo", "default", "step", "projection"]
+    )
+    p.add_argument(
+        "--demo-seeds",
+        type=int,
+        default=None,
+        help="seeds of the default-demo section (default: the demo's, 8)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, no projection")
     args = p.parse_args(argv)
     if args.quick:
-        args.epochs, args.step_repeats, args.skip = 2, 3, [*args.skip, "projection"]
+        args.epochs, args.step_repeats, args.skip = 2, 3, [*args.skip, "projection", "default"]
     torch.set_num_threads(args.threads)
     print(f"natgrad bench/grid_train.py  torch {torch.__version__}, python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")  # fmt: skip
@@ -250,6 +296,8 @@ def main(argv=None) -> int:
         bench_step(args)
     if "demo" not in args.skip:
         bench_demo(args)
+    if "default" not in args.skip:
+        bench_demo_default(args)
     if "projection" not in args.skip:
         bench_projection(args)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -179,6 +179,56 @@ def workers_of(config: DemoConfig) -> int:
     return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 
+def train_configs(config: DemoConfig) -> list:
+    """The demo's training configs, seed-major: every unit type of seed 0, then seed 1, …"""
+    return [
+        _train_config(config, key, seed) for seed in range(config.seeds) for key in config.units
+    ]
+
+
+def train_runs(
+    config: DemoConfig,
+    cfgs: list,
+    run_dirs: list[Path],
+    *,
+    progress: bool = False,
+    batched: bool = True,
+) -> dict[int, Path]:
+    r"""Train the demo's runs (``cfgs``, one folder each) in :func:`workers_of` processes;
+    returns ``{index: run dir}``. ``batched``: the runs that can share one batched model
+    (:mod:`natgrad.training.grid`) form one grid per worker, queued first (the longest jobs),
+    and every other run (batch norm, PReLU) is a job of its own; ``batched=False`` makes every
+    run a job of its own (the sequential trainer, as ``bench/grid_train.py`` times it)."""
+    from tqdm.auto import tqdm
+
+    from natgrad.training.grid import grid_key
+
+    workers = workers_of(config) if config.device == "cpu" else 1
+    batched_runs = [i for i, cfg in enumerate(cfgs) if batched and grid_key(cfg) is not None]
+    groups = [g for g in (batched_runs[w::workers] for w in range(workers)) if g]
+    groups += [[i] for i in range(len(cfgs)) if i not in set(batched_runs)]
+    jobs = [([cfgs[i] for i in g], [run_dirs[i] for i in g], config.device, not config.fresh,
+             config.threads) for g in groups]  # fmt: skip
+    bar = tqdm(
+        total=len(cfgs), desc="training", unit="run", disable=not progress, dynamic_ncols=True
+    )
+    done: dict[int, Path] = {}
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for g, dirs in zip(groups, pool.map(_train_one, jobs), strict=True):
+                done.update(zip(g, dirs, strict=True))
+                bar.update(len(g))
+    else:
+        for g, job in zip(groups, jobs, strict=True):
+            done.update(zip(g, _train_one(job), strict=True))
+            bar.update(len(g))
+    bar.close()
+    return done
+
+
 def _main(config: DemoConfig, progress: bool, echo) -> dict:
     out = Path(config.out)
     with claim(out, "demo output folder", natgrads=_is_demo_folder):
@@ -194,42 +244,16 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     r"""The demo with ``out`` owned by this process (:func:`natgrad.training._owner.claim`:
     a second demo on the same folder stops at once, naming this one's pid)."""
     import torch
-    from tqdm.auto import tqdm
 
     from natgrad.analysis.report import render_report, summary_text
     from natgrad.analysis.summary import read_tables, write_tables
     from natgrad.training import default_run_dir, describe_device
-    from natgrad.training.grid import grid_key
 
     t0 = time.perf_counter()
     workers = workers_of(config) if config.device == "cpu" else 1
-    cfgs = [
-        _train_config(config, key, seed) for seed in range(config.seeds) for key in config.units
-    ]
-    # The runs that can share one batched model (training/grid.py) form one grid per worker,
-    # queued first (the longest jobs); every other run (batch norm, PReLU) is a job of its own.
-    batched = [i for i, cfg in enumerate(cfgs) if grid_key(cfg) is not None]
-    groups = [g for g in (batched[w::workers] for w in range(workers)) if g]
-    groups += [[i] for i in range(len(cfgs)) if i not in set(batched)]
-    jobs = [([cfgs[i] for i in g], [default_run_dir(cfgs[i], out / "runs") for i in g],
-             config.device, not config.fresh, config.threads) for g in groups]  # fmt: skip
-    bar = tqdm(
-        total=len(cfgs), desc="training", unit="run", disable=not progress, dynamic_ncols=True
-    )
-    done: dict[int, Path] = {}
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for g, run_dirs in zip(groups, pool.map(_train_one, jobs), strict=True):
-                done.update(zip(g, run_dirs, strict=True))
-                bar.update(len(g))
-    else:
-        for g, job in zip(groups, jobs, strict=True):
-            done.update(zip(g, _train_one(job), strict=True))
-            bar.update(len(g))
-    bar.close()
+    cfgs = train_configs(config)
+    run_dirs = [default_run_dir(cfg, out / "runs") for cfg in cfgs]
+    done = train_runs(config, cfgs, run_dirs, progress=progress)
     runs = [done[i] for i in range(len(cfgs))]
     t_train = time.perf_counter() - t0
     layers = None if config.layers == "all" else _hidden_layers(runs[0])
