@@ -38,9 +38,10 @@ Results equal the sequential trainer's up to float round-off (batched and single
 in different orders), not bit for bit.
 
 What is batched: fully connected nets (``mnist-fc``, ``mnist-ae``: Flatten, Linear, the
-units ELU/ReLU/LReLU/SReLU/SELU, dropout with p = 0) without batch norm, augmentation or dropout
-phases, grouped by (net, data set, batch size, epochs, dtype, loss) and by the epoch each
-run resumes from. Any other config, and any group of one, is trained by
+units ELU/ReLU/LReLU/SReLU/SELU, batch norm (``BatchNorm1d``: per-run γ, β and running
+statistics), dropout with p = 0) without augmentation or dropout phases, grouped by (net,
+data set, batch size, epochs, dtype, loss, batch norm) and by the epoch each run resumes
+from. Any other config, and any group of one, is trained by
 :func:`~natgrad.training.train`, so ``train_grid(configs)`` always means "``train`` each".
 
 Example:
@@ -98,12 +99,12 @@ _BATCHED_UNITS = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU, nn.SELU)
 
 def grid_key(config: TrainConfig) -> tuple | None:
     """What runs must share to train as one batched model, or ``None`` when ``config`` is
-    trained sequentially (conv nets, batch norm, PReLU, dropout, augmentation, the natural-
-    gradient optimizers and centring of natgrad.optim)."""
+    trained sequentially (conv nets, PReLU, dropout, augmentation, the natural-gradient
+    optimizers and centring of natgrad.optim). Runs with and without batch norm form separate
+    grids."""
     dropout_off = config.dropout is None or all(p == 0 for p in config.dropout)
     if (
         not config.net.startswith("mnist-")
-        or config.batch_norm
         or config.optimizer != "sgd"
         or config.centre
         or config.unit == "prelu"
@@ -113,7 +114,8 @@ def grid_key(config: TrainConfig) -> tuple | None:
     ):
         return None
     return (config.net, config.dataset, config.data_dir, config.preprocess, config.dtype,
-            config.batch_size, config.epochs, config.loss, config.eval_batch_size)  # fmt: skip
+            config.batch_size, config.epochs, config.loss, config.eval_batch_size,
+            config.batch_norm)  # fmt: skip
 
 
 def train_grid(
@@ -226,7 +228,7 @@ def _unit_signature(module: nn.Module) -> tuple:
 
 
 def _plan(model: nn.Module) -> list[tuple[str, str]]:
-    """``[(kind, name)]`` of the leaf modules in forward order: flatten, linear, unit, skip;
+    """``[(kind, name)]`` of the leaf modules in forward order: flatten, linear, bn, unit, skip;
     ``None`` when the model has a module the batched forward does not implement."""
     steps = []
     for name, mod in model.named_modules():
@@ -240,6 +242,9 @@ def _plan(model: nn.Module) -> list[tuple[str, str]]:
             steps.append(("linear", name))
         elif isinstance(mod, _BATCHED_UNITS):
             steps.append(("unit", name))
+        elif (isinstance(mod, nn.BatchNorm1d) and mod.affine and mod.track_running_stats
+              and mod.momentum is not None):  # fmt: skip
+            steps.append(("bn", name))
         elif isinstance(mod, nn.Dropout) and mod.p == 0:
             steps.append(("skip", name))
         else:
@@ -305,6 +310,14 @@ class _Grid:
                     buf = r.optimizer.state.get(p[n], {}).get("momentum_buffer")
                     per.append(torch.zeros_like(p[n]) if buf is None else buf.detach())
                 self.bufs[n] = self._stack(n, per)
+        # Batch norm: running statistics [R, U] and step counts [R] (per-run buffers).
+        self.bn = {name: first.model.get_submodule(name) for kind, name in self.plan
+                   if kind == "bn"}  # fmt: skip
+        self.buffers = {}
+        for name in self.bn:
+            mods = [r.model.get_submodule(name) for r in self.runs]
+            for key in ("running_mean", "running_var", "num_batches_tracked"):
+                self.buffers[f"{name}.{key}"] = torch.stack([getattr(m, key) for m in mods])
         probes = [r.data[0][r.probe.to(dev)] for r in self.runs]
         same = len({p.shape for p in probes}) == 1
         self.probe_x = torch.stack(probes) if same else None  # [R, n_probe, ...]
@@ -333,11 +346,18 @@ class _Grid:
         return stacked[i].T if name in self.transposed else stacked[i]
 
     # --- the batched model --------------------------------------------------------------
-    def forward(self, x: torch.Tensor, capture: dict | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, capture: dict | None = None, *, training: bool = False
+    ) -> torch.Tensor:
         """``[R, B, ...]`` inputs → ``[R, B, C]`` outputs of every run; ``capture`` receives
-        the unit outputs ``[R, B, U]`` by layer name."""
+        the unit outputs ``[R, B, U]`` by layer name. ``training``: batch norm normalises by
+        the batch's statistics and updates the running ones (``nn.BatchNorm1d.train()``),
+        else by the running ones."""
         h = x
         for kind, name in self.plan:
+            if kind == "bn":
+                h = self._batch_norm(name, h, training)
+                continue
             if kind == "flatten":
                 h = h.flatten(2)
             elif kind == "linear":
@@ -353,6 +373,30 @@ class _Grid:
                 if capture is not None:
                     capture[name] = h
         return h
+
+    def _batch_norm(self, name: str, h: torch.Tensor, training: bool) -> torch.Tensor:
+        r"""``nn.BatchNorm1d`` of every run on ``h`` ``[R, B, U]``: per run and unit over the
+        batch, (h − m)/√(v + ε)·γ + β; in training m, v are the batch mean and biased variance
+        and the running statistics move by the module's momentum ρ (r ← (1−ρ) r + ρ m, the
+        variance unbiased by B/(B−1)), as torch's batch norm does."""
+        mod = self.bn[name]
+        rm, rv = self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"]
+        gamma, beta = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
+        if training:
+            b = h.shape[1]
+            if b < 2:
+                raise InputError(f"batch norm {name!r}: a training batch of {b} input has no "
+                                 "variance; use batch_size >= 2")  # fmt: skip
+            var, mean = torch.var_mean(h, dim=1, unbiased=False, keepdim=True)  # [R, 1, U]
+            with torch.no_grad():
+                rho = mod.momentum
+                rm.mul_(1.0 - rho).add_(mean.squeeze(1), alpha=rho)
+                rv.mul_(1.0 - rho).add_(var.squeeze(1) * (b / (b - 1)), alpha=rho)
+                self.buffers[f"{name}.num_batches_tracked"].add_(1)
+        else:
+            mean, var = rm.unsqueeze(1), rv.unsqueeze(1)
+        scale = torch.rsqrt(var + mod.eps) * gamma.unsqueeze(1)
+        return (h - mean) * scale + beta.unsqueeze(1)
 
     def losses(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``[R]`` the mean loss of each run on its batch (as the sequential loss_fn)."""
@@ -469,6 +513,9 @@ class _Grid:
         params = dict(run.model.named_parameters())
         for n in self.names:
             params[n].copy_(self._slice(n, self.params[n], i))
+        buffers = dict(run.model.named_buffers())
+        for n, stacked in self.buffers.items():
+            buffers[n].copy_(stacked[i])
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         if run.config.momentum != 0 and self.bufs is not None:
@@ -510,7 +557,7 @@ class _Grid:
                 lrs = [lr_at(r.config, iteration=it, epoch=epoch - 1) for r in self.runs]
                 idx = perm[:, b * self.bs : (b + 1) * self.bs]  # [R, B]
                 xb, yb = self._gather(0, idx), self._gather(1, idx)
-                loss = self.losses(self.forward(xb), xb, yb)  # [R]
+                loss = self.losses(self.forward(xb, training=True), xb, yb)  # [R]
                 grads = torch.autograd.grad(loss.sum(), leaves)
                 self._step(grads, lrs)
                 loss_sum += loss.detach().double() * idx.shape[1]
