@@ -36,6 +36,8 @@ def test_outputs_and_the_stated_question(small_run):
     assert "What fraction of the gap between ReLU+SGD and ReLU+unit-NG" in text
     assert "epoch budget 2: ELU+SGD closes" in text
     assert "commit:" in text and "wall time:" in text
+    layers = ", ".join(f"fc{i}" for i in range(1, 10))
+    assert f"- unit-NG arms, per layer: unit blocks (dense running average): {layers}" in text
 
 
 def test_arms_share_initial_weights(small_run):

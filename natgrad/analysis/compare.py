@@ -55,6 +55,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,16 +236,23 @@ def run_compare(config: CompareConfig, *, progress=None):
     if config.train_size is not None:
         n = config.train_size
         ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
-    rows = []
+    rows, structures = [], {}
     for seed in range(config.seeds):
         models = _models(config, ds, seed)
         for arm, model in models.items():
+            if not structures and ARMS[arm][1] == "unit-ng":
+                with warnings.catch_warnings():  # the arm's own run warns again
+                    warnings.simplefilter("ignore")
+                    structures = dict(_optimizer(config, arm, _models(config, ds, seed)[arm],
+                                                 seed)[1].structures)  # fmt: skip
             t0 = time.perf_counter()
             rows += train_arm(config, arm, model, ds, seed)
             if progress:
                 progress(f"seed {seed} {arm}: {time.perf_counter() - t0:.1f} s, "
                          f"final train loss {rows[-1]['train_loss']:.4f}")  # fmt: skip
-    return pd.DataFrame(rows)
+    curves = pd.DataFrame(rows)
+    curves.attrs["unit_ng_structures"] = structures  # layer -> the unit-NG arms' structure
+    return curves
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -266,8 +274,6 @@ def _auc(curves):
 
 def _ci(samples: tuple, statistic, config: CompareConfig) -> tuple[float, float]:
     r"""Percentile bootstrap CI (95 %) over seeds of ``statistic`` of paired samples."""
-    import warnings
-
     from scipy import stats
 
     if len(samples[0]) < 3:
@@ -442,6 +448,7 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
         "## Run",
         "",
         f"- command: `{meta.get('command', '')}`",
+        *_structure_lines(curves.attrs.get("unit_ng_structures", {}), config),
         f"- commit: {meta.get('commit')}",
         f"- wall time: {meta.get('wall_seconds', math.nan):.0f} s, torch threads "
         f"{torch.get_num_threads()}, {meta.get('device', '')}",
@@ -452,6 +459,22 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
     ]  # fmt: skip
     (out / "answer.md").write_text("\n".join(text) + "\n")
     return tables
+
+
+def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
+    r"""What the unit-NG arms preconditioned each layer with (``--memory-budget`` sends layers
+    whose dense blocks exceed it to the quasi-diagonal step; ``--window`` keeps K batches)."""
+    if not structures:
+        return []
+    by: dict[str, list[str]] = {}
+    for layer, structure in structures.items():
+        by.setdefault(structure, []).append(layer)
+    unit = "unit blocks" + (f" (window of {config.window} refresh batches, Woodbury)"
+                            if config.window else " (dense running average)")  # fmt: skip
+    names = {"unit": unit, "quasidiagonal": "Ollivier's quasi-diagonal step (over the memory "
+             "budget)", "diagonal": "the diagonal"}  # fmt: skip
+    parts = [f"{names.get(k, k)}: {', '.join(v)}" for k, v in by.items()]
+    return [f"- unit-NG arms, per layer: {'; '.join(parts)}"]
 
 
 # --- CLI -------------------------------------------------------------------------------------
