@@ -98,3 +98,33 @@ def test_unit_ng_arms_take_the_window_and_the_memory_budget():
     assert first == "quasidiagonal" and set(hidden) == {"unit"}
     with pytest.raises(InputError, match="window"):
         compare.CompareConfig(window=-1)
+
+
+def test_sign_flip_p_values_by_hand(small_run):
+    r"""effects.csv's p-values against the 2^3 sign patterns enumerated by hand."""
+    import itertools
+
+    import pandas as pd
+
+    c = pd.read_csv(small_run / "curves.csv")
+    c = c[c["epoch"] >= 1]
+    auc = c.groupby(["arm", "seed"])["train_loss"].mean().unstack("seed")
+    eff = pd.read_csv(small_run / "effects.csv").set_index(["arm", "metric"])
+    for arm in ("elu-sgd", "relu-unit-ng"):
+        d = (auc.loc[arm] - auc.loc["relu-sgd"]).to_numpy()
+        flips = [abs((d * s).mean()) for s in itertools.product((1, -1), repeat=len(d))]
+        expected = np.mean([f >= abs(d.mean()) * (1 - 1e-12) for f in flips])
+        assert eff.loc[(arm, "auc"), "p_value"] == pytest.approx(expected), arm
+
+
+def test_tables_rebuilt_from_curves_and_run_record(small_run):
+    r"""``--tables-from DIR`` rebuilds the same tables without training."""
+    import pandas as pd
+
+    before = {n: pd.read_csv(small_run / n) for n in ("effects.csv", "gap.csv", "summary.csv")}
+    (small_run / "gap.csv").unlink()
+    assert cli.main(["compare", "--tables-from", str(small_run)]) == 0
+    for name, table in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(small_run / name), table, check_exact=False)
+    assert "unit-NG arms, per layer" in (small_run / "answer.md").read_text()
+    assert cli.main(["compare", "--tables-from", str(small_run / "missing")]) == 2

@@ -37,9 +37,11 @@ the unit natural gradient; f = 0: ELU does not help; f is undefined (reported as
 the unit natural gradient does not beat ReLU+SGD.
 
 Outputs in ``--out``: ``curves.csv`` (seed, arm, epoch, losses, error, seconds),
-``summary.csv`` (per arm), ``effects.csv`` (paired effects vs relu-sgd), ``gap.csv`` (f_e
-with its CI), ``answer.md`` (the question, the answer, the settings, the command, commit and
-wall time) and ``curves.png``/``.pdf``.
+``summary.csv`` (per arm), ``effects.csv`` (paired effects vs relu-sgd, with bootstrap CIs
+and exact sign-flip p-values), ``gap.csv`` (f_e with its CI), ``answer.md`` (the question,
+the answer, the settings, the command, commit and wall time), ``run.json`` (settings and run
+record: ``--tables-from DIR`` rebuilds every table from it and ``curves.csv``) and
+``curves.png``/``.pdf``.
 
 Example::
 
@@ -66,7 +68,16 @@ from torch.nn import functional as F
 
 from natgrad.errors import InputError, NatgradError
 
-__all__ = ["ARMS", "CompareConfig", "add_arguments", "run", "run_compare", "summarise"]
+__all__ = [
+    "ARMS",
+    "CompareConfig",
+    "add_arguments",
+    "rewrite_outputs",
+    "run",
+    "run_compare",
+    "summarise",
+    "write_outputs",
+]
 
 ARMS: dict[str, tuple[str, str, bool]] = {  # name: (unit, optimizer, batch norm)
     "relu-sgd": ("relu", "sgd", False),
@@ -286,6 +297,19 @@ def _ci(samples: tuple, statistic, config: CompareConfig) -> tuple[float, float]
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _sign_flip_p(d: np.ndarray) -> float:
+    r"""Two-sided exact sign-flip permutation p-value of the mean paired difference ``d`` (all
+    2^n sign patterns; n = 5 seeds cannot go below 2/32 = 0.0625). NaN for n < 2 or a
+    non-finite difference."""
+    from scipy import stats
+
+    if len(d) < 2 or not np.isfinite(d).all():
+        return math.nan
+    res = stats.permutation_test((d,), np.mean, permutation_type="samples",
+                                 n_resamples=np.inf, alternative="two-sided")  # fmt: skip
+    return float(res.pvalue)
+
+
 def _gap_fraction(a, b, c) -> float:
     den = np.mean(a) - np.mean(c)
     return float((np.mean(a) - np.mean(b)) / den) if den > 0 else math.nan
@@ -317,7 +341,8 @@ def summarise(curves, config: CompareConfig) -> dict:
                 d = (wide[metric][arm] - wide[metric][BASELINE]).to_numpy()
                 lo, hi = _ci((d,), np.mean, config)
                 effects.append(dict(arm=arm, metric=metric, effect=float(d.mean()), ci_low=lo,
-                                    ci_high=hi, seeds=len(d)))  # fmt: skip
+                                    ci_high=hi, p_value=_sign_flip_p(d),
+                                    seeds=len(d)))  # fmt: skip
     gap = []
     if {BASELINE, CLOSER, TARGET} <= set(config.arms):
         aw = auc.pivot_table(index=["epoch", "seed"], columns="arm", values="auc")
@@ -439,6 +464,10 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
         "",
         "## Effects paired by seed (arm − relu-sgd, 95 % percentile bootstrap CI over seeds)",
         "",
+        "p_value: exact two-sided sign-flip permutation test over seeds (with n seeds it cannot "
+        f"go below 2/2^n = {2 / 2 ** config.seeds:.3g}); percentile bootstrap CIs over so few "
+        "seeds are narrower than they should be: read them with the p-values.",
+        "",
         _markdown(tables["effects"]) if not tables["effects"].empty else "(no baseline arm)",
         "",
         "## Fraction of the gap closed, per epoch budget",
@@ -458,7 +487,30 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
         "```",
     ]  # fmt: skip
     (out / "answer.md").write_text("\n".join(text) + "\n")
+    record = dict(config=dataclasses.asdict(config), meta=meta,
+                  unit_ng_structures=curves.attrs.get("unit_ng_structures", {}))  # fmt: skip
+    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     return tables
+
+
+def rewrite_outputs(out: Path) -> dict:
+    r"""Rebuild the tables, figure and ``answer.md`` of an earlier comparison in ``out`` from
+    its ``curves.csv`` and ``run.json`` (no training): what a change of the statistics
+    needs."""
+    import pandas as pd
+
+    out = Path(out)
+    try:
+        record = json.loads((out / "run.json").read_text())
+        curves = pd.read_csv(out / "curves.csv")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{out}: not a natgrad compare output folder with curves.csv and "
+                         f"run.json ({exc})") from None  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(CompareConfig)}
+    settings = {k: v for k, v in record["config"].items() if k in fields}
+    settings["arms"] = tuple(settings.get("arms", ARMS))
+    curves.attrs["unit_ng_structures"] = record.get("unit_ng_structures", {})
+    return write_outputs(curves, CompareConfig(**settings), out, record.get("meta", {}))
 
 
 def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
@@ -514,6 +566,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/compare", help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--tables-from", default=None, metavar="DIR",
+        help="no training: rebuild the tables, figure and answer.md of the comparison in DIR "
+        "from its curves.csv and run.json",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -521,6 +578,16 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
+    if args.tables_from:
+        try:
+            rewrite_outputs(Path(args.tables_from))
+        except NatgradError as exc:
+            print(f"natgrad compare: error: {exc}", file=sys.stderr)
+            return 2
+        out = Path(args.tables_from)
+        print((out / "answer.md").read_text().split("## Per arm")[0].strip())
+        print(f"\noutputs in {out}")
+        return 0
     try:
         config = CompareConfig(
             dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds, epochs=args.epochs,
