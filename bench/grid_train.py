@@ -8,10 +8,10 @@ r"""Benchmark: a grid of runs trained as one batched model against the same runs
    same process after a warm-up run, alternating ``--repeats`` times; median wall times and
    their ratio. Agreement: the largest difference of the final test losses.
 2. **The training phase of ``natgrad demo`` with its defaults** (7 unit types × 8 seeds =
-   56 runs, 20 epochs, 2 worker processes of one thread; the 16 batch-norm runs are not
-   batchable): the demo's own jobs (:func:`natgrad.analysis.demo.train_runs`: one grid per
-   worker, then the other runs one by one) against every run a job of its own in the same
-   pool (the sequential trainer), alternating ``--repeats`` times.
+   56 runs, 20 epochs, 2 worker processes of one thread): the demo's own jobs
+   (:func:`natgrad.analysis.demo.train_runs`: per worker, one grid of the runs without and
+   one of the runs with batch norm) against every run a job of its own in the same pool
+   (the sequential trainer), alternating ``--repeats`` times.
 3. **One step** of all R runs (forward, backward, SGD) on the demo grid's shapes: R
    separate modules, the grid's batched model (``torch.baddbmm``), and ``torch.func``
    (``stack_module_state`` + ``functional_call`` + ``vmap(grad)``, one vmap per unit type,
@@ -119,7 +119,7 @@ def bench_demo_default(args) -> None:
                 acc.append(time.perf_counter() - t0)
     s, g = statistics.median(seq_t), statistics.median(grid_t)
     print(f"natgrad demo's default training: {len(config.units)} unit types x {config.seeds} "
-          f"seeds = {len(cfgs)} runs ({batchable} batchable; batch norm is not) x "
+          f"seeds = {len(cfgs)} runs ({batchable} batchable) x "
           f"{config.epochs} epochs, {workers_of(config)} worker processes x "
           f"{config.threads} thread(s)")  # fmt: skip
     print(f"  every run a job of its own (sequential): {s:8.2f} s   (all: "

@@ -195,10 +195,11 @@ def train_runs(
     batched: bool = True,
 ) -> dict[int, Path]:
     r"""Train the demo's runs (``cfgs``, one folder each) in :func:`workers_of` processes;
-    returns ``{index: run dir}``. ``batched``: the runs that can share one batched model
-    (:mod:`natgrad.training.grid`) form one grid per worker, queued first (the longest jobs),
-    and every other run (batch norm, PReLU) is a job of its own; ``batched=False`` makes every
-    run a job of its own (the sequential trainer, as ``bench/grid_train.py`` times it)."""
+    returns ``{index: run dir}``. ``batched``: the runs that can share a batched model
+    (:mod:`natgrad.training.grid`) are split between the workers, queued first (the longest
+    jobs), and each worker trains one grid per architecture (with, without batch norm); every
+    other run (PReLU) is a job of its own. ``batched=False`` makes every run a job of its own
+    (the sequential trainer, as ``bench/grid_train.py`` times it)."""
     from tqdm.auto import tqdm
 
     from natgrad.training.grid import grid_key
