@@ -409,9 +409,14 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
     for arm in curves["arm"].unique():
         g = mean[mean["arm"] == arm]
         axes[0].plot(g["epoch"], g["train_loss"], label=arm)
-        axes[1].plot(g["epoch"], 100 * g["test_error"], label=arm)
+        late = g[g["epoch"] >= 1]  # epoch 0 (~90 %) would flatten the differences
+        axes[1].plot(late["epoch"], 100 * late["test_error"], marker=".", label=arm)
     axes[0].set(yscale="log", xlabel="epoch", ylabel="training loss (mean over seeds)")
-    axes[1].set(xlabel="epoch", ylabel="test error %")
+    axes[1].set(xlabel="epoch", ylabel="test error % (mean over seeds)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=7)
     gap = tables["gap"]
     if not gap.empty:
@@ -577,6 +582,7 @@ def run(args: argparse.Namespace) -> int:
     from natgrad.training.loop import describe_device, git_commit
 
     t0 = time.perf_counter()
+    commit = git_commit()  # the code that trains, not the checkout's HEAD when it ends
     torch.set_num_threads(args.threads)
     if args.tables_from:
         try:
@@ -601,7 +607,7 @@ def run(args: argparse.Namespace) -> int:
     except NatgradError as exc:
         print(f"natgrad compare: error: {exc}", file=sys.stderr)
         return 2
-    meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=git_commit(),
+    meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=commit,
                 wall_seconds=time.perf_counter() - t0,
                 device=describe_device(torch.device("cpu")))  # fmt: skip
     out = Path(args.out)
