@@ -375,28 +375,25 @@ class _Grid:
         return h
 
     def _batch_norm(self, name: str, h: torch.Tensor, training: bool) -> torch.Tensor:
-        r"""``nn.BatchNorm1d`` of every run on ``h`` ``[R, B, U]``: per run and unit over the
-        batch, (h − m)/√(v + ε)·γ + β; in training m, v are the batch mean and biased variance
-        and the running statistics move by the module's momentum ρ (r ← (1−ρ) r + ρ m, the
-        variance unbiased by B/(B−1)), as torch's batch norm does."""
+        r"""``nn.BatchNorm1d`` of every run on ``h`` ``[R, B, U]``: torch's batch norm on the
+        ``[B, R·U]`` layout, whose channels are the (run, unit) pairs, with the runs' γ, β and
+        running statistics as views of their ``[R, U]`` stacks (updated in place in training,
+        as the module updates its own): per channel the arithmetic of the sequential run."""
         mod = self.bn[name]
-        rm, rv = self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"]
-        gamma, beta = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
+        r, b, u = h.shape
+        if training and b < 2:
+            raise InputError(f"batch norm {name!r}: a training batch of {b} input has no "
+                             "variance; use batch_size >= 2")  # fmt: skip
+        out = nn.functional.batch_norm(
+            h.transpose(0, 1).reshape(b, r * u),
+            self.buffers[f"{name}.running_mean"].view(-1),
+            self.buffers[f"{name}.running_var"].view(-1),
+            self.params[f"{name}.weight"].reshape(-1), self.params[f"{name}.bias"].reshape(-1),
+            training, mod.momentum, mod.eps,
+        )  # fmt: skip
         if training:
-            b = h.shape[1]
-            if b < 2:
-                raise InputError(f"batch norm {name!r}: a training batch of {b} input has no "
-                                 "variance; use batch_size >= 2")  # fmt: skip
-            var, mean = torch.var_mean(h, dim=1, unbiased=False, keepdim=True)  # [R, 1, U]
-            with torch.no_grad():
-                rho = mod.momentum
-                rm.mul_(1.0 - rho).add_(mean.squeeze(1), alpha=rho)
-                rv.mul_(1.0 - rho).add_(var.squeeze(1) * (b / (b - 1)), alpha=rho)
-                self.buffers[f"{name}.num_batches_tracked"].add_(1)
-        else:
-            mean, var = rm.unsqueeze(1), rv.unsqueeze(1)
-        scale = torch.rsqrt(var + mod.eps) * gamma.unsqueeze(1)
-        return (h - mean) * scale + beta.unsqueeze(1)
+            self.buffers[f"{name}.num_batches_tracked"].add_(1)
+        return out.view(b, r, u).transpose(0, 1).contiguous()
 
     def losses(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``[R]`` the mean loss of each run on its batch (as the sequential loss_fn)."""
