@@ -104,7 +104,10 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             weighted ∝ ema^age, and solves F_λ⁻¹g exactly for that windowed Fisher by
             Woodbury (:mod:`natgrad.optim.lowrank`): U·R·(d+1) work per step with R = K·N
             rows instead of U·(d+1)², the route for wide layers (mnist-fc's 785-wide input
-            units). Needs rel_damping or layer_damping > 0.
+            units). Needs rel_damping or layer_damping > 0. With K·N < d+1 every direction
+            the rows do not span is scaled by the full 1/μ: cheap, but a poor metric to
+            train with (a one-batch window diverged with ELU on Fashion-MNIST, where dense
+            blocks on the hidden-fed layers trained; README, "Testing the mechanism").
     """
 
     def __init__(
