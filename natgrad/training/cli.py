@@ -92,12 +92,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except NatgradError as exc:
         print(f"natgrad train: error: {exc}", file=sys.stderr)
+        _leave_process_group(distributed, clean=False)
         return 2
     if distributed:
         import torch.distributed as dist
 
         rank = dist.get_rank()
-        dist.destroy_process_group()
+        _leave_process_group(distributed, clean=True)
         if rank != 0:
             return 0
     last = result.metrics[-1]
@@ -109,3 +110,19 @@ def run(args: argparse.Namespace) -> int:
         f"outputs in {result.run_dir}"
     )
     return 0
+
+
+def _leave_process_group(distributed: bool, *, clean: bool) -> None:
+    r"""Destroy the process group before the interpreter exits: gloo's worker threads alive
+    at exit abort the process ("terminate called without an active exception"). After a
+    clean run the ranks first meet at a barrier, so that no rank tears its connections down
+    while another still uses them; after an error (the other ranks may be anywhere) not."""
+    if not distributed:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
