@@ -66,6 +66,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from natgrad.analysis.stats import sign_flip_p
 from natgrad.errors import InputError, NatgradError
 
 __all__ = [
@@ -297,19 +298,6 @@ def _ci(samples: tuple, statistic, config: CompareConfig) -> tuple[float, float]
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _sign_flip_p(d: np.ndarray) -> float:
-    r"""Two-sided exact sign-flip permutation p-value of the mean paired difference ``d`` (all
-    2^n sign patterns; n = 5 seeds cannot go below 2/32 = 0.0625). NaN for n < 2 or a
-    non-finite difference."""
-    from scipy import stats
-
-    if len(d) < 2 or not np.isfinite(d).all():
-        return math.nan
-    res = stats.permutation_test((d,), np.mean, permutation_type="samples",
-                                 n_resamples=np.inf, alternative="two-sided")  # fmt: skip
-    return float(res.pvalue)
-
-
 def _gap_fraction(a, b, c) -> float:
     den = np.mean(a) - np.mean(c)
     return float((np.mean(a) - np.mean(b)) / den) if den > 0 else math.nan
@@ -341,7 +329,7 @@ def summarise(curves, config: CompareConfig) -> dict:
                 d = (wide[metric][arm] - wide[metric][BASELINE]).to_numpy()
                 lo, hi = _ci((d,), np.mean, config)
                 effects.append(dict(arm=arm, metric=metric, effect=float(d.mean()), ci_low=lo,
-                                    ci_high=hi, p_value=_sign_flip_p(d),
+                                    ci_high=hi, p_value=sign_flip_p(d),
                                     seeds=len(d)))  # fmt: skip
     gap = []
     if {BASELINE, CLOSER, TARGET} <= set(config.arms):

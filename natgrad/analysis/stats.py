@@ -41,6 +41,7 @@ __all__ = [
     "paired_comparison",
     "seed_values",
     "sentence",
+    "sign_flip_p",
 ]
 
 CONFIDENCE = 0.95
@@ -136,7 +137,6 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
     values are compared.
     """
     import pandas as pd
-    from scipy import stats
 
     better = mt.METRICS[metric].better if metric in mt.METRICS else None
     v = values[[group, "seed", metric]].copy()
@@ -154,16 +154,27 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
         row = {"metric": metric, "reference": reference, "other": other, "n": n,
                "diff": float(diff.mean()) if n else math.nan, "better": better}  # fmt: skip
         row["lo"], row["hi"] = _bootstrap_ci(diff)
-        if n >= 2 and bool(np.any(diff != 0)):
-            res = stats.permutation_test((a, b), lambda x, y: np.mean(x - y),
-                                         permutation_type="samples", n_resamples=np.inf)  # fmt: skip
-            row["p"] = float(res.pvalue)
-        else:
-            row["p"] = math.nan if n < 2 else 1.0
+        row["p"] = sign_flip_p(diff)
         row["p_min"] = 2.0 / 2**n if n else math.nan
         row["text"] = sentence(row)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def sign_flip_p(diff) -> float:
+    r"""Exact two-sided sign-flip permutation p-value of the mean of paired differences
+    ``diff`` (one per seed; all 2^n sign patterns, so n seeds cannot go below 2/2^n): NaN for
+    fewer than 2 or non-finite differences, 1 when every difference is 0."""
+    from scipy import stats
+
+    d = np.asarray(diff, dtype=np.float64)
+    if d.size < 2 or not np.isfinite(d).all():
+        return math.nan
+    if not np.any(d != 0):
+        return 1.0
+    res = stats.permutation_test((d,), np.mean, permutation_type="samples",
+                                 n_resamples=np.inf, alternative="two-sided")  # fmt: skip
+    return float(res.pvalue)
 
 
 def sentence(row: dict) -> str:
