@@ -117,14 +117,38 @@ def test_sign_flip_p_values_by_hand(small_run):
         assert eff.loc[(arm, "auc"), "p_value"] == pytest.approx(expected), arm
 
 
-def test_tables_rebuilt_from_curves_and_run_record(small_run):
-    r"""``--tables-from DIR`` rebuilds the same tables without training."""
+def test_tables_rebuilt_from_curves_and_run_record(tmp_path):
+    r"""``--tables-from DIR`` rebuilds every table exactly, without training, on curves where
+    the gap is defined (unit-NG below SGD, ELU between): the gap, the shares of every arm and
+    the ELU+unit-NG − ReLU+unit-NG effect are all finite and recomputed."""
     import pandas as pd
 
-    before = {n: pd.read_csv(small_run / n) for n in ("effects.csv", "gap.csv", "summary.csv")}
-    (small_run / "gap.csv").unlink()
-    assert cli.main(["compare", "--tables-from", str(small_run)]) == 0
+    config = compare.CompareConfig(seeds=4, epochs=2, last_epochs=1)
+    level = {"relu-sgd": 1.0, "elu-sgd": 0.8, "relu-centred": 0.6, "relu-qd": 0.5,
+             "relu-unit-ng": 0.2, "elu-unit-ng": 0.3, "relu-bn": 0.7}  # fmt: skip
+    rng = np.random.default_rng(0)
+    rows = [dict(seed=s, arm=a, epoch=e, train_loss=(2.0 if e == 0 else lv / e) + 0.01 * rng.random(),
+                 test_loss=lv, test_error=0.1 * lv + 0.001 * s, seconds=float(e))
+            for s in range(4) for a, lv in level.items() for e in range(3)]  # fmt: skip
+    structures = {"fc1": "quasidiagonal", "fc2": "unit"}
+    compare.write_outputs(pd.DataFrame(rows), config, tmp_path, {"command": "test"}, structures)
+    names = ("effects.csv", "gap.csv", "summary.csv", "shares.csv")
+    before = {n: pd.read_csv(tmp_path / n) for n in names}
+    assert (
+        before["gap.csv"]["ci_low"].notna().all() and before["shares.csv"]["ci_low"].notna().all()
+    )
+    shares = before["shares.csv"].set_index(["arm", "epoch"])
+    gap = before["gap.csv"].set_index("epoch")
+    assert (shares.loc["elu-sgd"]["fraction_closed"] == gap["fraction_closed"]).all()
+    eff = before["effects.csv"]
+    ng = eff[(eff["arm"] == "elu-unit-ng") & (eff["reference"] == "relu-unit-ng")]
+    assert len(ng) == 2 and (ng["effect"] > 0).all()  # ELU+unit-NG above ReLU+unit-NG here
+    for n in names:
+        (tmp_path / n).unlink()
+    assert cli.main(["compare", "--tables-from", str(tmp_path)]) == 0
     for name, table in before.items():
-        pd.testing.assert_frame_equal(pd.read_csv(small_run / name), table, check_exact=False)
-    assert "unit-NG arms, per layer" in (small_run / "answer.md").read_text()
-    assert cli.main(["compare", "--tables-from", str(small_run / "missing")]) == 2
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name), table, check_exact=True)
+    text = (tmp_path / "answer.md").read_text()
+    assert "quasi-diagonal step (over the memory budget): fc1; unit blocks" in text
+    assert "rel_damping 0.1, layer_damping 0.3" in text
+    assert cli.main(["compare", "--tables-from", str(tmp_path / "missing")]) == 2

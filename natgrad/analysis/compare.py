@@ -191,13 +191,22 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return loss / x.shape[0], wrong / x.shape[0]
 
 
-def train_arm(config: CompareConfig, arm: str, model: nn.Module, ds, seed: int) -> list[dict]:
+def train_arm(
+    config: CompareConfig,
+    arm: str,
+    model: nn.Module,
+    ds,
+    seed: int,
+    structures: dict | None = None,
+) -> list[dict]:
     r"""Train one arm; rows ``{seed, arm, epoch, train_loss, test_loss, test_error, seconds}``
     (``seconds``: cumulative training time, evaluation excluded). Batches: the same order
     for every arm of a seed."""
     from natgrad.optim import update_centres
 
     net, opt = _optimizer(config, arm, model, seed)
+    if structures is not None and ARMS[arm][1] == "unit-ng":
+        structures.update(opt.structures)  # layer -> what the optimizer preconditions it with
     natural = ARMS[arm][1] in ("qd", "unit-ng")
     centred = ARMS[arm][1] == "centred"
     x, y = ds.train_x, ds.train_y
@@ -238,8 +247,9 @@ def train_arm(config: CompareConfig, arm: str, model: nn.Module, ds, seed: int) 
     return rows
 
 
-def run_compare(config: CompareConfig, *, progress=None):
-    r"""Train every arm for every seed; returns the curves as a pandas DataFrame."""
+def run_compare(config: CompareConfig, *, progress=None, structures: dict | None = None):
+    r"""Train every arm for every seed; returns the curves as a pandas DataFrame. A
+    ``structures`` dict is filled with layer → structure the unit-NG arms use."""
     import pandas as pd
 
     from natgrad.data import load_dataset
@@ -248,23 +258,16 @@ def run_compare(config: CompareConfig, *, progress=None):
     if config.train_size is not None:
         n = config.train_size
         ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
-    rows, structures = [], {}
+    rows = []
     for seed in range(config.seeds):
         models = _models(config, ds, seed)
         for arm, model in models.items():
-            if not structures and ARMS[arm][1] == "unit-ng":
-                with warnings.catch_warnings():  # the arm's own run warns again
-                    warnings.simplefilter("ignore")
-                    structures = dict(_optimizer(config, arm, _models(config, ds, seed)[arm],
-                                                 seed)[1].structures)  # fmt: skip
             t0 = time.perf_counter()
-            rows += train_arm(config, arm, model, ds, seed)
+            rows += train_arm(config, arm, model, ds, seed, structures)
             if progress:
                 progress(f"seed {seed} {arm}: {time.perf_counter() - t0:.1f} s, "
                          f"final train loss {rows[-1]['train_loss']:.4f}")  # fmt: skip
-    curves = pd.DataFrame(rows)
-    curves.attrs["unit_ng_structures"] = structures  # layer -> the unit-NG arms' structure
-    return curves
+    return pd.DataFrame(rows)
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -304,7 +307,10 @@ def _gap_fraction(a, b, c) -> float:
 
 
 def summarise(curves, config: CompareConfig) -> dict:
-    r"""``{"summary", "effects", "gap"}`` DataFrames from the curves (see module docstring)."""
+    r"""``{"summary", "effects", "gap", "shares"}`` DataFrames from the curves (module docstring):
+    ``effects`` are paired by seed against ``reference`` (ReLU+SGD for every arm, and
+    ReLU+unit-NG for ELU+unit-NG); ``shares`` is the fraction of the ReLU+SGD → ReLU+unit-NG
+    AUC gap each arm closes, per epoch budget (``gap`` is ELU+SGD's row, the question)."""
     import pandas as pd
 
     auc = _auc(curves)
@@ -321,26 +327,32 @@ def summarise(curves, config: CompareConfig) -> dict:
     ).reindex([a for a in config.arms])  # fmt: skip
     effects = []
     wide = per_seed.pivot(index="seed", columns="arm")
-    if BASELINE in config.arms:
-        for arm in config.arms:
-            if arm == BASELINE:
-                continue
-            for metric in ("auc", "test_error_last"):
-                d = (wide[metric][arm] - wide[metric][BASELINE]).to_numpy()
-                lo, hi = _ci((d,), np.mean, config)
-                effects.append(dict(arm=arm, metric=metric, effect=float(d.mean()), ci_low=lo,
-                                    ci_high=hi, p_value=sign_flip_p(d),
-                                    seeds=len(d)))  # fmt: skip
-    gap = []
-    if {BASELINE, CLOSER, TARGET} <= set(config.arms):
+    # Every arm against ReLU+SGD; and ELU against ReLU under the unit natural gradient.
+    pairs = [(arm, BASELINE) for arm in config.arms if arm != BASELINE and BASELINE in config.arms]
+    if {"elu-unit-ng", TARGET} <= set(config.arms):
+        pairs.append(("elu-unit-ng", TARGET))
+    for arm, ref in pairs:
+        for metric in ("auc", "test_error_last"):
+            d = (wide[metric][arm] - wide[metric][ref]).to_numpy()
+            lo, hi = _ci((d,), np.mean, config)
+            effects.append(dict(arm=arm, reference=ref, metric=metric, effect=float(d.mean()),
+                                ci_low=lo, ci_high=hi, p_value=sign_flip_p(d),
+                                seeds=len(d)))  # fmt: skip
+    gap, shares = [], []
+    if {BASELINE, TARGET} <= set(config.arms):
         aw = auc.pivot_table(index=["epoch", "seed"], columns="arm", values="auc")
         for e, g in aw.groupby(level="epoch"):
-            a, b, c = (g[k].to_numpy() for k in (BASELINE, CLOSER, TARGET))
-            lo, hi = _ci((a, b, c), _gap_fraction, config)
-            gap.append(dict(epoch=int(e), relu_sgd=a.mean(), elu_sgd=b.mean(),
-                            relu_unit_ng=c.mean(), gap=float(a.mean() - c.mean()),
-                            fraction_closed=_gap_fraction(a, b, c), ci_low=lo, ci_high=hi,
-                            seeds=len(a)))  # fmt: skip
+            a, c = g[BASELINE].to_numpy(), g[TARGET].to_numpy()
+            for arm in (x for x in config.arms if x not in (BASELINE, TARGET)):
+                b = g[arm].to_numpy()
+                lo, hi = _ci((a, b, c), _gap_fraction, config)
+                row = dict(epoch=int(e), fraction_closed=_gap_fraction(a, b, c), ci_low=lo,
+                           ci_high=hi, seeds=len(a))  # fmt: skip
+                shares.append(dict(arm=arm, **row))
+                if arm == CLOSER:
+                    gap.append(dict(epoch=int(e), relu_sgd=a.mean(), elu_sgd=b.mean(),
+                                    relu_unit_ng=c.mean(), gap=float(a.mean() - c.mean()),
+                                    **{k: v for k, v in row.items() if k != "epoch"}))  # fmt: skip
     bad = curves[curves["train_loss"].isna()]
     return {
         "diverged": sorted(
@@ -349,6 +361,7 @@ def summarise(curves, config: CompareConfig) -> dict:
         "summary": summary.reset_index(),
         "effects": pd.DataFrame(effects),
         "gap": pd.DataFrame(gap),
+        "shares": pd.DataFrame(shares),
     }
 
 
@@ -434,12 +447,16 @@ def _markdown(table) -> str:
     return "\n".join([head, rule, *body])
 
 
-def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
-    r"""Write the CSV tables, ``answer.md`` and the figure into ``out``; return the tables."""
+def write_outputs(
+    curves, config: CompareConfig, out: Path, meta: dict, structures: dict | None = None
+) -> dict:
+    r"""Write the CSV tables, ``answer.md``, ``run.json`` and the figure into ``out``; return
+    the tables. ``structures``: layer → structure of the unit-NG arms (:func:`run_compare`)."""
+    structures = structures or {}
     out.mkdir(parents=True, exist_ok=True)
     tables = summarise(curves, config)
     curves.to_csv(out / "curves.csv", index=False)
-    for name in ("summary", "effects", "gap"):
+    for name in ("summary", "effects", "gap", "shares"):
         tables[name].to_csv(out / f"{name}.csv", index=False)
     _figure(curves, tables, out)
     settings = json.dumps(dataclasses.asdict(config), indent=1)
@@ -455,7 +472,11 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
         "",
         _markdown(tables["summary"]),
         "",
-        "## Effects paired by seed (arm − relu-sgd, 95 % percentile bootstrap CI over seeds)",
+        f"Damping of every natural-gradient arm: rel_damping {config.rel_damping:g}, "
+        f"layer_damping {config.layer_damping:g}; learning rates: SGD {config.lr_sgd:g}, "
+        f"unit-NG {config.lr_ng:g}, QD {config.lr_qd:g}.",
+        "",
+        "## Effects paired by seed (arm − reference, 95 % percentile bootstrap CI over seeds)",
         "",
         "p_value: exact two-sided sign-flip permutation test over seeds (with n seeds it cannot "
         f"go below 2/2^n = {2 / 2 ** config.seeds:.3g}); percentile bootstrap CIs over so few "
@@ -467,10 +488,14 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
         "",
         _markdown(tables["gap"]) if not tables["gap"].empty else "(not computed)",
         "",
+        "## Share of the same gap that every arm closes",
+        "",
+        _markdown(tables["shares"]) if not tables["shares"].empty else "(not computed)",
+        "",
         "## Run",
         "",
         f"- command: `{meta.get('command', '')}`",
-        *_structure_lines(curves.attrs.get("unit_ng_structures", {}), config),
+        *_structure_lines(structures, config),
         f"- commit: {meta.get('commit')}",
         f"- wall time: {meta.get('wall_seconds', math.nan):.0f} s, torch threads "
         f"{torch.get_num_threads()}, {meta.get('device', '')}",
@@ -480,8 +505,7 @@ def write_outputs(curves, config: CompareConfig, out: Path, meta: dict) -> dict:
         "```",
     ]  # fmt: skip
     (out / "answer.md").write_text("\n".join(text) + "\n")
-    record = dict(config=dataclasses.asdict(config), meta=meta,
-                  unit_ng_structures=curves.attrs.get("unit_ng_structures", {}))  # fmt: skip
+    record = dict(config=dataclasses.asdict(config), meta=meta, unit_ng_structures=structures)
     (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     return tables
 
@@ -502,8 +526,8 @@ def rewrite_outputs(out: Path) -> dict:
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
     settings = {k: v for k, v in record["config"].items() if k in fields}
     settings["arms"] = tuple(settings.get("arms", ARMS))
-    curves.attrs["unit_ng_structures"] = record.get("unit_ng_structures", {})
-    return write_outputs(curves, CompareConfig(**settings), out, record.get("meta", {}))
+    return write_outputs(curves, CompareConfig(**settings), out, record.get("meta", {}),
+                         record.get("unit_ng_structures", {}))  # fmt: skip
 
 
 def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
@@ -591,7 +615,8 @@ def run(args: argparse.Namespace) -> int:
             arms=tuple(a for a in args.arms.split(",") if a),
         )  # fmt: skip
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-        curves = run_compare(config, progress=say)
+        structures: dict = {}
+        curves = run_compare(config, progress=say, structures=structures)
     except NatgradError as exc:
         print(f"natgrad compare: error: {exc}", file=sys.stderr)
         return 2
@@ -599,7 +624,7 @@ def run(args: argparse.Namespace) -> int:
                 wall_seconds=time.perf_counter() - t0,
                 device=describe_device(torch.device("cpu")))  # fmt: skip
     out = Path(args.out)
-    write_outputs(curves, config, out, meta)
+    write_outputs(curves, config, out, meta, structures)
     print((out / "answer.md").read_text().split("## Per arm")[0].strip())
     print(f"\noutputs in {out}")
     return 0
