@@ -176,3 +176,21 @@ def test_batch_norm_grid_equals_sequential(tmp_path):
     assert int(tensors["model.bn1.num_batches_tracked"]) == grid[0].metrics[-1]["iterations"]
     trainers = [json.loads((g.run_dir / "config.json").read_text()).get("trainer") for g in grid]
     assert trainers[:3] == [{"name": "grid", "runs": 3}] * 3, trainers  # the 4th: train()
+
+
+def test_stacked_nets_refuse_what_they_cannot_batch():
+    r"""PReLU (a parameter per net), different widths and per-net settings of the wrong
+    length are named errors, not a wrong batched model."""
+    from natgrad.models import build_model
+    from natgrad.training.stacked import StackedNets, batched_plan
+
+    def net(unit, **kw):
+        return build_model("mnist-fc", unit, in_features=64, seed=0, **kw)
+
+    assert batched_plan(net("prelu")) is None and batched_plan(net("elu")) is not None
+    with pytest.raises(InputError, match="batchable architecture"):
+        StackedNets([net("elu"), net("prelu")])
+    with pytest.raises(InputError, match="batchable architecture"):
+        StackedNets([net("elu"), net("elu", batch_norm=True)])
+    with pytest.raises(InputError, match="2 values of momentum for 3 nets"):
+        StackedNets([net("elu")] * 3, momentum=[0.9, 0.9])

@@ -17,7 +17,11 @@ arm                 unit    optimizer
 ``relu-bn``         ReLU    SGD with batch norm before each unit
 ==================  ======  =========================================================
 
-Per seed and epoch it records the training loss (on the whole training set, eval mode, with
+The SGD arms of all seeds train together as batched models (:func:`train_stacked`; ReLU+SGD
+and ELU+SGD one, ReLU+BN another), the other arms one run at a time (:func:`train_arm`);
+both give the curves of one run alone, to round-off (float64 ~1e-15; in float32 the deep
+ReLU nets amplify round-off, so single-seed curves of the two routes can differ visibly:
+seeds are the replicates). Per seed and epoch it records the training loss (on the whole training set, eval mode, with
 epoch 0 = the initial net), the test loss and error, and the training wall time. Summaries:
 training-loss area under the curve AUC_e = mean training loss over epochs 1..e, test error
 as the mean of the last ``last_epochs`` epochs, seconds per epoch. An arm whose loss becomes
@@ -144,7 +148,8 @@ def _models(config: CompareConfig, ds, seed: int) -> dict[str, nn.Module]:
     r"""Every arm's net, all with the Linear weights of one He-initialised net of ``seed``."""
     from natgrad.models import build_model
 
-    kw = dict(num_classes=ds.num_classes, in_shape=ds.input_shape, seed=seed)
+    kw = dict(num_classes=ds.num_classes, in_shape=ds.input_shape, seed=seed,
+              dtype=ds.train_x.dtype)  # the data's precision, whatever torch's default  # fmt: skip
     base = build_model("mnist-fc", "relu", **kw)
     base_linear = [m for m in base.modules() if isinstance(m, nn.Linear)]
     out = {}
@@ -247,9 +252,111 @@ def train_arm(
     return rows
 
 
-def run_compare(config: CompareConfig, *, progress=None, structures: dict | None = None):
-    r"""Train every arm for every seed; returns the curves as a pandas DataFrame. A
-    ``structures`` dict is filled with layer → structure the unit-NG arms use."""
+@torch.no_grad()
+def _evaluate_stacked(net, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
+    r"""Per net of ``net`` (:class:`~natgrad.training.stacked.StackedNets`): mean
+    cross-entropy and error rate on ``x``, ``y`` in eval mode, in :func:`_evaluate`'s chunks."""
+    loss = torch.zeros(net.R, dtype=torch.float64)
+    wrong = torch.zeros(net.R, dtype=torch.long)
+    for s in range(0, x.shape[0], 2000):
+        xb, yb = x[s : s + 2000], y[s : s + 2000]
+        xb, yb = xb.expand(net.R, *xb.shape), yb.expand(net.R, -1)
+        out = net.forward(xb)
+        loss += net.sample_losses(out, xb, yb).sum(1).double()
+        wrong += (out.argmax(-1) != yb).sum(1)
+    n = x.shape[0]
+    return [(float(a) / n, int(w) / n) for a, w in zip(loss, wrong, strict=True)]
+
+
+def train_stacked(config: CompareConfig, runs: list[tuple[int, str, nn.Module]], ds) -> list[dict]:
+    r"""Train SGD arms ``[(seed, arm, model)]`` of one architecture as one batched model
+    (:class:`~natgrad.training.stacked.StackedNets`); the rows of :func:`train_arm` for each.
+
+    Each run takes its seed's batches in :func:`train_arm`'s order, and stops (NaN rows from
+    that epoch on) at the batch where its loss stops being finite, as :func:`train_arm` does;
+    the other runs go on. Epoch 0 is evaluated by :func:`_evaluate` on each net (the numbers
+    of a sequential run, bit for bit); ``seconds`` is the batched training time divided by
+    the number of runs."""
+    from natgrad.training.stacked import StackedNets, unit_order
+
+    order = unit_order([m for _, _, m in runs])
+    runs = [runs[i] for i in order]
+    rows: list[dict] = []
+    x, y = ds.train_x, ds.train_y
+    for seed, arm, model in runs:
+        model.eval()
+        tr, _ = _evaluate(model, x, y)
+        te, err = _evaluate(model, ds.test_x, ds.test_y)
+        rows.append(dict(seed=seed, arm=arm, epoch=0, train_loss=tr, test_loss=te,
+                         test_error=err, seconds=0.0))  # fmt: skip
+    net = StackedNets([m for _, _, m in runs])
+    seeds = [seed for seed, _, _ in runs]
+    lrs = [config.lr_sgd] * net.R
+    stopped: dict[int, int] = {}  # run -> the epoch its loss stopped being finite
+    elapsed = 0.0
+    for epoch in range(1, config.epochs + 1):
+        perms = {s: torch.randperm(x.shape[0],
+                                   generator=torch.Generator().manual_seed(s * 1000 + epoch))
+                 for s in set(seeds)}  # fmt: skip
+        perm = torch.stack([perms[s] for s in seeds])  # [R, n]
+        t0 = time.perf_counter()
+        for s in range(0, x.shape[0], config.batch_size):
+            idx = perm[:, s : s + config.batch_size]
+            xb, yb = x[idx], y[idx]
+            loss = net.losses(net.forward(xb, training=True), xb, yb)
+            bad = (~torch.isfinite(loss)).nonzero().flatten().tolist()
+            for r in bad:
+                stopped.setdefault(r, epoch)
+            if len(stopped) == net.R:
+                break
+            net.step(torch.autograd.grad(loss.sum(), net.leaves), lrs)
+        elapsed += (time.perf_counter() - t0) / net.R
+        metrics = None
+        for r, (seed, arm, _) in enumerate(runs):
+            if r in stopped:
+                if stopped[r] == epoch:
+                    nan = math.nan
+                    rows += [dict(seed=seed, arm=arm, epoch=e, train_loss=nan, test_loss=nan,
+                                  test_error=nan, seconds=nan)
+                             for e in range(epoch, config.epochs + 1)]  # fmt: skip
+                continue
+            if metrics is None:
+                metrics = list(zip(_evaluate_stacked(net, x, y),
+                                   _evaluate_stacked(net, ds.test_x, ds.test_y), strict=True))  # fmt: skip
+            (tr, _), (te, err) = metrics[r]
+            rows.append(dict(seed=seed, arm=arm, epoch=epoch, train_loss=tr, test_loss=te,
+                             test_error=err, seconds=elapsed))  # fmt: skip
+        if len(stopped) == net.R:
+            break
+    for r, (_, _, model) in enumerate(runs):
+        net.copy_to(r, model)
+    return rows
+
+
+def batched_groups(config: CompareConfig) -> list[list[str]]:
+    r"""The arms :func:`run_compare` trains as batched models by default: the SGD arms, one
+    model per architecture (without, with batch norm), all seeds together; groups of one
+    run (one arm, one seed) train one run at a time."""
+    groups: dict[bool, list[str]] = {}
+    for arm in config.arms:
+        unit, kind, bn = ARMS[arm]
+        if kind == "sgd":
+            groups.setdefault(bn, []).append(arm)
+    return [g for g in groups.values() if len(g) * config.seeds > 1]
+
+
+def run_compare(
+    config: CompareConfig,
+    *,
+    progress=None,
+    structures: dict | None = None,
+    batched: bool = True,
+):
+    r"""Train every arm for every seed; returns the curves as a pandas DataFrame, rows by
+    seed, arm (in ``config.arms`` order) and epoch. A ``structures`` dict is filled with
+    layer → structure the unit-NG arms use. ``batched``: the SGD arms of all seeds train as
+    batched models (:func:`batched_groups`, :func:`train_stacked`), the other arms one run
+    at a time (:func:`train_arm`); ``False``: every run one at a time."""
     import pandas as pd
 
     from natgrad.data import load_dataset
@@ -258,15 +365,29 @@ def run_compare(config: CompareConfig, *, progress=None, structures: dict | None
     if config.train_size is not None:
         n = config.train_size
         ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
+    groups = batched_groups(config) if batched else []
+    stacked: list[list] = [[] for _ in groups]
     rows = []
     for seed in range(config.seeds):
         models = _models(config, ds, seed)
         for arm, model in models.items():
+            group = next((k for k, g in enumerate(groups) if arm in g), None)
+            if group is not None:
+                stacked[group].append((seed, arm, model))
+                continue
             t0 = time.perf_counter()
             rows += train_arm(config, arm, model, ds, seed, structures)
             if progress:
                 progress(f"seed {seed} {arm}: {time.perf_counter() - t0:.1f} s, "
                          f"final train loss {rows[-1]['train_loss']:.4f}")  # fmt: skip
+    for arms, runs in zip(groups, stacked, strict=True):
+        t0 = time.perf_counter()
+        rows += train_stacked(config, runs, ds)
+        if progress:
+            progress(f"{', '.join(arms)} x {config.seeds} seeds as one batched model: "
+                     f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    rank = {arm: i for i, arm in enumerate(config.arms)}
+    rows.sort(key=lambda r: (r["seed"], rank[r["arm"]], r["epoch"]))
     return pd.DataFrame(rows)
 
 
@@ -496,6 +617,7 @@ def write_outputs(
         "",
         f"- command: `{meta.get('command', '')}`",
         *_structure_lines(structures, config),
+        *_trainer_lines(meta),
         f"- commit: {meta.get('commit')}",
         f"- wall time: {meta.get('wall_seconds', math.nan):.0f} s, torch threads "
         f"{torch.get_num_threads()}, {meta.get('device', '')}",
@@ -528,6 +650,18 @@ def rewrite_outputs(out: Path) -> dict:
     settings["arms"] = tuple(settings.get("arms", ARMS))
     return write_outputs(curves, CompareConfig(**settings), out, record.get("meta", {}),
                          record.get("unit_ng_structures", {}))  # fmt: skip
+
+
+def _trainer_lines(meta: dict) -> list[str]:
+    r"""How the runs were trained (``meta["batched"]``: the arm groups trained as batched
+    models; absent in runs made before natgrad compare batched, which trained one by one)."""
+    groups = meta.get("batched")
+    if not groups:
+        return ["- every run trained one at a time"] if groups is not None else []
+    names = "; ".join(", ".join(g) for g in groups)
+    return [f"- trained as batched models, all seeds together (natgrad.training.stacked): "
+            f"{names}; their seconds per epoch are the batched time divided by its runs. "
+            "Every other arm: one run at a time"]  # fmt: skip
 
 
 def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
@@ -584,6 +718,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
+        "--sequential", action="store_true",
+        help="train every run one at a time (default: the SGD arms of all seeds as batched "
+        "models, one per architecture; same curves up to float round-off)",
+    )  # fmt: skip
+    parser.add_argument(
         "--tables-from", default=None, metavar="DIR",
         help="no training: rebuild the tables, figure and answer.md of the comparison in DIR "
         "from its curves.csv and run.json",
@@ -616,13 +755,15 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
         structures: dict = {}
-        curves = run_compare(config, progress=say, structures=structures)
+        batched = not args.sequential
+        curves = run_compare(config, progress=say, structures=structures, batched=batched)
     except NatgradError as exc:
         print(f"natgrad compare: error: {exc}", file=sys.stderr)
         return 2
     meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=commit,
                 wall_seconds=time.perf_counter() - t0,
-                device=describe_device(torch.device("cpu")))  # fmt: skip
+                device=describe_device(torch.device("cpu")),
+                batched=batched_groups(config) if batched else [])  # fmt: skip
     out = Path(args.out)
     write_outputs(curves, config, out, meta, structures)
     print((out / "answer.md").read_text().split("## Per arm")[0].strip())

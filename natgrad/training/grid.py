@@ -10,8 +10,10 @@ at once, with batched GEMMs:
     h^{(l)}_{r} = f_{r}\big(h^{(l-1)}_{r} W^{(l)\top}_{r} + b^{(l)}_{r}\big),\qquad
     L = \sum_{r} L_r(\theta_r)
 
-``[R, B, d_in] @ [R, d_in, d_out]`` per layer (``torch.baddbmm``). The runs do not interact:
-∂L/∂θ_r = ∂L_r/∂θ_r, so one backward gives every run its own gradient. Each run keeps
+``[R, B, d_in] @ [R, d_in, d_out]`` per layer (``torch.baddbmm``; the batched model is
+:class:`~natgrad.training.stacked.StackedNets`, which ``natgrad compare`` trains its SGD arms
+with too). The runs do not interact: ∂L/∂θ_r = ∂L_r/∂θ_r, so one backward gives every run
+its own gradient. Each run keeps
 
 - its seed: the initial weights, the data split (digits) and the probe set come from the
   same :func:`natgrad.training.loop` code as a sequential run;
@@ -89,12 +91,10 @@ from natgrad.training.recording import (
     summarise,
 )
 from natgrad.training.rundir import RunDir, default_run_dir
-from natgrad.units import SReLU, hidden_units
+from natgrad.training.stacked import StackedNets, unit_order
+from natgrad.units import hidden_units
 
 __all__ = ["grid_key", "train_grid"]
-
-#: Unit modules the batched forward applies (PReLU has a parameter per run: not batched).
-_BATCHED_UNITS = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU, nn.SELU)
 
 
 def grid_key(config: TrainConfig) -> tuple | None:
@@ -223,35 +223,6 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
     return _Run(config, run, data, model, optimizer, probe, start, history, meta)
 
 
-def _unit_signature(module: nn.Module) -> tuple:
-    return type(module), module.extra_repr()
-
-
-def _plan(model: nn.Module) -> list[tuple[str, str]]:
-    """``[(kind, name)]`` of the leaf modules in forward order: flatten, linear, bn, unit, skip;
-    ``None`` when the model has a module the batched forward does not implement."""
-    steps = []
-    for name, mod in model.named_modules():
-        if any(True for _ in mod.children()):
-            if not isinstance(mod, nn.Sequential):
-                return None
-            continue
-        if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
-            steps.append(("flatten", name))
-        elif isinstance(mod, nn.Linear):
-            steps.append(("linear", name))
-        elif isinstance(mod, _BATCHED_UNITS):
-            steps.append(("unit", name))
-        elif (isinstance(mod, nn.BatchNorm1d) and mod.affine and mod.track_running_stats
-              and mod.momentum is not None):  # fmt: skip
-            steps.append(("bn", name))
-        elif isinstance(mod, nn.Dropout) and mod.p == 0:
-            steps.append(("skip", name))
-        else:
-            return None
-    return steps
-
-
 def _dedupe(t: torch.Tensor, unique: list[torch.Tensor]) -> torch.Tensor:
     """An equal tensor already in ``unique`` (appending ``t`` if none is)."""
     for u in unique:
@@ -269,17 +240,15 @@ def _shared_or_stacked(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, bool]
 
 
 class _Grid:
-    r"""R runs with one architecture and one start epoch, trained as one batched model."""
+    r"""R runs with one architecture and one start epoch, trained as one batched model
+    (:class:`~natgrad.training.stacked.StackedNets`)."""
 
     def __init__(self, runs: list[_Run], dev: torch.device):
-        plans = [_plan(r.model) for r in runs]
-        if any(p is None or p != plans[0] for p in plans):  # pragma: no cover - grid_key guards
-            raise InputError("train_grid: these runs do not share a batchable architecture")
         # Order the runs by unit type, so that each unit acts on one slice of the run axis.
-        order = sorted(range(len(runs)), key=lambda i: repr(_unit_signature(_units(runs[i])[0])))
+        order = unit_order([r.model for r in runs])
         self.order = order
         self.runs = [runs[i] for i in order]
-        self.dev, self.plan = dev, plans[0]
+        self.dev = dev
         self.R = len(self.runs)
         first = self.runs[0]
         self.start, self.epochs = first.start, first.config.epochs
@@ -287,123 +256,26 @@ class _Grid:
         if any(r.data[0].shape[0] != self.n for r in self.runs):
             raise InputError("train_grid: runs of one grid have different training set sizes")
         self.data = [_shared_or_stacked([r.data[k] for r in self.runs]) for k in range(4)]
-        # Parameters [R, ...], per-run SGD settings [R], momentum buffers (None until step 1).
-        # Linear weights are held transposed, [R, d_in, d_out]: the batched products then
-        # read and write contiguous memory (their gradients too, which the SGD step adds).
-        self.names = [n for n, _ in first.model.named_parameters()]
-        self.transposed = {f"{name}.weight" for kind, name in self.plan if kind == "linear"}
-        params = [dict(r.model.named_parameters()) for r in self.runs]
-        self.params = {
-            n: self._stack(n, [p[n].detach() for p in params]).requires_grad_() for n in self.names
-        }
+        names = dict(first.model.named_parameters())
         decayed = {id(p) for p in first.optimizer.param_groups[0]["params"]}
-        self.decayed = {n: id(params[0][n]) in decayed for n in self.names}
-        self.wd = [r.config.weight_decay for r in self.runs]
-        self.momentum = [r.config.momentum for r in self.runs]
-        self.use_momentum = any(r.config.momentum != 0 for r in self.runs)
-        self.bufs: dict[str, torch.Tensor] | None = None
-        if self.use_momentum and self.start > 0:
-            self.bufs = {}
-            for n in self.names:
-                per = []
-                for r, p in zip(self.runs, params, strict=True):
-                    buf = r.optimizer.state.get(p[n], {}).get("momentum_buffer")
-                    per.append(torch.zeros_like(p[n]) if buf is None else buf.detach())
-                self.bufs[n] = self._stack(n, per)
-        # Batch norm: running statistics [R, U] and step counts [R] (per-run buffers).
-        self.bn = {name: first.model.get_submodule(name) for kind, name in self.plan
-                   if kind == "bn"}  # fmt: skip
-        self.buffers = {}
-        for name in self.bn:
-            mods = [r.model.get_submodule(name) for r in self.runs]
-            for key in ("running_mean", "running_var", "num_batches_tracked"):
-                self.buffers[f"{name}.{key}"] = torch.stack([getattr(m, key) for m in mods])
+        self.net = StackedNets(
+            [r.model for r in self.runs],
+            momentum=[r.config.momentum for r in self.runs],
+            weight_decay=[r.config.weight_decay for r in self.runs],
+            decayed=[n for n, p in names.items() if id(p) in decayed],
+            loss=first.config.loss,
+        )  # fmt: skip
+        if self.start > 0:  # resumed: the momentum buffers the runs' optimizers hold
+            per_run = []
+            for r in self.runs:
+                state = r.optimizer.state
+                per_run.append({n: state.get(p, {}).get("momentum_buffer")
+                                for n, p in r.model.named_parameters()})  # fmt: skip
+            self.net.load_momentum(per_run)
         probes = [r.data[0][r.probe.to(dev)] for r in self.runs]
         same = len({p.shape for p in probes}) == 1
         self.probe_x = torch.stack(probes) if same else None  # [R, n_probe, ...]
         self.unit_names = [name for name, _ in hidden_units(first.model)]
-        # The unit slices of each unit layer: [(start, stop, module)] over the run axis.
-        self.units = {}
-        for kind, name in self.plan:
-            if kind == "unit":
-                mods = [r.model.get_submodule(name) for r in self.runs]
-                segs: list[list] = []
-                for i, m in enumerate(mods):
-                    if segs and _unit_signature(segs[-1][2]) == _unit_signature(m):
-                        segs[-1][1] = i + 1
-                    else:
-                        segs.append([i, i + 1, m])
-                self.units[name] = [tuple(s) for s in segs]
-
-    def _stack(self, name: str, per_run: list[torch.Tensor]) -> torch.Tensor:
-        """``[R, ...]`` from the runs' tensors, Linear weights as ``[R, d_in, d_out]``."""
-        if name in self.transposed:
-            return torch.stack([t.T for t in per_run])
-        return torch.stack(per_run)
-
-    def _slice(self, name: str, stacked: torch.Tensor, i: int) -> torch.Tensor:
-        """Run i's tensor in its module's layout (a view)."""
-        return stacked[i].T if name in self.transposed else stacked[i]
-
-    # --- the batched model --------------------------------------------------------------
-    def forward(
-        self, x: torch.Tensor, capture: dict | None = None, *, training: bool = False
-    ) -> torch.Tensor:
-        """``[R, B, ...]`` inputs → ``[R, B, C]`` outputs of every run; ``capture`` receives
-        the unit outputs ``[R, B, U]`` by layer name. ``training``: batch norm normalises by
-        the batch's statistics and updates the running ones (``nn.BatchNorm1d.train()``),
-        else by the running ones."""
-        h = x
-        for kind, name in self.plan:
-            if kind == "bn":
-                h = self._batch_norm(name, h, training)
-                continue
-            if kind == "flatten":
-                h = h.flatten(2)
-            elif kind == "linear":
-                wt, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
-                h = torch.baddbmm(b.unsqueeze(1), h, wt)  # [R, B, d_in] @ [R, d_in, d_out]
-            elif kind == "unit":
-                segs = self.units[name]
-                if len(segs) == 1:
-                    h = segs[0][2](h)
-                else:  # split, not slices: its backward is one cat, not a zero-fill per slice
-                    parts = h.split([e - s for s, e, _ in segs])
-                    h = torch.cat([m(p) for p, (_, _, m) in zip(parts, segs, strict=True)])
-                if capture is not None:
-                    capture[name] = h
-        return h
-
-    def _batch_norm(self, name: str, h: torch.Tensor, training: bool) -> torch.Tensor:
-        r"""``nn.BatchNorm1d`` of every run on ``h`` ``[R, B, U]``: torch's batch norm on the
-        ``[B, R·U]`` layout, whose channels are the (run, unit) pairs, with the runs' γ, β and
-        running statistics as views of their ``[R, U]`` stacks (updated in place in training,
-        as the module updates its own): per channel the arithmetic of the sequential run."""
-        mod = self.bn[name]
-        r, b, u = h.shape
-        if training and b < 2:
-            raise InputError(f"batch norm {name!r}: a training batch of {b} input has no "
-                             "variance; use batch_size >= 2")  # fmt: skip
-        out = nn.functional.batch_norm(
-            h.transpose(0, 1).reshape(b, r * u),
-            self.buffers[f"{name}.running_mean"].view(-1),
-            self.buffers[f"{name}.running_var"].view(-1),
-            self.params[f"{name}.weight"].reshape(-1), self.params[f"{name}.bias"].reshape(-1),
-            training, mod.momentum, mod.eps,
-        )  # fmt: skip
-        if training:
-            self.buffers[f"{name}.num_batches_tracked"].add_(1)
-        return out.view(b, r, u).transpose(0, 1).contiguous()
-
-    def losses(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``[R]`` the mean loss of each run on its batch (as the sequential loss_fn)."""
-        r, b = out.shape[:2]
-        if self.runs[0].config.loss == "bce_logits":
-            target = x.flatten(2)
-            loss = nn.functional.binary_cross_entropy_with_logits(out, target, reduction="none")
-            return loss.flatten(1).mean(1)
-        loss = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
-        return loss.view(r, b).mean(1)
 
     def _gather(self, which: int, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` ``[R, B]`` of data tensor ``which`` (0 train x, 1 train y) per run."""
@@ -411,48 +283,6 @@ class _Grid:
         if shared:
             return t[idx]
         return t[torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
-
-    @torch.no_grad()
-    def _step(self, grads, lrs: list[float]) -> None:
-        r"""``torch.optim.SGD`` (dampening 0, no Nesterov) with per-run η, μ, λ.
-
-        A setting shared by every run is applied as torch's foreach SGD applies it (same
-        ops, same rounding); one that differs between runs as a ``[R, 1, ...]`` tensor.
-        """
-        params = [self.params[n] for n in self.names]
-        grads = list(grads)
-        decayed = [i for i, n in enumerate(self.names) if self.decayed[n]]
-        if decayed and any(self.wd):
-            for i in decayed:
-                grads[i] = self._per_run(self.wd, params[i], grads[i])
-        if self.use_momentum:
-            if self.bufs is None:
-                self.bufs = {n: g.clone() for n, g in zip(self.names, grads, strict=True)}
-            else:
-                bufs = [self.bufs[n] for n in self.names]
-                if len(set(self.momentum)) == 1:
-                    torch._foreach_mul_(bufs, self.momentum[0])
-                else:
-                    for buf in bufs:
-                        buf.mul_(self._column(self.momentum, buf))
-                torch._foreach_add_(bufs, grads)
-            grads = [self.bufs[n] for n in self.names]
-        if len(set(lrs)) == 1:
-            torch._foreach_add_(params, grads, alpha=-lrs[0])
-        else:
-            for p, g in zip(params, grads, strict=True):
-                p.sub_(self._column(lrs, p) * g)
-
-    def _column(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
-        """Per-run ``values`` as a ``[R, 1, ...]`` tensor that broadcasts against ``like``."""
-        t = torch.tensor(values, dtype=like.dtype, device=like.device)
-        return t.view((self.R,) + (1,) * (like.ndim - 1))
-
-    def _per_run(self, coef: list[float], p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """g + coef_r · p; torch's ``add(alpha=)`` when coef is the same for every run."""
-        if len(set(coef)) == 1:
-            return g.add(p, alpha=coef[0])
-        return g + self._column(coef, p) * p
 
     @torch.no_grad()
     def _test_metrics(self) -> list[tuple[float, float | None]]:
@@ -469,8 +299,8 @@ class _Grid:
                 yb = ty[s : s + ebs].expand(self.R, -1)
             else:
                 xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
-            out = self.forward(xb)
-            total += self.losses(out, xb, yb).double() * xb.shape[1]
+            out = self.net.forward(xb)
+            total += self.net.losses(out, xb, yb).double() * xb.shape[1]
             if ce:
                 wrong += (out.argmax(-1) != yb).sum(1)
         n = max(nt, 1)
@@ -489,7 +319,7 @@ class _Grid:
                 out.append(record_activations(run.model, run.data[0][run.probe.to(self.dev)]))
             return out
         captured: dict[str, torch.Tensor] = {}
-        self.forward(self.probe_x, captured)
+        self.net.forward(self.probe_x, captured)
         means, counts = {}, {}
         for name in self.unit_names:
             h = captured[name]  # [R, n, U]
@@ -503,22 +333,16 @@ class _Grid:
             for i in range(self.R)
         ]  # fmt: skip
 
-    @torch.no_grad()
     def _materialise(self, i: int, lr: float) -> None:
         """Copy run i's slice into its ``PaperNet`` and its momentum into its optimizer."""
         run = self.runs[i]
-        params = dict(run.model.named_parameters())
-        for n in self.names:
-            params[n].copy_(self._slice(n, self.params[n], i))
-        buffers = dict(run.model.named_buffers())
-        for n, stacked in self.buffers.items():
-            buffers[n].copy_(stacked[i])
+        self.net.copy_to(i, run.model)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        if run.config.momentum != 0 and self.bufs is not None:
-            for n in self.names:
-                buf = self._slice(n, self.bufs[n], i).clone(memory_format=torch.contiguous_format)
-                run.optimizer.state[params[n]]["momentum_buffer"] = buf
+        bufs = self.net.momentum_buffers(i)
+        if bufs is not None:
+            for n, p in run.model.named_parameters():
+                run.optimizer.state[p]["momentum_buffer"] = bufs[n]
 
     # --- the loop -----------------------------------------------------------------------
     def train(self, progress: bool) -> list[TrainResult]:
@@ -528,9 +352,8 @@ class _Grid:
         per_epoch = math.ceil(self.n / self.bs)
         bar = tqdm(total=(self.epochs - self.start) * per_epoch, disable=not progress, unit="it",
                    desc=f"grid of {self.R} runs", dynamic_ncols=True)  # fmt: skip
-        leaves = [self.params[n] for n in self.names]
         with ThreadPoolExecutor(max_workers=min(self.R, 16)) as pool:
-            self._epochs(per_epoch, leaves, bar, pool)
+            self._epochs(per_epoch, bar, pool)
         bar.close()
         for i in range(self.R):  # the final weights, also when no epoch was left to train
             self._materialise(i, self.runs[i].optimizer.param_groups[0]["lr"])
@@ -540,7 +363,7 @@ class _Grid:
             by_input[i] = TrainResult(run_dir=run.dir, model=run.model, metrics=run.history)
         return by_input
 
-    def _epochs(self, per_epoch: int, leaves: list, bar, pool: ThreadPoolExecutor) -> None:
+    def _epochs(self, per_epoch: int, bar, pool: ThreadPoolExecutor) -> None:
         for epoch in range(self.start + 1, self.epochs + 1):
             t0 = time.perf_counter()
             perm = torch.stack([
@@ -554,9 +377,8 @@ class _Grid:
                 lrs = [lr_at(r.config, iteration=it, epoch=epoch - 1) for r in self.runs]
                 idx = perm[:, b * self.bs : (b + 1) * self.bs]  # [R, B]
                 xb, yb = self._gather(0, idx), self._gather(1, idx)
-                loss = self.losses(self.forward(xb, training=True), xb, yb)  # [R]
-                grads = torch.autograd.grad(loss.sum(), leaves)
-                self._step(grads, lrs)
+                loss = self.net.losses(self.net.forward(xb, training=True), xb, yb)  # [R]
+                self.net.step(torch.autograd.grad(loss.sum(), self.net.leaves), lrs)
                 loss_sum += loss.detach().double() * idx.shape[1]
                 bar.update(1)
             if self.dev.type == "cuda":
@@ -601,7 +423,3 @@ def _write(run_dir: Path, epoch: int, record: dict | None, row: dict) -> None:
     if record is not None:
         save_activations(run_dir, epoch, record)
     append_jsonl(RunDir(run_dir).metrics_path, row)
-
-
-def _units(run: _Run) -> list[nn.Module]:
-    return [m for m in run.model.modules() if isinstance(m, _BATCHED_UNITS)]
