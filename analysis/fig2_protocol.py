@@ -25,7 +25,7 @@ import torch
 
 UNITS = ("elu", "relu", "lrelu", "srelu")
 SEEDS = 5
-METRICS = ("train_loss_auc", "abs_median_activation", "test_error")
+METRICS = ("train_loss_auc", "abs_median_activation", "median_activation_var", "test_error")
 
 
 def configs(epochs: int, data_dir: str | None):
@@ -84,8 +84,9 @@ def record(runs: list[Path], out: Path, meta: dict) -> str:
         "diff = mean over 5 seeds of (ELU − other); 95 % percentile bootstrap CI over seeds; "
         "p: exact two-sided sign-flip test (5 seeds cannot go below p = 0.0625). "
         f"train_loss_auc: mean training loss over epochs 1..{epochs}; abs_median_activation: "
-        f"|median over hidden units of their mean activation| at epoch {epochs}; test_error: "
-        "mean of the last 3 epochs.",
+        f"|median over hidden units of their mean activation| at epoch {epochs}; "
+        "median_activation_var: its variance over epochs 1..E (the paper's Appendix C); "
+        "test_error: mean of the last 3 epochs.",
         "",
         "| metric | other | diff (ELU − other) | 95 % CI | p | reading |",
         "| --- | --- | --- | --- | --- | --- |",

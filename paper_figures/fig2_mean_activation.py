@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     usetex = setup_matplotlib()
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(7.0, 2.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(7.0, 2.8), layout="constrained")
     plot_curves(curves, "median_all", ax=a, ylabel="median of unit mean activations")
     a.axhline(0.0, color="0.5", lw=0.6)
     a.set_title("(a) mean activation")

@@ -39,3 +39,32 @@ def test_fig2_mean_activation_from_run_dirs(demo_dir, tmp_path):
     assert str(demo_dir / "runs") in out
     for ext in ("pdf", "png"):
         assert (tmp_path / f"fig2_mean_activation.{ext}").stat().st_size > 1000
+
+
+def test_fig2_protocol_records_runs(demo_dir, tmp_path):
+    r"""``analysis/fig2_protocol.py``'s record step on the small demo's runs (ELU, ReLU,
+    ReLU+BN × 2 seeds): tables, figure and README, ELU's paired differences recomputed from
+    the per-run claims by hand."""
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "analysis"))
+    try:
+        import fig2_protocol
+    finally:
+        sys.path.remove(str(ROOT / "analysis"))
+    runs = sorted(p for p in (demo_dir / "runs").iterdir() if p.is_dir())
+    meta = dict(command="test", commit="abc", wall_seconds=1.0, epochs_this_call=1,
+                threads=1, runs=str(demo_dir / "runs"), device="cpu")  # fmt: skip
+    text = fig2_protocol.record(runs, tmp_path, meta)
+    assert (
+        "Epochs trained: **1 of the protocol's 300**" in text
+        and "| train_loss_auc | relu |" in text
+    )
+    for name in ("curves.csv", "claims.csv", "paired.csv", "README.md", "run.json",
+                 "fig2_mean_activation.png"):  # fmt: skip
+        assert (tmp_path / name).stat().st_size > 0, name
+    claims = pd.read_csv(tmp_path / "claims.csv").set_index(["unit_type", "seed"])
+    paired = pd.read_csv(tmp_path / "paired.csv").set_index(["metric", "other"])
+    for other in ("relu", "relu-bn"):
+        diff = claims.loc["elu", "train_loss_auc"] - claims.loc[other, "train_loss_auc"]
+        assert paired.loc[("train_loss_auc", other), "diff"] == pytest.approx(diff.mean())
