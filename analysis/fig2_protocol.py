@@ -32,6 +32,52 @@ SETTINGS = {
 }
 METRICS = ("train_loss_auc", "abs_median_activation", "median_activation_var", "test_error")
 
+#: The mechanism along the protocol (MNIST; declared before its runs were analysed): at these
+#: epochs, for every unit of the layers fed by hidden units, the exact unit Fisher on the
+#: whole validation split (10,000 held-out images; median n_eff/(d+1) ≈ 10 at epoch 1) and
+#: g = the training set's mean loss gradient (the direction plain SGD follows in
+#: expectation), one relative damping λ = 1e-3 for every unit type.
+MECHANISM = dict(
+    epochs=(0, 1, 3, 10, 25, 50, 100, 150, 200, 300),
+    layers=tuple(f"fc{i}" for i in range(2, 10)),
+    probe_size=None,
+    grad="train",
+    rel_damping=1e-3,
+)
+RHO = ("rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag")
+
+
+def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progress=True):
+    """Per run × epoch × layer (``layers``) and per run × epoch (``seeds``, the replicate
+    values: medians over the run's analysed units) of ρ, n_eff/(d+1) and the estimable
+    fraction, at the :data:`MECHANISM` epochs each run has a checkpoint for. Unit tables
+    are cached in the run directories, so a later call computes only new checkpoints."""
+    import pandas as pd
+
+    from natgrad.analysis.runs import checkpoint_epochs, unit_table
+    from natgrad.analysis.stats import seed_values
+
+    chosen = [r for r in runs if r.name.split("-s")[0] in units]
+    frames = []
+    for run in chosen:
+        have = [e for e in MECHANISM["epochs"] if e in checkpoint_epochs(run)]
+        if have:
+            frames.append((run, have))
+    tables = []
+    for run, have in frames:  # one run at a time: its cache entries are written as it goes
+        tables.append(unit_table([run], epochs=have, probe_size=MECHANISM["probe_size"],
+                                 rel_damping=MECHANISM["rel_damping"],
+                                 layers=list(MECHANISM["layers"]), grad=MECHANISM["grad"],
+                                 workers=workers, progress=progress))  # fmt: skip
+    units_t = pd.concat(tables, ignore_index=True)
+    units_t["n_eff_over_d1"] = units_t["n_eff"] / (units_t["fan_in"] + 1)
+    live = units_t[units_t["dead"] == 0]
+    keys = ["run", "unit_type", "seed", "epoch", "layer"]
+    layers = live.groupby(keys)[[*RHO, "n_eff_over_d1", "estimable"]].median().reset_index()
+    layers["dead"] = units_t.groupby(keys)["dead"].mean().to_numpy()
+    seeds = seed_values(units_t, list(RHO), by=("unit_type", "seed", "epoch"))
+    return layers, seeds
+
 
 def configs(epochs: int, data_dir: str | None, dataset: str = "fashion-mnist"):
     from natgrad.training import default_config
@@ -131,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--record", type=Path, default=None, help="folder to write results to")
+    parser.add_argument("--mechanism", action="store_true",
+                        help="MNIST: also compute ρ along training at the declared epochs")
+    parser.add_argument("--mechanism-units", default=",".join(UNITS),
+                        help="unit types whose runs the mechanism analyses (comma-separated)")
+    parser.add_argument("--no-train", action="store_true", help="skip training (analyse only)")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the mechanism")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,9 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     dirs = [args.runs / f"{c.unit}-s{c.seed}" for c in cfgs]
     start = min((latest_epoch(d) or 0) if d.exists() else 0 for d in dirs)
     commit, t0 = git_commit(), time.perf_counter()
-    train_grid(cfgs, dirs, device=args.device)
+    if not args.no_train:
+        train_grid(cfgs, dirs, device=args.device)
     wall = time.perf_counter() - t0
     print(f"trained epochs {start + 1}..{args.epochs} of {len(cfgs)} runs in {wall:.0f} s")
+    if args.mechanism:
+        t1 = time.perf_counter()
+        layers, seeds = mechanism_tables(dirs, workers=args.workers,
+                                         units=tuple(args.mechanism_units.split(",")))  # fmt: skip
+        print(f"mechanism: {len(seeds)} run-epochs in {time.perf_counter() - t1:.0f} s")
+        print(seeds.groupby(["unit_type", "epoch"])[["rho_plain", "n_eff_over_d1"]].mean())
     if args.record:
         meta = dict(command="python analysis/fig2_protocol.py " + " ".join(sys.argv[1:]),
                     commit=commit, wall_seconds=wall, epochs_this_call=args.epochs - start,

@@ -87,6 +87,10 @@ _M = [
     Metric("train_loss_auc", "train-loss AUC",
            "Fig 2b: mean training loss over the epochs (area under the curve / epochs; the "
            "paper: ELU falls fastest).", "lower", source="curves"),
+    Metric("log_train_loss_auc", "log10 train-loss AUC",
+           "Fig 2b on a log scale: mean over the epochs of log10(training loss), so that late "
+           "epochs, where every loss is near 0, count as much as early ones.", "lower",
+           source="curves"),
     Metric("epochs_to_loss", "epochs to loss",
            "Fig 2b: first epoch whose training loss is at or below the threshold stated in the "
            "report (E + 1 if never: censored).", "lower", source="curves"),
@@ -96,6 +100,9 @@ _M = [
     Metric("test_error", "test error",
            "Test error, mean of the last epochs (stated in the report).", "lower",
            source="curves"),
+    Metric("test_error_at_best_val", "test error (best val.)",
+           "Test error at the epoch of lowest validation error (selected on the validation "
+           "split, never on test).", "lower", source="curves"),
 ]  # fmt: skip
 
 METRICS: dict[str, Metric] = {m.name: m for m in _M}

@@ -6,8 +6,9 @@ Every table has the run's identity columns ``run`` (the folder name), ``net``,
 ===========================  ===========================================================
 function                     rows × columns
 ===========================  ===========================================================
-:func:`curve_table`          run × epoch: ``train_loss``, ``test_loss``, ``test_error``
-                             (metrics.jsonl; epoch 0 is before training) and
+:func:`curve_table`          run × epoch: ``train_loss``, ``val_loss``, ``val_error``
+                             (NaN without a validation split), ``test_loss``,
+                             ``test_error`` (metrics.jsonl; epoch 0 is before training) and
                              ``median_all``, the median over all hidden units of each
                              unit's mean activation on the training probe (Fig 2a)
 :func:`activation_table`     run × epoch × layer: ``median``, ``mean``,
@@ -17,9 +18,9 @@ function                     rows × columns
 ===========================  ===========================================================
 
 **The probe of the unit table is held out**: the first ``probe_size`` inputs of the run's
-test split (all of it by default), never the training inputs the net was fitted to
-(their δ̄² is shrunk by the fit, which makes n_eff small). Every run of one data set and
-seed shares it.
+validation split where the data set has one (MNIST), else of its test split (all of it by
+default), never the training inputs the net was fitted to (their δ̄² is shrunk by the fit,
+which makes n_eff small). Every run of one data set and seed shares it.
 
 **Reuse.** A unit table of one (run, epoch) is cached in the run directory
 (:meth:`natgrad.training.rundir.RunDir.analysis_path`), keyed by the SHA-256 of the
@@ -50,8 +51,10 @@ __all__ = [
     "curve_table",
     "find_runs",
     "load_model",
+    "held_out_split",
     "probe_set",
     "run_config",
+    "training_set",
     "unit_table",
 ]
 
@@ -113,22 +116,39 @@ def _dataset(run_dir: Path):
     return _DATASETS[key]
 
 
+def held_out_split(run_dir: PathLike) -> str:
+    """``"val"`` where the run's data set has a validation split (and the run did not train
+    on it), else ``"test"``: the split the unit table's probe is drawn from."""
+    cfg = run_config(run_dir)
+    if cfg.get("train_split", "train") == "train+val":
+        return "test"
+    return "val" if _dataset(Path(run_dir)).val_x is not None else "test"
+
+
 def probe_set(
-    run_dir: PathLike, size: int | None = None, *, split: str = "test"
+    run_dir: PathLike, size: int | None = None, *, split: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs [n, ...], labels [n])``: the run's held-out probe (``split="test"``: the first
-    ``size`` test inputs, all by default) or its recorded training probe (``split="train"``)."""
+    """``(inputs [n, ...], labels [n])``: the run's held-out probe (the first ``size`` inputs
+    of ``split="val"`` or ``"test"``, all by default; ``None``: :func:`held_out_split`) or
+    its recorded training probe (``split="train"``)."""
+    from natgrad.errors import InputError
+
     run_dir = Path(run_dir)
     ds = _dataset(run_dir)
+    split = held_out_split(run_dir) if split is None else split
     if split == "train":
         idx = RunDir(run_dir).read_probe_indices()
         if size is not None:
             idx = idx[:size]
         return ds.train_x[idx], ds.train_y[idx]
-    if split != "test":
-        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
-    n = ds.test_x.shape[0] if size is None else min(int(size), ds.test_x.shape[0])
-    return ds.test_x[:n], ds.test_y[:n]
+    if split not in ("val", "test") or getattr(ds, f"{split}_x") is None:
+        raise InputError(f"{run_dir}: probe split {split!r} is not one of this data set's "
+                         f"held-out splits ({', '.join(ds.splits[1:])}) or 'train'")  # fmt: skip
+    if size is not None and (isinstance(size, bool) or int(size) < 1):
+        raise InputError(f"probe size {size!r}: must be a positive integer (or None: all)")
+    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+    n = x.shape[0] if size is None else min(int(size), x.shape[0])
+    return x[:n], y[:n]
 
 
 def curve_table(run_dirs: Iterable[PathLike]):
@@ -144,6 +164,8 @@ def curve_table(run_dirs: Iterable[PathLike]):
         frame = pd.DataFrame({
             "epoch": epochs,
             "train_loss": [_num(metrics[e].get("train_loss")) for e in epochs],
+            "val_loss": [_num(metrics[e].get("val_loss")) for e in epochs],
+            "val_error": [_num(metrics[e].get("val_error")) for e in epochs],
             "test_loss": [_num(metrics[e].get("test_loss")) for e in epochs],
             "test_error": [_num(metrics[e].get("test_error")) for e in epochs],
             "seconds_per_iteration": [_num(metrics[e].get("seconds_per_iteration")) for e in epochs],
@@ -179,9 +201,20 @@ def activation_table(run_dirs: Iterable[PathLike]):
     return pd.DataFrame(rows)
 
 
-def _settings(probe_size, rel_damping, sweep, layers) -> dict:
-    return {"probe": "test", "probe_size": probe_size, "rel_damping": rel_damping,
-            "sweep": list(sweep or ()), "layers": layers, "version": 2}  # fmt: skip
+def _settings(probe, probe_size, rel_damping, sweep, layers, grad="probe") -> dict:
+    out = {"probe": probe, "probe_size": probe_size, "rel_damping": rel_damping,
+           "sweep": list(sweep or ()), "layers": layers, "version": 2}  # fmt: skip
+    if grad != "probe":  # keys of earlier caches stay valid
+        out["grad"] = grad
+    return out
+
+
+def training_set(run_dir: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and labels the run trained on (its ``train_split``)."""
+    ds = _dataset(Path(run_dir))
+    if run_config(run_dir).get("train_split", "train") == "train+val":
+        ds = ds.with_validation_in_train()
+    return ds.train_x, ds.train_y
 
 
 def _cache_key(run: Path, epoch: int, settings: dict) -> str:
@@ -214,10 +247,11 @@ def _analyse(job) -> tuple:
             return units, sweep, True
         except DataFileError:
             pass
-    x, y = probe_set(run, settings["probe_size"])
+    x, y = probe_set(run, settings["probe_size"], split=settings["probe"])
+    grad_data = training_set(run) if settings.get("grad") == "train" else None
     out = unit_statistics(load_model(run, epoch), x, y, layers=settings["layers"],
                           rel_damping=settings["rel_damping"],
-                          sweep=tuple(settings["sweep"]) or None)  # fmt: skip
+                          sweep=tuple(settings["sweep"]) or None, grad_data=grad_data)  # fmt: skip
     units, sweep = out if want_sweep else (out, None)
     head = {**rd.identity(), "epoch": epoch}
     units = _prepend(units, head)
@@ -255,6 +289,7 @@ def unit_table(
     workers: int = 1,
     progress: bool = False,
     stats: dict | None = None,
+    grad: str = "probe",
 ):
     r"""Per run × epoch × layer × unit: the unit statistics from the runs' checkpoints.
 
@@ -262,7 +297,8 @@ def unit_table(
         run_dirs: run directories.
         epochs: which epochs (default: every checkpoint, plus 0); a missing checkpoint raises
             :class:`~natgrad.errors.CheckpointError` naming the run.
-        probe_size: the first ``probe_size`` held-out test inputs (default: all of them).
+        probe_size: the first ``probe_size`` held-out inputs (default: all of them) of the
+            validation split, or of the test split where there is none.
         rel_damping: λ of F_λ for every unit (:data:`~natgrad.analysis.unitstats.REL_DAMPING`).
         sweep: relative dampings of the damping sweep, computed at ``sweep_epochs``
             (default: the last epoch of each run).
@@ -270,6 +306,9 @@ def unit_table(
         workers: parallel processes (one torch thread each); 1 computes in this process.
         progress: show a tqdm bar over (run, epoch).
         stats: if a dict, receives ``{"computed": n, "cached": n}``.
+        grad: ``"probe"``: g is the probe's mean loss gradient; ``"train"``: the training
+            set's, the direction plain SGD follows in expectation (free of the probe's
+            sampling noise; the Fisher still comes from the held-out probe).
 
     Returns:
         ``units`` (a DataFrame), or ``(units, sweep)`` when ``sweep`` is given.
@@ -277,6 +316,10 @@ def unit_table(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    if grad not in ("probe", "train"):
+        from natgrad.errors import InputError
+
+        raise InputError(f"unit_table: grad={grad!r}; choose 'probe' or 'train'")
     jobs = []
     for run in map(Path, run_dirs):
         have = checkpoint_epochs(run)
@@ -288,10 +331,11 @@ def unit_table(
                 "(set checkpoint_every so the epochs you ask for are written)"
             )
         last = max(chosen)
+        probe = held_out_split(run)
         for e in chosen:
             at = (e == last) if sweep_epochs is None else (e in sweep_epochs)
-            settings = _settings(probe_size, rel_damping, sweep if (sweep and at) else None,
-                                 None if layers is None else list(layers))  # fmt: skip
+            settings = _settings(probe, probe_size, rel_damping, sweep if (sweep and at) else None,
+                                 None if layers is None else list(layers), grad)  # fmt: skip
             jobs.append((run, e, settings, 1 if workers > 1 else 0))
     bar = tqdm(total=len(jobs), disable=not progress, desc="unit Fishers", unit="ckpt")
     results = []

@@ -13,8 +13,17 @@ and only those per-seed values are compared (``docs/theory.md``, "Statistics"):
   an exact sign-flip permutation test (:func:`scipy.stats.permutation_test`,
   ``permutation_type="samples"``). With n seeds the smallest two-sided p is 2/2ⁿ
   (0.25 for n = 3), which the table reports as ``p_min``;
+- :func:`censored_comparison`: the same pairing for a time-to-event endpoint (epochs to a
+  training loss) whose runs that never reach the level are censored at the horizon: the
+  pairs are compared by their order only (an exact two-sided sign test,
+  :func:`scipy.stats.binomtest`; ties and pairs censored on both sides drop out), never
+  averaged;
+- :func:`holm`: Holm's step-down adjustment of a family's p-values (``p_holm``);
 - :func:`sentence`: the text of a comparison, generated from its CI: a direction is stated
   only where the CI excludes 0, otherwise "no difference resolved".
+
+Every CI names its method in the column ``ci_method``: ``BCa`` (bias-corrected and
+accelerated bootstrap), or ``percentile`` where BCa is degenerate.
 
 Example:
     >>> import pandas as pd
@@ -36,8 +45,10 @@ from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = [
     "analysed_units",
+    "censored_comparison",
     "claims_per_seed",
     "group_summary",
+    "holm",
     "paired_comparison",
     "seed_values",
     "sentence",
@@ -84,14 +95,22 @@ def _estimable_only(name: str) -> bool:
 
 
 def _bootstrap_ci(x: np.ndarray) -> tuple[float, float]:
+    """The 95 % bootstrap CI of the mean of ``x`` (:func:`bootstrap_ci` without the method)."""
+    return bootstrap_ci(x)[:2]
+
+
+def bootstrap_ci(x: np.ndarray) -> tuple[float, float, str]:
+    """``(lo, hi, method)``: the 95 % bootstrap CI of the mean of ``x`` over seeds, BCa where
+    it is defined, else percentile (``method`` says which; ``"none"`` for < 2 values,
+    ``"exact"`` when every value is equal)."""
     from scipy import stats
 
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     if x.size < 2:
-        return (math.nan, math.nan)
+        return (math.nan, math.nan, "none")
     if np.ptp(x) == 0:
-        return (float(x[0]), float(x[0]))
+        return (float(x[0]), float(x[0]), "exact")
     rng = np.random.default_rng(SEED)
     for method in ("BCa", "percentile"):
         try:
@@ -103,10 +122,10 @@ def _bootstrap_ci(x: np.ndarray) -> tuple[float, float]:
                                       n_resamples=N_RESAMPLES, method=method, random_state=rng)  # fmt: skip
             lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
             if math.isfinite(lo) and math.isfinite(hi):
-                return lo, hi
+                return lo, hi, method
         except ValueError:
             continue
-    return (math.nan, math.nan)
+    return (math.nan, math.nan, "none")
 
 
 def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
@@ -133,8 +152,8 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
     seeds), ``diff`` = mean over seeds of (reference − other), ``lo``/``hi`` (bootstrap 95 %
     CI of that mean), ``p`` (exact two-sided sign-flip permutation test of the paired
     differences), ``p_min`` (the smallest p n pairs allow), ``better`` (the registry's
-    direction) and ``text`` (:func:`sentence`). For ``closer_to_zero`` metrics the absolute
-    values are compared.
+    direction), ``ci_method`` (BCa or percentile) and ``text`` (:func:`sentence`). For
+    ``closer_to_zero`` metrics the absolute values are compared.
     """
     import pandas as pd
 
@@ -153,12 +172,86 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
         diff = a - b
         row = {"metric": metric, "reference": reference, "other": other, "n": n,
                "diff": float(diff.mean()) if n else math.nan, "better": better}  # fmt: skip
-        row["lo"], row["hi"] = _bootstrap_ci(diff)
+        row["lo"], row["hi"], row["ci_method"] = bootstrap_ci(diff)
         row["p"] = sign_flip_p(diff)
         row["p_min"] = 2.0 / 2**n if n else math.nan
         row["text"] = sentence(row)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def censored_comparison(values, metric: str, reached: str, *, reference: str = "elu",
+                        group: str = "unit_type"):  # fmt: skip
+    r"""``reference`` against every other unit type on a censored time-to-event ``metric``
+    (e.g. epochs to a training loss), paired by seed; ``reached`` is 1 where the run reached
+    the event and 0 where it is censored at the horizon (all runs share the horizon).
+
+    Each pair is ordered, never averaged: the reference is *earlier* when its time is below
+    the other's (a censored time is later than every observed one; two censored times tie).
+    Returns per other unit type: ``n``, ``earlier``, ``later``, ``ties``, ``censored_ref``,
+    ``censored_other``, ``median_diff`` (median over seeds of reference − other, censored
+    times at the horizon, so a bound where censoring enters: ``median_is_bound``), ``p`` (exact
+    two-sided sign test on earlier vs later, :func:`scipy.stats.binomtest`), ``p_min`` and
+    ``ci_method`` ``"none (sign test)"``.
+
+    Example:
+        >>> import pandas as pd
+        >>> v = pd.DataFrame({"unit_type": ["elu"] * 3 + ["relu"] * 3, "seed": [0, 1, 2] * 2,
+        ...                   "t": [5.0, 6, 7, 9, 11, 11], "ok": [1, 1, 1, 1, 0, 0]})
+        >>> r = censored_comparison(v, "t", "ok").iloc[0]
+        >>> int(r["earlier"]), int(r["later"]), float(r["p"])
+        (3, 0, 0.25)
+    """
+    import pandas as pd
+    from scipy import stats
+
+    wide_t = values.pivot_table(index="seed", columns=group, values=metric, aggfunc="first")
+    wide_r = values.pivot_table(index="seed", columns=group, values=reached, aggfunc="first")
+    rows = []
+    if reference not in wide_t.columns:
+        return pd.DataFrame(rows)
+    for other in unit_type_order(c for c in wide_t.columns if c != reference):
+        t = wide_t[[reference, other]].dropna()
+        r = wide_r.loc[t.index, [reference, other]].astype(bool)
+        a, b = t[reference].to_numpy(), t[other].to_numpy()
+        ra, rb = r[reference].to_numpy(), r[other].to_numpy()
+        both_censored = ~ra & ~rb
+        earlier = int(((a < b) & ~both_censored).sum())
+        later = int(((a > b) & ~both_censored).sum())
+        n = len(t)
+        p = float(stats.binomtest(earlier, earlier + later).pvalue) if earlier + later else 1.0
+        rows.append({
+            "metric": metric, "reference": reference, "other": other, "n": n,
+            "earlier": earlier, "later": later, "ties": n - earlier - later,
+            "censored_ref": int((~ra).sum()), "censored_other": int((~rb).sum()),
+            "median_diff": float(np.median(a - b)) if n else math.nan,
+            "median_is_bound": bool((~ra | ~rb).any()),
+            "p": p, "p_min": 2.0 / 2**n if n else math.nan, "ci_method": "none (sign test)",
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def holm(pvalues) -> np.ndarray:
+    r"""Holm's step-down adjusted p-values of one family (NaN entries stay NaN and do not
+    count): p_(i) · (m − i + 1), made monotone, capped at 1.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
+        [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    q = p[ok]
+    m = q.size
+    if m == 0:
+        return out
+    order = np.argsort(q, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate(q[order] * (m - np.arange(m))))
+    res = np.empty(m)
+    res[order] = adj
+    out[ok] = res
+    return out
 
 
 def sign_flip_p(diff) -> float:
@@ -218,13 +311,18 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None):
     r"""The paper's own claims per run (one row per unit type × seed), from its curves:
 
     - ``abs_median_activation``: |median_all| at the last epoch (Fig 2a);
-    - ``train_loss_auc``: the mean training loss over epochs 1..E (Fig 2b's speed);
+    - ``train_loss_auc``: the mean training loss over epochs 1..E (Fig 2b's speed), and
+      ``log_train_loss_auc``, the mean of log10 of it (late epochs, where every loss is
+      near 0, weigh as much as early ones);
     - ``epochs_to_loss``: the first epoch with training loss ≤ ``threshold`` (default: the
       largest over unit types of their mean final training loss, a level most runs reach);
       a run that never reaches it is censored at E + 1 (``epochs_reached`` = 0), so that
       every seed stays paired;
     - ``median_activation_var``: the variance over epochs ≥ 1 of median_all (Appendix C);
-    - ``test_error``: the mean test error of the last ``last`` epochs.
+    - ``test_error``: the mean test error of the last ``last`` epochs;
+    - where the curves have a validation split: ``best_val_epoch`` (the epoch ≥ 1 of the
+      lowest validation error, the first of ties) and ``test_error_at_best_val`` (selection
+      on validation, never on test).
 
     Returns ``(table, threshold)``.
     """
@@ -243,9 +341,14 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None):
             "run": run, "unit_type": sub["unit_type"].iloc[0], "seed": int(sub["seed"].iloc[0]),
             "abs_median_activation": abs(float(sub["median_all"].iloc[-1])),
             "train_loss_auc": float(sub["train_loss"].mean()),
+            "log_train_loss_auc": float(np.log10(sub["train_loss"].clip(lower=1e-300)).mean()),
             "epochs_to_loss": float(below.iloc[0]) if len(below) else float(sub["epoch"].max() + 1),
             "epochs_reached": int(len(below) > 0),
             "median_activation_var": float(sub["median_all"].var(ddof=1)) if len(sub) > 1 else math.nan,
             "test_error": float(sub["test_error"].tail(last).mean()),
         })  # fmt: skip
+        if "val_error" in sub and sub["val_error"].notna().any():
+            best = sub.loc[sub["val_error"].idxmin()]
+            rows[-1]["best_val_epoch"] = int(best["epoch"])
+            rows[-1]["test_error_at_best_val"] = float(best["test_error"])
     return pd.DataFrame(rows), threshold

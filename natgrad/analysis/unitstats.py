@@ -138,13 +138,21 @@ def layer_statistics(
     return cols
 
 
-def probe_gradients(model: nn.Module, inputs, targets, fishers: dict[str, UnitFisher]):
-    r"""``{layer: (g_w, g_b)}``: gradients of the probe set's mean log-likelihood."""
+def probe_gradients(
+    model: nn.Module, inputs, targets, fishers: dict[str, UnitFisher], *, chunk: int = 4096
+):
+    r"""``{layer: (g_w, g_b)}``: gradients of the mean log-likelihood of ``(inputs, targets)``,
+    summed over chunks of ``chunk`` inputs (the same numbers, bounded memory)."""
     modules = dict(model.named_modules())
     params = [p for name in fishers for p in (modules[name].weight, modules[name].bias)]
-    loglik = -F.cross_entropy(model(inputs), targets)
-    grads = torch.autograd.grad(loglik, params)
-    return {name: (grads[2 * i], grads[2 * i + 1]) for i, name in enumerate(fishers)}
+    n = inputs.shape[0]
+    total = [torch.zeros_like(p) for p in params]
+    for s in range(0, n, chunk):
+        loglik = -F.cross_entropy(model(inputs[s : s + chunk]), targets[s : s + chunk],
+                                  reduction="sum") / n  # fmt: skip
+        for t, g in zip(total, torch.autograd.grad(loglik, params), strict=True):
+            t += g
+    return {name: (total[2 * i], total[2 * i + 1]) for i, name in enumerate(fishers)}
 
 
 def _prepare(model, inputs, targets, dtype):
@@ -178,6 +186,7 @@ def unit_statistics(
     sweep: tuple[float, ...] | None = None,
     dtype: torch.dtype = torch.float64,
     batch_size: int | None = None,
+    grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     r"""One row per (layer, unit) of ``model`` (the columns of the module docstring).
 
@@ -190,6 +199,9 @@ def unit_statistics(
         sweep: also return the efficiencies at these λ (see :func:`damping_sweep`).
         dtype: computation dtype (float64 by default).
         batch_size: stream the probe through the Fisher engine in batches of this size.
+        grad_data: ``(inputs, targets)`` whose mean loss gradient is g (default: the probe's).
+            The training set gives the direction plain SGD follows in expectation, free of
+            the probe's sampling noise (``docs/theory.md``, "Measures").
 
     Returns:
         A :class:`pandas.DataFrame` with ``Σ_layers U`` rows, or ``(units, sweep)`` when
@@ -205,7 +217,11 @@ def unit_statistics(
 
     model, x, y = _prepare(model, inputs, targets, dtype)
     fishers = unit_fishers(model, x, layers=layers, batch_size=batch_size)
-    grads = probe_gradients(model, x, y, fishers)
+    if grad_data is not None:
+        _, gx, gy = _prepare(model, *grad_data, dtype)
+        grads = probe_gradients(model, gx, gy, fishers)
+    else:
+        grads = probe_gradients(model, x, y, fishers)
     heads = _layer_heads(model, fishers)
     frames, sweeps = [], []
     for name, fisher in fishers.items():
