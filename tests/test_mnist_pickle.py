@@ -4,6 +4,7 @@ the standard train/validation/test split, and the same arrays as from IDX files.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 
 import numpy as np
@@ -179,3 +180,32 @@ def test_pickle_in_data_dir_is_read_and_checked(tmp_path):
     (tmp_path / "mnist.pkl.gz").write_bytes(bytes(data))
     with pytest.raises(DataFileError, match="SHA-256"):
         load_dataset("mnist", tmp_path)
+
+
+@needs_wheel
+def test_training_on_mnist_evaluates_the_validation_split(tmp_path):
+    """Every trainer writes val_loss/val_error from the validation split beside the test
+    metrics; train+val trains on the paper's 60k and has no validation curve."""
+    from torch.nn import functional as F
+
+    from natgrad.training import default_config, train
+    from natgrad.training.grid import train_grid
+
+    base = dict(dataset="mnist", epochs=1, dtype="float32", checkpoint_epochs=(1,), probe_size=64,
+                batch_size=5000)  # 10 steps an epoch: the evaluation is what is tested
+    cfgs = [default_config("mnist-fc", unit=u, seed=0, **base) for u in ("elu", "relu")]
+    results = train_grid(cfgs, [tmp_path / "elu", tmp_path / "relu"], progress=False)
+    ds = load_dataset("mnist", dtype=torch.float32)
+    for res in results:
+        row = res.metrics[-1]
+        model = res.model.eval()
+        with torch.no_grad():
+            out = model(ds.val_x)
+        assert math.isclose(row["val_loss"], float(F.cross_entropy(out, ds.val_y)), rel_tol=1e-5)
+        assert math.isclose(row["val_error"], float((out.argmax(1) != ds.val_y).double().mean()))
+        assert row["test_loss"] != row["val_loss"] and res.metrics[0]["val_loss"] is not None
+    merged = default_config("mnist-fc", unit="relu", seed=0, train_split="train+val",
+                            **dict(base, epochs=0))  # fmt: skip
+    res = train(merged, tmp_path / "merged", progress=False)
+    assert res.metrics[0]["val_loss"] is None and res.metrics[0]["test_loss"] is not None
+    assert res.metrics[0]["iterations"] == 0

@@ -1,0 +1,97 @@
+r"""Declared endpoints: a study names its primary comparisons before it runs, and every test is
+adjusted for the others of its family (``docs/theory.md``, "Statistics").
+
+An :class:`Endpoint` is one paired comparison on one per-seed value: ``metric`` of
+``reference`` against ``other``, either a plain paired difference (exact sign-flip test and
+a BCa bootstrap CI of the mean difference, :func:`natgrad.analysis.stats.paired_comparison`)
+or a censored time-to-event (an exact sign test on the pairs' order,
+:func:`natgrad.analysis.stats.censored_comparison`). :func:`evaluate` computes a list of them
+on a per-seed table and adds ``p_holm``, Holm's adjustment within each ``family``
+(:func:`natgrad.analysis.stats.holm`); ``role`` says ``primary`` or ``secondary``.
+
+Example:
+    >>> import pandas as pd
+    >>> v = pd.DataFrame({"unit_type": ["elu"] * 4 + ["relu"] * 4, "seed": [0, 1, 2, 3] * 2,
+    ...                   "x": [1.0, 1.1, 1.2, 1.3, 2.0, 2.2, 2.1, 2.4]})
+    >>> t = evaluate(v, [Endpoint("x", "elu", "relu", "primary", family="primary")])
+    >>> float(t["diff"][0]), float(t["p"][0]), float(t["p_holm"][0]), t["ci_method"][0]
+    (-1.025, 0.125, 0.125, 'BCa')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from natgrad.analysis import stats
+
+__all__ = ["Endpoint", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    r"""One declared comparison.
+
+    Attributes:
+        metric: the per-seed column compared.
+        reference, other: the two arms (unit types), paired by seed.
+        role: ``"primary"`` or ``"secondary"``.
+        family: the Holm family it is adjusted in (default: its role).
+        reached: for a censored time-to-event metric, the 0/1 column saying whether the run
+            reached the event (``None``: a plain paired difference).
+        description: what it measures, in words (the report's text).
+    """
+
+    metric: str
+    reference: str
+    other: str
+    role: str = "secondary"
+    family: str | None = None
+    reached: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ("primary", "secondary"):
+            raise ValueError(f"Endpoint role {self.role!r}: choose 'primary' or 'secondary'")
+
+
+def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type"):
+    r"""One row per endpoint: ``metric``, ``reference``, ``other``, ``role``, ``family``,
+    ``n``, ``diff`` (mean of reference − other; for a censored endpoint the median, a bound
+    where censoring enters), ``lo``, ``hi``, ``ci_method``, ``p``, ``p_min`` and ``p_holm``
+    (Holm within the family), plus ``earlier``/``later``/``ties`` for censored endpoints."""
+    import pandas as pd
+
+    rows = []
+    for ep in endpoints:
+        sub = values[values[group].isin([ep.reference, ep.other])]
+        base = {"metric": ep.metric, "reference": ep.reference, "other": ep.other,
+                "role": ep.role, "family": ep.family or ep.role,
+                "description": ep.description}  # fmt: skip
+        if ep.reached is None:
+            table = stats.paired_comparison(sub, ep.metric, reference=ep.reference, group=group)
+            r = table.iloc[0].to_dict() if len(table) else {}
+            rows.append({**base, "n": r.get("n", 0), "diff": r.get("diff", math.nan),
+                         "lo": r.get("lo", math.nan), "hi": r.get("hi", math.nan),
+                         "ci_method": r.get("ci_method", "none"), "p": r.get("p", math.nan),
+                         "p_min": r.get("p_min", math.nan), "text": r.get("text", "")})  # fmt: skip
+        else:
+            table = stats.censored_comparison(sub, ep.metric, ep.reached,
+                                              reference=ep.reference, group=group)  # fmt: skip
+            r = table.iloc[0].to_dict() if len(table) else {}
+            bound = " (a bound: censored runs enter)" if r.get("median_is_bound") else ""
+            text = (f"{ep.metric}: {ep.reference} earlier than {ep.other} in "
+                    f"{r.get('earlier', 0)} of {r.get('n', 0)} seeds, later in "
+                    f"{r.get('later', 0)}; median difference {r.get('median_diff', math.nan):.3g}"
+                    f"{bound}")  # fmt: skip
+            rows.append({**base, "n": r.get("n", 0), "diff": r.get("median_diff", math.nan),
+                         "lo": math.nan, "hi": math.nan, "ci_method": "none (sign test)",
+                         "p": r.get("p", math.nan), "p_min": r.get("p_min", math.nan),
+                         "earlier": r.get("earlier"), "later": r.get("later"),
+                         "ties": r.get("ties"), "text": text})  # fmt: skip
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = math.nan
+        for _, idx in out.groupby("family").groups.items():
+            out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p"].to_numpy())
+    return out

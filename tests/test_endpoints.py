@@ -1,0 +1,134 @@
+"""Declared endpoints and their statistics: Holm, the censored sign test, CI methods, the
+log-loss AUC, test error at the best-validation epoch, g from the training set."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as st
+from torch.nn import functional as F
+
+from natgrad.analysis import stats
+from natgrad.analysis.endpoints import Endpoint, evaluate
+from natgrad.analysis.unitstats import unit_statistics
+from natgrad.testing import assert_close
+
+
+def test_holm_matches_its_definition_by_brute_force():
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 3, 5):
+        p = rng.uniform(0, 0.2, m)
+        adj = stats.holm(p)
+        # Holm's adjusted p_i = max over j with p_j <= p_i (in sorted order) of (m - rank_j) p_j
+        order = np.argsort(p)
+        expected = np.empty(m)
+        running = 0.0
+        for rank, i in enumerate(order):
+            running = max(running, (m - rank) * p[i])
+            expected[i] = min(1.0, running)
+        assert np.allclose(adj, expected)
+        assert (adj >= p).all()
+    assert np.isnan(stats.holm([0.01, np.nan])[1]) and stats.holm([0.01, np.nan])[0] == 0.01
+
+
+def test_censored_comparison_orders_pairs_and_never_averages():
+    # horizon 11: ELU reaches the level in every seed, ReLU in two of five
+    v = pd.DataFrame({
+        "unit_type": ["elu"] * 5 + ["relu"] * 5, "seed": list(range(5)) * 2,
+        "t": [3.0, 4, 5, 4, 11, 6, 11, 11, 5, 11], "ok": [1, 1, 1, 1, 0, 1, 0, 0, 1, 0],
+    })  # fmt: skip
+    r = stats.censored_comparison(v, "t", "ok").iloc[0]
+    # seeds 0-2 ELU earlier, seed 3 later (4 vs 5 is earlier: 4 < 5); seed 4 both censored
+    assert (r["earlier"], r["later"], r["ties"]) == (4, 0, 1)
+    assert r["censored_ref"] == 1 and r["censored_other"] == 3 and r["median_is_bound"]
+    assert math.isclose(r["p"], st.binomtest(4, 4).pvalue)
+    assert r["ci_method"] == "none (sign test)"
+
+
+def test_paired_comparison_names_its_ci_method():
+    v = pd.DataFrame({"unit_type": ["elu"] * 6 + ["relu"] * 6, "seed": list(range(6)) * 2,
+                      "x": [1.0, 1.3, 1.1, 1.5, 1.2, 1.4, 2.0, 2.1, 2.6, 2.2, 2.4, 2.3]})  # fmt: skip
+    row = stats.paired_comparison(v, "x").iloc[0]
+    assert row["ci_method"] == "BCa" and row["lo"] < row["diff"] < row["hi"]
+    same = v.assign(x=[1.0] * 6 + [2.0] * 6)
+    assert stats.paired_comparison(same, "x").iloc[0]["ci_method"] == "exact"
+
+
+def test_endpoints_are_holm_adjusted_within_their_family():
+    rng = np.random.default_rng(0)
+    seeds = range(8)
+    rows = []
+    for u, shift in (("elu", 0.0), ("relu", 0.5), ("lrelu", 0.1)):
+        for s in seeds:
+            rows.append({"unit_type": u, "seed": s, "a": shift + rng.normal(0, 0.1),
+                         "b": rng.normal(), "t": 5 + shift * 10 + s % 2, "ok": 1})  # fmt: skip
+    v = pd.DataFrame(rows)
+    eps = [Endpoint("a", "elu", "relu", "primary"), Endpoint("b", "elu", "relu", "primary"),
+           Endpoint("t", "elu", "relu", "primary", reached="ok"),
+           Endpoint("a", "elu", "lrelu", "secondary", family="a")]  # fmt: skip
+    t = evaluate(v, eps)
+    prim = t[t["family"] == "primary"]
+    assert_close(torch.tensor(prim["p_holm"].to_numpy()),
+                 torch.tensor(stats.holm(prim["p"].to_numpy())))  # fmt: skip
+    sec = t[t["family"] == "a"].iloc[0]
+    assert sec["p_holm"] == sec["p"]  # a family of one
+    assert t.iloc[2]["ci_method"] == "none (sign test)" and t.iloc[2]["earlier"] == 8
+    with pytest.raises(ValueError, match="role"):
+        Endpoint("a", "elu", "relu", "tertiary")
+
+
+def test_claims_log_auc_and_best_validation_epoch():
+    rows = []
+    for e, (tr, va, te) in enumerate([(2.0, 0.5, 0.5), (0.1, 0.2, 0.3), (0.01, 0.1, 0.25),
+                                      (0.001, 0.15, 0.2)]):  # fmt: skip
+        rows.append({"run": "elu-s0", "unit_type": "elu", "seed": 0, "epoch": e,
+                     "train_loss": tr, "val_error": va, "test_error": te,
+                     "median_all": 0.1})  # fmt: skip
+    claims, _ = stats.claims_per_seed(pd.DataFrame(rows), threshold=0.01)
+    r = claims.iloc[0]
+    assert math.isclose(r["log_train_loss_auc"], np.mean(np.log10([0.1, 0.01, 0.001])))
+    # the lowest validation error is at epoch 2; the test error there, not the lowest test error
+    assert r["best_val_epoch"] == 2 and r["test_error_at_best_val"] == 0.25
+    assert r["epochs_to_loss"] == 2 and r["epochs_reached"] == 1
+
+
+def test_unit_statistics_with_g_from_other_data_is_that_datas_gradient():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ELU(), torch.nn.Linear(6, 3))
+    probe_x, probe_y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    train_x, train_y = torch.randn(300, 4), torch.randint(0, 3, (300,))
+    got = unit_statistics(net, probe_x, probe_y, grad_data=(train_x, train_y))
+    # the same table from a probe whose own gradient is the training set's: F from the probe,
+    # g from the training data, computed directly
+    from natgrad.fisher import unit_fisher
+
+    layer = net[2]
+    gw, gb = torch.autograd.grad(-F.cross_entropy(net(train_x), train_y),
+                                 [layer.weight, layer.bias])  # fmt: skip
+    fisher = unit_fisher(net, net[2], probe_x)
+    rows = got[got["layer"] == "2"].sort_values("unit")
+    expected = fisher.efficiency(gw, gb, "plain", rel_damping=1e-3)
+    assert_close(torch.tensor(rows["rho_plain"].to_numpy()), expected, rtol=1e-5)
+    # chunked gradient sums equal the one-shot gradient
+    small = unit_statistics(net, probe_x, probe_y, grad_data=(train_x[:50], train_y[:50]))
+    assert not np.allclose(small["rho_plain"], got["rho_plain"])
+
+
+@pytest.mark.parametrize(("n", "chunk"), list(itertools.product([7, 64], [3, 4096])))
+def test_probe_gradients_in_chunks_equal_one_pass(n, chunk):
+    from natgrad.analysis.unitstats import probe_gradients
+    from natgrad.fisher import unit_fishers
+
+    torch.manual_seed(n)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+    x, y = torch.randn(n, 3, dtype=torch.float64), torch.randint(0, 2, (n,))
+    fishers = unit_fishers(net, x)
+    got = probe_gradients(net, x, y, fishers, chunk=chunk)
+    ref = torch.autograd.grad(-F.cross_entropy(net(x), y), [net[0].weight, net[0].bias])
+    assert_close(got["0"][0], ref[0])
+    assert_close(got["0"][1], ref[1])
