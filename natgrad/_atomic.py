@@ -44,6 +44,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False) -> list[dic
             continue
         try:
             row = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             if i == len(complete) - 1 and not tail:
                 break  # a torn last line that happens to end in a newline
             raise DataFileError(
@@ -327,6 +328,28 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def check_replaceable(target: str | os.PathLike) -> None:
+    r"""Refuse, with a :class:`~natgrad.errors.RunDirError` naming it, an output folder that
+    natgrad may not replace as a whole: a symlink (natgrad never writes through links), a
+    file, or a folder the user cannot write (its contents would be deleted with the swap)."""
+    from natgrad.errors import RunDirError
+
+    target = Path(target)
+    if str(target).strip() in ("", "."):
+        raise RunDirError(f"output folder {str(target)!r}: name a new or natgrad-made folder")
+    if target.is_symlink():
+        raise RunDirError(f"{target}: is a symlink; natgrad replaces an output folder as a "
+                          "whole and never writes through a link. Pick a real folder")  # fmt: skip
+    if target.exists() and not target.is_dir():
+        raise RunDirError(f"{target}: is a file, not a folder; pick another output folder "
+                          "(natgrad will not move or replace a file of yours)")  # fmt: skip
+    if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
+        raise RunDirError(f"{target}: is read-only; natgrad will not replace it. Make it "
+                          "writable or pick another output folder")  # fmt: skip
+    if target.resolve() == Path(target.anchor).resolve():
+        raise RunDirError(f"{target}: is the file-system root; pick an output folder")
+
+
 def commit_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     r"""Put the complete folder ``staging`` in the place of ``target`` in one atomic step.
 
@@ -337,6 +360,9 @@ def commit_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     folder under ``.<target>.<pid>.old.natgrad-tmp``.
     """
     staging, target = Path(staging), Path(target)
+    check_replaceable(target)
+    if target.is_dir():  # the folder keeps its mode (a 0700 folder stays 0700)
+        os.chmod(staging, stat.S_IMODE(target.stat().st_mode))
     _fsync_dir(staging)
     if not target.exists():
         os.replace(staging, target)

@@ -60,8 +60,14 @@ class DirLock:
         if self._fd is not None:
             return self
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            nofollow = getattr(os, "O_NOFOLLOW", 0)  # a symlinked lock is refused, never followed
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o644)
         except OSError as exc:
+            if self.path.is_symlink():
+                raise RunDirError(
+                    f"{self.what} {self.folder}: its lock file {LOCK_NAME} is a symlink; natgrad "
+                    "never writes through links. Remove the link or pick another folder"
+                ) from None
             raise RunDirError(
                 f"{self.what} {self.folder}: cannot create its lock file {LOCK_NAME} "
                 f"({exc.strerror}); pick a writable folder"

@@ -19,6 +19,7 @@ import importlib
 import sys
 
 from natgrad import __version__
+from natgrad.errors import NatgradError
 
 OVERVIEW = """\
 natgrad computes the theory of the ELU paper (Clevert, Unterthiner & Hochreiter, ICLR 2016)
@@ -66,6 +67,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A sub-command parser whose errors are one line (exit 2), as natgrad's other errors."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: the overview, ``--version`` and one entry per command."""
     parser = argparse.ArgumentParser(
@@ -97,7 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
     module = importlib.import_module(COMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"natgrad {name}", description=COMMANDS[name][1])
+    sub = _OneLineParser(prog=f"natgrad {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        args = sub.parse_args(argv[1:])
+    except SystemExit as exc:  # a refused argument: its one line is printed, exit 2
+        if exc.code in (0, None):  # --help exits as argparse does
+            raise
+        return 2
+    try:
+        return int(module.run(args) or 0)
+    except NatgradError as exc:  # bad input: one line, exit 2 (every command, one place)
+        print(f"natgrad {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no (permissions, a full or read-only disk)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"natgrad {name}: error: {where}{exc.strerror or exc}; check the path, its "
+              "permissions and the free space", file=sys.stderr)  # fmt: skip
+        return 2

@@ -69,8 +69,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from natgrad.argtypes import positive_int
 from natgrad.errors import InputError
-from natgrad.units import CATALOGUE, UNIT_TYPES, make_unit
+from natgrad.units import CATALOGUE, UNIT_NAMES, UNIT_TYPES, make_unit
 
 __all__ = [
     "DROPOUT_MODES",
@@ -415,9 +416,13 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--unit", default="elu", help="unit of the hidden layers (default elu)")
+    parser.add_argument(
+        "--unit", default="elu", choices=UNIT_NAMES, help="unit of the hidden layers (default elu)"
+    )
     parser.add_argument("--batch-norm", action="store_true", help="add batch norm (Fig 5)")
-    parser.add_argument("--num-classes", type=int, default=None, help="override the outputs C")
+    parser.add_argument(
+        "--num-classes", type=positive_int, default=None, help="override the outputs C"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

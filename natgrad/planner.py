@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -46,9 +47,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from natgrad import memory, theorems
-from natgrad._atomic import dumps_json, temp_path
+from natgrad._atomic import SUFFIX, dumps_json, temp_path, write_bytes
 from natgrad._layers import check_units
-from natgrad.errors import CheckpointError, InputError, MemoryBudgetError
+from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
 from natgrad.unitfisher import UnitFisher
 
 INDEX = "index.json"
@@ -93,8 +94,7 @@ def sharded_unit_fisher(
             f"of {step} that fit max_memory={budget} bytes), but inputs is a one-shot iterator; "
             "pass a tensor, a list of batches or a DataLoader"
         )
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _claim_folder(out_dir, name)
     if (folder / INDEX).exists():
         (folder / INDEX).unlink()  # the folder is rewritten: no stale index over new shards
     state = generator.get_state() if generator is not None else None
@@ -116,7 +116,7 @@ def sharded_unit_fisher(
             conv_moments=conv_moments,
             max_memory=budget,
         )[name]
-        file = f"{name or 'layer'}.units_{int(chunk[0]):06d}-{int(chunk[-1]):06d}.safetensors"
+        file = f"{_slug(name)}.units_{int(chunk[0]):06d}-{int(chunk[-1]):06d}.safetensors"
         tensors = {"units": chunk.clone(), "mean_p": F.mean_p.contiguous()}
         for key in ("c_sum", "c_sq_sum"):  # for n_eff
             if getattr(F, key) is not None:
@@ -161,9 +161,91 @@ def _atomic_save(path: Path, tensors: dict) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from natgrad.training.checkpoint import atomic_write
+    write_bytes(path, data)
 
-    atomic_write(path, data)
+
+_SHARD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\.units_\d{6}-\d{6}\.safetensors$")
+
+
+def _slug(name: str) -> str:
+    """A layer name as a plain file-name stem (``a/b`` → ``a_b``; never a path, never hidden)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", name or "layer").lstrip(".")
+    return slug or "layer"
+
+
+def _claim_folder(out_dir, layer: str) -> Path:
+    """``out_dir`` made ready for shards: not empty as a name, not a file or a symlink, and
+    either new, empty, or a shard folder natgrad wrote (its ``index.json`` and the shards
+    that index lists, plus stale temporaries); anything else is refused, never overwritten."""
+    if out_dir is None or str(out_dir).strip() == "":
+        raise InputError(f"layer {layer!r}: out_dir={out_dir!r}; give a folder for the shards")
+    folder = Path(out_dir)
+    if folder.is_symlink():
+        raise RunDirError(f"{folder}: is a symlink; give unit_fisher(out_dir=...) a real folder")
+    if folder.exists() and not folder.is_dir():
+        raise RunDirError(f"{folder}: is a file, not a folder; pick another out_dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {p.name for p in folder.iterdir()}
+    if not names:
+        return folder
+    own: set[str] = set()
+    if INDEX in names:
+        try:
+            own = {INDEX, *(s["file"] for s in _validated(folder / INDEX)["shards"])}
+        except CheckpointError as exc:
+            raise RunDirError(f"{folder}: holds an {INDEX} that natgrad did not write ({exc}); "
+                              "pick an empty or new out_dir") from None  # fmt: skip
+    foreign = sorted(n for n in names - own if not _is_temporary(n))
+    if foreign:
+        raise RunDirError(f"{folder}: holds files natgrad's shard planner did not write "
+                          f"({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}); "
+                          "pick an empty or new out_dir")  # fmt: skip
+    for link in (folder / n for n in own if (folder / n).is_symlink()):
+        raise RunDirError(f"{link}: is a symlink; natgrad does not write through links")
+    return folder
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(SUFFIX)
+
+
+def _validated(path: Path) -> dict:
+    """The shard index at ``path``, checked in full: format, positive sizes, and shard files
+    named as plain file names inside the folder (never a path elsewhere)."""
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(
+            f"{path}: no readable unit-Fisher shard index ({e}); the folder is incomplete "
+            "or not written by natgrad's planner: recompute with unit_fisher(out_dir=...)"
+        ) from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        got = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise CheckpointError(f"{path}: format {got!r}, expected {FORMAT!r}")
+
+    def positive(key):
+        v = index.get(key)
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    bad = [k for k in ("n", "fan_in") if not positive(k)]
+    shards = index.get("shards")
+    if not isinstance(shards, list) or not shards:
+        bad.append("shards")
+    else:
+        for s in shards:
+            ok = (isinstance(s, dict) and isinstance(s.get("file"), str)
+                  and _SHARD.match(s["file"]) is not None
+                  and isinstance(s.get("units"), list) and len(s["units"]) > 0
+                  and all(isinstance(u, int) and not isinstance(u, bool) and u >= 0
+                          for u in s["units"]))  # fmt: skip
+            if not ok:
+                bad.append(f"shard {str(s)[:60]}")
+                break
+    if bad:
+        raise CheckpointError(f"{path}: invalid shard index ({', '.join(bad)}): shard files must "
+                              "be plain names in the folder and sizes positive integers; "
+                              "recompute with unit_fisher(out_dir=...)")  # fmt: skip
+    return index
 
 
 class ShardedUnitFisher:
@@ -192,15 +274,7 @@ class ShardedUnitFisher:
     def load(cls, folder) -> ShardedUnitFisher:
         """Open a folder written by the planner (``index.json`` and its shards)."""
         path = Path(folder) / INDEX
-        try:
-            index = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(
-                f"{path}: no readable unit-Fisher shard index ({e}); the folder is incomplete "
-                "or not written by natgrad's planner: recompute with unit_fisher(out_dir=...)"
-            ) from None
-        if index.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+        index = _validated(path)
         missing = [s["file"] for s in index["shards"] if not (Path(folder) / s["file"]).is_file()]
         if missing:
             raise CheckpointError(f"{path}: shards missing: {missing[:3]}; recompute the folder")

@@ -437,6 +437,14 @@ class UnitFisher:
                 raise InputError(expected)
             units = self.units.to(gw.device)
             gw, gb = gw[units], gb[units]
+        bad = ~(torch.isfinite(gw).all(dim=-1) & torch.isfinite(gb))
+        if bool(bad.any()):
+            which = self.units[bad.cpu()].tolist()
+            raise InputError(
+                f"layer {self.layer!r}: the gradient of unit(s) {which[:5]}"
+                f"{' …' if len(which) > 5 else ''} holds NaN or Inf; every measure of it would be "
+                "meaningless. Check the loss and the inputs that produced it"
+            )
         return gw, gb
 
     def __repr__(self) -> str:

@@ -125,7 +125,9 @@ def test_probe_gradients_in_chunks_equal_one_pass(n, chunk):
     from natgrad.fisher import unit_fishers
 
     torch.manual_seed(n)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)
+    ).double()
     x, y = torch.randn(n, 3, dtype=torch.float64), torch.randint(0, 2, (n,))
     fishers = unit_fishers(net, x)
     got = probe_gradients(net, x, y, fishers, chunk=chunk)

@@ -191,8 +191,14 @@ def test_training_on_mnist_evaluates_the_validation_split(tmp_path):
     from natgrad.training import default_config, train
     from natgrad.training.grid import train_grid
 
-    base = dict(dataset="mnist", epochs=1, dtype="float32", checkpoint_epochs=(1,), probe_size=64,
-                batch_size=5000)  # 10 steps an epoch: the evaluation is what is tested
+    base = dict(
+        dataset="mnist",
+        epochs=1,
+        dtype="float32",
+        checkpoint_epochs=(1,),
+        probe_size=64,
+        batch_size=5000,
+    )  # 10 steps an epoch: the evaluation is what is tested
     cfgs = [default_config("mnist-fc", unit=u, seed=0, **base) for u in ("elu", "relu")]
     results = train_grid(cfgs, [tmp_path / "elu", tmp_path / "relu"], progress=False)
     ds = load_dataset("mnist", dtype=torch.float32)

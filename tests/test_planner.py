@@ -104,3 +104,72 @@ def test_broken_folder_is_named(tmp_path):
         ShardedUnitFisher.load(tmp_path)
     with pytest.raises(CheckpointError, match="index"):
         ShardedUnitFisher.load(tmp_path / "nowhere")
+
+
+def _sharded(out_dir, model=None, layer="0"):
+    model = model or torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
+                                         torch.nn.Linear(4, 2))  # fmt: skip
+    x = torch.randn(6, 3)
+    return unit_fisher(model, layer, x, out_dir=out_dir, max_memory=_budget_for(2, 3))
+
+
+def test_a_foreign_index_or_file_is_refused_not_overwritten(tmp_path):
+    from natgrad.errors import RunDirError
+
+    (tmp_path / "index.json").write_text('{"mine": true}')
+    with pytest.raises(RunDirError, match="did not write"):
+        _sharded(tmp_path)
+    assert (tmp_path / "index.json").read_text() == '{"mine": true}'
+    other = tmp_path / "b"
+    other.mkdir()
+    shard_name = other / "0.units_000000-000001.safetensors"
+    shard_name.write_bytes(b"user data")
+    with pytest.raises(RunDirError, match="did not write"):
+        _sharded(other)
+    assert shard_name.read_bytes() == b"user data"
+    S = _sharded(tmp_path / "c")  # a folder of its own is rewritten freely, also a second time
+    assert len(S) == 2 and len(_sharded(tmp_path / "c")) == 2
+
+
+def test_shards_stay_inside_out_dir_whatever_the_layer_name(tmp_path, monkeypatch):
+    from natgrad.errors import RunDirError
+
+    outside = tmp_path / "outside"
+    model = torch.nn.Sequential()
+    model.add_module(str(outside), torch.nn.Linear(3, 4))  # a layer named by an absolute path
+    model.add_module("act", torch.nn.Tanh())
+    model.add_module("out", torch.nn.Linear(4, 2))
+    S = _sharded(tmp_path / "d", model, layer=str(outside))
+    assert not outside.exists() and len(S) == 2
+    assert all("/" not in s["file"] for s in S.shards)
+    assert {p.parent for p in (tmp_path / "d").iterdir()} == {tmp_path / "d"}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="out_dir"):
+        _sharded("")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "d")
+    with pytest.raises(RunDirError, match="symlink"):
+        _sharded(link)
+
+
+@pytest.mark.parametrize("bad", [{"file": "/etc/passwd", "units": [0]},
+                                 {"file": "../x.units_000000-000001.safetensors", "units": [0]},
+                                 {"file": "0.units_000000-000001.safetensors", "units": [-1]},
+                                 {"file": "0.units_000000-000001.safetensors", "units": []}],
+                         ids=["absolute", "parent", "negative", "empty"])  # fmt: skip
+def test_an_index_naming_paths_elsewhere_is_refused(tmp_path, bad):
+    S = _sharded(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    index["shards"][0] = bad
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="invalid shard index"):
+        ShardedUnitFisher.load(tmp_path)
+    index["shards"] = S.shards
+    index["n"] = -3
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="n"):
+        ShardedUnitFisher.load(tmp_path)
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "index.json").write_text(deep)
+    with pytest.raises(CheckpointError, match="no readable"):
+        ShardedUnitFisher.load(tmp_path)

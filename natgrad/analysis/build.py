@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from natgrad.argtypes import nonnegative_int, positive_int
+
 __all__ = ["add_arguments", "build", "run"]
 
 
@@ -18,9 +20,11 @@ def build(
     roots, out, *, epochs=None, probe_size=None, report=False, progress=True, echo=print
 ) -> dict:
     """Tables (and the report) from every run below ``roots``; returns ``{name: path}``."""
+    from natgrad._atomic import check_replaceable
     from natgrad.analysis.summary import write_tables
     from natgrad.training.rundir import find_runs
 
+    check_replaceable(out)  # before any work: never after minutes of analysis
     runs = [run for root in roots for run in find_runs(root)]
     paths = write_tables(runs, out, epochs=epochs, probe_size=probe_size, progress=progress)
     if report:
@@ -39,11 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs", default=None, help="comma-separated epochs (default: all checkpoints and 0)"
     )
     parser.add_argument(
-        "--probe-size", type=int, default=None, help="first N probe inputs (default: all)"
+        "--probe-size", type=positive_int, default=None, help="first N probe inputs (default: all)"
     )
     parser.add_argument("--report", action="store_true", help="also write <out>/report.html")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's)"
+        "--threads",
+        type=nonnegative_int,
+        default=1,
+        help="torch CPU threads (default 1; 0: torch's)",
     )
 
 
@@ -52,6 +59,16 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    epochs = None if args.epochs is None else [int(e) for e in args.epochs.split(",")]
+    epochs = None
+    if args.epochs is not None:
+        from natgrad.errors import InputError
+
+        try:
+            epochs = sorted({int(e) for e in args.epochs.split(",") if e.strip()})
+        except ValueError:
+            raise InputError(f"--epochs {args.epochs!r}: expected comma-separated integers "
+                             "(e.g. 0,10,20)") from None  # fmt: skip
+        if not epochs or epochs[0] < 0:
+            raise InputError(f"--epochs {args.epochs!r}: give epochs >= 0 (e.g. 0,10,20)")
     build(args.roots, args.out, epochs=epochs, probe_size=args.probe_size, report=args.report)
     return 0

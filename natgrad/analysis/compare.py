@@ -71,6 +71,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from natgrad.analysis.stats import sign_flip_p
+from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 from natgrad.errors import InputError, NatgradError
 
 __all__ = [
@@ -131,6 +132,8 @@ class CompareConfig:
     bootstrap_resamples: int = 2000
 
     def __post_init__(self) -> None:
+        if not self.arms:
+            raise InputError(f"compare: no arms given; choose from {', '.join(ARMS)}")
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise InputError(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
@@ -461,7 +464,8 @@ def summarise(curves, config: CompareConfig) -> dict:
                                 seeds=len(d)))  # fmt: skip
     gap, shares = [], []
     if {BASELINE, TARGET} <= set(config.arms):
-        aw = auc.pivot_table(index=["epoch", "seed"], columns="arm", values="auc")
+        aw = auc.pivot_table(index=["epoch", "seed"], columns="arm", values="auc",
+                             dropna=False).reindex(columns=list(config.arms))  # diverged: NaN  # fmt: skip
         for e, g in aw.groupby(level="epoch"):
             a, c = g[BASELINE].to_numpy(), g[TARGET].to_numpy()
             for arm in (x for x in config.arms if x not in (BASELINE, TARGET)):
@@ -642,7 +646,7 @@ def rewrite_outputs(out: Path) -> dict:
     try:
         record = json.loads((out / "run.json").read_text())
         curves = pd.read_csv(out / "curves.csv")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"{out}: not a natgrad compare output folder with curves.csv and "
                          f"run.json ({exc})") from None  # fmt: skip
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
@@ -689,33 +693,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset", default=d.dataset, help="digits (default), fashion-mnist, mnist"
     )
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--seeds", type=int, default=d.seeds)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--train-size", type=int, default=None, help="first N training images")
-    parser.add_argument("--lr-sgd", type=float, default=d.lr_sgd)
-    parser.add_argument("--lr-ng", type=float, default=d.lr_ng)
-    parser.add_argument("--lr-qd", type=float, default=d.lr_qd)
+    parser.add_argument("--seeds", type=positive_int, default=d.seeds)
+    parser.add_argument("--epochs", type=positive_int, default=d.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    parser.add_argument(
+        "--train-size", type=positive_int, default=None, help="first N training images"
+    )
+    parser.add_argument("--lr-sgd", type=positive_float, default=d.lr_sgd)
+    parser.add_argument("--lr-ng", type=positive_float, default=d.lr_ng)
+    parser.add_argument("--lr-qd", type=positive_float, default=d.lr_qd)
     parser.add_argument("--rel-damping", type=float, default=d.rel_damping)
     parser.add_argument("--layer-damping", type=float, default=d.layer_damping)
-    parser.add_argument("--refresh-every", type=int, default=d.refresh_every)
+    parser.add_argument("--refresh-every", type=positive_int, default=d.refresh_every)
     parser.add_argument("--ema", type=float, default=d.ema)
     parser.add_argument(
-        "--window", type=int, default=d.window,
+        "--window", type=nonnegative_int, default=d.window,
         help="unit-NG arms: precondition with the Fisher of the last K refresh batches, solved "
         "exactly by Woodbury (cheap when K x batch < d+1); 0 (default): the dense running Fisher",
     )  # fmt: skip
     parser.add_argument(
-        "--memory-budget", type=int, default=None,
+        "--memory-budget", type=positive_int, default=None,
         help="unit-NG arms: largest dense unit Fisher state U*(d+1)^2 of a layer, in elements; "
         "a larger layer takes Ollivier's quasi-diagonal step (with a warning naming it). "
         "mnist-fc on 28x28 images: 10000000 keeps the 8 hidden-fed layers dense and sends the "
         "784-input layer to QD (default: natgrad.optim's budget, every layer dense)",
     )  # fmt: skip
-    parser.add_argument("--last-epochs", type=int, default=d.last_epochs)
+    parser.add_argument("--last-epochs", type=positive_int, default=d.last_epochs)
     parser.add_argument("--arms", default=",".join(d.arms), help="comma-separated subset")
     parser.add_argument("--out", default="runs/compare", help="output folder")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
         "--sequential", action="store_true",

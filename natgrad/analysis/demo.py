@@ -40,6 +40,7 @@ from pathlib import Path
 from natgrad._atomic import write_json, write_text
 from natgrad._lock import LOCK_NAME
 from natgrad.analysis.unitstats import REL_DAMPING
+from natgrad.argtypes import nonnegative_int, positive_int
 from natgrad.errors import InputError
 from natgrad.training._owner import claim
 from natgrad.units import CATALOGUE
@@ -342,16 +343,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paper", action="store_true",
                         help="the paper's setting: MNIST, 5 seeds, 300 epochs, device auto (GPU recommended)")  # fmt: skip
     parser.add_argument(
-        "--epochs", type=int, default=None, help=f"epochs per run (default {d.epochs})"
+        "--epochs", type=positive_int, default=None, help=f"epochs per run (default {d.epochs})"
     )
     parser.add_argument(
-        "--seeds", type=int, default=None, help=f"seeds per unit type (default {d.seeds})"
+        "--seeds", type=positive_int, default=None, help=f"seeds per unit type (default {d.seeds})"
     )
-    parser.add_argument("--checkpoint-every", type=int, default=None,
+    parser.add_argument("--checkpoint-every", type=positive_int, default=None,
                         help=f"analyse epoch 0, every N-th epoch and the last (default {d.checkpoint_every})")  # fmt: skip
     parser.add_argument(
         "--probe-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="held-out test inputs in the unit Fisher probe (default: the whole test split)",
     )
@@ -359,7 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layers analysed: fed by hidden units (default) or all")  # fmt: skip
     parser.add_argument("--rel-damping", type=float, default=None,
                         help=f"relative damping λ of the metric F_λ (default {d.rel_damping:g})")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="parallel processes for training and analysis (default: CPUs, at most 2)")  # fmt: skip
     parser.add_argument(
         "--units", default=None, help=f"comma-separated units (default {','.join(d.units)})"
@@ -370,7 +371,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=nonnegative_int,
         default=None,
         help=f"torch CPU threads (default {d.threads}; 0: torch's)",
     )

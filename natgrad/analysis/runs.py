@@ -256,6 +256,7 @@ def _analyse(job) -> tuple:
     head = {**rd.identity(), "epoch": epoch}
     units = _prepend(units, head)
     sweep = None if sweep is None else _prepend(sweep, head)
+    rd.check_no_links()  # the cache is never written through a symlinked analysis/
     for old in rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []:
         if key not in old.name:
             old.unlink(missing_ok=True)  # a stale cache entry of this epoch

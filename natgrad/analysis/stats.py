@@ -320,9 +320,9 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None):
       every seed stays paired;
     - ``median_activation_var``: the variance over epochs ≥ 1 of median_all (Appendix C);
     - ``test_error``: the mean test error of the last ``last`` epochs;
-    - where the curves have a validation split: ``best_val_epoch`` (the epoch ≥ 1 of the
-      lowest validation error, the first of ties) and ``test_error_at_best_val`` (selection
-      on validation, never on test).
+    - ``best_val_epoch`` (the epoch ≥ 1 of the lowest validation error, the first of ties) and
+      ``test_error_at_best_val`` (selection on validation, never on test); NaN where the
+      curves have no validation split.
 
     Returns ``(table, threshold)``.
     """
@@ -347,6 +347,7 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None):
             "median_activation_var": float(sub["median_all"].var(ddof=1)) if len(sub) > 1 else math.nan,
             "test_error": float(sub["test_error"].tail(last).mean()),
         })  # fmt: skip
+        rows[-1]["best_val_epoch"], rows[-1]["test_error_at_best_val"] = math.nan, math.nan
         if "val_error" in sub and sub["val_error"].notna().any():
             best = sub.loc[sub["val_error"].idxmin()]
             rows[-1]["best_val_epoch"] = int(best["epoch"])

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from natgrad._atomic import (
     carry_over,
+    check_replaceable,
     clean_stale,
     commit_dir,
     dumps_json,
@@ -105,6 +106,7 @@ def save_tables(frames: dict, out_dir: str | os.PathLike, context: dict | None =
     Temporaries a killed writer left next to ``out_dir`` are removed first. Returns
     ``{name: path}``."""
     out = Path(out_dir)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out.parent)
     stage = staging_dir(out)

@@ -75,6 +75,22 @@ DENSE_BUDGET = 2**28
 """Default largest dense Fisher state of one layer, in elements (1 GiB in float32)."""
 
 
+def _real(value) -> bool:
+    """A real number (int or float, not bool or str)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_hyper(lr, momentum, weight_decay) -> None:
+    """lr ≥ 0, momentum in [0, 1), weight_decay ≥ 0, all finite real numbers."""
+    for key, value, ok, need in (
+        ("lr", lr, lambda v: v >= 0, ">= 0"),
+        ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
+    ):
+        if not (_real(value) and math.isfinite(value) and ok(value)):
+            raise InputError(f"UnitNaturalGradient {key}={value!r}: must be a finite number {need}")
+
+
 class UnitNaturalGradient(torch.optim.Optimizer):
     r"""Unit-wise natural-gradient SGD (module docstring has the formulas).
 
@@ -136,10 +152,10 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         check_likelihood(likelihood)
         if not (isinstance(refresh_every, int) and refresh_every >= 1):
             raise InputError(f"refresh_every must be a positive integer, got {refresh_every!r}")
-        if not (0.0 <= ema < 1.0):
-            raise InputError(f"ema must be in [0, 1), got {ema!r}")
+        if not _real(ema):
+            raise InputError(f"ema must be a number in [0, 1), got {ema!r}")
         for key, value in (("rel_damping", rel_damping), ("layer_damping", layer_damping)):
-            if not (math.isfinite(value) and value >= 0.0):
+            if not (_real(value) and math.isfinite(value) and value >= 0.0):
                 raise InputError(f"{key} must be a finite number >= 0, got {value!r}")
         if window is not None:
             if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -151,9 +167,13 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 raise InputError(f"window={window} needs rel_damping > 0 or layer_damping > 0: "
                                  "the windowed unit Fisher has rank <= K·N and is singular "
                                  "when that is below d+1")  # fmt: skip
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise InputError(f"lr, momentum, weight_decay must be >= 0, got {lr}, {momentum}, "
-                             f"{weight_decay}")  # fmt: skip
+        _check_hyper(lr, momentum, weight_decay)
+        if not (0.0 <= ema < 1.0):
+            raise InputError(f"ema must be in [0, 1), got {ema!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise InputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise InputError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         from natgrad.optim.centring import is_centred
 
         self.model = model
@@ -244,8 +264,10 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 )
             self._refresh(inputs, targets)
         directions = self._directions()
+        self._check_finite(directions)
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            _check_hyper(lr, mom, wd)  # a schedule may have set them since
             for p in group["params"]:
                 d_p = directions.get(p)
                 if d_p is None:
@@ -263,6 +285,26 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 p.add_(d_p, alpha=-lr)
         self.steps += 1
         return loss
+
+    def _check_finite(self, directions: dict) -> None:
+        """One check per step that every update (preconditioned, or the plain gradient of the
+        parameters the engine does not precondition) is finite; a
+        :class:`~natgrad.errors.DivergedError` names the parameter otherwise."""
+        from natgrad.errors import DivergedError
+
+        named = [(n, directions.get(p, p.grad)) for n, p in self.model.named_parameters()]
+        named = [(n, d) for n, d in named if d is not None]
+        if not named:
+            return
+        ok = torch.stack([torch.isfinite(d).all() for _, d in named])
+        if bool(ok.all()):
+            return
+        bad = [n for (n, _), good in zip(named, ok.tolist(), strict=True) if not good]
+        raise DivergedError(
+            f"UnitNaturalGradient step {self.steps}: the update of {', '.join(bad[:3])} is not "
+            "finite (a NaN/Inf gradient, or a preconditioned step that overflowed); the weights "
+            "were not changed. Check the loss and inputs, lower lr or raise rel_damping"
+        )
 
     def _has_fisher(self) -> bool:
         return all(any(k in self.state[m.weight] for k in _FISHER_KEYS)

@@ -86,6 +86,7 @@ def claim(
     ``natgrads(folder)`` tells a folder natgrad created (default :func:`is_natgrad_run`)."""
     run = Path(run)
     check_usable(run)
+    RunDir(run).check_no_links()
     if run.is_dir() and any(run.iterdir()) and not natgrads(run):
         shown = sorted(p.name for p in run.iterdir())[:5]
         raise RunDirError(

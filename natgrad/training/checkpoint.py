@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +151,17 @@ def read_checkpoint(path, epoch: int | None = None) -> tuple[dict[str, torch.Ten
             raise CheckpointError(f"{p}: checkpoint file not found; list {p.parent} for epochs")
     try:
         info = json.loads(json_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{json_path}: corrupt checkpoint JSON ({exc})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{json_path}: not a {FORMAT} file")
+    named = re.fullmatch(r"epoch_(\d+)", json_path.stem)
+    if named is not None and info.get("epoch") != int(named.group(1)):
+        raise CheckpointError(
+            f"{json_path}: the file name says epoch {int(named.group(1))} but the checkpoint "
+            f"holds epoch {info.get('epoch')!r}; a renamed or mixed-up checkpoint would resume "
+            "from the wrong weights. Restore the original names or retrain"
+        )
     blob = st_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != info.get("safetensors_sha256"):
         raise CheckpointError(

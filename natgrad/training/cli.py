@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from natgrad.argtypes import positive_int
 from natgrad.errors import NatgradError
 
 _FLAGS = {  # flag -> config key
@@ -62,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override any config field (repeatable), e.g. lr_schedule=0:0.1,100:0.01")  # fmt: skip
     parser.add_argument("--no-resume", action="store_true", help="start over in --run-dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    # numbers of the config are checked by TrainConfig, which names them as --set does
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -139,6 +139,22 @@ class RunDir:
         return sorted(p for p in self.checkpoints_dir.iterdir() if _EPOCH_FILE.match(p.name))
 
     @property
+    def subfolders(self) -> tuple[Path, ...]:
+        """The folders natgrad writes inside a run directory."""
+        return (self.activations_dir, self.checkpoints_dir, self.analysis_dir)
+
+    def check_no_links(self) -> None:
+        """Refuse a run directory that is, or holds in natgrad's places, a symlink: natgrad
+        would write (and delete its own file names) through it, into another folder."""
+        from natgrad.errors import RunDirError
+
+        for p in (self.path, *self.subfolders):
+            if p.is_symlink():
+                raise RunDirError(f"{p}: is a symlink; natgrad does not write or delete through "
+                                  "links. Replace it by a real folder or pick another run "
+                                  "directory")  # fmt: skip
+
+    @property
     def analysis_dir(self) -> Path:
         """Cached analysis results of this run (``natgrad.analysis.runs``)."""
         return self.path / "analysis"
@@ -156,8 +172,8 @@ class RunDir:
             raise DataFileError(
                 f"{path}: missing; is {self.path} a run directory of `natgrad train`?"
             ) from None
-        except ValueError as exc:
-            raise DataFileError(f"{path}: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            raise DataFileError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
             raise DataFileError(f"{path}: not a natgrad run config (no 'config' object)")
         return meta

@@ -1,0 +1,49 @@
+r"""Argument types of the ``natgrad`` commands: a bad number is refused at parse time with a
+one-line message (exit 2), never passed on to slice a tensor or size a loop.
+
+Example:
+    >>> positive_int("3"), nonnegative_int("0")
+    (3, 0)
+    >>> positive_int("-5")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '-5' is not an integer >= 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = ["nonnegative_int", "positive_float", "positive_int"]
+
+
+def _int_at_least(text: str, lo: int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {lo}") from None
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {lo}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer ≥ 1 (sizes, counts, threads)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer ≥ 0 (epochs, seeds, 0-means-default options)."""
+    return _int_at_least(text, 0)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, dampings)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
+    return value
