@@ -265,6 +265,13 @@ def _compute(
         isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1
     ):
         raise InputError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputError(f"generator must be a torch.Generator (or None), got "
+                         f"{type(generator).__name__}; e.g. torch.Generator().manual_seed(0)")  # fmt: skip
+    meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if meta:
+        raise InputError(f"the model's parameters are on the meta device ({meta[0]}, …): they "
+                         "hold no values. Materialise the model (e.g. load its weights) first")  # fmt: skip
     if kind == "empirical" and targets is None and isinstance(inputs, torch.Tensor):
         raise InputError(
             "kind='empirical' uses the observed labels: pass targets=, or use kind='exact' "

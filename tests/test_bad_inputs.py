@@ -125,7 +125,7 @@ def test_demo_refuses_a_foreign_output_folder(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    code = cli.main(["demo", "--out", str(out), "--epochs", "1", "--seeds", "1", "--units", "elu",
+    code = cli.main(["demo", "--out", str(out), "--epochs", "1", "--seeds", "1", "--units", "elu,relu",
                      "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "demo output folder" in err and "not created by natgrad" in err

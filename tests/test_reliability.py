@@ -238,3 +238,123 @@ def test_tables_out_is_checked_before_any_analysis(tmp_path, capsys):
     f.write_text("x")
     _one_line_exit_2(capsys, ["tables", str(tmp_path / "runs"), "--out", str(f)], "is a file")
     assert json.dumps(f.read_text()) == '"x"'
+
+
+# --- natgrad compare's outputs --------------------------------------------------------------
+
+
+def _compare_outputs(folder):
+    import numpy as np
+
+    from natgrad.analysis import compare
+
+    config = compare.CompareConfig(seeds=3, epochs=2, last_epochs=1)
+    rng = np.random.default_rng(0)
+    level = dict(zip(config.arms, np.linspace(1.0, 0.2, len(config.arms)), strict=True))
+    rows = [dict(seed=s, arm=a, epoch=e, train_loss=(2.0 if e == 0 else lv / e) + 0.01 * rng.random(),
+                 test_loss=lv, test_error=0.1 * lv, seconds=float(e))
+            for s in range(3) for a, lv in level.items() for e in range(3)]  # fmt: skip
+    compare.write_outputs(pd.DataFrame(rows), config, folder, {"command": "test"})
+    return config
+
+
+def test_compare_outputs_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from natgrad.analysis import compare
+
+    _compare_outputs(tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert "curves.csv.sha256" in before
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the process dies half-way through the writes
+
+    monkeypatch.setattr(compare, "_figure", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compare.rewrite_outputs(tmp_path / "out")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert after == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+
+
+def test_tables_from_refuses_a_truncated_table(tmp_path, capsys):
+    _compare_outputs(tmp_path)
+    data = (tmp_path / "curves.csv").read_bytes()
+    (tmp_path / "curves.csv").write_bytes(data[: len(data) // 2])
+    _one_line_exit_2(capsys, ["compare", "--tables-from", str(tmp_path)], "checksum")
+    (tmp_path / "curves.csv.sha256").unlink()  # an older output without checksums
+    (tmp_path / "curves.csv").write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 1])
+    _one_line_exit_2(capsys, ["compare", "--tables-from", str(tmp_path)], "truncated")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"seeds": 10**30}, {"epochs": -1}, {"arms": "relu-sgd"}, {"seeds": "3"}, {"bogus_key": 1}],
+    ids=["huge-seeds", "negative", "arms-str", "seeds-str", "unknown-key"],
+)
+def test_tables_from_validates_run_json(tmp_path, capsys, change):
+    _compare_outputs(tmp_path)
+    record = json.loads((tmp_path / "run.json").read_text())
+    record["config"].update(change)
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    if "bogus_key" in change:  # unknown keys are ignored: the rebuild works
+        assert cli.main(["compare", "--tables-from", str(tmp_path)]) == 0
+        return
+    _one_line_exit_2(capsys, ["compare", "--tables-from", str(tmp_path)], "run.json")
+
+
+@pytest.mark.parametrize("generator", [5, "seed"])
+def test_unit_fisher_names_a_wrong_generator(generator):
+    net = _net()
+    with pytest.raises(InputError, match="torch.Generator"):
+        unit_fisher(net, net[2], torch.randn(8, 4), kind="mc", generator=generator)
+
+
+def test_unit_fisher_names_a_meta_model():
+    net = _net().to("meta")
+    with pytest.raises(InputError, match="meta device"):
+        unit_fisher(net, net[2], torch.randn(8, 4))
+
+
+def test_a_one_unit_type_demo_or_report_is_refused_up_front(tmp_path, capsys):
+    _one_line_exit_2(capsys, ["demo", "--units", "elu", "--out", str(tmp_path / "d")],
+                     "at least two")  # fmt: skip
+    assert not (tmp_path / "d").exists()
+    cfg = default_config("mnist-fc", unit="elu", **dict(DIGITS, epochs=0))
+    train(cfg, tmp_path / "runs" / "elu-s0", progress=False)
+    _one_line_exit_2(capsys, ["tables", str(tmp_path / "runs"), "--out", str(tmp_path / "t"),
+                              "--report"], "compares unit types")  # fmt: skip
+    assert not (tmp_path / "t").exists()
+
+
+def test_tables_at_epoch_zero_only(tmp_path):
+    for unit in ("elu", "relu"):
+        cfg = default_config("mnist-fc", unit=unit, **dict(DIGITS, epochs=1))
+        train(cfg, tmp_path / "runs" / f"{unit}-s0", progress=False)
+    assert cli.main(["tables", str(tmp_path / "runs"), "--out", str(tmp_path / "t"),
+                     "--epochs", "0", "--probe-size", "20"]) == 0  # fmt: skip
+    assert (tmp_path / "t" / "units.csv").is_file()
+
+
+# Every numeric option of tables, compare and models against values that must be refused at
+# parse time (before any data is read or any folder made): one line, exit 2, the option named.
+BAD_VALUES = ["-5", "nan", "abc", "1e400", ""]
+NUMERIC = {
+    "tables": (["tables", ".", "--out", "never"], ["--probe-size", "--threads"]),
+    "compare": (["compare", "--out", "never"],
+                ["--seeds", "--epochs", "--batch-size", "--train-size", "--lr-sgd", "--lr-ng",
+                 "--lr-qd", "--refresh-every", "--window", "--memory-budget", "--last-epochs",
+                 "--threads"]),
+    "models": (["models"], ["--num-classes"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [(base, opt) for base, opts in NUMERIC.values() for opt in opts],
+    ids=[f"{c}{o}" for c, (_, opts) in NUMERIC.items() for o in opts],
+)
+def test_numeric_options_fuzzed(tmp_path, monkeypatch, capsys, argv, option):
+    monkeypatch.chdir(tmp_path)
+    for value in BAD_VALUES:
+        _one_line_exit_2(capsys, [*argv, option, value], option)
+    assert not (tmp_path / "never").exists()

@@ -26,6 +26,15 @@ def build(
 
     check_replaceable(out)  # before any work: never after minutes of analysis
     runs = [run for root in roots for run in find_runs(root)]
+    if report:
+        from natgrad.errors import InputError
+        from natgrad.training.rundir import RunDir
+
+        types = sorted({RunDir(r).identity()["unit_type"] for r in runs})
+        if len(types) < 2:
+            raise InputError(f"--report compares unit types, and these runs hold one "
+                             f"({', '.join(types)}); drop --report (the tables are written "
+                             "without a comparison) or add runs of another unit type")  # fmt: skip
     paths = write_tables(runs, out, epochs=epochs, probe_size=probe_size, progress=progress)
     if report:
         from natgrad.analysis.report import render_report

@@ -553,11 +553,9 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
         axes[2].axhline(1, color="grey", lw=0.5, ls="--")
     axes[2].set(xlabel="epoch budget", ylabel="fraction of the gap ELU+SGD closes")
     fig.tight_layout()
-    paths = [out / "curves.png", out / "curves.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
+    from natgrad.analysis.plots import save_figure
+
+    return save_figure(fig, out / "curves", formats=("png", "pdf"), dpi=120)
 
 
 def _markdown(table) -> str:
@@ -577,12 +575,44 @@ def write_outputs(
 ) -> dict:
     r"""Write the CSV tables, ``answer.md``, ``run.json`` and the figure into ``out``; return
     the tables. ``structures``: layer → structure of the unit-NG arms (:func:`run_compare`)."""
+    import shutil
+
+    from natgrad._atomic import (
+        carry_over,
+        check_replaceable,
+        clean_stale,
+        commit_dir,
+        staging_dir,
+        write_json,
+        write_text,
+    )
+    from natgrad.analysis.summary import write_csv
+
     structures = structures or {}
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out)
+    check_replaceable(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final.parent)
     tables = summarise(curves, config)
-    curves.to_csv(out / "curves.csv", index=False)
+    # Everything goes into a new folder next to ``out`` (tables with checksum files), which
+    # then replaces ``out`` in one step: a kill leaves the old outputs or the new, never a mix.
+    out = staging_dir(final)
+    try:
+        _write_all(curves, tables, config, out, meta, structures, write_csv, write_text,
+                   write_json)  # fmt: skip
+        carry_over(final, out)  # other files there (a README) are kept
+        commit_dir(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return tables
+
+
+def _write_all(curves, tables, config, out, meta, structures, write_csv, write_text, write_json):
+    """Every output file of :func:`write_outputs`, into the (staging) folder ``out``."""
+    write_csv(curves, out / "curves.csv")
     for name in ("summary", "effects", "gap", "shares"):
-        tables[name].to_csv(out / f"{name}.csv", index=False)
+        write_csv(tables[name], out / f"{name}.csv")
     _figure(curves, tables, out)
     settings = json.dumps(dataclasses.asdict(config), indent=1)
     text = [
@@ -630,10 +660,9 @@ def write_outputs(
         settings,
         "```",
     ]  # fmt: skip
-    (out / "answer.md").write_text("\n".join(text) + "\n")
+    write_text(out / "answer.md", "\n".join(text) + "\n")
     record = dict(config=dataclasses.asdict(config), meta=meta, unit_ng_structures=structures)
-    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
-    return tables
+    write_json(out / "run.json", record)
 
 
 def rewrite_outputs(out: Path) -> dict:
@@ -642,18 +671,77 @@ def rewrite_outputs(out: Path) -> dict:
     needs."""
     import pandas as pd
 
+    from natgrad.analysis.summary import read_csv
+
     out = Path(out)
     try:
+        if (out / "run.json").stat().st_size > 10_000_000:
+            raise ValueError("run.json is larger than 10 MB")
         record = json.loads((out / "run.json").read_text())
-        curves = pd.read_csv(out / "curves.csv")
-    except (OSError, ValueError, RecursionError) as exc:
+        if (out / "curves.csv.sha256").is_file():  # written with a checksum: checked
+            curves = read_csv(out / "curves.csv")
+        else:  # older outputs: checked for completeness below
+            curves = pd.read_csv(out / "curves.csv")
+    except (OSError, ValueError, RecursionError, pd.errors.ParserError) as exc:
         raise InputError(f"{out}: not a natgrad compare output folder with curves.csv and "
                          f"run.json ({exc})") from None  # fmt: skip
+    config = _validated_config(record, out)
+    _check_complete(curves, config, out)
+    meta = record.get("meta", {})
+    structures = record.get("unit_ng_structures", {})
+    return write_outputs(curves, config, out, meta if isinstance(meta, dict) else {},
+                         structures if isinstance(structures, dict) else {})  # fmt: skip
+
+
+#: Bounds on a ``run.json`` that ``--tables-from`` accepts (nothing larger is a real run).
+_BOUNDS = {"seeds": 10_000, "epochs": 100_000, "batch_size": 10_000_000, "last_epochs": 100_000,
+           "refresh_every": 10_000_000, "window": 100_000, "bootstrap_resamples": 1_000_000}  # fmt: skip
+
+
+def _validated_config(record, out: Path) -> CompareConfig:
+    """The :class:`CompareConfig` of a ``run.json``, checked against a schema: known keys,
+    integer sizes within :data:`_BOUNDS`, a list of known arms."""
+    where = f"{out / 'run.json'}"
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise InputError(f"{where}: not a natgrad compare record (no 'config' object)")
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
     settings = {k: v for k, v in record["config"].items() if k in fields}
-    settings["arms"] = tuple(settings.get("arms", ARMS))
-    return write_outputs(curves, CompareConfig(**settings), out, record.get("meta", {}),
-                         record.get("unit_ng_structures", {}))  # fmt: skip
+    for key, hi in _BOUNDS.items():
+        v = settings.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+            raise InputError(f"{where}: config {key}={v!r} must be an integer in [0, {hi}]")
+    arms = settings.get("arms", list(ARMS))
+    if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
+        raise InputError(f"{where}: config arms must be a list of arm names")
+    settings["arms"] = tuple(arms)
+    try:
+        return CompareConfig(**settings)
+    except TypeError as exc:
+        raise InputError(f"{where}: config does not fit natgrad compare ({exc})") from None
+
+
+def _check_complete(curves, config: CompareConfig, out: Path) -> None:
+    """``curves.csv`` holds exactly one row per (seed, arm, epoch 0..E) of ``config``: a
+    truncated or edited table is refused, never summarised."""
+    need = {"seed", "arm", "epoch", "train_loss", "test_loss", "test_error", "seconds"}
+    missing = need - set(curves.columns)
+    if missing:
+        raise InputError(f"{out / 'curves.csv'}: columns {sorted(missing)} missing")
+    expected = {(s, a, e) for s in range(config.seeds) for a in config.arms
+                for e in range(config.epochs + 1)}  # fmt: skip
+    try:
+        got = list(zip(curves["seed"].astype(int), curves["arm"].astype(str),
+                       curves["epoch"].astype(int), strict=True))  # fmt: skip
+    except (ValueError, TypeError):
+        got = []
+    if len(got) != len(expected) or set(got) != expected:
+        raise InputError(
+            f"{out / 'curves.csv'}: {len(got)} rows, expected one per seed × arm × epoch 0..E "
+            f"= {len(expected)} for run.json's config; the table is truncated, edited or from "
+            "another run. Rerun natgrad compare"
+        )
 
 
 def _trainer_lines(meta: dict) -> list[str]:

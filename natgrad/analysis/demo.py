@@ -100,6 +100,9 @@ class DemoConfig:
             if base not in CATALOGUE:
                 raise InputError(f"demo: unknown unit type {key!r}; choose from "
                                  f"{', '.join(CATALOGUE)} (add -bn for batch norm)")  # fmt: skip
+        if len(set(self.units)) < 2:
+            raise InputError(f"demo --units {','.join(self.units)}: the demo compares unit types; "
+                             "give at least two (e.g. elu,relu)")  # fmt: skip
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"demo --lr {self.lr!r}: must be a finite number > 0")
         if self.batch_size < 1 or self.threads < 0 or not self.units:

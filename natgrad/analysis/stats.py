@@ -352,4 +352,7 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None):
             best = sub.loc[sub["val_error"].idxmin()]
             rows[-1]["best_val_epoch"] = int(best["epoch"])
             rows[-1]["test_error_at_best_val"] = float(best["test_error"])
-    return pd.DataFrame(rows), threshold
+    columns = ["run", "unit_type", "seed", "abs_median_activation", "train_loss_auc",
+               "log_train_loss_auc", "epochs_to_loss", "epochs_reached", "median_activation_var",
+               "test_error", "best_val_epoch", "test_error_at_best_val"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns), threshold

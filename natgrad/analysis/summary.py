@@ -92,6 +92,8 @@ def read_csv(path: str | os.PathLike):
     from natgrad.errors import DataFileError
 
     data = read_checked(path)
+    if not data.strip():  # a table with no columns (e.g. no comparison with one unit type)
+        return pd.DataFrame()
     try:
         return pd.read_csv(io.BytesIO(data))
     except (ValueError, pd.errors.ParserError) as exc:
