@@ -49,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from natgrad import memory, theorems
 from natgrad._atomic import SUFFIX, dumps_json, temp_path, write_bytes
 from natgrad._layers import check_units
+from natgrad.engine import compute
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
 from natgrad.unitfisher import UnitFisher
 
@@ -76,7 +77,6 @@ def sharded_unit_fisher(
 ) -> ShardedUnitFisher:
     r"""Plan unit chunks that fit ``max_memory``, one data pass per chunk, shards in
     ``out_dir``; returns the lazily loading :class:`ShardedUnitFisher`."""
-    from natgrad.fisher import _compute
 
     memory.check_structure(structure)
     budget = memory.resolve_max_memory(max_memory)
@@ -102,7 +102,7 @@ def sharded_unit_fisher(
     for chunk in chunks:
         if generator is not None:
             generator.set_state(state)
-        F = _compute(
+        F = compute(
             model,
             {name: (module, chunk)},
             inputs,

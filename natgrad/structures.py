@@ -10,7 +10,7 @@ Both are computed by the engine (:func:`natgrad.unit_fisher` with ``structure=``
 same single backward as the dense block, without forming it: for a Linear unit
 diag(F) = (1/N) Σ_n δ̄²_n ã_n∘ã_n and b = (1/N) Σ_n δ̄²_n a_n (two GEMMs ``[U, N] @ [N, d+1]``);
 for a weight-shared (Conv2d) unit the per-sample, per-column gradients g = Σ_p v_p ã_p are
-formed in chunks of units (:func:`natgrad.fisher.shared_factors`) and only g∘g and g·g_bias
+formed in chunks of units (:func:`natgrad.accumulate.shared_factors`) and only g∘g and g·g_bias
 are summed. Memory: U·(2d+1) (quasi-diagonal) or U·(d+1) (diagonal) numbers.
 
 **The structure's metric.** The stored numbers define one positive definite metric per unit,
@@ -57,14 +57,14 @@ from dataclasses import dataclass, field
 import torch
 
 from natgrad import linalg, theorems
+from natgrad.accumulate import LayerAccumulator
 from natgrad.errors import InputError, SingularBlockError, StructureError
-from natgrad.fisher import _LayerAccumulator
 from natgrad.unitfisher import UnitFisher
 
 STRUCTURED = ("quasidiagonal", "diagonal")
 
 
-class StructuredAccumulator(_LayerAccumulator):
+class StructuredAccumulator(LayerAccumulator):
     r"""Sums diag(Σ g gᵀ) ``[U, d+1]`` and, for ``"quasidiagonal"``, Σ g_w g_0 ``[U, d]``."""
 
     def _allocate(self, dtype, device) -> None:

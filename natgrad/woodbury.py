@@ -46,12 +46,13 @@ from torch import nn
 
 from natgrad import linalg, theorems
 from natgrad._layers import resolve_layer
+from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
+from natgrad.engine import compute
 from natgrad.errors import InputError
-from natgrad.fisher import MEMORY_BUDGET, _compute, _LayerAccumulator
 from natgrad.unitfisher import UnitFisher
 
 
-class WoodburyAccumulator(_LayerAccumulator):
+class WoodburyAccumulator(LayerAccumulator):
     r"""Keeps the factor rows instead of summing them: shared rows ã ``[M, d+1]`` with
     per-unit scales √w ``[M, U]`` (one position per input), or per-unit rows g
     ``[U, N·K, d+1]`` (weight-shared units)."""
@@ -136,7 +137,7 @@ def woodbury_unit_fishers(
     Returns ``{name: WoodburyUnitFisher}``."""
     spec = dict(resolve_layer(model, layer) for layer in layers)
     units = units or {}
-    return _compute(
+    return compute(
         model,
         {name: (module, units.get(name)) for name, module in spec.items()},
         inputs,

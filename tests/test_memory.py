@@ -8,8 +8,9 @@ import torch
 from cases import CASES
 
 from natgrad import memory
+from natgrad.accumulate import _symmetrise_
 from natgrad.errors import InputError, MemoryBudgetError, NatgradError
-from natgrad.fisher import _symmetrise_, unit_fisher, unit_fishers
+from natgrad.fisher import unit_fisher, unit_fishers
 from natgrad.testing import assert_close
 
 CNN = next(c for c in CASES if c.name == "cnn-categorical")

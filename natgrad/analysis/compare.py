@@ -586,7 +586,7 @@ def write_outputs(
         write_json,
         write_text,
     )
-    from natgrad.analysis.summary import write_csv
+    from natgrad.analysis.csvtables import write_csv
 
     structures = structures or {}
     final = Path(out)
@@ -671,7 +671,7 @@ def rewrite_outputs(out: Path) -> dict:
     needs."""
     import pandas as pd
 
-    from natgrad.analysis.summary import read_csv
+    from natgrad.analysis.csvtables import read_csv
 
     out = Path(out)
     try:

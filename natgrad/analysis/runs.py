@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from natgrad.analysis.csvtables import read_csv, write_csv
 from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
 from natgrad.errors import CheckpointError, DataFileError
 from natgrad.training.rundir import RunDir, find_runs
@@ -239,8 +240,6 @@ def _analyse(job) -> tuple:
     paths = {k: rd.analysis_path(f"{k}-e{epoch:04d}-{key}.csv") for k in ("units", "sweep")}
     want_sweep = bool(settings["sweep"])
     if paths["units"].is_file() and (not want_sweep or paths["sweep"].is_file()):
-        from natgrad.analysis.summary import read_csv
-
         try:  # a cache entry that does not match its checksum is recomputed
             units = read_csv(paths["units"])
             sweep = read_csv(paths["sweep"]) if want_sweep else None
@@ -260,9 +259,9 @@ def _analyse(job) -> tuple:
     for old in rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []:
         if key not in old.name:
             old.unlink(missing_ok=True)  # a stale cache entry of this epoch
-    _write_csv(units, paths["units"])
+    write_csv(units, paths["units"])
     if sweep is not None:
-        _write_csv(sweep, paths["sweep"])
+        write_csv(sweep, paths["sweep"])
     return units, sweep, False
 
 
@@ -270,12 +269,6 @@ def _prepend(frame, head: dict):
     for i, (k, v) in enumerate(head.items()):
         frame.insert(i, k, v)
     return frame
-
-
-def _write_csv(frame, path: Path) -> None:
-    from natgrad._atomic import write_table
-
-    write_table(path, frame.to_csv(index=False, float_format="%.17g"))
 
 
 def unit_table(

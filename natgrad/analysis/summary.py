@@ -28,7 +28,6 @@ keeps its header.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -40,13 +39,12 @@ from natgrad._atomic import (
     clean_stale,
     commit_dir,
     dumps_json,
-    read_checked,
     staging_dir,
     write_json,
-    write_table,
 )
 from natgrad.analysis import metrics as mt
 from natgrad.analysis import stats
+from natgrad.analysis.csvtables import read_csv, write_csv
 from natgrad.analysis.unitstats import REL_DAMPING, SWEEP
 
 __all__ = [
@@ -76,28 +74,6 @@ COMPARED = [
 
 TABLES = ("units", "sweep", "curves", "activations", "seeds", "seed_epochs", "sweep_seeds",
           "summary", "comparison")  # fmt: skip
-
-
-def write_csv(frame, path: str | os.PathLike) -> Path:
-    """``frame`` as CSV (exact floats), atomically, with its checksum file."""
-    return write_table(path, frame.to_csv(index=False, float_format="%.17g"))
-
-
-def read_csv(path: str | os.PathLike):
-    """A table written by natgrad, as a DataFrame, after checking its checksum file
-    (:func:`natgrad._atomic.read_checked`: a truncated or mismatched table is a
-    :class:`~natgrad.errors.DataFileError` naming it)."""
-    import pandas as pd
-
-    from natgrad.errors import DataFileError
-
-    data = read_checked(path)
-    if not data.strip():  # a table with no columns (e.g. no comparison with one unit type)
-        return pd.DataFrame()
-    try:
-        return pd.read_csv(io.BytesIO(data))
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataFileError(f"{path}: not a readable CSV table ({exc})") from None
 
 
 def save_tables(frames: dict, out_dir: str | os.PathLike, context: dict | None = None) -> dict:

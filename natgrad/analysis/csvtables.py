@@ -1,0 +1,37 @@
+r"""The one owner of reading and writing natgrad's CSV tables: exact floats, written
+atomically with a checksum file (:func:`natgrad._atomic.write_table`), read back only after
+the checksum and row count agree (:func:`natgrad._atomic.read_checked`). Every analysis
+module (runs, summary, compare) reads and writes tables through here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from natgrad._atomic import read_checked, write_table
+
+__all__ = ["read_csv", "write_csv"]
+
+
+def write_csv(frame, path: str | os.PathLike) -> Path:
+    """``frame`` as CSV (exact floats), atomically, with its checksum file."""
+    return write_table(path, frame.to_csv(index=False, float_format="%.17g"))
+
+
+def read_csv(path: str | os.PathLike):
+    """A table written by natgrad, as a DataFrame, after checking its checksum file
+    (:func:`natgrad._atomic.read_checked`: a truncated or mismatched table is a
+    :class:`~natgrad.errors.DataFileError` naming it)."""
+    import pandas as pd
+
+    from natgrad.errors import DataFileError
+
+    data = read_checked(path)
+    if not data.strip():  # a table with no columns (e.g. no comparison with one unit type)
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataFileError(f"{path}: not a readable CSV table ({exc})") from None
