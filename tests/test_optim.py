@@ -468,3 +468,26 @@ def test_window_settings_are_checked():
                 dict(window=2, rel_damping=0.0, layer_damping=0.0)):  # fmt: skip
         with pytest.raises(InputError, match="window"):
             UnitNaturalGradient(model, 0.1, **bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_explicit_inverse_step_equals_the_cholesky_solve(dtype):
+    """The per-refresh F_λ⁻¹ applied by one matmul gives the Cholesky solve's direction, to
+    the tolerance the block's conditioning allows in the step's dtype."""
+    from natgrad.linalg import condition_number
+    from natgrad.testing import conditioned
+
+    torch.manual_seed(0)
+    U, d1, N = 6, 9, 40
+    rows = torch.randn(U, N, d1, dtype=torch.float64)
+    matrix = rows.transpose(1, 2) @ rows / N  # [U, d+1, d+1]
+    g = torch.randn(U, d1, dtype=torch.float64)
+    ref = solves.unit_direction(solves.unit_factor(matrix, LAMBDA), g)
+    inv = solves.unit_inverse(matrix, LAMBDA, dtype=dtype)
+    assert inv.dtype == dtype
+    got = solves.unit_apply(inv, g.to(dtype))
+    damped = matrix + torch.diag_embed(
+        solves.relative_shift(torch.diagonal(matrix, dim1=-2, dim2=-1), LAMBDA, 0.0)
+        .unsqueeze(-1).expand(U, d1))  # fmt: skip
+    kappa = float(condition_number(damped).max())
+    assert_close(got.double(), ref, **conditioned(kappa, d1, dtype))

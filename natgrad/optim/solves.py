@@ -65,8 +65,10 @@ __all__ = [
     "quasidiagonal_parts",
     "relative_shift",
     "shift_of_traces",
+    "unit_apply",
     "unit_direction",
     "unit_factor",
+    "unit_inverse",
 ]
 
 
@@ -137,6 +139,37 @@ def unit_factor(
 def unit_direction(factor: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     r"""``[U, d+1]`` u = F_λ⁻¹ g from the factors of :func:`unit_factor`, in ``g``'s dtype."""
     return linalg.cho_solve(factor, g).to(g.dtype)
+
+
+def unit_inverse(
+    matrix: torch.Tensor,
+    rel_damping: float,
+    *,
+    layer_damping: float = 0.0,
+    layer: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    r"""``[U, d+1, d+1]`` F_λ⁻¹, formed once per refresh: Cholesky and inverse in float64
+    (:func:`unit_factor`'s checks), symmetrised, then cast to ``dtype`` (the weights'), so that
+    every step until the next refresh is one batched matmul (:func:`unit_apply`). With
+    κ(F_λ) ≤ (d+1)/λ + 1 a float32 product keeps about 7 − log10 κ digits of the step.
+
+    Example:
+        >>> F = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+        >>> u = unit_apply(unit_inverse(F, 0.0), torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+        >>> u.round(decimals=12).tolist()
+        [[1.0, -1.0]]
+    """
+    factor = unit_factor(matrix, rel_damping, layer_damping=layer_damping, layer=layer)
+    inv = torch.cholesky_inverse(factor)
+    inv = 0.5 * (inv + inv.transpose(-1, -2))
+    return inv.to(dtype or matrix.dtype)
+
+
+def unit_apply(inverse: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    r"""``[U, d+1]`` u = F_λ⁻¹ g with the inverse of :func:`unit_inverse`: one batched matmul in
+    the inverse's dtype, returned in ``g``'s."""
+    return torch.bmm(inverse, g.to(inverse.dtype).unsqueeze(-1)).squeeze(-1).to(g.dtype)
 
 
 def quasidiagonal_metric(

@@ -385,15 +385,15 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             elif isinstance(pre, LowRankFactor):
                 u = lowrank_apply(pre, g)
             else:
-                u = solves.unit_direction(pre, g)
+                u = solves.unit_apply(pre, g)
             out[m.weight] = u[:, :-1].reshape(m.weight.shape)
             out[m.bias] = u[:, -1]
         return out
 
     def _preconditioner(self, name: str, m: nn.Module):
-        r"""Per-refresh factors of layer ``name``: Cholesky factors (float64) for ``unit``, the
-        windowed Woodbury factor, Ollivier's quasi-diagonal coefficients or 1/diag(F_λ); the
-        last three in the weight's dtype, so that a step is a few tensor operations."""
+        r"""Per-refresh factors of layer ``name``: F_λ⁻¹ (formed in float64) for ``unit``, the
+        windowed Woodbury factor, Ollivier's quasi-diagonal coefficients or 1/diag(F_λ); all in
+        the weight's dtype, so that a step is a few tensor operations."""
         state, structure = self.state[m.weight], self.structures[name]
         lam, kw = self.rel_damping, dict(layer_damping=self.layer_damping, layer=name)
         dtype = m.weight.dtype
@@ -404,8 +404,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 [state.get(f"window_scales_{k}") for k in range(count)],
                 window_weights(count, self.ema), lam, dtype=dtype, **kw,
             )  # fmt: skip
-        if structure == "unit":
-            return solves.unit_factor(state["fisher"], lam, **kw)
+        if structure == "unit":  # F_λ⁻¹ once per refresh; a step is one batched matmul
+            return solves.unit_inverse(state["fisher"], lam, dtype=dtype, **kw)
         if structure == "quasidiagonal":
             metric = solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
                                                  layer_damping=self.layer_damping)  # fmt: skip
