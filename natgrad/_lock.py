@@ -59,6 +59,14 @@ class DirLock:
     def acquire(self) -> DirLock:
         if self._fd is not None:
             return self
+        for _ in range(20):  # a holder may unlink the file between our open and our flock
+            self._acquire_once()
+            if self._fd is not None:
+                return self
+        raise RunDirError(f"{self.what} {self.folder}: its lock file keeps being replaced; "
+                          "another process is taking it over and over. Try again")  # fmt: skip
+
+    def _acquire_once(self) -> None:
         try:
             nofollow = getattr(os, "O_NOFOLLOW", 0)  # a symlinked lock is refused, never followed
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o644)
@@ -84,17 +92,29 @@ class DirLock:
                     f"{holder.get('command', '?')}); wait for it to finish, stop it, or "
                     "pick another folder"
                 ) from None
+        try:  # the file we locked must still be the one at the path (see release)
+            same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "command": " ".join(sys.argv) or "python", "since": time.time()}  # fmt: skip
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
-        return self
 
     def release(self) -> None:
+        """Remove the lock file while still holding it, then unlock: a finished job leaves no
+        lock behind, and a process that opened the old file sees it is gone (acquire)."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -33,7 +33,7 @@ and SymPy."""
 
 EXAMPLES = """\
 examples:
-  natgrad demo                              # ELU/ReLU/LReLU/SReLU on digits -> reports/demo/
+  natgrad demo                              # 7 unit types x 8 seeds on digits -> reports/demo/
   natgrad train --net mnist-fc --unit elu --dataset fashion-mnist --epochs 20
   natgrad tables reports/demo/runs --out tables --report
   natgrad COMMAND --help                    # the options of one command
@@ -58,7 +58,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "demo": (
         "natgrad.analysis.demo",
-        "the main job: train ELU/ReLU/LReLU/SReLU nets and write the bias-shift report",
+        "the main job: train ELU/ReLU/LReLU/SReLU/SELU and ReLU/ELU+BN nets, write the report",
     ),
     "tables": (
         "natgrad.analysis.build",

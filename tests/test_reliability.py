@@ -358,3 +358,11 @@ def test_numeric_options_fuzzed(tmp_path, monkeypatch, capsys, argv, option):
     for value in BAD_VALUES:
         _one_line_exit_2(capsys, [*argv, option, value], option)
     assert not (tmp_path / "never").exists()
+
+
+def test_a_finished_run_leaves_no_lock_file(tmp_path):
+    cfg = default_config("mnist-fc", unit="relu", **dict(DIGITS, epochs=1))
+    train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / ".natgrad.lock").exists()
+    train(cfg, tmp_path / "run", progress=False)  # and the next job takes it again
+    assert not (tmp_path / "run" / ".natgrad.lock").exists()

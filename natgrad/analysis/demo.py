@@ -255,6 +255,8 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     from natgrad.training import default_run_dir, describe_device
 
     t0 = time.perf_counter()
+    if not (out / "demo.json").is_file():  # marks the folder as the demo's from the start
+        write_json(out / "demo.json", {"config": asdict(config), "status": "running"})
     workers = workers_of(config) if config.device == "cpu" else 1
     cfgs = train_configs(config)
     run_dirs = [default_run_dir(cfg, out / "runs") for cfg in cfgs]

@@ -86,7 +86,7 @@ def format_table(results: list[ProofResult]) -> str:
     """A plain-text table: name, case, holds, residual, seconds."""
     rows = [("proof", "case", "holds", "residual", "s")]
     for r in results:
-        zero = isinstance(r.residual, sp.MatrixBase) and r.holds
+        zero = r.holds and (isinstance(r.residual, sp.MatrixBase) or r.residual == 0)
         res = "0" if zero else str(r.residual).replace("\n", " ")
         rows.append(
             (

@@ -132,15 +132,16 @@ def jumps_fact(unit: str | UnitSpec) -> ProofResult:
 
 def continuity_fact(unit: str | UnitSpec = "ELU") -> ProofResult:
     r"""f′ is continuous at 0 exactly for the claimed α (ELU: iff α = 1), solving jump = 0 for
-    α > 0; ``residual`` is the jump f′(0⁺) − f′(0⁻) (1 − α for ELU)."""
+    α > 0. The jump f′(0⁺) − f′(0⁻) (1 − α for ELU) is named in the case; ``residual`` is 0
+    when the solution set is the claimed one, else the jump (a row that holds prints 0)."""
     t0, u = time.perf_counter(), _spec(unit)
     jump = _jump(u, 0)
     solutions = sp.solveset(sp.Eq(jump, 0), alpha, domain=sp.Interval.open(0, sp.oo))
     holds = u.continuous_iff is not None and solutions == u.continuous_iff
     tex = rf"f'(0^-) = f'(0^+) \iff \alpha \in {sp.latex(u.continuous_iff)}"
-    return ProofResult(
-        f"{u.name}: f′ continuous at 0", u.name, tex, holds, jump, time.perf_counter() - t0
-    )
+    residual = sp.S.Zero if holds else jump
+    return ProofResult(f"{u.name}: f′ continuous at 0", f"{u.name}, jump {jump}", tex, holds,
+                       residual, time.perf_counter() - t0)  # fmt: skip
 
 
 def saturation_fact(unit: str | UnitSpec) -> ProofResult:
