@@ -10,7 +10,7 @@ PYTEST_WORKERS ?= 2
 BASE_ID := $(shell $(PYTHON3) -c 'import sys; print(sys.executable, sys.version.split()[0])' 2>/dev/null)
 STAMP := $(VENV)/.natgrad-installed
 
-.PHONY: install demo test test-all lint format bench figures notebooks verify clean
+.PHONY: install demo test test-all lint format bench figures notebooks verify lab clean
 
 $(STAMP): pyproject.toml Makefile
 	@if [ -z "$(BASE_ID)" ]; then echo "error: '$(PYTHON3)' not found; install Python >= 3.10 or pass PYTHON3=/path/to/python3" >&2; exit 2; fi
@@ -63,6 +63,9 @@ notebooks: $(STAMP)
 
 verify: $(STAMP)
 	$(PY) -m natgrad verify
+
+lab: $(STAMP)  # the notebooks in JupyterLab, from the project environment
+	$(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) .installed build dist *.egg-info .pytest_cache .ruff_cache
