@@ -156,9 +156,20 @@ def unit_type_label(key: str, *, tex: bool = True) -> str:
 
 
 def unit_type_colour(key: str) -> str | None:
-    """Colour of a unit type key (batch-norm variants share the unit's colour)."""
-    unit, _ = _split(key)
-    return None if unit is None else unit.colour
+    """Colour of a unit type key; a batch-norm variant gets a darker shade of the unit's
+    colour (plots also dash it), so that ReLU and ReLU+BN differ where only fills show.
+
+    Example:
+        >>> unit_type_colour("relu") != unit_type_colour("relu-bn")
+        True
+    """
+    unit, bn = _split(key)
+    if unit is None:
+        return None
+    if not bn:
+        return unit.colour
+    rgb = [int(unit.colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{int(c * 0.55):02x}" for c in rgb)
 
 
 def unit_type_order(keys) -> list[str]:

@@ -1,4 +1,5 @@
-"""Fig 1 of the ELU paper: ELU (α=1), ReLU, LReLU (α=0.1) and SReLU.
+"""Fig 1 of the ELU paper: ELU (α=1), ReLU, LReLU (α=0.1) and SReLU, plus SELU (dashed; the demo
+also trains it, the paper does not have it).
 
     python paper_figures/fig1_units.py [--small] [--out DIR]
 

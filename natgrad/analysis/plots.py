@@ -41,8 +41,9 @@ def _style(key: str) -> dict:
     return {"color": unit_type_colour(key), "ls": "--" if key.endswith("-bn") else "-"}
 
 
-def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0)):
-    r"""Fig 1: the four units of the paper on ``xlim``, computed by :func:`natgrad.units.make_unit`.
+def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0), extra: bool = True):
+    r"""Fig 1: the four units of the paper on ``xlim``, computed by :func:`natgrad.units.make_unit`,
+    and (``extra``) SELU, which the demo also trains, dashed and labelled as not the paper's.
 
     Returns the ``Figure`` (a new one unless ``ax`` is given).
     """
@@ -59,11 +60,13 @@ def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0)):
     from natgrad.units import CATALOGUE
 
     for name, unit in CATALOGUE.items():
-        if not unit.in_paper or name == "prelu":
+        if name == "prelu" or not (unit.in_paper or extra):
             continue
         with torch.no_grad():
             y = make_unit(name)(x)
-        ax.plot(x.numpy(), y.numpy(), color=unit.colour, label=unit_type_label(name))
+        label = unit_type_label(name) + ("" if unit.in_paper else " (not in the paper)")
+        ax.plot(x.numpy(), y.numpy(), color=unit.colour, label=label,
+                ls="-" if unit.in_paper else "--")  # fmt: skip
     ax.axhline(0.0, color="0.7", lw=0.6, zorder=0)
     ax.axvline(0.0, color="0.7", lw=0.6, zorder=0)
     ax.set(xlabel="x", ylabel="f(x)", xlim=xlim, ylim=(-1.5, xlim[1]))
