@@ -69,3 +69,20 @@ def test_library_imports_without_matplotlib():
         "natgrad.analysis.runs, natgrad.analysis.unitstats, natgrad.analysis.stats\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_terminal_summary_fits_100_columns():
+    import pandas as pd
+
+    from natgrad.analysis.report import SUMMARY_COLUMNS, summary_text
+
+    row = {"n_seeds": 8}
+    for c in SUMMARY_COLUMNS:
+        row.update({f"{c}_mean": 0.123456, f"{c}_lo": -0.0123456, f"{c}_hi": 0.9876543})
+    summary = pd.DataFrame([dict(row, unit_type=u) for u in ("elu", "relu", "relu-bn")])
+    text = summary_text(summary)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    for c in SUMMARY_COLUMNS:  # every column is still there
+        from natgrad.analysis import metrics as mt
+
+        assert mt.label(c) in text

@@ -60,16 +60,30 @@ def fmt_ci(row, metric: str) -> str:
     return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
 
 
-def summary_text(summary, columns=SUMMARY_COLUMNS) -> str:
-    """The summary table as fixed-width text (terminal, ``summary.txt``)."""
+def summary_text(summary, columns=SUMMARY_COLUMNS, *, width: int = 100) -> str:
+    """The summary table as fixed-width text (terminal, ``summary.txt``), in blocks of columns
+    that each fit ``width`` characters (the unit and seed columns repeat in every block)."""
     rows = [["unit", "n"] + [mt.label(c) for c in columns]]
     for key in unit_type_order(summary["unit_type"]):
         r = summary[summary["unit_type"] == key].iloc[0].to_dict()
         rows.append([unit_type_label(key, tex=False), str(int(r["n_seeds"]))] +
                     [fmt_ci(r, c) for c in columns])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
+    head = widths[0] + widths[1] + 2
+    blocks, current, used = [], [], head
+    for i in range(2, len(widths)):
+        if current and used + 2 + widths[i] > width:
+            blocks.append(current)
+            current, used = [], head
+        current.append(i)
+        used += 2 + widths[i]
+    blocks.append(current)
+    out = []
+    for cols in blocks:
+        keep = [0, 1, *cols]
+        out += ["  ".join(row[i].ljust(widths[i]) for i in keep).rstrip() for row in rows]
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def _table_html(frame, columns, *, fmt_cell=None, table_id: str = "", row_key: str = "") -> str:

@@ -144,7 +144,7 @@ def resummarise(tables_dir: str | os.PathLike, *, last: int = 3) -> dict:
     if "sweep" in t:
         frames["sweep_seeds"] = summ["sweep_seeds"]
     ctx = dict(t["context"])
-    ctx["loss threshold (epochs_to_loss)"] = summ["threshold"]
+    ctx["loss threshold (epochs_to_loss)"] = float(f"{summ['threshold']:.4g}")
     ctx["test error"] = f"mean of the last {last} epochs"
     return save_tables(frames, tables_dir, ctx)
 
@@ -192,7 +192,7 @@ def write_tables(
         "damping sweep": list(sweep or ()),
         "probe": f"held-out test inputs ({'all' if probe_size is None else probe_size})",
         "analysed epochs": sorted(int(e) for e in units["epoch"].unique()),
-        "loss threshold (epochs_to_loss)": summ["threshold"],
+        "loss threshold (epochs_to_loss)": float(f"{summ['threshold']:.4g}"),
         "test error": f"mean of the last {last} epochs",
         "unit tables": f"{counts.get('computed', 0)} computed, {counts.get('cached', 0)} reused",
     })  # fmt: skip
