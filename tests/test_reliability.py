@@ -366,3 +366,17 @@ def test_a_finished_run_leaves_no_lock_file(tmp_path):
     assert not (tmp_path / "run" / ".natgrad.lock").exists()
     train(cfg, tmp_path / "run", progress=False)  # and the next job takes it again
     assert not (tmp_path / "run" / ".natgrad.lock").exists()
+
+
+def test_analysis_cache_is_not_written_through_a_symlink(tmp_path):
+    from natgrad.analysis.runs import unit_table
+
+    cfg = default_config("mnist-fc", unit="relu", **dict(DIGITS, epochs=0))
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run / "analysis").symlink_to(elsewhere)
+    with pytest.raises(RunDirError, match="symlink"):
+        unit_table([run], epochs=[0], probe_size=20)
+    assert not any(elsewhere.iterdir())
