@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -54,22 +55,28 @@ from natgrad.structures import StructuredAccumulator
 CONV_MOMENTS = ("shared", "positions")
 
 
-def compute(
-    model,
-    spec,
-    inputs,
-    targets,
-    kind,
-    likelihood,
-    mc_samples,
-    generator,
-    batch_size,
-    *,
-    structure="dense",
-    conv_moments="shared",
-    max_memory=None,
-    accumulator=None,
-):
+@dataclass(frozen=True)
+class PassOptions:
+    r"""How one pass over the data computes the unit Fisher (the arguments of
+    :func:`natgrad.unit_fisher` that are not the model, layers or data)."""
+
+    kind: str = "exact"
+    likelihood: str = "categorical"
+    mc_samples: int = 1
+    generator: torch.Generator | None = None
+    batch_size: int | None = None
+    structure: str = "dense"
+    conv_moments: str = "shared"
+    max_memory: float | None = None
+
+
+def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=None) -> dict:
+    r"""One pass over ``inputs`` (and ``targets``) filling an accumulator per layer of ``spec``
+    (``{name: (module, units or None)}``); returns ``{name: result}`` (:class:`UnitFisher`, or
+    what ``accumulator``'s ``result`` makes)."""
+    kind, likelihood, mc_samples = options.kind, options.likelihood, options.mc_samples
+    generator, batch_size, structure = options.generator, options.batch_size, options.structure
+    conv_moments, max_memory = options.conv_moments, options.max_memory
     lik.check_likelihood(likelihood)
     if kind not in lik.KINDS:
         raise InputError(f"unknown kind {kind!r}: choose one of {', '.join(lik.KINDS)}")

@@ -15,7 +15,7 @@ from natgrad._layers import (
     resolve_layer,
     supported_layers,
 )
-from natgrad.engine import compute
+from natgrad.engine import PassOptions, compute
 from natgrad.errors import InputError, UnsupportedLayerError
 from natgrad.planner import sharded_unit_fisher
 from natgrad.unitfisher import UnitFisher
@@ -101,35 +101,12 @@ def unit_fisher(
         (torch.Size([4, 4, 4]), torch.Size([4, 3]))
     """
     name, module = resolve_layer(model, layer)
-    options = dict(structure=structure, conv_moments=conv_moments, max_memory=max_memory)
+    options = PassOptions(kind=kind, likelihood=likelihood, mc_samples=mc_samples,
+                          generator=generator, batch_size=batch_size, structure=structure,
+                          conv_moments=conv_moments, max_memory=max_memory)  # fmt: skip
     if out_dir is not None:
-        return sharded_unit_fisher(
-            model,
-            name,
-            module,
-            units,
-            inputs,
-            targets,
-            out_dir,
-            kind=kind,
-            likelihood=likelihood,
-            mc_samples=mc_samples,
-            generator=generator,
-            batch_size=batch_size,
-            **options,
-        )
-    return compute(
-        model,
-        {name: (module, units)},
-        inputs,
-        targets,
-        kind,
-        likelihood,
-        mc_samples,
-        generator,
-        batch_size,
-        **options,
-    )[name]
+        return sharded_unit_fisher(model, name, module, units, inputs, targets, out_dir, options)
+    return compute(model, {name: (module, units)}, inputs, targets, options)[name]
 
 
 def unit_fishers(
@@ -185,14 +162,16 @@ def unit_fishers(
         spec,
         inputs,
         targets,
-        kind,
-        likelihood,
-        mc_samples,
-        generator,
-        batch_size,
-        structure=structure,
-        conv_moments=conv_moments,
-        max_memory=max_memory,
+        PassOptions(
+            kind=kind,
+            likelihood=likelihood,
+            mc_samples=mc_samples,
+            generator=generator,
+            batch_size=batch_size,
+            structure=structure,
+            conv_moments=conv_moments,
+            max_memory=max_memory,
+        ),
     )
 
 

@@ -40,7 +40,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 from natgrad import memory, theorems
 from natgrad._atomic import SUFFIX, dumps_json, temp_path, write_bytes
 from natgrad._layers import check_units
-from natgrad.engine import compute
+from natgrad.engine import PassOptions, compute
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
 from natgrad.unitfisher import UnitFisher
 
@@ -58,25 +58,12 @@ FORMAT = "natgrad-unit-fisher-shards/1"
 
 
 def sharded_unit_fisher(
-    model,
-    name,
-    module,
-    units,
-    inputs,
-    targets,
-    out_dir,
-    *,
-    kind,
-    likelihood,
-    mc_samples,
-    generator,
-    batch_size,
-    structure,
-    conv_moments,
-    max_memory,
+    model, name, module, units, inputs, targets, out_dir, options: PassOptions
 ) -> ShardedUnitFisher:
     r"""Plan unit chunks that fit ``max_memory``, one data pass per chunk, shards in
     ``out_dir``; returns the lazily loading :class:`ShardedUnitFisher`."""
+    structure, max_memory = options.structure, options.max_memory
+    generator, conv_moments = options.generator, options.conv_moments
 
     memory.check_structure(structure)
     budget = memory.resolve_max_memory(max_memory)
@@ -103,18 +90,7 @@ def sharded_unit_fisher(
         if generator is not None:
             generator.set_state(state)
         F = compute(
-            model,
-            {name: (module, chunk)},
-            inputs,
-            targets,
-            kind,
-            likelihood,
-            mc_samples,
-            generator,
-            batch_size,
-            structure=structure,
-            conv_moments=conv_moments,
-            max_memory=budget,
+            model, {name: (module, chunk)}, inputs, targets, replace(options, max_memory=budget)
         )[name]
         file = f"{_slug(name)}.units_{int(chunk[0]):06d}-{int(chunk[-1]):06d}.safetensors"
         tensors = {"units": chunk.clone(), "mean_p": F.mean_p.contiguous()}

@@ -47,7 +47,7 @@ from torch import nn
 from natgrad import linalg, theorems
 from natgrad._layers import resolve_layer
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
-from natgrad.engine import compute
+from natgrad.engine import PassOptions, compute
 from natgrad.errors import InputError
 from natgrad.unitfisher import UnitFisher
 
@@ -137,20 +137,12 @@ def woodbury_unit_fishers(
     Returns ``{name: WoodburyUnitFisher}``."""
     spec = dict(resolve_layer(model, layer) for layer in layers)
     units = units or {}
-    return compute(
-        model,
-        {name: (module, units.get(name)) for name, module in spec.items()},
-        inputs,
-        targets,
-        kind,
-        likelihood,
-        mc_samples,
-        generator,
-        batch_size,
-        structure="diagonal",  # the size check, as above
-        conv_moments=conv_moments,
-        accumulator=WoodburyAccumulator,
-    )
+    options = PassOptions(kind=kind, likelihood=likelihood, mc_samples=mc_samples,
+                          generator=generator, batch_size=batch_size,
+                          structure="diagonal",  # the size check, as above
+                          conv_moments=conv_moments)  # fmt: skip
+    spec = {name: (module, units.get(name)) for name, module in spec.items()}
+    return compute(model, spec, inputs, targets, options, accumulator=WoodburyAccumulator)
 
 
 @dataclass(frozen=True)
