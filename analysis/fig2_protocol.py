@@ -47,7 +47,8 @@ MECHANISM = dict(
 RHO = ("rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag")
 
 
-def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progress=True):
+def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progress=True,
+                     reverse: bool = False):  # fmt: skip
     """Per run × epoch × layer (``layers``) and per run × epoch (``seeds``, the replicate
     values: medians over the run's analysed units) of ρ, n_eff/(d+1) and the estimable
     fraction, at the :data:`MECHANISM` epochs each run has a checkpoint for. Unit tables
@@ -58,6 +59,8 @@ def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progres
     from natgrad.analysis.stats import seed_values
 
     chosen = [r for r in runs if r.name.split("-s")[0] in units]
+    if reverse:  # a second process works from the other end (the cache is shared)
+        chosen = chosen[::-1]
     frames = []
     for run in chosen:
         have = [e for e in MECHANISM["epochs"] if e in checkpoint_epochs(run)]
@@ -532,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         help="unit types whose runs the mechanism analyses (comma-separated)",
     )
     parser.add_argument("--no-train", action="store_true", help="skip training (analyse only)")
+    parser.add_argument(
+        "--mechanism-reverse",
+        action="store_true",
+        help="analyse the runs in reverse order (a second process)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes for the mechanism")
     parser.add_argument(
         "--save-state",
@@ -558,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mechanism:
         t1 = time.perf_counter()
         layers, seeds = mechanism_tables(dirs, workers=args.workers,
-                                         units=tuple(args.mechanism_units.split(",")))  # fmt: skip
+                                         units=tuple(args.mechanism_units.split(",")),
+                                         reverse=args.mechanism_reverse)  # fmt: skip
         print(f"mechanism: {len(seeds)} run-epochs in {time.perf_counter() - t1:.0f} s")
         print(seeds.groupby(["unit_type", "epoch"])[["rho_plain", "n_eff_over_d1"]].mean())
     if args.record:
