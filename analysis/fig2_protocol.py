@@ -437,7 +437,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict) -> str:
               "| metric | other | ELU − other | CI method | p | Holm p |",
               "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in table[table["role"] == "secondary"].itertuples():
-        est = (f"ELU earlier in {r.earlier}/{r.n}, later in {r.later}" if r.metric == "epochs_to_loss"
+        est = (f"ELU earlier in {int(r.earlier)}/{int(r.n)}, later in {int(r.later)}" if r.metric == "epochs_to_loss"
                else _fmt_ci(r.diff, r.lo, r.hi))  # fmt: skip
         lines.append(
             f"| {r.metric} | {r.other} | {est} | {r.ci_method} | {r.p:.3g} | {r.p_holm:.3g} |"
