@@ -84,6 +84,12 @@ def temp_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{SUFFIX}")
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of natgrad's temporaries (:func:`temp_path`, or the legacy
+    ``.<name>.tmp<pid>`` form)."""
+    return bool(_TEMP.match(name) or _LEGACY.match(name))
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -47,7 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from natgrad import memory, theorems
-from natgrad._atomic import SUFFIX, dumps_json, temp_path, write_bytes
+from natgrad._atomic import dumps_json, is_temporary, temp_path, write_bytes
 from natgrad._layers import check_units
 from natgrad.engine import PassOptions, compute
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
@@ -171,7 +171,7 @@ def _claim_folder(out_dir, layer: str) -> Path:
         except CheckpointError as exc:
             raise RunDirError(f"{folder}: holds an {INDEX} that natgrad did not write ({exc}); "
                               "pick an empty or new out_dir") from None  # fmt: skip
-    foreign = sorted(n for n in names - own if not _is_temporary(n))
+    foreign = sorted(n for n in names - own if not is_temporary(n))
     if foreign:
         raise RunDirError(f"{folder}: holds files natgrad's shard planner did not write "
                           f"({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}); "
@@ -179,10 +179,6 @@ def _claim_folder(out_dir, layer: str) -> Path:
     for link in (folder / n for n in own if (folder / n).is_symlink()):
         raise RunDirError(f"{link}: is a symlink; natgrad does not write through links")
     return folder
-
-
-def _is_temporary(name: str) -> bool:
-    return name.startswith(".") and name.endswith(SUFFIX)
 
 
 def _validated(path: Path) -> dict:

@@ -3,6 +3,7 @@ renamed checkpoints, the optimizer's and the measures' inputs, one-line CLI erro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -129,13 +130,7 @@ def test_renamed_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="file name says epoch 2 but the checkpoint holds"):
         read_checkpoint(run, 2)
     with pytest.raises(CheckpointError, match="epoch 2"):
-        train(dataclasses_replace(cfg, epochs=3), run, progress=False)
-
-
-def dataclasses_replace(cfg, **kw):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **kw)
+        train(dataclasses.replace(cfg, epochs=3), run, progress=False)
 
 
 def test_deeply_nested_json_is_a_named_error(tmp_path):
@@ -237,7 +232,7 @@ def test_tables_out_is_checked_before_any_analysis(tmp_path, capsys):
     f = tmp_path / "f"
     f.write_text("x")
     _one_line_exit_2(capsys, ["tables", str(tmp_path / "runs"), "--out", str(f)], "is a file")
-    assert json.dumps(f.read_text()) == '"x"'
+    assert f.read_text() == "x" and not (tmp_path / "runs").is_symlink()
 
 
 # --- natgrad compare's outputs --------------------------------------------------------------

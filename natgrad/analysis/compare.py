@@ -577,16 +577,7 @@ def write_outputs(
     the tables. ``structures``: layer → structure of the unit-NG arms (:func:`run_compare`)."""
     import shutil
 
-    from natgrad._atomic import (
-        carry_over,
-        check_replaceable,
-        clean_stale,
-        commit_dir,
-        staging_dir,
-        write_json,
-        write_text,
-    )
-    from natgrad.analysis.csvtables import write_csv
+    from natgrad._atomic import carry_over, check_replaceable, clean_stale, commit_dir, staging_dir
 
     structures = structures or {}
     final = Path(out)
@@ -598,8 +589,7 @@ def write_outputs(
     # then replaces ``out`` in one step: a kill leaves the old outputs or the new, never a mix.
     out = staging_dir(final)
     try:
-        _write_all(curves, tables, config, out, meta, structures, write_csv, write_text,
-                   write_json)  # fmt: skip
+        _write_all(curves, tables, config, out, meta, structures)
         carry_over(final, out)  # other files there (a README) are kept
         commit_dir(out, final)
     except BaseException:
@@ -608,8 +598,11 @@ def write_outputs(
     return tables
 
 
-def _write_all(curves, tables, config, out, meta, structures, write_csv, write_text, write_json):
+def _write_all(curves, tables, config, out, meta, structures) -> None:
     """Every output file of :func:`write_outputs`, into the (staging) folder ``out``."""
+    from natgrad._atomic import write_json, write_text
+    from natgrad.analysis.csvtables import write_csv
+
     write_csv(curves, out / "curves.csv")
     for name in ("summary", "effects", "gap", "shares"):
         write_csv(tables[name], out / f"{name}.csv")
