@@ -156,3 +156,39 @@ def test_mc_deterministic_given_generator():
     b = unit_fisher(model, "2", x, kind="mc", mc_samples=4, generator=case.generator())
     assert torch.equal(a.matrix, b.matrix)
     assert a.mc_samples == 4
+
+
+@pytest.mark.parametrize("budget", [2**25, 2**13])
+def test_packed_and_row_block_routes_agree_with_einsum(budget):
+    """Both routes of the weighted outer product (the packed-triangle GEMM for wide layers, the
+    row blocks otherwise, chosen by the memory budget) equal Σ_n w_nu ã_n ãₙᵀ; the budget of
+    2**13 forces the row blocks and several chunks of inputs."""
+    from natgrad.accumulate import _PACKED_MIN_UNITS, _add_weighted_outer, _mirror_upper
+
+    g = torch.Generator().manual_seed(0)
+    n, u, d1 = 300, _PACKED_MIN_UNITS + 3, 70
+    w = torch.rand(n, u, generator=g, dtype=torch.float64)
+    at = torch.randn(n, d1, generator=g, dtype=torch.float64)
+    total = torch.zeros(u, d1, d1, dtype=torch.float64)
+    _add_weighted_outer(total, w, at, budget)
+    _add_weighted_outer(total, w[:7], at[:7], budget)  # a second batch adds on
+    _mirror_upper(total)
+    want = torch.einsum("nu,ni,nj->uij", w, at, at) + torch.einsum(
+        "nu,ni,nj->uij", w[:7], at[:7], at[:7]
+    )
+    assert_close(total, want, what=f"weighted outer, budget {budget}")
+
+
+def test_wide_layer_matches_reference():
+    """A layer with enough units for the packed route, against the per-sample reference."""
+    from natgrad.accumulate import _PACKED_MIN_UNITS
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, _PACKED_MIN_UNITS + 8), torch.nn.ELU(),
+        torch.nn.Linear(_PACKED_MIN_UNITS + 8, 3),
+    ).double()  # fmt: skip
+    x = torch.randn(40, 6, dtype=torch.float64)
+    got = unit_fisher(net, "0", x)
+    ref = reference_unit_fisher(net, "0", x)
+    assert_close(got.matrix, ref.matrix, what="packed route vs reference")

@@ -142,13 +142,17 @@ def probe_gradients(
     model: nn.Module, inputs, targets, fishers: dict[str, UnitFisher], *, chunk: int = 4096
 ):
     r"""``{layer: (g_w, g_b)}``: gradients of the mean log-likelihood of ``(inputs, targets)``,
-    summed over chunks of ``chunk`` inputs (the same numbers, bounded memory)."""
+    summed over chunks of ``chunk`` inputs (the same numbers, bounded memory). Each chunk is
+    cast to the model's dtype as it is used (a float64 copy of a whole training set would
+    cost more than the pass)."""
     modules = dict(model.named_modules())
     params = [p for name in fishers for p in (modules[name].weight, modules[name].bias)]
+    dtype = params[0].dtype
     n = inputs.shape[0]
     total = [torch.zeros_like(p) for p in params]
     for s in range(0, n, chunk):
-        loglik = -F.cross_entropy(model(inputs[s : s + chunk]), targets[s : s + chunk],
+        x = inputs[s : s + chunk].to(dtype)
+        loglik = -F.cross_entropy(model(x), targets[s : s + chunk].to(torch.long),
                                   reduction="sum") / n  # fmt: skip
         for t, g in zip(total, torch.autograd.grad(loglik, params), strict=True):
             t += g
@@ -218,7 +222,10 @@ def unit_statistics(
     model, x, y = _prepare(model, inputs, targets, dtype)
     fishers = unit_fishers(model, x, layers=layers, batch_size=batch_size)
     if grad_data is not None:
-        _, gx, gy = _prepare(model, *grad_data, dtype)
+        gx, gy = grad_data
+        if gx.shape[0] != gy.shape[0]:
+            raise InputError(f"unit_statistics: grad_data has {gx.shape[0]} inputs but "
+                             f"{gy.shape[0]} targets")  # fmt: skip
         grads = probe_gradients(model, gx, gy, fishers)
     else:
         grads = probe_gradients(model, x, y, fishers)
