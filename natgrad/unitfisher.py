@@ -113,6 +113,50 @@ class UnitFisher:
             raise InputError(f"UnitFisher.from_matrix ({layer!r}): matrix is not symmetric")
         return cls(matrix=matrix, mean_p=mean_p, n=n, kind="given", likelihood="given", layer=layer)
 
+    @classmethod
+    def pool(cls, parts) -> UnitFisher:
+        r"""The blocks of the union of disjoint input sets, from each set's blocks.
+
+        F = Σ_i n_i F_i / Σ_i n_i and E_p(a) likewise (both are means over inputs); the
+        n_eff sums add. Every part must come from the same layer, units, kind and likelihood
+        (e.g. :func:`natgrad.fisher.unit_fishers` on consecutive slices of a probe): the
+        probe-size sweep and the half-sample jackknife of
+        :mod:`natgrad.analysis.unitstats` use it to get every size from one pass.
+
+        Example:
+            >>> import torch
+            >>> a = UnitFisher(torch.eye(2)[None], torch.zeros(1), 1, "exact", "categorical", "l")
+            >>> b = UnitFisher(3 * torch.eye(2)[None], torch.ones(1), 3, "exact", "categorical", "l")
+            >>> p = UnitFisher.pool([a, b]); p.matrix[0, 0, 0].item(), p.mean_p.item(), p.n
+            (2.5, 0.75, 4)
+        """
+        parts = list(parts)
+        if not parts:
+            raise InputError("UnitFisher.pool: no parts to pool")
+        first = parts[0]
+        for p in parts[1:]:
+            same = (p.layer, p.kind, p.likelihood, p.mc_samples, p.matrix.shape) == (
+                first.layer, first.kind, first.likelihood, first.mc_samples, first.matrix.shape
+            ) and torch.equal(p.units, first.units)  # fmt: skip
+            if not same:
+                raise InputError(
+                    f"UnitFisher.pool: part {p!r} does not match {first!r}; pool blocks of the "
+                    "same layer, units, kind and likelihood"
+                )
+        if any(p.n < 1 for p in parts):
+            raise InputError("UnitFisher.pool: every part needs n >= 1 inputs (from_matrix "
+                             "blocks carry no count)")  # fmt: skip
+        n = sum(p.n for p in parts)
+        matrix = sum(p.matrix * (p.n / n) for p in parts)
+        mean_p = sum(p.mean_p * (p.n / n) for p in parts)
+        sums = {}
+        for key in ("c_sum", "c_sq_sum"):
+            vals = [getattr(p, key) for p in parts]
+            sums[key] = None if any(v is None for v in vals) else sum(vals)
+        return cls(matrix=matrix, mean_p=mean_p, n=n, kind=first.kind,
+                   likelihood=first.likelihood, layer=first.layer, units=first.units,
+                   mc_samples=first.mc_samples, **sums)  # fmt: skip
+
     # --- sizes -------------------------------------------------------------------------
     @property
     def num_units(self) -> int:

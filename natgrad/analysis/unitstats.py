@@ -24,6 +24,8 @@ rel_damping, damping       λ and the unit's absolute damping μ = λ·tr F/(d+1
 rho_<direction>            Fisher efficiency of plain, centred, diagonal, quasidiagonal,
                            arrowhead, blockdiag updates (:mod:`natgrad.measures`)
 coupling_cost              1 − rho_blockdiag
+rho_<direction>_jk         (``jackknife=True``) the half-sample jackknife of rho for plain,
+                           centred, quasidiagonal, blockdiag: 2ρ(F) − (ρ(F_A) + ρ(F_B))/2
 shift_error_<direction>    relative bias-shift error of that update (Theorem 2)
 s_c, k                     s·c and Theorem 2's k of F_λ (flag: ``estimable``)
 corrected_mean_norm        ‖E_p(a) − (1+k)E_q(a)‖₂ of F_λ
@@ -34,11 +36,22 @@ grad_norm                  ‖(g, g0)‖₂
 s, k and the corrected mean are q-moment quantities: they are estimable only where n_eff ≫
 d+1, and the report never averages them into a headline. :func:`damping_sweep` gives the
 efficiencies over a range of λ.
+
+**ρ from a finite probe is biased low.** The unit natural gradient needs F⁻¹, and the inverse
+of an estimated block overshoots: for n_eff samples in d+1 dimensions E[F̂⁻¹] ≈ F⁻¹·n/(n−d−2)
+(Wishart), so gᵀF̂⁻¹g is too large and ρ too small by a term of order (d+1)/n_eff. Two unit
+types with different n_eff on the same probe are then compared with different biases. On the
+MNIST Fig 2 net at epoch 1 (d = 128, ``fig2_protocol``) ρ(plain) on 1k/2k/5k/10k validation
+images was 0.37/0.48/0.54/0.56: a 1/n law. The half-sample jackknife (Quenouille)
+ρ_J = 2ρ(F) − (ρ(F_A) + ρ(F_B))/2, F_A and F_B the blocks of the probe's two halves, removes
+that first-order term; :func:`probe_size_sweep` shows both estimates against the probe size,
+so a reader can see whether the one reported has settled.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -53,11 +66,14 @@ from natgrad.linalg import condition_number
 from natgrad.unitfisher import UnitFisher
 
 __all__ = [
+    "JACKKNIFED",
     "REL_DAMPING",
     "SWEEP",
     "damping_sweep",
+    "jackknifed",
     "layer_statistics",
     "probe_gradients",
+    "probe_size_sweep",
     "unit_statistics",
 ]
 
@@ -71,6 +87,9 @@ SWEEP = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 """Relative dampings of :func:`damping_sweep` (the report's sweep)."""
 
 SWEEP_DIRECTIONS = ("plain", "centred", "quasidiagonal", "blockdiag")
+
+JACKKNIFED = SWEEP_DIRECTIONS
+"""Directions whose efficiency gets a jackknifed column ``rho_<direction>_jk``."""
 
 
 def layer_statistics(
@@ -191,6 +210,8 @@ def unit_statistics(
     dtype: torch.dtype = torch.float64,
     batch_size: int | None = None,
     grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    jackknife: bool = False,
+    probe_sizes: Sequence[int] | None = None,
 ):
     r"""One row per (layer, unit) of ``model`` (the columns of the module docstring).
 
@@ -206,10 +227,16 @@ def unit_statistics(
         grad_data: ``(inputs, targets)`` whose mean loss gradient is g (default: the probe's).
             The training set gives the direction plain SGD follows in expectation, free of
             the probe's sampling noise (``docs/theory.md``, "Measures").
+        jackknife: also the columns ``rho_<direction>_jk`` (module docstring): the blocks
+            are computed on the probe's two halves and pooled, so the cost is the same pass
+            plus two more factorisations per unit.
+        probe_sizes: also the table of :func:`probe_size_sweep` for these nested sizes (at
+            most N), from the same pass: the blocks are accumulated slice by slice between
+            the sizes and pooled, so the sweep adds factorisations only.
 
     Returns:
-        A :class:`pandas.DataFrame` with ``Σ_layers U`` rows, or ``(units, sweep)`` when
-        ``sweep`` is given.
+        A :class:`pandas.DataFrame` with ``Σ_layers U`` rows; ``(units, sweep)`` when
+        ``sweep`` is given; with ``probe_sizes`` the sweep-by-size table is appended last.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
@@ -220,27 +247,154 @@ def unit_statistics(
     import pandas as pd
 
     model, x, y = _prepare(model, inputs, targets, dtype)
-    fishers = unit_fishers(model, x, layers=layers, batch_size=batch_size)
-    if grad_data is not None:
-        gx, gy = grad_data
-        if gx.shape[0] != gy.shape[0]:
-            raise InputError(f"unit_statistics: grad_data has {gx.shape[0]} inputs but "
-                             f"{gy.shape[0]} targets")  # fmt: skip
-        grads = probe_gradients(model, gx, gy, fishers)
-    else:
-        grads = probe_gradients(model, x, y, fishers)
+    n = x.shape[0]
+    if jackknife and n < 4:
+        raise InputError(f"unit_statistics: the jackknife needs a probe of >= 4 inputs, got {n}")
+    sizes = _check_sizes(probe_sizes, n) if probe_sizes else []
+    bounds = sorted({0, n, *((n // 2,) if jackknife else ()), *sizes, *(m // 2 for m in sizes)})
+    chunks = _chunk_fishers(model, x, bounds, layers, batch_size)
+    fishers = _pool(chunks, 0, len(chunks))
+    chunk_grads = _chunk_grads(model, x, y, bounds, fishers, grad_data)
+    grads = _pool_grads(chunk_grads, bounds, 0, len(chunks))
     heads = _layer_heads(model, fishers)
     frames, sweeps = [], []
     for name, fisher in fishers.items():
         cols = layer_statistics(fisher, *grads[name], rel_damping=rel_damping)
+        if jackknife:
+            half, end = bounds.index(n // 2), len(chunks)
+            halves = [(_pool(chunks, a, b)[name], _pool_grads(chunk_grads, bounds, a, b)[name])
+                      for a, b in ((0, half), (half, end))]  # fmt: skip
+            cols.update(jackknifed(cols, halves, rel_damping))
         frames.append(pd.DataFrame({**{k: [v] * fisher.num_units for k, v in heads[name].items()},
                                     **cols}))  # fmt: skip
         if sweep:
             sweeps.append(_sweep_layer(fisher, grads[name], heads[name], sweep))
     units = pd.concat(frames, ignore_index=True)
-    if sweep:
-        return units, pd.concat(sweeps, ignore_index=True)
-    return units
+    out = (units,) + ((pd.concat(sweeps, ignore_index=True),) if sweep else ())
+    if sizes:
+        out += (_size_rows(chunks, chunk_grads, bounds, sizes, heads, rel_damping),)
+    return out[0] if len(out) == 1 else out
+
+
+def _check_sizes(sizes, n: int) -> list[int]:
+    sizes = sorted({int(m) for m in sizes})
+    if not sizes or sizes[0] < 4 or sizes[-1] > n:
+        raise InputError(f"probe sizes {sizes} must lie in [4, {n}] (the probe's inputs)")
+    return sizes
+
+
+def _chunk_fishers(model, x, bounds, layers, batch_size) -> list[dict[str, UnitFisher]]:
+    """The unit Fishers of each slice ``x[bounds[i]:bounds[i+1]]`` (one pass in all)."""
+    return [unit_fishers(model, x[a:b], layers=layers, batch_size=batch_size)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
+
+
+def _pool(chunks, i0: int, i1: int) -> dict[str, UnitFisher]:
+    """The blocks of slices ``i0..i1-1`` pooled (:meth:`UnitFisher.pool`)."""
+    if i1 - i0 == 1:
+        return chunks[i0]
+    return {name: UnitFisher.pool([c[name] for c in chunks[i0:i1]]) for name in chunks[i0]}
+
+
+def _chunk_grads(model, x, y, bounds, fishers, grad_data):
+    """Per slice, g of the slice's own inputs; or, with ``grad_data``, ONE g (the same
+    direction for every slice and size: only the Fisher comes from the probe)."""
+    if grad_data is not None:
+        gx, gy = grad_data
+        if gx.shape[0] != gy.shape[0]:
+            raise InputError(f"unit_statistics: grad_data has {gx.shape[0]} inputs but "
+                             f"{gy.shape[0]} targets")  # fmt: skip
+        return probe_gradients(model, gx, gy, fishers)
+    return [probe_gradients(model, x[a:b], y[a:b], fishers)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
+
+
+def _pool_grads(chunk_grads, bounds, i0: int, i1: int):
+    """The mean gradient of slices ``i0..i1-1`` (weighted by their sizes)."""
+    if isinstance(chunk_grads, dict):
+        return chunk_grads
+    sizes = [bounds[i + 1] - bounds[i] for i in range(i0, i1)]
+    total = sum(sizes)
+    out = {}
+    for name in chunk_grads[i0]:
+        gw = sum(
+            chunk_grads[i][name][0] * (m / total) for i, m in zip(range(i0, i1), sizes, strict=True)
+        )
+        gb = sum(
+            chunk_grads[i][name][1] * (m / total) for i, m in zip(range(i0, i1), sizes, strict=True)
+        )
+        out[name] = (gw, gb)
+    return out
+
+
+def jackknifed(cols: dict, halves, rel_damping: float) -> dict[str, np.ndarray]:
+    r"""``{rho_<direction>_jk: [U]}``: ρ_J = 2ρ(F) − (ρ(F_A) + ρ(F_B))/2 for the directions
+    of :data:`JACKKNIFED`, ``cols`` holding ρ(F) of the whole probe and ``halves`` the pairs
+    ``(UnitFisher, (g_w, g_b))`` of its two halves. NaN where a half's block is dead."""
+    half_rho = []
+    for fisher, (gw, gb) in halves:
+        g, g0 = fisher.unit_grads(gw, gb)
+        m = ms.measures(fisher.matrix.double(), fisher.mean_p.double(), g.double(), g0.double(),
+                        rel_damping, layer=fisher.layer, units=fisher.units)  # fmt: skip
+        half_rho.append({k: m[f"rho_{k}"].cpu().numpy() for k in JACKKNIFED})
+    return {f"rho_{k}_jk": 2.0 * cols[f"rho_{k}"] - 0.5 * (half_rho[0][k] + half_rho[1][k])
+            for k in JACKKNIFED}  # fmt: skip
+
+
+def probe_size_sweep(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    sizes,
+    *,
+    layers: list[str] | None = None,
+    rel_damping: float = REL_DAMPING,
+    grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float64,
+):
+    r"""ρ against the probe size: one row per (probe size, layer, unit) with ``fan_in``,
+    ``n_eff``, ``dead`` and, for every direction of :data:`JACKKNIFED`, the plain estimate
+    ``rho_<direction>`` and the jackknifed ``rho_<direction>_jk`` on the first ``size``
+    probe inputs (nested probes). ONE pass over the largest size: the blocks are computed
+    on the slices between consecutive sizes and half-sizes and pooled
+    (:meth:`UnitFisher.pool`), so the sweep costs about one analysis of the largest probe.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
+        >>> t = probe_size_sweep(net, torch.randn(40, 3), torch.randint(0, 2, (40,)), (20, 40))
+        >>> sorted(t["probe_size"].unique().tolist()), "rho_plain_jk" in t
+        ([20, 40], True)
+    """
+    x, y = inputs[: max(sizes)], targets[: max(sizes)]
+    _check_sizes(sizes, inputs.shape[0])
+    return unit_statistics(model, x, y, layers=layers, rel_damping=rel_damping, dtype=dtype,
+                           grad_data=grad_data, probe_sizes=sizes)[-1]  # fmt: skip
+
+
+def _size_rows(chunks, chunk_grads, bounds, sizes, heads, rel_damping):
+    """The rows of :func:`probe_size_sweep` from the per-slice blocks and gradients."""
+    import pandas as pd
+
+    frames = []
+    for size in sizes:
+        i_half, i_end = bounds.index(size // 2), bounds.index(size)
+        full = _pool(chunks, 0, i_end)
+        grads = _pool_grads(chunk_grads, bounds, 0, i_end)
+        parts = [(_pool(chunks, a, b), _pool_grads(chunk_grads, bounds, a, b))
+                 for a, b in ((0, i_half), (i_half, i_end))]  # fmt: skip
+        for name, fisher in full.items():
+            g, g0 = fisher.unit_grads(*grads[name])
+            m = ms.measures(fisher.matrix.double(), fisher.mean_p.double(), g.double(),
+                            g0.double(), rel_damping, layer=name, units=fisher.units)  # fmt: skip
+            cols = {f"rho_{k}": m[f"rho_{k}"].cpu().numpy() for k in JACKKNIFED}
+            cols.update(jackknifed(cols, [(p[0][name], p[1][name]) for p in parts], rel_damping))
+            frames.append(pd.DataFrame({
+                **{k: [v] * fisher.num_units for k, v in heads[name].items()},
+                "probe_size": size, "unit": fisher.units.numpy(),
+                "fan_in": fisher.fan_in, "n_eff": fisher.n_eff.double().numpy(),
+                "dead": m["dead"].numpy().astype(int), **cols,
+            }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
 
 
 def _sweep_layer(fisher: UnitFisher, grads, head: dict, sweep):
