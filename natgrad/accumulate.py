@@ -224,28 +224,53 @@ def _add_packed_outer(
     total: torch.Tensor, w: torch.Tensor, at: torch.Tensor, budget: int = MEMORY_BUDGET
 ) -> None:
     r"""The packed route of :func:`_add_weighted_outer`: rows of P are built chunk by chunk
-    in one reused buffer (row i of ã_n ã_nᵀ from column i on: one ``mul`` per row), then
-    one ``addmm`` per chunk accumulates ``[U, T]``; the triangles are written into both
-    halves of ``total`` once at the end."""
+    (row i of ã_n ã_nᵀ from column i on: one ``mul`` per row) in a scratch buffer that is
+    kept between calls (:func:`_scratch`), then one ``addmm`` per chunk accumulates
+    ``[U, T]``; the triangles are added into both halves of ``total`` at the end."""
     n, d1 = at.shape
     offs = _packed_offsets(d1)
     t = offs[-1]
-    rows = max(1, min(n, budget // t))
+    rows = max(1, min(n, _PACKED_ROWS, budget // t))
     w_t = w.T.contiguous()  # [U, N]
     acc = torch.zeros(w_t.shape[0], t, dtype=at.dtype, device=at.device)
-    buf = torch.empty(rows, t, dtype=at.dtype, device=at.device)
+    buf = _scratch(rows * t, at.dtype, at.device).view(rows, t)
     for n0 in range(0, n, rows):
         a = at[n0 : n0 + rows]
         p = buf[: a.shape[0]]
         for i in range(d1):
             torch.mul(a[:, i : i + 1], a[:, i:], out=p[:, offs[i] : offs[i + 1]])
         acc.addmm_(w_t[:, n0 : n0 + a.shape[0]], p)
-    del buf
-    iu, ju = torch.triu_indices(d1, d1, device=at.device)
-    full = torch.zeros_like(total)
-    full[:, iu, ju] = acc
-    full[:, ju, iu] = acc
-    total += full
+    upper, lower, strict = _packed_index(d1, at.device)
+    flat = total if total.is_contiguous() else total.contiguous()
+    flat = flat.view(total.shape[0], d1 * d1)
+    flat.index_add_(1, upper, acc)
+    flat.index_add_(1, lower, acc.index_select(1, strict))
+    if flat.data_ptr() != total.data_ptr():
+        total.copy_(flat.view_as(total))
+
+
+def _packed_index(d1: int, device):
+    """Flat positions of the packed upper triangle in a d1×d1 block, of its mirror image
+    below the diagonal, and which packed entries lie strictly above the diagonal."""
+    iu, ju = torch.triu_indices(d1, d1, device=device)
+    strict = (iu != ju).nonzero().flatten()
+    return iu * d1 + ju, (ju * d1 + iu)[strict], strict
+
+
+# Rows of P per GEMM: large enough for an efficient GEMM, small enough for a modest buffer.
+_PACKED_ROWS = 1024
+_SCRATCH: dict = {}
+
+
+def _scratch(numel: int, dtype, device) -> torch.Tensor:
+    """A flat scratch tensor of at least ``numel`` elements, kept per (dtype, device) and
+    reused by later calls: on a VM a fresh page costs more than the arithmetic on it."""
+    key = (dtype, str(device))
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        _SCRATCH[key] = buf
+    return buf[:numel]
 
 
 def _add_row_blocks(

@@ -147,8 +147,11 @@ class UnitFisher:
             raise InputError("UnitFisher.pool: every part needs n >= 1 inputs (from_matrix "
                              "blocks carry no count)")  # fmt: skip
         n = sum(p.n for p in parts)
-        matrix = sum(p.matrix * (p.n / n) for p in parts)
-        mean_p = sum(p.mean_p * (p.n / n) for p in parts)
+        matrix = parts[0].matrix * (parts[0].n / n)  # one new tensor, the rest added in place
+        mean_p = parts[0].mean_p * (parts[0].n / n)
+        for p in parts[1:]:
+            matrix.add_(p.matrix, alpha=p.n / n)
+            mean_p.add_(p.mean_p, alpha=p.n / n)
         sums = {}
         for key in ("c_sum", "c_sq_sum"):
             vals = [getattr(p, key) for p in parts]

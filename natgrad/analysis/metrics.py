@@ -50,6 +50,19 @@ _M = [
     Metric("rho_blockdiag", "ρ(block-diag.)",
            "Fisher efficiency of the update that ignores the weight–bias coupling b (Theorem 2's "
            "comparison).", "higher"),
+    Metric("rho_plain_jk", "ρ(plain), jackknifed",
+           "ρ(plain) with the finite-probe bias removed: 2ρ(whole probe) − mean ρ(its halves) "
+           "(the plain estimate is biased low by O((d+1)/n_eff), so unit types with different "
+           "n_eff would be compared with different biases).", "higher"),
+    Metric("rho_centred_jk", "ρ(centred), jackknifed", "ρ(centred), jackknifed as ρ(plain).",
+           "higher"),
+    Metric("rho_quasidiagonal_jk", "ρ(quasi-diag.), jackknifed",
+           "ρ(quasi-diag.), jackknifed as ρ(plain).", "higher"),
+    Metric("rho_blockdiag_jk", "ρ(block-diag.), jackknifed",
+           "ρ(block-diag.), jackknifed as ρ(plain).", "higher"),
+    Metric("n_eff_over_d1", "n_eff/(d+1)",
+           "Median over analysed units of n_eff/(d+1): how many probe inputs per parameter "
+           "each block rests on (≥ 2 to be estimable).", "higher", "log"),
     Metric("coupling_cost", "1 − ρ(block-diag.)",
            "What ignoring the weight–bias coupling costs: 1 − ρ(block-diagonal).", "lower",
            "log"),

@@ -22,6 +22,8 @@ from natgrad.units import unit_type_colour, unit_type_label, unit_type_order
 
 __all__ = [
     "figure_png_base64",
+    "plot_answer",
+    "plot_probe_sizes",
     "plot_curves",
     "plot_damping_sweep",
     "plot_efficiencies",
@@ -187,6 +189,74 @@ def plot_efficiencies(summary, metrics: list[str], *, ax=None, title: str | None
     ax.legend(fontsize="small", frameon=False, ncol=2)
     if title:
         ax.set_title(title)
+    return fig
+
+
+def _ci_points(ax, summary, metric: str, units: list[str]) -> None:
+    for j, unit in enumerate(units):
+        row = summary[summary["unit_type"] == unit].iloc[0]
+        m, lo, hi = (float(row[f"{metric}_{k}"]) for k in ("mean", "lo", "hi"))
+        st = _style(unit)
+        ax.errorbar([j], [m], yerr=[[np.nan_to_num(m - lo)], [np.nan_to_num(hi - m)]],
+                    fmt="o" if st["ls"] == "-" else "s", color=st["color"], capsize=3, ms=5)  # fmt: skip
+    ax.set_xticks(range(len(units)), [unit_type_label(u) for u in units], fontsize="small")
+    ax.set_xlim(-0.6, len(units) - 0.4)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_answer(summary, rho: str | None, speed: str):
+    r"""The report's first figure: the paper's question in two halves, side by side, per unit
+    type (mean over seeds, bootstrap 95 % CI). Left: the Fisher efficiency ``rho`` with each
+    type's median n_eff/(d+1) written under it (``None``: the blocks are not estimable and
+    the panel says so instead of plotting); right: the learning-speed metric ``speed``."""
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.metrics import METRICS, label
+
+    units = unit_type_order(summary["unit_type"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.3))
+    if rho is None:
+        a.text(0.5, 0.5, "ρ not compared:\nthe unit blocks are not estimable\non this probe "
+               "(median n_eff < 2(d+1))", ha="center", va="center", transform=a.transAxes)  # fmt: skip
+        a.set_xticks([])
+        a.set_yticks([])
+    else:
+        _ci_points(a, summary, rho, units)
+        a.set_ylabel(label(rho))
+        for j, unit in enumerate(units):
+            r = summary[summary["unit_type"] == unit].iloc[0].get("n_eff_over_d1_mean", np.nan)
+            a.annotate(f"n_eff/(d+1)\n{float(r):.3g}", (j, 0), xycoords=("data", "axes fraction"),
+                       xytext=(0, 3), textcoords="offset points", ha="center",
+                       fontsize="x-small", color="0.35")  # fmt: skip
+    a.set_title("closer to the unit natural gradient? (higher = closer)", fontsize="medium")
+    _ci_points(b, summary, speed, units)
+    b.set_ylabel(label(speed))
+    better = METRICS[speed].better if speed in METRICS else None
+    b.set_title(f"learns faster? ({better} = faster)" if better else "learning speed",
+                fontsize="medium")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_probe_sizes(probe_sizes, metrics=("rho_plain", "rho_plain_jk")):
+    r"""ρ against the probe size (log axis): per unit type, the mean over the swept seeds of
+    the per-run medians; solid the plain estimate, dashed the jackknifed one."""
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.metrics import label
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    for unit in _units_in(probe_sizes):
+        sub = probe_sizes[probe_sizes["unit_type"] == unit].groupby("probe_size")[list(metrics)].mean()
+        for metric, ls in zip(metrics, ("-", "--"), strict=False):
+            ax.plot(sub.index, sub[metric], ls, marker="o", ms=3, color=unit_type_colour(unit),
+                    label=f"{unit_type_label(unit)}, {label(metric)}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("probe size (held-out inputs)")
+    ax.set_ylabel("ρ (mean over seeds of run medians)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="xx-small", frameon=False, ncol=2)
+    fig.tight_layout()
     return fig
 
 

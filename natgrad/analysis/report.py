@@ -100,12 +100,12 @@ def _table_html(frame, columns, *, fmt_cell=None, table_id: str = "", row_key: s
     return f'<table id="{table_id}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
-def _summary_html(summary) -> str:
+def _summary_html(summary, columns=SUMMARY_COLUMNS) -> str:
     frame = summary.copy()
     frame["unit"] = [unit_type_label(k, tex=False) for k in frame["unit_type"]]
     order = {k: i for i, k in enumerate(unit_type_order(frame["unit_type"]))}
     frame = frame.sort_values("unit_type", key=lambda s: s.map(order))
-    cols = [("unit", "unit"), ("n_seeds", "seeds")] + [(c, mt.label(c)) for c in SUMMARY_COLUMNS]
+    cols = [("unit", "unit"), ("n_seeds", "seeds")] + [(c, mt.label(c)) for c in columns]
 
     def cell(r, key):
         if key in ("unit",):
@@ -154,6 +154,136 @@ def _estimability_html(summary) -> str:
     return _table_html(frame, cols, fmt_cell=cell, table_id="estimability")
 
 
+SPEED = "log_train_loss_auc"
+"""The learning-speed half of the answer (Fig 2b on a log scale: every epoch counts)."""
+
+
+def estimable_layers(units) -> tuple[bool, float]:
+    """Whether every analysed layer's median n_eff/(d+1) at the last epoch is ≥ 2, and the
+    smallest of those medians."""
+    from natgrad.analysis.stats import analysed_units
+
+    live = analysed_units(units[units["epoch"] == units["epoch"].max()])
+    if not len(live):
+        return False, math.nan
+    per_layer = (live["n_eff"] / (live["fan_in"] + 1)).groupby(live["layer"]).median()
+    low = float(per_layer.min())
+    return low >= 2.0, low
+
+
+def _pair_text(row: dict) -> str:
+    ref = unit_type_label(row["reference"], tex=False)
+    other = unit_type_label(row["other"], tex=False)
+    p = f", p = {fmt(row['p'])}" if "p" in row and not _nan(row["p"]) else ""
+    ph = f", Holm-adjusted p = {fmt(row['p_holm'])}" if "p_holm" in row and not _nan(row["p_holm"]) else ""
+    ci = "" if _nan(row.get("lo")) else f" [{fmt(row['lo'])}, {fmt(row['hi'])}]"
+    return f"{mt.label(row['metric'])}: {ref} − {other} = {fmt(row['diff'])}{ci}{p}{ph}"
+
+
+def _nan(x) -> bool:
+    try:
+        return x is None or math.isnan(float(x))
+    except (TypeError, ValueError):
+        return True
+
+
+def _verdict(row, *, higher_word: str, lower_word: str) -> str:
+    if row is None or _nan(row.get("lo")) or row["lo"] <= 0 <= row["hi"]:
+        return "no difference resolved"
+    return higher_word if row["lo"] > 0 else lower_word
+
+
+def answer(t: dict) -> tuple[str, str | None]:
+    r"""The first screen's paragraph (HTML) and the ρ metric shown (``None`` where the blocks
+    are not estimable), generated from the CIs: ELU against ReLU on the headline ρ and on the
+    learning speed, with the declared primary endpoints and their Holm-adjusted p."""
+    from natgrad.analysis.summary import headline_rho
+
+    esc = html.escape
+    rho = headline_rho(t["units"])
+    ok, low = estimable_layers(t["units"])
+    comp = t["comparison"]
+
+    def row(metric, other="relu"):
+        sub = comp[(comp["metric"] == metric) & (comp["other"] == other)]
+        return sub.iloc[0].to_dict() if len(sub) else None
+
+    speed_row = row(SPEED)
+    faster = _verdict(speed_row, higher_word="learns slower", lower_word="learns faster")
+    parts = []
+    if ok:
+        rho_row = row(rho)
+        closer = _verdict(rho_row, higher_word="is closer to the unit natural gradient",
+                          lower_word="is farther from the unit natural gradient")  # fmt: skip
+        verdict = f"ELU vs ReLU: ELU {closer}" if closer != "no difference resolved" else (
+            "ELU vs ReLU: closeness to the unit natural gradient, no difference resolved")
+        verdict += "; " + (f"it {faster}" if faster != "no difference resolved" else
+                           "learning speed, no difference resolved") + "."  # fmt: skip
+        parts.append(f"<b>{esc(verdict)}</b>")
+    else:
+        parts.append(f"<b>The unit blocks are not estimable on this probe</b> (the smallest "
+                     f"per-layer median n_eff/(d+1) is {fmt(low)} &lt; 2): ρ is biased by the "
+                     "probe, so no ρ comparison is made here. Learning speed, ELU vs ReLU: "
+                     f"{esc(faster)}.")  # fmt: skip
+    eps = t.get("endpoints")
+    if eps is not None and len(eps):
+        prim = eps[eps["role"] == "primary"]
+        if len(prim):
+            items = "".join(f"<li>{esc(_pair_text(r.to_dict()))}</li>" for _, r in prim.iterrows())
+            parts.append("Primary endpoints, declared before the runs (Holm within the "
+                         f"primaries; CIs {esc(str(prim['ci_method'].iloc[0]))} over seeds):"
+                         f"<ul id='primary'>{items}</ul>")  # fmt: skip
+    else:
+        shown = [r for r in (row(rho) if ok else None, speed_row) if r is not None]
+        items = "".join(f"<li>{esc(_pair_text(r))}</li>" for r in shown)
+        parts.append(f"Paired by seed (bootstrap 95 % CIs):<ul id='primary'>{items}</ul>")
+    return "<div id='answer'><p>" + " ".join(parts[:1]) + "</p>" + "".join(parts[1:]) + "</div>", (
+        rho if ok else None
+    )
+
+
+def _estimation_html(t: dict) -> str:
+    """ρ per unit type next to its n_eff/(d+1), and the n_eff-adjusted comparison."""
+    esc = html.escape
+    out = []
+    adj = t.get("neff_adjusted")
+    if adj is not None and len(adj):
+        rows = "".join(
+            f"<tr><td>{esc(mt.label(r['metric']))}</td><td>{esc(unit_type_label(r['reference'], tex=False))} − "
+            f"{esc(unit_type_label(r['other'], tex=False))}</td><td>{fmt(r['diff_unadjusted'])}</td>"
+            f"<td>{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]</td><td>{fmt(r['slope'])}</td></tr>"
+            for _, r in adj.iterrows())  # fmt: skip
+        out.append("<p>ρ depends on n_eff (the probe's effective size) as well as on the unit "
+                   "type. Adjusted: per (unit type, seed, layer) the median ρ is regressed on the "
+                   "unit type and log(n_eff/(d+1)); the difference of the unit-type terms is the "
+                   "comparison at a common n_eff (CI: seeds resampled).</p>"
+                   "<table id='neff_adjusted'><tr><th>metric</th><th>difference</th>"
+                   "<th>unadjusted</th><th>at a common n_eff [95 % CI]</th>"
+                   "<th>slope on log n_eff</th></tr>" + rows + "</table>")  # fmt: skip
+    return "".join(out)
+
+
+def _sizes_html(t: dict) -> str:
+    """Mean over the swept seeds of ρ at each probe size, and the change between the last two."""
+    ps = t["probe_sizes"]
+    cols = [c for c in ("rho_plain", "rho_plain_jk", "n_eff_over_d1") if c in ps.columns]
+    mean = ps.groupby(["unit_type", "probe_size"])[cols].mean().reset_index()
+    sizes = sorted(mean["probe_size"].unique())
+    rows = []
+    for key in unit_type_order(mean["unit_type"]):
+        sub = mean[mean["unit_type"] == key].set_index("probe_size")
+        cells = "".join(f"<td>{fmt(sub.loc[m, 'rho_plain'])} / {fmt(sub.loc[m, 'rho_plain_jk'])}"
+                        f" ({fmt(sub.loc[m, 'n_eff_over_d1'])})</td>" for m in sizes)  # fmt: skip
+        last = [abs(sub.loc[sizes[-1], c] - sub.loc[sizes[-2], c]) for c in ("rho_plain", "rho_plain_jk")] \
+            if len(sizes) > 1 else [math.nan, math.nan]  # fmt: skip
+        rows.append(f"<tr data-unit='{html.escape(key)}'><td>{html.escape(unit_type_label(key, tex=False))}</td>"
+                    f"{cells}<td>{fmt(last[0])} / {fmt(last[1])}</td></tr>")  # fmt: skip
+    head = "".join(f"<th>{int(m)}</th>" for m in sizes)
+    return ("<p>Cells: ρ(plain) plain / jackknifed (median n_eff/(d+1)); last column: the change "
+            "between the last two sizes.</p><table id='probe_sizes'><tr><th>unit</th>" + head +
+            "<th>|Δ| last two</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
+
+
 def _figure(fig) -> str:
     from natgrad.analysis import plots
 
@@ -170,6 +300,19 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
     from natgrad.analysis import plots
 
     figs = {}
+    _, rho = answer(t)
+    figs["answer"] = (
+        "The two halves of the question per unit type (mean over seeds, bootstrap 95 % CI). "
+        f"Left: {mt.label(rho) if rho else 'ρ'} at the last analysed epoch, with each type's "
+        "median n_eff/(d+1); right: the learning speed (mean over epochs of log10 training loss).",
+        _figure(plots.plot_answer(t["summary"], rho, SPEED)),
+    )
+    if "probe_sizes" in t and len(t["probe_sizes"]):
+        figs["probe_sizes"] = (
+            "Probe-size sweep (nested probes, the swept seeds): the plain estimate of ρ(plain) "
+            "rises with the probe (biased low by O((d+1)/n_eff)); the jackknifed one settles.",
+            _figure(plots.plot_probe_sizes(t["probe_sizes"])),
+        )
     figs["headline"] = (
         "Fisher efficiency ρ of four update directions at the last analysed epoch: per run the "
         "median over the live units of the layers fed by hidden units, then the mean over seeds "
@@ -245,6 +388,11 @@ def render_report(
     p = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
          f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
          f"<p class='q'><b>The question.</b> {esc(QUESTION)}</p>"]  # fmt: skip
+    if "answer" in figs:
+        p.append(_img(*figs["answer"]))
+    p.append(answer(t)[0])
+    p.append(_estimation_html(t))
+    p.append("<h2>How the numbers were made</h2>")
     if ctx:
         items = "".join(f"<li><b>{esc(str(k))}</b>: <code>{esc(str(v))}</code></li>"
                         for k, v in ctx.items())  # fmt: skip
@@ -267,14 +415,21 @@ def render_report(
     p.append("<h2>Headline: how close is each update to the unit natural gradient?</h2>")
     if "headline" in figs:
         p.append(_img(*figs["headline"]))
+    from natgrad.analysis.summary import headline_rho
+
+    rho = headline_rho(t["units"])
+    shown = [rho] if rho != "rho_plain" else []
     p.append("<ul id='findings'>" + "".join(f"<li>{esc(s)}</li>" for s in
-             findings(comparison, ["rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "coupling_cost"])) + "</ul>")  # fmt: skip
+             findings(comparison, [*shown, "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "n_eff_over_d1"])) + "</ul>")  # fmt: skip
     p.append("<h2>Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])</h2>")
-    p.append(_summary_html(summary))
+    columns = [*shown, *SUMMARY_COLUMNS[:4], "n_eff_over_d1", *SUMMARY_COLUMNS[4:]]
+    p.append(_summary_html(summary, columns))
     p.append("<h2>Paired comparisons (ELU minus each unit type, per seed)</h2>")
     p.append(_comparison_html(comparison))
     if "sweep" in figs:
         p.append("<h2>Damping sweep</h2>" + _img(*figs["sweep"]))
+    if "probe_sizes" in figs:
+        p.append("<h2>Probe-size sweep</h2>" + _img(*figs["probe_sizes"]) + _sizes_html(t))
     p.append("<h2>Estimability</h2><p>n_eff = (Σ c_n)²/Σ c_n² is the effective number of probe "
              "inputs behind each unit's block. s·c, k and the corrected mean are δ̄²-weighted "
              "moments: they are shown only as medians over units with n_eff ≥ 2(d+1), and never "

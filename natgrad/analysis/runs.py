@@ -202,11 +202,17 @@ def activation_table(run_dirs: Iterable[PathLike]):
     return pd.DataFrame(rows)
 
 
-def _settings(probe, probe_size, rel_damping, sweep, layers, grad="probe") -> dict:
+def _settings(probe, probe_size, rel_damping, sweep, layers, grad="probe", jackknife=False,
+              probe_sizes=None) -> dict:  # fmt: skip
     out = {"probe": probe, "probe_size": probe_size, "rel_damping": rel_damping,
            "sweep": list(sweep or ()), "layers": layers, "version": 2}  # fmt: skip
-    if grad != "probe":  # keys of earlier caches stay valid
+    # keys of earlier caches stay valid: a setting enters the key only when it is not the default
+    if grad != "probe":
         out["grad"] = grad
+    if jackknife:
+        out["jackknife"] = True
+    if probe_sizes:
+        out["probe_sizes"] = sorted(int(m) for m in probe_sizes)
     return out
 
 
@@ -237,32 +243,38 @@ def _analyse(job) -> tuple:
         torch.set_num_threads(threads)
     rd = RunDir(run)
     key = _cache_key(run, epoch, settings)
-    paths = {k: rd.analysis_path(f"{k}-e{epoch:04d}-{key}.csv") for k in ("units", "sweep")}
-    want_sweep = bool(settings["sweep"])
-    if paths["units"].is_file() and (not want_sweep or paths["sweep"].is_file()):
+    kinds = ("units", "sweep", "sizes")
+    paths = {k: rd.analysis_path(f"{k}-e{epoch:04d}-{key}.csv") for k in kinds}
+    want = {"units": True, "sweep": bool(settings["sweep"]),
+            "sizes": bool(settings.get("probe_sizes"))}  # fmt: skip
+    if all(paths[k].is_file() for k in kinds if want[k]):
         try:  # a cache entry that does not match its checksum is recomputed
-            units = read_csv(paths["units"])
-            sweep = read_csv(paths["sweep"]) if want_sweep else None
-            return units, sweep, True
+            got = {k: read_csv(paths[k]) if want[k] else None for k in kinds}
+            return got["units"], got["sweep"], True, got["sizes"]
         except DataFileError:
             pass
     x, y = probe_set(run, settings["probe_size"], split=settings["probe"])
     grad_data = training_set(run) if settings.get("grad") == "train" else None
     out = unit_statistics(load_model(run, epoch), x, y, layers=settings["layers"],
                           rel_damping=settings["rel_damping"],
-                          sweep=tuple(settings["sweep"]) or None, grad_data=grad_data)  # fmt: skip
-    units, sweep = out if want_sweep else (out, None)
+                          sweep=tuple(settings["sweep"]) or None, grad_data=grad_data,
+                          jackknife=settings.get("jackknife", False),
+                          probe_sizes=settings.get("probe_sizes"))  # fmt: skip
+    out = list(out) if isinstance(out, tuple) else [out]
+    got = {k: (out.pop(0) if want[k] else None) for k in kinds}
     head = {**rd.identity(), "epoch": epoch}
-    units = _prepend(units, head)
-    sweep = None if sweep is None else _prepend(sweep, head)
+    got = {k: None if v is None else _prepend(v, head) for k, v in got.items()}
     rd.check_no_links()  # the cache is never written through a symlinked analysis/
-    for old in rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []:
-        if key not in old.name:
-            old.unlink(missing_ok=True)  # a stale cache entry of this epoch
-    write_csv(units, paths["units"])
-    if sweep is not None:
-        write_csv(sweep, paths["sweep"])
-    return units, sweep, False
+    for k in kinds:  # stale cache entries of this epoch: same kind, another key
+        for old in (
+            rd.analysis_dir.glob(f"{k}-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []
+        ):
+            if key not in old.name:
+                old.unlink(missing_ok=True)
+    for k in kinds:
+        if got[k] is not None:
+            write_csv(got[k], paths[k])
+    return got["units"], got["sweep"], False, got["sizes"]
 
 
 def _prepend(frame, head: dict):
@@ -284,6 +296,9 @@ def unit_table(
     progress: bool = False,
     stats: dict | None = None,
     grad: str = "probe",
+    jackknife: bool = False,
+    probe_sizes: Sequence[int] | None = None,
+    size_runs: Iterable[PathLike] | None = None,
 ):
     r"""Per run × epoch × layer × unit: the unit statistics from the runs' checkpoints.
 
@@ -303,9 +318,15 @@ def unit_table(
         grad: ``"probe"``: g is the probe's mean loss gradient; ``"train"``: the training
             set's, the direction plain SGD follows in expectation (free of the probe's
             sampling noise; the Fisher still comes from the held-out probe).
+        jackknife: add the jackknifed efficiencies ``rho_<direction>_jk``
+            (:func:`~natgrad.analysis.unitstats.unit_statistics`).
+        probe_sizes, size_runs: the probe-size sweep at these nested sizes for the runs in
+            ``size_runs`` (default: every run), at the last analysed epoch, from the same
+            pass (:func:`~natgrad.analysis.unitstats.probe_size_sweep`).
 
     Returns:
-        ``units`` (a DataFrame), or ``(units, sweep)`` when ``sweep`` is given.
+        ``units`` (a DataFrame), or ``(units, sweep)`` when ``sweep`` is given; with
+        ``probe_sizes`` the size-sweep table is appended last.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -315,6 +336,7 @@ def unit_table(
 
         raise InputError(f"unit_table: grad={grad!r}; choose 'probe' or 'train'")
     jobs = []
+    size_set = {Path(r).resolve() for r in size_runs} if size_runs is not None else None
     for run in map(Path, run_dirs):
         have = checkpoint_epochs(run)
         chosen = have if epochs is None else list(epochs)
@@ -326,10 +348,12 @@ def unit_table(
             )
         last = max(chosen)
         probe = held_out_split(run)
+        sized = probe_sizes and (size_runs is None or run.resolve() in size_set)
         for e in chosen:
             at = (e == last) if sweep_epochs is None else (e in sweep_epochs)
             settings = _settings(probe, probe_size, rel_damping, sweep if (sweep and at) else None,
-                                 None if layers is None else list(layers), grad)  # fmt: skip
+                                 None if layers is None else list(layers), grad, jackknife,
+                                 probe_sizes if (sized and e == last) else None)  # fmt: skip
             jobs.append((run, e, settings, 1 if workers > 1 else 0))
     bar = tqdm(total=len(jobs), disable=not progress, desc="unit Fishers", unit="ckpt")
     results = []
@@ -350,7 +374,11 @@ def unit_table(
         stats["cached"] = sum(r[2] for r in results)
         stats["computed"] = len(results) - stats["cached"]
     units = pd.concat([r[0] for r in results], ignore_index=True)
+    out = [units]
     if sweep:
         sweeps = [r[1] for r in results if r[1] is not None]
-        return units, (pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame())
-    return units
+        out.append(pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame())
+    if probe_sizes:
+        sizes = [r[3] for r in results if r[3] is not None]
+        out.append(pd.concat(sizes, ignore_index=True) if sizes else pd.DataFrame())
+    return out[0] if len(out) == 1 else tuple(out)

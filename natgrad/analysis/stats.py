@@ -50,6 +50,7 @@ __all__ = [
     "group_summary",
     "holm",
     "paired_comparison",
+    "neff_adjusted",
     "seed_values",
     "sentence",
     "sign_flip_p",
@@ -89,6 +90,62 @@ def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch"))
     )
     return pd.DataFrame(out).reset_index()
 
+
+
+def neff_adjusted(units, metric: str, *, reference: str = "elu", n_boot: int = 2000):
+    r"""``reference`` against every other unit type on ``metric`` adjusted for n_eff.
+
+    Per (unit type, seed, layer) of the analysed units: the median of ``metric`` and of
+    log(n_eff/(d+1)). The least-squares fit y = α_type + β·log(n_eff/(d+1)) gives each unit
+    type's level at a common n_eff; the comparison is α_reference − α_other. The CI
+    resamples SEEDS (all layers and unit types of a seed together: the seed is the
+    replicate) and refits, percentile method. Returns one row per other unit type:
+    ``metric``, ``reference``, ``other``, ``n`` (seeds), ``diff`` (adjusted), ``lo``, ``hi``,
+    ``ci_method``, ``slope`` (β), ``diff_unadjusted`` (the same fit without the n_eff term).
+    """
+    import pandas as pd
+
+    live = analysed_units(units)
+    live = live.assign(_lr=np.log(live["n_eff"] / (live["fan_in"] + 1)))
+    per = live.groupby(["unit_type", "seed", "layer"]).agg(y=(metric, "median"), lr=("_lr", "median"))
+    per = per.replace([np.inf, -np.inf], np.nan).dropna().reset_index()
+    types = list(unit_type_order(per["unit_type"].unique()))
+    if reference not in types or len(types) < 2:
+        return pd.DataFrame()
+    seeds = np.array(sorted(per["seed"].unique()))
+    t_index = per["unit_type"].map({t: i for i, t in enumerate(types)}).to_numpy()
+    y, lr, seed_of = per["y"].to_numpy(), per["lr"].to_numpy(), per["seed"].to_numpy()
+
+    def fit(rows, with_slope=True):
+        x = np.zeros((len(rows), len(types) + int(with_slope)))
+        x[np.arange(len(rows)), t_index[rows]] = 1.0
+        if with_slope:
+            x[:, -1] = lr[rows]
+        coef = np.linalg.lstsq(x, y[rows], rcond=None)[0]
+        return coef
+
+    rows_of = {s: np.flatnonzero(seed_of == s) for s in seeds}
+    coef, coef0 = fit(np.arange(len(y))), fit(np.arange(len(y)), with_slope=False)
+    rng = np.random.default_rng(SEED)
+    boots = []
+    for _ in range(n_boot):
+        pick = rng.choice(seeds, size=len(seeds), replace=True)
+        rows = np.concatenate([rows_of[s] for s in pick])
+        if len(np.unique(t_index[rows])) == len(types):
+            boots.append(fit(rows))
+    boots = np.array(boots)
+    r = types.index(reference)
+    out = []
+    for i, other in enumerate(types):
+        if other == reference:
+            continue
+        d = boots[:, r] - boots[:, i]
+        out.append({"metric": metric, "reference": reference, "other": other, "n": len(seeds),
+                    "diff": float(coef[r] - coef[i]),
+                    "lo": float(np.percentile(d, 2.5)), "hi": float(np.percentile(d, 97.5)),
+                    "ci_method": "percentile (seeds resampled)", "slope": float(coef[-1]),
+                    "diff_unadjusted": float(coef0[r] - coef0[i])})  # fmt: skip
+    return pd.DataFrame(out)
 
 def _estimable_only(name: str) -> bool:
     return name in mt.METRICS and mt.METRICS[name].estimable_only

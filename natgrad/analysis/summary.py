@@ -15,6 +15,11 @@ file                       rows
 ``sweep_seeds.csv``        unit type × seed × λ: the sweep's medians per run
 ``summary.csv``            unit type: mean over seeds and bootstrap 95 % CI of every metric
 ``comparison.csv``         metric × (ELU vs other): paired by seed, CI, exact permutation p
+``endpoints.csv``          the study's declared endpoints (primary/secondary), Holm-adjusted p
+``probe_sizes.csv``        unit type × seed × probe size: ρ plain and jackknifed, n_eff/(d+1)
+                           (the probe-size sweep, where it was asked for)
+``neff_adjusted.csv``      metric × (ELU vs other): the difference at a common n_eff
+                           (:func:`natgrad.analysis.stats.neff_adjusted`)
 ``context.json``           how the tables were made (command, device, damping, threshold, …)
 =========================  ==========================================================
 
@@ -72,8 +77,16 @@ COMPARED = [
     "median_activation_var", "test_error",
 ]  # fmt: skip
 
+#: The jackknifed efficiencies (unit tables made with ``jackknife=True``).
+JACKKNIFED = ["rho_plain_jk", "rho_centred_jk", "rho_quasidiagonal_jk", "rho_blockdiag_jk"]
+
 TABLES = ("units", "sweep", "curves", "activations", "seeds", "seed_epochs", "sweep_seeds",
-          "summary", "comparison")  # fmt: skip
+          "summary", "comparison", "endpoints", "probe_sizes", "sizes", "neff_adjusted")  # fmt: skip
+
+
+def headline_rho(units) -> str:
+    """The ρ(plain) column a study reports: the jackknifed one where the tables have it."""
+    return "rho_plain_jk" if "rho_plain_jk" in units.columns else "rho_plain"
 
 
 def save_tables(frames: dict, out_dir: str | os.PathLike, context: dict | None = None) -> dict:
@@ -104,22 +117,37 @@ def save_tables(frames: dict, out_dir: str | os.PathLike, context: dict | None =
     return paths
 
 
-def summarise(units, sweep, curves, *, reference: str = "elu", last: int = 3) -> dict:
-    """The summary tables (DataFrames) from the unit, sweep and curve tables."""
+def summarise(units, sweep, curves, *, reference: str = "elu", last: int = 3, sizes=None,
+              endpoints=None) -> dict:  # fmt: skip
+    """The summary tables (DataFrames) from the unit, sweep and curve tables (and the
+    probe-size sweep and declared endpoints, where given)."""
+    import pandas as pd
+
+    from natgrad.analysis.endpoints import evaluate
+
     last_epoch = int(units["epoch"].max())
-    seed_epochs = stats.seed_values(units, UNIT_METRICS)
+    jk = [m for m in JACKKNIFED if m in units.columns]
+    unit_metrics = UNIT_METRICS + jk
+    seed_epochs = stats.seed_values(units, unit_metrics)
     per_seed = seed_epochs[seed_epochs["epoch"] == last_epoch].drop(columns="epoch")
     claims, threshold = stats.claims_per_seed(curves, last=last)
     seeds = per_seed.merge(claims.drop(columns="run"), on=["unit_type", "seed"], how="outer")
-    summary_metrics = UNIT_METRICS + ["dead", "estimable", "n_eff_over_d1"]
+    summary_metrics = unit_metrics + ["dead", "estimable", "n_eff_over_d1"]
     summary_metrics += [m.name for m in mt.paper_claims()]
     summary = stats.group_summary(seeds, summary_metrics)
-    import pandas as pd
-
+    compared = jk + COMPARED + ["n_eff_over_d1"]
     comparison = pd.concat(
-        [stats.paired_comparison(seeds, m, reference=reference) for m in COMPARED],
+        [stats.paired_comparison(seeds, m, reference=reference) for m in compared],
         ignore_index=True,
     )
+    at_last = units[units["epoch"] == last_epoch]
+    neff_adj = pd.concat([stats.neff_adjusted(at_last, m, reference=reference)
+                          for m in ("rho_plain", *jk[:1])], ignore_index=True)  # fmt: skip
+    size_seeds = pd.DataFrame()
+    if sizes is not None and len(sizes):
+        cols = [c for c in sizes.columns if c.startswith("rho_")]
+        size_seeds = stats.seed_values(sizes, cols, by=("unit_type", "seed", "epoch", "probe_size"))
+    ep_table = evaluate(seeds, list(endpoints)) if endpoints else pd.DataFrame()
     sweep_seeds = pd.DataFrame()
     if sweep is not None and len(sweep):
         live = sweep[(sweep["input_from"] == "units") & (sweep["dead"] == 0)]
@@ -128,7 +156,8 @@ def summarise(units, sweep, curves, *, reference: str = "elu", last: int = 3) ->
             live.groupby(["unit_type", "seed", "rel_damping"])[cols].median().reset_index()
         )
     return {"seeds": seeds, "seed_epochs": seed_epochs, "summary": summary,
-            "comparison": comparison, "sweep_seeds": sweep_seeds,
+            "comparison": comparison, "sweep_seeds": sweep_seeds, "neff_adjusted": neff_adj,
+            "probe_sizes": size_seeds, "endpoints": ep_table,
             "threshold": threshold, "last_epoch": last_epoch}  # fmt: skip
 
 
@@ -138,9 +167,12 @@ def resummarise(tables_dir: str | os.PathLike, *, last: int = 3) -> dict:
     a checkpoint; the other tables and ``context.json`` (its threshold updated) are kept.
     For summaries made by an older natgrad. Returns ``{name: path}``."""
     t = read_tables(tables_dir)
-    summ = summarise(t["units"], t.get("sweep"), t["curves"], last=last)
+    summ = summarise(t["units"], t.get("sweep"), t["curves"], last=last, sizes=t.get("sizes"))
     frames = {k: v for k, v in t.items() if k != "context"}
     frames.update({k: summ[k] for k in ("seeds", "seed_epochs", "summary", "comparison")})
+    for name in ("neff_adjusted", "probe_sizes"):  # the declared endpoints are kept as they are
+        if len(summ[name]):
+            frames[name] = summ[name]
     if "sweep" in t:
         frames["sweep_seeds"] = summ["sweep_seeds"]
     ctx = dict(t["context"])
@@ -162,10 +194,17 @@ def write_tables(
     progress: bool = False,
     context: dict | None = None,
     last: int = 3,
+    grad: str = "probe",
+    jackknife: bool = False,
+    probe_sizes=None,
+    size_runs=None,
+    endpoints=None,
 ) -> dict[str, Path]:
     r"""Build every table from ``run_dirs`` and write them (see the module docstring) into
     ``out_dir``. ``context`` (command, device, …) is stored in ``context.json`` together with
-    the settings. Returns ``{name: path}``."""
+    the settings. ``grad``, ``jackknife``, ``probe_sizes`` and ``size_runs`` are those of
+    :func:`~natgrad.analysis.runs.unit_table`; ``endpoints`` the study's declared
+    :class:`~natgrad.analysis.endpoints.Endpoint` list. Returns ``{name: path}``."""
     from natgrad.analysis.runs import activation_table, curve_table, unit_table
 
     run_dirs = [Path(r) for r in run_dirs]
@@ -173,16 +212,25 @@ def write_tables(
     counts: dict = {}
     res = unit_table(run_dirs, epochs=epochs, probe_size=probe_size, rel_damping=rel_damping,
                      sweep=sweep or None, layers=layers, workers=workers, progress=progress,
-                     stats=counts)  # fmt: skip
-    units, sw = res if sweep else (res, None)
+                     stats=counts, grad=grad, jackknife=jackknife, probe_sizes=probe_sizes,
+                     size_runs=size_runs)  # fmt: skip
+    res = list(res) if isinstance(res, tuple) else [res]
+    units = res.pop(0)
+    sw = res.pop(0) if sweep else None
+    sizes = res.pop(0) if probe_sizes else None
     curves = curve_table(run_dirs)
     if epochs is not None:
         curves = curves[curves["epoch"] <= max(epochs)]
     acts = activation_table(run_dirs)
-    summ = summarise(units, sw, curves, last=last)
+    summ = summarise(units, sw, curves, last=last, sizes=sizes, endpoints=endpoints)
     frames = {"units": units, "curves": curves, "activations": acts, "seeds": summ["seeds"],
               "seed_epochs": summ["seed_epochs"], "summary": summ["summary"],
               "comparison": summ["comparison"]}  # fmt: skip
+    for name in ("neff_adjusted", "probe_sizes", "endpoints"):
+        if len(summ[name]):
+            frames[name] = summ[name]
+    if sizes is not None and len(sizes):
+        frames["sizes"] = sizes
     if sw is not None:
         frames["sweep"] = sw
         frames["sweep_seeds"] = summ["sweep_seeds"]
@@ -190,13 +238,23 @@ def write_tables(
     ctx.update({
         "relative damping λ": rel_damping,
         "damping sweep": list(sweep or ()),
-        "probe": f"held-out test inputs ({'all' if probe_size is None else probe_size})",
+        "probe": f"held-out inputs of the {_probe_split(run_dirs)} split "
+                 f"({'all' if probe_size is None else probe_size})",
+        "g (the gradient judged)": "the training set's mean loss gradient" if grad == "train"
+                                   else "the probe's mean loss gradient",
+        "ρ estimate": "jackknifed (2ρ(probe) − mean ρ(halves))" if jackknife else "plain",
         "analysed epochs": sorted(int(e) for e in units["epoch"].unique()),
         "loss threshold (epochs_to_loss)": float(f"{summ['threshold']:.4g}"),
         "test error": f"mean of the last {last} epochs",
         "unit tables": f"{counts.get('computed', 0)} computed, {counts.get('cached', 0)} reused",
     })  # fmt: skip
     return save_tables(frames, out, {k: _jsonable(v) for k, v in ctx.items()})
+
+
+def _probe_split(run_dirs) -> str:
+    from natgrad.analysis.runs import held_out_split
+
+    return held_out_split(run_dirs[0]) if run_dirs else "test"
 
 
 def _jsonable(value):

@@ -285,15 +285,30 @@ def _check_sizes(sizes, n: int) -> list[int]:
 
 def _chunk_fishers(model, x, bounds, layers, batch_size) -> list[dict[str, UnitFisher]]:
     """The unit Fishers of each slice ``x[bounds[i]:bounds[i+1]]`` (one pass in all)."""
-    return [unit_fishers(model, x[a:b], layers=layers, batch_size=batch_size)
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
+    return _Chunks(unit_fishers(model, x[a:b], layers=layers, batch_size=batch_size)
+                   for a, b in zip(bounds[:-1], bounds[1:], strict=True))  # fmt: skip
 
 
 def _pool(chunks, i0: int, i1: int) -> dict[str, UnitFisher]:
-    """The blocks of slices ``i0..i1-1`` pooled (:meth:`UnitFisher.pool`)."""
+    """The blocks of slices ``i0..i1-1`` pooled (:meth:`UnitFisher.pool`); remembered on
+    ``chunks`` (a :class:`_Chunks`), since the sizes and the halves ask for the same pools."""
     if i1 - i0 == 1:
         return chunks[i0]
-    return {name: UnitFisher.pool([c[name] for c in chunks[i0:i1]]) for name in chunks[i0]}
+    memo = getattr(chunks, "memo", None)
+    if memo is not None and (i0, i1) in memo:
+        return memo[(i0, i1)]
+    out = {name: UnitFisher.pool([c[name] for c in chunks[i0:i1]]) for name in chunks[i0]}
+    if memo is not None:
+        memo[(i0, i1)] = out
+    return out
+
+
+class _Chunks(list):
+    """The per-slice blocks, with a memo of their pools."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.memo: dict = {}
 
 
 def _chunk_grads(model, x, y, bounds, fishers, grad_data):
@@ -392,6 +407,7 @@ def _size_rows(chunks, chunk_grads, bounds, sizes, heads, rel_damping):
                 **{k: [v] * fisher.num_units for k, v in heads[name].items()},
                 "probe_size": size, "unit": fisher.units.numpy(),
                 "fan_in": fisher.fan_in, "n_eff": fisher.n_eff.double().numpy(),
+                "estimable": (fisher.n_eff.double().numpy() >= 2 * (fisher.fan_in + 1)).astype(int),
                 "dead": m["dead"].numpy().astype(int), **cols,
             }))  # fmt: skip
     return pd.concat(frames, ignore_index=True)
