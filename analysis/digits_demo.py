@@ -1,9 +1,9 @@
-"""Study: the main job's default — mnist-fc on scikit-learn's 8×8 digits, seven unit types
+"""Study: the digits smoke mode of the main job — mnist-fc on scikit-learn's 8×8 digits, seven unit types
 (ELU, ReLU, LReLU, SReLU, SELU, ReLU+BN, ELU+BN) × 8 seeds, 20 epochs, held-out probe.
 
-    python analysis/digits_demo.py [--out reports/demo] [--record paper_figures/results/digits_demo]
+    python analysis/digits_demo.py [--out reports/digits] [--record paper_figures/results/digits_demo]
 
-The same as ``natgrad demo``; ``--record`` copies the summary tables, figures and
+The same as ``natgrad demo --dataset digits``; ``--record`` copies the summary tables, figures and
 provenance into a folder to commit (:func:`natgrad.analysis.record.record_study`).
 """
 
@@ -13,10 +13,10 @@ import argparse
 import sys
 from dataclasses import replace
 
-from natgrad.analysis.demo import DemoConfig, main
+from natgrad.analysis.demo import for_dataset, main
 from natgrad.analysis.record import record_study
 
-CONFIG = DemoConfig()
+CONFIG = for_dataset("digits", out="reports/digits")
 
 
 def run(argv: list[str] | None = None) -> int:

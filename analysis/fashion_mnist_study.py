@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natgrad.analysis.demo import DemoConfig, main
+from natgrad.analysis.demo import for_dataset, main
 from natgrad.analysis.record import record_study
 
-CONFIG = DemoConfig(
-    dataset="fashion-mnist",
+CONFIG = for_dataset(
+    "fashion-mnist",
     units=("elu", "relu", "lrelu", "srelu", "relu-bn"),
     seeds=8,
     epochs=3,

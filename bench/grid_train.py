@@ -99,14 +99,14 @@ def bench_demo(args) -> None:
 
 
 def bench_demo_default(args) -> None:
-    r"""The training phase of ``natgrad demo`` with its default settings (7 unit types × 8
+    r"""The training phase of ``natgrad demo --dataset digits`` (7 unit types × 8
     seeds of mnist-fc on digits, 20 epochs, 2 worker processes of 1 torch thread): the demo's
     own jobs (one grid per worker for the batchable runs, batch-norm runs one by one) against
     every run a job of its own (the sequential trainer), same pool, alternating."""
-    from natgrad.analysis.demo import DemoConfig, train_configs, train_runs, workers_of
+    from natgrad.analysis.demo import for_dataset, train_configs, train_runs, workers_of
 
-    config = DemoConfig(fresh=True) if args.demo_seeds is None else DemoConfig(
-        fresh=True, seeds=args.demo_seeds)  # fmt: skip
+    config = for_dataset("digits", fresh=True) if args.demo_seeds is None else for_dataset(
+        "digits", fresh=True, seeds=args.demo_seeds)  # fmt: skip
     cfgs = train_configs(config)
     from natgrad.training.grid import grid_key
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from natgrad.analysis.demo import DemoConfig, main
+from natgrad.analysis.demo import DemoConfig, for_dataset, main
 
-#: ELU, ReLU and ReLU+BN, two seeds (the replicates of the paired statistics), epochs 0 and
+#: The digits smoke mode: ELU, ReLU and ReLU+BN, two seeds (the replicates of the paired statistics), epochs 0 and
 #: 1, every layer, 160 held-out probe inputs (> fan-in + 1 = 129).
-SMALL = DemoConfig(
+SMALL = for_dataset(
+    "digits",
     units=("elu", "relu", "relu-bn"),
     seeds=2,
     epochs=1,

@@ -29,11 +29,11 @@ def test_demo_writes_runs_tables_and_report(demo_dir):
             run = demo_dir / "runs" / f"mnist-fc-{unit}{bn}-digits-s{seed}"
             assert (run / "checkpoints" / "epoch_0001.json").is_file(), run
     tables = read_tables(demo_dir / "tables")
-    for name in TABLES:
+    for name in set(TABLES) - {"probe_sizes", "sizes"}:  # no probe-size sweep on the digits
         assert len(tables[name]) > 0, name
     html = (demo_dir / "report.html").read_text()
-    # headline, sweep, n_eff, Fig 2, Fig 1 and three per-layer figures
-    assert html.count("data:image/png;base64,") == 8
+    # the answer, headline, sweep, n_eff, Fig 2, Fig 1 and three per-layer figures
+    assert html.count("data:image/png;base64,") == 9
     assert '<table id="summary">' in html and "The question" in html
     assert "Wilcoxon" not in html  # no test over units or layers
     meta = json.loads((demo_dir / "demo.json").read_text())
@@ -52,6 +52,17 @@ def test_unit_table_covers_every_layer_unit_and_epoch(demo_dir):
     assert set(sweep["epoch"]) == {1}
 
 
+def test_smoke_report_makes_no_rho_comparison(demo_dir):
+    """The digits' blocks are not estimable (n_eff/(d+1) < 2): the first screen says so and
+    gives no ρ verdict; the declared primary endpoint is the learning speed alone."""
+    html = (demo_dir / "report.html").read_text()
+    first = html[: html.index("How the numbers were made")]
+    assert "not estimable on this probe" in first
+    assert "closer to the unit natural gradient" not in first.split("</figure>")[-1]
+    eps = read_tables(demo_dir / "tables")["endpoints"]
+    assert eps[eps["role"] == "primary"]["metric"].tolist() == ["log_train_loss_auc"]
+
+
 def test_terminal_summary_is_the_summary_table(demo_dir):
     summary = read_tables(demo_dir / "tables")["summary"]
     assert (demo_dir / "summary.txt").read_text() == summary_text(summary) + "\n"
@@ -66,7 +77,30 @@ def _args(*argv):
 
 def test_cli_arguments_and_paper_mode():
     cfg = demo.config_from_args(_args("--epochs", "1", "--seeds", "2", "--units", "elu,ReLU"))
-    assert (cfg.epochs, cfg.seeds, cfg.units, cfg.dataset) == (1, 2, ("elu", "relu"), "digits")
+    assert (cfg.epochs, cfg.seeds, cfg.units, cfg.dataset) == (1, 2, ("elu", "relu"), "mnist")
+    # MNIST, the paper's data, is the default: estimable blocks at epoch 1 on the validation split
+    d = demo.config_from_args(_args())
+    assert (d.dataset, d.units, d.analyse_epochs, d.grad, d.jackknife) == (
+        "mnist",
+        ("elu", "relu", "lrelu", "srelu"),
+        (1,),
+        "train",
+        True,
+    )
+    smoke = demo.config_from_args(_args("--dataset", "digits"))
+    assert (smoke.epochs, smoke.analyse_epochs, smoke.jackknife, smoke.probe_sizes) == (
+        20,
+        None,
+        False,
+        (),
+    )
+    assert [e.metric for e in demo.primary_endpoints(smoke) if e.role == "primary"] == [
+        "log_train_loss_auc"
+    ]
+    assert [e.metric for e in demo.primary_endpoints(d) if e.role == "primary"] == [
+        "rho_plain_jk",
+        "log_train_loss_auc",
+    ]
     assert demo.DemoConfig().seeds >= 8  # seeds are the replicates: enough to resolve effects
     with pytest.raises(InputError, match="unknown unit type"):
         demo.DemoConfig(units=("elu", "tanh"))

@@ -86,3 +86,34 @@ def test_terminal_summary_fits_100_columns():
         from natgrad.analysis import metrics as mt
 
         assert mt.label(c) in text
+
+
+def _synthetic_tables(n_eff: float, rho_lo: float, speed_hi: float) -> dict:
+    """Tables as the MNIST demo writes them, for the first screen's paragraph."""
+    import pandas as pd
+
+    units = pd.DataFrame({"epoch": 1, "layer": ["fc2", "fc3"] * 2, "input_from": "units",
+                          "dead": 0, "fan_in": 128, "n_eff": n_eff * 129,
+                          "rho_plain": 0.5, "rho_plain_jk": 0.52})  # fmt: skip
+    comp = pd.DataFrame([
+        {"metric": "rho_plain_jk", "reference": "elu", "other": "relu", "n": 8, "diff": 0.1,
+         "lo": rho_lo, "hi": 0.15, "p": 0.008, "better": "higher"},
+        {"metric": "log_train_loss_auc", "reference": "elu", "other": "relu", "n": 8,
+         "diff": -0.2, "lo": -0.3, "hi": speed_hi, "p": 0.008, "better": "lower"},
+    ])  # fmt: skip
+    eps = comp.assign(role="primary", family="primary", p_holm=0.016, ci_method="BCa")
+    return {"units": units, "comparison": comp, "endpoints": eps}
+
+
+def test_first_screen_paragraph_is_generated_from_the_cis():
+    from natgrad.analysis.report import answer
+
+    text, rho = answer(_synthetic_tables(n_eff=10, rho_lo=0.05, speed_hi=-0.1))
+    assert rho == "rho_plain_jk"
+    assert "ELU is closer to the unit natural gradient; it learns faster." in text
+    assert "Holm-adjusted p = 0.016" in text and "ELU (α=1) − ReLU = 0.1 [0.05, 0.15]" in text
+    text, _ = answer(_synthetic_tables(n_eff=10, rho_lo=-0.05, speed_hi=0.1))
+    assert "closeness to the unit natural gradient, no difference resolved" in text
+    assert "learning speed, no difference resolved" in text
+    text, rho = answer(_synthetic_tables(n_eff=1.5, rho_lo=0.05, speed_hi=-0.1))
+    assert rho is None and "not estimable on this probe" in text and "is closer" not in text

@@ -160,7 +160,7 @@ PAPER = dict(
 def for_dataset(name: str, **changes) -> DemoConfig:
     """The demo's defaults for data set ``name`` (:data:`DATASETS`), then ``changes``."""
     base = DATASETS.get(name, DATASETS["digits"])
-    return replace(DemoConfig(), dataset=name, **{**base, **changes})
+    return replace(DemoConfig(), **{"dataset": name, **base, **changes})
 
 
 def primary_endpoints(config: DemoConfig, rho: str = "rho_plain_jk") -> list:

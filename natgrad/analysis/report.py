@@ -24,13 +24,21 @@ from natgrad.analysis import metrics as mt
 from natgrad.analysis.summary import read_tables
 from natgrad.units import unit_type_label, unit_type_order
 
-__all__ = ["SUMMARY_COLUMNS", "fmt", "fmt_ci", "render_report", "summary_text"]
+__all__ = ["SUMMARY_COLUMNS", "answer", "fmt", "fmt_ci", "render_report", "summary_columns",
+           "summary_text"]  # fmt: skip
 
 #: Columns of the summary table (metric names of :mod:`natgrad.analysis.metrics`).
 SUMMARY_COLUMNS = (
-    "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "estimable",
-    "abs_median_activation", "train_loss_auc", "test_error",
+    "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "n_eff_over_d1",
+    "estimable", "abs_median_activation", "train_loss_auc", "test_error",
 )  # fmt: skip
+
+
+def summary_columns(summary) -> tuple[str, ...]:
+    """:data:`SUMMARY_COLUMNS`, led by the jackknifed ρ(plain) where the tables have it."""
+    jk = ("rho_plain_jk",) if "rho_plain_jk_mean" in summary.columns else ()
+    return jk + SUMMARY_COLUMNS
+
 
 HEADLINE = ("rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag")
 QUESTION = (
@@ -60,9 +68,11 @@ def fmt_ci(row, metric: str) -> str:
     return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
 
 
-def summary_text(summary, columns=SUMMARY_COLUMNS, *, width: int = 100) -> str:
+def summary_text(summary, columns=None, *, width: int = 100) -> str:
     """The summary table as fixed-width text (terminal, ``summary.txt``), in blocks of columns
-    that each fit ``width`` characters (the unit and seed columns repeat in every block)."""
+    that each fit ``width`` characters (the unit and seed columns repeat in every block);
+    ``columns`` default :func:`summary_columns`."""
+    columns = summary_columns(summary) if columns is None else columns
     rows = [["unit", "n"] + [mt.label(c) for c in columns]]
     for key in unit_type_order(summary["unit_type"]):
         r = summary[summary["unit_type"] == key].iloc[0].to_dict()
@@ -100,7 +110,7 @@ def _table_html(frame, columns, *, fmt_cell=None, table_id: str = "", row_key: s
     return f'<table id="{table_id}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
-def _summary_html(summary, columns=SUMMARY_COLUMNS) -> str:
+def _summary_html(summary, columns) -> str:
     frame = summary.copy()
     frame["unit"] = [unit_type_label(k, tex=False) for k in frame["unit_type"]]
     order = {k: i for i, k in enumerate(unit_type_order(frame["unit_type"]))}
@@ -175,7 +185,11 @@ def _pair_text(row: dict) -> str:
     ref = unit_type_label(row["reference"], tex=False)
     other = unit_type_label(row["other"], tex=False)
     p = f", p = {fmt(row['p'])}" if "p" in row and not _nan(row["p"]) else ""
-    ph = f", Holm-adjusted p = {fmt(row['p_holm'])}" if "p_holm" in row and not _nan(row["p_holm"]) else ""
+    ph = (
+        f", Holm-adjusted p = {fmt(row['p_holm'])}"
+        if "p_holm" in row and not _nan(row["p_holm"])
+        else ""
+    )
     ci = "" if _nan(row.get("lo")) else f" [{fmt(row['lo'])}, {fmt(row['hi'])}]"
     return f"{mt.label(row['metric'])}: {ref} − {other} = {fmt(row['diff'])}{ci}{p}{ph}"
 
@@ -215,8 +229,11 @@ def answer(t: dict) -> tuple[str, str | None]:
         rho_row = row(rho)
         closer = _verdict(rho_row, higher_word="is closer to the unit natural gradient",
                           lower_word="is farther from the unit natural gradient")  # fmt: skip
-        verdict = f"ELU vs ReLU: ELU {closer}" if closer != "no difference resolved" else (
-            "ELU vs ReLU: closeness to the unit natural gradient, no difference resolved")
+        verdict = (
+            f"ELU vs ReLU: ELU {closer}"
+            if closer != "no difference resolved"
+            else ("ELU vs ReLU: closeness to the unit natural gradient, no difference resolved")
+        )
         verdict += "; " + (f"it {faster}" if faster != "no difference resolved" else
                            "learning speed, no difference resolved") + "."  # fmt: skip
         parts.append(f"<b>{esc(verdict)}</b>")
@@ -422,8 +439,7 @@ def render_report(
     p.append("<ul id='findings'>" + "".join(f"<li>{esc(s)}</li>" for s in
              findings(comparison, [*shown, "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "n_eff_over_d1"])) + "</ul>")  # fmt: skip
     p.append("<h2>Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])</h2>")
-    columns = [*shown, *SUMMARY_COLUMNS[:4], "n_eff_over_d1", *SUMMARY_COLUMNS[4:]]
-    p.append(_summary_html(summary, columns))
+    p.append(_summary_html(summary, summary_columns(summary)))
     p.append("<h2>Paired comparisons (ELU minus each unit type, per seed)</h2>")
     p.append(_comparison_html(comparison))
     if "sweep" in figs:

@@ -91,7 +91,6 @@ def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch"))
     return pd.DataFrame(out).reset_index()
 
 
-
 def neff_adjusted(units, metric: str, *, reference: str = "elu", n_boot: int = 2000):
     r"""``reference`` against every other unit type on ``metric`` adjusted for n_eff.
 
@@ -107,7 +106,9 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu", n_boot: int = 2
 
     live = analysed_units(units)
     live = live.assign(_lr=np.log(live["n_eff"] / (live["fan_in"] + 1)))
-    per = live.groupby(["unit_type", "seed", "layer"]).agg(y=(metric, "median"), lr=("_lr", "median"))
+    per = live.groupby(["unit_type", "seed", "layer"]).agg(
+        y=(metric, "median"), lr=("_lr", "median")
+    )
     per = per.replace([np.inf, -np.inf], np.nan).dropna().reset_index()
     types = list(unit_type_order(per["unit_type"].unique()))
     if reference not in types or len(types) < 2:
@@ -146,6 +147,7 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu", n_boot: int = 2
                     "ci_method": "percentile (seeds resampled)", "slope": float(coef[-1]),
                     "diff_unadjusted": float(coef0[r] - coef0[i])})  # fmt: skip
     return pd.DataFrame(out)
+
 
 def _estimable_only(name: str) -> bool:
     return name in mt.METRICS and mt.METRICS[name].estimable_only
