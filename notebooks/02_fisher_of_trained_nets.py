@@ -33,11 +33,11 @@ import matplotlib.pyplot as plt
 import torch
 from torch.nn import functional as F
 
-from natgrad.fisher import unit_fisher
 from natgrad.analysis.runs import checkpoint_epochs, load_model, probe_set
+from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
+from natgrad.fisher import unit_fisher
 from natgrad.testing import assert_close, conditioned_rtol
 from natgrad.training import default_config, default_run_dir, train
-from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
 
 workdir = Path(tempfile.mkdtemp(prefix="natgrad-nb02-"))
 config = default_config(

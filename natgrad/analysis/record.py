@@ -16,7 +16,18 @@ from pathlib import Path
 
 __all__ = ["record_study"]
 
-KEPT = ("summary", "comparison", "seeds", "seed_epochs", "sweep_seeds", "curves")
+KEPT = ("summary", "comparison", "seeds", "seed_epochs", "sweep_seeds", "curves", "endpoints",
+        "probe_sizes", "neff_adjusted")  # fmt: skip
+
+
+def _plain(fragment: str) -> str:
+    """An HTML fragment of the report as markdown text (list items as bullets)."""
+    import html
+    import re
+
+    text = re.sub(r"<li>", "\n- ", fragment)
+    text = re.sub(r"<[^>]+>", "", text)
+    return html.unescape(re.sub(r"[ \t]+", " ", text)).strip()
 
 
 def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title: str) -> Path:
@@ -28,8 +39,8 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
 
     from natgrad._atomic import read_checked, write_bytes, write_table, write_text
     from natgrad.analysis import plots
-    from natgrad.analysis.report import HEADLINE, findings, summary_text
-    from natgrad.analysis.summary import read_tables
+    from natgrad.analysis.report import HEADLINE, SPEED, answer, findings, summary_text
+    from natgrad.analysis.summary import headline_rho, read_tables
     from natgrad.training import git_commit
 
     study, out = Path(study_dir), Path(dest)
@@ -40,8 +51,12 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
         if src.is_file():
             write_table(out / f"{name}.csv", read_checked(src))
     write_bytes(out / "context.json", (study / "tables" / "context.json").read_bytes())
-    figs = {"headline": plots.plot_efficiencies(t["summary"], list(HEADLINE)),
+    paragraph, rho = answer(t)
+    figs = {"answer": plots.plot_answer(t["summary"], rho, SPEED),
+            "headline": plots.plot_efficiencies(t["summary"], list(HEADLINE)),
             "n_eff": plots.plot_n_eff(t["units"])}  # fmt: skip
+    if len(t.get("probe_sizes", [])):
+        figs["probe_sizes"] = plots.plot_probe_sizes(t["probe_sizes"])
     if len(t.get("sweep_seeds", [])):
         figs["damping_sweep"] = plots.plot_damping_sweep(t["sweep_seeds"])
     import matplotlib.pyplot as plt
@@ -62,19 +77,25 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
              f"Device: {ctx.get('device', '?')}  ",
              f"Wall time: {meta.get('seconds', {}).get('total', float('nan')):.0f} s "
              f"({json.dumps({k: round(v) for k, v in meta.get('seconds', {}).items()})})", "",
+             "## The answer (generated from the CIs; answer.png)", "", _plain(paragraph), "",
              "## Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])", "", "```",
              summary_text(t["summary"]), "```", "", "## Findings (generated from paired 95 % CIs over "
              f"{int(t['summary']['n_seeds'].max())} seeds; relative damping λ = "
              f"{ctx.get('relative damping λ', '?')}; ELU minus each unit type)", ""]  # fmt: skip
-    claims = ["rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "coupling_cost",
-              "abs_median_activation", "train_loss_auc", "epochs_to_loss", "median_activation_var",
-              "test_error"]  # fmt: skip
+    jk = [headline_rho(t["units"])] if headline_rho(t["units"]) != "rho_plain" else []
+    claims = [*jk, "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag",
+              "abs_median_activation", "train_loss_auc", "log_train_loss_auc", "epochs_to_loss",
+              "median_activation_var", "test_error", "test_error_at_best_val"]  # fmt: skip
     lines += [f"- {s}" for s in findings(t["comparison"], claims)]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in ctx.items()]
     lines += [
         "",
-        "Figures: headline.png (ρ per unit type), damping_sweep.png, n_eff.png, fig2.png.",
+        "Figures: answer.png (the question's two halves), headline.png (ρ per unit type), "
+        "damping_sweep.png, n_eff.png, probe_sizes.png (where swept), fig2.png; report.html is "
+        "the full report.",
     ]
+    if (study / "report.html").is_file():
+        write_bytes(out / "report.html", (study / "report.html").read_bytes())
     readme = out / "README.md"
     write_text(readme, "\n".join(lines) + "\n")
     return readme

@@ -202,7 +202,9 @@ def _nan(x) -> bool:
 
 
 def _verdict(row, *, higher_word: str, lower_word: str) -> str:
-    if row is None or _nan(row.get("lo")) or row["lo"] <= 0 <= row["hi"]:
+    if row is None:
+        return "not compared (no paired seeds)"
+    if _nan(row.get("lo")) or row["lo"] <= 0 <= row["hi"]:
         return "no difference resolved"
     return higher_word if row["lo"] > 0 else lower_word
 
@@ -416,8 +418,9 @@ def render_report(
         p.append(f"<ul id='context'>{items}</ul>")
     p.append(
         "<p><b>How the numbers are made.</b> For every unit of every layer the exact unit Fisher "
-        "F = [[A, b], [bᵀ, c]] (bias last) is computed on a held-out probe; g is the gradient of "
-        "the probe's mean log-likelihood. Every direction is judged in ONE metric per unit, "
+        "F = [[A, b], [bᵀ, c]] (bias last) is computed on a held-out probe; g is the gradient "
+        "of a mean log-likelihood (which one: 'g (the gradient judged)' above; the probe's where "
+        "not stated). Every direction is judged in ONE metric per unit, "
         "F_λ = F + λ·tr(F)/(d+1)·I, with the same stated λ for every unit and unit type. The "
         "measure is the <i>Fisher efficiency</i> ρ(u) = gᵀu/√(uᵀF_λu·gᵀF_λ⁻¹g), the cosine "
         "between u and the unit natural gradient in the Fisher metric (1 = the natural "

@@ -72,9 +72,9 @@ UNIT_METRICS = [
 
 #: Metrics compared between unit types (paired by seed) in ``comparison.csv``.
 COMPARED = [
-    "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "coupling_cost",
-    "shift_error_plain", "abs_median_activation", "train_loss_auc", "epochs_to_loss",
-    "median_activation_var", "test_error",
+    "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "shift_error_plain",
+    "abs_median_activation", "train_loss_auc", "log_train_loss_auc", "epochs_to_loss",
+    "median_activation_var", "test_error", "test_error_at_best_val",
 ]  # fmt: skip
 
 #: The jackknifed efficiencies (unit tables made with ``jackknife=True``).
