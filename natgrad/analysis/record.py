@@ -25,7 +25,8 @@ def _plain(fragment: str) -> str:
     import html
     import re
 
-    text = re.sub(r"<li>", "\n- ", fragment)
+    text = re.sub(r"</p>", "\n\n", fragment)
+    text = re.sub(r"<li>", "\n- ", text)
     text = re.sub(r"<[^>]+>", "", text)
     return html.unescape(re.sub(r"[ \t]+", " ", text)).strip()
 
