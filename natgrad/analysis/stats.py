@@ -330,12 +330,13 @@ def sign_flip_p(diff) -> float:
 
 
 def sentence(row: dict) -> str:
-    r"""The finding of one paired comparison, from its CI (never from a p-value alone).
+    r"""The finding of one paired comparison, from its CI (never from a p-value alone), with
+    one sign convention: the difference is always reference − other, its CI likewise.
 
     Example:
         >>> sentence({"metric": "rho_plain", "reference": "elu", "other": "relu", "n": 8,
         ...           "diff": 0.05, "lo": 0.01, "hi": 0.09, "better": "higher"})
-        'ρ(plain): ELU (α=1) higher than ReLU by 0.05 [0.01, 0.09] (8 seeds) — better.'
+        'ρ(plain): ELU (α=1) − ReLU = 0.05 [0.01, 0.09] (8 seeds): ELU (α=1) higher than ReLU — better.'
     """
     ref = unit_type_label(row["reference"], tex=False)
     other = unit_type_label(row["other"], tex=False)
@@ -343,21 +344,21 @@ def sentence(row: dict) -> str:
     lo, hi, n = row["lo"], row["hi"], row["n"]
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{lab}: {ref} vs {other}: too few seeds to compare ({n})."
-    ci = f"[{_g(lo)}, {_g(hi)}]"
+    stated = f"{lab}: {ref} − {other} = {_g(row['diff'])} [{_g(lo)}, {_g(hi)}] ({n} seeds)"
     if lo <= 0 <= hi:
-        return f"{lab}: no difference resolved between {ref} and {other} (difference {_g(row['diff'])} {ci}, {n} seeds)."
+        return f"{stated}: no difference resolved between {ref} and {other}."
     higher = lo > 0
     better = row.get("better")
     word = "higher" if higher else "lower"
-    if better == "closer_to_zero":
+    if better == "closer_to_zero":  # compared on |value|
         word = "farther from 0" if higher else "closer to 0"
     verdict = ""
     if better in ("higher", "lower", "closer_to_zero"):
         good = (higher and better == "higher") or (
             not higher and better in ("lower", "closer_to_zero")
         )
-        verdict = " — better." if good else " — worse."
-    return f"{lab}: {ref} {word} than {other} by {_g(abs(row['diff']))} {ci} ({n} seeds){verdict}"
+        verdict = " — better" if good else " — worse"
+    return f"{stated}: {ref} {word} than {other}{verdict}."
 
 
 def _g(x: float) -> str:
