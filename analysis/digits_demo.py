@@ -9,26 +9,15 @@ provenance into a folder to commit (:func:`natgrad.analysis.record.record_study`
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import replace
 
-from natgrad.analysis.demo import for_dataset, main
-from natgrad.analysis.record import record_study
+from natgrad.analysis.demo import for_dataset, study
 
 CONFIG = for_dataset("digits", out="reports/digits")
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=CONFIG.out)
-    parser.add_argument("--record", default=None, help="folder to copy the results into")
-    args = parser.parse_args(argv)
-    config = replace(CONFIG, out=args.out)
-    main(config)
-    if args.record:
-        print(record_study(config.out, args.record, title="natgrad demo: mnist-fc on the digits"))
-    return 0
+    return study(CONFIG, argv, title="natgrad demo: mnist-fc on the digits", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -11,26 +11,15 @@ jackknifed ρ; probe-size sweep on 2 seeds; primary endpoints declared in
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import replace
 
-from natgrad.analysis.demo import for_dataset, main
-from natgrad.analysis.record import record_study
+from natgrad.analysis.demo import for_dataset, study
 
 CONFIG = for_dataset("mnist")
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=CONFIG.out)
-    parser.add_argument("--record", default=None, help="folder to copy the results into")
-    args = parser.parse_args(argv)
-    config = replace(CONFIG, out=args.out)
-    main(config)
-    if args.record:
-        print(record_study(config.out, args.record, title="natgrad demo: mnist-fc on MNIST"))
-    return 0
+    return study(CONFIG, argv, title="natgrad demo: mnist-fc on MNIST", doc=__doc__)
 
 
 if __name__ == "__main__":

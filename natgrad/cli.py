@@ -58,7 +58,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "demo": (
         "natgrad.analysis.demo",
-        "the main job: train ELU/ReLU/LReLU/SReLU/SELU and ReLU/ELU+BN nets, write the report",
+        "the main job: ELU/ReLU/LReLU/SReLU nets on MNIST, unit Fishers, the report "
+        "(--dataset digits: a smoke mode with 7 unit types incl. SELU and batch norm)",
     ),
     "tables": (
         "natgrad.analysis.build",

@@ -70,18 +70,24 @@ assert_close(shift.shift_blockdiag, torch.tensor([0.5]), what="shift_blockdiag")
 # %% [markdown]
 # ## A synthetic population
 # $n$ inputs with activations $a \sim \mathcal N(\mu \mathbf 1, I_d)$ and error weights
-# $\bar\delta^2 = \exp(\rho z - \rho^2/2)$, where $z$ is the standardised mean of $a$: $\rho$
-# couples $\bar\delta^2$ to $a$ ($\rho = 0$: uncorrelated, so $q = p$). The gradient $(g, g_0)$
-# is fixed. `UnitFisher.from_matrix` wraps the block; everything below is its methods.
+# $\bar\delta^2 = \exp(\gamma z - \gamma^2/2)$, where $z$ is the standardised mean of $a$:
+# $\gamma$ couples $\bar\delta^2$ to $a$ ($\gamma = 0$: uncorrelated, so $q = p$). (Not ρ: in
+# natgrad ρ is the Fisher efficiency below.) The gradient $(g, g_0)$ is fixed.
+# `UnitFisher.from_matrix` wraps the block; everything below is its methods.
+#
+# Two ways to say how far the plain gradient is from the natural gradient: the Euclidean
+# cosine between them, which depends on how the unit is parametrised (it reads out the spread
+# of A's eigenvalues), and the **Fisher efficiency** ρ = gᵀu/√(uᵀFu·gᵀF⁻¹g), the cosine in the
+# Fisher metric, invariant to reparametrising the unit; natgrad reports ρ.
 
 
 # %%
-def population(mean: float, rho: float, d: int, n: int = 4000, seed: int = 0) -> UnitFisher:
+def population(mean: float, gamma: float, d: int, n: int = 4000, seed: int = 0) -> UnitFisher:
     """The unit Fisher block of one unit fed by the synthetic population."""
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(n, d, generator=gen) + mean  # [n, d]
     z = (a.mean(-1) - mean) * d**0.5  # standardised, [n]
-    w = torch.exp(rho * z - rho**2 / 2)  # δ̄², [n]
+    w = torch.exp(gamma * z - gamma**2 / 2)  # δ̄², [n]
     at = torch.cat([a, torch.ones(n, 1)], -1)  # [n, d+1]
     F = (w[:, None] * at).T @ at / n
     return UnitFisher.from_matrix((F + F.T) / 2, a.mean(0), layer="synthetic")
@@ -92,9 +98,9 @@ def gradient(d: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(1, d, generator=gen), torch.randn(1, generator=gen)
 
 
-def explore(mean: float = 1.0, rho: float = 0.5, d: int = 3) -> None:
+def explore(mean: float = 1.0, gamma: float = 0.5, d: int = 3) -> None:
     """Print s, k, the corrected mean and the three bias shifts; plot the shifts."""
-    fisher = population(mean, rho, d)
+    fisher = population(mean, gamma, d)
     g, g0 = gradient(d)
     r = fisher.bias_shift(g, g0)
     print(f"s = {fisher.s().item():.4f} (Schur) = {fisher.s('paper').item():.4f} (paper)")
@@ -103,14 +109,17 @@ def explore(mean: float = 1.0, rho: float = 0.5, d: int = 3) -> None:
         f"E_p(a) = {fisher.mean_p.numpy().round(3)},  E_q(a) = {fisher.mean_q[0].numpy().round(3)}"
     )
     print(f"corrected mean E_p(a) − (1+k)E_q(a) = {r.corrected_mean[0].numpy().round(3)}")
-    print(f"cos(plain, natural) = {fisher.cosine(g, g0).item():.4f}")
+    print(f"cos(plain, natural) = {fisher.cosine(g, g0).item():.4f} (Euclidean, not invariant)")
+    print(
+        f"ρ(plain) = {fisher.efficiency(g, g0, 'plain').item():.4f} (Fisher efficiency, invariant)"
+    )
     names = ["natural", "block-diagonal", "plain"]
     values = [r.shift_natural.item(), r.shift_blockdiag.item(), r.shift_plain.item()]
     fig, ax = plt.subplots(figsize=(5, 2.5))
     ax.barh(names, values, color=["C0", "C1", "C2"])
     ax.axvline(0, color="k", lw=0.5)
     ax.set_xlabel("bias shift of the update")
-    ax.set_title(f"mean {mean:+.2f}, ρ = {rho:.2f}, d = {d}")
+    ax.set_title(f"mean {mean:+.2f}, γ = {gamma:.2f}, d = {d}")
     plt.show()
 
 
@@ -120,27 +129,32 @@ explore()  # once directly, so the output also appears when run headless
 sliders = widgets.interactive(
     explore,
     mean=widgets.FloatSlider(value=1.0, min=-2.0, max=2.0, step=0.1, description="E_p(a)"),
-    rho=widgets.FloatSlider(value=0.5, min=-1.0, max=1.0, step=0.05, description="ρ"),
+    gamma=widgets.FloatSlider(value=0.5, min=-1.0, max=1.0, step=0.05, description="γ (δ̄²–a)"),
     d=widgets.IntSlider(value=3, min=1, max=8, description="d"),
 )
 display(sliders)
 
 # %% [markdown]
 # ## The ELU argument: a centred incoming mean needs no correction
-# Sweep the incoming mean. With $\rho = 0$, $k \approx 0$ (exactly 0 in the population
+# Sweep the incoming mean. With $\gamma = 0$, $k \approx 0$ (exactly 0 in the population
 # limit) and the natural gradient's shift is the block-diagonal shift *at mean zero*; the
-# plain gradient agrees with the natural gradient best when the incoming mean is near 0.
+# plain gradient agrees with the natural gradient best when the incoming mean is near 0 — in
+# the Fisher efficiency ρ (middle) as in the Euclidean cosine (right).
 
 # %%
 means = torch.linspace(-2, 2, 41)
-fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-for rho in (0.0, 0.5):
-    fishers = [population(m.item(), rho, 3) for m in means]
+fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+for gamma in (0.0, 0.5):
+    fishers = [population(m.item(), gamma, 3) for m in means]
     g, g0 = gradient(3)
-    axes[0].plot(means, [f.k().item() for f in fishers], label=f"ρ = {rho}")
-    axes[1].plot(means, [f.cosine(g, g0).item() for f in fishers], label=f"ρ = {rho}")
+    axes[0].plot(means, [f.k().item() for f in fishers], label=f"γ = {gamma}")
+    axes[1].plot(
+        means, [f.efficiency(g, g0, "plain").item() for f in fishers], label=f"γ = {gamma}"
+    )
+    axes[2].plot(means, [f.cosine(g, g0).item() for f in fishers], label=f"γ = {gamma}")
 axes[0].set(xlabel="incoming mean", ylabel="k")
-axes[1].set(xlabel="incoming mean", ylabel="cos(plain, natural)")
+axes[1].set(xlabel="incoming mean", ylabel="ρ(plain): Fisher efficiency")
+axes[2].set(xlabel="incoming mean", ylabel="cos(plain, natural): Euclidean")
 for ax in axes:
     ax.legend()
 plt.tight_layout()

@@ -26,6 +26,7 @@
 # for every unit of seven unit types and eight seeds.
 
 # %%
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -107,6 +108,13 @@ dw, dw0 = fisher.natural_gradient(gw, gb)
 cosine = fisher.cosine(gw, gb)[unit]
 print(f"s = {s_schur:.4g} (paper form {s_paper:.4g}); s·c = {s_schur * fisher.c[unit]:.4g}")
 print(f"k = {k_closed:.4g} (paper form {k_paper:.4g})")
+n_eff, d1 = float(fisher.n_eff[unit]), fisher.fan_in + 1
+if n_eff < 2 * d1:  # s, k and E_q(a) are δ̄²-weighted moments of n_eff effective inputs
+    print(
+        f"CAVEAT: n_eff = {n_eff:.1f} < 2(d+1) = {2 * d1}: this unit's block is not estimable "
+        "from the probe, so s, k and the corrected mean above are NOT measurements of the "
+        "unit (they check the identities, which hold for any block). Use a larger probe."
+    )
 print(
     f"shift: natural {shift.shift_natural[unit]:.4g}, block-diagonal "
     f"{shift.shift_blockdiag[unit]:.4g}, plain {shift.shift_plain[unit]:.4g}"
@@ -174,3 +182,4 @@ assert_close(
     what="table vs UnitFisher.efficiency",
     rtol=rtol_l,
 )
+shutil.rmtree(workdir)  # the run folder in the system temp directory goes with the notebook

@@ -10,7 +10,7 @@ import sys
 import pytest
 from _demo_small import small_demo
 
-from natgrad.analysis.report import SUMMARY_COLUMNS, fmt_ci, render_report
+from natgrad.analysis.report import SUMMARY_COLUMNS, fmt, fmt_ci, render_report
 from natgrad.analysis.summary import read_csv, read_tables, write_csv
 
 
@@ -38,13 +38,22 @@ def test_summary_cells_equal_the_summary_table(demo_dir):
             assert cells[(row["unit_type"], col)] == fmt_ci(row.to_dict(), col)
 
 
-def test_findings_are_the_comparison_sentences(demo_dir):
+def test_findings_table_holds_every_headline_comparison(demo_dir):
+    """The headline comparisons are one compact table: a row per metric, a cell per compared
+    unit type with reference − other = diff [CI] from comparison.csv."""
+    import re
+
     html = (demo_dir / "report.html").read_text()
     comparison = read_tables(demo_dir / "tables")["comparison"]
     headline = comparison[comparison["metric"].isin(["rho_plain", "rho_centred"])]
     assert len(headline) == 4  # two metrics × (ELU vs ReLU, ELU vs ReLU+BN)
-    for text in headline["text"]:
-        assert text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in html
+    table = html[html.index("<table id='findings'>") :].split("</table>")[0]
+    for _, r in headline.iterrows():
+        row = re.search(rf"<tr data-metric='{r['metric']}'>(.*?)</tr>", table).group(1)
+        cell = re.search(rf"<td data-col='{r['other']}'>([^<]*)</td>", row).group(1)
+        assert cell.endswith(f"{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]"), cell
+        resolved = r["lo"] > 0 or r["hi"] < 0
+        assert (cell[0] in "▲▼") if resolved else (cell[0] == "·"), cell
     # With two seeds nothing can be resolved at p < 0.5, and the page says how few seeds.
     paired = comparison[comparison["n"] > 0]
     assert (paired["p_min"] == 2.0 / 2 ** paired["n"]).all() and (paired["p_min"] >= 0.5).all()

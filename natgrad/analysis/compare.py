@@ -371,6 +371,10 @@ def run_compare(
     groups = batched_groups(config) if batched else []
     stacked: list[list] = [[] for _ in groups]
     rows = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.seeds * len(config.arms), desc="compare", unit="run",
+               disable=progress is None, dynamic_ncols=True)  # fmt: skip
     for seed in range(config.seeds):
         models = _models(config, ds, seed)
         for arm, model in models.items():
@@ -380,15 +384,18 @@ def run_compare(
                 continue
             t0 = time.perf_counter()
             rows += train_arm(config, arm, model, ds, seed, structures)
+            bar.update(1)
             if progress:
                 progress(f"seed {seed} {arm}: {time.perf_counter() - t0:.1f} s, "
                          f"final train loss {rows[-1]['train_loss']:.4f}")  # fmt: skip
     for arms, runs in zip(groups, stacked, strict=True):
         t0 = time.perf_counter()
         rows += train_stacked(config, runs, ds)
+        bar.update(len(runs))
         if progress:
             progress(f"{', '.join(arms)} x {config.seeds} seeds as one batched model: "
                      f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    bar.close()
     rank = {arm: i for i, arm in enumerate(config.arms)}
     rows.sort(key=lambda r: (r["seed"], rank[r["arm"]], r["epoch"]))
     return pd.DataFrame(rows)
@@ -498,8 +505,10 @@ def _answer(tables: dict, config: CompareConfig) -> str:
     lines = [
         "## Question",
         "",
-        "What fraction of the gap between ReLU+SGD and ReLU+unit-NG (training-loss area under "
-        "the curve: mean training loss over epochs 1..e) does ELU+SGD close, per epoch budget e?",
+        "What fraction of the gap between ReLU+SGD and ReLU+unit-NG does ELU+SGD close, per "
+        "epoch budget e? The gap's unit: the training-loss AUC (mean training loss over epochs "
+        "1..e, in nats per example; training loss re-evaluated on the whole training set after "
+        "each epoch).",
         "",
         "## Answer",
         "",
@@ -520,7 +529,7 @@ def _answer(tables: dict, config: CompareConfig) -> str:
                 else f" (95 % bootstrap CI over {row.seeds} seeds: {row.ci_low:.2f} to {row.ci_high:.2f})"
             )
             text = f"{row.fraction_closed:.2f} of the gap {row.gap:.4f}{ci}"  # fmt: skip
-        lines.append(f"- epoch budget {row.epoch}: ELU+SGD closes {text}")
+        lines.append(f"- epoch budget {row.epoch}: ELU+SGD closes {text} (training-loss AUC)")
     return "\n".join(lines)
 
 
@@ -770,43 +779,54 @@ def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = CompareConfig()
-    parser.add_argument(
-        "--dataset", default=d.dataset, help="digits (default), fashion-mnist, mnist"
-    )
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--seeds", type=positive_int, default=d.seeds)
-    parser.add_argument("--epochs", type=positive_int, default=d.epochs)
-    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    parser.add_argument(
-        "--train-size", type=positive_int, default=None, help="first N training images"
-    )
-    parser.add_argument("--lr-sgd", type=positive_float, default=d.lr_sgd)
-    parser.add_argument("--lr-ng", type=positive_float, default=d.lr_ng)
-    parser.add_argument("--lr-qd", type=positive_float, default=d.lr_qd)
-    parser.add_argument("--rel-damping", type=float, default=d.rel_damping)
-    parser.add_argument("--layer-damping", type=float, default=d.layer_damping)
-    parser.add_argument("--refresh-every", type=positive_int, default=d.refresh_every)
-    parser.add_argument("--ema", type=float, default=d.ema)
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # every default shown
+    parser.add_argument("--dataset", default=d.dataset,
+                        help="digits, fashion-mnist or mnist (the paper's data)")  # fmt: skip
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the data files (None: the shipped/installed copy)")  # fmt: skip
+    parser.add_argument("--seeds", type=positive_int, default=d.seeds,
+                        help="seeds per arm; arms share their initial weights per seed")  # fmt: skip
+    parser.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs per run")
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                        help="minibatch size of every arm")  # fmt: skip
+    parser.add_argument("--train-size", type=positive_int, default=None,
+                        help="first N training images (None: all)")  # fmt: skip
+    parser.add_argument("--lr-sgd", type=positive_float, default=d.lr_sgd,
+                        help="learning rate of the SGD, centred and batch-norm arms")  # fmt: skip
+    parser.add_argument("--lr-ng", type=positive_float, default=d.lr_ng,
+                        help="learning rate of the unit natural-gradient arms")  # fmt: skip
+    parser.add_argument("--lr-qd", type=positive_float, default=d.lr_qd,
+                        help="learning rate of the quasi-diagonal arm")  # fmt: skip
+    parser.add_argument("--rel-damping", type=float, default=d.rel_damping,
+                        help="optimizer's relative damping λ: F + λ·tr(F)/(d+1)·I per unit")  # fmt: skip
+    parser.add_argument("--layer-damping", type=float, default=d.layer_damping,
+                        help="optimizer's extra damping, a fraction of the layer's mean trace")  # fmt: skip
+    parser.add_argument("--refresh-every", type=positive_int, default=d.refresh_every,
+                        help="steps between refreshes of the unit-NG/QD preconditioner")  # fmt: skip
+    parser.add_argument("--ema", type=float, default=d.ema,
+                        help="weight of the running Fisher's old value at each refresh")  # fmt: skip
     parser.add_argument(
         "--window", type=nonnegative_int, default=d.window,
         help="unit-NG arms: precondition with the Fisher of the last K refresh batches, solved "
-        "exactly by Woodbury (cheap when K x batch < d+1); 0 (default): the dense running Fisher",
+        "exactly by Woodbury (cheap when K x batch < d+1); 0: the dense running Fisher",
     )  # fmt: skip
     parser.add_argument(
         "--memory-budget", type=positive_int, default=None,
         help="unit-NG arms: largest dense unit Fisher state U*(d+1)^2 of a layer, in elements; "
         "a larger layer takes Ollivier's quasi-diagonal step (with a warning naming it). "
         "mnist-fc on 28x28 images: 10000000 keeps the 8 hidden-fed layers dense and sends the "
-        "784-input layer to QD (default: natgrad.optim's budget, every layer dense)",
+        "784-input layer to QD (None: natgrad.optim's budget, every layer dense)",
     )  # fmt: skip
-    parser.add_argument("--last-epochs", type=positive_int, default=d.last_epochs)
-    parser.add_argument("--arms", default=",".join(d.arms), help="comma-separated subset")
-    parser.add_argument("--out", default="runs/compare", help="output folder")
+    parser.add_argument("--last-epochs", type=positive_int, default=d.last_epochs,
+                        help="test error: mean of the last N epochs")  # fmt: skip
+    parser.add_argument("--arms", default=",".join(d.arms), help="comma-separated subset of arms")
+    parser.add_argument("--out", default="reports/compare",
+                        help="output folder (next to the demo's reports/demo)")  # fmt: skip
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     parser.add_argument(
         "--sequential", action="store_true",
-        help="train every run one at a time (default: the SGD arms of all seeds as batched "
+        help="train every run one at a time (otherwise the SGD arms of all seeds as batched "
         "models, one per architecture; same curves up to float round-off)",
     )  # fmt: skip
     parser.add_argument(

@@ -51,7 +51,8 @@ from natgrad.errors import InputError
 from natgrad.training._owner import claim
 from natgrad.units import CATALOGUE
 
-__all__ = ["DemoConfig", "add_arguments", "analysed_epochs", "main", "run"]
+__all__ = ["DemoConfig", "add_arguments", "analysed_epochs", "for_dataset", "main",
+           "primary_endpoints", "run", "study"]  # fmt: skip
 
 #: The unit types compared by default: the paper's four, SELU, and ReLU/ELU with batch norm
 #: (the paper's Fig 5 question). Keys of :func:`natgrad.units.unit_type_key`.
@@ -501,6 +502,23 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     if args.fresh:
         changes["fresh"] = True
     return replace(config, **changes)
+
+
+def study(config: DemoConfig, argv: list[str] | None, *, title: str, doc: str) -> int:
+    """A study script's ``main`` (``analysis/*_demo.py``): ``--out`` (default
+    ``config.out``) and ``--record DIR``, which copies the results into a folder to commit
+    (:func:`natgrad.analysis.record.record_study`)."""
+    from natgrad.analysis.record import record_study
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default=config.out)
+    parser.add_argument("--record", default=None, help="folder to copy the results into")
+    args = parser.parse_args(argv)
+    config = replace(config, out=args.out)
+    main(config)
+    if args.record:
+        print(record_study(config.out, args.record, title=title))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -140,6 +140,44 @@ def _comparison_html(comparison) -> str:
     return _table_html(frame, cols, table_id="comparison")
 
 
+def compact_html(comparison, metrics, *, table_id: str) -> str:
+    r"""One table for many paired comparisons: a row per metric, a column per compared unit
+    type, each cell ``reference − other = diff [lo, hi]`` (one sign convention) and a mark:
+    ▲ better, ▼ worse (by the metric's registered direction, only where the CI excludes 0),
+    · no difference resolved. The full sentences stay in ``comparison.csv``."""
+    esc = html.escape
+    comp = comparison[comparison["metric"].isin(metrics)]
+    if not len(comp):
+        return ""
+    others = unit_type_order(comp["other"].unique())
+    ref = unit_type_label(comp["reference"].iloc[0], tex=False)
+    head = "".join(f"<th>{esc(ref)} − {esc(unit_type_label(o, tex=False))}</th>" for o in others)
+    rows = []
+    for m in metrics:
+        sub = comp[comp["metric"] == m].set_index("other")
+        if not len(sub):
+            continue
+        cells = []
+        for o in others:
+            if o not in sub.index:
+                cells.append("<td></td>")
+                continue
+            r = sub.loc[o]
+            resolved = not (_nan(r["lo"]) or r["lo"] <= 0 <= r["hi"])
+            better = r.get("better")
+            if resolved and better in ("higher", "lower", "closer_to_zero"):
+                good = (r["lo"] > 0) == (better == "higher")
+                mark = "▲" if good else "▼"
+            else:
+                mark = "·"
+            ci = "" if _nan(r["lo"]) else f" [{fmt(r['lo'])}, {fmt(r['hi'])}]"
+            cells.append(f"<td data-col='{esc(o)}'>{mark} {fmt(r['diff'])}{ci}</td>")
+        rows.append(f"<tr data-metric='{esc(m)}'><td>{esc(mt.label(m))}</td>{''.join(cells)}</tr>")
+    return (f"<table id='{table_id}'><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
+            "<p><small>▲ better, ▼ worse for the reference (CI excludes 0), · no difference "
+            "resolved; mean paired difference over seeds [bootstrap 95 % CI].</small></p>")  # fmt: skip
+
+
 def findings(comparison, metrics) -> list[str]:
     """The generated sentences of ``comparison`` for ``metrics``, in order."""
     out = []
@@ -374,10 +412,17 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
     return figs
 
 
+#: The first screen's frame colour (a left rule no figure uses): a browser test finds the
+#: extent of the answer by it (tests/test_report_browser.py).
+SCREEN_RULE = "#2c5a9e"
+
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
 table{border-collapse:collapse;font-size:85%}td,th{border:1px solid #ccc;padding:3px 6px}
 img{max-width:100%}figcaption{font-size:90%;color:#444}code{background:#f4f4f4}
-.q{font-size:110%;background:#f6f8fa;padding:.6em;border-left:4px solid #1b9e77}"""
+.q{font-size:110%;background:#f6f8fa;padding:.6em;border-left:4px solid #1b9e77}
+#first-screen figure{margin:.4em 0}#first-screen ul{margin:.2em 0}""" + (
+    "#first-screen{border-left:6px solid " + SCREEN_RULE + ";padding:0 .8em;margin:0}"
+)
 
 
 def _img(caption: str, png) -> str:
@@ -407,9 +452,10 @@ def render_report(
     p = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
          f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
          f"<p class='q'><b>The question.</b> {esc(QUESTION)}</p>"]  # fmt: skip
+    p.append("<section id='first-screen'>")
     if "answer" in figs:
         p.append(_img(*figs["answer"]))
-    p.append(answer(t)[0])
+    p.append(answer(t)[0] + "</section>")
     p.append(_estimation_html(t))
     p.append("<h2>How the numbers were made</h2>")
     if ctx:
@@ -439,8 +485,8 @@ def render_report(
 
     rho = headline_rho(t["units"])
     shown = [rho] if rho != "rho_plain" else []
-    p.append("<ul id='findings'>" + "".join(f"<li>{esc(s)}</li>" for s in
-             findings(comparison, [*shown, "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag", "n_eff_over_d1"])) + "</ul>")  # fmt: skip
+    p.append(compact_html(comparison, [*shown, "rho_plain", "rho_centred", "rho_quasidiagonal",
+                                       "rho_blockdiag", "n_eff_over_d1"], table_id="findings"))  # fmt: skip
     p.append("<h2>Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])</h2>")
     p.append(_summary_html(summary, summary_columns(summary)))
     p.append("<h2>Paired comparisons (ELU minus each unit type, per seed)</h2>")
@@ -461,7 +507,7 @@ def render_report(
              "epochs to reach the threshold in the header); Appendix C: smaller variance of the "
              "median activation; test error (mean of the last epochs).</p>")  # fmt: skip
     claims = [m.name for m in mt.paper_claims()]
-    p.append("<ul id='claims'>" + "".join(f"<li>{esc(s)}</li>" for s in findings(comparison, claims)) + "</ul>")  # fmt: skip
+    p.append(compact_html(comparison, claims, table_id="claims"))
     for key in ("fig2", "fig1", "layers"):
         if key in figs:
             p.append(_img(*figs[key]))
