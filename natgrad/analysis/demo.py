@@ -349,6 +349,8 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
         "device": device,
         "runs": f"{len(runs)} ({', '.join(config.units)} × {config.seeds} seeds), {config.net} on {config.dataset}",
         "layers analysed": "all" if layers is None else f"fed by hidden units ({', '.join(layers)})",
+        "parallelism": f"{workers} worker process(es) × {config.threads or 'torch default'} torch "
+                       "thread(s) each, for training and for the unit Fishers",
     }  # fmt: skip
     size_runs = [r for cfg, r in zip(cfgs, runs, strict=True) if cfg.seed < config.size_seeds]
     tables = write_tables(runs, out / "tables", epochs=analysed_epochs(config),
@@ -359,8 +361,7 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
                           endpoints=primary_endpoints(config))  # fmt: skip
     t_tables = time.perf_counter() - t0 - t_train
     seconds_so_far = time.perf_counter() - t0
-    wall = {"wall time": f"training {t_train:.1f} s, unit Fishers and tables {t_tables:.1f} s, "
-                         f"{workers} worker process(es)"}  # fmt: skip
+    wall = {"wall time": f"training {t_train:.1f} s, unit Fishers and tables {t_tables:.1f} s"}
     report = render_report(out / "tables", out / "report.html", context=wall)
     seconds = time.perf_counter() - t0
     summary = summary_text(read_tables(out / "tables")["summary"])

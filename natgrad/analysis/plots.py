@@ -121,10 +121,12 @@ def plot_layer_metric(
     log: bool = False,
     layers: list[str] | None = None,
     ncols: int = 4,
+    title: str | None = None,
 ):
     r"""One panel per layer: median (line) and 25–75 % band over the units of every seed of
     ``metric`` per epoch, one colour per unit type. Dead units (NaN) are left out. A
-    descriptive figure: the replicates of any test are seeds, never these units."""
+    descriptive figure: the replicates of any test are seeds, never these units. ``title``
+    (default: "<label> per layer over training") heads the figure."""
     import matplotlib.pyplot as plt
 
     if layers is None:
@@ -154,41 +156,65 @@ def plot_layer_metric(
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel or metric)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(units), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.4 * nrows)))
+    fig.suptitle(title or f"{ylabel or metric} per layer over training", fontsize="medium",
+                 y=1.0 - 0.05 / nrows)  # fmt: skip
+    fig.legend(handles, labels, loc="upper center", ncol=len(units), frameon=False,
+               bbox_to_anchor=(0.5, 1.0 - 0.3 / (2.4 * nrows)))  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / (2.4 * nrows)))
     return fig
 
 
 def plot_efficiencies(summary, metrics: list[str], *, ax=None, title: str | None = None):
     r"""The headline figure: per metric (group of points) and unit type (colour), the mean over
-    seeds with its bootstrap 95 % CI (``summary`` from :func:`natgrad.analysis.stats.group_summary`)."""
+    seeds with its bootstrap 95 % CI (``summary`` from :func:`natgrad.analysis.stats.group_summary`).
+    Where ρ(block-diag.) sits above 0.9 for every unit type its differences are invisible on
+    the common axis, so it gets a panel of its own: 1 − ρ on a log axis."""
     import matplotlib.pyplot as plt
 
     from natgrad.analysis.metrics import label
 
+    units = unit_type_order(summary["unit_type"])
+    near_one = "rho_blockdiag" in metrics and bool((summary["rho_blockdiag_mean"] > 0.9).all())
+    main = [m for m in metrics if not (near_one and m == "rho_blockdiag")]
+    side = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.9 * len(metrics) + 1.5, 3.4))
+        if near_one:
+            fig, (ax, side) = plt.subplots(1, 2, figsize=(1.9 * len(main) + 3.6, 3.4),
+                                           gridspec_kw={"width_ratios": [len(main), 1.3]})  # fmt: skip
+        else:
+            fig, ax = plt.subplots(figsize=(1.9 * len(main) + 1.5, 3.4))
     else:
         fig = ax.figure
-    units = unit_type_order(summary["unit_type"])
     width = 0.8 / max(1, len(units))
     for j, unit in enumerate(units):
         row = summary[summary["unit_type"] == unit].iloc[0]
-        xs = np.arange(len(metrics)) - 0.4 + width * (j + 0.5)
-        m = np.array([row[f"{k}_mean"] for k in metrics], dtype=float)
-        lo = np.array([row[f"{k}_lo"] for k in metrics], dtype=float)
-        hi = np.array([row[f"{k}_hi"] for k in metrics], dtype=float)
+        xs = np.arange(len(main)) - 0.4 + width * (j + 0.5)
+        m = np.array([row[f"{k}_mean"] for k in main], dtype=float)
+        lo = np.array([row[f"{k}_lo"] for k in main], dtype=float)
+        hi = np.array([row[f"{k}_hi"] for k in main], dtype=float)
         err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])
         st = _style(unit)
         ax.errorbar(xs, m, yerr=err, fmt="o" if st["ls"] == "-" else "s", color=st["color"],
                     capsize=2, ms=4, label=unit_type_label(unit) + f" (n={int(row['n_seeds'])})")  # fmt: skip
-    ax.set_xticks(np.arange(len(metrics)), [label(k) for k in metrics])
-    ax.set_ylabel("Fisher efficiency ρ (mean over seeds, 95 % CI)")
+        if side is not None:
+            c = 1.0 - float(row["rho_blockdiag_mean"])
+            c_lo, c_hi = 1.0 - float(row["rho_blockdiag_hi"]), 1.0 - float(row["rho_blockdiag_lo"])
+            side.errorbar([j], [c], yerr=[[max(c - c_lo, 0.0)], [max(c_hi - c, 0.0)]],
+                          fmt="o" if st["ls"] == "-" else "s", color=st["color"], capsize=2, ms=4)  # fmt: skip
+    ax.set_xticks(np.arange(len(main)), [label(k) for k in main])
+    ax.set_ylabel("Fisher efficiency ρ\n(seed mean, 95 % CI)")
     ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", frameon=False, ncol=2)
+    if side is not None:
+        side.set_yscale("log")
+        side.set_xticks(range(len(units)), [unit_type_label(u) for u in units], rotation=45,
+                        fontsize="x-small", ha="right")  # fmt: skip
+        side.set_title("1 − ρ(block-diag.), log axis", fontsize="small")
+        side.grid(axis="y", alpha=0.3, which="both")
     if title:
         ax.set_title(title)
+    fig.tight_layout()
     return fig
 
 

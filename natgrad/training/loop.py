@@ -71,7 +71,8 @@ def describe_device(device: torch.device) -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+                n = torch.get_num_threads()
+                return f"cpu: {line.split(':', 1)[1].strip()} ({n} torch thread{'s' * (n != 1)})"
     except OSError:  # pragma: no cover
         pass
     return "cpu"
