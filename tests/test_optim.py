@@ -159,7 +159,7 @@ def test_step_invariant_to_input_flip(structure):
     assert_close(flip(1 - x), net(x), what="compensated net")
     for model, inputs in ((net, x), (flip, 1 - x)):
         opt = UnitNaturalGradient(model, 0.5, structure=structure, kind="exact",
-                                  rel_damping=0.0, ema=0.0)  # fmt: skip
+                                  rel_damping=0.0, layer_damping=0.0, ema=0.0)  # fmt: skip
         F.cross_entropy(model(inputs), y).backward()
         opt.step(inputs)
     probe = torch.rand(10, 4)
@@ -300,7 +300,8 @@ def test_unit_step_agrees_with_asdl():
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
-    UnitNaturalGradient(model, 1.0, kind="exact", rel_damping=0.0, ema=0.0).step(x)
+    UnitNaturalGradient(model, 1.0, kind="exact", rel_damping=0.0, layer_damping=0.0,
+                        ema=0.0).step(x)  # fmt: skip
     for k, p in model.named_parameters():
         assert_close(before[k] - p.detach(), peer[k], rtol=1e-7, atol=1e-9, what=f"{name}/{k}")
 
@@ -399,7 +400,7 @@ def test_undamped_constant_input_is_named():
     x[:, 1] = 0.0
     F.cross_entropy(model(x), y).backward()
     opt = UnitNaturalGradient(model, 0.1, structure="quasidiagonal", kind="exact",
-                              rel_damping=0.0)  # fmt: skip
+                              rel_damping=0.0, layer_damping=0.0)  # fmt: skip
     with pytest.raises(SingularBlockError, match="layer '0'.*rel_damping > 0"):
         opt.step(x)
     assert torch.isfinite(model[0].weight).all()  # the failed step changed nothing
@@ -432,7 +433,7 @@ def test_window_weights_the_last_batches_by_ema():
     model.double()
     x = x.double()
     opt = UnitNaturalGradient(model, 0.0, kind="exact", refresh_every=1, ema=0.5, window=2,
-                              rel_damping=LAMBDA)  # fmt: skip
+                              rel_damping=LAMBDA, layer_damping=0.0)  # fmt: skip
     batches = (x[:7], x[7:14], x[14:])
     for t, xb in enumerate(batches):
         opt.zero_grad()
@@ -491,3 +492,31 @@ def test_explicit_inverse_step_equals_the_cholesky_solve(dtype):
         .unsqueeze(-1).expand(U, d1))  # fmt: skip
     kappa = float(condition_number(damped).max())
     assert_close(got.double(), ref, **conditioned(kappa, d1, dtype))
+
+
+def test_default_damping_keeps_a_fresh_mnist_fc_finite():
+    """The preconditioner's defaults (natgrad.optim.solves.REL_DAMPING, LAYER_DAMPING) on the
+    case that diverged with layer_damping = 0: a freshly initialised mnist-fc on real MNIST
+    batches, dense unit natural gradient refreshed every 10 steps."""
+    from natgrad.data import load_dataset
+    from natgrad.models import build_model
+    from natgrad.optim import UnitNaturalGradient
+    from natgrad.optim.solves import LAYER_DAMPING, REL_DAMPING
+
+    ds = load_dataset("mnist", None, seed=0)
+    batches = [(ds.train_x[i * 64 : (i + 1) * 64].float().view(64, -1),
+                ds.train_y[i * 64 : (i + 1) * 64]) for i in range(6)]  # fmt: skip
+
+    def train(**kw):
+        torch.manual_seed(0)
+        net = build_model("mnist-fc", unit="elu", seed=0).float()
+        opt = UnitNaturalGradient(net, lr=1e-3, **kw)
+        for xb, yb in batches:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(xb), yb).backward()
+            opt.step(xb)
+        return net
+
+    assert (REL_DAMPING, LAYER_DAMPING) == (0.1, 0.3)
+    net = train()  # with layer_damping = 0 the largest weight reached 3.5e25 in float32
+    assert max(p.abs().max().item() for p in net.parameters()) < 10.0

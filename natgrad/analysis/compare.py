@@ -73,6 +73,7 @@ from torch.nn import functional as F
 from natgrad.analysis.stats import sign_flip_p
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 from natgrad.errors import InputError, NatgradError
+from natgrad.optim.solves import LAYER_DAMPING, REL_DAMPING
 
 __all__ = [
     "ARMS",
@@ -120,8 +121,8 @@ class CompareConfig:
     lr_sgd: float = 0.03
     lr_ng: float = 3e-4
     lr_qd: float = 3e-4
-    rel_damping: float = 0.1
-    layer_damping: float = 0.3
+    rel_damping: float = REL_DAMPING  # the preconditioner's (natgrad.optim.solves), not the
+    layer_damping: float = LAYER_DAMPING  # analysis λ of the measures
     refresh_every: int = 10
     ema: float = 0.9
     window: int = 0  # unit-NG arms: 0 the dense running Fisher; K the last K refresh batches

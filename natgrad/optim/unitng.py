@@ -102,7 +102,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             ``"exact"`` or ``"empirical"`` (needs ``targets`` in :meth:`step`).
         rel_damping: λ in F_λ = F + λ·(tr F/(d+1))·I, the same for every unit.
         layer_damping: λ_layer, adding λ_layer·(mean over the layer's units of tr F)/(d+1)
-            to every unit's diagonal (0: docs/theory.md's F_λ exactly). A unit whose Fisher on
+            to every unit's diagonal (0: docs/theory.md's F_λ exactly). Both defaults are
+            :data:`natgrad.optim.solves.REL_DAMPING` and ``LAYER_DAMPING`` (0.1, 0.3), the
+            ones the trainer and ``natgrad compare`` use. A unit whose Fisher on
             the refresh batches was near zero (a ReLU unit active on few inputs) but that
             gets a gradient on a later batch is otherwise stepped by ~g/(λ·tr F_u), which
             diverges when the Fisher is refreshed less than every step.
@@ -133,8 +135,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         *,
         structure: str = "unit",
         kind: str = "mc",
-        rel_damping: float = 0.1,
-        layer_damping: float = 0.0,
+        rel_damping: float = solves.REL_DAMPING,
+        layer_damping: float = solves.LAYER_DAMPING,
         refresh_every: int = 10,
         ema: float = 0.9,
         momentum: float = 0.0,
