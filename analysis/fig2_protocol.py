@@ -279,6 +279,18 @@ def relation(curves, mech_seeds):
     return pd.DataFrame(rows), ps
 
 
+#: The pieces the MNIST protocol was trained in: (first epoch, last epoch, commit, note).
+PIECES = (
+    (1, 10, "d75bc0d", "2 threads; stopped in epoch 11, resumed from the epoch-10 checkpoints"),
+    (11, 25, "f2576fb", ""),
+    (26, 50, "7beae9f", ""),
+    (51, 75, "b254e14", ""),
+    (76, 100, "7535006", ""),
+    (101, 125, "e85e946", ""),
+    (126, 150, "4c7760e", ""),
+)
+
+
 def _wall_note(runs: list[Path], epochs: int) -> str:
     """The grid's training wall time from the runs' metrics (each row's ``seconds`` is the
     grid's epoch time over the number of runs), and what it means per run."""
@@ -391,19 +403,20 @@ def record_mnist(runs: list[Path], out: Path, meta: dict) -> str:
         f"- command: `{meta['command']}`",
         f"- commit of the recording: {meta['commit']}; {meta['device']}",
         "- training: `python analysis/fig2_protocol.py --dataset mnist --epochs E --runs "
-        "/work/studies/fig2_mnist --threads 1` in pieces of 25 epochs (E = 25, 50, 75): epochs "
-        "1–10 at commit d75bc0d with 2 threads (stopped in epoch 11, resumed from the epoch-10 "
-        "checkpoints), 11–25 at f2576fb, 26–50 at 7beae9f, 51–75 at b254e14, all with 1 thread "
-        "(the trainer's arithmetic did not change between these commits; float32 sums may "
+        "/work/studies/fig2_mnist --threads 1` in pieces of 25 epochs: "
+        + "; ".join(
+            f"epochs {a}–{b} at commit {c}" + (f" ({n})" if n else "") for a, b, c, n in PIECES
+        )
+        + " (the trainer's arithmetic did not change between these commits; float32 sums may "
         "round differently with the thread count); the mechanism by the same script with "
         "`--no-train --mechanism` (two processes)",
-        "- resume: `resume_state/` holds each run's epoch-75 checkpoint, config and records "
-        "(41 MB); `python analysis/fig2_protocol.py --dataset mnist --restore-state "
+        f"- resume: `resume_state/` holds each run's last checkpoint (epoch {epochs}), config and "
+        "records (41 MB); `python analysis/fig2_protocol.py --dataset mnist --restore-state "
         "paper_figures/results/fig2_protocol_mnist/resume_state --runs runs/fig2_mnist --epochs "
-        "100 --mechanism --record paper_figures/results/fig2_protocol_mnist --save-state "
-        "paper_figures/results/fig2_protocol_mnist/resume_state` continues it (epochs 76–100, "
-        "then ρ at epoch 100); a recording keeps the mechanism rows of epochs whose "
-        "checkpoints are no longer there",
+        f"{min(300, epochs + 25)} --mechanism --record paper_figures/results/fig2_protocol_mnist "
+        "--save-state paper_figures/results/fig2_protocol_mnist/resume_state` continues it (the "
+        "next 25 epochs, then ρ at the declared epochs reached); a recording keeps the mechanism "
+        "rows of epochs whose checkpoints are no longer there",
         f"- wall time: {_wall_note(runs, epochs)}",
         f"- settings: mnist-fc (784 → 8×128 → 10), {n_seeds} seeds × ELU/ReLU/LReLU/SReLU, run j "
         "of every unit type from the same initial weights; SGD lr 0.01, no momentum, batch 64; "
