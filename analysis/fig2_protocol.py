@@ -48,7 +48,7 @@ RHO = ("rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag")
 
 
 def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progress=True,
-                     reverse: bool = False):  # fmt: skip
+                     reverse: bool = False, epochs=None):  # fmt: skip
     """Per run × epoch × layer (``layers``) and per run × epoch (``seeds``, the replicate
     values: medians over the run's analysed units) of ρ, n_eff/(d+1) and the estimable
     fraction, at the :data:`MECHANISM` epochs each run has a checkpoint for. Unit tables
@@ -63,7 +63,12 @@ def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progres
         chosen = chosen[::-1]
     frames = []
     for run in chosen:
-        have = [e for e in MECHANISM["epochs"] if e in checkpoint_epochs(run)]
+        wanted = (
+            MECHANISM["epochs"]
+            if epochs is None
+            else [e for e in MECHANISM["epochs"] if e in epochs]
+        )
+        have = [e for e in wanted if e in checkpoint_epochs(run)]
         if have:
             frames.append((run, have))
     tables = []
@@ -365,8 +370,10 @@ def _fmt_ci(d, lo, hi, digits=3):
     return f"{d:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}]"
 
 
-def record_mnist(runs: list[Path], out: Path, meta: dict) -> str:
-    """The MNIST protocol's tables, figures and README (see :data:`PRIMARY`)."""
+def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=None) -> str:
+    """The MNIST protocol's tables, figures and README (see :data:`PRIMARY`); the mechanism
+    rows of epochs outside ``mechanism_epochs`` (default: all) come from the earlier
+    recording in ``out``."""
     import pandas as pd
 
     from natgrad._atomic import write_json, write_table, write_text
@@ -376,7 +383,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict) -> str:
     out.mkdir(parents=True, exist_ok=True)
     curves = curve_table(runs)
     epochs = int(curves["epoch"].max())
-    layers, seeds = mechanism_tables(runs, progress=False)
+    layers, seeds = mechanism_tables(runs, progress=False, epochs=mechanism_epochs)
     layers, seeds = _with_recorded(out, layers, seeds)
     values, early = mnist_values(curves, seeds)
     table = evaluate(values, mnist_endpoints())
@@ -568,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
         help="analyse the runs in reverse order (a second process)",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes for the mechanism")
+    parser.add_argument("--mechanism-epochs", default=None,
+                        help="comma-separated subset of the declared mechanism epochs to compute "
+                             "(default: all with a checkpoint); --record keeps the recorded rows "
+                             "of the others")  # fmt: skip
     parser.add_argument(
         "--save-state",
         type=Path,
@@ -577,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore-state", type=Path, default=None,
                         help="first copy saved run states from here into --runs")  # fmt: skip
     args = parser.parse_args(argv)
+    mech_epochs = None
+    if args.mechanism_epochs:
+        mech_epochs = tuple(int(e) for e in args.mechanism_epochs.split(",") if e.strip())
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.restore_state:
@@ -594,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         layers, seeds = mechanism_tables(dirs, workers=args.workers,
                                          units=tuple(args.mechanism_units.split(",")),
-                                         reverse=args.mechanism_reverse)  # fmt: skip
+                                         reverse=args.mechanism_reverse,
+                                         epochs=mech_epochs)  # fmt: skip
         print(f"mechanism: {len(seeds)} run-epochs in {time.perf_counter() - t1:.0f} s")
         print(seeds.groupby(["unit_type", "epoch"])[["rho_plain", "n_eff_over_d1"]].mean())
     if args.record:
@@ -603,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                     threads=torch.get_num_threads(), runs=str(args.runs),
                     device=describe_device(resolve_device(args.device)))  # fmt: skip
         if args.dataset == "mnist":
-            print(record_mnist(dirs, args.record, meta))
+            print(record_mnist(dirs, args.record, meta, mechanism_epochs=mech_epochs))
         else:
             print(record(dirs, args.record, meta))
     if args.save_state:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import shutil
 
@@ -113,6 +114,13 @@ def test_unit_tables_are_reused_until_the_checkpoint_changes(demo_dir, tmp_path)
     st_path.write_bytes(st_path.read_bytes())  # same bytes: still current
     unit_table([run], epochs=[1], probe_size=33, layers=["fc9"], stats=counts)
     assert counts["cached"] == 1
+    # a run resumed for more epochs (its config's epochs raised) keeps its checkpoints' tables
+    meta_path = run / "config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["epochs"] += 25
+    meta_path.write_text(json.dumps(meta))
+    unit_table([run], epochs=[1], probe_size=33, layers=["fc9"], stats=counts)
+    assert counts == {"computed": 0, "cached": 1}
     from natgrad.training import load_checkpoint
     from natgrad.training.checkpoint import read_checkpoint, write_checkpoint
 

@@ -224,12 +224,19 @@ def training_set(run_dir: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.train_x, ds.train_y
 
 
+#: Config fields that do not change what a checkpoint holds (kept out of the cache key).
+_NOT_IN_KEY = ("epochs",)
+
+
 def _cache_key(run: Path, epoch: int, settings: dict) -> str:
     rd = RunDir(run)
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    # The run's config (unit, data, …; not the device or commit of the last resume) and the
-    # checkpoint's bytes (an epoch-0 net without one is rebuilt from the config).
-    h.update(json.dumps(rd.read_config(), sort_keys=True).encode())
+    # The run's config (unit, data, …; not the device or commit of the last resume, nor the
+    # number of epochs to train, which a run resumed in pieces raises each time without
+    # touching the checkpoints already written) and the checkpoint's bytes (an epoch-0 net
+    # without one is rebuilt from the config).
+    config = {k: v for k, v in rd.read_config().items() if k not in _NOT_IN_KEY}
+    h.update(json.dumps(config, sort_keys=True).encode())
     st_path = rd.checkpoint_paths(epoch)[0]
     if st_path.is_file():
         h.update(st_path.read_bytes())
