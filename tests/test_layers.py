@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "natgrad.testing")),
     ("core", ("natgrad.theorems", "natgrad.measures", "natgrad.unitfisher", "natgrad.accumulate",
               "natgrad.structures", "natgrad.woodbury", "natgrad.engine", "natgrad.planner",
-              "natgrad.fisher", "natgrad.reference", "natgrad.models", "natgrad.data",
+              "natgrad.fisher", "natgrad.reference", "natgrad.network", "natgrad.models", "natgrad.data",
               "natgrad.symbolic")),
     ("optim", ("natgrad.optim",)),
     ("training", ("natgrad.training",)),

@@ -1,0 +1,196 @@
+r"""The whole-network Fisher where it fits: how much of it the unit blocks hold, its spectrum,
+and how much the unit natural gradient loses against the full one.
+
+For a classifier with logits z(x; θ) and p = softmax(z), the exact Fisher of all P parameters
+is
+
+    F = (1/N) Σ_n J_nᵀ (diag p_n − p_n p_nᵀ) J_n,        J_n = ∂z(x_n)/∂θ  [C, P],
+
+computed here by ``torch.func`` (one ``vmap(jacrev)`` per batch, float64) — a route
+independent of natgrad's unit Fisher engine, which it reproduces on the unit blocks
+(``tests/test_network.py``). It costs N·C·P memory per batch and P² for the result: nets of a
+few thousand parameters.
+
+:class:`NetworkFisher` answers three questions of the literature:
+
+- :meth:`~NetworkFisher.unit_block_share`: the share of the Fisher's Frobenius mass inside
+  the unit blocks (Amari, Karakida & Oizumi 2019: near block-diagonal in wide random nets);
+- :meth:`~NetworkFisher.spectrum`: the eigenvalues, largest first (Karakida et al. 2019: a
+  few large outliers);
+- :meth:`~NetworkFisher.unit_vs_full`: the Fisher efficiency ρ of the unit natural gradient
+  (and of the plain gradient) measured against the full natural gradient, in the whole-network
+  metric F_λ = F + D, D adding each unit's own μ = λ·tr F_uu/(d+1) on its diagonal (the
+  damping of ``docs/theory.md``, applied per unit as everywhere in natgrad).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from natgrad.errors import InputError
+
+__all__ = ["NetworkFisher", "network_fisher"]
+
+
+@dataclass(frozen=True)
+class NetworkFisher:
+    r"""The exact Fisher ``matrix`` ``[P, P]`` (float64) of a model's parameters in
+    ``named_parameters()`` order, ``names``/``shapes``/``offsets`` of those parameters,
+    ``n`` inputs, and ``units``: one ``(layer, unit, index)`` per unit of every Linear/Conv2d
+    layer with a bias, ``index`` the positions of its weights then its bias (bias last, as
+    natgrad's unit blocks)."""
+
+    matrix: torch.Tensor
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    n: int
+    units: tuple[tuple[str, int, torch.Tensor], ...]
+
+    @property
+    def num_params(self) -> int:
+        return self.matrix.shape[0]
+
+    def unit_blocks(self, layer: str) -> torch.Tensor:
+        """``[U, d+1, d+1]``: the blocks of ``layer``'s units cut out of the whole Fisher."""
+        idx = [i for name, _, i in self.units if name == layer]
+        if not idx:
+            raise InputError(f"NetworkFisher: no units of layer {layer!r}; layers: "
+                             f"{sorted({n for n, _, _ in self.units})}")  # fmt: skip
+        return torch.stack([self.matrix[i][:, i] for i in idx])
+
+    def _block_mask(self) -> torch.Tensor:
+        mask = torch.zeros_like(self.matrix, dtype=torch.bool)
+        for _, _, i in self.units:
+            mask[i.unsqueeze(1), i.unsqueeze(0)] = True
+        return mask
+
+    def unit_block_share(self) -> float:
+        r"""‖F restricted to the unit blocks‖²_F / ‖F‖²_F ∈ [0, 1] (1: block diagonal by units).
+
+        Example:
+            >>> F = NetworkFisher(torch.eye(3, dtype=torch.float64), ("w",), ((3,),), (0,), 1,
+            ...                   (("l", 0, torch.tensor([0, 1])), ("l", 1, torch.tensor([2]))))
+            >>> F.unit_block_share()
+            1.0
+        """
+        total = float(self.matrix.square().sum())
+        inside = float(self.matrix[self._block_mask()].square().sum())
+        return inside / total if total > 0 else float("nan")
+
+    def spectrum(self) -> torch.Tensor:
+        """The eigenvalues of the Fisher, largest first (``eigvalsh``, float64)."""
+        return torch.linalg.eigvalsh(self.matrix).flip(0)
+
+    def damping(self, rel_damping: float) -> torch.Tensor:
+        r"""``[P]`` the diagonal D of F_λ = F + D: μ_u = λ·tr F_uu/(d+1) on unit u's entries;
+        parameters of no unit, and dead units (tr F_uu = 0: no gradient reaches them), get λ
+        times the mean diagonal, so that F_λ stays invertible."""
+        if not rel_damping >= 0:
+            raise InputError(f"rel_damping must be >= 0, got {rel_damping!r}")
+        diag = self.matrix.diagonal()
+        fallback = rel_damping * float(diag.mean())
+        out = torch.full_like(diag, fallback)
+        for _, _, i in self.units:
+            mu = rel_damping * float(diag[i].mean())
+            out[i] = mu if mu > 0 else fallback
+        return out
+
+    def unit_vs_full(self, grad: torch.Tensor, rel_damping: float = 1e-3) -> dict[str, float]:
+        r"""Fisher efficiencies in the whole-network metric F_λ of the unit natural gradient
+        (each unit's own block, damped by its μ_u, solved alone; parameters of no unit take
+        the plain step) and of the plain gradient, against the full natural gradient
+        F_λ⁻¹g: ``{"rho_unit_ng", "rho_plain"}``. ``grad`` ``[P]`` in parameter order (the
+        gradient of the mean log-likelihood; ρ is invariant to its sign convention)."""
+        g = grad.to(self.matrix).flatten()
+        if g.shape[0] != self.num_params:
+            raise InputError(f"unit_vs_full: grad has {g.shape[0]} entries, the Fisher "
+                             f"{self.num_params} parameters")  # fmt: skip
+        f_lam = self.matrix + torch.diag(self.damping(rel_damping))
+        full = torch.linalg.solve(f_lam, g)
+        unit = g.clone()
+        for _, _, i in self.units:
+            unit[i] = torch.linalg.solve(f_lam[i][:, i], g[i])
+        g_nat = float(g @ full)
+
+        def rho(u: torch.Tensor) -> float:
+            return float(g @ u) / float((u @ f_lam @ u) * g_nat) ** 0.5
+
+        return {"rho_unit_ng": rho(unit), "rho_plain": rho(g)}
+
+
+def _units(model: nn.Module, offsets: dict[str, int]) -> tuple:
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or module.bias is None:
+            continue
+        w0, b0 = offsets[f"{name}.weight"], offsets[f"{name}.bias"]
+        n_units, d = module.weight.shape[0], module.weight[0].numel()
+        for u in range(n_units):
+            idx = torch.cat([w0 + u * d + torch.arange(d), torch.tensor([b0 + u])])
+            out.append((name, u, idx))
+    return tuple(out)
+
+
+def network_fisher(
+    model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256, max_params: int = 20_000
+) -> NetworkFisher:
+    r"""The exact whole-network Fisher of a classifier (categorical likelihood on its logits)
+    on ``inputs`` ``[N, ...]``, in float64 (module docstring). The model is copied, cast to
+    float64 and put in eval mode. Refuses models with more than ``max_params`` parameters
+    (the result alone is P² floats).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 2))
+        >>> F = network_fisher(net, torch.randn(16, 3))
+        >>> F.matrix.shape, len(F.units), round(F.unit_block_share(), 2) <= 1.0
+        (torch.Size([26, 26]), 6, True)
+    """
+    import copy
+
+    from torch.func import functional_call, jacrev, vmap
+
+    model = copy.deepcopy(model).to(torch.float64).eval()
+    named = [(k, v) for k, v in model.named_parameters()]
+    total = sum(v.numel() for _, v in named)
+    if total > max_params:
+        raise InputError(f"network_fisher: the model has {total} parameters; the dense Fisher "
+                         f"({total}² floats) is for nets up to max_params={max_params}. Use the "
+                         "unit blocks (natgrad.unit_fishers) for larger nets")  # fmt: skip
+    x_all = torch.as_tensor(inputs).to(torch.float64)
+    if not torch.isfinite(x_all).all():
+        raise InputError("network_fisher: the inputs contain NaN/Inf")
+    names = tuple(k for k, _ in named)
+    shapes = tuple(tuple(v.shape) for _, v in named)
+    offsets, off = {}, 0
+    for k, v in named:
+        offsets[k] = off
+        off += v.numel()
+    params = {k: v.detach() for k, v in named}
+
+    def logits(p, x):
+        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
+
+    jac = vmap(jacrev(logits), in_dims=(None, 0))
+    matrix = torch.zeros(total, total, dtype=torch.float64)
+    n = x_all.shape[0]
+    for s in range(0, n, batch_size):
+        xb = x_all[s : s + batch_size]
+        with torch.no_grad():
+            z = functional_call(model, params, (xb,))
+        if z.ndim != 2:
+            raise InputError(f"network_fisher: the model must return logits [N, C], got "
+                             f"{tuple(z.shape)}")  # fmt: skip
+        p = torch.softmax(z, dim=-1)  # [B, C]
+        j = jac(params, xb)  # {name: [B, C, *shape]}
+        J = torch.cat([j[k].reshape(xb.shape[0], z.shape[1], -1) for k in names], dim=-1)
+        Jp = (p.sqrt().unsqueeze(-1) * J).reshape(-1, total)  # [B·C, P]
+        Jm = torch.einsum("bc,bcp->bp", p, J)  # [B, P]: J_nᵀ p_n
+        matrix += Jp.T @ Jp - Jm.T @ Jm
+    matrix /= n
+    matrix = 0.5 * (matrix + matrix.T)
+    return NetworkFisher(matrix, names, shapes, tuple(offsets[k] for k in names), n,
+                         _units(model, offsets))  # fmt: skip

@@ -1,0 +1,88 @@
+"""The whole-network Fisher (natgrad.network): its unit blocks are natgrad's unit Fishers (a
+second, independent route), the whole matrix is the per-sample, per-label brute force, and
+the measures on it mean what they say."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from natgrad.errors import InputError
+from natgrad.fisher import unit_fishers
+from natgrad.network import NetworkFisher, network_fisher
+from natgrad.testing import assert_close
+
+
+def _net(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ELU(), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 3))
+    return net.double(), torch.randn(40, 4, dtype=torch.float64), torch.randint(0, 3, (40,))
+
+
+def test_unit_blocks_are_the_unit_fishers():
+    net, x, _ = _net()
+    whole = network_fisher(net, x, batch_size=16)
+    engine = unit_fishers(net, x, kind="exact")
+    for layer, fisher in engine.items():
+        assert_close(whole.unit_blocks(layer), fisher.matrix, what=f"{layer} unit blocks")
+
+
+def test_whole_matrix_is_the_brute_force():
+    """F = (1/N) Σ_n Σ_y p(y|x_n) ∇ln p(y|x_n) ∇ln p(y|x_n)ᵀ by autograd, label by label."""
+    net, x, _ = _net(1)
+    params = list(net.parameters())
+    total = sum(p.numel() for p in params)
+    want = torch.zeros(total, total, dtype=torch.float64)
+    for xn in x:
+        logp = torch.log_softmax(net(xn.unsqueeze(0)), -1)[0]
+        for y in range(logp.shape[0]):
+            g = torch.cat(
+                [t.flatten() for t in torch.autograd.grad(logp[y], params, retain_graph=True)]
+            )
+            want += logp[y].exp().detach() * torch.outer(g, g)
+    want /= x.shape[0]
+    got = network_fisher(net, x).matrix
+    assert_close(got, want, what="whole-network Fisher")
+
+
+def test_measures_on_a_block_diagonal_fisher():
+    """When F is block-diagonal by units the unit natural gradient IS the natural gradient."""
+    gen = torch.Generator().manual_seed(0)
+    blocks = []
+    for d1 in (3, 2):
+        a = torch.randn(d1, d1, generator=gen, dtype=torch.float64)
+        blocks.append(a @ a.T + torch.eye(d1, dtype=torch.float64))
+    F = NetworkFisher(torch.block_diag(*blocks), ("w",), ((5,),), (0,), 10,
+                      (("l", 0, torch.tensor([0, 1, 2])), ("l", 1, torch.tensor([3, 4]))))  # fmt: skip
+    g = torch.randn(5, generator=gen, dtype=torch.float64)
+    assert F.unit_block_share() == pytest.approx(1.0)
+    out = F.unit_vs_full(g, rel_damping=1e-3)
+    assert out["rho_unit_ng"] == pytest.approx(1.0, abs=1e-12)
+    assert out["rho_plain"] < 1.0
+    spec = F.spectrum()
+    assert (spec[:-1] >= spec[1:]).all()
+    assert float(spec.sum()) == pytest.approx(float(F.matrix.trace()))
+
+
+def test_on_a_real_net_the_unit_step_is_closer_than_plain():
+    net, x, y = _net(2)
+    F = network_fisher(net, x)
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    g = torch.cat([t.flatten() for t in torch.autograd.grad(-loss, list(net.parameters()))])
+    out = F.unit_vs_full(g, rel_damping=1e-3)
+    assert 0.0 < out["rho_plain"] < out["rho_unit_ng"] <= 1.0
+    assert 0.0 < F.unit_block_share() < 1.0
+
+
+def test_bad_input_is_named():
+    net, x, _ = _net()
+    with pytest.raises(InputError, match="max_params"):
+        network_fisher(net, x, max_params=10)
+    with pytest.raises(InputError, match="NaN"):
+        network_fisher(net, torch.full_like(x, float("nan")))
+    F = network_fisher(net, x)
+    with pytest.raises(InputError, match="no units of layer"):
+        F.unit_blocks("nope")
+    with pytest.raises(InputError, match="entries"):
+        F.unit_vs_full(torch.zeros(3))
