@@ -296,13 +296,13 @@ PIECES = (
 )
 
 
-def _wall_note(runs: list[Path], epochs: int) -> str:
+def _wall_note(runs: list[Path], epochs: int) -> str:  # epochs: the last one recorded
     """The grid's training wall time from the runs' metrics (each row's ``seconds`` is the
     grid's epoch time over the number of runs), and what it means per run."""
     from natgrad.training.rundir import RunDir
 
     rows = RunDir(runs[0]).read_metrics()
-    per_run = sum(r.get("seconds") or 0.0 for r in rows if r.get("epoch", 0) >= 1)
+    per_run = sum(r.get("seconds") or 0.0 for r in rows if 1 <= r.get("epoch", 0) <= epochs)
     total = per_run * len(runs)
     return (f"{total:.0f} s of grid training for epochs 1–{epochs} of {len(runs)} runs "
             f"({total / 3600:.2f} h; the grid's epochs include the per-epoch validation, test and "
@@ -370,10 +370,12 @@ def _fmt_ci(d, lo, hi, digits=3):
     return f"{d:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}]"
 
 
-def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=None) -> str:
+def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=None,
+                 until: int | None = None) -> str:  # fmt: skip
     """The MNIST protocol's tables, figures and README (see :data:`PRIMARY`); the mechanism
     rows of epochs outside ``mechanism_epochs`` (default: all) come from the earlier
-    recording in ``out``."""
+    recording in ``out``. ``until``: record epochs up to this one only (a piece still
+    training has written rows beyond its last checkpoint)."""
     import pandas as pd
 
     from natgrad._atomic import write_json, write_table, write_text
@@ -382,6 +384,8 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
 
     out.mkdir(parents=True, exist_ok=True)
     curves = curve_table(runs)
+    if until is not None:
+        curves = curves[curves["epoch"] <= until].reset_index(drop=True)
     epochs = int(curves["epoch"].max())
     layers, seeds = mechanism_tables(runs, progress=False, epochs=mechanism_epochs)
     layers, seeds = _with_recorded(out, layers, seeds)
@@ -575,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         help="analyse the runs in reverse order (a second process)",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes for the mechanism")
+    parser.add_argument("--record-until", type=int, default=None,
+                        help="record epochs up to this one (a piece still training has written "
+                             "rows beyond its last checkpoint)")  # fmt: skip
     parser.add_argument("--mechanism-epochs", default=None,
                         help="comma-separated subset of the declared mechanism epochs to compute "
                              "(default: all with a checkpoint); --record keeps the recorded rows "
@@ -618,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                     threads=torch.get_num_threads(), runs=str(args.runs),
                     device=describe_device(resolve_device(args.device)))  # fmt: skip
         if args.dataset == "mnist":
-            print(record_mnist(dirs, args.record, meta, mechanism_epochs=mech_epochs))
+            print(record_mnist(dirs, args.record, meta, mechanism_epochs=mech_epochs,
+                               until=args.record_until))  # fmt: skip
         else:
             print(record(dirs, args.record, meta))
     if args.save_state:
