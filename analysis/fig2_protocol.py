@@ -338,7 +338,8 @@ STATE_FILES = ("config.json", "metrics.jsonl", "activations/summary.jsonl",
 
 
 def save_state(runs: list[Path], dest: Path) -> None:
-    """Copy each run's :data:`STATE_FILES` and its latest checkpoint into ``dest/<run>``."""
+    """Copy each run's :data:`STATE_FILES` and its latest checkpoint into ``dest/<run>``
+    (replacing the checkpoint an earlier save left there)."""
     import shutil
 
     from natgrad.training.checkpoint import checkpoint_paths, latest_epoch
@@ -346,6 +347,7 @@ def save_state(runs: list[Path], dest: Path) -> None:
     for run in runs:
         target = dest / run.name
         (target / "activations").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target / "checkpoints", ignore_errors=True)
         (target / "checkpoints").mkdir(parents=True, exist_ok=True)
         for name in STATE_FILES:
             shutil.copy2(run / name, target / name)
