@@ -53,6 +53,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/unit_fisher.py
+	$(PY) bench/fisher_routes.py
 
 figures: demo  # fig 2 reads the demo's runs (a finished demo is reused, not retrained)
 	$(PY) paper_figures/fig1_units.py
