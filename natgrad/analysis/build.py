@@ -17,9 +17,20 @@ __all__ = ["add_arguments", "build", "run"]
 
 
 def build(
-    roots, out, *, epochs=None, probe_size=None, report=False, progress=True, echo=print
+    roots,
+    out,
+    *,
+    epochs=None,
+    probe_size=None,
+    report=False,
+    progress=True,
+    echo=print,
+    grad: str = "probe",
+    jackknife: bool = False,
 ) -> dict:
-    """Tables (and the report) from every run below ``roots``; returns ``{name: path}``."""
+    """Tables (and the report) from every run below ``roots``; returns ``{name: path}``.
+    ``grad`` and ``jackknife`` as in :func:`natgrad.analysis.runs.unit_table` (the MNIST
+    demo's tables: ``grad="train", jackknife=True``)."""
     from natgrad._atomic import check_replaceable
     from natgrad.analysis.summary import write_tables
     from natgrad.training.rundir import find_runs
@@ -35,7 +46,8 @@ def build(
             raise InputError(f"--report compares unit types, and these runs hold one "
                              f"({', '.join(types)}); drop --report (the tables are written "
                              "without a comparison) or add runs of another unit type")  # fmt: skip
-    paths = write_tables(runs, out, epochs=epochs, probe_size=probe_size, progress=progress)
+    paths = write_tables(runs, out, epochs=epochs, probe_size=probe_size, progress=progress,
+                         grad=grad, jackknife=jackknife)  # fmt: skip
     if report:
         from natgrad.analysis.report import render_report
 
@@ -55,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--probe-size", type=positive_int, default=None, help="first N probe inputs (default: all)"
     )
     parser.add_argument("--report", action="store_true", help="also write <out>/report.html")
+    parser.add_argument("--grad", choices=("probe", "train"), default="probe",
+                        help="g judged: the probe's mean gradient (default) or the training "
+                             "set's (the MNIST demo's)")  # fmt: skip
+    parser.add_argument("--jackknife", action="store_true",
+                        help="also the jackknifed efficiencies, the headline when present "
+                             "(the MNIST demo's)")  # fmt: skip
     parser.add_argument(
         "--threads",
         type=nonnegative_int,
@@ -79,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
                              "(e.g. 0,10,20)") from None  # fmt: skip
         if not epochs or epochs[0] < 0:
             raise InputError(f"--epochs {args.epochs!r}: give epochs >= 0 (e.g. 0,10,20)")
-    build(args.roots, args.out, epochs=epochs, probe_size=args.probe_size, report=args.report)
+    build(args.roots, args.out, epochs=epochs, probe_size=args.probe_size, report=args.report,
+          grad=args.grad, jackknife=args.jackknife)  # fmt: skip
     return 0
