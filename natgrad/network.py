@@ -54,18 +54,27 @@ class NetworkFisher:
     def num_params(self) -> int:
         return self.matrix.shape[0]
 
+    def _layer_index(self) -> dict[tuple[str, int], torch.Tensor]:
+        """``{(layer, d+1): [U, d+1]}`` the parameter positions of a layer's units of one
+        size, stacked, so the per-unit work below is batched by layer."""
+        out: dict[tuple[str, int], list] = {}
+        for name, _, i in self.units:
+            out.setdefault((name, i.numel()), []).append(i)
+        return {key: torch.stack(idx) for key, idx in out.items()}
+
     def unit_blocks(self, layer: str) -> torch.Tensor:
         """``[U, d+1, d+1]``: the blocks of ``layer``'s units cut out of the whole Fisher."""
-        idx = [i for name, _, i in self.units if name == layer]
-        if not idx:
+        index = {name: idx for (name, _), idx in self._layer_index().items()}
+        if layer not in index:
             raise InputError(f"NetworkFisher: no units of layer {layer!r}; layers: "
-                             f"{sorted({n for n, _, _ in self.units})}")  # fmt: skip
-        return torch.stack([self.matrix[i][:, i] for i in idx])
+                             f"{sorted(index)}")  # fmt: skip
+        idx = index[layer]
+        return self.matrix[idx.unsqueeze(-1), idx.unsqueeze(-2)]
 
     def _block_mask(self) -> torch.Tensor:
         mask = torch.zeros_like(self.matrix, dtype=torch.bool)
-        for _, _, i in self.units:
-            mask[i.unsqueeze(1), i.unsqueeze(0)] = True
+        for idx in self._layer_index().values():
+            mask[idx.unsqueeze(-1), idx.unsqueeze(-2)] = True
         return mask
 
     def unit_block_share(self) -> float:
@@ -94,9 +103,9 @@ class NetworkFisher:
         diag = self.matrix.diagonal()
         fallback = rel_damping * float(diag.mean())
         out = torch.full_like(diag, fallback)
-        for _, _, i in self.units:
-            mu = rel_damping * float(diag[i].mean())
-            out[i] = mu if mu > 0 else fallback
+        for idx in self._layer_index().values():  # [U, d+1]
+            mu = rel_damping * diag[idx].mean(-1, keepdim=True)
+            out[idx] = torch.where(mu > 0, mu, fallback).expand_as(idx).to(out)
         return out
 
     def unit_vs_full(self, grad: torch.Tensor, rel_damping: float = 1e-3) -> dict[str, float]:
@@ -112,8 +121,9 @@ class NetworkFisher:
         f_lam = self.matrix + torch.diag(self.damping(rel_damping))
         full = torch.linalg.solve(f_lam, g)
         unit = g.clone()
-        for _, _, i in self.units:
-            unit[i] = torch.linalg.solve(f_lam[i][:, i], g[i])
+        for idx in self._layer_index().values():  # one batched solve per layer
+            blocks = f_lam[idx.unsqueeze(-1), idx.unsqueeze(-2)]  # [U, d+1, d+1]
+            unit[idx] = torch.linalg.solve(blocks, g[idx].unsqueeze(-1)).squeeze(-1)
         g_nat = float(g @ full)
 
         def rho(u: torch.Tensor) -> float:
