@@ -117,8 +117,11 @@ def _synthetic_tables(n_eff: float, rho_lo: float, speed_hi: float) -> dict:
 def test_first_screen_paragraph_is_generated_from_the_cis():
     from natgrad.analysis.report import answer
 
-    text, rho = answer(_synthetic_tables(n_eff=10, rho_lo=0.05, speed_hi=-0.1))
+    tables = _synthetic_tables(n_eff=10, rho_lo=0.05, speed_hi=-0.1)
+    tables["context"] = {"relative damping λ": 1e-3}
+    text, rho = answer(tables)
     assert rho == "rho_plain_jk"
+    assert "relative damping λ = 0.001" in text  # the verdict names its damping
     assert "ELU is closer to the unit natural gradient; it learns faster." in text
     assert "Holm-adjusted p = 0.016" in text and "ELU (α=1) − ReLU = 0.1 [0.05, 0.15]" in text
     text, _ = answer(_synthetic_tables(n_eff=10, rho_lo=-0.05, speed_hi=0.1))

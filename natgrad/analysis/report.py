@@ -269,10 +269,14 @@ def answer(t: dict) -> tuple[str, str | None]:
         rho_row = row(rho)
         closer = _verdict(rho_row, higher_word="is closer to the unit natural gradient",
                           lower_word="is farther from the unit natural gradient")  # fmt: skip
+        lam = (t.get("context") or {}).get("relative damping λ")
+        who = "ELU vs ReLU" + (
+            f" (ρ in F_λ, relative damping λ = {lam:g})" if lam is not None else ""
+        )
         verdict = (
-            f"ELU vs ReLU: ELU {closer}"
+            f"{who}: ELU {closer}"
             if closer != "no difference resolved"
-            else ("ELU vs ReLU: closeness to the unit natural gradient, no difference resolved")
+            else (f"{who}: closeness to the unit natural gradient, no difference resolved")
         )
         verdict += "; " + (f"it {faster}" if faster != "no difference resolved" else
                            "learning speed, no difference resolved") + "."  # fmt: skip
