@@ -28,7 +28,7 @@ STEP_CASES = [
     in ("mlp-elu-categorical", "mlp-relu-gaussian", "cnn-categorical", "tokens-categorical",
         "mlp-elu-bernoulli")
 ]  # fmt: skip
-STRUCTURES = ("unit", "quasidiagonal", "diagonal")
+STRUCTURES = ("unit", "quasidiagonal", "diagonal", "blockdiag")
 LR, LAMBDA, LAYER_LAMBDA = 0.3, 0.05, 0.2
 
 
@@ -55,7 +55,10 @@ def _direct_direction(structure: str, matrix, g, lam: float, layer_lam: float = 
     for F_u, g_u in zip(matrix, g, strict=True):
         d1 = F_u.shape[0]
         M = F_u + (lam * torch.trace(F_u) + layer_lam * mean_trace) / d1 * torch.eye(d1)
-        if structure == "unit":
+        if structure == "blockdiag":  # A and c apart: two solves, no weight–bias coupling
+            u_w = torch.linalg.solve(M[:-1, :-1], g_u[:-1])
+            out.append(torch.cat([u_w, (g_u[-1] / M[-1, -1]).reshape(1)]))
+        elif structure == "unit":
             out.append(torch.linalg.solve(M, g_u))
         elif structure == "diagonal":
             out.append(torch.linalg.solve(torch.diag(torch.diagonal(M)), g_u))
@@ -417,6 +420,9 @@ def test_dead_unit_block_uses_the_peers_scale(structure):
     diag, col = solves.quasidiagonal_parts(matrix)
     u = {
         "unit": lambda: solves.unit_direction(solves.unit_factor(matrix, LAMBDA), g),
+        "blockdiag": lambda: solves.unit_direction(
+            solves.unit_factor(solves.without_coupling(matrix), LAMBDA), g
+        ),
         "quasidiagonal": lambda: solves.quasidiagonal_direction(diag, col, g, LAMBDA),
         "diagonal": lambda: solves.diagonal_direction(diag, g, LAMBDA),
     }[structure]()
@@ -520,3 +526,35 @@ def test_default_damping_keeps_a_fresh_mnist_fc_finite():
     assert (REL_DAMPING, LAYER_DAMPING) == (0.1, 0.3)
     net = train()  # with layer_damping = 0 the largest weight reached 3.5e25 in float32
     assert max(p.abs().max().item() for p in net.parameters()) < 10.0
+
+
+def test_plain_layers_take_the_sgd_step_at_their_own_rate():
+    r"""``plain_layers``: the named layer moves by −lr·scale·∇ (no preconditioning), the
+    others by their natural step; the scale follows a schedule that sets the group's lr."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.ELU(), nn.Linear(4, 3))
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    ref = copy.deepcopy(net)
+    for m in (net, ref):
+        F.cross_entropy(m(x), y).backward()
+    w0, g0 = net[0].weight.detach().clone(), net[0].weight.grad.clone()
+    opt = UnitNaturalGradient(net, 0.01, kind="exact", plain_layers=("0",), plain_lr_scale=30.0)
+    full = UnitNaturalGradient(ref, 0.01, kind="exact")
+    opt.step(x)
+    full.step(x)
+    assert_close(net[0].weight, w0 - 0.3 * g0, what="plain layer")
+    assert_close(net[2].weight, ref[2].weight, what="preconditioned layer")
+    assert sorted(opt.structures) == ["2"]
+    assert {g.get("lr_scale", 1.0) for g in opt.param_groups} == {1.0, 30.0}
+    with pytest.raises(InputError, match="not Linear/Conv2d"):
+        UnitNaturalGradient(net, 0.01, plain_layers=("1",))
+    with pytest.raises(InputError, match="plain_lr_scale"):
+        UnitNaturalGradient(net, 0.01, plain_lr_scale=0.0)
+
+
+def test_centre_skips_the_named_layers():
+    net = nn.Sequential(nn.Linear(5, 4), nn.ELU(), nn.Linear(4, 3))
+    out = centre(net, skip=("0",))
+    assert type(out[0]) is nn.Linear and type(out[2]).__name__ == "CentredLinear"
+    with pytest.raises(InputError, match="names no layer"):
+        centre(net, skip=("9",))

@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -113,13 +114,21 @@ def is_centred(module: nn.Module) -> bool:
     return isinstance(module, _Centred)
 
 
-def centre(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+def centre(model: nn.Module, *, inplace: bool = False, skip: Collection[str] = ()) -> nn.Module:
     r"""A model computing the same function with every Linear/Conv2d (with a bias) replaced
     by its centred version (m = 0 at first, so v0 = w0). Returns a deep copy unless
-    ``inplace``. Grouped convolutions and layers without a bias are left as they are."""
+    ``inplace``. Grouped convolutions, layers without a bias and the layers named in ``skip``
+    (``model.named_modules()`` names) are left as they are."""
     out = model if inplace else copy.deepcopy(model)
+    names = {id(m): n for n, m in out.named_modules()}
+    unknown = set(skip) - set(names.values())
+    if isinstance(skip, str) or unknown:
+        raise InputError(f"centre: skip={skip!r} names no layer of the model "
+                         f"({sorted(unknown) or skip!r})")  # fmt: skip
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
+            if names.get(id(child)) in skip:
+                continue
             new = _centred_copy(child)
             if new is not None:
                 setattr(parent, name, new)

@@ -57,6 +57,7 @@ from natgrad.errors import InputError, SingularBlockError
 from natgrad.measures import quasidiagonal_solve
 
 __all__ = [
+    "without_coupling",
     "diagonal_coefficients",
     "peer_filled_traces",
     "diagonal_direction",
@@ -121,6 +122,22 @@ def quasidiagonal_parts(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     r"""``(diag [U, d+1], bias column [U, d])`` of dense blocks ``[U, d+1, d+1]``: all that
     the quasi-diagonal and diagonal preconditioners read."""
     return torch.diagonal(matrix, dim1=-2, dim2=-1), matrix[:, :-1, -1]
+
+
+def without_coupling(matrix: torch.Tensor) -> torch.Tensor:
+    r"""A copy of unit blocks ``[U, d+1, d+1]`` with the weight–bias coupling b (the last
+    row and column, less their diagonal entry c) set to 0: the block-diagonal metric
+    diag(A, c), whose step ignores what Theorem 2 corrects.
+
+    Example:
+        >>> F = torch.tensor([[[2.0, 0.5], [0.5, 1.0]]])
+        >>> without_coupling(F).tolist()
+        [[[2.0, 0.0], [0.0, 1.0]]]
+    """
+    out = matrix.clone()
+    out[..., :-1, -1] = 0.0
+    out[..., -1, :-1] = 0.0
+    return out
 
 
 def unit_factor(

@@ -14,7 +14,10 @@ with F_λ = F + λ·(tr F/(d+1))·I (docs/theory.md; :mod:`natgrad.optim.solves`
 in ``torch.optim.SGD`` (a buffer of the preconditioned direction) and weight decay added to
 the Linear/Conv2d weights' gradient before preconditioning. ``structure="unit"`` is the unit
 natural gradient of Theorem 1 (Ollivier 2015's unit-wise natural gradient);
-``"quasidiagonal"`` is Ollivier's quasi-diagonal reduction; ``"diagonal"`` the diagonal one.
+``"quasidiagonal"`` is Ollivier's quasi-diagonal reduction; ``"diagonal"`` the diagonal one;
+``"blockdiag"`` inverts the weight block A and the bias entry c separately (the unit block with
+its weight–bias coupling b set to 0): the unit natural gradient without what Theorem 2
+corrects, so that training with it isolates the coupling's share.
 
 F is a running average of the unit Fisher of the training batches: every ``refresh_every``
 steps the optimizer runs natgrad's engine (:func:`natgrad.fisher.unit_fishers`: one forward
@@ -25,7 +28,9 @@ next refresh), the diagonal and the bias column for the others, which the engine
 without forming dense blocks (``unit_fishers(..., structure=)``, :mod:`natgrad.structures`).
 
 Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes) and layers without a bias
-take the plain SGD step. Model buffers (batch-norm running statistics) are restored after the
+take the plain SGD step, as do the layers named in ``plain_layers`` (at ``plain_lr_scale``
+times the learning rate: e.g. a pixel-fed first layer that no activation function can
+centre, trained as plain SGD in every arm of a comparison). Model buffers (batch-norm running statistics) are restored after the
 refresh pass, so it does not count as a training forward; dropout in train mode draws its
 masks from torch's global generator as usual. Layers whose dense blocks U·(d+1)² exceed
 ``memory_budget`` elements fall back to ``quasidiagonal`` (a warning names them).
@@ -53,7 +58,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 from torch import nn
@@ -69,7 +74,7 @@ from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fishers
 
 __all__ = ["STRUCTURES", "UnitNaturalGradient"]
 
-STRUCTURES = ("unit", "quasidiagonal", "diagonal")
+STRUCTURES = ("unit", "quasidiagonal", "diagonal", "blockdiag")
 
 DENSE_BUDGET = 2**28
 """Default largest dense Fisher state of one layer, in elements (1 GiB in float32)."""
@@ -97,7 +102,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
     Args:
         model: the network; its Linear/Conv2d layers with a bias are preconditioned.
         lr: learning rate η.
-        structure: ``"unit"`` (dense F_λ⁻¹), ``"quasidiagonal"`` (Ollivier) or ``"diagonal"``.
+        structure: ``"unit"`` (dense F_λ⁻¹), ``"quasidiagonal"`` (Ollivier), ``"diagonal"``
+            or ``"blockdiag"`` (A and c inverted separately: the coupling b set to 0).
         kind: Fisher estimator of the engine: ``"mc"`` (labels sampled from the model),
             ``"exact"`` or ``"empirical"`` (needs ``targets`` in :meth:`step`).
         rel_damping: λ in F_λ = F + λ·(tr F/(d+1))·I, the same for every unit.
@@ -126,6 +132,10 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             the rows do not span is scaled by the full 1/μ: cheap, but a poor metric to
             train with (a one-batch window diverged with ELU on Fashion-MNIST, where dense
             blocks on the hidden-fed layers trained; README, "Testing the mechanism").
+        plain_layers: names of Linear/Conv2d layers (``model.named_modules()``) that are not
+            preconditioned: they take the plain SGD step.
+        plain_lr_scale: their learning rate as a multiple of ``lr`` (a natural-gradient lr is
+            far below a good SGD lr for the same layer); a schedule scales it alike.
     """
 
     def __init__(
@@ -146,6 +156,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         seed: int = 0,
         memory_budget: int = DENSE_BUDGET,
         window: int | None = None,
+        plain_layers: Collection[str] = (),
+        plain_lr_scale: float = 1.0,
     ) -> None:
         if structure not in STRUCTURES:
             raise InputError(f"structure={structure!r}: choose one of {', '.join(STRUCTURES)}")
@@ -170,6 +182,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                                  "the windowed unit Fisher has rank <= K·N and is singular "
                                  "when that is below d+1")  # fmt: skip
         _check_hyper(lr, momentum, weight_decay)
+        if not (_real(plain_lr_scale) and math.isfinite(plain_lr_scale) and plain_lr_scale > 0):
+            raise InputError(f"plain_lr_scale must be a finite number > 0, got {plain_lr_scale!r}")
         if not (0.0 <= ema < 1.0):
             raise InputError(f"ema must be in [0, 1), got {ema!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
@@ -182,8 +196,15 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         self.layers: dict[str, nn.Module] = {}
         self.structures: dict[str, str] = {}
         too_big = []
+        named = dict(model.named_modules())
+        unknown = [n for n in plain_layers if not isinstance(named.get(n), SUPPORTED)]
+        if isinstance(plain_layers, str) or unknown:
+            raise InputError(f"plain_layers={plain_layers!r}: {unknown or plain_layers!r} are not "
+                             "Linear/Conv2d layers of the model (names as model.named_modules() "
+                             "gives them)")  # fmt: skip
+        plain = set(plain_layers)
         for name, m in model.named_modules():
-            if not isinstance(m, SUPPORTED) or m.bias is None:
+            if not isinstance(m, SUPPORTED) or m.bias is None or name in plain:
                 continue
             if is_centred(m):
                 raise InputError(
@@ -209,11 +230,18 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 stacklevel=2,
             )
         weights = {id(m.weight) for m in model.modules() if isinstance(m, SUPPORTED)}
+        slow = {id(p) for n in plain for p in named[n].parameters()}
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if id(p) in weights], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) not in weights], "weight_decay": 0.0},
-        ]
+            {"params": [p for p in params if id(p) in weights and id(p) not in slow],
+             "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in weights and id(p) not in slow],
+             "weight_decay": 0.0},
+            {"params": [p for p in params if id(p) in weights and id(p) in slow],
+             "weight_decay": weight_decay, "lr": lr * plain_lr_scale, "lr_scale": plain_lr_scale},
+            {"params": [p for p in params if id(p) not in weights and id(p) in slow],
+             "weight_decay": 0.0, "lr": lr * plain_lr_scale, "lr_scale": plain_lr_scale},
+        ]  # fmt: skip
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
         super().__init__([g for g in groups if g["params"]], defaults)
         self.structure, self.kind, self.likelihood = structure, kind, likelihood
@@ -328,7 +356,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                         fishers.update(woodbury_unit_fishers(self.model, inputs, targets,
                                                              layers=names, **options))  # fmt: skip
                         continue
-                    engine = "dense" if structure == "unit" else structure
+                    engine = "dense" if structure in ("unit", "blockdiag") else structure
                     fishers.update(unit_fishers(self.model, inputs, targets, layers=names,
                                                 structure=engine, **options))  # fmt: skip
         finally:
@@ -408,10 +436,13 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 [state.get(f"window_scales_{k}") for k in range(count)],
                 window_weights(count, self.ema), lam, dtype=dtype, **kw,
             )  # fmt: skip
-        if structure == "unit":  # F_λ⁻¹ once per refresh; a step is one batched matmul
+        if structure in ("unit", "blockdiag"):  # F_λ⁻¹ once per refresh; a step is a matmul
+            fisher = state["fisher"]
+            if structure == "blockdiag":
+                fisher = solves.without_coupling(fisher)
             if m.weight[0].numel() + 1 <= INVERSE_MAX_D1:
-                return ("inverse", solves.unit_inverse(state["fisher"], lam, dtype=dtype, **kw))
-            return ("cholesky", solves.unit_factor(state["fisher"], lam, **kw))
+                return ("inverse", solves.unit_inverse(fisher, lam, dtype=dtype, **kw))
+            return ("cholesky", solves.unit_factor(fisher, lam, **kw))
         if structure == "quasidiagonal":
             metric = solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
                                                  layer_damping=self.layer_damping)  # fmt: skip
@@ -432,7 +463,7 @@ INVERSE_MAX_D1 = 512
 def _stored_parts(fisher, structure: str) -> dict[str, torch.Tensor]:
     r"""What a structure keeps of a batch's unit Fisher: the dense blocks ``[U, d+1, d+1]``,
     or the diagonal ``[U, d+1]`` and bias column ``[U, d]``."""
-    if structure == "unit":
+    if structure in ("unit", "blockdiag"):
         return {"fisher": fisher.matrix}
     diag, col = fisher.diagonal, fisher.bias_column  # natgrad.structures.StructuredUnitFisher
     if structure == "quasidiagonal":
