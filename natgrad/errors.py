@@ -34,7 +34,11 @@ class RunDirError(NatgradError, OSError):
 
 class DivergedError(NatgradError, ArithmeticError):
     """Training produced a non-finite loss; the message names the run, epoch and step and
-    the last good checkpoint."""
+    the last good checkpoint. ``run`` is the run directory where the trainer knows it."""
+
+    def __init__(self, *args, run=None) -> None:
+        super().__init__(*args)
+        self.run = run
 
 
 class NatgradWarning(UserWarning):

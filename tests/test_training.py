@@ -260,3 +260,44 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     assert strip[0] == strip[1]
     lines = (killed / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["epoch"] for s in lines] == list(range(epochs + 1))
+
+
+def test_controls_of_a_comparison_train_and_resume(tmp_path):
+    r"""The settings a fair comparison needs: ``train_size`` (first n images),
+    ``preprocess=standardise`` (training-split statistics), ``keep_checkpoints`` (only the
+    latest besides epoch 0 survive, and a resume starts from it), ``plain_first_layer`` with a
+    block-diagonal natural gradient (fc1 steps by plain SGD at ``plain_lr``) and with centring
+    (fc1 not centred; its checkpoint loads)."""
+    from natgrad.data import load_dataset, standardise
+
+    raw = load_dataset("digits", seed=0)
+    ds = standardise(raw)
+    flat = ds.train_x.flatten(1).double()
+    assert flat.mean(0).abs().max() < 1e-5
+    live = raw.train_x.flatten(1).double().std(0) > 0.01  # the others are divided by the floor
+    assert_close(flat.std(0)[live], torch.ones(int(live.sum()), dtype=torch.float64),
+                 rtol=1e-5, what="standardised")  # fmt: skip
+    base = dict(DIGITS, epochs=3, train_size=96, keep_checkpoints=1)
+    cfg = default_config("mnist-fc", preprocess="standardise", **base)
+    res = train(cfg, tmp_path / "std", device="cpu", progress=False)
+    assert res.metrics[1]["iterations"] == 2  # 96 images, batch 64
+    ckpts = sorted(p.name for p in (tmp_path / "std" / "checkpoints").glob("*.json"))
+    assert ckpts == ["epoch_0000.json", "epoch_0003.json"]
+    longer = default_config("mnist-fc", preprocess="standardise", **dict(base, epochs=4))
+    again = train(longer, tmp_path / "std", device="cpu", progress=False)
+    assert [r["epoch"] for r in again.metrics] == [0, 1, 2, 3, 4]
+    assert again.metrics[3]["train_loss"] == res.metrics[3]["train_loss"]
+    ng = default_config("mnist-fc", unit="relu", optimizer="blockdiag-ng", lr=1e-3,
+                        plain_first_layer=True, plain_lr=0.05, **base)  # fmt: skip
+    train(ng, tmp_path / "ng", device="cpu", progress=False)  # the step: tests/test_optim.py
+    _, info = read_checkpoint(tmp_path / "ng", 3)
+    scales = sorted(g.get("lr_scale", 1.0) for g in info["optimizer"]["param_groups"])
+    assert scales[-1] == pytest.approx(50.0) and info["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    centred = default_config("mnist-fc", centre=True, plain_first_layer=True, **base)
+    train(centred, tmp_path / "c", device="cpu", progress=False)
+    model, _ = load_checkpoint(tmp_path / "c")
+    assert type(model.fc1).__name__ == "Linear"
+    with pytest.raises(InputError, match="keep_checkpoints"):
+        default_config("mnist-fc", keep_checkpoints=-1)
+    with pytest.raises(InputError, match="train_size"):
+        default_config("mnist-fc", train_size=0)

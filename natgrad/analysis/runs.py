@@ -225,7 +225,7 @@ def training_set(run_dir: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 #: Config fields that do not change what a checkpoint holds (kept out of the cache key).
-_NOT_IN_KEY = ("epochs",)
+_NOT_IN_KEY = ("epochs", "keep_checkpoints")
 
 
 def _cache_key(run: Path, epoch: int, settings: dict) -> str:

@@ -21,7 +21,7 @@ from natgrad.data.imagenet import (
     scan_image_folder,
 )
 from natgrad.data.mnist import load_mnist
-from natgrad.data.preprocess import ZCA, gcn, gcn_zca, random_crop_flip
+from natgrad.data.preprocess import ZCA, gcn, gcn_zca, random_crop_flip, standardise
 from natgrad.data.registry import DATASETS, default_data_dir, load_dataset
 
 __all__ = [
@@ -44,5 +44,6 @@ __all__ = [
     "read_cifar_batch",
     "read_idx",
     "scan_image_folder",
+    "standardise",
     "write_idx",
 ]

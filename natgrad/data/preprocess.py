@@ -8,6 +8,10 @@ CIFAR preprocessing names): per image, subtract its mean and scale to standard d
 training covariance, ``ε = 0.1`` (pylearn2's ``filter_bias``). Eigen-directions with
 ``λ ≤ rtol · λ_max`` are dropped (GCN removes one: every image has mean 0).
 
+``standardise`` (no paper experiment; the pixel-layer control of ``natgrad compare``) shifts
+and scales every input feature to mean 0 and standard deviation 1 over the training split,
+so that a network's first layer sees centred inputs as the hidden layers of an ELU net do.
+
 Augmentation is batched: one index gather for the crops and one ``where`` for the flips,
 driven by an explicit :class:`torch.Generator` so training is reproducible and resumable.
 """
@@ -21,7 +25,7 @@ import torch
 from natgrad.data.dataset import Dataset
 from natgrad.errors import InputError
 
-__all__ = ["ZCA", "gcn", "gcn_zca", "random_crop_flip"]
+__all__ = ["ZCA", "gcn", "gcn_zca", "random_crop_flip", "standardise"]
 
 
 def gcn(x: torch.Tensor, *, scale: float = 55.0, eps: float = 1e-8) -> torch.Tensor:
@@ -86,6 +90,29 @@ def gcn_zca(ds: Dataset, *, scale: float = 55.0, eps: float = 0.1) -> Dataset:
     for split in ds.splits[1:]:
         out[f"{split}_x"] = zca.transform(gcn(getattr(ds, f"{split}_x"), scale=scale))
     return ds.with_(**out)
+
+
+def standardise(ds: Dataset, *, floor: float = 1e-2) -> Dataset:
+    r"""Every split as ``(x − μ) / max(σ, floor)`` with the per-feature mean μ and standard
+    deviation σ of the training split (a feature that is nearly constant there, such as an
+    MNIST border pixel, is divided by ``floor`` rather than by ~0).
+
+    Example:
+        >>> from natgrad.data import load_dataset
+        >>> ds = standardise(load_dataset("digits", seed=0))
+        >>> round(float(ds.train_x.flatten(1).mean(0).abs().max()), 5)
+        0.0
+    """
+    flat = ds.train_x.flatten(1).double()
+    mean, std = flat.mean(0), flat.std(0)
+    scale = std.clamp_min(floor)
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return ((x.flatten(1).double() - mean) / scale).reshape(x.shape).to(x.dtype)
+
+    meta = dict(ds.meta, preprocess=f"standardise(floor={floor}) from the training split")
+    out = {f"{split}_x": apply(getattr(ds, f"{split}_x")) for split in ds.splits}
+    return ds.with_(**out, meta=meta)
 
 
 def random_crop_flip(

@@ -48,6 +48,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "restore_state",
+    "prune_checkpoints",
     "write_checkpoint",
 ]
 
@@ -108,6 +109,21 @@ def write_checkpoint(run_dir: Path, epoch: int, model, optimizer, info: dict) ->
     atomic_write(st_path, blob)
     atomic_write(json_path, dumps_json(meta, indent=1).encode())
     return json_path
+
+
+def prune_checkpoints(run_dir: Path, keep: int, protect=()) -> list[int]:
+    """Delete all but the ``keep`` latest checkpoints of ``run_dir`` (never epoch 0 or an
+    epoch in ``protect``); returns the epochs deleted. Each checkpoint goes JSON first, so a
+    kill in between leaves a safetensors file that :func:`latest_epoch` does not count and
+    the next write replaces."""
+    rd = RunDir(run_dir)
+    epochs = rd.checkpoint_epochs()
+    gone = [e for e in epochs[:-keep] if e != 0 and e not in set(protect)] if keep > 0 else []
+    for epoch in gone:
+        st_path, json_path = rd.checkpoint_paths(epoch)
+        json_path.unlink(missing_ok=True)
+        st_path.unlink(missing_ok=True)
+    return gone
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -203,7 +219,9 @@ def load_checkpoint(path, epoch: int | None = None, *, device: str = "cpu"):
     if centred:  # trained with config centre=true: load as centred, hand back plain layers
         from natgrad.optim import centre
 
-        model = centre(model, inplace=True)
+        layers = {k[: -len(".weight")] for k in state if k.endswith(".weight")}
+        plain = [n for n in layers if f"{n}.bias" in state and f"{n}.centre" not in state]
+        model = centre(model, inplace=True, skip=plain)  # plain_first_layer: not centred
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as exc:

@@ -42,6 +42,15 @@ validation split (MNIST: the paper's 60k training images; no validation curve th
 Every loop evaluates the test split each epoch and, where the data set has one, the
 validation split (``val_loss``, ``val_error``): selection uses validation, never test.
 
+Settings for comparisons (``natgrad compare``): ``train_size`` trains on the first n
+training images; ``preprocess="standardise"`` centres and scales every input feature by the
+training split's statistics (:func:`natgrad.data.standardise`); ``plain_first_layer`` leaves
+the first Linear/Conv2d to the plain SGD step (not centred, not preconditioned), at
+``plain_lr`` under a natural-gradient optimizer (``None``: ``lr``); ``keep_checkpoints`` = k
+deletes all but the k latest checkpoints after each write (epoch 0 and
+``checkpoint_epochs`` stay), for runs checkpointed every epoch so that they resume exactly
+without keeping every epoch's optimizer state.
+
 Weight decay applies to the weights of Linear/Conv2d layers only (not biases, batch norm
 or PReLU slopes). A schedule is a tuple of ``(start, lr)`` pairs in ``schedule_unit``
 (``"iteration"`` or ``"epoch"``, counted from 0); before the first start the base ``lr``
@@ -76,9 +85,9 @@ __all__ = [
     "lr_at",
 ]
 
-OPTIMIZERS = ("sgd", "unit-ng", "qd-ng", "diag-ng")
+OPTIMIZERS = ("sgd", "unit-ng", "qd-ng", "diag-ng", "blockdiag-ng")
 """``sgd`` (torch), or :class:`natgrad.optim.UnitNaturalGradient` with structure ``unit``,
-``quasidiagonal`` or ``diagonal`` (settings ``ng_kind``, ``rel_damping``, ``layer_damping``,
+``quasidiagonal``, ``diagonal`` or ``blockdiag`` (settings ``ng_kind``, ``rel_damping``, ``layer_damping``,
 ``refresh_every``, ``fisher_ema``, ``fisher_window`` (``unit-ng`` only: 0 keeps the dense running
 unit Fisher, K ≥ 1 the factor rows of the last K refreshes, solved by Woodbury,
 :mod:`natgrad.optim.lowrank`); ``momentum`` and ``weight_decay`` as for SGD)."""
@@ -106,6 +115,9 @@ class TrainConfig:
     refresh_every: int = 10  # steps between refreshes of the running unit Fisher
     fisher_ema: float = 0.9  # F <- ema·F + (1 − ema)·F_batch
     fisher_window: int = 0  # unit-ng: 0 the dense running F; K the last K refreshes (Woodbury)
+    ng_memory_budget: int | None = None  # unit-ng: larger dense layers take the QD step
+    plain_first_layer: bool = False  # the first Linear/Conv2d is neither centred nor preconditioned
+    plain_lr: float | None = None  # its lr under a natural-gradient optimizer (None: lr)
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -114,7 +126,7 @@ class TrainConfig:
     dropout: tuple[float, ...] | None = None  # per stack; None: the net's default
     dropout_phases: tuple[tuple[int, str], ...] = ()  # (start iteration, mode); cifar-*
     loss: str = "cross_entropy"  # or "bce_logits" (autoencoder)
-    preprocess: str = "none"  # or "gcn-zca"
+    preprocess: str = "none"  # or "gcn-zca", "standardise"
     augment: bool = False  # 4-pixel pad, random crop, random flip
     dtype: str = "float32"
     probe_size: int = 512
@@ -122,7 +134,9 @@ class TrainConfig:
     checkpoint_every: int = 10
     checkpoint_initial: bool = True  # also checkpoint the initial weights as epoch 0
     checkpoint_epochs: tuple[int, ...] = ()  # more epochs to checkpoint (the analysed ones)
+    keep_checkpoints: int = 0  # 0: keep all; k: the k latest (and epoch 0, checkpoint_epochs)
     train_split: str = "train"  # or "train+val": the validation split joins the training set
+    train_size: int | None = None  # the first n training images only (None: all)
     eval_batch_size: int = 1000
     notes: str = ""
 
@@ -132,7 +146,7 @@ class TrainConfig:
             "ng_kind": (self.ng_kind, ("mc", "exact", "empirical")),
             "schedule_unit": (self.schedule_unit, ("iteration", "epoch")),
             "loss": (self.loss, ("cross_entropy", "bce_logits")),
-            "preprocess": (self.preprocess, ("none", "gcn-zca")),
+            "preprocess": (self.preprocess, ("none", "gcn-zca", "standardise")),
             "dtype": (self.dtype, ("float32", "float64", "bfloat16")),
             "train_split": (self.train_split, ("train", "train+val")),
         }
@@ -171,7 +185,7 @@ class TrainConfig:
 
         minimum = {"epochs": 0, "batch_size": 1, "probe_size": 1, "record_every": 1,
                    "checkpoint_every": 1, "eval_batch_size": 1, "seed": 0,
-                   "refresh_every": 1, "fisher_window": 0}  # fmt: skip
+                   "refresh_every": 1, "fisher_window": 0, "keep_checkpoints": 0}  # fmt: skip
         for key, lo in minimum.items():
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -186,6 +200,11 @@ class TrainConfig:
         ):  # fmt: skip
             raise bad("fisher_window", self.fisher_window,
                       "0 when rel_damping = layer_damping = 0 (the window's Fisher is singular)")  # fmt: skip
+        for key in ("train_size", "ng_memory_budget"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):  # fmt: skip
+                raise bad(key, value, "an integer >= 1 or none")
         if self.seed >= 2**32:
             raise bad("seed", self.seed, "< 2**32")
         for key, ok, need in (
@@ -193,13 +212,14 @@ class TrainConfig:
             ("momentum", lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
             ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
             ("alpha", lambda v: True, "a finite number or none"),
+            ("plain_lr", lambda v: v > 0, "a finite number > 0 or none"),
             ("centre_rate", lambda v: 0 < v <= 1, "a finite number in (0, 1]"),
             ("fisher_ema", lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
             ("rel_damping", lambda v: v >= 0, "a finite number >= 0"),
             ("layer_damping", lambda v: v >= 0, "a finite number >= 0"),
         ):
             value = getattr(self, key)
-            if key == "alpha" and value is None:
+            if key in ("alpha", "plain_lr") and value is None:
                 continue
             if not _finite_number(value) or not ok(value):
                 raise bad(key, value, need)

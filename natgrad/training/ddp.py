@@ -56,6 +56,7 @@ from natgrad.training.loop import (
     held_out_data,
     held_out_metrics,
     resolve_device,
+    save_checkpoint,
 )
 from natgrad.training.recording import probe_indices, record_activations, save_activations
 from natgrad.training.rundir import RunDir, default_run_dir
@@ -203,7 +204,7 @@ def train_ddp(
             )
             if checkpoint_due(config, epoch):
                 info = dict(meta, iteration=epoch * per_epoch, metrics=history)
-                ckpt.write_checkpoint(run, epoch, model, optimizer, info)
+                save_checkpoint(config, run, epoch, model, optimizer, info)
         dist.barrier()
     bar.close()
     shared = [history]

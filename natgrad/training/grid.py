@@ -84,6 +84,7 @@ from natgrad.training.loop import (
     git_commit,
     held_out_data,
     resolve_device,
+    save_checkpoint,
     seed_globals,
     train,
 )
@@ -118,7 +119,7 @@ def grid_key(config: TrainConfig) -> tuple | None:
         return None
     return (config.net, config.dataset, config.data_dir, config.preprocess, config.dtype,
             config.batch_size, config.epochs, config.loss, config.eval_batch_size,
-            config.batch_norm, config.train_split)  # fmt: skip
+            config.batch_norm, config.train_split, config.train_size)  # fmt: skip
 
 
 def train_grid(
@@ -434,7 +435,7 @@ class _Grid:
                     self._materialise(i, lrs[i])
                     info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
                     seed_globals(cfg.seed)
-                    ckpt.write_checkpoint(run.dir, epoch, run.model, run.optimizer, info)
+                    save_checkpoint(cfg, run.dir, epoch, run.model, run.optimizer, info)
             bar.set_postfix(epoch=epoch)
 
 

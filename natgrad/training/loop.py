@@ -98,15 +98,20 @@ def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
 
 
 def _setup(config: TrainConfig, device: torch.device):
-    from natgrad.data import gcn_zca, load_dataset
+    from natgrad.data import gcn_zca, load_dataset, standardise
     from natgrad.models import build_model
 
     dtype = getattr(torch, config.dtype)
     ds = load_dataset(config.dataset, config.data_dir, seed=config.seed, dtype=dtype)
     if config.train_split == "train+val":
         ds = ds.with_validation_in_train()
+    if config.train_size is not None:
+        n = config.train_size
+        ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
     if config.preprocess == "gcn-zca":
         ds = gcn_zca(ds)
+    elif config.preprocess == "standardise":
+        ds = standardise(ds)
     extra = {} if config.dropout is None else {"dropout": config.dropout}
     ae = config.loss == "bce_logits"
     model = build_model(
@@ -114,10 +119,12 @@ def _setup(config: TrainConfig, device: torch.device):
         num_classes=None if ae else ds.num_classes, in_shape=ds.input_shape,
         seed=config.seed, dtype=dtype, **extra,
     ).to(device)  # fmt: skip
+    first = next(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    plain = (first,) if config.plain_first_layer else ()
     if config.centre:  # before the parameter groups: centring replaces the layers
         from natgrad.optim import centre
 
-        model = centre(model, inplace=True)
+        model = centre(model, inplace=True, skip=plain)
     decay = [
         p for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in [m.weight]
     ]
@@ -132,7 +139,9 @@ def _setup(config: TrainConfig, device: torch.device):
     else:
         from natgrad.optim import UnitNaturalGradient
 
-        structure = {"unit-ng": "unit", "qd-ng": "quasidiagonal", "diag-ng": "diagonal"}
+        structure = {"unit-ng": "unit", "qd-ng": "quasidiagonal", "diag-ng": "diagonal",
+                     "blockdiag-ng": "blockdiag"}  # fmt: skip
+        plain_lr = config.lr if config.plain_lr is None else config.plain_lr
         optimizer = UnitNaturalGradient(
             model, config.lr, structure=structure[config.optimizer], kind=config.ng_kind,
             rel_damping=config.rel_damping, layer_damping=config.layer_damping,
@@ -140,6 +149,9 @@ def _setup(config: TrainConfig, device: torch.device):
             window=config.fisher_window or None,
             momentum=config.momentum, weight_decay=config.weight_decay,
             likelihood="bernoulli" if ae else "categorical", seed=config.seed,
+            plain_layers=plain, plain_lr_scale=plain_lr / config.lr,
+            **({} if config.ng_memory_budget is None
+               else {"memory_budget": config.ng_memory_budget}),
         )  # fmt: skip
     return ds, model, optimizer
 
@@ -191,6 +203,14 @@ def check_held_out(run: Path, row: dict, epoch: int, step: int, per_epoch: int, 
             raise _diverged(run, epoch, step, per_epoch, lr, f"{split} loss", value)
 
 
+def save_checkpoint(config: TrainConfig, run: Path, epoch: int, model, optimizer, info: dict):
+    """Write epoch ``epoch``'s checkpoint, then keep only ``config.keep_checkpoints`` latest
+    ones (0: all; epoch 0 and ``checkpoint_epochs`` always stay)."""
+    ckpt.write_checkpoint(run, epoch, model, optimizer, info)
+    if config.keep_checkpoints:
+        ckpt.prune_checkpoints(run, config.keep_checkpoints, config.checkpoint_epochs)
+
+
 def checkpoint_due(config: TrainConfig, epoch: int) -> bool:
     """Whether epoch ``epoch`` ends with a checkpoint (every ``checkpoint_every``-th, the
     last, and those in ``checkpoint_epochs``)."""
@@ -214,7 +234,7 @@ def _schedule_step(config: TrainConfig, model, optimizer, it: int, epoch: int, d
     the dropout mode; returns ``(lr, dropout_mode)``."""
     lr = lr_at(config, iteration=it, epoch=epoch - 1)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
         from natgrad.models import set_dropout_mode
 
@@ -290,7 +310,8 @@ def _diverged(
         f"run {run}: training diverged at epoch {epoch}, step {step} of {per_epoch} "
         f"(iteration {(epoch - 1) * per_epoch + step - 1 if epoch else 0}): the {what} is "
         f"{float(value)} with lr {lr}; {where}; metrics.jsonl ends at the last finite epoch. "
-        "Lower the learning rate (--lr / --set lr=...) and rerun with --no-resume"
+        "Lower the learning rate (--lr / --set lr=...) and rerun with --no-resume",
+        run=Path(run),
     )
 
 
@@ -427,6 +448,6 @@ def _train(config, run, dev, ds, model, optimizer, resume, progress) -> TrainRes
                         test_loss=f"{evals['test_loss']:.4f}")  # fmt: skip
         if checkpoint_due(config, epoch):
             info = dict(meta, iteration=epoch * per_epoch, metrics=history)
-            ckpt.write_checkpoint(run, epoch, model, optimizer, info)
+            save_checkpoint(config, run, epoch, model, optimizer, info)
     bar.close()
     return TrainResult(run_dir=run, model=model, metrics=history)

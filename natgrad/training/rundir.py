@@ -14,6 +14,8 @@ Layout (``docs/run_layout.md``)::
         checkpoints/epoch_XXXX.safetensors   model, optimizer and RNG tensors
         checkpoints/epoch_XXXX.json          config, metrics so far, scalars
         analysis/units-eXXXX-<key>.csv       cached unit tables (key: checkpoint + settings)
+        diverged.json                        a study's note that the run stopped on a non-finite
+                                             loss (the error message), so a resume skips it
 
 Example:
     >>> from natgrad.training.config import default_config
@@ -99,6 +101,20 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     @property
+    def diverged_path(self) -> Path:
+        return self.path / "diverged.json"
+
+    def read_diverged(self) -> str | None:
+        """The message of the divergence a study recorded for this run, or ``None``."""
+        if not self.diverged_path.is_file():
+            return None
+        try:
+            return str(json.loads(self.diverged_path.read_text())["message"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataFileError(f"{self.diverged_path}: unreadable ({exc}); delete it to "
+                                "train the run again") from None  # fmt: skip
+
+    @property
     def activations_dir(self) -> Path:
         return self.path / "activations"
 
@@ -125,7 +141,8 @@ class RunDir:
     def own_files(self) -> list[Path]:
         """Every file of this run that natgrad wrote, matched by its exact name (what a fresh
         start may delete; another tool's ``checkpoints/epoch_10.pt`` is not among them)."""
-        fixed = [self.config_path, self.metrics_path, self.probe_path, self.activation_summary_path]
+        fixed = [self.config_path, self.metrics_path, self.probe_path, self.activation_summary_path,
+                 self.diverged_path]  # fmt: skip
         acts = []
         if self.activations_dir.is_dir():
             acts = [p for p in self.activations_dir.iterdir() if _ACTIVATION_FILE.match(p.name)]
