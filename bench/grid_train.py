@@ -220,32 +220,48 @@ def bench_step(args) -> None:
 
 def bench_compare(args) -> None:
     r"""``natgrad compare``'s SGD arms with its defaults (ReLU+SGD, ELU+SGD, ReLU+BN; 5 seeds,
-    12 epochs of mnist-fc on digits): the default (one batched model per architecture, all
-    seeds together) against every run alone, alternating; agreement of the curves."""
+    12 epochs of mnist-fc on digits): its pipeline (``train_grid``: one batched model per
+    architecture, all seeds together) against every run alone (``train``), alternating, each
+    into fresh run directories; agreement of the curves."""
+    import tempfile
+
     from natgrad.analysis import compare
+    from natgrad.training import train
 
     config = compare.CompareConfig(arms=("relu-sgd", "elu-sgd", "relu-bn"))
     if args.quick:
         config = compare.CompareConfig(arms=config.arms, epochs=2)
-    compare.run_compare(compare.CompareConfig(arms=config.arms, seeds=1, epochs=1))  # warm-up
-    times: dict[bool, list[float]] = {False: [], True: []}
+
+    def batched(root: Path):
+        return compare.run_compare(config, root)[0]
+
+    def alone(root: Path):
+        for arm in config.arms:
+            for seed in config.seed_list:
+                train(compare.arm_config(config, arm, seed), root / f"{arm}-s{seed}",
+                      progress=False)  # fmt: skip
+        return compare.read_curves(config, root)
+
+    times: dict[str, list[float]] = {"alone": [], "batched": []}
     curves = {}
-    for _ in range(args.repeats):
-        for batched in (False, True):
-            t, curves[batched] = timed(lambda b=batched: compare.run_compare(config, batched=b))
-            times[batched].append(t)
-    s, g = statistics.median(times[False]), statistics.median(times[True])
+    with tempfile.TemporaryDirectory() as tmp:
+        batched(Path(tmp) / "warm-up")
+        for r in range(args.repeats):
+            for name, fn in (("alone", alone), ("batched", batched)):
+                t, curves[name] = timed(lambda f=fn, p=Path(tmp) / f"{name}{r}": f(p))
+                times[name].append(t)
+    s, g = statistics.median(times["alone"]), statistics.median(times["batched"])
     diff = max(
-        float(((curves[True][c] - curves[False][c]).abs() / curves[False][c].abs()).max())
+        float(((curves["batched"][c] - curves["alone"][c]).abs() / curves["alone"][c].abs()).max())
         for c in ("train_loss", "test_loss")
     )
     print(f"natgrad compare's SGD arms ({', '.join(config.arms)}), {config.seeds} seeds x "
           f"{config.epochs} epochs on {config.dataset}, {torch.get_num_threads()} thread(s):")  # fmt: skip
-    print(f"  every run alone:          {s:8.2f} s   (all: {', '.join(f'{v:.2f}' for v in times[False])})")  # fmt: skip
-    print(f"  batched (the default):    {g:8.2f} s   (all: {', '.join(f'{v:.2f}' for v in times[True])})")  # fmt: skip
+    print(f"  every run alone:          {s:8.2f} s   (all: {', '.join(f'{v:.2f}' for v in times['alone'])})")  # fmt: skip
+    print(f"  batched (the default):    {g:8.2f} s   (all: {', '.join(f'{v:.2f}' for v in times['batched'])})")  # fmt: skip
     print(f"  speed-up: {s / g:.2f}x; largest relative difference of a loss: {diff:.1e} (float32: "
           "the deep ReLU nets amplify round-off; in float64 the two agree to ~1e-15, "
-          "tests/test_compare.py)")  # fmt: skip
+          "tests/test_grid.py)")  # fmt: skip
 
 
 def fashion_dir(args, tmp: Path) -> tuple[Path, str]:

@@ -3,30 +3,39 @@ r"""``natgrad compare``: test the ELU paper's mechanism by training.
 The paper's argument is causal: ELU speeds learning *because* near-zero incoming means bring
 plain SGD closer to the unit natural gradient. If so, the corrections the argument says ELU
 gets for free should recover ReLU's gap. The experiment trains ``mnist-fc`` (784 → 8×128 → 10,
-or 64 → 8×128 → 10 on digits) with seven arms that share their initial weights per seed:
+or 64 → 8×128 → 10 on digits) with arms that share their initial weights per seed:
 
-==================  ======  =========================================================
-arm                 unit    optimizer
-==================  ======  =========================================================
-``relu-sgd``        ReLU    SGD
-``elu-sgd``         ELU     SGD
-``relu-centred``    ReLU    SGD on the centred net (:func:`natgrad.optim.centre`)
-``relu-qd``         ReLU    Ollivier's quasi-diagonal natural gradient
-``relu-unit-ng``    ReLU    unit natural gradient (Theorem 1), :class:`UnitNaturalGradient`
-``elu-unit-ng``     ELU     unit natural gradient
-``relu-bn``         ReLU    SGD with batch norm before each unit
-==================  ======  =========================================================
+=======================  ======  ========================================================
+arm                      unit    optimizer
+=======================  ======  ========================================================
+``relu-sgd``             ReLU    SGD
+``elu-sgd``              ELU     SGD
+``relu-centred``         ReLU    SGD on the centred net (:func:`natgrad.optim.centre`)
+``elu-centred``          ELU     SGD on the centred net
+``relu-qd``              ReLU    Ollivier's quasi-diagonal natural gradient
+``relu-unit-ng``         ReLU    unit natural gradient (Theorem 1), :class:`UnitNaturalGradient`
+``elu-unit-ng``          ELU     unit natural gradient
+``relu-blockdiag-ng``    ReLU    block-diagonal NG: A and c inverted apart (the weight–bias
+                                 coupling that Theorem 2 corrects set to 0)
+``relu-bn``              ReLU    SGD with batch norm before each unit
+=======================  ======  ========================================================
 
-The SGD arms of all seeds train together as batched models (:func:`train_stacked`; ReLU+SGD
-and ELU+SGD one, ReLU+BN another), the other arms one run at a time (:func:`train_arm`);
-both give the curves of one run alone, to round-off (float64 ~1e-15; in float32 the deep
-ReLU nets amplify round-off, so single-seed curves of the two routes can differ visibly:
-seeds are the replicates). Per seed and epoch it records the training loss (on the whole training set, eval mode, with
-epoch 0 = the initial net), the test loss and error, and the training wall time. Summaries:
-training-loss area under the curve AUC_e = mean training loss over epochs 1..e, test error
-as the mean of the last ``last_epochs`` epochs, seconds per epoch. An arm whose loss becomes
-non-finite stops; its remaining epochs are NaN and ``answer.md`` names it. Effects are paired by seed
-(arm − relu-sgd), with percentile bootstrap CIs over seeds (``scipy.stats.bootstrap``).
+**One pipeline.** Every (arm, seed) is a :class:`~natgrad.training.TrainConfig` trained by
+:func:`natgrad.training.train_grid` into its own run directory under ``--runs``
+(``<arm>-s<seed>``): the SGD arms of all seeds as batched models, the others one run at a
+time, every run locked, checkpointed each epoch (the latest kept) and resumed bit for bit
+when the command is run again: a comparison killed mid-way goes on where it stopped, and
+one too long for a session is run in pieces. A run whose loss stops being finite is
+recorded as diverged (``diverged.json`` in its run directory): its later epochs are NaN,
+``answer.md`` names it, a resume does not train it again.
+
+**Measures** (one definition each, :mod:`natgrad.analysis.stats`): the training loss of an
+epoch is the trainer's running mean over its steps; AUC_e = :func:`~natgrad.analysis.stats.loss_auc`
+over epochs 1..e; validation error (the mean of the last ``last_epochs`` epochs) for every
+selection; test error only at the epoch of lowest validation error (data sets without a
+validation split: the last epochs' test error, said so). Effects are paired by seed as
+reference − arm (ReLU+SGD for every arm; ReLU+unit-NG for ELU+unit-NG; ReLU+centred for
+ELU+centred), with BCa bootstrap CIs over seeds and exact sign-flip p-values.
 
 **The question.** What fraction of the gap between ReLU+SGD and ReLU+unit-NG does ELU+SGD
 close, per epoch budget e?
@@ -40,17 +49,21 @@ close, per epoch budget e?
 the unit natural gradient; f = 0: ELU does not help; f is undefined (reported as such) when
 the unit natural gradient does not beat ReLU+SGD.
 
-Outputs in ``--out``: ``curves.csv`` (seed, arm, epoch, losses, error, seconds),
-``summary.csv`` (per arm), ``effects.csv`` (paired effects vs relu-sgd, with bootstrap CIs
-and exact sign-flip p-values), ``gap.csv`` (f_e with its CI), ``answer.md`` (the question,
-the answer, the settings, the command, commit and wall time), ``run.json`` (settings and run
-record: ``--tables-from DIR`` rebuilds every table from it and ``curves.csv``) and
-``curves.png``/``.pdf``.
+**Controls** (issue 22): ``plain_first_layer`` trains the pixel-fed first layer by plain
+SGD in every arm (at the arm's unit type's SGD rate), so that centring and preconditioning
+act only where an activation function could act; ``preprocess="standardise"`` centres the
+pixels instead. ``lrs`` sets each arm's learning rate (chosen on validation by a pilot).
+
+Outputs in ``--out``: ``curves.csv`` (seed, arm, epoch, losses, errors, seconds),
+``summary.csv`` (per arm), ``effects.csv`` (paired effects), ``gap.csv`` (f_e with its CI),
+``shares.csv`` (every arm's share of the gap), ``answer.md`` (question, answer, settings,
+command, commit, wall time), ``run.json`` (``--tables-from DIR`` rebuilds every table from it
+and ``curves.csv``) and ``curves.png``/``.pdf``.
 
 Example::
 
     natgrad compare                                    # digits, small: < 10 min on one CPU
-    natgrad compare --dataset fashion-mnist --seeds 5 --epochs 6 --train-size 10000
+    natgrad compare --dataset mnist --seeds 10 --epochs 10 --plain-first-layer
 """
 
 from __future__ import annotations
@@ -61,66 +74,89 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from natgrad.analysis.stats import sign_flip_p
+from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence, sign_flip_p
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
-from natgrad.errors import InputError, NatgradError
+from natgrad.errors import DivergedError, InputError, NatgradError
 from natgrad.optim.solves import LAYER_DAMPING, REL_DAMPING
 
 __all__ = [
     "ARMS",
+    "Arm",
     "CompareConfig",
     "add_arguments",
+    "arm_config",
+    "read_curves",
     "rewrite_outputs",
     "run",
     "run_compare",
     "summarise",
+    "train_runs",
     "write_outputs",
 ]
 
-ARMS: dict[str, tuple[str, str, bool]] = {  # name: (unit, optimizer, batch norm)
-    "relu-sgd": ("relu", "sgd", False),
-    "elu-sgd": ("elu", "sgd", False),
-    "relu-centred": ("relu", "centred", False),
-    "relu-qd": ("relu", "qd", False),
-    "relu-unit-ng": ("relu", "unit-ng", False),
-    "elu-unit-ng": ("elu", "unit-ng", False),
-    "relu-bn": ("relu", "sgd", True),
+
+class Arm(NamedTuple):
+    unit: str
+    optimizer: str  # a TrainConfig optimizer
+    centre: bool = False
+    batch_norm: bool = False
+
+    @property
+    def natural(self) -> bool:
+        return self.optimizer != "sgd"
+
+
+ARMS: dict[str, Arm] = {
+    "relu-sgd": Arm("relu", "sgd"),
+    "elu-sgd": Arm("elu", "sgd"),
+    "relu-centred": Arm("relu", "sgd", centre=True),
+    "elu-centred": Arm("elu", "sgd", centre=True),
+    "relu-qd": Arm("relu", "qd-ng"),
+    "relu-unit-ng": Arm("relu", "unit-ng"),
+    "elu-unit-ng": Arm("elu", "unit-ng"),
+    "relu-blockdiag-ng": Arm("relu", "blockdiag-ng"),
+    "relu-bn": Arm("relu", "sgd", batch_norm=True),
 }
 BASELINE, CLOSER, TARGET = "relu-sgd", "elu-sgd", "relu-unit-ng"
+#: The arms of the small default run (the newer controls are asked for with --arms).
+DEFAULT_ARMS = ("relu-sgd", "elu-sgd", "relu-centred", "relu-qd", "relu-unit-ng",
+                "elu-unit-ng", "relu-bn")  # fmt: skip
+#: Each arm's reference for its paired effects besides ReLU+SGD: the same optimizer on ReLU.
+PAIRED_WITH = {"elu-unit-ng": TARGET, "elu-centred": "relu-centred"}
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     r"""Settings of one comparison (the defaults are the small digits mode).
 
-    The learning rates come from a one-epoch pilot on digits, seed 0 (SGD: the best of
-    0.01/0.03/0.1 for ReLU, 0.1 diverges for ELU; natural gradients: the largest stable of
+    The default learning rates come from a one-epoch pilot on digits, seed 0 (SGD: the best
+    of 0.01/0.03/0.1 for ReLU, 0.1 diverges for ELU; natural gradients: the largest stable of
     1e-4..1e-2), except unit-NG's: 1e-3 diverged for ReLU on 2 of 5 seeds within 12 digits
-    epochs and on Fashion-MNIST, so the default is 3e-4 (the Fashion-MNIST run's). The natural-gradient rates are far below SGD's: each unit takes a natural
-    step of its own, and the 8×128 units of a layer add their effects on the output.
-    ``layer_damping`` (λ_layer, see :class:`~natgrad.optim.UnitNaturalGradient`) keeps the
-    Fisher refreshed every ``refresh_every`` = 10 steps from diverging: with λ_layer = 0
-    every natural-gradient arm diverged within 4 steps in the pilot.
+    epochs and on Fashion-MNIST, so the default is 3e-4. ``lrs`` overrides them per arm
+    (``(("elu-sgd", 0.01), …)``): a comparison a referee accepts chooses every arm's rate on
+    the validation split alike. ``layer_damping`` (λ_layer, see
+    :class:`~natgrad.optim.UnitNaturalGradient`) keeps the Fisher refreshed every
+    ``refresh_every`` = 10 steps from diverging.
     """
 
     dataset: str = "digits"
     data_dir: str | None = None
     seeds: int = 5
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds − 1 (pilot seeds are others)
     epochs: int = 12
     batch_size: int = 64
     train_size: int | None = None  # first n training images (stratification: none)
     lr_sgd: float = 0.03
     lr_ng: float = 3e-4
     lr_qd: float = 3e-4
+    lrs: tuple[tuple[str, float], ...] = ()  # per-arm learning rates (override the three)
     rel_damping: float = REL_DAMPING  # the preconditioner's (natgrad.optim.solves), not the
     layer_damping: float = LAYER_DAMPING  # analysis λ of the measures
     refresh_every: int = 10
@@ -128,14 +164,16 @@ class CompareConfig:
     window: int = 0  # unit-NG arms: 0 the dense running Fisher; K the last K refresh batches
     memory_budget: int | None = None  # unit-NG arms: larger dense layers take the QD step
     centre_rate: float = 0.1
+    plain_first_layer: bool = False  # the pixel-fed layer takes plain SGD in every arm
+    preprocess: str = "none"  # or "standardise" (pixels centred and scaled)
     last_epochs: int = 3
-    arms: tuple[str, ...] = tuple(ARMS)
-    bootstrap_resamples: int = 2000
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    bootstrap_resamples: int = 2000  # kept for older run.json files; stats owns the CI
 
     def __post_init__(self) -> None:
         if not self.arms:
             raise InputError(f"compare: no arms given; choose from {', '.join(ARMS)}")
-        unknown = [a for a in self.arms if a not in ARMS]
+        unknown = [a for a in (*self.arms, *(a for a, _ in self.lrs)) if a not in ARMS]
         if unknown:
             raise InputError(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
         for key in ("seeds", "epochs", "batch_size", "last_epochs", "refresh_every"):
@@ -143,294 +181,165 @@ class CompareConfig:
                 raise InputError(f"compare: {key}={getattr(self, key)} must be >= 1")
         if self.window < 0:
             raise InputError(f"compare: window={self.window} must be >= 0 (0: the dense Fisher)")
+        if self.first_seed < 0:
+            raise InputError(f"compare: first_seed={self.first_seed} must be >= 0")
+        for arm, lr in self.lrs:
+            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+                raise InputError(f"compare: the learning rate of {arm} must be > 0, got {lr!r}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    def lr(self, arm: str) -> float:
+        """The learning rate of ``arm``: its ``lrs`` entry, else its family's default."""
+        given = dict(self.lrs)
+        if arm in given:
+            return float(given[arm])
+        opt = ARMS[arm].optimizer
+        return self.lr_sgd if opt == "sgd" else self.lr_qd if opt == "qd-ng" else self.lr_ng
+
+    def sgd_lr(self, unit: str) -> float:
+        """The plain-SGD rate of ``unit``'s SGD arm (that of a natural-gradient arm's plain
+        first layer)."""
+        return self.lr(f"{unit}-sgd")
 
 
-# --- one training run ---------------------------------------------------------------------
+# --- the runs ----------------------------------------------------------------------------
 
 
-def _models(config: CompareConfig, ds, seed: int) -> dict[str, nn.Module]:
-    r"""Every arm's net, all with the Linear weights of one He-initialised net of ``seed``."""
-    from natgrad.models import build_model
+def arm_config(config: CompareConfig, arm: str, seed: int):
+    r"""The :class:`~natgrad.training.TrainConfig` of ``arm`` for ``seed``: every arm's net has
+    the same initial Linear weights per seed (:mod:`natgrad.models`)."""
+    from natgrad.training.config import TrainConfig
 
-    kw = dict(num_classes=ds.num_classes, in_shape=ds.input_shape, seed=seed,
-              dtype=ds.train_x.dtype)  # the data's precision, whatever torch's default  # fmt: skip
-    base = build_model("mnist-fc", "relu", **kw)
-    base_linear = [m for m in base.modules() if isinstance(m, nn.Linear)]
-    out = {}
-    for arm in config.arms:
-        unit, _, bn = ARMS[arm]
-        model = build_model("mnist-fc", unit, batch_norm=bn, **kw)
-        linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        with torch.no_grad():
-            for dst, src in zip(linear, base_linear, strict=True):
-                dst.weight.copy_(src.weight)
-                dst.bias.copy_(src.bias)
-        out[arm] = model
-    return out
-
-
-def _optimizer(config: CompareConfig, arm: str, model: nn.Module, seed: int):
-    from natgrad.optim import UnitNaturalGradient, centre
-
-    kind = ARMS[arm][1]
-    if kind in ("sgd", "centred"):
-        net = centre(model) if kind == "centred" else model
-        return net, torch.optim.SGD(net.parameters(), lr=config.lr_sgd)
-    structure = "unit" if kind == "unit-ng" else "quasidiagonal"
-    budget = {} if config.memory_budget is None else {"memory_budget": config.memory_budget}
-    lr = config.lr_ng if kind == "unit-ng" else config.lr_qd
-    opt = UnitNaturalGradient(model, lr, structure=structure, kind="mc",
-                              rel_damping=config.rel_damping, layer_damping=config.layer_damping,
-                              refresh_every=config.refresh_every, ema=config.ema, seed=seed,
-                              window=(config.window or None) if kind == "unit-ng" else None,
-                              **budget)  # fmt: skip
-    return model, opt
+    a = ARMS[arm]
+    return TrainConfig(
+        net="mnist-fc", unit=a.unit, batch_norm=a.batch_norm, dataset=config.dataset,
+        data_dir=config.data_dir, seed=seed, epochs=config.epochs,
+        batch_size=config.batch_size, optimizer=a.optimizer, centre=a.centre,
+        centre_rate=config.centre_rate, rel_damping=config.rel_damping,
+        layer_damping=config.layer_damping, refresh_every=config.refresh_every,
+        fisher_ema=config.ema, fisher_window=config.window if a.optimizer == "unit-ng" else 0,
+        ng_memory_budget=config.memory_budget if a.optimizer == "unit-ng" else None,
+        plain_first_layer=config.plain_first_layer,
+        plain_lr=config.sgd_lr(a.unit) if config.plain_first_layer and a.natural else None,
+        lr=config.lr(arm), preprocess=config.preprocess, train_size=config.train_size,
+        checkpoint_every=1, keep_checkpoints=1, record_every=1,
+        probe_size=64, notes=f"natgrad compare arm {arm}",
+    )  # fmt: skip
 
 
-@torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    was = model.training
-    model.eval()
-    loss, wrong = 0.0, 0
-    for s in range(0, x.shape[0], 2000):
-        out = model(x[s : s + 2000])
-        loss += float(F.cross_entropy(out, y[s : s + 2000], reduction="sum"))
-        wrong += int((out.argmax(1) != y[s : s + 2000]).sum())
-    model.train(was)
-    return loss / x.shape[0], wrong / x.shape[0]
+def _plan(config: CompareConfig, root: Path) -> list[tuple[str, int, object, Path]]:
+    return [(arm, seed, arm_config(config, arm, seed), Path(root) / f"{arm}-s{seed}")
+            for seed in config.seed_list for arm in config.arms]  # fmt: skip
 
 
-def train_arm(
-    config: CompareConfig,
-    arm: str,
-    model: nn.Module,
-    ds,
-    seed: int,
-    structures: dict | None = None,
-) -> list[dict]:
-    r"""Train one arm; rows ``{seed, arm, epoch, train_loss, test_loss, test_error, seconds}``
-    (``seconds``: cumulative training time, evaluation excluded). Batches: the same order
-    for every arm of a seed."""
-    from natgrad.optim import update_centres
+def train_runs(config: CompareConfig, root: Path, *, progress=None) -> dict[str, str]:
+    r"""Train (or resume) every (arm, seed) of ``config`` in ``root``; returns
+    ``{run name: divergence message}`` of the runs that stopped on a non-finite loss.
 
-    net, opt = _optimizer(config, arm, model, seed)
-    if structures is not None and ARMS[arm][1] == "unit-ng":
-        structures.update(opt.structures)  # layer -> what the optimizer preconditions it with
-    natural = ARMS[arm][1] in ("qd", "unit-ng")
-    centred = ARMS[arm][1] == "centred"
-    x, y = ds.train_x, ds.train_y
-    rows, elapsed = [], 0.0
+    The runs go to :func:`~natgrad.training.train_grid` together, so the SGD arms batch; a
+    divergence stops its cohort at the epoch before, is recorded in the run's directory,
+    and the others go on from their checkpoints."""
+    from natgrad._atomic import write_json
+    from natgrad.training.grid import train_grid
+    from natgrad.training.rundir import RunDir
 
-    def record(epoch: int) -> None:
-        tr, _ = _evaluate(net, x, y)
-        te, err = _evaluate(net, ds.test_x, ds.test_y)
-        rows.append(dict(seed=seed, arm=arm, epoch=epoch, train_loss=tr, test_loss=te,
-                         test_error=err, seconds=elapsed))  # fmt: skip
-
-    record(0)
-    net.train()
-    torch.manual_seed(seed)  # batch-norm nets draw nothing; kept for any future dropout
-    for epoch in range(1, config.epochs + 1):
-        perm = torch.randperm(
-            x.shape[0], generator=torch.Generator().manual_seed(seed * 1000 + epoch)
-        )
-        t0 = time.perf_counter()
-        for s in range(0, x.shape[0], config.batch_size):
-            idx = perm[s : s + config.batch_size]
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(xb), yb)
-            if not torch.isfinite(loss):
-                break
-            loss.backward()
-            opt.step(xb) if natural else opt.step()
-            if centred:
-                update_centres(net, rate=config.centre_rate)
-        elapsed += time.perf_counter() - t0
-        if not torch.isfinite(loss):  # diverged: the remaining epochs are NaN, said in answer.md
-            nan = math.nan
-            rows += [dict(seed=seed, arm=arm, epoch=e, train_loss=nan, test_loss=nan,
-                          test_error=nan, seconds=nan) for e in range(epoch, config.epochs + 1)]  # fmt: skip
-            return rows
-        record(epoch)
-    return rows
+    plan = _plan(config, root)
+    diverged = {d.name: m for *_, d in plan if (m := RunDir(d).read_diverged()) is not None}
+    while True:
+        todo = [(c, d) for _, _, c, d in plan if d.name not in diverged]
+        if not todo:
+            return diverged
+        try:
+            train_grid([c for c, _ in todo], [d for _, d in todo], progress=progress is not None)
+            return diverged
+        except DivergedError as exc:
+            run = exc.run
+            if run is None or Path(run).name in diverged:
+                raise
+            diverged[Path(run).name] = str(exc)
+            write_json(RunDir(run).diverged_path, {"message": str(exc)})
+            if progress:
+                progress(f"{Path(run).name} diverged; the other runs go on")
 
 
-@torch.no_grad()
-def _evaluate_stacked(net, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
-    r"""Per net of ``net`` (:class:`~natgrad.training.stacked.StackedNets`): mean
-    cross-entropy and error rate on ``x``, ``y`` in eval mode, in :func:`_evaluate`'s chunks."""
-    loss = torch.zeros(net.R, dtype=torch.float64)
-    wrong = torch.zeros(net.R, dtype=torch.long)
-    for s in range(0, x.shape[0], 2000):
-        xb, yb = x[s : s + 2000], y[s : s + 2000]
-        xb, yb = xb.expand(net.R, *xb.shape), yb.expand(net.R, -1)
-        out = net.forward(xb)
-        loss += net.sample_losses(out, xb, yb).sum(1).double()
-        wrong += (out.argmax(-1) != yb).sum(1)
-    n = x.shape[0]
-    return [(float(a) / n, int(w) / n) for a, w in zip(loss, wrong, strict=True)]
-
-
-def train_stacked(config: CompareConfig, runs: list[tuple[int, str, nn.Module]], ds) -> list[dict]:
-    r"""Train SGD arms ``[(seed, arm, model)]`` of one architecture as one batched model
-    (:class:`~natgrad.training.stacked.StackedNets`); the rows of :func:`train_arm` for each.
-
-    Each run takes its seed's batches in :func:`train_arm`'s order, and stops (NaN rows from
-    that epoch on) at the batch where its loss stops being finite, as :func:`train_arm` does;
-    the other runs go on. Epoch 0 is evaluated by :func:`_evaluate` on each net (the numbers
-    of a sequential run, bit for bit); ``seconds`` is the batched training time divided by
-    the number of runs."""
-    from natgrad.training.stacked import StackedNets, unit_order
-
-    order = unit_order([m for _, _, m in runs])
-    runs = [runs[i] for i in order]
-    rows: list[dict] = []
-    x, y = ds.train_x, ds.train_y
-    for seed, arm, model in runs:
-        model.eval()
-        tr, _ = _evaluate(model, x, y)
-        te, err = _evaluate(model, ds.test_x, ds.test_y)
-        rows.append(dict(seed=seed, arm=arm, epoch=0, train_loss=tr, test_loss=te,
-                         test_error=err, seconds=0.0))  # fmt: skip
-    net = StackedNets([m for _, _, m in runs])
-    seeds = [seed for seed, _, _ in runs]
-    lrs = [config.lr_sgd] * net.R
-    stopped: dict[int, int] = {}  # run -> the epoch its loss stopped being finite
-    elapsed = 0.0
-    for epoch in range(1, config.epochs + 1):
-        perms = {s: torch.randperm(x.shape[0],
-                                   generator=torch.Generator().manual_seed(s * 1000 + epoch))
-                 for s in set(seeds)}  # fmt: skip
-        perm = torch.stack([perms[s] for s in seeds])  # [R, n]
-        t0 = time.perf_counter()
-        for s in range(0, x.shape[0], config.batch_size):
-            idx = perm[:, s : s + config.batch_size]
-            xb, yb = x[idx], y[idx]
-            loss = net.losses(net.forward(xb, training=True), xb, yb)
-            bad = (~torch.isfinite(loss)).nonzero().flatten().tolist()
-            for r in bad:
-                stopped.setdefault(r, epoch)
-            if len(stopped) == net.R:
-                break
-            net.step(torch.autograd.grad(loss.sum(), net.leaves), lrs)
-        elapsed += (time.perf_counter() - t0) / net.R
-        metrics = None
-        for r, (seed, arm, _) in enumerate(runs):
-            if r in stopped:
-                if stopped[r] == epoch:
-                    nan = math.nan
-                    rows += [dict(seed=seed, arm=arm, epoch=e, train_loss=nan, test_loss=nan,
-                                  test_error=nan, seconds=nan)
-                             for e in range(epoch, config.epochs + 1)]  # fmt: skip
-                continue
-            if metrics is None:
-                metrics = list(zip(_evaluate_stacked(net, x, y),
-                                   _evaluate_stacked(net, ds.test_x, ds.test_y), strict=True))  # fmt: skip
-            (tr, _), (te, err) = metrics[r]
-            rows.append(dict(seed=seed, arm=arm, epoch=epoch, train_loss=tr, test_loss=te,
-                             test_error=err, seconds=elapsed))  # fmt: skip
-        if len(stopped) == net.R:
-            break
-    for r, (_, _, model) in enumerate(runs):
-        net.copy_to(r, model)
-    return rows
-
-
-def batched_groups(config: CompareConfig) -> list[list[str]]:
-    r"""The arms :func:`run_compare` trains as batched models by default: the SGD arms, one
-    model per architecture (without, with batch norm), all seeds together; groups of one
-    run (one arm, one seed) train one run at a time."""
-    groups: dict[bool, list[str]] = {}
-    for arm in config.arms:
-        unit, kind, bn = ARMS[arm]
-        if kind == "sgd":
-            groups.setdefault(bn, []).append(arm)
-    return [g for g in groups.values() if len(g) * config.seeds > 1]
-
-
-def run_compare(
-    config: CompareConfig,
-    *,
-    progress=None,
-    structures: dict | None = None,
-    batched: bool = True,
-):
-    r"""Train every arm for every seed; returns the curves as a pandas DataFrame, rows by
-    seed, arm (in ``config.arms`` order) and epoch. A ``structures`` dict is filled with
-    layer → structure the unit-NG arms use. ``batched``: the SGD arms of all seeds train as
-    batched models (:func:`batched_groups`, :func:`train_stacked`), the other arms one run
-    at a time (:func:`train_arm`); ``False``: every run one at a time."""
+def read_curves(config: CompareConfig, root: Path):
+    r"""The curves of every (arm, seed) from its run directory: rows by seed, arm (in
+    ``config.arms`` order) and epoch 0..E; a diverged run's missing epochs are NaN;
+    ``seconds`` is the cumulative training time (a batched run's share)."""
     import pandas as pd
 
-    from natgrad.data import load_dataset
+    from natgrad.training.rundir import RunDir
 
-    ds = load_dataset(config.dataset, config.data_dir, seed=0)
-    if config.train_size is not None:
-        n = config.train_size
-        ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
-    groups = batched_groups(config) if batched else []
-    stacked: list[list] = [[] for _ in groups]
     rows = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.seeds * len(config.arms), desc="compare", unit="run",
-               disable=progress is None, dynamic_ncols=True)  # fmt: skip
-    for seed in range(config.seeds):
-        models = _models(config, ds, seed)
-        for arm, model in models.items():
-            group = next((k for k, g in enumerate(groups) if arm in g), None)
-            if group is not None:
-                stacked[group].append((seed, arm, model))
+    for arm, seed, _, d in _plan(config, root):
+        got = {int(r["epoch"]): r for r in RunDir(d).read_metrics() if r["epoch"] <= config.epochs}
+        elapsed = 0.0
+        for e in range(config.epochs + 1):
+            r = got.get(e)
+            if r is None:
+                rows.append(dict(seed=seed, arm=arm, epoch=e, train_loss=math.nan,
+                                 val_loss=math.nan, val_error=math.nan, test_loss=math.nan,
+                                 test_error=math.nan, seconds=math.nan))  # fmt: skip
                 continue
-            t0 = time.perf_counter()
-            rows += train_arm(config, arm, model, ds, seed, structures)
-            bar.update(1)
-            if progress:
-                progress(f"seed {seed} {arm}: {time.perf_counter() - t0:.1f} s, "
-                         f"final train loss {rows[-1]['train_loss']:.4f}")  # fmt: skip
-    for arms, runs in zip(groups, stacked, strict=True):
-        t0 = time.perf_counter()
-        rows += train_stacked(config, runs, ds)
-        bar.update(len(runs))
-        if progress:
-            progress(f"{', '.join(arms)} x {config.seeds} seeds as one batched model: "
-                     f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
-    bar.close()
-    rank = {arm: i for i, arm in enumerate(config.arms)}
-    rows.sort(key=lambda r: (r["seed"], rank[r["arm"]], r["epoch"]))
+            elapsed += float(r.get("train_seconds") or 0.0)
+            rows.append(dict(seed=seed, arm=arm, epoch=e, train_loss=r["train_loss"],
+                             val_loss=_num(r.get("val_loss")), val_error=_num(r.get("val_error")),
+                             test_loss=r["test_loss"], test_error=r["test_error"],
+                             seconds=elapsed))  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def run_compare(config: CompareConfig, root: Path, *, progress=None):
+    r"""Train (or resume) every run and return ``(curves, diverged)``."""
+    diverged = train_runs(config, root, progress=progress)
+    return read_curves(config, root), diverged
+
+
+def structures(config: CompareConfig) -> dict[str, str]:
+    r"""Layer → what the unit-NG arms precondition it with (from the optimizer's own
+    choice on a net built without data)."""
+    from natgrad.models import build_model
+    from natgrad.optim import UnitNaturalGradient
+
+    if not any(ARMS[a].optimizer == "unit-ng" for a in config.arms):
+        return {}
+    shape = {"digits": (1, 8, 8)}.get(config.dataset, (1, 28, 28))
+    net = build_model("mnist-fc", "relu", in_shape=shape, num_classes=10, device="meta")
+    plain = ("fc1",) if config.plain_first_layer else ()
+    budget = {} if config.memory_budget is None else {"memory_budget": config.memory_budget}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = UnitNaturalGradient(net, 1e-3, window=config.window or None, plain_layers=plain,
+                                  **budget)  # fmt: skip
+    out = dict(opt.structures)
+    for name in plain:
+        out[name] = "plain"
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0][2:])))
 
 
 # --- statistics ------------------------------------------------------------------------------
 
 
 def _auc(curves):
-    r"""AUC_e per (seed, arm, epoch e >= 1): the mean training loss over epochs 1..e (epoch 0,
-    the initial net, is left out: ELU and ReLU nets with the same weights start at different
-    losses, and the question is how fast each one learns)."""
+    r"""AUC_e per (seed, arm, epoch e >= 1): :func:`~natgrad.analysis.stats.loss_auc` of
+    epochs 1..e (NaN once a run has diverged)."""
     import pandas as pd
 
     out = []
-    for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"]):
+    for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"], sort=False):
         loss = g["train_loss"].to_numpy()
         for e in range(1, len(loss)):
-            out.append(dict(seed=seed, arm=arm, epoch=e, auc=float(loss[1 : e + 1].mean())))
+            out.append(dict(seed=seed, arm=arm, epoch=e, auc=loss_auc(loss[1 : e + 1])))
     return pd.DataFrame(out)
-
-
-def _ci(samples: tuple, statistic, config: CompareConfig) -> tuple[float, float]:
-    r"""Percentile bootstrap CI (95 %) over seeds of ``statistic`` of paired samples."""
-    from scipy import stats
-
-    if len(samples[0]) < 3:
-        return math.nan, math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # degenerate resamples (ties, 0/0) give NaN bounds
-        res = stats.bootstrap(samples, statistic, paired=True, vectorized=False,
-                              n_resamples=config.bootstrap_resamples, method="percentile",
-                              rng=np.random.default_rng(0))  # fmt: skip
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def _gap_fraction(a, b, c) -> float:
@@ -438,53 +347,82 @@ def _gap_fraction(a, b, c) -> float:
     return float((np.mean(a) - np.mean(b)) / den) if den > 0 else math.nan
 
 
-def summarise(curves, config: CompareConfig) -> dict:
-    r"""``{"summary", "effects", "gap", "shares"}`` DataFrames from the curves (module docstring):
-    ``effects`` are paired by seed against ``reference`` (ReLU+SGD for every arm, and
-    ReLU+unit-NG for ELU+unit-NG); ``shares`` is the fraction of the ReLU+SGD → ReLU+unit-NG
-    AUC gap each arm closes, per epoch budget (``gap`` is ELU+SGD's row, the question)."""
+def _per_seed(curves, config: CompareConfig):
+    r"""One row per (seed, arm): AUC over all epochs, the last epochs' validation error, the
+    test error at the lowest validation error (or of the last epochs without a validation
+    split), seconds per epoch."""
     import pandas as pd
 
-    auc = _auc(curves)
-    last = curves[curves["epoch"] > config.epochs - config.last_epochs]
-    final = last.groupby(["seed", "arm"])["test_error"].mean().rename("test_error_last")
-    per_epoch = curves[curves["epoch"] == config.epochs].set_index(["seed", "arm"])["seconds"]
-    per_seed = pd.concat(
-        [auc[auc["epoch"] == config.epochs].set_index(["seed", "arm"])["auc"], final,
-         (per_epoch / config.epochs).rename("seconds_per_epoch")], axis=1,
-    ).reset_index()  # fmt: skip
-    summary = per_seed.groupby("arm").agg(
-        auc=("auc", "mean"), auc_sd=("auc", "std"), test_error_last=("test_error_last", "mean"),
-        test_error_sd=("test_error_last", "std"), seconds_per_epoch=("seconds_per_epoch", "mean"),
-    ).reindex([a for a in config.arms])  # fmt: skip
-    effects = []
+    rows = []
+    has_val = curves["val_error"].notna().any() if "val_error" in curves else False
+    for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"], sort=False):
+        trained = g[g["epoch"] >= 1]
+        last = trained[trained["epoch"] > config.epochs - config.last_epochs]
+        row = dict(seed=seed, arm=arm, auc=loss_auc(trained["train_loss"]),
+                   seconds_per_epoch=float(trained["seconds"].iloc[-1]) / config.epochs)  # fmt: skip
+        if has_val:
+            row["val_error_last"] = float(last["val_error"].mean())
+            if trained["val_error"].notna().all():
+                best = trained.loc[trained["val_error"].idxmin()]
+                row["test_error_at_best_val"] = float(best["test_error"])
+            else:
+                row["test_error_at_best_val"] = math.nan
+        else:
+            row["test_error_last"] = float(last["test_error"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _metrics(per_seed) -> list[str]:
+    return [m for m in ("auc", "val_error_last", "test_error_at_best_val", "test_error_last")
+            if m in per_seed]  # fmt: skip
+
+
+def summarise(curves, config: CompareConfig) -> dict:
+    r"""``{"summary", "effects", "gap", "shares", "diverged"}`` from the curves (module
+    docstring). ``effects``: reference − arm, paired by seed (BCa CI, sign-flip p);
+    ``shares``: the fraction of the ReLU+SGD → ReLU+unit-NG AUC gap each arm closes, per
+    epoch budget (``gap`` is ELU+SGD's row, the question)."""
+    import pandas as pd
+
+    per_seed = _per_seed(curves, config)
+    metrics = _metrics(per_seed)
+    agg = {m: (m, "mean") for m in metrics}
+    agg.update({f"{m}_sd": (m, "std") for m in metrics})
+    agg["seconds_per_epoch"] = ("seconds_per_epoch", "mean")
+    summary = per_seed.groupby("arm").agg(**agg).reindex(list(config.arms))
     wide = per_seed.pivot(index="seed", columns="arm")
-    # Every arm against ReLU+SGD; and ELU against ReLU under the unit natural gradient.
-    pairs = [(arm, BASELINE) for arm in config.arms if arm != BASELINE and BASELINE in config.arms]
-    if {"elu-unit-ng", TARGET} <= set(config.arms):
-        pairs.append(("elu-unit-ng", TARGET))
-    for arm, ref in pairs:
-        for metric in ("auc", "test_error_last"):
-            d = (wide[metric][arm] - wide[metric][ref]).to_numpy()
-            lo, hi = _ci((d,), np.mean, config)
-            effects.append(dict(arm=arm, reference=ref, metric=metric, effect=float(d.mean()),
-                                ci_low=lo, ci_high=hi, p_value=sign_flip_p(d),
-                                seeds=len(d)))  # fmt: skip
+    pairs = [(BASELINE, arm) for arm in config.arms if arm != BASELINE and BASELINE in config.arms]
+    pairs += [(ref, arm) for arm, ref in PAIRED_WITH.items() if {arm, ref} <= set(config.arms)]
+    effects = []
+    for ref, arm in pairs:
+        for metric in metrics:
+            d = (wide[metric][ref] - wide[metric][arm]).to_numpy()
+            d = d[np.isfinite(d)]
+            lo, hi, method = bootstrap_ci(d)
+            row = dict(metric=metric, reference=ref, other=arm, n=len(d),
+                       diff=float(d.mean()) if len(d) else math.nan, lo=lo, hi=hi,
+                       ci_method=method, p=sign_flip_p(d) if len(d) else math.nan,
+                       better="lower")  # fmt: skip
+            row["text"] = sentence(row)
+            effects.append(row)
     gap, shares = [], []
     if {BASELINE, TARGET} <= set(config.arms):
+        auc = _auc(curves)
         aw = auc.pivot_table(index=["epoch", "seed"], columns="arm", values="auc",
-                             dropna=False).reindex(columns=list(config.arms))  # diverged: NaN  # fmt: skip
+                             dropna=False).reindex(columns=list(config.arms))  # fmt: skip
         for e, g in aw.groupby(level="epoch"):
             a, c = g[BASELINE].to_numpy(), g[TARGET].to_numpy()
             for arm in (x for x in config.arms if x not in (BASELINE, TARGET)):
                 b = g[arm].to_numpy()
-                lo, hi = _ci((a, b, c), _gap_fraction, config)
-                row = dict(epoch=int(e), fraction_closed=_gap_fraction(a, b, c), ci_low=lo,
-                           ci_high=hi, seeds=len(a))  # fmt: skip
+                ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
+                lo, hi, method = bootstrap_ci((a[ok], b[ok], c[ok]), _gap_fraction)
+                row = dict(epoch=int(e), fraction_closed=_gap_fraction(a[ok], b[ok], c[ok]),
+                           ci_low=lo, ci_high=hi, ci_method=method, seeds=int(ok.sum()))  # fmt: skip
                 shares.append(dict(arm=arm, **row))
                 if arm == CLOSER:
-                    gap.append(dict(epoch=int(e), relu_sgd=a.mean(), elu_sgd=b.mean(),
-                                    relu_unit_ng=c.mean(), gap=float(a.mean() - c.mean()),
+                    gap.append(dict(epoch=int(e), relu_sgd=a[ok].mean(), elu_sgd=b[ok].mean(),
+                                    relu_unit_ng=c[ok].mean(), gap=float(a[ok].mean() - c[ok].mean()),
                                     **{k: v for k, v in row.items() if k != "epoch"}))  # fmt: skip
     bad = curves[curves["train_loss"].isna()]
     return {
@@ -507,9 +445,8 @@ def _answer(tables: dict, config: CompareConfig) -> str:
         "## Question",
         "",
         "What fraction of the gap between ReLU+SGD and ReLU+unit-NG does ELU+SGD close, per "
-        "epoch budget e? The gap's unit: the training-loss AUC (mean training loss over epochs "
-        "1..e, in nats per example; training loss re-evaluated on the whole training set after "
-        "each epoch).",
+        "epoch budget e? The gap's unit: the training-loss AUC (mean over epochs 1..e of each "
+        "epoch's training loss, the running mean over its steps; nats per example).",
         "",
         "## Answer",
         "",
@@ -521,15 +458,15 @@ def _answer(tables: dict, config: CompareConfig) -> str:
         lines.append("Not computed: the arms relu-sgd, elu-sgd and relu-unit-ng are all needed.")
         return "\n".join(lines)
     for row in gap.itertuples():
-        if math.isnan(row.fraction_closed):
+        if math.isnan(row.gap):
+            text = "nothing: ReLU+SGD or ReLU+unit-NG diverged on every seed"
+        elif math.isnan(row.fraction_closed):
             text = f"undefined: ReLU+unit-NG does not beat ReLU+SGD (gap {row.gap:+.4f})"
         else:
-            ci = (
-                ""
-                if math.isnan(row.ci_low)
-                else f" (95 % bootstrap CI over {row.seeds} seeds: {row.ci_low:.2f} to {row.ci_high:.2f})"
-            )
-            text = f"{row.fraction_closed:.2f} of the gap {row.gap:.4f}{ci}"  # fmt: skip
+            ci = ("" if math.isnan(row.ci_low) else
+                  f" (95 % {row.ci_method} bootstrap CI over {row.seeds} seeds: "
+                  f"{row.ci_low:.2f} to {row.ci_high:.2f})")  # fmt: skip
+            text = f"{row.fraction_closed:.2f} of the gap {row.gap:.4f}{ci}"
         lines.append(f"- epoch budget {row.epoch}: ELU+SGD closes {text} (training-loss AUC)")
     return "\n".join(lines)
 
@@ -539,18 +476,18 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    mean = curves.groupby(["arm", "epoch"]).mean(numeric_only=True).reset_index()
-    for arm in curves["arm"].unique():
-        g = mean[mean["arm"] == arm]
-        axes[0].plot(g["epoch"], g["train_loss"], label=arm)
-        late = g[g["epoch"] >= 1]  # epoch 0 (~90 %) would flatten the differences
-        axes[1].plot(late["epoch"], 100 * late["test_error"], marker=".", label=arm)
-    axes[0].set(yscale="log", xlabel="epoch", ylabel="training loss (mean over seeds)")
-    axes[1].set(xlabel="epoch", ylabel="test error % (mean over seeds)")
     from matplotlib.ticker import MaxNLocator
 
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    mean = curves.groupby(["arm", "epoch"], sort=False).mean(numeric_only=True).reset_index()
+    split = "val" if curves["val_error"].notna().any() else "test"
+    for arm in curves["arm"].unique():
+        g = mean[(mean["arm"] == arm) & (mean["epoch"] >= 1)]  # epoch 0 (~90 %) would flatten
+        axes[0].plot(g["epoch"], g["train_loss"], label=arm)
+        axes[1].plot(g["epoch"], 100 * g[f"{split}_error"], marker=".", label=arm)
+    axes[0].set(yscale="log", xlabel="epoch", ylabel="training loss (mean over seeds)")
+    axes[1].set(xlabel="epoch", ylabel=f"{'validation' if split == 'val' else 'test'} error % "
+                "(mean over seeds)")  # fmt: skip
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=7)
@@ -584,7 +521,7 @@ def write_outputs(
     curves, config: CompareConfig, out: Path, meta: dict, structures: dict | None = None
 ) -> dict:
     r"""Write the CSV tables, ``answer.md``, ``run.json`` and the figure into ``out``; return
-    the tables. ``structures``: layer → structure of the unit-NG arms (:func:`run_compare`)."""
+    the tables. ``structures``: layer → structure of the unit-NG arms (:func:`structures`)."""
     import shutil
 
     from natgrad._atomic import carry_over, check_replaceable, clean_stale, commit_dir, staging_dir
@@ -594,6 +531,7 @@ def write_outputs(
     check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final.parent)
+    curves = _with_val_columns(curves)
     tables = summarise(curves, config)
     # Everything goes into a new folder next to ``out`` (tables with checksum files), which
     # then replaces ``out`` in one step: a kill leaves the old outputs or the new, never a mix.
@@ -608,6 +546,15 @@ def write_outputs(
     return tables
 
 
+def _with_val_columns(curves):
+    """Curves of a data set without a validation split (or of an older run) get NaN ones."""
+    curves = curves.copy()
+    for col in ("val_loss", "val_error"):
+        if col not in curves:
+            curves[col] = math.nan
+    return curves
+
+
 def _write_all(curves, tables, config, out, meta, structures) -> None:
     """Every output file of :func:`write_outputs`, into the (staging) folder ``out``."""
     from natgrad._atomic import write_json, write_text
@@ -618,6 +565,9 @@ def _write_all(curves, tables, config, out, meta, structures) -> None:
         write_csv(tables[name], out / f"{name}.csv")
     _figure(curves, tables, out)
     settings = json.dumps(dataclasses.asdict(config), indent=1)
+    lrs = ", ".join(f"{a} {config.lr(a):g}" for a in config.arms)
+    has_val = curves["val_error"].notna().any()
+    effects = tables["effects"]
     text = [
         "# natgrad compare: does ELU + SGD recover the unit natural gradient's speed?",
         "",
@@ -625,22 +575,31 @@ def _write_all(curves, tables, config, out, meta, structures) -> None:
         "",
         "## Per arm",
         "",
-        "AUC: mean training loss over epochs 1..E (mean over seeds); test "
-        f"error: mean of the last {config.last_epochs} epochs; seconds per training epoch.",
+        "auc: mean training loss over epochs 1..E (mean over seeds); "
+        + (f"val_error_last: validation error, mean of the last {config.last_epochs} epochs; "
+           "test_error_at_best_val: test error at the epoch of lowest validation error"
+           if has_val else
+           f"test_error_last: test error, mean of the last {config.last_epochs} epochs (this "
+           "data set has no validation split)")
+        + "; seconds per training epoch.",
         "",
         _markdown(tables["summary"]),
         "",
-        f"Damping of every natural-gradient arm: rel_damping {config.rel_damping:g}, "
-        f"layer_damping {config.layer_damping:g}; learning rates: SGD {config.lr_sgd:g}, "
-        f"unit-NG {config.lr_ng:g}, QD {config.lr_qd:g}.",
+        f"Learning rates: {lrs}. Damping of every natural-gradient arm: rel_damping "
+        f"{config.rel_damping:g}, layer_damping {config.layer_damping:g}; refreshed every "
+        f"{config.refresh_every} steps (ema {config.ema:g}).",
+        *(["The first (pixel-fed) layer takes plain SGD in every arm, at its unit type's SGD "
+           "rate."] if config.plain_first_layer else []),
+        *([f"Inputs: {config.preprocess}."] if config.preprocess != "none" else []),
         "",
-        "## Effects paired by seed (arm − reference, 95 % percentile bootstrap CI over seeds)",
+        "## Effects paired by seed (reference − arm, 95 % bootstrap CI over seeds)",
         "",
-        "p_value: exact two-sided sign-flip permutation test over seeds (with n seeds it cannot "
-        f"go below 2/2^n = {2 / 2 ** config.seeds:.3g}); percentile bootstrap CIs over so few "
-        "seeds are narrower than they should be: read them with the p-values.",
+        "p: exact two-sided sign-flip permutation test over seeds (with n seeds it cannot go "
+        f"below 2/2^n = {2 / 2 ** config.seeds:.3g}); uncorrected for the number of rows.",
         "",
-        _markdown(tables["effects"]) if not tables["effects"].empty else "(no baseline arm)",
+        *([f"- {t}" for t in effects["text"]] if not effects.empty else ["(no baseline arm)"]),
+        "",
+        _markdown(effects.drop(columns=["text"])) if not effects.empty else "",
         "",
         "## Fraction of the gap closed, per epoch budget",
         "",
@@ -697,13 +656,14 @@ def rewrite_outputs(out: Path) -> dict:
 
 
 #: Bounds on a ``run.json`` that ``--tables-from`` accepts (nothing larger is a real run).
-_BOUNDS = {"seeds": 10_000, "epochs": 100_000, "batch_size": 10_000_000, "last_epochs": 100_000,
-           "refresh_every": 10_000_000, "window": 100_000, "bootstrap_resamples": 1_000_000}  # fmt: skip
+_BOUNDS = {"seeds": 10_000, "first_seed": 2**31, "epochs": 100_000, "batch_size": 10_000_000,
+           "last_epochs": 100_000, "refresh_every": 10_000_000, "window": 100_000,
+           "bootstrap_resamples": 1_000_000}  # fmt: skip
 
 
 def _validated_config(record, out: Path) -> CompareConfig:
     """The :class:`CompareConfig` of a ``run.json``, checked against a schema: known keys,
-    integer sizes within :data:`_BOUNDS`, a list of known arms."""
+    integer sizes within :data:`_BOUNDS`, lists of known arms and of (arm, rate) pairs."""
     where = f"{out / 'run.json'}"
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise InputError(f"{where}: not a natgrad compare record (no 'config' object)")
@@ -715,10 +675,16 @@ def _validated_config(record, out: Path) -> CompareConfig:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
             raise InputError(f"{where}: config {key}={v!r} must be an integer in [0, {hi}]")
-    arms = settings.get("arms", list(ARMS))
+    arms = settings.get("arms", list(DEFAULT_ARMS))
     if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
         raise InputError(f"{where}: config arms must be a list of arm names")
     settings["arms"] = tuple(arms)
+    lrs = settings.get("lrs", [])
+    if not isinstance(lrs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in lrs
+    ):
+        raise InputError(f"{where}: config lrs must be a list of [arm, rate] pairs")
+    settings["lrs"] = tuple((a, r) for a, r in lrs)
     try:
         return CompareConfig(**settings)
     except TypeError as exc:
@@ -732,7 +698,7 @@ def _check_complete(curves, config: CompareConfig, out: Path) -> None:
     missing = need - set(curves.columns)
     if missing:
         raise InputError(f"{out / 'curves.csv'}: columns {sorted(missing)} missing")
-    expected = {(s, a, e) for s in range(config.seeds) for a in config.arms
+    expected = {(s, a, e) for s in config.seed_list for a in config.arms
                 for e in range(config.epochs + 1)}  # fmt: skip
     try:
         got = list(zip(curves["seed"].astype(int), curves["arm"].astype(str),
@@ -748,20 +714,24 @@ def _check_complete(curves, config: CompareConfig, out: Path) -> None:
 
 
 def _trainer_lines(meta: dict) -> list[str]:
-    r"""How the runs were trained (``meta["batched"]``: the arm groups trained as batched
-    models; absent in runs made before natgrad compare batched, which trained one by one)."""
+    r"""How the runs were trained (``meta["runs"]``: their root; older records name the arm
+    groups trained as batched models)."""
+    lines = []
+    if meta.get("runs"):
+        lines.append(f"- run directories: `{meta['runs']}/<arm>-s<seed>` (natgrad.training."
+                     "train_grid: the SGD arms of all seeds batched, the others one run at a "
+                     "time; a rerun resumes them)")  # fmt: skip
     groups = meta.get("batched")
-    if not groups:
-        return ["- every run trained one at a time"] if groups is not None else []
-    names = "; ".join(", ".join(g) for g in groups)
-    return [f"- trained as batched models, all seeds together (natgrad.training.stacked): "
-            f"{names}; their seconds per epoch are the batched time divided by its runs. "
-            "Every other arm: one run at a time"]  # fmt: skip
+    if groups:
+        names = "; ".join(", ".join(g) for g in groups)
+        lines.append(f"- trained as batched models, all seeds together: {names}")
+    return lines
 
 
 def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
     r"""What the unit-NG arms preconditioned each layer with (``--memory-budget`` sends layers
-    whose dense blocks exceed it to the quasi-diagonal step; ``--window`` keeps K batches)."""
+    whose dense blocks exceed it to the quasi-diagonal step; ``--window`` keeps K batches;
+    ``--plain-first-layer`` leaves fc1 to plain SGD)."""
     if not structures:
         return []
     by: dict[str, list[str]] = {}
@@ -770,12 +740,25 @@ def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
     unit = "unit blocks" + (f" (window of {config.window} refresh batches, Woodbury)"
                             if config.window else " (dense running average)")  # fmt: skip
     names = {"unit": unit, "quasidiagonal": "Ollivier's quasi-diagonal step (over the memory "
-             "budget)", "diagonal": "the diagonal"}  # fmt: skip
+             "budget)", "diagonal": "the diagonal", "plain": "plain SGD"}  # fmt: skip
     parts = [f"{names.get(k, k)}: {', '.join(v)}" for k, v in by.items()]
     return [f"- unit-NG arms, per layer: {'; '.join(parts)}"]
 
 
 # --- CLI -------------------------------------------------------------------------------------
+
+
+def _arm_rate(text: str) -> tuple[str, float]:
+    arm, sep, rate = text.partition("=")
+    try:
+        value = float(rate)
+    except ValueError:
+        value = math.nan
+    if not sep or arm not in ARMS or not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give ARM=RATE with an arm of {', '.join(ARMS)} and a rate > 0"
+        )
+    return arm, value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -787,6 +770,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with the data files (None: the shipped/installed copy)")  # fmt: skip
     parser.add_argument("--seeds", type=positive_int, default=d.seeds,
                         help="seeds per arm; arms share their initial weights per seed")  # fmt: skip
+    parser.add_argument("--first-seed", type=nonnegative_int, default=d.first_seed,
+                        help="the first seed (fresh seeds after a pilot's)")  # fmt: skip
     parser.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs per run")
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                         help="minibatch size of every arm")  # fmt: skip
@@ -795,15 +780,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-sgd", type=positive_float, default=d.lr_sgd,
                         help="learning rate of the SGD, centred and batch-norm arms")  # fmt: skip
     parser.add_argument("--lr-ng", type=positive_float, default=d.lr_ng,
-                        help="learning rate of the unit natural-gradient arms")  # fmt: skip
+                        help="learning rate of the unit and block-diagonal natural-gradient arms")  # fmt: skip
     parser.add_argument("--lr-qd", type=positive_float, default=d.lr_qd,
                         help="learning rate of the quasi-diagonal arm")  # fmt: skip
+    parser.add_argument("--lr", type=_arm_rate, action="append", default=[], metavar="ARM=RATE",
+                        help="one arm's learning rate (repeatable; overrides --lr-sgd/ng/qd)")  # fmt: skip
     parser.add_argument("--rel-damping", type=float, default=d.rel_damping,
                         help="optimizer's relative damping λ: F + λ·tr(F)/(d+1)·I per unit")  # fmt: skip
     parser.add_argument("--layer-damping", type=float, default=d.layer_damping,
                         help="optimizer's extra damping, a fraction of the layer's mean trace")  # fmt: skip
     parser.add_argument("--refresh-every", type=positive_int, default=d.refresh_every,
-                        help="steps between refreshes of the unit-NG/QD preconditioner")  # fmt: skip
+                        help="steps between refreshes of the natural-gradient preconditioners")  # fmt: skip
     parser.add_argument("--ema", type=float, default=d.ema,
                         help="weight of the running Fisher's old value at each refresh")  # fmt: skip
     parser.add_argument(
@@ -818,18 +805,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "mnist-fc on 28x28 images: 10000000 keeps the 8 hidden-fed layers dense and sends the "
         "784-input layer to QD (None: natgrad.optim's budget, every layer dense)",
     )  # fmt: skip
+    parser.add_argument("--plain-first-layer", action="store_true",
+                        help="the pixel-fed layer takes plain SGD (at its unit type's SGD rate) "
+                             "in every arm: no centring or preconditioning there")  # fmt: skip
+    parser.add_argument("--standardise", action="store_true",
+                        help="centre and scale every pixel by the training split's statistics")  # fmt: skip
     parser.add_argument("--last-epochs", type=positive_int, default=d.last_epochs,
-                        help="test error: mean of the last N epochs")  # fmt: skip
-    parser.add_argument("--arms", default=",".join(d.arms), help="comma-separated subset of arms")
+                        help="validation (test) error: mean of the last N epochs")  # fmt: skip
+    parser.add_argument("--arms", default=",".join(d.arms),
+                        help=f"comma-separated arms, of: {', '.join(ARMS)}")  # fmt: skip
     parser.add_argument("--out", default="reports/compare",
                         help="output folder (next to the demo's reports/demo)")  # fmt: skip
+    parser.add_argument("--runs", default=None,
+                        help="root of the run directories (default: runs/compare/<dataset>); "
+                        "rerunning the command resumes them")  # fmt: skip
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    parser.add_argument(
-        "--sequential", action="store_true",
-        help="train every run one at a time (otherwise the SGD arms of all seeds as batched "
-        "models, one per architecture; same curves up to float round-off)",
-    )  # fmt: skip
     parser.add_argument(
         "--tables-from", default=None, metavar="DIR",
         help="no training: rebuild the tables, figure and answer.md of the comparison in DIR "
@@ -855,25 +846,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         config = CompareConfig(
-            dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds, epochs=args.epochs,
-            batch_size=args.batch_size, train_size=args.train_size, lr_sgd=args.lr_sgd,
-            lr_ng=args.lr_ng, lr_qd=args.lr_qd, rel_damping=args.rel_damping, layer_damping=args.layer_damping,
-            refresh_every=args.refresh_every, ema=args.ema, window=args.window, memory_budget=args.memory_budget, last_epochs=args.last_epochs,
-            arms=tuple(a for a in args.arms.split(",") if a),
+            dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds,
+            first_seed=args.first_seed, epochs=args.epochs, batch_size=args.batch_size,
+            train_size=args.train_size, lr_sgd=args.lr_sgd, lr_ng=args.lr_ng, lr_qd=args.lr_qd,
+            lrs=tuple(args.lr), rel_damping=args.rel_damping, layer_damping=args.layer_damping,
+            refresh_every=args.refresh_every, ema=args.ema, window=args.window,
+            memory_budget=args.memory_budget, plain_first_layer=args.plain_first_layer,
+            preprocess="standardise" if args.standardise else "none",
+            last_epochs=args.last_epochs, arms=tuple(a for a in args.arms.split(",") if a),
         )  # fmt: skip
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-        structures: dict = {}
-        batched = not args.sequential
-        curves = run_compare(config, progress=say, structures=structures, batched=batched)
+        root = Path(args.runs or f"runs/compare/{config.dataset}")
+        curves, _ = run_compare(config, root, progress=say)
     except NatgradError as exc:
         print(f"natgrad compare: error: {exc}", file=sys.stderr)
         return 2
     meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=commit,
-                wall_seconds=time.perf_counter() - t0,
-                device=describe_device(torch.device("cpu")),
-                batched=batched_groups(config) if batched else [])  # fmt: skip
+                wall_seconds=time.perf_counter() - t0, runs=str(root),
+                device=describe_device(torch.device("cpu")))  # fmt: skip
     out = Path(args.out)
-    write_outputs(curves, config, out, meta, structures)
+    write_outputs(curves, config, out, meta, structures(config))
     print((out / "answer.md").read_text().split("## Per arm")[0].strip())
     print(f"\noutputs in {out}")
     return 0

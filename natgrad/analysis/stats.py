@@ -45,10 +45,12 @@ from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = [
     "analysed_units",
+    "bootstrap_ci",
     "censored_comparison",
     "claims_per_seed",
     "group_summary",
     "holm",
+    "loss_auc",
     "paired_comparison",
     "neff_adjusted",
     "seed_values",
@@ -158,33 +160,53 @@ def _bootstrap_ci(x: np.ndarray) -> tuple[float, float]:
     return bootstrap_ci(x)[:2]
 
 
-def bootstrap_ci(x: np.ndarray) -> tuple[float, float, str]:
-    """``(lo, hi, method)``: the 95 % bootstrap CI of the mean of ``x`` over seeds, BCa where
-    it is defined, else percentile (``method`` says which; ``"none"`` for < 2 values,
-    ``"exact"`` when every value is equal)."""
+def bootstrap_ci(x, statistic=None) -> tuple[float, float, str]:
+    """``(lo, hi, method)``: the 95 % bootstrap CI over seeds of the mean of ``x``, or of
+    ``statistic(*x)`` for a tuple ``x`` of arrays paired by seed (resampled jointly); BCa
+    where it is defined, else percentile (``method`` says which; ``"none"`` for < 2 seeds,
+    ``"exact"`` when every value is equal). Seeds with a non-finite value are left out."""
     from scipy import stats
 
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size < 2:
+    paired = isinstance(x, tuple)
+    samples = tuple(np.asarray(a, dtype=np.float64) for a in (x if paired else (x,)))
+    keep = np.logical_and.reduce([np.isfinite(a) for a in samples])
+    samples = tuple(a[keep] for a in samples)
+    if samples[0].size < 2:
         return (math.nan, math.nan, "none")
-    if np.ptp(x) == 0:
-        return (float(x[0]), float(x[0]), "exact")
+    if not paired and np.ptp(samples[0]) == 0:
+        return (float(samples[0][0]), float(samples[0][0]), "exact")
     rng = np.random.default_rng(SEED)
+    kw = dict(paired=True, vectorized=False) if paired else {}
     for method in ("BCa", "percentile"):
         try:
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # BCa's degenerate-sample warning: fall back
-                res = stats.bootstrap((x,), np.mean, confidence_level=CONFIDENCE,
-                                      n_resamples=N_RESAMPLES, method=method, random_state=rng)  # fmt: skip
+                res = stats.bootstrap(samples, statistic or np.mean, confidence_level=CONFIDENCE,
+                                      n_resamples=N_RESAMPLES, method=method, random_state=rng,
+                                      **kw)  # fmt: skip
             lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
             if math.isfinite(lo) and math.isfinite(hi):
                 return lo, hi, method
         except ValueError:
             continue
     return (math.nan, math.nan, "none")
+
+
+def loss_auc(train_loss, *, log: bool = False) -> float:
+    r"""The speed of learning, natgrad's one definition: the mean over epochs 1..E of the
+    training loss (each epoch's running mean over its steps, as the trainer records it), or
+    of its log10 (``log``: late epochs, where every loss is near 0, count as much as early
+    ones). ``train_loss`` holds epochs 1..E (the initial net, epoch 0, is left out: nets of
+    two unit types with the same weights start at different losses).
+
+    Example:
+        >>> loss_auc([1.0, 0.1]), loss_auc([1.0, 0.1], log=True)
+        (0.55, -0.5)
+    """
+    x = np.asarray(train_loss, dtype=np.float64)
+    return float(np.log10(np.clip(x, 1e-300, None)).mean() if log else x.mean())
 
 
 def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
@@ -400,8 +422,8 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None):
         rows.append({
             "run": run, "unit_type": sub["unit_type"].iloc[0], "seed": int(sub["seed"].iloc[0]),
             "abs_median_activation": abs(float(sub["median_all"].iloc[-1])),
-            "train_loss_auc": float(sub["train_loss"].mean()),
-            "log_train_loss_auc": float(np.log10(sub["train_loss"].clip(lower=1e-300)).mean()),
+            "train_loss_auc": loss_auc(sub["train_loss"]),
+            "log_train_loss_auc": loss_auc(sub["train_loss"], log=True),
             "epochs_to_loss": float(below.iloc[0]) if len(below) else float(sub["epoch"].max() + 1),
             "epochs_reached": int(len(below) > 0),
             "median_activation_var": float(sub["median_all"].var(ddof=1)) if len(sub) > 1 else math.nan,
