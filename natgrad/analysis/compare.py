@@ -478,17 +478,20 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     mean = curves.groupby(["arm", "epoch"], sort=False).mean(numeric_only=True).reset_index()
     split = "val" if curves["val_error"].notna().any() else "test"
     for arm in curves["arm"].unique():
         g = mean[(mean["arm"] == arm) & (mean["epoch"] >= 1)]  # epoch 0 (~90 %) would flatten
         axes[0].plot(g["epoch"], g["train_loss"], label=arm)
         axes[1].plot(g["epoch"], 100 * g[f"{split}_error"], marker=".", label=arm)
+        axes[3].plot(g["seconds"], g["train_loss"], marker=".", label=arm)
     axes[0].set(yscale="log", xlabel="epoch", ylabel="training loss (mean over seeds)")
     axes[1].set(xlabel="epoch", ylabel=f"{'validation' if split == 'val' else 'test'} error % "
                 "(mean over seeds)")  # fmt: skip
-    for ax in axes:
+    axes[3].set(xscale="log", yscale="log", xlabel="training seconds per run (mean over seeds)",
+                ylabel="training loss", title="what each correction costs")  # fmt: skip
+    for ax in axes[:3]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=7)
     gap = tables["gap"]
