@@ -1,0 +1,193 @@
+"""Study (issue 22): the fair causal test of the ELU paper's mechanism on MNIST — per-arm
+learning rates chosen on validation, a Theorem-2-only arm, the pixel layer controlled.
+
+Declared before any run (this file is the declaration; its commit precedes the runs):
+
+- **Arms** (``natgrad.analysis.compare.ARMS``, shared initial weights per seed): ReLU+SGD,
+  ELU+SGD, ReLU+centred, ELU+centred, ReLU+QD, ReLU+unit-NG, ELU+unit-NG, ReLU+block-diag. NG
+  (A and c inverted apart: the unit block without the weight–bias coupling Theorem 2
+  corrects), ReLU+BN. mnist-fc on MNIST's 50,000 training images, batch 64.
+- **Natural-gradient settings** (every NG arm alike): Monte-Carlo Fisher (one sampled label
+  per input) of the current batch every ``refresh_every`` = 10 steps, running average with
+  ema 0.9, damping F + (λ tr F + λ_layer mean tr F)/(d+1)·I with λ = 0.1 and λ_layer = 0.3
+  (``natgrad.optim.solves``).
+- **The pixel layer**: main comparison with fc1 trained by plain SGD in every arm (at its unit
+  type's selected SGD rate), so that centring and preconditioning act only on the hidden-fed
+  layers; variant: standardised pixels, every layer treated by the arm.
+- **Rates**: each arm's from a grid (SGD, centred, BN: 0.003, 0.01, 0.03, 0.1; QD, unit-NG,
+  block-diag. NG: 1e-4, 3e-4, 1e-3, 3e-3) on 2 pilot seeds (100, 101; discarded), by the
+  mean over the pilot seeds of the validation loss after ``PILOT_EPOCHS`` epochs (a diverged
+  run counts as infinite). The pilot is run on the main comparison's setting (fc1 plain), the
+  SGD family first: the natural-gradient pilot's plain fc1 takes its unit type's chosen SGD
+  rate. The variant uses the same rates. A refresh pilot: ReLU+unit-NG at its selected rate with
+  refresh every 10 and every 50 steps, same seeds.
+- **The run**: seeds 0–9, ``EPOCHS`` epochs, curves per epoch (validation every epoch, test
+  only at the best-validation epoch).
+- **Primary endpoints** (Holm over the three): (1) the fraction of the ReLU+SGD → ReLU+unit-NG
+  training-loss-AUC gap that ELU+SGD closes at epoch 10; (2) ReLU+unit-NG − ReLU+block-diag.
+  NG in AUC at epoch 10 (what the coupling adds); (3) ReLU+SGD − ELU+SGD in AUC at epoch 10.
+  Everything else is secondary and reported with its CI.
+
+Stages (each resumable; a rerun goes on where it stopped)::
+
+    python analysis/fair_compare.py pilot-sgd [--runs /work/studies/fair]
+    python analysis/fair_compare.py pilot-ng  [--runs ...]      # fc1 at the chosen SGD rates
+    python analysis/fair_compare.py select    [--runs ...] --record paper_figures/results/compare_mnist
+    python analysis/fair_compare.py refresh   [--runs ...]
+    python analysis/fair_compare.py main      [--runs ...] [--arms a,b] [--variant]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+ARMS = ("relu-sgd", "elu-sgd", "relu-centred", "elu-centred", "relu-qd", "relu-unit-ng",
+        "elu-unit-ng", "relu-blockdiag-ng", "relu-bn")  # fmt: skip
+GRIDS = {"sgd": (0.003, 0.01, 0.03, 0.1), "ng": (1e-4, 3e-4, 1e-3, 3e-3)}
+PILOT_SEEDS, PILOT_EPOCHS = (100, 101), 2
+SEEDS, EPOCHS = 10, 10
+REFRESH_PILOT = (10, 50)
+SELECTION = "rates.csv"
+
+
+def family(arm: str) -> str:
+    from natgrad.analysis.compare import ARMS as ALL
+
+    return "ng" if ALL[arm].natural else "sgd"
+
+
+def base(**kw):
+    from natgrad.analysis.compare import CompareConfig
+
+    settings = dict(dataset="mnist", epochs=EPOCHS, seeds=SEEDS, arms=ARMS, plain_first_layer=True,
+                    last_epochs=3)  # fmt: skip
+    settings.update(kw)
+    return CompareConfig(**settings)
+
+
+def pilot_configs(runs: Path, fam: str) -> dict[str, object]:
+    """The pilot of one family: a comparison per grid position k, every arm of the family at
+    the k-th rate. The natural-gradient pilot runs after the SGD one: its plain fc1 takes its
+    unit type's selected SGD rate, as in the main run."""
+    arms = tuple(a for a in ARMS if family(a) == fam)
+    fixed = ()
+    if fam == "ng":
+        sgd = dict(chosen_rates(runs, "sgd"))
+        fixed = tuple((a, sgd[a]) for a in ("relu-sgd", "elu-sgd"))
+    out = {}
+    for k in range(4):
+        lrs = tuple((a, GRIDS[fam][k]) for a in arms) + fixed
+        out[f"{fam}-rate{k}"] = base(epochs=PILOT_EPOCHS, seeds=2, first_seed=PILOT_SEEDS[0],
+                                     arms=arms, lrs=lrs)  # fmt: skip
+    return out
+
+
+def pilot(args, fam: str) -> None:
+    from natgrad.analysis import compare
+
+    for name, config in pilot_configs(args.runs, fam).items():
+        t0 = time.perf_counter()
+        _, diverged = compare.run_compare(config, args.runs / "pilot" / name)
+        print(f"pilot {name}: {time.perf_counter() - t0:.0f} s; diverged "
+              f"{sorted(diverged) or 'none'}", flush=True)  # fmt: skip
+
+
+def selection_table(runs: Path, fams=("sgd", "ng")):
+    """Per arm and rate: mean validation loss of the pilot seeds after the pilot epochs; the
+    chosen rate of each arm (lowest; a diverged seed disqualifies a rate)."""
+    import pandas as pd
+
+    from natgrad.analysis import compare
+
+    rows = []
+    for fam in fams:
+        for name, config in pilot_configs(runs, fam).items():
+            curves = compare.read_curves(config, runs / "pilot" / name)
+            last = curves[curves["epoch"] == config.epochs]
+            for arm in config.arms:
+                sub = last[last["arm"] == arm]
+                val = sub["val_loss"].to_numpy()
+                rows.append(dict(arm=arm, lr=config.lr(arm), seeds=len(val),
+                                 val_loss=float(val.mean()), val_error=float(sub["val_error"].mean()),
+                                 diverged=int((~pd.notna(val)).sum()),
+                                 fc1_lr=config.sgd_lr(compare.ARMS[arm].unit)))  # fmt: skip
+    table = pd.DataFrame(rows)
+    score = table["val_loss"].where(table["diverged"] == 0, math.inf).fillna(math.inf)
+    table["chosen"] = False
+    for _, sub in table.assign(score=score).groupby("arm"):
+        if math.isfinite(sub["score"].min()):
+            table.loc[sub["score"].idxmin(), "chosen"] = True
+    return table
+
+
+def chosen_rates(runs: Path, fam: str | None = None) -> tuple[tuple[str, float], ...]:
+    t = selection_table(runs, (fam,) if fam else ("sgd", "ng"))
+    return tuple((r.arm, float(r.lr)) for r in t[t["chosen"]].itertuples())
+
+
+def main_configs(runs: Path) -> dict[str, object]:
+    lrs = chosen_rates(runs)
+    return {
+        "main": base(lrs=lrs),
+        "standardised": base(lrs=lrs, plain_first_layer=False, preprocess="standardise"),
+    }
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("pilot-sgd", "pilot-ng", "refresh", "select", "main"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/fair_compare"))
+    parser.add_argument("--arms", default=None, help="main: comma-separated subset of arms")
+    parser.add_argument("--variant", action="store_true", help="main: the standardised variant")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--record", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.stage.startswith("pilot-"):
+        pilot(args, args.stage.removeprefix("pilot-"))
+    elif args.stage == "refresh":
+        refresh_pilot(args)
+    elif args.stage == "select":
+        table = selection_table(args.runs)
+        print(table.to_string(index=False))
+        if args.record:
+            from natgrad.analysis.csvtables import write_csv
+
+            args.record.mkdir(parents=True, exist_ok=True)
+            write_csv(table, args.record / SELECTION)
+    elif args.stage == "main":
+        from natgrad.analysis import compare
+
+        config = main_configs(args.runs)["standardised" if args.variant else "main"]
+        if args.arms:
+            config = dataclasses.replace(config, arms=tuple(args.arms.split(",")))
+        t0 = time.perf_counter()
+        _, diverged = compare.run_compare(config, args.runs / ("standardised" if args.variant
+                                                                else "main"))  # fmt: skip
+        print(f"main ({', '.join(config.arms)}): {time.perf_counter() - t0:.0f} s; diverged "
+              f"{sorted(diverged) or 'none'}")  # fmt: skip
+    return 0
+
+
+def refresh_pilot(args) -> None:
+    """ReLU+unit-NG at its selected rate, refreshed every 10 and every 50 steps."""
+    from natgrad.analysis import compare
+
+    lr = dict(chosen_rates(args.runs))["relu-unit-ng"]
+    for every in REFRESH_PILOT:
+        config = base(epochs=PILOT_EPOCHS, seeds=2, first_seed=PILOT_SEEDS[0],
+                      arms=("relu-unit-ng",), lrs=(("relu-unit-ng", lr),), refresh_every=every)  # fmt: skip
+        t0 = time.perf_counter()
+        compare.run_compare(config, args.runs / "refresh" / f"every{every}")
+        print(f"refresh every {every}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
