@@ -91,6 +91,8 @@ def pilot(args, fam: str) -> None:
     from natgrad.analysis import compare
 
     for name, config in pilot_configs(args.runs, fam).items():
+        if args.rates and int(name[-1]) not in {int(k) for k in args.rates.split(",")}:
+            continue
         t0 = time.perf_counter()
         _, diverged = compare.run_compare(config, args.runs / "pilot" / name)
         print(f"pilot {name}: {time.perf_counter() - t0:.0f} s; diverged "
@@ -144,6 +146,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/fair_compare"))
     parser.add_argument("--arms", default=None, help="main: comma-separated subset of arms")
     parser.add_argument("--variant", action="store_true", help="main: the standardised variant")
+    parser.add_argument("--rates", default=None,
+                        help="pilot: comma-separated grid positions 0-3 (for parallel processes)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--record", type=Path, default=None)
     args = parser.parse_args(argv)
