@@ -107,7 +107,9 @@ class UnitFisher:
         mean_p = torch.as_tensor(mean_p, dtype=matrix.dtype, device=matrix.device)
         if matrix.ndim == 2:
             matrix = matrix.unsqueeze(0)
-        if not torch.isfinite(matrix).all() or not torch.isfinite(mean_p).all():
+        if not (torch.isfinite(matrix.sum()) or torch.isfinite(matrix).all()) or not (
+            torch.isfinite(mean_p).all()
+        ):  # the sum: one cheap pass; isfinite only when it overflows or is NaN
             raise InputError(f"UnitFisher.from_matrix ({layer!r}): matrix or mean_p has NaN/Inf")
         if not torch.allclose(matrix, matrix.transpose(-1, -2), rtol=1e-6, atol=1e-10):
             raise InputError(f"UnitFisher.from_matrix ({layer!r}): matrix is not symmetric")
