@@ -142,7 +142,8 @@ def main_configs(runs: Path) -> dict[str, object]:
 
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("pilot-sgd", "pilot-ng", "refresh", "select", "main"))
+    parser.add_argument("stage", choices=("pilot-sgd", "pilot-ng", "refresh", "select", "main",
+                                          "save"))  # fmt: skip
     parser.add_argument("--runs", type=Path, default=Path("runs/fair_compare"))
     parser.add_argument("--arms", default=None, help="main: comma-separated subset of arms")
     parser.add_argument("--variant", action="store_true", help="main: the standardised variant")
@@ -150,7 +151,11 @@ def run(argv: list[str] | None = None) -> int:
                         help="pilot: comma-separated grid positions 0-3 (for parallel processes)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--record", type=Path, default=None)
+    parser.add_argument("--restore", type=Path, default=None,
+                        help="first copy the finished runs saved in this folder into --runs")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.restore:
+        carry(args.restore, args.runs)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -166,6 +171,9 @@ def run(argv: list[str] | None = None) -> int:
 
             args.record.mkdir(parents=True, exist_ok=True)
             write_csv(table, args.record / SELECTION)
+    elif args.stage == "save":
+        n = carry(args.runs, args.record / "runs", finished_only=True)
+        print(f"saved the records of {n} finished runs to {args.record / 'runs'}")
     elif args.stage == "main":
         from natgrad.analysis import compare
 
@@ -178,6 +186,35 @@ def run(argv: list[str] | None = None) -> int:
         print(f"main ({', '.join(config.arms)}): {time.perf_counter() - t0:.0f} s; diverged "
               f"{sorted(diverged) or 'none'}")  # fmt: skip
     return 0
+
+
+#: What a finished run needs to be read again (no checkpoints: a finished run is not resumed).
+CARRIED = ("config.json", "metrics.jsonl", "diverged.json")
+
+
+def carry(src: Path, dest: Path, *, finished_only: bool = False) -> int:
+    """Copy the small records (:data:`CARRIED`) of every run below ``src`` to the same place
+    below ``dest``; ``finished_only``: only runs that finished or diverged. Sessions end
+    and their scratch disks with them: the records travel in the repository."""
+    import json
+    import shutil
+
+    n = 0
+    for config in sorted(src.rglob("config.json")):
+        run = config.parent
+        if finished_only:
+            epochs = json.loads(config.read_text())["config"]["epochs"]
+            from natgrad.analysis.compare import complete
+
+            if not (complete(run, epochs) or (run / "diverged.json").is_file()):
+                continue
+        target = dest / run.relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in CARRIED:
+            if (run / name).is_file():
+                shutil.copy2(run / name, target / name)
+        n += 1
+    return n
 
 
 def refresh_pilot(args) -> None:

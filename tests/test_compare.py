@@ -110,6 +110,14 @@ def test_the_runs_are_run_directories_and_a_stopped_comparison_resumes(small_run
         resumed[cols].sort_values(cols[:3]).reset_index(drop=True),
         straight[cols].sort_values(cols[:3]).reset_index(drop=True), check_exact=True,
     )  # fmt: skip
+    import shutil
+
+    for run in tmp_path.iterdir():  # finished runs carried without checkpoints: read, not retrained
+        shutil.rmtree(run / "checkpoints")
+    stamp = (tmp_path / "relu-sgd-s0" / "metrics.jsonl").stat().st_mtime_ns
+    again, _ = compare.run_compare(whole, tmp_path)
+    assert (tmp_path / "relu-sgd-s0" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(again, resumed, check_exact=True)
 
 
 def test_a_diverging_run_is_recorded_and_the_others_train_on(tmp_path):

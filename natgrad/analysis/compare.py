@@ -92,6 +92,7 @@ __all__ = [
     "CompareConfig",
     "add_arguments",
     "arm_config",
+    "complete",
     "read_curves",
     "rewrite_outputs",
     "run",
@@ -248,8 +249,9 @@ def train_runs(config: CompareConfig, root: Path, *, progress=None) -> dict[str,
 
     plan = _plan(config, root)
     diverged = {d.name: m for *_, d in plan if (m := RunDir(d).read_diverged()) is not None}
+    done = {d.name for _, _, c, d in plan if complete(d, c.epochs)}
     while True:
-        todo = [(c, d) for _, _, c, d in plan if d.name not in diverged]
+        todo = [(c, d) for _, _, c, d in plan if d.name not in diverged and d.name not in done]
         if not todo:
             return diverged
         try:
@@ -263,6 +265,18 @@ def train_runs(config: CompareConfig, root: Path, *, progress=None) -> dict[str,
             write_json(RunDir(run).diverged_path, {"message": str(exc)})
             if progress:
                 progress(f"{Path(run).name} diverged; the other runs go on")
+
+
+def complete(run: Path, epochs: int) -> bool:
+    r"""Whether ``run``'s metrics hold every epoch 0..``epochs`` (all a comparison reads): a
+    finished run carried without its checkpoints (``--runs`` restored from a results folder)
+    is not trained again."""
+    from natgrad.training.rundir import RunDir
+
+    rd = RunDir(run)
+    if not rd.metrics_path.is_file():
+        return False
+    return {int(r["epoch"]) for r in rd.read_metrics()} >= set(range(epochs + 1))
 
 
 def read_curves(config: CompareConfig, root: Path):
