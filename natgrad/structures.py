@@ -59,7 +59,7 @@ import torch
 from natgrad import linalg, theorems
 from natgrad.accumulate import LayerAccumulator
 from natgrad.errors import InputError, SingularBlockError, StructureError
-from natgrad.unitfisher import UnitFisher
+from natgrad.unitfisher import UnitFisher, UnitFisherBase
 
 STRUCTURED = ("quasidiagonal", "diagonal")
 
@@ -99,8 +99,8 @@ class StructuredAccumulator(LayerAccumulator):
         )
 
 
-@dataclass(frozen=True)
-class StructuredUnitFisher:
+@dataclass(frozen=True, repr=False)
+class StructuredUnitFisher(UnitFisherBase):
     r"""A quasi-diagonal or diagonal unit Fisher of U units of one layer (bias last).
 
     Attributes:
@@ -127,7 +127,7 @@ class StructuredUnitFisher:
     c_sum: torch.Tensor | None = None
     c_sq_sum: torch.Tensor | None = None
 
-    n_eff = UnitFisher.n_eff
+    _REPR_FIRST, _REPR_AFTER, _REPR_DTYPE = ("structure",), (), "diagonal"
 
     def __post_init__(self) -> None:
         if self.structure not in STRUCTURED:
@@ -266,8 +266,6 @@ class StructuredUnitFisher:
             c_sq_sum=self.c_sq_sum,
         )
 
-    unit_grads = UnitFisher.unit_grads
-
     # --- the metric Q(F + λI) in float64 --------------------------------------------------
     def _context(self) -> dict:
         return {"layer": self.layer, "units": self.units}
@@ -393,14 +391,6 @@ class StructuredUnitFisher:
             corrected_mean=corrected.to(out),
         )
 
-    def cosine(
-        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
-    ) -> torch.Tensor:
-        r"""``[U]`` Euclidean cosine between (g, g0) and Q(F + λI)⁻¹(g, g0)."""
-        g, g0 = self.unit_grads(grad_weight, grad_bias)
-        dw, dw0 = self.natural_gradient(g, g0, damping)
-        return theorems.cosine(g, g0, dw, dw0)
-
     # --- natgrad.measures in the metric Q(F_λ), F_λ = F + λ·tr(F)/(d+1)·I -------------------
     def _metric_rel(self, rel_damping: float):
         mu = self._damping_of(rel_damping)  # [U]
@@ -508,10 +498,3 @@ class StructuredUnitFisher:
         if self.n_eff is not None:
             out["n_eff"] = self.n_eff
         return out
-
-    def __repr__(self) -> str:
-        return (
-            f"StructuredUnitFisher(layer={self.layer!r}, structure={self.structure!r}, "
-            f"kind={self.kind!r}, likelihood={self.likelihood!r}, units={self.num_units}, "
-            f"fan_in={self.fan_in}, n={self.n}, dtype={self.diagonal.dtype})"
-        )

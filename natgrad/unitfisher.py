@@ -21,6 +21,7 @@ block is the true weight-shared block and these moments are *defined* by the sam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -29,8 +30,137 @@ from natgrad import measures as _measures
 from natgrad.errors import InputError
 
 
-@dataclass(frozen=True)
-class UnitFisher:
+@runtime_checkable
+class UnitFisherLike(Protocol):
+    r"""What every unit Fisher result of natgrad offers, whatever it stores: dense blocks
+    (:class:`UnitFisher`), their O(U·d) structures
+    (:class:`~natgrad.structures.StructuredUnitFisher`), factor rows solved by Woodbury
+    (:class:`~natgrad.woodbury.WoodburyUnitFisher`) or shards on disk
+    (:class:`~natgrad.planner.ShardedUnitFisher`). Code written against it (the theorem
+    methods) takes any of them. The measures (``measures``, ``efficiency``) exist for dense,
+    structured and sharded results; Woodbury rows give them through ``to_unit_fisher()``. ``damping`` adds λ to every
+    diagonal entry, ``rel_damping`` λ·tr F/(d+1) (``docs/theory.md``)."""
+
+    layer: str
+    units: torch.Tensor
+
+    @property
+    def num_units(self) -> int: ...
+
+    @property
+    def fan_in(self) -> int: ...
+
+    @property
+    def n_eff(self) -> torch.Tensor | None: ...
+
+    def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor: ...
+
+    def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor: ...
+
+    def natural_gradient(
+        self, grad_weight, grad_bias, damping: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def bias_shift(self, grad_weight, grad_bias, damping: float = 0.0) -> theorems.BiasShift: ...
+
+    def cosine(self, grad_weight, grad_bias, damping: float = 0.0) -> torch.Tensor: ...
+
+
+class UnitFisherBase:
+    r"""What the in-memory unit Fisher results write once: the per-unit gradients
+    (:meth:`unit_grads`), n_eff, the cosine (from the class's own ``natural_gradient``) and
+    the repr. A subclass stores ``layer``, ``units``, ``mean_p``, ``kind``, ``likelihood``,
+    ``n``, ``c_sum``, ``c_sq_sum`` and defines ``num_units``, ``fan_in`` and the theorem
+    methods over its own storage (dense blocks, a structure or factor rows)."""
+
+    #: Fields the repr names after ``layer`` / after ``fan_in``, and the tensor whose dtype
+    #: it names.
+    _REPR_FIRST: tuple[str, ...] = ()
+    _REPR_AFTER: tuple[str, ...] = ()
+    _REPR_DTYPE = "matrix"
+
+    @property
+    def n_eff(self) -> torch.Tensor | None:
+        r"""``[U]`` effective sample size n_eff = (Σ_n c_n)² / Σ_n c_n² of each unit's block,
+        c_n the bias entry of input n's own block (δ̄²_n for a Linear unit). It lies in
+        [1, N]; the δ̄²-weighted moments E_q(a), Var_q(a), and so s, k and the corrected mean,
+        are estimable only where n_eff ≫ d+1. NaN for a dead unit (all c_n = 0); ``None``
+        for blocks from :meth:`from_matrix` (no per-input weights known).
+
+        Example:
+            >>> F = UnitFisher.from_matrix(torch.eye(2), torch.zeros(1))
+            >>> F.n_eff is None
+            True
+        """
+        if self.c_sum is None or self.c_sq_sum is None:
+            return None
+        if self.c_sum.shape != (self.num_units,) or self.c_sq_sum.shape != (self.num_units,):
+            raise InputError(
+                f"UnitFisher of layer {self.layer!r}: c_sum and c_sq_sum must have shape "
+                f"[U] = [{self.num_units}], got {tuple(self.c_sum.shape)} and "
+                f"{tuple(self.c_sq_sum.shape)}; slice them with the blocks"
+            )
+        s, s2 = self.c_sum.to(torch.float64), self.c_sq_sum.to(torch.float64)
+        return torch.where(s2 > 0, s.square() / torch.where(s2 > 0, s2, 1.0), torch.nan)
+
+    def unit_grads(self, grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(g [U, d], g0 [U])`` from gradients of the layer's weight and bias: ``[U, d]``, the
+        layer's own weight shape (flattened as ``weight.view(U, -1)``), or the whole layer's rows
+        (sliced by :attr:`units`). Errors name the layer and the expected shapes."""
+        U, d = self.num_units, self.fan_in
+        gw = torch.as_tensor(grad_weight, device=self.mean_p.device)
+        gb = torch.as_tensor(grad_bias, device=self.mean_p.device)
+        expected = (
+            f"layer {self.layer!r}: expected grad_weight [U, d] = [{U}, {d}] (or the layer's weight "
+            f"shape with {d} entries per unit, or the whole layer's rows, sliced by "
+            f"UnitFisher.units) and grad_bias [U] = [{U}]; got grad_weight {tuple(gw.shape)}, "
+            f"grad_bias {tuple(gb.shape)}"
+        )
+        if gw.ndim < 2 or gw[0].numel() != d or gb.ndim != 1 or gb.shape[0] != gw.shape[0]:
+            raise InputError(expected)
+        gw = gw.reshape(gw.shape[0], d)
+        if gw.shape[0] != U:
+            if gw.shape[0] < U or int(self.units.max()) >= gw.shape[0]:
+                raise InputError(expected)
+            units = self.units.to(gw.device)
+            gw, gb = gw[units], gb[units]
+        bad = ~(torch.isfinite(gw).all(dim=-1) & torch.isfinite(gb))
+        if bool(bad.any()):
+            which = self.units[bad.cpu()].tolist()
+            raise InputError(
+                f"layer {self.layer!r}: the gradient of unit(s) {which[:5]}"
+                f"{' …' if len(which) > 5 else ''} holds NaN or Inf; every measure of it would be "
+                "meaningless. Check the loss and the inputs that produced it"
+            )
+        return gw, gb
+
+    def cosine(self, grad_weight, grad_bias, damping: float = 0.0) -> torch.Tensor:
+        r"""``[U]`` Euclidean cosine between the plain gradient (g, g0) and the unit natural
+        gradient (Δw, Δw0) of each unit in this result's metric; 1 means the plain gradient
+        already is the natural direction. Not invariant to reparametrisations of the unit:
+        the Fisher efficiency (``efficiency(..., "plain")``) is the measure to report.
+
+        Example:
+            >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
+            >>> F.cosine(torch.tensor([[1.0]]), torch.tensor([0.0]))
+            tensor([0.7071])
+        """
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
+        dw, dw0 = self.natural_gradient(g, g0, damping)
+        return theorems.cosine(g, g0, dw, dw0)
+
+    def __repr__(self) -> str:
+        items = [("layer", repr(self.layer))]
+        items += [(k, repr(getattr(self, k))) for k in self._REPR_FIRST]
+        items += [("kind", repr(self.kind)), ("likelihood", repr(self.likelihood)),
+                  ("units", self.num_units), ("fan_in", self.fan_in)]  # fmt: skip
+        items += [(k, getattr(self, k)) for k in self._REPR_AFTER]
+        items += [("n", self.n), ("dtype", getattr(self, self._REPR_DTYPE).dtype)]
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in items)})"
+
+
+@dataclass(frozen=True, repr=False)
+class UnitFisher(UnitFisherBase):
     r"""Unit Fisher blocks of U units of one layer, bias last.
 
     Attributes:
@@ -226,30 +356,6 @@ class UnitFisher:
         var_q = A / c[:, None, None] - mean_q.unsqueeze(-1) * mean_q.unsqueeze(-2)
         return mean_q, var_q, b - c.unsqueeze(-1) * self.mean_p
 
-    @property
-    def n_eff(self) -> torch.Tensor | None:
-        r"""``[U]`` effective sample size n_eff = (Σ_n c_n)² / Σ_n c_n² of each unit's block,
-        c_n the bias entry of input n's own block (δ̄²_n for a Linear unit). It lies in
-        [1, N]; the δ̄²-weighted moments E_q(a), Var_q(a), and so s, k and the corrected mean,
-        are estimable only where n_eff ≫ d+1. NaN for a dead unit (all c_n = 0); ``None``
-        for blocks from :meth:`from_matrix` (no per-input weights known).
-
-        Example:
-            >>> F = UnitFisher.from_matrix(torch.eye(2), torch.zeros(1))
-            >>> F.n_eff is None
-            True
-        """
-        if self.c_sum is None or self.c_sq_sum is None:
-            return None
-        if self.c_sum.shape != (self.num_units,) or self.c_sq_sum.shape != (self.num_units,):
-            raise InputError(
-                f"UnitFisher of layer {self.layer!r}: c_sum and c_sq_sum must have shape "
-                f"[U] = [{self.num_units}], got {tuple(self.c_sum.shape)} and "
-                f"{tuple(self.c_sq_sum.shape)}; slice them with the blocks"
-            )
-        s, s2 = self.c_sum.to(torch.float64), self.c_sq_sum.to(torch.float64)
-        return torch.where(s2 > 0, s.square() / torch.where(s2 > 0, s2, 1.0), torch.nan)
-
     def condition_number(
         self, damping: float = 0.0, *, exact: bool = True, rel_damping: float = 0.0
     ) -> torch.Tensor:
@@ -354,21 +460,6 @@ class UnitFisher:
         A, b, c = self._damped_blocks(damping)
         return theorems.bias_shift(A, b, c, self.mean_p, g, g0, **self._context())
 
-    def cosine(
-        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
-    ) -> torch.Tensor:
-        r"""``[U]`` cosine between the plain gradient (g, g0) and the unit natural gradient
-        (Δw, Δw0) of each unit; 1 means the plain gradient already is the natural direction.
-
-        Example:
-            >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
-            >>> F.cosine(torch.tensor([[1.0]]), torch.tensor([0.0]))
-            tensor([0.7071])
-        """
-        g, g0 = self.unit_grads(grad_weight, grad_bias)
-        dw, dw0 = theorems.natural_gradient(*self._damped_blocks(damping), g, g0, **self._context())
-        return theorems.cosine(g, g0, dw, dw0)
-
     # --- how close is an update to the unit natural gradient (natgrad.measures) ----------
     def direction(
         self, grad_weight, grad_bias, kind: str, rel_damping: float = 0.0
@@ -464,40 +555,3 @@ class UnitFisher:
         if self.n_eff is not None:
             out["n_eff"] = self.n_eff
         return out
-
-    def unit_grads(self, grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""``(g [U, d], g0 [U])`` from gradients of the layer's weight and bias: ``[U, d]``, the
-        layer's own weight shape (flattened as ``weight.view(U, -1)``), or the whole layer's rows
-        (sliced by :attr:`units`). Errors name the layer and the expected shapes."""
-        U, d = self.num_units, self.fan_in
-        gw = torch.as_tensor(grad_weight, device=self.mean_p.device)
-        gb = torch.as_tensor(grad_bias, device=self.mean_p.device)
-        expected = (
-            f"layer {self.layer!r}: expected grad_weight [U, d] = [{U}, {d}] (or the layer's weight "
-            f"shape with {d} entries per unit, or the whole layer's rows, sliced by "
-            f"UnitFisher.units) and grad_bias [U] = [{U}]; got grad_weight {tuple(gw.shape)}, "
-            f"grad_bias {tuple(gb.shape)}"
-        )
-        if gw.ndim < 2 or gw[0].numel() != d or gb.ndim != 1 or gb.shape[0] != gw.shape[0]:
-            raise InputError(expected)
-        gw = gw.reshape(gw.shape[0], d)
-        if gw.shape[0] != U:
-            if gw.shape[0] < U or int(self.units.max()) >= gw.shape[0]:
-                raise InputError(expected)
-            units = self.units.to(gw.device)
-            gw, gb = gw[units], gb[units]
-        bad = ~(torch.isfinite(gw).all(dim=-1) & torch.isfinite(gb))
-        if bool(bad.any()):
-            which = self.units[bad.cpu()].tolist()
-            raise InputError(
-                f"layer {self.layer!r}: the gradient of unit(s) {which[:5]}"
-                f"{' …' if len(which) > 5 else ''} holds NaN or Inf; every measure of it would be "
-                "meaningless. Check the loss and the inputs that produced it"
-            )
-        return gw, gb
-
-    def __repr__(self) -> str:
-        return (
-            f"UnitFisher(layer={self.layer!r}, kind={self.kind!r}, likelihood={self.likelihood!r}, "
-            f"units={self.num_units}, fan_in={self.fan_in}, n={self.n}, dtype={self.matrix.dtype})"
-        )

@@ -49,7 +49,7 @@ from natgrad._layers import resolve_layer
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
 from natgrad.engine import PassOptions, compute
 from natgrad.errors import InputError
-from natgrad.unitfisher import UnitFisher
+from natgrad.unitfisher import UnitFisher, UnitFisherBase
 
 
 class WoodburyAccumulator(LayerAccumulator):
@@ -145,8 +145,8 @@ def woodbury_unit_fishers(
     return compute(model, spec, inputs, targets, options, accumulator=WoodburyAccumulator)
 
 
-@dataclass(frozen=True)
-class WoodburyUnitFisher:
+@dataclass(frozen=True, repr=False)
+class WoodburyUnitFisher(UnitFisherBase):
     r"""Unit Fishers F_u = V_uᵀV_u held as their factors (bias last).
 
     Attributes:
@@ -170,7 +170,7 @@ class WoodburyUnitFisher:
     c_sq_sum: torch.Tensor | None = None
     structure: str = "dense"  # the exact dense block, held as a factor
 
-    n_eff = UnitFisher.n_eff
+    _REPR_FIRST, _REPR_AFTER, _REPR_DTYPE = (), ("rank",), "rows"
 
     def __post_init__(self) -> None:
         if self.units is None:
@@ -188,8 +188,6 @@ class WoodburyUnitFisher:
     def rank(self) -> int:
         """R, the factor rows per unit (an upper bound of the rank of F_u)."""
         return self.rows.shape[1]
-
-    unit_grads = UnitFisher.unit_grads
 
     def factor(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         r"""``[U_c, R, d+1]`` V_u of units ``lo:hi`` (float64)."""
@@ -348,16 +346,3 @@ class WoodburyUnitFisher:
 
         parts = self._per_unit(damping, fn)
         return theorems.BiasShift(*(p.to(out) for p in parts))
-
-    def cosine(self, grad_weight, grad_bias, damping: float) -> torch.Tensor:
-        r"""``[U]`` Euclidean cosine between (g, g0) and (F + λI)⁻¹(g, g0)."""
-        g, g0 = self.unit_grads(grad_weight, grad_bias)
-        dw, dw0 = self.natural_gradient(g, g0, damping)
-        return theorems.cosine(g, g0, dw, dw0)
-
-    def __repr__(self) -> str:
-        return (
-            f"WoodburyUnitFisher(layer={self.layer!r}, kind={self.kind!r}, "
-            f"likelihood={self.likelihood!r}, units={self.num_units}, fan_in={self.fan_in}, "
-            f"rank={self.rank}, n={self.n}, dtype={self.rows.dtype})"
-        )

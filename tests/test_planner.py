@@ -173,3 +173,30 @@ def test_an_index_naming_paths_elsewhere_is_refused(tmp_path, bad):
     (tmp_path / "index.json").write_text(deep)
     with pytest.raises(CheckpointError, match="no readable"):
         ShardedUnitFisher.load(tmp_path)
+
+
+def test_every_result_type_is_a_unit_fisher_like(tmp_path):
+    r"""The four result types declare one protocol (``natgrad.unitfisher.UnitFisherLike``),
+    and the methods written once (cosine, n_eff, unit_grads) agree across them where their
+    metrics coincide: dense blocks, their sharded copy, and Woodbury rows of the same data."""
+    from natgrad import woodbury_unit_fisher
+    from natgrad.structures import StructuredUnitFisher
+    from natgrad.unitfisher import UnitFisherLike
+
+    model, x, y = MLP.make()
+    dense = unit_fisher(model, "0", x, y, kind="empirical", likelihood=MLP.likelihood)
+    sharded = unit_fisher(model, "0", x, y, kind="empirical", likelihood=MLP.likelihood,
+                          out_dir=tmp_path, max_memory=_budget_for(2, dense.fan_in))  # fmt: skip
+    rows = woodbury_unit_fisher(model, "0", x, y, kind="empirical", likelihood=MLP.likelihood)
+    quasi = StructuredUnitFisher.from_dense(dense, dense.mean_p, "quasidiagonal")
+    for F in (dense, sharded, rows, quasi):
+        assert isinstance(F, UnitFisherLike), type(F).__name__
+    g = torch.randn(dense.num_units, dense.fan_in, dtype=dense.matrix.dtype)
+    g0 = torch.randn(dense.num_units, dtype=dense.matrix.dtype)
+    lam = 1e-2 * float(dense.c.mean())
+    want = dense.cosine(g, g0, lam)
+    for F in (sharded, rows):
+        assert_close(F.cosine(g, g0, lam), want, rtol=1e-6, what=type(F).__name__)
+    assert_close(rows.n_eff, dense.n_eff, what="n_eff")
+    assert repr(rows).startswith("WoodburyUnitFisher(layer='0', kind='empirical'")
+    assert "structure='quasidiagonal'" in repr(quasi)
