@@ -27,7 +27,7 @@ from natgrad.errors import (
 # --- unit Fisher: the engine, its result, the brute-force reference ---------------------
 from natgrad.fisher import unit_fisher, unit_fishers
 from natgrad.reference import reference_natural_gradient, reference_unit_fisher
-from natgrad.unitfisher import UnitFisher
+from natgrad.unitfisher import UnitFisher, UnitFisherLike
 from natgrad.structures import StructuredUnitFisher
 from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fisher, woodbury_unit_fishers
 from natgrad.planner import ShardedUnitFisher
@@ -59,6 +59,7 @@ __all__ = [
     "UnsupportedLayerError",
     # unit Fisher
     "UnitFisher",
+    "UnitFisherLike",
     "StructuredUnitFisher",
     "WoodburyUnitFisher",
     "ShardedUnitFisher",
