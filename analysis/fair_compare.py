@@ -143,7 +143,7 @@ def main_configs(runs: Path) -> dict[str, object]:
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("pilot-sgd", "pilot-ng", "refresh", "select", "main",
-                                          "save"))  # fmt: skip
+                                          "save", "report"))  # fmt: skip
     parser.add_argument("--runs", type=Path, default=Path("runs/fair_compare"))
     parser.add_argument("--arms", default=None, help="main: comma-separated subset of arms")
     parser.add_argument("--variant", action="store_true", help="main: the standardised variant")
@@ -174,6 +174,8 @@ def run(argv: list[str] | None = None) -> int:
     elif args.stage == "save":
         n = carry(args.runs, args.record / "runs", finished_only=True)
         print(f"saved the records of {n} finished runs to {args.record / 'runs'}")
+    elif args.stage == "report":
+        report(args)
     elif args.stage == "main":
         from natgrad.analysis import compare
 
@@ -186,6 +188,44 @@ def run(argv: list[str] | None = None) -> int:
         print(f"main ({', '.join(config.arms)}): {time.perf_counter() - t0:.0f} s; diverged "
               f"{sorted(diverged) or 'none'}")  # fmt: skip
     return 0
+
+
+def finished_seeds(config, root: Path) -> int:
+    """How many seeds from ``config.first_seed`` on have every arm finished or diverged (the
+    runs go seed by seed, so the finished seeds are a prefix)."""
+    from natgrad.analysis.compare import complete
+    from natgrad.training.rundir import RunDir
+
+    k = 0
+    for seed in config.seed_list:
+        runs = [root / f"{arm}-s{seed}" for arm in config.arms]
+        if not all(complete(r, config.epochs) or RunDir(r).read_diverged() for r in runs):
+            break
+        k += 1
+    return k
+
+
+def report(args) -> None:
+    """The comparison's tables, figure and answer from the seeds finished so far (the text
+    says how many of the declared ten)."""
+    from natgrad.analysis import compare
+    from natgrad.training.loop import git_commit
+
+    name = "standardised" if args.variant else "main"
+    config = main_configs(args.runs)[name]
+    root = args.runs / name
+    k = finished_seeds(config, root)
+    if k < 2:
+        print(f"{name}: {k} finished seeds; nothing to report yet")
+        return
+    part = dataclasses.replace(config, seeds=k)
+    curves = compare.read_curves(part, root)
+    meta = dict(command="python analysis/fair_compare.py " + " ".join(sys.argv[1:]),
+                commit=git_commit(), runs=str(root), wall_seconds=math.nan,
+                device=f"cpu; {k} of {SEEDS} declared seeds finished")  # fmt: skip
+    out = args.record / name
+    compare.write_outputs(curves, part, out, meta, compare.structures(part))
+    print((out / "answer.md").read_text().split("## Per arm")[0])
 
 
 #: What a finished run needs to be read again (no checkpoints: a finished run is not resumed).
