@@ -257,14 +257,19 @@ def carry(src: Path, dest: Path, *, finished_only: bool = False) -> int:
     return n
 
 
+def refresh_config(runs: Path, every: int):
+    """ReLU+unit-NG at its chosen rate (fc1 at ReLU's chosen SGD rate), refreshed every
+    ``every`` steps, on the pilot seeds."""
+    return base(epochs=PILOT_EPOCHS, seeds=2, first_seed=PILOT_SEEDS[0], arms=("relu-unit-ng",),
+                lrs=chosen_rates(runs), refresh_every=every)  # fmt: skip
+
+
 def refresh_pilot(args) -> None:
     """ReLU+unit-NG at its selected rate, refreshed every 10 and every 50 steps."""
     from natgrad.analysis import compare
 
-    lr = dict(chosen_rates(args.runs))["relu-unit-ng"]
     for every in REFRESH_PILOT:
-        config = base(epochs=PILOT_EPOCHS, seeds=2, first_seed=PILOT_SEEDS[0],
-                      arms=("relu-unit-ng",), lrs=(("relu-unit-ng", lr),), refresh_every=every)  # fmt: skip
+        config = refresh_config(args.runs, every)
         t0 = time.perf_counter()
         compare.run_compare(config, args.runs / "refresh" / f"every{every}")
         print(f"refresh every {every}: {time.perf_counter() - t0:.0f} s", flush=True)
