@@ -147,6 +147,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/fair_compare"))
     parser.add_argument("--arms", default=None, help="main: comma-separated subset of arms")
     parser.add_argument("--variant", action="store_true", help="main: the standardised variant")
+    parser.add_argument("--seeds", default=None, help="main: FIRST:COUNT, a slice of seeds 0-9")
     parser.add_argument("--rates", default=None,
                         help="pilot: comma-separated grid positions 0-3 (for parallel processes)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
@@ -182,6 +183,9 @@ def run(argv: list[str] | None = None) -> int:
         config = main_configs(args.runs)["standardised" if args.variant else "main"]
         if args.arms:
             config = dataclasses.replace(config, arms=tuple(args.arms.split(",")))
+        if args.seeds:  # a slice of the declared seeds, for a second process
+            first, count = (int(v) for v in args.seeds.split(":"))
+            config = dataclasses.replace(config, first_seed=first, seeds=count)
         t0 = time.perf_counter()
         _, diverged = compare.run_compare(config, args.runs / ("standardised" if args.variant
                                                                 else "main"))  # fmt: skip
