@@ -433,9 +433,15 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
         "records (41 MB); `python analysis/fig2_protocol.py --dataset mnist --restore-state "
         "paper_figures/results/fig2_protocol_mnist/resume_state --runs runs/fig2_mnist --epochs "
         f"{min(300, epochs + 25)} --mechanism --record paper_figures/results/fig2_protocol_mnist "
-        "--save-state paper_figures/results/fig2_protocol_mnist/resume_state` continues it (the "
-        "next 25 epochs, then ρ at the declared epochs reached); a recording keeps the mechanism "
-        "rows of epochs whose checkpoints are no longer there",
+        "--save-state paper_figures/results/fig2_protocol_mnist/resume_state` "
+        + (
+            "restores the finished runs (the trained nets of epoch 300, for further analysis: "
+            "`natgrad.training.load_checkpoint`)"
+            if epochs >= 300
+            else "continues it (the next 25 epochs, then ρ at the declared epochs reached)"
+        )
+        + "; a recording keeps the mechanism rows of epochs whose checkpoints are no longer "
+        "there",
         f"- wall time: {_wall_note(runs, epochs)}",
         f"- settings: mnist-fc (784 → 8×128 → 10), {n_seeds} seeds × ELU/ReLU/LReLU/SReLU, run j "
         "of every unit type from the same initial weights; SGD lr 0.01, no momentum, batch 64; "
