@@ -51,6 +51,7 @@ def main(out: Path) -> None:
     from safetensors.torch import save_file
 
     from natgrad import unit_fishers, woodbury_unit_fisher
+    from natgrad._distributed import exit_rank
     from natgrad.errors import InputError
 
     dist.init_process_group("gloo")
@@ -85,6 +86,7 @@ def main(out: Path) -> None:
         metadata["empty"] = str(exc)
     save_file(tensors, str(out / f"rank{rank}.safetensors"), metadata=metadata)
     dist.destroy_process_group()
+    exit_rank(0)  # skip the interpreter's teardown, which occasionally aborts a gloo rank
 
 
 if __name__ == "__main__":

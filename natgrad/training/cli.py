@@ -95,22 +95,30 @@ def run(args: argparse.Namespace) -> int:
     except NatgradError as exc:
         print(f"natgrad train: error: {exc}", file=sys.stderr)
         _leave_process_group(distributed, clean=False)
+        if distributed:
+            from natgrad._distributed import exit_rank
+
+            exit_rank(2)
         return 2
+    rank = 0
     if distributed:
         import torch.distributed as dist
 
         rank = dist.get_rank()
         _leave_process_group(distributed, clean=True)
-        if rank != 0:
-            return 0
-    last = result.metrics[-1]
-    err = last["test_error"]
-    err_text = "" if err is None else f", test error {100 * err:.2f} %"
-    print(
-        f"{config.net}/{config.unit} on {config.dataset}: epoch {last['epoch']}, "
-        f"train loss {last['train_loss']:.4f}, test loss {last['test_loss']:.4f}{err_text}; "
-        f"outputs in {result.run_dir}"
-    )
+    if rank == 0:
+        last = result.metrics[-1]
+        err = last["test_error"]
+        err_text = "" if err is None else f", test error {100 * err:.2f} %"
+        print(
+            f"{config.net}/{config.unit} on {config.dataset}: epoch {last['epoch']}, "
+            f"train loss {last['train_loss']:.4f}, test loss {last['test_loss']:.4f}{err_text}; "
+            f"outputs in {result.run_dir}"
+        )
+    if distributed:
+        from natgrad._distributed import exit_rank
+
+        exit_rank(0)
     return 0
 
 
