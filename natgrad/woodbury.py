@@ -241,7 +241,7 @@ class WoodburyUnitFisher(UnitFisherBase):
         def solve(x: torch.Tensor) -> torch.Tensor:
             vec = x.ndim == 2
             x = x.unsqueeze(-1) if vec else x
-            y = x - V.transpose(1, 2) @ torch.cholesky_solve(V @ x, L)
+            y = x - V.transpose(1, 2) @ linalg.cho_solve(L, V @ x)
             y = y / lam
             return y.squeeze(-1) if vec else y
 
