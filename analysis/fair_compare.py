@@ -238,8 +238,10 @@ def report(args) -> None:
     part = dataclasses.replace(config, seeds=k)
     curves = compare.read_curves(part, root)
     meta = dict(command="python analysis/fair_compare.py " + " ".join(sys.argv[1:]),
-                commit=git_commit(), runs=str(root), wall_seconds=math.nan,
-                device=f"cpu; {k} of {SEEDS} declared seeds finished")  # fmt: skip
+                commit=git_commit(), runs=str(root),
+                wall_seconds=float(curves["seconds"].sum()),  # training, summed over runs
+                device=f"cpu, one thread per run; {k} of {SEEDS} declared seeds finished; "
+                       "wall_seconds: training seconds summed over the runs")  # fmt: skip
     out = args.record / name
     compare.write_outputs(curves, part, out, meta, compare.structures(part))
     print((out / "answer.md").read_text().split("## Per arm")[0])
