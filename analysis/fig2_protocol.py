@@ -3,7 +3,7 @@ ReLU, LReLU and SReLU × 5 seeds, SGD lr 0.01, batch 64, 300 epochs — trained 
 
     python analysis/fig2_protocol.py [--epochs 300] [--runs runs/fig2] [--record DIR]
 
-The 20 runs train as one batched model (:func:`natgrad.training.grid.train_grid`, one run
+The 20 runs train as one batched model (:func:`natgrad.training.plan.train_plan`, one run
 directory each). ``--epochs E`` stops at epoch E; the same command with a larger ``--epochs``
 resumes every run from its last checkpoint (every 25 epochs and the last), so the protocol
 can be run in pieces. ``--record DIR`` writes what to commit: ``curves.csv`` (per run and
@@ -563,8 +563,8 @@ def _figures(curves, seeds, runs_root, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from natgrad.training import git_commit
     from natgrad.training.checkpoint import latest_epoch
-    from natgrad.training.grid import train_grid
     from natgrad.training.loop import describe_device, resolve_device
+    from natgrad.training.plan import train_plan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=300)
@@ -622,7 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     start = min((latest_epoch(d) or 0) if d.exists() else 0 for d in dirs)
     commit, t0 = git_commit(), time.perf_counter()
     if not args.no_train:
-        train_grid(cfgs, dirs, device=args.device)
+        diverged = train_plan(cfgs, dirs, device=args.device, progress=True)
+        if diverged:  # every analysis below needs all 40 runs
+            print(f"diverged: {diverged}", file=sys.stderr)
+            return 1
     wall = time.perf_counter() - t0
     print(f"trained epochs {start + 1}..{args.epochs} of {len(cfgs)} runs in {wall:.0f} s")
     if args.mechanism:

@@ -67,11 +67,13 @@ def run_dir(root: Path, cfg) -> Path:
 
 
 def train(root: Path, lr: float, epochs: int, *, seeds: int = SEEDS, train_size=None) -> float:
-    from natgrad.training.grid import train_grid
+    from natgrad.training.plan import train_plan
 
     cfgs = configs(lr, epochs, seeds=seeds, train_size=train_size)
     t0 = time.perf_counter()
-    train_grid(cfgs, [run_dir(root, c) for c in cfgs], progress=False)
+    diverged = train_plan(cfgs, [run_dir(root, c) for c in cfgs], say=print)
+    if diverged:  # recorded in the run (diverged.json), not retried; the report names them
+        print(f"lr {lr:g}: diverged {sorted(diverged)}")
     return time.perf_counter() - t0
 
 

@@ -9,7 +9,7 @@ r"""Benchmark: a grid of runs trained as one batched model against the same runs
    their ratio. Agreement: the largest difference of the final test losses.
 2. **The training phase of ``natgrad demo`` with its defaults** (7 unit types × 8 seeds =
    56 runs, 20 epochs, 2 worker processes of one thread): the demo's own jobs
-   (:func:`natgrad.analysis.demo.train_runs`: per worker, one grid of the runs without and
+   (:func:`natgrad.training.plan.train_plan`: per worker, one grid of the runs without and
    one of the runs with batch norm) against every run a job of its own in the same pool
    (the sequential trainer), alternating ``--repeats`` times.
 3. **One step** of all R runs (forward, backward, SGD) on the demo grid's shapes: R
@@ -103,7 +103,8 @@ def bench_demo_default(args) -> None:
     seeds of mnist-fc on digits, 20 epochs, 2 worker processes of 1 torch thread): the demo's
     own jobs (one grid per worker for the batchable runs, batch-norm runs one by one) against
     every run a job of its own (the sequential trainer), same pool, alternating."""
-    from natgrad.analysis.demo import for_dataset, train_configs, train_runs, workers_of
+    from natgrad.analysis.demo import for_dataset, train_configs, workers_of
+    from natgrad.training.plan import train_plan
 
     config = for_dataset("digits", fresh=True) if args.demo_seeds is None else for_dataset(
         "digits", fresh=True, seeds=args.demo_seeds)  # fmt: skip
@@ -117,7 +118,8 @@ def bench_demo_default(args) -> None:
             for batched, acc in ((False, seq_t), (True, grid_t)):
                 dirs = [Path(tmp) / f"{rep}-{batched}-{i}" for i in range(len(cfgs))]
                 t0 = time.perf_counter()
-                train_runs(config, cfgs, dirs, batched=batched)
+                train_plan(cfgs, dirs, workers=workers_of(config), device=config.device,
+                           resume=False, threads=config.threads, batched=batched)  # fmt: skip
                 acc.append(time.perf_counter() - t0)
     s, g = statistics.median(seq_t), statistics.median(grid_t)
     print(f"natgrad demo's default training: {len(config.units)} unit types x {config.seeds} "

@@ -83,8 +83,9 @@ import torch
 
 from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence, sign_flip_p
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
-from natgrad.errors import DivergedError, InputError, NatgradError
+from natgrad.errors import InputError, NatgradError
 from natgrad.optim.solves import LAYER_DAMPING, REL_DAMPING
+from natgrad.training.plan import complete
 
 __all__ = [
     "ARMS",
@@ -237,46 +238,14 @@ def _plan(config: CompareConfig, root: Path) -> list[tuple[str, int, object, Pat
 
 
 def train_runs(config: CompareConfig, root: Path, *, progress=None) -> dict[str, str]:
-    r"""Train (or resume) every (arm, seed) of ``config`` in ``root``; returns
-    ``{run name: divergence message}`` of the runs that stopped on a non-finite loss.
-
-    The runs go to :func:`~natgrad.training.train_grid` together, so the SGD arms batch; a
-    divergence stops its cohort at the epoch before, is recorded in the run's directory,
-    and the others go on from their checkpoints."""
-    from natgrad._atomic import write_json
-    from natgrad.training.grid import train_grid
-    from natgrad.training.rundir import RunDir
+    r"""Train (or resume) every (arm, seed) of ``config`` in ``root``
+    (:func:`~natgrad.training.plan.train_plan`: the SGD arms batch, a finished run is not
+    touched); returns ``{run name: divergence message}`` of the runs that stopped on a
+    non-finite loss (recorded in their directories; the others go on)."""
+    from natgrad.training.plan import train_plan
 
     plan = _plan(config, root)
-    diverged = {d.name: m for *_, d in plan if (m := RunDir(d).read_diverged()) is not None}
-    done = {d.name for _, _, c, d in plan if complete(d, c.epochs)}
-    while True:
-        todo = [(c, d) for _, _, c, d in plan if d.name not in diverged and d.name not in done]
-        if not todo:
-            return diverged
-        try:
-            train_grid([c for c, _ in todo], [d for _, d in todo], progress=progress is not None)
-            return diverged
-        except DivergedError as exc:
-            run = exc.run
-            if run is None or Path(run).name in diverged:
-                raise
-            diverged[Path(run).name] = str(exc)
-            write_json(RunDir(run).diverged_path, {"message": str(exc)})
-            if progress:
-                progress(f"{Path(run).name} diverged; the other runs go on")
-
-
-def complete(run: Path, epochs: int) -> bool:
-    r"""Whether ``run``'s metrics hold every epoch 0..``epochs`` (all a comparison reads): a
-    finished run carried without its checkpoints (``--runs`` restored from a results folder)
-    is not trained again."""
-    from natgrad.training.rundir import RunDir
-
-    rd = RunDir(run)
-    if not rd.metrics_path.is_file():
-        return False
-    return {int(r["epoch"]) for r in rd.read_metrics()} >= set(range(epochs + 1))
+    return train_plan([c for *_, c, _ in plan], [d for *_, d in plan], say=progress)
 
 
 def read_curves(config: CompareConfig, root: Path):

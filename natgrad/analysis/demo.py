@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -47,7 +46,7 @@ from natgrad._atomic import write_json, write_text
 from natgrad._lock import LOCK_NAME
 from natgrad.analysis.unitstats import REL_DAMPING
 from natgrad.argtypes import nonnegative_int, positive_int
-from natgrad.errors import InputError
+from natgrad.errors import DivergedError, InputError
 from natgrad.training._owner import claim
 from natgrad.units import CATALOGUE
 
@@ -240,25 +239,11 @@ def main(config: DemoConfig, *, progress: bool = True, echo=print) -> dict:
         torch.set_num_threads(threads)
 
 
-def _train_one(job):
-    """Train a job's runs: one run, or a grid trained as one batched model (training/grid.py,
-    which trains any run it cannot batch with ``train``); returns their run dirs in order."""
-    cfgs, run_dirs, device, resume, threads = job
-    import torch
-
-    from natgrad.training.grid import train_grid
-
-    if threads:
-        torch.set_num_threads(threads)
-    results = train_grid(cfgs, run_dirs, device=device, resume=resume, progress=False)
-    return [r.run_dir for r in results]
-
-
 def workers_of(config: DemoConfig) -> int:
     """Processes to use: ``workers``, or (0) the CPUs this process may use, at most 2."""
-    if config.workers > 0:
-        return config.workers
-    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    from natgrad.training.plan import default_workers
+
+    return config.workers if config.workers > 0 else default_workers()
 
 
 def train_configs(config: DemoConfig) -> list:
@@ -266,50 +251,6 @@ def train_configs(config: DemoConfig) -> list:
     return [
         _train_config(config, key, seed) for seed in range(config.seeds) for key in config.units
     ]
-
-
-def train_runs(
-    config: DemoConfig,
-    cfgs: list,
-    run_dirs: list[Path],
-    *,
-    progress: bool = False,
-    batched: bool = True,
-) -> dict[int, Path]:
-    r"""Train the demo's runs (``cfgs``, one folder each) in :func:`workers_of` processes;
-    returns ``{index: run dir}``. ``batched``: the runs that can share a batched model
-    (:mod:`natgrad.training.grid`) are split between the workers, queued first (the longest
-    jobs), and each worker trains one grid per architecture (with, without batch norm); every
-    other run (PReLU) is a job of its own. ``batched=False`` makes every run a job of its own
-    (the sequential trainer, as ``bench/grid_train.py`` times it)."""
-    from tqdm.auto import tqdm
-
-    from natgrad.training.grid import grid_key
-
-    workers = workers_of(config) if config.device == "cpu" else 1
-    batched_runs = [i for i, cfg in enumerate(cfgs) if batched and grid_key(cfg) is not None]
-    groups = [g for g in (batched_runs[w::workers] for w in range(workers)) if g]
-    groups += [[i] for i in range(len(cfgs)) if i not in set(batched_runs)]
-    jobs = [([cfgs[i] for i in g], [run_dirs[i] for i in g], config.device, not config.fresh,
-             config.threads) for g in groups]  # fmt: skip
-    bar = tqdm(
-        total=len(cfgs), desc="training", unit="run", disable=not progress, dynamic_ncols=True
-    )
-    done: dict[int, Path] = {}
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for g, dirs in zip(groups, pool.map(_train_one, jobs), strict=True):
-                done.update(zip(g, dirs, strict=True))
-                bar.update(len(g))
-    else:
-        for g, job in zip(groups, jobs, strict=True):
-            done.update(zip(g, _train_one(job), strict=True))
-            bar.update(len(g))
-    bar.close()
-    return done
 
 
 def _main(config: DemoConfig, progress: bool, echo) -> dict:
@@ -331,6 +272,7 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     from natgrad.analysis.report import render_report, summary_text
     from natgrad.analysis.summary import read_tables, write_tables
     from natgrad.training import default_run_dir, describe_device
+    from natgrad.training.plan import train_plan
 
     t0 = time.perf_counter()
     if not (out / "demo.json").is_file():  # marks the folder as the demo's from the start
@@ -338,8 +280,21 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     workers = workers_of(config) if config.device == "cpu" else 1
     cfgs = train_configs(config)
     run_dirs = [default_run_dir(cfg, out / "runs") for cfg in cfgs]
-    done = train_runs(config, cfgs, run_dirs, progress=progress)
-    runs = [done[i] for i in range(len(cfgs))]
+    diverged = train_plan(
+        cfgs,
+        run_dirs,
+        workers=workers,
+        device=config.device,
+        resume=not config.fresh,
+        threads=config.threads,
+        progress=progress,
+    )
+    if diverged:  # the demo's tables need every run: stop, naming them
+        name, message = next(iter(diverged.items()))
+        raise DivergedError(f"{len(diverged)} demo run(s) diverged ({', '.join(diverged)}); "
+                            f"first: {message}. Lower --lr, or delete their diverged.json "
+                            "to retry.", run=out / "runs" / name)  # fmt: skip
+    runs = list(run_dirs)
     t_train = time.perf_counter() - t0
     layers = None if config.layers == "all" else _hidden_layers(runs[0])
     device = describe_device(torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else

@@ -1,0 +1,59 @@
+"""``natgrad.training.plan.train_plan``, the runner of every study: stacked runs batch, a
+finished run is not touched, an interrupted one resumes, a diverged one is recorded and the
+others go on; the result equals training each run alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from natgrad.testing import assert_close
+from natgrad.training import default_config, read_checkpoint, train
+from natgrad.training.plan import complete, train_plan
+from natgrad.training.rundir import RunDir
+
+
+def _cfg(unit: str, seed: int, **kw):
+    settings = dict(dataset="digits", unit=unit, seed=seed, epochs=2, train_size=256,
+                    probe_size=32, dtype="float64", checkpoint_every=1)  # fmt: skip
+    settings.update(kw)
+    return default_config("mnist-fc", **settings)
+
+
+@pytest.mark.slow
+def test_plan_equals_each_run_alone_and_skips_finished_runs(tmp_path):
+    cfgs = [_cfg("elu", 0), _cfg("relu", 0), _cfg("relu", 1, optimizer="unit-ng", lr=1e-3)]
+    dirs = [tmp_path / "plan" / f"run{i}" for i in range(len(cfgs))]
+    assert train_plan(cfgs, dirs) == {}
+    assert all(complete(d, 2) for d in dirs)
+    for cfg, d in zip(cfgs, dirs, strict=True):
+        alone = train(cfg, tmp_path / "alone" / d.name, device="cpu", progress=False)
+        a, _ = read_checkpoint(d, 2)
+        b, _ = read_checkpoint(alone.run_dir, 2)
+        assert a.keys() == b.keys()
+        for key in b:
+            if b[key].is_floating_point():
+                assert_close(a[key], b[key], what=f"{d.name} {key}")
+            else:
+                assert a[key].equal(b[key]), f"{d.name} {key}"
+    before = [RunDir(d).metrics_path.stat().st_mtime_ns for d in dirs]
+    assert train_plan(cfgs, dirs) == {}  # finished: nothing is trained again
+    assert [RunDir(d).metrics_path.stat().st_mtime_ns for d in dirs] == before
+
+
+@pytest.mark.slow
+def test_a_diverged_run_is_recorded_and_the_others_finish(tmp_path):
+    cfgs = [_cfg("relu", 0, lr=1e6), _cfg("elu", 0)]
+    dirs = [tmp_path / "bad", tmp_path / "good"]
+    said = []
+    diverged = train_plan(cfgs, dirs, say=said.append)
+    assert list(diverged) == ["bad"] and "bad diverged" in said[0]
+    assert "message" in json.loads(RunDir(dirs[0]).diverged_path.read_text())
+    assert complete(dirs[1], 2) and not complete(dirs[0], 2)
+    assert train_plan(cfgs, dirs) == diverged  # recorded: not retried
+
+
+def test_run_names_must_differ(tmp_path):
+    with pytest.raises(ValueError, match="share a directory name"):
+        train_plan([_cfg("elu", 0)] * 2, [tmp_path / "a" / "x", tmp_path / "b" / "x"])
