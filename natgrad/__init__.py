@@ -31,6 +31,7 @@ from natgrad.unitfisher import UnitFisher, UnitFisherLike
 from natgrad.structures import StructuredUnitFisher
 from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fisher, woodbury_unit_fishers
 from natgrad.planner import ShardedUnitFisher
+from natgrad.normfisher import NormUnitFisher, norm_unit_fishers
 
 # --- Lemmas 1-2 and Theorems 1-2 on raw blocks ------------------------------------------
 from natgrad.theorems import BiasShift, bias_shift, lemma1_inverse, natural_gradient
@@ -63,6 +64,8 @@ __all__ = [
     "StructuredUnitFisher",
     "WoodburyUnitFisher",
     "ShardedUnitFisher",
+    "NormUnitFisher",
+    "norm_unit_fishers",
     "woodbury_unit_fisher",
     "woodbury_unit_fishers",
     "reference_natural_gradient",

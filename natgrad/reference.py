@@ -51,6 +51,7 @@ from torch.nn import functional as F
 from natgrad._layers import check_units
 from natgrad.errors import InputError, UnsupportedLayerError
 from natgrad.likelihoods import sample_targets
+from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, normalised
 from natgrad.unitfisher import UnitFisher
 
 __all__ = [
@@ -65,7 +66,7 @@ _KINDS = ("exact", "mc", "empirical")
 _LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
 
 
-def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
+def _layer_name(model: nn.Module, layer: str | nn.Module, *, allow_norm: bool = False) -> str:
     modules = dict(model.named_modules())
     if isinstance(layer, str):
         if layer not in modules:
@@ -79,6 +80,10 @@ def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
             )
         name = names[0]
     module = modules[name]
+    if allow_norm and isinstance(module, NORM_LAYERS):
+        if module.weight is None or module.bias is None:
+            raise UnsupportedLayerError(f"layer {name!r} has no affine parameters (γ, β)")
+        return name
     if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise UnsupportedLayerError(
             f"layer {name!r} is a {type(module).__name__}; only nn.Linear and nn.Conv2d have units"
@@ -183,7 +188,7 @@ def reference_unit_fisher(
         raise InputError(
             f"unknown likelihood {likelihood!r}: choose one of {', '.join(_LIKELIHOODS)}"
         )
-    name = _layer_name(model, layer)
+    name = _layer_name(model, layer, allow_norm=True)
     x, y_obs = _as_tensors(inputs, targets)
     n = x.shape[0]
     if n == 0:
@@ -199,14 +204,19 @@ def reference_unit_fisher(
     model64 = copy.deepcopy(model).to(torch.float64)
     module = dict(model64.named_modules())[name]
     weight, bias = module.weight, module.bias
-    n_units = weight.shape[0]
+    norm = isinstance(module, NORM_LAYERS)  # (γ, β) units: one input each, their own x̂
+    if norm and units is not None:
+        raise InputError(f"layer {name!r}: units= is not supported for normalisation layers")
+    n_units = weight.numel() if norm else weight.shape[0]
+    d = 1 if norm else weight[0].numel()
 
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda m, args, out: captured.append(args[0].detach()))
     try:
         with torch.no_grad():
             output = model64(x)  # [N, *]
-        mean_p = _patches(module, captured[0]).mean(dim=(0, 1))  # [d]
+        mean_p = normalised(module, captured[0]) if norm else _patches(module, captured[0])
+        mean_p = mean_p.mean(dim=(0, 1))  # [d], or [U] for a normalisation layer
     finally:
         handle.remove()
     if likelihood == "categorical" and output.ndim != 2:
@@ -224,14 +234,14 @@ def reference_unit_fisher(
         gw, gb = torch.autograd.grad(
             _log_likelihood(likelihood, o, y), (weight, bias), retain_graph=retain
         )
-        return torch.cat([gw.reshape(n_units, -1), gb.unsqueeze(-1)], dim=-1)  # [U, d+1]
+        return torch.cat([gw.reshape(n_units, -1), gb.reshape(n_units, 1)], dim=-1)  # [U, d+1]
 
     def add_outer(g: torch.Tensor, weight: float | torch.Tensor = 1.0) -> None:
         # total += weight · g gᵀ per unit, in place (no [U, d+1, d+1] temporary)
         total.baddbmm_(g.unsqueeze(-1), g.unsqueeze(-2), alpha=float(weight))
 
     params = {f"{name}.weight": weight, f"{name}.bias": bias}
-    total = torch.zeros(n_units, weight[0].numel() + 1, weight[0].numel() + 1, dtype=torch.float64)
+    total = torch.zeros(n_units, d + 1, d + 1, dtype=torch.float64)
     c_sum = torch.zeros(n_units, dtype=torch.float64)
     c_sq_sum = torch.zeros(n_units, dtype=torch.float64)
     bias_before = torch.zeros(n_units, dtype=torch.float64)
@@ -251,7 +261,7 @@ def reference_unit_fisher(
             J = torch.cat(
                 [
                     jac[f"{name}.weight"].reshape(o.numel(), n_units, -1),
-                    jac[f"{name}.bias"].unsqueeze(-1),
+                    jac[f"{name}.bias"].reshape(o.numel(), n_units, 1),
                 ],
                 dim=-1,
             ).transpose(0, 1)  # [U, D, d+1]
@@ -278,6 +288,11 @@ def reference_unit_fisher(
     c_sum, c_sq_sum = c_sum + c_n, c_sq_sum + c_n**2
     matrix = total.detach() / n  # [U, d+1, d+1]
 
+    if norm:
+        return NormUnitFisher(matrix=matrix, mean_xhat=mean_p, n=n, kind=kind,
+                              likelihood=likelihood, layer=name,
+                              mc_samples=int(mc_samples) if kind == "mc" else None,
+                              c_sum=c_sum, c_sq_sum=c_sq_sum)  # fmt: skip
     unit_idx = torch.arange(n_units)
     if units is not None:
         unit_idx = check_units(name, units, n_units)

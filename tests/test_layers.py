@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("natgrad.theorems", "natgrad.measures", "natgrad.unitfisher", "natgrad.accumulate",
               "natgrad.structures", "natgrad.woodbury", "natgrad.engine", "natgrad.planner",
               "natgrad.fisher", "natgrad.reference", "natgrad.network", "natgrad.models", "natgrad.data",
-              "natgrad.symbolic", "natgrad.interop")),
+              "natgrad.symbolic", "natgrad.interop", "natgrad.normfisher")),
     ("optim", ("natgrad.optim",)),
     ("training", ("natgrad.training",)),
     ("analysis", ("natgrad.analysis",)),
