@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from natgrad.testing import assert_close
 from natgrad.training import default_config, read_checkpoint, train
@@ -57,3 +58,18 @@ def test_a_diverged_run_is_recorded_and_the_others_finish(tmp_path):
 def test_run_names_must_differ(tmp_path):
     with pytest.raises(ValueError, match="share a directory name"):
         train_plan([_cfg("elu", 0)] * 2, [tmp_path / "a" / "x", tmp_path / "b" / "x"])
+
+
+def test_width_and_depth_build_the_net_and_split_grids(tmp_path):
+    from natgrad.errors import InputError
+    from natgrad.training import load_checkpoint
+    from natgrad.training.grid import grid_key
+
+    small = _cfg("elu", 0, epochs=1, width=16, depth=3)
+    assert grid_key(small) != grid_key(_cfg("elu", 0, epochs=1))
+    train_plan([small], [tmp_path / "small"])
+    model, _ = load_checkpoint(tmp_path / "small")
+    sizes = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert sizes == [16, 16, 16, 10]
+    with pytest.raises(InputError, match="width=16: a positive size, for mnist-fc only"):
+        default_config("mnist-ae", dataset="digits", width=16)

@@ -124,6 +124,8 @@ class TrainConfig:
     lr_schedule: tuple[tuple[int, float], ...] = ()
     schedule_unit: str = "iteration"
     dropout: tuple[float, ...] | None = None  # per stack; None: the net's default
+    width: int | None = None  # mnist-fc: units per hidden layer (None: the paper's 128)
+    depth: int | None = None  # mnist-fc: hidden layers (None: the paper's 8)
     dropout_phases: tuple[tuple[int, str], ...] = ()  # (start iteration, mode); cifar-*
     loss: str = "cross_entropy"  # or "bce_logits" (autoencoder)
     preprocess: str = "none"  # or "gcn-zca", "standardise"
@@ -169,6 +171,11 @@ class TrainConfig:
             if mode not in DROPOUT_MODES or start < 0:
                 raise InputError(f"config dropout_phases: ({start}, {mode!r}) needs a start >= 0 "
                                  f"and a mode in {', '.join(DROPOUT_MODES)}")  # fmt: skip
+        for name in ("width", "depth"):
+            value = getattr(self, name)
+            if value is not None and (self.net != "mnist-fc" or int(value) < 1):
+                raise InputError(f"config {name}={value!r}: a positive size, for mnist-fc only "
+                                 f"(net {self.net!r})")  # fmt: skip
         if self.dropout_phases and self.net not in STACK_DROPOUT:
             raise InputError(f"config dropout_phases: {self.net} has no dropout phases; "
                              f"they exist for {', '.join(STACK_DROPOUT)}")  # fmt: skip

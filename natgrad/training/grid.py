@@ -119,7 +119,8 @@ def grid_key(config: TrainConfig) -> tuple | None:
         return None
     return (config.net, config.dataset, config.data_dir, config.preprocess, config.dtype,
             config.batch_size, config.epochs, config.loss, config.eval_batch_size,
-            config.batch_norm, config.train_split, config.train_size)  # fmt: skip
+            config.batch_norm, config.train_split, config.train_size, config.width,
+            config.depth)  # fmt: skip
 
 
 def train_grid(

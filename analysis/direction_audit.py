@@ -1,0 +1,181 @@
+"""Study (issue 26): a direction audit of the optimizers people use, in the whole-network Fisher.
+
+Declared before its runs (this file is the declaration):
+
+- **Nets:** ``mnist-fc`` with depth 3 and width 32 (4,522 parameters) on scikit-learn's 8×8
+  digits (1,437 training images), ELU, ReLU and SELU, seeds 0–4 (run j of every unit type
+  from the same initial weights), trained by natgrad's trainer (``train_plan``) with SGD,
+  lr 0.05, batch 64, 20 epochs; checkpoints at epochs 0 (initialisation) and 20.
+- **At each checkpoint:** the exact whole-network Fisher F on the 360 held-out test digits
+  (no selection is made on them), g the gradient of the mean log-likelihood on the training
+  images, and the directions of :mod:`natgrad.analysis.directions` (plain SGD, centred SGD,
+  diagonal, QD, block-diagonal NG, unit NG, K-FAC and EKFAC from curvlinops, Adam's settled
+  step, the full NG), all with one damping: λ = 1e-3 per unit (μ_u = λ·tr F_uu/(d+1)).
+  Shampoo: no maintained implementation installs here. Also the Frobenius share of F inside
+  the unit blocks and λ_max / mean λ.
+- **Measures:** ρ against the full NG (``rho_full``), against the unit NG (``rho_unit``), and
+  the log-likelihood gain per unit of √(2 KL) (``decrease_per_kl``).
+- **Primary endpoints** (epoch 20, every unit type; Holm over the 6): unit NG − K-FAC and
+  unit NG − EKFAC in ``rho_full``, paired by seed. Everything else is descriptive, with BCa
+  CIs over seeds (seeds are the replicates).
+
+    python analysis/direction_audit.py [--runs runs/direction_audit] [--seeds 5]
+        [--record paper_figures/results/direction_audit_digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+UNITS = ("elu", "relu", "selu")
+EPOCHS, LR, WIDTH, DEPTH, SEEDS = 20, 0.05, 32, 3, 5
+CHECKPOINTS = (0, EPOCHS)
+REL_DAMPING = 1e-3
+PRIMARY = (("unit", "kfac"), ("unit", "ekfac"))
+
+
+def configs(seeds: int):
+    from natgrad.training import default_config
+
+    return [default_config("mnist-fc", dataset="digits", unit=u, seed=s, epochs=EPOCHS, lr=LR,
+                           width=WIDTH, depth=DEPTH, dtype="float64", checkpoint_every=EPOCHS,
+                           probe_size=64) for s in range(seeds) for u in UNITS]  # fmt: skip
+
+
+def measure(run: Path, epoch: int, ds) -> list[dict]:
+    import torch
+
+    from natgrad.analysis.directions import audit
+    from natgrad.network import network_fisher
+    from natgrad.training import load_checkpoint
+
+    model, info = load_checkpoint(run, epoch)
+    model = model.double().eval()
+    probe = (ds.test_x.double(), ds.test_y)
+    train = (ds.train_x.double(), ds.train_y)
+    F = network_fisher(model, probe[0])
+    loss = torch.nn.functional.cross_entropy(model(train[0]), train[1])
+    g = torch.cat([t.flatten() for t in torch.autograd.grad(-loss, list(model.parameters()))])
+    spec = F.spectrum()
+    common = dict(unit_type=info["unit"], seed=info["config"]["seed"], epoch=epoch,
+                  params=F.num_params, unit_block_share=F.unit_block_share(),
+                  top_eig_over_mean=float(spec[0] / spec.mean()))  # fmt: skip
+    return [
+        dict(common, **row) for row in audit(model, F, g, train, probe, rel_damping=REL_DAMPING)
+    ]
+
+
+def summarise(table):
+    import pandas as pd
+
+    from natgrad.analysis.stats import bootstrap_ci, holm, sign_flip_p
+
+    rows = []
+    for (unit, epoch, method), sub in table.groupby(["unit_type", "epoch", "method"], sort=False):
+        row = dict(unit_type=unit, epoch=epoch, method=method, seeds=len(sub))
+        for m in ("rho_full", "rho_unit", "decrease_per_kl"):
+            lo, hi, how = bootstrap_ci(sub[m].to_numpy())
+            row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
+        row["ci_method"] = how
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    summary["rank_rho_full"] = summary.groupby(["unit_type", "epoch"])["rho_full"].rank(
+        ascending=False, method="min").astype(int)  # fmt: skip
+    paired = []
+    last = table[table["epoch"] == EPOCHS]
+    for unit, sub in last.groupby("unit_type", sort=False):
+        wide = sub.pivot(index="seed", columns="method", values="rho_full")
+        for a, b in PRIMARY:
+            d = (wide[a] - wide[b]).to_numpy()
+            lo, hi, how = bootstrap_ci(d)
+            paired.append(dict(unit_type=unit, epoch=EPOCHS, reference=a, other=b,
+                               diff=d.mean(), lo=lo, hi=hi, ci_method=how,
+                               p=sign_flip_p(d), seeds=len(d)))  # fmt: skip
+    paired = pd.DataFrame(paired)
+    paired["p_holm"] = holm(paired["p"].to_numpy())
+    return summary, paired
+
+
+def figure(summary, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.directions import METHODS
+    from natgrad.analysis.plots import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, epoch in zip(axes, CHECKPOINTS, strict=True):
+        sub = summary[summary["epoch"] == epoch]
+        for k, unit in enumerate(UNITS):
+            s = sub[sub["unit_type"] == unit].set_index("method").loc[list(METHODS)]
+            x = [i + (k - 1) * 0.25 for i in range(len(METHODS))]
+            ax.errorbar(x, s["rho_full"], yerr=[s["rho_full"] - s["rho_full_lo"],
+                        s["rho_full_hi"] - s["rho_full"]], fmt="o", ms=4, capsize=2,
+                        label=unit.upper())  # fmt: skip
+        ax.set_xticks(range(len(METHODS)), METHODS, rotation=45, ha="right")
+        ax.set_title(f"epoch {epoch}")
+        ax.axhline(1.0, color="0.7", lw=0.8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("ρ against the full natural gradient")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Direction audit: mnist-fc {DEPTH}×{WIDTH} on digits, λ = {REL_DAMPING:g} per "
+                 "unit, mean and 95 % BCa CI over seeds", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    save_figure(fig, out / "direction_audit", dpi=150)
+    plt.close(fig)
+
+
+def run(argv: list[str] | None = None) -> int:
+    import pandas as pd
+    import torch
+
+    from natgrad.data import load_dataset
+    from natgrad.training import git_commit
+    from natgrad.training.plan import train_plan
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/direction_audit"))
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--record", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    cfgs = configs(args.seeds)
+    dirs = [args.runs / f"{c.unit}-s{c.seed}" for c in cfgs]
+    diverged = train_plan(cfgs, dirs)
+    if diverged:
+        print(f"diverged: {sorted(diverged)}", file=sys.stderr)
+        return 1
+    t_train = time.perf_counter() - t0
+    ds = load_dataset("digits", None, seed=0)
+    table = pd.DataFrame([r for d in dirs for e in CHECKPOINTS for r in measure(d, e, ds)])
+    summary, paired = summarise(table)
+    wall = time.perf_counter() - t0
+    last = summary[summary["epoch"] == EPOCHS]
+    print(last[["unit_type", "method", "rho_full", "rho_full_lo", "rho_full_hi", "rho_unit",
+                "rank_rho_full"]].round(3).to_string(index=False))  # fmt: skip
+    print(paired.round(4).to_string(index=False))
+    if args.record:
+        from natgrad._atomic import write_json
+        from natgrad.analysis.csvtables import write_csv
+
+        args.record.mkdir(parents=True, exist_ok=True)
+        write_csv(table, args.record / "directions.csv")
+        write_csv(summary, args.record / "summary.csv")
+        write_csv(paired, args.record / "primary.csv")
+        figure(summary, args.record)
+        write_json(args.record / "run.json", dict(
+            command="python analysis/direction_audit.py " + " ".join(argv or sys.argv[1:]),
+            commit=git_commit(), wall_seconds=wall, train_seconds=t_train,
+            device="cpu, one torch thread", seeds=args.seeds))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
