@@ -220,16 +220,30 @@ def _mnist_ae(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
     return OrderedDict([("flatten", nn.Flatten()), ("encoder", enc), ("decoder", dec)])
 
 
+def scaled_stacks(stacks, scale: float) -> tuple:
+    r"""``stacks`` with every conv width multiplied by ``scale`` (rounded, at least 1): the
+    paper's recipe at reduced width (``channel_scale``).
+
+    Example:
+        >>> scaled_stacks(CIFAR11, 0.125)[:2]
+        (((1, 24, 5),), ((1, 24, 1), (1, 30, 3)))
+    """
+    if not scale > 0:
+        raise InputError(f"channel_scale must be > 0, got {scale!r}")
+    return tuple(tuple((n, max(1, round(w * scale)), k) for n, w, k in stack) for stack in stacks)
+
+
 def _cifar(stacks, default_dropout):
     def build(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
+        stacks_ = scaled_stacks(stacks, kw.get("channel_scale", 1.0))
         dropout = tuple(kw.get("dropout", default_dropout))
         if len(dropout) != len(stacks) + 1:
             raise InputError(
                 f"dropout needs {len(stacks) + 1} rates (one per stack), got {dropout}"
             )
-        layers, c, _ = _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn)
+        layers, c, _ = _conv_stacks(stacks_, dropout, in_shape, unit, alpha, bn)
         head = [("conv1", nn.Conv2d(c, num_classes, 1))]
-        layers[f"stack{len(stacks) + 1}"] = nn.Sequential(OrderedDict(head))
+        layers[f"stack{len(stacks_) + 1}"] = nn.Sequential(OrderedDict(head))
         layers["gap"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return layers
 
@@ -304,7 +318,8 @@ def build_model(
             (parameter counting).
         options: per-net extras: ``width``, ``depth``, ``dropout=(p,)`` after every hidden
             unit (mnist-fc; not in the paper, off by default); ``dropout`` (cifar-*, one
-            rate per stack); ``stem_stride``, ``spp_levels`` (imagenet-15).
+            rate per stack; ``channel_scale``, every conv width × this, rounded:
+            the recipe at reduced width); ``stem_stride``, ``spp_levels`` (imagenet-15).
 
     Returns:
         A :class:`PaperNet` mapping ``[N, *in_shape]`` (or ``[N, d]``) to ``[N, C]``.

@@ -163,3 +163,21 @@ def test_models_cli(capsys):
     for name in NETWORKS:
         assert name in out
     assert "217,354" in out
+
+
+def test_channel_scale_builds_the_recipe_at_reduced_width():
+
+    from natgrad.models import CIFAR11, scaled_stacks
+    from natgrad.training import default_config
+
+    net = build_model("cifar-11", "elu", in_shape=(1, 28, 28), num_classes=10,
+                      channel_scale=0.125, seed=0)  # fmt: skip
+    widths = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [24, 24, 30, 30, 32, 32, 35, 35, 38, 38, 10]
+    assert len(widths) - 1 == sum(n for stack in CIFAR11 for n, _, _ in stack)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert scaled_stacks(CIFAR11, 1.0) == CIFAR11
+    with pytest.raises(InputError, match="channel_scale must be > 0"):
+        scaled_stacks(CIFAR11, 0.0)
+    with pytest.raises(InputError, match="for the cifar-\\* nets only"):
+        default_config("mnist-fc", channel_scale=0.5)

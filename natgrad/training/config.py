@@ -126,6 +126,7 @@ class TrainConfig:
     dropout: tuple[float, ...] | None = None  # per stack; None: the net's default
     width: int | None = None  # mnist-fc: units per hidden layer (None: the paper's 128)
     depth: int | None = None  # mnist-fc: hidden layers (None: the paper's 8)
+    channel_scale: float | None = None  # cifar-*: every conv width × this (None: the paper's)
     dropout_phases: tuple[tuple[int, str], ...] = ()  # (start iteration, mode); cifar-*
     loss: str = "cross_entropy"  # or "bce_logits" (autoencoder)
     preprocess: str = "none"  # or "gcn-zca", "standardise"
@@ -176,6 +177,11 @@ class TrainConfig:
             if value is not None and (self.net != "mnist-fc" or int(value) < 1):
                 raise InputError(f"config {name}={value!r}: a positive size, for mnist-fc only "
                                  f"(net {self.net!r})")  # fmt: skip
+        if self.channel_scale is not None and not (
+            self.net.startswith("cifar-") and self.channel_scale > 0
+        ):
+            raise InputError(f"config channel_scale={self.channel_scale!r}: a positive factor, "
+                             f"for the cifar-* nets only (net {self.net!r})")  # fmt: skip
         if self.dropout_phases and self.net not in STACK_DROPOUT:
             raise InputError(f"config dropout_phases: {self.net} has no dropout phases; "
                              f"they exist for {', '.join(STACK_DROPOUT)}")  # fmt: skip
