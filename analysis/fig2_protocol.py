@@ -113,10 +113,7 @@ def record(runs: list[Path], out: Path, meta: dict) -> str:
     claims.to_csv(out / "claims.csv", index=False)
     paired = pd.concat([paired_comparison(claims, m) for m in METRICS], ignore_index=True)
     paired.to_csv(out / "paired.csv", index=False)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "paper_figures"))
-    import fig2_mean_activation
-
-    fig2_mean_activation.main(["--runs", str(meta["runs"]), "--out", str(out)])
+    fig2_script(["--runs", str(meta["runs"]), "--out", str(out)])
     epochs = int(curves["epoch"].max())
     final = curves[curves["epoch"] == epochs].groupby("unit_type")[
         ["train_loss", "test_loss", "test_error", "median_all"]
@@ -519,18 +516,25 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
     return text
 
 
+def fig2_script(argv: list[str]) -> None:
+    """Run the script ``paper_figures/fig2_mean_activation.py`` (the paper's Fig 2 layout)
+    with ``argv``, as its own process (no ``sys.path`` change here)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "paper_figures" / "fig2_mean_activation.py"
+    subprocess.run([sys.executable, str(script), *argv], check=True)
+
+
 def _figures(curves, seeds, runs_root, out: Path) -> None:
     """Fig 2 (the paper's layout) and the mechanism figure: ρ(plain), ρ(block-diag.) and
     n_eff/(d+1) per analysed epoch, mean over seeds ± BCa CI, per unit type."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "paper_figures"))
-    import fig2_mean_activation
     import matplotlib.pyplot as plt
 
     from natgrad.analysis.plots import save_figure
     from natgrad.analysis.stats import bootstrap_ci
     from natgrad.units import unit_type_colour, unit_type_label
 
-    fig2_mean_activation.main(["--runs", str(runs_root), "--out", str(out)])
+    fig2_script(["--runs", str(runs_root), "--out", str(out)])
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.0), layout="constrained")
     panels = (("rho_plain", "ρ(plain)", False), ("rho_blockdiag", "1 − ρ(block-diag.)", True),
               ("n_eff_over_d1", "median n_eff/(d+1)", False))  # fmt: skip
