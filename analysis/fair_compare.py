@@ -207,19 +207,14 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def finished_seeds(config, root: Path) -> int:
-    """How many seeds from ``config.first_seed`` on have every arm finished or diverged (the
-    runs go seed by seed, so the finished seeds are a prefix)."""
+def finished_seeds(config, root: Path) -> list[int]:
+    """The declared seeds on which every arm has finished or diverged."""
     from natgrad.analysis.compare import complete
     from natgrad.training.rundir import RunDir
 
-    k = 0
-    for seed in config.seed_list:
-        runs = [root / f"{arm}-s{seed}" for arm in config.arms]
-        if not all(complete(r, config.epochs) or RunDir(r).read_diverged() for r in runs):
-            break
-        k += 1
-    return k
+    return [seed for seed in config.seed_list
+            if all(complete(root / f"{arm}-s{seed}", config.epochs)
+                   or RunDir(root / f"{arm}-s{seed}").read_diverged() for arm in config.arms)]  # fmt: skip
 
 
 def report(args) -> None:
@@ -231,16 +226,18 @@ def report(args) -> None:
     name = "standardised" if args.variant else "main"
     config = main_configs(args.runs)[name]
     root = args.runs / name
-    k = finished_seeds(config, root)
+    done = finished_seeds(config, root)
+    k = len(done)
     if k < 2:
         print(f"{name}: {k} finished seeds; nothing to report yet")
         return
-    part = dataclasses.replace(config, seeds=k)
+    part = dataclasses.replace(config, only_seeds=tuple(done))
     curves = compare.read_curves(part, root)
     meta = dict(command="python analysis/fair_compare.py " + " ".join(sys.argv[1:]),
                 commit=git_commit(), runs=str(root),
                 wall_seconds=float(curves["seconds"].sum()),  # training, summed over runs
-                device=f"cpu, one thread per run; {k} of {SEEDS} declared seeds finished; "
+                device=f"cpu, one thread per run; {k} of {SEEDS} declared seeds finished "
+                       f"({', '.join(map(str, done))}); "
                        "wall_seconds: training seconds summed over the runs")  # fmt: skip
     out = args.record / name
     compare.write_outputs(curves, part, out, meta, compare.structures(part))

@@ -152,6 +152,7 @@ class CompareConfig:
     data_dir: str | None = None
     seeds: int = 5
     first_seed: int = 0  # seeds first_seed .. first_seed + seeds − 1 (pilot seeds are others)
+    only_seeds: tuple[int, ...] = ()  # of those, only these (an interim look at finished seeds)
     epochs: int = 12
     batch_size: int = 64
     train_size: int | None = None  # first n training images (stratification: none)
@@ -191,7 +192,8 @@ class CompareConfig:
 
     @property
     def seed_list(self) -> list[int]:
-        return list(range(self.first_seed, self.first_seed + self.seeds))
+        seeds = range(self.first_seed, self.first_seed + self.seeds)
+        return [s for s in seeds if not self.only_seeds or s in self.only_seeds]
 
     def lr(self, arm: str) -> float:
         """The learning rate of ``arm``: its ``lrs`` entry, else its family's default."""
