@@ -245,6 +245,13 @@ def parent(args) -> int:
     ):
         if num in med and den in med:
             print(f"  {num}/{den}: {med[num] / med[den]:.2f}")
+    if "natgrad" in med and "floor" in med:  # issue 24, item 4
+        r = med["natgrad"] / med["floor"]
+        why = ("" if r <= 0.7 else " -- why: natgrad accumulates only the upper block triangle "
+               "(row blocks of 64, about half the flops), but the batched GEMMs of those row "
+               "blocks run below the full GEMM's rate on this CPU")  # fmt: skip
+        print(f"target: natgrad <= 0.7x the full GEMM floor: {'MET' if r <= 0.7 else 'NOT MET'} "
+              f"({r:.2f}x){why}")  # fmt: skip
     return 0
 
 
