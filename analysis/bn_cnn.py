@@ -51,8 +51,11 @@ def config(arm: str, seed: int, epochs: int = EPOCHS):
     )  # fmt: skip
 
 
-def plan(root: Path, seeds: range, arms=ARMS):
-    return [(config(a, s), root / f"{a}-s{s}") for s in seeds for a in arms]
+def study(seeds=range(SEEDS), arms=ARMS):
+    """The declared runs as a :class:`~natgrad.analysis.study.Study`."""
+    from natgrad.analysis.study import Study
+
+    return Study("batch norm on a CNN (MNIST)", arms, seeds, config)
 
 
 def per_run(root: Path, seeds: range, arms=ARMS):
@@ -62,13 +65,10 @@ def per_run(root: Path, seeds: range, arms=ARMS):
 
     import pandas as pd
 
-    from natgrad.training.plan import complete
     from natgrad.training.rundir import RunDir
 
     rows = []
-    for cfg, run in plan(root, seeds, arms):
-        if not complete(run, cfg.epochs):
-            continue
+    for _, _, cfg, run in study(seeds, arms).finished(root):
         metrics = [r for r in RunDir(run).read_metrics() if r["epoch"] >= 1]
         best = min(
             metrics, key=lambda r: r["val_loss"] if r.get("val_loss") is not None else math.inf
@@ -123,12 +123,9 @@ def run(argv: list[str] | None = None) -> int:
     first, count = (int(v) for v in args.seeds.split(":"))
     seeds, arms = range(first, first + count), tuple(args.arms.split(","))
     if args.stage == "train":
-        from natgrad.training.plan import train_plan
-
         t0 = time.perf_counter()
-        runs = plan(args.runs, seeds, arms)
-        diverged = train_plan([c for c, _ in runs], [d for _, d in runs], say=print)
-        print(f"trained {len(runs)} runs in {time.perf_counter() - t0:.0f} s; diverged "
+        diverged = study(seeds, arms).train(args.runs, say=print)
+        print(f"trained {len(seeds) * len(arms)} runs in {time.perf_counter() - t0:.0f} s; diverged "
               f"{sorted(diverged) or 'none'}")  # fmt: skip
         return 0
     values = per_run(args.runs, seeds, arms)

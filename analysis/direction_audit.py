@@ -37,12 +37,17 @@ REL_DAMPING = 1e-3
 PRIMARY = (("unit", "kfac"), ("unit", "ekfac"))
 
 
-def configs(seeds: int):
+def study(seeds: int):
+    """The declared runs as a :class:`~natgrad.analysis.study.Study`."""
+    from natgrad.analysis.study import Study
     from natgrad.training import default_config
 
-    return [default_config("mnist-fc", dataset="digits", unit=u, seed=s, epochs=EPOCHS, lr=LR,
-                           width=WIDTH, depth=DEPTH, dtype="float64", checkpoint_every=EPOCHS,
-                           probe_size=64) for s in range(seeds) for u in UNITS]  # fmt: skip
+    def config(unit: str, seed: int):
+        return default_config("mnist-fc", dataset="digits", unit=unit, seed=seed, epochs=EPOCHS,
+                              lr=LR, width=WIDTH, depth=DEPTH, dtype="float64",
+                              checkpoint_every=EPOCHS, probe_size=64)  # fmt: skip
+
+    return Study("direction audit", UNITS, range(seeds), config)
 
 
 def measure(run: Path, epoch: int, ds) -> list[dict]:
@@ -136,7 +141,6 @@ def run(argv: list[str] | None = None) -> int:
 
     from natgrad.data import load_dataset
     from natgrad.training import git_commit
-    from natgrad.training.plan import train_plan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/direction_audit"))
@@ -146,9 +150,9 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    cfgs = configs(args.seeds)
-    dirs = [args.runs / f"{c.unit}-s{c.seed}" for c in cfgs]
-    diverged = train_plan(cfgs, dirs)
+    runs = study(args.seeds).plan(args.runs)
+    dirs = [r.path for r in runs]
+    diverged = study(args.seeds).train(args.runs)
     if diverged:
         print(f"diverged: {sorted(diverged)}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@ ReLU, LReLU and SReLU × 5 seeds, SGD lr 0.01, batch 64, 300 epochs — trained 
 
     python analysis/fig2_protocol.py [--epochs 300] [--runs runs/fig2] [--record DIR]
 
-The 20 runs train as one batched model (:func:`natgrad.training.plan.train_plan`, one run
+The 20 runs train as one batched model (:meth:`natgrad.analysis.study.Study.train`, one run
 directory each). ``--epochs E`` stops at epoch E; the same command with a larger ``--epochs``
 resumes every run from its last checkpoint (every 25 epochs and the last), so the protocol
 can be run in pieces. ``--record DIR`` writes what to commit: ``curves.csv`` (per run and
@@ -87,16 +87,20 @@ def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progres
     return layers, seeds
 
 
-def configs(epochs: int, data_dir: str | None, dataset: str = "fashion-mnist"):
+def study(epochs: int, data_dir: str | None, dataset: str = "fashion-mnist"):
+    """The protocol's runs as a :class:`~natgrad.analysis.study.Study` (``<unit>-s<seed>``)."""
+    from natgrad.analysis.study import Study
     from natgrad.training import default_config
 
     setting = SETTINGS[dataset]
-    return [
-        default_config("mnist-fc", dataset=dataset, data_dir=data_dir, unit=u, seed=s,
-                       epochs=epochs, lr=0.01, batch_size=64, checkpoint_every=25,
-                       checkpoint_epochs=setting["checkpoint_epochs"])
-        for s in range(setting["seeds"]) for u in UNITS
-    ]  # fmt: skip
+
+    def config(unit: str, seed: int):
+        return default_config("mnist-fc", dataset=dataset, data_dir=data_dir, unit=unit,
+                              seed=seed, epochs=epochs, lr=0.01, batch_size=64,
+                              checkpoint_every=25,
+                              checkpoint_epochs=setting["checkpoint_epochs"])  # fmt: skip
+
+    return Study(f"Fig 2 protocol ({dataset})", UNITS, range(setting["seeds"]), config)
 
 
 def record(runs: list[Path], out: Path, meta: dict) -> str:
@@ -568,7 +572,6 @@ def main(argv: list[str] | None = None) -> int:
     from natgrad.training import git_commit
     from natgrad.training.checkpoint import latest_epoch
     from natgrad.training.loop import describe_device, resolve_device
-    from natgrad.training.plan import train_plan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=300)
@@ -621,17 +624,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.restore_state:
         args.runs.mkdir(parents=True, exist_ok=True)
         restore_state(args.restore_state, args.runs)
-    cfgs = configs(args.epochs, args.data_dir, args.dataset)
-    dirs = [args.runs / f"{c.unit}-s{c.seed}" for c in cfgs]
+    protocol = study(args.epochs, args.data_dir, args.dataset)
+    dirs = [r.path for r in protocol.plan(args.runs)]
     start = min((latest_epoch(d) or 0) if d.exists() else 0 for d in dirs)
     commit, t0 = git_commit(), time.perf_counter()
     if not args.no_train:
-        diverged = train_plan(cfgs, dirs, device=args.device, progress=True)
+        diverged = protocol.train(args.runs, device=args.device, progress=True)
         if diverged:  # every analysis below needs all 40 runs
             print(f"diverged: {diverged}", file=sys.stderr)
             return 1
     wall = time.perf_counter() - t0
-    print(f"trained epochs {start + 1}..{args.epochs} of {len(cfgs)} runs in {wall:.0f} s")
+    print(f"trained epochs {start + 1}..{args.epochs} of {len(dirs)} runs in {wall:.0f} s")
     if args.mechanism:
         t1 = time.perf_counter()
         layers, seeds = mechanism_tables(dirs, workers=args.workers,

@@ -41,37 +41,26 @@ RATES = (1e-2, 1e-3, 1e-4, 1e-5)
 AT_EPOCHS = (5, 10, 25)
 
 
-def configs(lr: float, epochs: int, *, seeds: int = SEEDS, train_size: int | None = None):
+def study(lr: float, epochs: int, *, seeds: int = SEEDS, train_size: int | None = None):
+    """The runs of one learning rate, declared: ELU, ReLU, LReLU × seeds (shared weights)."""
+    from natgrad.analysis.study import Study
     from natgrad.training.config import default_config
 
-    return [
-        dataclasses.replace(
-            default_config("mnist-ae"),
-            unit=unit,
-            seed=seed,
-            lr=lr,
-            epochs=epochs,
-            train_size=train_size,
-            checkpoint_every=5,
-            keep_checkpoints=1,
-            probe_size=256,
+    def config(unit: str, seed: int):
+        return dataclasses.replace(
+            default_config("mnist-ae"), unit=unit, seed=seed, lr=lr, epochs=epochs,
+            train_size=train_size, checkpoint_every=5, keep_checkpoints=1, probe_size=256,
             notes=f"fig3 autoencoder, lr {lr:g}",
         )  # fmt: skip
-        for seed in range(seeds)
-        for unit in UNITS
-    ]
 
-
-def run_dir(root: Path, cfg) -> Path:
-    return root / f"lr{cfg.lr:g}" / f"{cfg.unit}-s{cfg.seed}"
+    return Study(f"fig3 autoencoder, lr {lr:g}", UNITS, range(seeds), config)
 
 
 def train(root: Path, lr: float, epochs: int, *, seeds: int = SEEDS, train_size=None) -> float:
-    from natgrad.training.plan import train_plan
-
-    cfgs = configs(lr, epochs, seeds=seeds, train_size=train_size)
     t0 = time.perf_counter()
-    diverged = train_plan(cfgs, [run_dir(root, c) for c in cfgs], say=print)
+    diverged = study(lr, epochs, seeds=seeds, train_size=train_size).train(
+        root / f"lr{lr:g}", say=print
+    )
     if diverged:  # recorded in the run (diverged.json), not retried; the report names them
         print(f"lr {lr:g}: diverged {sorted(diverged)}")
     return time.perf_counter() - t0

@@ -98,6 +98,7 @@ __all__ = [
     "rewrite_outputs",
     "run",
     "run_compare",
+    "study",
     "summarise",
     "train_runs",
     "write_outputs",
@@ -234,51 +235,29 @@ def arm_config(config: CompareConfig, arm: str, seed: int):
     )  # fmt: skip
 
 
-def _plan(config: CompareConfig, root: Path) -> list[tuple[str, int, object, Path]]:
-    return [(arm, seed, arm_config(config, arm, seed), Path(root) / f"{arm}-s{seed}")
-            for seed in config.seed_list for arm in config.arms]  # fmt: skip
+def study(config: CompareConfig):
+    r"""The comparison as a :class:`~natgrad.analysis.study.Study`: its arms × seeds, each
+    run's :func:`arm_config`, run directories ``<arm>-s<seed>``."""
+    from natgrad.analysis.study import Study
+
+    return Study("natgrad compare", config.arms, tuple(config.seed_list),
+                 lambda arm, seed: arm_config(config, arm, seed))  # fmt: skip
 
 
 def train_runs(config: CompareConfig, root: Path, *, progress=None) -> dict[str, str]:
-    r"""Train (or resume) every (arm, seed) of ``config`` in ``root``
-    (:func:`~natgrad.training.plan.train_plan`: the SGD arms batch, a finished run is not
-    touched); returns ``{run name: divergence message}`` of the runs that stopped on a
-    non-finite loss (recorded in their directories; the others go on)."""
-    from natgrad.training.plan import train_plan
-
-    plan = _plan(config, root)
-    return train_plan([c for *_, c, _ in plan], [d for *_, d in plan], say=progress)
+    r"""Train (or resume) every (arm, seed) of ``config`` in ``root`` (the one runner,
+    :meth:`Study.train <natgrad.analysis.study.Study.train>`: the SGD arms batch, a finished
+    run is not touched); returns ``{run name: divergence message}`` of the runs that stopped
+    on a non-finite loss (recorded in their directories; the others go on)."""
+    return study(config).train(root, say=progress)
 
 
 def read_curves(config: CompareConfig, root: Path):
-    r"""The curves of every (arm, seed) from its run directory: rows by seed, arm (in
-    ``config.arms`` order) and epoch 0..E; a diverged run's missing epochs are NaN;
-    ``seconds`` is the cumulative training time (a batched run's share)."""
-    import pandas as pd
-
-    from natgrad.training.rundir import RunDir
-
-    rows = []
-    for arm, seed, _, d in _plan(config, root):
-        got = {int(r["epoch"]): r for r in RunDir(d).read_metrics() if r["epoch"] <= config.epochs}
-        elapsed = 0.0
-        for e in range(config.epochs + 1):
-            r = got.get(e)
-            if r is None:
-                rows.append(dict(seed=seed, arm=arm, epoch=e, train_loss=math.nan,
-                                 val_loss=math.nan, val_error=math.nan, test_loss=math.nan,
-                                 test_error=math.nan, seconds=math.nan))  # fmt: skip
-                continue
-            elapsed += float(r.get("train_seconds") or 0.0)
-            rows.append(dict(seed=seed, arm=arm, epoch=e, train_loss=r["train_loss"],
-                             val_loss=_num(r.get("val_loss")), val_error=_num(r.get("val_error")),
-                             test_loss=r["test_loss"], test_error=r["test_error"],
-                             seconds=elapsed))  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def _num(v) -> float:
-    return math.nan if v is None else float(v)
+    r"""The curves of every (arm, seed) (:meth:`Study.curves
+    <natgrad.analysis.study.Study.curves>`): rows by seed, arm (in ``config.arms`` order) and
+    epoch 0..E; a diverged run's missing epochs are NaN; ``seconds`` is the cumulative
+    training time (a batched run's share)."""
+    return study(config).curves(root)
 
 
 def run_compare(config: CompareConfig, root: Path, *, progress=None):

@@ -1,0 +1,76 @@
+"""``natgrad.analysis.study.Study``: a study as data — its plan, the one runner, the one
+reader of the curves, its declared endpoints; and the studies of ``analysis/`` declared with
+it build their runs."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from natgrad.analysis.endpoints import Endpoint
+from natgrad.analysis.study import Study
+from natgrad.errors import InputError
+from natgrad.training import default_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study(**kw):
+    def config(arm, seed):
+        return default_config("mnist-fc", dataset="digits", unit=arm, seed=seed, epochs=2,
+                              train_size=128, probe_size=16, checkpoint_every=1)  # fmt: skip
+
+    settings = dict(name="t", arms=("elu", "relu"), seeds=(0, 1), config=config)
+    settings.update(kw)
+    return Study(**settings)
+
+
+def test_train_curves_and_endpoints(tmp_path):
+    s = _study(endpoints=(Endpoint("auc", "elu", "relu", "primary"),))
+    assert s.train(tmp_path) == {}
+    assert [r.path.name for r in s.finished(tmp_path)] == ["elu-s0", "relu-s0", "elu-s1", "relu-s1"]
+    curves = s.curves(tmp_path)
+    assert len(curves) == 2 * 2 * 3 and not curves["train_loss"].isna().any()
+    assert (
+        curves.groupby(["arm", "seed"])["seconds"].apply(lambda c: c.is_monotonic_increasing)
+    ).all()
+    values = curves[curves.epoch >= 1].groupby(["arm", "seed"], as_index=False)["train_loss"].mean()
+    table = s.evaluate(values.rename(columns={"train_loss": "auc"}))
+    assert table["reference"].tolist() == ["elu"] and table["n"].tolist() == [2]
+
+
+def test_unfinished_runs_read_as_nan(tmp_path):
+    s = _study(seeds=(0,))
+    curves = s.curves(tmp_path)  # nothing trained yet
+    assert len(curves) == 2 * 3 and curves["train_loss"].isna().all()
+    assert s.finished(tmp_path) == []
+
+
+def test_bad_declarations():
+    with pytest.raises(InputError, match="arms repeat"):
+        _study(arms=("elu", "elu"))
+    with pytest.raises(InputError, match="at least one arm and one seed"):
+        _study(seeds=())
+    with pytest.raises(InputError, match="declares no endpoints"):
+        _study().evaluate(pd.DataFrame())
+
+
+@pytest.mark.parametrize("script, build", [
+    ("bn_cnn", lambda m: m.study(range(2))),
+    ("fig3_autoencoder", lambda m: m.study(0.01, 25, seeds=5)),
+    ("direction_audit", lambda m: m.study(5)),
+    ("fig2_protocol", lambda m: m.study(300, None, "mnist")),
+])  # fmt: skip
+def test_the_analysis_studies_are_declarations(script, build, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "analysis"))
+    module = __import__(script)
+    try:
+        runs = build(module).plan("runs")
+    finally:
+        sys.modules.pop(script, None)
+    assert runs and len({r.path for r in runs}) == len(runs)
+    assert all(r.config.seed == r.seed and not math.isnan(r.config.lr) for r in runs)
