@@ -50,6 +50,16 @@ def test_unfinished_runs_read_as_nan(tmp_path):
     assert s.finished(tmp_path) == []
 
 
+def test_the_demo_is_a_declaration():
+    from natgrad.analysis.demo import declaration, for_dataset, primary_endpoints
+
+    config = for_dataset("mnist", seeds=2)
+    demo = declaration(config)
+    assert demo.arms == config.units and demo.seeds == (0, 1)
+    assert list(demo.endpoints) == primary_endpoints(config)
+    assert demo.plan("runs")[0].path.name == "mnist-fc-elu-mnist-s0"
+
+
 def test_bad_declarations():
     with pytest.raises(InputError, match="arms repeat"):
         _study(arms=("elu", "elu"))

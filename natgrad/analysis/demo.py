@@ -51,7 +51,7 @@ from natgrad.training._owner import claim
 from natgrad.units import CATALOGUE
 
 __all__ = ["DemoConfig", "add_arguments", "analysed_epochs", "for_dataset", "main",
-           "primary_endpoints", "run", "study"]  # fmt: skip
+           "declaration", "primary_endpoints", "run", "study"]  # fmt: skip
 
 #: The unit types compared by default: the paper's four, SELU, and ReLU/ELU with batch norm
 #: (the paper's Fig 5 question). Keys of :func:`natgrad.units.unit_type_key`.
@@ -246,11 +246,22 @@ def workers_of(config: DemoConfig) -> int:
     return config.workers if config.workers > 0 else default_workers()
 
 
+def declaration(config: DemoConfig):
+    r"""The demo's runs as a :class:`~natgrad.analysis.study.Study`: every unit type of
+    :attr:`DemoConfig.units` × seeds, run directories named by
+    :func:`natgrad.training.rundir.run_name`, the declared :func:`primary_endpoints`."""
+    from natgrad.analysis.study import Study
+    from natgrad.training.rundir import run_name
+
+    return Study("natgrad demo", config.units, range(config.seeds),
+                 lambda key, seed: _train_config(config, key, seed),
+                 run_name=lambda key, seed: run_name(_train_config(config, key, seed)),
+                 endpoints=tuple(primary_endpoints(config)))  # fmt: skip
+
+
 def train_configs(config: DemoConfig) -> list:
     """The demo's training configs, seed-major: every unit type of seed 0, then seed 1, …"""
-    return [
-        _train_config(config, key, seed) for seed in range(config.seeds) for key in config.units
-    ]
+    return [r.config for r in declaration(config).plan("runs")]
 
 
 def _main(config: DemoConfig, progress: bool, echo) -> dict:
@@ -271,24 +282,17 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
 
     from natgrad.analysis.report import render_report, summary_text
     from natgrad.analysis.summary import read_tables, write_tables
-    from natgrad.training import default_run_dir, describe_device
-    from natgrad.training.plan import train_plan
+    from natgrad.training import describe_device
 
     t0 = time.perf_counter()
     if not (out / "demo.json").is_file():  # marks the folder as the demo's from the start
         write_json(out / "demo.json", {"config": asdict(config), "status": "running"})
     workers = workers_of(config) if config.device == "cpu" else 1
-    cfgs = train_configs(config)
-    run_dirs = [default_run_dir(cfg, out / "runs") for cfg in cfgs]
-    diverged = train_plan(
-        cfgs,
-        run_dirs,
-        workers=workers,
-        device=config.device,
-        resume=not config.fresh,
-        threads=config.threads,
-        progress=progress,
-    )
+    demo = declaration(config)
+    plan = demo.plan(out / "runs")
+    cfgs, run_dirs = [r.config for r in plan], [r.path for r in plan]
+    diverged = demo.train(out / "runs", workers=workers, device=config.device,
+                          resume=not config.fresh, threads=config.threads, progress=progress)  # fmt: skip
     if diverged:  # the demo's tables need every run: stop, naming them
         name, message = next(iter(diverged.items()))
         raise DivergedError(f"{len(diverged)} demo run(s) diverged ({', '.join(diverged)}); "
