@@ -32,7 +32,7 @@ from torch import nn
 
 from natgrad.errors import InputError
 
-__all__ = ["NetworkFisher", "network_fisher"]
+__all__ = ["GramSummary", "NetworkFisher", "network_fisher", "network_fisher_gram"]
 
 
 @dataclass(frozen=True)
@@ -204,3 +204,96 @@ def network_fisher(
     matrix = 0.5 * (matrix + matrix.T)
     return NetworkFisher(matrix, names, shapes, tuple(offsets[k] for k in names), n,
                          _units(model, offsets))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GramSummary:
+    r"""What the whole-network Fisher's Gram route gives for nets whose P² Fisher does not
+    fit (:func:`network_fisher_gram`): ``trace`` tr F, ``frobenius_sq`` ‖F‖²_F,
+    ``unit_block_frobenius_sq`` Σ_u ‖F_uu‖²_F over the units of the Linear/Conv2d layers,
+    ``eigenvalues`` the nonzero spectrum of F (largest first; at most N·C of them), ``n``
+    inputs, ``num_params`` P."""
+
+    trace: float
+    frobenius_sq: float
+    unit_block_frobenius_sq: float
+    eigenvalues: torch.Tensor
+    n: int
+    num_params: int
+
+    def unit_block_share(self) -> float:
+        r"""‖F restricted to the unit blocks‖²_F / ‖F‖²_F, as :meth:`NetworkFisher.unit_block_share`."""
+        return (
+            self.unit_block_frobenius_sq / self.frobenius_sq
+            if self.frobenius_sq > 0
+            else float("nan")
+        )
+
+    def top_eig_over_mean(self) -> float:
+        r"""λ_max / (tr F / P), the outlier ratio of Karakida et al. (the mean over all P
+        eigenvalues, zeros included)."""
+        return float(self.eigenvalues[0]) / (self.trace / self.num_params)
+
+
+def network_fisher_gram(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 64,
+                        max_rows: int = 20_000) -> GramSummary:  # fmt: skip
+    r"""Whole-network Fisher statistics without the P×P matrix (float64, categorical logits).
+
+    F = VᵀV with V ``[N·C, P]`` the rows J_nᵀ M_nk / √N (M_n the columns of a square root of
+    the output Fisher diag p − p pᵀ, :func:`natgrad.likelihoods.sqrt_output_fisher`), so its
+    nonzero spectrum is that of the Gram matrix G = V Vᵀ ``[N·C, N·C]``, ‖F‖²_F = ‖G‖²_F,
+    tr F = tr G, and each unit block is V_uᵀV_u from V's columns of the unit. Memory: V
+    (N·C·P floats) and G ((N·C)²), so the probe size, not the parameter count, is the limit
+    (``max_rows`` = N·C). Tested against :func:`network_fisher` on small nets.
+    """
+    import copy
+
+    from torch.func import functional_call, jacrev, vmap
+
+    from natgrad.likelihoods import sqrt_output_fisher
+
+    model = copy.deepcopy(model).to(torch.float64).eval()
+    named = [(k, v) for k, v in model.named_parameters()]
+    params = {k: v.detach() for k, v in named}
+    offsets, off = {}, 0
+    for k, v in named:
+        offsets[k] = off
+        off += v.numel()
+    x_all = torch.as_tensor(inputs).to(torch.float64)
+    if not torch.isfinite(x_all).all():
+        raise InputError("network_fisher_gram: the inputs contain NaN/Inf")
+    n = x_all.shape[0]
+
+    def logits(p, x):
+        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
+
+    jac = vmap(jacrev(logits), in_dims=(None, 0))
+    rows = []
+    for s in range(0, n, batch_size):
+        xb = x_all[s : s + batch_size]
+        with torch.no_grad():
+            z = functional_call(model, params, (xb,))
+        if z.ndim != 2:
+            raise InputError(f"network_fisher_gram: the model must return logits [N, C], got "
+                             f"{tuple(z.shape)}")  # fmt: skip
+        if n * z.shape[1] > max_rows:
+            raise InputError(f"network_fisher_gram: N·C = {n * z.shape[1]} rows exceed "
+                             f"max_rows={max_rows} (the Gram matrix is (N·C)² floats); use a "
+                             "smaller probe")  # fmt: skip
+        M = sqrt_output_fisher("categorical", z)  # [K, B, C]
+        j = jac(params, xb)
+        J = torch.cat([j[k].reshape(xb.shape[0], z.shape[1], -1) for k in params], dim=-1)
+        rows.append(torch.einsum("kbc,bcp->kbp", M, J).reshape(-1, off))
+    V = torch.cat(rows) / n**0.5  # [N·K, P]
+    G = V @ V.T
+    eig = torch.linalg.eigvalsh(G).flip(0).clamp_min(0.0)
+    layers: dict[tuple[str, int], list] = {}
+    for name, _, idx in _units(model, offsets):  # stacked by layer: one einsum per layer
+        layers.setdefault((name, idx.numel()), []).append(idx)
+    inside = 0.0
+    for idx in layers.values():
+        Vu = V[:, torch.stack(idx)]  # [N·K, U, d+1]
+        inside += float(torch.einsum("nui,nuj->uij", Vu, Vu).square().sum())
+    return GramSummary(trace=float(G.diagonal().sum()), frobenius_sq=float(G.square().sum()),
+                       unit_block_frobenius_sq=inside, eigenvalues=eig, n=n,
+                       num_params=off)  # fmt: skip

@@ -86,3 +86,24 @@ def test_bad_input_is_named():
         F.unit_blocks("nope")
     with pytest.raises(InputError, match="entries"):
         F.unit_vs_full(torch.zeros(3))
+
+
+def test_gram_route_equals_the_dense_fisher():
+    from natgrad.network import network_fisher_gram
+
+    gen = torch.Generator().manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ELU(), nn.Flatten(),
+                        nn.Linear(3 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 4)).double()  # fmt: skip
+    x = torch.randn(25, 2, 4, 4, generator=gen, dtype=torch.float64)
+    F = network_fisher(net, x)
+    G = network_fisher_gram(net, x, batch_size=7)
+    dense = F.spectrum()
+    k = G.eigenvalues.numel()
+    assert k == min(25 * 4, F.num_params)
+    assert_close(G.eigenvalues[:10], dense[:10], atol=1e-12 * float(dense[0]), what="spectrum")
+    assert G.trace == pytest.approx(float(F.matrix.trace()), rel=1e-12)
+    assert G.frobenius_sq == pytest.approx(float(F.matrix.square().sum()), rel=1e-12)
+    assert G.unit_block_share() == pytest.approx(F.unit_block_share(), rel=1e-12)
+    assert G.top_eig_over_mean() == pytest.approx(float(dense[0] / dense.mean()), rel=1e-10)
+    with pytest.raises(InputError, match="exceed max_rows=50"):
+        network_fisher_gram(net, x, max_rows=50)
