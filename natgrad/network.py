@@ -145,6 +145,43 @@ def _units(model: nn.Module, offsets: dict[str, int]) -> tuple:
     return tuple(out)
 
 
+def _prepare(model: nn.Module, inputs, what: str):
+    r"""A float64 eval copy of ``model``, its parameters (names, offsets in the flat vector,
+    detached values), P, and the inputs as float64 (checked finite)."""
+    import copy
+
+    model = copy.deepcopy(model).to(torch.float64).eval()
+    named = list(model.named_parameters())
+    offsets, off = {}, 0
+    for k, v in named:
+        offsets[k] = off
+        off += v.numel()
+    x_all = torch.as_tensor(inputs).to(torch.float64)
+    if not torch.isfinite(x_all).all():
+        raise InputError(f"{what}: the inputs contain NaN/Inf")
+    return model, offsets, {k: v.detach() for k, v in named}, off, x_all
+
+
+def _jacobians(model: nn.Module, params: dict, x_all: torch.Tensor, batch_size: int, what: str):
+    r"""Per batch: the logits ``z [B, C]`` and the Jacobians ``J [B, C, P]`` of
+    the logits w.r.t. every parameter (``torch.func``: one ``vmap(jacrev)`` per batch)."""
+    from torch.func import functional_call, jacrev, vmap
+
+    def logits(p, x):
+        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
+
+    jac = vmap(jacrev(logits), in_dims=(None, 0))
+    for s in range(0, x_all.shape[0], batch_size):
+        xb = x_all[s : s + batch_size]
+        with torch.no_grad():
+            z = functional_call(model, params, (xb,))
+        if z.ndim != 2:
+            raise InputError(f"{what}: the model must return logits [N, C], got "
+                             f"{tuple(z.shape)}")  # fmt: skip
+        j = jac(params, xb)  # {name: [B, C, *shape]}
+        yield z, torch.cat([j[k].reshape(xb.shape[0], z.shape[1], -1) for k in params], -1)
+
+
 def network_fisher(
     model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256, max_params: int = 20_000
 ) -> NetworkFisher:
@@ -159,44 +196,18 @@ def network_fisher(
         >>> F.matrix.shape, len(F.units), round(F.unit_block_share(), 2) <= 1.0
         (torch.Size([26, 26]), 6, True)
     """
-    import copy
-
-    from torch.func import functional_call, jacrev, vmap
-
-    model = copy.deepcopy(model).to(torch.float64).eval()
-    named = [(k, v) for k, v in model.named_parameters()]
-    total = sum(v.numel() for _, v in named)
+    model, offsets, params, total, x_all = _prepare(model, inputs, "network_fisher")
     if total > max_params:
         raise InputError(f"network_fisher: the model has {total} parameters; the dense Fisher "
                          f"({total}² floats) is for nets up to max_params={max_params}. Use the "
-                         "unit blocks (natgrad.unit_fishers) for larger nets")  # fmt: skip
-    x_all = torch.as_tensor(inputs).to(torch.float64)
-    if not torch.isfinite(x_all).all():
-        raise InputError("network_fisher: the inputs contain NaN/Inf")
-    names = tuple(k for k, _ in named)
-    shapes = tuple(tuple(v.shape) for _, v in named)
-    offsets, off = {}, 0
-    for k, v in named:
-        offsets[k] = off
-        off += v.numel()
-    params = {k: v.detach() for k, v in named}
-
-    def logits(p, x):
-        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
-
-    jac = vmap(jacrev(logits), in_dims=(None, 0))
+                         "unit blocks (natgrad.unit_fishers) or network_fisher_gram for larger "
+                         "nets")  # fmt: skip
+    names = tuple(params)
+    shapes = tuple(tuple(v.shape) for v in params.values())
     matrix = torch.zeros(total, total, dtype=torch.float64)
     n = x_all.shape[0]
-    for s in range(0, n, batch_size):
-        xb = x_all[s : s + batch_size]
-        with torch.no_grad():
-            z = functional_call(model, params, (xb,))
-        if z.ndim != 2:
-            raise InputError(f"network_fisher: the model must return logits [N, C], got "
-                             f"{tuple(z.shape)}")  # fmt: skip
+    for z, J in _jacobians(model, params, x_all, batch_size, "network_fisher"):
         p = torch.softmax(z, dim=-1)  # [B, C]
-        j = jac(params, xb)  # {name: [B, C, *shape]}
-        J = torch.cat([j[k].reshape(xb.shape[0], z.shape[1], -1) for k in names], dim=-1)
         Jp = (p.sqrt().unsqueeze(-1) * J).reshape(-1, total)  # [B·C, P]
         Jm = torch.einsum("bc,bcp->bp", p, J)  # [B, P]: J_nᵀ p_n
         matrix += Jp.T @ Jp - Jm.T @ Jm
@@ -246,43 +257,17 @@ def network_fisher_gram(model: nn.Module, inputs: torch.Tensor, *, batch_size: i
     (N·C·P floats) and G ((N·C)²), so the probe size, not the parameter count, is the limit
     (``max_rows`` = N·C). Tested against :func:`network_fisher` on small nets.
     """
-    import copy
-
-    from torch.func import functional_call, jacrev, vmap
-
     from natgrad.likelihoods import sqrt_output_fisher
 
-    model = copy.deepcopy(model).to(torch.float64).eval()
-    named = [(k, v) for k, v in model.named_parameters()]
-    params = {k: v.detach() for k, v in named}
-    offsets, off = {}, 0
-    for k, v in named:
-        offsets[k] = off
-        off += v.numel()
-    x_all = torch.as_tensor(inputs).to(torch.float64)
-    if not torch.isfinite(x_all).all():
-        raise InputError("network_fisher_gram: the inputs contain NaN/Inf")
+    what = "network_fisher_gram"
+    model, offsets, params, off, x_all = _prepare(model, inputs, what)
     n = x_all.shape[0]
-
-    def logits(p, x):
-        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
-
-    jac = vmap(jacrev(logits), in_dims=(None, 0))
     rows = []
-    for s in range(0, n, batch_size):
-        xb = x_all[s : s + batch_size]
-        with torch.no_grad():
-            z = functional_call(model, params, (xb,))
-        if z.ndim != 2:
-            raise InputError(f"network_fisher_gram: the model must return logits [N, C], got "
-                             f"{tuple(z.shape)}")  # fmt: skip
+    for z, J in _jacobians(model, params, x_all, batch_size, what):
         if n * z.shape[1] > max_rows:
-            raise InputError(f"network_fisher_gram: N·C = {n * z.shape[1]} rows exceed "
-                             f"max_rows={max_rows} (the Gram matrix is (N·C)² floats); use a "
-                             "smaller probe")  # fmt: skip
+            raise InputError(f"{what}: N·C = {n * z.shape[1]} rows exceed max_rows={max_rows} "
+                             "(the Gram matrix is (N·C)² floats); use a smaller probe")  # fmt: skip
         M = sqrt_output_fisher("categorical", z)  # [K, B, C]
-        j = jac(params, xb)
-        J = torch.cat([j[k].reshape(xb.shape[0], z.shape[1], -1) for k in params], dim=-1)
         rows.append(torch.einsum("kbc,bcp->kbp", M, J).reshape(-1, off))
     V = torch.cat(rows) / n**0.5  # [N·K, P]
     G = V @ V.T
