@@ -64,3 +64,9 @@ class StructureError(NatgradError, ValueError):
 class TrainModeWarning(NatgradWarning):
     """A model with batch-norm layers in training mode was passed where natgrad evaluates
     per-input quantities; the message says which layers and what natgrad did."""
+
+
+class LargeStepWarning(NatgradWarning):
+    """A preconditioned update would move a layer's weights by more than their own size in one
+    step (a step that diverges a few steps later); the message names the layers, the ratio,
+    the learning rate and the damping."""

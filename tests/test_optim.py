@@ -21,6 +21,10 @@ from natgrad.reference import reference_unit_fisher
 from natgrad.testing import assert_close
 from tests.cases import CASES, case_id
 
+# These tests check each step's mathematics on tiny nets at rates chosen for it, not for
+# training: their steps are large on purpose (the warning has its own test below).
+pytestmark = pytest.mark.filterwarnings("ignore::natgrad.errors.LargeStepWarning")
+
 STEP_CASES = [
     c
     for c in CASES
@@ -558,3 +562,43 @@ def test_centre_skips_the_named_layers():
     assert type(out[0]) is nn.Linear and type(out[2]).__name__ == "CentredLinear"
     with pytest.raises(InputError, match="names no layer"):
         centre(net, skip=("9",))
+
+
+def _ng_steps(layer_damping: float, lr: float, steps: int = 20):
+    import warnings
+
+    from natgrad.data import load_dataset
+    from natgrad.errors import DivergedError
+    from natgrad.models import build_model
+    from natgrad.optim import UnitNaturalGradient
+
+    ds = load_dataset("mnist", None, seed=0)
+    net = build_model("mnist-fc", "relu", seed=0, dtype=torch.float32)
+    opt = UnitNaturalGradient(net, lr=lr, rel_damping=0.1, layer_damping=layer_damping)
+    diverged = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            for i in range(steps):
+                xb, yb = ds.train_x[i * 64 : (i + 1) * 64], ds.train_y[i * 64 : (i + 1) * 64]
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(xb), yb).backward()
+                opt.step(xb)
+        except DivergedError:
+            diverged = opt.steps
+    from natgrad.errors import LargeStepWarning
+
+    return diverged, [w for w in caught if issubclass(w.category, LargeStepWarning)]
+
+
+@pytest.mark.slow
+def test_a_step_that_would_blow_up_is_named_before_the_nan():
+    # issue 24: without the layer damping the dense unit NG diverges within 5 steps on a
+    # fresh mnist-fc even at lr 1e-5; the warning names the layer steps before the NaN
+    diverged, warned = _ng_steps(layer_damping=0.0, lr=1e-5)
+    assert diverged is not None and warned
+    first = int(str(warned[0].message).split("step ")[1].split(":")[0])
+    assert first < diverged and "lower lr or raise the damping" in str(warned[0].message)
+    # the defaults (layer_damping 0.3) at the README's rate: no warning, no divergence
+    diverged, warned = _ng_steps(layer_damping=0.3, lr=1e-4)
+    assert diverged is None and not warned

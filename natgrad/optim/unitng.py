@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from natgrad._layers import SUPPORTED
-from natgrad.errors import InputError, NatgradWarning, TrainModeWarning
+from natgrad.errors import InputError, LargeStepWarning, NatgradWarning, TrainModeWarning
 from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import KINDS, check_likelihood
 from natgrad.measures import quasidiagonal_apply, quasidiagonal_factor
@@ -293,8 +293,11 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                     "the current batch (and targets= for kind='empirical')"
                 )
             self._refresh(inputs, targets)
+            self._step_warned = False
         directions = self._directions()
         self._check_finite(directions)
+        if not getattr(self, "_step_warned", False):  # at most one warning per refresh period
+            self._step_warned = self._check_step_size(directions)
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
             _check_hyper(lr, mom, wd)  # a schedule may have set them since
@@ -335,6 +338,32 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             "finite (a NaN/Inf gradient, or a preconditioned step that overflowed); the weights "
             "were not changed. Check the loss and inputs, lower lr or raise rel_damping"
         )
+
+    def _check_step_size(self, directions: dict) -> bool:
+        r"""Warn (:class:`~natgrad.errors.LargeStepWarning`) when lr·‖u_W‖ > ‖W‖ for a
+        layer's weights W and preconditioned update u_W (:data:`MAX_RELATIVE_STEP`): such a step
+        replaces the layer rather than adjusting it, and a NaN follows a few steps later.
+        One norm per layer; returns whether it warned."""
+        lr = self.param_groups[0]["lr"]
+        big = []
+        for name, m in self.layers.items():
+            u = directions.get(m.weight)
+            if u is None:
+                continue
+            ratio = lr * float(u.norm()) / max(float(m.weight.detach().norm()), 1e-12)
+            if ratio > MAX_RELATIVE_STEP:
+                big.append(f"{name} ({ratio:.3g}x)")
+        if big:
+            warnings.warn(
+                f"UnitNaturalGradient step {self.steps}: the preconditioned update would move "
+                f"the weights of {', '.join(big[:5])}{' …' if len(big) > 5 else ''} by more "
+                f"than their own norm (lr {lr:g}, rel_damping {self.rel_damping:g}, "
+                f"layer_damping {self.layer_damping:g}); lower lr or raise the damping "
+                "before the loss diverges",
+                LargeStepWarning,
+                stacklevel=3,
+            )
+        return bool(big)
 
     def _has_fisher(self) -> bool:
         return all(any(k in self.state[m.weight] for k in _FISHER_KEYS)
@@ -451,6 +480,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
 
 
 _FISHER_KEYS = ("fisher", "fisher_diag", "window_rows_0")
+
+#: lr·‖u_W‖ / ‖W‖ above which a step gets a LargeStepWarning (the update outweighs the layer).
+MAX_RELATIVE_STEP = 1.0
 
 #: Largest block size d+1 whose F_λ⁻¹ is formed explicitly at refresh. Measured on the
 #: 2-core CPU (float64, 128 units): at d+1 = 129 the inverse costs as much as the Cholesky
