@@ -307,6 +307,8 @@ def _auc(curves):
 
 
 def _gap_fraction(a, b, c) -> float:
+    if len(a) == 0:  # no seed where all three arms finished (e.g. an arm diverged on all)
+        return math.nan
     den = np.mean(a) - np.mean(c)
     return float((np.mean(a) - np.mean(b)) / den) if den > 0 else math.nan
 
