@@ -11,6 +11,8 @@ name       f(x)                                            module
 ``selu``   λ(x if x > 0, else α(exp(x) − 1)), λ≈1.0507,    :class:`torch.nn.SELU`
            α≈1.6733 (Klambauer et al. 2017; not in the
            ELU paper; LeCun-normal init)
+``gelu``   x Φ(x), Φ the standard normal CDF (Hendrycks &   :class:`torch.nn.GELU`
+           Gimpel 2016; not in the ELU paper; He init)
 =========  ==============================================  ===========================
 
 :data:`CATALOGUE` is the one list of unit types: name, label, colour, factory and weight
@@ -122,6 +124,7 @@ CATALOGUE: dict[str, UnitType] = {
                  in_paper=False),
         UnitType("prelu", "PReLU", "#66a61e", nn.PReLU,
                  lambda a: nn.PReLU(num_parameters=1, init=_alpha("prelu", a))),
+        UnitType("gelu", "GELU", "#e6ab02", nn.GELU, lambda a: nn.GELU(), in_paper=False),
     )
 }  # fmt: skip
 

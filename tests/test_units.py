@@ -22,8 +22,11 @@ FORMULAS = {
     "selu": lambda x, a: (
         1.0507009873554805 * torch.where(x > 0, x, 1.6732632423543772 * (torch.exp(x) - 1))
     ),
+    # Hendrycks & Gimpel (2016): x Φ(x), Φ the standard normal CDF (the exact form, not tanh)
+    "gelu": lambda x, a: x * 0.5 * (1.0 + torch.special.erf(x / 2.0**0.5)),
 }
-DEFAULTS = {"elu": 1.0, "relu": None, "lrelu": 0.1, "srelu": None, "prelu": 0.25, "selu": None}
+DEFAULTS = {"elu": 1.0, "relu": None, "lrelu": 0.1, "srelu": None, "prelu": 0.25, "selu": None,
+            "gelu": None}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", UNIT_NAMES)
