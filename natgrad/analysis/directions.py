@@ -11,7 +11,8 @@ unit's μ_u = λ·tr F_uu/(d+1) on its entries (:meth:`~natgrad.network.NetworkF
 ``plain``      u = g (SGD)
 ``centred``    centred SGD in the original parameters: u_w = g_w − ā g_b,
                u_b = g_b − āᵀu_w (ā each layer's mean incoming activation on the training
-               data; Raiko et al. 2012, the reparametrisation of ``natgrad.optim.centre``)
+               data; Raiko et al. 2012, the reparametrisation of ``natgrad.optim.centre``;
+               Linear layers, other parameters keep the plain step)
 ``diagonal``   u = diag(F_λ)⁻¹ g
 ``qd``         Ollivier's quasi-diagonal: per unit, diag(A_λ), the bias column and c_λ
 ``blockdiag``  per unit, diag-block(A_λ, c_λ)⁻¹ g (the weight–bias coupling dropped)
