@@ -129,3 +129,21 @@ def test_first_screen_paragraph_is_generated_from_the_cis():
     assert "learning speed, no difference resolved" in text
     text, rho = answer(_synthetic_tables(n_eff=1.5, rho_lo=0.05, speed_hi=-0.1))
     assert rho is None and "not estimable on this probe" in text and "is closer" not in text
+
+
+def test_probe_size_table_gives_the_change_over_the_last_step_and_the_last_doubling():
+    """Five nested sizes: the table names the change 8000 → 10000 and 5000 → 10000, each equal
+    to the swept seeds' mean difference, for the plain and the jackknifed ρ."""
+    import pandas as pd
+
+    from natgrad.analysis.report import _sizes_html
+
+    sizes = (1000, 2000, 5000, 8000, 10000)
+    rows = [dict(unit_type="elu", seed=s, probe_size=m, rho_plain=0.5 - 100 / m + s * 0.01,
+                 rho_plain_jk=0.6 - 10 / m, n_eff_over_d1=m / 1000)
+            for s in (0, 1) for m in sizes]  # fmt: skip
+    page = _sizes_html({"probe_sizes": pd.DataFrame(rows)})
+    assert "|Δ| 8000 → 10000" in page and "|Δ| 5000 → 10000" in page
+    cells = re.findall(r"<td>([^<]*)</td>", page.split("data-unit='elu'>")[1])
+    assert cells[-2] == f"{fmt(100 / 8000 - 100 / 10000)} / {fmt(10 / 8000 - 10 / 10000)}"
+    assert cells[-1] == f"{fmt(100 / 5000 - 100 / 10000)} / {fmt(10 / 5000 - 10 / 10000)}"

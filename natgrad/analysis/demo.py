@@ -25,7 +25,7 @@ The default (:data:`DATASETS`) is MNIST, the paper's data: ELU, ReLU, LReLU and 
 seeds, 3 epochs of the 50,000 training images, the unit Fishers at epoch 1 on the whole
 validation split (10,000 images: median n_eff/(d+1) ≈ 10 there, ≥ 2 in every layer), g = the
 training set's mean gradient, λ = 1e-3, the jackknifed ρ as the headline, and the probe-size
-sweep (1k/2k/5k/10k) on 2 seeds from the same pass. Primary endpoints (:data:`PRIMARY`),
+sweep (1k/2k/5k/8k/10k) on 2 seeds from the same pass. Primary endpoints (:data:`PRIMARY`),
 declared here before any run: ELU − ReLU on the jackknifed ρ(plain) and on the log training
 loss AUC, Holm within the two. ``--dataset digits`` is a smoke mode (8×8 digits, 20
 epochs): its blocks are not estimable, and its report makes no ρ comparison.
@@ -63,7 +63,7 @@ PAPER_UNITS = ("elu", "relu", "lrelu", "srelu")
 #: Per data set, the demo's defaults (fields of :class:`DemoConfig`).
 DATASETS = {
     "mnist": dict(units=PAPER_UNITS, seeds=8, epochs=3, analyse_epochs=(1,), grad="train",
-                  jackknife=True, probe_sizes=(1000, 2000, 5000, 10000), size_seeds=2),
+                  jackknife=True, probe_sizes=(1000, 2000, 5000, 8000, 10000), size_seeds=2),
     "digits": dict(units=UNITS, seeds=8, epochs=20, analyse_epochs=None, grad="probe",
                    jackknife=False, probe_sizes=(), size_seeds=0),
     "fashion-mnist": dict(units=UNITS, seeds=8, epochs=20, analyse_epochs=None, grad="probe",
@@ -97,7 +97,7 @@ class DemoConfig:
     analyse_epochs: tuple[int, ...] | None = (1,)
     grad: str = "train"
     jackknife: bool = True
-    probe_sizes: tuple[int, ...] = (1000, 2000, 5000, 10000)
+    probe_sizes: tuple[int, ...] = (1000, 2000, 5000, 8000, 10000)
     size_seeds: int = 2
     probe_size: int | None = None
     layers: str = "hidden"

@@ -325,24 +325,32 @@ def _estimation_html(t: dict) -> str:
 
 
 def _sizes_html(t: dict) -> str:
-    """Mean over the swept seeds of ρ at each probe size, and the change between the last two."""
+    """Mean over the swept seeds of ρ at each probe size, and its change to the largest size
+    from the next-to-last one and from one doubling below."""
     ps = t["probe_sizes"]
     cols = [c for c in ("rho_plain", "rho_plain_jk", "n_eff_over_d1") if c in ps.columns]
     mean = ps.groupby(["unit_type", "probe_size"])[cols].mean().reset_index()
     sizes = sorted(mean["probe_size"].unique())
+    # the next-to-last size, and the largest at most half the last (one doubling), if distinct
+    halves = [m for m in sizes[:-1] if 2 * m <= sizes[-1]]
+    ref_sizes = sorted({*sizes[-2:-1], *halves[-1:]}, reverse=True) if len(sizes) > 1 else []
     rows = []
     for key in unit_type_order(mean["unit_type"]):
         sub = mean[mean["unit_type"] == key].set_index("probe_size")
         cells = "".join(f"<td>{fmt(sub.loc[m, 'rho_plain'])} / {fmt(sub.loc[m, 'rho_plain_jk'])}"
                         f" ({fmt(sub.loc[m, 'n_eff_over_d1'])})</td>" for m in sizes)  # fmt: skip
-        last = [abs(sub.loc[sizes[-1], c] - sub.loc[sizes[-2], c]) for c in ("rho_plain", "rho_plain_jk")] \
-            if len(sizes) > 1 else [math.nan, math.nan]  # fmt: skip
+        deltas = "".join(
+            "<td>" + " / ".join(fmt(abs(sub.loc[sizes[-1], c] - sub.loc[m, c]))
+                                for c in ("rho_plain", "rho_plain_jk")) + "</td>"
+            for m in ref_sizes)  # fmt: skip
         rows.append(f"<tr data-unit='{html.escape(key)}'><td>{html.escape(unit_type_label(key, tex=False))}</td>"
-                    f"{cells}<td>{fmt(last[0])} / {fmt(last[1])}</td></tr>")  # fmt: skip
+                    f"{cells}{deltas}</tr>")  # fmt: skip
     head = "".join(f"<th>{int(m)}</th>" for m in sizes)
-    return ("<p>Cells: ρ(plain) plain / jackknifed (median n_eff/(d+1)); last column: the change "
-            "between the last two sizes.</p><table id='probe_sizes'><tr><th>unit</th>" + head +
-            "<th>|Δ| last two</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
+    head += "".join(f"<th>|Δ| {int(m)} → {int(sizes[-1])}</th>" for m in ref_sizes)
+    return ("<p>Cells: ρ(plain) plain / jackknifed (median n_eff/(d+1)); last columns: the change "
+            "from the next-to-last size, and over the last doubling of the probe, to the largest."
+            "</p><table id='probe_sizes'><tr><th>unit</th>" + head + "</tr>" + "".join(rows)
+            + "</table>")  # fmt: skip
 
 
 def _figure(fig) -> str:
