@@ -116,7 +116,8 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
     result_bytes = sum(
         memory.result_elements(structure, u, d) * itemsize for u, d in sizes.values()
     )
-    temp_elems = memory.temp_budget(result_bytes, budget) // itemsize
+    temp_elems = memory.temp_budget(result_bytes, budget, structure, max_memory is not None)
+    temp_elems //= itemsize
     for acc in accs.values():
         acc.budget = max(1, temp_elems // 8)  # each of a chunk's ~3 temporaries
     n_total = 0

@@ -42,6 +42,12 @@ TEMP_FLOOR = 256 * 2**20
 """Bytes the temporaries of a data pass may always use (sub-batches, unit chunks), even when
 the result is smaller than that."""
 
+STRUCTURED_TEMP = 64 * 2**20
+"""Default bytes of a structured (quasi-diagonal or diagonal) pass's temporaries: its result
+is O(U·d), so the pass streams the batch in sub-batches whose per-sample patches and error
+signals stay within this, and the memory it adds does not grow with the batch
+(``bench/conv_scale.py``, peers part). An explicit ``max_memory`` overrides it."""
+
 
 def check_structure(structure: str) -> str:
     if structure not in STRUCTURES:
@@ -99,11 +105,15 @@ def format_bytes(n: float) -> str:
     return f"{n:.2f} TiB"  # pragma: no cover
 
 
-def temp_budget(result_bytes: int, max_memory: int) -> int:
+def temp_budget(
+    result_bytes: int, max_memory: int, structure: str = "dense", explicit: bool = True
+) -> int:
     """Bytes the temporaries of a pass may use: the larger of :data:`TEMP_FLOOR` and a quarter
-    of the result, but never more than what ``max_memory`` leaves beside the result (or 1/8
-    of ``max_memory`` where that is less)."""
-    wanted = max(TEMP_FLOOR, result_bytes // 4)
+    of the result (:data:`STRUCTURED_TEMP` for a structured result when ``max_memory`` was
+    not given, ``explicit=False``), but never more than what ``max_memory`` leaves beside the
+    result (or 1/8 of ``max_memory`` where that is less)."""
+    floor = TEMP_FLOOR if structure == "dense" or explicit else STRUCTURED_TEMP
+    wanted = max(floor, result_bytes // 4)
     return min(wanted, max(max_memory - result_bytes, max_memory // 8))
 
 

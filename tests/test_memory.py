@@ -63,6 +63,36 @@ def test_temp_budget_bounds():
     assert memory.temp_budget(4000 * mib, 64000 * mib) == 1000 * mib  # a quarter of the result
     assert memory.temp_budget(1 * mib, 64000 * mib) == memory.TEMP_FLOOR
     assert memory.temp_budget(100 * mib, 128 * mib) == 28 * mib  # what is left
+    # a structured result without an explicit max_memory: the smaller streaming floor
+    assert memory.temp_budget(1 * mib, 64000 * mib, "quasidiagonal", explicit=False) == (
+        memory.STRUCTURED_TEMP
+    )
+    assert memory.temp_budget(1 * mib, 64000 * mib, "quasidiagonal") == memory.TEMP_FLOOR
+
+
+def test_structured_conv_pass_streams_the_batch_in_sub_batches(monkeypatch):
+    """A weight-shared layer's quasi-diagonal pass over a large batch runs in sub-batches whose
+    temporaries fit :data:`memory.STRUCTURED_TEMP` (so its added memory does not grow with N),
+    and gives the blocks of one whole-batch pass."""
+    from natgrad import engine
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 24, 3, padding=1), torch.nn.ELU(),
+                                torch.nn.Conv2d(24, 10, 1), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).double()  # fmt: skip
+    x = torch.randn(400, 16, 16, 16, dtype=torch.float64)
+    whole = unit_fisher(model, "0", x, structure="quasidiagonal", max_memory=2**36)
+    seen = []
+    real = engine._accumulate_batch
+    monkeypatch.setattr(engine, "_accumulate_batch",
+                        lambda capture, accs, xb, *a: (seen.append(xb.shape[0]),
+                                                       real(capture, accs, xb, *a))[1])  # fmt: skip
+    streamed = unit_fisher(model, "0", x, structure="quasidiagonal")
+    assert sum(seen) == 400 and max(seen) < 400, seen
+    per_sample = 16 * 16 * (16 * 9) * 8  # one input's unfolded patches alone, float64 bytes
+    assert max(seen) * per_sample <= memory.STRUCTURED_TEMP
+    assert_close(streamed.diagonal, whole.diagonal, what="diag")
+    assert_close(streamed.bias_column, whole.bias_column, what="b")
 
 
 def test_symmetrise_in_place_chunked():
