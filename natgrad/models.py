@@ -143,11 +143,14 @@ class PaperNet(nn.Sequential):
         self.build_kwargs = dict(build_kwargs)
 
 
-def _hidden(layer: nn.Module, width: int, unit: str, alpha, bn: bool, conv: bool) -> list:
-    """``[(name, module)]`` for one hidden layer: layer, optional batch norm, unit."""
+def _hidden(layer: nn.Module, width: int, unit: str, alpha, bn: bool, conv: bool,
+            ln: bool = False) -> list:  # fmt: skip
+    """``[(name, module)]`` for one hidden layer: layer, optional batch or layer norm, unit."""
     out = [("layer", layer)]
     if bn:
         out.append(("bn", nn.BatchNorm2d(width) if conv else nn.BatchNorm1d(width)))
+    if ln:
+        out.append(("ln", nn.LayerNorm(width)))
     out.append(("act", make_unit(unit, alpha)))
     return out
 
@@ -189,14 +192,14 @@ def _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn, *, stem_stride=1, p
     return out, c, (h, w)
 
 
-def _mlp(sizes, unit, alpha, bn) -> list:
+def _mlp(sizes, unit, alpha, bn, ln: bool = False) -> list:
     """``fc1, act1, …`` for consecutive ``sizes``; the last layer has no unit."""
     mods: list = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes), start=1):
         if i == len(sizes) - 1:
             mods.append((f"fc{i}", nn.Linear(a, b)))
             break
-        for name, mod in _hidden(nn.Linear(a, b), b, unit, alpha, bn, conv=False):
+        for name, mod in _hidden(nn.Linear(a, b), b, unit, alpha, bn, conv=False, ln=ln):
             mods.append((f"{'fc' if name == 'layer' else name}{i}", mod))
     return mods
 
@@ -204,7 +207,9 @@ def _mlp(sizes, unit, alpha, bn) -> list:
 def _mnist_fc(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
     d = math.prod(in_shape)
     sizes = [d] + [kw.get("width", 128)] * kw.get("depth", 8) + [num_classes]
-    mods = _mlp(sizes, unit, alpha, bn)
+    if kw.get("layer_norm") and bn:
+        raise InputError("mnist-fc: batch norm or layer norm, not both")
+    mods = _mlp(sizes, unit, alpha, bn, ln=bool(kw.get("layer_norm")))
     p = float(kw.get("dropout", (0.0,))[0])  # not in the paper; off by default
     if p > 0:
         for i in range(len(sizes) - 2, 0, -1):
@@ -317,7 +322,8 @@ def build_model(
         device: where the parameters live; ``"meta"`` builds without memory or init
             (parameter counting).
         options: per-net extras: ``width``, ``depth``, ``dropout=(p,)`` after every hidden
-            unit (mnist-fc; not in the paper, off by default); ``dropout`` (cifar-*, one
+            unit, ``layer_norm=True`` (layer norm after every hidden Linear, before the
+            unit) (mnist-fc; not in the paper, off by default); ``dropout`` (cifar-*, one
             rate per stack; ``channel_scale``, every conv width × this, rounded:
             the recipe at reduced width); ``stem_stride``, ``spp_levels`` (imagenet-15).
 
@@ -362,14 +368,15 @@ def build_model(
 @torch.no_grad()
 def _he_init(model: nn.Module, gen: torch.Generator, alpha: float | None, gain: float) -> None:
     """Kaiming-normal (fan_in) weights with ``gain`` (√2: He; 1: LeCun normal, for SELU) from
-    ``gen`` in module order, zero biases; batch norm to (γ=1, β=0, running stats reset);
+    ``gen`` in module order, zero biases; batch and layer norm to (γ=1, β=0, running stats
+    reset);
     PReLU slopes to their initial α. The same normal draws for every gain."""
     for mod in model.modules():
         if isinstance(mod, (nn.Linear, nn.Conv2d)):
             nn.init.normal_(mod.weight, 0.0, 1.0, generator=gen)
             mod.weight.mul_(gain / math.sqrt(mod.weight[0].numel()))
             nn.init.zeros_(mod.bias)
-        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        elif isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
             mod.reset_parameters()
         elif isinstance(mod, nn.PReLU):
             mod.weight.fill_(0.25 if alpha is None else alpha)

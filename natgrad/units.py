@@ -17,8 +17,8 @@ name       f(x)                                            module
 
 :data:`CATALOGUE` is the one list of unit types: name, label, colour, factory and weight
 initialisation. Plots, reports, summaries, the demo and the training CLI read it; nothing
-else keeps its own list. A *unit type* of a study may add batch norm (``"relu-bn"``:
-:func:`unit_type_key`, :func:`unit_type_label`).
+else keeps its own list. A *unit type* of a study may add batch norm (``"relu-bn"``) or layer norm (``"relu-ln"``):
+:func:`unit_type_key`, :func:`split_unit_type`, :func:`unit_type_label`.
 
 Every unit acts elementwise, so shapes are unchanged: ``[N, U]`` for a fully connected
 layer, ``[N, C, H, W]`` for a conv layer. Each call of :func:`make_unit` returns a new
@@ -134,54 +134,78 @@ UNIT_NAMES: tuple[str, ...] = tuple(CATALOGUE)
 UNIT_TYPES: tuple[type[nn.Module], ...] = tuple(u.module for u in CATALOGUE.values())
 
 
-def unit_type_key(unit: str, batch_norm: bool = False) -> str:
-    """The unit type of a run: ``"relu"``, or ``"relu-bn"`` with batch norm."""
-    return f"{unit}-bn" if batch_norm else unit
+#: Normalisation suffixes of a unit type key, and their labels: batch norm, layer norm.
+NORM_SUFFIXES = {"-bn": "+BN", "-ln": "+LN"}
 
 
-def _split(key: str) -> tuple[UnitType | None, bool]:
-    base, bn = (key[:-3], True) if key.endswith("-bn") else (key, False)
-    return CATALOGUE.get(base), bn
+def unit_type_key(unit: str, batch_norm: bool = False, layer_norm: bool = False) -> str:
+    """The unit type of a run: ``"relu"``, ``"relu-bn"`` with batch norm, ``"relu-ln"`` with
+    layer norm."""
+    return unit + ("-bn" if batch_norm else "") + ("-ln" if layer_norm else "")
+
+
+def split_unit_type(key: str) -> tuple[str, str]:
+    """``(unit, suffix)`` of a unit type key: ``("relu", "-bn")``, ``("elu", "")``.
+
+    Example:
+        >>> split_unit_type("gelu-ln"), split_unit_type("relu")
+        (('gelu', '-ln'), ('relu', ''))
+    """
+    for suffix in NORM_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix
+    return key, ""
+
+
+def _split(key: str) -> tuple[UnitType | None, str]:
+    base, suffix = split_unit_type(key)
+    return CATALOGUE.get(base), suffix
 
 
 def unit_type_label(key: str, *, tex: bool = True) -> str:
-    r"""Label of a unit type key: ``"ReLU+BN"`` for ``"relu-bn"``; ``tex=False`` drops LaTeX.
+    r"""Label of a unit type key: ``"ReLU+BN"`` for ``"relu-bn"``, ``"ReLU+LN"`` for
+    ``"relu-ln"``; ``tex=False`` drops LaTeX.
 
     Example:
         >>> unit_type_label("relu-bn"), unit_type_label("elu", tex=False)
         ('ReLU+BN', 'ELU (α=1)')
     """
-    unit, bn = _split(key)
+    unit, suffix = _split(key)
     label = key if unit is None else unit.label
     if not tex:
         label = label.replace(r"$\alpha=", "α=").replace("$", "")
-    return label + ("+BN" if bn else "")
+    return label + NORM_SUFFIXES.get(suffix, "")
 
 
 def unit_type_colour(key: str) -> str | None:
     """Colour of a unit type key; a batch-norm variant gets a darker shade of the unit's
-    colour (plots also dash it), so that ReLU and ReLU+BN differ where only fills show.
+    colour, a layer-norm one a lighter shade (plots also dash them), so that ReLU, ReLU+BN and
+    ReLU+LN differ where only fills show.
 
     Example:
         >>> unit_type_colour("relu") != unit_type_colour("relu-bn")
         True
     """
-    unit, bn = _split(key)
+    unit, suffix = _split(key)
     if unit is None:
         return None
-    if not bn:
+    if not suffix:
         return unit.colour
     rgb = [int(unit.colour[i : i + 2], 16) for i in (1, 3, 5)]
-    return "#" + "".join(f"{int(c * 0.55):02x}" for c in rgb)
+    if suffix == "-bn":
+        return "#" + "".join(f"{int(c * 0.55):02x}" for c in rgb)
+    return "#" + "".join(f"{int(c + (255 - c) * 0.45):02x}" for c in rgb)
 
 
 def unit_type_order(keys) -> list[str]:
-    """``keys`` sorted by the catalogue (each unit before its ``-bn`` variant), unknown last."""
+    """``keys`` sorted by the catalogue (each unit before its ``-bn``, then ``-ln`` variant),
+    unknown last."""
     order = {k: i for i, k in enumerate(CATALOGUE)}
+    norms = ["", *NORM_SUFFIXES]
 
     def rank(key: str):
-        unit, bn = _split(key)
-        return (order.get(unit.name, len(order)) if unit else len(order), bn, key)
+        unit, suffix = _split(key)
+        return (order.get(unit.name, len(order)) if unit else len(order), norms.index(suffix), key)
 
     return sorted(set(keys), key=rank)
 

@@ -181,3 +181,25 @@ def test_channel_scale_builds_the_recipe_at_reduced_width():
         scaled_stacks(CIFAR11, 0.0)
     with pytest.raises(InputError, match="for the cifar-\\* nets only"):
         default_config("mnist-fc", channel_scale=0.5)
+
+
+def test_mnist_fc_layer_norm_sits_before_every_hidden_unit_and_starts_at_identity():
+    """``layer_norm=True``: a LayerNorm after every hidden Linear, before its unit (γ = 1,
+    β = 0 after the He initialisation), none after the output layer; batch norm and layer
+    norm together are refused."""
+    import pytest as _pytest
+
+    from natgrad.errors import InputError
+
+    net = build_model("mnist-fc", "relu", width=8, depth=3, layer_norm=True, seed=0,
+                      in_features=12)  # fmt: skip
+    names = [n for n, _ in net.named_children()]
+    assert names == ["flatten", "fc1", "ln1", "act1", "fc2", "ln2", "act2", "fc3", "ln3", "act3",
+                     "fc4"]  # fmt: skip
+    for i in (1, 2, 3):
+        ln = getattr(net, f"ln{i}")
+        assert torch.equal(ln.weight, torch.ones(8)) and torch.equal(ln.bias, torch.zeros(8))
+    same = build_model("mnist-fc", "relu", width=8, depth=3, seed=0, in_features=12)
+    assert torch.equal(net.fc2.weight, same.fc2.weight)  # the same draws as without it
+    with _pytest.raises(InputError, match="not both"):
+        build_model("mnist-fc", "relu", batch_norm=True, layer_norm=True, in_features=12)

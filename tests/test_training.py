@@ -301,3 +301,26 @@ def test_controls_of_a_comparison_train_and_resume(tmp_path):
         default_config("mnist-fc", keep_checkpoints=-1)
     with pytest.raises(InputError, match="train_size"):
         default_config("mnist-fc", train_size=0)
+
+
+def test_layer_norm_run_is_named_resumes_and_reloads(tmp_path):
+    """``layer_norm=True`` (mnist-fc): the run is named ``-ln``, its unit type is
+    ``<unit>-ln``, its checkpoint reloads the same function, and the config refuses it for
+    other nets or together with batch norm."""
+    from natgrad.analysis.runs import load_model
+    from natgrad.errors import InputError
+    from natgrad.training import default_config, run_name, train
+    from natgrad.training.rundir import RunDir
+
+    cfg = default_config("mnist-fc", dataset="digits", unit="selu", layer_norm=True, width=8,
+                         depth=2, epochs=1, probe_size=16, checkpoint_every=1)  # fmt: skip
+    assert run_name(cfg) == "mnist-fc-selu-ln-digits-s0"
+    run = tmp_path / run_name(cfg)
+    train(cfg, run, device="cpu", progress=False)
+    assert RunDir(run).identity()["unit_type"] == "selu-ln"
+    model = load_model(run, 1)
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    with pytest.raises(InputError, match="layer_norm"):
+        default_config("cifar-11", layer_norm=True)
+    with pytest.raises(InputError, match="layer_norm"):
+        default_config("mnist-fc", layer_norm=True, batch_norm=True)

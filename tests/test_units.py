@@ -66,3 +66,24 @@ def test_unknown_unit_and_bad_alpha():
 def test_hidden_units_in_order():
     net = nn.Sequential(nn.Linear(2, 3), make_unit("elu"), nn.Linear(3, 3), SReLU())
     assert [n for n, _ in hidden_units(net)] == ["1", "3"]
+
+
+def test_layer_norm_unit_types_have_a_key_label_colour_and_place():
+    from natgrad.units import (
+        split_unit_type,
+        unit_type_colour,
+        unit_type_key,
+        unit_type_label,
+        unit_type_order,  # fmt: skip
+    )
+
+    assert unit_type_key("relu", layer_norm=True) == "relu-ln"
+    assert split_unit_type("relu-ln") == ("relu", "-ln")
+    assert unit_type_label("gelu-ln", tex=False).endswith("+LN")
+    assert len({unit_type_colour(k) for k in ("relu", "relu-bn", "relu-ln")}) == 3
+    assert unit_type_order(["relu-ln", "relu-bn", "relu", "elu-ln"]) == [
+        "elu-ln",
+        "relu",
+        "relu-bn",
+        "relu-ln",
+    ]

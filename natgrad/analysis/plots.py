@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from natgrad.units import unit_type_colour, unit_type_label, unit_type_order
+from natgrad.units import split_unit_type, unit_type_colour, unit_type_label, unit_type_order
 
 __all__ = [
     "figure_png_base64",
@@ -40,7 +40,8 @@ def _units_in(table, column: str = "unit_type") -> list[str]:
 
 def _style(key: str) -> dict:
     """Colour from the catalogue; batch-norm variants dashed."""
-    return {"color": unit_type_colour(key), "ls": "--" if key.endswith("-bn") else "-"}
+    return {"color": unit_type_colour(key),
+            "ls": {"-bn": "--", "-ln": ":"}.get(split_unit_type(key)[1], "-")}  # fmt: skip
 
 
 def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0), extra: bool = True):

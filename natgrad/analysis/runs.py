@@ -93,6 +93,9 @@ def load_model(run_dir: PathLike, epoch: int) -> torch.nn.Module:
     cfg = run_config(run_dir)
     ds = _dataset(run_dir)
     extra = {} if cfg.get("dropout") is None else {"dropout": tuple(cfg["dropout"])}
+    extra.update({k: cfg[k] for k in ("width", "depth", "channel_scale") if cfg.get(k) is not None})
+    if cfg.get("layer_norm"):
+        extra["layer_norm"] = True
     model = build_model(
         cfg["net"], cfg["unit"], alpha=cfg.get("alpha"), batch_norm=cfg.get("batch_norm", False),
         num_classes=ds.num_classes, in_shape=ds.input_shape, seed=cfg["seed"],

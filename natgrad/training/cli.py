@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unit", choices=UNIT_NAMES, default=None, help="default elu")
     parser.add_argument("--alpha", type=float, default=None, help="ELU/LReLU/PReLU alpha")
     parser.add_argument("--batch-norm", action="store_true", help="batch norm before each unit")
+    parser.add_argument("--layer-norm", action="store_true",
+                        help="layer norm before each unit (mnist-fc)")  # fmt: skip
     parser.add_argument(
         "--dataset", default=None, help="mnist, fashion-mnist, digits, cifar10, cifar100"
     )
@@ -82,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         flags = {key: getattr(args, f) for f, key in _FLAGS.items() if getattr(args, f) is not None}
         if args.batch_norm:
             flags["batch_norm"] = True
+        if args.layer_norm:
+            flags["layer_norm"] = True
         if args.centre:
             flags["centre"] = True
         config = apply_overrides(default_config(args.net, **flags), args.set)

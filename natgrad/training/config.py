@@ -101,6 +101,7 @@ class TrainConfig:
     unit: str = "elu"
     alpha: float | None = None
     batch_norm: bool = False
+    layer_norm: bool = False  # mnist-fc: layer norm after every hidden Linear (not in the paper)
     dataset: str = "mnist"
     data_dir: str | None = None
     seed: int = 0
@@ -172,6 +173,9 @@ class TrainConfig:
             if mode not in DROPOUT_MODES or start < 0:
                 raise InputError(f"config dropout_phases: ({start}, {mode!r}) needs a start >= 0 "
                                  f"and a mode in {', '.join(DROPOUT_MODES)}")  # fmt: skip
+        if self.layer_norm and (self.net != "mnist-fc" or self.batch_norm):
+            raise InputError(f"config layer_norm=True: for mnist-fc only and not with batch_norm "
+                             f"(net {self.net!r}, batch_norm={self.batch_norm})")  # fmt: skip
         for name in ("width", "depth"):
             value = getattr(self, name)
             if value is not None and (self.net != "mnist-fc" or int(value) < 1):

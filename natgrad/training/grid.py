@@ -113,6 +113,7 @@ def grid_key(config: TrainConfig) -> tuple | None:
         or config.centre
         or config.unit == "prelu"
         or config.augment
+        or config.layer_norm
         or config.dropout_phases
         or not dropout_off
     ):

@@ -115,6 +115,8 @@ def _setup(config: TrainConfig, device: torch.device):
     extra = {} if config.dropout is None else {"dropout": config.dropout}
     extra.update({k: getattr(config, k) for k in ("width", "depth", "channel_scale")
                   if getattr(config, k) is not None})  # fmt: skip
+    if config.layer_norm:
+        extra["layer_norm"] = True
     ae = config.loss == "bce_logits"
     model = build_model(
         config.net, config.unit, alpha=config.alpha, batch_norm=config.batch_norm,

@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 
 from natgrad.errors import DataFileError
+from natgrad.units import unit_type_key
 
 __all__ = ["RunDir", "default_run_dir", "find_runs", "run_name"]
 
@@ -45,10 +46,12 @@ _ACTIVATION_FILE = re.compile(r"^epoch_\d+\.safetensors$")
 
 
 def run_name(config, tag: str | None = None) -> str:
-    """``<net>-<unit>[-bn][-centred|-<optimizer>[-w<K>]]-<dataset>-s<seed>[-<tag>]`` for a
+    """``<net>-<unit>[-bn|-ln][-centred|-<optimizer>[-w<K>]]-<dataset>-s<seed>[-<tag>]`` for a
     :class:`TrainConfig` (the optimizer is named unless it is plain SGD; ``-w<K>``: the unit
     natural gradient's Fisher window, ``fisher_window``)."""
-    bn = "-bn" if config.batch_norm else ""
+    bn = ("-bn" if config.batch_norm else "") + (
+        "-ln" if getattr(config, "layer_norm", False) else ""
+    )
     opt = getattr(config, "optimizer", "sgd")
     how = "-centred" if getattr(config, "centre", False) else ("" if opt == "sgd" else f"-{opt}")
     if opt == "unit-ng" and getattr(config, "fisher_window", 0):
@@ -205,7 +208,9 @@ class RunDir:
         return {
             "run": self.name,
             "net": cfg["net"],
-            "unit_type": cfg["unit"] + ("-bn" if cfg.get("batch_norm") else ""),
+            "unit_type": unit_type_key(
+                cfg["unit"], bool(cfg.get("batch_norm")), bool(cfg.get("layer_norm"))
+            ),
             "dataset": cfg["dataset"],
             "seed": int(cfg["seed"]),
         }
