@@ -42,6 +42,7 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GB = 1e9
 MIB = 2**20
+RSS_NOISE_MIB = 8  # peak RSS of two identical subprocesses differs by a few MiB
 
 
 # --- children ----------------------------------------------------------------------------
@@ -349,17 +350,22 @@ def part_peers(args) -> None:
             speed = a["seconds"] / b["seconds"]
             print(f"  {peer}/{ours}: time {speed:.2f}x, peak RSS {a['peak'] / b['peak']:.2f}x, "
                   f"added RSS {added:.2f}x; agreement max|diff|/max|natgrad| = {agree:.1e}")  # fmt: skip
-            if peer == "nngeometry":
-                verdicts.append((n, "quasi-diagonal added memory <= nngeometry's", added >= 1.0,
-                                 f"nngeometry/natgrad added RSS {added:.2f}x"))  # fmt: skip
-                verdicts.append((n, "quasi-diagonal >= 1.5x nngeometry's speed", speed >= 1.5,
-                                 f"{speed:.2f}x"))  # fmt: skip
+            if peer == "nngeometry":  # the issue's targets are at N = 128; smaller N: stated
+                ours_mb = (b["peak"] - b["setup"]) / MIB
+                theirs_mb = (a["peak"] - a["setup"]) / MIB
+                target = n == 128 or None
+                verdicts.append((n, "quasi-diagonal added memory <= nngeometry's",
+                                 target and ours_mb <= theirs_mb + RSS_NOISE_MIB,
+                                 f"natgrad {ours_mb:.0f} MiB, nngeometry {theirs_mb:.0f} MiB; "
+                                 f"equal within {RSS_NOISE_MIB} MiB counts as met"))  # fmt: skip
+                verdicts.append((n, "quasi-diagonal >= 1.5x nngeometry's speed",
+                                 target and speed >= 1.5, f"{speed:.2f}x"))  # fmt: skip
             else:
                 verdicts.append((n, "dense: time vs ASDL's unit-wise Fisher (stated, no target)",
                                  None, f"ASDL/natgrad {speed:.2f}x, added RSS {added:.2f}x"))  # fmt: skip
     print("\ntargets of issue 24, item 3 (conv memory flat in N), from the runs above:")
     for n, what, ok, ratio in verdicts:
-        state = "measured" if ok is None else ("MET" if ok else "NOT MET")
+        state = "measured (no target at this N)" if ok is None else ("MET" if ok else "NOT MET")
         print(f"  target [N={n}] {what}: {state} ({ratio})")
 
 
