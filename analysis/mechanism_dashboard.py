@@ -1,0 +1,274 @@
+"""Study (issue 26, item 3): a mechanism dashboard over training — unit × normalisation on MNIST.
+
+Declared before its runs (this file is the declaration):
+
+- **Nets:** ``mnist-fc`` with depth 3 and width 64 (59,210 parameters; 59,594 with batch or
+  layer norm) on MNIST (train 50k, the validation split for every measure), trained by
+  natgrad's runner (``train_plan``) with SGD at the paper's rate 0.01, batch 64, 3 epochs,
+  seeds 0–4 (every arm of a seed from the same initial Linear weights).
+- **Arms:** ELU, ReLU, SELU, GELU × {none, centring (centred SGD, ``centre_rate`` 0.1), batch
+  norm, layer norm} (16 arms).
+- **At epochs 0, 1 and 3,** on the first validation images:
+  - unit level, the layers fed by hidden units (fc2, fc3, fc4), 5,000 images, exact unit
+    Fishers, λ = 1e-3, g the training set's mean gradient: the median over units of
+    ρ(plain) (jackknifed), of the relative bias-shift error of the plain step (Theorem 2:
+    |shift(g) − shift_natural| / |shift_natural|) and of |k| (Theorem 2's k, estimable units
+    only), and the share of estimable units (n_eff ≥ 2(d+1));
+  - the units' mean activations: the median over the 3 × 64 hidden units of |E_p(f(x))| on
+    the same 5,000 images;
+  - whole network, 128 images (the Gram route, ``natgrad.network.network_fisher_gram``):
+    the share of the Fisher's Frobenius mass outside the unit blocks of the Linear layers
+    (normalisation parameters count as outside), the largest eigenvalue and its ratio to the
+    mean eigenvalue.
+- **Caveat, known before the runs:** at epoch 0 batch norm's running statistics are the
+  initial ones (mean 0, variance 1), so in eval mode a batch-norm net at epoch 0 computes the
+  function of the net without it (the same initial weights).
+- **Reading:** descriptive. Mean over the 5 seeds with a 95 % BCa CI; the paired ELU − ReLU
+  difference per normalisation and measure at epoch 3 with BCa CI and sign-flip p, Holm over
+  that family (5 seeds cannot give p below 0.0625).
+
+    python analysis/mechanism_dashboard.py [--runs runs/mechanism_dashboard] [--workers 2]
+        [--record paper_figures/results/mechanism_dashboard_mnist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+UNITS = ("elu", "relu", "selu", "gelu")
+NORMS = ("none", "centred", "bn", "ln")
+EPOCHS, LR, WIDTH, DEPTH, SEEDS, BATCH = 3, 0.01, 64, 3, 5, 64
+CHECKPOINTS = (0, 1, 3)
+REL_DAMPING = 1e-3
+UNIT_PROBE, GRAM_PROBE = 5000, 128
+LAYERS = tuple(f"fc{i}" for i in range(2, DEPTH + 2))
+METRICS = {  # column: (label, better when)
+    "mean_act": ("|mean activation|\n(median unit)", "lower"),
+    "rho_plain_jk": ("ρ(plain), jackknifed\n(median unit)", "higher"),
+    "shift_error_plain": ("bias-shift error of\nplain SGD (median unit)", "lower"),
+    "abs_k": ("|k| of Theorem 2\n(median estimable unit)", "lower"),
+    "offblock_share": ("Fisher mass outside\nthe unit blocks", "lower"),
+    "top_eig": ("largest Fisher\neigenvalue", "lower"),
+}
+
+
+def arms() -> tuple[str, ...]:
+    return tuple(f"{u}-{n}" if n != "none" else u for n in NORMS for u in UNITS)
+
+
+def split_arm(arm: str) -> tuple[str, str]:
+    unit, _, norm = arm.partition("-")
+    return unit, norm or "none"
+
+
+def config(arm: str, seed: int):
+    from natgrad.training import default_config
+
+    unit, norm = split_arm(arm)
+    return default_config(
+        "mnist-fc", dataset="mnist", unit=unit, seed=seed, epochs=EPOCHS, lr=LR,
+        batch_size=BATCH, width=WIDTH, depth=DEPTH, centre=norm == "centred", centre_rate=0.1,
+        batch_norm=norm == "bn", layer_norm=norm == "ln", checkpoint_every=1,
+        keep_checkpoints=0, probe_size=64, notes=f"mechanism dashboard arm {arm}",
+    )  # fmt: skip
+
+
+def study(seeds: int = SEEDS):
+    """The declared runs as a :class:`~natgrad.analysis.study.Study`."""
+    from natgrad.analysis.study import Study
+
+    return Study("mechanism dashboard", arms(), range(seeds), config)
+
+
+def mean_activations(model, x) -> float:
+    """Median over the hidden units of |mean activation| on ``x``."""
+    import torch
+
+    from natgrad.units import hidden_units
+
+    means = []
+    hooks = [m.register_forward_hook(lambda m, a, o: means.append(o.mean(0).abs().flatten()))
+             for _, m in hidden_units(model)]  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return float(torch.cat(means).median())
+
+
+def measure(job) -> dict:
+    """One (run, epoch) of the dashboard: the declared measures, one row."""
+    import numpy as np
+    import torch
+
+    from natgrad.analysis.runs import load_model, probe_set, training_set
+    from natgrad.analysis.unitstats import unit_statistics
+    from natgrad.network import network_fisher_gram
+
+    run, arm, seed, epoch, unit_probe, gram_probe = job
+    torch.set_num_threads(1)
+    model = load_model(run, epoch).double().eval()
+    x, y = probe_set(run, unit_probe)
+    x = x.double()
+    gx, gy = training_set(run)
+    units = unit_statistics(model, x, y, layers=list(LAYERS), rel_damping=REL_DAMPING,
+                            grad_data=(gx.double(), gy), jackknife=True)  # fmt: skip
+    est = units["estimable"] == 1
+    gram = network_fisher_gram(model, x[:gram_probe])
+    unit, norm = split_arm(arm)
+    return dict(
+        arm=arm, unit=unit, norm=norm, seed=seed, epoch=epoch,
+        mean_act=mean_activations(model, x),
+        rho_plain_jk=float(np.nanmedian(units["rho_plain_jk"])),
+        shift_error_plain=float(np.nanmedian(units["shift_error_plain"])),
+        abs_k=float(np.nanmedian(units.loc[est, "k"].abs())) if est.any() else float("nan"),
+        estimable=float(est.mean()),
+        offblock_share=1.0 - gram.unit_block_share(),
+        top_eig=float(gram.eigenvalues[0]), top_eig_over_mean=gram.top_eig_over_mean(),
+    )  # fmt: skip
+
+
+def measure_all(runs, workers: int, cache: Path):
+    """Every (run, epoch), from ``cache`` (a CSV of finished rows) where present."""
+    import multiprocessing as mp
+
+    import pandas as pd
+
+    from natgrad.analysis.csvtables import read_csv, write_csv
+
+    done = read_csv(cache) if cache.is_file() else pd.DataFrame()
+    have = set(zip(done["arm"], done["seed"], done["epoch"], strict=True)) if len(done) else set()
+    jobs = [(r.path, r.arm, r.seed, e, UNIT_PROBE, GRAM_PROBE) for r in runs for e in CHECKPOINTS
+            if (r.arm, r.seed, e) not in have]  # fmt: skip
+    rows = [done] if len(done) else []
+    with mp.get_context("spawn").Pool(workers) as pool:
+        new = []
+        for i, row in enumerate(pool.imap_unordered(measure, jobs), start=1):
+            new.append(row)
+            if i % 8 == 0 or i == len(jobs):  # checkpoint the measures as they come
+                write_csv(pd.concat(rows + [pd.DataFrame(new)], ignore_index=True), cache)
+    table = pd.concat(rows + [pd.DataFrame(new)], ignore_index=True)
+    return table.sort_values(["norm", "unit", "seed", "epoch"], ignore_index=True)
+
+
+def summarise(table):
+    """Mean and BCa CI per (arm, epoch, measure); ELU − ReLU per normalisation at the last
+    epoch, paired by seed, Holm over the family."""
+    import pandas as pd
+
+    from natgrad.analysis.stats import bootstrap_ci, holm, sign_flip_p
+
+    rows = []
+    for (arm, epoch), sub in table.groupby(["arm", "epoch"], sort=False):
+        row = dict(arm=arm, unit=sub["unit"].iloc[0], norm=sub["norm"].iloc[0], epoch=epoch,
+                   seeds=len(sub))  # fmt: skip
+        for m in (*METRICS, "estimable", "top_eig_over_mean"):
+            lo, hi, how = bootstrap_ci(sub[m].to_numpy())
+            row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
+        row["ci_method"] = how
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    paired = []
+    last = table[table["epoch"] == CHECKPOINTS[-1]]
+    for norm in NORMS:
+        sub = last[last["norm"] == norm]
+        for m in METRICS:
+            wide = sub.pivot(index="seed", columns="unit", values=m)
+            d = (wide["elu"] - wide["relu"]).dropna().to_numpy()
+            lo, hi, how = bootstrap_ci(d)
+            paired.append(dict(norm=norm, metric=m, epoch=CHECKPOINTS[-1], diff=d.mean(), lo=lo,
+                               hi=hi, ci_method=how, p=sign_flip_p(d), seeds=len(d)))  # fmt: skip
+    paired = pd.DataFrame(paired)
+    paired["p_holm"] = holm(paired["p"].to_numpy())
+    return summary, paired
+
+
+def figure(summary, out: Path) -> Path:
+    """One figure: a row per measure, a column per normalisation, a line per unit type (mean
+    over seeds with its 95 % BCa band) against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.plots import save_figure
+    from natgrad.units import unit_type_colour, unit_type_label
+
+    titles = {"none": "no normalisation", "centred": "centring", "bn": "batch norm",
+              "ln": "layer norm"}  # fmt: skip
+    fig, axes = plt.subplots(len(METRICS), len(NORMS), figsize=(12, 2.0 * len(METRICS)),
+                             sharex=True, sharey="row")  # fmt: skip
+    for j, norm in enumerate(NORMS):
+        axes[0, j].set_title(titles[norm], fontsize=10)
+        for i, m in enumerate(METRICS):
+            ax = axes[i, j]
+            for unit in UNITS:
+                s = summary[(summary["unit"] == unit) & (summary["norm"] == norm)]
+                s = s.sort_values("epoch")
+                c = unit_type_colour(unit)
+                ax.plot(s["epoch"], s[m], "o-", color=c, ms=3, lw=1.2,
+                        label=unit_type_label(unit, tex=False))  # fmt: skip
+                ax.fill_between(s["epoch"], s[f"{m}_lo"], s[f"{m}_hi"], color=c, alpha=0.15, lw=0)
+            if m == "top_eig":
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(METRICS[m][0], fontsize=8)
+        axes[-1, j].set_xlabel("epoch")
+        axes[-1, j].set_xticks(CHECKPOINTS)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Mechanism dashboard: mnist-fc {DEPTH}×{WIDTH} on MNIST, SGD lr {LR}, "
+                 f"mean and 95 % BCa band over {int(summary['seeds'].max())} seeds; unit measures on {UNIT_PROBE} "
+                 f"validation images (λ = {REL_DAMPING:g}), whole-network on {GRAM_PROBE}",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    path = save_figure(fig, out / "dashboard", dpi=130)
+    plt.close(fig)
+    return path
+
+
+def run(argv: list[str] | None = None) -> int:
+    import torch
+
+    from natgrad.training import git_commit
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/mechanism_dashboard"))
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--record", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    s = study(args.seeds)
+    diverged = s.train(args.runs, workers=args.workers)
+    if diverged:
+        print(f"diverged: {sorted(diverged)}", file=sys.stderr)
+        return 1
+    t_train = time.perf_counter() - t0
+    table = measure_all(s.plan(args.runs), args.workers, args.runs / "dashboard_cache.csv")
+    t_measure = time.perf_counter() - t0 - t_train
+    summary, paired = summarise(table)
+    print(paired.round(4).to_string(index=False))
+    if args.record:
+        from natgrad._atomic import write_json
+        from natgrad.analysis.csvtables import write_csv
+
+        args.record.mkdir(parents=True, exist_ok=True)
+        write_csv(table, args.record / "dashboard.csv")
+        write_csv(summary, args.record / "summary.csv")
+        write_csv(paired, args.record / "elu_vs_relu.csv")
+        figure(summary, args.record)
+        write_json(args.record / "run.json", dict(
+            command="python analysis/mechanism_dashboard.py " + " ".join(argv or sys.argv[1:]),
+            commit=git_commit(), train_seconds=t_train, measure_seconds=t_measure,
+            device=f"cpu, {args.workers} worker process(es) of one torch thread",
+            seeds=args.seeds))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
