@@ -140,7 +140,6 @@ def run(argv: list[str] | None = None) -> int:
     import torch
 
     from natgrad.data import load_dataset
-    from natgrad.training import git_commit
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/direction_audit"))
@@ -166,18 +165,12 @@ def run(argv: list[str] | None = None) -> int:
                 "rank_rho_full"]].round(3).to_string(index=False))  # fmt: skip
     print(paired.round(4).to_string(index=False))
     if args.record:
-        from natgrad._atomic import write_json
-        from natgrad.analysis.csvtables import write_csv
+        from natgrad.analysis.record import record_tables
 
-        args.record.mkdir(parents=True, exist_ok=True)
-        write_csv(table, args.record / "directions.csv")
-        write_csv(summary, args.record / "summary.csv")
-        write_csv(paired, args.record / "primary.csv")
+        record_tables(args.record, {"directions": table, "summary": summary, "primary": paired},
+                      argv=argv, script="analysis/direction_audit.py", wall_seconds=wall,
+                      train_seconds=t_train, device="cpu, one torch thread", seeds=args.seeds)  # fmt: skip
         figure(summary, args.record)
-        write_json(args.record / "run.json", dict(
-            command="python analysis/direction_audit.py " + " ".join(argv or sys.argv[1:]),
-            commit=git_commit(), wall_seconds=wall, train_seconds=t_train,
-            device="cpu, one torch thread", seeds=args.seeds))  # fmt: skip
     return 0
 
 

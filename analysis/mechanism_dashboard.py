@@ -233,8 +233,6 @@ def figure(summary, out: Path) -> Path:
 def run(argv: list[str] | None = None) -> int:
     import torch
 
-    from natgrad.training import git_commit
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/mechanism_dashboard"))
     parser.add_argument("--seeds", type=int, default=SEEDS)
@@ -254,19 +252,13 @@ def run(argv: list[str] | None = None) -> int:
     summary, paired = summarise(table)
     print(paired.round(4).to_string(index=False))
     if args.record:
-        from natgrad._atomic import write_json
-        from natgrad.analysis.csvtables import write_csv
+        from natgrad.analysis.record import record_tables
 
-        args.record.mkdir(parents=True, exist_ok=True)
-        write_csv(table, args.record / "dashboard.csv")
-        write_csv(summary, args.record / "summary.csv")
-        write_csv(paired, args.record / "elu_vs_relu.csv")
+        record_tables(args.record, {"dashboard": table, "summary": summary, "elu_vs_relu": paired},
+                      argv=argv, script="analysis/mechanism_dashboard.py", train_seconds=t_train,
+                      measure_seconds=t_measure, seeds=args.seeds,
+                      device=f"cpu, {args.workers} worker process(es) of one torch thread")  # fmt: skip
         figure(summary, args.record)
-        write_json(args.record / "run.json", dict(
-            command="python analysis/mechanism_dashboard.py " + " ".join(argv or sys.argv[1:]),
-            commit=git_commit(), train_seconds=t_train, measure_seconds=t_measure,
-            device=f"cpu, {args.workers} worker process(es) of one torch thread",
-            seeds=args.seeds))  # fmt: skip
     return 0
 
 

@@ -84,3 +84,23 @@ def test_the_analysis_studies_are_declarations(script, build, monkeypatch):
         sys.modules.pop(script, None)
     assert runs and len({r.path for r in runs}) == len(runs)
     assert all(r.config.seed == r.seed and not math.isnan(r.config.lr) for r in runs)
+
+
+def test_record_tables_writes_checked_csvs_and_the_command(tmp_path):
+    """A study script's result folder: every table as a CSV with its checksum (read back
+    equal), and run.json with the command, the commit and the given metadata."""
+    import json
+
+    import pandas as pd
+
+    from natgrad.analysis.csvtables import read_csv
+    from natgrad.analysis.record import record_tables
+
+    frame = pd.DataFrame({"arm": ["elu", "relu"], "rho": [0.5, 0.25]})
+    out = record_tables(tmp_path / "rec", {"summary": frame}, argv=["--seeds", "2"],
+                        script="analysis/x.py", seeds=2)  # fmt: skip
+    assert read_csv(out / "summary.csv").equals(frame)
+    assert (out / "summary.csv.sha256").is_file()
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["command"] == "python analysis/x.py --seeds 2" and meta["seeds"] == 2
+    assert "commit" in meta

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["record_study"]
+__all__ = ["record_study", "record_tables"]
 
 KEPT = ("summary", "comparison", "seeds", "seed_epochs", "sweep_seeds", "curves", "endpoints",
         "probe_sizes", "neff_adjusted")  # fmt: skip
@@ -100,3 +100,23 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
     readme = out / "README.md"
     write_text(readme, "\n".join(lines) + "\n")
     return readme
+
+
+def record_tables(dest: str | os.PathLike, tables: dict, *, argv, script: str, **meta) -> Path:
+    """Write a study script's result folder: each ``{name: DataFrame}`` of ``tables`` as
+    ``<name>.csv`` (with its checksum), and ``run.json`` with the command (``script`` and
+    ``argv``), the commit and ``meta`` (wall times, device, seeds, …). Returns ``dest``."""
+    import sys
+
+    from natgrad._atomic import write_json
+    from natgrad.analysis.csvtables import write_csv
+    from natgrad.training import git_commit
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        write_csv(frame, dest / f"{name}.csv")
+    args = sys.argv[1:] if argv is None else argv
+    write_json(dest / "run.json", dict(command=f"python {script} " + " ".join(args),
+                                       commit=git_commit(), **meta))  # fmt: skip
+    return dest
