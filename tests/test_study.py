@@ -74,6 +74,7 @@ def test_bad_declarations():
     ("fig3_autoencoder", lambda m: m.study(0.01, 25, seeds=5)),
     ("direction_audit", lambda m: m.study(5)),
     ("fig2_protocol", lambda m: m.study(300, None, "mnist")),
+    ("mechanism_dashboard", lambda m: m.study(5)),
 ])  # fmt: skip
 def test_the_analysis_studies_are_declarations(script, build, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "analysis"))
@@ -104,3 +105,27 @@ def test_record_tables_writes_checked_csvs_and_the_command(tmp_path):
     meta = json.loads((out / "run.json").read_text())
     assert meta["command"] == "python analysis/x.py --seeds 2" and meta["seeds"] == 2
     assert "commit" in meta
+
+
+def test_mechanism_dashboard_measures_one_checkpoint(tmp_path, monkeypatch):
+    """The dashboard's measure of one (run, epoch) on a small layer-norm net of the digits:
+    every declared column, finite, in range; arms are unit × normalisation."""
+    import dataclasses
+
+    monkeypatch.syspath_prepend(str(ROOT / "analysis"))
+    import mechanism_dashboard as md
+
+    try:
+        assert len(md.arms()) == 16 and md.split_arm("gelu-ln") == ("gelu", "ln")
+        assert md.split_arm("relu") == ("relu", "none")
+        from natgrad.training import train
+
+        cfg = dataclasses.replace(md.config("elu-ln", 0), dataset="digits", epochs=1, width=8)
+        run = train(cfg, tmp_path / "elu-ln-s0", device="cpu", progress=False).run_dir
+        row = md.measure((run, "elu-ln", 0, 1, 200, 16))
+    finally:
+        sys.modules.pop("mechanism_dashboard", None)
+    assert set(md.METRICS) <= set(row) and row["norm"] == "ln" and row["unit"] == "elu"
+    assert all(math.isfinite(row[k]) for k in md.METRICS if k != "abs_k")
+    assert 0.0 <= row["offblock_share"] <= 1.0 and -1.0 <= row["rho_plain_jk"] <= 1.5
+    assert row["top_eig"] > 0 and 0.0 <= row["estimable"] <= 1.0
