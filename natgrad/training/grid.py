@@ -95,15 +95,16 @@ from natgrad.training.recording import (
     summarise,
 )
 from natgrad.training.rundir import RunDir, default_run_dir
-from natgrad.training.stacked import StackedNets, unit_order
-from natgrad.units import hidden_units
+from natgrad.training.stacked import BATCHED_UNITS, StackedNets, unit_order
+from natgrad.units import CATALOGUE, hidden_units
 
 __all__ = ["grid_key", "train_grid"]
 
 
 def grid_key(config: TrainConfig) -> tuple | None:
     """What runs must share to train as one batched model, or ``None`` when ``config`` is
-    trained sequentially (conv nets, PReLU, dropout, augmentation, the natural-gradient
+    trained sequentially (conv nets, units the batched forward lacks such as PReLU, layer
+    norm, dropout, augmentation, the natural-gradient
     optimizers and centring of natgrad.optim). Runs with and without batch norm form separate
     grids."""
     dropout_off = config.dropout is None or all(p == 0 for p in config.dropout)
@@ -111,7 +112,7 @@ def grid_key(config: TrainConfig) -> tuple | None:
         not config.net.startswith("mnist-")
         or config.optimizer != "sgd"
         or config.centre
-        or config.unit == "prelu"
+        or CATALOGUE[config.unit].module not in BATCHED_UNITS  # e.g. PReLU: learned slopes
         or config.augment
         or config.layer_norm
         or config.dropout_phases

@@ -42,7 +42,7 @@ from natgrad.units import SReLU
 __all__ = ["BATCHED_UNITS", "StackedNets", "batched_plan"]
 
 #: Unit modules the batched forward applies (PReLU has a parameter per run: not batched).
-BATCHED_UNITS = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU, nn.SELU)
+BATCHED_UNITS = (nn.ELU, nn.ReLU, nn.LeakyReLU, SReLU, nn.SELU, nn.GELU)
 
 
 def unit_signature(module: nn.Module) -> tuple:
