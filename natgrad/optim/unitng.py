@@ -320,8 +320,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         return loss
 
     def _check_finite(self, directions: dict) -> None:
-        """One check per step that every update (preconditioned, or the plain gradient of the
-        parameters the engine does not precondition) is finite; a
+        """One cheap check per step that every update (preconditioned, or the plain gradient of
+        the parameters the engine does not precondition) is finite (the factors themselves are
+        checked once per refresh, where they are formed); a
         :class:`~natgrad.errors.DivergedError` names the parameter otherwise."""
         from natgrad.errors import DivergedError
 
@@ -329,10 +330,14 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         named = [(n, d) for n, d in named if d is not None]
         if not named:
             return
-        ok = torch.stack([torch.isfinite(d).all() for _, d in named])
-        if bool(ok.all()):
+        # One pass per tensor (a sum: NaN/Inf propagate) and one sync; the exact per-tensor
+        # check only when a sum is not finite (an overflowing sum of finite values is possible)
+        if bool(torch.isfinite(torch.stack([d.sum().double() for _, d in named])).all()):
             return
-        bad = [n for (n, _), good in zip(named, ok.tolist(), strict=True) if not good]
+        ok = [bool(torch.isfinite(d).all()) for _, d in named]
+        if all(ok):
+            return
+        bad = [n for (n, _), good in zip(named, ok, strict=True) if not good]
         raise DivergedError(
             f"UnitNaturalGradient step {self.steps}: the update of {', '.join(bad[:3])} is not "
             "finite (a NaN/Inf gradient, or a preconditioned step that overflowed); the weights "
