@@ -84,19 +84,13 @@ def study(seeds: int = SEEDS):
 
 
 def mean_activations(model, x) -> float:
-    """Median over the hidden units of |mean activation| on ``x``."""
+    """Median over the hidden units of |mean activation| on ``x`` (the unit means of
+    :func:`natgrad.training.recording.record_activations`)."""
     import torch
 
-    from natgrad.units import hidden_units
+    from natgrad.training.recording import record_activations
 
-    means = []
-    hooks = [m.register_forward_hook(lambda m, a, o: means.append(o.mean(0).abs().flatten()))
-             for _, m in hidden_units(model)]  # fmt: skip
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return float(torch.cat(means).median())
+    return float(torch.cat(list(record_activations(model, x)["means"].values())).abs().median())
 
 
 def measure(job) -> dict:

@@ -132,17 +132,24 @@ class NetworkFisher:
         return {"rho_unit_ng": rho(unit), "rho_plain": rho(g)}
 
 
-def _units(model: nn.Module, offsets: dict[str, int]) -> tuple:
-    out = []
+def _layer_index(model: nn.Module, offsets: dict[str, int]) -> dict[str, torch.Tensor]:
+    r"""``{layer: [U, d+1]}`` the positions of each unit's (weights, bias) in the flat
+    parameter vector, for every Linear/Conv2d layer with a bias (one ``arange`` per layer)."""
+    out = {}
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, nn.Conv2d)) or module.bias is None:
             continue
         w0, b0 = offsets[f"{name}.weight"], offsets[f"{name}.bias"]
         n_units, d = module.weight.shape[0], module.weight[0].numel()
-        for u in range(n_units):
-            idx = torch.cat([w0 + u * d + torch.arange(d), torch.tensor([b0 + u])])
-            out.append((name, u, idx))
-    return tuple(out)
+        weights = w0 + torch.arange(n_units * d).view(n_units, d)
+        out[name] = torch.cat([weights, (b0 + torch.arange(n_units))[:, None]], 1)
+    return out
+
+
+def _units(model: nn.Module, offsets: dict[str, int]) -> tuple:
+    """``(layer, unit, index [d+1])`` of every unit (:func:`_layer_index`, row by row)."""
+    return tuple((name, u, row) for name, idx in _layer_index(model, offsets).items()
+                 for u, row in enumerate(idx))  # fmt: skip
 
 
 def _prepare(model: nn.Module, inputs, what: str):
@@ -272,12 +279,9 @@ def network_fisher_gram(model: nn.Module, inputs: torch.Tensor, *, batch_size: i
     V = torch.cat(rows) / n**0.5  # [N·K, P]
     G = V @ V.T
     eig = torch.linalg.eigvalsh(G).flip(0).clamp_min(0.0)
-    layers: dict[tuple[str, int], list] = {}
-    for name, _, idx in _units(model, offsets):  # stacked by layer: one einsum per layer
-        layers.setdefault((name, idx.numel()), []).append(idx)
     inside = 0.0
-    for idx in layers.values():
-        Vu = V[:, torch.stack(idx)]  # [N·K, U, d+1]
+    for idx in _layer_index(model, offsets).values():  # one einsum per layer
+        Vu = V[:, idx]  # [N·K, U, d+1]
         inside += float(torch.einsum("nui,nuj->uij", Vu, Vu).square().sum())
     return GramSummary(trace=float(G.diagonal().sum()), frobenius_sq=float(G.square().sum()),
                        unit_block_frobenius_sq=inside, eigenvalues=eig, n=n,

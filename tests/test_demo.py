@@ -119,3 +119,16 @@ def test_cli_errors_name_the_missing_file(tmp_path, capsys):
                      "--no-progress"])  # fmt: skip
     assert code == 2
     assert str(tmp_path / "none") in capsys.readouterr().err
+
+
+def test_unit_type_keys_choose_the_normalisation():
+    """``-bn`` and ``-ln`` unit type keys (natgrad.units.split_unit_type) become batch-norm and
+    layer-norm runs; an unknown base unit is named."""
+    from dataclasses import replace
+
+    config = replace(demo.for_dataset("digits"), units=("elu", "relu-bn", "gelu-ln"), seeds=1)
+    cfgs = {c.unit + ("-bn" if c.batch_norm else "") + ("-ln" if c.layer_norm else ""): c
+            for c in demo.train_configs(config)}  # fmt: skip
+    assert set(cfgs) == {"elu", "relu-bn", "gelu-ln"}
+    with pytest.raises(InputError, match="unknown unit type 'foo-ln'"):
+        replace(config, units=("elu", "foo-ln"))

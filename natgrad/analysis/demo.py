@@ -48,7 +48,7 @@ from natgrad.analysis.unitstats import REL_DAMPING
 from natgrad.argtypes import nonnegative_int, positive_int
 from natgrad.errors import DivergedError, InputError
 from natgrad.training._owner import claim
-from natgrad.units import CATALOGUE
+from natgrad.units import CATALOGUE, split_unit_type
 
 __all__ = ["DemoConfig", "add_arguments", "analysed_epochs", "for_dataset", "main",
            "declaration", "primary_endpoints", "run", "study"]  # fmt: skip
@@ -132,10 +132,10 @@ class DemoConfig:
         if self.layers not in ("hidden", "all"):
             raise InputError(f"demo: layers must be 'hidden' or 'all', got {self.layers!r}")
         for key in self.units:
-            base = key[:-3] if key.endswith("-bn") else key
-            if base not in CATALOGUE:
+            if split_unit_type(key)[0] not in CATALOGUE:
                 raise InputError(f"demo: unknown unit type {key!r}; choose from "
-                                 f"{', '.join(CATALOGUE)} (add -bn for batch norm)")  # fmt: skip
+                                 f"{', '.join(CATALOGUE)} (add -bn for batch norm, -ln for "
+                                 "layer norm)")  # fmt: skip
         if len(set(self.units)) < 2:
             raise InputError(f"demo --units {','.join(self.units)}: the demo compares unit types; "
                              "give at least two (e.g. elu,relu)")  # fmt: skip
@@ -216,10 +216,10 @@ def analysed_epochs(config: DemoConfig) -> list[int]:
 def _train_config(config: DemoConfig, key: str, seed: int):
     from natgrad.training import default_config
 
-    unit, bn = (key[:-3], True) if key.endswith("-bn") else (key, False)
+    unit, norm = split_unit_type(key)
     return default_config(
         config.net, dataset=config.dataset, data_dir=config.data_dir, unit=unit, seed=seed,
-        batch_norm=bn,
+        batch_norm=norm == "-bn", layer_norm=norm == "-ln",
         epochs=config.epochs, checkpoint_every=config.checkpoint_every,
         checkpoint_epochs=tuple(e for e in analysed_epochs(config) if e > 0),
         lr=config.lr, batch_size=config.batch_size,

@@ -89,13 +89,11 @@ def load_model(run_dir: PathLike, epoch: int) -> torch.nn.Module:
     if RunDir(run_dir).checkpoint_paths(epoch)[1].is_file() or epoch != 0:
         return load_checkpoint(run_dir, epoch)[0]
     from natgrad.models import build_model
+    from natgrad.training.config import TrainConfig
 
     cfg = run_config(run_dir)
     ds = _dataset(run_dir)
-    extra = {} if cfg.get("dropout") is None else {"dropout": tuple(cfg["dropout"])}
-    extra.update({k: cfg[k] for k in ("width", "depth", "channel_scale") if cfg.get(k) is not None})
-    if cfg.get("layer_norm"):
-        extra["layer_norm"] = True
+    extra = TrainConfig.from_dict(cfg).model_options()
     model = build_model(
         cfg["net"], cfg["unit"], alpha=cfg.get("alpha"), batch_norm=cfg.get("batch_norm", False),
         num_classes=ds.num_classes, in_shape=ds.input_shape, seed=cfg["seed"],

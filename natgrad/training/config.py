@@ -253,6 +253,17 @@ class TrainConfig:
         ):
             raise bad("dropout", self.dropout, "rates in [0, 1)")
 
+    def model_options(self) -> dict:
+        """The per-net options of :func:`natgrad.models.build_model` this config sets
+        (``dropout``, ``width``, ``depth``, ``channel_scale``, ``layer_norm``): the one place
+        that maps a run's config to its network's build options."""
+        out = {} if self.dropout is None else {"dropout": tuple(self.dropout)}
+        out.update({k: getattr(self, k) for k in ("width", "depth", "channel_scale")
+                    if getattr(self, k) is not None})  # fmt: skip
+        if self.layer_norm:
+            out["layer_norm"] = True
+        return out
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

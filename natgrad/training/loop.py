@@ -112,16 +112,11 @@ def _setup(config: TrainConfig, device: torch.device):
         ds = gcn_zca(ds)
     elif config.preprocess == "standardise":
         ds = standardise(ds)
-    extra = {} if config.dropout is None else {"dropout": config.dropout}
-    extra.update({k: getattr(config, k) for k in ("width", "depth", "channel_scale")
-                  if getattr(config, k) is not None})  # fmt: skip
-    if config.layer_norm:
-        extra["layer_norm"] = True
     ae = config.loss == "bce_logits"
     model = build_model(
         config.net, config.unit, alpha=config.alpha, batch_norm=config.batch_norm,
         num_classes=None if ae else ds.num_classes, in_shape=ds.input_shape,
-        seed=config.seed, dtype=dtype, **extra,
+        seed=config.seed, dtype=dtype, **config.model_options(),
     ).to(device)  # fmt: skip
     first = next(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     plain = (first,) if config.plain_first_layer else ()
