@@ -61,8 +61,6 @@ def study(seeds=range(SEEDS), arms=ARMS):
 def per_run(root: Path, seeds: range, arms=ARMS):
     r"""One row per finished run: test error at the best-validation epoch, the median time
     per iteration, the validation curve's minimum."""
-    import math
-
     import pandas as pd
 
     from natgrad.training.rundir import RunDir
@@ -70,15 +68,24 @@ def per_run(root: Path, seeds: range, arms=ARMS):
     rows = []
     for _, _, cfg, run in study(seeds, arms).finished(root):
         metrics = [r for r in RunDir(run).read_metrics() if r["epoch"] >= 1]
-        best = min(
-            metrics, key=lambda r: r["val_loss"] if r.get("val_loss") is not None else math.inf
-        )
+        best = min(metrics, key=_selection_key)
         times = sorted(r["seconds_per_iteration"] for r in metrics)
         rows.append(dict(unit_type=run.name.rsplit("-s", 1)[0], seed=cfg.seed,
                          best_val_epoch=best["epoch"], val_loss=best["val_loss"],
                          val_error=best.get("val_error"), test_error_at_best_val=best["test_error"],
                          seconds_per_iteration=times[len(times) // 2]))  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _selection_key(row: dict) -> tuple[float, float, int]:
+    """The declared selection: lowest validation *error*; ties (errors are multiples of
+    1e-4 on 10,000 images) go to the lower validation loss, then the earlier epoch."""
+    import math
+
+    def num(v):
+        return math.inf if v is None or not math.isfinite(v) else float(v)
+
+    return num(row.get("val_error")), num(row.get("val_loss")), int(row["epoch"])
 
 
 def primaries(values):
@@ -101,11 +108,173 @@ def primaries(values):
     rows.append(row("(relu - relu-bn) - (elu - elu-bn)",
                     (wide["relu"] - wide["relu-bn"]) - (wide["elu"] - wide["elu-bn"]), "primary"))  # fmt: skip
     rows += [row("elu - elu-bn", wide["elu"] - wide["elu-bn"], "secondary"),
-             row("relu - relu-bn", wide["relu"] - wide["relu-bn"], "secondary")]  # fmt: skip
+             row("relu - relu-bn", wide["relu"] - wide["relu-bn"], "secondary"),
+             row("elu - relu-bn", wide["elu"] - wide["relu-bn"], "secondary")]  # fmt: skip
     table = pd.DataFrame(rows)
     prim = table["role"] == "primary"
     table.loc[prim, "p_holm"] = holm(table.loc[prim, "p"].to_numpy())
     return table
+
+
+PAPER_CLAIMS = (  # (claim, the paper's numbers: CIFAR-100, cifar-11 full width, 165k iterations)
+    (
+        "ELU has the lowest test error of the four units",
+        "ELU 28.75 ± 0.24 %, SReLU 29.35 ± 0.29, LReLU 30.59 ± 0.29, ReLU 31.56 ± 0.37 (Fig 4; "
+        "Wilcoxon p < 0.001)",
+    ),
+    ("batch norm helps ReLU more than ELU", "BN helps ReLU and LReLU, not ELU or SReLU (Fig 5)"),
+    ("ELU beats ReLU+BN", "ELU below ReLU+BN (Fig 5)"),
+    ("ELU/ReLU time per iteration", "1.058 (ImageNet, 12.15 h vs 11.48 h per 10k iterations)"),
+)
+
+
+def time_ratio(values):
+    r"""ELU/ReLU time per iteration, paired by seed (the two runs of a seed ran one after the
+    other in the same process): the geometric mean of the per-seed ratios with a BCa CI."""
+    import numpy as np
+
+    from natgrad.analysis.stats import bootstrap_ci
+
+    wide = values.pivot(index="seed", columns="unit_type", values="seconds_per_iteration")
+    logr = np.log((wide["elu"] / wide["relu"]).dropna().to_numpy(dtype=float))
+    lo, hi, _ = bootstrap_ci(logr)
+    return dict(ratio=float(np.exp(logr.mean())), lo=float(np.exp(lo)), hi=float(np.exp(hi)),
+                seeds=len(logr))  # fmt: skip
+
+
+def figure(curves):
+    r"""Fig 4 / Fig 5 of the paper on this study: (a) training loss and (b) validation error of
+    the four units; (c) validation error of ReLU and ELU with and without batch norm. Mean ±
+    sd over seeds; validation error from epoch 1 (the test set is not drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.plots import plot_curves
+
+    c = curves.rename(columns={"arm": "unit_type"})
+    c = c[c["epoch"] >= 1].assign(val_error=lambda d: 100 * d["val_error"])
+    four = c[c["unit_type"].isin(("elu", "relu", "lrelu", "srelu"))]
+    bn = c[c["unit_type"].isin(("elu", "elu-bn", "relu", "relu-bn"))]
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.5))
+    plot_curves(four, "train_loss", ax=axes[0], ylabel="training loss (running mean)",
+                title="(a) training loss")  # fmt: skip
+    plot_curves(four, "val_error", ax=axes[1], ylabel="validation error (%)",
+                title="(b) validation error")  # fmt: skip
+    plot_curves(bn, "val_error", ax=axes[2], ylabel="validation error (%)",
+                title="(c) with and without batch norm")  # fmt: skip
+    axes[0].set_yscale("log")
+    for ax in axes:
+        ax.legend(frameon=False, fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def readme(values, table, ratio: dict, meta: dict) -> str:
+    r"""The results' text, written from the CIs (whichever way they point)."""
+    from natgrad.units import unit_type_label
+
+    def pct(x):
+        return f"{100 * x:+.3f}"
+
+    def ci(row):
+        return f"{pct(row['diff'])} ({pct(row['lo'])} to {pct(row['hi'])}) points"
+
+    def verdict(row, lower_good: str, higher_good: str):
+        if not (row["lo"] > 0 or row["hi"] < 0):
+            return "no difference resolved"
+        return lower_good if row["hi"] < 0 else higher_good
+
+    by = {r["endpoint"]: r for r in table.to_dict("records")}
+    stats = values.groupby("unit_type")["test_error_at_best_val"].agg(["mean", "std", "count"])
+    stats = stats.reindex([a for a in ARMS if a in stats.index])
+    lines = [
+        "# Batch norm on a CNN (MNIST): the paper's Fig 4/5 question at a scale that fits",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Commit of the runs: `{meta['run_commit']}`; of this report: `{meta['commit']}`  ",
+        f"Training: {meta['runs']} runs, {meta['train_seconds']:.0f} s of training summed "
+        f"(one torch thread per process, two processes on a 2-core CPU, over two sessions).",
+        "",
+        "**Scale (declared in `analysis/bn_cnn.py` before any run):** the paper's cifar-11 "
+        f"recipe at {CHANNEL_SCALE:g} of its widths (24–38 channels, 26,597 parameters) on MNIST "
+        f"(50,000 training, 10,000 validation, 10,000 test images), {EPOCHS} epochs of batch "
+        f"{BATCH} (the paper: 165k iterations on CIFAR-100), SGD momentum 0.9, L2 5e-4, the "
+        "per-stack dropout and the step schedule scaled (0.01, ÷2 at 21 %, then ÷10 at 52 % "
+        "and 82 % of the run); seeds 0–9, run j of every arm from the same initial weights. "
+        "Endpoint: test error at the epoch of lowest validation error.",
+        "",
+        "## Test error at the best-validation epoch (%, mean ± sd over seeds)",
+        "",
+        "| arm | mean | sd | seeds |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for arm, r in stats.iterrows():
+        lines.append(f"| {unit_type_label(arm, tex=False)} | {100 * r['mean']:.3f} | "
+                     f"{100 * r['std']:.3f} | {int(r['count'])} |")  # fmt: skip
+    lines += ["", "## Declared comparisons (paired by seed; BCa 95 % CI; exact sign-flip p; "
+              "Holm over the four primaries)", "",
+              "| endpoint | role | difference (points) | 95 % CI | p | Holm p |",
+              "| --- | --- | ---: | --- | ---: | ---: |"]  # fmt: skip
+    for r in table.to_dict("records"):
+        holm = "" if r["role"] != "primary" else f"{r['p_holm']:.3g}"
+        lines.append(f"| {r['endpoint']} | {r['role']} | {pct(r['diff'])} | "
+                     f"[{pct(r['lo'])}, {pct(r['hi'])}] | {r['p']:.3g} | {holm} |")  # fmt: skip
+    four = [by[f"elu - {o}"] for o in ("relu", "lrelu", "srelu")]
+    lowest = all(r["hi"] < 0 for r in four)
+    inter = by["(relu - relu-bn) - (elu - elu-bn)"]
+    elu_bn, relu_bn = by["elu - elu-bn"], by["relu - relu-bn"]
+    vs_relu_bn = by.get("elu - relu-bn")
+    lines += ["", "## Reading (from the CIs)", ""]
+    lines.append(
+        "- **Is ELU's test error the lowest of the four?** "
+        + "; ".join(f"ELU − {unit_type_label(o, tex=False)} {ci(r)}, Holm p {r['p_holm']:.3g}: "
+                    + verdict(r, "ELU lower", "ELU higher")
+                    for o, r in zip(("relu", "lrelu", "srelu"), four, strict=True))
+        + (". ELU is lower than each of the three." if lowest else
+           ". So ELU is not shown to be the lowest of the four at this scale.")
+    )  # fmt: skip
+    lines.append(
+        f"- **Does batch norm help ReLU more than ELU?** (ReLU − ReLU+BN) − (ELU − ELU+BN) = "
+        f"{ci(inter)}, Holm p {inter['p_holm']:.3g}: "
+        + verdict(inter, "batch norm helps ELU more than ReLU",
+                  "batch norm helps ReLU more than ELU")
+        + f". Separately (secondary): batch norm changes ReLU's error by {ci(relu_bn)} "
+        f"(ReLU − ReLU+BN; positive = BN helps) — {verdict(relu_bn, 'BN hurts ReLU', 'BN helps ReLU')}"
+        f" — and ELU's by {ci(elu_bn)} — {verdict(elu_bn, 'BN hurts ELU', 'BN helps ELU')}."
+    )  # fmt: skip
+    if vs_relu_bn is not None:
+        lines.append(f"- **Does ELU beat ReLU+BN?** (secondary) ELU − ReLU+BN {ci(vs_relu_bn)}: "
+                     + verdict(vs_relu_bn, "ELU lower", "ELU higher") + ".")  # fmt: skip
+    lines.append(
+        f"- **Time per iteration:** ELU/ReLU {ratio['ratio']:.3f} ({ratio['lo']:.3f} to "
+        f"{ratio['hi']:.3f}; geometric mean of {ratio['seeds']} per-seed ratios of the median "
+        "seconds per iteration, the two runs of a seed in one process). The runs shared the "
+        "CPU with a second study process and other work, so this ratio is noisy; "
+        "`bench/unit_time.py` measures it on a quiet CPU (`bench/results/unit_time_cpu.txt`)."
+    )  # fmt: skip
+    lines += ["", "## Side by side with the paper", "",
+              "| claim | paper (CIFAR-100, cifar-11, full width) | here (MNIST, 1/8 width, "
+              f"{EPOCHS} epochs) |", "| --- | --- | --- |"]  # fmt: skip
+    here = {
+        PAPER_CLAIMS[0][0]: "; ".join(f"ELU − {unit_type_label(o, tex=False)} {ci(r)}"
+                                      for o, r in zip(("relu", "lrelu", "srelu"), four, strict=True)),
+        PAPER_CLAIMS[1][0]: f"interaction {ci(inter)}; ReLU − ReLU+BN {ci(relu_bn)}; "
+                            f"ELU − ELU+BN {ci(elu_bn)}",
+        PAPER_CLAIMS[2][0]: ci(vs_relu_bn) if vs_relu_bn is not None else "not compared",
+        PAPER_CLAIMS[3][0]: f"{ratio['ratio']:.3f} ({ratio['lo']:.3f} to {ratio['hi']:.3f})",
+    }  # fmt: skip
+    for claim, paper in PAPER_CLAIMS:
+        lines.append(f"| {claim} | {paper} | {here[claim]} |")
+    lines += ["", "MNIST errors are about 1–2 %, CIFAR-100's about 30 %: differences of a "
+              "tenth of a point here are large relative to the error. CIFAR is not obtainable on "
+              "this machine (`natgrad train --dataset cifar100 --data-dir D` runs the paper's "
+              "recipe unchanged for a user who has it).", "",
+              "Files: `runs.csv` (one row per run), `primary.csv` (the comparisons), "
+              "`curves.csv` (every run's metrics per epoch), `fig5.png`, `runs/` (each run's "
+              "`config.json` and `metrics.jsonl`)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -130,17 +299,36 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     values = per_run(args.runs, seeds, arms)
     table = primaries(values)
-    ratio = (values[values.unit_type == "elu"]["seconds_per_iteration"].median()
-             / values[values.unit_type == "relu"]["seconds_per_iteration"].median())  # fmt: skip
+    ratio = time_ratio(values)
     print(values.groupby("unit_type")["test_error_at_best_val"].agg(["mean", "count"]))
     print(table.round(5).to_string(index=False))
-    print(f"ELU/ReLU time per iteration: {ratio:.3f}")
+    print(f"ELU/ReLU time per iteration: {ratio['ratio']:.3f} ({ratio['lo']:.3f} to "
+          f"{ratio['hi']:.3f})")  # fmt: skip
     if args.record:
-        from natgrad.analysis.csvtables import write_csv
+        import json
+        import shutil
 
-        args.record.mkdir(parents=True, exist_ok=True)
-        write_csv(values, args.record / "runs.csv")
-        write_csv(table, args.record / "primary.csv")
+        from natgrad._atomic import write_text
+        from natgrad.analysis.plots import save_figure
+        from natgrad.analysis.record import record_tables
+
+        curves = study(seeds, arms).curves(args.runs)
+        run_dirs = [r.path for r in study(seeds, arms).finished(args.runs)]
+        commits = sorted({json.loads((d / "config.json").read_text()).get("git_commit", "?")
+                          for d in run_dirs})  # fmt: skip
+        meta = dict(runs=len(run_dirs), run_commit=", ".join(c[:7] for c in commits),
+                    train_seconds=float(curves.groupby(["arm", "seed"])["seconds"].max().sum()),
+                    time_ratio=ratio)  # fmt: skip
+        record_tables(args.record, dict(runs=values, primary=table, curves=curves), argv=argv,
+                      script="analysis/bn_cnn.py", **meta)  # fmt: skip
+        save_figure(figure(curves), args.record / "fig5", formats=("png",), dpi=110)
+        for d in run_dirs:  # the small records, so the report rebuilds from the repository
+            dest = args.record / "runs" / d.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "metrics.jsonl"):
+                shutil.copyfile(d / name, dest / name)
+        record = json.loads((args.record / "run.json").read_text())
+        write_text(args.record / "README.md", readme(values, table, ratio, {**meta, **record}))
     return 0
 
 

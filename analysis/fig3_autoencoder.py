@@ -1,8 +1,16 @@
 """Study (issue 23, part 1): the paper's Fig 3 autoencoder on MNIST, declared before its runs.
 
-    python analysis/fig3_autoencoder.py --lr 0.01 --epochs E [--runs /work/studies/fig3]
-    python analysis/fig3_autoencoder.py --lr 0.001 --epochs E ...
-    python analysis/fig3_autoencoder.py --report --record paper_figures/results/fig3_autoencoder
+    python analysis/fig3_autoencoder.py --lr 0.01 --seeds 0:1 [--runs /work/studies/fig3]
+    python analysis/fig3_autoencoder.py --lr 0.001 --seeds 0:1 ...      # one piece: a seed
+    python analysis/fig3_autoencoder.py --analyse --runs ...            # the unit analysis
+    python analysis/fig3_autoencoder.py --record paper_figures/results/fig3_autoencoder_mnist
+    python analysis/fig3_autoencoder.py --restore paper_figures/results/fig3_autoencoder_mnist
+
+A piece is the three unit types of one seed at one rate, trained as one grid (about 10 min on
+one core for 25 epochs); ``--record`` copies the finished runs' small records (config,
+metrics, the unit analysis) into the results folder, ``--restore`` brings them back into a
+runs folder in a later session (a finished run is read, not trained again), and the report
+is written once every declared run has finished.
 
 Declared (before any run):
 
@@ -24,6 +32,18 @@ Declared (before any run):
   log); test error at the last epoch only. **Primary endpoint per rate** (Holm over the two
   other unit types and the rates run): ELU − other in log training-loss AUC over epochs
   1..25.
+- **Unit analysis (added before any run, secondary, Holm within its own family):** each
+  run's last checkpoint, exact unit Fishers of the Bernoulli model of the outputs
+  (``likelihood="bernoulli"``: 784 output columns per image) on the first ``PROBE`` = 1,000
+  validation images, g the mean gradient of the first ``GRAD_IMAGES`` = 10,000 training
+  images, λ = 1e-3 (``natgrad.analysis.unitstats.REL_DAMPING``), jackknifed ρ. Layers
+  ``ANALYSED``: encoder.fc4 (250 → 30), decoder.fc1 (30 → 250), decoder.fc2 (250 → 500),
+  whose blocks (d+1 = 251, 31, 251) are estimable on that probe (n_eff ≥ 2(d+1)); the
+  others' (d+1 = 785, 1001, 501) would need 1,600–2,000 probe images at 784 backward columns
+  each, beyond this CPU. Per run and layer: the median over live units of ρ(plain)
+  (jackknifed), the bias-shift error of the plain gradient, |k| (Theorem 2) and ‖E_q(a)‖
+  over estimable units, and the estimable fraction. Compared ELU − ReLU and ELU − LReLU,
+  paired by seed, per rate and layer.
 """
 
 from __future__ import annotations
@@ -39,9 +59,13 @@ SEEDS = 5
 MIN_EPOCHS = 25
 RATES = (1e-2, 1e-3, 1e-4, 1e-5)
 AT_EPOCHS = (5, 10, 25)
+PROBE, GRAD_IMAGES = 1000, 10_000
+ANALYSED = ("encoder.fc4", "decoder.fc1", "decoder.fc2")
+UNIT_MEASURES = ("rho_plain_jk", "shift_error_plain", "abs_k", "mean_q_norm", "estimable")
+RESULTS = "fig3-units.csv"  # each run's unit analysis (its run directory's analysis folder)
 
 
-def study(lr: float, epochs: int, *, seeds: int = SEEDS, train_size: int | None = None):
+def study(lr: float, epochs: int, *, seeds=range(SEEDS), train_size: int | None = None):
     """The runs of one learning rate, declared: ELU, ReLU, LReLU × seeds (shared weights)."""
     from natgrad.analysis.study import Study
     from natgrad.training.config import default_config
@@ -53,10 +77,11 @@ def study(lr: float, epochs: int, *, seeds: int = SEEDS, train_size: int | None 
             notes=f"fig3 autoencoder, lr {lr:g}",
         )  # fmt: skip
 
-    return Study(f"fig3 autoencoder, lr {lr:g}", UNITS, range(seeds), config)
+    seeds = range(seeds) if isinstance(seeds, int) else seeds
+    return Study(f"fig3 autoencoder, lr {lr:g}", UNITS, seeds, config)
 
 
-def train(root: Path, lr: float, epochs: int, *, seeds: int = SEEDS, train_size=None) -> float:
+def train(root: Path, lr: float, epochs: int, *, seeds=range(SEEDS), train_size=None) -> float:
     t0 = time.perf_counter()
     diverged = study(lr, epochs, seeds=seeds, train_size=train_size).train(
         root / f"lr{lr:g}", say=print
@@ -99,43 +124,307 @@ def comparisons(curves, epochs: int):
     return table
 
 
+def analyse_run(run: Path) -> Path:
+    r"""The declared unit analysis of one finished run's last checkpoint (module docstring),
+    cached as ``analysis/fig3-units.csv`` in its run directory: one row per analysed layer."""
+    import numpy as np
+    import pandas as pd
+
+    from natgrad.analysis.csvtables import write_csv
+    from natgrad.analysis.runs import load_model, probe_set, training_set
+    from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
+    from natgrad.training.rundir import RunDir
+
+    rd = RunDir(run)
+    out = rd.analysis_path(RESULTS)
+    if out.is_file():
+        return out
+    epoch = rd.latest_epoch()
+    model = load_model(run, epoch).double().eval()
+    x, _ = probe_set(run, PROBE)
+    gx, _ = training_set(run)
+    gx = gx[:GRAD_IMAGES].double()
+    x = x.double()
+    t0 = time.perf_counter()
+    units = unit_statistics(model, x, x.flatten(1), layers=list(ANALYSED),
+                            rel_damping=REL_DAMPING, likelihood="bernoulli",
+                            grad_data=(gx, gx.flatten(1)), jackknife=True)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    ident = rd.identity()
+    rows = []
+    for layer, g in units.groupby("layer", sort=False):
+        live, est = g[g["dead"] == 0], g[(g["dead"] == 0) & (g["estimable"] == 1)]
+        rows.append(dict(
+            unit_type=ident["unit_type"], seed=int(ident["seed"]), epoch=epoch, layer=layer,
+            units=len(g), live=len(live), fan_in=int(g["fan_in"].iloc[0]),
+            n_eff_over_d1=float(np.median(live["n_eff"] / (live["fan_in"] + 1))),
+            estimable=float(len(est) / max(len(live), 1)),
+            rho_plain_jk=float(live["rho_plain_jk"].median()),
+            rho_plain=float(live["rho_plain"].median()),
+            shift_error_plain=float(live["shift_error_plain"].median()),
+            abs_k=float(est["k"].abs().median()) if len(est) else float("nan"),
+            mean_q_norm=float(est["mean_q_norm"].median()) if len(est) else float("nan"),
+            rel_damping=REL_DAMPING, probe=len(x), seconds=seconds,
+        ))  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(pd.DataFrame(rows), out)
+    return out
+
+
+def _finished(root: Path):
+    """``(lr, run directory)`` of every finished run under ``root`` (folders ``lr<rate>``)."""
+    from natgrad.training.plan import complete
+    from natgrad.training.rundir import RunDir
+
+    for folder in sorted(root.glob("lr*")):
+        for cfg in sorted(folder.glob("*/config.json")):
+            run = cfg.parent
+            epochs = RunDir(run).read_config()["epochs"]
+            if complete(run, epochs) and not RunDir(run).diverged_path.is_file():
+                yield float(folder.name[2:]), run
+
+
+RECORDS = ("config.json", "metrics.jsonl", "diverged.json", f"analysis/{RESULTS}")
+
+
+def carry(src: Path, dest: Path, *, finished_only: bool) -> int:
+    """Copy the small records (:data:`RECORDS`) of the runs under ``src`` (``finished_only``:
+    those finished or diverged, not those still training) to ``dest`` (``lr<rate>/<run>/``),
+    keeping what ``dest`` already has; returns the files copied."""
+    import shutil
+
+    done = {run for _, run in _finished(src)} | set(_diverged(src))
+    copied = 0
+    for cfg in sorted(src.glob("lr*/*/config.json")):
+        run = cfg.parent
+        if finished_only and run not in done:
+            continue
+        for name in RECORDS:
+            a, b = run / name, dest / run.relative_to(src) / name
+            if a.is_file() and not b.is_file():
+                b.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(a, b)
+                copied += 1
+    return copied
+
+
+def _diverged(root: Path) -> list[Path]:
+    from natgrad.training.rundir import RunDir
+
+    return [p.parent for p in sorted(root.glob("lr*/*/config.json"))
+            if RunDir(p.parent).diverged_path.is_file()]  # fmt: skip
+
+
+def unit_comparisons(units):
+    """Per rate and layer: ELU − ReLU and ELU − LReLU on :data:`UNIT_MEASURES`, paired by
+    seed; Holm over the whole family (secondary)."""
+    import pandas as pd
+
+    from natgrad.analysis.stats import holm, paired_comparison
+
+    rows = []
+    for (lr, layer), sub in units.groupby(["lr", "layer"], sort=False):
+        for metric in UNIT_MEASURES:
+            t = paired_comparison(sub, metric, reference="elu")
+            t.insert(0, "layer", layer)
+            t.insert(0, "lr", lr)
+            rows.append(t)
+    table = pd.concat(rows, ignore_index=True)
+    table["p_holm"] = holm(table["p"].to_numpy())
+    return table
+
+
+def figure(curves):
+    r"""Fig 3's layout: one panel per rate, training (solid) and validation (dotted)
+    reconstruction error per epoch, mean ± sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.plots import plot_curves
+
+    rates = sorted(curves["lr"].unique(), reverse=True)
+    fig, axes = plt.subplots(1, len(rates), figsize=(4.2 * len(rates), 3.4), squeeze=False)
+    for ax, lr in zip(axes[0], rates, strict=True):
+        c = curves[(curves["lr"] == lr) & (curves["epoch"] >= 1)]
+        plot_curves(c, "train_loss", ax=ax, label_suffix=" train")
+        plot_curves(c, "val_loss", ax=ax, style=":", label_suffix=" validation",
+                    ylabel="reconstruction error (BCE per pixel)", title=f"lr {lr:g}")  # fmt: skip
+        ax.set_yscale("log")
+        ax.legend(frameon=False, fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def readme(table, unit_table, curves, meta: dict) -> str:
+    """The results' text, from the CIs (whichever way they point)."""
+    from natgrad.units import unit_type_label
+
+    def ci(r, scale=1.0, digits=4):
+        f = f"{{:+.{digits}f}}"
+        return (f"{f.format(scale * r['diff'])} ({f.format(scale * r['lo'])} to "
+                f"{f.format(scale * r['hi'])})")  # fmt: skip
+
+    def word(r, neg: str, pos: str) -> str:
+        if r["hi"] < 0:
+            return neg
+        return pos if r["lo"] > 0 else "no difference resolved"
+
+    epochs = int(curves["epoch"].max())
+    lines = ["# Fig 3, the autoencoder, on MNIST (issue 23)", "",
+             f"Command: `{meta['command']}`  ", f"Commit of this report: `{meta['commit']}`; "
+             f"of the runs: `{meta['run_commit']}`  ",
+             f"Training: {meta['runs']} runs, {meta['train_seconds']:.0f} s of training summed; "
+             f"unit analysis {meta['analysis_seconds']:.0f} s (one torch thread per process). "
+             f"Diverged (not in the tables): {', '.join(meta['diverged']) or 'none'}.",
+             "", f"**Scale:** {epochs} epochs of MNIST's 50,000 training images per run (the "
+             "paper: 500), SGD batch 64, no momentum, seeds 0–4 with shared initial weights; "
+             "loss: binary cross-entropy on the logits per pixel (declared in "
+             "`analysis/fig3_autoencoder.py`, with why). Curves on the validation split; the "
+             "test set only for the last epoch's number.", "",
+             "## Reconstruction error (ELU − other, paired by seed, BCa 95 % CI)", "",
+             "| rate | metric | other | ELU − other | 95 % CI | p | Holm p (primary) |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: |"]  # fmt: skip
+    for r in table.to_dict("records"):
+        holm = f"{r['p_holm']:.3g}" if r["role"] == "primary" else ""
+        lines.append(f"| {r['lr']:g} | {r['metric']} | {unit_type_label(r['other'], tex=False)} | "
+                     f"{r['diff']:+.4g} | [{r['lo']:+.4g}, {r['hi']:+.4g}] | {r['p']:.3g} | "
+                     f"{holm} |")  # fmt: skip
+    lines += ["", "## Reading (from the CIs)", ""]
+    prim = table[table["role"] == "primary"]
+    for r in prim.to_dict("records"):
+        other = unit_type_label(r["other"], tex=False)
+        lines.append(f"- lr {r['lr']:g}, log10 training-loss AUC (primary), ELU − {other}: "
+                     f"{ci(r)}, Holm p {r['p_holm']:.3g}: "
+                     + word(r, "ELU learns faster", "ELU learns slower") + ".")  # fmt: skip
+    at = max((e for e in AT_EPOCHS if e <= epochs), default=None)
+    last = table[table["metric"] == f"val_loss_e{at}"]
+    for r in last.to_dict("records"):
+        other = unit_type_label(r["other"], tex=False)
+        lines.append(f"- lr {r['lr']:g}, validation error at the last reported epoch, ELU − "
+                     f"{other}: {ci(r)}: " + word(r, "ELU lower", "ELU higher") + ".")  # fmt: skip
+    if unit_table is not None and len(unit_table):
+        lines += ["", "## Natgrad's analysis of the trained autoencoders (secondary)", "",
+                  "Exact unit Fishers of the Bernoulli model of the 784 outputs on 1,000 "
+                  "validation images, g from 10,000 training images, λ = 1e-3, last epoch; "
+                  "per run the median over live units (|k|, ‖E_q(a)‖ over estimable units). "
+                  "ELU − other, paired by seed, Holm over the whole family:", "",
+                  "| rate | layer | measure | other | ELU − other | 95 % CI | Holm p |",
+                  "| --- | --- | --- | --- | ---: | --- | ---: |"]  # fmt: skip
+        for r in unit_table.to_dict("records"):
+            lines.append(f"| {r['lr']:g} | {r['layer']} | {r['metric']} | "
+                         f"{unit_type_label(r['other'], tex=False)} | {r['diff']:+.4g} | "
+                         f"[{r['lo']:+.4g}, {r['hi']:+.4g}] | {r['p_holm']:.3g} |")  # fmt: skip
+        rho = unit_table[unit_table["metric"] == "rho_plain_jk"]
+        lines += [""] + [f"- lr {r['lr']:g}, {r['layer']}, ρ(plain) ELU − "
+                         f"{unit_type_label(r['other'], tex=False)}: {ci(r)}: "
+                         + word(r, "the plain gradient is farther from the unit natural "
+                                "gradient under ELU", "the plain gradient is closer to the "
+                                "unit natural gradient under ELU") + "."
+                         for r in rho.to_dict("records")]  # fmt: skip
+    lines += ["", "## Side by side with the paper", "",
+              "| claim | paper (500 epochs) | here |", "| --- | --- | --- |",
+              "| ELU has the lowest reconstruction error at every rate | Fig 3: ELU lowest "
+              "training and test error at lr 1e-2, 1e-3, 1e-4, 1e-5 | "
+              + "; ".join(f"lr {r['lr']:g}: ELU − {unit_type_label(r['other'], tex=False)} "
+                          f"{ci(r)}" for r in last.to_dict("records")) + " (validation, "
+              "last reported epoch) |", "",
+              "Files: `curves.csv` (every run, every epoch), `comparisons.csv`, `units.csv` "
+              "and `unit_comparisons.csv` (the analysis), `fig3.png`, `runs/` (each run's "
+              "config, metrics and unit analysis)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def report(root: Path, dest: Path | None, argv) -> int:
+    """Comparisons, figure and text from every finished run under ``root``."""
+    import json
+
+    import pandas as pd
+
+    from natgrad.analysis.csvtables import read_csv
+    from natgrad.analysis.runs import curve_table
+
+    done = list(_finished(root))
+    if not done:
+        print(f"no finished runs under {root}")
+        return 1
+    frames = [curve_table([run]).assign(lr=lr) for lr, run in done]
+    curves = pd.concat(frames, ignore_index=True)
+    epochs = int(curves.groupby(["lr", "run"])["epoch"].max().min())
+    table = comparisons(curves, epochs)
+    print(table[["lr", "metric", "other", "diff", "lo", "hi", "p"]].to_string(index=False))
+    unit_rows = [read_csv(run / "analysis" / RESULTS).assign(lr=lr) for lr, run in done
+                 if (run / "analysis" / RESULTS).is_file()]  # fmt: skip
+    units = pd.concat(unit_rows, ignore_index=True) if unit_rows else None
+    unit_table = unit_comparisons(units) if units is not None else None
+    if dest is None:
+        return 0
+    from natgrad._atomic import write_text
+    from natgrad.analysis.plots import save_figure
+    from natgrad.analysis.record import record_tables
+
+    commits = sorted({json.loads((run / "config.json").read_text()).get("git_commit", "?")[:7]
+                      for _, run in done})  # fmt: skip
+    seconds = sum(float(r.get("train_seconds") or 0) for _, run in done
+                  for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))  # fmt: skip
+    meta = dict(runs=len(done), run_commit=", ".join(commits), train_seconds=seconds,
+                diverged=[f"{p.parent.name}/{p.name}" for p in _diverged(root)],
+                analysis_seconds=float(units.groupby(["lr", "unit_type", "seed"])["seconds"]
+                                       .first().sum()) if units is not None else 0.0)  # fmt: skip
+    tables = dict(curves=curves, comparisons=table)
+    if units is not None:
+        tables.update(units=units, unit_comparisons=unit_table)
+    record_tables(dest, tables, argv=argv, script="analysis/fig3_autoencoder.py", **meta)
+    save_figure(figure(curves), dest / "fig3", formats=("png",), dpi=110)
+    record = json.loads((dest / "run.json").read_text())
+    write_text(dest / "README.md", readme(table, unit_table, curves, {**meta, **record}))
+    return 0
+
+
+def _seeds(text: str) -> range:
+    first, _, count = text.partition(":")
+    return range(0, int(first)) if not count else range(int(first), int(first) + int(count))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr", type=float, choices=RATES, default=None)
     parser.add_argument("--epochs", type=int, default=MIN_EPOCHS)
-    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--seeds", type=_seeds, default=range(SEEDS),
+                        help="FIRST:COUNT (a piece) or COUNT (seeds 0..COUNT-1)")  # fmt: skip
     parser.add_argument("--train-size", type=int, default=None, help="smoke runs only")
     parser.add_argument("--runs", type=Path, default=Path("runs/fig3"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--analyse", action="store_true", help="the unit analysis of every "
+                        "finished run (after training, with --lr)")  # fmt: skip
+    parser.add_argument("--restore", type=Path, default=None,
+                        help="bring a results folder's run records back into --runs first")  # fmt: skip
     parser.add_argument("--report", action="store_true")
-    parser.add_argument("--record", type=Path, default=None)
+    parser.add_argument("--record", type=Path, default=None,
+                        help="copy the finished runs' records here and write the report")  # fmt: skip
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.restore:
+        print(
+            f"restored {carry(args.restore / 'runs', args.runs, finished_only=False)} files "
+            f"into {args.runs}"
+        )
     if args.lr is not None:
         wall = train(args.runs, args.lr, args.epochs, seeds=args.seeds, train_size=args.train_size)
-        print(f"lr {args.lr:g}: epochs 1..{args.epochs} of {len(UNITS) * args.seeds} runs in "
-              f"{wall:.0f} s")  # fmt: skip
-    if args.report:
-        import pandas as pd
-
-        from natgrad.analysis.runs import curve_table
-
-        frames = []
-        for folder in sorted(args.runs.glob("lr*")):
-            dirs = sorted(p.parent for p in folder.glob("*/config.json"))
-            frames.append(curve_table(dirs).assign(lr=float(folder.name[2:])))
-        curves = pd.concat(frames, ignore_index=True)
-        epochs = int(curves.groupby(["lr", "run"])["epoch"].max().min())
-        table = comparisons(curves, epochs)
-        print(table[["lr", "metric", "other", "diff", "lo", "hi", "p"]].to_string(index=False))
-        if args.record:
-            from natgrad.analysis.csvtables import write_csv
-
-            args.record.mkdir(parents=True, exist_ok=True)
-            write_csv(curves, args.record / "curves.csv")
-            write_csv(table, args.record / "comparisons.csv")
+        print(f"lr {args.lr:g}: epochs 1..{args.epochs} of {len(UNITS) * len(args.seeds)} runs "
+              f"in {wall:.0f} s")  # fmt: skip
+    if args.analyse:
+        for lr, run in _finished(args.runs):
+            t0 = time.perf_counter()
+            analyse_run(run)
+            print(f"analysed lr {lr:g} {run.name} in {time.perf_counter() - t0:.0f} s")
+    if args.record:
+        print(f"recorded {carry(args.runs, args.record / 'runs', finished_only=True)} files")
+    if args.report or args.record:
+        return report(args.runs, args.record, argv)
     return 0
 
 

@@ -124,6 +124,24 @@ def score(likelihood: str, output: torch.Tensor, targets: torch.Tensor) -> torch
     return targets - output
 
 
+def log_likelihood(likelihood: str, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r"""Σ_n ln p(y_n | z_n) over the batch (a scalar; Gaussian up to its constant): the
+    quantity whose gradient :func:`score` gives per output, for g = ∇ mean ln p.
+
+    Example:
+        >>> o = torch.zeros(2, 3, dtype=torch.float64)
+        >>> float(log_likelihood("categorical", o, torch.tensor([0, 2]))) == 2 * math.log(1 / 3)
+        True
+    """
+    if likelihood == "categorical":
+        return -torch.nn.functional.cross_entropy(output, targets, reduction="sum")
+    output = flatten_output(likelihood, output)
+    t = targets.reshape(output.shape).to(output.dtype)
+    if likelihood == "bernoulli":
+        return -torch.nn.functional.binary_cross_entropy_with_logits(output, t, reduction="sum")
+    return -0.5 * ((t - output) ** 2).sum()
+
+
 def sample_targets(
     likelihood: str,
     output: torch.Tensor,

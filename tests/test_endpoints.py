@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from natgrad.analysis import stats
 from natgrad.analysis.endpoints import Endpoint, evaluate
 from natgrad.analysis.unitstats import unit_statistics
+from natgrad.errors import InputError
 from natgrad.testing import assert_close
 
 
@@ -134,3 +135,27 @@ def test_probe_gradients_in_chunks_equal_one_pass(n, chunk):
     ref = torch.autograd.grad(-F.cross_entropy(net(x), y), [net[0].weight, net[0].bias])
     assert_close(got["0"][0], ref[0])
     assert_close(got["0"][1], ref[1])
+
+
+def test_unit_statistics_of_an_autoencoder_under_bernoulli_match_the_brute_force():
+    """An autoencoder's unit table (likelihood="bernoulli": its Fisher and g are those of the
+    Bernoulli model of its sigmoid outputs) against per-sample autograd in float64: the
+    reference blocks and g = ∇ mean ln p(x | x) give the same ρ(plain)."""
+    from natgrad.reference import reference_efficiency, reference_unit_fisher
+
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ELU(), torch.nn.Linear(4, 3),
+                              torch.nn.ReLU(), torch.nn.Linear(3, 6)).double()  # fmt: skip
+    x = torch.rand(50, 6, dtype=torch.float64)
+    got = unit_statistics(net, x, x, likelihood="bernoulli", rel_damping=1e-3)
+    assert len(got) == 4 + 3 + 6
+    for name, layer in (("0", net[0]), ("2", net[2])):
+        ref = reference_unit_fisher(net, layer, x, likelihood="bernoulli")
+        gw, gb = torch.autograd.grad(-F.binary_cross_entropy_with_logits(net(x), x),
+                                     [layer.weight, layer.bias])  # fmt: skip
+        g = torch.cat([gw.flatten(1), gb[:, None]], 1)  # ρ is invariant to g's scale
+        want = reference_efficiency(ref, g, g, rel_damping=1e-3)
+        rows = got[got["layer"] == name].sort_values("unit")
+        assert_close(torch.tensor(rows["rho_plain"].to_numpy()), want, rtol=1e-8)
+    with pytest.raises(InputError, match="likelihood"):
+        unit_statistics(net, x, x, likelihood="poisson")

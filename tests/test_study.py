@@ -71,7 +71,7 @@ def test_bad_declarations():
 
 @pytest.mark.parametrize("script, build", [
     ("bn_cnn", lambda m: m.study(range(2))),
-    ("fig3_autoencoder", lambda m: m.study(0.01, 25, seeds=5)),
+    ("fig3_autoencoder", lambda m: m.study(0.01, 25, seeds=range(5))),
     ("direction_audit", lambda m: m.study(5)),
     ("fig2_protocol", lambda m: m.study(300, None, "mnist")),
     ("mechanism_dashboard", lambda m: m.study(5)),
@@ -129,3 +129,70 @@ def test_mechanism_dashboard_measures_one_checkpoint(tmp_path, monkeypatch):
     assert all(math.isfinite(row[k]) for k in md.METRICS if k != "abs_k")
     assert 0.0 <= row["offblock_share"] <= 1.0 and -1.0 <= row["rho_plain_jk"] <= 1.5
     assert row["top_eig"] > 0 and 0.0 <= row["estimable"] <= 1.0
+
+
+def _script(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "analysis"))
+    module = __import__(name)
+    sys.modules.pop(name, None)
+    return module
+
+
+def test_bn_cnn_selects_on_validation_error_and_writes_its_text_from_the_cis(monkeypatch):
+    """The batch-norm study's declared selection (lowest validation error; ties by validation
+    loss, then the earlier epoch) and its reading, generated from the CIs: a per-seed table
+    where ELU is lower than every other unit and batch norm helps only ReLU must read so; the
+    same table with ELU shifted up must say the opposite."""
+    import numpy as np
+
+    m = _script("bn_cnn", monkeypatch)
+    rows = [dict(epoch=1, val_error=0.02, val_loss=0.10), dict(epoch=2, val_error=0.018,
+            val_loss=0.12), dict(epoch=3, val_error=0.018, val_loss=0.11)]  # fmt: skip
+    assert min(rows, key=m._selection_key)["epoch"] == 3
+    rng = np.random.default_rng(0)
+    base = {"elu": 0.015, "relu": 0.020, "lrelu": 0.019, "srelu": 0.018, "relu-bn": 0.016,
+            "elu-bn": 0.015}  # fmt: skip
+    values = pd.DataFrame([dict(unit_type=a, seed=s, seconds_per_iteration=0.05 * (1.1 if a ==
+                                "elu" else 1.0) + 1e-4 * rng.random(),
+                                test_error_at_best_val=b + 5e-4 * rng.standard_normal())
+                           for s in range(10) for a, b in base.items()])  # fmt: skip
+    table = m.primaries(values)
+    assert (table["role"] == "primary").sum() == 4 and table["p_holm"].notna().sum() == 4
+    ratio = m.time_ratio(values)
+    assert 1.05 < ratio["ratio"] < 1.15 and ratio["lo"] <= ratio["ratio"] <= ratio["hi"]
+    meta = dict(command="c", run_commit="r", commit="k", runs=60, train_seconds=1.0)
+    text = m.readme(values, table, ratio, meta)
+    assert "ELU is lower than each of the three" in text
+    assert "batch norm helps ReLU more than ELU" in text and "BN helps ReLU" in text
+    worse = values.assign(test_error_at_best_val=lambda d: d["test_error_at_best_val"]
+                          + 0.01 * (d["unit_type"] == "elu"))  # fmt: skip
+    text = m.readme(worse, m.primaries(worse), ratio, meta)
+    assert "not shown to be the lowest" in text and "ELU higher" in text
+
+
+def test_fig3_pieces_analysis_record_and_restore(tmp_path, monkeypatch):
+    """The Fig 3 study end to end at smoke scale on MNIST: two pieces (one seed each) train
+    as grids, the unit analysis (Bernoulli Fisher) runs on their last checkpoints, --record
+    writes the tables, figure and a text with the primary endpoint, and --restore brings the
+    records back so that nothing is trained again."""
+    from natgrad.analysis.csvtables import read_csv
+
+    m = _script("fig3_autoencoder", monkeypatch)
+    monkeypatch.setattr(m, "PROBE", 24)
+    monkeypatch.setattr(m, "GRAD_IMAGES", 48)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    common = ["--lr", "0.01", "--epochs", "1", "--train-size", "128", "--runs", str(runs)]
+    for piece in ("0:1", "1:1"):
+        assert m.main([*common, "--seeds", piece]) == 0
+    assert m.main(["--runs", str(runs), "--analyse", "--record", str(out)]) == 0
+    units = read_csv(out / "units.csv")
+    assert len(units) == 2 * 3 * len(m.ANALYSED) and units["rho_plain_jk"].between(-1, 1).all()
+    table = read_csv(out / "comparisons.csv")
+    assert set(table.loc[table["role"] == "primary", "metric"]) == {"log_train_loss_auc"}
+    text = (out / "README.md").read_text()
+    assert "log10 training-loss AUC (primary)" in text and "Side by side" in text
+    assert (out / "fig3.png").stat().st_size > 10_000
+    assert len(list((out / "runs" / "lr0.01").glob("*/analysis/fig3-units.csv"))) == 6
+    fresh = tmp_path / "fresh"
+    assert m.main(["--runs", str(fresh), "--restore", str(out), *common[:6], "--seeds", "0:2"]) == 0
+    assert not list(fresh.glob("lr0.01/*/checkpoints"))  # read, not trained again

@@ -56,12 +56,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from natgrad import measures as ms
 from natgrad import theorems
 from natgrad.errors import InputError
 from natgrad.fisher import unit_fishers
+from natgrad.likelihoods import check_likelihood, log_likelihood
 from natgrad.linalg import condition_number
 from natgrad.unitfisher import UnitFisher
 
@@ -158,7 +158,13 @@ def layer_statistics(
 
 
 def probe_gradients(
-    model: nn.Module, inputs, targets, fishers: dict[str, UnitFisher], *, chunk: int = 4096
+    model: nn.Module,
+    inputs,
+    targets,
+    fishers: dict[str, UnitFisher],
+    *,
+    chunk: int = 4096,
+    likelihood: str = "categorical",
 ):
     r"""``{layer: (g_w, g_b)}``: gradients of the mean log-likelihood of ``(inputs, targets)``,
     summed over chunks of ``chunk`` inputs (the same numbers, bounded memory). Each chunk is
@@ -171,14 +177,15 @@ def probe_gradients(
     total = [torch.zeros_like(p) for p in params]
     for s in range(0, n, chunk):
         x = inputs[s : s + chunk].to(dtype)
-        loglik = -F.cross_entropy(model(x), targets[s : s + chunk].to(torch.long),
-                                  reduction="sum") / n  # fmt: skip
+        y = targets[s : s + chunk]
+        y = y.to(torch.long) if likelihood == "categorical" else y.to(dtype)
+        loglik = log_likelihood(likelihood, model(x), y) / n
         for t, g in zip(total, torch.autograd.grad(loglik, params), strict=True):
             t += g
     return {name: (total[2 * i], total[2 * i + 1]) for i, name in enumerate(fishers)}
 
 
-def _prepare(model, inputs, targets, dtype):
+def _prepare(model, inputs, targets, dtype, likelihood="categorical"):
     if inputs.shape[0] != targets.shape[0]:
         raise InputError(
             f"unit_statistics: {inputs.shape[0]} probe inputs but {targets.shape[0]} targets"
@@ -186,7 +193,8 @@ def _prepare(model, inputs, targets, dtype):
     model = copy.deepcopy(model).to(dtype).eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    return model, inputs.to(dtype), targets.to(torch.long)
+    check_likelihood(likelihood)
+    return model, inputs.to(dtype), targets.to(torch.long if likelihood == "categorical" else dtype)
 
 
 def _layer_heads(model: nn.Module, fishers: dict[str, UnitFisher]) -> dict[str, dict]:
@@ -212,13 +220,16 @@ def unit_statistics(
     grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     jackknife: bool = False,
     probe_sizes: Sequence[int] | None = None,
+    likelihood: str = "categorical",
 ):
     r"""One row per (layer, unit) of ``model`` (the columns of the module docstring).
 
     Args:
-        model: a classifier with logits ``[N, C]``; copied, cast to ``dtype``, eval mode.
-        inputs, targets: ``[N, ...]`` held-out probe inputs and their ``[N]`` labels (the labels
-            enter g only: the Fisher is the exact one, an expectation over the model's labels).
+        model: a classifier with logits ``[N, C]`` (or, with ``likelihood``, a net whose
+            output is Bernoulli logits or Gaussian means); copied, cast to ``dtype``, eval mode.
+        inputs, targets: ``[N, ...]`` held-out probe inputs and their ``[N]`` labels, or their
+            ``[N, D]`` targets for ``bernoulli``/``gaussian`` (the targets enter g only: the
+            Fisher is the exact one, an expectation over the model's outputs).
         layers: Linear/Conv2d layer names (default: all, in module order).
         rel_damping: λ of F_λ (default :data:`REL_DAMPING`).
         sweep: also return the efficiencies at these λ (see :func:`damping_sweep`).
@@ -233,6 +244,8 @@ def unit_statistics(
         probe_sizes: also the table of :func:`probe_size_sweep` for these nested sizes (at
             most N), from the same pass: the blocks are accumulated slice by slice between
             the sizes and pooled, so the sweep adds factorisations only.
+        likelihood: ``"categorical"``, ``"bernoulli"`` (an autoencoder's sigmoid logits) or
+            ``"gaussian"`` (:mod:`natgrad.likelihoods`): the model whose Fisher and g are taken.
 
     Returns:
         A :class:`pandas.DataFrame` with ``Σ_layers U`` rows; ``(units, sweep)`` when
@@ -246,15 +259,15 @@ def unit_statistics(
     """
     import pandas as pd
 
-    model, x, y = _prepare(model, inputs, targets, dtype)
+    model, x, y = _prepare(model, inputs, targets, dtype, likelihood)
     n = x.shape[0]
     if jackknife and n < 4:
         raise InputError(f"unit_statistics: the jackknife needs a probe of >= 4 inputs, got {n}")
     sizes = _check_sizes(probe_sizes, n) if probe_sizes else []
     bounds = sorted({0, n, *((n // 2,) if jackknife else ()), *sizes, *(m // 2 for m in sizes)})
-    chunks = _chunk_fishers(model, x, bounds, layers, batch_size)
+    chunks = _chunk_fishers(model, x, bounds, layers, batch_size, likelihood)
     fishers = _pool(chunks, 0, len(chunks))
-    chunk_grads = _chunk_grads(model, x, y, bounds, fishers, grad_data)
+    chunk_grads = _chunk_grads(model, x, y, bounds, fishers, grad_data, likelihood)
     grads = _pool_grads(chunk_grads, bounds, 0, len(chunks))
     heads = _layer_heads(model, fishers)
     frames, sweeps = [], []
@@ -283,9 +296,10 @@ def _check_sizes(sizes, n: int) -> list[int]:
     return sizes
 
 
-def _chunk_fishers(model, x, bounds, layers, batch_size) -> list[dict[str, UnitFisher]]:
+def _chunk_fishers(model, x, bounds, layers, batch_size, likelihood) -> list[dict[str, UnitFisher]]:
     """The unit Fishers of each slice ``x[bounds[i]:bounds[i+1]]`` (one pass in all)."""
-    return _Chunks(unit_fishers(model, x[a:b], layers=layers, batch_size=batch_size)
+    return _Chunks(unit_fishers(model, x[a:b], layers=layers, batch_size=batch_size,
+                                likelihood=likelihood)
                    for a, b in zip(bounds[:-1], bounds[1:], strict=True))  # fmt: skip
 
 
@@ -311,7 +325,7 @@ class _Chunks(list):
         self.memo: dict = {}
 
 
-def _chunk_grads(model, x, y, bounds, fishers, grad_data):
+def _chunk_grads(model, x, y, bounds, fishers, grad_data, likelihood):
     """Per slice, g of the slice's own inputs; or, with ``grad_data``, ONE g (the same
     direction for every slice and size: only the Fisher comes from the probe)."""
     if grad_data is not None:
@@ -319,8 +333,8 @@ def _chunk_grads(model, x, y, bounds, fishers, grad_data):
         if gx.shape[0] != gy.shape[0]:
             raise InputError(f"unit_statistics: grad_data has {gx.shape[0]} inputs but "
                              f"{gy.shape[0]} targets")  # fmt: skip
-        return probe_gradients(model, gx, gy, fishers)
-    return [probe_gradients(model, x[a:b], y[a:b], fishers)
+        return probe_gradients(model, gx, gy, fishers, likelihood=likelihood)
+    return [probe_gradients(model, x[a:b], y[a:b], fishers, likelihood=likelihood)
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
 
 
