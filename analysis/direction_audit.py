@@ -30,10 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad.damping import MEASURE_DAMPING
+
 UNITS = ("elu", "relu", "selu")
 EPOCHS, LR, WIDTH, DEPTH, SEEDS = 20, 0.05, 32, 3, 5
 CHECKPOINTS = (0, EPOCHS)
-REL_DAMPING = 1e-3
 PRIMARY = (("unit", "kfac"), ("unit", "ekfac"))
 
 
@@ -69,7 +70,7 @@ def measure(run: Path, epoch: int, ds) -> list[dict]:
                   params=F.num_params, unit_block_share=F.unit_block_share(),
                   top_eig_over_mean=float(spec[0] / spec.mean()))  # fmt: skip
     return [
-        dict(common, **row) for row in audit(model, F, g, train, probe, rel_damping=REL_DAMPING)
+        dict(common, **row) for row in audit(model, F, g, train, probe, rel_damping=MEASURE_DAMPING)
     ]
 
 
@@ -128,7 +129,7 @@ def figure(summary, out: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("ρ against the full natural gradient")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Direction audit: mnist-fc {DEPTH}×{WIDTH} on digits, λ = {REL_DAMPING:g} per "
+    fig.suptitle(f"Direction audit: mnist-fc {DEPTH}×{WIDTH} on digits, λ = {MEASURE_DAMPING:g} per "
                  "unit, mean and 95 % BCa CI over seeds", fontsize=9)  # fmt: skip
     fig.tight_layout()
     save_figure(fig, out / "direction_audit", dpi=150)

@@ -36,7 +36,7 @@ Declared (before any run):
   run's last checkpoint, exact unit Fishers of the Bernoulli model of the outputs
   (``likelihood="bernoulli"``: 784 output columns per image) on the first ``PROBE`` = 1,000
   validation images, g the mean gradient of the first ``GRAD_IMAGES`` = 10,000 training
-  images, λ = 1e-3 (``natgrad.analysis.unitstats.REL_DAMPING``), jackknifed ρ. Layers
+  images, λ = 1e-3 (``natgrad.analysis.unitstats.MEASURE_DAMPING``), jackknifed ρ. Layers
   ``ANALYSED``: encoder.fc4 (250 → 30), decoder.fc1 (30 → 250), decoder.fc2 (250 → 500),
   whose blocks (d+1 = 251, 31, 251) are estimable on that probe (n_eff ≥ 2(d+1)); the
   others' (d+1 = 785, 1001, 501) would need 1,600–2,000 probe images at 784 backward columns
@@ -132,7 +132,8 @@ def analyse_run(run: Path) -> Path:
 
     from natgrad.analysis.csvtables import write_csv
     from natgrad.analysis.runs import load_model, probe_set, training_set
-    from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
+    from natgrad.analysis.unitstats import unit_statistics
+    from natgrad.damping import MEASURE_DAMPING
     from natgrad.training.rundir import RunDir
 
     rd = RunDir(run)
@@ -147,7 +148,7 @@ def analyse_run(run: Path) -> Path:
     x = x.double()
     t0 = time.perf_counter()
     units = unit_statistics(model, x, x.flatten(1), layers=list(ANALYSED),
-                            rel_damping=REL_DAMPING, likelihood="bernoulli",
+                            rel_damping=MEASURE_DAMPING, likelihood="bernoulli",
                             grad_data=(gx, gx.flatten(1)), jackknife=True)  # fmt: skip
     seconds = time.perf_counter() - t0
     ident = rd.identity()
@@ -164,7 +165,7 @@ def analyse_run(run: Path) -> Path:
             shift_error_plain=float(live["shift_error_plain"].median()),
             abs_k=float(est["k"].abs().median()) if len(est) else float("nan"),
             mean_q_norm=float(est["mean_q_norm"].median()) if len(est) else float("nan"),
-            rel_damping=REL_DAMPING, probe=len(x), seconds=seconds,
+            rel_damping=MEASURE_DAMPING, probe=len(x), seconds=seconds,
         ))  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(pd.DataFrame(rows), out)

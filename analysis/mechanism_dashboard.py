@@ -38,11 +38,12 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad.damping import MEASURE_DAMPING
+
 UNITS = ("elu", "relu", "selu", "gelu")
 NORMS = ("none", "centred", "bn", "ln")
 EPOCHS, LR, WIDTH, DEPTH, SEEDS, BATCH = 3, 0.01, 64, 3, 5, 64
 CHECKPOINTS = (0, 1, 3)
-REL_DAMPING = 1e-3
 UNIT_PROBE, GRAM_PROBE = 5000, 128
 LAYERS = tuple(f"fc{i}" for i in range(2, DEPTH + 2))
 METRICS = {  # column: (label, better when)
@@ -108,7 +109,7 @@ def measure(job) -> dict:
     x, y = probe_set(run, unit_probe)
     x = x.double()
     gx, gy = training_set(run)
-    units = unit_statistics(model, x, y, layers=list(LAYERS), rel_damping=REL_DAMPING,
+    units = unit_statistics(model, x, y, layers=list(LAYERS), rel_damping=MEASURE_DAMPING,
                             grad_data=(gx.double(), gy), jackknife=True)  # fmt: skip
     est = units["estimable"] == 1
     gram = network_fisher_gram(model, x[:gram_probe])
@@ -216,7 +217,7 @@ def figure(summary, out: Path) -> Path:
     axes[0, 0].legend(fontsize=7, loc="best")
     fig.suptitle(f"Mechanism dashboard: mnist-fc {DEPTH}×{WIDTH} on MNIST, SGD lr {LR}, "
                  f"mean and 95 % BCa band over {int(summary['seeds'].max())} seeds; unit measures on {UNIT_PROBE} "
-                 f"validation images (λ = {REL_DAMPING:g}), whole-network on {GRAM_PROBE}",
+                 f"validation images (λ = {MEASURE_DAMPING:g}), whole-network on {GRAM_PROBE}",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     path = save_figure(fig, out / "dashboard", dpi=130)

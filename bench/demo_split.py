@@ -46,7 +46,8 @@ def one_run_split(out: Path, repeats: int = 2) -> dict:
     import torch
 
     from natgrad.analysis.runs import load_model, probe_set, training_set
-    from natgrad.analysis.unitstats import REL_DAMPING, SWEEP, probe_gradients, unit_statistics
+    from natgrad.analysis.unitstats import SWEEP, probe_gradients, unit_statistics
+    from natgrad.damping import MEASURE_DAMPING
     from natgrad.fisher import unit_fishers
 
     torch.set_num_threads(1)
@@ -67,7 +68,7 @@ def one_run_split(out: Path, repeats: int = 2) -> dict:
         return min(times)
 
     whole = best(lambda: unit_statistics(load_model(run, 1), x, y, layers=layers,
-                                         rel_damping=REL_DAMPING, sweep=SWEEP,
+                                         rel_damping=MEASURE_DAMPING, sweep=SWEEP,
                                          grad_data=(gx, gy), jackknife=True))  # fmt: skip
     xd = x.double()
     blocks = best(lambda: unit_fishers(model(), xd, layers=layers))

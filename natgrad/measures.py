@@ -65,7 +65,7 @@ from typing import NamedTuple
 
 import torch
 
-from natgrad import linalg
+from natgrad import damping, linalg
 from natgrad.errors import InputError, SingularBlockError
 from natgrad.linalg import float64_of as _f64
 from natgrad.linalg import rowdot as _dot
@@ -79,16 +79,6 @@ def _check_kind(kind: str) -> None:
         raise InputError(f"unknown direction {kind!r}: choose one of {', '.join(DIRECTIONS)}")
 
 
-def _check_rel_damping(rel_damping: float) -> float:
-    try:
-        lam = float(rel_damping)
-    except (TypeError, ValueError):
-        lam = math.nan
-    if not (math.isfinite(lam) and lam >= 0.0):
-        raise InputError(f"rel_damping must be a finite number >= 0, got {rel_damping!r}")
-    return lam
-
-
 def damping_of(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:
     r"""``[U]`` the absolute damping μ = λ · tr(F)/(d+1) of each block (its mean diagonal
     entry times λ = ``rel_damping``), float64.
@@ -97,9 +87,8 @@ def damping_of(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:
         >>> damping_of(torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), 0.1)
         tensor([0.1500], dtype=torch.float64)
     """
-    lam = _check_rel_damping(rel_damping)
     diag = torch.diagonal(matrix.to(torch.float64), dim1=-2, dim2=-1)
-    return lam * diag.mean(-1)
+    return damping.mu(diag.sum(-1), diag.shape[-1], rel_damping)
 
 
 def relative_damped(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from natgrad import damping
 from natgrad.errors import InputError
 
 __all__ = ["GramSummary", "NetworkFisher", "network_fisher", "network_fisher_gram"]
@@ -98,13 +99,12 @@ class NetworkFisher:
         r"""``[P]`` the diagonal D of F_λ = F + D: μ_u = λ·tr F_uu/(d+1) on unit u's entries;
         parameters of no unit, and dead units (tr F_uu = 0: no gradient reaches them), get λ
         times the mean diagonal, so that F_λ stays invertible."""
-        if not rel_damping >= 0:
-            raise InputError(f"rel_damping must be >= 0, got {rel_damping!r}")
+        rel_damping = damping.check(rel_damping)
         diag = self.matrix.diagonal()
         fallback = rel_damping * float(diag.mean())
         out = torch.full_like(diag, fallback)
         for idx in self._layer_index().values():  # [U, d+1]
-            mu = rel_damping * diag[idx].mean(-1, keepdim=True)
+            mu = damping.mu(diag[idx].sum(-1), idx.shape[-1], rel_damping).unsqueeze(-1)
             out[idx] = torch.where(mu > 0, mu, fallback).expand_as(idx).to(out)
         return out
 

@@ -51,12 +51,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from natgrad import linalg, theorems
+from natgrad import damping, linalg, theorems
 from natgrad.accumulate import LayerAccumulator
 from natgrad.errors import InputError, SingularBlockError, StructureError
 from natgrad.unitfisher import UnitFisher, UnitFisherBase
@@ -292,9 +291,7 @@ class StructuredUnitFisher(UnitFisherBase):
 
     def _damping_of(self, rel_damping: float) -> float | torch.Tensor:
         r"""μ = λ·tr(F)/(d+1) per unit ``[U, 1]`` for a relative damping λ (natgrad.measures)."""
-        if not (math.isfinite(float(rel_damping)) and float(rel_damping) >= 0):
-            raise InputError(f"rel_damping must be a finite number >= 0, got {rel_damping!r}")
-        return rel_damping * self.diagonal.double().sum(-1) / (self.fan_in + 1)
+        return damping.mu(self.diagonal.double().sum(-1), self.fan_in + 1, rel_damping)
 
     @staticmethod
     def _A_inv(delta, b, c, x):

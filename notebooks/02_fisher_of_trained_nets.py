@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -35,7 +35,8 @@ import torch
 from torch.nn import functional as F
 
 from natgrad.analysis.runs import checkpoint_epochs, load_model, probe_set
-from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
+from natgrad.analysis.unitstats import unit_statistics
+from natgrad.damping import MEASURE_DAMPING
 from natgrad.fisher import unit_fisher
 from natgrad.testing import assert_close, conditioned_rtol
 from natgrad.training import default_config, default_run_dir, train
@@ -141,7 +142,7 @@ assert 0.0 < cosine <= 1.0
 # the number of probe inputs the δ̄²-weighted moments really rest on.
 
 # %%
-lam = REL_DAMPING
+lam = MEASURE_DAMPING
 rho = {
     k: fisher.efficiency(gw, gb, k, rel_damping=lam)[unit]
     for k in ("plain", "centred", "quasidiagonal", "blockdiag", "natural")

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from natgrad.analysis.csvtables import read_csv
 from natgrad.analysis.runs import load_model, probe_set
+from natgrad.damping import MEASURE_DAMPING
 from natgrad.fisher import unit_fisher
 from natgrad.measures import measures
 from natgrad.testing import assert_close
@@ -64,7 +65,6 @@ else:
 
 # %%
 ARM, SEED, EPOCH, LAYER, UNIT = "elu-bn", 0, 1, "fc2", 0
-REL_DAMPING = 1e-3
 
 
 def checkpoint(arm: str, seed: int) -> Path:
@@ -96,7 +96,7 @@ def inside(arm: str, seed: int, epoch: int, layer: str, unit: int) -> dict:
     module = dict(model.named_modules())[layer]
     gw, gb = torch.autograd.grad(-F.cross_entropy(model(x), y), [module.weight, module.bias])
     g, g0 = fisher.unit_grads(gw, gb)
-    m = measures(fisher.matrix, fisher.mean_p, g, g0, REL_DAMPING, layer=layer)
+    m = measures(fisher.matrix, fisher.mean_p, g, g0, MEASURE_DAMPING, layer=layer)
     block = fisher.matrix[unit]
     shift = fisher.bias_shift(gw, gb, damping=0.0)
     out = {

@@ -19,7 +19,7 @@ from natgrad import measures as ms
 from natgrad.analysis import stats
 from natgrad.analysis.runs import curve_table, find_runs, load_model, probe_set, unit_table
 from natgrad.analysis.summary import read_tables
-from natgrad.analysis.unitstats import REL_DAMPING
+from natgrad.damping import MEASURE_DAMPING
 from natgrad.fisher import unit_fisher
 from natgrad.testing import assert_close, conditioned_rtol
 from natgrad.training.rundir import RunDir
@@ -59,15 +59,15 @@ def test_table_agrees_with_direct_unit_fisher(demo_dir, unit, layer):
     )
     g, g0 = gw[live], gb[live]
     # Every solve is in F_λ, κ(F_λ) <= (d+1)/λ + 1: round-off tolerances follow it.
-    kappa = sub.condition_number(rel_damping=REL_DAMPING)
+    kappa = sub.condition_number(rel_damping=MEASURE_DAMPING)
     rtol = conditioned_rtol(kappa)
     for direction in ("plain", "centred", "quasidiagonal", "blockdiag", "diagonal"):
-        expected = sub.efficiency(g, g0, direction, rel_damping=REL_DAMPING)
+        expected = sub.efficiency(g, g0, direction, rel_damping=MEASURE_DAMPING)
         assert_close(col[f"rho_{direction}"][live], expected, rtol=rtol, what=direction)
-    err = sub.bias_shift_error(g, g0, "plain", rel_damping=REL_DAMPING)
+    err = sub.bias_shift_error(g, g0, "plain", rel_damping=MEASURE_DAMPING)
     assert_close(col["shift_error_plain"][live], err, rtol=rtol, what="shift error")
     # Theorem 2 on F_λ: k goes through Var_q(a)⁻¹ (condition number up to κ·s·c).
-    damped = dataclasses.replace(sub, matrix=ms.relative_damped(sub.matrix, REL_DAMPING))
+    damped = dataclasses.replace(sub, matrix=ms.relative_damped(sub.matrix, MEASURE_DAMPING))
     s_c = damped.s() * damped.c
     assert_close(col["s_c"][live], s_c, rtol=rtol, what="s·c")
     rtol_q = conditioned_rtol(kappa * s_c)
@@ -85,7 +85,7 @@ def test_dead_units_are_counted_not_hidden(demo_dir):
     assert np.isfinite(live["rho_plain"]).all()
     assert ((live["rho_natural"] - 1).abs() < 1e-8).all()
     # the stated damping is the same relative λ for every unit
-    assert (units["rel_damping"] == REL_DAMPING).all()
+    assert (units["rel_damping"] == MEASURE_DAMPING).all()
 
 
 def test_curves_match_the_run_records(demo_dir):

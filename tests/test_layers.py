@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "natgrad"
 
 #: Lowest first. A module belongs to the first layer whose prefix matches its name.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("natgrad.errors", "natgrad._atomic", "natgrad._lock", "natgrad.argtypes",
+    ("foundation", ("natgrad.errors", "natgrad.damping", "natgrad._atomic", "natgrad._lock", "natgrad.argtypes",
                     "natgrad.units", "natgrad.linalg", "natgrad._batches", "natgrad._layers",
                     "natgrad.memory", "natgrad.likelihoods", "natgrad._distributed",
                     "natgrad.testing")),

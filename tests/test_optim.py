@@ -505,13 +505,13 @@ def test_explicit_inverse_step_equals_the_cholesky_solve(dtype):
 
 
 def test_default_damping_keeps_a_fresh_mnist_fc_finite():
-    """The preconditioner's defaults (natgrad.optim.solves.REL_DAMPING, LAYER_DAMPING) on the
+    """The preconditioner's defaults (natgrad.damping.STEP_DAMPING, LAYER_DAMPING) on the
     case that diverged with layer_damping = 0: a freshly initialised mnist-fc on real MNIST
     batches, dense unit natural gradient refreshed every 10 steps."""
+    from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
     from natgrad.data import load_dataset
     from natgrad.models import build_model
     from natgrad.optim import UnitNaturalGradient
-    from natgrad.optim.solves import LAYER_DAMPING, REL_DAMPING
 
     ds = load_dataset("mnist", None, seed=0)
     batches = [(ds.train_x[i * 64 : (i + 1) * 64].float().view(64, -1),
@@ -527,7 +527,7 @@ def test_default_damping_keeps_a_fresh_mnist_fc_finite():
             opt.step(xb)
         return net
 
-    assert (REL_DAMPING, LAYER_DAMPING) == (0.1, 0.3)
+    assert (STEP_DAMPING, LAYER_DAMPING) == (0.1, 0.3)
     net = train()  # with layer_damping = 0 the largest weight reached 3.5e25 in float32
     assert max(p.abs().max().item() for p in net.parameters()) < 10.0
 

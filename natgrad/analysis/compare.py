@@ -83,8 +83,8 @@ import torch
 
 from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence, sign_flip_p
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
+from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
 from natgrad.errors import InputError, NatgradError
-from natgrad.optim.solves import LAYER_DAMPING, REL_DAMPING
 from natgrad.training.plan import complete
 
 __all__ = [
@@ -161,7 +161,7 @@ class CompareConfig:
     lr_ng: float = 3e-4
     lr_qd: float = 3e-4
     lrs: tuple[tuple[str, float], ...] = ()  # per-arm learning rates (override the three)
-    rel_damping: float = REL_DAMPING  # the preconditioner's (natgrad.optim.solves), not the
+    rel_damping: float = STEP_DAMPING  # the preconditioner's (natgrad.damping), not the
     layer_damping: float = LAYER_DAMPING  # analysis λ of the measures
     refresh_every: int = 10
     ema: float = 0.9

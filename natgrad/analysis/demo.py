@@ -44,8 +44,8 @@ from pathlib import Path
 
 from natgrad._atomic import write_json, write_text
 from natgrad._lock import LOCK_NAME
-from natgrad.analysis.unitstats import REL_DAMPING
 from natgrad.argtypes import nonnegative_int, positive_int
+from natgrad.damping import MEASURE_DAMPING
 from natgrad.errors import DivergedError, InputError
 from natgrad.training._owner import claim
 from natgrad.units import CATALOGUE, split_unit_type
@@ -101,7 +101,7 @@ class DemoConfig:
     size_seeds: int = 2
     probe_size: int | None = None
     layers: str = "hidden"
-    rel_damping: float = REL_DAMPING
+    rel_damping: float = MEASURE_DAMPING
     lr: float = 0.01
     batch_size: int = 64
     device: str = "cpu"

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from natgrad.analysis.csvtables import read_csv, write_csv
-from natgrad.analysis.unitstats import REL_DAMPING, unit_statistics
+from natgrad.analysis.unitstats import unit_statistics
+from natgrad.damping import MEASURE_DAMPING
 from natgrad.errors import CheckpointError, DataFileError
 from natgrad.training.rundir import RunDir, find_runs
 
@@ -296,7 +297,7 @@ def unit_table(
     *,
     epochs: Sequence[int] | None = None,
     probe_size: int | None = None,
-    rel_damping: float = REL_DAMPING,
+    rel_damping: float = MEASURE_DAMPING,
     sweep: Sequence[float] | None = None,
     sweep_epochs: Sequence[int] | None = None,
     layers: Sequence[str] | None = None,
@@ -316,7 +317,7 @@ def unit_table(
             :class:`~natgrad.errors.CheckpointError` naming the run.
         probe_size: the first ``probe_size`` held-out inputs (default: all of them) of the
             validation split, or of the test split where there is none.
-        rel_damping: λ of F_λ for every unit (:data:`~natgrad.analysis.unitstats.REL_DAMPING`).
+        rel_damping: λ of F_λ for every unit (:data:`~natgrad.analysis.unitstats.MEASURE_DAMPING`).
         sweep: relative dampings of the damping sweep, computed at ``sweep_epochs``
             (default: the last epoch of each run).
         layers: layer names (default all Linear/Conv2d layers).

@@ -50,7 +50,8 @@ from natgrad._atomic import (
 from natgrad.analysis import metrics as mt
 from natgrad.analysis import stats
 from natgrad.analysis.csvtables import read_csv, write_csv
-from natgrad.analysis.unitstats import REL_DAMPING, SWEEP
+from natgrad.analysis.unitstats import SWEEP
+from natgrad.damping import MEASURE_DAMPING
 
 __all__ = [
     "COMPARED",
@@ -187,7 +188,7 @@ def write_tables(
     *,
     epochs=None,
     probe_size=None,
-    rel_damping: float = REL_DAMPING,
+    rel_damping: float = MEASURE_DAMPING,
     sweep=SWEEP,
     layers=None,
     workers: int = 1,

@@ -59,6 +59,7 @@ from torch import nn
 
 from natgrad import measures as ms
 from natgrad import theorems
+from natgrad.damping import MEASURE_DAMPING
 from natgrad.errors import InputError
 from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import check_likelihood, log_likelihood
@@ -67,7 +68,6 @@ from natgrad.unitfisher import UnitFisher
 
 __all__ = [
     "JACKKNIFED",
-    "REL_DAMPING",
     "SWEEP",
     "damping_sweep",
     "jackknifed",
@@ -77,11 +77,6 @@ __all__ = [
     "unit_statistics",
 ]
 
-REL_DAMPING = 1e-3
-r"""Default relative damping λ (``docs/theory.md``, "Damping"): κ(F_λ) ≤ (d+1)/λ + 1 for
-EVERY block (≈1.3e5 at d = 128), so every solve keeps ≥ 10 digits, while only directions
-whose Fisher eigenvalue is below 1e-3 of the block's mean eigenvalue are changed. The same λ
-for every unit and unit type; :data:`SWEEP` shows how the answer moves with it."""
 
 SWEEP = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 """Relative dampings of :func:`damping_sweep` (the report's sweep)."""
@@ -97,7 +92,7 @@ def layer_statistics(
     grad_weight: torch.Tensor,
     grad_bias: torch.Tensor,
     *,
-    rel_damping: float = REL_DAMPING,
+    rel_damping: float = MEASURE_DAMPING,
 ) -> dict[str, np.ndarray]:
     r"""The per-unit columns (from ``unit`` on) for one layer, as ``{column: ndarray [U]}``.
 
@@ -213,7 +208,7 @@ def unit_statistics(
     targets: torch.Tensor,
     *,
     layers: list[str] | None = None,
-    rel_damping: float = REL_DAMPING,
+    rel_damping: float = MEASURE_DAMPING,
     sweep: tuple[float, ...] | None = None,
     dtype: torch.dtype = torch.float64,
     batch_size: int | None = None,
@@ -231,7 +226,7 @@ def unit_statistics(
             ``[N, D]`` targets for ``bernoulli``/``gaussian`` (the targets enter g only: the
             Fisher is the exact one, an expectation over the model's outputs).
         layers: Linear/Conv2d layer names (default: all, in module order).
-        rel_damping: λ of F_λ (default :data:`REL_DAMPING`).
+        rel_damping: λ of F_λ (default :data:`MEASURE_DAMPING`).
         sweep: also return the efficiencies at these λ (see :func:`damping_sweep`).
         dtype: computation dtype (float64 by default).
         batch_size: stream the probe through the Fisher engine in batches of this size.
@@ -377,7 +372,7 @@ def probe_size_sweep(
     sizes,
     *,
     layers: list[str] | None = None,
-    rel_damping: float = REL_DAMPING,
+    rel_damping: float = MEASURE_DAMPING,
     grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     dtype: torch.dtype = torch.float64,
 ):

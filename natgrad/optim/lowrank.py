@@ -11,7 +11,7 @@ K refresh batches, weighted ∝ ema^age (newest first, weights summing to 1):
     \in \mathbb{R}^{R\times(d+1)},\quad R = \sum_k R_k,
 
 and the step preconditions with F_λ = F + μ_u I, μ_u from the same rule as the dense blocks
-(:func:`natgrad.optim.solves.shift_of_traces`; a unit whose block is zero gets the peers'
+(:func:`natgrad.damping.mu`; a unit whose block is zero gets the peers'
 scale, :mod:`natgrad.optim.solves`). With K_u = I_R + V_u V_uᵀ/μ_u (eigenvalues ≥ 1, so its
 Cholesky factor exists for every μ_u > 0) the Woodbury identity gives the exact solve
 
@@ -50,8 +50,9 @@ from typing import NamedTuple
 import torch
 
 from natgrad import linalg
+from natgrad.damping import mu as damping_mu
 from natgrad.errors import InputError
-from natgrad.optim.solves import peer_filled_traces, shift_of_traces
+from natgrad.optim.solves import peer_filled_traces
 
 __all__ = ["LowRankFactor", "lowrank_apply", "lowrank_factor", "window_weights"]
 
@@ -116,7 +117,7 @@ def lowrank_factor(
         kernel = V @ V.transpose(1, 2)
     d1 = rows[0].shape[-1]
     filled, dead, s = peer_filled_traces(trace, d1)
-    mu = shift_of_traces(filled, d1, rel_damping, layer_damping) + torch.where(dead, s, 0.0)
+    mu = damping_mu(filled, d1, rel_damping, layer_damping) + torch.where(dead, s, 0.0)
     kernel.div_(mu[:, None, None]).diagonal(dim1=-2, dim2=-1).add_(1.0)  # K_u = I + VVᵀ/μ
     L = linalg.cholesky(kernel, layer=layer, what="Woodbury kernel I + VVᵀ/μ of the windowed "
                         "unit Fisher")  # fmt: skip

@@ -52,8 +52,8 @@ import math
 
 import torch
 
-from natgrad import linalg
-from natgrad.errors import InputError, SingularBlockError
+from natgrad import damping, linalg
+from natgrad.errors import SingularBlockError
 from natgrad.measures import quasidiagonal_solve
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
     "quasidiagonal_metric",
     "quasidiagonal_parts",
     "relative_shift",
-    "shift_of_traces",
     "unit_apply",
     "unit_direction",
     "unit_factor",
@@ -73,32 +72,12 @@ __all__ = [
 ]
 
 
-#: The preconditioner's damping defaults, for every optimizer, trainer and study (one owner):
-#: μ = (λ·tr F + λ_layer·mean_layer tr F)/(d+1) added to each unit block before it is inverted.
-#: λ_layer = 0.3 keeps the dense unit natural gradient finite on a freshly initialised
-#: mnist-fc, where λ_layer = 0 let the largest weight go 25 → 1e6 → NaN within 5 steps even at
-#: lr 1e-5 (tests/test_optim.py). Not the *analysis* damping λ = 1e-3 of the measures
-#: (:data:`natgrad.analysis.unitstats.REL_DAMPING`), which judges directions, not steps.
-REL_DAMPING = 0.1
-LAYER_DAMPING = 0.3
-
-
 def relative_shift(
     diag: torch.Tensor, rel_damping: float, layer_damping: float = 0.0
 ) -> torch.Tensor:
     r"""``[U]`` μ = λ·tr F/(d+1) + λ_layer·mean_units(tr F)/(d+1) from the diagonals
     ``[U, d+1]`` of a layer's blocks (λ_layer = 0: docs/theory.md's F_λ exactly)."""
-    return shift_of_traces(diag.sum(-1), diag.shape[-1], rel_damping, layer_damping)
-
-
-def shift_of_traces(
-    trace: torch.Tensor, d1: int, rel_damping: float, layer_damping: float = 0.0
-) -> torch.Tensor:
-    r"""``[U]`` μ of :func:`relative_shift` from the traces ``[U]`` of blocks of size d+1 = d1."""
-    for name, value in (("rel_damping", rel_damping), ("layer_damping", layer_damping)):
-        if not (math.isfinite(float(value)) and float(value) >= 0.0):
-            raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-    return (rel_damping * trace + layer_damping * trace.mean()) / d1
+    return damping.mu(diag.sum(-1), diag.shape[-1], rel_damping, layer_damping)
 
 
 def peer_filled_traces(

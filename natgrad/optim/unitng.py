@@ -63,6 +63,7 @@ from collections.abc import Callable, Collection
 import torch
 from torch import nn
 
+from natgrad import damping
 from natgrad._layers import SUPPORTED
 from natgrad.errors import InputError, LargeStepWarning, NatgradWarning, TrainModeWarning
 from natgrad.fisher import unit_fishers
@@ -109,7 +110,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         rel_damping: λ in F_λ = F + λ·(tr F/(d+1))·I, the same for every unit.
         layer_damping: λ_layer, adding λ_layer·(mean over the layer's units of tr F)/(d+1)
             to every unit's diagonal (0: docs/theory.md's F_λ exactly). Both defaults are
-            :data:`natgrad.optim.solves.REL_DAMPING` and ``LAYER_DAMPING`` (0.1, 0.3), the
+            :data:`natgrad.damping.STEP_DAMPING` and ``LAYER_DAMPING`` (0.1, 0.3), the
             ones the trainer and ``natgrad compare`` use. A unit whose Fisher on
             the refresh batches was near zero (a ReLU unit active on few inputs) but that
             gets a gradient on a later batch is otherwise stepped by ~g/(λ·tr F_u), which
@@ -145,8 +146,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         *,
         structure: str = "unit",
         kind: str = "mc",
-        rel_damping: float = solves.REL_DAMPING,
-        layer_damping: float = solves.LAYER_DAMPING,
+        rel_damping: float = damping.STEP_DAMPING,
+        layer_damping: float = damping.LAYER_DAMPING,
         refresh_every: int = 10,
         ema: float = 0.9,
         momentum: float = 0.0,

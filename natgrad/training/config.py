@@ -73,8 +73,8 @@ import math
 import typing
 from dataclasses import dataclass
 
+from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
 from natgrad.errors import InputError
-from natgrad.optim.solves import LAYER_DAMPING, REL_DAMPING
 
 __all__ = [
     "OPTIMIZERS",
@@ -111,8 +111,8 @@ class TrainConfig:
     centre: bool = False  # centred Linear/Conv2d units (natgrad.optim.centre), m updated per step
     centre_rate: float = 0.1  # m <- m + rate·(batch mean − m)
     ng_kind: str = "mc"  # the natural-gradient optimizers' Fisher: mc, exact or empirical
-    rel_damping: float = REL_DAMPING  # λ: F + (λ tr F + λ_layer mean_layer tr F)/(d+1)·I
-    layer_damping: float = LAYER_DAMPING  # λ_layer (natgrad.optim.solves owns both defaults)
+    rel_damping: float = STEP_DAMPING  # λ: F + (λ tr F + λ_layer mean_layer tr F)/(d+1)·I
+    layer_damping: float = LAYER_DAMPING  # λ_layer (natgrad.damping owns both defaults)
     refresh_every: int = 10  # steps between refreshes of the running unit Fisher
     fisher_ema: float = 0.9  # F <- ema·F + (1 − ema)·F_batch
     fisher_window: int = 0  # unit-ng: 0 the dense running F; K the last K refreshes (Woodbury)
