@@ -55,10 +55,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from natgrad import damping, linalg, theorems
+from natgrad import damping, linalg
 from natgrad.accumulate import LayerAccumulator
 from natgrad.errors import InputError, SingularBlockError, StructureError
-from natgrad.unitfisher import UnitFisher, UnitFisherBase
+from natgrad.unitfisher import SolvedUnitFisher, UnitFisher
 
 STRUCTURED = ("quasidiagonal", "diagonal")
 
@@ -99,7 +99,7 @@ class StructuredAccumulator(LayerAccumulator):
 
 
 @dataclass(frozen=True, repr=False)
-class StructuredUnitFisher(UnitFisherBase):
+class StructuredUnitFisher(SolvedUnitFisher):
     r"""A quasi-diagonal or diagonal unit Fisher of U units of one layer (bias last).
 
     Attributes:
@@ -312,8 +312,13 @@ class StructuredUnitFisher(UnitFisherBase):
         dw0 = s * (g0 - (b * Ainv_g).sum(-1))
         return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0, Ainv_g, Ainv_b, s
 
-    def _out(self, x, dtype=None):
-        return x.to(dtype or self.diagonal.dtype)
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.diagonal.dtype
+
+    def _parts(self, damping: float):
+        delta, b, c = self._metric(damping)
+        yield 0, self.num_units, lambda x: self._A_inv(delta, b, c, x), b, c
 
     def metric(self, damping: float = 0.0) -> torch.Tensor:
         r"""``[U, d+1, d+1]`` the structure's metric Q(F + λI), materialised densely."""
@@ -329,64 +334,7 @@ class StructuredUnitFisher(UnitFisherBase):
         r"""``[U, d]`` Var_q(a_j) = A_jj/c − E_q(a_j)², the q-variances (Q's Var_q is diagonal)."""
         return self.diag_A / self.c.unsqueeze(-1) - self.mean_q.square()
 
-    # --- Theorems 1-2 in the metric Q ----------------------------------------------------------
-    def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor:
-        r"""``[U]`` s = 1/(c − bᵀA_Q⁻¹b) (``"schur"``) or (1 + E_qᵀVar_q⁻¹E_q)/c with Q's
-        diagonal Var_q (``"paper"``), of Q(F + λI); both equal (1 + Σ_j b_j²/(cΔ_j))/c."""
-        delta, b, c = self._metric(damping)
-        if form == "schur":
-            Ainv_b = self._A_inv(delta, b, c, b)
-            return self._out(1.0 / (c - (b * Ainv_b).sum(-1)))
-        if form == "paper":
-            m = b / c.unsqueeze(-1)
-            return self._out((1.0 + (m.square() * c.unsqueeze(-1) / delta).sum(-1)) / c)
-        raise InputError(f"layer {self.layer!r}: form must be 'schur' or 'paper', got {form!r}")
-
-    def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
-        r"""``[U]`` Theorem 2's k of Q(F + λI): Σ_j (E_q − E_p)_j E_q,j / Var_q,j (``"closed"``,
-        Q's Var_q is diagonal) or s·(b − c E_p(a))ᵀA_Q⁻¹b (``"paper"``); 0 for ``diagonal``."""
-        delta, b, c = self._metric(damping)
-        mp = self.mean_p.double()
-        if form == "paper":
-            Ainv_b = self._A_inv(delta, b, c, b)
-            s = 1.0 / (c - (b * Ainv_b).sum(-1))
-            return self._out(s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1))
-        if form == "closed":
-            m = b / c.unsqueeze(-1)
-            return self._out(((m - mp) * m * c.unsqueeze(-1) / delta).sum(-1))
-        raise InputError(f"layer {self.layer!r}: form must be 'closed' or 'paper', got {form!r}")
-
-    def natural_gradient(
-        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""(Δw ``[U, d]``, Δw0 ``[U]``) = Q(F + λI)⁻¹(g, g0): Ollivier's quasi-diagonal update
-        u_j = (c g_j − b_j g0)/(c A_jj − b_j²), u_0 = (g0 − bᵀu)/c (Theorem 1 with A → A_Q),
-        O(U·d); g/diag(F) for ``diagonal``. Gradients as in :meth:`natgrad.UnitFisher.natural_gradient`."""
-        g, g0 = self.unit_grads(grad_weight, grad_bias)
-        out = torch.promote_types(g.dtype, self.diagonal.dtype)
-        delta, b, c = self._metric(damping)
-        dw, dw0, *_ = self._solve(delta, b, c, g.double(), g0.double())
-        return dw.to(out), dw0.to(out)
-
-    def bias_shift(
-        self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
-    ) -> theorems.BiasShift:
-        r"""Theorem 2's :class:`~natgrad.theorems.BiasShift` in the metric Q(F + λI):
-        shift_natural = (E_p − (1+k)E_q)ᵀA_Q⁻¹g + (1+k)g0/c, shift_blockdiag = E_pᵀA_Q⁻¹g + g0/c."""
-        g, g0 = self.unit_grads(grad_weight, grad_bias)
-        out = torch.promote_types(g.dtype, self.diagonal.dtype)
-        delta, b, c = self._metric(damping)
-        g, g0, mp = g.double(), g0.double(), self.mean_p.double()
-        _, _, Ainv_g, Ainv_b, s = self._solve(delta, b, c, g, g0)
-        k = s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1)
-        corrected = mp - (1.0 + k).unsqueeze(-1) * (b / c.unsqueeze(-1))
-        return theorems.BiasShift(
-            shift_natural=((corrected * Ainv_g).sum(-1) + (1.0 + k) * g0 / c).to(out),
-            shift_blockdiag=((mp * Ainv_g).sum(-1) + g0 / c).to(out),
-            shift_plain=((mp * g).sum(-1) + g0).to(out),
-            k=k.to(out),
-            corrected_mean=corrected.to(out),
-        )
+    # --- Theorems 1-2 in the metric Q(F + λI): SolvedUnitFisher over A_Q⁻¹ (Sherman–Morrison)
 
     # --- natgrad.measures in the metric Q(F_λ), F_λ = F + λ·tr(F)/(d+1)·I -------------------
     def _metric_rel(self, rel_damping: float):

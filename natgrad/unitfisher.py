@@ -159,6 +159,108 @@ class UnitFisherBase:
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in items)})"
 
 
+def check_form(layer, what: str, form: str, forms: tuple[str, ...]) -> None:
+    if form not in forms:
+        raise InputError(f"layer {layer!r}: {what}'s form must be "
+                         f"{' or '.join(map(repr, forms))}, got {form!r}")  # fmt: skip
+
+
+class SolvedUnitFisher(UnitFisherBase):
+    r"""Theorems 1–2 written once over solves with each unit's weight block, for the results
+    that never hold a dense block (a structure, Woodbury rows). A subclass gives
+    :meth:`_parts`: for each chunk of units ``(lo, hi)``, x ↦ (A + λI)⁻¹x (``x`` ``[U_c, d]`` or
+    ``[U_c, d, k]``), the bias column b ``[U_c, d]`` and c + λ ``[U_c]`` of its metric, all
+    float64; and ``_dtype``, the dtype of its storage. With m = E_q(a) = b/c and
+    B = A/c (Var_q = B − mmᵀ):
+
+    - s = 1/(c − bᵀA⁻¹b), or (1 + E_qᵀVar_q⁻¹E_q)/c with Var_q⁻¹ by Sherman–Morrison;
+    - Theorem 1: Δw0 = s(g0 − bᵀA⁻¹g), Δw = A⁻¹g − Δw0·A⁻¹b;
+    - Theorem 2: k = s·(b − c·E_p)ᵀA⁻¹b = (E_q − E_p)ᵀVar_q⁻¹E_q, and the shifts.
+    """
+
+    _dtype: torch.dtype
+
+    def _parts(self, damping: float):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _per_unit(self, damping: float, fn):
+        outs = [fn(lo, hi, solve, b, c) for lo, hi, solve, b, c in self._parts(damping)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+        return torch.cat(outs)
+
+    def _out(self, x, dtype=None):
+        return x.to(dtype or self._dtype)
+
+    def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor:
+        r"""``[U]`` s = 1/(c − bᵀA⁻¹b) (``"schur"``) or (1 + E_qᵀVar_q⁻¹E_q)/c (``"paper"``) of
+        this result's metric (damped by λ = ``damping``)."""
+        check_form(self.layer, "s", form, ("schur", "paper"))
+
+        def fn(lo, hi, solve, b, c):
+            if form == "schur":
+                return 1.0 / (c - (b * solve(b)).sum(-1))
+            m = b / c.unsqueeze(-1)
+            r = (m * (c.unsqueeze(-1) * solve(m))).sum(-1)  # mᵀB⁻¹m
+            return (1.0 + r / (1.0 - r)) / c
+
+        return self._out(self._per_unit(damping, fn))
+
+    def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
+        r"""``[U]`` Theorem 2's k: (E_q − E_p)ᵀVar_q⁻¹E_q (``"closed"``) or
+        s·(b − c·E_p(a))ᵀA⁻¹b (``"paper"``)."""
+        check_form(self.layer, "k", form, ("closed", "paper"))
+        mp = self.mean_p.double()
+
+        def fn(lo, hi, solve, b, c):
+            if form == "paper":
+                Ainv_b = solve(b)
+                s = 1.0 / (c - (b * Ainv_b).sum(-1))
+                return s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1)
+            m = b / c.unsqueeze(-1)
+            Binv_m = c.unsqueeze(-1) * solve(m)
+            return ((m - mp) * Binv_m).sum(-1) / (1.0 - (m * Binv_m).sum(-1))
+
+        return self._out(self._per_unit(damping, fn))
+
+    def _theorem1(self, grad_weight, grad_bias, damping):
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
+        out = torch.promote_types(g.dtype, self._dtype)
+        g, g0 = g.double(), g0.double()
+
+        def fn(lo, hi, solve, b, c):
+            both = solve(torch.stack([g[lo:hi], b], -1))  # [U_c, d, 2]
+            Ainv_g, Ainv_b = both[..., 0], both[..., 1]
+            s = 1.0 / (c - (b * Ainv_b).sum(-1))
+            dw0 = s * (g0[lo:hi] - (b * Ainv_g).sum(-1))
+            return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0, Ainv_g, Ainv_b, s, b, c
+
+        return (g, g0, out), self._per_unit(damping, fn)
+
+    def natural_gradient(self, grad_weight, grad_bias, damping: float = 0.0):
+        r"""(Δw ``[U, d]``, Δw0 ``[U]``) = M⁻¹(g, g0) by Theorem 1, M this result's metric
+        damped by λ; gradients as in :meth:`natgrad.UnitFisher.natural_gradient`."""
+        (_, _, out), (dw, dw0, *_) = self._theorem1(grad_weight, grad_bias, damping)
+        return dw.to(out), dw0.to(out)
+
+    def bias_shift(self, grad_weight, grad_bias, damping: float = 0.0) -> theorems.BiasShift:
+        r"""Theorem 2's :class:`~natgrad.theorems.BiasShift` in this result's metric:
+        shift_natural = (E_p − (1+k)E_q)ᵀA⁻¹g + (1+k)g0/c, shift_blockdiag = E_pᵀA⁻¹g + g0/c."""
+        (g, g0, out), (_, _, Ainv_g, Ainv_b, s, b, c) = self._theorem1(
+            grad_weight, grad_bias, damping
+        )
+        mp = self.mean_p.double()
+        k = s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1)
+        corrected = mp - (1.0 + k).unsqueeze(-1) * (b / c.unsqueeze(-1))
+        return theorems.BiasShift(
+            shift_natural=((corrected * Ainv_g).sum(-1) + (1.0 + k) * g0 / c).to(out),
+            shift_blockdiag=((mp * Ainv_g).sum(-1) + g0 / c).to(out),
+            shift_plain=((mp * g).sum(-1) + g0).to(out),
+            k=k.to(out),
+            corrected_mean=corrected.to(out),
+        )
+
+
 @dataclass(frozen=True, repr=False)
 class UnitFisher(UnitFisherBase):
     r"""Unit Fisher blocks of U units of one layer, bias last.

@@ -44,12 +44,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from natgrad import linalg, theorems
+from natgrad import linalg
 from natgrad._layers import resolve_layer
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
 from natgrad.engine import PassOptions, compute
 from natgrad.errors import InputError
-from natgrad.unitfisher import UnitFisher, UnitFisherBase
+from natgrad.unitfisher import SolvedUnitFisher, UnitFisher
 
 
 class WoodburyAccumulator(LayerAccumulator):
@@ -146,7 +146,7 @@ def woodbury_unit_fishers(
 
 
 @dataclass(frozen=True, repr=False)
-class WoodburyUnitFisher(UnitFisherBase):
+class WoodburyUnitFisher(SolvedUnitFisher):
     r"""Unit Fishers F_u = V_uᵀV_u held as their factors (bias last).
 
     Attributes:
@@ -247,33 +247,24 @@ class WoodburyUnitFisher(UnitFisherBase):
 
         return solve
 
-    def _per_unit(self, damping, fn):
-        r"""Apply ``fn(lo, hi, V, solve_F, solve_A, lam)`` over unit chunks; concatenate."""
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.rows.dtype
+
+    def _parts(self, damping: float):
         lam = self._check_damping(damping)
-        outs = []
         for lo, hi in self._chunks():
             V = self.factor(lo, hi)
-            outs.append(
-                fn(lo, hi, V, self._solver(V, lam, lo), self._solver(V[..., :-1], lam, lo), lam)
-            )
-        if isinstance(outs[0], tuple):
-            return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
-        return torch.cat(outs)
-
-    def _out(self, x, dtype=None):
-        return x.to(dtype or self.rows.dtype)
+            yield lo, hi, self._solver(V[..., :-1], lam, lo), *self._bc(V, lam)
 
     def solve(self, rhs: torch.Tensor, damping: float) -> torch.Tensor:
-        r"""``[U, d+1]`` (F + λI)⁻¹ rhs for ``rhs`` ``[U, d+1]`` (float64 inside)."""
+        r"""``[U, d+1]`` (F + λI)⁻¹ rhs for ``rhs`` ``[U, d+1]`` (float64 inside), λ > 0."""
+        lam = self._check_damping(damping)
         rhs = torch.as_tensor(rhs).double()
-        return self._out(self._per_unit(damping, lambda lo, hi, V, sF, sA, lam: sF(rhs[lo:hi])))
-
-    def natural_gradient(self, grad_weight, grad_bias, damping: float):
-        r"""(Δw ``[U, d]``, Δw0 ``[U]``) = (F + λI)⁻¹(g, g0) by Woodbury, λ > 0."""
-        g, g0 = self.unit_grads(grad_weight, grad_bias)
-        out = torch.promote_types(g.dtype, self.rows.dtype)
-        x = self.solve(torch.cat([g, g0.unsqueeze(-1)], -1).double(), damping).double()
-        return x[:, :-1].to(out), x[:, -1].to(out)
+        parts = [
+            self._solver(self.factor(lo, hi), lam, lo)(rhs[lo:hi]) for lo, hi in self._chunks()
+        ]
+        return self._out(torch.cat(parts))
 
     def _bc(self, V, lam):
         """b ``[U_c, d]`` and c_λ ``[U_c]`` of F + λI from the factor."""
@@ -281,68 +272,3 @@ class WoodburyUnitFisher(UnitFisherBase):
         return (V[..., :-1].transpose(1, 2) @ v0.unsqueeze(-1)).squeeze(-1), v0.square().sum(
             -1
         ) + lam
-
-    def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor:
-        r"""``[U]`` s = [(F + λI)⁻¹]_{d+1,d+1} (``"schur"``) or (1 + E_qᵀVar_q⁻¹E_q)/c_λ
-        (``"paper"``, Var_q⁻¹ by Sherman–Morrison on A_λ/c_λ), λ > 0."""
-        if form not in ("schur", "paper"):
-            raise InputError(f"layer {self.layer!r}: form must be 'schur' or 'paper', got {form!r}")
-        d = self.fan_in
-
-        def fn(lo, hi, V, sF, sA, lam):
-            if form == "schur":
-                e = torch.zeros(hi - lo, d + 1, dtype=torch.float64)
-                e[:, -1] = 1.0
-                return sF(e)[:, -1]
-            b, c = self._bc(V, lam)
-            m = b / c.unsqueeze(-1)
-            r = (m * (c.unsqueeze(-1) * sA(m))).sum(-1)  # mᵀ(A_λ/c)⁻¹m
-            return (1.0 + r / (1.0 - r)) / c
-
-        return self._out(self._per_unit(damping, fn))
-
-    def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
-        r"""``[U]`` Theorem 2's k of F + λI: (E_q − E_p)ᵀVar_q⁻¹E_q (``"closed"``) or
-        s·(b − c_λE_p(a))ᵀA_λ⁻¹b (``"paper"``), λ > 0."""
-        if form not in ("closed", "paper"):
-            raise InputError(
-                f"layer {self.layer!r}: form must be 'closed' or 'paper', got {form!r}"
-            )
-        mp = self.mean_p.double()
-
-        def fn(lo, hi, V, sF, sA, lam):
-            b, c = self._bc(V, lam)
-            Ainv_b = sA(b)
-            if form == "paper":
-                s = 1.0 / (c - (b * Ainv_b).sum(-1))
-                return s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1)
-            m = b / c.unsqueeze(-1)
-            Binv_m = c.unsqueeze(-1) * sA(m)  # (A_λ/c)⁻¹m
-            return ((m - mp) * Binv_m).sum(-1) / (1.0 - (m * Binv_m).sum(-1))
-
-        return self._out(self._per_unit(damping, fn))
-
-    def bias_shift(self, grad_weight, grad_bias, damping: float) -> theorems.BiasShift:
-        r"""Theorem 2's :class:`~natgrad.theorems.BiasShift` of F + λI by Woodbury, λ > 0."""
-        g, g0 = self.unit_grads(grad_weight, grad_bias)
-        out = torch.promote_types(g.dtype, self.rows.dtype)
-        g, g0, mp = g.double(), g0.double(), self.mean_p.double()
-
-        def fn(lo, hi, V, sF, sA, lam):
-            b, c = self._bc(V, lam)
-            gl, g0l = g[lo:hi], g0[lo:hi]
-            both = sA(torch.stack([gl, b], -1))  # [U_c, d, 2]
-            Ainv_g, Ainv_b = both[..., 0], both[..., 1]
-            s = 1.0 / (c - (b * Ainv_b).sum(-1))
-            k = s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1)
-            corrected = mp - (1.0 + k).unsqueeze(-1) * b / c.unsqueeze(-1)
-            return (
-                (corrected * Ainv_g).sum(-1) + (1.0 + k) * g0l / c,
-                (mp * Ainv_g).sum(-1) + g0l / c,
-                (mp * gl).sum(-1) + g0l,
-                k,
-                corrected,
-            )
-
-        parts = self._per_unit(damping, fn)
-        return theorems.BiasShift(*(p.to(out) for p in parts))
