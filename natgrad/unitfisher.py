@@ -71,7 +71,8 @@ class UnitFisherBase:
     (:meth:`unit_grads`), n_eff, the cosine (from the class's own ``natural_gradient``) and
     the repr. A subclass stores ``layer``, ``units``, ``mean_p``, ``kind``, ``likelihood``,
     ``n``, ``c_sum``, ``c_sq_sum`` and defines ``num_units``, ``fan_in`` and the theorem
-    methods over its own storage (dense blocks, a structure or factor rows)."""
+    methods: over dense blocks (:class:`UnitFisher`), or once for every storage that gives
+    solves with the weight block (:class:`SolvedUnitFisher`: a structure, factor rows)."""
 
     #: Fields the repr names after ``layer`` / after ``fan_in``, and the tensor whose dtype
     #: it names.
