@@ -221,7 +221,7 @@ def report(args) -> None:
     """The comparison's tables, figure and answer from the seeds finished so far (the text
     says how many of the declared ten)."""
     from natgrad.analysis import compare
-    from natgrad.training.loop import git_commit
+    from natgrad.training.engine import git_commit
 
     name = "standardised" if args.variant else "main"
     config = main_configs(args.runs)[name]

@@ -571,7 +571,7 @@ def _figures(curves, seeds, runs_root, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from natgrad.training import git_commit
     from natgrad.training.checkpoint import latest_epoch
-    from natgrad.training.loop import describe_device, resolve_device
+    from natgrad.training.engine import describe_device, resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=300)

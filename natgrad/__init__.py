@@ -10,6 +10,14 @@ the rest. Importing natgrad never imports matplotlib, jupyter or scikit-learn.
 
 from __future__ import annotations
 
+import os as _os
+
+# MKL (torch's CPU BLAS/LAPACK) may round differently with the memory alignment of its
+# operands unless told not to; natgrad promises that a resumed run ends bit-identical to an
+# uninterrupted one, so its numbers must not depend on where a tensor was allocated. Read by
+# MKL at its first call (after ``import torch`` too); a value the user set is kept.
+_os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 # --- errors and warnings ----------------------------------------------------------------
 from natgrad.errors import (
     CheckpointError,

@@ -798,7 +798,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from natgrad.training.loop import describe_device, git_commit
+    from natgrad.training.engine import describe_device, git_commit
 
     t0 = time.perf_counter()
     commit = git_commit()  # the code that trains, not the checkout's HEAD when it ends

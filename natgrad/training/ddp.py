@@ -42,21 +42,22 @@ from natgrad._atomic import append_jsonl, write_json
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig
-from natgrad.training.loop import (
+from natgrad.training.engine import (
     TrainResult,
-    _epoch_generator,
-    _epoch_zero,
-    _loss_fn,
-    _resume,
-    _schedule_step,
-    _setup,
     checkpoint_due,
     describe_device,
+    epoch_generator,
+    epoch_zero,
     git_commit,
     held_out_data,
     held_out_metrics,
+    loss_function,
+    metrics_row,
     resolve_device,
+    resume_run,
     save_checkpoint,
+    schedule_step,
+    setup,
 )
 from natgrad.training.recording import probe_indices, record_activations, save_activations
 from natgrad.training.rundir import RunDir, default_run_dir
@@ -128,10 +129,10 @@ def train_ddp(
     lead = rank == 0
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
     rd = RunDir(run)
-    ds, model, optimizer = _setup(config, dev)
+    ds, model, optimizer = setup(config, dev)
     if lead:
         run.mkdir(parents=True, exist_ok=True)
-    loss_fn, summed = _loss_fn(config), _summed_loss(config)
+    loss_fn, summed = loss_function(config), _summed_loss(config)
     train_x, train_y = ds.train_x.to(dev), ds.train_y.to(dev)
     held = held_out_data(ds, dev)
     probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
@@ -143,7 +144,7 @@ def train_ddp(
     fresh = start is None
     history: list[dict] = []
     if start is not None:
-        history = _resume(config, run, model, optimizer, start, records=lead)
+        history = resume_run(config, run, model, optimizer, start, records=lead)
     else:
         start = 0
         if lead:
@@ -155,7 +156,7 @@ def train_ddp(
     if lead:
         write_json(rd.config_path, meta)
     if fresh:
-        history = _epoch_zero(config, run, model, optimizer, (train_x, train_y, held),
+        history = epoch_zero(config, run, model, optimizer, (train_x, train_y, held),
                               probe, meta, write=lead)  # fmt: skip
     if rank > 0:  # dropout: a stream of its own per rank (rank 0's is the checkpointed one)
         torch.manual_seed((config.seed * 1_000_003 + start) * 1024 + rank)
@@ -166,12 +167,12 @@ def train_ddp(
     dropout_mode = None
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch, 0)).to(dev)
-        aug = _epoch_generator(config.seed, epoch, 1)
+        perm = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0)).to(dev)
+        aug = epoch_generator(config.seed, epoch, 1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         for b in range(per_epoch):
             it = (epoch - 1) * per_epoch + b
-            lr, dropout_mode = _schedule_step(config, model, optimizer, it, epoch, dropout_mode)
+            lr, dropout_mode = schedule_step(config, model, optimizer, it, epoch, dropout_mode)
             idx = perm[b * bs : (b + 1) * bs]  # the global batch
             xb, yb = train_x[idx], train_y[idx]
             if config.augment:  # the whole global batch, as one process augments it
@@ -194,9 +195,8 @@ def train_ddp(
             evals = held_out_metrics(model, held, loss_fn, config)
             if epoch % config.record_every == 0 or epoch == config.epochs:
                 save_activations(run, epoch, record_activations(model, train_x[probe.to(dev)]))
-            row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lr, train_loss=float(loss_sum) / n,
-                       **evals, seconds=time.perf_counter() - t0,
-                       train_seconds=t_train, seconds_per_iteration=t_train / per_epoch)  # fmt: skip
+            row = metrics_row(epoch, per_epoch, lr, float(loss_sum) / n, evals,
+                              time.perf_counter() - t0, t_train)  # fmt: skip
             history.append(row)
             append_jsonl(rd.metrics_path, row)
             bar.set_postfix(

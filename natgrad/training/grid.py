@@ -71,23 +71,24 @@ from natgrad.errors import InputError
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, lr_at
-from natgrad.training.loop import (
+from natgrad.training.engine import (
     TrainResult,
-    _diverged,
-    _epoch_generator,
-    _epoch_zero,
-    _resume,
-    _setup,
     check_held_out,
     checkpoint_due,
     describe_device,
+    diverged_error,
+    epoch_generator,
+    epoch_zero,
     git_commit,
     held_out_data,
+    metrics_row,
     resolve_device,
+    resume_run,
     save_checkpoint,
     seed_globals,
-    train,
+    setup,
 )
+from natgrad.training.loop import train
 from natgrad.training.recording import (
     probe_indices,
     record_activations,
@@ -208,7 +209,7 @@ class _Run:
 def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) -> _Run:
     """Everything :func:`~natgrad.training.train` does before its first epoch, for one run:
     set up, resume or start over, and (fresh) epoch 0 and the initial checkpoint."""
-    ds, model, optimizer = _setup(config, dev)
+    ds, model, optimizer = setup(config, dev)
     run.mkdir(parents=True, exist_ok=True)
     rd = RunDir(run)
     held = held_out_data(ds, dev)
@@ -219,7 +220,7 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
     start = ckpt.latest_epoch(run) if resume else None
     fresh = start is None
     if start is not None:
-        history = _resume(config, run, model, optimizer, start)
+        history = resume_run(config, run, model, optimizer, start)
     else:
         _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
         start, history = 0, []
@@ -228,7 +229,7 @@ def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) 
             "trainer": trainer}  # fmt: skip
     write_json(rd.config_path, meta)
     if fresh:
-        history = _epoch_zero(config, run, model, optimizer, (train_x, train_y, held), probe, meta)
+        history = epoch_zero(config, run, model, optimizer, (train_x, train_y, held), probe, meta)
     return _Run(config, run, data, model, optimizer, probe, start, history, meta)
 
 
@@ -311,7 +312,7 @@ class _Grid:
     @torch.no_grad()
     def _split_metrics(self, k: int) -> list[tuple[float, float | None]]:
         """Per run: mean loss and error rate on data tensors ``k``, ``k + 1`` (test 2, validation
-        4), batched over runs (``_evaluate``'s sums)."""
+        4), batched over runs (``evaluate``'s sums)."""
         (tx, shared), (ty, _) = self.data[k], self.data[k + 1]
         nt = tx.shape[0] if shared else tx.shape[1]
         ebs = self.runs[0].config.eval_batch_size
@@ -392,7 +393,7 @@ class _Grid:
         for epoch in range(self.start + 1, self.epochs + 1):
             t0 = time.perf_counter()
             perm = torch.stack([
-                torch.randperm(self.n, generator=_epoch_generator(r.config.seed, epoch, 0))
+                torch.randperm(self.n, generator=epoch_generator(r.config.seed, epoch, 0))
                 for r in self.runs
             ]).to(self.dev)  # fmt: skip
             loss_sum = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
@@ -418,12 +419,10 @@ class _Grid:
             for i, run in enumerate(self.runs):
                 cfg = run.config
                 record = epoch % cfg.record_every == 0 or epoch == cfg.epochs
-                row = dict(epoch=epoch, iterations=epoch * per_epoch, lr=lrs[i],
-                           train_loss=float(loss_sum[i]) / self.n, **evals[i], seconds=seconds,
-                           train_seconds=t_train / self.R,
-                           seconds_per_iteration=t_train / self.R / per_epoch)  # fmt: skip
+                row = metrics_row(epoch, per_epoch, lrs[i], float(loss_sum[i]) / self.n, evals[i],
+                                  seconds, t_train / self.R)  # fmt: skip
                 if not math.isfinite(row["train_loss"]):  # checked once per epoch, as on a GPU
-                    raise _diverged(run.dir, epoch, per_epoch, per_epoch, lrs[i],
+                    raise diverged_error(run.dir, epoch, per_epoch, per_epoch, lrs[i],
                                     "training loss", row["train_loss"])  # fmt: skip
                 check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
                 run.history.append(row)

@@ -1,0 +1,337 @@
+r"""The training core that every runner plugs into: one run at a time
+(:mod:`natgrad.training.loop`), the stacked grid (:mod:`natgrad.training.grid`) and
+data-parallel (:mod:`natgrad.training.ddp`).
+
+Written once here: the set-up of data, net and optimizer (:func:`setup`), the data order and
+augmentation of epoch e (:func:`epoch_generator`, seeded by ``(seed, e)``), the loss
+(:func:`loss_function`), the learning-rate and dropout schedule per step
+(:func:`schedule_step`), the held-out evaluation (:func:`held_out_metrics`, validation and
+test), the metrics row of an epoch (:func:`metrics_row`), epoch 0 (:func:`epoch_zero`),
+checkpoints (:func:`save_checkpoint`, :func:`checkpoint_due`), resume (:func:`resume_run`)
+and the divergence error (:func:`diverged_error`).
+
+The run directory's layout is owned by :mod:`natgrad.training.rundir` (``docs/run_layout.md``).
+``metrics.jsonl`` holds one JSON line per epoch (epoch 0 = before training): epoch,
+iterations, lr, train_loss (the running mean over the epoch's steps), val_loss, val_error
+(``null`` without a validation split), test_loss, test_error, seconds, train_seconds,
+seconds_per_iteration. Epoch 0's checkpoint holds the initial weights
+(``checkpoint_initial``).
+
+Reproducibility: the epoch-e data order and augmentation come from generators seeded by
+``(seed, e)``; dropout draws from torch's global generator, whose state is checkpointed
+with numpy's and Python's. A run killed at any moment resumes from its last checkpoint
+(metrics and activation summaries past it are dropped) and ends, on CPU with the same
+thread count, bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from natgrad._atomic import (
+    append_jsonl,
+    dumps_json,
+    read_jsonl,
+    write_safetensors,
+    write_text,
+)
+from natgrad.errors import DivergedError, InputError
+from natgrad.training import checkpoint as ckpt
+from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
+from natgrad.training.recording import record_activations, save_activations
+from natgrad.training.rundir import RunDir
+
+#: Device types whose non-finite-loss check runs once per epoch (no per-step host sync).
+DEFERRED_LOSS_CHECK = ("cuda",)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run dir, the trained model and every metrics row."""
+
+    run_dir: Path
+    model: nn.Module
+    metrics: list[dict]
+
+
+def describe_device(device: torch.device) -> str:
+    """The GPU name, or the CPU model from ``/proc/cpuinfo``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                n = torch.get_num_threads()
+                return f"cpu: {line.split(':', 1)[1].strip()} ({n} torch thread{'s' * (n != 1)})"
+    except OSError:  # pragma: no cover
+        pass
+    return "cpu"
+
+
+def git_commit() -> str | None:
+    """The checkout's ``HEAD`` commit, or ``None`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + epoch) * 4 + salt)
+
+
+def setup(config: TrainConfig, device: torch.device):
+    from natgrad.data import gcn_zca, load_dataset, standardise
+    from natgrad.models import build_model
+
+    dtype = getattr(torch, config.dtype)
+    ds = load_dataset(config.dataset, config.data_dir, seed=config.seed, dtype=dtype)
+    if config.train_split == "train+val":
+        ds = ds.with_validation_in_train()
+    if config.train_size is not None:
+        n = config.train_size
+        ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
+    if config.preprocess == "gcn-zca":
+        ds = gcn_zca(ds)
+    elif config.preprocess == "standardise":
+        ds = standardise(ds)
+    ae = config.loss == "bce_logits"
+    model = build_model(
+        config.net, config.unit, alpha=config.alpha, batch_norm=config.batch_norm,
+        num_classes=None if ae else ds.num_classes, in_shape=ds.input_shape,
+        seed=config.seed, dtype=dtype, **config.model_options(),
+    ).to(device)  # fmt: skip
+    first = next(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    plain = (first,) if config.plain_first_layer else ()
+    if config.centre:  # before the parameter groups: centring replaces the layers
+        from natgrad.optim import centre
+
+        model = centre(model, inplace=True, skip=plain)
+    decay = [
+        p for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in [m.weight]
+    ]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    else:
+        from natgrad.optim import UnitNaturalGradient
+
+        structure = {"unit-ng": "unit", "qd-ng": "quasidiagonal", "diag-ng": "diagonal",
+                     "blockdiag-ng": "blockdiag"}  # fmt: skip
+        plain_lr = config.lr if config.plain_lr is None else config.plain_lr
+        optimizer = UnitNaturalGradient(
+            model, config.lr, structure=structure[config.optimizer], kind=config.ng_kind,
+            rel_damping=config.rel_damping, layer_damping=config.layer_damping,
+            refresh_every=config.refresh_every, ema=config.fisher_ema,
+            window=config.fisher_window or None,
+            momentum=config.momentum, weight_decay=config.weight_decay,
+            likelihood="bernoulli" if ae else "categorical", seed=config.seed,
+            plain_layers=plain, plain_lr_scale=plain_lr / config.lr,
+            **({} if config.ng_memory_budget is None
+               else {"memory_budget": config.ng_memory_budget}),
+        )  # fmt: skip
+    return ds, model, optimizer
+
+
+def loss_function(config: TrainConfig):
+    if config.loss == "bce_logits":
+        return lambda out, x, y: nn.functional.binary_cross_entropy_with_logits(out, x.flatten(1))
+    return lambda out, x, y: nn.functional.cross_entropy(out, y)
+
+
+@torch.no_grad()
+def evaluate(model, x, y, loss_fn, config: TrainConfig) -> tuple[float, float | None]:
+    """Mean loss and error rate (``None`` for the autoencoder) over ``x`` in eval mode."""
+    was = model.training
+    model.eval()
+    total, wrong = torch.zeros((), dtype=torch.float64, device=x.device), 0
+    for s in range(0, x.shape[0], config.eval_batch_size):
+        xb, yb = x[s : s + config.eval_batch_size], y[s : s + config.eval_batch_size]
+        out = model(xb)
+        total += loss_fn(out, xb, yb).double() * xb.shape[0]
+        if config.loss == "cross_entropy":
+            wrong += int((out.argmax(1) != yb).sum())
+    model.train(was)
+    n = max(x.shape[0], 1)
+    return float(total) / n, (wrong / n if config.loss == "cross_entropy" else None)
+
+
+def held_out_data(ds, dev: torch.device) -> dict:
+    """``{"val": (x, y) or None, "test": (x, y)}`` on ``dev``: the splits evaluated per epoch."""
+    val = None if ds.val_x is None else (ds.val_x.to(dev), ds.val_y.to(dev))
+    return {"val": val, "test": (ds.test_x.to(dev), ds.test_y.to(dev))}
+
+
+def held_out_metrics(model, held: dict, loss_fn, config: TrainConfig) -> dict:
+    """The metrics row's ``val_loss``, ``val_error``, ``test_loss``, ``test_error``
+    (``None`` for a split the data set lacks, and for the autoencoder's error)."""
+    row = {}
+    for split, xy in held.items():
+        loss, err = (None, None) if xy is None else evaluate(model, *xy, loss_fn, config)
+        row[f"{split}_loss"], row[f"{split}_error"] = loss, err
+    return row
+
+
+def check_held_out(run: Path, row: dict, epoch: int, step: int, per_epoch: int, lr: float):
+    """A non-finite validation or test loss in ``row`` is a :class:`DivergedError`."""
+    for split in ("val", "test"):
+        value = row.get(f"{split}_loss")
+        if value is not None and not math.isfinite(value):
+            raise diverged_error(run, epoch, step, per_epoch, lr, f"{split} loss", value)
+
+
+def save_checkpoint(config: TrainConfig, run: Path, epoch: int, model, optimizer, info: dict):
+    """Write epoch ``epoch``'s checkpoint, then keep only ``config.keep_checkpoints`` latest
+    ones (0: all; epoch 0 and ``checkpoint_epochs`` always stay)."""
+    ckpt.write_checkpoint(run, epoch, model, optimizer, info)
+    if config.keep_checkpoints:
+        ckpt.prune_checkpoints(run, config.keep_checkpoints, config.checkpoint_epochs)
+
+
+def checkpoint_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` ends with a checkpoint (every ``checkpoint_every``-th, the
+    last, and those in ``checkpoint_epochs``)."""
+    return (epoch % config.checkpoint_every == 0 or epoch == config.epochs
+            or epoch in config.checkpoint_epochs)  # fmt: skip
+
+
+def rewrite_jsonl(path: Path, max_epoch: int) -> None:
+    """Keep only the rows with ``epoch <= max_epoch`` (a killed run's tail, a torn last
+    line included, is dropped), rewritten atomically."""
+    if not path.exists():
+        return
+    keep = [
+        r for r in read_jsonl(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= max_epoch
+    ]
+    write_text(path, "".join(dumps_json(r) + "\n" for r in keep))
+
+
+def schedule_step(config: TrainConfig, model, optimizer, it: int, epoch: int, dropout_mode):
+    """Set iteration ``it``'s learning rate in every param group and, with dropout phases,
+    the dropout mode; returns ``(lr, dropout_mode)``."""
+    lr = lr_at(config, iteration=it, epoch=epoch - 1)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
+        from natgrad.models import set_dropout_mode
+
+        dropout_mode = dropout_mode_at(config, it)
+        set_dropout_mode(model, dropout_mode)
+    return lr, dropout_mode
+
+
+def resume_run(config: TrainConfig, run: Path, model, optimizer, start: int, *, records=True):
+    """Load epoch ``start``'s checkpoint of ``run`` into ``model`` and ``optimizer`` after
+    checking that it was made with ``config`` (up to ``epochs``), cut the run's JSON-lines
+    records back to that epoch (``records``) and return its metrics history."""
+    tensors, info = ckpt.read_checkpoint(run, start)
+    saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
+    if saved != config.to_dict():
+        diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
+        raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
+                         "pick another --run-dir or pass --no-resume")  # fmt: skip
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ckpt.restore_state(tensors, info, optimizer)
+    if records:
+        rd = RunDir(run)
+        rewrite_jsonl(rd.metrics_path, start)
+        rewrite_jsonl(rd.activation_summary_path, start)
+    return info["metrics"]
+
+
+def epoch_zero(config: TrainConfig, run: Path, model, optimizer, data, probe, meta, *,
+                write: bool = True) -> list[dict]:  # fmt: skip
+    """A fresh run's epoch 0: the probe's indices and activations, the initial losses (a
+    non-finite one is a :class:`DivergedError`) as the first metrics row, the global seeds
+    and the initial checkpoint. ``write=False`` (a DDP rank other than 0) only seeds.
+    Returns the metrics history."""
+    history: list[dict] = []
+    if write:
+        rd = RunDir(run)
+        train_x, train_y, held = data
+        loss_fn = loss_function(config)
+        rd.activations_dir.mkdir(exist_ok=True)
+        write_safetensors(rd.probe_path, {"indices": probe})
+        save_activations(run, 0, record_activations(model, train_x[probe.to(train_x.device)]))
+        tr_loss, _ = evaluate(model, train_x, train_y, loss_fn, config)
+        per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
+        if not math.isfinite(tr_loss):
+            raise diverged_error(run, 0, 0, per_epoch, config.lr, "initial training loss", tr_loss)
+        evals = held_out_metrics(model, held, loss_fn, config)
+        check_held_out(run, evals, 0, 0, per_epoch, config.lr)
+        row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
+                   **evals, seconds=0.0, train_seconds=0.0, seconds_per_iteration=None)  # fmt: skip
+        history.append(row)
+        append_jsonl(rd.metrics_path, row)
+    seed_globals(config.seed)
+    if write and config.checkpoint_initial:  # after seeding: resuming from it is exact
+        ckpt.write_checkpoint(run, 0, model, optimizer, dict(meta, iteration=0, metrics=history))
+    return history
+
+
+def seed_globals(seed: int) -> None:
+    """The global RNG states a run holds after epoch 0 (and, as these nets draw nothing from
+    them, at every checkpoint): what its checkpoints store."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global state is what is saved
+    random.seed(seed)
+
+
+def diverged_error(
+    run: Path, epoch: int, step: int, per_epoch: int, lr: float, what: str, value
+) -> DivergedError:
+    last = ckpt.latest_epoch(run)
+    where = (f"the last good checkpoint is {ckpt.checkpoint_paths(run, last)[1]} (epoch {last})"
+             if last is not None else "no checkpoint was written before it")  # fmt: skip
+    return DivergedError(
+        f"run {run}: training diverged at epoch {epoch}, step {step} of {per_epoch} "
+        f"(iteration {(epoch - 1) * per_epoch + step - 1 if epoch else 0}): the {what} is "
+        f"{float(value)} with lr {lr}; {where}; metrics.jsonl ends at the last finite epoch. "
+        "Lower the learning rate (--lr / --set lr=...) and rerun with --no-resume",
+        run=Path(run),
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA if torch sees a GPU, else CPU; ``"cuda"`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"--device {device!r}: not a device; use auto, cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r}: natgrad trains on cpu or cuda[:N] (or auto)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' asked for but torch sees no GPU; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device!r}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def metrics_row(epoch: int, per_epoch: int, lr: float, train_loss: float, evals: dict,
+                seconds: float, train_seconds: float) -> dict:  # fmt: skip
+    """The metrics row of epoch ``epoch`` (module docstring): the one place it is built."""
+    return dict(epoch=epoch, iterations=epoch * per_epoch, lr=lr, train_loss=train_loss, **evals,
+                seconds=seconds, train_seconds=train_seconds,
+                seconds_per_iteration=train_seconds / per_epoch)  # fmt: skip
