@@ -304,14 +304,6 @@ class StructuredUnitFisher(SolvedUnitFisher):
         y = Dx - Db.unsqueeze(-1) * coef.unsqueeze(1)
         return y.squeeze(-1) if vec else y
 
-    def _solve(self, delta, b, c, g, g0):
-        r"""Q⁻¹(g, g0) by Theorem 1 with A → A_Q (equal to Ollivier's quasi-diagonal update)."""
-        both = self._A_inv(delta, b, c, torch.stack([g, b], -1))
-        Ainv_g, Ainv_b = both[..., 0], both[..., 1]
-        s = 1.0 / (c - (b * Ainv_b).sum(-1))
-        dw0 = s * (g0 - (b * Ainv_g).sum(-1))
-        return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0, Ainv_g, Ainv_b, s
-
     @property
     def _dtype(self) -> torch.dtype:
         return self.diagonal.dtype
@@ -352,94 +344,16 @@ class StructuredUnitFisher(SolvedUnitFisher):
             )
         return delta, b, c, D
 
-    def direction(self, grad_weight, grad_bias, kind: str, rel_damping: float = 0.0):
-        r"""The update (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` (:data:`natgrad.measures.DIRECTIONS`)
-        in the structure's metric Q(F_λ): ``plain``, ``centred`` as for dense blocks;
-        ``diagonal`` diag(F_λ)⁻¹g; ``quasidiagonal`` and ``natural`` Q⁻¹g (equal: Q is the
-        quasi-diagonal metric); ``blockdiag`` (A_Q⁻¹g, g0/c_λ); ``arrowhead`` M⁻¹g with
-        M = [[diag(A_λ), b], [bᵀ, c_λ]] (:func:`natgrad.measures.arrowhead_solve`)."""
-        from natgrad import measures as _m
-
-        if kind not in _m.DIRECTIONS:
-            raise InputError(
-                f"layer {self.layer!r}: unknown direction {kind!r}; choose one of {_m.DIRECTIONS}"
-            )
-        g, g0 = self.unit_grads(grad_weight, grad_bias)
-        out = torch.promote_types(g.dtype, self.diagonal.dtype)
-        g, g0 = g.double(), g0.double()
-        if kind == "plain":
-            return g.to(out), g0.to(out)
-        if kind == "centred":
-            u, u0 = _m.centred_direction(self.mean_p.double(), g, g0)
-            return u.to(out), u0.to(out)
+    def _rel_parts(self, rel_damping: float):
         delta, b, c, D = self._metric_rel(rel_damping)
-        if kind == "diagonal":
-            return (g / D).to(out), (g0 / c).to(out)
-        if kind == "arrowhead":
-            u, u0 = _m.arrowhead_solve(D, b, c, g, g0, **self._context())
-            return u.to(out), u0.to(out)
-        dw, dw0, Ainv_g, _, _ = self._solve(delta, b, c, g, g0)
-        if kind == "blockdiag":
-            return Ainv_g.to(out), (g0 / c).to(out)
-        return dw.to(out), dw0.to(out)
+
+        def apply(lo, hi, u, u0):
+            return self._Q_apply(delta, b, c, u, u0)
+
+        yield (0, self.num_units, lambda x: self._A_inv(delta, b, c, x), apply, D, b, c,
+               self._damping_of(rel_damping))  # fmt: skip
 
     def _Q_apply(self, delta, b, c, u, u0):
         """Q(u, u0) ``([U, d], [U])`` for A_Q = diag(Δ) + bbᵀ/c."""
         bu = (b * u).sum(-1)
         return delta * u + b * (bu / c + u0).unsqueeze(-1), bu + c * u0
-
-    def _pair(self, direction, g, g0, rel_damping):
-        if isinstance(direction, str):
-            return tuple(x.double() for x in self.direction(g, g0, direction, rel_damping))
-        if not isinstance(direction, (tuple, list)) or len(direction) != 2:
-            raise InputError(
-                f"layer {self.layer!r}: direction must be a kind name or a pair (u_w, u_0)"
-            )
-        return tuple(x.double() for x in self.unit_grads(*direction))
-
-    def efficiency(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
-        r"""``[U]`` ρ(u) = gᵀu / √(uᵀQu · gᵀQ⁻¹g) in the structure's metric Q(F_λ); 1 for
-        ``natural``. ``direction``: a kind name or a pair (u_w, u_0)."""
-        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
-        u, u0 = self._pair(direction, g, g0, rel_damping)
-        delta, b, c, _ = self._metric_rel(rel_damping)
-        n, n0, *_ = self._solve(delta, b, c, g, g0)
-        Qu, Qu0 = self._Q_apply(delta, b, c, u, u0)
-        num = (g * u).sum(-1) + g0 * u0
-        den = ((u * Qu).sum(-1) + u0 * Qu0) * ((g * n).sum(-1) + g0 * n0)
-        return self._out(torch.where(den > 0, num / den.clamp_min(1e-300).sqrt(), torch.nan))
-
-    def bias_shift_error(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
-        r"""``[U]`` |shift(u) − shift_natural| / |shift_natural| in the metric Q(F_λ)."""
-        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
-        u, u0 = self._pair(direction, g, g0, rel_damping)
-        delta, b, c, _ = self._metric_rel(rel_damping)
-        n, n0, *_ = self._solve(delta, b, c, g, g0)
-        mp = self.mean_p.double()
-        nat = (mp * n).sum(-1) + n0
-        return self._out(((mp * u).sum(-1) + u0 - nat).abs() / nat.abs())
-
-    def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
-        r"""``rho_<kind>``, ``shift_<kind>``, ``shift_error_<kind>`` for every direction, ``damping``
-        (μ) and ``n_eff`` where known, all ``[U]`` float64, in the metric Q(F_λ)."""
-        from natgrad import measures as _m
-
-        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
-        mp = self.mean_p.double()
-        out = {}
-        for kind in _m.DIRECTIONS:
-            if kind == "arrowhead" and self.bias_column is None:
-                continue
-            try:
-                u, u0 = self._pair(kind, g, g0, rel_damping)
-            except SingularBlockError:
-                if kind != "arrowhead":
-                    raise
-                continue  # the arrowhead can be singular where Q is not
-            out[f"rho_{kind}"] = self.efficiency(g, g0, (u, u0), rel_damping).double()
-            out[f"shift_{kind}"] = (mp * u).sum(-1) + u0
-            out[f"shift_error_{kind}"] = self.bias_shift_error(g, g0, (u, u0), rel_damping).double()
-        out["damping"] = self._damping_of(rel_damping)
-        if self.n_eff is not None:
-            out["n_eff"] = self.n_eff
-        return out

@@ -27,7 +27,7 @@ import torch
 
 from natgrad import linalg, theorems
 from natgrad import measures as _measures
-from natgrad.errors import InputError
+from natgrad.errors import InputError, SingularBlockError
 
 
 @runtime_checkable
@@ -37,9 +37,9 @@ class UnitFisherLike(Protocol):
     (:class:`~natgrad.structures.StructuredUnitFisher`), factor rows solved by Woodbury
     (:class:`~natgrad.woodbury.WoodburyUnitFisher`) or shards on disk
     (:class:`~natgrad.planner.ShardedUnitFisher`). Code written against it (the theorem
-    methods) takes any of them. The measures (``measures``, ``efficiency``) exist for dense,
-    structured and sharded results; Woodbury rows give them through ``to_unit_fisher()``. ``damping`` adds λ to every
-    diagonal entry, ``rel_damping`` λ·tr F/(d+1) (``docs/theory.md``)."""
+    methods) takes any of them. The measures (``measures``, ``efficiency``, ``direction``)
+    exist for all four. ``damping`` adds λ to every diagonal entry, ``rel_damping``
+    λ·tr F/(d+1) (``docs/theory.md``)."""
 
     layer: str
     units: torch.Tensor
@@ -260,6 +260,126 @@ class SolvedUnitFisher(UnitFisherBase):
             k=k.to(out),
             corrected_mean=corrected.to(out),
         )
+
+    # --- natgrad.measures in this result's metric F_λ (μ = λ·tr F/(d+1), natgrad.damping) ---
+    def _rel_parts(self, rel_damping: float):  # pragma: no cover - every subclass defines it
+        r"""Per chunk of units: ``(lo, hi, solve_A, apply, D, b, c, mu)`` of the metric with
+        relative damping λ: x ↦ A_λ⁻¹x, (u, u0) ↦ F_λ(u, u0), the weight block's diagonal
+        ``D`` ``[U_c, d]``, b, c_λ and μ ``[U_c]`` (0 for a dead unit), float64."""
+        raise NotImplementedError
+
+    def _pair(self, direction, g, g0, rel_damping):
+        if isinstance(direction, str):
+            return tuple(x.double() for x in self.direction(g, g0, direction, rel_damping))
+        if not isinstance(direction, (tuple, list)) or len(direction) != 2:
+            raise InputError(
+                f"layer {self.layer!r}: direction must be a kind name "
+                f"({', '.join(_measures.DIRECTIONS)}) or a pair (u_w [U, d], u_0 [U])"
+            )
+        return tuple(x.double() for x in self.unit_grads(*direction))
+
+    def _directions(self, kinds, g, g0, rel_damping) -> tuple[dict, list]:
+        r"""``{kind: (u [U, d], u0 [U])}`` in F_λ for every kind of ``kinds`` (float64; a
+        kind whose metric is singular — the arrowhead can be where F_λ is not — is left out
+        of a batch of several) and the parts of :meth:`_rel_parts`."""
+        out: dict = {k: ([], []) for k in kinds}
+        parts = list(self._rel_parts(rel_damping))
+        mp = self.mean_p.double()
+        for lo, hi, solve_A, _, D, b, c, _ in parts:
+            gl, g0l = g[lo:hi], g0[lo:hi]
+            both = solve_A(torch.stack([gl, b], -1))
+            Ainv_g, Ainv_b = both[..., 0], both[..., 1]
+            ctx = {"layer": self.layer, "units": self.units[lo:hi]}
+            for kind in kinds:
+                if kind == "plain":
+                    u = (gl, g0l)
+                elif kind == "centred":
+                    u = _measures.centred_direction(mp, gl, g0l)
+                elif kind == "diagonal":
+                    u = (gl / D, g0l / c)
+                elif kind == "quasidiagonal":
+                    u = _measures.quasidiagonal_solve(D, b, c, gl, g0l, **ctx)
+                elif kind == "arrowhead":
+                    try:
+                        u = _measures.arrowhead_solve(D, b, c, gl, g0l, **ctx)
+                    except SingularBlockError:
+                        if len(kinds) == 1:
+                            raise
+                        out.pop(kind, None)
+                        continue
+                elif kind == "blockdiag":
+                    u = (Ainv_g, g0l / c)
+                else:  # natural: Theorem 1
+                    s = 1.0 / (c - (b * Ainv_b).sum(-1))
+                    dw0 = s * (g0l - (b * Ainv_g).sum(-1))
+                    u = (Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0)
+                if kind in out:
+                    out[kind][0].append(u[0])
+                    out[kind][1].append(u[1])
+        return {k: (torch.cat(a), torch.cat(b)) for k, (a, b) in out.items()}, parts
+
+    def direction(self, grad_weight, grad_bias, kind: str, rel_damping: float = 0.0):
+        r"""The update (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` (:data:`natgrad.measures.DIRECTIONS`)
+        in this result's metric F_λ: ``plain``, ``centred`` (as for dense blocks), ``diagonal``
+        diag(F_λ)⁻¹g, ``quasidiagonal`` (Ollivier's, from diag(A_λ), b, c_λ), ``arrowhead``,
+        ``blockdiag`` (A_λ⁻¹g, g0/c_λ), ``natural`` F_λ⁻¹g (Theorem 1)."""
+        if kind not in _measures.DIRECTIONS:
+            raise InputError(f"layer {self.layer!r}: unknown direction {kind!r}; choose one of "
+                             f"{', '.join(_measures.DIRECTIONS)}")  # fmt: skip
+        g, g0 = self.unit_grads(grad_weight, grad_bias)
+        out = torch.promote_types(g.dtype, self._dtype)
+        dirs, _ = self._directions((kind,), g.double(), g0.double(), rel_damping)
+        return tuple(x.to(out) for x in dirs[kind])
+
+    def _rho_and_error(self, parts, g, g0, u, u0, n, n0):
+        Fu, Fu0 = [], []
+        for lo, hi, _, apply, *_ in parts:
+            a, a0 = apply(lo, hi, u[lo:hi], u0[lo:hi])
+            Fu.append(a)
+            Fu0.append(a0)
+        Fu, Fu0 = torch.cat(Fu), torch.cat(Fu0)
+        num = (g * u).sum(-1) + g0 * u0
+        den = ((u * Fu).sum(-1) + u0 * Fu0) * ((g * n).sum(-1) + g0 * n0)
+        rho = torch.where(den > 0, num / den.clamp_min(1e-300).sqrt(), torch.nan)
+        mp = self.mean_p.double()
+        nat = (mp * n).sum(-1) + n0
+        shift = (mp * u).sum(-1) + u0
+        return rho, shift, (shift - nat).abs() / nat.abs()
+
+    def efficiency(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
+        r"""``[U]`` ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) in this result's metric; 1 for
+        ``natural``. ``direction``: a kind name or a pair (u_w, u_0)."""
+        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
+        u, u0 = self._pair(direction, g, g0, rel_damping)
+        dirs, parts = self._directions(("natural",), g, g0, rel_damping)
+        return self._out(self._rho_and_error(parts, g, g0, u, u0, *dirs["natural"])[0])
+
+    def bias_shift_error(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
+        r"""``[U]`` |shift(u) − shift_natural| / |shift_natural| in this result's metric."""
+        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
+        u, u0 = self._pair(direction, g, g0, rel_damping)
+        dirs, parts = self._directions(("natural",), g, g0, rel_damping)
+        return self._out(self._rho_and_error(parts, g, g0, u, u0, *dirs["natural"])[2])
+
+    def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
+        r"""``rho_<kind>``, ``shift_<kind>``, ``shift_error_<kind>`` for every direction (the
+        arrowhead left out where it is singular), ``damping`` (μ) and ``n_eff`` where known,
+        all ``[U]`` float64, in this result's metric F_λ."""
+        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
+        dirs, parts = self._directions(_measures.DIRECTIONS, g, g0, rel_damping)
+        n, n0 = dirs["natural"]
+        out = {}
+        for kind, (u, u0) in dirs.items():
+            rho, shift, err = self._rho_and_error(parts, g, g0, u, u0, n, n0)
+            out[f"rho_{kind}"], out[f"shift_{kind}"], out[f"shift_error_{kind}"] = rho, shift, err
+        out["damping"] = torch.cat([p[-1] for p in parts])
+        dead = ~(out["damping"] > 0) if float(rel_damping) > 0 else torch.zeros_like(n, dtype=bool)
+        for key in out:  # a dead unit (a zero block) has no metric: NaN, as for dense blocks
+            out[key] = torch.where(dead, torch.nan, out[key]) if key != "damping" else out[key]
+        out["dead"] = dead.to(torch.float64)
+        if self.n_eff is not None:
+            out["n_eff"] = self.n_eff
+        return out
 
 
 @dataclass(frozen=True, repr=False)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from natgrad import damping as _damping
 from natgrad import linalg
 from natgrad._layers import resolve_layer
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
@@ -232,9 +233,12 @@ class WoodburyUnitFisher(SolvedUnitFisher):
             yield lo, min(self.num_units, lo + step)
 
     def _solver(self, V: torch.Tensor, lam: float, lo: int):
-        r"""x ↦ (λI + VᵀV)⁻¹x for ``V [U_c, R, n]`` and ``x [U_c, n]`` or ``[U_c, n, k]``."""
+        r"""x ↦ (λI + VᵀV)⁻¹x for ``V [U_c, R, n]`` and ``x [U_c, n]`` or ``[U_c, n, k]``; λ a
+        number or one per unit ``[U_c]``."""
+        lam = torch.as_tensor(lam, dtype=V.dtype)  # a number, or one per unit [U_c]
         G = V @ V.transpose(1, 2)  # [U_c, R, R]
-        G.diagonal(dim1=-2, dim2=-1).add_(lam)
+        G.diagonal(dim1=-2, dim2=-1).add_(lam.reshape(-1, 1) if lam.ndim else lam)
+        lam = lam.reshape(-1, 1, 1) if lam.ndim else lam
         units = self.units[lo : lo + V.shape[0]]
         L = linalg.cholesky(G, layer=self.layer, units=units, what="Woodbury kernel λI + VVᵀ")
 
@@ -256,6 +260,27 @@ class WoodburyUnitFisher(SolvedUnitFisher):
         for lo, hi in self._chunks():
             V = self.factor(lo, hi)
             yield lo, hi, self._solver(V[..., :-1], lam, lo), *self._bc(V, lam)
+
+    def _rel_parts(self, rel_damping: float):
+        r"""The parts of F_λ = F + μI, μ = λ·tr F/(d+1) per unit (a unit whose rows are all
+        zero — dead — is given μ = 1 so that the chunk solves; ``measures`` marks it)."""
+        lam = _damping.check(rel_damping)
+        if lam == 0.0:  # F = VᵀV has rank <= R: undamped it is singular
+            self._check_damping(0.0)
+        for lo, hi in self._chunks():
+            V = self.factor(lo, hi)
+            diag = V.square().sum(1)  # [U_c, d+1] diagonal of F
+            raw = _damping.mu(diag.sum(-1), self.fan_in + 1, lam)
+            mu = torch.where(raw > 0, raw, 1.0)
+
+            def apply(lo_, hi_, u, u0, V=V, mu=mu):
+                x = torch.cat([u, u0.unsqueeze(-1)], -1)
+                Fx = (V.transpose(1, 2) @ (V @ x.unsqueeze(-1))).squeeze(-1) + mu.unsqueeze(-1) * x
+                return Fx[:, :-1], Fx[:, -1]
+
+            b, c = self._bc(V, mu)
+            D = diag[:, :-1] + mu.unsqueeze(-1)
+            yield lo, hi, self._solver(V[..., :-1], mu, lo), apply, D, b, c, raw
 
     def solve(self, rhs: torch.Tensor, damping: float) -> torch.Tensor:
         r"""``[U, d+1]`` (F + λI)⁻¹ rhs for ``rhs`` ``[U, d+1]`` (float64 inside), λ > 0."""

@@ -72,3 +72,33 @@ def test_damping_required(bad):
     W = woodbury_unit_fisher(model, "0", x)
     with pytest.raises(InputError, match="damping > 0.*rank"):
         W.natural_gradient(torch.zeros(8, 5), torch.zeros(8), bad)
+
+
+@pytest.mark.parametrize("case_layer", LAYER_CASES[::2], ids=layer_case_id)
+def test_woodbury_measures_equal_the_dense_blocks(case_layer):
+    """Woodbury rows now give natgrad.measures themselves (SolvedUnitFisher, over R×R
+    kernels with each unit's μ): every direction, ρ, shift and shift error equal the dense
+    blocks' measures at the same relative damping, within the conditioning tolerance."""
+    case, layer = case_layer
+    model, x, y = case.make()
+    W = woodbury_unit_fisher(model, layer, x, y, likelihood=case.likelihood)
+    dense = unit_fisher(model, layer, x, y, likelihood=case.likelihood)
+    rel = 1e-2
+    torch.manual_seed(5)
+    g, g0 = torch.randn(W.num_units, W.fan_in), torch.randn(W.num_units)
+    live = dense.c > 0  # a dead unit (zero block) has no metric: NaN in both, flagged
+    tol = conditioned(dense.condition_number(rel_damping=rel)[live], dense.fan_in + 1)
+    got, want = W.measures(g, g0, rel), dense.measures(g, g0, rel)
+    assert_close(got["dead"], want["dead"])
+    for key in want:
+        if key in got:
+            assert_close(got[key][live], want[key][live], what=f"{layer} {key}", **tol)
+    assert {f"rho_{k}" for k in ("plain", "centred", "quasidiagonal", "blockdiag")} <= set(got)
+    for kind in ("quasidiagonal", "natural") if bool(live.all()) else ():  # dense: dead raise
+        u = W.direction(g, g0, kind, rel)
+        for a, b in zip(u, dense.direction(g, g0, kind, rel), strict=True):
+            assert_close(a[live], b[live], what=f"{layer} {kind}", **tol)
+        assert_close(W.efficiency(g, g0, kind, rel)[live], dense.efficiency(g, g0, kind, rel)[live],
+                     **tol)  # fmt: skip
+    with pytest.raises(InputError, match="needs damping > 0"):
+        W.measures(g, g0, 0.0)
