@@ -154,7 +154,8 @@ def test_bn_cnn_selects_on_validation_error_and_writes_its_text_from_the_cis(mon
             "elu-bn": 0.015}  # fmt: skip
     values = pd.DataFrame([dict(unit_type=a, seed=s, seconds_per_iteration=0.05 * (1.1 if a ==
                                 "elu" else 1.0) + 1e-4 * rng.random(),
-                                test_error_at_best_val=b + 5e-4 * rng.standard_normal())
+                                test_error_at_best_val=b + 5e-4 * rng.standard_normal(),
+                                train_loss_last=10 * b, best_val_epoch=6)
                            for s in range(10) for a, b in base.items()])  # fmt: skip
     table = m.primaries(values)
     assert (table["role"] == "primary").sum() == 4 and table["p_holm"].notna().sum() == 4
