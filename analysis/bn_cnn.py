@@ -209,7 +209,8 @@ def readme(values, table, ratio: dict, meta: dict) -> str:
         f"(50,000 training, 10,000 validation, 10,000 test images), {EPOCHS} epochs of batch "
         f"{BATCH} (the paper: 165k iterations on CIFAR-100), SGD momentum 0.9, L2 5e-4, the "
         "per-stack dropout and the step schedule scaled (0.01, ÷2 at 21 %, then ÷10 at 52 % "
-        "and 82 % of the run); seeds 0–9, run j of every arm from the same initial weights. "
+        "and 82 % of the run); seeds 0–9, run j of every arm from the same initial weights; "
+        "every arm at the paper's one recipe (no arm tuned, as in the paper). "
         "Endpoint: test error at the epoch of lowest validation error.",
         "",
         "## Test error at the best-validation epoch (%, mean ± sd over seeds)",
