@@ -225,3 +225,25 @@ def test_claims_per_seed_from_curves():
     assert a["abs_median_activation"] == pytest.approx(0.05)
     assert a["test_error"] == pytest.approx(0.25)
     assert a["median_activation_var"] == pytest.approx(np.var([0.2, -0.1, 0.05], ddof=1))
+
+
+def test_unit_tables_read_an_autoencoder_run(tmp_path):
+    """The unit table of an autoencoder's run directory (loss bce_logits; what ``natgrad
+    tables`` reads): taken under the Bernoulli model of its outputs with its inputs as
+    targets, equal to unit_statistics(likelihood="bernoulli") on the same probe."""
+    import dataclasses
+
+    from natgrad.analysis.runs import load_model, probe_set, unit_table
+    from natgrad.analysis.unitstats import unit_statistics
+    from natgrad.training import default_config, train
+
+    cfg = dataclasses.replace(default_config("mnist-ae"), dataset="digits", epochs=1,
+                              train_size=64, probe_size=16, checkpoint_every=1)  # fmt: skip
+    run = train(cfg, tmp_path / "ae", device="cpu", progress=False).run_dir
+    layers = ["encoder.fc4", "decoder.fc1"]  # d+1 = 251, 31 (the 1000-wide layers: GBs)
+    got = unit_table([run], epochs=[1], probe_size=40, layers=layers)
+    x, _ = probe_set(run, 40)
+    want = unit_statistics(load_model(run, 1), x, x.flatten(1), layers=layers,
+                           likelihood="bernoulli")  # fmt: skip
+    assert len(got) == len(want) == 30 + 250
+    np.testing.assert_allclose(got["rho_plain"], want["rho_plain"], rtol=1e-9, equal_nan=True)

@@ -264,7 +264,12 @@ def _analyse(job) -> tuple:
             pass
     x, y = probe_set(run, settings["probe_size"], split=settings["probe"])
     grad_data = training_set(run) if settings.get("grad") == "train" else None
+    likelihood = "categorical"
+    if run_config(run).get("loss") == "bce_logits":  # an autoencoder: its inputs are its targets
+        likelihood, y = "bernoulli", x.flatten(1)
+        grad_data = None if grad_data is None else (grad_data[0], grad_data[0].flatten(1))
     out = unit_statistics(load_model(run, epoch), x, y, layers=settings["layers"],
+                          likelihood=likelihood,
                           rel_damping=settings["rel_damping"],
                           sweep=tuple(settings["sweep"]) or None, grad_data=grad_data,
                           jackknife=settings.get("jackknife", False),
