@@ -273,7 +273,10 @@ def readme(table, unit_table, curves, meta: dict) -> str:
         return pos if r["lo"] > 0 else "no difference resolved"
 
     epochs = int(curves["epoch"].max())
-    lines = ["# Fig 3, the autoencoder, on MNIST (issue 23)", "",
+    declared = len(UNITS) * SEEDS * curves["lr"].nunique()
+    interim = (f"**Interim: {meta['runs']} of the {declared} declared runs of these rates have "
+               "finished; the CIs are over the seeds so far.**") if meta["runs"] < declared else ""  # fmt: skip
+    lines = ["# Fig 3, the autoencoder, on MNIST (issue 23)", "", interim, "",
              f"Command: `{meta['command']}`  ", f"Commit of this report: `{meta['commit']}`; "
              f"of the runs: `{meta['run_commit']}`  ",
              f"Training: {meta['runs']} runs, {meta['train_seconds']:.0f} s of training summed; "
