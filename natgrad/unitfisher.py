@@ -166,6 +166,19 @@ def check_form(layer, what: str, form: str, forms: tuple[str, ...]) -> None:
                          f"{' or '.join(map(repr, forms))}, got {form!r}")  # fmt: skip
 
 
+def _theorem1_parts(g, g0, b, c, Ainv_g, Ainv_b):
+    """Theorem 1 from the A-solves: (Δw, Δw0, s) with s = 1/(c − bᵀA⁻¹b),
+    Δw0 = s(g0 − bᵀA⁻¹g), Δw = A⁻¹g − Δw0·A⁻¹b."""
+    s = 1.0 / (c - (b * Ainv_b).sum(-1))
+    dw0 = s * (g0 - (b * Ainv_g).sum(-1))
+    return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0, s
+
+
+def _k_paper(s, b, c, mean_p, Ainv_b):
+    """Theorem 2's k = s·(b − c·E_p(a))ᵀA⁻¹b."""
+    return s * ((b - c.unsqueeze(-1) * mean_p) * Ainv_b).sum(-1)
+
+
 class SolvedUnitFisher(UnitFisherBase):
     r"""Theorems 1–2 written once over solves with each unit's weight block, for the results
     that never hold a dense block (a structure, Woodbury rows). A subclass gives
@@ -216,8 +229,7 @@ class SolvedUnitFisher(UnitFisherBase):
         def fn(lo, hi, solve, b, c):
             if form == "paper":
                 Ainv_b = solve(b)
-                s = 1.0 / (c - (b * Ainv_b).sum(-1))
-                return s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1)
+                return _k_paper(1.0 / (c - (b * Ainv_b).sum(-1)), b, c, mp, Ainv_b)
             m = b / c.unsqueeze(-1)
             Binv_m = c.unsqueeze(-1) * solve(m)
             return ((m - mp) * Binv_m).sum(-1) / (1.0 - (m * Binv_m).sum(-1))
@@ -232,9 +244,8 @@ class SolvedUnitFisher(UnitFisherBase):
         def fn(lo, hi, solve, b, c):
             both = solve(torch.stack([g[lo:hi], b], -1))  # [U_c, d, 2]
             Ainv_g, Ainv_b = both[..., 0], both[..., 1]
-            s = 1.0 / (c - (b * Ainv_b).sum(-1))
-            dw0 = s * (g0[lo:hi] - (b * Ainv_g).sum(-1))
-            return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0, Ainv_g, Ainv_b, s, b, c
+            dw, dw0, s = _theorem1_parts(g[lo:hi], g0[lo:hi], b, c, Ainv_g, Ainv_b)
+            return dw, dw0, Ainv_g, Ainv_b, s, b, c
 
         return (g, g0, out), self._per_unit(damping, fn)
 
@@ -251,7 +262,7 @@ class SolvedUnitFisher(UnitFisherBase):
             grad_weight, grad_bias, damping
         )
         mp = self.mean_p.double()
-        k = s * ((b - c.unsqueeze(-1) * mp) * Ainv_b).sum(-1)
+        k = _k_paper(s, b, c, mp, Ainv_b)
         corrected = mp - (1.0 + k).unsqueeze(-1) * (b / c.unsqueeze(-1))
         return theorems.BiasShift(
             shift_natural=((corrected * Ainv_g).sum(-1) + (1.0 + k) * g0 / c).to(out),
@@ -310,9 +321,7 @@ class SolvedUnitFisher(UnitFisherBase):
                 elif kind == "blockdiag":
                     u = (Ainv_g, g0l / c)
                 else:  # natural: Theorem 1
-                    s = 1.0 / (c - (b * Ainv_b).sum(-1))
-                    dw0 = s * (g0l - (b * Ainv_g).sum(-1))
-                    u = (Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0)
+                    u = _theorem1_parts(gl, g0l, b, c, Ainv_g, Ainv_b)[:2]
                 if kind in out:
                     out[kind][0].append(u[0])
                     out[kind][1].append(u[1])
