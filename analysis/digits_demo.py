@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from natgrad.analysis.demo import for_dataset, study
+from natgrad.studies.demo import for_dataset, study
 
 CONFIG = for_dataset("digits", out="reports/digits")
 

@@ -3,7 +3,7 @@ learning rates chosen on validation, a Theorem-2-only arm, the pixel layer contr
 
 Declared before any run (this file is the declaration; its commit precedes the runs):
 
-- **Arms** (``natgrad.analysis.compare.ARMS``, shared initial weights per seed): ReLU+SGD,
+- **Arms** (``natgrad.studies.compare.ARMS``, shared initial weights per seed): ReLU+SGD,
   ELU+SGD, ReLU+centred, ELU+centred, ReLU+QD, ReLU+unit-NG, ELU+unit-NG, ReLU+block-diag. NG
   (A and c inverted apart: the unit block without the weight–bias coupling Theorem 2
   corrects), ReLU+BN. mnist-fc on MNIST's 50,000 training images, batch 64.
@@ -63,13 +63,13 @@ SELECTION = "rates.csv"
 
 
 def family(arm: str) -> str:
-    from natgrad.analysis.compare import ARMS as ALL
+    from natgrad.studies.compare import ARMS as ALL
 
     return "ng" if ALL[arm].natural else "sgd"
 
 
 def base(**kw):
-    from natgrad.analysis.compare import CompareConfig
+    from natgrad.studies.compare import CompareConfig
 
     settings = dict(dataset="mnist", epochs=EPOCHS, seeds=SEEDS, arms=ARMS, plain_first_layer=True,
                     last_epochs=3)  # fmt: skip
@@ -95,7 +95,7 @@ def pilot_configs(runs: Path, fam: str) -> dict[str, object]:
 
 
 def pilot(args, fam: str) -> None:
-    from natgrad.analysis import compare
+    from natgrad.studies import compare
 
     for name, config in pilot_configs(args.runs, fam).items():
         if args.rates and int(name[-1]) not in {int(k) for k in args.rates.split(",")}:
@@ -111,7 +111,7 @@ def selection_table(runs: Path, fams=("sgd", "ng")):
     chosen rate of each arm (lowest; a diverged seed disqualifies a rate)."""
     import pandas as pd
 
-    from natgrad.analysis import compare
+    from natgrad.studies import compare
 
     rows = []
     for fam in fams:
@@ -191,7 +191,7 @@ def run(argv: list[str] | None = None) -> int:
     elif args.stage == "report":
         report(args)
     elif args.stage == "main":
-        from natgrad.analysis import compare
+        from natgrad.studies import compare
 
         config = main_configs(args.runs)["standardised" if args.variant else "main"]
         if args.arms:
@@ -209,7 +209,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def finished_seeds(config, root: Path) -> list[int]:
     """The declared seeds on which every arm has finished or diverged."""
-    from natgrad.analysis.compare import complete
+    from natgrad.studies.compare import complete
     from natgrad.training.rundir import RunDir
 
     return [seed for seed in config.seed_list
@@ -220,7 +220,7 @@ def finished_seeds(config, root: Path) -> list[int]:
 def report(args) -> None:
     """The comparison's tables, figure and answer from the seeds finished so far (the text
     says how many of the declared ten)."""
-    from natgrad.analysis import compare
+    from natgrad.studies import compare
     from natgrad.training.engine import git_commit
 
     name = "standardised" if args.variant else "main"
@@ -331,7 +331,7 @@ def carry(src: Path, dest: Path, *, finished_only: bool = False) -> int:
         run = config.parent
         if finished_only:
             epochs = json.loads(config.read_text())["config"]["epochs"]
-            from natgrad.analysis.compare import complete
+            from natgrad.studies.compare import complete
 
             if not (complete(run, epochs) or (run / "diverged.json").is_file()):
                 continue
@@ -353,7 +353,7 @@ def refresh_config(runs: Path, every: int):
 
 def refresh_pilot(args) -> None:
     """ReLU+unit-NG at its selected rate, refreshed every 10 and every 50 steps."""
-    from natgrad.analysis import compare
+    from natgrad.studies import compare
 
     for every in REFRESH_PILOT:
         config = refresh_config(args.runs, every)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natgrad.analysis.demo import for_dataset, main
+from natgrad.studies.demo import for_dataset, main
 from natgrad.analysis.record import record_study
 
 CONFIG = for_dataset(

@@ -1,7 +1,7 @@
 """Study: the main job on the paper's data — ``natgrad demo`` with its MNIST defaults (ELU, ReLU,
 LReLU, SReLU × 8 seeds, 3 epochs; unit Fishers at epoch 1 on the 10,000 validation images;
 jackknifed ρ; probe-size sweep on 2 seeds; primary endpoints declared in
-:func:`natgrad.analysis.demo.primary_endpoints`).
+:func:`natgrad.studies.demo.primary_endpoints`).
 
     python analysis/mnist_demo.py [--out reports/demo] [--record paper_figures/results/mnist_demo]
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from natgrad.analysis.demo import for_dataset, study
+from natgrad.studies.demo import for_dataset, study
 
 CONFIG = for_dataset("mnist")
 

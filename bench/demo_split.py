@@ -34,7 +34,7 @@ from pathlib import Path
 
 def demo_seconds(out: Path) -> dict:
     """Run the default demo into ``out`` (fresh) and return its ``seconds`` split."""
-    from natgrad.analysis.demo import for_dataset, main
+    from natgrad.studies.demo import for_dataset, main
 
     config = replace(for_dataset("mnist"), out=str(out), fresh=True)
     main(config, progress=False)

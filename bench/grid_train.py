@@ -103,7 +103,7 @@ def bench_demo_default(args) -> None:
     seeds of mnist-fc on digits, 20 epochs, 2 worker processes of 1 torch thread): the demo's
     own jobs (one grid per worker for the batchable runs, batch-norm runs one by one) against
     every run a job of its own (the sequential trainer), same pool, alternating."""
-    from natgrad.analysis.demo import for_dataset, train_configs, workers_of
+    from natgrad.studies.demo import for_dataset, train_configs, workers_of
     from natgrad.training.plan import train_plan
 
     config = for_dataset("digits", fresh=True) if args.demo_seeds is None else for_dataset(
@@ -227,7 +227,7 @@ def bench_compare(args) -> None:
     into fresh run directories; agreement of the curves."""
     import tempfile
 
-    from natgrad.analysis import compare
+    from natgrad.studies import compare
     from natgrad.training import train
 
     config = compare.CompareConfig(arms=("relu-sgd", "elu-sgd", "relu-bn"))

@@ -48,7 +48,7 @@ def train_arm(arm: str, config, seed: int, root: Path, until, max_epochs: int) -
     or ``max_epochs``; its metrics rows (epoch 0 first)."""
     import torch
 
-    from natgrad.analysis.compare import arm_config
+    from natgrad.studies.compare import arm_config
     from natgrad.training import train
 
     torch.set_num_threads(1)
@@ -83,7 +83,7 @@ def main() -> None:
 
     import torch
 
-    from natgrad.analysis.compare import CompareConfig
+    from natgrad.studies.compare import CompareConfig
 
     rates = chosen_rates()
     arms = [a for a in args.arms.split(",") if a]

@@ -53,11 +53,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train a paper network, recording activations and checkpoints",
     ),
     "compare": (
-        "natgrad.analysis.compare",
+        "natgrad.studies.compare",
         "train ReLU/ELU nets with SGD, centring, quasi-diagonal and unit natural gradient",
     ),
     "demo": (
-        "natgrad.analysis.demo",
+        "natgrad.studies.demo",
         "the main job: ELU/ReLU/LReLU/SReLU nets on MNIST, unit Fishers, the report "
         "(--dataset digits: a smoke mode with 7 unit types incl. SELU and batch norm)",
     ),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from natgrad.analysis.demo import DemoConfig, for_dataset, main
+from natgrad.studies.demo import DemoConfig, for_dataset, main
 
 #: The digits smoke mode: ELU, ReLU and ReLU+BN, two seeds (the replicates of the paired statistics), epochs 0 and
 #: 1, every layer, 160 held-out probe inputs (> fan-in + 1 = 129).

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from natgrad import cli
-from natgrad.analysis import compare
+from natgrad.studies import compare
 from natgrad.testing import assert_close
 
 

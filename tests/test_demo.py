@@ -8,7 +8,7 @@ import json
 import pytest
 from _demo_small import SMALL, small_demo
 
-from natgrad.analysis import demo
+from natgrad.studies import demo
 from natgrad.analysis.report import summary_text
 from natgrad.analysis.summary import read_tables
 from natgrad.errors import InputError

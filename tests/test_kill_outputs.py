@@ -5,7 +5,7 @@ mix, and the next run removes its temporaries.
 The writer runs in a forked child that SIGKILLs itself just before its k-th file operation
 (``write`` on a file natgrad opened, ``fsync``, ``link``, ``replace``, ``rename``,
 ``unlink``, the folder exchange or ``rmtree``). The child writes what the demo writes after
-training, in the demo's order (:mod:`natgrad.analysis.demo`): the small demo's tables (cut
+training, in the demo's order (:mod:`natgrad.studies.demo`): the small demo's tables (cut
 to 200 rows each, to stay fast), tagged "old" or "new" in an extra column and in the
 context, so that every file differs between the two. By default k runs over a seeded
 sample of the operations that always holds the first, the last and those around the
@@ -27,7 +27,7 @@ import pytest
 
 from natgrad import _atomic
 from natgrad.analysis import summary
-from natgrad.analysis.demo import analysed_epochs
+from natgrad.studies.demo import analysed_epochs
 from natgrad.analysis.report import render_report, summary_text
 from natgrad.analysis.summary import read_tables, write_tables
 from natgrad.errors import DataFileError
@@ -64,7 +64,7 @@ def _tagged(frames: dict, context: dict, tag: str) -> tuple[dict, dict]:
 
 
 def _write_outputs(out: Path, tables: tuple[dict, dict], tag: str) -> None:
-    """The demo's writes after training (natgrad.analysis.demo), in its order."""
+    """The demo's writes after training (natgrad.studies.demo), in its order."""
     summary.save_tables(tables[0], out / "tables", tables[1])  # how write_tables ends
     render_report(out / "tables", out / "report.html", context={"run": tag}, figures=False)
     text = summary_text(read_tables(out / "tables")["summary"])

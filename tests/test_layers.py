@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("optim", ("natgrad.optim",)),
     ("training", ("natgrad.training",)),
     ("analysis", ("natgrad.analysis",)),
+    ("studies", ("natgrad.studies",)),
     ("interface", ("natgrad.cli", "natgrad.__main__", "natgrad")),
 ]  # fmt: skip
 

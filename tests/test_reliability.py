@@ -241,7 +241,7 @@ def test_tables_out_is_checked_before_any_analysis(tmp_path, capsys):
 def _compare_outputs(folder):
     import numpy as np
 
-    from natgrad.analysis import compare
+    from natgrad.studies import compare
 
     config = compare.CompareConfig(seeds=3, epochs=2, last_epochs=1)
     rng = np.random.default_rng(0)
@@ -254,7 +254,7 @@ def _compare_outputs(folder):
 
 
 def test_compare_outputs_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-    from natgrad.analysis import compare
+    from natgrad.studies import compare
 
     _compare_outputs(tmp_path / "out")
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}

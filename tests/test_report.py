@@ -74,7 +74,7 @@ def test_report_follows_an_edited_table_and_keeps_its_header(demo_dir, tmp_path)
 def test_library_imports_without_matplotlib():
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "import natgrad, natgrad.analysis.demo, natgrad.analysis.report, natgrad.analysis.plots, natgrad.analysis.summary, "
+        "import natgrad, natgrad.studies.demo, natgrad.analysis.report, natgrad.analysis.plots, natgrad.analysis.summary, "
         "natgrad.analysis.runs, natgrad.analysis.unitstats, natgrad.analysis.stats\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

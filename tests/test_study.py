@@ -51,7 +51,7 @@ def test_unfinished_runs_read_as_nan(tmp_path):
 
 
 def test_the_demo_is_a_declaration():
-    from natgrad.analysis.demo import declaration, for_dataset, primary_endpoints
+    from natgrad.studies.demo import declaration, for_dataset, primary_endpoints
 
     config = for_dataset("mnist", seeds=2)
     demo = declaration(config)

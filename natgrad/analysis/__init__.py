@@ -10,10 +10,10 @@ module                 what it computes
 ``report``             the self-contained HTML report
 ``plots``              every figure, drawn from the tables (matplotlib imported lazily)
 ``build``              ``natgrad tables RUNS --out DIR``: tables (and report) from runs
-``demo``               ``natgrad demo``: the main job, training → tables → report
-``compare``            ``natgrad compare``: ReLU/ELU × SGD/centring/QD/unit-NG training runs
+``study``              a study as data: arms × seeds → run directories, curves, endpoints
 =====================  ==============================================================
 
 The core library (:mod:`natgrad.fisher`, :mod:`natgrad.theorems`) imports nothing from
-here; this subpackage is where pandas and matplotlib are used.
+here; this subpackage is where pandas and matplotlib are used. The studies themselves
+(``natgrad demo``, ``natgrad compare``) are declared in :mod:`natgrad.studies`.
 """

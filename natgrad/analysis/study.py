@@ -14,7 +14,7 @@ endpoints (:class:`~natgrad.analysis.endpoints.Endpoint`). Everything else is sh
   Holm within each family.
 
 ``natgrad compare``, the Fig 2 protocol, the Fig 3, batch-norm CNN and direction-audit
-studies are declared this way (``analysis/*.py``, :func:`natgrad.analysis.compare.study`).
+studies are declared this way (``analysis/*.py``, :func:`natgrad.studies.compare.study`).
 
 Example:
     >>> from natgrad.training import default_config
