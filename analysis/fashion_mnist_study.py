@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natgrad.studies.demo import for_dataset, main
 from natgrad.analysis.record import record_study
+from natgrad.studies.demo import for_dataset, main
 
 CONFIG = for_dataset(
     "fashion-mnist",

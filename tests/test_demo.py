@@ -8,10 +8,10 @@ import json
 import pytest
 from _demo_small import SMALL, small_demo
 
-from natgrad.studies import demo
 from natgrad.analysis.report import summary_text
 from natgrad.analysis.summary import read_tables
 from natgrad.errors import InputError
+from natgrad.studies import demo
 
 TABLES = ("units", "sweep", "curves", "activations", "seeds", "seed_epochs", "sweep_seeds",
           "summary", "comparison")  # fmt: skip

@@ -27,10 +27,10 @@ import pytest
 
 from natgrad import _atomic
 from natgrad.analysis import summary
-from natgrad.studies.demo import analysed_epochs
 from natgrad.analysis.report import render_report, summary_text
 from natgrad.analysis.summary import read_tables, write_tables
 from natgrad.errors import DataFileError
+from natgrad.studies.demo import analysed_epochs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _demo_small import SMALL, small_demo  # noqa: E402
