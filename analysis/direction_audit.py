@@ -1,23 +1,6 @@
 """Study (issue 26): a direction audit of the optimizers people use, in the whole-network Fisher.
 
-Declared before its runs (this file is the declaration):
-
-- **Nets:** ``mnist-fc`` with depth 3 and width 32 (4,522 parameters) on scikit-learn's 8×8
-  digits (1,437 training images), ELU, ReLU and SELU, seeds 0–4 (run j of every unit type
-  from the same initial weights), trained by natgrad's trainer (``train_plan``) with SGD,
-  lr 0.05, batch 64, 20 epochs; checkpoints at epochs 0 (initialisation) and 20.
-- **At each checkpoint:** the exact whole-network Fisher F on the 360 held-out test digits
-  (no selection is made on them), g the gradient of the mean log-likelihood on the training
-  images, and the directions of :mod:`natgrad.analysis.directions` (plain SGD, centred SGD,
-  diagonal, QD, block-diagonal NG, unit NG, K-FAC and EKFAC from curvlinops, Adam's settled
-  step, the full NG), all with one damping: λ = 1e-3 per unit (μ_u = λ·tr F_uu/(d+1)).
-  Shampoo: no maintained implementation installs here. Also the Frobenius share of F inside
-  the unit blocks and λ_max / mean λ.
-- **Measures:** ρ against the full NG (``rho_full``), against the unit NG (``rho_unit``), and
-  the log-likelihood gain per unit of √(2 KL) (``decrease_per_kl``).
-- **Primary endpoints** (epoch 20, every unit type; Holm over the 6): unit NG − K-FAC and
-  unit NG − EKFAC in ``rho_full``, paired by seed. Everything else is descriptive, with BCa
-  CIs over seeds (seeds are the replicates).
+The declaration is :mod:`natgrad.studies.direction_audit` (committed before the runs).
 
     python analysis/direction_audit.py [--runs runs/direction_audit] [--seeds 5]
         [--record paper_figures/results/direction_audit_digits]
@@ -31,24 +14,17 @@ import time
 from pathlib import Path
 
 from natgrad.damping import MEASURE_DAMPING
-
-UNITS = ("elu", "relu", "selu")
-EPOCHS, LR, WIDTH, DEPTH, SEEDS = 20, 0.05, 32, 3, 5
-CHECKPOINTS = (0, EPOCHS)
-PRIMARY = (("unit", "kfac"), ("unit", "ekfac"))
-
-
-def study(seeds: int):
-    """The declared runs as a :class:`~natgrad.analysis.study.Study`."""
-    from natgrad.analysis.study import Study
-    from natgrad.training import default_config
-
-    def config(unit: str, seed: int):
-        return default_config("mnist-fc", dataset="digits", unit=unit, seed=seed, epochs=EPOCHS,
-                              lr=LR, width=WIDTH, depth=DEPTH, dtype="float64",
-                              checkpoint_every=EPOCHS, probe_size=64)  # fmt: skip
-
-    return Study("direction audit", UNITS, range(seeds), config)
+from natgrad.studies.direction_audit import (  # noqa: F401 (the declaration, re-exported)
+    CHECKPOINTS,
+    DEPTH,
+    EPOCHS,
+    LR,
+    PRIMARY,
+    SEEDS,
+    UNITS,
+    WIDTH,
+    study,
+)
 
 
 def measure(run: Path, epoch: int, ds) -> list[dict]:

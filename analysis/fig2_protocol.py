@@ -23,28 +23,20 @@ from pathlib import Path
 
 import torch
 
-UNITS = ("elu", "relu", "lrelu", "srelu")
-#: Per data set: seeds, and the epochs besides every 25th whose checkpoints are kept for the
-#: mechanism's analysis (ρ along training; MNIST only, declared before the run).
-SETTINGS = {
-    "fashion-mnist": dict(seeds=5, checkpoint_epochs=()),
-    "mnist": dict(seeds=10, checkpoint_epochs=(1, 3, 10)),
-}
-METRICS = ("train_loss_auc", "abs_median_activation", "median_activation_var", "test_error")
-
-#: The mechanism along the protocol (MNIST; declared before its runs were analysed): at these
-#: epochs, for every unit of the layers fed by hidden units, the exact unit Fisher on the
-#: whole validation split (10,000 held-out images; median n_eff/(d+1) ≈ 10 at epoch 1) and
-#: g = the training set's mean loss gradient (the direction plain SGD follows in
-#: expectation), one relative damping λ = 1e-3 for every unit type.
-MECHANISM = dict(
-    epochs=(0, 1, 3, 10, 25, 50, 100, 150, 200, 300),
-    layers=tuple(f"fc{i}" for i in range(2, 10)),
-    probe_size=None,
-    grad="train",
-    rel_damping=1e-3,
+from natgrad.studies.fig2 import (  # noqa: F401 (the declaration, re-exported)
+    EARLY,
+    LOSS_LEVEL,
+    MECHANISM,
+    METRICS,
+    PAPER,
+    PRIMARY,
+    RHO,
+    SECONDARY,
+    SETTINGS,
+    UNITS,
+    mnist_endpoints,
+    study,
 )
-RHO = ("rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag")
 
 
 def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progress=True,
@@ -85,22 +77,6 @@ def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progres
     layers["dead"] = units_t.groupby(keys)["dead"].mean().to_numpy()
     seeds = seed_values(units_t, list(RHO), by=("unit_type", "seed", "epoch"))
     return layers, seeds
-
-
-def study(epochs: int, data_dir: str | None, dataset: str = "fashion-mnist"):
-    """The protocol's runs as a :class:`~natgrad.analysis.study.Study` (``<unit>-s<seed>``)."""
-    from natgrad.analysis.study import Study
-    from natgrad.training import default_config
-
-    setting = SETTINGS[dataset]
-
-    def config(unit: str, seed: int):
-        return default_config("mnist-fc", dataset=dataset, data_dir=data_dir, unit=unit,
-                              seed=seed, epochs=epochs, lr=0.01, batch_size=64,
-                              checkpoint_every=25,
-                              checkpoint_epochs=setting["checkpoint_epochs"])  # fmt: skip
-
-    return Study(f"Fig 2 protocol ({dataset})", UNITS, range(setting["seeds"]), config)
 
 
 def record(runs: list[Path], out: Path, meta: dict) -> str:
@@ -170,31 +146,6 @@ def record(runs: list[Path], out: Path, meta: dict) -> str:
     return text
 
 
-#: Declared before the MNIST runs were analysed (ELU against ReLU; Holm over the three).
-#: Fig 2b: epochs until the training loss first reaches 0.01 (runs that never do are
-#: censored at the horizon: compared by order, a sign test); Fig 2a: |median unit mean
-#: activation| at epoch 25; the mechanism: the mean over the checkpoints of epochs 1-25
-#: (1, 3, 10, 25) of the run's median ρ(plain). Everything else is secondary.
-LOSS_LEVEL = 0.01
-EARLY = (1, 3, 10, 25)
-PRIMARY = (
-    ("epochs_to_loss", "epochs until the training loss first reaches 0.01 (Fig 2b)"),
-    ("abs_median_e25", "|median unit mean activation| at epoch 25 (Fig 2a)"),
-    ("rho_plain_early", "mean ρ(plain) over epochs 1, 3, 10, 25 (the mechanism)"),
-)
-SECONDARY = ("train_loss_auc", "log_train_loss_auc", "abs_median_activation",
-             "median_activation_var", "test_error_at_best_val", "test_error")  # fmt: skip
-#: The paper's Fig 2 claims and the student reproduction (docs/paper.md).
-PAPER = {
-    "fastest": "ELU's training loss falls fastest",
-    "median": "ELU's median unit mean activation is nearest 0",
-    "flat": "the median curves are flat after epoch ~25",
-    "appC": "the median varies much more over training in ReLU nets (Appendix C)",
-    "student": "student reproduction (6-layer FC, Adam, 300 epochs): test accuracy ELU "
-    "0.9609, ReLU 0.9577; 798 s (ELU) / 898 s (ReLU) per run on a CPU",
-}
-
-
 def mnist_values(curves, mech_seeds):
     """Per run (unit type × seed): the claims of :func:`~natgrad.analysis.stats.claims_per_seed`
     at the declared loss level, |median| at epoch 25, and the early mean of ρ(plain)."""
@@ -210,22 +161,6 @@ def mnist_values(curves, mech_seeds):
         mean.get((u, s)) for u, s in zip(claims["unit_type"], claims["seed"], strict=True)
     ]
     return claims, have
-
-
-def mnist_endpoints():
-    from natgrad.analysis.endpoints import Endpoint
-
-    eps = []
-    for other in ("relu", "lrelu", "srelu"):
-        for metric, text in PRIMARY:
-            primary = other == "relu"
-            eps.append(Endpoint(metric, "elu", other, "primary" if primary else "secondary",
-                                family="primary" if primary else metric,
-                                reached="epochs_reached" if metric == "epochs_to_loss" else None,
-                                description=text))  # fmt: skip
-        for metric in SECONDARY:
-            eps.append(Endpoint(metric, "elu", other, "secondary", family=metric))
-    return eps
 
 
 def mechanism_by_epoch(mech_seeds):

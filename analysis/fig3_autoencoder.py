@@ -12,73 +12,30 @@ metrics, the unit analysis) into the results folder, ``--restore`` brings them b
 runs folder in a later session (a finished run is read, not trained again), and the report
 is written once every declared run has finished.
 
-Declared (before any run):
-
-- **Net and data:** ``mnist-ae`` (784-1000-500-250-30 and the mirror image, logits out), He
-  initialisation, run j of every unit type from the same initial weights; MNIST's 50,000
-  training images, the 10,000 validation images for every curve and selection, the 10,000
-  test images only for the final numbers.
-- **Loss:** binary cross-entropy on the logits, per pixel (``loss="bce_logits"``; the paper
-  does not say). Why: MNIST pixels lie in [0, 1] and are nearly binary, BCE is the
-  negative log-likelihood of the Bernoulli model whose Fisher natgrad's analysis uses
-  (``likelihood="bernoulli"``), and it is what the deep-autoencoder literature the paper
-  follows (Hinton & Salakhutdinov 2006; Martens 2010) reports. Kept for every run.
-- **Training:** SGD, batch 64, no momentum; the paper's rates 1e-2 and 1e-3 (1e-4 and 1e-5
-  if time allows), one grid per rate (ELU/ReLU/LReLU × ``SEEDS`` seeds batched), resumable in
-  pieces. At least ``MIN_EPOCHS`` = 25 epochs: the paper's 500 do not fit this CPU.
-- **Reported:** training and validation reconstruction error (BCE) per epoch, one panel per
-  rate; paired ELU − other differences, BCa CIs over seeds, at epochs 5, 10, 25 and on the
-  AUC (``natgrad.analysis.stats.loss_auc`` of the training loss over epochs 1..E, linear and
-  log); test error at the last epoch only. **Primary endpoint per rate** (Holm over the two
-  other unit types and the rates run): ELU − other in log training-loss AUC over epochs
-  1..25.
-- **Unit analysis (added before any run, secondary, Holm within its own family):** each
-  run's last checkpoint, exact unit Fishers of the Bernoulli model of the outputs
-  (``likelihood="bernoulli"``: 784 output columns per image) on the first ``PROBE`` = 1,000
-  validation images, g the mean gradient of the first ``GRAD_IMAGES`` = 10,000 training
-  images, λ = 1e-3 (``natgrad.analysis.unitstats.MEASURE_DAMPING``), jackknifed ρ. Layers
-  ``ANALYSED``: encoder.fc4 (250 → 30), decoder.fc1 (30 → 250), decoder.fc2 (250 → 500),
-  whose blocks (d+1 = 251, 31, 251) are estimable on that probe (n_eff ≥ 2(d+1)); the
-  others' (d+1 = 785, 1001, 501) would need 1,600–2,000 probe images at 784 backward columns
-  each, beyond this CPU. Per run and layer: the median over live units of ρ(plain)
-  (jackknifed), the bias-shift error of the plain gradient, |k| (Theorem 2) and ‖E_q(a)‖
-  over estimable units, and the estimable fraction. Compared ELU − ReLU and ELU − LReLU,
-  paired by seed, per rate and layer.
+The declaration (net, data, loss, rates, seeds, endpoints, the unit analysis) is
+:mod:`natgrad.studies.fig3`, committed before any run.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
-UNITS = ("elu", "relu", "lrelu")
-SEEDS = 5
-MIN_EPOCHS = 25
-RATES = (1e-2, 1e-3, 1e-4, 1e-5)
-AT_EPOCHS = (5, 10, 25)
-PROBE, GRAD_IMAGES = 1000, 10_000
-ANALYSED = ("encoder.fc4", "decoder.fc1", "decoder.fc2")
-UNIT_MEASURES = ("rho_plain_jk", "shift_error_plain", "abs_k", "mean_q_norm", "estimable")
-RESULTS = "fig3-units.csv"  # each run's unit analysis (its run directory's analysis folder)
-
-
-def study(lr: float, epochs: int, *, seeds=range(SEEDS), train_size: int | None = None):
-    """The runs of one learning rate, declared: ELU, ReLU, LReLU × seeds (shared weights)."""
-    from natgrad.analysis.study import Study
-    from natgrad.training.config import default_config
-
-    def config(unit: str, seed: int):
-        return dataclasses.replace(
-            default_config("mnist-ae"), unit=unit, seed=seed, lr=lr, epochs=epochs,
-            train_size=train_size, checkpoint_every=5, keep_checkpoints=1, probe_size=256,
-            notes=f"fig3 autoencoder, lr {lr:g}",
-        )  # fmt: skip
-
-    seeds = range(seeds) if isinstance(seeds, int) else seeds
-    return Study(f"fig3 autoencoder, lr {lr:g}", UNITS, seeds, config)
+from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
+    ANALYSED,
+    AT_EPOCHS,
+    GRAD_IMAGES,
+    MIN_EPOCHS,
+    PROBE,
+    RATES,
+    RESULTS,
+    SEEDS,
+    UNIT_MEASURES,
+    UNITS,
+    study,
+)
 
 
 def train(root: Path, lr: float, epochs: int, *, seeds=range(SEEDS), train_size=None) -> float:

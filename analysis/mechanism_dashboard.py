@@ -1,31 +1,6 @@
 """Study (issue 26, item 3): a mechanism dashboard over training — unit × normalisation on MNIST.
 
-Declared before its runs (this file is the declaration):
-
-- **Nets:** ``mnist-fc`` with depth 3 and width 64 (59,210 parameters; 59,594 with batch or
-  layer norm) on MNIST (train 50k, the validation split for every measure), trained by
-  natgrad's runner (``train_plan``) with SGD at the paper's rate 0.01, batch 64, 3 epochs,
-  seeds 0–4 (every arm of a seed from the same initial Linear weights).
-- **Arms:** ELU, ReLU, SELU, GELU × {none, centring (centred SGD, ``centre_rate`` 0.1), batch
-  norm, layer norm} (16 arms).
-- **At epochs 0, 1 and 3,** on the first validation images:
-  - unit level, the layers fed by hidden units (fc2, fc3, fc4), 5,000 images, exact unit
-    Fishers, λ = 1e-3, g the training set's mean gradient: the median over units of
-    ρ(plain) (jackknifed), of the relative bias-shift error of the plain step (Theorem 2:
-    |shift(g) − shift_natural| / |shift_natural|) and of |k| (Theorem 2's k, estimable units
-    only), and the share of estimable units (n_eff ≥ 2(d+1));
-  - the units' mean activations: the median over the 3 × 64 hidden units of |E_p(f(x))| on
-    the same 5,000 images;
-  - whole network, 128 images (the Gram route, ``natgrad.network.network_fisher_gram``):
-    the share of the Fisher's Frobenius mass outside the unit blocks of the Linear layers
-    (normalisation parameters count as outside), the largest eigenvalue and its ratio to the
-    mean eigenvalue.
-- **Caveat, known before the runs:** at epoch 0 batch norm's running statistics are the
-  initial ones (mean 0, variance 1), so in eval mode a batch-norm net at epoch 0 computes the
-  function of the net without it (the same initial weights).
-- **Reading:** descriptive. Mean over the 5 seeds with a 95 % BCa CI; the paired ELU − ReLU
-  difference per normalisation and measure at epoch 3 with BCa CI and sign-flip p, Holm over
-  that family (5 seeds cannot give p below 0.0625).
+The declaration is :mod:`natgrad.studies.mechanism_dashboard` (committed before the runs).
 
     python analysis/mechanism_dashboard.py [--runs runs/mechanism_dashboard] [--workers 2]
         [--record paper_figures/results/mechanism_dashboard_mnist]
@@ -39,49 +14,25 @@ import time
 from pathlib import Path
 
 from natgrad.damping import MEASURE_DAMPING
-
-UNITS = ("elu", "relu", "selu", "gelu")
-NORMS = ("none", "centred", "bn", "ln")
-EPOCHS, LR, WIDTH, DEPTH, SEEDS, BATCH = 3, 0.01, 64, 3, 5, 64
-CHECKPOINTS = (0, 1, 3)
-UNIT_PROBE, GRAM_PROBE = 5000, 128
-LAYERS = tuple(f"fc{i}" for i in range(2, DEPTH + 2))
-METRICS = {  # column: (label, better when)
-    "mean_act": ("|mean activation|\n(median unit)", "lower"),
-    "rho_plain_jk": ("ρ(plain), jackknifed\n(median unit)", "higher"),
-    "shift_error_plain": ("bias-shift error of\nplain SGD (median unit)", "lower"),
-    "abs_k": ("|k| of Theorem 2\n(median estimable unit)", "lower"),
-    "offblock_share": ("Fisher mass outside\nthe unit blocks", "lower"),
-    "top_eig": ("largest Fisher\neigenvalue", "lower"),
-}
-
-
-def arms() -> tuple[str, ...]:
-    return tuple(f"{u}-{n}" if n != "none" else u for n in NORMS for u in UNITS)
-
-
-def split_arm(arm: str) -> tuple[str, str]:
-    unit, _, norm = arm.partition("-")
-    return unit, norm or "none"
-
-
-def config(arm: str, seed: int):
-    from natgrad.training import default_config
-
-    unit, norm = split_arm(arm)
-    return default_config(
-        "mnist-fc", dataset="mnist", unit=unit, seed=seed, epochs=EPOCHS, lr=LR,
-        batch_size=BATCH, width=WIDTH, depth=DEPTH, centre=norm == "centred", centre_rate=0.1,
-        batch_norm=norm == "bn", layer_norm=norm == "ln", checkpoint_every=1,
-        keep_checkpoints=0, probe_size=64, notes=f"mechanism dashboard arm {arm}",
-    )  # fmt: skip
-
-
-def study(seeds: int = SEEDS):
-    """The declared runs as a :class:`~natgrad.analysis.study.Study`."""
-    from natgrad.analysis.study import Study
-
-    return Study("mechanism dashboard", arms(), range(seeds), config)
+from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration, re-exported)
+    BATCH,
+    CHECKPOINTS,
+    DEPTH,
+    EPOCHS,
+    GRAM_PROBE,
+    LAYERS,
+    LR,
+    METRICS,
+    NORMS,
+    SEEDS,
+    UNIT_PROBE,
+    UNITS,
+    WIDTH,
+    arms,
+    config,
+    split_arm,
+    study,
+)
 
 
 def mean_activations(model, x) -> float:
