@@ -247,3 +247,33 @@ def test_unit_tables_read_an_autoencoder_run(tmp_path):
                            likelihood="bernoulli")  # fmt: skip
     assert len(got) == len(want) == 30 + 250
     np.testing.assert_allclose(got["rho_plain"], want["rho_plain"], rtol=1e-9, equal_nan=True)
+    # the same through the command line: ``--layers`` names them; without it the 1000-wide
+    # layers exceed the memory budget and the error says which flag analyses fewer
+    from natgrad.analysis.csvtables import read_csv
+    from natgrad.cli import main
+
+    out = tmp_path / "tables"
+    args = ["tables", str(run), "--out", str(out), "--epochs", "1", "--probe-size", "40"]
+    assert main([*args, "--layers", ",".join(layers)]) == 0
+    units = read_csv(out / "units.csv")
+    assert sorted(set(units["layer"])) == sorted(layers) and len(units) == len(want)
+    np.testing.assert_allclose(units["rho_plain"], want["rho_plain"], rtol=1e-9, equal_nan=True)
+
+
+def test_tables_name_the_layers_flag_when_the_net_exceeds_the_memory_budget(
+    tmp_path, capsys, monkeypatch
+):
+    """An autoencoder's dense unit blocks exceed a machine with 200 MB free; ``natgrad tables``
+    refuses before any work and names ``--layers``."""
+    import dataclasses
+
+    import natgrad.memory
+    from natgrad.cli import main
+    from natgrad.training import default_config, train
+
+    cfg = dataclasses.replace(default_config("mnist-ae"), dataset="digits", epochs=1,
+                              train_size=64, probe_size=16, checkpoint_every=1)  # fmt: skip
+    run = train(cfg, tmp_path / "ae", device="cpu", progress=False).run_dir
+    monkeypatch.setattr(natgrad.memory, "available_memory", lambda: 200 * 2**20)
+    code = main(["tables", str(run), "--out", str(tmp_path / "t"), "--epochs", "0"])
+    assert code == 2 and "--layers" in capsys.readouterr().err

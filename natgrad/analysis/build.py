@@ -3,7 +3,8 @@ r"""``natgrad tables RUNS... --out DIR [--report]``: tidy tables (and the report
 Reads every run directory below the given folders (``config.json`` marks one), computes the
 per-unit table at the chosen epochs (default: 0 and every checkpoint) and writes the CSV
 tables of :func:`natgrad.analysis.summary.write_tables` into ``DIR``; ``--report`` also
-writes ``DIR/report.html``.
+writes ``DIR/report.html``. ``--layers`` picks the layers analysed (all, those fed by hidden
+units, or names: an autoencoder's 1000-wide layers do not fit in memory together).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from natgrad.argtypes import nonnegative_int, positive_int
+from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_arguments", "build", "run"]
 
@@ -27,10 +28,15 @@ def build(
     echo=print,
     grad: str = "probe",
     jackknife: bool = False,
+    layers="all",
+    rel_damping: float | None = None,
+    workers: int = 1,
 ) -> dict:
     """Tables (and the report) from every run below ``roots``; returns ``{name: path}``.
     ``grad`` and ``jackknife`` as in :func:`natgrad.analysis.runs.unit_table` (the MNIST
-    demo's tables: ``grad="train", jackknife=True``)."""
+    demo's tables: ``grad="train", jackknife=True``). ``layers``: ``"all"``, ``"hidden"`` (those
+    fed by hidden units, :func:`~natgrad.analysis.runs.hidden_layers`) or a list of names;
+    ``rel_damping``: the measures' λ (default :data:`natgrad.damping.MEASURE_DAMPING`)."""
     from natgrad._atomic import check_replaceable
     from natgrad.analysis.summary import write_tables
     from natgrad.training.rundir import find_runs
@@ -46,8 +52,20 @@ def build(
             raise InputError(f"--report compares unit types, and these runs hold one "
                              f"({', '.join(types)}); drop --report (the tables are written "
                              "without a comparison) or add runs of another unit type")  # fmt: skip
-    paths = write_tables(runs, out, epochs=epochs, probe_size=probe_size, progress=progress,
-                         grad=grad, jackknife=jackknife)  # fmt: skip
+    from natgrad.analysis.runs import hidden_layers
+    from natgrad.damping import MEASURE_DAMPING
+    from natgrad.errors import InputError, MemoryBudgetError
+
+    if layers == "hidden" and runs:
+        layers = hidden_layers(runs[0])
+    try:
+        paths = write_tables(runs, out, epochs=epochs, probe_size=probe_size, progress=progress,
+                             grad=grad, jackknife=jackknife, workers=workers,
+                             layers=None if layers == "all" else list(layers),
+                             rel_damping=MEASURE_DAMPING if rel_damping is None else rel_damping)  # fmt: skip
+    except MemoryBudgetError as exc:
+        raise InputError(f"{exc} With natgrad tables: --layers NAME,... (or --layers hidden) "
+                         "analyses only the layers named, each within the budget.") from None  # fmt: skip
     if report:
         from natgrad.analysis.report import render_report
 
@@ -73,12 +91,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jackknife", action="store_true",
                         help="also the jackknifed efficiencies, the headline when present "
                              "(the MNIST demo's)")  # fmt: skip
+    parser.add_argument("--layers", type=_layers, default="all",
+                        help="layers analysed: all (default), hidden (those fed by hidden "
+                             "units) or comma-separated names (e.g. encoder.fc4,decoder.fc1)")  # fmt: skip
+    parser.add_argument("--rel-damping", type=positive_float, default=None,
+                        help="relative damping λ of the measures' metric F_λ (default 1e-3)")  # fmt: skip
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="parallel processes for the unit Fishers (one torch thread each)")  # fmt: skip
     parser.add_argument(
         "--threads",
         type=nonnegative_int,
         default=1,
         help="torch CPU threads (default 1; 0: torch's)",
     )
+
+
+def _layers(text: str):
+    """``all``, ``hidden`` or a tuple of layer names."""
+    if text in ("all", "hidden"):
+        return text
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give all, hidden or layer names")
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,5 +133,6 @@ def run(args: argparse.Namespace) -> int:
         if not epochs or epochs[0] < 0:
             raise InputError(f"--epochs {args.epochs!r}: give epochs >= 0 (e.g. 0,10,20)")
     build(args.roots, args.out, epochs=epochs, probe_size=args.probe_size, report=args.report,
-          grad=args.grad, jackknife=args.jackknife)  # fmt: skip
+          grad=args.grad, jackknife=args.jackknife, layers=args.layers,
+          rel_damping=args.rel_damping, workers=args.workers)  # fmt: skip
     return 0

@@ -54,6 +54,7 @@ __all__ = [
     "find_runs",
     "load_model",
     "held_out_split",
+    "hidden_layers",
     "probe_set",
     "run_config",
     "training_set",
@@ -101,6 +102,15 @@ def load_model(run_dir: PathLike, epoch: int) -> torch.nn.Module:
         dtype=getattr(torch, cfg.get("dtype", "float32")), **extra,
     )  # fmt: skip
     return model.eval()
+
+
+def hidden_layers(run_dir: PathLike) -> list[str]:
+    """The run's Linear/Conv2d layers fed by hidden units (all but the first, whose incoming
+    activations are the data, the same for every unit type)."""
+    from torch import nn
+
+    model = load_model(run_dir, 0)
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))][1:]
 
 
 _DATASETS: dict = {}

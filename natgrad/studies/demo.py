@@ -281,6 +281,7 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     import torch
 
     from natgrad.analysis.report import render_report, summary_text
+    from natgrad.analysis.runs import hidden_layers
     from natgrad.analysis.summary import read_tables, write_tables
     from natgrad.training import describe_device
 
@@ -300,7 +301,7 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
                             "to retry.", run=out / "runs" / name)  # fmt: skip
     runs = list(run_dirs)
     t_train = time.perf_counter() - t0
-    layers = None if config.layers == "all" else _hidden_layers(runs[0])
+    layers = None if config.layers == "all" else hidden_layers(runs[0])
     device = describe_device(torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
                                           (config.device if config.device != "auto" else "cpu")))  # fmt: skip
     context = {
@@ -337,17 +338,6 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
         "summary": summary,
         "seconds": seconds,
     }
-
-
-def _hidden_layers(run_dir) -> list[str]:
-    """The Linear/Conv2d layers of a run's net fed by hidden units (all but the first)."""
-    from torch import nn
-
-    from natgrad.analysis.runs import load_model
-
-    model = load_model(run_dir, 0)
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    return names[1:]
 
 
 def _cli_args(config: DemoConfig) -> list[str]:
