@@ -277,3 +277,26 @@ def test_tables_name_the_layers_flag_when_the_net_exceeds_the_memory_budget(
     monkeypatch.setattr(natgrad.memory, "available_memory", lambda: 200 * 2**20)
     code = main(["tables", str(run), "--out", str(tmp_path / "t"), "--epochs", "0"])
     assert code == 2 and "--layers" in capsys.readouterr().err
+
+
+def test_tables_refuse_to_pool_two_arms_of_one_unit_type_and_seed(tmp_path, capsys):
+    """Two runs of ReLU seed 0 that differ in optimizer and rate (``natgrad compare``'s
+    ReLU+SGD and ReLU+unit-NG) would be pooled as one replicate; ``natgrad tables`` refuses,
+    naming both runs and the settings that differ."""
+    import dataclasses
+
+    from natgrad.cli import main
+    from natgrad.training import default_config, train
+
+    base = dataclasses.replace(default_config("mnist-fc"), dataset="digits", epochs=1, width=8,
+                               depth=2, train_size=64, probe_size=16, checkpoint_every=1)  # fmt: skip
+    for name, changes in {
+        "relu-sgd-s0": {},
+        "relu-unit-ng-s0": dict(optimizer="unit-ng", lr=1e-3),
+    }.items():
+        train(dataclasses.replace(base, **changes), tmp_path / "runs" / name, device="cpu",
+              progress=False)  # fmt: skip
+    code = main(["tables", str(tmp_path / "runs"), "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert code == 2 and "relu-sgd-s0" in err and "relu-unit-ng-s0" in err
+    assert "optimizer, lr" in err and not (tmp_path / "t").exists()

@@ -61,6 +61,7 @@ __all__ = [
     "resummarise",
     "save_tables",
     "write_csv",
+    "one_run_per_replicate",
     "write_tables",
 ]
 
@@ -182,6 +183,36 @@ def resummarise(tables_dir: str | os.PathLike, *, last: int = 3) -> dict:
     return save_tables(frames, tables_dir, ctx)
 
 
+#: Settings that make two runs of one unit type and seed different arms of a study.
+ARM_SETTINGS = ("net", "dataset", "optimizer", "centre", "lr", "batch_size", "loss", "preprocess",
+                "plain_first_layer", "weight_decay", "momentum", "channel_scale", "width", "depth")  # fmt: skip
+
+
+def one_run_per_replicate(run_dirs) -> None:
+    r"""Refuse runs that would be pooled as replicates of each other: the tables group runs by
+    unit type, and seeds are the replicates, so two runs with the same unit type and seed
+    (e.g. ``natgrad compare``'s ReLU+SGD and ReLU+unit-NG, or one Fig 3 net at two rates) must
+    be tabled apart. The error names both runs and the settings in which they differ."""
+    from natgrad.errors import InputError
+    from natgrad.training.rundir import RunDir
+
+    seen: dict = {}
+    for run in run_dirs:
+        rd = RunDir(run)
+        ident = rd.identity()
+        key = (ident["unit_type"], ident["seed"])
+        if key in seen:
+            first = seen[key]
+            a, b = RunDir(first).read_config(), rd.read_config()
+            differ = [k for k in ARM_SETTINGS if a.get(k) != b.get(k)] or ["(none of "
+                      f"{', '.join(ARM_SETTINGS)}: the same run twice?)"]  # fmt: skip
+            raise InputError(f"{first} and {run} are both {key[0]} seed {key[1]}, and would be "
+                             f"pooled as one replicate; they differ in {', '.join(differ)}. "
+                             "Table each arm's runs apart (one natgrad tables per arm or "
+                             "setting).")  # fmt: skip
+        seen[key] = run
+
+
 def write_tables(
     run_dirs,
     out_dir: str | os.PathLike,
@@ -209,6 +240,7 @@ def write_tables(
     from natgrad.analysis.runs import activation_table, curve_table, unit_table
 
     run_dirs = [Path(r) for r in run_dirs]
+    one_run_per_replicate(run_dirs)  # before minutes of unit Fishers
     out = Path(out_dir)
     counts: dict = {}
     res = unit_table(run_dirs, epochs=epochs, probe_size=probe_size, rel_damping=rel_damping,
