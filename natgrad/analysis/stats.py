@@ -389,52 +389,67 @@ def _g(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
-def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None):
-    r"""The paper's own claims per run (one row per unit type × seed), from its curves:
+def claims_per_seed(
+    curves, *, last: int = 3, threshold: float | None = None, group: str = "unit_type"
+):
+    r"""The paper's own claims per run (one row per ``group`` × seed), from its curves — the
+    one definition of every study's per-seed values from curves (the demo, the Fig 2
+    protocol, ``natgrad compare``):
 
-    - ``abs_median_activation``: |median_all| at the last epoch (Fig 2a);
+    - ``abs_median_activation``: |median_all| at the last epoch (Fig 2a), where the curves
+      record activations;
     - ``train_loss_auc``: the mean training loss over epochs 1..E (Fig 2b's speed), and
       ``log_train_loss_auc``, the mean of log10 of it (late epochs, where every loss is
       near 0, weigh as much as early ones);
     - ``epochs_to_loss``: the first epoch with training loss ≤ ``threshold`` (default: the
-      largest over unit types of their mean final training loss, a level most runs reach);
+      largest over groups of their mean final training loss, a level most runs reach);
       a run that never reaches it is censored at E + 1 (``epochs_reached`` = 0), so that
       every seed stays paired;
     - ``median_activation_var``: the variance over epochs ≥ 1 of median_all (Appendix C);
     - ``test_error``: the mean test error of the last ``last`` epochs;
-    - ``best_val_epoch`` (the epoch ≥ 1 of the lowest validation error, the first of ties) and
+    - ``val_error_last`` (the mean validation error of the last ``last`` epochs),
+      ``best_val_epoch`` (the epoch ≥ 1 of the lowest validation error, the first of ties) and
       ``test_error_at_best_val`` (selection on validation, never on test); NaN where the
-      curves have no validation split.
+      curves have no validation split or a run lacks an epoch's (a diverged run).
 
+    A run is a ``run`` where the curves name one, else a (``group``, ``seed``).
     Returns ``(table, threshold)``.
     """
     import pandas as pd
 
     trained = curves[curves["epoch"] >= 1]
-    final_epoch = trained.groupby("run")["epoch"].transform("max")
+    runs = "run" if "run" in curves else [group, "seed"]
+    final_epoch = trained.groupby(runs)["epoch"].transform("max")
     final = trained[trained["epoch"] == final_epoch]
     if threshold is None:
-        threshold = float(final.groupby("unit_type")["train_loss"].mean().max())
+        threshold = float(final.groupby(group)["train_loss"].mean().max())
+    acts = "median_all" in curves
+    has_val = "val_error" in curves and curves["val_error"].notna().any()
     rows = []
-    for run, sub in trained.groupby("run"):
+    for key, sub in trained.groupby(runs, sort=False):
         sub = sub.sort_values("epoch")
         below = sub[sub["train_loss"] <= threshold]["epoch"]
-        rows.append({
-            "run": run, "unit_type": sub["unit_type"].iloc[0], "seed": int(sub["seed"].iloc[0]),
-            "abs_median_activation": abs(float(sub["median_all"].iloc[-1])),
-            "train_loss_auc": loss_auc(sub["train_loss"]),
-            "log_train_loss_auc": loss_auc(sub["train_loss"], log=True),
-            "epochs_to_loss": float(below.iloc[0]) if len(below) else float(sub["epoch"].max() + 1),
-            "epochs_reached": int(len(below) > 0),
-            "median_activation_var": float(sub["median_all"].var(ddof=1)) if len(sub) > 1 else math.nan,
-            "test_error": float(sub["test_error"].tail(last).mean()),
-        })  # fmt: skip
-        rows[-1]["best_val_epoch"], rows[-1]["test_error_at_best_val"] = math.nan, math.nan
-        if "val_error" in sub and sub["val_error"].notna().any():
-            best = sub.loc[sub["val_error"].idxmin()]
-            rows[-1]["best_val_epoch"] = int(best["epoch"])
-            rows[-1]["test_error_at_best_val"] = float(best["test_error"])
-    columns = ["run", "unit_type", "seed", "abs_median_activation", "train_loss_auc",
+        tail = sub.tail(last)
+        row = {"run": key if runs == "run" else f"{key[0]}-s{key[1]}",
+               group: sub[group].iloc[0], "seed": int(sub["seed"].iloc[0]),
+               "abs_median_activation": abs(float(sub["median_all"].iloc[-1])) if acts else math.nan,
+               "train_loss_auc": loss_auc(sub["train_loss"]),
+               "log_train_loss_auc": loss_auc(sub["train_loss"], log=True),
+               "epochs_to_loss": float(below.iloc[0]) if len(below) else float(sub["epoch"].max() + 1),
+               "epochs_reached": int(len(below) > 0),
+               "median_activation_var": (float(sub["median_all"].var(ddof=1)) if acts and len(sub) > 1
+                                         else math.nan),
+               "test_error": float(tail["test_error"].mean()),
+               "val_error_last": math.nan, "best_val_epoch": math.nan,
+               "test_error_at_best_val": math.nan}  # fmt: skip
+        if has_val:
+            row["val_error_last"] = float(tail["val_error"].mean())
+            if sub["val_error"].notna().all():
+                best = sub.loc[sub["val_error"].idxmin()]
+                row["best_val_epoch"] = int(best["epoch"])
+                row["test_error_at_best_val"] = float(best["test_error"])
+        rows.append(row)
+    columns = ["run", group, "seed", "abs_median_activation", "train_loss_auc",
                "log_train_loss_auc", "epochs_to_loss", "epochs_reached", "median_activation_var",
-               "test_error", "best_val_epoch", "test_error_at_best_val"]  # fmt: skip
+               "test_error", "val_error_last", "best_val_epoch", "test_error_at_best_val"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns), threshold

@@ -35,7 +35,8 @@ over epochs 1..e; validation error (the mean of the last ``last_epochs`` epochs)
 selection; test error only at the epoch of lowest validation error (data sets without a
 validation split: the last epochs' test error, said so). Effects are paired by seed as
 reference − arm (ReLU+SGD for every arm; ReLU+unit-NG for ELU+unit-NG; ReLU+centred for
-ELU+centred), with BCa bootstrap CIs over seeds and exact sign-flip p-values.
+ELU+centred), with BCa bootstrap CIs over seeds and exact sign-flip p-values, Holm-adjusted
+within each metric (:func:`natgrad.analysis.endpoints.evaluate`).
 
 **The question.** What fraction of the gap between ReLU+SGD and ReLU+unit-NG does ELU+SGD
 close, per epoch budget e?
@@ -81,7 +82,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence, sign_flip_p
+from natgrad.analysis.endpoints import Endpoint, evaluate
+from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
 from natgrad.errors import InputError, NatgradError
@@ -316,27 +318,23 @@ def _gap_fraction(a, b, c) -> float:
 def _per_seed(curves, config: CompareConfig):
     r"""One row per (seed, arm): AUC over all epochs, the last epochs' validation error, the
     test error at the lowest validation error (or of the last epochs without a validation
-    split), seconds per epoch."""
-    import pandas as pd
+    split), seconds per epoch: :func:`~natgrad.analysis.stats.claims_per_seed` (the one
+    definition of every study's per-seed values), named as compare's tables name them."""
+    from natgrad.analysis.stats import claims_per_seed
 
-    rows = []
-    has_val = curves["val_error"].notna().any() if "val_error" in curves else False
-    for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"], sort=False):
-        trained = g[g["epoch"] >= 1]
-        last = trained[trained["epoch"] > config.epochs - config.last_epochs]
-        row = dict(seed=seed, arm=arm, auc=loss_auc(trained["train_loss"]),
-                   seconds_per_epoch=float(trained["seconds"].iloc[-1]) / config.epochs)  # fmt: skip
-        if has_val:
-            row["val_error_last"] = float(last["val_error"].mean())
-            if trained["val_error"].notna().all():
-                best = trained.loc[trained["val_error"].idxmin()]
-                row["test_error_at_best_val"] = float(best["test_error"])
-            else:
-                row["test_error_at_best_val"] = math.nan
-        else:
-            row["test_error_last"] = float(last["test_error"].mean())
-        rows.append(row)
-    return pd.DataFrame(rows)
+    claims, _ = claims_per_seed(curves, last=config.last_epochs, group="arm")
+    has_val = "val_error" in curves and curves["val_error"].notna().any()
+    keep = ["val_error_last", "test_error_at_best_val"] if has_val else ["test_error"]
+    out = claims[["seed", "arm", "train_loss_auc", *keep]].rename(
+        columns={"train_loss_auc": "auc", "test_error": "test_error_last"}
+    )
+    seconds = curves.groupby(["seed", "arm"], sort=False)["seconds"].max() / config.epochs
+    out.insert(
+        3,
+        "seconds_per_epoch",
+        [seconds[(s, a)] for s, a in zip(out["seed"], out["arm"], strict=True)],
+    )
+    return out
 
 
 def _metrics(per_seed) -> list[str]:
@@ -346,7 +344,7 @@ def _metrics(per_seed) -> list[str]:
 
 def summarise(curves, config: CompareConfig) -> dict:
     r"""``{"summary", "effects", "gap", "shares", "diverged"}`` from the curves (module
-    docstring). ``effects``: reference − arm, paired by seed (BCa CI, sign-flip p);
+    docstring). ``effects``: reference − arm, paired by seed (BCa CI, sign-flip p, Holm);
     ``shares``: the fraction of the ReLU+SGD → ReLU+unit-NG AUC gap each arm closes, per
     epoch budget (``gap`` is ELU+SGD's row, the question)."""
     import pandas as pd
@@ -357,21 +355,14 @@ def summarise(curves, config: CompareConfig) -> dict:
     agg.update({f"{m}_sd": (m, "std") for m in metrics})
     agg["seconds_per_epoch"] = ("seconds_per_epoch", "mean")
     summary = per_seed.groupby("arm").agg(**agg).reindex(list(config.arms))
-    wide = per_seed.pivot(index="seed", columns="arm")
     pairs = [(BASELINE, arm) for arm in config.arms if arm != BASELINE and BASELINE in config.arms]
     pairs += [(ref, arm) for arm, ref in PAIRED_WITH.items() if {arm, ref} <= set(config.arms)]
-    effects = []
-    for ref, arm in pairs:
-        for metric in metrics:
-            d = (wide[metric][ref] - wide[metric][arm]).to_numpy()
-            d = d[np.isfinite(d)]
-            lo, hi, method = bootstrap_ci(d)
-            row = dict(metric=metric, reference=ref, other=arm, n=len(d),
-                       diff=float(d.mean()) if len(d) else math.nan, lo=lo, hi=hi,
-                       ci_method=method, p=sign_flip_p(d) if len(d) else math.nan,
-                       better="lower")  # fmt: skip
-            row["text"] = sentence(row)
-            effects.append(row)
+    endpoints = [Endpoint(m, ref, arm, family=m) for ref, arm in pairs for m in metrics]
+    effects = evaluate(per_seed, endpoints, group="arm") if endpoints else pd.DataFrame()
+    if len(effects):  # every compare metric is better lower (registered or not)
+        effects = effects[["metric", "reference", "other", "n", "diff", "lo", "hi", "ci_method",
+                           "p", "p_holm"]].assign(better="lower")  # fmt: skip
+        effects["text"] = [sentence(r) for r in effects.to_dict("records")]
     gap, shares = [], []
     if {BASELINE, TARGET} <= set(config.arms):
         auc = _auc(curves)
@@ -564,7 +555,8 @@ def _write_all(curves, tables, config, out, meta, structures) -> None:
         "## Effects paired by seed (reference − arm, 95 % bootstrap CI over seeds)",
         "",
         "p: exact two-sided sign-flip permutation test over seeds (with n seeds it cannot go "
-        f"below 2/2^n = {2 / 2 ** config.seeds:.3g}); uncorrected for the number of rows.",
+        f"below 2/2^n = {2 / 2 ** config.seeds:.3g}); p_holm: Holm-adjusted within each "
+        "metric's rows (natgrad.analysis.endpoints).",
         "",
         *([f"- {t}" for t in effects["text"]] if not effects.empty else ["(no baseline arm)"]),
         "",
