@@ -266,7 +266,13 @@ def readme(table, unit_table, curves, meta: dict) -> str:
         lines.append(f"- lr {r['lr']:g}, validation error at the last reported epoch, ELU − "
                      f"{other}: {ci(r)}: " + word(r, "ELU lower", "ELU higher") + ".")  # fmt: skip
     if unit_table is not None and len(unit_table):
-        lines += ["", "## Natgrad's analysis of the trained autoencoders (secondary)", "",
+        analysed = meta.get("analysed", meta["runs"])
+        lines += ["", "## Natgrad's analysis of the trained autoencoders (secondary)", ""]
+        if analysed < meta["runs"]:
+            lines += [f"**Interim: {analysed} of the {meta['runs']} finished runs analysed so "
+                      "far (seed-major, so that the seeds compared are complete across unit "
+                      "types); the CIs are over those seeds.**", ""]  # fmt: skip
+        lines += [
                   "Exact unit Fishers of the Bernoulli model of the 784 outputs on 1,000 "
                   "validation images, g from 10,000 training images, λ = 1e-3, last epoch; "
                   "per run the median over live units (|k|, ‖E_q(a)‖ over estimable units). "
@@ -288,9 +294,11 @@ def readme(table, unit_table, curves, meta: dict) -> str:
               "| claim | paper (500 epochs) | here |", "| --- | --- | --- |",
               "| ELU has the lowest reconstruction error at every rate | Fig 3: ELU lowest "
               "training and test error at lr 1e-2, 1e-3, 1e-4, 1e-5 | "
-              + "; ".join(f"lr {r['lr']:g}: ELU − {unit_type_label(r['other'], tex=False)} "
-                          f"{ci(r)}" for r in last.to_dict("records")) + " (validation, "
-              "last reported epoch) |", "",
+              + "; ".join(f"lr {r['lr']:g}, ELU − {unit_type_label(r['other'], tex=False)}: "
+                          f"{name} {ci(r)}" for name, metric in (("training", f"train_loss_e{at}"),
+                                                                 ("test", "test_loss_last"))
+                          for r in table[table["metric"] == metric].to_dict("records"))
+              + f" (training error at epoch {at}; test error at the last epoch) |", "",
               "Files: `curves.csv` (every run, every epoch), `comparisons.csv`, `units.csv` "
               "and `unit_comparisons.csv` (the analysis), `fig3.png`, `runs/` (each run's "
               "config, metrics and unit analysis)."]  # fmt: skip
@@ -310,7 +318,7 @@ def report(root: Path, dest: Path | None, argv) -> int:
     if not done:
         print(f"no finished runs under {root}")
         return 1
-    frames = [curve_table([run]).assign(lr=lr) for lr, run in done]
+    frames = [curve_table([run], activations=False).assign(lr=lr) for lr, run in done]
     curves = pd.concat(frames, ignore_index=True)
     epochs = int(curves.groupby(["lr", "run"])["epoch"].max().min())
     table = comparisons(curves, epochs)
@@ -332,7 +340,8 @@ def report(root: Path, dest: Path | None, argv) -> int:
     meta = dict(runs=len(done), run_commit=", ".join(commits), train_seconds=seconds,
                 diverged=[f"{p.parent.name}/{p.name}" for p in _diverged(root)],
                 analysis_seconds=float(units.groupby(["lr", "unit_type", "seed"])["seconds"]
-                                       .first().sum()) if units is not None else 0.0)  # fmt: skip
+                                       .first().sum()) if units is not None else 0.0,
+                analysed=len(unit_rows))  # fmt: skip
     tables = dict(curves=curves, comparisons=table)
     if units is not None:
         tables.update(units=units, unit_comparisons=unit_table)

@@ -300,3 +300,28 @@ def test_tables_refuse_to_pool_two_arms_of_one_unit_type_and_seed(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and "relu-sgd-s0" in err and "relu-unit-ng-s0" in err
     assert "optimizer, lr" in err and not (tmp_path / "t").exists()
+
+
+def test_curve_table_of_committed_records_without_activations(tmp_path):
+    """A study's committed records (config.json and metrics.jsonl only) give the same curves,
+    ``median_all`` NaN; reading activations that are not there is an error naming the file."""
+    import dataclasses
+    import shutil
+
+    from natgrad.analysis.runs import curve_table
+    from natgrad.errors import DataFileError
+    from natgrad.training import default_config, train
+
+    cfg = dataclasses.replace(default_config("mnist-fc"), dataset="digits", epochs=2, width=8,
+                              depth=2, train_size=64, probe_size=16)  # fmt: skip
+    run = train(cfg, tmp_path / "full", device="cpu", progress=False).run_dir
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(run / name, rec / name)
+    full, records = curve_table([run]), curve_table([rec], activations=False)
+    assert records["median_all"].isna().all() and full["median_all"].notna().all()
+    cols = [c for c in full.columns if c not in ("median_all", "run")]
+    pd.testing.assert_frame_equal(records[cols], full[cols])
+    with pytest.raises(DataFileError, match="summary.jsonl"):
+        curve_table([rec])

@@ -164,15 +164,17 @@ def probe_set(
     return x[:n], y[:n]
 
 
-def curve_table(run_dirs: Iterable[PathLike]):
-    """Per run × epoch: losses, test error and ``median_all`` (Fig 2); see the module doc."""
+def curve_table(run_dirs: Iterable[PathLike], *, activations: bool = True):
+    """Per run × epoch: losses, test error and ``median_all`` (Fig 2); see the module doc.
+    ``activations=False`` reads only ``config.json`` and ``metrics.jsonl`` (a study's
+    committed records), ``median_all`` NaN."""
     import pandas as pd
 
     frames = []
     for run in map(Path, run_dirs):
         rd = RunDir(run)
         metrics = {r["epoch"]: r for r in rd.read_metrics()}
-        acts = {r["epoch"]: r for r in rd.read_activation_summary()}
+        acts = {r["epoch"]: r for r in rd.read_activation_summary()} if activations else {}
         epochs = sorted(metrics)
         frame = pd.DataFrame({
             "epoch": epochs,
