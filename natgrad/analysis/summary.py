@@ -208,8 +208,9 @@ def one_run_per_replicate(run_dirs) -> None:
                       f"{', '.join(ARM_SETTINGS)}: the same run twice?)"]  # fmt: skip
             raise InputError(f"{first} and {run} are both {key[0]} seed {key[1]}, and would be "
                              f"pooled as one replicate; they differ in {', '.join(differ)}. "
-                             "Table each arm's runs apart (one natgrad tables per arm or "
-                             "setting).")  # fmt: skip
+                             "Table the runs of one setting together, e.g. natgrad tables "
+                             f"{Path(first).parent}/{Path(first).name.rsplit('-s', 1)[0]}-s* "
+                             "… (run directories may be named one by one).")  # fmt: skip
         seen[key] = run
 
 
