@@ -203,7 +203,7 @@ class RunDir:
         return self.read_meta()["config"]
 
     def identity(self) -> dict:
-        """``run``, ``net``, ``unit_type``, ``batch_norm``, ``dataset``, ``seed``, ``optimizer``."""
+        """``run``, ``net``, ``unit_type`` (unit and normalisation), ``dataset``, ``seed``."""
         cfg = self.read_config()
         return {
             "run": self.name,
