@@ -328,7 +328,8 @@ def _per_seed(curves, config: CompareConfig):
     out = claims[["seed", "arm", "train_loss_auc", *keep]].rename(
         columns={"train_loss_auc": "auc", "test_error": "test_error_last"}
     )
-    seconds = curves.groupby(["seed", "arm"], sort=False)["seconds"].max() / config.epochs
+    last = curves.sort_values("epoch").groupby(["seed", "arm"], sort=False)["seconds"]
+    seconds = last.agg(lambda t: t.iloc[-1]) / config.epochs  # NaN for a run that diverged
     out.insert(
         3,
         "seconds_per_epoch",
