@@ -2,7 +2,7 @@
 
     python analysis/fig3_autoencoder.py --lr 0.01 --seeds 0:1 [--runs /work/studies/fig3]
     python analysis/fig3_autoencoder.py --lr 0.001 --seeds 0:1 ...      # one piece: a seed
-    python analysis/fig3_autoencoder.py --analyse --runs ...            # the unit analysis
+    python analysis/fig3_autoencoder.py --analyse [--lr 0.01] --runs ... # the unit analysis, seed by seed
     python analysis/fig3_autoencoder.py --record paper_figures/results/fig3_autoencoder_mnist
     python analysis/fig3_autoencoder.py --restore paper_figures/results/fig3_autoencoder_mnist
 
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/fig3"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--analyse", action="store_true", help="the unit analysis of every "
-                        "finished run (after training, with --lr)")  # fmt: skip
+                        "finished run (of --lr's rate if given), seed by seed")  # fmt: skip
     parser.add_argument("--restore", type=Path, default=None,
                         help="bring a results folder's run records back into --runs first")  # fmt: skip
     parser.add_argument("--report", action="store_true")
@@ -376,18 +376,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
+    from natgrad.training.rundir import RunDir
+
     torch.set_num_threads(args.threads)
     if args.restore:
         print(
             f"restored {carry(args.restore / 'runs', args.runs, finished_only=False)} files "
             f"into {args.runs}"
         )
-    if args.lr is not None:
+    if args.lr is not None and not args.analyse:  # --analyse --lr R: analyse R only
         wall = train(args.runs, args.lr, args.epochs, seeds=args.seeds, train_size=args.train_size)
         print(f"lr {args.lr:g}: epochs 1..{args.epochs} of {len(UNITS) * len(args.seeds)} runs "
               f"in {wall:.0f} s")  # fmt: skip
-    if args.analyse:
-        for lr, run in _finished(args.runs):
+    if args.analyse:  # seed-major, so that a cut-off analysis leaves complete seeds
+        done = [(lr, run) for lr, run in _finished(args.runs) if args.lr in (None, lr)]
+        seed = {run: RunDir(run).identity()["seed"] for _, run in done}
+        for lr, run in sorted(done, key=lambda t: (seed[t[1]], t[1].name)):
             t0 = time.perf_counter()
             analyse_run(run)
             print(f"analysed lr {lr:g} {run.name} in {time.perf_counter() - t0:.0f} s")
