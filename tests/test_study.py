@@ -208,3 +208,44 @@ def test_the_committed_batch_norm_study_rebuilds_to_its_numbers(tmp_path, monkey
     for name in ("primary", "runs"):
         old, new = pd.read_csv(src / f"{name}.csv"), pd.read_csv(tmp_path / "r" / f"{name}.csv")
         pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12)
+
+
+def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch):
+    """The Fig 3 study's reading: curves where ELU's reconstruction error is lower at every
+    epoch read "ELU learns faster" / "ELU lower" on the primary endpoint and the last epoch;
+    the same curves with ELU's error raised read the opposite; the unit analysis's ρ rows are
+    worded from their CIs too."""
+    import numpy as np
+
+    m = _script("fig3_autoencoder", monkeypatch)
+    rng = np.random.default_rng(0)
+
+    def curves(elu_factor):
+        rows = []
+        for lr in (0.01, 0.001):
+            for seed in range(5):
+                for unit, f in (("elu", elu_factor), ("relu", 1.0), ("lrelu", 0.98)):
+                    for e in range(26):
+                        loss = f * (0.1 + 0.5 / (1 + e)) * (1 + 0.01 * rng.random())
+                        rows.append(dict(lr=lr, unit_type=unit, seed=seed, epoch=e,
+                                         run=f"{unit}-s{seed}", train_loss=loss,
+                                         val_loss=1.02 * loss, test_loss=1.03 * loss))  # fmt: skip
+        return pd.DataFrame(rows)
+
+    units = pd.DataFrame([dict(lr=lr, layer="decoder.fc1", unit_type=u, seed=s,
+                               rho_plain_jk=(0.6 if u == "elu" else 0.4) + 0.01 * rng.random(),
+                               shift_error_plain=0.5, abs_k=0.1, mean_q_norm=1.0, estimable=1.0)
+                          for lr in (0.01, 0.001) for s in range(5)
+                          for u in ("elu", "relu", "lrelu")])  # fmt: skip
+    meta = dict(runs=30, command="test", commit="c", run_commit="r", train_seconds=1.0,
+                analysis_seconds=1.0, diverged=[], analysed=30)  # fmt: skip
+    for factor, speed, level in ((0.9, "ELU learns faster", "ELU lower"),
+                                 (1.1, "ELU learns slower", "ELU higher")):  # fmt: skip
+        c = curves(factor)
+        table = m.comparisons(c, 25)
+        text = m.readme(table, m.unit_comparisons(units), c, meta)
+        primary = table[table["role"] == "primary"]
+        assert len(primary) == 4 and primary["p_holm"].notna().all()
+        assert text.count(speed) == 4 and text.count(f": {level}.") == 4
+        assert "Interim" not in text
+        assert "closer to the unit natural gradient under ELU" in text
