@@ -249,3 +249,4 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert text.count(speed) == 4 and text.count(f": {level}.") == 4
         assert "Interim" not in text
         assert "closer to the unit natural gradient under ELU" in text
+        assert "closer to the unit natural gradient under ELU in 4, farther from it in 0" in text
