@@ -73,14 +73,7 @@ def checkpoint(arm: str, seed: int) -> Path:
     run = RUNS / f"{arm}-s{seed}"
     if (run / "metrics.jsonl").is_file():
         return run
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "dashboard", ROOT / "analysis/mechanism_dashboard.py"
-    )
-    dashboard = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dashboard)  # the study's declaration, without touching sys.path
-    config = dashboard.config
+    from natgrad.studies.mechanism_dashboard import config  # the study's declaration
 
     cfg = replace(config(arm, seed), dataset="digits", epochs=1, probe_size=64)
     tmp = Path(tempfile.mkdtemp(prefix="natgrad-nb04-"))
