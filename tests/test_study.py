@@ -250,3 +250,4 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert "Interim" not in text
         assert "closer to the unit natural gradient under ELU" in text
         assert "closer to the unit natural gradient under ELU in 4, farther from it in 0" in text
+        assert "nearer the unit natural gradient; its incoming means are not more often" in text
