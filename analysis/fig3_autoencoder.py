@@ -254,7 +254,7 @@ def readme(table, unit_table, curves, meta: dict) -> str:
              "", f"**Scale:** {epochs} epochs of MNIST's 50,000 training images per run (the "
              "paper: 500), SGD batch 64, no momentum, seeds 0–4 with shared initial weights; "
              "loss: binary cross-entropy on the logits per pixel (declared in "
-             "`analysis/fig3_autoencoder.py`, with why). Curves on the validation split; the "
+             "`natgrad/studies/fig3.py`, with why; committed before any run). Curves on the validation split; the "
              "test set only for the last epoch's number.", "",
              "## Reconstruction error (ELU − other, paired by seed, BCa 95 % CI)", "",
              "| rate | metric | other | ELU − other | 95 % CI | p | Holm p (primary) |",
