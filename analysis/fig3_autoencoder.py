@@ -329,7 +329,7 @@ def readme(table, unit_table, curves, meta: dict) -> str:
         }.get((rho_up, mean_up), "ELU's plain gradient is not more often nearer the unit "
                                  "natural gradient than the others'.")  # fmt: skip
         dead = ", ".join(f"lr {lr:g} {unit_type_label(u, tex=False)} {100 * f:.0f} %"
-                         for (lr, u), f in meta.get("dead", {}).items())  # fmt: skip
+                         for lr, u, f in meta.get("dead", []))  # fmt: skip
         lines += ["", f"Reading: {reading} Caveats: each run's value is a median over its "
                   "live units (a dead unit passes no gradient and is left out; dead share of "
                   f"the analysed units: {dead or 'not recorded'}), and with {n} seeds the smallest "
@@ -387,9 +387,9 @@ def report(root: Path, dest: Path | None, argv) -> int:
                 analysis_seconds=float(units.groupby(["lr", "unit_type", "seed"])["seconds"]
                                        .first().sum()) if units is not None else 0.0,
                 analysed=len(unit_rows),
-                dead={} if units is None else
-                (1 - units.groupby(["lr", "unit_type"])["live"].sum()
-                 / units.groupby(["lr", "unit_type"])["units"].sum()).to_dict())  # fmt: skip
+                dead=[] if units is None else  # [rate, unit type, dead share] (JSON: a list)
+                [[lr, u, float(f)] for (lr, u), f in (1 - units.groupby(["lr", "unit_type"])["live"].sum()
+                 / units.groupby(["lr", "unit_type"])["units"].sum()).items()])  # fmt: skip
     tables = dict(curves=curves, comparisons=table)
     if units is not None:
         tables.update(units=units, unit_comparisons=unit_table)

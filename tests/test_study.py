@@ -192,6 +192,7 @@ def test_fig3_pieces_analysis_record_and_restore(tmp_path, monkeypatch):
     assert set(table.loc[table["role"] == "primary", "metric"]) == {"log_train_loss_auc"}
     text = (out / "README.md").read_text()
     assert "log10 training-loss AUC (primary)" in text and "Side by side" in text
+    assert "dead share of the analysed units: lr 0.01 ELU" in text and "Reading: " in text
     assert (out / "fig3.png").stat().st_size > 10_000
     assert len(list((out / "runs" / "lr0.01").glob("*/analysis/fig3-units.csv"))) == 6
     fresh = tmp_path / "fresh"
