@@ -142,7 +142,13 @@ def _finished(root: Path):
                 yield float(folder.name[2:]), run
 
 
-RECORDS = ("config.json", "metrics.jsonl", "diverged.json", f"analysis/{RESULTS}")
+RECORDS = (
+    "config.json",
+    "metrics.jsonl",
+    "diverged.json",
+    f"analysis/{RESULTS}",
+    f"analysis/{RESULTS}.sha256",
+)  # the checksum: read_csv refuses a table without it
 
 
 def carry(src: Path, dest: Path, *, finished_only: bool) -> int:

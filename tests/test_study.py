@@ -252,3 +252,17 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert "closer to the unit natural gradient under ELU" in text
         assert "closer to the unit natural gradient under ELU in 4, farther from it in 0" in text
         assert "nearer the unit natural gradient; its incoming means are not more often" in text
+
+
+def test_the_committed_fig3_study_rebuilds_to_its_numbers(tmp_path, monkeypatch):
+    """``paper_figures/results/fig3_autoencoder_mnist`` (issue 23: 30 runs and their unit
+    analysis) restored from its committed records and reported again gives its comparisons
+    and the unit analysis's comparisons to the last digit, without training."""
+    m = _script("fig3_autoencoder", monkeypatch)
+    src = ROOT / "paper_figures/results/fig3_autoencoder_mnist"
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    assert m.main(["--runs", str(runs), "--restore", str(src), "--record", str(out)]) == 0
+    assert not list(runs.glob("*/*/checkpoints"))
+    for name in ("comparisons", "unit_comparisons", "units"):
+        old, new = pd.read_csv(src / f"{name}.csv"), pd.read_csv(out / f"{name}.csv")
+        pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12)
