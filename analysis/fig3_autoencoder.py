@@ -319,18 +319,15 @@ def readme(table, unit_table, curves, meta: dict) -> str:
                          for r in rho.to_dict("records")]  # fmt: skip
         lines += ["", "**In a net whose loss is not a classifier's** (every CI of the table, "
                   "counted; a count is not a test):", ""]  # fmt: skip
+        sign = {}  # per measure: +1 if ELU is higher in more CIs than lower, -1 the reverse
         for metric, what, up, down in UNIT_READING:
             rows = unit_table[unit_table["metric"] == metric]
             hi, lo = int((rows["lo"] > 0).sum()), int((rows["hi"] < 0).sum())
-            lines.append(f"- {what}: {up if up else 'higher'} under ELU in {hi}, "
-                         f"{down if down else 'lower'} in {lo}, not resolved in "
+            sign[metric] = int(np.sign(hi - lo))
+            lines.append(f"- {what}: {up} under ELU in {hi}, {down} in {lo}, not resolved in "
                          f"{len(rows) - hi - lo} of {len(rows)} (rate × layer × other unit).")  # fmt: skip
 
-        def more(metric):  # +1: ELU higher in more CIs than lower, -1 the reverse, 0 tied
-            rows = unit_table[unit_table["metric"] == metric]
-            return int(np.sign((rows["lo"] > 0).sum() - (rows["hi"] < 0).sum()))
-
-        rho_up, mean_up = more("rho_plain_jk"), more("mean_q_norm")
+        rho_up, mean_up = sign["rho_plain_jk"], sign["mean_q_norm"]
         n = int(unit_table["n"].max())
         reading = {
             (1, 1): "ELU's plain gradient is more often nearer the unit natural gradient, but "

@@ -323,19 +323,14 @@ def _per_seed(curves, config: CompareConfig):
     from natgrad.analysis.stats import claims_per_seed
 
     claims, _ = claims_per_seed(curves, last=config.last_epochs, group="arm")
-    has_val = "val_error" in curves and curves["val_error"].notna().any()
+    has_val = bool(claims["val_error_last"].notna().any())
     keep = ["val_error_last", "test_error_at_best_val"] if has_val else ["test_error"]
     out = claims[["seed", "arm", "train_loss_auc", *keep]].rename(
         columns={"train_loss_auc": "auc", "test_error": "test_error_last"}
     )
-    last = curves.sort_values("epoch").groupby(["seed", "arm"], sort=False)["seconds"]
-    seconds = last.agg(lambda t: t.iloc[-1]) / config.epochs  # NaN for a run that diverged
-    out.insert(
-        3,
-        "seconds_per_epoch",
-        [seconds[(s, a)] for s, a in zip(out["seed"], out["arm"], strict=True)],
-    )
-    return out
+    last = curves.sort_values("epoch").groupby(["seed", "arm"])["seconds"].agg(lambda t: t.iloc[-1])
+    seconds = last.rename("seconds_per_epoch") / config.epochs  # NaN for a run that diverged
+    return out.merge(seconds.reset_index(), on=["seed", "arm"], how="left", sort=False)
 
 
 def _metrics(per_seed) -> list[str]:
