@@ -275,5 +275,7 @@ def _names(positions: torch.Tensor, units: torch.Tensor | None) -> str:
     return names + more
 
 
-# Older private names, kept for code written against them.
-_where, _name = layer_prefix, unit_name
+def bordered(A: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``[U, n+1, n+1]`` the block [[A, b], [bᵀ, c]] from ``A [U, n, n]``, ``b [U, n]``, ``c [U]``."""
+    top = torch.cat([A, b.unsqueeze(-1)], -1)
+    return torch.cat([top, torch.cat([b, c.unsqueeze(-1)], -1).unsqueeze(-2)], -2)

@@ -55,7 +55,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from natgrad import damping, linalg
+from natgrad import damping as _damping
+from natgrad import linalg
 from natgrad.accumulate import LayerAccumulator
 from natgrad.errors import InputError, SingularBlockError, StructureError
 from natgrad.unitfisher import SolvedUnitFisher, UnitFisher
@@ -126,7 +127,7 @@ class StructuredUnitFisher(SolvedUnitFisher):
     c_sum: torch.Tensor | None = None
     c_sq_sum: torch.Tensor | None = None
 
-    _REPR_FIRST, _REPR_AFTER, _REPR_DTYPE = ("structure",), (), "diagonal"
+    _STORE, _REPR_FIRST = "diagonal", ("structure",)
 
     def __post_init__(self) -> None:
         if self.structure not in STRUCTURED:
@@ -148,8 +149,7 @@ class StructuredUnitFisher(SolvedUnitFisher):
                 f"StructuredUnitFisher of layer {self.layer!r}: a quasidiagonal structure needs "
                 f"bias_column [U, d] = {list(want)}, a diagonal one none"
             )
-        if self.units is None:
-            object.__setattr__(self, "units", torch.arange(self.diagonal.shape[0]))
+        self._default_units()
 
     @classmethod
     def from_dense(
@@ -157,19 +157,9 @@ class StructuredUnitFisher(SolvedUnitFisher):
     ) -> StructuredUnitFisher:
         r"""The structure ``structure`` of dense blocks ``[U, d+1, d+1]`` (or a UnitFisher's)."""
         if isinstance(matrix, UnitFisher):
-            src = matrix
-            fields = (
-                dict(
-                    n=src.n,
-                    kind=src.kind,
-                    likelihood=src.likelihood,
-                    layer=src.layer,
-                    units=src.units,
-                    mc_samples=src.mc_samples,
-                )
-                | fields
-            )
-            matrix = src.matrix
+            keep = ("n", "kind", "likelihood", "layer", "units", "mc_samples")
+            fields = matrix._fields(*keep) | fields
+            matrix = matrix.matrix
         matrix = torch.as_tensor(matrix)
         if matrix.ndim == 2:
             matrix = matrix.unsqueeze(0)
@@ -182,17 +172,7 @@ class StructuredUnitFisher(SolvedUnitFisher):
             **fields,
         )
 
-    # --- sizes and entries ---------------------------------------------------------------
-    @property
-    def num_units(self) -> int:
-        """U, the number of units held."""
-        return self.diagonal.shape[0]
-
-    @property
-    def fan_in(self) -> int:
-        """d, the fan-in of each unit (without the bias)."""
-        return self.diagonal.shape[-1] - 1
-
+    # --- entries -------------------------------------------------------------------------
     @property
     def diag_A(self) -> torch.Tensor:
         r"""``[U, d]`` diag(A) = E_p(δ̄² a∘a) (Conv2d: the weight-shared block's diagonal)."""
@@ -246,36 +226,24 @@ class StructuredUnitFisher(SolvedUnitFisher):
         cs = torch.where(c > 0, c, torch.ones_like(c))[:, None, None]
         A = torch.diag_embed(D - b.square() / cs[..., 0]) + b.unsqueeze(-1) * b.unsqueeze(-2) / cs
         A = torch.where(c[:, None, None] > 0, A, torch.diag_embed(D))
-        top = torch.cat([A, b.unsqueeze(-1)], -1)
-        return torch.cat([top, torch.cat([b, c.unsqueeze(-1)], -1).unsqueeze(-2)], -2)
+        return linalg.bordered(A, b, c)
 
     def to_unit_fisher(self, damping: float = 0.0) -> UnitFisher:
         r"""The metric Q(F + λI) as a dense :class:`~natgrad.UnitFisher` (same fields): its
         theorem methods (undamped) give this object's results at damping λ."""
         return UnitFisher(
-            matrix=self.matrix if damping == 0 else self.metric(damping),
-            mean_p=self.mean_p,
-            n=self.n,
-            kind=self.kind,
-            likelihood=self.likelihood,
-            layer=self.layer,
-            units=self.units,
-            mc_samples=self.mc_samples,
-            c_sum=self.c_sum,
-            c_sq_sum=self.c_sq_sum,
+            matrix=self.matrix if damping == 0 else self.metric(damping), **self._fields()
         )
 
     # --- the metric Q(F + λI) in float64 --------------------------------------------------
-    def _context(self) -> dict:
-        return {"layer": self.layer, "units": self.units}
-
-    def _metric(self, damping: float):
-        r"""Δ ``[U, d]``, b ``[U, d]``, c ``[U]`` of Q(F + λI) in float64: A_Q = diag(Δ) + bbᵀ/c,
+    def _metric(self, damping: float, rel: bool = False):
+        r"""Δ ``[U, d]``, b ``[U, d]``, c ``[U]``, diag(A) + λ ``[U, d]`` and λ of Q(F + λI)
+        (``rel``: of Q(F_λ), λ → μ = λ·tr(F)/(d+1) per unit) in float64: A_Q = diag(Δ) + bbᵀ/c,
         Δ_j = A_jj + λ − b_j²/(c + λ); raises unless every 2×2 block [[A_jj, b_j], [b_j, c]]
         of F + λI is positive definite (then Q is)."""
-        linalg.damped(torch.zeros(1, 1, 1), damping)  # validates λ (finite, >= 0)
-        D = self.diag_A.double() + damping
-        c = self.c.double() + damping
+        lam = self._damping_of(damping) if rel else _damping.check(damping, "damping")
+        D = self.diag_A.double() + (lam.unsqueeze(-1) if rel else lam)
+        c = self.c.double() + lam
         b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()
         cpos = torch.where(c > 0, c, 1.0)
         delta = D - b.square() / cpos.unsqueeze(-1)
@@ -285,13 +253,13 @@ class StructuredUnitFisher(SolvedUnitFisher):
                 f"layer {self.layer!r}: the {self.structure} unit Fisher is singular for "
                 f"{linalg._names(bad.nonzero().flatten(), self.units)}: c <= 0 or a 2×2 block "
                 "[[A_jj, b_j], [b_j, c]] is singular (a dead unit, or an input coordinate that "
-                "never varies). Pass damping > 0."
+                f"never varies). Pass {'rel_damping' if rel else 'damping'} > 0."
             )
-        return delta, b, c
+        return delta, b, c, D, lam
 
     def _damping_of(self, rel_damping: float) -> float | torch.Tensor:
         r"""μ = λ·tr(F)/(d+1) per unit ``[U, 1]`` for a relative damping λ (natgrad.measures)."""
-        return damping.mu(self.diagonal.double().sum(-1), self.fan_in + 1, rel_damping)
+        return _damping.mu(self.diagonal.double().sum(-1), self.fan_in + 1, rel_damping)
 
     @staticmethod
     def _A_inv(delta, b, c, x):
@@ -309,49 +277,28 @@ class StructuredUnitFisher(SolvedUnitFisher):
         return self.diagonal.dtype
 
     def _parts(self, damping: float):
-        delta, b, c = self._metric(damping)
+        delta, b, c, _, _ = self._metric(damping)
         yield 0, self.num_units, lambda x: self._A_inv(delta, b, c, x), b, c
 
     def metric(self, damping: float = 0.0) -> torch.Tensor:
         r"""``[U, d+1, d+1]`` the structure's metric Q(F + λI), materialised densely."""
-        delta, b, c = self._metric(damping)
+        delta, b, c, _, _ = self._metric(damping)
         A = torch.diag_embed(delta) + b.unsqueeze(-1) * b.unsqueeze(-2) / c[:, None, None]
-        top = torch.cat([A, b.unsqueeze(-1)], -1)
-        return torch.cat([top, torch.cat([b, c.unsqueeze(-1)], -1).unsqueeze(-2)], -2).to(
-            self.diagonal.dtype
-        )
+        return linalg.bordered(A, b, c).to(self.diagonal.dtype)
 
     @property
     def var_q_diagonal(self) -> torch.Tensor:
         r"""``[U, d]`` Var_q(a_j) = A_jj/c − E_q(a_j)², the q-variances (Q's Var_q is diagonal)."""
         return self.diag_A / self.c.unsqueeze(-1) - self.mean_q.square()
 
-    # --- Theorems 1-2 in the metric Q(F + λI): SolvedUnitFisher over A_Q⁻¹ (Sherman–Morrison)
-
-    # --- natgrad.measures in the metric Q(F_λ), F_λ = F + λ·tr(F)/(d+1)·I -------------------
-    def _metric_rel(self, rel_damping: float):
-        mu = self._damping_of(rel_damping)  # [U]
-        D = self.diag_A.double() + mu.unsqueeze(-1)
-        c = self.c.double() + mu
-        b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()
-        cpos = torch.where(c > 0, c, 1.0)
-        delta = D - b.square() / cpos.unsqueeze(-1)
-        bad = ~(c > 0) | ~(delta > 0).all(-1)
-        if bad.any():
-            raise SingularBlockError(
-                f"layer {self.layer!r}: Q(F_λ) of the {self.structure} unit Fisher is singular "
-                f"for {linalg._names(bad.nonzero().flatten(), self.units)}; pass rel_damping > 0"
-            )
-        return delta, b, c, D
-
+    # --- Theorems 1-2 and natgrad.measures: SolvedUnitFisher over A_Q⁻¹ (Sherman–Morrison)
     def _rel_parts(self, rel_damping: float):
-        delta, b, c, D = self._metric_rel(rel_damping)
+        delta, b, c, D, mu = self._metric(rel_damping, rel=True)
 
         def apply(lo, hi, u, u0):
             return self._Q_apply(delta, b, c, u, u0)
 
-        yield (0, self.num_units, lambda x: self._A_inv(delta, b, c, x), apply, D, b, c,
-               self._damping_of(rel_damping))  # fmt: skip
+        yield 0, self.num_units, lambda x: self._A_inv(delta, b, c, x), apply, D, b, c, mu
 
     def _Q_apply(self, delta, b, c, u, u0):
         """Q(u, u0) ``([U, d], [U])`` for A_Q = diag(Δ) + bbᵀ/c."""

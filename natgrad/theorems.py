@@ -44,7 +44,7 @@ def _inv_schur(
     bad = ~(denom > 0)
     if bad.any():
         pos = bad.nonzero().flatten()
-        cond = linalg.condition_number(_full(A, b, c)[pos])
+        cond = linalg.condition_number(linalg.bordered(A, b, c)[pos])
         names = ", ".join(
             f"{linalg.unit_name(int(p), context.get('units'))}: c − bᵀA⁻¹b = {v:.3g}, condition number {k:.3g}"
             for p, v, k in zip(pos.tolist(), denom[pos].tolist(), cond.tolist(), strict=False)
@@ -60,19 +60,8 @@ def _inv_schur(
     # that sees an ill-conditioned Schur complement, which A's own Cholesky cannot.
     bound = torch.maximum(torch.diagonal(A, dim1=-2, dim2=-1).amax(-1), c) * s
     if (bound > linalg.COND_WARN).any():
-        linalg.warn_nearly_singular(bound, _full(A, b, c), **_names_only(context))
+        linalg.warn_nearly_singular(bound, linalg.bordered(A, b, c), **_names_only(context))
     return s
-
-
-def _full(A: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``[U, d+1, d+1]`` the block [[A, b], [bᵀ, c]] (bias last)."""
-    return torch.cat(
-        [
-            torch.cat([A, b.unsqueeze(-1)], -1),
-            torch.cat([b, c.unsqueeze(-1)], -1).unsqueeze(-2),
-        ],
-        -2,
-    )
 
 
 def _names_only(context) -> dict:
@@ -135,11 +124,7 @@ def lemma1_inverse(A: torch.Tensor, b: torch.Tensor, c: torch.Tensor, **context)
     s = _inv_schur(A, b, c, Ainv_b, context)  # [U]
     u = -s.unsqueeze(-1) * Ainv_b  # [U, d]
     top = torch.cholesky_inverse(L) + u.unsqueeze(-1) * u.unsqueeze(-2) / s[:, None, None]
-    rows = [
-        torch.cat([top, u.unsqueeze(-1)], -1),
-        torch.cat([u, s.unsqueeze(-1)], -1).unsqueeze(-2),
-    ]
-    return torch.cat(rows, -2).to(out)
+    return linalg.bordered(top, u, s).to(out)
 
 
 def lemma2_i(mean: torch.Tensor, var: torch.Tensor, **context) -> torch.Tensor:

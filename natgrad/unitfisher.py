@@ -66,19 +66,44 @@ class UnitFisherLike(Protocol):
     def cosine(self, grad_weight, grad_bias, damping: float = 0.0) -> torch.Tensor: ...
 
 
-class UnitFisherBase:
-    r"""What the in-memory unit Fisher results write once: the per-unit gradients
-    (:meth:`unit_grads`), n_eff, the cosine (from the class's own ``natural_gradient``) and
-    the repr. A subclass stores ``layer``, ``units``, ``mean_p``, ``kind``, ``likelihood``,
-    ``n``, ``c_sum``, ``c_sq_sum`` and defines ``num_units``, ``fan_in`` and the theorem
-    methods: over dense blocks (:class:`UnitFisher`), or once for every storage that gives
-    solves with the weight block (:class:`SolvedUnitFisher`: a structure, factor rows)."""
+#: The fields every result type carries besides its storage (:class:`UnitFisher`'s attributes).
+FIELDS = ("mean_p", "n", "kind", "likelihood", "layer", "units", "mc_samples", "c_sum", "c_sq_sum")
 
-    #: Fields the repr names after ``layer`` / after ``fan_in``, and the tensor whose dtype
-    #: it names.
+
+class UnitFisherBase:
+    r"""What the in-memory unit Fisher results write once: sizes, the per-unit gradients
+    (:meth:`unit_grads`), n_eff, the cosine (from the class's own ``natural_gradient``), the
+    update of a ``direction`` argument and the repr. A subclass stores ``layer``, ``units``
+    and the other :data:`FIELDS` besides its storage ``_STORE`` (``[U, …, d+1]``) and
+    defines the theorem methods: over dense blocks (:class:`UnitFisher`), or once for every
+    storage that gives solves with the weight block (:class:`SolvedUnitFisher`)."""
+
+    #: The tensor that holds the units (rows) and d+1 columns (last axis); the repr names its
+    #: dtype. Fields the repr names after ``layer`` / after ``fan_in``.
+    _STORE = "matrix"
     _REPR_FIRST: tuple[str, ...] = ()
     _REPR_AFTER: tuple[str, ...] = ()
-    _REPR_DTYPE = "matrix"
+
+    def _default_units(self) -> None:
+        if self.units is None:
+            object.__setattr__(self, "units", torch.arange(self.num_units))
+
+    @property
+    def num_units(self) -> int:
+        """U, the number of units held."""
+        return getattr(self, self._STORE).shape[0]
+
+    @property
+    def fan_in(self) -> int:
+        """d, the fan-in of each unit (without the bias)."""
+        return getattr(self, self._STORE).shape[-1] - 1
+
+    def _context(self) -> dict:
+        return {"layer": self.layer, "units": self.units}
+
+    def _fields(self, *names: str) -> dict:
+        """``{name: value}`` of :data:`FIELDS` (or of ``names``), to build another result."""
+        return {k: getattr(self, k) for k in names or FIELDS}
 
     @property
     def n_eff(self) -> torch.Tensor | None:
@@ -150,13 +175,26 @@ class UnitFisherBase:
         dw, dw0 = self.natural_gradient(g, g0, damping)
         return theorems.cosine(g, g0, dw, dw0)
 
+    def _update(self, direction, g, g0, rel_damping):
+        """(u_w, u_0) of ``direction``: a kind name (see :meth:`direction`) or a pair shaped
+        like the gradients."""
+        if isinstance(direction, str):
+            return self.direction(g, g0, direction, rel_damping)
+        if not isinstance(direction, (tuple, list)) or len(direction) != 2:
+            raise InputError(
+                f"layer {self.layer!r}: direction must be a kind name "
+                f"({', '.join(_measures.DIRECTIONS)}) or a pair (u_w [U, d], u_0 [U]), "
+                f"got {type(direction).__name__}"
+            )
+        return self.unit_grads(*direction)
+
     def __repr__(self) -> str:
         items = [("layer", repr(self.layer))]
         items += [(k, repr(getattr(self, k))) for k in self._REPR_FIRST]
         items += [("kind", repr(self.kind)), ("likelihood", repr(self.likelihood)),
                   ("units", self.num_units), ("fan_in", self.fan_in)]  # fmt: skip
         items += [(k, getattr(self, k)) for k in self._REPR_AFTER]
-        items += [("n", self.n), ("dtype", getattr(self, self._REPR_DTYPE).dtype)]
+        items += [("n", self.n), ("dtype", getattr(self, self._STORE).dtype)]
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in items)})"
 
 
@@ -279,16 +317,6 @@ class SolvedUnitFisher(UnitFisherBase):
         ``D`` ``[U_c, d]``, b, c_λ and μ ``[U_c]`` (0 for a dead unit), float64."""
         raise NotImplementedError
 
-    def _pair(self, direction, g, g0, rel_damping):
-        if isinstance(direction, str):
-            return tuple(x.double() for x in self.direction(g, g0, direction, rel_damping))
-        if not isinstance(direction, (tuple, list)) or len(direction) != 2:
-            raise InputError(
-                f"layer {self.layer!r}: direction must be a kind name "
-                f"({', '.join(_measures.DIRECTIONS)}) or a pair (u_w [U, d], u_0 [U])"
-            )
-        return tuple(x.double() for x in self.unit_grads(*direction))
-
     def _directions(self, kinds, g, g0, rel_damping) -> tuple[dict, list]:
         r"""``{kind: (u [U, d], u0 [U])}`` in F_λ for every kind of ``kinds`` (float64; a
         kind whose metric is singular — the arrowhead can be where F_λ is not — is left out
@@ -355,20 +383,20 @@ class SolvedUnitFisher(UnitFisherBase):
         shift = (mp * u).sum(-1) + u0
         return rho, shift, (shift - nat).abs() / nat.abs()
 
+    def _against_natural(self, grad_weight, grad_bias, direction, rel_damping):
+        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
+        u, u0 = (x.double() for x in self._update(direction, g, g0, rel_damping))
+        dirs, parts = self._directions(("natural",), g, g0, rel_damping)
+        return self._rho_and_error(parts, g, g0, u, u0, *dirs["natural"])
+
     def efficiency(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
         r"""``[U]`` ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) in this result's metric; 1 for
         ``natural``. ``direction``: a kind name or a pair (u_w, u_0)."""
-        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
-        u, u0 = self._pair(direction, g, g0, rel_damping)
-        dirs, parts = self._directions(("natural",), g, g0, rel_damping)
-        return self._out(self._rho_and_error(parts, g, g0, u, u0, *dirs["natural"])[0])
+        return self._out(self._against_natural(grad_weight, grad_bias, direction, rel_damping)[0])
 
     def bias_shift_error(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
         r"""``[U]`` |shift(u) − shift_natural| / |shift_natural| in this result's metric."""
-        g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
-        u, u0 = self._pair(direction, g, g0, rel_damping)
-        dirs, parts = self._directions(("natural",), g, g0, rel_damping)
-        return self._out(self._rho_and_error(parts, g, g0, u, u0, *dirs["natural"])[2])
+        return self._out(self._against_natural(grad_weight, grad_bias, direction, rel_damping)[2])
 
     def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
         r"""``rho_<kind>``, ``shift_<kind>``, ``shift_error_<kind>`` for every direction (the
@@ -447,8 +475,7 @@ class UnitFisher(UnitFisherBase):
                 f"UnitFisher of layer {self.layer!r}: mean_p must have shape [d] = "
                 f"[{m.shape[-1] - 1}], got {tuple(self.mean_p.shape)}"
             )
-        if self.units is None:
-            object.__setattr__(self, "units", torch.arange(m.shape[0]))
+        self._default_units()
 
     @classmethod
     def from_matrix(
@@ -520,20 +547,8 @@ class UnitFisher(UnitFisherBase):
         for key in ("c_sum", "c_sq_sum"):
             vals = [getattr(p, key) for p in parts]
             sums[key] = None if any(v is None for v in vals) else sum(vals)
-        return cls(matrix=matrix, mean_p=mean_p, n=n, kind=first.kind,
-                   likelihood=first.likelihood, layer=first.layer, units=first.units,
-                   mc_samples=first.mc_samples, **sums)  # fmt: skip
-
-    # --- sizes -------------------------------------------------------------------------
-    @property
-    def num_units(self) -> int:
-        """U, the number of units held."""
-        return self.matrix.shape[0]
-
-    @property
-    def fan_in(self) -> int:
-        """d, the fan-in of each unit (without the bias)."""
-        return self.matrix.shape[-1] - 1
+        return cls(matrix=matrix, mean_p=mean_p, n=n, **sums,
+                   **first._fields("kind", "likelihood", "layer", "units", "mc_samples"))  # fmt: skip
 
     # --- blocks ------------------------------------------------------------------------
     @property
@@ -574,9 +589,6 @@ class UnitFisher(UnitFisherBase):
         return self.b - self.c.unsqueeze(-1) * self.mean_p
 
     # --- Theorems 1–2 (natgrad.theorems); damping λ adds λI to F, bias entry included ---------
-    def _context(self) -> dict:
-        return {"layer": self.layer, "units": self.units}
-
     def _damped_blocks(self, damping: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         F = linalg.damped(self.matrix, damping)
         return F[:, :-1, :-1], F[:, :-1, -1], F[:, -1, -1]
@@ -622,15 +634,12 @@ class UnitFisher(UnitFisherBase):
             >>> F.s(), F.s("paper")
             (tensor([2.]), tensor([2.]))
         """
+        check_form(self.layer, "s", form, ("schur", "paper"))
         if form == "schur":
             return theorems.schur_complement(*self._damped_blocks(damping), **self._context())
-        if form == "paper":
-            c = self._damped_blocks(damping)[2]
-            mean_q, var_q, _ = self._damped_moments(damping)
-            return theorems.schur_complement_paper(c, mean_q, var_q, **self._context())
-        raise InputError(
-            f"UnitFisher.s of layer {self.layer!r}: form must be 'schur' or 'paper', got {form!r}"
-        )
+        c = self._damped_blocks(damping)[2]
+        mean_q, var_q, _ = self._damped_moments(damping)
+        return theorems.schur_complement_paper(c, mean_q, var_q, **self._context())
 
     def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
         r"""``[U]`` Theorem 2's k = (E_q(a) − E_p(a))ᵀVar_q(a)⁻¹E_q(a) (``form="closed"``) or
@@ -641,26 +650,19 @@ class UnitFisher(UnitFisherBase):
             >>> F.k(), F.k("paper")
             (tensor([0.]), tensor([0.]))
         """
+        check_form(self.layer, "k", form, ("closed", "paper"))
         mean_q, var_q, cov_p = self._damped_moments(damping)
         if form == "closed":
             return theorems.k_closed(self.mean_p, mean_q, var_q, **self._context())
-        if form == "paper":
-            A, _, c = self._damped_blocks(damping)
-            s = self.s("schur", damping)
-            return theorems.k_paper(A, c, s, cov_p, mean_q, **self._context())
-        raise InputError(
-            f"UnitFisher.k of layer {self.layer!r}: form must be 'closed' or 'paper', got {form!r}"
-        )
+        A, _, c = self._damped_blocks(damping)
+        s = self.s("schur", damping)
+        return theorems.k_paper(A, c, s, cov_p, mean_q, **self._context())
 
     def natural_gradient(
         self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Unit natural gradient (Δw ``[U, d]``, Δw0 ``[U]``) = (F + λI)⁻¹(g, g0) by Theorem 1.
-
-        This is Ollivier's unit-wise natural gradient (Ollivier, "Riemannian metrics for
-        neural networks I: feedforward networks", 2015, arXiv 1303.0818) for each unit's
-        (w, w0) block, computed by the paper's block formulas (``docs/theory.md``,
-        "Theorem 1"): Δw0 = s(g0 − bᵀA⁻¹g), Δw = A⁻¹(g − Δw0 b), s = 1/(c − bᵀA⁻¹b).
+        r"""Unit natural gradient (Δw ``[U, d]``, Δw0 ``[U]``) = (F + λI)⁻¹(g, g0) by Theorem 1
+        (Ollivier's unit-wise natural gradient; :func:`natgrad.theorems.natural_gradient`).
 
         ``grad_weight`` is ``[U, d]`` or the layer's own weight shape (e.g. Conv2d
         ``[U, C_in, kh, kw]``, flattened as ``weight.view(U, -1)``); ``grad_bias`` is ``[U]``.
@@ -696,19 +698,10 @@ class UnitFisher(UnitFisherBase):
     def direction(
         self, grad_weight, grad_bias, kind: str, rel_damping: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""The update (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` for the gradient (g, g0) in the
-        metric F_λ = F + λ·(tr F/(d+1))·I, λ = ``rel_damping``:
-
-        - ``plain`` u = g; ``centred`` u = T Tᵀg, T = [[I, 0], [−E_p(a)ᵀ, 1]] (the plain step
-          for net = wᵀ(a − E_p(a)) + v0); ``diagonal`` u = diag(F_λ)⁻¹g;
-        - ``quasidiagonal``: Ollivier's quasi-diagonal update (Ollivier 2015, arXiv 1303.0818),
-          u_j = (c g_j − b_j g0)/(c A_jj − b_j²), u_0 = (g0 − bᵀu_w)/c, O(d)
-          (:func:`natgrad.measures.quasidiagonal_solve`);
-        - ``arrowhead``: M⁻¹g, M = F_λ with the weight block's off-diagonal entries set to 0;
-        - ``blockdiag``: the coupling b set to 0, u = (A_λ⁻¹g, g0/c_λ);
-        - ``natural``: F_λ⁻¹g (Theorem 1, Ollivier's unit-wise natural gradient).
-
-        Gradients are accepted as in :meth:`natural_gradient`. See :mod:`natgrad.measures`.
+        r"""The update (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` (plain, centred, diagonal,
+        quasidiagonal, arrowhead, blockdiag, natural: defined in :mod:`natgrad.measures`) for
+        the gradient (g, g0) in the metric F_λ = F + λ·(tr F/(d+1))·I, λ = ``rel_damping``.
+        Gradients are accepted as in :meth:`natural_gradient`.
 
         Example:
             >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
@@ -719,19 +712,6 @@ class UnitFisher(UnitFisherBase):
         return _measures.direction(
             self.matrix, self.mean_p, g, g0, kind, rel_damping, **self._context()
         )
-
-    def _update(self, direction, g, g0, rel_damping):
-        if isinstance(direction, str):
-            return _measures.direction(
-                self.matrix, self.mean_p, g, g0, direction, rel_damping, **self._context()
-            )
-        if not isinstance(direction, (tuple, list)) or len(direction) != 2:
-            raise InputError(
-                f"layer {self.layer!r}: direction must be a kind name "
-                f"({', '.join(_measures.DIRECTIONS)}) or a pair (u_w [U, d], u_0 [U]), "
-                f"got {type(direction).__name__}"
-            )
-        return self.unit_grads(*direction)
 
     def efficiency(
         self, grad_weight, grad_bias, direction, rel_damping: float = 0.0

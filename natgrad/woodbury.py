@@ -171,19 +171,14 @@ class WoodburyUnitFisher(SolvedUnitFisher):
     c_sq_sum: torch.Tensor | None = None
     structure: str = "dense"  # the exact dense block, held as a factor
 
-    _REPR_FIRST, _REPR_AFTER, _REPR_DTYPE = (), ("rank",), "rows"
+    _STORE, _REPR_AFTER = "rows", ("rank",)
 
     def __post_init__(self) -> None:
-        if self.units is None:
-            object.__setattr__(self, "units", torch.arange(self.num_units))
+        self._default_units()
 
     @property
     def num_units(self) -> int:
         return self.rows.shape[0] if self.scales is None else self.scales.shape[0]
-
-    @property
-    def fan_in(self) -> int:
-        return self.rows.shape[-1] - 1
 
     @property
     def rank(self) -> int:
@@ -203,18 +198,8 @@ class WoodburyUnitFisher(SolvedUnitFisher):
         return (V.transpose(1, 2) @ V).to(self.rows.dtype)
 
     def to_unit_fisher(self) -> UnitFisher:
-        return UnitFisher(
-            matrix=self.matrix,
-            mean_p=self.mean_p,
-            n=self.n,
-            kind=self.kind,
-            likelihood=self.likelihood,
-            layer=self.layer,
-            units=self.units,
-            mc_samples=self.mc_samples,
-            c_sum=self.c_sum,
-            c_sq_sum=self.c_sq_sum,
-        )
+        """The dense blocks VᵀV as a :class:`~natgrad.UnitFisher` (same fields)."""
+        return UnitFisher(matrix=self.matrix, **self._fields())
 
     # --- Woodbury solves, in chunks of units --------------------------------------------
     def _check_damping(self, damping: float) -> float:
@@ -294,6 +279,5 @@ class WoodburyUnitFisher(SolvedUnitFisher):
     def _bc(self, V, lam):
         """b ``[U_c, d]`` and c_λ ``[U_c]`` of F + λI from the factor."""
         v0 = V[..., -1]  # [U_c, R]
-        return (V[..., :-1].transpose(1, 2) @ v0.unsqueeze(-1)).squeeze(-1), v0.square().sum(
-            -1
-        ) + lam
+        b = (V[..., :-1].transpose(1, 2) @ v0.unsqueeze(-1)).squeeze(-1)
+        return b, v0.square().sum(-1) + lam
