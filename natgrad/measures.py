@@ -8,44 +8,22 @@ Every quantity lives in ONE metric per unit, the relatively damped block
     F_\lambda = F + \mu I,\qquad \mu = \lambda\,\frac{\operatorname{tr} F}{d+1}
     = \begin{pmatrix} A_\lambda & b \\ b^\top & c_\lambda \end{pmatrix}
 
-(λ = ``rel_damping``, the same for every unit and unit type; μ is per unit, bias last).
-For the gradient g = (g_w, g0) of the mean log-likelihood the update directions u are
-
-- ``plain``: u = g;
-- ``centred`` (LeCun et al. 1998; Schraudolph 1998; Raiko, Valpola & LeCun 2012): the plain
-  step in the coordinates net = wᵀ(a − m) + v0, m = E_p(a): u = T Tᵀ g with
-  T = [[I, 0], [−mᵀ, 1]], i.e. u_w = g_w − m g0, u_0 = g0 − mᵀu_w;
-- ``diagonal``: u = diag(F_λ)⁻¹ g;
-- ``quasidiagonal``: Ollivier's quasi-diagonal reduction (Ollivier, "Riemannian metrics
-  for neural networks I: feedforward networks", 2015, arXiv 1303.0818, Sect. 3), which keeps
-  the diagonal and the bias row/column of F_λ and solves each (w_j, w0) pair exactly:
-  u_j = (c g_j − b_j g0)/(c A_jj − b_j²), u_0 = (g0 − Σ_j b_j u_j)/c
-  (:func:`quasidiagonal_solve`, O(d));
-- ``arrowhead``: u = M⁻¹g with M the arrowhead matrix (the diagonal and the bias row/column
-  of F_λ, every other entry 0; :func:`arrowhead_solve`, O(d)). It is NOT Ollivier's metric:
-  M can be indefinite (Σ_j b_j²/(A_jj c) > 1 happens whenever d is large and the incoming
-  means are not small) and M⁻¹g is not invariant under shifts a_j → a_j + β_j, while the
-  quasi-diagonal update is invariant under every a_j → α_j a_j + β_j;
-- ``blockdiag``: u = D_λ⁻¹g with the weight–bias coupling b set to 0: u_w = A_λ⁻¹g_w,
-  u_0 = g0/c_λ (Theorem 2's comparison);
-- ``natural``: u = F_λ⁻¹g (Theorem 1; Ollivier's unit-wise natural gradient).
-
-The **Fisher efficiency** of u is the cosine between u and F_λ⁻¹g in the metric F_λ,
-
-.. math::
-
-    \rho(u) = \frac{g^\top u}{\sqrt{u^\top F_\lambda u \; g^\top F_\lambda^{-1} g}} \in [-1, 1],
-    \qquad \rho(F_\lambda^{-1} g) = 1,
-
-invariant under any invertible linear reparametrisation of the unit. The **relative
-bias-shift error** of u is |shift(u) − shift_natural| / |shift_natural| with
-shift(u) = E_p(a)ᵀu_w + u_0 (the change of the unit's mean net input, Theorem 2).
+(λ = ``rel_damping``, the same for every unit; μ per unit; bias last). For the gradient
+g = (g_w, g0) the update directions u (:data:`DIRECTIONS`) are ``plain`` g; ``centred``
+T Tᵀg with T = [[I, 0], [−E_p(a)ᵀ, 1]] (:func:`centred_direction`); ``diagonal``
+diag(F_λ)⁻¹g; ``quasidiagonal``, Ollivier's quasi-diagonal update (Ollivier 2015, arXiv
+1303.0818, Sect. 3; :func:`quasidiagonal_solve`); ``arrowhead`` (:func:`arrowhead_solve`:
+not Ollivier's metric, it can be indefinite and is not shift-invariant); ``blockdiag``
+(A_λ⁻¹g_w, g0/c_λ), the coupling b set to 0; ``natural`` F_λ⁻¹g (Theorem 1). The **Fisher
+efficiency** ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) ∈ [−1, 1] is the cosine between u and F_λ⁻¹g
+in the metric F_λ (invariant under linear reparametrisations of the unit); the **relative
+bias-shift error** is |shift(u) − shift_natural| / |shift_natural| with
+shift(u) = E_p(a)ᵀu_w + u_0 (Theorem 2). Why these and not the Euclidean cosine:
+``docs/theory.md``, "Measures".
 
 Shapes: U units, d fan-in; ``matrix`` ``[U, d+1, d+1]``, ``mean_p`` ``[d]`` or ``[U, d]``,
 ``g`` ``[U, d]``, ``g0`` ``[U]``. Everything is computed in float64 and returned in the
-promoted dtype of the inputs. :func:`measures` computes every ρ and bias-shift error from
-ONE Cholesky factorisation of F_λ per unit (the leading d×d block of that factor is the
-Cholesky factor of A_λ, which serves ``blockdiag``).
+promoted dtype of the inputs.
 
 Example (the hand-checkable case of ``docs/theory.md``, F = [[2, 1], [1, 1]], E_p(a) = 1, g = (1, 0)):
     >>> import torch
@@ -72,11 +50,6 @@ from natgrad.linalg import rowdot as _dot
 
 DIRECTIONS = ("plain", "centred", "diagonal", "quasidiagonal", "arrowhead", "blockdiag", "natural")
 """The update directions :func:`direction` and :func:`measures` know, cheapest first."""
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in DIRECTIONS:
-        raise InputError(f"unknown direction {kind!r}: choose one of {', '.join(DIRECTIONS)}")
 
 
 def damping_of(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:
@@ -109,16 +82,10 @@ def relative_damped(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:
 
 def _singular(what: str, bad: torch.Tensor, context) -> SingularBlockError:
     pos = bad.nonzero().flatten()
-    units = context.get("units")
-    names = ", ".join(
-        f"unit {int(units[p]) if units is not None else int(p)}" for p in pos[:5].tolist()
-    )
-    more = f" and {pos.numel() - 5} more" if pos.numel() > 5 else ""
-    layer = context.get("layer")
-    where = f"layer {layer!r}: " if layer is not None else ""
     err = SingularBlockError(
-        f"{where}{what} for {pos.numel()} of {bad.numel()} units ({names}{more}); "
-        "the block is not positive definite there: pass rel_damping > 0 or drop these units"
+        f"{linalg.layer_prefix(context.get('layer'))}{what} for {pos.numel()} of {bad.numel()} "
+        f"units ({linalg._names(pos, context.get('units'))}); the block is not positive "
+        "definite there: pass rel_damping > 0 or drop these units"
     )
     err.positions = pos
     return err
@@ -142,13 +109,8 @@ def quasidiagonal_solve(
         u_0 = \frac{g_0 - \sum_j b_j u_j}{c}
 
     Each u_j solves the 2×2 system of the pair (w_j, w0) exactly; u_0 then corrects the bias
-    for every weight's move (Ollivier, "Riemannian metrics for neural networks I", 2015,
-    arXiv 1303.0818, Sect. 3, the quasi-diagonal reduction). Cost O(U·d), no dense solve;
-    only diag(A), b and c are read, so a quasi-diagonal or diagonal+bias storage of the
-    metric suffices. The update is invariant under every per-coordinate affine map
-    a_j → α_j a_j + β_j of the incoming activations, it equals F⁻¹g for d = 1, and the
-    operator g ↦ u is symmetric positive definite whenever every 2×2 block
-    [[A_jj, b_j], [b_j, c]] is (so gᵀu > 0 for g ≠ 0). Computed in float64.
+    for every weight's move. Cost O(U·d), reading only diag(A), b and c; its properties
+    (invariance, F⁻¹g for d = 1, positive definite): ``docs/theory.md``, "Measures".
 
     Raises:
         SingularBlockError: c ≤ 0 or c·A_jj − b_j² ≤ 0 for some unit (named via
@@ -220,8 +182,8 @@ def arrowhead_solve(
         u_j = \frac{g_j - b_j u_0}{A_{jj}}.
 
     M need not be positive definite (its Schur complement c − Σ_j b_j²/A_jj can be < 0)
-    and u is not invariant under shifts of the incoming activations; see
-    :func:`quasidiagonal_solve` for Ollivier's metric, which is both. Computed in float64.
+    and u is not invariant under shifts of the incoming activations, unlike
+    :func:`quasidiagonal_solve`. Computed in float64.
 
     Raises:
         SingularBlockError: some A_jj ≤ 0 or the Schur complement is 0 (M singular).
@@ -282,7 +244,8 @@ def direction(
         >>> direction(F, m, torch.tensor([[1.0]]), torch.tensor([0.0]), "blockdiag")
         (tensor([[0.5000]]), tensor([0.]))
     """
-    _check_kind(kind)
+    if kind not in DIRECTIONS:
+        raise InputError(f"unknown direction {kind!r}: choose one of {', '.join(DIRECTIONS)}")
     out, (M, m, g, g0) = _f64(matrix, mean_p, g, g0)
     if kind == "plain":
         return g.to(out), g0.to(out)
@@ -290,18 +253,15 @@ def direction(
         u, u0 = centred_direction(m, g, g0)
         return u.to(out), u0.to(out)
     F = relative_damped(M, rel_damping)
-    A_diag, b, c = torch.diagonal(F, dim1=-2, dim2=-1)[:, :-1], F[:, :-1, -1], F[:, -1, -1]
+    diag, b, c = torch.diagonal(F, dim1=-2, dim2=-1), F[:, :-1, -1], F[:, -1, -1]
     if kind == "diagonal":
-        diag = torch.diagonal(F, dim1=-2, dim2=-1)
         bad = ~(diag > 0).all(-1)
         if bad.any():
             raise _singular("a diagonal entry of F_λ is <= 0", bad, context)
         return (g / diag[:, :-1]).to(out), (g0 / diag[:, -1]).to(out)
-    if kind == "quasidiagonal":
-        u, u0 = quasidiagonal_solve(A_diag, b, c, g, g0, **context)
-        return u.to(out), u0.to(out)
-    if kind == "arrowhead":
-        u, u0 = arrowhead_solve(A_diag, b, c, g, g0, **context)
+    if kind in ("quasidiagonal", "arrowhead"):
+        solve = quasidiagonal_solve if kind == "quasidiagonal" else arrowhead_solve
+        u, u0 = solve(diag[:, :-1], b, c, g, g0, **context)
         return u.to(out), u0.to(out)
     if kind == "blockdiag":
         u = linalg.solve(F[:, :-1, :-1], g, what="weight block A_λ", **context)
@@ -391,12 +351,10 @@ def measures(
     - ``dead``: 1.0 where the block is zero (c = E_p(δ̄²) = 0, a unit that never influences
       the output: no metric, so every other entry is NaN there), else 0.0.
 
-    Cost per unit: one Cholesky of F_λ ((d+1)³/3 flops), whose leading d×d block is the
-    factor of A_λ (serving ``blockdiag``), one forward and one backward triangular solve
-    (natural and blockdiag together), and one batched product F_λ·[u_1 … u_K]; the other
-    directions are O(d). Warns
-    (:class:`~natgrad.errors.NearlySingularWarning`) on blocks whose Cholesky estimate of
-    the condition number exceeds :data:`natgrad.linalg.COND_WARN`.
+    Cost per unit: one Cholesky of F_λ, whose leading d×d block is the factor of A_λ
+    (serving ``blockdiag``), one forward and one backward triangular solve (natural and
+    blockdiag together) and one batched product F_λ·[u_1 … u_K]; the other directions are
+    O(d). Warns (:class:`~natgrad.errors.NearlySingularWarning`) as :func:`natgrad.linalg.cholesky`.
 
     Example:
         >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
