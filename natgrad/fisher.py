@@ -10,11 +10,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from natgrad._layers import (
-    check_layer,
-    resolve_layer,
-    supported_layers,
-)
+from natgrad._layers import check_layer, resolve_layer, supported_layers
 from natgrad.engine import PassOptions, compute
 from natgrad.errors import InputError, UnsupportedLayerError
 from natgrad.planner import sharded_unit_fisher
@@ -157,23 +153,7 @@ def unit_fishers(
     if unknown:
         raise InputError(f"units= names layers that are not computed: {sorted(unknown)}")
     spec = {n: (m, units.get(n)) for n, m in chosen.items()}
-    return compute(
-        model,
-        spec,
-        inputs,
-        targets,
-        PassOptions(
-            kind=kind,
-            likelihood=likelihood,
-            mc_samples=mc_samples,
-            generator=generator,
-            batch_size=batch_size,
-            structure=structure,
-            conv_moments=conv_moments,
-            max_memory=max_memory,
-        ),
-    )
-
-
-# --------------------------------------------------------------------------------------
-# The pass over the data.
+    options = PassOptions(kind=kind, likelihood=likelihood, mc_samples=mc_samples,
+                          generator=generator, batch_size=batch_size, structure=structure,
+                          conv_moments=conv_moments, max_memory=max_memory)  # fmt: skip
+    return compute(model, spec, inputs, targets, options)

@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from natgrad._layers import check_units
 from natgrad.errors import InputError, UnsupportedLayerError
-from natgrad.likelihoods import sample_targets
+from natgrad.likelihoods import KINDS, check_likelihood, sample_targets
 from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, normalised
 from natgrad.unitfisher import UnitFisher
 
@@ -61,9 +61,6 @@ __all__ = [
     "reference_natural_gradient",
     "reference_unit_fisher",
 ]
-
-_KINDS = ("exact", "mc", "empirical")
-_LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
 
 
 def _layer_name(model: nn.Module, layer: str | nn.Module, *, allow_norm: bool = False) -> str:
@@ -101,8 +98,7 @@ def _as_tensors(
     if isinstance(inputs, torch.Tensor):
         return inputs, targets
     xs, ys = [], []
-    for batch in inputs:
-        x, y = batch
+    for x, y in inputs:
         xs.append(x)
         ys.append(y)
     if not xs:
@@ -155,17 +151,11 @@ def reference_unit_fisher(
     r"""Unit Fisher blocks ``[U, d+1, d+1]`` (bias last) of ``layer`` by brute force.
 
     A float64 deep copy of ``model`` is evaluated one input at a time (as given: call
-    ``.eval()`` first for dropout/batch norm). For each input z_n, ``torch.autograd`` gives
-    the gradient of ln p(y | z_n) w.r.t. the layer's weight and bias, reshaped to one
-    vector per unit g_i = (``weight.grad.view(U, -1)[i]``, ``bias.grad[i]``) ∈ R^{d+1}, and
-
-    - ``kind="exact"``: categorical Σ_y p(y|z_n) g_y g_yᵀ over all C labels;
-      bernoulli/gaussian J_iᵀ H J_i (Jacobian by ``torch.func.jacrev``, H = ∇²_o(−ln p) by
-      ``jacrev`` of ``jacrev``, a Hessian that never sees the Fisher's closed form);
-    - ``kind="mc"``: (1/S) Σ_s g_{y_s} g_{y_s}ᵀ, the S = ``mc_samples`` labels drawn by
-      :func:`natgrad.likelihoods.sample_targets` called once on the whole ``[N, D]`` output
-      with ``generator``;
-    - ``kind="empirical"``: g_y g_yᵀ at the observed label ``targets[n]``.
+    ``.eval()`` first for dropout/batch norm); ``torch.autograd`` gives each unit's gradient
+    g_i = (``weight.grad.view(U, -1)[i]``, ``bias.grad[i]``) and the estimator ``kind`` is
+    formed as in the module docstring (``"mc"``: the S = ``mc_samples`` labels are drawn by
+    :func:`natgrad.likelihoods.sample_targets` once on the whole ``[N, D]`` output with
+    ``generator``; ``"empirical"``: the observed ``targets[n]``).
 
     The blocks are averaged over the N inputs. ``mean_p`` ``[d]`` is E_p(a), the layer input
     captured by a forward hook (for Conv2d unfolded into patches and averaged over inputs
@@ -182,12 +172,9 @@ def reference_unit_fisher(
     Returns:
         A float64 :class:`~natgrad.unitfisher.UnitFisher`.
     """
-    if kind not in _KINDS:
-        raise InputError(f"unknown kind {kind!r}: choose one of {', '.join(_KINDS)}")
-    if likelihood not in _LIKELIHOODS:
-        raise InputError(
-            f"unknown likelihood {likelihood!r}: choose one of {', '.join(_LIKELIHOODS)}"
-        )
+    if kind not in KINDS:
+        raise InputError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+    check_likelihood(likelihood)
     name = _layer_name(model, layer, allow_norm=True)
     x, y_obs = _as_tensors(inputs, targets)
     n = x.shape[0]
@@ -288,27 +275,17 @@ def reference_unit_fisher(
     c_sum, c_sq_sum = c_sum + c_n, c_sq_sum + c_n**2
     matrix = total.detach() / n  # [U, d+1, d+1]
 
+    fields = dict(n=n, kind=kind, likelihood=likelihood, layer=name,
+                  mc_samples=int(mc_samples) if kind == "mc" else None)  # fmt: skip
     if norm:
-        return NormUnitFisher(matrix=matrix, mean_xhat=mean_p, n=n, kind=kind,
-                              likelihood=likelihood, layer=name,
-                              mc_samples=int(mc_samples) if kind == "mc" else None,
-                              c_sum=c_sum, c_sq_sum=c_sq_sum)  # fmt: skip
+        return NormUnitFisher(matrix=matrix, mean_xhat=mean_p, c_sum=c_sum, c_sq_sum=c_sq_sum,
+                              **fields)  # fmt: skip
     unit_idx = torch.arange(n_units)
     if units is not None:
         unit_idx = check_units(name, units, n_units)
         matrix, c_sum, c_sq_sum = matrix[unit_idx], c_sum[unit_idx], c_sq_sum[unit_idx]
-    return UnitFisher(
-        matrix=matrix,
-        mean_p=mean_p,
-        n=n,
-        kind=kind,
-        likelihood=likelihood,
-        layer=name,
-        units=unit_idx,
-        mc_samples=int(mc_samples) if kind == "mc" else None,
-        c_sum=c_sum,
-        c_sq_sum=c_sq_sum,
-    )
+    return UnitFisher(matrix=matrix, mean_p=mean_p, units=unit_idx, c_sum=c_sum,
+                      c_sq_sum=c_sq_sum, **fields)  # fmt: skip
 
 
 def reference_natural_gradient(matrix, grad: torch.Tensor) -> torch.Tensor:
@@ -335,10 +312,10 @@ def reference_natural_gradient(matrix, grad: torch.Tensor) -> torch.Tensor:
 # --- update directions and their measures, by explicit dense matrices (``docs/theory.md``, "Measures")
 
 
-def _blocks(matrix) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(matrix, UnitFisher):
-        return matrix.matrix.to(torch.float64), matrix.mean_p.to(torch.float64)
-    return torch.as_tensor(matrix, dtype=torch.float64), None
+def _blocks(matrix) -> torch.Tensor:
+    """``[U, d+1, d+1]`` float64 blocks of a tensor or a :class:`UnitFisher`."""
+    m = matrix.matrix if isinstance(matrix, UnitFisher) else matrix
+    return torch.as_tensor(m, dtype=torch.float64)
 
 
 def _damped_dense(F: torch.Tensor, rel_damping: float) -> torch.Tensor:
@@ -367,7 +344,7 @@ def reference_direction(
         >>> reference_direction(F, torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]), "blockdiag")
         tensor([[0.5000, 0.0000]], dtype=torch.float64)
     """
-    blocks, _ = _blocks(matrix)
+    blocks = _blocks(matrix)
     mp = torch.as_tensor(mean_p, dtype=torch.float64)
     grad = torch.as_tensor(grad, dtype=torch.float64)
     out = []
@@ -418,7 +395,7 @@ def reference_efficiency(
         >>> reference_efficiency(F, torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, -1.0]]))
         tensor([1.], dtype=torch.float64)
     """
-    blocks, _ = _blocks(matrix)
+    blocks = _blocks(matrix)
     grad = torch.as_tensor(grad, dtype=torch.float64)
     update = torch.as_tensor(update, dtype=torch.float64)
     out = []
@@ -441,7 +418,7 @@ def reference_bias_shift_error(
         ...                            torch.tensor([[1.0, 0.0]]))
         tensor([1.], dtype=torch.float64)
     """
-    blocks, _ = _blocks(matrix)
+    blocks = _blocks(matrix)
     mp = torch.as_tensor(mean_p, dtype=torch.float64)
     grad = torch.as_tensor(grad, dtype=torch.float64)
     update = torch.as_tensor(update, dtype=torch.float64)
