@@ -1,43 +1,30 @@
-r"""Structured unit Fishers: quasi-diagonal (Ollivier) and diagonal, in O(U·d) memory.
+r"""Structured unit Fishers: quasi-diagonal (Ollivier) and diagonal, in O(U·d) memory
+(``docs/scale.md``, "2. Structures").
 
-For one unit the dense block is F = [[A, b], [bᵀ, c]] (bias last). The structures keep
+For one unit the dense block is F = [[A, b], [bᵀ, c]] (bias last). ``"quasidiagonal"`` keeps
+diag(A), b and c (Ollivier 2015, "Riemannian metrics for neural networks I", arXiv 1303.0818,
+Sect. 3), U·(2d+1) numbers; ``"diagonal"`` keeps diag(F) only, U·(d+1). The engine
+(:func:`natgrad.unit_fisher` with ``structure=``) computes both from the same single backward
+as the dense block without forming it (Linear: two GEMMs ``[U, N] @ [N, d+1]``; Conv2d: the
+per-sample gradients g = Σ_p v_p ã_p in chunks of units, only g∘g and g·g_bias summed).
 
-- ``"quasidiagonal"``: diag(A), b and c (Ollivier 2015, "Riemannian metrics for neural
-  networks I", arXiv 1303.0818, Sect. 3);
-- ``"diagonal"``: diag(F) only (b dropped).
-
-Both are computed by the engine (:func:`natgrad.unit_fisher` with ``structure=``) from the
-same single backward as the dense block, without forming it: for a Linear unit
-diag(F) = (1/N) Σ_n δ̄²_n ã_n∘ã_n and b = (1/N) Σ_n δ̄²_n a_n (two GEMMs ``[U, N] @ [N, d+1]``);
-for a weight-shared (Conv2d) unit the per-sample, per-column gradients g = Σ_p v_p ã_p are
-formed in chunks of units (:func:`natgrad.accumulate.shared_factors`) and only g∘g and g·g_bias
-are summed. Memory: U·(2d+1) (quasi-diagonal) or U·(d+1) (diagonal) numbers.
-
-**The structure's metric.** The stored numbers define one positive definite metric per unit,
-Ollivier's quasi-diagonal metric
+**The structure's metric.** The stored numbers define Ollivier's quasi-diagonal metric
 
 .. math::
 
     Q = \begin{pmatrix} A_Q & b \\ b^\top & c \end{pmatrix},\qquad
     A_Q = \operatorname{diag}(A_{jj} - b_j^2/c) + b b^\top / c,
 
-the matrix with F's diagonal, bias row and bias entry whose weight coordinates are coupled
-only through the bias: its q-covariance Var_q(a) = A_Q/c − E_q(a)E_q(a)ᵀ is DIAGONAL with the
-exact q-variances A_jj/c − E_q(a_j)². Its inverse is Ollivier's quasi-diagonal update
-(:func:`natgrad.measures.quasidiagonal_solve`): u_j = (c g_j − b_j g0)/(c A_jj − b_j²),
-u_0 = (g0 − bᵀu)/c. Q is positive definite exactly when every 2×2 block [[A_jj, b_j], [b_j, c]]
-is, so always for a positive definite F. (The *arrowhead* [[diag(A), b], [bᵀ, c]] shares the
-numbers but can be indefinite and is not invariant to shifts of the inputs; it is available
-as the ``"arrowhead"`` direction.) Theorems 1–2 are block algebra that holds for any positive
-definite block, so with A → A_Q (inverted by Sherman–Morrison in O(d)) they hold exactly for
-Q: s = (1 + Σ_j b_j²/(c A_jj − b_j²))/c = (1 + E_qᵀVar_q⁻¹E_q)/c, k = Σ_j (E_q − E_p)_j E_q,j /
-Var_q,j, and shift_natural = E_p(a)ᵀΔw + Δw0 of the update above. Damping λ is applied to F
-before the structure is taken: the metric is Q(F + λI), as in :mod:`natgrad.measures`.
+F's diagonal, bias row and bias entry with the weights coupled only through the bias: its
+Var_q(a) = A_Q/c − E_q(a)E_q(a)ᵀ is DIAGONAL with the exact q-variances A_jj/c − E_q(a_j)²,
+Q is positive definite exactly when every 2×2 block [[A_jj, b_j], [b_j, c]] is, and Q⁻¹g is
+Ollivier's quasi-diagonal update (:func:`natgrad.measures.quasidiagonal_solve`). Theorems 1–2
+are block algebra, so with A → A_Q (Sherman–Morrison, O(d)) they hold exactly for Q:
+s = (1 + Σ_j b_j²/(c A_jj − b_j²))/c = (1 + E_qᵀVar_q⁻¹E_q)/c, k = Σ_j (E_q − E_p)_j E_q,j /
+Var_q,j. Damping λ is applied to F before the structure is taken: the metric is Q(F + λI).
 For ``"diagonal"`` b = 0, so s = 1/c and k = 0; E_q(a), Var_q(a) and Cov_p are *not* stored
-(the coupling b is what the structure drops) and raise :class:`~natgrad.errors.StructureError`.
-
-**matrix.** ``StructuredUnitFisher.matrix`` materialises Q densely ``[U, d+1, d+1]`` on demand
-(it costs what the dense block costs; use it for small layers and tests).
+and raise :class:`~natgrad.errors.StructureError`. ``StructuredUnitFisher.matrix``
+materialises Q densely ``[U, d+1, d+1]`` on demand (small layers and tests).
 
 Example:
     >>> import torch

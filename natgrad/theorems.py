@@ -213,9 +213,20 @@ def natural_gradient(
     """
     out, (A, b, c, g, g0) = _f64(A, b, c, g, g0)
     Ainv_g, Ainv_b, s = _solve_pair(A, b, c, g, context)
-    dw0 = s * (g0 - _dot(b, Ainv_g))  # [U]
-    dw = Ainv_g - dw0.unsqueeze(-1) * Ainv_b  # [U, d] = A⁻¹(g − Δw0 b)
+    dw, dw0 = theorem1_from_solves(g0, b, s, Ainv_g, Ainv_b)
     return dw.to(out), dw0.to(out)
+
+
+def theorem1_from_solves(g0, b, s, Ainv_g, Ainv_b) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Δw ``[U, d]``, Δw0 ``[U]``) from the A-solves A⁻¹g, A⁻¹b and s (float64): every
+    route's Theorem 1, whatever solves with A it has."""
+    dw0 = s * (g0 - _dot(b, Ainv_g))  # [U]
+    return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0  # [U, d] = A⁻¹(g − Δw0 b)
+
+
+def k_from_solves(s, b, c, mean_p, Ainv_b) -> torch.Tensor:
+    """``[U]`` k = s·(b − c·E_p(a))ᵀA⁻¹b = s·c·Cov_pᵀA⁻¹E_q(a) from A⁻¹b (float64)."""
+    return s * _dot(b - c.unsqueeze(-1) * mean_p, Ainv_b)
 
 
 def _solve_pair(A, b, c, g, context):
@@ -275,10 +286,13 @@ def bias_shift(
         (tensor([0.]), tensor([0.5000]), tensor([1.]), tensor([0.]), tensor([[0.]]))
     """
     out, (A, b, c, mp, g, g0) = _f64(A, b, c, mean_p, g, g0)
-    Ainv_g, Ainv_b, s = _solve_pair(A, b, c, g, context)
-    mean_q = b / c.unsqueeze(-1)
-    k = s * _dot(b - c.unsqueeze(-1) * mp, Ainv_b)  # s·c·Cov_pᵀA⁻¹E_q(a), A⁻¹E_q(a) = A⁻¹b/c
-    corrected = mp - (1.0 + k).unsqueeze(-1) * mean_q  # [U, d]
+    return bias_shift_from_solves(mp, g, g0, b, c, *_solve_pair(A, b, c, g, context), out)
+
+
+def bias_shift_from_solves(mp, g, g0, b, c, Ainv_g, Ainv_b, s, out: torch.dtype) -> BiasShift:
+    """Theorem 2's :class:`BiasShift` from the A-solves A⁻¹g, A⁻¹b and s (float64), in ``out``."""
+    k = k_from_solves(s, b, c, mp, Ainv_b)
+    corrected = mp - (1.0 + k).unsqueeze(-1) * (b / c.unsqueeze(-1))  # [U, d]
     return BiasShift(
         shift_natural=(_dot(corrected, Ainv_g) + (1.0 + k) * g0 / c).to(out),
         shift_blockdiag=(_dot(mp, Ainv_g) + g0 / c).to(out),

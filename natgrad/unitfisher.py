@@ -204,17 +204,10 @@ def check_form(layer, what: str, form: str, forms: tuple[str, ...]) -> None:
                          f"{' or '.join(map(repr, forms))}, got {form!r}")  # fmt: skip
 
 
-def _theorem1_parts(g, g0, b, c, Ainv_g, Ainv_b):
-    """Theorem 1 from the A-solves: (Δw, Δw0, s) with s = 1/(c − bᵀA⁻¹b),
-    Δw0 = s(g0 − bᵀA⁻¹g), Δw = A⁻¹g − Δw0·A⁻¹b."""
+def _theorem1_parts(g0, b, c, Ainv_g, Ainv_b):
+    """Theorem 1 from the A-solves: (Δw, Δw0, s) with s = 1/(c − bᵀA⁻¹b)."""
     s = 1.0 / (c - (b * Ainv_b).sum(-1))
-    dw0 = s * (g0 - (b * Ainv_g).sum(-1))
-    return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0, s
-
-
-def _k_paper(s, b, c, mean_p, Ainv_b):
-    """Theorem 2's k = s·(b − c·E_p(a))ᵀA⁻¹b."""
-    return s * ((b - c.unsqueeze(-1) * mean_p) * Ainv_b).sum(-1)
+    return *theorems.theorem1_from_solves(g0, b, s, Ainv_g, Ainv_b), s
 
 
 class SolvedUnitFisher(UnitFisherBase):
@@ -267,7 +260,7 @@ class SolvedUnitFisher(UnitFisherBase):
         def fn(lo, hi, solve, b, c):
             if form == "paper":
                 Ainv_b = solve(b)
-                return _k_paper(1.0 / (c - (b * Ainv_b).sum(-1)), b, c, mp, Ainv_b)
+                return theorems.k_from_solves(1.0 / (c - (b * Ainv_b).sum(-1)), b, c, mp, Ainv_b)
             m = b / c.unsqueeze(-1)
             Binv_m = c.unsqueeze(-1) * solve(m)
             return ((m - mp) * Binv_m).sum(-1) / (1.0 - (m * Binv_m).sum(-1))
@@ -282,7 +275,7 @@ class SolvedUnitFisher(UnitFisherBase):
         def fn(lo, hi, solve, b, c):
             both = solve(torch.stack([g[lo:hi], b], -1))  # [U_c, d, 2]
             Ainv_g, Ainv_b = both[..., 0], both[..., 1]
-            dw, dw0, s = _theorem1_parts(g[lo:hi], g0[lo:hi], b, c, Ainv_g, Ainv_b)
+            dw, dw0, s = _theorem1_parts(g0[lo:hi], b, c, Ainv_g, Ainv_b)
             return dw, dw0, Ainv_g, Ainv_b, s, b, c
 
         return (g, g0, out), self._per_unit(damping, fn)
@@ -300,15 +293,7 @@ class SolvedUnitFisher(UnitFisherBase):
             grad_weight, grad_bias, damping
         )
         mp = self.mean_p.double()
-        k = _k_paper(s, b, c, mp, Ainv_b)
-        corrected = mp - (1.0 + k).unsqueeze(-1) * (b / c.unsqueeze(-1))
-        return theorems.BiasShift(
-            shift_natural=((corrected * Ainv_g).sum(-1) + (1.0 + k) * g0 / c).to(out),
-            shift_blockdiag=((mp * Ainv_g).sum(-1) + g0 / c).to(out),
-            shift_plain=((mp * g).sum(-1) + g0).to(out),
-            k=k.to(out),
-            corrected_mean=corrected.to(out),
-        )
+        return theorems.bias_shift_from_solves(mp, g, g0, b, c, Ainv_g, Ainv_b, s, out)
 
     # --- natgrad.measures in this result's metric F_λ (μ = λ·tr F/(d+1), natgrad.damping) ---
     def _rel_parts(self, rel_damping: float):  # pragma: no cover - every subclass defines it
@@ -349,7 +334,7 @@ class SolvedUnitFisher(UnitFisherBase):
                 elif kind == "blockdiag":
                     u = (Ainv_g, g0l / c)
                 else:  # natural: Theorem 1
-                    u = _theorem1_parts(gl, g0l, b, c, Ainv_g, Ainv_b)[:2]
+                    u = _theorem1_parts(g0l, b, c, Ainv_g, Ainv_b)[:2]
                 if kind in out:
                     out[kind][0].append(u[0])
                     out[kind][1].append(u[1])
