@@ -1,27 +1,13 @@
 r"""The three likelihoods natgrad supports, in the form the Fisher engine needs.
 
-For model output o (per input) and label y, the error signal of unit i is
-δ = ∂ ln p(y | z) / ∂net_i = J_iᵀ (∂ ln p / ∂o), with J_i = ∂o/∂net_i. The exact Fisher
-averages over y ~ p(y | z) in closed form through the output-space Fisher
-H = E_y[(∂ ln p/∂o)(∂ ln p/∂o)ᵀ] (``docs/theory.md``, "Closed forms of δ̄²"):
-
-=============  ===============  ==================  =========================
-likelihood     output o         ∂ ln p / ∂o         H
-=============  ===============  ==================  =========================
-categorical    logits [N, C]    e_y − p             diag(p) − p pᵀ
-bernoulli      logits [N, D]    y − σ(o)            diag(σ(o)(1 − σ(o)))
-gaussian       mean   [N, D]    y − o               I
-=============  ===============  ==================  =========================
-
-Every estimator is expressed as K "columns" M [K, N, D] of output-space vectors, so that the
-unit Fisher is (1/N) Σ_n Σ_k g_nk g_nkᵀ with g_nk the gradient obtained by back-propagating
-column k of sample n:
-
-- exact: the columns of a square root L of H (L Lᵀ = H), K = C or D;
-- mc: the scores of S sampled labels, scaled by 1/√S, K = S;
-- empirical: the score of the observed label, K = 1.
-
-Outputs with more than two dimensions are flattened to [N, D] (bernoulli/gaussian only).
+The output-space Fisher H = E_y[(∂ ln p/∂o)(∂ ln p/∂o)ᵀ] of each likelihood (categorical
+logits: diag(p) − p pᵀ; bernoulli logits: diag(σ(o)(1 − σ(o))); gaussian means: I) and how
+the engine uses it: ``docs/theory.md``, "Closed forms of δ̄²". Every estimator is K "columns"
+M [K, N, D] of output-space vectors, so that the unit Fisher is (1/N) Σ_n Σ_k g_nk g_nkᵀ with
+g_nk the gradient obtained by back-propagating column k of sample n: exact, the columns of a
+square root L of H (L Lᵀ = H), K = C or D; mc, the scores of S sampled labels scaled by 1/√S,
+K = S; empirical, the score of the observed label, K = 1. Outputs with more than two
+dimensions are flattened to [N, D] (bernoulli/gaussian only).
 
 Example:
     >>> import torch

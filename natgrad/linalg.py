@@ -7,18 +7,13 @@ units in one batched call; there are no Python loops over units.
 **Precision.** Blocks are upcast to float64 before factorising and results are cast back to
 the promoted dtype of the inputs, so a float32 Fisher loses no digits in the solve itself.
 
-**Damping.** ``damping = λ >= 0`` adds λ to *every* diagonal entry, the bias entry included:
-the damped block is F + λI. For the weight block A of a full block F this is consistent:
-the A-block of F + λI is A + λI and its bias entry is c + λ, so Theorems 1–2 applied with
-damping λ give exactly (F + λI)⁻¹(g, g0).
+**Damping.** ``damping = λ >= 0`` adds λ to *every* diagonal entry, the bias entry included
+(F + λI), so Theorems 1–2 with damping λ give exactly (F + λI)⁻¹(g, g0)
+(``docs/theory.md``, "Damping").
 
-**Failures are loud.** :func:`cholesky` finds every failing unit in one
-``torch.linalg.cholesky_ex`` call and raises :class:`~natgrad.errors.SingularBlockError`
-naming the layer, each failing unit (its index within the layer and its position in
-``UnitFisher.units``), its smallest eigenvalue and its condition number. A block that
-factorises but whose condition number estimate exceeds ``warn_cond`` (default
-:data:`COND_WARN` = 1e12, i.e. a float64 solve keeps only about 4 significant digits) gets a
-:class:`~natgrad.errors.NearlySingularWarning` naming the same. Never a silent NaN.
+**Failures are loud.** :func:`cholesky` raises :class:`~natgrad.errors.SingularBlockError`
+naming the layer and each failing unit, and warns (:class:`~natgrad.errors.NearlySingularWarning`)
+above :data:`COND_WARN`. Never a silent NaN.
 
 Example:
     >>> import torch
