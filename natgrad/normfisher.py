@@ -62,7 +62,7 @@ def _affine(m: nn.Module) -> bool:
     return getattr(m, "weight", None) is not None and getattr(m, "bias", None) is not None
 
 
-def _check(name: str, m: nn.Module) -> None:
+def check_norm_layer(name: str, m: nn.Module) -> None:
     if not isinstance(m, NORM_LAYERS):
         raise UnsupportedLayerError(
             f"layer {name!r} is a {type(m).__name__}; normalisation unit blocks cover "
@@ -101,7 +101,7 @@ class NormAccumulator:
     Σ x̂ ``[U]`` and, for n_eff, Σ_n c_n, Σ_n c_n² (c_n the β entry of input n's block)."""
 
     def __init__(self, name: str, module: nn.Module, units, **_):
-        _check(name, module)
+        check_norm_layer(name, module)
         if units is not None:
             raise InputError(f"layer {name!r}: units= is not supported for normalisation layers")
         self.name, self.module = name, module
@@ -229,7 +229,7 @@ def norm_unit_fishers(
     for name in names:
         if name not in modules:
             raise UnsupportedLayerError(f"layer {name!r} is not in the model")
-        _check(name, modules[name])
+        check_norm_layer(name, modules[name])
         spec[name] = (modules[name], None)
     options = PassOptions(kind=kind, likelihood=likelihood, mc_samples=mc_samples,
                           generator=generator, batch_size=batch_size)  # fmt: skip

@@ -1,8 +1,9 @@
 r"""The brute-force route: unit Fishers by per-sample, per-label autograd in float64.
 
 This module is natgrad's ground truth. It computes every block the slow, obvious way and
-shares no code path with the fast engine (:mod:`natgrad.fisher`) beyond label sampling
-(:func:`natgrad.likelihoods.sample_targets`, so that both routes see the same MC labels).
+shares no computation with the fast engine (:mod:`natgrad.fisher`) beyond label sampling
+(:func:`natgrad.likelihoods.sample_targets`, so that both routes see the same MC labels);
+it checks its arguments as the engine does.
 
 For input z_n and label y, let g_{n,y,i} ∈ R^{d+1} be the gradient of ln p(y | z_n) w.r.t.
 the parameters of unit i, (weight row ``weight.view(U, -1)[i]``, then bias): for a Linear
@@ -48,10 +49,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from natgrad._layers import check_units
-from natgrad.errors import InputError, UnsupportedLayerError
+from natgrad._layers import check_units, resolve_layer
+from natgrad.errors import InputError
 from natgrad.likelihoods import KINDS, check_likelihood, sample_targets
-from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, normalised
+from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, check_norm_layer, normalised
 from natgrad.unitfisher import UnitFisher
 
 __all__ = [
@@ -63,33 +64,17 @@ __all__ = [
 ]
 
 
-def _layer_name(model: nn.Module, layer: str | nn.Module, *, allow_norm: bool = False) -> str:
-    modules = dict(model.named_modules())
-    if isinstance(layer, str):
-        if layer not in modules:
-            raise UnsupportedLayerError(f"layer {layer!r} is not in the model")
-        name = layer
-    else:
-        names = [n for n, m in model.named_modules() if m is layer]
-        if not names:
-            raise UnsupportedLayerError(
-                f"the given {type(layer).__name__} is not a submodule of the model"
-            )
-        name = names[0]
-    module = modules[name]
-    if allow_norm and isinstance(module, NORM_LAYERS):
-        if module.weight is None or module.bias is None:
-            raise UnsupportedLayerError(f"layer {name!r} has no affine parameters (γ, β)")
+def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
+    """The name of ``layer`` (a module of ``model`` or its name), checked as the engine checks
+    it: a Linear/Conv2d layer with a bias, or an affine normalisation layer."""
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, NORM_LAYERS)}
+    name = (
+        layer if isinstance(layer, str) else next((n for n, m in norms.items() if m is layer), None)
+    )
+    if name in norms:
+        check_norm_layer(name, norms[name])
         return name
-    if not isinstance(module, (nn.Linear, nn.Conv2d)):
-        raise UnsupportedLayerError(
-            f"layer {name!r} is a {type(module).__name__}; only nn.Linear and nn.Conv2d have units"
-        )
-    if module.bias is None:
-        raise UnsupportedLayerError(f"layer {name!r} has no bias; the theory needs one")
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise UnsupportedLayerError(f"layer {name!r}: grouped Conv2d is not supported")
-    return name
+    return resolve_layer(model, layer)[0]
 
 
 def _as_tensors(
@@ -175,7 +160,7 @@ def reference_unit_fisher(
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     check_likelihood(likelihood)
-    name = _layer_name(model, layer, allow_norm=True)
+    name = _layer_name(model, layer)
     x, y_obs = _as_tensors(inputs, targets)
     n = x.shape[0]
     if n == 0:
