@@ -113,14 +113,13 @@ def cholesky(
         sub = m64[failed]
         cond = condition_number(sub)
         low = torch.linalg.eigvalsh(sub)[:, 0]
-        details = ", ".join(
-            f"{unit_name(int(p), units)}: smallest eigenvalue {lo:.3g}, condition number {k:.3g}"
-            for p, lo, k in zip(failed[:_SHOW].tolist(), low.tolist(), cond.tolist(), strict=False)
-        )
-        more = f" and {failed.numel() - _SHOW} more" if failed.numel() > _SHOW else ""
+        details = [
+            f"smallest eigenvalue {lo:.3g}, condition number {k:.3g}"
+            for lo, k in zip(low.tolist(), cond.tolist(), strict=True)
+        ]
         err = SingularBlockError(
             f"{layer_prefix(layer)}{what} is not positive definite (damping {damping:g}) for "
-            f"{failed.numel()} of {m64.shape[0]} units — {details}{more}. "
+            f"{failed.numel()} of {m64.shape[0]} units — {_names(failed, units, details)}. "
             "Pass damping > 0 (it adds λ to the diagonal), or drop these units."
         )
         err.positions = failed
@@ -187,16 +186,12 @@ def warn_nearly_singular(
         cond, sign = condition_number(blocks[ill]), ""
     else:
         cond, sign = estimate[ill], ">= "
-    details = ", ".join(
-        f"{unit_name(int(p), units)}: condition number {sign}{k:.3g}"
-        for p, k in zip(ill[:_SHOW].tolist(), cond.tolist(), strict=False)
-    )
-    more = f" and {ill.numel() - _SHOW} more" if ill.numel() > _SHOW else ""
+    details = [f"condition number {sign}{k:.3g}" for k in cond.tolist()]
     damped_by = "" if damping is None else f", damping {damping:g}"
     warnings.warn(
         f"{layer_prefix(layer)}{what} is nearly singular (condition number > {warn_cond:g}"
         f"{damped_by}) for {ill.numel()} of {estimate.shape[0]} units — "
-        f"{details}{more}. Solves keep few digits; consider damping > 0.",
+        f"{_names(ill, units, details)}. Solves keep few digits; consider damping > 0.",
         NearlySingularWarning,
         stacklevel=stacklevel,
     )
@@ -264,8 +259,13 @@ def unit_name(position: int, units: torch.Tensor | None) -> str:
     return f"unit {int(units[position])} (UnitFisher.units[{position}])"
 
 
-def _names(positions: torch.Tensor, units: torch.Tensor | None) -> str:
-    names = ", ".join(unit_name(int(p), units) for p in positions[:_SHOW].tolist())
+def _names(positions: torch.Tensor, units: torch.Tensor | None, details=None) -> str:
+    """The first units at ``positions`` by :func:`unit_name` (each with its ``details[i]``), then
+    how many more."""
+    names = ", ".join(
+        unit_name(int(p), units) + (f": {details[i]}" if details else "")
+        for i, p in enumerate(positions[:_SHOW].tolist())
+    )
     more = f" and {positions.numel() - _SHOW} more" if positions.numel() > _SHOW else ""
     return names + more
 

@@ -45,10 +45,11 @@ def _inv_schur(
     if bad.any():
         pos = bad.nonzero().flatten()
         cond = linalg.condition_number(linalg.bordered(A, b, c)[pos])
-        names = ", ".join(
-            f"{linalg.unit_name(int(p), context.get('units'))}: c − bᵀA⁻¹b = {v:.3g}, condition number {k:.3g}"
-            for p, v, k in zip(pos.tolist(), denom[pos].tolist(), cond.tolist(), strict=False)
-        )
+        details = [
+            f"c − bᵀA⁻¹b = {v:.3g}, condition number {k:.3g}"
+            for v, k in zip(denom[pos].tolist(), cond.tolist(), strict=True)
+        ]
+        names = linalg._names(pos, context.get("units"), details)
         err = SingularBlockError(
             f"{linalg.layer_prefix(context.get('layer'))}unit Fisher block is not positive definite "
             f"(its Schur complement is <= 0) for {names}. Pass damping > 0."
