@@ -263,10 +263,6 @@ class StructuredUnitFisher(SolvedUnitFisher):
     def _dtype(self) -> torch.dtype:
         return self.diagonal.dtype
 
-    def _parts(self, damping: float):
-        delta, b, c, _, _ = self._metric(damping)
-        yield 0, self.num_units, lambda x: self._A_inv(delta, b, c, x), b, c
-
     def metric(self, damping: float = 0.0) -> torch.Tensor:
         r"""``[U, d+1, d+1]`` the structure's metric Q(F + λI), materialised densely."""
         delta, b, c, _, _ = self._metric(damping)
@@ -279,8 +275,8 @@ class StructuredUnitFisher(SolvedUnitFisher):
         return self.diag_A / self.c.unsqueeze(-1) - self.mean_q.square()
 
     # --- Theorems 1-2 and natgrad.measures: SolvedUnitFisher over A_Q⁻¹ (Sherman–Morrison)
-    def _rel_parts(self, rel_damping: float):
-        delta, b, c, D, mu = self._metric(rel_damping, rel=True)
+    def _parts(self, damping: float, rel: bool = False):
+        delta, b, c, D, mu = self._metric(damping, rel)
 
         def apply(lo, hi, u, u0):
             return self._Q_apply(delta, b, c, u, u0)

@@ -211,25 +211,24 @@ def _theorem1_parts(g0, b, c, Ainv_g, Ainv_b):
 
 
 class SolvedUnitFisher(UnitFisherBase):
-    r"""Theorems 1–2 written once over solves with each unit's weight block, for the results
-    that never hold a dense block (a structure, Woodbury rows). A subclass gives
-    :meth:`_parts`: for each chunk of units ``(lo, hi)``, x ↦ (A + λI)⁻¹x (``x`` ``[U_c, d]`` or
-    ``[U_c, d, k]``), the bias column b ``[U_c, d]`` and c + λ ``[U_c]`` of its metric, all
-    float64; and ``_dtype``, the dtype of its storage. With m = E_q(a) = b/c and
-    B = A/c (Var_q = B − mmᵀ):
-
-    - s = 1/(c − bᵀA⁻¹b), or (1 + E_qᵀVar_q⁻¹E_q)/c with Var_q⁻¹ by Sherman–Morrison;
-    - Theorem 1: Δw0 = s(g0 − bᵀA⁻¹g), Δw = A⁻¹g − Δw0·A⁻¹b;
-    - Theorem 2: k = s·(b − c·E_p)ᵀA⁻¹b = (E_q − E_p)ᵀVar_q⁻¹E_q, and the shifts.
-    """
+    r"""Theorems 1–2 and the measures written once over solves with each unit's weight block,
+    for the results that never hold a dense block (a structure, Woodbury rows). A subclass
+    gives :meth:`_parts` and ``_dtype``, the dtype of its storage. With m = E_q(a) = b/c and
+    B = A/c (Var_q = B − mmᵀ): s = 1/(c − bᵀA⁻¹b), or (1 + E_qᵀVar_q⁻¹E_q)/c with Var_q⁻¹ by
+    Sherman–Morrison; Theorem 1 and Theorem 2's k = s·(b − c·E_p)ᵀA⁻¹b = (E_q − E_p)ᵀVar_q⁻¹E_q
+    and shifts from A⁻¹g, A⁻¹b (:func:`natgrad.theorems.theorem1_from_solves`)."""
 
     _dtype: torch.dtype
 
-    def _parts(self, damping: float):  # pragma: no cover - every subclass defines it
+    def _parts(self, damping: float, rel: bool = False):  # pragma: no cover - subclasses define it
+        r"""Per chunk of units: ``(lo, hi, solve_A, apply, D, b, c, mu)`` of the metric damped by
+        λ (``rel``: by μ = λ·tr F/(d+1) per unit, F_λ): x ↦ A_λ⁻¹x, (u, u0) ↦ F_λ(u, u0), the
+        weight block's diagonal ``D`` ``[U_c, d]``, b, c_λ and μ ``[U_c]`` (0 for a dead unit),
+        float64."""
         raise NotImplementedError
 
     def _per_unit(self, damping: float, fn):
-        outs = [fn(lo, hi, solve, b, c) for lo, hi, solve, b, c in self._parts(damping)]
+        outs = [fn(lo, hi, solve, b, c) for lo, hi, solve, _, _, b, c, _ in self._parts(damping)]
         if isinstance(outs[0], tuple):
             return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
         return torch.cat(outs)
@@ -296,18 +295,12 @@ class SolvedUnitFisher(UnitFisherBase):
         return theorems.bias_shift_from_solves(mp, g, g0, b, c, Ainv_g, Ainv_b, s, out)
 
     # --- natgrad.measures in this result's metric F_λ (μ = λ·tr F/(d+1), natgrad.damping) ---
-    def _rel_parts(self, rel_damping: float):  # pragma: no cover - every subclass defines it
-        r"""Per chunk of units: ``(lo, hi, solve_A, apply, D, b, c, mu)`` of the metric with
-        relative damping λ: x ↦ A_λ⁻¹x, (u, u0) ↦ F_λ(u, u0), the weight block's diagonal
-        ``D`` ``[U_c, d]``, b, c_λ and μ ``[U_c]`` (0 for a dead unit), float64."""
-        raise NotImplementedError
-
     def _directions(self, kinds, g, g0, rel_damping) -> tuple[dict, list]:
         r"""``{kind: (u [U, d], u0 [U])}`` in F_λ for every kind of ``kinds`` (float64; a
         kind whose metric is singular — the arrowhead can be where F_λ is not — is left out
-        of a batch of several) and the parts of :meth:`_rel_parts`."""
+        of a batch of several) and the parts of :meth:`_parts`."""
         out: dict = {k: ([], []) for k in kinds}
-        parts = list(self._rel_parts(rel_damping))
+        parts = list(self._parts(rel_damping, rel=True))
         mp = self.mean_p.double()
         for lo, hi, solve_A, _, D, b, c, _ in parts:
             gl, g0l = g[lo:hi], g0[lo:hi]

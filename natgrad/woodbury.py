@@ -240,22 +240,21 @@ class WoodburyUnitFisher(SolvedUnitFisher):
     def _dtype(self) -> torch.dtype:
         return self.rows.dtype
 
-    def _parts(self, damping: float):
-        lam = self._check_damping(damping)
-        for lo, hi in self._chunks():
-            V = self.factor(lo, hi)
-            yield lo, hi, self._solver(V[..., :-1], lam, lo), *self._bc(V, lam)
-
-    def _rel_parts(self, rel_damping: float):
-        r"""The parts of F_λ = F + μI, μ = λ·tr F/(d+1) per unit (a unit whose rows are all
-        zero — dead — is given μ = 1 so that the chunk solves; ``measures`` marks it)."""
-        lam = _damping.check(rel_damping)
+    def _parts(self, damping: float, rel: bool = False):
+        r"""The parts of F + λI, λ > 0, or (``rel``) of F_λ = F + μI, μ = λ·tr F/(d+1) per unit
+        (a unit whose rows are all zero — dead — is given μ = 1 so that the chunk solves;
+        ``measures`` marks it)."""
+        lam = _damping.check(damping) if rel else self._check_damping(damping)
         if lam == 0.0:  # F = VᵀV has rank <= R: undamped it is singular
             self._check_damping(0.0)
         for lo, hi in self._chunks():
             V = self.factor(lo, hi)
             diag = V.square().sum(1)  # [U_c, d+1] diagonal of F
-            raw = _damping.mu(diag.sum(-1), self.fan_in + 1, lam)
+            raw = (
+                _damping.mu(diag.sum(-1), self.fan_in + 1, lam)
+                if rel
+                else torch.full_like(diag[:, 0], lam)
+            )
             mu = torch.where(raw > 0, raw, 1.0)
 
             def apply(lo_, hi_, u, u0, V=V, mu=mu):
