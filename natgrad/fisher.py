@@ -67,20 +67,17 @@ def unit_fisher(
             a batch whose temporaries would exceed the memory budget is split further, which
             gives the same matrix; only ``kind="mc"`` draws its labels per sub-batch then).
         structure: ``"dense"`` (the full block), ``"quasidiagonal"`` (Ollivier: diag(A), b, c)
-            or ``"diagonal"`` (diag(F)); the last two cost O(U·d) memory, are computed from
-            the same backward without forming a block, and return a
-            :class:`~natgrad.structures.StructuredUnitFisher`.
-        conv_moments: ``"shared"`` (the true weight-shared block of ``docs/theory.md``) or
-            ``"positions"`` (positions treated as separate samples, K-FAC-for-conv style:
-            F = (1/N) Σ_n Σ_p δ̄²_np ã_np ã_npᵀ, the cross-position terms dropped); the same
-            for units with one position (Linear). See :mod:`natgrad.structures`.
+            or ``"diagonal"`` (diag(F)): the last two, O(U·d) memory, return a
+            :class:`~natgrad.structures.StructuredUnitFisher` (``docs/scale.md``).
+        conv_moments: ``"shared"`` (the true weight-shared block) or ``"positions"``
+            (positions as separate samples, F = (1/N) Σ_n Σ_p δ̄²_np ã_np ã_npᵀ); the same for
+            Linear units (``docs/scale.md``, "Conv q-moments").
         max_memory: bytes the result and its temporaries may use (default
-            :data:`natgrad.memory.DEFAULT_FRACTION` of the available memory). A result that
-            does not fit raises :class:`~natgrad.errors.MemoryBudgetError` naming the bytes
-            and the ``units=``/``structure=``/``out_dir=`` that would fit.
-        out_dir: a folder: stream the units in chunks that fit ``max_memory`` (one data pass
-            per chunk), write each chunk's blocks to a safetensors shard there, and return a
-            lazily loading :class:`~natgrad.planner.ShardedUnitFisher`.
+            :data:`natgrad.memory.DEFAULT_FRACTION` of the available memory); a result that
+            does not fit raises :class:`~natgrad.errors.MemoryBudgetError` naming the bytes and
+            the ``units=``/``structure=``/``out_dir=`` that would fit.
+        out_dir: a folder: stream the units in chunks that fit ``max_memory`` to safetensors
+            shards there and return a lazily loading :class:`~natgrad.planner.ShardedUnitFisher`.
 
     Returns:
         :class:`~natgrad.UnitFisher` with ``matrix`` ``[U, d+1, d+1]`` (bias last; Conv2d:

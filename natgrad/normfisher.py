@@ -16,12 +16,9 @@ activation, its own x̂_c, weight γ_c and bias β_c, and its Fisher block is 2�
     F_c = \frac{1}{N}\sum_n \sum_k g_{nkc}\, g_{nkc}^\top,\qquad
     g_{nkc} = \Big(\sum_p v_{nkpc}\, \hat x_{npc},\ \sum_p v_{nkpc}\Big),
 
-with v the error signals of the output columns (:mod:`natgrad.engine`). The pass is the
-engine's (one forward, one batched backward of all columns); this module only supplies
-the accumulator. Batch norm is taken as the caller left it: in ``eval()`` mode (running
-statistics) every input's block is its own; in training mode x̂ uses the batch's
-statistics, so each input's gradient depends on its batch (natgrad warns,
-:func:`natgrad._layers.batchnorm_guard`).
+with v the error signals of the output columns. The pass is the engine's
+(:mod:`natgrad.engine`); this module only supplies the accumulator. Batch norm is taken as the
+caller left it (eval or training mode: :func:`natgrad._layers.batchnorm_guard`).
 
 Unlike a Linear or Conv2d layer, each unit here has its own input, so the result carries
 E[x̂_c] per unit (``mean_xhat``), not one shared E_p(a).

@@ -216,11 +216,7 @@ def reference_unit_fisher(
     total = torch.zeros(n_units, d + 1, d + 1, dtype=torch.float64)
     c_sum = torch.zeros(n_units, dtype=torch.float64)
     c_sq_sum = torch.zeros(n_units, dtype=torch.float64)
-    bias_before = torch.zeros(n_units, dtype=torch.float64)
     for i in range(n):
-        if i:  # c_n: the bias entry of input n's own block, what this input added to it
-            c_n = total[:, -1, -1].detach() - bias_before
-            c_sum, c_sq_sum = c_sum + c_n, c_sq_sum + c_n**2
         bias_before = total[:, -1, -1].detach().clone()
         xi = x[i : i + 1]
         if kind == "exact" and likelihood != "categorical":
@@ -242,22 +238,20 @@ def reference_unit_fisher(
             # Hessian by reverse-over-reverse (torch.func.hessian would use forward AD)
             H = torch.func.jacrev(torch.func.jacrev(nll))(o)  # [D, D]
             total.baddbmm_(J.transpose(-1, -2) @ H, J)  # += Jᵀ H J per unit
-            continue
-        o = model64(xi).reshape(-1)  # [D]
-        if kind == "exact":  # categorical: enumerate the C labels
+        elif kind == "exact":  # categorical: enumerate the C labels
+            o = model64(xi).reshape(-1)  # [D]
             p = torch.softmax(o.detach(), dim=-1)
             for c in range(o.numel()):
-                g = unit_grads(o, torch.tensor(c), retain=True)
-                add_outer(g, p[c])
+                add_outer(unit_grads(o, torch.tensor(c), retain=True), p[c])
         elif kind == "mc":
-            s_total = len(sampled)
+            o, s_total = model64(xi).reshape(-1), len(sampled)
             for s in range(s_total):
-                g = unit_grads(o, sampled[s, i], retain=s + 1 < s_total)
-                add_outer(g, 1.0 / s_total)
+                add_outer(unit_grads(o, sampled[s, i], retain=s + 1 < s_total), 1.0 / s_total)
         else:
-            add_outer(unit_grads(o, y_obs[i], retain=False))
-    c_n = total[:, -1, -1].detach() - bias_before  # the last input's
-    c_sum, c_sq_sum = c_sum + c_n, c_sq_sum + c_n**2
+            add_outer(unit_grads(model64(xi).reshape(-1), y_obs[i], retain=False))
+        # c_n: the bias entry of input n's own block, what this input added to it
+        c_n = total[:, -1, -1].detach() - bias_before
+        c_sum, c_sq_sum = c_sum + c_n, c_sq_sum + c_n**2
     matrix = total.detach() / n  # [U, d+1, d+1]
 
     fields = dict(n=n, kind=kind, likelihood=likelihood, layer=name,
