@@ -33,13 +33,11 @@ from natgrad.errors import InputError, SingularBlockError
 @runtime_checkable
 class UnitFisherLike(Protocol):
     r"""What every unit Fisher result of natgrad offers, whatever it stores: dense blocks
-    (:class:`UnitFisher`), their O(U·d) structures
-    (:class:`~natgrad.structures.StructuredUnitFisher`), factor rows solved by Woodbury
-    (:class:`~natgrad.woodbury.WoodburyUnitFisher`) or shards on disk
-    (:class:`~natgrad.planner.ShardedUnitFisher`). Code written against it (the theorem
-    methods) takes any of them. The measures (``measures``, ``efficiency``, ``direction``)
-    exist for all four. ``damping`` adds λ to every diagonal entry, ``rel_damping``
-    λ·tr F/(d+1) (``docs/theory.md``)."""
+    (:class:`UnitFisher`), O(U·d) structures (:class:`~natgrad.structures.StructuredUnitFisher`),
+    Woodbury factor rows (:class:`~natgrad.woodbury.WoodburyUnitFisher`) or shards on disk
+    (:class:`~natgrad.planner.ShardedUnitFisher`); the measures (``measures``, ``efficiency``,
+    ``direction``) exist for all four. ``damping`` adds λ to every diagonal entry,
+    ``rel_damping`` λ·tr F/(d+1) (``docs/theory.md``, "Damping")."""
 
     layer: str
     units: torch.Tensor
@@ -503,11 +501,10 @@ class UnitFisher(UnitFisherBase):
         if not parts:
             raise InputError("UnitFisher.pool: no parts to pool")
         first = parts[0]
+        keep = ("layer", "kind", "likelihood", "mc_samples")
         for p in parts[1:]:
-            same = (p.layer, p.kind, p.likelihood, p.mc_samples, p.matrix.shape) == (
-                first.layer, first.kind, first.likelihood, first.mc_samples, first.matrix.shape
-            ) and torch.equal(p.units, first.units)  # fmt: skip
-            if not same:
+            same = p._fields(*keep) == first._fields(*keep) and p.matrix.shape == first.matrix.shape
+            if not same or not torch.equal(p.units, first.units):
                 raise InputError(
                     f"UnitFisher.pool: part {p!r} does not match {first!r}; pool blocks of the "
                     "same layer, units, kind and likelihood"
@@ -525,8 +522,9 @@ class UnitFisher(UnitFisherBase):
         for key in ("c_sum", "c_sq_sum"):
             vals = [getattr(p, key) for p in parts]
             sums[key] = None if any(v is None for v in vals) else sum(vals)
-        return cls(matrix=matrix, mean_p=mean_p, n=n, **sums,
-                   **first._fields("kind", "likelihood", "layer", "units", "mc_samples"))  # fmt: skip
+        return cls(
+            matrix=matrix, mean_p=mean_p, n=n, units=first.units, **sums, **first._fields(*keep)
+        )
 
     # --- blocks ------------------------------------------------------------------------
     @property

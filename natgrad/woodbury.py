@@ -136,13 +136,12 @@ def woodbury_unit_fishers(
     batch serve all layers), as :func:`natgrad.unit_fishers` does for dense blocks; arguments
     as in :func:`woodbury_unit_fisher` (``units`` maps layer names to unit indices).
     Returns ``{name: WoodburyUnitFisher}``."""
-    spec = dict(resolve_layer(model, layer) for layer in layers)
     units = units or {}
+    spec = {n: (m, units.get(n)) for n, m in (resolve_layer(model, layer) for layer in layers)}
     options = PassOptions(kind=kind, likelihood=likelihood, mc_samples=mc_samples,
                           generator=generator, batch_size=batch_size,
                           structure="diagonal",  # the size check, as above
                           conv_moments=conv_moments)  # fmt: skip
-    spec = {name: (module, units.get(name)) for name, module in spec.items()}
     return compute(model, spec, inputs, targets, options, accumulator=WoodburyAccumulator)
 
 
