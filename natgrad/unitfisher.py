@@ -640,10 +640,8 @@ class UnitFisher(UnitFisherBase):
         r"""Unit natural gradient (Δw ``[U, d]``, Δw0 ``[U]``) = (F + λI)⁻¹(g, g0) by Theorem 1
         (Ollivier's unit-wise natural gradient; :func:`natgrad.theorems.natural_gradient`).
 
-        ``grad_weight`` is ``[U, d]`` or the layer's own weight shape (e.g. Conv2d
-        ``[U, C_in, kh, kw]``, flattened as ``weight.view(U, -1)``); ``grad_bias`` is ``[U]``.
-        Gradients of the *whole* layer (more rows than ``num_units``) are sliced by
-        ``self.units``. Results are in the promoted dtype of the gradients and the blocks.
+        Gradients are taken as :meth:`unit_grads` takes them (``[U, d]``, the layer's weight
+        shape, or the whole layer's rows); results are in their promoted dtype with the blocks'.
 
         Example:
             >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))

@@ -20,10 +20,8 @@ initialisation. Plots, reports, summaries, the demo and the training CLI read it
 else keeps its own list. A *unit type* of a study may add batch norm (``"relu-bn"``) or layer norm (``"relu-ln"``):
 :func:`unit_type_key`, :func:`split_unit_type`, :func:`unit_type_label`.
 
-Every unit acts elementwise, so shapes are unchanged: ``[N, U]`` for a fully connected
-layer, ``[N, C, H, W]`` for a conv layer. Each call of :func:`make_unit` returns a new
-module, so forward hooks (activation recording, :mod:`natgrad.training.recording`) see one
-module per layer.
+Every unit acts elementwise (shapes unchanged). Each call of :func:`make_unit` returns a new
+module, so forward hooks (:mod:`natgrad.training.recording`) see one module per layer.
 
 Example:
     >>> import torch
