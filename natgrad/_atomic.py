@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import hashlib
 import json
@@ -91,16 +90,13 @@ def is_temporary(name: str) -> bool:
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
+    # Skipped where the platform has no directory fds or the file system refuses the fsync.
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -311,16 +307,11 @@ def read_checked(path: str | os.PathLike) -> bytes:
 @functools.cache
 def _renameat2():
     """libc's ``renameat2`` (Linux, glibc >= 2.28), or ``None``."""
-    try:
+    try:  # the process's own symbols include libc's
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
-        name = ctypes.util.find_library("c")
-        try:
-            fn = ctypes.CDLL(name, use_errno=True).renameat2 if name else None
-        except (OSError, AttributeError):
-            fn = None
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     return fn
 
 
@@ -363,7 +354,7 @@ def commit_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     (``renameat2(RENAME_EXCHANGE)``, Linux ≥ 3.15) and the old folder, now at ``staging``,
     is deleted. Where the exchange is not available, the old folder is first renamed
     aside; a kill in that instant leaves no ``target`` (never a mixed one) and the old
-    folder under ``.<target>.<pid>.old.natgrad-tmp``.
+    folder under a :func:`temp_path` name, which :func:`clean_stale` removes.
     """
     staging, target = Path(staging), Path(target)
     check_replaceable(target)
@@ -373,7 +364,7 @@ def commit_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     if not target.exists():
         os.replace(staging, target)
     elif not _exchange(staging, target):
-        aside = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{SUFFIX}")
+        aside = temp_path(target)
         os.replace(target, aside)
         os.replace(staging, target)
         staging = aside
@@ -395,7 +386,7 @@ def carry_over(target: str | os.PathLike, staging: str | os.PathLike) -> list[Pa
     target, staging = Path(target), Path(staging)
     if not target.is_dir():
         return []
-    entries = [p for p in target.iterdir() if not (_TEMP.match(p.name) or _LEGACY.match(p.name))]
+    entries = [p for p in target.iterdir() if not is_temporary(p.name)]
     folders = sorted(p.name for p in entries if p.is_dir() and not p.is_symlink())
     if folders:
         raise RunDirError(
@@ -417,7 +408,6 @@ def carry_over(target: str | os.PathLike, staging: str | os.PathLike) -> list[Pa
 
 def staging_dir(target: str | os.PathLike) -> Path:
     """A new empty temporary folder next to ``target``, for :func:`commit_dir`."""
-    target = Path(target)
     tmp = temp_path(target)
     tmp.mkdir(parents=True)
     return tmp
@@ -430,8 +420,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, under another user
+        pass
     return True
 
 
