@@ -11,14 +11,12 @@ neither.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
-from natgrad._layers import (
-    check_units,
-    incoming,
-    net_positions,
-)
+from natgrad._layers import check_units, incoming, net_positions
 from natgrad.errors import InputError
 from natgrad.unitfisher import UnitFisher
 
@@ -214,10 +212,7 @@ def _add_weighted_outer(
 
 def _packed_offsets(d1: int) -> list[int]:
     """Start of row i's entries (columns i..d) in the packed upper triangle, and the end."""
-    offs = [0]
-    for i in range(d1):
-        offs.append(offs[-1] + d1 - i)
-    return offs
+    return list(itertools.accumulate(range(d1, 0, -1), initial=0))
 
 
 def _add_packed_outer(

@@ -34,6 +34,7 @@ Shapes: N inputs, K columns, P positions, U units, d fan-in, D model outputs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import warnings
 from dataclasses import dataclass
@@ -45,9 +46,7 @@ from natgrad import likelihoods as lik
 from natgrad import memory
 from natgrad._batches import iter_batches
 from natgrad._distributed import all_reduce_accumulators
-from natgrad._layers import (
-    batchnorm_guard,
-)
+from natgrad._layers import batchnorm_guard
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
 from natgrad.errors import InputError, NatgradError
 from natgrad.structures import StructuredAccumulator
@@ -259,7 +258,8 @@ class _Capture(contextlib.AbstractContextManager):
             if id(module) in self.targets:
                 self.handles.append(module.register_forward_hook(self._capture_hook(name)))
             elif not any(True for _ in module.children()):
-                self.handles.append(module.register_forward_hook(self._finite_hook(name)))
+                hook = functools.partial(self._note_bad, name)
+                self.handles.append(module.register_forward_hook(hook))
         return self
 
     def __exit__(self, *exc):
@@ -298,7 +298,9 @@ class _Capture(contextlib.AbstractContextManager):
             )
         return out
 
-    def _note_bad(self, name: str, out) -> None:
+    def _note_bad(self, name: str, module, args, out) -> None:
+        """Forward hook (with ``name`` bound): remember the first module with a non-finite
+        output."""
         if (
             self.first_bad is None
             and isinstance(out, torch.Tensor)
@@ -307,12 +309,6 @@ class _Capture(contextlib.AbstractContextManager):
         ):
             self.first_bad = name
 
-    def _finite_hook(self, name):
-        def hook(module, args, out):
-            self._note_bad(name, out)
-
-        return hook
-
     def _capture_hook(self, name):
         def hook(module, args, out):
             if name in self.outputs:
@@ -320,7 +316,7 @@ class _Capture(contextlib.AbstractContextManager):
                     f"layer {name!r} is called more than once in one forward pass; natgrad's "
                     "unit Fisher needs each layer to be applied once per input"
                 )
-            self._note_bad(name, out)
+            self._note_bad(name, module, args, out)
             self.inputs[name] = args[0].detach()
             self.outputs[name] = out
             # A clone, so that an in-place activation after the layer cannot overwrite the
