@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -111,10 +112,8 @@ class DirLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -134,17 +133,12 @@ class DirLock:
 def _read_holder(fd: int) -> dict:
     """The holder's record; waits up to ~0.5 s for a holder that has just taken the lock."""
     for _ in range(10):
-        info = _read_once(fd)
-        if "pid" in info:
+        try:
+            data = os.pread(fd, 4096, 0)
+            info = json.loads(data) if data.strip() else {}
+        except (OSError, ValueError):
+            info = {}
+        if isinstance(info, dict) and "pid" in info:
             return info
         time.sleep(0.05)
-    return info
-
-
-def _read_once(fd: int) -> dict:
-    try:
-        data = os.pread(fd, 4096, 0)
-        info = json.loads(data) if data.strip() else {}
-    except (OSError, ValueError):
-        return {}
     return info if isinstance(info, dict) else {}

@@ -89,16 +89,11 @@ def sharded_unit_fisher(
             model, {name: (module, chunk)}, inputs, targets, replace(options, max_memory=budget)
         )[name]
         file = f"{_slug(name)}.units_{int(chunk[0]):06d}-{int(chunk[-1]):06d}.safetensors"
-        tensors = {"units": chunk.clone(), "mean_p": F.mean_p.contiguous()}
-        for key in ("c_sum", "c_sq_sum"):  # for n_eff
+        blocks = ("matrix",) if structure == "dense" else ("diagonal", "bias_column")
+        tensors = {"units": chunk.clone()}
+        for key in ("mean_p", "c_sum", "c_sq_sum", *blocks):  # c_sum, c_sq_sum: for n_eff
             if getattr(F, key) is not None:
                 tensors[key] = getattr(F, key).contiguous()
-        if structure == "dense":
-            tensors["matrix"] = F.matrix.contiguous()
-        else:
-            tensors["diagonal"] = F.diagonal.contiguous()
-            if F.bias_column is not None:
-                tensors["bias_column"] = F.bias_column.contiguous()
         _atomic_save(folder / file, tensors)
         shards.append({"file": file, "units": chunk.tolist()})
         meta = {"n": F.n, "kind": F.kind, "likelihood": F.likelihood, "mc_samples": F.mc_samples}
@@ -258,17 +253,8 @@ class ShardedUnitFisher:
             t = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: unreadable shard ({e}); recompute the folder") from None
-        kw = dict(
-            mean_p=t["mean_p"],
-            n=self.n,
-            kind=self.kind,
-            likelihood=self.likelihood,
-            layer=self.layer,
-            units=t["units"],
-            mc_samples=self.mc_samples,
-            c_sum=t.get("c_sum"),
-            c_sq_sum=t.get("c_sq_sum"),
-        )
+        kw = {k: getattr(self, k) for k in ("n", "kind", "likelihood", "layer", "mc_samples")}
+        kw |= {k: t[k] for k in ("mean_p", "units")} | {k: t.get(k) for k in ("c_sum", "c_sq_sum")}
         if self.structure == "dense":
             return UnitFisher(matrix=t["matrix"], **kw)
         from natgrad.structures import StructuredUnitFisher
