@@ -6,19 +6,12 @@ A process killed at any moment therefore leaves either the previous complete fil
 new complete one, plus at most one temporary, which :func:`clean_stale` removes on the next
 run (temporaries of a live process other than this one are left alone).
 
-Formats:
-
-- JSON is strict (RFC 8259): non-finite floats (NaN, ±Inf) are written as ``null`` and
-  numpy scalars as numbers (:func:`json_safe`); ``allow_nan=False`` guards the rest, so any
-  strict parser reads every file natgrad writes.
-- JSON lines (``metrics.jsonl``, ``summary.jsonl``) are appended one fsynced line at a time;
-  a process killed mid-line leaves a torn LAST line, which :func:`read_jsonl` drops (a
-  broken line anywhere else is an error: that is corruption, not a kill).
-- CSV tables carry a sidecar ``<name>.csv.sha256`` (``<sha256>  <rows> rows``) written after
-  the table; :func:`read_checked` rejects a table whose bytes or row count do not match it,
-  so a cut or mixed table is never read. :func:`commit_dir` swaps a whole folder of tables
-  in one atomic step (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader sees the old
-  set or the new set, never a mix.
+Formats (``docs/run_layout.md``, "Ownership, safe writes, divergence"): strict RFC 8259
+JSON, non-finite floats as ``null`` (:func:`json_safe`); JSON lines appended one fsynced
+line at a time, a torn last line dropped (:func:`append_jsonl`, :func:`read_jsonl`); CSV
+tables with a checksum sidecar, never read cut or mixed (:func:`write_table`,
+:func:`read_checked`); whole folders of tables swapped in one atomic step
+(:func:`commit_dir`).
 
 Example:
     >>> import tempfile, pathlib

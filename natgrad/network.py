@@ -146,12 +146,6 @@ def _layer_index(model: nn.Module, offsets: dict[str, int]) -> dict[str, torch.T
     return out
 
 
-def _units(model: nn.Module, offsets: dict[str, int]) -> tuple:
-    """``(layer, unit, index [d+1])`` of every unit (:func:`_layer_index`, row by row)."""
-    return tuple((name, u, row) for name, idx in _layer_index(model, offsets).items()
-                 for u, row in enumerate(idx))  # fmt: skip
-
-
 def _prepare(model: nn.Module, inputs, what: str):
     r"""A float64 eval copy of ``model``, its parameters (names, offsets in the flat vector,
     detached values), P, and the inputs as float64 (checked finite)."""
@@ -220,8 +214,9 @@ def network_fisher(
         matrix += Jp.T @ Jp - Jm.T @ Jm
     matrix /= n
     matrix = 0.5 * (matrix + matrix.T)
-    return NetworkFisher(matrix, names, shapes, tuple(offsets[k] for k in names), n,
-                         _units(model, offsets))  # fmt: skip
+    units = [(name, u, row) for name, idx in _layer_index(model, offsets).items()
+             for u, row in enumerate(idx)]  # fmt: skip
+    return NetworkFisher(matrix, names, shapes, tuple(offsets[k] for k in names), n, tuple(units))
 
 
 @dataclass(frozen=True)
@@ -241,11 +236,8 @@ class GramSummary:
 
     def unit_block_share(self) -> float:
         r"""‖F restricted to the unit blocks‖²_F / ‖F‖²_F, as :meth:`NetworkFisher.unit_block_share`."""
-        return (
-            self.unit_block_frobenius_sq / self.frobenius_sq
-            if self.frobenius_sq > 0
-            else float("nan")
-        )
+        total = self.frobenius_sq
+        return self.unit_block_frobenius_sq / total if total > 0 else float("nan")
 
     def top_eig_over_mean(self) -> float:
         r"""λ_max / (tr F / P), the outlier ratio of Karakida et al. (the mean over all P
