@@ -44,25 +44,10 @@ import numpy as np
 
 from natgrad.errors import DataFileError
 
-__all__ = [
-    "SUFFIX",
-    "append_jsonl",
-    "atomic_open",
-    "carry_over",
-    "clean_stale",
-    "commit_dir",
-    "dumps_json",
-    "json_safe",
-    "read_checked",
-    "read_jsonl",
-    "staging_dir",
-    "temp_path",
-    "write_bytes",
-    "write_json",
-    "write_safetensors",
-    "write_table",
-    "write_text",
-]
+__all__ = ["SUFFIX", "append_jsonl", "atomic_open", "carry_over", "clean_stale", "commit_dir",
+           "dumps_json", "json_safe", "read_checked", "read_jsonl", "staging_dir", "temp_path",
+           "write_bytes", "write_json", "write_safetensors", "write_table",
+           "write_text"]  # fmt: skip
 
 SUFFIX = ".natgrad-tmp"
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}" + re.escape(SUFFIX) + "$")

@@ -2,14 +2,10 @@ r"""One process per output folder: an OS file lock held for as long as the folde
 
 :class:`DirLock` takes ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``<folder>/.natgrad.lock`` and
 writes the holder's pid, host and command into it. The kernel releases the lock when the
-process exits, however it dies, so a killed run never leaves a stale lock: the next run
-simply takes it. A second process asking for a held lock gets a :class:`RunDirError` that
-names the holder's pid and command at once (it does not wait). The lock file itself is
-never replaced or deleted (the lock belongs to its inode).
-
-``flock`` locks belong to an open file, so two :class:`DirLock` objects on one folder
-exclude each other even inside one process. On platforms without ``fcntl`` (Windows) the
-lock is a no-op.
+process exits, however it dies, so a killed run never leaves a stale lock; a second process
+gets a :class:`RunDirError` naming the holder's pid and command at once (it does not wait).
+``flock`` locks belong to an open file, so two :class:`DirLock` objects on one folder exclude
+each other even inside one process. On platforms without ``fcntl`` (Windows) it is a no-op.
 
 Example:
     >>> import tempfile

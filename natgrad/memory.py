@@ -1,23 +1,13 @@
 r"""Memory budgets of the unit Fisher engine: what a result costs, what is free, what fits.
 
-The result of :func:`natgrad.unit_fisher` for U units of fan-in d costs, in elements of the
-model's dtype (itemsize bytes each),
-
-=================  ==========================  ==========================================
-structure          stored                       elements
-=================  ==========================  ==========================================
-``dense``          F ``[U, d+1, d+1]``          U·(d+1)²
-``quasidiagonal``  diag(F) ``[U, d+1]``, b      U·(2d+1)
-``diagonal``       diag(F) ``[U, d+1]``         U·(d+1)
-=================  ==========================  ==========================================
-
-and the temporaries of one data pass are bounded separately (:data:`TEMP_FLOOR` bytes or a
-quarter of the result, whichever is larger): the engine splits a batch into sub-batches and the
-units into chunks so that no temporary exceeds that bound. Before the pass,
-:func:`check_budget` compares the result with ``max_memory`` (default
-:data:`DEFAULT_FRACTION` of the memory the kernel reports as available) and raises
-:class:`~natgrad.errors.MemoryBudgetError` naming the bytes needed and the ``units=``,
-``structure=`` or ``out_dir=`` that would fit.
+The result of :func:`natgrad.unit_fisher` for U units of fan-in d costs U·(d+1)² elements of
+the model's dtype (``dense``), U·(2d+1) (``quasidiagonal``: diag(F) and b) or U·(d+1)
+(``diagonal``); the temporaries of one data pass are bounded separately (:func:`temp_budget`):
+the engine splits a batch into sub-batches and the units into chunks so that no temporary
+exceeds that bound. Before the pass, :func:`check_budget` compares the result with
+``max_memory`` (default :data:`DEFAULT_FRACTION` of the memory the kernel reports as
+available) and raises :class:`~natgrad.errors.MemoryBudgetError` naming the bytes needed and
+the ``units=``, ``structure=`` or ``out_dir=`` that would fit (``docs/scale.md``).
 
 Example:
     >>> result_elements("dense", units=4, fan_in=3), result_elements("quasidiagonal", 4, 3)
@@ -60,7 +50,7 @@ def check_structure(structure: str) -> str:
 
 
 def result_elements(structure: str, units: int, fan_in: int) -> int:
-    r"""Elements of a result of ``units`` units of fan-in d = ``fan_in`` (table above)."""
+    r"""Elements of a result of ``units`` units of fan-in d = ``fan_in`` (module docstring)."""
     d1 = fan_in + 1
     if structure == "dense":
         return units * d1 * d1

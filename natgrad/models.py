@@ -39,17 +39,8 @@ from natgrad.argtypes import positive_int
 from natgrad.errors import InputError
 from natgrad.units import CATALOGUE, UNIT_NAMES, UNIT_TYPES, make_unit
 
-__all__ = [
-    "DROPOUT_MODES",
-    "NETWORKS",
-    "NetSpec",
-    "PaperNet",
-    "SpatialPyramidPool",
-    "build_model",
-    "count_parameters",
-    "set_dropout_mode",
-    "weight_layers",
-]
+__all__ = ["DROPOUT_MODES", "NETWORKS", "NetSpec", "PaperNet", "SpatialPyramidPool", "build_model",
+           "count_parameters", "set_dropout_mode", "weight_layers"]  # fmt: skip
 
 Stack = Sequence[tuple[int, int, int]]  # (layers, units, receptive field)
 
