@@ -11,20 +11,17 @@ independent of natgrad's unit Fisher engine, which it reproduces on the unit blo
 (``tests/test_network.py``). It costs N·C·P memory per batch and P² for the result: nets of a
 few thousand parameters.
 
-:class:`NetworkFisher` answers three questions of the literature:
-
-- :meth:`~NetworkFisher.unit_block_share`: the share of the Fisher's Frobenius mass inside
-  the unit blocks (Amari, Karakida & Oizumi 2019: near block-diagonal in wide random nets);
-- :meth:`~NetworkFisher.spectrum`: the eigenvalues, largest first (Karakida et al. 2019: a
-  few large outliers);
-- :meth:`~NetworkFisher.unit_vs_full`: the Fisher efficiency ρ of the unit natural gradient
-  (and of the plain gradient) measured against the full natural gradient, in the whole-network
-  metric F_λ = F + D, D adding each unit's own μ = λ·tr F_uu/(d+1) on its diagonal (the
-  damping of ``docs/theory.md``, applied per unit as everywhere in natgrad).
+:class:`NetworkFisher` answers three questions of the literature: how much of the Fisher's
+Frobenius mass the unit blocks hold (:meth:`~NetworkFisher.unit_block_share`; Amari, Karakida
+& Oizumi 2019: near block-diagonal in wide random nets), its spectrum
+(:meth:`~NetworkFisher.spectrum`; Karakida et al. 2019: a few large outliers), and what the
+unit natural gradient loses against the full one (:meth:`~NetworkFisher.unit_vs_full`, in the
+per-unit damped metric of :meth:`~NetworkFisher.damping`).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -152,15 +149,13 @@ def _prepare(model: nn.Module, inputs, what: str):
     import copy
 
     model = copy.deepcopy(model).to(torch.float64).eval()
-    named = list(model.named_parameters())
-    offsets, off = {}, 0
-    for k, v in named:
-        offsets[k] = off
-        off += v.numel()
+    named = dict(model.named_parameters())
+    *starts, off = itertools.accumulate((v.numel() for v in named.values()), initial=0)
+    offsets = dict(zip(named, starts, strict=True))
     x_all = torch.as_tensor(inputs).to(torch.float64)
     if not torch.isfinite(x_all).all():
         raise InputError(f"{what}: the inputs contain NaN/Inf")
-    return model, offsets, {k: v.detach() for k, v in named}, off, x_all
+    return model, offsets, {k: v.detach() for k, v in named.items()}, off, x_all
 
 
 def _jacobians(model: nn.Module, params: dict, x_all: torch.Tensor, batch_size: int, what: str):
