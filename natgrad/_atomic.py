@@ -174,8 +174,7 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
             fh.seek(end - 1)
             if fh.read(1) != b"\n":
                 fh.seek(0)
-                data = fh.read()
-                cut = data.rfind(b"\n") + 1
+                cut = fh.read().rfind(b"\n") + 1
                 fh.truncate(cut)
                 fh.seek(cut)
         fh.write(line)
