@@ -129,16 +129,13 @@ def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
 
 
 def exit_rank(code: int) -> None:
-    """End a ``torchrun`` rank now, after its process group is destroyed, skipping the
-    interpreter's teardown.
+    """End a ``torchrun`` rank now, after its process group is destroyed: flush logging and
+    the standard streams and leave with ``os._exit``, skipping the interpreter's teardown.
 
     Even after ``destroy_process_group`` a rank occasionally aborts in C++ static destructors
     at interpreter exit ("terminate called without an active exception", SIGABRT; about one
-    exit in 40 on a loaded 2-core machine with torch 2.13 and gloo), and torchrun then
-    reports the whole job failed although every file was written. Call it only once every
-    output is written and closed (natgrad's are written atomically and closed at once,
-    :mod:`natgrad._atomic`): it flushes logging and the standard streams and leaves with
-    ``os._exit``.
+    exit in 40 with torch 2.13 and gloo), and torchrun then reports the whole job failed
+    although every file was written. Call it only once every output is written and closed.
     """
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
