@@ -6,19 +6,12 @@ A process killed at any moment therefore leaves either the previous complete fil
 new complete one, plus at most one temporary, which :func:`clean_stale` removes on the next
 run (temporaries of a live process other than this one are left alone).
 
-Formats:
-
-- JSON is strict (RFC 8259): non-finite floats (NaN, ±Inf) are written as ``null`` and
-  numpy scalars as numbers (:func:`json_safe`); ``allow_nan=False`` guards the rest, so any
-  strict parser reads every file natgrad writes.
-- JSON lines (``metrics.jsonl``, ``summary.jsonl``) are appended one fsynced line at a time;
-  a process killed mid-line leaves a torn LAST line, which :func:`read_jsonl` drops (a
-  broken line anywhere else is an error: that is corruption, not a kill).
-- CSV tables carry a sidecar ``<name>.csv.sha256`` (``<sha256>  <rows> rows``) written after
-  the table; :func:`read_checked` rejects a table whose bytes or row count do not match it,
-  so a cut or mixed table is never read. :func:`commit_dir` swaps a whole folder of tables
-  in one atomic step (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader sees the old
-  set or the new set, never a mix.
+Formats (``docs/run_layout.md``, "Ownership, safe writes, divergence"): strict RFC 8259
+JSON, non-finite floats as ``null`` (:func:`json_safe`); JSON lines appended one fsynced
+line at a time, a torn last line dropped (:func:`append_jsonl`, :func:`read_jsonl`); CSV
+tables with a checksum sidecar, never read cut or mixed (:func:`write_table`,
+:func:`read_checked`); whole folders of tables swapped in one atomic step
+(:func:`commit_dir`).
 
 Example:
     >>> import tempfile, pathlib
@@ -35,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import hashlib
 import json
@@ -52,25 +44,10 @@ import numpy as np
 
 from natgrad.errors import DataFileError
 
-__all__ = [
-    "SUFFIX",
-    "append_jsonl",
-    "atomic_open",
-    "carry_over",
-    "clean_stale",
-    "commit_dir",
-    "dumps_json",
-    "json_safe",
-    "read_checked",
-    "read_jsonl",
-    "staging_dir",
-    "temp_path",
-    "write_bytes",
-    "write_json",
-    "write_safetensors",
-    "write_table",
-    "write_text",
-]
+__all__ = ["SUFFIX", "append_jsonl", "atomic_open", "carry_over", "clean_stale", "commit_dir",
+           "dumps_json", "json_safe", "read_checked", "read_jsonl", "staging_dir", "temp_path",
+           "write_bytes", "write_json", "write_safetensors", "write_table",
+           "write_text"]  # fmt: skip
 
 SUFFIX = ".natgrad-tmp"
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}" + re.escape(SUFFIX) + "$")
@@ -91,16 +68,13 @@ def is_temporary(name: str) -> bool:
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
+    # Skipped where the platform has no directory fds or the file system refuses the fsync.
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -200,8 +174,7 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
             fh.seek(end - 1)
             if fh.read(1) != b"\n":
                 fh.seek(0)
-                data = fh.read()
-                cut = data.rfind(b"\n") + 1
+                cut = fh.read().rfind(b"\n") + 1
                 fh.truncate(cut)
                 fh.seek(cut)
         fh.write(line)
@@ -311,16 +284,11 @@ def read_checked(path: str | os.PathLike) -> bytes:
 @functools.cache
 def _renameat2():
     """libc's ``renameat2`` (Linux, glibc >= 2.28), or ``None``."""
-    try:
+    try:  # the process's own symbols include libc's
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
-        name = ctypes.util.find_library("c")
-        try:
-            fn = ctypes.CDLL(name, use_errno=True).renameat2 if name else None
-        except (OSError, AttributeError):
-            fn = None
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     return fn
 
 
@@ -363,7 +331,7 @@ def commit_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     (``renameat2(RENAME_EXCHANGE)``, Linux ≥ 3.15) and the old folder, now at ``staging``,
     is deleted. Where the exchange is not available, the old folder is first renamed
     aside; a kill in that instant leaves no ``target`` (never a mixed one) and the old
-    folder under ``.<target>.<pid>.old.natgrad-tmp``.
+    folder under a :func:`temp_path` name, which :func:`clean_stale` removes.
     """
     staging, target = Path(staging), Path(target)
     check_replaceable(target)
@@ -373,7 +341,7 @@ def commit_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     if not target.exists():
         os.replace(staging, target)
     elif not _exchange(staging, target):
-        aside = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{SUFFIX}")
+        aside = temp_path(target)
         os.replace(target, aside)
         os.replace(staging, target)
         staging = aside
@@ -395,7 +363,7 @@ def carry_over(target: str | os.PathLike, staging: str | os.PathLike) -> list[Pa
     target, staging = Path(target), Path(staging)
     if not target.is_dir():
         return []
-    entries = [p for p in target.iterdir() if not (_TEMP.match(p.name) or _LEGACY.match(p.name))]
+    entries = [p for p in target.iterdir() if not is_temporary(p.name)]
     folders = sorted(p.name for p in entries if p.is_dir() and not p.is_symlink())
     if folders:
         raise RunDirError(
@@ -417,7 +385,6 @@ def carry_over(target: str | os.PathLike, staging: str | os.PathLike) -> list[Pa
 
 def staging_dir(target: str | os.PathLike) -> Path:
     """A new empty temporary folder next to ``target``, for :func:`commit_dir`."""
-    target = Path(target)
     tmp = temp_path(target)
     tmp.mkdir(parents=True)
     return tmp
@@ -430,8 +397,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, under another user
+        pass
     return True
 
 

@@ -11,32 +11,11 @@ blocks as one pass over all the data once the sums are added across ranks:
     N = \sum_r |S_r|
 
 When ``torch.distributed`` is initialised with more than one process,
-:func:`~natgrad.unit_fisher` and :func:`~natgrad.unit_fishers` all-reduce (``SUM``) the
-block sums ``[U, d+1, d+1]``, Σa ``[d]``, Σc_n and Σc_n² ``[U]`` (for n_eff), the position
-count and N of every layer, in the order of the layers (the same on every rank, as every
-rank runs the same model), and every rank returns the same :class:`~natgrad.UnitFisher`:
-that of one process on the concatenated shards, up to the order of floating-point
-additions. Any further summed accumulator an accumulator lists in its ``summed`` attribute
-is reduced too.
-
-Each rank passes its own shard (``inputs``: a tensor, or an iterable of batches; every
-input on exactly one rank: ``DistributedSampler`` pads an uneven last shard with repeated
-inputs, which would count them twice). Works with any backend whose ``all_reduce`` handles the
-accumulators' device: gloo (CPU tensors) and NCCL (CUDA tensors; put the model on
-``cuda:<local_rank>``).
-
-Kinds:
-
-- ``"exact"`` and ``"empirical"`` are deterministic: the result equals the single-process
-  one on the concatenated data up to round-off.
-- ``"mc"`` samples labels from each rank's ``generator``. Seed it differently on every
-  rank (e.g. ``torch.Generator().manual_seed(seed + rank)``): with the same seed on every
-  rank the shards' labels are drawn from the same stream, which is correlated across
-  ranks. The result then has the distribution of a single-process Monte-Carlo estimate
-  (S labels per input, independent draws), not its exact value.
-
-Every rank must call the function (it is a collective). A rank with no inputs makes every
-rank raise the same :class:`~natgrad.InputError`, instead of hanging the others.
+:func:`~natgrad.unit_fisher` and :func:`~natgrad.unit_fishers` all-reduce (``SUM``) these
+sums and counts of every layer, in the order of the layers (the same on every rank), so every
+rank returns the :class:`~natgrad.UnitFisher` of all the data. Usage, shards, the seeding of
+``kind="mc"`` per rank and the backends: ``docs/distributed.md``, "The unit Fisher over
+several processes".
 
 Example:
     >>> import torch
@@ -150,16 +129,13 @@ def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
 
 
 def exit_rank(code: int) -> None:
-    """End a ``torchrun`` rank now, after its process group is destroyed, skipping the
-    interpreter's teardown.
+    """End a ``torchrun`` rank now, after its process group is destroyed: flush logging and
+    the standard streams and leave with ``os._exit``, skipping the interpreter's teardown.
 
     Even after ``destroy_process_group`` a rank occasionally aborts in C++ static destructors
     at interpreter exit ("terminate called without an active exception", SIGABRT; about one
-    exit in 40 on a loaded 2-core machine with torch 2.13 and gloo), and torchrun then
-    reports the whole job failed although every file was written. Call it only once every
-    output is written and closed (natgrad's are written atomically and closed at once,
-    :mod:`natgrad._atomic`): it flushes logging and the standard streams and leaves with
-    ``os._exit``.
+    exit in 40 with torch 2.13 and gloo), and torchrun then reports the whole job failed
+    although every file was written. Call it only once every output is written and closed.
     """
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -77,10 +77,8 @@ def incoming(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     r"""Incoming activations of every unit: ``[N, P, d]`` from the layer input ``x``."""
     if isinstance(module, nn.Linear):
         return x.reshape(x.shape[0], -1, x.shape[-1])  # [N, P, d]
-    if module.padding_mode == "zeros":
-        x = F.pad(x, module._reversed_padding_repeated_twice)
-    else:
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
     patches = F.unfold(
         x, module.kernel_size, dilation=module.dilation, padding=0, stride=module.stride
     )  # [N, d, P]

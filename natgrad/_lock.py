@@ -2,14 +2,10 @@ r"""One process per output folder: an OS file lock held for as long as the folde
 
 :class:`DirLock` takes ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``<folder>/.natgrad.lock`` and
 writes the holder's pid, host and command into it. The kernel releases the lock when the
-process exits, however it dies, so a killed run never leaves a stale lock: the next run
-simply takes it. A second process asking for a held lock gets a :class:`RunDirError` that
-names the holder's pid and command at once (it does not wait). The lock file itself is
-never replaced or deleted (the lock belongs to its inode).
-
-``flock`` locks belong to an open file, so two :class:`DirLock` objects on one folder
-exclude each other even inside one process. On platforms without ``fcntl`` (Windows) the
-lock is a no-op.
+process exits, however it dies, so a killed run never leaves a stale lock; a second process
+gets a :class:`RunDirError` naming the holder's pid and command at once (it does not wait).
+``flock`` locks belong to an open file, so two :class:`DirLock` objects on one folder exclude
+each other even inside one process. On platforms without ``fcntl`` (Windows) it is a no-op.
 
 Example:
     >>> import tempfile
@@ -24,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -111,10 +108,8 @@ class DirLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -134,17 +129,12 @@ class DirLock:
 def _read_holder(fd: int) -> dict:
     """The holder's record; waits up to ~0.5 s for a holder that has just taken the lock."""
     for _ in range(10):
-        info = _read_once(fd)
-        if "pid" in info:
+        try:
+            data = os.pread(fd, 4096, 0)
+            info = json.loads(data) if data.strip() else {}
+        except (OSError, ValueError):
+            info = {}
+        if isinstance(info, dict) and "pid" in info:
             return info
         time.sleep(0.05)
-    return info
-
-
-def _read_once(fd: int) -> dict:
-    try:
-        data = os.pread(fd, 4096, 0)
-        info = json.loads(data) if data.strip() else {}
-    except (OSError, ValueError):
-        return {}
     return info if isinstance(info, dict) else {}

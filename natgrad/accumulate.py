@@ -1,24 +1,18 @@
 r"""Accumulators of the unit Fisher engine: the per-layer sums a pass over the data adds to.
 
-:class:`LayerAccumulator` keeps the dense blocks Σ_n Σ_k g gᵀ ``[U, d+1, d+1]`` (one GEMM per
-batch for one position per input, summing over the labels before the outer product; batched
-``bmm`` for weight-shared units), Σ a and the n_eff sums; the structured
-(:class:`natgrad.structures.StructuredAccumulator`) and Woodbury
-(:class:`natgrad.woodbury.WoodburyAccumulator`) accumulators subclass it. This module is
-below the engine (:mod:`natgrad.engine`) and the API (:mod:`natgrad.fisher`): it imports
-neither.
+:class:`LayerAccumulator` keeps the dense blocks (one GEMM per batch for one position per
+input; batched ``bmm`` for weight-shared units); the structured and Woodbury accumulators
+subclass it. Below the engine and the API (:mod:`natgrad.fisher`): it imports neither.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
-from natgrad._layers import (
-    check_units,
-    incoming,
-    net_positions,
-)
+from natgrad._layers import check_units, incoming, net_positions
 from natgrad.errors import InputError
 from natgrad.unitfisher import UnitFisher
 
@@ -31,7 +25,8 @@ class LayerAccumulator:
     ``[U]`` (c_n = Σ_k g_nk,bias², the bias entry of input n's own block) over batches.
 
     The structure-specific parts are three methods that subclasses
-    (:class:`natgrad.structures.StructuredAccumulator`, :mod:`natgrad.woodbury`) replace:
+    (:class:`natgrad.structures.StructuredAccumulator`,
+    :class:`natgrad.woodbury.WoodburyAccumulator`) replace:
     :meth:`_allocate`, :meth:`_reduce_weighted` (one position per input: weights
     w ``[M, U]`` of rows ã ``[M, d+1]``) and :meth:`_reduce_factors` (weight-shared:
     per-sample gradients g ``[U_c, N·K, d+1]`` of units ``u0:u0+U_c``).
@@ -214,10 +209,7 @@ def _add_weighted_outer(
 
 def _packed_offsets(d1: int) -> list[int]:
     """Start of row i's entries (columns i..d) in the packed upper triangle, and the end."""
-    offs = [0]
-    for i in range(d1):
-        offs.append(offs[-1] + d1 - i)
-    return offs
+    return list(itertools.accumulate(range(d1, 0, -1), initial=0))
 
 
 def _add_packed_outer(

@@ -2,9 +2,8 @@ r"""The ``natgrad`` command line: one sub-command per task, each in the module t
 
 Each sub-command module provides ``add_arguments(parser)`` and ``run(args) -> int``; they
 are imported only when their sub-command runs, so ``natgrad verify`` does not import torch
-training code and ``natgrad --help`` stays fast. ``natgrad --help`` is the user's overview
-(:data:`OVERVIEW`, the commands of :data:`COMMANDS` with their one-line help, examples and
-where the documentation is); ``natgrad --version`` prints ``natgrad <version>``.
+training code and ``natgrad --help`` (:data:`OVERVIEW`, :data:`COMMANDS`, examples and where
+the documentation is) stays fast.
 
 Example:
     >>> main(["--version"])  # doctest: +ELLIPSIS

@@ -9,21 +9,13 @@ scale, so that one number λ means the same for every unit, layer and net:
 called ``rel_damping`` (λ) and ``layer_damping`` (λ_layer) everywhere; what differs is the
 default, named by what the damping is for:
 
-=====================  =======  ===========================================================
-name                   value    used for
-=====================  =======  ===========================================================
-``MEASURE_DAMPING``    1e-3     judging a direction: ρ, bias-shift errors, the report's
-                                tables. κ(F_λ) ≤ (d+1)/λ + 1 for every block (≈1.3e5 at
-                                d = 128), so every solve keeps ≥ 10 digits, while only
-                                directions whose Fisher eigenvalue is below 1e-3 of the
-                                block's mean eigenvalue are changed; the same λ for every
-                                unit and unit type (``analysis.unitstats.SWEEP`` shows how
-                                an answer moves with it)
-``STEP_DAMPING``       0.1      taking a step: the preconditioners of :mod:`natgrad.optim`
-``LAYER_DAMPING``      0.3      the preconditioners' λ_layer (keeps a fresh mnist-fc's unit
-                                natural gradient finite: λ_layer = 0 let a weight go
-                                25 → 1e6 → NaN in 5 steps, tests/test_optim.py)
-=====================  =======  ===========================================================
+- ``MEASURE_DAMPING`` = 1e-3: judging a direction (ρ, bias-shift errors, the report's
+  tables); it bounds κ(F_λ) ≤ (d+1)/λ + 1 for every block (why this value:
+  ``docs/theory.md``, "Damping").
+- ``STEP_DAMPING`` = 0.1: taking a step, the preconditioners of :mod:`natgrad.optim`.
+- ``LAYER_DAMPING`` = 0.3: the preconditioners' λ_layer (keeps a fresh mnist-fc's unit
+  natural gradient finite: λ_layer = 0 let a weight go 25 → 1e6 → NaN in 5 steps,
+  tests/test_optim.py).
 
 Example:
     >>> import torch

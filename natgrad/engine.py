@@ -16,17 +16,14 @@ position p) and M_nk are output-space columns (``natgrad.likelihoods.columns``):
 of a square root of the output Fisher H for ``kind="exact"``, the scores of S sampled labels
 divided by √S for ``"mc"``, and the score of the observed label for ``"empirical"``.
 
-How it is computed, per batch:
-
-1. one forward pass, with hooks capturing each requested layer's input and output;
-2. one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``) of all K
-   columns at once, giving v for every unit of every requested layer (never J per unit);
-3. for a layer with one position per input (Linear), sum over the columns BEFORE the outer
-   product: δ̄²_ni = Σ_k v_nki², and F_i = (1/N) Σ_n δ̄²_ni ã_n ã_nᵀ for all units as one
-   GEMM ``[U·(d+1), N] @ [N, d+1]`` of cost 2·N·U·(d+1)²;
-4. for weight-shared units (Conv2d, or Linear applied along extra dimensions) the block does
-   not factor: per-sample gradients g = Σ_p v_p ã_p come from one ``bmm`` over samples and
-   the block from one ``bmm`` over units, in chunks that bound memory.
+Per batch: one forward pass, with hooks capturing each requested layer's input and output,
+and one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``) of all K
+columns at once, giving v for every unit of every requested layer (never J per unit). The
+accumulators then sum over the columns before the outer product where a unit has one
+position per input (Linear: δ̄²_ni = Σ_k v_nki², one GEMM for all units), or form the
+per-sample gradients g = Σ_p v_p ã_p first for weight-shared units (Conv2d, or Linear along
+extra dimensions), in chunks that bound memory (``docs/theory.md``, "How the engine avoids
+forming J"; :mod:`natgrad.accumulate`).
 
 Shapes: N inputs, K columns, P positions, U units, d fan-in, D model outputs.
 """
@@ -34,6 +31,7 @@ Shapes: N inputs, K columns, P positions, U units, d fan-in, D model outputs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import warnings
 from dataclasses import dataclass
@@ -45,9 +43,7 @@ from natgrad import likelihoods as lik
 from natgrad import memory
 from natgrad._batches import iter_batches
 from natgrad._distributed import all_reduce_accumulators
-from natgrad._layers import (
-    batchnorm_guard,
-)
+from natgrad._layers import batchnorm_guard
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
 from natgrad.errors import InputError, NatgradError
 from natgrad.structures import StructuredAccumulator
@@ -237,38 +233,32 @@ def _batched_grad(out, nets, grad_out):
         )
 
 
-class _Capture(contextlib.AbstractContextManager):
+class _Capture(contextlib.ExitStack):
     """Forward hooks that capture each requested layer's input and output, name the first
-    module whose output is non-finite, and let gradients reach the layers' outputs."""
+    module whose output is non-finite, and let gradients reach the layers' outputs; all undone
+    (and batch-norm statistics restored, :func:`batchnorm_guard`) on leaving the ``with``."""
 
     def __init__(self, model: nn.Module, accs: dict):
+        super().__init__()
         self.model, self.accs = model, accs
         self.targets = {id(acc.module): acc.name for acc in accs.values()}
-        self.handles: list = []
-        self.saved_grad: list[tuple[torch.Tensor, bool]] = []
-        self._stack = contextlib.ExitStack()
 
     def __enter__(self):
-        self._stack.enter_context(batchnorm_guard(self.model))
-        self._stack.enter_context(torch.enable_grad())
+        self.enter_context(batchnorm_guard(self.model))
+        self.enter_context(torch.enable_grad())
         for acc in self.accs.values():
             for p in (acc.module.weight, acc.module.bias):
-                self.saved_grad.append((p, p.requires_grad))
+                self.callback(p.requires_grad_, p.requires_grad)
                 p.requires_grad_(True)
         for name, module in self.model.named_modules():
             if id(module) in self.targets:
-                self.handles.append(module.register_forward_hook(self._capture_hook(name)))
+                hook = self._capture_hook(name)
             elif not any(True for _ in module.children()):
-                self.handles.append(module.register_forward_hook(self._finite_hook(name)))
+                hook = functools.partial(self._note_bad, name)
+            else:
+                continue
+            self.callback(module.register_forward_hook(hook).remove)
         return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        for p, flag in self.saved_grad:
-            p.requires_grad_(flag)
-        self._stack.close()
-        return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.inputs: dict[str, torch.Tensor] = {}
@@ -298,7 +288,9 @@ class _Capture(contextlib.AbstractContextManager):
             )
         return out
 
-    def _note_bad(self, name: str, out) -> None:
+    def _note_bad(self, name: str, module, args, out) -> None:
+        """Forward hook (with ``name`` bound): remember the first module with a non-finite
+        output."""
         if (
             self.first_bad is None
             and isinstance(out, torch.Tensor)
@@ -307,12 +299,6 @@ class _Capture(contextlib.AbstractContextManager):
         ):
             self.first_bad = name
 
-    def _finite_hook(self, name):
-        def hook(module, args, out):
-            self._note_bad(name, out)
-
-        return hook
-
     def _capture_hook(self, name):
         def hook(module, args, out):
             if name in self.outputs:
@@ -320,7 +306,7 @@ class _Capture(contextlib.AbstractContextManager):
                     f"layer {name!r} is called more than once in one forward pass; natgrad's "
                     "unit Fisher needs each layer to be applied once per input"
                 )
-            self._note_bad(name, out)
+            self._note_bad(name, module, args, out)
             self.inputs[name] = args[0].detach()
             self.outputs[name] = out
             # A clone, so that an in-place activation after the layer cannot overwrite the

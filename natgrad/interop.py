@@ -4,20 +4,11 @@ Unit i of a Linear or Conv2d layer owns the weight row ``weight[i]`` (flattened:
 entries, in ``weight.flatten(1)`` order, which is natgrad's order of the incoming patch) and
 ``bias[i]``; natgrad stores its block bias last, ``[U, d+1, d+1]``. A layer's parameters in
 the peers' flat order are ``(weight.flatten(), bias)``: unit i's entries sit at
-``i·d … i·d + d − 1`` and ``U·d + i``. Every function here is that one re-indexing.
-
-- **curvlinops** (``PyTorchLinearOperator``): :func:`to_curvlinops` gives the
-  block-diagonal matrix of the unit blocks acting on ``[weight, bias, weight, bias, …]`` of
-  the layers, so ``scipy``/``curvlinops`` tools (eigensolvers, CG, Laplace) use it;
-  :func:`unit_blocks_from_operator` reads the unit blocks of any operator over those
-  parameters (e.g. curvlinops' ``GGNLinearOperator``) with d+1 matrix–vector products per
-  unit position, all units of a layer at once.
-- **nngeometry** (``PMatBlockDiag``, one dense block per layer):
-  :func:`to_nngeometry` puts the unit blocks on the diagonal of each layer's block (zero
-  between units); :func:`unit_blocks_from_nngeometry` reads them out of any
-  ``PMatBlockDiag`` or ``PMatDense``.
-
-Both peers are optional imports, needed only by the function that names them.
+``i·d … i·d + d − 1`` and ``U·d + i``. Every function here is that one re-indexing:
+:func:`to_curvlinops` and :func:`unit_blocks_from_operator` for curvlinops (or any linear
+operator over the layers' ``[weight, bias, …]``), :func:`to_nngeometry` and
+:func:`unit_blocks_from_nngeometry` for nngeometry. Both peers are optional imports, needed
+only by the function that names them.
 
 Example:
     >>> import torch

@@ -1,23 +1,13 @@
 r"""Memory budgets of the unit Fisher engine: what a result costs, what is free, what fits.
 
-The result of :func:`natgrad.unit_fisher` for U units of fan-in d costs, in elements of the
-model's dtype (itemsize bytes each),
-
-=================  ==========================  ==========================================
-structure          stored                       elements
-=================  ==========================  ==========================================
-``dense``          F ``[U, d+1, d+1]``          U·(d+1)²
-``quasidiagonal``  diag(F) ``[U, d+1]``, b      U·(2d+1)
-``diagonal``       diag(F) ``[U, d+1]``         U·(d+1)
-=================  ==========================  ==========================================
-
-and the temporaries of one data pass are bounded separately (:data:`TEMP_FLOOR` bytes or a
-quarter of the result, whichever is larger): the engine splits a batch into sub-batches and the
-units into chunks so that no temporary exceeds that bound. Before the pass,
-:func:`check_budget` compares the result with ``max_memory`` (default
-:data:`DEFAULT_FRACTION` of the memory the kernel reports as available) and raises
-:class:`~natgrad.errors.MemoryBudgetError` naming the bytes needed and the ``units=``,
-``structure=`` or ``out_dir=`` that would fit.
+The result of :func:`natgrad.unit_fisher` for U units of fan-in d costs U·(d+1)² elements of
+the model's dtype (``dense``), U·(2d+1) (``quasidiagonal``: diag(F) and b) or U·(d+1)
+(``diagonal``); the temporaries of one data pass are bounded separately (:func:`temp_budget`):
+the engine splits a batch into sub-batches and the units into chunks so that no temporary
+exceeds that bound. Before the pass, :func:`check_budget` compares the result with
+``max_memory`` (default :data:`DEFAULT_FRACTION` of the memory the kernel reports as
+available) and raises :class:`~natgrad.errors.MemoryBudgetError` naming the bytes needed and
+the ``units=``, ``structure=`` or ``out_dir=`` that would fit (``docs/scale.md``).
 
 Example:
     >>> result_elements("dense", units=4, fan_in=3), result_elements("quasidiagonal", 4, 3)
@@ -60,7 +50,7 @@ def check_structure(structure: str) -> str:
 
 
 def result_elements(structure: str, units: int, fan_in: int) -> int:
-    r"""Elements of a result of ``units`` units of fan-in d = ``fan_in`` (table above)."""
+    r"""Elements of a result of ``units`` units of fan-in d = ``fan_in`` (module docstring)."""
     d1 = fan_in + 1
     if structure == "dense":
         return units * d1 * d1
@@ -98,11 +88,13 @@ def resolve_max_memory(max_memory: int | float | None) -> int:
 
 def format_bytes(n: float) -> str:
     """Human-readable bytes (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n:.2f} TiB"  # pragma: no cover
+        if abs(n) < 1024:
+            return f"{n:.2f} {unit}"
+    return f"{n / 1024:.2f} TiB"
 
 
 def temp_budget(
@@ -117,6 +109,9 @@ def temp_budget(
     return min(wanted, max(max_memory - result_bytes, max_memory // 8))
 
 
+_OUT_DIR_HINT = "; or pass out_dir= to stream units in chunks to safetensors shards on disk"
+
+
 def check_budget(layers: dict, structure: str, itemsize: int, max_memory: int, *, sharded: bool):
     r"""Raise :class:`~natgrad.errors.MemoryBudgetError` unless the results fit.
 
@@ -126,45 +121,31 @@ def check_budget(layers: dict, structure: str, itemsize: int, max_memory: int, *
     needed, the budget, and per layer the ``units=`` count and the structures that would fit.
     """
     room = max_memory - min(TEMP_FLOOR, max_memory // 4)
-    need = {n: result_elements(structure, u, d) * itemsize for n, (u, d) in layers.items()}
-    if sharded:
-        worst = max(result_elements(structure, 1, d) * itemsize for _, d in layers.values())
-        if worst <= room:
-            return
-        total = worst
+
+    def size(s: str, u: int, d: int) -> int:
+        return result_elements(s, u, d) * itemsize
+
+    if sharded:  # one unit's block at a time
+        total = max(size(structure, 1, d) for _, d in layers.values())
     else:
-        total = sum(need.values())
-        if total <= room:
-            return
+        total = sum(size(structure, u, d) for u, d in layers.values())
+    if total <= room:
+        return
     fixes = []
     for name, (u, d) in layers.items():
-        per_unit = result_elements(structure, 1, d) * itemsize
-        fit = min(u, max(0, room // per_unit))
-        cheaper = [
-            f"structure={s!r} ({format_bytes(result_elements(s, u, d) * itemsize)})"
-            for s in STRUCTURES
-            if s != structure and result_elements(s, u, d) * itemsize <= room
-        ]
+        fit = min(u, max(0, room // size(structure, 1, d)))
+        verdict = f"units= with at most {fit} units fits" if fit else "not even one unit fits"
+        cheaper = [f"structure={s!r} ({format_bytes(size(s, u, d))})" for s in STRUCTURES
+                   if s != structure and size(s, u, d) <= room]  # fmt: skip
         fixes.append(
-            f"layer {name!r} ({u} units, fan-in {d}: {format_bytes(need[name])}): "
-            + (
-                "fits on its own"
-                if fit == u
-                else f"units= with at most {fit} units fits"
-                if fit
-                else "not even one unit fits"
-            )
+            f"layer {name!r} ({u} units, fan-in {d}: {format_bytes(size(structure, u, d))}): "
+            + ("fits on its own" if fit == u else verdict)
             + (", or " + " or ".join(cheaper) if cheaper else "")
         )
-    hint = (
-        ""
-        if sharded
-        else "; or pass out_dir= to stream units in chunks to safetensors shards on disk"
-    )
     raise MemoryBudgetError(
         f"the {structure} unit Fisher needs {format_bytes(total)} ({total} bytes) but the budget "
         f"leaves {format_bytes(room)} (max_memory={max_memory} bytes less temporaries). "
         + "; ".join(fixes)
-        + hint
+        + ("" if sharded else _OUT_DIR_HINT)
         + "."
     )

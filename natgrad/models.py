@@ -1,53 +1,19 @@
-r"""The ELU paper's networks (``docs/paper.md``, "Networks"), built for any unit.
+r"""The ELU paper's networks (:data:`NETWORKS`), built for any unit.
 
-==============  ===================================================================
-name            architecture (paper notation "layers × units × receptive field")
-==============  ===================================================================
-``mnist-fc``    d → 8 hidden × 128 → C, fully connected (d = 784; 64 for 8×8 digits)
-``mnist-ae``    d-1000-500-250-30, mirrored decoder 30-250-500-1000-d; the 30-d code is
-                linear; the output is d *logits* for a Bernoulli likelihood (sigmoid +
-                binary cross-entropy against pixels in [0, 1]). The paper does not state
-                the loss: this is natgrad's choice, named ``loss="bce_logits"`` in the
-                training config.
-``cifar-11``    [1×192×5] [1×192×1, 1×240×3] [1×240×1, 1×260×2] [1×260×1, 1×280×2]
-                [1×280×1, 1×300×2] [1×300×1] [1×C×1]; dropout per stack
-                (0, .1, .2, .3, .4, .5, 0)
-``cifar-18``    [1×384×3] [1×384×1, 1×384×2, 2×640×2] [1×640×1, 3×768×2]
-                [1×768×1, 2×896×2] [1×896×3, 2×1024×2] [1×1024×1, 1×1152×2] [1×1152×1]
-                [1×C×1]; dropout per stack (0, .1, .2, .3, .4, .5, .5, 0)
-``imagenet-15`` 1×96×6, 3×512×3, 5×768×3, 3×1024×3, SPP(1, 2, 4), 2×4096×FC, 1×C×FC;
-                dropout 0.5 after both 4096 FC layers
-==============  ===================================================================
+The architectures, and natgrad's reading of the paper wherever it leaves room (padding,
+pooling, dropout placement, the output layer, SPP, batch norm, initialisation), are listed in
+``docs/paper.md``, "Networks"; each reading is a keyword argument of :func:`build_model`.
+Two properties the rest of natgrad relies on:
 
-Readings of the paper, where it leaves room (each is a keyword argument):
-
-- Conv layers use ``same`` padding with stride 1. Even kernels (2, 6) pad one more pixel
-  on the right/bottom (an explicit :class:`torch.nn.ZeroPad2d` before the
-  :class:`torch.nn.Conv2d`, so every conv layer sees the tensor it convolves).
-- "2×2 max-pool, stride 2, after each stack": after every stack whose output is at least
-  2×2 and that is not the output stack. For 32×32 CIFAR inputs that is stacks 1–5
-  (32 → 1); for 224×224 ImageNet inputs all four conv stacks (224 → 14).
-- Per-stack dropout is applied after the stack's pooling. ``cifar-18``'s bracket list has
-  19 conv layers (the paper calls the net 18-layer); natgrad builds the list as written.
-  Its per-stack dropout is the paper's "as cifar-11" read as a ramp capped at 0.5.
+- He initialisation draws from a generator seeded by ``seed`` in module order, and only
+  Linear/Conv2d layers draw, so **the initial weights depend only on (net, seed, input
+  shape)**: run j starts from the same weights for every unit and with or without batch
+  norm (paper, Fig 4).
 - For cifar-18's late "dropout on every layer of a stack" phases, every layer but the last
   of a stack with dropout is followed by a ``drop<i>`` module (after its unit) with p=0;
   :func:`set_dropout_mode` switches them on. p=0 dropout is the identity and draws no
   random numbers, and dropout has no parameters: initial weights, outputs and the RNG
   stream are those of the net without these modules.
-- The CIFAR output layer is the last [1×C×1] conv (no unit), followed by global average
-  pooling to ``[N, C]`` logits.
-- ``imagenet-15``: the first conv's stride is not stated; ``stem_stride=1`` by default.
-  SPP is three adaptive max-pool levels (1×1, 2×2, 4×4), so the net accepts any input
-  size (tests use 64×64) and its parameter count does not depend on the input size.
-- Batch norm (Fig 5), when asked for, sits after every hidden Linear/Conv2d and before
-  its unit; never after an output layer. Every Linear/Conv2d keeps its bias (the unit
-  Fisher of :mod:`natgrad.fisher` needs one).
-- He initialisation (Kaiming normal, fan_in, gain √2) for every weight, zero biases.
-  Weights are drawn from a generator seeded by ``seed`` in module order, and only
-  Linear/Conv2d layers draw, so **the initial weights depend only on (net, seed, input
-  shape)**: run j starts from the same weights for every unit and with or without batch
-  norm (paper, Fig 4).
 
 Example:
     >>> net = build_model("mnist-fc", "elu", in_features=64, seed=0)
@@ -73,17 +39,8 @@ from natgrad.argtypes import positive_int
 from natgrad.errors import InputError
 from natgrad.units import CATALOGUE, UNIT_NAMES, UNIT_TYPES, make_unit
 
-__all__ = [
-    "DROPOUT_MODES",
-    "NETWORKS",
-    "NetSpec",
-    "PaperNet",
-    "SpatialPyramidPool",
-    "build_model",
-    "count_parameters",
-    "set_dropout_mode",
-    "weight_layers",
-]
+__all__ = ["DROPOUT_MODES", "NETWORKS", "NetSpec", "PaperNet", "SpatialPyramidPool", "build_model",
+           "count_parameters", "set_dropout_mode", "weight_layers"]  # fmt: skip
 
 Stack = Sequence[tuple[int, int, int]]  # (layers, units, receptive field)
 
@@ -143,24 +100,26 @@ class PaperNet(nn.Sequential):
         self.build_kwargs = dict(build_kwargs)
 
 
-def _hidden(layer: nn.Module, width: int, unit: str, alpha, bn: bool, conv: bool,
+def _hidden(kind: str, i: int, layer: nn.Module, unit: str, alpha, bn: bool,
             ln: bool = False) -> list:  # fmt: skip
-    """``[(name, module)]`` for one hidden layer: layer, optional batch or layer norm, unit."""
-    out = [("layer", layer)]
+    """``[(name, module)]`` for hidden layer ``<kind><i>``: the layer, optional batch or layer
+    norm, the unit ``act<i>``."""
+    width = layer.weight.shape[0]
+    out = [(f"{kind}{i}", layer)]
     if bn:
-        out.append(("bn", nn.BatchNorm2d(width) if conv else nn.BatchNorm1d(width)))
+        out.append((f"bn{i}", nn.BatchNorm2d(width) if kind == "conv" else nn.BatchNorm1d(width)))
     if ln:
-        out.append(("ln", nn.LayerNorm(width)))
-    out.append(("act", make_unit(unit, alpha)))
-    return out
+        out.append((f"ln{i}", nn.LayerNorm(width)))
+    return out + [(f"act{i}", make_unit(unit, alpha))]
 
 
-def _conv(cin: int, cout: int, k: int, stride: int = 1) -> list:
-    """A stride-``stride`` conv with ``same`` padding (explicit pad for even ``k``)."""
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
+    """A stride-``stride`` conv with ``same`` padding: ``[conv]``, or ``[pad, conv]`` with an
+    explicit pad for even ``k``."""
     if k % 2:
-        return [("conv", nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2))]
+        return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)]
     lo, hi = (k - 1) // 2, k // 2
-    return [("pad", nn.ZeroPad2d((lo, hi, lo, hi))), ("conv", nn.Conv2d(cin, cout, k, stride))]
+    return [nn.ZeroPad2d((lo, hi, lo, hi)), nn.Conv2d(cin, cout, k, stride)]
 
 
 def _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn, *, stem_stride=1, pool_last=True):
@@ -174,12 +133,9 @@ def _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn, *, stem_stride=1, p
             for _ in range(n_layers):
                 i += 1
                 stride = stem_stride if (s == 1 and i == 1) else 1
-                pad_conv = _conv(c, width, k, stride)
-                for name, mod in pad_conv[:-1]:
-                    mods.append((f"{name}{i}", mod))
+                *pad, conv = _conv(c, width, k, stride)
+                mods += [(f"pad{i}", p) for p in pad] + _hidden("conv", i, conv, unit, alpha, bn)
                 h, w = -(-h // stride), -(-w // stride)
-                for name, mod in _hidden(pad_conv[-1][1], width, unit, alpha, bn, conv=True):
-                    mods.append((f"{'conv' if name == 'layer' else name}{i}", mod))
                 if dropout[s - 1] > 0 and i < n_stack:  # p=0 until a dropout phase sets it
                     mods.append((f"drop{i}", nn.Dropout(0.0)))
                 c = width
@@ -195,13 +151,9 @@ def _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn, *, stem_stride=1, p
 def _mlp(sizes, unit, alpha, bn, ln: bool = False) -> list:
     """``fc1, act1, …`` for consecutive ``sizes``; the last layer has no unit."""
     mods: list = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes), start=1):
-        if i == len(sizes) - 1:
-            mods.append((f"fc{i}", nn.Linear(a, b)))
-            break
-        for name, mod in _hidden(nn.Linear(a, b), b, unit, alpha, bn, conv=False, ln=ln):
-            mods.append((f"{'fc' if name == 'layer' else name}{i}", mod))
-    return mods
+    for i, (a, b) in enumerate(itertools.pairwise(sizes[:-1]), start=1):
+        mods += _hidden("fc", i, nn.Linear(a, b), unit, alpha, bn, ln)
+    return mods + [(f"fc{len(sizes) - 1}", nn.Linear(*sizes[-2:]))]
 
 
 def _mnist_fc(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:

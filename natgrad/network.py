@@ -11,20 +11,17 @@ independent of natgrad's unit Fisher engine, which it reproduces on the unit blo
 (``tests/test_network.py``). It costs N·C·P memory per batch and P² for the result: nets of a
 few thousand parameters.
 
-:class:`NetworkFisher` answers three questions of the literature:
-
-- :meth:`~NetworkFisher.unit_block_share`: the share of the Fisher's Frobenius mass inside
-  the unit blocks (Amari, Karakida & Oizumi 2019: near block-diagonal in wide random nets);
-- :meth:`~NetworkFisher.spectrum`: the eigenvalues, largest first (Karakida et al. 2019: a
-  few large outliers);
-- :meth:`~NetworkFisher.unit_vs_full`: the Fisher efficiency ρ of the unit natural gradient
-  (and of the plain gradient) measured against the full natural gradient, in the whole-network
-  metric F_λ = F + D, D adding each unit's own μ = λ·tr F_uu/(d+1) on its diagonal (the
-  damping of ``docs/theory.md``, applied per unit as everywhere in natgrad).
+:class:`NetworkFisher` answers three questions of the literature: how much of the Fisher's
+Frobenius mass the unit blocks hold (:meth:`~NetworkFisher.unit_block_share`; Amari, Karakida
+& Oizumi 2019: near block-diagonal in wide random nets), its spectrum
+(:meth:`~NetworkFisher.spectrum`; Karakida et al. 2019: a few large outliers), and what the
+unit natural gradient loses against the full one (:meth:`~NetworkFisher.unit_vs_full`, in the
+per-unit damped metric of :meth:`~NetworkFisher.damping`).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -146,27 +143,19 @@ def _layer_index(model: nn.Module, offsets: dict[str, int]) -> dict[str, torch.T
     return out
 
 
-def _units(model: nn.Module, offsets: dict[str, int]) -> tuple:
-    """``(layer, unit, index [d+1])`` of every unit (:func:`_layer_index`, row by row)."""
-    return tuple((name, u, row) for name, idx in _layer_index(model, offsets).items()
-                 for u, row in enumerate(idx))  # fmt: skip
-
-
 def _prepare(model: nn.Module, inputs, what: str):
     r"""A float64 eval copy of ``model``, its parameters (names, offsets in the flat vector,
     detached values), P, and the inputs as float64 (checked finite)."""
     import copy
 
     model = copy.deepcopy(model).to(torch.float64).eval()
-    named = list(model.named_parameters())
-    offsets, off = {}, 0
-    for k, v in named:
-        offsets[k] = off
-        off += v.numel()
+    named = dict(model.named_parameters())
+    *starts, off = itertools.accumulate((v.numel() for v in named.values()), initial=0)
+    offsets = dict(zip(named, starts, strict=True))
     x_all = torch.as_tensor(inputs).to(torch.float64)
     if not torch.isfinite(x_all).all():
         raise InputError(f"{what}: the inputs contain NaN/Inf")
-    return model, offsets, {k: v.detach() for k, v in named}, off, x_all
+    return model, offsets, {k: v.detach() for k, v in named.items()}, off, x_all
 
 
 def _jacobians(model: nn.Module, params: dict, x_all: torch.Tensor, batch_size: int, what: str):
@@ -220,8 +209,9 @@ def network_fisher(
         matrix += Jp.T @ Jp - Jm.T @ Jm
     matrix /= n
     matrix = 0.5 * (matrix + matrix.T)
-    return NetworkFisher(matrix, names, shapes, tuple(offsets[k] for k in names), n,
-                         _units(model, offsets))  # fmt: skip
+    units = [(name, u, row) for name, idx in _layer_index(model, offsets).items()
+             for u, row in enumerate(idx)]  # fmt: skip
+    return NetworkFisher(matrix, names, shapes, tuple(offsets[k] for k in names), n, tuple(units))
 
 
 @dataclass(frozen=True)
@@ -241,11 +231,8 @@ class GramSummary:
 
     def unit_block_share(self) -> float:
         r"""‖F restricted to the unit blocks‖²_F / ‖F‖²_F, as :meth:`NetworkFisher.unit_block_share`."""
-        return (
-            self.unit_block_frobenius_sq / self.frobenius_sq
-            if self.frobenius_sq > 0
-            else float("nan")
-        )
+        total = self.frobenius_sq
+        return self.unit_block_frobenius_sq / total if total > 0 else float("nan")
 
     def top_eig_over_mean(self) -> float:
         r"""λ_max / (tr F / P), the outlier ratio of Karakida et al. (the mean over all P

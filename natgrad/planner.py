@@ -12,12 +12,8 @@ safetensors shard in ``folder``::
                                                 bias_column), units [U_c], mean_p [d]
 
 Files are written to a temporary in the same folder and renamed into place, the index last,
-so a folder with an ``index.json`` is complete. The result is a
-:class:`ShardedUnitFisher`, which loads one shard at a time: its theorem methods run shard by
-shard and concatenate the per-unit results (O(U·d)), so a layer whose blocks do not fit in
-memory still gets its natural gradients, s, k and bias shifts. When not even one unit's
-block fits, :class:`~natgrad.errors.MemoryBudgetError` names the bytes and the structures
-that would.
+so a folder with an ``index.json`` is complete. The result, a :class:`ShardedUnitFisher`,
+loads one shard at a time (``docs/scale.md``, "The planner").
 
 ``inputs`` must be iterable more than once (a tensor, a list of batches, a DataLoader) when
 there is more than one chunk. For ``kind="mc"`` the generator's state is restored before
@@ -93,16 +89,11 @@ def sharded_unit_fisher(
             model, {name: (module, chunk)}, inputs, targets, replace(options, max_memory=budget)
         )[name]
         file = f"{_slug(name)}.units_{int(chunk[0]):06d}-{int(chunk[-1]):06d}.safetensors"
-        tensors = {"units": chunk.clone(), "mean_p": F.mean_p.contiguous()}
-        for key in ("c_sum", "c_sq_sum"):  # for n_eff
+        blocks = ("matrix",) if structure == "dense" else ("diagonal", "bias_column")
+        tensors = {"units": chunk.clone()}
+        for key in ("mean_p", "c_sum", "c_sq_sum", *blocks):  # c_sum, c_sq_sum: for n_eff
             if getattr(F, key) is not None:
                 tensors[key] = getattr(F, key).contiguous()
-        if structure == "dense":
-            tensors["matrix"] = F.matrix.contiguous()
-        else:
-            tensors["diagonal"] = F.diagonal.contiguous()
-            if F.bias_column is not None:
-                tensors["bias_column"] = F.bias_column.contiguous()
         _atomic_save(folder / file, tensors)
         shards.append({"file": file, "units": chunk.tolist()})
         meta = {"n": F.n, "kind": F.kind, "likelihood": F.likelihood, "mc_samples": F.mc_samples}
@@ -118,7 +109,7 @@ def sharded_unit_fisher(
         **meta,
         "shards": shards,
     }
-    _atomic_write(folder / INDEX, dumps_json(index, indent=1).encode())
+    write_bytes(folder / INDEX, dumps_json(index, indent=1).encode())
     return ShardedUnitFisher.load(folder)
 
 
@@ -134,10 +125,6 @@ def _atomic_save(path: Path, tensors: dict) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    write_bytes(path, data)
 
 
 _SHARD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\.units_\d{6}-\d{6}\.safetensors$")
@@ -195,24 +182,20 @@ def _validated(path: Path) -> dict:
         got = index.get("format") if isinstance(index, dict) else type(index).__name__
         raise CheckpointError(f"{path}: format {got!r}, expected {FORMAT!r}")
 
-    def positive(key):
-        v = index.get(key)
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    def is_int(v, lo: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
-    bad = [k for k in ("n", "fan_in") if not positive(k)]
+    def shard_ok(s) -> bool:
+        return (isinstance(s, dict) and isinstance(s.get("file"), str)
+                and _SHARD.match(s["file"]) is not None and isinstance(s.get("units"), list)
+                and len(s["units"]) > 0 and all(is_int(u, 0) for u in s["units"]))  # fmt: skip
+
+    bad = [k for k in ("n", "fan_in") if not is_int(index.get(k), 1)]
     shards = index.get("shards")
     if not isinstance(shards, list) or not shards:
         bad.append("shards")
     else:
-        for s in shards:
-            ok = (isinstance(s, dict) and isinstance(s.get("file"), str)
-                  and _SHARD.match(s["file"]) is not None
-                  and isinstance(s.get("units"), list) and len(s["units"]) > 0
-                  and all(isinstance(u, int) and not isinstance(u, bool) and u >= 0
-                          for u in s["units"]))  # fmt: skip
-            if not ok:
-                bad.append(f"shard {str(s)[:60]}")
-                break
+        bad += [f"shard {str(s)[:60]}" for s in shards if not shard_ok(s)][:1]
     if bad:
         raise CheckpointError(f"{path}: invalid shard index ({', '.join(bad)}): shard files must "
                               "be plain names in the folder and sizes positive integers; "
@@ -270,17 +253,8 @@ class ShardedUnitFisher:
             t = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: unreadable shard ({e}); recompute the folder") from None
-        kw = dict(
-            mean_p=t["mean_p"],
-            n=self.n,
-            kind=self.kind,
-            likelihood=self.likelihood,
-            layer=self.layer,
-            units=t["units"],
-            mc_samples=self.mc_samples,
-            c_sum=t.get("c_sum"),
-            c_sq_sum=t.get("c_sq_sum"),
-        )
+        kw = {k: getattr(self, k) for k in ("n", "kind", "likelihood", "layer", "mc_samples")}
+        kw |= {k: t[k] for k in ("mean_p", "units")} | {k: t.get(k) for k in ("c_sum", "c_sq_sum")}
         if self.structure == "dense":
             return UnitFisher(matrix=t["matrix"], **kw)
         from natgrad.structures import StructuredUnitFisher
@@ -335,6 +309,8 @@ class ShardedUnitFisher:
             )
         if isinstance(outs[0], tuple):
             return tuple(torch.cat(p) for p in zip(*outs, strict=True))
+        if isinstance(outs[0], dict):
+            return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         return torch.cat(outs)
 
     def natural_gradient(self, grad_weight, grad_bias, damping: float = 0.0):
@@ -365,11 +341,7 @@ class ShardedUnitFisher:
 
     def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
         r"""``natgrad.measures`` of every unit, shard by shard (keys as for one shard)."""
-        outs = [
-            F.measures(gw, gb, rel_damping)
-            for F, (gw, gb) in zip(self, self._rows(grad_weight, grad_bias), strict=True)
-        ]
-        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        return self._map("measures", (grad_weight, grad_bias), rel_damping)
 
     @property
     def mean_q(self) -> torch.Tensor:
