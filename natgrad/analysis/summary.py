@@ -35,21 +35,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-from natgrad._atomic import (
-    carry_over,
-    check_replaceable,
-    clean_stale,
-    commit_dir,
-    dumps_json,
-    staging_dir,
-    write_json,
-)
+from natgrad._atomic import dumps_json, write_json
 from natgrad.analysis import metrics as mt
 from natgrad.analysis import stats
-from natgrad.analysis.csvtables import read_csv, write_csv
+from natgrad.analysis.csvtables import read_csv, staged, write_csv
 from natgrad.analysis.unitstats import SWEEP
 from natgrad.damping import MEASURE_DAMPING
 
@@ -93,26 +84,14 @@ def headline_rho(units) -> str:
 
 def save_tables(frames: dict, out_dir: str | os.PathLike, context: dict | None = None) -> dict:
     r"""Write ``{name: DataFrame}`` as ``<out_dir>/<name>.csv`` (each with its checksum
-    file) and ``context`` as ``context.json``, in one atomic step: everything goes into a
-    new folder next to ``out_dir``, the other files of ``out_dir`` (a report) are
-    hard-linked into it, and the two folders are swapped (:func:`natgrad._atomic.commit_dir`).
-    Temporaries a killed writer left next to ``out_dir`` are removed first. Returns
-    ``{name: path}``."""
+    file) and ``context`` as ``context.json``, in one atomic step
+    (:func:`natgrad.analysis.csvtables.staged`). Returns ``{name: path}``."""
     out = Path(out_dir)
-    check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out.parent)
-    stage = staging_dir(out)
-    try:
+    with staged(out) as stage:
         for name, frame in frames.items():
             write_csv(frame, stage / f"{name}.csv")
         if context is not None:
             write_json(stage / "context.json", context)
-        carry_over(out, stage)
-        commit_dir(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     paths = {name: out / f"{name}.csv" for name in frames}
     if context is not None:
         paths["context"] = out / "context.json"
