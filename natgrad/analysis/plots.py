@@ -1,17 +1,8 @@
 r"""The figures of the report and of ``paper_figures/``, written once.
 
 matplotlib is imported inside each function, so ``import natgrad`` never needs it. Every
-function draws from tidy pandas tables and returns the ``Figure``; callers
-choose where it goes (base64 PNG in the HTML report, PDF + PNG for the paper figures).
-
-=========================  =============================================================
-function                   figure
-=========================  =============================================================
-:func:`plot_units`         Fig 1: ELU(α=1), ReLU, LReLU(α=0.1), SReLU
-:func:`plot_curves`        Fig 2: a per-epoch column, mean ± sd over seeds per unit type
-:func:`plot_layer_metric`  new: per layer, median and interquartile band over units (all
-                           seeds pooled) of a unit-table column, per epoch and unit type
-=========================  =============================================================
+function draws from tidy pandas tables and returns the ``Figure``; callers choose where it
+goes (base64 PNG in the HTML report, PDF + PNG for the paper figures).
 """
 
 from __future__ import annotations

@@ -2,19 +2,9 @@ r"""A study as data: arms × seeds → training configs, one runner, one reader 
 
 A :class:`Study` names its arms, its seeds, how an (arm, seed) becomes a
 :class:`~natgrad.training.TrainConfig`, how its run directory is named, and its declared
-endpoints (:class:`~natgrad.analysis.endpoints.Endpoint`). Everything else is shared:
-
-- :meth:`Study.train` trains (or resumes) every run through the one runner,
-  :func:`natgrad.training.train_plan` (stacked runs batched, finished runs untouched, a
-  diverged run recorded while the others go on);
-- :meth:`Study.curves` reads every run's metrics into one table (arm, seed, epoch, the
-  trainer's training loss, validation and test loss and error, cumulative training seconds),
-  NaN where a run has not reached an epoch;
-- :meth:`Study.evaluate` computes the declared endpoints on a per-seed table, paired by seed,
-  Holm within each family.
-
-``natgrad compare``, the Fig 2 protocol, the Fig 3, batch-norm CNN and direction-audit
-studies are declared this way (``analysis/*.py``, :func:`natgrad.studies.compare.study`).
+endpoints (:class:`~natgrad.analysis.endpoints.Endpoint`); training, reading the curves and
+evaluating the endpoints are shared (``docs/architecture.md``). Every study of
+:mod:`natgrad.studies` is declared this way.
 
 Example:
     >>> from natgrad.training import default_config

@@ -37,15 +37,10 @@ s, k and the corrected mean are q-moment quantities: they are estimable only whe
 d+1, and the report never averages them into a headline. :func:`damping_sweep` gives the
 efficiencies over a range of λ.
 
-**ρ from a finite probe is biased low.** The unit natural gradient needs F⁻¹, and the inverse
-of an estimated block overshoots: for n_eff samples in d+1 dimensions E[F̂⁻¹] ≈ F⁻¹·n/(n−d−2)
-(Wishart), so gᵀF̂⁻¹g is too large and ρ too small by a term of order (d+1)/n_eff. Two unit
-types with different n_eff on the same probe are then compared with different biases. On the
-MNIST Fig 2 net at epoch 1 (d = 128, ``fig2_protocol``) ρ(plain) on 1k/2k/5k/10k validation
-images was 0.37/0.48/0.54/0.56: a 1/n law. The half-sample jackknife (Quenouille)
-ρ_J = 2ρ(F) − (ρ(F_A) + ρ(F_B))/2, F_A and F_B the blocks of the probe's two halves, removes
-that first-order term; :func:`probe_size_sweep` shows both estimates against the probe size,
-so a reader can see whether the one reported has settled.
+**ρ from a finite probe is biased low** by O((d+1)/n_eff) (the inverse of an estimated block
+overshoots); the half-sample jackknife ``rho_<direction>_jk`` removes that term, and
+:func:`probe_size_sweep` shows both estimates against the probe size (``docs/theory.md``,
+"The finite-probe bias of ρ, and the jackknife").
 """
 
 from __future__ import annotations
