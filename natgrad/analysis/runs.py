@@ -261,12 +261,10 @@ def _analyse(job) -> tuple:
     head = {**rd.identity(), "epoch": epoch}
     got = {k: None if v is None else _prepend(v, head) for k, v in got.items()}
     rd.check_no_links()  # the cache is never written through a symlinked analysis/
-    for k in kinds:  # stale cache entries of this epoch: same kind, another key
-        for old in (
-            rd.analysis_dir.glob(f"{k}-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []
-        ):
-            if key not in old.name:
-                old.unlink(missing_ok=True)
+    stale = rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []
+    for old in stale:  # cache entries of this epoch (of any kind) under another key
+        if old.name.split("-")[0] in kinds and key not in old.name:
+            old.unlink(missing_ok=True)
     for k in kinds:
         if got[k] is not None:
             write_csv(got[k], paths[k])

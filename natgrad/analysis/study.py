@@ -104,18 +104,12 @@ class Study:
             got = {int(r["epoch"]): r for r in metrics if r["epoch"] <= cfg.epochs}
             elapsed = 0.0
             for e in range(cfg.epochs + 1):
-                r = got.get(e)
-                if r is None:
-                    rows.append(dict(seed=seed, arm=arm, epoch=e, train_loss=math.nan,
-                                     val_loss=math.nan, val_error=math.nan, test_loss=math.nan,
-                                     test_error=math.nan, seconds=math.nan))  # fmt: skip
-                    continue
-                elapsed += float(r.get("train_seconds") or 0.0)
-                rows.append(dict(seed=seed, arm=arm, epoch=e, train_loss=_num(r["train_loss"]),
-                                 val_loss=_num(r.get("val_loss")),
-                                 val_error=_num(r.get("val_error")),
-                                 test_loss=_num(r.get("test_loss")),
-                                 test_error=_num(r.get("test_error")), seconds=elapsed))  # fmt: skip
+                r = got.get(e, {})
+                if r:
+                    elapsed += float(r.get("train_seconds") or 0.0)
+                values = {k: _num(r.get(k)) for k in _CURVES}
+                rows.append(dict(seed=seed, arm=arm, epoch=e, **values,
+                                 seconds=elapsed if r else math.nan))  # fmt: skip
         return pd.DataFrame(rows)
 
     def evaluate(self, values):
@@ -126,6 +120,9 @@ class Study:
         if not self.endpoints:
             raise InputError(f"study {self.name!r} declares no endpoints")
         return evaluate(values, list(self.endpoints), group="arm")
+
+
+_CURVES = ("train_loss", "val_loss", "val_error", "test_loss", "test_error")
 
 
 def _num(v) -> float:

@@ -298,13 +298,10 @@ def _pool(chunks, i0: int, i1: int) -> dict[str, UnitFisher]:
     ``chunks`` (a :class:`_Chunks`), since the sizes and the halves ask for the same pools."""
     if i1 - i0 == 1:
         return chunks[i0]
-    memo = getattr(chunks, "memo", None)
-    if memo is not None and (i0, i1) in memo:
-        return memo[(i0, i1)]
-    out = {name: UnitFisher.pool([c[name] for c in chunks[i0:i1]]) for name in chunks[i0]}
-    if memo is not None:
-        memo[(i0, i1)] = out
-    return out
+    if (i0, i1) not in chunks.memo:
+        chunks.memo[(i0, i1)] = {name: UnitFisher.pool([c[name] for c in chunks[i0:i1]])
+                                 for name in chunks[i0]}  # fmt: skip
+    return chunks.memo[(i0, i1)]
 
 
 class _Chunks(list):
@@ -332,18 +329,10 @@ def _pool_grads(chunk_grads, bounds, i0: int, i1: int):
     """The mean gradient of slices ``i0..i1-1`` (weighted by their sizes)."""
     if isinstance(chunk_grads, dict):
         return chunk_grads
-    sizes = [bounds[i + 1] - bounds[i] for i in range(i0, i1)]
-    total = sum(sizes)
-    out = {}
-    for name in chunk_grads[i0]:
-        gw = sum(
-            chunk_grads[i][name][0] * (m / total) for i, m in zip(range(i0, i1), sizes, strict=True)
-        )
-        gb = sum(
-            chunk_grads[i][name][1] * (m / total) for i, m in zip(range(i0, i1), sizes, strict=True)
-        )
-        out[name] = (gw, gb)
-    return out
+    total = bounds[i1] - bounds[i0]
+    weights = [(i, (bounds[i + 1] - bounds[i]) / total) for i in range(i0, i1)]
+    return {name: tuple(sum(chunk_grads[i][name][j] * w for i, w in weights) for j in (0, 1))
+            for name in chunk_grads[i0]}  # fmt: skip
 
 
 def jackknifed(cols: dict, halves, rel_damping: float) -> dict[str, np.ndarray]:
