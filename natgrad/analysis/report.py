@@ -282,22 +282,21 @@ def answer(t: dict) -> tuple[str, str | None]:
 def _estimation_html(t: dict) -> str:
     """ρ per unit type next to its n_eff/(d+1), and the n_eff-adjusted comparison."""
     esc = html.escape
-    out = []
     adj = t.get("neff_adjusted")
-    if adj is not None and len(adj):
-        rows = "".join(
-            f"<tr><td>{esc(mt.label(r['metric']))}</td><td>{esc(unit_type_label(r['reference'], tex=False))} − "
-            f"{esc(unit_type_label(r['other'], tex=False))}</td><td>{fmt(r['diff_unadjusted'])}</td>"
-            f"<td>{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]</td><td>{fmt(r['slope'])}</td></tr>"
-            for _, r in adj.iterrows())  # fmt: skip
-        out.append("<p>ρ depends on n_eff (the probe's effective size) as well as on the unit "
-                   "type. Adjusted: per (unit type, seed, layer) the median ρ is regressed on the "
-                   "unit type and log(n_eff/(d+1)); the difference of the unit-type terms is the "
-                   "comparison at a common n_eff (CI: seeds resampled).</p>"
-                   "<table id='neff_adjusted'><tr><th>metric</th><th>difference</th>"
-                   "<th>unadjusted</th><th>at a common n_eff [95 % CI]</th>"
-                   "<th>slope on log n_eff</th></tr>" + rows + "</table>")  # fmt: skip
-    return "".join(out)
+    if adj is None or not len(adj):
+        return ""
+    rows = "".join(
+        f"<tr><td>{esc(mt.label(r['metric']))}</td><td>{esc(unit_type_label(r['reference'], tex=False))} − "
+        f"{esc(unit_type_label(r['other'], tex=False))}</td><td>{fmt(r['diff_unadjusted'])}</td>"
+        f"<td>{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]</td><td>{fmt(r['slope'])}</td></tr>"
+        for _, r in adj.iterrows())  # fmt: skip
+    return ("<p>ρ depends on n_eff (the probe's effective size) as well as on the unit "
+            "type. Adjusted: per (unit type, seed, layer) the median ρ is regressed on the "
+            "unit type and log(n_eff/(d+1)); the difference of the unit-type terms is the "
+            "comparison at a common n_eff (CI: seeds resampled).</p>"
+            "<table id='neff_adjusted'><tr><th>metric</th><th>difference</th>"
+            "<th>unadjusted</th><th>at a common n_eff [95 % CI]</th>"
+            "<th>slope on log n_eff</th></tr>" + rows + "</table>")  # fmt: skip
 
 
 def _sizes_html(t: dict) -> str:

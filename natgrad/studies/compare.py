@@ -660,54 +660,44 @@ def _arm_rate(text: str) -> tuple[str, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = CompareConfig()
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # every default shown
-    parser.add_argument("--dataset", default=d.dataset,
-                        help="digits, fashion-mnist or mnist (the paper's data)")  # fmt: skip
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the data files (None: the shipped/installed copy)")  # fmt: skip
-    parser.add_argument("--seeds", type=positive_int, default=d.seeds,
-                        help="seeds per arm; arms share their initial weights per seed")  # fmt: skip
-    parser.add_argument("--first-seed", type=nonnegative_int, default=d.first_seed,
-                        help="the first seed (fresh seeds after a pilot's)")  # fmt: skip
-    parser.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs per run")
-    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size,
-                        help="minibatch size of every arm")  # fmt: skip
-    parser.add_argument("--train-size", type=positive_int, default=None,
-                        help="first N training images (None: all)")  # fmt: skip
-    parser.add_argument("--lr-sgd", type=positive_float, default=d.lr_sgd,
-                        help="learning rate of the SGD, centred and batch-norm arms")  # fmt: skip
-    parser.add_argument("--lr-ng", type=positive_float, default=d.lr_ng,
-                        help="learning rate of the unit and block-diagonal natural-gradient arms")  # fmt: skip
-    parser.add_argument("--lr-qd", type=positive_float, default=d.lr_qd,
-                        help="learning rate of the quasi-diagonal arm")  # fmt: skip
+    options = (  # (flag, type, help); the default: CompareConfig's field of the flag's name
+        ("--dataset", str, "digits, fashion-mnist or mnist (the paper's data)"),
+        ("--data-dir", str, "folder with the data files (None: the shipped/installed copy)"),
+        ("--seeds", positive_int, "seeds per arm; arms share their initial weights per seed"),
+        ("--first-seed", nonnegative_int, "the first seed (fresh seeds after a pilot's)"),
+        ("--epochs", positive_int, "epochs per run"),
+        ("--batch-size", positive_int, "minibatch size of every arm"),
+        ("--train-size", positive_int, "first N training images (None: all)"),
+        ("--lr-sgd", positive_float, "learning rate of the SGD, centred and batch-norm arms"),
+        ("--lr-ng", positive_float, "learning rate of the unit and block-diagonal "
+         "natural-gradient arms"),
+        ("--lr-qd", positive_float, "learning rate of the quasi-diagonal arm"),
+        ("--rel-damping", float, "optimizer's relative damping λ: F + λ·tr(F)/(d+1)·I per unit"),
+        ("--layer-damping", float, "optimizer's extra damping, a fraction of the layer's mean "
+         "trace"),
+        ("--refresh-every", positive_int, "steps between refreshes of the natural-gradient "
+         "preconditioners"),
+        ("--ema", float, "weight of the running Fisher's old value at each refresh"),
+        ("--window", nonnegative_int, "unit-NG arms: precondition with the Fisher of the last K "
+         "refresh batches, solved exactly by Woodbury (cheap when K x batch < d+1); 0: the "
+         "dense running Fisher"),
+        ("--memory-budget", positive_int, "unit-NG arms: largest dense unit Fisher state "
+         "U*(d+1)^2 of a layer, in elements; a larger layer takes Ollivier's quasi-diagonal "
+         "step (with a warning naming it). mnist-fc on 28x28 images: 10000000 keeps the 8 "
+         "hidden-fed layers dense and sends the 784-input layer to QD (None: natgrad.optim's "
+         "budget, every layer dense)"),
+        ("--last-epochs", positive_int, "validation (test) error: mean of the last N epochs"),
+    )  # fmt: skip
+    for flag, kind, text in options:
+        default = getattr(d, flag[2:].replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument("--lr", type=_arm_rate, action="append", default=[], metavar="ARM=RATE",
                         help="one arm's learning rate (repeatable; overrides --lr-sgd/ng/qd)")  # fmt: skip
-    parser.add_argument("--rel-damping", type=float, default=d.rel_damping,
-                        help="optimizer's relative damping λ: F + λ·tr(F)/(d+1)·I per unit")  # fmt: skip
-    parser.add_argument("--layer-damping", type=float, default=d.layer_damping,
-                        help="optimizer's extra damping, a fraction of the layer's mean trace")  # fmt: skip
-    parser.add_argument("--refresh-every", type=positive_int, default=d.refresh_every,
-                        help="steps between refreshes of the natural-gradient preconditioners")  # fmt: skip
-    parser.add_argument("--ema", type=float, default=d.ema,
-                        help="weight of the running Fisher's old value at each refresh")  # fmt: skip
-    parser.add_argument(
-        "--window", type=nonnegative_int, default=d.window,
-        help="unit-NG arms: precondition with the Fisher of the last K refresh batches, solved "
-        "exactly by Woodbury (cheap when K x batch < d+1); 0: the dense running Fisher",
-    )  # fmt: skip
-    parser.add_argument(
-        "--memory-budget", type=positive_int, default=None,
-        help="unit-NG arms: largest dense unit Fisher state U*(d+1)^2 of a layer, in elements; "
-        "a larger layer takes Ollivier's quasi-diagonal step (with a warning naming it). "
-        "mnist-fc on 28x28 images: 10000000 keeps the 8 hidden-fed layers dense and sends the "
-        "784-input layer to QD (None: natgrad.optim's budget, every layer dense)",
-    )  # fmt: skip
     parser.add_argument("--plain-first-layer", action="store_true",
                         help="the pixel-fed layer takes plain SGD (at its unit type's SGD rate) "
                              "in every arm: no centring or preconditioning there")  # fmt: skip
     parser.add_argument("--standardise", action="store_true",
                         help="centre and scale every pixel by the training split's statistics")  # fmt: skip
-    parser.add_argument("--last-epochs", type=positive_int, default=d.last_epochs,
-                        help="validation (test) error: mean of the last N epochs")  # fmt: skip
     parser.add_argument("--arms", default=",".join(d.arms),
                         help=f"comma-separated arms, of: {', '.join(ARMS)}")  # fmt: skip
     parser.add_argument("--out", default="reports/compare",
