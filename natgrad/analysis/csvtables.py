@@ -1,18 +1,49 @@
 r"""The one owner of reading and writing natgrad's CSV tables: exact floats, written
 atomically with a checksum file (:func:`natgrad._atomic.write_table`), read back only after
-the checksum and row count agree (:func:`natgrad._atomic.read_checked`). Every analysis
-module (runs, summary, compare) reads and writes tables through here.
+the checksum and row count agree (:func:`natgrad._atomic.read_checked`), and folders of them
+replaced whole (:func:`staged`). Every analysis module (runs, summary, compare) reads and
+writes tables through here.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-from natgrad._atomic import read_checked, write_table
+from natgrad._atomic import (
+    carry_over,
+    check_replaceable,
+    clean_stale,
+    commit_dir,
+    read_checked,
+    staging_dir,
+    write_table,
+)
 
-__all__ = ["read_csv", "write_csv"]
+__all__ = ["read_csv", "staged", "write_csv"]
+
+
+@contextmanager
+def staged(out: str | os.PathLike):
+    """A new folder next to ``out`` to write into, which then replaces ``out`` in one step
+    (:func:`natgrad._atomic.commit_dir`; the other files of ``out``, a report or a README, are
+    carried over): a reader or a killed writer sees the old set or the new, never a mix.
+    Temporaries a killed writer left next to ``out`` are removed first."""
+    out = Path(out)
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out.parent)
+    stage = staging_dir(out)
+    try:
+        yield stage
+        carry_over(out, stage)
+        commit_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def write_csv(frame, path: str | os.PathLike) -> Path:

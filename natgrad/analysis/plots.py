@@ -1,17 +1,8 @@
 r"""The figures of the report and of ``paper_figures/``, written once.
 
 matplotlib is imported inside each function, so ``import natgrad`` never needs it. Every
-function draws from tidy pandas tables and returns the ``Figure``; callers
-choose where it goes (base64 PNG in the HTML report, PDF + PNG for the paper figures).
-
-=========================  =============================================================
-function                   figure
-=========================  =============================================================
-:func:`plot_units`         Fig 1: ELU(α=1), ReLU, LReLU(α=0.1), SReLU
-:func:`plot_curves`        Fig 2: a per-epoch column, mean ± sd over seeds per unit type
-:func:`plot_layer_metric`  new: per layer, median and interquartile band over units (all
-                           seeds pooled) of a unit-table column, per epoch and unit type
-=========================  =============================================================
+function draws from tidy pandas tables and returns the ``Figure``; callers choose where it
+goes (base64 PNG in the HTML report, PDF + PNG for the paper figures).
 """
 
 from __future__ import annotations
@@ -44,21 +35,24 @@ def _style(key: str) -> dict:
             "ls": {"-bn": "--", "-ln": ":"}.get(split_unit_type(key)[1], "-")}  # fmt: skip
 
 
+def _axes(ax):
+    """``(figure, ax)``: of ``ax``, or a new 4 × 3.2 in figure's."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(4.0, 3.2)) if ax is None else (ax.figure, ax)
+
+
 def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0), extra: bool = True):
     r"""Fig 1: the four units of the paper on ``xlim``, computed by :func:`natgrad.units.make_unit`,
     and (``extra``) SELU, which the demo also trains, dashed and labelled as not the paper's.
 
     Returns the ``Figure`` (a new one unless ``ax`` is given).
     """
-    import matplotlib.pyplot as plt
     import torch
 
     from natgrad.units import make_unit
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.0, 3.2))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax)
     x = torch.linspace(*xlim, 501, dtype=torch.float64)
     from natgrad.units import CATALOGUE
 
@@ -94,12 +88,8 @@ def plot_curves(
     run and epoch, e.g. :func:`natgrad.analysis.runs.curve_table`). ``style`` overrides the
     line style (Fig 2b: training solid, validation dotted).
     """
-    import matplotlib.pyplot as plt
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.0, 3.2))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax)
     for unit in _units_in(table):
         g = table[table["unit_type"] == unit].groupby(x)[y]
         m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
@@ -274,11 +264,8 @@ def plot_probe_sizes(probe_sizes, metrics=("rho_plain", "rho_plain_jk")):
 
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     for unit in _units_in(probe_sizes):
-        sub = (
-            probe_sizes[probe_sizes["unit_type"] == unit]
-            .groupby("probe_size")[list(metrics)]
-            .mean()
-        )
+        sub = probe_sizes[probe_sizes["unit_type"] == unit].groupby("probe_size")[list(metrics)]
+        sub = sub.mean()
         for metric, ls in zip(metrics, ("-", "--"), strict=False):
             ax.plot(sub.index, sub[metric], ls, marker="o", ms=3, color=unit_type_colour(unit),
                     label=f"{unit_type_label(unit)}, {label(metric)}")  # fmt: skip
@@ -322,12 +309,8 @@ def plot_n_eff(units):
     live = last[(last["input_from"] == "units") & (last["dead"] == 0)]
     keys = _units_in(live)
     fig, ax = plt.subplots(figsize=(1.1 * len(keys) + 2.0, 3.0))
-    data = [
-        (
-            live[live["unit_type"] == k]["n_eff"] / (live[live["unit_type"] == k]["fan_in"] + 1)
-        ).to_numpy()
-        for k in keys
-    ]
+    ratio = live["n_eff"] / (live["fan_in"] + 1)
+    data = [ratio[live["unit_type"] == k].to_numpy() for k in keys]
     bp = ax.boxplot(data, showfliers=False, patch_artist=True)
     for patch, k in zip(bp["boxes"], keys, strict=True):
         patch.set_facecolor(unit_type_colour(k) or "0.8")

@@ -4,13 +4,6 @@ Every number shown is read from the tables of :func:`natgrad.analysis.summary.wr
 (no number is typed here) and every sentence is generated from a paired comparison's
 bootstrap CI over seeds (:func:`natgrad.analysis.stats.sentence`). Figures are embedded as
 base64 PNG, so the file can be mailed.
-
-Sections: the question and how the numbers were made (the run header, kept when tables are
-rebuilt); the headline — Fisher efficiency of plain, centred, quasi-diagonal and
-block-diagonal updates per unit type with seed CIs, and what the comparisons resolve; one
-summary table; the paired comparisons; the damping sweep; estimability (n_eff against d+1,
-and s·c, k only over estimable units); the paper's own claims (Fig 2, Appendix C, test
-error); the descriptive per-layer figures; and the meaning of every column.
 """
 
 from __future__ import annotations
@@ -110,21 +103,24 @@ def _table_html(frame, columns, *, fmt_cell=None, table_id: str = "", row_key: s
     return f'<table id="{table_id}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
+def _by_unit(summary):
+    """``summary`` in unit-type order, with a ``unit`` column of labels."""
+    order = {k: i for i, k in enumerate(unit_type_order(summary["unit_type"]))}
+    frame = summary.sort_values("unit_type", key=lambda s: s.map(order))
+    return frame.assign(unit=[unit_type_label(k, tex=False) for k in frame["unit_type"]])
+
+
+def _ci_cell(r, key):
+    """A summary cell: the label, the seed count, or ``mean [lo, hi]``."""
+    if key == "unit":
+        return r[key]
+    return str(int(r[key])) if key == "n_seeds" else fmt_ci(r.to_dict(), key)
+
+
 def _summary_html(summary, columns) -> str:
-    frame = summary.copy()
-    frame["unit"] = [unit_type_label(k, tex=False) for k in frame["unit_type"]]
-    order = {k: i for i, k in enumerate(unit_type_order(frame["unit_type"]))}
-    frame = frame.sort_values("unit_type", key=lambda s: s.map(order))
     cols = [("unit", "unit"), ("n_seeds", "seeds")] + [(c, mt.label(c)) for c in columns]
-
-    def cell(r, key):
-        if key in ("unit",):
-            return r[key]
-        if key == "n_seeds":
-            return str(int(r[key]))
-        return fmt_ci(r.to_dict(), key)
-
-    return _table_html(frame, cols, fmt_cell=cell, table_id="summary", row_key="unit_type")
+    return _table_html(_by_unit(summary), cols, fmt_cell=_ci_cell, table_id="summary",
+                       row_key="unit_type")  # fmt: skip
 
 
 def _comparison_html(comparison) -> str:
@@ -180,26 +176,14 @@ def compact_html(comparison, metrics, *, table_id: str) -> str:
 
 def findings(comparison, metrics) -> list[str]:
     """The generated sentences of ``comparison`` for ``metrics``, in order."""
-    out = []
-    for m in metrics:
-        sub = comparison[comparison["metric"] == m]
-        out += list(sub["text"])
-    return out
+    return [t for m in metrics for t in comparison[comparison["metric"] == m]["text"]]
 
 
 def _estimability_html(summary) -> str:
-    frame = summary.copy()
-    order = {k: i for i, k in enumerate(unit_type_order(frame["unit_type"]))}
-    frame = frame.sort_values("unit_type", key=lambda s: s.map(order))
-    frame["unit"] = [unit_type_label(k, tex=False) for k in frame["unit_type"]]
     cols = [("unit", "unit"), ("n_eff_over_d1", "median n_eff/(d+1)"), ("estimable", "estimable"),
             ("s_c", "s·c (estimable units)"), ("k", "k (estimable units)"),
             ("corrected_mean_norm", "‖E_p − (1+k)E_q‖ (estimable)"), ("cond", "median κ(F)")]  # fmt: skip
-
-    def cell(r, key):
-        return r[key] if key == "unit" else fmt_ci(r.to_dict(), key)
-
-    return _table_html(frame, cols, fmt_cell=cell, table_id="estimability")
+    return _table_html(_by_unit(summary), cols, fmt_cell=_ci_cell, table_id="estimability")
 
 
 SPEED = "log_train_loss_auc"
@@ -222,12 +206,8 @@ def estimable_layers(units) -> tuple[bool, float]:
 def _pair_text(row: dict) -> str:
     ref = unit_type_label(row["reference"], tex=False)
     other = unit_type_label(row["other"], tex=False)
-    p = f", p = {fmt(row['p'])}" if "p" in row and not _nan(row["p"]) else ""
-    ph = (
-        f", Holm-adjusted p = {fmt(row['p_holm'])}"
-        if "p_holm" in row and not _nan(row["p_holm"])
-        else ""
-    )
+    p = f", p = {fmt(row['p'])}" if not _nan(row.get("p")) else ""
+    ph = f", Holm-adjusted p = {fmt(row['p_holm'])}" if not _nan(row.get("p_holm")) else ""
     ci = "" if _nan(row.get("lo")) else f" [{fmt(row['lo'])}, {fmt(row['hi'])}]"
     return f"{mt.label(row['metric'])}: {ref} − {other} = {fmt(row['diff'])}{ci}{p}{ph}"
 
@@ -270,14 +250,10 @@ def answer(t: dict) -> tuple[str, str | None]:
         closer = _verdict(rho_row, higher_word="is closer to the unit natural gradient",
                           lower_word="is farther from the unit natural gradient")  # fmt: skip
         lam = (t.get("context") or {}).get("relative damping λ")
-        who = "ELU vs ReLU" + (
-            f" (ρ in F_λ, relative damping λ = {lam:g})" if lam is not None else ""
-        )
-        verdict = (
-            f"{who}: ELU {closer}"
-            if closer != "no difference resolved"
-            else (f"{who}: closeness to the unit natural gradient, no difference resolved")
-        )
+        who = "ELU vs ReLU" + (f" (ρ in F_λ, relative damping λ = {lam:g})" if lam is not None
+                               else "")  # fmt: skip
+        verdict = (f"{who}: ELU {closer}" if closer != "no difference resolved" else
+                   f"{who}: closeness to the unit natural gradient, no difference resolved")  # fmt: skip
         verdict += "; " + (f"it {faster}" if faster != "no difference resolved" else
                            "learning speed, no difference resolved") + "."  # fmt: skip
         parts.append(f"<b>{esc(verdict)}</b>")
@@ -306,22 +282,21 @@ def answer(t: dict) -> tuple[str, str | None]:
 def _estimation_html(t: dict) -> str:
     """ρ per unit type next to its n_eff/(d+1), and the n_eff-adjusted comparison."""
     esc = html.escape
-    out = []
     adj = t.get("neff_adjusted")
-    if adj is not None and len(adj):
-        rows = "".join(
-            f"<tr><td>{esc(mt.label(r['metric']))}</td><td>{esc(unit_type_label(r['reference'], tex=False))} − "
-            f"{esc(unit_type_label(r['other'], tex=False))}</td><td>{fmt(r['diff_unadjusted'])}</td>"
-            f"<td>{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]</td><td>{fmt(r['slope'])}</td></tr>"
-            for _, r in adj.iterrows())  # fmt: skip
-        out.append("<p>ρ depends on n_eff (the probe's effective size) as well as on the unit "
-                   "type. Adjusted: per (unit type, seed, layer) the median ρ is regressed on the "
-                   "unit type and log(n_eff/(d+1)); the difference of the unit-type terms is the "
-                   "comparison at a common n_eff (CI: seeds resampled).</p>"
-                   "<table id='neff_adjusted'><tr><th>metric</th><th>difference</th>"
-                   "<th>unadjusted</th><th>at a common n_eff [95 % CI]</th>"
-                   "<th>slope on log n_eff</th></tr>" + rows + "</table>")  # fmt: skip
-    return "".join(out)
+    if adj is None or not len(adj):
+        return ""
+    rows = "".join(
+        f"<tr><td>{esc(mt.label(r['metric']))}</td><td>{esc(unit_type_label(r['reference'], tex=False))} − "
+        f"{esc(unit_type_label(r['other'], tex=False))}</td><td>{fmt(r['diff_unadjusted'])}</td>"
+        f"<td>{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]</td><td>{fmt(r['slope'])}</td></tr>"
+        for _, r in adj.iterrows())  # fmt: skip
+    return ("<p>ρ depends on n_eff (the probe's effective size) as well as on the unit "
+            "type. Adjusted: per (unit type, seed, layer) the median ρ is regressed on the "
+            "unit type and log(n_eff/(d+1)); the difference of the unit-type terms is the "
+            "comparison at a common n_eff (CI: seeds resampled).</p>"
+            "<table id='neff_adjusted'><tr><th>metric</th><th>difference</th>"
+            "<th>unadjusted</th><th>at a common n_eff [95 % CI]</th>"
+            "<th>slope on log n_eff</th></tr>" + rows + "</table>")  # fmt: skip
 
 
 def _sizes_html(t: dict) -> str:
@@ -353,12 +328,6 @@ def _sizes_html(t: dict) -> str:
             + "</table>")  # fmt: skip
 
 
-def _figure(fig) -> str:
-    from natgrad.analysis import plots
-
-    return plots.figure_png_base64(fig)
-
-
 def _figures(t: dict) -> dict[str, tuple[str, str]]:
     """``{section: (caption, png)}``; matplotlib is imported here only."""
     import matplotlib
@@ -368,37 +337,38 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
 
     from natgrad.analysis import plots
 
+    _png = plots.figure_png_base64
     figs = {}
     _, rho = answer(t)
     figs["answer"] = (
         "The two halves of the question per unit type (mean over seeds, bootstrap 95 % CI). "
         f"Left: {mt.label(rho) if rho else 'ρ'} at the last analysed epoch, with each type's "
         "median n_eff/(d+1); right: the learning speed (mean over epochs of log10 training loss).",
-        _figure(plots.plot_answer(t["summary"], rho, SPEED)),
+        _png(plots.plot_answer(t["summary"], rho, SPEED)),
     )
     if "probe_sizes" in t and len(t["probe_sizes"]):
         figs["probe_sizes"] = (
             "Probe-size sweep (nested probes, the swept seeds): the plain estimate of ρ(plain) "
             "rises with the probe (biased low by O((d+1)/n_eff)); the jackknifed one settles.",
-            _figure(plots.plot_probe_sizes(t["probe_sizes"])),
+            _png(plots.plot_probe_sizes(t["probe_sizes"])),
         )
     figs["headline"] = (
         "Fisher efficiency ρ of four update directions at the last analysed epoch: per run the "
         "median over the live units of the layers fed by hidden units, then the mean over seeds "
         "with its bootstrap 95 % CI. ρ = 1 is the unit natural gradient.",
-        _figure(plots.plot_efficiencies(t["summary"], list(HEADLINE))),
+        _png(plots.plot_efficiencies(t["summary"], list(HEADLINE))),
     )
     if "sweep_seeds" in t and len(t["sweep_seeds"]):
         figs["sweep"] = (
             "Efficiency against the relative damping λ of the metric F_λ = F + λ·tr(F)/(d+1)·I "
             "(mean ± sd over seeds of per-run medians, last epoch).",
-            _figure(plots.plot_damping_sweep(t["sweep_seeds"])),
+            _png(plots.plot_damping_sweep(t["sweep_seeds"])),
         )
     figs["n_eff"] = (
         "Estimability: n_eff/(d+1) of every analysed unit at the last epoch (box: quartiles). "
         "Below the dotted line (n_eff < 2(d+1)) the δ̄²-weighted moments, s, k and the "
         "corrected mean are not estimable from the probe.",
-        _figure(plots.plot_n_eff(t["units"])),
+        _png(plots.plot_n_eff(t["units"])),
     )
     curves = t["curves"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.4))
@@ -411,13 +381,13 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
     a.legend(frameon=False, fontsize="x-small")
     b.set_yscale("log")
     figs["fig2"] = ("Fig 2 (the paper's): mean ± sd over seeds per epoch; validation = the "
-                    "held-out split.", _figure(fig))  # fmt: skip
-    figs["fig1"] = ("Fig 1: the units compared.", _figure(plots.plot_units()))
+                    "held-out split.", _png(fig))  # fmt: skip
+    figs["fig1"] = ("Fig 1: the units compared.", _png(plots.plot_units()))
     units = t["units"]
     layers = []
     for metric, log in (("rho_plain", False), ("rho_centred", False), ("n_eff", True)):
         fig = plots.plot_layer_metric(units, metric, ylabel=mt.label(metric), log=log, ncols=3)
-        layers.append(_figure(fig))
+        layers.append(_png(fig))
     figs["layers"] = ("Per layer over training (descriptive; units of one net are not "
                       "replicates): median and 25–75 % band over the live units of all seeds.",
                       layers)  # fmt: skip

@@ -1,32 +1,13 @@
 r"""Run directories (written by :func:`natgrad.training.train`) → tidy pandas tables.
 
-Every table has the run's identity columns ``run`` (the folder name), ``net``,
-``unit_type`` (``"relu"``, ``"relu-bn"``, …), ``dataset``, ``seed`` and then one row per:
+Every table starts with the run's identity columns ``run`` (the folder name), ``net``,
+``unit_type`` (``"relu"``, ``"relu-bn"``, …), ``dataset`` and ``seed``; then one row per run
+× epoch (:func:`curve_table`), run × epoch × layer (:func:`activation_table`) or run × epoch
+× layer × unit (:func:`unit_table`, the columns of :mod:`natgrad.analysis.unitstats`).
 
-===========================  ===========================================================
-function                     rows × columns
-===========================  ===========================================================
-:func:`curve_table`          run × epoch: ``train_loss``, ``val_loss``, ``val_error``
-                             (NaN without a validation split), ``test_loss``,
-                             ``test_error`` (metrics.jsonl; epoch 0 is before training) and
-                             ``median_all``, the median over all hidden units of each
-                             unit's mean activation on the training probe (Fig 2a)
-:func:`activation_table`     run × epoch × layer: ``median``, ``mean``,
-                             ``frac_negative``, ``frac_zero`` of the layer's activations
-:func:`unit_table`           run × epoch × layer × unit: the columns of
-                             :mod:`natgrad.analysis.unitstats` (Theorems 1–2 and the measures)
-===========================  ===========================================================
-
-**The probe of the unit table is held out**: the first ``probe_size`` inputs of the run's
-validation split where the data set has one (MNIST), else of its test split (all of it by
-default), never the training inputs the net was fitted to (their δ̄² is shrunk by the fit,
-which makes n_eff small). Every run of one data set and seed shares it.
-
-**Reuse.** A unit table of one (run, epoch) is cached in the run directory
-(:meth:`natgrad.training.rundir.RunDir.analysis_path`), keyed by the SHA-256 of the
-checkpoint file and the analysis settings (probe, damping, sweep, layers): a re-run
-recomputes only what changed. ``workers`` analyses runs in parallel processes (one torch
-thread each).
+The unit table's probe is held out (:func:`held_out_split`) and each (run, epoch)'s table is
+cached in the run directory, keyed by the SHA-256 of the checkpoint and the analysis
+settings (``docs/bias_shift_report.md``, "What is computed" and "Rebuilding tables").
 """
 
 from __future__ import annotations
@@ -67,10 +48,6 @@ PathLike = str | os.PathLike
 def run_config(run_dir: PathLike) -> dict:
     """The ``config`` dict of the run's ``config.json``."""
     return RunDir(run_dir).read_config()
-
-
-def _identity(run_dir: Path) -> dict:
-    return RunDir(run_dir).identity()
 
 
 def checkpoint_epochs(run_dir: PathLike, *, include_initial: bool = True) -> list[int]:
@@ -186,19 +163,12 @@ def curve_table(run_dirs: Iterable[PathLike], *, activations: bool = True):
             "seconds_per_iteration": [_num(metrics[e].get("seconds_per_iteration")) for e in epochs],
             "median_all": [_num(acts[e]["median_all"]) if e in acts else np.nan for e in epochs],
         })  # fmt: skip
-        frames.append(_with_identity(frame, run))
+        frames.append(_prepend(frame, rd.identity()))
     return pd.concat(frames, ignore_index=True)
 
 
 def _num(v) -> float:
     return float("nan") if v is None else float(v)
-
-
-def _with_identity(frame, run: Path):
-    ident = RunDir(run).identity()
-    for i, (k, v) in enumerate(ident.items()):
-        frame.insert(i, k, v)
-    return frame
 
 
 def activation_table(run_dirs: Iterable[PathLike]):
@@ -291,12 +261,10 @@ def _analyse(job) -> tuple:
     head = {**rd.identity(), "epoch": epoch}
     got = {k: None if v is None else _prepend(v, head) for k, v in got.items()}
     rd.check_no_links()  # the cache is never written through a symlinked analysis/
-    for k in kinds:  # stale cache entries of this epoch: same kind, another key
-        for old in (
-            rd.analysis_dir.glob(f"{k}-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []
-        ):
-            if key not in old.name:
-                old.unlink(missing_ok=True)
+    stale = rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []
+    for old in stale:  # cache entries of this epoch (of any kind) under another key
+        if old.name.split("-")[0] in kinds and key not in old.name:
+            old.unlink(missing_ok=True)
     for k in kinds:
         if got[k] is not None:
             write_csv(got[k], paths[k])

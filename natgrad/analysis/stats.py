@@ -2,28 +2,11 @@ r"""Seeds as replicates: per-seed summaries, paired comparisons with CIs, genera
 
 The replicate is the training seed (an independent initial net; run j of every unit type
 shares its initial weights). Layers and units of one net are not independent, so every
-unit-level metric is first summarised PER RUN (the median over the run's analysed units),
-and only those per-seed values are compared (``docs/theory.md``, "Statistics"):
-
-- :func:`seed_values`: one row per (unit type, seed[, epoch]) — the replicates;
-- :func:`group_summary`: per unit type, the mean over seeds and a bootstrap 95 % CI of it
-  (:func:`scipy.stats.bootstrap`, BCa, falling back to the percentile method);
-- :func:`paired_comparison`: for a reference unit type against every other, the per-seed
-  differences paired by seed, their mean, a bootstrap 95 % CI of the mean difference and
-  an exact sign-flip permutation test (:func:`scipy.stats.permutation_test`,
-  ``permutation_type="samples"``). With n seeds the smallest two-sided p is 2/2ⁿ
-  (0.25 for n = 3), which the table reports as ``p_min``;
-- :func:`censored_comparison`: the same pairing for a time-to-event endpoint (epochs to a
-  training loss) whose runs that never reach the level are censored at the horizon: the
-  pairs are compared by their order only (an exact two-sided sign test,
-  :func:`scipy.stats.binomtest`; ties and pairs censored on both sides drop out), never
-  averaged;
-- :func:`holm`: Holm's step-down adjustment of a family's p-values (``p_holm``);
-- :func:`sentence`: the text of a comparison, generated from its CI: a direction is stated
-  only where the CI excludes 0, otherwise "no difference resolved".
-
-Every CI names its method in the column ``ci_method``: ``BCa`` (bias-corrected and
-accelerated bootstrap), or ``percentile`` where BCa is degenerate.
+unit-level metric is first summarised PER RUN (the median over the run's analysed units,
+:func:`seed_values`), and only those per-seed values are compared, paired by seed
+(``docs/theory.md``, "Statistics"). Every CI names its method in the column ``ci_method``:
+``BCa`` (bias-corrected and accelerated bootstrap), or ``percentile`` where BCa is
+degenerate; a sentence (:func:`sentence`) states a direction only where the CI excludes 0.
 
 Example:
     >>> import pandas as pd
@@ -155,11 +138,6 @@ def _estimable_only(name: str) -> bool:
     return name in mt.METRICS and mt.METRICS[name].estimable_only
 
 
-def _bootstrap_ci(x: np.ndarray) -> tuple[float, float]:
-    """The 95 % bootstrap CI of the mean of ``x`` (:func:`bootstrap_ci` without the method)."""
-    return bootstrap_ci(x)[:2]
-
-
 def bootstrap_ci(x, statistic=None) -> tuple[float, float, str]:
     """``(lo, hi, method)``: the 95 % bootstrap CI over seeds of the mean of ``x``, or of
     ``statistic(*x)`` for a tuple ``x`` of arrays paired by seed (resampled jointly); BCa
@@ -221,7 +199,7 @@ def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
         for m in metrics:
             x = sub[m].to_numpy(dtype=np.float64)
             row[f"{m}_mean"] = float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
-            row[f"{m}_lo"], row[f"{m}_hi"] = _bootstrap_ci(x)
+            row[f"{m}_lo"], row[f"{m}_hi"] = bootstrap_ci(x)[:2]
         rows.append(row)
     return pd.DataFrame(rows)
 

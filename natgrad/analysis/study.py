@@ -2,19 +2,9 @@ r"""A study as data: arms × seeds → training configs, one runner, one reader 
 
 A :class:`Study` names its arms, its seeds, how an (arm, seed) becomes a
 :class:`~natgrad.training.TrainConfig`, how its run directory is named, and its declared
-endpoints (:class:`~natgrad.analysis.endpoints.Endpoint`). Everything else is shared:
-
-- :meth:`Study.train` trains (or resumes) every run through the one runner,
-  :func:`natgrad.training.train_plan` (stacked runs batched, finished runs untouched, a
-  diverged run recorded while the others go on);
-- :meth:`Study.curves` reads every run's metrics into one table (arm, seed, epoch, the
-  trainer's training loss, validation and test loss and error, cumulative training seconds),
-  NaN where a run has not reached an epoch;
-- :meth:`Study.evaluate` computes the declared endpoints on a per-seed table, paired by seed,
-  Holm within each family.
-
-``natgrad compare``, the Fig 2 protocol, the Fig 3, batch-norm CNN and direction-audit
-studies are declared this way (``analysis/*.py``, :func:`natgrad.studies.compare.study`).
+endpoints (:class:`~natgrad.analysis.endpoints.Endpoint`); training, reading the curves and
+evaluating the endpoints are shared (``docs/architecture.md``). Every study of
+:mod:`natgrad.studies` is declared this way.
 
 Example:
     >>> from natgrad.training import default_config
@@ -114,18 +104,12 @@ class Study:
             got = {int(r["epoch"]): r for r in metrics if r["epoch"] <= cfg.epochs}
             elapsed = 0.0
             for e in range(cfg.epochs + 1):
-                r = got.get(e)
-                if r is None:
-                    rows.append(dict(seed=seed, arm=arm, epoch=e, train_loss=math.nan,
-                                     val_loss=math.nan, val_error=math.nan, test_loss=math.nan,
-                                     test_error=math.nan, seconds=math.nan))  # fmt: skip
-                    continue
-                elapsed += float(r.get("train_seconds") or 0.0)
-                rows.append(dict(seed=seed, arm=arm, epoch=e, train_loss=_num(r["train_loss"]),
-                                 val_loss=_num(r.get("val_loss")),
-                                 val_error=_num(r.get("val_error")),
-                                 test_loss=_num(r.get("test_loss")),
-                                 test_error=_num(r.get("test_error")), seconds=elapsed))  # fmt: skip
+                r = got.get(e, {})
+                if r:
+                    elapsed += float(r.get("train_seconds") or 0.0)
+                values = {k: _num(r.get(k)) for k in _CURVES}
+                rows.append(dict(seed=seed, arm=arm, epoch=e, **values,
+                                 seconds=elapsed if r else math.nan))  # fmt: skip
         return pd.DataFrame(rows)
 
     def evaluate(self, values):
@@ -136,6 +120,9 @@ class Study:
         if not self.endpoints:
             raise InputError(f"study {self.name!r} declares no endpoints")
         return evaluate(values, list(self.endpoints), group="arm")
+
+
+_CURVES = ("train_loss", "val_loss", "val_error", "test_loss", "test_error")
 
 
 def _num(v) -> float:

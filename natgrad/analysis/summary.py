@@ -1,55 +1,22 @@
 r"""From run directories to the tables of a study (CSV), summarised with seeds as replicates.
 
-:func:`write_tables` writes into one folder:
-
-=========================  ==========================================================
-file                       rows
-=========================  ==========================================================
-``units.csv``              run × analysed epoch × layer × unit (:mod:`~natgrad.analysis.unitstats`)
-``sweep.csv``              run × layer × unit × λ at the last epoch: efficiencies vs damping
-``curves.csv``             run × epoch: losses, test error, median activation
-``activations.csv``        run × epoch × layer: activation summaries
-``seeds.csv``              unit type × seed (last analysed epoch): the replicates — medians
-                           over analysed units, and the paper's claims per run
-``seed_epochs.csv``        unit type × seed × epoch: the same medians per analysed epoch
-``sweep_seeds.csv``        unit type × seed × λ: the sweep's medians per run
-``summary.csv``            unit type: mean over seeds and bootstrap 95 % CI of every metric
-``comparison.csv``         metric × (ELU vs other): paired by seed, CI, exact permutation p
-``endpoints.csv``          the study's declared endpoints (primary/secondary), Holm-adjusted p
-``probe_sizes.csv``        unit type × seed × probe size: ρ plain and jackknifed, n_eff/(d+1)
-                           (the probe-size sweep, where it was asked for)
-``neff_adjusted.csv``      metric × (ELU vs other): the difference at a common n_eff
-                           (:func:`natgrad.analysis.stats.neff_adjusted`)
-``context.json``           how the tables were made (command, device, damping, threshold, …)
-=========================  ==========================================================
-
-The tables are written into a new folder next to ``out_dir`` and swapped in whole
-(:func:`save_tables`), so a reader or a killed writer sees the complete old set or the
-complete new set, never a mix; each CSV carries a checksum file ``<name>.csv.sha256``
-(SHA-256 and row count) that :func:`read_tables` checks, so a cut or edited table is refused.
-``context.json`` (strict JSON) travels with the tables so that a report rebuilt from them
-keeps its header.
+:func:`write_tables` writes the tables of :data:`TABLES` and ``context.json`` (how they were
+made: command, device, damping, threshold, …; strict JSON, so that a report rebuilt from them
+keeps its header) into one folder; what each table holds: ``docs/bias_shift_report.md``.
+The folder is replaced whole (:func:`save_tables`) and each CSV carries a checksum file
+``<name>.csv.sha256`` that :func:`read_tables` checks, so a cut or edited table is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-from natgrad._atomic import (
-    carry_over,
-    check_replaceable,
-    clean_stale,
-    commit_dir,
-    dumps_json,
-    staging_dir,
-    write_json,
-)
+from natgrad._atomic import dumps_json, write_json
 from natgrad.analysis import metrics as mt
 from natgrad.analysis import stats
-from natgrad.analysis.csvtables import read_csv, write_csv
+from natgrad.analysis.csvtables import read_csv, staged, write_csv
 from natgrad.analysis.unitstats import SWEEP
 from natgrad.damping import MEASURE_DAMPING
 
@@ -93,26 +60,14 @@ def headline_rho(units) -> str:
 
 def save_tables(frames: dict, out_dir: str | os.PathLike, context: dict | None = None) -> dict:
     r"""Write ``{name: DataFrame}`` as ``<out_dir>/<name>.csv`` (each with its checksum
-    file) and ``context`` as ``context.json``, in one atomic step: everything goes into a
-    new folder next to ``out_dir``, the other files of ``out_dir`` (a report) are
-    hard-linked into it, and the two folders are swapped (:func:`natgrad._atomic.commit_dir`).
-    Temporaries a killed writer left next to ``out_dir`` are removed first. Returns
-    ``{name: path}``."""
+    file) and ``context`` as ``context.json``, in one atomic step
+    (:func:`natgrad.analysis.csvtables.staged`). Returns ``{name: path}``."""
     out = Path(out_dir)
-    check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out.parent)
-    stage = staging_dir(out)
-    try:
+    with staged(out) as stage:
         for name, frame in frames.items():
             write_csv(frame, stage / f"{name}.csv")
         if context is not None:
             write_json(stage / "context.json", context)
-        carry_over(out, stage)
-        commit_dir(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     paths = {name: out / f"{name}.csv" for name in frames}
     if context is not None:
         paths["context"] = out / "context.json"

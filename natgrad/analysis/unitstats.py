@@ -37,15 +37,10 @@ s, k and the corrected mean are q-moment quantities: they are estimable only whe
 d+1, and the report never averages them into a headline. :func:`damping_sweep` gives the
 efficiencies over a range of λ.
 
-**ρ from a finite probe is biased low.** The unit natural gradient needs F⁻¹, and the inverse
-of an estimated block overshoots: for n_eff samples in d+1 dimensions E[F̂⁻¹] ≈ F⁻¹·n/(n−d−2)
-(Wishart), so gᵀF̂⁻¹g is too large and ρ too small by a term of order (d+1)/n_eff. Two unit
-types with different n_eff on the same probe are then compared with different biases. On the
-MNIST Fig 2 net at epoch 1 (d = 128, ``fig2_protocol``) ρ(plain) on 1k/2k/5k/10k validation
-images was 0.37/0.48/0.54/0.56: a 1/n law. The half-sample jackknife (Quenouille)
-ρ_J = 2ρ(F) − (ρ(F_A) + ρ(F_B))/2, F_A and F_B the blocks of the probe's two halves, removes
-that first-order term; :func:`probe_size_sweep` shows both estimates against the probe size,
-so a reader can see whether the one reported has settled.
+**ρ from a finite probe is biased low** by O((d+1)/n_eff) (the inverse of an estimated block
+overshoots); the half-sample jackknife ``rho_<direction>_jk`` removes that term, and
+:func:`probe_size_sweep` shows both estimates against the probe size (``docs/theory.md``,
+"The finite-probe bias of ρ, and the jackknife").
 """
 
 from __future__ import annotations
@@ -303,13 +298,10 @@ def _pool(chunks, i0: int, i1: int) -> dict[str, UnitFisher]:
     ``chunks`` (a :class:`_Chunks`), since the sizes and the halves ask for the same pools."""
     if i1 - i0 == 1:
         return chunks[i0]
-    memo = getattr(chunks, "memo", None)
-    if memo is not None and (i0, i1) in memo:
-        return memo[(i0, i1)]
-    out = {name: UnitFisher.pool([c[name] for c in chunks[i0:i1]]) for name in chunks[i0]}
-    if memo is not None:
-        memo[(i0, i1)] = out
-    return out
+    if (i0, i1) not in chunks.memo:
+        chunks.memo[(i0, i1)] = {name: UnitFisher.pool([c[name] for c in chunks[i0:i1]])
+                                 for name in chunks[i0]}  # fmt: skip
+    return chunks.memo[(i0, i1)]
 
 
 class _Chunks(list):
@@ -337,18 +329,10 @@ def _pool_grads(chunk_grads, bounds, i0: int, i1: int):
     """The mean gradient of slices ``i0..i1-1`` (weighted by their sizes)."""
     if isinstance(chunk_grads, dict):
         return chunk_grads
-    sizes = [bounds[i + 1] - bounds[i] for i in range(i0, i1)]
-    total = sum(sizes)
-    out = {}
-    for name in chunk_grads[i0]:
-        gw = sum(
-            chunk_grads[i][name][0] * (m / total) for i, m in zip(range(i0, i1), sizes, strict=True)
-        )
-        gb = sum(
-            chunk_grads[i][name][1] * (m / total) for i, m in zip(range(i0, i1), sizes, strict=True)
-        )
-        out[name] = (gw, gb)
-    return out
+    total = bounds[i1] - bounds[i0]
+    weights = [(i, (bounds[i + 1] - bounds[i]) / total) for i in range(i0, i1)]
+    return {name: tuple(sum(chunk_grads[i][name][j] * w for i, w in weights) for j in (0, 1))
+            for name in chunk_grads[i0]}  # fmt: skip
 
 
 def jackknifed(cols: dict, halves, rel_damping: float) -> dict[str, np.ndarray]:

