@@ -1,8 +1,8 @@
 r"""Data sets by name: :func:`load_dataset`, :data:`DATASETS` and :func:`default_data_dir`.
 
 The registry imports the loaders; the loaders import only :class:`~natgrad.data.dataset.Dataset`,
-so the package has no import cycle. The table of names, formats and folders is in
-:mod:`natgrad.data.dataset`.
+so the package has no import cycle. Names, formats and folders: docs/paper.md ("Data on these
+machines").
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def _load_mnist(folder: Path, explicit: bool, dtype: torch.dtype) -> Dataset:
 
 
 def _load_imagenet(imagenet, folder: Path, dtype: torch.dtype, limit: int | None) -> Dataset:
-    """``train/`` and ``val/`` of an ImageNet folder tree as a :class:`Dataset` (float ``/255``)."""
+    """``train/`` and ``val/`` (the test split) of an ImageNet folder tree as a :class:`Dataset`
+    (float ``/255``, 256×256; eager, so for small subsets)."""
     train = imagenet.load_imagenet(folder, "train", dtype=dtype, limit_per_class=limit)
     val = imagenet.load_imagenet(folder, "val", dtype=dtype, limit_per_class=limit)
     if train.classes != val.classes:
