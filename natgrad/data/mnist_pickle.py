@@ -121,14 +121,6 @@ def find_mnist_pickle(folder: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_mnist_pickle(
     path: str | os.PathLike, *, sha256: str | None = MNIST_PICKLE_SHA256
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -159,20 +151,17 @@ def _read_cached(name: str, mtime_ns: int, size: int, sha256: str | None) -> dic
     """:func:`read_mnist_pickle`'s work, once per process and file version (every run of a
     grid loads the data); the arrays are read-only, so no caller can change the cache."""
     path = Path(name)
-    if sha256 is not None:
-        try:
-            got = _sha256(path)
-        except OSError as exc:
-            raise DataFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        if got != sha256:
-            raise DataFileError(
-                f"{path}: SHA-256 {got} is not the MNIST pickle's {sha256}; the file is "
-                f"corrupt or not the one natgrad expects. Reinstall it ({_INSTALL})"
-            )
     try:
-        with gzip.open(path, "rb") as fh:
-            raw = fh.read()
-        splits = ArrayUnpickler(io.BytesIO(raw), source=str(path)).load()
+        raw = path.read_bytes()  # 17 MB: hashed and decompressed from memory
+    except OSError as exc:
+        raise DataFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if sha256 is not None and (got := hashlib.sha256(raw).hexdigest()) != sha256:
+        raise DataFileError(
+            f"{path}: SHA-256 {got} is not the MNIST pickle's {sha256}; the file is "
+            f"corrupt or not the one natgrad expects. Reinstall it ({_INSTALL})"
+        )
+    try:
+        splits = ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), source=str(path)).load()
     except DataFileError:
         raise
     except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError,

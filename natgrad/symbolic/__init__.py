@@ -88,15 +88,8 @@ def format_table(results: list[ProofResult]) -> str:
     for r in results:
         zero = r.holds and (isinstance(r.residual, sp.MatrixBase) or r.residual == 0)
         res = "0" if zero else str(r.residual).replace("\n", " ")
-        rows.append(
-            (
-                r.name,
-                r.case,
-                "yes" if r.holds else "NO",
-                res if len(res) <= 40 else res[:37] + "...",
-                f"{r.seconds:.2f}",
-            )
-        )
+        res = res if len(res) <= 40 else res[:37] + "..."
+        rows.append((r.name, r.case, "yes" if r.holds else "NO", res, f"{r.seconds:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
