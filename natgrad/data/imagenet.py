@@ -155,16 +155,15 @@ def load_imagenet(
     r"""Decode one split of an ImageNet folder tree, resized to ``size×size`` (paper: 256).
 
     Every image is converted to RGB and resized (bilinear, antialiased when shrinking) to
-    ``size×size``, ignoring its aspect ratio, as the paper does. Eager: meant for small
-    subsets (see the module note); ``limit_per_class`` keeps the first images of each class
-    in sorted name order.
+    ``size×size``, ignoring its aspect ratio, as the paper does. Eager (see the module note).
 
     Args:
         data_dir: the folder holding ``train/`` and ``val/``.
         split: ``"train"`` or ``"val"``.
         size: the resized side.
         crop: the training/eval crop side the images are meant for; checked ``≤ size``.
-        limit_per_class: at most this many images per class (``None``: all).
+        limit_per_class: keep the first (in name order) this many images of each class
+            (``None``: all).
         mean: the per-pixel training mean ``[3, size, size]`` to carry with the split (pass
             the training split's ``mean`` when loading ``val``); ``None``: computed from
             the loaded images for ``"train"``, left ``None`` for ``"val"``.
@@ -177,8 +176,7 @@ def load_imagenet(
     Raises:
         DataFileError: a folder is missing or empty, or an image cannot be decoded (the
             message names the folder or file).
-        InputError: bad ``split``, ``size``, ``crop``, ``limit_per_class``, ``mean`` or
-            ``dtype``.
+        InputError: a bad argument (the message names it).
         ImportError: Pillow is not installed.
     """
     if split not in _SPLITS:

@@ -36,9 +36,7 @@ def find_idx_file(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
             return candidate
-    hint = ""
-    if "fashion" in str(folder):
-        hint = " (on Debian: apt-get install dataset-fashion-mnist)"
+    hint = " (on Debian: apt-get install dataset-fashion-mnist)" if "fashion" in str(folder) else ""
     raise DataFileError(
         f"{folder / stem}[.gz]: file not found; expected the IDX file {stem} (gzip or raw) "
         f"in {folder}. Pass --data-dir to the folder holding it{hint}."

@@ -82,9 +82,6 @@ class ArrayUnpickler(pickle.Unpickler):
             return _latin1_bytes
         return getattr(np, name)
 
-    def persistent_load(self, pid):  # pragma: no cover - the standard file has none
-        raise DataFileError(f"{self.source}: persistent ids are not admitted ({pid!r})")
-
 
 def _latin1_bytes(text, encoding="latin1"):
     """``_codecs.encode`` as protocol-2 pickles of bytes use it, admitted for latin-1 only."""

@@ -63,7 +63,7 @@ def load_dataset(
         raise InputError(f"limit_per_class applies to imagenet only, not {name!r}")
     folder = Path(data_dir) if data_dir is not None else default_data_dir(name)
     if name == "imagenet":
-        return _load_imagenet(imagenet, folder, dtype, limit_per_class)
+        return _load_imagenet(folder, dtype, limit_per_class)
     if name == "mnist":
         return _load_mnist(folder, data_dir is not None, dtype)
     if name == "fashion-mnist":
@@ -87,7 +87,7 @@ def _load_mnist(folder: Path, explicit: bool, dtype: torch.dtype) -> Dataset:
     return mnist_pickle.load_mnist_pickle(mnist_pickle.find_mnist_pickle(None), dtype=dtype)
 
 
-def _load_imagenet(imagenet, folder: Path, dtype: torch.dtype, limit: int | None) -> Dataset:
+def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Dataset:
     """``train/`` and ``val/`` (the test split) of an ImageNet folder tree as a :class:`Dataset`
     (float ``/255``, 256×256; eager, so for small subsets)."""
     train = imagenet.load_imagenet(folder, "train", dtype=dtype, limit_per_class=limit)
