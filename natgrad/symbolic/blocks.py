@@ -76,12 +76,10 @@ class SymbolicBlock:
 
 
 def _symmetric(name: str, d: int) -> list[list[sp.Symbol]]:
-    s = {
-        (i, j): sp.Symbol(f"{name}_{{{i + 1}{j + 1}}}", real=True)
+    return [  # entry (j, i) is the same Symbol as (i, j): equal name and assumptions
+        [sp.Symbol(f"{name}_{{{min(i, j) + 1}{max(i, j) + 1}}}", real=True) for j in range(d)]
         for i in range(d)
-        for j in range(i, d)
-    }
-    return [[s[min(i, j), max(i, j)] for j in range(d)] for i in range(d)]
+    ]
 
 
 def _vector(name: str, d: int) -> list[sp.Symbol]:
