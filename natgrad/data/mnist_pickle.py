@@ -203,11 +203,7 @@ def load_mnist_pickle(
     sha256: str | None = MNIST_PICKLE_SHA256,
 ) -> Dataset:
     r"""``mnist.pkl.gz`` as a :class:`Dataset`: train 50k, validation 10k, test 10k, images
-    ``[N, 1, 28, 28]`` = uint8 / 255 (as from the IDX files), int64 labels.
-
-    The paper's 60,000 training images are train + validation
-    (:meth:`~natgrad.data.dataset.Dataset.with_validation_in_train`).
-    """
+    ``[N, 1, 28, 28]`` = uint8 / 255 (as from the IDX files), int64 labels."""
     splits = read_mnist_pickle(path, sha256=sha256)
     out = {}
     for name, (pixels, labels) in splits.items():
