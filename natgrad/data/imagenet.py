@@ -10,16 +10,13 @@ The class index of an image is the position of its class folder's name among the
 class-folder names of its split; images within a class are taken in sorted file-name order.
 Hidden entries (names starting with ``.``) and files with other extensions are ignored.
 
-The paper's ImageNet pipeline: resize every image to 256×256, subtract the per-pixel mean
-image of the training set, and train on random 224×224 crops with random horizontal flips.
-:func:`load_imagenet` decodes and resizes (Pillow, imported only when called) and returns
-the training mean; :func:`imagenet_train_transform` subtracts it and draws the crops and
-flips as batched tensor ops (:func:`~natgrad.data.preprocess.random_crop_flip`) from an
-explicit :class:`torch.Generator`; :func:`imagenet_eval_transform` takes the centre crop.
-
-Loading is eager: the full training set (1.28M images, 252 GB as uint8 256×256) does not
-fit in memory, so :func:`load_imagenet` is meant for small subsets: a few classes, or
-``limit_per_class`` images of each. Streaming the full set is not implemented.
+The paper's pipeline (docs/paper.md, "Training settings"): resize to 256×256, subtract the
+training set's per-pixel mean image, train on random 224×224 crops with random horizontal
+flips. :func:`load_imagenet` decodes, resizes and returns the mean (eagerly: the full 1.28M
+images, 252 GB as uint8, do not fit in memory, so it is meant for a few classes or
+``limit_per_class`` images each; streaming is not implemented);
+:func:`imagenet_train_transform` draws crops and flips from a :class:`torch.Generator`;
+:func:`imagenet_eval_transform` takes the centre crop.
 """
 
 from __future__ import annotations
@@ -71,9 +68,8 @@ class ImageNetSplit(NamedTuple):
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], torch.Tensor, list[str]]:
     r"""List the images of one split folder ``root/<class_name>/<image>``.
 
-    ``root`` is a split folder such as ``data_dir/train``. Class ``k`` is the ``k``-th of
-    the sorted class-folder names (as in torchvision's ``ImageFolder``); images are those
-    whose extension is in :data:`IMAGE_EXTENSIONS` (any case), in sorted name order.
+    ``root`` is a split folder such as ``data_dir/train``; classes and images are ordered
+    and filtered as the module docstring says (extensions: :data:`IMAGE_EXTENSIONS`).
 
     Returns:
         ``(paths, labels, classes)``: N image paths, int64 labels ``[N]`` and the class
@@ -129,17 +125,6 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], torch.Tensor
     return paths, labels.to(torch.int64), classes
 
 
-def _import_pil():
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise ImportError(
-            "load_imagenet decodes JPEG/PNG files with Pillow, which is not installed: "
-            "pip install pillow"
-        ) from exc
-    return Image
-
-
 def _decode(Image, path: Path, size: int) -> np.ndarray:
     r"""Decode ``path``, convert to RGB, resize to ``size×size``: uint8 ``[size, size, 3]``."""
     try:
@@ -170,16 +155,15 @@ def load_imagenet(
     r"""Decode one split of an ImageNet folder tree, resized to ``size×size`` (paper: 256).
 
     Every image is converted to RGB and resized (bilinear, antialiased when shrinking) to
-    ``size×size``, ignoring its aspect ratio, as the paper does. Eager: meant for small
-    subsets (see the module note); ``limit_per_class`` keeps the first images of each class
-    in sorted name order.
+    ``size×size``, ignoring its aspect ratio, as the paper does. Eager (see the module note).
 
     Args:
         data_dir: the folder holding ``train/`` and ``val/``.
         split: ``"train"`` or ``"val"``.
         size: the resized side.
         crop: the training/eval crop side the images are meant for; checked ``≤ size``.
-        limit_per_class: at most this many images per class (``None``: all).
+        limit_per_class: keep the first (in name order) this many images of each class
+            (``None``: all).
         mean: the per-pixel training mean ``[3, size, size]`` to carry with the split (pass
             the training split's ``mean`` when loading ``val``); ``None``: computed from
             the loaded images for ``"train"``, left ``None`` for ``"val"``.
@@ -187,14 +171,12 @@ def load_imagenet(
             (pixels ``/ 255`` in ``[0, 1]``).
 
     Returns:
-        :class:`ImageNetSplit` ``(x [N, 3, size, size], y [N], classes, mean [3, size,
-        size] | None, paths)``.
+        :class:`ImageNetSplit` ``(x [N, 3, size, size], y [N], classes, mean, paths)``.
 
     Raises:
         DataFileError: a folder is missing or empty, or an image cannot be decoded (the
             message names the folder or file).
-        InputError: bad ``split``, ``size``, ``crop``, ``limit_per_class``, ``mean`` or
-            ``dtype``.
+        InputError: a bad argument (the message names it).
         ImportError: Pillow is not installed.
     """
     if split not in _SPLITS:
@@ -213,7 +195,13 @@ def load_imagenet(
                 f"got {tuple(mean.shape)}"
             )
         mean = mean.to(mean_dtype)
-    Image = _import_pil()
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError(
+            "load_imagenet decodes JPEG/PNG files with Pillow, which is not installed: "
+            "pip install pillow"
+        ) from exc
     paths, labels, classes = scan_image_folder(Path(data_dir) / split)
     if limit_per_class is not None:
         first = torch.searchsorted(labels, labels, side="left")  # start of each label's run

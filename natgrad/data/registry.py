@@ -1,8 +1,8 @@
 r"""Data sets by name: :func:`load_dataset`, :data:`DATASETS` and :func:`default_data_dir`.
 
 The registry imports the loaders; the loaders import only :class:`~natgrad.data.dataset.Dataset`,
-so the package has no import cycle. The table of names, formats and folders is in
-:mod:`natgrad.data.dataset`.
+so the package has no import cycle. Names, formats and folders: docs/paper.md ("Data on these
+machines").
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def load_dataset(
         raise InputError(f"limit_per_class applies to imagenet only, not {name!r}")
     folder = Path(data_dir) if data_dir is not None else default_data_dir(name)
     if name == "imagenet":
-        return _load_imagenet(imagenet, folder, dtype, limit_per_class)
+        return _load_imagenet(folder, dtype, limit_per_class)
     if name == "mnist":
         return _load_mnist(folder, data_dir is not None, dtype)
     if name == "fashion-mnist":
@@ -87,8 +87,9 @@ def _load_mnist(folder: Path, explicit: bool, dtype: torch.dtype) -> Dataset:
     return mnist_pickle.load_mnist_pickle(mnist_pickle.find_mnist_pickle(None), dtype=dtype)
 
 
-def _load_imagenet(imagenet, folder: Path, dtype: torch.dtype, limit: int | None) -> Dataset:
-    """``train/`` and ``val/`` of an ImageNet folder tree as a :class:`Dataset` (float ``/255``)."""
+def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Dataset:
+    """``train/`` and ``val/`` (the test split) of an ImageNet folder tree as a :class:`Dataset`
+    (float ``/255``, 256×256; eager, so for small subsets)."""
     train = imagenet.load_imagenet(folder, "train", dtype=dtype, limit_per_class=limit)
     val = imagenet.load_imagenet(folder, "val", dtype=dtype, limit_per_class=limit)
     if train.classes != val.classes:

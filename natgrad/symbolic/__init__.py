@@ -1,8 +1,7 @@
 r"""SymPy proofs of the ELU paper's lemmas, theorems and unit facts (``natgrad verify``).
 
-- :mod:`natgrad.symbolic.blocks`: Lemma 1, Lemma 2 (i)/(ii), Theorem 1 (the update and both
-  forms of s), Theorem 2 (the shift identity and both forms of k) for fully symbolic blocks
-  of fan-in d = 1, 2, 3, as exact identities of rational functions;
+- :mod:`natgrad.symbolic.blocks`: Lemmas 1–2 and Theorems 1–2 (the update, s, the shift, k)
+  for fully symbolic blocks of fan-in d = 1, 2, 3, as exact identities of rational functions;
 - :mod:`natgrad.symbolic.units`: f′ = f + α, continuity of f′ at 0 iff α = 1, saturation
   to −α for ELU, and the corresponding facts for ReLU, LReLU(0.1), SReLU;
 - :mod:`natgrad.symbolic.gaussian`: the Gaussian mean maps E[f(x)], x ~ N(μ, σ²), against
@@ -88,15 +87,8 @@ def format_table(results: list[ProofResult]) -> str:
     for r in results:
         zero = r.holds and (isinstance(r.residual, sp.MatrixBase) or r.residual == 0)
         res = "0" if zero else str(r.residual).replace("\n", " ")
-        rows.append(
-            (
-                r.name,
-                r.case,
-                "yes" if r.holds else "NO",
-                res if len(res) <= 40 else res[:37] + "...",
-                f"{r.seconds:.2f}",
-            )
-        )
+        res = res if len(res) <= 40 else res[:37] + "..."
+        rows.append((r.name, r.case, "yes" if r.holds else "NO", res, f"{r.seconds:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -76,12 +76,10 @@ class SymbolicBlock:
 
 
 def _symmetric(name: str, d: int) -> list[list[sp.Symbol]]:
-    s = {
-        (i, j): sp.Symbol(f"{name}_{{{i + 1}{j + 1}}}", real=True)
+    return [  # entry (j, i) is the same Symbol as (i, j): equal name and assumptions
+        [sp.Symbol(f"{name}_{{{min(i, j) + 1}{max(i, j) + 1}}}", real=True) for j in range(d)]
         for i in range(d)
-        for j in range(i, d)
-    }
-    return [[s[min(i, j), max(i, j)] for j in range(d)] for i in range(d)]
+    ]
 
 
 def _vector(name: str, d: int) -> list[sp.Symbol]:
@@ -95,11 +93,8 @@ def symbolic_block(d: int, param: str = "general") -> SymbolicBlock:
         raise ValueError(f"param must be one of {PARAMS}, got {param!r}")
     c, g0 = sp.Symbol("c", positive=True), sp.Symbol("g_0", real=True)
     g, p = _vector("g", d), _vector("p", d)
-    main = (
-        (_symmetric("A", d), _vector("b", d))
-        if param == "general"
-        else (_symmetric("V", d), _vector("m", d))
-    )
+    names = ("A", "b") if param == "general" else ("V", "m")  # F's blocks, or the moments
+    main = (_symmetric(names[0], d), _vector(names[1], d))
     symbols = [c, g0, *g, *p, *sorted({x for row in main[0] for x in row}, key=str), *main[1]]
     K = sp.QQ.frac_field(*symbols)
 
@@ -109,11 +104,8 @@ def symbolic_block(d: int, param: str = "general") -> SymbolicBlock:
         )
 
     kc = K.from_sympy(c)
-    if param == "general":
-        A, b = mat(main[0]), mat([[x] for x in main[1]])
-    else:
-        V, m = mat(main[0]), mat([[x] for x in main[1]])
-        A, b = (V + m * m.transpose()) * kc, m * kc
+    M, v = mat(main[0]), mat([[x] for x in main[1]])  # (A, b), or (V, m) with A = c(V + mmᵀ)
+    A, b = (M, v) if param == "general" else ((M + v * v.transpose()) * kc, v * kc)
     F = DomainMatrix.vstack(
         DomainMatrix.hstack(A, b), DomainMatrix.hstack(b.transpose(), mat([[c]]))
     )
@@ -178,6 +170,11 @@ def _scalar(B: SymbolicBlock, x) -> DomainMatrix:
     return DomainMatrix([[x]], (1, 1), B.K)
 
 
+def _stack(B: SymbolicBlock, col: DomainMatrix, x) -> DomainMatrix:
+    """The column ``(col, x)`` for a column ``col`` and a scalar ``x`` of K."""
+    return DomainMatrix.vstack(col, _scalar(B, x))
+
+
 Formula = Callable[[SymbolicBlock], object]
 
 
@@ -198,9 +195,7 @@ def theorem1_update(
     r"""Theorem 1: F (Δw, Δw0) = (g, g0) for the Theorem-1 update (so it equals F⁻¹(g, g0))."""
     t0, B = time.perf_counter(), symbolic_block(d, param)
     dw, dw0 = formula(B)
-    residual = B.F * DomainMatrix.vstack(dw, _scalar(B, dw0)) - DomainMatrix.vstack(
-        B.g, _scalar(B, B.g0)
-    )
+    residual = B.F * _stack(B, dw, dw0) - _stack(B, B.g, B.g0)
     statement = (
         r"F\begin{pmatrix}\Delta w\\ \Delta w_0\end{pmatrix} = \begin{pmatrix}g\\ g_0\end{pmatrix}"
         r"\text{ for }\Delta w_0 = s(g_0 - b^\top A^{-1}g),\;\Delta w = A^{-1}(g - \Delta w_0 b)"
@@ -221,8 +216,8 @@ def theorem1_s(d: int, param: str = "general", formula: Formula = s_paper_formul
 def theorem2_shift(d: int, param: str = "general", formula: Formula = shift_formula) -> ProofResult:
     r"""Theorem 2: E_p(a)ᵀΔw + Δw0 for (Δw, Δw0) = F⁻¹(g, g0) (a direct solve) equals the formula."""
     t0, B = time.perf_counter(), symbolic_block(d, param)
-    x = B.F.lu_solve(DomainMatrix.vstack(B.g, _scalar(B, B.g0)))  # the natural gradient, directly
-    mean_1 = DomainMatrix.vstack(B.mean_p, _scalar(B, B.K.one))  # (E_p(a), 1)
+    x = B.F.lu_solve(_stack(B, B.g, B.g0))  # the natural gradient, directly
+    mean_1 = _stack(B, B.mean_p, B.K.one)  # (E_p(a), 1)
     statement = (
         r"E_p(a)^\top\Delta w + \Delta w_0 = (E_p(a) - (1+k)E_q(a))^\top A^{-1}g + (1+k)\,g_0/c"
     )
@@ -251,21 +246,23 @@ def lemma2_ii_formula(B: SymbolicBlock):
     return 1 + B.dot(B.mean_q - B.mean_p, B.var_q_inv * B.mean_q)
 
 
+def _second_moment_inv(B: SymbolicBlock) -> DomainMatrix:
+    """E(aaᵀ)⁻¹ = (Var(a) + m mᵀ)⁻¹, inverted directly."""
+    return (B.var_q + B.mean_q * B.mean_q.transpose()).inv()
+
+
 def lemma2_i(d: int, formula: Formula = lemma2_i_formula) -> ProofResult:
     r"""Lemma 2 (i) with m = E(a), V = Var(a) symbolic (free symbols of the ``"moments"`` block)."""
     t0, B = time.perf_counter(), symbolic_block(d, "moments")
-    second_inv = (B.var_q + B.mean_q * B.mean_q.transpose()).inv()  # E(aaᵀ)⁻¹, directly
+    direct = B.dot(B.mean_q, _second_moment_inv(B) * B.mean_q)
     statement = r"m^\top E(aa^\top)^{-1}m = \frac{t}{1+t},\; t = m^\top \mathrm{Var}(a)^{-1} m"
-    return _result(
-        "Lemma 2 (i)", B, statement, formula(B) - B.dot(B.mean_q, second_inv * B.mean_q), t0, "m, V"
-    )
+    return _result("Lemma 2 (i)", B, statement, formula(B) - direct, t0, "m, V")
 
 
 def lemma2_ii(d: int, formula: Formula = lemma2_ii_formula) -> ProofResult:
     r"""Lemma 2 (ii) with m = E(a), V = Var(a) and m_p symbolic."""
     t0, B = time.perf_counter(), symbolic_block(d, "moments")
-    second_inv = (B.var_q + B.mean_q * B.mean_q.transpose()).inv()
-    m, mp = B.mean_q, B.mean_p
+    second_inv, m, mp = _second_moment_inv(B), B.mean_q, B.mean_p
     direct = (1 - B.dot(mp, second_inv * m)) / (1 - B.dot(m, second_inv * m))
     statement = (
         r"\frac{1 - m_p^\top E(aa^\top)^{-1}m}{1 - m^\top E(aa^\top)^{-1}m}"
@@ -288,8 +285,6 @@ def all_block_proofs(dims: tuple[int, ...] = (1, 2, 3)) -> list[ProofResult]:
         for d in dims
         for param in PARAMS
         for proof in BLOCK_PROOFS
-        if not (
-            proof is lemma1 and param == "moments" and d >= 3
-        )  # special case of general A; ~20 s
+        if not (proof is lemma1 and param == "moments" and d >= 3)
     ]
     return out + [lemma(d) for d in dims for lemma in (lemma2_i, lemma2_ii)]

@@ -1,19 +1,8 @@
 r"""Mean activation E[f(x)] of each unit for a Gaussian pre-activation x ~ N(μ, σ²).
 
-With Φ, φ the standard normal cdf and pdf and r = μ/σ, the building blocks of ``docs/theory.md`` ("Units")
-
-.. math::
-
-    E[x\,1\{x>0\}] = \mu\Phi(r) + \sigma\varphi(r),\quad
-    E[e^x 1\{x\le0\}] = e^{\mu+\sigma^2/2}\Phi(-r-\sigma),\quad
-    E[1\{x\le0\}] = \Phi(-r),\quad E[x\,1\{x\le0\}] = \mu\Phi(-r) - \sigma\varphi(r)
-
-give
-
-- ELU(α): μΦ(r) + σφ(r) + α(e^{μ+σ²/2}Φ(−r−σ) − Φ(−r));
-- ReLU: μΦ(r) + σφ(r);
-- LReLU(α): μΦ(r) + σφ(r) + α(μΦ(−r) − σφ(r))  (α = 0.1);
-- SReLU: max(−1, x) = −1 + ReLU(x + 1), so −1 + (μ+1)Φ(r₁) + σφ(r₁), r₁ = (μ+1)/σ.
+The closed forms, built from Φ and φ (the standard normal cdf and pdf) at r = μ/σ, are
+derived in docs/theory.md ("Mean activation for a Gaussian pre-activation"); :func:`mean_map`
+writes each one (LReLU at α = 0.1; SReLU as −1 + ReLU(x + 1)).
 
 :func:`gaussian_mean_fact` checks a formula against ``scipy.integrate.quad`` of f(x)·N(x; μ, σ²)
 at the grid :data:`GRID` (and the unit's α values); it holds when the largest error is below
@@ -100,11 +89,7 @@ def gaussian_mean_fact(unit: str, formula: sp.Expr | None = None) -> ProofResult
     )
     tex = rf"E_{{x\sim\mathcal N(\mu,\sigma^2)}}[\mathrm{{{unit}}}(x)] = {sp.latex(expr)}"
     case = f"{len(GRID)} (μ, σ)" + (f" × α ∈ {set(spec.alpha_values)}" if spec.alpha_values else "")
+    seconds = time.perf_counter() - t0
     return ProofResult(
-        f"{unit}: Gaussian mean",
-        case,
-        tex,
-        bool(err < QUAD_TOL),
-        sp.Float(err, 3),
-        time.perf_counter() - t0,
+        f"{unit}: Gaussian mean", case, tex, bool(err < QUAD_TOL), sp.Float(err, 3), seconds
     )

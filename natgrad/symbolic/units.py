@@ -57,11 +57,11 @@ class UnitSpec:
 
     def f_neg(self, value: float | None = None):
         """Numeric f on x ≤ 0 (α := ``value`` where f has a free α)."""
-        exprs = [
-            (p[0].subs(alpha, value) if value is not None else p[0], p[1], p[2])
-            for p in self.pieces
+        subs = {} if value is None else {alpha: value}
+        funcs = [
+            (sp.lambdify(x, e.subs(subs), "math"), float(lo), float(hi))
+            for e, lo, hi in self.pieces
         ]
-        funcs = [(sp.lambdify(x, e, "math"), float(lo), float(hi)) for e, lo, hi in exprs]
 
         def f(v: float) -> float:
             if v > 0:
@@ -92,23 +92,19 @@ def _spec(unit: str | UnitSpec) -> UnitSpec:
     return unit if isinstance(unit, UnitSpec) else UNITS[unit]
 
 
+def _fact(u: UnitSpec, name: str, tex: str, res: sp.Basic, t0: float) -> ProofResult:
+    """The result of fact ``name`` of unit ``u``: it holds iff ``res`` is zero."""
+    return ProofResult(
+        f"{u.name}: {name}", u.name, tex, is_zero(res), res, time.perf_counter() - t0
+    )
+
+
 def derivative_fact(unit: str | UnitSpec) -> ProofResult:
     r"""f′(x) on each piece of x ≤ 0 equals the claimed derivative."""
     t0, u = time.perf_counter(), _spec(unit)
-    res = sp.ImmutableMatrix(
-        [
-            sp.simplify(sp.diff(f, x) - d)
-            for (f, _, _), d in zip(u.pieces, u.derivative, strict=True)
-        ]
-    )
-    return ProofResult(
-        f"{u.name}: f′ on x ≤ 0",
-        u.name,
-        u.derivative_tex + r"\quad (x \le 0)",
-        is_zero(res),
-        res,
-        time.perf_counter() - t0,
-    )
+    diffs = [sp.diff(f, x) - d for (f, _, _), d in zip(u.pieces, u.derivative, strict=True)]
+    res = sp.ImmutableMatrix([sp.simplify(e) for e in diffs])
+    return _fact(u, "f′ on x ≤ 0", u.derivative_tex + r"\quad (x \le 0)", res, t0)
 
 
 def _jump(u: UnitSpec, point) -> sp.Expr:
@@ -125,9 +121,7 @@ def jumps_fact(unit: str | UnitSpec) -> ProofResult:
     tex = r",\; ".join(
         rf"f'({sp.latex(pt)}^+) - f'({sp.latex(pt)}^-) = {sp.latex(j)}" for pt, j in u.jumps.items()
     )
-    return ProofResult(
-        f"{u.name}: jumps of f′", u.name, tex, is_zero(res), res, time.perf_counter() - t0
-    )
+    return _fact(u, "jumps of f′", tex, res, t0)
 
 
 def continuity_fact(unit: str | UnitSpec = "ELU") -> ProofResult:
@@ -150,9 +144,7 @@ def saturation_fact(unit: str | UnitSpec) -> ProofResult:
     lim = sp.limit(u.pieces[0][0], x, -sp.oo)
     res = sp.S.Zero if lim == u.saturation else sp.simplify(lim - u.saturation)
     tex = rf"\lim_{{x \to -\infty}} f(x) = {sp.latex(u.saturation)}"
-    return ProofResult(
-        f"{u.name}: saturation", u.name, tex, is_zero(res), res, time.perf_counter() - t0
-    )
+    return _fact(u, "saturation", tex, res, t0)
 
 
 def unit_facts(unit: str | UnitSpec) -> list[ProofResult]:
