@@ -60,41 +60,31 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from natgrad._atomic import append_jsonl, write_json
+from natgrad._atomic import append_jsonl
 from natgrad.errors import InputError
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, lr_at
 from natgrad.training.engine import (
+    Run,
     TrainResult,
     check_held_out,
     checkpoint_due,
-    describe_device,
     diverged_error,
     epoch_generator,
-    epoch_zero,
-    git_commit,
-    held_out_data,
     metrics_row,
+    open_run,
     resolve_device,
-    resume_run,
     save_checkpoint,
     seed_globals,
     setup,
 )
 from natgrad.training.loop import train
-from natgrad.training.recording import (
-    probe_indices,
-    record_activations,
-    save_activations,
-    summarise,
-)
+from natgrad.training.recording import record_activations, save_activations, summarise
 from natgrad.training.rundir import RunDir, default_run_dir
 from natgrad.training.stacked import BATCHED_UNITS, StackedNets, unit_order
 from natgrad.units import CATALOGUE, hidden_units
@@ -182,55 +172,15 @@ def train_grid(
             for i in members:
                 owned.enter_context(_owner.claim(runs[i]))
             for i in members:
-                run = _open_run(configs[i], runs[i], dev, resume, trainer)
+                ds, model, optimizer = setup(configs[i], dev)
+                start = ckpt.latest_epoch(runs[i]) if resume else None
+                run = open_run(configs[i], runs[i], dev, ds, model, optimizer, start, trainer)
                 run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
                 opened.append(run)
             grid = _Grid(opened, dev)
             for i, res in zip(members, grid.train(progress), strict=True):
                 results[i] = res
     return results  # type: ignore[return-value]
-
-
-@dataclass
-class _Run:
-    """One run of a grid: its config and folder, data, per-run model and optimizer."""
-
-    config: TrainConfig
-    dir: Path
-    data: tuple  # train x, y; test x, y; validation x, y (None without a validation split)
-    model: nn.Module
-    optimizer: torch.optim.SGD
-    probe: torch.Tensor
-    start: int
-    history: list[dict]
-    meta: dict
-
-
-def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) -> _Run:
-    """Everything :func:`~natgrad.training.train` does before its first epoch, for one run:
-    set up, resume or start over, and (fresh) epoch 0 and the initial checkpoint."""
-    ds, model, optimizer = setup(config, dev)
-    run.mkdir(parents=True, exist_ok=True)
-    rd = RunDir(run)
-    held = held_out_data(ds, dev)
-    val = held["val"] if held["val"] is not None else (None, None)
-    data = (ds.train_x.to(dev), ds.train_y.to(dev), *held["test"], *val)
-    train_x, train_y = data[:2]
-    probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
-    start = ckpt.latest_epoch(run) if resume else None
-    fresh = start is None
-    if start is not None:
-        history = resume_run(config, run, model, optimizer, start)
-    else:
-        _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
-        start, history = 0, []
-    meta = {"config": config.to_dict(), "device": describe_device(dev),
-            "git_commit": git_commit(), "torch_version": torch.__version__,
-            "trainer": trainer}  # fmt: skip
-    write_json(rd.config_path, meta)
-    if fresh:
-        history = epoch_zero(config, run, model, optimizer, (train_x, train_y, held), probe, meta)
-    return _Run(config, run, data, model, optimizer, probe, start, history, meta)
 
 
 def _dedupe(t: torch.Tensor, unique: list[torch.Tensor]) -> torch.Tensor:
@@ -255,7 +205,7 @@ class _Grid:
     r"""R runs with one architecture and one start epoch, trained as one batched model
     (:class:`~natgrad.training.stacked.StackedNets`)."""
 
-    def __init__(self, runs: list[_Run], dev: torch.device):
+    def __init__(self, runs: list[Run], dev: torch.device):
         # Order the runs by unit type, so that each unit acts on one slice of the run axis.
         order = unit_order([r.model for r in runs])
         self.order = order
