@@ -1,31 +1,22 @@
-r"""Data-parallel training under ``torchrun``: DistributedDataParallel, one data shard per rank.
+r"""Data-parallel training under ``torchrun``: DistributedDataParallel, one data shard per rank
+(``docs/distributed.md``, "Training data-parallel").
 
-``natgrad train`` started by ``torchrun --nproc-per-node=W …`` (``WORLD_SIZE`` > 1 in the
-environment) runs :func:`train_ddp`: W processes ("ranks"), each with a replica of the net,
-split every batch of ``config.batch_size`` inputs between them. ``batch_size`` stays the
-GLOBAL batch, so a W-process run trains the same model as a one-process run of the same
-config: for global batch k of epoch e (the rows ``perm[kB:(k+1)B]`` of the permutation
-drawn from ``(seed, e)``, augmented as one batch) rank r takes the rows ``r, r+W, r+2W, …``
-(``DistributedSampler``'s interleaving) and back-propagates
+``natgrad train`` started by ``torchrun --nproc-per-node=W …`` (``WORLD_SIZE`` > 1) runs
+:func:`train_ddp`: W processes ("ranks") with a replica of the net each split every GLOBAL
+batch of ``config.batch_size`` inputs (rank r takes the rows ``r, r+W, …`` of the batch one
+process draws and augments) and back-propagate
 
 .. math::
 
     L_r = \frac{W}{|B_k|}\sum_{n \in B_{k,r}} \ell_n,\qquad
     \frac{1}{W}\sum_r \nabla L_r = \nabla \frac{1}{|B_k|}\sum_{n\in B_k} \ell_n
 
-(DDP averages the ranks' gradients), the gradient of the one-process batch mean, also for a
-last batch that does not split evenly. The optimizer steps agree up to the order of the
-additions (float tolerance, not bit for bit).
-
-Rank 0 alone evaluates, records activations and writes the run directory (the format of
-:mod:`natgrad.training.loop`); the others wait at a barrier. Resume reads the last
-checkpoint on every rank, so the run directory must be visible to every rank (one machine,
-or a shared file system across machines). Backends: NCCL with one GPU per rank
-(``cuda:<LOCAL_RANK>``) when ``device`` allows CUDA, else gloo on CPU.
-
-Not equal to one process, by nature: dropout draws its masks on each rank from that rank's
-generator (the same distribution, not the same masks), and batch norm normalises with the
-statistics of each rank's shard (plain DDP; no SyncBatchNorm).
+(DDP averages the ranks' gradients): the one-process step up to the order of the additions,
+also for a last batch that does not split evenly. Rank 0 alone evaluates, records and writes
+the run directory; every rank resumes from rank 0's last checkpoint (the folder must be
+visible to every rank). NCCL with one GPU per rank (``cuda:<LOCAL_RANK>``) when ``device``
+allows CUDA, else gloo. Not equal to one process, by nature: dropout masks (each rank's own
+generator) and batch norm (each rank's shard statistics; no SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -62,14 +53,8 @@ def shard_rows(n: int, rank: int, world: int) -> slice:
 def _summed_loss(config: TrainConfig):
     """Σ_n ℓ_n over a shard, each ℓ_n as in the sequential (batch-mean) loss."""
     if config.loss == "bce_logits":
-
-        def bce(out, x, y):
-            loss = nn.functional.binary_cross_entropy_with_logits(
-                out, x.flatten(1), reduction="none"
-            )
-            return loss.flatten(1).mean(1).sum()
-
-        return bce
+        bce = nn.functional.binary_cross_entropy_with_logits
+        return lambda out, x, y: bce(out, x.flatten(1), reduction="none").flatten(1).mean(1).sum()
     return lambda out, x, y: nn.functional.cross_entropy(out, y, reduction="sum")
 
 

@@ -7,18 +7,9 @@ run (:func:`open_run`: resume or epoch 0), the epochs of one model (:func:`train
 data order and augmentation of epoch e seeded by ``(seed, e)``, the schedule, the held-out
 evaluation, the metrics row, checkpoints) and the divergence error (:func:`diverged_error`).
 
-The run directory's layout is owned by :mod:`natgrad.training.rundir` (``docs/run_layout.md``).
-``metrics.jsonl`` holds one JSON line per epoch (epoch 0 = before training): epoch,
-iterations, lr, train_loss (the running mean over the epoch's steps), val_loss, val_error
-(``null`` without a validation split), test_loss, test_error, seconds, train_seconds,
-seconds_per_iteration. Epoch 0's checkpoint holds the initial weights
-(``checkpoint_initial``).
-
-Reproducibility: the epoch-e data order and augmentation come from generators seeded by
-``(seed, e)``; dropout draws from torch's global generator, whose state is checkpointed
-with numpy's and Python's. A run killed at any moment resumes from its last checkpoint
-(metrics and activation summaries past it are dropped) and ends, on CPU with the same
-thread count, bit-identical to an uninterrupted run.
+The run directory (:mod:`natgrad.training.rundir`), ``metrics.jsonl``'s fields and how a
+killed run resumes from its last checkpoint, bit-identical on CPU with the same thread count
+(the data order from ``(seed, e)``, the global RNG states checkpointed): ``docs/run_layout.md``.
 """
 
 from __future__ import annotations
@@ -143,9 +134,7 @@ def setup(config: TrainConfig, device: torch.device):
         from natgrad.optim import centre
 
         model = centre(model, inplace=True, skip=plain)
-    decay = [
-        p for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in [m.weight]
-    ]
+    decay = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     ids = {id(p) for p in decay}
     rest = [p for p in model.parameters() if id(p) not in ids]
     groups = [
@@ -241,39 +230,6 @@ def rewrite_jsonl(path: Path, max_epoch: int) -> None:
     write_text(path, "".join(dumps_json(r) + "\n" for r in keep))
 
 
-def schedule_step(config: TrainConfig, model, optimizer, it: int, epoch: int, dropout_mode):
-    """Set iteration ``it``'s learning rate in every param group and, with dropout phases,
-    the dropout mode; returns ``(lr, dropout_mode)``."""
-    lr = lr_at(config, iteration=it, epoch=epoch - 1)
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-    if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
-        from natgrad.models import set_dropout_mode
-
-        dropout_mode = dropout_mode_at(config, it)
-        set_dropout_mode(model, dropout_mode)
-    return lr, dropout_mode
-
-
-def resume_run(config: TrainConfig, run: Path, model, optimizer, start: int, *, records=True):
-    """Load epoch ``start``'s checkpoint of ``run`` into ``model`` and ``optimizer`` after
-    checking that it was made with ``config`` (up to ``epochs``), cut the run's JSON-lines
-    records back to that epoch (``records``) and return its metrics history."""
-    tensors, info = ckpt.read_checkpoint(run, start)
-    saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
-    if saved != config.to_dict():
-        diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
-        raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
-                         "pick another --run-dir or pass --no-resume")  # fmt: skip
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ckpt.restore_state(tensors, info, optimizer)
-    if records:
-        rd = RunDir(run)
-        rewrite_jsonl(rd.metrics_path, start)
-        rewrite_jsonl(rd.activation_summary_path, start)
-    return info["metrics"]
-
-
 def seed_globals(seed: int) -> None:
     """The global RNG states a run holds after epoch 0 (and, as these nets draw nothing from
     them, at every checkpoint): what its checkpoints store."""
@@ -333,17 +289,27 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
     val = (None, None) if ds.val_x is None else (ds.val_x.to(dev), ds.val_y.to(dev))
     data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev), *val)
     probe = probe_indices(data[0].shape[0], config.probe_size, config.seed)
-    fresh = start is None
+    rd, fresh = RunDir(run), start is None
     if fresh:
         if lead:
             _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
         start, history = 0, []
     else:
-        history = resume_run(config, run, model, optimizer, start, records=lead)
+        tensors, info = ckpt.read_checkpoint(run, start)
+        saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
+        if saved != config.to_dict():
+            diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
+            raise InputError(f"{run}: its checkpoints were made with a different config "
+                             f"({diff}); pick another --run-dir or pass --no-resume")  # fmt: skip
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ckpt.restore_state(tensors, info, optimizer)
+        history = info["metrics"]
+        if lead:  # the records past the checkpoint go
+            rewrite_jsonl(rd.metrics_path, start)
+            rewrite_jsonl(rd.activation_summary_path, start)
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
             **({"trainer": trainer} if trainer else {})}  # fmt: skip
-    rd = RunDir(run)
     if lead:
         write_json(rd.config_path, meta)
     r = Run(config, Path(run), model, optimizer, data, probe, start, history, meta)
@@ -370,19 +336,6 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
     return r
 
 
-def optimizer_step(config: TrainConfig, model, optimizer, xb, yb) -> None:
-    """The step after ``backward``: the natural-gradient optimizers refresh their Fisher from
-    the batch; centred layers then move their centres."""
-    if config.optimizer == "sgd":
-        optimizer.step()
-    else:
-        optimizer.step(xb, yb if config.loss == "cross_entropy" else xb.flatten(1))
-    if config.centre:
-        from natgrad.optim import update_centres
-
-        update_centres(model, rate=config.centre_rate)
-
-
 def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forward=None,
                  update=None, ddp: bool = False, lead: bool = True) -> None:  # fmt: skip
     """Train ``run`` from epoch ``run.start + 1`` to ``config.epochs``, appending each epoch's
@@ -390,17 +343,18 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
 
     ``forward(xb, yb)`` gives the loss to back-propagate and the batch's summed loss in
     float64 (default: the model's batch mean); ``update(xb, yb)`` steps the optimizer
-    (default :func:`optimizer_step`). A non-finite loss is a :class:`DivergedError`, checked
-    per step where that is free and once per epoch on the devices of
-    :data:`DEFERRED_LOSS_CHECK`. ``ddp`` (:mod:`natgrad.training.ddp`): no divergence checks,
-    the epoch's loss sum is all-reduced and the ranks meet at a barrier after each epoch, which
-    only ``lead`` evaluates and writes.
+    (default: ``optimizer.step``, then centred layers move their centres). A non-finite loss
+    is a :class:`DivergedError`, checked per step where that is free and once per epoch on
+    the devices of :data:`DEFERRED_LOSS_CHECK`. ``ddp`` (:mod:`natgrad.training.ddp`): no
+    divergence checks, the epoch's loss sum is all-reduced and the ranks meet at a barrier
+    after each epoch, which only ``lead`` evaluates and writes.
     """
     from tqdm.auto import tqdm
 
     config, model, optimizer = run.config, run.model, run.optimizer
     loss_fn = loss_function(config)
     train_x, train_y = run.data[:2]
+    rd, probe = RunDir(run.dir), run.probe.to(dev)
     n, bs = train_x.shape[0], config.batch_size
     per_epoch = math.ceil(n / bs)
     if forward is None:
@@ -411,8 +365,15 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
 
     if update is None:
 
-        def update(xb, yb):
-            optimizer_step(config, model, optimizer, xb, yb)
+        def update(xb, yb):  # the natural-gradient optimizers refresh their Fisher from xb
+            if config.optimizer == "sgd":
+                optimizer.step()
+            else:
+                optimizer.step(xb, yb if config.loss == "cross_entropy" else xb.flatten(1))
+            if config.centre:
+                from natgrad.optim import update_centres
+
+                update_centres(model, rate=config.centre_rate)
 
     bar = tqdm(total=(config.epochs - run.start) * per_epoch, disable=not progress, unit="it",
                desc=desc, dynamic_ncols=True)  # fmt: skip
@@ -426,7 +387,14 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
         bad_step = torch.full((), -1, dtype=torch.long, device=dev)  # first non-finite (GPU)
         for b in range(per_epoch):
             it = (epoch - 1) * per_epoch + b
-            lr, dropout_mode = schedule_step(config, model, optimizer, it, epoch, dropout_mode)
+            lr = lr_at(config, iteration=it, epoch=epoch - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
+                from natgrad.models import set_dropout_mode
+
+                dropout_mode = dropout_mode_at(config, it)
+                set_dropout_mode(model, dropout_mode)
             idx = perm[b * bs : (b + 1) * bs]  # the global batch under DDP
             xb, yb = train_x[idx], train_y[idx]
             if config.augment:  # the whole global batch, as one process augments it
@@ -440,9 +408,8 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
                 if dev.type in DEFERRED_LOSS_CHECK:  # no per-step host sync on the GPU
                     bad_step = torch.where((bad_step < 0) & ~finite, b, bad_step)
                 elif not finite:
-                    value = loss.item()
                     raise diverged_error(
-                        run.dir, epoch, b + 1, per_epoch, lr, "training loss", value
+                        run.dir, epoch, b + 1, per_epoch, lr, "training loss", loss.item()
                     )
             loss.backward()
             update(xb, yb)
@@ -461,13 +428,11 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
             if not ddp:
                 check_held_out(run.dir, evals, epoch, per_epoch, per_epoch, lr)
             if epoch % config.record_every == 0 or epoch == config.epochs:
-                save_activations(
-                    run.dir, epoch, record_activations(model, train_x[run.probe.to(dev)])
-                )
+                save_activations(run.dir, epoch, record_activations(model, train_x[probe]))
             row = metrics_row(epoch, per_epoch, lr, float(loss_sum) / n, evals,
                               time.perf_counter() - t0, t_train)  # fmt: skip
             run.history.append(row)
-            append_jsonl(RunDir(run.dir).metrics_path, row)
+            append_jsonl(rd.metrics_path, row)
             bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
                             test_loss=f"{evals['test_loss']:.4f}")  # fmt: skip
             if checkpoint_due(config, epoch):

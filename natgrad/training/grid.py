@@ -1,50 +1,27 @@
-r"""Train a grid of runs (unit types × seeds × settings) as ONE batched model.
+r"""Train a grid of runs (unit types × seeds × settings) as ONE batched model
+(``docs/distributed.md``, "Grids").
 
-A study is a grid of small nets that share an architecture: trained one at a time, each
-step is a handful of small GEMMs and dozens of tiny kernel launches. :func:`train_grid`
-stacks the R runs' parameters along a leading run axis and takes every step of every run
-at once, with batched GEMMs:
+:func:`train_grid` stacks the R runs' parameters along a leading run axis
+(:class:`~natgrad.training.stacked.StackedNets`, which ``natgrad compare`` trains its SGD arms
+with too) and takes every step of every run at once, one batched GEMM per layer. Each run
+keeps its seed (initial weights, data split and probe set, from
+:func:`~natgrad.training.engine.open_run` as for a sequential run), its data order (the
+permutation of ``(seed_r, e)``), its unit type (runs are ordered by unit: one kernel per unit
+type and layer) and its SGD settings, in the arithmetic of ``torch.optim.SGD``.
 
-.. math::
-
-    h^{(l)}_{r} = f_{r}\big(h^{(l-1)}_{r} W^{(l)\top}_{r} + b^{(l)}_{r}\big),\qquad
-    L = \sum_{r} L_r(\theta_r)
-
-``[R, B, d_in] @ [R, d_in, d_out]`` per layer (``torch.baddbmm``; the batched model is
-:class:`~natgrad.training.stacked.StackedNets`, which ``natgrad compare`` trains its SGD arms
-with too). The runs do not interact: ∂L/∂θ_r = ∂L_r/∂θ_r, so one backward gives every run
-its own gradient. Each run keeps
-
-- its seed: the initial weights, the data split (digits) and the probe set come from the
-  same :func:`natgrad.training.loop` code as a sequential run;
-- its data order: the epoch-e permutation of run r is drawn from the generator seeded by
-  ``(seed_r, e)``, exactly as the sequential loop draws it;
-- its unit type: runs are ordered by unit so that each unit type acts on a contiguous
-  slice of the run axis (one kernel per unit type and layer, no masks);
-- its optimizer: SGD with momentum and weight decay (weights of Linear layers only), with
-  per-run lr, momentum and decay, in the arithmetic of ``torch.optim.SGD``:
-  g ← g + λ_r θ (decayed weights), v ← μ_r v + g (v = g at the first step),
-  θ ← θ − η_r v.
-
-Every run writes the run directory of a sequential run (:mod:`natgrad.training.loop`):
-``config.json``, ``metrics.jsonl``, ``activations/`` and ``checkpoints/``, in the same format,
-with its own model, its own momentum buffers and the RNG states a sequential run would hold
-(the global generators seeded by ``seed_r``: these nets draw nothing from them). Epoch 0,
-activation recordings and checkpoints go through the sequential code on a per-run
-``PaperNet`` holding the run's slice. A grid-trained run can therefore be resumed by
-:func:`~natgrad.training.train`, and the other way round. The one difference: ``seconds``,
-``train_seconds`` and ``seconds_per_iteration`` are the grid's wall time divided by R (the
-runs trained together), and ``config.json`` records ``trainer: {"name": "grid", "runs": R}``.
-
+Every run writes the run directory of a sequential run, in the same format, with its own
+model, momentum buffers and the RNG states a sequential run would hold (the global
+generators seeded by ``seed_r``: these nets draw nothing from them); recordings and
+checkpoints go through a per-run ``PaperNet`` holding the run's slice. A grid-trained run can
+therefore be resumed by :func:`~natgrad.training.train`, and the other way round. The one
+difference: ``seconds``, ``train_seconds`` and ``seconds_per_iteration`` are the grid's wall
+time divided by R, and ``config.json`` records ``trainer: {"name": "grid", "runs": R}``.
 Results equal the sequential trainer's up to float round-off (batched and single GEMMs sum
 in different orders), not bit for bit.
 
-What is batched: fully connected nets (``mnist-fc``, ``mnist-ae``: Flatten, Linear, the
-units ELU/ReLU/LReLU/SReLU/SELU, batch norm (``BatchNorm1d``: per-run γ, β and running
-statistics), dropout with p = 0) without augmentation or dropout phases, grouped by (net,
-data set, batch size, epochs, dtype, loss, batch norm) and by the epoch each run resumes
-from. Any other config, and any group of one, is trained by
-:func:`~natgrad.training.train`, so ``train_grid(configs)`` always means "``train`` each".
+What is batched: :func:`grid_key`, grouped also by the epoch each run resumes from. Any
+other config, and any group of one, is trained by :func:`~natgrad.training.train`, so
+``train_grid(configs)`` always means "``train`` each".
 
 Example:
     >>> from natgrad.training import default_config
@@ -155,11 +132,11 @@ def train_grid(
                 f"train_grid: configs {j} and {i} both write {run}; give each its own run dir"
             )
     dev = resolve_device(device)
+    starts = [ckpt.latest_epoch(run) if resume else None for run in runs]
     cohorts: dict[tuple, list[int]] = {}
-    for i, (config, run) in enumerate(zip(configs, runs, strict=True)):
+    for i, config in enumerate(configs):
         key = grid_key(config)
-        start = ckpt.latest_epoch(run) if resume else None
-        cohorts.setdefault((i,) if key is None else (key, start), []).append(i)
+        cohorts.setdefault((i,) if key is None else (key, starts[i]), []).append(i)
     results: list[TrainResult | None] = [None] * len(configs)
     for members in cohorts.values():
         if len(members) == 1:
@@ -173,8 +150,7 @@ def train_grid(
                 owned.enter_context(_owner.claim(runs[i]))
             for i in members:
                 ds, model, optimizer = setup(configs[i], dev)
-                start = ckpt.latest_epoch(runs[i]) if resume else None
-                run = open_run(configs[i], runs[i], dev, ds, model, optimizer, start, trainer)
+                run = open_run(configs[i], runs[i], dev, ds, model, optimizer, starts[i], trainer)
                 run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
                 opened.append(run)
             grid = _Grid(opened, dev)
