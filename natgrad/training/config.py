@@ -134,7 +134,12 @@ class TrainConfig:
     notes: str = ""
 
     def __post_init__(self) -> None:
+        from natgrad.models import DROPOUT_MODES, STACK_DROPOUT
+        from natgrad.units import UNIT_NAMES
+
         checks = {
+            "unit": (self.unit, UNIT_NAMES),
+            "net": (self.net, tuple(PRESETS)),
             "optimizer": (self.optimizer, OPTIMIZERS),
             "ng_kind": (self.ng_kind, ("mc", "exact", "empirical")),
             "schedule_unit": (self.schedule_unit, ("iteration", "epoch")),
@@ -143,10 +148,6 @@ class TrainConfig:
             "dtype": (self.dtype, ("float32", "float64", "bfloat16")),
             "train_split": (self.train_split, ("train", "train+val")),
         }
-        from natgrad.units import UNIT_NAMES
-
-        checks["unit"] = (self.unit, UNIT_NAMES)
-        checks["net"] = (self.net, tuple(PRESETS))
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise InputError(f"config {key}={value!r}: choose one of {', '.join(allowed)}")
@@ -156,8 +157,6 @@ class TrainConfig:
                 "mnist-ae trains with bce_logits (it reconstructs its input), the classifiers "
                 "with cross_entropy"
             )
-        from natgrad.models import DROPOUT_MODES, STACK_DROPOUT
-
         for start, mode in self.dropout_phases:
             if mode not in DROPOUT_MODES or start < 0:
                 raise InputError(f"config dropout_phases: ({start}, {mode!r}) needs a start >= 0 "

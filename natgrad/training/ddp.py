@@ -110,7 +110,8 @@ def train_ddp(
         return local * (world / xb.shape[0]), local.detach().double()
 
     train_epochs(r, dev, desc=f"{config.net}/{config.unit} x{world}", progress=progress and lead,
-                 forward=forward, update=lambda xb, yb: optimizer.step(), ddp=True, lead=lead)  # fmt: skip
+                 forward=forward, update=lambda xb, yb: optimizer.step(), ddp=True,
+                 lead=lead)  # fmt: skip
     shared = [r.history]
     dist.broadcast_object_list(shared, src=0)
     return TrainResult(run_dir=run, model=model, metrics=shared[0])

@@ -279,7 +279,8 @@ def metrics_row(epoch: int, per_epoch: int, lr: float, train_loss: float, evals:
 
 
 def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optimizer,
-             start: int | None, trainer: dict | None = None, *, lead: bool = True) -> Run:  # fmt: skip
+             start: int | None, trainer: dict | None = None, *,
+             lead: bool = True) -> Run:  # fmt: skip
     """Everything before the first epoch of a run set up by :func:`setup`: resume from the
     checkpoint of epoch ``start`` (checked against ``config``), or (``None``) start over,
     removing natgrad's earlier outputs; write ``config.json`` (with ``trainer`` if given);

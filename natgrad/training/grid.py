@@ -43,23 +43,10 @@ import torch
 
 from natgrad._atomic import append_jsonl
 from natgrad.errors import InputError
-from natgrad.training import _owner
+from natgrad.training import _owner, engine
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, lr_at
-from natgrad.training.engine import (
-    Run,
-    TrainResult,
-    check_held_out,
-    checkpoint_due,
-    diverged_error,
-    epoch_generator,
-    metrics_row,
-    open_run,
-    resolve_device,
-    save_checkpoint,
-    seed_globals,
-    setup,
-)
+from natgrad.training.engine import Run, TrainResult
 from natgrad.training.loop import train
 from natgrad.training.recording import record_activations, save_activations, summarise
 from natgrad.training.rundir import RunDir, default_run_dir
@@ -131,7 +118,7 @@ def train_grid(
             raise InputError(
                 f"train_grid: configs {j} and {i} both write {run}; give each its own run dir"
             )
-    dev = resolve_device(device)
+    dev = engine.resolve_device(device)
     starts = [ckpt.latest_epoch(run) if resume else None for run in runs]
     cohorts: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
@@ -149,8 +136,10 @@ def train_grid(
             for i in members:
                 owned.enter_context(_owner.claim(runs[i]))
             for i in members:
-                ds, model, optimizer = setup(configs[i], dev)
-                run = open_run(configs[i], runs[i], dev, ds, model, optimizer, starts[i], trainer)
+                ds, model, optimizer = engine.setup(configs[i], dev)
+                run = engine.open_run(
+                    configs[i], runs[i], dev, ds, model, optimizer, starts[i], trainer
+                )
                 run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
                 opened.append(run)
             grid = _Grid(opened, dev)
@@ -228,11 +217,10 @@ class _Grid:
         """Per run: the metrics row's ``val_*`` and ``test_*`` (``held_out_metrics``)."""
         rows = [{} for _ in range(self.R)]
         for split, k in (("val", 4), ("test", 2)):
-            vals = self._split_metrics(k) if self.data[k][0] is not None else None
-            for i, row in enumerate(rows):
-                row[f"{split}_loss"], row[f"{split}_error"] = (
-                    vals[i] if vals is not None else (None, None)
-                )
+            none = [(None, None)] * self.R
+            vals = self._split_metrics(k) if self.data[k][0] is not None else none
+            for row, (loss, err) in zip(rows, vals, strict=True):
+                row[f"{split}_loss"], row[f"{split}_error"] = loss, err
         return rows
 
     @torch.no_grad()
@@ -319,7 +307,7 @@ class _Grid:
         for epoch in range(self.start + 1, self.epochs + 1):
             t0 = time.perf_counter()
             perm = torch.stack([
-                torch.randperm(self.n, generator=epoch_generator(r.config.seed, epoch, 0))
+                torch.randperm(self.n, generator=engine.epoch_generator(r.config.seed, epoch, 0))
                 for r in self.runs
             ]).to(self.dev)  # fmt: skip
             loss_sum = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
@@ -345,12 +333,12 @@ class _Grid:
             for i, run in enumerate(self.runs):
                 cfg = run.config
                 record = epoch % cfg.record_every == 0 or epoch == cfg.epochs
-                row = metrics_row(epoch, per_epoch, lrs[i], float(loss_sum[i]) / self.n, evals[i],
-                                  seconds, t_train / self.R)  # fmt: skip
+                row = engine.metrics_row(epoch, per_epoch, lrs[i], float(loss_sum[i]) / self.n,
+                                         evals[i], seconds, t_train / self.R)  # fmt: skip
                 if not math.isfinite(row["train_loss"]):  # checked once per epoch, as on a GPU
-                    raise diverged_error(run.dir, epoch, per_epoch, per_epoch, lrs[i],
-                                    "training loss", row["train_loss"])  # fmt: skip
-                check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
+                    raise engine.diverged_error(run.dir, epoch, per_epoch, per_epoch, lrs[i],
+                                                "training loss", row["train_loss"])  # fmt: skip
+                engine.check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
                 run.history.append(row)
                 jobs.append((run.dir, epoch, records[i] if record else None, row))
             # Each run's files in the sequential order (activations, metrics, checkpoint); the
@@ -359,11 +347,11 @@ class _Grid:
                 future.result()
             for i, run in enumerate(self.runs):  # checkpoints read the global RNG: one by one
                 cfg = run.config
-                if checkpoint_due(cfg, epoch):
+                if engine.checkpoint_due(cfg, epoch):
                     self._materialise(i, lrs[i])
                     info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
-                    seed_globals(cfg.seed)
-                    save_checkpoint(cfg, run.dir, epoch, run.model, run.optimizer, info)
+                    engine.seed_globals(cfg.seed)
+                    engine.save_checkpoint(cfg, run.dir, epoch, run.model, run.optimizer, info)
             bar.set_postfix(epoch=epoch)
 
 

@@ -11,25 +11,10 @@ from pathlib import Path
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig
-from natgrad.training.engine import (
-    TrainResult,
-    describe_device,
-    git_commit,
-    open_run,
-    resolve_device,
-    setup,
-    train_epochs,
-)
+from natgrad.training.engine import TrainResult, open_run, resolve_device, setup, train_epochs
 from natgrad.training.rundir import default_run_dir
 
-__all__ = [
-    "TrainResult",
-    "default_run_dir",
-    "describe_device",
-    "git_commit",
-    "resolve_device",
-    "train",
-]
+__all__ = ["train"]
 
 
 def train(

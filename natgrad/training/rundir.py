@@ -150,17 +150,12 @@ class RunDir:
             return []
         return sorted(p for p in self.checkpoints_dir.iterdir() if _EPOCH_FILE.match(p.name))
 
-    @property
-    def subfolders(self) -> tuple[Path, ...]:
-        """The folders natgrad writes inside a run directory."""
-        return (self.activations_dir, self.checkpoints_dir, self.analysis_dir)
-
     def check_no_links(self) -> None:
         """Refuse a run directory that is, or holds in natgrad's places, a symlink: natgrad
         would write (and delete its own file names) through it, into another folder."""
         from natgrad.errors import RunDirError
 
-        for p in (self.path, *self.subfolders):
+        for p in (self.path, self.activations_dir, self.checkpoints_dir, self.analysis_dir):
             if p.is_symlink():
                 raise RunDirError(f"{p}: is a symlink; natgrad does not write or delete through "
                                   "links. Replace it by a real folder or pick another run "
