@@ -32,12 +32,6 @@ and the ``plain_layers`` take the plain SGD step. Model buffers (batch-norm runn
 statistics) are restored after the refresh pass, so it does not count as a training forward;
 dropout in train mode draws its masks from torch's global generator as usual.
 
-Usage::
-
-    opt = UnitNaturalGradient(model, lr=0.1, structure="unit", kind="mc")
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(); loss.backward(); opt.step(x)          # or opt.step(x, closure=...)
-
 Example:
     >>> import torch
     >>> torch.manual_seed(0)
@@ -56,6 +50,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Collection
+from functools import partial
 
 import torch
 from torch import nn
@@ -67,7 +62,7 @@ from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import KINDS, check_likelihood
 from natgrad.measures import quasidiagonal_apply, quasidiagonal_factor
 from natgrad.optim import solves
-from natgrad.optim.lowrank import LowRankFactor, lowrank_apply, lowrank_factor, window_weights
+from natgrad.optim.lowrank import lowrank_apply, lowrank_factor, window_weights
 from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fishers
 
 __all__ = ["STRUCTURES", "UnitNaturalGradient"]
@@ -441,20 +436,11 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             if name not in self._factors:
                 self._factors[name] = self._preconditioner(name, m)
             pre = self._factors[name]
-            structure = self.structures[name]
-            if structure == "quasidiagonal":  # O(U·d) elementwise, no concatenation
+            if self.structures[name] == "quasidiagonal":  # O(U·d) elementwise, no concatenation
                 u_w, u_0 = quasidiagonal_apply(pre, gw, m.bias.grad)
                 out[m.weight], out[m.bias] = u_w.reshape(m.weight.shape), u_0
                 continue
-            g = torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1)  # [U, d+1]
-            if structure == "diagonal":
-                u = g * pre
-            elif isinstance(pre, LowRankFactor):
-                u = lowrank_apply(pre, g)
-            elif pre[0] == "inverse":
-                u = solves.unit_apply(pre[1], g)
-            else:  # wide blocks: the float64 Cholesky factors
-                u = solves.unit_direction(pre[1], g)
+            u = pre(torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1))  # [U, d+1]
             out[m.weight] = u[:, :-1].reshape(m.weight.shape)
             out[m.bias] = u[:, -1]
         return out
@@ -462,29 +448,32 @@ class UnitNaturalGradient(torch.optim.Optimizer):
     def _preconditioner(self, name: str, m: nn.Module):
         r"""Per-refresh factors of layer ``name``: F_λ⁻¹ (formed in float64) for ``unit``, the
         windowed Woodbury factor, Ollivier's quasi-diagonal coefficients or 1/diag(F_λ); all in
-        the weight's dtype, so that a step is a few tensor operations."""
+        the weight's dtype, so that a step is a few tensor operations. Returns ``g ↦ u``
+        (``[U, d+1]``), or the quasi-diagonal factor."""
         state, structure = self.state[m.weight], self.structures[name]
         lam, kw = self.rel_damping, dict(layer_damping=self.layer_damping, layer=name)
         dtype = m.weight.dtype
         if structure == "unit" and "window_rows_0" in state:
             count = sum(f"window_rows_{k}" in state for k in range(self.window))
-            return lowrank_factor(
+            return partial(lowrank_apply, lowrank_factor(
                 [state[f"window_rows_{k}"] for k in range(count)],
                 [state.get(f"window_scales_{k}") for k in range(count)],
                 window_weights(count, self.ema), lam, dtype=dtype, **kw,
-            )  # fmt: skip
+            ))  # fmt: skip
         if structure in ("unit", "blockdiag"):  # F_λ⁻¹ once per refresh; a step is a matmul
             fisher = state["fisher"]
             if structure == "blockdiag":
                 fisher = solves.without_coupling(fisher)
             if m.weight[0].numel() + 1 <= INVERSE_MAX_D1:
-                return ("inverse", solves.unit_inverse(fisher, lam, dtype=dtype, **kw))
-            return ("cholesky", solves.unit_factor(fisher, lam, **kw))
+                return partial(
+                    solves.unit_apply, solves.unit_inverse(fisher, lam, dtype=dtype, **kw)
+                )
+            return partial(solves.unit_direction, solves.unit_factor(fisher, lam, **kw))  # wide
         if structure == "quasidiagonal":
             metric = solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
                                                  layer_damping=self.layer_damping)  # fmt: skip
             return quasidiagonal_factor(*metric, layer=name).to(dtype)
-        return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(dtype)
+        return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(dtype).mul
 
 
 _FISHER_KEYS = ("fisher", "fisher_diag", "window_rows_0")

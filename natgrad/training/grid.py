@@ -159,11 +159,12 @@ def _dedupe(t: torch.Tensor, unique: list[torch.Tensor]) -> torch.Tensor:
     return t
 
 
-def _shared_or_stacked(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:
-    """One tensor if every run has the same data (``shared``), else the ``[R, ...]`` stack."""
+def _runs_axis(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """``[R, ...]``: a view of one tensor if every run has the same data, else the stack."""
     if all(t is tensors[0] for t in tensors[1:]):
-        return tensors[0], True
-    return torch.stack(tensors), False
+        t = tensors[0]
+        return None if t is None else t.expand(len(tensors), *t.shape)
+    return torch.stack(tensors)
 
 
 class _Grid:
@@ -184,7 +185,7 @@ class _Grid:
             raise InputError("train_grid: runs of one grid have different training set sizes")
         if len({r.data[4] is None for r in self.runs}) > 1:
             raise InputError("train_grid: runs of one grid differ in having a validation split")
-        self.data = [_shared_or_stacked([r.data[k] for r in self.runs]) for k in range(6)]
+        self.data = [_runs_axis([r.data[k] for r in self.runs]) for k in range(6)]
         names = dict(first.model.named_parameters())
         decayed = {id(p) for p in first.optimizer.param_groups[0]["params"]}
         self.net = StackedNets(
@@ -208,17 +209,14 @@ class _Grid:
 
     def _gather(self, which: int, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` ``[R, B]`` of data tensor ``which`` (0 train x, 1 train y) per run."""
-        t, shared = self.data[which]
-        if shared:
-            return t[idx]
-        return t[torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
+        return self.data[which][torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
 
     def _held_out_metrics(self) -> list[dict]:
         """Per run: the metrics row's ``val_*`` and ``test_*`` (``held_out_metrics``)."""
         rows = [{} for _ in range(self.R)]
         for split, k in (("val", 4), ("test", 2)):
             none = [(None, None)] * self.R
-            vals = self._split_metrics(k) if self.data[k][0] is not None else none
+            vals = self._split_metrics(k) if self.data[k] is not None else none
             for row, (loss, err) in zip(rows, vals, strict=True):
                 row[f"{split}_loss"], row[f"{split}_error"] = loss, err
         return rows
@@ -227,18 +225,14 @@ class _Grid:
     def _split_metrics(self, k: int) -> list[tuple[float, float | None]]:
         """Per run: mean loss and error rate on data tensors ``k``, ``k + 1`` (test 2, validation
         4), batched over runs (``evaluate``'s sums)."""
-        (tx, shared), (ty, _) = self.data[k], self.data[k + 1]
-        nt = tx.shape[0] if shared else tx.shape[1]
+        tx, ty = self.data[k], self.data[k + 1]
+        nt = tx.shape[1]
         ebs = self.runs[0].config.eval_batch_size
         total = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
         wrong = torch.zeros(self.R, dtype=torch.long, device=self.dev)
         ce = self.runs[0].config.loss == "cross_entropy"
         for s in range(0, nt, ebs):
-            if shared:
-                xb = tx[s : s + ebs].expand(self.R, *tx[s : s + ebs].shape)
-                yb = ty[s : s + ebs].expand(self.R, -1)
-            else:
-                xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
+            xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
             out = self.net.forward(xb)
             total += self.net.losses(out, xb, yb).double() * xb.shape[1]
             if ce:
