@@ -135,7 +135,7 @@ def test_empty_run_dir_argument_is_an_error(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("deferred", [False, True], ids=["per-step", "per-epoch(GPU)"])
 def test_divergence_stops_at_the_first_non_finite_loss(tmp_path, monkeypatch, deferred):
     if deferred:  # the GPU's sync-free check, exercised on the CPU
-        monkeypatch.setattr("natgrad.training.loop.DEFERRED_LOSS_CHECK", ("cpu",))
+        monkeypatch.setattr("natgrad.training.engine.DEFERRED_LOSS_CHECK", ("cpu",))
     run = tmp_path / "run"
     config = default_config("mnist-fc", **dict(TINY, epochs=3), lr=0.1)  # diverges on digits
     with pytest.raises(DivergedError) as info:

@@ -18,12 +18,6 @@ computes exactly what it computed before. The layers record the mean incoming ac
 their last training-mode forward; :func:`update_centres` moves m towards it
 (m ← m + β·(batch mean − m)), after the optimizer step.
 
-Usage::
-
-    net = centre(model)                        # same function, centred parametrisation
-    loss = F.cross_entropy(net(x), y)
-    opt.zero_grad(); loss.backward(); opt.step(); update_centres(net)
-
 Example:
     >>> import torch
     >>> torch.manual_seed(0)

@@ -1,31 +1,15 @@
 r"""Per-unit preconditioners of the optimizers: unit, quasi-diagonal and diagonal solves.
 
-Each function works on all U units of a layer at once (no loop over units). The metric is the
-relatively damped unit Fisher (docs/theory.md, "Measuring ...")
-
-.. math::
-
-    F_\lambda = F + \mu I,\qquad \mu = \lambda\,\frac{\operatorname{tr} F}{d+1}
-
+Each function works on all U units of a layer at once (no loop over units), on the
+relatively damped unit Fisher F_λ = F + μI, μ = λ·tr F/(d+1) (docs/theory.md, "Damping"),
 with one stated λ for every unit and unit type. Bias last: F = [[A, b], [bᵀ, c]].
 
 - ``unit``: u = F_λ⁻¹ g by batched Cholesky (:mod:`natgrad.linalg`).
-- ``quasidiagonal``: Ollivier's quasi-diagonal inverse, solved by
-  :func:`natgrad.measures.quasidiagonal_solve` (Ollivier 2015, "Riemannian metrics
-  for neural networks I", Section 3; Marceau-Caron & Ollivier 2016), from the diagonal of
-  F_λ and its bias column only, O(d) per unit:
-
-  .. math::
-
-      u_i = \frac{g_i M_{00} - g_0 M_{0i}}{M_{00} M_{ii} - M_{0i}^2},\qquad
-      u_0 = \frac{g_0}{M_{00}} - \sum_i \frac{M_{0i}}{M_{00}} u_i
-
-  with M_00 = c + μ (bias), M_ii = A_ii + μ, M_0i = b_i. Each u_i solves the 2×2 system of
-  (w_i, w_0) alone; the bias then absorbs the weights' shift. This is NOT the inverse of the
-  arrowhead matrix (diag(F) plus the bias row and column; docs/theory.md's ``arrowhead``
-  contrast): the two differ for d > 1, and only Ollivier's form is invariant under an affine
-  change of each incoming activation (a_i → α_i a_i + β_i), the property that makes it the
-  cheap relative of the unit natural gradient (``tests/test_optim.py`` shows both facts).
+- ``quasidiagonal``: Ollivier's quasi-diagonal update (Ollivier 2015, Section 3;
+  Marceau-Caron & Ollivier 2016) from the diagonal of F_λ and its bias column only, O(d)
+  per unit, by :func:`natgrad.measures.quasidiagonal_solve`: its formula, and why it is NOT
+  the inverse of the arrowhead matrix, in docs/theory.md ("Measures";
+  ``tests/test_optim.py`` shows both facts).
 - ``diagonal``: u = diag(F_λ)⁻¹ g.
 
 A unit whose block is zero (a ReLU unit dead on every input of the batches averaged) has no
@@ -95,6 +79,15 @@ def _peer_scale(diag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(dead [U] bool, s)``: units with a zero block and the peers' mean tr F/(d+1)."""
     _, dead, s = peer_filled_traces(diag.sum(-1), diag.shape[-1])
     return dead, s
+
+
+def _damped_diagonal(diag, rel_damping, layer_damping) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(diag(F_λ) [U, d+1] float64, dead [U])`` from ``diag`` ``[U, d+1]`` of F, zero
+    blocks filled by the peers' scale."""
+    d64 = diag.to(torch.float64)
+    dead, s = _peer_scale(d64)
+    d64 = torch.where(dead[:, None], s, d64)
+    return d64 + relative_shift(d64, rel_damping, layer_damping).unsqueeze(-1), dead
 
 
 def quasidiagonal_parts(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,11 +181,8 @@ def quasidiagonal_metric(
     r"""``(diag(A_λ) [U, d], b [U, d], c_λ [U])`` in float64: what Ollivier's quasi-diagonal
     solve (:func:`natgrad.measures.quasidiagonal_solve`) reads of F_λ, from ``diag``
     ``[U, d+1]`` and ``bias_column`` ``[U, d]`` of F (zero blocks filled, see above)."""
-    d64, b64 = diag.to(torch.float64), bias_column.to(torch.float64)
-    dead, s = _peer_scale(d64)
-    d64 = torch.where(dead[:, None], s, d64)
-    b64 = torch.where(dead[:, None], 0.0, b64)
-    m = d64 + relative_shift(d64, rel_damping, layer_damping).unsqueeze(-1)  # [U, d+1]
+    m, dead = _damped_diagonal(diag, rel_damping, layer_damping)  # [U, d+1]
+    b64 = torch.where(dead[:, None], 0.0, bias_column.to(torch.float64))
     return m[:, :-1], b64, m[:, -1]
 
 
@@ -216,10 +206,7 @@ def diagonal_coefficients(
     diag: torch.Tensor, rel_damping: float, *, layer_damping: float = 0.0, layer: str | None = None
 ) -> torch.Tensor:
     r"""``[U, d+1]`` 1 / diag(F_λ), float64 (u = g∘coefficients)."""
-    d64 = diag.to(torch.float64)
-    dead, s = _peer_scale(d64)
-    d64 = torch.where(dead[:, None], s, d64)
-    m = d64 + relative_shift(d64, rel_damping, layer_damping).unsqueeze(-1)
+    m, _ = _damped_diagonal(diag, rel_damping, layer_damping)
     _check_positive(m, m, layer, "diagonal entries of the damped unit Fisher")
     return 1.0 / m
 

@@ -27,19 +27,10 @@ structure reads are kept: the dense blocks for ``unit`` (Cholesky factors are ca
 next refresh), the diagonal and the bias column for the others, which the engine computes
 without forming dense blocks (``unit_fishers(..., structure=)``, :mod:`natgrad.structures`).
 
-Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes) and layers without a bias
-take the plain SGD step, as do the layers named in ``plain_layers`` (at ``plain_lr_scale``
-times the learning rate: e.g. a pixel-fed first layer that no activation function can
-centre, trained as plain SGD in every arm of a comparison). Model buffers (batch-norm running statistics) are restored after the
-refresh pass, so it does not count as a training forward; dropout in train mode draws its
-masks from torch's global generator as usual. Layers whose dense blocks U·(d+1)² exceed
-``memory_budget`` elements fall back to ``quasidiagonal`` (a warning names them).
-
-Usage::
-
-    opt = UnitNaturalGradient(model, lr=0.1, structure="unit", kind="mc")
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(); loss.backward(); opt.step(x)          # or opt.step(x, closure=...)
+Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes), layers without a bias
+and the ``plain_layers`` take the plain SGD step. Model buffers (batch-norm running
+statistics) are restored after the refresh pass, so it does not count as a training forward;
+dropout in train mode draws its masks from torch's global generator as usual.
 
 Example:
     >>> import torch
@@ -59,6 +50,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Collection
+from functools import partial
 
 import torch
 from torch import nn
@@ -70,7 +62,7 @@ from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import KINDS, check_likelihood
 from natgrad.measures import quasidiagonal_apply, quasidiagonal_factor
 from natgrad.optim import solves
-from natgrad.optim.lowrank import LowRankFactor, lowrank_apply, lowrank_factor, window_weights
+from natgrad.optim.lowrank import lowrank_apply, lowrank_factor, window_weights
 from natgrad.woodbury import WoodburyUnitFisher, woodbury_unit_fishers
 
 __all__ = ["STRUCTURES", "UnitNaturalGradient"]
@@ -86,6 +78,14 @@ def _real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite(value) -> bool:
+    return _real(value) and math.isfinite(value)
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_hyper(lr, momentum, weight_decay) -> None:
     """lr ≥ 0, momentum in [0, 1), weight_decay ≥ 0, all finite real numbers."""
     for key, value, ok, need in (
@@ -93,7 +93,7 @@ def _check_hyper(lr, momentum, weight_decay) -> None:
         ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
         ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
     ):
-        if not (_real(value) and math.isfinite(value) and ok(value)):
+        if not (_finite(value) and ok(value)):
             raise InputError(f"UnitNaturalGradient {key}={value!r}: must be a finite number {need}")
 
 
@@ -134,7 +134,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             train with (a one-batch window diverged with ELU on Fashion-MNIST, where dense
             blocks on the hidden-fed layers trained; README, "Testing the mechanism").
         plain_layers: names of Linear/Conv2d layers (``model.named_modules()``) that are not
-            preconditioned: they take the plain SGD step.
+            preconditioned: they take the plain SGD step (e.g. a pixel-fed first layer that
+            no activation function can centre, trained as plain SGD in every arm of a
+            comparison).
         plain_lr_scale: their learning rate as a multiple of ``lr`` (a natural-gradient lr is
             far below a good SGD lr for the same layer); a schedule scales it alike.
     """
@@ -165,32 +167,30 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         if kind not in KINDS:
             raise InputError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
         check_likelihood(likelihood)
-        if not (isinstance(refresh_every, int) and refresh_every >= 1):
-            raise InputError(f"refresh_every must be a positive integer, got {refresh_every!r}")
-        if not _real(ema):
-            raise InputError(f"ema must be a number in [0, 1), got {ema!r}")
-        for key, value in (("rel_damping", rel_damping), ("layer_damping", layer_damping)):
-            if not (_real(value) and math.isfinite(value) and value >= 0.0):
-                raise InputError(f"{key} must be a finite number >= 0, got {value!r}")
-        if window is not None:
-            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-                raise InputError(f"window must be a positive integer or None, got {window!r}")
-            if structure != "unit":
-                raise InputError(f"window={window} is a form of structure='unit' (the windowed "
-                                 f"unit Fisher); structure={structure!r} keeps no window")  # fmt: skip
-            if not (rel_damping > 0 or layer_damping > 0):
-                raise InputError(f"window={window} needs rel_damping > 0 or layer_damping > 0: "
-                                 "the windowed unit Fisher has rank <= K·N and is singular "
-                                 "when that is below d+1")  # fmt: skip
+        for key, value, ok, need in (
+            ("refresh_every", refresh_every, lambda v: isinstance(v, int) and v >= 1,
+             "a positive integer"),
+            ("ema", ema, lambda v: _real(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
+            ("rel_damping", rel_damping, lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+            ("layer_damping", layer_damping, lambda v: _finite(v) and v >= 0,
+             "a finite number >= 0"),
+            ("window", window, lambda v: v is None or (_int(v) and v >= 1),
+             "a positive integer or None"),
+            ("plain_lr_scale", plain_lr_scale, lambda v: _finite(v) and v > 0,
+             "a finite number > 0"),
+            ("seed", seed, lambda v: _int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
+            ("mc_samples", mc_samples, lambda v: _int(v) and v >= 1, "a positive integer"),
+        ):  # fmt: skip
+            if not ok(value):
+                raise InputError(f"{key} must be {need}, got {value!r}")
+        if window is not None and structure != "unit":
+            raise InputError(f"window={window} is a form of structure='unit' (the windowed "
+                             f"unit Fisher); structure={structure!r} keeps no window")  # fmt: skip
+        if window is not None and not (rel_damping > 0 or layer_damping > 0):
+            raise InputError(f"window={window} needs rel_damping > 0 or layer_damping > 0: "
+                             "the windowed unit Fisher has rank <= K·N and is singular "
+                             "when that is below d+1")  # fmt: skip
         _check_hyper(lr, momentum, weight_decay)
-        if not (_real(plain_lr_scale) and math.isfinite(plain_lr_scale) and plain_lr_scale > 0):
-            raise InputError(f"plain_lr_scale must be a finite number > 0, got {plain_lr_scale!r}")
-        if not (0.0 <= ema < 1.0):
-            raise InputError(f"ema must be in [0, 1), got {ema!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise InputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise InputError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         from natgrad.optim.centring import is_centred
 
         self.model = model
@@ -398,15 +398,12 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             for b, saved in buffers:
                 b.copy_(saved)
         self._factors = {}
-        if self.window is not None:
-            for name, fisher in fishers.items():
-                if isinstance(fisher, WoodburyUnitFisher):
-                    self._push_window(self.state[self.layers[name].weight], fisher)
-            fishers = {n: f for n, f in fishers.items() if not isinstance(f, WoodburyUnitFisher)}
         for name, fisher in fishers.items():
             state = self.state[self.layers[name].weight]
-            new = _stored_parts(fisher, self.structures[name])
-            for key, value in new.items():
+            if isinstance(fisher, WoodburyUnitFisher):  # the window's rows (window=K)
+                self._push_window(state, fisher)
+                continue
+            for key, value in _stored_parts(fisher, self.structures[name]).items():
                 old = state.get(key)
                 if old is None or self.ema == 0.0:
                     state[key] = value.clone()
@@ -439,20 +436,11 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             if name not in self._factors:
                 self._factors[name] = self._preconditioner(name, m)
             pre = self._factors[name]
-            structure = self.structures[name]
-            if structure == "quasidiagonal":  # O(U·d) elementwise, no concatenation
+            if self.structures[name] == "quasidiagonal":  # O(U·d) elementwise, no concatenation
                 u_w, u_0 = quasidiagonal_apply(pre, gw, m.bias.grad)
                 out[m.weight], out[m.bias] = u_w.reshape(m.weight.shape), u_0
                 continue
-            g = torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1)  # [U, d+1]
-            if structure == "diagonal":
-                u = g * pre
-            elif isinstance(pre, LowRankFactor):
-                u = lowrank_apply(pre, g)
-            elif pre[0] == "inverse":
-                u = solves.unit_apply(pre[1], g)
-            else:  # wide blocks: the float64 Cholesky factors
-                u = solves.unit_direction(pre[1], g)
+            u = pre(torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1))  # [U, d+1]
             out[m.weight] = u[:, :-1].reshape(m.weight.shape)
             out[m.bias] = u[:, -1]
         return out
@@ -460,29 +448,32 @@ class UnitNaturalGradient(torch.optim.Optimizer):
     def _preconditioner(self, name: str, m: nn.Module):
         r"""Per-refresh factors of layer ``name``: F_λ⁻¹ (formed in float64) for ``unit``, the
         windowed Woodbury factor, Ollivier's quasi-diagonal coefficients or 1/diag(F_λ); all in
-        the weight's dtype, so that a step is a few tensor operations."""
+        the weight's dtype, so that a step is a few tensor operations. Returns ``g ↦ u``
+        (``[U, d+1]``), or the quasi-diagonal factor."""
         state, structure = self.state[m.weight], self.structures[name]
         lam, kw = self.rel_damping, dict(layer_damping=self.layer_damping, layer=name)
         dtype = m.weight.dtype
         if structure == "unit" and "window_rows_0" in state:
             count = sum(f"window_rows_{k}" in state for k in range(self.window))
-            return lowrank_factor(
+            return partial(lowrank_apply, lowrank_factor(
                 [state[f"window_rows_{k}"] for k in range(count)],
                 [state.get(f"window_scales_{k}") for k in range(count)],
                 window_weights(count, self.ema), lam, dtype=dtype, **kw,
-            )  # fmt: skip
+            ))  # fmt: skip
         if structure in ("unit", "blockdiag"):  # F_λ⁻¹ once per refresh; a step is a matmul
             fisher = state["fisher"]
             if structure == "blockdiag":
                 fisher = solves.without_coupling(fisher)
             if m.weight[0].numel() + 1 <= INVERSE_MAX_D1:
-                return ("inverse", solves.unit_inverse(fisher, lam, dtype=dtype, **kw))
-            return ("cholesky", solves.unit_factor(fisher, lam, **kw))
+                return partial(
+                    solves.unit_apply, solves.unit_inverse(fisher, lam, dtype=dtype, **kw)
+                )
+            return partial(solves.unit_direction, solves.unit_factor(fisher, lam, **kw))  # wide
         if structure == "quasidiagonal":
             metric = solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
                                                  layer_damping=self.layer_damping)  # fmt: skip
             return quasidiagonal_factor(*metric, layer=name).to(dtype)
-        return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(dtype)
+        return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(dtype).mul
 
 
 _FISHER_KEYS = ("fisher", "fisher_diag", "window_rows_0")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from natgrad.training.checkpoint import load_checkpoint, read_checkpoint
 from natgrad.training.config import TrainConfig, apply_overrides, default_config, lr_at
-from natgrad.training.loop import TrainResult, describe_device, git_commit, resolve_device, train
+from natgrad.training.engine import TrainResult, describe_device, git_commit, resolve_device
+from natgrad.training.loop import train
 from natgrad.training.plan import train_plan
 from natgrad.training.recording import load_activations, probe_indices, record_activations
 from natgrad.training.rundir import RunDir, default_run_dir, find_runs, run_name

@@ -1,17 +1,8 @@
 r"""Who may write a run directory, and which of its files are natgrad's.
 
-- :func:`check_usable` (before anything is loaded or written): ``run_dir`` must be a
-  non-empty path, not a file, and writable (or creatable).
-- :func:`claim` (a context manager held for the whole run): refuses a non-empty folder
-  natgrad did not create, creates the folder, takes its :class:`natgrad._lock.DirLock`
-  (a second process gets a :class:`RunDirError` naming the holder's pid) and removes the
-  temporaries a killed run left (:func:`natgrad._atomic.clean_stale`).
-- :func:`remove_own_outputs` (a fresh start, ``--no-resume``): deletes only the files
-  natgrad writes, matched by their exact names (:meth:`RunDir.own_files`); anything else
-  in the folder (another tool's ``checkpoints/epoch_10.pt``) is left alone.
-
-A folder counts as natgrad's when it holds the lock file ``.natgrad.lock`` (every run
-since this module) or a ``config.json`` with a natgrad ``config`` (older runs).
+A folder counts as natgrad's when it holds the lock file ``.natgrad.lock`` or a
+``config.json`` with a natgrad ``config``; natgrad writes into no other non-empty folder and
+deletes only the files it writes (``docs/run_layout.md``, "Ownership, safe writes").
 
 Example:
     >>> import tempfile, pathlib
@@ -82,8 +73,10 @@ def is_natgrad_run(run: Path) -> bool:
 def claim(
     run: Path, what: str = "run directory", *, natgrads: Callable[[Path], bool] = is_natgrad_run
 ) -> Iterator[DirLock]:
-    r"""Own ``run`` for the duration of the ``with`` block (see the module docstring);
-    ``natgrads(folder)`` tells a folder natgrad created (default :func:`is_natgrad_run`)."""
+    r"""Own ``run`` for the duration of the ``with`` block: refuse a non-empty folder natgrad
+    did not create (``natgrads(folder)``, default :func:`is_natgrad_run`), create the folder,
+    take its :class:`natgrad._lock.DirLock` (a second process gets a :class:`RunDirError`
+    naming the holder's pid) and remove the temporaries a killed run left."""
     run = Path(run)
     check_usable(run)
     RunDir(run).check_no_links()
@@ -104,7 +97,8 @@ def claim(
 
 
 def remove_own_outputs(run: Path) -> list[Path]:
-    """Delete natgrad's own outputs in ``run`` (:meth:`RunDir.own_files`); returns them."""
+    """Delete natgrad's own outputs in ``run`` (:meth:`RunDir.own_files`, matched by their
+    exact names: another tool's ``checkpoints/epoch_10.pt`` stays); returns them."""
     removed = RunDir(run).own_files()
     for p in removed:
         p.unlink()

@@ -16,10 +16,8 @@ r"""Checkpoints as safetensors + JSON, written atomically; loading never unpickl
 the model), the optimizer's param groups and scalar state, python/numpy RNG scalars,
 ``git_commit``, ``torch_version``, ``device`` and the SHA-256 of the safetensors file.
 
-Both files are written to a temporary file in the same folder, fsynced and moved into
-place with :func:`os.replace` (:mod:`natgrad._atomic`), the JSON last: a checkpoint exists
-exactly when its JSON does, and a process killed at any moment leaves either the old or
-the new one. The JSON is strict (non-finite numbers are ``null``).
+Both files are written atomically (:mod:`natgrad._atomic`), the JSON last: a checkpoint
+exists exactly when its JSON does. The JSON is strict (non-finite numbers are ``null``).
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ from natgrad.training.rundir import RunDir
 
 __all__ = [
     "FORMAT",
-    "atomic_write",
     "checkpoint_paths",
     "latest_epoch",
     "load_checkpoint",
@@ -54,12 +51,6 @@ __all__ = [
 
 FORMAT = "natgrad-checkpoint/1"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file in the same folder
-    (:func:`natgrad._atomic.write_bytes`)."""
-    write_bytes(path, data)
 
 
 def checkpoint_paths(run_dir: Path, epoch: int) -> tuple[Path, Path]:
@@ -106,8 +97,8 @@ def write_checkpoint(run_dir: Path, epoch: int, model, optimizer, info: dict) ->
         rng={"python": [py_version, list(py_state), py_gauss], "numpy": list(np_state[2:])},
         safetensors_sha256=hashlib.sha256(blob).hexdigest(),
     )
-    atomic_write(st_path, blob)
-    atomic_write(json_path, dumps_json(meta, indent=1).encode())
+    write_bytes(st_path, blob)
+    write_bytes(json_path, dumps_json(meta, indent=1).encode())
     return json_path
 
 

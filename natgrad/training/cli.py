@@ -19,18 +19,10 @@ import sys
 from natgrad.argtypes import positive_int
 from natgrad.errors import NatgradError
 
-_FLAGS = {  # flag -> config key
-    "unit": "unit",
-    "alpha": "alpha",
-    "dataset": "dataset",
-    "data_dir": "data_dir",
-    "epochs": "epochs",
-    "seed": "seed",
-    "lr": "lr",
-    "batch_size": "batch_size",
-    "checkpoint_every": "checkpoint_every",
-    "optimizer": "optimizer",
-}
+# flags named as the config keys they set
+_FLAGS = ("unit", "alpha", "dataset", "data_dir", "epochs", "seed", "lr", "batch_size",
+          "checkpoint_every", "optimizer")  # fmt: skip
+_SWITCHES = ("batch_norm", "layer_norm", "centre")  # store_true flags: True or the preset's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,13 +73,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        flags = {key: getattr(args, f) for f, key in _FLAGS.items() if getattr(args, f) is not None}
-        if args.batch_norm:
-            flags["batch_norm"] = True
-        if args.layer_norm:
-            flags["layer_norm"] = True
-        if args.centre:
-            flags["centre"] = True
+        flags = {key: getattr(args, key) for key in _FLAGS if getattr(args, key) is not None}
+        flags.update({key: True for key in _SWITCHES if getattr(args, key)})
         config = apply_overrides(default_config(args.net, **flags), args.set)
         result = (train_ddp if distributed else train)(
             config,
@@ -98,19 +85,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except NatgradError as exc:
         print(f"natgrad train: error: {exc}", file=sys.stderr)
-        _leave_process_group(distributed, clean=False)
-        if distributed:
-            from natgrad._distributed import exit_rank
-
-            exit_rank(2)
-        return 2
-    rank = 0
-    if distributed:
-        import torch.distributed as dist
-
-        rank = dist.get_rank()
-        _leave_process_group(distributed, clean=True)
-    if rank == 0:
+        return _finish(distributed, 2, clean=False)
+    if not distributed or torch.distributed.get_rank() == 0:
         last = result.metrics[-1]
         err = last["test_error"]
         err_text = "" if err is None else f", test error {100 * err:.2f} %"
@@ -119,24 +95,24 @@ def run(args: argparse.Namespace) -> int:
             f"train loss {last['train_loss']:.4f}, test loss {last['test_loss']:.4f}{err_text}; "
             f"outputs in {result.run_dir}"
         )
-    if distributed:
-        from natgrad._distributed import exit_rank
-
-        exit_rank(0)
-    return 0
+    return _finish(distributed, 0, clean=True)
 
 
-def _leave_process_group(distributed: bool, *, clean: bool) -> None:
-    r"""Destroy the process group before the interpreter exits: gloo's worker threads alive
-    at exit abort the process ("terminate called without an active exception"). After a
-    clean run the ranks first meet at a barrier, so that no rank tears its connections down
-    while another still uses them; after an error (the other ranks may be anywhere) not."""
+def _finish(distributed: bool, code: int, *, clean: bool) -> int:
+    r"""``code``; under ``torchrun``, the rank ends here (:func:`natgrad._distributed.exit_rank`)
+    after destroying the process group: gloo's worker threads alive at exit abort the process
+    ("terminate called without an active exception"). After a clean run the ranks first meet
+    at a barrier, so that no rank tears its connections down while another still uses them;
+    after an error (the other ranks may be anywhere) not."""
     if not distributed:
-        return
+        return code
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        return
-    if clean:
-        dist.barrier()
-    dist.destroy_process_group()
+    from natgrad._distributed import exit_rank
+
+    if dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+    exit_rank(code)
+    return code  # pragma: no cover - exit_rank does not return

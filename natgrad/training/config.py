@@ -28,28 +28,17 @@ by 1.5, to ``max(p, min(1.5 p, 0.9))`` (the cap never binds for the paper's rate
 at most 0.75). The lr keeps falling ÷10 every 35k (1e-7 from 175k). See
 :func:`natgrad.models.set_dropout_mode`.
 
-``dropout_phases`` is a tuple of ``(start_iteration, mode)`` (0-based iterations, whatever
-``schedule_unit`` says); before the first start the mode is ``per_stack``. The loop sets
-the dropout modules' ``p`` from the iteration count, so a resumed run is exact.
+``dropout_phases``: ``(start_iteration, mode)`` pairs (0-based iterations, whatever
+``schedule_unit`` says; ``per_stack`` before the first), set from the iteration count, so
+that a resumed run is exact (``docs/run_layout.md``, "Dropout phases").
 
-``checkpoint_initial`` (default on) also writes a checkpoint of the initial weights as
-epoch 0, before the first step; ``checkpoint_epochs`` names more epochs to keep a
-checkpoint of (besides every ``checkpoint_every``-th and the last), e.g. the epochs a study
-analyses.
-
-``train_split``: ``"train"`` trains on the training split; ``"train+val"`` appends the
-validation split (MNIST: the paper's 60k training images; no validation curve then).
 Every loop evaluates the test split each epoch and, where the data set has one, the
-validation split (``val_loss``, ``val_error``): selection uses validation, never test.
-
-Settings for comparisons (``natgrad compare``): ``train_size`` trains on the first n
-training images; ``preprocess="standardise"`` centres and scales every input feature by the
-training split's statistics (:func:`natgrad.data.standardise`); ``plain_first_layer`` leaves
-the first Linear/Conv2d to the plain SGD step (not centred, not preconditioned), at
-``plain_lr`` under a natural-gradient optimizer (``None``: ``lr``); ``keep_checkpoints`` = k
-deletes all but the k latest checkpoints after each write (epoch 0 and
-``checkpoint_epochs`` stay), for runs checkpointed every epoch so that they resume exactly
-without keeping every epoch's optimizer state.
+validation split (``val_loss``, ``val_error``): selection uses validation, never test
+(``train_split="train+val"``: MNIST's 60k training images of the paper, no validation
+curve). ``keep_checkpoints`` = k is for runs checkpointed every epoch, so that they resume
+exactly without keeping every epoch's optimizer state; ``preprocess="standardise"``:
+:func:`natgrad.data.standardise`. The other settings are described where
+:class:`TrainConfig` declares them.
 
 Weight decay applies to the weights of Linear/Conv2d layers only (not biases, batch norm
 or PReLU slopes). A schedule is a tuple of ``(start, lr)`` pairs in ``schedule_unit``
@@ -145,7 +134,12 @@ class TrainConfig:
     notes: str = ""
 
     def __post_init__(self) -> None:
+        from natgrad.models import DROPOUT_MODES, STACK_DROPOUT
+        from natgrad.units import UNIT_NAMES
+
         checks = {
+            "unit": (self.unit, UNIT_NAMES),
+            "net": (self.net, tuple(PRESETS)),
             "optimizer": (self.optimizer, OPTIMIZERS),
             "ng_kind": (self.ng_kind, ("mc", "exact", "empirical")),
             "schedule_unit": (self.schedule_unit, ("iteration", "epoch")),
@@ -154,10 +148,6 @@ class TrainConfig:
             "dtype": (self.dtype, ("float32", "float64", "bfloat16")),
             "train_split": (self.train_split, ("train", "train+val")),
         }
-        from natgrad.units import UNIT_NAMES
-
-        checks["unit"] = (self.unit, UNIT_NAMES)
-        checks["net"] = (self.net, tuple(PRESETS))
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise InputError(f"config {key}={value!r}: choose one of {', '.join(allowed)}")
@@ -167,8 +157,6 @@ class TrainConfig:
                 "mnist-ae trains with bce_logits (it reconstructs its input), the classifiers "
                 "with cross_entropy"
             )
-        from natgrad.models import DROPOUT_MODES, STACK_DROPOUT
-
         for start, mode in self.dropout_phases:
             if mode not in DROPOUT_MODES or start < 0:
                 raise InputError(f"config dropout_phases: ({start}, {mode!r}) needs a start >= 0 "

@@ -2,26 +2,14 @@ r"""The training core that every runner plugs into: one run at a time
 (:mod:`natgrad.training.loop`), the stacked grid (:mod:`natgrad.training.grid`) and
 data-parallel (:mod:`natgrad.training.ddp`).
 
-Written once here: the set-up of data, net and optimizer (:func:`setup`), the data order and
-augmentation of epoch e (:func:`epoch_generator`, seeded by ``(seed, e)``), the loss
-(:func:`loss_function`), the learning-rate and dropout schedule per step
-(:func:`schedule_step`), the held-out evaluation (:func:`held_out_metrics`, validation and
-test), the metrics row of an epoch (:func:`metrics_row`), epoch 0 (:func:`epoch_zero`),
-checkpoints (:func:`save_checkpoint`, :func:`checkpoint_due`), resume (:func:`resume_run`)
-and the divergence error (:func:`diverged_error`).
+Written once here: the set-up of data, net and optimizer (:func:`setup`), the start of a
+run (:func:`open_run`: resume or epoch 0), the epochs of one model (:func:`train_epochs`: the
+data order and augmentation of epoch e seeded by ``(seed, e)``, the schedule, the held-out
+evaluation, the metrics row, checkpoints) and the divergence error (:func:`diverged_error`).
 
-The run directory's layout is owned by :mod:`natgrad.training.rundir` (``docs/run_layout.md``).
-``metrics.jsonl`` holds one JSON line per epoch (epoch 0 = before training): epoch,
-iterations, lr, train_loss (the running mean over the epoch's steps), val_loss, val_error
-(``null`` without a validation split), test_loss, test_error, seconds, train_seconds,
-seconds_per_iteration. Epoch 0's checkpoint holds the initial weights
-(``checkpoint_initial``).
-
-Reproducibility: the epoch-e data order and augmentation come from generators seeded by
-``(seed, e)``; dropout draws from torch's global generator, whose state is checkpointed
-with numpy's and Python's. A run killed at any moment resumes from its last checkpoint
-(metrics and activation summaries past it are dropped) and ends, on CPU with the same
-thread count, bit-identical to an uninterrupted run.
+The run directory (:mod:`natgrad.training.rundir`), ``metrics.jsonl``'s fields and how a
+killed run resumes from its last checkpoint, bit-identical on CPU with the same thread count
+(the data order from ``(seed, e)``, the global RNG states checkpointed): ``docs/run_layout.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +29,40 @@ from natgrad._atomic import (
     append_jsonl,
     dumps_json,
     read_jsonl,
+    write_json,
     write_safetensors,
     write_text,
 )
 from natgrad.errors import DivergedError, InputError
+from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
-from natgrad.training.recording import record_activations, save_activations
+from natgrad.training.recording import probe_indices, record_activations, save_activations
 from natgrad.training.rundir import RunDir
 
 #: Device types whose non-finite-loss check runs once per epoch (no per-step host sync).
 DEFERRED_LOSS_CHECK = ("cuda",)
+
+
+@dataclass
+class Run:
+    """One run being trained: its config and folder, model, optimizer, data on the device,
+    probe indices, the epoch it starts from, its metrics history and ``config.json``."""
+
+    config: TrainConfig
+    dir: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: tuple  # train x, y; test x, y; validation x, y (None without a validation split)
+    probe: torch.Tensor
+    start: int
+    history: list[dict]
+    meta: dict
+
+    @property
+    def held(self) -> dict:
+        """``{"val": (x, y) or None, "test": (x, y)}``: the splits evaluated per epoch."""
+        return {"val": None if self.data[4] is None else self.data[4:], "test": self.data[2:4]}
 
 
 @dataclass
@@ -122,9 +134,7 @@ def setup(config: TrainConfig, device: torch.device):
         from natgrad.optim import centre
 
         model = centre(model, inplace=True, skip=plain)
-    decay = [
-        p for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in [m.weight]
-    ]
+    decay = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     ids = {id(p) for p in decay}
     rest = [p for p in model.parameters() if id(p) not in ids]
     groups = [
@@ -176,12 +186,6 @@ def evaluate(model, x, y, loss_fn, config: TrainConfig) -> tuple[float, float | 
     return float(total) / n, (wrong / n if config.loss == "cross_entropy" else None)
 
 
-def held_out_data(ds, dev: torch.device) -> dict:
-    """``{"val": (x, y) or None, "test": (x, y)}`` on ``dev``: the splits evaluated per epoch."""
-    val = None if ds.val_x is None else (ds.val_x.to(dev), ds.val_y.to(dev))
-    return {"val": val, "test": (ds.test_x.to(dev), ds.test_y.to(dev))}
-
-
 def held_out_metrics(model, held: dict, loss_fn, config: TrainConfig) -> dict:
     """The metrics row's ``val_loss``, ``val_error``, ``test_loss``, ``test_error``
     (``None`` for a split the data set lacks, and for the autoencoder's error)."""
@@ -224,69 +228,6 @@ def rewrite_jsonl(path: Path, max_epoch: int) -> None:
         r for r in read_jsonl(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= max_epoch
     ]
     write_text(path, "".join(dumps_json(r) + "\n" for r in keep))
-
-
-def schedule_step(config: TrainConfig, model, optimizer, it: int, epoch: int, dropout_mode):
-    """Set iteration ``it``'s learning rate in every param group and, with dropout phases,
-    the dropout mode; returns ``(lr, dropout_mode)``."""
-    lr = lr_at(config, iteration=it, epoch=epoch - 1)
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-    if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
-        from natgrad.models import set_dropout_mode
-
-        dropout_mode = dropout_mode_at(config, it)
-        set_dropout_mode(model, dropout_mode)
-    return lr, dropout_mode
-
-
-def resume_run(config: TrainConfig, run: Path, model, optimizer, start: int, *, records=True):
-    """Load epoch ``start``'s checkpoint of ``run`` into ``model`` and ``optimizer`` after
-    checking that it was made with ``config`` (up to ``epochs``), cut the run's JSON-lines
-    records back to that epoch (``records``) and return its metrics history."""
-    tensors, info = ckpt.read_checkpoint(run, start)
-    saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
-    if saved != config.to_dict():
-        diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
-        raise InputError(f"{run}: its checkpoints were made with a different config ({diff}); "
-                         "pick another --run-dir or pass --no-resume")  # fmt: skip
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ckpt.restore_state(tensors, info, optimizer)
-    if records:
-        rd = RunDir(run)
-        rewrite_jsonl(rd.metrics_path, start)
-        rewrite_jsonl(rd.activation_summary_path, start)
-    return info["metrics"]
-
-
-def epoch_zero(config: TrainConfig, run: Path, model, optimizer, data, probe, meta, *,
-                write: bool = True) -> list[dict]:  # fmt: skip
-    """A fresh run's epoch 0: the probe's indices and activations, the initial losses (a
-    non-finite one is a :class:`DivergedError`) as the first metrics row, the global seeds
-    and the initial checkpoint. ``write=False`` (a DDP rank other than 0) only seeds.
-    Returns the metrics history."""
-    history: list[dict] = []
-    if write:
-        rd = RunDir(run)
-        train_x, train_y, held = data
-        loss_fn = loss_function(config)
-        rd.activations_dir.mkdir(exist_ok=True)
-        write_safetensors(rd.probe_path, {"indices": probe})
-        save_activations(run, 0, record_activations(model, train_x[probe.to(train_x.device)]))
-        tr_loss, _ = evaluate(model, train_x, train_y, loss_fn, config)
-        per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
-        if not math.isfinite(tr_loss):
-            raise diverged_error(run, 0, 0, per_epoch, config.lr, "initial training loss", tr_loss)
-        evals = held_out_metrics(model, held, loss_fn, config)
-        check_held_out(run, evals, 0, 0, per_epoch, config.lr)
-        row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
-                   **evals, seconds=0.0, train_seconds=0.0, seconds_per_iteration=None)  # fmt: skip
-        history.append(row)
-        append_jsonl(rd.metrics_path, row)
-    seed_globals(config.seed)
-    if write and config.checkpoint_initial:  # after seeding: resuming from it is exact
-        ckpt.write_checkpoint(run, 0, model, optimizer, dict(meta, iteration=0, metrics=history))
-    return history
 
 
 def seed_globals(seed: int) -> None:
@@ -335,3 +276,169 @@ def metrics_row(epoch: int, per_epoch: int, lr: float, train_loss: float, evals:
     return dict(epoch=epoch, iterations=epoch * per_epoch, lr=lr, train_loss=train_loss, **evals,
                 seconds=seconds, train_seconds=train_seconds,
                 seconds_per_iteration=train_seconds / per_epoch)  # fmt: skip
+
+
+def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optimizer,
+             start: int | None, trainer: dict | None = None, *,
+             lead: bool = True) -> Run:  # fmt: skip
+    """Everything before the first epoch of a run set up by :func:`setup`: resume from the
+    checkpoint of epoch ``start`` (checked against ``config``), or (``None``) start over,
+    removing natgrad's earlier outputs; write ``config.json`` (with ``trainer`` if given);
+    for a fresh run, epoch 0: the probe's indices and activations, the initial losses (a
+    non-finite one is a :class:`DivergedError`) as the first metrics row, the global seeds
+    and the initial checkpoint. ``lead=False`` (a DDP rank other than 0) writes nothing."""
+    val = (None, None) if ds.val_x is None else (ds.val_x.to(dev), ds.val_y.to(dev))
+    data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev), *val)
+    probe = probe_indices(data[0].shape[0], config.probe_size, config.seed)
+    rd, fresh = RunDir(run), start is None
+    if fresh:
+        if lead:
+            _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
+        start, history = 0, []
+    else:
+        tensors, info = ckpt.read_checkpoint(run, start)
+        saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
+        if saved != config.to_dict():
+            diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
+            raise InputError(f"{run}: its checkpoints were made with a different config "
+                             f"({diff}); pick another --run-dir or pass --no-resume")  # fmt: skip
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ckpt.restore_state(tensors, info, optimizer)
+        history = info["metrics"]
+        if lead:  # the records past the checkpoint go
+            rewrite_jsonl(rd.metrics_path, start)
+            rewrite_jsonl(rd.activation_summary_path, start)
+    meta = {"config": config.to_dict(), "device": describe_device(dev),
+            "git_commit": git_commit(), "torch_version": torch.__version__,
+            **({"trainer": trainer} if trainer else {})}  # fmt: skip
+    if lead:
+        write_json(rd.config_path, meta)
+    r = Run(config, Path(run), model, optimizer, data, probe, start, history, meta)
+    if fresh and lead:
+        train_x, train_y = data[:2]
+        loss_fn = loss_function(config)
+        rd.activations_dir.mkdir(exist_ok=True)
+        write_safetensors(rd.probe_path, {"indices": probe})
+        save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
+        tr_loss, _ = evaluate(model, train_x, train_y, loss_fn, config)
+        per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
+        if not math.isfinite(tr_loss):
+            raise diverged_error(run, 0, 0, per_epoch, config.lr, "initial training loss", tr_loss)
+        evals = held_out_metrics(model, r.held, loss_fn, config)
+        check_held_out(run, evals, 0, 0, per_epoch, config.lr)
+        row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
+                   **evals, seconds=0.0, train_seconds=0.0, seconds_per_iteration=None)  # fmt: skip
+        history.append(row)
+        append_jsonl(rd.metrics_path, row)
+    if fresh:
+        seed_globals(config.seed)
+    if fresh and lead and config.checkpoint_initial:  # after seeding: resuming from it is exact
+        ckpt.write_checkpoint(run, 0, model, optimizer, dict(meta, iteration=0, metrics=history))
+    return r
+
+
+def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forward=None,
+                 update=None, ddp: bool = False, lead: bool = True) -> None:  # fmt: skip
+    """Train ``run`` from epoch ``run.start + 1`` to ``config.epochs``, appending each epoch's
+    metrics row (and activations, checkpoints when due) to its folder and ``run.history``.
+
+    ``forward(xb, yb)`` gives the loss to back-propagate and the batch's summed loss in
+    float64 (default: the model's batch mean); ``update(xb, yb)`` steps the optimizer
+    (default: ``optimizer.step``, then centred layers move their centres). A non-finite loss
+    is a :class:`DivergedError`, checked per step where that is free and once per epoch on
+    the devices of :data:`DEFERRED_LOSS_CHECK`. ``ddp`` (:mod:`natgrad.training.ddp`): no
+    divergence checks, the epoch's loss sum is all-reduced and the ranks meet at a barrier
+    after each epoch, which only ``lead`` evaluates and writes.
+    """
+    from tqdm.auto import tqdm
+
+    config, model, optimizer = run.config, run.model, run.optimizer
+    loss_fn = loss_function(config)
+    train_x, train_y = run.data[:2]
+    rd, probe = RunDir(run.dir), run.probe.to(dev)
+    n, bs = train_x.shape[0], config.batch_size
+    per_epoch = math.ceil(n / bs)
+    if forward is None:
+
+        def forward(xb, yb):
+            loss = loss_fn(model(xb), xb, yb)
+            return loss, loss.detach().double() * xb.shape[0]
+
+    if update is None:
+
+        def update(xb, yb):  # the natural-gradient optimizers refresh their Fisher from xb
+            if config.optimizer == "sgd":
+                optimizer.step()
+            else:
+                optimizer.step(xb, yb if config.loss == "cross_entropy" else xb.flatten(1))
+            if config.centre:
+                from natgrad.optim import update_centres
+
+                update_centres(model, rate=config.centre_rate)
+
+    bar = tqdm(total=(config.epochs - run.start) * per_epoch, disable=not progress, unit="it",
+               desc=desc, dynamic_ncols=True)  # fmt: skip
+    model.train()
+    dropout_mode = None
+    for epoch in range(run.start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0)).to(dev)
+        aug = epoch_generator(config.seed, epoch, 1)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        bad_step = torch.full((), -1, dtype=torch.long, device=dev)  # first non-finite (GPU)
+        for b in range(per_epoch):
+            it = (epoch - 1) * per_epoch + b
+            lr = lr_at(config, iteration=it, epoch=epoch - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            if config.dropout_phases and dropout_mode != dropout_mode_at(config, it):
+                from natgrad.models import set_dropout_mode
+
+                dropout_mode = dropout_mode_at(config, it)
+                set_dropout_mode(model, dropout_mode)
+            idx = perm[b * bs : (b + 1) * bs]  # the global batch under DDP
+            xb, yb = train_x[idx], train_y[idx]
+            if config.augment:  # the whole global batch, as one process augments it
+                from natgrad.data import random_crop_flip
+
+                xb = random_crop_flip(xb, aug)
+            optimizer.zero_grad(set_to_none=True)
+            loss, total = forward(xb, yb)
+            if not ddp:
+                finite = torch.isfinite(loss.detach())
+                if dev.type in DEFERRED_LOSS_CHECK:  # no per-step host sync on the GPU
+                    bad_step = torch.where((bad_step < 0) & ~finite, b, bad_step)
+                elif not finite:
+                    raise diverged_error(
+                        run.dir, epoch, b + 1, per_epoch, lr, "training loss", loss.item()
+                    )
+            loss.backward()
+            update(xb, yb)
+            loss_sum += total
+            bar.update(1)
+        if ddp:
+            torch.distributed.all_reduce(loss_sum)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t_train = time.perf_counter() - t0
+        if int(bad_step) >= 0:
+            step = int(bad_step) + 1
+            raise diverged_error(run.dir, epoch, step, per_epoch, lr, "training loss", float("nan"))
+        if lead:
+            evals = held_out_metrics(model, run.held, loss_fn, config)
+            if not ddp:
+                check_held_out(run.dir, evals, epoch, per_epoch, per_epoch, lr)
+            if epoch % config.record_every == 0 or epoch == config.epochs:
+                save_activations(run.dir, epoch, record_activations(model, train_x[probe]))
+            row = metrics_row(epoch, per_epoch, lr, float(loss_sum) / n, evals,
+                              time.perf_counter() - t0, t_train)  # fmt: skip
+            run.history.append(row)
+            append_jsonl(rd.metrics_path, row)
+            bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
+                            test_loss=f"{evals['test_loss']:.4f}")  # fmt: skip
+            if checkpoint_due(config, epoch):
+                info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
+                save_checkpoint(config, run.dir, epoch, model, optimizer, info)
+        if ddp:
+            torch.distributed.barrier()
+    bar.close()

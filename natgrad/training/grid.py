@@ -1,50 +1,27 @@
-r"""Train a grid of runs (unit types × seeds × settings) as ONE batched model.
+r"""Train a grid of runs (unit types × seeds × settings) as ONE batched model
+(``docs/distributed.md``, "Grids").
 
-A study is a grid of small nets that share an architecture: trained one at a time, each
-step is a handful of small GEMMs and dozens of tiny kernel launches. :func:`train_grid`
-stacks the R runs' parameters along a leading run axis and takes every step of every run
-at once, with batched GEMMs:
+:func:`train_grid` stacks the R runs' parameters along a leading run axis
+(:class:`~natgrad.training.stacked.StackedNets`, which ``natgrad compare`` trains its SGD arms
+with too) and takes every step of every run at once, one batched GEMM per layer. Each run
+keeps its seed (initial weights, data split and probe set, from
+:func:`~natgrad.training.engine.open_run` as for a sequential run), its data order (the
+permutation of ``(seed_r, e)``), its unit type (runs are ordered by unit: one kernel per unit
+type and layer) and its SGD settings, in the arithmetic of ``torch.optim.SGD``.
 
-.. math::
-
-    h^{(l)}_{r} = f_{r}\big(h^{(l-1)}_{r} W^{(l)\top}_{r} + b^{(l)}_{r}\big),\qquad
-    L = \sum_{r} L_r(\theta_r)
-
-``[R, B, d_in] @ [R, d_in, d_out]`` per layer (``torch.baddbmm``; the batched model is
-:class:`~natgrad.training.stacked.StackedNets`, which ``natgrad compare`` trains its SGD arms
-with too). The runs do not interact: ∂L/∂θ_r = ∂L_r/∂θ_r, so one backward gives every run
-its own gradient. Each run keeps
-
-- its seed: the initial weights, the data split (digits) and the probe set come from the
-  same :func:`natgrad.training.loop` code as a sequential run;
-- its data order: the epoch-e permutation of run r is drawn from the generator seeded by
-  ``(seed_r, e)``, exactly as the sequential loop draws it;
-- its unit type: runs are ordered by unit so that each unit type acts on a contiguous
-  slice of the run axis (one kernel per unit type and layer, no masks);
-- its optimizer: SGD with momentum and weight decay (weights of Linear layers only), with
-  per-run lr, momentum and decay, in the arithmetic of ``torch.optim.SGD``:
-  g ← g + λ_r θ (decayed weights), v ← μ_r v + g (v = g at the first step),
-  θ ← θ − η_r v.
-
-Every run writes the run directory of a sequential run (:mod:`natgrad.training.loop`):
-``config.json``, ``metrics.jsonl``, ``activations/`` and ``checkpoints/``, in the same format,
-with its own model, its own momentum buffers and the RNG states a sequential run would hold
-(the global generators seeded by ``seed_r``: these nets draw nothing from them). Epoch 0,
-activation recordings and checkpoints go through the sequential code on a per-run
-``PaperNet`` holding the run's slice. A grid-trained run can therefore be resumed by
-:func:`~natgrad.training.train`, and the other way round. The one difference: ``seconds``,
-``train_seconds`` and ``seconds_per_iteration`` are the grid's wall time divided by R (the
-runs trained together), and ``config.json`` records ``trainer: {"name": "grid", "runs": R}``.
-
+Every run writes the run directory of a sequential run, in the same format, with its own
+model, momentum buffers and the RNG states a sequential run would hold (the global
+generators seeded by ``seed_r``: these nets draw nothing from them); recordings and
+checkpoints go through a per-run ``PaperNet`` holding the run's slice. A grid-trained run can
+therefore be resumed by :func:`~natgrad.training.train`, and the other way round. The one
+difference: ``seconds``, ``train_seconds`` and ``seconds_per_iteration`` are the grid's wall
+time divided by R, and ``config.json`` records ``trainer: {"name": "grid", "runs": R}``.
 Results equal the sequential trainer's up to float round-off (batched and single GEMMs sum
 in different orders), not bit for bit.
 
-What is batched: fully connected nets (``mnist-fc``, ``mnist-ae``: Flatten, Linear, the
-units ELU/ReLU/LReLU/SReLU/SELU, batch norm (``BatchNorm1d``: per-run γ, β and running
-statistics), dropout with p = 0) without augmentation or dropout phases, grouped by (net,
-data set, batch size, epochs, dtype, loss, batch norm) and by the epoch each run resumes
-from. Any other config, and any group of one, is trained by
-:func:`~natgrad.training.train`, so ``train_grid(configs)`` always means "``train`` each".
+What is batched: :func:`grid_key`, grouped also by the epoch each run resumes from. Any
+other config, and any group of one, is trained by :func:`~natgrad.training.train`, so
+``train_grid(configs)`` always means "``train`` each".
 
 Example:
     >>> from natgrad.training import default_config
@@ -60,41 +37,18 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from natgrad._atomic import append_jsonl, write_json
+from natgrad._atomic import append_jsonl
 from natgrad.errors import InputError
-from natgrad.training import _owner
+from natgrad.training import _owner, engine
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, lr_at
-from natgrad.training.engine import (
-    TrainResult,
-    check_held_out,
-    checkpoint_due,
-    describe_device,
-    diverged_error,
-    epoch_generator,
-    epoch_zero,
-    git_commit,
-    held_out_data,
-    metrics_row,
-    resolve_device,
-    resume_run,
-    save_checkpoint,
-    seed_globals,
-    setup,
-)
+from natgrad.training.engine import Run, TrainResult
 from natgrad.training.loop import train
-from natgrad.training.recording import (
-    probe_indices,
-    record_activations,
-    save_activations,
-    summarise,
-)
+from natgrad.training.recording import record_activations, save_activations, summarise
 from natgrad.training.rundir import RunDir, default_run_dir
 from natgrad.training.stacked import BATCHED_UNITS, StackedNets, unit_order
 from natgrad.units import CATALOGUE, hidden_units
@@ -164,12 +118,12 @@ def train_grid(
             raise InputError(
                 f"train_grid: configs {j} and {i} both write {run}; give each its own run dir"
             )
-    dev = resolve_device(device)
+    dev = engine.resolve_device(device)
+    starts = [ckpt.latest_epoch(run) if resume else None for run in runs]
     cohorts: dict[tuple, list[int]] = {}
-    for i, (config, run) in enumerate(zip(configs, runs, strict=True)):
+    for i, config in enumerate(configs):
         key = grid_key(config)
-        start = ckpt.latest_epoch(run) if resume else None
-        cohorts.setdefault((i,) if key is None else (key, start), []).append(i)
+        cohorts.setdefault((i,) if key is None else (key, starts[i]), []).append(i)
     results: list[TrainResult | None] = [None] * len(configs)
     for members in cohorts.values():
         if len(members) == 1:
@@ -182,55 +136,16 @@ def train_grid(
             for i in members:
                 owned.enter_context(_owner.claim(runs[i]))
             for i in members:
-                run = _open_run(configs[i], runs[i], dev, resume, trainer)
+                ds, model, optimizer = engine.setup(configs[i], dev)
+                run = engine.open_run(
+                    configs[i], runs[i], dev, ds, model, optimizer, starts[i], trainer
+                )
                 run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
                 opened.append(run)
             grid = _Grid(opened, dev)
             for i, res in zip(members, grid.train(progress), strict=True):
                 results[i] = res
     return results  # type: ignore[return-value]
-
-
-@dataclass
-class _Run:
-    """One run of a grid: its config and folder, data, per-run model and optimizer."""
-
-    config: TrainConfig
-    dir: Path
-    data: tuple  # train x, y; test x, y; validation x, y (None without a validation split)
-    model: nn.Module
-    optimizer: torch.optim.SGD
-    probe: torch.Tensor
-    start: int
-    history: list[dict]
-    meta: dict
-
-
-def _open_run(config: TrainConfig, run: Path, dev, resume: bool, trainer: dict) -> _Run:
-    """Everything :func:`~natgrad.training.train` does before its first epoch, for one run:
-    set up, resume or start over, and (fresh) epoch 0 and the initial checkpoint."""
-    ds, model, optimizer = setup(config, dev)
-    run.mkdir(parents=True, exist_ok=True)
-    rd = RunDir(run)
-    held = held_out_data(ds, dev)
-    val = held["val"] if held["val"] is not None else (None, None)
-    data = (ds.train_x.to(dev), ds.train_y.to(dev), *held["test"], *val)
-    train_x, train_y = data[:2]
-    probe = probe_indices(train_x.shape[0], config.probe_size, config.seed)
-    start = ckpt.latest_epoch(run) if resume else None
-    fresh = start is None
-    if start is not None:
-        history = resume_run(config, run, model, optimizer, start)
-    else:
-        _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
-        start, history = 0, []
-    meta = {"config": config.to_dict(), "device": describe_device(dev),
-            "git_commit": git_commit(), "torch_version": torch.__version__,
-            "trainer": trainer}  # fmt: skip
-    write_json(rd.config_path, meta)
-    if fresh:
-        history = epoch_zero(config, run, model, optimizer, (train_x, train_y, held), probe, meta)
-    return _Run(config, run, data, model, optimizer, probe, start, history, meta)
 
 
 def _dedupe(t: torch.Tensor, unique: list[torch.Tensor]) -> torch.Tensor:
@@ -244,18 +159,19 @@ def _dedupe(t: torch.Tensor, unique: list[torch.Tensor]) -> torch.Tensor:
     return t
 
 
-def _shared_or_stacked(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:
-    """One tensor if every run has the same data (``shared``), else the ``[R, ...]`` stack."""
+def _runs_axis(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """``[R, ...]``: a view of one tensor if every run has the same data, else the stack."""
     if all(t is tensors[0] for t in tensors[1:]):
-        return tensors[0], True
-    return torch.stack(tensors), False
+        t = tensors[0]
+        return None if t is None else t.expand(len(tensors), *t.shape)
+    return torch.stack(tensors)
 
 
 class _Grid:
     r"""R runs with one architecture and one start epoch, trained as one batched model
     (:class:`~natgrad.training.stacked.StackedNets`)."""
 
-    def __init__(self, runs: list[_Run], dev: torch.device):
+    def __init__(self, runs: list[Run], dev: torch.device):
         # Order the runs by unit type, so that each unit acts on one slice of the run axis.
         order = unit_order([r.model for r in runs])
         self.order = order
@@ -269,7 +185,7 @@ class _Grid:
             raise InputError("train_grid: runs of one grid have different training set sizes")
         if len({r.data[4] is None for r in self.runs}) > 1:
             raise InputError("train_grid: runs of one grid differ in having a validation split")
-        self.data = [_shared_or_stacked([r.data[k] for r in self.runs]) for k in range(6)]
+        self.data = [_runs_axis([r.data[k] for r in self.runs]) for k in range(6)]
         names = dict(first.model.named_parameters())
         decayed = {id(p) for p in first.optimizer.param_groups[0]["params"]}
         self.net = StackedNets(
@@ -293,38 +209,30 @@ class _Grid:
 
     def _gather(self, which: int, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` ``[R, B]`` of data tensor ``which`` (0 train x, 1 train y) per run."""
-        t, shared = self.data[which]
-        if shared:
-            return t[idx]
-        return t[torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
+        return self.data[which][torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
 
     def _held_out_metrics(self) -> list[dict]:
         """Per run: the metrics row's ``val_*`` and ``test_*`` (``held_out_metrics``)."""
         rows = [{} for _ in range(self.R)]
         for split, k in (("val", 4), ("test", 2)):
-            vals = self._split_metrics(k) if self.data[k][0] is not None else None
-            for i, row in enumerate(rows):
-                row[f"{split}_loss"], row[f"{split}_error"] = (
-                    vals[i] if vals is not None else (None, None)
-                )
+            none = [(None, None)] * self.R
+            vals = self._split_metrics(k) if self.data[k] is not None else none
+            for row, (loss, err) in zip(rows, vals, strict=True):
+                row[f"{split}_loss"], row[f"{split}_error"] = loss, err
         return rows
 
     @torch.no_grad()
     def _split_metrics(self, k: int) -> list[tuple[float, float | None]]:
         """Per run: mean loss and error rate on data tensors ``k``, ``k + 1`` (test 2, validation
         4), batched over runs (``evaluate``'s sums)."""
-        (tx, shared), (ty, _) = self.data[k], self.data[k + 1]
-        nt = tx.shape[0] if shared else tx.shape[1]
+        tx, ty = self.data[k], self.data[k + 1]
+        nt = tx.shape[1]
         ebs = self.runs[0].config.eval_batch_size
         total = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
         wrong = torch.zeros(self.R, dtype=torch.long, device=self.dev)
         ce = self.runs[0].config.loss == "cross_entropy"
         for s in range(0, nt, ebs):
-            if shared:
-                xb = tx[s : s + ebs].expand(self.R, *tx[s : s + ebs].shape)
-                yb = ty[s : s + ebs].expand(self.R, -1)
-            else:
-                xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
+            xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
             out = self.net.forward(xb)
             total += self.net.losses(out, xb, yb).double() * xb.shape[1]
             if ce:
@@ -393,7 +301,7 @@ class _Grid:
         for epoch in range(self.start + 1, self.epochs + 1):
             t0 = time.perf_counter()
             perm = torch.stack([
-                torch.randperm(self.n, generator=epoch_generator(r.config.seed, epoch, 0))
+                torch.randperm(self.n, generator=engine.epoch_generator(r.config.seed, epoch, 0))
                 for r in self.runs
             ]).to(self.dev)  # fmt: skip
             loss_sum = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
@@ -419,12 +327,12 @@ class _Grid:
             for i, run in enumerate(self.runs):
                 cfg = run.config
                 record = epoch % cfg.record_every == 0 or epoch == cfg.epochs
-                row = metrics_row(epoch, per_epoch, lrs[i], float(loss_sum[i]) / self.n, evals[i],
-                                  seconds, t_train / self.R)  # fmt: skip
+                row = engine.metrics_row(epoch, per_epoch, lrs[i], float(loss_sum[i]) / self.n,
+                                         evals[i], seconds, t_train / self.R)  # fmt: skip
                 if not math.isfinite(row["train_loss"]):  # checked once per epoch, as on a GPU
-                    raise diverged_error(run.dir, epoch, per_epoch, per_epoch, lrs[i],
-                                    "training loss", row["train_loss"])  # fmt: skip
-                check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
+                    raise engine.diverged_error(run.dir, epoch, per_epoch, per_epoch, lrs[i],
+                                                "training loss", row["train_loss"])  # fmt: skip
+                engine.check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
                 run.history.append(row)
                 jobs.append((run.dir, epoch, records[i] if record else None, row))
             # Each run's files in the sequential order (activations, metrics, checkpoint); the
@@ -433,11 +341,11 @@ class _Grid:
                 future.result()
             for i, run in enumerate(self.runs):  # checkpoints read the global RNG: one by one
                 cfg = run.config
-                if checkpoint_due(cfg, epoch):
+                if engine.checkpoint_due(cfg, epoch):
                     self._materialise(i, lrs[i])
                     info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
-                    seed_globals(cfg.seed)
-                    save_checkpoint(cfg, run.dir, epoch, run.model, run.optimizer, info)
+                    engine.seed_globals(cfg.seed)
+                    engine.save_checkpoint(cfg, run.dir, epoch, run.model, run.optimizer, info)
             bar.set_postfix(epoch=epoch)
 
 

@@ -11,9 +11,7 @@ and per layer: ``median`` of the unit means (the average of the two middle value
 positions, that are < 0 and exactly 0), ``units``. ``median_all`` is the median over
 every unit of the net: the curve of the paper's Fig 2a.
 
-Stored under ``<run>/activations/``: ``probe.safetensors`` (the probe indices into the
-training set), ``epoch_XXXX.safetensors`` (``<layer>.mean`` float64 ``[U]`` per layer) and
-``summary.jsonl`` (one line per epoch: ``epoch``, ``median_all``, ``layers``).
+Stored under ``<run>/activations/`` (``docs/run_layout.md``).
 """
 
 from __future__ import annotations

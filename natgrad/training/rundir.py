@@ -3,19 +3,11 @@ r"""The run directory: its name, its paths and the readers of its files — the 
 Nothing else in natgrad builds a run directory's name or opens its files by path; the
 training loop writes through these paths and the analysis reads through these readers.
 
-Layout (``docs/run_layout.md``)::
-
-    <root>/<net>-<unit>[-bn][-centred|-<optimizer>]-<dataset>-s<seed>[-<tag>]/
-        config.json                          {"config": TrainConfig, device, git_commit, torch}
-        metrics.jsonl                        one JSON object per epoch (epoch 0 = before training)
-        activations/probe.safetensors        the probe indices into the training set
-        activations/epoch_XXXX.safetensors   per-unit mean activations, per layer
-        activations/summary.jsonl            per-epoch medians, fractions negative / zero
-        checkpoints/epoch_XXXX.safetensors   model, optimizer and RNG tensors
-        checkpoints/epoch_XXXX.json          config, metrics so far, scalars
-        analysis/units-eXXXX-<key>.csv       cached unit tables (key: checkpoint + settings)
-        diverged.json                        a study's note that the run stopped on a non-finite
-                                             loss (the error message), so a resume skips it
+Layout (``docs/run_layout.md``): ``<root>/<run_name>/`` holds ``config.json`` (the
+``TrainConfig``, device, git commit, torch version), ``metrics.jsonl`` (one row per epoch),
+``activations/`` (the probe indices, per-epoch unit means, ``summary.jsonl``),
+``checkpoints/epoch_XXXX.{safetensors,json}``, ``analysis/units-eXXXX-<key>.csv`` (cached
+unit tables) and, where a study saw the run stop on a non-finite loss, ``diverged.json``.
 
 Example:
     >>> from natgrad.training.config import default_config
@@ -158,17 +150,12 @@ class RunDir:
             return []
         return sorted(p for p in self.checkpoints_dir.iterdir() if _EPOCH_FILE.match(p.name))
 
-    @property
-    def subfolders(self) -> tuple[Path, ...]:
-        """The folders natgrad writes inside a run directory."""
-        return (self.activations_dir, self.checkpoints_dir, self.analysis_dir)
-
     def check_no_links(self) -> None:
         """Refuse a run directory that is, or holds in natgrad's places, a symlink: natgrad
         would write (and delete its own file names) through it, into another folder."""
         from natgrad.errors import RunDirError
 
-        for p in (self.path, *self.subfolders):
+        for p in (self.path, self.activations_dir, self.checkpoints_dir, self.analysis_dir):
             if p.is_symlink():
                 raise RunDirError(f"{p}: is a symlink; natgrad does not write or delete through "
                                   "links. Replace it by a real folder or pick another run "

@@ -225,16 +225,13 @@ class StackedNets:
 
     def losses(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``[R]`` the mean loss of each net on its batch (``x``, ``y``: ``[R, B, ...]``)."""
-        return self.sample_losses(out, x, y).flatten(1).mean(1)
-
-    def sample_losses(self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``[R, B]`` (``[R, B, d]`` for the autoencoder) the loss of every sample."""
         if self.loss == "bce_logits":
-            target = x.flatten(2)
-            return nn.functional.binary_cross_entropy_with_logits(out, target, reduction="none")
-        r, b = out.shape[:2]
-        loss = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
-        return loss.view(r, b)
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                out, x.flatten(2), reduction="none"
+            )
+        else:
+            loss = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+        return loss.reshape(out.shape[0], -1).mean(1)
 
     # --- SGD ------------------------------------------------------------------------------
     def load_momentum(self, per_run: Sequence[dict[str, torch.Tensor | None]]) -> None:
@@ -268,10 +265,12 @@ class StackedNets:
         """
         params = self.leaves
         grads = list(grads)
-        if any(self.wd):
+        if any(self.wd):  # g + λ_r θ; torch's add(alpha=) when λ is the same for every net
             for i, n in enumerate(self.names):
-                if self.decayed[n]:
-                    grads[i] = self._add_per_run(self.wd, params[i], grads[i])
+                if self.decayed[n] and len(set(self.wd)) == 1:
+                    grads[i] = grads[i].add(params[i], alpha=self.wd[0])
+                elif self.decayed[n]:
+                    grads[i] = grads[i] + self._column(self.wd, params[i]) * params[i]
         if self.use_momentum:
             if self.bufs is None:
                 self.bufs = {n: g.clone() for n, g in zip(self.names, grads, strict=True)}
@@ -294,12 +293,6 @@ class StackedNets:
         """Per-net ``values`` as a ``[R, 1, ...]`` tensor that broadcasts against ``like``."""
         t = torch.tensor(values, dtype=like.dtype, device=like.device)
         return t.view((self.R,) + (1,) * (like.ndim - 1))
-
-    def _add_per_run(self, coef, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """g + coef_r · p; torch's ``add(alpha=)`` when coef is the same for every net."""
-        if len(set(coef)) == 1:
-            return g.add(p, alpha=coef[0])
-        return g + self._column(coef, p) * p
 
     @torch.no_grad()
     def copy_to(self, i: int, model: nn.Module) -> None:
