@@ -139,12 +139,14 @@ def bench_step(args) -> None:
 
     from torch.func import functional_call, grad, stack_module_state, vmap
 
-    from natgrad.training.grid import _Grid, _open_run
+    from natgrad.training import engine
+    from natgrad.training.grid import _Grid
 
     configs = demo_configs(args.seeds, 1, checkpoint_initial=False)
+    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = {"name": "grid", "runs": len(configs)}
-        runs = [_open_run(c, Path(tmp) / f"r{i}", torch.device("cpu"), False, trainer)
+        runs = [engine.open_run(c, Path(tmp) / f"r{i}", cpu, *engine.setup(c, cpu), None, trainer)
                 for i, c in enumerate(configs)]  # fmt: skip
     grid = _Grid(runs, torch.device("cpu"))
     r_all, b = grid.R, 64
