@@ -155,10 +155,8 @@ class CompareConfig:
     def lr(self, arm: str) -> float:
         """The learning rate of ``arm``: its ``lrs`` entry, else its family's default."""
         given = dict(self.lrs)
-        if arm in given:
-            return float(given[arm])
-        opt = ARMS[arm].optimizer
-        return self.lr_sgd if opt == "sgd" else self.lr_qd if opt == "qd-ng" else self.lr_ng
+        default = {"sgd": self.lr_sgd, "qd-ng": self.lr_qd}.get(ARMS[arm].optimizer, self.lr_ng)
+        return float(given[arm]) if arm in given else default
 
     def sgd_lr(self, unit: str) -> float:
         """The plain-SGD rate of ``unit``'s SGD arm (that of a natural-gradient arm's plain
@@ -262,10 +260,8 @@ def _gap_fraction(a, b, c) -> float:
 
 
 def _per_seed(curves, config: CompareConfig):
-    r"""One row per (seed, arm): AUC over all epochs, the last epochs' validation error, the
-    test error at the lowest validation error (or of the last epochs without a validation
-    split), seconds per epoch: :func:`~natgrad.analysis.stats.claims_per_seed` (the one
-    definition of every study's per-seed values), named as compare's tables name them."""
+    r"""One row per (seed, arm): the measures of the module docstring and seconds per epoch,
+    from :func:`~natgrad.analysis.stats.claims_per_seed` (every study's per-seed values)."""
     from natgrad.analysis.stats import claims_per_seed
 
     claims, _ = claims_per_seed(curves, last=config.last_epochs, group="arm")
@@ -325,9 +321,7 @@ def summarise(curves, config: CompareConfig) -> dict:
                                     **{k: v for k, v in row.items() if k != "epoch"}))  # fmt: skip
     bad = curves[curves["train_loss"].isna()]
     return {
-        "diverged": sorted(
-            {f"{a} (seed {s})" for a, s in zip(bad["arm"], bad["seed"], strict=True)}
-        ),
+        "diverged": sorted({f"{r.arm} (seed {r.seed})" for r in bad.itertuples()}),
         "summary": summary.reset_index(),
         "effects": pd.DataFrame(effects),
         "gap": pd.DataFrame(gap),
@@ -377,6 +371,8 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from natgrad.analysis.plots import save_figure
+
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     mean = curves.groupby(["arm", "epoch"], sort=False).mean(numeric_only=True).reset_index()
     split = "val" if curves["val_error"].notna().any() else "test"
@@ -402,8 +398,6 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
         axes[2].axhline(1, color="grey", lw=0.5, ls="--")
     axes[2].set(xlabel="epoch budget", ylabel="fraction of the gap ELU+SGD closes")
     fig.tight_layout()
-    from natgrad.analysis.plots import save_figure
-
     return save_figure(fig, out / "curves", formats=("png", "pdf"), dpi=120)
 
 
@@ -529,8 +523,7 @@ def rewrite_outputs(out: Path) -> dict:
                          f"run.json ({exc})") from None  # fmt: skip
     config = _validated_config(record, out)
     _check_complete(curves, config, out)
-    meta = record.get("meta", {})
-    structures = record.get("unit_ng_structures", {})
+    meta, structures = record.get("meta"), record.get("unit_ng_structures")
     return write_outputs(curves, config, out, meta if isinstance(meta, dict) else {},
                          structures if isinstance(structures, dict) else {})  # fmt: skip
 
@@ -553,16 +546,13 @@ def _validated_config(record, out: Path) -> CompareConfig:
         v = settings.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi):
             raise InputError(f"{where}: config {key}={v!r} must be an integer in [0, {hi}]")
-    arms = settings.get("arms", list(DEFAULT_ARMS))
+    arms, lrs = settings.get("arms", list(DEFAULT_ARMS)), settings.get("lrs", [])
     if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
         raise InputError(f"{where}: config arms must be a list of arm names")
-    settings["arms"] = tuple(arms)
-    lrs = settings.get("lrs", [])
-    if not isinstance(lrs, list) or not all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in lrs
-    ):
+    pairs = isinstance(lrs, list) and all(isinstance(p, list) and len(p) == 2 for p in lrs)
+    if not pairs or not all(isinstance(arm, str) for arm, _ in lrs):
         raise InputError(f"{where}: config lrs must be a list of [arm, rate] pairs")
-    settings["lrs"] = tuple((a, r) for a, r in lrs)
+    settings.update(arms=tuple(arms), lrs=tuple(map(tuple, lrs)))
     try:
         return CompareConfig(**settings)
     except TypeError as exc:
