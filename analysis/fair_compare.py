@@ -168,7 +168,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def finished_seeds(config, root: Path) -> list[int]:
     """The declared seeds on which every arm has finished or diverged."""
-    from natgrad.studies.compare import complete
+    from natgrad.training.plan import complete
     from natgrad.training.rundir import RunDir
 
     return [seed for seed in config.seed_list
@@ -290,7 +290,7 @@ def carry(src: Path, dest: Path, *, finished_only: bool = False) -> int:
         run = config.parent
         if finished_only:
             epochs = json.loads(config.read_text())["config"]["epochs"]
-            from natgrad.studies.compare import complete
+            from natgrad.training.plan import complete
 
             if not (complete(run, epochs) or (run / "diverged.json").is_file()):
                 continue

@@ -47,24 +47,16 @@ documentation (in the source repository):
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("natgrad.symbolic", "run every SymPy proof and print a table (exit 0 iff all hold)"),
     "models": ("natgrad.models", "list the paper's networks with parameter counts"),
-    "train": (
-        "natgrad.training.cli",
-        "train a paper network, recording activations and checkpoints",
-    ),
-    "compare": (
-        "natgrad.studies.compare",
-        "train ReLU/ELU nets with SGD, centring, quasi-diagonal and unit natural gradient",
-    ),
-    "demo": (
-        "natgrad.studies.demo",
-        "the main job: ELU/ReLU/LReLU/SReLU nets on MNIST, unit Fishers, the report "
-        "(--dataset digits: a smoke mode with 7 unit types incl. SELU and batch norm)",
-    ),
-    "tables": (
-        "natgrad.analysis.build",
-        "rebuild the tidy tables (and --report) from run directories",
-    ),
-}
+    "train": ("natgrad.training.cli", "train a paper network, recording activations and "
+              "checkpoints"),
+    "compare": ("natgrad.studies.compare", "train ReLU/ELU nets with SGD, centring, "
+                "quasi-diagonal and unit natural gradient"),
+    "demo": ("natgrad.studies.demo", "the main job: ELU/ReLU/LReLU/SReLU nets on MNIST, unit "
+             "Fishers, the report (--dataset digits: a smoke mode with 7 unit types incl. SELU "
+             "and batch norm)"),
+    "tables": ("natgrad.analysis.build", "rebuild the tidy tables (and --report) from run "
+               "directories"),
+}  # fmt: skip
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -76,15 +68,10 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: the overview, ``--version`` and one entry per command."""
-    parser = argparse.ArgumentParser(
-        prog="natgrad",
-        description=OVERVIEW,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "-V", "--version", action="store_true", help="print natgrad's version and exit"
-    )
+    parser = argparse.ArgumentParser(prog="natgrad", description=OVERVIEW, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("-V", "--version", action="store_true",
+                        help="print natgrad's version and exit")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

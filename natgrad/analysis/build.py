@@ -38,24 +38,20 @@ def build(
     fed by hidden units, :func:`~natgrad.analysis.runs.hidden_layers`) or a list of names;
     ``rel_damping``: the measures' λ (default :data:`natgrad.damping.MEASURE_DAMPING`)."""
     from natgrad._atomic import check_replaceable
+    from natgrad.analysis.runs import hidden_layers
     from natgrad.analysis.summary import write_tables
-    from natgrad.training.rundir import find_runs
+    from natgrad.damping import MEASURE_DAMPING
+    from natgrad.errors import InputError, MemoryBudgetError
+    from natgrad.training.rundir import RunDir, find_runs
 
     check_replaceable(out)  # before any work: never after minutes of analysis
     runs = [run for root in roots for run in find_runs(root)]
     if report:
-        from natgrad.errors import InputError
-        from natgrad.training.rundir import RunDir
-
         types = sorted({RunDir(r).identity()["unit_type"] for r in runs})
         if len(types) < 2:
             raise InputError(f"--report compares unit types, and these runs hold one "
                              f"({', '.join(types)}); drop --report (the tables are written "
                              "without a comparison) or add runs of another unit type")  # fmt: skip
-    from natgrad.analysis.runs import hidden_layers
-    from natgrad.damping import MEASURE_DAMPING
-    from natgrad.errors import InputError, MemoryBudgetError
-
     if layers == "hidden" and runs:
         layers = hidden_layers(runs[0])
     try:
@@ -78,12 +74,10 @@ def build(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("roots", nargs="+", type=Path, help="folders holding run directories")
     parser.add_argument("--out", type=Path, required=True, help="folder for the CSV tables")
-    parser.add_argument(
-        "--epochs", default=None, help="comma-separated epochs (default: all checkpoints and 0)"
-    )
-    parser.add_argument(
-        "--probe-size", type=positive_int, default=None, help="first N probe inputs (default: all)"
-    )
+    parser.add_argument("--epochs", type=epoch_list, default=None,
+                        help="comma-separated epochs (default: all checkpoints and 0)")  # fmt: skip
+    parser.add_argument("--probe-size", type=positive_int, default=None,
+                        help="first N probe inputs (default: all)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="also write <out>/report.html")
     parser.add_argument("--grad", choices=("probe", "train"), default="probe",
                         help="g judged: the probe's mean gradient (default) or the training "
@@ -98,12 +92,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relative damping λ of the measures' metric F_λ (default 1e-3)")  # fmt: skip
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="parallel processes for the unit Fishers (one torch thread each)")  # fmt: skip
-    parser.add_argument(
-        "--threads",
-        type=nonnegative_int,
-        default=1,
-        help="torch CPU threads (default 1; 0: torch's)",
-    )
+    parser.add_argument("--threads", type=nonnegative_int, default=1,
+                        help="torch CPU threads (default 1; 0: torch's)")  # fmt: skip
+
+
+def epoch_list(text: str) -> tuple[int, ...]:
+    """Comma-separated epochs >= 0 (an argument type: ``natgrad tables``, ``natgrad demo``)."""
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        out = ()
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give epochs >= 0, comma-separated (e.g. 1,3)")
+    return out
 
 
 def _layers(text: str):
@@ -121,17 +122,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    epochs = None
-    if args.epochs is not None:
-        from natgrad.errors import InputError
-
-        try:
-            epochs = sorted({int(e) for e in args.epochs.split(",") if e.strip()})
-        except ValueError:
-            raise InputError(f"--epochs {args.epochs!r}: expected comma-separated integers "
-                             "(e.g. 0,10,20)") from None  # fmt: skip
-        if not epochs or epochs[0] < 0:
-            raise InputError(f"--epochs {args.epochs!r}: give epochs >= 0 (e.g. 0,10,20)")
+    epochs = None if args.epochs is None else sorted(set(args.epochs))
     build(args.roots, args.out, epochs=epochs, probe_size=args.probe_size, report=args.report,
           grad=args.grad, jackknife=args.jackknife, layers=args.layers,
           rel_damping=args.rel_damping, workers=args.workers)  # fmt: skip

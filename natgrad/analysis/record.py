@@ -83,10 +83,10 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
              summary_text(t["summary"]), "```", "", "## Findings (generated from paired 95 % CIs over "
              f"{int(t['summary']['n_seeds'].max())} seeds; relative damping λ = "
              f"{ctx.get('relative damping λ', '?')}; ELU minus each unit type)", ""]  # fmt: skip
-    jk = [headline_rho(t["units"])] if headline_rho(t["units"]) != "rho_plain" else []
-    claims = [*jk, "rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag",
-              "abs_median_activation", "train_loss_auc", "log_train_loss_auc", "epochs_to_loss",
-              "median_activation_var", "test_error", "test_error_at_best_val"]  # fmt: skip
+    claims = dict.fromkeys([headline_rho(t["units"]), "rho_plain", "rho_centred",  # headline first
+                            "rho_quasidiagonal", "rho_blockdiag", "abs_median_activation",
+                            "train_loss_auc", "log_train_loss_auc", "epochs_to_loss",
+                            "median_activation_var", "test_error", "test_error_at_best_val"])  # fmt: skip
     lines += [f"- {s}" for s in findings(t["comparison"], claims)]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in ctx.items()]
     lines += [

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from natgrad.analysis.csvtables import read_csv, write_csv
+from natgrad.analysis.study import _CURVES, _num
 from natgrad.analysis.unitstats import unit_statistics
 from natgrad.damping import MEASURE_DAMPING
-from natgrad.errors import CheckpointError, DataFileError
+from natgrad.errors import CheckpointError, DataFileError, InputError
 from natgrad.training.rundir import RunDir, find_runs
 
 __all__ = [
@@ -53,10 +56,7 @@ def run_config(run_dir: PathLike) -> dict:
 def checkpoint_epochs(run_dir: PathLike, *, include_initial: bool = True) -> list[int]:
     """Sorted epochs with a checkpoint in ``<run_dir>/checkpoints`` (plus 0 when
     ``include_initial``: its checkpoint, or without one rebuilt from the config)."""
-    epochs = set(RunDir(run_dir).checkpoint_epochs())
-    if include_initial:
-        epochs.add(0)
-    return sorted(epochs)
+    return sorted({*RunDir(run_dir).checkpoint_epochs(), *([0] if include_initial else [])})
 
 
 def load_model(run_dir: PathLike, epoch: int) -> torch.nn.Module:
@@ -121,8 +121,6 @@ def probe_set(
     """``(inputs [n, ...], labels [n])``: the run's held-out probe (the first ``size`` inputs
     of ``split="val"`` or ``"test"``, all by default; ``None``: :func:`held_out_split`) or
     its recorded training probe (``split="train"``)."""
-    from natgrad.errors import InputError
-
     run_dir = Path(run_dir)
     ds = _dataset(run_dir)
     split = held_out_split(run_dir) if split is None else split
@@ -153,22 +151,12 @@ def curve_table(run_dirs: Iterable[PathLike], *, activations: bool = True):
         metrics = {r["epoch"]: r for r in rd.read_metrics()}
         acts = {r["epoch"]: r for r in rd.read_activation_summary()} if activations else {}
         epochs = sorted(metrics)
-        frame = pd.DataFrame({
-            "epoch": epochs,
-            "train_loss": [_num(metrics[e].get("train_loss")) for e in epochs],
-            "val_loss": [_num(metrics[e].get("val_loss")) for e in epochs],
-            "val_error": [_num(metrics[e].get("val_error")) for e in epochs],
-            "test_loss": [_num(metrics[e].get("test_loss")) for e in epochs],
-            "test_error": [_num(metrics[e].get("test_error")) for e in epochs],
-            "seconds_per_iteration": [_num(metrics[e].get("seconds_per_iteration")) for e in epochs],
-            "median_all": [_num(acts[e]["median_all"]) if e in acts else np.nan for e in epochs],
-        })  # fmt: skip
+        values = {k: [_num(metrics[e].get(k)) for e in epochs]
+                  for k in (*_CURVES, "seconds_per_iteration")}  # fmt: skip
+        median = [_num(acts[e]["median_all"]) if e in acts else np.nan for e in epochs]
+        frame = pd.DataFrame({"epoch": epochs, **values, "median_all": median})
         frames.append(_prepend(frame, rd.identity()))
     return pd.concat(frames, ignore_index=True)
-
-
-def _num(v) -> float:
-    return float("nan") if v is None else float(v)
 
 
 def activation_table(run_dirs: Iterable[PathLike]):
@@ -228,20 +216,19 @@ def _cache_key(run: Path, epoch: int, settings: dict) -> str:
 
 
 def _analyse(job) -> tuple:
-    """One (run, epoch): the unit table (and sweep), from the cache when it is current."""
+    """One (run, epoch): ``(units, sweep, cached, sizes)`` (``None`` for a table not asked
+    for), from the cache when it is current."""
     run, epoch, settings, threads = job
     if threads:
         torch.set_num_threads(threads)
     rd = RunDir(run)
     key = _cache_key(run, epoch, settings)
-    kinds = ("units", "sweep", "sizes")
-    paths = {k: rd.analysis_path(f"{k}-e{epoch:04d}-{key}.csv") for k in kinds}
-    want = {"units": True, "sweep": bool(settings["sweep"]),
-            "sizes": bool(settings.get("probe_sizes"))}  # fmt: skip
-    if all(paths[k].is_file() for k in kinds if want[k]):
+    asked = {"units": True, "sweep": settings["sweep"], "sizes": settings.get("probe_sizes")}
+    paths = {k: rd.analysis_path(f"{k}-e{epoch:04d}-{key}.csv") for k, on in asked.items() if on}
+    if all(p.is_file() for p in paths.values()):
         try:  # a cache entry that does not match its checksum is recomputed
-            got = {k: read_csv(paths[k]) if want[k] else None for k in kinds}
-            return got["units"], got["sweep"], True, got["sizes"]
+            got = {k: read_csv(p) for k, p in paths.items()}
+            return got["units"], got.get("sweep"), True, got.get("sizes")
         except DataFileError:
             pass
     x, y = probe_set(run, settings["probe_size"], split=settings["probe"])
@@ -256,19 +243,17 @@ def _analyse(job) -> tuple:
                           sweep=tuple(settings["sweep"]) or None, grad_data=grad_data,
                           jackknife=settings.get("jackknife", False),
                           probe_sizes=settings.get("probe_sizes"))  # fmt: skip
-    out = list(out) if isinstance(out, tuple) else [out]
-    got = {k: (out.pop(0) if want[k] else None) for k in kinds}
+    out = out if isinstance(out, tuple) else [out]  # units, then sweep and sizes if asked
     head = {**rd.identity(), "epoch": epoch}
-    got = {k: None if v is None else _prepend(v, head) for k, v in got.items()}
+    got = {k: _prepend(v, head) for k, v in zip(paths, out, strict=True)}
     rd.check_no_links()  # the cache is never written through a symlinked analysis/
     stale = rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []
     for old in stale:  # cache entries of this epoch (of any kind) under another key
-        if old.name.split("-")[0] in kinds and key not in old.name:
+        if old.name.split("-")[0] in asked and key not in old.name:
             old.unlink(missing_ok=True)
-    for k in kinds:
-        if got[k] is not None:
-            write_csv(got[k], paths[k])
-    return got["units"], got["sweep"], False, got["sizes"]
+    for k, frame in got.items():
+        write_csv(frame, paths[k])
+    return got["units"], got.get("sweep"), False, got.get("sizes")
 
 
 def _prepend(frame, head: dict):
@@ -326,8 +311,6 @@ def unit_table(
     from tqdm.auto import tqdm
 
     if grad not in ("probe", "train"):
-        from natgrad.errors import InputError
-
         raise InputError(f"unit_table: grad={grad!r}; choose 'probe' or 'train'")
     jobs = []
     size_set = {Path(r).resolve() for r in size_runs} if size_runs is not None else None
@@ -349,30 +332,23 @@ def unit_table(
                                  None if layers is None else list(layers), grad, jackknife,
                                  probe_sizes if (sized and e == last) else None)  # fmt: skip
             jobs.append((run, e, settings, 1 if workers > 1 else 0))
-    bar = tqdm(total=len(jobs), disable=not progress, desc="unit Fishers", unit="ckpt")
-    results = []
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for res in pool.map(_analyse, jobs):
-                results.append(res)
-                bar.update(1)
-    else:
-        for job in jobs:
-            results.append(_analyse(job))
-            bar.update(1)
-    bar.close()
+    with ExitStack() as stack:
+        done = map(_analyse, jobs)
+        if workers > 1 and len(jobs) > 1:
+            ctx = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=ctx))
+            done = pool.map(_analyse, jobs)
+        bar = dict(total=len(jobs), disable=not progress, desc="unit Fishers", unit="ckpt")
+        results = list(tqdm(done, **bar))
     if stats is not None:
         stats["cached"] = sum(r[2] for r in results)
         stats["computed"] = len(results) - stats["cached"]
-    units = pd.concat([r[0] for r in results], ignore_index=True)
-    out = [units]
-    if sweep:
-        sweeps = [r[1] for r in results if r[1] is not None]
-        out.append(pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame())
-    if probe_sizes:
-        sizes = [r[3] for r in results if r[3] is not None]
-        out.append(pd.concat(sizes, ignore_index=True) if sizes else pd.DataFrame())
+
+    def joined(i: int):  # the sweep or size-sweep tables of the (run, epoch)s that have one
+        parts = [r[i] for r in results if r[i] is not None]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    out = [pd.concat([r[0] for r in results], ignore_index=True)]
+    out += [joined(1)] if sweep else []
+    out += [joined(3)] if probe_sizes else []
     return out[0] if len(out) == 1 else tuple(out)

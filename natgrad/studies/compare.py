@@ -42,6 +42,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -54,24 +55,10 @@ from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
 from natgrad.errors import InputError
-from natgrad.training.plan import complete
 
-__all__ = [
-    "ARMS",
-    "Arm",
-    "CompareConfig",
-    "add_arguments",
-    "arm_config",
-    "complete",
-    "read_curves",
-    "rewrite_outputs",
-    "run",
-    "run_compare",
-    "study",
-    "summarise",
-    "train_runs",
-    "write_outputs",
-]
+__all__ = ["ARMS", "Arm", "CompareConfig", "add_arguments", "arm_config", "read_curves",
+           "rewrite_outputs", "run", "run_compare", "study", "summarise", "train_runs",
+           "write_outputs"]  # fmt: skip
 
 
 class Arm(NamedTuple):
@@ -168,10 +155,8 @@ class CompareConfig:
     def lr(self, arm: str) -> float:
         """The learning rate of ``arm``: its ``lrs`` entry, else its family's default."""
         given = dict(self.lrs)
-        if arm in given:
-            return float(given[arm])
-        opt = ARMS[arm].optimizer
-        return self.lr_sgd if opt == "sgd" else self.lr_qd if opt == "qd-ng" else self.lr_ng
+        default = {"sgd": self.lr_sgd, "qd-ng": self.lr_qd}.get(ARMS[arm].optimizer, self.lr_ng)
+        return float(given[arm]) if arm in given else default
 
     def sgd_lr(self, unit: str) -> float:
         """The plain-SGD rate of ``unit``'s SGD arm (that of a natural-gradient arm's plain
@@ -214,18 +199,15 @@ def study(config: CompareConfig):
 
 
 def train_runs(config: CompareConfig, root: Path, *, progress=None) -> dict[str, str]:
-    r"""Train (or resume) every (arm, seed) of ``config`` in ``root`` (the one runner,
-    :meth:`Study.train <natgrad.analysis.study.Study.train>`: the SGD arms batch, a finished
-    run is not touched); returns ``{run name: divergence message}`` of the runs that stopped
-    on a non-finite loss (recorded in their directories; the others go on)."""
+    r"""Train (or resume) every (arm, seed) of ``config`` in ``root`` (:meth:`Study.train
+    <natgrad.analysis.study.Study.train>`); returns ``{run name: divergence message}`` of the
+    runs that stopped on a non-finite loss (the others go on)."""
     return study(config).train(root, say=progress)
 
 
 def read_curves(config: CompareConfig, root: Path):
-    r"""The curves of every (arm, seed) (:meth:`Study.curves
-    <natgrad.analysis.study.Study.curves>`): rows by seed, arm (in ``config.arms`` order) and
-    epoch 0..E; a diverged run's missing epochs are NaN; ``seconds`` is the cumulative
-    training time (a batched run's share)."""
+    r"""The curves of every (arm, seed), in ``config.arms`` order (:meth:`Study.curves
+    <natgrad.analysis.study.Study.curves>`; ``seconds``: a batched run's share)."""
     return study(config).curves(root)
 
 
@@ -247,16 +229,11 @@ def structures(config: CompareConfig) -> dict[str, str]:
     net = build_model("mnist-fc", "relu", in_shape=shape, num_classes=10, device="meta")
     plain = ("fc1",) if config.plain_first_layer else ()
     budget = {} if config.memory_budget is None else {"memory_budget": config.memory_budget}
-    import warnings
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the layers sent to QD are listed in answer.md instead
         warnings.simplefilter("ignore")
         opt = UnitNaturalGradient(net, 1e-3, window=config.window or None, plain_layers=plain,
                                   **budget)  # fmt: skip
-    out = dict(opt.structures)
-    for name in plain:
-        out[name] = "plain"
-    return dict(sorted(out.items(), key=lambda kv: int(kv[0][2:])))
+    return {**dict.fromkeys(plain, "plain"), **opt.structures}  # fc1 first: named in net order
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -283,10 +260,8 @@ def _gap_fraction(a, b, c) -> float:
 
 
 def _per_seed(curves, config: CompareConfig):
-    r"""One row per (seed, arm): AUC over all epochs, the last epochs' validation error, the
-    test error at the lowest validation error (or of the last epochs without a validation
-    split), seconds per epoch: :func:`~natgrad.analysis.stats.claims_per_seed` (the one
-    definition of every study's per-seed values), named as compare's tables name them."""
+    r"""One row per (seed, arm): the measures of the module docstring and seconds per epoch,
+    from :func:`~natgrad.analysis.stats.claims_per_seed` (every study's per-seed values)."""
     from natgrad.analysis.stats import claims_per_seed
 
     claims, _ = claims_per_seed(curves, last=config.last_epochs, group="arm")
@@ -346,9 +321,7 @@ def summarise(curves, config: CompareConfig) -> dict:
                                     **{k: v for k, v in row.items() if k != "epoch"}))  # fmt: skip
     bad = curves[curves["train_loss"].isna()]
     return {
-        "diverged": sorted(
-            {f"{a} (seed {s})" for a, s in zip(bad["arm"], bad["seed"], strict=True)}
-        ),
+        "diverged": sorted({f"{r.arm} (seed {r.seed})" for r in bad.itertuples()}),
         "summary": summary.reset_index(),
         "effects": pd.DataFrame(effects),
         "gap": pd.DataFrame(gap),
@@ -398,6 +371,8 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from natgrad.analysis.plots import save_figure
+
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     mean = curves.groupby(["arm", "epoch"], sort=False).mean(numeric_only=True).reset_index()
     split = "val" if curves["val_error"].notna().any() else "test"
@@ -423,8 +398,6 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
         axes[2].axhline(1, color="grey", lw=0.5, ls="--")
     axes[2].set(xlabel="epoch budget", ylabel="fraction of the gap ELU+SGD closes")
     fig.tight_layout()
-    from natgrad.analysis.plots import save_figure
-
     return save_figure(fig, out / "curves", formats=("png", "pdf"), dpi=120)
 
 
@@ -445,27 +418,26 @@ def write_outputs(
 ) -> dict:
     r"""Write the CSV tables, ``answer.md``, ``run.json`` and the figure into ``out``; return
     the tables. ``structures``: layer → structure of the unit-NG arms (:func:`structures`)."""
-    from natgrad.analysis.csvtables import staged
+    from natgrad._atomic import write_json, write_text
+    from natgrad.analysis.csvtables import staged, write_csv
 
     # curves of a data set without a validation split (or of an older run) get NaN ones
     curves = curves.assign(**{c: math.nan for c in ("val_loss", "val_error") if c not in curves})
-    # Everything goes into a new folder next to ``out``, which then replaces it in one step.
-    with staged(out) as stage:
+    structures = structures or {}
+    with staged(out) as stage:  # a new folder next to ``out``, which then replaces it whole
         tables = summarise(curves, config)
-        _write_all(curves, tables, config, stage, meta, structures or {})
+        write_csv(curves, stage / "curves.csv")
+        for name in ("summary", "effects", "gap", "shares"):
+            write_csv(tables[name], stage / f"{name}.csv")
+        _figure(curves, tables, stage)
+        write_text(stage / "answer.md", _report(curves, tables, config, meta, structures))
+        write_json(stage / "run.json", dict(config=dataclasses.asdict(config), meta=meta,
+                                            unit_ng_structures=structures))  # fmt: skip
     return tables
 
 
-def _write_all(curves, tables, config, out, meta, structures) -> None:
-    """Every output file of :func:`write_outputs`, into the (staging) folder ``out``."""
-    from natgrad._atomic import write_json, write_text
-    from natgrad.analysis.csvtables import write_csv
-
-    write_csv(curves, out / "curves.csv")
-    for name in ("summary", "effects", "gap", "shares"):
-        write_csv(tables[name], out / f"{name}.csv")
-    _figure(curves, tables, out)
-    settings = json.dumps(dataclasses.asdict(config), indent=1)
+def _report(curves, tables: dict, config: CompareConfig, meta: dict, structures: dict) -> str:
+    """The text of ``answer.md``."""
     lrs = ", ".join(f"{a} {config.lr(a):g}" for a in config.arms)
     has_val = curves["val_error"].notna().any()
     effects = tables["effects"]
@@ -515,18 +487,18 @@ def _write_all(curves, tables, config, out, meta, structures) -> None:
         "",
         f"- command: `{meta.get('command', '')}`",
         *_structure_lines(structures, config),
-        *_trainer_lines(meta),
+        *([f"- run directories: `{meta['runs']}/<arm>-s<seed>` (natgrad.training.train_grid: "
+           "the SGD arms of all seeds batched, the others one run at a time; a rerun resumes "
+           "them)"] if meta.get("runs") else []),
         f"- commit: {meta.get('commit')}",
         f"- wall time: {meta.get('wall_seconds', math.nan):.0f} s, torch threads "
         f"{torch.get_num_threads()}, {meta.get('device', '')}",
         "",
         "```json",
-        settings,
+        json.dumps(dataclasses.asdict(config), indent=1),
         "```",
     ]  # fmt: skip
-    write_text(out / "answer.md", "\n".join(text) + "\n")
-    record = dict(config=dataclasses.asdict(config), meta=meta, unit_ng_structures=structures)
-    write_json(out / "run.json", record)
+    return "\n".join(text) + "\n"
 
 
 def rewrite_outputs(out: Path) -> dict:
@@ -551,8 +523,7 @@ def rewrite_outputs(out: Path) -> dict:
                          f"run.json ({exc})") from None  # fmt: skip
     config = _validated_config(record, out)
     _check_complete(curves, config, out)
-    meta = record.get("meta", {})
-    structures = record.get("unit_ng_structures", {})
+    meta, structures = record.get("meta"), record.get("unit_ng_structures")
     return write_outputs(curves, config, out, meta if isinstance(meta, dict) else {},
                          structures if isinstance(structures, dict) else {})  # fmt: skip
 
@@ -573,20 +544,15 @@ def _validated_config(record, out: Path) -> CompareConfig:
     settings = {k: v for k, v in record["config"].items() if k in fields}
     for key, hi in _BOUNDS.items():
         v = settings.get(key)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi):
             raise InputError(f"{where}: config {key}={v!r} must be an integer in [0, {hi}]")
-    arms = settings.get("arms", list(DEFAULT_ARMS))
+    arms, lrs = settings.get("arms", list(DEFAULT_ARMS)), settings.get("lrs", [])
     if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
         raise InputError(f"{where}: config arms must be a list of arm names")
-    settings["arms"] = tuple(arms)
-    lrs = settings.get("lrs", [])
-    if not isinstance(lrs, list) or not all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in lrs
-    ):
+    pairs = isinstance(lrs, list) and all(isinstance(p, list) and len(p) == 2 for p in lrs)
+    if not pairs or not all(isinstance(arm, str) for arm, _ in lrs):
         raise InputError(f"{where}: config lrs must be a list of [arm, rate] pairs")
-    settings["lrs"] = tuple((a, r) for a, r in lrs)
+    settings.update(arms=tuple(arms), lrs=tuple(map(tuple, lrs)))
     try:
         return CompareConfig(**settings)
     except TypeError as exc:
@@ -613,15 +579,6 @@ def _check_complete(curves, config: CompareConfig, out: Path) -> None:
             f"= {len(expected)} for run.json's config; the table is truncated, edited or from "
             "another run. Rerun natgrad compare"
         )
-
-
-def _trainer_lines(meta: dict) -> list[str]:
-    r"""How the runs were trained (``meta["runs"]``: their root)."""
-    if not meta.get("runs"):
-        return []
-    return [f"- run directories: `{meta['runs']}/<arm>-s<seed>` (natgrad.training.train_grid: "
-            "the SGD arms of all seeds batched, the others one run at a time; a rerun resumes "
-            "them)"]  # fmt: skip
 
 
 def _structure_lines(structures: dict, config: CompareConfig) -> list[str]:
@@ -725,16 +682,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.tables_from)
         rewrite_outputs(out)
     else:
-        config = CompareConfig(
-            dataset=args.dataset, data_dir=args.data_dir, seeds=args.seeds,
-            first_seed=args.first_seed, epochs=args.epochs, batch_size=args.batch_size,
-            train_size=args.train_size, lr_sgd=args.lr_sgd, lr_ng=args.lr_ng, lr_qd=args.lr_qd,
-            lrs=tuple(args.lr), rel_damping=args.rel_damping, layer_damping=args.layer_damping,
-            refresh_every=args.refresh_every, ema=args.ema, window=args.window,
-            memory_budget=args.memory_budget, plain_first_layer=args.plain_first_layer,
-            preprocess="standardise" if args.standardise else "none",
-            last_epochs=args.last_epochs, arms=tuple(a for a in args.arms.split(",") if a),
-        )  # fmt: skip
+        fields = {f.name for f in dataclasses.fields(CompareConfig)} - {"arms"}
+        config = CompareConfig(**{k: v for k, v in vars(args).items() if k in fields},
+                               lrs=tuple(args.lr), arms=tuple(a for a in args.arms.split(",") if a),
+                               preprocess="standardise" if args.standardise else "none")  # fmt: skip
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
         root = Path(args.runs or f"runs/compare/{config.dataset}")
         curves, _ = run_compare(config, root, progress=say)

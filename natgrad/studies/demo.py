@@ -25,6 +25,7 @@ from pathlib import Path
 
 from natgrad._atomic import write_json, write_text
 from natgrad._lock import LOCK_NAME
+from natgrad.analysis.build import epoch_list
 from natgrad.argtypes import nonnegative_int, positive_int
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.errors import DivergedError, InputError
@@ -41,15 +42,15 @@ UNITS = ("elu", "relu", "lrelu", "srelu", "selu", "relu-bn", "elu-bn")
 #: The paper's four unit types (Fig 2): the MNIST demo's default.
 PAPER_UNITS = ("elu", "relu", "lrelu", "srelu")
 
-#: Per data set, the demo's defaults (fields of :class:`DemoConfig`).
+#: Per data set, the demo's defaults (fields of :class:`DemoConfig`); Fashion-MNIST's (and
+#: any other data set's) are the digits'.
 DATASETS = {
     "mnist": dict(units=PAPER_UNITS, seeds=8, epochs=3, analyse_epochs=(1,), grad="train",
                   jackknife=True, probe_sizes=(1000, 2000, 5000, 8000, 10000), size_seeds=2),
     "digits": dict(units=UNITS, seeds=8, epochs=20, analyse_epochs=None, grad="probe",
                    jackknife=False, probe_sizes=(), size_seeds=0),
-    "fashion-mnist": dict(units=UNITS, seeds=8, epochs=20, analyse_epochs=None, grad="probe",
-                          jackknife=False, probe_sizes=(), size_seeds=0),
 }  # fmt: skip
+DATASETS["fashion-mnist"] = DATASETS["digits"]
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,12 @@ class DemoConfig:
     fresh: bool = False
 
     def __post_init__(self) -> None:
+        sizes = {k: getattr(self, k) for k in ("seeds", "epochs", "checkpoint_every", "batch_size")}
         small_probe = self.probe_size is not None and self.probe_size < 2
-        if min(self.seeds, self.epochs, self.checkpoint_every) < 1 or small_probe:
-            raise InputError(
-                f"demo: seeds, epochs, checkpoint_every must be >= 1 and probe_size >= 2; got "
-                f"seeds={self.seeds}, epochs={self.epochs}, checkpoint_every="
-                f"{self.checkpoint_every}, probe_size={self.probe_size}"
-            )
+        if min(sizes.values()) < 1 or small_probe or self.threads < 0:
+            got = {**sizes, "probe_size": self.probe_size, "threads": self.threads}
+            raise InputError(f"demo: {', '.join(sizes)} must be >= 1, probe_size >= 2 and threads "
+                             f">= 0; got {', '.join(f'{k}={v}' for k, v in got.items())}")  # fmt: skip
         if self.analyse_epochs is not None and (
             not self.analyse_epochs or any(not 0 <= e <= self.epochs for e in self.analyse_epochs)
         ):
@@ -118,9 +118,6 @@ class DemoConfig:
                              "give at least two (e.g. elu,relu)")  # fmt: skip
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"demo --lr {self.lr!r}: must be a finite number > 0")
-        if self.batch_size < 1 or self.threads < 0 or not self.units:
-            raise InputError(f"demo: batch_size must be >= 1, threads >= 0 and units non-empty; got "
-                             f"batch_size={self.batch_size}, threads={self.threads}, units={self.units}")  # fmt: skip
 
 
 #: The paper's setting of Fig 2 (docs/paper.md): MNIST, 300 epochs, 5 seeds, lr 0.01, batch 64.
@@ -240,12 +237,10 @@ def _is_demo_folder(folder: Path) -> bool:
 def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     r"""The demo with ``out`` owned by this process (:func:`natgrad.training._owner.claim`:
     a second demo on the same folder stops at once, naming this one's pid)."""
-    import torch
-
     from natgrad.analysis.report import render_report, summary_text
     from natgrad.analysis.runs import hidden_layers
     from natgrad.analysis.summary import read_tables, write_tables
-    from natgrad.training import describe_device
+    from natgrad.training.engine import describe_device, resolve_device
 
     t0 = time.perf_counter()
     if not (out / "demo.json").is_file():  # marks the folder as the demo's from the start
@@ -253,7 +248,6 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     workers = workers_of(config) if config.device == "cpu" else 1
     demo = declaration(config)
     plan = demo.plan(out / "runs")
-    cfgs, run_dirs = [r.config for r in plan], [r.path for r in plan]
     diverged = demo.train(out / "runs", workers=workers, device=config.device,
                           resume=not config.fresh, threads=config.threads, progress=progress)  # fmt: skip
     if diverged:  # the demo's tables need every run: stop, naming them
@@ -261,11 +255,10 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
         raise DivergedError(f"{len(diverged)} demo run(s) diverged ({', '.join(diverged)}); "
                             f"first: {message}. Lower --lr, or delete their diverged.json "
                             "to retry.", run=out / "runs" / name)  # fmt: skip
-    runs = list(run_dirs)
+    runs = [r.path for r in plan]
     t_train = time.perf_counter() - t0
     layers = None if config.layers == "all" else hidden_layers(runs[0])
-    device = describe_device(torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                                          (config.device if config.device != "auto" else "cpu")))  # fmt: skip
+    device = describe_device(resolve_device(config.device))
     context = {
         "command": "python -m natgrad demo " + " ".join(_cli_args(config)),
         "device": device,
@@ -274,7 +267,7 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
         "parallelism": f"{workers} worker process(es) × {config.threads or 'torch default'} torch "
                        "thread(s) each, for training and for the unit Fishers",
     }  # fmt: skip
-    size_runs = [r for cfg, r in zip(cfgs, runs, strict=True) if cfg.seed < config.size_seeds]
+    size_runs = [r.path for r in plan if r.seed < config.size_seeds]
     tables = write_tables(runs, out / "tables", epochs=analysed_epochs(config),
                           probe_size=config.probe_size, rel_damping=config.rel_damping,
                           layers=layers, workers=workers, progress=progress,
@@ -282,13 +275,12 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
                           probe_sizes=swept_sizes(config), size_runs=size_runs,
                           endpoints=primary_endpoints(config))  # fmt: skip
     t_tables = time.perf_counter() - t0 - t_train
-    seconds_so_far = time.perf_counter() - t0
     wall = {"wall time": f"training {t_train:.1f} s, unit Fishers and tables {t_tables:.1f} s"}
     report = render_report(out / "tables", out / "report.html", context=wall)
     seconds = time.perf_counter() - t0
     summary = summary_text(read_tables(out / "tables")["summary"])
     meta = {"config": asdict(config), "seconds": {"train": t_train, "tables": t_tables,
-            "report": seconds - seconds_so_far, "total": seconds}, "device": device}  # fmt: skip
+            "report": seconds - t_train - t_tables, "total": seconds}, "device": device}  # fmt: skip
     write_json(out / "demo.json", meta)
     write_text(out / "summary.txt", summary + "\n")
     echo(summary)
@@ -326,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--seeds", positive_int, f"seeds per unit type (default {d.seeds})"),
         ("--checkpoint-every", positive_int, "without --analyse-epochs: analyse epoch 0, every "
          f"N-th epoch and the last (default {d.checkpoint_every})"),
-        ("--analyse-epochs", _epochs, "comma-separated epochs to analyse (default: 1 on MNIST; "
+        ("--analyse-epochs", epoch_list, "comma-separated epochs to analyse (default: 1 on MNIST; "
          "on the digits 0, every --checkpoint-every-th and the last)"),
         ("--probe-size", positive_int, "held-out inputs in the unit Fisher probe (default: the "
          "whole validation split, or test split where there is none)"),
@@ -348,16 +340,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="retrain instead of reusing runs in --out")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _epochs(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        out = ()
-    if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give epochs >= 0, comma-separated (e.g. 1,3)")
-    return out
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
