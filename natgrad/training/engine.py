@@ -204,12 +204,13 @@ def check_held_out(run: Path, row: dict, epoch: int, step: int, per_epoch: int, 
             raise diverged_error(run, epoch, step, per_epoch, lr, f"{split} loss", value)
 
 
-def save_checkpoint(config: TrainConfig, run: Path, epoch: int, model, optimizer, info: dict):
-    """Write epoch ``epoch``'s checkpoint, then keep only ``config.keep_checkpoints`` latest
-    ones (0: all; epoch 0 and ``checkpoint_epochs`` always stay)."""
-    ckpt.write_checkpoint(run, epoch, model, optimizer, info)
-    if config.keep_checkpoints:
-        ckpt.prune_checkpoints(run, config.keep_checkpoints, config.checkpoint_epochs)
+def save_checkpoint(run: Run, epoch: int, per_epoch: int) -> None:
+    """Write ``run``'s checkpoint of epoch ``epoch``, then keep only ``keep_checkpoints``
+    latest ones (0: all; epoch 0 and ``checkpoint_epochs`` always stay)."""
+    info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
+    ckpt.write_checkpoint(run.dir, epoch, run.model, run.optimizer, info)
+    if run.config.keep_checkpoints:
+        ckpt.prune_checkpoints(run.dir, run.config.keep_checkpoints, run.config.checkpoint_epochs)
 
 
 def checkpoint_due(config: TrainConfig, epoch: int) -> bool:
@@ -437,8 +438,7 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
             bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
                             test_loss=f"{evals['test_loss']:.4f}")  # fmt: skip
             if checkpoint_due(config, epoch):
-                info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
-                save_checkpoint(config, run.dir, epoch, model, optimizer, info)
+                save_checkpoint(run, epoch, per_epoch)
         if ddp:
             torch.distributed.barrier()
     bar.close()
