@@ -13,19 +13,17 @@ the negative mean log-likelihood, so F⁻¹∇ is the descent direction) the ste
 with F_λ = F + λ·(tr F/(d+1))·I (docs/theory.md; :mod:`natgrad.optim.solves`), ``momentum`` as
 in ``torch.optim.SGD`` (a buffer of the preconditioned direction) and weight decay added to
 the Linear/Conv2d weights' gradient before preconditioning. ``structure="unit"`` is the unit
-natural gradient of Theorem 1 (Ollivier 2015's unit-wise natural gradient);
-``"quasidiagonal"`` is Ollivier's quasi-diagonal reduction; ``"diagonal"`` the diagonal one;
-``"blockdiag"`` inverts the weight block A and the bias entry c separately (the unit block with
-its weight–bias coupling b set to 0): the unit natural gradient without what Theorem 2
-corrects, so that training with it isolates the coupling's share.
+natural gradient of Theorem 1 (Ollivier 2015's unit-wise one); ``"blockdiag"`` is it without
+the weight–bias coupling b that Theorem 2 corrects, so that training with it isolates the
+coupling's share.
 
 F is a running average of the unit Fisher of the training batches: every ``refresh_every``
 steps the optimizer runs natgrad's engine (:func:`natgrad.fisher.unit_fishers`: one forward
 and one batched backward for all layers) on the current batch, and sets
 F ← ema·F + (1 − ema)·F_batch (the first refresh sets F = F_batch). Only the parts each
-structure reads are kept: the dense blocks for ``unit`` (Cholesky factors are cached until the
-next refresh), the diagonal and the bias column for the others, which the engine computes
-without forming dense blocks (``unit_fishers(..., structure=)``, :mod:`natgrad.structures`).
+structure reads are kept: the dense blocks for ``unit`` and ``blockdiag`` (their solve is
+formed once per refresh), the diagonal and the bias column for the others, which the engine
+computes without forming dense blocks (:mod:`natgrad.structures`).
 
 Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes), layers without a bias
 and the ``plain_layers`` take the plain SGD step. Model buffers (batch-norm running
@@ -322,10 +320,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         # check only when a sum is not finite (an overflowing sum of finite values is possible)
         if bool(torch.isfinite(torch.stack([d.sum().double() for _, d in named])).all()):
             return
-        ok = [bool(torch.isfinite(d).all()) for _, d in named]
-        if all(ok):
+        bad = [n for n, d in named if not bool(torch.isfinite(d).all())]
+        if not bad:
             return
-        bad = [n for (n, _), good in zip(named, ok, strict=True) if not good]
         raise DivergedError(
             f"UnitNaturalGradient step {self.steps}: the update of {', '.join(bad[:3])} is not "
             "finite (a NaN/Inf gradient, or a preconditioned step that overflowed); the weights "

@@ -48,10 +48,9 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "unit-ng", "qd-ng", "diag-ng", "blockdiag-ng")
 """``sgd`` (torch), or :class:`natgrad.optim.UnitNaturalGradient` with structure ``unit``,
-``quasidiagonal``, ``diagonal`` or ``blockdiag`` (settings ``ng_kind``, ``rel_damping``, ``layer_damping``,
-``refresh_every``, ``fisher_ema``, ``fisher_window`` (``unit-ng`` only: 0 keeps the dense running
-unit Fisher, K ≥ 1 the factor rows of the last K refreshes, solved by Woodbury,
-:mod:`natgrad.optim.lowrank`); ``momentum`` and ``weight_decay`` as for SGD)."""
+``quasidiagonal``, ``diagonal`` or ``blockdiag`` (settings ``ng_kind``, ``rel_damping``,
+``layer_damping``, ``refresh_every``, ``fisher_ema``, ``fisher_window``; ``momentum`` and
+``weight_decay`` as for SGD)."""
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,8 @@ Written once here: the set-up of data, net and optimizer (:func:`setup`), the st
 run (:func:`open_run`: resume or epoch 0), the epochs of one model (:func:`train_epochs`: the
 data order and augmentation of epoch e seeded by ``(seed, e)``, the schedule, the held-out
 evaluation, the metrics row, checkpoints) and the divergence error (:func:`diverged_error`).
-
-The run directory (:mod:`natgrad.training.rundir`), ``metrics.jsonl``'s fields and how a
-killed run resumes from its last checkpoint, bit-identical on CPU with the same thread count
-(the data order from ``(seed, e)``, the global RNG states checkpointed): ``docs/run_layout.md``.
+The run directory, ``metrics.jsonl``'s fields and why a resumed run is bit-identical:
+``docs/run_layout.md``.
 """
 
 from __future__ import annotations

@@ -188,12 +188,9 @@ class _Grid:
             loss=first.config.loss,
         )  # fmt: skip
         if self.start > 0:  # resumed: the momentum buffers the runs' optimizers hold
-            per_run = []
-            for r in self.runs:
-                state = r.optimizer.state
-                per_run.append({n: state.get(p, {}).get("momentum_buffer")
-                                for n, p in r.model.named_parameters()})  # fmt: skip
-            self.net.load_momentum(per_run)
+            self.net.load_momentum([{n: r.optimizer.state.get(p, {}).get("momentum_buffer")
+                                     for n, p in r.model.named_parameters()}
+                                    for r in self.runs])  # fmt: skip
         self.probes = [r.data[0][r.probe.to(dev)] for r in self.runs]
         same = len({p.shape for p in self.probes}) == 1
         self.probe_x = torch.stack(self.probes) if same else None  # [R, n_probe, ...]
