@@ -51,10 +51,8 @@ __all__ = ["grid_key", "train_grid"]
 
 def grid_key(config: TrainConfig) -> tuple | None:
     """What runs must share to train as one batched model, or ``None`` when ``config`` is
-    trained sequentially (conv nets, units the batched forward lacks such as PReLU, layer
-    norm, dropout, augmentation, the natural-gradient
-    optimizers and centring of natgrad.optim). Runs with and without batch norm form separate
-    grids."""
+    trained sequentially (conv nets, PReLU, layer norm, dropout, augmentation, natgrad.optim).
+    Runs with and without batch norm form separate grids."""
     dropout_off = config.dropout is None or all(p == 0 for p in config.dropout)
     if (
         not config.net.startswith("mnist-")
