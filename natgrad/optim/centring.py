@@ -49,7 +49,8 @@ __all__ = ["CentredConv2d", "CentredLinear", "centre", "is_centred", "uncentre",
 class _Centred:
     r"""Mixin: a ``centre`` buffer m ``[d]`` and the last training batch's incoming mean."""
 
-    def _init_centre(self) -> None:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         d = self.weight[0].numel()
         self.register_buffer("centre", torch.zeros(d, dtype=self.weight.dtype,
                                                    device=self.weight.device))  # fmt: skip
@@ -75,10 +76,6 @@ class _Centred:
 class CentredLinear(_Centred, nn.Linear):
     r"""``nn.Linear`` computing W(x − m) + v0 (``bias`` holds v0, ``centre`` holds m)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_centre()
-
     def _incoming_mean(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, x.shape[-1]).mean(0)  # [d]
 
@@ -89,10 +86,6 @@ class CentredLinear(_Centred, nn.Linear):
 
 class CentredConv2d(_Centred, nn.Conv2d):
     r"""``nn.Conv2d`` computing W·(patch − m) + v0, m the mean patch ``[C_in·kh·kw]``."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_centre()
 
     def _incoming_mean(self, x: torch.Tensor) -> torch.Tensor:
         # unfold is linear: the mean patch of the mean image is the mean patch.

@@ -75,17 +75,11 @@ def peer_filled_traces(
     return torch.where(dead, s * d1, trace), dead, s
 
 
-def _peer_scale(diag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(dead [U] bool, s)``: units with a zero block and the peers' mean tr F/(d+1)."""
-    _, dead, s = peer_filled_traces(diag.sum(-1), diag.shape[-1])
-    return dead, s
-
-
 def _damped_diagonal(diag, rel_damping, layer_damping) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(diag(F_λ) [U, d+1] float64, dead [U])`` from ``diag`` ``[U, d+1]`` of F, zero
     blocks filled by the peers' scale."""
     d64 = diag.to(torch.float64)
-    dead, s = _peer_scale(d64)
+    _, dead, s = peer_filled_traces(d64.sum(-1), d64.shape[-1])
     d64 = torch.where(dead[:, None], s, d64)
     return d64 + relative_shift(d64, rel_damping, layer_damping).unsqueeze(-1), dead
 
@@ -126,7 +120,7 @@ def unit_factor(
     """
     m64 = matrix.to(torch.float64, copy=True)  # modified in place below
     diag = torch.diagonal(m64, dim1=-2, dim2=-1)  # a view
-    dead, s = _peer_scale(diag)
+    _, dead, s = peer_filled_traces(diag.sum(-1), diag.shape[-1])
     if dead.any():
         m64[dead] = 0.0
         diag[dead] = s

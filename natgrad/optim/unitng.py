@@ -13,19 +13,17 @@ the negative mean log-likelihood, so F⁻¹∇ is the descent direction) the ste
 with F_λ = F + λ·(tr F/(d+1))·I (docs/theory.md; :mod:`natgrad.optim.solves`), ``momentum`` as
 in ``torch.optim.SGD`` (a buffer of the preconditioned direction) and weight decay added to
 the Linear/Conv2d weights' gradient before preconditioning. ``structure="unit"`` is the unit
-natural gradient of Theorem 1 (Ollivier 2015's unit-wise natural gradient);
-``"quasidiagonal"`` is Ollivier's quasi-diagonal reduction; ``"diagonal"`` the diagonal one;
-``"blockdiag"`` inverts the weight block A and the bias entry c separately (the unit block with
-its weight–bias coupling b set to 0): the unit natural gradient without what Theorem 2
-corrects, so that training with it isolates the coupling's share.
+natural gradient of Theorem 1 (Ollivier 2015's unit-wise one); ``"blockdiag"`` is it without
+the weight–bias coupling b that Theorem 2 corrects, so that training with it isolates the
+coupling's share.
 
 F is a running average of the unit Fisher of the training batches: every ``refresh_every``
 steps the optimizer runs natgrad's engine (:func:`natgrad.fisher.unit_fishers`: one forward
 and one batched backward for all layers) on the current batch, and sets
 F ← ema·F + (1 − ema)·F_batch (the first refresh sets F = F_batch). Only the parts each
-structure reads are kept: the dense blocks for ``unit`` (Cholesky factors are cached until the
-next refresh), the diagonal and the bias column for the others, which the engine computes
-without forming dense blocks (``unit_fishers(..., structure=)``, :mod:`natgrad.structures`).
+structure reads are kept: the dense blocks for ``unit`` and ``blockdiag`` (their solve is
+formed once per refresh), the diagonal and the bias column for the others, which the engine
+computes without forming dense blocks (:mod:`natgrad.structures`).
 
 Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes), layers without a bias
 and the ``plain_layers`` take the plain SGD step. Model buffers (batch-norm running
@@ -73,13 +71,9 @@ DENSE_BUDGET = 2**28
 """Default largest dense Fisher state of one layer, in elements (1 GiB in float32)."""
 
 
-def _real(value) -> bool:
-    """A real number (int or float, not bool or str)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _finite(value) -> bool:
-    return _real(value) and math.isfinite(value)
+    """A finite real number (int or float, not bool or str)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _int(value) -> bool:
@@ -109,12 +103,11 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             ``"exact"`` or ``"empirical"`` (needs ``targets`` in :meth:`step`).
         rel_damping: λ in F_λ = F + λ·(tr F/(d+1))·I, the same for every unit.
         layer_damping: λ_layer, adding λ_layer·(mean over the layer's units of tr F)/(d+1)
-            to every unit's diagonal (0: docs/theory.md's F_λ exactly). Both defaults are
-            :data:`natgrad.damping.STEP_DAMPING` and ``LAYER_DAMPING`` (0.1, 0.3), the
-            ones the trainer and ``natgrad compare`` use. A unit whose Fisher on
-            the refresh batches was near zero (a ReLU unit active on few inputs) but that
-            gets a gradient on a later batch is otherwise stepped by ~g/(λ·tr F_u), which
-            diverges when the Fisher is refreshed less than every step.
+            to every unit's diagonal (0: docs/theory.md's F_λ exactly; defaults of both:
+            :mod:`natgrad.damping`). Without it a unit whose Fisher on the refresh batches
+            was near zero (a ReLU unit active on few inputs) but that gets a gradient on a
+            later batch is stepped by ~g/(λ·tr F_u), which diverges when the Fisher is
+            refreshed less than every step.
         refresh_every: recompute the batch Fisher every this many steps (1: every step).
         ema: weight of the old average, F ← ema·F + (1 − ema)·F_batch, in [0, 1).
         momentum: SGD momentum on the preconditioned direction.
@@ -125,18 +118,14 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         memory_budget: largest dense state U·(d+1)² of a layer, in elements; larger layers
             use ``quasidiagonal`` (with a :class:`~natgrad.errors.NatgradWarning`).
         window: ``None`` (default): ``unit`` keeps the dense running average above. An
-            integer K: ``unit`` keeps the factor rows of the last K refresh batches instead,
-            weighted ∝ ema^age, and solves F_λ⁻¹g exactly for that windowed Fisher by
-            Woodbury (:mod:`natgrad.optim.lowrank`): U·R·(d+1) work per step with R = K·N
-            rows instead of U·(d+1)², the route for wide layers (mnist-fc's 785-wide input
-            units). Needs rel_damping or layer_damping > 0. With K·N < d+1 every direction
-            the rows do not span is scaled by the full 1/μ: cheap, but a poor metric to
-            train with (a one-batch window diverged with ELU on Fashion-MNIST, where dense
-            blocks on the hidden-fed layers trained; README, "Testing the mechanism").
-        plain_layers: names of Linear/Conv2d layers (``model.named_modules()``) that are not
-            preconditioned: they take the plain SGD step (e.g. a pixel-fed first layer that
-            no activation function can centre, trained as plain SGD in every arm of a
-            comparison).
+            integer K: ``unit`` keeps the factor rows of the last K refresh batches instead
+            and solves F_λ⁻¹g exactly for that windowed Fisher by Woodbury
+            (:mod:`natgrad.optim.lowrank`), the route for wide layers. Needs rel_damping or
+            layer_damping > 0. With K·N < d+1 every direction the rows do not span is scaled
+            by the full 1/μ: cheap, but a poor metric to train with (a one-batch window
+            diverged with ELU on Fashion-MNIST; README, "Testing the mechanism").
+        plain_layers: names of Linear/Conv2d layers (``model.named_modules()``) that take
+            the plain SGD step (e.g. a pixel-fed first layer, which no unit can centre).
         plain_lr_scale: their learning rate as a multiple of ``lr`` (a natural-gradient lr is
             far below a good SGD lr for the same layer); a schedule scales it alike.
     """
@@ -170,7 +159,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         for key, value, ok, need in (
             ("refresh_every", refresh_every, lambda v: isinstance(v, int) and v >= 1,
              "a positive integer"),
-            ("ema", ema, lambda v: _real(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
+            ("ema", ema, lambda v: _finite(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
             ("rel_damping", rel_damping, lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
             ("layer_damping", layer_damping, lambda v: _finite(v) and v >= 0,
              "a finite number >= 0"),
@@ -233,15 +222,11 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         weights = {id(m.weight) for m in model.modules() if isinstance(m, SUPPORTED)}
         slow = {id(p) for n in plain for p in named[n].parameters()}
         params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if id(p) in weights and id(p) not in slow],
-             "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) not in weights and id(p) not in slow],
-             "weight_decay": 0.0},
-            {"params": [p for p in params if id(p) in weights and id(p) in slow],
-             "weight_decay": weight_decay, "lr": lr * plain_lr_scale, "lr_scale": plain_lr_scale},
-            {"params": [p for p in params if id(p) not in weights and id(p) in slow],
-             "weight_decay": 0.0, "lr": lr * plain_lr_scale, "lr_scale": plain_lr_scale},
+        groups = [  # decayed weights, the rest; then both again for the plain layers
+            {"params": [p for p in params if (id(p) in weights, id(p) in slow) == (w, s)],
+             "weight_decay": weight_decay if w else 0.0,
+             **({"lr": lr * plain_lr_scale, "lr_scale": plain_lr_scale} if s else {})}
+            for s in (False, True) for w in (True, False)
         ]  # fmt: skip
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
         super().__init__([g for g in groups if g["params"]], defaults)
@@ -335,10 +320,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         # check only when a sum is not finite (an overflowing sum of finite values is possible)
         if bool(torch.isfinite(torch.stack([d.sum().double() for _, d in named])).all()):
             return
-        ok = [bool(torch.isfinite(d).all()) for _, d in named]
-        if all(ok):
+        bad = [n for n, d in named if not bool(torch.isfinite(d).all())]
+        if not bad:
             return
-        bad = [n for (n, _), good in zip(named, ok, strict=True) if not good]
         raise DivergedError(
             f"UnitNaturalGradient step {self.steps}: the update of {', '.join(bad[:3])} is not "
             "finite (a NaN/Inf gradient, or a preconditioned step that overflowed); the weights "

@@ -11,10 +11,9 @@ r"""Checkpoints as safetensors + JSON, written atomically; loading never unpickl
     rng.cuda.<i>                      CUDA generator states, uint8 (when on a GPU)
     rng.numpy                         numpy MT19937 key, int64 [624]
 
-``checkpoints/epoch_XXXX.json`` holds the rest: ``format``, ``epoch``, ``iteration``,
-``config``, ``metrics`` (every row so far), ``net``/``unit``/``build_kwargs`` (to rebuild
-the model), the optimizer's param groups and scalar state, python/numpy RNG scalars,
-``git_commit``, ``torch_version``, ``device`` and the SHA-256 of the safetensors file.
+``checkpoints/epoch_XXXX.json`` holds the rest (``format``, the model's build options, the
+optimizer's param groups and scalar state, RNG scalars, the SHA-256 of the safetensors file
+and the run's metadata: ``docs/run_layout.md``).
 
 Both files are written atomically (:mod:`natgrad._atomic`), the JSON last: a checkpoint
 exists exactly when its JSON does. The JSON is strict (non-finite numbers are ``null``).

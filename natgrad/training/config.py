@@ -1,49 +1,21 @@
-r"""Typed training configurations, one per paper experiment (``docs/paper.md``), overridable by
-``key=value`` strings (``natgrad train --set lr=0.1``).
+r"""Typed training configurations, one per paper experiment, overridable by ``key=value``
+strings (``natgrad train --set lr=0.1``).
 
-======================  ========  ========  ========  =========  ============
-setting                 mnist-fc  mnist-ae  cifar-11  cifar-18   imagenet-15
-======================  ========  ========  ========  =========  ============
-dataset                 mnist     mnist     cifar100  cifar100   imagenet
-batch                   64        64        100 [*]   100        128 [*]
-epochs (iterations)     300       500       330 (165k) 410 (205k) [*]  —
-lr                      0.01      1e-3 [†]  0.01 →    0.01 ÷10   0.01 ÷10 [*]
-                                            piecewise every 35k  every 100k
-dropout phases          —         —         —         [‡]        —
-momentum                0 [*]     0 [*]     0.9       0.9        0.9 [*]
-L2 weight decay         0 [*]     0 [*]     5e-4      5e-4       5e-4
-loss                    CE        BCE [*]   CE        CE         CE
-preprocess / augment    —         —         GCN+ZCA, pad-crop-flip             resize-crop (not here)
-======================  ========  ========  ========  =========  ============
-
-[*] the paper is silent; natgrad's choice, named here and in ``notes``. [†] the paper
-sweeps lr ∈ {1e-2, 1e-3, 1e-4, 1e-5}; pick one with ``--set lr=…``.
-
-[‡] cifar-18, ``docs/paper.md`` ("Training settings"): "last 50k it dropout on every layer of a stack, then ×1.5 for
-40k more". natgrad's reading: the main run is 165k iterations (as cifar-11); its last
-50k (from 115k) put a dropout of the stack's rate after every layer of a stack
-(``every_layer``: after the unit of each layer but the last, whose dropout is the stack's
-usual one after pooling); then 40k *additional* iterations (165k–205k) scale every rate
-by 1.5, to ``max(p, min(1.5 p, 0.9))`` (the cap never binds for the paper's rates,
-at most 0.75). The lr keeps falling ÷10 every 35k (1e-7 from 175k). See
-:func:`natgrad.models.set_dropout_mode`.
-
-``dropout_phases``: ``(start_iteration, mode)`` pairs (0-based iterations, whatever
+The presets (:data:`PRESETS`) and natgrad's readings of what the paper leaves open (each
+preset's ``notes`` names them; cifar-18's dropout phases included): ``docs/paper.md``,
+"Training settings". A schedule is a tuple of ``(start, lr)`` pairs in ``schedule_unit``
+(``"iteration"`` or ``"epoch"``, counted from 0); before the first start the base ``lr``
+holds. ``dropout_phases``: ``(start_iteration, mode)`` pairs (0-based iterations, whatever
 ``schedule_unit`` says; ``per_stack`` before the first), set from the iteration count, so
-that a resumed run is exact (``docs/run_layout.md``, "Dropout phases").
+that a resumed run is exact (``docs/run_layout.md``, "Dropout phases"). Weight decay applies
+to the weights of Linear/Conv2d layers only (not biases, batch norm or PReLU slopes).
 
 Every loop evaluates the test split each epoch and, where the data set has one, the
 validation split (``val_loss``, ``val_error``): selection uses validation, never test
 (``train_split="train+val"``: MNIST's 60k training images of the paper, no validation
 curve). ``keep_checkpoints`` = k is for runs checkpointed every epoch, so that they resume
-exactly without keeping every epoch's optimizer state; ``preprocess="standardise"``:
-:func:`natgrad.data.standardise`. The other settings are described where
-:class:`TrainConfig` declares them.
-
-Weight decay applies to the weights of Linear/Conv2d layers only (not biases, batch norm
-or PReLU slopes). A schedule is a tuple of ``(start, lr)`` pairs in ``schedule_unit``
-(``"iteration"`` or ``"epoch"``, counted from 0); before the first start the base ``lr``
-holds.
+exactly without keeping every epoch's optimizer state. The other settings are described
+where :class:`TrainConfig` declares them.
 
 Example:
     >>> cfg = apply_overrides(default_config("mnist-fc"), ["epochs=3", "dataset=digits"])
@@ -76,10 +48,9 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "unit-ng", "qd-ng", "diag-ng", "blockdiag-ng")
 """``sgd`` (torch), or :class:`natgrad.optim.UnitNaturalGradient` with structure ``unit``,
-``quasidiagonal``, ``diagonal`` or ``blockdiag`` (settings ``ng_kind``, ``rel_damping``, ``layer_damping``,
-``refresh_every``, ``fisher_ema``, ``fisher_window`` (``unit-ng`` only: 0 keeps the dense running
-unit Fisher, K ≥ 1 the factor rows of the last K refreshes, solved by Woodbury,
-:mod:`natgrad.optim.lowrank`); ``momentum`` and ``weight_decay`` as for SGD)."""
+``quasidiagonal``, ``diagonal`` or ``blockdiag`` (settings ``ng_kind``, ``rel_damping``,
+``layer_damping``, ``refresh_every``, ``fisher_ema``, ``fisher_window``; ``momentum`` and
+``weight_decay`` as for SGD)."""
 
 
 @dataclass(frozen=True)
@@ -193,22 +164,13 @@ class TrainConfig:
                    "refresh_every": 1, "fisher_window": 0, "keep_checkpoints": 0}  # fmt: skip
         for key, lo in minimum.items():
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not _integer(value):
                 raise bad(key, value, f"an integer >= {lo}")
             if value < lo:
                 raise bad(key, value, f">= {lo}")
-        if self.fisher_window and self.optimizer != "unit-ng":
-            raise bad("fisher_window", self.fisher_window, "0 unless optimizer=unit-ng")
-        if self.fisher_window and self.optimizer == "unit-ng" and not (
-            _finite_number(self.rel_damping) and _finite_number(self.layer_damping)
-            and (self.rel_damping > 0 or self.layer_damping > 0)
-        ):  # fmt: skip
-            raise bad("fisher_window", self.fisher_window,
-                      "0 when rel_damping = layer_damping = 0 (the window's Fisher is singular)")  # fmt: skip
         for key in ("train_size", "ng_memory_budget"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):  # fmt: skip
+            if value is not None and not (_integer(value) and value >= 1):
                 raise bad(key, value, "an integer >= 1 or none")
         if self.seed >= 2**32:
             raise bad("seed", self.seed, "< 2**32")
@@ -228,13 +190,17 @@ class TrainConfig:
                 continue
             if not _finite_number(value) or not ok(value):
                 raise bad(key, value, need)
+        if self.fisher_window and self.optimizer != "unit-ng":
+            raise bad("fisher_window", self.fisher_window, "0 unless optimizer=unit-ng")
+        if self.fisher_window and not (self.rel_damping > 0 or self.layer_damping > 0):
+            raise bad("fisher_window", self.fisher_window,
+                      "0 when rel_damping = layer_damping = 0 (the window's Fisher is singular)")  # fmt: skip
         for start, lr in self.lr_schedule:
             if not _finite_number(lr) or lr <= 0 or start < 0:
                 raise bad(
                     "lr_schedule", self.lr_schedule, "start:lr pairs with start >= 0 and lr > 0"
                 )
-        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
-                   for e in self.checkpoint_epochs):  # fmt: skip
+        if not all(_integer(e) and e >= 0 for e in self.checkpoint_epochs):
             raise bad("checkpoint_epochs", self.checkpoint_epochs, "integers >= 0, comma-separated")
         if self.dropout is not None and not all(
             _finite_number(p) and 0 <= p < 1 for p in self.dropout
@@ -268,6 +234,10 @@ class TrainConfig:
             data["dropout"] = tuple(float(p) for p in data["dropout"])
         data["checkpoint_epochs"] = tuple(data.get("checkpoint_epochs", ()))
         return cls(**data)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _finite_number(value) -> bool:
@@ -320,7 +290,7 @@ PRESETS: dict[str, dict] = {
 
 
 def default_config(net: str, **overrides) -> TrainConfig:
-    """The paper's settings for ``net`` (see the module table), with ``overrides``."""
+    """The paper's settings for ``net`` (:data:`PRESETS`), with ``overrides``."""
     if net not in PRESETS:
         raise InputError(f"no training preset for {net!r}; choose one of {', '.join(PRESETS)}")
     return TrainConfig.from_dict({"net": net, **PRESETS[net], **overrides})

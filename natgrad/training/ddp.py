@@ -1,5 +1,6 @@
 r"""Data-parallel training under ``torchrun``: DistributedDataParallel, one data shard per rank
-(``docs/distributed.md``, "Training data-parallel").
+(``docs/distributed.md``, "Training data-parallel": backends, resuming, what differs from one
+process).
 
 ``natgrad train`` started by ``torchrun --nproc-per-node=W …`` (``WORLD_SIZE`` > 1) runs
 :func:`train_ddp`: W processes ("ranks") with a replica of the net each split every GLOBAL
@@ -13,10 +14,7 @@ process draws and augments) and back-propagate
 
 (DDP averages the ranks' gradients): the one-process step up to the order of the additions,
 also for a last batch that does not split evenly. Rank 0 alone evaluates, records and writes
-the run directory; every rank resumes from rank 0's last checkpoint (the folder must be
-visible to every rank). NCCL with one GPU per rank (``cuda:<LOCAL_RANK>``) when ``device``
-allows CUDA, else gloo. Not equal to one process, by nature: dropout masks (each rank's own
-generator) and batch norm (each rank's shard statistics; no SyncBatchNorm).
+the run directory.
 """
 
 from __future__ import annotations

@@ -6,10 +6,8 @@ Written once here: the set-up of data, net and optimizer (:func:`setup`), the st
 run (:func:`open_run`: resume or epoch 0), the epochs of one model (:func:`train_epochs`: the
 data order and augmentation of epoch e seeded by ``(seed, e)``, the schedule, the held-out
 evaluation, the metrics row, checkpoints) and the divergence error (:func:`diverged_error`).
-
-The run directory (:mod:`natgrad.training.rundir`), ``metrics.jsonl``'s fields and how a
-killed run resumes from its last checkpoint, bit-identical on CPU with the same thread count
-(the data order from ``(seed, e)``, the global RNG states checkpointed): ``docs/run_layout.md``.
+The run directory, ``metrics.jsonl``'s fields and why a resumed run is bit-identical:
+``docs/run_layout.md``.
 """
 
 from __future__ import annotations
@@ -204,12 +202,13 @@ def check_held_out(run: Path, row: dict, epoch: int, step: int, per_epoch: int, 
             raise diverged_error(run, epoch, step, per_epoch, lr, f"{split} loss", value)
 
 
-def save_checkpoint(config: TrainConfig, run: Path, epoch: int, model, optimizer, info: dict):
-    """Write epoch ``epoch``'s checkpoint, then keep only ``config.keep_checkpoints`` latest
-    ones (0: all; epoch 0 and ``checkpoint_epochs`` always stay)."""
-    ckpt.write_checkpoint(run, epoch, model, optimizer, info)
-    if config.keep_checkpoints:
-        ckpt.prune_checkpoints(run, config.keep_checkpoints, config.checkpoint_epochs)
+def save_checkpoint(run: Run, epoch: int, per_epoch: int) -> None:
+    """Write ``run``'s checkpoint of epoch ``epoch``, then keep only ``keep_checkpoints``
+    latest ones (0: all; epoch 0 and ``checkpoint_epochs`` always stay)."""
+    info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
+    ckpt.write_checkpoint(run.dir, epoch, run.model, run.optimizer, info)
+    if run.config.keep_checkpoints:
+        ckpt.prune_checkpoints(run.dir, run.config.keep_checkpoints, run.config.checkpoint_epochs)
 
 
 def checkpoint_due(config: TrainConfig, epoch: int) -> bool:
@@ -437,8 +436,7 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
             bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
                             test_loss=f"{evals['test_loss']:.4f}")  # fmt: skip
             if checkpoint_due(config, epoch):
-                info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
-                save_checkpoint(config, run.dir, epoch, model, optimizer, info)
+                save_checkpoint(run, epoch, per_epoch)
         if ddp:
             torch.distributed.barrier()
     bar.close()

@@ -1,27 +1,20 @@
 r"""Train a grid of runs (unit types × seeds × settings) as ONE batched model
-(``docs/distributed.md``, "Grids").
+(``docs/distributed.md``, "Grids": what is batched, speed, float32 against float64).
 
 :func:`train_grid` stacks the R runs' parameters along a leading run axis
-(:class:`~natgrad.training.stacked.StackedNets`, which ``natgrad compare`` trains its SGD arms
-with too) and takes every step of every run at once, one batched GEMM per layer. Each run
-keeps its seed (initial weights, data split and probe set, from
-:func:`~natgrad.training.engine.open_run` as for a sequential run), its data order (the
-permutation of ``(seed_r, e)``), its unit type (runs are ordered by unit: one kernel per unit
-type and layer) and its SGD settings, in the arithmetic of ``torch.optim.SGD``.
-
-Every run writes the run directory of a sequential run, in the same format, with its own
-model, momentum buffers and the RNG states a sequential run would hold (the global
-generators seeded by ``seed_r``: these nets draw nothing from them); recordings and
-checkpoints go through a per-run ``PaperNet`` holding the run's slice. A grid-trained run can
-therefore be resumed by :func:`~natgrad.training.train`, and the other way round. The one
-difference: ``seconds``, ``train_seconds`` and ``seconds_per_iteration`` are the grid's wall
-time divided by R, and ``config.json`` records ``trainer: {"name": "grid", "runs": R}``.
-Results equal the sequential trainer's up to float round-off (batched and single GEMMs sum
-in different orders), not bit for bit.
+(:class:`~natgrad.training.stacked.StackedNets`) and takes every step of every run at once,
+one batched GEMM per layer. Each run keeps its seed (set up by
+:func:`~natgrad.training.engine.open_run` as a sequential run), its data order, its unit type
+(runs are ordered by unit: one kernel per unit type and layer) and its SGD settings, and
+writes the run directory of a sequential run with its own model, momentum buffers and global
+RNG states (recordings and checkpoints go through a per-run ``PaperNet`` holding its slice):
+either trainer resumes the other's runs. Only ``seconds``, ``train_seconds`` and
+``seconds_per_iteration`` (the grid's wall time divided by R) and ``config.json``'s
+``trainer: {"name": "grid", "runs": R}`` differ; results equal the sequential trainer's up to
+float round-off (batched and single GEMMs sum in different orders), not bit for bit.
 
 What is batched: :func:`grid_key`, grouped also by the epoch each run resumes from. Any
-other config, and any group of one, is trained by :func:`~natgrad.training.train`, so
-``train_grid(configs)`` always means "``train`` each".
+other config, and any group of one, is trained by :func:`~natgrad.training.train`.
 
 Example:
     >>> from natgrad.training import default_config
@@ -58,10 +51,8 @@ __all__ = ["grid_key", "train_grid"]
 
 def grid_key(config: TrainConfig) -> tuple | None:
     """What runs must share to train as one batched model, or ``None`` when ``config`` is
-    trained sequentially (conv nets, units the batched forward lacks such as PReLU, layer
-    norm, dropout, augmentation, the natural-gradient
-    optimizers and centring of natgrad.optim). Runs with and without batch norm form separate
-    grids."""
+    trained sequentially (conv nets, PReLU, layer norm, dropout, augmentation, natgrad.optim).
+    Runs with and without batch norm form separate grids."""
     dropout_off = config.dropout is None or all(p == 0 for p in config.dropout)
     if (
         not config.net.startswith("mnist-")
@@ -143,8 +134,8 @@ def train_grid(
                 run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
                 opened.append(run)
             grid = _Grid(opened, dev)
-            for i, res in zip(members, grid.train(progress), strict=True):
-                results[i] = res
+            for pos, res in zip(grid.order, grid.train(progress), strict=True):
+                results[members[pos]] = res
     return results  # type: ignore[return-value]
 
 
@@ -173,9 +164,8 @@ class _Grid:
 
     def __init__(self, runs: list[Run], dev: torch.device):
         # Order the runs by unit type, so that each unit acts on one slice of the run axis.
-        order = unit_order([r.model for r in runs])
-        self.order = order
-        self.runs = [runs[i] for i in order]
+        self.order = unit_order([r.model for r in runs])
+        self.runs = [runs[i] for i in self.order]
         self.dev = dev
         self.R = len(self.runs)
         first = self.runs[0]
@@ -196,62 +186,53 @@ class _Grid:
             loss=first.config.loss,
         )  # fmt: skip
         if self.start > 0:  # resumed: the momentum buffers the runs' optimizers hold
-            per_run = []
-            for r in self.runs:
-                state = r.optimizer.state
-                per_run.append({n: state.get(p, {}).get("momentum_buffer")
-                                for n, p in r.model.named_parameters()})  # fmt: skip
-            self.net.load_momentum(per_run)
-        probes = [r.data[0][r.probe.to(dev)] for r in self.runs]
-        same = len({p.shape for p in probes}) == 1
-        self.probe_x = torch.stack(probes) if same else None  # [R, n_probe, ...]
+            self.net.load_momentum([{n: r.optimizer.state.get(p, {}).get("momentum_buffer")
+                                     for n, p in r.model.named_parameters()}
+                                    for r in self.runs])  # fmt: skip
+        self.probes = [r.data[0][r.probe.to(dev)] for r in self.runs]
+        same = len({p.shape for p in self.probes}) == 1
+        self.probe_x = torch.stack(self.probes) if same else None  # [R, n_probe, ...]
         self.unit_names = [name for name, _ in hidden_units(first.model)]
 
     def _gather(self, which: int, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` ``[R, B]`` of data tensor ``which`` (0 train x, 1 train y) per run."""
         return self.data[which][torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
 
-    def _held_out_metrics(self) -> list[dict]:
-        """Per run: the metrics row's ``val_*`` and ``test_*`` (``held_out_metrics``)."""
-        rows = [{} for _ in range(self.R)]
-        for split, k in (("val", 4), ("test", 2)):
-            none = [(None, None)] * self.R
-            vals = self._split_metrics(k) if self.data[k] is not None else none
-            for row, (loss, err) in zip(rows, vals, strict=True):
-                row[f"{split}_loss"], row[f"{split}_error"] = loss, err
-        return rows
-
     @torch.no_grad()
-    def _split_metrics(self, k: int) -> list[tuple[float, float | None]]:
-        """Per run: mean loss and error rate on data tensors ``k``, ``k + 1`` (test 2, validation
-        4), batched over runs (``evaluate``'s sums)."""
-        tx, ty = self.data[k], self.data[k + 1]
-        nt = tx.shape[1]
+    def _held_out_metrics(self) -> list[dict]:
+        """Per run: the metrics row's ``val_*`` and ``test_*`` (``held_out_metrics``), batched
+        over runs (``evaluate``'s sums)."""
+        rows = [{} for _ in range(self.R)]
         ebs = self.runs[0].config.eval_batch_size
-        total = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
-        wrong = torch.zeros(self.R, dtype=torch.long, device=self.dev)
         ce = self.runs[0].config.loss == "cross_entropy"
-        for s in range(0, nt, ebs):
-            xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
-            out = self.net.forward(xb)
-            total += self.net.losses(out, xb, yb).double() * xb.shape[1]
-            if ce:
-                wrong += (out.argmax(-1) != yb).sum(1)
-        n = max(nt, 1)
-        return [
-            (float(t) / n, int(w) / n if ce else None) for t, w in zip(total, wrong, strict=True)
-        ]
+        for split, k in (("val", 4), ("test", 2)):
+            tx, ty = self.data[k], self.data[k + 1]
+            if tx is None:
+                for row in rows:
+                    row[f"{split}_loss"] = row[f"{split}_error"] = None
+                continue
+            total = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
+            wrong = torch.zeros(self.R, dtype=torch.long, device=self.dev)
+            for s in range(0, tx.shape[1], ebs):
+                xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
+                out = self.net.forward(xb)
+                total += self.net.losses(out, xb, yb).double() * xb.shape[1]
+                if ce:
+                    wrong += (out.argmax(-1) != yb).sum(1)
+            n = max(tx.shape[1], 1)
+            for row, t, w in zip(rows, total, wrong, strict=True):
+                err = int(w) / n if ce else None
+                row[f"{split}_loss"], row[f"{split}_error"] = float(t) / n, err
+        return rows
 
     @torch.no_grad()
     def _records(self) -> list[dict]:
         r"""Per run, :func:`~natgrad.training.recording.record_activations` of its probe set,
         from one batched forward: the unit means E_probe(o_u) and the counts of o < 0, o = 0."""
         if self.probe_x is None:  # probe sets of different sizes: one run at a time
-            out = []
-            for i, run in enumerate(self.runs):
-                self._materialise(i, run.optimizer.param_groups[0]["lr"])
-                out.append(record_activations(run.model, run.data[0][run.probe.to(self.dev)]))
-            return out
+            for i in range(self.R):
+                self._materialise(i)
+            return [record_activations(r.model, self.probes[i]) for i, r in enumerate(self.runs)]
         captured: dict[str, torch.Tensor] = {}
         self.net.forward(self.probe_x, captured)
         means, counts = {}, {}
@@ -267,12 +248,13 @@ class _Grid:
             for i in range(self.R)
         ]  # fmt: skip
 
-    def _materialise(self, i: int, lr: float) -> None:
-        """Copy run i's slice into its ``PaperNet`` and its momentum into its optimizer."""
+    def _materialise(self, i: int, lr: float | None = None) -> None:
+        """Copy run i's slice into its ``PaperNet`` and its momentum (and ``lr``) into its
+        optimizer."""
         run = self.runs[i]
         self.net.copy_to(i, run.model)
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["lr"] if lr is None else lr
         bufs = self.net.momentum_buffers(i)
         if bufs is not None:
             for n, p in run.model.named_parameters():
@@ -280,73 +262,63 @@ class _Grid:
 
     # --- the loop -----------------------------------------------------------------------
     def train(self, progress: bool) -> list[TrainResult]:
-        """Train every run to its last epoch; results in the order the runs were given."""
+        """Train every run to its last epoch; results in the grid's (unit) order."""
         from tqdm.auto import tqdm
 
         per_epoch = math.ceil(self.n / self.bs)
         bar = tqdm(total=(self.epochs - self.start) * per_epoch, disable=not progress, unit="it",
                    desc=f"grid of {self.R} runs", dynamic_ncols=True)  # fmt: skip
         with ThreadPoolExecutor(max_workers=min(self.R, 16)) as pool:
-            self._epochs(per_epoch, bar, pool)
+            for epoch in range(self.start + 1, self.epochs + 1):
+                self._epoch(epoch, per_epoch, bar, pool)
         bar.close()
         for i in range(self.R):  # the final weights, also when no epoch was left to train
-            self._materialise(i, self.runs[i].optimizer.param_groups[0]["lr"])
-        by_input = [None] * self.R
-        for pos, i in enumerate(self.order):
-            run = self.runs[pos]
-            by_input[i] = TrainResult(run_dir=run.dir, model=run.model, metrics=run.history)
-        return by_input
+            self._materialise(i)
+        return [TrainResult(run_dir=r.dir, model=r.model, metrics=r.history) for r in self.runs]
 
-    def _epochs(self, per_epoch: int, bar, pool: ThreadPoolExecutor) -> None:
-        for epoch in range(self.start + 1, self.epochs + 1):
-            t0 = time.perf_counter()
-            perm = torch.stack([
-                torch.randperm(self.n, generator=engine.epoch_generator(r.config.seed, epoch, 0))
-                for r in self.runs
-            ]).to(self.dev)  # fmt: skip
-            loss_sum = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
-            lrs = None
-            for b in range(per_epoch):
-                it = (epoch - 1) * per_epoch + b
-                lrs = [lr_at(r.config, iteration=it, epoch=epoch - 1) for r in self.runs]
-                idx = perm[:, b * self.bs : (b + 1) * self.bs]  # [R, B]
-                xb, yb = self._gather(0, idx), self._gather(1, idx)
-                loss = self.net.losses(self.net.forward(xb, training=True), xb, yb)  # [R]
-                self.net.step(torch.autograd.grad(loss.sum(), self.net.leaves), lrs)
-                loss_sum += loss.detach().double() * idx.shape[1]
-                bar.update(1)
-            if self.dev.type == "cuda":
-                torch.cuda.synchronize(self.dev)
-            t_train = time.perf_counter() - t0
-            evals = self._held_out_metrics()
-            records = self._records() if any(
-                epoch % r.config.record_every == 0 or epoch == r.config.epochs for r in self.runs
-            ) else None  # fmt: skip
-            seconds = (time.perf_counter() - t0) / self.R
-            jobs = []
-            for i, run in enumerate(self.runs):
-                cfg = run.config
-                record = epoch % cfg.record_every == 0 or epoch == cfg.epochs
-                row = engine.metrics_row(epoch, per_epoch, lrs[i], float(loss_sum[i]) / self.n,
-                                         evals[i], seconds, t_train / self.R)  # fmt: skip
-                if not math.isfinite(row["train_loss"]):  # checked once per epoch, as on a GPU
-                    raise engine.diverged_error(run.dir, epoch, per_epoch, per_epoch, lrs[i],
-                                                "training loss", row["train_loss"])  # fmt: skip
-                engine.check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
-                run.history.append(row)
-                jobs.append((run.dir, epoch, records[i] if record else None, row))
-            # Each run's files in the sequential order (activations, metrics, checkpoint); the
-            # runs' writes in parallel, as their fsyncs then share the file system's commits.
-            for future in [pool.submit(_write, *job) for job in jobs]:
-                future.result()
-            for i, run in enumerate(self.runs):  # checkpoints read the global RNG: one by one
-                cfg = run.config
-                if engine.checkpoint_due(cfg, epoch):
-                    self._materialise(i, lrs[i])
-                    info = dict(run.meta, iteration=epoch * per_epoch, metrics=run.history)
-                    engine.seed_globals(cfg.seed)
-                    engine.save_checkpoint(cfg, run.dir, epoch, run.model, run.optimizer, info)
-            bar.set_postfix(epoch=epoch)
+    def _epoch(self, epoch: int, per_epoch: int, bar, pool: ThreadPoolExecutor) -> None:
+        t0 = time.perf_counter()
+        perm = torch.stack([
+            torch.randperm(self.n, generator=engine.epoch_generator(r.config.seed, epoch, 0))
+            for r in self.runs
+        ]).to(self.dev)  # fmt: skip
+        loss_sum = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
+        for b in range(per_epoch):
+            it = (epoch - 1) * per_epoch + b
+            lrs = [lr_at(r.config, iteration=it, epoch=epoch - 1) for r in self.runs]
+            idx = perm[:, b * self.bs : (b + 1) * self.bs]  # [R, B]
+            xb, yb = self._gather(0, idx), self._gather(1, idx)
+            loss = self.net.losses(self.net.forward(xb, training=True), xb, yb)  # [R]
+            self.net.step(torch.autograd.grad(loss.sum(), self.net.leaves), lrs)
+            loss_sum += loss.detach().double() * idx.shape[1]
+            bar.update(1)
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        t_train = time.perf_counter() - t0
+        evals = self._held_out_metrics()
+        due = [epoch % r.config.record_every == 0 or epoch == r.config.epochs for r in self.runs]
+        records = self._records() if any(due) else None
+        seconds = (time.perf_counter() - t0) / self.R
+        jobs = []
+        for i, run in enumerate(self.runs):
+            row = engine.metrics_row(epoch, per_epoch, lrs[i], float(loss_sum[i]) / self.n,
+                                     evals[i], seconds, t_train / self.R)  # fmt: skip
+            if not math.isfinite(row["train_loss"]):  # checked once per epoch, as on a GPU
+                raise engine.diverged_error(run.dir, epoch, per_epoch, per_epoch, lrs[i],
+                                            "training loss", row["train_loss"])  # fmt: skip
+            engine.check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
+            run.history.append(row)
+            jobs.append((run.dir, epoch, records[i] if due[i] else None, row))
+        # Each run's files in the sequential order (activations, metrics, checkpoint); the
+        # runs' writes in parallel, as their fsyncs then share the file system's commits.
+        for future in [pool.submit(_write, *job) for job in jobs]:
+            future.result()
+        for i, run in enumerate(self.runs):  # checkpoints read the global RNG: one by one
+            if engine.checkpoint_due(run.config, epoch):
+                self._materialise(i, lrs[i])
+                engine.seed_globals(run.config.seed)
+                engine.save_checkpoint(run, epoch, per_epoch)
+        bar.set_postfix(epoch=epoch)
 
 
 def _write(run_dir: Path, epoch: int, record: dict | None, row: dict) -> None:

@@ -37,18 +37,14 @@ def train(
             :func:`natgrad.training._owner.remove_own_outputs`).
         progress: show a tqdm bar on stderr.
 
-    The run directory is owned by this call while it runs (an OS lock,
-    :class:`natgrad._lock.DirLock`: a second process gets a :class:`~natgrad.errors.RunDirError`
-    naming this one's pid); a non-empty folder that natgrad did not create is refused, never
-    emptied. Training stops at the first non-finite loss with a
-    :class:`~natgrad.errors.DivergedError` naming the run, epoch, step and the last good
-    checkpoint.
+    The run directory is owned by this call while it runs (``docs/run_layout.md``,
+    "Ownership, safe writes, divergence"): a second process gets a
+    :class:`~natgrad.errors.RunDirError`; a non-finite loss stops training with a
+    :class:`~natgrad.errors.DivergedError`.
     """
     dev = resolve_device(device)
-    if run_dir is not None:
-        _owner.check_usable(run_dir)
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    _owner.check_usable(run)
+    _owner.check_usable(run if run_dir is None else run_dir)  # a str: '' is refused too
     ds, model, optimizer = setup(config, dev)  # data errors before any output is written
     with _owner.claim(run):
         r = open_run(config, run, dev, ds, model, optimizer,

@@ -2,12 +2,8 @@ r"""The run directory: its name, its paths and the readers of its files — the 
 
 Nothing else in natgrad builds a run directory's name or opens its files by path; the
 training loop writes through these paths and the analysis reads through these readers.
-
-Layout (``docs/run_layout.md``): ``<root>/<run_name>/`` holds ``config.json`` (the
-``TrainConfig``, device, git commit, torch version), ``metrics.jsonl`` (one row per epoch),
-``activations/`` (the probe indices, per-epoch unit means, ``summary.jsonl``),
-``checkpoints/epoch_XXXX.{safetensors,json}``, ``analysis/units-eXXXX-<key>.csv`` (cached
-unit tables) and, where a study saw the run stop on a non-finite loss, ``diverged.json``.
+Layout: ``docs/run_layout.md`` (and ``analysis/``: cached unit tables of
+:mod:`natgrad.analysis.runs`).
 
 Example:
     >>> from natgrad.training.config import default_config
@@ -41,12 +37,10 @@ def run_name(config, tag: str | None = None) -> str:
     """``<net>-<unit>[-bn|-ln][-centred|-<optimizer>[-w<K>]]-<dataset>-s<seed>[-<tag>]`` for a
     :class:`TrainConfig` (the optimizer is named unless it is plain SGD; ``-w<K>``: the unit
     natural gradient's Fisher window, ``fisher_window``)."""
-    bn = ("-bn" if config.batch_norm else "") + (
-        "-ln" if getattr(config, "layer_norm", False) else ""
-    )
-    opt = getattr(config, "optimizer", "sgd")
-    how = "-centred" if getattr(config, "centre", False) else ("" if opt == "sgd" else f"-{opt}")
-    if opt == "unit-ng" and getattr(config, "fisher_window", 0):
+    bn = ("-bn" if config.batch_norm else "") + ("-ln" if config.layer_norm else "")
+    opt = config.optimizer
+    how = "-centred" if config.centre else ("" if opt == "sgd" else f"-{opt}")
+    if opt == "unit-ng" and config.fisher_window:
         how += f"-w{config.fisher_window}"
     suffix = f"-{tag}" if tag else ""
     return f"{config.net}-{config.unit}{bn}{how}-{config.dataset}-s{config.seed}{suffix}"

@@ -1,7 +1,6 @@
 r"""R fully connected nets of one architecture as ONE batched model, trained by SGD.
 
-The core of every batched trainer in natgrad (:mod:`natgrad.training.grid` for run
-directories, ``natgrad compare`` for its SGD arms): the R nets' parameters are stacked along a
+The model of :mod:`natgrad.training.grid`: the R nets' parameters are stacked along a
 leading run axis and each layer of every net is one batched GEMM,
 
 .. math::
@@ -32,6 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -153,15 +153,11 @@ class StackedNets:
                 self.buffers[f"{name}.{key}"] = torch.stack([getattr(m, key) for m in mods])
         # The unit slices of each unit layer: [(start, stop, module)] over the run axis.
         self.units = {}
-        for kind, name in self.plan:
-            if kind == "unit":
-                segs: list[list] = []
-                for i, m in enumerate(mod.get_submodule(name) for mod in models):
-                    if segs and unit_signature(segs[-1][2]) == unit_signature(m):
-                        segs[-1][1] = i + 1
-                    else:
-                        segs.append([i, i + 1, m])
-                self.units[name] = [tuple(s) for s in segs]
+        for name in (name for kind, name in self.plan if kind == "unit"):
+            mods = [m.get_submodule(name) for m in models]
+            sig = [unit_signature(m) for m in mods]
+            bounds = [0, *(i for i in range(1, self.R) if sig[i] != sig[i - 1]), self.R]
+            self.units[name] = [(s, e, mods[s]) for s, e in pairwise(bounds)]
 
     def _stack(self, name: str, per_run: list[torch.Tensor]) -> torch.Tensor:
         """``[R, ...]`` from the nets' tensors, Linear weights as ``[R, d_in, d_out]``."""
