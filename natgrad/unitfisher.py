@@ -20,7 +20,7 @@ block is the true weight-shared block and these moments are *defined* by the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -565,16 +565,9 @@ class UnitFisher(UnitFisherBase):
         return self.b - self.c.unsqueeze(-1) * self.mean_p
 
     # --- Theorems 1–2 (natgrad.theorems); damping λ adds λI to F, bias entry included ---------
-    def _damped_blocks(self, damping: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        F = linalg.damped(self.matrix, damping)
-        return F[:, :-1, :-1], F[:, :-1, -1], F[:, -1, -1]
-
-    def _damped_moments(self, damping: float):
-        """E_q(a) [U, d], Var_q(a) [U, d, d], Cov_p(δ̄², a) [U, d] of the damped block F + λI."""
-        A, b, c = self._damped_blocks(damping)
-        mean_q = b / c.unsqueeze(-1)
-        var_q = A / c[:, None, None] - mean_q.unsqueeze(-1) * mean_q.unsqueeze(-2)
-        return mean_q, var_q, b - c.unsqueeze(-1) * self.mean_p
+    def _damped(self, damping: float) -> UnitFisher:
+        """This result with the blocks F + λI (its blocks and moments are the damped ones)."""
+        return replace(self, matrix=linalg.damped(self.matrix, damping))
 
     def condition_number(
         self, damping: float = 0.0, *, exact: bool = True, rel_damping: float = 0.0
@@ -599,7 +592,8 @@ class UnitFisher(UnitFisherBase):
 
     def inverse(self, damping: float = 0.0) -> torch.Tensor:
         r"""``[U, d+1, d+1]`` (F + λI)⁻¹ by Lemma 1 (:func:`natgrad.theorems.lemma1_inverse`)."""
-        return theorems.lemma1_inverse(*self._damped_blocks(damping), **self._context())
+        F = self._damped(damping)
+        return theorems.lemma1_inverse(F.A, F.b, F.c, **self._context())
 
     def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor:
         r"""``[U]`` s = 1/(c − bᵀA⁻¹b) (``form="schur"``) or, equal by Lemma 2(i),
@@ -611,11 +605,10 @@ class UnitFisher(UnitFisherBase):
             (tensor([2.]), tensor([2.]))
         """
         check_form(self.layer, "s", form, ("schur", "paper"))
+        F = self._damped(damping)
         if form == "schur":
-            return theorems.schur_complement(*self._damped_blocks(damping), **self._context())
-        c = self._damped_blocks(damping)[2]
-        mean_q, var_q, _ = self._damped_moments(damping)
-        return theorems.schur_complement_paper(c, mean_q, var_q, **self._context())
+            return theorems.schur_complement(F.A, F.b, F.c, **self._context())
+        return theorems.schur_complement_paper(F.c, F.mean_q, F.var_q, **self._context())
 
     def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
         r"""``[U]`` Theorem 2's k = (E_q(a) − E_p(a))ᵀVar_q(a)⁻¹E_q(a) (``form="closed"``) or
@@ -627,12 +620,11 @@ class UnitFisher(UnitFisherBase):
             (tensor([0.]), tensor([0.]))
         """
         check_form(self.layer, "k", form, ("closed", "paper"))
-        mean_q, var_q, cov_p = self._damped_moments(damping)
+        F = self._damped(damping)
         if form == "closed":
-            return theorems.k_closed(self.mean_p, mean_q, var_q, **self._context())
-        A, _, c = self._damped_blocks(damping)
+            return theorems.k_closed(self.mean_p, F.mean_q, F.var_q, **self._context())
         s = self.s("schur", damping)
-        return theorems.k_paper(A, c, s, cov_p, mean_q, **self._context())
+        return theorems.k_paper(F.A, F.c, s, F.cov_p, F.mean_q, **self._context())
 
     def natural_gradient(
         self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
@@ -649,7 +641,8 @@ class UnitFisher(UnitFisherBase):
             (tensor([[1.]]), tensor([-1.]))
         """
         g, g0 = self.unit_grads(grad_weight, grad_bias)
-        return theorems.natural_gradient(*self._damped_blocks(damping), g, g0, **self._context())
+        F = self._damped(damping)
+        return theorems.natural_gradient(F.A, F.b, F.c, g, g0, **self._context())
 
     def bias_shift(
         self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
@@ -665,8 +658,8 @@ class UnitFisher(UnitFisherBase):
             (tensor([0.]), tensor([0.5000]), tensor([1.]))
         """
         g, g0 = self.unit_grads(grad_weight, grad_bias)
-        A, b, c = self._damped_blocks(damping)
-        return theorems.bias_shift(A, b, c, self.mean_p, g, g0, **self._context())
+        F = self._damped(damping)
+        return theorems.bias_shift(F.A, F.b, F.c, self.mean_p, g, g0, **self._context())
 
     # --- how close is an update to the unit natural gradient (natgrad.measures) ----------
     def direction(
