@@ -82,12 +82,10 @@ def _as_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # ([N, ...], [N, ...] or None)
     if isinstance(inputs, torch.Tensor):
         return inputs, targets
-    xs, ys = [], []
-    for x, y in inputs:
-        xs.append(x)
-        ys.append(y)
-    if not xs:
+    pairs = list(inputs)
+    if not pairs:
         raise InputError("no data: the iterable of (inputs, targets) batches is empty")
+    xs, ys = zip(*pairs, strict=True)
     y = None if any(t is None for t in ys) else torch.cat(ys)
     return torch.cat(xs), y
 
@@ -291,10 +289,11 @@ def reference_natural_gradient(matrix, grad: torch.Tensor) -> torch.Tensor:
 # --- update directions and their measures, by explicit dense matrices (``docs/theory.md``, "Measures")
 
 
-def _blocks(matrix) -> torch.Tensor:
-    """``[U, d+1, d+1]`` float64 blocks of a tensor or a :class:`UnitFisher`."""
+def _f64(matrix, *xs) -> list[torch.Tensor]:
+    """The float64 blocks ``[U, d+1, d+1]`` of a tensor or a :class:`UnitFisher`, then ``xs``
+    as float64 tensors."""
     m = matrix.matrix if isinstance(matrix, UnitFisher) else matrix
-    return torch.as_tensor(m, dtype=torch.float64)
+    return [torch.as_tensor(x, dtype=torch.float64) for x in (m, *xs)]
 
 
 def _damped_dense(F: torch.Tensor, rel_damping: float) -> torch.Tensor:
@@ -323,9 +322,7 @@ def reference_direction(
         >>> reference_direction(F, torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]), "blockdiag")
         tensor([[0.5000, 0.0000]], dtype=torch.float64)
     """
-    blocks = _blocks(matrix)
-    mp = torch.as_tensor(mean_p, dtype=torch.float64)
-    grad = torch.as_tensor(grad, dtype=torch.float64)
+    blocks, mp, grad = _f64(matrix, mean_p, grad)
     out = []
     for i in range(blocks.shape[0]):
         F = _damped_dense(blocks[i], rel_damping)
@@ -374,9 +371,7 @@ def reference_efficiency(
         >>> reference_efficiency(F, torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, -1.0]]))
         tensor([1.], dtype=torch.float64)
     """
-    blocks = _blocks(matrix)
-    grad = torch.as_tensor(grad, dtype=torch.float64)
-    update = torch.as_tensor(update, dtype=torch.float64)
+    blocks, grad, update = _f64(matrix, grad, update)
     out = []
     for i in range(blocks.shape[0]):
         F = _damped_dense(blocks[i], rel_damping)
@@ -397,10 +392,7 @@ def reference_bias_shift_error(
         ...                            torch.tensor([[1.0, 0.0]]))
         tensor([1.], dtype=torch.float64)
     """
-    blocks = _blocks(matrix)
-    mp = torch.as_tensor(mean_p, dtype=torch.float64)
-    grad = torch.as_tensor(grad, dtype=torch.float64)
-    update = torch.as_tensor(update, dtype=torch.float64)
+    blocks, mp, grad, update = _f64(matrix, mean_p, grad, update)
     out = []
     for i in range(blocks.shape[0]):
         m = torch.cat([mp if mp.ndim == 1 else mp[i], torch.ones(1, dtype=torch.float64)])
