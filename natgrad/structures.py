@@ -278,12 +278,8 @@ class StructuredUnitFisher(SolvedUnitFisher):
     def _parts(self, damping: float, rel: bool = False):
         delta, b, c, D, mu = self._metric(damping, rel)
 
-        def apply(lo, hi, u, u0):
-            return self._Q_apply(delta, b, c, u, u0)
+        def apply(lo, hi, u, u0):  # Q(u, u0) ([U, d], [U]) for A_Q = diag(Δ) + bbᵀ/c
+            bu = (b * u).sum(-1)
+            return delta * u + b * (bu / c + u0).unsqueeze(-1), bu + c * u0
 
         yield 0, self.num_units, lambda x: self._A_inv(delta, b, c, x), apply, D, b, c, mu
-
-    def _Q_apply(self, delta, b, c, u, u0):
-        """Q(u, u0) ``([U, d], [U])`` for A_Q = diag(Δ) + bbᵀ/c."""
-        bu = (b * u).sum(-1)
-        return delta * u + b * (bu / c + u0).unsqueeze(-1), bu + c * u0
