@@ -18,12 +18,9 @@ divided by √S for ``"mc"``, and the score of the observed label for ``"empiric
 
 Per batch: one forward pass, with hooks capturing each requested layer's input and output,
 and one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``) of all K
-columns at once, giving v for every unit of every requested layer (never J per unit). The
-accumulators then sum over the columns before the outer product where a unit has one
-position per input (Linear: δ̄²_ni = Σ_k v_nki², one GEMM for all units), or form the
-per-sample gradients g = Σ_p v_p ã_p first for weight-shared units (Conv2d, or Linear along
-extra dimensions), in chunks that bound memory (``docs/theory.md``, "How the engine avoids
-forming J"; :mod:`natgrad.accumulate`).
+columns at once, giving v for every unit of every requested layer (never J per unit); the
+accumulators reduce v (``docs/theory.md``, "How the engine avoids forming J";
+:mod:`natgrad.accumulate`).
 
 Shapes: N inputs, K columns, P positions, U units, d fan-in, D model outputs.
 """

@@ -11,9 +11,9 @@ safetensors shard in ``folder``::
       <layer>.units_000000-000127.safetensors   matrix [U_c, d+1, d+1] (or diagonal,
                                                 bias_column), units [U_c], mean_p [d]
 
-Files are written to a temporary in the same folder and renamed into place, the index last,
-so a folder with an ``index.json`` is complete. The result, a :class:`ShardedUnitFisher`,
-loads one shard at a time (``docs/scale.md``, "The planner").
+Files are written atomically, the index last, so a folder with an ``index.json`` is
+complete. The result, a :class:`ShardedUnitFisher`, loads one shard at a time
+(``docs/scale.md``, "The planner").
 
 ``inputs`` must be iterable more than once (a tensor, a list of batches, a DataLoader) when
 there is more than one chunk. For ``kind="mc"`` the generator's state is restored before

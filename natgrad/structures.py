@@ -2,11 +2,8 @@ r"""Structured unit Fishers: quasi-diagonal (Ollivier) and diagonal, in O(U·d) 
 (``docs/scale.md``, "2. Structures").
 
 For one unit the dense block is F = [[A, b], [bᵀ, c]] (bias last). ``"quasidiagonal"`` keeps
-diag(A), b and c (Ollivier 2015, "Riemannian metrics for neural networks I", arXiv 1303.0818,
-Sect. 3), U·(2d+1) numbers; ``"diagonal"`` keeps diag(F) only, U·(d+1). The engine
-(:func:`natgrad.unit_fisher` with ``structure=``) computes both from the same single backward
-as the dense block without forming it (Linear: two GEMMs ``[U, N] @ [N, d+1]``; Conv2d: the
-per-sample gradients g = Σ_p v_p ã_p in chunks of units, only g∘g and g·g_bias summed).
+diag(A), b and c (Ollivier 2015, arXiv 1303.0818, Sect. 3), U·(2d+1) numbers; ``"diagonal"``
+keeps diag(F) only, U·(d+1); the engine computes both without forming F.
 
 **The structure's metric.** The stored numbers define Ollivier's quasi-diagonal metric
 
