@@ -134,23 +134,12 @@ def reference_unit_fisher(
     r"""Unit Fisher blocks ``[U, d+1, d+1]`` (bias last) of ``layer`` by brute force.
 
     A float64 deep copy of ``model`` is evaluated one input at a time (as given: call
-    ``.eval()`` first for dropout/batch norm); ``torch.autograd`` gives each unit's gradient
-    g_i = (``weight.grad.view(U, -1)[i]``, ``bias.grad[i]``) and the estimator ``kind`` is
-    formed as in the module docstring (``"mc"``: the S = ``mc_samples`` labels are drawn by
-    :func:`natgrad.likelihoods.sample_targets` once on the whole ``[N, D]`` output with
-    ``generator``; ``"empirical"``: the observed ``targets[n]``).
-
-    The blocks are averaged over the N inputs. ``mean_p`` ``[d]`` is E_p(a), the layer input
-    captured by a forward hook (for Conv2d unfolded into patches and averaged over inputs
-    and positions).
-
-    Args:
-        model: the network; its output is ``[N, C]`` logits (categorical), or ``[N, *]``
-            logits (bernoulli) / means (gaussian, unit variance) flattened to ``[N, D]``.
-        layer: an ``nn.Linear``/``nn.Conv2d`` with bias inside ``model``, or its name.
-        inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches.
-        targets: ``[N]`` class indices or ``[N, *]`` values; needed for ``"empirical"``.
-        units: indices of the units to return (default all U).
+    ``.eval()`` first for dropout/batch norm) and the estimator ``kind`` formed as in the
+    module docstring (``"mc"``: the S = ``mc_samples`` labels are drawn once on the whole
+    ``[N, D]`` output with ``generator``). ``mean_p`` ``[d]`` is E_p(a), the layer input
+    captured by a forward hook (for Conv2d, patches averaged over inputs and positions).
+    The arguments are those of :func:`natgrad.unit_fisher`; ``layer`` may also be an affine
+    normalisation layer (a :class:`~natgrad.normfisher.NormUnitFisher` is returned).
 
     Returns:
         A float64 :class:`~natgrad.unitfisher.UnitFisher`.

@@ -69,12 +69,10 @@ FIELDS = ("mean_p", "n", "kind", "likelihood", "layer", "units", "mc_samples", "
 
 
 class UnitFisherBase:
-    r"""What the in-memory unit Fisher results write once: sizes, the per-unit gradients
-    (:meth:`unit_grads`), n_eff, the cosine (from the class's own ``natural_gradient``), the
-    update of a ``direction`` argument and the repr. A subclass stores ``layer``, ``units``
-    and the other :data:`FIELDS` besides its storage ``_STORE`` (``[U, …, d+1]``) and
-    defines the theorem methods: over dense blocks (:class:`UnitFisher`), or once for every
-    storage that gives solves with the weight block (:class:`SolvedUnitFisher`)."""
+    r"""What the in-memory unit Fisher results share. A subclass stores the :data:`FIELDS`
+    besides its storage ``_STORE`` (``[U, …, d+1]``) and defines the theorem methods: over
+    dense blocks (:class:`UnitFisher`) or over solves with the weight block
+    (:class:`SolvedUnitFisher`)."""
 
     #: The tensor that holds the units (rows) and d+1 columns (last axis); the repr names its
     #: dtype. Fields the repr names after ``layer`` / after ``fan_in``.
@@ -462,12 +460,9 @@ class UnitFisher(UnitFisherBase):
         layer: str = "given",
         n: int = 0,
     ) -> UnitFisher:
-        r"""Wrap any symmetric positive definite ``[U, d+1, d+1]`` tensor (bias last) and the
-        incoming mean E_p(a) ``[d]`` (shared by all units of a layer) as a ``UnitFisher``.
-
-        A single block ``[d+1, d+1]`` is promoted to ``U = 1``. Use it for synthetic studies
-        and notebooks; the theorem methods work the same as on computed blocks.
-        """
+        r"""Wrap any symmetric positive definite ``[U, d+1, d+1]`` tensor (bias last; one block
+        ``[d+1, d+1]`` is promoted to U = 1) and the incoming mean E_p(a) ``[d]`` (shared by
+        all units of a layer) as a ``UnitFisher``."""
         matrix = torch.as_tensor(matrix)
         mean_p = torch.as_tensor(mean_p, dtype=matrix.dtype, device=matrix.device)
         if matrix.ndim == 2:
@@ -486,9 +481,7 @@ class UnitFisher(UnitFisherBase):
 
         F = Σ_i n_i F_i / Σ_i n_i and E_p(a) likewise (both are means over inputs); the
         n_eff sums add. Every part must come from the same layer, units, kind and likelihood
-        (e.g. :func:`natgrad.fisher.unit_fishers` on consecutive slices of a probe): the
-        probe-size sweep and the half-sample jackknife of
-        :mod:`natgrad.analysis.unitstats` use it to get every size from one pass.
+        (e.g. :func:`natgrad.fisher.unit_fishers` on consecutive slices of a probe).
 
         Example:
             >>> import torch
@@ -684,10 +677,8 @@ class UnitFisher(UnitFisherBase):
         self, grad_weight, grad_bias, direction, rel_damping: float = 0.0
     ) -> torch.Tensor:
         r"""``[U]`` Fisher efficiency ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) ∈ [−1, 1] of an update
-        u for the gradient g = (g_w, g0): the cosine between u and the natural gradient in
-        the Fisher metric, invariant to linear reparametrisations of the unit; ρ(F_λ⁻¹g) = 1.
-        ``direction`` is a kind name (see :meth:`direction`) or a pair (u_w, u_0) shaped like
-        the gradients. NaN where g = 0.
+        u for the gradient g = (g_w, g0) (:func:`natgrad.measures.efficiency`); ``direction``
+        is a kind name (see :meth:`direction`) or a pair (u_w, u_0) shaped like the gradients.
 
         Example:
             >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
@@ -718,10 +709,8 @@ class UnitFisher(UnitFisherBase):
         )
 
     def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict[str, torch.Tensor]:
-        r"""Every measure at once from ONE Cholesky of F_λ per unit
-        (:func:`natgrad.measures.measures`): ``rho_<kind>`` for every direction,
-        ``shift_<kind>``, ``shift_error_<kind>``, ``damping`` (μ = λ·tr F/(d+1)) and ``dead``
-        (zero blocks, NaN elsewhere), plus ``n_eff`` where known. Each value is ``[U]`` float64.
+        r"""Every measure at once from ONE Cholesky of F_λ per unit (the keys of
+        :func:`natgrad.measures.measures`), plus ``n_eff`` where known; ``[U]`` float64 each.
 
         Example:
             >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
