@@ -1,17 +1,12 @@
 r"""Atomic, checked outputs: every file natgrad writes goes through here.
 
-A file is written to a temporary in its own folder (``.<name>.<pid>.natgrad-tmp``),
-flushed, fsynced and moved into place with :func:`os.replace`, then the folder is fsynced.
-A process killed at any moment therefore leaves either the previous complete file or the
-new complete one, plus at most one temporary, which :func:`clean_stale` removes on the next
-run (temporaries of a live process other than this one are left alone).
-
-Formats (``docs/run_layout.md``, "Ownership, safe writes, divergence"): strict RFC 8259
-JSON, non-finite floats as ``null`` (:func:`json_safe`); JSON lines appended one fsynced
-line at a time, a torn last line dropped (:func:`append_jsonl`, :func:`read_jsonl`); CSV
-tables with a checksum sidecar, never read cut or mixed (:func:`write_table`,
-:func:`read_checked`); whole folders of tables swapped in one atomic step
-(:func:`commit_dir`).
+A file is written to a temporary in its own folder (:func:`temp_path`), fsynced and moved
+into place with :func:`os.replace`, then the folder is fsynced: a process killed at any
+moment leaves the old or the new complete file, plus at most one temporary, which
+:func:`clean_stale` removes on the next run. Strict JSON (:func:`json_safe`), JSON lines
+(:func:`append_jsonl`, :func:`read_jsonl`), CSV tables with a checksum sidecar
+(:func:`write_table`, :func:`read_checked`) and whole folders swapped in one step
+(:func:`commit_dir`): ``docs/run_layout.md``, "Ownership, safe writes, divergence".
 
 Example:
     >>> import tempfile, pathlib

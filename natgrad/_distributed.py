@@ -69,12 +69,6 @@ def _count_device(accs: list) -> torch.device:
     return torch.device("cpu")
 
 
-def _keeps_rows(acc) -> bool:
-    """An accumulator whose ``total`` is allocated but not a tensor of sums (Woodbury rows)."""
-    total = getattr(acc, "total", None)
-    return total is not None and not isinstance(total, torch.Tensor)
-
-
 def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
     r"""Sum the accumulators of every layer over the process group, in place.
 
@@ -99,8 +93,8 @@ def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
     device = _count_device(accs)
     # One MIN all-reduce first, so that every rank raises the same error or none does: a
     # rank without inputs never allocated its sums (their shapes come from the data), and an
-    # accumulator that keeps per-input factor rows (Woodbury) has no sums to add.
-    rows = [acc.name for acc in accs if _keeps_rows(acc)]
+    # accumulator that keeps per-input factor rows (Woodbury: total is True) has no sums to add.
+    rows = [acc.name for acc in accs if getattr(acc, "total", None) is True]
     flags = torch.tensor([n_local, -int(bool(rows))], dtype=torch.int64, device=device)
     dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=group)
     if int(flags[1]) < 0:

@@ -104,12 +104,10 @@ class LayerAccumulator:
         for r0 in range(0, g.shape[-1], _ROW_BLOCK):
             r1 = min(g.shape[-1], r0 + _ROW_BLOCK)
             total[:, r0:r1, r0:].baddbmm_(gt[:, r0:r1], g[..., r0:])
-        self.upper_only = True
 
     def _reduce_weighted(self, w: torch.Tensor, at: torch.Tensor) -> None:
         r"""F_u += Σ_m w_mu ã_m ã_mᵀ (upper block triangle), ``w`` ``[M, U]``, ``at`` ``[M, d+1]``."""
         _add_weighted_outer(self.total, w, at, self.budget)
-        self.upper_only = True
 
     def end_batch(self) -> None:
         # c_n: δ̄²_n summed over positions for weighted rows, else Σ_k g_nk,bias²; float64 sums
@@ -129,10 +127,7 @@ class LayerAccumulator:
 
     def result(self, n_total: int, kind: str, likelihood: str, mc: int | None) -> UnitFisher:
         matrix = self.total.div_(n_total)
-        if getattr(self, "upper_only", False):
-            _mirror_upper(matrix)
-        else:
-            _symmetrise_(matrix, self.budget)  # exact symmetry, in place
+        _mirror_upper(matrix)  # both reductions fill the upper block triangle: exact symmetry
         return UnitFisher(matrix=matrix, **self.fields(n_total, kind, likelihood, mc))
 
     def fields(self, n_total: int, kind: str, likelihood: str, mc: int | None) -> dict:
@@ -167,15 +162,6 @@ def shared_factors(v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     del ga
     out[..., d] = vt.sum(-1).view(n, k, uc).permute(2, 0, 1)
     return out.view(uc, n * k, d + 1)
-
-
-def _symmetrise_(matrix: torch.Tensor, budget: int = MEMORY_BUDGET) -> None:
-    r"""matrix ← (matrix + matrixᵀ)/2 in place, in chunks of units (one chunk-sized copy)."""
-    d1 = matrix.shape[-1]
-    step = max(1, budget // (d1 * d1))
-    for u0 in range(0, matrix.shape[0], step):
-        m = matrix[u0 : u0 + step]
-        m.add_(m.transpose(-1, -2).clone()).mul_(0.5)
 
 
 # Rows per block of the symmetric product: small enough that skipping the blocks below the

@@ -18,12 +18,9 @@ divided by √S for ``"mc"``, and the score of the observed label for ``"empiric
 
 Per batch: one forward pass, with hooks capturing each requested layer's input and output,
 and one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``) of all K
-columns at once, giving v for every unit of every requested layer (never J per unit). The
-accumulators then sum over the columns before the outer product where a unit has one
-position per input (Linear: δ̄²_ni = Σ_k v_nki², one GEMM for all units), or form the
-per-sample gradients g = Σ_p v_p ã_p first for weight-shared units (Conv2d, or Linear along
-extra dimensions), in chunks that bound memory (``docs/theory.md``, "How the engine avoids
-forming J"; :mod:`natgrad.accumulate`).
+columns at once, giving v for every unit of every requested layer (never J per unit); the
+accumulators reduce v (``docs/theory.md``, "How the engine avoids forming J";
+:mod:`natgrad.accumulate`).
 
 Shapes: N inputs, K columns, P positions, U units, d fan-in, D model outputs.
 """
@@ -128,9 +125,7 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
             for s0 in range(0, x_all.shape[0], step):
                 x = x_all[s0 : s0 + step]
                 y = None if y_all is None else y_all[s0 : s0 + step]
-                _accumulate_batch(
-                    capture, accs, x, y, b, kind, likelihood, mc_samples, generator, temp_elems
-                )
+                _accumulate_batch(capture, accs, x, y, b, options, temp_elems)
                 n_total += x.shape[0]
     n_total = all_reduce_accumulators(accs.values(), n_total)  # sums over ranks, if any
     if n_total == 0:
@@ -141,18 +136,18 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
     }
 
 
-def _accumulate_batch(capture, accs, x, y, b, kind, likelihood, mc_samples, generator, temp_elems):
+def _accumulate_batch(capture, accs, x, y, b, opt: PassOptions, temp_elems):
     """One forward and the batched backward of all columns (in chunks) for one (sub-)batch."""
     out = capture.forward(x)
-    o = lik.flatten_output(likelihood, out)  # [N, D]
+    o = lik.flatten_output(opt.likelihood, out)  # [N, D]
     if y is not None:
-        y = lik.check_targets(likelihood, o, y)
-    elif kind == "empirical":
+        y = lik.check_targets(opt.likelihood, o, y)
+    elif opt.kind == "empirical":
         raise InputError(
             f"kind='empirical' needs observed targets, but batch {b} has none; "
             "pass (inputs, targets) batches or use kind='exact'/'mc'"
         )
-    cols = lik.columns(likelihood, kind, o, y, mc_samples, generator)  # [K, N, D]
+    cols = lik.columns(opt.likelihood, opt.kind, o, y, opt.mc_samples, opt.generator)  # [K, N, D]
     nets = [capture.outputs[name] for name in accs]
     for acc in accs.values():
         acc.begin_batch(capture.inputs[acc.name])

@@ -55,27 +55,23 @@ def unit_fisher(
             DataLoader). Streaming gives the same matrix as one big batch.
         targets: observed labels, needed for ``kind="empirical"``: ``[N]`` class indices or
             ``[N, *]`` floats shaped like the output.
-        kind: ``"exact"`` (closed-form expectation over the model's y ~ p(y|z)), ``"mc"``
-            (``mc_samples`` labels drawn from the model per input) or ``"empirical"``
+        kind: ``"exact"`` (expectation over the model's y ~ p(y|z)), ``"mc"`` (``mc_samples``
+            labels drawn from the model per input, with ``generator``) or ``"empirical"``
             (observed labels; the biased "empirical Fisher").
         likelihood: ``"categorical"``, ``"bernoulli"`` or ``"gaussian"``.
-        mc_samples: S, labels sampled per input for ``kind="mc"``.
         units: integer indices of the units to compute (default all); the backward pass is
-            shared. Floats and bools are an :class:`~natgrad.errors.InputError`.
-        generator: ``torch.Generator`` for the labels of ``kind="mc"``.
+            shared.
         batch_size: split a tensor ``inputs`` into batches of this size (default: all at once;
             a batch whose temporaries would exceed the memory budget is split further, which
             gives the same matrix; only ``kind="mc"`` draws its labels per sub-batch then).
-        structure: ``"dense"`` (the full block), ``"quasidiagonal"`` (Ollivier: diag(A), b, c)
-            or ``"diagonal"`` (diag(F)): the last two, O(U·d) memory, return a
+        structure: ``"dense"``, ``"quasidiagonal"`` (diag(A), b, c) or ``"diagonal"``
+            (diag(F)); the last two, O(U·d) memory, return a
             :class:`~natgrad.structures.StructuredUnitFisher` (``docs/scale.md``).
         conv_moments: ``"shared"`` (the true weight-shared block) or ``"positions"``
-            (positions as separate samples, F = (1/N) Σ_n Σ_p δ̄²_np ã_np ã_npᵀ); the same for
-            Linear units (``docs/scale.md``, "Conv q-moments").
+            (positions as separate samples; ``docs/scale.md``, "Conv q-moments").
         max_memory: bytes the result and its temporaries may use (default
             :data:`natgrad.memory.DEFAULT_FRACTION` of the available memory); a result that
-            does not fit raises :class:`~natgrad.errors.MemoryBudgetError` naming the bytes and
-            the ``units=``/``structure=``/``out_dir=`` that would fit.
+            does not fit raises :class:`~natgrad.errors.MemoryBudgetError`.
         out_dir: a folder: stream the units in chunks that fit ``max_memory`` to safetensors
             shards there and return a lazily loading :class:`~natgrad.planner.ShardedUnitFisher`.
 

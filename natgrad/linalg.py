@@ -2,18 +2,12 @@ r"""Batched Cholesky solves, inverses and condition numbers for stacks of SPD bl
 
 Every function takes a stack ``[U, n, n]`` of symmetric positive definite blocks (one per
 unit; n = d+1 for a full unit Fisher block, n = d for its weight block A) and works on all U
-units in one batched call; there are no Python loops over units.
-
-**Precision.** Blocks are upcast to float64 before factorising and results are cast back to
-the promoted dtype of the inputs, so a float32 Fisher loses no digits in the solve itself.
-
-**Damping.** ``damping = λ >= 0`` adds λ to *every* diagonal entry, the bias entry included
-(F + λI), so Theorems 1–2 with damping λ give exactly (F + λI)⁻¹(g, g0)
-(``docs/theory.md``, "Damping").
-
-**Failures are loud.** :func:`cholesky` raises :class:`~natgrad.errors.SingularBlockError`
-naming the layer and each failing unit, and warns (:class:`~natgrad.errors.NearlySingularWarning`)
-above :data:`COND_WARN`. Never a silent NaN.
+units in one batched call. Blocks are factorised in float64 and results cast back to the
+promoted dtype of the inputs, so a float32 Fisher loses no digits in the solve itself.
+``damping = λ >= 0`` adds λ to every diagonal entry, the bias entry included
+(``docs/theory.md``, "Damping"). Failures are loud: :func:`cholesky` raises
+:class:`~natgrad.errors.SingularBlockError` naming the layer and each failing unit, and
+warns (:class:`~natgrad.errors.NearlySingularWarning`) above :data:`COND_WARN`.
 
 Example:
     >>> import torch
@@ -76,8 +70,8 @@ def cholesky(
     r"""``[U, n, n]`` float64 lower Cholesky factors L (L Lᵀ = F + λI) of a stack of blocks.
 
     Args:
-        matrix: ``[U, n, n]`` symmetric blocks (any float dtype; factorised in float64).
-        damping: λ >= 0 added to every diagonal entry (see the module docstring).
+        matrix: ``[U, n, n]`` symmetric blocks (any float dtype).
+        damping: λ >= 0 added to every diagonal entry.
         layer, units: the layer's name and the ``[U]`` indices of the units within it, used
             only to name failing units in errors and warnings.
         what: what the blocks are ("unit Fisher block", "weight block A"), for messages.

@@ -8,18 +8,12 @@ Every quantity lives in ONE metric per unit, the relatively damped block
     F_\lambda = F + \mu I,\qquad \mu = \lambda\,\frac{\operatorname{tr} F}{d+1}
     = \begin{pmatrix} A_\lambda & b \\ b^\top & c_\lambda \end{pmatrix}
 
-(λ = ``rel_damping``, the same for every unit; μ per unit; bias last). For the gradient
-g = (g_w, g0) the update directions u (:data:`DIRECTIONS`) are ``plain`` g; ``centred``
-T Tᵀg with T = [[I, 0], [−E_p(a)ᵀ, 1]] (:func:`centred_direction`); ``diagonal``
-diag(F_λ)⁻¹g; ``quasidiagonal``, Ollivier's quasi-diagonal update (Ollivier 2015, arXiv
-1303.0818, Sect. 3; :func:`quasidiagonal_solve`); ``arrowhead`` (:func:`arrowhead_solve`:
-not Ollivier's metric, it can be indefinite and is not shift-invariant); ``blockdiag``
-(A_λ⁻¹g_w, g0/c_λ), the coupling b set to 0; ``natural`` F_λ⁻¹g (Theorem 1). The **Fisher
-efficiency** ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) ∈ [−1, 1] is the cosine between u and F_λ⁻¹g
-in the metric F_λ (invariant under linear reparametrisations of the unit); the **relative
-bias-shift error** is |shift(u) − shift_natural| / |shift_natural| with
-shift(u) = E_p(a)ᵀu_w + u_0 (Theorem 2). Why these and not the Euclidean cosine:
-``docs/theory.md``, "Measures".
+(λ = ``rel_damping``, the same for every unit; μ per unit; bias last). The update
+directions u of the gradient g = (g_w, g0) (:data:`DIRECTIONS`: plain, centred, diagonal,
+quasidiagonal, arrowhead, blockdiag, natural), the **Fisher efficiency**
+ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) ∈ [−1, 1] and the **relative bias-shift error**
+|shift(u) − shift_natural| / |shift_natural|, shift(u) = E_p(a)ᵀu_w + u_0, are defined in
+``docs/theory.md``, "Measures" (with why they, and not the Euclidean cosine).
 
 Shapes: U units, d fan-in; ``matrix`` ``[U, d+1, d+1]``, ``mean_p`` ``[d]`` or ``[U, d]``,
 ``g`` ``[U, d]``, ``g0`` ``[U]``. Everything is computed in float64 and returned in the
@@ -236,8 +230,11 @@ def direction(
     **context,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The update direction (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` (one of
-    :data:`DIRECTIONS`, defined in the module docstring) in the metric F_λ. Only
-    ``blockdiag`` and ``natural`` factorise (A_λ and F_λ by Cholesky); the others are O(d).
+    :data:`DIRECTIONS`): ``plain`` g; ``centred`` (:func:`centred_direction`); ``diagonal``
+    diag(F_λ)⁻¹g; ``quasidiagonal`` (:func:`quasidiagonal_solve`); ``arrowhead``
+    (:func:`arrowhead_solve`); ``blockdiag`` (A_λ⁻¹g_w, g0/c_λ), the coupling b set to 0;
+    ``natural`` F_λ⁻¹g (Theorem 1). Only ``blockdiag`` and ``natural`` factorise (A_λ and
+    F_λ by Cholesky); the others are O(d).
 
     Example:
         >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])

@@ -1,19 +1,13 @@
 r"""The ELU paper's networks (:data:`NETWORKS`), built for any unit.
 
 The architectures, and natgrad's reading of the paper wherever it leaves room (padding,
-pooling, dropout placement, the output layer, SPP, batch norm, initialisation), are listed in
-``docs/paper.md``, "Networks"; each reading is a keyword argument of :func:`build_model`.
-Two properties the rest of natgrad relies on:
-
-- He initialisation draws from a generator seeded by ``seed`` in module order, and only
-  Linear/Conv2d layers draw, so **the initial weights depend only on (net, seed, input
-  shape)**: run j starts from the same weights for every unit and with or without batch
-  norm (paper, Fig 4).
-- For cifar-18's late "dropout on every layer of a stack" phases, every layer but the last
-  of a stack with dropout is followed by a ``drop<i>`` module (after its unit) with p=0;
-  :func:`set_dropout_mode` switches them on. p=0 dropout is the identity and draws no
-  random numbers, and dropout has no parameters: initial weights, outputs and the RNG
-  stream are those of the net without these modules.
+pooling, dropout placement, the output layer, SPP, batch norm, initialisation: **the initial
+weights depend only on (net, seed, input shape)**), are listed in ``docs/paper.md``,
+"Networks"; each reading is a keyword argument of :func:`build_model`. For cifar-18's
+dropout phases (``docs/run_layout.md``) every layer but the last of a stack with dropout is
+followed by a ``drop<i>`` module with p=0, which :func:`set_dropout_mode` switches on; p=0
+dropout is the identity and draws no random numbers, so weights, outputs and the RNG stream
+are those of the net without these modules.
 
 Example:
     >>> net = build_model("mnist-fc", "elu", in_features=64, seed=0)
@@ -321,8 +315,7 @@ def build_model(
 def _he_init(model: nn.Module, gen: torch.Generator, alpha: float | None, gain: float) -> None:
     """Kaiming-normal (fan_in) weights with ``gain`` (√2: He; 1: LeCun normal, for SELU) from
     ``gen`` in module order, zero biases; batch and layer norm to (γ=1, β=0, running stats
-    reset);
-    PReLU slopes to their initial α. The same normal draws for every gain."""
+    reset); PReLU slopes to their initial α. The same normal draws for every gain."""
     for mod in model.modules():
         if isinstance(mod, (nn.Linear, nn.Conv2d)):
             nn.init.normal_(mod.weight, 0.0, 1.0, generator=gen)
@@ -344,16 +337,11 @@ DROPOUT_CAP = 0.9  # the x1.5 phase scales p to min(1.5 p, 0.9) (never below p)
 
 
 def set_dropout_mode(model: PaperNet, mode: str) -> dict[str, float]:
-    r"""Set the ``p`` of every dropout module of a cifar net for a dropout phase.
-
-    With stack rates p_s (``build_kwargs["dropout"]`` or the net's default):
-
-    - ``per_stack``: p_s after stack s's pooling only (``drop``); ``drop<i>`` off (p=0).
-    - ``every_layer``: also p_s after the unit of every other layer of stack s
-      (``drop<i>``), so each of the stack's layers is followed by one dropout.
-    - ``every_layer_x1.5``: as ``every_layer`` with ``max(p_s, min(1.5 p_s, 0.9))``.
-
-    Returns ``{module name: p}`` of the dropout modules.
+    r"""Set the ``p`` of every dropout module of a cifar net for a dropout phase ``mode``
+    (:data:`DROPOUT_MODES`, ``docs/run_layout.md``, "Dropout phases") from the stack rates
+    p_s (``build_kwargs["dropout"]`` or the net's default): ``per_stack`` p_s on ``drop``
+    (after the pooling) only, ``every_layer`` also on each ``drop<i>``, ``every_layer_x1.5``
+    with ``max(p_s, min(1.5 p_s, 0.9))``. Returns ``{module name: p}`` of the dropout modules.
 
     Example:
         >>> net = build_model("cifar-11", device="meta")

@@ -11,9 +11,9 @@ safetensors shard in ``folder``::
       <layer>.units_000000-000127.safetensors   matrix [U_c, d+1, d+1] (or diagonal,
                                                 bias_column), units [U_c], mean_p [d]
 
-Files are written to a temporary in the same folder and renamed into place, the index last,
-so a folder with an ``index.json`` is complete. The result, a :class:`ShardedUnitFisher`,
-loads one shard at a time (``docs/scale.md``, "The planner").
+Files are written atomically, the index last, so a folder with an ``index.json`` is
+complete. The result, a :class:`ShardedUnitFisher`, loads one shard at a time
+(``docs/scale.md``, "The planner").
 
 ``inputs`` must be iterable more than once (a tensor, a list of batches, a DataLoader) when
 there is more than one chunk. For ``kind="mc"`` the generator's state is restored before
@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import fields, replace
@@ -43,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from natgrad import memory, theorems
-from natgrad._atomic import dumps_json, is_temporary, temp_path, write_bytes
+from natgrad._atomic import atomic_open, dumps_json, is_temporary, write_bytes
 from natgrad._layers import check_units
 from natgrad.engine import PassOptions, compute
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
@@ -94,7 +93,8 @@ def sharded_unit_fisher(
         for key in ("mean_p", "c_sum", "c_sq_sum", *blocks):  # c_sum, c_sq_sum: for n_eff
             if getattr(F, key) is not None:
                 tensors[key] = getattr(F, key).contiguous()
-        _atomic_save(folder / file, tensors)
+        with atomic_open(folder / file) as fh:  # straight to the temporary: no in-memory copy
+            save_file(tensors, fh.name)
         shards.append({"file": file, "units": chunk.tolist()})
         meta = {"n": F.n, "kind": F.kind, "likelihood": F.likelihood, "mc_samples": F.mc_samples}
         del F, tensors
@@ -111,20 +111,6 @@ def sharded_unit_fisher(
     }
     write_bytes(folder / INDEX, dumps_json(index, indent=1).encode())
     return ShardedUnitFisher.load(folder)
-
-
-def _atomic_save(path: Path, tensors: dict) -> None:
-    """safetensors straight to a temporary file in the same folder (no in-memory copy of the
-    blocks), fsynced, then renamed into place."""
-    tmp = temp_path(path)  # removed by natgrad._atomic.clean_stale if this process dies
-    try:
-        save_file(tensors, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 _SHARD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\.units_\d{6}-\d{6}\.safetensors$")

@@ -82,12 +82,10 @@ def _as_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # ([N, ...], [N, ...] or None)
     if isinstance(inputs, torch.Tensor):
         return inputs, targets
-    xs, ys = [], []
-    for x, y in inputs:
-        xs.append(x)
-        ys.append(y)
-    if not xs:
+    pairs = list(inputs)
+    if not pairs:
         raise InputError("no data: the iterable of (inputs, targets) batches is empty")
+    xs, ys = zip(*pairs, strict=True)
     y = None if any(t is None for t in ys) else torch.cat(ys)
     return torch.cat(xs), y
 
@@ -136,23 +134,12 @@ def reference_unit_fisher(
     r"""Unit Fisher blocks ``[U, d+1, d+1]`` (bias last) of ``layer`` by brute force.
 
     A float64 deep copy of ``model`` is evaluated one input at a time (as given: call
-    ``.eval()`` first for dropout/batch norm); ``torch.autograd`` gives each unit's gradient
-    g_i = (``weight.grad.view(U, -1)[i]``, ``bias.grad[i]``) and the estimator ``kind`` is
-    formed as in the module docstring (``"mc"``: the S = ``mc_samples`` labels are drawn by
-    :func:`natgrad.likelihoods.sample_targets` once on the whole ``[N, D]`` output with
-    ``generator``; ``"empirical"``: the observed ``targets[n]``).
-
-    The blocks are averaged over the N inputs. ``mean_p`` ``[d]`` is E_p(a), the layer input
-    captured by a forward hook (for Conv2d unfolded into patches and averaged over inputs
-    and positions).
-
-    Args:
-        model: the network; its output is ``[N, C]`` logits (categorical), or ``[N, *]``
-            logits (bernoulli) / means (gaussian, unit variance) flattened to ``[N, D]``.
-        layer: an ``nn.Linear``/``nn.Conv2d`` with bias inside ``model``, or its name.
-        inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches.
-        targets: ``[N]`` class indices or ``[N, *]`` values; needed for ``"empirical"``.
-        units: indices of the units to return (default all U).
+    ``.eval()`` first for dropout/batch norm) and the estimator ``kind`` formed as in the
+    module docstring (``"mc"``: the S = ``mc_samples`` labels are drawn once on the whole
+    ``[N, D]`` output with ``generator``). ``mean_p`` ``[d]`` is E_p(a), the layer input
+    captured by a forward hook (for Conv2d, patches averaged over inputs and positions).
+    The arguments are those of :func:`natgrad.unit_fisher`; ``layer`` may also be an affine
+    normalisation layer (a :class:`~natgrad.normfisher.NormUnitFisher` is returned).
 
     Returns:
         A float64 :class:`~natgrad.unitfisher.UnitFisher`.
@@ -291,10 +278,11 @@ def reference_natural_gradient(matrix, grad: torch.Tensor) -> torch.Tensor:
 # --- update directions and their measures, by explicit dense matrices (``docs/theory.md``, "Measures")
 
 
-def _blocks(matrix) -> torch.Tensor:
-    """``[U, d+1, d+1]`` float64 blocks of a tensor or a :class:`UnitFisher`."""
+def _f64(matrix, *xs) -> list[torch.Tensor]:
+    """The float64 blocks ``[U, d+1, d+1]`` of a tensor or a :class:`UnitFisher`, then ``xs``
+    as float64 tensors."""
     m = matrix.matrix if isinstance(matrix, UnitFisher) else matrix
-    return torch.as_tensor(m, dtype=torch.float64)
+    return [torch.as_tensor(x, dtype=torch.float64) for x in (m, *xs)]
 
 
 def _damped_dense(F: torch.Tensor, rel_damping: float) -> torch.Tensor:
@@ -323,9 +311,7 @@ def reference_direction(
         >>> reference_direction(F, torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]), "blockdiag")
         tensor([[0.5000, 0.0000]], dtype=torch.float64)
     """
-    blocks = _blocks(matrix)
-    mp = torch.as_tensor(mean_p, dtype=torch.float64)
-    grad = torch.as_tensor(grad, dtype=torch.float64)
+    blocks, mp, grad = _f64(matrix, mean_p, grad)
     out = []
     for i in range(blocks.shape[0]):
         F = _damped_dense(blocks[i], rel_damping)
@@ -374,9 +360,7 @@ def reference_efficiency(
         >>> reference_efficiency(F, torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, -1.0]]))
         tensor([1.], dtype=torch.float64)
     """
-    blocks = _blocks(matrix)
-    grad = torch.as_tensor(grad, dtype=torch.float64)
-    update = torch.as_tensor(update, dtype=torch.float64)
+    blocks, grad, update = _f64(matrix, grad, update)
     out = []
     for i in range(blocks.shape[0]):
         F = _damped_dense(blocks[i], rel_damping)
@@ -397,10 +381,7 @@ def reference_bias_shift_error(
         ...                            torch.tensor([[1.0, 0.0]]))
         tensor([1.], dtype=torch.float64)
     """
-    blocks = _blocks(matrix)
-    mp = torch.as_tensor(mean_p, dtype=torch.float64)
-    grad = torch.as_tensor(grad, dtype=torch.float64)
-    update = torch.as_tensor(update, dtype=torch.float64)
+    blocks, mp, grad, update = _f64(matrix, mean_p, grad, update)
     out = []
     for i in range(blocks.shape[0]):
         m = torch.cat([mp if mp.ndim == 1 else mp[i], torch.ones(1, dtype=torch.float64)])

@@ -2,11 +2,8 @@ r"""Structured unit Fishers: quasi-diagonal (Ollivier) and diagonal, in O(U·d) 
 (``docs/scale.md``, "2. Structures").
 
 For one unit the dense block is F = [[A, b], [bᵀ, c]] (bias last). ``"quasidiagonal"`` keeps
-diag(A), b and c (Ollivier 2015, "Riemannian metrics for neural networks I", arXiv 1303.0818,
-Sect. 3), U·(2d+1) numbers; ``"diagonal"`` keeps diag(F) only, U·(d+1). The engine
-(:func:`natgrad.unit_fisher` with ``structure=``) computes both from the same single backward
-as the dense block without forming it (Linear: two GEMMs ``[U, N] @ [N, d+1]``; Conv2d: the
-per-sample gradients g = Σ_p v_p ã_p in chunks of units, only g∘g and g·g_bias summed).
+diag(A), b and c (Ollivier 2015, arXiv 1303.0818, Sect. 3), U·(2d+1) numbers; ``"diagonal"``
+keeps diag(F) only, U·(d+1); the engine computes both without forming F.
 
 **The structure's metric.** The stored numbers define Ollivier's quasi-diagonal metric
 
@@ -278,12 +275,8 @@ class StructuredUnitFisher(SolvedUnitFisher):
     def _parts(self, damping: float, rel: bool = False):
         delta, b, c, D, mu = self._metric(damping, rel)
 
-        def apply(lo, hi, u, u0):
-            return self._Q_apply(delta, b, c, u, u0)
+        def apply(lo, hi, u, u0):  # Q(u, u0) ([U, d], [U]) for A_Q = diag(Δ) + bbᵀ/c
+            bu = (b * u).sum(-1)
+            return delta * u + b * (bu / c + u0).unsqueeze(-1), bu + c * u0
 
         yield 0, self.num_units, lambda x: self._A_inv(delta, b, c, x), apply, D, b, c, mu
-
-    def _Q_apply(self, delta, b, c, u, u0):
-        """Q(u, u0) ``([U, d], [U])`` for A_Q = diag(Δ) + bbᵀ/c."""
-        bu = (b * u).sum(-1)
-        return delta * u + b * (bu / c + u0).unsqueeze(-1), bu + c * u0

@@ -17,11 +17,9 @@ with q-moments E_q(a) = b/c ``[U, d]``, Var_q(a) = A/c − E_q(a)E_q(a)ᵀ ``[U,
 Cov_p(δ̄², a) = b − c E_p(a) ``[U, d]``; E_p(a) is ``[d]`` (shared by the layer) or ``[U, d]``.
 Every function computes in float64 (Cholesky solves from :mod:`natgrad.linalg`, never an
 explicit inverse except in :func:`lemma1_inverse`) and returns the promoted dtype of its
-inputs. Keyword ``context`` (``layer=``, ``units=``) only names failing units in
-:class:`~natgrad.errors.SingularBlockError` messages.
-
-The hand-checkable case of ``docs/theory.md`` ("A case to check by hand") runs through every docstring below: one input
-a ∈ {0, 2}, δ̄² ≡ 1, so F = [[2, 1], [1, 1]], E_p(a) = 1, and the gradient g = 1, g0 = 0.
+inputs; keyword ``context`` (``layer=``, ``units=``) names failing units in errors. The
+examples below are the hand-checkable case of ``docs/theory.md``: F = [[2, 1], [1, 1]],
+E_p(a) = 1, g = 1, g0 = 0.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ block is the true weight-shared block and these moments are *defined* by the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -69,12 +69,10 @@ FIELDS = ("mean_p", "n", "kind", "likelihood", "layer", "units", "mc_samples", "
 
 
 class UnitFisherBase:
-    r"""What the in-memory unit Fisher results write once: sizes, the per-unit gradients
-    (:meth:`unit_grads`), n_eff, the cosine (from the class's own ``natural_gradient``), the
-    update of a ``direction`` argument and the repr. A subclass stores ``layer``, ``units``
-    and the other :data:`FIELDS` besides its storage ``_STORE`` (``[U, …, d+1]``) and
-    defines the theorem methods: over dense blocks (:class:`UnitFisher`), or once for every
-    storage that gives solves with the weight block (:class:`SolvedUnitFisher`)."""
+    r"""What the in-memory unit Fisher results share. A subclass stores the :data:`FIELDS`
+    besides its storage ``_STORE`` (``[U, …, d+1]``) and defines the theorem methods: over
+    dense blocks (:class:`UnitFisher`) or over solves with the weight block
+    (:class:`SolvedUnitFisher`)."""
 
     #: The tensor that holds the units (rows) and d+1 columns (last axis); the repr names its
     #: dtype. Fields the repr names after ``layer`` / after ``fan_in``.
@@ -462,12 +460,9 @@ class UnitFisher(UnitFisherBase):
         layer: str = "given",
         n: int = 0,
     ) -> UnitFisher:
-        r"""Wrap any symmetric positive definite ``[U, d+1, d+1]`` tensor (bias last) and the
-        incoming mean E_p(a) ``[d]`` (shared by all units of a layer) as a ``UnitFisher``.
-
-        A single block ``[d+1, d+1]`` is promoted to ``U = 1``. Use it for synthetic studies
-        and notebooks; the theorem methods work the same as on computed blocks.
-        """
+        r"""Wrap any symmetric positive definite ``[U, d+1, d+1]`` tensor (bias last; one block
+        ``[d+1, d+1]`` is promoted to U = 1) and the incoming mean E_p(a) ``[d]`` (shared by
+        all units of a layer) as a ``UnitFisher``."""
         matrix = torch.as_tensor(matrix)
         mean_p = torch.as_tensor(mean_p, dtype=matrix.dtype, device=matrix.device)
         if matrix.ndim == 2:
@@ -486,9 +481,7 @@ class UnitFisher(UnitFisherBase):
 
         F = Σ_i n_i F_i / Σ_i n_i and E_p(a) likewise (both are means over inputs); the
         n_eff sums add. Every part must come from the same layer, units, kind and likelihood
-        (e.g. :func:`natgrad.fisher.unit_fishers` on consecutive slices of a probe): the
-        probe-size sweep and the half-sample jackknife of
-        :mod:`natgrad.analysis.unitstats` use it to get every size from one pass.
+        (e.g. :func:`natgrad.fisher.unit_fishers` on consecutive slices of a probe).
 
         Example:
             >>> import torch
@@ -565,16 +558,9 @@ class UnitFisher(UnitFisherBase):
         return self.b - self.c.unsqueeze(-1) * self.mean_p
 
     # --- Theorems 1–2 (natgrad.theorems); damping λ adds λI to F, bias entry included ---------
-    def _damped_blocks(self, damping: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        F = linalg.damped(self.matrix, damping)
-        return F[:, :-1, :-1], F[:, :-1, -1], F[:, -1, -1]
-
-    def _damped_moments(self, damping: float):
-        """E_q(a) [U, d], Var_q(a) [U, d, d], Cov_p(δ̄², a) [U, d] of the damped block F + λI."""
-        A, b, c = self._damped_blocks(damping)
-        mean_q = b / c.unsqueeze(-1)
-        var_q = A / c[:, None, None] - mean_q.unsqueeze(-1) * mean_q.unsqueeze(-2)
-        return mean_q, var_q, b - c.unsqueeze(-1) * self.mean_p
+    def _damped(self, damping: float) -> UnitFisher:
+        """This result with the blocks F + λI (its blocks and moments are the damped ones)."""
+        return replace(self, matrix=linalg.damped(self.matrix, damping))
 
     def condition_number(
         self, damping: float = 0.0, *, exact: bool = True, rel_damping: float = 0.0
@@ -599,7 +585,8 @@ class UnitFisher(UnitFisherBase):
 
     def inverse(self, damping: float = 0.0) -> torch.Tensor:
         r"""``[U, d+1, d+1]`` (F + λI)⁻¹ by Lemma 1 (:func:`natgrad.theorems.lemma1_inverse`)."""
-        return theorems.lemma1_inverse(*self._damped_blocks(damping), **self._context())
+        F = self._damped(damping)
+        return theorems.lemma1_inverse(F.A, F.b, F.c, **self._context())
 
     def s(self, form: str = "schur", damping: float = 0.0) -> torch.Tensor:
         r"""``[U]`` s = 1/(c − bᵀA⁻¹b) (``form="schur"``) or, equal by Lemma 2(i),
@@ -611,11 +598,10 @@ class UnitFisher(UnitFisherBase):
             (tensor([2.]), tensor([2.]))
         """
         check_form(self.layer, "s", form, ("schur", "paper"))
+        F = self._damped(damping)
         if form == "schur":
-            return theorems.schur_complement(*self._damped_blocks(damping), **self._context())
-        c = self._damped_blocks(damping)[2]
-        mean_q, var_q, _ = self._damped_moments(damping)
-        return theorems.schur_complement_paper(c, mean_q, var_q, **self._context())
+            return theorems.schur_complement(F.A, F.b, F.c, **self._context())
+        return theorems.schur_complement_paper(F.c, F.mean_q, F.var_q, **self._context())
 
     def k(self, form: str = "closed", damping: float = 0.0) -> torch.Tensor:
         r"""``[U]`` Theorem 2's k = (E_q(a) − E_p(a))ᵀVar_q(a)⁻¹E_q(a) (``form="closed"``) or
@@ -627,12 +613,11 @@ class UnitFisher(UnitFisherBase):
             (tensor([0.]), tensor([0.]))
         """
         check_form(self.layer, "k", form, ("closed", "paper"))
-        mean_q, var_q, cov_p = self._damped_moments(damping)
+        F = self._damped(damping)
         if form == "closed":
-            return theorems.k_closed(self.mean_p, mean_q, var_q, **self._context())
-        A, _, c = self._damped_blocks(damping)
+            return theorems.k_closed(self.mean_p, F.mean_q, F.var_q, **self._context())
         s = self.s("schur", damping)
-        return theorems.k_paper(A, c, s, cov_p, mean_q, **self._context())
+        return theorems.k_paper(F.A, F.c, s, F.cov_p, F.mean_q, **self._context())
 
     def natural_gradient(
         self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
@@ -649,7 +634,8 @@ class UnitFisher(UnitFisherBase):
             (tensor([[1.]]), tensor([-1.]))
         """
         g, g0 = self.unit_grads(grad_weight, grad_bias)
-        return theorems.natural_gradient(*self._damped_blocks(damping), g, g0, **self._context())
+        F = self._damped(damping)
+        return theorems.natural_gradient(F.A, F.b, F.c, g, g0, **self._context())
 
     def bias_shift(
         self, grad_weight: torch.Tensor, grad_bias: torch.Tensor, damping: float = 0.0
@@ -665,8 +651,8 @@ class UnitFisher(UnitFisherBase):
             (tensor([0.]), tensor([0.5000]), tensor([1.]))
         """
         g, g0 = self.unit_grads(grad_weight, grad_bias)
-        A, b, c = self._damped_blocks(damping)
-        return theorems.bias_shift(A, b, c, self.mean_p, g, g0, **self._context())
+        F = self._damped(damping)
+        return theorems.bias_shift(F.A, F.b, F.c, self.mean_p, g, g0, **self._context())
 
     # --- how close is an update to the unit natural gradient (natgrad.measures) ----------
     def direction(
@@ -691,10 +677,8 @@ class UnitFisher(UnitFisherBase):
         self, grad_weight, grad_bias, direction, rel_damping: float = 0.0
     ) -> torch.Tensor:
         r"""``[U]`` Fisher efficiency ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) ∈ [−1, 1] of an update
-        u for the gradient g = (g_w, g0): the cosine between u and the natural gradient in
-        the Fisher metric, invariant to linear reparametrisations of the unit; ρ(F_λ⁻¹g) = 1.
-        ``direction`` is a kind name (see :meth:`direction`) or a pair (u_w, u_0) shaped like
-        the gradients. NaN where g = 0.
+        u for the gradient g = (g_w, g0) (:func:`natgrad.measures.efficiency`); ``direction``
+        is a kind name (see :meth:`direction`) or a pair (u_w, u_0) shaped like the gradients.
 
         Example:
             >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))
@@ -725,10 +709,8 @@ class UnitFisher(UnitFisherBase):
         )
 
     def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict[str, torch.Tensor]:
-        r"""Every measure at once from ONE Cholesky of F_λ per unit
-        (:func:`natgrad.measures.measures`): ``rho_<kind>`` for every direction,
-        ``shift_<kind>``, ``shift_error_<kind>``, ``damping`` (μ = λ·tr F/(d+1)) and ``dead``
-        (zero blocks, NaN elsewhere), plus ``n_eff`` where known. Each value is ``[U]`` float64.
+        r"""Every measure at once from ONE Cholesky of F_λ per unit (the keys of
+        :func:`natgrad.measures.measures`), plus ``n_eff`` where known; ``[U]`` float64 each.
 
         Example:
             >>> F = UnitFisher.from_matrix(torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([1.0]))

@@ -15,13 +15,11 @@ name       f(x)                                            module
            Gimpel 2016; not in the ELU paper; He init)
 =========  ==============================================  ===========================
 
-:data:`CATALOGUE` is the one list of unit types: name, label, colour, factory and weight
-initialisation. Plots, reports, summaries, the demo and the training CLI read it; nothing
-else keeps its own list. A *unit type* of a study may add batch norm (``"relu-bn"``) or layer norm (``"relu-ln"``):
-:func:`unit_type_key`, :func:`split_unit_type`, :func:`unit_type_label`.
-
-Every unit acts elementwise (shapes unchanged). Each call of :func:`make_unit` returns a new
-module, so forward hooks (:mod:`natgrad.training.recording`) see one module per layer.
+:data:`CATALOGUE` is the one list of unit types (name, label, colour, factory, weight
+initialisation) that the rest of natgrad reads. A *unit type* of a study may add batch norm
+(``"relu-bn"``) or layer norm (``"relu-ln"``): :func:`unit_type_key`, :func:`split_unit_type`,
+:func:`unit_type_label`. Each call of :func:`make_unit` returns a new module, so forward
+hooks (:mod:`natgrad.training.recording`) see one module per layer.
 
 Example:
     >>> import torch

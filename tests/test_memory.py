@@ -1,5 +1,5 @@
 """Memory budgets: the up-front size check names bytes and fixes; sub-batches and unit chunks
-chosen for a small budget give the same blocks; the in-place symmetrisation."""
+chosen for a small budget give the same blocks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 from cases import CASES
 
 from natgrad import memory
-from natgrad.accumulate import _symmetrise_
 from natgrad.errors import InputError, MemoryBudgetError, NatgradError
 from natgrad.fisher import unit_fisher, unit_fishers
 from natgrad.testing import assert_close
@@ -93,12 +92,3 @@ def test_structured_conv_pass_streams_the_batch_in_sub_batches(monkeypatch):
     assert max(seen) * per_sample <= memory.STRUCTURED_TEMP
     assert_close(streamed.diagonal, whole.diagonal, what="diag")
     assert_close(streamed.bias_column, whole.bias_column, what="b")
-
-
-def test_symmetrise_in_place_chunked():
-    m = torch.randn(7, 5, 5)
-    expected = 0.5 * (m + m.transpose(-1, -2))
-    ptr = m.data_ptr()
-    _symmetrise_(m, budget=2 * 25)  # two units per chunk
-    assert m.data_ptr() == ptr
-    assert_close(m, expected)
