@@ -214,29 +214,22 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
     direction), ``ci_method`` (BCa or percentile) and ``text`` (:func:`sentence`). For
     ``closer_to_zero`` metrics the absolute values are compared.
     """
-    import pandas as pd
-
     better = mt.METRICS[metric].better if metric in mt.METRICS else None
     v = values[[group, "seed", metric]].copy()
     if better == "closer_to_zero":
         v[metric] = v[metric].abs()
-    wide = v.pivot_table(index="seed", columns=group, values=metric, aggfunc="first")
-    rows = []
-    if reference not in wide.columns:
-        return pd.DataFrame(rows)
-    for other in unit_type_order(c for c in wide.columns if c != reference):
-        pair = wide[[reference, other]].replace([np.inf, -np.inf], np.nan).dropna()
-        n = len(pair)
-        a, b = pair[reference].to_numpy(), pair[other].to_numpy()
-        diff = a - b
-        row = {"metric": metric, "reference": reference, "other": other, "n": n,
-               "diff": float(diff.mean()) if n else math.nan, "better": better}  # fmt: skip
-        row["lo"], row["hi"], row["ci_method"] = bootstrap_ci(diff)
-        row["p"] = sign_flip_p(diff)
-        row["p_min"] = 2.0 / 2**n if n else math.nan
-        row["text"] = sentence(row)
-        rows.append(row)
-    return pd.DataFrame(rows)
+
+    def row(other, wide):
+        pair = wide.replace([np.inf, -np.inf], np.nan).dropna()
+        diff = pair[reference].to_numpy() - pair[other].to_numpy()
+        r = {"metric": metric, "reference": reference, "other": other, "n": len(pair),
+             "diff": float(diff.mean()) if len(pair) else math.nan, "better": better}  # fmt: skip
+        r["lo"], r["hi"], r["ci_method"] = bootstrap_ci(diff)
+        r["p"], r["p_min"] = sign_flip_p(diff), 2.0 / 2 ** len(pair) if len(pair) else math.nan
+        r["text"] = sentence(r)
+        return r
+
+    return _per_other(v, [metric], reference, group, row)
 
 
 def censored_comparison(values, metric: str, reached: str, *, reference: str = "elu",
@@ -261,17 +254,11 @@ def censored_comparison(values, metric: str, reached: str, *, reference: str = "
         >>> int(r["earlier"]), int(r["later"]), float(r["p"])
         (3, 0, 0.25)
     """
-    import pandas as pd
     from scipy import stats
 
-    wide_t = values.pivot_table(index="seed", columns=group, values=metric, aggfunc="first")
-    wide_r = values.pivot_table(index="seed", columns=group, values=reached, aggfunc="first")
-    rows = []
-    if reference not in wide_t.columns:
-        return pd.DataFrame(rows)
-    for other in unit_type_order(c for c in wide_t.columns if c != reference):
-        t = wide_t[[reference, other]].dropna()
-        r = wide_r.loc[t.index, [reference, other]].astype(bool)
+    def row(other, wide_t, wide_r):
+        t = wide_t.dropna()
+        r = wide_r.loc[t.index].astype(bool)
         a, b = t[reference].to_numpy(), t[other].to_numpy()
         ra, rb = r[reference].to_numpy(), r[other].to_numpy()
         both_censored = ~ra & ~rb
@@ -279,15 +266,29 @@ def censored_comparison(values, metric: str, reached: str, *, reference: str = "
         later = int(((a > b) & ~both_censored).sum())
         n = len(t)
         p = float(stats.binomtest(earlier, earlier + later).pvalue) if earlier + later else 1.0
-        rows.append({
+        return {
             "metric": metric, "reference": reference, "other": other, "n": n,
             "earlier": earlier, "later": later, "ties": n - earlier - later,
             "censored_ref": int((~ra).sum()), "censored_other": int((~rb).sum()),
             "median_diff": float(np.median(a - b)) if n else math.nan,
             "median_is_bound": bool((~ra | ~rb).any()),
             "p": p, "p_min": 2.0 / 2**n if n else math.nan, "ci_method": "none (sign test)",
-        })  # fmt: skip
-    return pd.DataFrame(rows)
+        }  # fmt: skip
+
+    return _per_other(values, [metric, reached], reference, group, row)
+
+
+def _per_other(values, columns, reference: str, group: str, row):
+    """``row(other, *wide)`` per other unit type in order, ``wide`` the ``[seed, (reference,
+    other)]`` pivot of each of ``columns``; an empty table where ``reference`` is absent."""
+    import pandas as pd
+
+    wide = [values.pivot_table(index="seed", columns=group, values=c, aggfunc="first")
+            for c in columns]  # fmt: skip
+    if reference not in wide[0].columns:
+        return pd.DataFrame([])
+    others = unit_type_order(c for c in wide[0].columns if c != reference)
+    return pd.DataFrame([row(other, *(w[[reference, other]] for w in wide)) for other in others])
 
 
 def holm(pvalues) -> np.ndarray:
