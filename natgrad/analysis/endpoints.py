@@ -1,13 +1,9 @@
 r"""Declared endpoints: a study names its primary comparisons before it runs, and every test is
 adjusted for the others of its family (``docs/theory.md``, "Statistics").
 
-An :class:`Endpoint` is one paired comparison on one per-seed value: ``metric`` of
-``reference`` against ``other``, either a plain paired difference (exact sign-flip test and
-a BCa bootstrap CI of the mean difference, :func:`natgrad.analysis.stats.paired_comparison`)
-or a censored time-to-event (an exact sign test on the pairs' order,
-:func:`natgrad.analysis.stats.censored_comparison`). :func:`evaluate` computes a list of them
-on a per-seed table and adds ``p_holm``, Holm's adjustment within each ``family``
-(:func:`natgrad.analysis.stats.holm`); ``role`` says ``primary`` or ``secondary``.
+An :class:`Endpoint` is a plain paired difference
+(:func:`natgrad.analysis.stats.paired_comparison`) or a censored time-to-event
+(:func:`natgrad.analysis.stats.censored_comparison`) of one per-seed value.
 
 Example:
     >>> import pandas as pd

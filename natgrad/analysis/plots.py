@@ -17,18 +17,9 @@ import torch
 from natgrad.analysis.metrics import METRICS, label
 from natgrad.units import split_unit_type, unit_type_colour, unit_type_label, unit_type_order
 
-__all__ = [
-    "figure_png_base64",
-    "plot_answer",
-    "plot_probe_sizes",
-    "plot_curves",
-    "plot_damping_sweep",
-    "plot_efficiencies",
-    "plot_layer_metric",
-    "plot_n_eff",
-    "plot_units",
-    "save_figure",
-]
+__all__ = ["figure_png_base64", "plot_answer", "plot_probe_sizes", "plot_curves",
+           "plot_damping_sweep", "plot_efficiencies", "plot_layer_metric", "plot_n_eff",
+           "plot_units", "save_figure"]  # fmt: skip
 
 
 def _units_in(table, column: str = "unit_type") -> list[str]:

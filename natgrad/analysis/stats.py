@@ -1,12 +1,8 @@
 r"""Seeds as replicates: per-seed summaries, paired comparisons with CIs, generated sentences.
 
-The replicate is the training seed (an independent initial net; run j of every unit type
-shares its initial weights). Layers and units of one net are not independent, so every
-unit-level metric is first summarised PER RUN (the median over the run's analysed units,
-:func:`seed_values`), and only those per-seed values are compared, paired by seed
-(``docs/theory.md``, "Statistics"). Every CI names its method in the column ``ci_method``:
-``BCa`` (bias-corrected and accelerated bootstrap), or ``percentile`` where BCa is
-degenerate; a sentence (:func:`sentence`) states a direction only where the CI excludes 0.
+The replicate is the training seed: every unit-level metric is first summarised per run
+(:func:`seed_values`) and only those per-seed values are compared, paired by seed; why, and
+the tests and CIs used: ``docs/theory.md``, "Statistics".
 
 Example:
     >>> import pandas as pd
@@ -20,26 +16,16 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
-__all__ = [
-    "analysed_units",
-    "bootstrap_ci",
-    "censored_comparison",
-    "claims_per_seed",
-    "group_summary",
-    "holm",
-    "loss_auc",
-    "paired_comparison",
-    "neff_adjusted",
-    "seed_values",
-    "sentence",
-    "sign_flip_p",
-]
+__all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "claims_per_seed",
+           "group_summary", "holm", "loss_auc", "paired_comparison", "neff_adjusted",
+           "seed_values", "sentence", "sign_flip_p"]  # fmt: skip
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -107,8 +93,7 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu", n_boot: int = 2
         x[np.arange(len(rows)), t_index[rows]] = 1.0
         if with_slope:
             x[:, -1] = lr[rows]
-        coef = np.linalg.lstsq(x, y[rows], rcond=None)[0]
-        return coef
+        return np.linalg.lstsq(x, y[rows], rcond=None)[0]
 
     rows_of = {s: np.flatnonzero(seed_of == s) for s in seeds}
     coef, coef0 = fit(np.arange(len(y))), fit(np.arange(len(y)), with_slope=False)
@@ -157,8 +142,6 @@ def bootstrap_ci(x, statistic=None) -> tuple[float, float, str]:
     kw = dict(paired=True, vectorized=False) if paired else {}
     for method in ("BCa", "percentile"):
         try:
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # BCa's degenerate-sample warning: fall back
                 res = stats.bootstrap(samples, statistic or np.mean, confidence_level=CONFIDENCE,
@@ -304,12 +287,9 @@ def holm(pvalues) -> np.ndarray:
     ok = np.isfinite(p)
     q = p[ok]
     m = q.size
-    if m == 0:
-        return out
     order = np.argsort(q, kind="stable")
-    adj = np.minimum(1.0, np.maximum.accumulate(q[order] * (m - np.arange(m))))
     res = np.empty(m)
-    res[order] = adj
+    res[order] = np.minimum(1.0, np.maximum.accumulate(q[order] * (m - np.arange(m))))
     out[ok] = res
     return out
 
@@ -355,10 +335,7 @@ def sentence(row: dict) -> str:
         word = "farther from 0" if higher else "closer to 0"
     verdict = ""
     if better in ("higher", "lower", "closer_to_zero"):
-        good = (higher and better == "higher") or (
-            not higher and better in ("lower", "closer_to_zero")
-        )
-        verdict = " — better" if good else " — worse"
+        verdict = " — better" if higher == (better == "higher") else " — worse"
     return f"{stated}: {ref} {word} than {other}{verdict}."
 
 

@@ -20,17 +20,8 @@ from natgrad.analysis.csvtables import read_csv, staged, write_csv
 from natgrad.analysis.unitstats import SWEEP
 from natgrad.damping import MEASURE_DAMPING
 
-__all__ = [
-    "COMPARED",
-    "UNIT_METRICS",
-    "read_csv",
-    "read_tables",
-    "resummarise",
-    "save_tables",
-    "write_csv",
-    "one_run_per_replicate",
-    "write_tables",
-]
+__all__ = ["COMPARED", "UNIT_METRICS", "read_csv", "read_tables", "resummarise", "save_tables",
+           "write_csv", "one_run_per_replicate", "write_tables"]  # fmt: skip
 
 #: Unit-level metrics summarised per seed.
 UNIT_METRICS = [

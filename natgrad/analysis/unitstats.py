@@ -61,16 +61,8 @@ from natgrad.likelihoods import check_likelihood, log_likelihood
 from natgrad.linalg import condition_number
 from natgrad.unitfisher import UnitFisher
 
-__all__ = [
-    "JACKKNIFED",
-    "SWEEP",
-    "damping_sweep",
-    "jackknifed",
-    "layer_statistics",
-    "probe_gradients",
-    "probe_size_sweep",
-    "unit_statistics",
-]
+__all__ = ["JACKKNIFED", "SWEEP", "damping_sweep", "jackknifed", "layer_statistics",
+           "probe_gradients", "probe_size_sweep", "unit_statistics"]  # fmt: skip
 
 
 SWEEP = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -95,13 +87,10 @@ def layer_statistics(fisher: UnitFisher, grad_weight: torch.Tensor, grad_bias: t
         >>> [round(float(cols[k][0]), 4) for k in ("rho_plain", "rho_natural", "s_c", "k")]
         [0.7071, 1.0, 2.0, 0.0]
     """
-    g, g0 = fisher.unit_grads(grad_weight, grad_bias)  # [U, d], [U]
-    M = fisher.matrix.to(torch.float64)
-    g, g0 = g.to(torch.float64), g0.to(torch.float64)
-    mean_p = fisher.mean_p.to(torch.float64)
+    g, g0 = (t.double() for t in fisher.unit_grads(grad_weight, grad_bias))  # [U, d], [U]
+    M, mean_p = fisher.matrix.double(), fisher.mean_p.double()
     U, d = fisher.num_units, fisher.fan_in
-    ctx = {"layer": fisher.layer, "units": fisher.units}
-    m = ms.measures(M, mean_p, g, g0, rel_damping, **ctx)
+    m = ms.measures(M, mean_p, g, g0, rel_damping, layer=fisher.layer, units=fisher.units)
     dead = m["dead"] > 0
     live = (~dead).nonzero().flatten()
     nan = np.full(U, np.nan)
