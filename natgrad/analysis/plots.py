@@ -200,8 +200,7 @@ def plot_answer(summary, rho: str | None, speed: str):
     if rho is None:
         a.text(0.5, 0.5, "ρ not compared:\nthe unit blocks are not estimable\non this probe "
                "(median n_eff < 2(d+1))", ha="center", va="center", transform=a.transAxes)  # fmt: skip
-        a.set_xticks([])
-        a.set_yticks([])
+        a.set(xticks=[], yticks=[])
     else:
         _ci_points(a, summary, rho, units)
         a.set_ylabel(label(rho))
@@ -230,9 +229,8 @@ def plot_probe_sizes(probe_sizes, metrics=("rho_plain", "rho_plain_jk")):
         for metric, ls in zip(metrics, ("-", "--"), strict=False):
             ax.plot(sub.index, sub[metric], ls, marker="o", ms=3, color=unit_type_colour(unit),
                     label=f"{unit_type_label(unit)}, {label(metric)}")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("probe size (held-out inputs)")
-    ax.set_ylabel("ρ (mean over seeds of run medians)")
+    ax.set(xscale="log", xlabel="probe size (held-out inputs)",
+           ylabel="ρ (mean over seeds of run medians)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize="xx-small", frameon=False, ncol=2)
     fig.tight_layout()
@@ -246,8 +244,7 @@ def plot_damping_sweep(sweep_seeds, metrics=("rho_plain", "rho_centred", "rho_qu
     for ax, metric in zip(axes.flat, metrics, strict=True):
         for unit in _units_in(sweep_seeds):
             _band(ax, sweep_seeds, unit, "rel_damping", metric, 0.12, marker="o", ms=3)
-        ax.set_xscale("log")
-        ax.set(xlabel="relative damping λ", ylabel=label(metric), title=label(metric))
+        ax.set(xscale="log", xlabel="relative damping λ", ylabel=label(metric), title=label(metric))
     axes.flat[0].legend(fontsize="x-small", frameon=False)
     fig.tight_layout()
     return fig
@@ -269,8 +266,7 @@ def plot_n_eff(units):
         patch.set_alpha(0.5)
     ax.set_xticks(range(1, len(keys) + 1), [unit_type_label(k) for k in keys], rotation=20)
     ax.axhline(2.0, color="k", ls=":", lw=1, label="n_eff = 2(d+1)")
-    ax.set_yscale("log")
-    ax.set_ylabel("n_eff / (d+1)")
+    ax.set(yscale="log", ylabel="n_eff / (d+1)")
     ax.legend(frameon=False, fontsize="small")
     fig.tight_layout()
     return fig

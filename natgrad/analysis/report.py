@@ -322,8 +322,6 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from natgrad.analysis import plots
 
     _png = plots.figure_png_base64
@@ -360,7 +358,7 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
         _png(plots.plot_n_eff(t["units"])),
     )
     curves = t["curves"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    fig, (a, b) = plots._subplots(1, 2, figsize=(9.0, 3.4))
     plots.plot_curves(curves, "median_all", ax=a, ylabel="median unit mean activation",
                       title="(a) median over units of the mean activation")  # fmt: skip
     a.axhline(0.0, color="0.6", lw=0.6)
@@ -400,14 +398,9 @@ def _img(caption: str, png) -> str:
     return f"<figure>{imgs}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def render_report(
-    tables_dir: str | os.PathLike,
-    out_path: str | os.PathLike | None = None,
-    *,
-    title: str = "natgrad: does ELU bring SGD closer to the unit natural gradient?",
-    context: dict | None = None,
-    figures: bool = True,
-) -> Path:
+def render_report(tables_dir: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
+                  title: str = "natgrad: does ELU bring SGD closer to the unit natural gradient?",
+                  context: dict | None = None, figures: bool = True) -> Path:  # fmt: skip
     r"""Write the HTML report for the tables in ``tables_dir`` (default
     ``<tables_dir>/../report.html``) atomically and return its path. The run header is the
     tables' ``context.json`` updated by ``context``. ``figures=False`` leaves the figures out

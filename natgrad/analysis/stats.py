@@ -56,9 +56,8 @@ def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch"))
         out = out.join(sub.groupby(keys)[est].median(), how="left")
     out["dead"] = fed.groupby(keys)["dead"].mean()
     out["estimable"] = live.groupby(keys)["estimable"].mean()
-    out["n_eff_over_d1"] = (
-        (live["n_eff"] / (live["fan_in"] + 1)).groupby([live[k] for k in keys]).median()
-    )
+    ratio = live["n_eff"] / (live["fan_in"] + 1)
+    out["n_eff_over_d1"] = ratio.groupby([live[k] for k in keys]).median()
     return pd.DataFrame(out).reset_index()
 
 
@@ -345,18 +344,15 @@ def _g(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
-def claims_per_seed(
-    curves, *, last: int = 3, threshold: float | None = None, group: str = "unit_type"
-):
+def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
+                    group: str = "unit_type"):  # fmt: skip
     r"""The paper's own claims per run (one row per ``group`` × seed), from its curves — the
     one definition of every study's per-seed values from curves (the demo, the Fig 2
     protocol, ``natgrad compare``):
 
     - ``abs_median_activation``: |median_all| at the last epoch (Fig 2a), where the curves
       record activations;
-    - ``train_loss_auc``: the mean training loss over epochs 1..E (Fig 2b's speed), and
-      ``log_train_loss_auc``, the mean of log10 of it (late epochs, where every loss is
-      near 0, weigh as much as early ones);
+    - ``train_loss_auc`` and ``log_train_loss_auc``: :func:`loss_auc` (Fig 2b's speed);
     - ``epochs_to_loss``: the first epoch with training loss ≤ ``threshold`` (default: the
       largest over groups of their mean final training loss, a level most runs reach);
       a run that never reaches it is censored at E + 1 (``epochs_reached`` = 0), so that

@@ -232,9 +232,7 @@ def unit_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     for name, fisher in fishers.items():
         cols = layer_statistics(fisher, *grads[name], rel_damping=rel_damping)
         if jackknife:
-            half, end = bounds.index(n // 2), len(chunks)
-            halves = [(_pool(chunks, a, b)[name], _pool_grads(chunk_grads, bounds, a, b)[name])
-                      for a, b in ((0, half), (half, end))]  # fmt: skip
+            halves = _halves(chunks, chunk_grads, bounds, n, name)
             cols.update(jackknifed(cols, halves, rel_damping))
         frames.append(pd.DataFrame({**heads[name], **cols}))
         if sweep:
@@ -302,6 +300,14 @@ def _pool_grads(chunk_grads, bounds, i0: int, i1: int):
             for name in chunk_grads[i0]}  # fmt: skip
 
 
+def _halves(chunks, chunk_grads, bounds, size: int, name: str) -> list:
+    """``[(UnitFisher, (g_w, g_b))]`` of layer ``name`` on the two halves of the first ``size``
+    probe inputs (pooled slices)."""
+    i_half, i_end = bounds.index(size // 2), bounds.index(size)
+    return [(_pool(chunks, a, b)[name], _pool_grads(chunk_grads, bounds, a, b)[name])
+            for a, b in ((0, i_half), (i_half, i_end))]  # fmt: skip
+
+
 def jackknifed(cols: dict, halves, rel_damping: float) -> dict[str, np.ndarray]:
     r"""``{rho_<direction>_jk: [U]}``: ρ_J = 2ρ(F) − (ρ(F_A) + ρ(F_B))/2 for the directions
     of :data:`JACKKNIFED`, ``cols`` holding ρ(F) of the whole probe and ``halves`` the pairs
@@ -326,9 +332,8 @@ def probe_size_sweep(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
     r"""ρ against the probe size: one row per (probe size, layer, unit) with ``fan_in``,
     ``n_eff``, ``dead`` and, for every direction of :data:`JACKKNIFED`, the plain estimate
     ``rho_<direction>`` and the jackknifed ``rho_<direction>_jk`` on the first ``size``
-    probe inputs (nested probes). ONE pass over the largest size: the blocks are computed
-    on the slices between consecutive sizes and half-sizes and pooled
-    (:meth:`UnitFisher.pool`), so the sweep costs about one analysis of the largest probe.
+    probe inputs (nested probes), from ONE pass over the largest size (``probe_sizes`` of
+    :func:`unit_statistics`).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
@@ -348,15 +353,13 @@ def _size_rows(chunks, chunk_grads, bounds, sizes, heads, rel_damping):
 
     frames = []
     for size in sizes:
-        i_half, i_end = bounds.index(size // 2), bounds.index(size)
-        full = _pool(chunks, 0, i_end)
+        i_end = bounds.index(size)
         grads = _pool_grads(chunk_grads, bounds, 0, i_end)
-        parts = [(_pool(chunks, a, b), _pool_grads(chunk_grads, bounds, a, b))
-                 for a, b in ((0, i_half), (i_half, i_end))]  # fmt: skip
-        for name, fisher in full.items():
+        for name, fisher in _pool(chunks, 0, i_end).items():
             m = _measures(fisher, grads[name], rel_damping)
             cols = {f"rho_{k}": m[f"rho_{k}"].cpu().numpy() for k in JACKKNIFED}
-            cols.update(jackknifed(cols, [(p[0][name], p[1][name]) for p in parts], rel_damping))
+            halves = _halves(chunks, chunk_grads, bounds, size, name)
+            cols.update(jackknifed(cols, halves, rel_damping))
             frames.append(pd.DataFrame({
                 **heads[name], "probe_size": size, "unit": fisher.units.numpy(),
                 "fan_in": fisher.fan_in, "n_eff": fisher.n_eff.double().numpy(),
