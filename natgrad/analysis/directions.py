@@ -78,10 +78,16 @@ def _solve(B: torch.Tensor, gu: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(B, gu.unsqueeze(-1)).squeeze(-1)
 
 
-def _dense_operator(op, n: int) -> torch.Tensor:
-    eye = torch.eye(n, dtype=torch.float64)
-    M = op @ eye
-    return 0.5 * (M + M.T)
+def _kfac(model: nn.Module, probe: tuple, D: torch.Tensor, g: torch.Tensor, eigen: bool):
+    r"""(K + D)⁻¹ g, K curvlinops' K-FAC (``eigen``: eigenvalue-corrected) of the exact type-2
+    Fisher on ``probe``, dense and symmetrised."""
+    from curvlinops import EKFACLinearOperator, FisherType, KFACLinearOperator
+
+    cls = EKFACLinearOperator if eigen else KFACLinearOperator
+    op = cls(model, nn.CrossEntropyLoss(), list(model.parameters()), [probe],
+             fisher_type=FisherType.TYPE2, check_deterministic=False)  # fmt: skip
+    K = op @ torch.eye(D.numel(), dtype=torch.float64)
+    return torch.linalg.solve(0.5 * (K + K.T) + torch.diag(D), g)
 
 
 def _per_input_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -141,38 +147,23 @@ def directions(model: nn.Module, F, g: torch.Tensor, train: tuple, probe: tuple,
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise InputError(f"unknown methods {sorted(unknown)}: choose from {', '.join(METHODS)}")
+    from natgrad.optim.solves import without_coupling
+
     D = F.damping(rel_damping)
     f_lam = F.matrix + torch.diag(D)
-    out: dict[str, torch.Tensor] = {}
-    for name in methods:
-        if name == "plain":
-            out[name] = g.clone()
-        elif name == "centred":
-            out[name] = _centred(model, F, g, train[0].reshape(train[0].shape[0], -1))
-        elif name == "diagonal":
-            out[name] = g / f_lam.diagonal()
-        elif name == "qd":
-            out[name] = _per_unit(_qd, g, F, f_lam)
-        elif name == "blockdiag":
-            from natgrad.optim.solves import without_coupling
-
-            out[name] = _per_unit(lambda B, gu: _solve(without_coupling(B), gu), g, F, f_lam)
-        elif name == "unit":
-            out[name] = _per_unit(_solve, g, F, f_lam)
-        elif name in ("kfac", "ekfac"):
-            from curvlinops import EKFACLinearOperator, FisherType, KFACLinearOperator
-
-            cls = KFACLinearOperator if name == "kfac" else EKFACLinearOperator
-            op = cls(model, nn.CrossEntropyLoss(), list(model.parameters()), [probe],
-                     fisher_type=FisherType.TYPE2, check_deterministic=False)  # fmt: skip
-            K = _dense_operator(op, F.num_params)
-            out[name] = torch.linalg.solve(K + torch.diag(D), g)
-        elif name == "adam":
-            G = _per_input_grads(model, *train)
-            out[name] = g / (G.square().mean(0).sqrt() + adam_eps)
-        else:
-            out[name] = torch.linalg.solve(f_lam, g)
-    return out
+    make = {
+        "plain": lambda: g.clone(),
+        "centred": lambda: _centred(model, F, g, train[0].reshape(train[0].shape[0], -1)),
+        "diagonal": lambda: g / f_lam.diagonal(),
+        "qd": lambda: _per_unit(_qd, g, F, f_lam),
+        "blockdiag": lambda: _per_unit(lambda B, gu: _solve(without_coupling(B), gu), g, F, f_lam),
+        "unit": lambda: _per_unit(_solve, g, F, f_lam),
+        "kfac": lambda: _kfac(model, probe, D, g, eigen=False),
+        "ekfac": lambda: _kfac(model, probe, D, g, eigen=True),
+        "adam": lambda: g / (_per_input_grads(model, *train).square().mean(0).sqrt() + adam_eps),
+        "full": lambda: torch.linalg.solve(f_lam, g),
+    }
+    return {name: make[name]() for name in methods}
 
 
 def audit(model: nn.Module, F, g: torch.Tensor, train: tuple, probe: tuple, *,
@@ -181,13 +172,10 @@ def audit(model: nn.Module, F, g: torch.Tensor, train: tuple, probe: tuple, *,
     docstring) of its direction, with the damping λ that every method shares."""
     D = F.damping(rel_damping)
     f_lam = F.matrix + torch.diag(D)
-    unit_metric = torch.zeros_like(f_lam)
+    unit_metric = torch.diag(f_lam.diagonal())  # a parameter of no unit: its diagonal entry
     for idx in _unit_index(F):
-        unit_metric[idx.unsqueeze(-1), idx.unsqueeze(-2)] = f_lam[
-            idx.unsqueeze(-1), idx.unsqueeze(-2)
-        ]
-    covered = unit_metric.diagonal() != 0
-    unit_metric[~covered, ~covered] = f_lam.diagonal()[~covered]
+        block = (idx.unsqueeze(-1), idx.unsqueeze(-2))
+        unit_metric[block] = f_lam[block]
     full_nat = torch.linalg.solve(f_lam, g)
     unit_nat = torch.linalg.solve(unit_metric, g)
     rows = []

@@ -1,13 +1,9 @@
 r"""Declared endpoints: a study names its primary comparisons before it runs, and every test is
 adjusted for the others of its family (``docs/theory.md``, "Statistics").
 
-An :class:`Endpoint` is one paired comparison on one per-seed value: ``metric`` of
-``reference`` against ``other``, either a plain paired difference (exact sign-flip test and
-a BCa bootstrap CI of the mean difference, :func:`natgrad.analysis.stats.paired_comparison`)
-or a censored time-to-event (an exact sign test on the pairs' order,
-:func:`natgrad.analysis.stats.censored_comparison`). :func:`evaluate` computes a list of them
-on a per-seed table and adds ``p_holm``, Holm's adjustment within each ``family``
-(:func:`natgrad.analysis.stats.holm`); ``role`` says ``primary`` or ``secondary``.
+An :class:`Endpoint` is a plain paired difference
+(:func:`natgrad.analysis.stats.paired_comparison`) or a censored time-to-event
+(:func:`natgrad.analysis.stats.censored_comparison`) of one per-seed value.
 
 Example:
     >>> import pandas as pd
@@ -65,30 +61,27 @@ def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type"):
     rows = []
     for ep in endpoints:
         sub = values[values[group].isin([ep.reference, ep.other])]
-        base = {"metric": ep.metric, "reference": ep.reference, "other": ep.other,
-                "role": ep.role, "family": ep.family or ep.role,
-                "description": ep.description}  # fmt: skip
         if ep.reached is None:
             table = stats.paired_comparison(sub, ep.metric, reference=ep.reference, group=group)
-            r = table.iloc[0].to_dict() if len(table) else {}
-            rows.append({**base, "n": r.get("n", 0), "diff": r.get("diff", math.nan),
-                         "lo": r.get("lo", math.nan), "hi": r.get("hi", math.nan),
-                         "ci_method": r.get("ci_method", "none"), "p": r.get("p", math.nan),
-                         "p_min": r.get("p_min", math.nan), "text": r.get("text", "")})  # fmt: skip
         else:
             table = stats.censored_comparison(sub, ep.metric, ep.reached,
                                               reference=ep.reference, group=group)  # fmt: skip
-            r = table.iloc[0].to_dict() if len(table) else {}
+        r = table.iloc[0].to_dict() if len(table) else {}
+        row = {"metric": ep.metric, "reference": ep.reference, "other": ep.other,
+               "role": ep.role, "family": ep.family or ep.role, "description": ep.description,
+               "n": r.get("n", 0), "diff": r.get("diff", r.get("median_diff", math.nan)),
+               "lo": r.get("lo", math.nan), "hi": r.get("hi", math.nan),
+               "ci_method": r.get("ci_method", "none" if ep.reached is None else "none (sign test)"),
+               "p": r.get("p", math.nan), "p_min": r.get("p_min", math.nan)}  # fmt: skip
+        if ep.reached is None:
+            row["text"] = r.get("text", "")
+        else:
             bound = " (a bound: censored runs enter)" if r.get("median_is_bound") else ""
-            text = (f"{ep.metric}: {ep.reference} earlier than {ep.other} in "
-                    f"{r.get('earlier', 0)} of {r.get('n', 0)} seeds, later in "
-                    f"{r.get('later', 0)}; median difference {r.get('median_diff', math.nan):.3g}"
-                    f"{bound}")  # fmt: skip
-            rows.append({**base, "n": r.get("n", 0), "diff": r.get("median_diff", math.nan),
-                         "lo": math.nan, "hi": math.nan, "ci_method": "none (sign test)",
-                         "p": r.get("p", math.nan), "p_min": r.get("p_min", math.nan),
-                         "earlier": r.get("earlier"), "later": r.get("later"),
-                         "ties": r.get("ties"), "text": text})  # fmt: skip
+            row.update(earlier=r.get("earlier"), later=r.get("later"), ties=r.get("ties"),
+                       text=f"{ep.metric}: {ep.reference} earlier than {ep.other} in "
+                            f"{r.get('earlier', 0)} of {r.get('n', 0)} seeds, later in "
+                            f"{r.get('later', 0)}; median difference {row['diff']:.3g}{bound}")  # fmt: skip
+        rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):
         out["p_holm"] = math.nan

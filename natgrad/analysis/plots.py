@@ -7,22 +7,19 @@ goes (base64 PNG in the HTML report, PDF + PNG for the paper figures).
 
 from __future__ import annotations
 
-import numpy as np
+import base64
+import io
+from pathlib import Path
 
+import numpy as np
+import torch
+
+from natgrad.analysis.metrics import METRICS, label
 from natgrad.units import split_unit_type, unit_type_colour, unit_type_label, unit_type_order
 
-__all__ = [
-    "figure_png_base64",
-    "plot_answer",
-    "plot_probe_sizes",
-    "plot_curves",
-    "plot_damping_sweep",
-    "plot_efficiencies",
-    "plot_layer_metric",
-    "plot_n_eff",
-    "plot_units",
-    "save_figure",
-]
+__all__ = ["figure_png_base64", "plot_answer", "plot_probe_sizes", "plot_curves",
+           "plot_damping_sweep", "plot_efficiencies", "plot_layer_metric", "plot_n_eff",
+           "plot_units", "save_figure"]  # fmt: skip
 
 
 def _units_in(table, column: str = "unit_type") -> list[str]:
@@ -35,11 +32,28 @@ def _style(key: str) -> dict:
             "ls": {"-bn": "--", "-ln": ":"}.get(split_unit_type(key)[1], "-")}  # fmt: skip
 
 
-def _axes(ax):
-    """``(figure, ax)``: of ``ax``, or a new 4 × 3.2 in figure's."""
+def _band(ax, table, unit: str, x: str, y: str, alpha: float, suffix: str = "", **kw) -> None:
+    """Mean ± sd over seeds of ``y`` against ``x`` for ``unit``: a line (``kw`` overriding its
+    style) and a band."""
+    g = table[table["unit_type"] == unit].groupby(x)[y]
+    m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
+    st = {**_style(unit), **kw}
+    ax.plot(m.index, m.values, label=unit_type_label(unit) + suffix, **st)
+    ax.fill_between(m.index, m - sd, m + sd, color=st["color"], alpha=alpha, lw=0)
+
+
+def _marker(unit: str) -> dict:
+    """An error bar's colour and marker: a circle for a plain unit, a square for a variant."""
+    st = _style(unit)
+    return {"fmt": "o" if st["ls"] == "-" else "s", "color": st["color"]}
+
+
+def _subplots(*args, ax=None, **kw):
+    """``plt.subplots(*args, **kw)``, or ``(figure, ax)`` of a given ``ax`` (matplotlib is
+    imported here, at the first figure)."""
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(4.0, 3.2)) if ax is None else (ax.figure, ax)
+    return plt.subplots(*args, **kw) if ax is None else (ax.figure, ax)
 
 
 def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0), extra: bool = True):
@@ -48,14 +62,10 @@ def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0), extra: bool 
 
     Returns the ``Figure`` (a new one unless ``ax`` is given).
     """
-    import torch
+    from natgrad.units import CATALOGUE, make_unit
 
-    from natgrad.units import make_unit
-
-    fig, ax = _axes(ax)
+    fig, ax = _subplots(ax=ax, figsize=(4.0, 3.2))
     x = torch.linspace(*xlim, 501, dtype=torch.float64)
-    from natgrad.units import CATALOGUE
-
     for name, unit in CATALOGUE.items():
         if name == "prelu" or not (unit.in_paper or extra):
             continue
@@ -71,59 +81,31 @@ def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0), extra: bool 
     return fig
 
 
-def plot_curves(
-    table,
-    y: str,
-    *,
-    ax=None,
-    x: str = "epoch",
-    style: str | None = None,
-    label_suffix: str = "",
-    ylabel: str | None = None,
-    title: str | None = None,
-):
+def plot_curves(table, y: str, *, ax=None, x: str = "epoch", style: str | None = None,
+                label_suffix: str = "", ylabel: str | None = None, title: str | None = None):  # fmt: skip
     r"""Mean ± sd over seeds of column ``y`` against ``x``, one line and band per unit type.
 
     ``table`` is a DataFrame with columns ``unit_type``, ``seed``, ``x`` and ``y`` (one row per
     run and epoch, e.g. :func:`natgrad.analysis.runs.curve_table`). ``style`` overrides the
     line style (Fig 2b: training solid, validation dotted).
     """
-
-    fig, ax = _axes(ax)
+    fig, ax = _subplots(ax=ax, figsize=(4.0, 3.2))
     for unit in _units_in(table):
-        g = table[table["unit_type"] == unit].groupby(x)[y]
-        m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
-        st = _style(unit)
-        if style:
-            st["ls"] = style
-        ax.plot(m.index, m.values, label=unit_type_label(unit) + label_suffix, **st)
-        ax.fill_between(m.index, m - sd, m + sd, color=st["color"], alpha=0.15, lw=0)
+        _band(ax, table, unit, x, y, 0.15, label_suffix, **({"ls": style} if style else {}))
     ax.set(xlabel=x, ylabel=ylabel or y)
     if title:
         ax.set_title(title)
     return fig
 
 
-def plot_layer_metric(
-    table,
-    metric: str,
-    *,
-    ylabel: str | None = None,
-    log: bool = False,
-    layers: list[str] | None = None,
-    ncols: int = 4,
-    title: str | None = None,
-):
+def plot_layer_metric(table, metric: str, *, ylabel: str | None = None, log: bool = False,
+                      ncols: int = 4):  # fmt: skip
     r"""One panel per layer: median (line) and 25–75 % band over the units of every seed of
     ``metric`` per epoch, one colour per unit type. Dead units (NaN) are left out. A
-    descriptive figure: the replicates of any test are seeds, never these units. ``title``
-    (default: "<label> per layer over training") heads the figure."""
-    import matplotlib.pyplot as plt
-
-    if layers is None:
-        layers = list(table.sort_values("layer_index", kind="stable")["layer"].unique())
+    descriptive figure: the replicates of any test are seeds, never these units."""
+    layers = list(table.sort_values("layer_index", kind="stable")["layer"].unique())
     nrows = -(-len(layers) // ncols)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), squeeze=False, sharex=True
     )
     units = _units_in(table)
@@ -147,7 +129,7 @@ def plot_layer_metric(
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel or metric)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.suptitle(title or f"{ylabel or metric} per layer over training", fontsize="medium",
+    fig.suptitle(f"{ylabel or metric} per layer over training", fontsize="medium",
                  y=1.0 - 0.05 / nrows)  # fmt: skip
     fig.legend(handles, labels, loc="upper center", ncol=len(units), frameon=False,
                bbox_to_anchor=(0.5, 1.0 - 0.3 / (2.4 * nrows)))  # fmt: skip
@@ -155,43 +137,33 @@ def plot_layer_metric(
     return fig
 
 
-def plot_efficiencies(summary, metrics: list[str], *, ax=None, title: str | None = None):
+def plot_efficiencies(summary, metrics: list[str]):
     r"""The headline figure: per metric (group of points) and unit type (colour), the mean over
     seeds with its bootstrap 95 % CI (``summary`` from :func:`natgrad.analysis.stats.group_summary`).
     Where ρ(block-diag.) sits above 0.9 for every unit type its differences are invisible on
     the common axis, so it gets a panel of its own: 1 − ρ on a log axis."""
-    import matplotlib.pyplot as plt
-
-    from natgrad.analysis.metrics import label
-
     units = unit_type_order(summary["unit_type"])
     near_one = "rho_blockdiag" in metrics and bool((summary["rho_blockdiag_mean"] > 0.9).all())
     main = [m for m in metrics if not (near_one and m == "rho_blockdiag")]
-    side = None
-    if ax is None:
-        if near_one:
-            fig, (ax, side) = plt.subplots(1, 2, figsize=(1.9 * len(main) + 3.6, 3.4),
-                                           gridspec_kw={"width_ratios": [len(main), 1.3]})  # fmt: skip
-        else:
-            fig, ax = plt.subplots(figsize=(1.9 * len(main) + 1.5, 3.4))
+    if near_one:
+        fig, (ax, side) = _subplots(1, 2, figsize=(1.9 * len(main) + 3.6, 3.4),
+                                       gridspec_kw={"width_ratios": [len(main), 1.3]})  # fmt: skip
     else:
-        fig = ax.figure
+        (fig, ax), side = _subplots(figsize=(1.9 * len(main) + 1.5, 3.4)), None
     width = 0.8 / max(1, len(units))
     for j, unit in enumerate(units):
         row = summary[summary["unit_type"] == unit].iloc[0]
         xs = np.arange(len(main)) - 0.4 + width * (j + 0.5)
-        m = np.array([row[f"{k}_mean"] for k in main], dtype=float)
-        lo = np.array([row[f"{k}_lo"] for k in main], dtype=float)
-        hi = np.array([row[f"{k}_hi"] for k in main], dtype=float)
+        m, lo, hi = (np.array([row[f"{k}_{q}"] for k in main], dtype=float)
+                     for q in ("mean", "lo", "hi"))  # fmt: skip
         err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])
-        st = _style(unit)
-        ax.errorbar(xs, m, yerr=err, fmt="o" if st["ls"] == "-" else "s", color=st["color"],
-                    capsize=2, ms=4, label=unit_type_label(unit) + f" (n={int(row['n_seeds'])})")  # fmt: skip
+        ax.errorbar(xs, m, yerr=err, **_marker(unit), capsize=2, ms=4,
+                    label=unit_type_label(unit) + f" (n={int(row['n_seeds'])})")  # fmt: skip
         if side is not None:
             c = 1.0 - float(row["rho_blockdiag_mean"])
             c_lo, c_hi = 1.0 - float(row["rho_blockdiag_hi"]), 1.0 - float(row["rho_blockdiag_lo"])
             side.errorbar([j], [c], yerr=[[max(c - c_lo, 0.0)], [max(c_hi - c, 0.0)]],
-                          fmt="o" if st["ls"] == "-" else "s", color=st["color"], capsize=2, ms=4)  # fmt: skip
+                          **_marker(unit), capsize=2, ms=4)  # fmt: skip
     ax.set_xticks(np.arange(len(main)), [label(k) for k in main])
     ax.set_ylabel("Fisher efficiency ρ\n(seed mean, 95 % CI)")
     ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
@@ -203,8 +175,6 @@ def plot_efficiencies(summary, metrics: list[str], *, ax=None, title: str | None
                         fontsize="x-small", ha="right")  # fmt: skip
         side.set_title("1 − ρ(block-diag.), log axis", fontsize="small")
         side.grid(axis="y", alpha=0.3, which="both")
-    if title:
-        ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -213,9 +183,8 @@ def _ci_points(ax, summary, metric: str, units: list[str]) -> None:
     for j, unit in enumerate(units):
         row = summary[summary["unit_type"] == unit].iloc[0]
         m, lo, hi = (float(row[f"{metric}_{k}"]) for k in ("mean", "lo", "hi"))
-        st = _style(unit)
         ax.errorbar([j], [m], yerr=[[np.nan_to_num(m - lo)], [np.nan_to_num(hi - m)]],
-                    fmt="o" if st["ls"] == "-" else "s", color=st["color"], capsize=3, ms=5)  # fmt: skip
+                    **_marker(unit), capsize=3, ms=5)  # fmt: skip
     ax.set_xticks(range(len(units)), [unit_type_label(u) for u in units], fontsize="small")
     ax.set_xlim(-0.6, len(units) - 0.4)
     ax.grid(axis="y", alpha=0.3)
@@ -226,17 +195,12 @@ def plot_answer(summary, rho: str | None, speed: str):
     type (mean over seeds, bootstrap 95 % CI). Left: the Fisher efficiency ``rho`` with each
     type's median n_eff/(d+1) written under it (``None``: the blocks are not estimable and
     the panel says so instead of plotting); right: the learning-speed metric ``speed``."""
-    import matplotlib.pyplot as plt
-
-    from natgrad.analysis.metrics import METRICS, label
-
     units = unit_type_order(summary["unit_type"])
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.3))
+    fig, (a, b) = _subplots(1, 2, figsize=(9.0, 3.3))
     if rho is None:
         a.text(0.5, 0.5, "ρ not compared:\nthe unit blocks are not estimable\non this probe "
                "(median n_eff < 2(d+1))", ha="center", va="center", transform=a.transAxes)  # fmt: skip
-        a.set_xticks([])
-        a.set_yticks([])
+        a.set(xticks=[], yticks=[])
     else:
         _ci_points(a, summary, rho, units)
         a.set_ylabel(label(rho))
@@ -258,20 +222,15 @@ def plot_answer(summary, rho: str | None, speed: str):
 def plot_probe_sizes(probe_sizes, metrics=("rho_plain", "rho_plain_jk")):
     r"""ρ against the probe size (log axis): per unit type, the mean over the swept seeds of
     the per-run medians; solid the plain estimate, dashed the jackknifed one."""
-    import matplotlib.pyplot as plt
-
-    from natgrad.analysis.metrics import label
-
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig, ax = _subplots(figsize=(5.6, 3.4))
     for unit in _units_in(probe_sizes):
         sub = probe_sizes[probe_sizes["unit_type"] == unit].groupby("probe_size")[list(metrics)]
         sub = sub.mean()
         for metric, ls in zip(metrics, ("-", "--"), strict=False):
             ax.plot(sub.index, sub[metric], ls, marker="o", ms=3, color=unit_type_colour(unit),
                     label=f"{unit_type_label(unit)}, {label(metric)}")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("probe size (held-out inputs)")
-    ax.set_ylabel("ρ (mean over seeds of run medians)")
+    ax.set(xscale="log", xlabel="probe size (held-out inputs)",
+           ylabel="ρ (mean over seeds of run medians)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize="xx-small", frameon=False, ncol=2)
     fig.tight_layout()
@@ -281,20 +240,11 @@ def plot_probe_sizes(probe_sizes, metrics=("rho_plain", "rho_plain_jk")):
 def plot_damping_sweep(sweep_seeds, metrics=("rho_plain", "rho_centred", "rho_quasidiagonal")):
     r"""Efficiency against the relative damping λ: mean over seeds (of per-run medians) ± sd,
     one panel per update direction, one line per unit type."""
-    import matplotlib.pyplot as plt
-
-    from natgrad.analysis.metrics import label
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.0), squeeze=False)
+    fig, axes = _subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.0), squeeze=False)
     for ax, metric in zip(axes.flat, metrics, strict=True):
         for unit in _units_in(sweep_seeds):
-            g = sweep_seeds[sweep_seeds["unit_type"] == unit].groupby("rel_damping")[metric]
-            m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
-            st = _style(unit)
-            ax.plot(m.index, m.values, marker="o", ms=3, label=unit_type_label(unit), **st)
-            ax.fill_between(m.index, m - sd, m + sd, color=st["color"], alpha=0.12, lw=0)
-        ax.set_xscale("log")
-        ax.set(xlabel="relative damping λ", ylabel=label(metric), title=label(metric))
+            _band(ax, sweep_seeds, unit, "rel_damping", metric, 0.12, marker="o", ms=3)
+        ax.set(xscale="log", xlabel="relative damping λ", ylabel=label(metric), title=label(metric))
     axes.flat[0].legend(fontsize="x-small", frameon=False)
     fig.tight_layout()
     return fig
@@ -303,12 +253,11 @@ def plot_damping_sweep(sweep_seeds, metrics=("rho_plain", "rho_centred", "rho_qu
 def plot_n_eff(units):
     r"""n_eff/(d+1) of every analysed unit at the last epoch, per unit type (box plots), with
     the estimability line n_eff = 2(d+1)."""
-    import matplotlib.pyplot as plt
+    from natgrad.analysis.stats import analysed_units
 
-    last = units[units["epoch"] == units["epoch"].max()]
-    live = last[(last["input_from"] == "units") & (last["dead"] == 0)]
+    live = analysed_units(units[units["epoch"] == units["epoch"].max()])
     keys = _units_in(live)
-    fig, ax = plt.subplots(figsize=(1.1 * len(keys) + 2.0, 3.0))
+    fig, ax = _subplots(figsize=(1.1 * len(keys) + 2.0, 3.0))
     ratio = live["n_eff"] / (live["fan_in"] + 1)
     data = [ratio[live["unit_type"] == k].to_numpy() for k in keys]
     bp = ax.boxplot(data, showfliers=False, patch_artist=True)
@@ -317,8 +266,7 @@ def plot_n_eff(units):
         patch.set_alpha(0.5)
     ax.set_xticks(range(1, len(keys) + 1), [unit_type_label(k) for k in keys], rotation=20)
     ax.axhline(2.0, color="k", ls=":", lw=1, label="n_eff = 2(d+1)")
-    ax.set_yscale("log")
-    ax.set_ylabel("n_eff / (d+1)")
+    ax.set(yscale="log", ylabel="n_eff / (d+1)")
     ax.legend(frameon=False, fontsize="small")
     fig.tight_layout()
     return fig
@@ -327,17 +275,11 @@ def plot_n_eff(units):
 def _quartiles(values: np.ndarray) -> tuple[float, float, float]:
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    if not v.size:
-        return (np.nan, np.nan, np.nan)
-    q = np.percentile(v, [25, 50, 75])
-    return (float(q[0]), float(q[1]), float(q[2]))
+    return tuple(np.percentile(v, [25, 50, 75])) if v.size else (np.nan, np.nan, np.nan)
 
 
 def figure_png_base64(fig, *, dpi: int = 110) -> str:
     """The figure as a base64-encoded PNG (for ``<img src="data:image/png;base64,…">``); closes it."""
-    import base64
-    import io
-
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -348,8 +290,6 @@ def figure_png_base64(fig, *, dpi: int = 110) -> str:
 
 def save_figure(fig, stem, *, formats: tuple[str, ...] = ("pdf", "png"), dpi: int = 200) -> list:
     """Save ``fig`` as ``<stem>.<fmt>`` for each format (folders created); closes it."""
-    from pathlib import Path
-
     import matplotlib.pyplot as plt
 
     from natgrad._atomic import atomic_open

@@ -13,8 +13,10 @@ import math
 import os
 from pathlib import Path
 
+from natgrad._atomic import write_text
 from natgrad.analysis import metrics as mt
-from natgrad.analysis.summary import read_tables
+from natgrad.analysis.stats import analysed_units
+from natgrad.analysis.summary import headline_rho, read_tables
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["SUMMARY_COLUMNS", "answer", "fmt", "fmt_ci", "render_report", "summary_columns",
@@ -43,14 +45,9 @@ QUESTION = (
 def fmt(x) -> str:
     """A number in 4 significant digits (``nan``/``inf`` spelled out)."""
     try:
-        x = float(x)
+        return f"{float(x):.4g}"
     except (TypeError, ValueError):
         return str(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.4g}"
 
 
 def fmt_ci(row, metric: str) -> str:
@@ -103,31 +100,30 @@ def _table_html(frame, columns, *, fmt_cell=None, table_id: str = "", row_key: s
     return f'<table id="{table_id}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
-def _by_unit(summary):
-    """``summary`` in unit-type order, with a ``unit`` column of labels."""
+def _unit_table(summary, columns, table_id: str, row_key: str = "") -> str:
+    """A table of ``summary``'s rows in unit-type order, its cells the unit's label, the seed
+    count or ``mean [lo, hi]``."""
     order = {k: i for i, k in enumerate(unit_type_order(summary["unit_type"]))}
     frame = summary.sort_values("unit_type", key=lambda s: s.map(order))
-    return frame.assign(unit=[unit_type_label(k, tex=False) for k in frame["unit_type"]])
+    frame = frame.assign(unit=[unit_type_label(k, tex=False) for k in frame["unit_type"]])
+
+    def cell(r, key):
+        if key == "unit":
+            return r[key]
+        return str(int(r[key])) if key == "n_seeds" else fmt_ci(r.to_dict(), key)
+
+    return _table_html(frame, columns, fmt_cell=cell, table_id=table_id, row_key=row_key)
 
 
-def _ci_cell(r, key):
-    """A summary cell: the label, the seed count, or ``mean [lo, hi]``."""
-    if key == "unit":
-        return r[key]
-    return str(int(r[key])) if key == "n_seeds" else fmt_ci(r.to_dict(), key)
-
-
-def _summary_html(summary, columns) -> str:
-    cols = [("unit", "unit"), ("n_seeds", "seeds")] + [(c, mt.label(c)) for c in columns]
-    return _table_html(_by_unit(summary), cols, fmt_cell=_ci_cell, table_id="summary",
-                       row_key="unit_type")  # fmt: skip
+def _pair(reference: str, other: str) -> str:
+    """``reference − other`` in the units' labels (the one sign convention)."""
+    return f"{unit_type_label(reference, tex=False)} − {unit_type_label(other, tex=False)}"
 
 
 def _comparison_html(comparison) -> str:
     frame = comparison.copy()
     frame["metric_label"] = [mt.label(m) for m in frame["metric"]]
-    frame["pair"] = [f"{unit_type_label(a, tex=False)} − {unit_type_label(b, tex=False)}"
-                     for a, b in zip(frame["reference"], frame["other"], strict=True)]  # fmt: skip
+    frame["pair"] = [_pair(a, b) for a, b in zip(frame["reference"], frame["other"], strict=True)]
     frame["ci"] = [
         f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(frame["lo"], frame["hi"], strict=True)
     ]
@@ -146,8 +142,7 @@ def compact_html(comparison, metrics, *, table_id: str) -> str:
     if not len(comp):
         return ""
     others = unit_type_order(comp["other"].unique())
-    ref = unit_type_label(comp["reference"].iloc[0], tex=False)
-    head = "".join(f"<th>{esc(ref)} − {esc(unit_type_label(o, tex=False))}</th>" for o in others)
+    head = "".join(f"<th>{esc(_pair(comp['reference'].iloc[0], o))}</th>" for o in others)
     rows = []
     for m in metrics:
         sub = comp[comp["metric"] == m].set_index("other")
@@ -159,13 +154,9 @@ def compact_html(comparison, metrics, *, table_id: str) -> str:
                 cells.append("<td></td>")
                 continue
             r = sub.loc[o]
-            resolved = not (_nan(r["lo"]) or r["lo"] <= 0 <= r["hi"])
-            better = r.get("better")
-            if resolved and better in ("higher", "lower", "closer_to_zero"):
-                good = (r["lo"] > 0) == (better == "higher")
-                mark = "▲" if good else "▼"
-            else:
-                mark = "·"
+            mark = "·"
+            if _resolved(r) and r.get("better") in ("higher", "lower", "closer_to_zero"):
+                mark = "▲" if (r["lo"] > 0) == (r["better"] == "higher") else "▼"
             ci = "" if _nan(r["lo"]) else f" [{fmt(r['lo'])}, {fmt(r['hi'])}]"
             cells.append(f"<td data-col='{esc(o)}'>{mark} {fmt(r['diff'])}{ci}</td>")
         rows.append(f"<tr data-metric='{esc(m)}'><td>{esc(mt.label(m))}</td>{''.join(cells)}</tr>")
@@ -179,11 +170,11 @@ def findings(comparison, metrics) -> list[str]:
     return [t for m in metrics for t in comparison[comparison["metric"] == m]["text"]]
 
 
-def _estimability_html(summary) -> str:
-    cols = [("unit", "unit"), ("n_eff_over_d1", "median n_eff/(d+1)"), ("estimable", "estimable"),
-            ("s_c", "s·c (estimable units)"), ("k", "k (estimable units)"),
-            ("corrected_mean_norm", "‖E_p − (1+k)E_q‖ (estimable)"), ("cond", "median κ(F)")]  # fmt: skip
-    return _table_html(_by_unit(summary), cols, fmt_cell=_ci_cell, table_id="estimability")
+_ESTIMABILITY = (("unit", "unit"), ("n_eff_over_d1", "median n_eff/(d+1)"),
+                 ("estimable", "estimable"), ("s_c", "s·c (estimable units)"),
+                 ("k", "k (estimable units)"),
+                 ("corrected_mean_norm", "‖E_p − (1+k)E_q‖ (estimable)"),
+                 ("cond", "median κ(F)"))  # fmt: skip
 
 
 SPEED = "log_train_loss_auc"
@@ -193,8 +184,6 @@ SPEED = "log_train_loss_auc"
 def estimable_layers(units) -> tuple[bool, float]:
     """Whether every analysed layer's median n_eff/(d+1) at the last epoch is ≥ 2, and the
     smallest of those medians."""
-    from natgrad.analysis.stats import analysed_units
-
     live = analysed_units(units[units["epoch"] == units["epoch"].max()])
     if not len(live):
         return False, math.nan
@@ -204,12 +193,11 @@ def estimable_layers(units) -> tuple[bool, float]:
 
 
 def _pair_text(row: dict) -> str:
-    ref = unit_type_label(row["reference"], tex=False)
-    other = unit_type_label(row["other"], tex=False)
     p = f", p = {fmt(row['p'])}" if not _nan(row.get("p")) else ""
     ph = f", Holm-adjusted p = {fmt(row['p_holm'])}" if not _nan(row.get("p_holm")) else ""
     ci = "" if _nan(row.get("lo")) else f" [{fmt(row['lo'])}, {fmt(row['hi'])}]"
-    return f"{mt.label(row['metric'])}: {ref} − {other} = {fmt(row['diff'])}{ci}{p}{ph}"
+    pair = _pair(row["reference"], row["other"])
+    return f"{mt.label(row['metric'])}: {pair} = {fmt(row['diff'])}{ci}{p}{ph}"
 
 
 def _nan(x) -> bool:
@@ -219,10 +207,15 @@ def _nan(x) -> bool:
         return True
 
 
+def _resolved(row) -> bool:
+    """Whether the CI of a paired comparison excludes 0."""
+    return not (_nan(row.get("lo")) or row["lo"] <= 0 <= row["hi"])
+
+
 def _verdict(row, *, higher_word: str, lower_word: str) -> str:
     if row is None:
         return "not compared (no paired seeds)"
-    if _nan(row.get("lo")) or row["lo"] <= 0 <= row["hi"]:
+    if not _resolved(row):
         return "no difference resolved"
     return higher_word if row["lo"] > 0 else lower_word
 
@@ -231,8 +224,6 @@ def answer(t: dict) -> tuple[str, str | None]:
     r"""The first screen's paragraph (HTML) and the ρ metric shown (``None`` where the blocks
     are not estimable), generated from the CIs: ELU against ReLU on the headline ρ and on the
     learning speed, with the declared primary endpoints and their Holm-adjusted p."""
-    from natgrad.analysis.summary import headline_rho
-
     esc = html.escape
     rho = headline_rho(t["units"])
     ok, low = estimable_layers(t["units"])
@@ -274,9 +265,7 @@ def answer(t: dict) -> tuple[str, str | None]:
         shown = [r for r in (row(rho) if ok else None, speed_row) if r is not None]
         items = "".join(f"<li>{esc(_pair_text(r))}</li>" for r in shown)
         parts.append(f"Paired by seed (bootstrap 95 % CIs):<ul id='primary'>{items}</ul>")
-    return "<div id='answer'><p>" + " ".join(parts[:1]) + "</p>" + "".join(parts[1:]) + "</div>", (
-        rho if ok else None
-    )
+    return f"<div id='answer'><p>{parts[0]}</p>{''.join(parts[1:])}</div>", rho if ok else None
 
 
 def _estimation_html(t: dict) -> str:
@@ -286,8 +275,8 @@ def _estimation_html(t: dict) -> str:
     if adj is None or not len(adj):
         return ""
     rows = "".join(
-        f"<tr><td>{esc(mt.label(r['metric']))}</td><td>{esc(unit_type_label(r['reference'], tex=False))} − "
-        f"{esc(unit_type_label(r['other'], tex=False))}</td><td>{fmt(r['diff_unadjusted'])}</td>"
+        f"<tr><td>{esc(mt.label(r['metric']))}</td><td>{esc(_pair(r['reference'], r['other']))}</td>"
+        f"<td>{fmt(r['diff_unadjusted'])}</td>"
         f"<td>{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]</td><td>{fmt(r['slope'])}</td></tr>"
         for _, r in adj.iterrows())  # fmt: skip
     return ("<p>ρ depends on n_eff (the probe's effective size) as well as on the unit "
@@ -333,8 +322,6 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from natgrad.analysis import plots
 
     _png = plots.figure_png_base64
@@ -371,7 +358,7 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
         _png(plots.plot_n_eff(t["units"])),
     )
     curves = t["curves"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    fig, (a, b) = plots._subplots(1, 2, figsize=(9.0, 3.4))
     plots.plot_curves(curves, "median_all", ax=a, ylabel="median unit mean activation",
                       title="(a) median over units of the mean activation")  # fmt: skip
     a.axhline(0.0, color="0.6", lw=0.6)
@@ -384,10 +371,8 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
                     "held-out split.", _png(fig))  # fmt: skip
     figs["fig1"] = ("Fig 1: the units compared.", _png(plots.plot_units()))
     units = t["units"]
-    layers = []
-    for metric, log in (("rho_plain", False), ("rho_centred", False), ("n_eff", True)):
-        fig = plots.plot_layer_metric(units, metric, ylabel=mt.label(metric), log=log, ncols=3)
-        layers.append(_png(fig))
+    layers = [_png(plots.plot_layer_metric(units, m, ylabel=mt.label(m), log=log, ncols=3))
+              for m, log in (("rho_plain", False), ("rho_centred", False), ("n_eff", True))]  # fmt: skip
     figs["layers"] = ("Per layer over training (descriptive; units of one net are not "
                       "replicates): median and 25–75 % band over the live units of all seeds.",
                       layers)  # fmt: skip
@@ -413,14 +398,9 @@ def _img(caption: str, png) -> str:
     return f"<figure>{imgs}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def render_report(
-    tables_dir: str | os.PathLike,
-    out_path: str | os.PathLike | None = None,
-    *,
-    title: str = "natgrad: does ELU bring SGD closer to the unit natural gradient?",
-    context: dict | None = None,
-    figures: bool = True,
-) -> Path:
+def render_report(tables_dir: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
+                  title: str = "natgrad: does ELU bring SGD closer to the unit natural gradient?",
+                  context: dict | None = None, figures: bool = True) -> Path:  # fmt: skip
     r"""Write the HTML report for the tables in ``tables_dir`` (default
     ``<tables_dir>/../report.html``) atomically and return its path. The run header is the
     tables' ``context.json`` updated by ``context``. ``figures=False`` leaves the figures out
@@ -463,14 +443,13 @@ def render_report(
     p.append("<h2>Headline: how close is each update to the unit natural gradient?</h2>")
     if "headline" in figs:
         p.append(_img(*figs["headline"]))
-    from natgrad.analysis.summary import headline_rho
-
     rho = headline_rho(t["units"])
     shown = [rho] if rho != "rho_plain" else []
-    p.append(compact_html(comparison, [*shown, "rho_plain", "rho_centred", "rho_quasidiagonal",
-                                       "rho_blockdiag", "n_eff_over_d1"], table_id="findings"))  # fmt: skip
+    p.append(compact_html(comparison, [*shown, *HEADLINE, "n_eff_over_d1"], table_id="findings"))
     p.append("<h2>Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])</h2>")
-    p.append(_summary_html(summary, summary_columns(summary)))
+    cols = [(c, mt.label(c)) for c in summary_columns(summary)]
+    p.append(_unit_table(summary, [("unit", "unit"), ("n_seeds", "seeds"), *cols], "summary",
+                         row_key="unit_type"))  # fmt: skip
     p.append("<h2>Paired comparisons (ELU minus each unit type, per seed)</h2>")
     p.append(_comparison_html(comparison))
     if "sweep" in figs:
@@ -481,7 +460,7 @@ def render_report(
              "inputs behind each unit's block. s·c, k and the corrected mean are δ̄²-weighted "
              "moments: they are shown only as medians over units with n_eff ≥ 2(d+1), and never "
              "as a headline.</p>")  # fmt: skip
-    p.append(_estimability_html(summary))
+    p.append(_unit_table(summary, _ESTIMABILITY, "estimability"))
     if "n_eff" in figs:
         p.append(_img(*figs["n_eff"]))
     p.append("<h2>The paper's own claims</h2><p>Fig 2a: median unit mean activation closest to "
@@ -498,6 +477,4 @@ def render_report(
         + (f" Better: {esc(m.better.replace('_', ' '))}." if m.better else "") + "</dd>"
         for m in mt.METRICS.values()) + "</dl>")  # fmt: skip
     p.append("</body></html>")
-    from natgrad._atomic import write_text
-
     return write_text(out, "\n".join(p))  # atomic: a kill leaves the old report or the new

@@ -1,12 +1,8 @@
 r"""Seeds as replicates: per-seed summaries, paired comparisons with CIs, generated sentences.
 
-The replicate is the training seed (an independent initial net; run j of every unit type
-shares its initial weights). Layers and units of one net are not independent, so every
-unit-level metric is first summarised PER RUN (the median over the run's analysed units,
-:func:`seed_values`), and only those per-seed values are compared, paired by seed
-(``docs/theory.md``, "Statistics"). Every CI names its method in the column ``ci_method``:
-``BCa`` (bias-corrected and accelerated bootstrap), or ``percentile`` where BCa is
-degenerate; a sentence (:func:`sentence`) states a direction only where the CI excludes 0.
+The replicate is the training seed: every unit-level metric is first summarised per run
+(:func:`seed_values`) and only those per-seed values are compared, paired by seed; why, and
+the tests and CIs used: ``docs/theory.md``, "Statistics".
 
 Example:
     >>> import pandas as pd
@@ -20,26 +16,16 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
-__all__ = [
-    "analysed_units",
-    "bootstrap_ci",
-    "censored_comparison",
-    "claims_per_seed",
-    "group_summary",
-    "holm",
-    "loss_auc",
-    "paired_comparison",
-    "neff_adjusted",
-    "seed_values",
-    "sentence",
-    "sign_flip_p",
-]
+__all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "claims_per_seed",
+           "group_summary", "holm", "loss_auc", "paired_comparison", "neff_adjusted",
+           "seed_values", "sentence", "sign_flip_p"]  # fmt: skip
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -70,9 +56,8 @@ def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch"))
         out = out.join(sub.groupby(keys)[est].median(), how="left")
     out["dead"] = fed.groupby(keys)["dead"].mean()
     out["estimable"] = live.groupby(keys)["estimable"].mean()
-    out["n_eff_over_d1"] = (
-        (live["n_eff"] / (live["fan_in"] + 1)).groupby([live[k] for k in keys]).median()
-    )
+    ratio = live["n_eff"] / (live["fan_in"] + 1)
+    out["n_eff_over_d1"] = ratio.groupby([live[k] for k in keys]).median()
     return pd.DataFrame(out).reset_index()
 
 
@@ -107,8 +92,7 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu", n_boot: int = 2
         x[np.arange(len(rows)), t_index[rows]] = 1.0
         if with_slope:
             x[:, -1] = lr[rows]
-        coef = np.linalg.lstsq(x, y[rows], rcond=None)[0]
-        return coef
+        return np.linalg.lstsq(x, y[rows], rcond=None)[0]
 
     rows_of = {s: np.flatnonzero(seed_of == s) for s in seeds}
     coef, coef0 = fit(np.arange(len(y))), fit(np.arange(len(y)), with_slope=False)
@@ -157,8 +141,6 @@ def bootstrap_ci(x, statistic=None) -> tuple[float, float, str]:
     kw = dict(paired=True, vectorized=False) if paired else {}
     for method in ("BCa", "percentile"):
         try:
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # BCa's degenerate-sample warning: fall back
                 res = stats.bootstrap(samples, statistic or np.mean, confidence_level=CONFIDENCE,
@@ -214,29 +196,22 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
     direction), ``ci_method`` (BCa or percentile) and ``text`` (:func:`sentence`). For
     ``closer_to_zero`` metrics the absolute values are compared.
     """
-    import pandas as pd
-
     better = mt.METRICS[metric].better if metric in mt.METRICS else None
     v = values[[group, "seed", metric]].copy()
     if better == "closer_to_zero":
         v[metric] = v[metric].abs()
-    wide = v.pivot_table(index="seed", columns=group, values=metric, aggfunc="first")
-    rows = []
-    if reference not in wide.columns:
-        return pd.DataFrame(rows)
-    for other in unit_type_order(c for c in wide.columns if c != reference):
-        pair = wide[[reference, other]].replace([np.inf, -np.inf], np.nan).dropna()
-        n = len(pair)
-        a, b = pair[reference].to_numpy(), pair[other].to_numpy()
-        diff = a - b
-        row = {"metric": metric, "reference": reference, "other": other, "n": n,
-               "diff": float(diff.mean()) if n else math.nan, "better": better}  # fmt: skip
-        row["lo"], row["hi"], row["ci_method"] = bootstrap_ci(diff)
-        row["p"] = sign_flip_p(diff)
-        row["p_min"] = 2.0 / 2**n if n else math.nan
-        row["text"] = sentence(row)
-        rows.append(row)
-    return pd.DataFrame(rows)
+
+    def row(other, wide):
+        pair = wide.replace([np.inf, -np.inf], np.nan).dropna()
+        diff = pair[reference].to_numpy() - pair[other].to_numpy()
+        r = {"metric": metric, "reference": reference, "other": other, "n": len(pair),
+             "diff": float(diff.mean()) if len(pair) else math.nan, "better": better}  # fmt: skip
+        r["lo"], r["hi"], r["ci_method"] = bootstrap_ci(diff)
+        r["p"], r["p_min"] = sign_flip_p(diff), 2.0 / 2 ** len(pair) if len(pair) else math.nan
+        r["text"] = sentence(r)
+        return r
+
+    return _per_other(v, [metric], reference, group, row)
 
 
 def censored_comparison(values, metric: str, reached: str, *, reference: str = "elu",
@@ -261,17 +236,11 @@ def censored_comparison(values, metric: str, reached: str, *, reference: str = "
         >>> int(r["earlier"]), int(r["later"]), float(r["p"])
         (3, 0, 0.25)
     """
-    import pandas as pd
     from scipy import stats
 
-    wide_t = values.pivot_table(index="seed", columns=group, values=metric, aggfunc="first")
-    wide_r = values.pivot_table(index="seed", columns=group, values=reached, aggfunc="first")
-    rows = []
-    if reference not in wide_t.columns:
-        return pd.DataFrame(rows)
-    for other in unit_type_order(c for c in wide_t.columns if c != reference):
-        t = wide_t[[reference, other]].dropna()
-        r = wide_r.loc[t.index, [reference, other]].astype(bool)
+    def row(other, wide_t, wide_r):
+        t = wide_t.dropna()
+        r = wide_r.loc[t.index].astype(bool)
         a, b = t[reference].to_numpy(), t[other].to_numpy()
         ra, rb = r[reference].to_numpy(), r[other].to_numpy()
         both_censored = ~ra & ~rb
@@ -279,15 +248,29 @@ def censored_comparison(values, metric: str, reached: str, *, reference: str = "
         later = int(((a > b) & ~both_censored).sum())
         n = len(t)
         p = float(stats.binomtest(earlier, earlier + later).pvalue) if earlier + later else 1.0
-        rows.append({
+        return {
             "metric": metric, "reference": reference, "other": other, "n": n,
             "earlier": earlier, "later": later, "ties": n - earlier - later,
             "censored_ref": int((~ra).sum()), "censored_other": int((~rb).sum()),
             "median_diff": float(np.median(a - b)) if n else math.nan,
             "median_is_bound": bool((~ra | ~rb).any()),
             "p": p, "p_min": 2.0 / 2**n if n else math.nan, "ci_method": "none (sign test)",
-        })  # fmt: skip
-    return pd.DataFrame(rows)
+        }  # fmt: skip
+
+    return _per_other(values, [metric, reached], reference, group, row)
+
+
+def _per_other(values, columns, reference: str, group: str, row):
+    """``row(other, *wide)`` per other unit type in order, ``wide`` the ``[seed, (reference,
+    other)]`` pivot of each of ``columns``; an empty table where ``reference`` is absent."""
+    import pandas as pd
+
+    wide = [values.pivot_table(index="seed", columns=group, values=c, aggfunc="first")
+            for c in columns]  # fmt: skip
+    if reference not in wide[0].columns:
+        return pd.DataFrame([])
+    others = unit_type_order(c for c in wide[0].columns if c != reference)
+    return pd.DataFrame([row(other, *(w[[reference, other]] for w in wide)) for other in others])
 
 
 def holm(pvalues) -> np.ndarray:
@@ -303,12 +286,9 @@ def holm(pvalues) -> np.ndarray:
     ok = np.isfinite(p)
     q = p[ok]
     m = q.size
-    if m == 0:
-        return out
     order = np.argsort(q, kind="stable")
-    adj = np.minimum(1.0, np.maximum.accumulate(q[order] * (m - np.arange(m))))
     res = np.empty(m)
-    res[order] = adj
+    res[order] = np.minimum(1.0, np.maximum.accumulate(q[order] * (m - np.arange(m))))
     out[ok] = res
     return out
 
@@ -354,10 +334,7 @@ def sentence(row: dict) -> str:
         word = "farther from 0" if higher else "closer to 0"
     verdict = ""
     if better in ("higher", "lower", "closer_to_zero"):
-        good = (higher and better == "higher") or (
-            not higher and better in ("lower", "closer_to_zero")
-        )
-        verdict = " — better" if good else " — worse"
+        verdict = " — better" if higher == (better == "higher") else " — worse"
     return f"{stated}: {ref} {word} than {other}{verdict}."
 
 
@@ -367,18 +344,15 @@ def _g(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
-def claims_per_seed(
-    curves, *, last: int = 3, threshold: float | None = None, group: str = "unit_type"
-):
+def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
+                    group: str = "unit_type"):  # fmt: skip
     r"""The paper's own claims per run (one row per ``group`` × seed), from its curves — the
     one definition of every study's per-seed values from curves (the demo, the Fig 2
     protocol, ``natgrad compare``):
 
     - ``abs_median_activation``: |median_all| at the last epoch (Fig 2a), where the curves
       record activations;
-    - ``train_loss_auc``: the mean training loss over epochs 1..E (Fig 2b's speed), and
-      ``log_train_loss_auc``, the mean of log10 of it (late epochs, where every loss is
-      near 0, weigh as much as early ones);
+    - ``train_loss_auc`` and ``log_train_loss_auc``: :func:`loss_auc` (Fig 2b's speed);
     - ``epochs_to_loss``: the first epoch with training loss ≤ ``threshold`` (default: the
       largest over groups of their mean final training loss, a level most runs reach);
       a run that never reaches it is censored at E + 1 (``epochs_reached`` = 0), so that

@@ -20,17 +20,8 @@ from natgrad.analysis.csvtables import read_csv, staged, write_csv
 from natgrad.analysis.unitstats import SWEEP
 from natgrad.damping import MEASURE_DAMPING
 
-__all__ = [
-    "COMPARED",
-    "UNIT_METRICS",
-    "read_csv",
-    "read_tables",
-    "resummarise",
-    "save_tables",
-    "write_csv",
-    "one_run_per_replicate",
-    "write_tables",
-]
+__all__ = ["COMPARED", "UNIT_METRICS", "read_csv", "read_tables", "resummarise", "save_tables",
+           "write_csv", "one_run_per_replicate", "write_tables"]  # fmt: skip
 
 #: Unit-level metrics summarised per seed.
 UNIT_METRICS = [
@@ -107,11 +98,9 @@ def summarise(units, sweep, curves, *, reference: str = "elu", last: int = 3, si
     ep_table = evaluate(seeds, list(endpoints)) if endpoints else pd.DataFrame()
     sweep_seeds = pd.DataFrame()
     if sweep is not None and len(sweep):
-        live = sweep[(sweep["input_from"] == "units") & (sweep["dead"] == 0)]
         cols = [c for c in sweep.columns if c.startswith("rho_")]
-        sweep_seeds = (
-            live.groupby(["unit_type", "seed", "rel_damping"])[cols].median().reset_index()
-        )
+        by = ["unit_type", "seed", "rel_damping"]
+        sweep_seeds = stats.analysed_units(sweep).groupby(by)[cols].median().reset_index()
     return {"seeds": seeds, "seed_epochs": seed_epochs, "summary": summary,
             "comparison": comparison, "sweep_seeds": sweep_seeds, "neff_adjusted": neff_adj,
             "probe_sizes": size_seeds, "endpoints": ep_table,
@@ -127,9 +116,8 @@ def resummarise(tables_dir: str | os.PathLike, *, last: int = 3) -> dict:
     summ = summarise(t["units"], t.get("sweep"), t["curves"], last=last, sizes=t.get("sizes"))
     frames = {k: v for k, v in t.items() if k != "context"}
     frames.update({k: summ[k] for k in ("seeds", "seed_epochs", "summary", "comparison")})
-    for name in ("neff_adjusted", "probe_sizes"):  # the declared endpoints are kept as they are
-        if len(summ[name]):
-            frames[name] = summ[name]
+    # the declared endpoints are kept as they are
+    frames.update({k: summ[k] for k in ("neff_adjusted", "probe_sizes") if len(summ[k])})
     if "sweep" in t:
         frames["sweep_seeds"] = summ["sweep_seeds"]
     ctx = dict(t["context"])
@@ -169,31 +157,17 @@ def one_run_per_replicate(run_dirs) -> None:
         seen[key] = run
 
 
-def write_tables(
-    run_dirs,
-    out_dir: str | os.PathLike,
-    *,
-    epochs=None,
-    probe_size=None,
-    rel_damping: float = MEASURE_DAMPING,
-    sweep=SWEEP,
-    layers=None,
-    workers: int = 1,
-    progress: bool = False,
-    context: dict | None = None,
-    last: int = 3,
-    grad: str = "probe",
-    jackknife: bool = False,
-    probe_sizes=None,
-    size_runs=None,
-    endpoints=None,
-) -> dict[str, Path]:
+def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_size=None,
+                 rel_damping: float = MEASURE_DAMPING, sweep=SWEEP, layers=None, workers: int = 1,
+                 progress: bool = False, context: dict | None = None, last: int = 3,
+                 grad: str = "probe", jackknife: bool = False, probe_sizes=None, size_runs=None,
+                 endpoints=None) -> dict[str, Path]:  # fmt: skip
     r"""Build every table from ``run_dirs`` and write them (see the module docstring) into
     ``out_dir``. ``context`` (command, device, …) is stored in ``context.json`` together with
     the settings. ``grad``, ``jackknife``, ``probe_sizes`` and ``size_runs`` are those of
     :func:`~natgrad.analysis.runs.unit_table`; ``endpoints`` the study's declared
     :class:`~natgrad.analysis.endpoints.Endpoint` list. Returns ``{name: path}``."""
-    from natgrad.analysis.runs import activation_table, curve_table, unit_table
+    from natgrad.analysis.runs import activation_table, curve_table, held_out_split, unit_table
 
     run_dirs = [Path(r) for r in run_dirs]
     one_run_per_replicate(run_dirs)  # before minutes of unit Fishers
@@ -212,22 +186,22 @@ def write_tables(
         curves = curves[curves["epoch"] <= max(epochs)]
     acts = activation_table(run_dirs)
     summ = summarise(units, sw, curves, last=last, sizes=sizes, endpoints=endpoints)
-    frames = {"units": units, "curves": curves, "activations": acts, "seeds": summ["seeds"],
-              "seed_epochs": summ["seed_epochs"], "summary": summ["summary"],
-              "comparison": summ["comparison"]}  # fmt: skip
-    for name in ("neff_adjusted", "probe_sizes", "endpoints"):
-        if len(summ[name]):
-            frames[name] = summ[name]
+    frames = {"units": units, "curves": curves, "activations": acts}
+    frames.update({k: summ[k] for k in ("seeds", "seed_epochs", "summary", "comparison")})
+    frames.update(
+        {k: summ[k] for k in ("neff_adjusted", "probe_sizes", "endpoints") if len(summ[k])}
+    )
     if sizes is not None and len(sizes):
         frames["sizes"] = sizes
     if sw is not None:
         frames["sweep"] = sw
         frames["sweep_seeds"] = summ["sweep_seeds"]
     ctx = dict(context or {})
+    split = held_out_split(run_dirs[0]) if run_dirs else "test"
     ctx.update({
         "relative damping λ": rel_damping,
         "damping sweep": list(sweep or ()),
-        "probe": f"held-out inputs of the {_probe_split(run_dirs)} split "
+        "probe": f"held-out inputs of the {split} split "
                  f"({'all' if probe_size is None else probe_size})",
         "g (the gradient judged)": "the training set's mean loss gradient" if grad == "train"
                                    else "the probe's mean loss gradient",
@@ -238,12 +212,6 @@ def write_tables(
         "unit tables": f"{counts.get('computed', 0)} computed, {counts.get('cached', 0)} reused",
     })  # fmt: skip
     return save_tables(frames, out, {k: _jsonable(v) for k, v in ctx.items()})
-
-
-def _probe_split(run_dirs) -> str:
-    from natgrad.analysis.runs import held_out_split
-
-    return held_out_split(run_dirs[0]) if run_dirs else "test"
 
 
 def _jsonable(value):

@@ -61,34 +61,20 @@ from natgrad.likelihoods import check_likelihood, log_likelihood
 from natgrad.linalg import condition_number
 from natgrad.unitfisher import UnitFisher
 
-__all__ = [
-    "JACKKNIFED",
-    "SWEEP",
-    "damping_sweep",
-    "jackknifed",
-    "layer_statistics",
-    "probe_gradients",
-    "probe_size_sweep",
-    "unit_statistics",
-]
+__all__ = ["JACKKNIFED", "SWEEP", "damping_sweep", "jackknifed", "layer_statistics",
+           "probe_gradients", "probe_size_sweep", "unit_statistics"]  # fmt: skip
 
 
 SWEEP = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 """Relative dampings of :func:`damping_sweep` (the report's sweep)."""
 
-SWEEP_DIRECTIONS = ("plain", "centred", "quasidiagonal", "blockdiag")
+JACKKNIFED = ("plain", "centred", "quasidiagonal", "blockdiag")
+"""Directions whose efficiency gets a jackknifed column ``rho_<direction>_jk`` (and a column
+in the damping sweep)."""
 
-JACKKNIFED = SWEEP_DIRECTIONS
-"""Directions whose efficiency gets a jackknifed column ``rho_<direction>_jk``."""
 
-
-def layer_statistics(
-    fisher: UnitFisher,
-    grad_weight: torch.Tensor,
-    grad_bias: torch.Tensor,
-    *,
-    rel_damping: float = MEASURE_DAMPING,
-) -> dict[str, np.ndarray]:
+def layer_statistics(fisher: UnitFisher, grad_weight: torch.Tensor, grad_bias: torch.Tensor, *,
+                     rel_damping: float = MEASURE_DAMPING) -> dict[str, np.ndarray]:  # fmt: skip
     r"""The per-unit columns (from ``unit`` on) for one layer, as ``{column: ndarray [U]}``.
 
     One Cholesky of F_λ per unit serves every efficiency and bias-shift error
@@ -101,13 +87,10 @@ def layer_statistics(
         >>> [round(float(cols[k][0]), 4) for k in ("rho_plain", "rho_natural", "s_c", "k")]
         [0.7071, 1.0, 2.0, 0.0]
     """
-    g, g0 = fisher.unit_grads(grad_weight, grad_bias)  # [U, d], [U]
-    M = fisher.matrix.to(torch.float64)
-    g, g0 = g.to(torch.float64), g0.to(torch.float64)
-    mean_p = fisher.mean_p.to(torch.float64)
+    g, g0 = (t.double() for t in fisher.unit_grads(grad_weight, grad_bias))  # [U, d], [U]
+    M, mean_p = fisher.matrix.double(), fisher.mean_p.double()
     U, d = fisher.num_units, fisher.fan_in
-    ctx = {"layer": fisher.layer, "units": fisher.units}
-    m = ms.measures(M, mean_p, g, g0, rel_damping, **ctx)
+    m = ms.measures(M, mean_p, g, g0, rel_damping, layer=fisher.layer, units=fisher.units)
     dead = m["dead"] > 0
     live = (~dead).nonzero().flatten()
     nan = np.full(U, np.nan)
@@ -147,15 +130,8 @@ def layer_statistics(
     return cols
 
 
-def probe_gradients(
-    model: nn.Module,
-    inputs,
-    targets,
-    fishers: dict[str, UnitFisher],
-    *,
-    chunk: int = 4096,
-    likelihood: str = "categorical",
-):
+def probe_gradients(model: nn.Module, inputs, targets, fishers: dict[str, UnitFisher], *,
+                    chunk: int = 4096, likelihood: str = "categorical"):  # fmt: skip
     r"""``{layer: (g_w, g_b)}``: gradients of the mean log-likelihood of ``(inputs, targets)``,
     summed over chunks of ``chunk`` inputs (the same numbers, bounded memory). Each chunk is
     cast to the model's dtype as it is used (a float64 copy of a whole training set would
@@ -197,21 +173,13 @@ def _layer_heads(model: nn.Module, fishers: dict[str, UnitFisher]) -> dict[str, 
     return heads
 
 
-def unit_statistics(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    layers: list[str] | None = None,
-    rel_damping: float = MEASURE_DAMPING,
-    sweep: tuple[float, ...] | None = None,
-    dtype: torch.dtype = torch.float64,
-    batch_size: int | None = None,
-    grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-    jackknife: bool = False,
-    probe_sizes: Sequence[int] | None = None,
-    likelihood: str = "categorical",
-):
+def unit_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                    layers: list[str] | None = None, rel_damping: float = MEASURE_DAMPING,
+                    sweep: tuple[float, ...] | None = None, dtype: torch.dtype = torch.float64,
+                    batch_size: int | None = None,
+                    grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    jackknife: bool = False, probe_sizes: Sequence[int] | None = None,
+                    likelihood: str = "categorical"):  # fmt: skip
     r"""One row per (layer, unit) of ``model`` (the columns of the module docstring).
 
     Args:
@@ -264,12 +232,9 @@ def unit_statistics(
     for name, fisher in fishers.items():
         cols = layer_statistics(fisher, *grads[name], rel_damping=rel_damping)
         if jackknife:
-            half, end = bounds.index(n // 2), len(chunks)
-            halves = [(_pool(chunks, a, b)[name], _pool_grads(chunk_grads, bounds, a, b)[name])
-                      for a, b in ((0, half), (half, end))]  # fmt: skip
+            halves = _halves(chunks, chunk_grads, bounds, n, name)
             cols.update(jackknifed(cols, halves, rel_damping))
-        frames.append(pd.DataFrame({**{k: [v] * fisher.num_units for k, v in heads[name].items()},
-                                    **cols}))  # fmt: skip
+        frames.append(pd.DataFrame({**heads[name], **cols}))
         if sweep:
             sweeps.append(_sweep_layer(fisher, grads[name], heads[name], sweep))
     units = pd.concat(frames, ignore_index=True)
@@ -335,37 +300,40 @@ def _pool_grads(chunk_grads, bounds, i0: int, i1: int):
             for name in chunk_grads[i0]}  # fmt: skip
 
 
+def _halves(chunks, chunk_grads, bounds, size: int, name: str) -> list:
+    """``[(UnitFisher, (g_w, g_b))]`` of layer ``name`` on the two halves of the first ``size``
+    probe inputs (pooled slices)."""
+    i_half, i_end = bounds.index(size // 2), bounds.index(size)
+    return [(_pool(chunks, a, b)[name], _pool_grads(chunk_grads, bounds, a, b)[name])
+            for a, b in ((0, i_half), (i_half, i_end))]  # fmt: skip
+
+
 def jackknifed(cols: dict, halves, rel_damping: float) -> dict[str, np.ndarray]:
     r"""``{rho_<direction>_jk: [U]}``: ρ_J = 2ρ(F) − (ρ(F_A) + ρ(F_B))/2 for the directions
     of :data:`JACKKNIFED`, ``cols`` holding ρ(F) of the whole probe and ``halves`` the pairs
     ``(UnitFisher, (g_w, g_b))`` of its two halves. NaN where a half's block is dead."""
-    half_rho = []
-    for fisher, (gw, gb) in halves:
-        g, g0 = fisher.unit_grads(gw, gb)
-        m = ms.measures(fisher.matrix.double(), fisher.mean_p.double(), g.double(), g0.double(),
-                        rel_damping, layer=fisher.layer, units=fisher.units)  # fmt: skip
-        half_rho.append({k: m[f"rho_{k}"].cpu().numpy() for k in JACKKNIFED})
-    return {f"rho_{k}_jk": 2.0 * cols[f"rho_{k}"] - 0.5 * (half_rho[0][k] + half_rho[1][k])
-            for k in JACKKNIFED}  # fmt: skip
+    a, b = (_measures(fisher, grads, rel_damping) for fisher, grads in halves)
+    rho = {k: (a[f"rho_{k}"].cpu().numpy(), b[f"rho_{k}"].cpu().numpy()) for k in JACKKNIFED}
+    return {f"rho_{k}_jk": 2.0 * cols[f"rho_{k}"] - 0.5 * (ra + rb) for k, (ra, rb) in rho.items()}
 
 
-def probe_size_sweep(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    sizes,
-    *,
-    layers: list[str] | None = None,
-    rel_damping: float = MEASURE_DAMPING,
-    grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-    dtype: torch.dtype = torch.float64,
-):
+def _measures(fisher: UnitFisher, grads, rel_damping: float) -> dict:
+    """:func:`natgrad.measures.measures` of ``fisher``'s blocks in float64, for the gradient
+    ``grads = (g_w, g_b)``."""
+    g, g0 = fisher.unit_grads(*grads)
+    return ms.measures(fisher.matrix.double(), fisher.mean_p.double(), g.double(), g0.double(),
+                       rel_damping, layer=fisher.layer, units=fisher.units)  # fmt: skip
+
+
+def probe_size_sweep(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, sizes, *,
+                     layers: list[str] | None = None, rel_damping: float = MEASURE_DAMPING,
+                     grad_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     dtype: torch.dtype = torch.float64):  # fmt: skip
     r"""ρ against the probe size: one row per (probe size, layer, unit) with ``fan_in``,
     ``n_eff``, ``dead`` and, for every direction of :data:`JACKKNIFED`, the plain estimate
     ``rho_<direction>`` and the jackknifed ``rho_<direction>_jk`` on the first ``size``
-    probe inputs (nested probes). ONE pass over the largest size: the blocks are computed
-    on the slices between consecutive sizes and half-sizes and pooled
-    (:meth:`UnitFisher.pool`), so the sweep costs about one analysis of the largest probe.
+    probe inputs (nested probes), from ONE pass over the largest size (``probe_sizes`` of
+    :func:`unit_statistics`).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
@@ -385,20 +353,15 @@ def _size_rows(chunks, chunk_grads, bounds, sizes, heads, rel_damping):
 
     frames = []
     for size in sizes:
-        i_half, i_end = bounds.index(size // 2), bounds.index(size)
-        full = _pool(chunks, 0, i_end)
+        i_end = bounds.index(size)
         grads = _pool_grads(chunk_grads, bounds, 0, i_end)
-        parts = [(_pool(chunks, a, b), _pool_grads(chunk_grads, bounds, a, b))
-                 for a, b in ((0, i_half), (i_half, i_end))]  # fmt: skip
-        for name, fisher in full.items():
-            g, g0 = fisher.unit_grads(*grads[name])
-            m = ms.measures(fisher.matrix.double(), fisher.mean_p.double(), g.double(),
-                            g0.double(), rel_damping, layer=name, units=fisher.units)  # fmt: skip
+        for name, fisher in _pool(chunks, 0, i_end).items():
+            m = _measures(fisher, grads[name], rel_damping)
             cols = {f"rho_{k}": m[f"rho_{k}"].cpu().numpy() for k in JACKKNIFED}
-            cols.update(jackknifed(cols, [(p[0][name], p[1][name]) for p in parts], rel_damping))
+            halves = _halves(chunks, chunk_grads, bounds, size, name)
+            cols.update(jackknifed(cols, halves, rel_damping))
             frames.append(pd.DataFrame({
-                **{k: [v] * fisher.num_units for k, v in heads[name].items()},
-                "probe_size": size, "unit": fisher.units.numpy(),
+                **heads[name], "probe_size": size, "unit": fisher.units.numpy(),
                 "fan_in": fisher.fan_in, "n_eff": fisher.n_eff.double().numpy(),
                 "estimable": (fisher.n_eff.double().numpy() >= 2 * (fisher.fan_in + 1)).astype(int),
                 "dead": m["dead"].numpy().astype(int), **cols,
@@ -409,15 +372,12 @@ def _size_rows(chunks, chunk_grads, bounds, sizes, heads, rel_damping):
 def _sweep_layer(fisher: UnitFisher, grads, head: dict, sweep):
     import pandas as pd
 
-    g, g0 = fisher.unit_grads(*grads)
     rows = []
     for lam in sweep:
-        m = ms.measures(fisher.matrix.double(), fisher.mean_p.double(), g.double(), g0.double(),
-                        lam, layer=fisher.layer, units=fisher.units)  # fmt: skip
+        m = _measures(fisher, grads, lam)
         rows.append(pd.DataFrame({
-            **{k: [v] * fisher.num_units for k, v in head.items()},
-            "unit": fisher.units.numpy(), "rel_damping": lam, "dead": m["dead"].numpy().astype(int),
-            **{f"rho_{k}": m[f"rho_{k}"].numpy() for k in SWEEP_DIRECTIONS},
+            **head, "unit": fisher.units.numpy(), "rel_damping": lam,
+            "dead": m["dead"].numpy().astype(int), **{f"rho_{k}": m[f"rho_{k}"].numpy() for k in JACKKNIFED},
         }))  # fmt: skip
     return pd.concat(rows, ignore_index=True)
 
