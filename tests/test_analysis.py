@@ -325,3 +325,28 @@ def test_curve_table_of_committed_records_without_activations(tmp_path):
     pd.testing.assert_frame_equal(records[cols], full[cols])
     with pytest.raises(DataFileError, match="summary.jsonl"):
         curve_table([rec])
+
+
+def test_the_plots_take_a_notebook_users_axes_title_and_layers():
+    """``plot_efficiencies(ax=, title=)`` draws into a given axes; ``plot_layer_metric``
+    draws only the ``layers`` asked for, under ``title``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from natgrad.analysis.plots import plot_efficiencies, plot_layer_metric
+
+    summary = pd.DataFrame([dict(unit_type=u, n_seeds=3, rho_plain_mean=m, rho_plain_lo=m - 0.1,
+                                 rho_plain_hi=m + 0.1) for u, m in (("elu", 0.6), ("relu", 0.4))])  # fmt: skip
+    fig, ax = plt.subplots()
+    assert plot_efficiencies(summary, ["rho_plain"], ax=ax, title="mine") is fig
+    assert ax.get_title() == "mine" and len(fig.axes) == 1
+    table = pd.DataFrame([dict(layer=f"fc{i}", layer_index=i, unit_type=u, epoch=e, seed=0,
+                               unit=k, s_c=float(i + k)) for i in (1, 2, 3) for u in ("elu", "relu")
+                          for e in (0, 1) for k in range(3)])  # fmt: skip
+    fig2 = plot_layer_metric(table, "s_c", layers=["fc2", "fc3"], ncols=2, title="two layers")
+    titles = [a.get_title() for a in fig2.axes if a.get_visible()]
+    assert titles == ["fc2", "fc3"] and fig2._suptitle.get_text() == "two layers"
+    plt.close("all")

@@ -99,11 +99,13 @@ def plot_curves(table, y: str, *, ax=None, x: str = "epoch", style: str | None =
 
 
 def plot_layer_metric(table, metric: str, *, ylabel: str | None = None, log: bool = False,
-                      ncols: int = 4):  # fmt: skip
-    r"""One panel per layer: median (line) and 25–75 % band over the units of every seed of
-    ``metric`` per epoch, one colour per unit type. Dead units (NaN) are left out. A
-    descriptive figure: the replicates of any test are seeds, never these units."""
-    layers = list(table.sort_values("layer_index", kind="stable")["layer"].unique())
+                      layers: list[str] | None = None, ncols: int = 4, title: str | None = None):  # fmt: skip
+    r"""One panel per layer (``layers``, default all in net order): median (line) and 25–75 %
+    band over the units of every seed of ``metric`` per epoch, one colour per unit type. Dead
+    units (NaN) are left out. A descriptive figure: the replicates of any test are seeds,
+    never these units. ``title`` (default: "<label> per layer over training") heads it."""
+    if layers is None:
+        layers = list(table.sort_values("layer_index", kind="stable")["layer"].unique())
     nrows = -(-len(layers) // ncols)
     fig, axes = _subplots(
         nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), squeeze=False, sharex=True
@@ -129,7 +131,7 @@ def plot_layer_metric(table, metric: str, *, ylabel: str | None = None, log: boo
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel or metric)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.suptitle(f"{ylabel or metric} per layer over training", fontsize="medium",
+    fig.suptitle(title or f"{ylabel or metric} per layer over training", fontsize="medium",
                  y=1.0 - 0.05 / nrows)  # fmt: skip
     fig.legend(handles, labels, loc="upper center", ncol=len(units), frameon=False,
                bbox_to_anchor=(0.5, 1.0 - 0.3 / (2.4 * nrows)))  # fmt: skip
@@ -137,15 +139,18 @@ def plot_layer_metric(table, metric: str, *, ylabel: str | None = None, log: boo
     return fig
 
 
-def plot_efficiencies(summary, metrics: list[str]):
+def plot_efficiencies(summary, metrics: list[str], *, ax=None, title: str | None = None):
     r"""The headline figure: per metric (group of points) and unit type (colour), the mean over
     seeds with its bootstrap 95 % CI (``summary`` from :func:`natgrad.analysis.stats.group_summary`).
     Where ρ(block-diag.) sits above 0.9 for every unit type its differences are invisible on
-    the common axis, so it gets a panel of its own: 1 − ρ on a log axis."""
+    the common axis, so it gets a panel of its own: 1 − ρ on a log axis (not when drawn into a
+    given ``ax``)."""
     units = unit_type_order(summary["unit_type"])
     near_one = "rho_blockdiag" in metrics and bool((summary["rho_blockdiag_mean"] > 0.9).all())
     main = [m for m in metrics if not (near_one and m == "rho_blockdiag")]
-    if near_one:
+    if ax is not None:
+        fig, side = ax.figure, None
+    elif near_one:
         fig, (ax, side) = _subplots(1, 2, figsize=(1.9 * len(main) + 3.6, 3.4),
                                        gridspec_kw={"width_ratios": [len(main), 1.3]})  # fmt: skip
     else:
@@ -175,6 +180,8 @@ def plot_efficiencies(summary, metrics: list[str]):
                         fontsize="x-small", ha="right")  # fmt: skip
         side.set_title("1 − ρ(block-diag.), log axis", fontsize="small")
         side.grid(axis="y", alpha=0.3, which="both")
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 
