@@ -70,20 +70,13 @@ def _count_device(accs: list) -> torch.device:
 
 
 def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
-    r"""Sum the accumulators of every layer over the process group, in place.
+    r"""Sum the accumulators of every layer over the process group, in place, and return N,
+    the number of inputs over all ranks (``n_local``, this rank's, without a group).
 
-    Args:
-        accs: the engine's layer accumulators, in the same order on every rank; their
-            :data:`SUMMED` tensors (and any named in their ``summed`` attribute) and their
-            integer ``count`` are replaced by the sums over ranks.
-        n_local: the number of inputs this rank passed.
-
-    Returns:
-        N, the number of inputs over all ranks (``n_local`` without a process group).
-
-    Raises:
-        InputError: on every rank, when some rank passed no inputs, or for accumulators
-            that keep factor rows instead of sums (``woodbury_unit_fisher``).
+    ``accs`` (the same order on every rank): their :data:`SUMMED` tensors, any named in their
+    ``summed`` attribute, and their integer ``count`` are replaced by the sums over ranks.
+    Raises :class:`~natgrad.errors.InputError` on every rank when some rank passed no inputs,
+    or for accumulators that keep factor rows instead of sums (``woodbury_unit_fisher``).
     """
     group = process_group()
     if group is None:

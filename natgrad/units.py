@@ -61,10 +61,8 @@ DEFAULT_ALPHA: dict[str, float] = {"elu": 1.0, "lrelu": 0.1, "prelu": 0.25}
 
 
 class SReLU(nn.Module):
-    r"""Shifted ReLU, f(x) = max(−1, x) = ReLU(x + 1) − 1 (the paper's SReLU, Fig 1).
-
-    Like ELU it can output negative values (down to −1), but it has a kink at −1 instead
-    of a smooth saturation. Shape: any, elementwise.
+    r"""Shifted ReLU, f(x) = max(−1, x) = ReLU(x + 1) − 1 (the paper's SReLU, Fig 1): negative
+    outputs down to −1 like ELU, but a kink at −1 instead of a smooth saturation.
 
     Example:
         >>> import torch
@@ -207,15 +205,10 @@ def unit_type_order(keys) -> list[str]:
 
 
 def make_unit(name: str, alpha: float | None = None) -> nn.Module:
-    r"""A fresh activation module for the unit ``name`` (see the module table).
-
-    Args:
-        name: a key of :data:`CATALOGUE` (case-insensitive).
-        alpha: ELU's α (saturation −α, default 1), LReLU's negative slope (default 0.1) or
-            PReLU's initial slope (default 0.25). Refused for ``relu``, ``srelu``, ``selu``.
-
-    Raises:
-        InputError: unknown name, or an α for a unit that has none.
+    r"""A fresh activation module for the unit ``name``, a key of :data:`CATALOGUE`
+    (case-insensitive). ``alpha``: ELU's α, LReLU's negative slope or PReLU's initial slope
+    (defaults: :data:`DEFAULT_ALPHA`); an α for another unit, or an unknown name, raises
+    :class:`~natgrad.errors.InputError`.
 
     Example:
         >>> make_unit("elu", alpha=0.5)
@@ -230,9 +223,8 @@ def make_unit(name: str, alpha: float | None = None) -> nn.Module:
 
 
 def hidden_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    r"""The ``(qualified name, module)`` of every activation module of ``model``, in order.
-
-    These are the hidden units whose outputs :mod:`natgrad.training.recording` records.
+    r"""The ``(qualified name, module)`` of every activation module of ``model``, in order:
+    the hidden units whose outputs :mod:`natgrad.training.recording` records.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 3), make_unit("elu"), nn.Linear(3, 1))
