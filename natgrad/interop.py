@@ -1,14 +1,10 @@
 r"""natgrad's unit blocks in the peers' formats, and the peers' curvature as unit blocks.
 
-Unit i of a Linear or Conv2d layer owns the weight row ``weight[i]`` (flattened: d = fan-in
-entries, in ``weight.flatten(1)`` order, which is natgrad's order of the incoming patch) and
-``bias[i]``; natgrad stores its block bias last, ``[U, d+1, d+1]``. A layer's parameters in
-the peers' flat order are ``(weight.flatten(), bias)``: unit i's entries sit at
-``i·d … i·d + d − 1`` and ``U·d + i``. Every function here is that one re-indexing:
-:func:`to_curvlinops` and :func:`unit_blocks_from_operator` for curvlinops (or any linear
-operator over the layers' ``[weight, bias, …]``), :func:`to_nngeometry` and
-:func:`unit_blocks_from_nngeometry` for nngeometry. Both peers are optional imports, needed
-only by the function that names them.
+Unit i of a Linear or Conv2d layer owns ``weight[i]`` (d = fan-in entries, in
+``weight.flatten(1)`` order, natgrad's order of the incoming patch) and ``bias[i]``; natgrad
+stores its block bias last, ``[U, d+1, d+1]``. In the peers' flat ``(weight.flatten(), bias)``
+order unit i's entries sit at ``i·d … i·d + d − 1`` and ``U·d + i``: every function here is
+that one re-indexing. curvlinops and nngeometry are imported only by the functions naming them.
 
 Example:
     >>> import torch
