@@ -10,12 +10,9 @@ blocks as one pass over all the data once the sums are added across ranks:
     E_p(a) = \frac{\sum_r \sum_{n \in S_r} \sum_p a_{np}}{\sum_r |S_r|\, P},\qquad
     N = \sum_r |S_r|
 
-When ``torch.distributed`` is initialised with more than one process,
-:func:`~natgrad.unit_fisher` and :func:`~natgrad.unit_fishers` all-reduce (``SUM``) these
-sums and counts of every layer, in the order of the layers (the same on every rank), so every
-rank returns the :class:`~natgrad.UnitFisher` of all the data. Usage, shards, the seeding of
-``kind="mc"`` per rank and the backends: ``docs/distributed.md``, "The unit Fisher over
-several processes".
+:func:`~natgrad.unit_fishers` all-reduces (``SUM``) these sums and counts layer by layer when
+``torch.distributed`` runs several processes: ``docs/distributed.md``, "The unit Fisher over
+several processes" (usage, shards, ``kind="mc"`` seeding, backends).
 
 Example:
     >>> import torch
