@@ -79,17 +79,12 @@ class SReLU(nn.Module):
 
 @dataclass(frozen=True)
 class UnitType:
-    r"""One unit type of the catalogue.
-
-    Attributes:
-        name: the key (``"elu"``); label: for figures and tables; colour: for every figure.
-        module: the module class :func:`make_unit` returns (finds a net's hidden units).
-        factory: ``alpha -> nn.Module`` (``alpha`` is ``None`` for the default).
-        init_gain: gain of the Kaiming-normal (fan_in) weight initialisation: √2 (He) for the
-            paper's units, 1 (LeCun normal) for SELU. All unit types draw the same normal
-            numbers from a seed, so their initial weights differ only by this factor.
-        in_paper: run in the ELU paper (Fig 2/4).
-    """
+    r"""One unit type of the catalogue: its key ``name`` (``"elu"``), ``label`` and ``colour``
+    for figures and tables, the ``module`` class :func:`make_unit` returns (finds a net's
+    hidden units), ``factory`` ``alpha -> nn.Module`` (``None``: the default α), ``in_paper``
+    (run in the ELU paper, Fig 2/4), and ``init_gain``, the gain of the Kaiming-normal (fan_in)
+    initialisation: √2 (He), 1 (LeCun normal) for SELU. All unit types draw the same normal
+    numbers from a seed, so their initial weights differ only by this factor."""
 
     name: str
     label: str

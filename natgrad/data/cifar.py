@@ -2,13 +2,9 @@ r"""CIFAR-10 and CIFAR-100, "python version" batches (Krizhevsky's official form
 
 Each batch file is a Python pickle of a dict with ``b"data"``: uint8 ``[N, 3072]`` (1024
 red, 1024 green, 1024 blue values of a 32×32 image, row-major) and the labels, a list of N
-ints: ``b"labels"`` in CIFAR-10's ``data_batch_1`` … ``data_batch_5`` and ``test_batch``,
-``b"fine_labels"`` in CIFAR-100's ``train`` and ``test``.
-
-These files ARE pickles, so they are read the way the format requires, but only from the
-folder the user names, and through an unpickler that refuses every global except the few
-numpy array constructors the official files use: a file that tries to call anything else
-fails with a :class:`~natgrad.errors.DataFileError` instead of running code.
+ints (file names and label keys: ``_FILES``). The pickles are read only from the folder the
+user names, through an unpickler that refuses every global except the few numpy array
+constructors the official files use: anything else is a :class:`~natgrad.errors.DataFileError`.
 """
 
 from __future__ import annotations
