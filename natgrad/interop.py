@@ -137,12 +137,9 @@ def unit_blocks_from_operator(
 ) -> dict[str, torch.Tensor]:
     r"""``{layer: [U, d+1, d+1]}``: the unit blocks of any linear operator over the
     parameters ``[weight, bias]`` of ``layers`` (in that order, e.g. curvlinops'
-    ``GGNLinearOperator(model, loss, [p for l in layers for p in (l.weight, l.bias)], data)``).
-
-    The unit blocks' columns are probed with matrix products ``operator @ X``: U·(d+1)
-    columns per layer, in chunks of units whose probes hold at most ``max_elements``
-    entries; of each product only the probed unit's rows are kept.
-    """
+    ``GGNLinearOperator(model, loss, [p for l in layers for p in (l.weight, l.bias)], data)``),
+    probed with ``operator @ X``: U·(d+1) columns per layer, in chunks of units whose probes
+    hold at most ``max_elements`` entries, keeping only the probed unit's rows."""
     mods = _layers(model, list(layers))
     params = [p for _, m in mods for p in (m.weight, m.bias)]
     total = sum(p.numel() for p in params)

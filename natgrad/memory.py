@@ -109,13 +109,10 @@ _OUT_DIR_HINT = "; or pass out_dir= to stream units in chunks to safetensors sha
 
 
 def check_budget(layers: dict, structure: str, itemsize: int, max_memory: int, *, sharded: bool):
-    r"""Raise :class:`~natgrad.errors.MemoryBudgetError` unless the results fit.
-
-    ``layers`` maps a layer name to ``(units, fan_in)``. The results must fit in
-    ``max_memory`` less :data:`TEMP_FLOOR` (their temporaries); with ``sharded`` (an
-    ``out_dir``) only the largest single unit's block must fit. The message names the bytes
-    needed, the budget, and per layer the ``units=`` count and the structures that would fit.
-    """
+    r"""Raise :class:`~natgrad.errors.MemoryBudgetError` unless the results of ``layers``
+    (``{name: (units, fan_in)}``) fit in ``max_memory`` less :data:`TEMP_FLOOR` (with
+    ``sharded``, an ``out_dir``: the largest single unit's block). The message names the bytes
+    needed, the budget, and per layer the ``units=`` count and the structures that would fit."""
     room = max_memory - min(TEMP_FLOOR, max_memory // 4)
 
     def size(s: str, u: int, d: int) -> int:

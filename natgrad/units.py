@@ -15,11 +15,9 @@ name       f(x)                                            module
            Gimpel 2016; not in the ELU paper; He init)
 =========  ==============================================  ===========================
 
-:data:`CATALOGUE` is the one list of unit types (name, label, colour, factory, weight
-initialisation) that the rest of natgrad reads. A *unit type* of a study may add batch norm
-(``"relu-bn"``) or layer norm (``"relu-ln"``): :func:`unit_type_key`, :func:`split_unit_type`,
-:func:`unit_type_label`. Each call of :func:`make_unit` returns a new module, so forward
-hooks (:mod:`natgrad.training.recording`) see one module per layer.
+:data:`CATALOGUE` is the one list of unit types natgrad reads; a study's *unit type* may add
+batch norm (``"relu-bn"``) or layer norm (``"relu-ln"``). :func:`make_unit` returns a new
+module per call, so forward hooks (:mod:`natgrad.training.recording`) see one per layer.
 
 Example:
     >>> import torch

