@@ -10,12 +10,9 @@ blocks as one pass over all the data once the sums are added across ranks:
     E_p(a) = \frac{\sum_r \sum_{n \in S_r} \sum_p a_{np}}{\sum_r |S_r|\, P},\qquad
     N = \sum_r |S_r|
 
-When ``torch.distributed`` is initialised with more than one process,
-:func:`~natgrad.unit_fisher` and :func:`~natgrad.unit_fishers` all-reduce (``SUM``) these
-sums and counts of every layer, in the order of the layers (the same on every rank), so every
-rank returns the :class:`~natgrad.UnitFisher` of all the data. Usage, shards, the seeding of
-``kind="mc"`` per rank and the backends: ``docs/distributed.md``, "The unit Fisher over
-several processes".
+:func:`~natgrad.unit_fishers` all-reduces (``SUM``) these sums and counts layer by layer when
+``torch.distributed`` runs several processes: ``docs/distributed.md``, "The unit Fisher over
+several processes" (usage, shards, ``kind="mc"`` seeding, backends).
 
 Example:
     >>> import torch
@@ -70,20 +67,13 @@ def _count_device(accs: list) -> torch.device:
 
 
 def all_reduce_accumulators(accs: Iterable, n_local: int) -> int:
-    r"""Sum the accumulators of every layer over the process group, in place.
+    r"""Sum the accumulators of every layer over the process group, in place, and return N,
+    the number of inputs over all ranks (``n_local``, this rank's, without a group).
 
-    Args:
-        accs: the engine's layer accumulators, in the same order on every rank; their
-            :data:`SUMMED` tensors (and any named in their ``summed`` attribute) and their
-            integer ``count`` are replaced by the sums over ranks.
-        n_local: the number of inputs this rank passed.
-
-    Returns:
-        N, the number of inputs over all ranks (``n_local`` without a process group).
-
-    Raises:
-        InputError: on every rank, when some rank passed no inputs, or for accumulators
-            that keep factor rows instead of sums (``woodbury_unit_fisher``).
+    ``accs`` (the same order on every rank): their :data:`SUMMED` tensors, any named in their
+    ``summed`` attribute, and their integer ``count`` are replaced by the sums over ranks.
+    Raises :class:`~natgrad.errors.InputError` on every rank when some rank passed no inputs,
+    or for accumulators that keep factor rows instead of sums (``woodbury_unit_fisher``).
     """
     group = process_group()
     if group is None:

@@ -1,14 +1,10 @@
 r"""natgrad's unit blocks in the peers' formats, and the peers' curvature as unit blocks.
 
-Unit i of a Linear or Conv2d layer owns the weight row ``weight[i]`` (flattened: d = fan-in
-entries, in ``weight.flatten(1)`` order, which is natgrad's order of the incoming patch) and
-``bias[i]``; natgrad stores its block bias last, ``[U, d+1, d+1]``. A layer's parameters in
-the peers' flat order are ``(weight.flatten(), bias)``: unit i's entries sit at
-``i·d … i·d + d − 1`` and ``U·d + i``. Every function here is that one re-indexing:
-:func:`to_curvlinops` and :func:`unit_blocks_from_operator` for curvlinops (or any linear
-operator over the layers' ``[weight, bias, …]``), :func:`to_nngeometry` and
-:func:`unit_blocks_from_nngeometry` for nngeometry. Both peers are optional imports, needed
-only by the function that names them.
+Unit i of a Linear or Conv2d layer owns ``weight[i]`` (d = fan-in entries, in
+``weight.flatten(1)`` order, natgrad's order of the incoming patch) and ``bias[i]``; natgrad
+stores its block bias last, ``[U, d+1, d+1]``. In the peers' flat ``(weight.flatten(), bias)``
+order unit i's entries sit at ``i·d … i·d + d − 1`` and ``U·d + i``: every function here is
+that one re-indexing. curvlinops and nngeometry are imported only by the functions naming them.
 
 Example:
     >>> import torch
@@ -141,12 +137,9 @@ def unit_blocks_from_operator(
 ) -> dict[str, torch.Tensor]:
     r"""``{layer: [U, d+1, d+1]}``: the unit blocks of any linear operator over the
     parameters ``[weight, bias]`` of ``layers`` (in that order, e.g. curvlinops'
-    ``GGNLinearOperator(model, loss, [p for l in layers for p in (l.weight, l.bias)], data)``).
-
-    The unit blocks' columns are probed with matrix products ``operator @ X``: U·(d+1)
-    columns per layer, in chunks of units whose probes hold at most ``max_elements``
-    entries; of each product only the probed unit's rows are kept.
-    """
+    ``GGNLinearOperator(model, loss, [p for l in layers for p in (l.weight, l.bias)], data)``),
+    probed with ``operator @ X``: U·(d+1) columns per layer, in chunks of units whose probes
+    hold at most ``max_elements`` entries, keeping only the probed unit's rows."""
     mods = _layers(model, list(layers))
     params = [p for _, m in mods for p in (m.weight, m.bias)]
     total = sum(p.numel() for p in params)

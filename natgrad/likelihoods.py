@@ -65,12 +65,8 @@ def check_targets(likelihood: str, output: torch.Tensor, targets: torch.Tensor) 
             f"targets have {targets.shape[0]} rows but the inputs have {n}: give one target per input"
         )
     if likelihood == "categorical":
-        integer = not (
-            targets.dtype.is_floating_point
-            or targets.dtype.is_complex
-            or targets.dtype == torch.bool
-        )
-        if targets.ndim != 1 or not integer:
+        dt = targets.dtype
+        if targets.ndim != 1 or dt.is_floating_point or dt.is_complex or dt == torch.bool:
             raise InputError(
                 f"categorical targets must be class indices of shape [N] and an integer dtype "
                 f"(any of int8..int64, uint8..); got shape {tuple(targets.shape)} and dtype "

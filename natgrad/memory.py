@@ -1,13 +1,9 @@
 r"""Memory budgets of the unit Fisher engine: what a result costs, what is free, what fits.
 
-The result of :func:`natgrad.unit_fisher` for U units of fan-in d costs U·(d+1)² elements of
-the model's dtype (``dense``), U·(2d+1) (``quasidiagonal``: diag(F) and b) or U·(d+1)
-(``diagonal``); the temporaries of one data pass are bounded separately (:func:`temp_budget`):
-the engine splits a batch into sub-batches and the units into chunks so that no temporary
-exceeds that bound. Before the pass, :func:`check_budget` compares the result with
-``max_memory`` (default :data:`DEFAULT_FRACTION` of the memory the kernel reports as
-available) and raises :class:`~natgrad.errors.MemoryBudgetError` naming the bytes needed and
-the ``units=``, ``structure=`` or ``out_dir=`` that would fit (``docs/scale.md``).
+A result of U units of fan-in d costs U·(d+1)² elements (``dense``), U·(2d+1)
+(``quasidiagonal``: diag(F) and b) or U·(d+1) (``diagonal``); the temporaries of a pass are
+bounded separately (:func:`temp_budget`). :func:`check_budget` compares the result with
+``max_memory`` before the pass (``docs/scale.md``, "Memory of the dense route").
 
 Example:
     >>> result_elements("dense", units=4, fan_in=3), result_elements("quasidiagonal", 4, 3)
@@ -113,13 +109,10 @@ _OUT_DIR_HINT = "; or pass out_dir= to stream units in chunks to safetensors sha
 
 
 def check_budget(layers: dict, structure: str, itemsize: int, max_memory: int, *, sharded: bool):
-    r"""Raise :class:`~natgrad.errors.MemoryBudgetError` unless the results fit.
-
-    ``layers`` maps a layer name to ``(units, fan_in)``. The results must fit in
-    ``max_memory`` less :data:`TEMP_FLOOR` (their temporaries); with ``sharded`` (an
-    ``out_dir``) only the largest single unit's block must fit. The message names the bytes
-    needed, the budget, and per layer the ``units=`` count and the structures that would fit.
-    """
+    r"""Raise :class:`~natgrad.errors.MemoryBudgetError` unless the results of ``layers``
+    (``{name: (units, fan_in)}``) fit in ``max_memory`` less :data:`TEMP_FLOOR` (with
+    ``sharded``, an ``out_dir``: the largest single unit's block). The message names the bytes
+    needed, the budget, and per layer the ``units=`` count and the structures that would fit."""
     room = max_memory - min(TEMP_FLOOR, max_memory // 4)
 
     def size(s: str, u: int, d: int) -> int:

@@ -8,15 +8,10 @@ is
 
 computed here by ``torch.func`` (one ``vmap(jacrev)`` per batch, float64) — a route
 independent of natgrad's unit Fisher engine, which it reproduces on the unit blocks
-(``tests/test_network.py``). It costs N·C·P memory per batch and P² for the result: nets of a
-few thousand parameters.
-
-:class:`NetworkFisher` answers three questions of the literature: how much of the Fisher's
-Frobenius mass the unit blocks hold (:meth:`~NetworkFisher.unit_block_share`; Amari, Karakida
-& Oizumi 2019: near block-diagonal in wide random nets), its spectrum
-(:meth:`~NetworkFisher.spectrum`; Karakida et al. 2019: a few large outliers), and what the
-unit natural gradient loses against the full one (:meth:`~NetworkFisher.unit_vs_full`, in the
-per-unit damped metric of :meth:`~NetworkFisher.damping`).
+(``tests/test_network.py``), at N·C·P memory per batch and P² for the result. Questions of
+the literature: the unit blocks' share of the Frobenius mass (Amari, Karakida & Oizumi 2019:
+near block-diagonal in wide random nets), the spectrum (Karakida et al. 2019: a few large
+outliers), and what the unit natural gradient loses against the full one.
 """
 
 from __future__ import annotations
@@ -249,7 +244,7 @@ def network_fisher_gram(model: nn.Module, inputs: torch.Tensor, *, batch_size: i
     nonzero spectrum is that of the Gram matrix G = V Vᵀ ``[N·C, N·C]``, ‖F‖²_F = ‖G‖²_F,
     tr F = tr G, and each unit block is V_uᵀV_u from V's columns of the unit. Memory: V
     (N·C·P floats) and G ((N·C)²), so the probe size, not the parameter count, is the limit
-    (``max_rows`` = N·C). Tested against :func:`network_fisher` on small nets.
+    (``max_rows`` = N·C).
     """
     from natgrad.likelihoods import sqrt_output_fisher
 

@@ -16,12 +16,9 @@ activation, its own x̂_c, weight γ_c and bias β_c, and its Fisher block is 2�
     F_c = \frac{1}{N}\sum_n \sum_k g_{nkc}\, g_{nkc}^\top,\qquad
     g_{nkc} = \Big(\sum_p v_{nkpc}\, \hat x_{npc},\ \sum_p v_{nkpc}\Big),
 
-with v the error signals of the output columns. The pass is the engine's
-(:mod:`natgrad.engine`); this module only supplies the accumulator. Batch norm is taken as the
-caller left it (eval or training mode: :func:`natgrad._layers.batchnorm_guard`).
-
-Unlike a Linear or Conv2d layer, each unit here has its own input, so the result carries
-E[x̂_c] per unit (``mean_xhat``), not one shared E_p(a).
+with v the error signals of the output columns, from the engine's pass (batch norm as the
+caller left it: :func:`natgrad._layers.batchnorm_guard`). Each unit has its own input, so the
+result carries E[x̂_c] per unit (``mean_xhat``), not one shared E_p(a).
 
 Example:
     >>> import torch
@@ -116,9 +113,9 @@ class NormAccumulator:
         self.width = p * u
         if self.total is None:
             self.total = torch.zeros(u, 2, 2, dtype=x.dtype, device=x.device)
-            self.sum_a = torch.zeros(u, dtype=torch.float64, device=x.device)
-            self.c_sum = torch.zeros(u, dtype=torch.float64, device=x.device)
-            self.c_sq_sum = torch.zeros(u, dtype=torch.float64, device=x.device)
+            self.sum_a, self.c_sum, self.c_sq_sum = (
+                torch.zeros(u, dtype=torch.float64, device=x.device) for _ in range(3)
+            )
         self.sum_a += self.xh.sum((0, 1)).to(torch.float64)
         self.count += n * p
         self.c_n = torch.zeros(n, u, dtype=x.dtype, device=x.device)

@@ -15,11 +15,9 @@ name       f(x)                                            module
            Gimpel 2016; not in the ELU paper; He init)
 =========  ==============================================  ===========================
 
-:data:`CATALOGUE` is the one list of unit types (name, label, colour, factory, weight
-initialisation) that the rest of natgrad reads. A *unit type* of a study may add batch norm
-(``"relu-bn"``) or layer norm (``"relu-ln"``): :func:`unit_type_key`, :func:`split_unit_type`,
-:func:`unit_type_label`. Each call of :func:`make_unit` returns a new module, so forward
-hooks (:mod:`natgrad.training.recording`) see one module per layer.
+:data:`CATALOGUE` is the one list of unit types natgrad reads; a study's *unit type* may add
+batch norm (``"relu-bn"``) or layer norm (``"relu-ln"``). :func:`make_unit` returns a new
+module per call, so forward hooks (:mod:`natgrad.training.recording`) see one per layer.
 
 Example:
     >>> import torch
@@ -61,10 +59,8 @@ DEFAULT_ALPHA: dict[str, float] = {"elu": 1.0, "lrelu": 0.1, "prelu": 0.25}
 
 
 class SReLU(nn.Module):
-    r"""Shifted ReLU, f(x) = max(−1, x) = ReLU(x + 1) − 1 (the paper's SReLU, Fig 1).
-
-    Like ELU it can output negative values (down to −1), but it has a kink at −1 instead
-    of a smooth saturation. Shape: any, elementwise.
+    r"""Shifted ReLU, f(x) = max(−1, x) = ReLU(x + 1) − 1 (the paper's SReLU, Fig 1): negative
+    outputs down to −1 like ELU, but a kink at −1 instead of a smooth saturation.
 
     Example:
         >>> import torch
@@ -81,17 +77,12 @@ class SReLU(nn.Module):
 
 @dataclass(frozen=True)
 class UnitType:
-    r"""One unit type of the catalogue.
-
-    Attributes:
-        name: the key (``"elu"``); label: for figures and tables; colour: for every figure.
-        module: the module class :func:`make_unit` returns (finds a net's hidden units).
-        factory: ``alpha -> nn.Module`` (``alpha`` is ``None`` for the default).
-        init_gain: gain of the Kaiming-normal (fan_in) weight initialisation: √2 (He) for the
-            paper's units, 1 (LeCun normal) for SELU. All unit types draw the same normal
-            numbers from a seed, so their initial weights differ only by this factor.
-        in_paper: run in the ELU paper (Fig 2/4).
-    """
+    r"""One unit type of the catalogue: its key ``name`` (``"elu"``), ``label`` and ``colour``
+    for figures and tables, the ``module`` class :func:`make_unit` returns (finds a net's
+    hidden units), ``factory`` ``alpha -> nn.Module`` (``None``: the default α), ``in_paper``
+    (run in the ELU paper, Fig 2/4), and ``init_gain``, the gain of the Kaiming-normal (fan_in)
+    initialisation: √2 (He), 1 (LeCun normal) for SELU. All unit types draw the same normal
+    numbers from a seed, so their initial weights differ only by this factor."""
 
     name: str
     label: str
@@ -207,15 +198,10 @@ def unit_type_order(keys) -> list[str]:
 
 
 def make_unit(name: str, alpha: float | None = None) -> nn.Module:
-    r"""A fresh activation module for the unit ``name`` (see the module table).
-
-    Args:
-        name: a key of :data:`CATALOGUE` (case-insensitive).
-        alpha: ELU's α (saturation −α, default 1), LReLU's negative slope (default 0.1) or
-            PReLU's initial slope (default 0.25). Refused for ``relu``, ``srelu``, ``selu``.
-
-    Raises:
-        InputError: unknown name, or an α for a unit that has none.
+    r"""A fresh activation module for the unit ``name``, a key of :data:`CATALOGUE`
+    (case-insensitive). ``alpha``: ELU's α, LReLU's negative slope or PReLU's initial slope
+    (defaults: :data:`DEFAULT_ALPHA`); an α for another unit, or an unknown name, raises
+    :class:`~natgrad.errors.InputError`.
 
     Example:
         >>> make_unit("elu", alpha=0.5)
@@ -230,9 +216,8 @@ def make_unit(name: str, alpha: float | None = None) -> nn.Module:
 
 
 def hidden_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    r"""The ``(qualified name, module)`` of every activation module of ``model``, in order.
-
-    These are the hidden units whose outputs :mod:`natgrad.training.recording` records.
+    r"""The ``(qualified name, module)`` of every activation module of ``model``, in order:
+    the hidden units whose outputs :mod:`natgrad.training.recording` records.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 3), make_unit("elu"), nn.Linear(3, 1))

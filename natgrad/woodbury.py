@@ -7,20 +7,17 @@ Every unit Fisher natgrad computes is a sum of outer products of R factor rows p
     F_u = V_u^\top V_u,\qquad V_u = \tfrac{1}{\sqrt N}\,[\,r_{u1}; \dots; r_{uR}\,]
     \in \mathbb{R}^{R\times(d+1)},
 
-with r = √(δ̄²_nu)·ã_n (Linear, after summing the labels: R = N) or r = g_nku = Σ_p v_nkpu ã_np
-(weight-shared Conv2d: one row per input and output column, R = N·K; with
-``conv_moments="positions"`` R = N·P). When R < d+1 the factor costs U·R·(d+1) numbers
-instead of U·(d+1)², but F_u is then singular (rank ≤ R), so the damped metric
-F_λ = F + λI with **λ > 0 is required**, and every solve uses the Woodbury identity
+with r = √(δ̄²_nu)·ã_n (Linear: R = N) or r = g_nku (weight-shared Conv2d: R = N·K, or N·P
+with ``conv_moments="positions"``). When R < d+1, F_u is singular, so **λ > 0 is required**
+and every solve of F_λ = F + λI uses the Woodbury identity (one R×R Cholesky per unit)
 
 .. math::
 
-    (\lambda I + V^\top V)^{-1} x = \tfrac{1}{\lambda}\big(x - V^\top (\lambda I_R + V V^\top)^{-1} V x\big),
+    (\lambda I + V^\top V)^{-1} x = \tfrac{1}{\lambda}\big(x - V^\top (\lambda I_R + V V^\top)^{-1} V x\big).
 
-one R×R Cholesky per unit (batched over units, in chunks). The weight block A_λ = λI + V_aᵀV_a
-(V_a the first d columns) is inverted the same way, and with b = V_aᵀv_0, c_λ = ‖v_0‖² + λ
-(v_0 the bias column) Theorems 1–2 follow exactly as for the dense damped block:
-s = e_{d+1}ᵀF_λ⁻¹e_{d+1}, k = s·(b − c_λ E_p(a))ᵀA_λ⁻¹b, shift_natural = (E_p(a), 1)ᵀF_λ⁻¹(g, g0).
+The weight block A_λ = λI + V_aᵀV_a is inverted the same way; with b = V_aᵀv_0 and
+c_λ = ‖v_0‖² + λ (v_0 the bias column) Theorems 1–2 follow as for the dense damped block
+(``docs/scale.md``, "Woodbury").
 
 Example:
     >>> import torch
@@ -54,9 +51,7 @@ from natgrad.unitfisher import SolvedUnitFisher, UnitFisher
 
 
 class WoodburyAccumulator(LayerAccumulator):
-    r"""Keeps the factor rows instead of summing them: shared rows ã ``[M, d+1]`` with
-    per-unit scales √w ``[M, U]`` (one position per input), or per-unit rows g
-    ``[U, N·K, d+1]`` (weight-shared units)."""
+    r"""Keeps the factor rows instead of summing them (shapes: :class:`WoodburyUnitFisher`)."""
 
     def _allocate(self, dtype, device) -> None:
         self.rows: list[torch.Tensor] = []  # [M, d+1] or [U, R_b, d+1] per batch
@@ -217,8 +212,7 @@ class WoodburyUnitFisher(SolvedUnitFisher):
             yield lo, min(self.num_units, lo + step)
 
     def _solver(self, V: torch.Tensor, lam: float, lo: int):
-        r"""x ↦ (λI + VᵀV)⁻¹x for ``V [U_c, R, n]`` and ``x [U_c, n]`` or ``[U_c, n, k]``; λ a
-        number or one per unit ``[U_c]``."""
+        r"""x ↦ (λI + VᵀV)⁻¹x for ``V [U_c, R, n]``, ``x [U_c, n]`` or ``[U_c, n, k]``."""
         lam = torch.as_tensor(lam, dtype=V.dtype)  # a number, or one per unit [U_c]
         G = V @ V.transpose(1, 2)  # [U_c, R, R]
         G.diagonal(dim1=-2, dim2=-1).add_(lam.reshape(-1, 1) if lam.ndim else lam)
@@ -229,8 +223,7 @@ class WoodburyUnitFisher(SolvedUnitFisher):
         def solve(x: torch.Tensor) -> torch.Tensor:
             vec = x.ndim == 2
             x = x.unsqueeze(-1) if vec else x
-            y = x - V.transpose(1, 2) @ linalg.cho_solve(L, V @ x)
-            y = y / lam
+            y = (x - V.transpose(1, 2) @ linalg.cho_solve(L, V @ x)) / lam
             return y.squeeze(-1) if vec else y
 
         return solve
@@ -243,9 +236,8 @@ class WoodburyUnitFisher(SolvedUnitFisher):
         r"""The parts of F + λI, λ > 0, or (``rel``) of F_λ = F + μI, μ = λ·tr F/(d+1) per unit
         (a unit whose rows are all zero — dead — is given μ = 1 so that the chunk solves;
         ``measures`` marks it)."""
-        lam = _damping.check(damping) if rel else self._check_damping(damping)
-        if lam == 0.0:  # F = VᵀV has rank <= R: undamped it is singular
-            self._check_damping(0.0)
+        # F = VᵀV has rank <= R: undamped it is singular, so λ = 0 is refused either way
+        lam = self._check_damping(_damping.check(damping) if rel else damping)
         for lo, hi in self._chunks():
             V = self.factor(lo, hi)
             diag = V.square().sum(1)  # [U_c, d+1] diagonal of F
@@ -261,7 +253,9 @@ class WoodburyUnitFisher(SolvedUnitFisher):
                 Fx = (V.transpose(1, 2) @ (V @ x.unsqueeze(-1))).squeeze(-1) + mu.unsqueeze(-1) * x
                 return Fx[:, :-1], Fx[:, -1]
 
-            b, c = self._bc(V, mu)
+            v0 = V[..., -1]  # [U_c, R]
+            b = (V[..., :-1].transpose(1, 2) @ v0.unsqueeze(-1)).squeeze(-1)
+            c = v0.square().sum(-1) + mu
             D = diag[:, :-1] + mu.unsqueeze(-1)
             yield lo, hi, self._solver(V[..., :-1], mu, lo), apply, D, b, c, raw
 
@@ -273,9 +267,3 @@ class WoodburyUnitFisher(SolvedUnitFisher):
             self._solver(self.factor(lo, hi), lam, lo)(rhs[lo:hi]) for lo, hi in self._chunks()
         ]
         return self._out(torch.cat(parts))
-
-    def _bc(self, V, lam):
-        """b ``[U_c, d]`` and c_λ ``[U_c]`` of F + λI from the factor."""
-        v0 = V[..., -1]  # [U_c, R]
-        b = (V[..., :-1].transpose(1, 2) @ v0.unsqueeze(-1)).squeeze(-1)
-        return b, v0.square().sum(-1) + lam

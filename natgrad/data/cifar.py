@@ -2,13 +2,9 @@ r"""CIFAR-10 and CIFAR-100, "python version" batches (Krizhevsky's official form
 
 Each batch file is a Python pickle of a dict with ``b"data"``: uint8 ``[N, 3072]`` (1024
 red, 1024 green, 1024 blue values of a 32×32 image, row-major) and the labels, a list of N
-ints: ``b"labels"`` in CIFAR-10's ``data_batch_1`` … ``data_batch_5`` and ``test_batch``,
-``b"fine_labels"`` in CIFAR-100's ``train`` and ``test``.
-
-These files ARE pickles, so they are read the way the format requires, but only from the
-folder the user names, and through an unpickler that refuses every global except the few
-numpy array constructors the official files use: a file that tries to call anything else
-fails with a :class:`~natgrad.errors.DataFileError` instead of running code.
+ints (file names and label keys: ``_FILES``). The pickles are read only from the folder the
+user names, through an unpickler that refuses every global except the few numpy array
+constructors the official files use: anything else is a :class:`~natgrad.errors.DataFileError`.
 """
 
 from __future__ import annotations
@@ -25,12 +21,15 @@ from natgrad.errors import DataFileError
 
 __all__ = ["load_cifar", "read_cifar_batch"]
 
-_FILES = {
-    10: ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
-    100: (["train"], ["test"]),
+_FILES = {  # classes: (train files, test files, label key, extracted folder)
+    10: (
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        b"labels",
+        "cifar-10-batches-py",
+    ),
+    100: (["train"], ["test"], b"fine_labels", "cifar-100-python"),
 }
-_LABEL_KEY = {10: b"labels", 100: b"fine_labels"}
-_SUBDIR = {10: "cifar-10-batches-py", 100: "cifar-100-python"}
 _ALLOWED = {
     ("_codecs", "encode"),  # bytes in Python 3 protocol-2 pickles
     ("numpy", "ndarray"),
@@ -100,22 +99,18 @@ def load_cifar(
     """
     if num_classes not in _FILES:
         raise DataFileError(f"CIFAR has 10 or 100 classes, not {num_classes}")
-    folder, sub = Path(folder), Path(folder) / _SUBDIR[num_classes]
-    if not (folder / _FILES[num_classes][1][0]).exists() and sub.is_dir():
-        folder = sub  # the parent of the extracted folder was given
+    train_files, test_files, label_key, subdir = _FILES[num_classes]
+    folder = Path(folder)
+    if not (folder / test_files[0]).exists() and (folder / subdir).is_dir():
+        folder = folder / subdir  # the parent of the extracted folder was given
     out, files = {}, {}
-    for split, names in zip(("train", "test"), _FILES[num_classes], strict=True):
-        parts = [read_cifar_batch(folder / n, _LABEL_KEY[num_classes]) for n in names]
+    for split, names in (("train", train_files), ("test", test_files)):
+        parts = [read_cifar_batch(folder / n, label_key) for n in names]
         x, y = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise DataFileError(f"{folder}: {split} labels outside 0..{num_classes - 1}")
         out[f"{split}_x"] = torch.from_numpy(x).to(dtype).div_(255.0)
         out[f"{split}_y"] = torch.from_numpy(y)
         files[split] = [str(folder / n) for n in names]
-    return Dataset(
-        name=f"cifar{num_classes}",
-        num_classes=num_classes,
-        input_shape=(3, 32, 32),
-        meta={"files": files},
-        **out,
-    )
+    return Dataset(f"cifar{num_classes}", num_classes=num_classes, input_shape=(3, 32, 32),
+                   meta={"files": files}, **out)  # fmt: skip

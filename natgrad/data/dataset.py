@@ -1,11 +1,8 @@
 r"""The :class:`Dataset` record every loader returns (:func:`natgrad.data.load_dataset` by name).
 
-The names, formats, default folders and split sizes are tabled in docs/paper.md ("Data on
-these machines"). Images are float (``[0, 1]``, float32 by default) of shape
-``[N, C, H, W]``; labels are int64 ``[N]``. Only ``mnist`` has a validation split (the last
-10k of the official 60k training images); the paper's 60k training set is train +
-validation (:meth:`Dataset.with_validation_in_train`, ``--set train_split=train+val``).
-Without one (``val_x is None``) studies say that the test set served as the validation curve.
+Names, formats, default folders and split sizes (only ``mnist`` has a validation split):
+docs/paper.md, "Data on these machines". Without one (``val_x is None``) studies say that the
+test set served as the validation curve.
 """
 
 from __future__ import annotations
@@ -21,18 +18,11 @@ __all__ = ["Dataset"]
 
 @dataclass(frozen=True)
 class Dataset:
-    r"""A labelled image data set split into train and test.
-
-    Attributes:
-        name: the registry name (``"fashion-mnist"``, …).
-        train_x, test_x: images ``[N, C, H, W]``, float.
-        train_y, test_y: labels ``[N]``, int64 in ``[0, num_classes)``.
-        num_classes: C.
-        input_shape: ``(C, H, W)``.
-        meta: provenance (files read, split seed, preprocessing applied).
-        val_x, val_y: the validation split (``None`` where the data set has none); selection
-            and early stopping use it, never the test split.
-    """
+    r"""A labelled image data set: images ``*_x`` ``[N, C, H, W]`` (float, ``[0, 1]`` as
+    loaded) with ``input_shape`` ``(C, H, W)``, int64 labels ``*_y`` ``[N]`` in
+    ``[0, num_classes)``, ``meta`` the provenance (files read, split seed, preprocessing). The
+    validation split ``val_x, val_y`` (``None`` where there is none) serves selection and early
+    stopping, never the test split."""
 
     name: str
     train_x: torch.Tensor

@@ -11,12 +11,9 @@ class-folder names of its split; images within a class are taken in sorted file-
 Hidden entries (names starting with ``.``) and files with other extensions are ignored.
 
 The paper's pipeline (docs/paper.md, "Training settings"): resize to 256×256, subtract the
-training set's per-pixel mean image, train on random 224×224 crops with random horizontal
-flips. :func:`load_imagenet` decodes, resizes and returns the mean (eagerly: the full 1.28M
-images, 252 GB as uint8, do not fit in memory, so it is meant for a few classes or
-``limit_per_class`` images each; streaming is not implemented);
-:func:`imagenet_train_transform` draws crops and flips from a :class:`torch.Generator`;
-:func:`imagenet_eval_transform` takes the centre crop.
+training mean image, random 224×224 crops and horizontal flips. :func:`load_imagenet` is eager
+(the full 1.28M images, 252 GB as uint8, do not fit in memory: it is for a few classes or
+``limit_per_class`` images each).
 """
 
 from __future__ import annotations
@@ -46,17 +43,10 @@ _LAYOUT = "<split>/<class_name>/<image>.{JPEG,jpg,jpeg,png}"
 
 
 class ImageNetSplit(NamedTuple):
-    r"""One split of an image-folder tree, as :func:`load_imagenet` returns it.
-
-    Attributes:
-        x: images ``[N, 3, size, size]``: uint8 pixels ``0..255``, or float in ``[0, 1]``.
-        y: labels ``[N]``, int64 in ``[0, len(classes))``.
-        classes: the sorted class-folder names; ``y`` indexes them.
-        mean: the per-pixel mean image ``[3, size, size]`` of the training split, float, in
-            the units of ``x`` (float32 pixel units for uint8 ``x``, else ``x``'s dtype);
-            ``None`` for a non-training split loaded without one.
-        paths: the image files, one per row of ``x``.
-    """
+    r"""One split of an image-folder tree: images ``x`` ``[N, 3, size, size]`` (uint8 0..255 or
+    float in [0, 1]), int64 labels ``y`` indexing the sorted ``classes``, the training ``mean``
+    image ``[3, size, size]`` in ``x``'s units (float32 for uint8 ``x``; ``None`` for a
+    non-training split loaded without one), and the image ``paths``, one per row."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -66,18 +56,11 @@ class ImageNetSplit(NamedTuple):
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], torch.Tensor, list[str]]:
-    r"""List the images of one split folder ``root/<class_name>/<image>``.
-
-    ``root`` is a split folder such as ``data_dir/train``; classes and images are ordered
-    and filtered as the module docstring says (extensions: :data:`IMAGE_EXTENSIONS`).
-
-    Returns:
-        ``(paths, labels, classes)``: N image paths, int64 labels ``[N]`` and the class
-        names, grouped by class in class order.
-
-    Raises:
-        DataFileError: ``root`` is missing or not a folder, it holds no class folders, or a
-            class folder holds no images (the message names the folder).
+    r"""``(paths, labels, classes)`` of one split folder ``root/<class_name>/<image>`` (such as
+    ``data_dir/train``): N image paths and int64 labels ``[N]`` grouped by class, ordered and
+    filtered as the module docstring says, and the class names. A
+    :class:`~natgrad.errors.DataFileError` names ``root`` or the class folder when either is
+    missing or empty.
 
     Example:
         >>> import tempfile
@@ -155,29 +138,16 @@ def load_imagenet(
     r"""Decode one split of an ImageNet folder tree, resized to ``size×size`` (paper: 256).
 
     Every image is converted to RGB and resized (bilinear, antialiased when shrinking) to
-    ``size×size``, ignoring its aspect ratio, as the paper does. Eager (see the module note).
-
-    Args:
-        data_dir: the folder holding ``train/`` and ``val/``.
-        split: ``"train"`` or ``"val"``.
-        size: the resized side.
-        crop: the training/eval crop side the images are meant for; checked ``≤ size``.
-        limit_per_class: keep the first (in name order) this many images of each class
-            (``None``: all).
-        mean: the per-pixel training mean ``[3, size, size]`` to carry with the split (pass
-            the training split's ``mean`` when loading ``val``); ``None``: computed from
-            the loaded images for ``"train"``, left ``None`` for ``"val"``.
-        dtype: ``torch.uint8`` (pixels ``0..255``, 4× less memory) or a float dtype
-            (pixels ``/ 255`` in ``[0, 1]``).
-
-    Returns:
-        :class:`ImageNetSplit` ``(x [N, 3, size, size], y [N], classes, mean, paths)``.
+    ``size×size``, ignoring its aspect ratio, as the paper does. ``data_dir`` holds ``train/``
+    and ``val/``; ``crop`` (the crop the images are meant for) is checked ``≤ size``;
+    ``limit_per_class`` keeps the first (in name order) images of each class; ``mean``: the
+    training mean image to carry (pass the training split's when loading ``val``; ``None``:
+    computed for ``"train"``, left ``None`` for ``"val"``); ``dtype``: ``torch.uint8`` (4× less
+    memory) or a float dtype (pixels ``/ 255``). Returns an :class:`ImageNetSplit`.
 
     Raises:
-        DataFileError: a folder is missing or empty, or an image cannot be decoded (the
-            message names the folder or file).
-        InputError: a bad argument (the message names it).
-        ImportError: Pillow is not installed.
+        DataFileError: a folder is missing or empty, or an image cannot be decoded.
+        InputError: a bad argument. ImportError: Pillow is not installed.
     """
     if split not in _SPLITS:
         raise InputError(f"load_imagenet: split must be one of {_SPLITS}, got {split!r}")

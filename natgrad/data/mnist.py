@@ -44,15 +44,10 @@ def find_idx_file(folder: Path, stem: str) -> Path:
 
 
 def load_mnist(folder: Path, *, name: str = "mnist", dtype: torch.dtype = torch.float32) -> Dataset:
-    r"""Read the four IDX files of MNIST/Fashion-MNIST in ``folder``.
-
-    Returns:
-        A :class:`Dataset` with images ``[N, 1, H, W]`` (``dtype``, ``/255``) and int64
-        labels ``[N]``, 10 classes, split as the module docstring says.
-
-    Raises:
-        DataFileError: a file is missing or corrupt, or images and labels disagree.
-    """
+    r"""The four IDX files of MNIST/Fashion-MNIST in ``folder`` as a :class:`Dataset`: images
+    ``[N, 1, H, W]`` (``dtype``, ``/255``), int64 labels, split as the module docstring says.
+    A :class:`~natgrad.errors.DataFileError` if a file is missing or corrupt, or images and
+    labels disagree."""
     folder = Path(folder)
     out, meta = {}, {"files": {}}
     for split, prefix in (("train", "train"), ("test", "t10k")):

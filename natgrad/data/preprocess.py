@@ -1,15 +1,12 @@
 r"""The paper's CIFAR preprocessing: global contrast normalisation, ZCA whitening, and
 augmentation by 4-pixel zero padding, random 32×32 crops and random horizontal flips.
 
-GCN and ZCA follow pylearn2 (Goodfellow et al.'s maxout setup, which the ELU paper's CIFAR
-preprocessing names; docs/paper.md, "Training settings"): :func:`gcn` scales each image to
-standard deviation ``scale = 55``; :class:`ZCA` whitens with ``ε = 0.1`` (pylearn2's
-``filter_bias``) and drops eigen-directions with ``λ ≤ rtol · λ_max`` (GCN removes one:
-every image has mean 0). :func:`standardise` (no paper experiment; the pixel-layer control
-of ``natgrad compare``) gives every input feature mean 0 and standard deviation 1 over the
-training split, so that the first layer sees centred inputs as an ELU net's hidden layers
-do. Augmentation is batched and driven by an explicit :class:`torch.Generator`, so training
-is reproducible and resumable.
+GCN and ZCA follow pylearn2 (Goodfellow et al.'s maxout setup, which the ELU paper names;
+docs/paper.md, "Training settings"): scale 55, ``ε = 0.1`` (pylearn2's ``filter_bias``), and
+eigen-directions with ``λ ≤ rtol · λ_max`` dropped (GCN removes one: every image has mean 0).
+:func:`standardise` is ``natgrad compare``'s pixel-layer control (no paper experiment), so the
+first layer sees centred inputs as an ELU net's hidden layers do. Augmentation draws from an
+explicit :class:`torch.Generator`, so training is reproducible and resumable.
 """
 
 from __future__ import annotations

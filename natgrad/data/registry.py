@@ -43,15 +43,11 @@ def load_dataset(
     dtype: torch.dtype = torch.float32,
     limit_per_class: int | None = None,
 ) -> Dataset:
-    r"""Load the data set ``name`` (see the module table) with images in ``dtype``.
+    r"""Load the data set ``name`` (one of :data:`DATASETS`) with images in ``dtype``.
 
-    Args:
-        name: one of :data:`DATASETS`.
-        data_dir: the folder holding its files (default: :func:`default_data_dir`).
-        seed: split seed (``digits`` only: the others ship a fixed test set).
-        dtype: image dtype; float32 unless configured otherwise.
-        limit_per_class: ``imagenet`` only: at most this many images of each class per
-            split (``None``: all, feasible only for small trees).
+    ``data_dir``: the folder holding its files (default: :func:`default_data_dir`); ``seed``:
+    the split seed (``digits`` only: the others ship a fixed test set); ``limit_per_class``
+    (``imagenet`` only): at most this many images of each class per split.
 
     Raises:
         DataFileError: a file is missing or corrupt (names the file, format and folder).

@@ -1,14 +1,9 @@
 r"""SymPy proofs of the ELU paper's lemmas, theorems and unit facts (``natgrad verify``).
 
-- :mod:`natgrad.symbolic.blocks`: Lemmas 1–2 and Theorems 1–2 (the update, s, the shift, k)
-  for fully symbolic blocks of fan-in d = 1, 2, 3, as exact identities of rational functions;
-- :mod:`natgrad.symbolic.units`: f′ = f + α, continuity of f′ at 0 iff α = 1, saturation
-  to −α for ELU, and the corresponding facts for ReLU, LReLU(0.1), SReLU;
-- :mod:`natgrad.symbolic.gaussian`: the Gaussian mean maps E[f(x)], x ~ N(μ, σ²), against
-  numerical integration.
-
-Every proof returns a :class:`ProofResult` (name, case, LaTeX statement, holds, residual)
-and accepts the formula under test as an override.
+:mod:`~natgrad.symbolic.blocks` (Lemmas 1–2, Theorems 1–2 for symbolic blocks of fan-in
+d = 1, 2, 3), :mod:`~natgrad.symbolic.units` (f′ = f + α and the other unit facts),
+:mod:`~natgrad.symbolic.gaussian` (E[f(x)], x ~ N(μ, σ²), against numerical integration).
+Every proof returns a :class:`ProofResult` and accepts the formula under test as an override.
 
 Example:
     >>> results = verify_all(quick=True)

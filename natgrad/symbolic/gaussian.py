@@ -1,12 +1,9 @@
 r"""Mean activation E[f(x)] of each unit for a Gaussian pre-activation x ~ N(μ, σ²).
 
-The closed forms, built from Φ and φ (the standard normal cdf and pdf) at r = μ/σ, are
-derived in docs/theory.md ("Mean activation for a Gaussian pre-activation"); :func:`mean_map`
-writes each one (LReLU at α = 0.1; SReLU as −1 + ReLU(x + 1)).
-
-:func:`gaussian_mean_fact` checks a formula against ``scipy.integrate.quad`` of f(x)·N(x; μ, σ²)
-at the grid :data:`GRID` (and the unit's α values); it holds when the largest error is below
-:data:`QUAD_TOL`.
+The closed forms (Φ, φ the standard normal cdf and pdf at r = μ/σ; LReLU at α = 0.1, SReLU
+as −1 + ReLU(x + 1)) are derived in docs/theory.md ("Mean activation for a Gaussian
+pre-activation"). :func:`gaussian_mean_fact` checks one against ``scipy.integrate.quad`` on
+:data:`GRID` (and the unit's α values): it holds when the largest error is below :data:`QUAD_TOL`.
 
 Example:
     >>> gaussian_mean_fact("ReLU").holds

@@ -34,17 +34,11 @@ alpha = sp.Symbol("alpha", positive=True)
 
 @dataclass(frozen=True)
 class UnitSpec:
-    r"""A unit's negative part and the claims about it.
-
-    Attributes:
-        name: "ELU", "ReLU", "LReLU", "SReLU".
-        pieces: ``((f, lo, hi), …)`` f(x) on lo < x ≤ hi, left to right, covering x ≤ 0.
-        derivative: claimed f′(x) on each piece; ``derivative_tex`` states it.
-        jumps: claimed f′(pt⁺) − f′(pt⁻) at each piece boundary pt (0 included; f′ = 1 above 0).
-        saturation: claimed lim_{x→−∞} f(x) (``-sp.oo``: no saturation).
-        continuous_iff: the set of α for which f′ is continuous at 0, or None if f has no α.
-        alpha_values: α values the numerical checks use (units with a free α).
-    """
+    r"""A unit's negative part and the claims about it: ``pieces`` ``((f, lo, hi), …)``, f(x)
+    on lo < x ≤ hi left to right covering x ≤ 0; the claimed f′ on each piece (``derivative``,
+    stated by ``derivative_tex``), ``jumps`` f′(pt⁺) − f′(pt⁻) at each boundary pt (0 included;
+    f′ = 1 above 0), ``saturation`` lim_{x→−∞} f (``-sp.oo``: none), ``continuous_iff`` the α
+    set where f′ is continuous at 0 (None: no α), ``alpha_values`` for the numerical checks."""
 
     name: str
     pieces: tuple[tuple[sp.Expr, sp.Expr, sp.Expr], ...]
