@@ -17,7 +17,7 @@ from natgrad._atomic import dumps_json, write_json
 from natgrad.analysis import metrics as mt
 from natgrad.analysis import stats
 from natgrad.analysis.csvtables import read_csv, staged, write_csv
-from natgrad.analysis.unitstats import SWEEP
+from natgrad.analysis.unitstats import JACKKNIFED, SWEEP
 from natgrad.damping import MEASURE_DAMPING
 
 __all__ = ["COMPARED", "UNIT_METRICS", "read_csv", "read_tables", "resummarise", "save_tables",
@@ -37,8 +37,8 @@ COMPARED = [
     "median_activation_var", "test_error", "test_error_at_best_val",
 ]  # fmt: skip
 
-#: The jackknifed efficiencies (unit tables made with ``jackknife=True``).
-JACKKNIFED = ["rho_plain_jk", "rho_centred_jk", "rho_quasidiagonal_jk", "rho_blockdiag_jk"]
+#: The columns of the jackknifed efficiencies (unit tables made with ``jackknife=True``).
+JK_COLUMNS = [f"rho_{k}_jk" for k in JACKKNIFED]
 
 TABLES = ("units", "sweep", "curves", "activations", "seeds", "seed_epochs", "sweep_seeds",
           "summary", "comparison", "endpoints", "probe_sizes", "sizes", "neff_adjusted")  # fmt: skip
@@ -65,6 +65,18 @@ def save_tables(frames: dict, out_dir: str | os.PathLike, context: dict | None =
     return paths
 
 
+def summary_metrics(unit_metrics: list[str]) -> list[str]:
+    """The columns of ``summary.csv``: the per-unit medians, the dead and estimable shares,
+    n_eff/(d+1) and the paper's claims per run."""
+    return [
+        *unit_metrics,
+        "dead",
+        "estimable",
+        "n_eff_over_d1",
+        *(m.name for m in mt.paper_claims()),
+    ]
+
+
 def summarise(units, sweep, curves, *, reference: str = "elu", last: int = 3, sizes=None,
               endpoints=None) -> dict:  # fmt: skip
     """The summary tables (DataFrames) from the unit, sweep and curve tables (and the
@@ -74,15 +86,13 @@ def summarise(units, sweep, curves, *, reference: str = "elu", last: int = 3, si
     from natgrad.analysis.endpoints import evaluate
 
     last_epoch = int(units["epoch"].max())
-    jk = [m for m in JACKKNIFED if m in units.columns]
+    jk = [m for m in JK_COLUMNS if m in units.columns]
     unit_metrics = UNIT_METRICS + jk
     seed_epochs = stats.seed_values(units, unit_metrics)
     per_seed = seed_epochs[seed_epochs["epoch"] == last_epoch].drop(columns="epoch")
     claims, threshold = stats.claims_per_seed(curves, last=last)
     seeds = per_seed.merge(claims.drop(columns="run"), on=["unit_type", "seed"], how="outer")
-    summary_metrics = unit_metrics + ["dead", "estimable", "n_eff_over_d1"]
-    summary_metrics += [m.name for m in mt.paper_claims()]
-    summary = stats.group_summary(seeds, summary_metrics)
+    summary = stats.group_summary(seeds, summary_metrics(unit_metrics))
     compared = jk + COMPARED + ["n_eff_over_d1"]
     comparison = pd.concat(
         [stats.paired_comparison(seeds, m, reference=reference) for m in compared],
