@@ -128,7 +128,6 @@ class CompareConfig:
     preprocess: str = "none"  # or "standardise" (pixels centred and scaled)
     last_epochs: int = 3
     arms: tuple[str, ...] = DEFAULT_ARMS
-    bootstrap_resamples: int = 2000  # kept for older run.json files; stats owns the CI
 
     def __post_init__(self) -> None:
         if not self.arms:
@@ -530,8 +529,7 @@ def rewrite_outputs(out: Path) -> dict:
 
 #: Bounds on a ``run.json`` that ``--tables-from`` accepts (nothing larger is a real run).
 _BOUNDS = {"seeds": 10_000, "first_seed": 2**31, "epochs": 100_000, "batch_size": 10_000_000,
-           "last_epochs": 100_000, "refresh_every": 10_000_000, "window": 100_000,
-           "bootstrap_resamples": 1_000_000}  # fmt: skip
+           "last_epochs": 100_000, "refresh_every": 10_000_000, "window": 100_000}  # fmt: skip
 
 
 def _validated_config(record, out: Path) -> CompareConfig:
