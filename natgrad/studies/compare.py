@@ -55,6 +55,7 @@ from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
 from natgrad.errors import InputError
+from natgrad.training.engine import TRAIN_LOSS
 
 __all__ = ["ARMS", "Arm", "CompareConfig", "add_arguments", "arm_config", "read_curves",
            "rewrite_outputs", "run", "run_compare", "study", "summarise", "train_runs",
@@ -331,14 +332,16 @@ def summarise(curves, config: CompareConfig) -> dict:
 # --- report ----------------------------------------------------------------------------------
 
 
-def _answer(tables: dict, config: CompareConfig) -> str:
+def _answer(tables: dict, config: CompareConfig, train_loss: str = TRAIN_LOSS) -> str:
+    """The question and the answer; ``train_loss``: what the curves' training loss is (the
+    record's own wording: :data:`natgrad.training.engine.TRAIN_LOSS` for today's runs)."""
     gap = tables["gap"]
     lines = [
         "## Question",
         "",
         "What fraction of the gap between ReLU+SGD and ReLU+unit-NG does ELU+SGD close, per "
-        "epoch budget e? The gap's unit: the training-loss AUC (mean over epochs 1..e of each "
-        "epoch's training loss, the running mean over its steps; nats per example).",
+        "epoch budget e? The gap's unit: the training-loss AUC (mean over epochs 1..e of "
+        f"{train_loss}).",
         "",
         "## Answer",
         "",
@@ -443,7 +446,7 @@ def _report(curves, tables: dict, config: CompareConfig, meta: dict, structures:
     text = [
         "# natgrad compare: does ELU + SGD recover the unit natural gradient's speed?",
         "",
-        _answer(tables, config),
+        _answer(tables, config, meta.get("train_loss", TRAIN_LOSS)),
         "",
         "## Per arm",
         "",
@@ -451,8 +454,8 @@ def _report(curves, tables: dict, config: CompareConfig, meta: dict, structures:
         + (f"val_error_last: validation error, mean of the last {config.last_epochs} epochs; "
            "test_error_at_best_val: test error at the epoch of lowest validation error"
            if has_val else
-           f"test_error_last: test error, mean of the last {config.last_epochs} epochs (this "
-           "data set has no validation split)")
+           f"test_error_last: test error, mean of the last {config.last_epochs} epochs (these "
+           "curves have no validation split)")
         + "; seconds per training epoch.",
         "",
         _markdown(tables["summary"]),
@@ -490,8 +493,7 @@ def _report(curves, tables: dict, config: CompareConfig, meta: dict, structures:
            "the SGD arms of all seeds batched, the others one run at a time; a rerun resumes "
            "them)"] if meta.get("runs") else []),
         f"- commit: {meta.get('commit')}",
-        f"- wall time: {meta.get('wall_seconds', math.nan):.0f} s, torch threads "
-        f"{torch.get_num_threads()}, {meta.get('device', '')}",
+        f"- wall time: {meta.get('wall_seconds', math.nan):.0f} s, {meta.get('device', '')}",
         "",
         "```json",
         json.dumps(dataclasses.asdict(config), indent=1),
@@ -688,7 +690,7 @@ def run(args: argparse.Namespace) -> int:
         root = Path(args.runs or f"runs/compare/{config.dataset}")
         curves, _ = run_compare(config, root, progress=say)
         meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=commit,
-                    wall_seconds=time.perf_counter() - t0, runs=str(root),
+                    wall_seconds=time.perf_counter() - t0, runs=str(root), train_loss=TRAIN_LOSS,
                     device=describe_device(torch.device("cpu")))  # fmt: skip
         out = Path(args.out)
         write_outputs(curves, config, out, meta, structures(config))

@@ -40,6 +40,10 @@ from natgrad.training.rundir import RunDir
 
 #: Device types whose non-finite-loss check runs once per epoch (no per-step host sync).
 DEFERRED_LOSS_CHECK = ("cuda",)
+#: What ``train_loss`` in a metrics row is (epochs 1..E; epoch 0 evaluates the initial net on
+#: the training set): the one wording, which a study's record quotes so that a record made
+#: by another definition can say its own.
+TRAIN_LOSS = "each epoch's training loss, the running mean over its steps; nats per example"
 
 
 @dataclass
