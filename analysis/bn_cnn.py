@@ -294,11 +294,11 @@ def run(argv: list[str] | None = None) -> int:
           f"{ratio['hi']:.3f})")  # fmt: skip
     if args.record:
         import json
-        import shutil
 
         from natgrad._atomic import write_text
         from natgrad.analysis.plots import save_figure
         from natgrad.analysis.record import record_tables
+        from natgrad.training.carry import copy_runs
 
         curves = study(seeds, arms).curves(args.runs)
         run_dirs = [r.path for r in study(seeds, arms).finished(args.runs)]
@@ -310,11 +310,8 @@ def run(argv: list[str] | None = None) -> int:
         record_tables(args.record, dict(runs=values, primary=table, curves=curves), argv=argv,
                       script="analysis/bn_cnn.py", **meta)  # fmt: skip
         save_figure(figure(curves), args.record / "fig5", formats=("png",), dpi=110)
-        for d in run_dirs:  # the small records, so the report rebuilds from the repository
-            dest = args.record / "runs" / d.name
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in ("config.json", "metrics.jsonl"):
-                shutil.copyfile(d / name, dest / name)
+        # the small records, so the report rebuilds from the repository
+        copy_runs(args.runs, args.record / "runs", runs=run_dirs)
         record = json.loads((args.record / "run.json").read_text())
         write_text(args.record / "README.md", readme(values, table, ratio, {**meta, **record}))
     return 0

@@ -34,6 +34,7 @@ from natgrad.studies.fair_compare import (  # noqa: F401 (the declaration, re-ex
     base,
     family,
 )
+from natgrad.training.carry import copy_runs, finished
 
 
 def pilot_configs(runs: Path, fam: str) -> dict[str, object]:
@@ -127,8 +128,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore", type=Path, default=None,
                         help="first copy the finished runs saved in this folder into --runs")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.restore:
-        carry(args.restore, args.runs)
+    if args.restore:  # runs already in --runs are kept
+        copy_runs(args.restore, args.runs, replace=False)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -145,8 +146,8 @@ def run(argv: list[str] | None = None) -> int:
             args.record.mkdir(parents=True, exist_ok=True)
             write_csv(table, args.record / SELECTION)
     elif args.stage == "save":
-        n = carry(args.runs, args.record / "runs", finished_only=True)
-        print(f"saved the records of {n} finished runs to {args.record / 'runs'}")
+        n = copy_runs(args.runs, args.record / "runs", finished_only=True)
+        print(f"saved {n} files of the finished runs' records to {args.record / 'runs'}")
     elif args.stage == "report":
         report(args)
     elif args.stage == "main":
@@ -168,19 +169,15 @@ def run(argv: list[str] | None = None) -> int:
 
 def finished_seeds(config, root: Path) -> list[int]:
     """The declared seeds on which every arm has finished or diverged."""
-    from natgrad.training.plan import complete
-    from natgrad.training.rundir import RunDir
-
     return [seed for seed in config.seed_list
-            if all(complete(root / f"{arm}-s{seed}", config.epochs)
-                   or RunDir(root / f"{arm}-s{seed}").read_diverged() for arm in config.arms)]  # fmt: skip
+            if all(finished(root / f"{arm}-s{seed}") for arm in config.arms)]  # fmt: skip
 
 
 def report(args) -> None:
     """The comparison's tables, figure and answer from the seeds finished so far (the text
     says how many of the declared ten)."""
     from natgrad.studies import compare
-    from natgrad.training.engine import git_commit
+    from natgrad.training.engine import TRAIN_LOSS, git_commit
 
     name = "standardised" if args.variant else "main"
     config = main_configs(args.runs)[name]
@@ -193,7 +190,7 @@ def report(args) -> None:
     part = dataclasses.replace(config, only_seeds=tuple(done))
     curves = compare.read_curves(part, root)
     meta = dict(command="python analysis/fair_compare.py " + " ".join(sys.argv[1:]),
-                commit=git_commit(), runs=str(root),
+                commit=git_commit(), runs=str(root), train_loss=TRAIN_LOSS,
                 wall_seconds=float(curves["seconds"].sum()),  # training, summed over runs
                 device=f"cpu, one thread per run; {k} of {SEEDS} declared seeds finished "
                        f"({', '.join(map(str, done))}); "
@@ -272,35 +269,6 @@ def primaries(curves, epoch: int = EPOCHS):
          for i, r in enumerate(rows)]
     )  # fmt: skip
     return table
-
-
-#: What a finished run needs to be read again (no checkpoints: a finished run is not resumed).
-CARRIED = ("config.json", "metrics.jsonl", "diverged.json")
-
-
-def carry(src: Path, dest: Path, *, finished_only: bool = False) -> int:
-    """Copy the small records (:data:`CARRIED`) of every run below ``src`` to the same place
-    below ``dest``; ``finished_only``: only runs that finished or diverged. Sessions end
-    and their scratch disks with them: the records travel in the repository."""
-    import json
-    import shutil
-
-    n = 0
-    for config in sorted(src.rglob("config.json")):
-        run = config.parent
-        if finished_only:
-            epochs = json.loads(config.read_text())["config"]["epochs"]
-            from natgrad.training.plan import complete
-
-            if not (complete(run, epochs) or (run / "diverged.json").is_file()):
-                continue
-        target = dest / run.relative_to(src)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in CARRIED:
-            if (run / name).is_file():
-                shutil.copy2(run / name, target / name)
-        n += 1
-    return n
 
 
 def refresh_config(runs: Path, every: int):

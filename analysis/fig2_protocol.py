@@ -274,38 +274,6 @@ def _with_recorded(out: Path, layers, seeds):
     return merged[0], merged[1]
 
 
-#: What a run needs to resume in a later session (its latest checkpoint, records, config).
-STATE_FILES = ("config.json", "metrics.jsonl", "activations/summary.jsonl",
-               "activations/probe.safetensors")  # fmt: skip
-
-
-def save_state(runs: list[Path], dest: Path) -> None:
-    """Copy each run's :data:`STATE_FILES` and its latest checkpoint into ``dest/<run>``
-    (replacing the checkpoint an earlier save left there)."""
-    import shutil
-
-    from natgrad.training.checkpoint import checkpoint_paths, latest_epoch
-
-    for run in runs:
-        target = dest / run.name
-        (target / "activations").mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target / "checkpoints", ignore_errors=True)
-        (target / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for name in STATE_FILES:
-            shutil.copy2(run / name, target / name)
-        for path in checkpoint_paths(run, latest_epoch(run)):
-            shutil.copy2(path, target / "checkpoints" / path.name)
-
-
-def restore_state(src: Path, runs_root: Path) -> None:
-    """Copy saved run states from ``src`` into ``runs_root`` (missing runs only)."""
-    import shutil
-
-    for saved in sorted(p for p in src.iterdir() if p.is_dir()):
-        if not (runs_root / saved.name).exists():
-            shutil.copytree(saved, runs_root / saved.name)
-
-
 def _fmt_ci(d, lo, hi, digits=3):
     import math
 
@@ -505,6 +473,7 @@ def _figures(curves, seeds, runs_root, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from natgrad.training import git_commit
+    from natgrad.training.carry import copy_runs
     from natgrad.training.checkpoint import latest_epoch
     from natgrad.training.engine import describe_device, resolve_device
 
@@ -556,9 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         mech_epochs = tuple(int(e) for e in args.mechanism_epochs.split(",") if e.strip())
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.restore_state:
-        args.runs.mkdir(parents=True, exist_ok=True)
-        restore_state(args.restore_state, args.runs)
+    if args.restore_state:  # runs already in --runs are kept
+        copy_runs(args.restore_state, args.runs, resume=True, replace=False)
     protocol = study(args.epochs, args.data_dir, args.dataset)
     dirs = [r.path for r in protocol.plan(args.runs)]
     start = min((latest_epoch(d) or 0) if d.exists() else 0 for d in dirs)
@@ -589,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(record(dirs, args.record, meta))
     if args.save_state:
-        save_state(dirs, args.save_state)
+        copy_runs(args.runs, args.save_state, runs=dirs, resume=True)
         print(f"saved the run states to {args.save_state}")
     return 0
 

@@ -36,6 +36,7 @@ from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     UNITS,
     study,
 )
+from natgrad.training.carry import copy_runs
 
 
 def train(root: Path, lr: float, epochs: int, *, seeds=range(SEEDS), train_size=None) -> float:
@@ -140,36 +141,6 @@ def _finished(root: Path):
             epochs = RunDir(run).read_config()["epochs"]
             if complete(run, epochs) and not RunDir(run).diverged_path.is_file():
                 yield float(folder.name[2:]), run
-
-
-RECORDS = (
-    "config.json",
-    "metrics.jsonl",
-    "diverged.json",
-    f"analysis/{RESULTS}",
-    f"analysis/{RESULTS}.sha256",
-)  # the checksum: read_csv refuses a table without it
-
-
-def carry(src: Path, dest: Path, *, finished_only: bool) -> int:
-    """Copy the small records (:data:`RECORDS`) of the runs under ``src`` (``finished_only``:
-    those finished or diverged, not those still training) to ``dest`` (``lr<rate>/<run>/``),
-    keeping what ``dest`` already has; returns the files copied."""
-    import shutil
-
-    done = {run for _, run in _finished(src)} | set(_diverged(src))
-    copied = 0
-    for cfg in sorted(src.glob("lr*/*/config.json")):
-        run = cfg.parent
-        if finished_only and run not in done:
-            continue
-        for name in RECORDS:
-            a, b = run / name, dest / run.relative_to(src) / name
-            if a.is_file() and not b.is_file():
-                b.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(a, b)
-                copied += 1
-    return copied
 
 
 def _diverged(root: Path) -> list[Path]:
@@ -440,10 +411,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.restore:
-        print(
-            f"restored {carry(args.restore / 'runs', args.runs, finished_only=False)} files "
-            f"into {args.runs}"
-        )
+        n = copy_runs(args.restore / "runs", args.runs, analysis=(RESULTS,), replace=False)
+        print(f"restored {n} files into {args.runs}")
     if args.lr is not None and not args.analyse:  # --analyse --lr R: analyse R only
         wall = train(args.runs, args.lr, args.epochs, seeds=args.seeds, train_size=args.train_size)
         print(f"lr {args.lr:g}: epochs 1..{args.epochs} of {len(UNITS) * len(args.seeds)} runs "
@@ -456,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             analyse_run(run)
             print(f"analysed lr {lr:g} {run.name} in {time.perf_counter() - t0:.0f} s")
     if args.record:
-        print(f"recorded {carry(args.runs, args.record / 'runs', finished_only=True)} files")
+        n = copy_runs(args.runs, args.record / "runs", finished_only=True, analysis=(RESULTS,))
+        print(f"recorded {n} files")
     if args.report or args.record:
         return report(args.runs, args.record, argv)
     return 0

@@ -138,6 +138,19 @@ class RunDir:
         files = [p for p in fixed if p.is_file()] + acts + self.checkpoint_files()
         return sorted(p for p in files if p.is_file())
 
+    def record_files(self) -> list[Path]:
+        """What a finished run needs to be read again: config, metrics and the divergence
+        note (those that exist; :mod:`natgrad.training.carry`)."""
+        return [p for p in (self.config_path, self.metrics_path, self.diverged_path) if p.is_file()]
+
+    def resume_files(self) -> list[Path]:
+        """:meth:`record_files`, the activation records and the latest checkpoint: what the
+        run needs to continue in a later session."""
+        latest = self.latest_epoch()
+        extra = [self.activation_summary_path, self.probe_path,
+                 *(self.checkpoint_paths(latest) if latest is not None else ())]  # fmt: skip
+        return self.record_files() + [p for p in extra if p.is_file()]
+
     def checkpoint_files(self) -> list[Path]:
         """The checkpoint files natgrad wrote (``epoch_XXXX.safetensors`` / ``.json``)."""
         if not self.checkpoints_dir.is_dir():

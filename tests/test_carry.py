@@ -1,0 +1,77 @@
+"""``natgrad.training.carry``: what a study's result folder keeps of its runs. The records of
+finished (or diverged) runs read again as the runs did; a run saved with ``resume`` and
+restored in a "later session" trains on bit for bit as if it had never stopped."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from natgrad.analysis.csvtables import write_csv
+from natgrad.analysis.runs import curve_table
+from natgrad.training import default_config, read_checkpoint, train
+from natgrad.training.carry import copy_runs, finished
+from natgrad.training.plan import train_plan
+from natgrad.training.rundir import RunDir
+
+
+def _cfg(epochs: int, **kw):
+    settings = dict(dataset="digits", unit="elu", seed=0, epochs=epochs, train_size=256,
+                    probe_size=32, dtype="float64", checkpoint_every=1)  # fmt: skip
+    settings.update(kw)
+    return default_config("mnist-fc", **settings)
+
+
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_the_records_of_finished_and_diverged_runs_travel_and_read_again(tmp_path):
+    src = tmp_path / "runs"
+    assert train_plan([_cfg(2), _cfg(2, unit="relu", lr=1e6)],
+                      [src / "done", src / "bad"], device="cpu") != {}  # fmt: skip
+    train(_cfg(2, seed=1), src / "killed", device="cpu", progress=False)
+    metrics = RunDir(src / "killed").metrics_path  # killed before its last metrics row
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
+    write_csv(pd.DataFrame({"x": [1.0]}), RunDir(src / "done").analysis_path("t.csv"))
+    assert [finished(src / n) for n in ("done", "bad", "killed", "missing")] == [
+        True, True, False, False]  # fmt: skip
+
+    dest = tmp_path / "record" / "runs"
+    n = copy_runs(src, dest, finished_only=True, analysis=("t.csv", "absent.csv"))
+    assert _files(dest) == ["bad/config.json", "bad/diverged.json", "bad/metrics.jsonl",
+                            "done/analysis/t.csv", "done/analysis/t.csv.sha256",
+                            "done/config.json", "done/metrics.jsonl"]  # fmt: skip
+    assert n == 7
+    pd.testing.assert_frame_equal(curve_table([dest / "done"], activations=False),
+                                  curve_table([src / "done"], activations=False))  # fmt: skip
+
+
+def test_a_run_saved_with_resume_continues_in_a_later_session_bit_for_bit(tmp_path):
+    first = train(_cfg(1), tmp_path / "session1" / "r", device="cpu", progress=False)
+    saved = tmp_path / "results" / "resume_state"
+    copy_runs(first.run_dir.parent, saved, resume=True)
+    assert "r/checkpoints/epoch_0001.safetensors" in _files(saved)
+
+    later = tmp_path / "session2"  # a fresh disk: only what was saved
+    copy_runs(saved, later, resume=True, replace=False)
+    train(_cfg(3), later / "r", device="cpu", progress=False)
+    resumed = RunDir(later / "r").read_metrics()  # epochs 0-1 are session 1's rows, timings too
+    assert resumed[:2] == first.metrics and len(resumed) == 4
+    whole = train(_cfg(3), tmp_path / "whole", device="cpu", progress=False)
+    a, _ = read_checkpoint(later / "r", 3)
+    b, _ = read_checkpoint(whole.run_dir, 3)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in b)
+
+    copy_runs(later, saved, resume=True)  # saving again replaces the older checkpoint
+    kept = [p for p in _files(saved) if "/checkpoints/" in p]
+    assert kept == ["r/checkpoints/epoch_0003.json", "r/checkpoints/epoch_0003.safetensors"]
+
+
+def test_restoring_keeps_what_the_destination_has(tmp_path):
+    run = train(_cfg(1), tmp_path / "src" / "r", device="cpu", progress=False).run_dir
+    dest = tmp_path / "dest"
+    (dest / "r").mkdir(parents=True)
+    (dest / "r" / "metrics.jsonl").write_text("newer\n")
+    n = copy_runs(run.parent, dest, replace=False)
+    assert n == 1 and (dest / "r" / "metrics.jsonl").read_text() == "newer\n"
+    assert (dest / "r" / "config.json").read_bytes() == RunDir(run).config_path.read_bytes()
