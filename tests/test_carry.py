@@ -5,9 +5,11 @@ restored in a "later session" trains on bit for bit as if it had never stopped."
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from natgrad.analysis.csvtables import write_csv
 from natgrad.analysis.runs import curve_table
+from natgrad.errors import DataFileError, InputError
 from natgrad.training import default_config, read_checkpoint, train
 from natgrad.training.carry import copy_runs, finished
 from natgrad.training.plan import train_plan
@@ -65,6 +67,16 @@ def test_a_run_saved_with_resume_continues_in_a_later_session_bit_for_bit(tmp_pa
     copy_runs(later, saved, resume=True)  # saving again replaces the older checkpoint
     kept = [p for p in _files(saved) if "/checkpoints/" in p]
     assert kept == ["r/checkpoints/epoch_0003.json", "r/checkpoints/epoch_0003.safetensors"]
+
+
+def test_a_destination_inside_the_runs_or_around_them_is_refused(tmp_path):
+    run = train(_cfg(1), tmp_path / "runs" / "r", device="cpu", progress=False).run_dir
+    for src, dest in ((run.parent, run.parent / "saved"), (run.parent, tmp_path),
+                      (run.parent, run.parent)):  # fmt: skip
+        with pytest.raises(InputError, match="one folder holds the other"):
+            copy_runs(src, dest)
+    with pytest.raises(DataFileError, match="no run directory"):
+        copy_runs(tmp_path / "runs" / "r" / "checkpoints", tmp_path / "elsewhere")
 
 
 def test_restoring_keeps_what_the_destination_has(tmp_path):

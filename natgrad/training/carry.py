@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from natgrad.errors import InputError
 from natgrad.training.plan import complete
 from natgrad.training.rundir import PathLike, RunDir, find_runs
 
@@ -51,6 +52,10 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
     only runs that :func:`finished`. ``replace=False`` keeps every file ``dest`` already
     has (to restore into a folder where runs may be training). Returns the files copied."""
     src, dest = Path(src), Path(dest)
+    a, b = src.resolve(), dest.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise InputError(f"copy runs from {src} to {dest}: one folder holds the other, so the "
+                         "copies would be copied again; pick a destination outside the runs")  # fmt: skip
     copied = 0
     for run in find_runs(src) if runs is None else map(Path, runs):
         if finished_only and not finished(run):
