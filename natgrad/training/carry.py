@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from natgrad._atomic import atomic_open
 from natgrad.errors import InputError
 from natgrad.training.plan import complete
 from natgrad.training.rundir import PathLike, RunDir, find_runs
@@ -47,7 +48,8 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
     r"""Copy every run directory at or below ``src`` to the same place below ``dest``: its
     records, the ``analysis`` tables named (e.g. ``("fig3-units.csv",)``, each with its
     ``.sha256``) and, with ``resume``, its activation records and latest checkpoint (the
-    older checkpoints a previous copy left in ``dest`` are removed). ``runs``: only these
+    older checkpoints a previous copy left in ``dest`` are removed). Each file is written
+    atomically (:mod:`natgrad._atomic`). ``runs``: only these
     run directories below ``src`` (default: every one there). ``finished_only``:
     only runs that :func:`finished`. ``replace=False`` keeps every file ``dest`` already
     has (to restore into a folder where runs may be training). Returns the files copied."""
@@ -65,12 +67,16 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
         files += [p for name in analysis for p in (rd.analysis_path(name),
                                                    rd.analysis_path(f"{name}.sha256"))]  # fmt: skip
         wanted = {target.path / p.relative_to(run) for p in files if p.is_file()}
+        # a checkpoint's JSON marks it complete: it goes last, and an older checkpoint goes
+        # only once the new one is there, so a copy killed midway leaves a resumable run
+        for path in sorted(wanted, key=lambda p: (p.parent.name == "checkpoints" and
+                                                  p.suffix == ".json", p)):  # fmt: skip
+            if replace or not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(run / path.relative_to(target.path), "rb") as f, atomic_open(path) as g:
+                    shutil.copyfileobj(f, g)
+                copied += 1
         if resume and replace:
             for stale in set(target.checkpoint_files()) - wanted:
                 stale.unlink()
-        for path in sorted(wanted):
-            if replace or not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(run / path.relative_to(target.path), path)
-                copied += 1
     return copied
