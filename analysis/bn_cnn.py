@@ -297,16 +297,12 @@ def run(argv: list[str] | None = None) -> int:
 
         from natgrad._atomic import write_text
         from natgrad.analysis.plots import save_figure
-        from natgrad.analysis.record import record_tables
+        from natgrad.analysis.record import record_tables, run_provenance
         from natgrad.training.carry import copy_runs
 
         curves = study(seeds, arms).curves(args.runs)
         run_dirs = [r.path for r in study(seeds, arms).finished(args.runs)]
-        commits = sorted({json.loads((d / "config.json").read_text()).get("git_commit", "?")
-                          for d in run_dirs})  # fmt: skip
-        meta = dict(runs=len(run_dirs), run_commit=", ".join(c[:7] for c in commits),
-                    train_seconds=float(curves.groupby(["arm", "seed"])["seconds"].max().sum()),
-                    time_ratio=ratio)  # fmt: skip
+        meta = dict(run_provenance(run_dirs), time_ratio=ratio)
         record_tables(args.record, dict(runs=values, primary=table, curves=curves), argv=argv,
                       script="analysis/bn_cnn.py", **meta)  # fmt: skip
         save_figure(figure(curves), args.record / "fig5", formats=("png",), dpi=110)

@@ -359,13 +359,9 @@ def report(root: Path, dest: Path | None, argv) -> int:
         return 0
     from natgrad._atomic import write_text
     from natgrad.analysis.plots import save_figure
-    from natgrad.analysis.record import record_tables
+    from natgrad.analysis.record import record_tables, run_provenance
 
-    commits = sorted({json.loads((run / "config.json").read_text()).get("git_commit", "?")[:7]
-                      for _, run in done})  # fmt: skip
-    seconds = sum(float(r.get("train_seconds") or 0) for _, run in done
-                  for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))  # fmt: skip
-    meta = dict(runs=len(done), run_commit=", ".join(commits), train_seconds=seconds,
+    meta = dict(run_provenance([run for _, run in done]),
                 diverged=[f"{p.parent.name}/{p.name}" for p in _diverged(root)],
                 analysis_seconds=float(units.groupby(["lr", "unit_type", "seed"])["seconds"]
                                        .first().sum()) if units is not None else 0.0,

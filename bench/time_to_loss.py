@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import math
 import tempfile
 import time
@@ -49,7 +48,7 @@ def train_arm(arm: str, config, seed: int, root: Path, until, max_epochs: int) -
     import torch
 
     from natgrad.studies.compare import arm_config
-    from natgrad.training import train
+    from natgrad.training import RunDir, train
 
     torch.set_num_threads(1)
     run = root / arm
@@ -57,7 +56,7 @@ def train_arm(arm: str, config, seed: int, root: Path, until, max_epochs: int) -
     for epoch in range(1, max_epochs + 1):
         cfg = dataclasses.replace(arm_config(config, arm, seed), epochs=epoch)
         train(cfg, run, device="cpu", progress=False)
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        rows = RunDir(run).read_metrics()
         if until(rows):
             break
     return rows

@@ -209,6 +209,17 @@ def test_the_committed_batch_norm_study_rebuilds_to_its_numbers(tmp_path, monkey
     for name in ("primary", "runs"):
         old, new = pd.read_csv(src / f"{name}.csv"), pd.read_csv(tmp_path / "r" / f"{name}.csv")
         pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12)
+    _same_provenance(src / "run.json", tmp_path / "r" / "run.json")
+
+
+def _same_provenance(old, new):
+    """The record's runs, their commits and their summed training time rebuild from the run
+    records (:func:`natgrad.analysis.record.run_provenance`)."""
+    import json
+
+    old, new = json.loads(old.read_text()), json.loads(new.read_text())
+    assert (new["runs"], new["run_commit"]) == (old["runs"], old["run_commit"])
+    assert new["train_seconds"] == pytest.approx(old["train_seconds"], rel=1e-12)
 
 
 def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch):
@@ -266,3 +277,4 @@ def test_the_committed_fig3_study_rebuilds_to_its_numbers(tmp_path, monkeypatch)
     for name in ("comparisons", "unit_comparisons", "units"):
         old, new = pd.read_csv(src / f"{name}.csv"), pd.read_csv(out / f"{name}.csv")
         pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12)
+    _same_provenance(src / "run.json", out / "run.json")

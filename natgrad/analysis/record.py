@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["record_study", "record_tables"]
+__all__ = ["record_study", "record_tables", "run_provenance"]
 
 KEPT = ("summary", "comparison", "seeds", "seed_epochs", "sweep_seeds", "curves", "endpoints",
         "probe_sizes", "neff_adjusted")  # fmt: skip
@@ -120,3 +120,20 @@ def record_tables(dest: str | os.PathLike, tables: dict, *, argv, script: str, *
     write_json(dest / "run.json", dict(command=f"python {script} " + " ".join(args),
                                        commit=git_commit(), **meta))  # fmt: skip
     return dest
+
+
+def run_provenance(run_dirs) -> dict:
+    """What a study's record says of the runs it reports: ``runs`` (how many),
+    ``run_commit`` (the distinct commits that trained them, 7 characters, sorted) and
+    ``train_seconds`` (the SGD steps' time summed, exactly rounded, over every epoch of every run;
+    the evaluation and recording are left out)."""
+    import math
+
+    from natgrad.training.rundir import RunDir
+
+    dirs = [RunDir(d) for d in run_dirs]
+    commits = sorted({d.read_meta().get("git_commit", "?")[:7] for d in dirs})
+    seconds = math.fsum(
+        float(r.get("train_seconds") or 0.0) for d in dirs for r in d.read_metrics()
+    )
+    return dict(runs=len(dirs), run_commit=", ".join(commits), train_seconds=seconds)
