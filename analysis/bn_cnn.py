@@ -61,31 +61,11 @@ def _selection_key(row: dict) -> tuple[float, float, int]:
 
 
 def primaries(values):
-    r"""The four declared endpoints (Holm) and the secondary BN effects, paired by seed."""
-    import numpy as np
-    import pandas as pd
-
-    from natgrad.analysis.stats import bootstrap_ci, holm, sign_flip_p
-
-    wide = values.pivot(index="seed", columns="unit_type", values="test_error_at_best_val")
-
-    def row(label, d, role):
-        d = np.asarray(d, dtype=float)
-        d = d[np.isfinite(d)]
-        lo, hi, how = bootstrap_ci(d)
-        return dict(endpoint=label, role=role, seeds=len(d), diff=float(d.mean()) if len(d) else
-                    np.nan, lo=lo, hi=hi, ci_method=how, p=sign_flip_p(d))  # fmt: skip
-
-    rows = [row(f"elu - {o}", wide["elu"] - wide[o], "primary") for o in ("relu", "lrelu", "srelu")]
-    rows.append(row("(relu - relu-bn) - (elu - elu-bn)",
-                    (wide["relu"] - wide["relu-bn"]) - (wide["elu"] - wide["elu-bn"]), "primary"))  # fmt: skip
-    rows += [row("elu - elu-bn", wide["elu"] - wide["elu-bn"], "secondary"),
-             row("relu - relu-bn", wide["relu"] - wide["relu-bn"], "secondary"),
-             row("elu - relu-bn", wide["elu"] - wide["relu-bn"], "secondary")]  # fmt: skip
-    table = pd.DataFrame(rows)
-    prim = table["role"] == "primary"
-    table.loc[prim, "p_holm"] = holm(table.loc[prim, "p"].to_numpy())
-    return table
+    r"""The declared endpoints (:data:`natgrad.studies.bn_cnn.ENDPOINTS`: the four primaries,
+    Holm together, and the secondary BN effects, Holm together), one row each."""
+    t = study().evaluate(values, group="unit_type")
+    t = t.assign(endpoint=t["description"], seeds=t["n"])
+    return t[["endpoint", "role", "seeds", "diff", "lo", "hi", "ci_method", "p", "p_holm"]]
 
 
 PAPER_CLAIMS = (  # (claim, the paper's numbers: CIFAR-100, cifar-11 full width, 165k iterations)

@@ -159,3 +159,43 @@ def test_unit_statistics_of_an_autoencoder_under_bernoulli_match_the_brute_force
         assert_close(torch.tensor(rows["rho_plain"].to_numpy()), want, rtol=1e-8)
     with pytest.raises(InputError, match="likelihood"):
         unit_statistics(net, x, x, likelihood="poisson")
+
+
+def test_an_interaction_endpoint_is_the_paired_difference_in_differences():
+    """(reference − other) − (a − b) per seed, over the seeds all four arms have, with the
+    CI, p and Holm of every other endpoint; a seed missing one arm, or non-finite, drops
+    out. Written out by hand here: a 2 × 2 design (unit × batch norm) of 6 seeds."""
+    rng = np.random.default_rng(3)
+    x = {arm: rng.normal(size=6) for arm in ("relu", "relu-bn", "elu", "elu-bn")}
+    x["elu-bn"][5] = np.inf  # seed 5 drops out
+    v = pd.DataFrame([dict(arm=a, seed=s, err=x[a][s]) for a in x for s in range(6)])
+    v = v[~((v["arm"] == "relu") & (v["seed"] == 4))]  # seed 4 lacks ReLU: drops out
+    ep = Endpoint("err", "relu", "relu-bn", "primary", interaction=("elu", "elu-bn"))
+    plain = Endpoint("err", "elu", "elu-bn", "primary")
+    t = evaluate(v, [ep, plain], group="arm")
+    d = ((x["relu"] - x["relu-bn"]) - (x["elu"] - x["elu-bn"]))[:4]
+    lo, hi, how = stats.bootstrap_ci(d)
+    row = t.iloc[0]
+    assert (row["n"], row["ci_method"], row["interaction"]) == (4, how, "elu − elu-bn")
+    assert_close(np.array([row["diff"], row["lo"], row["hi"], row["p"]]),
+                 np.array([d.mean(), lo, hi, stats.sign_flip_p(d)]), what="interaction")  # fmt: skip
+    assert row["p_holm"] == stats.holm(t["p"].to_numpy())[0]  # one family with the plain one
+    assert "(relu − relu-bn) − (elu − elu-bn)" in row["text"]
+    with pytest.raises(ValueError, match="interaction takes two arms"):
+        Endpoint("err", "relu", "relu-bn", interaction=("elu",))
+    with pytest.raises(ValueError, match="interaction takes two arms"):
+        Endpoint("t", "relu", "relu-bn", reached="ok", interaction=("elu", "elu-bn"))
+
+
+def test_the_batch_norm_study_declares_its_endpoints():
+    """``natgrad.studies.bn_cnn`` declares the docstring's four primaries (three ELU − other
+    and the batch-norm interaction) and three secondaries on the test error at the
+    best-validation epoch."""
+    from natgrad.studies import bn_cnn
+
+    eps = bn_cnn.study().endpoints
+    assert [e.description for e in eps if e.role == "primary"] == [
+        "elu - relu", "elu - lrelu", "elu - srelu", "(relu - relu-bn) - (elu - elu-bn)"]  # fmt: skip
+    assert {e.metric for e in eps} == {"test_error_at_best_val"} and len(eps) == 7
+    arms = {a for e in eps for a in (e.reference, e.other, *(e.interaction or ()))}
+    assert arms == set(bn_cnn.ARMS)

@@ -2,8 +2,10 @@ r"""Declared endpoints: a study names its primary comparisons before it runs, an
 adjusted for the others of its family (``docs/theory.md``, "Statistics").
 
 An :class:`Endpoint` is a plain paired difference
-(:func:`natgrad.analysis.stats.paired_comparison`) or a censored time-to-event
-(:func:`natgrad.analysis.stats.censored_comparison`) of one per-seed value.
+(:func:`natgrad.analysis.stats.paired_comparison`), a censored time-to-event
+(:func:`natgrad.analysis.stats.censored_comparison`) of one per-seed value, or an
+interaction of a two-by-two design, (reference − other) − (a − b) per seed (``interaction=(a,
+b)``; e.g. "does batch norm help ReLU more than ELU").
 
 Example:
     >>> import pandas as pd
@@ -36,6 +38,9 @@ class Endpoint:
         reached: for a censored time-to-event metric, the 0/1 column saying whether the run
             reached the event (``None``: a plain paired difference).
         description: what it measures, in words (the report's text).
+        interaction: ``(a, b)``: the endpoint is the difference in differences
+            (reference − other) − (a − b), paired by seed over the seeds all four arms have
+            (values compared as they are, never as absolute values).
     """
 
     metric: str
@@ -45,10 +50,15 @@ class Endpoint:
     family: str | None = None
     reached: str | None = None
     description: str = ""
+    interaction: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ("primary", "secondary"):
             raise ValueError(f"Endpoint role {self.role!r}: choose 'primary' or 'secondary'")
+        if self.interaction is not None and (self.reached is not None
+                                             or len(self.interaction) != 2):  # fmt: skip
+            raise ValueError(f"Endpoint {self.metric}: interaction takes two arms (a, b) and "
+                             "a plain paired metric (no 'reached')")  # fmt: skip
 
 
 def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type"):
@@ -61,6 +71,9 @@ def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type"):
     rows = []
     for ep in endpoints:
         sub = values[values[group].isin([ep.reference, ep.other])]
+        if ep.interaction is not None:
+            rows.append(_interaction(values, ep, group))
+            continue
         if ep.reached is None:
             table = stats.paired_comparison(sub, ep.metric, reference=ep.reference, group=group)
         else:
@@ -88,3 +101,31 @@ def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type"):
         for _, idx in out.groupby("family").groups.items():
             out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p"].to_numpy())
     return out
+
+
+def _interaction(values, ep: Endpoint, group: str) -> dict:
+    """The row of an interaction endpoint: (reference − other) − (a − b) per seed."""
+    import numpy as np
+
+    arms = [ep.reference, ep.other, *ep.interaction]
+    wide = values[values[group].isin(arms)].pivot_table(index="seed", columns=group,
+                                                        values=ep.metric, aggfunc="first")  # fmt: skip
+    wide = wide.reindex(columns=arms).replace([np.inf, -np.inf], np.nan).dropna()
+    a, b = ep.interaction
+    s = stats.paired_summary(
+        ((wide[ep.reference] - wide[ep.other]) - (wide[a] - wide[b])).to_numpy()
+    )
+    said = f"({ep.reference} − {ep.other}) − ({a} − {b})"
+    if math.isfinite(s["lo"]) and math.isfinite(s["hi"]):
+        sign = (
+            "none resolved"
+            if s["lo"] <= 0 <= s["hi"]
+            else ("positive" if s["lo"] > 0 else "negative")
+        )
+        text = (f"{ep.metric}: {said} = {s['diff']:.3g} [{s['lo']:.3g}, {s['hi']:.3g}] "
+                f"({s['n']} seeds): interaction {sign}.")  # fmt: skip
+    else:
+        text = f"{ep.metric}: {said}: too few seeds to compare ({s['n']})."
+    return {"metric": ep.metric, "reference": ep.reference, "other": ep.other, "role": ep.role,
+            "family": ep.family or ep.role, "description": ep.description, **s, "text": text,
+            "interaction": f"{a} − {b}"}  # fmt: skip

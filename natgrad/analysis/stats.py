@@ -24,8 +24,8 @@ from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "claims_per_seed",
-           "group_summary", "holm", "loss_auc", "paired_comparison", "neff_adjusted",
-           "seed_values", "sentence", "sign_flip_p"]  # fmt: skip
+           "group_summary", "holm", "loss_auc", "neff_adjusted", "paired_comparison",
+           "paired_summary", "seed_values", "sentence", "sign_flip_p"]  # fmt: skip
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -203,15 +203,35 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
 
     def row(other, wide):
         pair = wide.replace([np.inf, -np.inf], np.nan).dropna()
-        diff = pair[reference].to_numpy() - pair[other].to_numpy()
-        r = {"metric": metric, "reference": reference, "other": other, "n": len(pair),
-             "diff": float(diff.mean()) if len(pair) else math.nan, "better": better}  # fmt: skip
-        r["lo"], r["hi"], r["ci_method"] = bootstrap_ci(diff)
-        r["p"], r["p_min"] = sign_flip_p(diff), 2.0 / 2 ** len(pair) if len(pair) else math.nan
+        s = paired_summary(pair[reference].to_numpy() - pair[other].to_numpy())
+        r = {"metric": metric, "reference": reference, "other": other, "n": s["n"],
+             "diff": s["diff"], "better": better, **{k: s[k] for k in _SPREAD}}  # fmt: skip
         r["text"] = sentence(r)
         return r
 
     return _per_other(v, [metric], reference, group, row)
+
+
+_SPREAD = ("lo", "hi", "ci_method", "p", "p_min")
+
+
+def paired_summary(diff) -> dict:
+    r"""The one summary of paired differences (one per seed; non-finite ones already
+    dropped): ``n``, ``diff`` (their mean), ``lo``/``hi``/``ci_method``
+    (:func:`bootstrap_ci`), ``p`` (:func:`sign_flip_p`) and ``p_min`` (the smallest p that n
+    pairs allow). :func:`paired_comparison` and the interaction endpoints of
+    :mod:`natgrad.analysis.endpoints` report through it.
+
+    Example:
+        >>> r = paired_summary([0.1, 0.2, 0.3, 0.4])
+        >>> r["n"], round(r["diff"], 3), r["p"], r["p_min"]
+        (4, 0.25, 0.125, 0.125)
+    """
+    d = np.asarray(diff, dtype=np.float64)
+    n = len(d)
+    lo, hi, how = bootstrap_ci(d)
+    return {"n": n, "diff": float(d.mean()) if n else math.nan, "lo": lo, "hi": hi,
+            "ci_method": how, "p": sign_flip_p(d), "p_min": 2.0 / 2**n if n else math.nan}  # fmt: skip
 
 
 def censored_comparison(values, metric: str, reached: str, *, reference: str = "elu",

@@ -25,6 +25,8 @@ Declared before any run (committed then in ``analysis/bn_cnn.py``; moved here un
 
 from __future__ import annotations
 
+from natgrad.analysis.endpoints import Endpoint
+
 ARMS = ("elu", "relu", "lrelu", "srelu", "relu-bn", "elu-bn")
 CHANNEL_SCALE, EPOCHS, SEEDS, BATCH, LR = 0.125, 6, 10, 100, 0.01
 STEPS = tuple((round(f * EPOCHS * 500), lr) for f, lr in ((0.0, LR), (35 / 165, LR / 2),
@@ -43,8 +45,23 @@ def config(arm: str, seed: int, epochs: int = EPOCHS):
     )  # fmt: skip
 
 
+#: The endpoints of the docstring as :class:`~natgrad.analysis.endpoints.Endpoint`\ s (written
+#: out after the runs; the design is the docstring's): test error at the best-validation
+#: epoch, paired by seed; the four primaries Holm-adjusted together, the secondaries
+#: together.
+METRIC = "test_error_at_best_val"
+ENDPOINTS = (
+    *(Endpoint(METRIC, "elu", o, "primary", description=f"elu - {o}")
+      for o in ("relu", "lrelu", "srelu")),
+    Endpoint(METRIC, "relu", "relu-bn", "primary", interaction=("elu", "elu-bn"),
+             description="(relu - relu-bn) - (elu - elu-bn)"),
+    *(Endpoint(METRIC, a, b, description=f"{a} - {b}")
+      for a, b in (("elu", "elu-bn"), ("relu", "relu-bn"), ("elu", "relu-bn"))),
+)  # fmt: skip
+
+
 def study(seeds=range(SEEDS), arms=ARMS):
-    """The declared runs as a :class:`~natgrad.analysis.study.Study`."""
+    """The declared runs and endpoints as a :class:`~natgrad.analysis.study.Study`."""
     from natgrad.analysis.study import Study
 
-    return Study("batch norm on a CNN (MNIST)", arms, seeds, config)
+    return Study("batch norm on a CNN (MNIST)", arms, seeds, config, endpoints=ENDPOINTS)
