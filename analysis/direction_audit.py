@@ -53,7 +53,8 @@ def measure(run: Path, epoch: int, ds) -> list[dict]:
 def summarise(table):
     import pandas as pd
 
-    from natgrad.analysis.stats import bootstrap_ci, holm, sign_flip_p
+    from natgrad.analysis.endpoints import Endpoint, evaluate
+    from natgrad.analysis.stats import bootstrap_ci
 
     rows = []
     for (unit, epoch, method), sub in table.groupby(["unit_type", "epoch", "method"], sort=False):
@@ -66,18 +67,20 @@ def summarise(table):
     summary = pd.DataFrame(rows)
     summary["rank_rho_full"] = summary.groupby(["unit_type", "epoch"])["rho_full"].rank(
         ascending=False, method="min").astype(int)  # fmt: skip
-    paired = []
     last = table[table["epoch"] == EPOCHS]
-    for unit, sub in last.groupby("unit_type", sort=False):
-        wide = sub.pivot(index="seed", columns="method", values="rho_full")
-        for a, b in PRIMARY:
-            d = (wide[a] - wide[b]).to_numpy()
-            lo, hi, how = bootstrap_ci(d)
-            paired.append(dict(unit_type=unit, epoch=EPOCHS, reference=a, other=b,
-                               diff=d.mean(), lo=lo, hi=hi, ci_method=how,
-                               p=sign_flip_p(d), seeds=len(d)))  # fmt: skip
-    paired = pd.DataFrame(paired)
-    paired["p_holm"] = holm(paired["p"].to_numpy())
+    last = last.assign(arm=last["unit_type"] + "/" + last["method"])
+    units = list(dict.fromkeys(last["unit_type"]))
+    t = evaluate(last, [Endpoint("rho_full", f"{u}/{a}", f"{u}/{b}") for u in units
+                        for a, b in PRIMARY], group="arm")  # fmt: skip
+    paired = t.assign(
+        unit_type=[r.split("/")[0] for r in t["reference"]],
+        epoch=EPOCHS,
+        reference=[r.split("/")[1] for r in t["reference"]],
+        other=[o.split("/")[1] for o in t["other"]],
+        seeds=t["n"],
+    )
+    paired = paired[["unit_type", "epoch", "reference", "other", "diff", "lo", "hi",
+                     "ci_method", "p", "seeds", "p_holm"]]  # fmt: skip
     return summary, paired
 
 

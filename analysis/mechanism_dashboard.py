@@ -105,7 +105,8 @@ def summarise(table):
     epoch, paired by seed, Holm over the family."""
     import pandas as pd
 
-    from natgrad.analysis.stats import bootstrap_ci, holm, sign_flip_p
+    from natgrad.analysis.endpoints import Endpoint, evaluate
+    from natgrad.analysis.stats import bootstrap_ci
 
     rows = []
     for (arm, epoch), sub in table.groupby(["arm", "epoch"], sort=False):
@@ -117,18 +118,14 @@ def summarise(table):
         row["ci_method"] = how
         rows.append(row)
     summary = pd.DataFrame(rows)
-    paired = []
     last = table[table["epoch"] == CHECKPOINTS[-1]]
-    for norm in NORMS:
-        sub = last[last["norm"] == norm]
-        for m in METRICS:
-            wide = sub.pivot(index="seed", columns="unit", values=m)
-            d = (wide["elu"] - wide["relu"]).dropna().to_numpy()
-            lo, hi, how = bootstrap_ci(d)
-            paired.append(dict(norm=norm, metric=m, epoch=CHECKPOINTS[-1], diff=d.mean(), lo=lo,
-                               hi=hi, ci_method=how, p=sign_flip_p(d), seeds=len(d)))  # fmt: skip
-    paired = pd.DataFrame(paired)
-    paired["p_holm"] = holm(paired["p"].to_numpy())
+    arm_of = dict(zip(map(split_arm, arms()), arms(), strict=True))  # (unit, norm) -> arm
+    eps = [Endpoint(m, arm_of["elu", norm], arm_of["relu", norm], family="elu_vs_relu")
+           for norm in NORMS for m in METRICS]  # fmt: skip
+    t = evaluate(last, eps, group="arm")
+    paired = t.assign(norm=[split_arm(a)[1] for a in t["reference"]], epoch=CHECKPOINTS[-1],
+                      seeds=t["n"])[["norm", "metric", "epoch", "diff", "lo", "hi", "ci_method",
+                                     "p", "seeds", "p_holm"]]  # fmt: skip
     return summary, paired
 
 

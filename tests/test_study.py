@@ -281,3 +281,23 @@ def test_the_committed_fig3_study_rebuilds_to_its_numbers(tmp_path, monkeypatch)
         old, new = pd.read_csv(src / f"{name}.csv"), pd.read_csv(out / f"{name}.csv")
         pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12)
     _same_provenance(src / "run.json", out / "run.json")
+
+
+@pytest.mark.parametrize("name, folder, tables", [
+    ("mechanism_dashboard", "mechanism_dashboard_mnist", ("dashboard", "summary", "elu_vs_relu")),
+    ("direction_audit", "direction_audit_digits", ("directions", "summary", "primary")),
+])  # fmt: skip
+def test_a_committed_descriptive_study_rebuilds_from_its_measures(name, folder, tables,
+                                                                  monkeypatch):  # fmt: skip
+    """The mechanism dashboard and the direction audit: their summaries and paired
+    comparisons (through the declared endpoints' one path, ``endpoints.evaluate``) rebuild
+    from their committed per-run measures exactly."""
+    from natgrad.analysis.csvtables import read_csv
+
+    m = _script(name, monkeypatch)
+    src = ROOT / "paper_figures/results" / folder
+    measures, *rebuilt = tables
+    summary, paired = m.summarise(read_csv(src / f"{measures}.csv"))
+    for table, new in zip(rebuilt, (summary, paired), strict=True):
+        pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{table}.csv"),
+                                      check_exact=True, check_dtype=False, obj=table)  # fmt: skip
