@@ -75,6 +75,8 @@ def test_a_destination_inside_the_runs_or_around_them_is_refused(tmp_path):
                       (run.parent, run.parent)):  # fmt: skip
         with pytest.raises(InputError, match="one folder holds the other"):
             copy_runs(src, dest)
+    with pytest.raises(InputError, match="is not below"):
+        copy_runs(tmp_path / "runs", tmp_path / "elsewhere", runs=[tmp_path / "other" / "r"])
     with pytest.raises(DataFileError, match="no run directory"):
         copy_runs(tmp_path / "runs" / "r" / "checkpoints", tmp_path / "elsewhere")
 

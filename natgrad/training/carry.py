@@ -60,9 +60,12 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
                          "copies would be copied again; pick a destination outside the runs")  # fmt: skip
     copied = 0
     for run in find_runs(src) if runs is None else map(Path, runs):
+        if not run.resolve().is_relative_to(a):
+            raise InputError(f"copy runs: {run} is not below {src}; pass run directories "
+                             "inside the source folder")  # fmt: skip
         if finished_only and not finished(run):
             continue
-        rd, target = RunDir(run), RunDir(dest / run.relative_to(src))
+        rd, target = RunDir(run), RunDir(dest / run.resolve().relative_to(a))
         files = rd.resume_files() if resume else rd.record_files()
         files += [p for name in analysis for p in (rd.analysis_path(name),
                                                    rd.analysis_path(f"{name}.sha256"))]  # fmt: skip
