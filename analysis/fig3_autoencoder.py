@@ -202,6 +202,30 @@ UNIT_READING = (
 )  # fmt: skip
 
 
+def _crossings(curves, epochs: int) -> list[str]:
+    """Where the nets start (epoch 0: the same weights at every rate) and, per rate, the first
+    epoch at which ELU's mean validation error is below each other unit type's."""
+    from natgrad.units import unit_type_label
+
+    def name(u):
+        return unit_type_label(u, tex=False)
+
+    start = curves[curves["epoch"] == 0].groupby("unit_type")["val_loss"].mean()
+    lines = ["- The initial nets (epoch 0, the same weights at every rate), mean validation "
+             "error over seeds: " + ", ".join(f"{name(u)} {start[u]:.4f}" for u in UNITS
+                                             if u in start) + "."]  # fmt: skip
+    for lr, sub in curves.groupby("lr"):
+        means = sub[sub["epoch"] >= 1].groupby(["epoch", "unit_type"])["val_loss"].mean().unstack()
+        when = []
+        for other in (u for u in UNITS[1:] if u in means):
+            below = means.index[means["elu"] < means[other]]
+            when.append(f"{name(other)}'s first at epoch {below[0]}" if len(below)
+                        else f"{name(other)}'s at no epoch up to {epochs}")  # fmt: skip
+        lines.append(f"- lr {lr:g}: ELU's mean validation error falls below " + "; below "
+                     .join(when) + ".")  # fmt: skip
+    return lines
+
+
 def readme(table, unit_table, curves, meta: dict) -> str:
     """The results' text, from the CIs (whichever way they point)."""
     import numpy as np
@@ -263,6 +287,7 @@ def readme(table, unit_table, curves, meta: dict) -> str:
         other = unit_type_label(r["other"], tex=False)
         lines.append(f"- lr {r['lr']:g}, validation error at the last reported epoch, ELU − "
                      f"{other}: {ci(r)}: " + word(r, "ELU lower", "ELU higher") + ".")  # fmt: skip
+    lines += _crossings(curves, epochs)
     if unit_table is not None and len(unit_table):
         analysed = meta.get("analysed", meta["runs"])
         lines += ["", "## Natgrad's analysis of the trained autoencoders (secondary)", ""]
