@@ -67,6 +67,10 @@ def test_a_run_saved_with_resume_continues_in_a_later_session_bit_for_bit(tmp_pa
     copy_runs(later, saved, resume=True)  # saving again replaces the older checkpoint
     kept = [p for p in _files(saved) if "/checkpoints/" in p]
     assert kept == ["r/checkpoints/epoch_0003.json", "r/checkpoints/epoch_0003.safetensors"]
+    for path in RunDir(later / "r").checkpoint_files():  # a run that lost its checkpoints
+        path.unlink()
+    copy_runs(later, saved, resume=True)  # does not take the saved one with it
+    assert [p for p in _files(saved) if "/checkpoints/" in p] == kept
 
 
 def test_a_destination_inside_the_runs_or_around_them_is_refused(tmp_path):

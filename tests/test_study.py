@@ -263,6 +263,9 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert len(primary) == 4 and primary["p_holm"].notna().all()
         assert text.count(speed) == 4 and text.count(f": {level}.") == 4
         assert "Interim" not in text
+        crossing = ("ELU's mean validation error falls below ReLU's first at epoch 1"
+                    if factor < 1 else "falls below ReLU's at no epoch up to 25")  # fmt: skip
+        assert text.count(crossing) == 2  # one line per rate
         assert "closer to the unit natural gradient under ELU" in text
         assert "closer to the unit natural gradient under ELU in 4, farther from it in 0" in text
         assert "nearer the unit natural gradient; its incoming means are not more often" in text

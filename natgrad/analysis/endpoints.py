@@ -70,10 +70,10 @@ def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type"):
 
     rows = []
     for ep in endpoints:
-        sub = values[values[group].isin([ep.reference, ep.other])]
         if ep.interaction is not None:
             rows.append(_interaction(values, ep, group))
             continue
+        sub = values[values[group].isin([ep.reference, ep.other])]
         if ep.reached is None:
             table = stats.paired_comparison(sub, ep.metric, reference=ep.reference, group=group)
         else:

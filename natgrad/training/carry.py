@@ -48,7 +48,8 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
     r"""Copy every run directory at or below ``src`` to the same place below ``dest``: its
     records, the ``analysis`` tables named (e.g. ``("fig3-units.csv",)``, each with its
     ``.sha256``) and, with ``resume``, its activation records and latest checkpoint (the
-    older checkpoints a previous copy left in ``dest`` are removed). Each file is written
+    older checkpoints a previous copy left in ``dest`` are removed once the new one is
+    there; a run without a checkpoint removes none). Each file is written
     atomically (:mod:`natgrad._atomic`). ``runs``: only these
     run directories below ``src`` (default: every one there). ``finished_only``:
     only runs that :func:`finished`. ``replace=False`` keeps every file ``dest`` already
@@ -79,7 +80,8 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
                 with open(run / path.relative_to(target.path), "rb") as f, atomic_open(path) as g:
                     shutil.copyfileobj(f, g)
                 copied += 1
-        if resume and replace:
-            for stale in set(target.checkpoint_files()) - wanted:
+        new = {p for p in wanted if p.parent.name == "checkpoints"}
+        if resume and replace and new:  # a run with no checkpoint leaves the saved one be
+            for stale in set(target.checkpoint_files()) - new:
                 stale.unlink()
     return copied
