@@ -34,6 +34,7 @@ from natgrad.studies.fig2 import (  # noqa: F401 (the declaration, re-exported)
     SECONDARY,
     SETTINGS,
     UNITS,
+    mechanism_endpoints,
     mnist_endpoints,
     study,
 )
@@ -164,23 +165,13 @@ def mnist_values(curves, mech_seeds):
 
 
 def mechanism_by_epoch(mech_seeds):
-    """ELU against each unit type at each analysed epoch, on ρ of every direction and
-    n_eff/(d+1); Holm within each metric over epochs × other unit types."""
-    import pandas as pd
+    """The declared mechanism endpoints (:func:`~natgrad.studies.fig2.mechanism_endpoints`)
+    at each analysed epoch."""
+    from natgrad.analysis.endpoints import evaluate
 
-    from natgrad.analysis.stats import holm, paired_comparison
-
-    rows = []
-    for epoch, sub in mech_seeds.groupby("epoch"):
-        for metric in (*RHO, "n_eff_over_d1"):
-            t = paired_comparison(sub, metric, reference="elu")
-            t.insert(0, "epoch", int(epoch))
-            rows.append(t)
-    out = pd.concat(rows, ignore_index=True)
-    out["p_holm"] = float("nan")
-    for _, idx in out.groupby("metric").groups.items():
-        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy())
-    return out
+    return evaluate(
+        mech_seeds.sort_values("epoch", kind="stable"), mechanism_endpoints(), by="epoch"
+    )
 
 
 def relation(curves, mech_seeds):

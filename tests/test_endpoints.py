@@ -83,6 +83,36 @@ def test_endpoints_are_holm_adjusted_within_their_family():
         Endpoint("a", "elu", "relu", "tertiary")
 
 
+def test_stratified_endpoints_are_each_strata_row_and_holm_runs_over_the_strata():
+    """``by``: each stratum's rows are the endpoints on that stratum alone, its columns lead,
+    strata keep their first-seen order, and a family's Holm runs over every stratum."""
+    rng = np.random.default_rng(3)
+    v = pd.DataFrame([{"lr": lr, "layer": layer, "unit_type": u, "seed": s,
+                       "a": (0.3 if u == "relu" else 0.0) + rng.normal(0, 0.1)}
+                      for lr in (1e-2, 1e-4) for layer in ("fc2", "fc1")
+                      for s in range(6) for u in ("elu", "relu", "lrelu")])  # fmt: skip
+    eps = [Endpoint("a", "elu", o, "primary" if o == "relu" else "secondary", family=o)
+           for o in ("relu", "lrelu")]  # fmt: skip
+    t = evaluate(v, eps, by=["lr", "layer"])
+    assert list(zip(t["lr"], t["layer"], t["other"], strict=True))[:4] == [
+        (1e-2, "fc2", "relu"),
+        (1e-2, "fc2", "lrelu"),
+        (1e-2, "fc1", "relu"),
+        (1e-2, "fc1", "lrelu"),
+    ]
+    for (lr, layer), sub in v.groupby(["lr", "layer"]):
+        alone = evaluate(sub, eps)
+        here = t[(t["lr"] == lr) & (t["layer"] == layer)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(here[alone.columns].drop(columns="p_holm"),
+                                      alone.drop(columns="p_holm"))  # fmt: skip
+    for _, sub in t.groupby("family"):
+        assert len(sub) == 4
+        assert_close(torch.tensor(sub["p_holm"].to_numpy()),
+                     torch.tensor(stats.holm(sub["p"].to_numpy())))  # fmt: skip
+    one = evaluate(v[v["layer"] == "fc1"], eps, by="lr")  # a single column by name
+    assert list(one["lr"]) == [1e-2, 1e-2, 1e-4, 1e-4] and "layer" not in one
+
+
 def test_claims_log_auc_and_best_validation_epoch():
     rows = []
     for e, (tr, va, te) in enumerate([(2.0, 0.5, 0.5), (0.1, 0.2, 0.3), (0.01, 0.1, 0.25),

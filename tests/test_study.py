@@ -194,7 +194,7 @@ def test_fig3_pieces_analysis_record_and_restore(tmp_path, monkeypatch):
     table = read_csv(out / "comparisons.csv")
     assert set(table.loc[table["role"] == "primary", "metric"]) == {"log_train_loss_auc"}
     text = (out / "README.md").read_text()
-    assert "log10 training-loss AUC (primary)" in text and "Side by side" in text
+    assert "log10 training-loss AUC over epochs 1..1 (primary)" in text and "Side by side" in text
     assert "dead share of the analysed units: lr 0.01 ELU" in text and "Reading: " in text
     assert (out / "fig3.png").stat().st_size > 10_000
     assert len(list((out / "runs" / "lr0.01").glob("*/analysis/fig3-units.csv"))) == 6
@@ -235,12 +235,12 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
     m = _script("fig3_autoencoder", monkeypatch)
     rng = np.random.default_rng(0)
 
-    def curves(elu_factor):
+    def curves(elu_factor, rates=(0.01, 0.001), epochs=25):
         rows = []
-        for lr in (0.01, 0.001):
+        for lr in rates:
             for seed in range(5):
                 for unit, f in (("elu", elu_factor), ("relu", 1.0), ("lrelu", 0.98)):
-                    for e in range(26):
+                    for e in range(epochs + 1):
                         loss = f * (0.1 + 0.5 / (1 + e)) * (1 + 0.01 * rng.random())
                         rows.append(dict(lr=lr, unit_type=unit, seed=seed, epoch=e,
                                          run=f"{unit}-s{seed}", train_loss=loss,
@@ -269,6 +269,15 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert "closer to the unit natural gradient under ELU" in text
         assert "closer to the unit natural gradient under ELU in 4, farther from it in 0" in text
         assert "nearer the unit natural gradient; its incoming means are not more often" in text
+    # the declared extension (1e-5 to 50 epochs): no primary, one family, said so
+    c = curves(0.9, rates=(1e-5,), epochs=50)
+    table = m.comparisons(c, 50)
+    assert set(table["role"]) == {"secondary"} and set(table["family"]) == {"extension"}
+    assert {"train_loss_e50", "val_loss_e50"} <= set(table["metric"])
+    text = m.readme(table, None, c, meta)
+    assert text.startswith("# Fig 3, the autoencoder, on MNIST: lr 1e-5 extended to 50 epochs")
+    assert text.count("over epochs 1..50 (secondary, family extension)") == 2
+    assert f"Holm over the {len(table)} comparisons of the family" in text
 
 
 def test_the_committed_fig3_study_rebuilds_to_its_numbers(tmp_path, monkeypatch):

@@ -61,13 +61,33 @@ class Endpoint:
                              "a plain paired metric (no 'reached')")  # fmt: skip
 
 
-def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type"):
+def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type", by=()):
     r"""One row per endpoint: ``metric``, ``reference``, ``other``, ``role``, ``family``,
     ``n``, ``diff`` (mean of reference − other; for a censored endpoint the median, a bound
     where censoring enters), ``lo``, ``hi``, ``ci_method``, ``p``, ``p_min`` and ``p_holm``
-    (Holm within the family), plus ``earlier``/``later``/``ties`` for censored endpoints."""
+    (Holm within the family), plus ``earlier``/``later``/``ties`` for censored endpoints.
+
+    ``by``: columns of ``values`` that split it into strata (a rate, a layer, an epoch):
+    every endpoint is evaluated in every stratum (its columns lead the row, strata in the
+    order they first appear), and a family's Holm adjustment runs over all its rows, whatever the stratum."""
     import pandas as pd
 
+    by = [by] if isinstance(by, str) else list(by)
+    if by:
+        rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)), **r}
+                for key, sub in values.groupby(by, sort=False)
+                for r in _rows(sub, endpoints, group)]  # fmt: skip
+    else:
+        rows = _rows(values, endpoints, group)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = math.nan
+        for _, idx in out.groupby("family").groups.items():
+            out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p"].to_numpy())
+    return out
+
+
+def _rows(values, endpoints: list[Endpoint], group: str) -> list[dict]:
     rows = []
     for ep in endpoints:
         if ep.interaction is not None:
@@ -95,12 +115,7 @@ def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type"):
                             f"{r.get('earlier', 0)} of {r.get('n', 0)} seeds, later in "
                             f"{r.get('later', 0)}; median difference {row['diff']:.3g}{bound}")  # fmt: skip
         rows.append(row)
-    out = pd.DataFrame(rows)
-    if len(out):
-        out["p_holm"] = math.nan
-        for _, idx in out.groupby("family").groups.items():
-            out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p"].to_numpy())
-    return out
+    return rows
 
 
 def _interaction(values, ep: Endpoint, group: str) -> dict:

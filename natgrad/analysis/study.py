@@ -112,14 +112,14 @@ class Study:
                                  seconds=elapsed if r else math.nan))  # fmt: skip
         return pd.DataFrame(rows)
 
-    def evaluate(self, values, *, group: str = "arm"):
+    def evaluate(self, values, *, group: str = "arm", by=()):
         r"""The declared endpoints on ``values`` (one row per arm and seed, the arm in column
-        ``group``): :func:`natgrad.analysis.endpoints.evaluate`."""
+        ``group``; per stratum of the ``by`` columns): :func:`natgrad.analysis.endpoints.evaluate`."""
         from natgrad.analysis.endpoints import evaluate
 
         if not self.endpoints:
             raise InputError(f"study {self.name!r} declares no endpoints")
-        return evaluate(values, list(self.endpoints), group=group)
+        return evaluate(values, list(self.endpoints), group=group, by=by)
 
 
 _CURVES = ("train_loss", "val_loss", "val_error", "test_loss", "test_error")

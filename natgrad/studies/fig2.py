@@ -34,6 +34,16 @@ MECHANISM = dict(
 RHO = ("rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag")
 
 
+def mechanism_endpoints():
+    """The mechanism's comparisons at each analysed epoch (``by="epoch"``): ELU against each
+    other unit type on ρ of every direction and n_eff/(d+1), secondary, Holm within each
+    metric over the epochs and the other unit types."""
+    from natgrad.analysis.endpoints import Endpoint
+
+    return [Endpoint(m, "elu", other, "secondary", family=m)
+            for m in (*RHO, "n_eff_over_d1") for other in UNITS[1:]]  # fmt: skip
+
+
 def study(epochs: int, data_dir: str | None, dataset: str = "fashion-mnist"):
     """The protocol's runs as a :class:`~natgrad.analysis.study.Study` (``<unit>-s<seed>``)."""
     from natgrad.analysis.study import Study

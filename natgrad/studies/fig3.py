@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from natgrad.analysis.endpoints import Endpoint
+
 UNITS = ("elu", "relu", "lrelu")
 SEEDS = 5
 MIN_EPOCHS = 25
@@ -59,6 +61,28 @@ PROBE, GRAD_IMAGES = 1000, 10_000
 ANALYSED = ("encoder.fc4", "decoder.fc1", "decoder.fc2")
 UNIT_MEASURES = ("rho_plain_jk", "shift_error_plain", "abs_k", "mean_q_norm", "estimable")
 RESULTS = "fig3-units.csv"  # each run's unit analysis (its run directory's analysis folder)
+
+
+def endpoints(epochs: int) -> list:
+    r"""The declared comparisons of runs of ``epochs`` epochs, each evaluated per rate
+    (``by="lr"``): ELU − ReLU and ELU − LReLU on the training-loss AUCs over epochs 1..E
+    (linear, log), the training and validation losses at :data:`AT_EPOCHS` (those ≤ E) and the
+    test loss at E. The log AUC is the primary endpoint (family ``"primary"``: Holm over the
+    other unit types and the rates); every other metric is secondary, Holm per metric. Past
+    ``MIN_EPOCHS`` (the extension) every comparison is in family ``"extension"``."""
+    metrics = ["train_loss_auc", "log_train_loss_auc",
+               *(f"{k}_e{e}" for e in AT_EPOCHS if e <= epochs for k in ("train_loss", "val_loss")),
+               "test_loss_last"]  # fmt: skip
+    extension = epochs > MIN_EPOCHS
+    return [Endpoint(m, "elu", other, "primary" if m == "log_train_loss_auc" and not extension
+                     else "secondary", family="extension" if extension else
+                     ("primary" if m == "log_train_loss_auc" else m))
+            for m in metrics for other in UNITS[1:]]  # fmt: skip
+
+
+#: The unit analysis's comparisons (secondary; one Holm family), per rate and layer.
+UNIT_ENDPOINTS = tuple(Endpoint(m, "elu", other, "secondary", family="units")
+                       for m in UNIT_MEASURES for other in UNITS[1:])  # fmt: skip
 
 
 def study(lr: float, epochs: int, *, seeds=range(SEEDS), train_size: int | None = None):
@@ -74,4 +98,6 @@ def study(lr: float, epochs: int, *, seeds=range(SEEDS), train_size: int | None 
         )  # fmt: skip
 
     seeds = range(seeds) if isinstance(seeds, int) else seeds
-    return Study(f"fig3 autoencoder, lr {lr:g}", UNITS, seeds, config)
+    return Study(
+        f"fig3 autoencoder, lr {lr:g}", UNITS, seeds, config, endpoints=tuple(endpoints(epochs))
+    )
