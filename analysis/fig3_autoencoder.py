@@ -213,8 +213,9 @@ EXTENSION_TEXT = (
     "**Extension (declared in `natgrad/studies/fig3.py` before its runs):** at lr 1e-5 ELU had "
     "not overtaken ReLU by epoch 25, so the 15 runs of that rate were copied with their "
     "epoch-25 checkpoints and resumed to epoch 50 (epochs 1–25 are the same runs as in "
-    "`fig3_autoencoder_mnist`, whose 25-epoch record and primary endpoints stand as they "
-    "are). Every comparison here is secondary: one Holm family, `extension`; the unit "
+    "`fig3_autoencoder_mnist`, trained at that record's commits; the runs' commit above is "
+    "the resume's; the 25-epoch record and its primary endpoints stand as they are). Every "
+    "comparison here is secondary: one Holm family, `extension`; the unit "
     "analysis is on the epoch-50 checkpoints, in its own family."
 )
 
