@@ -68,19 +68,11 @@ def summarise(table):
     summary["rank_rho_full"] = summary.groupby(["unit_type", "epoch"])["rho_full"].rank(
         ascending=False, method="min").astype(int)  # fmt: skip
     last = table[table["epoch"] == EPOCHS]
-    last = last.assign(arm=last["unit_type"] + "/" + last["method"])
-    units = list(dict.fromkeys(last["unit_type"]))
-    t = evaluate(last, [Endpoint("rho_full", f"{u}/{a}", f"{u}/{b}") for u in units
-                        for a, b in PRIMARY], group="arm")  # fmt: skip
-    paired = t.assign(
-        unit_type=[r.split("/")[0] for r in t["reference"]],
-        epoch=EPOCHS,
-        reference=[r.split("/")[1] for r in t["reference"]],
-        other=[o.split("/")[1] for o in t["other"]],
-        seeds=t["n"],
-    )
-    paired = paired[["unit_type", "epoch", "reference", "other", "diff", "lo", "hi",
-                     "ci_method", "p", "seeds", "p_holm"]]  # fmt: skip
+    t = evaluate(last, [Endpoint("rho_full", a, b) for a, b in PRIMARY], group="method",
+                 by="unit_type")  # fmt: skip
+    paired = t.assign(epoch=EPOCHS, seeds=t["n"])[["unit_type", "epoch", "reference", "other",
+                                                   "diff", "lo", "hi", "ci_method", "p",
+                                                   "seeds", "p_holm"]]  # fmt: skip
     return summary, paired
 
 

@@ -276,7 +276,8 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
     assert set(table["role"]) == {"secondary"} and set(table["family"]) == {"extension"}
     assert {"train_loss_e50", "val_loss_e50"} <= set(table["metric"])
     text = m.readme(table, None, c, meta)
-    assert text.startswith("# Fig 3, the autoencoder, on MNIST: lr 1e-5 extended to 50 epochs")
+    assert text.startswith("# Fig 3, the autoencoder, on MNIST: lr 1e-05 extended to 50 epochs")
+    assert "the 15 runs of that rate were copied with their epoch-25 checkpoints" in text
     assert text.count("over epochs 1..50 (secondary, family extension)") == 2
     assert f"Holm over the {len(table)} comparisons of the family" in text
 

@@ -73,11 +73,11 @@ def endpoints(epochs: int) -> list:
     metrics = ["train_loss_auc", "log_train_loss_auc",
                *(f"{k}_e{e}" for e in AT_EPOCHS if e <= epochs for k in ("train_loss", "val_loss")),
                "test_loss_last"]  # fmt: skip
-    extension = epochs > MIN_EPOCHS
-    return [Endpoint(m, "elu", other, "primary" if m == "log_train_loss_auc" and not extension
-                     else "secondary", family="extension" if extension else
-                     ("primary" if m == "log_train_loss_auc" else m))
-            for m in metrics for other in UNITS[1:]]  # fmt: skip
+    others = UNITS[1:]
+    if epochs > MIN_EPOCHS:  # the extension: one secondary family
+        return [Endpoint(m, "elu", o, family="extension") for m in metrics for o in others]
+    return [Endpoint(m, "elu", o, "primary", family="primary") if m == "log_train_loss_auc"
+            else Endpoint(m, "elu", o, family=m) for m in metrics for o in others]  # fmt: skip
 
 
 #: The unit analysis's comparisons (secondary; one Holm family), per rate and layer.
