@@ -195,16 +195,26 @@ UNIT_READING = (
 def _crossings(curves, epochs: int) -> list[str]:
     """Where the nets start (epoch 0: the same weights at every rate) and, per rate, the first
     epoch at which ELU's mean validation error is below each other unit type's and how far
-    each unit type's fell from epoch 0 to the last."""
+    each unit type's fell from epoch 0 to epoch ``epochs`` (means over seeds, BCa CIs)."""
+    from natgrad.analysis.stats import bootstrap_ci
     from natgrad.units import unit_type_label
 
     def name(u):
         return unit_type_label(u, tex=False)
 
-    start = curves[curves["epoch"] == 0].groupby("unit_type")["val_loss"].mean()
-    lines = ["- The initial nets (epoch 0, the same weights at every rate), mean validation "
-             "error over seeds: " + ", ".join(f"{name(u)} {start[u]:.4f}" for u in UNITS
-                                             if u in start) + "."]  # fmt: skip
+    def per_seed(values) -> str:  # "unit mean [lo, hi]" over the seeds, per unit type
+        parts = []
+        for u in (u for u in UNITS if u in values.index.get_level_values(0)):
+            v = values.loc[u].to_numpy()
+            lo, hi, _ = bootstrap_ci(v)
+            parts.append(f"{name(u)} {v.mean():.4f} [{lo:.4f}, {hi:.4f}]")
+        return ", ".join(parts)
+
+    val = curves.pivot_table(index=["unit_type", "seed"], columns=["lr", "epoch"],
+                             values="val_loss", aggfunc="first")  # fmt: skip
+    start = val.xs(0, axis=1, level="epoch").iloc[:, 0]  # the same at every rate
+    lines = ["- The initial nets (epoch 0, the same weights at every rate), validation error, "
+             "mean over seeds [95 % CI]: " + per_seed(start) + "."]  # fmt: skip
     for lr, sub in curves.groupby("lr"):
         means = sub[sub["epoch"] >= 1].groupby(["epoch", "unit_type"])["val_loss"].mean().unstack()
         when = []
@@ -212,10 +222,11 @@ def _crossings(curves, epochs: int) -> list[str]:
             below = means.index[means["elu"] < means[other]]
             when.append(f"{name(other)}'s first at epoch {below[0]}" if len(below)
                         else f"{name(other)}'s at no epoch up to {epochs}")  # fmt: skip
+        fell = (val[(lr, 0)] - val[(lr, epochs)]).dropna()
         lines.append(f"- lr {lr:g}: ELU's mean validation error falls below " + "; below "
-                     .join(when) + f". From epoch 0 to {epochs} the mean validation error fell by: "
-                     + ", ".join(f"{name(u)} {start[u] - means[u].iloc[-1]:.4f}" for u in UNITS
-                                 if u in means) + " (descriptive, not an endpoint).")  # fmt: skip
+                     .join(when) + f". From epoch 0 to {epochs} the validation error fell by "
+                     "(mean over seeds [95 % CI]): " + per_seed(fell) + " (descriptive, not an "
+                     "endpoint).")  # fmt: skip
     return lines
 
 

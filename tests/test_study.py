@@ -266,7 +266,12 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         crossing = ("ELU's mean validation error falls below ReLU's first at epoch 1"
                     if factor < 1 else "falls below ReLU's at no epoch up to 25")  # fmt: skip
         assert text.count(crossing) == 2  # one line per rate
-        assert text.count("From epoch 0 to 25 the mean validation error fell by: ELU") == 2
+        assert (
+            text.count(
+                "From epoch 0 to 25 the validation error fell by (mean over seeds [95 % CI]): ELU"
+            )
+            == 2
+        )
         assert "closer to the unit natural gradient under ELU" in text
         assert "closer to the unit natural gradient under ELU in 4, farther from it in 0" in text
         assert "nearer the unit natural gradient; its incoming means are not more often" in text
