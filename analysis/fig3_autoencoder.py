@@ -2,7 +2,7 @@
 
     python analysis/fig3_autoencoder.py --lr 0.01 --seeds 0:1 [--runs /work/studies/fig3]
     python analysis/fig3_autoencoder.py --lr 0.001 --seeds 0:1 ...      # one piece: a seed
-    python analysis/fig3_autoencoder.py --analyse [--lr 0.01] --runs ... # the unit analysis, seed by seed
+    python analysis/fig3_autoencoder.py --analyse [--lr 0.01] [--seeds 0:3] --runs ... # the unit analysis
     python analysis/fig3_autoencoder.py --record paper_figures/results/fig3_autoencoder_mnist
     python analysis/fig3_autoencoder.py --restore paper_figures/results/fig3_autoencoder_mnist
     # the declared extension: copies of the 1e-5 runs (natgrad.training.carry.copy_runs,
@@ -31,6 +31,9 @@ from pathlib import Path
 from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     ANALYSED,
     AT_EPOCHS,
+    ESTIMABLE_ENDPOINTS,
+    ESTIMABLE_MEASURES,
+    ESTIMABLE_RESULTS,
     EXTENSION_EPOCHS,
     EXTENSION_RATE,
     GRAD_IMAGES,
@@ -41,6 +44,7 @@ from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     SEEDS,
     UNIT_ENDPOINTS,
     UNIT_MEASURES,
+    UNIT_ROWS,
     UNITS,
     endpoints,
     study,
@@ -82,22 +86,22 @@ def comparisons(curves, epochs: int):
     return evaluate(pd.DataFrame(per_run), endpoints(epochs), by="lr")
 
 
-def analyse_run(run: Path) -> Path:
-    r"""The declared unit analysis of one finished run's last checkpoint (module docstring),
-    cached as ``analysis/fig3-units.csv`` in its run directory: one row per analysed layer."""
-    import numpy as np
+def _unit_rows(run: Path):
+    r"""The declared unit analysis's per-unit table of one finished run's last checkpoint
+    (:func:`~natgrad.analysis.unitstats.unit_statistics`, with the run's epoch, the probe size
+    and the pass's seconds), cached as ``analysis/`` :data:`UNIT_ROWS` in its run directory."""
     import pandas as pd
 
-    from natgrad.analysis.csvtables import write_csv
+    from natgrad.analysis.csvtables import read_csv, write_csv
     from natgrad.analysis.runs import load_model, probe_set, training_set
     from natgrad.analysis.unitstats import unit_statistics
     from natgrad.damping import MEASURE_DAMPING
     from natgrad.training.rundir import RunDir
 
     rd = RunDir(run)
-    out = rd.analysis_path(RESULTS)
-    if out.is_file():
-        return out
+    cached = rd.analysis_path(UNIT_ROWS)
+    if cached.is_file():
+        return read_csv(cached)
     epoch = rd.latest_epoch()
     model = load_model(run, epoch).double().eval()
     x, _ = probe_set(run, PROBE)
@@ -108,26 +112,65 @@ def analyse_run(run: Path) -> Path:
     units = unit_statistics(model, x, x.flatten(1), layers=list(ANALYSED),
                             rel_damping=MEASURE_DAMPING, likelihood="bernoulli",
                             grad_data=(gx, gx.flatten(1)), jackknife=True)  # fmt: skip
-    seconds = time.perf_counter() - t0
     ident = rd.identity()
+    units = pd.DataFrame(units).assign(
+        unit_type=ident["unit_type"], seed=int(ident["seed"]), epoch=epoch, probe=len(x),
+        rel_damping=MEASURE_DAMPING, seconds=time.perf_counter() - t0,
+    )  # fmt: skip
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(units, cached)
+    return units
+
+
+def _layer_rows(units, estimable_only: bool) -> list[dict]:
+    r"""Per layer, the declared medians of one run's per-unit table: over live units (ρ, the
+    bias-shift error) and estimable units (|k|, ‖E_q(a)‖), or, ``estimable_only``, the
+    estimable-only re-analysis's :data:`ESTIMABLE_MEASURES` over estimable units."""
+    import numpy as np
+
     rows = []
     for layer, g in units.groupby("layer", sort=False):
         live, est = g[g["dead"] == 0], g[(g["dead"] == 0) & (g["estimable"] == 1)]
-        rows.append(dict(
-            unit_type=ident["unit_type"], seed=int(ident["seed"]), epoch=epoch, layer=layer,
-            units=len(g), live=len(live), fan_in=int(g["fan_in"].iloc[0]),
-            n_eff_over_d1=float(np.median(live["n_eff"] / (live["fan_in"] + 1))),
-            estimable=float(len(est) / max(len(live), 1)),
-            rho_plain_jk=float(live["rho_plain_jk"].median()),
-            rho_plain=float(live["rho_plain"].median()),
-            shift_error_plain=float(live["shift_error_plain"].median()),
-            abs_k=float(est["k"].abs().median()) if len(est) else float("nan"),
-            mean_q_norm=float(est["mean_q_norm"].median()) if len(est) else float("nan"),
-            rel_damping=MEASURE_DAMPING, probe=len(x), seconds=seconds,
-        ))  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(pd.DataFrame(rows), out)
-    return out
+        first = g.iloc[0]
+        row = dict(unit_type=first["unit_type"], seed=int(first["seed"]),
+                   epoch=int(first["epoch"]), layer=layer, units=len(g), live=len(live))  # fmt: skip
+        if estimable_only:
+            row.update(estimable_units=len(est), **{m: float(est[m].median()) if len(est)
+                                                    else float("nan")
+                                                    for m in ESTIMABLE_MEASURES})  # fmt: skip
+        else:
+            row.update(
+                fan_in=int(first["fan_in"]),
+                n_eff_over_d1=float(np.median(live["n_eff"] / (live["fan_in"] + 1))),
+                estimable=float(len(est) / max(len(live), 1)),
+                rho_plain_jk=float(live["rho_plain_jk"].median()),
+                rho_plain=float(live["rho_plain"].median()),
+                shift_error_plain=float(live["shift_error_plain"].median()),
+                abs_k=float(est["k"].abs().median()) if len(est) else float("nan"),
+                mean_q_norm=float(est["mean_q_norm"].median()) if len(est) else float("nan"),
+            )  # fmt: skip
+        rows.append(dict(row, rel_damping=float(first["rel_damping"]), probe=int(first["probe"]),
+                         seconds=float(first["seconds"])))  # fmt: skip
+    return rows
+
+
+def analyse_run(run: Path) -> Path:
+    r"""The declared unit analysis of one finished run's last checkpoint (module docstring),
+    cached as ``analysis/fig3-units.csv`` in its run directory (one row per analysed layer),
+    and the estimable-only re-analysis's ``analysis/fig3-units-estimable.csv``: each written
+    once from :func:`_unit_rows`."""
+    import pandas as pd
+
+    from natgrad.analysis.csvtables import write_csv
+    from natgrad.training.rundir import RunDir
+
+    rd = RunDir(run)
+    for name, estimable_only in ((RESULTS, False), (ESTIMABLE_RESULTS, True)):
+        path = rd.analysis_path(name)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_csv(pd.DataFrame(_layer_rows(_unit_rows(run), estimable_only)), path)
+    return rd.analysis_path(RESULTS)
 
 
 def _finished(root: Path):
@@ -440,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/fig3"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--analyse", action="store_true", help="the unit analysis of every "
-                        "finished run (of --lr's rate if given), seed by seed")  # fmt: skip
+                        "finished run (of --lr's rate and --seeds' seeds), seed by seed")  # fmt: skip
     parser.add_argument("--restore", type=Path, default=None,
                         help="bring a results folder's run records back into --runs first")  # fmt: skip
     parser.add_argument("--report", action="store_true")
@@ -462,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.analyse:  # seed-major, so that a cut-off analysis leaves complete seeds
         done = [(lr, run) for lr, run in _finished(args.runs) if args.lr in (None, lr)]
         seed = {run: RunDir(run).identity()["seed"] for _, run in done}
+        done = [(lr, run) for lr, run in done if seed[run] in args.seeds]  # a piece: --seeds
         for lr, run in sorted(done, key=lambda t: (seed[t[1]], t[1].name)):
             t0 = time.perf_counter()
             analyse_run(run)

@@ -43,6 +43,20 @@ Declared (before any run; committed then in ``analysis/fig3_autoencoder.py``, mo
   epochs 25 and 50, test error at epoch 50, the first epoch at which ELU's mean validation
   error falls below each other unit's, and the unit analysis above on the epoch-50
   checkpoints.
+- **Estimable-only re-analysis (declared 2026-12-06, after the 25- and 50-epoch records,
+  before this re-analysis; secondary, a robustness check):** the unit analysis above takes
+  ρ(plain) and the bias-shift error as medians over *live* units, but in decoder.fc1
+  (59–100 % estimable) and decoder.fc2 (45–96 %) many live units' blocks are not estimable
+  on the probe (n_eff < 2(d+1)), and comparing blocks that are not is what natgrad's
+  measures refuse elsewhere. So every analysed checkpoint (all 60 runs at epoch 25, the 15
+  extension runs at epoch 50) is analysed again, with the same probe, g, λ and jackknife,
+  and per run and layer ρ(plain) (jackknifed) and the bias-shift error of the plain
+  gradient are taken as medians over *estimable* units only (``ESTIMABLE_MEASURES``; a layer
+  with no estimable unit gives NaN and drops out of its comparisons), with the number of
+  estimable units. Compared ELU − ReLU and ELU − LReLU, paired by seed, per rate and layer,
+  in a Holm family of their own (``"units-estimable"``), read from the CIs; the live-unit
+  tables stand as they are. The re-analysis also keeps each run's per-unit table
+  (``UNIT_ROWS``, in its run directory) so that a later subset needs no new pass.
 """
 
 from __future__ import annotations
@@ -61,6 +75,9 @@ PROBE, GRAD_IMAGES = 1000, 10_000
 ANALYSED = ("encoder.fc4", "decoder.fc1", "decoder.fc2")
 UNIT_MEASURES = ("rho_plain_jk", "shift_error_plain", "abs_k", "mean_q_norm", "estimable")
 RESULTS = "fig3-units.csv"  # each run's unit analysis (its run directory's analysis folder)
+ESTIMABLE_RESULTS = "fig3-units-estimable.csv"  # the estimable-only re-analysis, per layer
+UNIT_ROWS = "fig3-unit-rows.csv"  # the re-analysis's per-unit table (not recorded: ~0.3 MB)
+ESTIMABLE_MEASURES = ("rho_plain_jk", "shift_error_plain")
 
 
 def endpoints(epochs: int) -> list:
@@ -83,6 +100,11 @@ def endpoints(epochs: int) -> list:
 #: The unit analysis's comparisons (secondary; one Holm family), per rate and layer.
 UNIT_ENDPOINTS = tuple(Endpoint(m, "elu", other, "secondary", family="units")
                        for m in UNIT_MEASURES for other in UNITS[1:])  # fmt: skip
+
+
+#: The estimable-only re-analysis's comparisons (secondary; one Holm family), per rate and layer.
+ESTIMABLE_ENDPOINTS = tuple(Endpoint(m, "elu", other, "secondary", family="units-estimable")
+                            for m in ESTIMABLE_MEASURES for other in UNITS[1:])  # fmt: skip
 
 
 def study(lr: float, epochs: int, *, seeds=range(SEEDS), train_size: int | None = None):
