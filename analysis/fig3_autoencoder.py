@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad.analysis.endpoints import evaluate
 from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     ANALYSED,
     AT_EPOCHS,
@@ -51,6 +52,8 @@ from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
 )
 from natgrad.training.carry import copy_runs
 
+KEPT = (RESULTS, ESTIMABLE_RESULTS)  # the analysis tables a record keeps of each run
+
 
 def train(root: Path, lr: float, epochs: int, *, seeds=range(SEEDS), train_size=None) -> float:
     t0 = time.perf_counter()
@@ -67,7 +70,6 @@ def comparisons(curves, epochs: int):
     AUCs over epochs 1..E and its losses at :data:`AT_EPOCHS` (≤ E) and E."""
     import pandas as pd
 
-    from natgrad.analysis.endpoints import evaluate
     from natgrad.analysis.stats import loss_auc
 
     per_run = []
@@ -197,7 +199,6 @@ def unit_comparisons(units):
     """Per rate and layer, the declared unit-analysis endpoints
     (:data:`~natgrad.studies.fig3.UNIT_ENDPOINTS`: ELU − ReLU and ELU − LReLU on
     :data:`UNIT_MEASURES`, paired by seed, one Holm family)."""
-    from natgrad.analysis.endpoints import evaluate
 
     return evaluate(units, list(UNIT_ENDPOINTS), by=["lr", "layer"])
 
@@ -285,7 +286,51 @@ def _extension_text() -> str:
             "checkpoints, in its own family.")  # fmt: skip
 
 
-def readme(table, unit_table, curves, meta: dict) -> str:
+def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
+    """The estimable-only re-analysis's section (:data:`ESTIMABLE_ENDPOINTS`): its table, how
+    many units each median is over, its counts and where its reading of ρ differs from the
+    live-unit one, from the CIs."""
+    from natgrad.units import unit_type_label
+
+    def reading(r) -> int:  # +1 ELU higher, -1 lower, 0 not resolved
+        return 1 if r["lo"] > 0 else (-1 if r["hi"] < 0 else 0)
+
+    share = est_units.assign(f=est_units["estimable_units"] / est_units["live"].clip(lower=1))
+    counts = "; ".join(f"{layer} {100 * g['f'].median():.0f} % [{100 * g['f'].min():.0f}, "
+                       f"{100 * g['f'].max():.0f}]" for layer, g in share.groupby("layer", sort=False))  # fmt: skip
+    lines = ["", "## ρ over estimable units only (secondary; declared after the tables above)",
+             "", "Declared in `natgrad/studies/fig3.py` after the 25- and 50-epoch records and "
+             "before this re-analysis: the same checkpoints, probe, g, λ = 1e-3 and jackknife, "
+             "but per run and layer ρ(plain) and the bias-shift error are medians over the "
+             "units whose blocks are estimable on the probe (n_eff ≥ 2(d+1)) instead of over "
+             "every live unit. Estimable share of the live units per layer (median over runs "
+             f"[min, max]): {counts}. ELU − other, paired by seed, Holm over this family "
+             "(`units-estimable`):", "",
+             "| rate | layer | measure | other | seeds | ELU − other | 95 % CI | Holm p |",
+             "| --- | --- | --- | --- | ---: | ---: | --- | ---: |"]  # fmt: skip
+    for r in est_table.to_dict("records"):
+        lines.append(f"| {r['lr']:g} | {r['layer']} | {r['metric']} | "
+                     f"{unit_type_label(r['other'], tex=False)} | {r['n']} | {r['diff']:+.4g} | "
+                     f"[{r['lo']:+.4g}, {r['hi']:+.4g}] | {r['p_holm']:.3g} |")  # fmt: skip
+    key = ["lr", "layer", "metric", "other"]
+    both = est_table.merge(unit_table, on=key, suffixes=("", "_live"))
+    lines.append("")
+    for metric, what, up, down in UNIT_READING:
+        if metric not in ESTIMABLE_MEASURES:
+            continue
+        rows = both[both["metric"] == metric]
+        est = [reading(r) for r in rows.to_dict("records")]
+        live = [reading({"lo": r["lo_live"], "hi": r["hi_live"]}) for r in rows.to_dict("records")]
+        changed = [f"lr {r['lr']:g} {r['layer']} vs {unit_type_label(r['other'], tex=False)}"
+                   for r, a, b in zip(rows.to_dict("records"), est, live, strict=True) if a != b]  # fmt: skip
+        lines.append(f"- {what}, estimable units: {up} under ELU in {est.count(1)}, {down} in "
+                     f"{est.count(-1)}, not resolved in {est.count(0)} of {len(est)} (over live "
+                     f"units: {live.count(1)}, {live.count(-1)}, {live.count(0)}); the reading "
+                     f"differs in {len(changed)}" + (f": {', '.join(changed)}." if changed else "."))  # fmt: skip
+    return lines
+
+
+def readme(table, unit_table, curves, meta: dict, est_table=None, est_units=None) -> str:
     """The results' text, from the CIs (whichever way they point)."""
     import numpy as np
 
@@ -407,6 +452,8 @@ def readme(table, unit_table, curves, meta: dict) -> str:
                   f"the analysed units: {dead or 'not recorded'}), and with {n} seeds the smallest "
                   f"sign-flip p is {2 / 2**n:.3g}, which Holm multiplies by up to "
                   f"{len(unit_table)}: this family is descriptive, read from its CIs."]  # fmt: skip
+    if est_table is not None and len(est_table) and unit_table is not None:
+        lines += _estimable_lines(est_table, est_units, unit_table)
     lines += ["", "## Side by side with the paper", "",
               "| claim | paper (500 epochs) | here |", "| --- | --- | --- |",
               "| ELU has the lowest reconstruction error at every rate | Fig 3: ELU lowest "
@@ -417,8 +464,9 @@ def readme(table, unit_table, curves, meta: dict) -> str:
                           for r in table[table["metric"] == metric].to_dict("records"))
               + f" (training error at epoch {at}; test error at the last epoch) |", "",
               "Files: `curves.csv` (every run, every epoch), `comparisons.csv`, `units.csv` "
-              "and `unit_comparisons.csv` (the analysis), `fig3.png`, `runs/` (each run's "
-              "config, metrics and unit analysis)."]  # fmt: skip
+              "and `unit_comparisons.csv` (the analysis), `units_estimable.csv` and "
+              "`unit_comparisons_estimable.csv` (its estimable-only re-analysis), `fig3.png`, "
+              "`runs/` (each run's config, metrics and unit analyses)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -440,10 +488,16 @@ def report(root: Path, dest: Path | None, argv) -> int:
     epochs = int(curves.groupby(["lr", "run"])["epoch"].max().min())
     table = comparisons(curves, epochs)
     print(table[["lr", "metric", "other", "diff", "lo", "hi", "p"]].to_string(index=False))
-    unit_rows = [read_csv(run / "analysis" / RESULTS).assign(lr=lr) for lr, run in done
-                 if (run / "analysis" / RESULTS).is_file()]  # fmt: skip
-    units = pd.concat(unit_rows, ignore_index=True) if unit_rows else None
+
+    def analysed(name):  # every finished run's analysis table ``name``, and how many had one
+        rows = [read_csv(run / "analysis" / name).assign(lr=lr) for lr, run in done
+                if (run / "analysis" / name).is_file()]  # fmt: skip
+        return (pd.concat(rows, ignore_index=True) if rows else None), len(rows)
+
+    (units, n_units), (est_units, _) = analysed(RESULTS), analysed(ESTIMABLE_RESULTS)
     unit_table = unit_comparisons(units) if units is not None else None
+    est_table = (None if est_units is None else
+                 evaluate(est_units, list(ESTIMABLE_ENDPOINTS), by=["lr", "layer"]))  # fmt: skip
     if dest is None:
         return 0
     from natgrad._atomic import write_text
@@ -454,17 +508,22 @@ def report(root: Path, dest: Path | None, argv) -> int:
                 diverged=[f"{p.parent.name}/{p.name}" for p in _diverged(root)],
                 analysis_seconds=float(units.groupby(["lr", "unit_type", "seed"])["seconds"]
                                        .first().sum()) if units is not None else 0.0,
-                analysed=len(unit_rows),
+                analysed=n_units,
                 dead=[] if units is None else  # [rate, unit type, dead share] (JSON: a list)
                 [[lr, u, float(f)] for (lr, u), f in (1 - units.groupby(["lr", "unit_type"])["live"].sum()
                  / units.groupby(["lr", "unit_type"])["units"].sum()).items()])  # fmt: skip
     tables = dict(curves=curves, comparisons=table)
     if units is not None:
         tables.update(units=units, unit_comparisons=unit_table)
+    if est_units is not None:
+        tables.update(units_estimable=est_units, unit_comparisons_estimable=est_table)
     record_tables(dest, tables, argv=argv, script="analysis/fig3_autoencoder.py", **meta)
     save_figure(figure(curves), dest / "fig3", formats=("png",), dpi=110)
     record = json.loads((dest / "run.json").read_text())
-    write_text(dest / "README.md", readme(table, unit_table, curves, {**meta, **record}))
+    write_text(
+        dest / "README.md",
+        readme(table, unit_table, curves, {**meta, **record}, est_table, est_units),
+    )
     return 0
 
 
@@ -496,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.restore:
-        n = copy_runs(args.restore / "runs", args.runs, analysis=(RESULTS,), replace=False)
+        n = copy_runs(args.restore / "runs", args.runs, analysis=KEPT, replace=False)
         print(f"restored {n} files into {args.runs}")
     if args.lr is not None and not args.analyse:  # --analyse --lr R: analyse R only
         wall = train(args.runs, args.lr, args.epochs, seeds=args.seeds, train_size=args.train_size)
@@ -511,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             analyse_run(run)
             print(f"analysed lr {lr:g} {run.name} in {time.perf_counter() - t0:.0f} s")
     if args.record:
-        n = copy_runs(args.runs, args.record / "runs", finished_only=True, analysis=(RESULTS,))
+        n = copy_runs(args.runs, args.record / "runs", finished_only=True, analysis=KEPT)
         print(f"recorded {n} files")
     if args.report or args.record:
         return report(args.runs, args.record, argv)

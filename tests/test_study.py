@@ -198,9 +198,43 @@ def test_fig3_pieces_analysis_record_and_restore(tmp_path, monkeypatch):
     assert "dead share of the analysed units: lr 0.01 ELU" in text and "Reading: " in text
     assert (out / "fig3.png").stat().st_size > 10_000
     assert len(list((out / "runs" / "lr0.01").glob("*/analysis/fig3-units.csv"))) == 6
+    # the estimable-only re-analysis: per layer, medians over the estimable units of the
+    # run's cached per-unit table (a second route: straight from that table)
+    est = read_csv(out / "units_estimable.csv")
+    assert len(est) == 2 * 3 * len(m.ANALYSED) and (est["estimable_units"] <= est["live"]).all()
+    assert len(list((out / "runs" / "lr0.01").glob("*/analysis/fig3-units-estimable.csv"))) == 6
+    rows = read_csv(runs / "lr0.01" / "elu-s0" / "analysis" / m.UNIT_ROWS)
+    ok = rows[(rows["dead"] == 0) & (rows["estimable"] == 1)]
+    mine = est[(est["unit_type"] == "elu") & (est["seed"] == 0)].set_index("layer")
+    for layer in m.ANALYSED:
+        want = ok.loc[ok["layer"] == layer, "rho_plain_jk"].median()
+        assert mine.loc[layer, "estimable_units"] == (ok["layer"] == layer).sum()
+        assert mine.loc[layer, "rho_plain_jk"] == pytest.approx(want, nan_ok=True)
+    assert "## ρ over estimable units only" in text and "Estimable share" in text
     fresh = tmp_path / "fresh"
     assert m.main(["--runs", str(fresh), "--restore", str(out), *common[:6], "--seeds", "0:2"]) == 0
     assert not list(fresh.glob("lr0.01/*/checkpoints"))  # read, not trained again
+
+
+def test_fig3_estimable_medians_are_over_estimable_units_only(monkeypatch):
+    """The estimable-only re-analysis's per-layer values are medians over the live units whose
+    blocks are estimable (none: NaN), while the declared analysis's ρ stays over live units."""
+    import numpy as np
+
+    m = _script("fig3_autoencoder", monkeypatch)
+    units = pd.DataFrame(dict(
+        layer=["a"] * 4 + ["b"] * 2, dead=[0, 0, 0, 1, 0, 0], estimable=[1, 0, 1, 0, 0, 0],
+        rho_plain_jk=[0.1, 0.9, 0.3, 0.5, 0.2, 0.4], rho_plain=0.0, k=-1.0, mean_q_norm=2.0,
+        shift_error_plain=[1.0, 5.0, 3.0, 7.0, 1.0, 1.0], n_eff=100.0, fan_in=9,
+        unit_type="elu", seed=0, epoch=25, probe=1000, rel_damping=1e-3, seconds=1.0,
+    ))  # fmt: skip
+    est = pd.DataFrame(m._layer_rows(units, estimable_only=True)).set_index("layer")
+    live = pd.DataFrame(m._layer_rows(units, estimable_only=False)).set_index("layer")
+    assert est.loc["a", ["estimable_units", "rho_plain_jk", "shift_error_plain"]].tolist() == [
+        2, pytest.approx(0.2), pytest.approx(2.0)]  # fmt: skip
+    assert np.isnan(est.loc["b", "rho_plain_jk"]) and est.loc["b", "estimable_units"] == 0
+    assert live.loc["a", "rho_plain_jk"] == pytest.approx(0.3)  # over the 3 live units
+    assert live.loc["a", "estimable"] == pytest.approx(2 / 3) and live.loc["a", "abs_k"] == 1.0
 
 
 def test_the_committed_batch_norm_study_rebuilds_to_its_numbers(tmp_path, monkeypatch):
@@ -275,6 +309,16 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert "closer to the unit natural gradient under ELU" in text
         assert "closer to the unit natural gradient under ELU in 4, farther from it in 0" in text
         assert "nearer the unit natural gradient; its incoming means are not more often" in text
+        # the estimable-only re-analysis: ELU's ρ lower there, so every reading flips
+        est_units = units.assign(rho_plain_jk=lambda d: 1 - d["rho_plain_jk"], live=250,
+                                 estimable_units=200)  # fmt: skip
+        est = m.evaluate(est_units, list(m.ESTIMABLE_ENDPOINTS), by=["lr", "layer"])
+        text = m.readme(table, m.unit_comparisons(units), c, meta, est, est_units)
+        assert "## ρ over estimable units only" in text and "decoder.fc1 80 % [80, 80]" in text
+        assert (
+            "farther from it in 4, not resolved in 0 of 4 (over live units: 4, 0, 0); the "
+            "reading differs in 4: lr 0.01 decoder.fc1 vs ReLU"
+        ) in text
     # the declared extension (1e-5 to 50 epochs): no primary, one family, said so
     c = curves(0.9, rates=(1e-5,), epochs=50)
     table = m.comparisons(c, 50)
