@@ -290,6 +290,8 @@ def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
     """The estimable-only re-analysis's section (:data:`ESTIMABLE_ENDPOINTS`): its table, how
     many units each median is over, its counts and where its reading of ρ differs from the
     live-unit one, from the CIs."""
+    import numpy as np
+
     from natgrad.units import unit_type_label
 
     def reading(r) -> int:  # +1 ELU higher, -1 lower, 0 not resolved
@@ -332,6 +334,16 @@ def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
                      f"{est.count(-1)}, not resolved in {est.count(0)} of {len(est)} (over live "
                      f"units: {live.count(1)}, {live.count(-1)}, {live.count(0)}); the reading "
                      f"differs in {len(changed)}" + (f": {', '.join(changed)}." if changed else "."))  # fmt: skip
+        if metric == "rho_plain_jk":  # which way ρ leans, counted, over each set of units
+            lean = {sign: ("more often closer to the unit natural gradient under ELU", "as "
+                           "often closer as farther", "more often farther from it under ELU")[1 - sign]
+                    for sign in (-1, 0, 1)}  # fmt: skip
+            a = int(np.sign(est.count(1) - est.count(-1)))
+            b = int(np.sign(live.count(1) - live.count(-1)))
+            ending = ("the same reading." if a == b else "so the live-unit reading rests on "
+                      "units whose blocks are not estimable and is not a finding.")  # fmt: skip
+            lines += ["", f"Reading: over live units ρ(plain) is {lean[b]}; over estimable "
+                      f"units it is {lean[a]}: {ending}"]  # fmt: skip
     return lines
 
 

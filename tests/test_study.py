@@ -317,9 +317,18 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert "## ρ over estimable units only" in text
         assert "decoder.fc1 ELU (α=1) 80 %, ReLU 80 %, LReLU (α=0.1) 80 %." in text
         assert (
+            "Reading: over live units ρ(plain) is more often closer to the unit natural "
+            "gradient under ELU; over estimable units it is more often farther from it "
+            "under ELU: so the live-unit reading rests on units"
+        ) in text
+        assert (
             "farther from it in 4, not resolved in 0 of 4 (over live units: 4, 0, 0); the "
             "reading differs in 4: lr 0.01 decoder.fc1 vs ReLU"
         ) in text
+        same = m.readme(table, m.unit_comparisons(units), c, meta,
+                        m.evaluate(units, list(m.ESTIMABLE_ENDPOINTS), by=["lr", "layer"]),
+                        units.assign(live=250, estimable_units=250))  # fmt: skip
+        assert "it is more often closer to the unit natural gradient under ELU: the same" in same
     # the declared extension (1e-5 to 50 epochs): no primary, one family, said so
     c = curves(0.9, rates=(1e-5,), epochs=50)
     table = m.comparisons(c, 50)
@@ -337,13 +346,15 @@ def test_the_committed_fig3_study_rebuilds_to_its_numbers(folder, tmp_path, monk
     """``paper_figures/results/fig3_autoencoder_mnist`` (issue 23: 60 runs at four rates and
     their unit analysis) and its declared extension (lr 1e-5 to 50 epochs), restored from
     their committed records and reported again, give their comparisons and the unit
-    analysis's comparisons to the last digit, without training."""
+    analysis's comparisons (over live units, and over estimable units only) to the last
+    digit, without training."""
     m = _script("fig3_autoencoder", monkeypatch)
     src = ROOT / "paper_figures/results" / folder
     runs, out = tmp_path / "runs", tmp_path / "out"
     assert m.main(["--runs", str(runs), "--restore", str(src), "--record", str(out)]) == 0
     assert not list(runs.glob("*/*/checkpoints"))
-    for name in ("comparisons", "unit_comparisons", "units"):
+    for name in ("comparisons", "unit_comparisons", "units", "units_estimable",
+                 "unit_comparisons_estimable"):  # fmt: skip
         old, new = pd.read_csv(src / f"{name}.csv"), pd.read_csv(out / f"{name}.csv")
         pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12)
     _same_provenance(src / "run.json", out / "run.json")
