@@ -68,3 +68,9 @@ def test_fig2_protocol_records_runs(demo_dir, tmp_path):
     for other in ("relu", "relu-bn"):
         diff = claims.loc["elu", "train_loss_auc"] - claims.loc[other, "train_loss_auc"]
         assert paired.loc[("train_loss_auc", other), "diff"] == pytest.approx(diff.mean())
+    # through the declared endpoints: Holm within each metric over the two other unit types
+    for _, rows in paired.groupby(level="metric"):
+        p = rows["p"].dropna()  # a metric a run lacks (too few epochs) has no p
+        if len(p):
+            assert rows["p_holm"].min() == pytest.approx(min(1.0, len(p) * p.min()))
+    assert set(paired["family"]) == set(fig2_protocol.METRICS) and "| Holm p |" in text

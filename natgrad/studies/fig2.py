@@ -44,6 +44,15 @@ def mechanism_endpoints():
             for m in (*RHO, "n_eff_over_d1") for other in UNITS[1:]]  # fmt: skip
 
 
+def claim_endpoints(others=UNITS[1:]):
+    """The protocol's claims (:data:`METRICS`, per seed from
+    :func:`~natgrad.analysis.stats.claims_per_seed`), ELU against each of ``others`` paired
+    by seed: descriptive (secondary), Holm within each metric over the other unit types."""
+    from natgrad.analysis.endpoints import Endpoint
+
+    return [Endpoint(m, "elu", other, "secondary", family=m) for m in METRICS for other in others]
+
+
 def study(epochs: int, data_dir: str | None, dataset: str = "fashion-mnist"):
     """The protocol's runs as a :class:`~natgrad.analysis.study.Study` (``<unit>-s<seed>``)."""
     from natgrad.analysis.study import Study
