@@ -470,6 +470,9 @@ def readme(table, unit_table, curves, meta: dict, est_table=None, est_units=None
                   f"sign-flip p is {2 / 2**n:.3g}, which Holm multiplies by up to "
                   f"{len(unit_table)}: this family is descriptive, read from its CIs."]  # fmt: skip
     if est_table is not None and len(est_table) and unit_table is not None:
+        lines[-1] += (" The medians of ρ and the bias-shift error include live units whose "
+                      "blocks are not estimable; the next section checks them over estimable "
+                      "units only.")  # fmt: skip
         lines += _estimable_lines(est_table, est_units, unit_table)
     lines += ["", "## Side by side with the paper", "",
               "| claim | paper (500 epochs) | here |", "| --- | --- | --- |",

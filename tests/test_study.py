@@ -315,6 +315,7 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         est = m.evaluate(est_units, list(m.ESTIMABLE_ENDPOINTS), by=["lr", "layer"])
         text = m.readme(table, m.unit_comparisons(units), c, meta, est, est_units)
         assert "## ρ over estimable units only" in text
+        assert "the next section checks them over estimable units only." in text
         assert "decoder.fc1 ELU (α=1) 80 %, ReLU 80 %, LReLU (α=0.1) 80 %." in text
         assert (
             "Reading: over live units ρ(plain) is more often closer to the unit natural "
