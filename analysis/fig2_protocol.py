@@ -84,7 +84,6 @@ def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progres
 
 def record(runs: list[Path], out: Path, meta: dict) -> str:
     """Write the tables, figure and README of the runs into ``out``; returns the README."""
-
     from natgrad.analysis.endpoints import evaluate
     from natgrad.analysis.runs import curve_table
     from natgrad.analysis.stats import claims_per_seed

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from natgrad.analysis.endpoints import evaluate
+from natgrad.analysis.stats import ci_sign
 from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     ANALYSED,
     AT_EPOCHS,
@@ -167,11 +168,12 @@ def analyse_run(run: Path) -> Path:
     from natgrad.training.rundir import RunDir
 
     rd = RunDir(run)
-    for name, estimable_only in ((RESULTS, False), (ESTIMABLE_RESULTS, True)):
-        path = rd.analysis_path(name)
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_csv(pd.DataFrame(_layer_rows(_unit_rows(run), estimable_only)), path)
+    missing = [(rd.analysis_path(name), only) for name, only in
+               ((RESULTS, False), (ESTIMABLE_RESULTS, True)) if not rd.analysis_path(name).is_file()]  # fmt: skip
+    if missing:
+        units = _unit_rows(run)
+        for path, estimable_only in missing:
+            write_csv(pd.DataFrame(_layer_rows(units, estimable_only)), path)
     return rd.analysis_path(RESULTS)
 
 
@@ -294,9 +296,6 @@ def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
 
     from natgrad.units import unit_type_label
 
-    def reading(r) -> int:  # +1 ELU higher, -1 lower, 0 not resolved
-        return 1 if r["lo"] > 0 else (-1 if r["hi"] < 0 else 0)
-
     share = est_units["estimable_units"] / est_units["live"].clip(lower=1)
     med = share.groupby([est_units["layer"], est_units["unit_type"]], sort=False).median()
     counts = "; ".join(
@@ -326,20 +325,21 @@ def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
         if metric not in ESTIMABLE_MEASURES:
             continue
         rows = both[both["metric"] == metric]
-        est = [reading(r) for r in rows.to_dict("records")]
-        live = [reading({"lo": r["lo_live"], "hi": r["hi_live"]}) for r in rows.to_dict("records")]
+        est, live = ci_sign(rows["lo"], rows["hi"]), ci_sign(rows["lo_live"], rows["hi_live"])
         changed = [f"lr {r['lr']:g} {r['layer']} vs {unit_type_label(r['other'], tex=False)}"
-                   for r, a, b in zip(rows.to_dict("records"), est, live, strict=True) if a != b]  # fmt: skip
-        lines.append(f"- {what}, estimable units: {up} under ELU in {est.count(1)}, {down} in "
-                     f"{est.count(-1)}, not resolved in {est.count(0)} of {len(est)} (over live "
-                     f"units: {live.count(1)}, {live.count(-1)}, {live.count(0)}); the reading "
-                     f"differs in {len(changed)}" + (f": {', '.join(changed)}." if changed else "."))  # fmt: skip
+                   for r in rows[est != live].to_dict("records")]  # fmt: skip
+        n = {k: (int((est == k).sum()), int((live == k).sum())) for k in (1, -1, 0)}
+        lines.append(f"- {what}, estimable units: {up} under ELU in {n[1][0]}, {down} in "
+                     f"{n[-1][0]}, not resolved in {n[0][0]} of {len(est)} (over live units: "
+                     f"{n[1][1]}, {n[-1][1]}, {n[0][1]}); the reading differs in {len(changed)}"
+                     + (f": {', '.join(changed)}." if changed else "."))  # fmt: skip
         if metric == "rho_plain_jk":  # which way ρ leans, counted, over each set of units
-            lean = {sign: ("more often closer to the unit natural gradient under ELU", "as "
-                           "often closer as farther", "more often farther from it under ELU")[1 - sign]
-                    for sign in (-1, 0, 1)}  # fmt: skip
-            a = int(np.sign(est.count(1) - est.count(-1)))
-            b = int(np.sign(live.count(1) - live.count(-1)))
+            lean = {
+                1: "more often closer to the unit natural gradient under ELU",
+                0: "as often closer as farther",
+                -1: "more often farther from it under ELU",
+            }
+            a, b = int(np.sign(n[1][0] - n[-1][0])), int(np.sign(n[1][1] - n[-1][1]))
             ending = ("the same reading." if a == b else "so the live-unit reading rests on "
                       "units whose blocks are not estimable and is not a finding.")  # fmt: skip
             lines += ["", f"Reading: over live units ρ(plain) is {lean[b]}; over estimable "
@@ -359,9 +359,7 @@ def readme(table, unit_table, curves, meta: dict, est_table=None, est_units=None
                 f"{f.format(scale * r['hi'])})")  # fmt: skip
 
     def word(r, neg: str, pos: str) -> str:
-        if r["hi"] < 0:
-            return neg
-        return pos if r["lo"] > 0 else "no difference resolved"
+        return {-1: neg, 0: "no difference resolved", 1: pos}[int(ci_sign(r["lo"], r["hi"]))]
 
     epochs = int(curves["epoch"].max())
     declared = len(UNITS) * SEEDS * curves["lr"].nunique()
@@ -444,7 +442,8 @@ def readme(table, unit_table, curves, meta: dict, est_table=None, est_units=None
         sign = {}  # per measure: +1 if ELU is higher in more CIs than lower, -1 the reverse
         for metric, what, up, down in UNIT_READING:
             rows = unit_table[unit_table["metric"] == metric]
-            hi, lo = int((rows["lo"] > 0).sum()), int((rows["hi"] < 0).sum())
+            signs = ci_sign(rows["lo"], rows["hi"])
+            hi, lo = int((signs == 1).sum()), int((signs == -1).sum())
             sign[metric] = int(np.sign(hi - lo))
             lines.append(f"- {what}: {up} under ELU in {hi}, {down} in {lo}, not resolved in "
                          f"{len(rows) - hi - lo} of {len(rows)} (rate × layer × other unit).")  # fmt: skip

@@ -24,7 +24,7 @@ from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "claims_per_seed",
-           "group_summary", "holm", "loss_auc", "neff_adjusted", "paired_comparison",
+           "ci_sign", "group_summary", "holm", "loss_auc", "neff_adjusted", "paired_comparison",
            "paired_summary", "seed_values", "sentence", "sign_flip_p"]  # fmt: skip
 
 CONFIDENCE = 0.95
@@ -311,6 +311,18 @@ def holm(pvalues) -> np.ndarray:
     res[order] = np.minimum(1.0, np.maximum.accumulate(q[order] * (m - np.arange(m))))
     out[ok] = res
     return out
+
+
+def ci_sign(lo, hi):
+    r"""Which way each CI points: +1 where it lies above 0, −1 below, 0 where it holds 0 (or is
+    NaN): the one rule by which a report says a difference is resolved.
+
+    Example:
+        >>> ci_sign([0.1, -0.3, -0.1, float("nan")], [0.2, -0.1, 0.1, float("nan")]).tolist()
+        [1, -1, 0, 0]
+    """
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    return np.where(lo > 0, 1, np.where(hi < 0, -1, 0))
 
 
 def sign_flip_p(diff) -> float:

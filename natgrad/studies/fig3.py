@@ -76,7 +76,7 @@ ANALYSED = ("encoder.fc4", "decoder.fc1", "decoder.fc2")
 UNIT_MEASURES = ("rho_plain_jk", "shift_error_plain", "abs_k", "mean_q_norm", "estimable")
 RESULTS = "fig3-units.csv"  # each run's unit analysis (its run directory's analysis folder)
 ESTIMABLE_RESULTS = "fig3-units-estimable.csv"  # the estimable-only re-analysis, per layer
-UNIT_ROWS = "fig3-unit-rows.csv"  # the re-analysis's per-unit table (not recorded: ~0.3 MB)
+UNIT_ROWS = "fig3-unit-rows.csv"  # the re-analysis's per-unit table (not recorded: ~0.5 MB)
 ESTIMABLE_MEASURES = ("rho_plain_jk", "shift_error_plain")
 
 
