@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad.analysis.stats import mean_ci_name
 from natgrad.studies.bn_cnn import (  # noqa: F401 (the declaration, re-exported)
     ARMS,
     BATCH,
@@ -82,14 +83,14 @@ PAPER_CLAIMS = (  # (claim, the paper's numbers: CIFAR-100, cifar-11 full width,
 
 def time_ratio(values):
     r"""ELU/ReLU time per iteration, paired by seed (the two runs of a seed ran one after the
-    other in the same process): the geometric mean of the per-seed ratios with a BCa CI."""
+    other in the same process): the geometric mean of the per-seed ratios with its CI (``stats.mean_ci`` of the logs)."""
     import numpy as np
 
-    from natgrad.analysis.stats import bootstrap_ci
+    from natgrad.analysis.stats import mean_ci
 
     wide = values.pivot(index="seed", columns="unit_type", values="seconds_per_iteration")
     logr = np.log((wide["elu"] / wide["relu"]).dropna().to_numpy(dtype=float))
-    lo, hi, _ = bootstrap_ci(logr)
+    lo, hi, _ = mean_ci(logr)
     return dict(ratio=float(np.exp(logr.mean())), lo=float(np.exp(lo)), hi=float(np.exp(hi)),
                 seeds=len(logr))  # fmt: skip
 
@@ -180,7 +181,7 @@ def readme(values, table, ratio: dict, meta: dict) -> str:
               f"differs {slow:.1f}-fold between arms): at this scale the test error at the "
               "best-validation epoch measures what the scaled recipe reaches in "
               f"{EPOCHS} epochs, much of it speed of learning, not converged nets."]  # fmt: skip
-    lines += ["", "## Declared comparisons (paired by seed; BCa 95 % CI; exact sign-flip p; "
+    lines += ["", f"## Declared comparisons (paired by seed; {mean_ci_name()} 95 % CI; exact sign-flip p; "
               "Holm over the four primaries)", "",
               "| endpoint | role | difference (points) | 95 % CI | p | Holm p |",
               "| --- | --- | ---: | --- | ---: | ---: |"]  # fmt: skip

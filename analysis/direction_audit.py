@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad.analysis.stats import mean_ci_name
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.direction_audit import (  # noqa: F401 (the declaration, re-exported)
     CHECKPOINTS,
@@ -54,13 +55,13 @@ def summarise(table):
     import pandas as pd
 
     from natgrad.analysis.endpoints import Endpoint, evaluate
-    from natgrad.analysis.stats import bootstrap_ci
+    from natgrad.analysis.stats import mean_ci
 
     rows = []
     for (unit, epoch, method), sub in table.groupby(["unit_type", "epoch", "method"], sort=False):
         row = dict(unit_type=unit, epoch=epoch, method=method, seeds=len(sub))
         for m in ("rho_full", "rho_unit", "decrease_per_kl"):
-            lo, hi, how = bootstrap_ci(sub[m].to_numpy())
+            lo, hi, how = mean_ci(sub[m].to_numpy())
             row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
         row["ci_method"] = how
         rows.append(row)
@@ -101,7 +102,7 @@ def figure(summary, out: Path) -> None:
     axes[0].set_ylabel("ρ against the full natural gradient")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Direction audit: mnist-fc {DEPTH}×{WIDTH} on digits, λ = {MEASURE_DAMPING:g} per "
-                 "unit, mean and 95 % BCa CI over seeds", fontsize=9)  # fmt: skip
+                 f"unit, mean and 95 % {mean_ci_name()} CI over seeds", fontsize=9)  # fmt: skip
     fig.tight_layout()
     save_figure(fig, out / "direction_audit", dpi=150)
     plt.close(fig)

@@ -211,7 +211,8 @@ PRIMARY = "primary.csv"
 
 
 def primaries(curves, epoch: int = EPOCHS):
-    r"""The three declared primary endpoints at ``epoch`` with BCa CIs over seeds, exact
+    r"""The three declared primary endpoints at ``epoch`` with CIs over seeds (t for the
+    differences of means, ``stats.mean_ci``; BCa for the ratio (1), which has none), exact
     sign-flip p-values and Holm's adjustment over the three.
 
     AUC is :func:`~natgrad.analysis.stats.loss_auc` of epochs 1..``epoch``. (1) the fraction
@@ -225,7 +226,7 @@ def primaries(curves, epoch: int = EPOCHS):
     import numpy as np
     import pandas as pd
 
-    from natgrad.analysis.stats import bootstrap_ci, holm, loss_auc, sign_flip_p
+    from natgrad.analysis.stats import bootstrap_ci, holm, loss_auc, mean_ci, sign_flip_p
 
     auc = {}
     for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"]):
@@ -255,12 +256,12 @@ def primaries(curves, epoch: int = EPOCHS):
         ("(3) relu-sgd - elu-sgd AUC", a, b),
     ):
         d = ref - other
-        rows.append(dict(endpoint=label, estimate=float(np.mean(d)), ci=bootstrap_ci(d),
+        rows.append(dict(endpoint=label, estimate=float(np.mean(d)), ci=mean_ci(d),
                          null="0", p=sign_flip_p(d)))  # fmt: skip
     adjusted = holm([r["p"] for r in rows])
     d = c - b
     rows.append(dict(endpoint="secondary: fraction = 1 (relu-unit-ng - elu-sgd AUC)",
-                     estimate=float(np.mean(d)), ci=bootstrap_ci(d), null="0",
+                     estimate=float(np.mean(d)), ci=mean_ci(d), null="0",
                      p=sign_flip_p(d)))  # fmt: skip
     table = pd.DataFrame(
         [dict(endpoint=r["endpoint"], epoch=epoch, seeds=len(seeds), estimate=r["estimate"],

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from natgrad.analysis.stats import mean_ci_name
 from natgrad.studies.fig2 import (  # noqa: F401 (the declaration, re-exported)
     EARLY,
     LOSS_LEVEL,
@@ -122,7 +123,7 @@ def record(runs: list[Path], out: Path, meta: dict) -> str:
         "",
         "## ELU against each unit type, paired by seed",
         "",
-        "diff = mean over 5 seeds of (ELU − other); 95 % BCa bootstrap CI over seeds; "
+        f"diff = mean over 5 seeds of (ELU − other); 95 % {mean_ci_name()} CI over seeds; "
         "p: exact two-sided sign-flip test (5 seeds cannot go below p = 0.0625). "
         f"train_loss_auc: mean training loss over epochs 1..{epochs}; abs_median_activation: "
         f"|median over hidden units of their mean activation| at epoch {epochs}; "
@@ -180,12 +181,12 @@ def mechanism_by_epoch(mech_seeds):
 def relation(curves, mech_seeds):
     """Per seed and interval between analysed epochs (e, e'): ELU's ρ(plain) advantage over
     ReLU at e, and how much more ELU's log10 training loss falls than ReLU's from e to e';
-    per interval their means over seeds (BCa CIs) and the Spearman correlation over seeds."""
+    per interval their means over seeds (``stats.mean_ci``) and the Spearman correlation over seeds."""
     import numpy as np
     import pandas as pd
     from scipy import stats as st
 
-    from natgrad.analysis.stats import bootstrap_ci
+    from natgrad.analysis.stats import mean_ci
 
     rho = mech_seeds.pivot_table(index=["seed", "epoch"], columns="unit_type", values="rho_plain")
     loss = curves.pivot_table(index=["seed", "epoch"], columns="unit_type", values="train_loss")
@@ -206,7 +207,7 @@ def relation(curves, mech_seeds):
         r = {"from": e0, "to": e1, "n": len(sub)}
         for col in ("rho_advantage", "extra_log10_fall"):
             x = sub[col].to_numpy()
-            r[col], (r[f"{col}_lo"], r[f"{col}_hi"], _) = x.mean(), bootstrap_ci(x)
+            r[col], (r[f"{col}_lo"], r[f"{col}_hi"], _) = x.mean(), mean_ci(x)
         if len(sub) >= 3 and sub["rho_advantage"].nunique() > 1:
             sp = st.spearmanr(sub["rho_advantage"], sub["extra_log10_fall"])
             r["spearman"], r["spearman_p"] = float(sp.statistic), float(sp.pvalue)
@@ -378,7 +379,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
         lines.append(
             f"| {r.metric} | {r.other} | {est} | {r.ci_method} | {r.p:.3g} | {r.p_holm:.3g} |"
         )
-    lines += ["", "## The mechanism along training (per epoch, ELU − other, BCa CIs over seeds)", "",
+    lines += ["", f"## The mechanism along training (per epoch, ELU − other, {mean_ci_name()} CIs over seeds)", "",
               "| epoch | other | ρ(plain) | ρ(centred) | ρ(QD) | ρ(block-diag.) | n_eff/(d+1), ELU − other |",
               "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for (epoch, other), sub in by_epoch.groupby(["epoch", "other"]):
@@ -397,7 +398,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     lines += ["", "## Does ELU's ρ advantage precede its faster fall in loss?", "",
               "Per interval (e → e'): ELU − ReLU in ρ(plain) at e, and how much more ELU's "
-              "log10 training loss falls than ReLU's from e to e' (mean over seeds, BCa CI), with "
+              f"log10 training loss falls than ReLU's from e to e' (mean over seeds, {mean_ci_name()} CI), with "
               "the Spearman correlation of the two over seeds.", "",
               "| interval | ρ advantage at e | extra log10 fall, e → e' | Spearman r (p) |",
               "| --- | --- | --- | --- |"]  # fmt: skip
@@ -428,11 +429,11 @@ def fig2_script(argv: list[str]) -> None:
 
 def _figures(curves, seeds, runs_root, out: Path) -> None:
     """Fig 2 (the paper's layout) and the mechanism figure: ρ(plain), ρ(block-diag.) and
-    n_eff/(d+1) per analysed epoch, mean over seeds ± BCa CI, per unit type."""
+    n_eff/(d+1) per analysed epoch, mean over seeds ± CI (``stats.mean_ci``), per unit type."""
     import matplotlib.pyplot as plt
 
     from natgrad.analysis.plots import save_figure
-    from natgrad.analysis.stats import bootstrap_ci
+    from natgrad.analysis.stats import mean_ci
     from natgrad.units import unit_type_colour, unit_type_label
 
     fig2_script(["--runs", str(runs_root), "--out", str(out)])
@@ -447,7 +448,7 @@ def _figures(curves, seeds, runs_root, out: Path) -> None:
             xs, ys, los, his = [], [], [], []
             for epoch, g in sub.groupby("epoch"):
                 v = (1 - g[col]) if one_minus else g[col]
-                lo, hi, _ = bootstrap_ci(v.to_numpy())
+                lo, hi, _ = mean_ci(v.to_numpy())
                 xs.append(max(epoch, 0.5))
                 ys.append(v.mean())
                 los.append(lo)

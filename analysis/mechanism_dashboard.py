@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad.analysis.stats import mean_ci_name
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration, re-exported)
     BATCH,
@@ -101,19 +102,19 @@ def measure_all(runs, workers: int, cache: Path):
 
 
 def summarise(table):
-    """Mean and BCa CI per (arm, epoch, measure); ELU − ReLU per normalisation at the last
+    """Mean and CI (``stats.mean_ci``) per (arm, epoch, measure); ELU − ReLU per normalisation at the last
     epoch, paired by seed, Holm over the family."""
     import pandas as pd
 
     from natgrad.analysis.endpoints import Endpoint, evaluate
-    from natgrad.analysis.stats import bootstrap_ci
+    from natgrad.analysis.stats import mean_ci
 
     rows = []
     for (arm, epoch), sub in table.groupby(["arm", "epoch"], sort=False):
         row = dict(arm=arm, unit=sub["unit"].iloc[0], norm=sub["norm"].iloc[0], epoch=epoch,
                    seeds=len(sub))  # fmt: skip
         for m in (*METRICS, "estimable", "top_eig_over_mean"):
-            lo, hi, how = bootstrap_ci(sub[m].to_numpy())
+            lo, hi, how = mean_ci(sub[m].to_numpy())
             row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
         row["ci_method"] = how
         rows.append(row)
@@ -131,7 +132,7 @@ def summarise(table):
 
 def figure(summary, out: Path) -> Path:
     """One figure: a row per measure, a column per normalisation, a line per unit type (mean
-    over seeds with its 95 % BCa band) against the epoch."""
+    over seeds with its 95 % CI band) against the epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +165,7 @@ def figure(summary, out: Path) -> Path:
         axes[-1, j].set_xticks(CHECKPOINTS)
     axes[0, 0].legend(fontsize=7, loc="best")
     fig.suptitle(f"Mechanism dashboard: mnist-fc {DEPTH}×{WIDTH} on MNIST, SGD lr {LR}, "
-                 f"mean and 95 % BCa band over {int(summary['seeds'].max())} seeds; unit measures on {UNIT_PROBE} "
+                 f"mean and 95 % {mean_ci_name()} band over {int(summary['seeds'].max())} seeds; unit measures on {UNIT_PROBE} "
                  f"validation images (λ = {MEASURE_DAMPING:g}), whole-network on {GRAM_PROBE}",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()

@@ -12,7 +12,7 @@ initialisation: the regime of Amari et al.'s claim. The exact whole-network Fish
 g = the mean log-likelihood gradient on the 1,437 training digits; λ = 1e-3 per unit. Per run:
 the Frobenius share of the Fisher inside the unit blocks, the largest eigenvalue over the mean
 eigenvalue, and ρ of the unit natural gradient and of the plain gradient against the full
-natural gradient. Seeds are the replicates (mean and BCa CI over seeds per unit type × width).
+natural gradient. Seeds are the replicates (mean and t CI over seeds per unit type × width).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def measure(unit: str, width: int, seed: int, ds) -> dict:
 def run(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    from natgrad.analysis.stats import bootstrap_ci
+    from natgrad.analysis.stats import mean_ci
     from natgrad.data import load_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,7 +64,7 @@ def run(argv: list[str] | None = None) -> int:
     for (w, u), sub in table.groupby(["width", "unit_type"], sort=False):
         row = {"width": w, "unit_type": u, "seeds": len(sub), "params": int(sub["params"].iloc[0])}
         for m in ("unit_block_share", "top_eig_over_mean", "rho_unit_ng", "rho_plain"):
-            lo, hi, method = bootstrap_ci(sub[m].to_numpy())
+            lo, hi, method = mean_ci(sub[m].to_numpy())
             row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
         row["ci_method"] = method
         summary.append(row)

@@ -3,8 +3,10 @@ statistics path (issue 21, item 4): the demo-family records (``mnist_demo``, ``d
 ``fashion_mnist_study``) from their ``curves.csv`` and ``seeds.csv``, and the MNIST Fig 2
 protocol's declared endpoints from its ``curves.csv`` and ``claims.csv``. A change to
 ``claims_per_seed``, ``group_summary``, ``paired_comparison``, ``endpoints.evaluate`` or a
-declaration that moves a committed number fails here. (``compare_mnist``, ``bn_cnn_mnist``
-and ``fig3_autoencoder_mnist`` rebuild in ``test_compare.py`` and ``test_study.py``.)"""
+declaration that moves a committed number fails here. Each record rebuilds with the CIs it
+was written with (``stats.recorded_mean_ci``: t, or the bootstrap of the records before
+it). (``compare_mnist``, ``bn_cnn_mnist`` and ``fig3_autoencoder_mnist`` rebuild in
+``test_compare.py`` and ``test_study.py``.)"""
 
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ def _same(new: pd.DataFrame, old: pd.DataFrame, keys: list[str], what: str, rtol
 @pytest.mark.parametrize("name", DEMOS)
 def test_a_demo_records_claims_summary_and_comparisons_rebuild(name):
     folder = RESULTS / name
+    with stats.mean_ci_method(stats.recorded_mean_ci(folder)):  # the record's own CIs
+        _rebuild_demo(name, folder)
+
+
+def _rebuild_demo(name, folder):
     curves, seeds = read_csv(folder / "curves.csv"), read_csv(folder / "seeds.csv")
     claims, _ = stats.claims_per_seed(curves, last=3)
     _same(claims[[c for c in claims.columns if c in seeds.columns]],
@@ -67,7 +74,8 @@ def test_the_mnist_demos_declared_endpoints_rebuild():
 
     folder = RESULTS / "mnist_demo"
     seeds = read_csv(folder / "seeds.csv")
-    table = evaluate(seeds, primary_endpoints(for_dataset("mnist")))
+    with stats.mean_ci_method(stats.recorded_mean_ci(folder)):
+        table = evaluate(seeds, primary_endpoints(for_dataset("mnist")))
     _same(table, read_csv(folder / "endpoints.csv"), ["metric", "other"],
           "mnist_demo: endpoints.csv")  # fmt: skip
 
@@ -85,7 +93,8 @@ def test_the_mnist_fig2_protocols_declared_endpoints_rebuild():
           rtol=1e-5)  # fmt: skip
     values = claims.assign(**{c: again.set_index("run").loc[claims["run"], c].to_numpy()
                               for c in cols if c not in ("run", "unit_type", "seed")})  # fmt: skip
-    table = evaluate(values, mnist_endpoints())
+    with stats.mean_ci_method(stats.recorded_mean_ci(folder)):
+        table = evaluate(values, mnist_endpoints())
     _same(table, read_csv(folder / "endpoints.csv"), ["metric", "other"],
           "fig2_protocol_mnist: endpoints.csv", rtol=1e-4)  # fmt: skip
 
@@ -100,7 +109,8 @@ def test_the_mnist_fig2_mechanism_by_epoch_rebuilds_from_its_declared_endpoints(
 
     folder = RESULTS / "fig2_protocol_mnist"
     seeds = read_csv(folder / "mechanism_seeds.csv").sort_values("epoch", kind="stable")
-    table = evaluate(seeds, mechanism_endpoints(), by="epoch")
+    with stats.mean_ci_method(stats.recorded_mean_ci(folder)):
+        table = evaluate(seeds, mechanism_endpoints(), by="epoch")
     old = read_csv(folder / "mechanism_by_epoch.csv")
     assert len(table) == len(old)
     _same(table, old.drop(columns=["better", "text"]), ["epoch", "metric", "other"],

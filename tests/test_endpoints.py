@@ -55,9 +55,42 @@ def test_paired_comparison_names_its_ci_method():
     v = pd.DataFrame({"unit_type": ["elu"] * 6 + ["relu"] * 6, "seed": list(range(6)) * 2,
                       "x": [1.0, 1.3, 1.1, 1.5, 1.2, 1.4, 2.0, 2.1, 2.6, 2.2, 2.4, 2.3]})  # fmt: skip
     row = stats.paired_comparison(v, "x").iloc[0]
-    assert row["ci_method"] == "BCa" and row["lo"] < row["diff"] < row["hi"]
+    assert row["ci_method"] == "t" and row["lo"] < row["diff"] < row["hi"]
+    with stats.mean_ci_method("bootstrap"):  # how the records before 2026-12-06 were written
+        old = stats.paired_comparison(v, "x").iloc[0]
+    assert old["ci_method"] == "BCa" and old["lo"] < old["diff"] < old["hi"]
+    assert old["diff"] == row["diff"] and old["p"] == row["p"]  # only the interval differs
+    assert stats.mean_ci_name() == "t"  # the switch ends with its block
     same = v.assign(x=[1.0] * 6 + [2.0] * 6)
     assert stats.paired_comparison(same, "x").iloc[0]["ci_method"] == "exact"
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10])
+def test_the_ci_of_a_mean_over_seeds_is_students_t(n):
+    """:func:`stats.mean_ci` against SciPy's one-sample t test's interval (a second route),
+    and wider than the bootstrap's at these n, which covers less (``bench/ci_coverage.py``)."""
+    x = np.random.default_rng(n).normal(0.3, 1.0, n)
+    lo, hi, how = stats.mean_ci(x)
+    ref = st.ttest_1samp(x, 0.0).confidence_interval(stats.CONFIDENCE)
+    assert how == "t"
+    assert_close(np.array([lo, hi]), np.array([ref.low, ref.high]), what="t interval")
+    if n >= 3:  # BCa is defined
+        blo, bhi, _ = stats.bootstrap_ci(x)
+        assert hi - lo > bhi - blo
+    assert stats.mean_ci([1.0, np.nan, 1.0]) == (1.0, 1.0, "exact")
+    assert stats.mean_ci([1.0, np.inf])[2] == "none"
+    with pytest.raises(ValueError, match="unknown method 'BCa'"):
+        with stats.mean_ci_method("BCa"):
+            pass
+
+
+def test_ci_changes_says_which_readings_moved():
+    before = pd.DataFrame({"m": ["a", "b", "c"], "other": "relu", "lo": [0.1, -0.5, -0.1],
+                           "hi": [0.4, -0.1, 0.2]})  # fmt: skip
+    after = before.assign(lo=[-0.1, -0.6, 0.05], hi=[0.6, -0.05, 0.3]).iloc[::-1]
+    c = stats.ci_changes(before, after, ["m", "other"]).set_index("m")
+    assert c["before"].to_dict() == {"a": 1, "b": -1, "c": 0}
+    assert c["after"].to_dict() == {"a": 0, "b": -1, "c": 1}
 
 
 def test_endpoints_are_holm_adjusted_within_their_family():
@@ -204,7 +237,7 @@ def test_an_interaction_endpoint_is_the_paired_difference_in_differences():
     plain = Endpoint("err", "elu", "elu-bn", "primary")
     t = evaluate(v, [ep, plain], group="arm")
     d = ((x["relu"] - x["relu-bn"]) - (x["elu"] - x["elu-bn"]))[:4]
-    lo, hi, how = stats.bootstrap_ci(d)
+    lo, hi, how = stats.mean_ci(d)
     row = t.iloc[0]
     assert (row["n"], row["ci_method"], row["interaction"]) == (4, how, "elu − elu-bn")
     assert_close(np.array([row["diff"], row["lo"], row["hi"], row["p"]]),

@@ -246,7 +246,8 @@ def test_the_committed_batch_norm_study_rebuilds_to_its_numbers(tmp_path, monkey
     run records gives its declared comparisons and per-run table again, to the last digit."""
     m = _script("bn_cnn", monkeypatch)
     src = ROOT / "paper_figures/results/bn_cnn_mnist"
-    assert m.run(["report", "--runs", str(src / "runs"), "--record", str(tmp_path / "r")]) == 0
+    with stats.mean_ci_method(stats.recorded_mean_ci(src)):  # the record's own CIs
+        assert m.run(["report", "--runs", str(src / "runs"), "--record", str(tmp_path / "r")]) == 0
     for name in ("primary", "runs"):
         old, new = pd.read_csv(src / f"{name}.csv"), pd.read_csv(tmp_path / "r" / f"{name}.csv")
         pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12)
@@ -356,7 +357,8 @@ def test_the_committed_fig3_study_rebuilds_to_its_numbers(folder, tmp_path, monk
     m = _script("fig3_autoencoder", monkeypatch)
     src = ROOT / "paper_figures/results" / folder
     runs, out = tmp_path / "runs", tmp_path / "out"
-    assert m.main(["--runs", str(runs), "--restore", str(src), "--record", str(out)]) == 0
+    with stats.mean_ci_method(stats.recorded_mean_ci(src)):  # the record's own CIs
+        assert m.main(["--runs", str(runs), "--restore", str(src), "--record", str(out)]) == 0
     assert not list(runs.glob("*/*/checkpoints"))
     for name in ("comparisons", "unit_comparisons", "units", "units_estimable",
                  "unit_comparisons_estimable"):  # fmt: skip
@@ -379,7 +381,8 @@ def test_a_committed_descriptive_study_rebuilds_from_its_measures(name, folder, 
     m = _script(name, monkeypatch)
     src = ROOT / "paper_figures/results" / folder
     measures, *rebuilt = tables
-    summary, paired = m.summarise(read_csv(src / f"{measures}.csv"))
+    with stats.mean_ci_method(stats.recorded_mean_ci(src)):  # the record's own CIs
+        summary, paired = m.summarise(read_csv(src / f"{measures}.csv"))
     for table, new in zip(rebuilt, (summary, paired), strict=True):
         pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{table}.csv"),
                                       check_exact=True, check_dtype=False, obj=table)  # fmt: skip

@@ -13,7 +13,7 @@ Example:
     ...                   "x": [1.0, 1.1, 1.2, 1.3, 2.0, 2.2, 2.1, 2.4]})
     >>> t = evaluate(v, [Endpoint("x", "elu", "relu", "primary", family="primary")])
     >>> float(t["diff"][0]), float(t["p"][0]), float(t["p_holm"][0]), t["ci_method"][0]
-    (-1.025, 0.125, 0.125, 'BCa')
+    (-1.025, 0.125, 0.125, 't')
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ trained, resumed and recorded as diverged by the one runner (:func:`study`,
 over epochs 1..e; validation error of the last ``last_epochs`` epochs; test error at the
 epoch of lowest validation error (without a validation split: of the last epochs, said so).
 Effects are reference − arm paired by seed (ReLU+SGD for every arm, and :data:`PAIRED_WITH`),
-BCa bootstrap CIs over seeds, exact sign-flip p, Holm within each metric
+t CIs over seeds (the gap fraction, a ratio: BCa bootstrap), exact sign-flip p, Holm within each metric
 (:func:`natgrad.analysis.endpoints.evaluate`). **The question**: what fraction of the gap
 between ReLU+SGD and ReLU+unit-NG does ELU+SGD close, per epoch budget e?
 
@@ -282,7 +282,7 @@ def _metrics(per_seed) -> list[str]:
 
 def summarise(curves, config: CompareConfig) -> dict:
     r"""``{"summary", "effects", "gap", "shares", "diverged"}`` from the curves (module
-    docstring). ``effects``: reference − arm, paired by seed (BCa CI, sign-flip p, Holm);
+    docstring). ``effects``: reference − arm, paired by seed (t CI, sign-flip p, Holm);
     ``shares``: the fraction of the ReLU+SGD → ReLU+unit-NG AUC gap each arm closes, per
     epoch budget (``gap`` is ELU+SGD's row, the question)."""
     import pandas as pd

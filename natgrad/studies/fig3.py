@@ -57,6 +57,13 @@ Declared (before any run; committed then in ``analysis/fig3_autoencoder.py``, mo
   in a Holm family of their own (``"units-estimable"``), read from the CIs; the live-unit
   tables stand as they are. The re-analysis also keeps each run's per-unit table
   (``UNIT_ROWS``, in its run directory) so that a later subset needs no new pass.
+- **Amendment to the CIs (after every record above was written):** the declaration named
+  BCa bootstrap CIs of the mean over seeds. At 5 seeds those cover the true mean about 84 %
+  of the time, not 95 % (``bench/ci_coverage.py``; ``docs/theory.md``, "Statistics"), so
+  every CI of a mean in these records is now Student's t interval (``stats.mean_ci``),
+  which holds 95 % for symmetric differences. Nothing else changes: the same per-seed
+  values, endpoints, families and Holm p. The BCa reading stays in the records as they
+  stood at commit 0e36128, and each README says what the change of interval changed.
 """
 
 from __future__ import annotations
