@@ -335,6 +335,28 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
                         m.evaluate(units, list(m.ESTIMABLE_ENDPOINTS), by=["lr", "layer"]),
                         units.assign(live=250, estimable_units=250))  # fmt: skip
         assert "it is more often closer to the unit natural gradient under ELU: the same" in same
+        assert "t intervals instead of the declared BCa" not in same  # no changes given
+    # the amendment's section: the unit table under BCa against the same under t, one
+    # reading moved by hand (ELU higher under BCa, not resolved under t)
+    unit_t = m.unit_comparisons(units)
+    with stats.mean_ci_method("bootstrap"):
+        unit_bca = m.unit_comparisons(units)
+    rho = unit_t.index[unit_t["metric"] == "rho_plain_jk"]  # ELU's ρ higher: resolved
+    assert set(unit_bca.loc[rho, "ci_method"]) == {"BCa"}
+    assert set(unit_t.loc[rho, "ci_method"]) == {"t"}
+    moved = unit_t.assign(lo=np.where(unit_t.index == rho[0], -1.0, unit_t["lo"]))
+    keys = ["lr", "layer", "metric", "other"]
+    changes = {"unit analysis": stats.ci_changes(unit_bca, moved, keys)}
+    text = m.readme(table, moved, c, meta, changes=changes)
+    r = moved.loc[rho[0]]
+    assert "## t intervals instead of the declared BCa (an amendment)" in text
+    n = int((stats.ci_sign(unit_bca["lo"], unit_bca["hi"]) != 0).sum())
+    assert f"- unit analysis: {n} of {len(moved)} under BCa, {n - 1} under t." in text
+    assert "Readings that changed (1):" in text
+    assert (
+        f"- unit analysis, lr {r['lr']:g} {r['layer']} {r['metric']} vs "
+        f"{'ReLU' if r['other'] == 'relu' else 'LReLU (α=0.1)'}: ELU "
+    ) in text
     # the declared extension (1e-5 to 50 epochs): no primary, one family, said so
     c = curves(0.9, rates=(1e-5,), epochs=50)
     table = m.comparisons(c, 50)
