@@ -115,3 +115,36 @@ def test_the_mnist_fig2_mechanism_by_epoch_rebuilds_from_its_declared_endpoints(
     assert len(table) == len(old)
     _same(table, old.drop(columns=["better", "text"]), ["epoch", "metric", "other"],
           "fig2_protocol_mnist: mechanism_by_epoch.csv", rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_the_ci_amendment_of_the_committed_records_rebuilds(tmp_path, monkeypatch):
+    """``ci_amendment.md``/``.csv`` (every record's paired comparisons under BCa and under t,
+    and each reading that moved) rebuild from the committed tables to the same text; the note
+    it puts under a BCa record's title is one marked paragraph however often it is run."""
+    import re
+    import shutil
+
+    monkeypatch.syspath_prepend(str(RESULTS.parents[1] / "analysis"))
+    m = __import__("ci_amendment")
+    counts, moved = m.audit(RESULTS)
+    old = (RESULTS / "ci_amendment.md").read_text(encoding="utf-8")
+    commit = re.search(r"commit `([0-9a-f]+|None)`", old).group(1)
+    assert m.markdown(counts, moved, commit) == old
+    committed = pd.read_csv(RESULTS / "ci_amendment.csv").fillna("")
+    pd.testing.assert_frame_equal(moved.fillna("").reset_index(drop=True), committed,
+                                  check_dtype=False)  # fmt: skip
+    assert set(counts["written_with"]) == {"t", "bootstrap"}
+    # the note: one per BCa record, refreshed in place; a t record gets none
+    for name in ("digits_demo", "bn_cnn_mnist"):
+        (tmp_path / name).mkdir()
+        shutil.copy(RESULTS / name / "README.md", tmp_path / name / "README.md")
+    subset = counts[counts["record"].isin(["digits_demo", "bn_cnn_mnist"])]
+    for _ in range(2):
+        assert m.annotate(tmp_path, subset) == [tmp_path / "digits_demo" / "README.md"]
+    text = (tmp_path / "digits_demo" / "README.md").read_text(encoding="utf-8")
+    assert text.count(m.MARK) == 1 and "\n\n\n" not in text.split(m.MARK)[1][:3]
+    n = int(subset.loc[subset["record"] == "digits_demo", "comparisons"].sum())
+    assert f"of its {n} paired comparisons read differently" in text
+    assert (tmp_path / "bn_cnn_mnist" / "README.md").read_text() == (
+        RESULTS / "bn_cnn_mnist" / "README.md"
+    ).read_text()

@@ -196,8 +196,9 @@ def recorded_mean_ci(record) -> str:
     if isinstance(record, (str, os.PathLike)):  # only the method columns (older records
         import pandas as pd  # lack the checksums that csvtables.read_csv asks for)
 
-        tables = [pd.read_csv(p, usecols=lambda c: c == "ci_method")
-                  for p in sorted(Path(record).glob("*.csv"))]  # fmt: skip
+        with_method = [p for p in sorted(Path(record).glob("*.csv"))
+                       if "ci_method" in p.open(encoding="utf-8").readline()]  # fmt: skip
+        tables = [pd.read_csv(p, usecols=["ci_method"]) for p in with_method]
     else:
         tables = [record]
     named = [t for t in tables if "ci_method" in t]

@@ -1,0 +1,259 @@
+r"""What the t interval changes in every committed record (``docs/theory.md``, "Statistics").
+
+Until 2026-12-06 every CI of a mean over seeds was BCa; at 3–10 seeds those cover the true
+mean 74–89 % of the time (``bench/ci_coverage.py``), and natgrad now forms them with Student's
+t (``natgrad.analysis.stats.mean_ci``). This rebuilds every committed record's paired
+comparisons from its committed per-seed tables — the same paths its rebuild test takes —
+once under the bootstrap (``mean_ci_method("bootstrap")``) and once under t, and counts, per
+record and table, the CIs that exclude 0 under each and every comparison whose reading moved
+(``stats.ci_changes``). Per-seed values, differences and p-values are the same under both.
+Ratios keep their bootstrap CI and are left out (``gap.csv``, ``shares.csv``, a ratio
+endpoint), as are tables of means without a comparison (``network_fisher_random``).
+
+    python analysis/ci_amendment.py [--results paper_figures/results] [--out FOLDER] [--annotate]
+
+Writes ``ci_amendment.md`` and ``ci_amendment.csv`` (one row per moved reading) to ``--out``
+(default: the results folder); ``--annotate`` also puts one marked note under the title of
+every record still written with BCa intervals (run again, it replaces the note).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from natgrad.analysis import stats
+from natgrad.analysis.endpoints import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRED = ["metric", "other"]
+
+
+def _csv(folder: Path, name: str):
+    return pd.read_csv(folder / f"{name}.csv")
+
+
+def _script(name: str):
+    sys.path.insert(0, str(ROOT / "analysis"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def demo(folder: Path) -> dict:
+    """The demo family: every compared metric of ``comparison.csv`` from ``seeds.csv``, and
+    the declared endpoints where the record has them (``mnist_demo``)."""
+    seeds = _csv(folder, "seeds")
+    metrics = list(dict.fromkeys(_csv(folder, "comparison")["metric"]))
+    out = {"comparison": (pd.concat([stats.paired_comparison(seeds, m) for m in metrics],
+                                    ignore_index=True), PAIRED)}  # fmt: skip
+    if (folder / "endpoints.csv").is_file():
+        from natgrad.studies.demo import for_dataset, primary_endpoints
+
+        out["endpoints"] = (evaluate(seeds, primary_endpoints(for_dataset("mnist"))), PAIRED)
+    return out
+
+
+def fig2_mnist(folder: Path) -> dict:
+    from natgrad.studies.fig2 import LOSS_LEVEL, mechanism_endpoints, mnist_endpoints
+
+    curves, claims = _csv(folder, "curves"), _csv(folder, "claims")
+    again, _ = stats.claims_per_seed(curves, threshold=LOSS_LEVEL)
+    cols = [
+        c for c in again.columns if c in claims.columns and c not in ("run", "unit_type", "seed")
+    ]
+    values = claims.assign(**{c: again.set_index("run").loc[claims["run"], c].to_numpy()
+                              for c in cols})  # fmt: skip
+    seeds = _csv(folder, "mechanism_seeds").sort_values("epoch", kind="stable")
+    return {"endpoints": (evaluate(values, mnist_endpoints()), PAIRED),
+            "mechanism_by_epoch": (evaluate(seeds, mechanism_endpoints(), by="epoch"),
+                                   ["epoch", *PAIRED])}  # fmt: skip
+
+
+def fig2_fashion(folder: Path) -> dict:
+    from natgrad.studies.fig2 import claim_endpoints
+
+    return {"paired": (evaluate(_csv(folder, "claims"), claim_endpoints()), PAIRED)}
+
+
+def fig3(folder: Path) -> dict:
+    m = _script("fig3_autoencoder")
+    curves = _csv(folder, "curves")
+    epochs = int(curves.groupby(["lr", "run"])["epoch"].max().min())
+    keys = ["lr", "layer", *PAIRED]
+    return {"comparisons": (m.comparisons(curves, epochs), ["lr", *PAIRED]),
+            "unit_comparisons": (m.unit_comparisons(_csv(folder, "units")), keys),
+            "unit_comparisons_estimable": (evaluate(_csv(folder, "units_estimable"),
+                                                    list(m.ESTIMABLE_ENDPOINTS),
+                                                    by=["lr", "layer"]), keys)}  # fmt: skip
+
+
+def bn_cnn(folder: Path) -> dict:
+    return {"primary": (_script("bn_cnn").primaries(_csv(folder, "runs")), ["endpoint"])}
+
+
+def descriptive(name: str, measures: str, table: str):
+    def recipe(folder: Path) -> dict:
+        paired = _script(name).summarise(_csv(folder, measures))[1]
+        keys = [c for c in ("norm", "unit_type", "epoch", "metric", "reference", "other")
+                if c in paired]  # fmt: skip
+        return {table: (paired, keys)}
+
+    return recipe
+
+
+def compare(folder: Path) -> dict:
+    """``natgrad compare``'s effects, rebuilt by ``rewrite_outputs`` in a scratch copy; the
+    fair comparison's difference endpoints (2) and (3) where the record has them."""
+    from natgrad.studies.compare import rewrite_outputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "out"
+        shutil.copytree(folder, copy)
+        rewrite_outputs(copy)
+        out = {"effects": (_csv(copy, "effects"), ["reference", *PAIRED])}
+    if (folder / "primary.csv").is_file():
+        primary = _script("fair_compare").primaries(_csv(folder, "curves"))
+        primary = primary.rename(columns={"ci_low": "lo", "ci_high": "hi"})
+        primary = primary.assign(role=primary["endpoint"].str.startswith("secondary")
+                                 .map({True: "secondary", False: "primary"}))  # fmt: skip
+        out["primary"] = (primary[~primary["endpoint"].str.startswith("(1)")], ["endpoint"])
+    return out
+
+
+RECORDS = {
+    "mnist_demo": demo, "digits_demo": demo, "fashion_mnist_study": demo,
+    "fig2_protocol_mnist": fig2_mnist, "fig2_protocol_fashion": fig2_fashion,
+    "fig3_autoencoder_mnist": fig3, "fig3_autoencoder_mnist_lr1e-5_e50": fig3,
+    "bn_cnn_mnist": bn_cnn,
+    "mechanism_dashboard_mnist": descriptive("mechanism_dashboard", "dashboard", "elu_vs_relu"),
+    "direction_audit_digits": descriptive("direction_audit", "directions", "primary"),
+    "compare_mnist/main": compare, "compare_mnist/standardised": compare,
+    "compare_mnist/deviation_qd": compare, "compare_fashion_full": compare,
+}  # fmt: skip
+
+
+def audit(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per record and table: comparisons, CIs excluding 0 under BCa and under t, the CI
+    method the record was written with; and every moved reading."""
+    counts, moved = [], []
+    for name, recipe in RECORDS.items():
+        folder = results / name
+        with stats.mean_ci_method("bootstrap"):
+            before = recipe(folder)
+        after = recipe(folder)
+        for table, (new, keys) in after.items():
+            c = stats.ci_changes(before[table][0], new, keys)
+            c = (c.merge(new[[*keys, "role"]], on=keys, how="left") if "role" in new
+                 else c.assign(role=""))  # fmt: skip
+            shift = c[c["before"] != c["after"]]
+            counts.append({"record": name, "table": table, "written_with":
+                           stats.recorded_mean_ci(folder), "comparisons": len(c),
+                           "resolved_bca": int((c["before"] != 0).sum()),
+                           "resolved_t": int((c["after"] != 0).sum()), "moved": len(shift),
+                           "primary_moved": int((shift["role"] == "primary").sum())})  # fmt: skip
+            for r in shift.to_dict("records"):
+                where = ", ".join(f"{k} {r[k]}" for k in keys)
+                moved.append({"record": name, "table": table, "comparison": where,
+                              "role": r["role"], "bca": int(r["before"]),
+                              "t": int(r["after"])})  # fmt: skip
+    columns = ["record", "table", "comparison", "role", "bca", "t"]
+    return pd.DataFrame(counts), pd.DataFrame(moved, columns=columns)
+
+
+def markdown(counts: pd.DataFrame, moved: pd.DataFrame, commit: str | None = None) -> str:
+    word = {1: "above 0", -1: "below 0", 0: "holds 0"}
+    lines = ["# What the t interval changes in the committed records", "",
+             f"Command: `python analysis/ci_amendment.py --annotate`; commit `{commit}`. "
+             "Every record's paired comparisons, "
+             "rebuilt from its committed per-seed tables under BCa (how all of them were "
+             "first written) and under Student's t (natgrad's CI of a mean over seeds since "
+             "2026-12-06: BCa covers 74–89 % at 3–10 seeds, `bench/ci_coverage.py`). Same "
+             "differences and p-values; only the intervals differ. `written with`: the "
+             "interval of the committed tables (records re-written since say t).", "",
+             "| record | table | written with | comparisons | CI excludes 0: BCa | t | moved "
+             "| of them primary |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in counts.to_dict("records"):
+        lines.append(f"| {r['record']} | {r['table']} | {r['written_with']} | {r['comparisons']} "
+                     f"| {r['resolved_bca']} | {r['resolved_t']} | {r['moved']} "
+                     f"| {r['primary_moved']} |")  # fmt: skip
+    total = counts[["comparisons", "resolved_bca", "resolved_t", "moved", "primary_moved"]].sum()
+    lines += ["", f"In all: {total['comparisons']} comparisons; {total['resolved_bca']} CIs "
+              f"exclude 0 under BCa, {total['resolved_t']} under t; {total['moved']} readings "
+              f"moved, {int((moved['t'] == 0).sum())} of them from resolved to not resolved "
+              f"and {int((moved['bca'] == 0).sum())} the other way; "
+              f"{total['primary_moved']} of them a declared primary endpoint.", "",
+              "## Every moved reading", "",
+              "| record | table | comparison | role | BCa CI | t CI |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in moved.to_dict("records"):
+        lines.append(f"| {r['record']} | {r['table']} | {r['comparison']} | {r['role'] or '—'} "
+                     f"| {word[r['bca']]} | {word[r['t']]} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+MARK = "<!-- ci-amendment -->"
+
+
+def annotate(results: Path, counts: pd.DataFrame) -> list[Path]:
+    """Put (or refresh) one marked note under the title of each record still written with
+    BCa intervals (its ``README.md``, else its ``answer.md``): what its CIs are and how many
+    of its readings move under t. Records re-written with t get none. Returns the files."""
+    from natgrad._atomic import write_text
+
+    written = []
+    for name, rows in counts.groupby("record", sort=False):
+        if set(rows["written_with"]) != {"bootstrap"}:
+            continue
+        folder = results / name
+        path = folder / "README.md" if (folder / "README.md").is_file() else folder / "answer.md"
+        n, moved, prim = (int(rows[c].sum()) for c in ("comparisons", "moved", "primary_moved"))
+        depth = "../" * len(Path(name).parts)
+        note = (f"> **CIs** (note by `analysis/ci_amendment.py`): the 95 % CIs of means in this "
+                "record are BCa, as natgrad formed them when it was written; at 3–10 seeds "
+                "those cover the true mean 74–89 % of the time (`bench/ci_coverage.py`). "
+                f"Rebuilt with Student's t intervals, {moved} of its {n} paired comparisons "
+                f"read differently ({prim} of them declared primary): "
+                f"[ci_amendment.md]({depth}ci_amendment.md) lists them. {MARK}")  # fmt: skip
+        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = [x for x in lines if MARK not in x]
+        if len(lines) > 1 and lines[1] == "" and len(lines) > 2 and lines[2] == "":
+            del lines[2]  # the blank line the previous note left
+        lines[1:1] = ["", note]
+        write_text(path, "\n".join(lines))
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "paper_figures" / "results")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--annotate",
+        action="store_true",
+        help="also note the change under the title of each BCa record",
+    )
+    args = parser.parse_args(argv)
+    counts, moved = audit(args.results)
+    out = args.out or args.results
+    from natgrad._atomic import write_text
+    from natgrad.training import git_commit
+
+    write_text(out / "ci_amendment.md", markdown(counts, moved, git_commit()))
+    write_text(out / "ci_amendment.csv", moved.to_csv(index=False))
+    if args.annotate:
+        for path in annotate(args.results, counts):
+            print(f"noted in {path}")
+    print(counts.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
