@@ -196,9 +196,12 @@ def recorded_mean_ci(record) -> str:
     if isinstance(record, (str, os.PathLike)):  # only the method columns (older records
         import pandas as pd  # lack the checksums that csvtables.read_csv asks for)
 
-        with_method = [p for p in sorted(Path(record).glob("*.csv"))
-                       if "ci_method" in p.open(encoding="utf-8").readline()]  # fmt: skip
-        tables = [pd.read_csv(p, usecols=["ci_method"]) for p in with_method]
+        def names_method(path: Path) -> bool:
+            with path.open(encoding="utf-8") as f:
+                return "ci_method" in f.readline()
+
+        tables = [pd.read_csv(p, usecols=["ci_method"])
+                  for p in sorted(Path(record).glob("*.csv")) if names_method(p)]  # fmt: skip
     else:
         tables = [record]
     named = [t for t in tables if "ci_method" in t]
