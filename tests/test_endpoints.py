@@ -262,3 +262,49 @@ def test_the_batch_norm_study_declares_its_endpoints():
     assert {e.metric for e in eps} == {"test_error_at_best_val"} and len(eps) == 7
     arms = {a for e in eps for a in (e.reference, e.other, *(e.interaction or ()))}
     assert arms == set(bn_cnn.ARMS)
+
+
+def test_the_neff_adjusted_comparison_is_a_per_seed_fit_compared_over_seeds():
+    """:func:`stats.neff_adjusted` against a second route: per seed, β from the within-unit-
+    type deviations (Frisch–Waugh), α_type = ȳ_type − β·mean log(n_eff/(d+1)), then the
+    per-seed α differences' mean and t interval (SciPy); a seed with one layer (no fit)
+    drops out, and dead units and the data-fed layer are not analysed."""
+    rng = np.random.default_rng(7)
+    alpha, beta, rows = {"elu": 0.3, "relu": 0.1, "lrelu": 0.2}, 0.05, []
+    for seed in range(6):
+        for t, a in alpha.items():
+            for layer in range(5):
+                n_eff = float(rng.uniform(20, 400))
+                y = a + beta * math.log(n_eff / 10) + 0.02 * rng.normal()
+                rows.append(dict(unit_type=t, seed=seed, layer=f"fc{layer}", input_from="units",
+                                 dead=0, fan_in=9, n_eff=n_eff, x=y))  # fmt: skip
+    base = pd.DataFrame(rows)
+    noise = pd.DataFrame([dict(unit_type="elu", seed=0, layer="fc0", input_from="units", dead=1,
+                               fan_in=9, n_eff=50.0, x=99.0),
+                          dict(unit_type="elu", seed=0, layer="fc9", input_from="data", dead=0,
+                               fan_in=9, n_eff=50.0, x=99.0)]
+                         + [dict(unit_type=t, seed=99, layer="fc0", input_from="units", dead=0,
+                                 fan_in=9, n_eff=50.0, x=1.0) for t in alpha])  # fmt: skip
+    table = stats.neff_adjusted(pd.concat([base, noise], ignore_index=True), "x")
+    assert list(table["other"]) == ["relu", "lrelu"] and set(table["n"]) == {6}
+    for other in ("relu", "lrelu"):
+        d, d0, slopes = [], [], []
+        for _, sub in base.groupby("seed"):
+            lr = np.log(sub["n_eff"] / 10)
+            dy = sub["x"] - sub.groupby("unit_type")["x"].transform("mean")
+            dl = lr - lr.groupby(sub["unit_type"]).transform("mean")
+            b = float((dy * dl).sum() / (dl * dl).sum())
+            level = sub.groupby("unit_type")["x"].mean() - b * lr.groupby(sub["unit_type"]).mean()
+            d.append(level["elu"] - level[other])
+            means = sub.groupby("unit_type")["x"].mean()
+            d0.append(means["elu"] - means[other])
+            slopes.append(b)
+        row = table[table["other"] == other].iloc[0]
+        ci = st.ttest_1samp(d, 0.0).confidence_interval(stats.CONFIDENCE)
+        assert row["ci_method"] == "t"
+        assert_close(np.array([row["diff"], row["lo"], row["hi"], row["slope"],
+                               row["diff_unadjusted"]]),
+                     np.array([np.mean(d), ci.low, ci.high, np.median(slopes), np.mean(d0)]),
+                     what=f"n_eff-adjusted ELU − {other}")  # fmt: skip
+        assert row["p"] == stats.sign_flip_p(np.array(d))
+        assert row["lo"] < alpha["elu"] - alpha[other] < row["hi"]

@@ -280,9 +280,9 @@ def _estimation_html(t: dict) -> str:
         f"<td>{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]</td><td>{fmt(r['slope'])}</td></tr>"
         for _, r in adj.iterrows())  # fmt: skip
     return ("<p>ρ depends on n_eff (the probe's effective size) as well as on the unit "
-            "type. Adjusted: per (unit type, seed, layer) the median ρ is regressed on the "
-            "unit type and log(n_eff/(d+1)); the difference of the unit-type terms is the "
-            "comparison at a common n_eff (CI: seeds resampled).</p>"
+            "type. Adjusted: per seed, the median ρ of each (unit type, layer) is regressed "
+            "on the unit type and log(n_eff/(d+1)); the difference of the unit-type terms is "
+            "that seed's comparison at a common n_eff (CI: t over seeds).</p>"
             "<table id='neff_adjusted'><tr><th>metric</th><th>difference</th>"
             "<th>unadjusted</th><th>at a common n_eff [95 % CI]</th>"
             "<th>slope on log n_eff</th></tr>" + rows + "</table>")  # fmt: skip

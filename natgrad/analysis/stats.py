@@ -64,16 +64,28 @@ def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch"))
     return pd.DataFrame(out).reset_index()
 
 
-def neff_adjusted(units, metric: str, *, reference: str = "elu", n_boot: int = 2000):
+def neff_adjusted(units, metric: str, *, reference: str = "elu"):
     r"""``reference`` against every other unit type on ``metric`` adjusted for n_eff.
 
-    Per (unit type, seed, layer) of the analysed units: the median of ``metric`` and of
-    log(n_eff/(d+1)). The least-squares fit y = α_type + β·log(n_eff/(d+1)) gives each unit
-    type's level at a common n_eff; the comparison is α_reference − α_other. The CI
-    resamples SEEDS (all layers and unit types of a seed together: the seed is the
-    replicate) and refits, percentile method. Returns one row per other unit type:
-    ``metric``, ``reference``, ``other``, ``n`` (seeds), ``diff`` (adjusted), ``lo``, ``hi``,
-    ``ci_method``, ``slope`` (β), ``diff_unadjusted`` (the same fit without the n_eff term).
+    Per seed (the replicate), over its (unit type, layer) medians of the analysed units of
+    ``metric`` and of log(n_eff/(d+1)): the least-squares fit y = α_type + β·log(n_eff/(d+1))
+    gives each unit type's level at a common n_eff, and the seed's adjusted difference is
+    α_reference − α_other (a seed whose fit is not determined, e.g. a single layer, drops
+    out). Those per-seed differences are compared like every paired difference
+    (:func:`paired_summary`: mean, :func:`mean_ci`, exact sign-flip p). Returns one row per
+    other unit type: ``metric``, ``reference``, ``other``, ``n`` (seeds), ``diff``, ``lo``,
+    ``hi``, ``ci_method``, ``p``, ``p_min``, ``slope`` (median over seeds of β) and
+    ``diff_unadjusted`` (the mean over seeds of the same fit without the n_eff term).
+
+    Example:
+        >>> import pandas as pd
+        >>> rows = [dict(unit_type=t, seed=s, layer=f"fc{l}", input_from="units", dead=0,
+        ...              fan_in=9, n_eff=10.0 * 2.0**l, x=(0.2 if t == "elu" else 0.0)
+        ...              + 0.1 * l * math.log(2) + 0.01 * s)
+        ...         for t in ("elu", "relu") for s in range(3) for l in range(3)]
+        >>> r = neff_adjusted(pd.DataFrame(rows), "x").iloc[0]
+        >>> round(float(r["diff"]), 6), round(float(r["slope"]), 6), int(r["n"])
+        (0.2, 0.1, 3)
     """
     import pandas as pd
 
@@ -86,38 +98,31 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu", n_boot: int = 2
     types = list(unit_type_order(per["unit_type"].unique()))
     if reference not in types or len(types) < 2:
         return pd.DataFrame()
-    seeds = np.array(sorted(per["seed"].unique()))
-    t_index = per["unit_type"].map({t: i for i, t in enumerate(types)}).to_numpy()
-    y, lr, seed_of = per["y"].to_numpy(), per["lr"].to_numpy(), per["seed"].to_numpy()
 
-    def fit(rows, with_slope=True):
-        x = np.zeros((len(rows), len(types) + int(with_slope)))
-        x[np.arange(len(rows)), t_index[rows]] = 1.0
+    def fit(sub, with_slope=True):  # (α per unit type, NaN where absent; β), or None
+        x = pd.get_dummies(sub["unit_type"]).astype(float)
         if with_slope:
-            x[:, -1] = lr[rows]
-        return np.linalg.lstsq(x, y[rows], rcond=None)[0]
+            x["_lr"] = sub["lr"].to_numpy()
+        if np.linalg.matrix_rank(x.to_numpy()) < x.shape[1]:
+            return None
+        coef = pd.Series(np.linalg.lstsq(x.to_numpy(), sub["y"].to_numpy(), rcond=None)[0],
+                         index=x.columns)  # fmt: skip
+        return coef.reindex(types), (float(coef["_lr"]) if with_slope else math.nan)
 
-    rows_of = {s: np.flatnonzero(seed_of == s) for s in seeds}
-    coef, coef0 = fit(np.arange(len(y))), fit(np.arange(len(y)), with_slope=False)
-    rng = np.random.default_rng(SEED)
-    boots = []
-    for _ in range(n_boot):
-        pick = rng.choice(seeds, size=len(seeds), replace=True)
-        rows = np.concatenate([rows_of[s] for s in pick])
-        if len(np.unique(t_index[rows])) == len(types):
-            boots.append(fit(rows))
-    boots = np.array(boots)
-    r = types.index(reference)
+    fits = {s: (fit(sub), fit(sub, with_slope=False)) for s, sub in per.groupby("seed")}
+    fits = {s: f for s, f in fits.items() if f[0] is not None}
     out = []
-    for i, other in enumerate(types):
+    for other in types:
         if other == reference:
             continue
-        d = boots[:, r] - boots[:, i]
-        out.append({"metric": metric, "reference": reference, "other": other, "n": len(seeds),
-                    "diff": float(coef[r] - coef[i]),
-                    "lo": float(np.percentile(d, 2.5)), "hi": float(np.percentile(d, 97.5)),
-                    "ci_method": "percentile (seeds resampled)", "slope": float(coef[-1]),
-                    "diff_unadjusted": float(coef0[r] - coef0[i])})  # fmt: skip
+        d = np.array([a[reference] - a[other] for (a, _), _ in fits.values()])
+        d0 = np.array([a[reference] - a[other] for _, (a, _) in fits.values()])
+        ok = np.isfinite(d)
+        s = paired_summary(d[ok])
+        out.append({"metric": metric, "reference": reference, "other": other, "n": s["n"],
+                    "diff": s["diff"], **{k: s[k] for k in _SPREAD},
+                    "slope": float(np.median([b for (_, b), _ in fits.values()])),
+                    "diff_unadjusted": float(np.mean(d0[ok])) if ok.any() else math.nan})  # fmt: skip
     return pd.DataFrame(out)
 
 

@@ -18,7 +18,9 @@ Declared before its runs (committed then in ``analysis/direction_audit.py``; mov
   the log-likelihood gain per unit of √(2 KL) (``decrease_per_kl``).
 - **Primary endpoints** (epoch 20, every unit type; Holm over the 6): unit NG − K-FAC and
   unit NG − EKFAC in ``rho_full``, paired by seed. Everything else is descriptive, with BCa
-  CIs over seeds (seeds are the replicates).
+  CIs over seeds (seeds are the replicates). Amended after the record: natgrad's CIs of means
+  are now Student t (``docs/theory.md``, "Statistics"); the committed record keeps its BCa
+  CIs, and ``analysis/ci_amendment.py`` shows that no reading of it moves under t.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ Declared before its runs (committed then in ``analysis/mechanism_dashboard.py``;
   function of the net without it (the same initial weights).
 - **Reading:** descriptive. Mean over the 5 seeds with a 95 % BCa CI; the paired ELU − ReLU
   difference per normalisation and measure at epoch 3 with BCa CI and sign-flip p, Holm over
-  that family (5 seeds cannot give p below 0.0625).
+  that family (5 seeds cannot give p below 0.0625). Amended after the record: natgrad's CIs of
+  means are now Student t (BCa covers about 84 % at 5 seeds, ``bench/ci_coverage.py``); the
+  committed record keeps its BCa CIs, and ``analysis/ci_amendment.py`` lists what t moves.
 """
 
 from __future__ import annotations
