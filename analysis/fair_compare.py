@@ -212,13 +212,13 @@ PRIMARY = "primary.csv"
 
 def primaries(curves, epoch: int = EPOCHS):
     r"""The three declared primary endpoints at ``epoch`` with CIs over seeds (t for the
-    differences of means, ``stats.mean_ci``; BCa for the ratio (1), which has none), exact
-    sign-flip p-values and Holm's adjustment over the three.
+    differences of means, ``stats.mean_ci``; Fieller's for the ratio (1),
+    ``stats.ratio_ci``), exact sign-flip p-values and Holm's adjustment over the three.
 
     AUC is :func:`~natgrad.analysis.stats.loss_auc` of epochs 1..``epoch``. (1) the fraction
     of the ReLU+SGD → ReLU+unit-NG gap that ELU+SGD closes, (ā_relu-sgd − ā_elu-sgd) /
-    (ā_relu-sgd − ā_relu-unit-ng), the three AUCs resampled jointly by seed; its null is
-    "closes none of it", tested by the sign flip of the paired numerator (the same data as
+    (ā_relu-sgd − ā_relu-unit-ng), its CI from the paired per-seed numerator and
+    denominator; its null is "closes none of it", tested by the sign flip of the paired numerator (the same data as
     (3), which it therefore shares its p with); (2) ReLU+unit-NG − ReLU+block-diag. NG; (3)
     ReLU+SGD − ELU+SGD. A secondary row tests "closes exactly the whole gap" (ReLU+unit-NG −
     ELU+SGD), outside the Holm family.
@@ -226,7 +226,8 @@ def primaries(curves, epoch: int = EPOCHS):
     import numpy as np
     import pandas as pd
 
-    from natgrad.analysis.stats import bootstrap_ci, holm, loss_auc, mean_ci, sign_flip_p
+    from natgrad.analysis.stats import holm, loss_auc, mean_ci, sign_flip_p
+    from natgrad.studies.compare import gap_ci
 
     auc = {}
     for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"]):
@@ -246,7 +247,7 @@ def primaries(curves, epoch: int = EPOCHS):
         dict(
             endpoint="(1) fraction of the gap ELU+SGD closes",
             estimate=frac(a, b, c),
-            ci=bootstrap_ci((a, b, c), frac),
+            ci=gap_ci(a, b, c),
             null="0",
             p=sign_flip_p(a - b),
         )

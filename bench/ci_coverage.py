@@ -12,9 +12,12 @@ population mean:
   what the records written before 2026-12-06 used), the baseline in the same run.
 
 Populations: normal; Student t with 3 degrees of freedom (heavy tails); lognormal σ = 1
-(skewed: a few seeds far out on one side). Coverage is a proportion of ``--repeats``
-(binomial standard error about 0.007 at 1000). Run ``python bench/ci_coverage.py``
-(``--quick``: 200 repeats).
+(skewed: a few seeds far out on one side). Then the ratio of two paired means (the gap
+fraction of ``natgrad compare``): per seed (x, y) bivariate normal, means 0.25 and 1,
+standard deviations 0.2 and 0.3, correlation 0.5; ``Fieller``
+(:func:`natgrad.analysis.stats.ratio_ci`) against ``BCa`` of the ratio. Coverage is a
+proportion of ``--repeats`` (binomial standard error about 0.007 at 1000). Run
+``python bench/ci_coverage.py`` (``--quick``: 200 repeats).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 
 import numpy as np
 
-from natgrad.analysis.stats import CONFIDENCE, bootstrap_ci, mean_ci
+from natgrad.analysis.stats import CONFIDENCE, bootstrap_ci, mean_ci, ratio_ci
 
 POPULATIONS = {
     "normal": (lambda rng, n: rng.standard_normal(n), 0.0),
@@ -47,6 +50,25 @@ def coverage(draw, mean: float, n: int, repeats: int, seed: int = 0) -> dict[str
     return {k: v / repeats for k, v in hits.items()}
 
 
+RATIO = (0.25, 1.0, 0.2, 0.3, 0.5)  # mean x, mean y, sd x, sd y, correlation
+
+
+def ratio_coverage(n: int, repeats: int, seed: int = 0) -> dict[str, float]:
+    """As :func:`coverage`, for the ratio of the means of ``n`` paired (x, y) (:data:`RATIO`)."""
+    mx, my, sx, sy, r = RATIO
+    cov = [[sx * sx, r * sx * sy], [r * sx * sy, sy * sy]]
+    rng = np.random.default_rng(seed)
+    hits = {"Fieller": 0, "BCa": 0}
+    for _ in range(repeats):
+        x, y = rng.multivariate_normal([mx, my], cov, n).T
+        for name, (lo, hi, _) in (
+            ("Fieller", ratio_ci(x, y)),
+            ("BCa", bootstrap_ci((x, y), lambda a, b: a.mean() / b.mean())),
+        ):
+            hits[name] += bool(lo <= mx / my <= hi)
+    return {k: v / repeats for k, v in hits.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=1000)
@@ -61,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
         for n in SEEDS:
             c = coverage(draw, mean, n, repeats)
             print(f"{name:<14}{n:>6}{c['t']:>8.3f}{c['BCa']:>8.3f}{c['BCa'] / c['t']:>9.2f}")
+    print(f"\nratio of paired means (x̄/ȳ)\n{'seeds':>6}{'Fieller':>9}{'BCa':>8}{'BCa / F':>9}")
+    for n in SEEDS:
+        c = ratio_coverage(n, repeats)
+        print(f"{n:>6}{c['Fieller']:>9.3f}{c['BCa']:>8.3f}{c['BCa'] / c['Fieller']:>9.2f}")
 
 
 if __name__ == "__main__":

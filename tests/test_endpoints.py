@@ -308,3 +308,22 @@ def test_the_neff_adjusted_comparison_is_a_per_seed_fit_compared_over_seeds():
                      what=f"n_eff-adjusted ELU − {other}")  # fmt: skip
         assert row["p"] == stats.sign_flip_p(np.array(d))
         assert row["lo"] < alpha["elu"] - alpha[other] < row["hi"]
+
+
+def test_the_ci_of_a_ratio_of_means_is_fiellers():
+    """:func:`stats.ratio_ci` by a second route: at each end θ of Fieller's interval the
+    paired differences x − θy have t-test p = 0.05 exactly (SciPy), and inside it more; a
+    denominator whose own CI holds 0 gives the unbounded set; under the bootstrap switch it
+    is the bootstrap of the ratio."""
+    rng = np.random.default_rng(11)
+    y = rng.normal(1.0, 0.2, 6)
+    x = 0.3 * y + rng.normal(0.0, 0.05, 6)
+    lo, hi, how = stats.ratio_ci(x, y)
+    assert how == "Fieller" and lo < x.mean() / y.mean() < hi
+    ends = [st.ttest_1samp(x - theta * y, 0.0).pvalue for theta in (lo, hi)]
+    assert_close(np.array(ends), np.array([0.05, 0.05]), what="Fieller's ends")
+    assert st.ttest_1samp(x - x.mean() / y.mean() * y, 0.0).pvalue > 0.05
+    assert stats.ratio_ci(x, y - y.mean()) == (-math.inf, math.inf, "Fieller (unbounded)")
+    assert stats.ratio_ci([1.0, np.nan], [1.0, 2.0])[2] == "none"
+    with stats.mean_ci_method("bootstrap"):
+        assert stats.ratio_ci(x, y)[2] == "BCa"

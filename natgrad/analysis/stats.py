@@ -28,7 +28,8 @@ from natgrad.units import unit_type_label, unit_type_order
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes",
            "claims_per_seed", "ci_sign", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
-           "paired_summary", "recorded_mean_ci", "seed_values", "sentence", "sign_flip_p"]  # fmt: skip
+           "paired_summary", "ratio_ci", "recorded_mean_ci", "seed_values", "sentence",
+           "sign_flip_p"]  # fmt: skip
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -245,6 +246,45 @@ def mean_ci(x) -> tuple[float, float, str]:
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, a.size - 1) * stats.sem(a))
     m = float(a.mean())
     return (m - half, m + half, "t")
+
+
+def ratio_ci(x, y) -> tuple[float, float, str]:
+    r"""``(lo, hi, method)``: the 95 % CI of the ratio of means x̄/ȳ, ``x`` and ``y`` paired by
+    seed (seeds with a non-finite value left out): Fieller's interval, the set of θ whose
+    paired differences x − θy have a mean that Student's t test does not reject, i.e. the
+    roots of (x̄ − θȳ)² = t²_{n−1}/n · var(x − θy) (``"Fieller"``; exact under bivariate
+    normality, the ratio's counterpart of :func:`mean_ci`). Where ȳ itself is not resolved
+    from 0 the set is unbounded: ``(-inf, inf, "Fieller (unbounded)")``. ``"none"`` for < 2
+    seeds. Under :func:`mean_ci_method` ``("bootstrap")``: :func:`bootstrap_ci` of the ratio.
+
+    Example:
+        >>> lo, hi, how = ratio_ci([0.2, 0.3, 0.25, 0.28], [1.0, 1.1, 0.9, 1.05])
+        >>> round(lo, 3), round(hi, 3), how
+        (0.196, 0.312, 'Fieller')
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if _MEAN_CI.get() == "bootstrap":
+        return bootstrap_ci((x, y), _ratio_of_means)
+    if x.size < 2:
+        return (math.nan, math.nan, "none")
+    from scipy import stats
+
+    n = x.size
+    q = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) ** 2 / n
+    (sxx, sxy), (_, syy) = np.cov(x, y, ddof=1)
+    xb, yb = x.mean(), y.mean()
+    a, b, c = yb * yb - q * syy, xb * yb - q * sxy, xb * xb - q * sxx
+    if a <= 0:  # ȳ within its own CI of 0: every θ, or the complement of an interval
+        return (-math.inf, math.inf, "Fieller (unbounded)")
+    root = math.sqrt(max(b * b - a * c, 0.0))
+    return (float((b - root) / a), float((b + root) / a), "Fieller")
+
+
+def _ratio_of_means(x, y) -> float:
+    den = np.mean(y)
+    return float(np.mean(x) / den) if den > 0 else math.nan
 
 
 def loss_auc(train_loss, *, log: bool = False) -> float:

@@ -13,8 +13,8 @@ trained, resumed and recorded as diverged by the one runner (:func:`study`,
 over epochs 1..e; validation error of the last ``last_epochs`` epochs; test error at the
 epoch of lowest validation error (without a validation split: of the last epochs, said so).
 Effects are reference − arm paired by seed (ReLU+SGD for every arm, and :data:`PAIRED_WITH`),
-t CIs over seeds (the gap fraction, a ratio: BCa bootstrap), exact sign-flip p, Holm within each metric
-(:func:`natgrad.analysis.endpoints.evaluate`). **The question**: what fraction of the gap
+t CIs over seeds (the gap fraction, a ratio of means: Fieller's), exact sign-flip p, Holm
+within each metric (:func:`natgrad.analysis.endpoints.evaluate`). **The question**: what fraction of the gap
 between ReLU+SGD and ReLU+unit-NG does ELU+SGD close, per epoch budget e?
 
 .. math::
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from natgrad.analysis.endpoints import Endpoint, evaluate
-from natgrad.analysis.stats import bootstrap_ci, loss_auc, sentence
+from natgrad.analysis.stats import bootstrap_ci, loss_auc, mean_ci_name, ratio_ci, sentence
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
 from natgrad.errors import InputError
@@ -259,6 +259,17 @@ def _gap_fraction(a, b, c) -> float:
     return float((np.mean(a) - np.mean(b)) / den) if den > 0 else math.nan
 
 
+def gap_ci(a, b, c) -> tuple[float, float, str]:
+    r"""``(lo, hi, method)``: the 95 % CI of the gap fraction (ā − b̄)/(ā − c̄), the arms' AUCs
+    ``a``, ``b``, ``c`` paired by seed: Fieller's interval of the ratio of the paired
+    differences a − b and a − c (:func:`~natgrad.analysis.stats.ratio_ci`). Under
+    ``stats.mean_ci_method("bootstrap")``, the BCa bootstrap of the three arms that the
+    records before 2026-12-06 used (a rebuild of them repeats it to the last digit)."""
+    if mean_ci_name() == "t":
+        return ratio_ci(a - b, a - c)
+    return bootstrap_ci((a, b, c), _gap_fraction)
+
+
 def _per_seed(curves, config: CompareConfig):
     r"""One row per (seed, arm): the measures of the module docstring and seconds per epoch,
     from :func:`~natgrad.analysis.stats.claims_per_seed` (every study's per-seed values)."""
@@ -311,7 +322,7 @@ def summarise(curves, config: CompareConfig) -> dict:
             for arm in (x for x in config.arms if x not in (BASELINE, TARGET)):
                 b = g[arm].to_numpy()
                 ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
-                lo, hi, method = bootstrap_ci((a[ok], b[ok], c[ok]), _gap_fraction)
+                lo, hi, method = gap_ci(a[ok], b[ok], c[ok])
                 row = dict(epoch=int(e), fraction_closed=_gap_fraction(a[ok], b[ok], c[ok]),
                            ci_low=lo, ci_high=hi, ci_method=method, seeds=int(ok.sum()))  # fmt: skip
                 shares.append(dict(arm=arm, **row))
