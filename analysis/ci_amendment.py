@@ -7,8 +7,9 @@ comparisons from its committed per-seed tables — the same paths its rebuild te
 once under the bootstrap (``mean_ci_method("bootstrap")``) and once under t, and counts, per
 record and table, the CIs that exclude 0 under each and every comparison whose reading moved
 (``stats.ci_changes``). Per-seed values, differences and p-values are the same under both.
-Ratios keep their bootstrap CI and are left out (``gap.csv``, ``shares.csv``, a ratio
-endpoint), as are tables of means without a comparison (``network_fisher_random``).
+Ratios of means (``natgrad compare``'s gap fractions) take Fieller's interval now
+(``stats.ratio_ci``) and are compared with their bootstrap the same way. Tables of means
+without a comparison (``network_fisher_random``) are left out.
 
     python analysis/ci_amendment.py [--results paper_figures/results] [--out FOLDER] [--annotate]
 
@@ -117,13 +118,14 @@ def compare(folder: Path) -> dict:
         copy = Path(tmp) / "out"
         shutil.copytree(folder, copy)
         rewrite_outputs(copy)
-        out = {"effects": (_csv(copy, "effects"), ["reference", *PAIRED])}
+        ci = {"ci_low": "lo", "ci_high": "hi"}
+        out = {"effects": (_csv(copy, "effects"), ["reference", *PAIRED]),
+               "shares": (_csv(copy, "shares").rename(columns=ci), ["arm", "epoch"])}  # fmt: skip
     if (folder / "primary.csv").is_file():
-        primary = _script("fair_compare").primaries(_csv(folder, "curves"))
-        primary = primary.rename(columns={"ci_low": "lo", "ci_high": "hi"})
+        primary = _script("fair_compare").primaries(_csv(folder, "curves")).rename(columns=ci)
         primary = primary.assign(role=primary["endpoint"].str.startswith("secondary")
                                  .map({True: "secondary", False: "primary"}))  # fmt: skip
-        out["primary"] = (primary[~primary["endpoint"].str.startswith("(1)")], ["endpoint"])
+        out["primary"] = (primary, ["endpoint"])
     return out
 
 
@@ -174,8 +176,9 @@ def markdown(counts: pd.DataFrame, moved: pd.DataFrame, commit: str | None = Non
              "Every record's paired comparisons, "
              "rebuilt from its committed per-seed tables under BCa (how all of them were "
              "first written) and under Student's t (natgrad's CI of a mean over seeds since "
-             "2026-12-06: BCa covers 74–89 % at 3–10 seeds, `bench/ci_coverage.py`). Same "
-             "differences and p-values; only the intervals differ. `written with`: the "
+             "2026-12-06: BCa covers 74–89 % at 3–10 seeds, `bench/ci_coverage.py`; a ratio "
+             "of means, Fieller's interval). Same differences and p-values; only the "
+             "intervals differ. `written with`: the "
              "interval of the committed tables (records re-written since say t).", "",
              "| record | table | written with | comparisons | CI excludes 0: BCa | t | moved "
              "| of them primary |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
