@@ -119,8 +119,9 @@ def compare(folder: Path) -> dict:
         shutil.copytree(folder, copy)
         rewrite_outputs(copy)
         ci = {"ci_low": "lo", "ci_high": "hi"}
-        out = {"effects": (_csv(copy, "effects"), ["reference", *PAIRED]),
-               "shares": (_csv(copy, "shares").rename(columns=ci), ["arm", "epoch"])}  # fmt: skip
+        out = {"effects": (_csv(copy, "effects"), ["reference", *PAIRED])}
+        if (copy / "shares.csv").stat().st_size > 1:  # empty without both gap arms
+            out["shares"] = (_csv(copy, "shares").rename(columns=ci), ["arm", "epoch"])
     if (folder / "primary.csv").is_file():
         primary = _script("fair_compare").primaries(_csv(folder, "curves")).rename(columns=ci)
         primary = primary.assign(role=primary["endpoint"].str.startswith("secondary")

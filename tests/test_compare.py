@@ -249,3 +249,26 @@ def test_a_committed_comparison_rebuilds_to_its_numbers(tmp_path, record):
     meta = json.loads((src / "run.json").read_text())["meta"]
     answer = (tmp_path / "out" / "answer.md").read_text()
     assert meta.get("train_loss", TRAIN_LOSS) in answer
+
+
+def test_the_gap_fractions_ci_is_fiellers_and_none_without_a_gap():
+    """``gap_ci``: Fieller's interval of (ā − b̄)/(ā − c̄) over the seeds where all three arms
+    finished; no interval where ReLU+unit-NG is not ahead (no gap to close); the records'
+    three-arm bootstrap under ``mean_ci_method("bootstrap")``."""
+    import math
+
+    import numpy as np
+
+    from natgrad.analysis import stats
+    from natgrad.studies.compare import gap_ci
+
+    rng = np.random.default_rng(5)
+    a = 1.0 + 0.05 * rng.normal(size=6)
+    c, b = a - 0.3 + 0.02 * rng.normal(size=6), a - 0.1 + 0.02 * rng.normal(size=6)
+    lo, hi, how = gap_ci(a, b, c)
+    assert (lo, hi, how) == stats.ratio_ci(a - b, a - c) and how == "Fieller"
+    assert lo < (a - b).mean() / (a - c).mean() < hi
+    assert gap_ci(np.append(a, np.nan), np.append(b, 0.5), np.append(c, 0.2)) == (lo, hi, how)
+    assert math.isnan(gap_ci(a, b, a + 0.1)[0]) and gap_ci(a, b, a + 0.1)[2] == "none"
+    with stats.mean_ci_method("bootstrap"):
+        assert gap_ci(a, b, c)[2] == "BCa"

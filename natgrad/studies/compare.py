@@ -264,8 +264,15 @@ def gap_ci(a, b, c) -> tuple[float, float, str]:
     ``a``, ``b``, ``c`` paired by seed: Fieller's interval of the ratio of the paired
     differences a − b and a − c (:func:`~natgrad.analysis.stats.ratio_ci`). Under
     ``stats.mean_ci_method("bootstrap")``, the BCa bootstrap of the three arms that the
-    records before 2026-12-06 used (a rebuild of them repeats it to the last digit)."""
+    records before 2026-12-06 used (a rebuild of them repeats it to the last digit). Where
+    ReLU+unit-NG is not ahead (ā − c̄ ≤ 0) there is no gap to close, and no interval, as no
+    fraction (:func:`_gap_fraction`)."""
+    a, b, c = (np.asarray(v, dtype=np.float64) for v in (a, b, c))
+    ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)  # seeds where all three finished
+    a, b, c = a[ok], b[ok], c[ok]
     if mean_ci_name() == "t":
+        if math.isnan(_gap_fraction(a, b, c)):
+            return (math.nan, math.nan, "none")
         return ratio_ci(a - b, a - c)
     return bootstrap_ci((a, b, c), _gap_fraction)
 
