@@ -21,6 +21,7 @@ every record still written with BCa intervals (run again, it replaces the note).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -99,9 +100,10 @@ def bn_cnn(folder: Path) -> dict:
     return {"primary": (_script("bn_cnn").primaries(_csv(folder, "runs")), ["endpoint"])}
 
 
-def descriptive(name: str, measures: str, table: str):
+def descriptive(name: str, measures: str, table: str, role: str = "secondary"):
     def recipe(folder: Path) -> dict:
         paired = _script(name).summarise(_csv(folder, measures))[1]
+        paired = paired if "role" in paired else paired.assign(role=role)
         keys = [c for c in ("norm", "unit_type", "epoch", "metric", "reference", "other")
                 if c in paired]  # fmt: skip
         return {table: (paired, keys)}
@@ -123,7 +125,9 @@ def compare(folder: Path) -> dict:
         if (copy / "shares.csv").stat().st_size > 1:  # empty without both gap arms
             out["shares"] = (_csv(copy, "shares").rename(columns=ci), ["arm", "epoch"])
     if (folder / "primary.csv").is_file():
-        primary = _script("fair_compare").primaries(_csv(folder, "curves")).rename(columns=ci)
+        epoch = int(_csv(folder, "primary")["epoch"].iloc[0])  # the budget it was read at
+        primary = _script("fair_compare").primaries(_csv(folder, "curves"), epoch)
+        primary = primary.rename(columns=ci)
         primary = primary.assign(role=primary["endpoint"].str.startswith("secondary")
                                  .map({True: "secondary", False: "primary"}))  # fmt: skip
         out["primary"] = (primary, ["endpoint"])
@@ -136,7 +140,7 @@ RECORDS = {
     "fig3_autoencoder_mnist": fig3, "fig3_autoencoder_mnist_lr1e-5_e50": fig3,
     "bn_cnn_mnist": bn_cnn,
     "mechanism_dashboard_mnist": descriptive("mechanism_dashboard", "dashboard", "elu_vs_relu"),
-    "direction_audit_digits": descriptive("direction_audit", "directions", "primary"),
+    "direction_audit_digits": descriptive("direction_audit", "directions", "primary", "primary"),
     "compare_mnist/main": compare, "compare_mnist/standardised": compare,
     "compare_mnist/deviation_qd": compare, "compare_fashion_full": compare,
 }  # fmt: skip
@@ -180,7 +184,10 @@ def markdown(counts: pd.DataFrame, moved: pd.DataFrame, commit: str | None = Non
              "2026-12-06: BCa covers 74–89 % at 3–10 seeds, `bench/ci_coverage.py`; a ratio "
              "of means, Fieller's interval). Same differences and p-values; only the "
              "intervals differ. `written with`: the "
-             "interval of the committed tables (records re-written since say t).", "",
+             "interval of the committed tables (records re-written since say t). Declared "
+             "primary endpoints are the rows whose role is primary in the endpoint tables "
+             "(`endpoints`, `primary`, Fig 3's `comparisons`); the demo records' `comparison` "
+             "tables hold no declared endpoint.", "",
              "| record | table | written with | comparisons | CI excludes 0: BCa | t | moved "
              "| of them primary |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in counts.to_dict("records"):
@@ -205,12 +212,14 @@ def markdown(counts: pd.DataFrame, moved: pd.DataFrame, commit: str | None = Non
 MARK = "<!-- ci-amendment -->"
 
 
-def annotate(results: Path, counts: pd.DataFrame) -> list[Path]:
+def annotate(results: Path, counts: pd.DataFrame, out: Path | None = None) -> list[Path]:
     """Put (or refresh) one marked note under the title of each record still written with
     BCa intervals (its ``README.md``, else its ``answer.md``): what its CIs are and how many
-    of its readings move under t. Records re-written with t get none. Returns the files."""
+    of its readings move under t, linking ``ci_amendment.md`` in ``out`` (default:
+    ``results``). Records re-written with t get none. Returns the files."""
     from natgrad._atomic import write_text
 
+    out = Path(results if out is None else out)
     written = []
     for name, rows in counts.groupby("record", sort=False):
         if set(rows["written_with"]) != {"bootstrap"}:
@@ -218,19 +227,20 @@ def annotate(results: Path, counts: pd.DataFrame) -> list[Path]:
         folder = results / name
         path = folder / "README.md" if (folder / "README.md").is_file() else folder / "answer.md"
         n, moved, prim = (int(rows[c].sum()) for c in ("comparisons", "moved", "primary_moved"))
-        depth = "../" * len(Path(name).parts)
+        link = Path(os.path.relpath(out / "ci_amendment.md", folder)).as_posix()
         note = (f"> **CIs** (note by `analysis/ci_amendment.py`): the 95 % CIs of means in this "
                 "record are BCa, as natgrad formed them when it was written; at 3–10 seeds "
                 "those cover the true mean 74–89 % of the time (`bench/ci_coverage.py`). "
-                f"Rebuilt with Student's t intervals, {moved} of its {n} paired comparisons "
+                f"Rebuilt with Student's t intervals (Fieller's for a ratio), {moved} of its "
+                f"{n} paired comparisons "
                 f"read differently ({prim} of them declared primary): "
-                f"[ci_amendment.md]({depth}ci_amendment.md) lists them. {MARK}")  # fmt: skip
+                f"[ci_amendment.md]({link}) lists them. {MARK}")  # fmt: skip
         lines = path.read_text(encoding="utf-8").split("\n")
         lines = [x for x in lines if MARK not in x]
-        if len(lines) > 1 and lines[1] == "" and len(lines) > 2 and lines[2] == "":
-            del lines[2]  # the blank line the previous note left
-        lines[1:1] = ["", note]
-        write_text(path, "\n".join(lines))
+        rest = lines[1:]
+        while rest and rest[0] == "":  # the blank lines between the title and the text
+            rest.pop(0)
+        write_text(path, "\n".join([lines[0], "", note, "", *rest]))
         written.append(path)
     return written
 
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "ci_amendment.md", markdown(counts, moved, git_commit()))
     write_text(out / "ci_amendment.csv", moved.to_csv(index=False))
     if args.annotate:
-        for path in annotate(args.results, counts):
+        for path in annotate(args.results, counts, out):
             print(f"noted in {path}")
     print(counts.to_string(index=False))
     return 0

@@ -9,8 +9,8 @@ resumes every run from its last checkpoint (every 25 epochs and the last), so th
 can be run in pieces. ``--record DIR`` writes what to commit: ``curves.csv`` (per run and
 epoch: losses, test error, median unit mean activation), ``claims.csv`` (per run: the paper's
 claims from :func:`natgrad.analysis.stats.claims_per_seed`), ``paired.csv`` (ELU against each
-other unit, paired by seed, through the declared endpoints: mean difference, 95 % bootstrap
-CI, exact sign-flip p, Holm within each metric), the
+other unit, paired by seed, through the declared endpoints: mean difference, 95 % t CI,
+exact sign-flip p, Holm within each metric), the
 Fig 2 figure and ``README.md`` (command, commit, wall time, the answer from the CIs).
 """
 

@@ -29,7 +29,13 @@ import time
 from pathlib import Path
 
 from natgrad.analysis.endpoints import evaluate
-from natgrad.analysis.stats import ci_changes, ci_sign, mean_ci_method, mean_ci_name
+from natgrad.analysis.stats import (
+    ci_changes,
+    ci_sign,
+    current_mean_ci,
+    mean_ci_method,
+    mean_ci_name,
+)
 from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     ANALYSED,
     AT_EPOCHS,
@@ -559,7 +565,7 @@ def report(root: Path, dest: Path | None, argv) -> int:
     if dest is None:
         return 0
     changes = None
-    if mean_ci_name() == "t":  # the declaration named BCa: say what the t intervals changed
+    if current_mean_ci() == "t":  # the declaration named BCa: say what the t intervals changed
         with mean_ci_method("bootstrap"):
             bca = {
                 "reconstruction": (comparisons(curves, epochs), table),

@@ -141,7 +141,7 @@ def plot_layer_metric(table, metric: str, *, ylabel: str | None = None, log: boo
 
 def plot_efficiencies(summary, metrics: list[str], *, ax=None, title: str | None = None):
     r"""The headline figure: per metric (group of points) and unit type (colour), the mean over
-    seeds with its bootstrap 95 % CI (``summary`` from :func:`natgrad.analysis.stats.group_summary`).
+    seeds with its 95 % CI (``summary`` from :func:`natgrad.analysis.stats.group_summary`).
     Where ρ(block-diag.) sits above 0.9 for every unit type its differences are invisible on
     the common axis, so it gets a panel of its own: 1 − ρ on a log axis (not when drawn into a
     given ``ax``)."""
@@ -199,7 +199,7 @@ def _ci_points(ax, summary, metric: str, units: list[str]) -> None:
 
 def plot_answer(summary, rho: str | None, speed: str):
     r"""The report's first figure: the paper's question in two halves, side by side, per unit
-    type (mean over seeds, bootstrap 95 % CI). Left: the Fisher efficiency ``rho`` with each
+    type (mean over seeds, 95 % CI). Left: the Fisher efficiency ``rho`` with each
     type's median n_eff/(d+1) written under it (``None``: the blocks are not estimable and
     the panel says so instead of plotting); right: the learning-speed metric ``speed``."""
     units = unit_type_order(summary["unit_type"])

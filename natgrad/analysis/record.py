@@ -41,6 +41,7 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
     from natgrad._atomic import read_checked, write_bytes, write_table, write_text
     from natgrad.analysis import plots
     from natgrad.analysis.report import HEADLINE, SPEED, answer, findings, summary_text
+    from natgrad.analysis.stats import mean_ci_name
     from natgrad.analysis.summary import headline_rho, read_tables
     from natgrad.training import git_commit
 
@@ -79,7 +80,8 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
              f"Wall time: {meta.get('seconds', {}).get('total', float('nan')):.0f} s "
              f"({json.dumps({k: round(v) for k, v in meta.get('seconds', {}).items()})})", "",
              "## The answer (generated from the CIs; answer.png)", "", _plain(paragraph), "",
-             "## Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])", "", "```",
+             f"## Summary (last analysed epoch; mean over seeds [{mean_ci_name()} 95 % CI])", "",
+             "```",
              summary_text(t["summary"]), "```", "", "## Findings (generated from paired 95 % CIs over "
              f"{int(t['summary']['n_seeds'].max())} seeds; relative damping λ = "
              f"{ctx.get('relative damping λ', '?')}; ELU minus each unit type)", ""]  # fmt: skip

@@ -2,7 +2,7 @@ r"""The report: one self-contained HTML file and a terminal summary, from the ta
 
 Every number shown is read from the tables of :func:`natgrad.analysis.summary.write_tables`
 (no number is typed here) and every sentence is generated from a paired comparison's
-bootstrap CI over seeds (:func:`natgrad.analysis.stats.sentence`). Figures are embedded as
+95 % CI over seeds (:func:`natgrad.analysis.stats.sentence`). Figures are embedded as
 base64 PNG, so the file can be mailed.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from natgrad._atomic import write_text
 from natgrad.analysis import metrics as mt
-from natgrad.analysis.stats import analysed_units
+from natgrad.analysis.stats import analysed_units, mean_ci_name
 from natgrad.analysis.summary import headline_rho, read_tables
 from natgrad.units import unit_type_label, unit_type_order
 
@@ -162,7 +162,7 @@ def compact_html(comparison, metrics, *, table_id: str) -> str:
         rows.append(f"<tr data-metric='{esc(m)}'><td>{esc(mt.label(m))}</td>{''.join(cells)}</tr>")
     return (f"<table id='{table_id}'><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
             "<p><small>▲ better, ▼ worse for the reference (CI excludes 0), · no difference "
-            "resolved; mean paired difference over seeds [bootstrap 95 % CI].</small></p>")  # fmt: skip
+            f"resolved; mean paired difference over seeds [{mean_ci_name()} 95 % CI].</small></p>")  # fmt: skip
 
 
 def findings(comparison, metrics) -> list[str]:
@@ -264,7 +264,7 @@ def answer(t: dict) -> tuple[str, str | None]:
     else:
         shown = [r for r in (row(rho) if ok else None, speed_row) if r is not None]
         items = "".join(f"<li>{esc(_pair_text(r))}</li>" for r in shown)
-        parts.append(f"Paired by seed (bootstrap 95 % CIs):<ul id='primary'>{items}</ul>")
+        parts.append(f"Paired by seed ({mean_ci_name()} 95 % CIs):<ul id='primary'>{items}</ul>")
     return f"<div id='answer'><p>{parts[0]}</p>{''.join(parts[1:])}</div>", rho if ok else None
 
 
@@ -328,7 +328,7 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
     figs = {}
     _, rho = answer(t)
     figs["answer"] = (
-        "The two halves of the question per unit type (mean over seeds, bootstrap 95 % CI). "
+        f"The two halves of the question per unit type (mean over seeds, {mean_ci_name()} 95 % CI). "
         f"Left: {mt.label(rho) if rho else 'ρ'} at the last analysed epoch, with each type's "
         "median n_eff/(d+1); right: the learning speed (mean over epochs of log10 training loss).",
         _png(plots.plot_answer(t["summary"], rho, SPEED)),
@@ -342,7 +342,7 @@ def _figures(t: dict) -> dict[str, tuple[str, str]]:
     figs["headline"] = (
         "Fisher efficiency ρ of four update directions at the last analysed epoch: per run the "
         "median over the live units of the layers fed by hidden units, then the mean over seeds "
-        "with its bootstrap 95 % CI. ρ = 1 is the unit natural gradient.",
+        f"with its {mean_ci_name()} 95 % CI. ρ = 1 is the unit natural gradient.",
         _png(plots.plot_efficiencies(t["summary"], list(HEADLINE))),
     )
     if "sweep_seeds" in t and len(t["sweep_seeds"]):
@@ -436,7 +436,7 @@ def render_report(tables_dir: str | os.PathLike, out_path: str | os.PathLike | N
         "reads out the spread of A's eigenvalues. Per run, each metric is the median over the "
         "live units of the layers fed by hidden units; the <b>replicate is the seed</b> (run j "
         "of every unit type starts from the same weights): unit types are compared paired by "
-        "seed, with bootstrap 95 % CIs of the mean difference and exact sign-flip permutation "
+        f"seed, with {mean_ci_name()} 95 % CIs of the mean difference and exact sign-flip permutation "
         "tests. No test uses layers or units as replicates. Sentences state a direction only "
         "where the CI excludes 0.</p>"
     )
@@ -446,7 +446,7 @@ def render_report(tables_dir: str | os.PathLike, out_path: str | os.PathLike | N
     rho = headline_rho(t["units"])
     shown = [rho] if rho != "rho_plain" else []
     p.append(compact_html(comparison, [*shown, *HEADLINE, "n_eff_over_d1"], table_id="findings"))
-    p.append("<h2>Summary (last analysed epoch; mean over seeds [bootstrap 95 % CI])</h2>")
+    p.append(f"<h2>Summary (last analysed epoch; mean over seeds [{mean_ci_name()} 95 % CI])</h2>")
     cols = [(c, mt.label(c)) for c in summary_columns(summary)]
     p.append(_unit_table(summary, [("unit", "unit"), ("n_seeds", "seeds"), *cols], "summary",
                          row_key="unit_type"))  # fmt: skip

@@ -26,7 +26,7 @@ from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes",
-           "claims_per_seed", "ci_sign", "group_summary", "holm", "loss_auc", "mean_ci",
+           "claims_per_seed", "ci_sign", "current_mean_ci", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
            "paired_summary", "ratio_ci", "recorded_mean_ci", "seed_values", "sentence",
            "sign_flip_p"]  # fmt: skip
@@ -74,9 +74,10 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu"):
     α_reference − α_other (a seed whose fit is not determined, e.g. a single layer, drops
     out). Those per-seed differences are compared like every paired difference
     (:func:`paired_summary`: mean, :func:`mean_ci`, exact sign-flip p). Returns one row per
-    other unit type: ``metric``, ``reference``, ``other``, ``n`` (seeds), ``diff``, ``lo``,
-    ``hi``, ``ci_method``, ``p``, ``p_min``, ``slope`` (median over seeds of β) and
-    ``diff_unadjusted`` (the mean over seeds of the same fit without the n_eff term).
+    other unit type: ``metric``, ``reference``, ``other``, ``n`` (seeds with both unit types
+    and a determined fit), ``diff``, ``lo``, ``hi``, ``ci_method``, ``p``, ``p_min``,
+    ``slope`` (median of β over those seeds) and ``diff_unadjusted`` (the mean over the same
+    seeds of the fit without the n_eff term, i.e. of the unit types' mean medians).
 
     Example:
         >>> import pandas as pd
@@ -101,7 +102,7 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu"):
         return pd.DataFrame()
 
     def fit(sub, with_slope=True):  # (α per unit type, NaN where absent; β), or None
-        x = pd.get_dummies(sub["unit_type"]).astype(float)
+        x = pd.get_dummies(sub["unit_type"].astype(str)).astype(float)
         if with_slope:
             x["_lr"] = sub["lr"].to_numpy()
         if np.linalg.matrix_rank(x.to_numpy()) < x.shape[1]:
@@ -118,11 +119,12 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu"):
             continue
         d = np.array([a[reference] - a[other] for (a, _), _ in fits.values()])
         d0 = np.array([a[reference] - a[other] for _, (a, _) in fits.values()])
-        ok = np.isfinite(d)
+        slopes = np.array([b for (_, b), _ in fits.values()])
+        ok = np.isfinite(d)  # the seeds with both unit types
         s = paired_summary(d[ok])
         out.append({"metric": metric, "reference": reference, "other": other, "n": s["n"],
                     "diff": s["diff"], **{k: s[k] for k in _SPREAD},
-                    "slope": float(np.median([b for (_, b), _ in fits.values()])),
+                    "slope": float(np.median(slopes[ok])) if ok.any() else math.nan,
                     "diff_unadjusted": float(np.mean(d0[ok])) if ok.any() else math.nan})  # fmt: skip
     return pd.DataFrame(out)
 
@@ -172,9 +174,11 @@ MEAN_CI_METHODS = ("t", "bootstrap")
 
 @contextlib.contextmanager
 def mean_ci_method(method: str):
-    """Within the block, :func:`mean_ci` (and so every paired comparison, summary and
-    endpoint table) uses ``method``: ``"t"`` or ``"bootstrap"``. For rebuilding a record
-    that was written with bootstrap CIs of means; new analyses keep the default ``"t"``."""
+    """Within the block, :func:`mean_ci` and :func:`ratio_ci` (and so the paired comparisons,
+    group summaries, endpoint tables and the scripts' CIs of means built on them) use
+    ``method``: ``"t"`` or ``"bootstrap"``. For rebuilding a record that was written with
+    bootstrap CIs; new analyses keep the default ``"t"``. (:func:`neff_adjusted`'s older
+    seed-resampling interval is not rebuilt by it.)"""
     if method not in MEAN_CI_METHODS:
         raise ValueError(f"mean_ci_method: unknown method {method!r}; use one of {MEAN_CI_METHODS}")
     token = _MEAN_CI.set(method)
@@ -184,10 +188,15 @@ def mean_ci_method(method: str):
         _MEAN_CI.reset(token)
 
 
+def current_mean_ci() -> str:
+    """How :func:`mean_ci` forms its intervals now: ``"t"`` or ``"bootstrap"``."""
+    return _MEAN_CI.get()
+
+
 def mean_ci_name() -> str:
     """The name :func:`mean_ci`'s intervals go by now, for a report's headings: ``"t"`` or
     ``"BCa"`` (under ``mean_ci_method("bootstrap")``)."""
-    return "t" if _MEAN_CI.get() == "t" else "BCa"
+    return "t" if current_mean_ci() == "t" else "BCa"
 
 
 def recorded_mean_ci(record) -> str:
@@ -224,8 +233,8 @@ def mean_ci(x) -> tuple[float, float, str]:
 
     Why t and not the bootstrap: with the 3–10 seeds of a study the bootstrap's resamples
     cannot show how far the mean of n values strays, and its 95 % intervals cover the true
-    mean far less often (measured by ``bench/ci_coverage.py``: BCa ≈ 86 % at 5 seeds and 88 %
-    at 10 for normal differences, where the t interval covers 95 %; see ``docs/theory.md``,
+    mean far less often (measured by ``bench/ci_coverage.py``: BCa 84 % at 5 seeds and 89 %
+    at 10 for normal differences, where the t interval covers 93–95 %; see ``docs/theory.md``,
     "Statistics"). Under :func:`mean_ci_method` ``("bootstrap")`` it is :func:`bootstrap_ci`.
 
     Example:
@@ -233,7 +242,7 @@ def mean_ci(x) -> tuple[float, float, str]:
         >>> round(lo, 3), round(hi, 3), how
         (-0.484, 4.484, 't')
     """
-    if _MEAN_CI.get() == "bootstrap":
+    if current_mean_ci() == "bootstrap":
         return bootstrap_ci(x)
     from scipy import stats
 
@@ -265,7 +274,7 @@ def ratio_ci(x, y) -> tuple[float, float, str]:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if _MEAN_CI.get() == "bootstrap":
+    if current_mean_ci() == "bootstrap":
         return bootstrap_ci((x, y), _ratio_of_means)
     if x.size < 2:
         return (math.nan, math.nan, "none")
@@ -276,15 +285,15 @@ def ratio_ci(x, y) -> tuple[float, float, str]:
     (sxx, sxy), (_, syy) = np.cov(x, y, ddof=1)
     xb, yb = x.mean(), y.mean()
     a, b, c = yb * yb - q * syy, xb * yb - q * sxy, xb * xb - q * sxx
-    if a <= 0:  # ȳ within its own CI of 0: every θ, or the complement of an interval
-        return (-math.inf, math.inf, "Fieller (unbounded)")
+    if a <= 0:  # ȳ within its own CI of 0: the set is every θ or the complement of an
+        return (-math.inf, math.inf, "Fieller (unbounded)")  # interval; reported as every θ
     root = math.sqrt(max(b * b - a * c, 0.0))
     return (float((b - root) / a), float((b + root) / a), "Fieller")
 
 
 def _ratio_of_means(x, y) -> float:
     den = np.mean(y)
-    return float(np.mean(x) / den) if den > 0 else math.nan
+    return float(np.mean(x) / den) if den != 0 else math.nan
 
 
 def loss_auc(train_loss, *, log: bool = False) -> float:
@@ -323,10 +332,11 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
     r"""``reference`` against every other unit type on ``metric``, paired by seed.
 
     Returns one row per other unit type: ``metric``, ``reference``, ``other``, ``n`` (paired
-    seeds), ``diff`` = mean over seeds of (reference − other), ``lo``/``hi`` (bootstrap 95 %
-    CI of that mean), ``p`` (exact two-sided sign-flip permutation test of the paired
+    seeds), ``diff`` = mean over seeds of (reference − other), ``lo``/``hi`` (95 % CI of that
+    mean, :func:`mean_ci`), ``p`` (exact two-sided sign-flip permutation test of the paired
     differences), ``p_min`` (the smallest p n pairs allow), ``better`` (the registry's
-    direction), ``ci_method`` (BCa or percentile) and ``text`` (:func:`sentence`). For
+    direction), ``ci_method`` (t; BCa or percentile under ``mean_ci_method("bootstrap")``)
+    and ``text`` (:func:`sentence`). For
     ``closer_to_zero`` metrics the absolute values are compared.
     """
     better = mt.METRICS[metric].better if metric in mt.METRICS else None

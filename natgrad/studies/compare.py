@@ -22,7 +22,8 @@ between ReLU+SGD and ReLU+unit-NG does ELU+SGD close, per epoch budget e?
     f_e = \frac{\overline{AUC_e(\text{relu-sgd}) - AUC_e(\text{elu-sgd})}}
                {\overline{AUC_e(\text{relu-sgd}) - AUC_e(\text{relu-unit-ng})}}
 
-(means over seeds, seeds resampled jointly; undefined when unit-NG does not beat SGD).
+(means over seeds; its CI Fieller's, from the paired numerator and denominator; undefined
+when unit-NG does not beat SGD).
 
 Outputs in ``--out``: ``curves.csv``, ``summary.csv``, ``effects.csv``, ``gap.csv`` (f_e and
 its CI), ``shares.csv`` (every arm's share of the gap), ``answer.md``, ``run.json``
@@ -51,7 +52,14 @@ import numpy as np
 import torch
 
 from natgrad.analysis.endpoints import Endpoint, evaluate
-from natgrad.analysis.stats import bootstrap_ci, loss_auc, mean_ci_name, ratio_ci, sentence
+from natgrad.analysis.stats import (
+    bootstrap_ci,
+    current_mean_ci,
+    loss_auc,
+    mean_ci_name,
+    ratio_ci,
+    sentence,
+)
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
 from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
 from natgrad.errors import InputError
@@ -270,7 +278,7 @@ def gap_ci(a, b, c) -> tuple[float, float, str]:
     a, b, c = (np.asarray(v, dtype=np.float64) for v in (a, b, c))
     ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)  # seeds where all three finished
     a, b, c = a[ok], b[ok], c[ok]
-    if mean_ci_name() == "t":
+    if current_mean_ci() == "t":
         if math.isnan(_gap_fraction(a, b, c)):
             return (math.nan, math.nan, "none")
         return ratio_ci(a - b, a - c)
@@ -377,7 +385,7 @@ def _answer(tables: dict, config: CompareConfig, train_loss: str = TRAIN_LOSS) -
             text = f"undefined: ReLU+unit-NG does not beat ReLU+SGD (gap {row.gap:+.4f})"
         else:
             ci = ("" if math.isnan(row.ci_low) else
-                  f" (95 % {row.ci_method} bootstrap CI over {row.seeds} seeds: "
+                  f" (95 % {row.ci_method} CI over {row.seeds} seeds: "
                   f"{row.ci_low:.2f} to {row.ci_high:.2f})")  # fmt: skip
             text = f"{row.fraction_closed:.2f} of the gap {row.gap:.4f}{ci}"
         lines.append(f"- epoch budget {row.epoch}: ELU+SGD closes {text} (training-loss AUC)")
@@ -485,7 +493,7 @@ def _report(curves, tables: dict, config: CompareConfig, meta: dict, structures:
            "rate."] if config.plain_first_layer else []),
         *([f"Inputs: {config.preprocess}."] if config.preprocess != "none" else []),
         "",
-        "## Effects paired by seed (reference − arm, 95 % bootstrap CI over seeds)",
+        f"## Effects paired by seed (reference − arm, 95 % {mean_ci_name()} CI over seeds)",
         "",
         "p: exact two-sided sign-flip permutation test over seeds (with n seeds it cannot go "
         f"below 2/2^n = {2 / 2 ** config.seeds:.3g}); p_holm: Holm-adjusted within each "
