@@ -266,8 +266,12 @@ def test_the_gap_fractions_ci_is_fiellers_and_none_without_a_gap():
     a = 1.0 + 0.05 * rng.normal(size=6)
     c, b = a - 0.3 + 0.02 * rng.normal(size=6), a - 0.1 + 0.02 * rng.normal(size=6)
     lo, hi, how = gap_ci(a, b, c)
-    assert (lo, hi, how) == stats.ratio_ci(a - b, a - c) and how == "Fieller"
-    assert lo < (a - b).mean() / (a - c).mean() < hi
+    assert how == "Fieller" and lo < (a - b).mean() / (a - c).mean() < hi
+    # each end: the fraction θ at which (a − b) − θ(a − c) has t-test p = 0.05 exactly
+    from scipy import stats as st
+
+    ends = [st.ttest_1samp((a - b) - theta * (a - c), 0.0).pvalue for theta in (lo, hi)]
+    assert np.allclose(ends, 0.05, rtol=1e-9)
     assert gap_ci(np.append(a, np.nan), np.append(b, 0.5), np.append(c, 0.2)) == (lo, hi, how)
     assert math.isnan(gap_ci(a, b, a + 0.1)[0]) and gap_ci(a, b, a + 0.1)[2] == "none"
     with stats.mean_ci_method("bootstrap"):

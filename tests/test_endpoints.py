@@ -324,6 +324,8 @@ def test_the_ci_of_a_ratio_of_means_is_fiellers():
     assert_close(np.array(ends), np.array([0.05, 0.05]), what="Fieller's ends")
     assert st.ttest_1samp(x - x.mean() / y.mean() * y, 0.0).pvalue > 0.05
     assert stats.ratio_ci(x, y - y.mean()) == (-math.inf, math.inf, "Fieller (unbounded)")
+    nlo, nhi, _ = stats.ratio_ci(x, -y)  # a negative denominator: the interval reflected
+    assert_close(np.array([nlo, nhi]), np.array([-hi, -lo]), what="Fieller, x̄/(−ȳ)")
     assert stats.ratio_ci([1.0, np.nan], [1.0, 2.0])[2] == "none"
     with stats.mean_ci_method("bootstrap"):
         assert stats.ratio_ci(x, y)[2] == "BCa"

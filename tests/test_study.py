@@ -408,3 +408,16 @@ def test_a_committed_descriptive_study_rebuilds_from_its_measures(name, folder, 
     for table, new in zip(rebuilt, (summary, paired), strict=True):
         pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{table}.csv"),
                                       check_exact=True, check_dtype=False, obj=table)  # fmt: skip
+
+
+@pytest.mark.parametrize("record", ["main", "standardised"])
+def test_the_fair_comparisons_primary_endpoints_rebuild(record, monkeypatch):
+    """``compare_mnist/<record>/primary.csv`` (issue 22's declared endpoints) rebuilt from its
+    committed curves at its epoch, with the CIs it was written with, to the last digit."""
+    m = _script("fair_compare", monkeypatch)
+    src = ROOT / "paper_figures/results/compare_mnist" / record
+    old = pd.read_csv(src / "primary.csv", dtype={"null": str})
+    with stats.mean_ci_method(stats.recorded_mean_ci(src)):
+        new = m.primaries(pd.read_csv(src / "curves.csv"), int(old["epoch"].iloc[0]))
+    pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12,
+                                  check_dtype=False)  # fmt: skip
