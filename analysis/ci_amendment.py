@@ -21,6 +21,7 @@ every record still written with BCa intervals (run again, it replaces the note).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -41,11 +42,13 @@ def _csv(folder: Path, name: str):
 
 
 def _script(name: str):
-    sys.path.insert(0, str(ROOT / "analysis"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
+    """A sibling study script (``analysis/<name>.py``) as a module, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(
+        f"analysis_{name}", ROOT / "analysis" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def demo(folder: Path) -> dict:

@@ -226,15 +226,8 @@ def primaries(curves, epoch: int = EPOCHS):
     import numpy as np
     import pandas as pd
 
-    from natgrad.analysis.stats import (
-        bootstrap_ci,
-        current_mean_ci,
-        holm,
-        loss_auc,
-        mean_ci,
-        ratio_ci,
-        sign_flip_p,
-    )
+    from natgrad.analysis.stats import holm, loss_auc, mean_ci, sign_flip_p
+    from natgrad.studies.compare import gap_ci
 
     auc = {}
     for (seed, arm), g in curves.sort_values("epoch").groupby(["seed", "arm"]):
@@ -254,11 +247,7 @@ def primaries(curves, epoch: int = EPOCHS):
         dict(
             endpoint="(1) fraction of the gap ELU+SGD closes",
             estimate=frac(a, b, c),
-            ci=(
-                ratio_ci(a - b, a - c)
-                if current_mean_ci() == "t"
-                else bootstrap_ci((a, b, c), frac)
-            ),  # as the records before 2026-12-06
+            ci=gap_ci(a, b, c, frac),
             null="0",
             p=sign_flip_p(a - b),
         )

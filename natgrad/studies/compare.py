@@ -267,22 +267,23 @@ def _gap_fraction(a, b, c) -> float:
     return float((np.mean(a) - np.mean(b)) / den) if den > 0 else math.nan
 
 
-def gap_ci(a, b, c) -> tuple[float, float, str]:
+def gap_ci(a, b, c, fraction=_gap_fraction) -> tuple[float, float, str]:
     r"""``(lo, hi, method)``: the 95 % CI of the gap fraction (ā − b̄)/(ā − c̄), the arms' AUCs
     ``a``, ``b``, ``c`` paired by seed: Fieller's interval of the ratio of the paired
     differences a − b and a − c (:func:`~natgrad.analysis.stats.ratio_ci`). Under
-    ``stats.mean_ci_method("bootstrap")``, the BCa bootstrap of the three arms that the
-    records before 2026-12-06 used (a rebuild of them repeats it to the last digit). Where
-    ReLU+unit-NG is not ahead (ā − c̄ ≤ 0) there is no gap to close, and no interval, as no
-    fraction (:func:`_gap_fraction`)."""
+    ``stats.mean_ci_method("bootstrap")``, the BCa bootstrap of ``fraction`` over the three
+    arms that the records before 2026-12-06 used (a rebuild of them repeats it to the last
+    digit). Where ``fraction`` is undefined there is no interval either: for
+    :func:`_gap_fraction`, where ReLU+unit-NG is not ahead (ā − c̄ ≤ 0, no gap to close);
+    the fair comparison passes its own fraction, which keeps a negative gap's sign."""
     a, b, c = (np.asarray(v, dtype=np.float64) for v in (a, b, c))
     ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)  # seeds where all three finished
     a, b, c = a[ok], b[ok], c[ok]
-    if current_mean_ci() == "t":
-        if math.isnan(_gap_fraction(a, b, c)):
-            return (math.nan, math.nan, "none")
-        return ratio_ci(a - b, a - c)
-    return bootstrap_ci((a, b, c), _gap_fraction)
+    if current_mean_ci() == "bootstrap":
+        return bootstrap_ci((a, b, c), fraction)
+    if not math.isfinite(fraction(a, b, c)):
+        return (math.nan, math.nan, "none")
+    return ratio_ci(a - b, a - c)
 
 
 def _per_seed(curves, config: CompareConfig):
