@@ -324,14 +324,13 @@ def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
         lines.append(f"| {r['lr']:g} | {r['layer']} | {r['metric']} | "
                      f"{unit_type_label(r['other'], tex=False)} | {r['n']} | {r['diff']:+.4g} | "
                      f"[{r['lo']:+.4g}, {r['hi']:+.4g}] | {r['p_holm']:.3g} |")  # fmt: skip
-    key = ["lr", "layer", "metric", "other"]
-    both = est_table.merge(unit_table, on=key, suffixes=("", "_live"))
+    both = ci_changes(unit_table, est_table, ["lr", "layer", "metric", "other"])  # live → est.
     lines.append("")
     for metric, what, up, down in UNIT_READING:
         if metric not in ESTIMABLE_MEASURES:
             continue
         rows = both[both["metric"] == metric]
-        est, live = ci_sign(rows["lo"], rows["hi"]), ci_sign(rows["lo_live"], rows["hi_live"])
+        est, live = rows["after"].to_numpy(), rows["before"].to_numpy()
         changed = [f"lr {r['lr']:g} {r['layer']} vs {unit_type_label(r['other'], tex=False)}"
                    for r in rows[est != live].to_dict("records")]  # fmt: skip
         n = {k: (int((est == k).sum()), int((live == k).sum())) for k in (1, -1, 0)}
