@@ -171,9 +171,11 @@ def audit(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             for r in shift.to_dict("records"):
                 where = ", ".join(f"{k} {r[k]}" for k in keys)
                 moved.append({"record": name, "table": table, "comparison": where,
-                              "role": r["role"], "bca": int(r["before"]),
-                              "t": int(r["after"])})  # fmt: skip
-    columns = ["record", "table", "comparison", "role", "bca", "t"]
+                              "role": r["role"], "bca": int(r["before"]), "t": int(r["after"]),
+                              "bca_lo": r["lo_before"], "bca_hi": r["hi_before"],
+                              "t_lo": r["lo_after"], "t_hi": r["hi_after"]})  # fmt: skip
+    columns = ["record", "table", "comparison", "role", "bca", "t", "bca_lo", "bca_hi", "t_lo",
+               "t_hi"]  # fmt: skip
     return pd.DataFrame(counts), pd.DataFrame(moved, columns=columns)
 
 
@@ -208,7 +210,8 @@ def markdown(counts: pd.DataFrame, moved: pd.DataFrame, commit: str | None = Non
               "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in moved.to_dict("records"):
         lines.append(f"| {r['record']} | {r['table']} | {r['comparison']} | {r['role'] or '—'} "
-                     f"| {word[r['bca']]} | {word[r['t']]} |")  # fmt: skip
+                     f"| [{r['bca_lo']:.3g}, {r['bca_hi']:.3g}] {word[r['bca']]} "
+                     f"| [{r['t_lo']:.3g}, {r['t_hi']:.3g}] {word[r['t']]} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

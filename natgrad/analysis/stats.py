@@ -470,8 +470,9 @@ def ci_sign(lo, hi):
 
 def ci_changes(before, after, keys: list[str]):
     r"""The same comparisons in two tables (matched on ``keys``, e.g. computed under two CI
-    methods): ``keys`` and which way each CI points (:func:`ci_sign`) in ``before`` and in
-    ``after``, one row per comparison present in both.
+    methods): ``keys``, both CIs (``lo_before``, ``hi_before``, ``lo_after``, ``hi_after``) and
+    which way each points (:func:`ci_sign`) in ``before`` and in ``after``, one row per
+    comparison present in both.
 
     Example:
         >>> import pandas as pd
@@ -482,8 +483,8 @@ def ci_changes(before, after, keys: list[str]):
     """
     both = before[[*keys, "lo", "hi"]].merge(after[[*keys, "lo", "hi"]], on=keys,
                                              suffixes=("_before", "_after"))  # fmt: skip
-    return both[keys].assign(before=ci_sign(both["lo_before"], both["hi_before"]),
-                             after=ci_sign(both["lo_after"], both["hi_after"]))  # fmt: skip
+    return both.assign(before=ci_sign(both["lo_before"], both["hi_before"]),
+                       after=ci_sign(both["lo_after"], both["hi_after"]))  # fmt: skip
 
 
 def sign_flip_p(diff) -> float:
