@@ -131,6 +131,33 @@ def test_first_screen_paragraph_is_generated_from_the_cis():
     assert rho is None and "not estimable on this probe" in text and "is closer" not in text
 
 
+@pytest.mark.parametrize(
+    "lo, hi, said",
+    [(0.01, 0.2, None), (-0.02, 0.1, "is not resolved"), (-0.2, -0.01, "points the other way")],
+)
+def test_the_answer_says_where_the_rho_lead_does_not_hold_at_a_common_n_eff(lo, hi, said):
+    """A resolved ELU − ReLU ρ difference whose n_eff-adjusted comparison (``neff_adjusted``)
+    is not resolved, or reverses, is followed by a sentence saying so, with its CI; one that
+    holds adds nothing."""
+    import pandas as pd
+
+    from natgrad.analysis.report import answer
+
+    tables = _synthetic_tables(n_eff=10, rho_lo=0.05, speed_hi=-0.1)
+    tables["neff_adjusted"] = pd.DataFrame([
+        {"metric": "rho_plain_jk", "reference": "elu", "other": "relu", "n": 8,
+         "diff": (lo + hi) / 2, "lo": lo, "hi": hi, "slope": -0.04, "diff_unadjusted": 0.1},
+        {"metric": "rho_plain_jk", "reference": "elu", "other": "srelu", "n": 8,
+         "diff": -0.1, "lo": -0.2, "hi": -0.01, "slope": -0.04, "diff_unadjusted": 0.1},
+    ])  # fmt: skip
+    text, _ = answer(tables)
+    assert "ELU is closer to the unit natural gradient" in text
+    if said is None:
+        assert "common n_eff" not in text
+    else:
+        assert f"that ρ difference {said} ({(lo + hi) / 2:.4g} [{lo:.4g}, {hi:.4g}])" in text
+
+
 def test_probe_size_table_gives_the_change_over_the_last_step_and_the_last_doubling():
     """Five nested sizes: the table names the change 8000 → 10000 and 5000 → 10000, each equal
     to the swept seeds' mean difference, for the plain and the jackknifed ρ."""

@@ -220,10 +220,32 @@ def _verdict(row, *, higher_word: str, lower_word: str) -> str:
     return higher_word if row["lo"] > 0 else lower_word
 
 
+def _neff_caveat(t: dict, rho: str, rho_row) -> str:
+    """Where ELU − ReLU on ``rho`` is resolved but its comparison at a common n_eff
+    (``neff_adjusted``) is not, or points the other way: a sentence saying so, else ''."""
+    adj = t.get("neff_adjusted")
+    if rho_row is None or not _resolved(rho_row) or adj is None or not len(adj):
+        return ""
+    sub = adj[(adj["metric"] == rho) & (adj["other"] == "relu")]
+    if not len(sub):
+        return ""
+    r = sub.iloc[0].to_dict()
+    same = _resolved(r) and (r["lo"] > 0) == (rho_row["lo"] > 0)
+    if same:
+        return ""
+    how = "points the other way" if _resolved(r) else "is not resolved"
+    return (
+        f" Adjusted for n_eff (per seed, at a common n_eff/(d+1)), that ρ difference {how}"
+        f" ({fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]): the lead may follow how many "
+        "effective samples the unit types' blocks rest on."
+    )
+
+
 def answer(t: dict) -> tuple[str, str | None]:
     r"""The first screen's paragraph (HTML) and the ρ metric shown (``None`` where the blocks
     are not estimable), generated from the CIs: ELU against ReLU on the headline ρ and on the
-    learning speed, with the declared primary endpoints and their Holm-adjusted p."""
+    learning speed, with the declared primary endpoints and their Holm-adjusted p, and a caveat
+    where the ρ difference does not hold at a common n_eff (:func:`_neff_caveat`)."""
     esc = html.escape
     rho = headline_rho(t["units"])
     ok, low = estimable_layers(t["units"])
@@ -247,7 +269,7 @@ def answer(t: dict) -> tuple[str, str | None]:
                    f"{who}: closeness to the unit natural gradient, no difference resolved")  # fmt: skip
         verdict += "; " + (f"it {faster}" if faster != "no difference resolved" else
                            "learning speed, no difference resolved") + "."  # fmt: skip
-        parts.append(f"<b>{esc(verdict)}</b>")
+        parts.append(f"<b>{esc(verdict)}</b>" + esc(_neff_caveat(t, rho, rho_row)))
     else:
         parts.append(f"<b>The unit blocks are not estimable on this probe</b> (the smallest "
                      f"per-layer median n_eff/(d+1) is {fmt(low)} &lt; 2): ρ is biased by the "
