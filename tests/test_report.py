@@ -29,6 +29,28 @@ def _cells(html: str) -> dict[tuple[str, str], str]:
     return out
 
 
+def test_a_recorded_study_states_its_answer_findings_and_their_multiplicity(demo_dir, tmp_path):
+    """``record_study``: the record's tables are the study's, byte for byte, with checksums;
+    its README has the generated answer, and its findings heading says they are secondary
+    and how many unadjusted comparisons it lists (one bullet each)."""
+    from natgrad._atomic import read_checked
+    from natgrad.analysis.record import KEPT, record_study
+
+    out = tmp_path / "rec"
+    assert record_study(demo_dir, out, title="small demo") == out / "README.md"
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("# small demo") and "## The answer (generated from the CIs" in readme
+    m = re.search(r"secondary unless declared primary above: each CI is unadjusted for the "
+                  r"(\d+) comparisons listed\)\n\n((?:- .*\n)+)", readme)  # fmt: skip
+    assert m and int(m.group(1)) == len(m.group(2).splitlines()) > 0
+    for name in KEPT:
+        if (demo_dir / "tables" / f"{name}.csv").is_file():
+            assert (
+                read_checked(out / f"{name}.csv")
+                == (demo_dir / "tables" / f"{name}.csv").read_bytes()
+            )
+
+
 def test_summary_cells_equal_the_summary_table(demo_dir):
     summary = read_tables(demo_dir / "tables")["summary"]
     cells = _cells((demo_dir / "report.html").read_text())

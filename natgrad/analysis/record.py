@@ -82,14 +82,18 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
              "## The answer (generated from the CIs; answer.png)", "", _plain(paragraph), "",
              f"## Summary (last analysed epoch; mean over seeds [{mean_ci_name()} 95 % CI])", "",
              "```",
-             summary_text(t["summary"]), "```", "", "## Findings (generated from paired 95 % CIs over "
-             f"{int(t['summary']['n_seeds'].max())} seeds; relative damping λ = "
-             f"{ctx.get('relative damping λ', '?')}; ELU minus each unit type)", ""]  # fmt: skip
+             summary_text(t["summary"]), "```", ""]  # fmt: skip
     claims = dict.fromkeys([headline_rho(t["units"]), "rho_plain", "rho_centred",  # headline first
                             "rho_quasidiagonal", "rho_blockdiag", "abs_median_activation",
                             "train_loss_auc", "log_train_loss_auc", "epochs_to_loss",
                             "median_activation_var", "test_error", "test_error_at_best_val"])  # fmt: skip
-    lines += [f"- {s}" for s in findings(t["comparison"], claims)]
+    found = findings(t["comparison"], claims)
+    lines += [f"## Findings (generated from paired 95 % CIs over "
+              f"{int(t['summary']['n_seeds'].max())} seeds; relative damping λ = "
+              f"{ctx.get('relative damping λ', '?')}; ELU minus each unit type; secondary "
+              f"unless declared primary above: each CI is unadjusted for the {len(found)} "
+              "comparisons listed)", ""]  # fmt: skip
+    lines += [f"- {s}" for s in found]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in ctx.items()]
     lines += [
         "",

@@ -460,7 +460,9 @@ def render_report(tables_dir: str | os.PathLike, out_path: str | os.PathLike | N
         "of every unit type starts from the same weights): unit types are compared paired by "
         f"seed, with {mean_ci_name()} 95 % CIs of the mean difference and exact sign-flip permutation "
         "tests. No test uses layers or units as replicates. Sentences state a direction only "
-        "where the CI excludes 0.</p>"
+        "where the CI excludes 0. Only the declared primary endpoints are adjusted for "
+        "multiplicity (Holm); every other comparison is secondary, its CI unadjusted for the "
+        "others.</p>"
     )
     p.append("<h2>Headline: how close is each update to the unit natural gradient?</h2>")
     if "headline" in figs:
