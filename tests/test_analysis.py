@@ -350,3 +350,23 @@ def test_the_plots_take_a_notebook_users_axes_title_and_layers():
     titles = [a.get_title() for a in fig2.axes if a.get_visible()]
     assert titles == ["fc2", "fc3"] and fig2._suptitle.get_text() == "two layers"
     plt.close("all")
+
+
+def test_claims_cover_every_trained_epoch_whichever_epochs_are_analysed(demo_dir, tmp_path):
+    """``write_tables(epochs=[0])`` analyses the units at epoch 0 only, but the curves and the
+    claims from them (training-loss AUC, test error) cover the runs' every trained epoch: a
+    study that analyses an early checkpoint still judges learning speed over its training."""
+    from natgrad.analysis import stats
+    from natgrad.analysis.summary import write_tables
+
+    runs = sorted(p for p in (demo_dir / "runs").iterdir() if (p / "config.json").is_file())
+    write_tables(runs, tmp_path / "t", epochs=[0], sweep=None, probe_size=160)
+    t = read_tables(tmp_path / "t")
+    assert set(t["units"]["epoch"]) == {0}
+    full = curve_table(runs)
+    assert t["curves"]["epoch"].max() == full["epoch"].max() >= 1
+    claims, _ = stats.claims_per_seed(full)
+    got = t["seeds"].set_index(["unit_type", "seed"])["train_loss_auc"]
+    want = claims.set_index(["unit_type", "seed"])["train_loss_auc"]
+    assert_close(torch.tensor(got.loc[want.index].to_numpy()), torch.tensor(want.to_numpy()),
+                 what="train_loss_auc", rtol=1e-12)  # fmt: skip

@@ -173,7 +173,9 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
                  grad: str = "probe", jackknife: bool = False, probe_sizes=None, size_runs=None,
                  endpoints=None) -> dict[str, Path]:  # fmt: skip
     r"""Build every table from ``run_dirs`` and write them (see the module docstring) into
-    ``out_dir``. ``context`` (command, device, …) is stored in ``context.json`` together with
+    ``out_dir``. ``epochs`` are the checkpoints whose units are analysed; the curves and the
+    claims from them (training-loss AUC, epochs to loss, test error) cover every trained
+    epoch. ``context`` (command, device, …) is stored in ``context.json`` together with
     the settings. ``grad``, ``jackknife``, ``probe_sizes`` and ``size_runs`` are those of
     :func:`~natgrad.analysis.runs.unit_table`; ``endpoints`` the study's declared
     :class:`~natgrad.analysis.endpoints.Endpoint` list. Returns ``{name: path}``."""
@@ -191,9 +193,7 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
     units = res.pop(0)
     sw = res.pop(0) if sweep else None
     sizes = res.pop(0) if probe_sizes else None
-    curves = curve_table(run_dirs)
-    if epochs is not None:
-        curves = curves[curves["epoch"] <= max(epochs)]
+    curves = curve_table(run_dirs)  # every trained epoch: ``epochs`` picks the analysed ones
     acts = activation_table(run_dirs)
     summ = summarise(units, sw, curves, last=last, sizes=sizes, endpoints=endpoints)
     frames = {"units": units, "curves": curves, "activations": acts}
