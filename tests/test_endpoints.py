@@ -51,6 +51,32 @@ def test_censored_comparison_orders_pairs_and_never_averages():
     assert r["ci_method"] == "none (sign test)"
 
 
+def test_paired_comparison_orders_a_censored_time_and_averages_only_observed_ones():
+    """``epochs_to_loss`` (registered with its ``epochs_reached`` column): a pair with a
+    censored run goes through the censored sign test (no CI, no averaging); a pair whose every
+    time was observed is averaged with its t interval as any metric."""
+    v = pd.DataFrame({
+        "unit_type": ["elu"] * 5 + ["relu"] * 5 + ["srelu"] * 5, "seed": list(range(5)) * 3,
+        "epochs_to_loss": [3.0, 4, 5, 4, 11, 6, 11, 11, 5, 11, 2, 3, 3, 2, 4],
+        "epochs_reached": [1, 1, 1, 1, 0, 1, 0, 0, 1, 0, 1, 1, 1, 1, 1],
+    })  # fmt: skip
+    c = stats.paired_comparison(v, "epochs_to_loss").set_index("other")
+    want = stats.censored_comparison(v[v["unit_type"] != "srelu"], "epochs_to_loss",
+                                     "epochs_reached").iloc[0]  # fmt: skip
+    relu = c.loc["relu"]
+    assert relu["ci_method"] == "none (sign test)" and math.isnan(relu["lo"])
+    assert (relu["earlier"], relu["later"], relu["ties"]) == (4, 0, 1)
+    assert relu["diff"] == want["median_diff"] and relu["p"] == want["p"]
+    assert relu["text"] == ("epochs to loss: ELU (α=1) earlier than ReLU in 4 of 5 seeds, later "
+                            "in 0, tied in 1 (never reached: ELU (α=1) 1, ReLU 3 seeds); "
+                            "compared by order, not averaged: sign test p = 0.125.")  # fmt: skip
+    # ELU's seed 4 is censored, so the pair with SReLU is ordered too; drop it and it averages
+    assert c.loc["srelu", "ci_method"] == "none (sign test)"
+    observed = stats.paired_comparison(v[v["seed"] < 4], "epochs_to_loss").set_index("other")
+    assert observed.loc["srelu", "ci_method"] == "t" and observed.loc["srelu", "diff"] == 1.5
+    assert observed.loc["relu", "ci_method"] == "none (sign test)"
+
+
 def test_paired_comparison_names_its_ci_method():
     v = pd.DataFrame({"unit_type": ["elu"] * 6 + ["relu"] * 6, "seed": list(range(6)) * 2,
                       "x": [1.0, 1.3, 1.1, 1.5, 1.2, 1.4, 2.0, 2.1, 2.6, 2.2, 2.4, 2.3]})  # fmt: skip

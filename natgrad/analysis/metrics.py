@@ -32,6 +32,7 @@ class Metric:
     scale: str = "linear"
     source: str = "units"
     estimable_only: bool = False  # needs n_eff >= 2(d+1) to be a measurement
+    reached: str | None = None  # a censored time to an event: the 0/1 column "it happened"
 
 
 _M = [
@@ -106,7 +107,8 @@ _M = [
            source="curves"),
     Metric("epochs_to_loss", "epochs to loss",
            "Fig 2b: first epoch whose training loss is at or below the threshold stated in the "
-           "report (E + 1 if never: censored).", "lower", source="curves"),
+           "report (E + 1 if never: censored, so compared by order where a run is).", "lower",
+           source="curves", reached="epochs_reached"),
     Metric("median_activation_var", "var(median act.)",
            "Appendix C: variance over epochs ≥ 1 of the median unit mean activation (the paper: "
            "much larger in ReLU nets).", "lower", "log", source="curves"),

@@ -124,11 +124,19 @@ def _comparison_html(comparison) -> str:
     frame = comparison.copy()
     frame["metric_label"] = [mt.label(m) for m in frame["metric"]]
     frame["pair"] = [_pair(a, b) for a, b in zip(frame["reference"], frame["other"], strict=True)]
+    by_order = frame["ci_method"].eq("none (sign test)") if "ci_method" in frame else None
     frame["ci"] = [
         f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(frame["lo"], frame["hi"], strict=True)
     ]
+    if by_order is not None and by_order.any():  # a censored time: ordered, not averaged
+        frame.loc[by_order, "ci"] = [
+            f"by order: earlier in {int(e)}, later in {int(la)} (median)"
+            for e, la in zip(frame.loc[by_order, "earlier"], frame.loc[by_order, "later"],
+                             strict=True)
+        ]  # fmt: skip
     cols = [("metric_label", "metric"), ("pair", "difference"), ("n", "seeds"), ("diff", "mean"),
-            ("ci", "95 % CI"), ("p", "p (sign flips)"), ("p_min", "smallest possible p")]  # fmt: skip
+            ("ci", "95 % CI"), ("p", "p (sign flips; sign test where ordered)"),
+            ("p_min", "smallest possible p")]  # fmt: skip
     return _table_html(frame, cols, table_id="comparison")
 
 

@@ -337,22 +337,43 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
     differences), ``p_min`` (the smallest p n pairs allow), ``better`` (the registry's
     direction), ``ci_method`` (t; BCa or percentile under ``mean_ci_method("bootstrap")``)
     and ``text`` (:func:`sentence`). For
-    ``closer_to_zero`` metrics the absolute values are compared.
+    ``closer_to_zero`` metrics the absolute values are compared. A censored time-to-event
+    metric (the registry names its ``reached`` column, and ``values`` has it) is compared by
+    order wherever a run of the pair is censored (:func:`censored_comparison`: ``diff`` the
+    median difference, no CI, the sign test's p; ``earlier``/``later``/``ties``), and averaged
+    only where every time of the pair was observed.
     """
-    better = mt.METRICS[metric].better if metric in mt.METRICS else None
-    v = values[[group, "seed", metric]].copy()
+    spec = mt.METRICS.get(metric)
+    better = spec.better if spec else None
+    reached = spec.reached if spec and spec.reached in values else None
+    v = values[[group, "seed", metric, *([reached] if reached else [])]].copy()
     if better == "closer_to_zero":
         v[metric] = v[metric].abs()
 
-    def row(other, wide):
+    def row(other, wide, wide_r=None):
         pair = wide.replace([np.inf, -np.inf], np.nan).dropna()
+        if wide_r is not None and not wide_r.loc[pair.index].astype(bool).all(axis=None):
+            r = _censored_row(metric, reference, other, pair, wide_r)
+            r = {**r, "diff": r["median_diff"], "lo": math.nan, "hi": math.nan, "better": better}
+            r["text"] = _censored_sentence(r)
+            return r
         s = paired_summary(pair[reference].to_numpy() - pair[other].to_numpy())
         r = {"metric": metric, "reference": reference, "other": other, "n": s["n"],
              "diff": s["diff"], "better": better, **{k: s[k] for k in _SPREAD}}  # fmt: skip
         r["text"] = sentence(r)
         return r
 
-    return _per_other(v, [metric], reference, group, row)
+    return _per_other(v, [metric, *([reached] if reached else [])], reference, group, row)
+
+
+def _censored_sentence(r: dict) -> str:
+    """A censored comparison's finding, by order (no CI: no direction is stated from it)."""
+    ref = unit_type_label(r["reference"], tex=False)
+    other = unit_type_label(r["other"], tex=False)
+    return (f"{mt.label(r['metric'])}: {ref} earlier than {other} in {r['earlier']} of "
+            f"{r['n']} seeds, later in {r['later']}, tied in {r['ties']} (never reached: "
+            f"{ref} {r['censored_ref']}, {other} {r['censored_other']} seeds); compared by "
+            f"order, not averaged: sign test p = {_g(r['p'])}.")  # fmt: skip
 
 
 _SPREAD = ("lo", "hi", "ci_method", "p", "p_min")
@@ -399,28 +420,34 @@ def censored_comparison(values, metric: str, reached: str, *, reference: str = "
         >>> int(r["earlier"]), int(r["later"]), float(r["p"])
         (3, 0, 0.25)
     """
-    from scipy import stats
 
     def row(other, wide_t, wide_r):
-        t = wide_t.dropna()
-        r = wide_r.loc[t.index].astype(bool)
-        a, b = t[reference].to_numpy(), t[other].to_numpy()
-        ra, rb = r[reference].to_numpy(), r[other].to_numpy()
-        both_censored = ~ra & ~rb
-        earlier = int(((a < b) & ~both_censored).sum())
-        later = int(((a > b) & ~both_censored).sum())
-        n = len(t)
-        p = float(stats.binomtest(earlier, earlier + later).pvalue) if earlier + later else 1.0
-        return {
-            "metric": metric, "reference": reference, "other": other, "n": n,
-            "earlier": earlier, "later": later, "ties": n - earlier - later,
-            "censored_ref": int((~ra).sum()), "censored_other": int((~rb).sum()),
-            "median_diff": float(np.median(a - b)) if n else math.nan,
-            "median_is_bound": bool((~ra | ~rb).any()),
-            "p": p, "p_min": 2.0 / 2**n if n else math.nan, "ci_method": "none (sign test)",
-        }  # fmt: skip
+        return _censored_row(metric, reference, other, wide_t.dropna(), wide_r)
 
     return _per_other(values, [metric, reached], reference, group, row)
+
+
+def _censored_row(metric: str, reference: str, other: str, t, wide_r) -> dict:
+    """:func:`censored_comparison`'s row of one pair: ``t`` the seeds' times (both finite),
+    ``wide_r`` whether each run reached the event."""
+    from scipy import stats
+
+    r = wide_r.loc[t.index].astype(bool)
+    a, b = t[reference].to_numpy(), t[other].to_numpy()
+    ra, rb = r[reference].to_numpy(), r[other].to_numpy()
+    both_censored = ~ra & ~rb
+    earlier = int(((a < b) & ~both_censored).sum())
+    later = int(((a > b) & ~both_censored).sum())
+    n = len(t)
+    p = float(stats.binomtest(earlier, earlier + later).pvalue) if earlier + later else 1.0
+    return {
+        "metric": metric, "reference": reference, "other": other, "n": n,
+        "earlier": earlier, "later": later, "ties": n - earlier - later,
+        "censored_ref": int((~ra).sum()), "censored_other": int((~rb).sum()),
+        "median_diff": float(np.median(a - b)) if n else math.nan,
+        "median_is_bound": bool((~ra | ~rb).any()),
+        "p": p, "p_min": 2.0 / 2**n if n else math.nan, "ci_method": "none (sign test)",
+    }  # fmt: skip
 
 
 def _per_other(values, columns, reference: str, group: str, row):
