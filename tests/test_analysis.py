@@ -366,7 +366,8 @@ def test_claims_cover_every_trained_epoch_whichever_epochs_are_analysed(demo_dir
     full = curve_table(runs)
     assert t["curves"]["epoch"].max() == full["epoch"].max() >= 1
     claims, _ = stats.claims_per_seed(full)
-    got = t["seeds"].set_index(["unit_type", "seed"])["train_loss_auc"]
-    want = claims.set_index(["unit_type", "seed"])["train_loss_auc"]
-    assert_close(torch.tensor(got.loc[want.index].to_numpy()), torch.tensor(want.to_numpy()),
-                 what="train_loss_auc", rtol=1e-12)  # fmt: skip
+    for claim in ("train_loss_auc", "test_error"):
+        got = t["seeds"].set_index(["unit_type", "seed"])[claim]
+        want = claims.set_index(["unit_type", "seed"])[claim]
+        assert_close(torch.tensor(got.loc[want.index].to_numpy()), torch.tensor(want.to_numpy()),
+                     what=claim, rtol=1e-12)  # fmt: skip

@@ -49,6 +49,15 @@ def test_censored_comparison_orders_pairs_and_never_averages():
     assert r["censored_ref"] == 1 and r["censored_other"] == 3 and r["median_is_bound"]
     assert math.isclose(r["p"], st.binomtest(4, 4).pvalue)
     assert r["ci_method"] == "none (sign test)"
+    # runs of different lengths: ELU's seed 0 censored at its horizon 3 (time 4) cannot be
+    # ordered against ReLU's 6 (observed in a longer run), but is later than ReLU's 2; a seed
+    # whose reached flag is missing drops out
+    w = pd.DataFrame({
+        "unit_type": ["elu"] * 3 + ["relu"] * 3, "seed": [0, 1, 2] * 2,
+        "t": [4.0, 4, 3, 6, 2, 5], "ok": [0, 0, np.nan, 1, 1, 1],
+    })  # fmt: skip
+    r = stats.censored_comparison(w, "t", "ok").iloc[0]
+    assert (r["n"], r["earlier"], r["later"], r["ties"]) == (2, 0, 1, 1)
 
 
 def test_paired_comparison_orders_a_censored_time_and_averages_only_observed_ones():

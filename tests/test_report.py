@@ -178,6 +178,18 @@ def test_the_answer_says_where_the_rho_lead_does_not_hold_at_a_common_n_eff(lo, 
         assert "common n_eff" not in text
     else:
         assert f"that ρ difference {said} ({(lo + hi) / 2:.4g} [{lo:.4g}, {hi:.4g}])" in text
+    # ELU resolved behind ReLU: an adjusted CI above 0 points the other way, one below agrees
+    behind = _synthetic_tables(n_eff=10, rho_lo=-0.2, speed_hi=-0.1)
+    behind["comparison"].loc[0, ["diff", "hi"]] = [-0.1, -0.05]
+    behind["neff_adjusted"] = tables["neff_adjusted"].assign(lo=-hi, hi=-lo, diff=-(lo + hi) / 2)
+    text, _ = answer(behind)
+    assert "ELU is farther from the unit natural gradient" in text
+    assert ("common n_eff" in text) == (said is not None)
+    if said:
+        assert f"that ρ difference {said}" in text and "the difference may follow" in text
+    # no adjusted interval (too few seeds with a fit): nothing said
+    tables["neff_adjusted"][["lo", "hi"]] = float("nan")
+    assert "common n_eff" not in answer(tables)[0]
 
 
 def test_probe_size_table_gives_the_change_over_the_last_step_and_the_last_doubling():

@@ -80,7 +80,7 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
              f"Wall time: {meta.get('seconds', {}).get('total', float('nan')):.0f} s "
              f"({json.dumps({k: round(v) for k, v in meta.get('seconds', {}).items()})})", "",
              "## The answer (generated from the CIs; answer.png)", "", _plain(paragraph), "",
-             f"## Summary (last analysed epoch; mean over seeds [{mean_ci_name()} 95 % CI])", "",
+             f"## Summary (units at the last analysed epoch, curve claims over all epochs; mean over seeds [{mean_ci_name()} 95 % CI])", "",
              "```",
              summary_text(t["summary"]), "```", ""]  # fmt: skip
     claims = dict.fromkeys([headline_rho(t["units"]), "rho_plain", "rho_centred",  # headline first

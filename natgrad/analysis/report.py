@@ -130,11 +130,12 @@ def _comparison_html(comparison) -> str:
     ]
     if by_order is not None and by_order.any():  # a censored time: ordered, not averaged
         frame.loc[by_order, "ci"] = [
-            f"by order: earlier in {int(e)}, later in {int(la)} (median)"
+            f"by order: earlier in {int(e)}, later in {int(la)}"
             for e, la in zip(frame.loc[by_order, "earlier"], frame.loc[by_order, "later"],
                              strict=True)
         ]  # fmt: skip
-    cols = [("metric_label", "metric"), ("pair", "difference"), ("n", "seeds"), ("diff", "mean"),
+    cols = [("metric_label", "metric"), ("pair", "difference"), ("n", "seeds"),
+            ("diff", "mean (median where ordered)"),
             ("ci", "95 % CI"), ("p", "p (sign flips; sign test where ordered)"),
             ("p_min", "smallest possible p")]  # fmt: skip
     return _table_html(frame, cols, table_id="comparison")
@@ -162,6 +163,11 @@ def compact_html(comparison, metrics, *, table_id: str) -> str:
                 cells.append("<td></td>")
                 continue
             r = sub.loc[o]
+            if r.get("ci_method") == "none (sign test)":  # a censored time: ordered
+                cells.append(f"<td data-col='{esc(o)}'>· by order: earlier in "
+                             f"{int(r['earlier'])}, later in {int(r['later'])} of "
+                             f"{int(r['n'])}</td>")  # fmt: skip
+                continue
             mark = "·"
             if _resolved(r) and r.get("better") in ("higher", "lower", "closer_to_zero"):
                 mark = "▲" if (r["lo"] > 0) == (r["better"] == "higher") else "▼"
@@ -170,7 +176,8 @@ def compact_html(comparison, metrics, *, table_id: str) -> str:
         rows.append(f"<tr data-metric='{esc(m)}'><td>{esc(mt.label(m))}</td>{''.join(cells)}</tr>")
     return (f"<table id='{table_id}'><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
             "<p><small>▲ better, ▼ worse for the reference (CI excludes 0), · no difference "
-            f"resolved; mean paired difference over seeds [{mean_ci_name()} 95 % CI].</small></p>")  # fmt: skip
+            f"resolved; mean paired difference over seeds [{mean_ci_name()} 95 % CI]; a "
+            "censored time (a run that never got there) is compared by order instead.</small></p>")  # fmt: skip
 
 
 def findings(comparison, metrics) -> list[str]:
@@ -238,14 +245,16 @@ def _neff_caveat(t: dict, rho: str, rho_row) -> str:
     if not len(sub):
         return ""
     r = sub.iloc[0].to_dict()
+    if _nan(r.get("lo")):  # no adjusted interval (too few seeds with a determined fit)
+        return ""
     same = _resolved(r) and (r["lo"] > 0) == (rho_row["lo"] > 0)
     if same:
         return ""
     how = "points the other way" if _resolved(r) else "is not resolved"
     return (
         f" Adjusted for n_eff (per seed, at a common n_eff/(d+1)), that ρ difference {how}"
-        f" ({fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]): the lead may follow how many "
-        "effective samples the unit types' blocks rest on."
+        f" ({fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]): the difference may follow how "
+        "many effective samples the unit types' blocks rest on."
     )
 
 
@@ -478,7 +487,9 @@ def render_report(tables_dir: str | os.PathLike, out_path: str | os.PathLike | N
     rho = headline_rho(t["units"])
     shown = [rho] if rho != "rho_plain" else []
     p.append(compact_html(comparison, [*shown, *HEADLINE, "n_eff_over_d1"], table_id="findings"))
-    p.append(f"<h2>Summary (last analysed epoch; mean over seeds [{mean_ci_name()} 95 % CI])</h2>")
+    p.append(
+        f"<h2>Summary (units at the last analysed epoch, curve claims over all epochs; mean over seeds [{mean_ci_name()} 95 % CI])</h2>"
+    )
     cols = [(c, mt.label(c)) for c in summary_columns(summary)]
     p.append(_unit_table(summary, [("unit", "unit"), ("n_seeds", "seeds"), *cols], "summary",
                          row_key="unit_type"))  # fmt: skip

@@ -352,7 +352,9 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
 
     def row(other, wide, wide_r=None):
         pair = wide.replace([np.inf, -np.inf], np.nan).dropna()
-        if wide_r is not None and not wide_r.loc[pair.index].astype(bool).all(axis=None):
+        if wide_r is not None and not wide_r.reindex(pair.index).fillna(0).astype(bool).all(
+            axis=None
+        ):
             r = _censored_row(metric, reference, other, pair, wide_r)
             r = {**r, "diff": r["median_diff"], "lo": math.nan, "hi": math.nan, "better": better}
             r["text"] = _censored_sentence(r)
@@ -429,15 +431,20 @@ def censored_comparison(values, metric: str, reached: str, *, reference: str = "
 
 def _censored_row(metric: str, reference: str, other: str, t, wide_r) -> dict:
     """:func:`censored_comparison`'s row of one pair: ``t`` the seeds' times (both finite),
-    ``wide_r`` whether each run reached the event."""
+    ``wide_r`` whether each run reached the event (a seed without that for both runs drops
+    out). A censored time is a lower bound (its run's horizon + 1): an observed time at or
+    beyond it, from a longer run, cannot be ordered against it and counts as a tie, as do two
+    censored times. ``p_min`` is the design's floor, 2/2ⁿ, before ties."""
     from scipy import stats
 
-    r = wide_r.loc[t.index].astype(bool)
+    r = wide_r.reindex(t.index)
+    t = t[r.notna().all(axis=1)]
+    r = r.loc[t.index].astype(bool)
     a, b = t[reference].to_numpy(), t[other].to_numpy()
     ra, rb = r[reference].to_numpy(), r[other].to_numpy()
-    both_censored = ~ra & ~rb
-    earlier = int(((a < b) & ~both_censored).sum())
-    later = int(((a > b) & ~both_censored).sum())
+    open_pair = (~ra & ~rb) | (~ra & rb & (b >= a)) | (ra & ~rb & (a >= b))
+    earlier = int(((a < b) & ~open_pair).sum())
+    later = int(((a > b) & ~open_pair).sum())
     n = len(t)
     p = float(stats.binomtest(earlier, earlier + later).pvalue) if earlier + later else 1.0
     return {
