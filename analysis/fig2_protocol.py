@@ -27,6 +27,7 @@ import torch
 from natgrad.analysis.stats import mean_ci_name
 from natgrad.studies.fig2 import (  # noqa: F401 (the declaration, re-exported)
     EARLY,
+    ESTIMABLE_EPOCHS,
     LOSS_LEVEL,
     MECHANISM,
     METRICS,
@@ -176,6 +177,24 @@ def mechanism_by_epoch(mech_seeds):
     return evaluate(
         mech_seeds.sort_values("epoch", kind="stable"), mechanism_endpoints(), by="epoch"
     )
+
+
+def neff_adjusted_by_epoch(layers):
+    """The declared check of the mechanism at a common n_eff (:mod:`natgrad.studies.fig2`):
+    at each of :data:`ESTIMABLE_EPOCHS`, ELU − every other unit type in ρ(plain) from the
+    per-run, per-layer medians ``layers`` (``mechanism_layers.csv``; each row stands for its
+    layer, so its n_eff/(d+1) is that of the fit) through
+    :func:`natgrad.analysis.stats.neff_adjusted`; ``p_holm`` over the whole family."""
+    import pandas as pd
+
+    from natgrad.analysis.stats import holm, neff_adjusted
+
+    rows = layers.assign(n_eff=layers["n_eff_over_d1"], fan_in=0, input_from="units", dead=0)
+    out = pd.concat([neff_adjusted(rows[rows["epoch"] == e], "rho_plain").assign(epoch=e)
+                     for e in ESTIMABLE_EPOCHS], ignore_index=True)  # fmt: skip
+    out["family"] = "neff-adjusted"
+    out["p_holm"] = holm(out["p"].to_numpy())
+    return out[["epoch", *(c for c in out.columns if c != "epoch")]]
 
 
 def relation(curves, mech_seeds):
@@ -514,7 +533,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--restore-state", type=Path, default=None,
                         help="first copy saved run states from here into --runs")  # fmt: skip
+    parser.add_argument("--neff-adjusted", action="store_true",
+                        help="only the declared check at a common n_eff, from --record's "
+                             "mechanism_layers.csv, into its neff_adjusted.csv")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.neff_adjusted:
+        from natgrad._atomic import write_table
+        from natgrad.analysis.csvtables import read_csv
+
+        table = neff_adjusted_by_epoch(read_csv(args.record / "mechanism_layers.csv"))
+        write_table(
+            args.record / "neff_adjusted.csv", table.to_csv(index=False, float_format="%.6g")
+        )
+        print(table.to_string(index=False))
+        return 0
     mech_epochs = None
     if args.mechanism_epochs:
         mech_epochs = tuple(int(e) for e in args.mechanism_epochs.split(",") if e.strip())

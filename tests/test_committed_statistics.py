@@ -174,3 +174,24 @@ def test_the_ci_amendment_of_the_committed_records_rebuilds(tmp_path, monkeypatc
     assert (tmp_path / "bn_cnn_mnist" / "README.md").read_text() == (
         RESULTS / "bn_cnn_mnist" / "README.md"
     ).read_text()
+
+
+def test_the_mnist_fig2_mechanism_at_a_common_n_eff_rebuilds():
+    """``neff_adjusted.csv`` (the post-hoc check declared in ``natgrad.studies.fig2``) is
+    ``neff_adjusted_by_epoch`` of the committed per-layer medians (written to 6 significant
+    digits), at the estimable epochs, one Holm family; its t intervals hold its mean."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "fig2_protocol", RESULTS.parents[1] / "analysis" / "fig2_protocol.py"
+    )
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    folder = RESULTS / "fig2_protocol_mnist"
+    table = m.neff_adjusted_by_epoch(read_csv(folder / "mechanism_layers.csv"))
+    old = read_csv(folder / "neff_adjusted.csv")
+    assert sorted(set(old["epoch"])) == list(m.ESTIMABLE_EPOCHS) and set(old["ci_method"]) == {"t"}
+    assert (old["lo"] < old["diff"]).all() and (old["diff"] < old["hi"]).all()
+    assert (old["p_holm"] >= old["p"]).all() and set(old["family"]) == {"neff-adjusted"}
+    _same(table, old, ["epoch", "metric", "other"], "fig2_protocol_mnist: neff_adjusted.csv",
+          rtol=1e-5)  # fmt: skip
