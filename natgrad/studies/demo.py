@@ -132,9 +132,10 @@ def for_dataset(name: str, **changes) -> DemoConfig:
 
 
 def primary_endpoints(config: DemoConfig, rho: str = "rho_plain_jk") -> list:
-    r"""The demo's declared endpoints: primary ELU − ReLU on ``rho`` (not where the data set's
-    blocks are not estimable: the digits) and on the log training-loss AUC; secondary the
-    same against every other unit type. Holm within each role."""
+    r"""The demo's declared endpoints: primary ELU − ReLU on ``rho`` at the last analysed
+    epoch (not where the data set's blocks are not estimable: the digits) and on the log
+    training-loss AUC over every trained epoch; secondary the same against every other unit
+    type. Holm within each role."""
     from natgrad.analysis.endpoints import Endpoint
 
     rho_ok = config.dataset != "digits" and config.jackknife
