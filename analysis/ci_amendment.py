@@ -167,8 +167,10 @@ def audit(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             c = (c.merge(new[[*keys, "role"]], on=keys, how="left") if "role" in new
                  else c.assign(role=""))  # fmt: skip
             shift = c[c["before"] != c["after"]]
+            written = folder / f"{table}.csv"  # a record may add a table written since
             counts.append({"record": name, "table": table, "written_with":
-                           stats.recorded_mean_ci(folder), "comparisons": len(c),
+                           stats.recorded_mean_ci(written if written.is_file() else folder),
+                           "comparisons": len(c),
                            "resolved_bca": int((c["before"] != 0).sum()),
                            "resolved_t": int((c["after"] != 0).sum()), "moved": len(shift),
                            "primary_moved": int((shift["role"] == "primary").sum())})  # fmt: skip

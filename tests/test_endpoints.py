@@ -364,3 +364,15 @@ def test_the_ci_of_a_ratio_of_means_is_fiellers():
     assert stats.ratio_ci([1.0, np.nan], [1.0, 2.0])[2] == "none"
     with stats.mean_ci_method("bootstrap"):
         assert stats.ratio_ci(x, y)[2] == "BCa"
+
+
+def test_recorded_mean_ci_reads_a_folder_or_one_table(tmp_path):
+    """A folder's interval is t as soon as one table's is; a table file, a DataFrame or a folder
+    of BCa tables (or of tables naming none) read as the bootstrap of the older records."""
+    pd.DataFrame({"x": [1], "ci_method": ["BCa"]}).to_csv(tmp_path / "old.csv", index=False)
+    assert stats.recorded_mean_ci(tmp_path) == "bootstrap"
+    pd.DataFrame({"x": [1], "ci_method": ["t"]}).to_csv(tmp_path / "added.csv", index=False)
+    assert stats.recorded_mean_ci(tmp_path) == "t"
+    assert stats.recorded_mean_ci(tmp_path / "old.csv") == "bootstrap"
+    assert stats.recorded_mean_ci(tmp_path / "added.csv") == "t"
+    assert stats.recorded_mean_ci(pd.DataFrame({"ci_method": ["percentile"]})) == "bootstrap"

@@ -201,7 +201,9 @@ def mean_ci_name() -> str:
 
 def recorded_mean_ci(record) -> str:
     """The :func:`mean_ci_method` a record was written with, from the ``ci_method`` columns
-    of a table or of every CSV table in a record folder: ``"t"`` where any CI is a t interval
+    of a table (a DataFrame or a CSV file) or of every CSV table in a record folder (a folder
+    may hold a table added later with other intervals: ask the table you rebuild):
+    ``"t"`` where any CI is a t interval
     (a ratio's BCa may stand beside them), else ``"bootstrap"`` where any is BCa or
     percentile or none names its method (the records older than :func:`mean_ci`), else
     ``"t"``. Rebuild a record under ``with mean_ci_method(recorded_mean_ci(folder)):``."""
@@ -215,8 +217,8 @@ def recorded_mean_ci(record) -> str:
             with path.open(encoding="utf-8") as f:
                 return "ci_method" in f.readline()
 
-        tables = [pd.read_csv(p, usecols=["ci_method"])
-                  for p in sorted(Path(record).glob("*.csv")) if names_method(p)]  # fmt: skip
+        paths = [Path(record)] if Path(record).is_file() else sorted(Path(record).glob("*.csv"))
+        tables = [pd.read_csv(p, usecols=["ci_method"]) for p in paths if names_method(p)]
     else:
         tables = [record]
     named = [t for t in tables if "ci_method" in t]
