@@ -427,7 +427,6 @@ def readme(
     table, unit_table, curves, meta: dict, est_table=None, est_units=None, changes=None
 ) -> str:
     """The results' text, from the CIs (whichever way they point)."""
-    import numpy as np
 
     from natgrad.units import unit_type_label
 
@@ -532,28 +531,33 @@ def readme(
                          for r in rho.to_dict("records")]  # fmt: skip
         lines += ["", "**In a net whose loss is not a classifier's** (every CI of the table, "
                   "counted; a count is not a test):", ""]  # fmt: skip
-        sign = {}  # per measure: +1 if ELU is higher in more CIs than lower, -1 the reverse
+        sign = {}  # per measure: +1 if ELU is higher in most CIs, -1 lower in most, else 0
         for metric, what, up, down in UNIT_READING:
             rows = unit_table[unit_table["metric"] == metric]
             signs = ci_sign(rows["lo"], rows["hi"])
             hi, lo = int((signs == 1).sum()), int((signs == -1).sum())
-            sign[metric] = int(np.sign(hi - lo))
+            sign[metric] = _majority(hi, lo, len(rows))
             lines.append(f"- {what}: {up} under ELU in {hi}, {down} in {lo}, not resolved in "
                          f"{len(rows) - hi - lo} of {len(rows)} (rate × layer × other unit).")  # fmt: skip
 
         rho_up, mean_up = sign["rho_plain_jk"], sign["mean_q_norm"]
         n = int(unit_table["n"].max())
         reading = {
-            (1, 1): "ELU's plain gradient is more often nearer the unit natural gradient, but "
-                    "its incoming means are larger, not smaller: in this autoencoder ELU's "
-                    "advantage in ρ does not come through the paper's mechanism (incoming "
-                    "means pushed towards zero).",
-            (1, -1): "ELU's plain gradient is more often nearer the unit natural gradient, with "
-                     "smaller incoming means, as the paper's mechanism says.",
-            (1, 0): "ELU's plain gradient is more often nearer the unit natural gradient; "
-                    "its incoming means are not more often smaller or larger.",
-        }.get((rho_up, mean_up), "ELU's plain gradient is not more often nearer the unit "
-                                 "natural gradient than the others'.")  # fmt: skip
+            (1, 1): "ELU's plain gradient is nearer the unit natural gradient in most "
+                    "comparisons, but its incoming means are larger in most, not smaller: in "
+                    "this autoencoder ELU's advantage in ρ does not come through the paper's "
+                    "mechanism (incoming means pushed towards zero).",
+            (1, -1): "ELU's plain gradient is nearer the unit natural gradient in most "
+                     "comparisons, with smaller incoming means in most, as the paper's "
+                     "mechanism says.",
+            (1, 0): "ELU's plain gradient is nearer the unit natural gradient in most "
+                    "comparisons; its incoming means are neither smaller nor larger in most.",
+        }.get((rho_up, mean_up), "ELU's plain gradient is not nearer the unit natural gradient "
+                                 "in most comparisons" + {
+                                     1: "; its incoming means are larger in most, not smaller, "
+                                        "against the paper's mechanism.",
+                                     -1: ", though its incoming means are smaller in most.",
+                                     0: "."}[mean_up])  # fmt: skip
         dead = ", ".join(f"lr {lr:g} {unit_type_label(u, tex=False)} {100 * f:.0f} %"
                          for lr, u, f in meta.get("dead", []))  # fmt: skip
         lines += ["", f"Reading: {reading} Caveats: each run's value is a median over its "
