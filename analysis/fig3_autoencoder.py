@@ -10,6 +10,12 @@
     python analysis/fig3_autoencoder.py --lr 1e-05 --epochs 50 --seeds 0:3 --runs R_EXT
     python analysis/fig3_autoencoder.py --analyse --runs R_EXT --record \
         paper_figures/results/fig3_autoencoder_mnist_lr1e-5_e50
+    # the declared seed extension: seeds 5-9 of every rate beside seeds 0-4, one piece each,
+    # then the unit analysis of seeds 5-9 and the record over seeds 0-9
+    python analysis/fig3_autoencoder.py --lr 0.01 --seeds 5:1 --runs R_10
+    python analysis/fig3_autoencoder.py --analyse --seeds 5:5 --runs R_10
+    python analysis/fig3_autoencoder.py --runs R_10 --record \
+        paper_figures/results/fig3_autoencoder_mnist_10seeds
 
 A piece is the three unit types of one seed at one rate, trained as one grid (about 10 min on
 one core for 25 epochs); ``--record`` copies the finished runs' small records (config,
