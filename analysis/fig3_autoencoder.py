@@ -322,7 +322,7 @@ def _majority(closer: int, farther: int, total: int) -> int:
 def _lean(closer: int, farther: int, total: int) -> str:
     word = {
         1: "closer to the unit natural gradient under ELU in most comparisons",
-        -1: "farther from it under ELU in most comparisons",
+        -1: "farther from the unit natural gradient under ELU in most comparisons",
         0: "in neither direction in most comparisons",
     }[_majority(closer, farther, total)]
     return (f"{word} (ELU closer in {closer}, farther in {farther}, not resolved in "
@@ -338,6 +338,24 @@ def _lean_ending(live_c: int, live_f: int, est_c: int, est_f: int, total: int) -
         return ("so the live-unit reading rests on units whose blocks are not estimable and "
                 "is not a finding.")  # fmt: skip
     return "the readings differ; neither is a finding."
+
+
+def _unit_reading(rho_up: int, mean_up: int) -> str:
+    """The live-unit analysis's reading from :func:`_majority` of ρ(plain) (+1: ELU nearer
+    the unit natural gradient in most comparisons) and of ‖E_q(a)‖ (+1: larger in most)."""
+    near = {
+        1: "nearer the unit natural gradient",
+        -1: "farther from the unit natural gradient",
+        0: "neither nearer the unit natural gradient nor farther from it",
+    }
+    means = {1: "larger in most, not smaller as the paper's mechanism has them",
+             -1: "smaller in most, as the paper's mechanism has them",
+             0: "neither smaller nor larger in most"}  # fmt: skip
+    return (f"ELU's plain gradient is {near[rho_up]} in most comparisons; its incoming "
+            f"means are {means[mean_up]} (counts of CIs, not tests)"
+            + (": in this autoencoder ELU's advantage in ρ does not come through the "
+               "paper's mechanism (incoming means pushed towards zero)."
+               if (rho_up, mean_up) == (1, 1) else "."))  # fmt: skip
 
 
 def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
@@ -548,22 +566,7 @@ def readme(
 
         rho_up, mean_up = sign["rho_plain_jk"], sign["mean_q_norm"]
         n = int(unit_table["n"].max())
-        reading = {
-            (1, 1): "ELU's plain gradient is nearer the unit natural gradient in most "
-                    "comparisons, but its incoming means are larger in most, not smaller: in "
-                    "this autoencoder ELU's advantage in ρ does not come through the paper's "
-                    "mechanism (incoming means pushed towards zero).",
-            (1, -1): "ELU's plain gradient is nearer the unit natural gradient in most "
-                     "comparisons, with smaller incoming means in most, as the paper's "
-                     "mechanism says.",
-            (1, 0): "ELU's plain gradient is nearer the unit natural gradient in most "
-                    "comparisons; its incoming means are neither smaller nor larger in most.",
-        }.get((rho_up, mean_up), "ELU's plain gradient is not nearer the unit natural gradient "
-                                 "in most comparisons" + {
-                                     1: "; its incoming means are larger in most, not smaller, "
-                                        "against the paper's mechanism.",
-                                     -1: ", though its incoming means are smaller in most.",
-                                     0: "."}[mean_up])  # fmt: skip
+        reading = _unit_reading(rho_up, mean_up)
         dead = ", ".join(f"lr {lr:g} {unit_type_label(u, tex=False)} {100 * f:.0f} %"
                          for lr, u, f in meta.get("dead", []))  # fmt: skip
         lines += ["", f"Reading: {reading} Caveats: each run's value is a median over its "

@@ -314,7 +314,7 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert "closer to the unit natural gradient under ELU" in text
         assert "closer to the unit natural gradient under ELU in 4, farther from it in 0" in text
         assert ("nearer the unit natural gradient in most comparisons; its incoming means are "
-                "neither smaller nor larger in most.") in text  # fmt: skip
+                "neither smaller nor larger in most (counts of CIs, not tests).") in text  # fmt: skip
         # the estimable-only re-analysis: ELU's ρ lower there, so every reading flips
         est_units = units.assign(rho_plain_jk=lambda d: 1 - d["rho_plain_jk"], live=250,
                                  estimable_units=200)  # fmt: skip
@@ -326,7 +326,8 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert (
             "Reading: over live units ρ(plain) is closer to the unit natural gradient under "
             "ELU in most comparisons (ELU closer in 4, farther in 0, not resolved in 0 of 4); "
-            "over estimable units it is farther from it under ELU in most comparisons (ELU "
+            "over estimable units it is farther from the unit natural gradient under ELU in most "
+            "comparisons (ELU "
             "closer in 0, farther in 4, not resolved in 0 of 4): so the live-unit reading "
             "rests on units"
         ) in text
@@ -427,12 +428,23 @@ def test_fig3_reads_a_lean_in_rho_only_from_a_majority_of_its_comparisons(monkey
     m = _script("fig3_autoencoder", monkeypatch)
     assert m._lean(9, 8, 24).startswith("in neither direction in most comparisons (ELU closer")
     assert m._lean(13, 2, 24).startswith("closer to the unit natural gradient under ELU in most")
-    assert m._lean(1, 13, 24).startswith("farther from it under ELU in most comparisons")
+    assert m._lean(1, 13, 24).startswith("farther from the unit natural gradient under ELU in")
     assert m._lean(12, 0, 24).startswith("in neither")  # half is not most
     assert m._lean_ending(12, 5, 9, 8, 24).startswith("neither set of units")
     assert m._lean_ending(14, 5, 7, 7, 24).startswith("so the live-unit reading rests on")
     assert m._lean_ending(14, 5, 13, 7, 24) == "the same reading."
     assert m._lean_ending(5, 5, 14, 7, 24) == "the readings differ; neither is a finding."
+    assert m._lean_ending(2, 14, 3, 13, 24) == "the same reading."
+    assert m._lean_ending(2, 14, 3, 3, 24).startswith("so the live-unit reading rests on")
+    # the live-unit reading: each direction of ρ and of the incoming means in its own words
+    r = {(a, b): m._unit_reading(a, b) for a in (1, 0, -1) for b in (1, 0, -1)}
+    assert "advantage in ρ does not come through the paper's mechanism" in r[1, 1]
+    assert sum("advantage in ρ" in t for t in r.values()) == 1
+    assert all(t.startswith("ELU's plain gradient is farther from the unit natural gradient in "
+                            "most") for (a, _), t in r.items() if a == -1)  # fmt: skip
+    assert r[0, 1].startswith("ELU's plain gradient is neither nearer")
+    assert "larger in most, not smaller" in r[0, 1] and "smaller in most, as" in r[-1, -1]
+    assert "neither smaller nor larger in most" in r[1, 0]
 
 
 SLOW = (0.97, 0.985, 1.01, 0.965, 0.995, 1.01, 0.975, 0.985, 1.0, 0.975)  # ELU at 1e-5, per seed
