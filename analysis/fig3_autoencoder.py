@@ -362,7 +362,6 @@ def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
     """The estimable-only re-analysis's section (:data:`ESTIMABLE_ENDPOINTS`): its table, how
     many units each median is over, its counts and where its reading of ρ differs from the
     live-unit one, from the CIs."""
-
     from natgrad.units import unit_type_label
 
     share = est_units["estimable_units"] / est_units["live"].clip(lower=1)
@@ -451,7 +450,6 @@ def readme(
     table, unit_table, curves, meta: dict, est_table=None, est_units=None, changes=None
 ) -> str:
     """The results' text, from the CIs (whichever way they point)."""
-
     from natgrad.units import unit_type_label
 
     def ci(r, scale=1.0, digits=4):

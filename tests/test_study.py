@@ -326,10 +326,9 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
         assert (
             "Reading: over live units ρ(plain) is closer to the unit natural gradient under "
             "ELU in most comparisons (ELU closer in 4, farther in 0, not resolved in 0 of 4); "
-            "over estimable units it is farther from the unit natural gradient under ELU in most "
-            "comparisons (ELU "
-            "closer in 0, farther in 4, not resolved in 0 of 4): so the live-unit reading "
-            "rests on units"
+            "over estimable units it is farther from the unit natural gradient under ELU in "
+            "most comparisons (ELU closer in 0, farther in 4, not resolved in 0 of 4): so the "
+            "live-unit reading rests on units"
         ) in text
         assert (
             "farther from it in 4, not resolved in 0 of 4 (over live units: 4, 0, 0); the "
@@ -339,8 +338,8 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
                         m.evaluate(units, list(m.ESTIMABLE_ENDPOINTS), by=["lr", "layer"]),
                         units.assign(live=250, estimable_units=250))  # fmt: skip
         assert (
-            "ELU in most comparisons (ELU closer in 4, farther in 0, not resolved in 0 of 4): the same reading."
-            in same
+            "ELU in most comparisons (ELU closer in 4, farther in 0, not resolved in 0 of 4): "
+            "the same reading." in same
         )
         assert "t intervals instead of the declared BCa" not in same  # no changes given
     # the amendment's section: the unit table under BCa against the same under t, one
