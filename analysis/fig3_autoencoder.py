@@ -10,6 +10,10 @@
     python analysis/fig3_autoencoder.py --lr 1e-05 --epochs 50 --seeds 0:3 --runs R_EXT
     python analysis/fig3_autoencoder.py --analyse --runs R_EXT --record \
         paper_figures/results/fig3_autoencoder_mnist_lr1e-5_e50
+    # the same for lr 1e-4 over seeds 0-9 (copies of the 10-seed record's runs), a seed a piece
+    python analysis/fig3_autoencoder.py --lr 1e-04 --epochs 50 --seeds 0:1 --runs R_EXT4
+    python analysis/fig3_autoencoder.py --analyse --runs R_EXT4 --record \
+        paper_figures/results/fig3_autoencoder_mnist_lr1e-4_e50
     # the declared seed extension: seeds 5-9 of every rate beside seeds 0-4, one piece each,
     # then the unit analysis of seeds 5-9 and the record over seeds 0-9
     python analysis/fig3_autoencoder.py --lr 0.01 --seeds 5:1 --runs R_10
@@ -49,8 +53,7 @@ from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     ESTIMABLE_MEASURES,
     ESTIMABLE_RESULTS,
     EXTENDED_SEEDS,
-    EXTENSION_EPOCHS,
-    EXTENSION_RATE,
+    EXTENSIONS,
     GRAD_IMAGES,
     MIN_EPOCHS,
     PROBE,
@@ -289,16 +292,16 @@ def _crossings(curves, epochs: int) -> list[str]:
     return lines
 
 
-def _extension_text() -> str:
+def _extension_text(lr: float, seeds: list[int]) -> str:
+    epochs, source, why = EXTENSIONS[lr]
     return (f"**Extension (declared in `natgrad/studies/fig3.py` before its runs):** at lr "
-            f"{EXTENSION_RATE:g} ELU had not overtaken ReLU by epoch {MIN_EPOCHS}, so the "
-            f"{len(UNITS) * SEEDS} runs of that rate were copied with their epoch-{MIN_EPOCHS} "
-            f"checkpoints and resumed to epoch {EXTENSION_EPOCHS} (epochs 1–{MIN_EPOCHS} are "
-            "the same runs as in `fig3_autoencoder_mnist`, trained at that record's commits; "
-            "the runs' commit above is the resume's; the shorter record and its primary "
-            "endpoints stand as they are). Every comparison here is secondary: one Holm "
-            f"family, `extension`; the unit analysis is on the epoch-{EXTENSION_EPOCHS} "
-            "checkpoints, in its own family.")  # fmt: skip
+            f"{lr:g} {why}, so the {len(UNITS) * len(seeds)} runs of that rate (seeds "
+            f"{seeds[0]}–{seeds[-1]}) were copied with their epoch-{MIN_EPOCHS} checkpoints and "
+            f"resumed to epoch {epochs} (epochs 1–{MIN_EPOCHS} are the same runs as in "
+            f"`{source}`, trained at that record's commits; the runs' commit above is the "
+            "resume's; the shorter record and its primary endpoints stand as they are). Every "
+            "comparison here is secondary: one Holm family, `extension`; the unit analysis is "
+            f"on the epoch-{epochs} checkpoints, in its own family.")  # fmt: skip
 
 
 def _seed_extension_text(seeds: list[int]) -> str:
@@ -467,8 +470,9 @@ def readme(
     interim = (f"**Interim: {meta['runs']} of the {declared} declared runs of these rates have "
                "finished; the CIs are over the seeds so far.**") if meta["runs"] < declared else ""  # fmt: skip
     extension = bool((table["family"] == "extension").any())  # natgrad.studies.fig3.endpoints
-    title = (f"# Fig 3, the autoencoder, on MNIST: lr {EXTENSION_RATE:g} extended to "
-             f"{EXTENSION_EPOCHS} epochs (secondary)" if extension
+    rate = float(curves["lr"].iloc[0])  # an extension record holds one rate
+    title = (f"# Fig 3, the autoencoder, on MNIST: lr {rate:g} extended to "
+             f"{EXTENSIONS[rate][0]} epochs (secondary)" if extension
              else f"# Fig 3, the autoencoder, on MNIST: {len(seeds)} seeds (the seed extension)"
              if extended else "# Fig 3, the autoencoder, on MNIST (issue 23)")  # fmt: skip
     lines = [title, "", *([interim, ""] if interim else []),
@@ -477,8 +481,8 @@ def readme(
              f"Training: {meta['runs']} runs, {meta['train_seconds']:.0f} s of training summed; "
              f"unit analysis {meta['analysis_seconds']:.0f} s (one torch thread per process). "
              f"Diverged (not in the tables): {', '.join(meta['diverged']) or 'none'}.", "",
-             *([_extension_text(), ""] if extension else []),
-             *([_seed_extension_text(seeds), ""] if extended else []),
+             *([_extension_text(rate, seeds), ""] if extension else
+               [_seed_extension_text(seeds), ""] if extended else []),
              f"**Scale:** {epochs} epochs of MNIST's 50,000 training images per run (the "
              f"paper: 500), SGD batch 64, no momentum, seeds {seeds[0]}–{seeds[-1]} with shared "
              "initial weights; "

@@ -370,7 +370,9 @@ def test_fig3_text_is_written_from_the_cis_whichever_way_they_point(monkeypatch)
     assert {"train_loss_e50", "val_loss_e50"} <= set(table["metric"])
     text = m.readme(table, None, c, meta)
     assert text.startswith("# Fig 3, the autoencoder, on MNIST: lr 1e-05 extended to 50 epochs")
-    assert "the 15 runs of that rate were copied with their epoch-25 checkpoints" in text
+    assert (
+        "the 15 runs of that rate (seeds 0–4) were copied with their epoch-25 checkpoints" in text
+    )
     assert text.count("over epochs 1..50 (secondary, family extension)") == 2
     assert f"Holm over the {len(table)} comparisons of the family" in text
 
@@ -418,6 +420,17 @@ def test_fig3_seed_extension_reads_its_primary_family_from_holm_p_and_ci_togethe
     # ELU − ReLU at 1e-5: the CI excludes 0 (raw p 0.033) but Holm p 0.066 (the other line kind)
     assert slow.loc["relu", "hi"] < 0 and slow.loc["relu", "p_holm"] >= 0.05
     assert (primary.drop(index=1e-5)["p_holm"] < 0.05).all()
+    # the 1e-4 extension (seeds 0-9 to 50 epochs): an extension record, not the seed extension's
+    c = pd.DataFrame([dict(r, epoch=r["epoch"] + 25 * k) for r in rows if r["lr"] == 1e-4
+                      for k in (0, 1) if k == 0 or r["epoch"] >= 1])  # fmt: skip
+    table = m.comparisons(c, 50)
+    assert set(table["family"]) == {"extension"} and table["n"].eq(10).all()
+    text = m.readme(table, None, c, dict(meta, runs=30, analysed=30))
+    assert text.startswith("# Fig 3, the autoencoder, on MNIST: lr 0.0001 extended to 50 epochs")
+    assert "the 30 runs of that rate (seeds 0–9) were copied" in text
+    assert "`fig3_autoencoder_mnist_10seeds`" in text and "**Seed extension" not in text
+    assert "Interim" not in text and "the declared test can resolve each of them" in text
+    assert text.count("over epochs 1..50 (secondary, family extension)") == 2
 
 
 def test_fig3_reads_a_lean_in_rho_only_from_a_majority_of_its_comparisons(monkeypatch):
