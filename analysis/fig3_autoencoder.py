@@ -10,7 +10,8 @@
     python analysis/fig3_autoencoder.py --lr 1e-05 --epochs 50 --seeds 0:3 --runs R_EXT
     python analysis/fig3_autoencoder.py --analyse --runs R_EXT --record \
         paper_figures/results/fig3_autoencoder_mnist_lr1e-5_e50
-    # the same for lr 1e-4 over seeds 0-9 (copies of the 10-seed record's runs), a seed a piece
+    # the same for lr 1e-4 over seeds 0-9: copy_runs(R_10 / "lr0.0001", R_EXT4 / "lr0.0001",
+    # resume=True) (checkpoints, not the epoch-25 analysis tables), then a seed a piece
     python analysis/fig3_autoencoder.py --lr 1e-04 --epochs 50 --seeds 0:1 --runs R_EXT4
     python analysis/fig3_autoencoder.py --analyse --runs R_EXT4 --record \
         paper_figures/results/fig3_autoencoder_mnist_lr1e-4_e50
@@ -292,16 +293,17 @@ def _crossings(curves, epochs: int) -> list[str]:
     return lines
 
 
-def _extension_text(lr: float, seeds: list[int]) -> str:
-    epochs, source, why = EXTENSIONS[lr]
+def _extension_text(lr: float) -> str:
+    ext = EXTENSIONS[lr]
     return (f"**Extension (declared in `natgrad/studies/fig3.py` before its runs):** at lr "
-            f"{lr:g} {why}, so the {len(UNITS) * len(seeds)} runs of that rate (seeds "
-            f"{seeds[0]}–{seeds[-1]}) were copied with their epoch-{MIN_EPOCHS} checkpoints and "
-            f"resumed to epoch {epochs} (epochs 1–{MIN_EPOCHS} are the same runs as in "
-            f"`{source}`, trained at that record's commits; the runs' commit above is the "
-            "resume's; the shorter record and its primary endpoints stand as they are). Every "
-            "comparison here is secondary: one Holm family, `extension`; the unit analysis is "
-            f"on the epoch-{epochs} checkpoints, in its own family.")  # fmt: skip
+            f"{lr:g} {ext.why}, so the {len(UNITS) * len(ext.seeds)} runs of that rate (seeds "
+            f"{ext.seeds[0]}–{ext.seeds[-1]}) were copied with their epoch-{MIN_EPOCHS} "
+            f"checkpoints and resumed to epoch {ext.epochs} (epochs 1–{MIN_EPOCHS} are the same "
+            f"runs as in `{ext.source}`, trained at that record's commits; the runs' commit "
+            "above is the resume's; the shorter record and its primary endpoints stand as they "
+            "are). Every comparison here is secondary: one Holm family, `extension`; the unit "
+            f"analysis is on the epoch-{ext.epochs} checkpoints, in its own family."
+            + (f" {ext.caveat}" if ext.caveat else ""))  # fmt: skip
 
 
 def _seed_extension_text(seeds: list[int]) -> str:
@@ -466,13 +468,17 @@ def readme(
     epochs = int(curves["epoch"].max())
     seeds = sorted({int(s) for s in curves["seed"]})
     extended = seeds[-1] >= SEEDS  # the seed extension (natgrad.studies.fig3)
-    declared = len(UNITS) * (SEEDS + len(EXTENDED_SEEDS) * extended) * curves["lr"].nunique()
-    interim = (f"**Interim: {meta['runs']} of the {declared} declared runs of these rates have "
-               "finished; the CIs are over the seeds so far.**") if meta["runs"] < declared else ""  # fmt: skip
     extension = bool((table["family"] == "extension").any())  # natgrad.studies.fig3.endpoints
     rate = float(curves["lr"].iloc[0])  # an extension record holds one rate
+    seeds_declared = (
+        len(EXTENSIONS[rate].seeds) if extension else SEEDS + len(EXTENDED_SEEDS) * extended
+    )
+    declared = len(UNITS) * seeds_declared * curves["lr"].nunique()
+    declared_t = EXTENSIONS[rate].declared_t if extension else extended  # else BCa, amended
+    interim = (f"**Interim: {meta['runs']} of the {declared} declared runs of these rates have "
+               "finished; the CIs are over the seeds so far.**") if meta["runs"] < declared else ""  # fmt: skip
     title = (f"# Fig 3, the autoencoder, on MNIST: lr {rate:g} extended to "
-             f"{EXTENSIONS[rate][0]} epochs (secondary)" if extension
+             f"{EXTENSIONS[rate].epochs} epochs (secondary)" if extension
              else f"# Fig 3, the autoencoder, on MNIST: {len(seeds)} seeds (the seed extension)"
              if extended else "# Fig 3, the autoencoder, on MNIST (issue 23)")  # fmt: skip
     lines = [title, "", *([interim, ""] if interim else []),
@@ -481,7 +487,7 @@ def readme(
              f"Training: {meta['runs']} runs, {meta['train_seconds']:.0f} s of training summed; "
              f"unit analysis {meta['analysis_seconds']:.0f} s (one torch thread per process). "
              f"Diverged (not in the tables): {', '.join(meta['diverged']) or 'none'}.", "",
-             *([_extension_text(rate, seeds), ""] if extension else
+             *([_extension_text(rate), ""] if extension else
                [_seed_extension_text(seeds), ""] if extended else []),
              f"**Scale:** {epochs} epochs of MNIST's 50,000 training images per run (the "
              f"paper: 500), SGD batch 64, no momentum, seeds {seeds[0]}–{seeds[-1]} with shared "
@@ -505,7 +511,9 @@ def readme(
     testable = m * p_min < 0.05  # the family's Holm p can reach 0.05: read it with the CI
     for r in auc.to_dict("records"):
         other = unit_type_label(r["other"], tex=False)
-        said = word(r, "ELU learns faster", "ELU learns slower")
+        said = (word(r, f"lower under ELU over epochs 1..{epochs}", f"higher under ELU over "
+                     f"epochs 1..{epochs}") if extension  # not learning speed: see the caveat
+                else word(r, "ELU learns faster", "ELU learns slower"))  # fmt: skip
         # the seed extension declared the test and the CI together, interim records too
         if (testable or extended) and said != "no difference resolved" and r["p_holm"] >= 0.05:
             said = "the CI excludes 0 but the declared test does not resolve it (Holm p ≥ 0.05)"
@@ -530,8 +538,12 @@ def readme(
         lines.append(f"- lr {r['lr']:g}, validation error at the last reported epoch, ELU − "
                      f"{other}: {ci(r)}: " + word(r, "ELU lower", "ELU higher") + ".")  # fmt: skip
     lines += _crossings(curves, epochs)
+    analysed = meta.get("analysed", meta["runs"])
+    if extension and analysed < declared:  # declared: all of them, or none
+        lines += ["", f"The unit analysis (declared, secondary) is reported once all {declared} "
+                  f"runs are analysed; {analysed} are so far.", ""]  # fmt: skip
+        unit_table = est_table = None
     if unit_table is not None and len(unit_table):
-        analysed = meta.get("analysed", meta["runs"])
         lines += ["", "## Natgrad's analysis of the trained autoencoders (secondary)", ""]
         if analysed < meta["runs"]:
             lines += [f"**Interim: {analysed} of the {meta['runs']} finished runs analysed so "
@@ -581,7 +593,7 @@ def readme(
                       "blocks are not estimable; the next section checks them over estimable "
                       "units only.")  # fmt: skip
         lines += _estimable_lines(est_table, est_units, unit_table)
-    if changes and not extended:  # the seed extension was declared with t intervals
+    if changes and not declared_t:  # the BCa records say what the t intervals changed
         lines += _interval_lines(changes)
     lines += ["", "## Side by side with the paper", "",
               "| claim | paper (500 epochs) | here |", "| --- | --- | --- |",
@@ -591,7 +603,8 @@ def readme(
                           f"{name} {ci(r)}" for name, metric in (("training", f"train_loss_e{at}"),
                                                                  ("test", "test_loss_last"))
                           for r in table[table["metric"] == metric].to_dict("records"))
-              + f" (training error at epoch {at}; test error at the last epoch) |", "",
+              + f" (training error at epoch {at}; test error at the last epoch"
+              + (f"; this record: lr {rate:g} only" if extension else "") + ") |", "",
               "Files: `curves.csv` (every run, every epoch), `comparisons.csv`, `units.csv` "
               "and `unit_comparisons.csv` (the analysis), `units_estimable.csv` and "
               "`unit_comparisons_estimable.csv` (its estimable-only re-analysis), `fig3.png`, "

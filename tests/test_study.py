@@ -425,12 +425,22 @@ def test_fig3_seed_extension_reads_its_primary_family_from_holm_p_and_ci_togethe
                       for k in (0, 1) if k == 0 or r["epoch"] >= 1])  # fmt: skip
     table = m.comparisons(c, 50)
     assert set(table["family"]) == {"extension"} and table["n"].eq(10).all()
-    text = m.readme(table, None, c, dict(meta, runs=30, analysed=30))
+    text = m.readme(table, None, c, dict(meta, runs=30, analysed=0))
     assert text.startswith("# Fig 3, the autoencoder, on MNIST: lr 0.0001 extended to 50 epochs")
     assert "the 30 runs of that rate (seeds 0–9) were copied" in text
     assert "`fig3_autoencoder_mnist_10seeds`" in text and "**Seed extension" not in text
     assert "Interim" not in text and "the declared test can resolve each of them" in text
     assert text.count("over epochs 1..50 (secondary, family extension)") == 2
+    assert text.count(": lower under ELU over epochs 1..50.") == 2 and "learns" not in text
+    assert "this record is not a second try at it" in text and "lr 0.0001 only)" in text
+    assert "reported once all 30 runs are analysed; 0 are so far" in text
+    assert "t intervals instead of the declared BCa" not in m.readme(
+        table, None, c, dict(meta, runs=30, analysed=30), changes=changes
+    )
+    half = c[c["seed"] < 5]  # an interim look: the declared seeds, not those finished, count
+    text = m.readme(m.comparisons(half, 50), None, half, dict(meta, runs=15, analysed=15))
+    assert "**Interim: 15 of the 30 declared runs" in text
+    assert "the 30 runs of that rate (seeds 0–9)" in text
 
 
 def test_fig3_reads_a_lean_in_rho_only_from_a_majority_of_its_comparisons(monkeypatch):
