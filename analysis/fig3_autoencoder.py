@@ -541,7 +541,7 @@ def readme(
     analysed = meta.get("analysed", meta["runs"])
     if extension and analysed < declared:  # declared: all of them, or none
         lines += ["", f"The unit analysis (declared, secondary) is reported once all {declared} "
-                  f"runs are analysed; {analysed} are so far.", ""]  # fmt: skip
+                  f"runs are analysed; {analysed} are so far."]  # fmt: skip
         unit_table = est_table = None
     if unit_table is not None and len(unit_table):
         lines += ["", "## Natgrad's analysis of the trained autoencoders (secondary)", ""]
