@@ -145,7 +145,7 @@ RECORDS = {
     "mnist_demo": demo, "digits_demo": demo, "fashion_mnist_study": demo,
     "fig2_protocol_mnist": fig2_mnist, "fig2_protocol_fashion": fig2_fashion,
     "fig3_autoencoder_mnist": fig3, "fig3_autoencoder_mnist_lr1e-5_e50": fig3,
-    "fig3_autoencoder_mnist_10seeds": fig3,
+    "fig3_autoencoder_mnist_10seeds": fig3, "fig3_autoencoder_mnist_lr1e-4_e50": fig3,
     "bn_cnn_mnist": bn_cnn,
     "mechanism_dashboard_mnist": descriptive("mechanism_dashboard", "dashboard", "elu_vs_relu"),
     "direction_audit_digits": descriptive("direction_audit", "directions", "primary", "primary"),
@@ -192,7 +192,8 @@ def markdown(counts: pd.DataFrame, moved: pd.DataFrame, commit: str | None = Non
              f"Command: `python analysis/ci_amendment.py --annotate`; commit `{commit}`. "
              "Every record's paired comparisons, "
              "rebuilt from its committed per-seed tables under BCa (how all of them were "
-             "first written, but the Fig 3 seed extension, declared with t) and under "
+             "first written, but the Fig 3 seed extension and its lr 1e-4 extension, "
+             "declared with t) and under "
              "Student's t (natgrad's CI of a mean over seeds since 2026-12-06: BCa covers "
              "74–89 % at 3–10 seeds, `bench/ci_coverage.py`; a ratio of means, Fieller's "
              "interval). Same differences and p-values; only the "

@@ -363,10 +363,11 @@ def _unit_reading(rho_up: int, mean_up: int) -> str:
                if (rho_up, mean_up) == (1, 1) else "."))  # fmt: skip
 
 
-def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
+def _estimable_lines(est_table, est_units, unit_table, before_runs: bool = False) -> list[str]:
     """The estimable-only re-analysis's section (:data:`ESTIMABLE_ENDPOINTS`): its table, how
     many units each median is over, its counts and where its reading of ρ differs from the
-    live-unit one, from the CIs."""
+    live-unit one, from the CIs. ``before_runs``: the record's runs were declared after the
+    re-analysis (the seed and the lr 1e-4 extensions), so it was declared before them."""
     from natgrad.units import unit_type_label
 
     share = est_units["estimable_units"] / est_units["live"].clip(lower=1)
@@ -376,9 +377,12 @@ def _estimable_lines(est_table, est_units, unit_table) -> list[str]:
                                 for u in UNITS if (layer, u) in med.index)
         for layer in est_units["layer"].unique()
     )  # fmt: skip
-    lines = ["", "## ρ over estimable units only (secondary; declared after the tables above)",
-             "", "Declared in `natgrad/studies/fig3.py` after the 25- and 50-epoch records and "
-             "before this re-analysis: the same checkpoints, probe, g, λ = 1e-3 and jackknife, "
+    when = "before these runs" if before_runs else "after the tables above"
+    then = "the runs of this record" if before_runs else "this re-analysis"
+    lines = ["", f"## ρ over estimable units only (secondary; declared {when})",
+             "", "Declared in `natgrad/studies/fig3.py` after the first 25- and 50-epoch "
+             f"records and before {then}: "
+             "the same checkpoints, probe, g, λ = 1e-3 and jackknife, "
              "but per run and layer ρ(plain) and the bias-shift error are medians over the "
              "units whose blocks are estimable on the probe (n_eff ≥ 2(d+1)) instead of over "
              "every live unit. Estimable share of the live units (median over runs): "
@@ -592,7 +596,7 @@ def readme(
         lines[-1] += (" The medians of ρ and the bias-shift error include live units whose "
                       "blocks are not estimable; the next section checks them over estimable "
                       "units only.")  # fmt: skip
-        lines += _estimable_lines(est_table, est_units, unit_table)
+        lines += _estimable_lines(est_table, est_units, unit_table, declared_t)
     if changes and not declared_t:  # the BCa records say what the t intervals changed
         lines += _interval_lines(changes)
     lines += ["", "## Side by side with the paper", "",
