@@ -366,8 +366,8 @@ def _unit_reading(rho_up: int, mean_up: int) -> str:
 def _estimable_lines(est_table, est_units, unit_table, before_runs: bool = False) -> list[str]:
     """The estimable-only re-analysis's section (:data:`ESTIMABLE_ENDPOINTS`): its table, how
     many units each median is over, its counts and where its reading of ρ differs from the
-    live-unit one, from the CIs. ``before_runs``: the record's runs were declared after the
-    re-analysis (the seed and the lr 1e-4 extensions), so it was declared before them."""
+    live-unit one, from the CIs. ``before_runs``: every run of the record was declared after
+    the re-analysis (the lr 1e-4 extension), so it was declared before them."""
     from natgrad.units import unit_type_label
 
     share = est_units["estimable_units"] / est_units["live"].clip(lower=1)
@@ -380,8 +380,8 @@ def _estimable_lines(est_table, est_units, unit_table, before_runs: bool = False
     when = "before these runs" if before_runs else "after the tables above"
     then = "the runs of this record" if before_runs else "this re-analysis"
     lines = ["", f"## ρ over estimable units only (secondary; declared {when})",
-             "", "Declared in `natgrad/studies/fig3.py` after the first 25- and 50-epoch "
-             f"records and before {then}: "
+             "", "Declared in `natgrad/studies/fig3.py` after the 25- and 50-epoch records "
+             f"and before {then}: "
              "the same checkpoints, probe, g, λ = 1e-3 and jackknife, "
              "but per run and layer ρ(plain) and the bias-shift error are medians over the "
              "units whose blocks are estimable on the probe (n_eff ≥ 2(d+1)) instead of over "
@@ -518,8 +518,8 @@ def readme(
         said = (word(r, f"lower under ELU over epochs 1..{epochs}", f"higher under ELU over "
                      f"epochs 1..{epochs}") if extension  # not learning speed: see the caveat
                 else word(r, "ELU learns faster", "ELU learns slower"))  # fmt: skip
-        # the seed extension declared the test and the CI together, interim records too
-        if (testable or extended) and said != "no difference resolved" and r["p_holm"] >= 0.05:
+        # the records declared with t read the test and the CI together, interim ones too
+        if (testable or declared_t) and said != "no difference resolved" and r["p_holm"] >= 0.05:
             said = "the CI excludes 0 but the declared test does not resolve it (Holm p ≥ 0.05)"
         lines.append(f"- lr {r['lr']:g}, log10 training-loss AUC over epochs 1..{epochs} "
                      f"({role}), ELU − {other}: {ci(r)}, Holm p {r['p_holm']:.3g}: {said}.")  # fmt: skip
@@ -596,7 +596,9 @@ def readme(
         lines[-1] += (" The medians of ρ and the bias-shift error include live units whose "
                       "blocks are not estimable; the next section checks them over estimable "
                       "units only.")  # fmt: skip
-        lines += _estimable_lines(est_table, est_units, unit_table, declared_t)
+        # declared before the runs: an extension declared after it (seeds 0-4 of the seed
+        # extension's record were analysed before it was declared)
+        lines += _estimable_lines(est_table, est_units, unit_table, extension and declared_t)
     if changes and not declared_t:  # the BCa records say what the t intervals changed
         lines += _interval_lines(changes)
     lines += ["", "## Side by side with the paper", "",
