@@ -188,11 +188,9 @@ def parent(args) -> int:
             if not os.path.exists(js):
                 rows[method] = {"error": f"crashed (rc {proc.returncode}): {proc.stderr[-300:]}"}
                 continue
-            rows[method] = json.loads(js and Path(js).read_text())
-            if os.path.exists(out) and method not in ("natgrad", "reference"):
-                rows[method]["blocks"] = np.load(out)
-            elif method == "natgrad" and os.path.exists(out):
-                rows[method]["blocks"] = np.load(out)
+            rows[method] = json.loads(Path(js).read_text())
+            if method != "reference" and os.path.exists(out):  # the reference's is checked
+                rows[method]["blocks"] = np.load(out)  # in its child, on its subsample
     base = rows.get("natgrad", {}).get("blocks")
     print(
         f"\n{'method':<10} {'time [s]':>10} {'runs':>5} {'peak RSS [MB]':>14} {'agree':>10}  note"
