@@ -35,37 +35,32 @@ POPULATIONS = {
     "lognormal(1)": (lambda rng, n: rng.lognormal(0.0, 1.0, n), math.exp(0.5)),
 }
 SEEDS = (3, 5, 8, 10)
-
-
-def coverage(draw, mean: float, n: int, repeats: int, seed: int = 0) -> dict[str, float]:
-    """The fraction of ``repeats`` samples of ``n`` values whose interval holds ``mean``,
-    per method (intervals that cannot be formed count as misses)."""
-    rng = np.random.default_rng(seed)
-    hits = {"t": 0, "BCa": 0}
-    for _ in range(repeats):
-        x = draw(rng, n)
-        for name, ci in (("t", mean_ci), ("BCa", bootstrap_ci)):
-            lo, hi, _ = ci(x)
-            hits[name] += bool(lo <= mean <= hi)
-    return {k: v / repeats for k, v in hits.items()}
-
-
 RATIO = (0.25, 1.0, 0.2, 0.3, 0.5)  # mean x, mean y, sd x, sd y, correlation
+MEAN_CIS = {"t": mean_ci, "BCa": bootstrap_ci}
+RATIO_CIS = {
+    "Fieller": lambda xy: ratio_ci(*xy),
+    "BCa": lambda xy: bootstrap_ci(xy, lambda a, b: a.mean() / b.mean()),
+}
 
 
-def ratio_coverage(n: int, repeats: int, seed: int = 0) -> dict[str, float]:
-    """As :func:`coverage`, for the ratio of the means of ``n`` paired (x, y) (:data:`RATIO`)."""
+def draw_ratio(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` paired (x, y) of :data:`RATIO`, as the arrays x and y."""
     mx, my, sx, sy, r = RATIO
     cov = [[sx * sx, r * sx * sy], [r * sx * sy, sy * sy]]
+    return tuple(rng.multivariate_normal([mx, my], cov, n).T)
+
+
+def coverage(draw, truth: float, cis: dict, n: int, repeats: int, seed: int = 0) -> dict:
+    """The fraction of ``repeats`` samples ``draw(rng, n)`` whose interval holds ``truth``,
+    per method of ``cis`` (``{name: sample -> (lo, hi, method)}``; intervals that cannot be
+    formed count as misses)."""
     rng = np.random.default_rng(seed)
-    hits = {"Fieller": 0, "BCa": 0}
+    hits = dict.fromkeys(cis, 0)
     for _ in range(repeats):
-        x, y = rng.multivariate_normal([mx, my], cov, n).T
-        for name, (lo, hi, _) in (
-            ("Fieller", ratio_ci(x, y)),
-            ("BCa", bootstrap_ci((x, y), lambda a, b: a.mean() / b.mean())),
-        ):
-            hits[name] += bool(lo <= mx / my <= hi)
+        x = draw(rng, n)
+        for name, ci in cis.items():
+            lo, hi, _ = ci(x)
+            hits[name] += bool(lo <= truth <= hi)
     return {k: v / repeats for k, v in hits.items()}
 
 
@@ -81,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'population':<14}{'seeds':>6}{'t':>8}{'BCa':>8}{'BCa / t':>9}")
     for name, (draw, mean) in POPULATIONS.items():
         for n in SEEDS:
-            c = coverage(draw, mean, n, repeats)
+            c = coverage(draw, mean, MEAN_CIS, n, repeats)
             print(f"{name:<14}{n:>6}{c['t']:>8.3f}{c['BCa']:>8.3f}{c['BCa'] / c['t']:>9.2f}")
     print(f"\nratio of paired means (x̄/ȳ)\n{'seeds':>6}{'Fieller':>9}{'BCa':>8}{'BCa / F':>9}")
     for n in SEEDS:
-        c = ratio_coverage(n, repeats)
+        c = coverage(draw_ratio, RATIO[0] / RATIO[1], RATIO_CIS, n, repeats)
         print(f"{n:>6}{c['Fieller']:>9.3f}{c['BCa']:>8.3f}{c['BCa'] / c['Fieller']:>9.2f}")
 
 

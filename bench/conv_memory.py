@@ -18,50 +18,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
+import time
 
-CHILD = r"""
-import json, resource, sys, time
-sys.path.insert(0, {path!r})
-import torch
-torch.set_num_threads(1)
-import natgrad
-from natgrad import unit_fisher
-
-def rss():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-
-torch.manual_seed(0)
-net = torch.nn.Sequential(
-    torch.nn.Conv2d({cin}, {cout}, 3, padding=1), torch.nn.ELU(),
-    torch.nn.Conv2d({cout}, 10, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-x = torch.randn({n}, {cin}, {hw}, {hw})
-y = torch.randint(0, 10, ({n},))
-kw = dict(kind="empirical")
-if {structure!r} != "dense":
-    kw["structure"] = {structure!r}
-unit_fisher(net, "0", x[:2], y[:2], units=[0], **kw)  # warm up (kernels), one unit
-setup = rss()
-t = time.perf_counter()
-F = unit_fisher(net, "0", x, y, **kw)
-dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-out = sum(v.numel() * v.element_size() for v in vars(F).values() if isinstance(v, torch.Tensor))
-print(json.dumps(dict(natgrad=natgrad.__file__, setup=setup, peak=peak, result=out, seconds=dt)))
-"""
+from _common import conv_head, peak_rss, rss, run_child
 
 
-def measure(path: str, **cfg) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path)
-    code = CHILD.format(path=path, **cfg)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if run.returncode:
-        raise SystemExit(run.stderr)
-    return json.loads(run.stdout.strip().splitlines()[-1])
+def child(cfg: dict) -> dict:
+    """One configuration, measured in this (fresh) process."""
+    import torch
+
+    torch.set_num_threads(1)
+    import natgrad
+    from natgrad import unit_fisher
+
+    net, x = conv_head(cfg["cin"], cfg["cout"], cfg["n"], cfg["hw"])
+    y = torch.randint(0, 10, (cfg["n"],))
+    kw = dict(kind="empirical")
+    if cfg["structure"] != "dense":
+        kw["structure"] = cfg["structure"]
+    unit_fisher(net, "0", x[:2], y[:2], units=[0], **kw)  # warm up (kernels), one unit
+    setup = rss()
+    t = time.perf_counter()
+    F = unit_fisher(net, "0", x, y, **kw)
+    dt = time.perf_counter() - t
+    peak = peak_rss()
+    out = sum(v.numel() * v.element_size() for v in vars(F).values() if isinstance(v, torch.Tensor))
+    return dict(natgrad=natgrad.__file__, setup=setup, peak=peak, result=out, seconds=dt)
 
 
 def main() -> None:
@@ -72,13 +54,18 @@ def main() -> None:
     p.add_argument("--hw", type=int, default=16)
     p.add_argument("--structure", default="dense")
     p.add_argument("--natgrad-path", action="append", default=None)
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     mib = 2**20
     for path in args.natgrad_path or [here]:
-        r = measure(
-            path, n=args.n, cin=args.cin, cout=args.cout, hw=args.hw, structure=args.structure
-        )
+        cfg = dict(n=args.n, cin=args.cin, cout=args.cout, hw=args.hw, structure=args.structure)
+        r = run_child([os.path.abspath(__file__), "--child", json.dumps(cfg)], path)
+        if "error" in r:
+            raise SystemExit(r["stderr"])
         added = r["peak"] - r["setup"]
         print(
             f"{r['natgrad']}: result {r['result'] / mib:.1f} MiB, setup RSS {r['setup'] / mib:.0f} MiB, "

@@ -34,10 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
+
+from _common import asdl_unit_fisher, conv_head, machine, peak_rss, rss, run_child
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GB = 1e9
@@ -48,31 +49,24 @@ RSS_NOISE_MIB = 8  # peak RSS of two identical subprocesses differs by a few MiB
 # --- children ----------------------------------------------------------------------------
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _peak() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def child_layer(cfg: dict) -> dict:
+def _net(cfg: dict):
+    """``cfg["net"]`` (ELU, 10 classes, seed 0, eval mode) and ``cfg["n"]`` random 32×32
+    inputs."""
     import torch
 
-    from natgrad import unit_fisher
     from natgrad.models import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg["net"], "elu", num_classes=10, in_shape=(3, 32, 32), seed=0).eval()
-    x = torch.randn(cfg["n"], 3, 32, 32)
+    return model, torch.randn(cfg["n"], 3, 32, 32)
+
+
+def child_layer(cfg: dict) -> dict:
+    from natgrad import unit_fisher
+
+    model, x = _net(cfg)
     kw = dict(kind=cfg["kind"], structure=cfg["structure"], mc_samples=1)
-    setup = _rss()
+    setup = rss()
     t = time.perf_counter()
     if cfg["structure"] == "dense":
         with tempfile.TemporaryDirectory(dir=cfg.get("tmp")) as d:
@@ -82,7 +76,7 @@ def child_layer(cfg: dict) -> dict:
         F = unit_fisher(model, cfg["layer"], x, **kw)
         shards = 0
     dt = time.perf_counter() - t
-    return dict(seconds=dt, peak=_peak(), setup=setup, shards=shards)
+    return dict(seconds=dt, peak=peak_rss(), setup=setup, shards=shards)
 
 
 def child_net(cfg: dict) -> dict:
@@ -91,62 +85,32 @@ def child_net(cfg: dict) -> dict:
     import torch
 
     from natgrad import unit_fishers
-    from natgrad.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model(cfg["net"], "elu", num_classes=10, in_shape=(3, 32, 32), seed=0).eval()
-    x = torch.randn(cfg["n"], 3, 32, 32)
+    model, x = _net(cfg)
     layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    setup = _rss()
+    setup = rss()
     t = time.perf_counter()
     out = unit_fishers(
         model, x, layers=layers, kind=cfg["kind"], mc_samples=1, structure=cfg["structure"]
     )
     dt = time.perf_counter() - t
     assert all(torch.isfinite(F.diagonal).all() for F in out.values())
-    return dict(seconds=dt, peak=_peak(), setup=setup, layers=len(out))
-
-
-def _peer_model(n: int):
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(192, 240, 3, padding=1),
-        nn.ELU(),
-        nn.Conv2d(240, 10, 1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    ).eval()
-    return model, torch.randn(n, 192, 16, 16)
+    return dict(seconds=dt, peak=peak_rss(), setup=setup, layers=len(out))
 
 
 def child_peer(cfg: dict) -> dict:
     import torch
 
-    model, x = _peer_model(cfg["n"])
+    model, x = conv_head(192, 240, cfg["n"], 16)
     method = cfg["method"]
-    setup = _rss()
+    setup = rss()
     t = time.perf_counter()
     if method == "natgrad-dense":
         from natgrad import unit_fisher
 
         out = unit_fisher(model, "0", x).matrix[:4]
     elif method == "asdl":
-        import asdl
-
-        config = asdl.FisherConfig(
-            fisher_type=asdl.FISHER_EXACT,
-            fisher_shapes=[asdl.SHAPE_UNIT_WISE],
-            loss_type=asdl.LOSS_CROSS_ENTROPY,
-            data_size=x.shape[0],
-            ignore_modules=[model[2]],
-        )
-        maker = asdl.get_fisher_maker(model, config)
-        maker.setup_model_call(model, x)
-        maker.forward_and_backward()
-        out = model[0].fisher.unit.data[:4]
+        out = asdl_unit_fisher(model, x, model[0], [model[2]])[:4]
     elif method == "natgrad-quasi":
         from natgrad import unit_fisher
 
@@ -173,22 +137,14 @@ def child_peer(cfg: dict) -> dict:
     dt = time.perf_counter() - t
     with tempfile.NamedTemporaryFile(suffix=".pt", delete=False, dir=cfg.get("tmp")) as f:
         torch.save(out.detach().double(), f.name)
-    return dict(seconds=dt, peak=_peak(), setup=setup, result=f.name)
+    return dict(seconds=dt, peak=peak_rss(), setup=setup, result=f.name)
 
 
 # --- parent --------------------------------------------------------------------------------
 
 
 def spawn(kind: str, cfg: dict, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=HERE)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, json.dumps(cfg)]
-    try:
-        run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if run.returncode:
-        return {"error": (run.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_child([os.path.abspath(__file__), "--child", kind, json.dumps(cfg)], HERE, timeout)
 
 
 def conv_layers(net: str) -> list[tuple[str, int, int, int]]:
@@ -398,13 +354,7 @@ def main() -> None:
         torch.set_num_threads(1)
         print(json.dumps({"layer": child_layer, "net": child_net, "peer": child_peer}[kind](cfg)))
         return
-    import platform
-
-    import torch
-
-    print(
-        f"# bench/conv_scale.py {' '.join(sys.argv[1:])}; torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread per subprocess"
-    )
+    print(f"# bench/conv_scale.py {' '.join(sys.argv[1:])}; {machine()}, 1 thread per subprocess")
     t = time.perf_counter()
     for part in args.parts.split(","):
         {"layers": part_layers, "dense": part_dense, "peers": part_peers}[part](args)

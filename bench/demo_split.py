@@ -27,17 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
+from _common import call_time, machine
 
-def demo_seconds(out: Path) -> dict:
-    """Run the default demo into ``out`` (fresh) and return its ``seconds`` split."""
+
+def demo_seconds(out: Path, run: bool = True) -> dict:
+    """Run the default demo into ``out`` (fresh; ``run=False``: a finished one) and return
+    its ``seconds`` split."""
     from natgrad.studies.demo import for_dataset, main
 
-    config = replace(for_dataset("mnist"), out=str(out), fresh=True)
-    main(config, progress=False)
+    if run:
+        main(replace(for_dataset("mnist"), out=str(out), fresh=True), progress=False)
     return json.loads((out / "demo.json").read_text())["seconds"] | {"runs": 32, "workers": 2}
 
 
@@ -60,12 +62,7 @@ def one_run_split(out: Path, repeats: int = 2) -> dict:
         return load_model(run, 1).double().eval()
 
     def best(fn):
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return call_time(fn, repeats, warmup=0, stat=min)
 
     whole = best(lambda: unit_statistics(load_model(run, 1), x, y, layers=layers,
                                          rel_damping=MEASURE_DAMPING, sweep=SWEEP,
@@ -82,22 +79,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reuse", default=None, help="a finished demo folder: skip the demo run")
     args = p.parse_args()
-    import platform
-
-    import torch
-
-    print(f"# bench/demo_split.py; torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}")  # fmt: skip
+    print(f"# bench/demo_split.py; {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.reuse:
-            out = Path(args.reuse)
-            sec = json.loads((out / "demo.json").read_text())["seconds"] | {
-                "runs": 32,
-                "workers": 2,
-            }
-        else:
-            out = Path(tmp) / "demo"
-            sec = demo_seconds(out)
+        out = Path(args.reuse) if args.reuse else Path(tmp) / "demo"
+        sec = demo_seconds(out, run=not args.reuse)
         split = one_run_split(out)
     ratio = sec["tables"] / sec["train"]
     per_run_train = sec["train"] * sec["workers"] / sec["runs"]

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import call_time
 from torch import nn
 
 UNITS = ("elu", "relu", "lrelu", "srelu")
@@ -185,16 +186,6 @@ def bench_step(args) -> None:
             with torch.no_grad():
                 torch._foreach_add_(list(params.values()), list(grads.values()), alpha=-0.01)
 
-    def median_time(fn):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(args.step_repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
     # The GEMM floor: the step's three matrix products per layer (forward, both backward
     # products), as bare batched matmuls over the R runs: what no batching can go below.
     shapes = [net.params[n].shape for n in net.names if n in net.transposed]  # [R, in, out]
@@ -213,7 +204,7 @@ def bench_step(args) -> None:
                ("GEMM floor", floor))  # fmt: skip
     for _ in range(2):  # interleaved, twice: the last round counts
         for name, fn in methods:
-            res[name] = median_time(fn)
+            res[name] = call_time(fn, args.step_repeats, warmup=3)
     print(f"one SGD step of all {r_all} runs (batch {b}, {flops / 1e6:.0f} MFLOP of GEMMs), "
           f"median of {args.step_repeats}:")  # fmt: skip
     for name, _ in methods:

@@ -18,10 +18,9 @@ Blocks are E_p[δ̄² ã ãᵀ] of N = 512 shifted activations with random posit
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _common import call_time
 
 from natgrad import UnitFisher
 
@@ -36,16 +35,6 @@ def _blocks(U: int, d: int, N: int, seed: int = 0) -> tuple[UnitFisher, torch.Te
     g = torch.randn(U, d, generator=gen, dtype=torch.float64)
     g0 = torch.randn(U, generator=gen, dtype=torch.float64)
     return UnitFisher.from_matrix(F, a.mean(0), layer="bench"), g, g0
-
-
-def _time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -72,7 +61,7 @@ def main() -> None:
         "cholesky": lambda: torch.linalg.cholesky(F.matrix),
         "eigvalsh": lambda: F.condition_number(exact=True),
     }
-    times = {name: _time(fn, args.repeats) for name, fn in methods.items()}
+    times = {name: call_time(fn, args.repeats) for name, fn in methods.items()}
     print(
         f"U = {args.units}, d = {args.fan_in}, float64, {torch.get_num_threads()} thread(s), "
         f"median of {args.repeats}"

@@ -28,10 +28,6 @@ import torch
 from torch.nn import functional as F
 
 
-def _sync() -> float:
-    return time.perf_counter()
-
-
 def period(structure: str, refresh: int, x, y, seed: int = 0) -> dict[str, float]:
     """Seconds of one refresh period of ``refresh`` steps, split by part."""
     from natgrad.models import build_model
@@ -42,23 +38,23 @@ def period(structure: str, refresh: int, x, y, seed: int = 0) -> dict[str, float
                               plain_layers=("fc1",), seed=seed)  # fmt: skip
     parts = dict.fromkeys(("forward+backward", "refresh", "factorise", "apply"), 0.0)
     for step in range(refresh):
-        t0 = _sync()
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
-        t1 = _sync()
+        t1 = time.perf_counter()
         parts["forward+backward"] += t1 - t0
         if step == 0:
             opt._refresh(x, None)
-            t2 = _sync()
+            t2 = time.perf_counter()
             parts["refresh"] += t2 - t1
             opt._factors = {n: opt._preconditioner(n, m) for n, m in opt.layers.items()}
-            t1 = _sync()
+            t1 = time.perf_counter()
             parts["factorise"] += t1 - t2
         with torch.no_grad():
             directions = opt._directions()
             for p in net.parameters():
                 p.add_(directions.get(p, p.grad), alpha=-0.0)
-        parts["apply"] += _sync() - t1
+        parts["apply"] += time.perf_counter() - t1
     return parts
 
 
@@ -67,12 +63,12 @@ def sgd_period(refresh: int, x, y, seed: int = 0) -> float:
 
     net = build_model("mnist-fc", "relu", in_shape=(1, 28, 28), num_classes=10, seed=seed)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
-    t0 = _sync()
+    t0 = time.perf_counter()
     for _ in range(refresh):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
         opt.step()
-    return _sync() - t0
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:

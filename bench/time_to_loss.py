@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import machine
+
 HERE = Path(__file__).resolve().parent.parent
 RATES = HERE / "paper_figures" / "results" / "compare_mnist" / "rates.csv"
 ARMS = ("relu-sgd", "elu-sgd", "relu-centred", "relu-bn", "relu-qd", "relu-blockdiag-ng",
@@ -78,10 +80,6 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=5)
     p.add_argument("--arms", default=",".join(ARMS))
     args = p.parse_args()
-    import platform
-
-    import torch
-
     from natgrad.studies.compare import CompareConfig
 
     rates = chosen_rates()
@@ -91,7 +89,7 @@ def main() -> None:
     config = CompareConfig(dataset="mnist", arms=tuple(arms), plain_first_layer=True,
                            lrs=tuple((a, rates[a]) for a in rates), epochs=args.max_epochs)  # fmt: skip
     print(f"# bench/time_to_loss.py {' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in vars(args).items())}; "
-          f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, "
+          f"{machine()}, 1 thread, "
           f"seed {args.seed}, rates {RATES.relative_to(HERE)}")  # fmt: skip
     t0 = time.perf_counter()
     results: dict[str, dict] = {}

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import asdl_unit_fisher, peak_rss
 from torch import nn
 
 METHODS = ("natgrad", "asdl", "backpack", "reference", "floor")
@@ -73,19 +73,7 @@ def run_natgrad(model, x, args):
 
 
 def run_asdl(model, x, args):
-    import asdl
-
-    config = asdl.FisherConfig(
-        fisher_type=asdl.FISHER_EXACT,
-        fisher_shapes=[asdl.SHAPE_UNIT_WISE],
-        loss_type=asdl.LOSS_CROSS_ENTROPY,
-        data_size=x.shape[0],
-        ignore_modules=[model[0], model[4]],
-    )
-    maker = asdl.get_fisher_maker(model, config)
-    maker.setup_model_call(model, x)
-    maker.forward_and_backward()
-    return model[2].fisher.unit.data  # [U, d+1, d+1], ones appended last = bias last
+    return asdl_unit_fisher(model, x, model[2], [model[0], model[4]])
 
 
 def run_backpack(model, x, args):
@@ -151,7 +139,7 @@ def child(args) -> None:
         warm = argparse.Namespace(**{**vars(args), "ref_n": 2})
         runner(model, x_small, warm)  # warm-up (imports, first-call overheads)
         model, x = build(args.n)
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss0 = peak_rss()
         times = []
         for r in range(args.repeats):
             if method in ("asdl", "backpack"):
@@ -160,8 +148,7 @@ def child(args) -> None:
             out = runner(model, x, args)
             times.append(time.perf_counter() - t0)
             if r == 0:
-                rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                result["peak_mb"] = (rss1 - rss0) / 1024  # ru_maxrss is in KiB on Linux
+                result["peak_mb"] = (peak_rss() - rss0) / 2**20
                 if out is not None and method != "floor":
                     np.save(args.out, out[:CHECK_UNITS].detach().double().numpy())
             if method in ("asdl", "backpack", "reference") and times[-1] > args.slow_after:
@@ -201,11 +188,9 @@ def parent(args) -> int:
             if not os.path.exists(js):
                 rows[method] = {"error": f"crashed (rc {proc.returncode}): {proc.stderr[-300:]}"}
                 continue
-            rows[method] = json.loads(js and Path(js).read_text())
-            if os.path.exists(out) and method not in ("natgrad", "reference"):
-                rows[method]["blocks"] = np.load(out)
-            elif method == "natgrad" and os.path.exists(out):
-                rows[method]["blocks"] = np.load(out)
+            rows[method] = json.loads(Path(js).read_text())
+            if method != "reference" and os.path.exists(out):  # the reference's is checked
+                rows[method]["blocks"] = np.load(out)  # in its child, on its subsample
     base = rows.get("natgrad", {}).get("blocks")
     print(
         f"\n{'method':<10} {'time [s]':>10} {'runs':>5} {'peak RSS [MB]':>14} {'agree':>10}  note"

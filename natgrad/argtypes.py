@@ -15,7 +15,17 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["nonnegative_int", "positive_float", "positive_int"]
+__all__ = ["is_finite_number", "is_integer", "nonnegative_int", "positive_float", "positive_int"]
+
+
+def is_integer(value) -> bool:
+    """An ``int`` (not a ``bool``): how a config or an optimizer argument is checked."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """A finite ``int`` or ``float`` (not a ``bool`` or a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _int_at_least(text: str, lo: int) -> int:

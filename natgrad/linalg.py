@@ -28,6 +28,7 @@ import warnings
 
 import torch
 
+from natgrad import damping as _damping
 from natgrad.errors import InputError, NearlySingularWarning, SingularBlockError
 
 COND_WARN = 1e12
@@ -39,9 +40,7 @@ _SHOW = 5  # failing units listed by name in a message
 
 def damped(matrix: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
     r"""``[U, n, n]`` F + λI: λ = ``damping`` added to every diagonal entry (bias included)."""
-    if not (math.isfinite(float(damping)) and float(damping) >= 0.0):
-        raise InputError(f"damping must be a finite number >= 0, got {damping!r}")
-    if damping == 0.0:
+    if _damping.check(damping, "damping") == 0.0:
         return matrix
     eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
     return matrix + damping * eye

@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from natgrad import memory, theorems
 from natgrad._atomic import atomic_open, dumps_json, is_temporary, write_bytes
 from natgrad._layers import check_units
+from natgrad.argtypes import is_integer
 from natgrad.engine import PassOptions, compute
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
 from natgrad.unitfisher import UnitFisher
@@ -169,7 +170,7 @@ def _validated(path: Path) -> dict:
         raise CheckpointError(f"{path}: format {got!r}, expected {FORMAT!r}")
 
     def is_int(v, lo: int) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+        return is_integer(v) and v >= lo
 
     def shard_ok(s) -> bool:
         return (isinstance(s, dict) and isinstance(s.get("file"), str)

@@ -81,9 +81,7 @@ def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type", by=
         rows = _rows(values, endpoints, group)
     out = pd.DataFrame(rows)
     if len(out):
-        out["p_holm"] = math.nan
-        for _, idx in out.groupby("family").groups.items():
-            out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p"].to_numpy())
+        out["p_holm"] = out.groupby("family")["p"].transform(lambda p: stats.holm(p.to_numpy()))
     return out
 
 

@@ -84,10 +84,9 @@ def load_model(run_dir: PathLike, epoch: int) -> torch.nn.Module:
 def hidden_layers(run_dir: PathLike) -> list[str]:
     """The run's Linear/Conv2d layers fed by hidden units (all but the first, whose incoming
     activations are the data, the same for every unit type)."""
-    from torch import nn
+    from natgrad.models import weight_layers
 
-    model = load_model(run_dir, 0)
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))][1:]
+    return [name for name, _ in weight_layers(load_model(run_dir, 0))][1:]
 
 
 _DATASETS: dict = {}

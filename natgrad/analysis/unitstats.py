@@ -59,6 +59,7 @@ from natgrad.errors import InputError
 from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import check_likelihood, log_likelihood
 from natgrad.linalg import condition_number
+from natgrad.models import weight_layers
 from natgrad.unitfisher import UnitFisher
 
 __all__ = ["JACKKNIFED", "SWEEP", "damping_sweep", "jackknifed", "layer_statistics",
@@ -164,7 +165,7 @@ def _prepare(model, inputs, targets, dtype, likelihood="categorical"):
 
 
 def _layer_heads(model: nn.Module, fishers: dict[str, UnitFisher]) -> dict[str, dict]:
-    all_layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    all_layers = [name for name, _ in weight_layers(model)]
     heads = {}
     for name in fishers:
         index = all_layers.index(name)

@@ -201,7 +201,16 @@ def diagonal_coefficients(
 ) -> torch.Tensor:
     r"""``[U, d+1]`` 1 / diag(F_λ), float64 (u = g∘coefficients)."""
     m, _ = _damped_diagonal(diag, rel_damping, layer_damping)
-    _check_positive(m, m, layer, "diagonal entries of the damped unit Fisher")
+    bad = ~(m > 0).all(-1) | ~torch.isfinite(m).all(-1)
+    if bad.any():
+        units = bad.nonzero().flatten()
+        shown = ", ".join(str(int(u)) for u in units[:5])
+        more = f" and {units.numel() - 5} more" if units.numel() > 5 else ""
+        raise SingularBlockError(
+            f"{linalg.layer_prefix(layer)}the diagonal entries of the damped unit Fisher are not "
+            f"positive for units {shown}{more} (an input that is constant, e.g. an always-zero "
+            "pixel, has a zero Fisher entry). Pass rel_damping > 0."
+        )
     return 1.0 / m
 
 
@@ -210,18 +219,3 @@ def diagonal_direction(
 ) -> torch.Tensor:
     r"""``[U, d+1]`` u = diag(F_λ)⁻¹ g from ``diag`` ``[U, d+1]``; ``g``'s dtype out."""
     return (g.to(torch.float64) * diagonal_coefficients(diag, rel_damping, layer=layer)).to(g.dtype)
-
-
-def _check_positive(det: torch.Tensor, scale: torch.Tensor, layer, what: str) -> None:
-    r"""Raise naming the units whose ``det`` ``[U, k]`` is not positive (finite)."""
-    bad = ~(det > 0).all(-1) | ~torch.isfinite(det).all(-1) | ~(scale > 0).all(-1)
-    if bad.any():
-        units = bad.nonzero().flatten()
-        shown = ", ".join(str(int(u)) for u in units[:5])
-        more = f" and {units.numel() - 5} more" if units.numel() > 5 else ""
-        where = f"layer {layer!r}: " if layer is not None else ""
-        raise SingularBlockError(
-            f"{where}the {what} are not positive for units {shown}{more} (an input that is "
-            "constant, e.g. an always-zero pixel, has a zero Fisher entry). "
-            "Pass rel_damping > 0."
-        )

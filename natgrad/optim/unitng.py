@@ -45,7 +45,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Collection
 from functools import partial
@@ -55,6 +54,7 @@ from torch import nn
 
 from natgrad import damping
 from natgrad._layers import SUPPORTED
+from natgrad.argtypes import is_finite_number, is_integer
 from natgrad.errors import InputError, LargeStepWarning, NatgradWarning, TrainModeWarning
 from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import KINDS, check_likelihood
@@ -71,15 +71,6 @@ DENSE_BUDGET = 2**28
 """Default largest dense Fisher state of one layer, in elements (1 GiB in float32)."""
 
 
-def _finite(value) -> bool:
-    """A finite real number (int or float, not bool or str)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_hyper(lr, momentum, weight_decay) -> None:
     """lr ≥ 0, momentum in [0, 1), weight_decay ≥ 0, all finite real numbers."""
     for key, value, ok, need in (
@@ -87,7 +78,7 @@ def _check_hyper(lr, momentum, weight_decay) -> None:
         ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
         ("weight_decay", weight_decay, lambda v: v >= 0, ">= 0"),
     ):
-        if not (_finite(value) and ok(value)):
+        if not (is_finite_number(value) and ok(value)):
             raise InputError(f"UnitNaturalGradient {key}={value!r}: must be a finite number {need}")
 
 
@@ -159,16 +150,17 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         for key, value, ok, need in (
             ("refresh_every", refresh_every, lambda v: isinstance(v, int) and v >= 1,
              "a positive integer"),
-            ("ema", ema, lambda v: _finite(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
-            ("rel_damping", rel_damping, lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-            ("layer_damping", layer_damping, lambda v: _finite(v) and v >= 0,
+            ("ema", ema, lambda v: is_finite_number(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
+            ("rel_damping", rel_damping, lambda v: is_finite_number(v) and v >= 0,
              "a finite number >= 0"),
-            ("window", window, lambda v: v is None or (_int(v) and v >= 1),
+            ("layer_damping", layer_damping, lambda v: is_finite_number(v) and v >= 0,
+             "a finite number >= 0"),
+            ("window", window, lambda v: v is None or (is_integer(v) and v >= 1),
              "a positive integer or None"),
-            ("plain_lr_scale", plain_lr_scale, lambda v: _finite(v) and v > 0,
+            ("plain_lr_scale", plain_lr_scale, lambda v: is_finite_number(v) and v > 0,
              "a finite number > 0"),
-            ("seed", seed, lambda v: _int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
-            ("mc_samples", mc_samples, lambda v: _int(v) and v >= 1, "a positive integer"),
+            ("seed", seed, lambda v: is_integer(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
+            ("mc_samples", mc_samples, lambda v: is_integer(v) and v >= 1, "a positive integer"),
         ):  # fmt: skip
             if not ok(value):
                 raise InputError(f"{key} must be {need}, got {value!r}")

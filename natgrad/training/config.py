@@ -30,10 +30,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass
 
+from natgrad.argtypes import is_finite_number, is_integer
 from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
 from natgrad.errors import InputError
 
@@ -164,13 +164,13 @@ class TrainConfig:
                    "refresh_every": 1, "fisher_window": 0, "keep_checkpoints": 0}  # fmt: skip
         for key, lo in minimum.items():
             value = getattr(self, key)
-            if not _integer(value):
+            if not is_integer(value):
                 raise bad(key, value, f"an integer >= {lo}")
             if value < lo:
                 raise bad(key, value, f">= {lo}")
         for key in ("train_size", "ng_memory_budget"):
             value = getattr(self, key)
-            if value is not None and not (_integer(value) and value >= 1):
+            if value is not None and not (is_integer(value) and value >= 1):
                 raise bad(key, value, "an integer >= 1 or none")
         if self.seed >= 2**32:
             raise bad("seed", self.seed, "< 2**32")
@@ -188,7 +188,7 @@ class TrainConfig:
             value = getattr(self, key)
             if key in ("alpha", "plain_lr") and value is None:
                 continue
-            if not _finite_number(value) or not ok(value):
+            if not is_finite_number(value) or not ok(value):
                 raise bad(key, value, need)
         if self.fisher_window and self.optimizer != "unit-ng":
             raise bad("fisher_window", self.fisher_window, "0 unless optimizer=unit-ng")
@@ -196,14 +196,14 @@ class TrainConfig:
             raise bad("fisher_window", self.fisher_window,
                       "0 when rel_damping = layer_damping = 0 (the window's Fisher is singular)")  # fmt: skip
         for start, lr in self.lr_schedule:
-            if not _finite_number(lr) or lr <= 0 or start < 0:
+            if not is_finite_number(lr) or lr <= 0 or start < 0:
                 raise bad(
                     "lr_schedule", self.lr_schedule, "start:lr pairs with start >= 0 and lr > 0"
                 )
-        if not all(_integer(e) and e >= 0 for e in self.checkpoint_epochs):
+        if not all(is_integer(e) and e >= 0 for e in self.checkpoint_epochs):
             raise bad("checkpoint_epochs", self.checkpoint_epochs, "integers >= 0, comma-separated")
         if self.dropout is not None and not all(
-            _finite_number(p) and 0 <= p < 1 for p in self.dropout
+            is_finite_number(p) and 0 <= p < 1 for p in self.dropout
         ):
             raise bad("dropout", self.dropout, "rates in [0, 1)")
 
@@ -234,14 +234,6 @@ class TrainConfig:
             data["dropout"] = tuple(float(p) for p in data["dropout"])
         data["checkpoint_epochs"] = tuple(data.get("checkpoint_epochs", ()))
         return cls(**data)
-
-
-def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _IT = "iteration"

@@ -329,8 +329,8 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
             raise diverged_error(run, 0, 0, per_epoch, config.lr, "initial training loss", tr_loss)
         evals = held_out_metrics(model, r.held, loss_fn, config)
         check_held_out(run, evals, 0, 0, per_epoch, config.lr)
-        row = dict(epoch=0, iterations=0, lr=lr_at(config, iteration=0, epoch=0), train_loss=tr_loss,
-                   **evals, seconds=0.0, train_seconds=0.0, seconds_per_iteration=None)  # fmt: skip
+        row = metrics_row(0, per_epoch, lr_at(config, iteration=0, epoch=0), tr_loss, evals, 0.0,
+                          0.0) | {"seconds_per_iteration": None}  # fmt: skip
         history.append(row)
         append_jsonl(rd.metrics_path, row)
     if fresh:
