@@ -151,15 +151,15 @@ def run(argv: list[str] | None = None) -> int:
     elif args.stage == "main":
         from natgrad.studies import compare
 
-        config = main_configs(args.runs)["standardised" if args.variant else "main"]
+        name = "standardised" if args.variant else "main"
+        config = main_configs(args.runs)[name]
         if args.arms:
             config = dataclasses.replace(config, arms=tuple(args.arms.split(",")))
         if args.seeds:  # a slice of the declared seeds, for a second process
             first, count = (int(v) for v in args.seeds.split(":"))
             config = dataclasses.replace(config, first_seed=first, seeds=count)
         t0 = time.perf_counter()
-        _, diverged = compare.run_compare(config, args.runs / ("standardised" if args.variant
-                                                                else "main"))  # fmt: skip
+        _, diverged = compare.run_compare(config, args.runs / name)
         print(f"main ({', '.join(config.arms)}): {time.perf_counter() - t0:.0f} s; diverged "
               f"{sorted(diverged) or 'none'}")  # fmt: skip
     return 0
