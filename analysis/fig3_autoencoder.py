@@ -68,7 +68,7 @@ from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     endpoints,
     study,
 )
-from natgrad.training.carry import copy_runs
+from natgrad.training.carry import copy_runs, finished
 
 KEPT = (RESULTS, ESTIMABLE_RESULTS)  # the analysis tables a record keeps of each run
 
@@ -196,15 +196,12 @@ def analyse_run(run: Path) -> Path:
 
 def _finished(root: Path):
     """``(lr, run directory)`` of every finished run under ``root`` (folders ``lr<rate>``)."""
-    from natgrad.training.plan import complete
     from natgrad.training.rundir import RunDir
 
     for folder in sorted(root.glob("lr*")):
         for cfg in sorted(folder.glob("*/config.json")):
-            run = cfg.parent
-            epochs = RunDir(run).read_config()["epochs"]
-            if complete(run, epochs) and not RunDir(run).diverged_path.is_file():
-                yield float(folder.name[2:]), run
+            if finished(cfg.parent) and not RunDir(cfg.parent).diverged_path.is_file():
+                yield float(folder.name[2:]), cfg.parent
 
 
 def _diverged(root: Path) -> list[Path]:
