@@ -119,7 +119,6 @@ def figure(curves):
                 title="(c) with and without batch norm")  # fmt: skip
     for ax in axes:
         ax.set_yscale("log")
-    for ax in axes:
         ax.legend(frameon=False, fontsize="x-small")
     fig.tight_layout()
     return fig

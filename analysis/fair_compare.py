@@ -87,10 +87,8 @@ def selection_table(runs: Path, fams=("sgd", "ng")):
                                  fc1_lr=config.sgd_lr(compare.ARMS[arm].unit)))  # fmt: skip
     table = pd.DataFrame(rows)
     score = table["val_loss"].where(table["diverged"] == 0, math.inf).fillna(math.inf)
-    table["chosen"] = False
-    for _, sub in table.assign(score=score).groupby("arm"):
-        if math.isfinite(sub["score"].min()):
-            table.loc[sub["score"].idxmin(), "chosen"] = True
+    best = score.groupby(table["arm"]).idxmin()  # per arm, the first of its lowest
+    table["chosen"] = table.index.isin(best[score[best].to_numpy() < math.inf])
     return table
 
 
@@ -153,15 +151,15 @@ def run(argv: list[str] | None = None) -> int:
     elif args.stage == "main":
         from natgrad.studies import compare
 
-        config = main_configs(args.runs)["standardised" if args.variant else "main"]
+        name = "standardised" if args.variant else "main"
+        config = main_configs(args.runs)[name]
         if args.arms:
             config = dataclasses.replace(config, arms=tuple(args.arms.split(",")))
         if args.seeds:  # a slice of the declared seeds, for a second process
             first, count = (int(v) for v in args.seeds.split(":"))
             config = dataclasses.replace(config, first_seed=first, seeds=count)
         t0 = time.perf_counter()
-        _, diverged = compare.run_compare(config, args.runs / ("standardised" if args.variant
-                                                                else "main"))  # fmt: skip
+        _, diverged = compare.run_compare(config, args.runs / name)
         print(f"main ({', '.join(config.arms)}): {time.perf_counter() - t0:.0f} s; diverged "
               f"{sorted(diverged) or 'none'}")  # fmt: skip
     return 0
@@ -243,33 +241,19 @@ def primaries(curves, epoch: int = EPOCHS):
     def frac(x, y, z):
         return (np.mean(x) - np.mean(y)) / (np.mean(x) - np.mean(z))
 
-    rows = [
-        dict(
-            endpoint="(1) fraction of the gap ELU+SGD closes",
-            estimate=frac(a, b, c),
-            ci=gap_ci(a, b, c, frac),
-            null="0",
-            p=sign_flip_p(a - b),
-        )
-    ]
-    for label, ref, other in (
-        ("(2) relu-unit-ng - relu-blockdiag-ng AUC", c, bd),
-        ("(3) relu-sgd - elu-sgd AUC", a, b),
-    ):
-        d = ref - other
-        rows.append(dict(endpoint=label, estimate=float(np.mean(d)), ci=mean_ci(d),
-                         null="0", p=sign_flip_p(d)))  # fmt: skip
-    adjusted = holm([r["p"] for r in rows])
-    d = c - b
-    rows.append(dict(endpoint="secondary: fraction = 1 (relu-unit-ng - elu-sgd AUC)",
-                     estimate=float(np.mean(d)), ci=mean_ci(d), null="0",
-                     p=sign_flip_p(d)))  # fmt: skip
-    table = pd.DataFrame(
-        [dict(endpoint=r["endpoint"], epoch=epoch, seeds=len(seeds), estimate=r["estimate"],
-              ci_low=r["ci"][0], ci_high=r["ci"][1], ci_method=r["ci"][2], null=r["null"],
-              p=r["p"], p_holm=(adjusted[i] if i < len(adjusted) else np.nan))
-         for i, r in enumerate(rows)]
-    )  # fmt: skip
+    def row(endpoint, estimate, ci, p):
+        return dict(endpoint=endpoint, epoch=epoch, seeds=len(seeds), estimate=estimate,
+                    ci_low=ci[0], ci_high=ci[1], ci_method=ci[2], null="0", p=p)  # fmt: skip
+
+    rows = [row("(1) fraction of the gap ELU+SGD closes", frac(a, b, c), gap_ci(a, b, c, frac),
+                sign_flip_p(a - b))]  # fmt: skip
+    rows += [row(label, float(np.mean(d)), mean_ci(d), sign_flip_p(d)) for label, d in (
+        ("(2) relu-unit-ng - relu-blockdiag-ng AUC", c - bd),
+        ("(3) relu-sgd - elu-sgd AUC", a - b),
+        ("secondary: fraction = 1 (relu-unit-ng - elu-sgd AUC)", c - b),
+    )]  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["p_holm"] = np.append(holm(table["p"].iloc[:3]), np.nan)  # the primaries' family
     return table
 
 

@@ -58,22 +58,17 @@ def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progres
     chosen = [r for r in runs if r.name.split("-s")[0] in units]
     if reverse:  # a second process works from the other end (the cache is shared)
         chosen = chosen[::-1]
-    frames = []
-    for run in chosen:
-        wanted = (
-            MECHANISM["epochs"]
-            if epochs is None
-            else [e for e in MECHANISM["epochs"] if e in epochs]
-        )
+    wanted = (
+        MECHANISM["epochs"] if epochs is None else [e for e in MECHANISM["epochs"] if e in epochs]
+    )
+    tables = []
+    for run in chosen:  # one run at a time: its cache entries are written as it goes
         have = [e for e in wanted if e in checkpoint_epochs(run)]
         if have:
-            frames.append((run, have))
-    tables = []
-    for run, have in frames:  # one run at a time: its cache entries are written as it goes
-        tables.append(unit_table([run], epochs=have, probe_size=MECHANISM["probe_size"],
-                                 rel_damping=MECHANISM["rel_damping"],
-                                 layers=list(MECHANISM["layers"]), grad=MECHANISM["grad"],
-                                 workers=workers, progress=progress))  # fmt: skip
+            tables.append(unit_table([run], epochs=have, probe_size=MECHANISM["probe_size"],
+                                     rel_damping=MECHANISM["rel_damping"],
+                                     layers=list(MECHANISM["layers"]), grad=MECHANISM["grad"],
+                                     workers=workers, progress=progress))  # fmt: skip
     units_t = pd.concat(tables, ignore_index=True)
     units_t["n_eff_over_d1"] = units_t["n_eff"] / (units_t["fan_in"] + 1)
     live = units_t[units_t["dead"] == 0]
@@ -464,14 +459,10 @@ def _figures(curves, seeds, runs_root, out: Path) -> None:
             sub = seeds[seeds["unit_type"] == unit]
             if sub.empty:
                 continue
-            xs, ys, los, his = [], [], [], []
-            for epoch, g in sub.groupby("epoch"):
-                v = (1 - g[col]) if one_minus else g[col]
-                lo, hi, _ = mean_ci(v.to_numpy())
-                xs.append(max(epoch, 0.5))
-                ys.append(v.mean())
-                los.append(lo)
-                his.append(hi)
+            v = ((1 - sub[col]) if one_minus else sub[col]).groupby(sub["epoch"])
+            ys = v.mean()
+            xs = [max(epoch, 0.5) for epoch in ys.index]
+            los, his, _ = zip(*(mean_ci(g.to_numpy()) for _, g in v), strict=True)
             ax.plot(xs, ys, marker="o", ms=3, color=unit_type_colour(unit),
                     label=unit_type_label(unit, tex=False))  # fmt: skip
             ax.fill_between(xs, los, his, color=unit_type_colour(unit), alpha=0.2, lw=0)

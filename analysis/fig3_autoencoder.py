@@ -68,7 +68,7 @@ from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     endpoints,
     study,
 )
-from natgrad.training.carry import copy_runs
+from natgrad.training.carry import copy_runs, finished
 
 KEPT = (RESULTS, ESTIMABLE_RESULTS)  # the analysis tables a record keeps of each run
 
@@ -196,15 +196,12 @@ def analyse_run(run: Path) -> Path:
 
 def _finished(root: Path):
     """``(lr, run directory)`` of every finished run under ``root`` (folders ``lr<rate>``)."""
-    from natgrad.training.plan import complete
     from natgrad.training.rundir import RunDir
 
     for folder in sorted(root.glob("lr*")):
         for cfg in sorted(folder.glob("*/config.json")):
-            run = cfg.parent
-            epochs = RunDir(run).read_config()["epochs"]
-            if complete(run, epochs) and not RunDir(run).diverged_path.is_file():
-                yield float(folder.name[2:]), run
+            if finished(cfg.parent) and not RunDir(cfg.parent).diverged_path.is_file():
+                yield float(folder.name[2:]), cfg.parent
 
 
 def _diverged(root: Path) -> list[Path]:
@@ -461,10 +458,8 @@ def readme(
     """The results' text, from the CIs (whichever way they point)."""
     from natgrad.units import unit_type_label
 
-    def ci(r, scale=1.0, digits=4):
-        f = f"{{:+.{digits}f}}"
-        return (f"{f.format(scale * r['diff'])} ({f.format(scale * r['lo'])} to "
-                f"{f.format(scale * r['hi'])})")  # fmt: skip
+    def ci(r):
+        return f"{r['diff']:+.4f} ({r['lo']:+.4f} to {r['hi']:+.4f})"
 
     def word(r, neg: str, pos: str) -> str:
         return {-1: neg, 0: "no difference resolved", 1: pos}[int(ci_sign(r["lo"], r["hi"]))]
@@ -634,8 +629,6 @@ def report(root: Path, dest: Path | None, argv) -> int:
     frames = [curve_table([run], activations=False).assign(lr=lr) for lr, run in done]
     curves = pd.concat(frames, ignore_index=True)
     epochs = int(curves.groupby(["lr", "run"])["epoch"].max().min())
-    table = comparisons(curves, epochs)
-    print(table[["lr", "metric", "other", "diff", "lo", "hi", "p"]].to_string(index=False))
 
     def analysed(name):  # every finished run's analysis table ``name``, and how many had one
         rows = [read_csv(run / "analysis" / name).assign(lr=lr) for lr, run in done
@@ -643,27 +636,25 @@ def report(root: Path, dest: Path | None, argv) -> int:
         return (pd.concat(rows, ignore_index=True) if rows else None), len(rows)
 
     (units, n_units), (est_units, _) = analysed(RESULTS), analysed(ESTIMABLE_RESULTS)
-    unit_table = unit_comparisons(units) if units is not None else None
-    est_table = (None if est_units is None else
-                 evaluate(est_units, list(ESTIMABLE_ENDPOINTS), by=["lr", "layer"]))  # fmt: skip
+
+    def compared() -> dict:  # the three comparison tables (None: no unit analysis yet)
+        return {"reconstruction": comparisons(curves, epochs),
+                "unit analysis": None if units is None else unit_comparisons(units),
+                "estimable units": None if est_units is None else
+                evaluate(est_units, list(ESTIMABLE_ENDPOINTS), by=["lr", "layer"])}  # fmt: skip
+
+    tables_now = compared()
+    table, unit_table, est_table = tables_now.values()
+    print(table[["lr", "metric", "other", "diff", "lo", "hi", "p"]].to_string(index=False))
     if dest is None:
         return 0
     changes = None
     if current_mean_ci() == "t":  # the declaration named BCa: say what the t intervals changed
         with mean_ci_method("bootstrap"):
-            bca = {
-                "reconstruction": (comparisons(curves, epochs), table),
-                "unit analysis": (None if units is None else unit_comparisons(units), unit_table),
-                "estimable units": (
-                    None
-                    if est_units is None
-                    else evaluate(est_units, list(ESTIMABLE_ENDPOINTS), by=["lr", "layer"]),
-                    est_table,
-                ),
-            }
-        changes = {name: ci_changes(old, new, [k for k in ("lr", "layer", "metric", "other")
-                                               if k in new])
-                   for name, (old, new) in bca.items() if new is not None}  # fmt: skip
+            bca = compared()
+        changes = {name: ci_changes(bca[name], new, [k for k in ("lr", "layer", "metric", "other")
+                                                     if k in new])
+                   for name, new in tables_now.items() if new is not None}  # fmt: skip
     from natgrad._atomic import write_text
     from natgrad.analysis.plots import save_figure
     from natgrad.analysis.record import record_tables, run_provenance
