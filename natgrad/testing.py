@@ -87,13 +87,22 @@ def assert_close(
     atol: float | None = None,
     what: str = "",
     show: int = 5,
+    normwise: bool = False,
 ) -> None:
     """Assert ``|actual − expected| <= atol + rtol·|expected|`` elementwise.
 
     Defaults come from :func:`tolerances` of the less precise dtype of the two; ``rtol`` may
-    be a tensor broadcastable to the entries (:func:`conditioned_rtol`). On failure
-    the message lists the ``show`` worst entries (index, actual, expected, error) and the
-    largest absolute and relative errors.
+    be a tensor broadcastable to the entries (:func:`conditioned_rtol`). With ``normwise``
+    every entry is held to ``rtol`` times the largest ``|expected|`` of its row (last
+    dimension) instead of its own: the forward error of a solve is bounded normwise, ‖Δx‖ ≤
+    C·n·κ·ε·‖x‖ (Higham, Thm 7.2), so a small component of a large solution may carry an error
+    of the solution's size times κ·ε. Use it for solutions (one unit's direction per row),
+    not for scalars per unit. On failure the message lists the ``show`` worst entries (index,
+    actual, expected, error) and the largest absolute and relative errors.
+
+    Example:
+        >>> x = torch.tensor([[2e4, -2.953875317]], dtype=torch.float64)
+        >>> assert_close(x + torch.tensor([[0.0, 1e-8]], dtype=torch.float64), x, normwise=True)
     """
     a = torch.as_tensor(actual)
     e = torch.as_tensor(expected)
@@ -111,7 +120,8 @@ def assert_close(
         raise AssertionError(f"{what}: actual has NaN/Inf where expected does not")
     err = (a64 - e64).abs()
     rtol_t = torch.as_tensor(rtol, dtype=torch.float64)
-    bound = atol + rtol_t * e64.abs()
+    scale = e64.abs().amax(-1, keepdim=True) if normwise and e64.dim() else e64.abs()
+    bound = atol + rtol_t * scale
     bad = ~(err <= bound) & ~both_nan & ~same_inf
     if not bad.any():
         return
