@@ -493,7 +493,8 @@ def readme(
              "initial weights; "
              "loss: binary cross-entropy on the logits per pixel (declared in "
              "`natgrad/studies/fig3.py`, with why; committed before any run). Curves on the validation split; the "
-             "test set only for the last epoch's number.", "",
+             "test set only for the last epoch's number. \"Error\" below (training, validation, "
+             "test) is this reconstruction loss on that split, not a classification error.", "",
              f"## Reconstruction error (ELU − other, paired by seed, {mean_ci_name()} 95 % CI)", "",
              "| rate | metric | other | ELU − other | 95 % CI | p | Holm p (family) |",
              "| --- | --- | --- | ---: | --- | ---: | ---: |"]  # fmt: skip

@@ -444,6 +444,7 @@ def test_fig3_seed_extension_reads_its_primary_family_from_holm_p_and_ci_togethe
     text = m.readme(m.comparisons(half, 50), None, half, dict(meta, runs=15, analysed=15))
     assert "**Interim: 15 of the 30 declared runs" in text
     assert "the 30 runs of that rate (seeds 0–9)" in text
+    assert "is this reconstruction loss on that split, not a classification error" in text
 
 
 def test_fig3_reads_a_lean_in_rho_only_from_a_majority_of_its_comparisons(monkeypatch):
