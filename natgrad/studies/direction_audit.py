@@ -21,6 +21,24 @@ Declared before its runs (committed then in ``analysis/direction_audit.py``; mov
   CIs over seeds (seeds are the replicates). Amended after the record: natgrad's CIs of means
   are now Student t (``docs/theory.md``, "Statistics"); the committed record keeps its BCa
   CIs, and ``analysis/ci_amendment.py`` shows that no reading of it moves under t.
+
+Confirmatory run (declared 2026-12-07, committed before its runs):
+
+- **Why.** The record above (``paper_figures/results/direction_audit_digits``) found all six
+  primary differences positive on every seed, but 5 seeds cannot reach p < 0.05 under the
+  declared test (every Holm p 0.375); its README says a confirmatory run needs at least 8 seeds.
+- **Design:** the same nets, training, checkpoints, probe, directions, damping (λ = 1e-3) and
+  measures as above, on 10 *new* seeds, 5–14 (:data:`CONFIRM_SEEDS`), so that the seeds that
+  suggested the hypothesis play no part in testing it.
+- **Primary endpoints:** the same six (unit NG − K-FAC and unit NG − EKFAC in ``rho_full`` at
+  epoch 20, for ELU, ReLU and SELU), paired by seed, exact two-sided sign-flip test, Holm over
+  the six (the smallest reachable Holm p is 6·2/2¹⁰ = 0.012). The hypothesis, from the
+  exploratory record: each difference is positive. A difference is confirmed where its Holm p
+  is < 0.05 and its 95 % t CI lies above 0; one of the six not confirmed is reported as such.
+- **Everything else is descriptive** (the other methods' ρ, the ranking, the unit-block share
+  and λ_max / mean λ), with 95 % t CIs over the 10 seeds.
+- **Record:** ``paper_figures/results/direction_audit_digits_confirm``, its text written by
+  ``analysis/direction_audit.py`` from the tables.
 """
 
 from __future__ import annotations
@@ -29,10 +47,13 @@ UNITS = ("elu", "relu", "selu")
 EPOCHS, LR, WIDTH, DEPTH, SEEDS = 20, 0.05, 32, 3, 5
 CHECKPOINTS = (0, EPOCHS)
 PRIMARY = (("unit", "kfac"), ("unit", "ekfac"))
+CONFIRM_SEEDS = range(5, 15)
+"""The confirmatory run's seeds: 10 new ones, none of the exploratory record's 0–4."""
 
 
-def study(seeds: int):
-    """The declared runs as a :class:`~natgrad.analysis.study.Study`."""
+def study(seeds: int | range):
+    """The declared runs as a :class:`~natgrad.analysis.study.Study`: seeds ``0..seeds-1``
+    (the exploratory record) or a ``range`` of them (:data:`CONFIRM_SEEDS`)."""
     from natgrad.analysis.study import Study
     from natgrad.training import default_config
 
@@ -41,4 +62,5 @@ def study(seeds: int):
                               lr=LR, width=WIDTH, depth=DEPTH, dtype="float64",
                               checkpoint_every=EPOCHS, probe_size=64)  # fmt: skip
 
-    return Study("direction audit", UNITS, range(seeds), config)
+    return Study("direction audit", UNITS, range(seeds) if isinstance(seeds, int) else seeds,
+                 config)  # fmt: skip
