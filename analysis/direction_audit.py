@@ -4,6 +4,11 @@ The declaration is :mod:`natgrad.studies.direction_audit` (committed before the 
 
     python analysis/direction_audit.py [--runs runs/direction_audit] [--seeds 5]
         [--record paper_figures/results/direction_audit_digits]
+
+The declared confirmatory run (10 new seeds, 5–14):
+
+    python analysis/direction_audit.py --confirm --runs runs/direction_audit
+        --record paper_figures/results/direction_audit_digits_confirm
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from natgrad.analysis.stats import mean_ci_name
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.direction_audit import (  # noqa: F401 (the declaration, re-exported)
     CHECKPOINTS,
+    CONFIRM_SEEDS,
     DEPTH,
     EPOCHS,
     LR,
@@ -117,14 +123,17 @@ def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/direction_audit"))
     parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--confirm", action="store_true",
+                        help="the declared confirmatory run: seeds 5-14 (overrides --seeds)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--record", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    runs = study(args.seeds).plan(args.runs)
+    seeds = CONFIRM_SEEDS if args.confirm else args.seeds
+    runs = study(seeds).plan(args.runs)
     dirs = [r.path for r in runs]
-    diverged = study(args.seeds).train(args.runs)
+    diverged = study(seeds).train(args.runs)
     if diverged:
         print(f"diverged: {sorted(diverged)}", file=sys.stderr)
         return 1
@@ -142,7 +151,9 @@ def run(argv: list[str] | None = None) -> int:
 
         record_tables(args.record, {"directions": table, "summary": summary, "primary": paired},
                       argv=argv, script="analysis/direction_audit.py", wall_seconds=wall,
-                      train_seconds=t_train, device="cpu, one torch thread", seeds=args.seeds)  # fmt: skip
+                      train_seconds=t_train, device=f"cpu, {args.threads} torch thread(s)",
+                      seeds=len(runs) // len(UNITS), seed_range=[min(r.seed for r in runs),
+                                                                max(r.seed for r in runs)])  # fmt: skip
         figure(summary, args.record)
     return 0
 
