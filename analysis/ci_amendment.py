@@ -227,36 +227,55 @@ def markdown(counts: pd.DataFrame, moved: pd.DataFrame, commit: str | None = Non
 MARK = "<!-- ci-amendment -->"
 
 
+def _note(path: Path, folder: Path, out: Path, rows: pd.DataFrame) -> None:
+    """Put (or refresh) the marked note under the title of ``path``, counting ``rows``."""
+    from natgrad._atomic import write_text
+
+    n, moved, prim = (int(rows[c].sum()) for c in ("comparisons", "moved", "primary_moved"))
+    link = Path(os.path.relpath(out / "ci_amendment.md", folder)).as_posix()
+    note = (f"> **CIs** (note by `analysis/ci_amendment.py`): the 95 % CIs of means in this "
+            "record are BCa, as natgrad formed them when it was written; at 3–10 seeds "
+            "those cover the true mean 74–89 % of the time (`bench/ci_coverage.py`). "
+            f"Rebuilt with Student's t intervals (Fieller's for a ratio), {moved} of its "
+            f"{n} paired comparisons "
+            f"read differently ({prim} of them declared primary): "
+            f"[ci_amendment.md]({link}) lists them. {MARK}")  # fmt: skip
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = [x for x in lines if MARK not in x]
+    rest = lines[1:]
+    while rest and rest[0] == "":  # the blank lines between the title and the text
+        rest.pop(0)
+    write_text(path, "\n".join([lines[0], "", note, "", *rest]))
+
+
 def annotate(results: Path, counts: pd.DataFrame, out: Path | None = None) -> list[Path]:
     """Put (or refresh) one marked note under the title of each record still written with
     BCa intervals (its ``README.md``, else its ``answer.md``): what its CIs are and how many
     of its readings move under t, linking ``ci_amendment.md`` in ``out`` (default:
-    ``results``). Records re-written with t get none. Returns the files."""
-    from natgrad._atomic import write_text
-
+    ``results``). Records re-written with t get none. A record without a README of its own
+    (``compare_mnist/main``) is reported in the README of a folder above it: that README gets
+    one note too, over all the records under it, where all of them are BCa. Returns the
+    files."""
     out = Path(results if out is None else out)
-    written = []
+    written, above = [], {}
     for name, rows in counts.groupby("record", sort=False):
+        folder = results / name
+        if not (folder / "README.md").is_file():
+            parent = next((p for p in folder.parents if p != results and
+                           p.is_relative_to(results) and (p / "README.md").is_file()), None)  # fmt: skip
+            if parent is not None:
+                above.setdefault(parent, []).append(rows)
         if set(rows["written_with"]) != {"bootstrap"}:
             continue
-        folder = results / name
         path = folder / "README.md" if (folder / "README.md").is_file() else folder / "answer.md"
-        n, moved, prim = (int(rows[c].sum()) for c in ("comparisons", "moved", "primary_moved"))
-        link = Path(os.path.relpath(out / "ci_amendment.md", folder)).as_posix()
-        note = (f"> **CIs** (note by `analysis/ci_amendment.py`): the 95 % CIs of means in this "
-                "record are BCa, as natgrad formed them when it was written; at 3–10 seeds "
-                "those cover the true mean 74–89 % of the time (`bench/ci_coverage.py`). "
-                f"Rebuilt with Student's t intervals (Fieller's for a ratio), {moved} of its "
-                f"{n} paired comparisons "
-                f"read differently ({prim} of them declared primary): "
-                f"[ci_amendment.md]({link}) lists them. {MARK}")  # fmt: skip
-        lines = path.read_text(encoding="utf-8").split("\n")
-        lines = [x for x in lines if MARK not in x]
-        rest = lines[1:]
-        while rest and rest[0] == "":  # the blank lines between the title and the text
-            rest.pop(0)
-        write_text(path, "\n".join([lines[0], "", note, "", *rest]))
+        _note(path, folder, out, rows)
         written.append(path)
+    for folder, parts in above.items():
+        rows = pd.concat(parts)
+        if set(rows["written_with"]) != {"bootstrap"}:
+            continue
+        _note(folder / "README.md", folder, out, rows)
+        written.append(folder / "README.md")
     return written
 
 

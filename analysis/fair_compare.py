@@ -171,6 +171,15 @@ def finished_seeds(config, root: Path) -> list[int]:
             if all(finished(root / f"{arm}-s{seed}") for arm in config.arms)]  # fmt: skip
 
 
+def training_seconds(curves) -> float:
+    """Training seconds summed over the runs: each run's ``seconds`` at its last epoch. A
+    curve's ``seconds`` is cumulative over its run's epochs, so the sum of every row (what the
+    reports up to 2026-12-07 wrote as ``wall_seconds``) counted epoch e's time once for each
+    epoch from e on."""
+    last = curves.sort_values("epoch").groupby(["seed", "arm"])["seconds"].last()
+    return float(last.sum())
+
+
 def report(args) -> None:
     """The comparison's tables, figure and answer from the seeds finished so far (the text
     says how many of the declared ten)."""
@@ -189,7 +198,7 @@ def report(args) -> None:
     curves = compare.read_curves(part, root)
     meta = dict(command="python analysis/fair_compare.py " + " ".join(sys.argv[1:]),
                 commit=git_commit(), runs=str(root), train_loss=TRAIN_LOSS,
-                wall_seconds=float(curves["seconds"].sum()),  # training, summed over runs
+                wall_seconds=training_seconds(curves),
                 device=f"cpu, one thread per run; {k} of {SEEDS} declared seeds finished "
                        f"({', '.join(map(str, done))}); "
                        "wall_seconds: training seconds summed over the runs")  # fmt: skip

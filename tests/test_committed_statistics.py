@@ -175,6 +175,34 @@ def test_the_ci_amendment_of_the_committed_records_rebuilds(tmp_path, monkeypatc
     assert (tmp_path / "bn_cnn_mnist" / "README.md").read_text() == (
         RESULTS / "bn_cnn_mnist" / "README.md"
     ).read_text()
+    # the fair comparison's records (compare_mnist/main, /standardised, /deviation_qd) have no
+    # README of their own: each answer.md gets its note, and the README above them, which
+    # reports their numbers, one over all three (standardised's shares.csv formed no CI, every
+    # row "none": it names no method, so that record reads as BCa, as written)
+    names = ["compare_mnist/main", "compare_mnist/standardised", "compare_mnist/deviation_qd"]
+    fair = counts[counts["record"].isin(names)]
+    assert set(fair["written_with"]) == {"bootstrap"}
+    for name in names:
+        (tmp_path / name).mkdir(parents=True)
+        shutil.copy(RESULTS / name / "answer.md", tmp_path / name / "answer.md")
+    readme = (RESULTS / "compare_mnist" / "README.md").read_text(encoding="utf-8")
+    (tmp_path / "compare_mnist" / "README.md").write_text(
+        "\n".join(x for x in readme.split("\n") if m.MARK not in x)
+    )
+    for _ in range(2):
+        assert m.annotate(tmp_path, fair, RESULTS) == [
+            *(tmp_path / name / "answer.md" for name in names),
+            tmp_path / "compare_mnist" / "README.md",
+        ]
+    for name in names:  # the committed notes, to the letter
+        text = (tmp_path / name / "answer.md").read_text(encoding="utf-8")
+        link = os.path.relpath(RESULTS, tmp_path / name)
+        assert text.replace(link, "../..") == (RESULTS / name / "answer.md").read_text()
+    text = (tmp_path / "compare_mnist" / "README.md").read_text(encoding="utf-8")
+    n, moved = int(fair["comparisons"].sum()), int(fair["moved"].sum())
+    assert (n, moved) == (155, 9)
+    assert text.count(m.MARK) == 1 and f"{moved} of its {n} paired comparisons" in text
+    assert text.replace(os.path.relpath(RESULTS, tmp_path / "compare_mnist"), "..") == readme
 
 
 def test_the_mnist_fig2_mechanism_at_a_common_n_eff_rebuilds():

@@ -376,3 +376,10 @@ def test_recorded_mean_ci_reads_a_folder_or_one_table(tmp_path):
     assert stats.recorded_mean_ci(tmp_path / "old.csv") == "bootstrap"
     assert stats.recorded_mean_ci(tmp_path / "added.csv") == "t"
     assert stats.recorded_mean_ci(pd.DataFrame({"ci_method": ["percentile"]})) == "bootstrap"
+    # a table that formed no CI (every row "none", as the fair comparison's standardised
+    # shares.csv, whose gap is negative) names no method: it reads as the older records
+    none = pd.DataFrame({"x": [1, 2], "ci_method": ["none", "none"]})
+    assert stats.recorded_mean_ci(none) == "bootstrap"
+    none.to_csv(tmp_path / "none.csv", index=False)
+    assert stats.recorded_mean_ci(tmp_path / "none.csv") == "bootstrap"
+    assert stats.recorded_mean_ci(tmp_path) == "t"  # the t table beside it still decides

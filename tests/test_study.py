@@ -537,3 +537,20 @@ def test_the_fair_comparisons_primary_endpoints_rebuild(record, monkeypatch):
         new = m.primaries(pd.read_csv(src / "curves.csv"), int(old["epoch"].iloc[0]))
     pd.testing.assert_frame_equal(new[old.columns], old, check_exact=False, rtol=1e-12,
                                   check_dtype=False)  # fmt: skip
+
+
+def test_the_fair_comparisons_training_seconds_are_each_runs_last_cumulative_time(monkeypatch):
+    """A curve's ``seconds`` is cumulative over its run's epochs (ReLU+SGD seed 0 of the
+    committed main run: 1.18 s after epoch 1, 10.53 s after epoch 10), so the training time
+    summed over the runs is each run's last value: 14,189 s for the main run's 90 runs, not the
+    77,090 s that the sum of every row gave (its run.json, written before the fix)."""
+    import json
+
+    m = _script("fair_compare", monkeypatch)
+    src = ROOT / "paper_figures/results/compare_mnist/main"
+    curves = pd.read_csv(src / "curves.csv")
+    one = curves[(curves["arm"] == "relu-sgd") & (curves["seed"] == 0)].sort_values("epoch")
+    assert one["seconds"].is_monotonic_increasing
+    assert m.training_seconds(curves) == pytest.approx(14188.8, abs=0.1)
+    written = json.loads((src / "run.json").read_text())["meta"]["wall_seconds"]
+    assert written == pytest.approx(float(curves["seconds"].sum()))  # the old double count

@@ -205,8 +205,9 @@ def recorded_mean_ci(record) -> str:
     may hold a table added later with other intervals: ask the table you rebuild):
     ``"t"`` where any CI is a t interval
     (a ratio's BCa may stand beside them), else ``"bootstrap"`` where any is BCa or
-    percentile or none names its method (the records older than :func:`mean_ci`), else
-    ``"t"``. Rebuild a record under ``with mean_ci_method(recorded_mean_ci(folder)):``."""
+    percentile or none names its method (the records older than :func:`mean_ci`; a table
+    whose every row says ``none``, no CI formed, names none), else ``"t"``. Rebuild a
+    record under ``with mean_ci_method(recorded_mean_ci(folder)):``."""
     import os
     from pathlib import Path
 
@@ -221,7 +222,8 @@ def recorded_mean_ci(record) -> str:
         tables = [pd.read_csv(p, usecols=["ci_method"]) for p in paths if names_method(p)]
     else:
         tables = [record]
-    named = [t for t in tables if "ci_method" in t]
+    named = [t for t in tables  # every row "none" (no CI formed: a gap of the wrong sign)
+             if "ci_method" in t and set(t["ci_method"].dropna()) != {"none"}]  # fmt: skip
     methods = set().union(*(set(t["ci_method"].dropna()) for t in named))
     if "t" in methods:
         return "t"
