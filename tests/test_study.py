@@ -508,6 +508,7 @@ def test_the_committed_fig3_study_rebuilds_to_its_numbers(folder, tmp_path, monk
 @pytest.mark.parametrize("name, folder, tables", [
     ("mechanism_dashboard", "mechanism_dashboard_mnist", ("dashboard", "summary", "elu_vs_relu")),
     ("direction_audit", "direction_audit_digits", ("directions", "summary", "primary")),
+    ("direction_audit", "direction_audit_digits_confirm", ("directions", "summary", "primary")),
 ])  # fmt: skip
 def test_a_committed_descriptive_study_rebuilds_from_its_measures(name, folder, tables,
                                                                   monkeypatch):  # fmt: skip
@@ -524,6 +525,38 @@ def test_a_committed_descriptive_study_rebuilds_from_its_measures(name, folder, 
     for table, new in zip(rebuilt, (summary, paired), strict=True):
         pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{table}.csv"),
                                       check_exact=True, check_dtype=False, obj=table)  # fmt: skip
+
+
+def test_the_direction_audits_confirmatory_readme_is_its_tables_read_by_the_declared_rule(
+    tmp_path, monkeypatch
+):
+    """The confirmatory record's README is what ``confirm_readme`` writes from its committed
+    tables, and its verdicts follow the declared rule (Holm p < 0.05 and the CI above 0): with
+    one endpoint's Holm p raised past 0.05 it is no longer confirmed, and one with its CI below
+    0 reads as the opposite sign."""
+    import shutil
+
+    m = _script("direction_audit", monkeypatch)
+    src = ROOT / "paper_figures/results/direction_audit_digits_confirm"
+    text = m.confirm_readme(src)
+    assert text == (src / "README.md").read_text(encoding="utf-8")
+    assert "**4 of the 6 confirmed** (confirmed: ELU (α=1) against K-FAC" in text
+    assert "not confirmed: SELU against K-FAC, SELU against EKFAC" in text
+    from natgrad.analysis.csvtables import write_csv
+
+    for name in ("directions.csv", "directions.csv.sha256", "summary.csv", "summary.csv.sha256",
+                 "run.json"):  # fmt: skip
+        shutil.copy(src / name, tmp_path / name)
+    primary = pd.read_csv(src / "primary.csv")
+    primary.loc[0, "p_holm"] = 0.06  # ELU against K-FAC
+    primary.loc[3, ["diff", "lo", "hi"]] = [-0.5, -0.6, -0.4]  # ReLU against EKFAC
+    write_csv(primary, tmp_path / "primary.csv")
+    text = m.confirm_readme(tmp_path)
+    assert (
+        "**2 of the 6 confirmed** (confirmed: ELU (α=1) against EKFAC, ReLU against K-FAC; " in text
+    )
+    assert "not confirmed: ELU (α=1) against K-FAC, SELU against K-FAC" in text
+    assert "opposite sign: ReLU against EKFAC" in text
 
 
 @pytest.mark.parametrize("record", ["main", "standardised"])
