@@ -124,6 +124,13 @@ def _ci(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]"
 
 
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (a record's own name)."""
+    root = Path(__file__).resolve().parents[1]
+    path = Path(path).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+
 def confirm_readme(record: Path) -> str:
     """The confirmatory record's README, every number read from its own tables (and, for the
     side-by-side column, the exploratory record's ``primary.csv``); the verdict per endpoint is
@@ -147,7 +154,9 @@ def confirm_readme(record: Path) -> str:
         "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['wall_seconds']:.0f} s of wall time ({meta['train_seconds']:.0f} s training) "
-        f"on {meta['device']}.",
+        f"on {meta['device']}. This README is written from the tables by "
+        f"`python analysis/direction_audit.py --readme {_rel(record)}` "
+        "(`tests/test_study.py` checks that it still is).",
         "- **Declared before its runs** in `natgrad/studies/direction_audit.py` "
         '("Confirmatory run"): the design of the exploratory record '
         "([direction_audit_digits](../direction_audit_digits/README.md)) on seeds "
@@ -185,8 +194,9 @@ def confirm_readme(record: Path) -> str:
     lines += ["", f"**{confirmed} of the 6 confirmed** ({said})." + (
         " On these nets the unit natural gradient's direction is closer to the full natural "
         "gradient's than K-FAC's and EKFAC's, for every unit type tested." if confirmed == 6
-        else " Where an endpoint is not confirmed, the exploratory record's reading of it (the "
-        "unit NG ahead on each of its 5 seeds) does not hold up on new seeds."), ""]  # fmt: skip
+        else " Not confirmed is not the opposite: the declared test does not resolve those "
+        "differences on the new seeds (read their size from the CIs), where the exploratory "
+        "record had the unit NG ahead on each of its 5 seeds."), ""]  # fmt: skip
     lines += [f"## The ranking (ρ_full at epoch {EPOCHS}, mean [{how} 95 % CI]; descriptive)", "",
               "| rank | " + " | ".join(unit_type_label(u, tex=False) for u in UNITS) + " |",
               "| --- |" + " --- |" * len(UNITS)]  # fmt: skip
