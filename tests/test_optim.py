@@ -386,7 +386,7 @@ def test_refresh_step_needs_inputs_and_bad_settings_are_named():
     with pytest.raises(InputError, match="opt.step\\(inputs\\)"):
         opt.step()
     for bad in (dict(structure="kfac"), dict(ema=1.0), dict(refresh_every=0),
-                dict(rel_damping=-1.0), dict(kind="fisher")):  # fmt: skip
+                dict(refresh_every=True), dict(rel_damping=-1.0), dict(kind="fisher")):  # fmt: skip
         with pytest.raises(InputError):
             UnitNaturalGradient(model, 0.1, **bad)
 

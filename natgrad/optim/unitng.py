@@ -148,7 +148,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             raise InputError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
         check_likelihood(likelihood)
         for key, value, ok, need in (
-            ("refresh_every", refresh_every, lambda v: isinstance(v, int) and v >= 1,
+            ("refresh_every", refresh_every, lambda v: is_integer(v) and v >= 1,
              "a positive integer"),
             ("ema", ema, lambda v: is_finite_number(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
             ("rel_damping", rel_damping, lambda v: is_finite_number(v) and v >= 0,
