@@ -271,11 +271,13 @@ def annotate(results: Path, counts: pd.DataFrame, out: Path | None = None) -> li
         _note(path, folder, out, rows)
         written.append(path)
     for folder, parts in above.items():
-        rows = pd.concat(parts)
+        own = counts[counts["record"] == folder.relative_to(results).as_posix()]
+        rows = pd.concat([own, *parts])  # a record's own README counts the records under it too
         if set(rows["written_with"]) != {"bootstrap"}:
             continue
         _note(folder / "README.md", folder, out, rows)
-        written.append(folder / "README.md")
+        if folder / "README.md" not in written:
+            written.append(folder / "README.md")
     return written
 
 

@@ -205,6 +205,25 @@ def test_the_ci_amendment_of_the_committed_records_rebuilds(tmp_path, monkeypatc
     assert text.replace(os.path.relpath(RESULTS, tmp_path / "compare_mnist"), "..") == readme
 
 
+def test_a_record_whose_readme_also_reports_records_under_it_gets_one_note_over_all(
+    tmp_path, monkeypatch
+):
+    """A record with a README of its own that also reports README-less records in folders
+    under it gets one note, counting its own comparisons and theirs, and is listed once."""
+    monkeypatch.syspath_prepend(str(RESULTS.parents[1] / "analysis"))
+    m = __import__("ci_amendment")
+    (tmp_path / "top" / "sub").mkdir(parents=True)
+    (tmp_path / "top" / "README.md").write_text("# Top\n\ntext\n", encoding="utf-8")
+    (tmp_path / "top" / "sub" / "answer.md").write_text("# Sub\n", encoding="utf-8")
+    counts = pd.DataFrame({"record": ["top", "top/sub"], "written_with": ["bootstrap"] * 2,
+                           "comparisons": [10, 5], "moved": [1, 2], "primary_moved": [0, 1]})  # fmt: skip
+    written = m.annotate(tmp_path, counts)
+    assert written == [tmp_path / "top" / "README.md", tmp_path / "top" / "sub" / "answer.md"]
+    text = (tmp_path / "top" / "README.md").read_text(encoding="utf-8")
+    assert text.count(m.MARK) == 1 and "3 of its 15 paired comparisons" in text
+    assert "(1 of them declared primary)" in text and text.endswith("text\n")
+
+
 def test_the_mnist_fig2_mechanism_at_a_common_n_eff_rebuilds():
     """``neff_adjusted.csv`` (the post-hoc check declared in ``natgrad.studies.fig2``) is
     ``neff_adjusted_by_epoch`` of the committed per-layer medians (written to 6 significant
