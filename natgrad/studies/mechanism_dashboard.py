@@ -29,6 +29,26 @@ Declared before its runs (committed then in ``analysis/mechanism_dashboard.py``;
   that family (5 seeds cannot give p below 0.0625). Amended after the record: natgrad's CIs of
   means are now Student t (BCa covers about 84 % at 5 seeds, ``bench/ci_coverage.py``); the
   committed record keeps its BCa CIs, and ``analysis/ci_amendment.py`` lists what t moves.
+
+Confirmatory run of ρ(plain) (declared 2026-12-07, committed before its runs):
+
+- **Why.** The paper's mechanism says ELU brings the plain gradient nearer the unit natural
+  gradient. In the record above (``paper_figures/results/mechanism_dashboard_mnist``, 5 seeds,
+  descriptive) ELU − ReLU in ρ(plain) at epoch 3 was +0.00005 [−0.056, +0.055] without
+  normalisation, and positive on every seed with centring (+0.067), batch norm (+0.072) and
+  layer norm (+0.13); 5 seeds cannot test that (p ≥ 0.0625).
+- **Design:** the arms ELU and ReLU under each normalisation (none, centring, batch norm, layer
+  norm: 8 arms), trained as above (``config``), on 10 *new* seeds, 5–14
+  (:data:`CONFIRM_SEEDS`); the measures above at epoch 3 only (:data:`CONFIRM_CHECKPOINTS`).
+- **Primary endpoints:** ELU − ReLU in the median unit's jackknifed ρ(plain) at epoch 3, one
+  per normalisation (4), paired by seed, exact two-sided sign-flip test, Holm over the four
+  (the smallest reachable Holm p is 4·2/2¹⁰ = 0.0078), 95 % t CIs. A difference is resolved
+  where its Holm p is < 0.05 and its CI excludes 0: "ELU nearer" above 0, "ReLU nearer" below.
+- **Secondary, descriptive:** the other measures (|mean activation|, bias-shift error, |k|,
+  off-block share, top eigenvalue), ELU − ReLU per normalisation at epoch 3 with t CIs, Holm
+  within that family; the share of estimable units beside them.
+- **Record:** ``paper_figures/results/mechanism_dashboard_mnist_confirm``, its text written by
+  ``analysis/mechanism_dashboard.py`` from the tables.
 """
 
 from __future__ import annotations
@@ -49,8 +69,15 @@ METRICS = {  # column: (label, better when)
 }
 
 
-def arms() -> tuple[str, ...]:
-    return tuple(f"{u}-{n}" if n != "none" else u for n in NORMS for u in UNITS)
+CONFIRM_SEEDS = range(5, 15)
+"""The confirmatory run's seeds: 10 new ones, none of the record's 0–4."""
+CONFIRM_UNITS = ("elu", "relu")
+CONFIRM_CHECKPOINTS = (EPOCHS,)
+CONFIRM_PRIMARY = "rho_plain_jk"
+
+
+def arms(units=UNITS) -> tuple[str, ...]:
+    return tuple(f"{u}-{n}" if n != "none" else u for n in NORMS for u in units)
 
 
 def split_arm(arm: str) -> tuple[str, str]:
@@ -70,8 +97,11 @@ def config(arm: str, seed: int):
     )  # fmt: skip
 
 
-def study(seeds: int = SEEDS):
-    """The declared runs as a :class:`~natgrad.analysis.study.Study`."""
+def study(seeds: int | range = SEEDS, units=UNITS):
+    """The declared runs as a :class:`~natgrad.analysis.study.Study`: seeds ``0..seeds-1`` of
+    every arm (the record), or a ``range`` of seeds of the arms of ``units``
+    (:data:`CONFIRM_SEEDS`, :data:`CONFIRM_UNITS`: the confirmatory run)."""
     from natgrad.analysis.study import Study
 
-    return Study("mechanism dashboard", arms(), range(seeds), config)
+    return Study("mechanism dashboard", arms(units),
+                 range(seeds) if isinstance(seeds, int) else seeds, config)  # fmt: skip
