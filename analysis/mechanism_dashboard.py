@@ -4,6 +4,11 @@ The declaration is :mod:`natgrad.studies.mechanism_dashboard` (committed before 
 
     python analysis/mechanism_dashboard.py [--runs runs/mechanism_dashboard] [--workers 2]
         [--record paper_figures/results/mechanism_dashboard_mnist]
+
+The declared confirmatory run of ρ(plain) (ELU and ReLU, 10 new seeds 5–14, epoch 3):
+
+    python analysis/mechanism_dashboard.py --confirm --runs runs/mechanism_dashboard_confirm
+        --record paper_figures/results/mechanism_dashboard_mnist_confirm
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration, re-exported)
     BATCH,
     CHECKPOINTS,
+    CONFIRM_CHECKPOINTS,
+    CONFIRM_PRIMARY,
+    CONFIRM_SEEDS,
+    CONFIRM_UNITS,
     DEPTH,
     EPOCHS,
     GRAM_PROBE,
@@ -78,8 +87,9 @@ def measure(job) -> dict:
     )  # fmt: skip
 
 
-def measure_all(runs, workers: int, cache: Path):
-    """Every (run, epoch), from ``cache`` (a CSV of finished rows) where present."""
+def measure_all(runs, workers: int, cache: Path, checkpoints=CHECKPOINTS):
+    """Every (run, epoch of ``checkpoints``), from ``cache`` (a CSV of finished rows) where
+    present."""
     import multiprocessing as mp
 
     import pandas as pd
@@ -88,7 +98,7 @@ def measure_all(runs, workers: int, cache: Path):
 
     done = read_csv(cache) if cache.is_file() else pd.DataFrame()
     have = set(zip(done["arm"], done["seed"], done["epoch"], strict=True)) if len(done) else set()
-    jobs = [(r.path, r.arm, r.seed, e, UNIT_PROBE, GRAM_PROBE) for r in runs for e in CHECKPOINTS
+    jobs = [(r.path, r.arm, r.seed, e, UNIT_PROBE, GRAM_PROBE) for r in runs for e in checkpoints
             if (r.arm, r.seed, e) not in have]  # fmt: skip
     rows = [done] if len(done) else []
     with mp.get_context("spawn").Pool(workers) as pool:
@@ -101,9 +111,10 @@ def measure_all(runs, workers: int, cache: Path):
     return table.sort_values(["norm", "unit", "seed", "epoch"], ignore_index=True)
 
 
-def summarise(table):
+def summarise(table, confirm: bool = False):
     """Mean and CI (``stats.mean_ci``) per (arm, epoch, measure); ELU − ReLU per normalisation at the last
-    epoch, paired by seed, Holm over the family."""
+    epoch, paired by seed, Holm over the family (with ``confirm``, the declared confirmatory
+    families: ``primary``, ρ(plain) under the four normalisations; ``secondary``, the rest)."""
     import pandas as pd
 
     from natgrad.analysis.endpoints import Endpoint, evaluate
@@ -121,7 +132,13 @@ def summarise(table):
     summary = pd.DataFrame(rows)
     last = table[table["epoch"] == CHECKPOINTS[-1]]
     arm_of = dict(zip(map(split_arm, arms()), arms(), strict=True))  # (unit, norm) -> arm
-    eps = [Endpoint(m, arm_of["elu", norm], arm_of["relu", norm], family="elu_vs_relu")
+
+    def family(m: str) -> str:
+        if not confirm:
+            return "elu_vs_relu"
+        return "primary" if m == CONFIRM_PRIMARY else "secondary"
+
+    eps = [Endpoint(m, arm_of["elu", norm], arm_of["relu", norm], family=family(m))
            for norm in NORMS for m in METRICS]  # fmt: skip
     t = evaluate(last, eps, group="arm")
     paired = t.assign(norm=[split_arm(a)[1] for a in t["reference"]], epoch=CHECKPOINTS[-1],
@@ -182,27 +199,33 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--record", type=Path, default=None)
+    parser.add_argument("--confirm", action="store_true",
+                        help="the declared confirmatory run (ELU, ReLU; seeds 5-14; epoch 3)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    s = study(args.seeds)
+    s = study(CONFIRM_SEEDS, CONFIRM_UNITS) if args.confirm else study(args.seeds)
     diverged = s.train(args.runs, workers=args.workers)
     if diverged:
         print(f"diverged: {sorted(diverged)}", file=sys.stderr)
         return 1
     t_train = time.perf_counter() - t0
-    table = measure_all(s.plan(args.runs), args.workers, args.runs / "dashboard_cache.csv")
+    checkpoints = CONFIRM_CHECKPOINTS if args.confirm else CHECKPOINTS
+    table = measure_all(s.plan(args.runs), args.workers, args.runs / "dashboard_cache.csv",
+                        checkpoints)  # fmt: skip
     t_measure = time.perf_counter() - t0 - t_train
-    summary, paired = summarise(table)
+    summary, paired = summarise(table, confirm=args.confirm)
     print(paired.round(4).to_string(index=False))
     if args.record:
         from natgrad.analysis.record import record_tables
 
         record_tables(args.record, {"dashboard": table, "summary": summary, "elu_vs_relu": paired},
                       argv=argv, script="analysis/mechanism_dashboard.py", train_seconds=t_train,
-                      measure_seconds=t_measure, seeds=args.seeds,
+                      measure_seconds=t_measure, seeds=len(s.seeds),
+                      seed_range=[min(s.seeds), max(s.seeds)],
                       device=f"cpu, {args.workers} worker process(es) of one torch thread")  # fmt: skip
-        figure(summary, args.record)
+        if not args.confirm:  # the figure draws the measures over epochs
+            figure(summary, args.record)
     return 0
 
 
