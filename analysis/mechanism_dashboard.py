@@ -191,6 +191,106 @@ def figure(summary, out: Path) -> Path:
     return path
 
 
+EXPLORATORY = (Path(__file__).resolve().parents[1]
+               / "paper_figures/results/mechanism_dashboard_mnist")  # fmt: skip
+NORM_NAMES = {"none": "none", "centred": "centring", "bn": "batch norm", "ln": "layer norm"}
+
+
+def _ci(d: float, lo: float, hi: float) -> str:
+    return f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (a record's own name)."""
+    root = Path(__file__).resolve().parents[1]
+    path = Path(path).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+
+def confirm_readme(record: Path) -> str:
+    """The confirmatory record's README, every number read from its own tables (and, for the
+    side-by-side column, the exploratory record's ``elu_vs_relu.csv``); each primary endpoint
+    read by the declared rule (Holm p < 0.05 and the CI excluding 0)."""
+    import json
+
+    import pandas as pd
+
+    from natgrad.analysis.csvtables import read_csv
+
+    meta = json.loads((record / "run.json").read_text())
+    table = read_csv(record / "dashboard.csv")
+    paired = read_csv(record / "elu_vs_relu.csv")
+    old = pd.read_csv(EXPLORATORY / "elu_vs_relu.csv").set_index(["norm", "metric"])
+    first, last = meta["seed_range"]
+    n, how = int(paired["seeds"].max()), str(paired["ci_method"].iloc[0])
+    label = {m: lab.replace("\n", " ").replace("|", "\\|") for m, (lab, _) in METRICS.items()}
+    lines = [
+        "# Mechanism dashboard, confirmatory run: is ELU's plain gradient nearer the unit "
+        "natural gradient than ReLU's?", "",
+        f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
+        f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s measuring "
+        f"(wall) on {meta['device']}. This README is written from the tables by "
+        f"`python analysis/mechanism_dashboard.py --readme {_rel(record)}` "
+        "(`tests/test_study.py` checks that it still is).",
+        "- **Declared before its runs** in `natgrad/studies/mechanism_dashboard.py` "
+        '("Confirmatory run of ρ(plain)"): ELU and ReLU under no normalisation, centring, '
+        f"batch norm and layer norm, trained as in the exploratory record "
+        "([mechanism_dashboard_mnist](../mechanism_dashboard_mnist/README.md)): `mnist-fc` "
+        f"{DEPTH}×{WIDTH} on MNIST, SGD lr {LR:g}, batch {BATCH}, {EPOCHS} epochs, on seeds "
+        f"{first}–{last}, none of which that record used. At epoch {EPOCHS}: exact unit Fishers "
+        f"of the layers fed by hidden units ({', '.join(LAYERS)}) on {UNIT_PROBE:,} validation "
+        f"images, λ = {MEASURE_DAMPING:g}, g the training set's mean gradient; per run the "
+        "median unit's jackknifed ρ(plain). Tables: `dashboard.csv` (per run), `summary.csv` "
+        "(per arm), `elu_vs_relu.csv` (paired).", "",
+        f"## Primary endpoints: ELU − ReLU in ρ(plain) at epoch {EPOCHS}, paired by seed", "",
+        f"Exact two-sided sign-flip p, Holm over the four; {how} 95 % CIs over {n} seeds. The "
+        "declared rule: resolved where the Holm p is < 0.05 and the CI excludes 0.", "",
+        "| normalisation | ELU − ReLU [95 % CI] | seeds ELU ahead | p | Holm p | reading | "
+        "ρ(plain) of ELU, ReLU (mean) | estimable units, ELU / ReLU | exploratory (seeds 0–4, BCa) |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    at = table[table["epoch"] == EPOCHS]
+    readings: dict[str, list[str]] = {}
+    for r in paired[paired["metric"] == CONFIRM_PRIMARY].to_dict("records"):
+        norm = r["norm"]
+        arm_e, arm_r = (f"{u}-{norm}" if norm != "none" else u for u in ("elu", "relu"))
+        e = at[at["arm"] == arm_e].set_index("seed")
+        u = at[at["arm"] == arm_r].set_index("seed")
+        ahead = int((e[CONFIRM_PRIMARY] > u[CONFIRM_PRIMARY]).sum())
+        ok = r["p_holm"] < 0.05
+        said = ("ELU nearer" if ok and r["lo"] > 0 else "ReLU nearer" if ok and r["hi"] < 0
+                else "not resolved")  # fmt: skip
+        readings.setdefault(said, []).append(NORM_NAMES[norm])
+        x = old.loc[(norm, CONFIRM_PRIMARY)]
+        lines.append(f"| {NORM_NAMES[norm]} | {_ci(r['diff'], r['lo'], r['hi'])} | {ahead} of "
+                     f"{len(e)} | {r['p']:.3g} | {r['p_holm']:.3g} | {said} | "
+                     f"{e[CONFIRM_PRIMARY].mean():.3f}, {u[CONFIRM_PRIMARY].mean():.3f} | "
+                     f"{e['estimable'].mean():.0%} / {u['estimable'].mean():.0%} | "
+                     f"{_ci(x['diff'], x['lo'], x['hi'])} |")  # fmt: skip
+    said = "; ".join(f"{k}: {', '.join(readings[k])}"
+                     for k in ("ELU nearer", "ReLU nearer", "not resolved") if k in readings)  # fmt: skip
+    lines += ["", f"**Reading** ({said}). ρ(plain) is the Fisher efficiency of the plain step "
+              "in each unit's own metric F_λ: higher is nearer the unit natural gradient. A "
+              "normalisation where it is not resolved is not evidence of no difference; read the "
+              "size from the CI.", "",
+              f"## Secondary (descriptive): ELU − ReLU at epoch {EPOCHS}, Holm within the family",
+              "", "| measure | " + " | ".join(NORM_NAMES[k] for k in NORMS) + " |",
+              "| --- |" + " --- |" * len(NORMS)]  # fmt: skip
+    sec = paired[paired["metric"] != CONFIRM_PRIMARY].set_index(["metric", "norm"])
+    for m in METRICS:
+        if m == CONFIRM_PRIMARY:
+            continue
+        cells = [f"{_ci(*sec.loc[(m, k), ['diff', 'lo', 'hi']])} (Holm p "
+                 f"{sec.loc[(m, k), 'p_holm']:.2g})" for k in NORMS]  # fmt: skip
+        lines.append(f"| {label[m]} | " + " | ".join(cells) + " |")
+    lines += ["", "## Limits", "",
+              f"One net ({DEPTH} × {WIDTH}), one data set, one rate, {EPOCHS} epochs, one damping "
+              f"(λ = {MEASURE_DAMPING:g}); ρ is a median over units of blocks estimated on "
+              f"{UNIT_PROBE:,} images (the estimable share is in the table). Whether a nearer "
+              "plain gradient makes training faster is not tested here.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
 def run(argv: list[str] | None = None) -> int:
     import torch
 
@@ -201,7 +301,12 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", type=Path, default=None)
     parser.add_argument("--confirm", action="store_true",
                         help="the declared confirmatory run (ELU, ReLU; seeds 5-14; epoch 3)")  # fmt: skip
+    parser.add_argument("--readme", type=Path, default=None, metavar="RECORD",
+                        help="only (re)write a confirmatory record's README.md from its tables")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.readme:
+        (args.readme / "README.md").write_text(confirm_readme(args.readme), encoding="utf-8")
+        return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     s = study(CONFIRM_SEEDS, CONFIRM_UNITS) if args.confirm else study(args.seeds)
@@ -226,6 +331,8 @@ def run(argv: list[str] | None = None) -> int:
                       device=f"cpu, {args.workers} worker process(es) of one torch thread")  # fmt: skip
         if not args.confirm:  # the figure draws the measures over epochs
             figure(summary, args.record)
+        else:
+            (args.record / "README.md").write_text(confirm_readme(args.record), encoding="utf-8")
     return 0
 
 
