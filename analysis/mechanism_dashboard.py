@@ -251,6 +251,7 @@ def confirm_readme(record: Path) -> str:
     ]  # fmt: skip
     at = table[table["epoch"] == EPOCHS]
     readings: dict[str, list[str]] = {}
+    uneven = []  # normalisations whose two arms rest on different shares of estimable blocks
     for r in paired[paired["metric"] == CONFIRM_PRIMARY].to_dict("records"):
         norm = r["norm"]
         arm_e, arm_r = (f"{u}-{norm}" if norm != "none" else u for u in ("elu", "relu"))
@@ -261,6 +262,9 @@ def confirm_readme(record: Path) -> str:
         said = ("ELU nearer" if ok and r["lo"] > 0 else "ReLU nearer" if ok and r["hi"] < 0
                 else "not resolved")  # fmt: skip
         readings.setdefault(said, []).append(NORM_NAMES[norm])
+        if abs(e["estimable"].mean() - u["estimable"].mean()) > 0.05:
+            uneven.append(f"{NORM_NAMES[norm]} ({e['estimable'].mean():.0%} of ELU's units, "
+                          f"{u['estimable'].mean():.0%} of ReLU's)")  # fmt: skip
         x = old.loc[(norm, CONFIRM_PRIMARY)]
         lines.append(f"| {NORM_NAMES[norm]} | {_ci(r['diff'], r['lo'], r['hi'])} | {ahead} of "
                      f"{len(e)} | {r['p']:.3g} | {r['p_holm']:.3g} | {said} | "
@@ -272,7 +276,11 @@ def confirm_readme(record: Path) -> str:
     lines += ["", f"**Reading** ({said}). ρ(plain) is the Fisher efficiency of the plain step "
               "in each unit's own metric F_λ: higher is nearer the unit natural gradient. A "
               "normalisation where it is not resolved is not evidence of no difference; read the "
-              "size from the CI.", "",
+              "size from the CI." + (
+                  " Caveat: the two arms' blocks are not equally often estimable (n_eff ≥ 2(d+1)) "
+                  f"under {'; '.join(uneven)}; ρ is a median over live units, estimable or not, "
+                  "as declared, so part of such a difference may follow n_eff rather than the "
+                  "mechanism." if uneven else ""), "",
               f"## Secondary (descriptive): ELU − ReLU at epoch {EPOCHS}, Holm within the family",
               "", "| measure | " + " | ".join(NORM_NAMES[k] for k in NORMS) + " |",
               "| --- |" + " --- |" * len(NORMS)]  # fmt: skip

@@ -559,6 +559,44 @@ def test_the_direction_audits_confirmatory_readme_is_its_tables_read_by_the_decl
     assert "opposite sign: ReLU against EKFAC" in text
 
 
+def test_the_dashboards_confirmatory_record_rebuilds_and_reads_by_the_declared_rule(tmp_path,
+                                                                                   monkeypatch):  # fmt: skip
+    """The confirmatory dashboard record: its summary and paired tables rebuild exactly from its
+    per-run measures, with the declared families (primary: ρ(plain) under the four
+    normalisations; secondary: the rest); its README is what ``confirm_readme`` writes from
+    them; and the reading follows the declared rule (an endpoint whose Holm p is raised past
+    0.05 is no longer resolved, one with its CI below 0 reads "ReLU nearer")."""
+    import shutil
+
+    from natgrad.analysis.csvtables import read_csv, write_csv
+
+    m = _script("mechanism_dashboard", monkeypatch)
+    src = ROOT / "paper_figures/results/mechanism_dashboard_mnist_confirm"
+    with stats.mean_ci_method(stats.recorded_mean_ci(src)):
+        summary, paired = m.summarise(read_csv(src / "dashboard.csv"), confirm=True)
+    for name, new in (("summary", summary), ("elu_vs_relu", paired)):
+        pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{name}.csv"),
+                                      check_exact=True, check_dtype=False, obj=name)  # fmt: skip
+    assert set(paired["p_holm"][paired["metric"] == "rho_plain_jk"]) == set(
+        stats.holm(paired["p"][paired["metric"] == "rho_plain_jk"].to_numpy())
+    )
+    assert (src / "README.md").read_text(encoding="utf-8") == m.confirm_readme(src)
+    for name in ("dashboard.csv", "dashboard.csv.sha256", "run.json"):
+        shutil.copy(src / name, tmp_path / name)
+    rows = read_csv(src / "elu_vs_relu.csv")
+    primary = rows.index[rows["metric"] == "rho_plain_jk"]
+    rows.loc[primary, "p_holm"] = 0.01
+    rows.loc[primary, ["diff", "lo", "hi"]] = [0.1, 0.05, 0.15]
+    rows.loc[primary[0], "p_holm"] = 0.06  # none: no longer resolved
+    rows.loc[primary[1], ["diff", "lo", "hi"]] = [-0.1, -0.15, -0.05]  # centring: ReLU nearer
+    write_csv(rows, tmp_path / "elu_vs_relu.csv")
+    text = m.confirm_readme(tmp_path)
+    assert (
+        "**Reading** (ELU nearer: batch norm, layer norm; ReLU nearer: centring; not "
+        "resolved: none)"
+    ) in text
+
+
 @pytest.mark.parametrize("record", ["main", "standardised"])
 def test_the_fair_comparisons_primary_endpoints_rebuild(record, monkeypatch):
     """``compare_mnist/<record>/primary.csv`` (issue 22's declared endpoints) rebuilt from its
