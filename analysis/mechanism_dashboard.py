@@ -277,10 +277,14 @@ def confirm_readme(record: Path) -> str:
               "in each unit's own metric F_λ: higher is nearer the unit natural gradient. A "
               "normalisation where it is not resolved is not evidence of no difference; read the "
               "size from the CI." + (
-                  " Caveat: the two arms' blocks are not equally often estimable (n_eff ≥ 2(d+1)) "
-                  f"under {'; '.join(uneven)}; ρ is a median over live units, estimable or not, "
-                  "as declared, so part of such a difference may follow n_eff rather than the "
-                  "mechanism." if uneven else ""), "",
+                  " Caveat (added to the writer after the results were seen): the two arms' "
+                  "units are not equally often estimable (n_eff ≥ 2(d+1)) under "
+                  f"{'; '.join(uneven)}. That share counts dead units, which have no ρ and are "
+                  "left out of the median, as not estimable, so it mixes two things: which units "
+                  "the median is over, and live units whose blocks rest on too few effective "
+                  "inputs. ρ is a median over live units, estimable or not, as declared, so part "
+                  "of such a difference may follow either rather than the mechanism; equal "
+                  "shares make that less likely, not impossible." if uneven else ""), "",
               f"## Secondary (descriptive): ELU − ReLU at epoch {EPOCHS}, Holm within the family",
               "", "| measure | " + " | ".join(NORM_NAMES[k] for k in NORMS) + " |",
               "| --- |" + " --- |" * len(NORMS)]  # fmt: skip
@@ -335,7 +339,7 @@ def run(argv: list[str] | None = None) -> int:
         record_tables(args.record, {"dashboard": table, "summary": summary, "elu_vs_relu": paired},
                       argv=argv, script="analysis/mechanism_dashboard.py", train_seconds=t_train,
                       measure_seconds=t_measure, seeds=len(s.seeds),
-                      seed_range=[min(s.seeds), max(s.seeds)],
+                      **({"seed_range": [min(s.seeds), max(s.seeds)]} if args.confirm else {}),
                       device=f"cpu, {args.workers} worker process(es) of one torch thread")  # fmt: skip
         if not args.confirm:  # the figure draws the measures over epochs
             figure(summary, args.record)

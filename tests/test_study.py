@@ -76,6 +76,8 @@ def test_bad_declarations():
     ("direction_audit", lambda m: m.study(5)),
     ("fig2", lambda m: m.study(300, None, "mnist")),
     ("mechanism_dashboard", lambda m: m.study(5)),
+    ("mechanism_dashboard", lambda m: m.study(m.CONFIRM_SEEDS, m.CONFIRM_UNITS)),
+    ("direction_audit", lambda m: m.study(m.CONFIRM_SEEDS)),
     ("fair_compare", lambda m: m.study()),
 ])  # fmt: skip
 def test_the_studies_are_declarations_in_natgrad_studies(name, build):
@@ -561,25 +563,35 @@ def test_the_direction_audits_confirmatory_readme_is_its_tables_read_by_the_decl
 
 def test_the_dashboards_confirmatory_record_rebuilds_and_reads_by_the_declared_rule(tmp_path,
                                                                                    monkeypatch):  # fmt: skip
-    """The confirmatory dashboard record: its summary and paired tables rebuild exactly from its
-    per-run measures, with the declared families (primary: ρ(plain) under the four
-    normalisations; secondary: the rest); its README is what ``confirm_readme`` writes from
-    them; and the reading follows the declared rule (an endpoint whose Holm p is raised past
-    0.05 is no longer resolved, one with its CI below 0 reads "ReLU nearer")."""
+    """The confirmatory dashboard record holds the declared runs (seeds 5–14, ELU and ReLU
+    under the four normalisations, epoch 3) and nothing else; its summary and paired tables
+    rebuild exactly from its per-run measures, with Holm within each declared family alone
+    (primary: ρ(plain) under the four normalisations; secondary: the rest); its README is what
+    ``confirm_readme`` writes from them; and the reading follows the declared rule (Holm p
+    < 0.05 and a CI that excludes 0), with the estimability caveat naming only the
+    normalisations whose shares differ."""
     import shutil
+
+    import numpy as np
 
     from natgrad.analysis.csvtables import read_csv, write_csv
 
     m = _script("mechanism_dashboard", monkeypatch)
     src = ROOT / "paper_figures/results/mechanism_dashboard_mnist_confirm"
+    table = read_csv(src / "dashboard.csv")  # the declared runs, and only those
+    assert set(table["seed"]) == set(m.CONFIRM_SEEDS)
+    assert set(table["arm"]) == set(m.arms(m.CONFIRM_UNITS))
+    assert set(table["epoch"]) == set(m.CONFIRM_CHECKPOINTS)
+    assert len(table) == len(m.CONFIRM_SEEDS) * len(m.arms(m.CONFIRM_UNITS))
     with stats.mean_ci_method(stats.recorded_mean_ci(src)):
-        summary, paired = m.summarise(read_csv(src / "dashboard.csv"), confirm=True)
+        summary, paired = m.summarise(table, confirm=True)
     for name, new in (("summary", summary), ("elu_vs_relu", paired)):
         pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{name}.csv"),
                                       check_exact=True, check_dtype=False, obj=name)  # fmt: skip
-    assert set(paired["p_holm"][paired["metric"] == "rho_plain_jk"]) == set(
-        stats.holm(paired["p"][paired["metric"] == "rho_plain_jk"].to_numpy())
-    )
+    assert (paired["ci_method"] == "t").all()
+    for family in (paired["metric"] == "rho_plain_jk", paired["metric"] != "rho_plain_jk"):
+        np.testing.assert_array_equal(paired["p_holm"][family].to_numpy(),  # each family alone
+                                      stats.holm(paired["p"][family].to_numpy()))  # fmt: skip
     assert (src / "README.md").read_text(encoding="utf-8") == m.confirm_readme(src)
     for name in ("dashboard.csv", "dashboard.csv.sha256", "run.json"):
         shutil.copy(src / name, tmp_path / name)
@@ -589,12 +601,13 @@ def test_the_dashboards_confirmatory_record_rebuilds_and_reads_by_the_declared_r
     rows.loc[primary, ["diff", "lo", "hi"]] = [0.1, 0.05, 0.15]
     rows.loc[primary[0], "p_holm"] = 0.06  # none: no longer resolved
     rows.loc[primary[1], ["diff", "lo", "hi"]] = [-0.1, -0.15, -0.05]  # centring: ReLU nearer
+    rows.loc[primary[3], "lo"] = -0.01  # layer norm: Holm p < 0.05, but the CI holds 0
     write_csv(rows, tmp_path / "elu_vs_relu.csv")
     text = m.confirm_readme(tmp_path)
-    assert (
-        "**Reading** (ELU nearer: batch norm, layer norm; ReLU nearer: centring; not "
-        "resolved: none)"
-    ) in text
+    assert ("**Reading** (ELU nearer: batch norm; ReLU nearer: centring; not resolved: none, "
+            "layer norm)") in text  # fmt: skip
+    assert "under none (100% of ELU's units, 81% of ReLU's); centring" in text  # the caveat
+    assert "batch norm (100%" not in text  # equal shares are not named
 
 
 @pytest.mark.parametrize("record", ["main", "standardised"])
