@@ -124,13 +124,6 @@ def _ci(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]"
 
 
-def _rel(path: Path) -> str:
-    """``path`` relative to the repository where it lies inside it (a record's own name)."""
-    root = Path(__file__).resolve().parents[1]
-    path = Path(path).resolve()
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
-
-
 def confirm_readme(record: Path) -> str:
     """The confirmatory record's README, every number read from its own tables (and, for the
     side-by-side column, the exploratory record's ``primary.csv``); the verdict per endpoint is
@@ -140,10 +133,12 @@ def confirm_readme(record: Path) -> str:
     import pandas as pd
 
     from natgrad.analysis.csvtables import read_csv
+    from natgrad.analysis.record import record_name
     from natgrad.analysis.stats import mean_ci
     from natgrad.units import unit_type_label
 
     meta = json.loads((record / "run.json").read_text())
+    name = record_name(record, Path(__file__).resolve().parents[1])
     primary, summary = read_csv(record / "primary.csv"), read_csv(record / "summary.csv")
     table = read_csv(record / "directions.csv")
     old = pd.read_csv(EXPLORATORY / "primary.csv").set_index(["unit_type", "other"])
@@ -155,7 +150,7 @@ def confirm_readme(record: Path) -> str:
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['wall_seconds']:.0f} s of wall time ({meta['train_seconds']:.0f} s training) "
         f"on {meta['device']}. This README is written from the tables by "
-        f"`python analysis/direction_audit.py --readme {_rel(record)}` "
+        f"`python analysis/direction_audit.py --readme {name}` "
         "(`tests/test_study.py` checks that it still is).",
         "- **Declared before its runs** in `natgrad/studies/direction_audit.py` "
         '("Confirmatory run"): the design of the exploratory record '

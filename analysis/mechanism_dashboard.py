@@ -200,13 +200,6 @@ def _ci(d: float, lo: float, hi: float) -> str:
     return f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
 
 
-def _rel(path: Path) -> str:
-    """``path`` relative to the repository where it lies inside it (a record's own name)."""
-    root = Path(__file__).resolve().parents[1]
-    path = Path(path).resolve()
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
-
-
 def confirm_readme(record: Path) -> str:
     """The confirmatory record's README, every number read from its own tables (and, for the
     side-by-side column, the exploratory record's ``elu_vs_relu.csv``); each primary endpoint
@@ -216,8 +209,10 @@ def confirm_readme(record: Path) -> str:
     import pandas as pd
 
     from natgrad.analysis.csvtables import read_csv
+    from natgrad.analysis.record import record_name
 
     meta = json.loads((record / "run.json").read_text())
+    name = record_name(record, Path(__file__).resolve().parents[1])
     table = read_csv(record / "dashboard.csv")
     paired = read_csv(record / "elu_vs_relu.csv")
     old = pd.read_csv(EXPLORATORY / "elu_vs_relu.csv").set_index(["norm", "metric"])
@@ -230,7 +225,7 @@ def confirm_readme(record: Path) -> str:
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s measuring "
         f"(wall) on {meta['device']}. This README is written from the tables by "
-        f"`python analysis/mechanism_dashboard.py --readme {_rel(record)}` "
+        f"`python analysis/mechanism_dashboard.py --readme {name}` "
         "(`tests/test_study.py` checks that it still is).",
         "- **Declared before its runs** in `natgrad/studies/mechanism_dashboard.py` "
         '("Confirmatory run of ρ(plain)"): ELU and ReLU under no normalisation, centring, '

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["record_study", "record_tables", "run_provenance"]
+__all__ = ["record_name", "record_study", "record_tables", "run_provenance"]
 
 KEPT = ("summary", "comparison", "seeds", "seed_epochs", "sweep_seeds", "curves", "endpoints",
         "probe_sizes", "neff_adjusted")  # fmt: skip
@@ -126,6 +126,19 @@ def record_tables(dest: str | os.PathLike, tables: dict, *, argv, script: str, *
     write_json(dest / "run.json", dict(command=f"python {script} " + " ".join(args),
                                        commit=git_commit(), **meta))  # fmt: skip
     return dest
+
+
+def record_name(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """How a record's own text names its folder: ``path`` relative to ``root`` (the
+    repository) where it lies inside it, else the folder's name alone, never a machine's
+    absolute path.
+
+    Example:
+        >>> record_name("/repo/paper_figures/results/x", "/repo"), record_name("/tmp/x", "/repo")
+        ('paper_figures/results/x', 'x')
+    """
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
 
 
 def run_provenance(run_dirs) -> dict:
