@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad._atomic import write_text
 from natgrad.analysis.stats import mean_ci_name
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.direction_audit import (  # noqa: F401 (the declaration, re-exported)
@@ -134,7 +135,7 @@ def confirm_readme(record: Path) -> str:
 
     from natgrad.analysis.csvtables import read_csv
     from natgrad.analysis.record import record_name
-    from natgrad.analysis.stats import mean_ci
+    from natgrad.analysis.stats import ci_sign, mean_ci
     from natgrad.units import unit_type_label
 
     meta = json.loads((record / "run.json").read_text())
@@ -173,8 +174,8 @@ def confirm_readme(record: Path) -> str:
     rho = table[table["epoch"] == EPOCHS].pivot_table("rho_full", ["unit_type", "seed"], "method")
     verdicts: dict[str, list[str]] = {}
     for r in primary.to_dict("records"):
-        ok = r["p_holm"] < 0.05 and r["lo"] > 0
-        verdict = "confirmed" if ok else "opposite sign" if r["hi"] < 0 else "not confirmed"
+        sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0  # the declared rule
+        verdict = {1: "confirmed", -1: "opposite sign", 0: "not confirmed"}[sign]
         unit = unit_type_label(r["unit_type"], tex=False)
         verdicts.setdefault(verdict, []).append(f"{unit} against {NAMES[r['other']]}")
         u = rho.loc[r["unit_type"]]
@@ -236,7 +237,7 @@ def run(argv: list[str] | None = None) -> int:
                         help="only (re)write a confirmatory record's README.md from its tables")  # fmt: skip
     args = parser.parse_args(argv)
     if args.readme:
-        (args.readme / "README.md").write_text(confirm_readme(args.readme), encoding="utf-8")
+        write_text(args.readme / "README.md", confirm_readme(args.readme))
         return 0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -266,7 +267,7 @@ def run(argv: list[str] | None = None) -> int:
                                                                 max(r.seed for r in runs)])  # fmt: skip
         figure(summary, args.record)
         if args.confirm:
-            (args.record / "README.md").write_text(confirm_readme(args.record), encoding="utf-8")
+            write_text(args.record / "README.md", confirm_readme(args.record))
     return 0
 
 

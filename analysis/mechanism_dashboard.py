@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad._atomic import write_text
 from natgrad.analysis.stats import mean_ci_name
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration, re-exported)
@@ -210,6 +211,7 @@ def confirm_readme(record: Path) -> str:
 
     from natgrad.analysis.csvtables import read_csv
     from natgrad.analysis.record import record_name
+    from natgrad.analysis.stats import ci_sign
 
     meta = json.loads((record / "run.json").read_text())
     name = record_name(record, Path(__file__).resolve().parents[1])
@@ -253,9 +255,8 @@ def confirm_readme(record: Path) -> str:
         e = at[at["arm"] == arm_e].set_index("seed")
         u = at[at["arm"] == arm_r].set_index("seed")
         ahead = int((e[CONFIRM_PRIMARY] > u[CONFIRM_PRIMARY]).sum())
-        ok = r["p_holm"] < 0.05
-        said = ("ELU nearer" if ok and r["lo"] > 0 else "ReLU nearer" if ok and r["hi"] < 0
-                else "not resolved")  # fmt: skip
+        sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0  # the declared rule
+        said = {1: "ELU nearer", -1: "ReLU nearer", 0: "not resolved"}[sign]
         readings.setdefault(said, []).append(NORM_NAMES[norm])
         if abs(e["estimable"].mean() - u["estimable"].mean()) > 0.05:
             uneven.append(f"{NORM_NAMES[norm]} ({e['estimable'].mean():.0%} of ELU's units, "
@@ -312,7 +313,7 @@ def run(argv: list[str] | None = None) -> int:
                         help="only (re)write a confirmatory record's README.md from its tables")  # fmt: skip
     args = parser.parse_args(argv)
     if args.readme:
-        (args.readme / "README.md").write_text(confirm_readme(args.readme), encoding="utf-8")
+        write_text(args.readme / "README.md", confirm_readme(args.readme))
         return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -339,7 +340,7 @@ def run(argv: list[str] | None = None) -> int:
         if not args.confirm:  # the figure draws the measures over epochs
             figure(summary, args.record)
         else:
-            (args.record / "README.md").write_text(confirm_readme(args.record), encoding="utf-8")
+            write_text(args.record / "README.md", confirm_readme(args.record))
     return 0
 
 
