@@ -5,10 +5,14 @@ The declaration is :mod:`natgrad.studies.mechanism_dashboard` (committed before 
     python analysis/mechanism_dashboard.py [--runs runs/mechanism_dashboard] [--workers 2]
         [--record paper_figures/results/mechanism_dashboard_mnist]
 
-The declared confirmatory run of ρ(plain) (ELU and ReLU, 10 new seeds 5–14, epoch 3):
+The declared confirmatory runs of ρ(plain) (ELU and ReLU, epoch 3): over live units on 10 new
+seeds 5–14, and over estimable units only on 10 more, 15–24:
 
     python analysis/mechanism_dashboard.py --confirm --runs runs/mechanism_dashboard_confirm
         --record paper_figures/results/mechanism_dashboard_mnist_confirm
+    python analysis/mechanism_dashboard.py --confirm estimable
+        --runs runs/mechanism_dashboard_confirm_estimable
+        --record paper_figures/results/mechanism_dashboard_mnist_confirm_estimable
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration
     CONFIRM_PRIMARY,
     CONFIRM_SEEDS,
     CONFIRM_UNITS,
+    CONFIRMATIONS,
     DEPTH,
     EPOCHS,
     GRAM_PROBE,
@@ -80,6 +85,8 @@ def measure(job) -> dict:
         arm=arm, unit=unit, norm=norm, seed=seed, epoch=epoch,
         mean_act=mean_activations(model, x),
         rho_plain_jk=float(np.nanmedian(units["rho_plain_jk"])),
+        rho_plain_jk_est=(float(np.nanmedian(units.loc[est, "rho_plain_jk"])) if est.any()
+                          else float("nan")),  # fmt: skip
         shift_error_plain=float(np.nanmedian(units["shift_error_plain"])),
         abs_k=float(np.nanmedian(units.loc[est, "k"].abs())) if est.any() else float("nan"),
         estimable=float(est.mean()),
@@ -112,20 +119,23 @@ def measure_all(runs, workers: int, cache: Path, checkpoints=CHECKPOINTS):
     return table.sort_values(["norm", "unit", "seed", "epoch"], ignore_index=True)
 
 
-def summarise(table, confirm: bool = False):
+def summarise(table, confirm: str | None = None):
     """Mean and CI (``stats.mean_ci``) per (arm, epoch, measure); ELU − ReLU per normalisation at the last
-    epoch, paired by seed, Holm over the family (with ``confirm``, the declared confirmatory
-    families: ``primary``, ρ(plain) under the four normalisations; ``secondary``, the rest)."""
+    epoch, paired by seed, Holm over the family (with ``confirm``, a key of
+    :data:`CONFIRMATIONS`, its declared families: ``primary``, its primary measure under the four
+    normalisations; ``secondary``, the rest)."""
     import pandas as pd
 
     from natgrad.analysis.endpoints import Endpoint, evaluate
     from natgrad.analysis.stats import mean_ci
 
+    primary = CONFIRMATIONS[confirm].primary if confirm else None
+    metrics = tuple(METRICS) + ((primary,) if primary and primary not in METRICS else ())
     rows = []
     for (arm, epoch), sub in table.groupby(["arm", "epoch"], sort=False):
         row = dict(arm=arm, unit=sub["unit"].iloc[0], norm=sub["norm"].iloc[0], epoch=epoch,
                    seeds=len(sub))  # fmt: skip
-        for m in (*METRICS, "estimable", "top_eig_over_mean"):
+        for m in (*metrics, "estimable", "top_eig_over_mean"):
             lo, hi, how = mean_ci(sub[m].to_numpy())
             row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
         row["ci_method"] = how
@@ -137,10 +147,10 @@ def summarise(table, confirm: bool = False):
     def family(m: str) -> str:
         if not confirm:
             return "elu_vs_relu"
-        return "primary" if m == CONFIRM_PRIMARY else "secondary"
+        return "primary" if m == primary else "secondary"
 
     eps = [Endpoint(m, arm_of["elu", norm], arm_of["relu", norm], family=family(m))
-           for norm in NORMS for m in METRICS]  # fmt: skip
+           for norm in NORMS for m in metrics]  # fmt: skip
     t = evaluate(last, eps, group="arm")
     paired = t.assign(norm=[split_arm(a)[1] for a in t["reference"]], epoch=CHECKPOINTS[-1],
                       seeds=t["n"])[["norm", "metric", "epoch", "diff", "lo", "hi", "ci_method",
@@ -202,9 +212,10 @@ def _ci(d: float, lo: float, hi: float) -> str:
 
 
 def confirm_readme(record: Path) -> str:
-    """The confirmatory record's README, every number read from its own tables (and, for the
-    side-by-side column, the exploratory record's ``elu_vs_relu.csv``); each primary endpoint
-    read by the declared rule (Holm p < 0.05 and the CI excluding 0)."""
+    """A confirmatory record's README, every number read from its own tables (and, for the
+    side-by-side column of the first confirmation, the exploratory record's
+    ``elu_vs_relu.csv``); each primary endpoint read by the declared rule (Holm p < 0.05 and
+    the CI excluding 0)."""
     import json
 
     import pandas as pd
@@ -214,79 +225,101 @@ def confirm_readme(record: Path) -> str:
     from natgrad.analysis.stats import ci_sign
 
     meta = json.loads((record / "run.json").read_text())
+    key = meta.get("confirmation", "rho")  # the first confirmation's run.json predates the key
+    primary = CONFIRMATIONS[key].primary
     name = record_name(record, Path(__file__).resolve().parents[1])
     table = read_csv(record / "dashboard.csv")
     paired = read_csv(record / "elu_vs_relu.csv")
-    old = pd.read_csv(EXPLORATORY / "elu_vs_relu.csv").set_index(["norm", "metric"])
+    if key == "rho":  # beside it: the exploratory record's value
+        beside = pd.read_csv(EXPLORATORY / "elu_vs_relu.csv").set_index(["norm", "metric"])
+        beside_head, beside_metric = "exploratory (seeds 0–4, BCa)", primary
+    else:  # beside it: this run's median over all live units (its secondary)
+        beside = paired.set_index(["norm", "metric"])
+        beside_head, beside_metric = "all live units (this run)", CONFIRM_PRIMARY
     first, last = meta["seed_range"]
     n, how = int(paired["seeds"].max()), str(paired["ci_method"].iloc[0])
     label = {m: lab.replace("\n", " ").replace("|", "\\|") for m, (lab, _) in METRICS.items()}
+    over = " over estimable units only" if key == "estimable" else ""
     lines = [
-        "# Mechanism dashboard, confirmatory run: is ELU's plain gradient nearer the unit "
-        "natural gradient than ReLU's?", "",
+        "# Mechanism dashboard, confirmatory run" + (" over estimable units" if key == "estimable"
+        else "") + ": is ELU's plain gradient nearer the unit natural gradient than ReLU's?", "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s measuring "
         f"(wall) on {meta['device']}. This README is written from the tables by "
         f"`python analysis/mechanism_dashboard.py --readme {name}` "
         "(`tests/test_study.py` checks that it still is).",
         "- **Declared before its runs** in `natgrad/studies/mechanism_dashboard.py` "
-        '("Confirmatory run of ρ(plain)"): ELU and ReLU under no normalisation, centring, '
+        + ('("Confirmatory run of ρ(plain)")' if key == "rho" else
+           '("Confirmatory run of ρ(plain) over estimable units only", declared after the first '
+           "confirmation ([mechanism_dashboard_mnist_confirm](../mechanism_dashboard_mnist_confirm/"
+           "README.md)) had found fewer of ReLU's units estimable)")
+        + ": ELU and ReLU under no normalisation, centring, "
         f"batch norm and layer norm, trained as in the exploratory record "
         "([mechanism_dashboard_mnist](../mechanism_dashboard_mnist/README.md)): `mnist-fc` "
         f"{DEPTH}×{WIDTH} on MNIST, SGD lr {LR:g}, batch {BATCH}, {EPOCHS} epochs, on seeds "
-        f"{first}–{last}, none of which that record used. At epoch {EPOCHS}: exact unit Fishers "
-        f"of the layers fed by hidden units ({', '.join(LAYERS)}) on {UNIT_PROBE:,} validation "
-        f"images, λ = {MEASURE_DAMPING:g}, g the training set's mean gradient; per run the "
-        "median unit's jackknifed ρ(plain). Tables: `dashboard.csv` (per run), `summary.csv` "
+        f"{first}–{last}, none of which {'that' if key == 'rho' else 'an earlier'} record used. At epoch {EPOCHS}: exact unit "
+        f"Fishers of the layers fed by hidden units ({', '.join(LAYERS)}) on {UNIT_PROBE:,} "
+        f"validation images, λ = {MEASURE_DAMPING:g}, g the training set's mean gradient; per run "
+        f"{CONFIRMATIONS[key].what}" + (" (over the units with n_eff ≥ 2(d+1))"
+        if key == "estimable" else "") + ". Tables: `dashboard.csv` (per run), `summary.csv` "
         "(per arm), `elu_vs_relu.csv` (paired).", "",
-        f"## Primary endpoints: ELU − ReLU in ρ(plain) at epoch {EPOCHS}, paired by seed", "",
+        f"## Primary endpoints: ELU − ReLU in ρ(plain){over} at epoch {EPOCHS}, paired by seed",
+        "",
         f"Exact two-sided sign-flip p, Holm over the four; {how} 95 % CIs over {n} seeds. The "
         "declared rule: resolved where the Holm p is < 0.05 and the CI excludes 0.", "",
         "| normalisation | ELU − ReLU [95 % CI] | seeds ELU ahead | p | Holm p | reading | "
-        "ρ(plain) of ELU, ReLU (mean) | estimable units, ELU / ReLU | exploratory (seeds 0–4, BCa) |",
+        f"ρ(plain) of ELU, ReLU (mean) | estimable units, ELU / ReLU | {beside_head} |",
         "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
     ]  # fmt: skip
     at = table[table["epoch"] == EPOCHS]
     readings: dict[str, list[str]] = {}
     uneven = []  # normalisations whose two arms rest on different shares of estimable blocks
-    for r in paired[paired["metric"] == CONFIRM_PRIMARY].to_dict("records"):
+    for r in paired[paired["metric"] == primary].to_dict("records"):
         norm = r["norm"]
         arm_e, arm_r = (f"{u}-{norm}" if norm != "none" else u for u in ("elu", "relu"))
         e = at[at["arm"] == arm_e].set_index("seed")
         u = at[at["arm"] == arm_r].set_index("seed")
-        ahead = int((e[CONFIRM_PRIMARY] > u[CONFIRM_PRIMARY]).sum())
+        ahead = int((e[primary] > u[primary]).sum())
         sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0  # the declared rule
         said = {1: "ELU nearer", -1: "ReLU nearer", 0: "not resolved"}[sign]
         readings.setdefault(said, []).append(NORM_NAMES[norm])
         if abs(e["estimable"].mean() - u["estimable"].mean()) > 0.05:
             uneven.append(f"{NORM_NAMES[norm]} ({e['estimable'].mean():.0%} of ELU's units, "
                           f"{u['estimable'].mean():.0%} of ReLU's)")  # fmt: skip
-        x = old.loc[(norm, CONFIRM_PRIMARY)]
+        x = beside.loc[(norm, beside_metric)]
         lines.append(f"| {NORM_NAMES[norm]} | {_ci(r['diff'], r['lo'], r['hi'])} | {ahead} of "
-                     f"{len(e)} | {r['p']:.3g} | {r['p_holm']:.3g} | {said} | "
-                     f"{e[CONFIRM_PRIMARY].mean():.3f}, {u[CONFIRM_PRIMARY].mean():.3f} | "
+                     f"{int(r['seeds'])} | {r['p']:.3g} | {r['p_holm']:.3g} | {said} | "
+                     f"{e[primary].mean():.3f}, {u[primary].mean():.3f} | "
                      f"{e['estimable'].mean():.0%} / {u['estimable'].mean():.0%} | "
                      f"{_ci(x['diff'], x['lo'], x['hi'])} |")  # fmt: skip
     said = "; ".join(f"{k}: {', '.join(readings[k])}"
                      for k in ("ELU nearer", "ReLU nearer", "not resolved") if k in readings)  # fmt: skip
-    lines += ["", f"**Reading** ({said}). ρ(plain) is the Fisher efficiency of the plain step "
-              "in each unit's own metric F_λ: higher is nearer the unit natural gradient. A "
-              "normalisation where it is not resolved is not evidence of no difference; read the "
-              "size from the CI." + (
-                  " Caveat (added to the writer after the results were seen): the two arms' "
+    if key == "estimable":
+        caveat = (" Limit (declared before the run): the median is over each net's own estimable "
+                  "units, a selection that differs between the arms (shares in the table); a "
+                  "difference among estimable units is not a difference between the same units, "
+                  "and dead or thin units still shape the other units' inputs.")  # fmt: skip
+    elif uneven:
+        caveat = (" Caveat (added to the writer after the results were seen): the two arms' "
                   "units are not equally often estimable (n_eff ≥ 2(d+1)) under "
                   f"{'; '.join(uneven)}. That share counts dead units, which have no ρ and are "
                   "left out of the median, as not estimable, so it mixes two things: which units "
                   "the median is over, and live units whose blocks rest on too few effective "
                   "inputs. ρ is a median over live units, estimable or not, as declared, so part "
                   "of such a difference may follow either rather than the mechanism; equal "
-                  "shares make that less likely, not impossible." if uneven else ""), "",
+                  "shares make that less likely, not impossible.")  # fmt: skip
+    else:
+        caveat = ""
+    lines += ["", f"**Reading** ({said}). ρ(plain) is the Fisher efficiency of the plain step "
+              "in each unit's own metric F_λ: higher is nearer the unit natural gradient. A "
+              "normalisation where it is not resolved is not evidence of no difference; read the "
+              "size from the CI." + caveat, "",
               f"## Secondary (descriptive): ELU − ReLU at epoch {EPOCHS}, Holm within the family",
               "", "| measure | " + " | ".join(NORM_NAMES[k] for k in NORMS) + " |",
               "| --- |" + " --- |" * len(NORMS)]  # fmt: skip
-    sec = paired[paired["metric"] != CONFIRM_PRIMARY].set_index(["metric", "norm"])
+    sec = paired[paired["metric"] != primary].set_index(["metric", "norm"])
     for m in METRICS:
-        if m == CONFIRM_PRIMARY:
+        if m == primary:
             continue
         cells = [f"{_ci(*sec.loc[(m, k), ['diff', 'lo', 'hi']])} (Holm p "
                  f"{sec.loc[(m, k), 'p_holm']:.2g})" for k in NORMS]  # fmt: skip
@@ -307,8 +340,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--record", type=Path, default=None)
-    parser.add_argument("--confirm", action="store_true",
-                        help="the declared confirmatory run (ELU, ReLU; seeds 5-14; epoch 3)")  # fmt: skip
+    parser.add_argument("--confirm", nargs="?", const="rho", choices=tuple(CONFIRMATIONS),
+                        help="a declared confirmatory run (ELU, ReLU; epoch 3): 'rho' (the "
+                             "default; seeds 5-14) or 'estimable' (seeds 15-24)")  # fmt: skip
     parser.add_argument("--readme", type=Path, default=None, metavar="RECORD",
                         help="only (re)write a confirmatory record's README.md from its tables")  # fmt: skip
     args = parser.parse_args(argv)
@@ -317,7 +351,8 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    s = study(CONFIRM_SEEDS, CONFIRM_UNITS) if args.confirm else study(args.seeds)
+    s = (study(CONFIRMATIONS[args.confirm].seeds, CONFIRM_UNITS) if args.confirm
+         else study(args.seeds))  # fmt: skip
     diverged = s.train(args.runs, workers=args.workers)
     if diverged:
         print(f"diverged: {sorted(diverged)}", file=sys.stderr)
@@ -336,6 +371,7 @@ def run(argv: list[str] | None = None) -> int:
                       argv=argv, script="analysis/mechanism_dashboard.py", train_seconds=t_train,
                       measure_seconds=t_measure, seeds=len(s.seeds),
                       **({"seed_range": [min(s.seeds), max(s.seeds)]} if args.confirm else {}),
+                      **({"confirmation": args.confirm} if args.confirm == "estimable" else {}),
                       device=f"cpu, {args.workers} worker process(es) of one torch thread")  # fmt: skip
         if not args.confirm:  # the figure draws the measures over epochs
             figure(summary, args.record)

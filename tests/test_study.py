@@ -77,6 +77,8 @@ def test_bad_declarations():
     ("fig2", lambda m: m.study(300, None, "mnist")),
     ("mechanism_dashboard", lambda m: m.study(5)),
     ("mechanism_dashboard", lambda m: m.study(m.CONFIRM_SEEDS, m.CONFIRM_UNITS)),
+    ("mechanism_dashboard",
+     lambda m: m.study(m.CONFIRMATIONS["estimable"].seeds, m.CONFIRM_UNITS)),
     ("direction_audit", lambda m: m.study(m.CONFIRM_SEEDS)),
     ("fair_compare", lambda m: m.study()),
 ])  # fmt: skip
@@ -132,6 +134,8 @@ def test_mechanism_dashboard_measures_one_checkpoint(tmp_path, monkeypatch):
     assert all(math.isfinite(row[k]) for k in md.METRICS if k != "abs_k")
     assert 0.0 <= row["offblock_share"] <= 1.0 and -1.0 <= row["rho_plain_jk"] <= 1.5
     assert row["top_eig"] > 0 and 0.0 <= row["estimable"] <= 1.0
+    # the median over estimable units only (the second confirmation's primary), or none
+    assert math.isnan(row["rho_plain_jk_est"]) == (row["estimable"] == 0)
 
 
 def _script(name, monkeypatch):
@@ -584,7 +588,7 @@ def test_the_dashboards_confirmatory_record_rebuilds_and_reads_by_the_declared_r
     assert set(table["epoch"]) == set(m.CONFIRM_CHECKPOINTS)
     assert len(table) == len(m.CONFIRM_SEEDS) * len(m.arms(m.CONFIRM_UNITS))
     with stats.mean_ci_method(stats.recorded_mean_ci(src)):
-        summary, paired = m.summarise(table, confirm=True)
+        summary, paired = m.summarise(table, confirm="rho")
     for name, new in (("summary", summary), ("elu_vs_relu", paired)):
         pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{name}.csv"),
                                       check_exact=True, check_dtype=False, obj=name)  # fmt: skip

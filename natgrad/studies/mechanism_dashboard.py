@@ -49,9 +49,39 @@ Confirmatory run of ρ(plain) (declared 2026-12-07, committed before its runs):
   within that family; the share of estimable units beside them.
 - **Record:** ``paper_figures/results/mechanism_dashboard_mnist_confirm``, its text written by
   ``analysis/mechanism_dashboard.py`` from the tables.
+
+Confirmatory run of ρ(plain) over estimable units only (declared 2026-12-07, after the run above
+was recorded, committed before its own runs):
+
+- **Why.** The run above confirmed ELU nearer under all four normalisations, but fewer of
+  ReLU's units were estimable (n_eff ≥ 2(d+1)): 81 % without normalisation, 91 % with
+  centring and layer norm, against 100 % of ELU's. Its median is over live units, estimable or
+  not, so part of the difference may come from ReLU's thin blocks (few effective inputs, a
+  noisy F_λ) rather than the mechanism. This run asks whether the difference holds among
+  units whose blocks are estimable.
+- **Design:** as the run above (``config``; ELU and ReLU under the four normalisations, 8 arms;
+  epoch 3 only) on 10 *new* seeds, 15–24 (``CONFIRMATIONS["estimable"]``), none of which an
+  earlier record used.
+- **Primary endpoints:** ELU − ReLU in the median over the *estimable* units (n_eff ≥ 2(d+1))
+  of fc2, fc3 and fc4 of the jackknifed ρ(plain) (column ``rho_plain_jk_est``) at epoch 3,
+  one per normalisation (4), paired by seed, exact two-sided sign-flip test, Holm over the
+  four, 95 % t CIs; resolved where the Holm p is < 0.05 and the CI excludes 0, as above. A
+  run with no estimable unit has no value; its seed's pair is left out (the README says how
+  many seeds each endpoint has).
+- **Secondary, descriptive:** the measures of the run above, the median over all live units
+  of ρ(plain) among them (a replication of the first confirmation on new seeds), ELU − ReLU
+  with t CIs, Holm within that family; the estimable shares beside them.
+- **Known limit, before the run:** each net's estimable units are its own selection, and the
+  selection differs between arms; a difference among estimable units is not a difference
+  between the same units, and it does not remove every route by which dead or thin units
+  could act (they still shape the other units' inputs).
+- **Record:** ``paper_figures/results/mechanism_dashboard_mnist_confirm_estimable``, its text
+  written by ``analysis/mechanism_dashboard.py`` from the tables.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 UNITS = ("elu", "relu", "selu", "gelu")
 NORMS = ("none", "centred", "bn", "ln")
@@ -69,11 +99,26 @@ METRICS = {  # column: (label, better when)
 }
 
 
-CONFIRM_SEEDS = range(5, 15)
-"""The confirmatory run's seeds: 10 new ones, none of the record's 0–4."""
+class Confirmation(NamedTuple):
+    """A declared confirmatory run: its new seeds and its primary endpoint's column (ELU −
+    ReLU per normalisation at :data:`CONFIRM_CHECKPOINTS`, the arms of :data:`CONFIRM_UNITS`)."""
+
+    seeds: range
+    primary: str
+    what: str  # how its text names the primary measure
+
+
+CONFIRMATIONS = {
+    "rho": Confirmation(range(5, 15), "rho_plain_jk", "the median unit's jackknifed ρ(plain)"),
+    "estimable": Confirmation(
+        range(15, 25), "rho_plain_jk_est", "the median estimable unit's jackknifed ρ(plain)"
+    ),
+}
+CONFIRM_SEEDS = CONFIRMATIONS["rho"].seeds
+"""The first confirmatory run's seeds: 10 new ones, none of the record's 0–4."""
 CONFIRM_UNITS = ("elu", "relu")
 CONFIRM_CHECKPOINTS = (EPOCHS,)
-CONFIRM_PRIMARY = "rho_plain_jk"
+CONFIRM_PRIMARY = CONFIRMATIONS["rho"].primary
 
 
 def arms(units=UNITS) -> tuple[str, ...]:
