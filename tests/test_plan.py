@@ -73,3 +73,13 @@ def test_width_and_depth_build_the_net_and_split_grids(tmp_path):
     assert sizes == [16, 16, 16, 10]
     with pytest.raises(InputError, match="width=16: a positive size, for mnist-fc only"):
         default_config("mnist-ae", dataset="digits", width=16)
+
+
+def test_workers_share_the_cpus_out_between_them(monkeypatch):
+    """Several spawned workers each get this process's CPUs divided between them (at least
+    one): left at torch's default, each took every core, and two workers on two cores ran a
+    centred-SGD study 40 times slower; one worker leaves the thread count as it is."""
+    from natgrad.training import plan
+
+    monkeypatch.setattr(plan, "_cpus", lambda: 4)
+    assert [plan.per_worker_threads(w) for w in (1, 2, 3, 4, 8)] == [0, 2, 1, 1, 1]

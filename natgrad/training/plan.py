@@ -30,7 +30,7 @@ from pathlib import Path
 
 from natgrad.errors import DivergedError
 
-__all__ = ["complete", "default_workers", "train_plan"]
+__all__ = ["complete", "default_workers", "per_worker_threads", "train_plan"]
 
 
 def complete(run: str | Path, epochs: int) -> bool:
@@ -43,10 +43,20 @@ def complete(run: str | Path, epochs: int) -> bool:
     return {int(r["epoch"]) for r in rd.read_metrics()} >= set(range(epochs + 1))
 
 
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def per_worker_threads(workers: int) -> int:
+    """Torch threads for each of ``workers`` processes: with several, this process's CPUs
+    shared out between them (at least one each; a spawned worker would otherwise take every
+    core as its own and oversubscribe them); with one, 0 (left as is)."""
+    return max(1, _cpus() // workers) if workers > 1 else 0
+
+
 def default_workers() -> int:
     """The CPUs this process may use, at most 2 (one batched model per worker)."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    return max(1, min(2, n))
+    return max(1, min(2, _cpus()))
 
 
 def _job(job) -> dict[str, str]:
@@ -97,7 +107,9 @@ def train_plan(
         workers: processes (spawned) that share the stackable runs; 1 trains here.
         device: passed to the trainers; on a GPU every run trains in this process.
         resume: reuse finished runs and resume interrupted ones; ``False`` retrains all.
-        threads: torch threads per worker (0: leave as is).
+        threads: torch threads per worker (0: with several workers, this process's CPUs shared
+            out between them, at least one each, so that they do not oversubscribe the cores;
+            with one, left as is).
         batched: ``False`` trains every run alone with the sequential trainer.
         progress: a bar counting finished jobs' runs; ``say``: one line per divergence.
     """
@@ -117,6 +129,7 @@ def train_plan(
         elif not (resume and complete(d, cfg.epochs)):
             todo.append(i)
     workers = max(1, workers) if device in ("cpu", "auto") else 1
+    threads = threads or per_worker_threads(workers)
     stacked = [i for i in todo if batched and grid_key(configs[i]) is not None]
     groups = [g for g in (stacked[w::workers] for w in range(workers)) if g]
     groups += [[i] for i in todo if i not in set(stacked)]
