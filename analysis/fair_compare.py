@@ -5,7 +5,7 @@ The declaration is :mod:`natgrad.studies.fair_compare` (committed before the run
 
 Stages (each resumable; a rerun goes on where it stopped)::
 
-    python analysis/fair_compare.py pilot-sgd [--runs /work/studies/fair]
+    python analysis/fair_compare.py pilot-sgd [--runs runs/fair_compare]
     python analysis/fair_compare.py pilot-ng  [--runs ...]      # fc1 at the chosen SGD rates
     python analysis/fair_compare.py select    [--runs ...] --record paper_figures/results/compare_mnist
     python analysis/fair_compare.py refresh   [--runs ...]

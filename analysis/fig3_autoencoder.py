@@ -1,6 +1,6 @@
-"""Study (issue 23, part 1): the paper's Fig 3 autoencoder on MNIST, declared before its runs.
+r"""Study (issue 23, part 1): the paper's Fig 3 autoencoder on MNIST, declared before its runs.
 
-    python analysis/fig3_autoencoder.py --lr 0.01 --seeds 0:1 [--runs /work/studies/fig3]
+    python analysis/fig3_autoencoder.py --lr 0.01 --seeds 0:1 [--runs runs/fig3]
     python analysis/fig3_autoencoder.py --lr 0.001 --seeds 0:1 ...      # one piece: a seed
     python analysis/fig3_autoencoder.py --analyse [--lr 0.01] [--seeds 0:3] --runs ... # the unit analysis
     python analysis/fig3_autoencoder.py --record paper_figures/results/fig3_autoencoder_mnist

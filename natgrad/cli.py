@@ -32,7 +32,7 @@ and SymPy."""
 
 EXAMPLES = """\
 examples:
-  natgrad demo                              # 7 unit types x 8 seeds on digits -> reports/demo/
+  natgrad demo                              # 4 unit types x 8 seeds on MNIST -> reports/demo/
   natgrad train --net mnist-fc --unit elu --dataset fashion-mnist --epochs 20
   natgrad tables reports/demo/runs --out tables --report
   natgrad COMMAND --help                    # the options of one command

@@ -55,7 +55,8 @@ DATASETS["fashion-mnist"] = DATASETS["digits"]
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of the main job; the defaults are the CPU run on the digits.
+    """Settings of the main job; the defaults are the CPU run on MNIST (``DATASETS["mnist"]``;
+    :func:`for_dataset` gives another data set's, e.g. the digits').
 
     ``probe_size``: held-out inputs of the unit Fisher probe, from the validation split where
     the data set has one, else the test split (``None``: all of them). ``layers``:

@@ -68,7 +68,7 @@ Declared (before any run; committed then in ``analysis/fig3_autoencoder.py``, mo
 - **Seed extension (declared 2026-12-06, after every record above, before its runs):** with
   ``SEEDS`` = 5 the smallest two-sided sign-flip p is 2/2⁵ = 0.0625, and Holm over the primary
   family's 8 comparisons makes it 0.5, so the declared test cannot resolve any primary
-  endpoint whatever the effect (THEORY.md: a claim needs 8–10 seeds). Decided from that
+  endpoint whatever the effect (docs/theory.md: a claim needs 8–10 seeds). Decided from that
   floor, not from the effects, and for every rate alike: seeds 5–9 (``EXTENDED_SEEDS``) of
   all four rates are trained to ``MIN_EPOCHS`` with the protocol above, unchanged (same
   net, loss, rates, batch, validation curves; run j of every unit type from the same initial
