@@ -247,7 +247,8 @@ def confirm_readme(record: Path) -> str:
         f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s measuring "
         f"(wall) on {meta['device']}. This README is written from the tables by "
         f"`python analysis/mechanism_dashboard.py --readme {name}` "
-        "(`tests/test_study.py` checks that it still is).",
+        "(`tests/test_study.py` checks that it still is)." + (f" Note: {meta['note']}"
+                                                               if "note" in meta else ""),
         "- **Declared before its runs** in `natgrad/studies/mechanism_dashboard.py` "
         + ('("Confirmatory run of ρ(plain)")' if key == "rho" else
            '("Confirmatory run of ρ(plain) over estimable units only", declared after the first '

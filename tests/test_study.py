@@ -565,38 +565,55 @@ def test_the_direction_audits_confirmatory_readme_is_its_tables_read_by_the_decl
     assert "opposite sign: ReLU against EKFAC" in text
 
 
-def test_the_dashboards_confirmatory_record_rebuilds_and_reads_by_the_declared_rule(tmp_path,
-                                                                                   monkeypatch):  # fmt: skip
-    """The confirmatory dashboard record holds the declared runs (seeds 5–14, ELU and ReLU
+@pytest.mark.parametrize("record, key", [("mechanism_dashboard_mnist_confirm", "rho"),
+                                         ("mechanism_dashboard_mnist_confirm_estimable",
+                                          "estimable")])  # fmt: skip
+def test_the_dashboards_confirmatory_records_rebuild(record, key, monkeypatch):
+    """Each confirmatory dashboard record holds its declared runs (its new seeds, ELU and ReLU
     under the four normalisations, epoch 3) and nothing else; its summary and paired tables
     rebuild exactly from its per-run measures, with Holm within each declared family alone
-    (primary: ρ(plain) under the four normalisations; secondary: the rest); its README is what
-    ``confirm_readme`` writes from them; and the reading follows the declared rule (Holm p
-    < 0.05 and a CI that excludes 0), with the estimability caveat naming only the
-    normalisations whose shares differ."""
-    import shutil
+    (primary: its declared measure under the four normalisations; secondary: the rest); and its
+    README is what ``confirm_readme`` writes from them."""
+    import json
 
     import numpy as np
+
+    from natgrad.analysis.csvtables import read_csv
+
+    m = _script("mechanism_dashboard", monkeypatch)
+    src = ROOT / "paper_figures/results" / record
+    conf = m.CONFIRMATIONS[key]
+    assert json.loads((src / "run.json").read_text()).get("confirmation", "rho") == key
+    table = read_csv(src / "dashboard.csv")  # the declared runs, and only those
+    assert set(table["seed"]) == set(conf.seeds)
+    assert set(table["arm"]) == set(m.arms(m.CONFIRM_UNITS))
+    assert set(table["epoch"]) == set(m.CONFIRM_CHECKPOINTS)
+    assert len(table) == len(conf.seeds) * len(m.arms(m.CONFIRM_UNITS))
+    with stats.mean_ci_method(stats.recorded_mean_ci(src)):
+        summary, paired = m.summarise(table, confirm=key)
+    for name, new in (("summary", summary), ("elu_vs_relu", paired)):
+        pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{name}.csv"),
+                                      check_exact=True, check_dtype=False, obj=name)  # fmt: skip
+    assert (paired["ci_method"] == "t").all()
+    primary = paired["metric"] == conf.primary
+    assert primary.sum() == len(m.NORMS)
+    for family in (primary, ~primary):
+        np.testing.assert_array_equal(paired["p_holm"][family].to_numpy(),  # each family alone
+                                      stats.holm(paired["p"][family].to_numpy()))  # fmt: skip
+    assert (src / "README.md").read_text(encoding="utf-8") == m.confirm_readme(src)
+
+
+def test_the_dashboards_confirmatory_readme_reads_by_the_declared_rule(tmp_path, monkeypatch):
+    """The first confirmation's reading follows the declared rule (Holm p < 0.05 and a CI that
+    excludes 0), with the estimability caveat naming only the normalisations whose shares
+    differ; the second's (over estimable units) states its declared limit instead, and sets
+    its primary beside the same run's median over all live units."""
+    import shutil
 
     from natgrad.analysis.csvtables import read_csv, write_csv
 
     m = _script("mechanism_dashboard", monkeypatch)
     src = ROOT / "paper_figures/results/mechanism_dashboard_mnist_confirm"
-    table = read_csv(src / "dashboard.csv")  # the declared runs, and only those
-    assert set(table["seed"]) == set(m.CONFIRM_SEEDS)
-    assert set(table["arm"]) == set(m.arms(m.CONFIRM_UNITS))
-    assert set(table["epoch"]) == set(m.CONFIRM_CHECKPOINTS)
-    assert len(table) == len(m.CONFIRM_SEEDS) * len(m.arms(m.CONFIRM_UNITS))
-    with stats.mean_ci_method(stats.recorded_mean_ci(src)):
-        summary, paired = m.summarise(table, confirm="rho")
-    for name, new in (("summary", summary), ("elu_vs_relu", paired)):
-        pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{name}.csv"),
-                                      check_exact=True, check_dtype=False, obj=name)  # fmt: skip
-    assert (paired["ci_method"] == "t").all()
-    for family in (paired["metric"] == "rho_plain_jk", paired["metric"] != "rho_plain_jk"):
-        np.testing.assert_array_equal(paired["p_holm"][family].to_numpy(),  # each family alone
-                                      stats.holm(paired["p"][family].to_numpy()))  # fmt: skip
-    assert (src / "README.md").read_text(encoding="utf-8") == m.confirm_readme(src)
     for name in ("dashboard.csv", "dashboard.csv.sha256", "run.json"):
         shutil.copy(src / name, tmp_path / name)
     rows = read_csv(src / "elu_vs_relu.csv")
@@ -612,6 +629,13 @@ def test_the_dashboards_confirmatory_record_rebuilds_and_reads_by_the_declared_r
             "layer norm)") in text  # fmt: skip
     assert "under none (100% of ELU's units, 81% of ReLU's); centring" in text  # the caveat
     assert "batch norm (100%" not in text  # equal shares are not named
+    est = m.confirm_readme(
+        ROOT / "paper_figures/results/mechanism_dashboard_mnist_confirm_estimable"
+    )
+    assert "Limit (declared before the run)" in est and "Caveat" not in est
+    assert (
+        "| all live units (this run) |" in est and "| none | +0.00707 [-0.0597, +0.0739] |" in est
+    )
 
 
 @pytest.mark.parametrize("record", ["main", "standardised"])
