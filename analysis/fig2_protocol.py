@@ -17,7 +17,6 @@ Fig 2 figure and ``README.md`` (command, commit, wall time, the answer from the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -81,18 +80,20 @@ def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progres
 
 def record(runs: list[Path], out: Path, meta: dict) -> str:
     """Write the tables, figure and README of the runs into ``out``; returns the README."""
+    from natgrad._atomic import write_json, write_text
+    from natgrad.analysis.csvtables import write_csv
     from natgrad.analysis.endpoints import evaluate
     from natgrad.analysis.runs import curve_table
     from natgrad.analysis.stats import claims_per_seed
 
     out.mkdir(parents=True, exist_ok=True)
     curves = curve_table(runs)
-    curves.to_csv(out / "curves.csv", index=False)
+    write_csv(curves, out / "curves.csv")
     claims, threshold = claims_per_seed(curves)
-    claims.to_csv(out / "claims.csv", index=False)
+    write_csv(claims, out / "claims.csv")
     others = [u for u in claims["unit_type"].unique() if u != "elu"]
     paired = evaluate(claims, claim_endpoints(others))
-    paired.to_csv(out / "paired.csv", index=False)
+    write_csv(paired, out / "paired.csv")
     fig2_script(["--runs", str(meta["runs"]), "--out", str(out)])
     epochs = int(curves["epoch"].max())
     final = curves[curves["epoch"] == epochs].groupby("unit_type")[
@@ -142,8 +143,8 @@ def record(runs: list[Path], out: Path, meta: dict) -> str:
         lines.append(f"| {unit} | " + " | ".join(cells) + " |")
     lines += ["", "![Fig 2](fig2_mean_activation.png)", ""]
     text = "\n".join(lines)
-    (out / "README.md").write_text(text)
-    (out / "run.json").write_text(json.dumps(dict(meta, threshold=threshold), indent=1) + "\n")
+    write_text(out / "README.md", text)
+    write_json(out / "run.json", dict(meta, threshold=threshold))
     return text
 
 

@@ -63,8 +63,11 @@ def test_fig2_protocol_records_runs(demo_dir, tmp_path):
     for name in ("curves.csv", "claims.csv", "paired.csv", "README.md", "run.json",
                  "fig2_mean_activation.png"):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 0, name
-    claims = pd.read_csv(tmp_path / "claims.csv").set_index(["unit_type", "seed"])
-    paired = pd.read_csv(tmp_path / "paired.csv").set_index(["metric", "other"])
+    from natgrad.analysis.csvtables import read_csv  # checked: written with their checksums
+
+    claims = read_csv(tmp_path / "claims.csv").set_index(["unit_type", "seed"])
+    paired = read_csv(tmp_path / "paired.csv").set_index(["metric", "other"])
+    assert read_csv(tmp_path / "curves.csv").equals(pd.read_csv(tmp_path / "curves.csv"))
     for other in ("relu", "relu-bn"):
         diff = claims.loc["elu", "train_loss_auc"] - claims.loc[other, "train_loss_auc"]
         assert paired.loc[("train_loss_auc", other), "diff"] == pytest.approx(diff.mean())
