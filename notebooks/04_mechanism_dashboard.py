@@ -56,6 +56,42 @@ if (RESULTS / "dashboard.png").is_file():
 else:
     print("the dashboard's results are not in this checkout:", RESULTS)
 
+# %% [markdown]
+# ## Is ELU's plain gradient nearer the unit natural gradient? Three records, side by side
+#
+# ELU − ReLU in ρ(plain) at epoch 3 (higher: ELU nearer), with 95 % CIs: the exploratory
+# record (seeds 0–4, BCa, descriptive), the first confirmatory run (seeds 5–14, median over live
+# units) and the second (seeds 15–24, median over estimable units only, declared after the first
+# found fewer of ReLU's units estimable). Each confirmatory run's README states its declared rule
+# and reading.
+
+# %%
+FOREST = {  # record: (folder, metric)
+    "exploratory, seeds 0–4": ("mechanism_dashboard_mnist", "rho_plain_jk"),
+    "confirmation, live units, seeds 5–14": ("mechanism_dashboard_mnist_confirm", "rho_plain_jk"),
+    "confirmation, estimable units, seeds 15–24": (
+        "mechanism_dashboard_mnist_confirm_estimable", "rho_plain_jk_est"),
+}  # fmt: skip
+NORM_NAMES = {"none": "none", "centred": "centring", "bn": "batch norm", "ln": "layer norm"}
+fig, ax = plt.subplots(figsize=(9.5, 3.2))
+for k, (label, (folder, metric)) in enumerate(FOREST.items()):
+    path = ROOT / "paper_figures" / "results" / folder / "elu_vs_relu.csv"
+    if not path.is_file():
+        continue
+    t = read_csv(path).set_index(["norm", "metric"])
+    for i, norm in enumerate(NORM_NAMES):
+        r = t.loc[(norm, metric)]
+        y = i + (k - 1) * 0.22
+        ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o",
+                    color=f"C{k}", ms=4, capsize=2, label=label if i == 0 else None)  # fmt: skip
+ax.axvline(0, color="0.5", lw=0.8)
+ax.set_yticks(range(len(NORM_NAMES)), list(NORM_NAMES.values()))
+ax.invert_yaxis()
+ax.set_xlabel("ELU − ReLU in ρ(plain) at epoch 3 (95 % CI)")
+ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+fig.tight_layout()
+plt.show()
+
 
 # %% [markdown]
 # ## Pick a checkpoint and a unit
