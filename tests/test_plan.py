@@ -83,3 +83,18 @@ def test_workers_share_the_cpus_out_between_them(monkeypatch):
 
     monkeypatch.setattr(plan, "_cpus", lambda: 4)
     assert [plan.per_worker_threads(w) for w in (1, 2, 3, 4, 8)] == [0, 2, 1, 1, 1]
+
+
+def test_a_plan_trained_here_leaves_the_thread_count(tmp_path, monkeypatch):
+    """With several workers but one job, the job trains in this process: the caller's torch
+    thread count is left as it was (shared out only between spawned workers)."""
+    from natgrad.training import plan
+
+    monkeypatch.setattr(plan, "_cpus", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert train_plan([_cfg("elu", 0, epochs=1)], [tmp_path / "one"], workers=2) == {}
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

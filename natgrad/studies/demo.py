@@ -66,8 +66,10 @@ class DemoConfig:
     the last). ``grad``: ``"train"`` judges the training set's mean gradient, ``"probe"``
     the probe's. ``jackknife``: report the jackknifed ρ. ``probe_sizes``/``size_seeds``: the
     probe-size sweep on the first ``size_seeds`` seeds. ``workers``: parallel processes for
-    training and analysis (one torch thread each; 0 = the number of CPUs, at most 2 per the
-    machine this ships on).
+    training and analysis (``threads`` torch threads each; 0 = the number of CPUs, at most 2
+    per the machine this ships on). ``threads``: 0 leaves torch's default in this process and
+    shares the CPUs out between spawned training workers
+    (:func:`natgrad.training.plan.per_worker_threads`).
     """
 
     net: str = "mnist-fc"
@@ -243,6 +245,7 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     from natgrad.analysis.runs import hidden_layers
     from natgrad.analysis.summary import read_tables, write_tables
     from natgrad.training.engine import describe_device, resolve_device
+    from natgrad.training.plan import per_worker_threads
 
     t0 = time.perf_counter()
     if not (out / "demo.json").is_file():  # marks the folder as the demo's from the start
@@ -266,8 +269,12 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
         "device": device,
         "runs": f"{len(runs)} ({', '.join(config.units)} × {config.seeds} seeds), {config.net} on {config.dataset}",
         "layers analysed": "all" if layers is None else f"fed by hidden units ({', '.join(layers)})",
-        "parallelism": f"{workers} worker process(es) × {config.threads or 'torch default'} torch "
-                       "thread(s) each, for training and for the unit Fishers",
+        "parallelism": (
+            f"{workers} worker process(es) × {config.threads} torch thread(s) each, for "
+            "training and for the unit Fishers" if config.threads else
+            f"{workers} worker processes, {per_worker_threads(workers)} torch thread(s) each for "
+            "training (the CPUs shared out) and one for the unit Fishers" if workers > 1 else
+            "one process, torch's default threads"),
     }  # fmt: skip
     size_runs = [r.path for r in plan if r.seed < config.size_seeds]
     tables = write_tables(runs, out / "tables", epochs=analysed_epochs(config),
@@ -330,7 +337,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--units", str, f"comma-separated units (default {','.join(d.units)})"),
         ("--lr", float, f"SGD learning rate (default {d.lr})"),
         ("--device", str, "cpu (default), cuda or auto"),
-        ("--threads", nonnegative_int, f"torch CPU threads (default {d.threads}; 0: torch's)"),
+        ("--threads", nonnegative_int, f"torch CPU threads (default {d.threads}; 0: torch's, the CPUs shared out between "
+         "training workers)"),
         ("--out", str, f"output folder (default {d.out})"),
     )  # fmt: skip
     for flag, kind, text in options:

@@ -107,9 +107,9 @@ def train_plan(
         workers: processes (spawned) that share the stackable runs; 1 trains here.
         device: passed to the trainers; on a GPU every run trains in this process.
         resume: reuse finished runs and resume interrupted ones; ``False`` retrains all.
-        threads: torch threads per worker (0: with several workers, this process's CPUs shared
-            out between them, at least one each, so that they do not oversubscribe the cores;
-            with one, left as is).
+        threads: torch threads per worker (0: when the jobs go to several spawned workers,
+            this process's CPUs shared out between them, at least one each, so that they do not
+            oversubscribe the cores; when they train here, left as is).
         batched: ``False`` trains every run alone with the sequential trainer.
         progress: a bar counting finished jobs' runs; ``say``: one line per divergence.
     """
@@ -129,10 +129,11 @@ def train_plan(
         elif not (resume and complete(d, cfg.epochs)):
             todo.append(i)
     workers = max(1, workers) if device in ("cpu", "auto") else 1
-    threads = threads or per_worker_threads(workers)
     stacked = [i for i in todo if batched and grid_key(configs[i]) is not None]
     groups = [g for g in (stacked[w::workers] for w in range(workers)) if g]
     groups += [[i] for i in todo if i not in set(stacked)]
+    pooled = workers > 1 and len(groups) > 1  # else every job trains here
+    threads = threads or (per_worker_threads(workers) if pooled else 0)
     jobs = [([configs[i] for i in g], [dirs[i] for i in g], device, resume, threads)
             for g in groups]  # fmt: skip
     bar = tqdm(total=len(todo), desc="training", unit="run", disable=not progress,
@@ -145,7 +146,7 @@ def train_plan(
                 say(f"{name} diverged; the other runs go on")
         bar.update(len(g))
 
-    if workers > 1 and len(jobs) > 1:
+    if pooled:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
