@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from natgrad._atomic import write_text
-from natgrad.analysis.stats import mean_ci_name
+from natgrad.analysis.stats import SIGN_FLIP_EXACT_UP_TO, SIGN_FLIP_RESAMPLES, mean_ci_name
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration, re-exported)
     BATCH,
@@ -122,15 +122,17 @@ def measure_all(runs, workers: int, cache: Path, checkpoints=CHECKPOINTS):
 def summarise(table, confirm: str | None = None):
     """Mean and CI (``stats.mean_ci``) per (arm, epoch, measure); ELU − ReLU per normalisation at the last
     epoch, paired by seed, Holm over the family (with ``confirm``, a key of
-    :data:`CONFIRMATIONS`, its declared families: ``primary``, its primary measure under the four
+    :data:`CONFIRMATIONS`, its declared families: ``primary``, its primary measures under its
     normalisations; ``secondary``, the rest)."""
     import pandas as pd
 
     from natgrad.analysis.endpoints import Endpoint, evaluate
     from natgrad.analysis.stats import mean_ci
 
-    primary = CONFIRMATIONS[confirm].primary if confirm else None
-    metrics = tuple(METRICS) + ((primary,) if primary and primary not in METRICS else ())
+    conf = CONFIRMATIONS[confirm] if confirm else None
+    primaries = conf.primaries if conf else ()
+    metrics = tuple(METRICS) + tuple(m for m in primaries if m not in METRICS)
+    norms = conf.norms if conf else NORMS
     rows = []
     for (arm, epoch), sub in table.groupby(["arm", "epoch"], sort=False):
         row = dict(arm=arm, unit=sub["unit"].iloc[0], norm=sub["norm"].iloc[0], epoch=epoch,
@@ -147,10 +149,10 @@ def summarise(table, confirm: str | None = None):
     def family(m: str) -> str:
         if not confirm:
             return "elu_vs_relu"
-        return "primary" if m == primary else "secondary"
+        return "primary" if m in primaries else "secondary"
 
     eps = [Endpoint(m, arm_of["elu", norm], arm_of["relu", norm], family=family(m))
-           for norm in NORMS for m in metrics]  # fmt: skip
+           for norm in norms for m in metrics]  # fmt: skip
     t = evaluate(last, eps, group="arm")
     paired = t.assign(norm=[split_arm(a)[1] for a in t["reference"]], epoch=CHECKPOINTS[-1],
                       seeds=t["n"])[["norm", "metric", "epoch", "diff", "lo", "hi", "ci_method",
@@ -226,23 +228,41 @@ def confirm_readme(record: Path) -> str:
 
     meta = json.loads((record / "run.json").read_text())
     key = meta.get("confirmation", "rho")  # the first confirmation's run.json predates the key
-    primary = CONFIRMATIONS[key].primary
+    conf = CONFIRMATIONS[key]
+    primary, norms = conf.primary, conf.norms
     name = record_name(record, Path(__file__).resolve().parents[1])
     table = read_csv(record / "dashboard.csv")
     paired = read_csv(record / "elu_vs_relu.csv")
     if key == "rho":  # beside it: the exploratory record's value
         beside = pd.read_csv(EXPLORATORY / "elu_vs_relu.csv").set_index(["norm", "metric"])
         beside_head, beside_metric = "exploratory (seeds 0–4, BCa)", primary
-    else:  # beside it: this run's median over all live units (its secondary)
+    elif key == "estimable":  # beside it: this run's median over all live units (its secondary)
         beside = paired.set_index(["norm", "metric"])
         beside_head, beside_metric = "all live units (this run)", CONFIRM_PRIMARY
+    else:  # beside each measure: the earlier confirmation that had it as its primary
+        earlier = {m: EXPLORATORY.parent / f"mechanism_dashboard_mnist_confirm{s}" for m, s in
+                   (("rho_plain_jk", ""), ("rho_plain_jk_est", "_estimable"))}  # fmt: skip
+        beside = pd.concat(read_csv(f / "elu_vs_relu.csv").query("metric == @m")
+                           for m, f in earlier.items()).set_index(["norm", "metric"])  # fmt: skip
+        beside_head, beside_metric = "earlier confirmation (seeds 5–14; 15–24)", None
     first, last = meta["seed_range"]
     n, how = int(paired["seeds"].max()), str(paired["ci_method"].iloc[0])
     label = {m: lab.replace("\n", " ").replace("|", "\\|") for m, (lab, _) in METRICS.items()}
-    over = " over estimable units only" if key == "estimable" else ""
+    over = {"estimable": " over estimable units only", "none": " without normalisation"}.get(
+        key, ""
+    )
+    row_name = {
+        "rho_plain_jk": "ρ(plain) over live units",
+        "rho_plain_jk_est": "ρ(plain) over estimable units",
+    }
+    p_how = ("Exact two-sided sign-flip p" if n <= SIGN_FLIP_EXACT_UP_TO else
+             f"Two-sided sign-flip p from {SIGN_FLIP_RESAMPLES:,} random sign patterns (a fixed "
+             "generator)")  # fmt: skip
+    holm_over = {1: "the one", 2: "the two", 4: "the four"}[len(norms) * len(conf.primaries)]
     lines = [
-        "# Mechanism dashboard, confirmatory run" + (" over estimable units" if key == "estimable"
-        else "") + ": is ELU's plain gradient nearer the unit natural gradient than ReLU's?", "",
+        "# Mechanism dashboard, confirmatory run" + {"estimable": " over estimable units",
+        "none": " without normalisation, powered"}.get(key, "") + ": is ELU's plain gradient "
+        "nearer the unit natural gradient than ReLU's?", "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s measuring "
         f"(wall) on {meta['device']}. This README is written from the tables by "
@@ -253,9 +273,15 @@ def confirm_readme(record: Path) -> str:
         + ('("Confirmatory run of ρ(plain)")' if key == "rho" else
            '("Confirmatory run of ρ(plain) over estimable units only", declared after the first '
            "confirmation ([mechanism_dashboard_mnist_confirm](../mechanism_dashboard_mnist_confirm/"
-           "README.md)) had found fewer of ReLU's units estimable)")
-        + ": ELU and ReLU under no normalisation, centring, "
-        f"batch norm and layer norm, trained as in the exploratory record "
+           "README.md)) had found fewer of ReLU's units estimable)" if key == "estimable" else
+           '("Confirmatory run without normalisation, powered", declared after the two earlier '
+           "confirmations ([mechanism_dashboard_mnist_confirm](../mechanism_dashboard_mnist_"
+           "confirm/README.md), [mechanism_dashboard_mnist_confirm_estimable](../mechanism_"
+           "dashboard_mnist_confirm_estimable/README.md)) had resolved different things without "
+           "normalisation)")
+        + (": ELU and ReLU under no normalisation, centring, batch norm and layer norm"
+           if len(norms) == 4 else ": ELU and ReLU without normalisation")
+        + ", trained as in the exploratory record "
         "([mechanism_dashboard_mnist](../mechanism_dashboard_mnist/README.md)): `mnist-fc` "
         f"{DEPTH}×{WIDTH} on MNIST, SGD lr {LR:g}, batch {BATCH}, {EPOCHS} epochs, on seeds "
         f"{first}–{last}, none of which {'that' if key == 'rho' else 'an earlier'} record used. At epoch {EPOCHS}: exact unit "
@@ -266,36 +292,45 @@ def confirm_readme(record: Path) -> str:
         "(per arm), `elu_vs_relu.csv` (paired).", "",
         f"## Primary endpoints: ELU − ReLU in ρ(plain){over} at epoch {EPOCHS}, paired by seed",
         "",
-        f"Exact two-sided sign-flip p, Holm over the four; {how} 95 % CIs over {n} seeds. The "
+        f"{p_how}, Holm over {holm_over}; {how} 95 % CIs over {n} seeds. The "
         "declared rule: resolved where the Holm p is < 0.05 and the CI excludes 0.", "",
-        "| normalisation | ELU − ReLU [95 % CI] | seeds ELU ahead | p | Holm p | reading | "
+        f"| {'normalisation' if len(conf.primaries) == 1 else 'measure'} | ELU − ReLU [95 % CI] "
+        "| seeds ELU ahead | p | Holm p | reading | "
         f"ρ(plain) of ELU, ReLU (mean) | estimable units, ELU / ReLU | {beside_head} |",
         "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
     ]  # fmt: skip
     at = table[table["epoch"] == EPOCHS]
     readings: dict[str, list[str]] = {}
     uneven = []  # normalisations whose two arms rest on different shares of estimable blocks
-    for r in paired[paired["metric"] == primary].to_dict("records"):
-        norm = r["norm"]
+    rows = paired.set_index("metric", drop=False).loc[list(conf.primaries)]  # declared order
+    for r in rows.to_dict("records"):
+        norm, primary = r["norm"], r["metric"]
+        name_ = NORM_NAMES[norm] if len(conf.primaries) == 1 else row_name[primary]
         arm_e, arm_r = (f"{u}-{norm}" if norm != "none" else u for u in ("elu", "relu"))
         e = at[at["arm"] == arm_e].set_index("seed")
         u = at[at["arm"] == arm_r].set_index("seed")
         ahead = int((e[primary] > u[primary]).sum())
         sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0  # the declared rule
         said = {1: "ELU nearer", -1: "ReLU nearer", 0: "not resolved"}[sign]
-        readings.setdefault(said, []).append(NORM_NAMES[norm])
+        readings.setdefault(said, []).append(name_)
         if abs(e["estimable"].mean() - u["estimable"].mean()) > 0.05:
             uneven.append(f"{NORM_NAMES[norm]} ({e['estimable'].mean():.0%} of ELU's units, "
                           f"{u['estimable'].mean():.0%} of ReLU's)")  # fmt: skip
-        x = beside.loc[(norm, beside_metric)]
-        lines.append(f"| {NORM_NAMES[norm]} | {_ci(r['diff'], r['lo'], r['hi'])} | {ahead} of "
+        x = beside.loc[(norm, beside_metric or primary)]
+        lines.append(f"| {name_} | {_ci(r['diff'], r['lo'], r['hi'])} | {ahead} of "
                      f"{int(r['seeds'])} | {r['p']:.3g} | {r['p_holm']:.3g} | {said} | "
                      f"{e[primary].mean():.3f}, {u[primary].mean():.3f} | "
                      f"{e['estimable'].mean():.0%} / {u['estimable'].mean():.0%} | "
                      f"{_ci(x['diff'], x['lo'], x['hi'])} |")  # fmt: skip
     said = "; ".join(f"{k}: {', '.join(readings[k])}"
                      for k in ("ELU nearer", "ReLU nearer", "not resolved") if k in readings)  # fmt: skip
-    if key == "estimable":
+    if key == "none":
+        caveat = (" Limit (declared before the run): the median over estimable units is over each "
+                  "net's own selection of units, which differs between the arms (shares in the "
+                  "table), and dead or thin units still shape the other units' inputs; the "
+                  "median over live units includes blocks with n_eff < 2(d+1). Where an endpoint "
+                  "is not resolved, its CI bounds the difference this design excludes.")  # fmt: skip
+    elif key == "estimable":
         caveat = (" Limit (declared before the run): the median is over each net's own estimable "
                   "units, a selection that differs between the arms (shares in the table); a "
                   "difference among estimable units is not a difference between the same units, "
@@ -312,18 +347,19 @@ def confirm_readme(record: Path) -> str:
     else:
         caveat = ""
     lines += ["", f"**Reading** ({said}). ρ(plain) is the Fisher efficiency of the plain step "
-              "in each unit's own metric F_λ: higher is nearer the unit natural gradient. A "
-              "normalisation where it is not resolved is not evidence of no difference; read the "
-              "size from the CI." + caveat, "",
+              "in each unit's own metric F_λ: higher is nearer the unit natural gradient. "
+              f"{'A normalisation' if len(conf.primaries) == 1 else 'An endpoint'} where it is "
+              "not resolved is not evidence of no difference; read the size from the CI."
+              + caveat, "",
               f"## Secondary (descriptive): ELU − ReLU at epoch {EPOCHS}, Holm within the family",
-              "", "| measure | " + " | ".join(NORM_NAMES[k] for k in NORMS) + " |",
-              "| --- |" + " --- |" * len(NORMS)]  # fmt: skip
-    sec = paired[paired["metric"] != primary].set_index(["metric", "norm"])
+              "", "| measure | " + " | ".join(NORM_NAMES[k] for k in norms) + " |",
+              "| --- |" + " --- |" * len(norms)]  # fmt: skip
+    sec = paired[~paired["metric"].isin(conf.primaries)].set_index(["metric", "norm"])
     for m in METRICS:
-        if m == primary:
+        if m in conf.primaries:
             continue
         cells = [f"{_ci(*sec.loc[(m, k), ['diff', 'lo', 'hi']])} (Holm p "
-                 f"{sec.loc[(m, k), 'p_holm']:.2g})" for k in NORMS]  # fmt: skip
+                 f"{sec.loc[(m, k), 'p_holm']:.2g})" for k in norms]  # fmt: skip
         lines.append(f"| {label[m]} | " + " | ".join(cells) + " |")
     lines += ["", "## Limits", "",
               f"One net ({DEPTH} × {WIDTH}), one data set, one rate, {EPOCHS} epochs, one damping "
@@ -343,7 +379,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", type=Path, default=None)
     parser.add_argument("--confirm", nargs="?", const="rho", choices=tuple(CONFIRMATIONS),
                         help="a declared confirmatory run (ELU, ReLU; epoch 3): 'rho' (the "
-                             "default; seeds 5-14) or 'estimable' (seeds 15-24)")  # fmt: skip
+                             "default; seeds 5-14), 'estimable' (seeds 15-24) or 'none' (no "
+                             "normalisation; seeds 25-124)")  # fmt: skip
     parser.add_argument("--readme", type=Path, default=None, metavar="RECORD",
                         help="only (re)write a confirmatory record's README.md from its tables")  # fmt: skip
     args = parser.parse_args(argv)
@@ -352,8 +389,8 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    s = (study(CONFIRMATIONS[args.confirm].seeds, CONFIRM_UNITS) if args.confirm
-         else study(args.seeds))  # fmt: skip
+    conf = CONFIRMATIONS[args.confirm] if args.confirm else None
+    s = study(conf.seeds, CONFIRM_UNITS, conf.norms) if conf else study(args.seeds)
     diverged = s.train(args.runs, workers=args.workers, threads=1)  # as run.json says
     if diverged:
         print(f"diverged: {sorted(diverged)}", file=sys.stderr)
@@ -372,7 +409,7 @@ def run(argv: list[str] | None = None) -> int:
                       argv=argv, script="analysis/mechanism_dashboard.py", train_seconds=t_train,
                       measure_seconds=t_measure, seeds=len(s.seeds),
                       **({"seed_range": [min(s.seeds), max(s.seeds)]} if args.confirm else {}),
-                      **({"confirmation": args.confirm} if args.confirm == "estimable" else {}),
+                      **({"confirmation": args.confirm} if args.confirm not in (None, "rho") else {}),
                       device=f"cpu, {args.workers} worker process(es) of one torch thread")  # fmt: skip
         if not args.confirm:  # the figure draws the measures over epochs
             figure(summary, args.record)

@@ -172,6 +172,24 @@ def test_permutation_p_is_the_exact_sign_flip_p():
     assert row["lo"] <= row["diff"] <= row["hi"]
 
 
+def test_sign_flip_p_draws_random_patterns_above_twenty_seeds():
+    """Above 20 seeds the sign-flip p comes from a fixed generator's random patterns: the
+    same p on every call, near the exact one's large-sample value (the normal approximation
+    of the permutation distribution), and never below its floor."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.2, 1.0, 100)
+    p = stats.sign_flip_p(d)
+    assert p == stats.sign_flip_p(d)
+    z = abs(d.mean()) / math.sqrt(np.sum(d**2)) * len(d)  # the sign-flip mean's sd: sqrt(Σd²)/n
+    assert p == pytest.approx(2 * norm.sf(z), abs=0.01)
+    far = stats.paired_comparison(_pairs(list(np.full(30, 0.3) + rng.normal(0, 0.01, 30))),
+                                  "rho_plain").iloc[0]  # fmt: skip
+    assert far["p"] == pytest.approx(far["p_min"]) and far["p_min"] == stats.sign_flip_p_min(30)
+    assert stats.sign_flip_p_min(20) == 2 / 2**20
+
+
 def test_sentences_follow_the_confidence_interval():
     clear = stats.paired_comparison(
         _pairs([0.30, 0.32, 0.29, 0.31, 0.33, 0.30, 0.28, 0.31]), "rho_plain"

@@ -79,6 +79,8 @@ def test_bad_declarations():
     ("mechanism_dashboard", lambda m: m.study(m.CONFIRM_SEEDS, m.CONFIRM_UNITS)),
     ("mechanism_dashboard",
      lambda m: m.study(m.CONFIRMATIONS["estimable"].seeds, m.CONFIRM_UNITS)),
+    ("mechanism_dashboard",
+     lambda m: m.study(m.CONFIRMATIONS["none"].seeds, m.CONFIRM_UNITS, ("none",))),
     ("direction_audit", lambda m: m.study(m.CONFIRM_SEEDS)),
     ("fair_compare", lambda m: m.study()),
 ])  # fmt: skip

@@ -29,7 +29,7 @@ __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes"
            "claims_per_seed", "ci_sign", "current_mean_ci", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
            "paired_summary", "ratio_ci", "recorded_mean_ci", "seed_values", "sentence",
-           "sign_flip_p"]  # fmt: skip
+           "sign_flip_p", "sign_flip_p_min"]  # fmt: skip
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -401,7 +401,7 @@ def paired_summary(diff) -> dict:
     n = len(d)
     lo, hi, how = mean_ci(d)
     return {"n": n, "diff": float(d.mean()) if n else math.nan, "lo": lo, "hi": hi,
-            "ci_method": how, "p": sign_flip_p(d), "p_min": 2.0 / 2**n if n else math.nan}  # fmt: skip
+            "ci_method": how, "p": sign_flip_p(d), "p_min": sign_flip_p_min(n)}  # fmt: skip
 
 
 def censored_comparison(values, metric: str, reached: str, *, reference: str = "elu",
@@ -525,10 +525,26 @@ def ci_changes(before, after, keys: list[str]):
                        after=ci_sign(both["lo_after"], both["hi_after"]))  # fmt: skip
 
 
+SIGN_FLIP_EXACT_UP_TO = 20
+"""Seeds up to which :func:`sign_flip_p` enumerates every sign pattern (2^20 ≈ 10^6)."""
+SIGN_FLIP_RESAMPLES = 100_000
+"""Random sign patterns :func:`sign_flip_p` draws (from a fixed generator) above that."""
+
+
+def sign_flip_p_min(n: int) -> float:
+    """The smallest p :func:`sign_flip_p` can give with ``n`` seeds (NaN for none)."""
+    if not n:
+        return math.nan
+    return 2.0 / 2**n if n <= SIGN_FLIP_EXACT_UP_TO else 2.0 / (SIGN_FLIP_RESAMPLES + 1)
+
+
 def sign_flip_p(diff) -> float:
-    r"""Exact two-sided sign-flip permutation p-value of the mean of paired differences
-    ``diff`` (one per seed; all 2^n sign patterns, so n seeds cannot go below 2/2^n): NaN for
-    fewer than 2 or non-finite differences, 1 when every difference is 0."""
+    r"""Two-sided sign-flip permutation p-value of the mean of paired differences ``diff``
+    (one per seed): exact up to :data:`SIGN_FLIP_EXACT_UP_TO` seeds (all 2^n sign patterns, so
+    n seeds cannot go below 2/2^n), above that from :data:`SIGN_FLIP_RESAMPLES` random
+    patterns of a fixed generator (reproducible; scipy counts the observed pattern among
+    them, so p is never 0). NaN for fewer than 2 or non-finite differences, 1 when every
+    difference is 0."""
     from scipy import stats
 
     d = np.asarray(diff, dtype=np.float64)
@@ -536,8 +552,10 @@ def sign_flip_p(diff) -> float:
         return math.nan
     if not np.any(d != 0):
         return 1.0
+    exact = d.size <= SIGN_FLIP_EXACT_UP_TO
     res = stats.permutation_test((d,), np.mean, permutation_type="samples",
-                                 n_resamples=np.inf, alternative="two-sided")  # fmt: skip
+                                 n_resamples=np.inf if exact else SIGN_FLIP_RESAMPLES,
+                                 alternative="two-sided", rng=np.random.default_rng(0))  # fmt: skip
     return float(res.pvalue)
 
 

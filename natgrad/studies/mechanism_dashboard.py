@@ -77,6 +77,34 @@ was recorded, committed before its own runs):
   could act (they still shape the other units' inputs).
 - **Record:** ``paper_figures/results/mechanism_dashboard_mnist_confirm_estimable``, its text
   written by ``analysis/mechanism_dashboard.py`` from the tables.
+
+Confirmatory run without normalisation, powered (declared 2026-12-07, after the two runs
+above were recorded, committed before its own runs):
+
+- **Why.** Without normalisation the two runs above disagree in what they resolve: over live
+  units +0.049 [0.013, 0.086] (seeds 5–14, resolved) and +0.044 [−0.012, +0.100] (seeds
+  15–24, not resolved); over estimable units +0.007 [−0.060, +0.074] (not resolved). Their
+  per-seed differences have a standard deviation of 0.051–0.093, so 10 seeds resolve only
+  differences above about 0.04–0.07. This run is sized to resolve smaller ones.
+- **Design:** ELU and ReLU without normalisation only (2 arms), trained as above
+  (``config``), on 100 *new* seeds, 25–124 (``CONFIRMATIONS["none"]``); the measures above at
+  epoch 3 only. With a standard deviation of 0.093 the 95 % CI's half-width is about 0.018;
+  a true difference of 0.03 is resolved with probability about 0.84 at Holm's 0.025.
+- **Primary endpoints (2):** ELU − ReLU at epoch 3, paired by seed, in (a) the median over
+  estimable units (n_eff ≥ 2(d+1)) of the jackknifed ρ(plain) (``rho_plain_jk_est``) and
+  (b) the median over live units (``rho_plain_jk``, the first confirmation's measure); Holm
+  over the two; 95 % t CIs; two-sided sign-flip p (with more than 20 seeds from 100,000
+  random sign patterns, a fixed generator: ``stats.sign_flip_p``). Resolved where the Holm p
+  is < 0.05 and the CI excludes 0, as above. A run with no estimable unit has no value for
+  (a); its seed's pair is left out of (a) (the README says how many seeds each endpoint
+  has). Where an endpoint is not resolved, its CI bounds the difference this design
+  excludes.
+- **Secondary, descriptive:** the other measures above, ELU − ReLU with t CIs, Holm within
+  that family; the estimable shares beside them.
+- **Known limits, before the run:** as the second run's (each net's estimable units are its
+  own selection); one net, one data set, one rate, epoch 3.
+- **Record:** ``paper_figures/results/mechanism_dashboard_mnist_confirm_none``, its text
+  written by ``analysis/mechanism_dashboard.py`` from the tables.
 """
 
 from __future__ import annotations
@@ -100,19 +128,32 @@ METRICS = {  # column: (label, better when)
 
 
 class Confirmation(NamedTuple):
-    """A declared confirmatory run: its new seeds and its primary endpoint's column (ELU −
-    ReLU per normalisation at :data:`CONFIRM_CHECKPOINTS`, the arms of :data:`CONFIRM_UNITS`)."""
+    """A declared confirmatory run: its new seeds, its primary endpoints' columns (ELU − ReLU
+    per normalisation of ``norms`` at :data:`CONFIRM_CHECKPOINTS`, the arms of
+    :data:`CONFIRM_UNITS` under ``norms``; Holm over them all)."""
 
     seeds: range
-    primary: str
-    what: str  # how its text names the primary measure
+    primaries: tuple[str, ...]
+    what: str  # how its text names the primary measures
+    norms: tuple[str, ...] = NORMS
+
+    @property
+    def primary(self) -> str:
+        """The first primary measure."""
+        return self.primaries[0]
 
 
 CONFIRMATIONS = {
-    "rho": Confirmation(range(5, 15), "rho_plain_jk", "the median unit's jackknifed ρ(plain)"),
+    "rho": Confirmation(range(5, 15), ("rho_plain_jk",), "the median unit's jackknifed ρ(plain)"),
     "estimable": Confirmation(
-        range(15, 25), "rho_plain_jk_est", "the median estimable unit's jackknifed ρ(plain)"
+        range(15, 25), ("rho_plain_jk_est",), "the median estimable unit's jackknifed ρ(plain)"
     ),
+    "none": Confirmation(
+        range(25, 125),
+        ("rho_plain_jk_est", "rho_plain_jk"),
+        "the median estimable unit's and the median live unit's jackknifed ρ(plain)",
+        ("none",),
+    ),  # fmt: skip
 }
 CONFIRM_SEEDS = CONFIRMATIONS["rho"].seeds
 """The first confirmatory run's seeds: 10 new ones, none of the record's 0–4."""
@@ -121,8 +162,8 @@ CONFIRM_CHECKPOINTS = (EPOCHS,)
 CONFIRM_PRIMARY = CONFIRMATIONS["rho"].primary
 
 
-def arms(units=UNITS) -> tuple[str, ...]:
-    return tuple(f"{u}-{n}" if n != "none" else u for n in NORMS for u in units)
+def arms(units=UNITS, norms=NORMS) -> tuple[str, ...]:
+    return tuple(f"{u}-{n}" if n != "none" else u for n in norms for u in units)
 
 
 def split_arm(arm: str) -> tuple[str, str]:
@@ -142,11 +183,11 @@ def config(arm: str, seed: int):
     )  # fmt: skip
 
 
-def study(seeds: int | range = SEEDS, units=UNITS):
+def study(seeds: int | range = SEEDS, units=UNITS, norms=NORMS):
     """The declared runs as a :class:`~natgrad.analysis.study.Study`: seeds ``0..seeds-1`` of
-    every arm (the record), or a ``range`` of seeds of the arms of ``units``
-    (:data:`CONFIRM_SEEDS`, :data:`CONFIRM_UNITS`: the confirmatory run)."""
+    every arm (the record), or a ``range`` of seeds of the arms of ``units`` under ``norms``
+    (a confirmation's seeds and norms, :data:`CONFIRM_UNITS`: a confirmatory run)."""
     from natgrad.analysis.study import Study
 
-    return Study("mechanism dashboard", arms(units),
+    return Study("mechanism dashboard", arms(units, norms),
                  range(seeds) if isinstance(seeds, int) else seeds, config)  # fmt: skip
