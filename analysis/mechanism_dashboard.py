@@ -213,6 +213,16 @@ def _ci(d: float, lo: float, hi: float) -> str:
     return f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
 
 
+def _p(p: float, n: int, raw: float | None = None) -> str:
+    """A sign-flip p (or its Holm-adjusted value, given the ``raw`` p); where random patterns
+    (over 20 seeds) put the raw p at its floor, a bound: no drawn pattern was as extreme."""
+    from natgrad.analysis.stats import sign_flip_p_min
+
+    raw = p if raw is None else raw
+    at_floor = n > SIGN_FLIP_EXACT_UP_TO and abs(raw - sign_flip_p_min(n)) < 1e-15
+    return f"≤ {p:.3g}" if at_floor else f"{p:.3g}"
+
+
 def confirm_readme(record: Path) -> str:
     """A confirmatory record's README, every number read from its own tables (and, for the
     side-by-side column of the first confirmation, the exploratory record's
@@ -318,7 +328,8 @@ def confirm_readme(record: Path) -> str:
                           f"{u['estimable'].mean():.0%} of ReLU's)")  # fmt: skip
         x = beside.loc[(norm, beside_metric or primary)]
         lines.append(f"| {name_} | {_ci(r['diff'], r['lo'], r['hi'])} | {ahead} of "
-                     f"{int(r['seeds'])} | {r['p']:.3g} | {r['p_holm']:.3g} | {said} | "
+                     f"{int(r['seeds'])} | {_p(r['p'], int(r['seeds']))} | "
+                     f"{_p(r['p_holm'], int(r['seeds']), r['p'])} | {said} | "
                      f"{e[primary].mean():.3f}, {u[primary].mean():.3f} | "
                      f"{e['estimable'].mean():.0%} / {u['estimable'].mean():.0%} | "
                      f"{_ci(x['diff'], x['lo'], x['hi'])} |")  # fmt: skip

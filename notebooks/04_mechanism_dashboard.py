@@ -61,9 +61,10 @@ else:
 #
 # ELU − ReLU in ρ(plain) at epoch 3 (higher: ELU nearer), with 95 % CIs: the exploratory
 # record (seeds 0–4, BCa, descriptive), the first confirmatory run (seeds 5–14, median over live
-# units) and the second (seeds 15–24, median over estimable units only, declared after the first
-# found fewer of ReLU's units estimable). Each confirmatory run's README states its declared rule
-# and reading.
+# units), the second (seeds 15–24, median over estimable units only, declared after the first
+# found fewer of ReLU's units estimable) and the third (without normalisation only, 100 seeds
+# 25–124, both medians, declared after the first two resolved different things there). Each
+# confirmatory run's README states its declared rule and reading.
 
 # %%
 FOREST = {  # record: (folder, metric)
@@ -71,17 +72,23 @@ FOREST = {  # record: (folder, metric)
     "confirmation, live units, seeds 5–14": ("mechanism_dashboard_mnist_confirm", "rho_plain_jk"),
     "confirmation, estimable units, seeds 15–24": (
         "mechanism_dashboard_mnist_confirm_estimable", "rho_plain_jk_est"),
+    "confirmation, live units, seeds 25–124": ("mechanism_dashboard_mnist_confirm_none",
+                                              "rho_plain_jk"),
+    "confirmation, estimable units, seeds 25–124": ("mechanism_dashboard_mnist_confirm_none",
+                                                   "rho_plain_jk_est"),
 }  # fmt: skip
 NORM_NAMES = {"none": "none", "centred": "centring", "bn": "batch norm", "ln": "layer norm"}
-fig, ax = plt.subplots(figsize=(9.5, 3.2))
+fig, ax = plt.subplots(figsize=(9.5, 3.8))
 for k, (label, (folder, metric)) in enumerate(FOREST.items()):
     path = ROOT / "paper_figures" / "results" / folder / "elu_vs_relu.csv"
     if not path.is_file():
         continue
     t = read_csv(path).set_index(["norm", "metric"])
     for i, norm in enumerate(NORM_NAMES):
+        if (norm, metric) not in t.index:  # the third run has no normalisation only
+            continue
         r = t.loc[(norm, metric)]
-        y = i + (k - 1) * 0.22
+        y = i + (k - 2) * 0.16
         ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o",
                     color=f"C{k}", ms=4, capsize=2, label=label if i == 0 else None)  # fmt: skip
 ax.axvline(0, color="0.5", lw=0.8)

@@ -569,12 +569,13 @@ def test_the_direction_audits_confirmatory_readme_is_its_tables_read_by_the_decl
 
 @pytest.mark.parametrize("record, key", [("mechanism_dashboard_mnist_confirm", "rho"),
                                          ("mechanism_dashboard_mnist_confirm_estimable",
-                                          "estimable")])  # fmt: skip
+                                          "estimable"),
+                                         ("mechanism_dashboard_mnist_confirm_none", "none")])  # fmt: skip
 def test_the_dashboards_confirmatory_records_rebuild(record, key, monkeypatch):
     """Each confirmatory dashboard record holds its declared runs (its new seeds, ELU and ReLU
     under the four normalisations, epoch 3) and nothing else; its summary and paired tables
     rebuild exactly from its per-run measures, with Holm within each declared family alone
-    (primary: its declared measure under the four normalisations; secondary: the rest); and its
+    (primary: its declared measures under its normalisations; secondary: the rest); and its
     README is what ``confirm_readme`` writes from them."""
     import json
 
@@ -588,17 +589,17 @@ def test_the_dashboards_confirmatory_records_rebuild(record, key, monkeypatch):
     assert json.loads((src / "run.json").read_text()).get("confirmation", "rho") == key
     table = read_csv(src / "dashboard.csv")  # the declared runs, and only those
     assert set(table["seed"]) == set(conf.seeds)
-    assert set(table["arm"]) == set(m.arms(m.CONFIRM_UNITS))
+    assert set(table["arm"]) == set(m.arms(m.CONFIRM_UNITS, conf.norms))
     assert set(table["epoch"]) == set(m.CONFIRM_CHECKPOINTS)
-    assert len(table) == len(conf.seeds) * len(m.arms(m.CONFIRM_UNITS))
+    assert len(table) == len(conf.seeds) * len(m.arms(m.CONFIRM_UNITS, conf.norms))
     with stats.mean_ci_method(stats.recorded_mean_ci(src)):
         summary, paired = m.summarise(table, confirm=key)
     for name, new in (("summary", summary), ("elu_vs_relu", paired)):
         pd.testing.assert_frame_equal(new.reset_index(drop=True), read_csv(src / f"{name}.csv"),
                                       check_exact=True, check_dtype=False, obj=name)  # fmt: skip
     assert (paired["ci_method"] == "t").all()
-    primary = paired["metric"] == conf.primary
-    assert primary.sum() == len(m.NORMS)
+    primary = paired["metric"].isin(conf.primaries)
+    assert primary.sum() == len(conf.norms) * len(conf.primaries)
     for family in (primary, ~primary):
         np.testing.assert_array_equal(paired["p_holm"][family].to_numpy(),  # each family alone
                                       stats.holm(paired["p"][family].to_numpy()))  # fmt: skip
@@ -638,6 +639,11 @@ def test_the_dashboards_confirmatory_readme_reads_by_the_declared_rule(tmp_path,
     assert (
         "| all live units (this run) |" in est and "| none | +0.00707 [-0.0597, +0.0739] |" in est
     )
+    # the third (100 seeds, random sign patterns): a p at the patterns' floor is a bound
+    none = m.confirm_readme(ROOT / "paper_figures/results/mechanism_dashboard_mnist_confirm_none")
+    live = "| ρ(plain) over live units | +0.048 [+0.0377, +0.0582] | 79 of 100 | ≤ 2e-05 | ≤ 4e-05"
+    assert live in none
+    assert none.index("over estimable units |") < none.index("over live units |")  # declared order
 
 
 @pytest.mark.parametrize("record", ["main", "standardised"])
