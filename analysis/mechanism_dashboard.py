@@ -213,14 +213,14 @@ def _ci(d: float, lo: float, hi: float) -> str:
     return f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
 
 
-def _p(p: float, n: int, raw: float | None = None) -> str:
+def _p(p: float, n: int, raw: float | None = None, spec: str = ".3g") -> str:
     """A sign-flip p (or its Holm-adjusted value, given the ``raw`` p); where random patterns
     (over 20 seeds) put the raw p at its floor, a bound: no drawn pattern was as extreme."""
     from natgrad.analysis.stats import sign_flip_p_min
 
     raw = p if raw is None else raw
-    at_floor = n > SIGN_FLIP_EXACT_UP_TO and abs(raw - sign_flip_p_min(n)) < 1e-15
-    return f"≤ {p:.3g}" if at_floor else f"{p:.3g}"
+    at_floor = n > SIGN_FLIP_EXACT_UP_TO and abs(raw - sign_flip_p_min(int(n))) < 1e-15
+    return f"≤ {p:{spec}}" if at_floor else f"{p:{spec}}"
 
 
 def confirm_readme(record: Path) -> str:
@@ -370,7 +370,8 @@ def confirm_readme(record: Path) -> str:
         if m in conf.primaries:
             continue
         cells = [f"{_ci(*sec.loc[(m, k), ['diff', 'lo', 'hi']])} (Holm p "
-                 f"{sec.loc[(m, k), 'p_holm']:.2g})" for k in norms]  # fmt: skip
+                 f"{_p(*sec.loc[(m, k), ['p_holm', 'seeds', 'p']], spec='.2g')})"
+                 for k in norms]  # fmt: skip
         lines.append(f"| {label[m]} | " + " | ".join(cells) + " |")
     lines += ["", "## Limits", "",
               f"One net ({DEPTH} × {WIDTH}), one data set, one rate, {EPOCHS} epochs, one damping "

@@ -57,7 +57,7 @@ else:
     print("the dashboard's results are not in this checkout:", RESULTS)
 
 # %% [markdown]
-# ## Is ELU's plain gradient nearer the unit natural gradient? Three records, side by side
+# ## Is ELU's plain gradient nearer the unit natural gradient? The records, side by side
 #
 # ELU − ReLU in ρ(plain) at epoch 3 (higher: ELU nearer), with 95 % CIs: the exploratory
 # record (seeds 0–4, BCa, descriptive), the first confirmatory run (seeds 5–14, median over live

@@ -73,7 +73,7 @@ def neff_adjusted(units, metric: str, *, reference: str = "elu"):
     gives each unit type's level at a common n_eff, and the seed's adjusted difference is
     α_reference − α_other (a seed whose fit is not determined, e.g. a single layer, drops
     out). Those per-seed differences are compared like every paired difference
-    (:func:`paired_summary`: mean, :func:`mean_ci`, exact sign-flip p). Returns one row per
+    (:func:`paired_summary`: mean, :func:`mean_ci`, :func:`sign_flip_p`). Returns one row per
     other unit type: ``metric``, ``reference``, ``other``, ``n`` (seeds with both unit types
     and a determined fit), ``diff``, ``lo``, ``hi``, ``ci_method``, ``p``, ``p_min``,
     ``slope`` (median of β over those seeds) and ``diff_unadjusted`` (the mean over the same
@@ -337,8 +337,8 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
 
     Returns one row per other unit type: ``metric``, ``reference``, ``other``, ``n`` (paired
     seeds), ``diff`` = mean over seeds of (reference − other), ``lo``/``hi`` (95 % CI of that
-    mean, :func:`mean_ci`), ``p`` (exact two-sided sign-flip permutation test of the paired
-    differences), ``p_min`` (the smallest p n pairs allow), ``better`` (the registry's
+    mean, :func:`mean_ci`), ``p`` (two-sided sign-flip permutation test of the paired
+    differences, :func:`sign_flip_p`), ``p_min`` (the smallest p n pairs allow), ``better`` (the registry's
     direction), ``ci_method`` (t; BCa or percentile under ``mean_ci_method("bootstrap")``)
     and ``text`` (:func:`sentence`). For
     ``closer_to_zero`` metrics the absolute values are compared. A censored time-to-event
