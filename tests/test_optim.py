@@ -602,3 +602,15 @@ def test_a_step_that_would_blow_up_is_named_before_the_nan():
     # the defaults (layer_damping 0.3) at the README's rate: no warning, no divergence
     diverged, warned = _ng_steps(layer_damping=0.3, lr=1e-4)
     assert diverged is None and not warned
+
+
+def test_undamped_zero_diagonal_names_its_units():
+    r"""The diagonal preconditioner at λ = 0 with zero Fisher entries (constant inputs) names
+    the units as every other singular-block message does (``linalg._names``)."""
+    from natgrad.optim.solves import diagonal_coefficients
+
+    diag = torch.ones(7, 4, dtype=torch.float64)
+    diag[2:5, 1] = 0.0
+    with pytest.raises(SingularBlockError, match=r"layer 'fc2'.*for unit 2, unit 3, unit 4 \("):
+        diagonal_coefficients(diag, 0.0, layer="fc2")
+    assert torch.isfinite(diagonal_coefficients(diag, 1e-3, layer="fc2")).all()

@@ -203,12 +203,9 @@ def diagonal_coefficients(
     m, _ = _damped_diagonal(diag, rel_damping, layer_damping)
     bad = ~(m > 0).all(-1) | ~torch.isfinite(m).all(-1)
     if bad.any():
-        units = bad.nonzero().flatten()
-        shown = ", ".join(str(int(u)) for u in units[:5])
-        more = f" and {units.numel() - 5} more" if units.numel() > 5 else ""
         raise SingularBlockError(
             f"{linalg.layer_prefix(layer)}the diagonal entries of the damped unit Fisher are not "
-            f"positive for units {shown}{more} (an input that is constant, e.g. an always-zero "
+            f"positive for {linalg._names(bad.nonzero().flatten(), None)} (an input that is constant, e.g. an always-zero "
             "pixel, has a zero Fisher entry). Pass rel_damping > 0."
         )
     return 1.0 / m
