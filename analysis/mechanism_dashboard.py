@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from natgrad._atomic import write_text
-from natgrad.analysis.stats import SIGN_FLIP_EXACT_UP_TO, SIGN_FLIP_RESAMPLES, mean_ci_name
+from natgrad.analysis.stats import mean_ci_name, sign_flip_at_floor, sign_flip_method
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration, re-exported)
     BATCH,
@@ -216,10 +216,7 @@ def _ci(d: float, lo: float, hi: float) -> str:
 def _p(p: float, n: int, raw: float | None = None, spec: str = ".3g") -> str:
     """A sign-flip p (or its Holm-adjusted value, given the ``raw`` p); where random patterns
     (over 20 seeds) put the raw p at its floor, a bound: no drawn pattern was as extreme."""
-    from natgrad.analysis.stats import sign_flip_p_min
-
-    raw = p if raw is None else raw
-    at_floor = n > SIGN_FLIP_EXACT_UP_TO and abs(raw - sign_flip_p_min(int(n))) < 1e-15
+    at_floor = sign_flip_at_floor(p if raw is None else raw, int(n))
     return f"≤ {p:{spec}}" if at_floor else f"{p:{spec}}"
 
 
@@ -265,10 +262,9 @@ def confirm_readme(record: Path) -> str:
         "rho_plain_jk": "ρ(plain) over live units",
         "rho_plain_jk_est": "ρ(plain) over estimable units",
     }
-    p_how = ("Exact two-sided sign-flip p" if n <= SIGN_FLIP_EXACT_UP_TO else
-             f"Two-sided sign-flip p from {SIGN_FLIP_RESAMPLES:,} random sign patterns (a fixed "
-             "generator)")  # fmt: skip
-    holm_over = {1: "the one", 2: "the two", 4: "the four"}[len(norms) * len(conf.primaries)]
+    p_how = sign_flip_method(n).capitalize()
+    k = len(norms) * len(conf.primaries)
+    holm_over = f"the {dict(enumerate(('none', 'one', 'two', 'three', 'four'))).get(k, k)}"
     lines = [
         "# Mechanism dashboard, confirmatory run" + {"estimable": " over estimable units",
         "none": " without normalisation, powered"}.get(key, "") + ": is ELU's plain gradient "
@@ -316,7 +312,7 @@ def confirm_readme(record: Path) -> str:
     for r in rows.to_dict("records"):
         norm, primary = r["norm"], r["metric"]
         name_ = NORM_NAMES[norm] if len(conf.primaries) == 1 else row_name[primary]
-        arm_e, arm_r = (f"{u}-{norm}" if norm != "none" else u for u in ("elu", "relu"))
+        arm_e, arm_r = arms(CONFIRM_UNITS, (norm,))
         e = at[at["arm"] == arm_e].set_index("seed")
         u = at[at["arm"] == arm_r].set_index("seed")
         ahead = int((e[primary] > u[primary]).sum())

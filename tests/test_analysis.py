@@ -186,8 +186,10 @@ def test_sign_flip_p_draws_random_patterns_above_twenty_seeds():
     assert p == pytest.approx(2 * norm.sf(z), abs=0.01)
     far = stats.paired_comparison(_pairs(list(np.full(30, 0.3) + rng.normal(0, 0.01, 30))),
                                   "rho_plain").iloc[0]  # fmt: skip
-    assert far["p"] == pytest.approx(far["p_min"]) and far["p_min"] == stats.sign_flip_p_min(30)
-    assert stats.sign_flip_p_min(20) == 2 / 2**20
+    assert far["p"] == pytest.approx(2 / 100_001) and far["p_min"] == pytest.approx(2 / 100_001)
+    assert stats.sign_flip_at_floor(far["p"], 30) and not stats.sign_flip_at_floor(p, 100)
+    assert stats.sign_flip_p_min(20) == 2 / 2**20 and not stats.sign_flip_at_floor(2 / 2**20, 20)
+    assert "exact" in stats.sign_flip_method(20) and "100,000 random" in stats.sign_flip_method(21)
 
 
 def test_sentences_follow_the_confidence_interval():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from natgrad._atomic import write_text
 from natgrad.analysis import metrics as mt
-from natgrad.analysis.stats import analysed_units, mean_ci_name
+from natgrad.analysis.stats import SIGN_FLIP_EXACT_UP_TO, analysed_units, mean_ci_name
 from natgrad.analysis.summary import headline_rho, read_tables
 from natgrad.units import unit_type_label, unit_type_order
 
@@ -476,7 +476,7 @@ def render_report(tables_dir: str | os.PathLike, out_path: str | os.PathLike | N
         "live units of the layers fed by hidden units; the <b>replicate is the seed</b> (run j "
         "of every unit type starts from the same weights): unit types are compared paired by "
         f"seed, with {mean_ci_name()} 95 % CIs of the mean difference and sign-flip permutation "
-        "tests (exact up to 20 seeds). No test uses layers or units as replicates. Sentences state a direction only "
+        f"tests (exact up to {SIGN_FLIP_EXACT_UP_TO} seeds). No test uses layers or units as replicates. Sentences state a direction only "
         "where the CI excludes 0. Only the declared primary endpoints are adjusted for "
         "multiplicity (Holm); every other comparison is secondary, its CI unadjusted for the "
         "others.</p>"

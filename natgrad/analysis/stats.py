@@ -29,7 +29,7 @@ __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes"
            "claims_per_seed", "ci_sign", "current_mean_ci", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
            "paired_summary", "ratio_ci", "recorded_mean_ci", "seed_values", "sentence",
-           "sign_flip_p", "sign_flip_p_min"]  # fmt: skip
+           "sign_flip_at_floor", "sign_flip_method", "sign_flip_p", "sign_flip_p_min"]  # fmt: skip
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -536,6 +536,20 @@ def sign_flip_p_min(n: int) -> float:
     if not n:
         return math.nan
     return 2.0 / 2**n if n <= SIGN_FLIP_EXACT_UP_TO else 2.0 / (SIGN_FLIP_RESAMPLES + 1)
+
+
+def sign_flip_method(n: int) -> str:
+    """How :func:`sign_flip_p` gets its p with ``n`` seeds, in words (for reports)."""
+    if n <= SIGN_FLIP_EXACT_UP_TO:
+        return "exact two-sided sign-flip permutation test"
+    return (f"two-sided sign-flip permutation test from {SIGN_FLIP_RESAMPLES:,} random sign "
+            "patterns of a fixed generator")  # fmt: skip
+
+
+def sign_flip_at_floor(p: float, n: int) -> bool:
+    """Whether a :func:`sign_flip_p` of ``n`` seeds from random patterns sits at its floor, so
+    is a bound (no drawn pattern was as extreme); an exact p is never a bound."""
+    return n > SIGN_FLIP_EXACT_UP_TO and abs(p - sign_flip_p_min(n)) < 1e-15
 
 
 def sign_flip_p(diff) -> float:

@@ -54,13 +54,13 @@ import torch
 from natgrad.analysis.endpoints import Endpoint, evaluate
 from natgrad.analysis.stats import (
     SIGN_FLIP_EXACT_UP_TO,
-    SIGN_FLIP_RESAMPLES,
     bootstrap_ci,
     current_mean_ci,
     loss_auc,
     mean_ci_name,
     ratio_ci,
     sentence,
+    sign_flip_method,
     sign_flip_p_min,
 )
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
@@ -499,12 +499,10 @@ def _report(curves, tables: dict, config: CompareConfig, meta: dict, structures:
         "",
         f"## Effects paired by seed (reference − arm, 95 % {mean_ci_name()} CI over seeds)",
         "",
-        ("p: exact two-sided sign-flip permutation test over seeds (with n seeds it cannot go "
-         f"below 2/2^n = {2 / 2 ** config.seeds:.3g}); " if config.seeds <= SIGN_FLIP_EXACT_UP_TO
-         else f"p: two-sided sign-flip permutation test over seeds, from "
-         f"{SIGN_FLIP_RESAMPLES:,} random sign patterns of a fixed generator (it cannot go "
-         f"below {sign_flip_p_min(config.seeds):.3g}); ")
-        + "p_holm: Holm-adjusted within each metric's rows (natgrad.analysis.endpoints).",
+        f"p: {sign_flip_method(config.seeds)} over seeds ("
+        + ("with n seeds it cannot go below 2/2^n = " if config.seeds <= SIGN_FLIP_EXACT_UP_TO
+           else "it cannot go below ") + f"{sign_flip_p_min(config.seeds):.3g}); "
+        "p_holm: Holm-adjusted within each metric's rows (natgrad.analysis.endpoints).",
         "",
         *([f"- {t}" for t in effects["text"]] if not effects.empty else ["(no baseline arm)"]),
         "",
