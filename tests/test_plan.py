@@ -98,3 +98,20 @@ def test_a_plan_trained_here_leaves_the_thread_count(tmp_path, monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_unit_tables_computed_here_leave_the_thread_count(tmp_path, monkeypatch):
+    """The unit-statistics pool follows the same rule: with several workers but one
+    (run, epoch), it computes in this process and leaves the caller's torch threads."""
+    from natgrad.analysis.runs import unit_table
+    from natgrad.training import plan
+
+    run = train(_cfg("elu", 0, epochs=1), tmp_path / "run", device="cpu", progress=False).run_dir
+    monkeypatch.setattr(plan, "_cpus", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert len(unit_table([run], epochs=[1], probe_size=32, workers=2))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

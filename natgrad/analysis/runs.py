@@ -29,6 +29,7 @@ from natgrad.analysis.study import _CURVES, _num
 from natgrad.analysis.unitstats import unit_statistics
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.errors import CheckpointError, DataFileError, InputError
+from natgrad.training.plan import per_worker_threads
 from natgrad.training.rundir import RunDir, find_runs
 
 __all__ = [
@@ -290,7 +291,8 @@ def unit_table(
         sweep: relative dampings of the damping sweep, computed at ``sweep_epochs``
             (default: the last epoch of each run).
         layers: layer names (default all Linear/Conv2d layers).
-        workers: parallel processes (one torch thread each); 1 computes in this process.
+        workers: parallel processes (the CPUs shared out between them,
+            :func:`~natgrad.training.plan.per_worker_threads`); 1 computes in this process.
         progress: show a tqdm bar over (run, epoch).
         stats: if a dict, receives ``{"computed": n, "cached": n}``.
         grad: ``"probe"``: g is the probe's mean loss gradient; ``"train"``: the training
@@ -330,10 +332,13 @@ def unit_table(
             settings = _settings(probe, probe_size, rel_damping, sweep if (sweep and at) else None,
                                  None if layers is None else list(layers), grad, jackknife,
                                  probe_sizes if (sized and e == last) else None)  # fmt: skip
-            jobs.append((run, e, settings, 1 if workers > 1 else 0))
+            jobs.append((run, e, settings))
+    pooled = workers > 1 and len(jobs) > 1  # else every job runs here, threads left as they are
+    threads = per_worker_threads(min(workers, len(jobs))) if pooled else 0
+    jobs = [(*job, threads) for job in jobs]
     with ExitStack() as stack:
         done = map(_analyse, jobs)
-        if workers > 1 and len(jobs) > 1:
+        if pooled:
             ctx = multiprocessing.get_context("spawn")
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=ctx))
             done = pool.map(_analyse, jobs)

@@ -245,7 +245,6 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
     from natgrad.analysis.runs import hidden_layers
     from natgrad.analysis.summary import read_tables, write_tables
     from natgrad.training.engine import describe_device, resolve_device
-    from natgrad.training.plan import per_worker_threads
 
     t0 = time.perf_counter()
     if not (out / "demo.json").is_file():  # marks the folder as the demo's from the start
@@ -269,12 +268,10 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
         "device": device,
         "runs": f"{len(runs)} ({', '.join(config.units)} × {config.seeds} seeds), {config.net} on {config.dataset}",
         "layers analysed": "all" if layers is None else f"fed by hidden units ({', '.join(layers)})",
-        "parallelism": (
-            f"{workers} worker process(es) × {config.threads} torch thread(s) each, for "
-            "training and for the unit Fishers" if config.threads else
-            f"{workers} worker processes, {per_worker_threads(workers)} torch thread(s) each for "
-            "training (the CPUs shared out) and one for the unit Fishers" if workers > 1 else
-            "one process, torch's default threads"),
+        "parallelism": f"{workers} worker process(es) × "
+                       + (f"{config.threads} torch thread(s) each" if config.threads else
+                          "the CPUs shared out (natgrad.training.plan.per_worker_threads)")
+                       + ", for training and for the unit Fishers",
     }  # fmt: skip
     size_runs = [r.path for r in plan if r.seed < config.size_seeds]
     tables = write_tables(runs, out / "tables", epochs=analysed_epochs(config),

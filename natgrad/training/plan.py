@@ -133,7 +133,7 @@ def train_plan(
     groups = [g for g in (stacked[w::workers] for w in range(workers)) if g]
     groups += [[i] for i in todo if i not in set(stacked)]
     pooled = workers > 1 and len(groups) > 1  # else every job trains here
-    threads = threads or (per_worker_threads(workers) if pooled else 0)
+    threads = threads or (per_worker_threads(min(workers, len(groups))) if pooled else 0)
     jobs = [([configs[i] for i in g], [dirs[i] for i in g], device, resume, threads)
             for g in groups]  # fmt: skip
     bar = tqdm(total=len(todo), desc="training", unit="run", disable=not progress,
