@@ -21,6 +21,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from natgrad._atomic import write_text
 from natgrad.analysis.stats import mean_ci_name, sign_flip_at_floor, sign_flip_method
@@ -209,6 +210,46 @@ EXPLORATORY = (Path(__file__).resolve().parents[1]
 NORM_NAMES = {"none": "none", "centred": "centring", "bn": "batch norm", "ln": "layer norm"}
 
 
+class _Text(NamedTuple):
+    """What a confirmatory record's README says that differs between the confirmations."""
+
+    title: str  # after "confirmatory run"
+    declared: str  # the declaration's heading, and why it was declared
+    over: str  # after "ρ(plain)" in the primary heading
+    seeds_word: str  # "none of which <…> record used"
+    what_note: str  # after the primary measure's name
+    limit: str | None  # the declared limit (None: the estimability caveat, where shares differ)
+
+
+_EARLIER = "confirmation ([mechanism_dashboard_mnist_confirm](../mechanism_dashboard_mnist_confirm/"
+TEXT = {
+    "rho": _Text("", '("Confirmatory run of ρ(plain)")', "", "that", "", None),
+    "estimable": _Text(
+        " over estimable units",
+        '("Confirmatory run of ρ(plain) over estimable units only", declared after the first '
+        f"{_EARLIER}README.md)) had found fewer of ReLU's units estimable)",
+        " over estimable units only", "an earlier", " (over the units with n_eff ≥ 2(d+1))",
+        " Limit (declared before the run): the median is over each net's own estimable units, a "
+        "selection that differs between the arms (shares in the table); a difference among "
+        "estimable units is not a difference between the same units, and dead or thin units "
+        "still shape the other units' inputs."),
+    "none": _Text(
+        " without normalisation, powered",
+        '("Confirmatory run without normalisation, powered", declared after the two earlier '
+        "confirmations ([mechanism_dashboard_mnist_confirm](../mechanism_dashboard_mnist_"
+        "confirm/README.md), [mechanism_dashboard_mnist_confirm_estimable](../mechanism_"
+        "dashboard_mnist_confirm_estimable/README.md)) had resolved different things without "
+        "normalisation)",
+        " without normalisation", "an earlier", "",
+        " Limit (declared before the run): the median over estimable units is over each net's "
+        "own selection of units, which differs between the arms (shares in the table), and "
+        "dead or thin units still shape the other units' inputs; the median over live units "
+        "includes blocks with n_eff < 2(d+1). Where an endpoint is not resolved, its CI bounds "
+        "the difference this design excludes."),
+}  # fmt: skip
+"""Each confirmation's README wording (keys of :data:`CONFIRMATIONS`)."""
+
+
 def _ci(d: float, lo: float, hi: float) -> str:
     return f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
 
@@ -235,7 +276,7 @@ def confirm_readme(record: Path) -> str:
 
     meta = json.loads((record / "run.json").read_text())
     key = meta.get("confirmation", "rho")  # the first confirmation's run.json predates the key
-    conf = CONFIRMATIONS[key]
+    conf, text = CONFIRMATIONS[key], TEXT[key]
     primary, norms = conf.primary, conf.norms
     name = record_name(record, Path(__file__).resolve().parents[1])
     table = read_csv(record / "dashboard.csv")
@@ -255,9 +296,6 @@ def confirm_readme(record: Path) -> str:
     first, last = meta["seed_range"]
     n, how = int(paired["seeds"].max()), str(paired["ci_method"].iloc[0])
     label = {m: lab.replace("\n", " ").replace("|", "\\|") for m, (lab, _) in METRICS.items()}
-    over = {"estimable": " over estimable units only", "none": " without normalisation"}.get(
-        key, ""
-    )
     row_name = {
         "rho_plain_jk": "ρ(plain) over live units",
         "rho_plain_jk_est": "ρ(plain) over estimable units",
@@ -266,8 +304,7 @@ def confirm_readme(record: Path) -> str:
     k = len(norms) * len(conf.primaries)
     holm_over = f"the {dict(enumerate(('none', 'one', 'two', 'three', 'four'))).get(k, k)}"
     lines = [
-        "# Mechanism dashboard, confirmatory run" + {"estimable": " over estimable units",
-        "none": " without normalisation, powered"}.get(key, "") + ": is ELU's plain gradient "
+        f"# Mechanism dashboard, confirmatory run{text.title}: is ELU's plain gradient "
         "nearer the unit natural gradient than ReLU's?", "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s measuring "
@@ -276,27 +313,18 @@ def confirm_readme(record: Path) -> str:
         "(`tests/test_study.py` checks that it still is)." + (f" Note: {meta['note']}"
                                                                if "note" in meta else ""),
         "- **Declared before its runs** in `natgrad/studies/mechanism_dashboard.py` "
-        + ('("Confirmatory run of ρ(plain)")' if key == "rho" else
-           '("Confirmatory run of ρ(plain) over estimable units only", declared after the first '
-           "confirmation ([mechanism_dashboard_mnist_confirm](../mechanism_dashboard_mnist_confirm/"
-           "README.md)) had found fewer of ReLU's units estimable)" if key == "estimable" else
-           '("Confirmatory run without normalisation, powered", declared after the two earlier '
-           "confirmations ([mechanism_dashboard_mnist_confirm](../mechanism_dashboard_mnist_"
-           "confirm/README.md), [mechanism_dashboard_mnist_confirm_estimable](../mechanism_"
-           "dashboard_mnist_confirm_estimable/README.md)) had resolved different things without "
-           "normalisation)")
+        + text.declared
         + (": ELU and ReLU under no normalisation, centring, batch norm and layer norm"
            if len(norms) == 4 else ": ELU and ReLU without normalisation")
         + ", trained as in the exploratory record "
         "([mechanism_dashboard_mnist](../mechanism_dashboard_mnist/README.md)): `mnist-fc` "
         f"{DEPTH}×{WIDTH} on MNIST, SGD lr {LR:g}, batch {BATCH}, {EPOCHS} epochs, on seeds "
-        f"{first}–{last}, none of which {'that' if key == 'rho' else 'an earlier'} record used. At epoch {EPOCHS}: exact unit "
+        f"{first}–{last}, none of which {text.seeds_word} record used. At epoch {EPOCHS}: exact unit "
         f"Fishers of the layers fed by hidden units ({', '.join(LAYERS)}) on {UNIT_PROBE:,} "
         f"validation images, λ = {MEASURE_DAMPING:g}, g the training set's mean gradient; per run "
-        f"{CONFIRMATIONS[key].what}" + (" (over the units with n_eff ≥ 2(d+1))"
-        if key == "estimable" else "") + ". Tables: `dashboard.csv` (per run), `summary.csv` "
+        f"{conf.what}{text.what_note}. Tables: `dashboard.csv` (per run), `summary.csv` "
         "(per arm), `elu_vs_relu.csv` (paired).", "",
-        f"## Primary endpoints: ELU − ReLU in ρ(plain){over} at epoch {EPOCHS}, paired by seed",
+        f"## Primary endpoints: ELU − ReLU in ρ(plain){text.over} at epoch {EPOCHS}, paired by seed",
         "",
         f"{p_how}, Holm over {holm_over}; {how} 95 % CIs over {n} seeds. The "
         "declared rule: resolved where the Holm p is < 0.05 and the CI excludes 0.", "",
@@ -331,17 +359,8 @@ def confirm_readme(record: Path) -> str:
                      f"{_ci(x['diff'], x['lo'], x['hi'])} |")  # fmt: skip
     said = "; ".join(f"{k}: {', '.join(readings[k])}"
                      for k in ("ELU nearer", "ReLU nearer", "not resolved") if k in readings)  # fmt: skip
-    if key == "none":
-        caveat = (" Limit (declared before the run): the median over estimable units is over each "
-                  "net's own selection of units, which differs between the arms (shares in the "
-                  "table), and dead or thin units still shape the other units' inputs; the "
-                  "median over live units includes blocks with n_eff < 2(d+1). Where an endpoint "
-                  "is not resolved, its CI bounds the difference this design excludes.")  # fmt: skip
-    elif key == "estimable":
-        caveat = (" Limit (declared before the run): the median is over each net's own estimable "
-                  "units, a selection that differs between the arms (shares in the table); a "
-                  "difference among estimable units is not a difference between the same units, "
-                  "and dead or thin units still shape the other units' inputs.")  # fmt: skip
+    if text.limit is not None:
+        caveat = text.limit
     elif uneven:
         caveat = (" Caveat (added to the writer after the results were seen): the two arms' "
                   "units are not equally often estimable (n_eff ≥ 2(d+1)) under "
@@ -417,7 +436,7 @@ def run(argv: list[str] | None = None) -> int:
                       argv=argv, script="analysis/mechanism_dashboard.py", train_seconds=t_train,
                       measure_seconds=t_measure, seeds=len(s.seeds),
                       **({"seed_range": [min(s.seeds), max(s.seeds)]} if args.confirm else {}),
-                      **({"confirmation": args.confirm} if args.confirm not in (None, "rho") else {}),
+                      **({"confirmation": args.confirm} if args.confirm else {}),
                       device=f"cpu, {args.workers} worker process(es) of one torch thread")  # fmt: skip
         if not args.confirm:  # the figure draws the measures over epochs
             figure(summary, args.record)
