@@ -1,7 +1,7 @@
 r"""The studies natgrad ships, each a declaration run by the one pipeline.
 
 ``demo`` (``natgrad demo``) and ``compare`` (``natgrad compare``), and the paper-figure
-studies ``fig2``, ``fig3``, ``bn_cnn``, ``direction_audit``, ``mechanism_dashboard`` and
+studies ``fig2``, ``fig3``, ``bn_cnn``, ``direction_audit``, ``mechanism_dashboard``, ``mechanism_speed`` and
 ``fair_compare`` (each module's docstring: what it declares). Each declares its runs as a
 :class:`natgrad.analysis.study.Study` and its endpoints
 (:class:`natgrad.analysis.endpoints.Endpoint`); the tables, statistics and reports come from

@@ -171,23 +171,27 @@ def split_arm(arm: str) -> tuple[str, str]:
     return unit, norm or "none"
 
 
-def config(arm: str, seed: int):
+def config(arm: str, seed: int, epochs: int = EPOCHS):
     from natgrad.training import default_config
 
     unit, norm = split_arm(arm)
     return default_config(
-        "mnist-fc", dataset="mnist", unit=unit, seed=seed, epochs=EPOCHS, lr=LR,
+        "mnist-fc", dataset="mnist", unit=unit, seed=seed, epochs=epochs, lr=LR,
         batch_size=BATCH, width=WIDTH, depth=DEPTH, centre=norm == "centred", centre_rate=0.1,
         batch_norm=norm == "bn", layer_norm=norm == "ln", checkpoint_every=1,
         keep_checkpoints=0, probe_size=64, notes=f"mechanism dashboard arm {arm}",
     )  # fmt: skip
 
 
-def study(seeds: int | range = SEEDS, units=UNITS, norms=NORMS):
+def study(seeds: int | range = SEEDS, units=UNITS, norms=NORMS, epochs: int = EPOCHS):
     """The declared runs as a :class:`~natgrad.analysis.study.Study`: seeds ``0..seeds-1`` of
     every arm (the record), or a ``range`` of seeds of the arms of ``units`` under ``norms``
-    (a confirmation's seeds and norms, :data:`CONFIRM_UNITS`: a confirmatory run)."""
+    (a confirmation's seeds and norms, :data:`CONFIRM_UNITS`: a confirmatory run); ``epochs``
+    other than :data:`EPOCHS` only to resume such runs further (``natgrad.studies.mechanism_speed``)."""
+    from functools import partial
+
     from natgrad.analysis.study import Study
 
     return Study("mechanism dashboard", arms(units, norms),
-                 range(seeds) if isinstance(seeds, int) else seeds, config)  # fmt: skip
+                 range(seeds) if isinstance(seeds, int) else seeds,
+                 partial(config, epochs=epochs))  # fmt: skip
