@@ -83,6 +83,7 @@ def test_bad_declarations():
      lambda m: m.study(m.CONFIRMATIONS["none"].seeds, m.CONFIRM_UNITS, ("none",))),
     ("direction_audit", lambda m: m.study(m.CONFIRM_SEEDS)),
     ("fair_compare", lambda m: m.study()),
+    ("mechanism_speed", lambda m: m.study()),
 ])  # fmt: skip
 def test_the_studies_are_declarations_in_natgrad_studies(name, build):
     """Every study's declaration lives in natgrad.studies and plans distinct runs whose configs
@@ -674,3 +675,72 @@ def test_the_fair_comparisons_training_seconds_are_each_runs_last_cumulative_tim
     assert m.training_seconds(curves) == pytest.approx(14188.8, abs=0.1)
     written = json.loads((src / "run.json").read_text())["meta"]["wall_seconds"]
     assert written == pytest.approx(float(curves["seconds"].sum()))  # the old double count
+
+
+def test_the_speed_study_resumes_the_third_confirmations_runs():
+    """The speed study's runs are the third confirmation's, run for run (the same folders,
+    seeds and configs), but for the epochs they are resumed to."""
+    import dataclasses
+
+    from natgrad.studies import mechanism_dashboard as md
+    from natgrad.studies import mechanism_speed as ms
+
+    speed, source = ms.study().plan("r"), md.study(ms.SEEDS, md.CONFIRM_UNITS, ("none",)).plan("r")
+    assert [r.path for r in speed] == [r.path for r in source] and len(speed) == 200
+    assert all(r.config.epochs == ms.EPOCHS > ms.FROM_EPOCH == s.config.epochs
+               and dataclasses.replace(r.config, epochs=s.config.epochs) == s.config
+               for r, s in zip(speed, source, strict=True))  # fmt: skip
+
+
+def _speed_record():
+    return ROOT / "paper_figures/results/mechanism_speed_mnist"
+
+
+@pytest.mark.skipif(not _speed_record().is_dir(), reason="the speed study is not recorded")
+def test_the_speed_record_rebuilds_from_its_curves(monkeypatch):
+    """The speed record's per-run table rebuilds exactly from its curves and the third
+    confirmation's committed ρ, its endpoints from that table (Holm within each family), and
+    its README is what ``readme`` writes from them."""
+    import numpy as np
+
+    from natgrad.analysis.csvtables import read_csv
+
+    m = _script("mechanism_speed", monkeypatch)
+    src = _speed_record()
+    curves = read_csv(src / "curves.csv")
+    assert set(curves["seed"]) == set(m.SEEDS) and curves["epoch"].max() == m.EPOCHS
+    table = m.per_run(curves, read_csv(m.CONFIRMATION / "dashboard.csv"))
+    pd.testing.assert_frame_equal(table, read_csv(src / "per_run.csv"), check_exact=True,
+                                  check_dtype=False)  # fmt: skip
+    eps = m.endpoints(table)
+    pd.testing.assert_frame_equal(eps, read_csv(src / "endpoints.csv"), check_exact=True,
+                                  check_dtype=False)  # fmt: skip
+    assert list(eps["family"]).count("primary") == 2 and (eps["n"] == 100).all()
+    for _, fam in eps.groupby("family"):
+        np.testing.assert_array_equal(fam["p_holm"], stats.holm(fam["p"].to_numpy()))
+    assert (src / "README.md").read_text(encoding="utf-8") == m.readme(src)
+
+
+@pytest.mark.skipif(not _speed_record().is_dir(), reason="the speed study is not recorded")
+def test_the_speed_readme_reads_by_the_declared_rule(tmp_path, monkeypatch):
+    """Each primary endpoint reads by the declared rule (Holm p < 0.05 and a CI that excludes
+    0), whichever way the tables point."""
+    import shutil
+
+    from natgrad.analysis.csvtables import read_csv, write_csv
+
+    m = _script("mechanism_speed", monkeypatch)
+    src = _speed_record()
+    for name in ("per_run.csv", "per_run.csv.sha256", "run.json"):
+        shutil.copy(src / name, tmp_path / name)
+    eps = read_csv(src / "endpoints.csv")
+    cases = {("ELU's falls further", "positive"): ([0.1, 0.05, 0.2, 0.01], [0.3, 0.1, 0.5, 0.01]),
+             ("ReLU's falls further", "not resolved"): ([-0.1, -0.2, -0.05, 0.01],
+                                                        [0.3, 0.1, 0.5, 0.06]),
+             ("not resolved", "negative"): ([0.1, -0.05, 0.2, 0.01],
+                                            [-0.3, -0.5, -0.1, 0.001])}  # fmt: skip
+    for (speed, link), rows in cases.items():
+        for i, (value, lo, hi, p_holm) in enumerate(rows):
+            eps.loc[i, ["value", "lo", "hi", "p_holm"]] = [value, lo, hi, p_holm]
+        write_csv(eps, tmp_path / "endpoints.csv")
+        assert f"**Reading.** Speed: {speed}; link: {link}." in m.readme(tmp_path)
