@@ -692,11 +692,6 @@ def test_the_speed_study_resumes_the_third_confirmations_runs():
                for r, s in zip(speed, source, strict=True))  # fmt: skip
 
 
-def _speed_record():
-    return ROOT / "paper_figures/results/mechanism_speed_mnist"
-
-
-@pytest.mark.skipif(not _speed_record().is_dir(), reason="the speed study is not recorded")
 def test_the_speed_record_rebuilds_from_its_curves(monkeypatch):
     """The speed record's per-run table rebuilds exactly from its curves and the third
     confirmation's committed ρ, its endpoints from that table (Holm within each family), and
@@ -706,7 +701,7 @@ def test_the_speed_record_rebuilds_from_its_curves(monkeypatch):
     from natgrad.analysis.csvtables import read_csv
 
     m = _script("mechanism_speed", monkeypatch)
-    src = _speed_record()
+    src = ROOT / "paper_figures/results/mechanism_speed_mnist"
     curves = read_csv(src / "curves.csv")
     assert set(curves["seed"]) == set(m.SEEDS) and curves["epoch"].max() == m.EPOCHS
     table = m.per_run(curves, read_csv(m.CONFIRMATION / "dashboard.csv"))
@@ -721,7 +716,6 @@ def test_the_speed_record_rebuilds_from_its_curves(monkeypatch):
     assert (src / "README.md").read_text(encoding="utf-8") == m.readme(src)
 
 
-@pytest.mark.skipif(not _speed_record().is_dir(), reason="the speed study is not recorded")
 def test_the_speed_readme_reads_by_the_declared_rule(tmp_path, monkeypatch):
     """Each primary endpoint reads by the declared rule (Holm p < 0.05 and a CI that excludes
     0), whichever way the tables point."""
@@ -730,7 +724,7 @@ def test_the_speed_readme_reads_by_the_declared_rule(tmp_path, monkeypatch):
     from natgrad.analysis.csvtables import read_csv, write_csv
 
     m = _script("mechanism_speed", monkeypatch)
-    src = _speed_record()
+    src = ROOT / "paper_figures/results/mechanism_speed_mnist"
     for name in ("per_run.csv", "per_run.csv.sha256", "run.json"):
         shutil.copy(src / name, tmp_path / name)
     eps = read_csv(src / "endpoints.csv")
