@@ -1,15 +1,19 @@
 r"""Study: does a nearer plain gradient make training faster? The third mechanism confirmation's
-runs, resumed from epoch 3 to epoch 10.
+runs, resumed from epoch 3 to epoch 10, and its replication on the paper's 8×128 net.
 
-The declaration is :mod:`natgrad.studies.mechanism_speed` (committed before the runs).
+The declarations are :mod:`natgrad.studies.mechanism_speed` (committed before the runs).
 
     python analysis/mechanism_speed.py --from-runs RUNS_OF_THE_CONFIRMATION --runs R
         [--workers 2] [--record paper_figures/results/mechanism_speed_mnist]
-    python analysis/mechanism_speed.py --readme paper_figures/results/mechanism_speed_mnist
+    python analysis/mechanism_speed.py --paper --runs R8 [--workers 2]
+        [--record paper_figures/results/mechanism_speed_mnist_8x128]
+    python analysis/mechanism_speed.py --readme RECORD
 
 ``--from-runs`` is the confirmation's runs folder (``analysis/mechanism_dashboard.py
 --confirm none --runs ...``); its runs are copied with their latest checkpoints into ``R``
-(nothing there is overwritten) and resumed there. ρ is read from the confirmation's record.
+(nothing there is overwritten) and resumed there; ρ is read from the confirmation's record.
+``--paper`` trains the replication's runs from scratch and measures ρ on their epoch-3
+checkpoints (cached in each run directory, ``natgrad.analysis.runs.unit_table``).
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ from natgrad._atomic import write_text
 from natgrad.studies.mechanism_speed import (
     EPOCHS,
     FROM_EPOCH,
+    PAPER_LAYERS,
+    PAPER_PROBE,
+    PAPER_SEEDS,
     PERMUTATIONS,
     RESAMPLES,
     RHO,
     RHO_EST,
     SECONDARY_DIFFS,
     SEEDS,
+    paper_study,
     study,
 )
 
@@ -42,12 +50,18 @@ LABELS = {
     f"log_train_loss_e{EPOCHS}": f"log10 training loss, epoch {EPOCHS}",
     f"val_loss_e{EPOCHS}": f"validation loss, epoch {EPOCHS}",
     f"val_error_e{EPOCHS}": f"validation error, epoch {EPOCHS}",
+    RHO: f"ρ(plain) over live units, epoch {FROM_EPOCH}",
+    "estimable": f"share of estimable units, epoch {FROM_EPOCH}",
+    "mean_act": f"median |mean activation|, epoch {FROM_EPOCH}",
 }
+DECLARED = {"small": "7558a62", "paper": "e200087"}  # the commits of the two declarations
+PAPER_SECONDARY = ("estimable", "mean_act")  # the replication's further secondary differences
 
 
-def per_run(curves, dashboard):
-    """One row per (arm, seed): the losses the endpoints use and ρ at epoch 3 (from the
-    confirmation's ``dashboard.csv``)."""
+def per_run(curves, rho):
+    """One row per (arm, seed): the losses the endpoints use, and the measures at epoch 3 of
+    ``rho`` (one row per arm, seed and epoch: :func:`confirmation_rho`, or the replication's
+    :func:`measure` table), every column of it."""
     import numpy as np
     import pandas as pd
 
@@ -63,18 +77,61 @@ def per_run(curves, dashboard):
                      f"log_train_loss_e{EPOCHS}": log[EPOCHS],
                      f"val_loss_e{EPOCHS}": loss.loc[EPOCHS, "val_loss"],
                      f"val_error_e{EPOCHS}": loss.loc[EPOCHS, "val_error"]})  # fmt: skip
-    rho = dashboard[dashboard["epoch"] == FROM_EPOCH][["arm", "seed", RHO, RHO_EST]]
-    return pd.DataFrame(rows).merge(rho, on=["arm", "seed"], how="left", validate="1:1")
+    at = rho[rho["epoch"] == FROM_EPOCH].drop(columns="epoch")
+    return pd.DataFrame(rows).merge(at, on=["arm", "seed"], how="left", validate="1:1")
 
 
-def endpoints(table):
+def confirmation_rho():
+    """The first study's ρ: the third confirmation's per-run ρ over live and over estimable
+    units (its committed ``dashboard.csv``)."""
+    from natgrad.analysis.csvtables import read_csv
+
+    return read_csv(CONFIRMATION / "dashboard.csv")[["arm", "seed", "epoch", RHO, RHO_EST]]
+
+
+def measure(runs, workers: int):
+    """The replication's per-run measures at epoch 3 (the dashboard's, on this net's layers
+    and probe): the medians over live and over estimable units of the jackknifed ρ(plain),
+    the share of estimable units, and the median |mean activation| of the hidden units on
+    the same images. The per-unit tables are cached in the runs
+    (:func:`natgrad.analysis.runs.unit_table`)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from natgrad.analysis.runs import load_model, probe_set, unit_table
+    from natgrad.training.recording import record_activations
+
+    units = unit_table([r.path for r in runs], epochs=[FROM_EPOCH], probe_size=PAPER_PROBE,
+                       layers=PAPER_LAYERS, workers=workers, grad="train", jackknife=True,
+                       progress=True)  # fmt: skip
+    rows = []
+    for r in runs:
+        u = units[units["run"] == r.path.name]
+        est = u["estimable"] == 1
+        x, _ = probe_set(r.path, PAPER_PROBE)
+        with torch.no_grad():
+            means = record_activations(load_model(r.path, FROM_EPOCH).eval(), x)["means"]
+        rows.append(dict(arm=r.arm, seed=r.seed, epoch=FROM_EPOCH,
+                         **{RHO: float(np.nanmedian(u["rho_plain_jk"])),
+                            RHO_EST: (float(np.nanmedian(u.loc[est, "rho_plain_jk"]))
+                                      if est.any() else float("nan"))},
+                         estimable=float(est.mean()),
+                         mean_act=float(torch.cat(list(means.values())).abs().median())))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def endpoints(table, nearer: bool = False):
     """The declared endpoints, one row each: ``family`` (primary, secondary), ``endpoint``,
     ``kind`` (ELU − ReLU difference, or Spearman correlation), ``value``, ``lo``, ``hi``,
-    ``ci_method``, ``p``, ``n``, ``p_holm`` (Holm within the family)."""
+    ``ci_method``, ``p``, ``n``, ``p_at_floor`` (the p is a bound: no random sign pattern or
+    pairing drawn was as extreme), ``p_holm`` (Holm within the family). ``nearer``: the
+    replication's, whose first primary is ELU − ReLU in ρ and whose secondary differences
+    add :data:`PAPER_SECONDARY`."""
     import pandas as pd
 
     from natgrad.analysis.endpoints import Endpoint, evaluate
-    from natgrad.analysis.stats import holm, rank_correlation
+    from natgrad.analysis.stats import holm, rank_correlation, sign_flip_at_floor
 
     wide = table.pivot(index="seed", columns="arm")
     delta = {m: wide[m]["elu"] - wide[m]["relu"] for m in (FALL, RHO, RHO_EST)}
@@ -82,19 +139,23 @@ def endpoints(table):
     def corr(family, name, x, y):
         r = rank_correlation(x, y, resamples=RESAMPLES, permutations=PERMUTATIONS)
         return dict(family=family, endpoint=name, kind="Spearman", value=r["r"], lo=r["lo"],
-                    hi=r["hi"], ci_method=r["ci_method"], p=r["p"], n=r["n"])  # fmt: skip
+                    hi=r["hi"], ci_method=r["ci_method"], p=r["p"], n=r["n"],
+                    p_at_floor=not r["p_exact"] and abs(r["p"] - r["p_min"]) < 1e-15)  # fmt: skip
 
     def diff(family, metric):
         r = evaluate(table, [Endpoint(metric, "elu", "relu")], group="arm").iloc[0]
         return dict(family=family, endpoint=metric, kind="ELU − ReLU", value=r["diff"],
-                    lo=r["lo"], hi=r["hi"], ci_method=r["ci_method"], p=r["p"], n=r["n"])  # fmt: skip
+                    lo=r["lo"], hi=r["hi"], ci_method=r["ci_method"], p=r["p"], n=r["n"],
+                    p_at_floor=sign_flip_at_floor(r["p"], int(r["n"])))  # fmt: skip
 
-    rows = [diff("primary", FALL),
+    rows = [*([diff("primary", RHO)] if nearer else []),
+            diff("primary", FALL),
             corr("primary", f"link: Δ{RHO} vs Δ{FALL}", delta[RHO], delta[FALL]),
             *(corr("secondary", f"{arm}: {RHO} vs {FALL}", wide[RHO][arm], wide[FALL][arm])
               for arm in ("elu", "relu")),
             corr("secondary", f"link: Δ{RHO_EST} vs Δ{FALL}", delta[RHO_EST], delta[FALL]),
-            *(diff("secondary", m) for m in SECONDARY_DIFFS)]  # fmt: skip
+            *(diff("secondary", m) for m in SECONDARY_DIFFS),
+            *(diff("secondary", m) for m in (PAPER_SECONDARY if nearer else ()))]  # fmt: skip
     out = pd.DataFrame(rows)
     out["p_holm"] = out.groupby("family")["p"].transform(lambda p: holm(p.to_numpy()))
     return out
@@ -139,17 +200,15 @@ def figure(table, curves, out: Path) -> Path:
 
 
 def _ci(r) -> str:
-    return f"{r['value']:+.3g} [{r['lo']:+.3g}, {r['hi']:+.3g}]"
+    from natgrad.analysis.report import ci_text
+
+    return ci_text(r["value"], r["lo"], r["hi"])
 
 
-def _p(p: float, n: int, kind: str, raw: float) -> str:
-    """A p (or its Holm value, given the ``raw`` p): a bound where the raw p is at the floor
-    of the random patterns or pairings drawn."""
-    from natgrad.analysis.stats import sign_flip_at_floor
-
-    floor = (sign_flip_at_floor(raw, n) if kind != "Spearman"
-             else abs(raw - 2 / (PERMUTATIONS + 1)) < 1e-15)  # two-sided: twice the least  # fmt: skip
-    return f"≤ {p:.2g}" if floor else f"{p:.2g}"
+def _p(r, p: float) -> str:
+    """``p`` (the row's p or its Holm value) as printed: a bound where the row's raw p sits at
+    the floor of the random sign patterns or pairings drawn (``p_at_floor``)."""
+    return f"≤ {p:.2g}" if r["p_at_floor"] else f"{p:.2g}"
 
 
 def _reading(r) -> str:
@@ -159,11 +218,32 @@ def _reading(r) -> str:
     sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0
     if r["kind"] == "Spearman":
         return {1: "positive", -1: "negative", 0: "not resolved"}[sign]
+    if r["endpoint"] == RHO:
+        return {1: "ELU nearer", -1: "ReLU nearer", 0: "not resolved"}[sign]
     return {1: "ELU's falls further", -1: "ReLU's falls further", 0: "not resolved"}[sign]
 
 
+def _label(e: str) -> str:
+    """How the README names an endpoint of ``endpoints.csv``."""
+    if not e.startswith(("link", "elu:", "relu:")):
+        return LABELS[e]
+    who, _, what = e.partition(": ")
+    rho = "ρ over estimable units" if RHO_EST in what else "ρ over live units"
+    if who == "link":
+        return f"ELU − ReLU in {rho} vs ELU − ReLU in the fall"
+    return f"{who.upper() if who == 'elu' else 'ReLU'}: its {rho} vs its fall"
+
+
+def _primary_name(r) -> str:
+    if r["kind"] == "Spearman":
+        return "link: " + _label(r["endpoint"])
+    return "nearer: ELU − ReLU in ρ" if r["endpoint"] == RHO else "speed: ELU − ReLU in the fall"
+
+
 def readme(record: Path) -> str:
-    """The record's README, every number read from its own tables."""
+    """The record's README, every number read from its own tables; ``run.json``'s
+    ``variant`` (``"paper"``: the replication; absent: the resumed confirmation's runs) says
+    which declaration it answers."""
     import json
 
     from natgrad.analysis.csvtables import read_csv
@@ -171,6 +251,7 @@ def readme(record: Path) -> str:
     from natgrad.analysis.stats import mean_ci_name, sign_flip_method
 
     meta = json.loads((record / "run.json").read_text())
+    paper = meta.get("variant") == "paper"
     eps = read_csv(record / "endpoints.csv")
     table = read_csv(record / "per_run.csv")
     name = record_name(record, ROOT)
@@ -178,100 +259,146 @@ def readme(record: Path) -> str:
     means = table.groupby("arm")[FALL].mean()
     wide = table.pivot(index="seed", columns="arm")
     ahead = int((wide[FALL]["elu"] > wide[FALL]["relu"]).sum())
-
-    def label(e: str) -> str:
-        if not e.startswith(("link", "elu:", "relu:")):
-            return LABELS[e]
-        who, _, what = e.partition(": ")
-        rho = "ρ over estimable units" if RHO_EST in what else "ρ over live units"
-        if who == "link":
-            return f"ELU − ReLU in {rho} vs ELU − ReLU in the fall"
-        return f"{who.upper() if who == 'elu' else 'ReLU'}: its {rho} vs its fall"
-
     rows = eps.to_dict("records")
     prim = [r for r in rows if r["family"] == "primary"]
-    speed, link = prim
+    by = {r["endpoint"]: r for r in rows}
+    speed, link = by[FALL], prim[-1]
+    count = {2: "two", 3: "three"}[len(prim)]
+    if paper:
+        title = (
+            "# Does a nearer plain gradient make training faster? The replication on the "
+            f"paper's net (`mnist-fc` 8×128), {len(PAPER_SEEDS)} seeds"
+        )
+        cost = (
+            f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s "
+            f"measuring {meta['runs']} runs"
+        )
+        what = (
+            f"(committed at `{meta['declared']}`), the replication: `mnist-fc` 8×128 on "
+            f"MNIST, ELU and ReLU without normalisation, SGD lr 0.01, batch 64, {EPOCHS} "
+            f"epochs, trained from scratch on new seeds {min(PAPER_SEEDS)}–"
+            f"{max(PAPER_SEEDS)}. ρ is the median over the live units of "
+            f"{PAPER_LAYERS[0]}–{PAPER_LAYERS[-1]} of the jackknifed ρ(plain) at epoch "
+            f"{FROM_EPOCH} (exact unit Fishers on all {PAPER_PROBE:,} validation images, "
+            "λ = 1e-3, g the training set's mean gradient), measured here; "
+        )
+        tables = "`per_run.csv`, `rho.csv`, `endpoints.csv`, `curves.csv`"
+        seen = "No training loss or measure of these runs was read before the declaration."
+    else:
+        title = (
+            "# Does a nearer plain gradient make training faster? The third mechanism "
+            f"confirmation's runs, resumed from epoch {FROM_EPOCH} to {EPOCHS}"
+        )
+        cost = f"{meta['train_seconds']:.0f} s resuming {meta['runs']} runs"
+        what = (
+            f"(committed at `{meta['declared']}`): the {meta['runs']} runs of the third "
+            "confirmation ([mechanism_dashboard_mnist_confirm_none]"
+            "(../mechanism_dashboard_mnist_confirm_none/README.md): ELU and ReLU without "
+            f"normalisation, seeds {min(SEEDS)}–{max(SEEDS)}, `mnist-fc` 3×64 on MNIST, SGD "
+            f"lr 0.01, batch 64), copied with their epoch-{FROM_EPOCH} checkpoints and "
+            f"resumed by the same trainer to epoch {EPOCHS}, nothing else changed. ρ is the "
+            "median over the live units of fc2–fc4 of the jackknifed ρ(plain) at epoch "
+            f"{FROM_EPOCH}, read from that record; "
+        )
+        tables = "`per_run.csv`, `endpoints.csv`, `curves.csv`"
+        seen = (
+            "Before the declaration the epoch-0 and epoch-1 rows of one run (ELU, seed 25) "
+            "had been seen while checking the runs' format, and its epoch-2 and epoch-3 "
+            "rows at the launch; no other training loss of these runs."
+        )
     lines = [
-        "# Does a nearer plain gradient make training faster? The third mechanism "
-        f"confirmation's runs, resumed from epoch {FROM_EPOCH} to {EPOCHS}", "",
-        f"- **Command:** `{meta['command']}` at `{meta['commit']}`; {meta['train_seconds']:.0f} s "
-        f"resuming {meta['runs']} runs (wall) on {meta['device']}. This README is written from "
-        f"the tables by `python analysis/mechanism_speed.py --readme {name}` "
-        "(`tests/test_study.py` checks that it still is)."
-        + (f" Note: {meta['note']}" if "note" in meta else ""),
-        "- **Declared before its runs** in `natgrad/studies/mechanism_speed.py` "
-        f"(committed at `{meta['declared']}`): the {meta['runs']} runs of the third "
-        "confirmation ([mechanism_dashboard_mnist_confirm_none]"
-        "(../mechanism_dashboard_mnist_confirm_none/README.md): ELU and ReLU without "
-        f"normalisation, seeds {min(SEEDS)}–{max(SEEDS)}, `mnist-fc` 3×64 on MNIST, SGD lr 0.01, "
-        f"batch 64), copied with their epoch-{FROM_EPOCH} checkpoints and resumed by the same "
-        f"trainer to epoch {EPOCHS}, nothing else changed. ρ is the median over the live units "
-        f"of fc2–fc4 of the jackknifed ρ(plain) at epoch {FROM_EPOCH}, read from that record; "
+        title, "",
+        f"- **Command:** `{meta['command']}` at `{meta['commit']}`; {cost} (wall) on "
+        f"{meta['device']}. This README is written from the tables by `python "
+        f"analysis/mechanism_speed.py --readme {name}` (`tests/test_study.py` checks that it "
+        "still is)." + (f" Note: {meta['note']}" if "note" in meta else ""),
+        "- **Declared before its runs** in `natgrad/studies/mechanism_speed.py` " + what +
         f"the fall is log10 L{FROM_EPOCH} − log10 L{EPOCHS}, L the training loss of an epoch (the "
-        "trainer's running mean). Tables: `per_run.csv`, `endpoints.csv`, `curves.csv`; "
-        "figure `speed.png`.", "",
-        "## Primary endpoints (Holm over the two)", "",
-        f"The speed endpoint: {mean_ci_name()} 95 % CI over {n} seeds, "
+        f"trainer's running mean). Tables: {tables}; figure `speed.png`.", "",
+        f"## Primary endpoints (Holm over the {count})", "",
+        f"The {'differences' if paper else 'speed endpoint'}: {mean_ci_name()} 95 % CI over {n} seeds, "
         f"{sign_flip_method(n)}. The link: Spearman's correlation over seeds, BCa bootstrap "
         f"CI ({RESAMPLES:,} resamples), two-sided permutation p ({PERMUTATIONS:,} random "
         "pairings). The declared rule: resolved where the Holm p is < 0.05 and the CI "
         "excludes 0.", "",
         "| endpoint | value [95 % CI] | p | Holm p | reading |",
         "| --- | --- | ---: | ---: | --- |",
-        *(f"| {'speed: ELU − ReLU in the fall' if r['kind'] != 'Spearman' else 'link: ' + label(r['endpoint'])}"
-          f" | {_ci(r)} | {_p(r['p'], int(r['n']), r['kind'], r['p'])} | "
-          f"{_p(r['p_holm'], int(r['n']), r['kind'], r['p'])} | {_reading(r)} |" for r in prim),
+        *(f"| {_primary_name(r)} | {_ci(r)} | {_p(r, r['p'])} | {_p(r, r['p_holm'])} | "
+          f"{_reading(r)} |" for r in prim),
         "",
         f"Mean fall: ELU {means['elu']:.3f}, ReLU {means['relu']:.3f} (log10 units); ELU's "
         f"falls further on {ahead} of {n} seeds.", "",
-        f"**Reading.** Speed: {_reading(speed)}; link: {_reading(link)}. "
-        + _text(speed, link, eps.set_index("endpoint").loc[f"log_train_loss_e{FROM_EPOCH}"]),
+        "**Reading.** " + _capital("; ".join(f"{_primary_name(r).split(':')[0]}: "
+                                             f"{_reading(r)}" for r in prim)) + ". "
+        + _text(speed, link, by[f"log_train_loss_e{FROM_EPOCH}"], by.get(RHO), paper),
         "", "## Secondary (descriptive), Holm within the family", "",
         "| measure | value [95 % CI] | seeds | Holm p |", "| --- | --- | ---: | ---: |",
-        *(f"| {label(r['endpoint']) if r['kind'] == 'Spearman' else 'ELU − ReLU in ' + LABELS[r['endpoint']]}"
+        *(f"| {_label(r['endpoint']) if r['kind'] == 'Spearman' else 'ELU − ReLU in ' + LABELS[r['endpoint']]}"
           f"{' (Spearman)' if r['kind'] == 'Spearman' else ''} | {_ci(r)} | {int(r['n'])} | "
-          f"{_p(r['p_holm'], int(r['n']), r['kind'], r['p'])} |"
+          f"{_p(r, r['p_holm'])} |"
           for r in rows if r["family"] == "secondary"),
         "", "## Limits (declared before the run)", "",
         "The link and the per-unit correlations are associations over seeds, not causes: a "
         "seed's initial weights shape both its ρ and its later course. The fall depends on "
         f"where the loss stands at epoch {FROM_EPOCH} (a lower loss may have less far to fall), "
         "so the levels are reported beside it. One net, one data set, one rate; speed in "
-        "epochs, not seconds. Before the declaration the epoch-0 and epoch-1 rows of one run "
-        "(ELU, seed 25) had been seen while checking the runs' format, and its epoch-2 and "
-        "epoch-3 rows at the launch; no other training loss of these runs.", "",
+        "epochs, not seconds.", "", "## What was seen before the declaration", "", seen, "",
     ]  # fmt: skip
     return "\n".join(lines)
 
 
-def _text(speed, link, level) -> str:
-    """What the two readings say together, in the terms of the paper's mechanism (``level``:
-    the secondary row of ELU − ReLU in the loss at the measure)."""
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _text(speed, link, level, nearer, paper: bool) -> str:
+    """What the readings say together, in the terms of the paper's mechanism (``level``: the
+    secondary row of ELU − ReLU in the loss at the measure; ``nearer``: the replication's
+    primary row of ELU − ReLU in ρ, else the third confirmation's reading holds). The first
+    record's wording was written after its results were seen, and says so."""
+    from natgrad.analysis.report import outward
     from natgrad.analysis.stats import ci_sign
 
     s, k = _reading(speed), _reading(link)
-    said = {"ELU's falls further": "ELU's training loss falls further than ReLU's after "
-                                   f"epoch {FROM_EPOCH}",
-            "ReLU's falls further": "ReLU's training loss falls further than ELU's after "
-                                    f"epoch {FROM_EPOCH}: the plain gradient nearer the unit "
-                                    "natural gradient (ELU's, by the third confirmation) did "
-                                    "not make training faster here",
-            "not resolved": "the design does not resolve which loss falls further after "
-                            f"epoch {FROM_EPOCH} (read the size from the CI)"}[s]  # fmt: skip
+    near = _reading(nearer) == "ELU nearer" if paper else True
+    who = "by the first endpoint" if paper else "by the third confirmation"
+    faster = {"ELU's falls further": ("ELU", "ReLU", "also trains faster"),
+              "ReLU's falls further": ("ReLU", "ELU", "did not train faster")}  # fmt: skip
+    if s in faster:
+        a, b, verb = faster[s]
+        said = f"{a}'s training loss falls further than {b}'s after epoch {FROM_EPOCH}" + (
+            f": ELU, whose plain gradient is the nearer ({who}), {verb} here" if near else ""
+        )
+    else:
+        said = (f"the design does not resolve which loss falls further after epoch {FROM_EPOCH} "
+                "(read the size from the CI)")  # fmt: skip
+    hi, lo = outward(link["hi"], True), outward(link["lo"], False)
     tied = {"positive": "seeds where ELU's plain gradient is relatively nearer are those where "
                         "its loss falls relatively further, as the mechanism predicts (an "
                         "association)",
             "negative": "seeds where ELU's plain gradient is relatively nearer are those where "
                         "its loss falls relatively less, against the mechanism's prediction",
-            "not resolved": f"over seeds the relative nearness at epoch {FROM_EPOCH} is not tied "
-                            "to the relative fall (the CI leaves out correlations above "
-                            f"{link['hi']:+.3g} and below {link['lo']:+.3g})"}[k]  # fmt: skip
-    text = f"{said[0].upper()}{said[1:]}; {tied}."
-    higher = level["p_holm"] < 0.05 and ci_sign(level["lo"], level["hi"]) == 1
-    if s == "ReLU's falls further" and higher:
-        text += (" (Added after the results were seen.) ELU's training loss stood higher at "
-                 f"epoch {FROM_EPOCH} (secondary table), so the declared limit that a lower loss "
-                 "may have less far to fall does not explain ReLU's larger fall.")  # fmt: skip
+            "not resolved": "over seeds no association between the relative nearness at epoch "
+                            f"{FROM_EPOCH} and the relative fall is resolved: the CI leaves out "
+                            f"correlations above {hi} and below {lo}"
+                            + (", among them the 0.3 the design was sized to find"
+                               if link["hi"] < 0.3 else "")}[k]  # fmt: skip
+    text = f"{_capital(said)}; {tied}."
+    stood = int(ci_sign(level["lo"], level["hi"])) if level["p_holm"] < 0.05 else 0
+    lead = {"ReLU's falls further": 1, "ELU's falls further": -1}.get(s, 0)  # who stood lower
+    if lead and stood == lead:
+        text += (f" {'ELU' if stood == 1 else 'ReLU'}'s training loss stood higher at epoch "
+                 f"{FROM_EPOCH} (secondary table), so the declared limit that a lower loss may "
+                 f"have less far to fall does not explain the larger fall.")  # fmt: skip
+    elif lead and stood == -lead:
+        text += (f" {'ELU' if stood == 1 else 'ReLU'}'s training loss stood higher at epoch "
+                 f"{FROM_EPOCH} (secondary table): by the declared limit a lower loss may have "
+                 "less far to fall, so part of the difference in the fall may follow where the "
+                 "two stood.")  # fmt: skip
+    if not paper:
+        text = (
+            "(Worded after the results were seen; the readings follow the declared rule.) " + text
+        )
     return text
 
 
@@ -282,19 +409,23 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/mechanism_speed"))
     parser.add_argument("--from-runs", type=Path, default=None,
                         help="the third confirmation's runs folder, copied into --runs first")  # fmt: skip
+    parser.add_argument("--paper", action="store_true",
+                        help="the replication on the paper's 8x128 net (trained from scratch)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--record", type=Path, default=None)
+    parser.add_argument("--note", default=None,
+                        help="a note for run.json and the README (e.g. how the runs were "
+                             "trained when not by this command)")  # fmt: skip
     parser.add_argument("--readme", type=Path, default=None, metavar="RECORD",
                         help="only (re)write the record's README.md from its tables")  # fmt: skip
     args = parser.parse_args(argv)
     if args.readme:
         write_text(args.readme / "README.md", readme(args.readme))
         return 0
-    from natgrad.analysis.csvtables import read_csv
     from natgrad.training.carry import copy_runs
 
-    s = study()
-    if args.from_runs:
+    s = paper_study() if args.paper else study()
+    if args.from_runs and not args.paper:
         copy_runs(args.from_runs, args.runs, resume=True, replace=False,
                   runs=[args.from_runs / r.path.name for r in s.plan(args.runs)])  # fmt: skip
     torch.set_num_threads(1)
@@ -305,15 +436,21 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     t_train = time.perf_counter() - t0
     curves = s.curves(args.runs)
-    table = per_run(curves, read_csv(CONFIRMATION / "dashboard.csv"))
-    eps = endpoints(table)
+    rho = measure(s.plan(args.runs), args.workers) if args.paper else confirmation_rho()
+    t_measure = time.perf_counter() - t0 - t_train
+    table = per_run(curves, rho)
+    eps = endpoints(table, nearer=args.paper)
     print(eps.round(4).to_string(index=False))
     if args.record:
         from natgrad.analysis.record import record_tables
 
-        record_tables(args.record, {"per_run": table, "endpoints": eps, "curves": curves},
+        tables = {"per_run": table, "endpoints": eps, "curves": curves}
+        declared = {"declared": DECLARED["paper" if args.paper else "small"],
+                    **({"variant": "paper", "measure_seconds": t_measure} if args.paper else {}),
+                    **({"note": args.note} if args.note else {})}  # fmt: skip
+        record_tables(args.record, {**tables, **({"rho": rho} if args.paper else {})},
                       argv=argv, script="analysis/mechanism_speed.py", train_seconds=t_train,
-                      runs=len(table), declared="7558a62",
+                      runs=len(table), **declared,
                       device=f"cpu, {args.workers} worker process(es) of one torch thread")  # fmt: skip
         figure(table, curves, args.record)
         write_text(args.record / "README.md", readme(args.record))

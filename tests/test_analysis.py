@@ -215,8 +215,28 @@ def test_rank_correlation_against_scipy_and_every_pairing():
     assert big["n"] == 100 and big["r"] == pytest.approx(sp.statistic, rel=1e-12)
     assert big["p"] == pytest.approx(sp.pvalue, abs=0.01) and big == stats.rank_correlation(a, b)
     assert big["lo"] < big["r"] < big["hi"] and big["ci_method"] == "BCa"
+    assert not big["p_exact"] and big["p_min"] == 2 / 100_001
     flat = stats.rank_correlation(np.ones(10), a[:10])
     assert flat["n"] == 10 and all(math.isnan(flat[k]) for k in ("r", "lo", "hi", "p"))
+    assert math.isnan(stats.rank_correlation([1.0, 2.0], [2.0, 1.0])["r"])  # < 3 pairs
+
+
+def test_rank_correlation_ci_and_floor_by_a_second_route():
+    """The bootstrap CI is scipy's BCa of ``spearmanr`` itself, resample for resample (one
+    call per resample, not the vectorised ranks); a perfectly monotone pair of 100 seeds sits
+    at the floor of the random pairings, 2/(B + 1)."""
+    from scipy import stats as st
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=40)
+    b = 0.3 * a + rng.normal(size=40)
+    row = stats.rank_correlation(a, b, resamples=2000)
+    ci = st.bootstrap((a, b), lambda x, y: st.spearmanr(x, y).statistic, paired=True,
+                      vectorized=False, n_resamples=2000, method="BCa",
+                      random_state=np.random.default_rng(stats.SEED)).confidence_interval  # fmt: skip
+    assert (row["lo"], row["hi"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    mono = stats.rank_correlation(np.arange(100.0), np.arange(100.0) ** 3, permutations=999)
+    assert mono["r"] == 1.0 and mono["p"] == pytest.approx(2 / 1000) == mono["p_min"]
 
 
 def test_sentences_follow_the_confidence_interval():

@@ -694,9 +694,8 @@ def test_the_speed_study_resumes_the_third_confirmations_runs():
 
 def test_the_speed_record_rebuilds_from_its_curves(monkeypatch):
     """The speed record's per-run table rebuilds exactly from its curves and the third
-    confirmation's committed ρ, its endpoints from that table (Holm within each family), and
+    confirmation's committed ρ, its endpoints from that table, and
     its README is what ``readme`` writes from them."""
-    import numpy as np
 
     from natgrad.analysis.csvtables import read_csv
 
@@ -704,15 +703,14 @@ def test_the_speed_record_rebuilds_from_its_curves(monkeypatch):
     src = ROOT / "paper_figures/results/mechanism_speed_mnist"
     curves = read_csv(src / "curves.csv")
     assert set(curves["seed"]) == set(m.SEEDS) and curves["epoch"].max() == m.EPOCHS
-    table = m.per_run(curves, read_csv(m.CONFIRMATION / "dashboard.csv"))
+    table = m.per_run(curves, m.confirmation_rho())
     pd.testing.assert_frame_equal(table, read_csv(src / "per_run.csv"), check_exact=True,
                                   check_dtype=False)  # fmt: skip
     eps = m.endpoints(table)
     pd.testing.assert_frame_equal(eps, read_csv(src / "endpoints.csv"), check_exact=True,
                                   check_dtype=False)  # fmt: skip
     assert list(eps["family"]).count("primary") == 2 and (eps["n"] == 100).all()
-    for _, fam in eps.groupby("family"):
-        np.testing.assert_array_equal(fam["p_holm"], stats.holm(fam["p"].to_numpy()))
+    assert len(eps) == 10 and (eps["p_holm"] >= eps["p"]).all()
     assert (src / "README.md").read_text(encoding="utf-8") == m.readme(src)
 
 
@@ -728,13 +726,83 @@ def test_the_speed_readme_reads_by_the_declared_rule(tmp_path, monkeypatch):
     for name in ("per_run.csv", "per_run.csv.sha256", "run.json"):
         shutil.copy(src / name, tmp_path / name)
     eps = read_csv(src / "endpoints.csv")
-    cases = {("ELU's falls further", "positive"): ([0.1, 0.05, 0.2, 0.01], [0.3, 0.1, 0.5, 0.01]),
-             ("ReLU's falls further", "not resolved"): ([-0.1, -0.2, -0.05, 0.01],
-                                                        [0.3, 0.1, 0.5, 0.06]),
-             ("not resolved", "negative"): ([0.1, -0.05, 0.2, 0.01],
-                                            [-0.3, -0.5, -0.1, 0.001])}  # fmt: skip
-    for (speed, link), rows in cases.items():
+    cases = {("ELU's falls further", "positive", "ELU, whose plain gradient is the nearer (by "
+              "the third confirmation), also trains faster here"):
+             ([0.1, 0.05, 0.2, 0.01], [0.3, 0.1, 0.5, 0.01]),
+             ("ReLU's falls further", "not resolved", "did not train faster here; over seeds no "
+              "association between the relative nearness at epoch 3 and the relative fall is "
+              "resolved: the CI leaves out correlations above +0.5 and below +0.1. ELU's "
+              "training loss stood higher"):
+             ([-0.1, -0.2, -0.05, 0.01], [0.3, 0.1, 0.5, 0.06]),  # CI above 0, Holm p 0.06
+             ("not resolved", "negative", "The design does not resolve which loss falls "
+              "further after epoch 3"):
+             ([0.1, 0.05, 0.2, 0.06], [-0.3, -0.5, -0.1, 0.001])}  # fmt: skip
+    for (speed, link, said), rows in cases.items():
         for i, (value, lo, hi, p_holm) in enumerate(rows):
             eps.loc[i, ["value", "lo", "hi", "p_holm"]] = [value, lo, hi, p_holm]
         write_csv(eps, tmp_path / "endpoints.csv")
-        assert f"**Reading.** Speed: {speed}; link: {link}." in m.readme(tmp_path)
+        text = m.readme(tmp_path)
+        assert f"**Reading.** Speed: {speed}; link: {link}. (Worded after" in text
+        assert said in text
+
+
+def test_the_speed_replication_measures_and_reads_its_runs(tmp_path, monkeypatch):
+    """The replication's stages on two tiny runs of the digits (its layers and probe scaled
+    down): ρ over live and estimable units, the estimable share and |mean activation| per
+    run at epoch 3, as the dashboard measures them (its ρ medians from the same per-unit
+    table); the endpoints with ρ as the first primary (Holm over three); and a README whose
+    reading follows the declared rule."""
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from natgrad.analysis.csvtables import write_csv
+    from natgrad.analysis.runs import probe_set, training_set
+    from natgrad.analysis.study import Study
+    from natgrad.analysis.unitstats import unit_statistics
+    from natgrad.studies import mechanism_speed as ms
+
+    m = _script("mechanism_speed", monkeypatch)
+    monkeypatch.setattr(m, "PAPER_PROBE", 200)
+    monkeypatch.setattr(m, "PAPER_LAYERS", ("fc2", "fc3"))
+    small = Study("tiny", ("elu", "relu"), (0,), lambda a, s: dataclasses.replace(
+        ms.paper_config(a, s), dataset="digits", width=8, depth=2, epochs=3))  # fmt: skip
+    small.train(tmp_path / "runs", progress=False)
+    rho = m.measure(small.plan(tmp_path / "runs"), workers=1)
+    assert list(rho["arm"]) == ["elu", "relu"] and (rho["epoch"] == 3).all()
+    run = small.plan(tmp_path / "runs")[0].path
+    from natgrad.analysis.runs import load_model
+
+    x, y = probe_set(run, 200)
+    gx, gy = training_set(run)
+    u = unit_statistics(load_model(run, 3).double().eval(), x.double(), y, layers=["fc2", "fc3"],
+                        rel_damping=1e-3, grad_data=(gx.double(), gy), jackknife=True)  # fmt: skip
+    assert rho.loc[0, m.RHO] == pytest.approx(float(np.nanmedian(u["rho_plain_jk"])), rel=1e-9)
+    assert rho.loc[0, "estimable"] == pytest.approx(float((u["estimable"] == 1).mean()))
+    assert 0 < rho.loc[0, "mean_act"] < 10
+
+    rng = np.random.default_rng(0)  # the endpoints and README on a made-up table of 30 seeds
+    seeds = np.arange(30)
+    table = pd.DataFrame({"arm": ["elu"] * 30 + ["relu"] * 30, "seed": np.tile(seeds, 2)})
+    for c in ("log_fall", "log_train_loss_auc", "log_train_loss_e3", "log_train_loss_e10",
+              "val_loss_e10", "val_error_e10", "estimable", "mean_act", m.RHO_EST):  # fmt: skip
+        table[c] = rng.normal(size=60)
+    table[m.RHO] = np.r_[rng.normal(0.5, 0.01, 30), rng.normal(0.3, 0.01, 30)]  # ELU nearer
+    table.loc[:29, "log_fall"] = table.loc[30:, "log_fall"].to_numpy() + 1.0  # ELU falls further
+    eps = m.endpoints(table, nearer=True)
+    assert list(eps[eps["family"] == "primary"]["endpoint"])[:2] == [m.RHO, m.FALL]
+    assert (eps["family"] == "primary").sum() == 3 and (eps["family"] == "secondary").sum() == 10
+    write_csv(table, tmp_path / "per_run.csv")
+    write_csv(eps, tmp_path / "endpoints.csv")
+    (tmp_path / "run.json").write_text(json.dumps(dict(
+        command="c", commit="x", train_seconds=1.0, measure_seconds=2.0, runs=60,
+        declared="e200087", variant="paper", device="cpu")))  # fmt: skip
+    text = m.readme(tmp_path)
+    assert "**Reading.** Nearer: ELU nearer; speed: ELU's falls further; link:" in text
+    assert (
+        "ELU, whose plain gradient is the nearer (by the first endpoint), also trains faster here"
+        in text
+        and "Holm over the three" in text
+        and "Worded after" not in text
+    )

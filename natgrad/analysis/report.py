@@ -19,8 +19,8 @@ from natgrad.analysis.stats import SIGN_FLIP_EXACT_UP_TO, analysed_units, mean_c
 from natgrad.analysis.summary import headline_rho, read_tables
 from natgrad.units import unit_type_label, unit_type_order
 
-__all__ = ["SUMMARY_COLUMNS", "answer", "fmt", "fmt_ci", "render_report", "summary_columns",
-           "summary_text"]  # fmt: skip
+__all__ = ["SUMMARY_COLUMNS", "answer", "ci_text", "fmt", "fmt_ci", "outward", "render_report",
+           "summary_columns", "summary_text"]  # fmt: skip
 
 #: Columns of the summary table (metric names of :mod:`natgrad.analysis.metrics`).
 SUMMARY_COLUMNS = (
@@ -56,6 +56,38 @@ def fmt_ci(row, metric: str) -> str:
     if lo is None or (isinstance(lo, float) and math.isnan(lo)):
         return fmt(m)
     return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def outward(x: float, up: bool, *, digits: int = 3, signed: bool = True) -> str:
+    """A CI end in ``digits`` significant digits, rounded away from the interval's inside
+    (``up`` for an upper end), so the printed interval always holds the computed one.
+
+    Example:
+        >>> outward(-0.219047, up=False), outward(0.164680, up=True), outward(0.0025, up=True)
+        ('-0.22', '+0.165', '+0.0025')
+    """
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+    x = float(x)
+    spec = f"{'+' if signed else ''}.{digits}g"
+    if not math.isfinite(x) or x == 0:
+        return format(x, spec)
+    d = Decimal(repr(x))
+    step = Decimal(1).scaleb(d.adjusted() - digits + 1)
+    return format(float(d.quantize(step, rounding=ROUND_CEILING if up else ROUND_FLOOR)), spec)
+
+
+def ci_text(value: float, lo: float, hi: float, *, digits: int = 3, signed: bool = True) -> str:
+    """``value [lo, hi]``: the value rounded to ``digits`` significant digits, the ends
+    rounded outward (:func:`outward`), the one way a report prints a CI.
+
+    Example:
+        >>> ci_text(-0.0280, -0.219047, 0.164680)
+        '-0.028 [-0.22, +0.165]'
+    """
+    spec = f"{'+' if signed else ''}.{digits}g"
+    return (f"{format(float(value), spec)} [{outward(lo, False, digits=digits, signed=signed)}, "
+            f"{outward(hi, True, digits=digits, signed=signed)}]")  # fmt: skip
 
 
 def summary_text(summary, columns=None, *, width: int = 100) -> str:

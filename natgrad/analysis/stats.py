@@ -133,11 +133,14 @@ def _estimable_only(name: str) -> bool:
     return name in mt.METRICS and mt.METRICS[name].estimable_only
 
 
-def bootstrap_ci(x, statistic=None) -> tuple[float, float, str]:
+def bootstrap_ci(x, statistic=None, *, resamples: int = N_RESAMPLES,
+                 vectorized: bool = False) -> tuple[float, float, str]:  # fmt: skip
     """``(lo, hi, method)``: the 95 % bootstrap CI over seeds of the mean of ``x``, or of
-    ``statistic(*x)`` for a tuple ``x`` of arrays paired by seed (resampled jointly); BCa
-    where it is defined, else percentile (``method`` says which; ``"none"`` for < 2 seeds,
-    ``"exact"`` when every value is equal). Seeds with a non-finite value are left out."""
+    ``statistic(*x)`` for a tuple ``x`` of arrays paired by seed (resampled jointly; with
+    ``vectorized``, ``statistic(*x, axis=-1)`` takes a batch of resamples at once); BCa where
+    it is defined, else percentile (``method`` says which; ``"none"`` for < 2 seeds,
+    ``"exact"`` when every value is equal), from ``resamples`` resamples of a fixed
+    generator. Seeds with a non-finite value are left out."""
     from scipy import stats
 
     paired = isinstance(x, tuple)
@@ -149,13 +152,13 @@ def bootstrap_ci(x, statistic=None) -> tuple[float, float, str]:
     if not paired and np.ptp(samples[0]) == 0:
         return (float(samples[0][0]), float(samples[0][0]), "exact")
     rng = np.random.default_rng(SEED)
-    kw = dict(paired=True, vectorized=False) if paired else {}
+    kw = dict(paired=True, vectorized=vectorized) if paired else {}
     for method in ("BCa", "percentile"):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # BCa's degenerate-sample warning: fall back
                 res = stats.bootstrap(samples, statistic or np.mean, confidence_level=CONFIDENCE,
-                                      n_resamples=N_RESAMPLES, method=method, random_state=rng,
+                                      n_resamples=resamples, method=method, random_state=rng,
                                       **kw)  # fmt: skip
             lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
             if math.isfinite(lo) and math.isfinite(hi):
@@ -585,25 +588,29 @@ def _spearman(a, b, axis: int = -1):
 
 def rank_correlation(x, y, *, resamples: int = 10_000, permutations: int = 100_000) -> dict:
     r"""Spearman's correlation over seeds of ``x`` and ``y``, paired by seed (pairs with a
-    non-finite value left out): ``r``; its 95 % bootstrap CI over seeds (``lo``, ``hi``; BCa
-    from ``resamples`` joint resamples, else percentile: ``ci_method``); the two-sided
-    permutation p of no association (``p``: ``permutations`` random pairings, the observed
-    one counted so p ≥ 1/(permutations + 1), or every pairing where there are no more than
-    that); ``n``. Fixed generators: the same input gives the same row. NaN entries for
-    fewer than 3 pairs or a constant sample.
+    non-finite value left out): ``r``; its 95 % bootstrap CI over seeds (``lo``, ``hi``,
+    ``ci_method``: :func:`bootstrap_ci` of joint resamples, ``resamples`` of them); the
+    two-sided permutation p of no association (``p``), from every pairing where there are
+    no more than ``permutations``, else from that many random pairings with the observed one
+    counted, so p ≥ ``p_min`` = 2/(permutations + 1) (``p_exact`` says which); ``n``. Fixed
+    generators: the same input gives the same row. NaN entries for fewer than 3 pairs or a
+    constant sample.
 
     Example:
         >>> r = rank_correlation([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
-        >>> round(r["r"], 2), round(r["p"], 3), r["n"]
-        (0.8, 0.133, 5)
+        >>> round(r["r"], 2), round(r["p"], 3), r["n"], r["p_exact"]
+        (0.8, 0.133, 5, True)
     """
     from scipy import stats
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    row = dict(r=math.nan, lo=math.nan, hi=math.nan, ci_method="none", p=math.nan, n=int(x.size))
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    n = int(x.size)
+    exact = n < 3 or math.factorial(n) <= permutations
+    row = dict(r=math.nan, lo=math.nan, hi=math.nan, ci_method="none", p=math.nan, n=n,
+               p_exact=exact, p_min=math.nan if exact else 2.0 / (permutations + 1))  # fmt: skip
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return row
     row["r"] = float(_spearman(x, y))
     res = stats.permutation_test((y,), lambda b, axis=-1: _spearman(x, b, axis),
@@ -611,16 +618,10 @@ def rank_correlation(x, y, *, resamples: int = 10_000, permutations: int = 100_0
                                  alternative="two-sided", vectorized=True,
                                  rng=np.random.default_rng(SEED))  # fmt: skip
     row["p"] = float(res.pvalue)
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # resamples with a constant column: r is NaN
-            ci = stats.bootstrap((x, y), _spearman, paired=True, vectorized=True,
-                                 n_resamples=resamples, method=method,
-                                 confidence_level=CONFIDENCE, rng=np.random.default_rng(SEED))  # fmt: skip
-        lo, hi = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
-        if math.isfinite(lo) and math.isfinite(hi):
-            row.update(lo=lo, hi=hi, ci_method=method)
-            break
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resamples with a constant column: their r is NaN
+        row["lo"], row["hi"], row["ci_method"] = bootstrap_ci((x, y), _spearman,
+                                                              resamples=resamples, vectorized=True)  # fmt: skip
     return row
 
 
