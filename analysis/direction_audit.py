@@ -122,7 +122,9 @@ EXPLORATORY = Path(__file__).resolve().parents[1] / "paper_figures/results/direc
 
 
 def _ci(mean: float, lo: float, hi: float) -> str:
-    return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]"
+    from natgrad.analysis.report import ci_text
+
+    return ci_text(mean, lo, hi, signed=False)
 
 
 def confirm_readme(record: Path) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from natgrad._atomic import write_text
+from natgrad.analysis.report import ci_text
 from natgrad.analysis.stats import mean_ci_name, sign_flip_at_floor, sign_flip_method
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration, re-exported)
@@ -250,10 +251,6 @@ TEXT = {
 """Each confirmation's README wording (keys of :data:`CONFIRMATIONS`)."""
 
 
-def _ci(d: float, lo: float, hi: float) -> str:
-    return f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
-
-
 def _p(p: float, n: int, raw: float | None = None, spec: str = ".3g") -> str:
     """A sign-flip p (or its Holm-adjusted value, given the ``raw`` p); where random patterns
     (over 20 seeds) put the raw p at its floor, a bound: no drawn pattern was as extreme."""
@@ -351,12 +348,12 @@ def confirm_readme(record: Path) -> str:
             uneven.append(f"{NORM_NAMES[norm]} ({e['estimable'].mean():.0%} of ELU's units, "
                           f"{u['estimable'].mean():.0%} of ReLU's)")  # fmt: skip
         x = beside.loc[(norm, beside_metric or primary)]
-        lines.append(f"| {name_} | {_ci(r['diff'], r['lo'], r['hi'])} | {ahead} of "
+        lines.append(f"| {name_} | {ci_text(r['diff'], r['lo'], r['hi'])} | {ahead} of "
                      f"{int(r['seeds'])} | {_p(r['p'], int(r['seeds']))} | "
                      f"{_p(r['p_holm'], int(r['seeds']), r['p'])} | {said} | "
                      f"{e[primary].mean():.3f}, {u[primary].mean():.3f} | "
                      f"{e['estimable'].mean():.0%} / {u['estimable'].mean():.0%} | "
-                     f"{_ci(x['diff'], x['lo'], x['hi'])} |")  # fmt: skip
+                     f"{ci_text(x['diff'], x['lo'], x['hi'])} |")  # fmt: skip
     said = "; ".join(f"{k}: {', '.join(readings[k])}"
                      for k in ("ELU nearer", "ReLU nearer", "not resolved") if k in readings)  # fmt: skip
     if text.limit is not None:
@@ -384,7 +381,7 @@ def confirm_readme(record: Path) -> str:
     for m in METRICS:
         if m in conf.primaries:
             continue
-        cells = [f"{_ci(*sec.loc[(m, k), ['diff', 'lo', 'hi']])} (Holm p "
+        cells = [f"{ci_text(*sec.loc[(m, k), ['diff', 'lo', 'hi']])} (Holm p "
                  f"{_p(*sec.loc[(m, k), ['p_holm', 'seeds', 'p']], spec='.2g')})"
                  for k in norms]  # fmt: skip
         lines.append(f"| {label[m]} | " + " | ".join(cells) + " |")
