@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from natgrad.analysis.report import ci_text
 from natgrad.analysis.stats import mean_ci_name
 from natgrad.studies.fig2 import (  # noqa: F401 (the declaration, re-exported)
     EARLY,
@@ -284,14 +285,6 @@ def _with_recorded(out: Path, layers, seeds):
     return merged[0], merged[1]
 
 
-def _fmt_ci(d, lo, hi, digits=3):
-    import math
-
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{d:+.{digits}g}"
-    return f"{d:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}]"
-
-
 def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=None,
                  until: int | None = None) -> str:  # fmt: skip
     """The MNIST protocol's tables, figures and README (see :data:`PRIMARY`); the mechanism
@@ -378,7 +371,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
             est = (f"median {r.diff:+.3g} epochs; ELU earlier in {int(r.earlier)} of {int(r.n)} seeds, "
                    f"later in {int(r.later)}")  # fmt: skip
         else:
-            est = _fmt_ci(r.diff, r.lo, r.hi)
+            est = ci_text(r.diff, r.lo, r.hi)
         lines.append(f"| {r.description} | {est} | {r.ci_method} | {r.p:.3g} | {r.p_holm:.3g} |")
     if early != list(EARLY):
         lines += [
@@ -390,7 +383,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
               "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in table[table["role"] == "secondary"].itertuples():
         est = (f"ELU earlier in {int(r.earlier)}/{int(r.n)}, later in {int(r.later)}" if r.metric == "epochs_to_loss"
-               else _fmt_ci(r.diff, r.lo, r.hi))  # fmt: skip
+               else ci_text(r.diff, r.lo, r.hi))  # fmt: skip
         lines.append(
             f"| {r.metric} | {r.other} | {est} | {r.ci_method} | {r.p:.3g} | {r.p_holm:.3g} |"
         )
@@ -401,7 +394,7 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
         cells = []
         for metric in (*RHO, "n_eff_over_d1"):
             r = sub[sub["metric"] == metric].iloc[0]
-            cells.append(_fmt_ci(r["diff"], r["lo"], r["hi"], 2))
+            cells.append(ci_text(r["diff"], r["lo"], r["hi"], digits=2))
         lines.append(f"| {epoch} | {other} | " + " | ".join(cells) + " |")
     means = seeds.groupby(["unit_type", "epoch"])[["rho_plain", "n_eff_over_d1"]].mean().unstack(0)
     lines += ["", "Level per unit type (mean over seeds of the run medians): ρ(plain) / n_eff/(d+1)", "",
@@ -423,8 +416,8 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
             if hasattr(r, "spearman") and pd.notna(getattr(r, "spearman", None))
             else "—"
         )
-        lines.append(f"| {r._1} → {r.to} | {_fmt_ci(r.rho_advantage, r.rho_advantage_lo, r.rho_advantage_hi, 2)} "
-                     f"| {_fmt_ci(r.extra_log10_fall, r.extra_log10_fall_lo, r.extra_log10_fall_hi, 2)} | {sp} |")  # fmt: skip
+        lines.append(f"| {r._1} → {r.to} | {ci_text(r.rho_advantage, r.rho_advantage_lo, r.rho_advantage_hi, digits=2)} "
+                     f"| {ci_text(r.extra_log10_fall, r.extra_log10_fall_lo, r.extra_log10_fall_hi, digits=2)} | {sp} |")  # fmt: skip
     lines += ["", "![Fig 2](fig2_mean_activation.png)", "", "![mechanism](mechanism.png)", ""]
     text = "\n".join(lines)
     write_text(out / "README.md", text)

@@ -79,13 +79,16 @@ def outward(x: float, up: bool, *, digits: int = 3, signed: bool = True) -> str:
 
 def ci_text(value: float, lo: float, hi: float, *, digits: int = 3, signed: bool = True) -> str:
     """``value [lo, hi]``: the value rounded to ``digits`` significant digits, the ends
-    rounded outward (:func:`outward`), the one way a report prints a CI.
+    rounded outward (:func:`outward`), the one way a report prints a CI; the value alone
+    where the CI is not finite (no CI formed).
 
     Example:
-        >>> ci_text(-0.0280, -0.219047, 0.164680)
-        '-0.028 [-0.22, +0.165]'
+        >>> ci_text(-0.0280, -0.219047, 0.164680), ci_text(0.5, float("nan"), float("nan"))
+        ('-0.028 [-0.22, +0.165]', '+0.5')
     """
     spec = f"{'+' if signed else ''}.{digits}g"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return format(float(value), spec)
     return (f"{format(float(value), spec)} [{outward(lo, False, digits=digits, signed=signed)}, "
             f"{outward(hi, True, digits=digits, signed=signed)}]")  # fmt: skip
 
