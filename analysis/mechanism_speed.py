@@ -51,11 +51,14 @@ LABELS = {
     f"val_loss_e{EPOCHS}": f"validation loss, epoch {EPOCHS}",
     f"val_error_e{EPOCHS}": f"validation error, epoch {EPOCHS}",
     RHO: f"ρ(plain) over live units, epoch {FROM_EPOCH}",
+    RHO_EST: f"ρ(plain) over estimable units, epoch {FROM_EPOCH}",
     "estimable": f"share of estimable units, epoch {FROM_EPOCH}",
     "mean_act": f"median |mean activation|, epoch {FROM_EPOCH}",
 }
 DECLARED = {"small": "7558a62", "paper": "e200087"}  # the commits of the two declarations
-PAPER_SECONDARY = ("estimable", "mean_act")  # the replication's further secondary differences
+# the replication's further secondary differences (ρ over estimable units: "reported beside"
+# the first endpoint, as its declared limit says)
+PAPER_SECONDARY = (RHO_EST, "estimable", "mean_act")
 
 
 def per_run(curves, rho):
@@ -330,7 +333,8 @@ def readme(record: Path) -> str:
         f"falls further on {ahead} of {n} seeds.", "",
         "**Reading.** " + _capital("; ".join(f"{_primary_name(r).split(':')[0]}: "
                                              f"{_reading(r)}" for r in prim)) + ". "
-        + _text(speed, link, by[f"log_train_loss_e{FROM_EPOCH}"], by.get(RHO), paper),
+        + _text(speed, link, by[f"log_train_loss_e{FROM_EPOCH}"], by["log_train_loss_auc"],
+                by.get(RHO), paper),
         "", "## Secondary (descriptive), Holm within the family", "",
         "| measure | value [95 % CI] | seeds | Holm p |", "| --- | --- | ---: | ---: |",
         *(f"| {_label(r['endpoint']) if r['kind'] == 'Spearman' else 'ELU − ReLU in ' + LABELS[r['endpoint']]}"
@@ -342,7 +346,10 @@ def readme(record: Path) -> str:
         "seed's initial weights shape both its ρ and its later course. The fall depends on "
         f"where the loss stands at epoch {FROM_EPOCH} (a lower loss may have less far to fall), "
         "so the levels are reported beside it. One net, one data set, one rate; speed in "
-        "epochs, not seconds.", "", "## What was seen before the declaration", "", seen, "",
+        "epochs, not seconds." + (
+            " On this net fewer of ReLU's units may be estimable, so the live-unit median of the "
+            "first endpoint may differ from the estimable-unit one (secondary table)."
+            if paper else ""), "", "## What was seen before the declaration", "", seen, "",
     ]  # fmt: skip
     return "\n".join(lines)
 
@@ -351,24 +358,26 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _text(speed, link, level, nearer, paper: bool) -> str:
+def _text(speed, link, level, auc, nearer, paper: bool) -> str:
     """What the readings say together, in the terms of the paper's mechanism (``level``: the
-    secondary row of ELU − ReLU in the loss at the measure; ``nearer``: the replication's
-    primary row of ELU − ReLU in ρ, else the third confirmation's reading holds). The first
-    record's wording was written after its results were seen, and says so."""
-    from natgrad.analysis.report import outward
+    secondary row of ELU − ReLU in the loss at the measure, ``auc`` its row of the log10
+    training-loss AUC over every epoch; ``nearer``: the replication's primary row of ELU −
+    ReLU in ρ, else the third confirmation's reading holds). The first record's wording was
+    written after its results were seen, and the replication's AUC sentence after its own:
+    each says so."""
+    from natgrad.analysis.report import ci_text, outward
     from natgrad.analysis.stats import ci_sign
 
     s, k = _reading(speed), _reading(link)
     near = _reading(nearer) == "ELU nearer" if paper else True
     who = "by the first endpoint" if paper else "by the third confirmation"
-    faster = {"ELU's falls further": ("ELU", "ReLU", "also trains faster"),
-              "ReLU's falls further": ("ReLU", "ELU", "did not train faster")}  # fmt: skip
+    faster = {"ELU's falls further": ("ELU", "ReLU", "also fell faster"),
+              "ReLU's falls further": ("ReLU", "ELU", "did not fall faster")}  # fmt: skip
     if s in faster:
         a, b, verb = faster[s]
         said = f"{a}'s training loss falls further than {b}'s after epoch {FROM_EPOCH}" + (
-            f": ELU, whose plain gradient is the nearer ({who}), {verb} here" if near else ""
-        )
+            f": the loss of ELU, whose plain gradient is the nearer ({who}), {verb} after the "
+            "measure here" if near else "")  # fmt: skip
     else:
         said = (f"the design does not resolve which loss falls further after epoch {FROM_EPOCH} "
                 "(read the size from the CI)")  # fmt: skip
@@ -395,6 +404,13 @@ def _text(speed, link, level, nearer, paper: bool) -> str:
                  f"{FROM_EPOCH} (secondary table): by the declared limit a lower loss may have "
                  "less far to fall, so part of the difference in the fall may follow where the "
                  "two stood.")  # fmt: skip
+    sign = int(ci_sign(auc["lo"], auc["hi"])) if auc["p_holm"] < 0.05 else 0
+    whole = {-1: "lower than ReLU's: ELU learned faster over the run as a whole",
+             1: "higher than ReLU's: ELU learned slower over the run as a whole",
+             0: "not resolved from ReLU's"}[sign]  # fmt: skip
+    text += (f"{' (Added after the results were seen.)' if paper else ''} Over epochs "
+             f"1–{EPOCHS} ELU's log10 training-loss AUC is {whole} (secondary, "
+             f"{ci_text(auc['value'], auc['lo'], auc['hi'])}).")  # fmt: skip
     if not paper:
         text = (
             "(Worded after the results were seen; the readings follow the declared rule.) " + text
