@@ -221,7 +221,7 @@ def _reading(r) -> str:
     sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0
     if r["kind"] == "Spearman":
         return {1: "positive", -1: "negative", 0: "not resolved"}[sign]
-    if r["endpoint"] == RHO:
+    if r["endpoint"] in (RHO, RHO_EST):
         return {1: "ELU nearer", -1: "ReLU nearer", 0: "not resolved"}[sign]
     return {1: "ELU's falls further", -1: "ReLU's falls further", 0: "not resolved"}[sign]
 
@@ -334,7 +334,7 @@ def readme(record: Path) -> str:
         "**Reading.** " + _capital("; ".join(f"{_primary_name(r).split(':')[0]}: "
                                              f"{_reading(r)}" for r in prim)) + ". "
         + _text(speed, link, by[f"log_train_loss_e{FROM_EPOCH}"], by["log_train_loss_auc"],
-                by.get(RHO), paper),
+                by.get(RHO), paper) + (_estimable_text(by[RHO_EST], by["estimable"]) if paper else ""),
         "", "## Secondary (descriptive), Holm within the family", "",
         "| measure | value [95 % CI] | seeds | Holm p |", "| --- | --- | ---: | ---: |",
         *(f"| {_label(r['endpoint']) if r['kind'] == 'Spearman' else 'ELU − ReLU in ' + LABELS[r['endpoint']]}"
@@ -352,6 +352,21 @@ def readme(record: Path) -> str:
             if paper else ""), "", "## What was seen before the declaration", "", seen, "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _estimable_text(est, share) -> str:
+    """The replication's first endpoint beside its declared limit: ELU − ReLU in ρ over
+    estimable units and in their share (secondary rows)."""
+    from natgrad.analysis.report import ci_text
+
+    said = {"ELU nearer": "ELU is nearer there too", "ReLU nearer": "ReLU is nearer there",
+            "not resolved": "the difference is not resolved there"}[_reading(est)]  # fmt: skip
+    return (" (Added after the results were seen.) Over estimable units only (n_eff ≥ 2(d+1)) "
+            f"ELU − ReLU in ρ at epoch {FROM_EPOCH} is {ci_text(est['value'], est['lo'], est['hi'])}: "
+            f"{said}; ELU's share of estimable units is higher by "
+            f"{ci_text(share['value'], share['lo'], share['hi'])} (secondary), so the live-unit "
+            "difference of the first endpoint may rest on ReLU's units whose blocks are not "
+            "estimable, as the declared limit foresaw.")  # fmt: skip
 
 
 def _capital(text: str) -> str:
