@@ -111,11 +111,14 @@ plt.show()
 # tables hold the declared endpoints and the levels beside them.
 
 # %%
+from natgrad.analysis.report import ci_text
+
 SPEED = {"3 × 64": "mechanism_speed_mnist", "8 × 128 (the paper's net)": "mechanism_speed_mnist_8x128"}
 fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.4), sharey=True)
 for ax, (net, folder) in zip(axes, SPEED.items()):
     path = ROOT / "paper_figures" / "results" / folder
     if not (path / "per_run.csv").is_file():
+        fig.delaxes(ax)
         continue
     wide = read_csv(path / "per_run.csv").pivot(index="seed", columns="arm")
     d_rho = wide["rho_plain_jk"]["elu"] - wide["rho_plain_jk"]["relu"]
@@ -125,9 +128,11 @@ for ax, (net, folder) in zip(axes, SPEED.items()):
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set(title=net, xlabel="ELU − ReLU in ρ(plain), epoch 3")
     eps = read_csv(path / "endpoints.csv")
-    print(net)
-    print(eps[["family", "endpoint", "value", "lo", "hi", "p_holm"]]
-          .to_string(index=False, float_format="{:.3g}".format))
+    print(net)  # as the record's README prints them: CI ends outward, a p at its floor as "≤"
+    for r in eps.to_dict("records"):
+        p = f"{'≤ ' if r['p_at_floor'] else ''}{r['p_holm']:.2g}"
+        print(f"  {r['family']:>9}  {r['endpoint']:<38} {ci_text(r['value'], r['lo'], r['hi'])}"
+              f"  Holm p {p}")
     assert (eps["family"] == "primary").sum() >= 2 and (eps["n"] == 100).all()
 axes[0].set_ylabel("ELU − ReLU in the fall of\nlog10 loss, epoch 3 → 10")
 fig.tight_layout()

@@ -777,16 +777,27 @@ def test_the_speed_replication_measures_and_reads_its_runs(tmp_path, monkeypatch
     small.train(tmp_path / "runs", progress=False)
     rho = m.measure(small.plan(tmp_path / "runs"), workers=1)
     assert list(rho["arm"]) == ["elu", "relu"] and (rho["epoch"] == 3).all()
-    run = small.plan(tmp_path / "runs")[0].path
-    from natgrad.analysis.runs import load_model
+    import torch
 
-    x, y = probe_set(run, 200)
-    gx, gy = training_set(run)
-    u = unit_statistics(load_model(run, 3).double().eval(), x.double(), y, layers=["fc2", "fc3"],
-                        rel_damping=1e-3, grad_data=(gx.double(), gy), jackknife=True)  # fmt: skip
-    assert rho.loc[0, m.RHO] == pytest.approx(float(np.nanmedian(u["rho_plain_jk"])), rel=1e-9)
-    assert rho.loc[0, "estimable"] == pytest.approx(float((u["estimable"] == 1).mean()))
-    assert 0 < rho.loc[0, "mean_act"] < 10
+    from natgrad.analysis.runs import load_model
+    from natgrad.training.recording import record_activations
+
+    for i, r in enumerate(small.plan(tmp_path / "runs")):  # both arms, by a second route
+        x, y = probe_set(r.path, 200)
+        gx, gy = training_set(r.path)
+        model = load_model(r.path, 3).double().eval()
+        u = unit_statistics(model, x.double(), y, layers=["fc2", "fc3"], rel_damping=1e-3,
+                            grad_data=(gx.double(), gy), jackknife=True)  # fmt: skip
+        est = u["estimable"] == 1
+        assert rho.loc[i, m.RHO] == pytest.approx(float(np.nanmedian(u["rho_plain_jk"])), rel=1e-9)
+        assert rho.loc[i, m.RHO_EST] == pytest.approx(
+            float(np.nanmedian(u.loc[est, "rho_plain_jk"])) if est.any() else np.nan,
+            rel=1e-9, nan_ok=True)  # fmt: skip
+        assert rho.loc[i, "estimable"] == pytest.approx(float(est.mean()))
+        means = record_activations(model, x.double())["means"]
+        mean_act = float(torch.cat(list(means.values())).abs().median())
+        assert rho.loc[i, "mean_act"] == pytest.approx(mean_act, rel=1e-5)
+    assert rho.loc[0, "estimable"] != rho.loc[1, "estimable"]  # the arms' masks differ here
 
     rng = np.random.default_rng(0)  # the endpoints and README on a made-up table of 30 seeds
     seeds = np.arange(30)
@@ -798,7 +809,8 @@ def test_the_speed_replication_measures_and_reads_its_runs(tmp_path, monkeypatch
     table.loc[:29, "log_fall"] = table.loc[30:, "log_fall"].to_numpy() + 1.0  # ELU falls further
     eps = m.endpoints(table, nearer=True)
     assert list(eps[eps["family"] == "primary"]["endpoint"])[:2] == [m.RHO, m.FALL]
-    assert (eps["family"] == "primary").sum() == 3 and (eps["family"] == "secondary").sum() == 11
+    assert (eps["family"] == "primary").sum() == 3 and (eps["family"] == "secondary").sum() == 10
+    assert list(eps[eps["family"] == m.ADDED]["endpoint"]) == [m.RHO_EST]
     write_csv(table, tmp_path / "per_run.csv")
     write_csv(eps, tmp_path / "endpoints.csv")
     (tmp_path / "run.json").write_text(json.dumps(dict(

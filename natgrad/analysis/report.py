@@ -62,9 +62,14 @@ def outward(x: float, up: bool, *, digits: int = 3, signed: bool = True) -> str:
     """A CI end in ``digits`` significant digits, rounded away from the interval's inside
     (``up`` for an upper end), so the printed interval always holds the computed one.
 
+    Ends are first taken to 12 significant digits, so the last bits of float arithmetic do
+    not widen an interval that is exact at the digits shown.
+
     Example:
         >>> outward(-0.219047, up=False), outward(0.164680, up=True), outward(0.0025, up=True)
         ('-0.22', '+0.165', '+0.0025')
+        >>> outward(0.99999999999988, up=False), outward(1.00000000000009, up=True)
+        ('+1', '+1')
     """
     from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
@@ -72,7 +77,7 @@ def outward(x: float, up: bool, *, digits: int = 3, signed: bool = True) -> str:
     spec = f"{'+' if signed else ''}.{digits}g"
     if not math.isfinite(x) or x == 0:
         return format(x, spec)
-    d = Decimal(repr(x))
+    d = Decimal(format(x, ".12g"))  # float noise (0.99999999999988 for 1) is not widened
     step = Decimal(1).scaleb(d.adjusted() - digits + 1)
     return format(float(d.quantize(step, rounding=ROUND_CEILING if up else ROUND_FLOOR)), spec)
 
@@ -80,14 +85,14 @@ def outward(x: float, up: bool, *, digits: int = 3, signed: bool = True) -> str:
 def ci_text(value: float, lo: float, hi: float, *, digits: int = 3, signed: bool = True) -> str:
     """``value [lo, hi]``: the value rounded to ``digits`` significant digits, the ends
     rounded outward (:func:`outward`), the one way a report prints a CI; the value alone
-    where the CI is not finite (no CI formed).
+    where no CI was formed (both ends NaN), an infinite end as ``inf``.
 
     Example:
         >>> ci_text(-0.0280, -0.219047, 0.164680), ci_text(0.5, float("nan"), float("nan"))
         ('-0.028 [-0.22, +0.165]', '+0.5')
     """
     spec = f"{'+' if signed else ''}.{digits}g"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    if math.isnan(lo) and math.isnan(hi):
         return format(float(value), spec)
     return (f"{format(float(value), spec)} [{outward(lo, False, digits=digits, signed=signed)}, "
             f"{outward(hi, True, digits=digits, signed=signed)}]")  # fmt: skip
