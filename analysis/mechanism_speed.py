@@ -53,7 +53,7 @@ LABELS = {
     RHO: f"ρ(plain) over live units, epoch {FROM_EPOCH}",
     RHO_EST: f"ρ(plain) over estimable units, epoch {FROM_EPOCH}",
     "estimable": f"share of estimable units, epoch {FROM_EPOCH}",
-    "mean_act": f"median |mean activation|, epoch {FROM_EPOCH}",
+    "mean_act": f"median absolute mean activation, epoch {FROM_EPOCH}",
 }
 DECLARED = {"small": "7558a62", "paper": "e200087"}  # the commits of the two declarations
 PAPER_SECONDARY = ("estimable", "mean_act")  # the replication's further secondary differences
