@@ -137,7 +137,7 @@ def confirm_readme(record: Path) -> str:
 
     from natgrad.analysis.csvtables import read_csv
     from natgrad.analysis.record import record_name
-    from natgrad.analysis.stats import ci_sign, mean_ci
+    from natgrad.analysis.stats import declared_sign, mean_ci
     from natgrad.units import unit_type_label
 
     meta = json.loads((record / "run.json").read_text())
@@ -176,7 +176,7 @@ def confirm_readme(record: Path) -> str:
     rho = table[table["epoch"] == EPOCHS].pivot_table("rho_full", ["unit_type", "seed"], "method")
     verdicts: dict[str, list[str]] = {}
     for r in primary.to_dict("records"):
-        sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0  # the declared rule
+        sign = declared_sign(r)
         verdict = {1: "confirmed", -1: "opposite sign", 0: "not confirmed"}[sign]
         unit = unit_type_label(r["unit_type"], tex=False)
         verdicts.setdefault(verdict, []).append(f"{unit} against {NAMES[r['other']]}")

@@ -269,7 +269,7 @@ def confirm_readme(record: Path) -> str:
 
     from natgrad.analysis.csvtables import read_csv
     from natgrad.analysis.record import record_name
-    from natgrad.analysis.stats import ci_sign
+    from natgrad.analysis.stats import declared_sign
 
     meta = json.loads((record / "run.json").read_text())
     key = meta.get("confirmation", "rho")  # the first confirmation's run.json predates the key
@@ -341,7 +341,7 @@ def confirm_readme(record: Path) -> str:
         e = at[at["arm"] == arm_e].set_index("seed")
         u = at[at["arm"] == arm_r].set_index("seed")
         ahead = int((e[primary] > u[primary]).sum())
-        sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0  # the declared rule
+        sign = declared_sign(r)
         said = {1: "ELU nearer", -1: "ReLU nearer", 0: "not resolved"}[sign]
         readings.setdefault(said, []).append(name_)
         if abs(e["estimable"].mean() - u["estimable"].mean()) > 0.05:

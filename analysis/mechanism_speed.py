@@ -219,9 +219,9 @@ def _p(r, p: float) -> str:
 
 def _reading(r) -> str:
     """The declared rule: resolved where the Holm p is < 0.05 and the CI excludes 0."""
-    from natgrad.analysis.stats import ci_sign
+    from natgrad.analysis.stats import declared_sign
 
-    sign = int(ci_sign(r["lo"], r["hi"])) if r["p_holm"] < 0.05 else 0
+    sign = declared_sign(r)
     if r["kind"] == "Spearman":
         return {1: "positive", -1: "negative", 0: "not resolved"}[sign]
     if r["endpoint"] in (RHO, RHO_EST):
@@ -368,7 +368,7 @@ def _estimable_text(est, share, nearer) -> str:
     """The replication's first endpoint beside its declared limit: ELU − ReLU in ρ over
     estimable units (added after the results) and in their share (secondary)."""
     from natgrad.analysis.report import ci_text
-    from natgrad.analysis.stats import ci_sign
+    from natgrad.analysis.stats import declared_sign
 
     said = {"ELU nearer": "ELU is nearer there too", "ReLU nearer": "ReLU is nearer there",
             "not resolved": "the difference is not resolved there"}[_reading(est)]  # fmt: skip
@@ -376,7 +376,7 @@ def _estimable_text(est, share, nearer) -> str:
             f"ELU − ReLU in ρ at epoch {FROM_EPOCH} is {ci_text(est['value'], est['lo'], est['hi'])}: "
             f"{said}; ELU − ReLU in the share of estimable units is "
             f"{ci_text(share['value'], share['lo'], share['hi'])} (secondary).")  # fmt: skip
-    more = share["p_holm"] < 0.05 and ci_sign(share["lo"], share["hi"]) == 1
+    more = declared_sign(share) == 1
     if _reading(nearer) == "ELU nearer" and _reading(est) != "ELU nearer" and more:
         text += (" So the live-unit difference of the first endpoint may rest on ReLU's units "
                  "whose blocks are not estimable, as the declared limit foresaw.")  # fmt: skip
@@ -395,7 +395,7 @@ def _text(speed, link, level, auc, nearer, paper: bool) -> str:
     written after its results were seen, and the replication's AUC sentence after its own:
     each says so."""
     from natgrad.analysis.report import ci_text, outward
-    from natgrad.analysis.stats import ci_sign
+    from natgrad.analysis.stats import declared_sign
 
     s, k = _reading(speed), _reading(link)
     near = _reading(nearer) == "ELU nearer" if paper else True
@@ -422,7 +422,7 @@ def _text(speed, link, level, auc, nearer, paper: bool) -> str:
                             + (", among them the 0.3 the design was sized to find"
                                if link["hi"] < 0.3 else "")}[k]  # fmt: skip
     text = f"{_capital(said)}; {tied}."
-    stood = int(ci_sign(level["lo"], level["hi"])) if level["p_holm"] < 0.05 else 0
+    stood = declared_sign(level)
     lead = {"ReLU's falls further": 1, "ELU's falls further": -1}.get(s, 0)  # who stood lower
     if lead and stood == lead:
         text += (f" {'ELU' if stood == 1 else 'ReLU'}'s training loss stood higher at epoch "
@@ -433,7 +433,7 @@ def _text(speed, link, level, auc, nearer, paper: bool) -> str:
                  f"{FROM_EPOCH} (secondary table): by the declared limit a lower loss may have "
                  "less far to fall, so part of the difference in the fall may follow where the "
                  "two stood.")  # fmt: skip
-    sign = int(ci_sign(auc["lo"], auc["hi"])) if auc["p_holm"] < 0.05 else 0
+    sign = declared_sign(auc)
     whole = {-1: "lower than ReLU's: ELU learned faster over the run as a whole",
              1: "higher than ReLU's: ELU learned slower over the run as a whole",
              0: "not resolved from ReLU's"}[sign]  # fmt: skip

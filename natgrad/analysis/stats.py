@@ -26,7 +26,7 @@ from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes",
-           "claims_per_seed", "ci_sign", "current_mean_ci", "group_summary", "holm", "loss_auc", "mean_ci",
+           "claims_per_seed", "ci_sign", "current_mean_ci", "declared_sign", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
            "paired_summary", "rank_correlation", "ratio_ci", "recorded_mean_ci", "seed_values", "sentence",
            "sign_flip_at_floor", "sign_flip_method", "sign_flip_p", "sign_flip_p_min"]  # fmt: skip
@@ -507,6 +507,19 @@ def ci_sign(lo, hi):
     """
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     return np.where(lo > 0, 1, np.where(hi < 0, -1, 0))
+
+
+def declared_sign(row, alpha: float = 0.05) -> int:
+    r"""The declared rule of natgrad's confirmatory studies for one endpoint ``row`` (``lo``,
+    ``hi``, ``p_holm``): resolved where the Holm p is below ``alpha`` *and* the CI excludes
+    0, then the CI's direction (:func:`ci_sign`), else 0.
+
+    Example:
+        >>> declared_sign({"lo": 0.1, "hi": 0.3, "p_holm": 0.01}), declared_sign(
+        ...     {"lo": 0.1, "hi": 0.3, "p_holm": 0.06})
+        (1, 0)
+    """
+    return int(ci_sign(row["lo"], row["hi"])) if row["p_holm"] < alpha else 0
 
 
 def ci_changes(before, after, keys: list[str]):
