@@ -237,6 +237,7 @@ def test_rank_correlation_ci_and_floor_by_a_second_route():
     assert (row["lo"], row["hi"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
     mono = stats.rank_correlation(np.arange(100.0), np.arange(100.0) ** 3, permutations=999)
     assert mono["r"] == 1.0 and mono["p"] == pytest.approx(2 / 1000) == mono["p_min"]
+    assert mono["p_at_floor"] and not row["p_at_floor"]
 
 
 def test_sentences_follow_the_confidence_interval():

@@ -605,7 +605,8 @@ def rank_correlation(x, y, *, resamples: int = 10_000, permutations: int = 100_0
     ``ci_method``: :func:`bootstrap_ci` of joint resamples, ``resamples`` of them); the
     two-sided permutation p of no association (``p``), from every pairing where there are
     no more than ``permutations``, else from that many random pairings with the observed one
-    counted, so p ≥ ``p_min`` = 2/(permutations + 1) (``p_exact`` says which); ``n``. Fixed
+    counted, so p ≥ ``p_min`` = 2/(permutations + 1) (``p_exact`` says which; ``p_at_floor``
+    that a drawn p sits at that floor, so is a bound); ``n``. Fixed
     generators: the same input gives the same row. NaN entries for fewer than 3 pairs or a
     constant sample.
 
@@ -622,19 +623,22 @@ def rank_correlation(x, y, *, resamples: int = 10_000, permutations: int = 100_0
     n = int(x.size)
     exact = n < 3 or math.factorial(n) <= permutations
     row = dict(r=math.nan, lo=math.nan, hi=math.nan, ci_method="none", p=math.nan, n=n,
-               p_exact=exact, p_min=math.nan if exact else 2.0 / (permutations + 1))  # fmt: skip
+               p_exact=exact, p_min=math.nan if exact else 2.0 / (permutations + 1),
+               p_at_floor=False)  # fmt: skip
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return row
     row["r"] = float(_spearman(x, y))
-    res = stats.permutation_test((y,), lambda b, axis=-1: _spearman(x, b, axis),
+    # ranking commutes with a pairing's permutation: rank once, then r is a dot product
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    rx = (rx - rx.mean()) / np.sqrt(((rx - rx.mean()) ** 2).sum() * ((ry - ry.mean()) ** 2).sum())
+    res = stats.permutation_test((ry - ry.mean(),), lambda b, axis=-1: (b * rx).sum(axis=axis),
                                  permutation_type="pairings", n_resamples=permutations,
-                                 alternative="two-sided", vectorized=True,
+                                 alternative="two-sided", vectorized=True, batch=10_000,
                                  rng=np.random.default_rng(SEED))  # fmt: skip
     row["p"] = float(res.pvalue)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # resamples with a constant column: their r is NaN
-        row["lo"], row["hi"], row["ci_method"] = bootstrap_ci((x, y), _spearman,
-                                                              resamples=resamples, vectorized=True)  # fmt: skip
+    row["p_at_floor"] = not exact and abs(row["p"] - row["p_min"]) < 1e-15
+    row["lo"], row["hi"], row["ci_method"] = bootstrap_ci((x, y), _spearman, resamples=resamples,
+                                                          vectorized=True)  # fmt: skip
     return row
 
 
