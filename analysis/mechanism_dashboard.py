@@ -53,24 +53,16 @@ from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration
 )
 
 
-def mean_activations(model, x) -> float:
-    """Median over the hidden units of |mean activation| on ``x`` (the unit means of
-    :func:`natgrad.training.recording.record_activations`)."""
-    import torch
-
-    from natgrad.training.recording import record_activations
-
-    return float(torch.cat(list(record_activations(model, x)["means"].values())).abs().median())
-
-
 def measure(job) -> dict:
     """One (run, epoch) of the dashboard: the declared measures, one row."""
     import numpy as np
     import torch
 
     from natgrad.analysis.runs import load_model, probe_set, training_set
+    from natgrad.analysis.stats import unit_medians
     from natgrad.analysis.unitstats import unit_statistics
     from natgrad.network import network_fisher_gram
+    from natgrad.training.recording import median_abs_mean
 
     run, arm, seed, epoch, unit_probe, gram_probe = job
     torch.set_num_threads(1)
@@ -85,13 +77,9 @@ def measure(job) -> dict:
     unit, norm = split_arm(arm)
     return dict(
         arm=arm, unit=unit, norm=norm, seed=seed, epoch=epoch,
-        mean_act=mean_activations(model, x),
-        rho_plain_jk=float(np.nanmedian(units["rho_plain_jk"])),
-        rho_plain_jk_est=(float(np.nanmedian(units.loc[est, "rho_plain_jk"])) if est.any()
-                          else float("nan")),  # fmt: skip
+        mean_act=median_abs_mean(model, x), **unit_medians(units),
         shift_error_plain=float(np.nanmedian(units["shift_error_plain"])),
         abs_k=float(np.nanmedian(units.loc[est, "k"].abs())) if est.any() else float("nan"),
-        estimable=float(est.mean()),
         offblock_share=1.0 - gram.unit_block_share(),
         top_eig=float(gram.eigenvalues[0]), top_eig_over_mean=gram.top_eig_over_mean(),
     )  # fmt: skip

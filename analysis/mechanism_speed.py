@@ -99,29 +99,22 @@ def measure(runs, workers: int):
     the share of estimable units, and the median |mean activation| of the hidden units on
     the same images. The per-unit tables are cached in the runs
     (:func:`natgrad.analysis.runs.unit_table`)."""
-    import numpy as np
     import pandas as pd
-    import torch
 
     from natgrad.analysis.runs import load_model, probe_set, unit_table
-    from natgrad.training.recording import record_activations
+    from natgrad.analysis.stats import unit_medians
+    from natgrad.training.recording import median_abs_mean
 
     units = unit_table([r.path for r in runs], epochs=[FROM_EPOCH], probe_size=PAPER_PROBE,
                        layers=PAPER_LAYERS, workers=workers, grad="train", jackknife=True,
                        progress=True)  # fmt: skip
     rows = []
-    for r in runs:
-        u = units[units["run"] == r.path.name]
-        est = u["estimable"] == 1
+    for r in runs:  # as the dashboard measures a run (unit_medians, median_abs_mean, float64)
         x, _ = probe_set(r.path, PAPER_PROBE)
-        with torch.no_grad():
-            means = record_activations(load_model(r.path, FROM_EPOCH).eval(), x)["means"]
+        model = load_model(r.path, FROM_EPOCH).double().eval()
         rows.append(dict(arm=r.arm, seed=r.seed, epoch=FROM_EPOCH,
-                         **{RHO: float(np.nanmedian(u["rho_plain_jk"])),
-                            RHO_EST: (float(np.nanmedian(u.loc[est, "rho_plain_jk"]))
-                                      if est.any() else float("nan"))},
-                         estimable=float(est.mean()),
-                         mean_act=float(torch.cat(list(means.values())).abs().median())))  # fmt: skip
+                         **unit_medians(units[units["run"] == r.path.name]),
+                         mean_act=median_abs_mean(model, x.double())))  # fmt: skip
     return pd.DataFrame(rows)
 
 

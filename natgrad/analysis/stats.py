@@ -26,7 +26,7 @@ from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes",
-           "claims_per_seed", "ci_sign", "current_mean_ci", "declared_sign", "group_summary", "holm", "loss_auc", "mean_ci",
+           "claims_per_seed", "ci_sign", "current_mean_ci", "declared_sign", "unit_medians", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
            "paired_summary", "rank_correlation", "ratio_ci", "recorded_mean_ci", "seed_values", "sentence",
            "sign_flip_at_floor", "sign_flip_method", "sign_flip_p", "sign_flip_p_min"]  # fmt: skip
@@ -40,6 +40,25 @@ def analysed_units(units):
     """The units a summary is over: live units (c > 0) of layers fed by hidden units (the
     first layer's incoming activations are the data, the same for every unit type)."""
     return units[(units["input_from"] == "units") & (units["dead"] == 0)]
+
+
+def unit_medians(units, metric: str = "rho_plain_jk") -> dict:
+    r"""One run's summary of a per-unit table ``units`` (its ``estimable`` column 0/1 and
+    ``metric``, NaN for dead units): the median of ``metric`` over the live units, over the
+    estimable units only (NaN where none is), and the share of estimable units (dead units
+    count as not estimable), keyed ``metric``, ``<metric>_est`` and ``estimable``.
+
+    Example:
+        >>> import pandas as pd
+        >>> u = pd.DataFrame({"rho_plain_jk": [0.2, 0.4, float("nan"), 0.9],
+        ...                   "estimable": [1, 1, 0, 0]})
+        >>> unit_medians(u)
+        {'rho_plain_jk': 0.4, 'rho_plain_jk_est': 0.30000000000000004, 'estimable': 0.5}
+    """
+    est = units["estimable"] == 1
+    return {metric: float(np.nanmedian(units[metric])),
+            f"{metric}_est": float(np.nanmedian(units.loc[est, metric])) if est.any() else math.nan,
+            "estimable": float(est.mean())}  # fmt: skip
 
 
 def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch")):

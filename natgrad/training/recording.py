@@ -29,11 +29,18 @@ from natgrad.units import hidden_units
 
 __all__ = [
     "load_activations",
+    "median_abs_mean",
     "probe_indices",
     "record_activations",
     "save_activations",
     "summarise",
 ]
+
+
+def median_abs_mean(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Median over the hidden units of ``model`` of |mean activation| on ``x`` (the unit means
+    of :func:`record_activations`): how far the units sit from zero mean."""
+    return float(torch.cat(list(record_activations(model, x)["means"].values())).abs().median())
 
 
 def probe_indices(n_train: int, size: int, seed: int) -> torch.Tensor:
