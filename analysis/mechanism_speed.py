@@ -56,6 +56,12 @@ LABELS = {
     "mean_act": f"median absolute mean activation, epoch {FROM_EPOCH}",
 }
 DECLARED = {"small": "7558a62", "paper": "e200087"}  # the commits of the two declarations
+LABELS |= {  # the correlations, named as endpoints() names them
+    f"link: Δ{RHO} vs Δ{FALL}": "ELU − ReLU in ρ over live units vs ELU − ReLU in the fall",
+    f"link: Δ{RHO_EST} vs Δ{FALL}": "ELU − ReLU in ρ over estimable units vs ELU − ReLU in the fall",
+    f"elu: {RHO} vs {FALL}": "ELU: its ρ over live units vs its fall",
+    f"relu: {RHO} vs {FALL}": "ReLU: its ρ over live units vs its fall",
+}
 PAPER_SECONDARY = ("estimable", "mean_act")  # the replication's further secondary differences
 # ρ over estimable units, "reported beside" the replication's first endpoint (its declared
 # limit) but not in its declared secondary list: added after the results, in a family of its own
@@ -222,20 +228,16 @@ def _reading(r) -> str:
     return {1: "ELU's falls further", -1: "ReLU's falls further", 0: "not resolved"}[sign]
 
 
-def _label(e: str) -> str:
-    """How the README names an endpoint of ``endpoints.csv``."""
-    if not e.startswith(("link", "elu:", "relu:")):
-        return LABELS[e]
-    who, _, what = e.partition(": ")
-    rho = "ρ over estimable units" if RHO_EST in what else "ρ over live units"
-    if who == "link":
-        return f"ELU − ReLU in {rho} vs ELU − ReLU in the fall"
-    return f"{who.upper() if who == 'elu' else 'ReLU'}: its {rho} vs its fall"
+def _label(r) -> str:
+    """How the README names an endpoint row of ``endpoints.csv``."""
+    if r["kind"] == "Spearman":
+        return f"{LABELS[r['endpoint']]} (Spearman)"
+    return f"ELU − ReLU in {LABELS[r['endpoint']]}"
 
 
 def _primary_name(r) -> str:
     if r["kind"] == "Spearman":
-        return "link: " + _label(r["endpoint"])
+        return "link: " + LABELS[r["endpoint"]]
     return "nearer: ELU − ReLU in ρ" if r["endpoint"] == RHO else "speed: ELU − ReLU in the fall"
 
 
@@ -333,15 +335,13 @@ def readme(record: Path) -> str:
                 by.get(RHO), paper) + (_estimable_text(by[RHO_EST], by["estimable"], by[RHO]) if paper else ""),
         "", "## Secondary (descriptive), Holm within the family", "",
         "| measure | value [95 % CI] | seeds | Holm p |", "| --- | --- | ---: | ---: |",
-        *(f"| {_label(r['endpoint']) if r['kind'] == 'Spearman' else 'ELU − ReLU in ' + LABELS[r['endpoint']]}"
-          f"{' (Spearman)' if r['kind'] == 'Spearman' else ''} | {_ci(r)} | {int(r['n'])} | "
-          f"{_p(r, r['p_holm'])} |"
+        *(f"| {_label(r)} | {_ci(r)} | {int(r['n'])} | {_p(r, r['p_holm'])} |"
           for r in rows if r["family"] == "secondary"),
         *(["", "## Added after the results were seen (not in a Holm family)", "",
            "Reported beside the first endpoint, as the declared limit below says, but not "
            "declared as a secondary endpoint; its p is unadjusted.", "",
            "| measure | value [95 % CI] | seeds | p |", "| --- | --- | ---: | ---: |",
-           *(f"| ELU − ReLU in {LABELS[r['endpoint']]} | {_ci(r)} | {int(r['n'])} | "
+           *(f"| {_label(r)} | {_ci(r)} | {int(r['n'])} | "
              f"{_p(r, r['p'])} |" for r in rows if r["family"] == ADDED)]
           if paper else []),
         "", "## Limits (declared before the run)", "",
