@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from natgrad._atomic import write_text
-from natgrad.analysis.report import ci_text
+from natgrad.analysis.report import ci_text, p_text
 from natgrad.analysis.stats import mean_ci_name, sign_flip_at_floor, sign_flip_method
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.studies.mechanism_dashboard import (  # noqa: F401 (the declaration, re-exported)
@@ -242,8 +242,7 @@ TEXT = {
 def _p(p: float, n: int, raw: float | None = None, spec: str = ".3g") -> str:
     """A sign-flip p (or its Holm-adjusted value, given the ``raw`` p); where random patterns
     (over 20 seeds) put the raw p at its floor, a bound: no drawn pattern was as extreme."""
-    at_floor = sign_flip_at_floor(p if raw is None else raw, int(n))
-    return f"≤ {p:{spec}}" if at_floor else f"{p:{spec}}"
+    return p_text(p, sign_flip_at_floor(p if raw is None else raw, int(n)), spec=spec)
 
 
 def confirm_readme(record: Path) -> str:

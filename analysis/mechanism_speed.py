@@ -213,7 +213,9 @@ def _ci(r) -> str:
 def _p(r, p: float) -> str:
     """``p`` (the row's p or its Holm value) as printed: a bound where the row's raw p sits at
     the floor of the random sign patterns or pairings drawn (``p_at_floor``)."""
-    return f"≤ {p:.2g}" if r["p_at_floor"] else f"{p:.2g}"
+    from natgrad.analysis.report import p_text
+
+    return p_text(p, r["p_at_floor"])
 
 
 def _reading(r) -> str:

@@ -111,7 +111,7 @@ plt.show()
 # tables hold the declared endpoints and the levels beside them.
 
 # %%
-from natgrad.analysis.report import ci_text
+from natgrad.analysis.report import ci_text, p_text
 
 SPEED = {"3 × 64": "mechanism_speed_mnist", "8 × 128 (the paper's net)": "mechanism_speed_mnist_8x128"}
 fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.4), sharey=True)
@@ -130,9 +130,8 @@ for ax, (net, folder) in zip(axes, SPEED.items()):
     eps = read_csv(path / "endpoints.csv")
     print(net)  # as the record's README prints them: CI ends outward, a p at its floor as "≤"
     for r in eps.to_dict("records"):
-        p = f"{'≤ ' if r['p_at_floor'] else ''}{r['p_holm']:.2g}"
         print(f"  {r['family']:>9}  {r['endpoint']:<38} {ci_text(r['value'], r['lo'], r['hi'])}"
-              f"  Holm p {p}")
+              f"  Holm p {p_text(r['p_holm'], r['p_at_floor'])}")
     assert (eps["family"] == "primary").sum() >= 2 and (eps["n"] == 100).all()
 axes[0].set_ylabel("ELU − ReLU in the fall of\nlog10 loss, epoch 3 → 10")
 fig.tight_layout()

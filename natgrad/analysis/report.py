@@ -19,8 +19,8 @@ from natgrad.analysis.stats import SIGN_FLIP_EXACT_UP_TO, analysed_units, mean_c
 from natgrad.analysis.summary import headline_rho, read_tables
 from natgrad.units import unit_type_label, unit_type_order
 
-__all__ = ["SUMMARY_COLUMNS", "answer", "ci_text", "fmt", "fmt_ci", "outward", "render_report",
-           "summary_columns", "summary_text"]  # fmt: skip
+__all__ = ["SUMMARY_COLUMNS", "answer", "ci_text", "fmt", "fmt_ci", "outward", "p_text",
+           "render_report", "summary_columns", "summary_text"]  # fmt: skip
 
 #: Columns of the summary table (metric names of :mod:`natgrad.analysis.metrics`).
 SUMMARY_COLUMNS = (
@@ -96,6 +96,17 @@ def ci_text(value: float, lo: float, hi: float, *, digits: int = 3, signed: bool
         return format(float(value), spec)
     return (f"{format(float(value), spec)} [{outward(lo, False, digits=digits, signed=signed)}, "
             f"{outward(hi, True, digits=digits, signed=signed)}]")  # fmt: skip
+
+
+def p_text(p: float, bound: bool, *, spec: str = ".2g") -> str:
+    """A p (or its Holm value) as a report prints it: ``≤ p`` where it is a bound (the raw p
+    sat at the floor of the random draws, e.g. :func:`~natgrad.analysis.stats.sign_flip_at_floor`).
+
+    Example:
+        >>> p_text(4e-05, True), p_text(0.384, False)
+        ('≤ 4e-05', '0.38')
+    """
+    return f"{'≤ ' if bound else ''}{p:{spec}}"
 
 
 def summary_text(summary, columns=None, *, width: int = 100) -> str:
