@@ -439,3 +439,27 @@ def test_claims_cover_every_trained_epoch_whichever_epochs_are_analysed(demo_dir
         want = claims.set_index(["unit_type", "seed"])[claim]
         assert_close(torch.tensor(got.loc[want.index].to_numpy()), torch.tensor(want.to_numpy()),
                      what=claim, rtol=1e-12)  # fmt: skip
+
+
+def test_the_analysis_sees_the_data_the_run_trained_on(tmp_path):
+    """The unit table's data (``runs.training_set``, ``probe_set``) are the run's own: its
+    first ``train_size`` training images and its preprocessing, fitted on them, as training
+    had them (built here by hand from the raw data set)."""
+    import dataclasses
+
+    from natgrad.analysis.runs import probe_set, training_set
+    from natgrad.data import load_dataset, standardise
+    from natgrad.training import default_config, train
+
+    cfg = dataclasses.replace(default_config("mnist-fc"), dataset="digits", epochs=1, width=8,
+                              depth=2, train_size=64, probe_size=16,
+                              preprocess="standardise")  # fmt: skip
+    run = train(cfg, tmp_path / "r", device="cpu", progress=False).run_dir
+    raw = load_dataset("digits", seed=cfg.seed)
+    want = standardise(raw.with_(train_x=raw.train_x[:64], train_y=raw.train_y[:64]))
+    x, y = training_set(run)
+    assert torch.equal(x, want.train_x) and torch.equal(y, raw.train_y[:64])
+    px, py = probe_set(run, 16)  # digits has no validation split: the test split's first 16
+    assert torch.equal(px, want.test_x[:16]) and torch.equal(py, raw.test_y[:16])
+    assert not torch.equal(px, raw.test_x[:16])  # preprocessed, not the raw images
+    assert probe_set(run, split="train-all")[0].shape[0] == 64

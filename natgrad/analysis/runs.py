@@ -93,25 +93,26 @@ def hidden_layers(run_dir: PathLike) -> list[str]:
 _DATASETS: dict = {}
 
 
-def _dataset(run_dir: Path):
-    from natgrad.data import load_dataset
+#: The config fields that decide what data a run sees (``training.engine.run_data``).
+_DATA_FIELDS = ("dataset", "data_dir", "seed", "dtype", "train_split", "train_size", "preprocess")
 
-    cfg = run_config(run_dir)
-    key = (cfg["dataset"], cfg.get("data_dir"), int(cfg["seed"]), cfg.get("dtype", "float32"))
+
+def _dataset(run_dir: Path):
+    """The data the run saw (its training split and preprocessing), one set in memory."""
+    from natgrad.training.config import TrainConfig
+    from natgrad.training.engine import run_data
+
+    config = TrainConfig.from_dict(run_config(run_dir))
+    key = tuple(getattr(config, f) for f in _DATA_FIELDS)
     if key not in _DATASETS:
         _DATASETS.clear()  # keep one data set in memory
-        _DATASETS[key] = load_dataset(
-            cfg["dataset"], cfg.get("data_dir"), seed=int(cfg["seed"]), dtype=getattr(torch, key[3])
-        )
+        _DATASETS[key] = run_data(config)
     return _DATASETS[key]
 
 
 def held_out_split(run_dir: PathLike) -> str:
     """``"val"`` where the run's data set has a validation split (and the run did not train
     on it), else ``"test"``: the split the unit table's probe is drawn from."""
-    cfg = run_config(run_dir)
-    if cfg.get("train_split", "train") == "train+val":
-        return "test"
     return "val" if _dataset(Path(run_dir)).val_x is not None else "test"
 
 
@@ -119,8 +120,10 @@ def probe_set(
     run_dir: PathLike, size: int | None = None, *, split: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs [n, ...], labels [n])``: the run's held-out probe (the first ``size`` inputs
-    of ``split="val"`` or ``"test"``, all by default; ``None``: :func:`held_out_split`) or
-    its recorded training probe (``split="train"``)."""
+    of ``split="val"`` or ``"test"``, all by default; ``None``: :func:`held_out_split`), its
+    recorded training probe (``split="train"``), or the first ``size`` of the inputs it
+    trained on (``split="train-all"``, :func:`training_set`: the exact Fisher needs inputs
+    only, and the Fisher of the training objective is the one over them)."""
     run_dir = Path(run_dir)
     ds = _dataset(run_dir)
     split = held_out_split(run_dir) if split is None else split
@@ -129,12 +132,14 @@ def probe_set(
         if size is not None:
             idx = idx[:size]
         return ds.train_x[idx], ds.train_y[idx]
-    if split not in ("val", "test") or getattr(ds, f"{split}_x") is None:
+    if split != "train-all" and (split not in ("val", "test") or getattr(ds, f"{split}_x") is None):
         raise InputError(f"{run_dir}: probe split {split!r} is not one of this data set's "
-                         f"held-out splits ({', '.join(ds.splits[1:])}) or 'train'")  # fmt: skip
+                         f"held-out splits ({', '.join(ds.splits[1:])}), 'train' or "
+                         "'train-all'")  # fmt: skip
     if size is not None and (isinstance(size, bool) or int(size) < 1):
         raise InputError(f"probe size {size!r}: must be a positive integer (or None: all)")
-    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+    x, y = training_set(run_dir) if split == "train-all" else (getattr(ds, f"{split}_x"),
+                                                               getattr(ds, f"{split}_y"))  # fmt: skip
     n = x.shape[0] if size is None else min(int(size), x.shape[0])
     return x[:n], y[:n]
 
@@ -189,10 +194,9 @@ def _settings(probe, probe_size, rel_damping, sweep, layers, grad="probe", jackk
 
 
 def training_set(run_dir: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs and labels the run trained on (its ``train_split``)."""
+    """The inputs and labels the run trained on (its ``train_split``, ``train_size`` and
+    preprocessing: ``training.engine.run_data``)."""
     ds = _dataset(Path(run_dir))
-    if run_config(run_dir).get("train_split", "train") == "train+val":
-        ds = ds.with_validation_in_train()
     return ds.train_x, ds.train_y
 
 
@@ -209,6 +213,8 @@ def _cache_key(run: Path, epoch: int, settings: dict) -> str:
     # without one is rebuilt from the config).
     config = {k: v for k, v in rd.read_config().items() if k not in _NOT_IN_KEY}
     h.update(json.dumps(config, sort_keys=True).encode())
+    if config.get("train_size") is not None or config.get("preprocess", "none") != "none":
+        h.update(b"run_data")  # analysed on the run's own data since 2026-12-07 (not before)
     st_path = rd.checkpoint_paths(epoch)[0]
     if st_path.is_file():
         h.update(st_path.read_bytes())
@@ -278,6 +284,7 @@ def unit_table(
     jackknife: bool = False,
     probe_sizes: Sequence[int] | None = None,
     size_runs: Iterable[PathLike] | None = None,
+    probe_split: str | None = None,
 ):
     r"""Per run × epoch × layer × unit: the unit statistics from the runs' checkpoints.
 
@@ -297,12 +304,14 @@ def unit_table(
         stats: if a dict, receives ``{"computed": n, "cached": n}``.
         grad: ``"probe"``: g is the probe's mean loss gradient; ``"train"``: the training
             set's, the direction plain SGD follows in expectation (free of the probe's
-            sampling noise; the Fisher still comes from the held-out probe).
+            sampling noise; the Fisher still comes from the probe).
         jackknife: add the jackknifed efficiencies ``rho_<direction>_jk``
             (:func:`~natgrad.analysis.unitstats.unit_statistics`).
         probe_sizes, size_runs: the probe-size sweep at these nested sizes for the runs in
             ``size_runs`` (default: every run), at the last analysed epoch, from the same
             pass (:func:`~natgrad.analysis.unitstats.probe_size_sweep`).
+        probe_split: where the probe comes from (:func:`probe_set`): default the held-out
+            split (:func:`held_out_split`); ``"train-all"`` the inputs the run trained on.
 
     Returns:
         ``units`` (a DataFrame), or ``(units, sweep)`` when ``sweep`` is given; with
@@ -325,7 +334,7 @@ def unit_table(
                 "(set checkpoint_every so the epochs you ask for are written)"
             )
         last = max(chosen)
-        probe = held_out_split(run)
+        probe = held_out_split(run) if probe_split is None else probe_split
         sized = probe_sizes and (size_runs is None or run.resolve() in size_set)
         for e in chosen:
             at = (e == last) if sweep_epochs is None else (e in sweep_epochs)

@@ -109,12 +109,14 @@ def epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + epoch) * 4 + salt)
 
 
-def setup(config: TrainConfig, device: torch.device):
+def run_data(config: TrainConfig):
+    """The data a run sees, the one definition for its training and its analysis: its data set
+    with the training split it trains on (``train_split``, the first ``train_size`` images)
+    and its preprocessing (fitted on that training split)."""
     from natgrad.data import gcn_zca, load_dataset, standardise
-    from natgrad.models import build_model
 
-    dtype = getattr(torch, config.dtype)
-    ds = load_dataset(config.dataset, config.data_dir, seed=config.seed, dtype=dtype)
+    ds = load_dataset(config.dataset, config.data_dir, seed=config.seed,
+                      dtype=getattr(torch, config.dtype))  # fmt: skip
     if config.train_split == "train+val":
         ds = ds.with_validation_in_train()
     if config.train_size is not None:
@@ -124,6 +126,14 @@ def setup(config: TrainConfig, device: torch.device):
         ds = gcn_zca(ds)
     elif config.preprocess == "standardise":
         ds = standardise(ds)
+    return ds
+
+
+def setup(config: TrainConfig, device: torch.device):
+    from natgrad.models import build_model
+
+    dtype = getattr(torch, config.dtype)
+    ds = run_data(config)
     ae = config.loss == "bce_logits"
     model = build_model(
         config.net, config.unit, alpha=config.alpha, batch_norm=config.batch_norm,
