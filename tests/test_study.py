@@ -825,3 +825,54 @@ def test_the_speed_replication_measures_and_reads_its_runs(tmp_path, monkeypatch
         and "Holm over the three" in text
     )
     assert "Worded after" not in text and "Over estimable units only" in text
+
+
+def test_the_train_probe_stage_measures_on_the_training_inputs(tmp_path, monkeypatch):
+    """The Fig 2 train-probe analysis (declared in ``natgrad/studies/fig2.py``): its unit
+    table is computed on the inputs the run trained on (``probe_split="train-all"``), its
+    per-run n_eff/(d+1) and estimable share agree with ``natgrad.unit_fishers`` on those
+    inputs (a second route), and the record's endpoints and README come from its values."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    import natgrad
+    from natgrad.analysis.runs import load_model, training_set
+    from natgrad.studies import fig2
+    from natgrad.training import default_config, train
+
+    m = _script("fig2_protocol", monkeypatch)
+    monkeypatch.setattr(m, "TRAIN_PROBE", dict(fig2.TRAIN_PROBE, epochs=(1,),
+                                               layers=("fc2", "fc3")))  # fmt: skip
+    runs = []
+    for unit in fig2.UNITS:
+        for seed in range(3):
+            cfg = default_config("mnist-fc", dataset="digits", unit=unit, seed=seed, epochs=1,
+                                 width=6, depth=3, train_size=400, probe_size=16)  # fmt: skip
+            cfg = dataclasses.replace(cfg, checkpoint_every=1)
+            runs.append(train(cfg, tmp_path / f"{unit}-s{seed}", device="cpu",
+                              progress=False).run_dir)  # fmt: skip
+    values = m.train_probe_values(runs, progress=False)
+    assert len(values) == 12 and set(values["unit_type"]) == set(fig2.UNITS)
+    # elu-s0 again, from the Fisher engine on the whole training set (400 inputs, not the
+    # 16-input held-out probe): the same n_eff/(d+1) median and estimable share
+    x, _ = training_set(runs[0])
+    assert x.shape[0] == 400
+    fishers = natgrad.unit_fishers(load_model(runs[0], 1), x)
+    ratio = torch.cat([(fishers[k].n_eff / (fishers[k].fan_in + 1)) for k in ("fc2", "fc3")])
+    ratio = ratio.double().numpy()
+    row = values[(values["unit_type"] == "elu") & (values["seed"] == 0)].iloc[0]
+    assert row["n_eff_over_d1"] == pytest.approx(np.nanmedian(ratio), rel=1e-5)
+    assert row["estimable"] == pytest.approx(np.mean(ratio >= 2))
+    meta = dict(analysis_seconds=1.0, runs=12, run_commit="x", device="cpu")
+    text = m.record_train_probe(values, tmp_path / "rec", meta, argv=["--train-probe", "rec"])
+    table = pd.read_csv(tmp_path / "rec" / "endpoints.csv")
+    assert list(table["family"][:3]) == ["train-probe"] * 3 and len(table) == 3 + 6 * 3
+    wide = values.pivot(index="seed", columns="unit_type", values="rho_plain_jk_est")
+    assert table.iloc[0]["diff"] == pytest.approx((wide["elu"] - wide["relu"]).mean())
+    assert "`python analysis/fig2_protocol.py --train-probe rec`" in text
+    for other in ("ReLU", "LReLU", "SReLU"):
+        assert text.count(f"| ρ(plain), estimable units | {other} | 3 |") == 1
+        assert f"ELU − {other} in ρ(plain) over estimable units at epoch 300" in text
+    (tmp_path / "README.md").write_text(text)

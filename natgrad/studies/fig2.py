@@ -19,6 +19,30 @@ seed's difference α_ELU − α_other, and those differences over the 10 seeds w
 and exact sign-flip p (``natgrad.analysis.stats.neff_adjusted``); one Holm family
 (``neff-adjusted``) over the epochs and the other unit types. Read from the CIs beside the
 unadjusted ones; the declared endpoints stand as they are.
+
+**The mechanism at epoch 300 on the training inputs (declared 2026-12-07, after the MNIST
+record, before this analysis; post hoc, secondary):** on the validation probe (10,000
+images) the median n_eff/(d+1) is 1.2 and below from epoch 25 on (0.5–0.7 at 300), so the
+record's mechanism rows there compare blocks that are not estimable (n_eff ≥ 2(d+1)). The
+exact unit Fisher needs inputs only (the labels are the model's), and the Fisher of the
+training objective is the one over the training inputs; so the blocks of epoch 300 (the only
+checkpoints kept: the record's ``resume_state/``) are computed again on the 50,000 training
+images (:data:`TRAIN_PROBE`: the run's ``training_set``; g, λ = 1e-3 and the layers fc2–fc9
+as in :data:`MECHANISM`; jackknifed ρ). Per run: the median over its live units of fc2–fc9
+whose block is estimable of each jackknifed ρ (``<rho>_jk_est``), the median over all live
+units (``rho_plain_jk``), the estimable share and the median n_eff/(d+1)
+(:func:`train_probe_values` in the stage). Endpoints (:func:`train_probe_endpoints`): ELU −
+ReLU, ELU − LReLU and ELU − SReLU in ``rho_plain_jk_est``, paired by seed over the 10 seeds
+(t CI, exact sign-flip p), Holm over the three (family ``train-probe``), read by
+``stats.declared_sign``; the others secondary, Holm within each metric over the three unit
+types. Seen before this declaration: the record (its epoch-300 rows on the validation probe)
+and, to decide whether the training inputs make the blocks estimable, the median
+n_eff/(d+1) per layer of runs elu-s0 and relu-s0 at epoch 300 on both probes (training
+images: ELU 4.5–4.9 in fc2–fc8, 2.9 in fc9; ReLU 3.2–3.4 in fc2–fc3, 2.4 in fc9, its other
+layers' medians undefined for dead units; validation: 0.35–0.57 and 0.32–0.43), no ρ on the
+training inputs. Limits: one epoch, at which every net fits its training set, so the Fisher
+over its inputs may differ from the held-out one; it says where ρ stands at the end of
+training, not along it; a seed whose run has no estimable unit drops out of that pair.
 """
 
 from __future__ import annotations
@@ -45,6 +69,9 @@ MECHANISM = dict(
     rel_damping=1e-3,
 )
 RHO = ("rho_plain", "rho_centred", "rho_quasidiagonal", "rho_blockdiag")
+#: The mechanism at epoch 300 on the training inputs (declared 2026-12-07; module docstring).
+TRAIN_PROBE = dict(MECHANISM, epochs=(300,), probe_split="train-all", jackknife=True)
+TRAIN_PROBE_RHO = tuple(f"{m}_jk" for m in RHO)
 #: The mechanism epochs whose blocks are estimable on the probe (median n_eff/(d+1) ≥ 2; the
 #: MNIST record: 44, 9, 5.5, 2.5 at epochs 0, 1, 3, 10, then 1.2 and below).
 ESTIMABLE_EPOCHS = (0, 1, 3, 10)
@@ -124,3 +151,18 @@ def mnist_endpoints():
         for metric in SECONDARY:
             eps.append(Endpoint(metric, "elu", other, "secondary", family=metric))
     return eps
+
+
+def train_probe_endpoints():
+    """The mechanism at epoch 300 on the training inputs (module docstring): ELU against each
+    other unit type in ρ(plain) over estimable units (family ``train-probe``, Holm over the
+    three), the rest secondary (Holm within each metric)."""
+    from natgrad.analysis.endpoints import Endpoint
+
+    text = "median over estimable live units of jackknifed ρ(plain), epoch 300, training inputs"
+    eps = [Endpoint("rho_plain_jk_est", "elu", other, "primary", family="train-probe",
+                    description=text) for other in UNITS[1:]]  # fmt: skip
+    metrics = (*(f"{m}_est" for m in TRAIN_PROBE_RHO[1:]), "rho_plain_jk", "estimable",
+               "n_eff_over_d1")  # fmt: skip
+    return eps + [Endpoint(m, "elu", other, "secondary", family=m)
+                  for m in metrics for other in UNITS[1:]]  # fmt: skip
