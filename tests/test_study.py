@@ -4,6 +4,7 @@ it build their runs."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -876,3 +877,31 @@ def test_the_train_probe_stage_measures_on_the_training_inputs(tmp_path, monkeyp
         assert text.count(f"| ρ(plain), estimable units | {other} | 3 |") == 1
         assert f"ELU − {other} in ρ(plain) over estimable units at epoch 300" in text
     (tmp_path / "README.md").write_text(text)
+
+
+def test_the_committed_train_probe_record_rebuilds(tmp_path, monkeypatch):
+    """``paper_figures/results/fig2_mnist_train_probe``: its endpoints rebuild exactly from its
+    per-run values through the declared endpoints, over the 40 declared runs (ELU, ReLU,
+    LReLU, SReLU × seeds 0–9), and its README's tables and reading are what the stage writes
+    from them."""
+    from natgrad.analysis.csvtables import read_csv
+    from natgrad.analysis.endpoints import evaluate
+    from natgrad.studies.fig2 import UNITS, train_probe_endpoints
+
+    m = _script("fig2_protocol", monkeypatch)
+    src = ROOT / "paper_figures/results/fig2_mnist_train_probe"
+    values = read_csv(src / "values.csv")
+    assert sorted(zip(values["unit_type"], values["seed"], strict=True)) == sorted(
+        (u, s) for u in UNITS for s in range(10)
+    )
+    with stats.mean_ci_method(stats.recorded_mean_ci(src)):
+        table = evaluate(values, train_probe_endpoints())
+        blank = table.replace("", float("nan"))  # an empty text cell reads back as NaN
+        pd.testing.assert_frame_equal(blank, read_csv(src / "endpoints.csv"), check_exact=True,
+                                      check_dtype=False)  # fmt: skip
+        meta = {k: v for k, v in json.loads((src / "run.json").read_text()).items()
+                if k not in ("command", "commit")}  # fmt: skip
+        text = m.record_train_probe(values, tmp_path, meta, argv=["x"])
+    old = (src / "README.md").read_text()
+    body = "## ELU − other, paired by seed"
+    assert text[text.index(body) :] == old[old.index(body) :]
