@@ -463,3 +463,20 @@ def test_the_analysis_sees_the_data_the_run_trained_on(tmp_path):
     assert torch.equal(px, want.test_x[:16]) and torch.equal(py, raw.test_y[:16])
     assert not torch.equal(px, raw.test_x[:16])  # preprocessed, not the raw images
     assert probe_set(run, split="train-all")[0].shape[0] == 64
+    # natgrad tables --probe train-all: the unit Fishers of those 64 inputs (a second route)
+    import json
+
+    import natgrad
+    from natgrad.analysis.csvtables import read_csv
+    from natgrad.analysis.runs import load_model
+    from natgrad.cli import main
+
+    assert main(["tables", str(tmp_path / "r"), "--out", str(tmp_path / "t"), "--epochs", "1",
+                 "--probe", "train-all"]) == 0  # fmt: skip
+    units = read_csv(tmp_path / "t" / "units.csv")
+    want_f = natgrad.unit_fishers(load_model(run, 1), want.train_x)
+    for layer, f in want_f.items():
+        got = units[units["layer"] == layer].sort_values("unit")["n_eff"].to_numpy()
+        np.testing.assert_allclose(got, f.n_eff.double().numpy(), rtol=1e-5)
+    context = json.loads((tmp_path / "t" / "context.json").read_text())
+    assert context["probe"] == "the inputs the runs trained on (all)"

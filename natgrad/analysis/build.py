@@ -31,12 +31,15 @@ def build(
     layers="all",
     rel_damping: float | None = None,
     workers: int = 1,
+    probe_split: str | None = None,
 ) -> dict:
     """Tables (and the report) from every run below ``roots``; returns ``{name: path}``.
     ``grad`` and ``jackknife`` as in :func:`natgrad.analysis.runs.unit_table` (the MNIST
     demo's tables: ``grad="train", jackknife=True``). ``layers``: ``"all"``, ``"hidden"`` (those
     fed by hidden units, :func:`~natgrad.analysis.runs.hidden_layers`) or a list of names;
-    ``rel_damping``: the measures' λ (default :data:`natgrad.damping.MEASURE_DAMPING`)."""
+    ``rel_damping``: the measures' λ (default :data:`natgrad.damping.MEASURE_DAMPING`);
+    ``probe_split``: the probe's inputs (:func:`~natgrad.analysis.runs.probe_set`; default the
+    held-out split)."""
     from natgrad._atomic import check_replaceable
     from natgrad.analysis.runs import hidden_layers
     from natgrad.analysis.summary import write_tables
@@ -57,6 +60,7 @@ def build(
     try:
         paths = write_tables(runs, out, epochs=epochs, probe_size=probe_size, progress=progress,
                              grad=grad, jackknife=jackknife, workers=workers,
+                             probe_split=probe_split,
                              layers=None if layers == "all" else list(layers),
                              rel_damping=MEASURE_DAMPING if rel_damping is None else rel_damping)  # fmt: skip
     except MemoryBudgetError as exc:
@@ -78,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated epochs (default: all checkpoints and 0)")  # fmt: skip
     parser.add_argument("--probe-size", type=positive_int, default=None,
                         help="first N probe inputs (default: all)")  # fmt: skip
+    parser.add_argument("--probe", choices=("held-out", "train-all"), default="held-out",
+                        help="the probe's inputs: held out (default: the validation split, else "
+                             "the test split) or all the inputs the runs trained on (the Fisher "
+                             "of the training objective)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="also write <out>/report.html")
     parser.add_argument("--grad", choices=("probe", "train"), default="probe",
                         help="g judged: the probe's mean gradient (default) or the training "
@@ -125,5 +133,6 @@ def run(args: argparse.Namespace) -> int:
     epochs = None if args.epochs is None else sorted(set(args.epochs))
     build(args.roots, args.out, epochs=epochs, probe_size=args.probe_size, report=args.report,
           grad=args.grad, jackknife=args.jackknife, layers=args.layers,
-          rel_damping=args.rel_damping, workers=args.workers)  # fmt: skip
+          rel_damping=args.rel_damping, workers=args.workers,
+          probe_split=None if args.probe == "held-out" else args.probe)  # fmt: skip
     return 0

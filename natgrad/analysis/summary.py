@@ -171,12 +171,12 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
                  rel_damping: float = MEASURE_DAMPING, sweep=SWEEP, layers=None, workers: int = 1,
                  progress: bool = False, context: dict | None = None, last: int = 3,
                  grad: str = "probe", jackknife: bool = False, probe_sizes=None, size_runs=None,
-                 endpoints=None) -> dict[str, Path]:  # fmt: skip
+                 endpoints=None, probe_split: str | None = None) -> dict[str, Path]:  # fmt: skip
     r"""Build every table from ``run_dirs`` and write them (see the module docstring) into
     ``out_dir``. ``epochs`` are the checkpoints whose units are analysed; the curves and the
     claims from them (training-loss AUC, epochs to loss, test error) cover every trained
     epoch. ``context`` (command, device, …) is stored in ``context.json`` together with
-    the settings. ``grad``, ``jackknife``, ``probe_sizes`` and ``size_runs`` are those of
+    the settings. ``grad``, ``jackknife``, ``probe_sizes``, ``size_runs`` and ``probe_split`` are those of
     :func:`~natgrad.analysis.runs.unit_table`; ``endpoints`` the study's declared
     :class:`~natgrad.analysis.endpoints.Endpoint` list. Returns ``{name: path}``."""
     from natgrad.analysis.runs import activation_table, curve_table, held_out_split, unit_table
@@ -188,7 +188,7 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
     res = unit_table(run_dirs, epochs=epochs, probe_size=probe_size, rel_damping=rel_damping,
                      sweep=sweep or None, layers=layers, workers=workers, progress=progress,
                      stats=counts, grad=grad, jackknife=jackknife, probe_sizes=probe_sizes,
-                     size_runs=size_runs)  # fmt: skip
+                     size_runs=size_runs, probe_split=probe_split)  # fmt: skip
     res = list(res) if isinstance(res, tuple) else [res]
     units = res.pop(0)
     sw = res.pop(0) if sweep else None
@@ -207,12 +207,13 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
         frames["sweep"] = sw
         frames["sweep_seeds"] = summ["sweep_seeds"]
     ctx = dict(context or {})
-    split = held_out_split(run_dirs[0]) if run_dirs else "test"
+    split = probe_split or (held_out_split(run_dirs[0]) if run_dirs else "test")
+    where = ("the inputs the runs trained on" if split == "train-all" else
+             f"held-out inputs of the {split} split")  # fmt: skip
     ctx.update({
         "relative damping λ": rel_damping,
         "damping sweep": list(sweep or ()),
-        "probe": f"held-out inputs of the {split} split "
-                 f"({'all' if probe_size is None else probe_size})",
+        "probe": f"{where} ({'all' if probe_size is None else probe_size})",
         "g (the gradient judged)": "the training set's mean loss gradient" if grad == "train"
                                    else "the probe's mean loss gradient",
         "ρ estimate": "jackknifed (2ρ(probe) − mean ρ(halves))" if jackknife else "plain",
