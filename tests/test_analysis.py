@@ -121,6 +121,13 @@ def test_unit_tables_are_reused_until_the_checkpoint_changes(demo_dir, tmp_path)
     meta_path.write_text(json.dumps(meta))
     unit_table([run], epochs=[1], probe_size=33, layers=["fc9"], stats=counts)
     assert counts == {"computed": 0, "cached": 1}
+    # the training inputs as the probe keep a cache of their own beside the held-out one's
+    on_train = dict(epochs=[1], probe_size=33, layers=["fc9"], probe_split="train-all")
+    unit_table([run], **on_train, stats=counts)
+    assert counts == {"computed": 1, "cached": 0}
+    for kw in (dict(epochs=[1], probe_size=33, layers=["fc9"]), on_train):
+        unit_table([run], **kw, stats=counts)
+        assert counts == {"computed": 0, "cached": 1}
     from natgrad.training import load_checkpoint
     from natgrad.training.checkpoint import read_checkpoint, write_checkpoint
 

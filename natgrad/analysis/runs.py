@@ -230,7 +230,12 @@ def _analyse(job) -> tuple:
     rd = RunDir(run)
     key = _cache_key(run, epoch, settings)
     asked = {"units": True, "sweep": settings["sweep"], "sizes": settings.get("probe_sizes")}
-    paths = {k: rd.analysis_path(f"{k}-e{epoch:04d}-{key}.csv") for k, on in asked.items() if on}
+    # a probe other than the held-out one names its entries apart, so that analysing a run on
+    # both probes keeps both caches (each replaces only its own stale entries)
+    tag = "" if settings["probe"] in ("val", "test") else "_" + settings["probe"].replace("-", "")
+    kinds = {f"{k}{tag}" for k in asked}
+    paths = {k: rd.analysis_path(f"{k}{tag}-e{epoch:04d}-{key}.csv")
+             for k, on in asked.items() if on}  # fmt: skip
     if all(p.is_file() for p in paths.values()):
         try:  # a cache entry that does not match its checksum is recomputed
             got = {k: read_csv(p) for k, p in paths.items()}
@@ -255,7 +260,7 @@ def _analyse(job) -> tuple:
     rd.check_no_links()  # the cache is never written through a symlinked analysis/
     stale = rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []
     for old in stale:  # cache entries of this epoch (of any kind) under another key
-        if old.name.split("-")[0] in asked and key not in old.name:
+        if old.name.split("-")[0] in kinds and key not in old.name:
             old.unlink(missing_ok=True)
     for k, frame in got.items():
         write_csv(frame, paths[k])
