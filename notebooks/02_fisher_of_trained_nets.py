@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.7
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -183,4 +183,24 @@ assert_close(
     what="table vs UnitFisher.efficiency",
     rtol=rtol_l,
 )
+
+# %% [markdown]
+# ## Which probe
+#
+# A block is *estimable* where its effective sample size n_eff ≥ 2(d+1) (docs/theory.md,
+# "Effective sample size"). The held-out probe above is the default; the inputs the run
+# trained on (`probe_set(run, split="train-all")`, `natgrad tables --probe train-all`) give
+# the Fisher of the training objective itself. The same layer at the last epoch on both:
+
+# %%
+x_train, _ = probe_set(run, split="train-all")
+for name, inputs in (("held out (256 test inputs)", x), (f"training ({len(x_train)})", x_train)):
+    f = unit_fisher(model, layer, inputs.to(torch.float64))
+    ratio = f.n_eff / (f.fan_in + 1)
+    live = ratio[~ratio.isnan()]
+    print(
+        f"{name:>28}: median n_eff/(d+1) {live.median():.2f}, "
+        f"estimable {(live >= 2).double().mean():.0%} of {len(live)} live units"
+    )
+    assert len(live) > 0
 shutil.rmtree(workdir)  # the run folder in the system temp directory goes with the notebook
