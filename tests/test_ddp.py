@@ -70,3 +70,19 @@ def test_shards_cover_the_batch_once():
     parts = [rows[shard_rows(29, r, 2)] for r in range(2)]
     assert sorted(torch.cat(parts).tolist()) == list(range(29))
     assert [len(p) for p in parts] == [15, 14]
+
+
+@pytest.mark.parametrize("change", [dict(centre=True), dict(optimizer="unit-ng", lr=1e-3)])
+def test_data_parallel_training_refuses_what_each_rank_would_estimate_alone(tmp_path, change):
+    """Centring and the unit natural gradient estimate from the batch; under torchrun each rank
+    would do it on its own shard. ``train_ddp`` refuses them, naming the setting, before any
+    process group or output exists."""
+    import dataclasses
+
+    from natgrad.errors import InputError
+    from natgrad.training.ddp import train_ddp
+
+    config = dataclasses.replace(default_config("mnist-fc", dataset="digits", epochs=1), **change)
+    with pytest.raises(InputError, match="centre=true|optimizer='unit-ng'"):
+        train_ddp(config, tmp_path / "r", device="cpu")
+    assert not (tmp_path / "r").exists()

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from natgrad.errors import InputError
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig
 from natgrad.training.engine import TrainResult, open_run, resolve_device, setup, train_epochs
@@ -86,6 +87,11 @@ def train_ddp(
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    if config.centre or config.optimizer != "sgd":  # before any output is written
+        what = "centre=true" if config.centre else f"optimizer={config.optimizer!r}"
+        raise InputError(f"data-parallel training takes plain SGD only, not {what}: each rank "
+                         "would centre or estimate the unit Fisher on its own shard; train "
+                         "this run in one process (natgrad train without torchrun)")  # fmt: skip
     dev, rank, world = _init_group(device)
     lead = rank == 0
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
