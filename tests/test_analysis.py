@@ -487,3 +487,20 @@ def test_the_analysis_sees_the_data_the_run_trained_on(tmp_path):
         np.testing.assert_allclose(got, f.n_eff.double().numpy(), rtol=1e-5)
     context = json.loads((tmp_path / "t" / "context.json").read_text())
     assert context["probe"] == "the inputs the runs trained on (all)"
+
+
+def test_an_autoencoders_initial_net_is_rebuilt_without_its_checkpoint(tmp_path):
+    """``load_model(run, 0)`` of a run without an epoch-0 checkpoint (``checkpoint_initial``
+    off, or a run carried with its latest checkpoint only) rebuilds the initial net as
+    training built it, the autoencoder (no classes) included."""
+    from natgrad.analysis.runs import load_model
+    from natgrad.training import default_config, train
+    from natgrad.training.engine import initial_model, run_data
+
+    cfg = default_config("mnist-ae", dataset="digits", epochs=1, probe_size=16, batch_size=256,
+                         checkpoint_initial=False)  # fmt: skip
+    run = train(cfg, tmp_path / "ae", device="cpu", progress=False).run_dir
+    assert not (run / "checkpoints" / "epoch_0000.safetensors").exists()
+    rebuilt, made = load_model(run, 0), initial_model(cfg, run_data(cfg)).eval()
+    x = torch.rand(3, 1, 8, 8, dtype=next(made.parameters()).dtype)
+    assert torch.equal(rebuilt(x), made(x)) and rebuilt(x).shape == (3, 64)

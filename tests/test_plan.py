@@ -115,3 +115,40 @@ def test_unit_tables_computed_here_leave_the_thread_count(tmp_path, monkeypatch)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def _tiny(**kw):
+    base = dict(unit="relu", dataset="digits", width=8, depth=2, probe_size=16, batch_size=256,
+                checkpoint_every=1)  # fmt: skip
+    return default_config("mnist-fc", **{**base, **kw})
+
+
+def test_a_finished_run_made_with_another_config_is_refused_not_reused(tmp_path):
+    """A run directory that holds a finished run of another config (here the rate and
+    momentum) is an error naming the fields, for the plan and for a study's curves; a run
+    resumed for more epochs is the same run."""
+    from natgrad.analysis.study import Study
+    from natgrad.errors import InputError
+
+    run = tmp_path / "relu-s0"
+    train_plan([_tiny(epochs=1, lr=0.01)], [run])
+    with pytest.raises(InputError, match="lr, momentum"):
+        train_plan([_tiny(epochs=1, lr=0.5, momentum=0.9)], [run])
+    assert json.loads((run / "config.json").read_text())["config"]["lr"] == 0.01
+    assert train_plan([_tiny(epochs=2, lr=0.01)], [run]) == {} and complete(run, 2)
+    study = Study("t", ("relu",), (0,), lambda arm, seed: _tiny(epochs=2, lr=0.5))
+    with pytest.raises(InputError, match="lr"):
+        study.curves(tmp_path)
+
+
+def test_no_resume_retrains_every_run_even_after_another_diverges(tmp_path):
+    """``resume=False`` starts every run over, also those the plan reaches after a divergence
+    (it retries the others from this call's checkpoints, not from older ones)."""
+    a = tmp_path / "A"
+    train_plan([_tiny(epochs=1)], [a])
+    first = [json.loads(line)["seconds"] for line in (a / "metrics.jsonl").read_text().splitlines()]
+    bad = _tiny(epochs=2, width=9, unit="elu", lr=1e30)
+    diverged = train_plan([bad, _tiny(epochs=2)], [tmp_path / "B", a], resume=False)
+    assert list(diverged) == ["B"]
+    again = [json.loads(line)["seconds"] for line in (a / "metrics.jsonl").read_text().splitlines()]
+    assert len(again) == 3 and again[1] != first[1]  # epoch 1 trained anew

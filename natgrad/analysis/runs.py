@@ -68,18 +68,10 @@ def load_model(run_dir: PathLike, epoch: int) -> torch.nn.Module:
     run_dir = Path(run_dir)
     if RunDir(run_dir).checkpoint_paths(epoch)[1].is_file() or epoch != 0:
         return load_checkpoint(run_dir, epoch)[0]
-    from natgrad.models import build_model
     from natgrad.training.config import TrainConfig
+    from natgrad.training.engine import initial_model
 
-    cfg = run_config(run_dir)
-    ds = _dataset(run_dir)
-    extra = TrainConfig.from_dict(cfg).model_options()
-    model = build_model(
-        cfg["net"], cfg["unit"], alpha=cfg.get("alpha"), batch_norm=cfg.get("batch_norm", False),
-        num_classes=ds.num_classes, in_shape=ds.input_shape, seed=cfg["seed"],
-        dtype=getattr(torch, cfg.get("dtype", "float32")), **extra,
-    )  # fmt: skip
-    return model.eval()
+    return initial_model(TrainConfig.from_dict(run_config(run_dir)), _dataset(run_dir)).eval()
 
 
 def hidden_layers(run_dir: PathLike) -> list[str]:

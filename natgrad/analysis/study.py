@@ -87,7 +87,7 @@ class Study:
         """The runs whose metrics hold every epoch of their config."""
         from natgrad.training.plan import complete
 
-        return [r for r in self.plan(root) if complete(r.path, r.config.epochs)]
+        return [r for r in self.plan(root) if complete(r.path, r.config.epochs, r.config)]
 
     def curves(self, root: str | Path):
         r"""One row per (seed, arm, epoch 0..E): ``train_loss`` (the trainer's running mean),
@@ -100,6 +100,9 @@ class Study:
         rows = []
         for arm, seed, cfg, path in self.plan(root):
             rd = RunDir(path)
+            if rd.config_path.is_file() and (diff := cfg.differs_from(rd.read_config())):
+                raise InputError(f"{path}: made with another config than this study declares "
+                                 f"({', '.join(diff)}); its curves are not this study's")  # fmt: skip
             metrics = rd.read_metrics() if rd.metrics_path.is_file() else []  # not started
             got = {int(r["epoch"]): r for r in metrics if r["epoch"] <= cfg.epochs}
             elapsed = 0.0

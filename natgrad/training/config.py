@@ -221,6 +221,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def differs_from(self, saved: dict) -> list[str]:
+        """The fields in which a run's saved config (``config.json``'s ``config``, or a
+        checkpoint's) differs from this one, ``epochs`` aside (a run is resumed for more
+        epochs): what makes its run directory another run's."""
+        mine = self.to_dict()
+        theirs = TrainConfig.from_dict(dict(saved, epochs=self.epochs)).to_dict()
+        return sorted(k for k, v in mine.items() if theirs[k] != v)
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}

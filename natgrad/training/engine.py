@@ -129,17 +129,22 @@ def run_data(config: TrainConfig):
     return ds
 
 
-def setup(config: TrainConfig, device: torch.device):
+def initial_model(config: TrainConfig, ds) -> nn.Module:
+    """The run's net with its initial weights (seeded by ``config.seed``), before centring:
+    the one construction for training and for rebuilding epoch 0 in the analysis."""
     from natgrad.models import build_model
 
-    dtype = getattr(torch, config.dtype)
-    ds = run_data(config)
-    ae = config.loss == "bce_logits"
-    model = build_model(
+    return build_model(
         config.net, config.unit, alpha=config.alpha, batch_norm=config.batch_norm,
-        num_classes=None if ae else ds.num_classes, in_shape=ds.input_shape,
-        seed=config.seed, dtype=dtype, **config.model_options(),
-    ).to(device)  # fmt: skip
+        num_classes=None if config.loss == "bce_logits" else ds.num_classes,
+        in_shape=ds.input_shape, seed=config.seed, dtype=getattr(torch, config.dtype),
+        **config.model_options(),
+    )  # fmt: skip
+
+
+def setup(config: TrainConfig, device: torch.device):
+    ds = run_data(config)
+    model = initial_model(config, ds).to(device)
     first = next(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     plain = (first,) if config.plain_first_layer else ()
     if config.centre:  # before the parameter groups: centring replaces the layers
@@ -167,7 +172,7 @@ def setup(config: TrainConfig, device: torch.device):
             refresh_every=config.refresh_every, ema=config.fisher_ema,
             window=config.fisher_window or None,
             momentum=config.momentum, weight_decay=config.weight_decay,
-            likelihood="bernoulli" if ae else "categorical", seed=config.seed,
+            likelihood="bernoulli" if config.loss == "bce_logits" else "categorical", seed=config.seed,
             plain_layers=plain, plain_lr_scale=plain_lr / config.lr,
             **({} if config.ng_memory_budget is None
                else {"memory_budget": config.ng_memory_budget}),
@@ -310,9 +315,8 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
         start, history = 0, []
     else:
         tensors, info = ckpt.read_checkpoint(run, start)
-        saved = TrainConfig.from_dict(dict(info["config"], epochs=config.epochs)).to_dict()
-        if saved != config.to_dict():
-            diff = sorted(k for k, v in config.to_dict().items() if saved[k] != v)
+        diff = config.differs_from(info["config"])
+        if diff:
             raise InputError(f"{run}: its checkpoints were made with a different config "
                              f"({diff}); pick another --run-dir or pass --no-resume")  # fmt: skip
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -28,18 +28,28 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from natgrad.errors import DivergedError
+from natgrad.errors import DivergedError, InputError
 
 __all__ = ["complete", "default_workers", "per_worker_threads", "train_plan"]
 
 
-def complete(run: str | Path, epochs: int) -> bool:
-    r"""Whether ``run``'s metrics hold every epoch 0..``epochs``."""
+def complete(run: str | Path, epochs: int, config=None) -> bool:
+    r"""Whether ``run``'s metrics hold every epoch 0..``epochs``; with ``config`` (a
+    :class:`~natgrad.training.config.TrainConfig`), a finished run made with another config
+    (``epochs`` aside) is an :class:`~natgrad.errors.InputError` naming the fields, never
+    taken for this one's."""
     from natgrad.training.rundir import RunDir
 
     rd = RunDir(Path(run))
     if not rd.metrics_path.is_file():
         return False
+    if (
+        config is not None
+        and rd.config_path.is_file()
+        and (diff := config.differs_from(rd.read_config()))
+    ):
+        raise InputError(f"{run}: a run made with a different config ({', '.join(diff)}) is "
+                         "already there; pick another runs folder, or remove it to retrain")  # fmt: skip
     return {int(r["epoch"]) for r in rd.read_metrics()} >= set(range(epochs + 1))
 
 
@@ -70,6 +80,13 @@ def _job(job) -> dict[str, str]:
     cfgs, dirs, device, resume, threads = job
     if threads:
         torch.set_num_threads(threads)
+    if not resume:  # a retry after a divergence resumes from this call's checkpoints only
+        for d in dirs:
+            rd = RunDir(d)
+            if rd.config_path.is_file():  # natgrad's run: its older checkpoints go
+                for e in rd.checkpoint_epochs():
+                    for path in rd.checkpoint_paths(e):
+                        path.unlink(missing_ok=True)
     diverged: dict[str, str] = {}
     while True:
         todo = [(c, d) for c, d in zip(cfgs, dirs, strict=True) if d.name not in diverged]
@@ -126,7 +143,7 @@ def train_plan(
     for i, (cfg, d) in enumerate(zip(configs, dirs, strict=True)):
         if resume and (msg := RunDir(d).read_diverged()) is not None:
             diverged[d.name] = msg
-        elif not (resume and complete(d, cfg.epochs)):
+        elif not (resume and complete(d, cfg.epochs, cfg)):
             todo.append(i)
     workers = max(1, workers) if device in ("cpu", "auto") else 1
     stacked = [i for i in todo if batched and grid_key(configs[i]) is not None]
