@@ -77,8 +77,9 @@ def mechanism_tables(runs: list[Path], *, workers: int = 1, units=UNITS, progres
     units_t["n_eff_over_d1"] = units_t["n_eff"] / (units_t["fan_in"] + 1)
     live = units_t[units_t["dead"] == 0]
     keys = ["run", "unit_type", "seed", "epoch", "layer"]
-    layers = live.groupby(keys)[[*RHO, "n_eff_over_d1", "estimable"]].median().reset_index()
-    layers["dead"] = units_t.groupby(keys)["dead"].mean().to_numpy()
+    medians = live.groupby(keys)[[*RHO, "n_eff_over_d1", "estimable"]].median().reset_index()
+    dead = units_t.groupby(keys)["dead"].mean().reset_index()  # every layer, also all-dead ones
+    layers = dead.merge(medians, on=keys, how="left")[[*medians.columns, "dead"]]
     seeds = seed_values(units_t, list(RHO), by=("unit_type", "seed", "epoch"))
     return layers, seeds
 

@@ -504,3 +504,49 @@ def test_an_autoencoders_initial_net_is_rebuilt_without_its_checkpoint(tmp_path)
     rebuilt, made = load_model(run, 0), initial_model(cfg, run_data(cfg)).eval()
     x = torch.rand(3, 1, 8, 8, dtype=next(made.parameters()).dtype)
     assert torch.equal(rebuilt(x), made(x)) and rebuilt(x).shape == (3, 64)
+
+
+def _units(dead_run=("relu", 1), seeds=3):
+    rows = []
+    for t in ("elu", "relu"):
+        for s in range(seeds):
+            for u in range(4):
+                dead = int((t, s) == dead_run)
+                rows.append(dict(unit_type=t, seed=s, epoch=5, layer="fc2", input_from="units",
+                                 dead=dead, rho_plain=np.nan if dead else 0.5 + 0.1 * u + 0.01 * s,
+                                 estimable=0 if dead else 1, n_eff=np.nan if dead else 20.0,
+                                 fan_in=4))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_a_run_whose_units_all_died_keeps_its_row():
+    """``seed_values``: a run whose analysed units are all dead is a replicate with dead share
+    1 and NaN medians, not a missing row (which made its dead share vanish from the
+    comparison of ``dead``)."""
+    sv = stats.seed_values(_units(), ["rho_plain"])
+    row = sv[(sv["unit_type"] == "relu") & (sv["seed"] == 1)].iloc[0]
+    assert len(sv) == 6 and row["dead"] == 1.0 and np.isnan(row["rho_plain"])
+    assert list(sv.columns) == ["unit_type", "seed", "epoch", "rho_plain", "dead", "estimable",
+                                "n_eff_over_d1"]  # fmt: skip
+    c = stats.paired_comparison(sv, "dead").iloc[0]
+    assert c["n"] == 3 and c["diff"] == pytest.approx(-1 / 3)
+
+
+def test_equal_differences_on_few_seeds_are_not_called_resolved():
+    """Every seed's difference the same gives a zero-width CI; the text and the report call it
+    resolved only where the sign-flip p allows (2 seeds: p = 0.5; 10 seeds: 0.002)."""
+    from natgrad.analysis.endpoints import Endpoint, evaluate
+    from natgrad.analysis.report import _resolved
+
+    def values(n, d):
+        return pd.DataFrame({"unit_type": ["elu"] * n + ["relu"] * n, "seed": list(range(n)) * 2,
+                             "x": [1.0 + d] * n + [1.0] * n})  # fmt: skip
+
+    two, ten = (stats.paired_comparison(values(n, 0.1), "x").iloc[0] for n in (2, 10))
+    assert two["ci_method"] == ten["ci_method"] == "exact" and two["lo"] == two["hi"] > 0
+    assert "no difference resolved" in two["text"] and "sign-flip p = 0.5" in two["text"]
+    assert "higher than" in ten["text"] and not _resolved(two) and _resolved(ten)
+    a = pd.DataFrame({"unit_type": [u for u in "abcd" for _ in range(2)], "seed": [0, 1] * 4,
+                      "x": [1.0, 1.0, 0, 0, 0, 0, 0, 0]})  # fmt: skip
+    inter = evaluate(a, [Endpoint("x", "a", "b", interaction=("c", "d"))]).iloc[0]
+    assert inter["text"].endswith("interaction none resolved.")

@@ -905,3 +905,26 @@ def test_the_committed_train_probe_record_rebuilds(tmp_path, monkeypatch):
     old = (src / "README.md").read_text()
     body = "## ELU − other, paired by seed"
     assert text[text.index(body) :] == old[old.index(body) :]
+
+
+def test_the_fig2_mechanism_keeps_a_layer_whose_units_all_died(monkeypatch, tmp_path):
+    """``mechanism_tables``: a layer with every unit dead is a row (dead share 1, NaN
+    medians) beside the others, not a length mismatch."""
+    import numpy as np
+
+    import natgrad.analysis.runs as runs
+
+    m = _script("fig2_protocol", monkeypatch)
+    rows = []
+    for layer, dead_share in (("fc2", 0.0), ("fc3", 1.0), ("fc4", 0.5)):
+        for u in range(4):
+            dead = int(u < 4 * dead_share)
+            rows.append(dict(run="relu-s0", unit_type="relu", seed=0, epoch=1, layer=layer,
+                             input_from="units", dead=dead, fan_in=4, estimable=1 - dead,
+                             n_eff=np.nan if dead else 10.0,
+                             **{r: np.nan if dead else 0.3 for r in m.RHO}))  # fmt: skip
+    monkeypatch.setattr(runs, "unit_table", lambda *a, **k: pd.DataFrame(rows))
+    monkeypatch.setattr(runs, "checkpoint_epochs", lambda run: [1])
+    layers, _ = m.mechanism_tables([tmp_path / "relu-s0"], units=("relu",), progress=False)
+    assert list(layers["layer"]) == ["fc2", "fc3", "fc4"]
+    assert list(layers["dead"]) == [0.0, 1.0, 0.5] and np.isnan(layers["rho_plain"][1])

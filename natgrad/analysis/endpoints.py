@@ -130,11 +130,7 @@ def _interaction(values, ep: Endpoint, group: str) -> dict:
     )
     said = f"({ep.reference} − {ep.other}) − ({a} − {b})"
     if math.isfinite(s["lo"]) and math.isfinite(s["hi"]):
-        sign = (
-            "none resolved"
-            if s["lo"] <= 0 <= s["hi"]
-            else ("positive" if s["lo"] > 0 else "negative")
-        )
+        sign = {0: "none resolved", 1: "positive", -1: "negative"}[stats.resolved_sign(s)]
         text = (f"{ep.metric}: {said} = {s['diff']:.3g} [{s['lo']:.3g}, {s['hi']:.3g}] "
                 f"({s['n']} seeds): interaction {sign}.")  # fmt: skip
     else:

@@ -15,7 +15,12 @@ from pathlib import Path
 
 from natgrad._atomic import write_text
 from natgrad.analysis import metrics as mt
-from natgrad.analysis.stats import SIGN_FLIP_EXACT_UP_TO, analysed_units, mean_ci_name
+from natgrad.analysis.stats import (
+    SIGN_FLIP_EXACT_UP_TO,
+    analysed_units,
+    mean_ci_name,
+    resolved_sign,
+)
 from natgrad.analysis.summary import headline_rho, read_tables
 from natgrad.units import unit_type_label, unit_type_order
 
@@ -274,8 +279,9 @@ def _nan(x) -> bool:
 
 
 def _resolved(row) -> bool:
-    """Whether the CI of a paired comparison excludes 0."""
-    return not (_nan(row.get("lo")) or row["lo"] <= 0 <= row["hi"])
+    """Whether a paired comparison is resolved (:func:`~natgrad.analysis.stats.resolved_sign`:
+    its CI excludes 0, and a zero-width one only with its sign-flip p < 0.05)."""
+    return not _nan(row.get("lo")) and resolved_sign(row) != 0
 
 
 def _verdict(row, *, higher_word: str, lower_word: str) -> str:

@@ -28,7 +28,8 @@ from natgrad.units import unit_type_label, unit_type_order
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes",
            "claims_per_seed", "ci_sign", "current_mean_ci", "declared_sign", "unit_medians", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
-           "paired_summary", "rank_correlation", "ratio_ci", "recorded_mean_ci", "seed_values", "sentence",
+           "paired_summary", "rank_correlation", "ratio_ci", "recorded_mean_ci", "resolved_sign",
+           "seed_values", "sentence",
            "sign_flip_at_floor", "sign_flip_method", "sign_flip_p", "sign_flip_p_min"]  # fmt: skip
 
 CONFIDENCE = 0.95
@@ -72,12 +73,15 @@ def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch"))
     fed = units[units["input_from"] == "units"]
     live = fed[fed["dead"] == 0]
     keys = list(by)
-    out = live.groupby(keys)[[m for m in metrics if not _estimable_only(m)]].median()
+    # every run, also one whose analysed units all died (its medians NaN, its dead share 1)
+    out = fed.groupby(keys)[["dead"]].mean()
+    plain = [m for m in metrics if not _estimable_only(m)]
+    out = out.join(live.groupby(keys)[plain].median(), how="left")[[*plain, "dead"]]
     est = [m for m in metrics if _estimable_only(m)]
     if est:
         sub = live[live["estimable"] == 1]
         out = out.join(sub.groupby(keys)[est].median(), how="left")
-    out["dead"] = fed.groupby(keys)["dead"].mean()
+        out = out[[*plain, *est, "dead"]]
     out["estimable"] = live.groupby(keys)["estimable"].mean()
     ratio = live["n_eff"] / (live["fan_in"] + 1)
     out["n_eff_over_d1"] = ratio.groupby([live[k] for k in keys]).median()
@@ -528,6 +532,22 @@ def ci_sign(lo, hi):
     return np.where(lo > 0, 1, np.where(hi < 0, -1, 0))
 
 
+def resolved_sign(row, alpha: float = 0.05) -> int:
+    r"""Which way one comparison ``row`` (``lo``, ``hi``, ``ci_method``, ``p``) is resolved by
+    its CI (:func:`ci_sign`), except that a zero-width ``"exact"`` CI (every seed's difference
+    the same) resolves only where its sign-flip p is below ``alpha``: n equal differences say
+    nothing of their spread, and two seeds of one sign have p = 0.5.
+
+    Example:
+        >>> resolved_sign({"lo": 0.1, "hi": 0.1, "ci_method": "exact", "p": 0.5}), resolved_sign(
+        ...     {"lo": 0.1, "hi": 0.1, "ci_method": "exact", "p": 0.002})
+        (0, 1)
+    """
+    if row.get("ci_method") == "exact" and not row.get("p", math.nan) < alpha:
+        return 0
+    return int(ci_sign(row["lo"], row["hi"]))
+
+
 def declared_sign(row, alpha: float = 0.05) -> int:
     r"""The declared rule of natgrad's confirmatory studies for one endpoint ``row`` (``lo``,
     ``hi``, ``p_holm``): resolved where the Holm p is below ``alpha`` *and* the CI excludes
@@ -677,9 +697,12 @@ def sentence(row: dict) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{lab}: {ref} vs {other}: too few seeds to compare ({n})."
     stated = f"{lab}: {ref} − {other} = {_g(row['diff'])} [{_g(lo)}, {_g(hi)}] ({n} seeds)"
-    if lo <= 0 <= hi:
-        return f"{stated}: no difference resolved between {ref} and {other}."
-    higher = lo > 0
+    sign = resolved_sign(row)
+    if not sign:
+        same = (f" (every seed's difference is the same; sign-flip p = {_g(row['p'])})"
+                if row.get("ci_method") == "exact" and lo != 0 else "")  # fmt: skip
+        return f"{stated}: no difference resolved between {ref} and {other}{same}."
+    higher = sign > 0
     better = row.get("better")
     word = "higher" if higher else "lower"
     if better == "closer_to_zero":  # compared on |value|
