@@ -501,23 +501,22 @@ def _per_other(values, columns, reference: str, group: str, row):
 
 
 def holm(pvalues) -> np.ndarray:
-    r"""Holm's step-down adjusted p-values of one family (NaN entries stay NaN and do not
-    count): p_(i) · (m − i + 1), made monotone, capped at 1.
+    r"""Holm's step-down adjusted p-values of one family: p_(i) · (m − i + 1), made monotone,
+    capped at 1. m counts every member declared: a NaN entry (an endpoint too few seeds could
+    test) stays NaN and counts as p = 1, so the family never shrinks below its declaration.
 
     Example:
-        >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
-        [0.03, 0.06, 0.06]
+        >>> holm([0.01, 0.04, 0.03]).round(3).tolist(), holm([0.01, float("nan")]).tolist()
+        ([0.03, 0.06, 0.06], [0.02, nan])
     """
     p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
-    q = p[ok]
+    q = np.where(ok, p, 1.0)
     m = q.size
     order = np.argsort(q, kind="stable")
     res = np.empty(m)
     res[order] = np.minimum(1.0, np.maximum.accumulate(q[order] * (m - np.arange(m))))
-    out[ok] = res
-    return out
+    return np.where(ok, res, np.nan)
 
 
 def ci_sign(lo, hi):
