@@ -94,12 +94,14 @@ def net_positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
 
 
 def check_units(name: str, units, n_units: int) -> torch.Tensor:
-    r"""``units=`` of layer ``name`` as int64 indices ``[U]``: integers in ``[0, n_units)``;
-    floats (``[0.7, 2.9]`` is not silently ``[0, 2]``), bools and empty lists are errors.
+    r"""``units=`` of layer ``name`` as int64 indices ``[U]``: distinct integers in
+    ``[0, n_units)``, in the order given, except that all of the layer's units come back in
+    the layer's order (so a gradient of the whole layer pairs with them row by row); floats
+    (``[0.7, 2.9]`` is not silently ``[0, 2]``), bools, repeats and empty lists are errors.
 
     Example:
-        >>> check_units("fc1", [2, 0], 4)
-        tensor([2, 0])
+        >>> check_units("fc1", [2, 0], 4), check_units("fc1", [1, 0], 2)
+        (tensor([2, 0]), tensor([0, 1]))
     """
     try:
         u = torch.as_tensor(units)
@@ -119,7 +121,11 @@ def check_units(name: str, units, n_units: int) -> torch.Tensor:
             f"units= for layer {name!r} must be indices in [0, {n_units - 1}], got "
             f"{u.tolist() if u.numel() <= 10 else 'values out of range'}"
         )
-    return u
+    if u.unique().numel() != u.numel():
+        raise InputError(f"units= for layer {name!r} repeats indices "
+                         f"({sorted({int(i) for i in u if int((u == i).sum()) > 1})[:10]}); "
+                         "give each unit once")  # fmt: skip
+    return u.sort().values if u.numel() == n_units else u
 
 
 @contextlib.contextmanager

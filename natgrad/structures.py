@@ -226,6 +226,9 @@ class StructuredUnitFisher(SolvedUnitFisher):
         Δ_j = A_jj + λ − b_j²/(c + λ); raises unless every 2×2 block [[A_jj, b_j], [b_j, c]]
         of F + λI is positive definite (then Q is)."""
         lam = self._damping_of(damping) if rel else _damping.check(damping, "damping")
+        reported = lam
+        if rel:  # a dead unit (tr F = 0) solves with μ = 1; its μ of 0 marks it for ``measures``
+            lam = torch.where(lam > 0, lam, 1.0)
         D = self.diag_A.double() + (lam.unsqueeze(-1) if rel else lam)
         c = self.c.double() + lam
         b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()
@@ -239,7 +242,7 @@ class StructuredUnitFisher(SolvedUnitFisher):
                 "[[A_jj, b_j], [b_j, c]] is singular (a dead unit, or an input coordinate that "
                 f"never varies). Pass {'rel_damping' if rel else 'damping'} > 0."
             )
-        return delta, b, c, D, lam
+        return delta, b, c, D, reported
 
     def _damping_of(self, rel_damping: float) -> float | torch.Tensor:
         r"""μ = λ·tr(F)/(d+1) per unit ``[U, 1]`` for a relative damping λ (natgrad.measures)."""

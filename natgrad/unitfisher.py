@@ -384,7 +384,8 @@ class SolvedUnitFisher(UnitFisherBase):
             rho, shift, err = self._rho_and_error(parts, g, g0, u, u0, n, n0)
             out[f"rho_{kind}"], out[f"shift_{kind}"], out[f"shift_error_{kind}"] = rho, shift, err
         out["damping"] = torch.cat([p[-1] for p in parts])
-        dead = ~(out["damping"] > 0) if float(rel_damping) > 0 else torch.zeros_like(n, dtype=bool)
+        dead = (~(out["damping"] > 0) if float(rel_damping) > 0
+                else torch.zeros(n.shape[0], dtype=torch.bool, device=n.device))  # fmt: skip
         for key in out:  # a dead unit (a zero block) has no metric: NaN, as for dense blocks
             out[key] = torch.where(dead, torch.nan, out[key]) if key != "damping" else out[key]
         out["dead"] = dead.to(torch.float64)

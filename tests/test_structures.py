@@ -229,3 +229,56 @@ def test_positions_equal_shared_for_one_position(case):
     a = unit_fisher(model, case.layers[0], x, likelihood=case.likelihood, conv_moments="positions")
     b = unit_fisher(model, case.layers[0], x, likelihood=case.likelihood)
     assert_close(a.matrix, b.matrix)
+
+
+def test_structured_measures_mark_a_dead_unit_as_the_dense_and_woodbury_routes_do():
+    """``measures`` of a quasi-diagonal or diagonal result at λ > 0: a dead unit (c = 0, so
+    μ = λ·tr F/(d+1) = 0) is NaN and ``dead`` = 1 beside the live units' values, as for the
+    dense and Woodbury results, not a SingularBlockError; at λ = 0 every entry is ``[U]``."""
+    from torch import nn
+
+    from natgrad.woodbury import woodbury_unit_fisher
+
+    torch.manual_seed(7)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(),
+                      nn.Linear(5, 3)).double()  # fmt: skip
+    with torch.no_grad():
+        m[2].bias[1] = -100.0  # unit 1 of layer '2' never fires: dead
+    x = torch.randn(20, 3, dtype=torch.float64)
+    gw, gb = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    dense = unit_fisher(m, "2", x).measures(gw, gb, rel_damping=1e-3)
+    wood = woodbury_unit_fisher(m, "2", x).measures(gw, gb, rel_damping=1e-3)
+    assert dense["dead"].tolist() == wood["dead"].tolist() == [0, 1, 0, 0, 0]
+    for structure in ("quasidiagonal", "diagonal"):
+        S = unit_fisher(m, "2", x, structure=structure)
+        got = S.measures(gw, gb, rel_damping=1e-3)
+        assert got["dead"].tolist() == [0, 1, 0, 0, 0]
+        assert torch.isnan(got["rho_plain"][1]) and torch.isfinite(got["rho_plain"][[0, 2]]).all()
+        alive = unit_fisher(m, "2", x, structure=structure, units=[0, 2, 3, 4])
+        again = alive.measures(gw[[0, 2, 3, 4]], gb[[0, 2, 3, 4]], rel_damping=1e-3)
+        assert_close(got["rho_plain"][[0, 2, 3, 4]], again["rho_plain"], what=structure)
+        undamped = unit_fisher(m, "2", x, structure=structure, units=[0, 2]).measures(
+            gw[[0, 2]], gb[[0, 2]]
+        )
+        assert all(v.shape == (2,) for v in undamped.values()), structure
+
+
+def test_units_given_as_the_whole_layer_pair_with_its_gradient_row_by_row():
+    """``units=`` listing every unit of the layer in another order gives the blocks in the
+    layer's order, so the layer's own gradient (``weight.grad``) pairs unit by unit; repeats
+    are refused."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, (2, 3), padding=1)
+    m = nn.Sequential(conv, nn.ELU(), nn.Flatten(), nn.Linear(3 * 5 * 4, 4)).double()
+    x = torch.randn(40, 2, 4, 4, dtype=torch.float64)
+    nn.functional.cross_entropy(m(x), torch.randint(0, 4, (40,))).backward()
+    whole = unit_fisher(m, "0", x).natural_gradient(conv.weight.grad, conv.bias.grad, 1e-3)
+    F = unit_fisher(m, "0", x, units=[2, 0, 1])
+    assert F.units.tolist() == [0, 1, 2]
+    for a, b in zip(F.natural_gradient(conv.weight.grad, conv.bias.grad, 1e-3), whole,
+                    strict=True):  # fmt: skip
+        assert_close(a, b, what="permuted units")
+    with pytest.raises(InputError, match="repeats"):
+        unit_fisher(m, "0", x, units=[1, 1, 2])
