@@ -131,18 +131,21 @@ def sample_targets(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Draw S labels per input from the model, y ~ p(y | z): ``[S, N]`` class indices
-    (categorical) or ``[S, N, D]``. Deterministic given ``generator``."""
-    s = int(mc_samples)
+    (categorical) or ``[S, N, D]``. Deterministic given ``generator``; drawn on the
+    generator's device (a CPU generator with a GPU model draws on the CPU, the same labels as
+    for the model on the CPU) and returned on the output's."""
+    s, dev = int(mc_samples), output.device
+    o = output.detach()
+    if generator is not None and generator.device != dev:
+        o = o.to(generator.device)
     if likelihood == "categorical":
-        p = torch.softmax(output.detach(), dim=-1)
-        return torch.multinomial(p, s, replacement=True, generator=generator).T  # [S, N]
+        p = torch.softmax(o, dim=-1)
+        return torch.multinomial(p, s, replacement=True, generator=generator).T.to(dev)  # [S, N]
     if likelihood == "bernoulli":
-        prob = torch.sigmoid(output.detach()).expand(s, *output.shape)
-        return torch.bernoulli(prob, generator=generator)  # [S, N, D]
-    noise = torch.randn(
-        (s, *output.shape), generator=generator, dtype=output.dtype, device=output.device
-    )
-    return output.detach() + noise  # [S, N, D]
+        prob = torch.sigmoid(o).expand(s, *o.shape)
+        return torch.bernoulli(prob, generator=generator).to(dev)  # [S, N, D]
+    noise = torch.randn((s, *o.shape), generator=generator, dtype=o.dtype, device=o.device)
+    return (o + noise).to(dev)  # [S, N, D]
 
 
 def sqrt_output_fisher(likelihood: str, output: torch.Tensor) -> torch.Tensor:
