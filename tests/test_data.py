@@ -66,8 +66,9 @@ def test_idx_bytes_are_the_documented_format(tmp_path):
         (b"\x00\x00\x42\x01\x00\x00\x00\x01\x01", "bad magic number"),
         (b"", "bad magic number"),
         (b"\x1f\x8b\x08\x00garbage", "corrupt gzip"),
+        (b"\x00\x00\x08\x04" + b"\x00\x01\x00\x00" * 4, "truncated or corrupt"),  # 2**64 bytes
     ],
-    ids=["short", "trailing", "magic", "type", "empty", "gzip"],
+    ids=["short", "trailing", "magic", "type", "empty", "gzip", "overflow"],
 )
 def test_idx_corrupt_file_names_it(tmp_path, payload, match):
     path = tmp_path / "bad-idx1-ubyte"
@@ -155,6 +156,12 @@ def test_cifar_bad_files(tmp_path):
     )
     with pytest.raises(DataFileError, match="data_batch_3.*uint8"):
         load_cifar(tmp_path, num_classes=10)
+    for labels, match in (([[0], [1, 2]], "not an array"), ([0.0, 1.0], "float64")):
+        (tmp_path / "data_batch_3").write_bytes(
+            pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels})
+        )
+        with pytest.raises(DataFileError, match=f"data_batch_3.*{match}"):
+            load_cifar(tmp_path, num_classes=10)
     (tmp_path / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataFileError, match="data_batch_3: cannot read"):
         load_cifar(tmp_path, num_classes=10)

@@ -165,3 +165,12 @@ def test_unit_fisher_named_error_or_the_reference(inputs, targets, **kwargs):
 def test_unit_fisher_units_fuzz_finds_no_silent_truncation(units):
     with pytest.raises(NatgradError, match="units="):
         unit_fisher(_net(), "0", INPUTS["ok"], units=units)
+
+
+@pytest.mark.parametrize("item", ["lr_schedule=inf:0.1", "dropout_phases=inf:every_layer"])
+def test_an_infinite_step_in_a_schedule_is_a_named_error(item):
+    """``int(float("inf"))`` raises OverflowError, not ValueError: still a named InputError."""
+    from natgrad.errors import InputError
+
+    with pytest.raises(InputError, match=item.split("=")[0]):
+        apply_overrides(BASE, [item])

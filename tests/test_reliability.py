@@ -375,3 +375,42 @@ def test_analysis_cache_is_not_written_through_a_symlink(tmp_path):
     with pytest.raises(RunDirError, match="symlink"):
         unit_table([run], epochs=[0], probe_size=20)
     assert not any(elsewhere.iterdir())
+
+
+@pytest.mark.parametrize("edit", ["no metrics", "future key", "no bias", "no rng"])
+def test_a_checkpoint_edited_by_hand_is_refused_by_name_on_resume(tmp_path, edit):
+    """A checkpoint whose JSON lost a field, whose config has a key of another version, or
+    whose (hash-consistent) tensors lack a weight or a random state: resuming raises a
+    CheckpointError naming the file and what to do, not a KeyError or TypeError."""
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    cfg = default_config("mnist-fc", dataset="digits", epochs=2, width=8, depth=2,
+                         checkpoint_every=1, probe_size=16)  # fmt: skip
+    run = train(cfg, tmp_path / "r", device="cpu", progress=False).run_dir
+    st, js = run / "checkpoints" / "epoch_0002.safetensors", run / "checkpoints" / "epoch_0002.json"
+    info, tensors = json.loads(js.read_text()), load(st.read_bytes())
+    if edit == "no metrics":
+        del info["metrics"]
+    elif edit == "future key":
+        info["config"]["a_future_field"] = 1
+    else:
+        del tensors["model.fc1.bias" if edit == "no bias" else "rng.torch"]
+        blob = save(tensors)
+        st.write_bytes(blob)
+        info["safetensors_sha256"] = hashlib.sha256(blob).hexdigest()
+    js.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="epoch_0002.json"):
+        train(dataclasses.replace(cfg, epochs=3), run, device="cpu", progress=False)
+
+
+def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path):
+    """A run trained to epoch 2 asked for 1 epoch: an error saying so, and its config.json
+    still says 2 (it used to train nothing, exit 0, and rewrite epochs to 1)."""
+    cfg = default_config("mnist-fc", dataset="digits", epochs=2, width=8, depth=2,
+                         checkpoint_every=1, probe_size=16)  # fmt: skip
+    run = train(cfg, tmp_path / "r", device="cpu", progress=False).run_dir
+    with pytest.raises(InputError, match="already trained to epoch 2"):
+        train(dataclasses.replace(cfg, epochs=1), run, device="cpu", progress=False)
+    assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 2

@@ -77,13 +77,17 @@ def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarr
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise DataFileError(f"{path}: found {keys}; expected {fmt}")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[label_key])
+    try:
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key])
+    except ValueError as exc:  # ragged lists
+        raise DataFileError(f"{path}: b'data' or {label_key!r} is not an array ({exc}); "
+                            f"expected {fmt}") from None  # fmt: skip
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataFileError(f"{path}: b'data' is {data.dtype} {data.shape}; expected {fmt}")
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise DataFileError(
-            f"{path}: {label_key!r} has shape {labels.shape}, expected ({data.shape[0]},)"
+            f"{path}: {label_key!r} is {labels.dtype} {labels.shape}, expected integer labels "
+            f"of shape ({data.shape[0]},)"
         )
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 

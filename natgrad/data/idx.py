@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from pathlib import Path
@@ -80,7 +81,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataFileError(f"{path}: header declares {ndim} dimensions but is truncated")
     dims = struct.unpack(f">{ndim}I", data[4:head])
     dtype = _TYPES[data[2]]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # exact: np.prod wraps around at 2**63
     if len(data) - head != expected:
         raise DataFileError(
             f"{path}: header says dims {dims} of {dtype.name} ({expected} data bytes) but the "

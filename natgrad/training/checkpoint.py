@@ -34,7 +34,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from natgrad._atomic import dumps_json, write_bytes
-from natgrad.errors import CheckpointError
+from natgrad.errors import CheckpointError, InputError
 from natgrad.training.rundir import RunDir
 
 __all__ = [
@@ -145,6 +145,11 @@ def _resolve(path: Path, epoch: int | None) -> tuple[Path, Path]:
     return path.with_suffix(".safetensors"), path.with_suffix(".json")
 
 
+#: The JSON fields every checkpoint holds (:func:`write_checkpoint`) and their types.
+_FIELDS = {"config": dict, "metrics": list, "net": str, "unit": str, "build_kwargs": dict,
+           "optimizer": dict, "rng": dict}  # fmt: skip
+
+
 def read_checkpoint(path, epoch: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, info)`` of a checkpoint (run dir, its ``checkpoints/`` or a file).
 
@@ -161,6 +166,13 @@ def read_checkpoint(path, epoch: int | None = None) -> tuple[dict[str, torch.Ten
         raise CheckpointError(f"{json_path}: corrupt checkpoint JSON ({exc})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{json_path}: not a {FORMAT} file")
+    wrong = [k for k, kind in _FIELDS.items() if not isinstance(info.get(k), kind)]
+    if wrong:
+        raise CheckpointError(
+            f"{json_path}: fields {wrong} are missing or of the wrong type (was it edited?); "
+            f"restore the file, or delete {json_path.name} and its .safetensors to resume from "
+            "an earlier checkpoint"
+        )
     named = re.fullmatch(r"epoch_(\d+)", json_path.stem)
     if named is not None and info.get("epoch") != int(named.group(1)):
         raise CheckpointError(
@@ -203,8 +215,14 @@ def load_checkpoint(path, epoch: int | None = None, *, device: str = "cpu"):
     tensors, info = read_checkpoint(path, epoch)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     kwargs = dict(info["build_kwargs"])
-    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-    model = build_model(info["net"], info["unit"], **kwargs, dtype=dtype, device="meta")
+    dtype = next((v.dtype for v in state.values() if v.is_floating_point()), None)
+    if dtype is None:
+        raise CheckpointError(f"{path}: the checkpoint holds no model weights")
+    try:
+        model = build_model(info["net"], info["unit"], **kwargs, dtype=dtype, device="meta")
+    except (InputError, TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its net ({info['net']!r}, unit {info['unit']!r}, "
+                              f"{kwargs}) cannot be built: {exc}") from None  # fmt: skip
     centred = any(k.endswith(".centre") for k in state)
     if centred:  # trained with config centre=true: load as centred, hand back plain layers
         from natgrad.optim import centre

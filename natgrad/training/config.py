@@ -332,7 +332,7 @@ def apply_overrides(config: TrainConfig, items: list[str] | None) -> TrainConfig
             raise InputError(f"--set {item!r}: expected key=value with key in {sorted(hints)}")
         try:
             changes[key] = _parse(key, value, hints[key])
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # e.g. lr_schedule=inf:0.1
             raise InputError(f"--set {item!r}: cannot parse {value!r} for {key} ({exc})") from None
     return dataclasses.replace(config, **changes)
 

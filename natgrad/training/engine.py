@@ -31,7 +31,7 @@ from natgrad._atomic import (
     write_safetensors,
     write_text,
 )
-from natgrad.errors import DivergedError, InputError
+from natgrad.errors import CheckpointError, DivergedError, InputError
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
@@ -314,13 +314,28 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
             _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
         start, history = 0, []
     else:
+        if start > config.epochs:  # nothing to train, and config.json would say fewer epochs
+            raise InputError(f"{run}: already trained to epoch {start}, beyond epochs = "
+                             f"{config.epochs}; ask for at least {start} epochs, or pass "
+                             "--no-resume to train it anew")  # fmt: skip
         tensors, info = ckpt.read_checkpoint(run, start)
-        diff = config.differs_from(info["config"])
+        where = ckpt.checkpoint_paths(run, start)[1]
+        try:
+            diff = config.differs_from(info["config"])
+        except InputError as exc:  # a config of another version, or edited
+            raise CheckpointError(f"{where}: its config cannot be read ({exc}); pick another "
+                                  "--run-dir or pass --no-resume") from None  # fmt: skip
         if diff:
             raise InputError(f"{run}: its checkpoints were made with a different config "
                              f"({diff}); pick another --run-dir or pass --no-resume")  # fmt: skip
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ckpt.restore_state(tensors, info, optimizer)
+        try:
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            ckpt.restore_state(tensors, info, optimizer)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(f"{where}: the checkpoint's state does not restore "
+                                  f"({type(exc).__name__}: {exc}); delete {where.name} and its "
+                                  ".safetensors to resume from an earlier checkpoint, or pass "
+                                  "--no-resume") from None  # fmt: skip
         history = info["metrics"]
         if lead:  # the records past the checkpoint go
             rewrite_jsonl(rd.metrics_path, start)
