@@ -297,11 +297,21 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def check_replaceable(target: str | os.PathLike) -> None:
+def check_replaceable(target: str | os.PathLike, *, files_only: bool = False) -> None:
     r"""Refuse, with a :class:`~natgrad.errors.RunDirError` naming it, an output folder that
     natgrad may not replace as a whole: a symlink (natgrad never writes through links), a
-    file, or a folder the user cannot write (its contents would be deleted with the swap)."""
+    file, or a folder the user cannot write (its contents would be deleted with the swap);
+    with ``files_only`` (a tables folder, :func:`carry_over`) also one that holds folders."""
     from natgrad.errors import RunDirError
+
+    if files_only and Path(target).is_dir() and not Path(target).is_symlink():
+        folders = sorted(p.name for p in Path(target).iterdir()
+                         if p.is_dir() and not p.is_symlink() and not is_temporary(p.name))  # fmt: skip
+        if folders:
+            raise RunDirError(
+                f"{target} holds folders ({', '.join(folders[:5])}); natgrad replaces a tables "
+                "folder as a whole, so it must hold only files. Pick a new or empty --out"
+            )
 
     target = Path(target)
     if str(target).strip() in ("", "."):
@@ -353,18 +363,11 @@ def carry_over(target: str | os.PathLike, staging: str | os.PathLike) -> list[Pa
         RunDirError: ``target`` holds a folder: it is not a folder of files that natgrad
             may replace as a whole.
     """
-    from natgrad.errors import RunDirError
-
     target, staging = Path(target), Path(staging)
     if not target.is_dir():
         return []
+    check_replaceable(target, files_only=True)
     entries = [p for p in target.iterdir() if not is_temporary(p.name)]
-    folders = sorted(p.name for p in entries if p.is_dir() and not p.is_symlink())
-    if folders:
-        raise RunDirError(
-            f"{target} holds folders ({', '.join(folders[:5])}); natgrad replaces a tables "
-            "folder as a whole, so it must hold only files. Pick a new or empty --out"
-        )
     kept = []
     for p in entries:
         dest = staging / p.name

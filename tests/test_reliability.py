@@ -414,3 +414,37 @@ def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path):
     with pytest.raises(InputError, match="already trained to epoch 2"):
         train(dataclasses.replace(cfg, epochs=1), run, device="cpu", progress=False)
     assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 2
+
+
+def test_tables_out_holding_folders_is_refused_before_any_analysis(tmp_path, capsys, monkeypatch):
+    """``--out`` pointing at a folder with subfolders (a run directory, say) is refused before
+    a single unit Fisher is computed, not after the whole analysis."""
+    import natgrad.analysis.summary as summary
+
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(summary, "write_tables", lambda *a, **k: pytest.fail("analysed"))
+    _one_line_exit_2(capsys, ["tables", str(tmp_path / "runs"), "--out", str(out)],
+                     "holds folders (checkpoints)")  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", ["config", "metrics"])
+def test_a_run_record_edited_by_hand_is_a_named_error(tmp_path, edit):
+    """``config.json`` without its net, or a ``metrics.jsonl`` row without an integer epoch:
+    reading the run raises a DataFileError naming the file, not a KeyError or TypeError."""
+    from natgrad.analysis.runs import curve_table
+
+    cfg = default_config("mnist-fc", dataset="digits", epochs=1, width=8, depth=2,
+                         probe_size=16)  # fmt: skip
+    run = train(cfg, tmp_path / "r", device="cpu", progress=False).run_dir
+    if edit == "config":
+        meta = json.loads((run / "config.json").read_text())
+        del meta["config"]["net"]
+        (run / "config.json").write_text(json.dumps(meta))
+    else:
+        rows = (run / "metrics.jsonl").read_text().splitlines()
+        rows[0] = json.dumps({**json.loads(rows[0]), "epoch": "0"})
+        (run / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataFileError, match="config.json" if edit == "config" else "metrics.jsonl"):
+        curve_table([run])

@@ -47,7 +47,7 @@ def build(
     from natgrad.errors import InputError, MemoryBudgetError
     from natgrad.training.rundir import RunDir, find_runs
 
-    check_replaceable(out)  # before any work: never after minutes of analysis
+    check_replaceable(out, files_only=True)  # before any work: never after minutes of analysis
     runs = [run for root in roots for run in find_runs(root)]
     if report:
         types = sorted({RunDir(r).identity()["unit_type"] for r in runs})

@@ -62,6 +62,10 @@ def find_runs(root: PathLike) -> list[Path]:
     return runs
 
 
+#: The ``config.json`` fields every reader relies on, and their types.
+_CONFIG_FIELDS = {"net": str, "unit": str, "dataset": str, "seed": int, "epochs": int}
+
+
 class RunDir:
     """Paths and readers of one run directory (it need not exist yet)."""
 
@@ -190,6 +194,13 @@ class RunDir:
             raise DataFileError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
             raise DataFileError(f"{path}: not a natgrad run config (no 'config' object)")
+        cfg = meta["config"]
+        wrong = [k for k, kind in _CONFIG_FIELDS.items()
+                 if not isinstance(cfg.get(k), kind) or isinstance(cfg.get(k), bool)]  # fmt: skip
+        if wrong:
+            raise DataFileError(f"{path}: config fields {wrong} are missing or of the wrong type "
+                                "(was it edited?); restore it from the run's checkpoint JSON "
+                                "('config') or retrain")  # fmt: skip
         return meta
 
     def read_config(self) -> dict:
@@ -210,8 +221,15 @@ class RunDir:
         }
 
     def read_metrics(self) -> list[dict]:
-        """The rows of ``metrics.jsonl`` (one per epoch)."""
-        return _jsonl(self.metrics_path)
+        """The rows of ``metrics.jsonl`` (one per epoch); a row without an integer ``epoch`` is
+        a :class:`DataFileError` naming the file."""
+        rows = _jsonl(self.metrics_path)
+        bad = [i for i, r in enumerate(rows)
+               if not isinstance(r.get("epoch"), int) or isinstance(r.get("epoch"), bool)]  # fmt: skip
+        if bad:
+            raise DataFileError(f"{self.metrics_path}: row {bad[0] + 1} has no integer 'epoch' "
+                                "(was it edited?); restore the file or retrain the run")  # fmt: skip
+        return rows
 
     def read_activation_summary(self) -> list[dict]:
         """The rows of ``activations/summary.jsonl`` (one per recorded epoch)."""
