@@ -448,3 +448,17 @@ def test_a_run_record_edited_by_hand_is_a_named_error(tmp_path, edit):
         (run / "metrics.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.raises(DataFileError, match="config.json" if edit == "config" else "metrics.jsonl"):
         curve_table([run])
+
+
+def test_a_resume_restores_the_metrics_from_the_checkpoints_own_history(tmp_path):
+    """``metrics.jsonl`` emptied or with a row cut out before a resume: the resumed run's
+    metrics hold every epoch again, from the checkpoint's history (the curves and claims
+    read from them would otherwise miss epochs silently)."""
+    cfg = default_config("mnist-fc", dataset="digits", epochs=2, width=8, depth=2,
+                         checkpoint_every=1, probe_size=16)  # fmt: skip
+    run = train(cfg, tmp_path / "r", device="cpu", progress=False).run_dir
+    full = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(full[2] + "\n")  # epochs 0 and 1 lost
+    train(dataclasses.replace(cfg, epochs=3), run, device="cpu", progress=False)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [0, 1, 2, 3] and rows[:3] == full

@@ -337,8 +337,8 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
                                   ".safetensors to resume from an earlier checkpoint, or pass "
                                   "--no-resume") from None  # fmt: skip
         history = info["metrics"]
-        if lead:  # the records past the checkpoint go
-            rewrite_jsonl(rd.metrics_path, start)
+        if lead:  # the records past the checkpoint go; its own history is the metrics' truth
+            write_text(rd.metrics_path, "".join(dumps_json(r) + "\n" for r in history))
             rewrite_jsonl(rd.activation_summary_path, start)
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
