@@ -279,12 +279,36 @@ def test_tables_from_refuses_a_truncated_table(tmp_path, capsys):
     (tmp_path / "curves.csv.sha256").unlink()  # an older output without checksums
     (tmp_path / "curves.csv").write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 1])
     _one_line_exit_2(capsys, ["compare", "--tables-from", str(tmp_path)], "truncated")
+    lines = data.decode().splitlines()
+    head = lines[0].split(",")
+    cells = lines[1].split(",")
+    cells[head.index("train_loss")] = "abc"  # an edited cell, with no checksum to catch it
+    (tmp_path / "curves.csv").write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    _one_line_exit_2(capsys, ["compare", "--tables-from", str(tmp_path)], "not numbers")
 
 
 @pytest.mark.parametrize(
     "change",
-    [{"seeds": 10**30}, {"epochs": -1}, {"arms": "relu-sgd"}, {"seeds": "3"}, {"bogus_key": 1}],
-    ids=["huge-seeds", "negative", "arms-str", "seeds-str", "unknown-key"],
+    [
+        {"seeds": 10**30},
+        {"epochs": -1},
+        {"arms": "relu-sgd"},
+        {"seeds": "3"},
+        {"bogus_key": 1},
+        {"lr_sgd": "abc"},
+        {"rel_damping": None},
+        {"only_seeds": "x"},
+    ],
+    ids=[
+        "huge-seeds",
+        "negative",
+        "arms-str",
+        "seeds-str",
+        "unknown-key",
+        "rate-str",
+        "damping-null",
+        "only-seeds-str",
+    ],
 )
 def test_tables_from_validates_run_json(tmp_path, capsys, change):
     _compare_outputs(tmp_path)

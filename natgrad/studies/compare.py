@@ -584,15 +584,27 @@ def _validated_config(record, out: Path) -> CompareConfig:
     if not pairs or not all(isinstance(arm, str) for arm, _ in lrs):
         raise InputError(f"{where}: config lrs must be a list of [arm, rate] pairs")
     settings.update(arms=tuple(arms), lrs=tuple(map(tuple, lrs)))
+    only = settings.get("only_seeds", [])
+    if not isinstance(only, list) or not all(isinstance(x, int) and not isinstance(x, bool)
+                                             for x in only):  # fmt: skip
+        raise InputError(f"{where}: config only_seeds must be a list of seeds")
+    settings["only_seeds"] = tuple(only)
+    numbers = {f.name for f in dataclasses.fields(CompareConfig) if f.type in ("float", float)}
+    for key in numbers & set(settings):  # rates and dampings: finite numbers
+        v = settings[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"{where}: config {key}={v!r} must be a finite number")
     try:
         return CompareConfig(**settings)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise InputError(f"{where}: config does not fit natgrad compare ({exc})") from None
 
 
 def _check_complete(curves, config: CompareConfig, out: Path) -> None:
     """``curves.csv`` holds exactly one row per (seed, arm, epoch 0..E) of ``config``: a
     truncated or edited table is refused, never summarised."""
+    import pandas as pd
+
     need = {"seed", "arm", "epoch", "train_loss", "test_loss", "test_error", "seconds"}
     missing = need - set(curves.columns)
     if missing:
@@ -604,6 +616,11 @@ def _check_complete(curves, config: CompareConfig, out: Path) -> None:
                        curves["epoch"].astype(int), strict=True))  # fmt: skip
     except (ValueError, TypeError):
         got = []
+    values = [c for c in ("train_loss", "test_loss", "test_error", "seconds")
+              if not pd.api.types.is_numeric_dtype(curves[c])]  # fmt: skip
+    if values:
+        raise InputError(f"{out / 'curves.csv'}: columns {values} hold values that are not "
+                         "numbers; the table was edited. Rerun natgrad compare")  # fmt: skip
     if len(got) != len(expected) or set(got) != expected:
         raise InputError(
             f"{out / 'curves.csv'}: {len(got)} rows, expected one per seed × arm × epoch 0..E "
