@@ -184,7 +184,8 @@ def read_checkpoint(path, epoch: int | None = None) -> tuple[dict[str, torch.Ten
     if hashlib.sha256(blob).hexdigest() != info.get("safetensors_sha256"):
         raise CheckpointError(
             f"{st_path}: SHA-256 does not match {json_path.name}; the file is corrupt or was "
-            "modified. Resume from an earlier epoch or retrain."
+            f"modified. Delete {st_path.name} and {json_path.name} to resume from an earlier "
+            "checkpoint, or retrain."
         )
     try:
         tensors = st_load(blob)
