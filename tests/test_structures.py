@@ -234,7 +234,7 @@ def test_positions_equal_shared_for_one_position(case):
 def test_structured_measures_mark_a_dead_unit_as_the_dense_and_woodbury_routes_do():
     """``measures`` of a quasi-diagonal or diagonal result at λ > 0: a dead unit (c = 0, so
     μ = λ·tr F/(d+1) = 0) is NaN and ``dead`` = 1 beside the live units' values, as for the
-    dense and Woodbury results, not a SingularBlockError; at λ = 0 every entry is ``[U]``."""
+    dense and Woodbury results, not a SingularBlockError."""
     from torch import nn
 
     from natgrad.woodbury import woodbury_unit_fisher
@@ -257,10 +257,6 @@ def test_structured_measures_mark_a_dead_unit_as_the_dense_and_woodbury_routes_d
         alive = unit_fisher(m, "2", x, structure=structure, units=[0, 2, 3, 4])
         again = alive.measures(gw[[0, 2, 3, 4]], gb[[0, 2, 3, 4]], rel_damping=1e-3)
         assert_close(got["rho_plain"][[0, 2, 3, 4]], again["rho_plain"], what=structure)
-        undamped = unit_fisher(m, "2", x, structure=structure, units=[0, 2]).measures(
-            gw[[0, 2]], gb[[0, 2]]
-        )
-        assert all(v.shape == (2,) for v in undamped.values()), structure
 
 
 def test_units_given_as_the_whole_layer_pair_with_its_gradient_row_by_row():
@@ -282,3 +278,22 @@ def test_units_given_as_the_whole_layer_pair_with_its_gradient_row_by_row():
         assert_close(a, b, what="permuted units")
     with pytest.raises(InputError, match="repeats"):
         unit_fisher(m, "0", x, units=[1, 1, 2])
+
+
+@pytest.mark.parametrize("structure", ["quasidiagonal", "diagonal"])
+def test_undamped_structured_measures_equal_the_dense_measures_of_their_metric(structure):
+    """At ``rel_damping=0`` a structured result's measures are those of its metric Q(F) as a
+    dense block (``to_unit_fisher``): no damping slips in (a review caught μ = 1 there)."""
+    from torch import nn
+
+    torch.manual_seed(3)
+    m = nn.Sequential(
+        nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 3), nn.ELU(), nn.Linear(3, 3)
+    ).double()
+    x = torch.randn(64, 3, dtype=torch.float64)
+    gw, gb = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    S = unit_fisher(m, "2", x, structure=structure)
+    got, want = S.measures(gw, gb), S.to_unit_fisher().measures(gw, gb)
+    for key in ("rho_plain", "rho_centred", "shift_error_plain"):
+        assert_close(got[key], want[key], rtol=1e-8, what=f"{structure} {key}")
+    assert (got["damping"] == 0).all() and all(v.shape == (3,) for v in got.values())

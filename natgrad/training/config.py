@@ -53,6 +53,10 @@ OPTIMIZERS = ("sgd", "unit-ng", "qd-ng", "diag-ng", "blockdiag-ng")
 ``weight_decay`` as for SGD)."""
 
 
+#: Config fields that leave what a run trains unchanged (:meth:`TrainConfig.differs_from`).
+NOT_THE_RUN = ("epochs", "data_dir", "keep_checkpoints", "notes")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on; saved as ``config.json`` in the run dir."""
@@ -223,10 +227,11 @@ class TrainConfig:
 
     def differs_from(self, saved: dict) -> list[str]:
         """The fields in which a run's saved config (``config.json``'s ``config``, or a
-        checkpoint's) differs from this one, ``epochs`` aside (a run is resumed for more
-        epochs): what makes its run directory another run's."""
-        mine = self.to_dict()
-        theirs = TrainConfig.from_dict(dict(saved, epochs=self.epochs)).to_dict()
+        checkpoint's) differs from this one, aside from those that leave what it trains
+        unchanged (:data:`NOT_THE_RUN`: epochs, for a run resumed for more, where the data
+        files lie, how many checkpoints are kept, notes): what makes it another run."""
+        mine = {k: v for k, v in self.to_dict().items() if k not in NOT_THE_RUN}
+        theirs = TrainConfig.from_dict(saved).to_dict()
         return sorted(k for k, v in mine.items() if theirs[k] != v)
 
     @classmethod
