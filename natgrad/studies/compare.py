@@ -157,6 +157,16 @@ class CompareConfig:
         for arm, lr in self.lrs:
             if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
                 raise InputError(f"compare: the learning rate of {arm} must be > 0, got {lr!r}")
+        # the settings handed on to every arm's TrainConfig, named by compare's own flags
+        # (that config's errors would point at natgrad train's --set)
+        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+            raise InputError(f"compare: --ema {self.ema!r} must be in [0, 1)")
+        for flag, v in (
+            ("--rel-damping", self.rel_damping),
+            ("--layer-damping", self.layer_damping),
+        ):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise InputError(f"compare: {flag} {v!r} must be a finite number >= 0")
 
     @property
     def seed_list(self) -> list[int]:
