@@ -121,10 +121,10 @@ def check_units(name: str, units, n_units: int) -> torch.Tensor:
             f"units= for layer {name!r} must be indices in [0, {n_units - 1}], got "
             f"{u.tolist() if u.numel() <= 10 else 'values out of range'}"
         )
-    if u.unique().numel() != u.numel():
+    values, counts = u.unique(return_counts=True)
+    if (counts > 1).any():
         raise InputError(f"units= for layer {name!r} repeats indices "
-                         f"({sorted({int(i) for i in u if int((u == i).sum()) > 1})[:10]}); "
-                         "give each unit once")  # fmt: skip
+                         f"({values[counts > 1][:10].tolist()}); give each unit once")  # fmt: skip
     return u.sort().values if u.numel() == n_units else u
 
 
