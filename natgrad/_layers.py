@@ -95,12 +95,13 @@ def net_positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
 
 def check_units(name: str, units, n_units: int) -> torch.Tensor:
     r"""``units=`` of layer ``name`` as int64 indices ``[U]``: distinct integers in
-    ``[0, n_units)``, in the order given, except that all of the layer's units come back in
-    the layer's order (so a gradient of the whole layer pairs with them row by row); floats
-    (``[0.7, 2.9]`` is not silently ``[0, 2]``), bools, repeats and empty lists are errors.
+    ``[0, n_units)``, in the order given. Floats (``[0.7, 2.9]`` is not silently ``[0, 2]``),
+    bools, repeats, empty lists and every unit of the layer in another order are errors (the
+    last because a gradient of U rows could then be the layer's or the list's: either
+    pairing would be silently wrong for someone).
 
     Example:
-        >>> check_units("fc1", [2, 0], 4), check_units("fc1", [1, 0], 2)
+        >>> check_units("fc1", [2, 0], 4), check_units("fc1", [0, 1], 2)
         (tensor([2, 0]), tensor([0, 1]))
     """
     try:
@@ -125,7 +126,11 @@ def check_units(name: str, units, n_units: int) -> torch.Tensor:
     if (counts > 1).any():
         raise InputError(f"units= for layer {name!r} repeats indices "
                          f"({values[counts > 1][:10].tolist()}); give each unit once")  # fmt: skip
-    return u.sort().values if u.numel() == n_units else u
+    if u.numel() == n_units and not bool((u == torch.arange(n_units)).all()):
+        raise InputError(f"units= for layer {name!r} lists all {n_units} units in another "
+                         "order; pass units=None (or the layer's order) and reorder the result "
+                         "if you need to")  # fmt: skip
+    return u
 
 
 @contextlib.contextmanager

@@ -259,10 +259,10 @@ def test_structured_measures_mark_a_dead_unit_as_the_dense_and_woodbury_routes_d
         assert_close(got["rho_plain"][[0, 2, 3, 4]], again["rho_plain"], what=structure)
 
 
-def test_units_given_as_the_whole_layer_pair_with_its_gradient_row_by_row():
-    """``units=`` listing every unit of the layer in another order gives the blocks in the
-    layer's order, so the layer's own gradient (``weight.grad``) pairs unit by unit; repeats
-    are refused."""
+def test_units_listing_the_whole_layer_out_of_order_or_twice_are_refused():
+    """A gradient of U rows pairs with the layer's units when ``units=`` lists all of them, so
+    ``units=`` in another order (whose pairing would be ambiguous) and repeats are refused;
+    the whole layer in its own order pairs with the layer's ``weight.grad`` row by row."""
     from torch import nn
 
     torch.manual_seed(0)
@@ -271,12 +271,13 @@ def test_units_given_as_the_whole_layer_pair_with_its_gradient_row_by_row():
     x = torch.randn(40, 2, 4, 4, dtype=torch.float64)
     nn.functional.cross_entropy(m(x), torch.randint(0, 4, (40,))).backward()
     whole = unit_fisher(m, "0", x).natural_gradient(conv.weight.grad, conv.bias.grad, 1e-3)
-    F = unit_fisher(m, "0", x, units=[2, 0, 1])
-    assert F.units.tolist() == [0, 1, 2]
+    F = unit_fisher(m, "0", x, units=[0, 1, 2])
     for a, b in zip(F.natural_gradient(conv.weight.grad, conv.bias.grad, 1e-3), whole,
                     strict=True):  # fmt: skip
-        assert_close(a, b, what="permuted units")
-    with pytest.raises(InputError, match="repeats"):
+        assert_close(a, b, what="the whole layer")
+    with pytest.raises(InputError, match="in another order"):
+        unit_fisher(m, "0", x, units=[2, 0, 1])
+    with pytest.raises(InputError, match=r"repeats indices \(\[1\]\)"):
         unit_fisher(m, "0", x, units=[1, 1, 2])
 
 
