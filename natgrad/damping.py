@@ -33,7 +33,7 @@ import torch
 
 from natgrad.errors import InputError
 
-__all__ = ["LAYER_DAMPING", "MEASURE_DAMPING", "STEP_DAMPING", "check", "mu"]
+__all__ = ["LAYER_DAMPING", "MEASURE_DAMPING", "STEP_DAMPING", "check", "mu", "solvable"]
 
 MEASURE_DAMPING = 1e-3
 STEP_DAMPING = 0.1
@@ -50,6 +50,12 @@ def check(value, name: str = "rel_damping") -> float:
     if not (math.isfinite(lam) and lam >= 0.0):
         raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
     return lam
+
+
+def solvable(mu: torch.Tensor) -> torch.Tensor:
+    r"""μ for the solves: a dead unit's μ of 0 (tr F = 0: a zero block) becomes 1, so that the
+    units solved with it do not fail; ``measures`` marks that unit dead from its μ of 0."""
+    return torch.where(mu > 0, mu, 1.0)
 
 
 def mu(

@@ -227,8 +227,8 @@ class StructuredUnitFisher(SolvedUnitFisher):
         of F + λI is positive definite (then Q is)."""
         lam = self._damping_of(damping) if rel else _damping.check(damping, "damping")
         reported = lam
-        if rel and float(damping) > 0:  # a dead unit (tr F = 0) solves with μ = 1; its μ of 0
-            lam = torch.where(lam > 0, lam, 1.0)  # marks it for ``measures``
+        if rel and float(damping) > 0:  # undamped, a dead unit stays singular (an error)
+            lam = _damping.solvable(lam)
         D = self.diag_A.double() + (lam.unsqueeze(-1) if rel else lam)
         c = self.c.double() + lam
         b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()

@@ -246,7 +246,7 @@ class WoodburyUnitFisher(SolvedUnitFisher):
                 if rel
                 else torch.full_like(diag[:, 0], lam)
             )
-            mu = torch.where(raw > 0, raw, 1.0)
+            mu = _damping.solvable(raw)
 
             def apply(lo_, hi_, u, u0, V=V, mu=mu):
                 x = torch.cat([u, u0.unsqueeze(-1)], -1)

@@ -64,7 +64,7 @@ from natgrad.analysis.stats import (
     sign_flip_p_min,
 )
 from natgrad.argtypes import nonnegative_int, positive_float, positive_int
-from natgrad.damping import LAYER_DAMPING, STEP_DAMPING
+from natgrad.damping import LAYER_DAMPING, STEP_DAMPING, check
 from natgrad.errors import InputError
 from natgrad.training.engine import TRAIN_LOSS
 
@@ -159,14 +159,16 @@ class CompareConfig:
                 raise InputError(f"compare: the learning rate of {arm} must be > 0, got {lr!r}")
         # the settings handed on to every arm's TrainConfig, named by compare's own flags
         # (that config's errors would point at natgrad train's --set)
-        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
-            raise InputError(f"compare: --ema {self.ema!r} must be in [0, 1)")
-        for flag, v in (
-            ("--rel-damping", self.rel_damping),
-            ("--layer-damping", self.layer_damping),
-        ):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise InputError(f"compare: {flag} {v!r} must be a finite number >= 0")
+        for flag in ("--rel-damping", "--layer-damping"):
+            check(getattr(self, flag[2:].replace("-", "_")), f"compare: {flag}")
+        for key, flag in (("lr_sgd", "--lr-sgd"), ("lr_ng", "--lr-ng"), ("lr_qd", "--lr-qd"),
+                          ("centre_rate", "centre_rate")):  # fmt: skip
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise InputError(f"compare: {flag} must be a finite number > 0, got {v!r}")
+        ema = self.ema
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+            raise InputError(f"compare: --ema must be in [0, 1), got {ema!r}")
 
     @property
     def seed_list(self) -> list[int]:
@@ -599,14 +601,9 @@ def _validated_config(record, out: Path) -> CompareConfig:
                                              for x in only):  # fmt: skip
         raise InputError(f"{where}: config only_seeds must be a list of seeds")
     settings["only_seeds"] = tuple(only)
-    numbers = {f.name for f in dataclasses.fields(CompareConfig) if f.type in ("float", float)}
-    for key in numbers & set(settings):  # rates and dampings: finite numbers
-        v = settings[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise InputError(f"{where}: config {key}={v!r} must be a finite number")
-    try:
+    try:  # CompareConfig checks its numbers itself
         return CompareConfig(**settings)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, InputError) as exc:
         raise InputError(f"{where}: config does not fit natgrad compare ({exc})") from None
 
 
