@@ -95,14 +95,13 @@ class Study:
         time up to that epoch); NaN where the run has not reached (or diverged before) it."""
         import pandas as pd
 
+        from natgrad.training.plan import check_same_run
         from natgrad.training.rundir import RunDir
 
         rows = []
         for arm, seed, cfg, path in self.plan(root):
             rd = RunDir(path)
-            if rd.config_path.is_file() and (diff := cfg.differs_from(rd.read_config())):
-                raise InputError(f"{path}: made with another config than this study declares "
-                                 f"({', '.join(diff)}); its curves are not this study's")  # fmt: skip
+            check_same_run(path, cfg)  # its curves are this study's only if its run is
             metrics = rd.read_metrics() if rd.metrics_path.is_file() else []  # not started
             got = {int(r["epoch"]): r for r in metrics if r["epoch"] <= cfg.epochs}
             elapsed = 0.0

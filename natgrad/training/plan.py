@@ -33,23 +33,29 @@ from natgrad.errors import DivergedError, InputError
 __all__ = ["complete", "default_workers", "per_worker_threads", "train_plan"]
 
 
+def check_same_run(run: str | Path, config) -> None:
+    r"""Refuse (:class:`~natgrad.errors.InputError` naming the fields) a run directory whose
+    ``config.json`` holds another run than ``config`` (:meth:`TrainConfig.differs_from`):
+    its records are never taken for this one's. A folder without one passes."""
+    from natgrad.training.rundir import RunDir
+
+    rd = RunDir(Path(run))
+    if rd.config_path.is_file() and (diff := config.differs_from(rd.read_config())):
+        raise InputError(f"{run}: holds a run made with a different config ({', '.join(diff)}); "
+                         "pick another runs folder, or remove it to retrain")  # fmt: skip
+
+
 def complete(run: str | Path, epochs: int, config=None) -> bool:
     r"""Whether ``run``'s metrics hold every epoch 0..``epochs``; with ``config`` (a
-    :class:`~natgrad.training.config.TrainConfig`), a finished run made with another config
-    (``epochs`` aside) is an :class:`~natgrad.errors.InputError` naming the fields, never
-    taken for this one's."""
+    :class:`~natgrad.training.config.TrainConfig`), a run of another config is refused
+    (:func:`check_same_run`), never taken for this one's."""
     from natgrad.training.rundir import RunDir
 
     rd = RunDir(Path(run))
     if not rd.metrics_path.is_file():
         return False
-    if (
-        config is not None
-        and rd.config_path.is_file()
-        and (diff := config.differs_from(rd.read_config()))
-    ):
-        raise InputError(f"{run}: a run made with a different config ({', '.join(diff)}) is "
-                         "already there; pick another runs folder, or remove it to retrain")  # fmt: skip
+    if config is not None:
+        check_same_run(run, config)
     return {int(r["epoch"]) for r in rd.read_metrics()} >= set(range(epochs + 1))
 
 
