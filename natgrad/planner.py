@@ -47,7 +47,7 @@ from natgrad._layers import check_units
 from natgrad.argtypes import is_integer
 from natgrad.engine import PassOptions, compute
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
-from natgrad.unitfisher import UnitFisher
+from natgrad.unitfisher import UnitFisher, held_rows
 
 INDEX = "index.json"
 FORMAT = "natgrad-unit-fisher-shards/1"
@@ -277,11 +277,9 @@ class ShardedUnitFisher:
 
     # --- shard-wise maps ----------------------------------------------------------------
     def _rows(self, grad_weight, grad_bias):
-        """Per-shard gradient pairs: whole-layer gradients pass through (each shard slices
-        its units); one row per held unit is split by position."""
-        gw, gb = torch.as_tensor(grad_weight), torch.as_tensor(grad_bias)
-        if gw.shape[0] != self.num_units or gw.shape[0] == int(self.units.max()) + 1:
-            return [(gw, gb)] * len(self.shards)
+        """Per-shard gradient pairs: the held units' rows (as ``UnitFisher.unit_grads`` takes
+        them), split by position."""
+        gw, gb = held_rows(self, grad_weight, grad_bias)
         sizes = [len(s["units"]) for s in self.shards]
         return list(zip(gw.split(sizes), gb.split(sizes), strict=True))
 

@@ -68,6 +68,41 @@ class UnitFisherLike(Protocol):
 FIELDS = ("mean_p", "n", "kind", "likelihood", "layer", "units", "mc_samples", "c_sum", "c_sq_sum")
 
 
+def held_rows(F, grad_weight, grad_bias, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The rows of the units ``F`` holds (``F.layer``, ``F.units``, ``F.num_units``,
+    ``F.fan_in``) from gradients of its layer's weight and bias, as ``(g [U, d], g0 [U])``:
+    given ``[U, d]`` (or the weight's shape), or the whole layer's rows, sliced by ``F.units``.
+    A result holding units 0..U−1 (the whole layer, or its first U units) cannot tell the
+    layer's rows from another layer's wider gradient, so it takes ``[U, d]`` only."""
+    U, d, units = F.num_units, F.fan_in, F.units
+    gw, gb = torch.as_tensor(grad_weight, device=device), torch.as_tensor(grad_bias, device=device)
+    expected = (
+        f"layer {F.layer!r}: expected grad_weight [U, d] = [{U}, {d}] (or the layer's weight "
+        f"shape with {d} entries per unit, or the whole layer's rows, sliced by "
+        f"UnitFisher.units) and grad_bias [U] = [{U}]; got grad_weight {tuple(gw.shape)}, "
+        f"grad_bias {tuple(gb.shape)}"
+    )
+    if gw.ndim < 2 or gw[0].numel() != d or gb.ndim != 1 or gb.shape[0] != gw.shape[0]:
+        raise InputError(expected)
+    gw = gw.reshape(gw.shape[0], d)
+    if gw.shape[0] != U:
+        if bool((units.cpu() == torch.arange(U)).all()):
+            raise InputError(f"{expected}; this result holds units 0..{U - 1}, so pass their "
+                             f"rows (grad_weight[:{U}], grad_bias[:{U}])")  # fmt: skip
+        if gw.shape[0] < U or int(units.max()) >= gw.shape[0]:
+            raise InputError(expected)
+        gw, gb = gw[units.to(gw.device)], gb[units.to(gw.device)]
+    bad = ~(torch.isfinite(gw).all(dim=-1) & torch.isfinite(gb))
+    if bool(bad.any()):
+        which = F.units[bad.cpu()].tolist()
+        raise InputError(
+            f"layer {F.layer!r}: the gradient of unit(s) {which[:5]}"
+            f"{' …' if len(which) > 5 else ''} holds NaN or Inf; every measure of it would be "
+            "meaningless. Check the loss and the inputs that produced it"
+        )
+    return gw, gb
+
+
 class UnitFisherBase:
     r"""What the in-memory unit Fisher results share. A subclass stores the :data:`FIELDS`
     besides its storage ``_STORE`` (``[U, …, d+1]``) and defines the theorem methods: over
@@ -128,33 +163,8 @@ class UnitFisherBase:
     def unit_grads(self, grad_weight, grad_bias) -> tuple[torch.Tensor, torch.Tensor]:
         r"""``(g [U, d], g0 [U])`` from gradients of the layer's weight and bias: ``[U, d]``, the
         layer's own weight shape (flattened as ``weight.view(U, -1)``), or the whole layer's rows
-        (sliced by :attr:`units`). Errors name the layer and the expected shapes."""
-        U, d = self.num_units, self.fan_in
-        gw = torch.as_tensor(grad_weight, device=self.mean_p.device)
-        gb = torch.as_tensor(grad_bias, device=self.mean_p.device)
-        expected = (
-            f"layer {self.layer!r}: expected grad_weight [U, d] = [{U}, {d}] (or the layer's weight "
-            f"shape with {d} entries per unit, or the whole layer's rows, sliced by "
-            f"UnitFisher.units) and grad_bias [U] = [{U}]; got grad_weight {tuple(gw.shape)}, "
-            f"grad_bias {tuple(gb.shape)}"
-        )
-        if gw.ndim < 2 or gw[0].numel() != d or gb.ndim != 1 or gb.shape[0] != gw.shape[0]:
-            raise InputError(expected)
-        gw = gw.reshape(gw.shape[0], d)
-        if gw.shape[0] != U:
-            if gw.shape[0] < U or int(self.units.max()) >= gw.shape[0]:
-                raise InputError(expected)
-            units = self.units.to(gw.device)
-            gw, gb = gw[units], gb[units]
-        bad = ~(torch.isfinite(gw).all(dim=-1) & torch.isfinite(gb))
-        if bool(bad.any()):
-            which = self.units[bad.cpu()].tolist()
-            raise InputError(
-                f"layer {self.layer!r}: the gradient of unit(s) {which[:5]}"
-                f"{' …' if len(which) > 5 else ''} holds NaN or Inf; every measure of it would be "
-                "meaningless. Check the loss and the inputs that produced it"
-            )
-        return gw, gb
+        (sliced by :attr:`units`; see :func:`held_rows`). Errors name the layer and the shapes."""
+        return held_rows(self, grad_weight, grad_bias, device=self.mean_p.device)
 
     def cosine(self, grad_weight, grad_bias, damping: float = 0.0) -> torch.Tensor:
         r"""``[U]`` Euclidean cosine between the plain gradient (g, g0) and the unit natural

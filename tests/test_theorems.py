@@ -233,6 +233,19 @@ def test_whole_layer_grads_are_sliced_by_units():
     assert_close(dw0, dw0_sel, what="dw0")
 
 
+def test_a_wider_gradient_is_refused_where_its_rows_are_ambiguous():
+    """A result of units 0..U−1 (the whole layer, or its first U units) cannot tell the
+    layer's rows from another layer's wider gradient, so it takes U rows only and says how;
+    a result of other units still slices the whole layer's rows (a review found the first
+    U rows taken silently)."""
+    gw, gb = torch.randn(8, 2, 2, 2), torch.randn(8)
+    for units in (None, torch.tensor([0, 1, 2])):
+        with pytest.raises(InputError, match=r"holds units 0\.\.2.*grad_weight\[:3\]"):
+            _conv_fisher(units=units).natural_gradient(gw, gb)
+    dw, _ = _conv_fisher(units=torch.tensor([0, 1, 2])).natural_gradient(gw[:3], gb[:3])
+    assert dw.shape == (3, 8)
+
+
 BAD_GRADS = {
     "wrong_fan_in": ((3, 5), (3,)),
     "bias_rows_differ": ((3, 8), (4,)),
