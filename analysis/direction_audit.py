@@ -59,20 +59,12 @@ def measure(run: Path, epoch: int, ds) -> list[dict]:
 
 
 def summarise(table):
-    import pandas as pd
 
     from natgrad.analysis.endpoints import Endpoint, evaluate
-    from natgrad.analysis.stats import mean_ci
+    from natgrad.analysis.stats import ci_summary
 
-    rows = []
-    for (unit, epoch, method), sub in table.groupby(["unit_type", "epoch", "method"], sort=False):
-        row = dict(unit_type=unit, epoch=epoch, method=method, seeds=len(sub))
-        for m in ("rho_full", "rho_unit", "decrease_per_kl"):
-            lo, hi, how = mean_ci(sub[m].to_numpy())
-            row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
-        row["ci_method"] = how
-        rows.append(row)
-    summary = pd.DataFrame(rows)
+    summary = ci_summary(table, ["unit_type", "epoch", "method"],
+                         ("rho_full", "rho_unit", "decrease_per_kl"))  # fmt: skip
     summary["rank_rho_full"] = summary.groupby(["unit_type", "epoch"])["rho_full"].rank(
         ascending=False, method="min").astype(int)  # fmt: skip
     last = table[table["epoch"] == EPOCHS]

@@ -114,25 +114,16 @@ def summarise(table, confirm: str | None = None):
     epoch, paired by seed, Holm over the family (with ``confirm``, a key of
     :data:`CONFIRMATIONS`, its declared families: ``primary``, its primary measures under its
     normalisations; ``secondary``, the rest)."""
-    import pandas as pd
 
     from natgrad.analysis.endpoints import Endpoint, evaluate
-    from natgrad.analysis.stats import mean_ci
+    from natgrad.analysis.stats import ci_summary
 
     conf = CONFIRMATIONS[confirm] if confirm else None
     primaries = conf.primaries if conf else ()
     metrics = tuple(METRICS) + tuple(m for m in primaries if m not in METRICS)
     norms = conf.norms if conf else NORMS
-    rows = []
-    for (arm, epoch), sub in table.groupby(["arm", "epoch"], sort=False):
-        row = dict(arm=arm, unit=sub["unit"].iloc[0], norm=sub["norm"].iloc[0], epoch=epoch,
-                   seeds=len(sub))  # fmt: skip
-        for m in (*metrics, "estimable", "top_eig_over_mean"):
-            lo, hi, how = mean_ci(sub[m].to_numpy())
-            row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
-        row["ci_method"] = how
-        rows.append(row)
-    summary = pd.DataFrame(rows)
+    summary = ci_summary(table, ["arm", "unit", "norm", "epoch"],  # unit, norm: from the arm
+                         (*metrics, "estimable", "top_eig_over_mean"))  # fmt: skip
     last = table[table["epoch"] == CHECKPOINTS[-1]]
     arm_of = dict(zip(map(split_arm, arms()), arms(), strict=True))  # (unit, norm) -> arm
 

@@ -44,10 +44,17 @@ def measure(unit: str, width: int, seed: int, ds) -> dict:
             "top_eig_over_mean": float(spec[0] / spec.mean()), **out}  # fmt: skip
 
 
+def summarise(table):
+    """Mean and 95 % CI over seeds per width × unit type (``stats.ci_summary``)."""
+    from natgrad.analysis.stats import ci_summary
+
+    measures = ("unit_block_share", "top_eig_over_mean", "rho_unit_ng", "rho_plain")
+    return ci_summary(table, ["width", "unit_type"], measures, first=("params",))
+
+
 def run(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    from natgrad.analysis.stats import mean_ci
     from natgrad.data import load_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,15 +67,7 @@ def run(argv: list[str] | None = None) -> int:
     rows = [measure(u, int(w), s, ds) for w in args.widths.split(",") for u in UNITS
             for s in range(args.seeds)]  # fmt: skip
     table = pd.DataFrame(rows)
-    summary = []
-    for (w, u), sub in table.groupby(["width", "unit_type"], sort=False):
-        row = {"width": w, "unit_type": u, "seeds": len(sub), "params": int(sub["params"].iloc[0])}
-        for m in ("unit_block_share", "top_eig_over_mean", "rho_unit_ng", "rho_plain"):
-            lo, hi, method = mean_ci(sub[m].to_numpy())
-            row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
-        row["ci_method"] = method
-        summary.append(row)
-    summary = pd.DataFrame(summary)
+    summary = summarise(table)
     wall = time.perf_counter() - t0
     print(summary.round(4).to_string())
     if args.record:

@@ -537,6 +537,20 @@ def test_a_committed_descriptive_study_rebuilds_from_its_measures(name, folder, 
                                       check_exact=True, check_dtype=False, obj=table)  # fmt: skip
 
 
+def test_the_network_fisher_record_rebuilds_from_its_runs(monkeypatch):
+    """The whole-network Fisher study's summary (``stats.ci_summary`` per width × unit type)
+    rebuilds from its committed per-run table, with the record's own CIs (its BCa ends to
+    the last bits: one upper end differs in the 16th digit)."""
+    from natgrad.analysis.csvtables import read_csv
+
+    m = _script("network_fisher_study", monkeypatch)
+    src = ROOT / "paper_figures/results/network_fisher_random"
+    with stats.mean_ci_method(stats.recorded_mean_ci(src)):
+        summary = m.summarise(read_csv(src / "runs.csv"))
+    pd.testing.assert_frame_equal(summary, read_csv(src / "summary.csv"), rtol=1e-12,
+                                  check_dtype=False)  # fmt: skip
+
+
 def test_the_direction_audits_confirmatory_readme_is_its_tables_read_by_the_declared_rule(
     tmp_path, monkeypatch
 ):

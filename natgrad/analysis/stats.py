@@ -358,6 +358,24 @@ def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
     return pd.DataFrame(rows)
 
 
+def ci_summary(table, by, metrics, *, first=()):
+    r"""One row per group of ``by`` (in order of appearance; one row of ``table`` per seed):
+    the keys, ``seeds`` (the group's rows), the first value of each ``first`` column, then per
+    metric its mean over seeds and 95 % CI (``m``, ``m_lo``, ``m_hi``; :func:`mean_ci`) and
+    ``ci_method``."""
+    import pandas as pd
+
+    rows = []
+    for keys, sub in table.groupby(list(by), sort=False):
+        row = dict(zip(by, keys, strict=True), seeds=len(sub), **{c: sub[c].iloc[0] for c in first})
+        for m in metrics:
+            lo, hi, how = mean_ci(sub[m].to_numpy())
+            row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
+        row["ci_method"] = how
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def paired_comparison(values, metric: str, *, reference: str = "elu", group: str = "unit_type"):
     r"""``reference`` against every other unit type on ``metric``, paired by seed.
 
