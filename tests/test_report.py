@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from _demo_small import small_demo
@@ -208,3 +209,24 @@ def test_probe_size_table_gives_the_change_over_the_last_step_and_the_last_doubl
     cells = re.findall(r"<td>([^<]*)</td>", page.split("data-unit='elu'>")[1])
     assert cells[-2] == f"{fmt(100 / 8000 - 100 / 10000)} / {fmt(10 / 8000 - 10 / 10000)}"
     assert cells[-1] == f"{fmt(100 / 5000 - 100 / 10000)} / {fmt(10 / 5000 - 10 / 10000)}"
+
+
+def test_fig2_names_the_held_out_curve_it_draws():
+    """Fig 2's dotted curve is the validation loss where the runs have a validation split and
+    the test loss (so named) where they have none; the report had drawn the test loss and
+    called it validation."""
+    import numpy as np
+
+    from natgrad.analysis.report import figures
+    from natgrad.analysis.summary import read_tables
+
+    root = Path(__file__).resolve().parents[1] / "paper_figures/results"
+    for record, name, column in (("mnist_demo", "validation", "val_loss"),
+                                 ("digits_demo", "test", "test_loss")):  # fmt: skip
+        t = read_tables(root / record)
+        fig = figures(t, ("fig2",))["fig2"][1]
+        assert fig.axes[1].get_title() == f"(b) train (solid), {name} (dotted)"
+        elu = t["curves"][t["curves"]["unit_type"] == "elu"].groupby("epoch")[column].mean()
+        (line,) = [ln for ln in fig.axes[1].get_lines() if ln.get_label().endswith(f") {name}")
+                   and ln.get_label().startswith("ELU") and "+BN" not in ln.get_label()]  # fmt: skip
+        np.testing.assert_allclose(line.get_ydata(), elu.to_numpy(), rtol=1e-12)

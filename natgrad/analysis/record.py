@@ -40,7 +40,7 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
 
     from natgrad._atomic import read_checked, write_bytes, write_table, write_text
     from natgrad.analysis import plots
-    from natgrad.analysis.report import HEADLINE, SPEED, answer, findings, summary_text
+    from natgrad.analysis.report import answer, figures, findings, summary_text
     from natgrad.analysis.stats import mean_ci_name
     from natgrad.analysis.summary import headline_rho, read_tables
     from natgrad.training import git_commit
@@ -53,25 +53,11 @@ def record_study(study_dir: str | os.PathLike, dest: str | os.PathLike, *, title
         if src.is_file():
             write_table(out / f"{name}.csv", read_checked(src))
     write_bytes(out / "context.json", (study / "tables" / "context.json").read_bytes())
-    paragraph, rho = answer(t)
-    figs = {"answer": plots.plot_answer(t["summary"], rho, SPEED),
-            "headline": plots.plot_efficiencies(t["summary"], list(HEADLINE)),
-            "n_eff": plots.plot_n_eff(t["units"])}  # fmt: skip
-    if len(t.get("probe_sizes", [])):
-        figs["probe_sizes"] = plots.plot_probe_sizes(t["probe_sizes"])
-    if len(t.get("sweep_seeds", [])):
-        figs["damping_sweep"] = plots.plot_damping_sweep(t["sweep_seeds"])
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.4))
-    plots.plot_curves(t["curves"], "median_all", ax=a, ylabel="median unit mean activation")
-    plots.plot_curves(t["curves"], "train_loss", ax=b, label_suffix=" train")
-    plots.plot_curves(t["curves"], "test_loss", ax=b, style=":", label_suffix=" test",
-                      ylabel="cross-entropy")  # fmt: skip
-    a.legend(frameon=False, fontsize="x-small")
-    figs["fig2"] = fig
-    for name, f in figs.items():
-        plots.save_figure(f, out / name, formats=("png",), dpi=110)
+    paragraph, _ = answer(t)
+    names = {"sweep": "damping_sweep"}  # the record's file names
+    keys = ("answer", "headline", "n_eff", "probe_sizes", "sweep", "fig2")
+    for key, (_, fig) in figures(t, keys).items():
+        plots.save_figure(fig, out / names.get(key, key), formats=("png",), dpi=110)
     meta = json.loads((study / "demo.json").read_text()) if (study / "demo.json").is_file() else {}
     ctx = t["context"]
     lines = [f"# {title}", "", f"Command: `{ctx.get('command', '?')}`  ",

@@ -413,66 +413,77 @@ def _sizes_html(t: dict) -> str:
             + "</table>")  # fmt: skip
 
 
-def _figures(t: dict) -> dict[str, tuple[str, str]]:
-    """``{section: (caption, png)}``; matplotlib is imported here only."""
+def figures(t: dict, keys=None) -> dict[str, tuple[str, object]]:
+    """``{section: (caption, matplotlib figure, or a list of them)}`` of the report, drawn
+    from its tables ``t`` (those of ``keys``, default all that the tables allow); the one
+    place the report's and a record's figures are drawn. matplotlib is imported here only."""
     import matplotlib
 
     matplotlib.use("Agg")
     from natgrad.analysis import plots
 
-    _png = plots.figure_png_base64
-    figs = {}
-    _, rho = answer(t)
-    figs["answer"] = (
-        f"The two halves of the question per unit type (mean over seeds, {mean_ci_name()} 95 % CI). "
-        f"Left: {mt.label(rho) if rho else 'ρ'} at the last analysed epoch, with each type's "
-        "median n_eff/(d+1); right: the learning speed (mean over epochs of log10 training loss).",
-        _png(plots.plot_answer(t["summary"], rho, SPEED)),
-    )
-    if "probe_sizes" in t and len(t["probe_sizes"]):
-        figs["probe_sizes"] = (
+    def fig2():
+        curves = t["curves"]
+        held = ("val_loss" if "val_loss" in curves and curves["val_loss"].notna().any()
+                else "test_loss")  # fmt: skip
+        name = "validation" if held == "val_loss" else "test"
+        fig, (a, b) = plots._subplots(1, 2, figsize=(9.0, 3.4))
+        plots.plot_curves(curves, "median_all", ax=a, ylabel="median unit mean activation",
+                          title="(a) median over units of the mean activation")  # fmt: skip
+        a.axhline(0.0, color="0.6", lw=0.6)
+        plots.plot_curves(curves, "train_loss", ax=b, label_suffix=" train")
+        plots.plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}",
+                          ylabel="cross-entropy", title=f"(b) train (solid), {name} (dotted)")  # fmt: skip
+        a.legend(frameon=False, fontsize="x-small")
+        b.set_yscale("log")
+        return fig
+
+    rho = answer(t)[1] if keys is None or "answer" in keys else None
+    has = lambda k: k in t and len(t[k])  # noqa: E731
+    makers = {
+        "answer": (
+            f"The two halves of the question per unit type (mean over seeds, {mean_ci_name()} 95 % "
+            f"CI). Left: {mt.label(rho) if rho else 'ρ'} at the last analysed epoch, with each "
+            "type's median n_eff/(d+1); right: the learning speed (mean over epochs of log10 "
+            "training loss).", lambda: plots.plot_answer(t["summary"], rho, SPEED)),
+        "probe_sizes": (
             "Probe-size sweep (nested probes, the swept seeds): the plain estimate of ρ(plain) "
             "rises with the probe (biased low by O((d+1)/n_eff)); the jackknifed one settles.",
-            _png(plots.plot_probe_sizes(t["probe_sizes"])),
-        )
-    figs["headline"] = (
-        "Fisher efficiency ρ of four update directions at the last analysed epoch: per run the "
-        "median over the live units of the layers fed by hidden units, then the mean over seeds "
-        f"with its {mean_ci_name()} 95 % CI. ρ = 1 is the unit natural gradient.",
-        _png(plots.plot_efficiencies(t["summary"], list(HEADLINE))),
-    )
-    if "sweep_seeds" in t and len(t["sweep_seeds"]):
-        figs["sweep"] = (
+            lambda: plots.plot_probe_sizes(t["probe_sizes"])) if has("probe_sizes") else None,
+        "headline": (
+            "Fisher efficiency ρ of four update directions at the last analysed epoch: per run "
+            "the median over the live units of the layers fed by hidden units, then the mean "
+            f"over seeds with its {mean_ci_name()} 95 % CI. ρ = 1 is the unit natural gradient.",
+            lambda: plots.plot_efficiencies(t["summary"], list(HEADLINE))),
+        "sweep": (
             "Efficiency against the relative damping λ of the metric F_λ = F + λ·tr(F)/(d+1)·I "
             "(mean ± sd over seeds of per-run medians, last epoch).",
-            _png(plots.plot_damping_sweep(t["sweep_seeds"])),
-        )
-    figs["n_eff"] = (
-        "Estimability: n_eff/(d+1) of every analysed unit at the last epoch (box: quartiles). "
-        "Below the dotted line (n_eff < 2(d+1)) the δ̄²-weighted moments, s, k and the "
-        "corrected mean are not estimable from the probe.",
-        _png(plots.plot_n_eff(t["units"])),
-    )
-    curves = t["curves"]
-    fig, (a, b) = plots._subplots(1, 2, figsize=(9.0, 3.4))
-    plots.plot_curves(curves, "median_all", ax=a, ylabel="median unit mean activation",
-                      title="(a) median over units of the mean activation")  # fmt: skip
-    a.axhline(0.0, color="0.6", lw=0.6)
-    plots.plot_curves(curves, "train_loss", ax=b, label_suffix=" train")
-    plots.plot_curves(curves, "test_loss", ax=b, style=":", label_suffix=" validation",
-                      ylabel="cross-entropy", title="(b) train (solid), validation (dotted)")  # fmt: skip
-    a.legend(frameon=False, fontsize="x-small")
-    b.set_yscale("log")
-    figs["fig2"] = ("Fig 2 (the paper's): mean ± sd over seeds per epoch; validation = the "
-                    "held-out split.", _png(fig))  # fmt: skip
-    figs["fig1"] = ("Fig 1: the units compared.", _png(plots.plot_units()))
-    units = t["units"]
-    layers = [_png(plots.plot_layer_metric(units, m, ylabel=mt.label(m), log=log, ncols=3))
-              for m, log in (("rho_plain", False), ("rho_centred", False), ("n_eff", True))]  # fmt: skip
-    figs["layers"] = ("Per layer over training (descriptive; units of one net are not "
-                      "replicates): median and 25–75 % band over the live units of all seeds.",
-                      layers)  # fmt: skip
-    return figs
+            lambda: plots.plot_damping_sweep(t["sweep_seeds"])) if has("sweep_seeds") else None,
+        "n_eff": (
+            "Estimability: n_eff/(d+1) of every analysed unit at the last epoch (box: "
+            "quartiles). Below the dotted line (n_eff < 2(d+1)) the δ̄²-weighted moments, s, k "
+            "and the corrected mean are not estimable from the probe.",
+            lambda: plots.plot_n_eff(t["units"])),
+        "fig2": ("Fig 2 (the paper's): mean ± sd over seeds per epoch of the training loss and "
+                 "of the held-out split's (validation where the data have one).", fig2),
+        "fig1": ("Fig 1: the units compared.", plots.plot_units),
+        "layers": (
+            "Per layer over training (descriptive; units of one net are not replicates): "
+            "median and 25–75 % band over the live units of all seeds.",
+            lambda: [plots.plot_layer_metric(t["units"], m, ylabel=mt.label(m), log=log, ncols=3)
+                     for m, log in (("rho_plain", False), ("rho_centred", False),
+                                    ("n_eff", True))]),
+    }  # fmt: skip
+    return {k: (caption, make()) for k, v in makers.items() if v is not None
+            and (keys is None or k in keys) for caption, make in [v]}  # fmt: skip
+
+
+def _figures(t: dict) -> dict[str, tuple[str, object]]:
+    """``{section: (caption, png or list of pngs)}``: :func:`figures` as base64 PNG."""
+    from natgrad.analysis.plots import figure_png_base64 as png
+
+    return {k: (c, [png(f) for f in fig] if isinstance(fig, list) else png(fig))
+            for k, (c, fig) in figures(t).items()}  # fmt: skip
 
 
 #: The first screen's frame colour (a left rule no figure uses): a browser test finds the
