@@ -7,14 +7,16 @@ one batched GEMM per layer. Each run keeps its seed (set up by
 :func:`~natgrad.training.engine.open_run` as a sequential run), its data order, its unit type
 (runs are ordered by unit: one kernel per unit type and layer) and its SGD settings, and
 writes the run directory of a sequential run with its own model, momentum buffers and global
-RNG states (recordings and checkpoints go through a per-run ``PaperNet`` holding its slice):
-either trainer resumes the other's runs. Only ``seconds``, ``train_seconds`` and
-``seconds_per_iteration`` (the grid's wall time divided by R) and ``config.json``'s
+RNG states: after each epoch a per-run ``PaperNet`` receives its slice and is evaluated,
+recorded and checkpointed by the sequential trainer's own functions, so either trainer
+resumes the other's runs. Only ``seconds``, ``train_seconds`` and ``seconds_per_iteration``
+(the grid's wall time divided by R) and ``config.json``'s
 ``trainer: {"name": "grid", "runs": R}`` differ; results equal the sequential trainer's up to
 float round-off (batched and single GEMMs sum in different orders), not bit for bit.
 
-What is batched: :func:`grid_key`, grouped also by the epoch each run resumes from. Any
-other config, and any group of one, is trained by :func:`~natgrad.training.train`.
+What is batched: the training steps of the runs of one :func:`grid_key`, grouped also by
+the epoch each run resumes from. Any other config, and any group of one, is trained by
+:func:`~natgrad.training.train`.
 
 Example:
     >>> from natgrad.training import default_config
@@ -41,10 +43,10 @@ from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, lr_at
 from natgrad.training.engine import Run, TrainResult
 from natgrad.training.loop import train
-from natgrad.training.recording import record_activations, save_activations, summarise
+from natgrad.training.recording import record_activations, save_activations
 from natgrad.training.rundir import RunDir, default_run_dir
 from natgrad.training.stacked import BATCHED_UNITS, StackedNets, unit_order
-from natgrad.units import CATALOGUE, hidden_units
+from natgrad.units import CATALOGUE
 
 __all__ = ["grid_key", "train_grid"]
 
@@ -150,11 +152,10 @@ def _dedupe(t: torch.Tensor, unique: list[torch.Tensor]) -> torch.Tensor:
     return t
 
 
-def _runs_axis(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+def _runs_axis(tensors: list[torch.Tensor]) -> torch.Tensor:
     """``[R, ...]``: a view of one tensor if every run has the same data, else the stack."""
     if all(t is tensors[0] for t in tensors[1:]):
-        t = tensors[0]
-        return None if t is None else t.expand(len(tensors), *t.shape)
+        return tensors[0].expand(len(tensors), *tensors[0].shape)
     return torch.stack(tensors)
 
 
@@ -173,9 +174,7 @@ class _Grid:
         self.n, self.bs = first.data[0].shape[0], first.config.batch_size
         if any(r.data[0].shape[0] != self.n for r in self.runs):
             raise InputError("train_grid: runs of one grid have different training set sizes")
-        if len({r.data[4] is None for r in self.runs}) > 1:
-            raise InputError("train_grid: runs of one grid differ in having a validation split")
-        self.data = [_runs_axis([r.data[k] for r in self.runs]) for k in range(6)]
+        self.data = [_runs_axis([r.data[k] for r in self.runs]) for k in (0, 1)]  # train x, y
         names = dict(first.model.named_parameters())
         decayed = {id(p) for p in first.optimizer.param_groups[0]["params"]}
         self.net = StackedNets(
@@ -189,64 +188,10 @@ class _Grid:
             self.net.load_momentum([{n: r.optimizer.state.get(p, {}).get("momentum_buffer")
                                      for n, p in r.model.named_parameters()}
                                     for r in self.runs])  # fmt: skip
-        self.probes = [r.data[0][r.probe.to(dev)] for r in self.runs]
-        same = len({p.shape for p in self.probes}) == 1
-        self.probe_x = torch.stack(self.probes) if same else None  # [R, n_probe, ...]
-        self.unit_names = [name for name, _ in hidden_units(first.model)]
 
     def _gather(self, which: int, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` ``[R, B]`` of data tensor ``which`` (0 train x, 1 train y) per run."""
         return self.data[which][torch.arange(self.R, device=self.dev).unsqueeze(1), idx]
-
-    @torch.no_grad()
-    def _held_out_metrics(self) -> list[dict]:
-        """Per run: the metrics row's ``val_*`` and ``test_*`` (``held_out_metrics``), batched
-        over runs (``evaluate``'s sums)."""
-        rows = [{} for _ in range(self.R)]
-        ebs = self.runs[0].config.eval_batch_size
-        ce = self.runs[0].config.loss == "cross_entropy"
-        for split, k in (("val", 4), ("test", 2)):
-            tx, ty = self.data[k], self.data[k + 1]
-            if tx is None:
-                for row in rows:
-                    row[f"{split}_loss"] = row[f"{split}_error"] = None
-                continue
-            total = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
-            wrong = torch.zeros(self.R, dtype=torch.long, device=self.dev)
-            for s in range(0, tx.shape[1], ebs):
-                xb, yb = tx[:, s : s + ebs], ty[:, s : s + ebs]
-                out = self.net.forward(xb)
-                total += self.net.losses(out, xb, yb).double() * xb.shape[1]
-                if ce:
-                    wrong += (out.argmax(-1) != yb).sum(1)
-            n = max(tx.shape[1], 1)
-            for row, t, w in zip(rows, total, wrong, strict=True):
-                err = int(w) / n if ce else None
-                row[f"{split}_loss"], row[f"{split}_error"] = float(t) / n, err
-        return rows
-
-    @torch.no_grad()
-    def _records(self) -> list[dict]:
-        r"""Per run, :func:`~natgrad.training.recording.record_activations` of its probe set,
-        from one batched forward: the unit means E_probe(o_u) and the counts of o < 0, o = 0."""
-        if self.probe_x is None:  # probe sets of different sizes: one run at a time
-            for i in range(self.R):
-                self._materialise(i)
-            return [record_activations(r.model, self.probes[i]) for i, r in enumerate(self.runs)]
-        captured: dict[str, torch.Tensor] = {}
-        self.net.forward(self.probe_x, captured)
-        means, counts = {}, {}
-        for name in self.unit_names:
-            h = captured[name]  # [R, n, U]
-            means[name] = (h.to(torch.float64).sum(1) / h.shape[1]).cpu()  # [R, U]
-            neg = (h < 0).flatten(1).sum(1).tolist()
-            zero = (h == 0).flatten(1).sum(1).tolist()
-            counts[name] = [[h[0].numel(), a, b] for a, b in zip(neg, zero, strict=True)]
-        return [
-            summarise({n: means[n][i] for n in self.unit_names},
-                      {n: counts[n][i] for n in self.unit_names})
-            for i in range(self.R)
-        ]  # fmt: skip
 
     def _materialise(self, i: int, lr: float | None = None) -> None:
         """Copy run i's slice into its ``PaperNet`` and its momentum (and ``lr``) into its
@@ -295,9 +240,13 @@ class _Grid:
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
         t_train = time.perf_counter() - t0
-        evals = self._held_out_metrics()
-        due = [epoch % r.config.record_every == 0 or epoch == r.config.epochs for r in self.runs]
-        records = self._records() if any(due) else None
+        evals, records = [], [None] * self.R
+        for i, run in enumerate(self.runs):  # each run's own net, evaluated as train() does
+            self._materialise(i, lrs[i])
+            config, loss_fn = run.config, engine.loss_function(run.config)
+            evals.append(engine.held_out_metrics(run.model, run.held, loss_fn, config))
+            if epoch % config.record_every == 0 or epoch == config.epochs:
+                records[i] = record_activations(run.model, run.data[0][run.probe.to(self.dev)])
         seconds = (time.perf_counter() - t0) / self.R
         jobs = []
         for i, run in enumerate(self.runs):
@@ -308,14 +257,13 @@ class _Grid:
                                             "training loss", row["train_loss"])  # fmt: skip
             engine.check_held_out(run.dir, row, epoch, per_epoch, per_epoch, lrs[i])
             run.history.append(row)
-            jobs.append((run.dir, epoch, records[i] if due[i] else None, row))
+            jobs.append((run.dir, epoch, records[i], row))
         # Each run's files in the sequential order (activations, metrics, checkpoint); the
         # runs' writes in parallel, as their fsyncs then share the file system's commits.
         for future in [pool.submit(_write, *job) for job in jobs]:
             future.result()
-        for i, run in enumerate(self.runs):  # checkpoints read the global RNG: one by one
+        for run in self.runs:  # checkpoints read the global RNG: one by one
             if engine.checkpoint_due(run.config, epoch):
-                self._materialise(i, lrs[i])
                 engine.seed_globals(run.config.seed)
                 engine.save_checkpoint(run, epoch, per_epoch)
         bar.set_postfix(epoch=epoch)

@@ -170,13 +170,10 @@ class StackedNets:
         return stacked[i].T if name in self.transposed else stacked[i]
 
     # --- the batched model --------------------------------------------------------------
-    def forward(
-        self, x: torch.Tensor, capture: dict | None = None, *, training: bool = False
-    ) -> torch.Tensor:
-        """``[R, B, ...]`` inputs → ``[R, B, C]`` outputs of every net; ``capture`` receives
-        the unit outputs ``[R, B, U]`` by layer name. ``training``: batch norm normalises by
-        the batch's statistics and updates the running ones (``nn.BatchNorm1d.train()``),
-        else by the running ones."""
+    def forward(self, x: torch.Tensor, *, training: bool = False) -> torch.Tensor:
+        """``[R, B, ...]`` inputs → ``[R, B, C]`` outputs of every net. ``training``: batch
+        norm normalises by the batch's statistics and updates the running ones
+        (``nn.BatchNorm1d.train()``), else by the running ones."""
         h = x
         for kind, name in self.plan:
             if kind == "bn":
@@ -194,8 +191,6 @@ class StackedNets:
                 else:  # split, not slices: its backward is one cat, not a zero-fill per slice
                     parts = h.split([e - s for s, e, _ in segs])
                     h = torch.cat([m(p) for p, (_, _, m) in zip(parts, segs, strict=True)])
-                if capture is not None:
-                    capture[name] = h
         return h
 
     def _batch_norm(self, name: str, h: torch.Tensor, training: bool) -> torch.Tensor:
