@@ -142,11 +142,14 @@ def _conv_stacks(stacks, dropout, in_shape, unit, alpha, bn, *, stem_stride=1, p
     return out, c, (h, w)
 
 
-def _mlp(sizes, unit, alpha, bn, ln: bool = False) -> list:
-    """``fc1, act1, …`` for consecutive ``sizes``; the last layer has no unit."""
+def _mlp(sizes, unit, alpha, bn, ln: bool = False, dropout: float = 0.0) -> list:
+    """``fc1, act1, …`` for consecutive ``sizes``; the last layer has no unit. ``dropout`` > 0:
+    ``drop<i>`` with that rate after every hidden unit ``act<i>``."""
     mods: list = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes[:-1]), start=1):
         mods += _hidden("fc", i, nn.Linear(a, b), unit, alpha, bn, ln)
+        if dropout > 0:
+            mods.append((f"drop{i}", nn.Dropout(dropout)))
     return mods + [(f"fc{len(sizes) - 1}", nn.Linear(*sizes[-2:]))]
 
 
@@ -155,11 +158,8 @@ def _mnist_fc(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
     sizes = [d] + [kw.get("width", 128)] * kw.get("depth", 8) + [num_classes]
     if kw.get("layer_norm") and bn:
         raise InputError("mnist-fc: batch norm or layer norm, not both")
-    mods = _mlp(sizes, unit, alpha, bn, ln=bool(kw.get("layer_norm")))
     p = float(kw.get("dropout", (0.0,))[0])  # not in the paper; off by default
-    if p > 0:
-        for i in range(len(sizes) - 2, 0, -1):
-            mods.insert([n for n, _ in mods].index(f"act{i}") + 1, (f"drop{i}", nn.Dropout(p)))
+    mods = _mlp(sizes, unit, alpha, bn, ln=bool(kw.get("layer_norm")), dropout=p)
     return OrderedDict([("flatten", nn.Flatten())] + mods)
 
 
@@ -209,10 +209,7 @@ def _imagenet(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
     )
     layers["spp"] = SpatialPyramidPool(levels)
     sizes = [c * sum(lv * lv for lv in levels), 4096, 4096, num_classes]
-    fc = _mlp(sizes, unit, alpha, bn)
-    for i in (2, 1):  # dropout 0.5 after each 4096-unit hidden layer (insert back to front)
-        pos = [n for n, _ in fc].index(f"act{i}") + 1
-        fc.insert(pos, (f"drop{i}", nn.Dropout(0.5)))
+    fc = _mlp(sizes, unit, alpha, bn, dropout=0.5)  # after each 4096-unit hidden layer
     layers["classifier"] = nn.Sequential(OrderedDict(fc))
     return layers
 
