@@ -342,21 +342,18 @@ def apply_overrides(config: TrainConfig, items: list[str] | None) -> TrainConfig
     return dataclasses.replace(config, **changes)
 
 
+def _piecewise(phases, t, before):
+    """The value of the last ``(start, value)`` of ``phases`` with ``start <= t``, else ``before``."""
+    return next((value for start, value in reversed(phases) if t >= start), before)
+
+
 def lr_at(config: TrainConfig, *, iteration: int, epoch: int) -> float:
     """Learning rate at 0-based ``iteration`` (or ``epoch``) under the piecewise schedule."""
     t = iteration if config.schedule_unit == "iteration" else epoch
-    lr = config.lr
-    for start, value in config.lr_schedule:
-        if t >= start:
-            lr = value
-    return lr
+    return _piecewise(config.lr_schedule, t, config.lr)
 
 
 def dropout_mode_at(config: TrainConfig, iteration: int) -> str:
     """Dropout mode at 0-based ``iteration`` under ``config.dropout_phases`` (see
     :func:`natgrad.models.set_dropout_mode`); ``"per_stack"`` before the first phase."""
-    mode = "per_stack"
-    for start, value in config.dropout_phases:
-        if iteration >= start:
-            mode = value
-    return mode
+    return _piecewise(config.dropout_phases, iteration, "per_stack")
