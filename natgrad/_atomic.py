@@ -177,6 +177,11 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def write_jsonl(path: str | os.PathLike, rows) -> Path:
+    """Write ``rows`` as strict JSON lines (one per row) to ``path`` atomically."""
+    return write_text(path, "".join(dumps_json(r) + "\n" for r in rows))
+
+
 def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False) -> list[dict]:
     r"""The rows of a JSON-lines file. A torn last line (no newline, or not JSON: a writer
     killed mid-line) is dropped; a bad line before the last is a :class:`DataFileError`.

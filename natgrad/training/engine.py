@@ -23,14 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from natgrad._atomic import (
-    append_jsonl,
-    dumps_json,
-    read_jsonl,
-    write_json,
-    write_safetensors,
-    write_text,
-)
+from natgrad._atomic import append_jsonl, read_jsonl, write_json, write_jsonl, write_safetensors
 from natgrad.errors import CheckpointError, DivergedError, InputError
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
@@ -245,7 +238,7 @@ def rewrite_jsonl(path: Path, max_epoch: int) -> None:
     keep = [
         r for r in read_jsonl(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= max_epoch
     ]
-    write_text(path, "".join(dumps_json(r) + "\n" for r in keep))
+    write_jsonl(path, keep)
 
 
 def seed_globals(seed: int) -> None:
@@ -338,7 +331,7 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
                                   "--no-resume") from None  # fmt: skip
         history = info["metrics"]
         if lead:  # the records past the checkpoint go; its own history is the metrics' truth
-            write_text(rd.metrics_path, "".join(dumps_json(r) + "\n" for r in history))
+            write_jsonl(rd.metrics_path, history)
             rewrite_jsonl(rd.activation_summary_path, start)
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
