@@ -65,6 +65,7 @@ def cholesky(
     units: torch.Tensor | None = None,
     what: str = "unit Fisher block",
     warn_cond: float = COND_WARN,
+    hint: str = "Pass damping > 0 (it adds λ to the diagonal), or drop these units.",
 ) -> torch.Tensor:
     r"""``[U, n, n]`` float64 lower Cholesky factors L (L Lᵀ = F + λI) of a stack of blocks.
 
@@ -77,6 +78,8 @@ def cholesky(
         warn_cond: warn (:class:`NearlySingularWarning`) when the estimate
             (max_i L_ii / min_i L_ii)², a cheap lower bound of the 2-norm condition number,
             exceeds it; ``math.inf`` disables the warning.
+        hint: what a singular block's message tells the caller to do (a caller that damps
+            the blocks itself names its own damping).
 
     Raises:
         SingularBlockError: some block is not numerically positive definite; the message
@@ -112,8 +115,7 @@ def cholesky(
         ]
         err = SingularBlockError(
             f"{layer_prefix(layer)}{what} is not positive definite (damping {damping:g}) for "
-            f"{failed.numel()} of {m64.shape[0]} units — {_names(failed, units, details)}. "
-            "Pass damping > 0 (it adds λ to the diagonal), or drop these units."
+            f"{failed.numel()} of {m64.shape[0]} units — {_names(failed, units, details)}. " + hint
         )
         err.positions = failed
         err.condition_numbers = cond

@@ -433,6 +433,37 @@ def test_dead_unit_block_uses_the_peers_scale(structure):
     assert_close(u[1], g[1] / (s * (1 + LAMBDA)), what="dead unit")
 
 
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_a_non_finite_block_is_a_divergence_not_a_dead_unit(structure):
+    r"""A unit whose running Fisher went NaN is named as a divergence; it was taken for a dead
+    unit (its trace fails ``> 0``) and stepped with the peers' scale, the NaN kept for good."""
+    from natgrad.errors import DivergedError
+
+    model, x, y = _tiny()
+    opt = UnitNaturalGradient(model, 0.01, structure=structure, kind="exact", refresh_every=100)
+    F.cross_entropy(model(x), y).backward()
+    opt.step(x)
+    state = opt.state[model[0].weight]
+    state["fisher" if "fisher" in state else "fisher_diag"][1] = float("nan")
+    opt._factors = {}  # the next step rebuilds its solves from the running Fisher
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(DivergedError, match="layer '0': the unit Fisher of unit 1 holds NaN"):
+        opt.step(x)
+
+
+def test_a_singular_block_in_the_optimizer_names_its_own_damping():
+    r"""The optimizer's singular-block error names rel_damping and layer_damping (it had
+    said "pass damping > 0 … or drop these units", which the optimizer has no way to do)."""
+    model, x, y = _tiny()
+    x = x[:3]
+    F.cross_entropy(model(x), y[:3]).backward()
+    opt = UnitNaturalGradient(model, 0.1, kind="exact", rel_damping=0.0, layer_damping=0.0)
+    with pytest.raises(SingularBlockError, match="Raise rel_damping or layer_damping") as e:
+        opt.step(x)
+    assert "drop these units" not in str(e.value)
+
+
 # --- the windowed unit natural gradient (Woodbury on the factor rows) ----------------------
 
 

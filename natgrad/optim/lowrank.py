@@ -116,7 +116,7 @@ def lowrank_factor(
         trace = V.square().sum((1, 2))
         kernel = V @ V.transpose(1, 2)
     d1 = rows[0].shape[-1]
-    filled, dead, s = peer_filled_traces(trace, d1)
+    filled, dead, s = peer_filled_traces(trace, d1, layer)
     mu = damping_mu(filled, d1, rel_damping, layer_damping) + torch.where(dead, s, 0.0)
     kernel.div_(mu[:, None, None]).diagonal(dim1=-2, dim2=-1).add_(1.0)  # K_u = I + VVᵀ/μ
     L = linalg.cholesky(kernel, layer=layer, what="Woodbury kernel I + VVᵀ/μ of the windowed "

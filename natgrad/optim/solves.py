@@ -37,7 +37,7 @@ import math
 import torch
 
 from natgrad import damping, linalg
-from natgrad.errors import SingularBlockError
+from natgrad.errors import DivergedError, SingularBlockError
 from natgrad.measures import quasidiagonal_solve
 
 __all__ = [
@@ -65,21 +65,36 @@ def relative_shift(
 
 
 def peer_filled_traces(
-    trace: torch.Tensor, d1: int
+    trace: torch.Tensor, d1: int, layer: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""``(traces with zero blocks filled [U], dead [U] bool, s)``: a unit whose block is zero
-    is taken as s·I, s = the other units' mean tr F/(d+1) (module docstring)."""
-    dead = ~(trace > 0)
+    is taken as s·I, s = the other units' mean tr F/(d+1) (module docstring). A trace that is
+    not finite is a :class:`~natgrad.errors.DivergedError` naming the units (it is no dead
+    unit: taken as one, its NaN would stay in the running Fisher for good)."""
+    bad = ~torch.isfinite(trace)
+    if bad.any():
+        raise DivergedError(
+            f"{linalg.layer_prefix(layer)}the unit Fisher of {linalg._names(bad.nonzero().flatten(), None)} "
+            "holds NaN or Inf: the net's weights or activations are not finite (training "
+            "diverged). Lower the learning rate, or resume from an earlier checkpoint"
+        )  # fmt: skip
+    dead = trace <= 0
     alive = trace[~dead]
-    s = alive.mean() / d1 if alive.numel() else torch.ones((), dtype=trace.dtype)
+    s = (
+        alive.mean() / d1
+        if alive.numel()
+        else torch.ones((), dtype=trace.dtype, device=trace.device)
+    )
     return torch.where(dead, s * d1, trace), dead, s
 
 
-def _damped_diagonal(diag, rel_damping, layer_damping) -> tuple[torch.Tensor, torch.Tensor]:
+def _damped_diagonal(
+    diag, rel_damping, layer_damping, layer=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(diag(F_λ) [U, d+1] float64, dead [U])`` from ``diag`` ``[U, d+1]`` of F, zero
     blocks filled by the peers' scale."""
     d64 = diag.to(torch.float64)
-    _, dead, s = peer_filled_traces(d64.sum(-1), d64.shape[-1])
+    _, dead, s = peer_filled_traces(d64.sum(-1), d64.shape[-1], layer)
     d64 = torch.where(dead[:, None], s, d64)
     return d64 + relative_shift(d64, rel_damping, layer_damping).unsqueeze(-1), dead
 
@@ -120,13 +135,16 @@ def unit_factor(
     """
     m64 = matrix.to(torch.float64, copy=True)  # modified in place below
     diag = torch.diagonal(m64, dim1=-2, dim2=-1)  # a view
-    _, dead, s = peer_filled_traces(diag.sum(-1), diag.shape[-1])
+    _, dead, s = peer_filled_traces(diag.sum(-1), diag.shape[-1], layer)
     if dead.any():
         m64[dead] = 0.0
         diag[dead] = s
     diag.add_(relative_shift(diag, rel_damping, layer_damping).unsqueeze(-1))
     return linalg.cholesky(m64, layer=layer, warn_cond=math.inf,
-                           what=f"unit Fisher block (relative damping {rel_damping:g})")  # fmt: skip
+                           what=f"unit Fisher block (relative damping {rel_damping:g}, layer "
+                                f"damping {layer_damping:g})",
+                           hint="Raise rel_damping or layer_damping: μ = (λ·tr F + "
+                                "λ_layer·mean tr F)/(d+1) is added to each diagonal.")  # fmt: skip
 
 
 def unit_direction(factor: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -171,11 +189,12 @@ def quasidiagonal_metric(
     rel_damping: float,
     *,
     layer_damping: float = 0.0,
+    layer: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""``(diag(A_λ) [U, d], b [U, d], c_λ [U])`` in float64: what Ollivier's quasi-diagonal
     solve (:func:`natgrad.measures.quasidiagonal_solve`) reads of F_λ, from ``diag``
     ``[U, d+1]`` and ``bias_column`` ``[U, d]`` of F (zero blocks filled, see above)."""
-    m, dead = _damped_diagonal(diag, rel_damping, layer_damping)  # [U, d+1]
+    m, dead = _damped_diagonal(diag, rel_damping, layer_damping, layer)  # [U, d+1]
     b64 = torch.where(dead[:, None], 0.0, bias_column.to(torch.float64))
     return m[:, :-1], b64, m[:, -1]
 
@@ -191,7 +210,9 @@ def quasidiagonal_direction(
 ) -> torch.Tensor:
     r"""``[U, d+1]`` Ollivier's quasi-diagonal inverse of F_λ applied to ``g`` ``[U, d+1]``
     (module docstring), by :func:`natgrad.measures.quasidiagonal_solve`; ``g``'s dtype out."""
-    metric = quasidiagonal_metric(diag, bias_column, rel_damping, layer_damping=layer_damping)
+    metric = quasidiagonal_metric(
+        diag, bias_column, rel_damping, layer_damping=layer_damping, layer=layer
+    )
     u, u0 = quasidiagonal_solve(*metric, g[:, :-1], g[:, -1], layer=layer)
     return torch.cat([u, u0.unsqueeze(-1)], dim=-1).to(g.dtype)
 
@@ -200,7 +221,7 @@ def diagonal_coefficients(
     diag: torch.Tensor, rel_damping: float, *, layer_damping: float = 0.0, layer: str | None = None
 ) -> torch.Tensor:
     r"""``[U, d+1]`` 1 / diag(F_λ), float64 (u = g∘coefficients)."""
-    m, _ = _damped_diagonal(diag, rel_damping, layer_damping)
+    m, _ = _damped_diagonal(diag, rel_damping, layer_damping, layer)
     bad = ~(m > 0).all(-1) | ~torch.isfinite(m).all(-1)
     if bad.any():
         raise SingularBlockError(

@@ -447,7 +447,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             return partial(solves.unit_direction, solves.unit_factor(fisher, lam, **kw))  # wide
         if structure == "quasidiagonal":
             metric = solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
-                                                 layer_damping=self.layer_damping)  # fmt: skip
+                                                 layer_damping=self.layer_damping, layer=name)  # fmt: skip
             return quasidiagonal_factor(*metric, layer=name).to(dtype)
         return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(dtype).mul
 
