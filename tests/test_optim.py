@@ -401,6 +401,30 @@ def test_memory_budget_falls_back_to_quasidiagonal_with_a_warning():
     assert set(opt.state[model[0].weight]) >= {"fisher_diag", "fisher_bias"}
 
 
+def test_memory_budget_holds_for_blockdiag_too():
+    r"""``blockdiag`` keeps dense blocks as ``unit`` does, so a layer over the budget takes the
+    O(U·d) structure without weight–bias coupling, ``diagonal`` (blockdiag ignored the budget
+    and kept the dense blocks)."""
+    model, x, y = _tiny()
+    with pytest.warns(NatgradWarning, match="layers 0 .*the diagonal structure"):
+        opt = UnitNaturalGradient(model, 0.1, structure="blockdiag", memory_budget=6 * 5**2 - 1)
+    assert opt.structures == {"0": "diagonal", "2": "blockdiag"}
+    F.cross_entropy(model(x), y).backward()
+    opt.step(x)
+    assert "fisher" not in opt.state[model[0].weight]
+
+
+def test_a_grouped_conv_is_refused_unless_it_is_a_plain_layer():
+    r"""A grouped Conv2d has no unit Fisher in natgrad: the optimizer names it and the way
+    out (it gave the layer plain SGD silently, at the natural gradient's learning rate)."""
+    from natgrad.errors import UnsupportedLayerError
+
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.ELU(), nn.Flatten(), nn.Linear(36, 3))
+    with pytest.raises(UnsupportedLayerError, match="layer '0' is a grouped Conv2d.*plain_layers"):
+        UnitNaturalGradient(net, 0.1)
+    assert UnitNaturalGradient(net, 0.1, plain_layers=["0"]).structures == {"3": "unit"}
+
+
 def test_undamped_constant_input_is_named():
     r"""An always-zero input (an MNIST border pixel) makes the QD minors zero at λ = 0."""
     model, x, y = _tiny()

@@ -26,7 +26,8 @@ formed once per refresh), the diagonal and the bias column for the others, which
 computes without forming dense blocks (:mod:`natgrad.structures`).
 
 Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes), layers without a bias
-and the ``plain_layers`` take the plain SGD step. Model buffers (batch-norm running
+and the ``plain_layers`` take the plain SGD step (a grouped Conv2d is refused unless listed
+there). Model buffers (batch-norm running
 statistics) are restored after the refresh pass, so it does not count as a training forward;
 dropout in train mode draws its masks from torch's global generator as usual.
 
@@ -55,7 +56,13 @@ from torch import nn
 from natgrad import damping
 from natgrad._layers import SUPPORTED
 from natgrad.argtypes import is_finite_number, is_integer
-from natgrad.errors import InputError, LargeStepWarning, NatgradWarning, TrainModeWarning
+from natgrad.errors import (
+    InputError,
+    LargeStepWarning,
+    NatgradWarning,
+    TrainModeWarning,
+    UnsupportedLayerError,
+)
 from natgrad.fisher import unit_fishers
 from natgrad.likelihoods import KINDS, check_likelihood
 from natgrad.measures import quasidiagonal_apply, quasidiagonal_factor
@@ -69,6 +76,10 @@ STRUCTURES = ("unit", "quasidiagonal", "diagonal", "blockdiag")
 
 DENSE_BUDGET = 2**28
 """Default largest dense Fisher state of one layer, in elements (1 GiB in float32)."""
+
+#: The structure a layer over ``memory_budget`` takes instead of a dense one: the O(U·d)
+#: structure with the same weight–bias coupling (quasidiagonal keeps b, diagonal drops it).
+OVER_BUDGET = {"unit": "quasidiagonal", "blockdiag": "diagonal"}
 
 
 def _check_hyper(lr, momentum, weight_decay) -> None:
@@ -107,7 +118,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         mc_samples: labels sampled per input for ``kind="mc"``.
         seed: seed of the optimizer's own generator for the sampled labels (checkpointed).
         memory_budget: largest dense state U·(d+1)² of a layer, in elements; larger layers
-            use ``quasidiagonal`` (with a :class:`~natgrad.errors.NatgradWarning`).
+            take the O(U·d) structure with the same weight–bias coupling
+            (:data:`OVER_BUDGET`: ``unit`` → ``quasidiagonal``, ``blockdiag`` → ``diagonal``),
+            with a :class:`~natgrad.errors.NatgradWarning`.
         window: ``None`` (default): ``unit`` keeps the dense running average above. An
             integer K: ``unit`` keeps the factor rows of the last K refresh batches instead
             and solves F_λ⁻¹g exactly for that windowed Fisher by Woodbury
@@ -195,19 +208,23 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                     "torch.optim.SGD on the centred model, or UnitNaturalGradient on the original"
                 )
             if isinstance(m, nn.Conv2d) and m.groups != 1:
-                continue
+                raise UnsupportedLayerError(
+                    f"layer {name!r} is a grouped Conv2d (groups={m.groups}), whose unit Fisher "
+                    "natgrad does not compute; list it in plain_layers= to give it plain SGD"
+                )
             self.layers[name] = m
             dense = m.weight.shape[0] * (m.weight[0].numel() + 1) ** 2
-            if structure == "unit" and window is None and dense > memory_budget:
+            cheap = OVER_BUDGET.get(structure)
+            if cheap and window is None and dense > memory_budget:
                 too_big.append(f"{name} ({dense:,} elements)")
-                self.structures[name] = "quasidiagonal"
+                self.structures[name] = cheap
             else:
                 self.structures[name] = structure
         if too_big:
             warnings.warn(
                 f"dense unit Fisher blocks of layers {', '.join(too_big)} exceed the memory "
-                f"budget of {memory_budget:,} elements; they use the quasidiagonal structure. "
-                "Raise memory_budget= to keep them dense.",
+                f"budget of {memory_budget:,} elements; they use the {OVER_BUDGET[structure]} "
+                "structure. Raise memory_budget= to keep them dense.",
                 NatgradWarning,
                 stacklevel=2,
             )

@@ -80,7 +80,7 @@ class TrainConfig:
     refresh_every: int = 10  # steps between refreshes of the running unit Fisher
     fisher_ema: float = 0.9  # F <- ema·F + (1 − ema)·F_batch
     fisher_window: int = 0  # unit-ng: 0 the dense running F; K the last K refreshes (Woodbury)
-    ng_memory_budget: int | None = None  # unit-ng: larger dense layers take the QD step
+    ng_memory_budget: int | None = None  # larger dense layers: unit-ng QD, blockdiag-ng diagonal
     plain_first_layer: bool = False  # the first Linear/Conv2d is neither centred nor preconditioned
     plain_lr: float | None = None  # its lr under a natural-gradient optimizer (None: lr)
     lr: float = 0.01
