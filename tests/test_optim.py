@@ -669,3 +669,28 @@ def test_undamped_zero_diagonal_names_its_units():
     with pytest.raises(SingularBlockError, match=r"layer 'fc2'.*for unit 2, unit 3, unit 4 \("):
         diagonal_coefficients(diag, 0.0, layer="fc2")
     assert torch.isfinite(diagonal_coefficients(diag, 1e-3, layer="fc2")).all()
+
+
+def test_centring_keeps_a_layer_held_twice_one_layer():
+    r"""A Linear registered under two parents (weight tying) stays one layer through
+    ``centre`` and ``uncentre``, computing the same function (each parent got its own copy)."""
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 4), nn.ELU())
+            self.shared = self.block[0]
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.shared(self.block(x)))
+
+    torch.manual_seed(0)
+    net, x = Tied(), torch.randn(5, 4)
+    c = centre(net)
+    assert c.block[0] is c.shared and sum(p.numel() for p in c.parameters()) == 30
+    c(x)  # a training-mode forward records the batch mean
+    update_centres(c, rate=1.0)
+    u = uncentre(c)
+    assert u.block[0] is u.shared and type(u.shared) is nn.Linear
+    assert_close(u(x), net(x), what="uncentred tied net")

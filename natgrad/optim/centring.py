@@ -112,13 +112,15 @@ def centre(model: nn.Module, *, inplace: bool = False, skip: Collection[str] = (
     if isinstance(skip, str) or unknown:
         raise InputError(f"centre: skip={skip!r} names no layer of the model "
                          f"({sorted(unknown) or skip!r})")  # fmt: skip
+    made: dict[int, nn.Module | None] = {}  # a layer held by several parents stays one layer
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
             if names.get(id(child)) in skip:
                 continue
-            new = _centred_copy(child)
-            if new is not None:
-                setattr(parent, name, new)
+            if id(child) not in made:
+                made[id(child)] = _centred_copy(child)
+            if made[id(child)] is not None:
+                setattr(parent, name, made[id(child)])
     return out
 
 
@@ -158,9 +160,10 @@ def uncentre(model: nn.Module) -> nn.Module:
     r"""A deep copy with plain Linear/Conv2d layers holding w and w0 = v0 − wᵀm: the same
     function in the original parametrisation (for the analysis tools)."""
     out = copy.deepcopy(model)
+    made: dict[int, nn.Module] = {}  # a layer held by several parents stays one layer
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
-            if is_centred(child):
+            if is_centred(child) and id(child) not in made:
                 plain = nn.Linear if isinstance(child, nn.Linear) else nn.Conv2d
                 new = copy.copy(child)
                 new.__class__ = plain
@@ -169,5 +172,7 @@ def uncentre(model: nn.Module) -> nn.Module:
                 del new._buffers["centre"]
                 new.bias = nn.Parameter(bias)
                 del new.batch_mean
-                setattr(parent, name, new)
+                made[id(child)] = new
+            if id(child) in made:
+                setattr(parent, name, made[id(child)])
     return out
