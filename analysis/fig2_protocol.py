@@ -312,17 +312,14 @@ def neff_adjusted_by_epoch(layers):
 def relation(curves, mech_seeds):
     """Per seed and interval between analysed epochs (e, e'): ELU's ρ(plain) advantage over
     ReLU at e, and how much more ELU's log10 training loss falls than ReLU's from e to e';
-    per interval their means over seeds (``stats.mean_ci``) and the Spearman correlation over seeds."""
+    returns (:func:`relation_table` of them, the per-seed table)."""
     import numpy as np
     import pandas as pd
-    from scipy import stats as st
-
-    from natgrad.analysis.stats import mean_ci
 
     rho = mech_seeds.pivot_table(index=["seed", "epoch"], columns="unit_type", values="rho_plain")
     loss = curves.pivot_table(index=["seed", "epoch"], columns="unit_type", values="train_loss")
     epochs = sorted(mech_seeds["epoch"].unique())
-    rows, per_seed = [], []
+    per_seed = []
     for e0, e1 in zip(epochs[:-1], epochs[1:], strict=True):
         for seed in sorted(mech_seeds["seed"].unique()):
             try:
@@ -334,16 +331,53 @@ def relation(curves, mech_seeds):
             per_seed.append({"from": e0, "to": e1, "seed": seed, "rho_advantage": adv,
                              "extra_log10_fall": fall["elu"] - fall["relu"]})  # fmt: skip
     ps = pd.DataFrame(per_seed)
-    for (e0, e1), sub in ps.groupby(["from", "to"]):
+    return relation_table(ps), ps
+
+
+def relation_table(per_seed):
+    """Per interval (``from``, ``to``) of the per-seed table: the means over seeds of the ρ
+    advantage and of the extra fall with their CIs (``stats.mean_ci``), and Spearman's
+    correlation of the two over seeds with its bootstrap CI and permutation p
+    (``stats.rank_correlation``: ``spearman``, ``spearman_lo``/``_hi``, ``spearman_p``,
+    ``spearman_p_at_floor``)."""
+    import pandas as pd
+
+    from natgrad.analysis.stats import mean_ci, rank_correlation
+
+    rows = []
+    for (e0, e1), sub in per_seed.groupby(["from", "to"]):
         r = {"from": e0, "to": e1, "n": len(sub)}
         for col in ("rho_advantage", "extra_log10_fall"):
             x = sub[col].to_numpy()
-            r[col], (r[f"{col}_lo"], r[f"{col}_hi"], _) = x.mean(), mean_ci(x)
-        if len(sub) >= 3 and sub["rho_advantage"].nunique() > 1:
-            sp = st.spearmanr(sub["rho_advantage"], sub["extra_log10_fall"])
-            r["spearman"], r["spearman_p"] = float(sp.statistic), float(sp.pvalue)
+            r[col], (r[f"{col}_lo"], r[f"{col}_hi"], r["ci_method"]) = x.mean(), mean_ci(x)
+        rc = rank_correlation(sub["rho_advantage"], sub["extra_log10_fall"])
+        r.update(spearman=rc["r"], spearman_lo=rc["lo"], spearman_hi=rc["hi"],
+                 spearman_ci_method=rc["ci_method"], spearman_p=rc["p"],
+                 spearman_p_at_floor=rc["p_at_floor"])  # fmt: skip
         rows.append(r)
-    return pd.DataFrame(rows), ps
+    return pd.DataFrame(rows)
+
+
+def relation_lines(rel) -> list[str]:
+    """The README's table of :func:`relation_table` (CI ends outward)."""
+    import pandas as pd
+
+    from natgrad.analysis.report import p_text
+
+    how = f"{rel['ci_method'].iloc[0]} CI" if len(rel) else "CI"
+    lines = ["Per interval (e → e'): ELU − ReLU in ρ(plain) at e, and how much more ELU's log10 "
+             f"training loss falls than ReLU's from e to e' (mean over seeds, {how}), with the "
+             "Spearman correlation r of the two over seeds (its BCa bootstrap 95 % CI over "
+             "seeds, and the two-sided permutation p; `stats.rank_correlation`).", "",
+             "| interval | ρ advantage at e | extra log10 fall, e → e' | Spearman r [95 % CI] (p) |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    for r in rel.itertuples():
+        sp = (f"{ci_text(r.spearman, r.spearman_lo, r.spearman_hi, digits=2)} "
+              f"({p_text(r.spearman_p, bool(r.spearman_p_at_floor))})"
+              if pd.notna(r.spearman) else "—")  # fmt: skip
+        lines.append(f"| {r._1} → {r.to} | {ci_text(r.rho_advantage, r.rho_advantage_lo, r.rho_advantage_hi, digits=2)} "
+                     f"| {ci_text(r.extra_log10_fall, r.extra_log10_fall_lo, r.extra_log10_fall_hi, digits=2)} | {sp} |")  # fmt: skip
+    return lines
 
 
 #: The pieces the MNIST protocol was trained in: (first epoch, last epoch, commit, note).
@@ -519,20 +553,12 @@ def record_mnist(runs: list[Path], out: Path, meta: dict, *, mechanism_epochs=No
                  if ("rho_plain", u) in row.index and pd.notna(row[("rho_plain", u)]) else "—"
                  for u in UNITS]  # fmt: skip
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
-    lines += ["", "## Does ELU's ρ advantage precede its faster fall in loss?", "",
-              "Per interval (e → e'): ELU − ReLU in ρ(plain) at e, and how much more ELU's "
-              f"log10 training loss falls than ReLU's from e to e' (mean over seeds, {mean_ci_name()} CI), with "
-              "the Spearman correlation of the two over seeds.", "",
-              "| interval | ρ advantage at e | extra log10 fall, e → e' | Spearman r (p) |",
-              "| --- | --- | --- | --- |"]  # fmt: skip
-    for r in rel.itertuples():
-        sp = (
-            f"{r.spearman:+.2f} ({r.spearman_p:.2g})"
-            if hasattr(r, "spearman") and pd.notna(getattr(r, "spearman", None))
-            else "—"
-        )
-        lines.append(f"| {r._1} → {r.to} | {ci_text(r.rho_advantage, r.rho_advantage_lo, r.rho_advantage_hi, digits=2)} "
-                     f"| {ci_text(r.extra_log10_fall, r.extra_log10_fall_lo, r.extra_log10_fall_hi, digits=2)} | {sp} |")  # fmt: skip
+    lines += [
+        "",
+        "## Does ELU's ρ advantage precede its faster fall in loss?",
+        "",
+        *relation_lines(rel),
+    ]
     lines += ["", "![Fig 2](fig2_mean_activation.png)", "", "![mechanism](mechanism.png)", ""]
     text = "\n".join(lines)
     write_text(out / "README.md", text)
@@ -636,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neff-adjusted", action="store_true",
                         help="only the declared check at a common n_eff, from --record's "
                              "mechanism_layers.csv, into its neff_adjusted.csv")  # fmt: skip
+    parser.add_argument("--relation", action="store_true",
+                        help="only the relation table (Spearman r with its CI and permutation "
+                             "p), from --record's relation_seeds.csv, into its relation.csv")  # fmt: skip
     parser.add_argument("--train-probe", type=Path, default=None,
                         help="MNIST: only the declared mechanism at epoch 300 on the training "
                              "inputs, of the runs in --runs, recorded into this folder")  # fmt: skip
@@ -649,6 +678,14 @@ def main(argv: list[str] | None = None) -> int:
             args.record / "neff_adjusted.csv", table.to_csv(index=False, float_format="%.6g")
         )
         print(table.to_string(index=False))
+        return 0
+    if args.relation:
+        from natgrad._atomic import write_table
+        from natgrad.analysis.csvtables import read_csv
+
+        rel = relation_table(read_csv(args.record / "relation_seeds.csv"))
+        write_table(args.record / "relation.csv", rel.to_csv(index=False, float_format="%.6g"))
+        print("\n".join(relation_lines(rel)))
         return 0
     mech_epochs = None
     if args.mechanism_epochs:

@@ -243,3 +243,19 @@ def test_the_mnist_fig2_mechanism_at_a_common_n_eff_rebuilds():
     assert (old["p_holm"] >= old["p"]).all() and set(old["family"]) == {"neff-adjusted"}
     _same(table, old, ["epoch", "metric", "other"], "fig2_protocol_mnist: neff_adjusted.csv",
           rtol=1e-5)  # fmt: skip
+
+
+def test_the_mnist_fig2_relation_rebuilds_with_its_cis_and_permutation_p(monkeypatch):
+    """``relation.csv`` (per interval: the means over seeds with t CIs, Spearman's r with its
+    bootstrap CI and permutation p) rebuilds from the committed per-seed ``relation_seeds.csv``
+    (6 significant digits), and the README's table is the one its writer makes from it."""
+    monkeypatch.syspath_prepend(str(RESULTS.parents[1] / "analysis"))
+    import fig2_protocol
+
+    folder = RESULTS / "fig2_protocol_mnist"
+    again = fig2_protocol.relation_table(read_csv(folder / "relation_seeds.csv"))
+    old = read_csv(folder / "relation.csv")
+    _same(again, old, ["from", "to"], "fig2_protocol_mnist: relation.csv", rtol=1e-5)
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "\n".join(fig2_protocol.relation_lines(old)) in readme
+    assert (old["spearman_lo"] < 0).all() and (old["spearman_hi"] > 0).all()  # as the text says
