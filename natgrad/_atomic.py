@@ -246,6 +246,13 @@ def write_table(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def remove_table(path: str | os.PathLike) -> None:
+    """Delete a table of :func:`write_table` and its sidecar (either may be missing)."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
+
+
 def read_checked(path: str | os.PathLike) -> bytes:
     r"""The bytes of a table written by :func:`write_table`, after checking its SHA-256 and
     row count against the sidecar.

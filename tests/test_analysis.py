@@ -377,6 +377,60 @@ def test_tables_refuse_to_pool_two_arms_of_one_unit_type_and_seed(tmp_path, caps
     assert "optimizer, lr" in err and not (tmp_path / "t").exists()
 
 
+def test_tables_refuse_replicates_that_differ_or_spans_that_differ(tmp_path, capsys):
+    """Seeds are replicates of one arm and the claims come from each run's curves, so
+    ``natgrad tables`` refuses, naming the runs: ELU seeds trained at two rates (they were
+    pooled), and runs of unequal length (their AUCs over other spans were compared, and the
+    shorter runs' unit measures went missing at the longest run's last epoch)."""
+    import dataclasses
+
+    from natgrad.cli import main
+    from natgrad.training import default_config, train
+
+    base = dataclasses.replace(default_config("mnist-fc"), dataset="digits", epochs=1, width=8,
+                               depth=2, train_size=64, probe_size=16, checkpoint_every=1)  # fmt: skip
+    runs = tmp_path / "runs"
+    for unit in ("elu", "relu"):
+        for seed in (0, 1):
+            train(dataclasses.replace(base, unit=unit, seed=seed), runs / f"{unit}-s{seed}",
+                  device="cpu", progress=False)  # fmt: skip
+    other_rate = tmp_path / "other_rate"
+    shutil.copytree(runs, other_rate)
+    train(dataclasses.replace(base, unit="elu", seed=1, lr=0.5), other_rate / "elu-s1",
+          device="cpu", progress=False, resume=False)  # fmt: skip
+    assert main(["tables", str(other_rate), "--out", str(tmp_path / "t1")]) == 2
+    err = capsys.readouterr().err
+    assert "elu-s0" in err and "elu-s1" in err and "differ in lr" in err
+    longer = tmp_path / "longer"
+    shutil.copytree(runs, longer)
+    train(dataclasses.replace(base, unit="elu", seed=0, epochs=2), longer / "elu-s0",
+          device="cpu", progress=False)  # fmt: skip
+    assert main(["tables", str(longer), "--out", str(tmp_path / "t2")]) == 2
+    err = capsys.readouterr().err
+    assert "2 epochs: elu-s0; 1 epochs: elu-s1, relu-s0, relu-s1" in err
+    assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists()
+    # no hidden-fed layer in --layers: every summary would be empty
+    assert main(["tables", str(runs), "--out", str(tmp_path / "t3"), "--layers", "fc1"]) == 2
+    assert "none is fed by hidden units" in capsys.readouterr().err
+
+
+def test_a_cached_unit_table_names_the_run_as_it_is_now_and_evicts_whole(demo_dir, tmp_path):
+    """A run folder renamed after its analysis reads back under its new name (the cache kept
+    the old one, so units.csv and curves.csv named the run apart), and a cache entry replaced
+    under new settings goes with its checksum file (they piled up)."""
+    run = tmp_path / "before"
+    shutil.copytree(find_runs(demo_dir / "runs")[0], run)
+    counts: dict = {}
+    unit_table([run], epochs=[1], probe_size=32, layers=["fc9"], stats=counts)
+    run.rename(tmp_path / "after")
+    again = unit_table([tmp_path / "after"], epochs=[1], probe_size=32, layers=["fc9"],
+                       stats=counts)  # fmt: skip
+    assert counts["cached"] == 1 and set(again["run"]) == {"after"}
+    unit_table([tmp_path / "after"], epochs=[1], probe_size=31, layers=["fc9"])
+    entries = sorted(p.name for p in (tmp_path / "after" / "analysis").glob("units-e0001-*"))
+    assert len(entries) == 2 and entries[1] == entries[0] + ".sha256"
+
+
 def test_curve_table_of_committed_records_without_activations(tmp_path):
     """A study's committed records (config.json and metrics.jsonl only) give the same curves,
     ``median_all`` NaN; reading activations that are not there is an error naming the file."""

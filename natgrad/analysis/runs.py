@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from natgrad._atomic import remove_table
 from natgrad.analysis.csvtables import read_csv, write_csv
 from natgrad.analysis.study import _CURVES, _num
 from natgrad.analysis.unitstats import unit_statistics
@@ -231,6 +232,8 @@ def _analyse(job) -> tuple:
     if all(p.is_file() for p in paths.values()):
         try:  # a cache entry that does not match its checksum is recomputed
             got = {k: read_csv(p) for k, p in paths.items()}
+            head = rd.identity()  # the run's name now (a run folder may have been renamed)
+            got = {k: v.assign(**{c: head[c] for c in head if c in v}) for k, v in got.items()}
             return got["units"], got.get("sweep"), True, got.get("sizes")
         except DataFileError:
             pass
@@ -253,7 +256,7 @@ def _analyse(job) -> tuple:
     stale = rd.analysis_dir.glob(f"*-e{epoch:04d}-*.csv") if rd.analysis_dir.is_dir() else []
     for old in stale:  # cache entries of this epoch (of any kind) under another key
         if old.name.split("-")[0] in kinds and key not in old.name:
-            old.unlink(missing_ok=True)
+            remove_table(old)  # and its checksum
     for k, frame in got.items():
         write_csv(frame, paths[k])
     return got["units"], got.get("sweep"), False, got.get("sizes")

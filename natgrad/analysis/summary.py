@@ -21,7 +21,7 @@ from natgrad.analysis.unitstats import JACKKNIFED, SWEEP
 from natgrad.damping import MEASURE_DAMPING
 
 __all__ = ["COMPARED", "UNIT_METRICS", "read_csv", "read_tables", "resummarise", "save_tables",
-           "write_csv", "one_run_per_replicate", "write_tables"]  # fmt: skip
+           "write_csv", "one_run_per_replicate", "write_tables", "REPLICATE_SETTINGS"]  # fmt: skip
 
 #: Unit-level metrics summarised per seed.
 UNIT_METRICS = [
@@ -140,24 +140,36 @@ def resummarise(tables_dir: str | os.PathLike, *, last: int = 3) -> dict:
 ARM_SETTINGS = ("net", "dataset", "optimizer", "centre", "lr", "batch_size", "loss", "preprocess",
                 "plain_first_layer", "weight_decay", "momentum", "channel_scale", "width", "depth")  # fmt: skip
 
+#: Settings every run of one unit type shares: its seeds are replicates of one arm.
+REPLICATE_SETTINGS = (*ARM_SETTINGS, "alpha", "train_size", "dtype")
+
 
 def one_run_per_replicate(run_dirs) -> None:
-    r"""Refuse runs that would be pooled as replicates of each other: the tables group runs by
-    unit type, and seeds are the replicates, so two runs with the same unit type and seed
-    (e.g. ``natgrad compare``'s ReLU+SGD and ReLU+unit-NG, or one Fig 3 net at two rates) must
-    be tabled apart. The error names both runs and the settings in which they differ."""
+    r"""Refuse runs that the tables would pool or pair wrongly. The tables group runs by unit
+    type, seeds are the replicates and the claims come from each run's curves, so:
+
+    - two runs with the same unit type and seed (e.g. ``natgrad compare``'s ReLU+SGD and
+      ReLU+unit-NG, or one Fig 3 net at two rates) must be tabled apart;
+    - the runs of one unit type must share :data:`REPLICATE_SETTINGS` (a run at another rate
+      is another arm, not a replicate);
+    - every run must have trained the same epochs (a training-loss AUC or a last epoch over
+      other spans compares nothing; a diverged or unfinished run is named as such).
+
+    The errors name the runs and the settings in which they differ."""
     from natgrad.errors import InputError
     from natgrad.training.rundir import RunDir
 
     seen: dict = {}
+    first_of_type: dict = {}
+    trained: dict = {}
     for run in run_dirs:
         rd = RunDir(run)
-        ident = rd.identity()
+        ident, cfg = rd.identity(), rd.read_config()
         key = (ident["unit_type"], ident["seed"])
         if key in seen:
             first = seen[key]
-            a, b = RunDir(first).read_config(), rd.read_config()
-            differ = [k for k in ARM_SETTINGS if a.get(k) != b.get(k)] or ["(none of "
+            a = RunDir(first).read_config()
+            differ = [k for k in ARM_SETTINGS if a.get(k) != cfg.get(k)] or ["(none of "
                       f"{', '.join(ARM_SETTINGS)}: the same run twice?)"]  # fmt: skip
             raise InputError(f"{first} and {run} are both {key[0]} seed {key[1]}, and would be "
                              f"pooled as one replicate; they differ in {', '.join(differ)}. "
@@ -165,6 +177,31 @@ def one_run_per_replicate(run_dirs) -> None:
                              f"{Path(first).parent}/{Path(first).name.rsplit('-s', 1)[0]}-s* "
                              "… (run directories may be named one by one).")  # fmt: skip
         seen[key] = run
+        other, other_cfg = first_of_type.setdefault(ident["unit_type"], (run, cfg))
+        differ = [k for k in REPLICATE_SETTINGS if other_cfg.get(k) != cfg.get(k)]
+        if differ:
+            raise InputError(
+                f"{other} and {run} are both {ident['unit_type']} runs, pooled over seeds as "
+                f"replicates of one arm, but differ in {', '.join(differ)} "
+                f"({', '.join(f'{k}: {other_cfg.get(k)!r} vs {cfg.get(k)!r}' for k in differ)}). "
+                "Table the runs of one setting together."
+            )
+        epochs = [r["epoch"] for r in rd.read_metrics()]
+        trained[run] = max(epochs, default=0)
+        if rd.diverged_path.is_file():
+            trained[run] = f"{trained[run]} (diverged)"
+    if len(set(trained.values())) > 1:
+        spans: dict = {}
+        for run, e in trained.items():
+            spans.setdefault(e, []).append(Path(run).name)
+        listed = "; ".join(f"{e} epochs: {', '.join(names[:4])}{' …' if len(names) > 4 else ''}"
+                           for e, names in spans.items())  # fmt: skip
+        raise InputError(
+            f"the runs trained different spans ({listed}): their claims (training-loss AUC, "
+            "epochs to loss, test error) and units at the last epoch would compare unequal "
+            "spans. Table runs of one length: resume the shorter ones to the same epochs "
+            "(natgrad train … --epochs N), or leave out the diverged or unfinished ones."
+        )
 
 
 def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_size=None,
@@ -179,10 +216,21 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
     the settings. ``grad``, ``jackknife``, ``probe_sizes``, ``size_runs`` and ``probe_split`` are those of
     :func:`~natgrad.analysis.runs.unit_table`; ``endpoints`` the study's declared
     :class:`~natgrad.analysis.endpoints.Endpoint` list. Returns ``{name: path}``."""
-    from natgrad.analysis.runs import activation_table, curve_table, held_out_split, unit_table
+    from natgrad.analysis.runs import (
+        activation_table,
+        curve_table,
+        held_out_split,
+        hidden_layers,
+        unit_table,
+    )
+    from natgrad.errors import InputError
 
     run_dirs = [Path(r) for r in run_dirs]
     one_run_per_replicate(run_dirs)  # before minutes of unit Fishers
+    if layers is not None and run_dirs and not set(layers) & set(fed := hidden_layers(run_dirs[0])):
+        raise InputError(f"layers {list(layers)}: none is fed by hidden units, and the summaries "
+                         "are over those (the first layer's inputs are the data, the same for "
+                         f"every unit type), so every summary would be empty; add one of {fed}")  # fmt: skip
     out = Path(out_dir)
     counts: dict = {}
     res = unit_table(run_dirs, epochs=epochs, probe_size=probe_size, rel_damping=rel_damping,
