@@ -409,6 +409,12 @@ def test_tables_refuse_replicates_that_differ_or_spans_that_differ(tmp_path, cap
     err = capsys.readouterr().err
     assert "2 epochs: elu-s0; 1 epochs: elu-s1, relu-s0, relu-s1" in err
     assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists()
+    other_net = tmp_path / "other_net"
+    shutil.copytree(runs, other_net)
+    train(dataclasses.replace(base, unit="relu", seed=0, width=9), other_net / "relu-s0",
+          device="cpu", progress=False, resume=False)  # fmt: skip
+    assert main(["tables", str(other_net), "--out", str(tmp_path / "t4")]) == 2
+    assert "differ in width (width: 8 vs 9)" in capsys.readouterr().err
     # no hidden-fed layer in --layers: every summary would be empty
     assert main(["tables", str(runs), "--out", str(tmp_path / "t3"), "--layers", "fc1"]) == 2
     assert "none is fed by hidden units" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from natgrad.analysis.unitstats import JACKKNIFED, SWEEP
 from natgrad.damping import MEASURE_DAMPING
 
 __all__ = ["COMPARED", "UNIT_METRICS", "read_csv", "read_tables", "resummarise", "save_tables",
-           "write_csv", "one_run_per_replicate", "write_tables", "REPLICATE_SETTINGS"]  # fmt: skip
+           "write_csv", "one_run_per_replicate", "write_tables", "REPLICATE_SETTINGS", "TABLE_SETTINGS"]  # fmt: skip
 
 #: Unit-level metrics summarised per seed.
 UNIT_METRICS = [
@@ -143,6 +143,9 @@ ARM_SETTINGS = ("net", "dataset", "optimizer", "centre", "lr", "batch_size", "lo
 #: Settings every run of one unit type shares: its seeds are replicates of one arm.
 REPLICATE_SETTINGS = (*ARM_SETTINGS, "alpha", "train_size", "dtype")
 
+#: Settings every run of a table shares, whatever its unit type: the net and data compared.
+TABLE_SETTINGS = ("net", "dataset", "width", "depth", "channel_scale", "train_size", "loss")
+
 
 def one_run_per_replicate(run_dirs) -> None:
     r"""Refuse runs that the tables would pool or pair wrongly. The tables group runs by unit
@@ -150,8 +153,9 @@ def one_run_per_replicate(run_dirs) -> None:
 
     - two runs with the same unit type and seed (e.g. ``natgrad compare``'s ReLU+SGD and
       ReLU+unit-NG, or one Fig 3 net at two rates) must be tabled apart;
-    - the runs of one unit type must share :data:`REPLICATE_SETTINGS` (a run at another rate
-      is another arm, not a replicate);
+    - every run must share :data:`TABLE_SETTINGS` (the net and data compared), and the runs
+      of one unit type :data:`REPLICATE_SETTINGS` (a run at another rate is another arm, not
+      a replicate);
     - every run must have trained the same epochs (a training-loss AUC or a last epoch over
       other spans compares nothing; a diverged or unfinished run is named as such).
 
@@ -177,6 +181,14 @@ def one_run_per_replicate(run_dirs) -> None:
                              f"{Path(first).parent}/{Path(first).name.rsplit('-s', 1)[0]}-s* "
                              "… (run directories may be named one by one).")  # fmt: skip
         seen[key] = run
+        base, base_cfg = first_of_type.setdefault(None, (run, cfg))
+        differ = [k for k in TABLE_SETTINGS if base_cfg.get(k) != cfg.get(k)]
+        if differ:
+            raise InputError(
+                f"{base} and {run} differ in {', '.join(differ)} "
+                f"({', '.join(f'{k}: {base_cfg.get(k)!r} vs {cfg.get(k)!r}' for k in differ)}): "
+                "the tables compare unit types on one net and data set. Table them apart."
+            )
         other, other_cfg = first_of_type.setdefault(ident["unit_type"], (run, cfg))
         differ = [k for k in REPLICATE_SETTINGS if other_cfg.get(k) != cfg.get(k)]
         if differ:
