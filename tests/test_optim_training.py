@@ -78,6 +78,9 @@ def test_optimizer_config_names_and_errors():
         default_config("mnist-fc", optimizer="adam")
     with pytest.raises(InputError, match="centre"):
         default_config("mnist-fc", optimizer="unit-ng", centre=True)
+    with pytest.raises(InputError, match="plain_lr would be ignored"):  # it was, silently
+        default_config("mnist-fc", optimizer="sgd", plain_first_layer=True, plain_lr=0.1)
+    assert default_config("mnist-fc", optimizer="unit-ng", plain_lr=0.1).plain_lr == 0.1
     window = default_config("mnist-fc", dataset="digits", optimizer="unit-ng", fisher_window=2)
     assert run_name(window) == "mnist-fc-elu-unit-ng-w2-digits-s0"
     with pytest.raises(InputError, match="fisher_window"):

@@ -152,6 +152,10 @@ class TrainConfig:
         if self.dropout_phases and self.net not in STACK_DROPOUT:
             raise InputError(f"config dropout_phases: {self.net} has no dropout phases; "
                              f"they exist for {', '.join(STACK_DROPOUT)}")  # fmt: skip
+        if self.plain_lr is not None and self.optimizer == "sgd":
+            raise InputError(f"config plain_lr={self.plain_lr!r}: the plain layers' rate under a "
+                             "natural-gradient optimizer; with optimizer=sgd every layer takes "
+                             "lr, so plain_lr would be ignored (drop it)")  # fmt: skip
         if self.centre and self.optimizer != "sgd":
             raise InputError(f"config centre=true goes with optimizer=sgd (centring is the plain "
                              f"step in centred coordinates), not {self.optimizer!r}")  # fmt: skip
