@@ -102,8 +102,11 @@ def train_ddp(
     dist.broadcast_object_list(found, src=0)  # every rank resumes from rank 0's epoch
     trainer = {"name": "ddp", "world_size": world, "backend": dist.get_backend()}
     r = open_run(config, run, dev, ds, model, optimizer, found[0], trainer, lead=lead)
-    if rank > 0:  # dropout: a stream of its own per rank (rank 0's is the checkpointed one)
-        torch.manual_seed((config.seed * 1_000_003 + r.start) * 1024 + rank)
+
+    def on_epoch(epoch: int) -> None:  # dropout: a stream of its own per rank and epoch
+        if rank > 0:  # (rank 0's is the checkpointed one), so that a resumed run repeats it
+            torch.manual_seed((config.seed * 1_000_003 + epoch) * 1024 + rank)
+
     wrapped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     summed = _summed_loss(config)
 
@@ -115,7 +118,7 @@ def train_ddp(
 
     train_epochs(r, dev, desc=f"{config.net}/{config.unit} x{world}", progress=progress and lead,
                  forward=forward, update=lambda xb, yb: optimizer.step(), ddp=True,
-                 lead=lead)  # fmt: skip
+                 lead=lead, on_epoch=on_epoch)  # fmt: skip
     shared = [r.history]
     dist.broadcast_object_list(shared, src=0)
     return TrainResult(run_dir=run, model=model, metrics=shared[0])

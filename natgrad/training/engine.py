@@ -363,7 +363,7 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
 
 
 def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forward=None,
-                 update=None, ddp: bool = False, lead: bool = True) -> None:  # fmt: skip
+                 update=None, ddp: bool = False, lead: bool = True, on_epoch=None) -> None:  # fmt: skip
     """Train ``run`` from epoch ``run.start + 1`` to ``config.epochs``, appending each epoch's
     metrics row (and activations, checkpoints when due) to its folder and ``run.history``.
 
@@ -373,7 +373,8 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
     is a :class:`DivergedError`, checked per step where that is free and once per epoch on
     the devices of :data:`DEFERRED_LOSS_CHECK`. ``ddp`` (:mod:`natgrad.training.ddp`): no
     divergence checks, the epoch's loss sum is all-reduced and the ranks meet at a barrier
-    after each epoch, which only ``lead`` evaluates and writes.
+    after each epoch, which only ``lead`` evaluates and writes. ``on_epoch(epoch)`` runs
+    before each epoch's first step (DDP's ranks > 0 seed their dropout stream there).
     """
     from tqdm.auto import tqdm
 
@@ -407,6 +408,8 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
     dropout_mode = None
     for epoch in range(run.start + 1, config.epochs + 1):
         t0 = time.perf_counter()
+        if on_epoch is not None:
+            on_epoch(epoch)
         perm = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0)).to(dev)
         aug = epoch_generator(config.seed, epoch, 1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
