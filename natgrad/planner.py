@@ -12,8 +12,9 @@ safetensors shard in ``folder``::
                                                 bias_column), units [U_c], mean_p [d]
 
 Files are written atomically, the index last, so a folder with an ``index.json`` is
-complete. The result, a :class:`ShardedUnitFisher`, loads one shard at a time
-(``docs/scale.md``, "The planner").
+complete; rewriting a folder (new settings, or after an interrupted run) removes the shards
+the new index does not list once that index is in place. The result, a
+:class:`ShardedUnitFisher`, loads one shard at a time (``docs/scale.md``, "The planner").
 
 ``inputs`` must be iterable more than once (a tensor, a list of batches, a DataLoader) when
 there is more than one chunk. For ``kind="mc"`` the generator's state is restored before
@@ -32,16 +33,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from natgrad import memory, theorems
+from natgrad import likelihoods, memory, theorems
 from natgrad._atomic import atomic_open, dumps_json, is_temporary, write_bytes
 from natgrad._layers import check_units
 from natgrad.argtypes import is_integer
@@ -77,7 +81,7 @@ def sharded_unit_fisher(
             f"of {step} that fit max_memory={budget} bytes), but inputs is a one-shot iterator; "
             "pass a tensor, a list of batches or a DataLoader"
         )
-    folder = _claim_folder(out_dir, name)
+    folder, stale = _claim_folder(out_dir, name)
     if (folder / INDEX).exists():
         (folder / INDEX).unlink()  # the folder is rewritten: no stale index over new shards
     state = generator.get_state() if generator is not None else None
@@ -88,14 +92,14 @@ def sharded_unit_fisher(
         F = compute(
             model, {name: (module, chunk)}, inputs, targets, replace(options, max_memory=budget)
         )[name]
-        file = f"{_slug(name)}.units_{int(chunk[0]):06d}-{int(chunk[-1]):06d}.safetensors"
+        file = _shard_name(name, int(chunk[0]), int(chunk[-1]))
         blocks = ("matrix",) if structure == "dense" else ("diagonal", "bias_column")
         tensors = {"units": chunk.clone()}
         for key in ("mean_p", "c_sum", "c_sq_sum", *blocks):  # c_sum, c_sq_sum: for n_eff
             if getattr(F, key) is not None:
                 tensors[key] = getattr(F, key).contiguous()
         with atomic_open(folder / file) as fh:  # straight to the temporary: no in-memory copy
-            save_file(tensors, fh.name)
+            save_file(tensors, fh.name, metadata={"format": FORMAT, "layer": name})
         shards.append({"file": file, "units": chunk.tolist()})
         meta = {"n": F.n, "kind": F.kind, "likelihood": F.likelihood, "mc_samples": F.mc_samples}
         del F, tensors
@@ -111,10 +115,40 @@ def sharded_unit_fisher(
         "shards": shards,
     }
     write_bytes(folder / INDEX, dumps_json(index, indent=1).encode())
+    for file in sorted(stale - {s["file"] for s in shards}):  # only once the new index is in
+        with contextlib.suppress(FileNotFoundError):
+            (folder / file).unlink()
     return ShardedUnitFisher.load(folder)
 
 
-_SHARD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\.units_\d{6}-\d{6}\.safetensors$")
+# Unit ranges are zero-padded to six digits and grow past them (a layer of >= 10**6 units).
+_RANGE = r"\.units_\d{6,}-\d{6,}\.safetensors"
+_SHARD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*" + _RANGE + "$")
+# What a shard of the planner holds (tensor names), for shards written before the metadata.
+_SHARD_KEYS = {"units", "mean_p", "c_sum", "c_sq_sum", "matrix", "diagonal", "bias_column"}
+
+
+def _shard_name(layer: str, first: int, last: int) -> str:
+    return f"{_slug(layer)}.units_{first:06d}-{last:06d}.safetensors"
+
+
+def _own_leftover(path: Path, layer: str) -> bool:
+    """Whether ``path`` is a shard natgrad's planner wrote for ``layer`` that no index lists
+    (a run killed before its index, or one replaced before the clean-up): named by the
+    planner's pattern for this layer, a plain file, and a safetensors file whose metadata
+    names the planner's format and this layer (or, unmarked, holding only a shard's tensors)."""
+    if not re.fullmatch(re.escape(_slug(layer)) + _RANGE, path.name):
+        return False
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta, keys = fh.metadata(), set(fh.keys())
+    except Exception:  # not a safetensors file (safetensors raises its own error types)
+        return False
+    if meta is not None:
+        return meta.get("format") == FORMAT and meta.get("layer") == layer
+    return {"units", "mean_p"} <= keys <= _SHARD_KEYS
 
 
 def _slug(name: str) -> str:
@@ -123,10 +157,13 @@ def _slug(name: str) -> str:
     return slug or "layer"
 
 
-def _claim_folder(out_dir, layer: str) -> Path:
+def _claim_folder(out_dir, layer: str) -> tuple[Path, set[str]]:
     """``out_dir`` made ready for shards: not empty as a name, not a file or a symlink, and
     either new, empty, or a shard folder natgrad wrote (its ``index.json`` and the shards
-    that index lists, plus stale temporaries); anything else is refused, never overwritten."""
+    that index lists, this layer's shards left by an interrupted run (:func:`_own_leftover`),
+    plus stale temporaries); anything else is refused, never overwritten. Returns the folder
+    and natgrad's shard files in it, for the caller to remove once its new index is written
+    (those the new index does not list)."""
     if out_dir is None or str(out_dir).strip() == "":
         raise InputError(f"layer {layer!r}: out_dir={out_dir!r}; give a folder for the shards")
     folder = Path(out_dir)
@@ -137,14 +174,16 @@ def _claim_folder(out_dir, layer: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     names = {p.name for p in folder.iterdir()}
     if not names:
-        return folder
-    own: set[str] = set()
+        return folder, set()
+    listed: set[str] = set()
     if INDEX in names:
         try:
-            own = {INDEX, *(s["file"] for s in _validated(folder / INDEX)["shards"])}
+            listed = {s["file"] for s in _validated(folder / INDEX)["shards"]}
         except CheckpointError as exc:
             raise RunDirError(f"{folder}: holds an {INDEX} that natgrad did not write ({exc}); "
                               "pick an empty or new out_dir") from None  # fmt: skip
+    leftovers = {n for n in names - listed - {INDEX} if _own_leftover(folder / n, layer)}
+    own = {INDEX} | listed | leftovers
     foreign = sorted(n for n in names - own if not is_temporary(n))
     if foreign:
         raise RunDirError(f"{folder}: holds files natgrad's shard planner did not write "
@@ -152,12 +191,14 @@ def _claim_folder(out_dir, layer: str) -> Path:
                           "pick an empty or new out_dir")  # fmt: skip
     for link in (folder / n for n in own if (folder / n).is_symlink()):
         raise RunDirError(f"{link}: is a symlink; natgrad does not write through links")
-    return folder
+    return folder, listed | leftovers
 
 
 def _validated(path: Path) -> dict:
-    """The shard index at ``path``, checked in full: format, positive sizes, and shard files
-    named as plain file names inside the folder (never a path elsewhere)."""
+    """The shard index at ``path``, checked in full: format, every field the loader reads
+    (layer, structure, kind, likelihood, dtype, mc_samples, positive sizes), shard files named
+    as plain file names inside the folder (never a path elsewhere) and each unit in one shard
+    only (the shards' own units are checked against the index as each is read)."""
     try:
         index = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as e:
@@ -177,16 +218,42 @@ def _validated(path: Path) -> dict:
                 and _SHARD.match(s["file"]) is not None and isinstance(s.get("units"), list)
                 and len(s["units"]) > 0 and all(is_int(u, 0) for u in s["units"]))  # fmt: skip
 
-    bad = [k for k in ("n", "fan_in") if not is_int(index.get(k), 1)]
+    def dtype_ok(v) -> bool:  # a floating torch dtype's name: "float32", "bfloat16", ...
+        dtype = getattr(torch, v, None) if isinstance(v, str) else None
+        return isinstance(dtype, torch.dtype) and dtype.is_floating_point
+
+    def mc_ok(v) -> bool:  # the samples per input of kind="mc", None for the other kinds
+        return is_int(v, 1) if index.get("kind") == "mc" else v is None or is_int(v, 1)
+
+    checks = {
+        "layer": lambda v: isinstance(v, str),
+        "structure": lambda v: v in memory.STRUCTURES,
+        "kind": lambda v: v in likelihoods.KINDS,
+        "likelihood": lambda v: v in likelihoods.LIKELIHOODS,
+        "dtype": dtype_ok,
+        "mc_samples": mc_ok,
+        "n": lambda v: is_int(v, 1),
+        "fan_in": lambda v: is_int(v, 1),
+    }
+    missing = [k for k in checks if k not in index]
+    bad = [f"{k}={index[k]!r}"[:60] for k, ok in checks.items() if k in index and not ok(index[k])]
     shards = index.get("shards")
     if not isinstance(shards, list) or not shards:
         bad.append("shards")
     else:
         bad += [f"shard {str(s)[:60]}" for s in shards if not shard_ok(s)][:1]
-    if bad:
-        raise CheckpointError(f"{path}: invalid shard index ({', '.join(bad)}): shard files must "
-                              "be plain names in the folder and sizes positive integers; "
-                              "recompute with unit_fisher(out_dir=...)")  # fmt: skip
+    if not bad:
+        counts = Counter(u for s in shards for u in s["units"])
+        twice = sorted(u for u, k in counts.items() if k > 1)
+        if twice:
+            bad.append(f"units {twice[:5]} listed in more than one shard")
+    if missing or bad:
+        what = ([f"missing {', '.join(missing)}"] if missing else []) + bad
+        raise CheckpointError(
+            f"{path}: invalid shard index ({'; '.join(what)}): the planner writes every field, "
+            "shard files as plain names in the folder, positive sizes and each unit once; the "
+            "folder was altered or not written by natgrad: recompute with unit_fisher(out_dir=...)"
+        )
     return index
 
 
@@ -240,6 +307,7 @@ class ShardedUnitFisher:
             t = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: unreadable shard ({e}); recompute the folder") from None
+        self._check_shard(path, info, t)
         kw = {k: getattr(self, k) for k in ("n", "kind", "likelihood", "layer", "mc_samples")}
         kw |= {k: t[k] for k in ("mean_p", "units")} | {k: t.get(k) for k in ("c_sum", "c_sq_sum")}
         if self.structure == "dense":
@@ -252,6 +320,32 @@ class ShardedUnitFisher:
             structure=self.structure,
             **kw,
         )
+
+    def _check_shard(self, path: Path, info: dict, t: dict) -> None:
+        """The shard file agrees with its index entry: the same units in the same order (the
+        gradients' rows are paired with the blocks by them) and the index's fan_in."""
+        blocks = ("matrix",) if self.structure == "dense" else ("diagonal",)
+        missing = [k for k in ("units", "mean_p", *blocks) if k not in t]
+        if missing:
+            raise CheckpointError(
+                f"{path}: no {', '.join(missing)} in this {self.structure} shard; the folder "
+                "was altered: recompute it with unit_fisher(out_dir=...)"
+            )
+        units = t["units"]
+        if units.ndim != 1 or units.tolist() != info["units"]:
+            raise CheckpointError(
+                f"{path}: the shard holds units {units.tolist()[:8]}, its index entry "
+                f"({INDEX}) lists {info['units'][:8]}; the index or the shard was altered and "
+                "the gradients' rows would be paired with other units' blocks: recompute the "
+                "folder with unit_fisher(out_dir=...)"
+            )
+        d = t["mean_p"].shape[-1] if t["mean_p"].ndim else None
+        if d != self.fan_in:
+            raise CheckpointError(
+                f"{path}: the shard's blocks have fan_in {d}, its index ({INDEX}) says "
+                f"{self.fan_in}; the index or the shard was altered: recompute the folder "
+                "with unit_fisher(out_dir=...)"
+            )
 
     def __iter__(self) -> Iterator:
         return (self.shard(i) for i in range(len(self.shards)))

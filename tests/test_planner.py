@@ -200,3 +200,139 @@ def test_every_result_type_is_a_unit_fisher_like(tmp_path):
     assert_close(rows.n_eff, dense.n_eff, what="n_eff")
     assert repr(rows).startswith("WoodburyUnitFisher(layer='0', kind='empirical'")
     assert "structure='quasidiagonal'" in repr(quasi)
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_rewriting_a_folder_with_other_settings_removes_the_old_shards(tmp_path):
+    """A folder rewritten with other settings (other chunks) holds the new index and only its
+    shards once written: the old index's shards are natgrad's and go, so a third call (the same
+    settings, or another layer into the same folder) is not refused as 'foreign files'."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    x = torch.randn(6, 3)
+    dense = unit_fisher(model, "0", x)
+    two = unit_fisher(model, "0", x, out_dir=tmp_path, max_memory=_budget_for(2, 3))
+    assert len(two) == 2
+    one = unit_fisher(model, "0", x, out_dir=tmp_path, max_memory=10**6)
+    assert len(one) == 1
+    assert _files(tmp_path) == sorted(["index.json", one.shards[0]["file"]])
+    again = unit_fisher(model, "0", x, out_dir=tmp_path, max_memory=10**6)
+    assert_close(again.matrix, dense.matrix)
+    other = unit_fisher(model, "2", x, out_dir=tmp_path)  # another layer into the same folder
+    assert _files(tmp_path) == sorted(["index.json", other.shards[0]["file"]])
+    assert_close(unit_fisher(model, "2", x, out_dir=tmp_path).matrix, other.matrix)
+
+
+def test_an_interrupted_run_is_rerun_with_the_same_or_other_arguments(tmp_path, monkeypatch):
+    """A run killed after its first shard leaves that shard and no index; the shard is the
+    planner's own (its pattern for this layer, its metadata), so a rerun overwrites it, and one
+    with other chunks removes it once the new index is written. A file of the same name that
+    the planner did not write (test above) and another layer's leftovers stay refused."""
+    import natgrad.planner as planner
+    from natgrad.errors import RunDirError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    x = torch.randn(6, 3)
+    dense = unit_fisher(model, "0", x)
+    compute, calls = planner.compute, []
+
+    def killed_on_second_pass(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return compute(*args, **kwargs)
+
+    def interrupted(folder):
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(planner, "compute", killed_on_second_pass)
+            with pytest.raises(KeyboardInterrupt):
+                unit_fisher(model, "0", x, out_dir=folder, max_memory=_budget_for(2, 3))
+        assert _files(folder) == ["0.units_000000-000001.safetensors"]
+
+    interrupted(tmp_path / "same")
+    S = unit_fisher(model, "0", x, out_dir=tmp_path / "same", max_memory=_budget_for(2, 3))
+    assert len(S) == 2 and _files(tmp_path / "same") == sorted(
+        ["index.json", *(s["file"] for s in S.shards)]
+    )
+    assert_close(S.matrix, dense.matrix)
+    interrupted(tmp_path / "other")
+    S = unit_fisher(model, "0", x, out_dir=tmp_path / "other", max_memory=10**6)
+    assert _files(tmp_path / "other") == ["0.units_000000-000003.safetensors", "index.json"]
+    assert_close(S.matrix, dense.matrix)
+    interrupted(tmp_path / "layer")
+    with pytest.raises(RunDirError, match="did not write"):  # layer "2" does not own it
+        unit_fisher(model, "2", x, out_dir=tmp_path / "layer")
+
+
+def test_a_layer_of_a_million_units_names_shards_the_loader_reads(tmp_path):
+    """Unit ranges past six digits (a layer of >= 10**6 units) are valid shard names."""
+    U = 1_000_010
+    model = torch.nn.Sequential(torch.nn.Linear(1, U), torch.nn.Tanh(), torch.nn.Linear(U, 1))
+    x, units = torch.randn(2, 1), [999_998, 999_999, 1_000_000, 1_000_009]
+    kw = dict(likelihood="gaussian", structure="diagonal", units=units)
+    want = unit_fisher(model, "0", x, **kw)
+    per = 2 * model[0].weight.element_size()  # one unit's diagonal at fan_in 1: [w, bias]
+    S = unit_fisher(model, "0", x, out_dir=tmp_path, max_memory=_budget_for(2, 1, per), **kw)
+    assert [s["file"] for s in S.shards] == [
+        "0.units_999998-999999.safetensors",
+        "0.units_1000000-1000009.safetensors",
+    ]
+    again = ShardedUnitFisher.load(tmp_path)
+    assert again.units.tolist() == units
+    assert_close(torch.cat([F.diagonal for F in again]), want.diagonal)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [*({k: None} for k in ("layer", "structure", "kind", "likelihood", "dtype", "mc_samples")),
+     {"dtype": "nonsense"}, {"dtype": "int64"}, {"structure": "bogus"}, {"kind": "given"}, {"mc_samples": 0},
+     {"layer": 3}, {"likelihood": "poisson"}],
+    ids=lambda c: next(f"{k}={v}" if v is not None else f"no-{k}" for k, v in c.items()),
+)  # fmt: skip
+def test_an_index_missing_or_garbling_a_field_is_refused_by_name(tmp_path, change):
+    """Every field the loader reads is checked: a CheckpointError naming the index, the field
+    and the way out (recompute), never a bare KeyError or AttributeError."""
+    _sharded(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    (key, value), = change.items()  # fmt: skip
+    if value is None:
+        del index[key]
+    else:
+        index[key] = value
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=rf"index\.json: invalid.*{key}.*recompute"):
+        ShardedUnitFisher.load(tmp_path)
+
+
+def test_an_index_disagreeing_with_its_shards_is_refused(tmp_path):
+    """Units listed twice, or an index entry whose units (or fan_in) differ from what the shard
+    file holds, would pair gradient rows with other units' blocks: refused by name."""
+    S = _sharded(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    first, second = index["shards"]
+
+    def load(**changes):
+        (tmp_path / "index.json").write_text(json.dumps(index | changes))
+        return ShardedUnitFisher.load(tmp_path)
+
+    with pytest.raises(CheckpointError, match="more than one shard"):
+        load(shards=[first, first])
+    with pytest.raises(CheckpointError, match=r"more than one shard"):
+        load(shards=[first, dict(second, units=[1, 2])])
+    swapped = load(shards=[dict(first, units=second["units"]), dict(second, units=first["units"])])
+    g, g0 = torch.randn(4, 3), torch.randn(4)
+    with pytest.raises(
+        CheckpointError, match=r"units_000000-000001.*holds units \[0, 1\].*\[2, 3\]"
+    ):
+        swapped.natural_gradient(g, g0, 0.1)
+    wrong = load(shards=[dict(first, units=[7, 8]), second])
+    with pytest.raises(CheckpointError, match="holds units"):
+        list(wrong)
+    with pytest.raises(CheckpointError, match="fan_in 3.*says 99"):
+        _ = load(fan_in=99).matrix
+    assert_close(load().matrix, S.matrix)
