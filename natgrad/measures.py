@@ -74,6 +74,31 @@ def relative_damped(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:
     return m64 + mu[:, None, None] * eye
 
 
+def _dead(matrix: torch.Tensor) -> torch.Tensor:
+    r"""``[U]`` bool: the dead units, whose bias entry c = E_p(δ̄²) is 0 (a zero block for a
+    ``Linear`` unit): no metric, so every measure of theirs is NaN (:func:`measures`)."""
+    return ~(matrix[:, -1, -1] > 0)
+
+
+def _live_only(fn, dead: torch.Tensor, like: tuple, per_unit: tuple, mean_p=None, **context):
+    r"""``fn`` on the live units only, its outputs (shaped as ``like``) NaN at the dead ones:
+    a dead unit's block is never solved with, as in :func:`measures`. ``per_unit`` tensors are
+    sliced to the live units, so is ``mean_p`` when it is ``[U, d]``, and ``units=`` of the
+    context (errors name the units of the layer)."""
+    live = (~dead).nonzero().flatten()
+    outs = [torch.full_like(t, math.nan) for t in like]
+    if live.numel():
+        units = context.get("units")
+        context = {**context, "units": None if units is None else units[live]}
+        args = [t[live] for t in per_unit]
+        if mean_p is not None:
+            args.insert(1, mean_p[live] if mean_p.ndim == 2 else mean_p)
+        got = fn(*args, **context)
+        for o, x in zip(outs, got if isinstance(got, tuple) else (got,), strict=True):
+            o[live] = x.to(o.dtype)
+    return tuple(outs) if len(outs) > 1 else outs[0]
+
+
 def _singular(what: str, bad: torch.Tensor, context) -> SingularBlockError:
     pos = bad.nonzero().flatten()
     err = SingularBlockError(
@@ -234,7 +259,8 @@ def direction(
     diag(F_λ)⁻¹g; ``quasidiagonal`` (:func:`quasidiagonal_solve`); ``arrowhead``
     (:func:`arrowhead_solve`); ``blockdiag`` (A_λ⁻¹g_w, g0/c_λ), the coupling b set to 0;
     ``natural`` F_λ⁻¹g (Theorem 1). Only ``blockdiag`` and ``natural`` factorise (A_λ and
-    F_λ by Cholesky); the others are O(d).
+    F_λ by Cholesky); the others are O(d). The kinds that need the metric are NaN for a dead
+    unit (c = 0: no metric, as in :func:`measures`); the other units are unaffected.
 
     Example:
         >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
@@ -248,6 +274,18 @@ def direction(
         return g.to(out), g0.to(out)
     if kind == "centred":
         u, u0 = centred_direction(m, g, g0)
+        return u.to(out), u0.to(out)
+    dead = _dead(M)
+    if dead.any():
+        damping.check(rel_damping)  # as the live path does, also where every unit is dead
+        u, u0 = _live_only(
+            lambda *a, **c: direction(*a, kind, rel_damping, **c),
+            dead,
+            (g, g0),
+            (M, g, g0),
+            mean_p=m,
+            **context,
+        )
         return u.to(out), u0.to(out)
     F = relative_damped(M, rel_damping)
     diag, b, c = torch.diagonal(F, dim1=-2, dim2=-1), F[:, :-1, -1], F[:, -1, -1]
@@ -284,7 +322,7 @@ def efficiency(
     r"""``[U]`` Fisher efficiency ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) of the update
     (``u`` ``[U, d]``, ``u0`` ``[U]``) for the gradient (``g``, ``g0``): the cosine between u
     and the natural gradient F_λ⁻¹g in the metric F_λ. NaN where g = 0 or u = 0 (no
-    direction to compare).
+    direction to compare) and for a dead unit (c = 0: no metric, as in :func:`measures`).
 
     Example:
         >>> F = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]])
@@ -293,6 +331,16 @@ def efficiency(
         tensor([0.7071])
     """
     out, (M, g, g0, u, u0) = _f64(matrix, g, g0, u, u0)
+    dead = _dead(M)
+    if dead.any():
+        damping.check(rel_damping)  # as the live path does, also where every unit is dead
+        return _live_only(
+            lambda *a, **c: efficiency(*a, rel_damping, **c),
+            dead,
+            (g0,),
+            (M, g, g0, u, u0),
+            **context,
+        ).to(out)
     F = relative_damped(M, rel_damping)
     G = torch.cat([g, g0.unsqueeze(-1)], -1)
     V = torch.cat([u, u0.unsqueeze(-1)], -1)
@@ -314,7 +362,8 @@ def bias_shift_error(
 ) -> torch.Tensor:
     r"""``[U]`` relative bias-shift error |shift(u) − shift_natural| / |shift_natural| of the
     update (``u``, ``u0``), shift(u) = E_p(a)ᵀu + u_0, shift_natural that of F_λ⁻¹g
-    (inf where shift_natural = 0 ≠ shift(u), NaN where both are 0).
+    (inf where shift_natural = 0 ≠ shift(u), NaN where both are 0, and for a dead unit:
+    c = 0, no metric, as in :func:`measures`).
 
     Example:
         >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
@@ -323,6 +372,17 @@ def bias_shift_error(
         tensor([inf])
     """
     out, (M, m, g, g0, u, u0) = _f64(matrix, mean_p, g, g0, u, u0)
+    dead = _dead(M)
+    if dead.any():
+        damping.check(rel_damping)  # as the live path does, also where every unit is dead
+        return _live_only(
+            lambda *a, **c: bias_shift_error(*a, rel_damping, **c),
+            dead,
+            (g0,),
+            (M, g, g0, u, u0),
+            mean_p=m,
+            **context,
+        ).to(out)
     nat, nat0 = direction(M, m, g, g0, "natural", rel_damping, **context)
     natural = _dot(m, nat) + nat0
     return (((_dot(m, u) + u0) - natural).abs() / natural.abs()).to(out)
@@ -363,7 +423,7 @@ def measures(
     U, n = M.shape[0], M.shape[-1]
     d = n - 1
     mu = damping_of(M, rel_damping)
-    dead = ~(M[:, -1, -1] > 0)
+    dead = _dead(M)
     nan = torch.full((U,), math.nan, dtype=torch.float64, device=M.device)
     keys = [f"rho_{k}" for k in DIRECTIONS] + [f"shift_{k}" for k in DIRECTIONS]
     keys += [f"shift_error_{k}" for k in DIRECTIONS if k != "natural"]

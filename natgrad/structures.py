@@ -228,7 +228,7 @@ class StructuredUnitFisher(SolvedUnitFisher):
         lam = self._damping_of(damping) if rel else _damping.check(damping, "damping")
         reported = lam
         if rel and float(damping) > 0:  # undamped, a dead unit stays singular (an error)
-            lam = _damping.solvable(lam)
+            lam = _damping.solvable(lam)  # the solves' stand-in: NaN in what is returned
         D = self.diag_A.double() + (lam.unsqueeze(-1) if rel else lam)
         c = self.c.double() + lam
         b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()

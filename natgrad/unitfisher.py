@@ -339,18 +339,34 @@ class SolvedUnitFisher(UnitFisherBase):
                     out[kind][1].append(u[1])
         return {k: (torch.cat(a), torch.cat(b)) for k, (a, b) in out.items()}, parts
 
+    @staticmethod
+    def _dead(parts, rel_damping: float) -> torch.Tensor:
+        r"""``[U]`` bool: the dead units (a zero block, so μ = λ·tr F/(d+1) = 0 at λ > 0). The
+        solves take them with :func:`natgrad.damping.solvable`'s stand-in μ so that their
+        chunk solves; every measure of theirs is NaN, as :func:`natgrad.measures.measures`
+        gives for dense blocks (undamped, a dead unit is a SingularBlockError already)."""
+        mu = torch.cat([p[-1] for p in parts])
+        if float(rel_damping) > 0:
+            return ~(mu > 0)
+        return torch.zeros(mu.shape[0], dtype=torch.bool, device=mu.device)
+
     def direction(self, grad_weight, grad_bias, kind: str, rel_damping: float = 0.0):
         r"""The update (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` (:data:`natgrad.measures.DIRECTIONS`)
         in this result's metric F_λ: ``plain``, ``centred`` (as for dense blocks), ``diagonal``
         diag(F_λ)⁻¹g, ``quasidiagonal`` (Ollivier's, from diag(A_λ), b, c_λ), ``arrowhead``,
-        ``blockdiag`` (A_λ⁻¹g, g0/c_λ), ``natural`` F_λ⁻¹g (Theorem 1)."""
+        ``blockdiag`` (A_λ⁻¹g, g0/c_λ), ``natural`` F_λ⁻¹g (Theorem 1). The kinds that need
+        the metric are NaN for a dead unit (no metric), as for dense blocks."""
         if kind not in _measures.DIRECTIONS:
             raise InputError(f"layer {self.layer!r}: unknown direction {kind!r}; choose one of "
                              f"{', '.join(_measures.DIRECTIONS)}")  # fmt: skip
         g, g0 = self.unit_grads(grad_weight, grad_bias)
         out = torch.promote_types(g.dtype, self._dtype)
-        dirs, _ = self._directions((kind,), g.double(), g0.double(), rel_damping)
-        return tuple(x.to(out) for x in dirs[kind])
+        dirs, parts = self._directions((kind,), g.double(), g0.double(), rel_damping)
+        u, u0 = dirs[kind]
+        if kind not in ("plain", "centred"):  # these two do not read the metric
+            dead = self._dead(parts, rel_damping)
+            u, u0 = torch.where(dead[:, None], torch.nan, u), torch.where(dead, torch.nan, u0)
+        return u.to(out), u0.to(out)
 
     def _rho_and_error(self, parts, g, g0, u, u0, n, n0):
         Fu, Fu0 = [], []
@@ -371,15 +387,18 @@ class SolvedUnitFisher(UnitFisherBase):
         g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
         u, u0 = (x.double() for x in self._update(direction, g, g0, rel_damping))
         dirs, parts = self._directions(("natural",), g, g0, rel_damping)
-        return self._rho_and_error(parts, g, g0, u, u0, *dirs["natural"])
+        dead = self._dead(parts, rel_damping)
+        got = self._rho_and_error(parts, g, g0, u, u0, *dirs["natural"])
+        return tuple(torch.where(dead, torch.nan, x) for x in got)
 
     def efficiency(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
         r"""``[U]`` ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) in this result's metric; 1 for
-        ``natural``. ``direction``: a kind name or a pair (u_w, u_0)."""
+        ``natural``, NaN for a dead unit. ``direction``: a kind name or a pair (u_w, u_0)."""
         return self._out(self._against_natural(grad_weight, grad_bias, direction, rel_damping)[0])
 
     def bias_shift_error(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
-        r"""``[U]`` |shift(u) − shift_natural| / |shift_natural| in this result's metric."""
+        r"""``[U]`` |shift(u) − shift_natural| / |shift_natural| in this result's metric (NaN
+        for a dead unit)."""
         return self._out(self._against_natural(grad_weight, grad_bias, direction, rel_damping)[2])
 
     def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
@@ -394,8 +413,7 @@ class SolvedUnitFisher(UnitFisherBase):
             rho, shift, err = self._rho_and_error(parts, g, g0, u, u0, n, n0)
             out[f"rho_{kind}"], out[f"shift_{kind}"], out[f"shift_error_{kind}"] = rho, shift, err
         out["damping"] = torch.cat([p[-1] for p in parts])
-        dead = (~(out["damping"] > 0) if float(rel_damping) > 0
-                else torch.zeros(n.shape[0], dtype=torch.bool, device=n.device))  # fmt: skip
+        dead = self._dead(parts, rel_damping)
         for key in out:  # a dead unit (a zero block) has no metric: NaN, as for dense blocks
             out[key] = torch.where(dead, torch.nan, out[key]) if key != "damping" else out[key]
         out["dead"] = dead.to(torch.float64)

@@ -234,8 +234,8 @@ class WoodburyUnitFisher(SolvedUnitFisher):
 
     def _parts(self, damping: float, rel: bool = False):
         r"""The parts of F + λI, λ > 0, or (``rel``) of F_λ = F + μI, μ = λ·tr F/(d+1) per unit
-        (a unit whose rows are all zero — dead — is given μ = 1 so that the chunk solves;
-        ``measures`` marks it)."""
+        (a unit whose rows are all zero — dead — is given μ = 1 so that the chunk solves; its
+        measures and metric directions are NaN, ``SolvedUnitFisher._dead``)."""
         # F = VᵀV has rank <= R: undamped it is singular, so λ = 0 is refused either way
         lam = self._check_damping(_damping.check(damping) if rel else damping)
         for lo, hi in self._chunks():

@@ -298,3 +298,64 @@ def test_undamped_structured_measures_equal_the_dense_measures_of_their_metric(s
     for key in ("rho_plain", "rho_centred", "shift_error_plain"):
         assert_close(got[key], want[key], rtol=1e-8, what=f"{structure} {key}")
     assert (got["damping"] == 0).all() and all(v.shape == (3,) for v in got.values())
+
+
+def test_a_dead_unit_is_nan_in_every_result_types_measures_as_in_measures():
+    """At λ > 0 a dead unit (a zero block) has no metric: ``efficiency``, ``bias_shift_error``
+    and the directions that read the metric are NaN there, as ``measures`` gives, for the
+    dense, quasi-diagonal, diagonal and Woodbury results alike (not a SingularBlockError for
+    the whole layer, nor ρ = 1 / error 0 / u = g made up from the solves' stand-in μ), and the
+    live units get what they get without the dead one. The results agree with each other on
+    the live units where their metrics coincide (dense and Woodbury: the same F_λ; the
+    structures' natural gradient is the dense blocks' quasidiagonal / diagonal direction)."""
+    from torch import nn
+
+    from natgrad.measures import DIRECTIONS
+    from natgrad.woodbury import woodbury_unit_fisher
+
+    torch.manual_seed(7)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(),
+                      nn.Linear(5, 3)).double()  # fmt: skip
+    with torch.no_grad():
+        m[2].bias[1] = -100.0  # unit 1 of layer '2' never fires: dead
+    x = torch.randn(20, 3, dtype=torch.float64)
+    gw, gb = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    live, lam = [0, 2, 3, 4], 1e-3
+
+    def results(units=None):
+        return {
+            "dense": unit_fisher(m, "2", x, units=units),
+            "woodbury": woodbury_unit_fisher(m, "2", x, units=units),
+            **{s: unit_fisher(m, "2", x, structure=s, units=units)
+               for s in ("quasidiagonal", "diagonal")},
+        }  # fmt: skip
+
+    alive, got = results(live), {}
+    for name, res in results().items():
+        assert not res.matrix[1].any(), name  # the dead unit's block is zero
+        r = res.measures(gw, gb, rel_damping=lam)
+        assert r["dead"].tolist() == [0, 1, 0, 0, 0], name
+        for kind in DIRECTIONS:
+            what = f"{name} {kind}"
+            u, u0 = res.direction(gw, gb, kind, rel_damping=lam)
+            metric_free = kind in ("plain", "centred")
+            assert (
+                torch.isfinite(u0[1]) == metric_free and torch.isfinite(u[1]).all() == metric_free
+            ), what
+            want = alive[name].direction(gw[live], gb[live], kind, rel_damping=lam)
+            assert_close(u[live], want[0], what=what, normwise=True)
+            assert_close(u0[live], want[1], what=what)
+            got[name, kind] = u[live], u0[live]
+            for measure, key in (("efficiency", "rho"), ("bias_shift_error", "shift_error")):
+                val = getattr(res, measure)(gw, gb, kind, rel_damping=lam)
+                assert torch.isnan(val[1]), f"{what} {measure}: {val[1]} for the dead unit"
+                want = getattr(alive[name], measure)(gw[live], gb[live], kind, rel_damping=lam)
+                assert_close(val[live], want, what=f"{what} {measure}")
+                if kind != "natural" or key == "rho":
+                    assert_close(val, r[f"{key}_{kind}"], rtol=1e-8, what=f"{what} {measure}")
+    for kind in DIRECTIONS:
+        for a, b in zip(got["woodbury", kind], got["dense", kind], strict=True):
+            assert_close(a, b, rtol=1e-8, what=f"woodbury vs dense {kind}")
+    for structure in ("quasidiagonal", "diagonal"):
+        for a, b in zip(got[structure, "natural"], got["dense", structure], strict=True):
+            assert_close(a, b, rtol=1e-8, what=f"{structure} natural vs dense {structure}")
