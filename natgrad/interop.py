@@ -66,9 +66,11 @@ def _layers(model: nn.Module, names) -> list[tuple[str, nn.Module]]:
     for name in names:
         m = modules.get(name)
         if not isinstance(m, nn.Linear | nn.Conv2d) or m.bias is None:
+            has = "no such layer" if m is None else f"a {type(m).__name__}"
+            has += " without a bias" if isinstance(m, nn.Linear | nn.Conv2d) else ""
             raise InputError(
                 f"layer {name!r}: unit blocks cover Linear and Conv2d layers with a bias; "
-                f"the model has {type(m).__name__ if m is not None else 'no such layer'}"
+                f"the model has {has}"
             )
         out.append((name, m))
     return out
@@ -189,7 +191,9 @@ def to_nngeometry(fishers: Mapping, model: nn.Module, generator=None):
 def unit_blocks_from_nngeometry(pmat, model: nn.Module) -> dict[str, torch.Tensor]:
     r"""``{layer: [U, d+1, d+1]}``: the unit blocks of an nngeometry ``PMatBlockDiag`` (read
     from its layer blocks) or ``PMatDense`` (its diagonal layer blocks), for every Linear or
-    Conv2d layer of its layer collection."""
+    Conv2d layer of its layer collection. A Linear or Conv2d layer without a bias is refused
+    (:class:`~natgrad.errors.InputError`, as everywhere here): a unit block is (weights, bias),
+    and the layer's block of U·d rows would be split into blocks that mix two units' weights."""
     lc = pmat.generator.layer_collection
     modules = dict(model.named_modules())
     dense = None if hasattr(pmat, "data") and isinstance(pmat.data, dict) else pmat.to_torch()
@@ -198,6 +202,7 @@ def unit_blocks_from_nngeometry(pmat, model: nn.Module) -> dict[str, torch.Tenso
         m = modules[name]
         if not isinstance(m, nn.Linear | nn.Conv2d):
             continue
+        _layers(model, [name])  # no bias: refused, never read as blocks of d+1 entries
         if dense is None:
             block = pmat.data[name]
         else:

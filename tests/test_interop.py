@@ -114,3 +114,24 @@ def test_export_needs_every_unit_in_order():
         to_nngeometry({"3": F["3"]}, model)
     with pytest.raises(InputError, match="Linear and Conv2d layers"):
         to_curvlinops({"1": F["3"]}, model)
+
+
+@pytest.mark.parametrize("representation", ["PMatBlockDiag", "PMatDense"])
+def test_nngeometry_layer_without_a_bias_is_refused(representation):
+    """A bias-free Linear's nngeometry block has U·d rows: read as U blocks of d+1 entries,
+    each 'unit block' would end in the next unit's first weight (the review's case). It is
+    refused with the error every other function here gives for such a layer."""
+    import nngeometry.object
+    from nngeometry.layercollection import LayerCollection
+    from nngeometry.metrics import FIM
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2, bias=False))
+    x, y = torch.randn(9, 3), torch.randint(0, 2, (9,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=9)
+    pmat = FIM(model, loader, getattr(nngeometry.object, representation), variant="classif_logits",
+               layer_collection=LayerCollection.from_model(model))  # fmt: skip
+    with pytest.raises(InputError, match="layer '2'.*with a bias.*a Linear without a bias"):
+        unit_blocks_from_nngeometry(pmat, model)
+    with pytest.raises(InputError, match="layer '2'.*a Linear without a bias"):
+        to_curvlinops({"2": None}, model)
