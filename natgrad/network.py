@@ -138,11 +138,34 @@ def _layer_index(model: nn.Module, offsets: dict[str, int]) -> dict[str, torch.T
     return out
 
 
+def _check_untied(model: nn.Module, what: str) -> None:
+    r"""Refuse parameters held by two layers where one of them is a unit layer (a Linear/Conv2d
+    with a bias; tied weights, ``b.weight = a.weight``): the flat vector holds a shared tensor
+    once, under one name, so the other layer's units have no positions of their own, and the
+    tensor's gradient sums both layers' uses. One layer registered twice is one layer."""
+    holders: dict[int, list[tuple[str, str, nn.Module]]] = {}
+    for name, module in model.named_modules():  # each module once, under its first name
+        for key, p in module.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append((name, key, module))
+    for held in holders.values():
+        if len(held) > 1 and any(
+            isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None for _, _, m in held
+        ):
+            layers = " and ".join(repr(n) for n, _, _ in held)
+            tied = " is ".join(f"{n}.{k}" for n, k, _ in held)
+            raise InputError(
+                f"{what}: layers {layers} share a parameter ({tied}: tied weights); the "
+                "whole-network Fisher's unit blocks need each unit's own weights and bias. "
+                "Untie them (give each layer its own copy) to analyse the model"
+            )
+
+
 def _prepare(model: nn.Module, inputs, what: str):
     r"""A float64 eval copy of ``model``, its parameters (names, offsets in the flat vector,
     detached values), P, and the inputs as float64 (checked finite)."""
     import copy
 
+    _check_untied(model, what)
     model = copy.deepcopy(model).to(torch.float64).eval()
     named = dict(model.named_parameters())
     *starts, off = itertools.accumulate((v.numel() for v in named.values()), initial=0)

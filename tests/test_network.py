@@ -107,3 +107,39 @@ def test_gram_route_equals_the_dense_fisher():
     assert G.top_eig_over_mean() == pytest.approx(float(dense[0] / dense.mean()), rel=1e-10)
     with pytest.raises(InputError, match="exceed max_rows=50"):
         network_fisher_gram(net, x, max_rows=50)
+
+
+def test_tied_weights_are_refused_by_layer_and_a_reused_layer_is_one_layer():
+    """Two layers sharing a parameter (``b.weight = a.weight``) leave one of them without
+    positions in the flat vector (a bare KeyError before): an InputError naming both layers,
+    from both routes. One layer applied twice (registered under two names) is one layer with
+    one set of units, not refused."""
+    from natgrad.network import network_fisher_gram
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+    class Reused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 4), nn.ELU())
+            self.shared, self.out = self.block[0], nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.out(self.shared(self.block(x)))
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    for route in (network_fisher, network_fisher_gram):
+        with pytest.raises(InputError, match=r"layers 'a' and 'b' share a parameter.*a\.weight"):
+            route(Tied().double(), x)
+    net = Reused().double()
+    F = network_fisher(net, x)
+    assert [name for name, u, _ in F.units if u == 0] == ["block.0", "out"]
+    assert network_fisher_gram(net, x).num_params == F.num_params == 35
