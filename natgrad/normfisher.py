@@ -197,12 +197,30 @@ class NormUnitFisher:
                 f"kind={self.kind!r}, likelihood={self.likelihood!r})")  # fmt: skip
 
 
+def _name(model: nn.Module, layer: str | nn.Module) -> str:
+    """The name of ``layer`` in ``model`` (a module inside it, or already its name), as
+    :func:`natgrad._layers.resolve_layer` takes a layer; the layer is checked by the caller."""
+    if isinstance(layer, str):
+        return layer
+    if isinstance(layer, nn.Module):
+        for name, m in model.named_modules():
+            if m is layer:
+                return name
+        raise UnsupportedLayerError(
+            f"the given {type(layer).__name__} is not a submodule of the model; pass a layer "
+            "taken from the model itself (e.g. model[1] or its name from named_modules())"
+        )
+    raise UnsupportedLayerError(
+        f"layer must be an nn.Module inside the model or its name, got {type(layer).__name__}"
+    )
+
+
 def norm_unit_fishers(
     model: nn.Module,
     inputs,
     targets: torch.Tensor | None = None,
     *,
-    layers: Sequence[str] | None = None,
+    layers: Sequence[str | nn.Module] | None = None,
     kind: str = "exact",
     likelihood: str = "categorical",
     mc_samples: int = 1,
@@ -210,11 +228,12 @@ def norm_unit_fishers(
     batch_size: int | None = None,
 ) -> dict[str, NormUnitFisher]:
     r"""(γ, β) unit blocks of every affine normalisation layer (or of ``layers``) from ONE pass
-    over the data; the arguments are those of :func:`natgrad.unit_fishers`."""
+    over the data; the arguments are those of :func:`natgrad.unit_fishers` (``layers``: the
+    normalisation modules inside ``model`` or their names)."""
     from natgrad.engine import PassOptions, compute
 
     modules = dict(model.named_modules())
-    names = list(norm_layers(model)) if layers is None else list(layers)
+    names = list(norm_layers(model)) if layers is None else [_name(model, m) for m in layers]
     if not names:
         raise UnsupportedLayerError(
             "the model has no affine BatchNorm1d/2d, LayerNorm or GroupNorm layer"

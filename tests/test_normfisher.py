@@ -103,3 +103,19 @@ def test_errors_name_the_layer():
         norm_unit_fishers(plain, x, layers=["1"])
     with pytest.raises(InputError, match="empirical"):
         norm_unit_fishers(model.eval(), x, kind="empirical")
+
+
+def test_layers_may_be_modules_as_for_unit_fishers():
+    """``layers=`` takes the normalisation modules themselves, as ``unit_fishers`` does, with
+    the same result as their names; a module from another model is refused by kind."""
+    model, x = CASES["gn"]()
+    by_name = norm_unit_fishers(model, x, layers=["1"])
+    by_module = norm_unit_fishers(model, x, layers=[model[1]])
+    assert list(by_module) == ["1"]
+    assert torch.equal(by_module["1"].matrix, by_name["1"].matrix)
+    with pytest.raises(UnsupportedLayerError, match="not a submodule of the model"):
+        norm_unit_fishers(model, x, layers=[nn.GroupNorm(2, 4)])
+    with pytest.raises(UnsupportedLayerError, match="layer '0' is a Conv2d"):
+        norm_unit_fishers(model, x, layers=[model[0]])
+    with pytest.raises(UnsupportedLayerError, match="an nn.Module inside the model or its name"):
+        norm_unit_fishers(model, x, layers=[1])
