@@ -231,13 +231,9 @@ def test_positions_equal_shared_for_one_position(case):
     assert_close(a.matrix, b.matrix)
 
 
-def test_structured_measures_mark_a_dead_unit_as_the_dense_and_woodbury_routes_do():
-    """``measures`` of a quasi-diagonal or diagonal result at λ > 0: a dead unit (c = 0, so
-    μ = λ·tr F/(d+1) = 0) is NaN and ``dead`` = 1 beside the live units' values, as for the
-    dense and Woodbury results, not a SingularBlockError."""
+def _net_with_a_dead_unit():
+    """A ReLU net whose layer '2' has a dead unit 1, 20 inputs and a gradient of that layer."""
     from torch import nn
-
-    from natgrad.woodbury import woodbury_unit_fisher
 
     torch.manual_seed(7)
     m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(),
@@ -245,7 +241,17 @@ def test_structured_measures_mark_a_dead_unit_as_the_dense_and_woodbury_routes_d
     with torch.no_grad():
         m[2].bias[1] = -100.0  # unit 1 of layer '2' never fires: dead
     x = torch.randn(20, 3, dtype=torch.float64)
-    gw, gb = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    return m, x, torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+
+
+def test_structured_measures_mark_a_dead_unit_as_the_dense_and_woodbury_routes_do():
+    """``measures`` of a quasi-diagonal or diagonal result at λ > 0: a dead unit (c = 0, so
+    μ = λ·tr F/(d+1) = 0) is NaN and ``dead`` = 1 beside the live units' values, as for the
+    dense and Woodbury results, not a SingularBlockError."""
+
+    from natgrad.woodbury import woodbury_unit_fisher
+
+    m, x, gw, gb = _net_with_a_dead_unit()
     dense = unit_fisher(m, "2", x).measures(gw, gb, rel_damping=1e-3)
     wood = woodbury_unit_fisher(m, "2", x).measures(gw, gb, rel_damping=1e-3)
     assert dense["dead"].tolist() == wood["dead"].tolist() == [0, 1, 0, 0, 0]
@@ -308,18 +314,11 @@ def test_a_dead_unit_is_nan_in_every_result_types_measures_as_in_measures():
     live units get what they get without the dead one. The results agree with each other on
     the live units where their metrics coincide (dense and Woodbury: the same F_λ; the
     structures' natural gradient is the dense blocks' quasidiagonal / diagonal direction)."""
-    from torch import nn
 
     from natgrad.measures import DIRECTIONS
     from natgrad.woodbury import woodbury_unit_fisher
 
-    torch.manual_seed(7)
-    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(),
-                      nn.Linear(5, 3)).double()  # fmt: skip
-    with torch.no_grad():
-        m[2].bias[1] = -100.0  # unit 1 of layer '2' never fires: dead
-    x = torch.randn(20, 3, dtype=torch.float64)
-    gw, gb = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    m, x, gw, gb = _net_with_a_dead_unit()
     live, lam = [0, 2, 3, 4], 1e-3
 
     def results(units=None):
