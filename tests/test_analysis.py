@@ -610,3 +610,31 @@ def test_equal_differences_on_few_seeds_are_not_called_resolved():
                       "x": [1.0, 1.0, 0, 0, 0, 0, 0, 0]})  # fmt: skip
     inter = evaluate(a, [Endpoint("x", "a", "b", interaction=("c", "d"))]).iloc[0]
     assert inter["text"].endswith("interaction none resolved.")
+
+
+def test_summaries_keep_a_mean_inside_its_ci_and_name_each_ci_method():
+    """An infinite seed value (a singular block's condition number) makes the mean infinite
+    and leaves no CI (the CI over the finite values alone excluded the mean); a row's
+    ``ci_method`` no longer depends on which metric came last."""
+    values = pd.DataFrame({"unit_type": "elu", "seed": range(4), "cond": [1.0, 2.0, 3.0, np.inf],
+                           "z": 2.0, "y": [0.1, 0.4, 0.2, 0.3]})  # fmt: skip
+    row = stats.group_summary(values, ["cond", "y"]).iloc[0]
+    assert row["cond_mean"] == np.inf and np.isnan(row["cond_lo"]) and np.isnan(row["cond_hi"])
+    assert row["y_lo"] < row["y_mean"] < row["y_hi"]
+    for order in (["y", "z"], ["z", "y"]):  # equal values ("exact") do not name the row
+        assert stats.ci_summary(values, ["unit_type"], order)["ci_method"].item() == "t"
+
+
+def test_a_run_that_diverged_in_its_last_epochs_has_no_final_error():
+    """``test_error`` and ``val_error_last`` (means over the last epochs) are NaN for a run
+    whose last epochs are NaN (diverged), as its AUC is; they were averaged over the epochs
+    left."""
+    rows = [dict(run=f"elu-s{s}", unit_type="elu", seed=s, epoch=e, train_loss=1.0 / (e + 1),
+                 test_error=0.3, val_error=0.3) for s in (0, 1) for e in range(5)]  # fmt: skip
+    curves = pd.DataFrame(rows)
+    last = (curves["seed"] == 1) & (curves["epoch"] == 4)
+    curves.loc[last, ["train_loss", "test_error", "val_error"]] = np.nan
+    claims, _ = stats.claims_per_seed(curves, last=3)
+    one = claims.set_index("seed").loc[1]
+    assert np.isnan(one["test_error"]) and np.isnan(one["val_error_last"])
+    assert claims.set_index("seed").loc[0, "test_error"] == pytest.approx(0.3)

@@ -341,9 +341,26 @@ def loss_auc(train_loss, *, log: bool = False) -> float:
     return float(np.log10(np.clip(x, 1e-300, None)).mean() if log else x.mean())
 
 
+def mean_and_ci(x) -> tuple[float, float, float, str]:
+    r"""``(mean, lo, hi, method)`` over seeds of ``x``: the mean of its values (NaN, a missing
+    value, left out) and :func:`mean_ci` of the same values. A seed whose value is infinite
+    (e.g. the condition number of a singular block) makes the mean infinite and leaves no CI
+    (``"none (infinite values)"``): a CI over the finite values alone would not hold it. With
+    no finite value at all, the mean is NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    if not np.isfinite(x).any():
+        return math.nan, math.nan, math.nan, "none"
+    if np.isinf(x).any():
+        return float(x.mean()), math.nan, math.nan, "none (infinite values)"
+    lo, hi, how = mean_ci(x)
+    return (float(x.mean()) if x.size else math.nan), lo, hi, how
+
+
 def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
-    r"""Per unit type: ``<metric>_mean``, ``<metric>_lo``, ``<metric>_hi`` (the 95 % CI of the
-    mean over seeds, :func:`mean_ci`) and ``n_seeds``; ``values`` has one row per seed."""
+    r"""Per unit type: ``<metric>_mean``, ``<metric>_lo``, ``<metric>_hi`` (the mean over
+    seeds and its 95 % CI, :func:`mean_and_ci`) and ``n_seeds``; ``values`` has one row per
+    seed."""
     import pandas as pd
 
     rows = []
@@ -351,9 +368,7 @@ def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
         sub = values[values[group] == key]
         row = {group: key, "n_seeds": int(sub["seed"].nunique())}
         for m in metrics:
-            x = sub[m].to_numpy(dtype=np.float64)
-            row[f"{m}_mean"] = float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
-            row[f"{m}_lo"], row[f"{m}_hi"] = mean_ci(x)[:2]
+            row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"], _ = mean_and_ci(sub[m])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -361,17 +376,21 @@ def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
 def ci_summary(table, by, metrics, *, first=()):
     r"""One row per group of ``by`` (in order of appearance; one row of ``table`` per seed):
     the keys, ``seeds`` (the group's rows), the first value of each ``first`` column, then per
-    metric its mean over seeds and 95 % CI (``m``, ``m_lo``, ``m_hi``; :func:`mean_ci`) and
-    ``ci_method``."""
+    metric its mean over seeds and 95 % CI (``m``, ``m_lo``, ``m_hi``; :func:`mean_and_ci`) and
+    ``ci_method``: the method of the row's CIs (those of equal values, ``exact``, the point
+    itself, and ``none`` are not named), or ``metric: method`` for each where they differ."""
     import pandas as pd
 
     rows = []
     for keys, sub in table.groupby(list(by), sort=False):
         row = dict(zip(by, keys, strict=True), seeds=len(sub), **{c: sub[c].iloc[0] for c in first})
+        how = {}
         for m in metrics:
-            lo, hi, how = mean_ci(sub[m].to_numpy())
-            row.update({m: sub[m].mean(), f"{m}_lo": lo, f"{m}_hi": hi})
-        row["ci_method"] = how
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"], how[m] = mean_and_ci(sub[m])
+        named = {m: h for m, h in how.items() if h != "exact" and not h.startswith("none")}
+        methods = set(named.values()) or set(how.values())
+        row["ci_method"] = (methods.pop() if len(methods) == 1
+                            else "; ".join(f"{m}: {h}" for m, h in how.items()))  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -783,11 +802,11 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
                "epochs_reached": int(len(below) > 0),
                "median_activation_var": (float(sub["median_all"].var(ddof=1)) if acts and len(sub) > 1
                                          else math.nan),
-               "test_error": float(tail["test_error"].mean()),
+               "test_error": float(tail["test_error"].mean(skipna=False)),
                "val_error_last": math.nan, "best_val_epoch": math.nan,
                "test_error_at_best_val": math.nan}  # fmt: skip
         if has_val:
-            row["val_error_last"] = float(tail["val_error"].mean())
+            row["val_error_last"] = float(tail["val_error"].mean(skipna=False))
             if sub["val_error"].notna().all():
                 best = sub.loc[sub["val_error"].idxmin()]
                 row["best_val_epoch"] = int(best["epoch"])
