@@ -93,3 +93,22 @@ def test_restoring_keeps_what_the_destination_has(tmp_path):
     n = copy_runs(run.parent, dest, replace=False)
     assert n == 1 and (dest / "r" / "metrics.jsonl").read_text() == "newer\n"
     assert (dest / "r" / "config.json").read_bytes() == RunDir(run).config_path.read_bytes()
+
+
+def test_a_run_killed_before_its_last_checkpoint_is_not_finished(tmp_path):
+    """A kill between the last epoch's metrics row and its checkpoint leaves every metrics
+    row but no final checkpoint: the run is not finished, copy_runs(finished_only=True) does
+    not carry it, and train_plan resumes it (it was taken as finished, and its last
+    checkpoint never came)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(default_config("mnist-fc"), dataset="digits", width=8, depth=2,
+                              epochs=2, train_size=64, probe_size=16)  # fmt: skip
+    run = tmp_path / "src" / "r"
+    train(cfg, run, device="cpu", progress=False)
+    for p in RunDir(run).checkpoint_paths(2):
+        p.unlink()
+    assert not finished(run)
+    assert copy_runs(tmp_path / "src", tmp_path / "dest", finished_only=True, resume=True) == 0
+    assert train_plan([cfg], [run], device="cpu") == {}
+    assert RunDir(run).latest_epoch() == 2 and finished(run)

@@ -46,7 +46,9 @@ def check_same_run(run: str | Path, config) -> None:
 
 
 def complete(run: str | Path, epochs: int, config=None) -> bool:
-    r"""Whether ``run``'s metrics hold every epoch 0..``epochs``; with ``config`` (a
+    r"""Whether ``run``'s metrics hold every epoch 0..``epochs`` and, where it keeps
+    checkpoints, one at ``epochs`` or later (a run killed between an epoch's metrics row and
+    its checkpoint is not complete: it resumes); with ``config`` (a
     :class:`~natgrad.training.config.TrainConfig`), a run of another config is refused
     (:func:`check_same_run`), never taken for this one's."""
     from natgrad.training.rundir import RunDir
@@ -56,6 +58,9 @@ def complete(run: str | Path, epochs: int, config=None) -> bool:
         return False
     if config is not None:
         check_same_run(run, config)
+    latest = rd.latest_epoch()
+    if latest is not None and latest < epochs:
+        return False
     return {int(r["epoch"]) for r in rd.read_metrics()} >= set(range(epochs + 1))
 
 
