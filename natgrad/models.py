@@ -158,12 +158,22 @@ def _mnist_fc(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
     sizes = [d] + [kw.get("width", 128)] * kw.get("depth", 8) + [num_classes]
     if kw.get("layer_norm") and bn:
         raise InputError("mnist-fc: batch norm or layer norm, not both")
-    p = float(kw.get("dropout", (0.0,))[0])  # not in the paper; off by default
+    rates = tuple(kw.get("dropout", (0.0,)))  # not in the paper; off by default
+    if len(rates) != 1:
+        raise InputError(f"mnist-fc: dropout takes one rate, for every hidden layer; got {rates}")
+    p = float(rates[0])
     mods = _mlp(sizes, unit, alpha, bn, ln=bool(kw.get("layer_norm")), dropout=p)
     return OrderedDict([("flatten", nn.Flatten())] + mods)
 
 
+def _no_dropout(net: str, kw: dict) -> None:
+    if kw.get("dropout") is not None:
+        raise InputError(f"{net}: its dropout is not a setting (the paper's net), got "
+                         f"dropout={tuple(kw['dropout'])}; drop the option")  # fmt: skip
+
+
 def _mnist_ae(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
+    _no_dropout("mnist-ae", kw)
     d = math.prod(in_shape)
     code = kw.get("code", (1000, 500, 250, 30))
     enc = nn.Sequential(OrderedDict(_mlp([d, *code], unit, alpha, bn)))
@@ -202,6 +212,7 @@ def _cifar(stacks, default_dropout):
 
 
 def _imagenet(unit, alpha, bn, in_shape, num_classes, **kw) -> OrderedDict:
+    _no_dropout("imagenet-15", kw)
     levels = tuple(kw.get("spp_levels", SPP_LEVELS))
     drop = (0.0,) * len(IMAGENET15)
     layers, c, _ = _conv_stacks(

@@ -37,6 +37,14 @@ CLI_CASES = [
     (["--set", "unit=bogus"], "unit='bogus'"),
     (["--device", "bogus"], "--device 'bogus'"),
     (["--device", "tpu"], "--device 'tpu'"),
+    # settings that were accepted and then ignored or cut (a review found each)
+    (["--set", "lr_schedule=100:0.001,0:0.1"], "strictly increasing starts"),
+    (["--set", "lr_schedule=0.5:0.1"], "integer iteration or epoch"),
+    (["--set", "net=cifar-18"], "choose the net with --net"),
+    (["--set", "dropout=0.1,0.5"], "dropout takes one rate"),
+    (["--set", "train_size=100000"], "holds 1437 images"),
+    (["--set", "train_size=1", "--set", "preprocess=standardise"], "at least 2 training images"),
+    (["--set", "plain_lr=0.1"], "plain_lr would be ignored"),
 ]
 
 
@@ -200,3 +208,13 @@ def test_batchnorm_in_train_mode_warns_and_keeps_running_stats():
     assert all(torch.equal(before[k], after[k]) for k in before)
     net.eval()
     unit_fisher(net, "0", torch.randn(8, 3))  # eval mode: no warning (warnings are errors)
+
+
+@pytest.mark.parametrize("net", ["mnist-ae", "imagenet-15"])
+def test_a_net_without_a_dropout_setting_refuses_one(net):
+    """mnist-ae and imagenet-15 have no dropout setting: ``dropout=`` was recorded in the
+    config and ignored by the net."""
+    from natgrad.models import build_model
+
+    with pytest.raises(InputError, match=f"{net}: its dropout is not a setting"):
+        build_model(net, "elu", dropout=(0.5,), device="meta")

@@ -97,6 +97,8 @@ def standardise(ds: Dataset, *, floor: float = 1e-2) -> Dataset:
         0.0
     """
     flat = ds.train_x.flatten(1).double()
+    if flat.shape[0] < 2:  # no spread to divide by (std of one image is NaN)
+        raise InputError(f"standardise: needs at least 2 training images, got {flat.shape[0]}")
     mean, std = flat.mean(0), flat.std(0)
     scale = std.clamp_min(floor)
 

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import typing
 from dataclasses import dataclass
 
@@ -204,10 +205,13 @@ class TrainConfig:
             raise bad("fisher_window", self.fisher_window,
                       "0 when rel_damping = layer_damping = 0 (the window's Fisher is singular)")  # fmt: skip
         for start, lr in self.lr_schedule:
-            if not is_finite_number(lr) or lr <= 0 or start < 0:
-                raise bad(
-                    "lr_schedule", self.lr_schedule, "start:lr pairs with start >= 0 and lr > 0"
-                )
+            if not is_finite_number(lr) or lr <= 0 or not is_integer(start) or start < 0:
+                raise bad("lr_schedule", self.lr_schedule,
+                          "start:lr pairs with integer start >= 0 and lr > 0")  # fmt: skip
+        for key in ("lr_schedule", "dropout_phases"):  # a later phase listed first never applied
+            starts = [s for s, _ in getattr(self, key)]
+            if any(b <= a for a, b in itertools.pairwise(starts)):
+                raise bad(key, getattr(self, key), "phases with strictly increasing starts")
         if not all(is_integer(e) and e >= 0 for e in self.checkpoint_epochs):
             raise bad("checkpoint_epochs", self.checkpoint_epochs, "integers >= 0, comma-separated")
         if self.dropout is not None and not all(
@@ -311,7 +315,7 @@ def _parse(key: str, text: str, hint) -> object:
         return None
     if key == "lr_schedule":
         pairs = [p.split(":") for p in text.split(",") if p]
-        return tuple((int(float(s)), float(v)) for s, v in pairs)
+        return tuple((_start(s), float(v)) for s, v in pairs)
     if key == "dropout":
         return tuple(float(p) for p in text.split(","))
     if key == "checkpoint_epochs":
@@ -320,13 +324,21 @@ def _parse(key: str, text: str, hint) -> object:
         if text.lower() in ("", "none", "()"):
             return ()
         pairs = [p.split(":") for p in text.split(",") if p]
-        return tuple((int(float(s)), m.strip()) for s, m in pairs)
+        return tuple((_start(s), m.strip()) for s, m in pairs)
     base = next((t for t in (bool, int, float, str) if t in (hint, *typing.get_args(hint))), str)
     if base is bool:
         if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ValueError("expected true/false")
         return text.lower() in ("1", "true", "yes")
     return base(text)
+
+
+def _start(text: str) -> int:
+    """A phase's start: an integer (``1e5`` is 100000), never a truncated fraction."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(f"a phase starts at an integer iteration or epoch, not {text.strip()}")
+    return int(value)
 
 
 def apply_overrides(config: TrainConfig, items: list[str] | None) -> TrainConfig:
@@ -339,6 +351,8 @@ def apply_overrides(config: TrainConfig, items: list[str] | None) -> TrainConfig
         key = key.strip().replace("-", "_")
         if not sep or key not in hints:
             raise InputError(f"--set {item!r}: expected key=value with key in {sorted(hints)}")
+        if key == "net":  # the net brings its preset (epochs, schedule, dropout phases)
+            raise InputError(f"--set {item!r}: choose the net with --net, which takes its preset")
         try:
             changes[key] = _parse(key, value, hints[key])
         except (ValueError, OverflowError) as exc:  # e.g. lr_schedule=inf:0.1

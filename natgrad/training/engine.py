@@ -113,7 +113,10 @@ def run_data(config: TrainConfig):
     if config.train_split == "train+val":
         ds = ds.with_validation_in_train()
     if config.train_size is not None:
-        n = config.train_size
+        n, have = config.train_size, ds.train_x.shape[0]
+        if n > have:  # it trained on all `have` while config.json said n
+            raise InputError(f"config train_size={n}: the {config.dataset} training split "
+                             f"({config.train_split}) holds {have} images; pass at most {have}")  # fmt: skip
         ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
     if config.preprocess == "gcn-zca":
         ds = gcn_zca(ds)
