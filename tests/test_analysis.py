@@ -638,3 +638,15 @@ def test_a_run_that_diverged_in_its_last_epochs_has_no_final_error():
     one = claims.set_index("seed").loc[1]
     assert np.isnan(one["test_error"]) and np.isnan(one["val_error_last"])
     assert claims.set_index("seed").loc[0, "test_error"] == pytest.approx(0.3)
+
+
+def test_a_censored_time_is_not_averaged_in_the_summary():
+    """Epochs to loss of a unit type with a run that never reached the level has no mean or
+    CI in the summary (it counted that run at the epoch after the last); a type whose runs all
+    reached it is averaged."""
+    values = pd.DataFrame({"unit_type": ["elu"] * 3 + ["relu"] * 3, "seed": [0, 1, 2] * 2,
+                           "epochs_to_loss": [2.0, 3.0, 2.0, 4.0, 6.0, 6.0],
+                           "epochs_reached": [1, 1, 1, 1, 0, 0]})  # fmt: skip
+    s = stats.group_summary(values, ["epochs_to_loss"]).set_index("unit_type")
+    assert s.loc["elu", "epochs_to_loss_mean"] == pytest.approx(7 / 3)
+    assert s.loc["relu", ["epochs_to_loss_mean", "epochs_to_loss_lo"]].isna().all()

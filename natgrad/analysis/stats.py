@@ -360,7 +360,9 @@ def mean_and_ci(x) -> tuple[float, float, float, str]:
 def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
     r"""Per unit type: ``<metric>_mean``, ``<metric>_lo``, ``<metric>_hi`` (the mean over
     seeds and its 95 % CI, :func:`mean_and_ci`) and ``n_seeds``; ``values`` has one row per
-    seed."""
+    seed. A censored time (the registry's ``reached`` column, e.g. ``epochs_to_loss``) is
+    never averaged where a run of the unit type is censored: NaN there (its comparisons go
+    by order, :func:`paired_comparison`)."""
     import pandas as pd
 
     rows = []
@@ -368,6 +370,10 @@ def group_summary(values, metrics: list[str], *, group: str = "unit_type"):
         sub = values[values[group] == key]
         row = {group: key, "n_seeds": int(sub["seed"].nunique())}
         for m in metrics:
+            reached = mt.METRICS[m].reached if m in mt.METRICS else None
+            if reached in sub and (sub[reached] == 0).any():
+                row[f"{m}_mean"] = row[f"{m}_lo"] = row[f"{m}_hi"] = math.nan
+                continue
             row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"], _ = mean_and_ci(sub[m])
         rows.append(row)
     return pd.DataFrame(rows)
