@@ -4,6 +4,8 @@ restored in a "later session" trains on bit for bit as if it had never stopped."
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -112,3 +114,24 @@ def test_a_run_killed_before_its_last_checkpoint_is_not_finished(tmp_path):
     assert copy_runs(tmp_path / "src", tmp_path / "dest", finished_only=True, resume=True) == 0
     assert train_plan([cfg], [run], device="cpu") == {}
     assert RunDir(run).latest_epoch() == 2 and finished(run)
+
+
+def test_restoring_a_later_state_over_an_earlier_copy_moves_the_whole_run(tmp_path):
+    """``replace=False`` with ``resume``: a saved state further along than the copy in the
+    runs folder replaces it whole, records with checkpoint (the newer checkpoint had joined
+    the older records, and the resumed run's curves lost the epochs between); a copy as far
+    along is kept."""
+    runs, run = tmp_path / "runs", tmp_path / "runs" / "r"
+    train(_cfg(1), run, device="cpu", progress=False)
+    copy_runs(runs, tmp_path / "state1", resume=True)
+    train(_cfg(3), run, device="cpu", progress=False)
+    copy_runs(runs, tmp_path / "state3", resume=True)
+    shutil.rmtree(runs)
+    copy_runs(tmp_path / "state1", runs, resume=True)
+    copy_runs(tmp_path / "state3", runs, resume=True, replace=False)
+    rd = RunDir(run)
+    assert rd.checkpoint_epochs() == [3]
+    assert [r["epoch"] for r in rd.read_metrics()] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rd.read_activation_summary()] == [0, 1, 2, 3]
+    assert copy_runs(tmp_path / "state1", runs, resume=True, replace=False) == 0  # kept
+    assert rd.checkpoint_epochs() == [3]

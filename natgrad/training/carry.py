@@ -53,7 +53,11 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
     atomically (:mod:`natgrad._atomic`). ``runs``: only these
     run directories below ``src`` (default: every one there). ``finished_only``:
     only runs that :func:`finished`. ``replace=False`` keeps every file ``dest`` already
-    has (to restore into a folder where runs may be training). Returns the files copied."""
+    has (to restore into a folder where runs may be training); with ``resume``, a run is
+    copied whole or not at all: where ``src`` holds a later checkpoint than ``dest``'s copy,
+    its records and checkpoint replace that copy's (a newer checkpoint beside older records
+    resumed with epochs missing from its curves), else ``dest``'s copy is kept. Returns the
+    files copied."""
     src, dest = Path(src), Path(dest)
     a, b = src.resolve(), dest.resolve()
     if a == b or a in b.parents or b in a.parents:
@@ -67,6 +71,12 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
         if finished_only and not finished(run):
             continue
         rd, target = RunDir(run), RunDir(dest / run.resolve().relative_to(a))
+        keep = replace
+        if resume and not replace and target.config_path.is_file():
+            mine, theirs = rd.latest_epoch(), target.latest_epoch()
+            if mine is None or (theirs is not None and theirs >= mine):
+                continue  # dest's copy is as far along: kept whole
+            keep = True  # src's is further along: its records go with its checkpoint
         files = rd.resume_files() if resume else rd.record_files()
         files += [p for name in analysis for p in (rd.analysis_path(name),
                                                    rd.analysis_path(f"{name}.sha256"))]  # fmt: skip
@@ -75,13 +85,13 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
         # only once the new one is there, so a copy killed midway leaves a resumable run
         for path in sorted(wanted, key=lambda p: (p.parent.name == "checkpoints" and
                                                   p.suffix == ".json", p)):  # fmt: skip
-            if replace or not path.is_file():
+            if keep or not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(run / path.relative_to(target.path), "rb") as f, atomic_open(path) as g:
                     shutil.copyfileobj(f, g)
                 copied += 1
         new = {p for p in wanted if p.parent.name == "checkpoints"}
-        if resume and replace and new:  # a run with no checkpoint leaves the saved one be
+        if resume and keep and new:  # a run with no checkpoint leaves the saved one be
             for stale in set(target.checkpoint_files()) - new:
                 stale.unlink()
     return copied
