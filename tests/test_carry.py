@@ -135,3 +135,24 @@ def test_restoring_a_later_state_over_an_earlier_copy_moves_the_whole_run(tmp_pa
     assert [r["epoch"] for r in rd.read_activation_summary()] == [0, 1, 2, 3]
     assert copy_runs(tmp_path / "state1", runs, resume=True, replace=False) == 0  # kept
     assert rd.checkpoint_epochs() == [3]
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch):
+    """A run records a fingerprint of its training data; resuming it on other data (another
+    data_dir, other files under the same one) is refused, naming both fingerprints (it trained
+    on, and its config.json said the new data_dir)."""
+    from natgrad.training import engine
+
+    run = tmp_path / "r"
+    train(_cfg(1), run, device="cpu", progress=False)
+    real = engine.run_data
+
+    def other(config):
+        ds = real(config)
+        return ds.with_(train_x=ds.train_x + 0.25)
+
+    monkeypatch.setattr(engine, "run_data", other)
+    with pytest.raises(InputError, match="trained on other data"):
+        train(_cfg(2), run, device="cpu", progress=False)
+    monkeypatch.setattr(engine, "run_data", real)
+    assert train(_cfg(2), run, device="cpu", progress=False).metrics[-1]["epoch"] == 2

@@ -125,6 +125,19 @@ def run_data(config: TrainConfig):
     return ds
 
 
+def data_fingerprint(ds) -> str:
+    """SHA-256 of the training inputs and labels a run sees (:func:`run_data`), 16 hex
+    digits: recorded with the run, so that a resume on other data (another ``data_dir``, other
+    files under the same one) is refused instead of training on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (ds.train_x, ds.train_y):
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
 def initial_model(config: TrainConfig, ds) -> nn.Module:
     """The run's net with its initial weights (seeded by ``config.seed``), before centring:
     the one construction for training and for rebuilding epoch 0 in the analysis."""
@@ -304,7 +317,7 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
     val = (None, None) if ds.val_x is None else (ds.val_x.to(dev), ds.val_y.to(dev))
     data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev), *val)
     probe = probe_indices(data[0].shape[0], config.probe_size, config.seed)
-    rd, fresh = RunDir(run), start is None
+    rd, fresh, fingerprint = RunDir(run), start is None, data_fingerprint(ds)
     if fresh:
         if lead:
             _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
@@ -332,12 +345,19 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
                                   f"({type(exc).__name__}: {exc}); delete {where.name} and its "
                                   ".safetensors to resume from an earlier checkpoint, or pass "
                                   "--no-resume") from None  # fmt: skip
+        saved = info.get("data_sha256")  # checkpoints before 2026-12-07 have none
+        if saved is not None and saved != fingerprint:
+            raise InputError(f"{run}: its checkpoints were trained on other data (fingerprint "
+                             f"{saved}, now {fingerprint}; data_dir "
+                             f"{config.data_dir!r}): resume with the data it trained on, or "
+                             "pass --no-resume")  # fmt: skip
         history = info["metrics"]
         if lead:  # the records past the checkpoint go; its own history is the metrics' truth
             write_jsonl(rd.metrics_path, history)
             rewrite_jsonl(rd.activation_summary_path, start)
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
+            "data_sha256": fingerprint,
             **({"trainer": trainer} if trainer else {})}  # fmt: skip
     if lead:
         write_json(rd.config_path, meta)
