@@ -156,3 +156,15 @@ def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch):
         train(_cfg(2), run, device="cpu", progress=False)
     monkeypatch.setattr(engine, "run_data", real)
     assert train(_cfg(2), run, device="cpu", progress=False).metrics[-1]["epoch"] == 2
+
+
+def test_a_diverged_run_trained_again_is_no_longer_marked_diverged(tmp_path):
+    """Resuming a run that has ``diverged.json`` (trained again by hand) drops the note, so a
+    run that then finishes is not counted as diverged (finished() and the studies read it)."""
+    from natgrad._atomic import write_json
+
+    run = tmp_path / "r"
+    train(_cfg(1), run, device="cpu", progress=False)
+    write_json(RunDir(run).diverged_path, {"message": "diverged at epoch 2 (an earlier try)"})
+    train(_cfg(2), run, device="cpu", progress=False)
+    assert not RunDir(run).diverged_path.exists() and RunDir(run).read_diverged() is None

@@ -353,6 +353,7 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
                              "pass --no-resume")  # fmt: skip
         history = info["metrics"]
         if lead:  # the records past the checkpoint go; its own history is the metrics' truth
+            rd.diverged_path.unlink(missing_ok=True)  # trained again: a new divergence rewrites it
             write_jsonl(rd.metrics_path, history)
             rewrite_jsonl(rd.activation_summary_path, start)
     meta = {"config": config.to_dict(), "device": describe_device(dev),
