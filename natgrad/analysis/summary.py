@@ -21,7 +21,7 @@ from natgrad.analysis.unitstats import JACKKNIFED, SWEEP
 from natgrad.damping import MEASURE_DAMPING
 
 __all__ = ["COMPARED", "UNIT_METRICS", "read_csv", "read_tables", "resummarise", "save_tables",
-           "write_csv", "one_run_per_replicate", "write_tables", "REPLICATE_SETTINGS", "TABLE_SETTINGS"]  # fmt: skip
+           "write_csv", "one_run_per_replicate", "write_tables", "NOT_THE_ARM", "TABLE_SETTINGS"]  # fmt: skip
 
 #: Unit-level metrics summarised per seed.
 UNIT_METRICS = [
@@ -140,11 +140,14 @@ def resummarise(tables_dir: str | os.PathLike, *, last: int = 3) -> dict:
 ARM_SETTINGS = ("net", "dataset", "optimizer", "centre", "lr", "batch_size", "loss", "preprocess",
                 "plain_first_layer", "weight_decay", "momentum", "channel_scale", "width", "depth")  # fmt: skip
 
-#: Settings every run of one unit type shares: its seeds are replicates of one arm.
-REPLICATE_SETTINGS = (*ARM_SETTINGS, "alpha", "train_size", "dtype")
+#: Config fields in which seeds of one arm may differ (what they record or where, not what
+#: they train); every other field is shared by the runs of one unit type.
+NOT_THE_ARM = ("seed", "epochs", "data_dir", "notes", "probe_size", "record_every",
+               "checkpoint_every", "checkpoint_epochs", "keep_checkpoints", "eval_batch_size")  # fmt: skip
 
 #: Settings every run of a table shares, whatever its unit type: the net and data compared.
-TABLE_SETTINGS = ("net", "dataset", "width", "depth", "channel_scale", "train_size", "loss")
+TABLE_SETTINGS = ("net", "dataset", "width", "depth", "channel_scale", "train_size",
+                  "train_split", "loss")  # fmt: skip
 
 
 def one_run_per_replicate(run_dirs) -> None:
@@ -154,8 +157,8 @@ def one_run_per_replicate(run_dirs) -> None:
     - two runs with the same unit type and seed (e.g. ``natgrad compare``'s ReLU+SGD and
       ReLU+unit-NG, or one Fig 3 net at two rates) must be tabled apart;
     - every run must share :data:`TABLE_SETTINGS` (the net and data compared), and the runs
-      of one unit type :data:`REPLICATE_SETTINGS` (a run at another rate is another arm, not
-      a replicate);
+      of one unit type every config field but :data:`NOT_THE_ARM` (a run at another rate or
+      schedule is another arm, not a replicate);
     - every run must have trained the same epochs (a training-loss AUC or a last epoch over
       other spans compares nothing; a diverged or unfinished run is named as such).
 
@@ -190,7 +193,8 @@ def one_run_per_replicate(run_dirs) -> None:
                 "the tables compare unit types on one net and data set. Table them apart."
             )
         other, other_cfg = first_of_type.setdefault(ident["unit_type"], (run, cfg))
-        differ = [k for k in REPLICATE_SETTINGS if other_cfg.get(k) != cfg.get(k)]
+        differ = [k for k in sorted(set(cfg) | set(other_cfg))
+                  if k not in NOT_THE_ARM and other_cfg.get(k) != cfg.get(k)]  # fmt: skip
         if differ:
             raise InputError(
                 f"{other} and {run} are both {ident['unit_type']} runs, pooled over seeds as "

@@ -134,8 +134,8 @@ class TrainConfig:
                 "with cross_entropy"
             )
         for start, mode in self.dropout_phases:
-            if mode not in DROPOUT_MODES or start < 0:
-                raise InputError(f"config dropout_phases: ({start}, {mode!r}) needs a start >= 0 "
+            if mode not in DROPOUT_MODES or not is_integer(start) or start < 0:
+                raise InputError(f"config dropout_phases: ({start}, {mode!r}) needs an integer start >= 0 "
                                  f"and a mode in {', '.join(DROPOUT_MODES)}")  # fmt: skip
         if self.layer_norm and (self.net != "mnist-fc" or self.batch_norm):
             raise InputError(f"config layer_norm=True: for mnist-fc only and not with batch_norm "
@@ -249,8 +249,11 @@ class TrainConfig:
         if unknown:
             raise InputError(f"unknown config keys {sorted(unknown)}; known: {sorted(names)}")
         data = dict(data)
-        data["lr_schedule"] = tuple((int(s), float(v)) for s, v in data.get("lr_schedule", ()))
-        data["dropout_phases"] = tuple((int(s), str(m)) for s, m in data.get("dropout_phases", ()))
+        # a start is kept as given (an integral float as its int): a fraction is refused, not cut
+        data["lr_schedule"] = tuple((_whole(s), float(v)) for s, v in data.get("lr_schedule", ()))
+        data["dropout_phases"] = tuple(
+            (_whole(s), str(m)) for s, m in data.get("dropout_phases", ())
+        )
         if data.get("dropout") is not None:
             data["dropout"] = tuple(float(p) for p in data["dropout"])
         data["checkpoint_epochs"] = tuple(data.get("checkpoint_epochs", ()))
@@ -331,6 +334,11 @@ def _parse(key: str, text: str, hint) -> object:
             raise ValueError("expected true/false")
         return text.lower() in ("1", "true", "yes")
     return base(text)
+
+
+def _whole(value):
+    """``value`` as an ``int`` where it is integral, else as it is (for the check to refuse)."""
+    return int(value) if is_finite_number(value) and float(value).is_integer() else value
 
 
 def _start(text: str) -> int:
