@@ -104,7 +104,7 @@ def _singular(what: str, bad: torch.Tensor, context) -> SingularBlockError:
     err = SingularBlockError(
         f"{linalg.layer_prefix(context.get('layer'))}{what} for {pos.numel()} of {bad.numel()} "
         f"units ({linalg._names(pos, context.get('units'))}); the block is not positive "
-        "definite there: pass rel_damping > 0 or drop these units"
+        f"definite there: {context.get('hint') or 'pass rel_damping > 0 or drop these units'}"
     )
     err.positions = pos
     return err

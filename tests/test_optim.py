@@ -432,7 +432,7 @@ def test_undamped_constant_input_is_named():
     F.cross_entropy(model(x), y).backward()
     opt = UnitNaturalGradient(model, 0.1, structure="quasidiagonal", kind="exact",
                               rel_damping=0.0, layer_damping=0.0)  # fmt: skip
-    with pytest.raises(SingularBlockError, match="layer '0'.*rel_damping > 0"):
+    with pytest.raises(SingularBlockError, match="layer '0'.*raise rel_damping or layer_damping"):
         opt.step(x)
     assert torch.isfinite(model[0].weight).all()  # the failed step changed nothing
 
@@ -486,6 +486,16 @@ def test_a_singular_block_in_the_optimizer_names_its_own_damping():
     with pytest.raises(SingularBlockError, match="Raise rel_damping or layer_damping") as e:
         opt.step(x)
     assert "drop these units" not in str(e.value)
+    for structure in ("quasidiagonal", "diagonal"):  # every structure names them alike
+        x0 = x.clone()
+        x0[:, 1] = 0.0  # a constant input: a zero entry on the diagonal, singular at λ = 0
+        model.zero_grad()
+        F.cross_entropy(model(x0), y[:3]).backward()
+        opt = UnitNaturalGradient(model, 0.1, structure=structure, kind="exact",
+                                  rel_damping=0.0, layer_damping=0.0)  # fmt: skip
+        with pytest.raises(SingularBlockError, match="raise rel_damping or layer_damping") as e:
+            opt.step(x0)
+        assert "drop these units" not in str(e.value), structure
 
 
 # --- the windowed unit natural gradient (Woodbury on the factor rows) ----------------------

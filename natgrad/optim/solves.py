@@ -64,6 +64,11 @@ def relative_shift(
     return damping.mu(diag.sum(-1), diag.shape[-1], rel_damping, layer_damping)
 
 
+#: What a singular damped block of the optimizer's metric asks for (every structure alike).
+STEP_HINT = ("raise rel_damping or layer_damping (μ = (λ·tr F + λ_layer·mean tr F)/(d+1) is "
+             "added to each diagonal)")  # fmt: skip
+
+
 def peer_filled_traces(
     trace: torch.Tensor, d1: int, layer: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -143,8 +148,7 @@ def unit_factor(
     return linalg.cholesky(m64, layer=layer, warn_cond=math.inf,
                            what=f"unit Fisher block (relative damping {rel_damping:g}, layer "
                                 f"damping {layer_damping:g})",
-                           hint="Raise rel_damping or layer_damping: μ = (λ·tr F + "
-                                "λ_layer·mean tr F)/(d+1) is added to each diagonal.")  # fmt: skip
+                           hint=STEP_HINT.capitalize() + ".")  # fmt: skip
 
 
 def unit_direction(factor: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -227,7 +231,7 @@ def diagonal_coefficients(
         raise SingularBlockError(
             f"{linalg.layer_prefix(layer)}the diagonal entries of the damped unit Fisher are not "
             f"positive for {linalg._names(bad.nonzero().flatten(), None)} (an input that is constant, e.g. an always-zero "
-            "pixel, has a zero Fisher entry). Pass rel_damping > 0."
+            f"pixel, has a zero Fisher entry): {STEP_HINT}."
         )
     return 1.0 / m
 

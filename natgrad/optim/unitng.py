@@ -465,7 +465,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         if structure == "quasidiagonal":
             metric = solves.quasidiagonal_metric(state["fisher_diag"], state["fisher_bias"], lam,
                                                  layer_damping=self.layer_damping, layer=name)  # fmt: skip
-            return quasidiagonal_factor(*metric, layer=name).to(dtype)
+            return quasidiagonal_factor(*metric, layer=name, hint=solves.STEP_HINT).to(dtype)
         return solves.diagonal_coefficients(state["fisher_diag"], lam, **kw).to(dtype).mul
 
 
