@@ -138,7 +138,7 @@ def _layer_index(model: nn.Module, offsets: dict[str, int]) -> dict[str, torch.T
     return out
 
 
-def _check_untied(model: nn.Module, what: str) -> None:
+def check_untied(model: nn.Module, what: str) -> None:
     r"""Refuse parameters held by two layers where one of them is a unit layer (a Linear/Conv2d
     with a bias; tied weights, ``b.weight = a.weight``): the flat vector holds a shared tensor
     once, under one name, so the other layer's units have no positions of their own, and the
@@ -165,7 +165,7 @@ def _prepare(model: nn.Module, inputs, what: str):
     detached values), P, and the inputs as float64 (checked finite)."""
     import copy
 
-    _check_untied(model, what)
+    check_untied(model, what)
     model = copy.deepcopy(model).to(torch.float64).eval()
     named = dict(model.named_parameters())
     *starts, off = itertools.accumulate((v.numel() for v in named.values()), initial=0)

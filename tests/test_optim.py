@@ -704,3 +704,13 @@ def test_centring_keeps_a_layer_held_twice_one_layer():
     u = uncentre(c)
     assert u.block[0] is u.shared and type(u.shared) is nn.Linear
     assert_close(u(x), net(x), what="uncentred tied net")
+    twice = nn.Sequential(nn.Linear(4, 4), nn.ELU())
+    twice.append(twice[0])  # one parent holding the layer in two slots
+    c = centre(twice)
+    assert c[0] is c[2] and sum(p.numel() for p in c.parameters()) == 20
+    u2 = uncentre(c)
+    assert u2[0] is u2[2] and type(u2[2]) is nn.Linear
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight = a.weight  # a shared parameter in two layers: refused, never untied
+    with pytest.raises(InputError, match="share a parameter"):
+        centre(nn.Sequential(a, nn.ELU(), b))

@@ -112,9 +112,12 @@ def centre(model: nn.Module, *, inplace: bool = False, skip: Collection[str] = (
     if isinstance(skip, str) or unknown:
         raise InputError(f"centre: skip={skip!r} names no layer of the model "
                          f"({sorted(unknown) or skip!r})")  # fmt: skip
-    made: dict[int, nn.Module | None] = {}  # a layer held by several parents stays one layer
+    from natgrad.network import check_untied
+
+    check_untied(out, "centre")  # a centred copy of each would untie a shared weight
+    made: dict[int, nn.Module | None] = {}  # a layer held in several places stays one layer
     for parent in list(out.modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # every slot, repeats included
             if names.get(id(child)) in skip:
                 continue
             if id(child) not in made:
@@ -160,9 +163,9 @@ def uncentre(model: nn.Module) -> nn.Module:
     r"""A deep copy with plain Linear/Conv2d layers holding w and w0 = v0 − wᵀm: the same
     function in the original parametrisation (for the analysis tools)."""
     out = copy.deepcopy(model)
-    made: dict[int, nn.Module] = {}  # a layer held by several parents stays one layer
+    made: dict[int, nn.Module] = {}  # a layer held in several places stays one layer
     for parent in list(out.modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # every slot, repeats included
             if is_centred(child) and id(child) not in made:
                 plain = nn.Linear if isinstance(child, nn.Linear) else nn.Conv2d
                 new = copy.copy(child)
