@@ -128,7 +128,9 @@ def test_restoring_a_later_state_over_an_earlier_copy_moves_the_whole_run(tmp_pa
     copy_runs(runs, tmp_path / "state3", resume=True)
     shutil.rmtree(runs)
     copy_runs(tmp_path / "state1", runs, resume=True)
+    (run / "diverged.json").write_text('{"message": "an earlier try"}')  # dest's own, stale
     copy_runs(tmp_path / "state3", runs, resume=True, replace=False)
+    assert not (run / "diverged.json").exists() and finished(run)
     rd = RunDir(run)
     assert rd.checkpoint_epochs() == [3]
     assert [r["epoch"] for r in rd.read_metrics()] == [0, 1, 2, 3]
