@@ -336,26 +336,22 @@ def relation(curves, mech_seeds):
 
 def relation_table(per_seed):
     """Per interval (``from``, ``to``) of the per-seed table: the means over seeds of the ρ
-    advantage and of the extra fall with their CIs (``stats.mean_ci``), and Spearman's
+    advantage and of the extra fall with their CIs (``stats.ci_summary``), and Spearman's
     correlation of the two over seeds with its bootstrap CI and permutation p
     (``stats.rank_correlation``: ``spearman``, ``spearman_lo``/``_hi``, ``spearman_p``,
     ``spearman_p_at_floor``)."""
     import pandas as pd
 
-    from natgrad.analysis.stats import mean_ci, rank_correlation
+    from natgrad.analysis.stats import ci_summary, rank_correlation
 
+    table = ci_summary(per_seed, ["from", "to"], ("rho_advantage", "extra_log10_fall"))
     rows = []
-    for (e0, e1), sub in per_seed.groupby(["from", "to"]):
-        r = {"from": e0, "to": e1, "n": len(sub)}
-        for col in ("rho_advantage", "extra_log10_fall"):
-            x = sub[col].to_numpy()
-            r[col], (r[f"{col}_lo"], r[f"{col}_hi"], r["ci_method"]) = x.mean(), mean_ci(x)
+    for _, sub in per_seed.groupby(["from", "to"], sort=False):
         rc = rank_correlation(sub["rho_advantage"], sub["extra_log10_fall"])
-        r.update(spearman=rc["r"], spearman_lo=rc["lo"], spearman_hi=rc["hi"],
-                 spearman_ci_method=rc["ci_method"], spearman_p=rc["p"],
-                 spearman_p_at_floor=rc["p_at_floor"])  # fmt: skip
-        rows.append(r)
-    return pd.DataFrame(rows)
+        rows.append(dict(spearman=rc["r"], spearman_lo=rc["lo"], spearman_hi=rc["hi"],
+                         spearman_ci_method=rc["ci_method"], spearman_p=rc["p"],
+                         spearman_p_at_floor=rc["p_at_floor"]))  # fmt: skip
+    return pd.concat([table.rename(columns={"seeds": "n"}), pd.DataFrame(rows)], axis=1)
 
 
 def relation_lines(rel) -> list[str]:
