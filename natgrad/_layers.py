@@ -29,7 +29,16 @@ def supported_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
-    """``(name, module)`` of ``layer`` (a module inside ``model`` or its name), checked."""
+    """``(name, module)`` of ``layer`` (a module inside ``model`` or its name), checked to be
+    a Linear/Conv2d layer with a bias (:func:`check_layer`)."""
+    name, module = find_layer(model, layer)
+    check_layer(name, module)
+    return name, module
+
+
+def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """``(name, module)`` of ``layer`` (a module inside ``model`` or its name), whatever its
+    type; errors name what is wrong."""
     if isinstance(layer, str):
         modules = dict(model.named_modules())
         if layer not in modules:
@@ -50,7 +59,6 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         raise UnsupportedLayerError(
             f"layer must be an nn.Module inside the model or its name, got {type(layer).__name__}"
         )
-    check_layer(name, module)
     return name, module
 
 

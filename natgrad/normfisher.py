@@ -39,6 +39,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from natgrad import linalg
+from natgrad._layers import find_layer
 from natgrad.errors import InputError, UnsupportedLayerError
 
 __all__ = ["NORM_LAYERS", "NormUnitFisher", "norm_layers", "norm_unit_fishers", "normalised"]
@@ -197,24 +198,6 @@ class NormUnitFisher:
                 f"kind={self.kind!r}, likelihood={self.likelihood!r})")  # fmt: skip
 
 
-def _name(model: nn.Module, layer: str | nn.Module) -> str:
-    """The name of ``layer`` in ``model`` (a module inside it, or already its name), as
-    :func:`natgrad._layers.resolve_layer` takes a layer; the layer is checked by the caller."""
-    if isinstance(layer, str):
-        return layer
-    if isinstance(layer, nn.Module):
-        for name, m in model.named_modules():
-            if m is layer:
-                return name
-        raise UnsupportedLayerError(
-            f"the given {type(layer).__name__} is not a submodule of the model; pass a layer "
-            "taken from the model itself (e.g. model[1] or its name from named_modules())"
-        )
-    raise UnsupportedLayerError(
-        f"layer must be an nn.Module inside the model or its name, got {type(layer).__name__}"
-    )
-
-
 def norm_unit_fishers(
     model: nn.Module,
     inputs,
@@ -233,7 +216,9 @@ def norm_unit_fishers(
     from natgrad.engine import PassOptions, compute
 
     modules = dict(model.named_modules())
-    names = list(norm_layers(model)) if layers is None else [_name(model, m) for m in layers]
+    names = (
+        list(norm_layers(model)) if layers is None else [find_layer(model, m)[0] for m in layers]
+    )
     if not names:
         raise UnsupportedLayerError(
             "the model has no affine BatchNorm1d/2d, LayerNorm or GroupNorm layer"

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from natgrad._layers import check_units, resolve_layer
+from natgrad._layers import check_layer, check_units, find_layer
 from natgrad.errors import InputError
 from natgrad.likelihoods import KINDS, check_likelihood, sample_targets
 from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, check_norm_layer, normalised
@@ -67,14 +67,12 @@ __all__ = [
 def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
     """The name of ``layer`` (a module of ``model`` or its name), checked as the engine checks
     it: a Linear/Conv2d layer with a bias, or an affine normalisation layer."""
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, NORM_LAYERS)}
-    name = (
-        layer if isinstance(layer, str) else next((n for n, m in norms.items() if m is layer), None)
-    )
-    if name in norms:
-        check_norm_layer(name, norms[name])
-        return name
-    return resolve_layer(model, layer)[0]
+    name, module = find_layer(model, layer)
+    if isinstance(module, NORM_LAYERS):
+        check_norm_layer(name, module)
+    else:
+        check_layer(name, module)
+    return name
 
 
 def _as_tensors(
