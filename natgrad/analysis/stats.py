@@ -795,8 +795,13 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
     acts = "median_all" in curves
     has_val = "val_error" in curves and curves["val_error"].notna().any()
     rows = []
+    horizon = int(trained["epoch"].max()) if len(trained) else 0
     for key, sub in trained.groupby(runs, sort=False):
         sub = sub.sort_values("epoch")
+        if int(sub["epoch"].max()) < horizon:  # it stopped early (diverged): its missing
+            sub = (sub.set_index("epoch")  # epochs are NaN, as Study.curves gives them
+                   .reindex(range(int(sub["epoch"].min()), horizon + 1))
+                   .rename_axis("epoch").reset_index())  # fmt: skip
         below = sub[sub["train_loss"] <= threshold]["epoch"]
         tail = sub.tail(last)
         row = {"run": key if runs == "run" else f"{key[0]}-s{key[1]}",
