@@ -80,11 +80,16 @@ def _dead(matrix: torch.Tensor) -> torch.Tensor:
     return ~(matrix[:, -1, -1] > 0)
 
 
-def _live_only(fn, dead: torch.Tensor, like: tuple, per_unit: tuple, mean_p=None, **context):
-    r"""``fn`` on the live units only, its outputs (shaped as ``like``) NaN at the dead ones:
-    a dead unit's block is never solved with, as in :func:`measures`. ``per_unit`` tensors are
-    sliced to the live units, so is ``mean_p`` when it is ``[U, d]``, and ``units=`` of the
-    context (errors name the units of the layer)."""
+def _over_live(fn, rel_damping, like: tuple, per_unit: tuple, mean_p=None, **context):
+    r"""``None`` where every unit of ``per_unit[0]`` (the blocks) lives; else ``fn`` on the live
+    units only, its outputs (shaped as ``like``) NaN at the dead ones: a dead unit's block is
+    never solved with, as in :func:`measures`. ``per_unit`` tensors are sliced to the live
+    units, so is ``mean_p`` when it is ``[U, d]``, and ``units=`` of the context (errors name
+    the units of the layer); ``rel_damping`` is checked as the live path checks it."""
+    dead = _dead(per_unit[0])
+    if not dead.any():
+        return None
+    damping.check(rel_damping)  # also where every unit is dead
     live = (~dead).nonzero().flatten()
     outs = [torch.full_like(t, math.nan) for t in like]
     if live.numel():
@@ -275,18 +280,9 @@ def direction(
     if kind == "centred":
         u, u0 = centred_direction(m, g, g0)
         return u.to(out), u0.to(out)
-    dead = _dead(M)
-    if dead.any():
-        damping.check(rel_damping)  # as the live path does, also where every unit is dead
-        u, u0 = _live_only(
-            lambda *a, **c: direction(*a, kind, rel_damping, **c),
-            dead,
-            (g, g0),
-            (M, g, g0),
-            mean_p=m,
-            **context,
-        )
-        return u.to(out), u0.to(out)
+    again = lambda *a, **c: direction(*a, kind, rel_damping, **c)  # noqa: E731
+    if (got := _over_live(again, rel_damping, (g, g0), (M, g, g0), m, **context)) is not None:
+        return got[0].to(out), got[1].to(out)
     F = relative_damped(M, rel_damping)
     diag, b, c = torch.diagonal(F, dim1=-2, dim2=-1), F[:, :-1, -1], F[:, -1, -1]
     if kind == "diagonal":
@@ -331,16 +327,9 @@ def efficiency(
         tensor([0.7071])
     """
     out, (M, g, g0, u, u0) = _f64(matrix, g, g0, u, u0)
-    dead = _dead(M)
-    if dead.any():
-        damping.check(rel_damping)  # as the live path does, also where every unit is dead
-        return _live_only(
-            lambda *a, **c: efficiency(*a, rel_damping, **c),
-            dead,
-            (g0,),
-            (M, g, g0, u, u0),
-            **context,
-        ).to(out)
+    again = lambda *a, **c: efficiency(*a, rel_damping, **c)  # noqa: E731
+    if (got := _over_live(again, rel_damping, (g0,), (M, g, g0, u, u0), **context)) is not None:
+        return got.to(out)
     F = relative_damped(M, rel_damping)
     G = torch.cat([g, g0.unsqueeze(-1)], -1)
     V = torch.cat([u, u0.unsqueeze(-1)], -1)
@@ -372,17 +361,9 @@ def bias_shift_error(
         tensor([inf])
     """
     out, (M, m, g, g0, u, u0) = _f64(matrix, mean_p, g, g0, u, u0)
-    dead = _dead(M)
-    if dead.any():
-        damping.check(rel_damping)  # as the live path does, also where every unit is dead
-        return _live_only(
-            lambda *a, **c: bias_shift_error(*a, rel_damping, **c),
-            dead,
-            (g0,),
-            (M, g, g0, u, u0),
-            mean_p=m,
-            **context,
-        ).to(out)
+    again = lambda *a, **c: bias_shift_error(*a, rel_damping, **c)  # noqa: E731
+    if (got := _over_live(again, rel_damping, (g0,), (M, g, g0, u, u0), m, **context)) is not None:
+        return got.to(out)
     nat, nat0 = direction(M, m, g, g0, "natural", rel_damping, **context)
     natural = _dot(m, nat) + nat0
     return (((_dot(m, u) + u0) - natural).abs() / natural.abs()).to(out)
