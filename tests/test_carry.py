@@ -129,8 +129,12 @@ def test_restoring_a_later_state_over_an_earlier_copy_moves_the_whole_run(tmp_pa
     shutil.rmtree(runs)
     copy_runs(tmp_path / "state1", runs, resume=True)
     (run / "diverged.json").write_text('{"message": "an earlier try"}')  # dest's own, stale
+    kept = run / "activations" / "epoch_0001.safetensors"  # records a copy does not carry
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_bytes(b"an activation record")
     copy_runs(tmp_path / "state3", runs, resume=True, replace=False)
     assert not (run / "diverged.json").exists() and finished(run)
+    assert kept.read_bytes() == b"an activation record"  # nothing is lost
     rd = RunDir(run)
     assert rd.checkpoint_epochs() == [3]
     assert [r["epoch"] for r in rd.read_metrics()] == [0, 1, 2, 3]

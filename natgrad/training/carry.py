@@ -91,8 +91,9 @@ def copy_runs(src: PathLike, dest: PathLike, *, runs=None, finished_only: bool =
                     shutil.copyfileobj(f, g)
                 copied += 1
         new = {p for p in wanted if p.parent.name == "checkpoints"}
-        if resume and keep:  # the copy is src's run whole: dest's other files of it go
-            stale = set(target.own_files()) - wanted
+        if resume and keep:  # src's run whole: dest's other resume files go (not its
+            # per-epoch activation records, which the copy does not carry)
+            stale = set(target.resume_files() + target.checkpoint_files()) - wanted
             if not new:  # a run with no checkpoint leaves the saved one be
                 stale -= set(target.checkpoint_files())
             for path in stale:
