@@ -39,7 +39,7 @@ CLI_CASES = [
     (["--device", "tpu"], "--device 'tpu'"),
     # settings that were accepted and then ignored or cut (a review found each)
     (["--set", "lr_schedule=100:0.001,0:0.1"], "strictly increasing starts"),
-    (["--set", "lr_schedule=0.5:0.1"], "integer iteration or epoch"),
+    (["--set", "lr_schedule=0.5:0.1"], "integer start"),
     (["--set", "net=cifar-18"], "choose the net with --net"),
     (["--set", "dropout=0.1,0.5"], "dropout takes one rate"),
     (["--set", "train_size=100000"], "holds 1437 images"),

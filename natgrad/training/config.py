@@ -318,7 +318,7 @@ def _parse(key: str, text: str, hint) -> object:
         return None
     if key == "lr_schedule":
         pairs = [p.split(":") for p in text.split(",") if p]
-        return tuple((_start(s), float(v)) for s, v in pairs)
+        return tuple((_whole(float(s)), float(v)) for s, v in pairs)
     if key == "dropout":
         return tuple(float(p) for p in text.split(","))
     if key == "checkpoint_epochs":
@@ -327,7 +327,7 @@ def _parse(key: str, text: str, hint) -> object:
         if text.lower() in ("", "none", "()"):
             return ()
         pairs = [p.split(":") for p in text.split(",") if p]
-        return tuple((_start(s), m.strip()) for s, m in pairs)
+        return tuple((_whole(float(s)), m.strip()) for s, m in pairs)
     base = next((t for t in (bool, int, float, str) if t in (hint, *typing.get_args(hint))), str)
     if base is bool:
         if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -339,14 +339,6 @@ def _parse(key: str, text: str, hint) -> object:
 def _whole(value):
     """``value`` as an ``int`` where it is integral, else as it is (for the check to refuse)."""
     return int(value) if is_finite_number(value) and float(value).is_integer() else value
-
-
-def _start(text: str) -> int:
-    """A phase's start: an integer (``1e5`` is 100000), never a truncated fraction."""
-    value = float(text)
-    if not value.is_integer():
-        raise ValueError(f"a phase starts at an integer iteration or epoch, not {text.strip()}")
-    return int(value)
 
 
 def apply_overrides(config: TrainConfig, items: list[str] | None) -> TrainConfig:
