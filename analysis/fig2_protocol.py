@@ -361,7 +361,8 @@ def relation_lines(rel) -> list[str]:
     from natgrad.analysis.report import p_text
 
     how = f"{rel['ci_method'].iloc[0]} CI" if len(rel) else "CI"
-    lines = ["Per interval (e → e'): ELU − ReLU in ρ(plain) at e, and how much more ELU's log10 "
+    lines = ["Per interval (e → e'): ELU − ReLU in ρ(plain) at e (relative damping λ = "
+             f"{MECHANISM['rel_damping']:g}), and how much more ELU's log10 "
              f"training loss falls than ReLU's from e to e' (mean over seeds, {how}), with the "
              "Spearman correlation r of the two over seeds (its BCa bootstrap 95 % CI over "
              "seeds, and the two-sided permutation p; `stats.rank_correlation`).", "",
