@@ -660,3 +660,21 @@ def test_a_censored_time_is_not_averaged_in_the_summary():
     s = stats.group_summary(values, ["epochs_to_loss"]).set_index("unit_type")
     assert s.loc["elu", "epochs_to_loss_mean"] == pytest.approx(7 / 3)
     assert s.loc["relu", ["epochs_to_loss_mean", "epochs_to_loss_lo"]].isna().all()
+
+
+def test_sign_flip_p_counts_patterns_tied_in_exact_arithmetic():
+    """Sign patterns whose means are equal in exact arithmetic but differ in the last bits of
+    their float sums are ties: they count as at least as extreme (scipy's relative tie
+    tolerance misses them where the mean is near 0, giving p = 0.9375 for an exact p of 1)."""
+    from fractions import Fraction
+
+    def exact_p(d):
+        q = [Fraction(str(x)) for x in d]  # the decimals as written
+        obs = abs(sum(q))
+        pats = list(itertools.product([1, -1], repeat=len(q)))
+        return sum(abs(sum(s * x for s, x in zip(p, q))) >= obs for p in pats) / len(pats)
+
+    for d in ([0.1, 0.2, 0.3, -0.6, 0.7, -0.7, 0.3, -0.3],
+              [0.03, -0.17, 0.11, 0.17, -0.03, -0.11, 0.2, -0.2],
+              [0.1, 0.2, -0.3, 0.4, 0.05, 0.15]):
+        assert stats.sign_flip_p(d) == pytest.approx(exact_p(d), abs=1e-12), d

@@ -654,8 +654,10 @@ def sign_flip_p(diff) -> float:
     (one per seed): exact up to :data:`SIGN_FLIP_EXACT_UP_TO` seeds (all 2^n sign patterns, so
     n seeds cannot go below 2/2^n), above that from :data:`SIGN_FLIP_RESAMPLES` random
     patterns of a fixed generator (reproducible; scipy counts the observed pattern among
-    them, so p is never 0). NaN for fewer than 2 or non-finite differences, 1 when every
-    difference is 0."""
+    them, so p is never 0). Means are compared on a grid of 1e-12·Σ|d|, so patterns whose
+    means are equal in exact arithmetic are ties whatever their float rounding (scipy's own
+    relative tolerance misses them near a mean of 0). NaN for fewer than 2 or non-finite
+    differences, 1 when every difference is 0."""
     from scipy import stats
 
     d = np.asarray(diff, dtype=np.float64)
@@ -664,7 +666,12 @@ def sign_flip_p(diff) -> float:
     if not np.any(d != 0):
         return 1.0
     exact = d.size <= SIGN_FLIP_EXACT_UP_TO
-    res = stats.permutation_test((d,), np.mean, permutation_type="samples",
+    scale = np.abs(d).sum()
+
+    def mean_on_grid(x, axis=-1):  # the mean over Σ|d|, in [-1, 1], on a 1e-12 grid: patterns
+        return np.round(x.sum(axis=axis) / scale, 12)  # tied in exact arithmetic stay tied
+
+    res = stats.permutation_test((d,), mean_on_grid, permutation_type="samples",
                                  n_resamples=np.inf if exact else SIGN_FLIP_RESAMPLES,
                                  alternative="two-sided", rng=np.random.default_rng(0))  # fmt: skip
     return float(res.pvalue)
