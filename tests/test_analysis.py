@@ -678,3 +678,12 @@ def test_sign_flip_p_counts_patterns_tied_in_exact_arithmetic():
               [0.03, -0.17, 0.11, 0.17, -0.03, -0.11, 0.2, -0.2],
               [0.1, 0.2, -0.3, 0.4, 0.05, 0.15]):
         assert stats.sign_flip_p(d) == pytest.approx(exact_p(d), abs=1e-12), d
+
+
+def test_log_loss_auc_of_a_zero_loss_is_minus_infinity():
+    """A training loss of exactly 0 (float32 cross-entropy can round to it) has log -inf: the
+    log AUC says so rather than standing in -300 for that epoch (which moved a 100-epoch mean
+    by -3, a made-up number)."""
+    assert stats.loss_auc([1.0, 0.0], log=True) == -math.inf
+    assert stats.loss_auc([1.0, 0.0]) == 0.5
+    assert math.isnan(stats.loss_auc([1.0, math.nan], log=True))

@@ -330,15 +330,19 @@ def loss_auc(train_loss, *, log: bool = False) -> float:
     r"""The speed of learning, natgrad's one definition: the mean over epochs 1..E of the
     training loss (each epoch's running mean over its steps, as the trainer records it), or
     of its log10 (``log``: late epochs, where every loss is near 0, count as much as early
-    ones). ``train_loss`` holds epochs 1..E (the initial net, epoch 0, is left out: nets of
-    two unit types with the same weights start at different losses).
+    ones; an epoch whose loss is exactly 0 makes it -inf, which summaries report as such).
+    ``train_loss`` holds epochs 1..E (the initial net, epoch 0, is left out: nets of two unit
+    types with the same weights start at different losses).
 
     Example:
         >>> loss_auc([1.0, 0.1]), loss_auc([1.0, 0.1], log=True)
         (0.55, -0.5)
     """
     x = np.asarray(train_loss, dtype=np.float64)
-    return float(np.log10(np.clip(x, 1e-300, None)).mean() if log else x.mean())
+    if log:
+        with np.errstate(divide="ignore"):  # a loss of exactly 0: log -inf, so the AUC -inf
+            x = np.log10(x)
+    return float(x.mean())
 
 
 def mean_and_ci(x) -> tuple[float, float, float, str]:
