@@ -253,3 +253,24 @@ def test_random_crop_flip_matches_reference():
         assert_close(out[n], ref.flip(-1) if flips[n] else ref)
     again = random_crop_flip(x, torch.Generator().manual_seed(5), padding=2)
     assert torch.equal(out, again)
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_files_are_refused_as_mnist():
+    """Fashion-MNIST's IDX files have MNIST's names and shapes: read as ``mnist`` they trained
+    a run on clothes called digits (exit 0). Their label files identify them."""
+    with pytest.raises(DataFileError, match="Fashion-MNIST.*--dataset fashion-mnist"):
+        load_dataset("mnist", FASHION)
+
+
+def test_mnist_files_are_refused_as_fashion_mnist(tmp_path):
+    """The other way round: MNIST's label files (written here from the shipped copy, with
+    1×1 images) read as ``fashion-mnist`` are refused, naming MNIST."""
+    mnist = load_dataset("mnist")
+    train = np.concatenate([mnist.train_y.numpy(), mnist.val_y.numpy()]).astype(np.uint8)
+    for prefix, lab in (("train", train), ("t10k", mnist.test_y.numpy().astype(np.uint8))):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((lab.size, 1, 1), np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", lab)
+    with pytest.raises(DataFileError, match="MNIST's.*--dataset mnist"):
+        load_dataset("fashion-mnist", tmp_path)
+    assert load_dataset("mnist", tmp_path).train_y.shape == (50_000,)

@@ -11,6 +11,7 @@ A training file of any other size, and Fashion-MNIST, get no validation split.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,32 @@ __all__ = ["MNIST_TRAIN_SIZE", "MNIST_VAL_SIZE", "find_idx_file", "has_idx_files
 
 #: The official MNIST training file's size, and how many of its last images are validation.
 MNIST_TRAIN_SIZE, MNIST_VAL_SIZE = 60_000, 10_000
+
+#: SHA-256 of the official label files' labels (uint8, in file order) of each data set: both
+#: sets share file names and shapes, so these tell them apart.
+LABELS_SHA256 = {
+    "mnist": {
+        "train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+        "test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+    },
+    "fashion-mnist": {
+        "train": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+        "test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+    },
+}
+_TITLE = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def _check_not_the_other(labels: np.ndarray, split: str, name: str, path: Path) -> None:
+    """A :class:`DataFileError` if ``path``'s labels are the other data set's official ones."""
+    digest = hashlib.sha256(labels.astype(np.uint8).tobytes()).hexdigest()
+    for other, sha in LABELS_SHA256.items():
+        if other != name and digest == sha[split]:
+            raise DataFileError(
+                f"{path}: these are {_TITLE[other]}'s {split} labels, not {_TITLE.get(name, name)}'s "
+                f"(the two share file names and shapes); pass --dataset {other} to train on "
+                f"them, or --data-dir a folder holding {_TITLE.get(name, name)}'s files"
+            )
 
 
 def has_idx_files(folder: Path) -> bool:
@@ -72,6 +99,7 @@ def load_mnist(folder: Path, *, name: str = "mnist", dtype: torch.dtype = torch.
         if labels.min() < 0 or labels.max() > 9:
             raise DataFileError(f"{lab_path}: labels must lie in 0..9, found values in "
                                 f"[{labels.min()}, {labels.max()}]")  # fmt: skip
+        _check_not_the_other(labels, split, name, lab_path)
         out[f"{split}_x"] = torch.from_numpy(images).to(dtype).div_(255.0).unsqueeze(1)
         out[f"{split}_y"] = torch.from_numpy(labels.astype(np.int64))
         meta["files"][split] = [str(img_path), str(lab_path)]
