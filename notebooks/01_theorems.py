@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -70,9 +70,11 @@ assert_close(shift.shift_blockdiag, torch.tensor([0.5]), what="shift_blockdiag")
 # %% [markdown]
 # ## A synthetic population
 # $n$ inputs with activations $a \sim \mathcal N(\mu \mathbf 1, I_d)$ and error weights
-# $\bar\delta^2 = \exp(\gamma z - \gamma^2/2)$, where $z$ is the standardised mean of $a$:
-# $\gamma$ couples $\bar\delta^2$ to $a$ ($\gamma = 0$: uncorrelated, so $q = p$). (Not ρ: in
-# natgrad ρ is the Fisher efficiency below.) The gradient $(g, g_0)$ is fixed.
+# $\bar\delta^2 = \exp(\gamma z + \xi/2 - \gamma^2/2 - 1/8)$, where $z$ is the standardised
+# mean of $a$ and $\xi \sim \mathcal N(0, 1)$ is independent of $a$: $\gamma$ couples
+# $\bar\delta^2$ to $a$ ($\gamma = 0$: $\bar\delta^2$ still varies but is independent of $a$,
+# so $q = p$ in the population limit). (Not ρ: in natgrad ρ is the Fisher efficiency below.)
+# The gradient $(g, g_0)$ is fixed.
 # `UnitFisher.from_matrix` wraps the block; everything below is its methods.
 #
 # Two ways to say how far the plain gradient is from the natural gradient: the Euclidean
@@ -87,7 +89,8 @@ def population(mean: float, gamma: float, d: int, n: int = 4000, seed: int = 0) 
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(n, d, generator=gen) + mean  # [n, d]
     z = (a.mean(-1) - mean) * d**0.5  # standardised, [n]
-    w = torch.exp(gamma * z - gamma**2 / 2)  # δ̄², [n]
+    xi = torch.randn(n, generator=gen)  # independent of a
+    w = torch.exp(gamma * z + xi / 2 - gamma**2 / 2 - 1 / 8)  # δ̄², mean 1, [n]
     at = torch.cat([a, torch.ones(n, 1)], -1)  # [n, d+1]
     F = (w[:, None] * at).T @ at / n
     return UnitFisher.from_matrix((F + F.T) / 2, a.mean(0), layer="synthetic")
@@ -137,9 +140,12 @@ display(sliders)
 # %% [markdown]
 # ## The ELU argument: a centred incoming mean needs no correction
 # Sweep the incoming mean. With $\gamma = 0$, $k \approx 0$ (exactly 0 in the population
-# limit) and the natural gradient's shift is the block-diagonal shift *at mean zero*; the
-# plain gradient agrees with the natural gradient best when the incoming mean is near 0 — in
-# the Fisher efficiency ρ (middle) as in the Euclidean cosine (right).
+# limit), $E_q(a) \approx E_p(a)$, and the plain gradient agrees with the natural gradient
+# best when the incoming mean is near 0 — in the Fisher efficiency ρ (middle) as in the
+# Euclidean cosine (right). With $\gamma = 0.5$ the best mean moves to about −0.3: there
+# $E_q(a) \approx 0$, not $E_p(a)$. The theorems ask for a zero $q$-mean; a zero mean
+# activation gives it only where $\bar\delta^2$ does not vary with $a$, which is the gap in
+# the ELU argument that the trained-net studies measure.
 
 # %%
 means = torch.linspace(-2, 2, 41)
@@ -162,6 +168,14 @@ plt.show()
 
 uncorrelated = population(1.5, 0.0, 3, n=20000)
 assert abs(uncorrelated.k().item()) < 0.05, "k ≈ 0 when δ̄² and a are uncorrelated"
+assert population(1.5, 0.5, 3, n=20000).k().item() > 1.0, "k far from 0 when they are not"
+g, g0 = gradient(3)
+for gamma in (0.0, 0.5):  # where ρ(plain) peaks, the q-mean is near 0 (the p-mean need not be)
+    fishers = [population(m.item(), gamma, 3) for m in means]
+    best = max(range(len(means)), key=lambda i: fishers[i].efficiency(g, g0, "plain").item())
+    e_q = fishers[best].mean_q[0].abs().max().item()
+    print(f"γ = {gamma}: ρ(plain) peaks at E_p(a) = {means[best].item():+.1f}, |E_q(a)| ≤ {e_q:.3f}")
+    assert e_q < 0.1
 
 # %% [markdown]
 # ## The SymPy proofs

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -22,8 +22,10 @@
 # factor as δ̄²·ããᵀ. We train a small CNN on the 8×8 digits for a few seconds and look at
 #
 # 1. one channel's weight-shared block;
-# 2. Ollivier's **quasi-diagonal** approximation M = [[diag(A), b], [bᵀ, c]] (O(d) memory and
-#    solves, `structure="quasidiagonal"`) against it;
+# 2. Ollivier's **quasi-diagonal** metric Q, built from F's diagonal, bias row and bias entry
+#    (O(d) memory and solves, `structure="quasidiagonal"`), against it. Q is not the arrowhead
+#    matrix [[diag(A), b], [bᵀ, c]]: that one's inverse is another update (`arrowhead`,
+#    docs/theory.md);
 # 3. the two definitions of the conv q-moments: E_q(a) := b/c of the weight-shared block
 #    (`conv_moments="shared"`, docs/theory.md) and of the block with the positions treated as
 #    separate samples (`conv_moments="positions"`, K-FAC-for-conv style:
