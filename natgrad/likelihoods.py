@@ -164,7 +164,7 @@ def sqrt_output_fisher(likelihood: str, output: torch.Tensor) -> torch.Tensor:
         return L.permute(2, 0, 1)  # [K=C, N, C]
     if likelihood == "bernoulli":
         sig = torch.sigmoid(o)
-        diag = (sig * (1 - sig)).sqrt()  # [N, D]
+        diag = (sig * torch.sigmoid(-o)).sqrt()  # σ(o)(1−σ(o)), without the cancellation
     else:
         diag = torch.ones_like(o)
     eye = torch.eye(d, dtype=o.dtype, device=o.device)

@@ -232,3 +232,15 @@ def test_mc_error_shrinks_like_inverse_sqrt_samples(case_name, layer):
         assert 0.3 < z.square().mean().sqrt() < 2.0, (s, z.square().mean().sqrt())
         rms.append(err.square().mean().sqrt())
     assert 2.5 < rms[0] / rms[1] < 6.5, rms
+
+
+def test_bernoulli_output_fisher_keeps_its_precision_in_float32():
+    """σ(o)(1 − σ(o)) cancels in float32 for a large positive logit (1 − σ rounds to 0 at
+    o = 17, and is 17 % off at o = 15): the output Fisher is σ(o)σ(−o), accurate both ways."""
+    from natgrad.likelihoods import sqrt_output_fisher
+
+    o = torch.tensor([[-17.0, -15.0, 0.0, 15.0, 17.0, 30.0]])
+    got = sqrt_output_fisher("bernoulli", o).square().sum(0)  # L Lᵀ's diagonal: [N, D]
+    o64 = o.double()
+    want = torch.sigmoid(o64) * torch.sigmoid(-o64)
+    assert_close(got.double(), want, rtol=1e-6, atol=0, what="float32 Bernoulli H(o)")
