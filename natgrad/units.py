@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,7 +70,9 @@ class SReLU(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp_min(x, -1.0)
+        # f′(−1) = 0 as THEORY and torch's ReLU at 0 have it (clamp_min's slope there is 1);
+        # a NaN compares False, so it passes through
+        return torch.where(x <= -1.0, -1.0, x)
 
     def extra_repr(self) -> str:
         return "f(x) = max(-1, x)"
@@ -212,6 +215,9 @@ def make_unit(name: str, alpha: float | None = None) -> nn.Module:
         raise InputError(f"unknown unit {name!r}; choose one of {', '.join(UNIT_NAMES)}")
     if alpha is not None and key not in DEFAULT_ALPHA:
         raise InputError(f"unit {key!r} has no alpha parameter (got alpha={alpha}); drop it")
+    if alpha is not None and (not math.isfinite(alpha) or (alpha < 0 and key != "prelu")):
+        raise InputError(f"unit {key!r}: alpha={alpha} is not allowed; pass a finite alpha "
+                         f"{'' if key == 'prelu' else '≥ 0 (a negative one makes it non-monotone)'}")  # fmt: skip
     return CATALOGUE[key].factory(alpha)
 
 

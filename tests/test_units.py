@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -51,9 +53,13 @@ def test_torch_builtins_and_srelu_module():
 
 
 def test_srelu_gradient_is_indicator():
-    x = X.clone().requires_grad_(True)
+    """f′(x) = 1{x > −1}, THEORY's and the SymPy spec's: slope 0 at the kink, as torch's ReLU
+    at 0 (SReLU(x) = ReLU(x + 1) − 1). NaN stays NaN; float32 keeps small values exactly."""
+    x = torch.cat([X, torch.tensor([-1.0, 1e-10], dtype=X.dtype)]).requires_grad_(True)
     SReLU()(x).sum().backward()
-    assert_close(x.grad, (X >= -1).to(X.dtype))  # clamp: slope 1 at the kink
+    assert_close(x.grad, (x.detach() > -1).to(X.dtype))
+    assert torch.isnan(SReLU()(torch.tensor([math.nan]))).all()
+    assert SReLU()(torch.tensor([1e-10])).item() == torch.tensor([1e-10]).item()
 
 
 def test_unknown_unit_and_bad_alpha():
@@ -61,6 +67,11 @@ def test_unknown_unit_and_bad_alpha():
         make_unit("tanh")
     with pytest.raises(InputError, match="relu"):
         make_unit("relu", alpha=0.2)
+    for name, alpha in (("elu", math.nan), ("prelu", math.inf), ("elu", -1.0), ("lrelu", -0.1)):
+        with pytest.raises(InputError, match=f"{name}.*alpha"):
+            make_unit(name, alpha=alpha)  # ELU(α=−1) rises to +0.63 at −1: not an ELU
+    assert make_unit("elu", alpha=0.0)(torch.tensor([-3.0])).item() == 0.0  # α = 0: ReLU
+    assert make_unit("prelu", alpha=-0.5).weight.item() == -0.5  # a learnt slope: any sign
 
 
 def test_hidden_units_in_order():
