@@ -672,11 +672,15 @@ def test_sign_flip_p_counts_patterns_tied_in_exact_arithmetic():
         q = [Fraction(str(x)) for x in d]  # the decimals as written
         obs = abs(sum(q))
         pats = list(itertools.product([1, -1], repeat=len(q)))
-        return sum(abs(sum(s * x for s, x in zip(p, q, strict=True))) >= obs for p in pats) / len(pats)
+        return sum(abs(sum(s * x for s, x in zip(p, q, strict=True))) >= obs for p in pats) / len(
+            pats
+        )
 
-    for d in ([0.1, 0.2, 0.3, -0.6, 0.7, -0.7, 0.3, -0.3],
-              [0.03, -0.17, 0.11, 0.17, -0.03, -0.11, 0.2, -0.2],
-              [0.1, 0.2, -0.3, 0.4, 0.05, 0.15]):
+    for d in (
+        [0.1, 0.2, 0.3, -0.6, 0.7, -0.7, 0.3, -0.3],
+        [0.03, -0.17, 0.11, 0.17, -0.03, -0.11, 0.2, -0.2],
+        [0.1, 0.2, -0.3, 0.4, 0.05, 0.15],
+    ):
         assert stats.sign_flip_p(d) == pytest.approx(exact_p(d), abs=1e-12), d
 
 
