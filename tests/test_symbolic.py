@@ -121,3 +121,53 @@ def test_cli_verify_exits_zero():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "hold" in proc.stdout and " NO " not in proc.stdout
+
+
+def test_torch_theorems_evaluate_the_proved_formulas():
+    """The proofs are about SymPy's formulas; ``natgrad.theorems`` and ``UnitFisher`` are the
+    code users call. Evaluate each proved formula at random numbers (d = 3, a random SPD
+    block) and compare with the torch route in float64, so a regression in the code fails
+    here even though ``natgrad verify`` (which proves the formulas) would still pass."""
+    import torch
+
+    from natgrad import UnitFisher, theorems
+    from natgrad.testing import assert_close, conditioned
+
+    d = 3
+    B = blocks.symbolic_block(d)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, d + 1, generator=gen, dtype=torch.float64)
+    x[:, -1] = 1.0
+    F = x.T @ (x * torch.rand(50, 1, generator=gen, dtype=torch.float64)) / 50
+    g, g0 = torch.randn(d, generator=gen, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
+    p = torch.randn(d, generator=gen, dtype=torch.float64)
+    A, b, c = F[:d, :d], F[:d, d], F[d, d]
+    values = {"c": c, "g_0": g0[0], **{f"g_{i + 1}": g[i] for i in range(d)},
+              **{f"p_{i + 1}": p[i] for i in range(d)}, **{f"b_{i + 1}": b[i] for i in range(d)},
+              **{f"A_{{{i + 1}{j + 1}}}": A[i, j] for i in range(d) for j in range(i, d)}}  # fmt: skip
+
+    def num(expr):
+        e = B.sympy(expr)
+        subs = {s: float(values[s.name]) for s in e.free_symbols}
+        out = e.subs(subs)
+        return torch.tensor(
+            [float(v) for v in out] if isinstance(out, sp.MatrixBase) else float(out),
+            dtype=torch.float64,
+        )
+
+    tol = conditioned(float(torch.linalg.cond(F)), d + 1)
+    one = dict(A=A[None], b=b[None], c=c[None])
+    mean_q = (b / c)[None]
+    var_q = (A / c - torch.outer(b / c, b / c))[None]
+    s = theorems.schur_complement(**one)
+    assert_close(theorems.lemma1_inverse(**one)[0].flatten(), num(blocks.lemma1_formula(B)), **tol)
+    dw, dw0 = theorems.natural_gradient(**one, g=g[None], g0=g0)
+    sym_dw, sym_dw0 = blocks.theorem1_formula(B)
+    assert_close(torch.cat([dw[0], dw0]), torch.cat([num(sym_dw), num(sym_dw0)[None]]), **tol)
+    assert_close(theorems.schur_complement_paper(c[None], mean_q, var_q)[0],
+                 num(blocks.s_paper_formula(B)), **tol)  # fmt: skip
+    k = theorems.k_paper(A[None], c[None], s, (b - c * p)[None], mean_q)[0]
+    assert_close(k, num(blocks.k_paper_formula(B)), **tol)
+    assert_close(theorems.k_closed(p, mean_q, var_q)[0], num(blocks.k_closed_formula(B)), **tol)
+    shift = UnitFisher.from_matrix(F[None], p).bias_shift(g[None], g0)
+    assert_close(shift.shift_natural[0], num(blocks.shift_formula(B)), **tol)

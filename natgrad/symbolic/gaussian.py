@@ -85,7 +85,9 @@ def gaussian_mean_fact(unit: str, formula: sp.Expr | None = None) -> ProofResult
         for a in alphas
     )
     tex = rf"E_{{x\sim\mathcal N(\mu,\sigma^2)}}[\mathrm{{{unit}}}(x)] = {sp.latex(expr)}"
-    case = f"{len(GRID)} (μ, σ)" + (f" × α ∈ {set(spec.alpha_values)}" if spec.alpha_values else "")
+    case = f"numerical check (quad) at {len(GRID)} (μ, σ)" + (
+        f" × α ∈ {set(spec.alpha_values)}" if spec.alpha_values else ""
+    )
     seconds = time.perf_counter() - t0
     return ProofResult(
         f"{unit}: Gaussian mean", case, tex, bool(err < QUAD_TOL), sp.Float(err, 3), seconds
