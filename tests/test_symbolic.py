@@ -171,3 +171,27 @@ def test_torch_theorems_evaluate_the_proved_formulas():
     assert_close(theorems.k_closed(p, mean_q, var_q)[0], num(blocks.k_closed_formula(B)), **tol)
     shift = UnitFisher.from_matrix(F[None], p).bias_shift(g[None], g0)
     assert_close(shift.shift_natural[0], num(blocks.shift_formula(B)), **tol)
+
+
+@pytest.mark.parametrize("name", list(units.UNITS))
+def test_torch_units_are_the_specs_the_facts_prove(name):
+    """The unit facts are proved about :data:`natgrad.symbolic.units.UNITS`; the nets run
+    :func:`natgrad.make_unit`. Their values and autograd slopes agree on a grid of x ≤ 0 that
+    includes the kinks, each kink taking its left piece's slope (lo < x ≤ hi), THEORY's
+    convention (SReLU: f′(−1) = 0; ReLU: f′(0) = 0; ELU: f′(0) = α)."""
+    import torch
+
+    from natgrad import make_unit
+
+    spec = units.UNITS[name]
+    xs = torch.tensor([-30.0, -3.0, -1.5, -1.0, -0.5, -1e-3, 0.0], dtype=torch.float64)
+    for value in spec.alpha_values or (None,):
+        module = make_unit(name.lower(), alpha=value if name == "ELU" else None)
+        t = xs.clone().requires_grad_(True)
+        module(t).sum().backward()
+        subs = {} if value is None else {units.alpha: value}
+        slopes = [sp.lambdify(units.x, d.subs(subs), "math") for d in spec.derivative]
+        for v, out, grad in zip(xs.tolist(), module(xs).tolist(), t.grad.tolist(), strict=True):
+            piece = next(i for i, (_, lo, hi) in enumerate(spec.pieces) if lo < v <= hi)
+            assert out == pytest.approx(spec.f_neg(value)(v), abs=1e-15), (name, value, v)
+            assert grad == pytest.approx(slopes[piece](v), abs=1e-15), (name, value, v)
