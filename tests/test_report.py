@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _demo_small import small_demo
 
-from natgrad.analysis.report import SUMMARY_COLUMNS, fmt, fmt_ci, render_report
+from natgrad.analysis.report import SUMMARY_COLUMNS, fmt, fmt_ci, outward, render_report
 from natgrad.analysis.summary import read_csv, read_tables, write_csv
 
 
@@ -74,7 +74,8 @@ def test_findings_table_holds_every_headline_comparison(demo_dir):
     for _, r in headline.iterrows():
         row = re.search(rf"<tr data-metric='{r['metric']}'>(.*?)</tr>", table).group(1)
         cell = re.search(rf"<td data-col='{r['other']}'>([^<]*)</td>", row).group(1)
-        assert cell.endswith(f"{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]"), cell
+        ends = f"{outward(r['lo'], False, digits=4, signed=False)}, {outward(r['hi'], True, digits=4, signed=False)}"
+        assert cell.endswith(f"{fmt(r['diff'])} [{ends}]"), cell
         resolved = r["lo"] > 0 or r["hi"] < 0
         assert (cell[0] in "▲▼") if resolved else (cell[0] == "·"), cell
     # With two seeds nothing can be resolved at p < 0.5, and the page says how few seeds.
@@ -230,3 +231,17 @@ def test_fig2_names_the_held_out_curve_it_draws():
         (line,) = [ln for ln in fig.axes[1].get_lines() if ln.get_label().endswith(f") {name}")
                    and ln.get_label().startswith("ELU") and "+BN" not in ln.get_label()]  # fmt: skip
         np.testing.assert_allclose(line.get_ydata(), elu.to_numpy(), rtol=1e-12)
+
+
+def test_every_printed_ci_is_rounded_outward():
+    """A printed interval holds the computed one: the report's cells, the comparison sentence
+    and the interaction endpoint's text round each end away from the inside (nearest
+    rounding printed 0.1235 for a lower end of 0.123456)."""
+    from natgrad.analysis import stats
+
+    row = {"x_mean": 0.5, "x_lo": 0.123456, "x_hi": 0.987641}
+    assert fmt_ci(row, "x") == "0.5 [0.1234, 0.9877]"
+    said = stats.sentence({"metric": "rho_plain", "reference": "elu", "other": "relu", "n": 8,
+                           "diff": 0.05, "lo": 0.01236, "hi": 0.09812, "better": "higher"})  # fmt: skip
+    assert "[0.0123, 0.0982]" in said
+    assert stats.interval_text(-0.01236, 0.09812) == "[-0.0124, +0.0982]"

@@ -131,7 +131,8 @@ def _interaction(values, ep: Endpoint, group: str) -> dict:
     said = f"({ep.reference} − {ep.other}) − ({a} − {b})"
     if math.isfinite(s["lo"]) and math.isfinite(s["hi"]):
         sign = {0: "none resolved", 1: "positive", -1: "negative"}[stats.resolved_sign(s)]
-        text = (f"{ep.metric}: {said} = {s['diff']:.3g} [{s['lo']:.3g}, {s['hi']:.3g}] "
+        text = (f"{ep.metric}: {said} = {s['diff']:.3g} "
+                f"{stats.interval_text(s['lo'], s['hi'], signed=False)} "
                 f"({s['n']} seeds): interaction {sign}.")  # fmt: skip
     else:
         text = f"{ep.metric}: {said}: too few seeds to compare ({s['n']})."

@@ -18,7 +18,10 @@ from natgrad.analysis import metrics as mt
 from natgrad.analysis.stats import (
     SIGN_FLIP_EXACT_UP_TO,
     analysed_units,
+    ci_text,
+    interval_text,
     mean_ci_name,
+    outward,
     resolved_sign,
 )
 from natgrad.analysis.summary import headline_rho, read_tables
@@ -60,47 +63,13 @@ def fmt_ci(row, metric: str) -> str:
     m, lo, hi = row.get(f"{metric}_mean"), row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
     if lo is None or (isinstance(lo, float) and math.isnan(lo)):
         return fmt(m)
-    return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
+    return f"{fmt(m)} {_ci(lo, hi)}"
 
 
-def outward(x: float, up: bool, *, digits: int = 3, signed: bool = True) -> str:
-    """A CI end in ``digits`` significant digits, rounded away from the interval's inside
-    (``up`` for an upper end), so the printed interval always holds the computed one.
-
-    Ends are first taken to 12 significant digits, so the last bits of float arithmetic do
-    not widen an interval that is exact at the digits shown.
-
-    Example:
-        >>> outward(-0.219047, up=False), outward(0.164680, up=True), outward(0.0025, up=True)
-        ('-0.22', '+0.165', '+0.0025')
-        >>> outward(0.99999999999988, up=False), outward(1.00000000000009, up=True)
-        ('+1', '+1')
-    """
-    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-
-    x = float(x)
-    spec = f"{'+' if signed else ''}.{digits}g"
-    if not math.isfinite(x) or x == 0:
-        return format(x, spec)
-    d = Decimal(format(x, ".12g"))  # float noise (0.99999999999988 for 1) is not widened
-    step = Decimal(1).scaleb(d.adjusted() - digits + 1)
-    return format(float(d.quantize(step, rounding=ROUND_CEILING if up else ROUND_FLOOR)), spec)
-
-
-def ci_text(value: float, lo: float, hi: float, *, digits: int = 3, signed: bool = True) -> str:
-    """``value [lo, hi]``: the value rounded to ``digits`` significant digits, the ends
-    rounded outward (:func:`outward`), the one way a report prints a CI; the value alone
-    where no CI was formed (both ends NaN), an infinite end as ``inf``.
-
-    Example:
-        >>> ci_text(-0.0280, -0.219047, 0.164680), ci_text(0.5, float("nan"), float("nan"))
-        ('-0.028 [-0.22, +0.165]', '+0.5')
-    """
-    spec = f"{'+' if signed else ''}.{digits}g"
-    if math.isnan(lo) and math.isnan(hi):
-        return format(float(value), spec)
-    return (f"{format(float(value), spec)} [{outward(lo, False, digits=digits, signed=signed)}, "
-            f"{outward(hi, True, digits=digits, signed=signed)}]")  # fmt: skip
+def _ci(lo, hi) -> str:
+    """``[lo, hi]`` at :func:`fmt`'s 4 digits, rounded outward (the printed interval holds
+    the computed one)."""
+    return interval_text(lo, hi, digits=4, signed=False)
 
 
 def p_text(p: float, bound: bool, *, spec: str = ".2g") -> str:
@@ -181,9 +150,7 @@ def _comparison_html(comparison) -> str:
     frame["metric_label"] = [mt.label(m) for m in frame["metric"]]
     frame["pair"] = [_pair(a, b) for a, b in zip(frame["reference"], frame["other"], strict=True)]
     by_order = frame["ci_method"].eq("none (sign test)") if "ci_method" in frame else None
-    frame["ci"] = [
-        f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(frame["lo"], frame["hi"], strict=True)
-    ]
+    frame["ci"] = [_ci(lo, hi) for lo, hi in zip(frame["lo"], frame["hi"], strict=True)]
     if by_order is not None and by_order.any():  # a censored time: ordered, not averaged
         frame.loc[by_order, "ci"] = [
             f"by order: earlier in {int(e)}, later in {int(la)}"
@@ -227,7 +194,7 @@ def compact_html(comparison, metrics, *, table_id: str) -> str:
             mark = "·"
             if _resolved(r) and r.get("better") in ("higher", "lower", "closer_to_zero"):
                 mark = "▲" if (r["lo"] > 0) == (r["better"] == "higher") else "▼"
-            ci = "" if _nan(r["lo"]) else f" [{fmt(r['lo'])}, {fmt(r['hi'])}]"
+            ci = "" if _nan(r["lo"]) else f" {_ci(r['lo'], r['hi'])}"
             cells.append(f"<td data-col='{esc(o)}'>{mark} {fmt(r['diff'])}{ci}</td>")
         rows.append(f"<tr data-metric='{esc(m)}'><td>{esc(mt.label(m))}</td>{''.join(cells)}</tr>")
     return (f"<table id='{table_id}'><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
@@ -266,7 +233,7 @@ def estimable_layers(units) -> tuple[bool, float]:
 def _pair_text(row: dict) -> str:
     p = f", p = {fmt(row['p'])}" if not _nan(row.get("p")) else ""
     ph = f", Holm-adjusted p = {fmt(row['p_holm'])}" if not _nan(row.get("p_holm")) else ""
-    ci = "" if _nan(row.get("lo")) else f" [{fmt(row['lo'])}, {fmt(row['hi'])}]"
+    ci = "" if _nan(row.get("lo")) else f" {_ci(row['lo'], row['hi'])}"
     pair = _pair(row["reference"], row["other"])
     return f"{mt.label(row['metric'])}: {pair} = {fmt(row['diff'])}{ci}{p}{ph}"
 
@@ -310,7 +277,7 @@ def _neff_caveat(t: dict, rho: str, rho_row) -> str:
     how = "points the other way" if _resolved(r) else "is not resolved"
     return (
         f" Adjusted for n_eff (per seed, at a common n_eff/(d+1)), that ρ difference {how}"
-        f" ({fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]): the difference may follow how "
+        f" ({fmt(r['diff'])} {_ci(r['lo'], r['hi'])}): the difference may follow how "
         "many effective samples the unit types' blocks rest on."
     )
 
@@ -373,7 +340,7 @@ def _estimation_html(t: dict) -> str:
     rows = "".join(
         f"<tr><td>{esc(mt.label(r['metric']))}</td><td>{esc(_pair(r['reference'], r['other']))}</td>"
         f"<td>{fmt(r['diff_unadjusted'])}</td>"
-        f"<td>{fmt(r['diff'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]</td><td>{fmt(r['slope'])}</td></tr>"
+        f"<td>{fmt(r['diff'])} {_ci(r['lo'], r['hi'])}</td><td>{fmt(r['slope'])}</td></tr>"
         for _, r in adj.iterrows())  # fmt: skip
     return ("<p>ρ depends on n_eff (the probe's effective size) as well as on the unit "
             "type. Adjusted: per seed, the median ρ of each (unit type, layer) is regressed "

@@ -26,7 +26,7 @@ from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes",
-           "claims_per_seed", "ci_sign", "current_mean_ci", "declared_sign", "unit_medians", "group_summary", "holm", "loss_auc", "mean_ci",
+           "claims_per_seed", "ci_sign", "ci_text", "interval_text", "outward", "current_mean_ci", "declared_sign", "unit_medians", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
            "paired_summary", "rank_correlation", "ratio_ci", "recorded_mean_ci", "resolved_sign",
            "seed_values", "sentence",
@@ -734,6 +734,55 @@ def rank_correlation(x, y, *, resamples: int = 10_000, permutations: int = 100_0
     return row
 
 
+def outward(x: float, up: bool, *, digits: int = 3, signed: bool = True) -> str:
+    """A CI end in ``digits`` significant digits, rounded away from the interval's inside
+    (``up`` for an upper end), so the printed interval always holds the computed one.
+
+    Ends are first taken to 12 significant digits, so the last bits of float arithmetic do
+    not widen an interval that is exact at the digits shown.
+
+    Example:
+        >>> outward(-0.219047, up=False), outward(0.164680, up=True), outward(0.0025, up=True)
+        ('-0.22', '+0.165', '+0.0025')
+        >>> outward(0.99999999999988, up=False), outward(1.00000000000009, up=True)
+        ('+1', '+1')
+    """
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+    x = float(x)
+    spec = f"{'+' if signed else ''}.{digits}g"
+    if not math.isfinite(x) or x == 0:
+        return format(x, spec)
+    d = Decimal(format(x, ".12g"))  # float noise (0.99999999999988 for 1) is not widened
+    step = Decimal(1).scaleb(d.adjusted() - digits + 1)
+    return format(float(d.quantize(step, rounding=ROUND_CEILING if up else ROUND_FLOOR)), spec)
+
+
+def ci_text(value: float, lo: float, hi: float, *, digits: int = 3, signed: bool = True) -> str:
+    """``value [lo, hi]``: the value rounded to ``digits`` significant digits, the ends
+    rounded outward (:func:`outward`), the one way a report prints a CI; the value alone
+    where no CI was formed (both ends NaN), an infinite end as ``inf``.
+
+    Example:
+        >>> ci_text(-0.0280, -0.219047, 0.164680), ci_text(0.5, float("nan"), float("nan"))
+        ('-0.028 [-0.22, +0.165]', '+0.5')
+    """
+    spec = f"{'+' if signed else ''}.{digits}g"
+    if math.isnan(lo) and math.isnan(hi):
+        return format(float(value), spec)
+    return f"{format(float(value), spec)} {interval_text(lo, hi, digits=digits, signed=signed)}"
+
+
+def interval_text(lo: float, hi: float, *, digits: int = 3, signed: bool = True) -> str:
+    """``[lo, hi]`` with both ends rounded outward (:func:`outward`).
+
+    Example:
+        >>> interval_text(0.012345, 0.098761, signed=False)
+        '[0.0123, 0.0988]'
+    """
+    return f"[{outward(lo, False, digits=digits, signed=signed)}, {outward(hi, True, digits=digits, signed=signed)}]"
+
+
 def sentence(row: dict) -> str:
     r"""The finding of one paired comparison, from its CI (never from a p-value alone), with
     one sign convention: the difference is always reference − other, its CI likewise.
@@ -749,7 +798,7 @@ def sentence(row: dict) -> str:
     lo, hi, n = row["lo"], row["hi"], row["n"]
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{lab}: {ref} vs {other}: too few seeds to compare ({n})."
-    stated = f"{lab}: {ref} − {other} = {_g(row['diff'])} [{_g(lo)}, {_g(hi)}] ({n} seeds)"
+    stated = f"{lab}: {ref} − {other} = {_g(row['diff'])} {interval_text(lo, hi, signed=False)} ({n} seeds)"
     sign = resolved_sign(row)
     if not sign:
         same = (f" (every seed's difference is the same; sign-flip p = {_g(row['p'])})"
