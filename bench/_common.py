@@ -21,10 +21,27 @@ def rss() -> int:
 
 
 def peak_rss() -> int:
-    """The peak resident set size of this process so far, in bytes (``ru_maxrss``)."""
+    """The peak resident set size of this process in bytes: since the last
+    :func:`reset_peak_rss` (``VmHWM``), else since it started (``ru_maxrss``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak that :func:`peak_rss` reads to the resident set size now (Linux
+    ``/proc/self/clear_refs``), so a warm-up's peak does not hide a later one; False where
+    the kernel does not allow it (then the peak is the process's whole life's)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def run_child(args: list[str], pythonpath: str, timeout: float | None = None) -> dict:
