@@ -103,25 +103,26 @@ def child_peer(cfg: dict) -> dict:
 
     model, x = conv_head(192, 240, cfg["n"], 16)
     method = cfg["method"]
-    setup = rss()
-    t = time.perf_counter()
-    if method == "natgrad-dense":
-        from natgrad import unit_fisher
+    # every method's library is imported before the timer starts
+    from natgrad import unit_fisher
 
-        out = unit_fisher(model, "0", x).matrix[:4]
-    elif method == "asdl":
-        out = asdl_unit_fisher(model, x, model[0], [model[2]])[:4]
-    elif method == "natgrad-quasi":
-        from natgrad import unit_fisher
-
-        F = unit_fisher(model, "0", x, structure="quasidiagonal")  # streams in sub-batches
-        out = torch.cat([F.diagonal.flatten(), F.bias_column.flatten()])
-    elif method == "nngeometry":
+    if method == "asdl":
+        import asdl  # noqa: F401
+    if method == "nngeometry":
         from nngeometry.layercollection import LayerCollection
         from nngeometry.metrics import FIM
         from nngeometry.object import PMatQuasiDiag
         from torch.utils.data import DataLoader, TensorDataset
-
+    setup = rss()
+    t = time.perf_counter()
+    if method == "natgrad-dense":
+        out = unit_fisher(model, "0", x).matrix[:4]
+    elif method == "asdl":
+        out = asdl_unit_fisher(model, x, model[0], [model[2]])[:4]
+    elif method == "natgrad-quasi":
+        F = unit_fisher(model, "0", x, structure="quasidiagonal")  # streams in sub-batches
+        out = torch.cat([F.diagonal.flatten(), F.bias_column.flatten()])
+    elif method == "nngeometry":
         lc = LayerCollection()
         lc.add_layer_from_model(model, model[0])
         loader = DataLoader(TensorDataset(x), batch_size=cfg["batch"])
