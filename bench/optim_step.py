@@ -172,6 +172,10 @@ def main() -> None:
         methods.remove("unit-ng/r1")
     if args.methods:
         methods = ["sgd"] + [m for m in args.methods.split(",") if m != "sgd"]
+    partial = [m for m in methods if "/r" in m and args.steps % warmup(m)]
+    if partial:  # a timed block must hold whole refresh periods, or the mean mis-amortises them
+        parser.error(f"--steps {args.steps} is not a multiple of the refresh interval of "
+                     f"{', '.join(partial)}: the mean would not amortise the refresh")  # fmt: skip
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {BATCH}, float32, "
           f"{args.rounds} rounds x {args.steps} steps, median over rounds")  # fmt: skip
     for net in args.nets.split(","):
