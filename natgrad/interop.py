@@ -77,6 +77,12 @@ def _layers(model: nn.Module, names) -> list[tuple[str, nn.Module]]:
 
 
 def _check_complete(name: str, fisher, module: nn.Module) -> torch.Tensor:
+    if getattr(fisher, "structure", "dense") == "quasidiagonal":
+        raise InputError(
+            f"layer {name!r}: a structure='quasidiagonal' result's matrix is Ollivier's metric "
+            "Q (its weight off-diagonals b_i·b_j/c are in neither the Fisher nor nngeometry's "
+            "PMatQuasiDiag), so it is not exported as a Fisher; compute structure='dense'"
+        )
     blocks = fisher.matrix
     U = module.weight.shape[0]
     d = module.weight[0].numel()
@@ -146,6 +152,7 @@ def unit_blocks_from_operator(
     params = [p for _, m in mods for p in (m.weight, m.bias)]
     total = sum(p.numel() for p in params)
     dtype = getattr(operator, "dtype", params[0].dtype)
+    device = getattr(operator, "device", params[0].device)
     out = {}
     for k, (name, m) in enumerate(mods):
         U, n = m.weight.shape[0], m.weight[0].numel() + 1
@@ -155,30 +162,41 @@ def unit_blocks_from_operator(
         for lo in range(0, U, step):
             units = idx[lo : lo + step]  # [u, d+1]
             cols = units.numel()
-            X = [torch.zeros(*p.shape, cols, dtype=dtype) for p in params]
-            flat = torch.zeros(m.weight.numel() + U, cols, dtype=dtype)
-            flat[units.flatten(), torch.arange(cols)] = 1.0
+            X = [torch.zeros(*p.shape, cols, dtype=dtype, device=device) for p in params]
+            flat = torch.zeros(m.weight.numel() + U, cols, dtype=dtype, device=device)
+            flat[units.flatten().to(device), torch.arange(cols, device=device)] = 1.0
             X[2 * k].copy_(flat[: m.weight.numel()].reshape(*m.weight.shape, cols))
             X[2 * k + 1].copy_(flat[m.weight.numel() :])
             Y = operator @ X
             rows = torch.cat([Y[2 * k].reshape(-1, cols), Y[2 * k + 1].reshape(U, cols)])
-            rows = rows[units].reshape(units.shape[0], n, units.shape[0], n)  # [u, i, u', j]
+            rows = rows[units.to(rows.device)].reshape(units.shape[0], n, units.shape[0], n)
             blocks.append(torch.diagonal(rows, dim1=0, dim2=2).permute(2, 0, 1))
         out[name] = torch.cat(blocks)
     return out
 
 
-def to_nngeometry(fishers: Mapping, model: nn.Module, generator=None):
+def to_nngeometry(fishers: Mapping, model: nn.Module, generator=None, *,
+                  max_elements: int = 1 << 28):  # fmt: skip
     r"""nngeometry's ``PMatBlockDiag`` over the layers of ``fishers`` (``{layer: UnitFisher}``
     of every unit), each layer's block the unit blocks on its diagonal and zeros between
     units. ``generator``: an nngeometry backend over those layers (default: a
     ``TorchHooksJacobianBackend`` of ``model`` with a ``LayerCollection`` of these layers, in
-    the mapping's order)."""
+    the mapping's order). PMatBlockDiag stores each layer's block dense, [U(d+1)]² entries:
+    a layer beyond ``max_elements`` of them (default 2²⁸, 1 GiB in float32) is refused
+    (:func:`to_curvlinops` exports it matrix-free)."""
     from nngeometry.backend import TorchHooksJacobianBackend
     from nngeometry.layercollection import LayerCollection
     from nngeometry.object import PMatBlockDiag
 
     layers = _layers(model, list(fishers))
+    for name, m in layers:
+        side = m.weight.shape[0] * (m.weight[0].numel() + 1)
+        if side * side > max_elements:
+            raise InputError(
+                f"layer {name!r}: nngeometry's PMatBlockDiag holds its dense {side} × {side} "
+                f"block ({side * side:,} entries > max_elements={max_elements:,}); export it "
+                "matrix-free with to_curvlinops, or raise max_elements"
+            )
     if generator is None:
         lc = LayerCollection()
         for _, m in layers:
@@ -194,9 +212,16 @@ def unit_blocks_from_nngeometry(pmat, model: nn.Module) -> dict[str, torch.Tenso
     Conv2d layer of its layer collection. A Linear or Conv2d layer without a bias is refused
     (:class:`~natgrad.errors.InputError`, as everywhere here): a unit block is (weights, bias),
     and the layer's block of U·d rows would be split into blocks that mix two units' weights."""
+    kind = type(pmat).__name__
+    if kind not in ("PMatBlockDiag", "PMatDense"):
+        raise InputError(
+            f"unit_blocks_from_nngeometry reads a PMatBlockDiag or PMatDense, got a {kind}: its "
+            "layers hold no unit blocks (a diagonal, a quasi-diagonal or a Kronecker factor "
+            "pair); compute nngeometry's FIM with PMatBlockDiag"
+        )
     lc = pmat.generator.layer_collection
     modules = dict(model.named_modules())
-    dense = None if hasattr(pmat, "data") and isinstance(pmat.data, dict) else pmat.to_torch()
+    dense = None if kind == "PMatBlockDiag" else pmat.to_torch()
     out = {}
     for name, layer in lc.layers.items():
         m = modules[name]

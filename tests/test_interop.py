@@ -135,3 +135,42 @@ def test_nngeometry_layer_without_a_bias_is_refused(representation):
         unit_blocks_from_nngeometry(pmat, model)
     with pytest.raises(InputError, match="layer '2'.*a Linear without a bias"):
         to_curvlinops({"2": None}, model)
+
+
+def test_a_quasidiagonal_result_is_not_exported_as_a_fisher():
+    """A quasi-diagonal result's ``matrix`` is Ollivier's metric Q, whose weight off-diagonals
+    (b_i b_j / c) are in neither F nor nngeometry's PMatQuasiDiag: exported, a peer would take
+    Q for the Fisher. Both exports refuse it, naming the structure to use."""
+    model, x, y = _net()
+    F = unit_fishers(model, x, y, layers=["3"], structure="quasidiagonal")
+    for export in (to_nngeometry, to_curvlinops):
+        with pytest.raises(InputError, match="layer '3'.*quasidiagonal.*structure='dense'"):
+            export(F, model)
+
+
+@pytest.mark.parametrize("representation", ["PMatQuasiDiag", "PMatKFAC", "PMatDiag"])
+def test_nngeometry_representations_without_unit_blocks_are_refused(representation):
+    """Only PMatBlockDiag and PMatDense hold a layer's unit blocks; the others (a tuple per
+    layer, or a diagonal) raised AttributeError or were read as if they did."""
+    import nngeometry.object
+    from nngeometry.layercollection import LayerCollection
+    from nngeometry.metrics import FIM
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x, y = torch.randn(9, 3), torch.randint(0, 2, (9,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=9)
+    pmat = FIM(model, loader, getattr(nngeometry.object, representation), variant="classif_logits",
+               layer_collection=LayerCollection.from_model(model))  # fmt: skip
+    with pytest.raises(InputError, match=f"PMatBlockDiag or PMatDense, got a {representation}"):
+        unit_blocks_from_nngeometry(pmat, model)
+
+
+def test_to_nngeometry_refuses_a_dense_layer_block_beyond_its_budget():
+    """PMatBlockDiag holds each layer's dense U(d+1) × U(d+1) block (a 512 × 513 layer: 276 GB
+    in float32): beyond ``max_elements`` it is refused, pointing to the matrix-free export."""
+    model, x, y = _net()
+    F = unit_fishers(model, x, y, layers=["3"])
+    with pytest.raises(InputError, match="layer '3'.*245 × 245.*to_curvlinops"):
+        to_nngeometry(F, model, max_elements=1000)
+    assert to_nngeometry(F, model) is not None
