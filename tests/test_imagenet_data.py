@@ -225,3 +225,58 @@ def test_missing_pillow_is_a_clear_error(tree, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ImportError, match="pip install pillow"):
         load_imagenet(root)
+
+
+def test_training_sees_the_papers_imagenet_views(tree):
+    """The paper: 256×256 images, the per-pixel mean subtracted, random 224 crops + flips.
+    load_dataset subtracts the training mean image from both splits (it was computed and
+    thrown away, while the run's meta said it was subtracted); the trainer's batches are
+    random 224 windows with flips (augment, the preset's setting) or centred ones, and
+    evaluation sees the centred window (it saw the whole 256 image)."""
+    from natgrad.data import eval_view, train_view
+    from natgrad.training.config import default_config
+    from natgrad.training.engine import run_data
+
+    root, _ = tree
+    cfg = default_config("imagenet-15", data_dir=str(root), dtype="float64", epochs=1)
+    assert cfg.augment
+    ds = run_data(cfg)
+    assert_close(ds.train_x.mean(0), torch.zeros(3, 256, 256), atol=1e-12, rtol=0,
+                 what="training mean image after subtraction")  # fmt: skip
+    raw = load_imagenet(root, "val", dtype=torch.float64,
+                        mean=load_imagenet(root, "train", dtype=torch.float64).mean)  # fmt: skip
+    assert_close(ds.test_x, raw.x - raw.mean, what="test split centred on the training mean")
+    g = torch.Generator().manual_seed(0)
+    views = train_view(ds.train_x, "imagenet", g, augment=True)
+    assert views.shape == (ds.train_x.shape[0], 3, 224, 224)
+    centred = eval_view(ds.test_x, "imagenet")
+    assert torch.equal(centred, ds.test_x[:, :, 16:240, 16:240])
+    assert torch.equal(train_view(ds.train_x, "imagenet", g, augment=False),
+                       ds.train_x[:, :, 16:240, 16:240])  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)  # CIFAR: unchanged, the same draws as before
+    assert torch.equal(train_view(x, "cifar10", torch.Generator().manual_seed(1), augment=True),
+                       random_crop_flip(x, torch.Generator().manual_seed(1)))  # fmt: skip
+    assert train_view(x, "cifar10", g, augment=False) is x and eval_view(x, "cifar10") is x
+
+
+def test_evaluation_and_the_grid_use_the_imagenet_window(tree):
+    """evaluate() feeds the net the centred 224 window of each 256 image; the batched grid,
+    whose training steps do not crop, leaves ImageNet runs to the sequential trainer."""
+    from torch import nn
+
+    from natgrad.training.config import default_config
+    from natgrad.training.engine import evaluate
+    from natgrad.training.grid import grid_key
+
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return torch.zeros(x.shape[0], 3, dtype=x.dtype)
+
+    cfg = default_config("imagenet-15", epochs=1, eval_batch_size=4)
+    x, y = torch.randn(6, 3, 256, 256), torch.zeros(6, dtype=torch.long)
+    evaluate(Probe(), x, y, lambda out, xb, yb: nn.functional.cross_entropy(out, yb), cfg)
+    assert seen == [(224, 224), (224, 224)]
+    assert grid_key(default_config("mnist-fc", dataset="imagenet", epochs=1)) is None

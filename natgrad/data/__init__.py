@@ -21,16 +21,29 @@ from natgrad.data.imagenet import (
     scan_image_folder,
 )
 from natgrad.data.mnist import load_mnist
-from natgrad.data.preprocess import ZCA, gcn, gcn_zca, random_crop_flip, standardise
+from natgrad.data.preprocess import (
+    CROPS,
+    ZCA,
+    centre_crop,
+    eval_view,
+    gcn,
+    gcn_zca,
+    random_crop_flip,
+    standardise,
+    train_view,
+)
 from natgrad.data.registry import DATASETS, default_data_dir, load_dataset
 
 __all__ = [
+    "CROPS",
     "DATASETS",
     "IMAGE_EXTENSIONS",
     "ZCA",
     "Dataset",
     "ImageNetSplit",
+    "centre_crop",
     "default_data_dir",
+    "eval_view",
     "gcn",
     "gcn_zca",
     "imagenet_eval_transform",
@@ -45,5 +58,6 @@ __all__ = [
     "read_idx",
     "scan_image_folder",
     "standardise",
+    "train_view",
     "write_idx",
 ]

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from natgrad.data.preprocess import random_crop_flip
+from natgrad.data.preprocess import centre_crop, random_crop_flip
 from natgrad.errors import DataFileError, InputError
 
 __all__ = [
@@ -236,8 +236,4 @@ def imagenet_eval_transform(
         >>> imagenet_eval_transform(torch.zeros(2, 3, 8, 8), 4, mean=None).shape
         torch.Size([2, 3, 4, 4])
     """
-    s_h, s_w = x.shape[2:]
-    if not (0 < crop <= s_h and crop <= s_w):
-        raise InputError(f"imagenet_eval_transform: crop {crop} does not fit images {s_h}×{s_w}")
-    top, left = (s_h - crop) // 2, (s_w - crop) // 2
-    return _centre(x, mean)[:, :, top : top + crop, left : left + crop].contiguous()
+    return centre_crop(_centre(x, mean), crop).contiguous()

@@ -146,3 +146,36 @@ def random_crop_flip(
     idx = torch.arange(n, device=x.device)[:, None, None]
     out = padded[idx, :, rows[:, :, None], cols[:, None, :]]  # [N, h, w, C]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+#: Data sets whose nets see a square window of each image, and its side: ImageNet's 224 of
+#: the 256×256 images (the paper's random 224 crops).
+CROPS: dict[str, int] = {"imagenet": 224}
+
+
+def centre_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
+    """The centre ``crop×crop`` window of images ``x`` ``[N, C, H, W]`` (a view)."""
+    H, W = x.shape[-2:]
+    if not (0 < crop <= H and crop <= W):
+        raise InputError(f"centre_crop: crop {crop} does not fit images {H}×{W}")
+    top, left = (H - crop) // 2, (W - crop) // 2
+    return x[..., top : top + crop, left : left + crop]
+
+
+def train_view(x: torch.Tensor, dataset: str, generator: torch.Generator, *,
+               augment: bool) -> torch.Tensor:  # fmt: skip
+    r"""What a net trains on of the batch ``x`` of ``dataset``: with ``augment``, random crops
+    and flips (:func:`random_crop_flip`: CIFAR's 4-pixel pad and same-size crop, ImageNet's
+    random 224 windows of :data:`CROPS`); without, :func:`eval_view`."""
+    crop = CROPS.get(dataset)
+    if augment:
+        return random_crop_flip(x, generator, padding=0, size=crop) if crop else \
+            random_crop_flip(x, generator)  # fmt: skip
+    return eval_view(x, dataset)
+
+
+def eval_view(x: torch.Tensor, dataset: str) -> torch.Tensor:
+    """What a net is evaluated on of images ``x`` of ``dataset``: the centre window of
+    :data:`CROPS` where it has one, else ``x`` itself."""
+    crop = CROPS.get(dataset)
+    return x if crop is None else centre_crop(x, crop)

@@ -87,7 +87,8 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
     """``train/`` and ``val/`` (the test split) of an ImageNet folder tree as a :class:`Dataset`
     (float ``/255``, 256×256; eager, so for small subsets)."""
     train = imagenet.load_imagenet(folder, "train", dtype=dtype, limit_per_class=limit)
-    val = imagenet.load_imagenet(folder, "val", dtype=dtype, limit_per_class=limit)
+    val = imagenet.load_imagenet(folder, "val", dtype=dtype, limit_per_class=limit,
+                                 mean=train.mean)  # fmt: skip
     if train.classes != val.classes:
         only = sorted(set(train.classes) ^ set(val.classes))
         raise DataFileError(
@@ -97,9 +98,9 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
         )
     return Dataset(
         name="imagenet",
-        train_x=train.x,
+        train_x=train.x - train.mean,  # the paper's per-pixel mean, the training split's
         train_y=train.y,
-        test_x=val.x,
+        test_x=val.x - train.mean,
         test_y=val.y,
         num_classes=len(train.classes),
         input_shape=tuple(train.x.shape[1:]),
@@ -107,6 +108,8 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
             "files": {"train": str(folder / "train"), "test": str(folder / "val")},
             "classes": list(train.classes),
             "limit_per_class": limit,
-            "preprocess": "resize 256x256 (bilinear); mean image = train_x.mean(0)",
+            "preprocess": "resize 256x256 (bilinear); the training mean image subtracted "
+            "from both splits; nets see 224x224 windows (natgrad.data.CROPS): random with "
+            "flips in training with augment, centred otherwise",
         },
     )

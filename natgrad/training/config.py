@@ -96,7 +96,7 @@ class TrainConfig:
     dropout_phases: tuple[tuple[int, str], ...] = ()  # (start iteration, mode); cifar-*
     loss: str = "cross_entropy"  # or "bce_logits" (autoencoder)
     preprocess: str = "none"  # or "gcn-zca", "standardise"
-    augment: bool = False  # 4-pixel pad, random crop, random flip
+    augment: bool = False  # random crops + flips (natgrad.data.train_view): CIFAR 4-pixel pad; ImageNet 224 of 256
     dtype: str = "float32"
     probe_size: int = 512
     record_every: int = 1
@@ -296,11 +296,13 @@ PRESETS: dict[str, dict] = {
     "imagenet-15": dict(
         dataset="imagenet", epochs=0, batch_size=128, lr=0.01, momentum=0.9,
         weight_decay=5e-4, lr_schedule=((0, 0.01), (100_000, 1e-3), (200_000, 1e-4)),
-        schedule_unit=_IT, checkpoint_every=1,
-        notes="paper: L2 5e-4, dropout 0.5 in the 4096 FC layers, 256 resize, random 224 "
-        "crops + flips; batch, lr and length not stated (natgrad: 128, 0.01 /10 every "
-        "100k it). Data: natgrad.data.load_imagenet reads the train/val folder tree eagerly "
-        "(small subsets via limit_per_class); full-scale ImageNet training is not wired up",
+        schedule_unit=_IT, checkpoint_every=1, augment=True,
+        notes="paper: L2 5e-4, dropout 0.5 in the 4096 FC layers, 256 resize, per-pixel mean "
+        "subtracted, random 224 crops + flips (natgrad: load_dataset subtracts the training "
+        "mean image; the trainer crops, evaluation takes the centre 224); batch, lr and "
+        "length not stated (natgrad: 128, 0.01 /10 every 100k it; set epochs). Data: "
+        "natgrad.data.load_imagenet reads the train/val folder tree eagerly (small subsets via "
+        "limit_per_class); full-scale ImageNet needs a streaming loader natgrad does not have",
     ),
 }  # fmt: skip
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from natgrad._atomic import append_jsonl, read_jsonl, write_json, write_jsonl, write_safetensors
+from natgrad.data.preprocess import eval_view, train_view
 from natgrad.errors import CheckpointError, DivergedError, InputError
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
@@ -203,6 +204,7 @@ def evaluate(model, x, y, loss_fn, config: TrainConfig) -> tuple[float, float | 
     total, wrong = torch.zeros((), dtype=torch.float64, device=x.device), 0
     for s in range(0, x.shape[0], config.eval_batch_size):
         xb, yb = x[s : s + config.eval_batch_size], y[s : s + config.eval_batch_size]
+        xb = eval_view(xb, config.dataset)
         out = model(xb)
         total += loss_fn(out, xb, yb).double() * xb.shape[0]
         if config.loss == "cross_entropy":
@@ -450,10 +452,8 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
                 set_dropout_mode(model, dropout_mode)
             idx = perm[b * bs : (b + 1) * bs]  # the global batch under DDP
             xb, yb = train_x[idx], train_y[idx]
-            if config.augment:  # the whole global batch, as one process augments it
-                from natgrad.data import random_crop_flip
-
-                xb = random_crop_flip(xb, aug)
+            # the whole global batch, as one process augments it (crops, flips)
+            xb = train_view(xb, config.dataset, aug, augment=config.augment)
             optimizer.zero_grad(set_to_none=True)
             loss, total = forward(xb, yb)
             if not ddp:

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from natgrad._atomic import append_jsonl
+from natgrad.data.preprocess import CROPS
 from natgrad.errors import InputError
 from natgrad.training import _owner, engine
 from natgrad.training import checkpoint as ckpt
@@ -53,7 +54,8 @@ __all__ = ["grid_key", "train_grid"]
 
 def grid_key(config: TrainConfig) -> tuple | None:
     """What runs must share to train as one batched model, or ``None`` when ``config`` is
-    trained sequentially (conv nets, PReLU, layer norm, dropout, augmentation, natgrad.optim).
+    trained sequentially (conv nets, PReLU, layer norm, dropout, augmentation or cropped
+    data, natgrad.optim).
     Runs with and without batch norm form separate grids."""
     dropout_off = config.dropout is None or all(p == 0 for p in config.dropout)
     if (
@@ -62,6 +64,7 @@ def grid_key(config: TrainConfig) -> tuple | None:
         or config.centre
         or CATALOGUE[config.unit].module not in BATCHED_UNITS  # e.g. PReLU: learned slopes
         or config.augment
+        or config.dataset in CROPS  # the trainer's windows of each image (ImageNet's 224)
         or config.layer_norm
         or config.dropout_phases
         or not dropout_off
