@@ -198,10 +198,16 @@ def test_unknown_dataset():
         load_dataset("svhn")
 
 
-def test_gcn_zero_mean_and_scaled_std():
-    y = gcn(torch.rand(7, 3, 4, 4), scale=55.0).flatten(1)
-    assert_close(y.mean(1), torch.zeros(7), atol=1e-10)
-    assert_close(y.pow(2).mean(1).sqrt(), torch.full((7,), 55.0))
+def test_gcn_is_pylearn2s_zero_mean_and_scaled_norm():
+    """pylearn2's global_contrast_normalize(X, scale=55) (its default use_std=False, the
+    maxout CIFAR setup the docs follow) scales each centred image to vector norm 55, not to
+    standard deviation 55 (√D times larger, which changes what ZCA's ε = 0.1 does)."""
+    x = torch.rand(7, 3, 4, 4, dtype=torch.float64)
+    y = gcn(x, scale=55.0).flatten(1)
+    assert_close(y.mean(1), torch.zeros(7, dtype=torch.float64), atol=1e-10)
+    assert_close(y.norm(dim=1), torch.full((7,), 55.0, dtype=torch.float64))
+    c = x.flatten(1) - x.flatten(1).mean(1, keepdim=True)  # pylearn2's formula, written out
+    assert_close(y, c / (c.pow(2).sum(1, keepdim=True).sqrt() / 55.0))
 
 
 def test_zca_whitens_full_rank_data():

@@ -1,8 +1,9 @@
 r"""The paper's CIFAR preprocessing: global contrast normalisation, ZCA whitening, and
 augmentation by 4-pixel zero padding, random 32×32 crops and random horizontal flips.
 
-GCN and ZCA follow pylearn2 (Goodfellow et al.'s maxout setup, which the ELU paper names;
-docs/paper.md, "Training settings"): scale 55, ``ε = 0.1`` (pylearn2's ``filter_bias``), and
+GCN and ZCA follow pylearn2's maxout CIFAR setup (docs/paper.md, "Training settings"):
+each centred image scaled to vector norm 55 (``global_contrast_normalize(X, scale=55)``,
+its default ``use_std=False``), ``ε = 0.1`` (pylearn2's ``filter_bias``), and
 eigen-directions with ``λ ≤ rtol · λ_max`` dropped (GCN removes one: every image has mean 0).
 :func:`standardise` is ``natgrad compare``'s pixel-layer control (no paper experiment), so the
 first layer sees centred inputs as an ELU net's hidden layers do. Augmentation draws from an
@@ -22,19 +23,22 @@ __all__ = ["ZCA", "gcn", "gcn_zca", "random_crop_flip", "standardise"]
 
 
 def gcn(x: torch.Tensor, *, scale: float = 55.0, eps: float = 1e-8) -> torch.Tensor:
-    r"""Global contrast normalisation of each sample: ``scale · (x − mean) / std``.
+    r"""Global contrast normalisation of each sample, pylearn2's: ``scale · c / ‖c‖`` with
+    ``c = x − mean`` (vector norm ``scale``; pylearn2's ``use_std=False``, so a 32×32×3
+    image ends with standard deviation 55/√3072 ≈ 0.99).
 
-    ``x``: ``[N, …]``; mean and std over all but the first axis. Returns the same shape.
+    ``x``: ``[N, …]``; mean and norm over all but the first axis (norms below ``eps`` are
+    taken as ``eps``). Returns the same shape.
 
     Example:
         >>> y = gcn(torch.rand(4, 3, 2, 2), scale=1.0)
-        >>> bool(y.flatten(1).mean(1).abs().max() < 1e-6), bool((y.flatten(1).std(1, correction=0) - 1).abs().max() < 1e-5)
+        >>> bool(y.flatten(1).mean(1).abs().max() < 1e-6), bool((y.flatten(1).norm(dim=1) - 1).abs().max() < 1e-5)
         (True, True)
     """
     flat = x.flatten(1)
     centred = flat - flat.mean(dim=1, keepdim=True)
-    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(eps)
-    return (scale * centred / std).reshape(x.shape)
+    norm = centred.pow(2).sum(dim=1, keepdim=True).sqrt().clamp_min(eps)
+    return (scale * centred / norm).reshape(x.shape)
 
 
 @dataclass
