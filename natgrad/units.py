@@ -113,7 +113,7 @@ CATALOGUE: dict[str, UnitType] = {
         UnitType("selu", "SELU", "#a6761d", nn.SELU, lambda a: nn.SELU(), init_gain=1.0,
                  in_paper=False),
         UnitType("prelu", "PReLU", "#66a61e", nn.PReLU,
-                 lambda a: nn.PReLU(num_parameters=1, init=_alpha("prelu", a))),
+                 lambda a: nn.PReLU(num_parameters=1, init=_alpha("prelu", a)), in_paper=False),
         UnitType("gelu", "GELU", "#e6ab02", nn.GELU, lambda a: nn.GELU(), in_paper=False),
     )
 }  # fmt: skip

@@ -39,7 +39,8 @@ __all__ = ["DemoConfig", "add_arguments", "analysed_epochs", "for_dataset", "mai
 #: (the paper's Fig 5 question). Keys of :func:`natgrad.units.unit_type_key`.
 UNITS = ("elu", "relu", "lrelu", "srelu", "selu", "relu-bn", "elu-bn")
 
-#: The paper's four unit types (Fig 2): the MNIST demo's default.
+#: The paper's four unit types (Fig 1; its Fig 2 shows the first three): the MNIST demo's
+#: default.
 PAPER_UNITS = ("elu", "relu", "lrelu", "srelu")
 
 #: Per data set, the demo's defaults (fields of :class:`DemoConfig`); Fashion-MNIST's (and

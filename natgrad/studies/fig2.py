@@ -1,5 +1,7 @@
-r"""The paper's Fig 2 protocol: mnist-fc (784 → 8×128 → 10), ELU, ReLU, LReLU and SReLU, SGD
-lr 0.01, batch 64, 300 epochs, trained as one grid (stages: ``analysis/fig2_protocol.py``).
+r"""The paper's Fig 2 protocol plus SReLU: mnist-fc (784 → 8×128 → 10), ELU, ReLU, LReLU (the
+paper's Fig 2 units) and SReLU (its Fig 1 and 4 unit; added here), SGD lr 0.01, batch 64,
+300 epochs, 10 seeds (the paper: 5), trained as one grid (stages:
+``analysis/fig2_protocol.py``).
 
 Declared (committed then in ``analysis/fig2_protocol.py``; moved here unchanged): the runs
 (:data:`UNITS` × the seeds of :data:`SETTINGS`, checkpoints every 25 epochs and at the
