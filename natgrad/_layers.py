@@ -162,9 +162,13 @@ def batchnorm_guard(model: nn.Module) -> Iterator[None]:
         names = [n for n, _ in bns]
         warnings.warn(
             f"batch-norm layers {names[:5]}{' ...' if len(names) > 5 else ''} are in training "
-            "mode: they normalise with each batch's statistics, so the unit Fisher depends on "
-            "the batching; call model.eval() first for the per-input Fisher (natgrad restores "
-            "their running statistics afterwards)",
+            "mode: they normalise with each batch's statistics, so each input's output depends "
+            "on the whole batch and the columns back-propagated to a layer before them mix "
+            "the inputs (as K-FAC's per-example gradients do): the unit Fisher of such a layer "
+            "is not the Fisher of any model and depends on the batching (a bias right before "
+            "batch norm, which has no effect, gets a positive bias entry c). Call model.eval() "
+            "first for the per-input Fisher of the running-statistics model (natgrad restores "
+            "the running statistics afterwards)",
             TrainModeWarning,
             stacklevel=4,
         )

@@ -29,7 +29,10 @@ Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes), layers witho
 and the ``plain_layers`` take the plain SGD step (a grouped Conv2d is refused unless listed
 there). Model buffers (batch-norm running
 statistics) are restored after the refresh pass, so it does not count as a training forward;
-dropout in train mode draws its masks from torch's global generator as usual.
+dropout in train mode draws its masks from torch's global generator as usual. With batch
+norm in training mode, a layer before it gets per-input columns back-propagated through the
+batch graph, as in K-FAC: they mix the inputs of the batch, so its blocks approximate rather
+than equal a Fisher (a bias right before batch norm, which has no effect, gets c > 0).
 
 Example:
     >>> import torch
@@ -375,8 +378,10 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         fishers = {}
         try:
             with warnings.catch_warnings():
-                # The step preconditions the gradient of the function being trained: with
-                # batch norm in training mode that is the batch-statistics Fisher.
+                # With batch norm in training mode the refresh back-propagates each input's
+                # columns through the batch graph, as K-FAC does: they mix the inputs, so
+                # the blocks are a batch-graph approximation, not the Fisher of any model
+                # (the class docstring says so; the warning would repeat it every refresh).
                 warnings.simplefilter("ignore", TrainModeWarning)
                 for structure in dict.fromkeys(self.structures.values()):  # one pass, unless
                     names = [n for n, s in self.structures.items() if s == structure]  # fallback
