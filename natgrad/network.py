@@ -166,10 +166,31 @@ def _prepare(model: nn.Module, inputs, what: str):
     import copy
 
     check_untied(model, what)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            raise InputError(
+                f"{what}: layer {name!r} is a {type(m).__name__} with "
+                "track_running_stats=False: it normalises with the batch's statistics even in "
+                "eval mode, so one input's logits depend on its batch and a per-input Fisher is "
+                "not defined; use track_running_stats=True (eval mode then uses the running "
+                "statistics)"
+            )
     model = copy.deepcopy(model).to(torch.float64).eval()
     named = dict(model.named_parameters())
     *starts, off = itertools.accumulate((v.numel() for v in named.values()), initial=0)
     offsets = dict(zip(named, starts, strict=True))
+    for name, m in model.named_modules():
+        if (
+            isinstance(m, (nn.Linear, nn.Conv2d))
+            and m.bias is not None
+            and (f"{name}.weight" not in offsets or f"{name}.bias" not in offsets)
+        ):
+            raise InputError(
+                f"{what}: layer {name!r} has a parametrized weight or bias (weight_norm, "
+                "torch.nn.utils.parametrize), so its units have no parameters of their own in "
+                "the flat vector; remove the parametrization "
+                "(parametrize.remove_parametrizations) to analyse the model"
+            )
     x_all = torch.as_tensor(inputs).to(torch.float64)
     if not torch.isfinite(x_all).all():
         raise InputError(f"{what}: the inputs contain NaN/Inf")

@@ -143,3 +143,25 @@ def test_tied_weights_are_refused_by_layer_and_a_reused_layer_is_one_layer():
     F = network_fisher(net, x)
     assert [name for name, u, _ in F.units if u == 0] == ["block.0", "out"]
     assert network_fisher_gram(net, x).num_params == F.num_params == 35
+
+
+def test_batch_statistics_in_eval_mode_are_refused():
+    """A BatchNorm with track_running_stats=False normalises with the batch's statistics even
+    in eval mode: the logits came from a batched forward and the Jacobians from per-input
+    ones, so the matrix depended on batch_size (3 % apart at 256 and 1). Refused, named."""
+    from natgrad.network import network_fisher_gram
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.ELU(),
+                        nn.Linear(4, 2))  # fmt: skip
+    for fn in (network_fisher, network_fisher_gram):
+        with pytest.raises(InputError, match="layer '1'.*track_running_stats=False.*batch"):
+            fn(net, torch.randn(5, 3))
+
+
+def test_a_parametrized_weight_is_refused_before_any_work():
+    """weight_norm / parametrize move a layer's weight out of its parameters: the unit blocks
+    have no positions, and the KeyError came after the whole P × P matrix was computed."""
+    net = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)), nn.ELU(),
+                        nn.Linear(4, 2))  # fmt: skip
+    with pytest.raises(InputError, match="layer '0'.*parametriz"):
+        network_fisher(net, torch.randn(5, 3))
