@@ -691,3 +691,22 @@ def test_log_loss_auc_of_a_zero_loss_is_minus_infinity():
     assert stats.loss_auc([1.0, 0.0], log=True) == -math.inf
     assert stats.loss_auc([1.0, 0.0]) == 0.5
     assert math.isnan(stats.loss_auc([1.0, math.nan], log=True))
+
+
+def test_record_activations_refuses_a_unit_module_used_twice_and_keeps_every_mode():
+    """One activation module used at two depths fired its hook twice per forward and was
+    recorded as one layer whose means blended both depths; and a submodule the caller froze in
+    eval mode came back in train mode (model.train(was) resets every submodule)."""
+    from torch import nn
+
+    from natgrad.errors import InputError
+    from natgrad.training.recording import record_activations
+
+    act = nn.ELU()
+    shared = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2))
+    with pytest.raises(InputError, match="'1'.*called 2 times"):
+        record_activations(shared, torch.randn(5, 3))
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ELU(), nn.Linear(4, 2)).train()
+    net[1].eval()  # frozen statistics, as a fine-tuning caller sets them
+    record_activations(net, torch.randn(5, 3))
+    assert net.training and not net[1].training and net[0].training

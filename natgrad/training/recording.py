@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from natgrad._atomic import append_jsonl, write_safetensors
-from natgrad.errors import DataFileError
+from natgrad.errors import DataFileError, InputError
 from natgrad.training.rundir import RunDir
 from natgrad.units import hidden_units
 
@@ -59,9 +59,11 @@ def record_activations(model: torch.nn.Module, x: torch.Tensor, *, batch_size: i
     units = hidden_units(model)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, list[int]] = {name: [0, 0, 0, 0] for name, _ in units}  # n, total, <0, ==0
+    calls: dict[str, int] = {}  # per forward: a module used at two depths is two layers
 
     def hook(name):
         def fn(_module, _inputs, out):
+            calls[name] = calls.get(name, 0) + 1
             dims = [0] + list(range(2, out.ndim))  # samples and positions
             s = out.to(torch.float64).sum(dim=dims)  # [U]
             sums[name] = s if name not in sums else sums[name] + s
@@ -74,15 +76,25 @@ def record_activations(model: torch.nn.Module, x: torch.Tensor, *, batch_size: i
         return fn
 
     handles = [m.register_forward_hook(hook(name)) for name, m in units]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each submodule's own, restored
     model.eval()
     try:
         for start in range(0, x.shape[0], batch_size):
+            calls.clear()
             model(x[start : start + batch_size])
+            twice = {n: k for n, k in calls.items() if k > 1}
+            if twice:
+                name, k = next(iter(twice.items()))
+                raise InputError(
+                    f"record_activations: the activation module {name!r} is called {k} times "
+                    "per forward (used at several depths), so its outputs would be averaged "
+                    "into one layer; give each depth its own module (natgrad.make_unit)"
+                )
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     means = {name: (sums[name] / counts[name][0]).cpu() for name, _ in units}
     return summarise(means, {name: counts[name][1:] for name, _ in units})
 
