@@ -324,3 +324,29 @@ def test_layer_norm_run_is_named_resumes_and_reloads(tmp_path):
         default_config("cifar-11", layer_norm=True)
     with pytest.raises(InputError, match="layer_norm"):
         default_config("mnist-fc", layer_norm=True, batch_norm=True)
+
+
+def test_a_resume_drops_activation_records_past_its_checkpoint(tmp_path, _one_thread, monkeypatch):
+    """A run killed after recording epochs past its last checkpoint resumes from that
+    checkpoint: the later epochs' activation files are removed with their summary lines (they
+    stayed, so a resumed run that then stopped earlier left load_activations a file of the
+    killed attempt)."""
+    import natgrad.training.loop as loop
+    from natgrad.training.rundir import RunDir
+
+    config = default_config("mnist-fc", epochs=3, **DIGITS)
+    train(config, tmp_path, device="cpu", progress=False)
+    rd = RunDir(tmp_path)
+    for epoch in (2, 3):  # the kill came before these checkpoints
+        for p in rd.checkpoint_paths(epoch):
+            p.unlink()
+    assert rd.activation_path(3).is_file()
+
+    def killed_again(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_epochs", killed_again)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, device="cpu", progress=False)
+    assert rd.activation_path(1).is_file()
+    assert not rd.activation_path(2).exists() and not rd.activation_path(3).exists()

@@ -358,6 +358,8 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
             rd.diverged_path.unlink(missing_ok=True)  # trained again: a new divergence rewrites it
             write_jsonl(rd.metrics_path, history)
             rewrite_jsonl(rd.activation_summary_path, start)
+            for path in rd.activation_files(after=start):  # a killed attempt's, past it
+                path.unlink()
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
             "data_sha256": fingerprint,

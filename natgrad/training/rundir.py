@@ -136,11 +136,18 @@ class RunDir:
         start may delete; another tool's ``checkpoints/epoch_10.pt`` is not among them)."""
         fixed = [self.config_path, self.metrics_path, self.probe_path, self.activation_summary_path,
                  self.diverged_path]  # fmt: skip
-        acts = []
-        if self.activations_dir.is_dir():
-            acts = [p for p in self.activations_dir.iterdir() if _ACTIVATION_FILE.match(p.name)]
-        files = [p for p in fixed if p.is_file()] + acts + self.checkpoint_files()
+        files = (
+            [p for p in fixed if p.is_file()] + self.activation_files() + self.checkpoint_files()
+        )
         return sorted(p for p in files if p.is_file())
+
+    def activation_files(self, *, after: int = -1) -> list[Path]:
+        """The per-epoch activation records ``activations/epoch_XXXX.safetensors`` of epochs
+        above ``after``."""
+        if not self.activations_dir.is_dir():
+            return []
+        return sorted(p for p in self.activations_dir.iterdir()
+                      if _ACTIVATION_FILE.match(p.name) and int(p.stem[6:]) > after)  # fmt: skip
 
     def record_files(self) -> list[Path]:
         """What a finished run needs to be read again: config, metrics and the divergence
