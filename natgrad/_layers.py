@@ -143,8 +143,8 @@ def check_units(name: str, units, n_units: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def batchnorm_guard(model: nn.Module) -> Iterator[None]:
-    r"""Run ``model`` as given, but warn (:class:`TrainModeWarning`) if batch-norm layers
-    are in training mode, and restore their running statistics afterwards.
+    r"""Run ``model`` as given, but warn (:class:`TrainModeWarning`) if batch-norm or dropout
+    layers are in training mode, and restore the running statistics afterwards.
 
     In training mode a batch-norm layer normalises with the statistics of the current
     batch, so the outputs of one input depend on the others in its batch (the per-input
@@ -169,6 +169,17 @@ def batchnorm_guard(model: nn.Module) -> Iterator[None]:
             "batch norm, which has no effect, gets a positive bias entry c). Call model.eval() "
             "first for the per-input Fisher of the running-statistics model (natgrad restores "
             "the running statistics afterwards)",
+            TrainModeWarning,
+            stacklevel=4,
+        )
+    drops = [n for n, m in model.named_modules()
+             if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0]  # fmt: skip
+    if drops:
+        warnings.warn(
+            f"dropout layers {drops[:5]}{' ...' if len(drops) > 5 else ''} are in training "
+            "mode: every pass draws new masks, so the unit Fisher is of one random thinned "
+            "net and changes from call to call; call model.eval() first for the Fisher of the "
+            "net itself",
             TrainModeWarning,
             stacklevel=4,
         )

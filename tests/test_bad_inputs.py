@@ -222,3 +222,14 @@ def test_a_net_without_a_dropout_setting_refuses_one(net):
 
     with pytest.raises(InputError, match=f"{net}: its dropout is not a setting"):
         build_model(net, "elu", dropout=(0.5,), device="meta")
+
+
+def test_dropout_in_train_mode_warns():
+    """Dropout in train mode makes the blocks those of one random thinned net, different on
+    every call: warned like train-mode batch norm (it was silent); eval mode is quiet."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(4, 3))  # fmt: skip
+    x = torch.randn(8, 3)
+    with pytest.warns(TrainModeWarning, match=r"dropout layers \['2'\] are in training mode"):
+        unit_fisher(net, "3", x)
+    unit_fisher(net.eval(), "3", x)  # warnings are errors in the suite
