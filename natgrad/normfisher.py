@@ -221,8 +221,10 @@ def norm_unit_fishers(
     )
     if not names:
         raise UnsupportedLayerError(
+            "layers=[] names no layer; pass the normalisation layers to analyse, or leave "
+            "layers out for all of them" if layers is not None else
             "the model has no affine BatchNorm1d/2d, LayerNorm or GroupNorm layer"
-        )
+        )  # fmt: skip
     spec = {}
     for name in names:
         if name not in modules:

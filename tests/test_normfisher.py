@@ -99,6 +99,8 @@ def test_errors_name_the_layer():
     plain = _fc(nn.LayerNorm(4, elementwise_affine=False))
     with pytest.raises(UnsupportedLayerError, match="no affine BatchNorm1d/2d"):
         norm_unit_fishers(plain, x)
+    with pytest.raises(UnsupportedLayerError, match=r"layers=\[\] names no layer"):
+        norm_unit_fishers(model, x, layers=[])  # it said the model had no norm layer
     with pytest.raises(UnsupportedLayerError, match="layer '1' has no affine parameters"):
         norm_unit_fishers(plain, x, layers=["1"])
     with pytest.raises(InputError, match="empirical"):
