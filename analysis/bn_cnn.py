@@ -111,14 +111,13 @@ def figure(curves):
     four = c[c["unit_type"].isin(("elu", "relu", "lrelu", "srelu"))]
     bn = c[c["unit_type"].isin(("elu", "elu-bn", "relu", "relu-bn"))]
     fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.5))
-    plot_curves(four, "train_loss", ax=axes[0], ylabel="training loss (running mean)",
-                title="(a) training loss")  # fmt: skip
-    plot_curves(four, "val_error", ax=axes[1], ylabel="validation error (%)",
-                title="(b) validation error")  # fmt: skip
-    plot_curves(bn, "val_error", ax=axes[2], ylabel="validation error (%)",
-                title="(c) with and without batch norm")  # fmt: skip
+    plot_curves(four, "train_loss", ax=axes[0], ylabel="training loss (running mean; geom. mean ×/÷ sd)",
+                title="(a) training loss", log=True)  # fmt: skip
+    plot_curves(four, "val_error", ax=axes[1], ylabel="validation error (%; geom. mean ×/÷ sd)",
+                title="(b) validation error", log=True)  # fmt: skip
+    plot_curves(bn, "val_error", ax=axes[2], ylabel="validation error (%; geom. mean ×/÷ sd)",
+                title="(c) with and without batch norm", log=True)  # fmt: skip
     for ax in axes:
-        ax.set_yscale("log")
         ax.legend(frameon=False, fontsize="x-small")
     fig.tight_layout()
     return fig

@@ -574,19 +574,25 @@ def fig2_script(argv: list[str]) -> None:
 
 
 def _figures(curves, seeds, runs_root, out: Path) -> None:
-    """Fig 2 (the paper's layout) and the mechanism figure: ρ(plain), ρ(block-diag.) and
-    n_eff/(d+1) per analysed epoch, mean over seeds ± CI (``stats.mean_ci``), per unit type."""
+    """Fig 2 (the paper's layout) and the mechanism figure."""
+    fig2_script(["--runs", str(runs_root), "--out", str(out)])
+    mechanism_figure(seeds, out)
+
+
+def mechanism_figure(seeds, out: Path) -> None:
+    """ρ(plain), 1 − ρ(block-diag.) and n_eff/(d+1) (log axes, with the 2(d+1) line) per
+    analysed epoch, mean over seeds ± CI (``stats.mean_ci``), per unit type: ``mechanism``."""
     import matplotlib.pyplot as plt
 
     from natgrad.analysis.plots import save_figure
     from natgrad.analysis.stats import mean_ci
     from natgrad.units import unit_type_colour, unit_type_label
 
-    fig2_script(["--runs", str(runs_root), "--out", str(out)])
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.0), layout="constrained")
-    panels = (("rho_plain", "ρ(plain)", False), ("rho_blockdiag", "1 − ρ(block-diag.)", True),
-              ("n_eff_over_d1", "median n_eff/(d+1)", False))  # fmt: skip
-    for ax, (col, label, one_minus) in zip(axes, panels, strict=True):
+    panels = (("rho_plain", "ρ(plain)", False, False),
+              ("rho_blockdiag", "1 − ρ(block-diag.)", True, True),
+              ("n_eff_over_d1", "median n_eff/(d+1)", False, True))  # fmt: skip
+    for ax, (col, label, one_minus, log) in zip(axes, panels, strict=True):
         for unit in UNITS:
             sub = seeds[seeds["unit_type"] == unit]
             if sub.empty:
@@ -600,8 +606,8 @@ def _figures(curves, seeds, runs_root, out: Path) -> None:
             ax.fill_between(xs, los, his, color=unit_type_colour(unit), alpha=0.2, lw=0)
         ax.set_xscale("log")
         ax.set_xlabel("epoch (0 drawn at 0.5)")
-        ax.set_title(label)
-        if one_minus:
+        ax.set_title(f"{label} (mean, 95 % CI)")
+        if log:
             ax.set_yscale("log")
     axes[2].axhline(2.0, color="0.5", lw=0.6, ls="--")
     axes[0].legend(fontsize="small")
@@ -659,6 +665,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neff-adjusted", action="store_true",
                         help="only the declared check at a common n_eff, from --record's "
                              "mechanism_layers.csv, into its neff_adjusted.csv")  # fmt: skip
+    parser.add_argument("--figures", action="store_true",
+                        help="only redraw --record's figures from its curves.csv and "
+                             "mechanism_seeds.csv")  # fmt: skip
     parser.add_argument("--relation", action="store_true",
                         help="only the relation table (Spearman r with its CI and permutation "
                              "p), from --record's relation_seeds.csv, into its relation.csv")  # fmt: skip
@@ -675,6 +684,14 @@ def main(argv: list[str] | None = None) -> int:
             args.record / "neff_adjusted.csv", table.to_csv(index=False, float_format="%.6g")
         )
         print(table.to_string(index=False))
+        return 0
+    if args.figures:
+        from natgrad.analysis.csvtables import read_csv
+
+        curves_csv = args.record / "curves.csv"
+        fig2_script(["--curves", str(curves_csv), "--out", str(args.record)])
+        if (args.record / "mechanism_seeds.csv").is_file():
+            mechanism_figure(read_csv(args.record / "mechanism_seeds.csv"), args.record)
         return 0
     if args.relation:
         from natgrad._atomic import write_table

@@ -233,10 +233,9 @@ def figure(curves):
     fig, axes = plt.subplots(1, len(rates), figsize=(4.2 * len(rates), 3.4), squeeze=False)
     for ax, lr in zip(axes[0], rates, strict=True):
         c = curves[(curves["lr"] == lr) & (curves["epoch"] >= 1)]
-        plot_curves(c, "train_loss", ax=ax, label_suffix=" train")
-        plot_curves(c, "val_loss", ax=ax, style=":", label_suffix=" validation",
-                    ylabel="reconstruction error (BCE per pixel)", title=f"lr {lr:g}")  # fmt: skip
-        ax.set_yscale("log")
+        plot_curves(c, "train_loss", ax=ax, label_suffix=" train", log=True)
+        plot_curves(c, "val_loss", ax=ax, style=":", label_suffix=" validation", log=True,
+                    ylabel="BCE per pixel (geom. mean ×/÷ sd)", title=f"lr {lr:g}")  # fmt: skip
         ax.legend(frameon=False, fontsize="x-small")
     fig.tight_layout()
     return fig

@@ -4,10 +4,12 @@ test split where the data set has no validation split: Fashion-MNIST, the digits
 mean ± sd over seeds, one colour per unit type (the paper's three: ELU, ReLU, LReLU, plus any
 other unit type found in the runs).
 
-    python paper_figures/fig2_mean_activation.py [--runs DIR] [--small] [--out DIR]
+    python paper_figures/fig2_mean_activation.py [--runs DIR | --curves CSV] [--small] [--out DIR]
 
 Reads the run directories below ``--runs`` (default ``reports/demo/runs``, written by
-``make demo``). In small mode without ``--runs`` it first trains ELU, ReLU and LReLU for
+``make demo``), or a record's curve table (``--curves``, a committed ``curves.csv``).
+Panel (a): mean ± sd over seeds; panel (b), on a log axis: geometric mean ×/÷ the sd of
+log10 over seeds. In small mode without ``--runs`` it first trains ELU, ReLU and LReLU for
 two epochs on the digits (one seed) into ``<out>/small_runs``. Writes
 ``fig2_mean_activation.pdf`` and ``.png``. The curves are :func:`natgrad.analysis.plots.plot_curves`,
 the same function the HTML report uses; the data are :func:`natgrad.analysis.runs.curve_table`.
@@ -39,26 +41,32 @@ def _small_runs(folder: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=None, help="folder of run directories")
+    parser.add_argument("--curves", type=Path, default=None, help="a record's curves.csv")
     parser.add_argument("--small", action="store_true", help="quick mode (also NATGRAD_SMALL=1)")
     parser.add_argument("--out", type=Path, default=OUT, help="output folder")
     args = parser.parse_args(argv)
     small = small_mode(args.small)
     runs_root = args.runs
-    if runs_root is None:
-        runs_root = _small_runs(args.out / "small_runs") if small else Path("reports/demo/runs")
-    curves = curve_table(find_runs(runs_root))
+    if args.curves is not None:
+        import pandas as pd  # a record's table (older records have no checksum file)
+
+        curves, runs_root = pd.read_csv(args.curves), args.curves
+    else:
+        if runs_root is None:
+            runs_root = _small_runs(args.out / "small_runs") if small else Path("reports/demo/runs")
+        curves = curve_table(find_runs(runs_root))
     usetex = setup_matplotlib()
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(7.0, 2.8), layout="constrained")
     plot_curves(curves, "median_all", ax=a, ylabel="median of unit mean activations")
     a.axhline(0.0, color="0.5", lw=0.6)
-    a.set_title("(a) mean activation")
-    plot_curves(curves, "train_loss", ax=b, label_suffix=" train")
+    a.set_title("(a) mean activation (mean ± sd)")
+    plot_curves(curves, "train_loss", ax=b, label_suffix=" train", log=True)
     has_val = "val_loss" in curves and curves["val_loss"].notna().any()
     held, name = ("val_loss", "validation") if has_val else ("test_loss", "test")
-    plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}", ylabel="cross-entropy")
-    b.set_yscale("log")
+    plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}", log=True,
+                ylabel="cross-entropy (geometric mean ×/÷ sd)")  # fmt: skip
     b.set_title(f"(b) train (solid), {name} (dotted)")
     a.legend(fontsize="small")
     paths = save_figure(fig, args.out / "fig2_mean_activation", dpi=100 if small else 300)

@@ -227,7 +227,8 @@ def test_fig2_names_the_held_out_curve_it_draws():
         t = read_tables(root / record)
         fig = figures(t, ("fig2",))["fig2"][1]
         assert fig.axes[1].get_title() == f"(b) train (solid), {name} (dotted)"
-        elu = t["curves"][t["curves"]["unit_type"] == "elu"].groupby("epoch")[column].mean()
+        sub = t["curves"][t["curves"]["unit_type"] == "elu"]
+        elu = 10.0 ** np.log10(sub[column]).groupby(sub["epoch"]).mean()  # geometric (log axis)
         (line,) = [ln for ln in fig.axes[1].get_lines() if ln.get_label().endswith(f") {name}")
                    and ln.get_label().startswith("ELU") and "+BN" not in ln.get_label()]  # fmt: skip
         np.testing.assert_allclose(line.get_ydata(), elu.to_numpy(), rtol=1e-12)
@@ -245,3 +246,24 @@ def test_every_printed_ci_is_rounded_outward():
                            "diff": 0.05, "lo": 0.01236, "hi": 0.09812, "better": "higher"})  # fmt: skip
     assert "[0.0123, 0.0982]" in said
     assert stats.interval_text(-0.01236, 0.09812) == "[-0.0124, +0.0982]"
+
+
+def test_loss_bands_on_a_log_axis_stay_above_zero():
+    """On a log axis a band of mean − sd fell to the axis floor wherever sd > mean (vertical
+    stripes in the Fashion Fig 2); log=True draws the geometric mean ×/÷ 10^sd of log10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import pandas as pd
+
+    from natgrad.analysis import plots
+
+    t = pd.DataFrame({"unit_type": ["elu"] * 3, "seed": [0, 1, 2], "epoch": [1, 1, 1],
+                      "train_loss": [1e-4, 1e-2, 1.0]})  # fmt: skip
+    fig = plots.plot_curves(t, "train_loss", log=True)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert np.isclose(ax.lines[0].get_ydata()[0], 1e-2)  # geometric mean
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() > 0 and np.isclose(band.min(), 1e-4) and np.isclose(band.max(), 1.0)

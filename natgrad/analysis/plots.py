@@ -32,14 +32,21 @@ def _style(key: str) -> dict:
             "ls": {"-bn": "--", "-ln": ":"}.get(split_unit_type(key)[1], "-")}  # fmt: skip
 
 
-def _band(ax, table, unit: str, x: str, y: str, alpha: float, suffix: str = "", **kw) -> None:
+def _band(ax, table, unit: str, x: str, y: str, alpha: float, suffix: str = "", *,
+          log: bool = False, **kw) -> None:  # fmt: skip
     """Mean ± sd over seeds of ``y`` against ``x`` for ``unit``: a line (``kw`` overriding its
-    style) and a band."""
-    g = table[table["unit_type"] == unit].groupby(x)[y]
+    style) and a band; with ``log``, of log10 ``y`` drawn back on the log scale (the geometric
+    mean, its band ×/÷ 10^sd: mean − sd ≤ 0 has no place on a log axis)."""
+    sub = table[table["unit_type"] == unit]
+    values = np.log10(sub[y].where(sub[y] > 0)) if log else sub[y]
+    g = values.groupby(sub[x])
     m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
+    lo, hi = m - sd, m + sd
+    if log:
+        m, lo, hi = 10.0**m, 10.0**lo, 10.0**hi
     st = {**_style(unit), **kw}
     ax.plot(m.index, m.values, label=unit_type_label(unit) + suffix, **st)
-    ax.fill_between(m.index, m - sd, m + sd, color=st["color"], alpha=alpha, lw=0)
+    ax.fill_between(m.index, lo, hi, color=st["color"], alpha=alpha, lw=0)
 
 
 def _marker(unit: str) -> dict:
@@ -82,8 +89,11 @@ def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0), extra: bool 
 
 
 def plot_curves(table, y: str, *, ax=None, x: str = "epoch", style: str | None = None,
-                label_suffix: str = "", ylabel: str | None = None, title: str | None = None):  # fmt: skip
-    r"""Mean ± sd over seeds of column ``y`` against ``x``, one line and band per unit type.
+                label_suffix: str = "", ylabel: str | None = None, title: str | None = None,
+                log: bool = False):  # fmt: skip
+    r"""Mean ± sd over seeds of column ``y`` against ``x``, one line and band per unit type;
+    ``log``: on a log axis, the mean ± sd of log10 ``y`` (a geometric mean and a ×/÷ band;
+    a band of mean − sd fell to the axis floor wherever sd > mean).
 
     ``table`` is a DataFrame with columns ``unit_type``, ``seed``, ``x`` and ``y`` (one row per
     run and epoch, e.g. :func:`natgrad.analysis.runs.curve_table`). ``style`` overrides the
@@ -91,7 +101,10 @@ def plot_curves(table, y: str, *, ax=None, x: str = "epoch", style: str | None =
     """
     fig, ax = _subplots(ax=ax, figsize=(4.0, 3.2))
     for unit in _units_in(table):
-        _band(ax, table, unit, x, y, 0.15, label_suffix, **({"ls": style} if style else {}))
+        _band(ax, table, unit, x, y, 0.15, label_suffix, log=log,
+              **({"ls": style} if style else {}))  # fmt: skip
+    if log:
+        ax.set_yscale("log")
     ax.set(xlabel=x, ylabel=ylabel or y)
     if title:
         ax.set_title(title)

@@ -394,15 +394,15 @@ def figures(t: dict, keys=None) -> dict[str, tuple[str, object]]:
         held = ("val_loss" if "val_loss" in curves and curves["val_loss"].notna().any()
                 else "test_loss")  # fmt: skip
         name = "validation" if held == "val_loss" else "test"
-        fig, (a, b) = plots._subplots(1, 2, figsize=(9.0, 3.4))
-        plots.plot_curves(curves, "median_all", ax=a, ylabel="median unit mean activation",
-                          title="(a) median over units of the mean activation")  # fmt: skip
+        fig, (a, b) = plots._subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
+        plots.plot_curves(curves, "median_all", ax=a, ylabel="mean ± sd over seeds",
+                          title="(a) median unit mean activation")  # fmt: skip
         a.axhline(0.0, color="0.6", lw=0.6)
-        plots.plot_curves(curves, "train_loss", ax=b, label_suffix=" train")
-        plots.plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}",
-                          ylabel="cross-entropy", title=f"(b) train (solid), {name} (dotted)")  # fmt: skip
+        plots.plot_curves(curves, "train_loss", ax=b, label_suffix=" train", log=True)
+        plots.plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}", log=True,
+                          ylabel="cross-entropy (geom. mean ×/÷ sd)",
+                          title=f"(b) train (solid), {name} (dotted)")  # fmt: skip
         a.legend(frameon=False, fontsize="x-small")
-        b.set_yscale("log")
         return fig
 
     rho = answer(t)[1] if keys is None or "answer" in keys else None
@@ -431,8 +431,9 @@ def figures(t: dict, keys=None) -> dict[str, tuple[str, object]]:
             "quartiles). Below the dotted line (n_eff < 2(d+1)) the δ̄²-weighted moments, s, k "
             "and the corrected mean are not estimable from the probe.",
             lambda: plots.plot_n_eff(t["units"])),
-        "fig2": ("Fig 2 (the paper's): mean ± sd over seeds per epoch of the training loss and "
-                 "of the held-out split's (validation where the data have one).", fig2),
+        "fig2": ("Fig 2 (the paper's): per epoch, the median unit mean activation (mean ± sd "
+                 "over seeds) and the training loss and the held-out split's (validation where "
+                 "the data have one; geometric mean ×/÷ sd over seeds, log scale).", fig2),
         "fig1": ("Fig 1: the units compared.", plots.plot_units),
         "layers": (
             "Per layer over training (descriptive; units of one net are not replicates): "
