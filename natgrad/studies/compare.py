@@ -418,14 +418,25 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
     from natgrad.analysis.plots import save_figure
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    mean = curves.groupby(["arm", "epoch"], sort=False).mean(numeric_only=True).reset_index()
     split = "val" if curves["val_error"].notna().any() else "test"
     for arm in curves["arm"].unique():
-        g = mean[(mean["arm"] == arm) & (mean["epoch"] >= 1)]  # epoch 0 (~90 %) would flatten
-        axes[0].plot(g["epoch"], g["train_loss"], label=arm)
-        axes[1].plot(g["epoch"], 100 * g[f"{split}_error"], marker=".", label=arm)
-        axes[3].plot(g["seconds"], g["train_loss"], marker=".", label=arm)
-    axes[0].set(yscale="log", xlabel="epoch", ylabel="training loss (mean over seeds)")
+        sub = curves[(curves["arm"] == arm) & (curves["epoch"] >= 1)]  # epoch 0 would flatten
+        # a mean over every seed only: once a seed diverges, the survivors' mean is another
+        # population (the line ends, an × where seeds were lost)
+        alive = sub[np.isfinite(sub["train_loss"])].groupby("epoch")
+        whole = alive["seed"].nunique() == curves.loc[curves["arm"] == arm, "seed"].nunique()
+        last = whole[whole].index.max() if whole.any() else None
+        lost = last is not None and last < sub["epoch"].max()
+        g = alive.mean(numeric_only=True).loc[whole[whole].index].reset_index()
+        label = f"{arm} (seeds diverged after epoch {last})" if lost else arm
+        (line,) = axes[0].plot(g["epoch"], g["train_loss"], label=label)
+        axes[1].plot(g["epoch"], 100 * g[f"{split}_error"], marker=".", color=line.get_color())
+        axes[3].plot(g["seconds"], g["train_loss"], marker=".", color=line.get_color())
+        if lost and len(g):
+            for ax, col in ((axes[0], "train_loss"), (axes[1], f"{split}_error")):
+                y = g[col].iloc[-1] * (100 if col.endswith("error") else 1)
+                ax.plot(g["epoch"].iloc[-1], y, "x", ms=8, color=line.get_color())
+    axes[0].set(yscale="log", xlabel="epoch", ylabel="training loss (mean over all seeds)")
     axes[1].set(xlabel="epoch", ylabel=f"{'validation' if split == 'val' else 'test'} error % "
                 "(mean over seeds)")  # fmt: skip
     axes[3].set(xscale="log", yscale="log", xlabel="training seconds per run (mean over seeds)",
@@ -434,7 +445,13 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=7)
     gap = tables["gap"]
-    if not gap.empty:
+    if gap.empty or gap["fraction_closed"].isna().all():
+        axes[2].text(0.5, 0.5, "not defined here: no ReLU+unit-NG arm,\nor the gap it should "
+                     "close is not positive", ha="center", va="center",
+                     transform=axes[2].transAxes, fontsize=9, color="0.3")  # fmt: skip
+        axes[2].set_xticks([])
+        axes[2].set_yticks([])
+    else:
         axes[2].errorbar(gap["epoch"], gap["fraction_closed"],
                          yerr=[(gap["fraction_closed"] - gap["ci_low"]).abs(),
                                (gap["ci_high"] - gap["fraction_closed"]).abs()], marker="o")  # fmt: skip
