@@ -658,9 +658,10 @@ def sign_flip_p(diff) -> float:
     (one per seed): exact up to :data:`SIGN_FLIP_EXACT_UP_TO` seeds (all 2^n sign patterns, so
     n seeds cannot go below 2/2^n), above that from :data:`SIGN_FLIP_RESAMPLES` random
     patterns of a fixed generator (reproducible; scipy counts the observed pattern among
-    them, so p is never 0). Means are compared on a grid of 1e-12·Σ|d|, so patterns whose
-    means are equal in exact arithmetic are ties whatever their float rounding (scipy's own
-    relative tolerance misses them near a mean of 0). NaN for fewer than 2 or non-finite
+    them, so p is never 0). Patterns whose sums are equal in exact arithmetic are ties
+    whatever their float rounding: exact p counts sums within :data:`SIGN_FLIP_TIE_TOL`·Σ|d|
+    of the observed one's size, the random patterns compare means on a 1e-12·Σ|d| grid
+    (scipy's own relative tolerance misses ties near a mean of 0). NaN for fewer than 2 or non-finite
     differences, 1 when every difference is 0."""
     from scipy import stats
 
@@ -669,16 +670,35 @@ def sign_flip_p(diff) -> float:
         return math.nan
     if not np.any(d != 0):
         return 1.0
-    exact = d.size <= SIGN_FLIP_EXACT_UP_TO
     scale = np.abs(d).sum()
+    if d.size <= SIGN_FLIP_EXACT_UP_TO:  # every pattern, |Σ| compared with a tolerance
+        return _exact_sign_flip_p(d, tol=SIGN_FLIP_TIE_TOL * scale)
 
     def mean_on_grid(x, axis=-1):  # the mean over Σ|d|, in [-1, 1], on a 1e-12 grid: patterns
         return np.round(x.sum(axis=axis) / scale, 12)  # tied in exact arithmetic stay tied
 
     res = stats.permutation_test((d,), mean_on_grid, permutation_type="samples",
-                                 n_resamples=np.inf if exact else SIGN_FLIP_RESAMPLES,
-                                 alternative="two-sided", rng=np.random.default_rng(0))  # fmt: skip
+                                 n_resamples=SIGN_FLIP_RESAMPLES, alternative="two-sided",
+                                 rng=np.random.default_rng(0))  # fmt: skip
     return float(res.pvalue)
+
+
+#: Sums of sign patterns within this fraction of Σ|d| count as ties (float sums of n ≤ 20
+#: terms err by ~1e-15 of it; differences a record rounds to 6 digits tie exactly).
+SIGN_FLIP_TIE_TOL = 1e-10
+
+
+def _exact_sign_flip_p(d: np.ndarray, *, tol: float) -> float:
+    """The share of all 2ⁿ sign patterns s with |sᵀd| ≥ |Σd| − ``tol`` (the exact two-sided
+    p: the null distribution is symmetric), in chunks of 2¹⁶ patterns."""
+    n, obs = d.size, abs(d.sum()) - tol
+    bits = np.arange(n, dtype=np.int64)
+    count = 0
+    for start in range(0, 2**n, 1 << 16):
+        idx = np.arange(start, min(start + (1 << 16), 2**n), dtype=np.int64)
+        signs = 1.0 - 2.0 * ((idx[:, None] >> bits) & 1)  # [chunk, n]
+        count += int(np.count_nonzero(np.abs(signs @ d) >= obs))
+    return count / 2**n
 
 
 def _spearman(a, b, axis: int = -1):
