@@ -153,22 +153,23 @@ def batchnorm_guard(model: nn.Module) -> Iterator[None]:
     first for the usual per-input Fisher) but never lets its own passes change the
     model's buffers.
     """
-    bns = [
+    bns = [  # batch statistics: training mode, or no running statistics to use in eval
         (n, m)
         for n, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
     ]
     if bns:
         names = [n for n, _ in bns]
         warnings.warn(
             f"batch-norm layers {names[:5]}{' ...' if len(names) > 5 else ''} are in training "
-            "mode: they normalise with each batch's statistics, so each input's output depends "
+            "mode or have track_running_stats=False: they normalise with each batch's "
+            "statistics, so each input's output depends "
             "on the whole batch and the columns back-propagated to a layer before them mix "
             "the inputs (as K-FAC's per-example gradients do): the unit Fisher of such a layer "
             "is not the Fisher of any model and depends on the batching (a bias right before "
             "batch norm, which has no effect, gets a positive bias entry c). Call model.eval() "
-            "first for the per-input Fisher of the running-statistics model (natgrad restores "
-            "the running statistics afterwards)",
+            "first (with running statistics) for the per-input Fisher of the running-statistics "
+            "model (natgrad restores the running statistics afterwards)",
             TrainModeWarning,
             stacklevel=4,
         )

@@ -77,11 +77,14 @@ def _layers(model: nn.Module, names) -> list[tuple[str, nn.Module]]:
 
 
 def _check_complete(name: str, fisher, module: nn.Module) -> torch.Tensor:
-    if getattr(fisher, "structure", "dense") == "quasidiagonal":
+    structure = getattr(fisher, "structure", "dense")
+    if structure != "dense":
+        what = ("Ollivier's metric Q (its weight off-diagonals b_i·b_j/c are in neither the "
+                "Fisher nor nngeometry's PMatQuasiDiag)" if structure == "quasidiagonal" else
+                "the Fisher with every off-diagonal entry set to 0")  # fmt: skip
         raise InputError(
-            f"layer {name!r}: a structure='quasidiagonal' result's matrix is Ollivier's metric "
-            "Q (its weight off-diagonals b_i·b_j/c are in neither the Fisher nor nngeometry's "
-            "PMatQuasiDiag), so it is not exported as a Fisher; compute structure='dense'"
+            f"layer {name!r}: a structure={structure!r} result's matrix is {what}, so it is "
+            "not exported as a unit Fisher block; compute structure='dense'"
         )
     blocks = fisher.matrix
     U = module.weight.shape[0]

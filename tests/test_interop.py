@@ -142,10 +142,11 @@ def test_a_quasidiagonal_result_is_not_exported_as_a_fisher():
     (b_i b_j / c) are in neither F nor nngeometry's PMatQuasiDiag: exported, a peer would take
     Q for the Fisher. Both exports refuse it, naming the structure to use."""
     model, x, y = _net()
-    F = unit_fishers(model, x, y, layers=["3"], structure="quasidiagonal")
-    for export in (to_nngeometry, to_curvlinops):
-        with pytest.raises(InputError, match="layer '3'.*quasidiagonal.*structure='dense'"):
-            export(F, model)
+    for structure in ("quasidiagonal", "diagonal"):
+        F = unit_fishers(model, x, y, layers=["3"], structure=structure)
+        for export in (to_nngeometry, to_curvlinops):
+            with pytest.raises(InputError, match=f"layer '3'.*{structure}.*structure='dense'"):
+                export(F, model)
 
 
 @pytest.mark.parametrize("representation", ["PMatQuasiDiag", "PMatKFAC", "PMatDiag"])
