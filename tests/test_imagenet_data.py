@@ -280,3 +280,22 @@ def test_evaluation_and_the_grid_use_the_imagenet_window(tree):
     evaluate(Probe(), x, y, lambda out, xb, yb: nn.functional.cross_entropy(out, yb), cfg)
     assert seen == [(224, 224), (224, 224)]
     assert grid_key(default_config("mnist-fc", dataset="imagenet", epochs=1)) is None
+
+
+def test_the_analysis_probes_see_the_imagenet_window(monkeypatch):
+    """The unit-Fisher analysis's probes (held-out, training probe, training set) are the
+    window the net is evaluated on, not the whole 256 image it never sees."""
+    from natgrad.analysis import runs
+    from natgrad.data import Dataset
+    from natgrad.training.rundir import RunDir
+
+    x = torch.randn(4, 3, 256, 256)
+    y = torch.zeros(4, dtype=torch.long)
+    ds = Dataset(name="imagenet", train_x=x, train_y=y, test_x=x, test_y=y, num_classes=2,
+                 input_shape=(3, 256, 256), meta={})  # fmt: skip
+    monkeypatch.setattr(runs, "_dataset", lambda run_dir: ds)
+    monkeypatch.setattr(RunDir, "read_probe_indices", lambda self: torch.tensor([0, 2]))
+    for split in ("test", "train", "train-all"):
+        got, _ = runs.probe_set("run", 3, split=split)
+        assert got.shape[-2:] == (224, 224), split
+    assert runs.training_set("run")[0].shape[-2:] == (224, 224)

@@ -29,6 +29,7 @@ from natgrad.analysis.csvtables import read_csv, write_csv
 from natgrad.analysis.study import _CURVES, _num
 from natgrad.analysis.unitstats import unit_statistics
 from natgrad.damping import MEASURE_DAMPING
+from natgrad.data.preprocess import eval_view
 from natgrad.errors import CheckpointError, DataFileError, InputError
 from natgrad.training.plan import per_worker_threads
 from natgrad.training.rundir import RunDir, find_runs
@@ -124,7 +125,7 @@ def probe_set(
         idx = RunDir(run_dir).read_probe_indices()
         if size is not None:
             idx = idx[:size]
-        return ds.train_x[idx], ds.train_y[idx]
+        return eval_view(ds.train_x[idx], ds.name), ds.train_y[idx]
     if split != "train-all" and (split not in ("val", "test") or getattr(ds, f"{split}_x") is None):
         raise InputError(f"{run_dir}: probe split {split!r} is not one of this data set's "
                          f"held-out splits ({', '.join(ds.splits[1:])}), 'train' or "
@@ -134,7 +135,7 @@ def probe_set(
     x, y = training_set(run_dir) if split == "train-all" else (getattr(ds, f"{split}_x"),
                                                                getattr(ds, f"{split}_y"))  # fmt: skip
     n = x.shape[0] if size is None else min(int(size), x.shape[0])
-    return x[:n], y[:n]
+    return eval_view(x[:n], ds.name), y[:n]  # the window the net is evaluated on (ImageNet)
 
 
 def curve_table(run_dirs: Iterable[PathLike], *, activations: bool = True):
@@ -190,7 +191,7 @@ def training_set(run_dir: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs and labels the run trained on (its ``train_split``, ``train_size`` and
     preprocessing: ``training.engine.run_data``)."""
     ds = _dataset(Path(run_dir))
-    return ds.train_x, ds.train_y
+    return eval_view(ds.train_x, ds.name), ds.train_y
 
 
 #: Config fields that do not change what a checkpoint holds (kept out of the cache key).

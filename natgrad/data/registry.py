@@ -98,9 +98,9 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
         )
     return Dataset(
         name="imagenet",
-        train_x=train.x - train.mean,  # the paper's per-pixel mean, the training split's
-        train_y=train.y,
-        test_x=val.x - train.mean,
+        train_x=_centred(train.x, train.mean),  # the paper's per-pixel mean, the training
+        train_y=train.y,  # split's
+        test_x=_centred(val.x, train.mean),
         test_y=val.y,
         num_classes=len(train.classes),
         input_shape=tuple(train.x.shape[1:]),
@@ -113,3 +113,8 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
             "flips in training with augment, centred otherwise",
         },
     )
+
+
+def _centred(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``x − mean``, in place for float images (an eager ImageNet subset is not copied)."""
+    return x.sub_(mean) if x.is_floating_point() else x - mean

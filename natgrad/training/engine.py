@@ -372,7 +372,8 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
         loss_fn = loss_function(config)
         rd.activations_dir.mkdir(exist_ok=True)
         write_safetensors(rd.probe_path, {"indices": probe})
-        save_activations(run, 0, record_activations(model, train_x[probe.to(dev)]))
+        probe_x = eval_view(train_x[probe.to(dev)], config.dataset)  # ImageNet: centre 224
+        save_activations(run, 0, record_activations(model, probe_x))
         tr_loss, _ = evaluate(model, train_x, train_y, loss_fn, config)
         per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
         if not math.isfinite(tr_loss):
@@ -483,7 +484,8 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
             if not ddp:
                 check_held_out(run.dir, evals, epoch, per_epoch, per_epoch, lr)
             if epoch % config.record_every == 0 or epoch == config.epochs:
-                save_activations(run.dir, epoch, record_activations(model, train_x[probe]))
+                probe_x = eval_view(train_x[probe], config.dataset)
+                save_activations(run.dir, epoch, record_activations(model, probe_x))
             row = metrics_row(epoch, per_epoch, lr, float(loss_sum) / n, evals,
                               time.perf_counter() - t0, t_train)  # fmt: skip
             run.history.append(row)
