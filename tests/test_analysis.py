@@ -711,3 +711,14 @@ def test_record_activations_refuses_a_unit_module_used_twice_and_keeps_every_mod
     net[1].eval()  # frozen statistics, as a fine-tuning caller sets them
     record_activations(net, torch.randn(5, 3))
     assert net.training and not net[1].training and net[0].training
+
+
+def test_a_paired_comparison_names_seeds_left_out_for_an_infinite_value():
+    """A seed whose log AUC is −inf (its training loss reached exactly 0) cannot enter a mean:
+    it was dropped without a word, though it is the seed most in that unit type's favour."""
+    frame = _pairs([0.3, -0.1, 0.2, 0.25, 0.05])
+    frame.loc[0, "rho_plain"] = -math.inf
+    row = stats.paired_comparison(frame, "rho_plain").iloc[0]
+    assert row["n"] == 4 and "Left out: seed(s) 0 with an infinite value" in row["text"]
+    clean = stats.paired_comparison(_pairs([0.3, -0.1, 0.2, 0.25, 0.05]), "rho_plain").iloc[0]
+    assert "Left out" not in clean["text"]

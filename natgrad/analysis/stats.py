@@ -330,7 +330,8 @@ def loss_auc(train_loss, *, log: bool = False) -> float:
     r"""The speed of learning, natgrad's one definition: the mean over epochs 1..E of the
     training loss (each epoch's running mean over its steps, as the trainer records it), or
     of its log10 (``log``: late epochs, where every loss is near 0, count as much as early
-    ones; an epoch whose loss is exactly 0 makes it -inf, which summaries report as such).
+    ones; an epoch whose loss is exactly 0 makes it -inf: a summary's mean is then -inf with
+    no CI, and a paired comparison leaves that seed out and names it).
     ``train_loss`` holds epochs 1..E (the initial net, epoch 0, is left out: nets of two unit
     types with the same weights start at different losses).
 
@@ -428,6 +429,7 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
         v[metric] = v[metric].abs()
 
     def row(other, wide, wide_r=None):
+        infinite = [int(seed) for seed in wide.index[np.isinf(wide.to_numpy(float)).any(axis=1)]]
         pair = wide.replace([np.inf, -np.inf], np.nan).dropna()
         if wide_r is not None and not wide_r.reindex(pair.index).fillna(0).astype(bool).all(
             axis=None
@@ -439,7 +441,10 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
         s = paired_summary(pair[reference].to_numpy() - pair[other].to_numpy())
         r = {"metric": metric, "reference": reference, "other": other, "n": s["n"],
              "diff": s["diff"], "better": better, **{k: s[k] for k in _SPREAD}}  # fmt: skip
-        r["text"] = sentence(r)
+        r["text"] = sentence(r) + (
+            f" Left out: seed(s) {', '.join(map(str, infinite))} with an infinite value (e.g. a "
+            "log AUC of −inf, a training loss of exactly 0), which no mean can hold."
+            if infinite else "")  # fmt: skip
         return r
 
     return _per_other(v, [metric, *([reached] if reached else [])], reference, group, row)
