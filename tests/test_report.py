@@ -267,3 +267,22 @@ def test_loss_bands_on_a_log_axis_stay_above_zero():
     assert np.isclose(ax.lines[0].get_ydata()[0], 1e-2)  # geometric mean
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert band.min() > 0 and np.isclose(band.min(), 1e-4) and np.isclose(band.max(), 1.0)
+
+
+def test_curves_average_every_seed_or_leave_the_point_out():
+    """A seed that diverged (NaN) or, on a log axis, reached a loss of 0 drops out of a mean,
+    which then is the survivors': such points are left out and the last full one marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import pandas as pd
+
+    from natgrad.analysis import plots
+
+    t = pd.DataFrame({"unit_type": ["elu"] * 6, "seed": [0, 1, 2] * 2, "epoch": [1, 1, 1, 2, 2, 2],
+                      "train_loss": [0.5, 0.1, 0.2, 0.0, 0.05, np.nan]})  # fmt: skip
+    for log in (False, True):
+        ax = plots.plot_curves(t, "train_loss", log=log).axes[0]
+        line, mark = ax.lines[0], ax.lines[1]
+        assert list(line.get_xdata()) == [1] and list(mark.get_xdata()) == [1]

@@ -38,15 +38,19 @@ def _band(ax, table, unit: str, x: str, y: str, alpha: float, suffix: str = "", 
     style) and a band; with ``log``, of log10 ``y`` drawn back on the log scale (the geometric
     mean, its band ×/÷ 10^sd: mean − sd ≤ 0 has no place on a log axis)."""
     sub = table[table["unit_type"] == unit]
-    values = np.log10(sub[y].where(sub[y] > 0)) if log else sub[y]
+    ok = np.isfinite(sub[y]) & ((sub[y] > 0) if log else True)
+    values = np.log10(sub[y].where(ok)) if log else sub[y].where(ok)
     g = values.groupby(sub[x])
-    m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
+    whole = g.count() == sub["seed"].nunique()  # a mean over every seed, never the survivors
+    m, sd = g.mean()[whole], g.std(ddof=1)[whole].fillna(0.0)
     lo, hi = m - sd, m + sd
     if log:
         m, lo, hi = 10.0**m, 10.0**lo, 10.0**hi
     st = {**_style(unit), **kw}
     ax.plot(m.index, m.values, label=unit_type_label(unit) + suffix, **st)
     ax.fill_between(m.index, lo, hi, color=st["color"], alpha=alpha, lw=0)
+    if not whole.all() and len(m):  # a seed diverged, stopped or (log) reached 0: marked
+        ax.plot(m.index[-1], m.values[-1], "x", ms=7, color=st["color"])
 
 
 def _marker(unit: str) -> dict:
@@ -93,7 +97,9 @@ def plot_curves(table, y: str, *, ax=None, x: str = "epoch", style: str | None =
                 log: bool = False):  # fmt: skip
     r"""Mean ± sd over seeds of column ``y`` against ``x``, one line and band per unit type;
     ``log``: on a log axis, the mean ± sd of log10 ``y`` (a geometric mean and a ×/÷ band;
-    a band of mean − sd fell to the axis floor wherever sd > mean).
+    a band of mean − sd fell to the axis floor wherever sd > mean). A point is a mean over
+    every seed of its unit type: where a seed is missing or non-finite (or ≤ 0 on a log axis)
+    the point is left out (not averaged over the survivors) and the last full one marked ×.
 
     ``table`` is a DataFrame with columns ``unit_type``, ``seed``, ``x`` and ``y`` (one row per
     run and epoch, e.g. :func:`natgrad.analysis.runs.curve_table`). ``style`` overrides the
