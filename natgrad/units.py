@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "SReLU",
     "UNIT_NAMES",
+    "check_alpha",
     "UNIT_TYPES",
     "UnitType",
     "hidden_units",
@@ -213,12 +214,21 @@ def make_unit(name: str, alpha: float | None = None) -> nn.Module:
     key = name.lower()
     if key not in CATALOGUE:
         raise InputError(f"unknown unit {name!r}; choose one of {', '.join(UNIT_NAMES)}")
-    if alpha is not None and key not in DEFAULT_ALPHA:
-        raise InputError(f"unit {key!r} has no alpha parameter (got alpha={alpha}); drop it")
-    if alpha is not None and (not math.isfinite(alpha) or (alpha < 0 and key != "prelu")):
-        raise InputError(f"unit {key!r}: alpha={alpha} is not allowed; pass a finite alpha "
-                         f"{'' if key == 'prelu' else '≥ 0 (a negative one makes it non-monotone)'}")  # fmt: skip
+    check_alpha(key, alpha)
     return CATALOGUE[key].factory(alpha)
+
+
+def check_alpha(unit: str, alpha: float | None) -> None:
+    """An :class:`~natgrad.errors.InputError` unless ``alpha`` suits ``unit`` (a key of
+    :data:`CATALOGUE`): ``None``, or for a unit with an α a finite one, ≥ 0 but for PReLU's
+    learnt slope (a negative ELU or LReLU α makes the unit non-monotone)."""
+    if alpha is None:
+        return
+    if unit not in DEFAULT_ALPHA:
+        raise InputError(f"unit {unit!r} has no alpha parameter (got alpha={alpha}); drop it")
+    if not math.isfinite(alpha) or (alpha < 0 and unit != "prelu"):
+        raise InputError(f"unit {unit!r}: alpha={alpha} is not allowed; pass a finite alpha "
+                         f"{'' if unit == 'prelu' else '≥ 0 (a negative one makes it non-monotone)'}")  # fmt: skip
 
 
 def hidden_units(model: nn.Module) -> list[tuple[str, nn.Module]]:

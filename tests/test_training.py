@@ -350,3 +350,13 @@ def test_a_resume_drops_activation_records_past_its_checkpoint(tmp_path, _one_th
         train(config, tmp_path, device="cpu", progress=False)
     assert rd.activation_path(1).is_file()
     assert not rd.activation_path(2).exists() and not rd.activation_path(3).exists()
+
+
+def test_a_config_refuses_an_alpha_its_unit_refuses():
+    """A config with alpha=-1 for ELU validated and then failed at model build: one rule
+    (units.check_alpha) now refuses it when the config is made, naming unit and alpha."""
+    with pytest.raises(InputError, match=r"unit 'elu': alpha=-1.0 is not allowed"):
+        default_config("mnist-fc", unit="elu", alpha=-1.0)
+    with pytest.raises(InputError, match=r"unit 'relu' has no alpha parameter"):
+        default_config("mnist-fc", unit="relu", alpha=0.2)
+    assert default_config("mnist-fc", unit="prelu", alpha=-0.5).alpha == -0.5
