@@ -286,3 +286,12 @@ def test_curves_average_every_seed_or_leave_the_point_out():
         ax = plots.plot_curves(t, "train_loss", log=log).axes[0]
         line, mark = ax.lines[0], ax.lines[1]
         assert list(line.get_xdata()) == [1] and list(mark.get_xdata()) == [1]
+
+
+def test_an_interval_end_at_zero_prints_as_zero():
+    """Float noise of an exact 0 printed as 5.551e-17 and −0.0 as −0."""
+    from natgrad.analysis import stats
+
+    assert stats.interval_text(5.551115123125783e-17, 0.3, signed=False) == "[0, 0.3]"
+    assert stats.interval_text(-0.0, 0.5, signed=False) == "[0, 0.5]"
+    assert stats.interval_text(-0.2, -1e-3) == "[-0.2, -0.001]"

@@ -799,12 +799,15 @@ def ci_text(value: float, lo: float, hi: float, *, digits: int = 3, signed: bool
 
 
 def interval_text(lo: float, hi: float, *, digits: int = 3, signed: bool = True) -> str:
-    """``[lo, hi]`` with both ends rounded outward (:func:`outward`).
+    """``[lo, hi]`` with both ends rounded outward (:func:`outward`); an end within 1e-12 of
+    the other's size from 0 (float noise of an exact 0) and −0.0 print as 0.
 
     Example:
         >>> interval_text(0.012345, 0.098761, signed=False)
         '[0.0123, 0.0988]'
     """
+    scale = max(abs(lo), abs(hi)) if math.isfinite(lo) and math.isfinite(hi) else 0.0
+    lo, hi = (0.0 if abs(v) < 1e-12 * scale else v + 0.0 for v in (lo, hi))  # float noise at 0
     return f"[{outward(lo, False, digits=digits, signed=signed)}, {outward(hi, True, digits=digits, signed=signed)}]"
 
 
