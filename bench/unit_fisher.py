@@ -224,6 +224,8 @@ def parent(args) -> int:
         agree = "" if math.isnan(err) else f"{err:.1e}"
         if method == "backpack":
             note = f"chunks of {args.backpack_chunk} inputs"
+        if not r.get("peak_reset", True):
+            note += "; peak RSS since process start (clear_refs refused): not comparable"
         if err > AGREE_TOL[method == "reference"]:  # a fast wrong answer ranks nothing
             note, wrong[method] = f"WRONG: disagrees with natgrad; {note}", err
             del med[method]
