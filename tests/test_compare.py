@@ -278,3 +278,33 @@ def test_the_gap_fractions_ci_is_fiellers_and_none_without_a_gap():
     assert math.isnan(gap_ci(a, b, a + 0.1)[0]) and gap_ci(a, b, a + 0.1)[2] == "none"
     with stats.mean_ci_method("bootstrap"):
         assert gap_ci(a, b, c)[2] == "BCa"
+
+
+def test_the_figure_averages_every_seed_and_marks_where_seeds_were_lost(monkeypatch, tmp_path):
+    """ReLU+QD's curve ran on as the mean of the 8, 5, 3, 1 seeds still alive: a curve now
+    ends at the last epoch every seed reached, marked, and its label says so."""
+    import numpy as np
+    import pandas as pd
+
+    from natgrad.analysis import plots
+    from natgrad.studies.compare import _figure
+
+    rows = []
+    for arm, lost_at in (("relu-sgd", None), ("relu-qd", 3)):
+        for seed in range(3):
+            for epoch in range(5):
+                dead = lost_at is not None and seed > 0 and epoch >= lost_at
+                rows.append(dict(arm=arm, seed=seed, epoch=epoch, seconds=float(epoch),
+                                 train_loss=np.nan if dead else 1.0 / (epoch + 1) + seed,
+                                 val_error=np.nan if dead else 0.1, test_error=0.1))  # fmt: skip
+    curves = pd.DataFrame(rows)
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, *a, **k: figs.append(fig) or [])
+    _figure(curves, {"gap": pd.DataFrame(columns=["epoch", "fraction_closed", "ci_low",
+                                                  "ci_high"])}, tmp_path)  # fmt: skip
+    ax = figs[0].axes[0]
+    qd = [ln for ln in ax.lines if ln.get_label().startswith("relu-qd")]
+    assert qd[0].get_label() == "relu-qd (seeds lost after epoch 2)"
+    assert list(qd[0].get_xdata()) == [1, 2]
+    assert any(ln.get_marker() == "x" and list(ln.get_xdata()) == [2] for ln in ax.lines)
+    assert "not defined here" in figs[0].axes[2].texts[0].get_text()

@@ -428,7 +428,7 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
         last = whole[whole].index.max() if whole.any() else None
         lost = last is not None and last < sub["epoch"].max()
         g = alive.mean(numeric_only=True).loc[whole[whole].index].reset_index()
-        label = f"{arm} (seeds diverged after epoch {last})" if lost else arm
+        label = f"{arm} (seeds lost after epoch {last})" if lost else arm
         (line,) = axes[0].plot(g["epoch"], g["train_loss"], label=label)
         axes[1].plot(g["epoch"], 100 * g[f"{split}_error"], marker=".", color=line.get_color())
         axes[3].plot(g["seconds"], g["train_loss"], marker=".", color=line.get_color())
