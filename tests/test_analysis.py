@@ -722,3 +722,28 @@ def test_a_paired_comparison_names_seeds_left_out_for_an_infinite_value():
     assert row["n"] == 4 and "Left out: seed(s) 0 with an infinite value" in row["text"]
     clean = stats.paired_comparison(_pairs([0.3, -0.1, 0.2, 0.25, 0.05]), "rho_plain").iloc[0]
     assert "Left out" not in clean["text"]
+
+
+def test_tables_read_runs_only_as_far_as_the_study_declares(tmp_path):
+    """A run folder trained further by an earlier, longer call (epochs is not part of a run's
+    identity, so it counts as finished) was read to its end: a 3-epoch demo reported the
+    6-epoch endpoints. ``last_epoch`` cuts every curve and claim at the declared length."""
+    from natgrad.analysis import stats
+    from natgrad.analysis.summary import write_tables
+    from natgrad.training import default_config, default_run_dir, train
+
+    runs = []
+    for unit in ("elu", "relu"):
+        cfg = default_config("mnist-fc", dataset="digits", unit=unit, epochs=3, probe_size=64)
+        runs.append(default_run_dir(cfg, tmp_path / "runs"))
+        train(cfg, runs[-1], device="cpu", progress=False)
+    full = curve_table(runs)
+    last = 2
+    write_tables(runs, tmp_path / "t", epochs=[0], sweep=None, probe_size=160, last_epoch=last)
+    t = read_tables(tmp_path / "t")
+    assert t["curves"]["epoch"].max() == last and t["activations"]["epoch"].max() == last
+    claims, _ = stats.claims_per_seed(full[full["epoch"] <= last])
+    got = t["seeds"].set_index(["unit_type", "seed"])["train_loss_auc"]
+    want = claims.set_index(["unit_type", "seed"])["train_loss_auc"]
+    assert_close(torch.tensor(got.loc[want.index].to_numpy()), torch.tensor(want.to_numpy()),
+                 what="train_loss_auc over the declared epochs", rtol=1e-12)  # fmt: skip

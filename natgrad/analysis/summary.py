@@ -224,11 +224,13 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
                  rel_damping: float = MEASURE_DAMPING, sweep=SWEEP, layers=None, workers: int = 1,
                  progress: bool = False, context: dict | None = None, last: int = 3,
                  grad: str = "probe", jackknife: bool = False, probe_sizes=None, size_runs=None,
-                 endpoints=None, probe_split: str | None = None) -> dict[str, Path]:  # fmt: skip
+                 endpoints=None, probe_split: str | None = None,
+                 last_epoch: int | None = None) -> dict[str, Path]:  # fmt: skip
     r"""Build every table from ``run_dirs`` and write them (see the module docstring) into
     ``out_dir``. ``epochs`` are the checkpoints whose units are analysed; the curves and the
     claims from them (training-loss AUC, epochs to loss, test error) cover every trained
-    epoch. ``context`` (command, device, …) is stored in ``context.json`` together with
+    epoch up to ``last_epoch`` (a study's declared length: a run trained further by an
+    earlier, longer call is read only that far; ``None``: all). ``context`` (command, device, …) is stored in ``context.json`` together with
     the settings. ``grad``, ``jackknife``, ``probe_sizes``, ``size_runs`` and ``probe_split`` are those of
     :func:`~natgrad.analysis.runs.unit_table`; ``endpoints`` the study's declared
     :class:`~natgrad.analysis.endpoints.Endpoint` list. Returns ``{name: path}``."""
@@ -259,6 +261,9 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
     sizes = res.pop(0) if probe_sizes else None
     curves = curve_table(run_dirs)  # every trained epoch: ``epochs`` picks the analysed ones
     acts = activation_table(run_dirs)
+    if last_epoch is not None:
+        curves = curves[curves["epoch"] <= last_epoch].reset_index(drop=True)
+        acts = acts[acts["epoch"] <= last_epoch].reset_index(drop=True) if len(acts) else acts
     summ = summarise(units, sw, curves, last=last, sizes=sizes, endpoints=endpoints)
     frames = {"units": units, "curves": curves, "activations": acts}
     frames.update({k: summ[k] for k in ("seeds", "seed_epochs", "summary", "comparison")})

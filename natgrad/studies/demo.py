@@ -280,7 +280,8 @@ def _run_locked(config: DemoConfig, out: Path, progress: bool, echo) -> dict:
                           layers=layers, workers=workers, progress=progress,
                           context=context, grad=config.grad, jackknife=config.jackknife,
                           probe_sizes=swept_sizes(config), size_runs=size_runs,
-                          endpoints=primary_endpoints(config))  # fmt: skip
+                          endpoints=primary_endpoints(config),
+                          last_epoch=config.epochs)  # fmt: skip
     t_tables = time.perf_counter() - t0 - t_train
     wall = {"wall time": f"training {t_train:.1f} s, unit Fishers and tables {t_tables:.1f} s"}
     report = render_report(out / "tables", out / "report.html", context=wall)
