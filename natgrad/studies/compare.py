@@ -109,7 +109,9 @@ class CompareConfig:
 
     The default learning rates come from a one-epoch pilot on digits, seed 0 (SGD: the best
     of 0.01/0.03/0.1 for ReLU, 0.1 diverges for ELU; natural gradients: the largest stable of
-    1e-4..1e-2), except unit-NG's: 1e-3 diverged for ReLU on 2 of 5 seeds within 12 digits
+    1e-4..1e-2; digits has no validation split, and seed 0 is also the default comparison's
+    first seed, so the defaults are a smoke setting, not a selection a study may report),
+    except unit-NG's: 1e-3 diverged for ReLU on 2 of 5 seeds within 12 digits
     epochs and on Fashion-MNIST, so the default is 3e-4. ``lrs`` overrides them per arm
     (``(("elu-sgd", 0.01), …)``): a comparison a referee accepts chooses every arm's rate on
     the validation split alike. ``layer_damping`` (λ_layer, see
@@ -120,7 +122,9 @@ class CompareConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     seeds: int = 5
-    first_seed: int = 0  # seeds first_seed .. first_seed + seeds − 1 (pilot seeds are others)
+    first_seed: int = (
+        0  # seeds first_seed .. first_seed + seeds − 1 (a study's pilot seeds: others)
+    )
     only_seeds: tuple[int, ...] = ()  # of those, only these (an interim look at finished seeds)
     epochs: int = 12
     batch_size: int = 64
