@@ -749,7 +749,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``natgrad compare`` (natgrad's errors: one line, exit 2, by :func:`natgrad.cli.main`)."""
-    from natgrad.training.engine import describe_device, git_commit
+    from natgrad.training.engine import describe_device, git_commit, resolve_device
 
     t0 = time.perf_counter()
     commit = git_commit()  # the code that trains, not the checkout's HEAD when it ends
@@ -767,7 +767,7 @@ def run(args: argparse.Namespace) -> int:
         curves, _ = run_compare(config, root, progress=say)
         meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=commit,
                     wall_seconds=time.perf_counter() - t0, runs=str(root), train_loss=TRAIN_LOSS,
-                    device=describe_device(torch.device("cpu")))  # fmt: skip
+                    device=describe_device(resolve_device("auto")))  # train_plan's device  # fmt: skip
         out = Path(args.out)
         write_outputs(curves, config, out, meta, structures(config))
     print((out / "answer.md").read_text().split("## Per arm")[0].strip())
