@@ -747,3 +747,22 @@ def test_tables_read_runs_only_as_far_as_the_study_declares(tmp_path):
     want = claims.set_index(["unit_type", "seed"])["train_loss_auc"]
     assert_close(torch.tensor(got.loc[want.index].to_numpy()), torch.tensor(want.to_numpy()),
                  what="train_loss_auc over the declared epochs", rtol=1e-12)  # fmt: skip
+
+
+def test_runs_of_unequal_length_table_alike_up_to_the_declared_epoch(tmp_path):
+    """With ``last_epoch`` the span check counts epochs only up to it: a run trained one epoch
+    further is not 'another span' (it was refused, with advice to resume the shorter run)."""
+    from natgrad.analysis.summary import one_run_per_replicate
+    from natgrad.errors import InputError
+    from natgrad.training import default_config, default_run_dir, train
+
+    runs = []
+    for unit, epochs in (("elu", 3), ("relu", 2)):
+        cfg = default_config("mnist-fc", dataset="digits", unit=unit, epochs=epochs, probe_size=64)
+        runs.append(default_run_dir(cfg, tmp_path))
+        train(cfg, runs[-1], device="cpu", progress=False)
+    with pytest.raises(InputError, match="different spans"):
+        one_run_per_replicate(runs)
+    one_run_per_replicate(runs, last_epoch=2)
+    with pytest.raises(InputError, match="different spans"):
+        one_run_per_replicate(runs, last_epoch=3)  # the ReLU run did not reach it

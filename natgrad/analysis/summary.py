@@ -150,7 +150,7 @@ TABLE_SETTINGS = ("net", "dataset", "width", "depth", "channel_scale", "train_si
                   "train_split", "loss")  # fmt: skip
 
 
-def one_run_per_replicate(run_dirs) -> None:
+def one_run_per_replicate(run_dirs, last_epoch: int | None = None) -> None:
     r"""Refuse runs that the tables would pool or pair wrongly. The tables group runs by unit
     type, seeds are the replicates and the claims come from each run's curves, so:
 
@@ -159,8 +159,10 @@ def one_run_per_replicate(run_dirs) -> None:
     - every run must share :data:`TABLE_SETTINGS` (the net and data compared), and the runs
       of one unit type every config field but :data:`NOT_THE_ARM` (a run at another rate or
       schedule is another arm, not a replicate);
-    - every run must have trained the same epochs (a training-loss AUC or a last epoch over
-      other spans compares nothing; a diverged or unfinished run is named as such).
+    - every run must have trained the same epochs, up to ``last_epoch`` where the tables stop
+      there (a training-loss AUC or a last epoch over other spans compares nothing; a
+      diverged or unfinished run is named as such; what happened past ``last_epoch`` is not
+      read).
 
     The errors name the runs and the settings in which they differ."""
     from natgrad.errors import InputError
@@ -204,7 +206,10 @@ def one_run_per_replicate(run_dirs) -> None:
             )
         epochs = [r["epoch"] for r in rd.read_metrics()]
         trained[run] = max(epochs, default=0)
-        if rd.diverged_path.is_file():
+        cut = last_epoch is not None and trained[run] >= last_epoch
+        if cut:
+            trained[run] = last_epoch  # its records past the study's length are not read
+        if rd.diverged_path.is_file() and not cut:
             trained[run] = f"{trained[run]} (diverged)"
     if len(set(trained.values())) > 1:
         spans: dict = {}
@@ -244,7 +249,10 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
     from natgrad.errors import InputError
 
     run_dirs = [Path(r) for r in run_dirs]
-    one_run_per_replicate(run_dirs)  # before minutes of unit Fishers
+    one_run_per_replicate(run_dirs, last_epoch)  # before minutes of unit Fishers
+    if last_epoch is not None and epochs is not None and max(epochs, default=0) > last_epoch:
+        raise InputError(f"epochs {list(epochs)}: a checkpoint past last_epoch={last_epoch}, "
+                         "where these tables stop; analyse checkpoints up to it")  # fmt: skip
     if layers is not None and run_dirs and not set(layers) & set(fed := hidden_layers(run_dirs[0])):
         raise InputError(f"layers {list(layers)}: none is fed by hidden units, and the summaries "
                          "are over those (the first layer's inputs are the data, the same for "
@@ -287,6 +295,7 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
                                    else "the probe's mean loss gradient",
         "ρ estimate": "jackknifed (2ρ(probe) − mean ρ(halves))" if jackknife else "plain",
         "analysed epochs": sorted(int(e) for e in units["epoch"].unique()),
+        **({"curves read to epoch": last_epoch} if last_epoch is not None else {}),
         "loss threshold (epochs_to_loss)": float(f"{summ['threshold']:.4g}"),
         "test error": f"mean of the last {last} epochs",
         "unit tables": f"{counts.get('computed', 0)} computed, {counts.get('cached', 0)} reused",
