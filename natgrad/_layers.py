@@ -141,6 +141,15 @@ def check_units(name: str, units, n_units: int) -> torch.Tensor:
     return u
 
 
+def batch_statistics_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the batch-norm layers of ``model`` that normalise with the
+    batch's statistics: in training mode, or without running statistics
+    (``track_running_stats=False``), which they use even in eval mode."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and (m.training or m.running_mean is None)]  # fmt: skip
+
+
 @contextlib.contextmanager
 def batchnorm_guard(model: nn.Module) -> Iterator[None]:
     r"""Run ``model`` as given, but warn (:class:`TrainModeWarning`) if batch-norm or dropout
@@ -153,11 +162,7 @@ def batchnorm_guard(model: nn.Module) -> Iterator[None]:
     first for the usual per-input Fisher) but never lets its own passes change the
     model's buffers.
     """
-    bns = [  # batch statistics: training mode, or no running statistics to use in eval
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-    ]
+    bns = batch_statistics_layers(model)
     if bns:
         names = [n for n, _ in bns]
         warnings.warn(

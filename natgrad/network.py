@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from natgrad import damping
+from natgrad._layers import batch_statistics_layers
 from natgrad.errors import InputError
 
 __all__ = ["GramSummary", "NetworkFisher", "network_fisher", "network_fisher_gram"]
@@ -166,16 +167,15 @@ def _prepare(model: nn.Module, inputs, what: str):
     import copy
 
     check_untied(model, what)
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
-            raise InputError(
-                f"{what}: layer {name!r} is a {type(m).__name__} with "
-                "track_running_stats=False: it normalises with the batch's statistics even in "
-                "eval mode, so one input's logits depend on its batch and a per-input Fisher is "
-                "not defined; use track_running_stats=True (eval mode then uses the running "
-                "statistics)"
-            )
     model = copy.deepcopy(model).to(torch.float64).eval()
+    for name, m in batch_statistics_layers(model):  # after eval(): no running statistics
+        raise InputError(
+            f"{what}: layer {name!r} is a {type(m).__name__} with "
+            "track_running_stats=False: it normalises with the batch's statistics even in "
+            "eval mode, so one input's logits depend on its batch and a per-input Fisher is "
+            "not defined; rebuild it with track_running_stats=True (eval mode then uses the "
+            "running statistics)"
+        )
     named = dict(model.named_parameters())
     *starts, off = itertools.accumulate((v.numel() for v in named.values()), initial=0)
     offsets = dict(zip(named, starts, strict=True))

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from natgrad._layers import check_layer, check_units, find_layer
+from natgrad._layers import batch_statistics_layers, check_layer, check_units, find_layer
 from natgrad.errors import InputError
 from natgrad.likelihoods import KINDS, check_likelihood, sample_targets
 from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, check_norm_layer, normalised
@@ -158,6 +158,14 @@ def reference_unit_fisher(
     if not torch.isfinite(x).all():
         raise InputError("the inputs contain NaN/Inf")
 
+    batch_stats = [n for n, _ in batch_statistics_layers(model)]
+    if batch_stats:
+        raise InputError(
+            f"batch-norm layers {batch_stats} normalise with the batch's statistics (training "
+            "mode or track_running_stats=False), and the reference evaluates one input at a "
+            "time, where those are not defined; call model.eval() on a net with running "
+            "statistics"
+        )
     model64 = copy.deepcopy(model).to(torch.float64)
     module = dict(model64.named_modules())[name]
     weight, bias = module.weight, module.bias

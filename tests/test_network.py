@@ -165,3 +165,16 @@ def test_a_parametrized_weight_is_refused_before_any_work():
                         nn.Linear(4, 2))  # fmt: skip
     with pytest.raises(InputError, match="layer '0'.*parametriz"):
         network_fisher(net, torch.randn(5, 3))
+
+
+def test_the_reference_refuses_batch_statistics():
+    """The reference evaluates one input at a time: a batch norm using batch statistics (no
+    running statistics, or training mode) gave blocks 34 % from unit_fisher's (BatchNorm2d)
+    or torch's raw 'Expected more than 1 value per channel' (BatchNorm1d). Refused, named."""
+    from natgrad.reference import reference_unit_fisher
+
+    for bn in (nn.BatchNorm1d(4, track_running_stats=False), nn.BatchNorm1d(4)):
+        net = nn.Sequential(nn.Linear(3, 4), bn, nn.ELU(), nn.Linear(4, 2))
+        net.eval() if bn.running_mean is None else net.train()
+        with pytest.raises(InputError, match=r"batch-norm layers \['1'\].*one input at a time"):
+            reference_unit_fisher(net, "0", torch.randn(5, 3))
