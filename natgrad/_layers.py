@@ -172,9 +172,10 @@ def batchnorm_guard(model: nn.Module) -> Iterator[None]:
             "on the whole batch and the columns back-propagated to a layer before them mix "
             "the inputs (as K-FAC's per-example gradients do): the unit Fisher of such a layer "
             "is not the Fisher of any model and depends on the batching (a bias right before "
-            "batch norm, which has no effect, gets a positive bias entry c). Call model.eval() "
-            "first (with running statistics) for the per-input Fisher of the running-statistics "
-            "model (natgrad restores the running statistics afterwards)",
+            "batch norm, which has no effect, gets a positive bias entry c). For the per-input "
+            "Fisher of the running-statistics model call model.eval() first, and build batch "
+            "norm with track_running_stats=True (natgrad restores the running statistics "
+            "afterwards)",
             TrainModeWarning,
             stacklevel=4,
         )

@@ -224,6 +224,8 @@ def check_alpha(unit: str, alpha: float | None) -> None:
     learnt slope (a negative ELU or LReLU α makes the unit non-monotone)."""
     if alpha is None:
         return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise InputError(f"unit {unit!r}: alpha={alpha!r} is not a number")
     if unit not in DEFAULT_ALPHA:
         raise InputError(f"unit {unit!r} has no alpha parameter (got alpha={alpha}); drop it")
     if not math.isfinite(alpha) or (alpha < 0 and unit != "prelu"):

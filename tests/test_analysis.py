@@ -681,6 +681,7 @@ def test_sign_flip_p_counts_patterns_tied_in_exact_arithmetic():
         [0.03, -0.17, 0.11, 0.17, -0.03, -0.11, 0.2, -0.2],
         [0.1, 0.2, -0.3, 0.4, 0.05, 0.15],
         [0.1, 0.2, -0.3, 3e-13],  # Σd/Σ|d| at half a 1e-12 step: a rounding grid split a tie
+        [1e4, 1e-7, 2e-7, 3e-7],  # genuine differences far below Σ|d|: not ties (p 1/8)
     ):
         assert stats.sign_flip_p(d) == pytest.approx(exact_p(d), abs=1e-12), d
 

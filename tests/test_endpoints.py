@@ -282,6 +282,7 @@ def test_an_interaction_endpoint_is_the_paired_difference_in_differences():
                  np.array([d.mean(), lo, hi, stats.sign_flip_p(d)]), what="interaction")  # fmt: skip
     assert row["p_holm"] == stats.holm(t["p"].to_numpy())[0]  # one family with the plain one
     assert "(relu − relu-bn) − (elu − elu-bn)" in row["text"]
+    assert "Left out: seed(s) 5 with an infinite value" in row["text"]  # it was silent
     with pytest.raises(ValueError, match="interaction takes two arms"):
         Endpoint("err", "relu", "relu-bn", interaction=("elu",))
     with pytest.raises(ValueError, match="interaction takes two arms"):

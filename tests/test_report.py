@@ -280,12 +280,13 @@ def test_curves_average_every_seed_or_leave_the_point_out():
 
     from natgrad.analysis import plots
 
-    t = pd.DataFrame({"unit_type": ["elu"] * 6, "seed": [0, 1, 2] * 2, "epoch": [1, 1, 1, 2, 2, 2],
-                      "train_loss": [0.5, 0.1, 0.2, 0.0, 0.05, np.nan]})  # fmt: skip
-    for log in (False, True):
-        ax = plots.plot_curves(t, "train_loss", log=log).axes[0]
-        line, mark = ax.lines[0], ax.lines[1]
-        assert list(line.get_xdata()) == [1] and list(mark.get_xdata()) == [1]
+    t = pd.DataFrame({"unit_type": ["elu"] * 9, "seed": [0, 1, 2] * 3,
+                      "epoch": [1, 1, 1, 2, 2, 2, 3, 3, 3],
+                      "train_loss": [0.5, 0.1, 0.2, 0.0, 0.05, 0.04, 0.1, 0.02, np.nan]})  # fmt: skip
+    lin = plots.plot_curves(t, "train_loss").axes[0]  # epoch 2 whole (a 0 is a value), 3 not
+    assert list(lin.lines[0].get_xdata()) == [1, 2] and list(lin.lines[1].get_xdata()) == [2]
+    log = plots.plot_curves(t, "train_loss", log=True).axes[0]  # a 0 has no log: 2 out too
+    assert list(log.lines[0].get_xdata()) == [1] and list(log.lines[1].get_xdata()) == [1]
 
 
 def test_an_interval_end_at_zero_prints_as_zero():

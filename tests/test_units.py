@@ -71,6 +71,9 @@ def test_unknown_unit_and_bad_alpha():
         with pytest.raises(InputError, match=f"{name}.*alpha"):
             make_unit(name, alpha=alpha)  # ELU(α=−1) rises to +0.63 at −1: not an ELU
     assert make_unit("elu", alpha=0.0)(torch.tensor([-3.0])).item() == 0.0  # α = 0: ReLU
+    for bad in (True, "1"):  # True made ELU(alpha=1.0); a string raised a raw TypeError
+        with pytest.raises(InputError, match="is not a number"):
+            make_unit("elu", alpha=bad)
     assert make_unit("prelu", alpha=-0.5).weight.item() == -0.5  # a learnt slope: any sign
 
 

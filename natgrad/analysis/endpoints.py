@@ -123,7 +123,9 @@ def _interaction(values, ep: Endpoint, group: str) -> dict:
     arms = [ep.reference, ep.other, *ep.interaction]
     wide = values[values[group].isin(arms)].pivot_table(index="seed", columns=group,
                                                         values=ep.metric, aggfunc="first")  # fmt: skip
-    wide = wide.reindex(columns=arms).replace([np.inf, -np.inf], np.nan).dropna()
+    wide = wide.reindex(columns=arms)
+    left_out = stats.infinite_note(wide)
+    wide = wide.replace([np.inf, -np.inf], np.nan).dropna()
     a, b = ep.interaction
     s = stats.paired_summary(
         ((wide[ep.reference] - wide[ep.other]) - (wide[a] - wide[b])).to_numpy()
@@ -133,7 +135,7 @@ def _interaction(values, ep: Endpoint, group: str) -> dict:
         sign = {0: "none resolved", 1: "positive", -1: "negative"}[stats.resolved_sign(s)]
         text = (f"{ep.metric}: {said} = {s['diff']:.3g} "
                 f"{stats.interval_text(s['lo'], s['hi'], signed=False)} "
-                f"({s['n']} seeds): interaction {sign}.")  # fmt: skip
+                f"({s['n']} seeds): interaction {sign}.{left_out}")  # fmt: skip
     else:
         text = f"{ep.metric}: {said}: too few seeds to compare ({s['n']})."
     return {"metric": ep.metric, "reference": ep.reference, "other": ep.other, "role": ep.role,

@@ -26,7 +26,7 @@ from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes",
-           "claims_per_seed", "ci_sign", "ci_text", "interval_text", "outward", "current_mean_ci", "declared_sign", "unit_medians", "group_summary", "holm", "loss_auc", "mean_ci",
+           "claims_per_seed", "ci_sign", "ci_text", "infinite_note", "interval_text", "outward", "current_mean_ci", "declared_sign", "unit_medians", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
            "paired_summary", "rank_correlation", "ratio_ci", "recorded_mean_ci", "resolved_sign",
            "seed_values", "sentence",
@@ -429,7 +429,6 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
         v[metric] = v[metric].abs()
 
     def row(other, wide, wide_r=None):
-        infinite = [int(seed) for seed in wide.index[np.isinf(wide.to_numpy(float)).any(axis=1)]]
         pair = wide.replace([np.inf, -np.inf], np.nan).dropna()
         if wide_r is not None and not wide_r.reindex(pair.index).fillna(0).astype(bool).all(
             axis=None
@@ -441,13 +440,22 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
         s = paired_summary(pair[reference].to_numpy() - pair[other].to_numpy())
         r = {"metric": metric, "reference": reference, "other": other, "n": s["n"],
              "diff": s["diff"], "better": better, **{k: s[k] for k in _SPREAD}}  # fmt: skip
-        r["text"] = sentence(r) + (
-            f" Left out: seed(s) {', '.join(map(str, infinite))} with an infinite value (e.g. a "
-            "log AUC of −inf, a training loss of exactly 0), which no mean can hold."
-            if infinite else "")  # fmt: skip
+        r["text"] = sentence(r) + infinite_note(wide)
         return r
 
     return _per_other(v, [metric, *([reached] if reached else [])], reference, group, row)
+
+
+def infinite_note(wide) -> str:
+    """The sentence a comparison adds for the seeds (rows of ``wide``, one column per arm) it
+    leaves out for an infinite value, or ``""``: no mean can hold them, and they are often
+    the seeds most in one arm's favour (a log AUC of −inf: a training loss of exactly 0)."""
+    seeds = [int(s) for s in wide.index[np.isinf(wide.to_numpy(float)).any(axis=1)]]
+    if not seeds:
+        return ""
+    return (f" Left out: seed(s) {', '.join(map(str, seeds))} with an infinite value (e.g. a "
+            "log AUC of −inf, a training loss of exactly 0), which no mean can hold; compare "
+            "such runs on the linear AUC or by order.")  # fmt: skip
 
 
 def _censored_sentence(r: dict) -> str:
@@ -664,8 +672,8 @@ def sign_flip_p(diff) -> float:
     n seeds cannot go below 2/2^n), above that from :data:`SIGN_FLIP_RESAMPLES` random
     patterns of a fixed generator (reproducible; scipy counts the observed pattern among
     them, so p is never 0). Patterns whose sums are equal in exact arithmetic are ties
-    whatever their float rounding: exact p counts sums within :data:`SIGN_FLIP_TIE_TOL`·Σ|d|
-    of the observed one's size, the random patterns compare means on a 1e-12·Σ|d| grid
+    whatever their float rounding: exact p counts sums within 4·n·ε·Σ|d| (the bound of a
+    float sum's error) of the observed one's size, the random patterns compare means on a 1e-12·Σ|d| grid
     (scipy's own relative tolerance misses ties near a mean of 0). NaN for fewer than 2 or non-finite
     differences, 1 when every difference is 0."""
     from scipy import stats
@@ -677,7 +685,7 @@ def sign_flip_p(diff) -> float:
         return 1.0
     scale = np.abs(d).sum()
     if d.size <= SIGN_FLIP_EXACT_UP_TO:  # every pattern, |Σ| compared with a tolerance
-        return _exact_sign_flip_p(d, tol=SIGN_FLIP_TIE_TOL * scale)
+        return _exact_sign_flip_p(d, tol=4 * d.size * np.finfo(np.float64).eps * scale)
 
     def mean_on_grid(x, axis=-1):  # the mean over Σ|d|, in [-1, 1], on a 1e-12 grid: patterns
         return np.round(x.sum(axis=axis) / scale, 12)  # tied in exact arithmetic stay tied
@@ -686,11 +694,6 @@ def sign_flip_p(diff) -> float:
                                  n_resamples=SIGN_FLIP_RESAMPLES, alternative="two-sided",
                                  rng=np.random.default_rng(0))  # fmt: skip
     return float(res.pvalue)
-
-
-#: Sums of sign patterns within this fraction of Σ|d| count as ties (float sums of n ≤ 20
-#: terms err by ~1e-15 of it; differences a record rounds to 6 digits tie exactly).
-SIGN_FLIP_TIE_TOL = 1e-10
 
 
 def _exact_sign_flip_p(d: np.ndarray, *, tol: float) -> float:
