@@ -283,10 +283,21 @@ def test_curves_average_every_seed_or_leave_the_point_out():
     t = pd.DataFrame({"unit_type": ["elu"] * 9, "seed": [0, 1, 2] * 3,
                       "epoch": [1, 1, 1, 2, 2, 2, 3, 3, 3],
                       "train_loss": [0.5, 0.1, 0.2, 0.0, 0.05, 0.04, 0.1, 0.02, np.nan]})  # fmt: skip
+
+    def drawn(line):
+        return list(line.get_xdata()[np.isfinite(line.get_ydata())])
+
     lin = plots.plot_curves(t, "train_loss").axes[0]  # epoch 2 whole (a 0 is a value), 3 not
-    assert list(lin.lines[0].get_xdata()) == [1, 2] and list(lin.lines[1].get_xdata()) == [2]
+    assert drawn(lin.lines[0]) == [1, 2] and list(lin.lines[1].get_xdata()) == [2]
     log = plots.plot_curves(t, "train_loss", log=True).axes[0]  # a 0 has no log: 2 out too
-    assert list(log.lines[0].get_xdata()) == [1] and list(log.lines[1].get_xdata()) == [1]
+    assert drawn(log.lines[0]) == [1] and list(log.lines[1].get_xdata()) == [1]
+    from natgrad.errors import InputError
+
+    gap = t.assign(train_loss=[0.5, 0.1, 0.2, np.nan, 0.05, 0.04, 0.1, 0.02, 0.03])
+    ax = plots.plot_curves(gap, "train_loss").axes[0]  # a gap breaks the line, not joined
+    assert drawn(ax.lines[0]) == [1, 3] and np.isnan(ax.lines[0].get_ydata()[1])
+    with pytest.raises(InputError, match="two rows for one seed"):
+        plots.plot_curves(pd.concat([t, t]), "train_loss")
 
 
 def test_an_interval_end_at_zero_prints_as_zero():

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from natgrad.analysis.metrics import METRICS, label
+from natgrad.errors import InputError
 from natgrad.units import split_unit_type, unit_type_colour, unit_type_label, unit_type_order
 
 __all__ = ["figure_png_base64", "plot_answer", "plot_probe_sizes", "plot_curves",
@@ -38,19 +39,25 @@ def _band(ax, table, unit: str, x: str, y: str, alpha: float, suffix: str = "", 
     style) and a band; with ``log``, of log10 ``y`` drawn back on the log scale (the geometric
     mean, its band ×/÷ 10^sd: mean − sd ≤ 0 has no place on a log axis)."""
     sub = table[table["unit_type"] == unit]
+    if sub.duplicated(["seed", x]).any():
+        raise InputError(f"plot of {y}: {unit} has two rows for one seed and {x}; a curve is "
+                         "one run per seed (table the runs of one setting)")  # fmt: skip
     ok = np.isfinite(sub[y]) & ((sub[y] > 0) if log else True)
     values = np.log10(sub[y].where(ok)) if log else sub[y].where(ok)
     g = values.groupby(sub[x])
     whole = g.count() == sub["seed"].nunique()  # a mean over every seed, never the survivors
-    m, sd = g.mean()[whole], g.std(ddof=1)[whole].fillna(0.0)
-    lo, hi = m - sd, m + sd
+    m, sd = g.mean().where(whole), g.std(ddof=1).where(whole)  # NaN: the line breaks there
+    lo, hi = m - sd.fillna(0.0), m + sd.fillna(0.0)
     if log:
         m, lo, hi = 10.0**m, 10.0**lo, 10.0**hi
     st = {**_style(unit), **kw}
     ax.plot(m.index, m.values, label=unit_type_label(unit) + suffix, **st)
     ax.fill_between(m.index, lo, hi, color=st["color"], alpha=alpha, lw=0)
-    if not whole.all() and len(m):  # a seed diverged, stopped or (log) reached 0: marked
-        ax.plot(m.index[-1], m.values[-1], "x", ms=7, color=st["color"])
+    if not whole.all() and whole.any():  # a seed diverged, stopped or (log) reached 0:
+        first_gap = whole.index[~whole.to_numpy()][0]  # the last full point before it marked
+        before = m[(m.index < first_gap) & whole.to_numpy()]
+        if len(before):
+            ax.plot(before.index[-1], before.values[-1], "x", ms=7, color=st["color"])
 
 
 def _marker(unit: str) -> dict:
