@@ -257,8 +257,9 @@ def plot_probe_sizes(probe_sizes, metrics=("rho_plain", "rho_plain_jk")):
     the per-run medians; solid the plain estimate, dashed the jackknifed one."""
     fig, ax = _subplots(figsize=(5.6, 3.4))
     for unit in _units_in(probe_sizes):
-        sub = probe_sizes[probe_sizes["unit_type"] == unit].groupby("probe_size")[list(metrics)]
-        sub = sub.mean()
+        rows = probe_sizes[probe_sizes["unit_type"] == unit]
+        grouped = rows.groupby("probe_size")[list(metrics)]
+        sub = grouped.mean().where(grouped.count() == rows["seed"].nunique())  # every seed's
         for metric, ls in zip(metrics, ("-", "--"), strict=False):
             ax.plot(sub.index, sub[metric], ls, marker="o", ms=3, color=unit_type_colour(unit),
                     label=f"{unit_type_label(unit)}, {label(metric)}")  # fmt: skip
