@@ -120,9 +120,9 @@ def _unit_rows(run: Path):
 
     rd = RunDir(run)
     cached = rd.analysis_path(UNIT_ROWS)
-    if cached.is_file():
-        return read_csv(cached)
     epoch = rd.latest_epoch()
+    if _cached_at(cached, epoch):
+        return read_csv(cached)
     model = load_model(run, epoch).double().eval()
     x, _ = probe_set(run, PROBE)
     gx, _ = training_set(run)
@@ -174,6 +174,17 @@ def _layer_rows(units, estimable_only: bool) -> list[dict]:
     return rows
 
 
+def _cached_at(path: Path, epoch: int | None) -> bool:
+    """Whether the cached table ``path`` exists and is of checkpoint ``epoch`` (a run
+    extended since, e.g. 25 → 50 epochs, has its last checkpoint analysed again)."""
+    from natgrad.analysis.csvtables import read_csv
+
+    if not path.is_file():
+        return False
+    epochs = set(read_csv(path)["epoch"].astype(int))
+    return epochs == {epoch}
+
+
 def analyse_run(run: Path) -> Path:
     r"""The declared unit analysis of one finished run's last checkpoint (module docstring),
     cached as ``analysis/fig3-units.csv`` in its run directory (one row per analysed layer),
@@ -185,8 +196,10 @@ def analyse_run(run: Path) -> Path:
     from natgrad.training.rundir import RunDir
 
     rd = RunDir(run)
+    epoch = rd.latest_epoch()
     missing = [(rd.analysis_path(name), only) for name, only in
-               ((RESULTS, False), (ESTIMABLE_RESULTS, True)) if not rd.analysis_path(name).is_file()]  # fmt: skip
+               ((RESULTS, False), (ESTIMABLE_RESULTS, True))
+               if not _cached_at(rd.analysis_path(name), epoch)]  # fmt: skip
     if missing:
         units = _unit_rows(run)
         for path, estimable_only in missing:

@@ -957,3 +957,17 @@ def test_the_fig2_mechanism_keeps_a_layer_whose_units_all_died(monkeypatch, tmp_
     layers, _ = m.mechanism_tables([tmp_path / "relu-s0"], units=("relu",), progress=False)
     assert list(layers["layer"]) == ["fc2", "fc3", "fc4"]
     assert list(layers["dead"]) == [0.0, 1.0, 0.5] and np.isnan(layers["rho_plain"][1])
+
+
+def test_the_fig3_unit_cache_is_of_the_runs_last_checkpoint(monkeypatch, tmp_path):
+    """The Fig 3 unit analysis caches its tables in each run directory; a run extended since
+    (25 → 50 epochs) returned its epoch-25 table as 'the last checkpoint's'."""
+    import pandas as pd
+
+    from natgrad.analysis.csvtables import write_csv
+
+    m = _script("fig3_autoencoder", monkeypatch)
+    path = tmp_path / "fig3-units.csv"
+    assert not m._cached_at(path, 25)
+    write_csv(pd.DataFrame({"layer": ["a", "b"], "epoch": [25, 25]}), path)
+    assert m._cached_at(path, 25) and not m._cached_at(path, 50)
