@@ -39,7 +39,7 @@ def per_run(root: Path, seeds: range, arms=ARMS):
 
     rows = []
     for _, _, cfg, run in study(seeds, arms).finished(root):
-        metrics = [r for r in RunDir(run).read_metrics() if r["epoch"] >= 1]
+        metrics = [r for r in RunDir(run).read_metrics() if 1 <= r["epoch"] <= cfg.epochs]
         best = min(metrics, key=_selection_key)
         times = sorted(r["seconds_per_iteration"] for r in metrics)
         rows.append(dict(unit_type=run.name.rsplit("-s", 1)[0], seed=cfg.seed,
