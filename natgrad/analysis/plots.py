@@ -33,6 +33,30 @@ def _style(key: str) -> dict:
             "ls": {"-bn": "--", "-ln": ":"}.get(split_unit_type(key)[1], "-")}  # fmt: skip
 
 
+def _every_seed(values, rows, x: str):
+    """``values`` (aligned with ``rows``; NaN where a seed has none) grouped by ``rows[x]``,
+    and the mask of the ``x`` where every seed of ``rows`` has one: the one rule for a curve
+    over seeds (a mean of the survivors is another population)."""
+    g = values.groupby(rows[x])
+    return g, g.count() == rows["seed"].nunique()
+
+
+def seed_means(rows, x: str, cols):
+    """Per ``x``: the mean over every seed of ``rows`` of each column of ``cols``, NaN where
+    a seed lacks a finite value (:func:`_every_seed`; a line breaks there)."""
+    v = rows[list(cols)]
+    g, whole = _every_seed(v.where(np.isfinite(v)), rows, x)
+    return g.mean().where(whole)
+
+
+def mark_last_before_gap(ax, series, **kw) -> None:
+    """An × at the last finite point of ``series`` before its first NaN (seeds were lost)."""
+    finite = np.isfinite(series.to_numpy(float))
+    gap = int(np.argmin(finite))  # the first NaN (0 where there is none, or it leads)
+    if gap > 0:
+        ax.plot(series.index[gap - 1], series.iloc[gap - 1], "x", ms=7, **kw)
+
+
 def _band(ax, table, unit: str, x: str, y: str, alpha: float, suffix: str = "", *,
           log: bool = False, **kw) -> None:  # fmt: skip
     """Mean ± sd over seeds of ``y`` against ``x`` for ``unit``: a line (``kw`` overriding its
@@ -44,8 +68,7 @@ def _band(ax, table, unit: str, x: str, y: str, alpha: float, suffix: str = "", 
                          "one run per seed (table the runs of one setting)")  # fmt: skip
     ok = np.isfinite(sub[y]) & ((sub[y] > 0) if log else True)
     values = np.log10(sub[y].where(ok)) if log else sub[y].where(ok)
-    g = values.groupby(sub[x])
-    whole = g.count() == sub["seed"].nunique()  # a mean over every seed, never the survivors
+    g, whole = _every_seed(values, sub, x)
     m, sd = g.mean().where(whole), g.std(ddof=1).where(whole)  # NaN: the line breaks there
     lo, hi = m - sd.fillna(0.0), m + sd.fillna(0.0)
     if log:
@@ -53,11 +76,7 @@ def _band(ax, table, unit: str, x: str, y: str, alpha: float, suffix: str = "", 
     st = {**_style(unit), **kw}
     ax.plot(m.index, m.values, label=unit_type_label(unit) + suffix, **st)
     ax.fill_between(m.index, lo, hi, color=st["color"], alpha=alpha, lw=0)
-    if not whole.all() and whole.any():  # a seed diverged, stopped or (log) reached 0:
-        first_gap = whole.index[~whole.to_numpy()][0]  # the last full point before it marked
-        before = m[(m.index < first_gap) & whole.to_numpy()]
-        if len(before):
-            ax.plot(before.index[-1], before.values[-1], "x", ms=7, color=st["color"])
+    mark_last_before_gap(ax, m, color=st["color"])  # a seed diverged, stopped or reached 0
 
 
 def _marker(unit: str) -> dict:
@@ -257,9 +276,7 @@ def plot_probe_sizes(probe_sizes, metrics=("rho_plain", "rho_plain_jk")):
     the per-run medians; solid the plain estimate, dashed the jackknifed one."""
     fig, ax = _subplots(figsize=(5.6, 3.4))
     for unit in _units_in(probe_sizes):
-        rows = probe_sizes[probe_sizes["unit_type"] == unit]
-        grouped = rows.groupby("probe_size")[list(metrics)]
-        sub = grouped.mean().where(grouped.count() == rows["seed"].nunique())  # every seed's
+        sub = seed_means(probe_sizes[probe_sizes["unit_type"] == unit], "probe_size", metrics)
         for metric, ls in zip(metrics, ("-", "--"), strict=False):
             ax.plot(sub.index, sub[metric], ls, marker="o", ms=3, color=unit_type_colour(unit),
                     label=f"{unit_type_label(unit)}, {label(metric)}")  # fmt: skip

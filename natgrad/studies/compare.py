@@ -419,27 +419,24 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from natgrad.analysis.plots import save_figure
+    from natgrad.analysis.plots import mark_last_before_gap, save_figure, seed_means
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     split = "val" if curves["val_error"].notna().any() else "test"
     for arm in curves["arm"].unique():
         sub = curves[(curves["arm"] == arm) & (curves["epoch"] >= 1)]  # epoch 0 would flatten
-        # a mean over every seed only: once a seed diverges, the survivors' mean is another
-        # population (the line ends, an × where seeds were lost)
-        alive = sub[np.isfinite(sub["train_loss"])].groupby("epoch")
-        whole = alive["seed"].nunique() == curves.loc[curves["arm"] == arm, "seed"].nunique()
-        last = whole[whole].index.max() if whole.any() else None
-        lost = last is not None and last < sub["epoch"].max()
-        g = alive.mean(numeric_only=True).loc[whole[whole].index].reset_index()
+        # means over every seed only (plots.seed_means): a line ends, marked, where seeds
+        # were lost, never a mean of the survivors
+        g = seed_means(sub, "epoch", ["train_loss", f"{split}_error", "seconds"])
+        finite = g["train_loss"].notna()
+        lost = not finite.all() and finite.any()
+        last = g.index[int(np.argmin(finite.to_numpy())) - 1] if lost else None
         label = f"{arm} (seeds lost after epoch {last})" if lost else arm
-        (line,) = axes[0].plot(g["epoch"], g["train_loss"], label=label)
-        axes[1].plot(g["epoch"], 100 * g[f"{split}_error"], marker=".", color=line.get_color())
+        (line,) = axes[0].plot(g.index, g["train_loss"], label=label)
+        axes[1].plot(g.index, 100 * g[f"{split}_error"], marker=".", color=line.get_color())
         axes[3].plot(g["seconds"], g["train_loss"], marker=".", color=line.get_color())
-        if lost and len(g):
-            for ax, col in ((axes[0], "train_loss"), (axes[1], f"{split}_error")):
-                y = g[col].iloc[-1] * (100 if col.endswith("error") else 1)
-                ax.plot(g["epoch"].iloc[-1], y, "x", ms=8, color=line.get_color())
+        mark_last_before_gap(axes[0], g["train_loss"], color=line.get_color())
+        mark_last_before_gap(axes[1], 100 * g[f"{split}_error"], color=line.get_color())
     axes[0].set(yscale="log", xlabel="epoch", ylabel="training loss (mean over all seeds)")
     axes[1].set(xlabel="epoch", ylabel=f"{'validation' if split == 'val' else 'test'} error % "
                 "(mean over seeds)")  # fmt: skip
