@@ -136,10 +136,6 @@ def resummarise(tables_dir: str | os.PathLike, *, last: int = 3) -> dict:
     return save_tables(frames, tables_dir, ctx)
 
 
-#: Settings that make two runs of one unit type and seed different arms of a study.
-ARM_SETTINGS = ("net", "dataset", "optimizer", "centre", "lr", "batch_size", "loss", "preprocess",
-                "plain_first_layer", "weight_decay", "momentum", "channel_scale", "width", "depth")  # fmt: skip
-
 #: Config fields in which seeds of one arm may differ (what they record or where, not what
 #: they train); every other field is shared by the runs of one unit type.
 NOT_THE_ARM = ("seed", "epochs", "data_dir", "notes", "probe_size", "record_every",
@@ -178,8 +174,8 @@ def one_run_per_replicate(run_dirs, last_epoch: int | None = None) -> None:
         if key in seen:
             first = seen[key]
             a = RunDir(first).read_config()
-            differ = [k for k in ARM_SETTINGS if a.get(k) != cfg.get(k)] or ["(none of "
-                      f"{', '.join(ARM_SETTINGS)}: the same run twice?)"]  # fmt: skip
+            differ = [k for k in dict.fromkeys([*a, *cfg]) if k not in NOT_THE_ARM
+                      and a.get(k) != cfg.get(k)] or ["(no setting: the same run twice?)"]  # fmt: skip
             raise InputError(f"{first} and {run} are both {key[0]} seed {key[1]}, and would be "
                              f"pooled as one replicate; they differ in {', '.join(differ)}. "
                              "Table the runs of one setting together, e.g. natgrad tables "
