@@ -214,6 +214,12 @@ def evaluate(model, x, y, loss_fn, config: TrainConfig) -> tuple[float, float | 
     return float(total) / n, (wrong / n if config.loss == "cross_entropy" else None)
 
 
+def probe_record(model, train_x, probe, config: TrainConfig) -> dict:
+    """The activation record of the training probe, in the view the net is evaluated on
+    (:func:`natgrad.data.eval_view`: ImageNet's centre 224)."""
+    return record_activations(model, eval_view(train_x[probe], config.dataset))
+
+
 def held_out_metrics(model, held: dict, loss_fn, config: TrainConfig) -> dict:
     """The metrics row's ``val_loss``, ``val_error``, ``test_loss``, ``test_error``
     (``None`` for a split the data set lacks, and for the autoencoder's error)."""
@@ -372,8 +378,7 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
         loss_fn = loss_function(config)
         rd.activations_dir.mkdir(exist_ok=True)
         write_safetensors(rd.probe_path, {"indices": probe})
-        probe_x = eval_view(train_x[probe.to(dev)], config.dataset)  # ImageNet: centre 224
-        save_activations(run, 0, record_activations(model, probe_x))
+        save_activations(run, 0, probe_record(model, train_x, probe.to(dev), config))
         tr_loss, _ = evaluate(model, train_x, train_y, loss_fn, config)
         per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
         if not math.isfinite(tr_loss):
@@ -484,8 +489,7 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
             if not ddp:
                 check_held_out(run.dir, evals, epoch, per_epoch, per_epoch, lr)
             if epoch % config.record_every == 0 or epoch == config.epochs:
-                probe_x = eval_view(train_x[probe], config.dataset)
-                save_activations(run.dir, epoch, record_activations(model, probe_x))
+                save_activations(run.dir, epoch, probe_record(model, train_x, probe, config))
             row = metrics_row(epoch, per_epoch, lr, float(loss_sum) / n, evals,
                               time.perf_counter() - t0, t_train)  # fmt: skip
             run.history.append(row)

@@ -44,7 +44,7 @@ from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, lr_at
 from natgrad.training.engine import Run, TrainResult
 from natgrad.training.loop import train
-from natgrad.training.recording import record_activations, save_activations
+from natgrad.training.recording import save_activations
 from natgrad.training.rundir import RunDir, default_run_dir
 from natgrad.training.stacked import BATCHED_UNITS, StackedNets, unit_order
 from natgrad.units import CATALOGUE
@@ -249,7 +249,8 @@ class _Grid:
             config, loss_fn = run.config, engine.loss_function(run.config)
             evals.append(engine.held_out_metrics(run.model, run.held, loss_fn, config))
             if epoch % config.record_every == 0 or epoch == config.epochs:
-                records[i] = record_activations(run.model, run.data[0][run.probe.to(self.dev)])
+                records[i] = engine.probe_record(run.model, run.data[0], run.probe.to(self.dev),
+                                                 run.config)  # fmt: skip
         seconds = (time.perf_counter() - t0) / self.R
         jobs = []
         for i, run in enumerate(self.runs):
