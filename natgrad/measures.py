@@ -401,24 +401,21 @@ def measures(
         [0.5, 1.0, 0.0]
     """
     _, (M, m, g, g0) = _f64(matrix, mean_p, g, g0)
-    U, n = M.shape[0], M.shape[-1]
-    d = n - 1
-    mu = damping_of(M, rel_damping)
-    dead = _dead(M)
-    nan = torch.full((U,), math.nan, dtype=torch.float64, device=M.device)
     keys = [f"rho_{k}" for k in DIRECTIONS] + [f"shift_{k}" for k in DIRECTIONS]
     keys += [f"shift_error_{k}" for k in DIRECTIONS if k != "natural"]
-    result = {k: nan.clone() for k in keys}
-    result["damping"] = mu
-    result["dead"] = dead.to(torch.float64)
-    live = (~dead).nonzero().flatten()
-    if live.numel() == 0:
-        return result
-    if live.numel() < U:
-        units = context.get("units")
-        context = {**context, "units": None if units is None else units[live]}
-        M, g, g0, mu = M[live], g[live], g0[live], mu[live]
-        m = m[live] if m.ndim == 2 else m
+    live = lambda *a, **c: _live_measures(*a, rel_damping, **c)  # noqa: E731
+    if (got := _over_live(live, rel_damping, (g0,) * len(keys), (M, g, g0), m, **context)) is None:
+        got = live(M, m, g, g0, **context)
+    result = dict(zip(keys, got, strict=True))
+    result["damping"] = damping_of(M, rel_damping)
+    result["dead"] = _dead(M).to(torch.float64)
+    return result
+
+
+def _live_measures(M, m, g, g0, rel_damping, **context) -> tuple:
+    r"""The measures of :func:`measures` in its key order, every unit live (float64)."""
+    d = M.shape[-1] - 1
+    mu = damping_of(M, rel_damping)
     F = M
     if bool((mu != 0).any()):
         F = M.clone()
@@ -451,10 +448,7 @@ def measures(
     gu = (G.unsqueeze(-1) * V).sum(-2)  # [u, K]
     rho = gu / torch.sqrt(uFu * gFg.unsqueeze(-1))
     shift = (m.unsqueeze(-1) * V[:, :-1]).sum(-2) + V[:, -1]  # [u, K] E_p(a)ᵀu_w + u_0
-    natural = shift[:, DIRECTIONS.index("natural")]
-    for i, k in enumerate(DIRECTIONS):
-        result[f"rho_{k}"][live] = rho[:, i]
-        result[f"shift_{k}"][live] = shift[:, i]
-        if k != "natural":
-            result[f"shift_error_{k}"][live] = (shift[:, i] - natural).abs() / natural.abs()
-    return result
+    natural = shift[:, DIRECTIONS.index("natural")].unsqueeze(-1)
+    errors = [i for i, k in enumerate(DIRECTIONS) if k != "natural"]
+    err = (shift[:, errors] - natural).abs() / natural.abs()
+    return (*rho.unbind(-1), *shift.unbind(-1), *err.unbind(-1))
