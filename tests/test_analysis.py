@@ -767,3 +767,27 @@ def test_runs_of_unequal_length_table_alike_up_to_the_declared_epoch(tmp_path):
     one_run_per_replicate(runs, last_epoch=2)
     with pytest.raises(InputError, match="different spans"):
         one_run_per_replicate(runs, last_epoch=3)  # the ReLU run did not reach it
+
+
+def test_a_figure_redrawn_from_the_same_data_has_the_same_bytes(tmp_path):
+    """``save_figure`` writes no creation date: a redraw a second later is byte-identical
+    (the committed PDFs change only where their data do)."""
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natgrad.analysis.plots import save_figure
+
+    def draw(stem):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1.0, 0.5, 0.2])
+        return save_figure(fig, tmp_path / stem, formats=("pdf", "png"))
+
+    first = draw("a")
+    time.sleep(1.1)  # the PDF's date has a resolution of one second
+    second = draw("b")
+    for x, y in zip(first, second, strict=True):
+        assert x.read_bytes() == y.read_bytes(), x.suffix

@@ -340,7 +340,8 @@ def figure_png_base64(fig, *, dpi: int = 110) -> str:
 
 
 def save_figure(fig, stem, *, formats: tuple[str, ...] = ("pdf", "png"), dpi: int = 200) -> list:
-    """Save ``fig`` as ``<stem>.<fmt>`` for each format (folders created); closes it."""
+    """Save ``fig`` as ``<stem>.<fmt>`` for each format (folders created); closes it. No
+    creation date is written, so a figure redrawn from the same data has the same bytes."""
     import matplotlib.pyplot as plt
 
     from natgrad._atomic import atomic_open
@@ -351,7 +352,8 @@ def save_figure(fig, stem, *, formats: tuple[str, ...] = ("pdf", "png"), dpi: in
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
         with atomic_open(path, "wb") as fh:  # a kill leaves the old figure or the new
-            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
+            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight",
+                        metadata={"CreationDate": None} if fmt == "pdf" else None)  # fmt: skip
         paths.append(path)
     plt.close(fig)
     return paths
