@@ -26,7 +26,7 @@ from natgrad import damping
 from natgrad._layers import batch_statistics_layers
 from natgrad.errors import InputError
 
-__all__ = ["GramSummary", "NetworkFisher", "network_fisher", "network_fisher_gram"]
+__all__ = ["GramSummary", "NetworkFisher", "efficiency", "network_fisher", "network_fisher_gram"]
 
 
 @dataclass(frozen=True)
@@ -101,28 +101,50 @@ class NetworkFisher:
             out[idx] = torch.where(mu > 0, mu, fallback).expand_as(idx).to(out)
         return out
 
+    def damped(self, rel_damping: float) -> torch.Tensor:
+        r"""``[P, P]`` F_λ = F + diag(:meth:`damping`)."""
+        return self.matrix + torch.diag(self.damping(rel_damping))
+
+    def per_unit(self, g: torch.Tensor, metric: torch.Tensor, solve=None) -> torch.Tensor:
+        r"""``[P]``: each unit's part of ``g`` ``[P]`` taken by ``solve(blocks [U, d+1, d+1],
+        g_units [U, d+1])`` (default: the solve with its own block) over its block of
+        ``metric`` ``[P, P]``, one batched call per layer; parameters of no unit keep ``g``."""
+        solve = solve or (lambda B, gu: torch.linalg.solve(B, gu.unsqueeze(-1)).squeeze(-1))
+        u = g.clone()
+        for idx in self._layer_index().values():
+            u[idx] = solve(metric[idx.unsqueeze(-1), idx.unsqueeze(-2)], g[idx])
+        return u
+
+    def unit_metric(self, metric: torch.Tensor) -> torch.Tensor:
+        r"""``[P, P]`` ``metric`` restricted to the unit blocks (a parameter of no unit keeps
+        its diagonal entry)."""
+        out = torch.diag(metric.diagonal())
+        for idx in self._layer_index().values():
+            block = (idx.unsqueeze(-1), idx.unsqueeze(-2))
+            out[block] = metric[block]
+        return out
+
     def unit_vs_full(self, grad: torch.Tensor, rel_damping: float = 1e-3) -> dict[str, float]:
         r"""Fisher efficiencies in the whole-network metric F_λ of the unit natural gradient
         (each unit's own block, damped by its μ_u, solved alone; parameters of no unit take
         the plain step) and of the plain gradient, against the full natural gradient
-        F_λ⁻¹g: ``{"rho_unit_ng", "rho_plain"}``. ``grad`` ``[P]`` in parameter order (the
-        gradient of the mean log-likelihood; ρ is invariant to its sign convention)."""
+        F_λ⁻¹g: ``{"rho_unit_ng", "rho_plain"}`` (NaN for g = 0). ``grad`` ``[P]`` in
+        parameter order (the gradient of the mean log-likelihood; ρ is invariant to its sign
+        convention)."""
         g = grad.to(self.matrix).flatten()
         if g.shape[0] != self.num_params:
             raise InputError(f"unit_vs_full: grad has {g.shape[0]} entries, the Fisher "
                              f"{self.num_params} parameters")  # fmt: skip
-        f_lam = self.matrix + torch.diag(self.damping(rel_damping))
+        f_lam = self.damped(rel_damping)
         full = torch.linalg.solve(f_lam, g)
-        unit = g.clone()
-        for idx in self._layer_index().values():  # one batched solve per layer
-            blocks = f_lam[idx.unsqueeze(-1), idx.unsqueeze(-2)]  # [U, d+1, d+1]
-            unit[idx] = torch.linalg.solve(blocks, g[idx].unsqueeze(-1)).squeeze(-1)
-        g_nat = float(g @ full)
+        return {"rho_unit_ng": efficiency(g, self.per_unit(g, f_lam), f_lam, full),
+                "rho_plain": efficiency(g, g, f_lam, full)}  # fmt: skip
 
-        def rho(u: torch.Tensor) -> float:
-            return float(g @ u) / float((u @ f_lam @ u) * g_nat) ** 0.5
 
-        return {"rho_unit_ng": rho(unit), "rho_plain": rho(g)}
+def efficiency(g: torch.Tensor, u: torch.Tensor, metric: torch.Tensor, nat: torch.Tensor) -> float:
+    r"""gᵀu / √(uᵀMu · gᵀM⁻¹g) with ``nat`` = M⁻¹g given (NaN where g = 0 or u = 0)."""
+    den = float(u @ metric @ u) * float(g @ nat)
+    return float(g @ u) / den**0.5 if den > 0 else float("nan")
 
 
 def _layer_index(model: nn.Module, offsets: dict[str, int]) -> dict[str, torch.Tensor]:

@@ -178,3 +178,12 @@ def test_the_reference_refuses_batch_statistics():
         net.eval() if bn.running_mean is None else net.train()
         with pytest.raises(InputError, match=r"batch-norm layers \['1'\].*one input at a time"):
             reference_unit_fisher(net, "0", torch.randn(5, 3))
+
+
+def test_a_zero_gradient_has_no_efficiency_rather_than_an_error():
+    """ρ of g = 0 is NaN (no direction to compare), as ``natgrad.measures.efficiency``
+    gives it per unit; it divided by zero."""
+    net, x, _ = _net()
+    F = network_fisher(net, x)
+    out = F.unit_vs_full(torch.zeros(F.num_params, dtype=torch.float64))
+    assert all(v != v for v in out.values()), out

@@ -41,29 +41,12 @@ import torch
 from torch import nn
 
 from natgrad.errors import InputError
+from natgrad.network import efficiency
 
 __all__ = ["METHODS", "audit", "directions", "efficiency"]
 
 METHODS = ("plain", "centred", "diagonal", "qd", "blockdiag", "unit", "kfac", "ekfac", "adam",
            "full")  # fmt: skip
-
-
-def efficiency(g: torch.Tensor, u: torch.Tensor, metric: torch.Tensor, nat: torch.Tensor) -> float:
-    r"""gᵀu / √(uᵀMu · gᵀM⁻¹g) with ``nat`` = M⁻¹g given."""
-    den = float(u @ metric @ u) * float(g @ nat)
-    return float(g @ u) / den**0.5 if den > 0 else float("nan")
-
-
-def _unit_index(F) -> list[torch.Tensor]:
-    return list(F._layer_index().values())  # [U, d+1] parameter positions, per layer
-
-
-def _per_unit(blocks_of, g: torch.Tensor, F, f_lam: torch.Tensor) -> torch.Tensor:
-    u = g.clone()  # parameters of no unit keep the plain step
-    for idx in _unit_index(F):
-        B = f_lam[idx.unsqueeze(-1), idx.unsqueeze(-2)]  # [U, d+1, d+1]
-        u[idx] = blocks_of(B, g[idx])
-    return u
 
 
 def _qd(B: torch.Tensor, gu: torch.Tensor) -> torch.Tensor:
@@ -72,10 +55,6 @@ def _qd(B: torch.Tensor, gu: torch.Tensor) -> torch.Tensor:
     diag = B.diagonal(dim1=-2, dim2=-1)
     w, w0 = quasidiagonal_solve(diag[:, :-1], B[:, :-1, -1], diag[:, -1], gu[:, :-1], gu[:, -1])
     return torch.cat([w, w0.unsqueeze(-1)], dim=-1)
-
-
-def _solve(B: torch.Tensor, gu: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.solve(B, gu.unsqueeze(-1)).squeeze(-1)
 
 
 def _kfac(model: nn.Module, probe: tuple, D: torch.Tensor, g: torch.Tensor, eigen: bool):
@@ -151,13 +130,14 @@ def directions(model: nn.Module, F, g: torch.Tensor, train: tuple, probe: tuple,
 
     D = F.damping(rel_damping)
     f_lam = F.matrix + torch.diag(D)
+    solve = lambda B, gu: torch.linalg.solve(B, gu.unsqueeze(-1)).squeeze(-1)  # noqa: E731
     make = {
         "plain": lambda: g.clone(),
         "centred": lambda: _centred(model, F, g, train[0].reshape(train[0].shape[0], -1)),
         "diagonal": lambda: g / f_lam.diagonal(),
-        "qd": lambda: _per_unit(_qd, g, F, f_lam),
-        "blockdiag": lambda: _per_unit(lambda B, gu: _solve(without_coupling(B), gu), g, F, f_lam),
-        "unit": lambda: _per_unit(_solve, g, F, f_lam),
+        "qd": lambda: F.per_unit(g, f_lam, _qd),
+        "blockdiag": lambda: F.per_unit(g, f_lam, lambda B, gu: solve(without_coupling(B), gu)),
+        "unit": lambda: F.per_unit(g, f_lam),
         "kfac": lambda: _kfac(model, probe, D, g, eigen=False),
         "ekfac": lambda: _kfac(model, probe, D, g, eigen=True),
         "adam": lambda: g / (_per_input_grads(model, *train).square().mean(0).sqrt() + adam_eps),
@@ -170,12 +150,8 @@ def audit(model: nn.Module, F, g: torch.Tensor, train: tuple, probe: tuple, *,
           rel_damping: float = 1e-3, methods=METHODS) -> list[dict]:  # fmt: skip
     r"""One row per method: ``rho_full``, ``rho_unit``, ``decrease_per_kl`` (module
     docstring) of its direction, with the damping λ that every method shares."""
-    D = F.damping(rel_damping)
-    f_lam = F.matrix + torch.diag(D)
-    unit_metric = torch.diag(f_lam.diagonal())  # a parameter of no unit: its diagonal entry
-    for idx in _unit_index(F):
-        block = (idx.unsqueeze(-1), idx.unsqueeze(-2))
-        unit_metric[block] = f_lam[block]
+    f_lam = F.damped(rel_damping)
+    unit_metric = F.unit_metric(f_lam)
     full_nat = torch.linalg.solve(f_lam, g)
     unit_nat = torch.linalg.solve(unit_metric, g)
     rows = []
