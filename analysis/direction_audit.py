@@ -36,10 +36,9 @@ from natgrad.studies.direction_audit import (  # noqa: F401 (the declaration, re
 
 
 def measure(run: Path, epoch: int, ds) -> list[dict]:
-    import torch
 
     from natgrad.analysis.directions import audit
-    from natgrad.network import network_fisher
+    from natgrad.network import loglik_gradient, network_fisher
     from natgrad.training import load_checkpoint
 
     model, info = load_checkpoint(run, epoch)
@@ -47,12 +46,10 @@ def measure(run: Path, epoch: int, ds) -> list[dict]:
     probe = (ds.test_x.double(), ds.test_y)
     train = (ds.train_x.double(), ds.train_y)
     F = network_fisher(model, probe[0])
-    loss = torch.nn.functional.cross_entropy(model(train[0]), train[1])
-    g = torch.cat([t.flatten() for t in torch.autograd.grad(-loss, list(model.parameters()))])
-    spec = F.spectrum()
+    g = loglik_gradient(model, *train)
     common = dict(unit_type=info["unit"], seed=info["config"]["seed"], epoch=epoch,
                   params=F.num_params, unit_block_share=F.unit_block_share(),
-                  top_eig_over_mean=float(spec[0] / spec.mean()))  # fmt: skip
+                  top_eig_over_mean=F.top_eig_over_mean())  # fmt: skip
     return [
         dict(common, **row) for row in audit(model, F, g, train, probe, rel_damping=MEASURE_DAMPING)
     ]

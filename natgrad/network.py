@@ -26,7 +26,8 @@ from natgrad import damping
 from natgrad._layers import batch_statistics_layers
 from natgrad.errors import InputError
 
-__all__ = ["GramSummary", "NetworkFisher", "efficiency", "network_fisher", "network_fisher_gram"]
+__all__ = ["GramSummary", "NetworkFisher", "efficiency", "loglik_gradient", "network_fisher",
+           "network_fisher_gram"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,12 @@ class NetworkFisher:
         """The eigenvalues of the Fisher, largest first (``eigvalsh``, float64)."""
         return torch.linalg.eigvalsh(self.matrix).flip(0)
 
+    def top_eig_over_mean(self) -> float:
+        r"""λ_max / mean eigenvalue, the outlier ratio of Karakida et al. (as
+        :meth:`GramSummary.top_eig_over_mean`; here the mean of the computed spectrum)."""
+        spec = self.spectrum()
+        return float(spec[0] / spec.mean())
+
     def damping(self, rel_damping: float) -> torch.Tensor:
         r"""``[P]`` the diagonal D of F_λ = F + D: μ_u = λ·tr F_uu/(d+1) on unit u's entries;
         parameters of no unit, and dead units (tr F_uu = 0: no gradient reaches them), get λ
@@ -139,6 +146,13 @@ class NetworkFisher:
         full = torch.linalg.solve(f_lam, g)
         return {"rho_unit_ng": efficiency(g, self.per_unit(g, f_lam), f_lam, full),
                 "rho_plain": efficiency(g, g, f_lam, full)}  # fmt: skip
+
+
+def loglik_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""``[P]`` the gradient of a classifier's mean log-likelihood −CE(model(x), y), in
+    ``named_parameters()`` order (the ``grad`` of :meth:`NetworkFisher.unit_vs_full`)."""
+    loss = nn.functional.cross_entropy(model(x), y)
+    return torch.cat([t.flatten() for t in torch.autograd.grad(-loss, list(model.parameters()))])
 
 
 def efficiency(g: torch.Tensor, u: torch.Tensor, metric: torch.Tensor, nat: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ from torch import nn
 from natgrad.analysis.directions import METHODS, audit, directions
 from natgrad.errors import InputError
 from natgrad.models import build_model
-from natgrad.network import network_fisher
+from natgrad.network import loglik_gradient, network_fisher
 from natgrad.testing import assert_close
 
 
@@ -26,9 +26,7 @@ def setup():
     probe = (torch.randn(30, 6, generator=gen, dtype=torch.float64),
              torch.randint(0, 3, (30,), generator=gen))  # fmt: skip
     F = network_fisher(net, probe[0])
-    loss = nn.functional.cross_entropy(net(x), y)
-    g = torch.cat([t.flatten() for t in torch.autograd.grad(-loss, list(net.parameters()))])
-    return net, F, g, (x, y), probe
+    return net, F, loglik_gradient(net, x, y), (x, y), probe
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -113,9 +111,7 @@ def test_adam_direction_from_per_input_gradients(setup):
     x, y = train
     sq = torch.zeros_like(g)
     for i in range(x.shape[0]):
-        loss = nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1])
-        gi = torch.cat([t.flatten() for t in torch.autograd.grad(-loss, list(net.parameters()))])
-        sq += gi.square()
+        sq += loglik_gradient(net, x[i : i + 1], y[i : i + 1]).square()
     assert_close(u, g / ((sq / x.shape[0]).sqrt() + 1e-8))
 
 
