@@ -99,18 +99,14 @@ def figure(curves):
     r"""Fig 4 / Fig 5 of the paper on this study: (a) training loss and (b) validation error of
     the four units; (c) validation error of ReLU and ELU with and without batch norm. Mean ±
     sd over seeds; validation error from epoch 1 (the test set is not drawn)."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from natgrad.analysis.plots import plot_curves
+    from natgrad.analysis.plots import file_subplots, plot_curves
 
     c = curves.rename(columns={"arm": "unit_type"})
     c = c[c["epoch"] >= 1].assign(val_error=lambda d: 100 * d["val_error"])
     four = c[c["unit_type"].isin(("elu", "relu", "lrelu", "srelu"))]
     bn = c[c["unit_type"].isin(("elu", "elu-bn", "relu", "relu-bn"))]
-    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.5))
+    fig, axes = file_subplots(1, 3, figsize=(12.0, 3.5))
     plot_curves(four, "train_loss", ax=axes[0], ylabel="training loss (running mean; geom. mean ×/÷ sd)",
                 title="(a) training loss", log=True)  # fmt: skip
     plot_curves(four, "val_error", ax=axes[1], ylabel="validation error (%; geom. mean ×/÷ sd)",

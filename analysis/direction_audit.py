@@ -74,15 +74,11 @@ def summarise(table):
 
 
 def figure(summary, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from natgrad.analysis.directions import METHODS
-    from natgrad.analysis.plots import save_figure
+    from natgrad.analysis.plots import file_subplots, save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = file_subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, epoch in zip(axes, CHECKPOINTS, strict=True):
         sub = summary[summary["epoch"] == epoch]
         for k, unit in enumerate(UNITS):
@@ -101,7 +97,6 @@ def figure(summary, out: Path) -> None:
                  f"unit, mean and 95 % {mean_ci_name()} CI over seeds", fontsize=9)  # fmt: skip
     fig.tight_layout()
     save_figure(fig, out / "direction_audit", dpi=150)
-    plt.close(fig)
 
 
 NAMES = {"plain": "plain", "centred": "centred", "diagonal": "diagonal", "qd": "QD",

@@ -582,13 +582,12 @@ def _figures(curves, seeds, runs_root, out: Path) -> None:
 def mechanism_figure(seeds, out: Path) -> None:
     """ρ(plain), 1 − ρ(block-diag.) and n_eff/(d+1) (log axes, with the 2(d+1) line) per
     analysed epoch, mean over seeds ± CI (``stats.mean_ci``), per unit type: ``mechanism``."""
-    import matplotlib.pyplot as plt
 
-    from natgrad.analysis.plots import save_figure
+    from natgrad.analysis.plots import file_subplots, save_figure
     from natgrad.analysis.stats import mean_ci
     from natgrad.units import unit_type_colour, unit_type_label
 
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.0), layout="constrained")
+    fig, axes = file_subplots(1, 3, figsize=(10.5, 3.0), layout="constrained")
     panels = (("rho_plain", "ρ(plain)", False, False),
               ("rho_blockdiag", "1 − ρ(block-diag.)", True, True),
               ("n_eff_over_d1", "median n_eff/(d+1)", False, True))  # fmt: skip

@@ -235,15 +235,11 @@ def unit_comparisons(units):
 def figure(curves):
     r"""Fig 3's layout: one panel per rate, training (solid) and validation (dotted)
     reconstruction error per epoch, mean ± sd over seeds."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from natgrad.analysis.plots import plot_curves
+    from natgrad.analysis.plots import file_subplots, plot_curves
 
     rates = sorted(curves["lr"].unique(), reverse=True)
-    fig, axes = plt.subplots(1, len(rates), figsize=(4.2 * len(rates), 3.4), squeeze=False)
+    fig, axes = file_subplots(1, len(rates), figsize=(4.2 * len(rates), 3.4), squeeze=False)
     for ax, lr in zip(axes[0], rates, strict=True):
         c = curves[(curves["lr"] == lr) & (curves["epoch"] >= 1)]
         plot_curves(c, "train_loss", ax=ax, label_suffix=" train", log=True)

@@ -141,20 +141,16 @@ def summarise(table, confirm: str | None = None):
     return summary, paired
 
 
-def figure(summary, out: Path) -> Path:
+def figure(summary, out: Path) -> list[Path]:
     """One figure: a row per measure, a column per normalisation, a line per unit type (mean
     over seeds with its 95 % CI band) against the epoch."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from natgrad.analysis.plots import save_figure
+    from natgrad.analysis.plots import file_subplots, save_figure
     from natgrad.units import unit_type_colour, unit_type_label
 
     titles = {"none": "no normalisation", "centred": "centring", "bn": "batch norm",
               "ln": "layer norm"}  # fmt: skip
-    fig, axes = plt.subplots(len(METRICS), len(NORMS), figsize=(12, 2.0 * len(METRICS)),
+    fig, axes = file_subplots(len(METRICS), len(NORMS), figsize=(12, 2.0 * len(METRICS)),
                              sharex=True, sharey="row")  # fmt: skip
     for j, norm in enumerate(NORMS):
         axes[0, j].set_title(titles[norm], fontsize=10)
@@ -180,9 +176,7 @@ def figure(summary, out: Path) -> Path:
                  f"validation images (λ = {MEASURE_DAMPING:g}), whole-network on {GRAM_PROBE}",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
-    path = save_figure(fig, out / "dashboard", dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "dashboard", dpi=130)
 
 
 EXPLORATORY = (Path(__file__).resolve().parents[1]

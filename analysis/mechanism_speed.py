@@ -166,21 +166,17 @@ def endpoints(table, nearer: bool = False):
     return out
 
 
-def figure(table, curves, out: Path) -> Path:
+def figure(table, curves, out: Path) -> list[Path]:
     """Left: ELU − ReLU in ρ at epoch 3 against ELU − ReLU in the fall, one point per seed;
     right: each arm's mean log10 training loss over epochs 1–10 with its 95 % CI band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from natgrad.analysis.plots import save_figure
+    from natgrad.analysis.plots import file_subplots, save_figure
     from natgrad.analysis.stats import mean_ci, mean_ci_name
     from natgrad.units import unit_type_colour, unit_type_label
 
     wide = table.pivot(index="seed", columns="arm")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    fig, (a, b) = file_subplots(1, 2, figsize=(9.5, 3.6))
     a.scatter(wide[RHO]["elu"] - wide[RHO]["relu"], wide[FALL]["elu"] - wide[FALL]["relu"],
               s=12, color="0.3")  # fmt: skip
     a.axhline(0, color="0.7", lw=0.8)
@@ -199,9 +195,7 @@ def figure(table, curves, out: Path) -> Path:
     b.set(xlabel="epoch", ylabel=f"log10 training loss\n(mean, 95 % {mean_ci_name()} band)")
     b.legend(frameon=False)
     fig.tight_layout()
-    path = save_figure(fig, out / "speed", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "speed", dpi=120)
 
 
 def _ci(r) -> str:

@@ -93,6 +93,15 @@ def _subplots(*args, ax=None, **kw):
     return plt.subplots(*args, **kw) if ax is None else (ax.figure, ax)
 
 
+def file_subplots(*args, **kw):
+    """``plt.subplots(*args, **kw)`` on matplotlib's Agg backend: a figure that a script or a
+    record writes to a file (:func:`save_figure`), never shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    return _subplots(*args, **kw)
+
+
 def plot_units(ax=None, *, xlim: tuple[float, float] = (-3.0, 2.0), extra: bool = True):
     r"""Fig 1: the four units of the paper on ``xlim``, computed by :func:`natgrad.units.make_unit`,
     and (``extra``) SELU, which the demo also trains, dashed and labelled as not the paper's.

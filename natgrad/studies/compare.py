@@ -413,15 +413,11 @@ def _answer(tables: dict, config: CompareConfig, train_loss: str = TRAIN_LOSS) -
 
 
 def _figure(curves, tables: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from natgrad.analysis.plots import mark_last_before_gap, save_figure, seed_means
+    from natgrad.analysis.plots import file_subplots, mark_last_before_gap, save_figure, seed_means
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = file_subplots(1, 4, figsize=(17, 3.8))
     split = "val" if curves["val_error"].notna().any() else "test"
     for arm in curves["arm"].unique():
         sub = curves[(curves["arm"] == arm) & (curves["epoch"] >= 1)]  # epoch 0 would flatten
