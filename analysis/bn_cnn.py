@@ -268,11 +268,9 @@ def run(argv: list[str] | None = None) -> int:
     print(f"ELU/ReLU time per iteration: {ratio['ratio']:.3f} ({ratio['lo']:.3f} to "
           f"{ratio['hi']:.3f})")  # fmt: skip
     if args.record:
-        import json
-
         from natgrad._atomic import write_text
         from natgrad.analysis.plots import save_figure
-        from natgrad.analysis.record import record_tables, run_provenance
+        from natgrad.analysis.record import read_meta, record_tables, run_provenance
         from natgrad.training.carry import copy_runs
 
         curves = study(seeds, arms).curves(args.runs)
@@ -283,8 +281,7 @@ def run(argv: list[str] | None = None) -> int:
         save_figure(figure(curves), args.record / "fig5", formats=("png",), dpi=110)
         # the small records, so the report rebuilds from the repository
         copy_runs(args.runs, args.record / "runs", runs=run_dirs)
-        record = json.loads((args.record / "run.json").read_text())
-        write_text(args.record / "README.md", readme(values, table, ratio, {**meta, **record}))
+        write_text(args.record / "README.md", readme(values, table, ratio, read_meta(args.record)))
     return 0
 
 

@@ -115,17 +115,15 @@ def confirm_readme(record: Path) -> str:
     """The confirmatory record's README, every number read from its own tables (and, for the
     side-by-side column, the exploratory record's ``primary.csv``); the verdict per endpoint is
     the declared rule: confirmed where Holm p < 0.05 and the CI lies above 0."""
-    import json
 
     import pandas as pd
 
     from natgrad.analysis.csvtables import read_csv
-    from natgrad.analysis.record import record_name
+    from natgrad.analysis.record import read_meta, rebuilt_by
     from natgrad.analysis.stats import declared_sign, mean_ci
     from natgrad.units import unit_type_label
 
-    meta = json.loads((record / "run.json").read_text())
-    name = record_name(record, Path(__file__).resolve().parents[1])
+    meta = read_meta(record)
     primary, summary = read_csv(record / "primary.csv"), read_csv(record / "summary.csv")
     table = read_csv(record / "directions.csv")
     old = pd.read_csv(EXPLORATORY / "primary.csv").set_index(["unit_type", "other"])
@@ -136,9 +134,7 @@ def confirm_readme(record: Path) -> str:
         "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['wall_seconds']:.0f} s of wall time ({meta['train_seconds']:.0f} s training) "
-        f"on {meta['device']}. This README is written from the tables by "
-        f"`python analysis/direction_audit.py --readme {name}` "
-        "(`tests/test_study.py` checks that it still is).",
+        f"on {meta['device']}." + rebuilt_by(record, "analysis/direction_audit.py", meta),
         "- **Declared before its runs** in `natgrad/studies/direction_audit.py` "
         '("Confirmatory run"): the design of the exploratory record '
         "([direction_audit_digits](../direction_audit_digits/README.md)) on seeds "

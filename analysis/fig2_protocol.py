@@ -17,7 +17,6 @@ Fig 2 figure and ``README.md`` (command, commit, wall time, the answer from the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -118,14 +117,14 @@ def record_train_probe(values, out: Path, meta: dict, argv=None) -> str:
     from the CIs by the declared rule (``stats.declared_sign``)."""
     from natgrad._atomic import write_text
     from natgrad.analysis.endpoints import evaluate
-    from natgrad.analysis.record import record_tables
+    from natgrad.analysis.record import read_meta, record_tables
     from natgrad.analysis.report import ci_text, p_text
     from natgrad.analysis.stats import declared_sign, sign_flip_at_floor
 
     table = evaluate(values, train_probe_endpoints())
     record_tables(out, {"values": values, "endpoints": table}, argv=argv,
                   script="analysis/fig2_protocol.py", **meta)  # fmt: skip
-    meta = json.loads((out / "run.json").read_text())  # the command and commit, as recorded
+    meta = read_meta(out)  # the command and commit, as recorded
     names = {"elu": "ELU", "relu": "ReLU", "lrelu": "LReLU", "srelu": "SReLU"}
     label = {"rho_plain_jk_est": "ρ(plain), estimable units", "rho_plain_jk": "ρ(plain), live units",
              "rho_centred_jk_est": "ρ(centred), estimable units", "rho_quasidiagonal_jk_est":

@@ -624,7 +624,6 @@ def readme(
 
 def report(root: Path, dest: Path | None, argv) -> int:
     """Comparisons, figure and text from every finished run under ``root``."""
-    import json
 
     import pandas as pd
 
@@ -666,7 +665,7 @@ def report(root: Path, dest: Path | None, argv) -> int:
                    for name, new in tables_now.items() if new is not None}  # fmt: skip
     from natgrad._atomic import write_text
     from natgrad.analysis.plots import save_figure
-    from natgrad.analysis.record import record_tables, run_provenance
+    from natgrad.analysis.record import read_meta, record_tables, run_provenance
 
     meta = dict(run_provenance([run for _, run in done]),
                 diverged=[f"{p.parent.name}/{p.name}" for p in _diverged(root)],
@@ -683,11 +682,8 @@ def report(root: Path, dest: Path | None, argv) -> int:
         tables.update(units_estimable=est_units, unit_comparisons_estimable=est_table)
     record_tables(dest, tables, argv=argv, script="analysis/fig3_autoencoder.py", **meta)
     save_figure(figure(curves), dest / "fig3", formats=("png",), dpi=110)
-    record = json.loads((dest / "run.json").read_text())
-    write_text(
-        dest / "README.md",
-        readme(table, unit_table, curves, {**meta, **record}, est_table, est_units, changes),
-    )
+    write_text(dest / "README.md",
+               readme(table, unit_table, curves, read_meta(dest), est_table, est_units, changes))  # fmt: skip
     return 0
 
 

@@ -235,19 +235,17 @@ def confirm_readme(record: Path) -> str:
     side-by-side column of the first confirmation, the exploratory record's
     ``elu_vs_relu.csv``); each primary endpoint read by the declared rule (Holm p < 0.05 and
     the CI excluding 0)."""
-    import json
 
     import pandas as pd
 
     from natgrad.analysis.csvtables import read_csv
-    from natgrad.analysis.record import record_name
+    from natgrad.analysis.record import read_meta, rebuilt_by
     from natgrad.analysis.stats import declared_sign
 
-    meta = json.loads((record / "run.json").read_text())
+    meta = read_meta(record)
     key = meta.get("confirmation", "rho")  # the first confirmation's run.json predates the key
     conf, text = CONFIRMATIONS[key], TEXT[key]
     primary, norms = conf.primary, conf.norms
-    name = record_name(record, Path(__file__).resolve().parents[1])
     table = read_csv(record / "dashboard.csv")
     paired = read_csv(record / "elu_vs_relu.csv")
     if key == "rho":  # beside it: the exploratory record's value
@@ -277,10 +275,7 @@ def confirm_readme(record: Path) -> str:
         "nearer the unit natural gradient than ReLU's?", "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s measuring "
-        f"(wall) on {meta['device']}. This README is written from the tables by "
-        f"`python analysis/mechanism_dashboard.py --readme {name}` "
-        "(`tests/test_study.py` checks that it still is)." + (f" Note: {meta['note']}"
-                                                               if "note" in meta else ""),
+        f"(wall) on {meta['device']}." + rebuilt_by(record, "analysis/mechanism_dashboard.py", meta),
         "- **Declared before its runs** in `natgrad/studies/mechanism_dashboard.py` "
         + text.declared
         + (": ELU and ReLU under no normalisation, centring, batch norm and layer norm"

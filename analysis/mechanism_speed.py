@@ -241,17 +241,15 @@ def readme(record: Path) -> str:
     """The record's README, every number read from its own tables; ``run.json``'s
     ``variant`` (``"paper"``: the replication; absent: the resumed confirmation's runs) says
     which declaration it answers."""
-    import json
 
     from natgrad.analysis.csvtables import read_csv
-    from natgrad.analysis.record import record_name
+    from natgrad.analysis.record import read_meta, rebuilt_by
     from natgrad.analysis.stats import mean_ci_name, sign_flip_method
 
-    meta = json.loads((record / "run.json").read_text())
+    meta = read_meta(record)
     paper = meta.get("variant") == "paper"
     eps = read_csv(record / "endpoints.csv")
     table = read_csv(record / "per_run.csv")
-    name = record_name(record, ROOT)
     n = int(eps["n"].max())
     means = table.groupby("arm")[FALL].mean()
     wide = table.pivot(index="seed", columns="arm")
@@ -307,9 +305,7 @@ def readme(record: Path) -> str:
     lines = [
         title, "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; {cost} (wall) on "
-        f"{meta['device']}. This README is written from the tables by `python "
-        f"analysis/mechanism_speed.py --readme {name}` (`tests/test_study.py` checks that it "
-        "still is)." + (f" Note: {meta['note']}" if "note" in meta else ""),
+        f"{meta['device']}." + rebuilt_by(record, "analysis/mechanism_speed.py", meta),
         "- **Declared before its runs** in `natgrad/studies/mechanism_speed.py` " + what +
         f"the fall is log10 L{FROM_EPOCH} − log10 L{EPOCHS}, L the training loss of an epoch (the "
         f"trainer's running mean). Tables: {tables}; figure `speed.png`.", "",

@@ -127,6 +127,22 @@ def record_name(path: str | os.PathLike, root: str | os.PathLike) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
 
 
+def read_meta(record: str | os.PathLike) -> dict:
+    """A record's ``run.json`` (the command, commit and what :func:`record_tables` wrote)."""
+    import json
+
+    return json.loads((Path(record) / "run.json").read_text())
+
+
+def rebuilt_by(record: str | os.PathLike, script: str, meta: dict) -> str:
+    """The README's sentence naming the command that rewrites it from the record's tables
+    (``python <script> --readme <record>``), then ``meta``'s note if it has one."""
+    root = Path(__file__).resolve().parents[2]
+    return (f" This README is written from the tables by `python {script} --readme "
+            f"{record_name(record, root)}` (`tests/test_study.py` checks that it still is)."
+            + (f" Note: {meta['note']}" if "note" in meta else ""))  # fmt: skip
+
+
 def run_provenance(run_dirs) -> dict:
     """What a study's record says of the runs it reports: ``runs`` (how many),
     ``run_commit`` (the distinct commits that trained them, 7 characters, sorted) and
