@@ -134,8 +134,8 @@ def endpoints(table, nearer: bool = False):
     own (:data:`ADDED`: not declared as a secondary, so not in their Holm family)."""
     import pandas as pd
 
-    from natgrad.analysis.endpoints import Endpoint, evaluate
-    from natgrad.analysis.stats import holm, rank_correlation, sign_flip_at_floor
+    from natgrad.analysis.endpoints import Endpoint, evaluate, with_holm
+    from natgrad.analysis.stats import rank_correlation, sign_flip_at_floor
 
     wide = table.pivot(index="seed", columns="arm")
     delta = {m: wide[m]["elu"] - wide[m]["relu"] for m in (FALL, RHO, RHO_EST)}
@@ -161,9 +161,7 @@ def endpoints(table, nearer: bool = False):
             *(diff("secondary", m) for m in SECONDARY_DIFFS),
             *(diff("secondary", m) for m in (PAPER_SECONDARY if nearer else ())),
             *([diff(ADDED, RHO_EST)] if nearer else [])]  # fmt: skip
-    out = pd.DataFrame(rows)
-    out["p_holm"] = out.groupby("family")["p"].transform(lambda p: holm(p.to_numpy()))
-    return out
+    return with_holm(pd.DataFrame(rows))
 
 
 def figure(table, curves, out: Path) -> list[Path]:

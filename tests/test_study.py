@@ -52,6 +52,12 @@ def test_unfinished_runs_read_as_nan(tmp_path):
     assert s.finished(tmp_path) == []
 
 
+def test_seeds_given_as_a_count_are_the_first_ones_and_none_is_refused():
+    assert _study(seeds=3).seeds == (0, 1, 2) == _study(seeds=range(3)).seeds
+    with pytest.raises(InputError, match="at least one arm and one seed"):
+        _study(seeds=0)
+
+
 def test_the_demo_is_a_declaration():
     from natgrad.studies.demo import declaration, for_dataset, primary_endpoints
 

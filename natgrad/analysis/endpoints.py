@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from natgrad.analysis import stats
 
-__all__ = ["Endpoint", "evaluate"]
+__all__ = ["Endpoint", "evaluate", "with_holm"]
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,14 @@ def evaluate(values, endpoints: list[Endpoint], *, group: str = "unit_type", by=
                 for r in _rows(sub, endpoints, group)]  # fmt: skip
     else:
         rows = _rows(values, endpoints, group)
-    out = pd.DataFrame(rows)
-    if len(out):
-        out["p_holm"] = out.groupby("family")["p"].transform(lambda p: stats.holm(p.to_numpy()))
-    return out
+    return with_holm(pd.DataFrame(rows))
+
+
+def with_holm(table):
+    """``table`` with ``p_holm``: Holm's adjustment of ``p`` within each ``family``."""
+    if len(table):
+        table["p_holm"] = table.groupby("family")["p"].transform(lambda p: stats.holm(p.to_numpy()))
+    return table
 
 
 def _rows(values, endpoints: list[Endpoint], group: str) -> list[dict]:

@@ -46,7 +46,7 @@ class Study:
     Attributes:
         name: what it is called in reports.
         arms: the arms, in the order of every table.
-        seeds: the seeds (the replicates; every arm runs every seed, seed-major).
+        seeds: the seeds (the replicates; every arm runs every seed, seed-major); an int n: 0 … n−1.
         config: ``(arm, seed) -> TrainConfig``.
         run_name: ``(arm, seed) -> folder name`` under the study's root (default
             ``"<arm>-s<seed>"``).
@@ -63,7 +63,8 @@ class Study:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arms", tuple(self.arms))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        seeds = range(self.seeds) if isinstance(self.seeds, int) else self.seeds  # n: 0 … n−1
+        object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
         if not self.arms or not self.seeds:
             raise InputError(f"study {self.name!r}: needs at least one arm and one seed")
         if len(set(self.arms)) != len(self.arms):

@@ -62,5 +62,4 @@ def study(seeds: int | range):
                               lr=LR, width=WIDTH, depth=DEPTH, dtype="float64",
                               checkpoint_every=EPOCHS, probe_size=64)  # fmt: skip
 
-    return Study("direction audit", UNITS, range(seeds) if isinstance(seeds, int) else seeds,
-                 config)  # fmt: skip
+    return Study("direction audit", UNITS, seeds, config)

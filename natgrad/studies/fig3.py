@@ -201,7 +201,6 @@ def study(lr: float, epochs: int, *, seeds=range(SEEDS), train_size: int | None 
             notes=f"fig3 autoencoder, lr {lr:g}",
         )  # fmt: skip
 
-    seeds = range(seeds) if isinstance(seeds, int) else seeds
     return Study(
         f"fig3 autoencoder, lr {lr:g}", UNITS, seeds, config, endpoints=tuple(endpoints(epochs))
     )

@@ -192,6 +192,4 @@ def study(seeds: int | range = SEEDS, units=UNITS, norms=NORMS, epochs: int = EP
 
     from natgrad.analysis.study import Study
 
-    return Study("mechanism dashboard", arms(units, norms),
-                 range(seeds) if isinstance(seeds, int) else seeds,
-                 partial(config, epochs=epochs))  # fmt: skip
+    return Study("mechanism dashboard", arms(units, norms), seeds, partial(config, epochs=epochs))
