@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from natgrad.analysis.stats import mean_ci_name
+from natgrad.argtypes import seed_range
 from natgrad.studies.bn_cnn import (  # noqa: F401 (the declaration, re-exported)
     ARMS,
     BATCH,
@@ -244,7 +245,8 @@ def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("train", "report"))
     parser.add_argument("--runs", type=Path, default=Path("runs/bn_cnn"))
-    parser.add_argument("--seeds", default=f"0:{SEEDS}", help="FIRST:COUNT of seeds 0-9")
+    parser.add_argument("--seeds", type=seed_range, default=range(SEEDS),
+                        help="FIRST:COUNT of seeds 0-9")  # fmt: skip
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--record", type=Path, default=None)
@@ -252,8 +254,7 @@ def run(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    first, count = (int(v) for v in args.seeds.split(":"))
-    seeds, arms = range(first, first + count), tuple(args.arms.split(","))
+    seeds, arms = args.seeds, tuple(args.arms.split(","))
     if args.stage == "train":
         t0 = time.perf_counter()
         diverged = study(seeds, arms).train(args.runs, say=print)

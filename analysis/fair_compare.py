@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from natgrad.argtypes import seed_range
 from natgrad.studies.fair_compare import (  # noqa: F401 (the declaration, re-exported)
     ARMS,
     EPOCHS,
@@ -118,7 +119,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/fair_compare"))
     parser.add_argument("--arms", default=None, help="main: comma-separated subset of arms")
     parser.add_argument("--variant", action="store_true", help="main: the standardised variant")
-    parser.add_argument("--seeds", default=None, help="main: FIRST:COUNT, a slice of seeds 0-9")
+    parser.add_argument("--seeds", type=seed_range, default=None,
+                        help="main: FIRST:COUNT, a slice of seeds 0-9")  # fmt: skip
     parser.add_argument("--rates", default=None,
                         help="pilot: comma-separated grid positions 0-3 (for parallel processes)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
@@ -156,8 +158,7 @@ def run(argv: list[str] | None = None) -> int:
         if args.arms:
             config = dataclasses.replace(config, arms=tuple(args.arms.split(",")))
         if args.seeds:  # a slice of the declared seeds, for a second process
-            first, count = (int(v) for v in args.seeds.split(":"))
-            config = dataclasses.replace(config, first_seed=first, seeds=count)
+            config = dataclasses.replace(config, first_seed=args.seeds.start, seeds=len(args.seeds))
         t0 = time.perf_counter()
         _, diverged = compare.run_compare(config, args.runs / name)
         print(f"main ({', '.join(config.arms)}): {time.perf_counter() - t0:.0f} s; diverged "

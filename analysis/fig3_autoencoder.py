@@ -47,6 +47,7 @@ from natgrad.analysis.stats import (
     mean_ci_method,
     mean_ci_name,
 )
+from natgrad.argtypes import seed_range
 from natgrad.studies.fig3 import (  # noqa: F401 (the declaration, re-exported)
     ANALYSED,
     AT_EPOCHS,
@@ -687,16 +688,11 @@ def report(root: Path, dest: Path | None, argv) -> int:
     return 0
 
 
-def _seeds(text: str) -> range:
-    first, _, count = text.partition(":")
-    return range(0, int(first)) if not count else range(int(first), int(first) + int(count))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr", type=float, choices=RATES, default=None)
     parser.add_argument("--epochs", type=int, default=MIN_EPOCHS)
-    parser.add_argument("--seeds", type=_seeds, default=range(SEEDS),
+    parser.add_argument("--seeds", type=seed_range, default=range(SEEDS),
                         help="FIRST:COUNT (a piece) or COUNT (seeds 0..COUNT-1)")  # fmt: skip
     parser.add_argument("--train-size", type=int, default=None, help="smoke runs only")
     parser.add_argument("--runs", type=Path, default=Path("runs/fig3"))

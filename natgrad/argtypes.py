@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["is_finite_number", "is_integer", "nonnegative_int", "positive_float", "positive_int"]
+__all__ = ["is_finite_number", "is_integer", "nonnegative_int", "positive_float", "positive_int",
+           "seed_range"]  # fmt: skip
 
 
 def is_integer(value) -> bool:
@@ -46,6 +47,23 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """An integer ≥ 0 (epochs, seeds, 0-means-default options)."""
     return _int_at_least(text, 0)
+
+
+def seed_range(text: str) -> range:
+    """``FIRST:COUNT`` (a piece of a study's seeds: FIRST … FIRST+COUNT−1) or ``COUNT``
+    (seeds 0 … COUNT−1).
+
+    Example:
+        >>> seed_range("5:3"), seed_range("4")
+        (range(5, 8), range(0, 4))
+        >>> seed_range("5:0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: '0' is not an integer >= 1
+    """
+    first, sep, count = text.partition(":")
+    start = nonnegative_int(first) if sep else 0
+    return range(start, start + positive_int(count if sep else first))
 
 
 def positive_float(text: str) -> float:
