@@ -791,3 +791,31 @@ def test_a_figure_redrawn_from_the_same_data_has_the_same_bytes(tmp_path):
     second = draw("b")
     for x, y in zip(first, second, strict=True):
         assert x.read_bytes() == y.read_bytes(), x.suffix
+
+
+def test_the_answer_and_damping_figures_keep_their_text_off_the_data():
+    """The answer figure writes each type's n_eff/(d+1) under its name (an annotation inside
+    the axes met a CI bar); the damping sweep's legend stands beside the panels, not on the
+    lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from natgrad.analysis.plots import plot_answer, plot_damping_sweep
+
+    summary = pd.DataFrame([dict(unit_type=u, n_seeds=3, rho_plain_mean=m, rho_plain_lo=m - 0.1,
+                                 rho_plain_hi=m + 0.1, n_eff_over_d1_mean=r, auc_mean=m,
+                                 auc_lo=m - 0.01, auc_hi=m + 0.01)
+                            for u, m, r in (("elu", 0.6, 9.42), ("relu", 0.4, 11.0))])  # fmt: skip
+    fig = plot_answer(summary, "rho_plain", "auc")
+    left = fig.axes[0]
+    assert [t.get_text().split("\n")[-1] for t in left.get_xticklabels()] == ["9.42", "11"]
+    assert not left.texts
+    sweep = pd.DataFrame([dict(unit_type=u, seed=s, rel_damping=lam, rho_plain=0.3, rho_centred=0.4,
+                               rho_quasidiagonal=0.5) for u in ("elu", "relu") for s in (0, 1)
+                          for lam in (1e-4, 1e-3)])  # fmt: skip
+    fig2 = plot_damping_sweep(sweep)
+    assert all(ax.get_legend() is None for ax in fig2.axes) and len(fig2.legends) == 1
+    plt.close("all")
