@@ -265,8 +265,9 @@ def plot_answer(summary, rho: str | None, speed: str):
     else:
         _ci_points(a, summary, rho, units)
         a.set_ylabel(label(rho))
+        # n_eff/(d+1) under each unit's name, where it never meets a CI bar
         n_eff = [summary[summary["unit_type"] == u].iloc[0].get("n_eff_over_d1_mean", np.nan)
-                 for u in units]  # fmt: skip (under the unit's name: it never meets a CI bar)
+                 for u in units]  # fmt: skip
         a.set_xticks(range(len(units)), [f"{unit_type_label(u)}\nn_eff/(d+1)\n{float(r):.3g}"
                                          for u, r in zip(units, n_eff, strict=True)],
                      fontsize="small")  # fmt: skip
