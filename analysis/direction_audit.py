@@ -77,6 +77,7 @@ def figure(summary, out: Path) -> None:
 
     from natgrad.analysis.directions import METHODS
     from natgrad.analysis.plots import file_subplots, save_figure
+    from natgrad.units import unit_type_colour, unit_type_label
 
     fig, axes = file_subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, epoch in zip(axes, CHECKPOINTS, strict=True):
@@ -86,7 +87,7 @@ def figure(summary, out: Path) -> None:
             x = [i + (k - 1) * 0.25 for i in range(len(METHODS))]
             ax.errorbar(x, s["rho_full"], yerr=[s["rho_full"] - s["rho_full_lo"],
                         s["rho_full_hi"] - s["rho_full"]], fmt="o", ms=4, capsize=2,
-                        label=unit.upper())  # fmt: skip
+                        color=unit_type_colour(unit), label=unit_type_label(unit, tex=False))  # fmt: skip
         ax.set_xticks(range(len(METHODS)), METHODS, rotation=45, ha="right")
         ax.set_title(f"epoch {epoch}")
         ax.axhline(1.0, color="0.7", lw=0.8)
