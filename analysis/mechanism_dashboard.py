@@ -174,8 +174,9 @@ def figure(summary, out: Path) -> list[Path]:
                  f"mean and 95 % {mean_ci_name()} band over {int(summary['seeds'].max())} seeds; unit measures on {UNIT_PROBE} "
                  f"validation images (λ = {MEASURE_DAMPING:g}), whole-network on {GRAM_PROBE}",
                  fontsize=9, y=0.995)  # fmt: skip
+    # the legend above the panels, off the lines
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=len(UNITS),
-               bbox_to_anchor=(0.5, 0.985), frameon=False, fontsize=8)  # above the panels
+               bbox_to_anchor=(0.5, 0.985), frameon=False, fontsize=8)  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1, 0.975))
     return save_figure(fig, out / "dashboard", dpi=130)
 
