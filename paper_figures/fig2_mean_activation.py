@@ -11,8 +11,8 @@ Reads the run directories below ``--runs`` (default ``reports/demo/runs``, writt
 Panel (a): mean ± sd over seeds; panel (b), on a log axis: geometric mean ×/÷ the sd of
 log10 over seeds. In small mode without ``--runs`` it first trains ELU, ReLU and LReLU for
 two epochs on the digits (one seed) into ``<out>/small_runs``. Writes
-``fig2_mean_activation.pdf`` and ``.png``. The curves are :func:`natgrad.analysis.plots.plot_curves`,
-the same function the HTML report uses; the data are :func:`natgrad.analysis.runs.curve_table`.
+``fig2_mean_activation.pdf`` and ``.png``. The figure is :func:`natgrad.analysis.plots.plot_fig2`,
+the one the HTML report draws; the data are :func:`natgrad.analysis.runs.curve_table`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _common import OUT, setup_matplotlib, small_mode
 
-from natgrad.analysis.plots import plot_curves, save_figure
+from natgrad.analysis.plots import plot_fig2, save_figure
 from natgrad.analysis.runs import curve_table, find_runs
 
 
@@ -56,19 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             runs_root = _small_runs(args.out / "small_runs") if small else Path("reports/demo/runs")
         curves = curve_table(find_runs(runs_root))
     usetex = setup_matplotlib()
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(7.0, 2.8), layout="constrained")
-    plot_curves(curves, "median_all", ax=a, ylabel="median of unit mean activations")
-    a.axhline(0.0, color="0.5", lw=0.6)
-    a.set_title("(a) mean activation (mean ± sd)")
-    plot_curves(curves, "train_loss", ax=b, label_suffix=" train", log=True)
-    has_val = "val_loss" in curves and curves["val_loss"].notna().any()
-    held, name = ("val_loss", "validation") if has_val else ("test_loss", "test")
-    plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}", log=True,
-                ylabel="cross-entropy (geometric mean ×/÷ sd)")  # fmt: skip
-    b.set_title(f"(b) train (solid), {name} (dotted)")
-    a.legend(fontsize="small")
+    fig = plot_fig2(curves, figsize=(7.0, 2.8))
     paths = save_figure(fig, args.out / "fig2_mean_activation", dpi=100 if small else 300)
     print(f"LaTeX: {usetex}; runs: {runs_root}; wrote", *map(str, paths))
     return 0

@@ -18,9 +18,9 @@ from natgrad.analysis.metrics import METRICS, label
 from natgrad.errors import InputError
 from natgrad.units import split_unit_type, unit_type_colour, unit_type_label, unit_type_order
 
-__all__ = ["figure_png_base64", "plot_answer", "plot_probe_sizes", "plot_curves",
+__all__ = ["figure_png_base64", "plot_answer", "plot_probe_sizes", "plot_curves", "plot_fig2",
            "plot_damping_sweep", "plot_efficiencies", "plot_layer_metric", "plot_n_eff",
-           "plot_units", "save_figure"]  # fmt: skip
+           "plot_units", "file_subplots", "save_figure"]  # fmt: skip
 
 
 def _units_in(table, column: str = "unit_type") -> list[str]:
@@ -149,6 +149,26 @@ def plot_curves(table, y: str, *, ax=None, x: str = "epoch", style: str | None =
     ax.set(xlabel=x, ylabel=ylabel or y)
     if title:
         ax.set_title(title)
+    return fig
+
+
+def plot_fig2(curves, *, figsize: tuple[float, float] = (9.5, 3.6)):
+    r"""Fig 2 of the paper from a curve table (:func:`natgrad.analysis.runs.curve_table`):
+    (a) the median unit mean activation per epoch, mean ± sd over seeds; (b) the training
+    (solid) and held-out (dotted: validation where the data have one, else test)
+    cross-entropy, geometric mean ×/÷ sd over seeds on a log axis. Returns the ``Figure``."""
+    held = ("val_loss" if "val_loss" in curves and curves["val_loss"].notna().any()
+            else "test_loss")  # fmt: skip
+    name = "validation" if held == "val_loss" else "test"
+    fig, (a, b) = _subplots(1, 2, figsize=figsize, layout="constrained")
+    plot_curves(curves, "median_all", ax=a, ylabel="mean ± sd over seeds",
+                title="(a) median unit mean activation")  # fmt: skip
+    a.axhline(0.0, color="0.6", lw=0.6)
+    plot_curves(curves, "train_loss", ax=b, label_suffix=" train", log=True)
+    plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}", log=True,
+                ylabel="cross-entropy (geom. mean ×/÷ sd)",
+                title=f"(b) train (solid), {name} (dotted)")  # fmt: skip
+    a.legend(frameon=False, fontsize="x-small")
     return fig
 
 

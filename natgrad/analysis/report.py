@@ -389,22 +389,6 @@ def figures(t: dict, keys=None) -> dict[str, tuple[str, object]]:
     matplotlib.use("Agg")
     from natgrad.analysis import plots
 
-    def fig2():
-        curves = t["curves"]
-        held = ("val_loss" if "val_loss" in curves and curves["val_loss"].notna().any()
-                else "test_loss")  # fmt: skip
-        name = "validation" if held == "val_loss" else "test"
-        fig, (a, b) = plots._subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
-        plots.plot_curves(curves, "median_all", ax=a, ylabel="mean ± sd over seeds",
-                          title="(a) median unit mean activation")  # fmt: skip
-        a.axhline(0.0, color="0.6", lw=0.6)
-        plots.plot_curves(curves, "train_loss", ax=b, label_suffix=" train", log=True)
-        plots.plot_curves(curves, held, ax=b, style=":", label_suffix=f" {name}", log=True,
-                          ylabel="cross-entropy (geom. mean ×/÷ sd)",
-                          title=f"(b) train (solid), {name} (dotted)")  # fmt: skip
-        a.legend(frameon=False, fontsize="x-small")
-        return fig
-
     rho = answer(t)[1] if keys is None or "answer" in keys else None
     has = lambda k: k in t and len(t[k])  # noqa: E731
     makers = {
@@ -433,7 +417,8 @@ def figures(t: dict, keys=None) -> dict[str, tuple[str, object]]:
             lambda: plots.plot_n_eff(t["units"])),
         "fig2": ("Fig 2 (the paper's): per epoch, the median unit mean activation (mean ± sd "
                  "over seeds) and the training loss and the held-out split's (validation where "
-                 "the data have one; geometric mean ×/÷ sd over seeds, log scale).", fig2),
+                 "the data have one; geometric mean ×/÷ sd over seeds, log scale).",
+                 lambda: plots.plot_fig2(t["curves"])),
         "fig1": ("Fig 1: the units compared.", plots.plot_units),
         "layers": (
             "Per layer over training (descriptive; units of one net are not replicates): "
