@@ -579,15 +579,26 @@ def holm(pvalues) -> np.ndarray:
     return np.where(ok, res, np.nan)
 
 
+def _noise_to_zero(lo, hi):
+    r"""``(lo, hi)`` with an end within 1e-12 of the other's size from 0 (float noise of an
+    exact 0) and −0.0 set to 0: how a CI is both judged (:func:`ci_sign`) and printed
+    (:func:`interval_text`)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        scale = np.where(np.isfinite(lo) & np.isfinite(hi), np.maximum(abs(lo), abs(hi)), 0.0)
+        return tuple(np.where(abs(v) < 1e-12 * scale, 0.0, v + 0.0) for v in (lo, hi))
+
+
 def ci_sign(lo, hi):
     r"""Which way each CI points: +1 where it lies above 0, −1 below, 0 where it holds 0 (or is
-    NaN): the one rule by which a report says a difference is resolved.
+    NaN; an end that is float noise of 0 counts as 0): the one rule by which a report says a
+    difference is resolved.
 
     Example:
-        >>> ci_sign([0.1, -0.3, -0.1, float("nan")], [0.2, -0.1, 0.1, float("nan")]).tolist()
-        [1, -1, 0, 0]
+        >>> ci_sign([0.1, -0.3, -0.1, float("nan"), 5e-17], [0.2, -0.1, 0.1, float("nan"), 0.3]).tolist()
+        [1, -1, 0, 0, 0]
     """
-    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    lo, hi = _noise_to_zero(lo, hi)
     return np.where(lo > 0, 1, np.where(hi < 0, -1, 0))
 
 
@@ -803,14 +814,14 @@ def ci_text(value: float, lo: float, hi: float, *, digits: int = 3, signed: bool
 
 def interval_text(lo: float, hi: float, *, digits: int = 3, signed: bool = True) -> str:
     """``[lo, hi]`` with both ends rounded outward (:func:`outward`); an end within 1e-12 of
-    the other's size from 0 (float noise of an exact 0) and −0.0 print as 0.
+    the other's size from 0 (float noise of an exact 0) and −0.0 print as 0, as
+    :func:`ci_sign` judges them.
 
     Example:
         >>> interval_text(0.012345, 0.098761, signed=False)
         '[0.0123, 0.0988]'
     """
-    scale = max(abs(lo), abs(hi)) if math.isfinite(lo) and math.isfinite(hi) else 0.0
-    lo, hi = (0.0 if abs(v) < 1e-12 * scale else v + 0.0 for v in (lo, hi))  # float noise at 0
+    lo, hi = (float(v) for v in _noise_to_zero(lo, hi))
     return f"[{outward(lo, False, digits=digits, signed=signed)}, {outward(hi, True, digits=digits, signed=signed)}]"
 
 
