@@ -135,7 +135,7 @@ def confirm_readme(record: Path) -> str:
         "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['wall_seconds']:.0f} s of wall time ({meta['train_seconds']:.0f} s training) "
-        f"on {meta['device']}." + rebuilt_by(record, "analysis/direction_audit.py", meta),
+        f"on {meta['device']}." + rebuilt_by(record, __file__, meta),
         "- **Declared before its runs** in `natgrad/studies/direction_audit.py` "
         '("Confirmatory run"): the design of the exploratory record '
         "([direction_audit_digits](../direction_audit_digits/README.md)) on seeds "

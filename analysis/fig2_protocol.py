@@ -298,13 +298,13 @@ def neff_adjusted_by_epoch(layers):
     :func:`natgrad.analysis.stats.neff_adjusted`; ``p_holm`` over the whole family."""
     import pandas as pd
 
-    from natgrad.analysis.stats import holm, neff_adjusted
+    from natgrad.analysis.endpoints import with_holm
+    from natgrad.analysis.stats import neff_adjusted
 
     rows = layers.assign(n_eff=layers["n_eff_over_d1"], fan_in=0, input_from="units", dead=0)
     out = pd.concat([neff_adjusted(rows[rows["epoch"] == e], "rho_plain").assign(epoch=e)
                      for e in ESTIMABLE_EPOCHS], ignore_index=True)  # fmt: skip
-    out["family"] = "neff-adjusted"
-    out["p_holm"] = holm(out["p"].to_numpy())
+    out = with_holm(out.assign(family="neff-adjusted"))
     return out[["epoch", *(c for c in out.columns if c != "epoch")]]
 
 

@@ -277,7 +277,7 @@ def confirm_readme(record: Path) -> str:
         "nearer the unit natural gradient than ReLU's?", "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; "
         f"{meta['train_seconds']:.0f} s training and {meta['measure_seconds']:.0f} s measuring "
-        f"(wall) on {meta['device']}." + rebuilt_by(record, "analysis/mechanism_dashboard.py", meta),
+        f"(wall) on {meta['device']}." + rebuilt_by(record, __file__, meta),
         "- **Declared before its runs** in `natgrad/studies/mechanism_dashboard.py` "
         + text.declared
         + (": ELU and ReLU under no normalisation, centring, batch norm and layer norm"

@@ -303,7 +303,7 @@ def readme(record: Path) -> str:
     lines = [
         title, "",
         f"- **Command:** `{meta['command']}` at `{meta['commit']}`; {cost} (wall) on "
-        f"{meta['device']}." + rebuilt_by(record, "analysis/mechanism_speed.py", meta),
+        f"{meta['device']}." + rebuilt_by(record, __file__, meta),
         "- **Declared before its runs** in `natgrad/studies/mechanism_speed.py` " + what +
         f"the fall is log10 L{FROM_EPOCH} − log10 L{EPOCHS}, L the training loss of an epoch (the "
         f"trainer's running mean). Tables: {tables}; figure `speed.png`.", "",

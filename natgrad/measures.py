@@ -451,4 +451,4 @@ def _live_measures(M, m, g, g0, rel_damping, **context) -> tuple:
     natural = shift[:, DIRECTIONS.index("natural")].unsqueeze(-1)
     errors = [i for i, k in enumerate(DIRECTIONS) if k != "natural"]
     err = (shift[:, errors] - natural).abs() / natural.abs()
-    return (*rho.unbind(-1), *shift.unbind(-1), *err.unbind(-1))
+    return torch.cat([rho, shift, err], -1).T.contiguous().unbind(0)  # each [u], contiguous

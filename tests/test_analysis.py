@@ -769,7 +769,7 @@ def test_runs_of_unequal_length_table_alike_up_to_the_declared_epoch(tmp_path):
         one_run_per_replicate(runs, last_epoch=3)  # the ReLU run did not reach it
 
 
-def test_a_figure_redrawn_from_the_same_data_has_the_same_bytes(tmp_path):
+def test_a_figure_redrawn_from_the_same_data_has_the_same_bytes(tmp_path, monkeypatch):
     """``save_figure`` writes no creation date: a redraw a second later is byte-identical
     (the committed PDFs change only where their data do)."""
     import time
@@ -780,6 +780,8 @@ def test_a_figure_redrawn_from_the_same_data_has_the_same_bytes(tmp_path):
     import matplotlib.pyplot as plt
 
     from natgrad.analysis.plots import save_figure
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # matplotlib would fix the date itself
 
     def draw(stem):
         fig, ax = plt.subplots()

@@ -185,3 +185,24 @@ def test_a_zero_gradient_has_no_efficiency_rather_than_an_error():
     F = network_fisher(net, x)
     out = F.unit_vs_full(torch.zeros(F.num_params, dtype=torch.float64))
     assert all(v != v for v in out.values()), out
+
+
+def test_the_unit_block_pieces_of_the_whole_network_fisher():
+    """``damped``, ``unit_metric``, ``per_unit`` (default and a given solve) and
+    ``top_eig_over_mean`` against their definitions on a small real net."""
+    net, x, _ = _net()
+    F = network_fisher(net, x)
+    D = F.damping(1e-2)
+    f_lam = F.damped(1e-2)
+    assert_close(f_lam, F.matrix + torch.diag(D))
+    U = F.unit_metric(f_lam)
+    mask = F._block_mask() | torch.eye(F.num_params, dtype=torch.bool)
+    assert_close(U, torch.where(mask, f_lam, 0.0))
+    g = torch.randn(F.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert_close(F.per_unit(g, f_lam), torch.linalg.solve(U, g))  # the unit blocks' own solves
+    halved = F.per_unit(g, f_lam, lambda B, gu: gu / 2)
+    in_units = F._block_mask().diagonal()
+    assert_close(halved[in_units], g[in_units] / 2)
+    assert_close(halved[~in_units], g[~in_units])  # parameters of no unit keep g
+    spec = torch.linalg.eigvalsh(F.matrix)
+    assert F.top_eig_over_mean() == pytest.approx(float(spec.max() / spec.mean()), rel=1e-12)

@@ -58,6 +58,16 @@ def test_seeds_given_as_a_count_are_the_first_ones_and_none_is_refused():
         _study(seeds=0)
 
 
+@pytest.mark.parametrize("bad", ["a:b", "5:", "0", "-1:3", "2:0"])
+def test_a_bad_seed_range_is_refused_at_parse_time(bad):
+    import argparse
+
+    from natgrad.argtypes import seed_range
+
+    with pytest.raises(argparse.ArgumentTypeError, match="is not an integer"):
+        seed_range(bad)
+
+
 def test_the_demo_is_a_declaration():
     from natgrad.studies.demo import declaration, for_dataset, primary_endpoints
 

@@ -134,12 +134,15 @@ def read_meta(record: str | os.PathLike) -> dict:
     return json.loads((Path(record) / "run.json").read_text())
 
 
-def rebuilt_by(record: str | os.PathLike, script: str, meta: dict) -> str:
+def rebuilt_by(record: str | os.PathLike, script: str | os.PathLike, meta: dict) -> str:
     """The README's sentence naming the command that rewrites it from the record's tables
-    (``python <script> --readme <record>``), then ``meta``'s note if it has one."""
-    root = Path(__file__).resolve().parents[2]
-    return (f" This README is written from the tables by `python {script} --readme "
-            f"{record_name(record, root)}` (`tests/test_study.py` checks that it still is)."
+    (``python <script> --readme <record>``, both named from the repository that holds
+    ``script``, a study script's ``__file__``), then ``meta``'s note if it has one."""
+    script = Path(script).resolve()
+    root = script.parents[1]  # analysis/<script>.py
+    return (f" This README is written from the tables by `python "
+            f"{script.relative_to(root).as_posix()} --readme {record_name(record, root)}` "
+            "(`tests/test_study.py` checks that it still is)."
             + (f" Note: {meta['note']}" if "note" in meta else ""))  # fmt: skip
 
 
