@@ -63,6 +63,18 @@ class PassOptions:
     max_memory: float | None = None
 
 
+def layer_spec(chosen: dict, units: dict | None) -> dict:
+    r"""``{name: (module, units or None)}`` for :func:`compute` from the layers ``chosen``
+    (``{name: module}``) and ``units`` (``{name: indices}``); a ``units`` key that names no
+    chosen layer (a typo, a module for its name) is an error, not all units silently."""
+    units = units or {}
+    unknown = set(units) - set(chosen)
+    if unknown:
+        raise InputError(f"units= names layers that are not computed: {sorted(map(str, unknown))} "
+                         f"(computed: {sorted(chosen)}; give layer names as keys)")  # fmt: skip
+    return {n: (m, units.get(n)) for n, m in chosen.items()}
+
+
 def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=None) -> dict:
     r"""One pass over ``inputs`` (and ``targets``) filling an accumulator per layer of ``spec``
     (``{name: (module, units or None)}``); returns ``{name: result}`` (:class:`UnitFisher`, or

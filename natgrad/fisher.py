@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from natgrad._layers import check_layer, resolve_layer, supported_layers
-from natgrad.engine import PassOptions, compute
-from natgrad.errors import InputError, UnsupportedLayerError
+from natgrad.engine import PassOptions, compute, layer_spec
+from natgrad.errors import UnsupportedLayerError
 from natgrad.planner import sharded_unit_fisher
 from natgrad.unitfisher import UnitFisher
 
@@ -141,11 +141,7 @@ def unit_fishers(
             check_layer(n, m)
     else:
         chosen = dict(resolve_layer(model, layer) for layer in layers)
-    units = units or {}
-    unknown = set(units) - set(chosen)
-    if unknown:
-        raise InputError(f"units= names layers that are not computed: {sorted(unknown)}")
-    spec = {n: (m, units.get(n)) for n, m in chosen.items()}
+    spec = layer_spec(chosen, units)
     options = PassOptions(kind=kind, likelihood=likelihood, mc_samples=mc_samples,
                           generator=generator, batch_size=batch_size, structure=structure,
                           conv_moments=conv_moments, max_memory=max_memory)  # fmt: skip

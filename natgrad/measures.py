@@ -75,9 +75,10 @@ def relative_damped(matrix: torch.Tensor, rel_damping: float) -> torch.Tensor:
 
 
 def _dead(matrix: torch.Tensor) -> torch.Tensor:
-    r"""``[U]`` bool: the dead units, whose bias entry c = E_p(δ̄²) is 0 (a zero block for a
-    ``Linear`` unit): no metric, so every measure of theirs is NaN (:func:`measures`)."""
-    return ~(matrix[:, -1, -1] > 0)
+    r"""``[U]`` bool: the dead units, whose block is zero (tr F = 0; for a ``Linear`` unit
+    exactly where c = E_p(δ̄²) = 0): no metric, so every measure of theirs is NaN
+    (:func:`measures`), as in the structured and Woodbury results."""
+    return ~(matrix.diagonal(dim1=-2, dim2=-1).sum(-1) > 0)
 
 
 def _over_live(fn, rel_damping, like: tuple, per_unit: tuple, mean_p=None, **context):
@@ -386,8 +387,9 @@ def measures(
     - ``shift_error_<kind>`` for every kind but ``natural``: |shift(u) − shift_natural| /
       |shift_natural|;
     - ``damping``: the absolute damping μ = λ·tr(F)/(d+1) of each unit;
-    - ``dead``: 1.0 where the block is zero (c = E_p(δ̄²) = 0, a unit that never influences
-      the output: no metric, so every other entry is NaN there), else 0.0.
+    - ``dead``: 1.0 where the block is zero (tr F = 0; c = E_p(δ̄²) = 0 for a Linear unit, one
+      that never influences the output: no metric, so every other entry is NaN there), else
+      0.0.
 
     Cost per unit: one Cholesky of F_λ, whose leading d×d block is the factor of A_λ
     (serving ``blockdiag``), one forward and one backward triangular solve (natural and

@@ -94,8 +94,9 @@ class StructuredUnitFisher(SolvedUnitFisher):
         mean_p, n, kind, likelihood, layer, units, mc_samples, c_sum, c_sq_sum: as in
             :class:`~natgrad.UnitFisher`.
 
-    The theorem methods solve exactly in the structure's metric M (module docstring); damping
-    λ adds λ to every diagonal entry of M, the bias entry included, as for dense blocks.
+    The theorem methods solve exactly in the structure's metric (module docstring); damping λ
+    is added to F's diagonal before the structure is taken: the metric is Q(F + λI), which is
+    not Q(F) + λI (Δ_j = A_jj + λ − b_j²/(c + λ)).
     """
 
     diagonal: torch.Tensor
@@ -227,8 +228,8 @@ class StructuredUnitFisher(SolvedUnitFisher):
         of F + λI is positive definite (then Q is)."""
         lam = self._damping_of(damping) if rel else _damping.check(damping, "damping")
         reported = lam
-        if rel and float(damping) > 0:  # undamped, a dead unit stays singular (an error)
-            lam = _damping.solvable(lam)  # the solves' stand-in: NaN in what is returned
+        if rel:  # a dead unit (zero block) solves with a stand-in μ of 1: NaN in what is returned
+            lam = torch.where(self._zero_blocks(), 1.0, lam)
         D = self.diag_A.double() + (lam.unsqueeze(-1) if rel else lam)
         c = self.c.double() + lam
         b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()
@@ -243,6 +244,9 @@ class StructuredUnitFisher(SolvedUnitFisher):
                 f"never varies). Pass {'rel_damping' if rel else 'damping'} > 0."
             )
         return delta, b, c, D, reported
+
+    def _zero_blocks(self) -> torch.Tensor:
+        return ~(self.diagonal.sum(-1) > 0)
 
     def _damping_of(self, rel_damping: float) -> float | torch.Tensor:
         r"""μ = λ·tr(F)/(d+1) per unit ``[U, 1]`` for a relative damping λ (natgrad.measures)."""
@@ -282,4 +286,8 @@ class StructuredUnitFisher(SolvedUnitFisher):
             bu = (b * u).sum(-1)
             return delta * u + b * (bu / c + u0).unsqueeze(-1), bu + c * u0
 
-        yield 0, self.num_units, lambda x: self._A_inv(delta, b, c, x), apply, D, b, c, mu
+        # A_Q⁻¹b = Δ⁻¹b·c/(c+t) and c − bᵀA_Q⁻¹b = c²/(c+t), t = bᵀΔ⁻¹b: no cancellation
+        Db = b / delta
+        t = (b * Db).sum(-1)
+        bias = Db * (c / (c + t)).unsqueeze(-1), c.square() / (c + t)
+        yield 0, self.num_units, lambda x: self._A_inv(delta, b, c, x), apply, D, b, c, bias, mu

@@ -210,9 +210,9 @@ def check_form(layer, what: str, form: str, forms: tuple[str, ...]) -> None:
                          f"{' or '.join(map(repr, forms))}, got {form!r}")  # fmt: skip
 
 
-def _theorem1_parts(g0, b, c, Ainv_g, Ainv_b):
-    """Theorem 1 from the A-solves: (Δw, Δw0, s) with s = 1/(c − bᵀA⁻¹b)."""
-    s = 1.0 / (c - (b * Ainv_b).sum(-1))
+def _theorem1_parts(g0, b, schur, Ainv_g, Ainv_b):
+    """Theorem 1 from the A-solves: (Δw, Δw0, s) with s = 1/schur, schur = c − bᵀA⁻¹b."""
+    s = 1.0 / schur
     return *theorems.theorem1_from_solves(g0, b, s, Ainv_g, Ainv_b), s
 
 
@@ -222,19 +222,34 @@ class SolvedUnitFisher(UnitFisherBase):
     gives :meth:`_parts` and ``_dtype``, the dtype of its storage. With m = E_q(a) = b/c and
     B = A/c (Var_q = B − mmᵀ): s = 1/(c − bᵀA⁻¹b), or (1 + E_qᵀVar_q⁻¹E_q)/c with Var_q⁻¹ by
     Sherman–Morrison; Theorem 1 and Theorem 2's k = s·(b − c·E_p)ᵀA⁻¹b = (E_q − E_p)ᵀVar_q⁻¹E_q
-    and shifts from A⁻¹g, A⁻¹b (:func:`natgrad.theorems.theorem1_from_solves`)."""
+    and shifts from A⁻¹g, A⁻¹b (:func:`natgrad.theorems.theorem1_from_solves`).
+
+    A⁻¹b and the Schur complement c − bᵀA⁻¹b come from each subclass's own closed form, never
+    as ``solve_A(b)`` and a subtraction: b lies where A is large (in the span of the rows
+    that make A), so that route cancels (to relative errors of 1 where t = bᵀΔ⁻¹b ≫ c for a
+    structure, or μ ≪ ‖V‖² for Woodbury rows); the forms with ``solve_A(b)`` stay as the
+    second routes (``s(form="paper")``, ``k(form="paper")``)."""
 
     _dtype: torch.dtype
 
     def _parts(self, damping: float, rel: bool = False):  # pragma: no cover - subclasses define it
-        r"""Per chunk of units: ``(lo, hi, solve_A, apply, D, b, c, mu)`` of the metric damped by
-        λ (``rel``: by μ = λ·tr F/(d+1) per unit, F_λ): x ↦ A_λ⁻¹x, (u, u0) ↦ F_λ(u, u0), the
-        weight block's diagonal ``D`` ``[U_c, d]``, b, c_λ and μ ``[U_c]`` (0 for a dead unit),
-        float64."""
+        r"""Per chunk of units: ``(lo, hi, solve_A, apply, D, b, c, bias, mu)`` of the metric
+        damped by λ (``rel``: by μ = λ·tr F/(d+1) per unit, F_λ): x ↦ A_λ⁻¹x,
+        (u, u0) ↦ F_λ(u, u0), the weight block's diagonal ``D`` ``[U_c, d]``, b, c_λ, ``bias``
+        = (A_λ⁻¹b ``[U_c, d]``, c_λ − bᵀA_λ⁻¹b ``[U_c]``) by a stable closed form, and μ
+        ``[U_c]`` (0 for a dead unit), float64."""
+        raise NotImplementedError
+
+    def _zero_blocks(self) -> torch.Tensor:  # pragma: no cover - subclasses define it
+        r"""``[U]`` bool: the units whose block is zero (tr F = 0): dead, no metric. Their solves
+        take a stand-in μ (:func:`natgrad.damping.solvable`) so that their chunk solves, and
+        every measure of theirs is NaN, as :func:`natgrad.measures.measures` gives for dense
+        blocks (damped or not)."""
         raise NotImplementedError
 
     def _per_unit(self, damping: float, fn):
-        outs = [fn(lo, hi, solve, b, c) for lo, hi, solve, _, _, b, c, _ in self._parts(damping)]
+        parts = self._parts(damping)
+        outs = [fn(lo, hi, solve, b, c, bias) for lo, hi, solve, _, _, b, c, bias, _ in parts]
         if isinstance(outs[0], tuple):
             return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
         return torch.cat(outs)
@@ -247,9 +262,9 @@ class SolvedUnitFisher(UnitFisherBase):
         this result's metric (damped by λ = ``damping``)."""
         check_form(self.layer, "s", form, ("schur", "paper"))
 
-        def fn(lo, hi, solve, b, c):
+        def fn(lo, hi, solve, b, c, bias):
             if form == "schur":
-                return 1.0 / (c - (b * solve(b)).sum(-1))
+                return 1.0 / bias[1]
             m = b / c.unsqueeze(-1)
             r = (m * (c.unsqueeze(-1) * solve(m))).sum(-1)  # mᵀB⁻¹m
             return (1.0 + r / (1.0 - r)) / c
@@ -262,13 +277,13 @@ class SolvedUnitFisher(UnitFisherBase):
         check_form(self.layer, "k", form, ("closed", "paper"))
         mp = self.mean_p.double()
 
-        def fn(lo, hi, solve, b, c):
+        def fn(lo, hi, solve, b, c, bias):
             if form == "paper":
                 Ainv_b = solve(b)
                 return theorems.k_from_solves(1.0 / (c - (b * Ainv_b).sum(-1)), b, c, mp, Ainv_b)
+            Ainv_b, schur = bias  # B⁻¹E_q = A⁻¹b and 1 − E_qᵀB⁻¹E_q = schur/c, E_q = b/c
             m = b / c.unsqueeze(-1)
-            Binv_m = c.unsqueeze(-1) * solve(m)
-            return ((m - mp) * Binv_m).sum(-1) / (1.0 - (m * Binv_m).sum(-1))
+            return ((m - mp) * Ainv_b).sum(-1) * c / schur
 
         return self._out(self._per_unit(damping, fn))
 
@@ -277,10 +292,9 @@ class SolvedUnitFisher(UnitFisherBase):
         out = torch.promote_types(g.dtype, self._dtype)
         g, g0 = g.double(), g0.double()
 
-        def fn(lo, hi, solve, b, c):
-            both = solve(torch.stack([g[lo:hi], b], -1))  # [U_c, d, 2]
-            Ainv_g, Ainv_b = both[..., 0], both[..., 1]
-            dw, dw0, s = _theorem1_parts(g0[lo:hi], b, c, Ainv_g, Ainv_b)
+        def fn(lo, hi, solve, b, c, bias):
+            Ainv_g, (Ainv_b, schur) = solve(g[lo:hi]), bias
+            dw, dw0, s = _theorem1_parts(g0[lo:hi], b, schur, Ainv_g, Ainv_b)
             return dw, dw0, Ainv_g, Ainv_b, s, b, c
 
         return (g, g0, out), self._per_unit(damping, fn)
@@ -308,10 +322,9 @@ class SolvedUnitFisher(UnitFisherBase):
         out: dict = {k: ([], []) for k in kinds}
         parts = list(self._parts(rel_damping, rel=True))
         mp = self.mean_p.double()
-        for lo, hi, solve_A, _, D, b, c, _ in parts:
+        for lo, hi, solve_A, _, D, b, c, (Ainv_b, schur), _ in parts:
             gl, g0l = g[lo:hi], g0[lo:hi]
-            both = solve_A(torch.stack([gl, b], -1))
-            Ainv_g, Ainv_b = both[..., 0], both[..., 1]
+            Ainv_g = solve_A(gl)
             ctx = {"layer": self.layer, "units": self.units[lo:hi]}
             for kind in kinds:
                 if kind == "plain":
@@ -333,22 +346,11 @@ class SolvedUnitFisher(UnitFisherBase):
                 elif kind == "blockdiag":
                     u = (Ainv_g, g0l / c)
                 else:  # natural: Theorem 1
-                    u = _theorem1_parts(g0l, b, c, Ainv_g, Ainv_b)[:2]
+                    u = _theorem1_parts(g0l, b, schur, Ainv_g, Ainv_b)[:2]
                 if kind in out:
                     out[kind][0].append(u[0])
                     out[kind][1].append(u[1])
         return {k: (torch.cat(a), torch.cat(b)) for k, (a, b) in out.items()}, parts
-
-    @staticmethod
-    def _dead(parts, rel_damping: float) -> torch.Tensor:
-        r"""``[U]`` bool: the dead units (a zero block, so μ = λ·tr F/(d+1) = 0 at λ > 0). The
-        solves take them with :func:`natgrad.damping.solvable`'s stand-in μ so that their
-        chunk solves; every measure of theirs is NaN, as :func:`natgrad.measures.measures`
-        gives for dense blocks (undamped, a dead unit is a SingularBlockError already)."""
-        mu = torch.cat([p[-1] for p in parts])
-        if float(rel_damping) > 0:
-            return ~(mu > 0)
-        return torch.zeros(mu.shape[0], dtype=torch.bool, device=mu.device)
 
     def direction(self, grad_weight, grad_bias, kind: str, rel_damping: float = 0.0):
         r"""The update (u_w ``[U, d]``, u_0 ``[U]``) of ``kind`` (:data:`natgrad.measures.DIRECTIONS`)
@@ -364,7 +366,7 @@ class SolvedUnitFisher(UnitFisherBase):
         dirs, parts = self._directions((kind,), g.double(), g0.double(), rel_damping)
         u, u0 = dirs[kind]
         if kind not in ("plain", "centred"):  # these two do not read the metric
-            dead = self._dead(parts, rel_damping)
+            dead = self._zero_blocks()
             u, u0 = torch.where(dead[:, None], torch.nan, u), torch.where(dead, torch.nan, u0)
         return u.to(out), u0.to(out)
 
@@ -387,7 +389,7 @@ class SolvedUnitFisher(UnitFisherBase):
         g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
         u, u0 = (x.double() for x in self._update(direction, g, g0, rel_damping))
         dirs, parts = self._directions(("natural",), g, g0, rel_damping)
-        dead = self._dead(parts, rel_damping)
+        dead = self._zero_blocks()
         got = self._rho_and_error(parts, g, g0, u, u0, *dirs["natural"])
         return tuple(torch.where(dead, torch.nan, x) for x in got)
 
@@ -413,7 +415,7 @@ class SolvedUnitFisher(UnitFisherBase):
             rho, shift, err = self._rho_and_error(parts, g, g0, u, u0, n, n0)
             out[f"rho_{kind}"], out[f"shift_{kind}"], out[f"shift_error_{kind}"] = rho, shift, err
         out["damping"] = torch.cat([p[-1] for p in parts])
-        dead = self._dead(parts, rel_damping)
+        dead = self._zero_blocks()
         for key in out:  # a dead unit (a zero block) has no metric: NaN, as for dense blocks
             out[key] = torch.where(dead, torch.nan, out[key]) if key != "damping" else out[key]
         out["dead"] = dead.to(torch.float64)

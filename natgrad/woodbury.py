@@ -45,7 +45,7 @@ from natgrad import damping as _damping
 from natgrad import linalg
 from natgrad._layers import resolve_layer
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
-from natgrad.engine import PassOptions, compute
+from natgrad.engine import PassOptions, compute, layer_spec
 from natgrad.errors import InputError
 from natgrad.unitfisher import SolvedUnitFisher, UnitFisher
 
@@ -68,11 +68,13 @@ class WoodburyAccumulator(LayerAccumulator):
 
     def end_batch(self) -> None:
         super().end_batch()
-        if self.parts:  # unit chunks of each column chunk: rows by column, units by chunk
-            per_chunk: dict[int, list] = {}
+        if self.parts:  # per column chunk, its unit chunks (from u0 = 0; the split into unit
+            columns: list[list] = []  # chunks may differ between column chunks of other sizes)
             for u0, g in self.parts:
-                per_chunk.setdefault(u0, []).append(g)
-            self.rows.append(torch.cat([torch.cat(v, 1) for _, v in sorted(per_chunk.items())], 0))
+                if u0 == 0:
+                    columns.append([])
+                columns[-1].append(g)
+            self.rows.append(torch.cat([torch.cat(units, 0) for units in columns], 1))
             self.parts = []
 
     def result(self, n_total: int, kind: str, likelihood: str, mc) -> WoodburyUnitFisher:
@@ -131,8 +133,7 @@ def woodbury_unit_fishers(
     batch serve all layers), as :func:`natgrad.unit_fishers` does for dense blocks; arguments
     as in :func:`woodbury_unit_fisher` (``units`` maps layer names to unit indices).
     Returns ``{name: WoodburyUnitFisher}``."""
-    units = units or {}
-    spec = {n: (m, units.get(n)) for n, m in (resolve_layer(model, layer) for layer in layers)}
+    spec = layer_spec(dict(resolve_layer(model, layer) for layer in layers), units)
     options = PassOptions(kind=kind, likelihood=likelihood, mc_samples=mc_samples,
                           generator=generator, batch_size=batch_size,
                           structure="diagonal",  # the size check, as above
@@ -211,14 +212,20 @@ class WoodburyUnitFisher(SolvedUnitFisher):
         for lo in range(0, self.num_units, step):
             yield lo, min(self.num_units, lo + step)
 
-    def _solver(self, V: torch.Tensor, lam: float, lo: int):
-        r"""x ↦ (λI + VᵀV)⁻¹x for ``V [U_c, R, n]``, ``x [U_c, n]`` or ``[U_c, n, k]``."""
+    def _kernel(self, V: torch.Tensor, lam, lo: int) -> torch.Tensor:
+        r"""``[U_c, R, R]`` the Cholesky factor of λI + VVᵀ for ``V [U_c, R, n]``."""
         lam = torch.as_tensor(lam, dtype=V.dtype)  # a number, or one per unit [U_c]
         G = V @ V.transpose(1, 2)  # [U_c, R, R]
         G.diagonal(dim1=-2, dim2=-1).add_(lam.reshape(-1, 1) if lam.ndim else lam)
-        lam = lam.reshape(-1, 1, 1) if lam.ndim else lam
         units = self.units[lo : lo + V.shape[0]]
-        L = linalg.cholesky(G, layer=self.layer, units=units, what="Woodbury kernel λI + VVᵀ")
+        return linalg.cholesky(G, layer=self.layer, units=units, what="Woodbury kernel λI + VVᵀ")
+
+    def _solver(self, V: torch.Tensor, lam: float, lo: int, L: torch.Tensor | None = None):
+        r"""x ↦ (λI + VᵀV)⁻¹x for ``V [U_c, R, n]``, ``x [U_c, n]`` or ``[U_c, n, k]`` (``L``:
+        :meth:`_kernel`'s factor, when the caller has it)."""
+        L = self._kernel(V, lam, lo) if L is None else L
+        lam = torch.as_tensor(lam, dtype=V.dtype)
+        lam = lam.reshape(-1, 1, 1) if lam.ndim else lam
 
         def solve(x: torch.Tensor) -> torch.Tensor:
             vec = x.ndim == 2
@@ -253,11 +260,20 @@ class WoodburyUnitFisher(SolvedUnitFisher):
                 Fx = (V.transpose(1, 2) @ (V @ x.unsqueeze(-1))).squeeze(-1) + mu.unsqueeze(-1) * x
                 return Fx[:, :-1], Fx[:, -1]
 
-            v0 = V[..., -1]  # [U_c, R]
-            b = (V[..., :-1].transpose(1, 2) @ v0.unsqueeze(-1)).squeeze(-1)
+            Va, v0 = V[..., :-1], V[..., -1]  # [U_c, R, d], [U_c, R]
+            b = (Va.transpose(1, 2) @ v0.unsqueeze(-1)).squeeze(-1)
             c = v0.square().sum(-1) + mu
             D = diag[:, :-1] + mu.unsqueeze(-1)
-            yield lo, hi, self._solver(V[..., :-1], mu, lo), apply, D, b, c, raw
+            L = self._kernel(Va, mu, lo)
+            # push-through: A_μ⁻¹b = V_aᵀ(μI + V_aV_aᵀ)⁻¹v0 and c_μ − bᵀA_μ⁻¹b =
+            # μ(1 + v0ᵀ(μI + V_aV_aᵀ)⁻¹v0): b lies in V_a's row space, where (x − V_aᵀ…)/μ cancels
+            z = linalg.cho_solve(L, v0.unsqueeze(-1)).squeeze(-1)  # [U_c, R]
+            bias = (Va.transpose(1, 2) @ z.unsqueeze(-1)).squeeze(-1), mu * (1 + (v0 * z).sum(-1))
+            yield lo, hi, self._solver(Va, mu, lo, L), apply, D, b, c, bias, raw
+
+    def _zero_blocks(self) -> torch.Tensor:
+        return torch.cat([~(self.factor(lo, hi).square().sum((1, 2)) > 0)
+                          for lo, hi in self._chunks()])  # fmt: skip
 
     def solve(self, rhs: torch.Tensor, damping: float) -> torch.Tensor:
         r"""``[U, d+1]`` (F + λI)⁻¹ rhs for ``rhs`` ``[U, d+1]`` (float64 inside), λ > 0."""

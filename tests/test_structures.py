@@ -358,3 +358,50 @@ def test_a_dead_unit_is_nan_in_every_result_types_measures_as_in_measures():
     for structure in ("quasidiagonal", "diagonal"):
         for a, b in zip(got[structure, "natural"], got["dense", structure], strict=True):
             assert_close(a, b, rtol=1e-8, what=f"{structure} natural vs dense {structure}")
+
+
+def test_a_saturated_unit_keeps_s_k_and_theorem_1_of_its_quasidiagonal_metric():
+    """A saturated ELU unit (output ≈ −1 on every input) makes t = bᵀΔ⁻¹b ≫ c: s = 1/(c −
+    bᵀA_Q⁻¹b) by subtraction lost every digit (ρ(natural) near 100); the closed forms
+    s = (c+t)/c² and A_Q⁻¹b = Δ⁻¹b·c/(c+t) agree with the dense route on the same metric
+    within its conditioning."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(10, 6), torch.nn.ELU(), torch.nn.Linear(6, 4)
+    ).double()
+    with torch.no_grad():
+        net[0].bias[3] = -12.0
+    x = torch.randn(200, 10, dtype=torch.float64)
+    Q = unit_fisher(net, "2", x, structure="quasidiagonal")
+    dense = UnitFisher(matrix=Q.matrix.double(), **Q._fields())  # the same metric, dense
+    kappa = dense.condition_number()
+    tol = conditioned(kappa, 7)
+    assert float(kappa.max()) > 1e10  # the case: ill-conditioned, yet well inside float64
+    assert_close(Q.s(), dense.s(), **tol, what="s")
+    assert_close(Q.k(), dense.k(), **tol, what="k")
+    g, g0 = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    for got, want in zip(Q.natural_gradient(g, g0), dense.natural_gradient(g, g0), strict=True):
+        assert_close(got, want, **tol, normwise=True, what="Theorem 1")
+    rho = Q.measures(g, g0, rel_damping=1e-6)["rho_natural"]
+    assert ((rho - 1).abs() < 1e-6).all(), rho
+
+
+def test_every_route_calls_the_same_units_dead_and_a_dead_unit_is_nan_undamped_too():
+    """A zero block is dead (NaN measures) in the dense and the structured routes alike,
+    damped or not (the structured route raised undamped); a block with c = 0 but A ≠ 0 is
+    not dead in either (the dense route called it dead, the structured one did not)."""
+    one = torch.ones(1, dtype=torch.float64)
+    blocks = torch.tensor([[[2.0, 0.5], [0.5, 1.0]], [[0.0, 0.0], [0.0, 0.0]],
+                           [[2.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)  # fmt: skip
+    g, g0 = torch.ones(3, 1, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    d = UnitFisher.from_matrix(blocks, one).measures(g, g0, 1e-3)
+    q = StructuredUnitFisher.from_dense(blocks, one, "quasidiagonal").measures(g, g0, 1e-3)
+    assert d["dead"].tolist() == q["dead"].tolist() == [0.0, 1.0, 0.0]
+    for key in ("rho_plain", "rho_natural", "shift_natural"):  # d = 1: Q(F) is F itself
+        assert_close(q[key], d[key], what=key)
+    undamped = [r.measures(g[:2], g0[:2], 0.0) for r in (
+        UnitFisher.from_matrix(blocks[:2], one),
+        StructuredUnitFisher.from_dense(blocks[:2], one, "quasidiagonal"))]  # fmt: skip
+    for r in undamped:
+        assert r["dead"].tolist() == [0.0, 1.0] and torch.isnan(r["rho_plain"][1])
+        assert r["rho_natural"][0] == pytest.approx(1.0)
