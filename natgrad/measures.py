@@ -81,28 +81,32 @@ def _dead(matrix: torch.Tensor) -> torch.Tensor:
     return ~(matrix.diagonal(dim1=-2, dim2=-1).sum(-1) > 0)
 
 
-def _over_live(fn, rel_damping, like: tuple, per_unit: tuple, mean_p=None, **context):
-    r"""``None`` where every unit of ``per_unit[0]`` (the blocks) lives; else ``fn`` on the live
-    units only, its outputs (shaped as ``like``) NaN at the dead ones: a dead unit's block is
-    never solved with, as in :func:`measures`. ``per_unit`` tensors are sliced to the live
-    units, so is ``mean_p`` when it is ``[U, d]``, and ``units=`` of the context (errors name
-    the units of the layer); ``rel_damping`` is checked as the live path checks it."""
-    dead = _dead(per_unit[0])
+def _over_live(fn, rel_damping, per_unit: tuple, mean_p=None, **context):
+    r"""``None`` where every unit of ``per_unit[0]`` (the blocks) lives; else ``fn`` with each
+    dead unit's zero block replaced by the identity (a stand-in, so that the stack solves),
+    its outputs NaN at the dead units: a dead unit's block is never solved with, as in
+    :func:`measures` and the structured results. Every other unit is computed as without the
+    stand-in, and errors name units by their positions in the whole stack;
+    ``rel_damping`` is checked as the live path checks it."""
+    M = per_unit[0]
+    dead = _dead(M)
     if not dead.any():
         return None
     damping.check(rel_damping)  # also where every unit is dead
-    live = (~dead).nonzero().flatten()
-    outs = [torch.full_like(t, math.nan) for t in like]
-    if live.numel():
-        units = context.get("units")
-        context = {**context, "units": None if units is None else units[live]}
-        args = [t[live] for t in per_unit]
-        if mean_p is not None:
-            args.insert(1, mean_p[live] if mean_p.ndim == 2 else mean_p)
-        got = fn(*args, **context)
-        for o, x in zip(outs, got if isinstance(got, tuple) else (got,), strict=True):
-            o[live] = x.to(o.dtype)
-    return tuple(outs) if len(outs) > 1 else outs[0]
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    args = [torch.where(dead[:, None, None], eye, M), *per_unit[1:]]
+    if mean_p is not None:
+        args.insert(1, mean_p)
+    got = fn(*args, **context)
+    nan = lambda x: torch.where(dead.view(-1, *[1] * (x.ndim - 1)), math.nan, x)  # noqa: E731
+    return tuple(map(nan, got)) if isinstance(got, tuple) else nan(got)
+
+
+def _hinted(context: dict) -> dict:
+    """``context`` with the hint a singular block's message gives here (the measures' damping
+    is the relative ``rel_damping``), unless the caller gave its own."""
+    return {"hint": "Pass rel_damping > 0 (μ = λ·tr F/(d+1) on each unit's diagonal), or drop "
+                    "these units.", **context}  # fmt: skip
 
 
 def _singular(what: str, bad: torch.Tensor, context) -> SingularBlockError:
@@ -282,7 +286,7 @@ def direction(
         u, u0 = centred_direction(m, g, g0)
         return u.to(out), u0.to(out)
     again = lambda *a, **c: direction(*a, kind, rel_damping, **c)  # noqa: E731
-    if (got := _over_live(again, rel_damping, (g, g0), (M, g, g0), m, **context)) is not None:
+    if (got := _over_live(again, rel_damping, (M, g, g0), m, **context)) is not None:
         return got[0].to(out), got[1].to(out)
     F = relative_damped(M, rel_damping)
     diag, b, c = torch.diagonal(F, dim1=-2, dim2=-1), F[:, :-1, -1], F[:, -1, -1]
@@ -296,13 +300,13 @@ def direction(
         u, u0 = solve(diag[:, :-1], b, c, g, g0, **context)
         return u.to(out), u0.to(out)
     if kind == "blockdiag":
-        u = linalg.solve(F[:, :-1, :-1], g, what="weight block A_λ", **context)
+        u = linalg.solve(F[:, :-1, :-1], g, what="weight block A_λ", **_hinted(context))
         bad = ~(c > 0)
         if bad.any():
             raise _singular("the bias entry c_λ is <= 0", bad, context)
         return u.to(out), (g0 / c).to(out)
     x = linalg.solve(
-        F, torch.cat([g, g0.unsqueeze(-1)], -1), what="unit Fisher block F_λ", **context
+        F, torch.cat([g, g0.unsqueeze(-1)], -1), what="unit Fisher block F_λ", **_hinted(context)
     )
     return x[:, :-1].to(out), x[:, -1].to(out)
 
@@ -329,12 +333,12 @@ def efficiency(
     """
     out, (M, g, g0, u, u0) = _f64(matrix, g, g0, u, u0)
     again = lambda *a, **c: efficiency(*a, rel_damping, **c)  # noqa: E731
-    if (got := _over_live(again, rel_damping, (g0,), (M, g, g0, u, u0), **context)) is not None:
+    if (got := _over_live(again, rel_damping, (M, g, g0, u, u0), **context)) is not None:
         return got.to(out)
     F = relative_damped(M, rel_damping)
     G = torch.cat([g, g0.unsqueeze(-1)], -1)
     V = torch.cat([u, u0.unsqueeze(-1)], -1)
-    L = linalg.cholesky(F, what="unit Fisher block F_λ", **context)
+    L = linalg.cholesky(F, what="unit Fisher block F_λ", **_hinted(context))
     gFg = _dot(G, linalg.cho_solve(L, G))
     uFu = _dot(V, (F @ V.unsqueeze(-1)).squeeze(-1))
     return (_dot(G, V) / torch.sqrt(uFu * gFg)).to(out)
@@ -363,7 +367,7 @@ def bias_shift_error(
     """
     out, (M, m, g, g0, u, u0) = _f64(matrix, mean_p, g, g0, u, u0)
     again = lambda *a, **c: bias_shift_error(*a, rel_damping, **c)  # noqa: E731
-    if (got := _over_live(again, rel_damping, (g0,), (M, g, g0, u, u0), m, **context)) is not None:
+    if (got := _over_live(again, rel_damping, (M, g, g0, u, u0), m, **context)) is not None:
         return got.to(out)
     nat, nat0 = direction(M, m, g, g0, "natural", rel_damping, **context)
     natural = _dot(m, nat) + nat0
@@ -406,7 +410,7 @@ def measures(
     keys = [f"rho_{k}" for k in DIRECTIONS] + [f"shift_{k}" for k in DIRECTIONS]
     keys += [f"shift_error_{k}" for k in DIRECTIONS if k != "natural"]
     live = lambda *a, **c: _live_measures(*a, rel_damping, **c)  # noqa: E731
-    if (got := _over_live(live, rel_damping, (g0,) * len(keys), (M, g, g0), m, **context)) is None:
+    if (got := _over_live(live, rel_damping, (M, g, g0), m, **context)) is None:
         got = live(M, m, g, g0, **context)
     result = dict(zip(keys, got, strict=True))
     result["damping"] = damping_of(M, rel_damping)
@@ -424,7 +428,9 @@ def _live_measures(M, m, g, g0, rel_damping, **context) -> tuple:
         F.diagonal(dim1=-2, dim2=-1).add_(mu.unsqueeze(-1))
     diag = torch.diagonal(F, dim1=-2, dim2=-1)
     b, c = F[:, :-1, -1], F[:, -1, -1]
-    L = linalg.cholesky(F, what="unit Fisher block F_λ", **context)  # the one factorisation
+    L = linalg.cholesky(
+        F, what="unit Fisher block F_λ", **_hinted(context)
+    )  # the one factorisation
     G = torch.cat([g, g0.unsqueeze(-1)], -1)  # [u, d+1]
 
     dirs = {"plain": G}

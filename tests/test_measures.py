@@ -522,3 +522,20 @@ def test_n_eff_refuses_sums_not_sliced_with_the_blocks():
     )
     with pytest.raises(InputError, match=r"layer 'fc1'.*c_sum.*\[U\] = \[2\]"):
         _ = bad.n_eff
+
+
+def test_a_singular_live_unit_beside_a_dead_one_is_named_by_its_place_in_the_layer():
+    """The measures ran on the live units only, so a singular unit was named by its place
+    among them ("1 of 3 units", UnitFisher.units[1] for unit 2) with a hint to pass
+    "damping", not the measures' rel_damping."""
+    blocks = torch.stack([torch.eye(3), torch.zeros(3, 3),
+                     torch.tensor([[1.0, 1, 0], [1, 1, 0], [0, 0, 1]]), torch.eye(3)])  # fmt: skip
+    F = UnitFisher.from_matrix(blocks, torch.zeros(2))
+    g, g0 = torch.ones(4, 2), torch.ones(4)
+    for call in (lambda: F.measures(g, g0, 0.0), lambda: F.efficiency(g, g0, "plain", 0.0),
+                 lambda: F.direction(g, g0, "natural", 0.0)):  # fmt: skip
+        named = r"1 of 4 units — unit 2 \(UnitFisher\.units\[2\]\).*rel_damping > 0"
+        with pytest.raises(SingularBlockError, match=named) as err:
+            call()
+        assert err.value.positions.tolist() == [2]
+    assert F.measures(g, g0, 1e-3)["dead"].tolist() == [0.0, 1.0, 0.0, 0.0]
