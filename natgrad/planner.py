@@ -355,9 +355,8 @@ class ShardedUnitFisher:
 
     @property
     def matrix(self) -> torch.Tensor:
-        r"""``[U, d+1, d+1]`` every block, loaded (dense shards only; checked against memory)."""
-        if self.structure != "dense":
-            raise InputError(f"layer {self.layer!r}: {self.structure} shards hold no dense blocks")
+        r"""``[U, d+1, d+1]`` every block, loaded (checked against memory); for structured
+        shards their metric materialised, as :attr:`StructuredUnitFisher.matrix` gives it."""
         need = (
             self.num_units * (self.fan_in + 1) ** 2 * getattr(torch, self.index["dtype"]).itemsize
         )
@@ -421,6 +420,25 @@ class ShardedUnitFisher:
     def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
         r"""``natgrad.measures`` of every unit, shard by shard (keys as for one shard)."""
         return self._map("measures", (grad_weight, grad_bias), rel_damping)
+
+    def _against(self, method: str, grads, direction, rel_damping: float) -> torch.Tensor:
+        """``method`` (``efficiency``, ``bias_shift_error``) of an update, shard by shard: a
+        kind name, or a pair (u_w, u_0) given as gradients are."""
+        ups = self._rows(*direction) if not isinstance(direction, str) else None
+        return torch.cat([getattr(F, method)(*pair, direction if ups is None else ups[i], rel_damping)
+                          for i, (F, pair) in enumerate(zip(self, self._rows(*grads), strict=True))])  # fmt: skip
+
+    def efficiency(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
+        r"""``[U]`` Fisher efficiency ρ of ``direction`` (a kind or (u_w, u_0)), shard by shard."""
+        return self._against("efficiency", (grad_weight, grad_bias), direction, rel_damping)
+
+    def bias_shift_error(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
+        r"""``[U]`` relative bias-shift error of ``direction``, shard by shard."""
+        return self._against("bias_shift_error", (grad_weight, grad_bias), direction, rel_damping)
+
+    def direction(self, grad_weight, grad_bias, kind: str, rel_damping: float = 0.0):
+        r"""(u_w ``[U, d]``, u_0 ``[U]``) of ``kind``, shard by shard."""
+        return self._map("direction", (grad_weight, grad_bias), kind, rel_damping)
 
     @property
     def mean_q(self) -> torch.Tensor:

@@ -413,7 +413,9 @@ class SolvedUnitFisher(UnitFisherBase):
         out = {}
         for kind, (u, u0) in dirs.items():
             rho, shift, err = self._rho_and_error(parts, g, g0, u, u0, n, n0)
-            out[f"rho_{kind}"], out[f"shift_{kind}"], out[f"shift_error_{kind}"] = rho, shift, err
+            out[f"rho_{kind}"], out[f"shift_{kind}"] = rho, shift
+            if kind != "natural":  # the keys of natgrad.measures.measures
+                out[f"shift_error_{kind}"] = err
         out["damping"] = torch.cat([p[-1] for p in parts])
         dead = self._zero_blocks()
         for key in out:  # a dead unit (a zero block) has no metric: NaN, as for dense blocks

@@ -52,6 +52,16 @@ def test_shards_equal_the_in_memory_result(tmp_path, case, layer, kind):
         **tol,
     )
     assert_close(S.c, dense.c)
+    # the measures every result type offers (UnitFisherLike), shard by shard
+    mtol = conditioned(dense.condition_number(1e-3), dense.fan_in + 1)
+    for kind in ("plain", "natural"):
+        assert_close(S.efficiency(g, g0, kind, 1e-3), dense.efficiency(g, g0, kind, 1e-3), **mtol)
+        assert_close(S.bias_shift_error(g, g0, kind, 1e-3),
+                     dense.bias_shift_error(g, g0, kind, 1e-3), **mtol)  # fmt: skip
+        for a, b in zip(S.direction(g, g0, kind, 1e-3), dense.direction(g, g0, kind, 1e-3),
+                        strict=True):  # fmt: skip
+            assert_close(a, b, **mtol, normwise=True)
+    assert_close(S.efficiency(g, g0, (g, g0), 1e-3), dense.efficiency(g, g0, (g, g0), 1e-3), **mtol)
     again = ShardedUnitFisher.load(tmp_path)
     assert_close(again.matrix, dense.matrix)
     index = json.loads((tmp_path / "index.json").read_text())
@@ -77,6 +87,8 @@ def test_structured_shards_and_units(tmp_path):
     lam = float(Q.bias_column.norm(dim=-1).max())
     for a, b in zip(S.natural_gradient(gw, gb, lam), Q.natural_gradient(gw, gb, lam), strict=True):
         assert_close(a, b)
+    assert_close(S.matrix, Q.matrix)  # the structure's metric, materialised (it refused)
+    assert hasattr(S, "matrix")
 
 
 def test_one_shot_iterator_refused(tmp_path):

@@ -405,3 +405,18 @@ def test_every_route_calls_the_same_units_dead_and_a_dead_unit_is_nan_undamped_t
     for r in undamped:
         assert r["dead"].tolist() == [0.0, 1.0] and torch.isnan(r["rho_plain"][1])
         assert r["rho_natural"][0] == pytest.approx(1.0)
+
+
+def test_every_result_type_gives_the_measures_under_the_same_keys():
+    from natgrad.woodbury import woodbury_unit_fisher
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2)).double()
+    x = torch.randn(20, 3, dtype=torch.float64)
+    g, g0 = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    keys = set(unit_fisher(net, "2", x).measures(g, g0, 1e-3))
+    for other in (
+        unit_fisher(net, "2", x, structure="quasidiagonal"),
+        woodbury_unit_fisher(net, "2", x),
+    ):
+        assert set(other.measures(g, g0, 1e-3)) == keys, type(other).__name__
