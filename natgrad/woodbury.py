@@ -197,15 +197,19 @@ class WoodburyUnitFisher(SolvedUnitFisher):
         return UnitFisher(matrix=self.matrix, **self._fields())
 
     # --- Woodbury solves, in chunks of units --------------------------------------------
-    def _check_damping(self, damping: float) -> float:
-        if not (isinstance(damping, int | float) and math.isfinite(damping) and damping > 0):
+    def _check_damping(self, damping: float, name: str = "damping") -> float:
+        try:  # a number of any kind (numpy, a 0-d tensor), as the dense route takes it
+            lam = float(damping)
+        except (TypeError, ValueError, RuntimeError):
+            lam = math.nan
+        if not (math.isfinite(lam) and lam > 0):
             raise InputError(
-                f"layer {self.layer!r}: the Woodbury route needs damping > 0, got {damping!r}: "
+                f"layer {self.layer!r}: the Woodbury route needs {name} > 0, got {damping!r}: "
                 f"each unit's factor has R = {self.rank} rows, so F = VᵀV has rank <= R and is "
                 f"singular when R < d+1 = {self.fan_in + 1}; solve F + λI with λ > 0 (or use the "
                 "dense route, unit_fisher(), for undamped blocks of full rank)"
             )
-        return float(damping)
+        return lam
 
     def _chunks(self):
         step = max(1, MEMORY_BUDGET // max(1, self.rank * (self.rank + self.fan_in + 1)))
@@ -244,7 +248,7 @@ class WoodburyUnitFisher(SolvedUnitFisher):
         (a unit whose rows are all zero — dead — is given μ = 1 so that the chunk solves; its
         measures and metric directions are NaN, ``SolvedUnitFisher._dead``)."""
         # F = VᵀV has rank <= R: undamped it is singular, so λ = 0 is refused either way
-        lam = self._check_damping(_damping.check(damping) if rel else damping)
+        lam = self._check_damping(damping, "rel_damping" if rel else "damping")
         for lo, hi in self._chunks():
             V = self.factor(lo, hi)
             diag = V.square().sum(1)  # [U_c, d+1] diagonal of F

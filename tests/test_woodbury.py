@@ -156,3 +156,21 @@ def test_units_keyed_by_a_layer_not_computed_are_refused():
     x = torch.randn(8, 3, dtype=torch.float64)
     with pytest.raises(InputError, match=r"units= names layers that are not computed: \['O'\]"):
         woodbury_unit_fishers(net, x, layers=["0"], units={"O": [1, 2]})
+
+
+def test_damping_of_any_number_type_and_the_relative_dampings_name():
+    """numpy and 0-d tensor dampings are numbers here as in the dense route (they were
+    refused as "needs damping > 0, got np.float32(0.1)"); an undamped measure names
+    rel_damping, its own argument."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 2)).double()
+    W = woodbury_unit_fisher(net, "2", torch.randn(8, 3, dtype=torch.float64))
+    g, g0 = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    want = W.natural_gradient(g, g0, 0.1)
+    for lam in (np.float32(0.1), torch.tensor(0.1, dtype=torch.float64)):
+        for a, b in zip(W.natural_gradient(g, g0, lam), want, strict=True):
+            assert_close(a, b, rtol=1e-6)
+    with pytest.raises(InputError, match="needs rel_damping > 0"):
+        W.measures(g, g0, 0.0)
