@@ -104,7 +104,7 @@ def test_woodbury_measures_equal_the_dense_blocks(case_layer):
         assert_close(a[live], b[live], what=f"{layer} {kind}", normwise=True, **tol)
         assert_close(W.efficiency(g, g0, kind, rel)[live], dense.efficiency(g, g0, kind, rel)[live],
                      **tol)  # fmt: skip
-    with pytest.raises(InputError, match="needs damping > 0"):
+    with pytest.raises(InputError, match="needs rel_damping > 0"):
         W.measures(g, g0, 0.0)
 
 
