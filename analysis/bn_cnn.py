@@ -84,16 +84,12 @@ PAPER_CLAIMS = (  # (claim, the paper's numbers: CIFAR-100, cifar-11 full width,
 
 def time_ratio(values):
     r"""ELU/ReLU time per iteration, paired by seed (the two runs of a seed ran one after the
-    other in the same process): the geometric mean of the per-seed ratios with its CI (``stats.mean_ci`` of the logs)."""
-    import numpy as np
-
-    from natgrad.analysis.stats import mean_ci
+    other in the same process): the geometric mean of the per-seed ratios with its CI (``stats.geometric_mean_ci``)."""
+    from natgrad.analysis.stats import geometric_mean_ci
 
     wide = values.pivot(index="seed", columns="unit_type", values="seconds_per_iteration")
-    logr = np.log((wide["elu"] / wide["relu"]).dropna().to_numpy(dtype=float))
-    lo, hi, _ = mean_ci(logr)
-    return dict(ratio=float(np.exp(logr.mean())), lo=float(np.exp(lo)), hi=float(np.exp(hi)),
-                seeds=len(logr))  # fmt: skip
+    ratio, lo, hi, seeds = geometric_mean_ci((wide["elu"] / wide["relu"]).to_numpy(dtype=float))
+    return dict(ratio=ratio, lo=lo, hi=hi, seeds=seeds)
 
 
 def figure(curves):

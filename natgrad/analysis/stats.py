@@ -26,7 +26,7 @@ from natgrad.analysis import metrics as mt
 from natgrad.units import unit_type_label, unit_type_order
 
 __all__ = ["analysed_units", "bootstrap_ci", "censored_comparison", "ci_changes",
-           "claims_per_seed", "ci_sign", "ci_text", "infinite_note", "interval_text", "outward", "current_mean_ci", "declared_sign", "unit_medians", "group_summary", "holm", "loss_auc", "mean_ci",
+           "claims_per_seed", "ci_sign", "ci_text", "geometric_mean_ci", "infinite_note", "interval_text", "outward", "current_mean_ci", "declared_sign", "unit_medians", "group_summary", "holm", "loss_auc", "mean_ci",
            "mean_ci_method", "mean_ci_name", "neff_adjusted", "paired_comparison",
            "paired_summary", "rank_correlation", "ratio_ci", "recorded_mean_ci", "resolved_sign",
            "seed_values", "sentence",
@@ -285,6 +285,21 @@ def mean_ci(x) -> tuple[float, float, str]:
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, a.size - 1) * stats.sem(a))
     m = float(a.mean())
     return (m - half, m + half, "t")
+
+
+def geometric_mean_ci(ratios) -> tuple[float, float, float, int]:
+    r"""``(geometric mean, lo, hi, n)`` of paired ratios (one per seed or round; non-finite
+    or non-positive ones left out): exp of the mean of the logs and of its :func:`mean_ci`.
+
+    Example:
+        >>> gm, lo, hi, n = geometric_mean_ci([1.05, 1.10, 1.02, 1.07])
+        >>> round(gm, 4), lo < gm < hi, n
+        (1.0596, True, 4)
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    logr = np.log(r[np.isfinite(r) & (r > 0)])
+    lo, hi, _ = mean_ci(logr)
+    return float(np.exp(logr.mean())), float(np.exp(lo)), float(np.exp(hi)), int(logr.size)
 
 
 def ratio_ci(x, y) -> tuple[float, float, str]:
