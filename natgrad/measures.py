@@ -78,7 +78,7 @@ def _dead(matrix: torch.Tensor) -> torch.Tensor:
     r"""``[U]`` bool: the dead units, whose block is zero (tr F = 0; for a ``Linear`` unit
     exactly where c = E_p(δ̄²) = 0): no metric, so every measure of theirs is NaN
     (:func:`measures`), as in the structured and Woodbury results."""
-    return ~(matrix.diagonal(dim1=-2, dim2=-1).sum(-1) > 0)
+    return matrix.diagonal(dim1=-2, dim2=-1).sum(-1) == 0  # NaN is not dead: it is refused
 
 
 def _over_live(fn, rel_damping, per_unit: tuple, mean_p=None, **context):
@@ -270,7 +270,7 @@ def direction(
     (:func:`arrowhead_solve`); ``blockdiag`` (A_λ⁻¹g_w, g0/c_λ), the coupling b set to 0;
     ``natural`` F_λ⁻¹g (Theorem 1). Only ``blockdiag`` and ``natural`` factorise (A_λ and
     F_λ by Cholesky); the others are O(d). The kinds that need the metric are NaN for a dead
-    unit (c = 0: no metric, as in :func:`measures`); the other units are unaffected.
+    unit (a zero block: no metric, as in :func:`measures`); the other units are unaffected.
 
     Example:
         >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])
@@ -323,7 +323,7 @@ def efficiency(
     r"""``[U]`` Fisher efficiency ρ(u) = gᵀu / √(uᵀF_λu · gᵀF_λ⁻¹g) of the update
     (``u`` ``[U, d]``, ``u0`` ``[U]``) for the gradient (``g``, ``g0``): the cosine between u
     and the natural gradient F_λ⁻¹g in the metric F_λ. NaN where g = 0 or u = 0 (no
-    direction to compare) and for a dead unit (c = 0: no metric, as in :func:`measures`).
+    direction to compare) and for a dead unit (a zero block: no metric, as in :func:`measures`).
 
     Example:
         >>> F = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]])
@@ -357,7 +357,7 @@ def bias_shift_error(
     r"""``[U]`` relative bias-shift error |shift(u) − shift_natural| / |shift_natural| of the
     update (``u``, ``u0``), shift(u) = E_p(a)ᵀu + u_0, shift_natural that of F_λ⁻¹g
     (inf where shift_natural = 0 ≠ shift(u), NaN where both are 0, and for a dead unit:
-    c = 0, no metric, as in :func:`measures`).
+    a zero block, no metric, as in :func:`measures`).
 
     Example:
         >>> F, m = torch.tensor([[[2.0, 1.0], [1.0, 1.0]]]), torch.tensor([1.0])

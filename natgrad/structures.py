@@ -246,7 +246,7 @@ class StructuredUnitFisher(SolvedUnitFisher):
         return delta, b, c, D, reported
 
     def _zero_blocks(self) -> torch.Tensor:
-        return ~(self.diagonal.sum(-1) > 0)
+        return self.diagonal.sum(-1) == 0
 
     def _damping_of(self, rel_damping: float) -> float | torch.Tensor:
         r"""μ = λ·tr(F)/(d+1) per unit ``[U, 1]`` for a relative damping λ (natgrad.measures)."""

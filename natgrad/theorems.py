@@ -216,10 +216,11 @@ def natural_gradient(
     return dw.to(out), dw0.to(out)
 
 
-def theorem1_from_solves(g0, b, s, Ainv_g, Ainv_b) -> tuple[torch.Tensor, torch.Tensor]:
+def theorem1_from_solves(g0, b, s, Ainv_g, Ainv_b, bAg=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(Δw ``[U, d]``, Δw0 ``[U]``) from the A-solves A⁻¹g, A⁻¹b and s (float64): every
-    route's Theorem 1, whatever solves with A it has."""
-    dw0 = s * (g0 - _dot(b, Ainv_g))  # [U]
+    route's Theorem 1, whatever solves with A it has. ``bAg``: bᵀA⁻¹g where the route has a
+    more accurate one than ``b·A⁻¹g`` (the solved results: (A⁻¹b)ᵀg, A⁻¹b by a closed form)."""
+    dw0 = s * (g0 - (_dot(b, Ainv_g) if bAg is None else bAg))  # [U]
     return Ainv_g - dw0.unsqueeze(-1) * Ainv_b, dw0  # [U, d] = A⁻¹(g − Δw0 b)
 
 
@@ -288,12 +289,17 @@ def bias_shift(
     return bias_shift_from_solves(mp, g, g0, b, c, *_solve_pair(A, b, c, g, context), out)
 
 
-def bias_shift_from_solves(mp, g, g0, b, c, Ainv_g, Ainv_b, s, out: torch.dtype) -> BiasShift:
-    """Theorem 2's :class:`BiasShift` from the A-solves A⁻¹g, A⁻¹b and s (float64), in ``out``."""
+def bias_shift_from_solves(mp, g, g0, b, c, Ainv_g, Ainv_b, s, out: torch.dtype,
+                           bAg=None) -> BiasShift:  # fmt: skip
+    """Theorem 2's :class:`BiasShift` from the A-solves A⁻¹g, A⁻¹b and s (float64), in ``out``;
+    ``bAg`` as in :func:`theorem1_from_solves` (then shift_natural = E_pᵀA⁻¹g + (1+k)(g0 −
+    bᵀA⁻¹g)/c, the same number without the cancellation of (E_p − (1+k)E_q)ᵀA⁻¹g)."""
     k = k_from_solves(s, b, c, mp, Ainv_b)
     corrected = mp - (1.0 + k).unsqueeze(-1) * (b / c.unsqueeze(-1))  # [U, d]
+    natural = (_dot(corrected, Ainv_g) + (1.0 + k) * g0 / c if bAg is None
+               else _dot(mp, Ainv_g) + (1.0 + k) * (g0 - bAg) / c)  # fmt: skip
     return BiasShift(
-        shift_natural=(_dot(corrected, Ainv_g) + (1.0 + k) * g0 / c).to(out),
+        shift_natural=natural.to(out),
         shift_blockdiag=(_dot(mp, Ainv_g) + g0 / c).to(out),
         shift_plain=(_dot(mp, g) + g0).to(out),
         k=k.to(out),

@@ -210,10 +210,11 @@ def check_form(layer, what: str, form: str, forms: tuple[str, ...]) -> None:
                          f"{' or '.join(map(repr, forms))}, got {form!r}")  # fmt: skip
 
 
-def _theorem1_parts(g0, b, schur, Ainv_g, Ainv_b):
-    """Theorem 1 from the A-solves: (Δw, Δw0, s) with s = 1/schur, schur = c − bᵀA⁻¹b."""
+def _theorem1_parts(g, g0, b, schur, Ainv_g, Ainv_b):
+    """Theorem 1 from the A-solves: (Δw, Δw0, s) with s = 1/schur, schur = c − bᵀA⁻¹b, and
+    bᵀA⁻¹g as (A⁻¹b)ᵀg (A⁻¹b from the closed form, A⁻¹g may carry the solve's cancellation)."""
     s = 1.0 / schur
-    return *theorems.theorem1_from_solves(g0, b, s, Ainv_g, Ainv_b), s
+    return *theorems.theorem1_from_solves(g0, b, s, Ainv_g, Ainv_b, linalg.rowdot(Ainv_b, g)), s
 
 
 class SolvedUnitFisher(UnitFisherBase):
@@ -294,7 +295,7 @@ class SolvedUnitFisher(UnitFisherBase):
 
         def fn(lo, hi, solve, b, c, bias):
             Ainv_g, (Ainv_b, schur) = solve(g[lo:hi]), bias
-            dw, dw0, s = _theorem1_parts(g0[lo:hi], b, schur, Ainv_g, Ainv_b)
+            dw, dw0, s = _theorem1_parts(g[lo:hi], g0[lo:hi], b, schur, Ainv_g, Ainv_b)
             return dw, dw0, Ainv_g, Ainv_b, s, b, c
 
         return (g, g0, out), self._per_unit(damping, fn)
@@ -312,7 +313,8 @@ class SolvedUnitFisher(UnitFisherBase):
             grad_weight, grad_bias, damping
         )
         mp = self.mean_p.double()
-        return theorems.bias_shift_from_solves(mp, g, g0, b, c, Ainv_g, Ainv_b, s, out)
+        return theorems.bias_shift_from_solves(mp, g, g0, b, c, Ainv_g, Ainv_b, s, out,
+                                               linalg.rowdot(Ainv_b, g))  # fmt: skip
 
     # --- natgrad.measures in this result's metric F_λ (μ = λ·tr F/(d+1), natgrad.damping) ---
     def _directions(self, kinds, g, g0, rel_damping) -> tuple[dict, list]:
@@ -346,7 +348,7 @@ class SolvedUnitFisher(UnitFisherBase):
                 elif kind == "blockdiag":
                     u = (Ainv_g, g0l / c)
                 else:  # natural: Theorem 1
-                    u = _theorem1_parts(g0l, b, schur, Ainv_g, Ainv_b)[:2]
+                    u = _theorem1_parts(gl, g0l, b, schur, Ainv_g, Ainv_b)[:2]
                 if kind in out:
                     out[kind][0].append(u[0])
                     out[kind][1].append(u[1])

@@ -246,7 +246,7 @@ class WoodburyUnitFisher(SolvedUnitFisher):
     def _parts(self, damping: float, rel: bool = False):
         r"""The parts of F + λI, λ > 0, or (``rel``) of F_λ = F + μI, μ = λ·tr F/(d+1) per unit
         (a unit whose rows are all zero — dead — is given μ = 1 so that the chunk solves; its
-        measures and metric directions are NaN, ``SolvedUnitFisher._dead``)."""
+        measures and metric directions are NaN, ``SolvedUnitFisher._zero_blocks``)."""
         # F = VᵀV has rank <= R: undamped it is singular, so λ = 0 is refused either way
         lam = self._check_damping(damping, "rel_damping" if rel else "damping")
         for lo, hi in self._chunks():
@@ -276,7 +276,7 @@ class WoodburyUnitFisher(SolvedUnitFisher):
             yield lo, hi, self._solver(Va, mu, lo, L), apply, D, b, c, bias, raw
 
     def _zero_blocks(self) -> torch.Tensor:
-        return torch.cat([~(self.factor(lo, hi).square().sum((1, 2)) > 0)
+        return torch.cat([self.factor(lo, hi).square().sum((1, 2)) == 0
                           for lo, hi in self._chunks()])  # fmt: skip
 
     def solve(self, rhs: torch.Tensor, damping: float) -> torch.Tensor:

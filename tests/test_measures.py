@@ -539,3 +539,13 @@ def test_a_singular_live_unit_beside_a_dead_one_is_named_by_its_place_in_the_lay
             call()
         assert err.value.positions.tolist() == [2]
     assert F.measures(g, g0, 1e-3)["dead"].tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_a_nan_on_a_blocks_diagonal_is_refused_not_called_dead():
+    """``~(tr F > 0)`` took a NaN trace for a dead unit (NaN measures, no error); NaN is bad
+    input and gets the error naming the unit."""
+    blocks = torch.stack([torch.eye(2), torch.eye(2), torch.eye(2)]).double()
+    blocks[1, 0, 0] = math.nan
+    g, g0 = torch.ones(3, 1, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    with pytest.raises(InputError, match=r"NaN/Inf entries for unit 1"):
+        M.measures(blocks, torch.zeros(1, dtype=torch.float64), g, g0, 1e-3)
