@@ -54,7 +54,7 @@ def check(value, name: str = "rel_damping") -> float:
 
 def solvable(mu: torch.Tensor) -> torch.Tensor:
     r"""μ for the solves: a dead unit's μ of 0 (tr F = 0: a zero block) becomes 1, so that the
-    units solved with it do not fail; ``measures`` marks that unit dead from its μ of 0."""
+    units solved with it do not fail; what is returned for a dead unit (a zero block) is NaN."""
     return torch.where(mu > 0, mu, 1.0)
 
 

@@ -157,6 +157,11 @@ def test_load_dataset_imagenet(tree):
     assert ds.train_x.shape == (6, 3, 256, 256) and ds.test_x.shape == (6, 3, 256, 256)
     assert ds.train_x.dtype == torch.float64 and ds.num_classes == 3
     assert ds.meta["classes"] == list(SORTED)
+    # the test split is class-mixed (the folders give it class by class): a probe of its
+    # first images spans the classes; the same fixed order on every load
+    assert ds.test_y.tolist() != sorted(ds.test_y.tolist())
+    assert torch.equal(ds.test_y, load_dataset("imagenet", root, limit_per_class=2).test_y)
+    assert sorted(ds.test_y.tolist()) == [0, 0, 1, 1, 2, 2]
     with pytest.raises(InputError, match="imagenet only"):
         load_dataset("digits", limit_per_class=2)
 
@@ -245,7 +250,11 @@ def test_training_sees_the_papers_imagenet_views(tree):
                  what="training mean image after subtraction")  # fmt: skip
     raw = load_imagenet(root, "val", dtype=torch.float64,
                         mean=load_imagenet(root, "train", dtype=torch.float64).mean)  # fmt: skip
-    assert_close(ds.test_x, raw.x - raw.mean, what="test split centred on the training mean")
+    order = torch.randperm(raw.y.shape[0], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ds.test_y, raw.y[order])  # the registry's fixed class-mixed order
+    assert_close(
+        ds.test_x, (raw.x - raw.mean)[order], what="test split centred on the training mean"
+    )
     g = torch.Generator().manual_seed(0)
     views = train_view(ds.train_x, "imagenet", g, augment=True)
     assert views.shape == (ds.train_x.shape[0], 3, 224, 224)

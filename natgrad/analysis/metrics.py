@@ -54,7 +54,8 @@ _M = [
     Metric("rho_plain_jk", "ρ(plain), jackknifed",
            "ρ(plain) with the finite-probe bias removed: 2ρ(whole probe) − mean ρ(its halves) "
            "(the plain estimate is biased low by O((d+1)/n_eff), so unit types with different "
-           "n_eff would be compared with different biases).", "higher"),
+           "n_eff would be compared with different biases); one unit's can leave [−1, 1].",
+           "higher"),
     Metric("rho_centred_jk", "ρ(centred), jackknifed", "ρ(centred), jackknifed as ρ(plain).",
            "higher"),
     Metric("rho_quasidiagonal_jk", "ρ(quasi-diag.), jackknifed",
@@ -93,7 +94,7 @@ _M = [
            "Norm of the incoming mean the natural gradient acts as if it saw (Theorem 2).",
            "closer_to_zero", estimable_only=True),
     Metric("dead", "dead",
-           "Fraction of units with c = 0 on the probe (they pass no gradient; excluded).",
+           "Fraction of units whose block is zero on the probe (tr F = 0: they pass no gradient; excluded).",
            "lower"),
     Metric("abs_median_activation", "|median act.|",
            "Fig 2a: |median over all hidden units of each unit's mean activation| at the last "

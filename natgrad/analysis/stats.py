@@ -38,7 +38,7 @@ SEED = 0  # of the bootstrap's generator: tables are reproducible
 
 
 def analysed_units(units):
-    """The units a summary is over: live units (c > 0) of layers fed by hidden units (the
+    """The units a summary is over: live units (a nonzero block) of layers fed by hidden units (the
     first layer's incoming activations are the data, the same for every unit type)."""
     return units[(units["input_from"] == "units") & (units["dead"] == 0)]
 

@@ -19,7 +19,7 @@ input_from                 ``"data"`` (first layer) or ``"units"`` (fed by hidde
 unit, fan_in               unit index within the layer, d
 c, n_eff, estimable        E_p(δ̄²); (Σ c_n)²/Σ c_n²; n_eff ≥ 2(d+1)
 cond                       exact κ of the undamped block (eigvalsh; inf if singular)
-dead                       1 if c = 0 (no gradient passes; every measure NaN)
+dead                       1 if the block is zero (tr F = 0: no gradient passes; every measure NaN)
 rel_damping, damping       λ and the unit's absolute damping μ = λ·tr F/(d+1)
 rho_<direction>            Fisher efficiency of plain, centred, diagonal, quasidiagonal,
                            arrowhead, blockdiag updates (:mod:`natgrad.measures`)
