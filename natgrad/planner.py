@@ -262,7 +262,8 @@ class ShardedUnitFisher:
 
     ``shard(i)`` is a :class:`~natgrad.UnitFisher` (dense) or
     :class:`~natgrad.structures.StructuredUnitFisher`; the theorem methods
-    (:meth:`natural_gradient`, :meth:`bias_shift`, :meth:`s`, :meth:`k`, :meth:`cosine`) and
+    (:meth:`natural_gradient`, :meth:`bias_shift`, :meth:`s`, :meth:`k`, :meth:`cosine`), the
+    measures (:meth:`measures`, :meth:`efficiency`, :meth:`bias_shift_error`, :meth:`direction`) and
     the per-unit entries (:attr:`c`, :attr:`mean_q`) are computed shard by shard and
     concatenated in :attr:`units` order. Gradients are the whole layer's (``[U_layer, d]`` or
     the weight's shape) or one row per held unit (``[num_units, d]``). :attr:`matrix` loads
@@ -424,6 +425,11 @@ class ShardedUnitFisher:
     def _against(self, method: str, grads, direction, rel_damping: float) -> torch.Tensor:
         """``method`` (``efficiency``, ``bias_shift_error``) of an update, shard by shard: a
         kind name, or a pair (u_w, u_0) given as gradients are."""
+        if not isinstance(direction, str) and not (
+            isinstance(direction, tuple | list) and len(direction) == 2
+        ):
+            raise InputError(f"layer {self.layer!r}: direction must be a kind name or a pair "
+                             f"(u_w, u_0), got {type(direction).__name__}")  # fmt: skip
         ups = self._rows(*direction) if not isinstance(direction, str) else None
         return torch.cat([getattr(F, method)(*pair, direction if ups is None else ups[i], rel_damping)
                           for i, (F, pair) in enumerate(zip(self, self._rows(*grads), strict=True))])  # fmt: skip

@@ -406,8 +406,9 @@ class SolvedUnitFisher(UnitFisherBase):
         return self._out(self._against_natural(grad_weight, grad_bias, direction, rel_damping)[2])
 
     def measures(self, grad_weight, grad_bias, rel_damping: float = 0.0) -> dict:
-        r"""``rho_<kind>``, ``shift_<kind>``, ``shift_error_<kind>`` for every direction (the
-        arrowhead left out where it is singular), ``damping`` (μ) and ``n_eff`` where known,
+        r"""``rho_<kind>``, ``shift_<kind>`` for every direction, ``shift_error_<kind>`` for every
+        one but ``natural`` (the keys of :func:`natgrad.measures.measures`; the arrowhead left
+        out where it is singular), ``damping`` (μ) and ``n_eff`` where known,
         all ``[U]`` float64, in this result's metric F_λ."""
         g, g0 = (x.double() for x in self.unit_grads(grad_weight, grad_bias))
         dirs, parts = self._directions(_measures.DIRECTIONS, g, g0, rel_damping)

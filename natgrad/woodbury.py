@@ -198,11 +198,8 @@ class WoodburyUnitFisher(SolvedUnitFisher):
 
     # --- Woodbury solves, in chunks of units --------------------------------------------
     def _check_damping(self, damping: float, name: str = "damping") -> float:
-        try:  # a number of any kind (numpy, a 0-d tensor), as the dense route takes it
-            lam = float(damping)
-        except (TypeError, ValueError, RuntimeError):
-            lam = math.nan
-        if not (math.isfinite(lam) and lam > 0):
+        lam = _damping.check(damping, name)  # a finite number ≥ 0 of any kind, as the dense route
+        if not lam > 0:
             raise InputError(
                 f"layer {self.layer!r}: the Woodbury route needs {name} > 0, got {damping!r}: "
                 f"each unit's factor has R = {self.rank} rows, so F = VᵀV has rank <= R and is "

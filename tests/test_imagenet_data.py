@@ -157,11 +157,12 @@ def test_load_dataset_imagenet(tree):
     assert ds.train_x.shape == (6, 3, 256, 256) and ds.test_x.shape == (6, 3, 256, 256)
     assert ds.train_x.dtype == torch.float64 and ds.num_classes == 3
     assert ds.meta["classes"] == list(SORTED)
-    # the test split is class-mixed (the folders give it class by class): a probe of its
-    # first images spans the classes; the same fixed order on every load
-    assert ds.test_y.tolist() != sorted(ds.test_y.tolist())
-    assert torch.equal(ds.test_y, load_dataset("imagenet", root, limit_per_class=2).test_y)
-    assert sorted(ds.test_y.tolist()) == [0, 0, 1, 1, 2, 2]
+    # both splits class-mixed (the folders give them class by class): their first images span
+    # the classes; the same fixed order on every load
+    again = load_dataset("imagenet", root, limit_per_class=2)
+    for y, y2 in ((ds.test_y, again.test_y), (ds.train_y, again.train_y)):
+        assert y.tolist() != sorted(y.tolist()) and torch.equal(y, y2)
+        assert sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
     with pytest.raises(InputError, match="imagenet only"):
         load_dataset("digits", limit_per_class=2)
 

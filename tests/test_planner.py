@@ -88,7 +88,13 @@ def test_structured_shards_and_units(tmp_path):
     for a, b in zip(S.natural_gradient(gw, gb, lam), Q.natural_gradient(gw, gb, lam), strict=True):
         assert_close(a, b)
     assert_close(S.matrix, Q.matrix)  # the structure's metric, materialised (it refused)
-    assert hasattr(S, "matrix")
+    # the measures of a unit subset, gradients and an update given as whole-layer rows
+    uw, u0 = 2 * gw - 1, gb + 1
+    assert_close(S.efficiency(gw, gb, (uw, u0), 1e-3), Q.efficiency(gw, gb, (uw, u0), 1e-3))
+    assert_close(S.bias_shift_error(gw, gb, "diagonal", 1e-3),
+                 Q.bias_shift_error(gw, gb, "diagonal", 1e-3))  # fmt: skip
+    with pytest.raises(InputError, match="a kind name or a pair"):
+        S.efficiency(gw, gb, uw, 1e-3)
 
 
 def test_one_shot_iterator_refused(tmp_path):

@@ -66,12 +66,14 @@ def test_rank_is_n_for_linear_and_nk_for_conv():
     )
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
-def test_damping_required(bad):
+@pytest.mark.parametrize("bad,why", [(0.0, "damping > 0.*rank"), (-1.0, "finite number >= 0"),
+                                     (float("nan"), "finite number >= 0")])  # fmt: skip
+def test_damping_required(bad, why):
+    """λ = 0 is refused for the rank of VᵀV; a negative or NaN λ as not a damping at all."""
     mlp = next(c for c in CASES if c.name == "mlp-elu-categorical")
     model, x, _ = mlp.make()
     W = woodbury_unit_fisher(model, "0", x)
-    with pytest.raises(InputError, match="damping > 0.*rank"):
+    with pytest.raises(InputError, match=why):
         W.natural_gradient(torch.zeros(8, 5), torch.zeros(8), bad)
 
 

@@ -209,6 +209,8 @@ def _cache_key(run: Path, epoch: int, settings: dict) -> str:
     h.update(json.dumps(config, sort_keys=True).encode())
     if config.get("train_size") is not None or config.get("preprocess", "none") != "none":
         h.update(b"run_data")  # analysed on the run's own data since 2026-12-07 (not before)
+    if config.get("dataset") == "imagenet":
+        h.update(b"class-mixed")  # its splits' order since 2026-12-07: probes of other images
     st_path = rd.checkpoint_paths(epoch)[0]
     if st_path.is_file():
         h.update(st_path.read_bytes())

@@ -298,6 +298,8 @@ def geometric_mean_ci(ratios) -> tuple[float, float, float, int]:
     """
     r = np.asarray(ratios, dtype=np.float64)
     logr = np.log(r[np.isfinite(r) & (r > 0)])
+    if logr.size == 0:
+        return math.nan, math.nan, math.nan, 0
     lo, hi, _ = mean_ci(logr)
     return float(np.exp(logr.mean())), float(np.exp(lo)), float(np.exp(hi)), int(logr.size)
 

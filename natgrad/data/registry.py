@@ -96,15 +96,16 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
             f"{', '.join(only[:5])}{', …' if len(only) > 5 else ''}); both splits need the "
             "same classes so that labels agree"
         )
-    # the test split in one fixed class-mixed order: a probe of its first n images (what the
-    # analysis takes) spans the classes, and each half of it (the jackknife's) alike
-    order = torch.randperm(val.y.shape[0], generator=torch.Generator().manual_seed(0))
+    # both splits in one fixed class-mixed order (the folders give them class by class): the
+    # first n images (a probe, each jackknife half, a train_size subset) span the classes
+    mixed = [torch.randperm(s.y.shape[0], generator=torch.Generator().manual_seed(i))
+             for i, s in enumerate((val, train))]  # fmt: skip
     return Dataset(
         name="imagenet",
-        train_x=_centred(train.x, train.mean),  # the paper's per-pixel mean, the training
-        train_y=train.y,  # split's
-        test_x=_centred(val.x[order], train.mean),
-        test_y=val.y[order],
+        train_x=_centred(train.x[mixed[1]], train.mean),  # the paper's per-pixel mean, the
+        train_y=train.y[mixed[1]],  # training split's
+        test_x=_centred(val.x[mixed[0]], train.mean),
+        test_y=val.y[mixed[0]],
         num_classes=len(train.classes),
         input_shape=tuple(train.x.shape[1:]),
         meta={
@@ -113,12 +114,13 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
             "limit_per_class": limit,
             "preprocess": "resize 256x256 (bilinear); the training mean image subtracted "
             "from both splits; nets see 224x224 windows (natgrad.data.CROPS): random with "
-            "flips in training with augment, centred otherwise; the test split in a fixed "
-            "shuffled order (seed 0), so that its first images span the classes",
+            "flips in training with augment, centred otherwise; each split in a fixed shuffled "
+            "order (test seed 0, train seed 1), so that its first images span the classes",
         },
     )
 
 
 def _centred(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """``x − mean``, in place for float images (an eager ImageNet subset is not copied)."""
+    """``x − mean``, in place for float images (the reordered split, a copy already, is not
+    copied again)."""
     return x.sub_(mean) if x.is_floating_point() else x - mean
