@@ -11,11 +11,10 @@ On this project's 2-core CPU the recorded run used 3 epochs (the time a session 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from natgrad.analysis.record import record_study
-from natgrad.studies.demo import for_dataset, main
+from natgrad.argtypes import positive_int
+from natgrad.studies.demo import for_dataset, study
 
 CONFIG = for_dataset(
     "fashion-mnist",
@@ -28,22 +27,16 @@ CONFIG = for_dataset(
 )
 
 
-def run(argv: list[str] | None = None) -> int:
-    from dataclasses import replace
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=CONFIG.epochs)
+def _options(parser) -> object:
+    parser.add_argument("--epochs", type=positive_int, default=CONFIG.epochs)
     parser.add_argument("--units", default=",".join(CONFIG.units))
-    parser.add_argument("--out", default=CONFIG.out)
-    parser.add_argument("--record", default=None, help="folder to copy the results into")
-    args = parser.parse_args(argv)
-    config = replace(CONFIG, epochs=args.epochs, checkpoint_every=args.epochs, out=args.out,
-                     units=tuple(args.units.split(",")))  # fmt: skip
-    main(config)
-    if args.record:
-        title = "mnist-fc on Fashion-MNIST: how close is SGD to the unit natural gradient?"
-        print(record_study(config.out, args.record, title=title))
-    return 0
+    return lambda a: dict(epochs=a.epochs, checkpoint_every=a.epochs,
+                          units=tuple(a.units.split(",")))  # fmt: skip
+
+
+def run(argv: list[str] | None = None) -> int:
+    title = "mnist-fc on Fashion-MNIST: how close is SGD to the unit natural gradient?"
+    return study(CONFIG, argv, title=title, doc=__doc__, options=_options)
 
 
 if __name__ == "__main__":

@@ -987,3 +987,19 @@ def test_the_fig3_unit_cache_is_of_the_runs_last_checkpoint(monkeypatch, tmp_pat
     assert not m._cached_at(path, 25)
     write_csv(pd.DataFrame({"layer": ["a", "b"], "epoch": [25, 25]}), path)
     assert m._cached_at(path, 25) and not m._cached_at(path, 50)
+
+
+def test_a_demo_scripts_own_flags_change_its_declaration(monkeypatch, tmp_path):
+    """``demo.study(options=)``: the Fashion-MNIST study's --epochs and --units reach the
+    config it trains (and --epochs its checkpoint period), through the one script main."""
+    from natgrad.studies import demo
+
+    m = _script("fashion_mnist_study", monkeypatch)
+    seen = []
+    monkeypatch.setattr(demo, "main", seen.append)  # training itself is tested elsewhere
+    argv = ["--out", str(tmp_path), "--epochs", "5", "--units", "elu,relu"]
+    assert m.run(argv) == 0
+    (config,) = seen
+    assert (config.out, config.epochs, config.checkpoint_every, config.units) == (
+        str(tmp_path), 5, 5, ("elu", "relu"))  # fmt: skip
+    assert config.probe_size == m.CONFIG.probe_size and config.seeds == m.CONFIG.seeds

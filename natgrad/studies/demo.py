@@ -366,17 +366,20 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return replace(config, **changes)
 
 
-def study(config: DemoConfig, argv: list[str] | None, *, title: str, doc: str) -> int:
+def study(config: DemoConfig, argv: list[str] | None, *, title: str, doc: str,
+          options=None) -> int:  # fmt: skip
     """A study script's ``main`` (``analysis/*_demo.py``): ``--out`` (default
     ``config.out``) and ``--record DIR``, which copies the results into a folder to commit
-    (:func:`natgrad.analysis.record.record_study`)."""
+    (:func:`natgrad.analysis.record.record_study`). ``options(parser)`` adds a script's own
+    flags and returns ``args -> {config field: value}``, the changes they make."""
     from natgrad.analysis.record import record_study
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", default=config.out)
     parser.add_argument("--record", default=None, help="folder to copy the results into")
+    changes = options(parser) if options else (lambda args: {})
     args = parser.parse_args(argv)
-    config = replace(config, out=args.out)
+    config = replace(config, out=args.out, **changes(args))
     main(config)
     if args.record:
         print(record_study(config.out, args.record, title=title))
