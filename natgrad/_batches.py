@@ -55,6 +55,15 @@ def iter_batches(
             f"inputs must be a tensor or an iterable of (inputs, targets) batches, "
             f"got {type(inputs).__name__}"
         )
+    if (
+        isinstance(inputs, tuple)
+        and len(inputs) == 2
+        and all(isinstance(t, torch.Tensor) for t in inputs)
+    ):  # (x, y) would read as two batches of inputs, y the second
+        raise InputError(
+            "inputs is a tuple of two tensors: pass inputs=x, targets=y for inputs with their "
+            "targets, or a list [x1, x2] (or [(x1, y1), (x2, y2)]) for batches"
+        )
     for b, item in enumerate(inputs):
         if isinstance(item, torch.Tensor):
             x, y = item, None

@@ -67,6 +67,8 @@ def layer_spec(chosen: dict, units: dict | None) -> dict:
     r"""``{name: (module, units or None)}`` for :func:`compute` from the layers ``chosen``
     (``{name: module}``) and ``units`` (``{name: indices}``); a ``units`` key that names no
     chosen layer (a typo, a module for its name) is an error, not all units silently."""
+    if not chosen:
+        raise InputError("no layers to compute: layers= is empty")
     units = units or {}
     unknown = set(units) - set(chosen)
     if unknown:

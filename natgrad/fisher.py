@@ -63,7 +63,9 @@ def unit_fisher(
             shared.
         batch_size: split a tensor ``inputs`` into batches of this size (default: all at once;
             a batch whose temporaries would exceed the memory budget is split further, which
-            gives the same matrix; only ``kind="mc"`` draws its labels per sub-batch then).
+            gives the same matrix; only ``kind="mc"`` draws its labels per sub-batch then, so
+            with one seed its result depends on the batching except for categorical labels:
+            Bernoulli with ``mc_samples`` > 1 and Gaussian draws are assigned by batch).
         structure: ``"dense"``, ``"quasidiagonal"`` (diag(A), b, c) or ``"diagonal"``
             (diag(F)); the last two, O(U·d) memory, return a
             :class:`~natgrad.structures.StructuredUnitFisher` (``docs/scale.md``).

@@ -244,3 +244,18 @@ def test_batchnorm_without_running_stats_warns_in_eval_mode_too():
                               torch.nn.ELU(), torch.nn.Linear(4, 3)).eval()  # fmt: skip
     with pytest.warns(TrainModeWarning, match=r"\['1'\].*track_running_stats=False"):
         unit_fisher(net, "0", torch.randn(8, 3))
+
+
+def test_inputs_and_targets_given_as_one_tuple_are_refused():
+    """``unit_fisher(m, layer, (x, y))`` read y as a second batch of inputs (a Fisher over 2N
+    inputs when y has x's shape, e.g. an autoencoder's targets); ``layers=[]`` raised a bare
+    StopIteration."""
+    from natgrad import unit_fisher, unit_fishers
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
+    x = torch.randn(7, 4)
+    with pytest.raises(InputError, match="inputs=x, targets=y"):
+        unit_fisher(m, "0", (x, x.clone()), likelihood="gaussian")
+    assert unit_fisher(m, "0", [x, x.clone()], likelihood="gaussian").n == 14  # two batches
+    with pytest.raises(InputError, match="no layers to compute"):
+        unit_fishers(m, x, layers=[])
