@@ -55,14 +55,15 @@ def iter_batches(
             f"inputs must be a tensor or an iterable of (inputs, targets) batches, "
             f"got {type(inputs).__name__}"
         )
-    if (
-        isinstance(inputs, tuple)
-        and len(inputs) == 2
-        and all(isinstance(t, torch.Tensor) for t in inputs)
-    ):  # (x, y) would read as two batches of inputs, y the second
+    if (isinstance(inputs, tuple) and len(inputs) == 2
+            and all(isinstance(t, torch.Tensor) and t.ndim for t in inputs)
+            and inputs[0].shape[0] == inputs[1].shape[0]):  # fmt: skip
+        # (x, y) would read as two batches of inputs, y the second: refused. A list is a list
+        # of batches (documented), so a DataLoader's batch [x, y] must be split by the caller.
         raise InputError(
-            "inputs is a tuple of two tensors: pass inputs=x, targets=y for inputs with their "
-            "targets, or a list [x1, x2] (or [(x1, y1), (x2, y2)]) for batches"
+            "inputs is a tuple of two tensors with the same number of rows: for inputs with "
+            "their targets pass inputs=x, targets=y; for two batches of inputs pass a list "
+            "[x1, x2]"
         )
     for b, item in enumerate(inputs):
         if isinstance(item, torch.Tensor):

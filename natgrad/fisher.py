@@ -52,7 +52,9 @@ def unit_fisher(
             running statistics are restored afterwards).
         layer: an ``nn.Linear``/``nn.Conv2d`` inside ``model`` (with a bias), or its name.
         inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches (e.g. a
-            DataLoader). Streaming gives the same matrix as one big batch.
+            DataLoader, not one batch of it: a list ``[x, y]`` is two batches of inputs; a
+            tuple ``(x, y)`` of equal rows is refused). Streaming gives the same matrix as one
+            big batch (for ``kind="mc"`` see ``batch_size``).
         targets: observed labels, needed for ``kind="empirical"``: ``[N]`` class indices or
             ``[N, *]`` floats shaped like the output.
         kind: ``"exact"`` (expectation over the model's y ~ p(y|z)), ``"mc"`` (``mc_samples``

@@ -36,7 +36,7 @@ class UnitFisherLike(Protocol):
     (:class:`UnitFisher`), O(U·d) structures (:class:`~natgrad.structures.StructuredUnitFisher`),
     Woodbury factor rows (:class:`~natgrad.woodbury.WoodburyUnitFisher`) or shards on disk
     (:class:`~natgrad.planner.ShardedUnitFisher`); the measures (``measures``, ``efficiency``,
-    ``direction``) exist for all four. ``damping`` adds λ to every diagonal entry,
+    ``bias_shift_error``, ``direction``) exist for all four. ``damping`` adds λ to every diagonal entry,
     ``rel_damping`` λ·tr F/(d+1) (``docs/theory.md``, "Damping")."""
 
     layer: str

@@ -256,6 +256,6 @@ def test_inputs_and_targets_given_as_one_tuple_are_refused():
     x = torch.randn(7, 4)
     with pytest.raises(InputError, match="inputs=x, targets=y"):
         unit_fisher(m, "0", (x, x.clone()), likelihood="gaussian")
-    assert unit_fisher(m, "0", [x, x.clone()], likelihood="gaussian").n == 14  # two batches
+    assert unit_fisher(m, "0", [x, x.clone()], likelihood="gaussian").n == 14  # a list: batches
     with pytest.raises(InputError, match="no layers to compute"):
         unit_fishers(m, x, layers=[])

@@ -253,6 +253,10 @@ def test_training_sees_the_papers_imagenet_views(tree):
                         mean=load_imagenet(root, "train", dtype=torch.float64).mean)  # fmt: skip
     order = torch.randperm(raw.y.shape[0], generator=torch.Generator().manual_seed(0))
     assert torch.equal(ds.test_y, raw.y[order])  # the registry's fixed class-mixed order
+    train = load_imagenet(root, "train", dtype=torch.float64)
+    mixed = torch.randperm(train.y.shape[0], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ds.train_y, train.y[mixed])  # images and labels permuted together
+    assert_close(ds.train_x, (train.x - train.mean)[mixed], what="training split, reordered")
     assert_close(
         ds.test_x, (raw.x - raw.mean)[order], what="test split centred on the training mean"
     )

@@ -358,7 +358,9 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
             raise InputError(f"{run}: its checkpoints were trained on other data (fingerprint "
                              f"{saved}, now {fingerprint}; data_dir "
                              f"{config.data_dir!r}): resume with the data it trained on, or "
-                             "pass --no-resume")  # fmt: skip
+                             "pass --no-resume" + (" (natgrad loads ImageNet's splits in one "
+                             "fixed class-mixed order since 2026-12-07: a run trained before "
+                             "cannot resume)" if config.dataset == "imagenet" else ""))  # fmt: skip
         history = info["metrics"]
         if lead:  # the records past the checkpoint go; its own history is the metrics' truth
             rd.diverged_path.unlink(missing_ok=True)  # trained again: a new divergence rewrites it
