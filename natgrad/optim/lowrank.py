@@ -28,6 +28,13 @@ U·(d+1)² (the input layer of mnist-fc: R = 64 against d+1 = 785). The metric i
 one, not the dense route's unbounded running average: the two agree when K covers the
 average's memory (ema^K small) and for ``ema = 0`` with K = 1 exactly.
 
+Accuracy: g/μ − VᵀQVg subtracts two terms of size ‖g‖/μ where g lies in the rows' span (a
+refresh batch's gradient does), so the step carries a relative error of about ε·σ₁²/μ, ε the
+weights' dtype's and σ₁² the largest eigenvalue of F_u. Measured on mnist-fc's input layer in
+float32 (2026-12-07): 1.6e-4 at the defaults (rel_damping 0.1, layer_damping 0.3; ρ of the
+step 1 − 6e-6), 1.4e-2 at rel_damping 1e-3 without layer damping (ρ 0.61). For small
+dampings train in float64 or use the dense route (no ``window``).
+
 Example:
     >>> import torch
     >>> rows = torch.randn(1, 8, 5, dtype=torch.float64)        # 8 shared rows, d + 1 = 5
