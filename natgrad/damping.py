@@ -52,10 +52,11 @@ def check(value, name: str = "rel_damping") -> float:
     return lam
 
 
-def solvable(mu: torch.Tensor) -> torch.Tensor:
-    r"""μ for the solves: a dead unit's μ of 0 (tr F = 0: a zero block) becomes 1, so that the
-    units solved with it do not fail; what is returned for a dead unit (a zero block) is NaN."""
-    return torch.where(mu > 0, mu, 1.0)
+def solvable(mu: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    r"""μ for the solves: a dead unit's (``dead`` ``[U]``: a zero block, tr F = 0) becomes 1,
+    so that the units solved with it do not fail, damped or not; what is returned for a dead
+    unit is NaN (``SolvedUnitFisher._zero_blocks``)."""
+    return torch.where(dead, 1.0, mu)
 
 
 def mu(

@@ -228,8 +228,8 @@ class StructuredUnitFisher(SolvedUnitFisher):
         of F + λI is positive definite (then Q is)."""
         lam = self._damping_of(damping) if rel else _damping.check(damping, "damping")
         reported = lam
-        if rel:  # a dead unit (zero block) solves with a stand-in μ of 1: NaN in what is returned
-            lam = torch.where(self._zero_blocks(), 1.0, lam)
+        if rel:  # a dead unit (zero block) solves with a stand-in μ: NaN in what is returned
+            lam = _damping.solvable(lam, self._zero_blocks())
         D = self.diag_A.double() + (lam.unsqueeze(-1) if rel else lam)
         c = self.c.double() + lam
         b = torch.zeros_like(D) if self.bias_column is None else self.bias_column.double()

@@ -254,7 +254,7 @@ class WoodburyUnitFisher(SolvedUnitFisher):
                 if rel
                 else torch.full_like(diag[:, 0], lam)
             )
-            mu = _damping.solvable(raw)
+            mu = _damping.solvable(raw, raw == 0)  # relative damping of a zero block
 
             def apply(lo_, hi_, u, u0, V=V, mu=mu):
                 x = torch.cat([u, u0.unsqueeze(-1)], -1)
