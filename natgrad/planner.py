@@ -425,14 +425,15 @@ class ShardedUnitFisher:
     def _against(self, method: str, grads, direction, rel_damping: float) -> torch.Tensor:
         """``method`` (``efficiency``, ``bias_shift_error``) of an update, shard by shard: a
         kind name, or a pair (u_w, u_0) given as gradients are."""
-        if not isinstance(direction, str) and not (
-            isinstance(direction, tuple | list) and len(direction) == 2
-        ):
+        if isinstance(direction, str):
+            ups = [direction] * len(self.shards)
+        elif isinstance(direction, tuple | list) and len(direction) == 2:
+            ups = self._rows(*direction)
+        else:
             raise InputError(f"layer {self.layer!r}: direction must be a kind name or a pair "
                              f"(u_w, u_0), got {type(direction).__name__}")  # fmt: skip
-        ups = self._rows(*direction) if not isinstance(direction, str) else None
-        return torch.cat([getattr(F, method)(*pair, direction if ups is None else ups[i], rel_damping)
-                          for i, (F, pair) in enumerate(zip(self, self._rows(*grads), strict=True))])  # fmt: skip
+        rows = zip(self, self._rows(*grads), ups, strict=True)
+        return torch.cat([getattr(F, method)(*pair, up, rel_damping) for F, pair, up in rows])
 
     def efficiency(self, grad_weight, grad_bias, direction, rel_damping: float = 0.0):
         r"""``[U]`` Fisher efficiency ρ of ``direction`` (a kind or (u_w, u_0)), shard by shard."""
