@@ -65,9 +65,8 @@ def unit_fisher(
             shared.
         batch_size: split a tensor ``inputs`` into batches of this size (default: all at once;
             a batch whose temporaries would exceed the memory budget is split further, which
-            gives the same matrix; only ``kind="mc"`` draws its labels per sub-batch then, so
-            with one seed its result depends on the batching except for categorical labels:
-            Bernoulli with ``mc_samples`` > 1 and Gaussian draws are assigned by batch).
+            gives the same matrix; ``kind="mc"`` with a CPU generator draws the same labels
+            however the inputs are batched, as it takes them input by input).
         structure: ``"dense"``, ``"quasidiagonal"`` (diag(A), b, c) or ``"diagonal"``
             (diag(F)); the last two, O(U·d) memory, return a
             :class:`~natgrad.structures.StructuredUnitFisher` (``docs/scale.md``).

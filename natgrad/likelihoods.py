@@ -133,7 +133,13 @@ def sample_targets(
     r"""Draw S labels per input from the model, y ~ p(y | z): ``[S, N]`` class indices
     (categorical) or ``[S, N, D]``. Deterministic given ``generator``; drawn on the
     generator's device (a CPU generator with a GPU model draws on the CPU, the same labels as
-    for the model on the CPU) and returned on the output's."""
+    for the model on the CPU) and returned on the output's.
+
+    The draws are taken input by input (all of input n's labels before input n+1's), so with
+    a CPU generator the first m inputs' labels do not depend on how many inputs follow: a
+    data pass split into batches draws the labels of one pass over the whole set. Gaussian
+    noise is therefore Box–Muller on each element's own two uniforms (``torch.randn`` pairs
+    elements across the tensor)."""
     s, dev = int(mc_samples), output.device
     o = output.detach()
     if generator is not None and generator.device != dev:
@@ -142,10 +148,13 @@ def sample_targets(
         p = torch.softmax(o, dim=-1)
         return torch.multinomial(p, s, replacement=True, generator=generator).T.to(dev)  # [S, N]
     if likelihood == "bernoulli":
-        prob = torch.sigmoid(o).expand(s, *o.shape)
-        return torch.bernoulli(prob, generator=generator).to(dev)  # [S, N, D]
-    noise = torch.randn((s, *o.shape), generator=generator, dtype=o.dtype, device=o.device)
-    return (o + noise).to(dev)  # [S, N, D]
+        prob = torch.sigmoid(o).unsqueeze(1).expand(o.shape[0], s, *o.shape[1:])  # [N, S, D]
+        return torch.bernoulli(prob, generator=generator).transpose(0, 1).to(dev)  # [S, N, D]
+    u = torch.rand((o.shape[0], s, *o.shape[1:], 2), generator=generator, dtype=o.dtype,
+                   device=o.device)  # fmt: skip
+    radius = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))  # 1 − u ∈ (0, 1]: finite
+    noise = radius * torch.cos(2.0 * math.pi * u[..., 1])  # [N, S, D], standard normal
+    return (o.unsqueeze(1) + noise).transpose(0, 1).to(dev)  # [S, N, D]
 
 
 def sqrt_output_fisher(likelihood: str, output: torch.Tensor) -> torch.Tensor:

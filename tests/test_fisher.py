@@ -160,6 +160,21 @@ def test_mc_deterministic_given_generator():
     assert a.mc_samples == 4
 
 
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_mc_labels_do_not_depend_on_the_batching(case):
+    """kind="mc" draws each input's labels before the next input's, so a pass in batches (or
+    sub-batches split by the memory budget) draws the labels of one pass over the whole set,
+    which the reference draws in one go: Bernoulli with several samples and Gaussian noise
+    were assigned by batch before."""
+    model, x, y = case.make()
+    one = _fisher(unit_fisher, case, model, case.layers[0], x, y, "mc")
+    ref = _fisher(reference_unit_fisher, case, model, case.layers[0], x, y, "mc")
+    for kw in ({"batch_size": 3}, {"batch_size": 1}, {"max_memory": 2**14}):
+        split = _fisher(unit_fisher, case, model, case.layers[0], x, y, "mc", **kw)
+        assert_close(split.matrix, one.matrix, what=f"{case.name} mc {kw}")
+    assert_close(one.matrix, ref.matrix, what=f"{case.name} mc against the reference")
+
+
 @pytest.mark.parametrize("budget", [2**25, 2**13])
 def test_packed_and_row_block_routes_agree_with_einsum(budget):
     """Both routes of the weighted outer product (the packed-triangle GEMM for wide layers, the

@@ -244,3 +244,23 @@ def test_bernoulli_output_fisher_keeps_its_precision_in_float32():
     o64 = o.double()
     want = torch.sigmoid(o64) * torch.sigmoid(-o64)
     assert_close(got.double(), want, rtol=1e-6, atol=0, what="float32 Bernoulli H(o)")
+
+
+def test_mc_labels_follow_the_model():
+    """The labels kind="mc" draws, tested against their distribution with scipy: Gaussian
+    noise (Box–Muller on each element's own uniforms) by Kolmogorov–Smirnov against N(0, 1),
+    and Bernoulli frequencies against σ(o) within 5 binomial SE; in float32 and float64."""
+    from scipy import stats
+
+    from natgrad.likelihoods import sample_targets
+
+    for dtype in (torch.float32, torch.float64):
+        o = torch.linspace(-3, 3, 40, dtype=dtype).reshape(20, 2)
+        gen = torch.Generator().manual_seed(7)
+        y = sample_targets("gaussian", o, 500, gen)  # [S, N, D]
+        assert y.shape == (500, 20, 2) and y.dtype == dtype
+        noise = (y - o).flatten().double().numpy()
+        assert stats.kstest(noise, "norm").pvalue > 1e-3
+        b = sample_targets("bernoulli", o, 4000, gen).double().mean(0)  # [N, D]
+        p = torch.sigmoid(o.double())
+        assert ((b - p).abs() <= 5 * (p * (1 - p) / 4000).sqrt() + 1e-12).all()

@@ -360,10 +360,9 @@ def test_n_eff_matches_reference_and_streams(case_layer, kind):
     ref = reference_unit_fisher(model, layer, x, y, generator=case.generator(), **args)
     assert_close(F.n_eff, ref.n_eff, what="n_eff")
     assert ((F.n_eff >= 1 - 1e-12) & (F.n_eff <= x.shape[0] + 1e-9)).all()
-    if kind != "mc":  # MC labels depend on the batching
-        streamed = unit_fisher(model, layer, x, y, batch_size=5, **args)
-        assert_close(streamed.c_sum, F.c_sum, what="Σ c_n streamed")
-        assert_close(streamed.c_sq_sum, F.c_sq_sum, what="Σ c_n² streamed")
+    streamed = unit_fisher(model, layer, x, y, batch_size=5, generator=case.generator(), **args)
+    assert_close(streamed.c_sum, F.c_sum, what="Σ c_n streamed")
+    assert_close(streamed.c_sq_sum, F.c_sq_sum, what="Σ c_n² streamed")
 
 
 def test_n_eff_of_linear_unit_is_that_of_its_delta_bar_squared():
