@@ -101,6 +101,22 @@ def net_positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
     return g.reshape(k, n, g.shape[2], -1).transpose(-1, -2)  # [K, N, P, U]
 
 
+def check_signals(name: str, g: torch.Tensor | None) -> torch.Tensor:
+    """The back-propagated columns ``g`` of layer ``name``, refused when the layer does not
+    reach the output (``None``) or they hold NaN/Inf."""
+    if g is None:
+        raise InputError(
+            f"layer {name!r} does not influence the model output, so its unit Fisher is zero; "
+            "leave it out (unit_fishers(..., layers=[...]) takes the layers to compute)"
+        )
+    if not torch.isfinite(g.sum()) and not torch.isfinite(g).all():  # sum: one cheap pass
+        raise InputError(
+            f"the back-propagated error signals of layer {name!r} contain NaN/Inf; check the "
+            "layers above it and the output scale"
+        )
+    return g
+
+
 def check_units(name: str, units, n_units: int) -> torch.Tensor:
     r"""``units=`` of layer ``name`` as int64 indices ``[U]``: distinct integers in
     ``[0, n_units)``, in the order given. Floats (``[0.7, 2.9]`` is not silently ``[0, 2]``),

@@ -12,7 +12,7 @@ import itertools
 import torch
 from torch import nn
 
-from natgrad._layers import check_units, incoming, net_positions
+from natgrad._layers import check_signals, check_units, incoming, net_positions
 from natgrad.errors import InputError
 from natgrad.unitfisher import UnitFisher
 
@@ -71,16 +71,7 @@ class LayerAccumulator:
             self.c_n = torch.zeros(n, self.n_units, dtype=a.dtype, device=a.device)
 
     def add_columns(self, g: torch.Tensor | None) -> None:
-        if g is None:
-            raise InputError(
-                f"layer {self.name!r} does not influence the model output, so its unit Fisher "
-                "is zero; pick a layer on the path to the output"
-            )
-        if not torch.isfinite(g.sum()) and not torch.isfinite(g).all():  # sum: one cheap pass
-            raise InputError(
-                f"the back-propagated error signals of layer {self.name!r} contain NaN/Inf; "
-                "check the layers above it and the output scale"
-            )
+        check_signals(self.name, g)
         v = net_positions(self.module, g)  # [K, N, P, U]
         if self.units is not None:
             v = v.index_select(-1, self.units.to(v.device))

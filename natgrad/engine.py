@@ -288,7 +288,10 @@ class _Capture(contextlib.ExitStack):
             )
         missing = [n for n in self.targets.values() if n not in self.outputs]
         if missing:
-            raise InputError(f"layers {missing} were not called in the model's forward pass")
+            raise InputError(
+                f"layers {missing} were not called in the model's forward pass; leave them "
+                "out (unit_fishers(..., layers=[...]) takes the layers to compute)"
+            )
         if self.first_bad is not None or not torch.isfinite(out).all():
             where = f"layer {self.first_bad!r}" if self.first_bad else "the model output"
             raise InputError(

@@ -39,7 +39,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from natgrad import linalg
-from natgrad._layers import find_layer
+from natgrad._layers import check_signals, find_layer
 from natgrad.errors import InputError, UnsupportedLayerError
 
 __all__ = ["NORM_LAYERS", "NormUnitFisher", "norm_layers", "norm_unit_fishers", "normalised"]
@@ -122,15 +122,7 @@ class NormAccumulator:
         self.c_n = torch.zeros(n, u, dtype=x.dtype, device=x.device)
 
     def add_columns(self, g: torch.Tensor | None) -> None:
-        if g is None:
-            raise InputError(
-                f"layer {self.name!r} does not influence the model output, so its unit "
-                "Fisher is zero; pick a layer on the path to the output"
-            )
-        if not torch.isfinite(g.sum()):
-            raise InputError(
-                f"the back-propagated error signals of layer {self.name!r} contain NaN/Inf"
-            )
+        check_signals(self.name, g)
         k, n = g.shape[:2]
         if isinstance(self.module, nn.LayerNorm):
             v = g.reshape(k, n, -1, self.n_units)  # [K, N, P, U]

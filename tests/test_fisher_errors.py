@@ -167,3 +167,27 @@ def test_layer_not_called_or_not_on_path_to_output():
     x, _ = _data()
     with pytest.raises(InputError, match=r"unused.*not called"):
         unit_fisher(_Twice(), "unused", x)
+
+
+class _SideHead(nn.Module):
+    """A layer that is called but whose output is dropped: its Fisher is zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.side, self.head = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.body(x))
+        self.side(h)
+        return self.head(h)
+
+
+def test_layer_off_the_path_to_the_output_is_named_with_the_way_out():
+    x, _ = _data()
+    for call in (lambda m: unit_fisher(m, "side", x), lambda m: unit_fishers(m, x)):
+        with pytest.raises(InputError, match=r"'side' does not influence.*layers=\["):
+            call(_SideHead())
+    with pytest.raises(InputError, match=r"'unused'.*not called.*layers=\["):
+        unit_fishers(_Twice(), x, layers=["unused", "head"])
+    got = unit_fishers(_SideHead(), x, layers=["body", "head"])  # the way out works
+    assert list(got) == ["body", "head"]
