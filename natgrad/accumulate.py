@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from natgrad._layers import check_signals, check_units, incoming, net_positions
-from natgrad.errors import InputError
 from natgrad.unitfisher import UnitFisher
 
 # Largest temporary a chunk may allocate, in elements (2**25 floats = 128 MiB in float32).
