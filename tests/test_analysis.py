@@ -20,6 +20,7 @@ from natgrad.analysis import stats
 from natgrad.analysis.runs import curve_table, find_runs, load_model, probe_set, unit_table
 from natgrad.analysis.summary import read_tables
 from natgrad.damping import MEASURE_DAMPING
+from natgrad.errors import DataFileError
 from natgrad.fisher import unit_fisher
 from natgrad.testing import assert_close, conditioned_rtol
 from natgrad.training.rundir import RunDir
@@ -450,7 +451,6 @@ def test_curve_table_of_committed_records_without_activations(tmp_path):
     import shutil
 
     from natgrad.analysis.runs import curve_table
-    from natgrad.errors import DataFileError
     from natgrad.training import default_config, train
 
     cfg = dataclasses.replace(default_config("mnist-fc"), dataset="digits", epochs=2, width=8,
@@ -553,6 +553,12 @@ def test_the_analysis_sees_the_data_the_run_trained_on(tmp_path):
         np.testing.assert_allclose(got, f.n_eff.double().numpy(), rtol=1e-5)
     context = json.loads((tmp_path / "t" / "context.json").read_text())
     assert context["probe"] == "the inputs the runs trained on (all)"
+    # a run whose recorded data are not the data loaded for it now: refused, naming it
+    meta = json.loads((run / "config.json").read_text())
+    meta["data_sha256"] = "0" * 16
+    (run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(DataFileError, match=r"/r: it was trained on other data.*0{16}"):
+        probe_set(run, 16)
 
 
 def test_an_autoencoders_initial_net_is_rebuilt_without_its_checkpoint(tmp_path):
