@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from natgrad._batches import iter_batches
 from natgrad._layers import batch_statistics_layers, check_layer, check_units, find_layer
 from natgrad.errors import InputError
 from natgrad.likelihoods import KINDS, check_likelihood, sample_targets
@@ -75,17 +76,14 @@ def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
     return name
 
 
-def _as_tensors(
-    inputs, targets
-) -> tuple[torch.Tensor, torch.Tensor | None]:  # ([N, ...], [N, ...] or None)
-    if isinstance(inputs, torch.Tensor):
-        return inputs, targets
-    pairs = list(inputs)
-    if not pairs:
+def _as_tensors(inputs, targets) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``inputs``/``targets`` as :func:`natgrad.unit_fisher` reads them (``_batches``), joined
+    into one ``[N, ...]`` tensor and its targets (or ``None``)."""
+    batches = list(iter_batches(inputs, targets, None))
+    if not batches:
         raise InputError("no data: the iterable of (inputs, targets) batches is empty")
-    xs, ys = zip(*pairs, strict=True)
-    y = None if any(t is None for t in ys) else torch.cat(ys)
-    return torch.cat(xs), y
+    xs, ys = zip(*batches, strict=True)
+    return torch.cat(xs), None if any(t is None for t in ys) else torch.cat(ys)
 
 
 def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from cases import CASES, LAYER_CASES, case_id, layer_case_id
 from torch.utils.data import DataLoader, TensorDataset
 
+from natgrad.errors import InputError
 from natgrad.fisher import unit_fisher, unit_fishers
 from natgrad.reference import reference_unit_fisher
 from natgrad.testing import assert_close
@@ -106,6 +107,11 @@ def test_streaming_equals_one_batch(case_layer, kind, form):
     assert_close(streamed.matrix, whole.matrix, what=f"{form} {kind}")
     assert_close(streamed.mean_p, whole.mean_p, what=f"{form} mean_p")
     assert streamed.n == whole.n == case.n
+    if form != "batch_size":  # the reference reads the same batches (natgrad._batches)
+        ref = reference_unit_fisher(model, layer, data, kind=kind, likelihood=case.likelihood)
+        assert_close(ref.matrix, whole.matrix, what=f"reference over the {form}")
+        with pytest.raises(InputError, match=r"tuple of two tensors"):  # (x, y): not batches
+            reference_unit_fisher(model, layer, (x, x), likelihood=case.likelihood)
 
 
 @pytest.mark.parametrize("kind", KINDS)
