@@ -165,6 +165,8 @@ def test_load_dataset_imagenet(tree):
         assert sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
     with pytest.raises(InputError, match="imagenet only"):
         load_dataset("digits", limit_per_class=2)
+    with pytest.raises(InputError, match="float dtype"):  # pixels / 255, centred
+        load_dataset("imagenet", root, dtype=torch.uint8, limit_per_class=2)
 
 
 def test_missing_folder_errors(tmp_path):

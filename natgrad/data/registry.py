@@ -86,9 +86,10 @@ def _load_mnist(folder: Path, explicit: bool, dtype: torch.dtype) -> Dataset:
 def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Dataset:
     """``train/`` and ``val/`` (the test split) of an ImageNet folder tree as a :class:`Dataset`
     (float ``/255``, 256×256; eager, so for small subsets)."""
-    train = imagenet.load_imagenet(folder, "train", dtype=dtype, limit_per_class=limit)
-    val = imagenet.load_imagenet(folder, "val", dtype=dtype, limit_per_class=limit,
-                                 mean=train.mean)  # fmt: skip
+    if not dtype.is_floating_point:
+        raise InputError(f"imagenet: dtype must be a float dtype (pixels / 255), got {dtype}")
+    train = imagenet.load_imagenet(folder, "train", limit_per_class=limit)  # bytes
+    val = imagenet.load_imagenet(folder, "val", limit_per_class=limit)
     if train.classes != val.classes:
         only = sorted(set(train.classes) ^ set(val.classes))
         raise DataFileError(
@@ -96,16 +97,16 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
             f"{', '.join(only[:5])}{', …' if len(only) > 5 else ''}); both splits need the "
             "same classes so that labels agree"
         )
-    # both splits in one fixed class-mixed order (the folders give them class by class): the
-    # first n images (a probe, each jackknife half, a train_size subset) span the classes
-    mixed = [torch.randperm(s.y.shape[0], generator=torch.Generator().manual_seed(i))
-             for i, s in enumerate((val, train))]  # fmt: skip
+    # the paper's per-pixel mean, the training split's (a sum of bytes: exact in float64)
+    mean = train.x.sum(0, dtype=torch.float64).div_(255.0 * train.y.shape[0]).to(dtype)
+    (test_x, test_y), (train_x, train_y) = (_mixed(s, seed, mean) for seed, s in
+                                            enumerate((val, train)))  # fmt: skip
     return Dataset(
         name="imagenet",
-        train_x=_centred(train.x[mixed[1]], train.mean),  # the paper's per-pixel mean, the
-        train_y=train.y[mixed[1]],  # training split's
-        test_x=_centred(val.x[mixed[0]], train.mean),
-        test_y=val.y[mixed[0]],
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
         num_classes=len(train.classes),
         input_shape=tuple(train.x.shape[1:]),
         meta={
@@ -120,7 +121,11 @@ def _load_imagenet(folder: Path, dtype: torch.dtype, limit: int | None) -> Datas
     )
 
 
-def _centred(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """``x − mean``, in place for float images (the reordered split, a copy already, is not
-    copied again)."""
-    return x.sub_(mean) if x.is_floating_point() else x - mean
+def _mixed(split, seed: int, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split in its fixed class-mixed order (seed: test 0, train 1; the folders give the
+    images class by class, and the first n images, a probe, each jackknife half or a
+    ``train_size`` subset, should span the classes), in ``mean``'s dtype, ``/ 255`` and
+    centred on ``mean``: reordered as bytes, then made float and centred in place, so that
+    a split is copied once in float."""
+    order = torch.randperm(split.y.shape[0], generator=torch.Generator().manual_seed(seed))
+    return split.x[order].to(mean.dtype).div_(255.0).sub_(mean), split.y[order]
