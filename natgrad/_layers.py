@@ -81,6 +81,32 @@ def check_layer(name: str, module: nn.Module) -> None:
         )
 
 
+def layer_input(name: str, module: nn.Module, args: tuple, kwargs: dict, n_inputs: int | None
+                ) -> torch.Tensor:  # fmt: skip
+    r"""The input a hooked layer was called with (positional or ``input=``), refused unless
+    it holds one row per model input (``n_inputs``; ``None``: not checked) and, for a Conv2d,
+    is batched ``[N, C, H, W]``: the unit Fisher is an average over inputs of each input's
+    own block, which rows shared between inputs or one input spread over several rows do
+    not give."""
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"layer {name!r} was called without a tensor input (positional or "
+                         "input=); natgrad reads the layer's input to form its unit Fisher")  # fmt: skip
+    if isinstance(module, nn.Conv2d) and x.ndim != 4:
+        raise InputError(f"layer {name!r} is a Conv2d called on a {x.ndim}-d input "
+                         f"{tuple(x.shape)}; natgrad needs it batched, [N, C, H, W] with one "
+                         "row per model input")  # fmt: skip
+    if n_inputs is not None and (x.ndim == 0 or x.shape[0] != n_inputs):
+        raise InputError(
+            f"layer {name!r} sees {x.shape[0] if x.ndim else 0} rows for a batch of {n_inputs} "
+            "model inputs: its rows are not one per input (inputs folded into the batch, e.g. "
+            "frames or tokens reshaped to [N·T, ...], a concatenated batch, or an input shared "
+            "by all), so no input's own block can be formed; keep the extra axis apart (a "
+            "Linear layer takes [N, T, d], T as positions) or leave the layer out"
+        )
+    return x
+
+
 def incoming(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     r"""Incoming activations of every unit: ``[N, P, d]`` from the layer input ``x``."""
     if isinstance(module, nn.Linear):

@@ -40,7 +40,7 @@ from natgrad import likelihoods as lik
 from natgrad import memory
 from natgrad._batches import iter_batches
 from natgrad._distributed import all_reduce_accumulators
-from natgrad._layers import batchnorm_guard
+from natgrad._layers import batchnorm_guard, layer_input
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
 from natgrad.errors import InputError, NatgradError
 from natgrad.structures import StructuredAccumulator
@@ -187,14 +187,16 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor) -> int:
     shapes: dict[str, tuple[int, ...]] = {}
     targets = {id(acc.module): name for name, acc in accs.items()}
 
-    def hook(module, args, out):
+    def hook(module, args, kwargs, out):
         if isinstance(out, torch.Tensor):
             acts[0] += out[0].numel()
             if id(module) in targets:
-                shapes[targets[id(module)]] = (args[0][0].numel(), out[0].numel())
+                name = targets[id(module)]
+                shapes[name] = (layer_input(name, module, args, kwargs, None)[0].numel(),
+                                out[0].numel())  # fmt: skip
 
     handles = [
-        m.register_forward_hook(hook)
+        m.register_forward_hook(hook, with_kwargs=True)
         for m in model.modules()
         if id(m) in targets or not any(True for _ in m.children())
     ]
@@ -261,18 +263,19 @@ class _Capture(contextlib.ExitStack):
                 p.requires_grad_(True)
         for name, module in self.model.named_modules():
             if id(module) in self.targets:
-                hook = self._capture_hook(name)
+                handle = module.register_forward_hook(self._capture_hook(name), with_kwargs=True)
             elif not any(True for _ in module.children()):
-                hook = functools.partial(self._note_bad, name)
+                handle = module.register_forward_hook(functools.partial(self._note_bad, name))
             else:
                 continue
-            self.callback(module.register_forward_hook(hook).remove)
+            self.callback(handle.remove)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self.first_bad: str | None = None
+        self.n = x.shape[0]  # the rows every hooked layer's input must have
         try:
             out = self.model(x)
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
@@ -312,14 +315,14 @@ class _Capture(contextlib.ExitStack):
             self.first_bad = name
 
     def _capture_hook(self, name):
-        def hook(module, args, out):
+        def hook(module, args, kwargs, out):
             if name in self.outputs:
                 raise InputError(
                     f"layer {name!r} is called more than once in one forward pass; natgrad's "
                     "unit Fisher needs each layer to be applied once per input"
                 )
             self._note_bad(name, module, args, out)
-            self.inputs[name] = args[0].detach()
+            self.inputs[name] = layer_input(name, module, args, kwargs, self.n).detach()
             self.outputs[name] = out
             # A clone, so that an in-place activation after the layer cannot overwrite the
             # net inputs whose gradients we take.

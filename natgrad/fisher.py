@@ -50,7 +50,10 @@ def unit_fisher(
             given: call ``model.eval()`` first for dropout or batch-norm nets (batch-norm
             layers in training mode get a :class:`~natgrad.errors.TrainModeWarning`; their
             running statistics are restored afterwards).
-        layer: an ``nn.Linear``/``nn.Conv2d`` inside ``model`` (with a bias), or its name.
+        layer: an ``nn.Linear``/``nn.Conv2d`` inside ``model`` (with a bias), or its name,
+            applied once per forward pass to ``[N, ...]`` rows, one per input. The blocks
+            are over the weight that multiplies the layer's input: for a parametrised layer
+            (weight norm, weight standardisation) the effective weight.
         inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches (e.g. a
             DataLoader, not one batch of it: a list ``[x, y]`` is two batches of inputs; a
             tuple ``(x, y)`` of equal rows is refused). Streaming gives the same matrix as one
@@ -141,7 +144,10 @@ def unit_fishers(
                 "pass layers=[...] naming only layers with a bias"
             )
         for n, m in chosen.items():
-            check_layer(n, m)
+            try:
+                check_layer(n, m)
+            except UnsupportedLayerError as exc:  # e.g. a grouped conv: the way out
+                raise UnsupportedLayerError(f"{exc}; pass layers=[...] leaving it out") from None
     else:
         chosen = dict(resolve_layer(model, layer) for layer in layers)
     spec = layer_spec(chosen, units)

@@ -11,6 +11,7 @@ from torch import nn
 
 from natgrad.errors import InputError, UnsupportedLayerError
 from natgrad.fisher import unit_fisher, unit_fishers
+from natgrad.testing import assert_close
 
 
 def _net(**extra) -> nn.Module:
@@ -191,3 +192,67 @@ def test_layer_off_the_path_to_the_output_is_named_with_the_way_out():
         unit_fishers(_Twice(), x, layers=["unused", "head"])
     got = unit_fishers(_SideHead(), x, layers=["body", "head"])  # the way out works
     assert list(got) == ["body", "head"]
+
+
+class _Folded(nn.Module):
+    """Layers whose rows are not one per model input: frames folded into the batch (conv),
+    tokens folded into it (Linear), and a map shared by every input ([1, C, H, W])."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv, self.tok, self.fc = nn.Conv2d(2, 3, 3), nn.Linear(2, 3), nn.Linear(54, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [N, 2, 2, 5, 5]
+        n = x.shape[0]
+        if self.how == "frames":
+            return self.fc(torch.tanh(self.conv(x.flatten(0, 1))).reshape(n, -1))
+        if self.how == "tokens":  # [N·50, 2] rows
+            return self.fc(torch.tanh(self.tok(x.reshape(-1, 2))).reshape(n, -1)[:, :54])
+        shared = torch.tanh(self.conv(torch.ones(1, 2, 5, 5, dtype=x.dtype)))  # [1, 3, 3, 3]
+        return self.fc(torch.cat([shared.flatten(1).expand(n, -1), x.flatten(1)[:, :27]], 1))
+
+
+@pytest.mark.parametrize(("how", "layer", "rows"), [("frames", "conv", 8), ("tokens", "tok", 200),
+                                                      ("shared", "conv", 1)])  # fmt: skip
+def test_a_layer_whose_rows_are_not_one_per_input_is_refused(how, layer, rows):
+    """Its rows were read as inputs and the result divided by the model's N: off by 37–285 %
+    (a helper's brute force), silently; the per-input reference is right there."""
+    model, x = _Folded(how).double(), torch.randn(4, 2, 2, 5, 5, dtype=torch.float64)
+    with pytest.raises(InputError, match=rf"'{layer}' sees {rows} rows for a batch of 4 model"):
+        unit_fisher(model, layer, x)
+
+
+class _Called(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.conv, self.fc = how, nn.Conv2d(2, 3, 3), nn.Linear(48, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [N, 2, 6, 6]
+        if self.how == "keyword":
+            return self.fc(torch.tanh(self.conv(input=x)).flatten(1))
+        if self.how == "unbatched":  # one [C, H, W] map for the whole batch
+            h = torch.tanh(self.conv(x[0])).flatten()
+            return self.fc(h).expand(x.shape[0], -1)
+        return self.fc(torch.tanh(self.conv(x)).flatten(1))
+
+
+def test_a_layer_called_with_a_keyword_or_unbatched():
+    from natgrad.reference import reference_unit_fisher
+
+    x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+    plain = _Called("positional").double()
+    keyword = _Called("keyword").double()
+    keyword.load_state_dict(plain.state_dict())
+    want = unit_fisher(plain, "conv", x).matrix
+    for fn in (unit_fisher, reference_unit_fisher):  # conv(input=x) is read as conv(x)
+        assert_close(fn(keyword, "conv", x).matrix, want, what=f"{fn.__name__} input=x")
+        with pytest.raises(InputError, match=r"'conv' is a Conv2d called on a 3-d input"):
+            fn(_Called("unbatched").double(), "conv", x)
+
+
+def test_a_grouped_conv_in_unit_fishers_names_the_way_out():
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten(), nn.Linear(32, 3))
+    with pytest.raises(UnsupportedLayerError, match=r"groups=2.*layers=\[\.\.\.\] leaving it"):
+        unit_fishers(model, torch.randn(4, 2, 6, 6))
+    assert list(unit_fishers(model, torch.randn(4, 2, 6, 6), layers=["2"])) == ["2"]
