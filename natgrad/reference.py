@@ -48,9 +48,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.parametrize import is_parametrized
 
 from natgrad._batches import iter_batches
-from natgrad._layers import batch_statistics_layers, check_layer, check_units, find_layer
+from natgrad._layers import (
+    batch_statistics_layers,
+    check_layer,
+    check_units,
+    find_layer,
+    layer_input,
+)
 from natgrad.errors import InputError
 from natgrad.likelihoods import KINDS, check_likelihood, sample_targets
 from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, check_norm_layer, normalised
@@ -71,8 +78,17 @@ def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
     name, module = find_layer(model, layer)
     if isinstance(module, NORM_LAYERS):
         check_norm_layer(name, module)
-    else:
-        check_layer(name, module)
+        return name
+    check_layer(name, module)
+    base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
+    if (type(module).forward is not base.forward or is_parametrized(module)
+            or not isinstance(module.weight, nn.Parameter)):  # fmt: skip
+        raise InputError(
+            f"layer {name!r} computes its output from a transformed weight (a parametrisation "
+            "such as weight norm, or a forward of its own); the reference differentiates the "
+            "parameter module.weight itself, not the weight that multiplies the layer's input, "
+            "whose blocks natgrad.unit_fisher gives"
+        )
     return name
 
 
@@ -174,7 +190,10 @@ def reference_unit_fisher(
     d = 1 if norm else weight[0].numel()
 
     captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda m, args, out: captured.append(args[0].detach()))
+    handle = module.register_forward_hook(  # per-input autograd: any rows (folded batches too)
+        lambda m, args, kwargs, out: captured.append(layer_input(name, m, args, kwargs, None)),
+        with_kwargs=True,
+    )
     try:
         with torch.no_grad():
             output = model64(x)  # [N, *]

@@ -215,3 +215,23 @@ def test_wide_layer_matches_reference():
     got = unit_fisher(net, "0", x)
     ref = reference_unit_fisher(net, "0", x)
     assert_close(got.matrix, ref.matrix, what="packed route vs reference")
+
+
+def test_a_parametrised_layers_blocks_are_those_of_its_effective_weight():
+    """Weight norm: the engine's blocks are over the weight that multiplies the layer's input,
+    equal to the reference's on a plain conv holding that weight; the reference, which
+    differentiates module.weight, refuses the parametrised layer instead of answering for
+    another parameter."""
+    torch.manual_seed(0)
+    tail = [torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(48, 4)]
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(2, 3, 3))
+    model = torch.nn.Sequential(conv, *tail).double()
+    plain = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), *tail).double()
+    with torch.no_grad():
+        plain[0].weight.copy_(model[0].weight)  # the effective weight g·v/‖v‖
+        plain[0].bias.copy_(model[0].bias)
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    want = reference_unit_fisher(plain, "0", x)
+    assert_close(unit_fisher(model, "0", x).matrix, want.matrix, what="weight-norm conv")
+    with pytest.raises(InputError, match=r"'0' computes its output from a transformed weight"):
+        reference_unit_fisher(model, "0", x)
