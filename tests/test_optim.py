@@ -629,6 +629,16 @@ def test_centre_skips_the_named_layers():
         centre(net, skip=("9",))
 
 
+def test_centre_and_uncentre_keep_a_frozen_layer_frozen():
+    net = nn.Sequential(nn.Linear(5, 4), nn.ELU(), nn.Linear(4, 3), nn.ELU(), nn.Linear(3, 2))
+    net[0].requires_grad_(False)
+    net[2].bias.requires_grad_(False)
+    flags = lambda m: [p.requires_grad for p in m.parameters()]  # noqa: E731
+    want = [False, False, True, False, True, True]
+    assert flags(centre(net)) == want  # the centre is a buffer; (v, v0) as (w, w0) were
+    assert flags(uncentre(centre(net))) == want
+
+
 def _ng_steps(layer_damping: float, lr: float, steps: int = 20):
     import warnings
 

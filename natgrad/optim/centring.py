@@ -143,6 +143,8 @@ def _centred_copy(m: nn.Module) -> nn.Module | None:
     with torch.no_grad():
         new.weight.copy_(m.weight)
         new.bias.copy_(m.bias)
+    new.weight.requires_grad_(m.weight.requires_grad)  # a frozen layer stays frozen
+    new.bias.requires_grad_(m.bias.requires_grad)
     new.train(m.training)
     return new
 
@@ -173,7 +175,7 @@ def uncentre(model: nn.Module) -> nn.Module:
                 with torch.no_grad():
                     bias = child._effective_bias().detach().clone()
                 del new._buffers["centre"]
-                new.bias = nn.Parameter(bias)
+                new.bias = nn.Parameter(bias, requires_grad=child.bias.requires_grad)
                 del new.batch_mean
                 made[id(child)] = new
             if id(child) in made:
