@@ -24,6 +24,7 @@ from natgrad.errors import (
     DataFileError,
     InputError,
     LargeStepWarning,
+    LayerUseError,
     MemoryBudgetError,
     NatgradError,
     NatgradWarning,
@@ -57,7 +58,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     # errors and warnings
-    "CheckpointError", "DataFileError", "InputError", "LargeStepWarning", "MemoryBudgetError",
+    "CheckpointError", "DataFileError", "InputError", "LargeStepWarning", "LayerUseError",
+    "MemoryBudgetError",
     "NatgradError", "NatgradWarning", "NearlySingularWarning", "SingularBlockError",
     "StructureError", "UnsupportedLayerError",
     # unit Fisher

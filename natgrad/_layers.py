@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from natgrad.errors import InputError, TrainModeWarning, UnsupportedLayerError
+from natgrad.errors import InputError, LayerUseError, TrainModeWarning, UnsupportedLayerError
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -97,7 +97,7 @@ def layer_input(name: str, module: nn.Module, args: tuple, kwargs: dict, n_input
                          f"{tuple(x.shape)}; natgrad needs it batched, [N, C, H, W] with one "
                          "row per model input")  # fmt: skip
     if n_inputs is not None and (x.ndim == 0 or x.shape[0] != n_inputs):
-        raise InputError(
+        raise LayerUseError(
             f"layer {name!r} sees {x.shape[0] if x.ndim else 0} rows for a batch of {n_inputs} "
             "model inputs: its rows are not one per input (inputs folded into the batch, e.g. "
             "frames or tokens reshaped to [N·T, ...], a concatenated batch, or an input shared "
@@ -131,7 +131,7 @@ def check_signals(name: str, g: torch.Tensor | None) -> torch.Tensor:
     """The back-propagated columns ``g`` of layer ``name``, refused when the layer does not
     reach the output (``None``) or they hold NaN/Inf."""
     if g is None:
-        raise InputError(
+        raise LayerUseError(
             f"layer {name!r} does not influence the model output, so its unit Fisher is zero; "
             "leave it out (unit_fishers(..., layers=[...]) takes the layers to compute)"
         )

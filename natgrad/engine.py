@@ -42,7 +42,7 @@ from natgrad._batches import iter_batches
 from natgrad._distributed import all_reduce_accumulators
 from natgrad._layers import batchnorm_guard, layer_input
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
-from natgrad.errors import InputError, NatgradError
+from natgrad.errors import InputError, LayerUseError, NatgradError
 from natgrad.structures import StructuredAccumulator
 
 CONV_MOMENTS = ("shared", "positions")
@@ -291,7 +291,7 @@ class _Capture(contextlib.ExitStack):
             )
         missing = [n for n in self.targets.values() if n not in self.outputs]
         if missing:
-            raise InputError(
+            raise LayerUseError(
                 f"layers {missing} were not called in the model's forward pass; leave them "
                 "out (unit_fishers(..., layers=[...]) takes the layers to compute)"
             )
@@ -317,7 +317,7 @@ class _Capture(contextlib.ExitStack):
     def _capture_hook(self, name):
         def hook(module, args, kwargs, out):
             if name in self.outputs:
-                raise InputError(
+                raise LayerUseError(
                     f"layer {name!r} is called more than once in one forward pass; natgrad's "
                     "unit Fisher needs each layer to be applied once per input"
                 )

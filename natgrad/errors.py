@@ -11,6 +11,12 @@ class InputError(NatgradError, ValueError):
     """Bad user input: wrong shapes, empty data, NaN/Inf, missing targets."""
 
 
+class LayerUseError(InputError):
+    """A supported layer the model uses in a way its unit Fisher cannot be formed for: not
+    called, called twice, off the path to the output, or rows that are not one per input
+    (leave it out: ``layers=`` of the analysis, ``plain_layers=`` of the optimizer)."""
+
+
 class UnsupportedLayerError(NatgradError, TypeError):
     """A layer natgrad cannot compute unit Fishers for (not Linear/Conv2d, or without bias)."""
 

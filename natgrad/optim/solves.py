@@ -15,7 +15,8 @@ with one stated λ for every unit and unit type. Bias last: F = [[A, b], [bᵀ, 
 A unit whose block is zero (a ReLU unit dead on every input of the batches averaged) has no
 curvature to precondition with: its block is taken as s·I, s the mean of the layer's other
 units' tr F/(d+1) (the scale of its peers), so a gradient it receives later gets a step of
-the layer's usual size instead of a division by zero.
+the layer's usual size instead of a division by zero; where every unit of the layer is dead,
+s = 1 (no scale to borrow: the step is the plain gradient, damped as I + μ).
 
 Shapes: U units, d fan-in; ``g`` is ``[U, d+1]`` (bias last).
 

@@ -19,16 +19,22 @@ coupling's share.
 
 F is a running average of the unit Fisher of the training batches: every ``refresh_every``
 steps the optimizer runs natgrad's engine (:func:`natgrad.fisher.unit_fishers`: one forward
-and one batched backward for all layers) on the current batch, and sets
+and one batched backward for all layers; one each per structure where layers over
+``memory_budget`` fall back to a cheaper one, each pass with its own dropout masks and, for
+``kind="mc"``, its own labels) on the current batch, and sets
 F ← ema·F + (1 − ema)·F_batch (the first refresh sets F = F_batch). Only the parts each
 structure reads are kept: the dense blocks for ``unit`` and ``blockdiag`` (their solve is
 formed once per refresh), the diagonal and the bias column for the others, which the engine
 computes without forming dense blocks (:mod:`natgrad.structures`).
 
-Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes), layers without a bias
-and the ``plain_layers`` take the plain SGD step (a grouped Conv2d is refused unless listed
-there). Model buffers (batch-norm running
-statistics) are restored after the refresh pass, so it does not count as a training forward;
+Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes), layers without a bias,
+layers with a frozen weight or bias and the ``plain_layers`` take the plain SGD step (a
+grouped Conv2d, tied weights and a layer the engine cannot read, e.g. one off the path to
+the output, are refused unless listed there). A step that fails (a NaN gradient, a
+singular block) leaves the optimizer's state as it was, so it can be retried; setting
+``rel_damping`` or ``layer_damping`` takes effect at the next step. Model buffers
+(batch-norm running statistics) are restored after the refresh pass, so it does not count
+as a training forward;
 dropout in train mode draws its masks from torch's global generator as usual. With batch
 norm in training mode, a layer before it gets per-input columns back-propagated through the
 batch graph, as in K-FAC: they mix the inputs of the batch, so its blocks approximate rather
@@ -62,6 +68,7 @@ from natgrad.argtypes import is_finite_number, is_integer
 from natgrad.errors import (
     InputError,
     LargeStepWarning,
+    LayerUseError,
     NatgradWarning,
     TrainModeWarning,
     UnsupportedLayerError,
@@ -204,6 +211,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         for name, m in model.named_modules():
             if not isinstance(m, SUPPORTED) or m.bias is None or name in plain:
                 continue
+            if not (m.weight.requires_grad and m.bias.requires_grad):
+                continue  # frozen, or half frozen: its trainable parameter takes plain SGD
             if is_centred(m):
                 raise InputError(
                     f"layer {name!r} is centred (natgrad.optim.centre); the unit Fisher engine "
@@ -223,6 +232,17 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 self.structures[name] = cheap
             else:
                 self.structures[name] = structure
+        holders: dict[int, list[str]] = {}
+        for name, m in model.named_modules():
+            for key, p in m.named_parameters(recurse=False):
+                holders.setdefault(id(p), []).append(f"{name}.{key}")
+        tied = [held for m in self.layers.values() for p in (m.weight, m.bias)
+                if len(held := holders[id(p)]) > 1]  # fmt: skip
+        if tied:
+            raise InputError(f"UnitNaturalGradient: {' is '.join(tied[0])} (tied weights); a "
+                             "preconditioned layer needs its own weight and bias, whose "
+                             "running Fisher it keeps. Untie them, or list the layers in "
+                             "plain_layers=[...] to give them plain SGD")  # fmt: skip
         if too_big:
             warnings.warn(
                 f"dense unit Fisher blocks of layers {', '.join(too_big)} exceed the memory "
@@ -249,6 +269,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         self.window = window
         self.generator = torch.Generator().manual_seed(int(seed))
         self._factors: dict[str, object] = {}  # per-refresh preconditioners, by layer
+        self._factors_for = (self.rel_damping, self.layer_damping)  # the dampings they use
         self.steps = 0
 
     # --- state: the running Fisher lives in the state of each layer's weight ---------------
@@ -284,16 +305,22 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.steps % self.refresh_every == 0 or not self._has_fisher():
-            if inputs is None:
-                raise InputError(
-                    f"step {self.steps} refreshes the unit Fisher: call opt.step(inputs) with "
-                    "the current batch (and targets= for kind='empirical')"
-                )
-            self._refresh(inputs, targets)
-            self._step_warned = False
-        directions = self._directions()
-        self._check_finite(directions)
+        refresh = self.steps % self.refresh_every == 0 or not self._has_fisher()
+        if refresh and inputs is None:
+            raise InputError(
+                f"step {self.steps} refreshes the unit Fisher: call opt.step(inputs) with "
+                "the current batch (and targets= for kind='empirical')"
+            )
+        saved = self._snapshot()
+        try:  # a step that fails (a NaN gradient, a singular block) leaves no state behind
+            if refresh:
+                self._refresh(inputs, targets)
+                self._step_warned = False
+            directions = self._directions()
+            self._check_finite(directions)
+        except BaseException:
+            self._restore(saved)
+            raise
         if not getattr(self, "_step_warned", False):  # at most one warning per refresh period
             self._step_warned = self._check_step_size(directions)
         for group in self.param_groups:
@@ -367,6 +394,20 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             )
         return bool(big)
 
+    def _snapshot(self) -> tuple:
+        """What a refresh and the directions change, to undo a failed step: each layer's
+        state entries (the running average is replaced, not written into), the label
+        generator, the factors and the warning flag."""
+        states = {name: dict(self.state[m.weight]) for name, m in self.layers.items()}
+        return (states, self.generator.get_state(), dict(self._factors), self._factors_for,
+                getattr(self, "_step_warned", False))  # fmt: skip
+
+    def _restore(self, saved: tuple) -> None:
+        states, generator, self._factors, self._factors_for, self._step_warned = saved
+        for name, m in self.layers.items():
+            self.state[m.weight] = states[name]
+        self.generator.set_state(generator)
+
     def _has_fisher(self) -> bool:
         return all(any(k in self.state[m.weight] for k in _FISHER_KEYS)
                    for m in self.layers.values())  # fmt: skip
@@ -392,6 +433,9 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                     engine = "dense" if structure in ("unit", "blockdiag") else structure
                     fishers.update(unit_fishers(self.model, inputs, targets, layers=names,
                                                 structure=engine, **options))  # fmt: skip
+        except LayerUseError as exc:
+            raise LayerUseError(f"UnitNaturalGradient's refresh: {exc}. Here: list such a "
+                                "layer in plain_layers=[...] to give it plain SGD") from None  # fmt: skip
         finally:
             for b, saved in buffers:
                 b.copy_(saved)
@@ -405,8 +449,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 old = state.get(key)
                 if old is None or self.ema == 0.0:
                     state[key] = value.clone()
-                else:
-                    old.mul_(self.ema).add_(value, alpha=1.0 - self.ema)
+                else:  # a new tensor: a failed step restores the old one (_snapshot)
+                    state[key] = old.mul(self.ema).add_(value, alpha=1.0 - self.ema)
 
     def _push_window(self, state: dict, fisher: WoodburyUnitFisher) -> None:
         r"""Age the window's batches by one and store the newest as batch 0 (state keys
@@ -425,6 +469,13 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         r"""{param: preconditioned direction} for the weights and biases of every layer."""
         out = {}
         wd = self.param_groups[0]["weight_decay"] if self.param_groups else 0.0
+        dampings = (self.rel_damping, self.layer_damping)
+        if dampings != self._factors_for:  # set since the factors were formed: form them again
+            for key, value in zip(("rel_damping", "layer_damping"), dampings, strict=True):
+                if not (is_finite_number(value) and value >= 0):
+                    raise InputError(f"UnitNaturalGradient {key}={value!r}: must be a finite "
+                                     "number >= 0")  # fmt: skip
+            self._factors, self._factors_for = {}, dampings
         for name, m in self.layers.items():
             if m.weight.grad is None or m.bias.grad is None:
                 continue
