@@ -64,7 +64,9 @@ def unit_medians(units, metric: str = "rho_plain_jk") -> dict:
 
 def seed_values(units, metrics: list[str], *, by=("unit_type", "seed", "epoch")):
     r"""Per run (and epoch): the median over its analysed units of each metric, the fraction
-    of dead units and the fraction of estimable units (n_eff ≥ 2(d+1)).
+    of dead units and the fraction of estimable units (n_eff ≥ 2(d+1)) among the live ones
+    (a dead unit counts in ``dead`` only; :func:`unit_medians`, for the dashboards, counts it
+    as not estimable, and their tables say so).
 
     ``estimable_only`` metrics (s·c, k, corrected mean) are medians over the estimable units
     only (NaN where a run has none)."""
