@@ -24,7 +24,7 @@ from torch import nn
 
 from natgrad import damping
 from natgrad._layers import batch_statistics_layers
-from natgrad.errors import InputError
+from natgrad.errors import InputError, SingularBlockError
 
 __all__ = ["GramSummary", "NetworkFisher", "efficiency", "loglik_gradient", "network_fisher",
            "network_fisher_gram"]  # fmt: skip
@@ -143,16 +143,33 @@ class NetworkFisher:
             raise InputError(f"unit_vs_full: grad has {g.shape[0]} entries, the Fisher "
                              f"{self.num_params} parameters")  # fmt: skip
         f_lam = self.damped(rel_damping)
-        full = torch.linalg.solve(f_lam, g)
-        return {"rho_unit_ng": efficiency(g, self.per_unit(g, f_lam), f_lam, full),
+        try:
+            full = torch.linalg.solve(f_lam, g)
+            unit = self.per_unit(g, f_lam)
+        except torch.linalg.LinAlgError:
+            raise SingularBlockError(
+                f"unit_vs_full: F_λ is singular at rel_damping={rel_damping:g} (a dead unit, "
+                "or more parameters than the inputs' label directions span); pass "
+                "rel_damping > 0"
+            ) from None
+        return {"rho_unit_ng": efficiency(g, unit, f_lam, full),
                 "rho_plain": efficiency(g, g, f_lam, full)}  # fmt: skip
 
 
 def loglik_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""``[P]`` the gradient of a classifier's mean log-likelihood −CE(model(x), y), in
-    ``named_parameters()`` order (the ``grad`` of :meth:`NetworkFisher.unit_vs_full`)."""
-    loss = nn.functional.cross_entropy(model(x), y)
-    return torch.cat([t.flatten() for t in torch.autograd.grad(-loss, list(model.parameters()))])
+    ``named_parameters()`` order (the ``grad`` of :meth:`NetworkFisher.unit_vs_full`), of the
+    model as :func:`network_fisher` evaluates it: a float64 copy in eval mode (no dropout;
+    batch norm on its running statistics, which are left untouched), every parameter, frozen
+    ones too."""
+    from torch.func import functional_call
+
+    model, _, params, _, x = _prepare(model, x, "loglik_gradient")
+    params = {k: v.requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        loss = nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
+        grads = torch.autograd.grad(-loss, list(params.values()))
+    return torch.cat([t.flatten() for t in grads])
 
 
 def efficiency(g: torch.Tensor, u: torch.Tensor, metric: torch.Tensor, nat: torch.Tensor) -> float:

@@ -4,11 +4,13 @@ the measures on it mean what they say."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from natgrad.errors import InputError
+from natgrad.errors import InputError, SingularBlockError
 from natgrad.fisher import unit_fishers
 from natgrad.network import NetworkFisher, loglik_gradient, network_fisher
 from natgrad.testing import assert_close
@@ -206,3 +208,36 @@ def test_the_unit_block_pieces_of_the_whole_network_fisher():
     assert_close(halved[~in_units], g[~in_units])  # parameters of no unit keep g
     spec = torch.linalg.eigvalsh(F.matrix)
     assert F.top_eig_over_mean() == pytest.approx(float(spec.max() / spec.mean()), rel=1e-12)
+
+
+def test_the_gradient_is_of_the_model_the_fisher_is_of():
+    """loglik_gradient ran the model as given: in training mode it used batch statistics and
+    moved batch norm's running statistics (ρ 0.076 against 0.587 in eval mode), and a frozen
+    parameter, which network_fisher counts in P, raised (a helper's finds)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.5),
+                        nn.Linear(4, 3)).double()  # fmt: skip
+    with torch.no_grad():
+        net[1].running_mean.normal_()
+        net[1].running_var.uniform_(0.5, 2.0)
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
+    buffers = [b.clone() for b in net.buffers()]
+    got = loglik_gradient(net, x, y)  # training mode, as built
+    assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers(), strict=True))
+    twin = copy.deepcopy(net).eval()
+    loss = nn.functional.cross_entropy(twin(x), y)
+    want = torch.cat([t.flatten() for t in torch.autograd.grad(-loss, list(twin.parameters()))])
+    assert_close(got, want, what="the eval-mode gradient")
+    net[0].requires_grad_(False)  # frozen: still in P, as in network_fisher
+    assert loglik_gradient(net, x, y).shape[0] == network_fisher(net, x).num_params
+
+
+def test_an_undamped_singular_network_fisher_is_named():
+    """A dead unit at rel_damping 0 gave a raw torch LinAlgError (a helper's find)."""
+    net, x, y = _net()
+    with torch.no_grad():
+        net[2].weight[0] = 0.0
+        net[2].bias[0] = -1.0  # unit 0 of the ReLU layer dead on every input: a zero block
+    F = network_fisher(net, x)
+    with pytest.raises(SingularBlockError, match=r"rel_damping=0.*pass rel_damping > 0"):
+        F.unit_vs_full(loglik_gradient(net, x, y), rel_damping=0.0)
