@@ -21,6 +21,8 @@ from torch.nn import functional as F
 from natgrad.errors import InputError, LayerUseError, TrainModeWarning, UnsupportedLayerError
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
+#: The affine normalisation layers whose (γ, β) units natgrad.normfisher covers.
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 
 
 def supported_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -43,8 +45,10 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module
         modules = dict(model.named_modules())
         if layer not in modules:
             known = ", ".join(repr(n) for n in supported_layers(model)) or "none"
+            norms = [n for n, m in modules.items() if isinstance(m, NORM_LAYERS)]
             raise UnsupportedLayerError(
                 f"layer {layer!r} is not in the model; its Linear/Conv2d layers are: {known}"
+                + (f"; its normalisation layers: {', '.join(map(repr, norms))}" if norms else "")
             )
         name, module = layer, modules[layer]
     elif isinstance(layer, nn.Module):
@@ -125,6 +129,12 @@ def net_positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return g.reshape(k, n, -1, g.shape[-1])  # [K, N, P, U]
     return g.reshape(k, n, g.shape[2], -1).transpose(-1, -2)  # [K, N, P, U]
+
+
+def called_twice(name: str) -> LayerUseError:
+    """The error for layer ``name`` applied more than once in one forward pass."""
+    return LayerUseError(f"layer {name!r} is called more than once in one forward pass; "
+                         "natgrad's unit Fisher needs each layer to be applied once per input")  # fmt: skip
 
 
 def check_signals(name: str, g: torch.Tensor | None) -> torch.Tensor:

@@ -40,7 +40,7 @@ from natgrad import likelihoods as lik
 from natgrad import memory
 from natgrad._batches import iter_batches
 from natgrad._distributed import all_reduce_accumulators
-from natgrad._layers import batchnorm_guard, layer_input
+from natgrad._layers import batchnorm_guard, called_twice, layer_input
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
 from natgrad.errors import InputError, LayerUseError, NatgradError
 from natgrad.structures import StructuredAccumulator
@@ -317,10 +317,7 @@ class _Capture(contextlib.ExitStack):
     def _capture_hook(self, name):
         def hook(module, args, kwargs, out):
             if name in self.outputs:
-                raise LayerUseError(
-                    f"layer {name!r} is called more than once in one forward pass; natgrad's "
-                    "unit Fisher needs each layer to be applied once per input"
-                )
+                raise called_twice(name)
             self._note_bad(name, module, args, out)
             self.inputs[name] = layer_input(name, module, args, kwargs, self.n).detach()
             self.outputs[name] = out

@@ -39,13 +39,10 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from natgrad import linalg
-from natgrad._layers import check_signals, find_layer
+from natgrad._layers import NORM_LAYERS, check_signals, find_layer
 from natgrad.errors import InputError, UnsupportedLayerError
 
 __all__ = ["NORM_LAYERS", "NormUnitFisher", "norm_layers", "norm_unit_fishers", "normalised"]
-
-#: The normalisation layers whose affine parameters form unit blocks.
-NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 
 
 def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -63,10 +60,15 @@ def check_norm_layer(name: str, m: nn.Module) -> None:
             f"layer {name!r} is a {type(m).__name__}; normalisation unit blocks cover "
             "BatchNorm1d/2d, LayerNorm and GroupNorm (Linear/Conv2d: natgrad.unit_fishers)"
         )
-    if not _affine(m):
+    if getattr(m, "weight", None) is None:
         raise UnsupportedLayerError(
             f"layer {name!r} has no affine parameters (γ, β); build it with affine=True "
             "(elementwise_affine=True for LayerNorm)"
+        )
+    if getattr(m, "bias", None) is None:
+        raise UnsupportedLayerError(
+            f"layer {name!r} has a scale γ but no shift β (LayerNorm(..., bias=False)); a "
+            "normalisation unit is the pair (γ, β): build it with bias=True"
         )
 
 
@@ -180,6 +182,10 @@ class NormUnitFisher:
     def natural_gradient(self, grad_weight, grad_bias, damping: float = 0.0):
         r"""F_c⁻¹ (∂γ_c, ∂β_c) per unit (damped F_c + λI); returns ``(u_γ, u_β)`` shaped as
         the layer's γ and β."""
+        if grad_weight.numel() != self.num_units or grad_bias.numel() != self.num_units:
+            raise InputError(f"layer {self.layer!r}: grad_weight and grad_bias must hold one "
+                             f"entry per unit ({self.num_units}, shaped as γ and β), got "
+                             f"{tuple(grad_weight.shape)} and {tuple(grad_bias.shape)}")  # fmt: skip
         g = torch.stack([grad_weight.reshape(-1), grad_bias.reshape(-1)], dim=-1)
         u = linalg.solve(self.matrix, g.to(self.matrix.dtype), damping=damping,
                          layer=self.layer, what="normalisation unit block")  # fmt: skip

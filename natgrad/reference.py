@@ -53,6 +53,7 @@ from torch.nn.utils.parametrize import is_parametrized
 from natgrad._batches import iter_batches
 from natgrad._layers import (
     batch_statistics_layers,
+    called_twice,
     check_layer,
     check_units,
     find_layer,
@@ -183,6 +184,7 @@ def reference_unit_fisher(
     model64 = copy.deepcopy(model).to(torch.float64)
     module = dict(model64.named_modules())[name]
     weight, bias = module.weight, module.bias
+    weight.requires_grad_(True), bias.requires_grad_(True)  # the copy's: a frozen layer too
     norm = isinstance(module, NORM_LAYERS)  # (γ, β) units: one input each, their own x̂
     if norm and units is not None:
         raise InputError(f"layer {name!r}: units= is not supported for normalisation layers")
@@ -197,6 +199,8 @@ def reference_unit_fisher(
     try:
         with torch.no_grad():
             output = model64(x)  # [N, *]
+        if len(captured) > 1:  # as the engine refuses it (its Fisher is of a shared parameter)
+            raise called_twice(name)
         mean_p = normalised(module, captured[0]) if norm else _patches(module, captured[0])
         mean_p = mean_p.mean(dim=(0, 1))  # [d], or [U] for a normalisation layer
     finally:

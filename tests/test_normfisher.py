@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from natgrad.errors import InputError, UnsupportedLayerError
+from natgrad.errors import InputError, LayerUseError, UnsupportedLayerError
 from natgrad.normfisher import norm_layers, norm_unit_fishers
 from natgrad.reference import reference_unit_fisher
 from natgrad.testing import assert_close
@@ -105,6 +105,40 @@ def test_errors_name_the_layer():
         norm_unit_fishers(plain, x, layers=["1"])
     with pytest.raises(InputError, match="empirical"):
         norm_unit_fishers(model.eval(), x, kind="empirical")
+    # (a helper's finds) a LayerNorm without β was told to set elementwise_affine=True; an
+    # unknown name listed the Linear layers only; a wrong-sized gradient gave a torch error
+    no_shift = _fc(nn.LayerNorm(4, bias=False))
+    with pytest.raises(UnsupportedLayerError, match=r"'1' has a scale γ but no shift β"):
+        norm_unit_fishers(no_shift, x, layers=["1"])
+    with pytest.raises(UnsupportedLayerError, match=r"'zz' is not in.*normalisation layers: '1'"):
+        norm_unit_fishers(model, x, layers=["zz"])
+    F = norm_unit_fishers(model.eval(), x)["1"]
+    with pytest.raises(InputError, match=r"'1': grad_weight and grad_bias must hold one entry"):
+        F.natural_gradient(torch.ones(5), torch.ones(4))
+
+
+def test_the_reference_reads_a_frozen_layer_and_refuses_one_used_twice():
+    """As the engine: a frozen layer's blocks (the reference raised a torch error), and a layer
+    applied twice refused (the reference answered with the Fisher of a shared parameter)."""
+    model, x = CASES["bn1d"]()
+    model.eval()
+    want = {layer: reference_unit_fisher(model, layer, x).matrix for layer in ("0", "1")}
+    model.requires_grad_(False)
+    for layer in ("0", "1"):  # a Linear layer and a norm layer, frozen
+        assert_close(reference_unit_fisher(model, layer, x).matrix, want[layer],
+                     what=f"frozen layer {layer}")  # fmt: skip
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.ln, self.head = nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(self.ln(torch.tanh(self.ln(self.fc(x)))))
+
+    for fn in (reference_unit_fisher, lambda m, layer, x: norm_unit_fishers(m, x, layers=[layer])):
+        with pytest.raises(LayerUseError, match=r"'ln' is called more than once"):
+            fn(Twice().double(), "ln", x)
 
 
 def test_layers_may_be_modules_as_for_unit_fishers():
