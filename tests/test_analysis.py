@@ -654,6 +654,14 @@ def test_a_run_that_diverged_in_its_last_epochs_has_no_final_error():
     short, _ = stats.claims_per_seed(curves[~last], last=3)
     cols = ["test_error", "val_error_last", "train_loss_auc", "test_error_at_best_val"]
     pd.testing.assert_frame_equal(short[cols], claims[cols])
+    # the median's variance over epochs is NaN for it too (it was taken over the epochs it
+    # lasted), and the default loss threshold comes from the runs that lasted (a helper's find)
+    acts = curves.assign(median_all=curves["epoch"] * 0.1 + curves["seed"])
+    acts.loc[last, "median_all"] = np.nan
+    claims, threshold = stats.claims_per_seed(acts[~last | (acts["seed"] == 0)], last=3)
+    assert np.isnan(claims.set_index("seed").loc[1, "median_activation_var"])
+    assert claims.set_index("seed").loc[0, "median_activation_var"] > 0
+    assert threshold == pytest.approx(1.0 / 5)  # seed 0's final loss, not seed 1's 1/4
 
 
 def test_a_censored_time_is_not_averaged_in_the_summary():

@@ -640,7 +640,9 @@ def resolved_sign(row, alpha: float = 0.05) -> int:
 def declared_sign(row, alpha: float = 0.05) -> int:
     r"""The declared rule of natgrad's confirmatory studies for one endpoint ``row`` (``lo``,
     ``hi``, ``p_holm``): resolved where the Holm p is below ``alpha`` *and* the CI excludes
-    0, then the CI's direction (:func:`ci_sign`), else 0.
+    0, then the CI's direction (:func:`ci_sign`), else 0. A censored endpoint has no CI
+    (NaN), so this rule never resolves it: its row is read by its order test
+    (:func:`censored_comparison`).
 
     Example:
         >>> declared_sign({"lo": 0.1, "hi": 0.3, "p_holm": 0.01}), declared_sign(
@@ -758,7 +760,9 @@ def rank_correlation(x, y, *, resamples: int = 10_000, permutations: int = 100_0
     counted, so p ≥ ``p_min`` = 2/(permutations + 1) (``p_exact`` says which; ``p_at_floor``
     that a drawn p sits at that floor, so is a bound); ``n``. Fixed
     generators: the same input gives the same row. NaN entries for fewer than 3 pairs or a
-    constant sample.
+    constant sample; the CI alone is NaN (``ci_method`` ``"none"``) where some resample
+    holds a constant x or y, whose correlation is not defined: likely at few seeds or with
+    ties (at 5–6 seeds in most draws), never at the 100 seeds of the speed study.
 
     Example:
         >>> r = rank_correlation([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
@@ -896,6 +900,8 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
       a run that never reaches it is censored at E + 1 (``epochs_reached`` = 0), so that
       every seed stays paired;
     - ``median_activation_var``: the variance over epochs ≥ 1 of median_all (Appendix C);
+      NaN for a run that stopped early (diverged), as its AUC and errors are, and the
+      default threshold is taken over the runs that lasted;
     - ``test_error``: the mean test error of the last ``last`` epochs;
     - ``val_error_last`` (the mean validation error of the last ``last`` epochs),
       ``best_val_epoch`` (the epoch ≥ 1 of the lowest validation error, the first of ties) and
@@ -909,14 +915,14 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
 
     trained = curves[curves["epoch"] >= 1]
     runs = "run" if "run" in curves else [group, "seed"]
+    horizon = int(trained["epoch"].max()) if len(trained) else 0
     final_epoch = trained.groupby(runs)["epoch"].transform("max")
-    final = trained[trained["epoch"] == final_epoch]
-    if threshold is None:
+    final = trained[(trained["epoch"] == final_epoch) & (final_epoch == horizon)]
+    if threshold is None:  # over the runs that lasted (a diverged run's last loss is not final)
         threshold = float(final.groupby(group)["train_loss"].mean().max())
     acts = "median_all" in curves
     has_val = "val_error" in curves and curves["val_error"].notna().any()
     rows = []
-    horizon = int(trained["epoch"].max()) if len(trained) else 0
     for key, sub in trained.groupby(runs, sort=False):
         sub = sub.sort_values("epoch")
         if int(sub["epoch"].max()) < horizon:  # it stopped early (diverged): its missing
@@ -932,8 +938,8 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
                "log_train_loss_auc": loss_auc(sub["train_loss"], log=True),
                "epochs_to_loss": float(below.iloc[0]) if len(below) else float(sub["epoch"].max() + 1),
                "epochs_reached": int(len(below) > 0),
-               "median_activation_var": (float(sub["median_all"].var(ddof=1)) if acts and len(sub) > 1
-                                         else math.nan),
+               "median_activation_var": (float(sub["median_all"].var(ddof=1, skipna=False))
+                                         if acts and len(sub) > 1 else math.nan),
                "test_error": float(tail["test_error"].mean(skipna=False)),
                "val_error_last": math.nan, "best_val_epoch": math.nan,
                "test_error_at_best_val": math.nan}  # fmt: skip
