@@ -186,7 +186,7 @@ def test_torch_units_are_the_specs_the_facts_prove(name):
     spec = units.UNITS[name]
     xs = torch.tensor([-30.0, -3.0, -1.5, -1.0, -0.5, -1e-3, 0.0], dtype=torch.float64)
     for value in spec.alpha_values or (None,):
-        module = make_unit(name.lower(), alpha=value if name == "ELU" else None)
+        module = make_unit(name.lower(), alpha=value if name in ("ELU", "PReLU") else None)
         t = xs.clone().requires_grad_(True)
         module(t).sum().backward()
         subs = {} if value is None else {units.alpha: value}

@@ -1,7 +1,7 @@
 r"""Mean activation E[f(x)] of each unit for a Gaussian pre-activation x ~ N(μ, σ²).
 
-The closed forms (Φ, φ the standard normal cdf and pdf at r = μ/σ; LReLU at α = 0.1, SReLU
-as −1 + ReLU(x + 1)) are derived in docs/theory.md ("Mean activation for a Gaussian
+The closed forms (Φ, φ the standard normal cdf and pdf at r = μ/σ; LReLU at α = 0.1, PReLU
+at its slope a, SReLU as −1 + ReLU(x + 1), SELU as λ·(ReLU + α·ELU's negative part)) are derived in docs/theory.md ("Mean activation for a Gaussian
 pre-activation"). :func:`gaussian_mean_fact` checks one against ``scipy.integrate.quad`` on
 :data:`GRID` (and the unit's α values): it holds when the largest error is below :data:`QUAD_TOL`.
 
@@ -20,7 +20,7 @@ import time
 import sympy as sp
 
 from natgrad.symbolic.result import ProofResult
-from natgrad.symbolic.units import UNITS, UnitSpec, alpha
+from natgrad.symbolic.units import SELU_ALPHA, SELU_SCALE, UNITS, UnitSpec, alpha
 
 mu = sp.Symbol("mu", real=True)
 sigma = sp.Symbol("sigma", positive=True)
@@ -48,8 +48,12 @@ def mean_map(unit: str) -> sp.Expr:
         return relu
     if unit == "ELU":
         return relu + alpha * (sp.exp(mu + sigma**2 / 2) * _Phi(-r - sigma) - _Phi(-r))
-    if unit == "LReLU":
-        return relu + sp.Rational(1, 10) * (mu * _Phi(-r) - sigma * _phi(r))
+    if unit in ("LReLU", "PReLU"):  # slope 0.1, or PReLU's free a
+        a = sp.Rational(1, 10) if unit == "LReLU" else alpha
+        return relu + a * (mu * _Phi(-r) - sigma * _phi(r))
+    if unit == "SELU":
+        negative = sp.exp(mu + sigma**2 / 2) * _Phi(-r - sigma) - _Phi(-r)
+        return SELU_SCALE * (relu + SELU_ALPHA * negative)
     if unit == "SReLU":
         r1 = (mu + 1) / sigma
         return -1 + (mu + 1) * _Phi(r1) + sigma * _phi(r1)

@@ -6,6 +6,10 @@ r"""SymPy facts about the units compared in the paper (Section 3), for x ≤ 0 (
 | ReLU | 0 | 0 | 1 at 0 | 0 |
 | LReLU(0.1) | 0.1x | 0.1 | 0.9 at 0 | −∞ (no saturation) |
 | SReLU | max(−1, x) | 1{x > −1} | 1 at −1, none at 0 | −1 |
+| PReLU(a) | a x | a | 1 − a at 0 (continuous iff a = 1) | −∞ (a > 0) |
+| SELU | λα(eˣ − 1) (λx above 0) | f(x) + λα | λ(1 − α) at 0 | −λα |
+
+(PReLU's learned slope a is the free symbol α here; SELU's λ and α are torch's constants.)
 
 A unit is a :class:`UnitSpec` (its pieces on x ≤ 0 and the claims); each fact function
 checks one claim of a spec, so passing a spec with a wrong claim gives ``holds == False``.
@@ -30,6 +34,9 @@ from natgrad.symbolic.result import ProofResult, is_zero
 
 x = sp.Symbol("x", real=True)
 alpha = sp.Symbol("alpha", positive=True)
+#: torch.nn.SELU's constants (Klambauer et al. 2017), as exact rationals of their 32 digits.
+SELU_ALPHA = sp.Rational("1.6732632423543772848170429916717")
+SELU_SCALE = sp.Rational("1.0507009873554804934193349852946")
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,8 @@ class UnitSpec:
     on lo < x ≤ hi left to right covering x ≤ 0; the claimed f′ on each piece (``derivative``,
     stated by ``derivative_tex``), ``jumps`` f′(pt⁺) − f′(pt⁻) at each boundary pt (0 included;
     f′ = 1 above 0), ``saturation`` lim_{x→−∞} f (``-sp.oo``: none), ``continuous_iff`` the α
-    set where f′ is continuous at 0 (None: no α), ``alpha_values`` for the numerical checks."""
+    set where f′ is continuous at 0 (None: no α), ``alpha_values`` for the numerical checks,
+    ``slope`` f′ on x > 0 (f = slope·x there; 1 but for SELU's λ)."""
 
     name: str
     pieces: tuple[tuple[sp.Expr, sp.Expr, sp.Expr], ...]
@@ -48,18 +56,21 @@ class UnitSpec:
     saturation: sp.Expr
     continuous_iff: sp.Set | None = None
     alpha_values: tuple[float, ...] = ()
+    slope: sp.Expr = sp.S.One
 
     def f_neg(self, value: float | None = None):
-        """Numeric f on x ≤ 0 (α := ``value`` where f has a free α)."""
+        """Numeric f (α := ``value`` where f has a free α); its pieces on x ≤ 0."""
         subs = {} if value is None else {alpha: value}
         funcs = [
             (sp.lambdify(x, e.subs(subs), "math"), float(lo), float(hi))
             for e, lo, hi in self.pieces
         ]
 
+        slope = float(self.slope)
+
         def f(v: float) -> float:
             if v > 0:
-                return v
+                return slope * v
             return next(fn(v) for fn, lo, hi in funcs if lo < v <= hi)
 
         return f
@@ -78,6 +89,16 @@ UNITS: dict[str, UnitSpec] = {
     "SReLU": UnitSpec(
         "SReLU", ((sp.S.NegativeOne, -sp.oo, -1), (x, -1, 0)), (sp.S.Zero, sp.S.One),
         r"f'(x) = \mathbb{1}\{x > -1\}", {-1: sp.S.One, 0: sp.S.Zero}, sp.S.NegativeOne,
+    ),
+    "PReLU": UnitSpec(
+        "PReLU", ((alpha * x, -sp.oo, 0),), (alpha,), r"f'(x) = a", {0: 1 - alpha}, -sp.oo,
+        sp.FiniteSet(1), (0.25, 0.1, 2.0),
+    ),
+    "SELU": UnitSpec(
+        "SELU", ((SELU_SCALE * SELU_ALPHA * (sp.exp(x) - 1), -sp.oo, 0),),
+        (SELU_SCALE * SELU_ALPHA * (sp.exp(x) - 1) + SELU_SCALE * SELU_ALPHA,),
+        r"f'(x) = f(x) + \lambda\alpha", {0: SELU_SCALE * (1 - SELU_ALPHA)},
+        -SELU_SCALE * SELU_ALPHA, slope=SELU_SCALE,
     ),
 }  # fmt: skip
 
@@ -103,7 +124,7 @@ def derivative_fact(unit: str | UnitSpec) -> ProofResult:
 
 def _jump(u: UnitSpec, point) -> sp.Expr:
     """f′(pt⁺) − f′(pt⁻) from the pieces (f′ = 1 on x > 0)."""
-    slopes = [sp.diff(f, x) for f, _, _ in u.pieces] + [sp.S.One]
+    slopes = [sp.diff(f, x) for f, _, _ in u.pieces] + [u.slope]
     right = next(i for i, (_, lo, hi) in enumerate(u.pieces) if sp.Eq(hi, point)) + 1
     return sp.simplify(slopes[right].subs(x, point) - slopes[right - 1].subs(x, point))
 
