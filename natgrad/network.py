@@ -192,19 +192,23 @@ def _layer_index(model: nn.Module, offsets: dict[str, int]) -> dict[str, torch.T
     return out
 
 
+def shared_parameters(model: nn.Module) -> list[list[tuple[str, str, nn.Module]]]:
+    r"""Every parameter held by more than one module (tied weights), as its holders
+    ``[(module name, parameter name, module), …]`` (each module once, under its first name)."""
+    holders: dict[int, list[tuple[str, str, nn.Module]]] = {}
+    for name, module in model.named_modules():
+        for key, p in module.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append((name, key, module))
+    return [held for held in holders.values() if len(held) > 1]
+
+
 def check_untied(model: nn.Module, what: str) -> None:
     r"""Refuse parameters held by two layers where one of them is a unit layer (a Linear/Conv2d
     with a bias; tied weights, ``b.weight = a.weight``): the flat vector holds a shared tensor
     once, under one name, so the other layer's units have no positions of their own, and the
     tensor's gradient sums both layers' uses. One layer registered twice is one layer."""
-    holders: dict[int, list[tuple[str, str, nn.Module]]] = {}
-    for name, module in model.named_modules():  # each module once, under its first name
-        for key, p in module.named_parameters(recurse=False):
-            holders.setdefault(id(p), []).append((name, key, module))
-    for held in holders.values():
-        if len(held) > 1 and any(
-            isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None for _, _, m in held
-        ):
+    for held in shared_parameters(model):
+        if any(isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None for _, _, m in held):
             layers = " and ".join(repr(n) for n, _, _ in held)
             tied = " is ".join(f"{n}.{k}" for n, k, _ in held)
             raise InputError(

@@ -232,14 +232,13 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 self.structures[name] = cheap
             else:
                 self.structures[name] = structure
-        holders: dict[int, list[str]] = {}
-        for name, m in model.named_modules():
-            for key, p in m.named_parameters(recurse=False):
-                holders.setdefault(id(p), []).append(f"{name}.{key}")
-        tied = [held for m in self.layers.values() for p in (m.weight, m.bias)
-                if len(held := holders[id(p)]) > 1]  # fmt: skip
+        from natgrad.network import shared_parameters
+
+        mine = {id(m) for m in self.layers.values()}
+        tied = [held for held in shared_parameters(model) if any(id(m) in mine for *_, m in held)]
         if tied:
-            raise InputError(f"UnitNaturalGradient: {' is '.join(tied[0])} (tied weights); a "
+            said = " is ".join(f"{n}.{k}" for n, k, _ in tied[0])
+            raise InputError(f"UnitNaturalGradient: {said} (tied weights); a "
                              "preconditioned layer needs its own weight and bias, whose "
                              "running Fisher it keeps. Untie them, or list the layers in "
                              "plain_layers=[...] to give them plain SGD")  # fmt: skip
