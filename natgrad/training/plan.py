@@ -85,6 +85,7 @@ def _job(job) -> dict[str, str]:
     import torch
 
     from natgrad._atomic import write_json
+    from natgrad.training import _owner
     from natgrad.training.grid import train_grid
     from natgrad.training.rundir import RunDir
 
@@ -94,7 +95,9 @@ def _job(job) -> dict[str, str]:
     if not resume:  # a retry after a divergence resumes from this call's checkpoints only
         for d in dirs:
             rd = RunDir(d)
-            if rd.config_path.is_file():  # natgrad's run: its older checkpoints go
+            if not rd.config_path.is_file():
+                continue
+            with _owner.claim(d):  # natgrad's run, not in use: its older checkpoints go
                 for e in rd.checkpoint_epochs():
                     for path in rd.checkpoint_paths(e):
                         path.unlink(missing_ok=True)
