@@ -212,8 +212,9 @@ def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False) -> list[dic
             if i == len(complete) - 1 and not tail:
                 break  # a torn last line that happens to end in a newline
             raise DataFileError(
-                f"{path}: line {i + 1} is not JSON ({exc}); the file is corrupt. Rerun the "
-                "command that wrote it."
+                f"{path}: line {i + 1} is not JSON ({exc}); the file is corrupt. Restore it "
+                "from a copy, or rerun what wrote it from scratch (a run's records: "
+                "--no-resume)."
             ) from None
         if not isinstance(row, dict):
             raise DataFileError(f"{path}: line {i + 1} is not a JSON object")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +170,17 @@ def test_corrupt_and_missing_checkpoints(digits_run, tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(run, epoch=7)
+    # a checkpoint whose metrics history lost rows: a resume rewrote metrics.jsonl from it,
+    # losing epochs 1-2 (a helper's find); refused, naming the file and the way out
+    config, _ = digits_run
+    copy = tmp_path / "resumed"
+    shutil.copytree(result.run_dir, copy)
+    info = copy / "checkpoints" / "epoch_0002.json"
+    meta = json.loads(info.read_text())
+    meta["metrics"] = meta["metrics"][:1]
+    info.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"epoch_0002.json: its metrics history.*0\.\.2"):
+        train(apply_overrides(config, ["epochs=3"]), copy, device="cpu", progress=False)
 
 
 def test_resume_refuses_a_different_config(digits_run):
@@ -176,6 +188,44 @@ def test_resume_refuses_a_different_config(digits_run):
     other = apply_overrides(config, ["lr=0.5"])
     with pytest.raises(InputError, match=r"different config \(\['lr'\]\)"):
         train(other, result.run_dir, device="cpu", progress=False)
+
+
+def test_records_without_a_checkpoint_are_not_replaced_by_another_config(tmp_path):
+    """A folder with a run's records but no checkpoint (a record's copy, copy_runs) was
+    silently replaced by a resume of another config (a helper's find); now refused, by
+    the sequential and the grid trainer, unless resume=False asks to start over."""
+    from natgrad.training.grid import train_grid
+
+    config = default_config("mnist-fc", epochs=1, width=8, depth=2, train_size=64, **DIGITS)
+    run = train(config, tmp_path / "r", device="cpu", progress=False).run_dir
+    shutil.rmtree(run / "checkpoints")
+    records = (run / "metrics.jsonl").read_bytes()
+    other = apply_overrides(config, ["lr=0.3"])
+    with pytest.raises(InputError, match=r"different config \(lr\).*--no-resume"):
+        train(other, run, device="cpu", progress=False)
+    with pytest.raises(InputError, match=r"different config \(lr\)"):
+        train_grid([other, apply_overrides(other, ["seed=1"])], [run, tmp_path / "s"],
+                   device="cpu", progress=False)  # fmt: skip
+    assert (run / "metrics.jsonl").read_bytes() == records
+    train(other, run, device="cpu", progress=False, resume=False)  # asked: starts over
+    assert json.loads((run / "config.json").read_text())["config"]["lr"] == 0.3
+
+
+def test_a_run_whose_config_json_is_lost_resumes_from_its_checkpoints(tmp_path):
+    """A missing or unreadable config.json made natgrad call the folder not its own ("was
+    not created by natgrad", a helper's find), though its checkpoints are natgrad's and hold
+    the config: the resume goes on and writes config.json again."""
+    config = default_config("mnist-fc", epochs=1, width=8, depth=2, train_size=64, **DIGITS)
+    run = train(config, tmp_path / "r", device="cpu", progress=False).run_dir
+    meta = (run / "config.json").read_text()
+    for damage in ("missing", "garbage"):
+        if damage == "missing":
+            (run / "config.json").unlink()
+        else:
+            (run / "config.json").write_text("{garbage")
+        train(apply_overrides(config, ["epochs=2"]), run, device="cpu", progress=False)
+        assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 2
+    assert json.loads(meta)["config"]["epochs"] == 1
 
 
 def test_autoencoder_and_conv_paths(tmp_path):
@@ -283,9 +333,19 @@ def test_controls_of_a_comparison_train_and_resume(tmp_path):
     assert res.metrics[1]["iterations"] == 2  # 96 images, batch 64
     ckpts = sorted(p.name for p in (tmp_path / "std" / "checkpoints").glob("*.json"))
     assert ckpts == ["epoch_0000.json", "epoch_0003.json"]
+    # a kill inside a prune (JSON gone, safetensors not yet) left the file for good (a
+    # helper's find): the next prune removes it
+    orphan = tmp_path / "std" / "checkpoints" / "epoch_0002.safetensors"
+    orphan.write_bytes(b"left by a kill")
     longer = default_config("mnist-fc", preprocess="standardise", **dict(base, epochs=4))
     again = train(longer, tmp_path / "std", device="cpu", progress=False)
     assert [r["epoch"] for r in again.metrics] == [0, 1, 2, 3, 4]
+    assert sorted(p.name for p in orphan.parent.iterdir()) == [
+        "epoch_0000.json",
+        "epoch_0000.safetensors",
+        "epoch_0004.json",
+        "epoch_0004.safetensors",
+    ]
     assert again.metrics[3]["train_loss"] == res.metrics[3]["train_loss"]
     ng = default_config("mnist-fc", unit="relu", optimizer="blockdiag-ng", lr=1e-3,
                         plain_first_layer=True, plain_lr=0.05, **base)  # fmt: skip

@@ -96,8 +96,7 @@ class Study:
         time up to that epoch); NaN where the run has not reached (or diverged before) it."""
         import pandas as pd
 
-        from natgrad.training.plan import check_same_run
-        from natgrad.training.rundir import RunDir
+        from natgrad.training.rundir import RunDir, check_same_run
 
         rows = []
         for arm, seed, cfg, path in self.plan(root):

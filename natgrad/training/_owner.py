@@ -60,12 +60,23 @@ def check_usable(run: str | os.PathLike) -> None:
 
 
 def is_natgrad_run(run: Path) -> bool:
-    """Whether ``run`` was created by natgrad (lock file, or a natgrad ``config.json``)."""
+    """Whether ``run`` was created by natgrad (lock file, a natgrad ``config.json``, or, where
+    that is missing or unreadable, a natgrad checkpoint, from which a resume rewrites it)."""
     if (Path(run) / LOCK_NAME).is_file():
         return True
     try:
         return "net" in RunDir(run).read_config()
     except (DataFileError, OSError, UnicodeDecodeError):
+        pass
+    import json
+
+    from natgrad.training.checkpoint import FORMAT, checkpoint_paths, latest_epoch
+
+    try:
+        epoch = latest_epoch(run)
+        info = None if epoch is None else json.loads(checkpoint_paths(run, epoch)[1].read_text())
+        return isinstance(info, dict) and info.get("format") == FORMAT
+    except (OSError, ValueError):
         return False
 
 

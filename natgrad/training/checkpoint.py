@@ -104,8 +104,8 @@ def write_checkpoint(run_dir: Path, epoch: int, model, optimizer, info: dict) ->
 def prune_checkpoints(run_dir: Path, keep: int, protect=()) -> list[int]:
     """Delete all but the ``keep`` latest checkpoints of ``run_dir`` (never epoch 0 or an
     epoch in ``protect``); returns the epochs deleted. Each checkpoint goes JSON first, so a
-    kill in between leaves a safetensors file that :func:`latest_epoch` does not count and
-    the next write replaces."""
+    kill in between leaves a safetensors file that :func:`latest_epoch` does not count; the
+    next prune removes such a file when it is older than the latest checkpoint."""
     rd = RunDir(run_dir)
     epochs = rd.checkpoint_epochs()
     gone = [e for e in epochs[:-keep] if e != 0 and e not in set(protect)] if keep > 0 else []
@@ -113,6 +113,11 @@ def prune_checkpoints(run_dir: Path, keep: int, protect=()) -> list[int]:
         st_path, json_path = rd.checkpoint_paths(epoch)
         json_path.unlink(missing_ok=True)
         st_path.unlink(missing_ok=True)
+    if keep > 0 and epochs:  # a half-pruned checkpoint a kill left (its JSON already gone)
+        for epoch in range(1, epochs[-1]):
+            st_path, json_path = rd.checkpoint_paths(epoch)
+            if st_path.is_file() and not json_path.exists() and epoch not in set(protect):
+                st_path.unlink()
     return gone
 
 
@@ -157,13 +162,17 @@ def read_checkpoint(path, epoch: int | None = None) -> tuple[dict[str, torch.Ten
         CheckpointError: missing, corrupt (checksum or format) or pickle files.
     """
     st_path, json_path = _resolve(Path(path), epoch)
-    for p in (json_path, st_path):
-        if not p.is_file():
-            raise CheckpointError(f"{p}: checkpoint file not found; list {p.parent} for epochs")
+    if not json_path.is_file():
+        raise CheckpointError(f"{json_path}: checkpoint file not found; list {json_path.parent} "
+                              "for epochs")  # fmt: skip
+    if not st_path.is_file():
+        raise CheckpointError(f"{st_path}: missing beside {json_path.name}; restore it, or "
+                              f"delete {json_path.name} to resume from an earlier checkpoint")  # fmt: skip
     try:
         info = json.loads(json_path.read_text())
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{json_path}: corrupt checkpoint JSON ({exc})") from None
+        raise CheckpointError(f"{json_path}: corrupt checkpoint JSON ({exc}); delete it and "
+                              f"{st_path.name} to resume from an earlier checkpoint") from None  # fmt: skip
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{json_path}: not a {FORMAT} file")
     wrong = [k for k, kind in _FIELDS.items() if not isinstance(info.get(k), kind)]

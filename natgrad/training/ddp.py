@@ -101,7 +101,9 @@ def train_ddp(
     found = [ckpt.latest_epoch(run) if (resume and lead) else None]
     dist.broadcast_object_list(found, src=0)  # every rank resumes from rank 0's epoch
     trainer = {"name": "ddp", "world_size": world, "backend": dist.get_backend()}
-    r = open_run(config, run, dev, ds, model, optimizer, found[0], trainer, lead=lead)
+    r = open_run(
+        config, run, dev, ds, model, optimizer, found[0], trainer, lead=lead, resume=resume
+    )
 
     def on_epoch(epoch: int) -> None:  # dropout: a stream of its own per rank and epoch
         if rank > 0:  # (rank 0's is the checkpointed one), so that a resumed run repeats it

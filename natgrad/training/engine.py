@@ -30,7 +30,7 @@ from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
 from natgrad.training.recording import probe_indices, record_activations, save_activations
-from natgrad.training.rundir import RunDir
+from natgrad.training.rundir import RunDir, check_same_run
 
 #: Device types whose non-finite-loss check runs once per epoch (no per-step host sync).
 DEFERRED_LOSS_CHECK = ("cuda",)
@@ -314,11 +314,12 @@ def metrics_row(epoch: int, per_epoch: int, lr: float, train_loss: float, evals:
 
 
 def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optimizer,
-             start: int | None, trainer: dict | None = None, *,
-             lead: bool = True) -> Run:  # fmt: skip
+             start: int | None, trainer: dict | None = None, *, lead: bool = True,
+             resume: bool = False) -> Run:  # fmt: skip
     """Everything before the first epoch of a run set up by :func:`setup`: resume from the
     checkpoint of epoch ``start`` (checked against ``config``), or (``None``) start over,
-    removing natgrad's earlier outputs; write ``config.json`` (with ``trainer`` if given);
+    removing natgrad's earlier outputs (with ``resume``, the records of another config in a
+    run without a checkpoint are refused instead); write ``config.json`` (with ``trainer``);
     for a fresh run, epoch 0: the probe's indices and activations, the initial losses (a
     non-finite one is a :class:`DivergedError`) as the first metrics row, the global seeds
     and the initial checkpoint. ``lead=False`` (a DDP rank other than 0) writes nothing."""
@@ -328,6 +329,8 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
     rd, fresh, fingerprint = RunDir(run), start is None, data_fingerprint(ds)
     if fresh:
         if lead:
+            if resume:  # no checkpoint to resume: records of this run only are replaced
+                check_same_run(run, config)
             _owner.remove_own_outputs(run)  # natgrad's own files only (RunDir.own_files)
         start, history = 0, []
     else:
@@ -362,6 +365,12 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
                              "fixed class-mixed order since 2026-12-07: a run trained before "
                              "cannot resume)" if config.dataset == "imagenet" else ""))  # fmt: skip
         history = info["metrics"]
+        if [r.get("epoch") if isinstance(r, dict) else None for r in history] != list(
+            range(start + 1)
+        ):  # the metrics.jsonl it rewrites below comes from here: it must be whole
+            raise CheckpointError(f"{where}: its metrics history does not hold epochs 0..{start} "
+                                  f"in order; delete {where.name} and its .safetensors to resume "
+                                  "from an earlier checkpoint, or pass --no-resume")  # fmt: skip
         if lead:  # the records past the checkpoint go; its own history is the metrics' truth
             rd.diverged_path.unlink(missing_ok=True)  # trained again: a new divergence rewrites it
             write_jsonl(rd.metrics_path, history)

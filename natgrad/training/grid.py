@@ -134,7 +134,15 @@ def train_grid(
             for i in members:
                 ds, model, optimizer = engine.setup(configs[i], dev)
                 run = engine.open_run(
-                    configs[i], runs[i], dev, ds, model, optimizer, starts[i], trainer
+                    configs[i],
+                    runs[i],
+                    dev,
+                    ds,
+                    model,
+                    optimizer,
+                    starts[i],
+                    trainer,
+                    resume=resume,
                 )
                 run.data = tuple(_dedupe(t, unique) for t in run.data)  # one copy of shared data
                 opened.append(run)

@@ -48,6 +48,6 @@ def train(
     ds, model, optimizer = setup(config, dev)  # data errors before any output is written
     with _owner.claim(run):
         r = open_run(config, run, dev, ds, model, optimizer,
-                     ckpt.latest_epoch(run) if resume else None)  # fmt: skip
+                     ckpt.latest_epoch(run) if resume else None, resume=resume)  # fmt: skip
         train_epochs(r, dev, desc=f"{config.net}/{config.unit}", progress=progress)
     return TrainResult(run_dir=run, model=model, metrics=r.history)

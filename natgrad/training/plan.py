@@ -28,21 +28,10 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from natgrad.errors import DivergedError, InputError
+from natgrad.errors import DivergedError
+from natgrad.training.rundir import check_same_run
 
 __all__ = ["complete", "default_workers", "per_worker_threads", "train_plan"]
-
-
-def check_same_run(run: str | Path, config) -> None:
-    r"""Refuse (:class:`~natgrad.errors.InputError` naming the fields) a run directory whose
-    ``config.json`` holds another run than ``config`` (:meth:`TrainConfig.differs_from`):
-    its records are never taken for this one's. A folder without one passes."""
-    from natgrad.training.rundir import RunDir
-
-    rd = RunDir(Path(run))
-    if rd.config_path.is_file() and (diff := config.differs_from(rd.read_config())):
-        raise InputError(f"{run}: holds a run made with a different config ({', '.join(diff)}); "
-                         "pick another runs folder, or remove it to retrain")  # fmt: skip
 
 
 def complete(run: str | Path, epochs: int, config=None) -> bool:

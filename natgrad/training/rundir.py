@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-from natgrad.errors import DataFileError
+from natgrad.errors import DataFileError, InputError
 from natgrad.units import unit_type_key
 
 __all__ = ["RunDir", "default_run_dir", "find_runs", "run_name"]
@@ -276,3 +276,15 @@ def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataFileError(f"{path}: missing; the run in {path.parent} did not record it")
     return read_jsonl(path)
+
+
+def check_same_run(run: str | os.PathLike, config) -> None:
+    r"""Refuse (:class:`~natgrad.errors.InputError` naming the fields) a run directory whose
+    ``config.json`` holds another run than ``config`` (:meth:`TrainConfig.differs_from`):
+    its records are never taken for this one's, nor replaced by a resume. A folder without
+    one passes."""
+    rd = RunDir(Path(run))
+    if rd.config_path.is_file() and (diff := config.differs_from(rd.read_config())):
+        raise InputError(f"{run}: holds a run made with a different config ({', '.join(diff)}); "
+                         "pick another runs folder, or remove it (or pass --no-resume) to "
+                         "retrain")  # fmt: skip
