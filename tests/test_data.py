@@ -57,6 +57,19 @@ def test_idx_bytes_are_the_documented_format(tmp_path):
     assert gzip.decompress((tmp_path / "l.gz").read_bytes())[:4] == b"\x00\x00\x08\x01"
 
 
+def _damaged_gzip() -> bytes:
+    """A gzip IDX file whose compressed body is damaged: zlib.error, not a gzip error (it
+    raised a traceback, a helper's find)."""
+    import struct
+
+    raw = b"\x00\x00\x08\x01" + struct.pack(">I", 3000)
+    raw += bytes((i * 7919) % 251 % 10 for i in range(3000))
+    damaged = bytearray(gzip.compress(raw, mtime=0))
+    for i in range(12, min(40, len(damaged) - 8)):
+        damaged[i] ^= 0x5A
+    return bytes(damaged)
+
+
 @pytest.mark.parametrize(
     "payload, match",
     [
@@ -66,9 +79,10 @@ def test_idx_bytes_are_the_documented_format(tmp_path):
         (b"\x00\x00\x42\x01\x00\x00\x00\x01\x01", "bad magic number"),
         (b"", "bad magic number"),
         (b"\x1f\x8b\x08\x00garbage", "corrupt gzip"),
+        (_damaged_gzip(), "corrupt gzip"),
         (b"\x00\x00\x08\x04" + b"\x00\x01\x00\x00" * 4, "truncated or corrupt"),  # 2**64 bytes
     ],
-    ids=["short", "trailing", "magic", "type", "empty", "gzip", "overflow"],
+    ids=["short", "trailing", "magic", "type", "empty", "gzip", "gzip-body", "overflow"],
 )
 def test_idx_corrupt_file_names_it(tmp_path, payload, match):
     path = tmp_path / "bad-idx1-ubyte"

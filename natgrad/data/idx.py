@@ -23,6 +23,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def _read_bytes(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:  # zlib: a bad body
             raise DataFileError(
                 f"{path}: corrupt gzip stream ({exc}); expected a gzip-compressed {_FORMAT} "
                 "file. Download it again."
