@@ -555,10 +555,12 @@ def test_the_analysis_sees_the_data_the_run_trained_on(tmp_path):
     assert context["probe"] == "the inputs the runs trained on (all)"
     # a run whose recorded data are not the data loaded for it now: refused, naming it
     meta = json.loads((run / "config.json").read_text())
-    meta["data_sha256"] = "0" * 16
-    (run / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(DataFileError, match=r"/r: it was trained on other data.*0{16}"):
-        probe_set(run, 16)
+    for key in ("data_sha256", "held_out_sha256"):  # the probe is the held-out split
+        changed = dict(meta, **{key: "0" * 16})
+        (run / "config.json").write_text(json.dumps(changed))
+        with pytest.raises(DataFileError, match=rf"/r: it was trained and evaluated on other "
+                                                rf"data .*\({key} 0{{16}} → "):  # fmt: skip
+            probe_set(run, 16)
 
 
 def test_an_autoencoders_initial_net_is_rebuilt_without_its_checkpoint(tmp_path):

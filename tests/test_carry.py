@@ -157,8 +157,15 @@ def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch):
         ds = real(config)
         return ds.with_(train_x=ds.train_x + 0.25)
 
+    def other_test(config):  # the held-out splits changed: its curves would mix two test sets
+        ds = real(config)
+        return ds.with_(test_x=1.0 - ds.test_x)
+
     monkeypatch.setattr(engine, "run_data", other)
-    with pytest.raises(InputError, match="trained on other data"):
+    with pytest.raises(InputError, match=r"trained on other data \(data_sha256 \w+ → \w+;"):
+        train(_cfg(2), run, device="cpu", progress=False)
+    monkeypatch.setattr(engine, "run_data", other_test)
+    with pytest.raises(InputError, match=r"other data \(held_out_sha256 \w+ → \w+;"):
         train(_cfg(2), run, device="cpu", progress=False)
     monkeypatch.setattr(engine, "run_data", real)
     assert train(_cfg(2), run, device="cpu", progress=False).metrics[-1]["epoch"] == 2

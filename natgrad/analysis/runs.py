@@ -93,9 +93,10 @@ _DATA_FIELDS = ("dataset", "data_dir", "seed", "dtype", "train_split", "train_si
 
 def _dataset(run_dir: Path):
     """The data the run saw (its training split and preprocessing), one set in memory;
-    refused when it is not the data the run recorded training on (its ``data_sha256``)."""
+    refused when it is not the data the run recorded (its fingerprints, ``data_sha256`` and
+    ``held_out_sha256``)."""
     from natgrad.training.config import TrainConfig
-    from natgrad.training.engine import data_fingerprint, run_data
+    from natgrad.training.engine import data_fingerprints, other_data, run_data
 
     meta = RunDir(run_dir).read_meta()
     config = TrainConfig.from_dict(meta["config"])
@@ -103,14 +104,12 @@ def _dataset(run_dir: Path):
     if key not in _DATASETS:
         _DATASETS.clear()  # keep one data set in memory
         ds = run_data(config)
-        _DATASETS[key] = (ds, data_fingerprint(ds))
-    ds, fingerprint = _DATASETS[key]
-    saved = meta.get("data_sha256")  # runs before 2026-12-07 have none
-    if saved is not None and saved != fingerprint:
-        raise DataFileError(f"{run_dir}: it was trained on other data than natgrad loads for it "
-                            f"now (fingerprint {saved}, now {fingerprint}; dataset "
-                            f"{config.dataset!r}, data_dir {config.data_dir!r}); analyse it "
-                            "with the data it trained on")  # fmt: skip
+        _DATASETS[key] = (ds, data_fingerprints(ds))
+    ds, fingerprints = _DATASETS[key]
+    if differ := other_data(meta, fingerprints):  # runs before 2026-12-07 recorded none
+        raise DataFileError(f"{run_dir}: it was trained and evaluated on other data than natgrad "
+                            f"loads for it now ({differ}; dataset {config.dataset!r}, data_dir "
+                            f"{config.data_dir!r}); analyse it with the data it trained on")  # fmt: skip
     return ds
 
 

@@ -126,17 +126,31 @@ def run_data(config: TrainConfig):
     return ds
 
 
-def data_fingerprint(ds) -> str:
-    """SHA-256 of the training inputs and labels a run sees (:func:`run_data`), 16 hex
-    digits: recorded with the run, so that a resume on other data (another ``data_dir``, other
-    files under the same one) is refused instead of training on."""
+def data_fingerprints(ds) -> dict[str, str]:
+    """SHA-256 fingerprints (16 hex digits) of the data a run sees (:func:`run_data`):
+    ``data_sha256`` of its training inputs and labels and ``held_out_sha256`` of its
+    validation and test splits (recorded since 2026-12-07), kept with the run, so that a
+    resume or an analysis on other data (another ``data_dir``, other files under the same
+    one) is refused (:func:`other_data`) instead of going on."""
     import hashlib
 
-    h = hashlib.sha256()
-    for t in (ds.train_x, ds.train_y):
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
+    def sha(*tensors) -> str:
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+        return h.hexdigest()[:16]
+
+    held_out = [t for t in (ds.val_x, ds.val_y, ds.test_x, ds.test_y) if t is not None]
+    return {"data_sha256": sha(ds.train_x, ds.train_y), "held_out_sha256": sha(*held_out)}
+
+
+def other_data(saved: dict, now: dict[str, str]) -> str:
+    """Which of the fingerprints ``now`` (:func:`data_fingerprints`) the run's record ``saved``
+    (its ``config.json`` or a checkpoint) holds otherwise, as ``"data_sha256 a → b, …"``
+    (empty: none; a fingerprint the run did not record is not compared)."""
+    return ", ".join(f"{k} {saved[k]} → {v}" for k, v in now.items()
+                     if saved.get(k) is not None and saved[k] != v)  # fmt: skip
 
 
 def initial_model(config: TrainConfig, ds) -> nn.Module:
@@ -326,7 +340,7 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
     val = (None, None) if ds.val_x is None else (ds.val_x.to(dev), ds.val_y.to(dev))
     data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev), *val)
     probe = probe_indices(data[0].shape[0], config.probe_size, config.seed)
-    rd, fresh, fingerprint = RunDir(run), start is None, data_fingerprint(ds)
+    rd, fresh, fingerprints = RunDir(run), start is None, data_fingerprints(ds)
     if fresh:
         if lead:
             if resume:  # no checkpoint to resume: records of this run only are replaced
@@ -356,11 +370,9 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
                                   f"({type(exc).__name__}: {exc}); delete {where.name} and its "
                                   ".safetensors to resume from an earlier checkpoint, or pass "
                                   "--no-resume") from None  # fmt: skip
-        saved = info.get("data_sha256")  # checkpoints before 2026-12-07 have none
-        if saved is not None and saved != fingerprint:
-            raise InputError(f"{run}: its checkpoints were trained on other data (fingerprint "
-                             f"{saved}, now {fingerprint}; data_dir "
-                             f"{config.data_dir!r}): resume with the data it trained on, or "
+        if differ := other_data(info, fingerprints):
+            raise InputError(f"{run}: its checkpoints were trained on other data ({differ}; "
+                             f"data_dir {config.data_dir!r}): resume with the data it trained on, or "
                              "pass --no-resume" + (" (natgrad loads ImageNet's splits in one "
                              "fixed class-mixed order since 2026-12-07: a run trained before "
                              "cannot resume)" if config.dataset == "imagenet" else ""))  # fmt: skip
@@ -379,7 +391,7 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
                 path.unlink()
     meta = {"config": config.to_dict(), "device": describe_device(dev),
             "git_commit": git_commit(), "torch_version": torch.__version__,
-            "data_sha256": fingerprint,
+            **fingerprints,
             **({"trainer": trainer} if trainer else {})}  # fmt: skip
     if lead:
         write_json(rd.config_path, meta)
