@@ -109,6 +109,23 @@ def test_cli_arguments_and_paper_mode():
     assert demo.analysed_epochs(paper)[:3] == [0, 25, 50] and demo.analysed_epochs(paper)[-1] == 300
     with pytest.raises(InputError, match="seeds"):
         demo.DemoConfig(seeds=0)
+    # checked before any training (they were checked after it, or fell back to the digits'
+    # defaults, and made 56 run folders first: a helper's find)
+    with pytest.raises(InputError, match=r"--dataset 'bogus'.*mnist, digits, fashion-mnist"):
+        demo.for_dataset("bogus")
+    with pytest.raises(InputError, match=r"rel_damping must be a finite number >= 0, got -1"):
+        demo.DemoConfig(rel_damping=-1.0)
+
+
+def test_compare_refuses_an_output_that_is_a_file_before_training(tmp_path, capsys):
+    from natgrad.cli import main as cli_main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code = cli_main(["compare", "--dataset", "digits", "--seeds", "1", "--epochs", "1",
+                     "--quiet", "--out", str(afile), "--runs", str(tmp_path / "runs")])  # fmt: skip
+    assert code == 2 and "is a file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing trained
 
 
 def test_cli_errors_name_the_missing_file(tmp_path, capsys):

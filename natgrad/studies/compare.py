@@ -742,6 +742,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``natgrad compare`` (natgrad's errors: one line, exit 2, by :func:`natgrad.cli.main`)."""
+    from natgrad._atomic import check_replaceable
     from natgrad.training.engine import describe_device, git_commit, resolve_device
 
     t0 = time.perf_counter()
@@ -757,6 +758,7 @@ def run(args: argparse.Namespace) -> int:
                                preprocess="standardise" if args.standardise else "none")  # fmt: skip
         say = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
         root = Path(args.runs or f"runs/compare/{config.dataset}")
+        check_replaceable(args.out)  # before any training, as the README says
         curves, _ = run_compare(config, root, progress=say)
         meta = dict(command="natgrad compare " + " ".join(sys.argv[2:]), commit=commit,
                     wall_seconds=time.perf_counter() - t0, runs=str(root), train_loss=TRAIN_LOSS,

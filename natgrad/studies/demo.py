@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from natgrad import damping
 from natgrad._atomic import write_json, write_text
 from natgrad._lock import LOCK_NAME
 from natgrad.analysis.build import epoch_list
@@ -122,6 +123,10 @@ class DemoConfig:
                              "give at least two (e.g. elu,relu)")  # fmt: skip
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"demo --lr {self.lr!r}: must be a finite number > 0")
+        if self.dataset not in DATASETS:  # checked here, before any run folder is made
+            raise InputError(f"demo --dataset {self.dataset!r}: the demo's nets take "
+                             f"{', '.join(DATASETS)}")  # fmt: skip
+        damping.check(self.rel_damping)
 
 
 #: The paper's setting of Fig 2 (docs/paper.md): MNIST, 300 epochs, 5 seeds, lr 0.01, batch 64.
@@ -131,7 +136,7 @@ PAPER = dict(dataset="mnist", seeds=5, epochs=300, checkpoint_every=25, device="
 
 def for_dataset(name: str, **changes) -> DemoConfig:
     """The demo's defaults for data set ``name`` (:data:`DATASETS`), then ``changes``."""
-    base = DATASETS.get(name, DATASETS["digits"])
+    base = DATASETS.get(name, {})  # an unknown name: refused by DemoConfig, naming the choices
     return replace(DemoConfig(), **{"dataset": name, **base, **changes})
 
 
