@@ -553,6 +553,12 @@ def test_the_analysis_sees_the_data_the_run_trained_on(tmp_path):
         np.testing.assert_allclose(got, f.n_eff.double().numpy(), rtol=1e-5)
     context = json.loads((tmp_path / "t" / "context.json").read_text())
     assert context["probe"] == "the inputs the runs trained on (all)"
+    # a probe size beyond the split takes all of it, and the context says so (it said the
+    # size asked for, a helper's find)
+    assert main(["tables", str(tmp_path / "r"), "--out", str(tmp_path / "t2"), "--epochs", "1",
+                 "--probe", "train-all", "--probe-size", "1000"]) == 0  # fmt: skip
+    context = json.loads((tmp_path / "t2" / "context.json").read_text())
+    assert context["probe"] == "the inputs the runs trained on (all 64; 1000 were asked for)"
     # a run whose recorded data are not the data loaded for it now: refused, naming it
     meta = json.loads((run / "config.json").read_text())
     for key in ("data_sha256", "held_out_sha256"):  # the probe is the held-out split

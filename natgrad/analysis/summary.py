@@ -240,6 +240,7 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
         curve_table,
         held_out_split,
         hidden_layers,
+        probe_set,
         unit_table,
     )
     from natgrad.errors import InputError
@@ -283,10 +284,14 @@ def write_tables(run_dirs, out_dir: str | os.PathLike, *, epochs=None, probe_siz
     split = probe_split or (held_out_split(run_dirs[0]) if run_dirs else "test")
     where = ("the inputs the runs trained on" if split == "train-all" else
              f"held-out inputs of the {split} split")  # fmt: skip
+    size = "all" if probe_size is None else probe_size
+    if run_dirs and probe_size is not None:  # a size beyond the split takes all of it: say so
+        used = int(probe_set(run_dirs[0], probe_size, split=split)[1].shape[0])
+        size = size if used == probe_size else f"all {used}; {probe_size} were asked for"
     ctx.update({
         "relative damping λ": rel_damping,
         "damping sweep": list(sweep or ()),
-        "probe": f"{where} ({'all' if probe_size is None else probe_size})",
+        "probe": f"{where} ({size})",
         "g (the gradient judged)": "the training set's mean loss gradient" if grad == "train"
                                    else "the probe's mean loss gradient",
         "ρ estimate": "jackknifed (2ρ(probe) − mean ρ(halves))" if jackknife else "plain",
