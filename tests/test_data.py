@@ -81,8 +81,9 @@ def _damaged_gzip() -> bytes:
         (b"\x1f\x8b\x08\x00garbage", "corrupt gzip"),
         (_damaged_gzip(), "corrupt gzip"),
         (b"\x00\x00\x08\x04" + b"\x00\x01\x00\x00" * 4, "truncated or corrupt"),  # 2**64 bytes
+        (b"\x00\x00\x08\x41" + b"\x00\x00\x00\x01" * 65 + b"\x07", "65 dimensions"),
     ],
-    ids=["short", "trailing", "magic", "type", "empty", "gzip", "gzip-body", "overflow"],
+    ids=["short", "trailing", "magic", "type", "empty", "gzip", "gzip-body", "overflow", "ndim"],
 )
 def test_idx_corrupt_file_names_it(tmp_path, payload, match):
     path = tmp_path / "bad-idx1-ubyte"

@@ -80,6 +80,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     head = 4 + 4 * ndim
     if ndim == 0 or len(data) < head:
         raise DataFileError(f"{path}: header declares {ndim} dimensions but is truncated")
+    if ndim > 32:  # numpy's limit is 64; no data set has more than a few
+        raise DataFileError(f"{path}: header declares {ndim} dimensions; an {_FORMAT} data set "
+                            "has a few (images: 3). The file is corrupt")  # fmt: skip
     dims = struct.unpack(f">{ndim}I", data[4:head])
     dtype = _TYPES[data[2]]
     expected = math.prod(dims) * dtype.itemsize  # exact: np.prod wraps around at 2**63
