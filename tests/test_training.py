@@ -359,6 +359,8 @@ def test_controls_of_a_comparison_train_and_resume(tmp_path):
     assert type(model.fc1).__name__ == "Linear"
     with pytest.raises(InputError, match="keep_checkpoints"):
         default_config("mnist-fc", keep_checkpoints=-1)
+    with pytest.raises(InputError, match=r"alpha=1e\+39: must be within float32's range"):
+        default_config("mnist-fc", unit="elu", alpha=1e39)  # torch raised building the unit
     with pytest.raises(InputError, match="train_size"):
         default_config("mnist-fc", train_size=0)
 

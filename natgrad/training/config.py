@@ -199,9 +199,14 @@ class TrainConfig:
                 continue
             if not is_finite_number(value) or not ok(value):
                 raise bad(key, value, need)
+        import torch
+
         from natgrad.units import check_alpha
 
         check_alpha(self.unit, self.alpha)  # the units' own rule, before any model is built
+        big = torch.finfo(getattr(torch, self.dtype)).max
+        if self.alpha is not None and abs(self.alpha) > big:  # torch overflowed building it
+            raise bad("alpha", self.alpha, f"within {self.dtype}'s range (|alpha| <= {big:.3g})")
         if self.fisher_window and self.optimizer != "unit-ng":
             raise bad("fisher_window", self.fisher_window, "0 unless optimizer=unit-ng")
         if self.fisher_window and not (self.rel_damping > 0 or self.layer_damping > 0):
