@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from natgrad.argtypes import data_folder, positive_int
+from natgrad.data.registry import DATASETS
 from natgrad.errors import NatgradError
 
 # flags named as the config keys they set
@@ -36,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-norm", action="store_true", help="batch norm before each unit")
     parser.add_argument("--layer-norm", action="store_true",
                         help="layer norm before each unit (mnist-fc)")  # fmt: skip
-    parser.add_argument(
-        "--dataset", default=None, help="mnist, fashion-mnist, digits, cifar10, cifar100"
-    )
+    parser.add_argument("--dataset", default=None, help=", ".join(DATASETS))
     parser.add_argument(
         "--data-dir",
         default=None,
