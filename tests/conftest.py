@@ -32,3 +32,38 @@ def _float64_and_seed():
     torch.manual_seed(0)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def lock_holder():
+    """``hold(folder)``: a context manager running another process that holds ``folder``'s
+    natgrad lock (:class:`natgrad._lock.DirLock`) until the block ends (then SIGKILL: the
+    kernel releases the lock); yields that process, whose pid the refusals name."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    @contextlib.contextmanager
+    def hold(folder):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import time
+                from natgrad._lock import DirLock
+                DirLock({str(folder)!r}, "run directory").acquire()
+                print("locked", flush=True)
+                time.sleep(60)
+            """)],
+            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()),
+        )  # fmt: skip
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            yield holder
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+            holder.stdout.close()
+
+    return hold

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -100,24 +98,9 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "keep.json"])
 
 
-def test_lock_names_the_holder_and_is_released_when_it_dies(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import sys, time
-            from natgrad._lock import DirLock
-            DirLock({str(tmp_path)!r}, "run directory").acquire()
-            print("locked", flush=True)
-            time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()),
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+def test_lock_names_the_holder_and_is_released_when_it_dies(tmp_path, lock_holder):
+    with lock_holder(tmp_path) as holder:
         with pytest.raises(RunDirError, match=f"in use .*held by pid {holder.pid}"):
             DirLock(tmp_path, "run directory").acquire()
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-        holder.stdout.close()
     with DirLock(tmp_path, "run directory") as lock:  # the kernel released it
         assert lock.held

@@ -154,37 +154,16 @@ def test_no_resume_retrains_every_run_even_after_another_diverges(tmp_path):
     assert len(again) == 3 and again[1] != first[1]  # epoch 1 trained anew
 
 
-def test_no_resume_leaves_a_run_in_use_untouched(tmp_path):
+def test_no_resume_leaves_a_run_in_use_untouched(tmp_path, lock_holder):
     """train_plan(resume=False) deleted a live run's checkpoints (epochs 0-729 of a running
     job, a helper's find) before the lock refused it; the deletion now happens under the
     run's own lock."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import textwrap
-
     from natgrad.errors import RunDirError
 
     a = tmp_path / "A"
     train_plan([_tiny(epochs=1)], [a])
     before = sorted(p.name for p in (a / "checkpoints").iterdir())
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import time
-            from natgrad._lock import DirLock
-            DirLock({str(a)!r}, "run directory").acquire()
-            print("locked", flush=True)
-            time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()),
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_holder(a) as holder:
         with pytest.raises(RunDirError, match=f"in use .*held by pid {holder.pid}"):
             train_plan([_tiny(epochs=1)], [a], resume=False)
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-        holder.stdout.close()
     assert sorted(p.name for p in (a / "checkpoints").iterdir()) == before
