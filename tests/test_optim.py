@@ -777,8 +777,9 @@ def test_tied_weights_are_refused_unless_plain():
 def test_a_failed_step_leaves_the_state_as_it_was(structure):
     """A NaN gradient on a refresh step raised DivergedError ("the weights were not changed")
     after the refresh had moved the running Fisher and the label generator, so the retried
-    step counted its batch twice (37 % off, a helper's find). Now: retrying equals never
-    having failed, bit for bit."""
+    step counted its batch twice (37 % off, a helper's find). Now a step refreshes once: a
+    retry, also after a bad lr in a later parameter group (which had moved the earlier
+    groups' weights), equals never having failed, bit for bit."""
     window = 2 if structure == "unit-window" else None
     kw = dict(structure=structure.removesuffix("-window"), kind="mc", refresh_every=2, ema=0.8,
               momentum=0.9, window=window)  # fmt: skip
@@ -792,6 +793,15 @@ def test_a_failed_step_leaves_the_state_as_it_was(structure):
     twin[0].weight.grad[0, 0] = float("nan")  # step 2 refreshes
     with pytest.raises(DivergedError, match="not finite"):
         opt2.step(x[10:])
+    twin.zero_grad()
+    F.cross_entropy(twin(x[:10]), y[:10]).backward()
+    lr = opt2.param_groups[-1]["lr"]
+    opt2.param_groups[-1]["lr"] = float("nan")
+    weights = [p.detach().clone() for p in twin.parameters()]
+    with pytest.raises(InputError, match="lr=nan"):
+        opt2.step(x[10:])
+    assert all(torch.equal(a, b) for a, b in zip(weights, twin.parameters(), strict=True))
+    opt2.param_groups[-1]["lr"] = lr
     _train(twin, opt2, x, y, 3, start=2)
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -831,4 +841,6 @@ def test_a_layer_the_engine_cannot_read_names_plain_layers():
     F.cross_entropy(model(x), y).backward()
     with pytest.raises(LayerUseError, match=r"'aux'\].*not called.*plain_layers=\[\.\.\.\]"):
         UnitNaturalGradient(model, 0.1).step(x)
-    UnitNaturalGradient(model, 0.1, plain_layers=["aux"]).step(x)
+    opt = UnitNaturalGradient(model, 0.1, plain_layers=["aux"])
+    opt.step(x)
+    assert opt.steps == 1 and list(opt.layers) == ["body", "head"]

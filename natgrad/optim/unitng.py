@@ -30,8 +30,9 @@ computes without forming dense blocks (:mod:`natgrad.structures`).
 Parameters outside Linear/Conv2d layers (batch norm, PReLU slopes), layers without a bias,
 layers with a frozen weight or bias and the ``plain_layers`` take the plain SGD step (a
 grouped Conv2d, tied weights and a layer the engine cannot read, e.g. one off the path to
-the output, are refused unless listed there). A step that fails (a NaN gradient, a
-singular block) leaves the optimizer's state as it was, so it can be retried; setting
+the output, are refused unless listed there). A step that fails after its refresh (a NaN
+gradient, a singular block, a bad lr) keeps that refresh and moves no weight, so a retry of
+the step does not refresh, and count its batch, again; setting
 ``rel_damping`` or ``layer_damping`` takes effect at the next step. Model buffers
 (batch-norm running statistics) are restored after the refresh pass, so it does not count
 as a training forward;
@@ -270,12 +271,14 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         self._factors: dict[str, object] = {}  # per-refresh preconditioners, by layer
         self._factors_for = (self.rel_damping, self.layer_damping)  # the dampings they use
         self.steps = 0
+        self._refreshed_at = -1  # the step whose refresh has run (a failed step's, kept)
 
     # --- state: the running Fisher lives in the state of each layer's weight ---------------
     def state_dict(self) -> dict:
         """``torch.optim`` state plus the step count and the label generator (as tensors)."""
         first = self.param_groups[0]["params"][0]
         self.state[first]["natgrad_steps"] = self.steps
+        self.state[first]["natgrad_refreshed_at"] = self._refreshed_at
         self.state[first]["natgrad_generator"] = self.generator.get_state()
         return super().state_dict()
 
@@ -285,6 +288,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         st = self.state[first]
         if "natgrad_steps" in st:
             self.steps = int(st["natgrad_steps"])
+        self._refreshed_at = int(st.get("natgrad_refreshed_at", -1))
         if "natgrad_generator" in st:  # load_state_dict casts it to the param dtype
             self.generator.set_state(st["natgrad_generator"].to(torch.uint8).cpu())
         self._factors = {}
@@ -304,27 +308,27 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        refresh = self.steps % self.refresh_every == 0 or not self._has_fisher()
+        # a step refreshes once: a retry of a step that failed after its refresh (a NaN
+        # gradient, a singular block) uses that refresh, so no batch is counted twice
+        due = self.steps % self.refresh_every == 0 and self._refreshed_at != self.steps
+        refresh = due or not self._has_fisher()
         if refresh and inputs is None:
             raise InputError(
                 f"step {self.steps} refreshes the unit Fisher: call opt.step(inputs) with "
                 "the current batch (and targets= for kind='empirical')"
             )
-        saved = self._snapshot()
-        try:  # a step that fails (a NaN gradient, a singular block) leaves no state behind
-            if refresh:
-                self._refresh(inputs, targets)
-                self._step_warned = False
-            directions = self._directions()
-            self._check_finite(directions)
-        except BaseException:
-            self._restore(saved)
-            raise
+        if refresh:
+            self._refresh(inputs, targets)
+            self._refreshed_at = self.steps
+            self._step_warned = False
+        directions = self._directions()
+        self._check_finite(directions)
+        for group in self.param_groups:  # a schedule may have set them since: before any update
+            _check_hyper(group["lr"], group["momentum"], group["weight_decay"])
         if not getattr(self, "_step_warned", False):  # at most one warning per refresh period
             self._step_warned = self._check_step_size(directions)
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
-            _check_hyper(lr, mom, wd)  # a schedule may have set them since
             for p in group["params"]:
                 d_p = directions.get(p)
                 if d_p is None:
@@ -393,20 +397,6 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             )
         return bool(big)
 
-    def _snapshot(self) -> tuple:
-        """What a refresh and the directions change, to undo a failed step: each layer's
-        state entries (the running average is replaced, not written into), the label
-        generator, the factors and the warning flag."""
-        states = {name: dict(self.state[m.weight]) for name, m in self.layers.items()}
-        return (states, self.generator.get_state(), dict(self._factors), self._factors_for,
-                getattr(self, "_step_warned", False))  # fmt: skip
-
-    def _restore(self, saved: tuple) -> None:
-        states, generator, self._factors, self._factors_for, self._step_warned = saved
-        for name, m in self.layers.items():
-            self.state[m.weight] = states[name]
-        self.generator.set_state(generator)
-
     def _has_fisher(self) -> bool:
         return all(any(k in self.state[m.weight] for k in _FISHER_KEYS)
                    for m in self.layers.values())  # fmt: skip
@@ -448,8 +438,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 old = state.get(key)
                 if old is None or self.ema == 0.0:
                     state[key] = value.clone()
-                else:  # a new tensor: a failed step restores the old one (_snapshot)
-                    state[key] = old.mul(self.ema).add_(value, alpha=1.0 - self.ema)
+                else:
+                    old.mul_(self.ema).add_(value, alpha=1.0 - self.ema)
 
     def _push_window(self, state: dict, fisher: WoodburyUnitFisher) -> None:
         r"""Age the window's batches by one and store the newest as batch 0 (state keys
