@@ -143,7 +143,8 @@ def check_signals(name: str, g: torch.Tensor | None) -> torch.Tensor:
     if g is None:
         raise LayerUseError(
             f"layer {name!r} does not influence the model output, so its unit Fisher is zero; "
-            "leave it out (unit_fishers(..., layers=[...]) takes the layers to compute)"
+            "leave it out (layers=[...] of unit_fishers or norm_unit_fishers takes the layers "
+            "to compute)"
         )
     if not torch.isfinite(g.sum()) and not torch.isfinite(g).all():  # sum: one cheap pass
         raise InputError(

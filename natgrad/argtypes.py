@@ -83,4 +83,4 @@ def data_folder(text: str) -> str:
     any working directory (a relative one was resolved against wherever that ran)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty --data-dir names no folder")
-    return str(Path(text).expanduser().resolve())
+    return str(Path(text).expanduser().absolute())  # a symlinked folder stays the link

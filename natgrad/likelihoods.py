@@ -150,11 +150,12 @@ def sample_targets(
     if likelihood == "bernoulli":
         prob = torch.sigmoid(o).unsqueeze(1).expand(o.shape[0], s, *o.shape[1:])  # [N, S, D]
         return torch.bernoulli(prob, generator=generator).transpose(0, 1).to(dev)  # [S, N, D]
-    u = torch.rand((o.shape[0], s, *o.shape[1:], 2), generator=generator, dtype=o.dtype,
+    wide = torch.promote_types(o.dtype, torch.float32)  # bfloat16 uniforms cut the tails
+    u = torch.rand((o.shape[0], s, *o.shape[1:], 2), generator=generator, dtype=wide,
                    device=o.device)  # fmt: skip
     radius = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))  # 1 − u ∈ (0, 1]: finite
     noise = radius * torch.cos(2.0 * math.pi * u[..., 1])  # [N, S, D], standard normal
-    return (o.unsqueeze(1) + noise).transpose(0, 1).to(dev)  # [S, N, D]
+    return (o.unsqueeze(1) + noise).to(o.dtype).transpose(0, 1).to(dev)  # [S, N, D]
 
 
 def sqrt_output_fisher(likelihood: str, output: torch.Tensor) -> torch.Tensor:

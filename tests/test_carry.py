@@ -162,7 +162,9 @@ def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch):
         return ds.with_(test_x=1.0 - ds.test_x)
 
     monkeypatch.setattr(engine, "run_data", other)
-    with pytest.raises(InputError, match=r"trained on other data \(data_sha256 \w+ → \w+;"):
+    with pytest.raises(
+        InputError, match=r"trained or evaluated on other data \(data_sha256 \w+ → \w+;"
+    ):
         train(_cfg(2), run, device="cpu", progress=False)
     monkeypatch.setattr(engine, "run_data", other_test)
     with pytest.raises(InputError, match=r"other data \(held_out_sha256 \w+ → \w+;"):

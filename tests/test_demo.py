@@ -110,7 +110,7 @@ def test_cli_arguments_and_paper_mode():
     # a --data-dir is recorded absolute: the run is resumed and analysed from anywhere (a
     # relative one failed from another working directory, a helper's find)
     assert (paper.dataset, paper.epochs, paper.seeds, paper.data_dir) == (
-        "mnist", 300, 5, str(Path("d").resolve()))  # fmt: skip
+        "mnist", 300, 5, str(Path("d").absolute()))  # fmt: skip
     assert demo.analysed_epochs(paper)[:3] == [0, 25, 50] and demo.analysed_epochs(paper)[-1] == 300
     with pytest.raises(InputError, match="seeds"):
         demo.DemoConfig(seeds=0)

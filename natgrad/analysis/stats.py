@@ -925,6 +925,8 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
     rows = []
     for key, sub in trained.groupby(runs, sort=False):
         sub = sub.sort_values("epoch")
+        last_loss = float(sub["train_loss"].iloc[-1])
+        stopped = not math.isfinite(last_loss) or int(sub["epoch"].max()) < horizon
         if int(sub["epoch"].max()) < horizon:  # it stopped early (diverged): its missing
             sub = (sub.set_index("epoch")  # epochs are NaN, as Study.curves gives them
                    .reindex(range(int(sub["epoch"].min()), horizon + 1))
@@ -938,8 +940,9 @@ def claims_per_seed(curves, *, last: int = 3, threshold: float | None = None,
                "log_train_loss_auc": loss_auc(sub["train_loss"], log=True),
                "epochs_to_loss": float(below.iloc[0]) if len(below) else float(sub["epoch"].max() + 1),
                "epochs_reached": int(len(below) > 0),
-               "median_activation_var": (float(sub["median_all"].var(ddof=1, skipna=False))
-                                         if acts and len(sub) > 1 else math.nan),
+               "median_activation_var": (float(sub["median_all"].var(ddof=1))  # over the
+                                         if acts and len(sub) > 1 and not stopped  # recorded
+                                         else math.nan),  # epochs (record_every)
                "test_error": float(tail["test_error"].mean(skipna=False)),
                "val_error_last": math.nan, "best_val_epoch": math.nan,
                "test_error_at_best_val": math.nan}  # fmt: skip

@@ -44,7 +44,7 @@ class UnitSpec:
     r"""A unit's negative part and the claims about it: ``pieces`` ``((f, lo, hi), …)``, f(x)
     on lo < x ≤ hi left to right covering x ≤ 0; the claimed f′ on each piece (``derivative``,
     stated by ``derivative_tex``), ``jumps`` f′(pt⁺) − f′(pt⁻) at each boundary pt (0 included;
-    f′ = 1 above 0), ``saturation`` lim_{x→−∞} f (``-sp.oo``: none), ``continuous_iff`` the α
+    f′ = ``slope`` above 0), ``saturation`` lim_{x→−∞} f (``-sp.oo``: none), ``continuous_iff`` the α
     set where f′ is continuous at 0 (None: no α), ``alpha_values`` for the numerical checks,
     ``slope`` f′ on x > 0 (f = slope·x there; 1 but for SELU's λ)."""
 
@@ -123,7 +123,7 @@ def derivative_fact(unit: str | UnitSpec) -> ProofResult:
 
 
 def _jump(u: UnitSpec, point) -> sp.Expr:
-    """f′(pt⁺) − f′(pt⁻) from the pieces (f′ = 1 on x > 0)."""
+    """f′(pt⁺) − f′(pt⁻) from the pieces (f′ = ``slope`` on x > 0)."""
     slopes = [sp.diff(f, x) for f, _, _ in u.pieces] + [u.slope]
     right = next(i for i, (_, lo, hi) in enumerate(u.pieces) if sp.Eq(hi, point)) + 1
     return sp.simplify(slopes[right].subs(x, point) - slopes[right - 1].subs(x, point))

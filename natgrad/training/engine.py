@@ -371,11 +371,12 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
                                   ".safetensors to resume from an earlier checkpoint, or pass "
                                   "--no-resume") from None  # fmt: skip
         if differ := other_data(info, fingerprints):
-            raise InputError(f"{run}: its checkpoints were trained on other data ({differ}; "
-                             f"data_dir {config.data_dir!r}): resume with the data it trained on, or "
-                             "pass --no-resume" + (" (natgrad loads ImageNet's splits in one "
-                             "fixed class-mixed order since 2026-12-07: a run trained before "
-                             "cannot resume)" if config.dataset == "imagenet" else ""))  # fmt: skip
+            imagenet = (" (natgrad loads ImageNet's splits in one fixed class-mixed order, "
+                        "centred on the exact mean of their bytes, since 2026-12-07: a run "
+                        "trained before cannot resume)") if config.dataset == "imagenet" else ""  # fmt: skip
+            raise InputError(f"{run}: its checkpoints were trained or evaluated on other data "
+                             f"({differ}; data_dir {config.data_dir!r}): resume with the data "
+                             f"it trained on, or pass --no-resume{imagenet}")  # fmt: skip
         history = info["metrics"]
         if [r.get("epoch") if isinstance(r, dict) else None for r in history] != list(
             range(start + 1)
