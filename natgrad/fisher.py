@@ -51,7 +51,9 @@ def unit_fisher(
             layers in training mode get a :class:`~natgrad.errors.TrainModeWarning`; their
             running statistics are restored afterwards).
         layer: an ``nn.Linear``/``nn.Conv2d`` inside ``model`` (with a bias), or its name,
-            applied once per forward pass to ``[N, ...]`` rows, one per input. The blocks
+            applied once per forward pass to ``[N, ...]`` rows, one per input (a layer whose
+            rows are not is refused by their count, which cannot tell N rows shared by all
+            inputs, e.g. N learned prototypes, from N inputs' own). The blocks
             are over the weight that multiplies the layer's input: for a parametrised layer
             (weight norm, weight standardisation) the effective weight.
         inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches (e.g. a
