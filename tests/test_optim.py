@@ -824,7 +824,7 @@ def test_a_damping_set_between_refreshes_takes_effect_at_the_next_step():
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
     opt.layer_damping = -1.0
-    with pytest.raises(InputError, match=r"layer_damping=-1\.0"):
+    with pytest.raises(InputError, match=r"layer_damping must be a finite number >= 0, got -1\.0"):
         opt.step()
 
 

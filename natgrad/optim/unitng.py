@@ -461,9 +461,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         dampings = (self.rel_damping, self.layer_damping)
         if dampings != self._factors_for:  # set since the factors were formed: form them again
             for key, value in zip(("rel_damping", "layer_damping"), dampings, strict=True):
-                if not (is_finite_number(value) and value >= 0):
-                    raise InputError(f"UnitNaturalGradient {key}={value!r}: must be a finite "
-                                     "number >= 0")  # fmt: skip
+                damping.check(value, key)  # the one rule for a damping
             self._factors, self._factors_for = {}, dampings
         for name, m in self.layers.items():
             if m.weight.grad is None or m.bias.grad is None:
