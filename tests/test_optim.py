@@ -818,11 +818,13 @@ def test_a_damping_set_between_refreshes_takes_effect_at_the_next_step():
         F.cross_entropy(net(x), y).backward()
         o.step(x)
     opt.rel_damping = 10.0
+    before = [p.detach().clone() for p in model.parameters()]
     for o in (opt, opt2):
         o.param_groups[0]["lr"] = 0.1
         o.step()  # not a refresh step: the same gradients
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     opt.layer_damping = -1.0
     with pytest.raises(InputError, match=r"layer_damping must be a finite number >= 0, got -1\.0"):
         opt.step()

@@ -122,6 +122,13 @@ def test_measures_in_the_structures_metric(case_layer, structure):
         assert_close(got[f"rho_{kind}"], M.efficiency(g, g0, want), **tol)
         if kind != "natural":  # its own error is 0 by definition, a key of no result type
             assert_close(got[f"shift_error_{kind}"], M.bias_shift_error(g, g0, want), **tol)
+        else:  # still asked of the result: 0, as the dense route gives it
+            assert_close(
+                S.bias_shift_error(g, g0, kind, rel),
+                M.bias_shift_error(g, g0, want),
+                what=f"{layer} {structure} natural shift error",
+                **tol,
+            )
     assert_close(got["rho_natural"], torch.ones(S.num_units), **tol)
     assert_close(S.n_eff, unit_fisher(model, layer, x, likelihood=case.likelihood).n_eff)
 

@@ -225,7 +225,10 @@ def test_a_run_whose_config_json_is_lost_resumes_from_its_checkpoints(tmp_path):
             (run / "config.json").write_text("{garbage")
         train(apply_overrides(config, ["epochs=2"]), run, device="cpu", progress=False)
         assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 2
-    assert json.loads(meta)["config"]["epochs"] == 1
+    metrics = [json.loads(row) for row in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in metrics] == [0, 1, 2]  # resumed, not restarted
+    assert json.loads(meta)["git_commit"] == json.loads((run / "config.json").read_text())[
+        "git_commit"]  # fmt: skip
 
 
 def test_autoencoder_and_conv_paths(tmp_path):
