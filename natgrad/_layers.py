@@ -30,6 +30,17 @@ def supported_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, SUPPORTED)}
 
 
+def is_unit_layer(module: nn.Module) -> bool:
+    """Whether ``module`` has unit blocks: a Linear/Conv2d layer with a bias."""
+    return isinstance(module, SUPPORTED) and module.bias is not None
+
+
+def unit_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of every Linear/Conv2d layer, in order: the parameters that weight decay
+    acts on (biases, norm and PReLU parameters are not decayed)."""
+    return [m.weight for m in supported_layers(model).values()]
+
+
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
     """``(name, module)`` of ``layer`` (a module inside ``model`` or its name), checked to be
     a Linear/Conv2d layer with a bias (:func:`check_layer`)."""

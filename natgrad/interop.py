@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from natgrad._layers import SUPPORTED, is_unit_layer
 from natgrad.errors import InputError
 
 __all__ = ["layer_block", "layer_index", "to_curvlinops", "to_nngeometry", "unit_blocks",
@@ -65,9 +66,9 @@ def _layers(model: nn.Module, names) -> list[tuple[str, nn.Module]]:
     out = []
     for name in names:
         m = modules.get(name)
-        if not isinstance(m, nn.Linear | nn.Conv2d) or m.bias is None:
+        if not is_unit_layer(m):
             has = "no such layer" if m is None else f"a {type(m).__name__}"
-            has += " without a bias" if isinstance(m, nn.Linear | nn.Conv2d) else ""
+            has += " without a bias" if isinstance(m, SUPPORTED) else ""
             raise InputError(
                 f"layer {name!r}: unit blocks cover Linear and Conv2d layers with a bias; "
                 f"the model has {has}"
@@ -228,7 +229,7 @@ def unit_blocks_from_nngeometry(pmat, model: nn.Module) -> dict[str, torch.Tenso
     out = {}
     for name, layer in lc.layers.items():
         m = modules[name]
-        if not isinstance(m, nn.Linear | nn.Conv2d):
+        if not isinstance(m, SUPPORTED):
             continue
         _layers(model, [name])  # no bias: refused, never read as blocks of d+1 entries
         if dense is None:

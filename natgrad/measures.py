@@ -421,11 +421,7 @@ def measures(
 def _live_measures(M, m, g, g0, rel_damping, **context) -> tuple:
     r"""The measures of :func:`measures` in its key order, every unit live (float64)."""
     d = M.shape[-1] - 1
-    mu = damping_of(M, rel_damping)
-    F = M
-    if bool((mu != 0).any()):
-        F = M.clone()
-        F.diagonal(dim1=-2, dim2=-1).add_(mu.unsqueeze(-1))
+    F = relative_damped(M, rel_damping)
     diag = torch.diagonal(F, dim1=-2, dim2=-1)
     b, c = F[:, :-1, -1], F[:, -1, -1]
     L = linalg.cholesky(

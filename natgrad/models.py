@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from natgrad._layers import SUPPORTED, supported_layers
 from natgrad.argtypes import positive_int
 from natgrad.errors import InputError
 from natgrad.units import CATALOGUE, UNIT_NAMES, UNIT_TYPES, make_unit
@@ -325,7 +326,7 @@ def _he_init(model: nn.Module, gen: torch.Generator, alpha: float | None, gain: 
     ``gen`` in module order, zero biases; batch and layer norm to (γ=1, β=0, running stats
     reset); PReLU slopes to their initial α. The same normal draws for every gain."""
     for mod in model.modules():
-        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+        if isinstance(mod, SUPPORTED):
             nn.init.normal_(mod.weight, 0.0, 1.0, generator=gen)
             mod.weight.mul_(gain / math.sqrt(mod.weight[0].numel()))
             nn.init.zeros_(mod.bias)
@@ -379,7 +380,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every Linear/Conv2d layer, in order (the unit-Fisher layers)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return list(supported_layers(model).items())
 
 
 # --- `natgrad models` -------------------------------------------------------------------

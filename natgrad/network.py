@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from natgrad import damping
-from natgrad._layers import batch_statistics_layers
+from natgrad._layers import batch_statistics_layers, is_unit_layer
 from natgrad.errors import InputError, SingularBlockError
 
 __all__ = ["GramSummary", "NetworkFisher", "efficiency", "loglik_gradient", "network_fisher",
@@ -183,7 +183,7 @@ def _layer_index(model: nn.Module, offsets: dict[str, int]) -> dict[str, torch.T
     parameter vector, for every Linear/Conv2d layer with a bias (one ``arange`` per layer)."""
     out = {}
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) or module.bias is None:
+        if not is_unit_layer(module):
             continue
         w0, b0 = offsets[f"{name}.weight"], offsets[f"{name}.bias"]
         n_units, d = module.weight.shape[0], module.weight[0].numel()
@@ -208,7 +208,7 @@ def check_untied(model: nn.Module, what: str) -> None:
     once, under one name, so the other layer's units have no positions of their own, and the
     tensor's gradient sums both layers' uses. One layer registered twice is one layer."""
     for held in shared_parameters(model):
-        if any(isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None for _, _, m in held):
+        if any(is_unit_layer(m) for _, _, m in held):
             layers = " and ".join(repr(n) for n, _, _ in held)
             tied = " is ".join(f"{n}.{k}" for n, k, _ in held)
             raise InputError(
@@ -237,11 +237,7 @@ def _prepare(model: nn.Module, inputs, what: str):
     *starts, off = itertools.accumulate((v.numel() for v in named.values()), initial=0)
     offsets = dict(zip(named, starts, strict=True))
     for name, m in model.named_modules():
-        if (
-            isinstance(m, (nn.Linear, nn.Conv2d))
-            and m.bias is not None
-            and (f"{name}.weight" not in offsets or f"{name}.bias" not in offsets)
-        ):
+        if is_unit_layer(m) and (f"{name}.weight" not in offsets or f"{name}.bias" not in offsets):
             raise InputError(
                 f"{what}: layer {name!r} has a parametrized weight or bias (weight_norm, "
                 "torch.nn.utils.parametrize), so its units have no parameters of their own in "

@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from natgrad import damping
-from natgrad._layers import SUPPORTED
+from natgrad._layers import SUPPORTED, is_unit_layer, unit_weights
 from natgrad.argtypes import is_finite_number, is_integer
 from natgrad.errors import (
     InputError,
@@ -210,7 +210,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                              "gives them)")  # fmt: skip
         plain = set(plain_layers)
         for name, m in model.named_modules():
-            if not isinstance(m, SUPPORTED) or m.bias is None or name in plain:
+            if not is_unit_layer(m) or name in plain:
                 continue
             if not (m.weight.requires_grad and m.bias.requires_grad):
                 continue  # frozen, or half frozen: its trainable parameter takes plain SGD
@@ -251,7 +251,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
                 NatgradWarning,
                 stacklevel=2,
             )
-        weights = {id(m.weight) for m in model.modules() if isinstance(m, SUPPORTED)}
+        weights = {id(w) for w in unit_weights(model)}
         slow = {id(p) for n in plain for p in named[n].parameters()}
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [  # decayed weights, the rest; then both again for the plain layers

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from natgrad._atomic import append_jsonl, read_jsonl, write_json, write_jsonl, write_safetensors
+from natgrad._layers import supported_layers, unit_weights
 from natgrad.data.preprocess import eval_view, train_view
 from natgrad.errors import CheckpointError, DivergedError, InputError
 from natgrad.training import _owner
@@ -169,13 +170,13 @@ def initial_model(config: TrainConfig, ds) -> nn.Module:
 def setup(config: TrainConfig, device: torch.device):
     ds = run_data(config)
     model = initial_model(config, ds).to(device)
-    first = next(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    first = next(iter(supported_layers(model)))
     plain = (first,) if config.plain_first_layer else ()
     if config.centre:  # before the parameter groups: centring replaces the layers
         from natgrad.optim import centre
 
         model = centre(model, inplace=True, skip=plain)
-    decay = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    decay = unit_weights(model)
     ids = {id(p) for p in decay}
     rest = [p for p in model.parameters() if id(p) not in ids]
     groups = [
