@@ -147,30 +147,52 @@ def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch):
     """A run records a fingerprint of its training data; resuming it on other data (another
     data_dir, other files under the same one) is refused, naming both fingerprints (it trained
     on, and its config.json said the new data_dir)."""
-    from natgrad.training import engine
+    import natgrad.data
 
     run = tmp_path / "r"
     train(_cfg(1), run, device="cpu", progress=False)
-    real = engine.run_data
+    real = natgrad.data.load_dataset
 
-    def other(config):
-        ds = real(config)
+    def other(*args, **kw):  # the files under data_dir changed
+        ds = real(*args, **kw)
         return ds.with_(train_x=ds.train_x + 0.25)
 
-    def other_test(config):  # the held-out splits changed: its curves would mix two test sets
-        ds = real(config)
+    def other_test(*args, **kw):  # the held-out splits changed: curves would mix two test sets
+        ds = real(*args, **kw)
         return ds.with_(test_x=1.0 - ds.test_x)
 
-    monkeypatch.setattr(engine, "run_data", other)
+    monkeypatch.setattr(natgrad.data, "load_dataset", other)
     with pytest.raises(
         InputError, match=r"trained or evaluated on other data \(data_sha256 \w+ → \w+;"
     ):
         train(_cfg(2), run, device="cpu", progress=False)
-    monkeypatch.setattr(engine, "run_data", other_test)
+    monkeypatch.setattr(natgrad.data, "load_dataset", other_test)
     with pytest.raises(InputError, match=r"other data \(held_out_sha256 \w+ → \w+;"):
         train(_cfg(2), run, device="cpu", progress=False)
-    monkeypatch.setattr(engine, "run_data", real)
+    monkeypatch.setattr(natgrad.data, "load_dataset", real)
     assert train(_cfg(2), run, device="cpu", progress=False).metrics[-1]["epoch"] == 2
+
+
+def test_the_data_fingerprint_is_of_the_data_before_its_preprocessing():
+    """A run's fingerprints identify its data, not the float noise of its preprocessing: ZCA's
+    BLAS sums change with the thread count, and a gcn-zca run trained with one thread was
+    refused (as other data) by a resume or an analysis with two. The preprocessing itself is a
+    setting of the config, compared with it."""
+    import torch
+
+    from natgrad.training.engine import data_fingerprints, run_data
+
+    plain = run_data(_cfg(1, preprocess="none"))
+    assert plain.meta["fingerprints"] == data_fingerprints(plain)
+    threads = torch.get_num_threads()
+    try:
+        for preprocess in ("standardise", "gcn-zca"):
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                got = run_data(_cfg(1, preprocess=preprocess)).meta["fingerprints"]
+                assert got == plain.meta["fingerprints"], (preprocess, n)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_diverged_run_trained_again_is_no_longer_marked_diverged(tmp_path):

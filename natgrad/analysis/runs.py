@@ -96,17 +96,16 @@ def _dataset(run_dir: Path):
     refused when it is not the data the run recorded (its fingerprints, ``data_sha256`` and
     ``held_out_sha256``)."""
     from natgrad.training.config import TrainConfig
-    from natgrad.training.engine import data_fingerprints, other_data, run_data
+    from natgrad.training.engine import other_data, run_data
 
     meta = RunDir(run_dir).read_meta()
     config = TrainConfig.from_dict(meta["config"])
     key = tuple(getattr(config, f) for f in _DATA_FIELDS)
     if key not in _DATASETS:
         _DATASETS.clear()  # keep one data set in memory
-        ds = run_data(config)
-        _DATASETS[key] = (ds, data_fingerprints(ds))
-    ds, fingerprints = _DATASETS[key]
-    if differ := other_data(meta, fingerprints):  # runs before 2026-12-07 recorded none
+        _DATASETS[key] = run_data(config)
+    ds = _DATASETS[key]
+    if differ := other_data(meta, ds.meta["fingerprints"]):  # runs before 2026-12-07 recorded none
         raise DataFileError(f"{run_dir}: it was trained and evaluated on other data than natgrad "
                             f"loads for it now ({differ}; dataset {config.dataset!r}, data_dir "
                             f"{config.data_dir!r}); analyse it with the data it trained on")  # fmt: skip

@@ -107,7 +107,10 @@ def epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
 def run_data(config: TrainConfig):
     """The data a run sees, the one definition for its training and its analysis: its data set
     with the training split it trains on (``train_split``, the first ``train_size`` images)
-    and its preprocessing (fitted on that training split)."""
+    and its preprocessing (fitted on that training split). ``meta["fingerprints"]`` holds
+    :func:`data_fingerprints` of the data before its preprocessing: a preprocessing's float
+    noise (ZCA's BLAS sums change with the thread count) is not other data, and the
+    preprocessing itself is a setting of the config."""
     from natgrad.data import gcn_zca, load_dataset, standardise
 
     ds = load_dataset(config.dataset, config.data_dir, seed=config.seed,
@@ -120,19 +123,20 @@ def run_data(config: TrainConfig):
             raise InputError(f"config train_size={n}: the {config.dataset} training split "
                              f"({config.train_split}) holds {have} images; pass at most {have}")  # fmt: skip
         ds = ds.with_(train_x=ds.train_x[:n], train_y=ds.train_y[:n])
+    fingerprints = data_fingerprints(ds)
     if config.preprocess == "gcn-zca":
         ds = gcn_zca(ds)
     elif config.preprocess == "standardise":
         ds = standardise(ds)
-    return ds
+    return ds.with_(meta=dict(ds.meta, fingerprints=fingerprints))
 
 
 def data_fingerprints(ds) -> dict[str, str]:
-    """SHA-256 fingerprints (16 hex digits) of the data a run sees (:func:`run_data`):
-    ``data_sha256`` of its training inputs and labels and ``held_out_sha256`` of its
-    validation and test splits (recorded since 2026-12-07), kept with the run, so that a
-    resume or an analysis on other data (another ``data_dir``, other files under the same
-    one) is refused (:func:`other_data`) instead of going on."""
+    """SHA-256 fingerprints (16 hex digits) of the data a run sees (:func:`run_data`, before
+    its preprocessing): ``data_sha256`` of its training inputs and labels and
+    ``held_out_sha256`` of its validation and test splits (recorded since 2026-12-07), kept
+    with the run, so that a resume or an analysis on other data (another ``data_dir``, other
+    files under the same one) is refused (:func:`other_data`) instead of going on."""
     import hashlib
 
     def sha(*tensors) -> str:
@@ -341,7 +345,7 @@ def open_run(config: TrainConfig, run: Path, dev: torch.device, ds, model, optim
     val = (None, None) if ds.val_x is None else (ds.val_x.to(dev), ds.val_y.to(dev))
     data = (ds.train_x.to(dev), ds.train_y.to(dev), ds.test_x.to(dev), ds.test_y.to(dev), *val)
     probe = probe_indices(data[0].shape[0], config.probe_size, config.seed)
-    rd, fresh, fingerprints = RunDir(run), start is None, data_fingerprints(ds)
+    rd, fresh, fingerprints = RunDir(run), start is None, ds.meta["fingerprints"]
     if fresh:
         if lead:
             if resume:  # no checkpoint to resume: records of this run only are replaced
