@@ -112,9 +112,9 @@ def layer_input(name: str, module: nn.Module, args: tuple, kwargs: dict, n_input
                          f"{tuple(x.shape)}; natgrad needs it batched, [N, C, H, W] with one "
                          "row per model input")  # fmt: skip
     if n_inputs is not None and (x.ndim == 0 or x.shape[0] != n_inputs):
+        batch = "one model input" if n_inputs == 1 else f"a batch of {n_inputs} model inputs"
         raise LayerUseError(
-            f"layer {name!r} sees {x.shape[0] if x.ndim else 0} rows for a batch of {n_inputs} "
-            "model inputs: its rows are not one per input (inputs folded into the batch, e.g. "
+            f"layer {name!r} sees {x.shape[0] if x.ndim else 0} rows for {batch}: its rows are not one per input (inputs folded into the batch, e.g. "
             "frames or tokens reshaped to [N·T, ...], a concatenated batch, or an input shared "
             "by all), so no input's own block can be formed; keep the extra axis apart (a "
             "Linear layer takes [N, T, d], T as positions) or leave the layer out"

@@ -192,7 +192,9 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor) -> int:
             acts[0] += out[0].numel()
             if id(module) in targets:
                 name = targets[id(module)]
-                shapes[name] = (layer_input(name, module, args, kwargs, None)[0].numel(),
+                # one input, one row: a layer applied sequence-first ([T, N, d]) passes the
+                # batch's row count when N happens to equal T
+                shapes[name] = (layer_input(name, module, args, kwargs, 1)[0].numel(),
                                 out[0].numel())  # fmt: skip
 
     handles = [
@@ -205,6 +207,8 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor) -> int:
         model.eval()
         with torch.no_grad():
             model(x1)
+    except LayerUseError:
+        raise
     except Exception:  # the real pass reports errors with their context
         return 1
     finally:

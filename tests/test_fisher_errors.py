@@ -205,6 +205,9 @@ class _Folded(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [N, 2, 2, 5, 5]
         n = x.shape[0]
+        if self.how == "seqfirst":  # [T, N, 2] rows: the batch's count passes when N = T
+            h = torch.tanh(self.tok(x[:, :, :, 0, 0].transpose(0, 1))).transpose(0, 1)
+            return self.fc(torch.cat([h.flatten(1), x.flatten(1)[:, :48]], 1))
         if self.how == "frames":
             return self.fc(torch.tanh(self.conv(x.flatten(0, 1))).reshape(n, -1))
         if self.how == "tokens":  # [N·50, 2] rows
@@ -213,13 +216,19 @@ class _Folded(nn.Module):
         return self.fc(torch.cat([shared.flatten(1).expand(n, -1), x.flatten(1)[:, :27]], 1))
 
 
-@pytest.mark.parametrize(("how", "layer", "rows"), [("frames", "conv", 8), ("tokens", "tok", 200),
-                                                      ("shared", "conv", 1)])  # fmt: skip
-def test_a_layer_whose_rows_are_not_one_per_input_is_refused(how, layer, rows):
+@pytest.mark.parametrize(("how", "layer", "seen"), [
+    ("frames", "conv", "2 rows for one model input"),
+    ("tokens", "tok", "50 rows for one model input"),
+    ("seqfirst", "tok", "2 rows for one model input"),
+    ("shared", "conv", "1 rows for a batch of 2 model inputs"),
+])  # fmt: skip
+def test_a_layer_whose_rows_are_not_one_per_input_is_refused(how, layer, seen):
     """Its rows were read as inputs and the result divided by the model's N: off by 37–285 %
-    (a helper's brute force), silently; the per-input reference is right there."""
-    model, x = _Folded(how).double(), torch.randn(4, 2, 2, 5, 5, dtype=torch.float64)
-    with pytest.raises(InputError, match=rf"'{layer}' sees {rows} rows for a batch of 4 model"):
+    (a helper's brute force), silently; the per-input reference is right there. A layer
+    applied sequence-first ([T, N, d], T = 2 here) passed the batch's count when N = T (178 %
+    off): one input's own forward is checked too."""
+    model, x = _Folded(how).double(), torch.randn(2, 2, 2, 5, 5, dtype=torch.float64)
+    with pytest.raises(InputError, match=rf"'{layer}' sees {seen}"):
         unit_fisher(model, layer, x)
 
 
