@@ -139,9 +139,10 @@ def sample_targets(
     a CPU generator the first m inputs' labels do not depend on how many inputs follow: a
     data pass split into batches draws the labels of one pass over the whole set. Gaussian
     noise is therefore Box–Muller on each element's own two uniforms (``torch.randn`` pairs
-    elements across the tensor)."""
-    s, dev = int(mc_samples), output.device
-    o = output.detach()
+    elements across the tensor). The draws are made in float64 whatever the model's dtype,
+    so a float32 model and its float64 copy (:mod:`natgrad.reference`) draw the same labels."""
+    s, dev, dtype = int(mc_samples), output.device, output.dtype
+    o = output.detach().to(torch.float64)
     if generator is not None and generator.device != dev:
         o = o.to(generator.device)
     if likelihood == "categorical":
@@ -149,13 +150,13 @@ def sample_targets(
         return torch.multinomial(p, s, replacement=True, generator=generator).T.to(dev)  # [S, N]
     if likelihood == "bernoulli":
         prob = torch.sigmoid(o).unsqueeze(1).expand(o.shape[0], s, *o.shape[1:])  # [N, S, D]
-        return torch.bernoulli(prob, generator=generator).transpose(0, 1).to(dev)  # [S, N, D]
-    wide = torch.promote_types(o.dtype, torch.float32)  # bfloat16 uniforms cut the tails
-    u = torch.rand((o.shape[0], s, *o.shape[1:], 2), generator=generator, dtype=wide,
+        y = torch.bernoulli(prob, generator=generator)
+        return y.to(dtype).transpose(0, 1).to(dev)  # [S, N, D]
+    u = torch.rand((o.shape[0], s, *o.shape[1:], 2), generator=generator, dtype=torch.float64,
                    device=o.device)  # fmt: skip
     radius = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))  # 1 − u ∈ (0, 1]: finite
     noise = radius * torch.cos(2.0 * math.pi * u[..., 1])  # [N, S, D], standard normal
-    return (o.unsqueeze(1) + noise).to(o.dtype).transpose(0, 1).to(dev)  # [S, N, D]
+    return (o.unsqueeze(1) + noise).to(dtype).transpose(0, 1).to(dev)  # [S, N, D]
 
 
 def sqrt_output_fisher(likelihood: str, output: torch.Tensor) -> torch.Tensor:
