@@ -52,8 +52,11 @@ def unit_fisher(
             running statistics are restored afterwards).
         layer: an ``nn.Linear``/``nn.Conv2d`` inside ``model`` (with a bias), or its name,
             applied once per forward pass to ``[N, ...]`` rows, one per input (a layer whose
-            rows are not is refused by their count, which cannot tell N rows shared by all
-            inputs, e.g. N learned prototypes, from N inputs' own). The blocks
+            rows are not is refused by their count, for the batch and for one input alone,
+            which cannot tell N rows shared by all inputs, e.g. N learned prototypes, from N
+            inputs' own; a layer that sees a data-dependent subset of the inputs, an expert
+            of a routed mixture, is refused too: :func:`natgrad.reference.reference_unit_fisher`
+            computes it, one input at a time). The blocks
             are over the weight that multiplies the layer's input: for a parametrised layer
             (weight norm, weight standardisation) the effective weight.
         inputs: ``[N, ...]`` tensor, or an iterable of ``(inputs, targets)`` batches (e.g. a
