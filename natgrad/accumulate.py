@@ -19,6 +19,13 @@ from natgrad.unitfisher import UnitFisher
 MEMORY_BUDGET = 2**25
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32: a half-precision model's sums over inputs and batches would
+    round each batch's share away (bfloat16: 8 bits) or overflow (float16: 65,504), so its
+    blocks are summed, and returned, in float32."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class LayerAccumulator:
     r"""Sums Σ_n Σ_k g gᵀ ``[U, d+1, d+1]``, Σ a ``[d]`` and, for n_eff, Σ_n c_n and Σ_n c_n²
     ``[U]`` (c_n = Σ_k g_nk,bias², the bias entry of input n's own block) over batches.
@@ -53,7 +60,7 @@ class LayerAccumulator:
         self.total = torch.zeros(self.n_units, d1, d1, dtype=dtype, device=device)
 
     def begin_batch(self, x: torch.Tensor) -> None:
-        a = incoming(self.module, x)  # [N, P, d], a view of the unfolded patches
+        a = _wide(incoming(self.module, x))  # [N, P, d], a view of the unfolded patches
         n, p, d = a.shape
         self.width = p * self.module.weight.shape[0]
         self.a = a
@@ -71,7 +78,7 @@ class LayerAccumulator:
 
     def add_columns(self, g: torch.Tensor | None) -> None:
         check_signals(self.name, g)
-        v = net_positions(self.module, g)  # [K, N, P, U]
+        v = _wide(net_positions(self.module, g))  # [K, N, P, U]
         if self.units is not None:
             v = v.index_select(-1, self.units.to(v.device))
         if self.weighted:  # sum over columns before any outer product

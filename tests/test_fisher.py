@@ -242,3 +242,22 @@ def test_a_parametrised_layers_blocks_are_those_of_its_effective_weight():
     assert_close(unit_fisher(model, "0", x).matrix, want.matrix, what="weight-norm conv")
     with pytest.raises(InputError, match=r"'0' computes its output from a transformed weight"):
         reference_unit_fisher(model, "0", x)
+
+
+def test_half_precision_models_sum_their_blocks_in_float32():
+    """A bfloat16 model's blocks were summed over batches in bfloat16, whose 8 bits rounded a
+    batch's share away once the sum was large (c 39 % low, silently); a float16 model's sum of
+    incoming activations overflowed (mean_p inf, then NaN shifts). Both now sum in float32
+    and return float32 blocks, within the half dtype's own rounding of the float64 pass."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ELU(), torch.nn.Linear(3, 2))
+    x = torch.randn(40_000, 4) + 2.0  # Σ_n a_n ≈ 8e4 > 65,504
+    for dtype, n, batch_size in ((torch.bfloat16, 2_000, 4), (torch.float16, 40_000, None)):
+        low = copy.deepcopy(net).to(dtype)
+        xs = x[:n].to(dtype)
+        got = unit_fisher(low, "0", xs, batch_size=batch_size, likelihood="gaussian")
+        want = unit_fisher(copy.deepcopy(low).double(), "0", xs.double(), likelihood="gaussian")
+        assert got.matrix.dtype == got.mean_p.dtype == torch.float32, dtype
+        rtol = 1e-2  # the half model's own forward and backward round its signals
+        assert_close(got.matrix, want.matrix, rtol=rtol, atol=0, normwise=True, what=str(dtype))
+        assert_close(got.mean_p, want.mean_p, rtol=rtol, atol=0, what=f"{dtype} mean_p")

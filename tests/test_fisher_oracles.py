@@ -264,7 +264,7 @@ def test_mc_labels_follow_the_model():
         b = sample_targets("bernoulli", o, 4000, gen).double().mean(0)  # [N, D]
         p = torch.sigmoid(o.double())
         assert ((b - p).abs() <= 5 * (p * (1 - p) / 4000).sqrt() + 1e-12).all()
-    # bfloat16 outputs: the uniforms are drawn in float32 (in bfloat16 the tails were cut at
+    # bfloat16 outputs: the uniforms are drawn in float64 (in bfloat16 the tails were cut at
     # 3.3 sigma, a reviewer's find); 80,000 draws reach beyond 4 sigma
     y = sample_targets("gaussian", torch.zeros(20, 2, dtype=torch.bfloat16), 2000, gen)
     assert y.dtype == torch.bfloat16 and float(y.float().abs().max()) > 4.0
