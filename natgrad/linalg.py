@@ -35,6 +35,19 @@ COND_WARN = 1e12
 """Condition number (2-norm, estimated from the Cholesky factor) above which a block is
 reported as nearly singular: a float64 solve then keeps only about 16 − 12 = 4 digits."""
 
+
+def cond_warn(dtype: torch.dtype) -> float:
+    """The :data:`COND_WARN` of blocks stored in ``dtype``: a block's entries carry only its
+    dtype's precision, so a solve keeps fewer than 2 digits once κ·ε ≥ 0.01 (float32:
+    κ ≈ 8e4), whatever dtype it is solved in.
+
+    Example:
+        >>> cond_warn(torch.float64), round(cond_warn(torch.float32))
+        (1000000000000.0, 83886)
+    """
+    return min(COND_WARN, 0.01 / torch.finfo(dtype).eps)
+
+
 _SHOW = 5  # failing units listed by name in a message
 
 

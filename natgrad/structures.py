@@ -243,6 +243,12 @@ class StructuredUnitFisher(SolvedUnitFisher):
                 "[[A_jj, b_j], [b_j, c]] is singular (a dead unit, or an input coordinate that "
                 f"never varies). Pass {'rel_damping' if rel else 'damping'} > 0."
             )
+        # κ(Q) >= max_i Q_ii · max_i (Q⁻¹)_ii, with Q_jj = D_j and (Q⁻¹)_jj = 1/Δ_j (the
+        # weight block of Q⁻¹ is diag(Δ)⁻¹): a rigorous lower bound, as the dense route warns
+        bound = torch.maximum(D.amax(-1), c) / delta.amin(-1)
+        linalg.warn_nearly_singular(bound, layer=self.layer, units=self.units,
+                                    what=f"{self.structure} unit Fisher", damping=damping,
+                                    warn_cond=linalg.cond_warn(self._dtype), stacklevel=4)  # fmt: skip
         return delta, b, c, D, reported
 
     def _zero_blocks(self) -> torch.Tensor:

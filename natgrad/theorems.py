@@ -58,8 +58,9 @@ def _inv_schur(
     # κ(F) >= λ_max/λ_min >= max_j F_jj · (F⁻¹)_dd = max_j F_jj · s: a rigorous lower bound
     # that sees an ill-conditioned Schur complement, which A's own Cholesky cannot.
     bound = torch.maximum(torch.diagonal(A, dim1=-2, dim2=-1).amax(-1), c) * s
-    if (bound > linalg.COND_WARN).any():
-        linalg.warn_nearly_singular(bound, linalg.bordered(A, b, c), **_names_only(context))
+    if (bound > (warn := context.get("warn_cond", linalg.COND_WARN))).any():
+        linalg.warn_nearly_singular(bound, linalg.bordered(A, b, c), warn_cond=warn,
+                                    **_names_only(context))  # fmt: skip
     return s
 
 
@@ -72,8 +73,8 @@ def _warn_from_moments(mean_q: torch.Tensor, var_q: torch.Tensor, x: torch.Tenso
     and F/c = [[Var_q + E_q E_qᵀ, E_q], [E_qᵀ, 1]], so κ(F) >= max(1, max_j E_q(a_j²))·s·c."""
     second = torch.diagonal(var_q, dim1=-2, dim2=-1) + mean_q.square()  # E_q(a_j²)
     bound = second.amax(-1).clamp_min(1.0) * (1.0 + _dot(mean_q, x))
-    if (bound > linalg.COND_WARN).any():
-        linalg.warn_nearly_singular(bound, **_names_only(context))
+    if (bound > (warn := context.get("warn_cond", linalg.COND_WARN))).any():
+        linalg.warn_nearly_singular(bound, warn_cond=warn, **_names_only(context))
 
 
 def schur_complement(A: torch.Tensor, b: torch.Tensor, c: torch.Tensor, **context) -> torch.Tensor:

@@ -138,7 +138,13 @@ class UnitFisherBase:
         return getattr(self, self._STORE).shape[-1] - 1
 
     def _context(self) -> dict:
-        return {"layer": self.layer, "units": self.units}
+        """What a solve's messages name, and its warning threshold (of the stored dtype)."""
+        store = getattr(self, self._STORE)
+        return {
+            "layer": self.layer,
+            "units": self.units,
+            "warn_cond": linalg.cond_warn(store.dtype),
+        }
 
     def _fields(self, *names: str) -> dict:
         """``{name: value}`` of :data:`FIELDS` (or of ``names``), to build another result."""

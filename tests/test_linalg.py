@@ -133,3 +133,26 @@ def test_nan_is_refused_with_unit():
 def test_bad_damping_is_refused(damping):
     with pytest.raises(InputError, match="damping"):
         linalg.damped(_spd(), damping)
+
+
+def test_a_float32_block_warns_at_its_own_precision():
+    """A float32 net's blocks hold float32's 7 digits: with κ ≈ 4e7 (two nearly collinear
+    inputs) F⁻¹g kept no correct digit (5–87 % off the float64 reference) and ρ(plain) moved
+    from 0.936 to 0.961, with no warning, the threshold being float64's 1e12 (a helper's hunt).
+    The warning now follows the stored dtype (linalg.cond_warn: κ·ε ≥ 0.01)."""
+    from natgrad import unit_fisher
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ELU(), torch.nn.Linear(5, 3)).float()
+    x = torch.randn(500, 4, dtype=torch.float32)
+    x[:, 1] = x[:, 0] + 3e-3 * torch.randn(500, dtype=torch.float32)
+    g, g0 = torch.randn(5, 4, dtype=torch.float32), torch.randn(5, dtype=torch.float32)
+    F32 = unit_fisher(net, "0", x)
+    assert F32.matrix.dtype == torch.float32
+    with pytest.warns(NearlySingularWarning, match=r"condition number > 83886\.1"):  # κ ≈ 4e5
+        F32.natural_gradient(g, g0)
+    with pytest.warns(NearlySingularWarning):
+        F32.measures(g, g0)
+    F64 = unit_fisher(net.double(), "0", x.double())  # the same κ is fine in float64
+    F64.natural_gradient(g.double(), g0.double())
+    assert linalg.cond_warn(torch.float64) == linalg.COND_WARN

@@ -428,3 +428,22 @@ def test_every_result_type_gives_the_measures_under_the_same_keys():
         woodbury_unit_fisher(net, "2", x),
     ):
         assert set(other.measures(g, g0, 1e-3)) == keys, type(other).__name__
+
+
+@pytest.mark.parametrize("structure", ["quasidiagonal", "diagonal"])
+def test_a_structure_warns_of_its_nearly_singular_metric(structure):
+    """An input feature that hardly varies makes the unit's metric Q nearly singular: the
+    dense route warns, the structures returned s ≈ 1e17 and a natural gradient of that size
+    silently (a helper's hunt, with a constant feature under the quasi-diagonal). They now
+    warn from a rigorous lower bound of κ(Q), naming the unit; a damped metric does not."""
+    from natgrad.errors import NearlySingularWarning
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ELU(), torch.nn.Linear(5, 3))
+    x = torch.randn(50, 4, dtype=torch.float64)
+    x[:, 2] = 1e-9 * x[:, 2]
+    Q = unit_fisher(net.double(), "0", x, units=[3], structure=structure)
+    g, g0 = torch.randn(1, 4, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
+    with pytest.warns(NearlySingularWarning, match=rf"layer '0': {structure} unit Fisher.*unit 3"):
+        Q.natural_gradient(g, g0)
+    Q.natural_gradient(g, g0, damping=1e-3)  # warnings are errors in the suite
