@@ -612,6 +612,19 @@ class UnitFisher(UnitFisherBase):
         """This result with the blocks F + λI (its blocks and moments are the damped ones)."""
         return replace(self, matrix=linalg.damped(self.matrix, damping))
 
+    def _damped_q(self, damping: float) -> UnitFisher:
+        """:meth:`_damped`, refused (naming the units) where c = E_p(δ̄²) <= 0: q, the inputs
+        reweighted by δ̄², is not defined there, and every moment of q is 0/0."""
+        F = self._damped(damping)
+        if (bad := ~(F.c > 0)).any():
+            raise SingularBlockError(
+                f"{linalg.layer_prefix(self.layer)}c = E_p(δ̄²) is 0 for "
+                f"{linalg._names(bad.nonzero().flatten(), self.units)}: a dead unit (its block is "
+                "zero), whose reweighted distribution q is not defined. Pass damping > 0, or "
+                "drop these units."
+            )
+        return F
+
     def condition_number(
         self, damping: float = 0.0, *, exact: bool = True, rel_damping: float = 0.0
     ) -> torch.Tensor:
@@ -648,7 +661,7 @@ class UnitFisher(UnitFisherBase):
             (tensor([2.]), tensor([2.]))
         """
         check_form(self.layer, "s", form, ("schur", "paper"))
-        F = self._damped(damping)
+        F = self._damped(damping) if form == "schur" else self._damped_q(damping)
         if form == "schur":
             return theorems.schur_complement(F.A, F.b, F.c, **self._context())
         return theorems.schur_complement_paper(F.c, F.mean_q, F.var_q, **self._context())
@@ -663,7 +676,7 @@ class UnitFisher(UnitFisherBase):
             (tensor([0.]), tensor([0.]))
         """
         check_form(self.layer, "k", form, ("closed", "paper"))
-        F = self._damped(damping)
+        F = self._damped_q(damping) if form == "closed" else self._damped(damping)
         if form == "closed":
             return theorems.k_closed(self.mean_p, F.mean_q, F.var_q, **self._context())
         s = self.s("schur", damping)

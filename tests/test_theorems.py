@@ -272,3 +272,25 @@ def test_float32_in_float32_out():
     dw, dw0 = f32.natural_gradient(HAND_G.float(), HAND_G0.float())
     assert dw.dtype == dw0.dtype == torch.float32
     assert_close(dw0, torch.tensor([-1.0]), what="dw0 float32")
+
+
+def test_a_dead_unit_is_a_singular_block_on_every_route_of_s_and_k():
+    """A dead unit's block is zero (c = 0): s() and k("paper") raised SingularBlockError, but
+    k() and s("paper"), through q's moments (0/0), raised InputError blaming the input for
+    NaN entries (a helper's hunt). Every route now raises SingularBlockError naming the unit;
+    damped, the dead unit has s = 1/λ and k = 0."""
+    from natgrad import unit_fisher
+    from natgrad.errors import SingularBlockError
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
+    net = net.double()
+    with torch.no_grad():
+        net[0].bias[0] = -100.0  # unit 0 never fires
+    F = unit_fisher(net, "0", torch.randn(30, 3, dtype=torch.float64))
+    assert bool((F.matrix[0] == 0).all())
+    for call in (F.s, F.k, lambda: F.s("paper"), lambda: F.k("paper")):
+        with pytest.raises(SingularBlockError, match=r"layer '0'.*unit 0"):
+            call()
+    assert float(F.s(damping=0.5)[0]) == pytest.approx(2.0)
+    assert float(F.k(damping=0.5)[0]) == 0.0
