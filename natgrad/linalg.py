@@ -126,8 +126,9 @@ def cholesky(
             f"smallest eigenvalue {lo:.3g}, condition number {k:.3g}"
             for lo, k in zip(low.tolist(), cond.tolist(), strict=True)
         ]
+        damped_by = f" (damping {damping:g})" if damping else ""  # a caller's own λ: its `what`
         err = SingularBlockError(
-            f"{layer_prefix(layer)}{what} is not positive definite (damping {damping:g}) for "
+            f"{layer_prefix(layer)}{what} is not positive definite{damped_by} for "
             f"{failed.numel()} of {m64.shape[0]} units — {_names(failed, units, details)}. " + hint
         )
         err.positions = failed

@@ -219,7 +219,11 @@ class WoodburyUnitFisher(SolvedUnitFisher):
         G = V @ V.transpose(1, 2)  # [U_c, R, R]
         G.diagonal(dim1=-2, dim2=-1).add_(lam.reshape(-1, 1) if lam.ndim else lam)
         units = self.units[lo : lo + V.shape[0]]
-        return linalg.cholesky(G, layer=self.layer, units=units, what="Woodbury kernel λI + VVᵀ")
+        return linalg.cholesky(
+            G, layer=self.layer, units=units, what="Woodbury kernel λI + VVᵀ",
+            hint="Its λ is too small against VVᵀ for float64: pass a larger damping (or "
+            "rel_damping), or use the dense route, unit_fisher(), when R >= d+1.",
+        )  # fmt: skip
 
     def _solver(self, V: torch.Tensor, lam: float, lo: int, L: torch.Tensor | None = None):
         r"""x ↦ (λI + VᵀV)⁻¹x for ``V [U_c, R, n]``, ``x [U_c, n]`` or ``[U_c, n, k]`` (``L``:

@@ -201,3 +201,20 @@ def test_theorem_1_of_saturated_inputs_keeps_its_digits_at_small_damping():
     assert_close(torch.cat([dw, dw0[:, None]], 1), want, **conditioned(torch.linalg.cond(F), d + 1),
                  normwise=True)  # fmt: skip
     assert_close(W.measures(g, g0, 1e-10)["rho_natural"], torch.ones(3), rtol=1e-4)  # κ ~ 1e10
+
+
+def test_a_damping_too_small_for_the_kernel_says_so():
+    """With a positive but tiny damping (1e-300) the kernel λI + VVᵀ (R = 50 > d+1) does not
+    factor: the message said "(damping 0)" and asked for damping > 0, which was given (a
+    helper's hunt). It now says the λ is too small and names the dense route."""
+    from natgrad.errors import SingularBlockError
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ELU(), torch.nn.Linear(5, 3))
+    W = woodbury_unit_fisher(net.double(), "0", torch.randn(50, 4, dtype=torch.float64))
+    g, g0 = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    for call in (lambda: W.natural_gradient(g, g0, damping=1e-300),
+                 lambda: W.measures(g, g0, rel_damping=1e-300)):  # fmt: skip
+        with pytest.raises(SingularBlockError, match=r"too small against VVᵀ") as info:
+            call()
+        assert "damping 0" not in str(info.value)
