@@ -102,3 +102,23 @@ def test_a_resumed_two_rank_run_with_dropout_repeats_the_uninterrupted_one(tmp_p
     for key, value in a.items():
         if key.startswith(("model.", "optim.")):
             assert torch.equal(value, b[key]), key
+
+
+@pytest.mark.slow
+def test_data_parallel_training_owns_its_run_directory_and_stops_at_a_divergence(tmp_path):
+    """Under torchrun the run took no lock and made none of train's checks: it replaced the
+    records of a folder natgrad did not create, trained into the current directory for
+    --run-dir '' (train's check_usable now runs on every rank), and wrote checkpoints of NaN weights to the end of a diverging run, exit 0
+    (a helper's hunt). Every rank now stops with train's one-line error."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "metrics.jsonl").write_text('{"mine": 1}\n')
+    proc = torchrun(*_cli(foreign, 1), ok=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("natgrad train: error: run directory") == 2  # one line per rank
+    assert "was not created by natgrad" in proc.stderr
+    assert (foreign / "metrics.jsonl").read_text() == '{"mine": 1}\n'
+    diverging = tmp_path / "diverging"
+    proc = torchrun(*_cli(diverging, 2), "--lr", "1e6", ok=False)
+    assert proc.returncode != 0 and proc.stderr.count("training diverged at epoch 1") == 2
+    assert [p.name for p in (diverging / "checkpoints").glob("*.json")] == ["epoch_0000.json"]

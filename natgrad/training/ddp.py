@@ -19,13 +19,15 @@ the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from natgrad.errors import InputError
+from natgrad.errors import InputError, NatgradError
+from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
 from natgrad.training.config import TrainConfig
 from natgrad.training.engine import TrainResult, open_run, resolve_device, setup, train_epochs
@@ -57,6 +59,22 @@ def _summed_loss(config: TrainConfig):
     return lambda out, x, y: nn.functional.cross_entropy(out, y, reduction="sum")
 
 
+def _together(fn):
+    """``fn()`` on every rank; a :class:`NatgradError` raised on any rank is raised on every
+    rank (the others would wait in the next collective, or fail inside DDP's constructor)."""
+    import torch.distributed as dist
+
+    try:
+        out, err = fn(), None
+    except NatgradError as exc:
+        out, err = None, (type(exc), str(exc))
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, err)
+    if (first := next((e for e in errors if e is not None), None)) is not None:
+        raise first[0](first[1])
+    return out
+
+
 def _init_group(device: str) -> tuple[torch.device, int, int]:
     import torch.distributed as dist
 
@@ -85,7 +103,6 @@ def train_ddp(
     rank (the metrics are rank 0's, broadcast).
     """
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
     if config.centre or config.optimizer != "sgd":  # before any output is written
         what = "centre=true" if config.centre else f"optimizer={config.optimizer!r}"
@@ -95,15 +112,23 @@ def train_ddp(
     dev, rank, world = _init_group(device)
     lead = rank == 0
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    ds, model, optimizer = setup(config, dev)
-    if lead:
-        run.mkdir(parents=True, exist_ok=True)
-    found = [ckpt.latest_epoch(run) if (resume and lead) else None]
-    dist.broadcast_object_list(found, src=0)  # every rank resumes from rank 0's epoch
-    trainer = {"name": "ddp", "world_size": world, "backend": dist.get_backend()}
-    r = open_run(
-        config, run, dev, ds, model, optimizer, found[0], trainer, lead=lead, resume=resume
-    )
+    _owner.check_usable(run if run_dir is None else run_dir)  # a str: '' is refused too
+    ds, model, optimizer = setup(config, dev)  # data errors before any output is written
+    with contextlib.ExitStack() as owned:  # rank 0 owns the run directory, as train does
+        _together(lambda: owned.enter_context(_owner.claim(run)) if lead else None)
+        found = [ckpt.latest_epoch(run) if (resume and lead) else None]
+        dist.broadcast_object_list(found, src=0)  # every rank resumes from rank 0's epoch
+        trainer = {"name": "ddp", "world_size": world, "backend": dist.get_backend()}
+        r = _together(lambda: open_run(config, run, dev, ds, model, optimizer, found[0],
+                                       trainer, lead=lead, resume=resume))  # fmt: skip
+        _train(config, r, model, optimizer, dev, rank, world, progress)
+    shared = [r.history]
+    dist.broadcast_object_list(shared, src=0)
+    return TrainResult(run_dir=run, model=model, metrics=shared[0])
+
+
+def _train(config, r, model, optimizer, dev, rank: int, world: int, progress: bool) -> None:
+    from torch.nn.parallel import DistributedDataParallel
 
     def on_epoch(epoch: int) -> None:  # dropout: a stream of its own per rank and epoch
         if rank > 0:  # (rank 0's is the checkpointed one), so that a resumed run repeats it
@@ -118,9 +143,7 @@ def train_ddp(
         local = summed(wrapped(xs), xs, ys)
         return local * (world / xb.shape[0]), local.detach().double()
 
-    train_epochs(r, dev, desc=f"{config.net}/{config.unit} x{world}", progress=progress and lead,
-                 forward=forward, update=lambda xb, yb: optimizer.step(), ddp=True,
-                 lead=lead, on_epoch=on_epoch)  # fmt: skip
-    shared = [r.history]
-    dist.broadcast_object_list(shared, src=0)
-    return TrainResult(run_dir=run, model=model, metrics=shared[0])
+    train_epochs(r, dev, desc=f"{config.net}/{config.unit} x{world}",
+                 progress=progress and rank == 0, forward=forward,
+                 update=lambda xb, yb: optimizer.step(), ddp=True, lead=rank == 0,
+                 on_epoch=on_epoch)  # fmt: skip

@@ -434,9 +434,10 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
     float64 (default: the model's batch mean); ``update(xb, yb)`` steps the optimizer
     (default: ``optimizer.step``, then centred layers move their centres). A non-finite loss
     is a :class:`DivergedError`, checked per step where that is free and once per epoch on
-    the devices of :data:`DEFERRED_LOSS_CHECK`. ``ddp`` (:mod:`natgrad.training.ddp`): no
-    divergence checks, the epoch's loss sum is all-reduced and the ranks meet at a barrier
-    after each epoch, which only ``lead`` evaluates and writes. ``on_epoch(epoch)`` runs
+    the devices of :data:`DEFERRED_LOSS_CHECK`. ``ddp`` (:mod:`natgrad.training.ddp`): the
+    epoch's loss sum and first non-finite step are all-reduced, ``lead``'s held-out losses
+    broadcast, so that every rank stops together at a divergence, and the ranks meet at a
+    barrier after each epoch, which only ``lead`` evaluates and writes. ``on_epoch(epoch)`` runs
     before each epoch's first step (DDP's ranks > 0 seed their dropout stream there).
     """
     from tqdm.auto import tqdm
@@ -493,30 +494,35 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
             xb = train_view(xb, config.dataset, aug, augment=config.augment)
             optimizer.zero_grad(set_to_none=True)
             loss, total = forward(xb, yb)
-            if not ddp:
-                finite = torch.isfinite(loss.detach())
-                if dev.type in DEFERRED_LOSS_CHECK:  # no per-step host sync on the GPU
-                    bad_step = torch.where((bad_step < 0) & ~finite, b, bad_step)
-                elif not finite:
-                    raise diverged_error(
-                        run.dir, epoch, b + 1, per_epoch, lr, "training loss", loss.item()
-                    )
+            finite = torch.isfinite(loss.detach())
+            if ddp or dev.type in DEFERRED_LOSS_CHECK:  # no per-step host sync (GPU, ranks)
+                bad_step = torch.where((bad_step < 0) & ~finite, b, bad_step)
+            elif not finite:
+                raise diverged_error(
+                    run.dir, epoch, b + 1, per_epoch, lr, "training loss", loss.item()
+                )
             loss.backward()
             update(xb, yb)
             loss_sum += total
             bar.update(1)
-        if ddp:
+        if ddp:  # every rank learns the first step any rank found non-finite
             torch.distributed.all_reduce(loss_sum)
+            first = torch.where(bad_step < 0, per_epoch, bad_step)
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+            bad_step = torch.where(first < per_epoch, first, -1)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t_train = time.perf_counter() - t0
         if int(bad_step) >= 0:
             step = int(bad_step) + 1
             raise diverged_error(run.dir, epoch, step, per_epoch, lr, "training loss", float("nan"))
+        evals = held_out_metrics(model, run.held, loss_fn, config) if lead else None
+        if ddp:
+            shared = [evals]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            evals = shared[0]
+        check_held_out(run.dir, evals, epoch, per_epoch, per_epoch, lr)
         if lead:
-            evals = held_out_metrics(model, run.held, loss_fn, config)
-            if not ddp:
-                check_held_out(run.dir, evals, epoch, per_epoch, per_epoch, lr)
             if epoch % config.record_every == 0 or epoch == config.epochs:
                 save_activations(run.dir, epoch, probe_record(model, train_x, probe, config))
             row = metrics_row(epoch, per_epoch, lr, float(loss_sum) / n, evals,
