@@ -127,6 +127,17 @@ def test_empty_run_dir_argument_is_an_error(tmp_path, monkeypatch, capsys):
                      "--run-dir", "", "--no-progress", "--device", "cpu"])  # fmt: skip
     assert code == 2 and "--run-dir '' is empty" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    # the grid and the plan trained into the current directory for '' (a helper's hunt)
+    from natgrad.training.grid import train_grid
+    from natgrad.training.plan import train_plan
+
+    config = default_config("mnist-fc", **TINY)
+    other = default_config("mnist-fc", **TINY, seed=1)
+    for call in (lambda: train_grid([config, other], ["", "b"], device="cpu", progress=False),
+                 lambda: train_plan([config], [""], device="cpu")):  # fmt: skip
+        with pytest.raises(RunDirError, match=r"--run-dir '' is empty"):
+            call()
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- item 7: divergence stops training, named; metrics are strict JSON --------------------

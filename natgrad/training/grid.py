@@ -104,6 +104,9 @@ def train_grid(
     dirs = list(run_dirs) if run_dirs is not None else [None] * len(configs)
     if len(dirs) != len(configs):
         raise InputError(f"train_grid: {len(configs)} configs but {len(dirs)} run dirs")
+    for d in dirs:  # as train checks it: Path('') would be the current directory
+        if d is not None:
+            _owner.check_usable(d)
     runs = [
         default_run_dir(c) if d is None else Path(d) for c, d in zip(configs, dirs, strict=True)
     ]

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from natgrad.errors import DivergedError
+from natgrad.training import _owner
 from natgrad.training.rundir import check_same_run
 
 __all__ = ["complete", "default_workers", "per_worker_threads", "train_plan"]
@@ -138,6 +139,8 @@ def train_plan(
     from natgrad.training.grid import grid_key
     from natgrad.training.rundir import RunDir
 
+    for d in run_dirs:  # as train checks it: Path('') would be the current directory
+        _owner.check_usable(d)
     dirs = [Path(d) for d in run_dirs]
     if len({d.name for d in dirs}) != len(dirs):
         raise ValueError("train_plan: two runs share a directory name")
