@@ -104,6 +104,10 @@ def _check_hyper(lr, momentum, weight_decay) -> None:
             raise InputError(f"UnitNaturalGradient {key}={value!r}: must be a finite number {need}")
 
 
+#: State keys of the unit Fisher (blocks, structure parts, window rows), kept in their dtype.
+_OWN_DTYPE = ("fisher", "window_")
+
+
 class UnitNaturalGradient(torch.optim.Optimizer):
     r"""Unit-wise natural-gradient SGD (module docstring has the formulas).
 
@@ -283,7 +287,19 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
+        # torch casts floating state to its parameter's dtype; the unit Fisher's keeps its own
+        # (float32 for a half-precision net, whose blocks are summed in float32), or a resumed
+        # run would step with a rounded Fisher
+        own = {i: {k: v for k, v in st.items() if isinstance(k, str) and k.startswith(_OWN_DTYPE)}
+               for i, st in state_dict["state"].items()}  # fmt: skip
+        rest = {i: {k: v for k, v in st.items() if k not in own[i]}
+                for i, st in state_dict["state"].items()}  # fmt: skip
+        super().load_state_dict({**state_dict, "state": rest})
+        saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(saved, params, strict=True):
+            for k, v in own.get(i, {}).items():
+                self.state[p][k] = v.to(device=p.device, copy=True)
         first = self.param_groups[0]["params"][0]
         st = self.state[first]
         if "natgrad_steps" in st:
