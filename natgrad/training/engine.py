@@ -266,6 +266,19 @@ def save_checkpoint(run: Run, epoch: int, per_epoch: int) -> None:
         ckpt.prune_checkpoints(run.dir, run.config.keep_checkpoints, run.config.checkpoint_epochs)
 
 
+def record_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` records the probe's activations (every ``record_every``-th and
+    the last)."""
+    return epoch % config.record_every == 0 or epoch == config.epochs
+
+
+def epoch_order(config: TrainConfig, n: int, epoch: int) -> torch.Tensor:
+    """``[n]`` the order in which a run visits its ``n`` training inputs in ``epoch``, the
+    same for every runner (sequential, grid, data-parallel), so that they agree and resume
+    each other's runs."""
+    return torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0))
+
+
 def checkpoint_due(config: TrainConfig, epoch: int) -> bool:
     """Whether epoch ``epoch`` ends with a checkpoint (every ``checkpoint_every``-th, the
     last, and those in ``checkpoint_epochs``)."""
@@ -474,7 +487,7 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
         t0 = time.perf_counter()
         if on_epoch is not None:
             on_epoch(epoch)
-        perm = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0)).to(dev)
+        perm = epoch_order(config, n, epoch).to(dev)
         aug = epoch_generator(config.seed, epoch, 1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         bad_step = torch.full((), -1, dtype=torch.long, device=dev)  # first non-finite (GPU)
@@ -523,7 +536,7 @@ def train_epochs(run: Run, dev: torch.device, *, desc: str, progress: bool, forw
             evals = shared[0]
         check_held_out(run.dir, evals, epoch, per_epoch, per_epoch, lr)
         if lead:
-            if epoch % config.record_every == 0 or epoch == config.epochs:
+            if record_due(config, epoch):
                 save_activations(run.dir, epoch, probe_record(model, train_x, probe, config))
             row = metrics_row(epoch, per_epoch, lr, float(loss_sum) / n, evals,
                               time.perf_counter() - t0, t_train)  # fmt: skip

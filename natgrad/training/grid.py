@@ -237,10 +237,8 @@ class _Grid:
 
     def _epoch(self, epoch: int, per_epoch: int, bar, pool: ThreadPoolExecutor) -> None:
         t0 = time.perf_counter()
-        perm = torch.stack([
-            torch.randperm(self.n, generator=engine.epoch_generator(r.config.seed, epoch, 0))
-            for r in self.runs
-        ]).to(self.dev)  # fmt: skip
+        perm = torch.stack([engine.epoch_order(r.config, self.n, epoch) for r in self.runs])
+        perm = perm.to(self.dev)
         loss_sum = torch.zeros(self.R, dtype=torch.float64, device=self.dev)
         for b in range(per_epoch):
             it = (epoch - 1) * per_epoch + b
@@ -259,7 +257,7 @@ class _Grid:
             self._materialise(i, lrs[i])
             config, loss_fn = run.config, engine.loss_function(run.config)
             evals.append(engine.held_out_metrics(run.model, run.held, loss_fn, config))
-            if epoch % config.record_every == 0 or epoch == config.epochs:
+            if engine.record_due(config, epoch):
                 records[i] = engine.probe_record(run.model, run.data[0], run.probe.to(self.dev),
                                                  run.config)  # fmt: skip
         seconds = (time.perf_counter() - t0) / self.R
