@@ -42,9 +42,9 @@ LAYER_DAMPING = 0.3
 
 def check(value, name: str = "rel_damping") -> float:
     """``value`` as a float, or an :class:`~natgrad.errors.InputError` naming ``name`` unless
-    it is a finite number ≥ 0."""
+    it is a finite number ≥ 0 (a Python, NumPy or 0-d tensor number; not a bool or a string)."""
     try:
-        lam = float(value)
+        lam = math.nan if isinstance(value, (bool, str, bytes)) else float(value)
     except (TypeError, ValueError):
         lam = math.nan
     if not (math.isfinite(lam) and lam >= 0.0):

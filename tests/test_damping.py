@@ -50,12 +50,34 @@ def test_whole_network_metric_uses_each_units_mu():
     assert_close(D[:w].view(4, 3)[:, 0], want)
 
 
-@pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf"), "x", None])
+@pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf"), "x", None, "0.1", True])
 def test_bad_damping_is_refused_by_name(bad):
+    """One rule for a damping, everywhere (the optimizer had its own, which refused what
+    damping.check took: a bool or a numeric string, now refused by both, and a NumPy float32
+    or 0-d tensor, now taken by both)."""
+    from natgrad.optim import UnitNaturalGradient
+
     with pytest.raises(InputError, match="layer_damping must be a finite number"):
         damping.mu(torch.ones(2), 2, 0.1, layer_damping=bad)
     with pytest.raises(InputError, match="rel_damping must be a finite number"):
         damping.check(bad)
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(InputError, match="rel_damping must be a finite number"):
+        UnitNaturalGradient(net, 0.1, rel_damping=bad)
+    with pytest.raises(InputError, match="layer_damping must be a finite number"):
+        UnitNaturalGradient(net, 0.1, layer_damping=bad)
+
+
+def test_a_damping_may_be_any_real_number_type():
+    import numpy as np
+
+    from natgrad.optim import UnitNaturalGradient
+
+    for value in (np.float32(0.25), torch.tensor(0.25), 1):
+        assert damping.check(value) == float(value)
+        assert UnitNaturalGradient(
+            torch.nn.Linear(2, 2), 0.1, rel_damping=value
+        ).rel_damping == float(value)
 
 
 def test_the_named_defaults():

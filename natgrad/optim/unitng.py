@@ -175,14 +175,12 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         if kind not in KINDS:
             raise InputError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
         check_likelihood(likelihood)
+        rel_damping = damping.check(rel_damping, "rel_damping")  # the one rule for a damping
+        layer_damping = damping.check(layer_damping, "layer_damping")
         for key, value, ok, need in (
             ("refresh_every", refresh_every, lambda v: is_integer(v) and v >= 1,
              "a positive integer"),
             ("ema", ema, lambda v: is_finite_number(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
-            ("rel_damping", rel_damping, lambda v: is_finite_number(v) and v >= 0,
-             "a finite number >= 0"),
-            ("layer_damping", layer_damping, lambda v: is_finite_number(v) and v >= 0,
-             "a finite number >= 0"),
             ("window", window, lambda v: v is None or (is_integer(v) and v >= 1),
              "a positive integer or None"),
             ("plain_lr_scale", plain_lr_scale, lambda v: is_finite_number(v) and v > 0,
