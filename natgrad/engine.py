@@ -131,7 +131,7 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
     batches = iter_batches(inputs, targets, batch_size)
     first = next(batches, None)
     if first is not None:  # one input's temporaries, from a forward outside the capture
-        per_sample = _per_sample_elements(model, accs, first[0][:1])
+        per_sample, per_column = _per_sample_elements(model, accs, first[0][:1], options)
         batches = itertools.chain([first], batches)
     with _Capture(model, accs) as capture:
         for b, (x_all, y_all) in enumerate(batches):
@@ -139,7 +139,7 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
             for s0 in range(0, x_all.shape[0], step):
                 x = x_all[s0 : s0 + step]
                 y = None if y_all is None else y_all[s0 : s0 + step]
-                _accumulate_batch(capture, accs, x, y, b, options, temp_elems)
+                _accumulate_batch(capture, accs, x, y, b, options, temp_elems, per_column)
                 n_total += x.shape[0]
     n_total = all_reduce_accumulators(accs.values(), n_total)  # sums over ranks, if any
     if n_total == 0:
@@ -150,8 +150,10 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
     }
 
 
-def _accumulate_batch(capture, accs, x, y, b, opt: PassOptions, temp_elems):
-    """One forward and the batched backward of all columns (in chunks) for one (sub-)batch."""
+def _accumulate_batch(capture, accs, x, y, b, opt: PassOptions, temp_elems, per_column=0):
+    """One forward and the batched backward of all columns (in chunks) for one (sub-)batch;
+    a column costs, per input, the hooked layers' signals and ``per_column`` elements of
+    activation gradients on its way back through the net."""
     out = capture.forward(x)
     o = lik.flatten_output(opt.likelihood, out)  # [N, D]
     if y is not None:
@@ -165,7 +167,7 @@ def _accumulate_batch(capture, accs, x, y, b, opt: PassOptions, temp_elems):
     nets = [capture.outputs[name] for name in accs]
     for acc in accs.values():
         acc.begin_batch(capture.inputs[acc.name])
-    width = sum(a.width for a in accs.values())  # Σ_layers P·U
+    width = sum(a.width for a in accs.values()) + per_column  # Σ_layers P·U, the net's
     chunk = max(1, min(MEMORY_BUDGET, temp_elems) // max(1, o.shape[0] * width))
     for k0 in range(0, cols.shape[0], chunk):
         grad_out = cols[k0 : k0 + chunk].reshape(-1, *out.shape)  # [K_c, *out]
@@ -177,12 +179,15 @@ def _accumulate_batch(capture, accs, x, y, b, opt: PassOptions, temp_elems):
         acc.end_batch()
 
 
-def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor) -> int:
-    r"""Elements of the temporaries one input costs in a pass: its activations (kept for the
-    backward, cloned at the hooked layers, and their gradients) and, per requested layer, the
-    unfolded patches ``[P, d]`` (×4 for ``conv_moments="positions"``) and the error signals
-    ``[P, U]`` of one column. Measured by a forward of one input in eval mode (shapes only;
-    batch-norm statistics are not touched)."""
+def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor, opt: PassOptions
+                         ) -> tuple[int, int]:  # fmt: skip
+    r"""``(per input, per column and input)``: the elements of the temporaries one input costs
+    in a pass, its activations (kept for the backward, cloned at the hooked layers, and their
+    gradients), its K output columns ``[K, D]`` (K = D for the exact Fisher; twice: a chunk
+    is copied), and per requested layer the unfolded patches ``[P, d]`` (×4 for
+    ``conv_moments="positions"``) and the error signals ``[P, U]`` of one column; and the
+    activation gradients one column's backward adds per input. Measured by a forward of one
+    input in eval mode (shapes only; batch-norm statistics are not touched)."""
     acts = [0]
     shapes: dict[str, tuple[int, ...]] = {}
     targets = {id(acc.module): name for name, acc in accs.items()}
@@ -206,17 +211,19 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor) -> int:
     try:
         model.eval()
         with torch.no_grad():
-            model(x1)
+            out = model(x1)
     except LayerUseError:
         raise
     except Exception:  # the real pass reports errors with their context
-        return 1
+        return 1, 0
     finally:
         for h in handles:
             h.remove()
         for m, flag in was_training.items():
             m.training = flag
-    total = 3 * acts[0]
+    d = out[0].numel() if isinstance(out, torch.Tensor) and out.ndim else 1
+    k = d if opt.kind == "exact" else opt.mc_samples if opt.kind == "mc" else 1
+    total = 3 * acts[0] + 2 * k * d
     for name, acc in accs.items():
         if name not in shapes:
             continue
@@ -224,7 +231,7 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor) -> int:
         positions = max(1, n_out // acc.module.weight.shape[0])
         factor = 4 if acc.conv_moments == "positions" else 1
         total += positions * acc.fan_in * factor + n_out
-    return max(1, total)
+    return max(1, total), acts[0]
 
 
 def _batched_grad(out, nets, grad_out):

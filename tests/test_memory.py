@@ -92,3 +92,44 @@ def test_structured_conv_pass_streams_the_batch_in_sub_batches(monkeypatch):
     assert max(seen) * per_sample <= memory.STRUCTURED_TEMP
     assert_close(streamed.diagonal, whole.diagonal, what="diag")
     assert_close(streamed.bias_column, whole.bias_column, what="b")
+
+
+def test_the_output_columns_and_their_backward_are_budgeted(monkeypatch):
+    """The exact Fisher's columns [K, N, D] (K = D = C classes) and the backward of a chunk
+    of K_c columns through the layers after the hooked one were not counted: C = 1000 took
+    30x the budget, mc_samples=64 through wide layers 6-8x (a helper's measurement). The
+    sub-batch now pays for one input's columns, the chunk for its columns' backward; the
+    blocks are those of one whole pass."""
+    from natgrad import engine
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ELU(), torch.nn.Linear(16, 300),
+                                torch.nn.ELU(), torch.nn.Linear(300, 300)).double()  # fmt: skip
+    x = torch.randn(64, 8, dtype=torch.float64)
+    budget = 2**23  # 8 MiB: the temporaries get about 1M float64 elements
+    temp = memory.temp_budget(17 * 17 * 16 * 8, budget) // 8  # elements
+    seen, chunks = [], []
+    real_batch, real_grad = engine._accumulate_batch, engine._batched_grad
+    monkeypatch.setattr(engine, "_accumulate_batch",
+                        lambda capture, accs, xb, *a: (seen.append(xb.shape[0]),
+                                                       real_batch(capture, accs, xb, *a))[1])  # fmt: skip
+    monkeypatch.setattr(engine, "_batched_grad",
+                        lambda out, nets, g: (chunks.append(g.shape[0] * g.shape[1]),
+                                              real_grad(out, nets, g))[1])  # fmt: skip
+    got = unit_fisher(model, "0", x, max_memory=budget)
+    assert max(seen) * 2 * 300 * 300 <= temp  # one input's 300 columns of 300 outputs
+    assert max(chunks) * (16 + 16 + 300 + 300 + 300 + 300) <= temp  # signals + the net's grads
+    whole = unit_fisher(model, "0", x, max_memory=2**34)
+    assert_close(got.matrix, whole.matrix, what="budgeted pass")
+
+
+def test_the_finite_check_of_large_inputs_is_exact():
+    """The inputs' NaN/Inf check sums first (no tensor of the inputs' size); a sum that
+    overflows (float16) is checked exactly, and a NaN is counted."""
+    from natgrad._batches import _check_finite
+
+    big = torch.full((300, 400), 60000.0, dtype=torch.float16)  # finite, its sum is inf
+    _check_finite(big, 0)
+    big[7, 3], big[299, 0] = float("nan"), float("inf")
+    with pytest.raises(InputError, match=r"batch 0 contain 2 NaN/Inf"):
+        _check_finite(big, 0)
