@@ -19,11 +19,15 @@ from natgrad.unitfisher import UnitFisher
 MEMORY_BUDGET = 2**25
 
 
+def block_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a model's unit blocks, at least float32: a half-precision model's sums
+    over inputs and batches would round each batch's share away (bfloat16: 8 bits) or
+    overflow (float16: 65,504), so its blocks are summed, and returned, in float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _wide(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32: a half-precision model's sums over inputs and batches would
-    round each batch's share away (bfloat16: 8 bits) or overflow (float16: 65,504), so its
-    blocks are summed, and returned, in float32."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+    return t.to(block_dtype(t.dtype))
 
 
 class LayerAccumulator:

@@ -41,7 +41,7 @@ from natgrad import memory
 from natgrad._batches import iter_batches
 from natgrad._distributed import all_reduce_accumulators
 from natgrad._layers import batchnorm_guard, called_twice, layer_input
-from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
+from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator, block_dtype
 from natgrad.errors import InputError, LayerUseError, NatgradError
 from natgrad.structures import StructuredAccumulator
 
@@ -117,7 +117,7 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
     }
     # Up-front: does the result fit? Then the temporaries get what is left (natgrad.memory).
     budget = memory.resolve_max_memory(max_memory)
-    itemsize = next(iter(spec.values()))[0].weight.element_size()
+    itemsize = block_dtype(next(iter(spec.values()))[0].weight.dtype).itemsize
     sizes = {name: (acc.n_units, acc.fan_in) for name, acc in accs.items()}
     memory.check_budget(sizes, structure, itemsize, budget, sharded=False)
     result_bytes = sum(

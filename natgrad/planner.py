@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -48,12 +49,15 @@ from safetensors.torch import load_file, save_file
 from natgrad import likelihoods, memory, theorems
 from natgrad._atomic import atomic_open, dumps_json, is_temporary, write_bytes
 from natgrad._layers import check_units
+from natgrad.accumulate import block_dtype
 from natgrad.argtypes import is_integer
 from natgrad.engine import PassOptions, compute
 from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
 from natgrad.unitfisher import UnitFisher, held_rows
 
 INDEX = "index.json"
+#: The temporary safetensors' save_file writes beside its target (a shard write killed).
+_SAFETENSORS_TMP = re.compile(r"\.tmp[0-9A-Za-z]{6}")
 FORMAT = "natgrad-unit-fisher-shards/1"
 
 
@@ -69,7 +73,7 @@ def sharded_unit_fisher(
     budget = memory.resolve_max_memory(max_memory)
     n_units, d = module.weight.shape[0], module.weight[0].numel()
     all_units = torch.arange(n_units) if units is None else check_units(name, units, n_units)
-    itemsize = module.weight.element_size()
+    itemsize = block_dtype(module.weight.dtype).itemsize
     memory.check_budget({name: (1, d)}, structure, itemsize, budget, sharded=True)
     room = budget - min(memory.TEMP_FLOOR, budget // 4)
     per_unit = memory.result_elements(structure, 1, d) * itemsize
@@ -84,14 +88,16 @@ def sharded_unit_fisher(
     folder, stale = _claim_folder(out_dir, name)
     if (folder / INDEX).exists():
         (folder / INDEX).unlink()  # the folder is rewritten: no stale index over new shards
+    if generator is None and options.kind == "mc":  # one label draw for every chunk's pass,
+        seed = int(torch.randint(2**62, (1,)))  # from (and reproducible under) the global RNG
+        generator = torch.Generator().manual_seed(seed)
     state = generator.get_state() if generator is not None else None
     shards = []
     for chunk in chunks:
         if generator is not None:
             generator.set_state(state)
-        F = compute(
-            model, {name: (module, chunk)}, inputs, targets, replace(options, max_memory=budget)
-        )[name]
+        F = compute(model, {name: (module, chunk)}, inputs, targets,
+                    replace(options, max_memory=budget, generator=generator))[name]  # fmt: skip
         file = _shard_name(name, int(chunk[0]), int(chunk[-1]))
         blocks = ("matrix",) if structure == "dense" else ("diagonal", "bias_column")
         tensors = {"units": chunk.clone()}
@@ -100,6 +106,10 @@ def sharded_unit_fisher(
                 tensors[key] = getattr(F, key).contiguous()
         with atomic_open(folder / file) as fh:  # straight to the temporary: no in-memory copy
             save_file(tensors, fh.name, metadata={"format": FORMAT, "layer": name})
+            # safetensors wrote a temporary of its own and renamed it onto fh.name: fsync that
+            # file (atomic_open fsyncs the one it opened, which the rename replaced)
+            with open(fh.name, "rb") as written:
+                os.fsync(written.fileno())
         shards.append({"file": file, "units": chunk.tolist()})
         meta = {"n": F.n, "kind": F.kind, "likelihood": F.likelihood, "mc_samples": F.mc_samples}
         del F, tensors
@@ -109,7 +119,7 @@ def sharded_unit_fisher(
         "structure": structure,
         "conv_moments": conv_moments,
         "fan_in": d,
-        "dtype": str(module.weight.dtype).removeprefix("torch."),
+        "dtype": str(block_dtype(module.weight.dtype)).removeprefix("torch."),
         "max_memory": budget,
         **meta,
         "shards": shards,
@@ -183,15 +193,16 @@ def _claim_folder(out_dir, layer: str) -> tuple[Path, set[str]]:
             raise RunDirError(f"{folder}: holds an {INDEX} that natgrad did not write ({exc}); "
                               "pick an empty or new out_dir") from None  # fmt: skip
     leftovers = {n for n in names - listed - {INDEX} if _own_leftover(folder / n, layer)}
-    own = {INDEX} | listed | leftovers
-    foreign = sorted(n for n in names - own if not is_temporary(n))
+    temporaries = {n for n in names if is_temporary(n) or _SAFETENSORS_TMP.fullmatch(n)}
+    own = {INDEX} | listed | leftovers | temporaries
+    foreign = sorted(names - own)
     if foreign:
         raise RunDirError(f"{folder}: holds files natgrad's shard planner did not write "
                           f"({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}); "
                           "pick an empty or new out_dir")  # fmt: skip
     for link in (folder / n for n in own if (folder / n).is_symlink()):
         raise RunDirError(f"{link}: is a symlink; natgrad does not write through links")
-    return folder, listed | leftovers
+    return folder, listed | leftovers | temporaries
 
 
 def _validated(path: Path) -> dict:

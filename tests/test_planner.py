@@ -354,3 +354,51 @@ def test_an_index_disagreeing_with_its_shards_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="fan_in 3.*says 99"):
         _ = load(fan_in=99).matrix
     assert_close(load().matrix, S.matrix)
+
+
+def test_a_killed_shard_write_leaves_temporaries_a_rerun_removes(tmp_path):
+    """A kill -9 during a shard write leaves safetensors' own temporary (.tmpXXXXXX, its
+    save_file writes through one) beside natgrad's: every rerun was refused as a folder
+    holding files the planner did not write (a helper's hunt). They are the planner's now,
+    and removed once the new index is in."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    x = torch.randn(6, 3)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / ".tmpZUfKqe").write_bytes(b"torn")
+    (folder / ".0.units_000000-000001.safetensors.123.ab12cd34.natgrad-tmp").write_bytes(b"")
+    S = unit_fisher(model, "0", x, out_dir=folder, max_memory=_budget_for(2, 3))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["index.json", *(s["file"] for s in S.shards)]
+    )
+    assert_close(S.matrix, unit_fisher(model, "0", x).matrix)
+
+
+def test_mc_shards_without_a_generator_share_one_label_draw(tmp_path):
+    """Without generator= each chunk's pass drew its own labels from the global RNG, so units
+    of different shards had different labels (6-51 % off one pass; a helper's hunt). The
+    planner now seeds one generator from the global RNG and replays it for every chunk."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    model = model.double()
+    x = torch.randn(40, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    S = unit_fisher(model, "0", x, kind="mc", out_dir=tmp_path / "s", max_memory=_budget_for(2, 3))
+    assert len(S) > 1
+    torch.manual_seed(1)
+    seed = int(torch.randint(2**62, (1,)))  # what the planner drew
+    one = unit_fisher(model, "0", x, kind="mc", generator=torch.Generator().manual_seed(seed))
+    assert_close(S.matrix, one.matrix)
+
+
+def test_a_half_precision_model_is_planned_at_its_blocks_float32_size(tmp_path):
+    """A bfloat16 model's blocks are float32: the planner budgeted 2 bytes an entry (shards
+    twice max_memory) and its index said bfloat16 (a helper's hunt)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    model = model.to(torch.bfloat16)
+    x = torch.randn(40, 3, dtype=torch.bfloat16)
+    S = unit_fisher(model, "0", x, out_dir=tmp_path / "s", max_memory=_budget_for(2, 3, per=16 * 4))
+    assert json.loads((tmp_path / "s" / "index.json").read_text())["dtype"] == "float32"
+    assert max(len(s["units"]) for s in S.shards) == 2 and S.matrix.dtype == torch.float32
