@@ -105,7 +105,10 @@ def temp_budget(
     return min(wanted, max(max_memory - result_bytes, max_memory // 8))
 
 
-_OUT_DIR_HINT = "; or pass out_dir= to stream units in chunks to safetensors shards on disk"
+_OUT_DIR_HINT = (
+    "; or compute one layer with unit_fisher(..., out_dir=...), which streams its "
+    "units in chunks to safetensors shards on disk"
+)  # unit_fishers takes no out_dir
 
 
 def check_budget(layers: dict, structure: str, itemsize: int, max_memory: int, *, sharded: bool):

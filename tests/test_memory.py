@@ -25,7 +25,13 @@ def test_error_names_bytes_units_and_structure():
     assert isinstance(err.value, NatgradError)
     assert "25088 bytes" in msg and "layer '2'" in msg
     assert "units= with at most" in msg and "structure='quasidiagonal'" in msg
-    assert "out_dir=" in msg
+    assert "unit_fisher(..., out_dir=...)" in msg
+    with pytest.raises(
+        MemoryBudgetError, match=r"compute one layer with unit_fisher\(\.\.\., out_dir"
+    ):
+        unit_fishers(
+            model, x, max_memory=20_000
+        )  # which takes no out_dir (it said "pass out_dir=")
 
 
 def test_units_named_in_the_error_fit():
