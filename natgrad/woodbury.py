@@ -46,7 +46,7 @@ from natgrad import linalg
 from natgrad._layers import resolve_layer
 from natgrad.accumulate import MEMORY_BUDGET, LayerAccumulator
 from natgrad.engine import PassOptions, compute, layer_spec
-from natgrad.errors import InputError
+from natgrad.errors import InputError, MemoryBudgetError
 from natgrad.unitfisher import SolvedUnitFisher, UnitFisher
 
 
@@ -68,6 +68,7 @@ class WoodburyAccumulator(LayerAccumulator):
 
     def end_batch(self) -> None:
         super().end_batch()
+        self._check_size()
         if self.parts:  # per column chunk, its unit chunks (from u0 = 0; the split into unit
             columns: list[list] = []  # chunks may differ between column chunks of other sizes)
             for u0, g in self.parts:
@@ -76,6 +77,20 @@ class WoodburyAccumulator(LayerAccumulator):
                 columns[-1].append(g)
             self.rows.append(torch.cat([torch.cat(units, 0) for units in columns], 1))
             self.parts = []
+
+    def _check_size(self) -> None:
+        """The rows grow with the data (no up-front size check can see them): refused once
+        they, and the copy that joins them, would pass the pass's memory budget."""
+        held = sum(t.numel() * t.element_size() for t in (*self.rows, *self.scales))
+        held += sum(g.numel() * g.element_size() for _, g in self.parts)
+        if 2 * held > getattr(self, "max_bytes", math.inf):
+            raise MemoryBudgetError(
+                f"layer {self.name!r}: the Woodbury factor rows of {self.count} inputs (or "
+                f"positions) hold {held / 2**20:.1f} MiB, and joining them needs twice that, "
+                f"beyond the memory budget of {self.max_bytes / 2**20:.1f} MiB; pass fewer "
+                "inputs or units=, or use the dense route, unit_fisher(), whose size "
+                "U·(d+1)² does not grow with the data"
+            )
 
     def result(self, n_total: int, kind: str, likelihood: str, mc) -> WoodburyUnitFisher:
         if self.scales:

@@ -12,7 +12,7 @@ from natgrad.errors import InputError
 from natgrad.fisher import unit_fisher
 from natgrad.reference import reference_natural_gradient, reference_unit_fisher
 from natgrad.testing import assert_close, conditioned
-from natgrad.woodbury import woodbury_unit_fisher
+from natgrad.woodbury import WoodburyAccumulator, woodbury_unit_fisher
 
 
 def _damping(F) -> float:
@@ -125,6 +125,8 @@ def test_column_chunks_that_split_the_units_unlike_each_other_still_give_the_fac
     x = torch.randn(4, 2, 16, 16, dtype=torch.float64)
     dense = unit_fisher(net, "0", x)
     monkeypatch.setattr(natgrad.memory, "available_memory", lambda: avail)
+    # the rows (1 MiB) pass this simulated budget, which would refuse them: the chunking alone
+    monkeypatch.setattr(WoodburyAccumulator, "_check_size", lambda self: None)  # is under test
     assert_close(woodbury_unit_fisher(net, "0", x).matrix, dense.matrix)
 
 
@@ -218,3 +220,18 @@ def test_a_damping_too_small_for_the_kernel_says_so():
         with pytest.raises(SingularBlockError, match=r"too small against VVᵀ") as info:
             call()
         assert "damping 0" not in str(info.value)
+
+
+def test_factor_rows_beyond_the_memory_budget_are_refused(monkeypatch):
+    """The rows grow with the data, and no size check saw them: a conv factor of 725 MiB was
+    built under a 191 MiB budget (peak 2 GiB; a helper's hunt). The pass now refuses rows
+    that, joined, would pass its budget, naming the dense route."""
+    from natgrad import memory
+    from natgrad.errors import MemoryBudgetError
+
+    monkeypatch.setattr(memory, "resolve_max_memory", lambda max_memory: 2**20)  # 1 MiB
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with pytest.raises(MemoryBudgetError, match=r"layer '0': the Woodbury factor rows.*dense"):
+        woodbury_unit_fisher(model, "0", torch.randn(400, 3, 8, 8))
+    woodbury_unit_fisher(model, "0", torch.randn(4, 3, 8, 8))  # small: fits
