@@ -53,7 +53,8 @@ class NatgradWarning(UserWarning):
 
 class NearlySingularWarning(NatgradWarning):
     """A unit Fisher block is positive definite but so ill-conditioned that its solves lose
-    most of their digits (see ``natgrad.linalg.COND_WARN``); the message names the units."""
+    most of their digits (``natgrad.linalg.cond_warn``: 1e12 for float64 blocks, about 8.4e4
+    for float32); the message names the units."""
 
 
 class MemoryBudgetError(NatgradError, MemoryError):

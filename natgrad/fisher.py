@@ -89,7 +89,8 @@ def unit_fisher(
     Returns:
         :class:`~natgrad.UnitFisher` with ``matrix`` ``[U, d+1, d+1]`` (bias last; Conv2d:
         d = C_in·kh·kw in ``weight.view(U, -1)`` order), ``mean_p`` ``[d]`` and the moments.
-        The dtype and device are the model's.
+        The device is the model's, the dtype the model's but at least float32 (a
+        half-precision model's blocks are summed and returned in float32).
 
     Example:
         >>> import torch

@@ -7,7 +7,8 @@ promoted dtype of the inputs, so a float32 Fisher loses no digits in the solve i
 ``damping = λ >= 0`` adds λ to every diagonal entry, the bias entry included
 (``docs/theory.md``, "Damping"). Failures are loud: :func:`cholesky` raises
 :class:`~natgrad.errors.SingularBlockError` naming the layer and each failing unit, and
-warns (:class:`~natgrad.errors.NearlySingularWarning`) above :data:`COND_WARN`.
+warns (:class:`~natgrad.errors.NearlySingularWarning`) above :data:`COND_WARN`, or
+:func:`cond_warn` of the dtype the blocks were stored in (the result classes pass it).
 
 Example:
     >>> import torch

@@ -19,7 +19,8 @@ the new index does not list once that index is in place. The result, a
 ``inputs`` must be iterable more than once (a tensor, a list of batches, a DataLoader) when
 there is more than one chunk. For ``kind="mc"`` the generator's state is restored before
 each pass, so every chunk sees the same sampled labels when its (sub-)batches are the same:
-pass ``batch_size=`` to pin them.
+pass ``batch_size=`` to pin them. Without a ``generator`` one is seeded from the global RNG,
+so that the chunks share one label draw.
 
 Example:
     >>> import tempfile, torch

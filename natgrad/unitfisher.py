@@ -619,9 +619,9 @@ class UnitFisher(UnitFisherBase):
         if (bad := ~(F.c > 0)).any():
             raise SingularBlockError(
                 f"{linalg.layer_prefix(self.layer)}c = E_p(δ̄²) is 0 for "
-                f"{linalg._names(bad.nonzero().flatten(), self.units)}: a dead unit (its block is "
-                "zero), whose reweighted distribution q is not defined. Pass damping > 0, or "
-                "drop these units."
+                f"{linalg._names(bad.nonzero().flatten(), self.units)}: its reweighted "
+                "distribution q is not defined (a dead unit, whose block is zero, or a Conv2d "
+                "unit whose position signals cancel). Pass damping > 0, or drop these units."
             )
         return F
 
