@@ -176,14 +176,18 @@ def inside(arm: str, seed: int, epoch: int, layer: str, unit: int) -> dict:
     g, g0 = fisher.unit_grads(gw, gb)
     m = measures(fisher.matrix, fisher.mean_p, g, g0, MEASURE_DAMPING, layer=layer)
     block = fisher.matrix[unit]
-    shift = fisher.bias_shift(gw, gb, damping=0.0)
+    # Theorem 2 at the unit's own μ = λ·tr F/(d+1) (λ = MEASURE_DAMPING): a ReLU net's blocks
+    # are often singular (dead units, inputs that never vary), where the undamped solve fails
+    scale = fisher.matrix.diagonal(dim1=-2, dim2=-1).sum(-1) / (fisher.fan_in + 1)
+    mu = MEASURE_DAMPING * float(scale[unit] if scale[unit] > 0 else scale.mean())
+    shift = fisher.bias_shift(gw, gb, damping=mu)
     out = {
         "run": run.name,
         "epoch": epoch,
         "block": block,
         "mean_p": fisher.mean_p,
         "mean_q": fisher.mean_q[unit],
-        "k": float(fisher.k()[unit]),
+        "k": float(fisher.k(damping=mu)[unit]),
         "n_eff_over_d1": float(fisher.n_eff[unit]) / (fisher.fan_in + 1),
         "rho": {
             d: float(m[f"rho_{d}"][unit])
@@ -209,7 +213,8 @@ def inside(arm: str, seed: int, epoch: int, layer: str, unit: int) -> dict:
     fig.tight_layout()
     plt.show()
     print("Fisher efficiency at λ = 1e-3:", {d: round(v, 3) for d, v in out["rho"].items()})
-    print("bias shifts (Theorem 2, undamped):", {k: round(v, 4) for k, v in out["shift"].items()})
+    print("bias shifts (Theorem 2, F + μI, μ = 1e-3·tr F/(d+1) of the unit):",
+          {k: round(v, 4) for k, v in out["shift"].items()})  # fmt: skip
     return out
 
 
