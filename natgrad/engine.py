@@ -187,15 +187,17 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor, opt: Pa
     gradients), its K output columns ``[K, D]`` (K = D for the exact Fisher; twice: a chunk
     is copied), and per requested layer the unfolded patches ``[P, d]`` (×4 for
     ``conv_moments="positions"``) and the error signals ``[P, U]`` of one column; and the
-    activation gradients one column's backward adds per input. Measured by a forward of one
+    activation gradients one column's backward holds per input at a time (the gradients into
+    and out of the widest module; the earlier ones are freed as it goes back). Measured by a forward of one
     input in eval mode (shapes only; batch-norm statistics are not touched)."""
-    acts = [0]
+    acts = [0, 0]  # Σ and max over the leaf modules of one input's output elements
     shapes: dict[str, tuple[int, ...]] = {}
     targets = {id(acc.module): name for name, acc in accs.items()}
 
     def hook(module, args, kwargs, out):
         if isinstance(out, torch.Tensor):
             acts[0] += out[0].numel()
+            acts[1] = max(acts[1], out[0].numel())
             if id(module) in targets:
                 name = targets[id(module)]
                 # one input, one row: a layer applied sequence-first ([T, N, d]) passes the
@@ -232,7 +234,7 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor, opt: Pa
         positions = max(1, n_out // acc.module.weight.shape[0])
         factor = 4 if acc.conv_moments == "positions" else 1
         total += positions * acc.fan_in * factor + n_out
-    return max(1, total), acts[0]
+    return max(1, total), 2 * acts[1]
 
 
 def _batched_grad(out, nets, grad_out):
