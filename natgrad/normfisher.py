@@ -40,6 +40,7 @@ from torch import nn
 
 from natgrad import linalg
 from natgrad._layers import NORM_LAYERS, check_signals, find_layer
+from natgrad.accumulate import _wide
 from natgrad.errors import InputError, UnsupportedLayerError
 
 __all__ = ["NORM_LAYERS", "NormUnitFisher", "norm_layers", "norm_unit_fishers", "normalised"]
@@ -111,20 +112,21 @@ class NormAccumulator:
         self.count = 0
 
     def begin_batch(self, x: torch.Tensor) -> None:
-        self.xh = normalised(self.module, x)  # [N, P, U]
+        self.xh = _wide(normalised(self.module, x))  # [N, P, U], at least float32
         n, p, u = self.xh.shape
         self.width = p * u
         if self.total is None:
-            self.total = torch.zeros(u, 2, 2, dtype=x.dtype, device=x.device)
+            self.total = torch.zeros(u, 2, 2, dtype=self.xh.dtype, device=x.device)
             self.sum_a, self.c_sum, self.c_sq_sum = (
                 torch.zeros(u, dtype=torch.float64, device=x.device) for _ in range(3)
             )
         self.sum_a += self.xh.sum((0, 1)).to(torch.float64)
         self.count += n * p
-        self.c_n = torch.zeros(n, u, dtype=x.dtype, device=x.device)
+        self.c_n = torch.zeros(n, u, dtype=self.xh.dtype, device=x.device)
 
     def add_columns(self, g: torch.Tensor | None) -> None:
         check_signals(self.name, g)
+        g = _wide(g)
         k, n = g.shape[:2]
         if isinstance(self.module, nn.LayerNorm):
             v = g.reshape(k, n, -1, self.n_units)  # [K, N, P, U]

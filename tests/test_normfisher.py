@@ -155,3 +155,20 @@ def test_layers_may_be_modules_as_for_unit_fishers():
         norm_unit_fishers(model, x, layers=[model[0]])
     with pytest.raises(UnsupportedLayerError, match="an nn.Module inside the model or its name"):
         norm_unit_fishers(model, x, layers=[1])
+
+
+def test_a_bfloat16_norm_layer_sums_its_blocks_in_float32():
+    """The (γ, β) blocks of a bfloat16 model were summed in bfloat16: 20 % off, c 18-43 % low
+    (a reviewer's find; the other routes had moved to float32)."""
+    import copy
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.ELU(), nn.Linear(3, 2))
+    x = torch.randn(2000, 4) + 1.0
+    low = copy.deepcopy(net).to(torch.bfloat16)
+    got = norm_unit_fishers(low, x.to(torch.bfloat16), layers=["1"], batch_size=4,
+                            likelihood="gaussian")["1"]  # fmt: skip
+    want = norm_unit_fishers(copy.deepcopy(low).double(), x.to(torch.bfloat16).double(),
+                             layers=["1"], likelihood="gaussian")["1"]  # fmt: skip
+    assert got.matrix.dtype == torch.float32
+    assert_close(got.matrix, want.matrix, rtol=1e-2, atol=0, normwise=True)
