@@ -246,6 +246,8 @@ class StructuredUnitFisher(SolvedUnitFisher):
         # κ(Q) >= max_i Q_ii · max_i (Q⁻¹)_ii, with Q_jj = D_j and (Q⁻¹)_jj = 1/Δ_j (the
         # weight block of Q⁻¹ is diag(Δ)⁻¹): a rigorous lower bound, as the dense route warns
         bound = torch.maximum(D.amax(-1), c) / delta.amin(-1)
+        if self.structure == "diagonal":  # an elementwise solve, exact whatever the spread
+            bound = torch.zeros_like(bound)
         linalg.warn_nearly_singular(bound, layer=self.layer, units=self.units,
                                     what=f"{self.structure} unit Fisher", damping=damping,
                                     warn_cond=linalg.cond_warn(self._dtype), stacklevel=4)  # fmt: skip
