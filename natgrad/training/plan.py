@@ -139,8 +139,9 @@ def train_plan(
     from natgrad.training.grid import grid_key
     from natgrad.training.rundir import RunDir
 
-    for d in run_dirs:  # as train checks it: Path('') would be the current directory
-        _owner.check_usable(d)
+    for d in run_dirs:  # as train checks it: Path('') would be the current directory (a
+        if isinstance(d, str) and not d.strip():  # finished run on read-only storage is fine)
+            _owner.check_usable(d)
     dirs = [Path(d) for d in run_dirs]
     if len({d.name for d in dirs}) != len(dirs):
         raise ValueError("train_plan: two runs share a directory name")
