@@ -58,13 +58,16 @@ class WoodburyAccumulator(LayerAccumulator):
         self.scales: list[torch.Tensor] = []  # [M, U] (shared rows only)
         self.parts: list[torch.Tensor] = []
         self.total = True  # marks "allocated" for the base class
+        self.held = 0  # bytes of the rows (and scales) kept so far
 
     def _reduce_factors(self, u0: int, g: torch.Tensor) -> None:
         self.parts.append((u0, g))
+        self.held += g.numel() * g.element_size()
 
     def _reduce_weighted(self, w: torch.Tensor, at: torch.Tensor) -> None:
         self.rows.append(at)
         self.scales.append(w.sqrt())
+        self.held += (at.numel() + w.numel()) * at.element_size()
 
     def end_batch(self) -> None:
         super().end_batch()
@@ -81,8 +84,7 @@ class WoodburyAccumulator(LayerAccumulator):
     def _check_size(self) -> None:
         """The rows grow with the data (no up-front size check can see them): refused once
         they, and the copy that joins them, would pass the pass's memory budget."""
-        held = sum(t.numel() * t.element_size() for t in (*self.rows, *self.scales))
-        held += sum(g.numel() * g.element_size() for _, g in self.parts)
+        held = self.held  # a running count: re-summing every batch's rows was quadratic
         if 2 * held > getattr(self, "max_bytes", math.inf):
             raise MemoryBudgetError(
                 f"layer {self.name!r}: the Woodbury factor rows of {self.count} inputs (or "

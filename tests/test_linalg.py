@@ -137,7 +137,7 @@ def test_bad_damping_is_refused(damping):
 
 def test_a_float32_block_warns_at_its_own_precision():
     """A float32 net's blocks hold float32's 7 digits: with κ ≈ 4e7 (two nearly collinear
-    inputs) F⁻¹g kept no correct digit (5–87 % off the float64 reference) and ρ(plain) moved
+    inputs; the hunt's case) F⁻¹g kept no correct digit (5–87 % off the float64 reference), ρ(plain) moved
     from 0.936 to 0.961, with no warning, the threshold being float64's 1e12 (a helper's hunt).
     The warning now follows the stored dtype (linalg.cond_warn: κ·ε ≥ 0.01)."""
     from natgrad import unit_fisher
