@@ -188,22 +188,25 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor, opt: Pa
     is copied), and per requested layer the unfolded patches ``[P, d]`` (×4 for
     ``conv_moments="positions"``) and the error signals ``[P, U]`` of one column; and the
     activation gradients one column's backward holds per input at a time (the gradients into
-    and out of the widest module; the earlier ones are freed as it goes back). Measured by a forward of one
-    input in eval mode (shapes only; batch-norm statistics are not touched)."""
+    and out of the widest module; the earlier ones are freed as it goes back). Measured by
+    forwards of copies of one input in eval mode (shapes only; batch-norm statistics are not
+    touched)."""
     acts = [0, 0]  # Σ and max over the leaf modules of one input's output elements
     shapes: dict[str, tuple[int, ...]] = {}
     targets = {id(acc.module): name for name, acc in accs.items()}
+    n_probe = [2]
 
     def hook(module, args, kwargs, out):
-        if isinstance(out, torch.Tensor):
-            acts[0] += out[0].numel()
-            acts[1] = max(acts[1], out[0].numel())
-            if id(module) in targets:
-                name = targets[id(module)]
-                # one input, one row: a layer applied sequence-first ([T, N, d]) passes the
-                # batch's row count when N happens to equal T
-                shapes[name] = (layer_input(name, module, args, kwargs, 1)[0].numel(),
-                                out[0].numel())  # fmt: skip
+        if not isinstance(out, torch.Tensor) or n_probe[0] != 2:
+            if id(module) in targets:  # the second probe only counts rows
+                layer_input(targets[id(module)], module, args, kwargs, n_probe[0])
+            return
+        acts[0] += out[0].numel()
+        acts[1] = max(acts[1], out[0].numel())
+        if id(module) in targets:
+            name = targets[id(module)]
+            shapes[name] = (layer_input(name, module, args, kwargs, 2)[0].numel(),
+                            out[0].numel())  # fmt: skip
 
     handles = [
         m.register_forward_hook(hook, with_kwargs=True)
@@ -214,7 +217,12 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor, opt: Pa
     try:
         model.eval()
         with torch.no_grad():
-            out = model(x1)
+            # copies of one input, 2 then 3: a layer's rows are one per input only if its
+            # count matches both (a layer applied sequence-first, [T, N, d], matches at most
+            # one; one input alone would refuse a model that squeezes the batch axis away)
+            out = model(torch.cat([x1, x1]))
+            n_probe[0] = 3
+            model(torch.cat([x1, x1, x1]))
     except LayerUseError:
         raise
     except Exception:  # the real pass reports errors with their context

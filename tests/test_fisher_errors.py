@@ -217,16 +217,16 @@ class _Folded(nn.Module):
 
 
 @pytest.mark.parametrize(("how", "layer", "seen"), [
-    ("frames", "conv", "2 rows for one model input"),
-    ("tokens", "tok", "50 rows for one model input"),
-    ("seqfirst", "tok", "2 rows for one model input"),
+    ("frames", "conv", "4 rows for a batch of 2 model inputs"),
+    ("tokens", "tok", "100 rows for a batch of 2 model inputs"),
+    ("seqfirst", "tok", "2 rows for a batch of 3 model inputs"),
     ("shared", "conv", "1 rows for a batch of 2 model inputs"),
 ])  # fmt: skip
 def test_a_layer_whose_rows_are_not_one_per_input_is_refused(how, layer, seen):
     """Its rows were read as inputs and the result divided by the model's N: off by 37–285 %
     (a helper's brute force), silently; the per-input reference is right there. A layer
     applied sequence-first ([T, N, d], T = 2 here) passed the batch's count when N = T (178 %
-    off): one input's own forward is checked too."""
+    off): copies of one input, 2 and 3 of them, are checked too."""
     model, x = _Folded(how).double(), torch.randn(2, 2, 2, 5, 5, dtype=torch.float64)
     with pytest.raises(InputError, match=rf"'{layer}' sees {seen}"):
         unit_fisher(model, layer, x)
@@ -265,3 +265,29 @@ def test_a_grouped_conv_in_unit_fishers_names_the_way_out():
     with pytest.raises(UnsupportedLayerError, match=r"groups=2.*layers=\[\.\.\.\] leaving it"):
         unit_fishers(model, torch.randn(4, 2, 6, 6))
     assert list(unit_fishers(model, torch.randn(4, 2, 6, 6), layers=["2"])) == ["2"]
+
+
+class _SqueezeHead(nn.Module):
+    """A head that squeezes the pooled map (``[N, C, 1, 1]`` → ``[N, C]``): its ``fc`` has one
+    row per input in any batch of two or more (one input alone loses the batch axis)."""
+
+    def __init__(self, squeeze: bool) -> None:
+        super().__init__()
+        self.squeeze, self.conv, self.fc = squeeze, nn.Conv2d(2, 3, 3), nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 1)
+        return self.fc(h.squeeze() if self.squeeze else h.flatten(1))
+
+
+def test_a_head_that_squeezes_the_batch_axis_is_computed():
+    """Refused by session 31's one-input probe (its fc saw 3 rows for one input), though the
+    batch's rows are one per input and it computed before; the probe now uses 2 and 3 copies."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    flat = _SqueezeHead(False).double()
+    squeezed = _SqueezeHead(True).double()
+    squeezed.load_state_dict(flat.state_dict())
+    for layer in ("fc", "conv"):
+        assert_close(unit_fisher(squeezed, layer, x).matrix, unit_fisher(flat, layer, x).matrix,
+                     what=f"squeeze head {layer}")  # fmt: skip
