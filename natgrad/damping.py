@@ -43,8 +43,9 @@ LAYER_DAMPING = 0.3
 def check(value, name: str = "rel_damping") -> float:
     """``value`` as a float, or an :class:`~natgrad.errors.InputError` naming ``name`` unless
     it is a finite number ≥ 0 (a Python, NumPy or 0-d tensor number; not a bool or a string)."""
+    boolean = isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
     try:
-        lam = math.nan if isinstance(value, (bool, str, bytes)) else float(value)
+        lam = math.nan if boolean or isinstance(value, (str, bytes)) else float(value)
     except (TypeError, ValueError):
         lam = math.nan
     if not (math.isfinite(lam) and lam >= 0.0):

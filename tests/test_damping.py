@@ -4,6 +4,7 @@ preconditioner) gives the μ of :func:`natgrad.damping.mu`."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,11 +51,12 @@ def test_whole_network_metric_uses_each_units_mu():
     assert_close(D[:w].view(4, 3)[:, 0], want)
 
 
-@pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf"), "x", None, "0.1", True])
+@pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf"), "x", None, "0.1", True,
+                                 np.True_, torch.tensor(True)])  # fmt: skip
 def test_bad_damping_is_refused_by_name(bad):
     """One rule for a damping, everywhere (the optimizer had its own, which refused what
     damping.check took: a bool or a numeric string, now refused by both, and a NumPy float32
-    or 0-d tensor, now taken by both)."""
+    or 0-d tensor, now taken by both). NumPy's and torch's booleans were taken as 1.0."""
     from natgrad.optim import UnitNaturalGradient
 
     with pytest.raises(InputError, match="layer_damping must be a finite number"):
