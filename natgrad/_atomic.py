@@ -40,7 +40,7 @@ import numpy as np
 from natgrad.errors import DataFileError
 
 __all__ = ["SUFFIX", "append_jsonl", "atomic_open", "carry_over", "clean_stale", "commit_dir",
-           "dumps_json", "json_safe", "read_checked", "read_jsonl", "staging_dir", "temp_path",
+           "dumps_json", "is_temporary", "json_safe", "live_writer", "read_checked", "read_jsonl", "staging_dir", "temp_path",
            "write_bytes", "write_json", "write_safetensors", "write_table",
            "write_text"]  # fmt: skip
 
@@ -413,6 +413,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def live_writer(name: str) -> int | None:
+    """The process id of the live process, other than this one, writing the natgrad
+    temporary named ``name``; ``None`` for a dead writer's leftover (or our own) and for a
+    name that is not a temporary. The one rule for what is stale (:func:`clean_stale`)."""
+    m = _TEMP.match(name) or _LEGACY.match(name)
+    return int(m.group("pid")) if m is not None and _alive(int(m.group("pid"))) else None
+
+
 def clean_stale(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
     r"""Remove the temporaries (files or folders ``.*.<pid>.*.natgrad-tmp``) that killed
     natgrad processes left in ``folder`` (and its sub-folders if ``recursive``); those of a
@@ -431,8 +439,7 @@ def clean_stale(folder: str | os.PathLike, *, recursive: bool = False) -> list[P
     removed = []
     candidates = folder.rglob(".*") if recursive else folder.glob(".*")
     for p in sorted(candidates):
-        m = _TEMP.match(p.name) or _LEGACY.match(p.name)
-        if m is None or _alive(int(m.group("pid"))):
+        if not is_temporary(p.name) or live_writer(p.name) is not None:
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

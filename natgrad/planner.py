@@ -48,7 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from natgrad import likelihoods, memory, theorems
-from natgrad._atomic import atomic_open, dumps_json, is_temporary, write_bytes
+from natgrad._atomic import atomic_open, dumps_json, is_temporary, live_writer, write_bytes
 from natgrad._layers import check_units
 from natgrad.accumulate import block_dtype
 from natgrad.argtypes import is_integer
@@ -172,7 +172,8 @@ def _claim_folder(out_dir, layer: str) -> tuple[Path, set[str]]:
     """``out_dir`` made ready for shards: not empty as a name, not a file or a symlink, and
     either new, empty, or a shard folder natgrad wrote (its ``index.json`` and the shards
     that index lists, this layer's shards left by an interrupted run (:func:`_own_leftover`),
-    plus stale temporaries); anything else is refused, never overwritten. Returns the folder
+    plus the temporaries of dead writers); anything else is refused, never overwritten, and
+    so is a folder another live process is writing into. Returns the folder
     and natgrad's shard files in it, for the caller to remove once its new index is written
     (those the new index does not list)."""
     if out_dir is None or str(out_dir).strip() == "":
@@ -186,6 +187,11 @@ def _claim_folder(out_dir, layer: str) -> tuple[Path, set[str]]:
     names = {p.name for p in folder.iterdir()}
     if not names:
         return folder, set()
+    for n in sorted(names):  # a live writer's temporary: its safetensors' ones are its too
+        if (pid := live_writer(n)) is not None:
+            raise RunDirError(f"{folder}: process {pid} is writing into it ({n}); wait for it "
+                              f"to finish or pick another out_dir (if no natgrad process {pid} "
+                              f"runs, remove {n})")  # fmt: skip
     listed: set[str] = set()
     if INDEX in names:
         try:

@@ -4,12 +4,13 @@ a lazily loading result equal to the in-memory one; errors that name bytes and f
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 from cases import CASES
 
-from natgrad.errors import CheckpointError, InputError, MemoryBudgetError
+from natgrad.errors import CheckpointError, InputError, MemoryBudgetError, RunDirError
 from natgrad.fisher import unit_fisher
 from natgrad.planner import ShardedUnitFisher
 from natgrad.testing import assert_close, conditioned
@@ -367,12 +368,29 @@ def test_a_killed_shard_write_leaves_temporaries_a_rerun_removes(tmp_path):
     folder = tmp_path / "shards"
     folder.mkdir()
     (folder / ".tmpZUfKqe").write_bytes(b"torn")
-    (folder / ".0.units_000000-000001.safetensors.123.ab12cd34.natgrad-tmp").write_bytes(b"")
+    dead = ".0.units_000000-000001.safetensors.999999999.ab12cd34.natgrad-tmp"
+    (folder / dead).write_bytes(b"")
     S = unit_fisher(model, "0", x, out_dir=folder, max_memory=_budget_for(2, 3))
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["index.json", *(s["file"] for s in S.shards)]
     )
     assert_close(S.matrix, unit_fisher(model, "0", x).matrix)
+
+
+def test_a_folder_a_live_process_writes_into_is_refused_and_kept(tmp_path):
+    """Every natgrad temporary was adopted and deleted, a live writer's too (and with it the
+    safetensors temporary it was writing through): two planners on one out_dir removed each
+    other's files. A live writer's temporary now refuses the folder, naming the process."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    live = f".0.units_000000-000001.safetensors.{os.getppid()}.ab12cd34.natgrad-tmp"
+    for name in (live, ".tmpZUfKqe"):
+        (folder / name).write_bytes(b"half")
+    with pytest.raises(RunDirError, match=rf"process {os.getppid()} is writing into it"):
+        unit_fisher(model, "0", torch.randn(6, 3), out_dir=folder, max_memory=_budget_for(2, 3))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live, ".tmpZUfKqe"])
 
 
 def test_mc_shards_without_a_generator_share_one_label_draw(tmp_path):
