@@ -127,7 +127,8 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
     temp_elems //= itemsize
     for acc in accs.values():
         acc.budget = max(1, temp_elems // 8)  # each of a chunk's ~3 temporaries
-        acc.max_bytes = budget  # what a result that grows with the data may reach
+        acc.max_bytes = budget  # what the results that grow with the data may reach,
+        acc.peers = tuple(accs.values())  # all of them together
     n_total = 0
     batches = iter_batches(inputs, targets, batch_size)
     first = next(batches, None)

@@ -83,15 +83,18 @@ class WoodburyAccumulator(LayerAccumulator):
 
     def _check_size(self) -> None:
         """The rows grow with the data (no up-front size check can see them): refused once
-        they, and the copy that joins them, would pass the pass's memory budget."""
-        held = self.held  # a running count: re-summing every batch's rows was quadratic
-        if 2 * held > getattr(self, "max_bytes", math.inf):
+        all the pass's layers' rows, and the copy that joins this layer's, would pass the
+        pass's memory budget (``peers``: the pass's accumulators, set by the engine)."""
+        held = sum(a.held for a in getattr(self, "peers", (self,)))  # running counts
+        if held + self.held > getattr(self, "max_bytes", math.inf):
+            others = held - self.held
+            also = f" (and the other layers' {others / 2**20:.1f} MiB)" if others else ""
             raise MemoryBudgetError(
                 f"layer {self.name!r}: the Woodbury factor rows of {self.count} inputs (or "
-                f"positions) hold {held / 2**20:.1f} MiB, and joining them needs twice that, "
-                f"beyond the memory budget of {self.max_bytes / 2**20:.1f} MiB; pass fewer "
-                "inputs or units=, or use the dense route, unit_fisher(), whose size "
-                "U·(d+1)² does not grow with the data"
+                f"positions) hold {self.held / 2**20:.1f} MiB{also}, and joining them needs "
+                f"twice that, beyond the memory budget of {self.max_bytes / 2**20:.1f} MiB; "
+                "pass fewer inputs, layers or units=, or use the dense route, unit_fisher(), "
+                "whose size U·(d+1)² does not grow with the data"
             )
 
     def result(self, n_total: int, kind: str, likelihood: str, mc) -> WoodburyUnitFisher:

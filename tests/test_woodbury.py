@@ -235,3 +235,22 @@ def test_factor_rows_beyond_the_memory_budget_are_refused(monkeypatch):
     with pytest.raises(MemoryBudgetError, match=r"layer '0': the Woodbury factor rows.*dense"):
         woodbury_unit_fisher(model, "0", torch.randn(400, 3, 8, 8))
     woodbury_unit_fisher(model, "0", torch.randn(4, 3, 8, 8))  # small: fits
+
+
+def test_factor_rows_of_several_layers_share_one_budget(monkeypatch):
+    """Each layer's rows were checked against the whole pass's budget on their own, so L
+    layers could hold L times it (a reviewer's find). The rows of all the pass's layers now
+    count together."""
+    from natgrad import memory
+    from natgrad.errors import MemoryBudgetError
+    from natgrad.woodbury import woodbury_unit_fishers
+
+    monkeypatch.setattr(memory, "resolve_max_memory", lambda max_memory: 2**20)  # 1 MiB
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ELU(), nn.Conv2d(4, 4, 3), nn.ELU(),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 2))  # fmt: skip
+    x = torch.randn(180, 3, 8, 8)
+    for layer in ("0", "2"):  # each alone fits, twice its rows under 1 MiB
+        woodbury_unit_fisher(model, layer, x)
+    with pytest.raises(MemoryBudgetError, match=r"Woodbury factor rows .* other layers'"):
+        woodbury_unit_fishers(model, x, layers=["0", "2"])
