@@ -53,8 +53,9 @@ class NatgradWarning(UserWarning):
 
 class NearlySingularWarning(NatgradWarning):
     """A unit Fisher block is positive definite but so ill-conditioned that its solves lose
-    most of their digits (``natgrad.linalg.cond_warn``: 1e12 for float64 blocks, about 8.4e4
-    for float32); the message names the units."""
+    most of their digits: the condition number of the block scaled to a unit diagonal passes
+    ``natgrad.linalg.cond_warn`` (1e12 for float64 blocks, about 8.4e4 for float32); the
+    message names the units."""
 
 
 class MemoryBudgetError(NatgradError, MemoryError):

@@ -33,8 +33,12 @@ from natgrad import damping as _damping
 from natgrad.errors import InputError, NearlySingularWarning, SingularBlockError
 
 COND_WARN = 1e12
-"""Condition number (2-norm, estimated from the Cholesky factor) above which a block is
-reported as nearly singular: a float64 solve then keeps only about 16 − 12 = 4 digits."""
+"""Condition number (2-norm, of the block scaled to a unit diagonal, estimated from the
+Cholesky factor) above which a block is reported as nearly singular: a float64 solve then
+keeps only about 16 − 12 = 4 digits. Scaled, because a block's rounding errors (of its
+storage, its float sums and its Cholesky) are relative to √(F_ii F_jj) and so is what they
+cost (van der Sluis; Demmel 1989): a block spread only by its features' scales, raw 0-255
+pixels or a feature at 1e-9, solves to full precision whatever its unscaled κ."""
 
 
 def cond_warn(dtype: torch.dtype) -> float:
@@ -58,6 +62,13 @@ def damped(matrix: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
         return matrix
     eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
     return matrix + damping * eye
+
+
+def unit_diagonal(matrix: torch.Tensor) -> torch.Tensor:
+    r"""``[U, n, n]`` S = D^{-1/2} F D^{-1/2}, D = diag F: each block scaled to a unit
+    diagonal, whose condition number is what a solve's accuracy follows (:data:`COND_WARN`)."""
+    r = torch.diagonal(matrix, dim1=-2, dim2=-1).rsqrt()
+    return matrix * r.unsqueeze(-1) * r.unsqueeze(-2)
 
 
 def condition_number(matrix: torch.Tensor) -> torch.Tensor:
@@ -90,8 +101,9 @@ def cholesky(
             only to name failing units in errors and warnings.
         what: what the blocks are ("unit Fisher block", "weight block A"), for messages.
         warn_cond: warn (:class:`NearlySingularWarning`) when the estimate
-            (max_i L_ii / min_i L_ii)², a cheap lower bound of the 2-norm condition number,
-            exceeds it; ``math.inf`` disables the warning.
+            (max_i L_ii / min_i L_ii)² of the block scaled to a unit diagonal, a cheap lower
+            bound of its 2-norm condition number, exceeds it (:data:`COND_WARN`);
+            ``math.inf`` disables the warning.
         hint: what a singular block's message tells the caller to do (a caller that damps
             the blocks itself names its own damping).
 
@@ -135,8 +147,8 @@ def cholesky(
         err.positions = failed
         err.condition_numbers = cond
         raise err
-    warn_nearly_singular(
-        condition_estimate(L),
+    warn_nearly_singular(  # D^{-1/2}L is the Cholesky factor of the unit-diagonal block
+        condition_estimate(L / torch.diagonal(m64, dim1=-2, dim2=-1).sqrt().unsqueeze(-1)),
         m64,
         layer=layer,
         units=units,
@@ -174,10 +186,10 @@ def warn_nearly_singular(
     stacklevel: int = 2,
 ) -> None:
     r"""Issue one :class:`~natgrad.errors.NearlySingularWarning` naming every unit whose
-    condition-number ``estimate`` ``[U]`` (a lower bound, e.g. :func:`condition_estimate`)
-    exceeds ``warn_cond``; with ``blocks`` ``[U, n, n]`` the message quotes their exact
-    condition numbers, and ``damping`` (if given) is quoted. Nothing happens when
-    ``warn_cond`` is ``inf``.
+    ``estimate`` ``[U]`` (a lower bound of the condition number of its block scaled to a
+    unit diagonal, :data:`COND_WARN`) exceeds ``warn_cond``; with ``blocks`` ``[U, n, n]``
+    the message quotes the exact condition numbers of their unit-diagonal scalings, and
+    ``damping`` (if given) is quoted. Nothing happens when ``warn_cond`` is ``inf``.
 
     Example:
         >>> import warnings
@@ -185,7 +197,7 @@ def warn_nearly_singular(
         ...     warnings.simplefilter("always")
         ...     warn_nearly_singular(torch.tensor([1.0, 1e15]), layer="fc1")
         >>> print(w[0].message)  # doctest: +ELLIPSIS
-        layer 'fc1': unit Fisher block is nearly singular (condition number > 1e+12) for 1 of 2 units — unit 1: condition number >= 1e+15. ...
+        layer 'fc1': unit Fisher block is nearly singular (scaled to a unit diagonal, condition number > 1e+12) for 1 of 2 units — unit 1: condition number >= 1e+15. ...
     """
     if not math.isfinite(warn_cond):
         return
@@ -193,13 +205,14 @@ def warn_nearly_singular(
     if not ill.numel():
         return
     if blocks is not None:
-        cond, sign = condition_number(blocks[ill]), ""
+        cond, sign = condition_number(unit_diagonal(blocks[ill].to(torch.float64))), ""
     else:
         cond, sign = estimate[ill], ">= "
     details = [f"condition number {sign}{k:.3g}" for k in cond.tolist()]
     damped_by = "" if damping is None else f", damping {damping:g}"
     warnings.warn(
-        f"{layer_prefix(layer)}{what} is nearly singular (condition number > {warn_cond:g}"
+        f"{layer_prefix(layer)}{what} is nearly singular (scaled to a unit diagonal, "
+        f"condition number > {warn_cond:g}"
         f"{damped_by}) for {ill.numel()} of {estimate.shape[0]} units — "
         f"{_names(ill, units, details)}. Solves keep few digits; consider damping > 0.",
         NearlySingularWarning,

@@ -243,9 +243,10 @@ class StructuredUnitFisher(SolvedUnitFisher):
                 "[[A_jj, b_j], [b_j, c]] is singular (a dead unit, or an input coordinate that "
                 f"never varies). Pass {'rel_damping' if rel else 'damping'} > 0."
             )
-        # κ(Q) >= max_i Q_ii · max_i (Q⁻¹)_ii, with Q_jj = D_j and (Q⁻¹)_jj = 1/Δ_j (the
-        # weight block of Q⁻¹ is diag(Δ)⁻¹): a rigorous lower bound, as the dense route warns
-        bound = torch.maximum(D.amax(-1), c) / delta.amin(-1)
+        # κ(S) >= max_j (S⁻¹)_jj = max_j D_j / Δ_j for Q scaled to a unit diagonal, S
+        # (Q_jj = D_j, and the weight block of Q⁻¹ is diag(Δ)⁻¹): a rigorous lower bound of
+        # the condition the dense route warns of (linalg.COND_WARN)
+        bound = (D / delta).amax(-1)
         if self.structure == "diagonal":  # an elementwise solve, exact whatever the spread
             bound = torch.zeros_like(bound)
         linalg.warn_nearly_singular(bound, layer=self.layer, units=self.units,

@@ -55,9 +55,10 @@ def _inv_schur(
         err.positions, err.condition_numbers = pos, cond
         raise err
     s = 1.0 / denom
-    # κ(F) >= λ_max/λ_min >= max_j F_jj · (F⁻¹)_dd = max_j F_jj · s: a rigorous lower bound
-    # that sees an ill-conditioned Schur complement, which A's own Cholesky cannot.
-    bound = torch.maximum(torch.diagonal(A, dim1=-2, dim2=-1).amax(-1), c) * s
+    # S = F scaled to a unit diagonal (linalg.COND_WARN): κ(S) >= max_j S_jj · (S⁻¹)_dd =
+    # c · s, a rigorous lower bound that sees an ill-conditioned Schur complement, which A's
+    # own Cholesky cannot.
+    bound = c * s
     if (bound > (warn := context.get("warn_cond", linalg.COND_WARN))).any():
         linalg.warn_nearly_singular(bound, linalg.bordered(A, b, c), warn_cond=warn,
                                     **_names_only(context))  # fmt: skip
@@ -69,10 +70,9 @@ def _names_only(context) -> dict:
 
 
 def _warn_from_moments(mean_q: torch.Tensor, var_q: torch.Tensor, x: torch.Tensor, context):
-    r"""Warn for the routes through Var_q(a): with x = Var_q(a)⁻¹E_q(a), s·c = 1 + E_q(a)ᵀx
-    and F/c = [[Var_q + E_q E_qᵀ, E_q], [E_qᵀ, 1]], so κ(F) >= max(1, max_j E_q(a_j²))·s·c."""
-    second = torch.diagonal(var_q, dim1=-2, dim2=-1) + mean_q.square()  # E_q(a_j²)
-    bound = second.amax(-1).clamp_min(1.0) * (1.0 + _dot(mean_q, x))
+    r"""Warn for the routes through Var_q(a): with x = Var_q(a)⁻¹E_q(a), s·c = 1 + E_q(a)ᵀx,
+    and κ(S) >= (S⁻¹)_dd = s·c for F scaled to a unit diagonal, S (:func:`_inv_schur`)."""
+    bound = 1.0 + _dot(mean_q, x)
     if (bound > (warn := context.get("warn_cond", linalg.COND_WARN))).any():
         linalg.warn_nearly_singular(bound, warn_cond=warn, **_names_only(context))
 

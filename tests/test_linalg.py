@@ -114,12 +114,32 @@ def test_nonpositive_schur_complement_is_named():
 
 def test_nearly_singular_warns_with_unit_and_condition():
     F = _spd()
-    F[1] = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1e-14], dtype=torch.float64))
-    with pytest.warns(NearlySingularWarning, match=r"layer 'fc4'.*unit 1.*condition number 1e\+14"):
+    scale = torch.tensor([1.0, 1e3, 1e-3, 10.0], dtype=torch.float64)  # a scale, whatever it is,
+    F[1] = (torch.ones(4, 4) + 1e-13 * torch.eye(4)) * scale[:, None] * scale  # and κ(S) = 4e13
+    with pytest.warns(
+        NearlySingularWarning, match=r"layer 'fc4'.*unit 1.*condition number 4(\.0\d*)?e\+13"
+    ):
         linalg.cholesky(F, layer="fc4")
     linalg.cholesky(
         F, layer="fc4", warn_cond=math.inf
     )  # disabled: no warning (warnings are errors)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_block_spread_only_by_scale_solves_exactly_and_does_not_warn(dtype):
+    """A block whose spread is its features' scales (raw 0-255 pixels, a feature at 1e-9)
+    warned: the estimate was of κ(F) = 1e14 here, and a float32 block of raw pixels warned
+    at 8.4e4 though its solve agreed with float64's to 1e-6 (a reviewer's find). Rounding
+    errors are relative to √(F_ii F_jj), so the warning now follows the unit-diagonal κ."""
+    S = _spd(U=2, n=4)
+    scale = torch.tensor([1e-7, 1.0, 255.0, 1e3], dtype=torch.float64)
+    F = S * scale[:, None] * scale
+    assert linalg.condition_number(F).min() > 1e12 > 1e3 > linalg.condition_number(S).max()
+    rhs = torch.randn(2, 4, dtype=torch.float64)
+    want = torch.linalg.solve(S, (rhs / scale).unsqueeze(-1)).squeeze(-1) / scale
+    got = linalg.solve(F.to(dtype), rhs.to(dtype), warn_cond=linalg.cond_warn(dtype))
+    assert_close(got.double() * scale, want * scale, rtol=1e3 * torch.finfo(dtype).eps,
+                 what="unit-diagonal-conditioned solve")  # fmt: skip
 
 
 def test_nan_is_refused_with_unit():

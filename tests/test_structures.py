@@ -432,20 +432,35 @@ def test_every_result_type_gives_the_measures_under_the_same_keys():
 
 @pytest.mark.parametrize("structure", ["quasidiagonal"])
 def test_a_structure_warns_of_its_nearly_singular_metric(structure):
-    """An input feature that hardly varies makes the unit's metric Q nearly singular: the
-    dense route warns, the structures returned s ≈ 1e17 and a natural gradient of that size
-    silently (a helper's hunt, with a constant feature under the quasi-diagonal). They now
-    warn from a rigorous lower bound of κ(Q), naming the unit; a damped metric does not."""
+    """An input feature that hardly varies about a constant makes the unit's metric Q nearly
+    singular (the feature and the bias input are nearly one): the dense route warns, the
+    structures returned s ≈ 1e17 and a natural gradient of that size silently (a helper's
+    hunt, with a constant feature under the quasi-diagonal). They now warn from a rigorous
+    lower bound of κ of Q scaled to a unit diagonal, naming the unit; a damped metric does
+    not. A feature that is merely small (1e-9, about 0) warned too: its large step is exact
+    (it equals the solve of the unit-diagonal Q, κ ≈ 2), and it no longer warns."""
     from natgrad.errors import NearlySingularWarning
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ELU(), torch.nn.Linear(5, 3))
     x = torch.randn(50, 4, dtype=torch.float64)
-    x[:, 2] = 1e-9 * x[:, 2]
-    Q = unit_fisher(net.double(), "0", x, units=[3], structure=structure)
     g, g0 = torch.randn(1, 4, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
+    small = x.clone()
+    small[:, 2] = 1e-9 * x[:, 2]
+    Q = unit_fisher(net.double(), "0", small, units=[3], structure=structure)
+    dw, db = Q.natural_gradient(g, g0)  # warnings are errors in the suite
+    D, b, c = Q.diag_A[0], Q.bias_column[0], Q.c[0]
+    M = torch.diag(torch.cat([D - b.square() / c, c[None]]))
+    M[:4, :4] += torch.outer(b, b) / c  # Q = [[diag(Δ) + bbᵀ/c, b], [bᵀ, c]]
+    M[:4, 4], M[4, :4] = b, b
+    r = torch.diagonal(M).rsqrt()
+    want = r * torch.linalg.solve(M * r[:, None] * r, r * torch.cat([g[0], g0]))
+    got, y = torch.cat([dw[0], db]) / r, want / r  # in the unit-diagonal coordinates
+    assert_close(got, y, atol=1e-12 * float(y.norm()), what="a small feature's exact step")
+    x[:, 2] = 1.0 + 1e-7 * x[:, 2]
+    Q = unit_fisher(net.double(), "0", x, units=[3], structure=structure)
     with pytest.warns(NearlySingularWarning, match=rf"layer '0': {structure} unit Fisher.*unit 3"):
         Q.natural_gradient(g, g0)
-    Q.natural_gradient(g, g0, damping=1e-3)  # warnings are errors in the suite
+    Q.natural_gradient(g, g0, damping=1e-3)
     D = unit_fisher(net, "0", x, units=[3], structure="diagonal")
     D.natural_gradient(g, g0)  # elementwise, exact whatever the spread: no warning
