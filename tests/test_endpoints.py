@@ -103,6 +103,22 @@ def test_paired_comparison_names_its_ci_method():
     assert stats.paired_comparison(same, "x").iloc[0]["ci_method"] == "exact"
 
 
+def test_equal_differences_with_float_noise_are_exact_not_a_resolved_t_ci():
+    """Test errors are counts / 10000: 20 fewer errors on every seed gives differences equal
+    but for their last bits, and the t CI of width ~1e-17 excluded 0 and called ELU better
+    from 3 seeds (sign-flip p = 0.25; a helper's hunt). Equal up to rounding is "exact"."""
+    e, r = np.array([123, 456, 789]) / 1e4, np.array([143, 476, 809]) / 1e4
+    v = pd.DataFrame({"unit_type": ["elu"] * 3 + ["relu"] * 3, "seed": [0, 1, 2] * 2,
+                      "test_error": np.r_[e, r]})  # fmt: skip
+    assert np.ptp(e - r) > 0  # not bit-for-bit equal
+    row = stats.paired_comparison(v, "test_error").iloc[0]
+    assert row["ci_method"] == "exact" and row["p"] == 0.25
+    assert stats.resolved_sign(row) == 0 and "no difference resolved" in row["text"]
+    for method in ("t", "bootstrap"):
+        with stats.mean_ci_method(method):
+            assert stats.mean_ci(e - r)[2] == "exact"
+
+
 @pytest.mark.parametrize("n", [2, 3, 5, 10])
 def test_the_ci_of_a_mean_over_seeds_is_students_t(n):
     """:func:`stats.mean_ci` against SciPy's one-sample t test's interval (a second route),
