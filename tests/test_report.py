@@ -155,6 +155,26 @@ def test_first_screen_paragraph_is_generated_from_the_cis():
     assert rho is None and "not estimable on this probe" in text and "is closer" not in text
 
 
+def test_the_verdict_on_a_declared_primary_follows_the_declared_rule():
+    """With 5 seeds Holm over the two primaries cannot pass 0.05 (the smallest Holm p is
+    2·2/2⁵ = 0.125), yet the bold verdict stated both directions from the unadjusted CIs
+    while the primaries below it showed Holm p = 0.125 (a helper's hunt). A declared primary
+    is now read by the declared rule (Holm p < 0.05 and the CI), and the paragraph says what
+    the CI alone would have said; an undeclared comparison still reads by its CI."""
+    from natgrad.analysis.report import answer
+
+    tables = _synthetic_tables(n_eff=10, rho_lo=0.05, speed_hi=-0.1)
+    tables["endpoints"]["p_holm"] = 0.125
+    text, _ = answer(tables)
+    assert "closeness to the unit natural gradient, no difference resolved" in text
+    assert "learning speed, no difference resolved" in text
+    assert "is closer" not in text and "learns faster" not in text
+    assert "Holm-adjusted p of 0.125 ≥ 0.05: the declared rule does not resolve it" in text
+    assert "common n_eff" not in text  # no caveat to a verdict not made
+    del tables["endpoints"]
+    assert "ELU is closer to the unit natural gradient; it learns faster." in answer(tables)[0]
+
+
 @pytest.mark.parametrize(
     "lo, hi, said",
     [(0.01, 0.2, None), (-0.02, 0.1, "is not resolved"), (-0.2, -0.01, "points the other way")],
@@ -183,6 +203,7 @@ def test_the_answer_says_where_the_rho_lead_does_not_hold_at_a_common_n_eff(lo, 
     # ELU resolved behind ReLU: an adjusted CI above 0 points the other way, one below agrees
     behind = _synthetic_tables(n_eff=10, rho_lo=-0.2, speed_hi=-0.1)
     behind["comparison"].loc[0, ["diff", "hi"]] = [-0.1, -0.05]
+    behind["endpoints"].loc[0, ["diff", "hi"]] = [-0.1, -0.05]
     behind["neff_adjusted"] = tables["neff_adjusted"].assign(lo=-hi, hi=-lo, diff=-(lo + hi) / 2)
     text, _ = answer(behind)
     assert "ELU is farther from the unit natural gradient" in text

@@ -19,6 +19,7 @@ from natgrad.analysis.stats import (
     SIGN_FLIP_EXACT_UP_TO,
     analysed_units,
     ci_text,
+    declared_sign,
     interval_text,
     mean_ci_name,
     outward,
@@ -251,12 +252,28 @@ def _resolved(row) -> bool:
     return not _nan(row.get("lo")) and resolved_sign(row) != 0
 
 
-def _verdict(row, *, higher_word: str, lower_word: str) -> str:
+def _verdict(row, *, higher_word: str, lower_word: str, declared=None) -> str:
+    """Which way ELU − ReLU goes: by the declared rule (Holm p and CI,
+    :func:`~natgrad.analysis.stats.declared_sign`) where the comparison is a declared primary
+    endpoint (``declared``, its row), else by its CI (:func:`_resolved`)."""
     if row is None:
         return "not compared (no paired seeds)"
-    if not _resolved(row):
+    sign = (
+        declared_sign(declared) if declared is not None else _resolved(row) and resolved_sign(row)
+    )
+    if not sign:
         return "no difference resolved"
-    return higher_word if row["lo"] > 0 else lower_word
+    return higher_word if sign > 0 else lower_word
+
+
+def _primary(t: dict, metric: str):
+    """The declared primary endpoint ELU − ReLU on ``metric`` (its row), or ``None``."""
+    eps = t.get("endpoints")
+    if eps is None or not len(eps):
+        return None
+    sub = eps[(eps["role"] == "primary") & (eps["metric"] == metric)
+              & (eps["reference"] == "elu") & (eps["other"] == "relu")]  # fmt: skip
+    return sub.iloc[0].to_dict() if len(sub) == 1 else None
 
 
 def _neff_caveat(t: dict, rho: str, rho_row) -> str:
@@ -282,11 +299,26 @@ def _neff_caveat(t: dict, rho: str, rho_row) -> str:
     )
 
 
+def _withheld(t: dict, row, metric: str) -> str:
+    """Where ELU − ReLU on a declared primary ``metric`` has a CI that excludes 0 but the
+    declared rule (Holm) does not resolve it: a sentence saying so, else ''."""
+    declared = _primary(t, metric)
+    if row is None or declared is None or declared_sign(declared) or not _resolved(row):
+        return ""
+    return (
+        f" On {metric}, ELU − ReLU has a CI that excludes 0 ({fmt(row['diff'])} "
+        f"{_ci(row['lo'], row['hi'])}) but a Holm-adjusted p of "
+        f"{fmt(declared['p_holm'])} ≥ 0.05: the declared rule does not resolve it."
+    )
+
+
 def answer(t: dict) -> tuple[str, str | None]:
     r"""The first screen's paragraph (HTML) and the ρ metric shown (``None`` where the blocks
     are not estimable), generated from the CIs: ELU against ReLU on the headline ρ and on the
-    learning speed, with the declared primary endpoints and their Holm-adjusted p, and a caveat
-    where the ρ difference does not hold at a common n_eff (:func:`_neff_caveat`)."""
+    learning speed (a declared primary endpoint by the declared rule, Holm p < 0.05 and the
+    CI: :func:`_verdict`, :func:`_withheld`), with the declared primary endpoints and their
+    Holm-adjusted p, and a caveat where the ρ difference does not hold at a common n_eff
+    (:func:`_neff_caveat`)."""
     esc = html.escape
     rho = headline_rho(t["units"])
     ok, low = estimable_layers(t["units"])
@@ -297,12 +329,14 @@ def answer(t: dict) -> tuple[str, str | None]:
         return sub.iloc[0].to_dict() if len(sub) else None
 
     speed_row = row(SPEED)
-    faster = _verdict(speed_row, higher_word="learns slower", lower_word="learns faster")
+    faster = _verdict(speed_row, higher_word="learns slower", lower_word="learns faster",
+                      declared=_primary(t, SPEED))  # fmt: skip
     parts = []
     if ok:
         rho_row = row(rho)
         closer = _verdict(rho_row, higher_word="is closer to the unit natural gradient",
-                          lower_word="is farther from the unit natural gradient")  # fmt: skip
+                          lower_word="is farther from the unit natural gradient",
+                          declared=_primary(t, rho))  # fmt: skip
         lam = (t.get("context") or {}).get("relative damping λ")
         who = "ELU vs ReLU" + (f" (ρ in F_λ, relative damping λ = {lam:g})" if lam is not None
                                else "")  # fmt: skip
@@ -310,7 +344,11 @@ def answer(t: dict) -> tuple[str, str | None]:
                    f"{who}: closeness to the unit natural gradient, no difference resolved")  # fmt: skip
         verdict += "; " + (f"it {faster}" if faster != "no difference resolved" else
                            "learning speed, no difference resolved") + "."  # fmt: skip
-        parts.append(f"<b>{esc(verdict)}</b>" + esc(_neff_caveat(t, rho, rho_row)))
+        caveat = _neff_caveat(t, rho, rho_row) if closer != "no difference resolved" else ""
+        parts.append(
+            f"<b>{esc(verdict)}</b>"
+            + esc(caveat + _withheld(t, rho_row, rho) + _withheld(t, speed_row, SPEED))
+        )
     else:
         parts.append(f"<b>The unit blocks are not estimable on this probe</b> (the smallest "
                      f"per-layer median n_eff/(d+1) is {fmt(low)} &lt; 2): ρ is biased by the "
