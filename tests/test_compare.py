@@ -309,3 +309,17 @@ def test_the_figure_averages_every_seed_and_marks_where_seeds_were_lost(monkeypa
     assert list(drawn) == [1, 2]
     assert any(ln.get_marker() == "x" and list(ln.get_xdata()) == [2] for ln in ax.lines)
     assert "not defined here" in figs[0].axes[2].texts[0].get_text()
+
+
+def test_the_answer_and_tables_print_cis_rounded_outward():
+    import pandas as pd
+
+    """The gap fraction's CI 0.004 to 0.3649 printed as "0.00 to 0.36": the upper end rounded
+    inward, the lower one read as touching 0 (a helper's hunt); the tables' 4-digit ends were
+    rounded to nearest. Both now round outward."""
+    gap = pd.DataFrame([{"epoch": 5, "gap": 0.2, "fraction_closed": 0.18, "ci_low": 0.004,
+                         "ci_high": 0.3649, "ci_method": "Fieller", "seeds": 5}])  # fmt: skip
+    text = compare._answer({"gap": gap}, compare.CompareConfig())
+    assert "CI over 5 seeds: [0.004, 0.365]" in text
+    table = compare._markdown(gap[["epoch", "ci_low", "ci_high"]].assign(lo=0.123456, hi=0.123451))
+    assert table.splitlines()[-1] == "| 5 | 0.004 | 0.3649 | 0.1234 | 0.1235 |"

@@ -56,8 +56,10 @@ from natgrad.analysis.stats import (
     SIGN_FLIP_EXACT_UP_TO,
     bootstrap_ci,
     current_mean_ci,
+    interval_text,
     loss_auc,
     mean_ci_name,
+    outward,
     ratio_ci,
     sentence,
     sign_flip_method,
@@ -406,7 +408,7 @@ def _answer(tables: dict, config: CompareConfig, train_loss: str = TRAIN_LOSS) -
         else:
             ci = ("" if math.isnan(row.ci_low) else
                   f" (95 % {row.ci_method} CI over {row.seeds} seeds: "
-                  f"{row.ci_low:.2f} to {row.ci_high:.2f})")  # fmt: skip
+                  f"{interval_text(row.ci_low, row.ci_high, signed=False)})")  # fmt: skip
             text = f"{row.fraction_closed:.2f} of the gap {row.gap:.4f}{ci}"
         lines.append(f"- epoch budget {row.epoch}: ELU+SGD closes {text} (training-loss AUC)")
     return "\n".join(lines)
@@ -460,14 +462,22 @@ def _figure(curves, tables: dict, out: Path) -> list[Path]:
 
 
 def _markdown(table) -> str:
-    r"""A pipe table of a DataFrame, numbers to 4 significant digits."""
+    r"""A pipe table of a DataFrame, numbers to 4 significant digits; a CI's ends (columns
+    ``lo``/``*_lo``/``ci_low`` and ``hi``/``*_hi``/``ci_high``) rounded outward."""
+    ends = {c: c in ("hi", "ci_high") or str(c).endswith("_hi") for c in table.columns
+            if c in ("lo", "hi", "ci_low", "ci_high") or str(c).endswith(("_lo", "_hi"))}  # fmt: skip
 
-    def cell(v) -> str:
-        return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+    def cell(v, column) -> str:
+        if not isinstance(v, (float, np.floating)):
+            return str(v)
+        if column in ends and math.isfinite(v):
+            return outward(v, ends[column], digits=4, signed=False)
+        return f"{v:.4g}"
 
     head = "| " + " | ".join(map(str, table.columns)) + " |"
     rule = "|" + "---|" * len(table.columns)
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    body = ["| " + " | ".join(cell(v, c) for v, c in zip(row, table.columns, strict=True)) + " |"
+            for row in table.itertuples(index=False)]  # fmt: skip
     return "\n".join([head, rule, *body])
 
 
