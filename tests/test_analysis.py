@@ -404,7 +404,7 @@ def test_tables_refuse_replicates_that_differ_or_spans_that_differ(tmp_path, cap
     assert "elu-s0" in err and "elu-s1" in err and "differ in lr" in err
     other_schedule = tmp_path / "other_schedule"  # any field of the arm, not a short list
     shutil.copytree(runs, other_schedule)
-    train(dataclasses.replace(base, unit="elu", seed=1, lr_schedule=((0, 0.05),)),
+    train(dataclasses.replace(base, unit="elu", seed=1, lr_schedule=((1, 0.05),)),
           other_schedule / "elu-s1", device="cpu", progress=False, resume=False)  # fmt: skip
     assert main(["tables", str(other_schedule), "--out", str(tmp_path / "t5")]) == 2
     assert "differ in lr_schedule" in capsys.readouterr().err

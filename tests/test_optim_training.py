@@ -85,9 +85,9 @@ def test_optimizer_config_names_and_errors():
 
     saved = default_config("mnist-fc").to_dict()
     with pytest.raises(InputError, match="integer start"):  # from_dict cut 2.7 to 2
-        TrainConfig.from_dict({**saved, "lr_schedule": [[0, 0.1], [2.7, 0.05]]})
-    assert TrainConfig.from_dict({**saved, "lr_schedule": [[0, 0.1], [2.0, 0.05]]}).lr_schedule == (
-        (0, 0.1), (2, 0.05))  # fmt: skip
+        TrainConfig.from_dict({**saved, "lr_schedule": [[0, saved["lr"]], [2.7, 0.05]]})
+    assert TrainConfig.from_dict({**saved, "lr_schedule": [[0, saved["lr"]], [2.0, 0.05]]}
+                                 ).lr_schedule == ((0, saved["lr"]), (2, 0.05))  # fmt: skip
     window = default_config("mnist-fc", dataset="digits", optimizer="unit-ng", fisher_window=2)
     assert run_name(window) == "mnist-fc-elu-unit-ng-w2-digits-s0"
     with pytest.raises(InputError, match="fisher_window"):

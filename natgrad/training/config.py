@@ -216,6 +216,12 @@ class TrainConfig:
             if not is_finite_number(lr) or lr <= 0 or not is_integer(start) or start < 0:
                 raise bad("lr_schedule", self.lr_schedule,
                           "start:lr pairs with integer start >= 0 and lr > 0")  # fmt: skip
+        if self.lr_schedule and self.lr_schedule[0][0] == 0 and self.lr_schedule[0][1] != self.lr:
+            raise InputError(  # lr never applied, and plain_lr was scaled against it
+                f"config lr={self.lr!r}: lr_schedule's first phase starts at 0 with rate "
+                f"{self.lr_schedule[0][1]!r}, so lr would never apply; set the first phase "
+                f"(--set lr_schedule=0:{self.lr!r},...) or lr={self.lr_schedule[0][1]!r}"
+            )
         for key in ("lr_schedule", "dropout_phases"):  # a later phase listed first never applied
             starts = [s for s, _ in getattr(self, key)]
             if any(b <= a for a, b in itertools.pairwise(starts)):
