@@ -15,7 +15,9 @@ default, named by what the damping is for:
 - ``STEP_DAMPING`` = 0.1: taking a step, the preconditioners of :mod:`natgrad.optim`.
 - ``LAYER_DAMPING`` = 0.3: the preconditioners' λ_layer (keeps a fresh mnist-fc's unit
   natural gradient finite: λ_layer = 0 let a weight go 25 → 1e6 → NaN in 5 steps,
-  tests/test_optim.py).
+  tests/test_optim.py). The preconditioners first take a dead unit's zero block as its
+  peers' s·I (:mod:`natgrad.optim.solves`), so the layer's mean tr F is its live units'
+  mean: a dead unit does not lower its peers' damping.
 
 Example:
     >>> import torch

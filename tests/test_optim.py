@@ -473,6 +473,20 @@ def test_dead_unit_block_uses_the_peers_scale(structure):
     assert_close(u[1], g[1] / (s * (1 + LAMBDA)), what="dead unit")
 
 
+def test_a_dead_unit_does_not_lower_its_peers_layer_damping():
+    r"""The layer term λ_layer·mean tr F counts a dead unit at its peers' mean (its zero
+    block is taken as s·I first), so the live unit's μ is (λ + λ_layer)·tr F₁/(d+1), not
+    λ·tr F₁/(d+1) + λ_layer·(tr F₁ + 0)/(2(d+1)) (a helper read damping.py's definition
+    that way: 12 % apart; now documented in natgrad.damping and the optimizer)."""
+    _, _, F1 = _data_block(0.5)
+    matrix = torch.cat([F1, torch.zeros_like(F1)]).double()  # unit 1 is dead
+    g = torch.randn(2, 5, dtype=torch.float64)
+    u = solves.unit_direction(solves.unit_factor(matrix, 0.1, layer_damping=0.3), g)
+    mu = (0.1 + 0.3) * torch.trace(matrix[0]) / 5
+    want = torch.linalg.solve(matrix[0] + mu * torch.eye(5, dtype=torch.float64), g[0])
+    assert_close(u[0], want, what="live unit beside a dead one")
+
+
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_a_non_finite_block_is_a_divergence_not_a_dead_unit(structure):
     r"""A unit whose running Fisher went NaN is named as a divergence; it was taken for a dead
