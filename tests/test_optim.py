@@ -870,3 +870,39 @@ def test_a_layer_the_engine_cannot_read_names_plain_layers():
     opt = UnitNaturalGradient(model, 0.1, plain_layers=["aux"])
     opt.step(x)
     assert opt.steps == 1 and list(opt.layers) == ["body", "head"]
+
+
+@pytest.mark.parametrize("structure", ["unit", "quasidiagonal"])
+def test_a_per_output_mean_loss_takes_the_per_example_step_with_its_loss_scale(structure):
+    """The autoencoder trains on binary cross-entropy's mean over its D pixels, but the
+    optimizer's Bernoulli Fisher is per example: its step was F⁻¹∇/D, 1/784 of the
+    documented one on mnist-ae (a helper's hunt). ``loss_scale=1/D`` (what training gives
+    it) takes the per-example step from the per-pixel gradient."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 3), nn.ELU(), nn.Linear(3, 6)).double()
+    x = torch.rand(20, 6, dtype=torch.float64)
+    nets = {scale: copy.deepcopy(net) for scale in (1.0, 1 / 6)}
+    for scale, model in nets.items():
+        opt = UnitNaturalGradient(model, 0.1, structure=structure, kind="exact",
+                                  likelihood="bernoulli", ema=0.0, refresh_every=1,
+                                  loss_scale=scale)  # fmt: skip
+        reduction = "sum" if scale == 1.0 else "mean"
+        loss = F.binary_cross_entropy_with_logits(model(x), x, reduction=reduction)
+        (loss / x.shape[0] if scale == 1.0 else loss).backward()  # per example vs per pixel
+        opt.step(x)
+    for (name, a), b in zip(nets[1.0].named_parameters(), nets[1 / 6].parameters(), strict=True):
+        assert_close(b, a, what=name)
+    with pytest.raises(InputError, match="loss_scale must be a finite number > 0"):
+        UnitNaturalGradient(net, 0.1, loss_scale=0.0)
+
+
+def test_training_gives_the_autoencoders_optimizer_its_loss_scale():
+    from natgrad.training.config import default_config
+    from natgrad.training.engine import setup
+
+    config = default_config("mnist-ae", dataset="digits", optimizer="qd-ng", train_size=64)
+    _, _, opt = setup(config, torch.device("cpu"))
+    assert opt.loss_scale == 1 / 64  # digits: 8 × 8 pixels
+    _, _, opt = setup(default_config("mnist-fc", dataset="digits", optimizer="qd-ng",
+                                     train_size=64), torch.device("cpu"))  # fmt: skip
+    assert opt.loss_scale == 1.0

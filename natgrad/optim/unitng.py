@@ -148,6 +148,12 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             the plain SGD step (e.g. a pixel-fed first layer, which no unit can centre).
         plain_lr_scale: their learning rate as a multiple of ``lr`` (a natural-gradient lr is
             far below a good SGD lr for the same layer); a schedule scales it alike.
+        loss_scale: the loss ``.grad`` is of, as a multiple of the negative log-likelihood
+            per example (summed over its outputs): 1/D for a mean over D outputs, such as
+            ``binary_cross_entropy_with_logits``'s default over D pixels. The natural-gradient
+            layers' directions are divided by it (the Fisher of that loss is loss_scale·F),
+            so F⁻¹∇ is the per-example step whatever the reduction; the plain layers step on
+            ``.grad`` as it is.
     """
 
     def __init__(
@@ -170,6 +176,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         window: int | None = None,
         plain_layers: Collection[str] = (),
         plain_lr_scale: float = 1.0,
+        loss_scale: float = 1.0,
     ) -> None:
         if structure not in STRUCTURES:
             raise InputError(f"structure={structure!r}: choose one of {', '.join(STRUCTURES)}")
@@ -185,6 +192,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             ("window", window, lambda v: v is None or (is_integer(v) and v >= 1),
              "a positive integer or None"),
             ("plain_lr_scale", plain_lr_scale, lambda v: is_finite_number(v) and v > 0,
+             "a finite number > 0"),
+            ("loss_scale", loss_scale, lambda v: is_finite_number(v) and v > 0,
              "a finite number > 0"),
             ("seed", seed, lambda v: is_integer(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
             ("mc_samples", mc_samples, lambda v: is_integer(v) and v >= 1, "a positive integer"),
@@ -202,6 +211,7 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         from natgrad.optim.centring import is_centred
 
         self.model = model
+        self.loss_scale = float(loss_scale)
         self.layers: dict[str, nn.Module] = {}
         self.structures: dict[str, str] = {}
         too_big = []
@@ -494,6 +504,8 @@ class UnitNaturalGradient(torch.optim.Optimizer):
             u = pre(torch.cat([gw, m.bias.grad.unsqueeze(-1)], dim=-1))  # [U, d+1]
             out[m.weight] = u[:, :-1].reshape(m.weight.shape)
             out[m.bias] = u[:, -1]
+        if self.loss_scale != 1.0:  # (loss_scale·F)⁻¹∇: the metric of the loss .grad is of
+            out = {p: u / self.loss_scale for p, u in out.items()}
         return out
 
     def _preconditioner(self, name: str, m: nn.Module):

@@ -38,6 +38,7 @@ DEFERRED_LOSS_CHECK = ("cuda",)
 #: What ``train_loss`` in a metrics row is (epochs 1..E; epoch 0 evaluates the initial net on
 #: the training set): the one wording, which a study's record quotes so that a record made
 #: by another definition can say its own.
+#: (The autoencoder's, loss bce_logits, is the mean over its D pixels too: nats per pixel.)
 TRAIN_LOSS = "each epoch's training loss, the running mean over its steps; nats per example"
 
 
@@ -203,6 +204,7 @@ def setup(config: TrainConfig, device: torch.device):
             momentum=config.momentum, weight_decay=config.weight_decay,
             likelihood="bernoulli" if config.loss == "bce_logits" else "categorical", seed=config.seed,
             plain_layers=plain, plain_lr_scale=plain_lr / config.lr,
+            loss_scale=1.0 / math.prod(ds.input_shape) if config.loss == "bce_logits" else 1.0,
             **({} if config.ng_memory_budget is None
                else {"memory_budget": config.ng_memory_budget}),
         )  # fmt: skip
@@ -210,6 +212,9 @@ def setup(config: TrainConfig, device: torch.device):
 
 
 def loss_function(config: TrainConfig):
+    """The training loss: cross-entropy, mean over the batch; the autoencoder's binary
+    cross-entropy, mean over the batch and the D pixels (its natural-gradient optimizer is
+    given loss_scale = 1/D, :func:`setup`)."""
     if config.loss == "bce_logits":
         return lambda out, x, y: nn.functional.binary_cross_entropy_with_logits(out, x.flatten(1))
     return lambda out, x, y: nn.functional.cross_entropy(out, y)
