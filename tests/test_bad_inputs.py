@@ -185,6 +185,17 @@ def test_idx_empty_set_is_an_error(tmp_path):
         load_dataset("mnist", tmp_path)
 
 
+def test_idx_test_images_of_another_size_name_their_file(tmp_path):
+    """Test images of 27 × 28 against training ones of 28 × 28 were refused by the Dataset
+    check without naming the file (a helper's hunt); the loader names it."""
+    for prefix, h in (("train", 28), ("t10k", 27)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((4, h, 28), np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(4, dtype=np.uint8))
+    with pytest.raises(DataFileError, match=r"t10k-images-idx3-ubyte: images of 27×28 pixels, "
+                                            r"the training file's are 28×28"):  # fmt: skip
+        load_dataset("fashion-mnist", tmp_path)
+
+
 # --- the unit Fisher (items 6 and 8) --------------------------------------------------
 
 

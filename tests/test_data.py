@@ -185,6 +185,23 @@ def test_cifar_bad_files(tmp_path):
         load_cifar(tmp_path, num_classes=10)
 
 
+def test_an_empty_held_out_split_is_refused_naming_its_files(tmp_path):
+    """An empty test_batch loaded without complaint; training then failed in torch (a
+    stride error), and an evaluation of no images scored a perfect 0 error (a helper's
+    hunt). The loader names the files, and a Dataset refuses any empty split."""
+    from natgrad.data.dataset import Dataset
+    from natgrad.errors import InputError
+
+    write_cifar(tmp_path, 10)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(
+        {b"data": np.zeros((0, 3072), np.uint8), b"labels": np.zeros(0, np.int64)}))  # fmt: skip
+    with pytest.raises(DataFileError, match=r"the test batches \(test_batch\) hold no images"):
+        load_cifar(tmp_path, num_classes=10)
+    x, y = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(InputError, match="the test split is empty"):
+        Dataset("d", x, y, x[:0], y[:0], num_classes=2, input_shape=(1, 2, 2))
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("pwned",))

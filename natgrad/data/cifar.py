@@ -96,7 +96,10 @@ def load_cifar(
     for split, names in (("train", train_files), ("test", test_files)):
         parts = [read_cifar_batch(folder / n, label_key) for n in names]
         x, y = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
+        if y.size == 0:
+            raise DataFileError(f"{folder}: the {split} batches ({', '.join(names)}) hold no "
+                                "images; the files are incomplete: extract the archive again")  # fmt: skip
+        if y.min() < 0 or y.max() >= num_classes:
             raise DataFileError(f"{folder}: {split} labels outside 0..{num_classes - 1}")
         out[f"{split}_x"] = torch.from_numpy(x).to(dtype).div_(255.0)
         out[f"{split}_y"] = torch.from_numpy(y)

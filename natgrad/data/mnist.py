@@ -100,6 +100,10 @@ def load_mnist(folder: Path, *, name: str = "mnist", dtype: torch.dtype = torch.
             raise DataFileError(f"{lab_path}: labels must lie in 0..9, found values in "
                                 f"[{labels.min()}, {labels.max()}]")  # fmt: skip
         _check_not_the_other(labels, split, name, lab_path)
+        if split == "test" and images.shape[1:] != tuple(out["train_x"].shape[2:]):
+            raise DataFileError(f"{img_path}: images of {images.shape[1]}×{images.shape[2]} "
+                                f"pixels, the training file's are {out['train_x'].shape[2]}×"
+                                f"{out['train_x'].shape[3]}; the files are of two data sets")  # fmt: skip
         out[f"{split}_x"] = torch.from_numpy(images).to(dtype).div_(255.0).unsqueeze(1)
         out[f"{split}_y"] = torch.from_numpy(labels.astype(np.int64))
         meta["files"][split] = [str(img_path), str(lab_path)]
