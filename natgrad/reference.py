@@ -2,8 +2,9 @@ r"""The brute-force route: unit Fishers by per-sample, per-label autograd in flo
 
 This module is natgrad's ground truth. It computes every block the slow, obvious way and
 shares no computation with the fast engine (:mod:`natgrad.fisher`) beyond label sampling
-(:func:`natgrad.likelihoods.sample_targets`, so that both routes see the same MC labels);
-it checks its arguments as the engine does.
+(:func:`natgrad.likelihoods.sample_targets`, so that both routes see the same MC labels;
+tests/test_fisher_oracles.py tests the sampler against the model's distribution); it checks
+its arguments as the engine does.
 
 For input z_n and label y, let g_{n,y,i} ∈ R^{d+1} be the gradient of ln p(y | z_n) w.r.t.
 the parameters of unit i, (weight row ``weight.view(U, -1)[i]``, then bias): for a Linear
@@ -61,7 +62,7 @@ from natgrad._layers import (
 )
 from natgrad.errors import InputError
 from natgrad.likelihoods import KINDS, check_likelihood, sample_targets
-from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, check_norm_layer, normalised
+from natgrad.normfisher import NORM_LAYERS, NormUnitFisher, check_norm_layer
 from natgrad.unitfisher import UnitFisher
 
 __all__ = [
@@ -101,6 +102,24 @@ def _as_tensors(inputs, targets) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise InputError("no data: the iterable of (inputs, targets) batches is empty")
     xs, ys = zip(*batches, strict=True)
     return torch.cat(xs), None if any(t is None for t in ys) else torch.cat(ys)
+
+
+def _mean_xhat(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    r"""``[U]`` the mean over inputs and positions of each unit's x̂, from the layer input
+    ``x`` by the normalisation's own formula (eval-mode batch norm: running statistics),
+    written here apart from the engine's (:func:`natgrad.normfisher.normalised`)."""
+    if isinstance(m, nn.LayerNorm):
+        dims = tuple(range(x.ndim - len(m.normalized_shape), x.ndim))
+        mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+        return ((x - mean) / torch.sqrt(var + m.eps)).reshape(-1, m.weight.numel()).mean(0)
+    if isinstance(m, nn.GroupNorm):
+        g = x.reshape(x.shape[0], m.num_groups, -1)
+        mean, var = g.mean(-1, keepdim=True), g.var(-1, unbiased=False, keepdim=True)
+        xh = ((g - mean) / torch.sqrt(var + m.eps)).reshape(x.shape)
+    else:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        xh = (x - m.running_mean.view(shape)) / torch.sqrt(m.running_var.view(shape) + m.eps)
+    return xh.transpose(0, 1).reshape(x.shape[1], -1).mean(1)  # channel first, then mean
 
 
 def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -197,8 +216,10 @@ def reference_unit_fisher(
             output = model64(x)  # [N, *]
         if len(captured) > 1:  # as the engine refuses it (its Fisher is of a shared parameter)
             raise called_twice(name)
-        mean_p = normalised(module, captured[0]) if norm else _patches(module, captured[0])
-        mean_p = mean_p.mean(dim=(0, 1))  # [d], or [U] for a normalisation layer
+        if norm:
+            mean_p = _mean_xhat(module, captured[0])  # [U]
+        else:
+            mean_p = _patches(module, captured[0]).mean(dim=(0, 1))  # [d]
     finally:
         handle.remove()
     if likelihood == "categorical" and output.ndim != 2:

@@ -249,7 +249,10 @@ def test_bernoulli_output_fisher_keeps_its_precision_in_float32():
 def test_mc_labels_follow_the_model():
     """The labels kind="mc" draws, tested against their distribution with scipy: Gaussian
     noise (Box–Muller on each element's own uniforms) by Kolmogorov–Smirnov against N(0, 1),
-    and Bernoulli frequencies against σ(o) within 5 binomial SE; in float32 and float64."""
+    and Bernoulli and categorical frequencies against σ(o) and softmax(o) within 5 binomial
+    SE; in float32 and float64. (The reference draws its labels with the same sampler, so
+    only this test sees a wrong one: labels at temperature 2 passed every engine-vs-reference
+    test; an audit's find.)"""
     from scipy import stats
 
     from natgrad.likelihoods import sample_targets
@@ -264,6 +267,11 @@ def test_mc_labels_follow_the_model():
         b = sample_targets("bernoulli", o, 4000, gen).double().mean(0)  # [N, D]
         p = torch.sigmoid(o.double())
         assert ((b - p).abs() <= 5 * (p * (1 - p) / 4000).sqrt() + 1e-12).all()
+        logits = torch.tensor([[4.0, 1.0, 0.0, -2.0], [0.5, 0.0, 3.0, 0.0]], dtype=dtype)
+        labels = sample_targets("categorical", logits, 4000, gen)  # [S, N]
+        freq = torch.nn.functional.one_hot(labels, 4).double().mean(0)  # [N, C]
+        p = torch.softmax(logits.double(), -1)
+        assert ((freq - p).abs() <= 5 * (p * (1 - p) / 4000).sqrt() + 1e-12).all(), (freq, p)
     # bfloat16 outputs: the uniforms are drawn in float64 (in bfloat16 the tails were cut at
     # 3.3 sigma, a reviewer's find); 80,000 draws reach beyond 4 sigma
     y = sample_targets("gaussian", torch.zeros(20, 2, dtype=torch.bfloat16), 2000, gen)

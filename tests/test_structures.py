@@ -11,11 +11,10 @@ from cases import CASES, LAYER_CASES, layer_case_id
 from torch.nn import functional as F
 
 from natgrad import UnitFisher
-from natgrad._layers import incoming
 from natgrad.errors import InputError, StructureError
 from natgrad.fisher import unit_fisher, unit_fishers
 from natgrad.measures import quasidiagonal_solve
-from natgrad.reference import reference_unit_fisher
+from natgrad.reference import _patches, reference_unit_fisher
 from natgrad.structures import StructuredUnitFisher
 from natgrad.testing import assert_close, conditioned
 
@@ -200,7 +199,7 @@ def _positions_loop(model, layer, x, y, likelihood, kind):
             if kind == "empirical"
             else [(c, p) for c, p in enumerate(torch.softmax(o, -1)[0].tolist())]
         )
-        at = incoming(module, seen["a"].detach())[0]  # [P, d]
+        at = _patches(module, seen["a"].detach())[0]  # [P, d]: the reference's own patches
         at = torch.cat([at, torch.ones(at.shape[0], 1)], -1)  # [P, d+1]
         for label, prob in labels:
             (delta,) = torch.autograd.grad(
