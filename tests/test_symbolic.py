@@ -195,3 +195,72 @@ def test_torch_units_are_the_specs_the_facts_prove(name):
             piece = next(i for i, (_, lo, hi) in enumerate(spec.pieces) if lo < v <= hi)
             assert out == pytest.approx(spec.f_neg(value)(v), abs=1e-15), (name, value, v)
             assert grad == pytest.approx(slopes[piece](v), abs=1e-15), (name, value, v)
+
+
+def test_every_numeric_route_of_a_proved_identity_evaluates_the_proved_formula():
+    """The link above covered six functions at one undamped unit; a dropped (1+k) in the
+    solved route's bias shift, a flipped Lemma 2(ii) or cov_p sign passed it (an audit's
+    find; other tests caught them). Here every numeric route of a proved formula (the dense
+    UnitFisher's forms of s and k, its bias shift and corrected mean, Lemma 2, and the solved
+    route's forms through Woodbury rows) is the proved formula evaluated at each unit of a
+    damped stack: three units, λ = 0.05 on every diagonal entry."""
+    import torch
+
+    from natgrad import UnitFisher, theorems
+    from natgrad.testing import assert_close, conditioned
+    from natgrad.woodbury import WoodburyUnitFisher
+
+    d, U, lam = 3, 3, 0.05
+    B = blocks.symbolic_block(d)
+    Bm = blocks.symbolic_block(d, "moments")
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.randn(U, 40, d + 1, generator=gen, dtype=torch.float64)
+    rows[..., -1] = 1.0 + 0.3 * torch.rand(U, 40, generator=gen, dtype=torch.float64)
+    rows = rows / 40**0.5
+    F = rows.transpose(1, 2) @ rows  # [U, d+1, d+1]
+    Fl = F + lam * torch.eye(d + 1, dtype=torch.float64)
+    p = torch.randn(d, generator=gen, dtype=torch.float64)  # E_p(a): one per layer
+    g, g0 = torch.randn(U, d, generator=gen, dtype=torch.float64), torch.randn(U, generator=gen,
+                                                                              dtype=torch.float64)  # fmt: skip
+    dense = UnitFisher.from_matrix(F, p)
+    solved = WoodburyUnitFisher(rows=rows, scales=None, mean_p=p, n=40, kind="exact",
+                                likelihood="categorical", layer="w")  # fmt: skip
+
+    def num(block, expr, u):
+        A, b, c = Fl[u, :d, :d], Fl[u, :d, d], Fl[u, d, d]
+        mq = b / c
+        vals = {"c": c, "g_0": g0[u], **{f"g_{i + 1}": g[u, i] for i in range(d)},
+                **{f"p_{i + 1}": p[i] for i in range(d)},
+                **{f"b_{i + 1}": b[i] for i in range(d)},
+                **{f"A_{{{i + 1}{j + 1}}}": A[i, j] for i in range(d) for j in range(i, d)},
+                **{f"m_{i + 1}": mq[i] for i in range(d)},
+                **{f"V_{{{i + 1}{j + 1}}}": (A / c - torch.outer(mq, mq))[i, j]
+                   for i in range(d) for j in range(i, d)}}  # fmt: skip
+        e = block.sympy(expr)
+        return float(e.subs({s: float(vals[s.name]) for s in e.free_symbols}))
+
+    def want(block, expr):
+        return torch.tensor([num(block, expr, u) for u in range(U)], dtype=torch.float64)
+
+    tol = conditioned(float(torch.linalg.cond(Fl).max()), d + 1)
+    s, k = want(B, blocks.s_paper_formula(B)), want(B, blocks.k_closed_formula(B))
+    assert_close(want(B, blocks.k_paper_formula(B)), k, **tol, what="the two proved k")
+    for route in (dense, solved):
+        name = type(route).__name__
+        for form in ("schur", "paper"):
+            assert_close(route.s(form, damping=lam), s, **tol, what=f"{name}.s({form!r})")
+        for form in ("closed", "paper"):
+            assert_close(route.k(form, damping=lam), k, **tol, what=f"{name}.k({form!r})")
+        shift = route.bias_shift(g, g0, damping=lam)
+        assert_close(shift.k, k, **tol, what=f"{name} BiasShift.k")
+        assert_close(shift.shift_natural, want(B, blocks.shift_formula(B)), **tol,
+                     what=f"{name} shift_natural")  # fmt: skip
+        mq = Fl[:, :d, d] / Fl[:, d, d, None]
+        assert_close(shift.corrected_mean, p - (1 + k)[:, None] * mq, **tol,
+                     what=f"{name} corrected_mean")  # fmt: skip
+    mq = Fl[:, :d, d] / Fl[:, d, d, None]
+    var_q = Fl[:, :d, :d] / Fl[:, d, d, None, None] - mq[:, :, None] * mq[:, None, :]
+    assert_close(theorems.lemma2_i(mq, var_q), want(Bm, blocks.lemma2_i_formula(Bm)), **tol,
+                 what="Lemma 2 (i)")  # fmt: skip
+    assert_close(theorems.lemma2_ii(mq, p, var_q), want(Bm, blocks.lemma2_ii_formula(Bm)),
+                 **tol, what="Lemma 2 (ii)")  # fmt: skip
