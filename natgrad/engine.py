@@ -125,10 +125,11 @@ def compute(model, spec, inputs, targets, options: PassOptions, *, accumulator=N
     )
     temp_elems = memory.temp_budget(result_bytes, budget, structure, max_memory is not None)
     temp_elems //= itemsize
+    pool: dict = {}
     for acc in accs.values():
         acc.budget = max(1, temp_elems // 8)  # each of a chunk's ~3 temporaries
         acc.max_bytes = budget  # what the results that grow with the data may reach,
-        acc.peers = tuple(accs.values())  # all of them together
+        acc.pool = pool  # all of them together (a shared count, no reference between them)
     n_total = 0
     batches = iter_batches(inputs, targets, batch_size)
     first = next(batches, None)

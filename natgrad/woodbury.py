@@ -59,15 +59,21 @@ class WoodburyAccumulator(LayerAccumulator):
         self.parts: list[torch.Tensor] = []
         self.total = True  # marks "allocated" for the base class
         self.held = 0  # bytes of the rows (and scales) kept so far
+        if not hasattr(self, "pool"):  # the pass's shared count (the engine's), else its own
+            self.pool: dict = {}
+
+    def _hold(self, nbytes: int) -> None:
+        self.held += nbytes  # running counts: re-summing every batch's rows was quadratic
+        self.pool["held"] = self.pool.get("held", 0) + nbytes
 
     def _reduce_factors(self, u0: int, g: torch.Tensor) -> None:
         self.parts.append((u0, g))
-        self.held += g.numel() * g.element_size()
+        self._hold(g.numel() * g.element_size())
 
     def _reduce_weighted(self, w: torch.Tensor, at: torch.Tensor) -> None:
         self.rows.append(at)
         self.scales.append(w.sqrt())
-        self.held += (at.numel() + w.numel()) * at.element_size()
+        self._hold((at.numel() + w.numel()) * at.element_size())
 
     def end_batch(self) -> None:
         super().end_batch()
@@ -84,8 +90,9 @@ class WoodburyAccumulator(LayerAccumulator):
     def _check_size(self) -> None:
         """The rows grow with the data (no up-front size check can see them): refused once
         all the pass's layers' rows, and the copy that joins this layer's, would pass the
-        pass's memory budget (``peers``: the pass's accumulators, set by the engine)."""
-        held = sum(a.held for a in getattr(self, "peers", (self,)))  # running counts
+        pass's memory budget (``pool["held"]``: the bytes all the pass's layers hold, a count
+        the engine shares between its accumulators; each joined copy replaces its rows)."""
+        held = self.pool.get("held", self.held)
         if held + self.held > getattr(self, "max_bytes", math.inf):
             others = held - self.held
             also = f" (and the other layers' {others / 2**20:.1f} MiB)" if others else ""
@@ -102,6 +109,7 @@ class WoodburyAccumulator(LayerAccumulator):
             rows, scales = torch.cat(self.rows, 0).unsqueeze(0), torch.cat(self.scales, 0).T
         else:
             rows, scales = torch.cat(self.rows, 1), None
+        self.rows, self.scales = [], []  # the joined copy replaces them (the size check's rule)
         return WoodburyUnitFisher(
             rows=rows.div_(math.sqrt(n_total)),
             scales=None if scales is None else scales.contiguous(),

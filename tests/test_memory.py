@@ -139,3 +139,27 @@ def test_the_finite_check_of_large_inputs_is_exact():
     big[7, 3], big[299, 0] = float("nan"), float("inf")
     with pytest.raises(InputError, match=r"batch 0 contain 2 NaN/Inf"):
         _check_finite(big, 0)
+
+
+def test_a_pass_leaves_no_accumulator_behind():
+    """Each accumulator held the tuple of all of them (for the shared Woodbury budget): a
+    cycle, so every pass's accumulators and their buffers outlived the call until the
+    cyclic collector ran (12 calls on a 256x256 layer: 203-461 MiB in use against a flat
+    85; a reviewer's find). They now share a plain count and are freed on return."""
+    import gc
+
+    from natgrad.accumulate import LayerAccumulator
+    from natgrad.woodbury import woodbury_unit_fishers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ELU(), torch.nn.Linear(5, 3))
+    x = torch.randn(8, 6)
+    gc.collect()
+    gc.disable()
+    try:
+        unit_fisher(model, "0", x)
+        woodbury_unit_fishers(model, x, layers=["0", "2"])
+        alive = [o for o in gc.get_objects() if issubclass(type(o), LayerAccumulator)]
+    finally:
+        gc.enable()
+    assert not alive, alive
