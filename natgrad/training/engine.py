@@ -29,7 +29,7 @@ from natgrad.data.preprocess import eval_view, train_view
 from natgrad.errors import CheckpointError, DivergedError, InputError
 from natgrad.training import _owner
 from natgrad.training import checkpoint as ckpt
-from natgrad.training.config import TrainConfig, dropout_mode_at, lr_at
+from natgrad.training.config import TrainConfig, check_lr, dropout_mode_at, lr_at
 from natgrad.training.recording import probe_indices, record_activations, save_activations
 from natgrad.training.rundir import RunDir, check_same_run
 
@@ -173,6 +173,7 @@ def initial_model(config: TrainConfig, ds) -> nn.Module:
 
 
 def setup(config: TrainConfig, device: torch.device):
+    check_lr(config)  # a run's lr applies (a saved record is read without this check)
     ds = run_data(config)
     model = initial_model(config, ds).to(device)
     first = next(iter(supported_layers(model)))
