@@ -402,11 +402,11 @@ def staging_dir(target: str | os.PathLike) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers from an earlier, failed call
+    if pid == os.getpid() or pid <= 0:
+        return False  # our own leftovers from an earlier, failed call; no process's name
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process; a pid beyond the OS's range
         return False
     except PermissionError:  # alive, under another user
         pass

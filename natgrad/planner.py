@@ -48,7 +48,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from natgrad import likelihoods, memory, theorems
-from natgrad._atomic import atomic_open, dumps_json, is_temporary, live_writer, write_bytes
+from natgrad._atomic import (
+    atomic_open,
+    dumps_json,
+    is_temporary,
+    live_writer,
+    temp_path,
+    write_bytes,
+)
 from natgrad._layers import check_units
 from natgrad.accumulate import block_dtype
 from natgrad.argtypes import is_integer
@@ -87,49 +94,59 @@ def sharded_unit_fisher(
             "pass a tensor, a list of batches or a DataLoader"
         )
     folder, stale = _claim_folder(out_dir, name)
-    if (folder / INDEX).exists():
-        (folder / INDEX).unlink()  # the folder is rewritten: no stale index over new shards
-    if generator is None and options.kind == "mc":  # one label draw for every chunk's pass,
-        seed = int(torch.randint(2**62, (1,)))  # from (and reproducible under) the global RNG
-        generator = torch.Generator().manual_seed(seed)
-    state = generator.get_state() if generator is not None else None
-    shards = []
-    for chunk in chunks:
-        if generator is not None:
-            generator.set_state(state)
-        F = compute(model, {name: (module, chunk)}, inputs, targets,
-                    replace(options, max_memory=budget, generator=generator))[name]  # fmt: skip
-        file = _shard_name(name, int(chunk[0]), int(chunk[-1]))
-        blocks = ("matrix",) if structure == "dense" else ("diagonal", "bias_column")
-        tensors = {"units": chunk.clone()}
-        for key in ("mean_p", "c_sum", "c_sq_sum", *blocks):  # c_sum, c_sq_sum: for n_eff
-            if getattr(F, key) is not None:
-                tensors[key] = getattr(F, key).contiguous()
-        with atomic_open(folder / file) as fh:  # straight to the temporary: no in-memory copy
-            save_file(tensors, fh.name, metadata={"format": FORMAT, "layer": name})
-            # safetensors wrote a temporary of its own and renamed it onto fh.name: fsync that
-            # file (atomic_open fsyncs the one it opened, which the rename replaced)
-            with open(fh.name, "rb") as written:
-                os.fsync(written.fileno())
-        shards.append({"file": file, "units": chunk.tolist()})
-        meta = {"n": F.n, "kind": F.kind, "likelihood": F.likelihood, "mc_samples": F.mc_samples}
-        del F, tensors
-    index = {
-        "format": FORMAT,
-        "layer": name,
-        "structure": structure,
-        "conv_moments": conv_moments,
-        "fan_in": d,
-        "dtype": str(block_dtype(module.weight.dtype)).removeprefix("torch."),
-        "max_memory": budget,
-        **meta,
-        "shards": shards,
-    }
-    write_bytes(folder / INDEX, dumps_json(index, indent=1).encode())
-    for file in sorted(stale - {s["file"] for s in shards}):  # only once the new index is in
-        with contextlib.suppress(FileNotFoundError):
-            (folder / file).unlink()
-    return ShardedUnitFisher.load(folder)
+    marker = temp_path(folder / INDEX)  # held while this planner writes: a second one, which
+    marker.touch()  # would take the shards between writes for leftovers, is refused
+    try:
+        if (folder / INDEX).exists():
+            (folder / INDEX).unlink()  # the folder is rewritten: no stale index over new shards
+        if generator is None and options.kind == "mc":  # one label draw for every chunk's pass,
+            seed = int(torch.randint(2**62, (1,)))  # from (and reproducible under) the global RNG
+            generator = torch.Generator().manual_seed(seed)
+        state = generator.get_state() if generator is not None else None
+        shards = []
+        for chunk in chunks:
+            if generator is not None:
+                generator.set_state(state)
+            F = compute(model, {name: (module, chunk)}, inputs, targets,
+                        replace(options, max_memory=budget, generator=generator))[name]  # fmt: skip
+            file = _shard_name(name, int(chunk[0]), int(chunk[-1]))
+            blocks = ("matrix",) if structure == "dense" else ("diagonal", "bias_column")
+            tensors = {"units": chunk.clone()}
+            for key in ("mean_p", "c_sum", "c_sq_sum", *blocks):  # c_sum, c_sq_sum: for n_eff
+                if getattr(F, key) is not None:
+                    tensors[key] = getattr(F, key).contiguous()
+            with atomic_open(folder / file) as fh:  # straight to the temporary: no in-memory copy
+                save_file(tensors, fh.name, metadata={"format": FORMAT, "layer": name})
+                # safetensors wrote a temporary of its own and renamed it onto fh.name: fsync that
+                # file (atomic_open fsyncs the one it opened, which the rename replaced)
+                with open(fh.name, "rb") as written:
+                    os.fsync(written.fileno())
+            shards.append({"file": file, "units": chunk.tolist()})
+            meta = {
+                "n": F.n,
+                "kind": F.kind,
+                "likelihood": F.likelihood,
+                "mc_samples": F.mc_samples,
+            }
+            del F, tensors
+        index = {
+            "format": FORMAT,
+            "layer": name,
+            "structure": structure,
+            "conv_moments": conv_moments,
+            "fan_in": d,
+            "dtype": str(block_dtype(module.weight.dtype)).removeprefix("torch."),
+            "max_memory": budget,
+            **meta,
+            "shards": shards,
+        }
+        write_bytes(folder / INDEX, dumps_json(index, indent=1).encode())
+        for file in sorted(stale - {s["file"] for s in shards}):  # only once the new index is in
+            with contextlib.suppress(FileNotFoundError):
+                (folder / file).unlink()
+        return ShardedUnitFisher.load(folder)
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 # Unit ranges are zero-padded to six digits and grow past them (a layer of >= 10**6 units).
