@@ -117,6 +117,11 @@ def test_equal_differences_with_float_noise_are_exact_not_a_resolved_t_ci():
     for method in ("t", "bootstrap"):
         with stats.mean_ci_method(method):
             assert stats.mean_ci(e - r)[2] == "exact"
+    # the rounding is the operands': at errors of 0.78 the differences' own size missed it
+    e, r = np.array([7842, 6537, 524]) / 1e4, np.array([7862, 6557, 544]) / 1e4
+    v = v.assign(test_error=np.r_[e, r])
+    assert np.ptp(e - r) > 4 * 3 * np.finfo(float).eps * 20 / 1e4
+    assert stats.paired_comparison(v, "test_error").iloc[0]["ci_method"] == "exact"
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 10])

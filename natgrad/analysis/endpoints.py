@@ -132,7 +132,8 @@ def _interaction(values, ep: Endpoint, group: str) -> dict:
     wide = wide.replace([np.inf, -np.inf], np.nan).dropna()
     a, b = ep.interaction
     s = stats.paired_summary(
-        ((wide[ep.reference] - wide[ep.other]) - (wide[a] - wide[b])).to_numpy()
+        ((wide[ep.reference] - wide[ep.other]) - (wide[a] - wide[b])).to_numpy(),
+        scale=float(np.abs(wide.to_numpy(float)).max(initial=0.0)),
     )
     said = f"({ep.reference} − {ep.other}) − ({a} − {b})"
     if math.isfinite(s["lo"]) and math.isfinite(s["hi"]):

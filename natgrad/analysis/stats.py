@@ -159,7 +159,7 @@ def _estimable_only(name: str) -> bool:
 
 
 def bootstrap_ci(x, statistic=None, *, resamples: int = N_RESAMPLES,
-                 vectorized: bool = False) -> tuple[float, float, str]:  # fmt: skip
+                 vectorized: bool = False, scale: float = 0.0) -> tuple[float, float, str]:  # fmt: skip
     """``(lo, hi, method)``: the 95 % bootstrap CI over seeds of the mean of ``x``, or of
     ``statistic(*x)`` for a tuple ``x`` of arrays paired by seed (resampled jointly; with
     ``vectorized``, ``statistic(*x, axis=-1)`` takes a batch of resamples at once); BCa where
@@ -174,7 +174,7 @@ def bootstrap_ci(x, statistic=None, *, resamples: int = N_RESAMPLES,
     samples = tuple(a[keep] for a in samples)
     if samples[0].size < 2:
         return (math.nan, math.nan, "none")
-    if not paired and _all_equal(samples[0]):
+    if not paired and _all_equal(samples[0], scale):
         return (float(samples[0].mean()), float(samples[0].mean()), "exact")
     rng = np.random.default_rng(SEED)
     kw = dict(paired=True, vectorized=vectorized) if paired else {}
@@ -258,10 +258,11 @@ def recorded_mean_ci(record) -> str:
     return "bootstrap" if methods & {"BCa", "percentile"} or not named else "t"
 
 
-def mean_ci(x) -> tuple[float, float, str]:
+def mean_ci(x, scale: float = 0.0) -> tuple[float, float, str]:
     r"""``(lo, hi, method)``: the 95 % CI of the mean of ``x`` over seeds (non-finite values
     left out): Student's t interval x̄ ± t_{n−1} s/√n (``"t"``), ``"exact"`` when every value
-    is equal, ``"none"`` for < 2 values.
+    is equal up to rounding (of ``scale``, the size of what ``x`` was computed from, where
+    larger: :func:`_all_equal`), ``"none"`` for < 2 values.
 
     Why t and not the bootstrap: with the 3–10 seeds of a study the bootstrap's resamples
     cannot show how far the mean of n values strays, and its 95 % intervals cover the true
@@ -275,26 +276,28 @@ def mean_ci(x) -> tuple[float, float, str]:
         (-0.484, 4.484, 't')
     """
     if current_mean_ci() == "bootstrap":
-        return bootstrap_ci(x)
+        return bootstrap_ci(x, scale=scale)
     from scipy import stats
 
     a = np.asarray(x, dtype=np.float64)
     a = a[np.isfinite(a)]
     if a.size < 2:
         return (math.nan, math.nan, "none")
-    if _all_equal(a):
+    if _all_equal(a, scale):
         return (float(a.mean()), float(a.mean()), "exact")
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, a.size - 1) * stats.sem(a))
     m = float(a.mean())
     return (m - half, m + half, "t")
 
 
-def _all_equal(a: np.ndarray) -> bool:
-    """Whether the values are equal up to their float rounding (4·n·ε of the largest, the
-    tolerance :func:`sign_flip_p` gives ties): equal differences computed from counts
-    (errors / 10000) differ in the last bits, and a t CI of width 1e-17 from them resolved a
-    direction that 3 equal values cannot (sign-flip p = 0.25)."""
-    return bool(np.ptp(a) <= 4 * a.size * np.finfo(np.float64).eps * np.abs(a).max())
+def _all_equal(a: np.ndarray, scale: float = 0.0) -> bool:
+    """Whether the values are equal up to their float rounding: 4·n·ε of the largest of them
+    or of ``scale``, the size of the operands they were computed from (a difference of two
+    test errors of 0.78 carries their rounding, not its own): equal differences computed
+    from counts (errors / 10000) differ in the last bits, and a t CI of width 1e-17 from them
+    resolved a direction that 3 equal values cannot (sign-flip p = 0.25)."""
+    size = max(float(np.abs(a).max()), float(scale))
+    return bool(np.ptp(a) <= 4 * a.size * np.finfo(np.float64).eps * size)
 
 
 def geometric_mean_ci(ratios) -> tuple[float, float, float, int]:
@@ -464,7 +467,8 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
             r = {**r, "diff": r["median_diff"], "lo": math.nan, "hi": math.nan, "better": better}
             r["text"] = _censored_sentence(r)
             return r
-        s = paired_summary(pair[reference].to_numpy() - pair[other].to_numpy())
+        ref, oth = pair[reference].to_numpy(), pair[other].to_numpy()
+        s = paired_summary(ref - oth, scale=float(np.abs(np.r_[ref, oth]).max(initial=0.0)))
         r = {"metric": metric, "reference": reference, "other": other, "n": s["n"],
              "diff": s["diff"], "better": better, **{k: s[k] for k in _SPREAD}}  # fmt: skip
         r["text"] = sentence(r) + infinite_note(wide)
@@ -498,10 +502,10 @@ def _censored_sentence(r: dict) -> str:
 _SPREAD = ("lo", "hi", "ci_method", "p", "p_min")
 
 
-def paired_summary(diff) -> dict:
+def paired_summary(diff, scale: float = 0.0) -> dict:
     r"""The one summary of paired differences (one per seed; non-finite ones already
-    dropped): ``n``, ``diff`` (their mean), ``lo``/``hi``/``ci_method``
-    (:func:`mean_ci`), ``p`` (:func:`sign_flip_p`) and ``p_min`` (the smallest p that n
+    dropped; ``scale``: the size of the values they are differences of): ``n``, ``diff``
+    (their mean), ``lo``/``hi``/``ci_method`` (:func:`mean_ci`), ``p`` (:func:`sign_flip_p`) and ``p_min`` (the smallest p that n
     pairs allow). :func:`paired_comparison` and the interaction endpoints of
     :mod:`natgrad.analysis.endpoints` report through it.
 
@@ -512,7 +516,7 @@ def paired_summary(diff) -> dict:
     """
     d = np.asarray(diff, dtype=np.float64)
     n = len(d)
-    lo, hi, how = mean_ci(d)
+    lo, hi, how = mean_ci(d, scale)
     return {"n": n, "diff": float(d.mean()) if n else math.nan, "lo": lo, "hi": hi,
             "ci_method": how, "p": sign_flip_p(d), "p_min": sign_flip_p_min(n)}  # fmt: skip
 
