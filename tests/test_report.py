@@ -161,6 +161,8 @@ def test_the_verdict_on_a_declared_primary_follows_the_declared_rule():
     while the primaries below it showed Holm p = 0.125 (a helper's hunt). A declared primary
     is now read by the declared rule (Holm p < 0.05 and the CI), and the paragraph says what
     the CI alone would have said; an undeclared comparison still reads by its CI."""
+    import pandas as pd
+
     from natgrad.analysis.report import answer
 
     tables = _synthetic_tables(n_eff=10, rho_lo=0.05, speed_hi=-0.1)
@@ -169,8 +171,16 @@ def test_the_verdict_on_a_declared_primary_follows_the_declared_rule():
     assert "closeness to the unit natural gradient, no difference resolved" in text
     assert "learning speed, no difference resolved" in text
     assert "is closer" not in text and "learns faster" not in text
-    assert "Holm-adjusted p of 0.125 ≥ 0.05: the declared rule does not resolve it" in text
+    assert "does not resolve it (Holm-adjusted p 0.125)" in text
     assert "common n_eff" not in text  # no caveat to a verdict not made
+    twice = dict(tables, endpoints=pd.concat([tables["endpoints"]] * 2))  # two strata
+    assert "learns faster" not in answer(twice)[0]
+    twice["endpoints"]["p_holm"] = 0.01  # every stratum resolved: the direction stands
+    assert "it learns faster" in answer(twice)[0]
+    blocks = _synthetic_tables(n_eff=1.5, rho_lo=0.05, speed_hi=-0.1)  # not estimable
+    blocks["endpoints"]["p_holm"] = 0.125
+    text, _ = answer(blocks)
+    assert "no difference resolved" in text and "does not resolve" in text
     del tables["endpoints"]
     assert "ELU is closer to the unit natural gradient; it learns faster." in answer(tables)[0]
 

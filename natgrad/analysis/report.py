@@ -255,25 +255,31 @@ def _resolved(row) -> bool:
 def _verdict(row, *, higher_word: str, lower_word: str, declared=None) -> str:
     """Which way ELU − ReLU goes: by the declared rule (Holm p and CI,
     :func:`~natgrad.analysis.stats.declared_sign`) where the comparison is a declared primary
-    endpoint (``declared``, its row), else by its CI (:func:`_resolved`)."""
+    endpoint (``declared``, its rows: :func:`_declared`), else by its CI (:func:`_resolved`)."""
     if row is None:
         return "not compared (no paired seeds)"
-    sign = (
-        declared_sign(declared) if declared is not None else _resolved(row) and resolved_sign(row)
-    )
+    sign = _declared(declared) if declared is not None else _resolved(row) and resolved_sign(row)
     if not sign:
         return "no difference resolved"
     return higher_word if sign > 0 else lower_word
 
 
 def _primary(t: dict, metric: str):
-    """The declared primary endpoint ELU − ReLU on ``metric`` (its row), or ``None``."""
+    """The rows of the declared primary endpoint ELU − ReLU on ``metric`` (one per stratum,
+    if it has strata), or ``None``."""
     eps = t.get("endpoints")
     if eps is None or not len(eps):
         return None
     sub = eps[(eps["role"] == "primary") & (eps["metric"] == metric)
               & (eps["reference"] == "elu") & (eps["other"] == "relu")]  # fmt: skip
-    return sub.iloc[0].to_dict() if len(sub) == 1 else None
+    return [r.to_dict() for _, r in sub.iterrows()] or None
+
+
+def _declared(rows) -> int:
+    """The declared rule's direction over a primary's rows: one direction where every row
+    resolves it (:func:`~natgrad.analysis.stats.declared_sign`), else 0."""
+    signs = {declared_sign(r) for r in rows}
+    return signs.pop() if len(signs) == 1 else 0
 
 
 def _neff_caveat(t: dict, rho: str, rho_row) -> str:
@@ -303,13 +309,12 @@ def _withheld(t: dict, row, metric: str) -> str:
     """Where ELU − ReLU on a declared primary ``metric`` has a CI that excludes 0 but the
     declared rule (Holm) does not resolve it: a sentence saying so, else ''."""
     declared = _primary(t, metric)
-    if row is None or declared is None or declared_sign(declared) or not _resolved(row):
+    if row is None or declared is None or _declared(declared) or not _resolved(row):
         return ""
-    return (
-        f" On {metric}, ELU − ReLU has a CI that excludes 0 ({fmt(row['diff'])} "
-        f"{_ci(row['lo'], row['hi'])}) but a Holm-adjusted p of "
-        f"{fmt(declared['p_holm'])} ≥ 0.05: the declared rule does not resolve it."
-    )
+    holm = ", ".join(fmt(r["p_holm"]) for r in declared)
+    return (f" On {metric}, ELU − ReLU has a CI that excludes 0 ({fmt(row['diff'])} "
+            f"{_ci(row['lo'], row['hi'])}) but the declared rule, a Holm-adjusted p below 0.05 "
+            f"with the CI, does not resolve it (Holm-adjusted p {holm}).")  # fmt: skip
 
 
 def answer(t: dict) -> tuple[str, str | None]:
@@ -353,7 +358,7 @@ def answer(t: dict) -> tuple[str, str | None]:
         parts.append(f"<b>The unit blocks are not estimable on this probe</b> (the smallest "
                      f"per-layer median n_eff/(d+1) is {fmt(low)} &lt; 2): ρ is biased by the "
                      "probe, so no ρ comparison is made here. Learning speed, ELU vs ReLU: "
-                     f"{esc(faster)}.")  # fmt: skip
+                     f"{esc(faster)}.{esc(_withheld(t, speed_row, SPEED))}")  # fmt: skip
     eps = t.get("endpoints")
     if eps is not None and len(eps):
         prim = eps[eps["role"] == "primary"]
