@@ -316,7 +316,8 @@ def part_peers(args) -> None:
                 verdicts.append((n, "quasi-diagonal added memory <= nngeometry's",
                                  target and same and ours_mb <= theirs_mb + RSS_NOISE_MIB,
                                  f"natgrad {ours_mb:.0f} MiB, nngeometry {theirs_mb:.0f} MiB; "
-                                 f"equal within {RSS_NOISE_MIB} MiB counts as met"))  # fmt: skip
+                                 f"equal within {RSS_NOISE_MIB} MiB counts as met; agreement "
+                                 f"{agree:.1e} (<= {AGREE:g} needed)"))  # fmt: skip
                 verdicts.append((n, "quasi-diagonal >= 1.5x nngeometry's speed",
                                  target and same and speed >= 1.5,
                                  f"{speed:.2f}x, agreement {agree:.1e} (<= {AGREE:g} needed)"))  # fmt: skip
