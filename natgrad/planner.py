@@ -93,9 +93,7 @@ def sharded_unit_fisher(
             f"of {step} that fit max_memory={budget} bytes), but inputs is a one-shot iterator; "
             "pass a tensor, a list of batches or a DataLoader"
         )
-    folder, stale = _claim_folder(out_dir, name)
-    marker = temp_path(folder / INDEX)  # held while this planner writes: a second one, which
-    marker.touch()  # would take the shards between writes for leftovers, is refused
+    folder, stale, marker = _claim_folder(out_dir, name)
     try:
         if (folder / INDEX).exists():
             (folder / INDEX).unlink()  # the folder is rewritten: no stale index over new shards
@@ -185,14 +183,15 @@ def _slug(name: str) -> str:
     return slug or "layer"
 
 
-def _claim_folder(out_dir, layer: str) -> tuple[Path, set[str]]:
+def _claim_folder(out_dir, layer: str) -> tuple[Path, set[str], Path]:
     """``out_dir`` made ready for shards: not empty as a name, not a file or a symlink, and
     either new, empty, or a shard folder natgrad wrote (its ``index.json`` and the shards
     that index lists, this layer's shards left by an interrupted run (:func:`_own_leftover`),
     plus the temporaries of dead writers); anything else is refused, never overwritten, and
-    so is a folder another live process is writing into. Returns the folder
-    and natgrad's shard files in it, for the caller to remove once its new index is written
-    (those the new index does not list)."""
+    so is a folder another live process is writing into. Returns the folder, natgrad's shard
+    files in it, for the caller to remove once its new index is written (those the new index
+    does not list), and the marker temporary the caller holds while it writes (made before
+    the folder is read, so that two planners cannot both pass the check)."""
     if out_dir is None or str(out_dir).strip() == "":
         raise InputError(f"layer {layer!r}: out_dir={out_dir!r}; give a folder for the shards")
     folder = Path(out_dir)
@@ -201,9 +200,21 @@ def _claim_folder(out_dir, layer: str) -> tuple[Path, set[str]]:
     if folder.exists() and not folder.is_dir():
         raise RunDirError(f"{folder}: is a file, not a folder; pick another out_dir")
     folder.mkdir(parents=True, exist_ok=True)
-    names = {p.name for p in folder.iterdir()}
+    marker = temp_path(folder / INDEX)  # held while this planner writes, from before it looks:
+    marker.touch()  # a second one, which would take the shards for leftovers, is refused
+    try:
+        return folder, _claimed(folder, layer, marker), marker
+    except BaseException:
+        marker.unlink(missing_ok=True)
+        raise
+
+
+def _claimed(folder: Path, layer: str, marker: Path) -> set[str]:
+    """:func:`_claim_folder`'s check of what ``folder`` holds (beside this planner's
+    ``marker``); returns natgrad's shard files in it."""
+    names = {p.name for p in folder.iterdir()} - {marker.name}
     if not names:
-        return folder, set()
+        return set()
     for n in sorted(names):  # a live writer's temporary: its safetensors' ones are its too
         if (pid := live_writer(n)) is not None:
             raise RunDirError(f"{folder}: process {pid} is writing into it ({n}); wait for it "
@@ -226,7 +237,7 @@ def _claim_folder(out_dir, layer: str) -> tuple[Path, set[str]]:
                           "pick an empty or new out_dir")  # fmt: skip
     for link in (folder / n for n in own if (folder / n).is_symlink()):
         raise RunDirError(f"{link}: is a symlink; natgrad does not write through links")
-    return folder, listed | leftovers | temporaries
+    return listed | leftovers | temporaries
 
 
 def _validated(path: Path) -> dict:

@@ -410,9 +410,16 @@ def test_a_planner_holds_its_folder_for_the_whole_run(tmp_path, monkeypatch):
         seen.append(sorted(p.name for p in folder.iterdir()))
         return real(*args, **kwargs)
 
+    claimed = planner._claimed
+
+    def claim_spy(*args):  # the marker is there before the folder is read
+        seen.append(sorted(p.name for p in folder.iterdir()))
+        return claimed(*args)
+
     monkeypatch.setattr(planner, "compute", spy)
+    monkeypatch.setattr(planner, "_claimed", claim_spy)
     unit_fisher(model, "0", x, out_dir=folder, max_memory=_budget_for(2, 3))
-    assert seen and all(any(n.startswith(".index.json.") for n in names) for names in seen)
+    assert len(seen) > 2 and all(any(n.startswith(".index.json.") for n in ns) for ns in seen)
     assert not any(n.startswith(".index.json.") for n in (p.name for p in folder.iterdir()))
     (folder / ".index.json.99999999999999999999.ab12cd34.natgrad-tmp").write_bytes(b"")
     unit_fisher(model, "0", x, out_dir=folder, max_memory=_budget_for(2, 3))  # adopted
