@@ -66,6 +66,8 @@ def test_a_presets_lr_is_its_schedules_first_phase():
     assert lr_at(config, iteration=0, epoch=0) == 0.05
     from natgrad.training.config import TrainConfig
 
+    config = apply_overrides(default_config("cifar-11"), ["lr_schedule=0:0.05"], lr=0.05)
+    assert lr_at(config, iteration=0, epoch=0) == 0.05  # --lr with --set: one change
     saved = {**default_config("cifar-11").to_dict(), "lr": 0.05}  # a record made before
     assert TrainConfig.from_dict(saved).lr == 0.05  # still loads, for its analysis
 

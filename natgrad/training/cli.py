@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         flags = {key: getattr(args, key) for key in _FLAGS if getattr(args, key) is not None}
         flags.update({key: True for key in _SWITCHES if getattr(args, key)})
-        config = apply_overrides(default_config(args.net, **flags), args.set)
+        config = apply_overrides(default_config(args.net), args.set, **flags)
         result = (train_ddp if distributed else train)(
             config,
             args.run_dir,

@@ -351,11 +351,13 @@ def _whole(value):
     return int(value) if is_finite_number(value) and float(value).is_integer() else value
 
 
-def apply_overrides(config: TrainConfig, items: list[str] | None) -> TrainConfig:
-    """Apply ``key=value`` strings; ``lr_schedule=0:0.01,35000:0.005``, ``dropout=0,0.1``,
-    ``dropout_phases=115000:every_layer,165000:every_layer_x1.5``."""
+def apply_overrides(config: TrainConfig, items: list[str] | None, **fields) -> TrainConfig:
+    """Apply ``fields`` (e.g. the CLI's own flags), then ``key=value`` strings (which win);
+    ``lr_schedule=0:0.01,35000:0.005``, ``dropout=0,0.1``,
+    ``dropout_phases=115000:every_layer,165000:every_layer_x1.5``. The result is checked as
+    a whole (:func:`check_lr`: ``--lr`` with ``--set lr_schedule=`` is one change)."""
     hints = typing.get_type_hints(TrainConfig)
-    changes = {}
+    changes = dict(fields)
     for item in items or ():
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
