@@ -177,6 +177,10 @@ def test_the_verdict_on_a_declared_primary_follows_the_declared_rule():
     assert "learns faster" not in answer(twice)[0]
     twice["endpoints"]["p_holm"] = 0.01  # every stratum resolved: the direction stands
     assert "it learns faster" in answer(twice)[0]
+    twice["endpoints"] = twice["endpoints"].reset_index(drop=True)
+    twice["endpoints"].loc[3, ["diff", "lo", "hi"]] = [0.1, 0.02, 0.2]  # strata disagree
+    text = answer(twice)[0]
+    assert "learns faster" not in text and "strata in opposite directions" in text
     blocks = _synthetic_tables(n_eff=1.5, rho_lo=0.05, speed_hi=-0.1)  # not estimable
     blocks["endpoints"]["p_holm"] = 0.125
     text, _ = answer(blocks)

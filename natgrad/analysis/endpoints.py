@@ -133,7 +133,7 @@ def _interaction(values, ep: Endpoint, group: str) -> dict:
     a, b = ep.interaction
     s = stats.paired_summary(
         ((wide[ep.reference] - wide[ep.other]) - (wide[a] - wide[b])).to_numpy(),
-        scale=float(np.abs(wide.to_numpy(float)).max(initial=0.0)),
+        scale=np.abs(wide.to_numpy(float)).max(axis=1),  # per seed, its four arms' size
     )
     said = f"({ep.reference} − {ep.other}) − ({a} − {b})"
     if math.isfinite(s["lo"]) and math.isfinite(s["hi"]):

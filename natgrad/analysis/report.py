@@ -312,6 +312,9 @@ def _withheld(t: dict, row, metric: str) -> str:
     if row is None or declared is None or _declared(declared) or not _resolved(row):
         return ""
     holm = ", ".join(fmt(r["p_holm"]) for r in declared)
+    if all(declared_sign(r) for r in declared):  # every stratum resolved, not one way
+        return (f" On {metric}, the declared rule resolves the endpoint's strata in opposite "
+                f"directions (Holm-adjusted p {holm}): no one direction is stated.")  # fmt: skip
     return (f" On {metric}, ELU − ReLU has a CI that excludes 0 ({fmt(row['diff'])} "
             f"{_ci(row['lo'], row['hi'])}) but the declared rule, a Holm-adjusted p below 0.05 "
             f"with the CI, does not resolve it (Holm-adjusted p {holm}).")  # fmt: skip

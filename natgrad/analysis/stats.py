@@ -159,7 +159,7 @@ def _estimable_only(name: str) -> bool:
 
 
 def bootstrap_ci(x, statistic=None, *, resamples: int = N_RESAMPLES,
-                 vectorized: bool = False, scale: float = 0.0) -> tuple[float, float, str]:  # fmt: skip
+                 vectorized: bool = False, scale=0.0) -> tuple[float, float, str]:  # fmt: skip
     """``(lo, hi, method)``: the 95 % bootstrap CI over seeds of the mean of ``x``, or of
     ``statistic(*x)`` for a tuple ``x`` of arrays paired by seed (resampled jointly; with
     ``vectorized``, ``statistic(*x, axis=-1)`` takes a batch of resamples at once); BCa where
@@ -174,7 +174,7 @@ def bootstrap_ci(x, statistic=None, *, resamples: int = N_RESAMPLES,
     samples = tuple(a[keep] for a in samples)
     if samples[0].size < 2:
         return (math.nan, math.nan, "none")
-    if not paired and _all_equal(samples[0], scale):
+    if not paired and _all_equal(samples[0], np.broadcast_to(scale, keep.shape)[keep]):
         return (float(samples[0].mean()), float(samples[0].mean()), "exact")
     rng = np.random.default_rng(SEED)
     kw = dict(paired=True, vectorized=vectorized) if paired else {}
@@ -258,11 +258,11 @@ def recorded_mean_ci(record) -> str:
     return "bootstrap" if methods & {"BCa", "percentile"} or not named else "t"
 
 
-def mean_ci(x, scale: float = 0.0) -> tuple[float, float, str]:
+def mean_ci(x, scale=0.0) -> tuple[float, float, str]:
     r"""``(lo, hi, method)``: the 95 % CI of the mean of ``x`` over seeds (non-finite values
     left out): Student's t interval x̄ ± t_{n−1} s/√n (``"t"``), ``"exact"`` when every value
-    is equal up to rounding (of ``scale``, the size of what ``x`` was computed from, where
-    larger: :func:`_all_equal`), ``"none"`` for < 2 values.
+    is equal up to rounding (of ``scale``, per value or one for all: the size of what ``x``
+    was computed from, where larger; :func:`_all_equal`), ``"none"`` for < 2 values.
 
     Why t and not the bootstrap: with the 3–10 seeds of a study the bootstrap's resamples
     cannot show how far the mean of n values strays, and its 95 % intervals cover the true
@@ -280,24 +280,26 @@ def mean_ci(x, scale: float = 0.0) -> tuple[float, float, str]:
     from scipy import stats
 
     a = np.asarray(x, dtype=np.float64)
-    a = a[np.isfinite(a)]
+    keep = np.isfinite(a)
+    a = a[keep]
     if a.size < 2:
         return (math.nan, math.nan, "none")
-    if _all_equal(a, scale):
+    if _all_equal(a, np.broadcast_to(scale, keep.shape)[keep]):
         return (float(a.mean()), float(a.mean()), "exact")
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, a.size - 1) * stats.sem(a))
     m = float(a.mean())
     return (m - half, m + half, "t")
 
 
-def _all_equal(a: np.ndarray, scale: float = 0.0) -> bool:
-    """Whether the values are equal up to their float rounding: 4·n·ε of the largest of them
-    or of ``scale``, the size of the operands they were computed from (a difference of two
-    test errors of 0.78 carries their rounding, not its own): equal differences computed
-    from counts (errors / 10000) differ in the last bits, and a t CI of width 1e-17 from them
+def _all_equal(a: np.ndarray, scale=0.0) -> bool:
+    """Whether the values are equal up to their float rounding: each within 4·n·ε of its own
+    size or of its ``scale`` (per value, or one for all), the size of the operands it was
+    computed from (a difference of two test errors of 0.78 carries their rounding, not its
+    own), i.e. the intervals a_i ± tol_i share a point. Equal differences computed from
+    counts (errors / 10000) differ in the last bits, and a t CI of width 1e-17 from them
     resolved a direction that 3 equal values cannot (sign-flip p = 0.25)."""
-    size = max(float(np.abs(a).max()), float(scale))
-    return bool(np.ptp(a) <= 4 * a.size * np.finfo(np.float64).eps * size)
+    tol = 4 * a.size * np.finfo(np.float64).eps * np.maximum(np.abs(a), scale)
+    return bool((a - tol).max() <= (a + tol).min())
 
 
 def geometric_mean_ci(ratios) -> tuple[float, float, float, int]:
@@ -468,7 +470,7 @@ def paired_comparison(values, metric: str, *, reference: str = "elu", group: str
             r["text"] = _censored_sentence(r)
             return r
         ref, oth = pair[reference].to_numpy(), pair[other].to_numpy()
-        s = paired_summary(ref - oth, scale=float(np.abs(np.r_[ref, oth]).max(initial=0.0)))
+        s = paired_summary(ref - oth, scale=np.maximum(np.abs(ref), np.abs(oth)))
         r = {"metric": metric, "reference": reference, "other": other, "n": s["n"],
              "diff": s["diff"], "better": better, **{k: s[k] for k in _SPREAD}}  # fmt: skip
         r["text"] = sentence(r) + infinite_note(wide)
@@ -502,7 +504,7 @@ def _censored_sentence(r: dict) -> str:
 _SPREAD = ("lo", "hi", "ci_method", "p", "p_min")
 
 
-def paired_summary(diff, scale: float = 0.0) -> dict:
+def paired_summary(diff, scale=0.0) -> dict:
     r"""The one summary of paired differences (one per seed; non-finite ones already
     dropped; ``scale``: the size of the values they are differences of): ``n``, ``diff``
     (their mean), ``lo``/``hi``/``ci_method`` (:func:`mean_ci`), ``p`` (:func:`sign_flip_p`) and ``p_min`` (the smallest p that n
