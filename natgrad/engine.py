@@ -199,16 +199,15 @@ def _per_sample_elements(model: nn.Module, accs: dict, x1: torch.Tensor, opt: Pa
     n_probe = [2]
 
     def hook(module, args, kwargs, out):
-        if not isinstance(out, torch.Tensor) or n_probe[0] != 2:
-            if id(module) in targets:  # the second probe only counts rows
-                layer_input(targets[id(module)], module, args, kwargs, n_probe[0])
-            return
+        name = targets.get(id(module))
+        if name is not None:  # refused unless its rows are one per copy
+            x = layer_input(name, module, args, kwargs, n_probe[0])
+        if n_probe[0] != 2 or not isinstance(out, torch.Tensor):
+            return  # sizes from the first probe only
         acts[0] += out[0].numel()
         acts[1] = max(acts[1], out[0].numel())
-        if id(module) in targets:
-            name = targets[id(module)]
-            shapes[name] = (layer_input(name, module, args, kwargs, 2)[0].numel(),
-                            out[0].numel())  # fmt: skip
+        if name is not None:
+            shapes[name] = (x[0].numel(), out[0].numel())
 
     handles = [
         m.register_forward_hook(hook, with_kwargs=True)

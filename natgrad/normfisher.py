@@ -40,7 +40,7 @@ from torch import nn
 
 from natgrad import linalg
 from natgrad._layers import NORM_LAYERS, check_signals, find_layer
-from natgrad.accumulate import _wide
+from natgrad.accumulate import block_dtype
 from natgrad.errors import InputError, UnsupportedLayerError
 
 __all__ = ["NORM_LAYERS", "NormUnitFisher", "norm_layers", "norm_unit_fishers", "normalised"]
@@ -112,7 +112,8 @@ class NormAccumulator:
         self.count = 0
 
     def begin_batch(self, x: torch.Tensor) -> None:
-        self.xh = _wide(normalised(self.module, x))  # [N, P, U], at least float32
+        xh = normalised(self.module, x)  # [N, P, U], summed in at least float32
+        self.xh = xh.to(block_dtype(xh.dtype))
         n, p, u = self.xh.shape
         self.width = p * u
         if self.total is None:
@@ -126,7 +127,7 @@ class NormAccumulator:
 
     def add_columns(self, g: torch.Tensor | None) -> None:
         check_signals(self.name, g)
-        g = _wide(g)
+        g = g.to(block_dtype(g.dtype))
         k, n = g.shape[:2]
         if isinstance(self.module, nn.LayerNorm):
             v = g.reshape(k, n, -1, self.n_units)  # [K, N, P, U]

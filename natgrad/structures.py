@@ -245,10 +245,9 @@ class StructuredUnitFisher(SolvedUnitFisher):
             )
         # κ(S) >= max_j (S⁻¹)_jj = max_j D_j / Δ_j for Q scaled to a unit diagonal, S
         # (Q_jj = D_j, and the weight block of Q⁻¹ is diag(Δ)⁻¹): a rigorous lower bound of
-        # the condition the dense route warns of (linalg.COND_WARN)
+        # the condition the dense route warns of (linalg.COND_WARN); 1 for the diagonal
+        # structure (b = 0, Δ = D), whose elementwise solve is exact whatever the spread
         bound = (D / delta).amax(-1)
-        if self.structure == "diagonal":  # an elementwise solve, exact whatever the spread
-            bound = torch.zeros_like(bound)
         linalg.warn_nearly_singular(bound, layer=self.layer, units=self.units,
                                     what=f"{self.structure} unit Fisher", damping=damping,
                                     warn_cond=linalg.cond_warn(self._dtype), stacklevel=4)  # fmt: skip
