@@ -507,8 +507,8 @@ _SPREAD = ("lo", "hi", "ci_method", "p", "p_min")
 def paired_summary(diff, scale=0.0) -> dict:
     r"""The one summary of paired differences (one per seed; non-finite ones already
     dropped; ``scale``: the size of the values they are differences of): ``n``, ``diff``
-    (their mean), ``lo``/``hi``/``ci_method`` (:func:`mean_ci`), ``p`` (:func:`sign_flip_p`) and ``p_min`` (the smallest p that n
-    pairs allow). :func:`paired_comparison` and the interaction endpoints of
+    (their mean), ``lo``/``hi``/``ci_method`` (:func:`mean_ci`), ``p`` (:func:`sign_flip_p`)
+    and ``p_min`` (the smallest p that n pairs allow). :func:`paired_comparison` and the interaction endpoints of
     :mod:`natgrad.analysis.endpoints` report through it.
 
     Example:

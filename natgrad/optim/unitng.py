@@ -122,10 +122,10 @@ class UnitNaturalGradient(torch.optim.Optimizer):
         layer_damping: λ_layer, adding λ_layer·(mean over the layer's units of tr F)/(d+1)
             to every unit's diagonal (0: docs/theory.md's F_λ exactly; defaults of both:
             :mod:`natgrad.damping`); a dead unit counts in that mean at its live peers'
-            mean (its zero block is taken as theirs, :mod:`natgrad.optim.solves`). Without it a unit whose Fisher on the refresh batches
-            was near zero (a ReLU unit active on few inputs) but that gets a gradient on a
-            later batch is stepped by ~g/(λ·tr F_u), which diverges when the Fisher is
-            refreshed less than every step.
+            mean (its zero block is taken as theirs, :mod:`natgrad.optim.solves`). Without
+            it a unit whose Fisher on the refresh batches was near zero (a ReLU unit active
+            on few inputs) but that gets a gradient on a later batch is stepped by
+            ~g/(λ·tr F_u), which diverges when the Fisher is refreshed less than every step.
         refresh_every: recompute the batch Fisher every this many steps (1: every step).
         ema: weight of the old average, F ← ema·F + (1 − ema)·F_batch, in [0, 1).
         momentum: SGD momentum on the preconditioned direction.
